@@ -1,0 +1,191 @@
+"""The app's client: publish requests, collect results by correlation_id."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from pydantic import ValidationError
+
+from schemas.lanes import Lane
+from schemas.request import CacheMode, ChatBody, ChatMessage, InferenceRequest
+from schemas.result import InferenceResult
+from schemas.settings import ServiceSettings
+from schemas.topics import REDIS_RESULT_PREFIX, REQUESTS, RESULTS
+
+
+class Client:
+    """Thread-safe. Replies to this client's requests are collected from the reply topic by
+    a background listener started before the first submit; any other result is read from
+    the Redis result store, so a result can be fetched by correlation_id from any process.
+    The first result per id wins; memory holds only requests not yet collected."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings | None = None,
+        reply_to: str = RESULTS,
+        listen: bool = True,
+    ) -> None:
+        self.settings = settings or ServiceSettings()
+        self.reply_to = reply_to
+        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+        self._producer: KafkaProducer | None = None
+        self._pending: set[str] = set()
+        self._results: dict[str, InferenceResult] = {}
+        self._arrived = threading.Condition()
+        self._closing = threading.Event()
+        self._listener: threading.Thread | None = None
+        if listen:
+            consumer = self._reply_consumer()
+            self._listener = threading.Thread(
+                target=self._listen, args=(consumer,), name="llmq-replies", daemon=True
+            )
+            self._listener.start()
+
+    def submit(
+        self,
+        prompt: str | Sequence[ChatMessage] | Sequence[dict[str, str]],
+        *,
+        model: str | None = None,
+        tenant: str = "default",
+        lane: Lane = Lane.STANDARD,
+        cache: CacheMode = CacheMode.AUTO,
+        correlation_id: str | None = None,
+        deadline_s: float | None = None,
+        **body: Any,
+    ) -> str:
+        """Publish one chat request; returns its correlation_id.
+
+        `prompt` is a user message or a whole chat; `body` takes the OpenAI fields
+        (max_tokens, temperature, top_p, stop, seed, ...).
+        """
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        now = time.time()
+        request = InferenceRequest(
+            correlation_id=correlation_id or uuid.uuid4().hex,
+            tenant=tenant,
+            model=model,
+            lane=lane,
+            reply_to=self.reply_to,
+            cache=cache,
+            deadline=None if deadline_s is None else now + deadline_s,
+            created_at=now,
+            body=ChatBody.model_validate({"messages": messages, **body}),
+        )
+        return self.submit_request(request)
+
+    def submit_request(self, request: InferenceRequest) -> str:
+        """Publish a prepared request; returns once the broker has acknowledged it."""
+        producer = self._producer or self._make_producer()
+        with self._arrived:
+            self._pending.add(request.correlation_id)
+        future = producer.send(
+            REQUESTS,
+            key=request.correlation_id.encode(),
+            value=request.model_dump_json(exclude_none=True).encode(),
+        )
+        future.get(timeout=30)
+        return request.correlation_id
+
+    def result(self, correlation_id: str, timeout: float = 120.0) -> InferenceResult:
+        """Wait for the result of a request; raises TimeoutError when none came in time."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                found = self._results.pop(correlation_id, None) or self._stored(correlation_id)
+                if found is not None:
+                    self._pending.discard(correlation_id)
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no result for {correlation_id} within {timeout:.0f}s")
+                self._arrived.wait(timeout=min(left, 0.5))
+
+    def ask(
+        self, prompt: str | Sequence[dict[str, str]], timeout: float = 120.0, **kwargs: Any
+    ) -> InferenceResult:
+        """Submit and wait: the simplest way to get one answer."""
+        return self.result(self.submit(prompt, **kwargs), timeout=timeout)
+
+    def close(self) -> None:
+        """Flush what was submitted and stop the listener."""
+        self._closing.set()
+        if self._producer is not None:
+            self._producer.flush()
+            self._producer.close()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+        self._redis.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _make_producer(self) -> KafkaProducer:
+        self._producer = KafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            acks="all",
+            linger_ms=2,
+            client_id="llmq-client",
+        )
+        return self._producer
+
+    def _stored(self, correlation_id: str) -> InferenceResult | None:
+        """The result store's copy; None when absent or Redis is unavailable."""
+        try:
+            raw = self._redis.get(REDIS_RESULT_PREFIX + correlation_id)
+        except redis.RedisError:
+            return None
+        if raw is None:
+            return None
+        return InferenceResult.model_validate_json(raw)
+
+    def _reply_consumer(self) -> KafkaConsumer:
+        return tail(self.settings.kafka_bootstrap, self.reply_to)
+
+    def _listen(self, consumer: KafkaConsumer) -> None:
+        try:
+            while not self._closing.is_set():
+                batches = consumer.poll(timeout_ms=200)
+                arrived = []
+                for records in batches.values():
+                    for record in records:
+                        try:
+                            arrived.append(InferenceResult.model_validate_json(record.value))
+                        except ValidationError:
+                            continue  # not a result: someone else's record on this topic
+                if arrived:
+                    with self._arrived:
+                        for result in arrived:
+                            cid = result.correlation_id
+                            if cid in self._pending:
+                                self._results.setdefault(cid, result)
+                        self._arrived.notify_all()
+        finally:
+            consumer.close()
+
+
+def tail(bootstrap: str, topic: str) -> KafkaConsumer:
+    """A consumer of every partition of `topic`, positioned at its end as of this call."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="llmq-tail"
+    )
+    partitions = consumer.partitions_for_topic(topic) or set()
+    if not partitions:
+        consumer.close()
+        raise RuntimeError(
+            f"topic {topic!r} does not exist at {bootstrap}; is the stack up (llmq local up)?"
+        )
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)  # resolve now, so nothing published after this call is skipped
+    return consumer

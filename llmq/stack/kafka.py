@@ -1,0 +1,163 @@
+"""Apache Kafka for the local stack: broker jars from Maven Central, KRaft, our topics."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from schemas.catalog import Catalog
+from schemas.topics import COMPLETIONS, DLQ, METERING, REQUESTS, RESULTS, work_topics
+
+log = logging.getLogger(__name__)
+
+DEPLOY_KAFKA = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
+
+
+def libs_dir(cache_dir: Path) -> Path:
+    """Where the broker's jars are cached, keyed by the pom's content."""
+    pom = DEPLOY_KAFKA / "pom.xml"
+    if not pom.is_file():
+        raise FileNotFoundError(f"{pom} is missing: run llmq from a checkout of the repository")
+    return cache_dir / f"kafka-{hashlib.sha256(pom.read_bytes()).hexdigest()[:12]}"
+
+
+def fetch_libs(cache_dir: Path) -> Path:
+    """The broker's jars, fetched once with Maven."""
+    libs = libs_dir(cache_dir)
+    if (libs / ".complete").is_file():
+        return libs
+    if shutil.which("mvn") is None:
+        raise RuntimeError(
+            "Maven (mvn) is needed once to fetch the Kafka jars: apt-get install maven"
+        )
+    tmp = libs.with_name(libs.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("fetching the Kafka broker jars with Maven into %s", libs)
+    subprocess.run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-Dstyle.color=never",
+            "-f",
+            str(DEPLOY_KAFKA / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+        ],
+        check=True,
+    )
+    (tmp / ".complete").write_text(libs.name)
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    return libs
+
+
+def write_config(data_dir: Path, port: int, controller_port: int) -> Path:
+    """A single-node KRaft config (broker and controller in one process, loopback only)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    props = data_dir.parent / "server.properties"
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"log.dirs={data_dir}",
+                "num.partitions=4",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=8",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+                "log.retention.hours=24",
+                "",
+            ]
+        )
+    )
+    return props
+
+
+def format_storage(libs: Path, props: Path, data_dir: Path) -> None:
+    """Format the KRaft storage once; a formatted directory is left as it is."""
+    if (data_dir / "meta.properties").is_file():
+        return
+    subprocess.run(
+        [
+            "java",
+            "-cp",
+            f"{libs}/*",
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            uuid.uuid4().hex[:22],
+            "-c",
+            str(props),
+            "--ignore-formatted",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def broker_argv(libs: Path, props: Path) -> list[str]:
+    """The command line of the broker."""
+    return [
+        "java",
+        "-Xms256m",
+        "-Xmx768m",
+        "-XX:+UseG1GC",
+        f"-Dlog4j2.configurationFile={DEPLOY_KAFKA / 'log4j2.yaml'}",
+        "-cp",
+        f"{libs}/*",
+        "kafka.Kafka",
+        str(props),
+    ]
+
+
+def topic_plan(catalog: Catalog, partitions: int) -> dict[str, int]:
+    """Every topic llmq uses, with its partition count."""
+    topics = {t: partitions for t in (REQUESTS, COMPLETIONS, RESULTS, METERING)}
+    topics[DLQ] = 1
+    for spec in catalog.models:
+        topics.update({t: partitions for t in work_topics(spec.name)})
+    return topics
+
+
+def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 60.0) -> None:
+    """Create the topics that are missing, waiting for the broker to accept connections."""
+    admin = _connect(bootstrap, timeout_s)
+    try:
+        missing = sorted(set(topics) - set(admin.list_topics()))
+        for name in missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(name, topics[name], 1)])
+        if missing:
+            log.info("created topics %s", missing)
+    finally:
+        admin.close()
+
+
+def _connect(bootstrap: str, timeout_s: float) -> KafkaAdminClient:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="llmq-admin")
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kafka at {bootstrap} did not answer: {exc}") from exc
+            time.sleep(0.5)

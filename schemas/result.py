@@ -1,0 +1,127 @@
+"""The result contract: what an app receives on its reply topic and from the result store."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.errors import ErrorCode, LlmqError
+from schemas.request import SCHEMA_VERSION, ChatMessage
+
+
+class CacheStatus(StrEnum):
+    """How the answer was obtained without (or with) an engine generation of its own."""
+
+    NONE = "none"
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+    COALESCED = "coalesced"
+
+
+class Usage(BaseModel):
+    """Token counts, OpenAI-shaped."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class TokenLogprob(BaseModel):
+    """One generated token and its log-probability."""
+
+    model_config = ConfigDict(frozen=True)
+
+    token: str
+    logprob: float
+
+
+class ChoiceLogprobs(BaseModel):
+    """OpenAI's `choices[].logprobs`, present when the request asked for logprobs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    content: list[TokenLogprob]
+
+
+class Choice(BaseModel):
+    """One answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int = 0
+    message: ChatMessage
+    finish_reason: str | None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletion(BaseModel):
+    """The OpenAI chat-completions response body."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class Timings(BaseModel):
+    """Where the time went, in milliseconds; None where a stage did not happen."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue_ms: float | None = None
+    """From admission by the stream processor to the worker's start."""
+    ttft_ms: float | None = None
+    """From the worker's start to the first generated token."""
+    engine_ms: float | None = None
+    """From the worker's start to the last token."""
+    total_ms: float | None = None
+    """From the app's created_at to the result."""
+
+
+class ErrorInfo(BaseModel):
+    """Why there is no answer, and whether retrying can help."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: ErrorCode
+    message: str
+    retriable: bool
+
+    @classmethod
+    def from_error(cls, error: LlmqError) -> Self:
+        """The wire form of an LlmqError."""
+        return cls(code=error.code, message=error.message, retriable=error.retriable)
+
+
+class InferenceResult(BaseModel):
+    """Exactly one per request: an answer (fresh or cached) or an error."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    correlation_id: str | None
+    """None only for a record so broken that no correlation_id could be read from it."""
+    tenant: str | None = None
+    status: Literal["ok", "error"]
+    model_used: str | None = None
+    cache: CacheStatus = CacheStatus.NONE
+    response: ChatCompletion | None = None
+    error: ErrorInfo | None = None
+    timings: Timings = Timings()
+    finished_at: float = Field(default_factory=time.time)
+
+    @property
+    def text(self) -> str | None:
+        """The answer's text, or None for an error."""
+        if self.response is None or not self.response.choices:
+            return None
+        return self.response.choices[0].message.content

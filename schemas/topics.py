@@ -1,0 +1,40 @@
+"""Every Kafka topic, header and Redis key prefix that llmq uses, in one place."""
+
+from __future__ import annotations
+
+import re
+
+from schemas.lanes import Lane
+
+REQUESTS = "llmq.requests"
+"""Apps publish InferenceRequest JSON here (any key; the correlation_id is a good one)."""
+COMPLETIONS = "llmq.completions"
+"""Workers publish Completion records here, keyed by fingerprint."""
+RESULTS = "llmq.results"
+"""The default reply topic: InferenceResult JSON keyed by correlation_id."""
+METERING = "llmq.metering"
+"""One MeteringEvent per engine generation: tokens, cost, latency."""
+DLQ = "llmq.dlq"
+"""Poison and failed records, the raw bytes with the reason in headers."""
+WORK_PREFIX = "llmq.work."
+
+HEADER_REASON = "llmq-reason"
+HEADER_SOURCE_TOPIC = "llmq-source-topic"
+HEADER_ERROR_CODE = "llmq-error-code"
+
+REDIS_CACHE_PREFIX = "llmq:cache:"
+"""Exact response cache: llmq:cache:<fingerprint> -> ChatCompletion JSON (tenant in fingerprint)."""
+REDIS_RESULT_PREFIX = "llmq:result:"
+"""Result store: llmq:result:<correlation_id> -> InferenceResult JSON, first write wins."""
+
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def work_topic(model: str, lane: Lane) -> str:
+    """The topic that the workers of `model` consume for `lane`."""
+    return f"{WORK_PREFIX}{model}.{lane.value}"
+
+
+def work_topics(model: str) -> list[str]:
+    """All lanes' topics of one model, highest priority first."""
+    return [work_topic(model, lane) for lane in Lane]

@@ -1,0 +1,1 @@
+"""The stream processor: admission, the response cache, routing, and completion."""

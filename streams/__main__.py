@@ -1,0 +1,29 @@
+"""`python -m streams`: run one stream-processor instance until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from faust.worker import Worker
+from prometheus_client import start_http_server
+
+from streams.app import build
+from streams.settings import StreamSettings
+
+
+def main() -> None:
+    """Validate settings, serve /metrics, hand the loop to faust (which drains on SIGTERM)."""
+    settings = StreamSettings()
+    settings.catalog()  # a bad models file fails here, with its reason, not in an agent
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    data_dir = Path(tempfile.gettempdir()) / f"llmq-streams-{settings.app_id}"
+    app = build(settings, data_dir)
+    logging.getLogger("streams").setLevel(settings.log_level)
+    Worker(app, loglevel=settings.log_level).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

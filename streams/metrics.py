@@ -1,0 +1,22 @@
+"""Prometheus metrics of the stream processor."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+READY = Gauge("llmq_streams_ready", "1 once the stream processor consumes its topics")
+REQUESTS = Counter(
+    "llmq_streams_requests_total",
+    "Requests taken from llmq.requests, by outcome",
+    ["outcome"],  # routed | cache_hit | rejected
+)
+REJECTIONS = Counter("llmq_streams_rejections_total", "Rejected requests by error code", ["code"])
+COMPLETIONS = Counter(
+    "llmq_streams_completions_total", "Completions turned into results, by status", ["status"]
+)
+RESULT_LATENCY = Histogram(
+    "llmq_result_latency_seconds",
+    "From the app's created_at to the result, by cache status",
+    ["cache"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)

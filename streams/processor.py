@@ -1,0 +1,116 @@
+"""What the stream processor does with each record; the faust app only wires it to topics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.result import InferenceResult
+from schemas.topics import (
+    COMPLETIONS,
+    DLQ,
+    HEADER_ERROR_CODE,
+    HEADER_REASON,
+    HEADER_SOURCE_TOPIC,
+    REQUESTS,
+    work_topic,
+)
+from schemas.work import Completion
+from streams import metrics, replies
+from streams.admit import Rejection, admit
+from streams.store import RedisStore
+
+log = logging.getLogger(__name__)
+
+
+class Send(Protocol):
+    """Publish one record and return once the broker has acknowledged it."""
+
+    async def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None: ...
+
+
+class Processor:
+    """Admission, exact caching and routing of requests; completions into results."""
+
+    def __init__(self, catalog: Catalog, store: RedisStore, send: Send) -> None:
+        self._catalog = catalog
+        self._store = store
+        self._send = send
+
+    async def on_request(self, key: bytes | None, value: bytes) -> None:
+        """One record of llmq.requests: reject it, answer it from the cache, or route it."""
+        work = admit(value, self._catalog)
+        if isinstance(work, Rejection):
+            await self._reject(REQUESTS, key, value, work)
+            return
+        request = work.request
+        if request.cacheable:
+            cached = await self._store.cached(work.fingerprint)
+            if cached is not None:
+                metrics.REQUESTS.labels("cache_hit").inc()
+                await self._reply(request.reply_to, replies.from_cache(work, cached))
+                return
+        metrics.REQUESTS.labels("routed").inc()
+        await self._send(
+            work_topic(work.model, request.lane),
+            work.fingerprint.encode(),
+            work.model_dump_json().encode(),
+        )
+
+    async def on_completion(self, value: bytes) -> None:
+        """One record of llmq.completions: fill the cache, store the result, reply."""
+        try:
+            completion = Completion.model_validate_json(value)
+        except ValidationError as exc:
+            error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable completion: {exc}")
+            await self._dead_letter(COMPLETIONS, None, value, error)
+            return
+        request = completion.work.request
+        if completion.response is not None and request.cacheable:
+            await self._store.cache(completion.work.fingerprint, completion.response)
+        result = replies.from_completion(completion)
+        metrics.COMPLETIONS.labels(result.status).inc()
+        await self._reply(request.reply_to, result)
+
+    async def _reply(self, topic: str, result: InferenceResult) -> None:
+        """Store the result, then publish it; both are idempotent by correlation_id."""
+        await self._store.keep_result(result)
+        key = result.correlation_id.encode() if result.correlation_id else None
+        await self._send(topic, key, result.model_dump_json().encode())
+        if result.timings.total_ms is not None:
+            metrics.RESULT_LATENCY.labels(result.cache.value).observe(
+                result.timings.total_ms / 1000
+            )
+
+    async def _reject(self, source: str, key: bytes | None, raw: bytes, why: Rejection) -> None:
+        """Dead-letter the raw record and, where the envelope allows, send an error reply."""
+        metrics.REQUESTS.labels("rejected").inc()
+        metrics.REJECTIONS.labels(why.error.code.value).inc()
+        log.info(
+            "rejected %s (%s): %s", why.correlation_id or "a record", why.error.code, why.error
+        )
+        await self._dead_letter(source, key, raw, why.error)
+        result = replies.from_error(why.error, why.correlation_id, why.tenant)
+        if why.reply_to is not None and why.correlation_id is not None:
+            await self._reply(why.reply_to, result)
+
+    async def _dead_letter(
+        self, source: str, key: bytes | None, raw: bytes, error: LlmqError
+    ) -> None:
+        headers = {
+            HEADER_REASON: error.message.encode(),
+            HEADER_ERROR_CODE: error.code.value.encode(),
+            HEADER_SOURCE_TOPIC: source.encode(),
+        }
+        await self._send(DLQ, key, raw, headers)

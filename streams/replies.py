@@ -1,0 +1,68 @@
+"""Building the one InferenceResult each request ends in: fresh, cached, or an error."""
+
+from __future__ import annotations
+
+import time
+
+from schemas.errors import LlmqError
+from schemas.result import CacheStatus, ChatCompletion, ErrorInfo, InferenceResult, Timings
+from schemas.work import Completion, WorkItem
+
+
+def _total_ms(created_at: float | None, now: float) -> float | None:
+    return None if created_at is None else max(0.0, (now - created_at) * 1000)
+
+
+def from_completion(completion: Completion, now: float | None = None) -> InferenceResult:
+    """A worker's answer (or its error) as the app's result."""
+    now = time.time() if now is None else now
+    request = completion.work.request
+    return InferenceResult(
+        correlation_id=request.correlation_id,
+        tenant=request.tenant,
+        status="ok" if completion.error is None else "error",
+        model_used=completion.work.model,
+        response=completion.response,
+        error=completion.error,
+        timings=completion.timings.model_copy(
+            update={"total_ms": _total_ms(request.created_at, now)}
+        ),
+        finished_at=now,
+    )
+
+
+def from_cache(work: WorkItem, cached: ChatCompletion, now: float | None = None) -> InferenceResult:
+    """A cached answer, re-issued under this request's own id."""
+    now = time.time() if now is None else now
+    request = work.request
+    return InferenceResult(
+        correlation_id=request.correlation_id,
+        tenant=request.tenant,
+        status="ok",
+        model_used=cached.model,
+        cache=CacheStatus.EXACT,
+        response=cached.model_copy(
+            update={"id": f"chatcmpl-{request.correlation_id}", "created": int(now)}
+        ),
+        timings=Timings(total_ms=_total_ms(request.created_at, now)),
+        finished_at=now,
+    )
+
+
+def from_error(
+    error: LlmqError,
+    correlation_id: str | None,
+    tenant: str | None,
+    created_at: float | None = None,
+    now: float | None = None,
+) -> InferenceResult:
+    """An error reply."""
+    now = time.time() if now is None else now
+    return InferenceResult(
+        correlation_id=correlation_id,
+        tenant=tenant,
+        status="error",
+        error=ErrorInfo.from_error(error),
+        timings=Timings(total_ms=_total_ms(created_at, now)),
+        finished_at=now,
+    )

@@ -1,0 +1,61 @@
+"""Redis-backed state of the stream processor: the exact response cache and the result store."""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from schemas.result import ChatCompletion, InferenceResult
+from schemas.topics import REDIS_CACHE_PREFIX, REDIS_RESULT_PREFIX
+
+log = logging.getLogger(__name__)
+
+
+class RedisStore:
+    """Both stores degrade rather than fail: with Redis down, requests flow uncached."""
+
+    def __init__(self, client: aioredis.Redis[bytes], cache_ttl_s: int, result_ttl_s: int) -> None:
+        self._redis = client
+        self._cache_ttl_s = cache_ttl_s
+        self._result_ttl_s = result_ttl_s
+
+    async def cached(self, fingerprint: str) -> ChatCompletion | None:
+        """The cached answer for this fingerprint, or None (a miss, or Redis unavailable)."""
+        try:
+            raw = await self._redis.get(REDIS_CACHE_PREFIX + fingerprint)
+        except RedisError as exc:
+            log.warning("response cache unavailable, treating as a miss: %s", exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            return ChatCompletion.model_validate_json(raw)
+        except ValidationError:
+            log.warning("dropping an unreadable cache entry %s", fingerprint)
+            return None
+
+    async def cache(self, fingerprint: str, response: ChatCompletion) -> None:
+        """Keep an answer for identical requests."""
+        try:
+            await self._redis.set(
+                REDIS_CACHE_PREFIX + fingerprint, response.model_dump_json(), ex=self._cache_ttl_s
+            )
+        except RedisError as exc:
+            log.warning("response cache unavailable, answer not cached: %s", exc)
+
+    async def keep_result(self, result: InferenceResult) -> None:
+        """Store a result by correlation_id; the first one stored wins (idempotent replies)."""
+        if result.correlation_id is None:
+            return
+        try:
+            await self._redis.set(
+                REDIS_RESULT_PREFIX + result.correlation_id,
+                result.model_dump_json(),
+                ex=self._result_ttl_s,
+                nx=True,
+            )
+        except RedisError as exc:
+            log.warning("result store unavailable; result only on the reply topic: %s", exc)

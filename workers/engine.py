@@ -1,0 +1,40 @@
+"""The interface every engine implements; the worker loop knows only this."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from schemas.request import ChatBody
+from schemas.result import TokenLogprob
+
+
+@dataclass(frozen=True)
+class EngineStep:
+    """What one step of a generation added: new text, its tokens, and whether it finished."""
+
+    text: str
+    """Text generated since the previous step."""
+    new_tokens: int
+    prompt_tokens: int
+    finished: bool = False
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """Log-probabilities of this step's tokens, when the request asked for them."""
+
+
+class Engine(Protocol):
+    """A continuous-batching engine: many generations in flight, each streamed by steps.
+
+    Errors are LlmqError: PROMPT_TOO_LARGE for a prompt the model cannot take,
+    ENGINE_ERROR for a failed generation, ENGINE_UNAVAILABLE once the engine is dead.
+    """
+
+    def generate(self, request_id: str, body: ChatBody, priority: int) -> AsyncIterator[EngineStep]:
+        """Stream one chat completion; closing the iterator early aborts it in the engine."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop the engine and its processes."""
+        ...

@@ -1,0 +1,122 @@
+"""A request inside the worker: built from its Kafka record, fed by engine steps."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Self
+
+from schemas.catalog import ModelSpec
+from schemas.errors import LlmqError
+from schemas.metering import MeteringEvent
+from schemas.request import ChatMessage
+from schemas.result import (
+    ChatCompletion,
+    Choice,
+    ChoiceLogprobs,
+    ErrorInfo,
+    Timings,
+    TokenLogprob,
+    Usage,
+)
+from schemas.work import Completion, WorkItem
+from workers.engine import EngineStep
+
+
+@dataclass
+class InFlight:
+    """One generation's state: its text so far, token counts and timestamps."""
+
+    work: WorkItem
+    request_id: str
+    started_at: float
+    first_token_at: float | None = None
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+    @classmethod
+    def from_work(cls, work: WorkItem, request_id: str) -> Self:
+        """Start the clock on a work item."""
+        return cls(work=work, request_id=request_id, started_at=time.time())
+
+    def add(self, step: EngineStep) -> None:
+        """Fold one engine step in."""
+        if self.first_token_at is None and step.new_tokens:
+            self.first_token_at = time.time()
+        self.text.append(step.text)
+        self.logprobs.extend(step.logprobs)
+        self.prompt_tokens = step.prompt_tokens
+        self.completion_tokens += step.new_tokens
+        if step.finished:
+            self.finish_reason = step.finish_reason
+
+    def timings(self, now: float) -> Timings:
+        """Queue, first-token and engine time so far."""
+        ttft = None if self.first_token_at is None else (self.first_token_at - self.started_at)
+        return Timings(
+            queue_ms=max(0.0, (self.started_at - self.work.admitted_at) * 1000),
+            ttft_ms=None if ttft is None else ttft * 1000,
+            engine_ms=(now - self.started_at) * 1000,
+        )
+
+    def completion(self, worker: str, now: float) -> Completion:
+        """The finished answer."""
+        usage = Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.prompt_tokens + self.completion_tokens,
+        )
+        choice = Choice(
+            message=ChatMessage(role="assistant", content="".join(self.text)),
+            finish_reason=self.finish_reason,
+            logprobs=ChoiceLogprobs(content=self.logprobs)
+            if self.work.request.body.logprobs
+            else None,
+        )
+        response = ChatCompletion(
+            id=f"chatcmpl-{self.work.request.correlation_id}",
+            created=int(now),
+            model=self.work.model,
+            choices=[choice],
+            usage=usage,
+        )
+        return Completion(
+            work=self.work,
+            response=response,
+            timings=self.timings(now),
+            worker=worker,
+            finished_at=now,
+        )
+
+    def failure(self, error: LlmqError, worker: str, now: float) -> Completion:
+        """The request ends in an error reply."""
+        return Completion(
+            work=self.work,
+            error=ErrorInfo.from_error(error),
+            timings=self.timings(now),
+            worker=worker,
+            finished_at=now,
+        )
+
+    def metering(self, spec: ModelSpec, worker: str, now: float) -> MeteringEvent:
+        """What this generation consumed and cost."""
+        timings = self.timings(now)
+        request = self.work.request
+        return MeteringEvent(
+            correlation_id=request.correlation_id,
+            tenant=request.tenant,
+            model=spec.name,
+            lane=request.lane,
+            fingerprint=self.work.fingerprint,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cost_usd=spec.cost(self.prompt_tokens, self.completion_tokens),
+            queue_ms=timings.queue_ms or 0.0,
+            ttft_ms=timings.ttft_ms,
+            engine_ms=timings.engine_ms or 0.0,
+            worker=worker,
+            at=now,
+        )

