@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     local = sub.add_parser("local", help="run the whole stack on this machine")
-    local.add_argument("action", choices=["up", "down", "status"])
+    local.add_argument("action", choices=["prepare", "up", "down", "status"])
     local.set_defaults(func=_local)
 
     submit = sub.add_parser("submit", help="send a question; prints its correlation id")
@@ -80,7 +80,10 @@ def _client_settings() -> ServiceSettings:
 
 def _local(args: argparse.Namespace) -> int:
     stack = LocalStack()
-    if args.action == "up":
+    if args.action == "prepare":
+        logging.getLogger("workers").setLevel(logging.INFO)
+        stack.prepare()
+    elif args.action == "up":
         stack.up()
         print(f"llmq is up; state and logs in {stack.settings.state_dir}")
     elif args.action == "down":

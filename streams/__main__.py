@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 
 from faust.worker import Worker
 from prometheus_client import start_http_server
@@ -19,8 +17,7 @@ def main() -> None:
     settings.catalog()  # a bad models file fails here, with its reason, not in an agent
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    data_dir = Path(tempfile.gettempdir()) / f"llmq-streams-{settings.app_id}"
-    app = build(settings, data_dir)
+    app = build(settings)
     logging.getLogger("streams").setLevel(settings.log_level)
     Worker(app, loglevel=settings.log_level).execute_from_commandline()
 

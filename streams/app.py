@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -42,7 +41,7 @@ class FaustSend:
         await pending
 
 
-def build(settings: StreamSettings, data_dir: Path) -> faust.App:
+def build(settings: StreamSettings) -> faust.App:
     """The app with both agents; run it with faust's Worker."""
     app = faust.App(
         settings.app_id,
@@ -56,7 +55,7 @@ def build(settings: StreamSettings, data_dir: Path) -> faust.App:
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,
         web_enabled=False,
-        datadir=str(data_dir),
+        datadir=str(settings.data_dir),
     )
     store = RedisStore(
         aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),

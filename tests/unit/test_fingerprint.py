@@ -1,0 +1,131 @@
+"""The fingerprint: equal for requests with the same output, different otherwise."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from schemas.fingerprint import fingerprint
+from schemas.request import InferenceRequest
+
+MODEL = "smollm2-135m"
+
+
+def _data(**body: Any) -> dict[str, Any]:
+    return {
+        "correlation_id": "c-1",
+        "tenant": "acme",
+        "body": {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Héllo"},
+            ],
+            "max_tokens": 32,
+            "temperature": 0,
+            "stop": "END",
+            "seed": 7,
+            **body,
+        },
+    }
+
+
+def _fp(data: dict[str, Any], model: str = MODEL) -> str:
+    return fingerprint(InferenceRequest.model_validate(data), model)
+
+
+BASE = _fp(_data())
+
+
+def test_known_digest_pins_the_canonical_form() -> None:
+    # Changing the canonical form invalidates every cache entry: bump FINGERPRINT_VERSION then.
+    canonical = (
+        '{"frequency_penalty":0.0,"logprobs":false,"max_tokens":32,'
+        '"messages":[["system","Be brief."],["user","Héllo"]],"model":"smollm2-135m",'
+        '"presence_penalty":0.0,"seed":7,"stop":["END"],"temperature":0.0,"tenant":"acme",'
+        '"top_p":1.0,"v":1}'
+    )
+    assert hashlib.sha256(canonical.encode()).hexdigest() == BASE
+    assert BASE == "4efb3dd8a5ec2ae20b6e2c45fc18dfe7716d57c5e13d12cb92224763b0cfc923"
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        {"correlation_id": "another-id"},
+        {"lane": "batch"},
+        {"lane": "interactive"},
+        {"reply_to": "app.replies"},
+        {"created_at": 1.0},
+        {"deadline": 4e9},
+        {"cache": "always"},
+        {"cache": "off"},
+        {"model": MODEL},
+    ],
+)
+def test_envelope_fields_that_do_not_change_the_output_are_ignored(
+    envelope: dict[str, Any],
+) -> None:
+    assert _fp({**_data(), **envelope}) == BASE
+
+
+def test_body_model_and_stop_spelling_do_not_matter() -> None:
+    assert _fp(_data(model=MODEL)) == BASE
+    assert _fp(_data(stop=["END"])) == BASE
+    assert _fp(_data(stop=None)) == _fp(_data(stop=[]))
+
+
+def test_tenant_and_model_change_it() -> None:
+    assert _fp({**_data(), "tenant": "other"}) != BASE
+    assert _fp(_data(), model="other-model") != BASE
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
+        [{"role": "system", "content": "Be brief!"}, {"role": "user", "content": "Héllo"}],
+        [{"role": "user", "content": "Be brief."}, {"role": "user", "content": "Héllo"}],
+        [{"role": "user", "content": "Héllo"}, {"role": "system", "content": "Be brief."}],
+        [{"role": "user", "content": "Héllo"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Héllo"},
+            {"role": "assistant", "content": ""},
+        ],
+    ],
+    ids=["content", "system-content", "role", "order", "dropped", "added"],
+)
+def test_any_message_change_changes_it(messages: list[dict[str, str]]) -> None:
+    assert _fp(_data(messages=messages)) != BASE
+
+
+def test_message_boundaries_are_part_of_it() -> None:
+    split_one = [{"role": "user", "content": "ab"}, {"role": "user", "content": "c"}]
+    split_two = [{"role": "user", "content": "a"}, {"role": "user", "content": "bc"}]
+    assert _fp(_data(messages=split_one)) != _fp(_data(messages=split_two))
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        {"max_tokens": 33},
+        {"temperature": 0.5},
+        {"top_p": 0.9},
+        {"stop": "STOP"},
+        {"stop": ["END", "STOP"]},
+        {"seed": 8},
+        {"seed": None},
+        {"presence_penalty": 0.1},
+        {"frequency_penalty": 0.1},
+        {"logprobs": True},
+    ],
+)
+def test_any_sampling_parameter_changes_it(sampling: dict[str, Any]) -> None:
+    assert _fp(_data(**sampling)) != BASE
+
+
+def test_it_is_a_sha256_hex_digest() -> None:
+    assert len(BASE) == 64
+    assert int(BASE, 16) >= 0

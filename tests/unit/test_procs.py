@@ -1,0 +1,136 @@
+"""Proc: detached processes tracked by pid files, with short-lived real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from llmq.stack.procs import Proc
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(30)"]
+IGNORE_TERM = [
+    sys.executable,
+    "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(30)",
+]
+
+
+def _start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat: the kernel's start time of the process."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _wait_until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Makes Procs in a temporary run dir and stops whatever they left running."""
+    made: list[Proc] = []
+
+    def make(argv: list[str], name: str = "sleeper", stop_timeout_s: float = 5.0) -> Proc:
+        proc = Proc(name=name, argv=argv, run_dir=tmp_path / "run", stop_timeout_s=stop_timeout_s)
+        made.append(proc)
+        return proc
+
+    yield make
+    for proc in made:
+        pid = proc.pid()
+        if pid is not None:
+            proc.stop()
+
+
+def test_start_records_the_pid_and_stop_ends_it(procs: Callable[..., Proc]) -> None:
+    proc = procs(SLEEP)
+    pid = proc.start()
+    assert proc.pid() == pid
+    assert proc.pid_file.read_text() == f"{pid} {_start_time(pid)}"
+    assert proc.stop() is True
+    assert proc.pid() is None
+    assert not proc.pid_file.exists()
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_stop_of_a_stopped_proc_returns_false(procs: Callable[..., Proc]) -> None:
+    proc = procs(SLEEP)
+    assert proc.stop() is False
+    proc.start()
+    assert proc.stop() is True
+    assert proc.stop() is False
+
+
+def test_stop_kills_a_process_that_ignores_sigterm(procs: Callable[..., Proc]) -> None:
+    proc = procs(IGNORE_TERM, name="stubborn", stop_timeout_s=0.3)
+    pid = proc.start()
+    _wait_until(lambda: "ready" in proc.tail())
+    started = time.monotonic()
+    assert proc.stop() is True
+    assert time.monotonic() - started >= 0.3
+    assert proc.pid() is None
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_process_that_exited_has_no_pid(procs: Callable[..., Proc]) -> None:
+    proc = procs([sys.executable, "-c", "pass"], name="brief")
+    proc.start()
+    _wait_until(lambda: proc.pid() is None)
+    assert proc.stop() is False
+    assert not proc.pid_file.exists()
+
+
+def test_a_pid_file_with_a_wrong_start_time_is_not_ours(tmp_path: Path) -> None:
+    proc = Proc(name="stale", argv=SLEEP, run_dir=tmp_path)
+    me = os.getpid()
+    proc.pid_file.write_text(f"{me} {_start_time(me)}")
+    assert proc.pid() == me  # a live process with the recorded start time
+    proc.pid_file.write_text(f"{me} 1")
+    assert proc.pid() is None  # a reused pid: same number, another process
+    assert proc.stop() is False
+    assert not proc.pid_file.exists()
+
+
+@pytest.mark.parametrize("content", ["", "garbage", "123", "x 1", "1 2 3"])
+def test_an_unreadable_pid_file_means_not_running(tmp_path: Path, content: str) -> None:
+    proc = Proc(name="odd", argv=SLEEP, run_dir=tmp_path)
+    proc.pid_file.write_text(content)
+    assert proc.pid() is None
+
+
+def test_no_pid_file_means_not_running(tmp_path: Path) -> None:
+    assert Proc(name="never", argv=SLEEP, run_dir=tmp_path).pid() is None
+
+
+def test_tail_returns_the_end_of_the_log(procs: Callable[..., Proc]) -> None:
+    count = [sys.executable, "-c", "for i in range(1, 51): print(i)"]
+    proc = procs(count, name="counter")
+    proc.start()
+    _wait_until(lambda: proc.pid() is None)
+    assert proc.tail(3) == "48\n49\n50"
+    assert "starting counter" in proc.tail(51)
+    assert "starting counter" not in proc.tail(50)
+
+
+def test_tail_without_a_log(tmp_path: Path) -> None:
+    assert Proc(name="never", argv=SLEEP, run_dir=tmp_path).tail() == "(no log)"
+
+
+def test_the_log_is_appended_across_starts_and_env_is_passed(tmp_path: Path) -> None:
+    argv = [sys.executable, "-c", "import os; print(os.environ['LLMQ_UNIT_MARK'])"]
+    proc = Proc(name="env", argv=argv, run_dir=tmp_path, env={"LLMQ_UNIT_MARK": "marked"})
+    for _ in range(2):
+        proc.start()
+        _wait_until(lambda: proc.pid() is None)
+    log = proc.log_file.read_text()
+    assert log.count("starting env") == 2
+    assert log.count("marked") == 2

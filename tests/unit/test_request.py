@@ -1,0 +1,236 @@
+"""The request contract: InferenceRequest and ChatBody validation, caching policy, deadlines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.lanes import Lane
+from schemas.request import (
+    MAX_CONTENT_CHARS,
+    MAX_MESSAGES,
+    CacheMode,
+    ChatBody,
+    InferenceRequest,
+)
+from schemas.topics import RESULTS
+
+
+def _body(**fields: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": "Hello"}], **fields}
+
+
+def _request(body: dict[str, Any] | None = None, **fields: Any) -> InferenceRequest:
+    data = {"correlation_id": "req-1", "body": _body() if body is None else body, **fields}
+    return InferenceRequest.model_validate(data)
+
+
+def test_minimal_request_gets_the_documented_defaults() -> None:
+    request = _request()
+    assert request.schema_version == 1
+    assert request.tenant == "default"
+    assert request.model is None
+    assert request.lane is Lane.STANDARD
+    assert request.reply_to == RESULTS
+    assert request.cache is CacheMode.AUTO
+    assert request.deadline is None
+    assert request.created_at > 0
+    assert request.body.max_tokens == 256
+    assert request.body.temperature == 1.0
+    assert request.body.stop is None
+    assert request.body.stream is False
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"correlation_id": "c", "body": _body(), "priority": "high"},
+        {"correlation_id": "c", "body": _body(functions=[])},
+        {"correlation_id": "c", "body": {"messages": [{"role": "user", "content": "x", "n": 1}]}},
+    ],
+    ids=["envelope", "body", "message"],
+)
+def test_extra_fields_are_rejected(data: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        InferenceRequest.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", 0),
+        ("max_tokens", 32_769),
+        ("temperature", -0.01),
+        ("temperature", 2.01),
+        ("top_p", 0.0),
+        ("top_p", 1.01),
+        ("seed", -1),
+        ("seed", 2**63),
+        ("presence_penalty", 2.5),
+        ("frequency_penalty", -2.5),
+    ],
+)
+def test_sampling_parameters_out_of_bounds_are_rejected(field: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=field):
+        ChatBody.model_validate(_body(**{field: value}))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", 1),
+        ("max_tokens", 32_768),
+        ("temperature", 0.0),
+        ("temperature", 2.0),
+        ("top_p", 1.0),
+        ("seed", 0),
+        ("seed", 2**63 - 1),
+    ],
+)
+def test_sampling_parameters_at_their_bounds_are_accepted(field: str, value: float) -> None:
+    body = ChatBody.model_validate(_body(**{field: value}))
+    assert getattr(body, field) == value
+
+
+def test_stop_as_one_string_becomes_a_list() -> None:
+    assert ChatBody.model_validate(_body(stop="END")).stop == ["END"]
+    assert ChatBody.model_validate(_body(stop=["a", "b"])).stop == ["a", "b"]
+
+
+@pytest.mark.parametrize("stop", [["a", "b", "c", "d", "e"], "", ["x" * 257]])
+def test_bad_stop_sequences_are_rejected(stop: str | list[str]) -> None:
+    with pytest.raises(ValidationError, match="stop"):
+        ChatBody.model_validate(_body(stop=stop))
+
+
+def test_message_count_is_bounded() -> None:
+    message = {"role": "user", "content": "x"}
+    assert len(ChatBody.model_validate({"messages": [message] * MAX_MESSAGES}).messages) == 256
+    with pytest.raises(ValidationError, match="messages"):
+        ChatBody.model_validate({"messages": [message] * (MAX_MESSAGES + 1)})
+    with pytest.raises(ValidationError, match="messages"):
+        ChatBody.model_validate({"messages": []})
+
+
+def test_message_content_and_role_are_checked() -> None:
+    with pytest.raises(ValidationError, match="content"):
+        ChatBody.model_validate(
+            {"messages": [{"role": "user", "content": "x" * (MAX_CONTENT_CHARS + 1)}]}
+        )
+    with pytest.raises(ValidationError, match="role"):
+        ChatBody.model_validate({"messages": [{"role": "tool", "content": "x"}]})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "has space", "new\nline", "trailing\n", "a" * 129, "émoji", "semi;colon", "a/b"],
+)
+def test_bad_correlation_ids_and_tenants_are_rejected(bad: str) -> None:
+    with pytest.raises(ValidationError, match="correlation_id"):
+        _request(correlation_id=bad)
+    with pytest.raises(ValidationError, match="tenant"):
+        _request(tenant=bad)
+
+
+@pytest.mark.parametrize("good", ["a", "a" * 128, "Req_1.2:3-x", "0"])
+def test_good_identifiers_are_accepted(good: str) -> None:
+    request = _request(correlation_id=good, tenant=good)
+    assert (request.correlation_id, request.tenant) == (good, good)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("reply_to", "bad topic"),
+        ("reply_to", ""),
+        ("model", "-starts-with-dash"),
+        ("model", "m" * 65),
+        ("lane", "urgent"),
+        ("cache", "sometimes"),
+        ("schema_version", 2),
+        ("deadline", 0),
+        ("created_at", -1.0),
+    ],
+)
+def test_bad_envelope_fields_are_rejected(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError, match=field):
+        _request(**{field: value})
+
+
+def test_envelope_and_body_model_must_agree() -> None:
+    with pytest.raises(ValidationError, match="differ"):
+        _request(model="a", body=_body(model="b"))
+    assert _request(model="a", body=_body(model="a")).requested_model == "a"
+    assert _request(body=_body(model="b")).requested_model == "b"
+    assert _request(model="a").requested_model == "a"
+    assert _request().requested_model is None
+
+
+@pytest.mark.parametrize(
+    ("cache", "sampling", "cacheable"),
+    [
+        (CacheMode.AUTO, {"temperature": 0.0}, True),
+        (CacheMode.AUTO, {"temperature": 0.7, "seed": 42}, True),
+        (CacheMode.AUTO, {"temperature": 0.7}, False),
+        (CacheMode.ALWAYS, {"temperature": 0.7}, True),
+        (CacheMode.ALWAYS, {"temperature": 0.0}, True),
+        (CacheMode.OFF, {"temperature": 0.0}, False),
+        (CacheMode.OFF, {"temperature": 0.0, "seed": 1}, False),
+        (CacheMode.OFF, {"temperature": 0.7}, False),
+    ],
+)
+def test_cacheable_follows_the_cache_mode_and_determinism(
+    cache: CacheMode, sampling: dict[str, float], cacheable: bool
+) -> None:
+    assert _request(body=_body(**sampling), cache=cache).cacheable is cacheable
+
+
+def test_deterministic_means_greedy_or_seeded() -> None:
+    assert ChatBody.model_validate(_body(temperature=0)).deterministic
+    assert ChatBody.model_validate(_body(seed=0)).deterministic
+    assert not ChatBody.model_validate(_body(temperature=0.1)).deterministic
+
+
+def test_expired_compares_the_deadline_with_now() -> None:
+    assert not _request().expired(now=1e12)
+    request = _request(deadline=1_000.0)
+    assert request.expired(now=1_000.5)
+    assert not request.expired(now=999.0)
+    assert not request.expired(now=1_000.0)
+    assert request.expired()  # the real clock is long past 1970
+
+
+def test_expired_honours_an_explicit_now_of_zero() -> None:
+    # `now=0.0` is a time like any other; it must not fall back to the real clock.
+    assert not _request(deadline=1.0).expired(now=0.0)
+
+
+def test_prompt_chars_counts_every_message() -> None:
+    body = ChatBody.model_validate(
+        {"messages": [{"role": "system", "content": "abc"}, {"role": "user", "content": "de"}]}
+    )
+    assert body.prompt_chars() == 5
+
+
+def test_json_round_trip_preserves_the_request() -> None:
+    request = _request(
+        tenant="acme",
+        model="smollm2-135m",
+        lane="interactive",
+        reply_to="app.replies",
+        deadline=2e9,
+        cache="always",
+        body=_body(stop="\n\n", seed=7, temperature=0.2, logprobs=True, max_tokens=32),
+    )
+    again = InferenceRequest.model_validate_json(request.model_dump_json())
+    assert again == request
+    assert again.body.stop == ["\n\n"]
+    assert again.lane is Lane.INTERACTIVE
+
+
+def test_requests_are_frozen() -> None:
+    request = _request()
+    with pytest.raises(ValidationError, match="frozen"):
+        request.tenant = "other"  # type: ignore[misc]

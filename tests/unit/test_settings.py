@@ -1,0 +1,222 @@
+"""Every service's settings come from LLMQ_* environment variables and are validated."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from llmq.settings import LocalSettings
+from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, ServiceSettings
+from streams.settings import StreamSettings
+from workers.settings import WorkerSettings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No LLMQ_* variable of the surrounding shell leaks into these tests."""
+    for name in list(os.environ):
+        if name.startswith("LLMQ_"):
+            monkeypatch.delenv(name)
+
+
+def test_service_defaults() -> None:
+    settings = ServiceSettings()
+    assert settings.kafka_bootstrap == f"127.0.0.1:{DEFAULT_KAFKA_PORT}"
+    assert settings.redis_url == f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
+    assert settings.models_file is None
+    assert settings.metrics_port == 0
+    assert settings.log_level == "INFO"
+    assert settings.catalog().names == ["smollm2-135m"]
+
+
+def test_service_settings_read_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text('default = "m"\n[[models]]\nname = "m"\nsource = "/ckpt"\n')
+    monkeypatch.setenv("LLMQ_KAFKA_BOOTSTRAP", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("LLMQ_REDIS_URL", "redis://cache:6379/2")
+    monkeypatch.setenv("LLMQ_MODELS_FILE", str(models))
+    monkeypatch.setenv("LLMQ_METRICS_PORT", "9100")
+    monkeypatch.setenv("LLMQ_METRICS_HOST", "0.0.0.0")
+    monkeypatch.setenv("LLMQ_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("LLMQ_SOMETHING_ELSE", "ignored")
+    settings = ServiceSettings()
+    assert settings.kafka_bootstrap == "kafka-1:9092,kafka-2:9092"
+    assert settings.redis_url == "redis://cache:6379/2"
+    assert settings.models_file == models
+    assert settings.metrics_port == 9100
+    assert settings.metrics_host == "0.0.0.0"
+    assert settings.log_level == "DEBUG"
+    assert settings.catalog().names == ["m"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LLMQ_METRICS_PORT", "70000"),
+        ("LLMQ_METRICS_PORT", "-1"),
+        ("LLMQ_METRICS_PORT", "http"),
+        ("LLMQ_LOG_LEVEL", "TRACE"),
+        ("LLMQ_LOG_LEVEL", "info"),
+        ("LLMQ_KAFKA_BOOTSTRAP", ""),
+        ("LLMQ_REDIS_URL", ""),
+    ],
+)
+def test_invalid_service_settings_are_rejected(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        ServiceSettings()
+    with pytest.raises(ValidationError):
+        StreamSettings()
+    with pytest.raises(ValidationError):
+        WorkerSettings()
+
+
+def test_a_models_file_that_is_missing_fails_when_the_catalog_is_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LLMQ_MODELS_FILE", str(tmp_path / "absent.toml"))
+    with pytest.raises(ValueError, match="LLMQ_MODELS_FILE"):
+        ServiceSettings().catalog()
+
+
+def test_settings_are_frozen() -> None:
+    settings = ServiceSettings()
+    with pytest.raises(ValidationError):
+        settings.log_level = "DEBUG"  # type: ignore[misc]
+
+
+def test_stream_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = StreamSettings()
+    assert (defaults.app_id, defaults.partitions, defaults.concurrency) == ("llmq-streams", 4, 8)
+    assert defaults.cache_ttl_s == defaults.result_ttl_s == 24 * 3600
+    monkeypatch.setenv("LLMQ_APP_ID", "llmq-streams-b")
+    monkeypatch.setenv("LLMQ_PARTITIONS", "12")
+    monkeypatch.setenv("LLMQ_CONCURRENCY", "32")
+    monkeypatch.setenv("LLMQ_CACHE_TTL_S", "60")
+    monkeypatch.setenv("LLMQ_RESULT_TTL_S", "120")
+    monkeypatch.setenv("LLMQ_KAFKA_BOOTSTRAP", "k:1")
+    settings = StreamSettings()
+    assert settings.app_id == "llmq-streams-b"
+    assert (settings.partitions, settings.concurrency) == (12, 32)
+    assert (settings.cache_ttl_s, settings.result_ttl_s) == (60, 120)
+    assert settings.kafka_bootstrap == "k:1"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LLMQ_APP_ID", "has space"),
+        ("LLMQ_APP_ID", ""),
+        ("LLMQ_PARTITIONS", "0"),
+        ("LLMQ_PARTITIONS", "257"),
+        ("LLMQ_CONCURRENCY", "0"),
+        ("LLMQ_CACHE_TTL_S", "0"),
+        ("LLMQ_RESULT_TTL_S", "-5"),
+    ],
+)
+def test_invalid_stream_settings_are_rejected(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        StreamSettings()
+
+
+def test_worker_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    defaults = WorkerSettings()
+    assert defaults.model is None
+    assert defaults.worker_id.endswith(f"-{os.getpid()}")
+    assert defaults.kv_cache_gib == 2
+    assert defaults.gpu_memory_utilization == 0.85
+    monkeypatch.setenv("LLMQ_MODEL", "qwen2.5-0.5b")
+    monkeypatch.setenv("LLMQ_WORKER_ID", "worker-7")
+    monkeypatch.setenv("LLMQ_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("LLMQ_KV_CACHE_GIB", "8")
+    monkeypatch.setenv("LLMQ_GPU_MEMORY_UTILIZATION", "0.5")
+    monkeypatch.setenv("LLMQ_COMMIT_INTERVAL_S", "0.25")
+    monkeypatch.setenv("LLMQ_DRAIN_TIMEOUT_S", "0")
+    settings = WorkerSettings()
+    assert settings.model == "qwen2.5-0.5b"
+    assert settings.worker_id == "worker-7"
+    assert settings.cache_dir == tmp_path
+    assert settings.kv_cache_gib == 8
+    assert settings.gpu_memory_utilization == 0.5
+    assert settings.commit_interval_s == 0.25
+    assert settings.drain_timeout_s == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LLMQ_WORKER_ID", ""),
+        ("LLMQ_KV_CACHE_GIB", "0"),
+        ("LLMQ_GPU_MEMORY_UTILIZATION", "0"),
+        ("LLMQ_GPU_MEMORY_UTILIZATION", "1.5"),
+        ("LLMQ_COMMIT_INTERVAL_S", "0"),
+        ("LLMQ_COMMIT_INTERVAL_S", "61"),
+        ("LLMQ_DRAIN_TIMEOUT_S", "-1"),
+    ],
+)
+def test_invalid_worker_settings_are_rejected(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        WorkerSettings()
+
+
+def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    defaults = LocalSettings()
+    assert defaults.kafka_bootstrap == f"127.0.0.1:{DEFAULT_KAFKA_PORT}"
+    assert defaults.redis_url == f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
+    assert "LLMQ_MODELS_FILE" not in defaults.service_env()
+    monkeypatch.setenv("LLMQ_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LLMQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LLMQ_KAFKA_PORT", "39092")
+    monkeypatch.setenv("LLMQ_REDIS_PORT", "36379")
+    monkeypatch.setenv("LLMQ_MODELS_FILE", str(tmp_path / "models.toml"))
+    settings = LocalSettings()
+    assert settings.state_dir == tmp_path / "state"
+    assert settings.service_env() == {
+        "LLMQ_KAFKA_BOOTSTRAP": "127.0.0.1:39092",
+        "LLMQ_REDIS_URL": "redis://127.0.0.1:36379/0",
+        "LLMQ_CACHE_DIR": str(tmp_path / "cache"),
+        "LLMQ_MODELS_FILE": str(tmp_path / "models.toml"),
+    }
+
+
+def test_service_env_round_trips_into_service_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLMQ_KAFKA_PORT", "39092")
+    monkeypatch.setenv("LLMQ_REDIS_PORT", "36379")
+    for name, value in LocalSettings().service_env().items():
+        monkeypatch.setenv(name, value)
+    service = ServiceSettings()
+    assert service.kafka_bootstrap == "127.0.0.1:39092"
+    assert service.redis_url == "redis://127.0.0.1:36379/0"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LLMQ_KAFKA_PORT", "80"),
+        ("LLMQ_REDIS_PORT", "65536"),
+        ("LLMQ_METRICS_BASE_PORT", "65001"),
+        ("LLMQ_PARTITIONS", "0"),
+        ("LLMQ_WORKER_START_TIMEOUT_S", "0"),
+    ],
+)
+def test_invalid_local_settings_are_rejected(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        LocalSettings()
