@@ -108,6 +108,7 @@ class LocalStack:
                         **env,
                         "LLMQ_METRICS_PORT": str(s.metrics_base_port),
                         "LLMQ_PARTITIONS": str(s.partitions),
+                        "LLMQ_DATA_DIR": str(s.state_dir / "streams"),
                     },
                 ),
                 ready=partial(_metric_is_one, s.metrics_base_port, "llmq_streams_ready"),
