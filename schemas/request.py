@@ -125,4 +125,5 @@ class InferenceRequest(BaseModel):
 
     def expired(self, now: float | None = None) -> bool:
         """True once the deadline has passed."""
-        return self.deadline is not None and (now or time.time()) > self.deadline
+        now = time.time() if now is None else now
+        return self.deadline is not None and now > self.deadline

@@ -46,8 +46,8 @@ def parse(raw: bytes) -> InferenceRequest:
             f"record is {len(raw)} bytes; the limit is {MAX_RECORD_BYTES}",
         )
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = _decode(raw)
+    except (ValueError, RecursionError) as exc:
         raise LlmqError(ErrorCode.INVALID_JSON, f"not UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "the request must be a JSON object")
@@ -91,6 +91,12 @@ def route(request: InferenceRequest, catalog: Catalog, now: float | None = None)
     )
 
 
+def _decode(raw: bytes) -> object:
+    """UTF-8 JSON only: json.loads would guess UTF-16/32 from bytes. Raises ValueError
+    (bad bytes, bad JSON, an integer too long to convert) or RecursionError (deep nesting)."""
+    return json.loads(raw.decode("utf-8"))
+
+
 def _describe(exc: ValidationError) -> str:
     """Pydantic's errors as one line a person can act on: `field.path: problem; ...`."""
     parts = []
@@ -104,8 +110,8 @@ def _describe(exc: ValidationError) -> str:
 def _rejection(error: LlmqError, raw: bytes) -> Rejection:
     """Salvage the envelope fields an error reply needs from a record that failed validation."""
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = _decode(raw)
+    except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict):
         return Rejection(error, None, None, None)
@@ -114,12 +120,12 @@ def _rejection(error: LlmqError, raw: bytes) -> Rejection:
         error,
         correlation_id=_identifier(data.get("correlation_id")),
         tenant=_identifier(data.get("tenant")),
-        reply_to=reply_to if isinstance(reply_to, str) and TOPIC_NAME.match(reply_to) else None,
+        reply_to=reply_to if isinstance(reply_to, str) and TOPIC_NAME.fullmatch(reply_to) else None,
     )
 
 
 def _identifier(value: object) -> str | None:
     """A salvaged id, only if it is a sane string (it will be echoed back and logged)."""
-    if isinstance(value, str) and IDENTIFIER.match(value):
+    if isinstance(value, str) and IDENTIFIER.fullmatch(value):
         return value
     return None

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
-from schemas.result import InferenceResult
+from schemas.result import ChatCompletion, InferenceResult
 from schemas.topics import (
     COMPLETIONS,
     DLQ,
@@ -23,9 +23,18 @@ from schemas.topics import (
 from schemas.work import Completion
 from streams import metrics, replies
 from streams.admit import Rejection, admit
-from streams.store import RedisStore
 
 log = logging.getLogger(__name__)
+
+
+class Store(Protocol):
+    """The response cache and the result store (RedisStore in production)."""
+
+    async def cached(self, fingerprint: str) -> ChatCompletion | None: ...
+
+    async def cache(self, fingerprint: str, response: ChatCompletion) -> None: ...
+
+    async def keep_result(self, result: InferenceResult) -> None: ...
 
 
 class Send(Protocol):
@@ -43,7 +52,7 @@ class Send(Protocol):
 class Processor:
     """Admission, exact caching and routing of requests; completions into results."""
 
-    def __init__(self, catalog: Catalog, store: RedisStore, send: Send) -> None:
+    def __init__(self, catalog: Catalog, store: Store, send: Send) -> None:
         self._catalog = catalog
         self._store = store
         self._send = send
@@ -83,9 +92,11 @@ class Processor:
         metrics.COMPLETIONS.labels(result.status).inc()
         await self._reply(request.reply_to, result)
 
-    async def _reply(self, topic: str, result: InferenceResult) -> None:
-        """Store the result, then publish it; both are idempotent by correlation_id."""
+    async def _reply(self, topic: str | None, result: InferenceResult) -> None:
+        """Store the result, then publish it when there is a topic; both are idempotent."""
         await self._store.keep_result(result)
+        if topic is None:
+            return
         key = result.correlation_id.encode() if result.correlation_id else None
         await self._send(topic, key, result.model_dump_json().encode())
         if result.timings.total_ms is not None:
@@ -101,8 +112,8 @@ class Processor:
             "rejected %s (%s): %s", why.correlation_id or "a record", why.error.code, why.error
         )
         await self._dead_letter(source, key, raw, why.error)
-        result = replies.from_error(why.error, why.correlation_id, why.tenant)
-        if why.reply_to is not None and why.correlation_id is not None:
+        if why.correlation_id is not None:
+            result = replies.from_error(why.error, why.correlation_id, why.tenant)
             await self._reply(why.reply_to, result)
 
     async def _dead_letter(

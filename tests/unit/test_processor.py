@@ -33,13 +33,12 @@ from schemas.topics import (
 from schemas.work import Completion, WorkItem
 from streams.admit import admit
 from streams.processor import Processor
-from streams.store import RedisStore
 
 MODEL = "smollm2-135m"
 
 
-class FakeStore(RedisStore):
-    """RedisStore's three operations on dicts; the first result per correlation_id wins."""
+class FakeStore:
+    """The Store protocol on dicts; the first result per correlation_id wins."""
 
     def __init__(self) -> None:
         self.answers: dict[str, ChatCompletion] = {}
@@ -315,3 +314,14 @@ def test_unreadable_completion_goes_to_the_dlq(harness: Harness, value: bytes) -
     assert dlq.headers[HEADER_REASON].startswith(b"unreadable completion")
     assert harness.store.results == {}
     assert harness.store.answers == {}
+
+
+def test_a_rejection_without_a_usable_reply_topic_is_still_stored_for_its_id() -> None:
+    store, send = FakeStore(), FakeSend()
+    processor = Processor(Catalog.builtin(), store, send)
+    raw = json.dumps({"correlation_id": "lost-1", "reply_to": "not a topic!", "body": {}})
+    asyncio.run(processor.on_request(b"k", raw.encode()))
+    assert [s.topic for s in send.sent] == [DLQ]
+    stored = store.results["lost-1"]
+    assert stored.error is not None
+    assert stored.error.code is ErrorCode.INVALID_REQUEST
