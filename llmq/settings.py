@@ -41,11 +41,16 @@ class LocalSettings(BaseSettings):
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def service_env(self) -> dict[str, str]:
-        """The environment that points a llmq process (or a client) at this stack."""
+        """The environment that points a llmq process, a client or the CLI at this stack."""
         env = {
             "LLMQ_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "LLMQ_REDIS_URL": self.redis_url,
             "LLMQ_CACHE_DIR": str(self.cache_dir),
+            "LLMQ_STATE_DIR": str(self.state_dir),
+            "LLMQ_KAFKA_PORT": str(self.kafka_port),
+            "LLMQ_REDIS_PORT": str(self.redis_port),
+            "LLMQ_METRICS_BASE_PORT": str(self.metrics_base_port),
+            "LLMQ_PARTITIONS": str(self.partitions),
         }
         if self.models_file is not None:
             env["LLMQ_MODELS_FILE"] = str(self.models_file)

@@ -16,6 +16,7 @@ class ErrorCode(StrEnum):
     EXPIRED = "expired"
     ENGINE_ERROR = "engine_error"
     ENGINE_UNAVAILABLE = "engine_unavailable"
+    INTERNAL_ERROR = "internal_error"
 
     @property
     def retriable(self) -> bool:
@@ -23,7 +24,9 @@ class ErrorCode(StrEnum):
         return self in _RETRIABLE
 
 
-_RETRIABLE = frozenset({ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_UNAVAILABLE})
+_RETRIABLE = frozenset(
+    {ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.INTERNAL_ERROR}
+)
 
 
 class LlmqError(Exception):

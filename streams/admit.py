@@ -35,7 +35,7 @@ def admit(raw: bytes, catalog: Catalog, now: float | None = None) -> WorkItem | 
         request = parse(raw)
         return route(request, catalog, now)
     except LlmqError as error:
-        return _rejection(error, raw)
+        return salvage(error, raw)
 
 
 def parse(raw: bytes) -> InferenceRequest:
@@ -107,7 +107,7 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def _rejection(error: LlmqError, raw: bytes) -> Rejection:
+def salvage(error: LlmqError, raw: bytes) -> Rejection:
     """Salvage the envelope fields an error reply needs from a record that failed validation."""
     try:
         data = _decode(raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,8 @@ from streams import metrics
 from streams.processor import Processor
 from streams.settings import StreamSettings
 from streams.store import RedisStore
+
+ACK_TIMEOUT_S = 30.0
 
 
 class FaustSend:
@@ -35,10 +38,13 @@ class FaustSend:
     ) -> None:
         channel = self._topics.get(topic)
         if channel is None:
+            # Declared once, up front: sending to a topic the broker auto-creates can
+            # stall faust's producer for every concurrent actor.
             channel = self._app.topic(topic, key_serializer="raw", value_serializer="raw")
+            await channel.maybe_declare()
             self._topics[topic] = channel
         pending = await channel.send(key=key, value=value, headers=dict(headers or {}))
-        await pending
+        await asyncio.wait_for(pending, timeout=ACK_TIMEOUT_S)
 
 
 def build(settings: StreamSettings) -> faust.App:
@@ -51,6 +57,7 @@ def build(settings: StreamSettings) -> faust.App:
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_request_timeout=ACK_TIMEOUT_S,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,

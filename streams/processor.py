@@ -22,7 +22,7 @@ from schemas.topics import (
 )
 from schemas.work import Completion
 from streams import metrics, replies
-from streams.admit import Rejection, admit
+from streams.admit import Rejection, admit, salvage
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,31 @@ class Processor:
         self._send = send
 
     async def on_request(self, key: bytes | None, value: bytes) -> None:
-        """One record of llmq.requests: reject it, answer it from the cache, or route it."""
+        """One record of llmq.requests: reject it, answer it from the cache, or route it.
+
+        Never raises for a bad record: faust would commit past it, and the app would wait
+        forever. An unexpected failure dead-letters the record with an error reply.
+        """
+        try:
+            await self._on_request(key, value)
+        except Exception as exc:
+            log.exception("failed on a request; dead-lettering it")
+            error = LlmqError(ErrorCode.INTERNAL_ERROR, f"the stream processor failed: {exc!r}")
+            await self._reject(REQUESTS, key, value, salvage(error, value))
+
+    async def on_completion(self, value: bytes) -> None:
+        """One record of llmq.completions: fill the cache, store the result, reply.
+
+        Never raises for a bad record, for the same reason as on_request.
+        """
+        try:
+            await self._on_completion(value)
+        except Exception as exc:
+            log.exception("failed on a completion; dead-lettering it")
+            error = LlmqError(ErrorCode.INTERNAL_ERROR, f"the stream processor failed: {exc!r}")
+            await self._dead_letter(COMPLETIONS, None, value, error)
+
+    async def _on_request(self, key: bytes | None, value: bytes) -> None:
         work = admit(value, self._catalog)
         if isinstance(work, Rejection):
             await self._reject(REQUESTS, key, value, work)
@@ -77,8 +101,7 @@ class Processor:
             work.model_dump_json().encode(),
         )
 
-    async def on_completion(self, value: bytes) -> None:
-        """One record of llmq.completions: fill the cache, store the result, reply."""
+    async def _on_completion(self, value: bytes) -> None:
         try:
             completion = Completion.model_validate_json(value)
         except ValidationError as exc:

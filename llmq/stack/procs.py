@@ -82,7 +82,9 @@ class Proc:
             time.sleep(0.2)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-        while self.pid() is not None:
+        # Wait for the whole group: children (vLLM's engine) hold the leader's sockets.
+        deadline = time.monotonic() + 10
+        while (self.pid() is not None or _group_alive(pid)) and time.monotonic() < deadline:
             time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
         return True
@@ -99,6 +101,16 @@ class Proc:
 def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _stat(pid: int) -> list[str]:

@@ -7,11 +7,11 @@ import pytest
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import ErrorInfo
 
-RETRIABLE = {ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_UNAVAILABLE}
+RETRIABLE = {ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.INTERNAL_ERROR}
 
 
 @pytest.mark.parametrize("code", list(ErrorCode))
-def test_only_engine_failures_are_retriable(code: ErrorCode) -> None:
+def test_only_engine_and_internal_failures_are_retriable(code: ErrorCode) -> None:
     assert code.retriable is (code in RETRIABLE)
     assert LlmqError(code, "why").retriable is code.retriable
 

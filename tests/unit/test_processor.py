@@ -325,3 +325,25 @@ def test_a_rejection_without_a_usable_reply_topic_is_still_stored_for_its_id() -
     stored = store.results["lost-1"]
     assert stored.error is not None
     assert stored.error.code is ErrorCode.INVALID_REQUEST
+
+
+class BrokenStore(FakeStore):
+    """A store whose lookups fail in a way the processor does not expect."""
+
+    async def cached(self, fingerprint: str) -> ChatCompletion | None:
+        raise RuntimeError("store exploded")
+
+
+def test_an_unexpected_failure_dead_letters_the_request_and_replies() -> None:
+    store, send = BrokenStore(), FakeSend()
+    processor = Processor(Catalog.builtin(), store, send)
+    raw = _raw("boom-1", temperature=0)
+    asyncio.run(processor.on_request(b"k", raw))
+    assert [s.topic for s in send.sent] == [DLQ, "app.replies"]
+    assert send.sent[0].value == raw
+    reply = InferenceResult.model_validate_json(send.sent[1].value)
+    assert reply.correlation_id == "boom-1"
+    assert reply.error is not None
+    assert reply.error.code is ErrorCode.INTERNAL_ERROR
+    assert reply.error.retriable
+    assert "store exploded" in reply.error.message

@@ -188,6 +188,11 @@ def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
         "LLMQ_KAFKA_BOOTSTRAP": "127.0.0.1:39092",
         "LLMQ_REDIS_URL": "redis://127.0.0.1:36379/0",
         "LLMQ_CACHE_DIR": str(tmp_path / "cache"),
+        "LLMQ_STATE_DIR": str(tmp_path / "state"),
+        "LLMQ_KAFKA_PORT": "39092",
+        "LLMQ_REDIS_PORT": "36379",
+        "LLMQ_METRICS_BASE_PORT": "29100",
+        "LLMQ_PARTITIONS": "4",
         "LLMQ_MODELS_FILE": str(tmp_path / "models.toml"),
     }
 
