@@ -7,6 +7,9 @@ import logging
 import os
 import sys
 
+import redis
+from kafka.errors import KafkaError
+
 from llmq import demo
 from llmq.client import Client
 from llmq.settings import LocalSettings
@@ -20,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `llmq` console script."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its retries; we say what failed
     try:
         return int(args.func(args))
     except StackError as exc:
@@ -28,6 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError as exc:
         print(f"llmq: {exc}", file=sys.stderr)
         return 2
+    except KafkaError as exc:
+        where = _client_settings().kafka_bootstrap
+        print(
+            f"llmq: cannot use Kafka at {where} ({exc}); is the stack up? (llmq local up)",
+            file=sys.stderr,
+        )
+        return 1
+    except (RuntimeError, redis.RedisError) as exc:
+        print(f"llmq: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -75,7 +89,7 @@ def _client_settings() -> ServiceSettings:
         "redis_url": local.redis_url,
     }
     given = {k: v for k, v in defaults.items() if f"LLMQ_{k.upper()}" not in os.environ}
-    return ServiceSettings(**given)  # type: ignore[arg-type]
+    return ServiceSettings().model_copy(update=given)
 
 
 def _local(args: argparse.Namespace) -> int:
@@ -118,6 +132,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _result(args: argparse.Namespace) -> int:
     with Client(_client_settings(), listen=False) as client:
+        client.ping_store()
         return _print(client.result(args.correlation_id, timeout=args.timeout), args.json)
 
 

@@ -112,6 +112,15 @@ class Client:
         """Submit and wait: the simplest way to get one answer."""
         return self.result(self.submit(prompt, **kwargs), timeout=timeout)
 
+    def ping_store(self) -> None:
+        """Raise RuntimeError, saying where, if the result store cannot be reached."""
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            raise RuntimeError(
+                f"the result store (Redis at {self.settings.redis_url}) is unreachable: {exc}"
+            ) from exc
+
     def close(self) -> None:
         """Flush what was submitted and stop the listener."""
         self._closing.set()
