@@ -18,6 +18,9 @@ from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
 from schemas.topics import REDIS_RESULT_PREFIX, REQUESTS, RESULTS
 
+STORE_POLL_S = 0.5
+"""How often a waiting result() looks in the result store."""
+
 
 class Client:
     """Thread-safe. Replies to this client's requests are collected from the reply topic by
@@ -82,8 +85,9 @@ class Client:
     def submit_request(self, request: InferenceRequest) -> str:
         """Publish a prepared request; returns once the broker has acknowledged it."""
         producer = self._producer or self._make_producer()
-        with self._arrived:
-            self._pending.add(request.correlation_id)
+        if self._listener is not None:
+            with self._arrived:
+                self._pending.add(request.correlation_id)
         future = producer.send(
             REQUESTS,
             key=request.correlation_id.encode(),
@@ -95,16 +99,25 @@ class Client:
     def result(self, correlation_id: str, timeout: float = 120.0) -> InferenceResult:
         """Wait for the result of a request; raises TimeoutError when none came in time."""
         deadline = time.monotonic() + timeout
-        with self._arrived:
-            while True:
-                found = self._results.pop(correlation_id, None) or self._stored(correlation_id)
-                if found is not None:
+        while True:
+            # 1) The listener's replies, waited for under the lock (woken on arrival).
+            left = max(0.0, deadline - time.monotonic())
+            with self._arrived:
+                if self._listener is not None:
+                    self._arrived.wait_for(
+                        lambda: correlation_id in self._results, timeout=min(left, STORE_POLL_S)
+                    )
+                found = self._results.pop(correlation_id, None)
+            # 2) The result store, outside the lock and once per poll interval.
+            found = found or self._stored(correlation_id)
+            if found is not None:
+                with self._arrived:
                     self._pending.discard(correlation_id)
-                    return found
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no result for {correlation_id} within {timeout:.0f}s")
-                self._arrived.wait(timeout=min(left, 0.5))
+                return found
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no result for {correlation_id} within {timeout:.0f}s")
+            if self._listener is None:
+                time.sleep(min(left, STORE_POLL_S))
 
     def ask(
         self, prompt: str | Sequence[dict[str, str]], timeout: float = 120.0, **kwargs: Any

@@ -19,13 +19,14 @@ from llmq.stack.stack import LocalStack
 from schemas.settings import ServiceSettings
 
 
-def _free_port_pair() -> int:
-    """A port whose successor is free too (Kafka's controller takes port + 1)."""
+def _free_block(size: int) -> int:
+    """The first of `size` consecutive free loopback ports: one block for the whole stack,
+    so no two components can be handed the same port."""
     for _ in range(100):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port < 65000 and all(_free(p) for p in (port, port + 1, port + 2, port + 3)):
+        if port + size < 65000 and all(_free(port + i) for i in range(size)):
             return port
     raise RuntimeError("no free loopback ports")
 
@@ -38,12 +39,12 @@ def _free(port: int) -> bool:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """Started once (about a minute; the first run on a machine also prepares the model)."""
-    base = _free_port_pair()
+    base = _free_block(5)  # Kafka, its controller, Redis, streams' and the worker's metrics
     settings = LocalSettings(
         state_dir=tmp_path_factory.mktemp("llmq-state"),
         kafka_port=base,
-        redis_port=_free_port_pair(),
-        metrics_base_port=base + 2,
+        redis_port=base + 2,
+        metrics_base_port=base + 3,
         partitions=4,
     )
     local = LocalStack(settings)
