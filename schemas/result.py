@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import SCHEMA_VERSION, ChatMessage
+from schemas.route import Route
 
 
 class CacheStatus(StrEnum):
@@ -95,11 +96,18 @@ class ErrorInfo(BaseModel):
     code: ErrorCode
     message: str
     retriable: bool
+    retry_after_s: float | None = None
+    """Seconds to wait before retrying, when llmq knows (rate limits, budgets)."""
 
     @classmethod
     def from_error(cls, error: LlmqError) -> Self:
         """The wire form of an LlmqError."""
-        return cls(code=error.code, message=error.message, retriable=error.retriable)
+        return cls(
+            code=error.code,
+            message=error.message,
+            retriable=error.retriable,
+            retry_after_s=error.retry_after_s,
+        )
 
 
 class InferenceResult(BaseModel):
@@ -113,6 +121,8 @@ class InferenceResult(BaseModel):
     tenant: str | None = None
     status: Literal["ok", "error"]
     model_used: str | None = None
+    route: Route | None = None
+    """How the answer was reached: models tried, escalation, fallback (None for a rejection)."""
     cache: CacheStatus = CacheStatus.NONE
     response: ChatCompletion | None = None
     error: ErrorInfo | None = None

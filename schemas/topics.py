@@ -8,6 +8,9 @@ from schemas.lanes import Lane
 
 REQUESTS = "llmq.requests"
 """Apps publish InferenceRequest JSON here (any key; the correlation_id is a good one)."""
+REQUESTS_KEYED = "llmq.requests.keyed"
+"""Internal: admitted requests re-keyed by fingerprint, so identical copies meet on one
+partition (coalescing). Same partition count as llmq.completions."""
 COMPLETIONS = "llmq.completions"
 """Workers publish Completion records here, keyed by fingerprint."""
 RESULTS = "llmq.results"
@@ -26,6 +29,12 @@ REDIS_CACHE_PREFIX = "llmq:cache:"
 """Exact response cache: llmq:cache:<fingerprint> -> ChatCompletion JSON (tenant in fingerprint)."""
 REDIS_RESULT_PREFIX = "llmq:result:"
 """Result store: llmq:result:<correlation_id> -> InferenceResult JSON, first write wins."""
+REDIS_SEMANTIC_PREFIX = "llmq:sem:"
+"""Semantic cache: llmq:sem:<scope> -> hash of fingerprint -> float32 embedding bytes."""
+REDIS_RATE_PREFIX = "llmq:rate:"
+"""Rate limits: llmq:rate:<tenant>:<limit> -> token bucket state."""
+REDIS_SPEND_PREFIX = "llmq:spend:"
+"""Budgets: llmq:spend:<tenant>:<period> -> USD spent, fed by metering."""
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 

@@ -6,8 +6,9 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.request import InferenceRequest
+from schemas.request import ChatMessage, InferenceRequest
 from schemas.result import ChatCompletion, ErrorInfo, Timings
+from schemas.route import Route
 
 
 class WorkItem(BaseModel):
@@ -16,10 +17,15 @@ class WorkItem(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     request: InferenceRequest
+    """The request as the engine should see it (after any prompt compression)."""
     model: str
     """The model resolved by the stream processor; workers serve only their own."""
     fingerprint: str
+    """Identity for caching and coalescing; computed with the model the app asked for."""
+    route: Route
     admitted_at: float = Field(default_factory=time.time)
+    uncompressed: list[ChatMessage] | None = None
+    """The app's messages, when prompt compression changed them (for tokens-saved metering)."""
 
 
 class Completion(BaseModel):
@@ -31,5 +37,7 @@ class Completion(BaseModel):
     response: ChatCompletion | None = None
     error: ErrorInfo | None = None
     timings: Timings
+    mean_logprob: float | None = None
+    """Mean log-probability of the answer's tokens: the cascade's confidence signal."""
     worker: str
     finished_at: float = Field(default_factory=time.time)

@@ -12,6 +12,7 @@ from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
 from schemas.request import IDENTIFIER, InferenceRequest
+from schemas.route import Route
 from schemas.topics import RESULTS, TOPIC_NAME
 from schemas.work import WorkItem
 
@@ -87,7 +88,11 @@ def route(request: InferenceRequest, catalog: Catalog, now: float | None = None)
     if request.expired(now):
         raise LlmqError(ErrorCode.EXPIRED, "the deadline passed before the request was admitted")
     return WorkItem(
-        request=request, model=name, fingerprint=fingerprint(request, name), admitted_at=now
+        request=request,
+        model=name,
+        fingerprint=fingerprint(request, name),
+        route=Route(requested=name, chain=[name, *spec.fallback]),
+        admitted_at=now,
     )
 
 

@@ -89,6 +89,9 @@ def main() -> int:
         return 2
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    if spec.source is None:
+        log.error("model %s has engine %r, which this worker cannot serve yet", name, spec.engine)
+        return 2
     checkpoint = resolve_model_source(spec.source, settings.cache_dir / "models")
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)

@@ -144,6 +144,9 @@ class LocalStack:
         """Fetch the broker jars and prepare every model's checkpoint (slow only once)."""
         say(f"kafka jars: {kafka.fetch_libs(self.settings.cache_dir)}")
         for spec in self.catalog.models:
+            if spec.source is None:
+                say(f"model {spec.name}: served by {spec.url}")
+                continue
             path = resolve_model_source(spec.source, self.settings.cache_dir / "models")
             say(f"model {spec.name}: {path}")
 

@@ -7,11 +7,17 @@ import pytest
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import ErrorInfo
 
-RETRIABLE = {ErrorCode.ENGINE_ERROR, ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.INTERNAL_ERROR}
+RETRIABLE = {
+    ErrorCode.RATE_LIMITED,
+    ErrorCode.ENGINE_ERROR,
+    ErrorCode.ENGINE_UNAVAILABLE,
+    ErrorCode.ENGINE_TIMEOUT,
+    ErrorCode.INTERNAL_ERROR,
+}
 
 
 @pytest.mark.parametrize("code", list(ErrorCode))
-def test_only_engine_and_internal_failures_are_retriable(code: ErrorCode) -> None:
+def test_only_rate_limits_engine_and_internal_failures_are_retriable(code: ErrorCode) -> None:
     assert code.retriable is (code in RETRIABLE)
     assert LlmqError(code, "why").retriable is code.retriable
 
@@ -41,4 +47,11 @@ def test_error_info_is_the_wire_form() -> None:
         "code": "engine_error",
         "message": "boom",
         "retriable": True,
+        "retry_after_s": None,
     }
+
+
+def test_retry_after_travels_to_the_wire() -> None:
+    info = ErrorInfo.from_error(LlmqError(ErrorCode.RATE_LIMITED, "slow down", retry_after_s=2.5))
+    assert info.retriable
+    assert info.retry_after_s == 2.5

@@ -12,6 +12,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.request import InferenceRequest
 from schemas.result import TokenLogprob
+from schemas.route import Route
 from schemas.work import WorkItem
 from workers.engine import EngineStep
 from workers.inflight import InFlight
@@ -31,7 +32,11 @@ def _work(**body: Any) -> WorkItem:
         }
     )
     return WorkItem(
-        request=request, model="smollm2-135m", fingerprint="ab" * 32, admitted_at=ADMITTED
+        request=request,
+        model="smollm2-135m",
+        fingerprint="ab" * 32,
+        route=Route(requested="smollm2-135m", chain=["smollm2-135m"]),
+        admitted_at=ADMITTED,
     )
 
 

@@ -21,6 +21,7 @@ from schemas.result import (
     Timings,
     Usage,
 )
+from schemas.route import Route
 from schemas.topics import (
     COMPLETIONS,
     DLQ,
@@ -298,7 +299,12 @@ def test_completion_reply_goes_to_the_default_results_topic() -> None:
     request = InferenceRequest.model_validate(
         {"correlation_id": "c9", "body": {"messages": [{"role": "user", "content": "x"}]}}
     )
-    work = WorkItem(request=request, model=MODEL, fingerprint="f" * 64)
+    work = WorkItem(
+        request=request,
+        model=MODEL,
+        fingerprint="f" * 64,
+        route=Route(requested=MODEL, chain=[MODEL]),
+    )
     asyncio.run(processor.on_completion(_completion(work)))
     assert [(s.topic, s.key) for s in send.sent] == [(RESULTS, b"c9")]
 

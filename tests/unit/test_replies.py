@@ -14,6 +14,7 @@ from schemas.result import (
     Timings,
     Usage,
 )
+from schemas.route import Route
 from schemas.work import Completion, WorkItem
 from streams.replies import from_cache, from_completion, from_error
 
@@ -30,7 +31,11 @@ def _work(correlation_id: str = "req-1") -> WorkItem:
         }
     )
     return WorkItem(
-        request=request, model="smollm2-135m", fingerprint="f" * 64, admitted_at=1_000.5
+        request=request,
+        model="smollm2-135m",
+        fingerprint="f" * 64,
+        route=Route(requested="smollm2-135m", chain=["smollm2-135m"]),
+        admitted_at=1_000.5,
     )
 
 

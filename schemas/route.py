@@ -1,0 +1,51 @@
+"""A request's route through the model catalog: the models to try, and what happened."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AUTO = "auto"
+"""The model name that asks llmq to choose the model (and to cascade)."""
+
+
+class Route(BaseModel):
+    """Chosen by the stream processor, carried by the work item and its completion.
+
+    The model now serving is `chain[len(tried)]`; the next one after a low-confidence
+    answer (cascade) or an engine failure (fallback) is the one after it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    requested: str
+    """What the app asked for: a model name, or "auto"."""
+    chain: list[str] = Field(min_length=1)
+    """Models to try, in order: the first serves, the rest take over on escalation or failure."""
+    cascade: bool = False
+    """Escalate to the next model when the answer's mean token log-probability is low."""
+    tried: list[str] = Field(default_factory=list)
+    """Models that already answered (too unsure) or failed, in order."""
+    escalated: bool = False
+    """A cheaper model's answer was not confident enough, so a bigger one answered."""
+    fell_back: bool = False
+    """A model's engine failed, so the next model of the chain answered."""
+
+    @property
+    def current(self) -> str:
+        """The model serving this attempt."""
+        return self.chain[min(len(self.tried), len(self.chain) - 1)]
+
+    @property
+    def remaining(self) -> list[str]:
+        """Models still to try after the current one."""
+        return self.chain[len(self.tried) + 1 :]
+
+    def advance(self, *, escalated: bool) -> Route:
+        """The route for the next model of the chain, after an escalation or a failure."""
+        return self.model_copy(
+            update={
+                "tried": [*self.tried, self.current],
+                "escalated": self.escalated or escalated,
+                "fell_back": self.fell_back or not escalated,
+            }
+        )
