@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from schemas.request import ChatBody
+from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob
 
 
@@ -33,6 +33,10 @@ class Engine(Protocol):
 
     def generate(self, request_id: str, body: ChatBody, priority: int) -> AsyncIterator[EngineStep]:
         """Stream one chat completion; closing the iterator early aborts it in the engine."""
+        ...
+
+    def prompt_tokens(self, messages: list[ChatMessage]) -> int | None:
+        """Tokens these messages make as a prompt; None when the engine cannot tell."""
         ...
 
     def shutdown(self) -> None:

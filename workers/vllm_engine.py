@@ -19,7 +19,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
-from schemas.request import ChatBody
+from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob
 from workers.engine import EngineStep
 
@@ -88,14 +88,23 @@ class VllmEngine:
         """Stop the engine's processes."""
         self._engine.shutdown()
 
-    def _prompt_ids(self, body: ChatBody) -> list[int]:
-        messages = [m.model_dump() for m in body.messages]
-        ids = cast(
+    def prompt_tokens(self, messages: list[ChatMessage]) -> int:
+        """Tokens of these messages under the model's chat template."""
+        return len(self._template(messages))
+
+    def _template(self, messages: list[ChatMessage]) -> list[int]:
+        return cast(
             list[int],
             self._tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+                [m.model_dump() for m in messages],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
             ),
         )
+
+    def _prompt_ids(self, body: ChatBody) -> list[int]:
+        ids = self._template(body.messages)
         if len(ids) >= self._spec.max_model_len:
             raise LlmqError(
                 ErrorCode.PROMPT_TOO_LARGE,
