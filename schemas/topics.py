@@ -32,9 +32,10 @@ REDIS_RESULT_PREFIX = "llmq:result:"
 REDIS_SEMANTIC_PREFIX = "llmq:sem:"
 """Semantic cache: llmq:sem:<scope> -> hash of fingerprint -> float32 embedding bytes."""
 REDIS_RATE_PREFIX = "llmq:rate:"
-"""Rate limits: llmq:rate:<tenant>:<limit> -> token bucket state."""
+"""Rate limits: llmq:rate:{<tenant>}:requests|tokens -> token bucket state."""
 REDIS_SPEND_PREFIX = "llmq:spend:"
-"""Budgets: llmq:spend:<tenant>:<period> -> USD spent, fed by metering."""
+"""Budgets: llmq:spend:{<tenant>}:<day or month> -> USD spent, fed by metering (and a
+`seen:<day>` set of counted events, so a redelivered event counts once)."""
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 

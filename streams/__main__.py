@@ -7,6 +7,7 @@ import logging
 from faust.worker import Worker
 from prometheus_client import start_http_server
 
+from schemas.tenants import TenantPolicy
 from streams.app import build
 from streams.settings import StreamSettings
 
@@ -15,6 +16,7 @@ def main() -> None:
     """Validate settings, serve /metrics, hand the loop to faust (which drains on SIGTERM)."""
     settings = StreamSettings()
     settings.catalog()  # a bad models file fails here, with its reason, not in an agent
+    TenantPolicy.load(settings.tenants_file)  # likewise a bad tenants file
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
     app = build(settings)

@@ -11,10 +11,10 @@ from pydantic import ValidationError
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
-from schemas.request import IDENTIFIER, InferenceRequest
-from schemas.route import Route
+from schemas.request import IDENTIFIER, ChatMessage, InferenceRequest
 from schemas.topics import RESULTS, TOPIC_NAME
 from schemas.work import WorkItem
+from streams.router import plan
 
 MAX_RECORD_BYTES = 1_048_576
 
@@ -58,15 +58,18 @@ def parse(raw: bytes) -> InferenceRequest:
         raise LlmqError(ErrorCode.INVALID_REQUEST, _describe(exc)) from None
 
 
-def route(request: InferenceRequest, catalog: Catalog, now: float | None = None) -> WorkItem:
-    """Pick the model, check the request fits it, and fingerprint it."""
-    name = request.requested_model or catalog.default
+def route(
+    request: InferenceRequest,
+    catalog: Catalog,
+    now: float | None = None,
+    uncompressed: list[ChatMessage] | None = None,
+) -> WorkItem:
+    """Plan the route, check the request fits its first model, and fingerprint it."""
+    planned = plan(request, catalog)
+    name = planned.current
     spec = catalog.get(name)
-    if spec is None:
-        raise LlmqError(
-            ErrorCode.UNKNOWN_MODEL,
-            f"unknown model {name!r}; this deployment serves {catalog.names}",
-        )
+    if spec is None:  # plan() names catalog models only
+        raise LlmqError(ErrorCode.UNKNOWN_MODEL, f"unknown model {name!r}")
     if request.body.stream:
         raise LlmqError(
             ErrorCode.UNSUPPORTED,
@@ -90,9 +93,10 @@ def route(request: InferenceRequest, catalog: Catalog, now: float | None = None)
     return WorkItem(
         request=request,
         model=name,
-        fingerprint=fingerprint(request, name),
-        route=Route(requested=name, chain=[name, *spec.fallback]),
+        fingerprint=fingerprint(request, planned.requested),
+        route=planned,
         admitted_at=now,
+        uncompressed=uncompressed,
     )
 
 

@@ -1,21 +1,36 @@
-"""The faust app: the Processor wired to llmq.requests and llmq.completions."""
+"""The faust app: admission, dedupe and completion wired to their topics and the table."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
 import redis.asyncio as aioredis
 
-from schemas.topics import COMPLETIONS, REQUESTS
+from schemas.tenants import TenantPolicy
+from schemas.topics import COMPLETIONS, METERING, REQUESTS, REQUESTS_KEYED
 from streams import metrics
-from streams.processor import Processor
+from streams.admission import Admission
+from streams.budget import Budgets
+from streams.coalesce import Coalescer
+from streams.complete import Complete
+from streams.compress import compress
+from streams.dedupe import Dedupe
+from streams.embedder import Embedder
+from streams.gate import TenantGate
+from streams.outbox import Outbox
+from streams.ratelimit import RateLimiter
+from streams.semantic import SemanticCache
 from streams.settings import StreamSettings
 from streams.store import RedisStore
 
 ACK_TIMEOUT_S = 30.0
+INFLIGHT_TABLE = "llmq.inflight"
+"""The coalescing table; its changelog topic is <app_id>-llmq.inflight-changelog."""
+
+Handler = Callable[[bytes | None, bytes], Awaitable[None]]
 
 
 class FaustSend:
@@ -48,7 +63,7 @@ class FaustSend:
 
 
 def build(settings: StreamSettings) -> faust.App:
-    """The app with both agents; run it with faust's Worker."""
+    """The app with its agents; run it with faust's Worker."""
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
@@ -64,27 +79,48 @@ def build(settings: StreamSettings) -> faust.App:
         web_enabled=False,
         datadir=str(settings.data_dir),
     )
-    store = RedisStore(
-        aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
-        cache_ttl_s=settings.cache_ttl_s,
-        result_ttl_s=settings.result_ttl_s,
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    store = RedisStore(redis, cache_ttl_s=settings.cache_ttl_s, result_ttl_s=settings.result_ttl_s)
+    catalog = settings.catalog()
+    outbox = Outbox(store, FaustSend(app))
+    # The coalescing state: changelog-backed, co-partitioned with llmq.requests.keyed and
+    # llmq.completions (all keyed by fingerprint, all with `partitions` partitions).
+    table = app.Table(
+        INFLIGHT_TABLE,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
     )
-    processor = Processor(settings.catalog(), store, FaustSend(app))
-    requests = app.topic(REQUESTS, key_serializer="raw", value_serializer="raw")
-    completions = app.topic(COMPLETIONS, key_serializer="raw", value_serializer="raw")
+    coalescer = Coalescer(table, settings.coalesce_stale_s)
+    similar = (
+        SemanticCache(redis, Embedder(), settings.semantic_threshold, settings.semantic_max_entries)
+        if settings.semantic_cache
+        else None
+    )
+    gate = TenantGate(TenantPolicy.load(settings.tenants_file), RateLimiter(redis), Budgets(redis))
+    admission = Admission(catalog, outbox, gate, compress if settings.compress_prompts else None)
+    dedupe = Dedupe(outbox, coalescer, similar)
+    complete = Complete(catalog, outbox, coalescer, similar)
 
-    async def admit(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await processor.on_request(event.key, event.value)
+    def agent(topic: str, name: str, concurrency: int, handle: Handler) -> None:
+        source = app.topic(topic, key_serializer="raw", value_serializer="raw")
 
-    async def complete(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await processor.on_completion(event.value)
+        async def run(stream: faust.StreamT[bytes]) -> None:
+            async for event in stream.events():
+                await handle(event.key, event.value)
+
+        app.agent(source, name=name, concurrency=concurrency)(run)
+
+    agent(REQUESTS, "llmq.admit", settings.concurrency, admission.on_request)
+    # One actor each: they write the coalescing table (faust forbids that with concurrency).
+    agent(REQUESTS_KEYED, "llmq.dedupe", 1, dedupe.on_keyed)
+    agent(COMPLETIONS, "llmq.complete", 1, complete.on_completion)
+    agent(METERING, "llmq.meter", settings.concurrency, lambda _, value: gate.on_metering(value))
 
     async def ready() -> None:
         metrics.READY.set(1)
 
-    app.agent(requests, name="llmq.admit", concurrency=settings.concurrency)(admit)
-    app.agent(completions, name="llmq.complete", concurrency=settings.concurrency)(complete)
     app.task(ready)
     return app

@@ -7,8 +7,20 @@ from prometheus_client import Counter, Gauge, Histogram
 READY = Gauge("llmq_streams_ready", "1 once the stream processor consumes its topics")
 REQUESTS = Counter(
     "llmq_streams_requests_total",
-    "Requests taken from llmq.requests, by outcome",
-    ["outcome"],  # routed | cache_hit | rejected
+    "Requests by outcome",
+    # admission: admitted | rejected (dead-lettered) | refused (rate limit, budget);
+    # then: routed | coalesced | cache_exact | cache_semantic
+    ["outcome"],
+)
+REROUTES = Counter(
+    "llmq_streams_reroutes_total",
+    "Work sent on to the next model of its route",
+    ["kind"],  # escalated (cascade) | fell_back (engine failure)
+)
+COALESCED = Histogram(
+    "llmq_streams_coalesced_followers",
+    "Copies answered by each generation besides its leader",
+    buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
 REJECTIONS = Counter("llmq_streams_rejections_total", "Rejected requests by error code", ["code"])
 COMPLETIONS = Counter(
@@ -20,3 +32,4 @@ RESULT_LATENCY = Histogram(
     ["cache"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+SPEND = Counter("llmq_streams_metered_usd", "USD of metered generations counted towards budgets")

@@ -7,6 +7,7 @@ import time
 from schemas.errors import LlmqError
 from schemas.result import CacheStatus, ChatCompletion, ErrorInfo, InferenceResult, Timings
 from schemas.work import Completion, WorkItem
+from streams.coalesce import Waiter
 
 
 def _total_ms(created_at: float | None, now: float) -> float | None:
@@ -22,6 +23,7 @@ def from_completion(completion: Completion, now: float | None = None) -> Inferen
         tenant=request.tenant,
         status="ok" if completion.error is None else "error",
         model_used=completion.work.model,
+        route=completion.work.route,
         response=completion.response,
         error=completion.error,
         timings=completion.timings.model_copy(
@@ -31,7 +33,12 @@ def from_completion(completion: Completion, now: float | None = None) -> Inferen
     )
 
 
-def from_cache(work: WorkItem, cached: ChatCompletion, now: float | None = None) -> InferenceResult:
+def from_cache(
+    work: WorkItem,
+    cached: ChatCompletion,
+    cache: CacheStatus = CacheStatus.EXACT,
+    now: float | None = None,
+) -> InferenceResult:
     """A cached answer, re-issued under this request's own id."""
     now = time.time() if now is None else now
     request = work.request
@@ -40,13 +47,37 @@ def from_cache(work: WorkItem, cached: ChatCompletion, now: float | None = None)
         tenant=request.tenant,
         status="ok",
         model_used=cached.model,
-        cache=CacheStatus.EXACT,
-        response=cached.model_copy(
-            update={"id": f"chatcmpl-{request.correlation_id}", "created": int(now)}
-        ),
+        route=work.route,
+        cache=cache,
+        response=_reissued(cached, request.correlation_id, now),
         timings=Timings(total_ms=_total_ms(request.created_at, now)),
         finished_at=now,
     )
+
+
+def for_follower(
+    leader: InferenceResult, waiter: Waiter, now: float | None = None
+) -> InferenceResult:
+    """The leader's result (answer or error), re-issued to a coalesced follower."""
+    now = time.time() if now is None else now
+    response = leader.response
+    return leader.model_copy(
+        update={
+            "correlation_id": waiter.correlation_id,
+            "cache": CacheStatus.COALESCED,
+            "response": None
+            if response is None
+            else _reissued(response, waiter.correlation_id, now),
+            "timings": leader.timings.model_copy(
+                update={"total_ms": _total_ms(waiter.created_at, now)}
+            ),
+            "finished_at": now,
+        }
+    )
+
+
+def _reissued(response: ChatCompletion, correlation_id: str, now: float) -> ChatCompletion:
+    return response.model_copy(update={"id": f"chatcmpl-{correlation_id}", "created": int(now)})
 
 
 def from_error(

@@ -18,10 +18,26 @@ class StreamSettings(ServiceSettings):
     partitions: int = Field(default=4, ge=1, le=256)
     """Partitions of llmq.requests and llmq.completions (LLMQ_PARTITIONS)."""
     concurrency: int = Field(default=8, ge=1, le=256)
-    """Records each agent handles at once (Redis and broker round trips overlap)."""
+    """Requests admission handles at once (Redis and broker round trips overlap). The
+    stages that own the coalescing table run one record at a time per process."""
     data_dir: Path = Path(tempfile.gettempdir()) / "llmq-streams"
     """faust's local state (table stores); one per instance (LLMQ_DATA_DIR)."""
     cache_ttl_s: int = Field(default=24 * 3600, ge=1)
     """How long the exact response cache keeps an answer (LLMQ_CACHE_TTL_S)."""
     result_ttl_s: int = Field(default=24 * 3600, ge=1)
     """How long the result store keeps a result (LLMQ_RESULT_TTL_S)."""
+    coalesce_stale_s: float = Field(default=900.0, gt=0)
+    """A generation in flight for longer is presumed lost: the next copy leads a new one
+    and inherits the waiting followers (LLMQ_COALESCE_STALE_S)."""
+    semantic_cache: bool = True
+    """Answer paraphrases of cached requests from the semantic cache (LLMQ_SEMANTIC_CACHE)."""
+    semantic_threshold: float = Field(default=0.9, gt=0, le=1)
+    """Cosine similarity at or above which a cached answer is served; see
+    docs/semantic-cache.md for the hit and false-hit rates behind it."""
+    semantic_max_entries: int = Field(default=100_000, ge=1)
+    """Vectors kept per scope (tenant, model, sampling parameters, earlier turns)."""
+    compress_prompts: bool = False
+    """Normalise whitespace and invisible characters in prompts before they reach the
+    engine; the tokens saved are metered (LLMQ_COMPRESS_PROMPTS)."""
+    tenants_file: Path | None = None
+    """A TOML file of per-tenant rate limits and budgets (LLMQ_TENANTS_FILE); none: unlimited."""

@@ -16,7 +16,15 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas.catalog import Catalog
-from schemas.topics import COMPLETIONS, DLQ, METERING, REQUESTS, RESULTS, work_topics
+from schemas.topics import (
+    COMPLETIONS,
+    DLQ,
+    METERING,
+    REQUESTS,
+    REQUESTS_KEYED,
+    RESULTS,
+    work_topics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +139,7 @@ def broker_argv(libs: Path, props: Path) -> list[str]:
 
 def topic_plan(catalog: Catalog, partitions: int) -> dict[str, int]:
     """Every topic llmq uses, with its partition count."""
-    topics = {t: partitions for t in (REQUESTS, COMPLETIONS, RESULTS, METERING)}
+    topics = {t: partitions for t in (REQUESTS, REQUESTS_KEYED, COMPLETIONS, RESULTS, METERING)}
     topics[DLQ] = 1
     for spec in catalog.models:
         topics.update({t: partitions for t in work_topics(spec.name)})

@@ -1,0 +1,75 @@
+"""Stage 1, llmq.requests: validate, apply the tenant's limits, compress, fingerprint, re-key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from schemas.catalog import Catalog
+from schemas.errors import LlmqError
+from schemas.request import ChatMessage, InferenceRequest
+from schemas.topics import REQUESTS, REQUESTS_KEYED
+from streams import metrics
+from streams.admit import parse, route, salvage
+from streams.outbox import Outbox
+
+Compress = Callable[[list[ChatMessage]], list[ChatMessage]]
+
+
+class Gate(Protocol):
+    """A tenant's rate limits and budget; raises LlmqError when the request must wait."""
+
+    async def check(self, request: InferenceRequest) -> None: ...
+
+
+class Admission:
+    """Turns each app record into a WorkItem on llmq.requests.keyed, or an error reply."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        outbox: Outbox,
+        gate: Gate | None = None,
+        compress: Compress | None = None,
+    ) -> None:
+        self._catalog = catalog
+        self._outbox = outbox
+        self._gate = gate
+        self._compress = compress
+
+    async def on_request(self, key: bytes | None, value: bytes) -> None:
+        """One record of llmq.requests; never raises (see Outbox.guarded)."""
+        await self._outbox.guarded(REQUESTS, key, value, lambda: self._admit(key, value))
+
+    async def _admit(self, key: bytes | None, value: bytes) -> None:
+        try:
+            request, original = self._compressed(parse(value))
+            work = route(request, self._catalog, uncompressed=original)
+        except LlmqError as error:
+            metrics.REQUESTS.labels("rejected").inc()
+            await self._outbox.reject(REQUESTS, key, value, salvage(error, value))
+            return
+        if self._gate is not None:
+            try:
+                await self._gate.check(work.request)
+            except LlmqError as error:
+                metrics.REQUESTS.labels("refused").inc()
+                await self._outbox.refuse(salvage(error, value))
+                return
+        metrics.REQUESTS.labels("admitted").inc()
+        await self._outbox.send(
+            REQUESTS_KEYED, work.fingerprint.encode(), work.model_dump_json().encode()
+        )
+
+    def _compressed(
+        self, request: InferenceRequest
+    ) -> tuple[InferenceRequest, list[ChatMessage] | None]:
+        """The request with its prompt compressed, and the app's messages if that changed them."""
+        if self._compress is None:
+            return request, None
+        original = list(request.body.messages)
+        messages = self._compress(original)
+        if messages == original:
+            return request, None
+        body = request.body.model_copy(update={"messages": messages})
+        return request.model_copy(update={"body": body}), original

@@ -1,0 +1,135 @@
+"""Coalescing: identical requests in flight share one generation.
+
+The state lives in a faust table keyed by fingerprint (changelog-backed, so it survives a
+restart of the stream processor). Requests and completions are keyed by fingerprint, so
+every copy of a request and its completion meet on the partition that owns the entry.
+
+One entry per generation plus one per follower keeps every changelog record small, however
+many copies pile up: `<fp>` -> Leader, `<fp>/<n>` -> Waiter for the n-th follower.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.request import InferenceRequest
+from schemas.result import InferenceResult
+
+Reply = tuple[str | None, InferenceResult]
+"""A result and the topic it goes to (None: the result store only)."""
+
+
+class Waiter(BaseModel):
+    """What a follower needs to get its own reply: its id, tenant, reply topic and clock."""
+
+    model_config = ConfigDict(frozen=True)
+
+    correlation_id: str
+    tenant: str
+    reply_to: str | None
+    created_at: float
+
+    @classmethod
+    def from_request(cls, request: InferenceRequest) -> Self:
+        """The follower's side of a request."""
+        return cls(
+            correlation_id=request.correlation_id,
+            tenant=request.tenant,
+            reply_to=request.reply_to,
+            created_at=request.created_at,
+        )
+
+
+class Leader(BaseModel):
+    """The generation in flight for one fingerprint, and how many followers wait on it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    correlation_id: str
+    since: float
+    followers: int = 0
+
+
+class Coalescer:
+    """Leader election and the follower lists, on a dict-like table of bytes.
+
+    Every method is synchronous on purpose: between the check and the write there is no
+    await, so two copies handled by the same process can never both become leaders.
+    """
+
+    def __init__(self, table: MutableMapping[bytes, bytes], stale_after_s: float) -> None:
+        self._table = table
+        self._stale_after_s = stale_after_s
+
+    def join(self, request: InferenceRequest, fingerprint: str, now: float | None = None) -> bool:
+        """Follow the generation in flight for `fingerprint`: True, or False when there is
+        none (or it is stale), in which case this request is now the leader."""
+        now = time.time() if now is None else now
+        key = fingerprint.encode()
+        raw = self._table.get(key)
+        leader = None if raw is None else Leader.model_validate_json(raw)
+        if leader is None or now - leader.since > self._stale_after_s:
+            # A stale leader's generation is presumed lost: lead anew, keep its followers.
+            followers = 0 if leader is None else leader.followers
+            new = Leader(correlation_id=request.correlation_id, since=now, followers=followers)
+            self._table[key] = new.model_dump_json().encode()
+            return False
+        self._table[_follower_key(fingerprint, leader.followers)] = (
+            Waiter.from_request(request).model_dump_json().encode()
+        )
+        updated = leader.model_copy(update={"followers": leader.followers + 1})
+        self._table[key] = updated.model_dump_json().encode()
+        return True
+
+    def followers(self, fingerprint: str) -> int:
+        """How many followers have joined the generation in flight (0 when there is none)."""
+        raw = self._table.get(fingerprint.encode())
+        return 0 if raw is None else Leader.model_validate_json(raw).followers
+
+    def waiters(self, fingerprint: str, start: int, stop: int) -> list[Waiter]:
+        """The followers numbered start..stop-1."""
+        found = (self._table.get(_follower_key(fingerprint, n)) for n in range(start, stop))
+        return [Waiter.model_validate_json(w) for w in found if w is not None]
+
+    def drop(self, fingerprint: str) -> None:
+        """Forget the generation and its followers."""
+        key = fingerprint.encode()
+        raw = self._table.get(key)
+        if raw is None:
+            return
+        for n in range(Leader.model_validate_json(raw).followers):
+            self._table.pop(_follower_key(fingerprint, n), None)
+        del self._table[key]
+
+    async def settle(
+        self,
+        fingerprint: str,
+        first: Sequence[Reply],
+        for_waiter: Callable[[Waiter], Reply],
+        reply_all: Callable[[Sequence[Reply]], Awaitable[None]],
+    ) -> int:
+        """Answer the leader (`first`) and every follower, then forget the entry.
+
+        The entry is dropped only after every reply is acknowledged, so a crash in between
+        answers them again after the restart (at-least-once) instead of losing them.
+        Copies that join while replies are in flight are answered too. Returns the number
+        of followers answered.
+        """
+        replies, answered = first, 0
+        while True:
+            await reply_all(replies)
+            joined = self.followers(fingerprint)
+            if joined <= answered:
+                # No await between this check and the drop: nobody can join in between.
+                self.drop(fingerprint)
+                return answered
+            replies = [for_waiter(w) for w in self.waiters(fingerprint, answered, joined)]
+            answered = joined
+
+
+def _follower_key(fingerprint: str, n: int) -> bytes:
+    return f"{fingerprint}/{n}".encode()

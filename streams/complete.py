@@ -1,0 +1,76 @@
+"""Stage 3, llmq.completions: escalate or fall back, else fill the caches and answer everyone."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.topics import COMPLETIONS
+from schemas.work import Completion
+from streams import metrics, replies
+from streams.coalesce import Coalescer
+from streams.dedupe import Similar
+from streams.outbox import Outbox, work_requester
+from streams.router import next_route
+from streams.semantic import semantic_key
+
+
+class Complete:
+    """Turns each completion into the results of the leader and of every coalesced copy.
+
+    Runs as one actor per process, beside Dedupe, on the same coalescing table.
+    """
+
+    def __init__(
+        self, catalog: Catalog, outbox: Outbox, coalescer: Coalescer, similar: Similar | None
+    ) -> None:
+        self._catalog = catalog
+        self._outbox = outbox
+        self._coalescer = coalescer
+        self._similar = similar
+
+    async def on_completion(self, key: bytes | None, value: bytes) -> None:
+        """One record of llmq.completions; never raises (see Outbox.guarded)."""
+        await self._outbox.guarded(
+            COMPLETIONS, key, value, lambda: self._complete(key, value), work_requester
+        )
+
+    async def _complete(self, key: bytes | None, value: bytes) -> None:
+        try:
+            completion = Completion.model_validate_json(value)
+        except ValidationError as exc:
+            error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable completion: {exc}")
+            await self._outbox.dead_letter(COMPLETIONS, key, value, error)
+            return
+        work = completion.work
+        route = next_route(completion, self._catalog)
+        if route is not None:
+            # 1) Too unsure (cascade) or failed (fallback): the next model takes it over,
+            #    and whoever waits on this fingerprint keeps waiting.
+            metrics.REROUTES.labels("escalated" if route.escalated else "fell_back").inc()
+            await self._outbox.work(
+                work.model_copy(update={"model": route.current, "route": route})
+            )
+            return
+        request = work.request
+        result = replies.from_completion(completion)
+        metrics.COMPLETIONS.labels(result.status).inc()
+        first = [(request.reply_to, result)]
+        if not request.cacheable:
+            await self._outbox.reply_all(first)
+            return
+        # 2) Fill the caches before the entry goes, so a copy arriving later hits the cache.
+        if completion.response is not None:
+            await self._outbox.store.cache(work.fingerprint, completion.response)
+            key_text = semantic_key(request, work.route.requested)
+            if self._similar is not None and key_text is not None:
+                await self._similar.add(*key_text, work.fingerprint)
+        # 3) Answer the leader and every follower, then forget the generation.
+        followers = await self._coalescer.settle(
+            work.fingerprint,
+            first,
+            lambda w: (w.reply_to, replies.for_follower(result, w)),
+            self._outbox.reply_all,
+        )
+        metrics.COALESCED.observe(followers)

@@ -1,0 +1,99 @@
+"""Stage 2, llmq.requests.keyed: answer from the caches, coalesce copies, route the rest."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from schemas.result import CacheStatus, ChatCompletion
+from schemas.topics import REQUESTS_KEYED
+from schemas.work import WorkItem
+from streams import metrics, replies
+from streams.coalesce import Coalescer
+from streams.outbox import Outbox, work_requester
+from streams.semantic import SemanticHit, semantic_key
+
+
+class Similar(Protocol):
+    """The semantic cache (SemanticCache in production)."""
+
+    async def lookup(self, scope: str, text: str) -> SemanticHit | None: ...
+
+    async def add(self, scope: str, text: str, fingerprint: str) -> None: ...
+
+    async def forget(self, scope: str, fingerprint: str) -> None: ...
+
+
+class Dedupe:
+    """Exact cache, then semantic cache, then the generation in flight; else lead and route.
+
+    Runs as one actor per process (it writes the coalescing table), so copies of a
+    request are handled one after the other and exactly one of them leads.
+    """
+
+    def __init__(self, outbox: Outbox, coalescer: Coalescer, similar: Similar | None) -> None:
+        self._outbox = outbox
+        self._coalescer = coalescer
+        self._similar = similar
+
+    async def on_keyed(self, key: bytes | None, value: bytes) -> None:
+        """One record of llmq.requests.keyed; never raises (see Outbox.guarded)."""
+        await self._outbox.guarded(
+            REQUESTS_KEYED, key, value, lambda: self._dedupe(value), work_requester
+        )
+
+    async def _dedupe(self, value: bytes) -> None:
+        work = WorkItem.model_validate_json(value)
+        request = work.request
+        if not request.cacheable:
+            # A sampled request wants its own sample: no cache, no sharing.
+            metrics.REQUESTS.labels("routed").inc()
+            await self._outbox.work(work)
+            return
+        if self._coalescer.join(request, work.fingerprint):
+            metrics.REQUESTS.labels("coalesced").inc()
+            return
+        try:
+            await self._lead(work)
+        except BaseException:
+            # Nobody may wait on a generation that will never come: the entry goes before
+            # the failure propagates (and this request gets its error reply).
+            self._coalescer.drop(work.fingerprint)
+            raise
+
+    async def _lead(self, work: WorkItem) -> None:
+        """The first copy: answer it from a cache, or send it to the engines."""
+        request = work.request
+        hit = await self._cached(work)
+        if hit is None:
+            metrics.REQUESTS.labels("routed").inc()
+            await self._outbox.work(work)
+            return
+        cached, status = hit
+        metrics.REQUESTS.labels(f"cache_{status.value}").inc()
+        first = replies.from_cache(work, cached, status)
+        # A stale entry may have left followers to this request: they share its answer.
+        await self._coalescer.settle(
+            work.fingerprint,
+            [(request.reply_to, first)],
+            lambda w: (w.reply_to, replies.for_follower(first, w)),
+            self._outbox.reply_all,
+        )
+
+    async def _cached(self, work: WorkItem) -> tuple[ChatCompletion, CacheStatus] | None:
+        """An answer from the exact cache, else from the semantic cache."""
+        store = self._outbox.store
+        cached = await store.cached(work.fingerprint)
+        if cached is not None:
+            return cached, CacheStatus.EXACT
+        key = None if self._similar is None else semantic_key(work.request, work.route.requested)
+        if self._similar is None or key is None:
+            return None
+        hit = await self._similar.lookup(*key)
+        if hit is None:
+            return None
+        cached = await store.cached(hit.fingerprint)
+        if cached is None:
+            # The answer behind that vector has expired from the exact cache.
+            await self._similar.forget(key[0], hit.fingerprint)
+            return None
+        return cached, CacheStatus.SEMANTIC

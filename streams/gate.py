@@ -1,0 +1,57 @@
+"""Per-tenant admission control: rate limits at the door, budgets fed by metering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from schemas.metering import MeteringEvent
+from schemas.request import InferenceRequest
+from schemas.tenants import TenantPolicy
+from streams import metrics
+from streams.budget import Budgets
+from streams.ratelimit import RateLimiter, estimate_tokens
+
+log = logging.getLogger(__name__)
+
+RETRY_CAP_S = 5.0
+
+
+class TenantGate:
+    """The Gate of admission: the tenant's rate limits, then its budget."""
+
+    def __init__(self, policy: TenantPolicy, limiter: RateLimiter, budgets: Budgets) -> None:
+        self._policy = policy
+        self._limiter = limiter
+        self._budgets = budgets
+
+    async def check(self, request: InferenceRequest) -> None:
+        """Raise RATE_LIMITED or BUDGET_EXCEEDED (with retry_after_s) when it must wait."""
+        limits = self._policy.limits(request.tenant)
+        await self._budgets.check(request.tenant, limits)
+        await self._limiter.check(request.tenant, limits, estimate_tokens(request.body))
+
+    async def on_metering(self, value: bytes) -> None:
+        """Count one metering event towards its tenant's budget.
+
+        Redis errors are retried (with a capped backoff) until they pass: the record's
+        offset is committed only after it, so spend is neither lost nor counted twice.
+        """
+        try:
+            event = MeteringEvent.model_validate_json(value)
+        except ValidationError as exc:
+            log.warning("skipping an unreadable metering event: %s", exc.errors()[:2])
+            return
+        delay = 0.1
+        while True:
+            try:
+                if await self._budgets.record(event):
+                    metrics.SPEND.inc(event.cost_usd)
+                return
+            except RedisError as exc:
+                log.warning("cannot record spend (retrying in %.1fs): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(RETRY_CAP_S, delay * 2)

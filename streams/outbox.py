@@ -1,0 +1,143 @@
+"""Everything the stream processor publishes: replies, dead letters, and work for the engines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from schemas.errors import ErrorCode, LlmqError
+from schemas.result import ChatCompletion, InferenceResult
+from schemas.topics import (
+    DLQ,
+    HEADER_ERROR_CODE,
+    HEADER_REASON,
+    HEADER_SOURCE_TOPIC,
+    work_topic,
+)
+from schemas.work import Completion, WorkItem
+from streams import metrics, replies
+from streams.admit import Rejection, salvage
+
+log = logging.getLogger(__name__)
+
+
+class Store(Protocol):
+    """The exact response cache and the result store (RedisStore in production)."""
+
+    async def cached(self, fingerprint: str) -> ChatCompletion | None: ...
+
+    async def cache(self, fingerprint: str, response: ChatCompletion) -> None: ...
+
+    async def keep_result(self, result: InferenceResult) -> None: ...
+
+
+class Send(Protocol):
+    """Publish one record and return once the broker has acknowledged it."""
+
+    async def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None: ...
+
+
+class Outbox:
+    """Publishing with the guarantees the design asks for: a reply is stored and sent, a
+    rejected record is dead-lettered with its reason, and nothing raises out of an agent."""
+
+    def __init__(self, store: Store, send: Send) -> None:
+        self.store = store
+        self.send = send
+
+    async def guarded(
+        self,
+        source: str,
+        key: bytes | None,
+        value: bytes,
+        handle: Callable[[], Awaitable[None]],
+        requester: Callable[[LlmqError, bytes], Rejection] = salvage,
+    ) -> None:
+        """Run one record's handler; an unexpected failure dead-letters the record with a
+        retriable error reply to whoever `requester` finds in it. faust would commit past a
+        raising agent and the app would wait forever, so this never raises (but a failed
+        dead-letter send does)."""
+        try:
+            await handle()
+        except Exception as exc:
+            log.exception("failed on a record of %s; dead-lettering it", source)
+            error = LlmqError(ErrorCode.INTERNAL_ERROR, f"the stream processor failed: {exc!r}")
+            await self.reject(source, key, value, requester(error, value))
+
+    async def work(self, item: WorkItem) -> None:
+        """Hand a work item to the workers of its current model, in its lane."""
+        await self.send(
+            work_topic(item.model, item.request.lane),
+            item.fingerprint.encode(),
+            item.model_dump_json().encode(),
+        )
+
+    async def reply(self, topic: str | None, result: InferenceResult) -> None:
+        """Store the result, then publish it when there is a topic; both are idempotent."""
+        await self.store.keep_result(result)
+        if topic is None:
+            return
+        key = result.correlation_id.encode() if result.correlation_id else None
+        await self.send(topic, key, result.model_dump_json().encode())
+        if result.timings.total_ms is not None:
+            metrics.RESULT_LATENCY.labels(result.cache.value).observe(
+                result.timings.total_ms / 1000
+            )
+
+    async def reply_all(self, results: Sequence[tuple[str | None, InferenceResult]]) -> None:
+        """Several replies at once: their broker round trips overlap."""
+        await asyncio.gather(*(self.reply(topic, result) for topic, result in results))
+
+    async def refuse(self, why: Rejection) -> None:
+        """An error reply for a request that is well-formed but not served (rate limits,
+        budgets): it is answered, not dead-lettered."""
+        metrics.REJECTIONS.labels(why.error.code.value).inc()
+        log.info("refused %s: %s", why.correlation_id, why.error)
+        if why.correlation_id is not None:
+            await self.reply(
+                why.reply_to, replies.from_error(why.error, why.correlation_id, why.tenant)
+            )
+
+    async def reject(self, source: str, key: bytes | None, raw: bytes, why: Rejection) -> None:
+        """Dead-letter the raw record and, where the envelope allows, send an error reply."""
+        metrics.REJECTIONS.labels(why.error.code.value).inc()
+        log.info(
+            "rejected %s (%s): %s", why.correlation_id or "a record", why.error.code, why.error
+        )
+        await self.dead_letter(source, key, raw, why.error)
+        if why.correlation_id is not None:
+            result = replies.from_error(why.error, why.correlation_id, why.tenant)
+            await self.reply(why.reply_to, result)
+
+    async def dead_letter(
+        self, source: str, key: bytes | None, raw: bytes, error: LlmqError
+    ) -> None:
+        """The raw record on llmq.dlq, with the reason, error code and source topic."""
+        headers = {
+            HEADER_REASON: error.message.encode(),
+            HEADER_ERROR_CODE: error.code.value.encode(),
+            HEADER_SOURCE_TOPIC: source.encode(),
+        }
+        await self.send(DLQ, key, raw, headers)
+
+
+def work_requester(error: LlmqError, raw: bytes) -> Rejection:
+    """Who is waiting on a WorkItem or Completion record (both carry the request)."""
+    try:
+        request = WorkItem.model_validate_json(raw).request
+    except ValidationError:
+        try:
+            request = Completion.model_validate_json(raw).work.request
+        except ValidationError:
+            return Rejection(error, None, None, None)
+    return Rejection(error, request.correlation_id, request.tenant, request.reply_to)

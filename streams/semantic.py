@@ -1,0 +1,390 @@
+"""The semantic cache: a cached answer for a question asked again in other words.
+
+A question is compared only within its scope (everything but the question that changes the
+answer). Candidates come from embedding similarity; a lexical guard then rejects the close
+wordings whose answers differ (other entity, number, negation, direction), which the
+embedding alone cannot tell apart (docs/semantic-cache.md has the measurements).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from schemas.fingerprint import fingerprint
+from schemas.request import ChatMessage, InferenceRequest
+from schemas.topics import REDIS_SEMANTIC_PREFIX
+
+log = logging.getLogger(__name__)
+
+Vector = npt.NDArray[np.float32]
+
+DEFAULT_THRESHOLD = 0.85
+"""Cosine similarity from which a candidate goes to the guard: the highest threshold that
+keeps the best zero-false-hit rate on tests/data/paraphrases.jsonl (docs/semantic-cache.md)."""
+MAX_TEXT_CHARS = 2_000
+"""Longer questions are not compared: the guard needs the whole text, kept in Redis."""
+CANDIDATES = 8
+"""The most similar entries above the threshold that the guard may check, best first."""
+READ_BATCH = 1_000
+"""Stream entries read per round trip when a mirror catches up."""
+
+
+def semantic_key(request: InferenceRequest, model: str) -> tuple[str, str] | None:
+    """(scope, question) for the semantic cache, or None when the request has no place in it.
+
+    The scope is the fingerprint of the request with the question blanked out: tenant,
+    model, sampling parameters and every earlier message verbatim, so only questions asked
+    in the same context are compared. None when the request may not be cached, or its last
+    message is not a user's question short enough to compare whole.
+    """
+    *context, last = request.body.messages
+    if (
+        not request.cacheable
+        or last.role != "user"
+        or not last.content.strip()
+        or len(last.content) > MAX_TEXT_CHARS
+    ):
+        return None
+    blanked = request.body.model_copy(
+        update={"messages": [*context, ChatMessage(role="user", content="")]}
+    )
+    return fingerprint(request.model_copy(update={"body": blanked}), model), last.content
+
+
+# Function words, generic question words and politeness: words whose presence or absence
+# does not change what is asked. Words that do ("from", "than", "before", "who", "which",
+# "more", ordinals, negations) are deliberately not here.
+_STOPWORDS_TEXT = """
+    a an the is are was were be been being am do does did have has had i me my you your u ur
+    we us our it its this that these those there here what whats wat how hows can could
+    would should will shall may might must please pls plz tell explain know like want id im
+    ive youre thats to of in on at for with by and or as some any many much quick question
+    hey hi hello thanks thank thx so just really
+"""
+_NEGATIONS_TEXT = """
+    not no never none nothing nor neither without cannot cant dont doesnt didnt isnt arent
+    wasnt werent wont wouldnt shouldnt couldnt
+"""
+_STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
+_NEGATIONS = frozenset(_NEGATIONS_TEXT.split())
+_TOKEN = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?|[+\-*/%=<>!&|^~]+")
+_TYPO_MIN_CHARS = 6
+
+
+def same_question(query: str, cached: str) -> bool:
+    """Whether an answer to `cached` may answer `query`: the same content words in the same
+    order, up to function words, politeness, case, punctuation and one-letter typos."""
+    a, b = _content_words(query), _content_words(cached)
+    return len(a) == len(b) and all(x == y or _typo(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _content_words(text: str) -> list[str]:
+    """Lower-case words and operators minus stopwords; every negation becomes "not"."""
+    text = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'").replace("'", "")
+    text = re.sub(r"(?<=[a-z0-9])-(?=[a-z0-9])", " ", text)  # "32-bit" -> "32 bit"
+    text = re.sub(r"!+(?=\s|$)", " ", text)  # an exclamation mark, not the "!" operator
+    words = []
+    for word in _TOKEN.findall(text):
+        if word in _NEGATIONS:
+            words.append("not")
+        elif word not in _STOPWORDS:
+            words.append(word)
+    return words
+
+
+def _typo(a: str, b: str) -> bool:
+    """One inserted, deleted, replaced or swapped letter in a long word that keeps its first
+    letter ("capitol", "spiders"); never in words with digits ("python2", "ipv4")."""
+    if min(len(a), len(b)) < _TYPO_MIN_CHARS or a[0] != b[0] or abs(len(a) - len(b)) > 1:
+        return False
+    if any(c.isdigit() for c in a + b):
+        return False
+    if len(a) != len(b):
+        short, long = sorted((a, b), key=len)
+        return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+    diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    return len(diff) == 1 or (
+        len(diff) == 2
+        and diff[1] == diff[0] + 1
+        and (a[diff[0]], a[diff[1]]) == (b[diff[1]], b[diff[0]])
+    )
+
+
+class TextEmbedder(Protocol):
+    """Turns texts into unit vectors (streams.embedder.Embedder in production)."""
+
+    @property
+    def dimensions(self) -> int: ...
+
+    def embed(self, texts: list[str]) -> Vector: ...
+
+
+class ScopeMirror:
+    """One scope's entries in process memory, searched with one matrix-vector product (the
+    vectors have unit length, so the product is the cosine similarity)."""
+
+    def __init__(self, capacity: int, dimensions: int) -> None:
+        self._capacity = capacity
+        self._vectors = np.zeros((0, dimensions), dtype=np.float32)
+        self._ages = np.zeros(0, dtype=np.int64)
+        self._fingerprints: list[str] = []
+        self._texts: list[str] = []
+        self._rows: dict[str, int] = {}
+        self._clock = 0
+
+    def __len__(self) -> int:
+        return len(self._fingerprints)
+
+    def __contains__(self, fingerprint: object) -> bool:
+        return fingerprint in self._rows
+
+    @property
+    def dimensions(self) -> int:
+        """Width of the vectors."""
+        return int(self._vectors.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in numpy arrays (the vectors dominate: 1.5 KB an entry)."""
+        return self._vectors.nbytes + self._ages.nbytes
+
+    def put(self, fingerprint: str, text: str, vector: Vector) -> None:
+        """Add or replace an entry, which becomes the newest; beyond capacity the oldest goes."""
+        row = self._rows.get(fingerprint)
+        if row is None:
+            if len(self) >= self._capacity:
+                self.remove(self._fingerprints[int(np.argmin(self._ages[: len(self)]))])
+            row = len(self)
+            if row == len(self._vectors):
+                self._grow()
+            self._fingerprints.append(fingerprint)
+            self._texts.append(text)
+            self._rows[fingerprint] = row
+        self._clock += 1
+        self._texts[row] = text
+        self._vectors[row] = vector
+        self._ages[row] = self._clock
+
+    def remove(self, fingerprint: str) -> None:
+        """Drop an entry if present; the last row moves into its place."""
+        row = self._rows.pop(fingerprint, None)
+        if row is None:
+            return
+        last = len(self) - 1
+        moved, moved_text = self._fingerprints.pop(), self._texts.pop()
+        if row != last:
+            self._fingerprints[row], self._texts[row] = moved, moved_text
+            self._vectors[row] = self._vectors[last]
+            self._ages[row] = self._ages[last]
+            self._rows[moved] = row
+
+    def search(self, query: Vector, threshold: float, limit: int) -> list[tuple[str, str, float]]:
+        """Up to `limit` (fingerprint, text, similarity) at or above `threshold`, best first."""
+        scores = self._vectors[: len(self)] @ query
+        above = np.flatnonzero(scores >= threshold)
+        if len(above) > limit:
+            above = above[np.argpartition(scores[above], -limit)[-limit:]]
+        best_first = above[np.argsort(-scores[above], kind="stable")]
+        return [(self._fingerprints[i], self._texts[i], float(scores[i])) for i in best_first]
+
+    def _grow(self) -> None:
+        size = min(self._capacity, max(16, 2 * len(self._vectors)))
+        vectors = np.zeros((size, self._vectors.shape[1]), dtype=np.float32)
+        ages = np.zeros(size, dtype=np.int64)
+        vectors[: len(self)] = self._vectors[: len(self)]
+        ages[: len(self)] = self._ages[: len(self)]
+        self._vectors, self._ages = vectors, ages
+
+
+@dataclass(frozen=True)
+class SemanticHit:
+    """A cached question close enough to the asked one: the fingerprint of its answer."""
+
+    fingerprint: str
+    similarity: float
+
+
+@dataclass
+class _Scope:
+    """A mirror and how far it has read its scope's stream."""
+
+    mirror: ScopeMirror
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while the mirror changes or is searched (searches run in a thread)."""
+    last_id: str = "0-0"
+    synced_at: float = -math.inf
+
+
+class SemanticCache:
+    """Questions and their vectors in one Redis stream per scope, searched in process.
+
+    Each stream entry adds (fingerprint, question, float32 vector) or, without a vector,
+    forgets a fingerprint. A stream, not a hash, so that every process catches up by reading
+    only what is new (a full read of 100k entries takes seconds), and so that Redis drops the
+    oldest entries itself (MAXLEN). Each process mirrors the scopes it is asked about and
+    reads the new entries when its copy is older than `refresh_s`. `max_entries` bounds each
+    scope and all mirrors of a process together (least recently used scopes go first).
+    Redis errors make a lookup miss and an add or forget a no-op; they never raise.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis[bytes],
+        embedder: TextEmbedder,
+        threshold: float,
+        max_entries: int = 100_000,
+        refresh_s: float = 5.0,
+        *,
+        ttl_s: int = 24 * 3600,
+        max_scopes: int = 10_000,
+    ) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        if max_entries < 1 or max_scopes < 1 or ttl_s < 1:
+            raise ValueError("max_entries, max_scopes and ttl_s must be positive")
+        self._redis = redis
+        self._embedder = embedder
+        self._threshold = threshold
+        self._max_entries = max_entries
+        self._refresh_s = refresh_s
+        self._ttl_s = ttl_s
+        self._max_scopes = max_scopes
+        self._scopes: OrderedDict[str, _Scope] = OrderedDict()
+        self._mirrored = 0
+
+    async def lookup(self, scope: str, text: str) -> SemanticHit | None:
+        """The most similar cached question at or above the threshold that the guard accepts."""
+        entry = await self._synced(scope)
+        if entry is None or not entry.mirror:
+            return None
+        vector = await asyncio.to_thread(self._embed, text)
+        async with entry.lock:
+            found = await asyncio.to_thread(
+                entry.mirror.search, vector, self._threshold, CANDIDATES
+            )
+        for cached_fingerprint, cached_text, similarity in found:
+            if same_question(text, cached_text):
+                return SemanticHit(cached_fingerprint, similarity)
+        return None
+
+    async def add(self, scope: str, text: str, fingerprint: str) -> None:
+        """Remember that `fingerprint` answers `text` in this scope."""
+        vector = await asyncio.to_thread(self._embed, text)
+        fields: dict[str, str | bytes] = {
+            "fp": fingerprint,
+            "t": text,
+            "v": vector.astype("<f4").tobytes(),
+        }
+        if await self._append(scope, fields):
+            await self._change(scope, lambda mirror: mirror.put(fingerprint, text, vector))
+
+    async def forget(self, scope: str, fingerprint: str) -> None:
+        """Stop answering from `fingerprint` here and, once they catch up, in other processes."""
+        await self._change(scope, lambda mirror: mirror.remove(fingerprint))
+        await self._append(scope, {"fp": fingerprint})
+
+    def _embed(self, text: str) -> Vector:
+        vector: Vector = self._embedder.embed([text])[0]
+        return vector
+
+    async def _append(self, scope: str, fields: dict[str, str | bytes]) -> bool:
+        """Add a stream entry (the stream keeps the newest max_entries); False if Redis fails."""
+        key = REDIS_SEMANTIC_PREFIX + scope
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, fields, maxlen=self._max_entries, approximate=False)
+                pipe.expire(key, self._ttl_s)
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("semantic cache unavailable, entry not written: %s", exc)
+            return False
+        return True
+
+    async def _synced(self, scope: str) -> _Scope | None:
+        """The scope's mirror, caught up if older than refresh_s; None if Redis fails."""
+        entry = self._scopes.get(scope)
+        if entry is None:
+            entry = self._scopes[scope] = _Scope(
+                ScopeMirror(self._max_entries, self._embedder.dimensions)
+            )
+            self._bound()
+        self._scopes.move_to_end(scope)
+        if time.monotonic() - entry.synced_at < self._refresh_s:
+            return entry
+        async with entry.lock:
+            if time.monotonic() - entry.synced_at < self._refresh_s:
+                return entry  # caught up by another lookup while this one waited
+            before = len(entry.mirror)
+            try:
+                await self._catch_up(scope, entry)
+            except RedisError as exc:
+                log.warning("semantic cache unavailable, treating as a miss: %s", exc)
+                return None
+            finally:
+                self._count(scope, entry, before)
+        return entry
+
+    async def _change(self, scope: str, change: Callable[[ScopeMirror], None]) -> None:
+        """Apply a change to the scope's mirror, if this process mirrors that scope."""
+        entry = self._scopes.get(scope)
+        if entry is None:
+            return
+        async with entry.lock:
+            before = len(entry.mirror)
+            change(entry.mirror)
+            self._count(scope, entry, before)
+
+    def _count(self, scope: str, entry: _Scope, before: int) -> None:
+        """Track the entries mirrored in all; a scope dropped meanwhile no longer counts."""
+        if self._scopes.get(scope) is entry:
+            self._mirrored += len(entry.mirror) - before
+            self._bound()
+
+    def _bound(self) -> None:
+        """Drop the least recently used mirrors beyond max_scopes or max_entries in all."""
+        while len(self._scopes) > 1 and (
+            len(self._scopes) > self._max_scopes or self._mirrored > self._max_entries
+        ):
+            _, dropped = self._scopes.popitem(last=False)
+            self._mirrored -= len(dropped.mirror)
+
+    async def _catch_up(self, scope: str, entry: _Scope) -> None:
+        """Apply the stream entries after the last one read, oldest first."""
+        key = REDIS_SEMANTIC_PREFIX + scope
+        while True:
+            batch = await self._redis.xrange(
+                key, min="(" + entry.last_id, max="+", count=READ_BATCH
+            )
+            for entry_id, fields in batch:
+                self._apply(entry.mirror, fields)
+                entry.last_id = entry_id.decode()
+            if len(batch) < READ_BATCH:
+                break
+        entry.synced_at = time.monotonic()
+
+    @staticmethod
+    def _apply(mirror: ScopeMirror, fields: dict[bytes, bytes]) -> None:
+        fp, text, raw = fields.get(b"fp"), fields.get(b"t"), fields.get(b"v")
+        if fp is None:
+            log.warning("skipping a semantic cache entry without a fingerprint")
+        elif raw is None:
+            mirror.remove(fp.decode())
+        elif text is None or len(raw) != 4 * mirror.dimensions:
+            log.warning("skipping an unreadable semantic cache entry for %s", fp.decode())
+        else:
+            vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+            mirror.put(fp.decode(), text.decode(errors="replace"), vector)

@@ -1,0 +1,416 @@
+"""Rate limits and budgets against a real redis-server of this module's own (no Kafka, no
+engine): bucket arithmetic, atomicity, isolation, concurrency, idempotent spend, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from schemas.errors import ErrorCode, LlmqError
+from schemas.lanes import Lane
+from schemas.metering import MeteringEvent
+from schemas.tenants import TenantLimits, period_end
+from streams.budget import KEEP_AFTER_PERIOD_S, Budgets
+from streams.ratelimit import BUCKET_TTL_S, CHECK_TIMEOUT_S, RateLimiter
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+T = TypeVar("T")
+NOW = 1_800_000_000.0
+"""A fixed moment for checks that pass `now`: bucket arithmetic without waiting."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_redis() -> tuple[subprocess.Popen[bytes], int]:
+    """A throwaway redis-server on a free loopback port, answering PING."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    probe = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            probe.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.02)
+        finally:
+            probe.close()
+    return proc, port
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    proc, port = _start_redis()
+    try:
+        yield port
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(autouse=True)
+def sync(port: int) -> Iterator[redis.Redis[bytes]]:
+    """A plain client to inspect keys; the database starts empty for every test."""
+    client = redis.Redis(port=port)
+    client.flushall()
+    yield client
+    client.close()
+
+
+def _run(port: int, body: Callable[[aioredis.Redis[bytes]], Awaitable[T]]) -> T:
+    """Run `body` with a fresh asyncio client of this module's Redis on its own event loop."""
+    return _run_with(lambda: aioredis.Redis(port=port), body)
+
+
+def _run_with(
+    connect: Callable[[], aioredis.Redis[bytes]],
+    body: Callable[[aioredis.Redis[bytes]], Awaitable[T]],
+) -> T:
+    """Run `body` with the client `connect` makes, on an event loop of its own."""
+
+    async def main() -> T:
+        client = connect()
+        try:
+            return await body(client)
+        finally:
+            await client.connection_pool.disconnect()
+
+    return asyncio.run(main())
+
+
+async def _outcome(
+    limiter: RateLimiter,
+    tenant: str,
+    limits: TenantLimits,
+    tokens: int = 1,
+    now: float | None = NOW,
+) -> LlmqError | None:
+    """None when admitted, else the refusal."""
+    try:
+        await limiter.check(tenant, limits, tokens, now)
+    except LlmqError as error:
+        return error
+    return None
+
+
+# Rate limits
+
+
+def test_requests_bucket_refuses_with_the_right_wait_and_refills(
+    port: int, sync: redis.Redis[bytes]
+) -> None:
+    """120 per minute on Redis's own clock: 120 at once, then one more every half second."""
+    limits = TenantLimits(requests_per_minute=120)
+
+    async def body(client: aioredis.Redis[bytes]) -> None:
+        limiter = RateLimiter(client)
+        started = time.monotonic()
+        admitted = 0
+        while (refusal := await _outcome(limiter, "acme", limits, now=None)) is None:
+            admitted += 1
+        elapsed = time.monotonic() - started
+        assert 120 <= admitted <= 120 + 2 * elapsed + 1
+        assert refusal.code is ErrorCode.RATE_LIMITED and refusal.retriable
+        assert refusal.retry_after_s is not None and 0 < refusal.retry_after_s <= 0.5
+        assert re.fullmatch(
+            r"tenant acme is over its 120 requests per minute; retry in 0\.[1-5] s",
+            refusal.message,
+        )
+        await asyncio.sleep(refusal.retry_after_s)
+        assert await _outcome(limiter, "acme", limits, now=None) is None
+        assert await _outcome(limiter, "acme", limits, now=None) is not None
+
+    _run(port, body)
+    for key in sync.keys("llmq:rate:*"):
+        assert 0 < sync.ttl(key) <= BUCKET_TTL_S
+    assert sorted(sync.keys("llmq:rate:*")) == [b"llmq:rate:{acme}:requests"]
+
+
+def _levels(sync: redis.Redis[bytes], tenant: str = "acme") -> tuple[float, float]:
+    """What the requests and the tokens bucket of `tenant` hold (NaN: no bucket)."""
+    requests, tokens = (
+        float(sync.hget(f"llmq:rate:{{{tenant}}}:{name}", "level") or "nan")
+        for name in ("requests", "tokens")
+    )
+    return requests, tokens
+
+
+def test_tokens_bucket_is_independent_and_refills_continuously(
+    port: int, sync: redis.Redis[bytes]
+) -> None:
+    limits = TenantLimits(requests_per_minute=600, tokens_per_minute=1_000)
+
+    async def body(client: aioredis.Redis[bytes]) -> None:
+        limiter = RateLimiter(client)
+        assert await _outcome(limiter, "acme", limits, 600) is None
+        refusal = await _outcome(limiter, "acme", limits, 500)
+        assert refusal is not None and refusal.code is ErrorCode.RATE_LIMITED
+        # 100 missing at 1000/60 per second: 6 s.
+        assert refusal.retry_after_s == 6.0
+        assert refusal.message == (
+            "tenant acme is over its 1000 tokens per minute (this request needs about 500); "
+            "retry in 6.0 s"
+        )
+        assert _levels(sync) == (599, 400)  # plenty of requests left: only tokens refuse
+        assert await _outcome(limiter, "acme", limits, 500, now=NOW + 5.9) is not None
+        assert await _outcome(limiter, "acme", limits, 500, now=NOW + 6.0) is None
+        requests, tokens = _levels(sync)
+        assert requests == 599 and tokens == pytest.approx(0, abs=1e-6)
+
+    _run(port, body)
+
+
+def test_a_refused_request_consumes_neither_bucket(port: int, sync: redis.Redis[bytes]) -> None:
+    limits = TenantLimits(requests_per_minute=2, tokens_per_minute=1_000)
+
+    async def body(client: aioredis.Redis[bytes]) -> None:
+        limiter = RateLimiter(client)
+        assert await _outcome(limiter, "acme", limits, 900) is None
+        assert _levels(sync) == (1, 100)
+        # The tokens bucket refuses: the requests bucket keeps its last request.
+        tokens_refusal = await _outcome(limiter, "acme", limits, 500)
+        assert tokens_refusal is not None and "tokens per minute" in tokens_refusal.message
+        assert _levels(sync) == (1, 100)
+        assert await _outcome(limiter, "acme", limits, 100) is None
+        assert _levels(sync) == (0, 0)
+        # The requests bucket refuses (one request per 30 s): no tokens are taken either.
+        state = sync.hgetall("llmq:rate:{acme}:tokens")
+        requests_refusal = await _outcome(limiter, "acme", limits, 0, now=NOW + 15)
+        assert requests_refusal is not None and requests_refusal.retry_after_s == 15.0
+        assert "2 requests per minute" in requests_refusal.message
+        assert await _outcome(limiter, "acme", limits, 250, now=NOW + 15) is not None
+        assert sync.hgetall("llmq:rate:{acme}:tokens") == state  # timestamps included
+        assert await _outcome(limiter, "acme", limits, 500, now=NOW + 30) is None
+        requests, tokens = _levels(sync)
+        assert requests == 0 and tokens == pytest.approx(0, abs=1e-6)
+
+    _run(port, body)
+
+
+def test_the_longer_wait_is_reported_when_both_buckets_refuse(port: int) -> None:
+    limits = TenantLimits(requests_per_minute=60, tokens_per_minute=60)
+
+    async def body(client: aioredis.Redis[bytes]) -> None:
+        limiter = RateLimiter(client)
+        assert await _outcome(limiter, "acme", limits, 60) is None
+        for _ in range(59):
+            assert await _outcome(limiter, "acme", limits, 0) is None
+        refusal = await _outcome(limiter, "acme", limits, 10)
+        assert refusal is not None and refusal.retry_after_s == 10.0
+        assert "60 tokens per minute" in refusal.message
+
+    _run(port, body)
+
+
+def test_tenants_are_isolated_and_limits_may_change(port: int) -> None:
+    small = TenantLimits(requests_per_minute=1)
+
+    async def body(client: aioredis.Redis[bytes]) -> None:
+        limiter = RateLimiter(client)
+        assert await _outcome(limiter, "a", small) is None
+        assert await _outcome(limiter, "a", small) is not None
+        assert await _outcome(limiter, "b", small) is None
+        assert await _outcome(limiter, "a", TenantLimits()) is None  # lifted: unlimited
+        # Raised: the empty bucket refills at the new rate (10 a second), not all at once.
+        raised = TenantLimits(requests_per_minute=600)
+        assert await _outcome(limiter, "a", raised, now=NOW + 0.15) is None
+        assert await _outcome(limiter, "a", raised, now=NOW + 0.15) is not None
+
+    _run(port, body)
+
+
+def test_concurrent_checks_never_admit_more_than_the_bucket(port: int) -> None:
+    limits = TenantLimits(requests_per_minute=100, tokens_per_minute=50_000)
+
+    async def body(client: aioredis.Redis[bytes]) -> tuple[int, int, float]:
+        limiter = RateLimiter(client)
+        fixed = await asyncio.gather(*(_outcome(limiter, "x", limits, 10) for _ in range(300)))
+        started = time.monotonic()
+        live = await asyncio.gather(
+            *(_outcome(limiter, "y", limits, 10, now=None) for _ in range(300))
+        )
+        elapsed = time.monotonic() - started
+        return fixed.count(None), live.count(None), elapsed
+
+    fixed, live, elapsed = _run(port, body)
+    assert fixed == 100
+    assert 100 <= live <= 100 + elapsed * 100 / 60 + 1
+
+
+def _checks_during(outage: signal.Signals) -> float:
+    """Seconds that a rate-limit and a budget check take once Redis suffers `outage`. The
+    client is built as the stream processor builds it (timeouts, retries) and keeps its
+    pooled connection across the outage."""
+    limits = TenantLimits(requests_per_minute=1, budget_usd=0.0)
+    proc, port = _start_redis()
+
+    async def body(client: aioredis.Redis[bytes]) -> float:
+        limiter, budgets = RateLimiter(client), Budgets(client)
+        assert await _outcome(limiter, "acme", limits) is None
+        assert await _outcome(limiter, "acme", limits) is not None
+        proc.send_signal(outage)
+        started = time.monotonic()
+        assert await _outcome(limiter, "acme", limits) is None
+        await budgets.check("acme", limits)
+        return time.monotonic() - started
+
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        return _run_with(
+            lambda: aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2), body
+        )
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("outage", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
+def test_redis_down_or_hung_admits_with_a_warning(
+    outage: signal.Signals, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGSTOP leaves a Redis that holds its connections but never answers."""
+    with caplog.at_level(logging.WARNING):
+        elapsed = _checks_during(outage)
+    assert elapsed < 2 * CHECK_TIMEOUT_S + 0.5
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("rate limits unavailable, admitting tenant acme") for m in messages)
+    assert any(m.startswith("budgets unavailable, admitting tenant acme") for m in messages)
+
+
+def test_recording_spend_with_redis_down_raises() -> None:
+    async def body(client: aioredis.Redis[bytes]) -> None:
+        with pytest.raises(RedisError):
+            await Budgets(client).record(_event("acme", "c-1", 0.1, time.time()))
+
+    _run_with(lambda: aioredis.Redis(port=_free_port(), retry=Retry(NoBackoff(), 0)), body)
+
+
+# Budgets
+
+
+def _event(tenant: str, correlation_id: str, cost: float, at: float) -> MeteringEvent:
+    return MeteringEvent(
+        correlation_id=correlation_id,
+        tenant=tenant,
+        model="smollm2-135m",
+        lane=Lane.STANDARD,
+        fingerprint="f" * 64,
+        prompt_tokens=100,
+        completion_tokens=20,
+        cost_usd=cost,
+        queue_ms=1.0,
+        ttft_ms=2.0,
+        engine_ms=3.0,
+        worker="w-1",
+        at=at,
+    )
+
+
+def _noon(days_ago: int = 0) -> float:
+    """Noon UTC, today or a few days back: clear of day boundaries, recent enough to count."""
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    return (today - timedelta(days=days_ago)).timestamp()
+
+
+def test_spend_reaches_the_daily_budget_and_says_when_it_resets(
+    port: int, sync: redis.Redis[bytes]
+) -> None:
+    at = _noon()
+    limits = TenantLimits(budget_usd=1.0)
+
+    async def body(client: aioredis.Redis[bytes]) -> LlmqError:
+        budgets = Budgets(client)
+        for i in range(2):
+            assert await budgets.record(_event("acme", f"c-{i}", 0.4, at))
+            await budgets.check("acme", limits, now=at)  # $0.80: still under
+        assert await budgets.record(_event("acme", "c-2", 0.4, at))
+        assert await budgets.spent("acme", "day", at) == pytest.approx(1.2)
+        await budgets.check("other", limits, now=at)  # tenants are separate
+        with pytest.raises(LlmqError) as caught:
+            await budgets.check("acme", limits, now=at)
+        return caught.value
+
+    error = _run(port, body)
+    reset = datetime.fromtimestamp(at, UTC).date() + timedelta(days=1)
+    assert error.code is ErrorCode.BUDGET_EXCEEDED
+    assert error.message == (
+        f"tenant acme has spent $1.20 of its $1.00 daily budget; it resets at {reset} 00:00 UTC"
+    )
+    assert error.retry_after_s == 12 * 3600
+    day = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
+    assert sync.execute_command("EXPIRETIME", f"llmq:spend:{{acme}}:{day}") == (
+        period_end("day", at) + KEEP_AFTER_PERIOD_S
+    )
+
+
+def test_a_redelivered_event_counts_once(port: int, sync: redis.Redis[bytes]) -> None:
+    at = _noon()
+    event = _event("acme", "c-1", 0.25, at)
+
+    async def body(client: aioredis.Redis[bytes]) -> list[bool]:
+        budgets = Budgets(client)
+        first = await budgets.record(event)
+        again = await asyncio.gather(*(budgets.record(event.model_copy()) for _ in range(20)))
+        assert await budgets.record(_event("acme", "c-1", 0.25, at + 1))  # a retried generation
+        assert await budgets.spent("acme", "day", at) == pytest.approx(0.5)
+        assert await budgets.spent("acme", "month", at) == pytest.approx(0.5)
+        return [first, *again]
+
+    outcomes = _run(port, body)
+    assert outcomes == [True] + [False] * 20
+
+
+def test_monthly_budgets_sum_the_days_and_old_or_free_events_are_skipped(port: int) -> None:
+    today = _noon()
+    earlier = min(_noon(days_ago=3), datetime.fromtimestamp(today, UTC).replace(day=1).timestamp())
+    month_earlier = period_end("month", today) - 86_400 * 100
+    limits = TenantLimits(budget_usd=0.3, budget_period="month")
+
+    async def body(client: aioredis.Redis[bytes]) -> None:
+        budgets = Budgets(client)
+        same_month = period_end("month", earlier) == period_end("month", today)
+        assert await budgets.record(_event("acme", "c-1", 0.2, earlier))
+        assert not await budgets.record(_event("acme", "c-2", 0.0, today))
+        assert not await budgets.record(_event("acme", "c-3", 5.0, month_earlier))
+        assert await budgets.record(_event("acme", "c-4", 0.2, today))
+        assert await budgets.spent("acme", "day", today) == pytest.approx(0.2)
+        assert await budgets.spent("acme", "month", today) == pytest.approx(
+            0.4 if same_month else 0.2
+        )
+        if same_month:
+            with pytest.raises(LlmqError, match=r"of its \$0.3 monthly budget; it resets at"):
+                await budgets.check("acme", limits, now=today)
+
+    _run(port, body)
