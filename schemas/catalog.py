@@ -32,6 +32,17 @@ class ModelSpec(BaseModel):
     """openai: the model name on that server (default: `name`)."""
     api_key_env: str | None = None
     """openai: the environment variable that holds the bearer token, if the server wants one."""
+    send_priority: bool = False
+    """openai: pass the lane as vLLM's `priority` (only for a vLLM server started with
+    --scheduling-policy priority; other servers may reject the field)."""
+    retry_attempts: int = Field(default=4, ge=1, le=20)
+    """openai: attempts per request, the first included, before it fails with engine_error."""
+    retry_budget_s: float = Field(default=30.0, gt=0, le=600)
+    """openai: no retry starts later than this after the first attempt."""
+    breaker_failures: int = Field(default=5, ge=1, le=1000)
+    """openai: consecutive failed calls that open the circuit breaker."""
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, le=3600)
+    """openai: how long an open circuit fails fast before one probe goes through."""
     tier: int = Field(default=1, ge=1, le=9)
     """Capability and cost class: model "auto" starts low and cascades upwards."""
     timeout_s: float = Field(default=300.0, gt=0, le=3600)

@@ -88,14 +88,18 @@ def build(settings: StreamSettings) -> faust.App:
     table = app.Table(
         INFLIGHT_TABLE,
         partitions=settings.partitions,
-        key_type=bytes,
+        key_type=bytes,  # bytes keys and values travel raw
         value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
     )
     coalescer = Coalescer(table, settings.coalesce_stale_s)
     similar = (
-        SemanticCache(redis, Embedder(), settings.semantic_threshold, settings.semantic_max_entries)
+        SemanticCache(
+            redis,
+            Embedder(),
+            settings.semantic_threshold,
+            settings.semantic_max_entries,
+            ttl_s=settings.cache_ttl_s,
+        )
         if settings.semantic_cache
         else None
     )

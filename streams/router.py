@@ -20,7 +20,7 @@ CHARS_PER_TOKEN = 4
 """Estimated characters per token: enough for a log-scaled feature, no tokenizer needed."""
 SCAN_CHARS = 16_000
 """Content features read at most this much of a text (its head and tail): they saturate long
-before, and a 1 MiB record must not cost the stream processor more than a few milliseconds."""
+before, and a 1 MiB record must cost the stream processor milliseconds, not seconds."""
 
 WEIGHTS = {
     "length": 0.40,  # a long prompt strains a small model's attention and context
@@ -38,14 +38,23 @@ to the middle of three tiers, two to the top (calibrated in docs/routing.md)."""
 _FENCE = re.compile(r"^\s*(?:```|~~~)", re.MULTILINE)
 _CODE_LINE = re.compile(
     r"""^\s*(?:
-        (?:def|class|import|from\s+\S+\s+import|return|elif|except|try:|async\s+def|await
-          |for\s+\w+\s+in|while\s|\#include|public|private|static|function|const|let|var
-          |func|fn|package|using|SELECT|INSERT|UPDATE|CREATE\s+TABLE|@\w+)\b
+        (?:def|async\s+def|fn|func)\s+\w+\s*[(<]
+      | function\s*\w*\s*\(
+      | class\s+[A-Z]\w*
+      | (?:import\s+[\w.{*]|from\s+[\w.]+\s+import\s|\#include\s*[<"]|package\s+[\w.]+;?$)
+      | (?:return|elif|except|await|yield)\b
+      | (?:try|else|finally):\s*$
+      | (?:for|while|if)\s*\(
+      | (?:for|while|if|with)\s.*:\s*$
+      | (?:const|let|var)\s+\w+\s*=
+      | (?:public|private|protected|static)\s+\w+.*[({;]
+      | (?:SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|CREATE\s+TABLE)\b
+      | @\w+(?:\(.*\))?\s*$
       | [A-Za-z_][\w.]*(?:\[[^\]]*\])?\s*[-+*/]?=\s*\S
       | [\w.]+\(.*\)\s*;?\s*$
       | (?://|/\*|\*/|<!--)
-      | .*[;{}]\s*$
-      | .*\)\s*:\s*$
+      | .*[{}]\s*$
+      | .*[)\]'"+\d]\s*;\s*$
       | .*(?:=>|->|::|===|!==|&&|\|\||\+=|</?[a-z][\w-]*(?:\s[^>]*)?>)
       | \$\s+\w+
     )""",

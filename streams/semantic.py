@@ -11,26 +11,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas.fingerprint import fingerprint
 from schemas.request import ChatMessage, InferenceRequest
 from schemas.topics import REDIS_SEMANTIC_PREFIX
+from streams.semantic_guard import same_question
+from streams.semantic_index import ScopeMirror, Vector
 
 log = logging.getLogger(__name__)
-
-Vector = npt.NDArray[np.float32]
 
 DEFAULT_THRESHOLD = 0.85
 """Cosine similarity from which a candidate goes to the guard: the highest threshold that
@@ -65,65 +62,6 @@ def semantic_key(request: InferenceRequest, model: str) -> tuple[str, str] | Non
     return fingerprint(request.model_copy(update={"body": blanked}), model), last.content
 
 
-# Function words, generic question words and politeness: words whose presence or absence
-# does not change what is asked. Words that do ("from", "than", "before", "who", "which",
-# "more", ordinals, negations) are deliberately not here.
-_STOPWORDS_TEXT = """
-    a an the is are was were be been being am do does did have has had i me my you your u ur
-    we us our it its this that these those there here what whats wat how hows can could
-    would should will shall may might must please pls plz tell explain know like want id im
-    ive youre thats to of in on at for with by and or as some any many much quick question
-    hey hi hello thanks thank thx so just really
-"""
-_NEGATIONS_TEXT = """
-    not no never none nothing nor neither without cannot cant dont doesnt didnt isnt arent
-    wasnt werent wont wouldnt shouldnt couldnt
-"""
-_STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
-_NEGATIONS = frozenset(_NEGATIONS_TEXT.split())
-_TOKEN = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?|[+\-*/%=<>!&|^~]+")
-_TYPO_MIN_CHARS = 6
-
-
-def same_question(query: str, cached: str) -> bool:
-    """Whether an answer to `cached` may answer `query`: the same content words in the same
-    order, up to function words, politeness, case, punctuation and one-letter typos."""
-    a, b = _content_words(query), _content_words(cached)
-    return len(a) == len(b) and all(x == y or _typo(x, y) for x, y in zip(a, b, strict=True))
-
-
-def _content_words(text: str) -> list[str]:
-    """Lower-case words and operators minus stopwords; every negation becomes "not"."""
-    text = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'").replace("'", "")
-    text = re.sub(r"(?<=[a-z0-9])-(?=[a-z0-9])", " ", text)  # "32-bit" -> "32 bit"
-    text = re.sub(r"!+(?=\s|$)", " ", text)  # an exclamation mark, not the "!" operator
-    words = []
-    for word in _TOKEN.findall(text):
-        if word in _NEGATIONS:
-            words.append("not")
-        elif word not in _STOPWORDS:
-            words.append(word)
-    return words
-
-
-def _typo(a: str, b: str) -> bool:
-    """One inserted, deleted, replaced or swapped letter in a long word that keeps its first
-    letter ("capitol", "spiders"); never in words with digits ("python2", "ipv4")."""
-    if min(len(a), len(b)) < _TYPO_MIN_CHARS or a[0] != b[0] or abs(len(a) - len(b)) > 1:
-        return False
-    if any(c.isdigit() for c in a + b):
-        return False
-    if len(a) != len(b):
-        short, long = sorted((a, b), key=len)
-        return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
-    diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
-    return len(diff) == 1 or (
-        len(diff) == 2
-        and diff[1] == diff[0] + 1
-        and (a[diff[0]], a[diff[1]]) == (b[diff[1]], b[diff[0]])
-    )
-
-
 class TextEmbedder(Protocol):
     """Turns texts into unit vectors (streams.embedder.Embedder in production)."""
 
@@ -131,83 +69,6 @@ class TextEmbedder(Protocol):
     def dimensions(self) -> int: ...
 
     def embed(self, texts: list[str]) -> Vector: ...
-
-
-class ScopeMirror:
-    """One scope's entries in process memory, searched with one matrix-vector product (the
-    vectors have unit length, so the product is the cosine similarity)."""
-
-    def __init__(self, capacity: int, dimensions: int) -> None:
-        self._capacity = capacity
-        self._vectors = np.zeros((0, dimensions), dtype=np.float32)
-        self._ages = np.zeros(0, dtype=np.int64)
-        self._fingerprints: list[str] = []
-        self._texts: list[str] = []
-        self._rows: dict[str, int] = {}
-        self._clock = 0
-
-    def __len__(self) -> int:
-        return len(self._fingerprints)
-
-    def __contains__(self, fingerprint: object) -> bool:
-        return fingerprint in self._rows
-
-    @property
-    def dimensions(self) -> int:
-        """Width of the vectors."""
-        return int(self._vectors.shape[1])
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held in numpy arrays (the vectors dominate: 1.5 KB an entry)."""
-        return self._vectors.nbytes + self._ages.nbytes
-
-    def put(self, fingerprint: str, text: str, vector: Vector) -> None:
-        """Add or replace an entry, which becomes the newest; beyond capacity the oldest goes."""
-        row = self._rows.get(fingerprint)
-        if row is None:
-            if len(self) >= self._capacity:
-                self.remove(self._fingerprints[int(np.argmin(self._ages[: len(self)]))])
-            row = len(self)
-            if row == len(self._vectors):
-                self._grow()
-            self._fingerprints.append(fingerprint)
-            self._texts.append(text)
-            self._rows[fingerprint] = row
-        self._clock += 1
-        self._texts[row] = text
-        self._vectors[row] = vector
-        self._ages[row] = self._clock
-
-    def remove(self, fingerprint: str) -> None:
-        """Drop an entry if present; the last row moves into its place."""
-        row = self._rows.pop(fingerprint, None)
-        if row is None:
-            return
-        last = len(self) - 1
-        moved, moved_text = self._fingerprints.pop(), self._texts.pop()
-        if row != last:
-            self._fingerprints[row], self._texts[row] = moved, moved_text
-            self._vectors[row] = self._vectors[last]
-            self._ages[row] = self._ages[last]
-            self._rows[moved] = row
-
-    def search(self, query: Vector, threshold: float, limit: int) -> list[tuple[str, str, float]]:
-        """Up to `limit` (fingerprint, text, similarity) at or above `threshold`, best first."""
-        scores = self._vectors[: len(self)] @ query
-        above = np.flatnonzero(scores >= threshold)
-        if len(above) > limit:
-            above = above[np.argpartition(scores[above], -limit)[-limit:]]
-        best_first = above[np.argsort(-scores[above], kind="stable")]
-        return [(self._fingerprints[i], self._texts[i], float(scores[i])) for i in best_first]
-
-    def _grow(self) -> None:
-        size = min(self._capacity, max(16, 2 * len(self._vectors)))
-        vectors = np.zeros((size, self._vectors.shape[1]), dtype=np.float32)
-        ages = np.zeros(size, dtype=np.int64)
-        vectors[: len(self)] = self._vectors[: len(self)]
-        ages[: len(self)] = self._ages[: len(self)]
-        self._vectors, self._ages = vectors, ages
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 
 from schemas.settings import ServiceSettings
+from streams.semantic import DEFAULT_THRESHOLD
 
 
 class StreamSettings(ServiceSettings):
@@ -31,11 +32,12 @@ class StreamSettings(ServiceSettings):
     and inherits the waiting followers (LLMQ_COALESCE_STALE_S)."""
     semantic_cache: bool = True
     """Answer paraphrases of cached requests from the semantic cache (LLMQ_SEMANTIC_CACHE)."""
-    semantic_threshold: float = Field(default=0.9, gt=0, le=1)
-    """Cosine similarity at or above which a cached answer is served; see
-    docs/semantic-cache.md for the hit and false-hit rates behind it."""
+    semantic_threshold: float = Field(default=DEFAULT_THRESHOLD, gt=0, le=1)
+    """Cosine similarity from which a cached question is checked by the lexical guard
+    (LLMQ_SEMANTIC_THRESHOLD); docs/semantic-cache.md has the hit and false-hit rates."""
     semantic_max_entries: int = Field(default=100_000, ge=1)
-    """Vectors kept per scope (tenant, model, sampling parameters, earlier turns)."""
+    """Entries kept per scope in Redis, and mirrored in all by one process
+    (LLMQ_SEMANTIC_MAX_ENTRIES)."""
     compress_prompts: bool = False
     """Normalise whitespace and invisible characters in prompts before they reach the
     engine; the tokens saved are metered (LLMQ_COMPRESS_PROMPTS)."""

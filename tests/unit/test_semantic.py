@@ -1,0 +1,209 @@
+"""The semantic cache's parts that need no model and no Redis: scope, guard, mirror."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from schemas.request import InferenceRequest
+from streams.semantic import MAX_TEXT_CHARS, semantic_key
+from streams.semantic_guard import same_question
+from streams.semantic_index import ScopeMirror
+
+MODEL = "smollm2-135m"
+
+
+def _request(question: str = "What is the capital of France?", **changes: Any) -> InferenceRequest:
+    body: dict[str, Any] = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+            {"role": "user", "content": question},
+        ],
+        "max_tokens": 32,
+        "temperature": 0,
+        **changes.pop("body", {}),
+    }
+    return InferenceRequest.model_validate(
+        {"correlation_id": "c-1", "tenant": "acme", "body": body, **changes}
+    )
+
+
+def _scope(request: InferenceRequest, model: str = MODEL) -> str:
+    key = semantic_key(request, model)
+    assert key is not None
+    return key[0]
+
+
+BASE = _scope(_request())
+
+
+def test_the_question_is_the_text_and_does_not_change_the_scope() -> None:
+    assert semantic_key(_request("Whats France's capital?"), MODEL) == (
+        BASE,
+        "Whats France's capital?",
+    )
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"tenant": "globex"},
+        {"body": {"max_tokens": 33}},
+        {"body": {"temperature": 0.5, "seed": 1}},
+        {"body": {"top_p": 0.9}},
+        {"body": {"stop": ["END"]}},
+        {"body": {"seed": 7}},
+        {"body": {"presence_penalty": 0.5}},
+        {"body": {"frequency_penalty": 0.5}},
+        {"body": {"logprobs": True}},
+    ],
+)
+def test_tenant_and_sampling_parameters_change_the_scope(changes: dict[str, Any]) -> None:
+    assert _scope(_request(**changes)) != BASE
+
+
+def test_the_model_changes_the_scope() -> None:
+    assert _scope(_request(), "other-model") != BASE
+
+
+@pytest.mark.parametrize(
+    "earlier",
+    [
+        [{"role": "system", "content": "Be verbose."}],
+        [{"role": "system", "content": "Be brief."}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi!"},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+        ],
+    ],
+)
+def test_earlier_messages_change_the_scope(earlier: list[dict[str, str]]) -> None:
+    messages = [*earlier, {"role": "user", "content": "What is the capital of France?"}]
+    assert _scope(_request(body={"messages": messages})) != BASE
+
+
+def test_the_envelope_outside_the_answer_does_not_change_the_scope() -> None:
+    changed = _request(correlation_id="c-2", lane="batch", reply_to="acme.replies")
+    assert _scope(changed) == BASE
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        _request(
+            body={
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hey"},
+                ]
+            }
+        ),
+        _request(body={"temperature": 0.7}),
+        _request(cache="off"),
+        _request("   "),
+        _request("x" * (MAX_TEXT_CHARS + 1)),
+    ],
+    ids=["trailing-assistant", "sampled", "cache-off", "blank", "too-long"],
+)
+def test_no_key_when_there_is_nothing_to_compare(request_: InferenceRequest) -> None:
+    assert semantic_key(request_, MODEL) is None
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("Can you tell me how to boil an egg?", "How do you boil an egg?"),
+        ("What is an API?", "Explain what an API is, please."),
+        (
+            "Whats the time complexity of binary search",
+            "What is the time complexity of binary search?",
+        ),
+        ("wat is the capitol of australia", "What is the capital of Australia?"),
+        ("how many legs do spiders have", "How many legs does a spider have?"),
+        ("Thank you! How many ounces are in a pound?", "how many ounces in a pound"),
+        ("Why don\u2019t cats like water?", "Why don't cats like water?"),
+    ],
+)
+def test_the_guard_accepts_politeness_contractions_and_typos(query: str, cached: str) -> None:
+    assert same_question(query, cached)
+    assert same_question(cached, query)
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("What is the capital of France?", "What is the capital of Finland?"),
+        ("Convert 5 miles to kilometers.", "Convert 5 kilometers to miles."),
+        ("What is 2 to the power of 10?", "What is 10 to the power of 2?"),
+        ("Which vitamins are water-soluble?", "Which vitamins are not water-soluble?"),
+        ("Fibonacci numbers with recursion", "Fibonacci numbers without recursion"),
+        ("Flights to Paris", "Flights from Paris"),
+        ("What is the maximum of a 32-bit integer?", "What is the maximum of a 64-bit integer?"),
+        ("Who was the first president?", "Who was the second president?"),
+        ("What port does HTTP use?", "What port does HTTPS use?"),
+        ("Is python2 still supported?", "Is python3 still supported?"),
+        ("What does a == b do?", "What does a != b do?"),
+        ("Who is Jordan?", "What is Jordan?"),
+        ("What is the boiling point of water?", "What is the boiling point of salt water?"),
+        (
+            "What is the difference between TCP and UDP?",
+            "What is the difference between UDP and TCP?",
+        ),
+    ],
+)
+def test_the_guard_rejects_what_changes_the_answer(query: str, cached: str) -> None:
+    assert not same_question(query, cached)
+    assert not same_question(cached, query)
+
+
+def _unit(*values: float) -> np.ndarray[Any, np.dtype[np.float32]]:
+    vector = np.array(values, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def test_the_mirror_finds_the_most_similar_first_above_the_threshold() -> None:
+    mirror = ScopeMirror(capacity=10, dimensions=2)
+    mirror.put("east", "e", _unit(1, 0))
+    mirror.put("north", "n", _unit(0, 1))
+    mirror.put("north-east", "ne", _unit(1, 1))
+    found = mirror.search(_unit(1, 0.1), threshold=0.5, limit=8)
+    assert [fp for fp, _, _ in found] == ["east", "north-east"]
+    assert found[0][1] == "e"
+    assert found[0][2] == pytest.approx(float(_unit(1, 0.1) @ _unit(1, 0)))
+    assert len(mirror.search(_unit(1, 0.1), threshold=0.5, limit=1)) == 1
+    assert mirror.search(_unit(-1, 0), threshold=0.5, limit=8) == []
+    assert ScopeMirror(capacity=10, dimensions=2).search(_unit(1, 0), 0.0, 8) == []
+
+
+def test_removal_moves_the_last_row_and_keeps_the_rest_findable() -> None:
+    mirror = ScopeMirror(capacity=100, dimensions=2)
+    angles = np.linspace(0, np.pi / 2, 40)
+    for i, angle in enumerate(angles):
+        mirror.put(f"fp{i}", f"t{i}", _unit(np.cos(angle), np.sin(angle)))
+    for i in range(0, 40, 3):
+        mirror.remove(f"fp{i}")
+    mirror.remove("never-added")
+    assert len(mirror) == 40 - 14
+    for i, angle in enumerate(angles):
+        found = mirror.search(_unit(np.cos(angle), np.sin(angle)), threshold=0.9999, limit=1)
+        expected = [] if i % 3 == 0 else [f"fp{i}"]
+        assert [fp for fp, _, _ in found] == expected
+        assert (f"fp{i}" in mirror) == (i % 3 != 0)
+
+
+def test_beyond_capacity_the_oldest_entry_goes() -> None:
+    mirror = ScopeMirror(capacity=3, dimensions=2)
+    for name in ("a", "b", "c"):
+        mirror.put(name, name, _unit(1, 0))
+    mirror.put("a", "a again", _unit(0, 1))  # replacing makes "a" the newest
+    mirror.put("d", "d", _unit(1, 1))
+    assert len(mirror) == 3
+    assert "b" not in mirror
+    assert {"a", "c", "d"} <= {fp for fp, _, _ in mirror.search(_unit(1, 1), 0.0, 8)}
+    assert mirror.search(_unit(0, 1), 0.99, 8)[0][:2] == ("a", "a again")
+    assert mirror.nbytes == 3 * 2 * 4 + 3 * 8
