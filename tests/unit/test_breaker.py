@@ -1,0 +1,193 @@
+"""The pure fault-tolerance logic of the HTTP engine: the circuit breaker and the backoff."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from schemas.errors import ErrorCode, LlmqError
+from workers.breaker import BreakerState, CircuitBreaker
+from workers.retry import RetryPolicy
+
+_names = itertools.count()
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_breaker(clock: Clock, threshold: int = 3, cooldown_s: float = 10.0) -> CircuitBreaker:
+    return CircuitBreaker(
+        f"model-{next(_names)}", failure_threshold=threshold, cooldown_s=cooldown_s, clock=clock
+    )
+
+
+def state_of(breaker: CircuitBreaker) -> BreakerState:
+    """Read through a call, so that mypy does not narrow the property across calls."""
+    return breaker.state
+
+
+def open_breaker(breaker: CircuitBreaker, failures: int = 3) -> None:
+    for _ in range(failures):
+        breaker.acquire()
+        breaker.failure("HTTP 503: overloaded")
+
+
+def test_opens_after_the_threshold_of_consecutive_failures() -> None:
+    breaker = make_breaker(Clock())
+    for _ in range(2):
+        assert breaker.acquire() is False
+        breaker.failure("HTTP 500")
+    assert state_of(breaker) is BreakerState.CLOSED
+    breaker.failure("HTTP 500")
+    assert state_of(breaker) is BreakerState.OPEN
+
+
+def test_a_success_resets_the_count() -> None:
+    breaker = make_breaker(Clock())
+    open_breaker(breaker, 2)
+    breaker.success()
+    open_breaker(breaker, 2)
+    assert state_of(breaker) is BreakerState.CLOSED
+
+
+def test_open_fails_fast_saying_since_when_and_when_to_retry() -> None:
+    clock = Clock()
+    breaker = make_breaker(clock)
+    open_breaker(breaker)
+    clock.now += 4
+    with pytest.raises(LlmqError) as caught:
+        breaker.acquire()
+    error = caught.value
+    assert error.code is ErrorCode.ENGINE_ERROR
+    assert error.retriable
+    assert error.retry_after_s == pytest.approx(6.0)
+    assert "circuit" in error.message
+    assert "open since 4.0 s ago" in error.message
+    assert "3 consecutive failures" in error.message
+    assert "HTTP 503: overloaded" in error.message
+
+
+def test_half_open_lets_one_probe_through_and_its_success_closes() -> None:
+    clock = Clock()
+    breaker = make_breaker(clock)
+    open_breaker(breaker)
+    clock.now += 10
+    assert breaker.acquire() is True
+    assert state_of(breaker) is BreakerState.HALF_OPEN
+    with pytest.raises(LlmqError, match="a probe is testing it"):
+        breaker.acquire()
+    breaker.success()
+    assert state_of(breaker) is BreakerState.CLOSED
+    assert breaker.acquire() is False
+
+
+def test_a_failed_probe_opens_again_for_a_full_cooldown() -> None:
+    clock = Clock()
+    breaker = make_breaker(clock)
+    open_breaker(breaker)
+    clock.now += 15
+    assert breaker.acquire() is True
+    breaker.failure("connection refused")
+    assert state_of(breaker) is BreakerState.OPEN
+    with pytest.raises(LlmqError) as caught:
+        breaker.acquire()
+    assert caught.value.retry_after_s == pytest.approx(10.0)
+    assert "connection refused" in caught.value.message
+
+
+def test_an_abandoned_probe_lets_the_next_call_probe() -> None:
+    clock = Clock()
+    breaker = make_breaker(clock)
+    open_breaker(breaker)
+    clock.now += 10
+    assert breaker.acquire() is True
+    breaker.abandon()
+    assert breaker.acquire() is True
+
+
+def test_late_failures_while_open_do_not_extend_the_cooldown() -> None:
+    clock = Clock()
+    breaker = make_breaker(clock)
+    open_breaker(breaker)
+    clock.now += 5
+    breaker.failure("a request admitted before the circuit opened")
+    clock.now += 5
+    assert breaker.acquire() is True
+
+
+def test_the_state_is_a_prometheus_gauge() -> None:
+    clock = Clock()
+    name = "gauged-model"
+    breaker = CircuitBreaker(name, failure_threshold=3, cooldown_s=10.0, clock=clock)
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("llmq_worker_breaker_state", {"model": name})
+
+    assert gauge() == 0
+    open_breaker(breaker)
+    assert gauge() == 2
+    clock.now += 10
+    breaker.acquire()
+    assert gauge() == 1
+    breaker.success()
+    assert gauge() == 0
+
+
+@pytest.mark.parametrize(("threshold", "cooldown_s"), [(0, 1.0), (1, 0.0)])
+def test_rejects_nonsense_settings(threshold: int, cooldown_s: float) -> None:
+    with pytest.raises(ValueError):
+        CircuitBreaker("x", failure_threshold=threshold, cooldown_s=cooldown_s)
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter_between_half_and_all() -> None:
+    low = RetryPolicy(
+        max_attempts=10, base_delay_s=0.5, max_delay_s=4.0, budget_s=1e6, uniform=lambda: 0.0
+    )
+    high = RetryPolicy(
+        max_attempts=10, base_delay_s=0.5, max_delay_s=4.0, budget_s=1e6, uniform=lambda: 1.0
+    )
+    assert [low.delay(n, 0.0) for n in range(1, 7)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    assert [high.delay(n, 0.0) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+def test_backoff_stops_after_max_attempts() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    assert policy.delay(2, 0.0) is not None
+    assert policy.delay(3, 0.0) is None
+
+
+def test_backoff_honours_retry_after() -> None:
+    policy = RetryPolicy(base_delay_s=0.1, uniform=lambda: 0.5)
+    assert policy.delay(1, 0.0, retry_after_s=3.0) == 3.0
+    assert policy.delay(1, 0.0, retry_after_s=0.01) == pytest.approx(0.075)
+
+
+def test_backoff_gives_up_rather_than_overrun_the_budget() -> None:
+    policy = RetryPolicy(base_delay_s=1.0, budget_s=10.0, uniform=lambda: 1.0)
+    assert policy.delay(1, 8.5) == 1.0
+    assert policy.delay(1, 9.5) is None
+    assert policy.delay(1, 0.0, retry_after_s=30.0) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_attempts": 0},
+        {"base_delay_s": 0.0},
+        {"base_delay_s": 5.0, "max_delay_s": 1.0},
+        {"budget_s": 0.0},
+    ],
+)
+def test_backoff_rejects_nonsense_settings(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(**kwargs)

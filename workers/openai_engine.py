@@ -1,0 +1,346 @@
+"""Any OpenAI-compatible chat-completions server (a remote vLLM, ...), behind Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from schemas.catalog import ModelSpec
+from schemas.errors import ErrorCode, LlmqError
+from schemas.request import ChatBody, ChatMessage
+from schemas.result import TokenLogprob
+from workers.breaker import CircuitBreaker
+from workers.engine import EngineStep
+from workers.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUSES = frozenset({408, 425, 429})
+"""Client-side statuses that mean "not now" rather than "never"; 5xx are retried too."""
+_ERROR_BODY_BYTES = 64 * 1024
+_CONTEXT = "context length"
+"""What OpenAI's and vLLM's messages about an over-long prompt say."""
+_FAILED_FINISH = frozenset({"abort", "error"})
+"""vLLM's finish reasons for a generation the server gave up on."""
+
+
+class _ServerError(Exception):
+    """The server failed (not the request): counted by the breaker, retried if `retry`."""
+
+    def __init__(self, reason: str, retry_after_s: float | None = None, retry: bool = True):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        self.retry = retry
+
+
+class OpenAIEngine:
+    """Streams chat completions over HTTP, with retries, backoff and a circuit breaker.
+
+    A failed attempt is retried (exponential backoff with jitter, Retry-After honoured) only
+    before the first step reached the caller: after that a retry would repeat text. A server
+    that keeps failing ends in ENGINE_ERROR, never ENGINE_UNAVAILABLE (which stops the
+    worker), so the stream processor's fallback chain takes over; the breaker makes that
+    fast during an outage. The whole generation is bounded by the worker (timeout_s).
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        send_priority: bool = False,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 60.0,
+    ) -> None:
+        """`send_priority` passes the lane as vLLM's `priority` field: only for a vLLM started
+        with --scheduling-policy priority (vLLM documents an error for a non-zero priority
+        otherwise, and OpenAI's API rejects unknown fields). `read_timeout_s` bounds the
+        silence between two bytes of a response."""
+        if spec.url is None:
+            raise ValueError(f"model {spec.name!r} has no `url` to an OpenAI-compatible server")
+        self._spec = spec
+        self._url = spec.url.rstrip("/") + "/chat/completions"
+        self._model = spec.remote_model or spec.name
+        self._headers = {"Accept": "text/event-stream"}
+        if spec.api_key_env:
+            key = os.environ.get(spec.api_key_env)
+            if not key:
+                raise ValueError(
+                    f"model {spec.name!r} reads its API key from ${spec.api_key_env}, "
+                    "which is not set"
+                )
+            self._headers["Authorization"] = f"Bearer {key}"
+        self._retry = retry or RetryPolicy()
+        self._breaker = breaker or CircuitBreaker(spec.name)
+        self._send_priority = send_priority
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def generate(
+        self, request_id: str, body: ChatBody, priority: int
+    ) -> AsyncGenerator[EngineStep, None]:
+        """Stream deltas; closing this iterator early closes the HTTP request (the server
+        aborts the generation when its client goes away)."""
+        payload = self._payload(body, priority)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            # 1) Fail fast while the circuit is open (this also cuts a retry loop short).
+            probe = self._breaker.acquire()
+            verdict = yielded = False
+            try:
+                # 2) Stream one attempt; its first step is the server's proof of health.
+                async with aclosing(self._attempt(payload, f"{request_id}.{attempt}")) as steps:
+                    async for step in steps:
+                        if not verdict:
+                            self._breaker.success()
+                            verdict = True
+                        yielded = True
+                        yield step
+                return
+            except LlmqError:
+                # The server judged the request: it is up.
+                self._breaker.success()
+                verdict = True
+                raise
+            except _ServerError as exc:
+                # 3) The server failed: count it, then retry if nothing reached the caller
+                #    yet and the policy's attempts and time allow.
+                self._breaker.failure(exc.reason)
+                verdict = True
+                if yielded:
+                    raise LlmqError(
+                        ErrorCode.ENGINE_ERROR,
+                        f"the stream from {self._where} broke mid-answer (not retried: it "
+                        f"would repeat text): {exc.reason}",
+                    ) from exc
+                elapsed = time.monotonic() - started
+                delay = (
+                    self._retry.delay(attempt, elapsed, exc.retry_after_s) if exc.retry else None
+                )
+                if delay is None:
+                    raise LlmqError(
+                        ErrorCode.ENGINE_ERROR,
+                        f"{self._where} failed {attempt} time(s) in {elapsed:.1f} s; "
+                        f"last error: {exc.reason}",
+                        retry_after_s=exc.retry_after_s,
+                    ) from exc
+                log.warning(
+                    "%s: attempt %d to %s failed (%s); retrying in %.2f s",
+                    request_id,
+                    attempt,
+                    self._where,
+                    exc.reason,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            finally:
+                if probe and not verdict:
+                    self._breaker.abandon()
+
+    def prompt_tokens(self, messages: list[ChatMessage]) -> int | None:
+        """The server's tokenizer is not at hand: unknown until its usage report."""
+        return None
+
+    async def abort_all(self) -> None:
+        """Close the HTTP session: requests still open are cut, connections released."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def shutdown(self) -> None:
+        """Nothing runs in this process: `abort_all` already released the connections."""
+
+    @property
+    def _where(self) -> str:
+        return f"{self._spec.name} at {self._url}"
+
+    def _payload(self, body: ChatBody, priority: int) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": self._model,
+            "messages": [m.model_dump() for m in body.messages],
+            "max_tokens": body.max_tokens,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "presence_penalty": body.presence_penalty,
+            "frequency_penalty": body.frequency_penalty,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if body.stop:
+            payload["stop"] = body.stop
+        if body.seed is not None:
+            payload["seed"] = body.seed
+        if body.logprobs:
+            payload["logprobs"] = True
+        if self._send_priority:
+            payload["priority"] = priority
+        return payload
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._spec.max_inflight),
+                headers=self._headers,
+            )
+        return self._session
+
+    async def _attempt(
+        self, payload: dict[str, Any], attempt_id: str
+    ) -> AsyncGenerator[EngineStep, None]:
+        """One HTTP request; its failures are _ServerError, or LlmqError for the request's.
+
+        `attempt_id` goes out as X-Request-Id (the server's logs): one per attempt, so a retry
+        never reuses the id of an attempt the server may still be running.
+        """
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._connect_timeout_s, sock_read=self._read_timeout_s
+        )
+        try:
+            async with self._open_session().post(
+                self._url, json=payload, timeout=timeout, headers={"X-Request-Id": attempt_id}
+            ) as resp:
+                if resp.status != 200:
+                    raise await self._status_error(resp)
+                if resp.content_type != "text/event-stream":
+                    raise _ServerError(
+                        f"the server answered {resp.content_type}, not an event stream",
+                        retry=False,
+                    )
+                # Leaving early releases the response unread, which closes its connection:
+                # the server sees its client go and aborts the generation.
+                async for step in _steps(resp.content):
+                    yield step
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # ValueError: e.g. a line over aiohttp's limit (uncaught, it would stop the worker).
+            raise _ServerError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+
+    async def _status_error(self, resp: aiohttp.ClientResponse) -> Exception:
+        """An HTTP error status as _ServerError (the server's fault) or LlmqError (ours)."""
+        raw = await resp.content.read(_ERROR_BODY_BYTES)
+        message, code = _error_details(raw.decode("utf-8", "replace"))
+        status = resp.status
+        said = f"HTTP {status}: {message}"
+        if status == 501:
+            return LlmqError(ErrorCode.UNSUPPORTED, message)
+        if status >= 500 or status in _RETRY_STATUSES:
+            return _ServerError(said, _retry_after_s(resp.headers.get("Retry-After")))
+        if status in (401, 403):
+            key = self._spec.api_key_env or "api_key_env"
+            return _ServerError(f"{said} (check the key in ${key})", retry=False)
+        if status == 404:
+            return _ServerError(f"{said} (check url and remote_model)", retry=False)
+        if status == 413 or code == "context_length_exceeded" or _CONTEXT in message.lower():
+            return LlmqError(ErrorCode.PROMPT_TOO_LARGE, message)
+        return LlmqError(ErrorCode.INVALID_REQUEST, message)
+
+
+async def _steps(content: aiohttp.StreamReader) -> AsyncIterator[EngineStep]:
+    """Parse the server-sent events of one chat-completion stream into steps.
+
+    Completion tokens are counted per chunk (its logprobs entries, else one per chunk with
+    text); the usage report at the end is the truth, and the final step carries the
+    difference, so the steps' `new_tokens` add up to the server's count.
+    """
+    counted = prompt_tokens = 0
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    async for raw in content:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue  # blank separators, comments, event names
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            break
+        try:
+            chunk = _Chunk.parse(data)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise _ServerError(f"an unreadable event in the stream: {data[:200]!r}") from exc
+        if chunk.error is not None:
+            raise _ServerError(f"the server reported an error mid-stream: {chunk.error}")
+        if chunk.prompt_tokens is not None:
+            prompt_tokens = chunk.prompt_tokens
+        completion_tokens = chunk.completion_tokens or completion_tokens
+        finish_reason = chunk.finish_reason or finish_reason
+        if chunk.text or chunk.logprobs:
+            tokens = len(chunk.logprobs) or 1
+            counted += tokens
+            yield EngineStep(chunk.text, tokens, prompt_tokens, logprobs=chunk.logprobs)
+    if finish_reason is None:
+        raise _ServerError("the stream ended before the generation finished")
+    if finish_reason in _FAILED_FINISH:
+        raise _ServerError(f"the server ended the generation with {finish_reason!r}")
+    total = counted if completion_tokens is None else completion_tokens
+    yield EngineStep("", total - counted, prompt_tokens, True, finish_reason)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """What llmq reads from one `chat.completion.chunk` event (choice 0; n is always 1)."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+
+    @classmethod
+    def parse(cls, data: str) -> _Chunk:
+        """Raises ValueError, TypeError, KeyError or AttributeError on a malformed event."""
+        event = json.loads(data)
+        if "error" in event:
+            return cls(error=_error_details(data)[0])
+        usage = event.get("usage") or {}
+        choices = event.get("choices") or [{}]
+        choice = choices[0]
+        entries = (choice.get("logprobs") or {}).get("content") or []
+        return cls(
+            text=(choice.get("delta") or {}).get("content") or "",
+            logprobs=[TokenLogprob(token=e["token"], logprob=e["logprob"]) for e in entries],
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+        )
+
+
+def _error_details(text: str) -> tuple[str, str | None]:
+    """The message and code of an OpenAI-style error body ({"error": {...}}), else the text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip()[:500] or "(no body)", None
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("detail") or json.dumps(error)[:500]
+        code = error.get("code")
+        return str(message), None if code is None else str(code)
+    return str(error)[:500], None
+
+
+def _retry_after_s(header: str | None) -> float | None:
+    """Retry-After in seconds: a number of seconds or an HTTP date."""
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
