@@ -7,7 +7,9 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
+from collections.abc import Callable
+from functools import partial
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
@@ -16,21 +18,35 @@ from prometheus_client import start_http_server
 from schemas.catalog import ModelSpec
 from schemas.topics import work_topics
 from workers import metrics
+from workers.breaker import CircuitBreaker
 from workers.checkpoint import resolve_model_source
+from workers.engine import Engine
+from workers.openai_engine import OpenAIEngine
+from workers.retry import RetryPolicy
 from workers.settings import WorkerSettings
-from workers.vllm_engine import VllmEngine
 from workers.worker import Worker
 
 log = logging.getLogger("workers")
 
 
-async def serve(settings: WorkerSettings, spec: ModelSpec, checkpoint: Path) -> None:
+class ServedEngine(Engine, Protocol):
+    """An engine as the worker process runs it: what is still open is aborted before
+    shutdown (vLLM would hang otherwise; the HTTP engine closes its connections)."""
+
+    async def abort_all(self) -> None:
+        """Abort every generation still running."""
+        ...
+
+
+async def serve(
+    settings: WorkerSettings, spec: ModelSpec, make_engine: Callable[[], ServedEngine]
+) -> None:
     """Start the engine and the Kafka clients, run the loop, and on SIGTERM drain and leave."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    engine = VllmEngine(spec, checkpoint, settings.gpu_memory_utilization)
+    engine = make_engine()
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=settings.worker_id,
@@ -55,6 +71,7 @@ async def serve(settings: WorkerSettings, spec: ModelSpec, checkpoint: Path) -> 
         worker_id=settings.worker_id,
         commit_interval_s=settings.commit_interval_s,
         drain_timeout_s=settings.drain_timeout_s,
+        lanes=settings.lane_policy(),
     )
     try:
         await producer.start()
@@ -87,20 +104,46 @@ def main() -> int:
     if spec is None:
         log.error("LLMQ_MODEL=%s is not in the catalog; it has %s", name, catalog.names)
         return 2
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    if spec.source is None:
-        log.error("model %s has engine %r, which this worker cannot serve yet", name, spec.engine)
+    try:
+        make_engine = engine_factory(settings, spec)
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("cannot serve model %s: %s", name, exc)
         return 2
-    checkpoint = resolve_model_source(spec.source, settings.cache_dir / "models")
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
     try:
-        asyncio.run(serve(settings, spec, checkpoint))
+        asyncio.run(serve(settings, spec, make_engine))
     except KafkaConnectionError as exc:
         log.error("cannot reach Kafka at %s: %s", settings.kafka_bootstrap, exc)
         return 1
     return 0
+
+
+def engine_factory(settings: WorkerSettings, spec: ModelSpec) -> Callable[[], ServedEngine]:
+    """What builds the model's engine, once all it needs is checked (ValueError or
+    FileNotFoundError say what is missing): "vllm" resolves the checkpoint now, "openai"
+    checks its URL and API key now; neither engine starts yet."""
+    if spec.engine == "openai":
+        engine = OpenAIEngine(
+            spec,
+            send_priority=spec.send_priority,
+            retry=RetryPolicy(max_attempts=spec.retry_attempts, budget_s=spec.retry_budget_s),
+            breaker=CircuitBreaker(
+                spec.name,
+                failure_threshold=spec.breaker_failures,
+                cooldown_s=spec.breaker_cooldown_s,
+            ),
+        )
+        log.info("model %s is served by the OpenAI-compatible server at %s", spec.name, spec.url)
+        return lambda: engine
+    if spec.source is None:
+        raise ValueError("engine 'vllm' needs a `source`")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    checkpoint = resolve_model_source(spec.source, settings.cache_dir / "models")
+    from workers.vllm_engine import VllmEngine  # noqa: PLC0415 -- torch and vLLM: "vllm" only
+
+    return partial(VllmEngine, spec, checkpoint, settings.gpu_memory_utilization)
 
 
 if __name__ == "__main__":

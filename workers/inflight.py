@@ -36,6 +36,8 @@ class InFlight:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
+    uncompressed_prompt_tokens: int | None = None
+    """Prompt tokens of the app's messages before compression, when the engine can tell."""
 
     @classmethod
     def from_work(cls, work: WorkItem, request_id: str) -> Self:
@@ -62,8 +64,22 @@ class InFlight:
             engine_ms=(now - self.started_at) * 1000,
         )
 
+    @property
+    def mean_logprob(self) -> float | None:
+        """Mean log-probability of the answer's tokens (the cascade's confidence signal)."""
+        if not self.logprobs:
+            return None
+        return sum(t.logprob for t in self.logprobs) / len(self.logprobs)
+
+    @property
+    def prompt_tokens_saved(self) -> int:
+        """Prompt tokens that compression kept from the engine; 0 when unknown."""
+        if self.uncompressed_prompt_tokens is None:
+            return 0
+        return max(0, self.uncompressed_prompt_tokens - self.prompt_tokens)
+
     def completion(self, worker: str, now: float) -> Completion:
-        """The finished answer."""
+        """The finished answer; its logprobs reach the app only when it asked for them."""
         usage = Usage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
@@ -87,6 +103,7 @@ class InFlight:
             work=self.work,
             response=response,
             timings=self.timings(now),
+            mean_logprob=self.mean_logprob,
             worker=worker,
             finished_at=now,
         )
@@ -113,6 +130,7 @@ class InFlight:
             fingerprint=self.work.fingerprint,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
+            prompt_tokens_saved=self.prompt_tokens_saved,
             cost_usd=spec.cost(self.prompt_tokens, self.completion_tokens),
             queue_ms=timings.queue_ms or 0.0,
             ttft_ms=timings.ttft_ms,

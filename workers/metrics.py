@@ -16,8 +16,18 @@ TTFT = Histogram(
     "Time to first token",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+STARTED = Counter(
+    "llmq_worker_started_total", "Records taken from their lane into service", ["lane"]
+)
+BUFFERED = Gauge(
+    "llmq_worker_buffered", "Records fetched and waiting for their lane's turn", ["lane"]
+)
+LANE_IN_FLIGHT = Gauge(
+    "llmq_worker_lane_in_flight", "Requests in the engine now, by lane", ["lane"]
+)
 QUEUE = Histogram(
     "llmq_worker_queue_seconds",
-    "From admission to the start of generation",
+    "From admission to the start of generation, by lane",
+    ["lane"],
     buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
 )

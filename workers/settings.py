@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.settings import ServiceSettings
+from workers.lanes import MAX_MIN_SHARE, LanePolicy
 
 
 def _default_worker_id() -> str:
@@ -32,3 +34,39 @@ class WorkerSettings(ServiceSettings):
     """How often finished offsets are committed (LLMQ_COMMIT_INTERVAL_S)."""
     drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)
     """On SIGTERM: how long in-flight requests may run before they are handed back."""
+    lane_min_share: float = Field(default=0.1, ge=0, le=MAX_MIN_SHARE)
+    """Share of starts each lower lane with work is guaranteed, so a steady stream of
+    higher-lane requests cannot starve it; 0 serves lanes in strict order, at most 0.3
+    (LLMQ_LANE_MIN_SHARE)."""
+    lane_standard_cap: float = Field(default=0.9, gt=0, le=1)
+    """Standard requests start only while the engine holds fewer than this fraction of the
+    model's max_inflight: the rest is headroom for interactive ones (LLMQ_LANE_STANDARD_CAP)."""
+    lane_batch_cap: float = Field(default=0.75, gt=0, le=1)
+    """Batch requests start only while the engine holds fewer than this fraction of
+    max_inflight; at most the standard cap (LLMQ_LANE_BATCH_CAP)."""
+    lane_yield_cap: float = Field(default=0.25, gt=0, le=1)
+    """While a higher lane has requests in the engine, a lower lane starts new ones only while
+    it holds fewer than this fraction of max_inflight, so its prompts do not slow the higher
+    lane's answers (LLMQ_LANE_YIELD_CAP)."""
+    lane_buffer: int = Field(default=32, ge=1, le=100_000)
+    """Records per lane fetched ahead of their start; a full lane is paused, its backlog
+    stays in Kafka (LLMQ_LANE_BUFFER)."""
+
+    @model_validator(mode="after")
+    def _caps_ordered(self) -> Self:
+        if self.lane_batch_cap > self.lane_standard_cap:
+            raise ValueError(
+                f"LLMQ_LANE_BATCH_CAP ({self.lane_batch_cap}) must not exceed "
+                f"LLMQ_LANE_STANDARD_CAP ({self.lane_standard_cap})"
+            )
+        return self
+
+    def lane_policy(self) -> LanePolicy:
+        """How the worker shares its engine between lanes."""
+        return LanePolicy(
+            min_share=self.lane_min_share,
+            standard_cap=self.lane_standard_cap,
+            batch_cap=self.lane_batch_cap,
+            yield_cap=self.lane_yield_cap,
+            buffer=self.lane_buffer,
+        )

@@ -1,7 +1,9 @@
-"""The worker loop: records from a model's work topics into the engine, results out.
+"""The worker loop: records from a model's lane topics into the engine, results out.
 
-It keeps up to `max_inflight` generations in the engine at once (continuous batching),
-polls Kafka only while there is room, and commits a record's offset only after the
+Fetched records wait in per-lane buffers (workers/lanes.py) that decide which one starts
+next: higher lanes first, with headroom kept for them and a minimum share for lower lanes.
+Buffers are bounded and a full lane's partitions are paused, so a backlog stays in Kafka.
+A record's offset counts as in flight from its fetch and is committed only after the
 completion and metering event it produced are acknowledged by the broker.
 """
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import suppress
+from functools import partial
 from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -32,11 +36,15 @@ from schemas.work import Completion, WorkItem
 from workers import metrics
 from workers.engine import Engine
 from workers.inflight import InFlight
+from workers.lanes import LanePolicy, LaneScheduler, lane_of
 from workers.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+POLL_TIMEOUT_MS = 100
+"""The longest one fetch waits for records; also how soon a stop request is noticed."""
 
 
 class Worker:
@@ -52,6 +60,7 @@ class Worker:
         worker_id: str,
         commit_interval_s: float = 1.0,
         drain_timeout_s: float = 30.0,
+        lanes: LanePolicy | None = None,
     ) -> None:
         self._spec = spec
         self._engine = engine
@@ -60,8 +69,13 @@ class Worker:
         self._worker_id = worker_id
         self._commit_interval_s = commit_interval_s
         self._drain_timeout_s = drain_timeout_s
+        self._lanes: LaneScheduler[TopicPartition, Record] = LaneScheduler(
+            lanes or LanePolicy(), spec.max_inflight
+        )
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._made_room = asyncio.Event()
+        self._stopping = False
         self._fatal: BaseException | None = None
 
     def rebalance_listener(self) -> ConsumerRebalanceListener:
@@ -78,25 +92,28 @@ class Worker:
         loop = asyncio.get_running_loop()
         last_commit = loop.time()
         while not stop.is_set() and self._fatal is None:
-            # 1) No room in the engine: stop fetching and wait for a generation to finish.
-            room = self._spec.max_inflight - len(self._tasks)
-            if room <= 0:
-                self._consumer.pause(*self._consumer.assignment())
-                await asyncio.wait(
-                    self._tasks, timeout=self._commit_interval_s, return_when="FIRST_COMPLETED"
+            # 1) Fetch only for lanes whose buffer has room; a full lane's partitions pause.
+            if self._pause_full_lanes():
+                batches = await self._consumer.getmany(
+                    timeout_ms=POLL_TIMEOUT_MS, max_records=self._lanes.room()
                 )
-                self._consumer.resume(*self._consumer.assignment())
+                # 2) Buffer what came; its offsets are in flight from now on.
+                for tp, records in batches.items():
+                    for record in records:
+                        self._tracker.started(tp, record.offset)
+                        self._lanes.push(lane_of(tp.topic), tp, record)
             else:
-                # 2) Poll at most as many records as there is room for; higher lanes first.
-                batches = await self._consumer.getmany(timeout_ms=100, max_records=room)
-                records = [r for rs in batches.values() for r in rs]
-                records.sort(key=lambda r: _lane_of(r.topic).priority)
-                for record in records:
-                    self._start(record)
-            # 3) Commit what has finished, every commit interval.
+                # Every buffer is full, so the engine is too: wait for a start to make room.
+                self._made_room.clear()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._made_room.wait(), POLL_TIMEOUT_MS / 1000)
+            # 3) Start what the lanes allow (finished generations start more on their own).
+            self._dispatch()
+            # 4) Commit what has finished, every commit interval.
             if loop.time() - last_commit >= self._commit_interval_s:
                 await self.commit()
                 last_commit = loop.time()
+        self._stopping = True
         await self._drain()
         if self._fatal is not None:
             raise self._fatal
@@ -119,22 +136,48 @@ class Worker:
         self._tracker.committed(offsets)
 
     def forget(self, tps: set[TopicPartition]) -> None:
-        """Partitions revoked: their unfinished records will be served by their next owner."""
+        """Partitions revoked: their unfinished and buffered records go to their next owner."""
         self._tracker.forget(tps)
+        dropped = self._lanes.drop(tps)
+        if dropped:
+            log.info("dropped %d buffered records of revoked partitions", dropped)
+        self._count_lanes()
 
-    def _start(self, record: Record) -> None:
-        tp = TopicPartition(record.topic, record.partition)
-        self._tracker.started(tp, record.offset)
-        task = asyncio.create_task(self._serve(tp, record), name=f"serve-{record.offset}")
-        self._tasks.add(task)
+    def _pause_full_lanes(self) -> bool:
+        """Pause the partitions of full lanes, resume the others; False when all are full."""
+        fetchable = self._lanes.fetchable()
+        assigned = self._consumer.assignment()
+        full = {tp for tp in assigned if lane_of(tp.topic) not in fetchable}
+        self._consumer.pause(*full)
+        self._consumer.resume(*(assigned - full))
+        return bool(fetchable)
+
+    def _dispatch(self) -> None:
+        """Start buffered records, in the lanes' order, while the engine has room for them."""
+        while not self._stopping and self._fatal is None:
+            picked = self._lanes.pop()
+            if picked is None:
+                break
+            lane, tp, record = picked
+            task = asyncio.create_task(self._serve(tp, record), name=f"serve-{record.offset}")
+            self._tasks.add(task)
+            task.add_done_callback(partial(self._finished, lane))
+            metrics.STARTED.labels(lane.value).inc()
+            self._made_room.set()
         metrics.IN_FLIGHT.set(len(self._tasks))
-        task.add_done_callback(self._finished)
+        self._count_lanes()
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _count_lanes(self) -> None:
+        for lane in Lane:
+            metrics.BUFFERED.labels(lane.value).set(self._lanes.buffered(lane))
+            metrics.LANE_IN_FLIGHT.labels(lane.value).set(self._lanes.running(lane))
+
+    def _finished(self, lane: Lane, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        metrics.IN_FLIGHT.set(len(self._tasks))
+        self._lanes.finished(lane)
         if not task.cancelled() and task.exception() is not None:
             self._fatal = self._fatal or task.exception()
+        self._dispatch()
 
     async def _serve(self, tp: TopicPartition, record: Record) -> None:
         """One record, start to acknowledged outputs; only then is its offset done."""
@@ -148,7 +191,9 @@ class Worker:
             f"{work.request.correlation_id}@{record.topic}/{record.partition}/{record.offset}"
         )
         state = InFlight.from_work(work, request_id)
-        metrics.QUEUE.observe(max(0.0, state.started_at - work.admitted_at))
+        metrics.QUEUE.labels(work.request.lane.value).observe(
+            max(0.0, state.started_at - work.admitted_at)
+        )
         completion = await self._generate(state)
         await self._publish(completion, state)
         self._tracker.done(tp, record.offset)
@@ -167,16 +212,36 @@ class Worker:
             error = LlmqError(ErrorCode.EXPIRED, "the deadline passed while the request was queued")
             metrics.GENERATIONS.labels(error.code.value).inc()
             return state.failure(error, self._worker_id, time.time())
+        route = state.work.route
+        body = request.body
+        if route.cascade and route.remaining and not body.logprobs:
+            # The cascade escalates on the answer's mean logprob, so ask the engine for them.
+            body = body.model_copy(update={"logprobs": True})
+        # Closing the engine's iterator (the cancellation the timeout raises) aborts it there.
+        deadline = asyncio.timeout(self._spec.timeout_s)
         try:
-            async for step in self._engine.generate(
-                state.request_id, request.body, request.lane.priority
-            ):
-                state.add(step)
+            async with deadline:
+                async for step in self._engine.generate(
+                    state.request_id, body, request.lane.priority
+                ):
+                    state.add(step)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            error = LlmqError(
+                ErrorCode.ENGINE_TIMEOUT,
+                f"the generation ran past {self._spec.timeout_s:g}s ({self._spec.name}'s "
+                "timeout_s) and was aborted",
+            )
+            metrics.GENERATIONS.labels(error.code.value).inc()
+            return state.failure(error, self._worker_id, time.time())
         except LlmqError as error:
             if error.code is ErrorCode.ENGINE_UNAVAILABLE:
                 raise
             metrics.GENERATIONS.labels(error.code.value).inc()
             return state.failure(error, self._worker_id, time.time())
+        if state.work.uncompressed is not None:
+            state.uncompressed_prompt_tokens = self._engine.prompt_tokens(state.work.uncompressed)
         metrics.GENERATIONS.labels("ok").inc()
         metrics.TOKENS.labels("prompt").inc(state.prompt_tokens)
         metrics.TOKENS.labels("completion").inc(state.completion_tokens)
@@ -234,8 +299,3 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
-
-
-def _lane_of(topic: str) -> Lane:
-    """The lane is the last part of a work topic's name."""
-    return Lane(topic.rsplit(".", 1)[1])

@@ -187,3 +187,30 @@ def test_metering_of_a_free_model_costs_nothing() -> None:
     event = _fed().metering(ModelSpec(name="free", source="s"), "w1", NOW)
     assert event.cost_usd == 0.0
     assert event.model == "free"
+
+
+def test_the_mean_logprob_is_set_whenever_the_engine_sent_logprobs() -> None:
+    completion = _fed().completion("w1", NOW)
+    assert completion.mean_logprob == pytest.approx((-0.5 - 0.25 - 1.0) / 3)
+
+
+def test_no_logprobs_no_mean() -> None:
+    state = InFlight(work=_work(), request_id="r", started_at=STARTED)
+    state.add(EngineStep("a", 1, 5, finished=True, finish_reason="stop"))
+    assert state.completion("w1", NOW).mean_logprob is None
+    assert state.failure(LlmqError(ErrorCode.ENGINE_ERROR, "x"), "w1", NOW).mean_logprob is None
+
+
+@pytest.mark.parametrize(
+    ("uncompressed", "saved"),
+    [(None, 0), (12, 7), (5, 0), (3, 0)],
+    ids=["unknown", "compressed", "no-gain", "compression-grew-it"],
+)
+def test_metering_reports_the_prompt_tokens_compression_saved(
+    uncompressed: int | None, saved: int
+) -> None:
+    state = _fed()
+    state.uncompressed_prompt_tokens = uncompressed
+    event = state.metering(ModelSpec(name="m", source="s"), "w1", NOW)
+    assert event.prompt_tokens == 5
+    assert event.prompt_tokens_saved == saved

@@ -1,30 +1,355 @@
-"""The worker's pure helpers (the loop itself needs Kafka: see tests/integration)."""
+"""The worker loop against small in-memory fakes of the consumer, producer and engine.
+
+The fakes keep only what the loop relies on (aiokafka's pause, max_records and commit; an
+engine that streams steps and notices being closed); tests/integration runs the real ones.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
 import pytest
+from aiokafka import ConsumerRecord, TopicPartition
 
+from schemas.catalog import ModelSpec
+from schemas.errors import ErrorCode
 from schemas.lanes import Lane
-from schemas.topics import work_topic
-from workers.worker import _lane_of
+from schemas.metering import MeteringEvent
+from schemas.request import ChatBody, ChatMessage, InferenceRequest
+from schemas.result import TokenLogprob
+from schemas.route import Route
+from schemas.topics import COMPLETIONS, METERING, work_topic
+from schemas.work import Completion, WorkItem
+from workers.engine import EngineStep
+from workers.lanes import LanePolicy
+from workers.worker import Worker
+
+pytestmark = pytest.mark.timeout(30)
+
+MODEL = "m"
+PROMPT_TOKENS = 5
+INTERACTIVE = TopicPartition(work_topic(MODEL, Lane.INTERACTIVE), 0)
+BATCH = TopicPartition(work_topic(MODEL, Lane.BATCH), 0)
+STANDARD = TopicPartition(work_topic(MODEL, Lane.STANDARD), 0)
 
 
-@pytest.mark.parametrize("model", ["smollm2-135m", "qwen2.5-0.5b", "a.b.c"])
-@pytest.mark.parametrize("lane", list(Lane))
-def test_lane_of_a_work_topic(model: str, lane: Lane) -> None:
-    assert _lane_of(work_topic(model, lane)) is lane
+class FakeConsumer:
+    """Assigned partitions in memory; paused ones are not fetched; the earliest topic first."""
+
+    def __init__(self) -> None:
+        self.logs: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        self.positions: dict[TopicPartition, int] = {}
+        self.paused: set[TopicPartition] = set()
+        self.committed: dict[TopicPartition, int] = {}
+
+    def add(self, tp: TopicPartition, values: list[bytes]) -> None:
+        log = self.logs.setdefault(tp, [])
+        self.positions.setdefault(tp, 0)
+        for value in values:
+            log.append(
+                ConsumerRecord(
+                    tp.topic, tp.partition, len(log), 0, 0, None, value, None, 0, len(value), []
+                )
+            )
+
+    def revoke(self, tp: TopicPartition) -> None:
+        del self.logs[tp]
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.logs)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
+    async def getmany(
+        self, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        assert max_records > 0
+        out = {}
+        for tp in sorted(self.logs):  # batch sorts first: the order least kind to lanes
+            if tp in self.paused or max_records <= 0:
+                continue
+            start = self.positions[tp]
+            records = self.logs[tp][start : start + max_records]
+            if records:
+                out[tp] = records
+                self.positions[tp] = start + len(records)
+                max_records -= len(records)
+        if not out:
+            await asyncio.sleep(0.002)
+        return out
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed.update(offsets)
 
 
-def test_records_sort_by_lane_priority() -> None:
-    topics = [work_topic("m", Lane.BATCH), work_topic("m", Lane.INTERACTIVE)]
-    topics.append(work_topic("m", Lane.STANDARD))
-    assert sorted(topics, key=lambda t: _lane_of(t).priority) == [
-        "llmq.work.m.interactive",
-        "llmq.work.m.standard",
-        "llmq.work.m.batch",
-    ]
+class FakeProducer:
+    """Acknowledges every send at once and keeps what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, value))
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ack.set_result(None)
+        return ack
+
+    def completions(self) -> list[Completion]:
+        return [Completion.model_validate_json(v) for t, v in self.sent if t == COMPLETIONS]
+
+    def metering(self) -> list[MeteringEvent]:
+        return [MeteringEvent.model_validate_json(v) for t, v in self.sent if t == METERING]
 
 
-def test_a_topic_that_is_not_a_lane_is_an_error() -> None:
-    with pytest.raises(ValueError, match="urgent"):
-        _lane_of("llmq.work.m.urgent")
+class FakeEngine:
+    """Three tokens per answer (logprob -0.5 each, when asked), once its gate is open."""
+
+    def __init__(self, *, step_s: float = 0.0, counts_tokens: bool = True) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.step_s = step_s
+        self.counts_tokens = counts_tokens
+        self.started: list[tuple[str, ChatBody, int]] = []
+        self.aborted: list[str] = []
+
+    async def generate(
+        self, request_id: str, body: ChatBody, priority: int
+    ) -> AsyncIterator[EngineStep]:
+        self.started.append((request_id, body, priority))
+        try:
+            await self.gate.wait()
+            for i in range(3):
+                await asyncio.sleep(self.step_s)
+                logprobs = [TokenLogprob(token="x", logprob=-0.5)] if body.logprobs else []
+                last = i == 2
+                yield EngineStep("x", 1, PROMPT_TOKENS, last, "length" if last else None, logprobs)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.aborted.append(request_id)
+            raise
+
+    def prompt_tokens(self, messages: list[ChatMessage]) -> int | None:
+        """One token a word: enough to tell a long prompt from a short one."""
+        if not self.counts_tokens:
+            return None
+        return sum(len(m.content.split()) for m in messages)
+
+    def shutdown(self) -> None:
+        """Nothing to stop."""
+
+    def lanes_started(self) -> list[int]:
+        return [priority for _, _, priority in self.started]
+
+
+def _work(lane: Lane = Lane.STANDARD, n: int = 0, **fields: Any) -> bytes:
+    request = InferenceRequest(
+        correlation_id=f"{lane.value}-{n}",
+        lane=lane,
+        body=ChatBody(messages=[ChatMessage(role="user", content="a short prompt")]),
+    )
+    work = WorkItem(
+        request=request,
+        model=MODEL,
+        fingerprint=f"{n:064d}",
+        route=fields.pop("route", Route(requested=MODEL, chain=[MODEL])),
+        **fields,
+    )
+    return work.model_dump_json().encode()
+
+
+def _spec(max_inflight: int = 4, timeout_s: float = 60.0) -> ModelSpec:
+    return ModelSpec(name=MODEL, source="s", max_inflight=max_inflight, timeout_s=timeout_s)
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 -- polls the fakes' plain state
+            await asyncio.sleep(0.002)
+
+
+Scenario = Callable[[Worker, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+def _serve(
+    consumer: FakeConsumer,
+    producer: FakeProducer,
+    engine_of: Callable[[], FakeEngine],
+    scenario: Scenario,
+    *,
+    spec: ModelSpec | None = None,
+    lanes: LanePolicy | None = None,
+) -> FakeEngine:
+    """Run a worker while `scenario` drives it (and sets its stop event); returns the engine."""
+
+    async def main() -> FakeEngine:
+        engine = engine_of()
+        worker = Worker(
+            spec or _spec(),
+            engine,
+            consumer,
+            producer,
+            worker_id="w",
+            commit_interval_s=0.01,
+            drain_timeout_s=5,
+            lanes=lanes,
+        )
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        driving = asyncio.create_task(scenario(worker, stop))
+        await asyncio.gather(running, driving)
+        return engine
+
+    return asyncio.run(main())
+
+
+def test_interactive_starts_at_once_behind_a_batch_backlog() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(BATCH, [_work(Lane.BATCH, i) for i in range(20)])
+    lanes = LanePolicy(min_share=0.0, batch_cap=0.5, buffer=4)
+    engines: list[FakeEngine] = []
+
+    def engine_of() -> FakeEngine:
+        engines.append(FakeEngine())
+        engines[0].gate.clear()
+        return engines[0]
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        engine = engines[0]
+        await _until(lambda: len(engine.started) == 2)
+        await asyncio.sleep(0.05)
+        assert engine.lanes_started() == [2, 2], "batch stops at its cap: 2 of 4"
+        assert consumer.positions[BATCH] <= 2 + 4, "the rest of the backlog stays in Kafka"
+        assert BATCH in consumer.paused
+        consumer.add(INTERACTIVE, [_work(Lane.INTERACTIVE, i) for i in range(2)])
+        await _until(lambda: len(engine.started) == 4)
+        assert engine.lanes_started() == [2, 2, 0, 0]
+        engine.gate.set()
+        await _until(lambda: len(producer.completions()) == 22)
+        await _until(lambda: consumer.committed == {BATCH: 20, INTERACTIVE: 2})
+        stop.set()
+
+    _serve(consumer, producer, engine_of, scenario, lanes=lanes)
+    assert all(c.error is None for c in producer.completions())
+    assert len(producer.metering()) == 22
+
+
+def test_commits_stop_before_records_still_buffered_at_stop() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(BATCH, [_work(Lane.BATCH, i) for i in range(10)])
+    lanes = LanePolicy(min_share=0.0, standard_cap=1.0, batch_cap=1.0, buffer=4)
+    engine = FakeEngine()
+    engine.gate.clear()
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: len(engine.started) == 2 and consumer.positions[BATCH] == 6)
+        stop.set()
+        await asyncio.sleep(0.05)  # the loop has stopped and is draining
+        engine.gate.set()
+
+    _serve(consumer, producer, lambda: engine, scenario, spec=_spec(max_inflight=2), lanes=lanes)
+    assert len(engine.started) == 2, "buffered records are left to the next owner"
+    assert consumer.committed == {BATCH: 2}
+
+
+def test_a_revoked_partitions_buffered_records_are_never_started() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(BATCH, [_work(Lane.BATCH, i) for i in range(10)])
+    consumer.add(STANDARD, [_work(Lane.STANDARD, 0)])
+    lanes = LanePolicy(min_share=0.0, standard_cap=1.0, batch_cap=1.0, buffer=4)
+    engine = FakeEngine()
+    engine.gate.clear()
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: len(engine.started) == 2 and consumer.positions[STANDARD] == 1)
+        consumer.revoke(BATCH)
+        worker.forget({BATCH})
+        engine.gate.set()
+        await _until(lambda: len(producer.completions()) == 3)
+        await _until(lambda: consumer.committed.get(STANDARD) == 1)
+        await asyncio.sleep(0.05)
+        stop.set()
+
+    _serve(consumer, producer, lambda: engine, scenario, spec=_spec(max_inflight=2), lanes=lanes)
+    assert engine.lanes_started() == [2, 2, 1], "then standard, and no more of the batch"
+    assert BATCH not in consumer.committed
+
+
+def _one(value: bytes, engine: FakeEngine, spec: ModelSpec | None = None) -> FakeProducer:
+    """Serve one standard record to the end; returns what was published."""
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [value])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: consumer.committed.get(STANDARD) == 1)
+        stop.set()
+
+    _serve(consumer, producer, lambda: engine, scenario, spec=spec)
+    return producer
+
+
+def test_a_generation_past_its_timeout_is_aborted_and_fails_retriably() -> None:
+    engine = FakeEngine(step_s=30)
+    producer = _one(_work(), engine, spec=_spec(timeout_s=0.05))
+    [completion] = producer.completions()
+    assert completion.response is None
+    assert completion.error is not None
+    assert completion.error.code is ErrorCode.ENGINE_TIMEOUT
+    assert completion.error.retriable
+    assert "0.05s" in completion.error.message
+    assert engine.aborted == [engine.started[0][0]], "closing the stream aborts it in the engine"
+    assert producer.metering() == []
+
+
+def test_a_cascade_asks_for_logprobs_to_judge_the_answer_but_does_not_return_them() -> None:
+    engine = FakeEngine()
+    route = Route(requested="auto", chain=[MODEL, "bigger"], cascade=True)
+    [completion] = _one(_work(route=route), engine).completions()
+    [(_, body, _)] = engine.started
+    assert body.logprobs
+    assert completion.mean_logprob == pytest.approx(-0.5)
+    assert completion.response is not None
+    assert completion.response.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        Route(requested=MODEL, chain=[MODEL]),
+        Route(requested="auto", chain=["smaller", MODEL], cascade=True, tried=["smaller"]),
+        Route(requested=MODEL, chain=[MODEL, "fallback"]),
+    ],
+    ids=["single", "last-of-cascade", "fallback-only"],
+)
+def test_no_logprobs_are_asked_for_when_nothing_would_escalate(route: Route) -> None:
+    engine = FakeEngine()
+    [completion] = _one(_work(route=route), engine).completions()
+    [(_, body, _)] = engine.started
+    assert not body.logprobs
+    assert completion.mean_logprob is None
+
+
+def test_metering_counts_the_prompt_tokens_compression_saved() -> None:
+    long = [ChatMessage(role="user", content=" ".join(["word"] * 12))]
+    [event] = _one(_work(uncompressed=long), FakeEngine()).metering()
+    assert event.prompt_tokens == PROMPT_TOKENS
+    assert event.prompt_tokens_saved == 12 - PROMPT_TOKENS
+
+
+@pytest.mark.parametrize(
+    ("uncompressed", "counts_tokens"),
+    [(None, True), ([ChatMessage(role="user", content="long " * 40)], False)],
+    ids=["not-compressed", "engine-cannot-tell"],
+)
+def test_no_tokens_saved_without_compression_or_a_tokenizer(
+    uncompressed: list[ChatMessage] | None, counts_tokens: bool
+) -> None:
+    engine = FakeEngine(counts_tokens=counts_tokens)
+    [event] = _one(_work(uncompressed=uncompressed), engine).metering()
+    assert event.prompt_tokens_saved == 0
