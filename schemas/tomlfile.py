@@ -1,0 +1,22 @@
+"""Configuration files in TOML, validated into a model, with errors that name the file."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_toml(model: type[M], path: Path, what: str, variable: str) -> M:
+    """`path` validated as `model`; ValueError saying which file (`what`, set by
+    `variable`) is missing or invalid, and why."""
+    try:
+        return model.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path} does not exist ({variable})") from None
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise ValueError(f"{what} {path} is invalid: {exc}") from exc
