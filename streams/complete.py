@@ -45,9 +45,9 @@ class Complete:
             return
         work = completion.work
         route = next_route(completion, self._catalog)
-        if route is not None:
-            # 1) Too unsure (cascade) or failed (fallback): the next model takes it over,
-            #    and whoever waits on this fingerprint keeps waiting.
+        if route is not None and not work.request.expired():
+            # 1) Too unsure (cascade) or failed (fallback), and still wanted: the next model
+            #    takes it over, and whoever waits on this fingerprint keeps waiting.
             metrics.REROUTES.labels("escalated" if route.escalated else "fell_back").inc()
             await self._outbox.work(
                 work.model_copy(update={"model": route.current, "route": route})

@@ -582,3 +582,16 @@ def test_compression_changes_what_the_engine_sees_and_keeps_the_original() -> No
     assert work.request.body.messages[0].content == "a b"
     assert work.uncompressed is not None
     assert work.uncompressed[0].content == "a    b  "
+
+
+def test_an_expired_request_is_answered_as_it_is_instead_of_escalated() -> None:
+    harness = Pipeline(catalog=TIERED)
+    work = _tiered_work(harness, "auto")
+    expired = work.model_copy(update={"request": work.request.model_copy(update={"deadline": 1.0})})
+    unsure = Completion.model_validate_json(_completion(expired, "Maybe?")).model_copy(
+        update={"mean_logprob": -2.5}
+    )
+    harness.on_completion(unsure.model_dump_json().encode())
+    [reply] = harness.send.sent
+    result = _result(reply)
+    assert (result.status, result.text, result.model_used) == ("ok", "Maybe?", "small")
