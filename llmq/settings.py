@@ -29,6 +29,10 @@ class LocalSettings(BaseSettings):
     """Partitions of each llmq topic (LLMQ_PARTITIONS)."""
     models_file: Path | None = None
     """A TOML model catalog (LLMQ_MODELS_FILE); one worker is started per model."""
+    tenants_file: Path | None = None
+    """Per-tenant rate limits and budgets for the stream processor (LLMQ_TENANTS_FILE)."""
+    compress_prompts: bool = False
+    """Safe prompt compression in the stream processor (LLMQ_COMPRESS_PROMPTS)."""
     worker_start_timeout_s: float = Field(default=900.0, gt=0)
     """A first start prepares the model checkpoint, so this is generous."""
 
@@ -54,4 +58,8 @@ class LocalSettings(BaseSettings):
         }
         if self.models_file is not None:
             env["LLMQ_MODELS_FILE"] = str(self.models_file)
+        if self.tenants_file is not None:
+            env["LLMQ_TENANTS_FILE"] = str(self.tenants_file)
+        if self.compress_prompts:
+            env["LLMQ_COMPRESS_PROMPTS"] = "true"
         return env

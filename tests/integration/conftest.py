@@ -83,6 +83,20 @@ def _free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+TENANTS = """
+# Everyone else is unlimited.
+[tenants.limited]
+requests_per_minute = 3
+
+[tenants.suspended]
+budget_usd = 0
+
+# One small generation costs about $0.000001 at the catalog's prices.
+[tenants.frugal]
+budget_usd = 0.0000005
+"""
+
+
 @pytest.fixture(scope="session")
 def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """vLLM's OpenAI server (priority scheduling on), started once; yields its base URL."""
@@ -130,6 +144,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, openai_server: str) -> Itera
     state = tmp_path_factory.mktemp("llmq-state")
     models = state / "models.toml"
     models.write_text(CATALOG.format(url=openai_server, dead_port=base + 7), encoding="utf-8")
+    tenants = state / "tenants.toml"
+    tenants.write_text(TENANTS, encoding="utf-8")
     settings = LocalSettings(
         state_dir=state,
         kafka_port=base,
@@ -137,6 +153,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, openai_server: str) -> Itera
         metrics_base_port=base + 3,
         partitions=4,
         models_file=models,
+        tenants_file=tenants,
+        compress_prompts=True,
     )
     local = LocalStack(settings)
     try:

@@ -1,0 +1,110 @@
+"""Admission on the real stack: tenant rate limits and budgets (tenants.toml in conftest.py),
+prompt compression metered as tokens saved, and the semantic cache end to end."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from llmq.client import Client, tail
+from llmq.stack.stack import LocalStack
+from schemas.errors import ErrorCode
+from schemas.metering import MeteringEvent
+from schemas.request import CacheMode
+from schemas.result import CacheStatus
+from schemas.settings import ServiceSettings
+from schemas.topics import METERING
+from tests.integration.helpers import collect, metric
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def _ask(client: Client, tenant: str, prompt: str = "Say yes.") -> str:
+    return client.submit(prompt, tenant=tenant, max_tokens=4, temperature=0.0, cache=CacheMode.OFF)
+
+
+def test_a_tenant_over_its_rate_limit_is_told_which_limit_and_when_to_retry(
+    client: Client,
+) -> None:
+    ids = [_ask(client, "limited") for _ in range(5)]
+    results = [client.result(cid, timeout=300) for cid in ids]
+    refused = [r for r in results if r.status == "error"]
+    assert [r.status for r in results[:3]] == ["ok"] * 3, "a full bucket admits 3 at once"
+    assert len(refused) == 2
+    for result in refused:
+        assert result.error is not None
+        assert result.error.code is ErrorCode.RATE_LIMITED
+        assert result.error.retriable
+        assert "3 requests per minute" in result.error.message
+        assert result.error.retry_after_s is not None and 0 < result.error.retry_after_s <= 60
+
+
+def test_a_suspended_tenant_is_refused_until_its_budget_resets(client: Client) -> None:
+    result = client.result(_ask(client, "suspended"), timeout=120)
+    assert result.error is not None
+    assert result.error.code is ErrorCode.BUDGET_EXCEEDED
+    assert "resets at" in result.error.message
+    assert result.error.retry_after_s is not None and 0 < result.error.retry_after_s <= 86_400
+
+
+def test_metered_spend_closes_the_budget(client: Client) -> None:
+    first = client.result(_ask(client, "frugal"), timeout=300)
+    assert first.status == "ok", "nothing spent yet"
+    # The spend arrives through llmq.metering; admission refuses once it is counted.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        result = client.result(_ask(client, "frugal"), timeout=300)
+        if result.status == "error":
+            break
+        time.sleep(0.5)
+    assert result.error is not None, "the budget never closed"
+    assert result.error.code is ErrorCode.BUDGET_EXCEEDED
+    assert "daily budget" in result.error.message
+
+
+def test_compression_saves_prompt_tokens_and_meters_them(
+    client: Client, service_settings: ServiceSettings
+) -> None:
+    metering = tail(service_settings.kafka_bootstrap, METERING)
+    padded = "What    is   the    capital   of    France?   \n\n\n\n\n   Answer    briefly.   "
+    cid = client.submit(padded, max_tokens=16, temperature=0.0, cache=CacheMode.OFF)
+    result = client.result(cid, timeout=300)
+    assert result.status == "ok" and "Paris" in (result.text or "")
+    records = collect(
+        metering,
+        done=lambda rs: any(
+            MeteringEvent.model_validate_json(r.value).correlation_id == cid for r in rs
+        ),
+        timeout_s=30,
+    )
+    metering.close()
+    [event] = [
+        e
+        for e in (MeteringEvent.model_validate_json(r.value) for r in records)
+        if e.correlation_id == cid
+    ]
+    assert event.prompt_tokens_saved > 0
+    before = event.prompt_tokens + event.prompt_tokens_saved
+    print(f"\ncompression saved {event.prompt_tokens_saved} of {before} prompt tokens")
+
+
+def test_a_paraphrase_is_answered_by_the_semantic_cache(client: Client, stack: LocalStack) -> None:
+    ref = uuid.uuid4().hex[:8]
+    port = stack.settings.metrics_base_port + 1
+    first = client.ask(
+        f"What is the capital of France? (ref {ref})", max_tokens=16, temperature=0.0
+    )
+    generations = metric(port, "llmq_worker_generations_total", outcome="ok")
+    second = client.ask(
+        f"what's the capital of france, ref {ref}??", max_tokens=16, temperature=0.0
+    )
+    assert first.cache is CacheStatus.NONE
+    assert second.cache is CacheStatus.SEMANTIC
+    assert second.text == first.text
+    assert metric(port, "llmq_worker_generations_total", outcome="ok") == generations
+    near_miss = client.ask(
+        f"What is the capital of Germany? (ref {ref})", max_tokens=16, temperature=0.0
+    )
+    assert near_miss.cache is CacheStatus.NONE, "a close wording with another answer must not hit"
