@@ -19,6 +19,9 @@ from llmq.stack.procs import Proc
 from schemas.catalog import Catalog
 from workers.checkpoint import resolve_model_source
 
+PORT_GRACE_S = 15.0
+"""How long a port held by a process that is still exiting may take to come free."""
+
 
 class StackError(RuntimeError):
     """A component did not come up; the message carries the end of its log."""
@@ -204,9 +207,18 @@ class LocalStack:
             time.sleep(0.25)
 
 
-def _check_free(name: str, ports: tuple[int, ...]) -> None:
-    """Refuse to start next to a stranger on our port (it would look ready, and is not ours)."""
+def _check_free(name: str, ports: tuple[int, ...], grace_s: float = PORT_GRACE_S) -> None:
+    """Refuse to start next to a stranger on our port (it would look ready, and is not ours).
+
+    A process that was just killed may hold its ports for a moment: its main thread is a
+    zombie while its other threads still exit (torch's take a few seconds). So a taken port
+    is given `grace_s` to come free first.
+    """
+    deadline = time.monotonic() + grace_s
     taken = [port for port in ports if _port_open(port)]
+    while taken and time.monotonic() < deadline:
+        time.sleep(0.2)
+        taken = [port for port in ports if _port_open(port)]
     if taken:
         raise StackError(
             f"cannot start {name}: port {taken[0]} is already in use by another process; "
