@@ -1,0 +1,152 @@
+"""Fakes and builders for the stream-processor stage tests: an in-memory store, table and send."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.request import ChatMessage
+from schemas.result import (
+    ChatCompletion,
+    Choice,
+    ErrorInfo,
+    InferenceResult,
+    Timings,
+    Usage,
+)
+from schemas.topics import (
+    REQUESTS_KEYED,
+)
+from schemas.work import Completion, WorkItem
+from streams.admission import Admission, Compress, Gate
+from streams.admit import admit
+from streams.coalesce import Coalescer
+from streams.complete import Complete
+from streams.dedupe import Dedupe
+from streams.outbox import Outbox
+
+MODEL = "smollm2-135m"
+
+
+class FakeStore:
+    """The Store protocol on dicts; the first result per correlation_id wins."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, ChatCompletion] = {}
+        self.results: dict[str, InferenceResult] = {}
+
+    async def cached(self, fingerprint: str) -> ChatCompletion | None:
+        return self.answers.get(fingerprint)
+
+    async def cache(self, fingerprint: str, response: ChatCompletion) -> None:
+        self.answers[fingerprint] = response
+
+    async def keep_result(self, result: InferenceResult) -> None:
+        if result.correlation_id is not None:
+            self.results.setdefault(result.correlation_id, result)
+
+
+class Sent(NamedTuple):
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Mapping[str, bytes] | None
+
+
+class FakeSend:
+    """Records every publish, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[Sent] = []
+
+    async def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        self.sent.append(Sent(topic, key, value, headers))
+
+
+class Pipeline:
+    """The three stages on one store, table and send, as the faust app wires them; records
+    that admission re-keys are handed on to dedupe, as Kafka would."""
+
+    def __init__(
+        self,
+        store: FakeStore | None = None,
+        catalog: Catalog | None = None,
+        gate: Gate | None = None,
+        compress: Compress | None = None,
+        send: FakeSend | None = None,
+    ) -> None:
+        self.store = store or FakeStore()
+        self.send = send or FakeSend()
+        self.table: dict[bytes, bytes] = {}
+        catalog = catalog or Catalog.builtin()
+        outbox = Outbox(self.store, self.send)
+        coalescer = Coalescer(self.table, stale_after_s=600)
+        self.admission = Admission(catalog, outbox, gate, compress)
+        self.dedupe = Dedupe(outbox, coalescer, None)
+        self.complete = Complete(catalog, outbox, coalescer, None)
+
+    def on_request(self, key: bytes | None, raw: bytes) -> None:
+        asyncio.run(self._on_request(key, raw))
+
+    async def _on_request(self, key: bytes | None, raw: bytes) -> None:
+        await self.admission.on_request(key, raw)
+        while keyed := [s for s in self.send.sent if s.topic == REQUESTS_KEYED]:
+            self.send.sent.remove(keyed[0])
+            await self.dedupe.on_keyed(keyed[0].key, keyed[0].value)
+
+    def on_completion(self, value: bytes) -> None:
+        asyncio.run(self.complete.on_completion(None, value))
+
+
+def raw_request(cid: str = "req-1", cache: str = "auto", **body: Any) -> bytes:
+    data = {
+        "correlation_id": cid,
+        "tenant": "acme",
+        "lane": "interactive",
+        "reply_to": "app.replies",
+        "cache": cache,
+        "body": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16, **body},
+    }
+    return json.dumps(data).encode()
+
+
+def admitted(raw: bytes) -> WorkItem:
+    work = admit(raw, Catalog.builtin())
+    assert isinstance(work, WorkItem)
+    return work
+
+
+def answer(text: str) -> ChatCompletion:
+    return ChatCompletion(
+        id="chatcmpl-first",
+        created=1,
+        model=MODEL,
+        choices=[Choice(message=ChatMessage(role="assistant", content=text), finish_reason="stop")],
+        usage=Usage(prompt_tokens=3, completion_tokens=1, total_tokens=4),
+    )
+
+
+def completion(work: WorkItem, text: str | None = "Hello!") -> bytes:
+    error = ErrorInfo.from_error(LlmqError(ErrorCode.ENGINE_ERROR, "boom"))
+    completion = Completion(
+        work=work,
+        response=None if text is None else answer(text),
+        error=error if text is None else None,
+        timings=Timings(queue_ms=1.0, ttft_ms=2.0, engine_ms=3.0),
+        worker="w1",
+    )
+    return completion.model_dump_json().encode()
+
+
+def result_of(sent: Sent) -> InferenceResult:
+    return InferenceResult.model_validate_json(sent.value)

@@ -1,0 +1,229 @@
+"""Coalescing, cascades and fallbacks, tenant refusals and compression in the stages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.request import ChatMessage, InferenceRequest
+from schemas.result import (
+    CacheStatus,
+)
+from schemas.work import Completion, WorkItem
+from streams.coalesce import Coalescer
+from tests.unit.stages import FakeSend, Pipeline, completion, raw_request, result_of
+
+
+@pytest.fixture
+def harness() -> Pipeline:
+    return Pipeline()
+
+
+def _copies(harness: Pipeline, n: int, **body: Any) -> list[WorkItem]:
+    """n identical deterministic requests, each with its own id and reply topic."""
+    for i in range(n):
+        data = json.loads(raw_request(cid=f"copy-{i}", temperature=0, **body))
+        data["reply_to"] = f"app.replies.{i % 3}"
+        data["created_at"] = 1_000.0 + i
+        harness.on_request(None, json.dumps(data).encode())
+    return [WorkItem.model_validate_json(s.value) for s in harness.send.sent]
+
+
+def test_identical_requests_in_flight_share_one_generation(harness: Pipeline) -> None:
+    [work] = _copies(harness, 100)
+    assert work.request.correlation_id == "copy-0"
+    harness.send.sent.clear()
+    harness.on_completion(completion(work, "Shared"))
+    results = [result_of(s) for s in harness.send.sent]
+    assert sorted(r.correlation_id or "" for r in results) == sorted(
+        f"copy-{i}" for i in range(100)
+    )
+    for sent, result in zip(harness.send.sent, results, strict=True):
+        cid = result.correlation_id or ""
+        i = int(cid.split("-")[1])
+        assert (sent.topic, sent.key) == (f"app.replies.{i % 3}", cid.encode())
+        assert result.text == "Shared"
+        assert result.response is not None
+        assert i == 0 or result.response.id == f"chatcmpl-copy-{i}"
+        assert result.cache is (CacheStatus.NONE if i == 0 else CacheStatus.COALESCED)
+    assert harness.table == {}
+    # The answer is cached now: a later copy is served from the cache, not coalesced.
+    harness.send.sent.clear()
+    harness.on_request(None, raw_request(cid="copy-late", temperature=0))
+    [late] = harness.send.sent
+    assert result_of(late).cache is CacheStatus.EXACT
+
+
+def test_followers_share_the_leaders_error_too(harness: Pipeline) -> None:
+    [work] = _copies(harness, 3)
+    harness.send.sent.clear()
+    harness.on_completion(completion(work, None))
+    results = [result_of(s) for s in harness.send.sent]
+    assert [r.status for r in results] == ["error"] * 3
+    assert harness.store.answers == {}
+
+
+def test_sampled_copies_are_not_coalesced(harness: Pipeline) -> None:
+    for i in range(3):
+        harness.on_request(None, raw_request(cid=f"s-{i}", temperature=0.9))
+    assert [s.topic for s in harness.send.sent] == ["llmq.work.smollm2-135m.interactive"] * 3
+    assert harness.table == {}
+
+
+class FlakySend(FakeSend):
+    """Fails the first reply, as a broker that goes away would."""
+
+    failed = False
+
+    async def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        if topic.startswith("app.replies") and not self.failed:
+            self.failed = True
+            raise ConnectionError("broker gone")
+        await super().__call__(topic, key, value, headers)
+
+
+def test_followers_survive_a_failed_reply_until_the_completion_is_redelivered() -> None:
+    flaky = FlakySend()
+    harness = Pipeline(send=flaky)
+    [work] = _copies(harness, 5)
+    flaky.sent.clear()
+    harness.on_completion(completion(work, "Late"))  # the broker fails mid-reply
+    assert harness.table != {}, "the entry stays until every reply is acknowledged"
+    harness.on_completion(completion(work, "Late"))  # Kafka redelivers the uncommitted record
+    answered = {result_of(s).correlation_id for s in flaky.sent if s.topic.startswith("app.")}
+    assert answered == {f"copy-{i}" for i in range(5)}
+    assert harness.table == {}
+
+
+def test_a_stale_leader_is_replaced_and_its_followers_inherited() -> None:
+    table: dict[bytes, bytes] = {}
+    coalescer = Coalescer(table, stale_after_s=10)
+    request = InferenceRequest.model_validate(
+        {"correlation_id": "a", "body": {"messages": [{"role": "user", "content": "x"}]}}
+    )
+    assert not coalescer.join(request, "fp", now=100)
+    assert coalescer.join(request.model_copy(update={"correlation_id": "b"}), "fp", now=105)
+    assert not coalescer.join(request.model_copy(update={"correlation_id": "c"}), "fp", now=120)
+    assert coalescer.followers("fp") == 1
+    assert [w.correlation_id for w in coalescer.waiters("fp", 0, 1)] == ["b"]
+
+
+TIERED = Catalog.model_validate(
+    {
+        "default": "small",
+        "routing": {"cascade": True, "escalate_below": -1.0},
+        "models": [
+            {"name": "small", "source": "/m/small", "tier": 1, "fallback": ["backup"]},
+            {"name": "big", "source": "/m/big", "tier": 2},
+            {"name": "backup", "source": "/m/backup", "tier": 1},
+        ],
+    }
+)
+
+
+def _tiered_work(harness: Pipeline, model: str, cid: str = "t-1") -> WorkItem:
+    data = json.loads(raw_request(cid=cid, temperature=0))
+    data["model"] = model
+    harness.on_request(None, json.dumps(data).encode())
+    [sent] = harness.send.sent
+    harness.send.sent.clear()
+    return WorkItem.model_validate_json(sent.value)
+
+
+def test_an_unsure_answer_escalates_and_followers_keep_waiting() -> None:
+    harness = Pipeline(catalog=TIERED)
+    work = _tiered_work(harness, "auto")
+    assert (work.model, work.route.chain[:2]) == ("small", ["small", "big"])
+    assert work.route.cascade
+    data = json.loads(raw_request(cid="t-2", temperature=0))
+    harness.on_request(None, json.dumps({**data, "model": "auto"}).encode())
+    assert harness.send.sent == [], "the copy follows the generation in flight"
+    unsure = Completion.model_validate_json(completion(work, "Maybe?")).model_copy(
+        update={"mean_logprob": -2.5}
+    )
+    harness.on_completion(unsure.model_dump_json().encode())
+    [sent] = harness.send.sent
+    assert sent.topic == "llmq.work.big.interactive"
+    escalated = WorkItem.model_validate_json(sent.value)
+    assert escalated.fingerprint == work.fingerprint
+    assert (escalated.route.tried, escalated.route.escalated) == (["small"], True)
+    harness.send.sent.clear()
+    sure = Completion.model_validate_json(completion(escalated, "Surely.")).model_copy(
+        update={"mean_logprob": -0.1}
+    )
+    harness.on_completion(sure.model_dump_json().encode())
+    results = {r.correlation_id: r for r in map(result_of, harness.send.sent)}
+    assert set(results) == {"t-1", "t-2"}
+    assert all(r.model_used == "big" and r.text == "Surely." for r in results.values())
+    assert all(r.route is not None and r.route.escalated for r in results.values())
+
+
+def test_an_engine_failure_falls_back_to_the_next_model() -> None:
+    harness = Pipeline(catalog=TIERED)
+    work = _tiered_work(harness, "small")
+    assert (work.route.chain, work.route.cascade) == (["small", "backup"], False)
+    harness.on_completion(completion(work, None))  # engine_error
+    [sent] = harness.send.sent
+    assert sent.topic == "llmq.work.backup.interactive"
+    fallback = WorkItem.model_validate_json(sent.value)
+    assert fallback.route.fell_back and not fallback.route.escalated
+    harness.send.sent.clear()
+    harness.on_completion(completion(fallback, None))  # the chain is exhausted: answer
+    [reply] = harness.send.sent
+    result = result_of(reply)
+    assert result.status == "error"
+    assert result.route is not None
+    assert result.route.tried == ["small"]
+
+
+class GateSaysNo:
+    async def check(self, request: InferenceRequest) -> None:
+        raise LlmqError(ErrorCode.RATE_LIMITED, "over 2 requests per minute", retry_after_s=7.5)
+
+
+def test_a_refused_request_is_answered_but_not_dead_lettered() -> None:
+    harness = Pipeline(gate=GateSaysNo())
+    harness.on_request(None, raw_request(cid="r-1"))
+    [reply] = harness.send.sent
+    result = result_of(reply)
+    assert result.error is not None
+    assert (result.error.code, result.error.retry_after_s) == (ErrorCode.RATE_LIMITED, 7.5)
+
+
+def test_compression_changes_what_the_engine_sees_and_keeps_the_original() -> None:
+    def squeeze(messages: list[ChatMessage]) -> list[ChatMessage]:
+        return [m.model_copy(update={"content": " ".join(m.content.split())}) for m in messages]
+
+    harness = Pipeline(compress=squeeze)
+    raw = json.dumps(
+        {"correlation_id": "z", "body": {"messages": [{"role": "user", "content": "a    b  "}]}}
+    )
+    harness.on_request(None, raw.encode())
+    work = WorkItem.model_validate_json(harness.send.sent[0].value)
+    assert work.request.body.messages[0].content == "a b"
+    assert work.uncompressed is not None
+    assert work.uncompressed[0].content == "a    b  "
+
+
+def test_an_expired_request_is_answered_as_it_is_instead_of_escalated() -> None:
+    harness = Pipeline(catalog=TIERED)
+    work = _tiered_work(harness, "auto")
+    expired = work.model_copy(update={"request": work.request.model_copy(update={"deadline": 1.0})})
+    unsure = Completion.model_validate_json(completion(expired, "Maybe?")).model_copy(
+        update={"mean_logprob": -2.5}
+    )
+    harness.on_completion(unsure.model_dump_json().encode())
+    [reply] = harness.send.sent
+    result = result_of(reply)
+    assert (result.status, result.text, result.model_used) == ("ok", "Maybe?", "small")
