@@ -109,18 +109,22 @@ def build(settings: StreamSettings) -> faust.App:
     complete = Complete(catalog, outbox, coalescer, similar)
 
     def agent(topic: str, name: str, concurrency: int, handle: Handler) -> None:
+        """concurrency 0: one actor per assigned partition, each in its partition's order."""
         source = app.topic(topic, key_serializer="raw", value_serializer="raw")
 
         async def run(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
                 await handle(event.key, event.value)
 
-        app.agent(source, name=name, concurrency=concurrency)(run)
+        isolated = concurrency == 0
+        app.agent(source, name=name, concurrency=max(1, concurrency), isolated_partitions=isolated)(
+            run
+        )
 
     agent(REQUESTS, "llmq.admit", settings.concurrency, admission.on_request)
     # One actor each: they write the coalescing table (faust forbids that with concurrency).
-    agent(REQUESTS_KEYED, "llmq.dedupe", 1, dedupe.on_keyed)
-    agent(COMPLETIONS, "llmq.complete", 1, complete.on_completion)
+    agent(REQUESTS_KEYED, "llmq.dedupe", 0, dedupe.on_keyed)
+    agent(COMPLETIONS, "llmq.complete", 0, complete.on_completion)
     agent(METERING, "llmq.meter", settings.concurrency, lambda _, value: gate.on_metering(value))
 
     async def ready() -> None:
