@@ -122,7 +122,8 @@ def build(settings: StreamSettings) -> faust.App:
         )
 
     agent(REQUESTS, "llmq.admit", settings.concurrency, admission.on_request)
-    # One actor each: they write the coalescing table (faust forbids that with concurrency).
+    # These two write the coalescing table, which faust allows only in order: one actor per
+    # partition. Copies of a request share a partition, so they always meet in one actor.
     agent(REQUESTS_KEYED, "llmq.dedupe", 0, dedupe.on_keyed)
     agent(COMPLETIONS, "llmq.complete", 0, complete.on_completion)
     agent(METERING, "llmq.meter", settings.concurrency, lambda _, value: gate.on_metering(value))

@@ -19,7 +19,7 @@ from streams.semantic import semantic_key
 class Complete:
     """Turns each completion into the results of the leader and of every coalesced copy.
 
-    Runs as one actor per process, beside Dedupe, on the same coalescing table.
+    Runs as one actor per partition, beside Dedupe, on the same coalescing table.
     """
 
     def __init__(

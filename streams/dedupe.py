@@ -26,7 +26,7 @@ class Similar(Protocol):
 class Dedupe:
     """Exact cache, then semantic cache, then the generation in flight; else lead and route.
 
-    Runs as one actor per process (it writes the coalescing table), so copies of a
+    Runs as one actor per partition (it writes the coalescing table), so copies of a
     request are handled one after the other and exactly one of them leads.
     """
 

@@ -20,7 +20,7 @@ class StreamSettings(ServiceSettings):
     """Partitions of llmq.requests and llmq.completions (LLMQ_PARTITIONS)."""
     concurrency: int = Field(default=8, ge=1, le=256)
     """Requests admission handles at once (Redis and broker round trips overlap). The
-    stages that own the coalescing table run one record at a time per process."""
+    stages that own the coalescing table run one record at a time per partition."""
     data_dir: Path = Path(tempfile.gettempdir()) / "llmq-streams"
     """faust's local state (table stores); one per instance (LLMQ_DATA_DIR)."""
     cache_ttl_s: int = Field(default=24 * 3600, ge=1)
