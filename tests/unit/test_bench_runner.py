@@ -1,0 +1,183 @@
+"""`llmq bench` without engines: its command line, the record in BENCHMARKS.md, the pacing
+of requests, and what the llmq and engine ways make of their answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from llmq.bench.command import bench_command
+from llmq.bench.runner import BEGIN, END, TITLE, machine, replace_section
+from llmq.bench.samples import BenchRequest, Sample, WayResult
+from llmq.bench.ways import WAYS, Reply, drive
+from llmq.bench.ways.engine import load_result
+from llmq.bench.ways.queue import reply
+from llmq.cli import _parser
+from schemas.errors import ErrorCode
+from schemas.request import ChatMessage
+from schemas.result import (
+    CacheStatus,
+    ChatCompletion,
+    Choice,
+    ErrorInfo,
+    InferenceResult,
+    Timings,
+    Usage,
+)
+
+
+def test_bench_defaults_and_the_command_that_repeats_them() -> None:
+    args = _parser().parse_args(["bench"])
+    assert (args.requests, args.max_tokens, args.rate, args.seed) == (64, 64, None, 0)
+    assert args.ways == list(WAYS)
+    assert args.duplicates and args.out == Path("bench-results")
+    assert bench_command(args) == (
+        "llmq bench --requests 64 --max-tokens 64 --seed 0 --ways engine,vllm-serve,llmq "
+        "--exact-share 0.25 --paraphrase-share 0.25 --duplicate-rate 4"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--requests", "8", "--max-tokens", "16", "--rate", "2.5", "--ways", "llmq,engine"],
+        ["--seed", "3", "--no-duplicates", "--ways", "vllm-serve"],
+        ["--exact-share", "0.5", "--paraphrase-share", "0", "--duplicate-rate", "0.5"],
+    ],
+)
+def test_the_recorded_command_parses_back_to_the_same_run(argv: list[str]) -> None:
+    args = _parser().parse_args(["bench", *argv])
+    words = bench_command(args).split()
+    assert words[:2] == ["llmq", "bench"]
+    again = _parser().parse_args(words[1:])
+    for name in ("requests", "max_tokens", "rate", "seed", "ways", "duplicates"):
+        assert getattr(again, name) == getattr(args, name)
+    if args.duplicates:
+        for name in ("exact_share", "paraphrase_share", "duplicate_rate"):
+            assert getattr(again, name) == getattr(args, name)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--ways", "engine,nope"], "want distinct ways out of engine,vllm-serve,llmq"),
+        (["--ways", "llmq,llmq"], "want distinct ways"),
+        (["--ways", ","], "want distinct ways"),
+        (["--requests", "0"], "must be at least 1"),
+        (["--rate", "0"], "must be above 0"),
+        (["--exact-share", "1.5"], "must be between 0 and 1"),
+    ],
+)
+def test_bad_flags_are_refused_with_a_reason(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _parser().parse_args(["bench", *argv])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_new_record_gets_the_title_and_the_section() -> None:
+    text = replace_section(TITLE, "## Run 1\n\nfigures\n")
+    assert text.startswith(TITLE)
+    assert text.endswith(f"{BEGIN}\n## Run 1\n\nfigures\n{END}\n")
+
+
+def test_the_section_is_replaced_and_the_rest_kept() -> None:
+    before = f"# Benchmarks\n\nintro\n\n{BEGIN}\nold figures\n{END}\n\n## Notes by hand\n"
+    after = replace_section(before, "new figures")
+    assert after == f"# Benchmarks\n\nintro\n\n{BEGIN}\nnew figures\n{END}\n## Notes by hand\n"
+    assert replace_section(after, "new figures") == after
+    assert "old figures" not in after
+
+
+def test_unpaired_markers_are_not_guessed_at() -> None:
+    with pytest.raises(ValueError, match="not a pair"):
+        replace_section(f"{END}\n{BEGIN}\n", "figures")
+    with pytest.raises(ValueError, match="not a pair"):
+        replace_section(f"{BEGIN}\nno end\n", "figures")
+
+
+def test_machine_names_cores_memory_and_cpu(tmp_path: Path) -> None:
+    cpuinfo, meminfo = tmp_path / "cpuinfo", tmp_path / "meminfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU @ 2.0GHz\nflags\t\t: avx\n")
+    meminfo.write_text("MemTotal:       24684096 kB\nMemFree:        1 kB\n")
+    described = machine(cpuinfo, meminfo)
+    assert "cores, 23.5 GiB RAM, Test CPU @ 2.0GHz (" in described
+    assert "RAM unknown" in machine(cpuinfo, tmp_path / "missing")
+
+
+def test_drive_sends_at_arrival_times_and_keeps_failures() -> None:
+    workload = [
+        BenchRequest(0, "a", 4, 0.0),
+        BenchRequest(1, "b", 4, 0.15, "exact_repeat"),
+        BenchRequest(2, "fail", 4, 0.0),
+    ]
+    answered: list[int] = []
+
+    async def answer(request: BenchRequest, sent: float) -> Reply:
+        if request.prompt == "fail":
+            raise RuntimeError("engine down")
+        await asyncio.sleep(0.05)
+        return Reply(3, 4, time.monotonic() - sent, cache="exact")
+
+    samples, wall_s = asyncio.run(drive(workload, answer, lambda: answered.append(1)))
+    assert [s.index for s in samples] == [0, 1, 2]
+    assert len(answered) == 3
+    first, late, failed = samples
+    assert first.ok and first.sent_s < 0.05 and first.latency_s >= 0.05
+    assert late.sent_s >= 0.15 and late.kind == "exact_repeat" and late.cache == "exact"
+    assert wall_s >= late.sent_s + late.latency_s
+    assert not failed.ok and failed.error == "RuntimeError: engine down"
+    assert failed.output_tokens == 0
+
+
+def _result(cache: CacheStatus, timings: Timings) -> InferenceResult:
+    return InferenceResult(
+        correlation_id="c1",
+        status="ok",
+        cache=cache,
+        response=ChatCompletion(
+            id="c1",
+            created=0,
+            model="smollm2-135m",
+            choices=[
+                Choice(message=ChatMessage(role="assistant", content="hi"), finish_reason="stop")
+            ],
+            usage=Usage(prompt_tokens=30, completion_tokens=12, total_tokens=42),
+        ),
+        timings=timings,
+    )
+
+
+def test_a_generated_answer_estimates_ttft_from_the_worker_timings() -> None:
+    timings = Timings(queue_ms=100, ttft_ms=300, engine_ms=1300, total_ms=1500)
+    got = reply(_result(CacheStatus.NONE, timings), latency_s=1.6)
+    assert (got.prompt_tokens, got.output_tokens, got.cache, got.error) == (30, 12, "none", None)
+    assert got.engine_s == pytest.approx(1.3)
+    assert got.ttft_s == pytest.approx(0.6)  # 1.6 s minus the 1.0 s after the first token
+
+
+def test_a_cached_answer_arrives_whole() -> None:
+    got = reply(_result(CacheStatus.EXACT, Timings(total_ms=20)), latency_s=0.025)
+    assert got.ttft_s == 0.025 and got.engine_s is None and got.cache == "exact"
+
+
+def test_an_error_result_is_a_failed_reply() -> None:
+    error = ErrorInfo(code=ErrorCode.ENGINE_TIMEOUT, message="too slow", retriable=True)
+    got = reply(InferenceResult(correlation_id="c1", status="error", error=error), 1.0)
+    assert got.error == "engine_timeout: too slow"
+    assert got.output_tokens == 0
+
+
+def test_the_engine_child_result_reads_back(tmp_path: Path) -> None:
+    sample = Sample(0, "fresh", True, 0.0, 1.5, 0.2, None, 30, 12)
+    result = WayResult("engine", [sample], wall_s=1.6)
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(asdict(result)))
+    assert load_result(path) == result
