@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from kafka.admin import NewTopic
 
 from llmq.client import Client
 from llmq.settings import LocalSettings
+from llmq.stack.ports import free_block
 from llmq.stack.stack import LocalStack
 from schemas.catalog import SMOLLM2
 from schemas.settings import ServiceSettings
@@ -66,23 +66,6 @@ fallback = ["smollm2-135m"]
 """
 
 
-def _free_block(size: int) -> int:
-    """The first of `size` consecutive free loopback ports: one block for the whole stack,
-    so no two components can be handed the same port."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port + size < 65000 and all(_free(port + i) for i in range(size)):
-            return port
-    raise RuntimeError("no free loopback ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
 TENANTS = """
 # Everyone else is unlimited.
 [tenants.limited]
@@ -101,7 +84,7 @@ budget_usd = 0.0000005
 def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """vLLM's OpenAI server (priority scheduling on), started once; yields its base URL."""
     checkpoint = resolve_model_source(SMOLLM2, Path.home() / ".cache" / "llmq" / "models")
-    port = _free_block(1)
+    port = free_block(1)
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     command = [
@@ -140,7 +123,7 @@ def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def stack(tmp_path_factory: pytest.TempPathFactory, openai_server: str) -> Iterator[LocalStack]:
     """Started once (about a minute; the first run on a machine also prepares the model)."""
     # Kafka, its controller, Redis, streams' metrics, three workers' metrics, a dead port.
-    base = _free_block(8)
+    base = free_block(8)
     state = tmp_path_factory.mktemp("llmq-state")
     models = state / "models.toml"
     models.write_text(CATALOG.format(url=openai_server, dead_port=base + 7), encoding="utf-8")

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from llmq.stack.ports import free_block
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
@@ -35,15 +35,9 @@ NOW = 1_800_000_000.0
 """A fixed moment for checks that pass `now`: bucket arithmetic without waiting."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_redis() -> tuple[subprocess.Popen[bytes], int]:
     """A throwaway redis-server on a free loopback port, answering PING."""
-    port = _free_port()
+    port = free_block(1)
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no"],
@@ -314,7 +308,7 @@ def test_recording_spend_with_redis_down_raises() -> None:
         with pytest.raises(RedisError):
             await Budgets(client).record(_event("acme", "c-1", 0.1, time.time()))
 
-    _run_with(lambda: aioredis.Redis(port=_free_port(), retry=Retry(NoBackoff(), 0)), body)
+    _run_with(lambda: aioredis.Redis(port=free_block(1), retry=Retry(NoBackoff(), 0)), body)
 
 
 # Budgets

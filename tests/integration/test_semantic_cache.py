@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
+from llmq.stack.ports import free_block
 from schemas.request import InferenceRequest
 from schemas.topics import REDIS_SEMANTIC_PREFIX
 from streams.embedder import DIMENSIONS, MAX_TOKENS, Embedder
@@ -28,12 +29,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 PAIRS = Path(__file__).parents[1] / "data" / "paraphrases.jsonl"
 PARAPHRASE_HIT_FLOOR = 0.16
 """Measured 0.20 (15 of 75) at the default threshold; a quality gate, not a target."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _listening(port: int) -> bool:
@@ -47,7 +42,7 @@ def redis_url() -> Iterator[str]:
     server = shutil.which("redis-server")
     if server is None:
         pytest.fail("redis-server is not installed (deploy/install.sh installs it)")
-    port = _free_port()
+    port = free_block(1)
     args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -189,7 +184,7 @@ def test_redis_down_is_a_miss_and_never_raises(
     embedder: Embedder, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
-        url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+        url = f"redis://127.0.0.1:{free_block(1)}/0"  # nothing listens there
         async with _client(url) as client:
             semantic = SemanticCache(client, embedder, DEFAULT_THRESHOLD)
             await semantic.add(_scope(), "What is the capital of France?", "fp-paris")

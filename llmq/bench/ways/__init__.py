@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -152,20 +151,3 @@ def stop_group(proc: subprocess.Popen[Any]) -> None:
 def log_tail(path: Path, chars: int = 3000) -> str:
     """The end of a process's log, for an error message."""
     return path.read_text(errors="replace")[-chars:]
-
-
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free loopback ports (one block, so no two
-    components of a way are handed the same port)."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port + count < 65000 and all(_free(port + i) for i in range(count)):
-            return port
-    raise RuntimeError("no free loopback ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0

@@ -22,10 +22,11 @@ from types import TracebackType
 from kafka import KafkaConsumer
 
 from llmq.bench.samples import BenchRequest, WayResult
-from llmq.bench.ways import LANE, Answered, Reply, Say, body, drive, free_ports, set_engine_env
+from llmq.bench.ways import LANE, Answered, Reply, Say, body, drive, set_engine_env
 from llmq.client import Client, tail
 from llmq.settings import LocalSettings
 from llmq.stack.kafka import ensure_topics
+from llmq.stack.ports import free_block
 from llmq.stack.stack import LocalStack
 from schemas.metering import MeteringEvent
 from schemas.result import CacheStatus, InferenceResult
@@ -54,7 +55,7 @@ class LlmqWay:
     def __enter__(self) -> LlmqWay:
         set_engine_env()
         self._state = tempfile.TemporaryDirectory(prefix="llmq-bench-stack-")
-        base = free_ports(STACK_PORTS)
+        base = free_block(STACK_PORTS)
         local = LocalSettings(
             state_dir=Path(self._state.name),
             cache_dir=self._cache_dir,

@@ -23,12 +23,12 @@ from llmq.bench.ways import (
     Say,
     body,
     drive,
-    free_ports,
     log_tail,
     model,
     set_engine_env,
     stop_group,
 )
+from llmq.stack.ports import free_block
 from schemas.catalog import ModelSpec
 from workers.openai_engine import OpenAIEngine
 from workers.retry import RetryPolicy
@@ -99,7 +99,7 @@ async def _answer(engine: OpenAIEngine, request: BenchRequest, sent: float) -> R
 def _server(spec: ModelSpec, checkpoint: Path, say: Say) -> Iterator[str]:
     """`python -m vllm.entrypoints.openai.api_server` with the engine settings of the other
     ways; yields its base URL once healthy and stops it (its whole process group) after."""
-    port = free_ports(1)
+    port = free_block(1)
     command = [
         *(sys.executable, "-m", "vllm.entrypoints.openai.api_server"),
         *("--model", str(checkpoint), "--served-model-name", spec.name),
