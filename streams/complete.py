@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import ValidationError
 
 from schemas.catalog import Catalog
@@ -29,6 +31,7 @@ class Complete:
         self._outbox = outbox
         self._coalescer = coalescer
         self._similar = similar
+        self._adding: set[asyncio.Task[None]] = set()
 
     async def on_completion(self, key: bytes | None, value: bytes) -> None:
         """One record of llmq.completions; never raises (see Outbox.guarded)."""
@@ -60,12 +63,9 @@ class Complete:
         if not request.cacheable:
             await self._outbox.reply_all(first)
             return
-        # 2) Fill the caches before the entry goes, so a copy arriving later hits the cache.
+        # 2) Fill the exact cache before the entry goes, so a copy arriving later hits it.
         if completion.response is not None:
             await self._outbox.store.cache(work.fingerprint, completion.response)
-            key_text = semantic_key(request, work.route.requested)
-            if self._similar is not None and key_text is not None:
-                await self._similar.add(*key_text, work.fingerprint)
         # 3) Answer the leader and every follower, then forget the generation.
         followers = await self._coalescer.settle(
             work.fingerprint,
@@ -74,3 +74,18 @@ class Complete:
             self._outbox.reply_all,
         )
         metrics.COALESCED.observe(followers)
+        # 4) Teach the semantic cache the question, without holding up the next completion.
+        if completion.response is not None:
+            self._remember(completion)
+
+    def _remember(self, completion: Completion) -> None:
+        """Add the question to the semantic cache in the background: its embedding takes
+        milliseconds that the completions behind this one should not wait for, and a lost
+        add (a crash) costs only a future hit."""
+        work = completion.work
+        key_text = semantic_key(work.request, work.route.requested)
+        if self._similar is None or key_text is None:
+            return
+        task = asyncio.create_task(self._similar.add(*key_text, work.fingerprint))
+        self._adding.add(task)
+        task.add_done_callback(self._adding.discard)

@@ -26,7 +26,7 @@ from streams.admission import Admission, Compress, Gate
 from streams.admit import admit
 from streams.coalesce import Coalescer
 from streams.complete import Complete
-from streams.dedupe import Dedupe
+from streams.dedupe import Dedupe, Similar
 from streams.outbox import Outbox
 
 MODEL = "smollm2-135m"
@@ -80,10 +80,12 @@ class Pipeline:
     def __init__(
         self,
         store: FakeStore | None = None,
+        *,
         catalog: Catalog | None = None,
         gate: Gate | None = None,
         compress: Compress | None = None,
         send: FakeSend | None = None,
+        similar: Similar | None = None,
     ) -> None:
         self.store = store or FakeStore()
         self.send = send or FakeSend()
@@ -92,8 +94,8 @@ class Pipeline:
         outbox = Outbox(self.store, self.send)
         coalescer = Coalescer(self.table, stale_after_s=600)
         self.admission = Admission(catalog, outbox, gate, compress)
-        self.dedupe = Dedupe(outbox, coalescer, None)
-        self.complete = Complete(catalog, outbox, coalescer, None)
+        self.dedupe = Dedupe(outbox, coalescer, similar)
+        self.complete = Complete(catalog, outbox, coalescer, similar)
 
     def on_request(self, key: bytes | None, raw: bytes) -> None:
         asyncio.run(self._on_request(key, raw))
@@ -105,7 +107,11 @@ class Pipeline:
             await self.dedupe.on_keyed(keyed[0].key, keyed[0].value)
 
     def on_completion(self, value: bytes) -> None:
-        asyncio.run(self.complete.on_completion(None, value))
+        asyncio.run(self._on_completion(value))
+
+    async def _on_completion(self, value: bytes) -> None:
+        await self.complete.on_completion(None, value)
+        await asyncio.sleep(0.01)  # background work (semantic cache adds) gets its turn
 
 
 def raw_request(cid: str = "req-1", cache: str = "auto", **body: Any) -> bytes:

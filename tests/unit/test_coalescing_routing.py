@@ -16,7 +16,8 @@ from schemas.result import (
 )
 from schemas.work import Completion, WorkItem
 from streams.coalesce import Coalescer
-from tests.unit.stages import FakeSend, Pipeline, completion, raw_request, result_of
+from streams.semantic import SemanticHit
+from tests.unit.stages import FakeSend, Pipeline, Sent, completion, raw_request, result_of
 
 
 @pytest.fixture
@@ -227,3 +228,31 @@ def test_an_expired_request_is_answered_as_it_is_instead_of_escalated() -> None:
     [reply] = harness.send.sent
     result = result_of(reply)
     assert (result.status, result.text, result.model_used) == ("ok", "Maybe?", "small")
+
+
+class RecordingSimilar:
+    """A semantic cache that never hits and records what is added, and when."""
+
+    def __init__(self, sent: list[Sent]) -> None:
+        self.sent = sent
+        self.added: list[tuple[str, int]] = []
+
+    async def lookup(self, scope: str, text: str) -> SemanticHit | None:
+        return None
+
+    async def add(self, scope: str, text: str, fingerprint: str) -> None:
+        self.added.append((text, len(self.sent)))
+
+    async def forget(self, scope: str, fingerprint: str) -> None:
+        raise AssertionError("nothing to forget")
+
+
+def test_the_semantic_cache_learns_a_question_after_its_replies_are_out() -> None:
+    send = FakeSend()
+    similar = RecordingSimilar(send.sent)
+    harness = Pipeline(send=send, similar=similar)
+    [work] = _copies(harness, 3)
+    send.sent.clear()
+    harness.on_completion(completion(work, "Shared"))
+    assert len(send.sent) == 3
+    assert similar.added == [("Hi", 3)], "added once, after all three replies were sent"
