@@ -7,6 +7,7 @@ import time
 import uuid
 
 import pytest
+import redis
 
 from llmq.client import Client, tail
 from llmq.stack.stack import LocalStack
@@ -15,7 +16,7 @@ from schemas.metering import MeteringEvent
 from schemas.request import CacheMode
 from schemas.result import CacheStatus
 from schemas.settings import ServiceSettings
-from schemas.topics import METERING
+from schemas.topics import METERING, REDIS_SEMANTIC_PREFIX
 from tests.integration.helpers import collect, metric
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -93,9 +94,14 @@ def test_compression_saves_prompt_tokens_and_meters_them(
 def test_a_paraphrase_is_answered_by_the_semantic_cache(client: Client, stack: LocalStack) -> None:
     ref = uuid.uuid4().hex[:8]
     port = stack.settings.metrics_base_port + 1
+    learned = _semantic_entries(stack)
     first = client.ask(
         f"What is the capital of France? (ref {ref})", max_tokens=16, temperature=0.0
     )
+    # The stream processor learns the question in the background, after replying.
+    deadline = time.monotonic() + 30
+    while _semantic_entries(stack) == learned and time.monotonic() < deadline:
+        time.sleep(0.1)
     generations = metric(port, "llmq_worker_generations_total", outcome="ok")
     second = client.ask(
         f"what's the capital of france, ref {ref}??", max_tokens=16, temperature=0.0
@@ -108,3 +114,12 @@ def test_a_paraphrase_is_answered_by_the_semantic_cache(client: Client, stack: L
         f"What is the capital of Germany? (ref {ref})", max_tokens=16, temperature=0.0
     )
     assert near_miss.cache is CacheStatus.NONE, "a close wording with another answer must not hit"
+
+
+def _semantic_entries(stack: LocalStack) -> int:
+    """Entries across the semantic cache's streams in Redis."""
+    store = redis.Redis.from_url(stack.settings.redis_url)
+    try:
+        return sum(int(store.xlen(key)) for key in store.scan_iter(f"{REDIS_SEMANTIC_PREFIX}*"))
+    finally:
+        store.close()
