@@ -4,10 +4,7 @@ and a vLLM OpenAI-compatible server that a second catalog model is served by ove
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,16 +13,15 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
+from llmq.bench.ways.serve import vllm_server
 from llmq.client import Client
 from llmq.settings import LocalSettings
 from llmq.stack.ports import free_block
 from llmq.stack.stack import LocalStack
-from schemas.catalog import SMOLLM2
+from schemas.catalog import Catalog
 from schemas.settings import ServiceSettings
-from tests.integration.helpers import SERVED, fetch
+from tests.integration.helpers import SERVED
 from workers.checkpoint import resolve_model_source
-
-SERVER_START_TIMEOUT_S = 180
 
 CATALOG = """
 default = "smollm2-135m"
@@ -81,42 +77,14 @@ budget_usd = 0.0000005
 
 
 @pytest.fixture(scope="session")
-def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def openai_server() -> Iterator[str]:
     """vLLM's OpenAI server (priority scheduling on), started once; yields its base URL."""
-    checkpoint = resolve_model_source(SMOLLM2, Path.home() / ".cache" / "llmq" / "models")
-    port = free_block(1)
-    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    spec = Catalog.builtin().models[0]
+    assert spec.name == SERVED and spec.source is not None
+    checkpoint = resolve_model_source(spec.source, Path.home() / ".cache" / "llmq" / "models")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    command = [
-        *(sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint)),
-        *("--served-model-name", SERVED, "--dtype", "bfloat16", "--max-model-len", "2048"),
-        *("--enforce-eager", "--scheduling-policy", "priority"),
-        *("--port", str(port), "--host", "127.0.0.1"),
-    ]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the vLLM server exited:\n{log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the vLLM server was not healthy after {SERVER_START_TIMEOUT_S} s")
-            try:
-                fetch(f"http://127.0.0.1:{port}/health", timeout_s=2)
-                break
-            except OSError:
-                time.sleep(1)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    with vllm_server(spec, checkpoint, say=lambda _: None, env=env) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

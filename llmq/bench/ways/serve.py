@@ -50,7 +50,7 @@ def run(
     """Start the server, warm it with one request (not measured), run, stop it."""
     spec, checkpoint = model(cache_dir)
     set_engine_env()
-    with _server(spec, checkpoint, say) as url:
+    with vllm_server(spec, checkpoint, say) as url:
         client = ModelSpec(
             name=spec.name,
             engine="openai",
@@ -96,9 +96,12 @@ async def _answer(engine: OpenAIEngine, request: BenchRequest, sent: float) -> R
 
 
 @contextmanager
-def _server(spec: ModelSpec, checkpoint: Path, say: Say) -> Iterator[str]:
+def vllm_server(
+    spec: ModelSpec, checkpoint: Path, say: Say, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """`python -m vllm.entrypoints.openai.api_server` with the engine settings of the other
-    ways; yields its base URL once healthy and stops it (its whole process group) after."""
+    ways (and of the worker); yields its base URL once healthy and stops it (its whole
+    process group) after. Also the integration tests' second tier."""
     port = free_block(1)
     command = [
         *(sys.executable, "-m", "vllm.entrypoints.openai.api_server"),
@@ -113,7 +116,7 @@ def _server(spec: ModelSpec, checkpoint: Path, say: Say) -> Iterator[str]:
         say(f"{WAY}: starting vLLM's OpenAI server on port {port}")
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
         try:
             _wait_healthy(proc, port, log_path)
