@@ -26,6 +26,10 @@ class WorkItem(BaseModel):
     admitted_at: float = Field(default_factory=time.time)
     uncompressed: list[ChatMessage] | None = None
     """The app's messages, when prompt compression changed them (for tokens-saved metering)."""
+    attempt: int = Field(default=1, ge=1)
+    """Which attempt at a generation this is: retries of a failed one count up from 1."""
+    not_before: float | None = None
+    """A retry's backoff: the worker starts it no earlier than this Unix time."""
 
 
 class Completion(BaseModel):

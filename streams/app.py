@@ -9,6 +9,7 @@ from typing import Any
 import faust
 import redis.asyncio as aioredis
 
+from schemas.retry import RetryPolicy
 from schemas.tenants import TenantPolicy
 from schemas.topics import COMPLETIONS, METERING, REQUESTS, REQUESTS_KEYED
 from streams import metrics
@@ -106,7 +107,13 @@ def build(settings: StreamSettings) -> faust.App:
     gate = TenantGate(TenantPolicy.load(settings.tenants_file), RateLimiter(redis), Budgets(redis))
     admission = Admission(catalog, outbox, gate, compress if settings.compress_prompts else None)
     dedupe = Dedupe(outbox, coalescer, similar)
-    complete = Complete(catalog, outbox, coalescer, similar)
+    retry = RetryPolicy(
+        max_attempts=settings.retry_attempts,
+        base_delay_s=settings.retry_base_delay_s,
+        max_delay_s=max(8.0, settings.retry_base_delay_s),
+        budget_s=settings.retry_budget_s,
+    )
+    complete = Complete(catalog, outbox, coalescer, similar, retry)
 
     def agent(topic: str, name: str, concurrency: int, handle: Handler) -> None:
         """concurrency 0: one actor per assigned partition, each in its partition's order."""

@@ -1,4 +1,4 @@
-"""Stage 3, llmq.completions: escalate or fall back, else fill the caches and answer everyone."""
+"""Stage 3, llmq.completions: escalate, fall back or retry, else fill the caches and answer."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from pydantic import ValidationError
 
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.result import ErrorInfo
+from schemas.retry import RetryPolicy
 from schemas.topics import COMPLETIONS
 from schemas.work import Completion
 from streams import metrics, replies
 from streams.coalesce import Coalescer
 from streams.dedupe import Similar
 from streams.outbox import Outbox, work_requester
+from streams.retries import final_failure, retry_of
 from streams.router import next_route
 from streams.semantic import semantic_key
 
@@ -25,9 +28,15 @@ class Complete:
     """
 
     def __init__(
-        self, catalog: Catalog, outbox: Outbox, coalescer: Coalescer, similar: Similar | None
+        self,
+        catalog: Catalog,
+        outbox: Outbox,
+        coalescer: Coalescer,
+        similar: Similar | None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._catalog = catalog
+        self._retry = retry or RetryPolicy(max_attempts=3, base_delay_s=1.0, budget_s=300.0)
         self._outbox = outbox
         self._coalescer = coalescer
         self._similar = similar
@@ -57,6 +66,17 @@ class Complete:
                 work.model_copy(update={"model": route.current, "route": route})
             )
             return
+        retry = retry_of(completion, self._retry)
+        if retry is not None:
+            # 2) Failed, but another attempt may succeed (and may land on another replica).
+            metrics.REROUTES.labels("retried").inc()
+            await self._outbox.work(retry)
+            return
+        failure = final_failure(completion)
+        if failure is not None:
+            # 3) Failed for good: the record goes to the DLQ and the app gets the failure.
+            await self._outbox.dead_letter(COMPLETIONS, key, value, failure)
+            completion = completion.model_copy(update={"error": ErrorInfo.from_error(failure)})
         request = work.request
         result = replies.from_completion(completion)
         metrics.COMPLETIONS.labels(result.status).inc()
@@ -64,10 +84,10 @@ class Complete:
         if not request.cacheable:
             await self._outbox.reply_all(first)
             return
-        # 2) Fill the exact cache before the entry goes, so a copy arriving later hits it.
+        # 4) Fill the exact cache before the entry goes, so a copy arriving later hits it.
         if completion.response is not None:
             await self._outbox.store.cache(work.fingerprint, completion.response)
-        # 3) Answer the leader and every follower, then forget the generation.
+        # 5) Answer the leader and every follower, then forget the generation.
         followers = await self._coalescer.settle(
             work.fingerprint,
             first,
@@ -75,7 +95,7 @@ class Complete:
             self._outbox.reply_all,
         )
         metrics.COALESCED.observe(followers)
-        # 4) Teach the semantic cache the question, without holding up the next completion.
+        # 6) Teach the semantic cache the question, without holding up the next completion.
         if completion.response is not None:
             self._remember(completion)
 

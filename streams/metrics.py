@@ -14,8 +14,11 @@ REQUESTS = Counter(
 )
 REROUTES = Counter(
     "llmq_streams_reroutes_total",
-    "Work sent on to the next model of its route",
-    ["kind"],  # escalated (cascade) | fell_back (engine failure)
+    "Work sent on to the next model of its route, or to the same model again",
+    ["kind"],  # escalated (cascade) | fell_back (engine failure) | retried (backoff)
+)
+DEAD_LETTERS = Counter(
+    "llmq_streams_dead_letters_total", "Records sent to llmq.dlq, by source topic", ["source"]
 )
 COALESCED = Histogram(
     "llmq_streams_coalesced_followers",

@@ -129,6 +129,7 @@ class Outbox:
             HEADER_SOURCE_TOPIC: source.encode(),
         }
         await self.send(DLQ, key, raw, headers)
+        metrics.DEAD_LETTERS.labels(source).inc()
 
 
 def work_requester(error: LlmqError, raw: bytes) -> Rejection:

@@ -41,5 +41,13 @@ class StreamSettings(ServiceSettings):
     compress_prompts: bool = False
     """Normalise whitespace and invisible characters in prompts before they reach the
     engine; the tokens saved are metered (LLMQ_COMPRESS_PROMPTS)."""
+    retry_attempts: int = Field(default=3, ge=1, le=20)
+    """Attempts at a generation that fails retriably (engine error or timeout) before the
+    request is dead-lettered and answered with the failure (LLMQ_RETRY_ATTEMPTS)."""
+    retry_base_delay_s: float = Field(default=1.0, gt=0, le=60)
+    """Backoff before the first retry; it doubles per attempt, with jitter
+    (LLMQ_RETRY_BASE_DELAY_S)."""
+    retry_budget_s: float = Field(default=300.0, gt=0, le=3600)
+    """No retry starts later than this after admission (LLMQ_RETRY_BUDGET_S)."""
     tenants_file: Path | None = None
     """A TOML file of per-tenant rate limits and budgets (LLMQ_TENANTS_FILE); none: unlimited."""

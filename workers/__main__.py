@@ -16,13 +16,13 @@ from aiokafka.errors import KafkaConnectionError
 from prometheus_client import start_http_server
 
 from schemas.catalog import ModelSpec
+from schemas.retry import RetryPolicy
 from schemas.topics import work_topics
 from workers import metrics
 from workers.breaker import CircuitBreaker
 from workers.checkpoint import resolve_model_source
 from workers.engine import Engine
 from workers.openai_engine import OpenAIEngine
-from workers.retry import RetryPolicy
 from workers.settings import WorkerSettings
 from workers.worker import Worker
 

@@ -19,9 +19,9 @@ from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob
+from schemas.retry import RetryPolicy
 from workers.breaker import CircuitBreaker
 from workers.engine import EngineStep
-from workers.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import pytest
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody, ChatMessage
+from schemas.retry import RetryPolicy
 from tests.integration.helpers import SERVED, fetch
 from workers.engine import EngineStep
 from workers.openai_engine import OpenAIEngine
-from workers.retry import RetryPolicy
 
 pytestmark = pytest.mark.integration
 

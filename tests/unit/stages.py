@@ -142,8 +142,11 @@ def answer(text: str) -> ChatCompletion:
     )
 
 
-def completion(work: WorkItem, text: str | None = "Hello!") -> bytes:
-    error = ErrorInfo.from_error(LlmqError(ErrorCode.ENGINE_ERROR, "boom"))
+def completion(
+    work: WorkItem, text: str | None = "Hello!", code: ErrorCode = ErrorCode.ENGINE_ERROR
+) -> bytes:
+    """The worker's outcome: an answer, or (text None) a failure with `code`."""
+    error = ErrorInfo.from_error(LlmqError(code, "boom"))
     completion = Completion(
         work=work,
         response=None if text is None else answer(text),
@@ -152,6 +155,11 @@ def completion(work: WorkItem, text: str | None = "Hello!") -> bytes:
         worker="w1",
     )
     return completion.model_dump_json().encode()
+
+
+def last_attempt(work: WorkItem, attempts: int = 3) -> WorkItem:
+    """The work item as its last attempt (the Complete stage retries up to 3 by default)."""
+    return work.model_copy(update={"attempt": attempts})
 
 
 def result_of(sent: Sent) -> InferenceResult:

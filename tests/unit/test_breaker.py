@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from schemas.errors import ErrorCode, LlmqError
+from schemas.retry import RetryPolicy
 from workers.breaker import BreakerState, CircuitBreaker
-from workers.retry import RetryPolicy
 
 _names = itertools.count()
 

@@ -17,7 +17,15 @@ from schemas.result import (
 from schemas.work import Completion, WorkItem
 from streams.coalesce import Coalescer
 from streams.semantic import SemanticHit
-from tests.unit.stages import FakeSend, Pipeline, Sent, completion, raw_request, result_of
+from tests.unit.stages import (
+    FakeSend,
+    Pipeline,
+    Sent,
+    completion,
+    last_attempt,
+    raw_request,
+    result_of,
+)
 
 
 @pytest.fixture
@@ -63,9 +71,12 @@ def test_identical_requests_in_flight_share_one_generation(harness: Pipeline) ->
 def test_followers_share_the_leaders_error_too(harness: Pipeline) -> None:
     [work] = _copies(harness, 3)
     harness.send.sent.clear()
-    harness.on_completion(completion(work, None))
-    results = [result_of(s) for s in harness.send.sent]
+    harness.on_completion(completion(last_attempt(work), None))
+    dead, *replies = harness.send.sent
+    assert dead.topic == "llmq.dlq"
+    results = [result_of(s) for s in replies]
     assert [r.status for r in results] == ["error"] * 3
+    assert all(r.error and r.error.message.startswith("failed after 3 attempts") for r in results)
     assert harness.store.answers == {}
 
 
@@ -180,8 +191,15 @@ def test_an_engine_failure_falls_back_to_the_next_model() -> None:
     fallback = WorkItem.model_validate_json(sent.value)
     assert fallback.route.fell_back and not fallback.route.escalated
     harness.send.sent.clear()
-    harness.on_completion(completion(fallback, None))  # the chain is exhausted: answer
-    [reply] = harness.send.sent
+    harness.on_completion(completion(fallback, None))  # the chain is exhausted: retry it
+    [sent] = harness.send.sent
+    assert sent.topic == "llmq.work.backup.interactive"
+    retry = WorkItem.model_validate_json(sent.value)
+    assert (retry.attempt, retry.route) == (2, fallback.route)
+    harness.send.sent.clear()
+    harness.on_completion(completion(last_attempt(retry), None))  # the last try: answer
+    dead, reply = harness.send.sent
+    assert dead.topic == "llmq.dlq"
     result = result_of(reply)
     assert result.status == "error"
     assert result.route is not None

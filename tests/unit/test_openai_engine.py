@@ -21,12 +21,12 @@ from aiohttp import web
 from schemas.catalog import Catalog, ModelSpec
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody, ChatMessage
+from schemas.retry import RetryPolicy
 from workers.__main__ import engine_factory
 from workers.__main__ import main as worker_main
 from workers.breaker import CircuitBreaker
 from workers.engine import EngineStep
 from workers.openai_engine import OpenAIEngine
-from workers.retry import RetryPolicy
 from workers.settings import WorkerSettings
 
 pytestmark = pytest.mark.timeout(60)

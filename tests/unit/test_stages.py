@@ -33,6 +33,7 @@ from tests.unit.stages import (
     admitted,
     answer,
     completion,
+    last_attempt,
     raw_request,
     result_of,
 )
@@ -183,9 +184,9 @@ def test_completion_with_cache_always_is_cached(harness: Pipeline) -> None:
 
 def test_failed_completion_is_not_cached_but_answered(harness: Pipeline) -> None:
     work = admitted(raw_request(temperature=0))
-    harness.on_completion(completion(work, None))
+    harness.on_completion(completion(last_attempt(work), None))
     assert harness.store.answers == {}
-    [reply] = harness.send.sent
+    _, reply = harness.send.sent
     result = result_of(reply)
     assert result.status == "error"
     assert result.error is not None

@@ -30,8 +30,8 @@ from llmq.bench.ways import (
 )
 from llmq.stack.ports import free_block
 from schemas.catalog import ModelSpec
+from schemas.retry import RetryPolicy
 from workers.openai_engine import OpenAIEngine
-from workers.retry import RetryPolicy
 from workers.settings import WorkerSettings
 
 WAY = "vllm-serve"

@@ -1,0 +1,43 @@
+"""Retries of failed generations: the same model again, after exponential backoff with jitter."""
+
+from __future__ import annotations
+
+import time
+
+from schemas.errors import LlmqError
+from schemas.retry import RetryPolicy
+from schemas.work import Completion, WorkItem
+
+
+def retry_of(
+    completion: Completion, policy: RetryPolicy, now: float | None = None
+) -> WorkItem | None:
+    """The next attempt at a failed generation, or None when the failure is final.
+
+    Only retriable failures are tried again, and only while the policy allows another
+    attempt (counted from admission) that can start before the request's deadline.
+    """
+    error = completion.error
+    if error is None or not error.retriable:
+        return None
+    now = time.time() if now is None else now
+    work = completion.work
+    delay = policy.delay(work.attempt, now - work.admitted_at, error.retry_after_s)
+    if delay is None:
+        return None
+    start = now + delay
+    deadline = work.request.deadline
+    if deadline is not None and start >= deadline:
+        return None
+    return work.model_copy(update={"attempt": work.attempt + 1, "not_before": start})
+
+
+def final_failure(completion: Completion) -> LlmqError | None:
+    """The error of a generation that failed for good after retries, for the DLQ and the
+    app; None for an answer, or for a failure no retry could have helped (bad request)."""
+    error = completion.error
+    if error is None or not error.retriable:
+        return None
+    attempts = completion.work.attempt
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    return LlmqError(error.code, f"failed after {tries}: {error.message}")
