@@ -10,7 +10,9 @@ completion and metering event it produced are acknowledged by the broker.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import random
 import time
 from contextlib import suppress
 from functools import partial
@@ -45,6 +47,8 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 POLL_TIMEOUT_MS = 100
 """The longest one fetch waits for records; also how soon a stop request is noticed."""
+PUBLISH_RETRY_MAX_S = 5.0
+"""The longest backoff between tries to publish an outcome the broker did not take."""
 
 
 class Worker:
@@ -208,30 +212,47 @@ class Worker:
             )
             metrics.GENERATIONS.labels(error.code.value).inc()
             return state.failure(error, self._worker_id, time.time())
-        if request.expired():
+        if state.work.not_before is not None:
+            # A retry: its backoff runs here, so the record stays in flight (uncommitted).
+            await asyncio.sleep(max(0.0, state.work.not_before - time.time()))
+        now = time.time()
+        if request.expired(now):
             error = LlmqError(ErrorCode.EXPIRED, "the deadline passed while the request was queued")
             metrics.GENERATIONS.labels(error.code.value).inc()
-            return state.failure(error, self._worker_id, time.time())
+            return state.failure(error, self._worker_id, now)
         route = state.work.route
         body = request.body
         if route.cascade and route.remaining and not body.logprobs:
             # The cascade escalates on the answer's mean logprob, so ask the engine for them.
             body = body.model_copy(update={"logprobs": True})
-        # Closing the engine's iterator (the cancellation the timeout raises) aborts it there.
-        deadline = asyncio.timeout(self._spec.timeout_s)
+        # Whichever comes first, the model's timeout or the request's deadline, aborts the
+        # generation: closing the engine's iterator (the cancellation) aborts it there.
+        limit_s = self._spec.timeout_s
+        by_deadline = request.deadline is not None and request.deadline - now < limit_s
+        if request.deadline is not None and by_deadline:
+            limit_s = request.deadline - now
+        timer = asyncio.timeout(limit_s)
         try:
-            async with deadline:
+            async with timer:
                 async for step in self._engine.generate(
                     state.request_id, body, request.lane.priority
                 ):
                     state.add(step)
         except TimeoutError:
-            if not deadline.expired():
+            if not timer.expired():
                 raise
-            error = LlmqError(
-                ErrorCode.ENGINE_TIMEOUT,
-                f"the generation ran past {self._spec.timeout_s:g}s ({self._spec.name}'s "
-                "timeout_s) and was aborted",
+            error = (
+                LlmqError(
+                    ErrorCode.EXPIRED,
+                    "the deadline passed during the generation, which was aborted after "
+                    f"{state.completion_tokens} tokens",
+                )
+                if by_deadline
+                else LlmqError(
+                    ErrorCode.ENGINE_TIMEOUT,
+                    f"the generation ran past {self._spec.timeout_s:g}s ({self._spec.name}'s "
+                    "timeout_s) and was aborted",
+                )
             )
             metrics.GENERATIONS.labels(error.code.value).inc()
             return state.failure(error, self._worker_id, time.time())
@@ -251,15 +272,33 @@ class Worker:
 
     async def _publish(self, completion: Completion, state: InFlight) -> None:
         """Send the completion (and, for a generation, its metering event); await both acks."""
-        key = completion.work.fingerprint.encode()
-        sends = [await self._producer.send(COMPLETIONS, completion.model_dump_json().encode(), key)]
+        sends = [
+            self._deliver(
+                COMPLETIONS, completion.work.fingerprint.encode(), completion.model_dump_json()
+            )
+        ]
         if completion.response is not None:
             event = state.metering(self._spec, self._worker_id, completion.finished_at)
-            tenant = event.tenant.encode()
-            sends.append(
-                await self._producer.send(METERING, event.model_dump_json().encode(), tenant)
-            )
+            sends.append(self._deliver(METERING, event.tenant.encode(), event.model_dump_json()))
         await asyncio.gather(*sends)
+
+    async def _deliver(self, topic: str, key: bytes, value: str) -> None:
+        """Send one record until the broker acknowledges it: while Kafka is away the outcome
+        waits here and its offset stays uncommitted, so nothing is lost or sent twice."""
+        for attempt in itertools.count(1):
+            try:
+                await (await self._producer.send(topic, value.encode(), key))
+                return
+            except KafkaError as exc:
+                delay = min(PUBLISH_RETRY_MAX_S, 0.25 * 2**attempt)
+                log.warning(
+                    "sending to %s failed (attempt %d), again in %.1fs: %r",
+                    topic,
+                    attempt,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
 
     async def _dead_letter(self, record: Record, reason: str) -> None:
         log.warning(

@@ -7,11 +7,13 @@ engine that streams steps and notices being closed); tests/integration runs the 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode
@@ -353,3 +355,69 @@ def test_no_tokens_saved_without_compression_or_a_tokenizer(
     engine = FakeEngine(counts_tokens=counts_tokens)
     [event] = _one(_work(uncompressed=uncompressed), engine).metering()
     assert event.prompt_tokens_saved == 0
+
+
+def _work_with(request_fields: dict[str, Any], **fields: Any) -> bytes:
+    """A standard work item whose request has `request_fields` (a deadline, ...)."""
+    work = WorkItem.model_validate_json(_work())
+    request = work.request.model_copy(update=request_fields)
+    return work.model_copy(update={"request": request, **fields}).model_dump_json().encode()
+
+
+def test_a_generation_past_the_requests_deadline_is_aborted_and_expires() -> None:
+    engine = FakeEngine(step_s=30)
+    producer = _one(_work_with({"deadline": time.time() + 0.1}), engine)
+    [completion] = producer.completions()
+    assert completion.error is not None
+    assert completion.error.code is ErrorCode.EXPIRED
+    assert "aborted" in completion.error.message
+    assert engine.aborted == [engine.started[0][0]], "closing the stream aborts it in the engine"
+
+
+def test_a_request_past_its_deadline_is_not_started() -> None:
+    engine = FakeEngine()
+    producer = _one(_work_with({"deadline": time.time() - 1}), engine)
+    [completion] = producer.completions()
+    assert completion.error is not None
+    assert completion.error.code is ErrorCode.EXPIRED
+    assert engine.started == []
+
+
+def test_a_retry_starts_no_earlier_than_its_backoff_allows() -> None:
+    not_before = time.time() + 0.3
+    engine = FakeEngine()
+    producer = _one(_work(attempt=2, not_before=not_before), engine)
+    [completion] = producer.completions()
+    assert completion.error is None
+    assert completion.work.attempt == 2
+    assert completion.timings.queue_ms is not None
+    assert time.time() >= not_before
+
+
+class FlakyProducer(FakeProducer):
+    """Refuses the first `failures` sends, as a broker that is restarting does."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    ) -> asyncio.Future[None]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise KafkaConnectionError("broker away")
+        return await super().send(topic, value, key, headers)
+
+
+def test_an_outcome_the_broker_refused_is_sent_again_before_the_offset_commits() -> None:
+    consumer, producer = FakeConsumer(), FlakyProducer(failures=2)
+    consumer.add(STANDARD, [_work()])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: consumer.committed.get(STANDARD) == 1, timeout_s=20)
+        stop.set()
+
+    _serve(consumer, producer, FakeEngine, scenario)
+    assert len(producer.completions()) == 1
+    assert len(producer.metering()) == 1
