@@ -59,6 +59,15 @@ retry_attempts = 2
 retry_budget_s = 2
 breaker_failures = 3
 fallback = ["smollm2-135m"]
+
+# Down too, and nothing to fall back to: its requests are retried, then dead-lettered.
+[[models]]
+name = "dead-end"
+engine = "openai"
+url = "http://127.0.0.1:{dead_port}/v1"
+tier = 2  # after smollm2-remote, so "auto" never picks it
+retry_attempts = 1
+retry_budget_s = 1
 """
 
 
@@ -90,11 +99,11 @@ def openai_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, openai_server: str) -> Iterator[LocalStack]:
     """Started once (about a minute; the first run on a machine also prepares the model)."""
-    # Kafka, its controller, Redis, streams' metrics, three workers' metrics, a dead port.
-    base = free_block(8)
+    # Kafka, its controller, Redis, streams' metrics, four workers' metrics, a dead port.
+    base = free_block(9)
     state = tmp_path_factory.mktemp("llmq-state")
     models = state / "models.toml"
-    models.write_text(CATALOG.format(url=openai_server, dead_port=base + 7), encoding="utf-8")
+    models.write_text(CATALOG.format(url=openai_server, dead_port=base + 8), encoding="utf-8")
     tenants = state / "tenants.toml"
     tenants.write_text(TENANTS, encoding="utf-8")
     settings = LocalSettings(
