@@ -7,22 +7,54 @@ import time
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from schemas.lanes import Lane
-from schemas.topics import RESULTS, TOPIC_NAME
+from schemas.topics import RESULTS
 
 SCHEMA_VERSION: Literal[1] = 1
+DEFAULT_TENANT = "default"
+"""The tenant of a request that names none."""
 
 MAX_MESSAGES = 256
 MAX_CONTENT_CHARS = 200_000
+MAX_PROMPT_CHARS = 400_000
+"""Characters across all messages. The stream processor refuses records over 450 kB anyway;
+this bound lets a client learn it before sending (the model's own limit may be lower)."""
 MAX_STOP_SEQUENCES = 4
+MAX_UNIX_TIME = 1e12
+"""The latest Unix time in seconds accepted (year 33658): a time in milliseconds (about
+1.8e12 today) is refused rather than read as the far future."""
 
 IDENTIFIER = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER.pattern)]
 """Correlation ids and tenants: printable, no spaces, safe in Redis keys and logs."""
 ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-TopicName = Annotated[str, StringConstraints(pattern=TOPIC_NAME.pattern)]
+REPLY_TOPIC = re.compile(
+    r"^(?!\.\.?$|_|.*__|.*-changelog$|llmq(?!\.results$))[A-Za-z0-9._-]{1,249}$"
+)
+"""A topic an app may be answered on: a name Kafka accepts (not "." or "..") that is not
+Kafka's (`_`..., `__`), a faust table's changelog, or llmq's own (`llmq`... but llmq.results):
+an error reply must never land where llmq or Kafka would read it as their own record."""
+
+
+def _reply_topic(name: str) -> str:
+    if not REPLY_TOPIC.fullmatch(name):
+        raise ValueError(
+            "must be llmq.results or a topic of the app's own: 1 to 249 letters, digits, "
+            "'.', '_' or '-'; not '.', '..', '_...', 'llmq...', '...__...' or '...-changelog'"
+        )
+    return name
+
+
+ReplyTopic = Annotated[str, AfterValidator(_reply_topic)]
 
 
 class CacheMode(StrEnum):
@@ -48,7 +80,7 @@ class ChatMessage(BaseModel):
 class ChatBody(BaseModel):
     """The OpenAI chat-completions body: the fields llmq serves, each bounded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     model: ModelName | None = None
@@ -78,6 +110,13 @@ class ChatBody(BaseModel):
         """Greedy or seeded: the same request gives the same answer."""
         return self.temperature == 0.0 or self.seed is not None
 
+    @model_validator(mode="after")
+    def _prompt_bounded(self) -> Self:
+        chars = self.prompt_chars()
+        if chars > MAX_PROMPT_CHARS:
+            raise ValueError(f"the messages hold {chars} characters; at most {MAX_PROMPT_CHARS}")
+        return self
+
     def prompt_chars(self) -> int:
         """Characters across all messages: a cheap bound checked before tokenizing."""
         return sum(len(m.content) for m in self.messages)
@@ -86,19 +125,19 @@ class ChatBody(BaseModel):
 class InferenceRequest(BaseModel):
     """What an app publishes on llmq.requests."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     schema_version: Literal[1] = SCHEMA_VERSION
     correlation_id: Identifier
-    tenant: Identifier = "default"
+    tenant: Identifier = DEFAULT_TENANT
     model: ModelName | None = None
     """A model of the catalog; when absent, the body's model, then the catalog default."""
     lane: Lane = Lane.STANDARD
-    reply_to: TopicName = RESULTS
-    deadline: float | None = Field(default=None, gt=0)
+    reply_to: ReplyTopic = RESULTS
+    deadline: float | None = Field(default=None, gt=0, le=MAX_UNIX_TIME)
     """Unix time after which the answer is no longer wanted (an `expired` error instead)."""
     cache: CacheMode = CacheMode.AUTO
-    created_at: float = Field(default_factory=time.time, gt=0)
+    created_at: float = Field(default_factory=time.time, gt=0, le=MAX_UNIX_TIME)
     """When the app sent it (Unix time); end-to-end latency is measured from here."""
     body: ChatBody
 

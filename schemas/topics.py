@@ -24,11 +24,14 @@ WORK_PREFIX = "llmq.work."
 HEADER_REASON = "llmq-reason"
 HEADER_SOURCE_TOPIC = "llmq-source-topic"
 HEADER_ERROR_CODE = "llmq-error-code"
+HEADER_ORIGINAL_BYTES = "llmq-original-bytes"
+"""On a DLQ record whose value was cut to fit: the length of the value it replaces."""
 
 REDIS_CACHE_PREFIX = "llmq:cache:"
 """Exact response cache: llmq:cache:<fingerprint> -> ChatCompletion JSON (tenant in fingerprint)."""
 REDIS_RESULT_PREFIX = "llmq:result:"
-"""Result store: llmq:result:<correlation_id> -> InferenceResult JSON, first write wins."""
+"""Result store: llmq:result:{<tenant>}:<correlation_id> -> InferenceResult JSON, first write
+wins (result_key)."""
 REDIS_SEMANTIC_PREFIX = "llmq:sem:"
 """Semantic cache: llmq:sem:<scope> -> a Redis stream of {fp, t (question), v (float32
 vector)}; an entry without v forgets fp; trimmed to the newest max_entries."""
@@ -39,6 +42,15 @@ REDIS_SPEND_PREFIX = "llmq:spend:"
 `seen:<day>` set of counted events, so a redelivered event counts once)."""
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def result_key(tenant: str, correlation_id: str) -> str:
+    """The result store's key of one result: per tenant, so that no tenant reads another's
+    result by its id and equal ids of two tenants never collide. The braces keep tenant
+    `a:b` with id `c` apart from tenant `a` with id `b:c` (tenants are identifiers)."""
+    if "{" in tenant or "}" in tenant:
+        raise ValueError(f"a tenant has no braces: {tenant!r}")
+    return f"{REDIS_RESULT_PREFIX}{{{tenant}}}:{correlation_id}"
 
 
 def work_topic(model: str, lane: Lane) -> str:

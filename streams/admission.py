@@ -7,6 +7,7 @@ from typing import Protocol
 
 from schemas.catalog import Catalog
 from schemas.errors import LlmqError
+from schemas.redact import content_log
 from schemas.request import ChatMessage, InferenceRequest
 from schemas.topics import REQUESTS, REQUESTS_KEYED
 from streams import metrics
@@ -37,11 +38,11 @@ class Admission:
         self._gate = gate
         self._compress = compress
 
-    async def on_request(self, key: bytes | None, value: bytes) -> None:
+    async def on_request(self, key: bytes | None, value: bytes | None) -> None:
         """One record of llmq.requests; never raises (see Outbox.guarded)."""
         await self._outbox.guarded(REQUESTS, key, value, lambda: self._admit(key, value))
 
-    async def _admit(self, key: bytes | None, value: bytes) -> None:
+    async def _admit(self, key: bytes | None, value: bytes | None) -> None:
         try:
             request, original = self._compressed(parse(value))
             work = route(request, self._catalog, uncompressed=original)
@@ -57,6 +58,12 @@ class Admission:
                 await self._outbox.refuse(salvage(error, value))
                 return
         metrics.REQUESTS.labels("admitted").inc()
+        content_log.debug(
+            "admitted %s/%s: %r",
+            work.request.tenant,
+            work.request.correlation_id,
+            [(m.role, m.content) for m in work.request.body.messages],
+        )
         await self._outbox.send(
             REQUESTS_KEYED, work.fingerprint.encode(), work.model_dump_json().encode()
         )

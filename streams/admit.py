@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from dataclasses import dataclass
 
@@ -11,12 +13,16 @@ from pydantic import ValidationError
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
-from schemas.request import IDENTIFIER, ChatMessage, InferenceRequest
-from schemas.topics import RESULTS, TOPIC_NAME
+from schemas.request import IDENTIFIER, REPLY_TOPIC, ChatMessage, InferenceRequest
+from schemas.topics import RESULTS
 from schemas.work import WorkItem
 from streams.router import plan
 
-MAX_RECORD_BYTES = 1_048_576
+MAX_RECORD_BYTES = 450_000
+"""The largest request record admitted: its work item, which may also carry the prompt as the
+app sent it (before compression), must fit in Kafka's default 1 MB message."""
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
+_KEY_SHOWN = 40
 
 
 @dataclass(frozen=True)
@@ -30,8 +36,8 @@ class Rejection:
     """Where to send the error reply; None when the record names no usable reply topic."""
 
 
-def admit(raw: bytes, catalog: Catalog, now: float | None = None) -> WorkItem | Rejection:
-    """Validate one record and route it to a model, or say why not."""
+def admit(raw: bytes | None, catalog: Catalog, now: float | None = None) -> WorkItem | Rejection:
+    """Validate one record (None: a tombstone) and route it to a model, or say why not."""
     try:
         request = parse(raw)
         return route(request, catalog, now)
@@ -39,9 +45,9 @@ def admit(raw: bytes, catalog: Catalog, now: float | None = None) -> WorkItem | 
         return salvage(error, raw)
 
 
-def parse(raw: bytes) -> InferenceRequest:
+def parse(raw: bytes | None) -> InferenceRequest:
     """Decode and validate the JSON envelope; errors name the offending field."""
-    if len(raw) > MAX_RECORD_BYTES:
+    if raw is not None and len(raw) > MAX_RECORD_BYTES:
         raise LlmqError(
             ErrorCode.PROMPT_TOO_LARGE,
             f"record is {len(raw)} bytes; the limit is {MAX_RECORD_BYTES}",
@@ -100,26 +106,59 @@ def route(
     )
 
 
-def _decode(raw: bytes) -> object:
-    """UTF-8 JSON only: json.loads would guess UTF-16/32 from bytes. Raises ValueError
-    (bad bytes, bad JSON, an integer too long to convert) or RecursionError (deep nesting)."""
-    return json.loads(raw.decode("utf-8"))
+def _decode(raw: bytes | None, lenient: bool = False) -> object:
+    """UTF-8 JSON, a leading BOM allowed (RFC 8259): json.loads would guess UTF-16/32 from
+    bytes. Lenient (for salvage) reads past bad bytes and bad field names. Raises ValueError
+    (no value, bad bytes, bad JSON) or RecursionError (deep nesting)."""
+    if raw is None:
+        raise ValueError("the record has no value (a tombstone)")
+    text = raw.decode("utf-8-sig", "replace" if lenient else "strict")
+    return json.loads(text, parse_int=_integer, object_pairs_hook=None if lenient else _object)
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object whose field names are text (pydantic cannot say which one is not)."""
+    for key, _ in pairs:
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"field name {key[:_KEY_SHOWN]!a} is not Unicode text (a lone surrogate)"
+            ) from None
+    return dict(pairs)
+
+
+def _integer(digits: str) -> int | float:
+    """JSON allows any number of digits, int() refuses more than 4300: such a number is
+    infinite for every field, which validation then rejects by name."""
+    try:
+        return int(digits)
+    except ValueError:
+        return -math.inf if digits.startswith("-") else math.inf
 
 
 def _describe(exc: ValidationError) -> str:
     """Pydantic's errors as one line a person can act on: `field.path: problem; ...`."""
     parts = []
     for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "request"
+        where = ".".join(_field(p) for p in err["loc"]) or "request"
         parts.append(f"{where}: {err['msg']}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def salvage(error: LlmqError, raw: bytes) -> Rejection:
+def _field(part: int | str) -> str:
+    """One step of an error's path; an unknown key (any string an app sent) is escaped and
+    cut short, so a hostile one cannot bloat or garble the reply, the DLQ header or the log."""
+    text = str(part)
+    return text if _PLAIN_KEY.fullmatch(text) else ascii(text[:_KEY_SHOWN])
+
+
+def salvage(error: LlmqError, raw: bytes | None) -> Rejection:
     """Salvage the envelope fields an error reply needs from a record that failed validation."""
     try:
-        data = _decode(raw)
+        # Past bad bytes elsewhere in the record: the fields kept are checked by pattern.
+        data = _decode(raw, lenient=True)
     except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict):
@@ -129,7 +168,9 @@ def salvage(error: LlmqError, raw: bytes) -> Rejection:
         error,
         correlation_id=_identifier(data.get("correlation_id")),
         tenant=_identifier(data.get("tenant")),
-        reply_to=reply_to if isinstance(reply_to, str) and TOPIC_NAME.fullmatch(reply_to) else None,
+        reply_to=reply_to
+        if isinstance(reply_to, str) and REPLY_TOPIC.fullmatch(reply_to)
+        else None,
     )
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import faust
 import redis.asyncio as aioredis
+from faust.types.auth import CredentialsT
 
+from schemas.kafka_security import KafkaSecurity
 from schemas.retry import RetryPolicy
 from schemas.tenants import TenantPolicy
 from schemas.topics import COMPLETIONS, METERING, REQUESTS, REQUESTS_KEYED
@@ -31,7 +33,8 @@ ACK_TIMEOUT_S = 30.0
 INFLIGHT_TABLE = "llmq.inflight"
 """The coalescing table; its changelog topic is <app_id>-llmq.inflight-changelog."""
 
-Handler = Callable[[bytes | None, bytes], Awaitable[None]]
+Handler = Callable[[bytes | None, bytes | None], Awaitable[None]]
+"""An agent's handler of one record's key and value (None: a tombstone)."""
 
 
 class FaustSend:
@@ -63,11 +66,27 @@ class FaustSend:
         await asyncio.wait_for(pending, timeout=ACK_TIMEOUT_S)
 
 
+def broker_credentials(security: KafkaSecurity) -> CredentialsT | None:
+    """faust's form of the Kafka security settings (None: plaintext); faust hands them to
+    each of its consumers, producers and topic-creating clients."""
+    if security.sasl:
+        return faust.SASLCredentials(
+            username=security.username,
+            password=security.password.get_secret_value() if security.password else None,
+            ssl_context=security.ssl_context(),
+            mechanism=security.mechanism.value,
+        )
+    if security.tls:
+        return faust.SSLCredentials(security.ssl_context())
+    return None
+
+
 def build(settings: StreamSettings) -> faust.App:
     """The app with its agents; run it with faust's Worker."""
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=broker_credentials(settings.kafka_security()),
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.partitions,

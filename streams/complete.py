@@ -43,15 +43,15 @@ class Complete:
         self._adding: set[asyncio.Task[None]] = set()
         self._one_at_a_time = asyncio.Semaphore(1)
 
-    async def on_completion(self, key: bytes | None, value: bytes) -> None:
+    async def on_completion(self, key: bytes | None, value: bytes | None) -> None:
         """One record of llmq.completions; never raises (see Outbox.guarded)."""
         await self._outbox.guarded(
             COMPLETIONS, key, value, lambda: self._complete(key, value), work_requester
         )
 
-    async def _complete(self, key: bytes | None, value: bytes) -> None:
+    async def _complete(self, key: bytes | None, value: bytes | None) -> None:
         try:
-            completion = Completion.model_validate_json(value)
+            completion = Completion.model_validate_json(value or b"")
         except ValidationError as exc:
             error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable completion: {exc}")
             await self._outbox.dead_letter(COMPLETIONS, key, value, error)

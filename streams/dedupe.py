@@ -35,14 +35,14 @@ class Dedupe:
         self._coalescer = coalescer
         self._similar = similar
 
-    async def on_keyed(self, key: bytes | None, value: bytes) -> None:
+    async def on_keyed(self, key: bytes | None, value: bytes | None) -> None:
         """One record of llmq.requests.keyed; never raises (see Outbox.guarded)."""
         await self._outbox.guarded(
             REQUESTS_KEYED, key, value, lambda: self._dedupe(value), work_requester
         )
 
-    async def _dedupe(self, value: bytes) -> None:
-        work = WorkItem.model_validate_json(value)
+    async def _dedupe(self, value: bytes | None) -> None:
+        work = WorkItem.model_validate_json(value or b"")
         request = work.request
         if not request.cacheable:
             # A sampled request wants its own sample: no cache, no sharing.

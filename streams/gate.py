@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from schemas.metering import MeteringEvent
+from schemas.redact import describe
 from schemas.request import InferenceRequest
 from schemas.tenants import TenantPolicy
 from streams import metrics
@@ -34,16 +35,16 @@ class TenantGate:
         await self._budgets.check(request.tenant, limits)
         await self._limiter.check(request.tenant, limits, estimate_tokens(request.body))
 
-    async def on_metering(self, value: bytes) -> None:
+    async def on_metering(self, value: bytes | None) -> None:
         """Count one metering event towards its tenant's budget.
 
         Redis errors are retried (with a capped backoff) until they pass: the record's
         offset is committed only after it, so spend is neither lost nor counted twice.
         """
         try:
-            event = MeteringEvent.model_validate_json(value)
+            event = MeteringEvent.model_validate_json(value or b"")
         except ValidationError as exc:
-            log.warning("skipping an unreadable metering event: %s", exc.errors()[:2])
+            log.warning("skipping an unreadable metering event: %s", describe(exc))
             return
         delay = 0.1
         while True:

@@ -14,15 +14,19 @@ from schemas.result import ChatCompletion, InferenceResult
 from schemas.topics import (
     DLQ,
     HEADER_ERROR_CODE,
+    HEADER_ORIGINAL_BYTES,
     HEADER_REASON,
     HEADER_SOURCE_TOPIC,
     work_topic,
 )
 from schemas.work import Completion, WorkItem
 from streams import metrics, replies
-from streams.admit import Rejection, salvage
+from streams.admit import MAX_RECORD_BYTES, Rejection, salvage
 
 log = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 1024
+"""A dead-lettered record's key is cut to this (llmq's own keys are ids and fingerprints)."""
 
 
 class Store(Protocol):
@@ -59,9 +63,9 @@ class Outbox:
         self,
         source: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         handle: Callable[[], Awaitable[None]],
-        requester: Callable[[LlmqError, bytes], Rejection] = salvage,
+        requester: Callable[[LlmqError, bytes | None], Rejection] = salvage,
     ) -> None:
         """Run one record's handler; an unexpected failure dead-letters the record with a
         retriable error reply to whoever `requester` finds in it. faust would commit past a
@@ -108,7 +112,9 @@ class Outbox:
                 why.reply_to, replies.from_error(why.error, why.correlation_id, why.tenant)
             )
 
-    async def reject(self, source: str, key: bytes | None, raw: bytes, why: Rejection) -> None:
+    async def reject(
+        self, source: str, key: bytes | None, raw: bytes | None, why: Rejection
+    ) -> None:
         """Dead-letter the raw record and, where the envelope allows, send an error reply."""
         metrics.REJECTIONS.labels(why.error.code.value).inc()
         log.info(
@@ -120,25 +126,35 @@ class Outbox:
             await self.reply(why.reply_to, result)
 
     async def dead_letter(
-        self, source: str, key: bytes | None, raw: bytes, error: LlmqError
+        self, source: str, key: bytes | None, raw: bytes | None, error: LlmqError
     ) -> None:
-        """The raw record on llmq.dlq, with the reason, error code and source topic."""
+        """The raw record on llmq.dlq, with the reason, error code and source topic.
+
+        A record too large to admit is cut to the admission limit (its original length in a
+        header): as it came, it may not fit in a message the producer or the broker takes.
+        """
         headers = {
             HEADER_REASON: error.message.encode(),
             HEADER_ERROR_CODE: error.code.value.encode(),
             HEADER_SOURCE_TOPIC: source.encode(),
         }
-        await self.send(DLQ, key, raw, headers)
+        value = raw or b""
+        if len(value) > MAX_RECORD_BYTES:
+            headers[HEADER_ORIGINAL_BYTES] = str(len(value)).encode()
+            value = value[:MAX_RECORD_BYTES]
+        if key is not None and len(key) > MAX_KEY_BYTES:
+            key = key[:MAX_KEY_BYTES]
+        await self.send(DLQ, key, value, headers)
         metrics.DEAD_LETTERS.labels(source).inc()
 
 
-def work_requester(error: LlmqError, raw: bytes) -> Rejection:
+def work_requester(error: LlmqError, raw: bytes | None) -> Rejection:
     """Who is waiting on a WorkItem or Completion record (both carry the request)."""
     try:
-        request = WorkItem.model_validate_json(raw).request
+        request = WorkItem.model_validate_json(raw or b"").request
     except ValidationError:
         try:
-            request = Completion.model_validate_json(raw).work.request
+            request = Completion.model_validate_json(raw or b"").work.request
         except ValidationError:
             return Rejection(error, None, None, None)
     return Rejection(error, request.correlation_id, request.tenant, request.reply_to)

@@ -1,0 +1,148 @@
+"""Fuzzing llmq.requests on the real stack: a few hundred hostile records (tests/hostile.py),
+each dead-lettered once and answered once when it names who waits; the stream processor
+lives through all of them and still serves."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+
+import pytest
+from kafka import KafkaProducer
+
+from llmq.client import Client, tail
+from llmq.stack.stack import LocalStack
+from schemas.errors import ErrorCode
+from schemas.result import InferenceResult
+from schemas.settings import ServiceSettings
+from schemas.topics import DLQ, HEADER_ERROR_CODE, HEADER_REASON, HEADER_SOURCE_TOPIC, REQUESTS
+from tests.hostile import CID, TENANT, Hostile, examples, hostile_records, padded, with_field
+from tests.integration.helpers import Record, collect, header
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+DRAWN = 300
+BIG_BYTES = 1_040_000
+"""Under the broker's default message.max.bytes (1 MiB + 12), over 1,000,000 bytes."""
+
+
+def _streams_pid(stack: LocalStack) -> int | None:
+    return next(row.pid for row in stack.status() if row.name == "streams")
+
+
+def _records(reply_to: str) -> dict[bytes, Hostile]:
+    """The hostile records by Kafka key, each with a correlation id of its own."""
+    drawn = examples(hostile_records(reply_to), DRAWN)
+    drawn += [
+        padded(with_field(reply_to, "body.max_tokens", 0), BIG_BYTES),
+        padded(with_field(reply_to, "correlation_id", None), BIG_BYTES),
+    ]
+    tag = uuid.uuid4().hex[: len(CID) - 8]
+    return {f"fuzz-{tag}-{i}".encode(): h.renamed(f"{tag}{i:08d}") for i, h in enumerate(drawn)}
+
+
+def test_hostile_records_are_dead_lettered_and_answered_and_the_processor_survives(
+    stack: LocalStack, client: Client, service_settings: ServiceSettings, reply_topic: str
+) -> None:
+    broker = service_settings.kafka_bootstrap
+    pid = _streams_pid(stack)
+    assert pid is not None
+    records = _records(reply_topic)
+    dlq, replies = tail(broker, DLQ), tail(broker, reply_topic)
+
+    # 1) Publish every record, as an app with a bug (or a grudge) would.
+    producer = KafkaProducer(bootstrap_servers=broker, acks="all", max_request_size=2_000_000)
+    try:
+        sends = [producer.send(REQUESTS, key=k, value=h.raw) for k, h in records.items()]
+        for send in sends:
+            send.get(timeout=60)
+    finally:
+        producer.close()
+
+    # 2) Collect one dead letter per record, and the replies to the records that name us.
+    answered = {h.correlation_id for h in records.values() if h.reply_to == reply_topic}
+    dead = collect(dlq, lambda rs: {r.key for r in rs} >= records.keys(), timeout_s=180)
+    got = collect(replies, lambda rs: len(rs) >= len(answered), timeout_s=120)
+
+    # 3) The processor is the same process, and it still answers.
+    result = client.ask("What is 2+2?", max_tokens=8, temperature=0.0)
+    pid_after = _streams_pid(stack)
+    got += collect(replies, lambda rs: False, timeout_s=1)  # anything sent twice is here now
+    dlq.close()
+    replies.close()
+
+    letters: dict[bytes, list[Record]] = defaultdict(list)
+    for record in dead:
+        if record.key in records:
+            letters[record.key].append(record)
+    by_id: dict[str | None, list[InferenceResult]] = defaultdict(list)
+    for record in got:
+        reply = InferenceResult.model_validate_json(record.value)
+        by_id[reply.correlation_id].append(reply)
+    unexpected = set(by_id) - answered
+    problems = [f"replies for records that name nobody here: {unexpected}"] if unexpected else []
+    stored = 0
+    with Client(service_settings, listen=False) as reader:
+        for key, hostile in records.items():
+            cid = hostile.correlation_id
+            if cid is not None and hostile.reply_to is None:  # unusable topic: the store only
+                by_id[cid] = _stored(reader, cid)
+                stored += len(by_id[cid])
+            problem = _check(hostile, letters[key], by_id[cid] if cid is not None else [])
+            if problem is not None:
+                problems.append(f"{_shown(hostile.raw)}: {problem}")
+    print(
+        f"\nfuzz: {len(records)} hostile records sent, "
+        f"{sum(len(rs) for rs in letters.values())} DLQ records, "
+        f"{len(got)} error replies on the reply topic and {stored} in the result store only "
+        f"({len(records) - len(answered) - stored} named nobody to answer)"
+    )
+    assert not problems, f"{len(problems)} of {len(records)} records mishandled:\n" + "\n".join(
+        problems[:10]
+    )
+    assert pid_after == pid, "the stream processor restarted"
+    assert result.status == "ok", result.error
+
+
+def _stored(reader: Client, correlation_id: str) -> list[InferenceResult]:
+    try:
+        return [reader.result(correlation_id, timeout=10, tenant=TENANT)]
+    except TimeoutError:
+        return []
+
+
+def _check(hostile: Hostile, letters: list[Record], replies: list[InferenceResult]) -> str | None:
+    """What is wrong with how one record was handled, or None."""
+    if len(letters) != 1:
+        return f"{len(letters)} DLQ records"
+    [letter] = letters
+    reason, code = header(letter, HEADER_REASON), header(letter, HEADER_ERROR_CODE)
+    if letter.value != hostile.raw:
+        return "the DLQ record is not the raw record"
+    if header(letter, HEADER_SOURCE_TOPIC) != REQUESTS or not reason or code is None:
+        return f"DLQ headers {letter.headers}"
+    if code == ErrorCode.INTERNAL_ERROR.value:
+        return f"an unexpected failure: {reason}"
+    if hostile.correlation_id is None:
+        return None
+    if len(replies) != 1:
+        return f"{len(replies)} replies"
+    error = replies[0].error
+    if (
+        replies[0].status != "error"
+        or error is None
+        or (error.code, error.message)
+        != (
+            code,
+            reason,
+        )
+    ):
+        return f"the reply {error} is not the DLQ's {code}: {reason}"
+    if hostile.blame and not any(word in reason for word in hostile.blame):
+        return f"{reason!r} names none of {hostile.blame}"
+    return None
+
+
+def _shown(raw: bytes | None) -> str:
+    """A record, short enough for a failure message."""
+    return "a tombstone" if raw is None else f"{raw[:160]!r} ({len(raw)} bytes)"
