@@ -77,13 +77,13 @@ class Worker:
             lanes or LanePolicy(), spec.max_inflight
         )
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._made_room = asyncio.Event()
         self._stopping = False
         self._fatal: BaseException | None = None
 
     def rebalance_listener(self) -> ConsumerRebalanceListener:
-        """Commit what is finished before partitions move to another worker."""
+        """Finish and commit before partitions move to another worker."""
         return _Rebalance(self)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -139,6 +139,15 @@ class Worker:
             return
         self._tracker.committed(offsets)
 
+    async def finish(self, tps: set[TopicPartition]) -> None:
+        """Let the generations of partitions that are leaving finish (within the drain bound)
+        so that their offsets commit now; otherwise the next owner would generate them again."""
+        leaving = {task for task, tp in self._tasks.items() if tp in tps}
+        if leaving:
+            log.info("finishing %d generations of revoked partitions", len(leaving))
+            await asyncio.wait(leaving, timeout=self._drain_timeout_s)
+        await self.commit(only=tps)
+
     def forget(self, tps: set[TopicPartition]) -> None:
         """Partitions revoked: their unfinished and buffered records go to their next owner."""
         self._tracker.forget(tps)
@@ -164,7 +173,7 @@ class Worker:
                 break
             lane, tp, record = picked
             task = asyncio.create_task(self._serve(tp, record), name=f"serve-{record.offset}")
-            self._tasks.add(task)
+            self._tasks[task] = tp
             task.add_done_callback(partial(self._finished, lane))
             metrics.STARTED.labels(lane.value).inc()
             self._made_room.set()
@@ -177,7 +186,7 @@ class Worker:
             metrics.LANE_IN_FLIGHT.labels(lane.value).set(self._lanes.running(lane))
 
     def _finished(self, lane: Lane, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         self._lanes.finished(lane)
         if not task.cancelled() and task.exception() is not None:
             self._fatal = self._fatal or task.exception()
@@ -319,7 +328,7 @@ class Worker:
                 len(self._tasks),
                 self._drain_timeout_s,
             )
-            _, pending = await asyncio.wait(self._tasks, timeout=self._drain_timeout_s)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self._drain_timeout_s)
             for task in pending:
                 task.cancel()
             if pending:
@@ -333,7 +342,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._worker = worker
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._worker.commit(only=set(revoked))
+        await self._worker.finish(set(revoked))
         self._worker.forget(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:

@@ -421,3 +421,24 @@ def test_an_outcome_the_broker_refused_is_sent_again_before_the_offset_commits()
     _serve(consumer, producer, FakeEngine, scenario)
     assert len(producer.completions()) == 1
     assert len(producer.metering()) == 1
+
+
+def test_generations_of_revoked_partitions_finish_and_commit_before_they_move() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(BATCH, [_work(Lane.BATCH, i) for i in range(2)])
+    lanes = LanePolicy(min_share=0.0, standard_cap=1.0, batch_cap=1.0, buffer=4)
+    engine = FakeEngine()
+    engine.gate.clear()
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: len(engine.started) == 2)
+        finishing = asyncio.create_task(worker.finish({BATCH}))
+        await asyncio.sleep(0.05)
+        assert not finishing.done(), "it waits for the generations in flight"
+        engine.gate.set()
+        await finishing
+        assert consumer.committed == {BATCH: 2}, "committed before the partition moves"
+        stop.set()
+
+    _serve(consumer, producer, lambda: engine, scenario, lanes=lanes)
+    assert len(producer.completions()) == 2
