@@ -1,4 +1,4 @@
-"""The app's client: publish requests, collect results by correlation_id."""
+"""The app's client: publish requests as one tenant, collect its results by correlation_id."""
 
 from __future__ import annotations
 
@@ -6,39 +6,60 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 from pydantic import ValidationError
 
+from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
-from schemas.request import CacheMode, ChatBody, ChatMessage, InferenceRequest
+from schemas.redact import mask_url
+from schemas.request import (
+    DEFAULT_TENANT,
+    IDENTIFIER,
+    CacheMode,
+    ChatBody,
+    ChatMessage,
+    InferenceRequest,
+)
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
-from schemas.topics import REDIS_RESULT_PREFIX, REQUESTS, RESULTS
+from schemas.topics import REQUESTS, RESULTS, result_key
 
 STORE_POLL_S = 0.5
 """How often a waiting result() looks in the result store."""
+CONNECT_TIMEOUT_S = 15.0
+"""How long a Kafka client may take to reach the cluster (and be let in) before it fails."""
+
+T = TypeVar("T", KafkaProducer, KafkaConsumer)
 
 
 class Client:
-    """Thread-safe. Replies to this client's requests are collected from the reply topic by
-    a background listener started before the first submit; any other result is read from
-    the Redis result store, so a result can be fetched by correlation_id from any process.
-    The first result per id wins; memory holds only requests not yet collected."""
+    """Thread-safe; one tenant's client (a request may name another tenant). Replies to
+    this client's requests are collected from the reply topic by a background listener
+    started before the first submit, and only when they carry the request's tenant; any
+    other result is read from the Redis result store by tenant and correlation_id, so a
+    result can be fetched from any process by its tenant, and by no other tenant. The first
+    result per id wins; memory holds only requests not yet collected."""
 
     def __init__(
         self,
         settings: ServiceSettings | None = None,
         reply_to: str = RESULTS,
         listen: bool = True,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
+        if not IDENTIFIER.fullmatch(tenant):
+            raise ValueError(f"tenant {tenant!r} is not an identifier ({IDENTIFIER.pattern})")
         self.settings = settings or ServiceSettings()
         self.reply_to = reply_to
+        self.tenant = tenant
         self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
         self._producer: KafkaProducer | None = None
-        self._pending: set[str] = set()
+        self._pending: dict[str, str] = {}
+        """correlation_id -> tenant of each request submitted and not yet collected."""
         self._results: dict[str, InferenceResult] = {}
         self._arrived = threading.Condition()
         self._closing = threading.Event()
@@ -55,7 +76,7 @@ class Client:
         prompt: str | Sequence[ChatMessage] | Sequence[dict[str, str]],
         *,
         model: str | None = None,
-        tenant: str = "default",
+        tenant: str | None = None,
         lane: Lane = Lane.STANDARD,
         cache: CacheMode = CacheMode.AUTO,
         correlation_id: str | None = None,
@@ -65,13 +86,13 @@ class Client:
         """Publish one chat request; returns its correlation_id.
 
         `prompt` is a user message or a whole chat; `body` takes the OpenAI fields
-        (max_tokens, temperature, top_p, stop, seed, ...).
+        (max_tokens, temperature, top_p, stop, seed, ...). `tenant` defaults to the client's.
         """
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         now = time.time()
         request = InferenceRequest(
             correlation_id=correlation_id or uuid.uuid4().hex,
-            tenant=tenant,
+            tenant=tenant or self.tenant,
             model=model,
             lane=lane,
             reply_to=self.reply_to,
@@ -87,7 +108,7 @@ class Client:
         producer = self._producer or self._make_producer()
         if self._listener is not None:
             with self._arrived:
-                self._pending.add(request.correlation_id)
+                self._pending[request.correlation_id] = request.tenant
         future = producer.send(
             REQUESTS,
             key=request.correlation_id.encode(),
@@ -96,9 +117,17 @@ class Client:
         future.get(timeout=30)
         return request.correlation_id
 
-    def result(self, correlation_id: str, timeout: float = 120.0) -> InferenceResult:
-        """Wait for the result of a request; raises TimeoutError when none came in time."""
+    def result(
+        self, correlation_id: str, timeout: float = 120.0, *, tenant: str | None = None
+    ) -> InferenceResult:
+        """Wait for the result of a request; raises TimeoutError when none came in time.
+
+        The store is searched under `tenant`: by default the one this client submitted the
+        id as, else the client's own.
+        """
         deadline = time.monotonic() + timeout
+        with self._arrived:
+            tenant = tenant or self._pending.get(correlation_id, self.tenant)
         while True:
             # 1) The listener's replies, waited for under the lock (woken on arrival).
             left = max(0.0, deadline - time.monotonic())
@@ -109,10 +138,10 @@ class Client:
                     )
                 found = self._results.pop(correlation_id, None)
             # 2) The result store, outside the lock and once per poll interval.
-            found = found or self._stored(correlation_id)
+            found = found or self._stored(tenant, correlation_id)
             if found is not None:
                 with self._arrived:
-                    self._pending.discard(correlation_id)
+                    self._pending.pop(correlation_id, None)
                 return found
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"no result for {correlation_id} within {timeout:.0f}s")
@@ -130,8 +159,9 @@ class Client:
         try:
             self._redis.ping()
         except redis.RedisError as exc:
+            where = mask_url(self.settings.redis_url)
             raise RuntimeError(
-                f"the result store (Redis at {self.settings.redis_url}) is unreachable: {exc}"
+                f"the result store (Redis at {where}) is unreachable: {exc}"
             ) from exc
 
     def close(self) -> None:
@@ -151,18 +181,20 @@ class Client:
         self.close()
 
     def _make_producer(self) -> KafkaProducer:
-        self._producer = KafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        self._producer = connect(
+            KafkaProducer,
+            self.settings.kafka_bootstrap,
+            self.settings.kafka_security(),
             acks="all",
             linger_ms=2,
             client_id="llmq-client",
         )
         return self._producer
 
-    def _stored(self, correlation_id: str) -> InferenceResult | None:
+    def _stored(self, tenant: str, correlation_id: str) -> InferenceResult | None:
         """The result store's copy; None when absent or Redis is unavailable."""
         try:
-            raw = self._redis.get(REDIS_RESULT_PREFIX + correlation_id)
+            raw = self._redis.get(result_key(tenant, correlation_id))
         except redis.RedisError:
             return None
         if raw is None:
@@ -170,7 +202,7 @@ class Client:
         return InferenceResult.model_validate_json(raw)
 
     def _reply_consumer(self) -> KafkaConsumer:
-        return tail(self.settings.kafka_bootstrap, self.reply_to)
+        return tail(self.settings.kafka_bootstrap, self.reply_to, self.settings.kafka_security())
 
     def _listen(self, consumer: KafkaConsumer) -> None:
         try:
@@ -187,17 +219,22 @@ class Client:
                     with self._arrived:
                         for result in arrived:
                             cid = result.correlation_id
-                            if cid in self._pending:
+                            # Another tenant's reply to an equal id is not this request's.
+                            if cid in self._pending and self._pending[cid] == result.tenant:
                                 self._results.setdefault(cid, result)
                         self._arrived.notify_all()
         finally:
             consumer.close()
 
 
-def tail(bootstrap: str, topic: str) -> KafkaConsumer:
+def tail(bootstrap: str, topic: str, security: KafkaSecurity | None = None) -> KafkaConsumer:
     """A consumer of every partition of `topic`, positioned at its end as of this call."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="llmq-tail"
+    consumer = connect(
+        KafkaConsumer,
+        bootstrap,
+        security or KafkaSecurity(),
+        enable_auto_commit=False,
+        client_id="llmq-tail",
     )
     partitions = consumer.partitions_for_topic(topic) or set()
     if not partitions:
@@ -211,3 +248,33 @@ def tail(bootstrap: str, topic: str) -> KafkaConsumer:
     for tp in tps:
         consumer.position(tp)  # resolve now, so nothing published after this call is skipped
     return consumer
+
+
+def connect(kind: type[T], bootstrap: str, security: KafkaSecurity, **config: Any) -> T:
+    """A kafka-python producer or consumer that logs in as `security` says. When it cannot
+    reach the cluster (down, or the credentials refused: kafka-python tells the two apart
+    only in its log), its half-built network client is closed (kafka-python leaves it
+    running) and the error says where and as whom."""
+    default = kind.DEFAULT_CONFIG["kafka_client"]
+    built: list[Any] = []
+
+    def tracked(**client_config: Any) -> Any:
+        built.append(default(**client_config))
+        return built[-1]
+
+    try:
+        return kind(
+            bootstrap_servers=bootstrap,
+            bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
+            kafka_client=tracked,
+            **security.client_kwargs(),
+            **config,
+        )
+    except KafkaError as exc:
+        for client in built:
+            client.close()
+        raise RuntimeError(
+            f"cannot connect to Kafka at {bootstrap} ({security.describe()}) within "
+            f"{CONNECT_TIMEOUT_S:.0f} s: is it up, and are the LLMQ_KAFKA_SECURITY_PROTOCOL and "
+            f"LLMQ_KAFKA_SASL_* settings right? ({type(exc).__name__}: {exc})"
+        ) from exc

@@ -71,7 +71,7 @@ def run(
     # The cache is per tenant and outlives a run: a tenant of its own makes the first
     # pass of every run reach the engine, so only the repeats are answered by the cache.
     tenant = f"demo-{uuid.uuid4().hex[:8]}"
-    metering = tail(settings.kafka_bootstrap, METERING)
+    metering = tail(settings.kafka_bootstrap, METERING, settings.kafka_security())
     with Client(settings) as client:
         say(
             f"\nsending {len(sample)} ShareGPT prompts at once as tenant {tenant} "

@@ -1,13 +1,16 @@
-"""Settings every llmq process shares: where Kafka and Redis are, and the model catalog."""
+"""Settings every llmq process shares: where Kafka and Redis are and how to reach them
+securely, the model catalog, and what may be logged."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.catalog import Catalog
+from schemas.kafka_security import KafkaSecurity, SaslMechanism, SecurityProtocol
 
 DEFAULT_KAFKA_PORT = 29092
 DEFAULT_REDIS_PORT = 26379
@@ -16,12 +19,34 @@ DEFAULT_REDIS_PORT = 26379
 class ServiceSettings(BaseSettings):
     """Read from `LLMQ_*` environment variables; each service extends it with its own."""
 
-    model_config = SettingsConfigDict(env_prefix="LLMQ_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="LLMQ_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
+    """Errors name the variable, never its value: it may be a password."""
 
     kafka_bootstrap: str = Field(default=f"127.0.0.1:{DEFAULT_KAFKA_PORT}", min_length=1)
     """Kafka bootstrap servers, comma-separated host:port (LLMQ_KAFKA_BOOTSTRAP)."""
-    redis_url: str = Field(default=f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0", min_length=1)
-    """Redis for the response cache and the result store (LLMQ_REDIS_URL)."""
+    kafka_security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (LLMQ_KAFKA_SECURITY_PROTOCOL)."""
+    kafka_sasl_mechanism: SaslMechanism = SaslMechanism.PLAIN
+    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (LLMQ_KAFKA_SASL_MECHANISM)."""
+    kafka_sasl_username: str | None = None
+    """LLMQ_KAFKA_SASL_USERNAME; required with SASL."""
+    kafka_sasl_password: SecretStr | None = None
+    """LLMQ_KAFKA_SASL_PASSWORD; required with SASL, never shown in a repr or a log."""
+    kafka_ssl_cafile: Path | None = None
+    """CA bundle that signed the brokers' certificates; the system's when unset
+    (LLMQ_KAFKA_SSL_CAFILE)."""
+    kafka_ssl_certfile: Path | None = None
+    """Client certificate, PEM, for brokers that require one (LLMQ_KAFKA_SSL_CERTFILE)."""
+    kafka_ssl_keyfile: Path | None = None
+    """The client certificate's private key, PEM (LLMQ_KAFKA_SSL_KEYFILE)."""
+    redis_url: str = Field(
+        default=f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0", min_length=1, repr=False
+    )
+    """Redis for the caches and the result store (LLMQ_REDIS_URL): a password and TLS go in
+    the URL (`rediss://user:password@host:6380/0?ssl_ca_certs=/path/ca.pem`), which is why it
+    is left out of the repr; show it with schemas.redact.mask_url."""
     models_file: Path | None = None
     """A TOML model catalog (LLMQ_MODELS_FILE); the built-in SmolLM2 catalog when unset."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
@@ -30,6 +55,26 @@ class ServiceSettings(BaseSettings):
     """Address /metrics binds to; 0.0.0.0 in a container (LLMQ_METRICS_HOST)."""
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     """LLMQ_LOG_LEVEL."""
+    log_content: bool = False
+    """Log prompts and answers (at DEBUG, through the `llmq.content` logger); otherwise no
+    log line carries them (LLMQ_LOG_CONTENT)."""
+
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Self:
+        self.kafka_security()  # raises ValueError, naming what is missing
+        return self
+
+    def kafka_security(self) -> KafkaSecurity:
+        """How Kafka clients authenticate and encrypt: pass `client_kwargs()` to any client."""
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_sasl_username,
+            password=self.kafka_sasl_password,
+            cafile=self.kafka_ssl_cafile,
+            certfile=self.kafka_ssl_certfile,
+            keyfile=self.kafka_ssl_keyfile,
+        )
 
     def catalog(self) -> Catalog:
         """The model catalog these settings point to."""

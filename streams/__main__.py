@@ -7,6 +7,7 @@ import logging
 from faust.worker import Worker
 from prometheus_client import start_http_server
 
+from schemas.redact import log_content
 from schemas.tenants import TenantPolicy
 from streams.app import build
 from streams.settings import StreamSettings
@@ -21,6 +22,7 @@ def main() -> None:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
     app = build(settings)
     logging.getLogger("streams").setLevel(settings.log_level)
+    log_content(settings.log_content)
     Worker(app, loglevel=settings.log_level).execute_from_commandline()
 
 

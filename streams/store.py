@@ -1,4 +1,5 @@
-"""Redis-backed state of the stream processor: the exact response cache and the result store."""
+"""Redis-backed state of the stream processor: the exact response cache and the result store,
+both per tenant (the fingerprint covers the tenant; results are keyed by it)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from schemas.request import DEFAULT_TENANT
 from schemas.result import ChatCompletion, InferenceResult
-from schemas.topics import REDIS_CACHE_PREFIX, REDIS_RESULT_PREFIX
+from schemas.topics import REDIS_CACHE_PREFIX, result_key
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,14 @@ class RedisStore:
             log.warning("response cache unavailable, answer not cached: %s", exc)
 
     async def keep_result(self, result: InferenceResult) -> None:
-        """Store a result by correlation_id; the first one stored wins (idempotent replies)."""
+        """Store a result by tenant and correlation_id; the first one stored wins (idempotent
+        replies). A rejection whose tenant could not be read is kept as the default tenant's,
+        the tenant of a request that names none."""
         if result.correlation_id is None:
             return
         try:
             await self._redis.set(
-                REDIS_RESULT_PREFIX + result.correlation_id,
+                result_key(result.tenant or DEFAULT_TENANT, result.correlation_id),
                 result.model_dump_json(),
                 ex=self._result_ttl_s,
                 nx=True,

@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaConnectionError
 from prometheus_client import start_http_server
 
 from schemas.catalog import ModelSpec
+from schemas.redact import log_content
 from schemas.retry import RetryPolicy
 from schemas.topics import work_topics
 from workers import metrics
@@ -47,22 +48,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     engine = make_engine()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id=settings.worker_id,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-    )
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"llmq.workers.{spec.name}",
-        client_id=settings.worker_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=1_000,
-    )
+    producer, consumer = kafka_clients(settings, spec)
     worker = Worker(
         spec,
         engine,
@@ -92,12 +78,39 @@ async def serve(
     log.info("worker %s stopped", settings.worker_id)
 
 
+def kafka_clients(
+    settings: WorkerSettings, spec: ModelSpec
+) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
+    """The worker's producer and consumer (not started yet), secured as the settings say."""
+    security = settings.kafka_security()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=settings.worker_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        **security.client_kwargs(),
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"llmq.workers.{spec.name}",
+        client_id=settings.worker_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+        **security.client_kwargs(),
+    )
+    return producer, consumer
+
+
 def main() -> int:
     """Validate settings and the model before anything starts; exit non-zero with a reason."""
     settings = WorkerSettings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    log_content(settings.log_content)
     catalog = settings.catalog()
     name = settings.model or catalog.default
     spec = catalog.get(name)
@@ -114,7 +127,8 @@ def main() -> int:
     try:
         asyncio.run(serve(settings, spec, make_engine))
     except KafkaConnectionError as exc:
-        log.error("cannot reach Kafka at %s: %s", settings.kafka_bootstrap, exc)
+        where = f"{settings.kafka_bootstrap} ({settings.kafka_security().describe()})"
+        log.error("cannot reach Kafka at %s: %s", where, exc)
         return 1
     return 0
 

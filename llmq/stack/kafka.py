@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from kafka import KafkaAdminClient
@@ -70,20 +72,48 @@ def fetch_libs(cache_dir: Path) -> Path:
     return libs
 
 
-def write_config(data_dir: Path, port: int, controller_port: int) -> Path:
-    """A single-node KRaft config (broker and controller in one process, loopback only)."""
+@dataclass(frozen=True)
+class SaslListener:
+    """A second client listener, SASL_PLAINTEXT with mechanism PLAIN, for these users."""
+
+    port: int
+    users: Mapping[str, str]
+    """username -> password."""
+
+    def properties(self) -> list[str]:
+        """The broker properties that add this listener (JAAS users inline)."""
+        users = " ".join(f'user_{name}="{password}"' for name, password in self.users.items())
+        return [
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};",
+        ]
+
+
+def write_config(
+    data_dir: Path, port: int, controller_port: int, sasl: SaslListener | None = None
+) -> Path:
+    """A single-node KRaft config (broker and controller in one process, loopback only),
+    optionally with a SASL listener beside the plaintext one."""
     data_dir.mkdir(parents=True, exist_ok=True)
     props = data_dir.parent / "server.properties"
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}"]
+    if sasl is not None:
+        listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{sasl.port}")
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" + (
+        ",SASL_PLAINTEXT:SASL_PLAINTEXT" if sasl is not None else ""
+    )
     props.write_text(
         "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners={','.join(listeners)}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"listener.security.protocol.map={protocols}",
+                *(sasl.properties() if sasl is not None else []),
                 f"log.dirs={data_dir}",
                 "num.partitions=4",
                 "offsets.topic.replication.factor=1",

@@ -116,7 +116,8 @@ class LlmqWay:
         if self._client is None:
             raise RuntimeError("LlmqWay.run outside its `with` block")
         tenant = f"bench-{uuid.uuid4().hex[:8]}"
-        metering = tail(self._client.settings.kafka_bootstrap, METERING)
+        service = self._client.settings
+        metering = tail(service.kafka_bootstrap, METERING, service.kafka_security())
         with ThreadPoolExecutor(max(1, len(workload)), thread_name_prefix="llmq-bench") as pool:
             answer = partial(_answer, self._client, pool, tenant)
             samples, wall_s = asyncio.run(drive(workload, answer, answered))
