@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ from pydantic import ValidationError
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
+from schemas.redact import MAX_NAME_CHARS, describe
 from schemas.request import IDENTIFIER, REPLY_TOPIC, ChatMessage, InferenceRequest
 from schemas.topics import RESULTS
 from schemas.work import WorkItem
@@ -21,8 +21,6 @@ from streams.router import plan
 MAX_RECORD_BYTES = 450_000
 """The largest request record admitted: its work item, which may also carry the prompt as the
 app sent it (before compression), must fit in Kafka's default 1 MB message."""
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
-_KEY_SHOWN = 40
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ def parse(raw: bytes | None) -> InferenceRequest:
     try:
         return InferenceRequest.model_validate(data)
     except ValidationError as exc:
-        raise LlmqError(ErrorCode.INVALID_REQUEST, _describe(exc)) from None
+        raise LlmqError(ErrorCode.INVALID_REQUEST, describe(exc)) from None
 
 
 def route(
@@ -123,7 +121,7 @@ def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
             key.encode()
         except UnicodeEncodeError:
             raise ValueError(
-                f"field name {key[:_KEY_SHOWN]!a} is not Unicode text (a lone surrogate)"
+                f"field name {key[:MAX_NAME_CHARS]!a} is not Unicode text (a lone surrogate)"
             ) from None
     return dict(pairs)
 
@@ -135,23 +133,6 @@ def _integer(digits: str) -> int | float:
         return int(digits)
     except ValueError:
         return -math.inf if digits.startswith("-") else math.inf
-
-
-def _describe(exc: ValidationError) -> str:
-    """Pydantic's errors as one line a person can act on: `field.path: problem; ...`."""
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(_field(p) for p in err["loc"]) or "request"
-        parts.append(f"{where}: {err['msg']}")
-    more = exc.error_count() - len(parts)
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
-def _field(part: int | str) -> str:
-    """One step of an error's path; an unknown key (any string an app sent) is escaped and
-    cut short, so a hostile one cannot bloat or garble the reply, the DLQ header or the log."""
-    text = str(part)
-    return text if _PLAIN_KEY.fullmatch(text) else ascii(text[:_KEY_SHOWN])
 
 
 def salvage(error: LlmqError, raw: bytes | None) -> Rejection:

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.redact import describe
 from schemas.result import ErrorInfo
 from schemas.retry import RetryPolicy
 from schemas.topics import COMPLETIONS
@@ -53,7 +54,7 @@ class Complete:
         try:
             completion = Completion.model_validate_json(value or b"")
         except ValidationError as exc:
-            error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable completion: {exc}")
+            error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable completion: {describe(exc)}")
             await self._outbox.dead_letter(COMPLETIONS, key, value, error)
             return
         work = completion.work

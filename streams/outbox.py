@@ -10,6 +10,7 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, LlmqError
+from schemas.redact import content_log, explain
 from schemas.result import ChatCompletion, InferenceResult
 from schemas.topics import (
     DLQ,
@@ -74,8 +75,14 @@ class Outbox:
         try:
             await handle()
         except Exception as exc:
-            log.exception("failed on a record of %s; dead-lettering it", source)
-            error = LlmqError(ErrorCode.INTERNAL_ERROR, f"the stream processor failed: {exc!r}")
+            reason = explain(exc)
+            log.error(
+                "failed on a record of %s; dead-lettering it: %s",
+                source,
+                reason,
+                exc_info=not isinstance(exc, ValidationError),  # its traceback quotes inputs
+            )
+            error = LlmqError(ErrorCode.INTERNAL_ERROR, f"the stream processor failed: {reason}")
             await self.reject(source, key, value, requester(error, value))
 
     async def work(self, item: WorkItem) -> None:
@@ -89,6 +96,13 @@ class Outbox:
     async def reply(self, topic: str | None, result: InferenceResult) -> None:
         """Store the result, then publish it when there is a topic; both are idempotent."""
         await self.store.keep_result(result)
+        content_log.debug(
+            "answered %s/%s (%s): %r",
+            result.tenant,
+            result.correlation_id,
+            result.cache.value,
+            result.text,
+        )
         if topic is None:
             return
         key = result.correlation_id.encode() if result.correlation_id else None

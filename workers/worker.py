@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
+from schemas.redact import describe
 from schemas.topics import (
     COMPLETIONS,
     DLQ,
@@ -197,7 +198,7 @@ class Worker:
         try:
             work = WorkItem.model_validate_json(record.value or b"")
         except ValidationError as exc:
-            await self._dead_letter(record, f"unreadable work item: {exc.errors()[:3]}")
+            await self._dead_letter(record, f"unreadable work item: {describe(exc)}")
             self._tracker.done(tp, record.offset)
             return
         request_id = (
