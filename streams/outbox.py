@@ -37,7 +37,7 @@ class Store(Protocol):
 
     async def cache(self, fingerprint: str, response: ChatCompletion) -> None: ...
 
-    async def keep_result(self, result: InferenceResult) -> None: ...
+    async def keep_result(self, result: InferenceResult) -> InferenceResult: ...
 
 
 class Send(Protocol):
@@ -94,8 +94,9 @@ class Outbox:
         )
 
     async def reply(self, topic: str | None, result: InferenceResult) -> None:
-        """Store the result, then publish it when there is a topic; both are idempotent."""
-        await self.store.keep_result(result)
+        """Store the result, then publish it when there is a topic. Both are idempotent: a
+        request answered before (a redelivery) is answered with its first result again."""
+        result = await self.store.keep_result(result)
         content_log.debug(
             "answered %s/%s (%s): %r",
             result.tenant,

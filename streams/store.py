@@ -48,18 +48,30 @@ class RedisStore:
         except RedisError as exc:
             log.warning("response cache unavailable, answer not cached: %s", exc)
 
-    async def keep_result(self, result: InferenceResult) -> None:
-        """Store a result by tenant and correlation_id; the first one stored wins (idempotent
-        replies). A rejection whose tenant could not be read is kept as the default tenant's,
-        the tenant of a request that names none."""
+    async def keep_result(self, result: InferenceResult) -> InferenceResult:
+        """Store a result by tenant and correlation_id unless one is stored already, and
+        return the one to publish: the first. A request served twice (a redelivery after a
+        crash) is so answered twice with the very same reply. A rejection whose tenant could
+        not be read is kept as the default tenant's, the tenant of a request that names none."""
         if result.correlation_id is None:
-            return
+            return result
         try:
-            await self._redis.set(
+            first = await self._redis.set(
                 result_key(result.tenant or DEFAULT_TENANT, result.correlation_id),
                 result.model_dump_json(),
                 ex=self._result_ttl_s,
                 nx=True,
+                get=True,
             )
         except RedisError as exc:
             log.warning("result store unavailable; result only on the reply topic: %s", exc)
+            return result
+        if not isinstance(first, bytes):  # None: this one is the first (GET is typed bool)
+            return result
+        try:
+            return InferenceResult.model_validate_json(first)
+        except ValidationError:
+            log.warning(
+                "an unreadable stored result for %s; publishing the new one", result.correlation_id
+            )
+            return result

@@ -24,9 +24,11 @@ from llmq.stack.ports import free_block
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
+from schemas.result import InferenceResult
 from schemas.tenants import TenantLimits, period_end
 from streams.budget import KEEP_AFTER_PERIOD_S, Budgets
 from streams.ratelimit import BUCKET_TTL_S, CHECK_TIMEOUT_S, RateLimiter
+from streams.store import RedisStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -408,3 +410,16 @@ def test_monthly_budgets_sum_the_days_and_old_or_free_events_are_skipped(port: i
                 await budgets.check("acme", limits, now=today)
 
     _run(port, body)
+
+
+def test_the_result_store_keeps_the_first_result_and_hands_it_back(port: int) -> None:
+    first = InferenceResult(correlation_id="c-1", tenant="acme", status="error")
+    second = InferenceResult(correlation_id="c-1", tenant="acme", status="ok")
+    other = InferenceResult(correlation_id="c-1", tenant="zeta", status="ok")
+
+    async def body(client: aioredis.Redis[bytes]) -> list[InferenceResult]:
+        store = RedisStore(client, cache_ttl_s=60, result_ttl_s=60)
+        return [await store.keep_result(r) for r in (first, second, other)]
+
+    kept = _run(port, body)
+    assert [r.status for r in kept] == ["error", "error", "ok"], "first per tenant and id"

@@ -45,9 +45,10 @@ class FakeStore:
     async def cache(self, fingerprint: str, response: ChatCompletion) -> None:
         self.answers[fingerprint] = response
 
-    async def keep_result(self, result: InferenceResult) -> None:
-        if result.correlation_id is not None:
-            self.results.setdefault(result.correlation_id, result)
+    async def keep_result(self, result: InferenceResult) -> InferenceResult:
+        if result.correlation_id is None:
+            return result
+        return self.results.setdefault(result.correlation_id, result)
 
 
 class Sent(NamedTuple):

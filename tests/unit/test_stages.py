@@ -199,6 +199,8 @@ def test_duplicate_completion_keeps_the_first_result(harness: Pipeline) -> None:
     harness.on_completion(completion(work, "first"))
     harness.on_completion(completion(work, "second"))
     assert harness.store.results["req-1"].text == "first"
+    replies = [result_of(s) for s in harness.send.sent]
+    assert [r.text for r in replies] == ["first", "first"], "a redelivery repeats the first"
     assert len(harness.send.sent) == 2
 
 
