@@ -3,7 +3,7 @@ VENV ?= $(HOME)/.cache/llmq/venv
 export PATH := $(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: all install demo bench test lint mypy unit integration up down status
+.PHONY: all install demo bench faults test lint mypy unit integration up down status
 
 all: lint mypy test
 
@@ -15,6 +15,9 @@ demo: install
 
 bench: install
 	llmq bench
+
+faults: install
+	llmq faults
 
 test: install lint mypy
 	pytest $(PYTEST_ARGS)

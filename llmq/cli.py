@@ -1,5 +1,5 @@
 """The `llmq` command: the local stack, submitting requests, reading results, the demo,
-the benchmark (llmq/bench/command.py)."""
+the benchmark (llmq/bench/command.py), the fault tests (llmq/faults/command.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from kafka.errors import KafkaError
 from llmq import demo
 from llmq.bench import command
 from llmq.client import Client
+from llmq.faults import command as faults
 from llmq.settings import LocalSettings
 from llmq.stack.stack import LocalStack, StackError
 from schemas.lanes import Lane
+from schemas.request import DEFAULT_TENANT
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
 
@@ -61,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--model", help="a catalog model (default: the catalog's default)")
     submit.add_argument("--max-tokens", type=int, default=128)
     submit.add_argument("--temperature", type=float, default=0.0)
-    submit.add_argument("--tenant", default="default")
+    submit.add_argument("--tenant", default=DEFAULT_TENANT)
     submit.add_argument("--lane", choices=[lane.value for lane in Lane], default="standard")
     submit.add_argument("--wait", action="store_true", help="also wait for and print the answer")
     submit.add_argument("--timeout", type=float, default=120.0)
@@ -70,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
     result = sub.add_parser("result", help="print the result of a request by its correlation id")
     result.add_argument("correlation_id")
+    result.add_argument("--tenant", default=DEFAULT_TENANT, help="the request's tenant")
     result.add_argument("--timeout", type=float, default=30.0)
     result.add_argument("--json", action="store_true", help="print the whole result as JSON")
     result.set_defaults(func=_result)
@@ -82,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_demo)
 
     command.register(sub)
+    faults.register(sub)
     return parser
 
 
@@ -119,11 +123,10 @@ def _local(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    with Client(_client_settings(), listen=args.wait) as client:
+    with Client(_client_settings(), listen=args.wait, tenant=args.tenant) as client:
         cid = client.submit(
             args.text,
             model=args.model,
-            tenant=args.tenant,
             lane=Lane(args.lane),
             max_tokens=args.max_tokens,
             temperature=args.temperature,
@@ -135,7 +138,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _result(args: argparse.Namespace) -> int:
-    with Client(_client_settings(), listen=False) as client:
+    with Client(_client_settings(), listen=False, tenant=args.tenant) as client:
         client.ping_store()
         return _print(client.result(args.correlation_id, timeout=args.timeout), args.json)
 

@@ -126,16 +126,16 @@ def _with_bar(name: str, total: int, run: _Run) -> WayResult:
         return run(answered=bar.update)
 
 
-def replace_section(text: str, section: str) -> str:
-    """`text` with the generated section (between BEGIN and END) replaced by `section`;
-    appended when `text` has none. Everything outside the markers is kept."""
-    block = f"{BEGIN}\n{section.strip()}\n{END}\n"
-    start, end = text.find(BEGIN), text.find(END)
-    if start == -1 and end == -1:
+def replace_section(text: str, section: str, begin: str = BEGIN, end: str = END) -> str:
+    """`text` with the generated section (between the `begin` and `end` markers) replaced by
+    `section`; appended when `text` has none. Everything outside the markers is kept."""
+    block = f"{begin}\n{section.strip()}\n{end}\n"
+    first, last = text.find(begin), text.find(end)
+    if first == -1 and last == -1:
         return f"{text.rstrip()}\n\n{block}"
-    if start == -1 or end < start:
-        raise ValueError(f"the markers {BEGIN!r} and {END!r} are not a pair; fix them by hand")
-    return text[:start] + block + text[end + len(END) :].lstrip("\n")
+    if first == -1 or last < first:
+        raise ValueError(f"the markers {begin!r} and {end!r} are not a pair; fix them by hand")
+    return text[:first] + block + text[last + len(end) :].lstrip("\n")
 
 
 def machine(cpuinfo: Path = Path("/proc/cpuinfo"), meminfo: Path = Path("/proc/meminfo")) -> str:

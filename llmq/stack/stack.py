@@ -16,7 +16,7 @@ import redis
 from llmq.settings import LocalSettings
 from llmq.stack import kafka
 from llmq.stack.procs import Proc
-from schemas.catalog import Catalog
+from schemas.catalog import Catalog, ModelSpec
 from workers.checkpoint import resolve_model_source
 
 PORT_GRACE_S = 15.0
@@ -120,28 +120,31 @@ class LocalStack:
             ),
         ]
         for i, spec in enumerate(self.catalog.models, start=1):
-            port = s.metrics_base_port + i
-            comps.append(
-                Component(
-                    Proc(
-                        f"worker-{spec.name}",
-                        [python, "-m", "workers"],
-                        self._run,
-                        stop_timeout_s=60,
-                        env={
-                            **env,
-                            "LLMQ_METRICS_PORT": str(port),
-                            "LLMQ_MODEL": spec.name,
-                            "LLMQ_WORKER_ID": f"local-{spec.name}",
-                        },
-                    ),
-                    ready=partial(_metric_is_one, port, "llmq_worker_ready"),
-                    endpoint=f"http://127.0.0.1:{port}/metrics",
-                    ports=(port,),
-                    timeout_s=s.worker_start_timeout_s,
-                )
-            )
+            comps.append(self.worker(spec, s.metrics_base_port + i))
         return comps
+
+    def worker(self, spec: ModelSpec, port: int, replica: int = 1) -> Component:
+        """A worker of `spec` with its /metrics on `port`. Replica 1 is the stack's own;
+        another (a scale-out) has its own name, pid file, log and worker id."""
+        suffix = "" if replica == 1 else f"-{replica}"
+        return Component(
+            Proc(
+                f"worker-{spec.name}{suffix}",
+                [sys.executable, "-m", "workers"],
+                self._run,
+                stop_timeout_s=60,
+                env={
+                    **self.settings.service_env(),
+                    "LLMQ_METRICS_PORT": str(port),
+                    "LLMQ_MODEL": spec.name,
+                    "LLMQ_WORKER_ID": f"local-{spec.name}{suffix}",
+                },
+            ),
+            ready=partial(_metric_is_one, port, "llmq_worker_ready"),
+            endpoint=f"http://127.0.0.1:{port}/metrics",
+            ports=(port,),
+            timeout_s=self.settings.worker_start_timeout_s,
+        )
 
     def prepare(self, say: Callable[[str], None] = print) -> None:
         """Fetch the broker jars and prepare every model's checkpoint (slow only once)."""
@@ -161,15 +164,19 @@ class LocalStack:
         kafka.format_storage(libs, props, self._kafka_data)
         (s.state_dir / "redis").mkdir(parents=True, exist_ok=True)
         for comp in self.components():
-            proc = comp.proc
-            if proc.pid() is None:
-                _check_free(proc.name, comp.ports)
-                say(f"starting {proc.name} (log: {proc.log_file})")
-                proc.start()
-            self._wait(proc, comp.ready, comp.timeout_s, say)
-            if proc.name == "kafka":
+            self.start(comp, say)
+            if comp.proc.name == "kafka":
                 kafka.ensure_topics(s.kafka_bootstrap, kafka.topic_plan(self.catalog, s.partitions))
-            say(f"{proc.name} ready at {comp.endpoint}")
+            say(f"{comp.proc.name} ready at {comp.endpoint}")
+
+    def start(self, comp: Component, say: Callable[[str], None] = print) -> None:
+        """Start one component unless it runs, and wait until it is ready."""
+        proc = comp.proc
+        if proc.pid() is None:
+            _check_free(proc.name, comp.ports)
+            say(f"starting {proc.name} (log: {proc.log_file})")
+            proc.start()
+        self._wait(proc, comp.ready, comp.timeout_s, say)
 
     def down(self, say: Callable[[str], None] = print) -> None:
         """Stop everything, last started first, each gracefully (SIGTERM, then SIGKILL)."""

@@ -1,0 +1,47 @@
+"""`llmq faults` for real, small: every fault scenario on a stack of its own (free ports, a
+temporary state dir; the session's stack is not touched), nothing accepted is lost, no
+duplicate contradicts the first answer, and the report goes where it was told."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from llmq.faults.scenarios import SCENARIOS
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_fault_scenario_loses_nothing(llmq_bin: Path, tmp_path: Path) -> None:
+    report, out = tmp_path / "RELIABILITY.md", tmp_path / "out"
+    command = [
+        *(str(llmq_bin), "faults", "--scale", "0.5", "--no-readme"),
+        *("--report", str(report), "--out", str(out)),
+    ]
+    # The console script of this venv, importing this checkout.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=840, check=False, env=env, cwd=tmp_path
+    )
+    said = done.stdout[-4000:] + done.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    outcomes = {o["scenario"]: o for o in doc["outcomes"]}
+    assert list(outcomes) == list(SCENARIOS), said
+    for name, outcome in outcomes.items():
+        tally = outcome["tally"]
+        assert tally is not None, (name, outcome["findings"])
+        assert tally["accepted"] > 0, name
+        assert tally["lost"] == 0, (name, tally["lost_ids"], outcome["findings"])
+        assert tally["conflicting"] == 0, (name, outcome["findings"])
+    assert outcomes["poison"]["tally"]["errors"] == {"invalid_request": 1, "unknown_model": 1}
+    assert done.returncode == 0, said
+    text = report.read_text(encoding="utf-8")
+    assert "llmq faults --scale 0.5" in text
+    assert all(outcome["fault"] in text for outcome in outcomes.values())
+    assert not (tmp_path / "README.md").exists()

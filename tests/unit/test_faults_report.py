@@ -1,0 +1,123 @@
+"""The fault run's table, report, JSON and README section, from hand-made outcomes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmq.faults.outcome import Outcome
+from llmq.faults.report import (
+    BEGIN,
+    END,
+    README_HEADING,
+    report,
+    section,
+    table,
+    update_readme,
+    write_json,
+)
+from llmq.faults.tally import Tally
+
+META: dict[str, object] = {
+    "command": "llmq faults --scale 1",
+    "machine": "2 cores, 23.5 GiB RAM, Test CPU (Linux x86_64)",
+    "date": "2026-11-21 12:00 UTC",
+}
+CLEAN = Outcome(
+    "worker-kill",
+    "kill -9 of the worker mid-batch, restarted",
+    Tally(
+        sent=40,
+        accepted=40,
+        replies=40,
+        lost=0,
+        duplicates=2,
+        conflicting=0,
+        recovery_s=31.24,
+        generations=42,
+        regenerated=2,
+    ),
+    notes=["9 in flight at the kill"],
+)
+LOSSY = Outcome(
+    "kafka-stop",
+    "Kafka broker stopped for 12 s under load",
+    Tally(
+        sent=30,
+        accepted=28,
+        replies=27,
+        lost=1,
+        duplicates=0,
+        conflicting=1,
+        errors={"internal_error": 2},
+        lost_ids=("kafka-1",),
+    ),
+    notes=["a | b"],
+    findings=["streams died; its log ends: x"],
+)
+BROKEN = Outcome("poison", "poison records", findings=["the scenario failed: boom"])
+
+
+def test_failed_means_lost_conflicting_or_no_tally() -> None:
+    assert [o.failed for o in (CLEAN, LOSSY, BROKEN)] == [False, True, True]
+
+
+def test_the_table_has_a_row_per_scenario_with_its_counts() -> None:
+    rows = table([CLEAN, LOSSY, BROKEN]).splitlines()
+    assert len(rows) == 5
+    assert rows[2].startswith(
+        "| kill -9 of the worker mid-batch, restarted | 40 | 40 | 40 | 0 | 2 "
+    )
+    assert "| 0 | 42 | 0 | 31.2 | 9 in flight at the kill; 2 generated twice |" in rows[2]
+    assert "| internal_error 2 | - |" in rows[3]
+    assert "a \\| b; **finding**: streams died" in rows[3]  # a pipe cannot break the table
+    assert rows[4].startswith("| poison records | - | - |")
+    assert all(row.count(" | ") == rows[0].count(" | ") for row in rows[2:4])
+
+
+def test_the_report_says_how_it_was_measured_and_defines_its_columns() -> None:
+    text = report([CLEAN], META)
+    assert "with `llmq faults --scale 1`" in text and "2026-11-21 12:00 UTC" in text
+    assert table([CLEAN]) in text
+    for word in ("accepted", "lost", "duplicates", "conflicting", "recovery s"):
+        assert f"- **{word}**" in text
+
+
+def test_the_readme_section_lists_findings_and_points_to_the_report() -> None:
+    text = section([CLEAN, LOSSY], META, "RELIABILITY.md")
+    assert "[RELIABILITY.md](RELIABILITY.md)" in text
+    assert table([CLEAN, LOSSY], notes=False).strip() in text
+    assert "- kafka-stop: streams died; its log ends: x" in text
+
+
+def test_the_readme_section_is_replaced_between_its_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Reliability\n\n{BEGIN}\nold\n{END}\n\n## Next\n")
+    update_readme(readme, "new table\n")
+    assert readme.read_text() == f"# x\n\n## Reliability\n\n{BEGIN}\nnew table\n{END}\n## Next\n"
+
+
+def test_a_readme_without_markers_gets_a_reliability_section_at_the_end(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\ntext\n")
+    update_readme(readme, "table\n")
+    assert readme.read_text() == f"# x\n\ntext\n\n{README_HEADING}\n\n{BEGIN}\ntable\n{END}\n"
+
+
+def test_unpaired_markers_are_left_for_a_person(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{END}\n{BEGIN}\n")
+    with pytest.raises(ValueError, match="not a pair"):
+        update_readme(readme, "table\n")
+
+
+def test_the_json_holds_every_outcome(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "results.json"
+    write_json([CLEAN, LOSSY, BROKEN], META, path)
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert doc["meta"] == META
+    assert [o["scenario"] for o in doc["outcomes"]] == ["worker-kill", "kafka-stop", "poison"]
+    assert doc["outcomes"][1]["tally"]["lost_ids"] == ["kafka-1"]
+    assert doc["outcomes"][2]["tally"] is None
