@@ -15,7 +15,15 @@ from llmq.stack.stack import LocalStack
 from schemas.errors import ErrorCode
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
-from schemas.topics import DLQ, HEADER_ERROR_CODE, HEADER_REASON, HEADER_SOURCE_TOPIC, REQUESTS
+from schemas.topics import (
+    DLQ,
+    HEADER_ERROR_CODE,
+    HEADER_ORIGINAL_BYTES,
+    HEADER_REASON,
+    HEADER_SOURCE_TOPIC,
+    REQUESTS,
+)
+from streams.admit import MAX_RECORD_BYTES
 from tests.hostile import CID, TENANT, Hostile, examples, hostile_records, padded, with_field
 from tests.integration.helpers import Record, collect, header
 
@@ -117,8 +125,11 @@ def _check(hostile: Hostile, letters: list[Record], replies: list[InferenceResul
         return f"{len(letters)} DLQ records"
     [letter] = letters
     reason, code = header(letter, HEADER_REASON), header(letter, HEADER_ERROR_CODE)
-    if letter.value != hostile.raw:
-        return "the DLQ record is not the raw record"
+    raw = hostile.raw or b""  # a tombstone is dead-lettered as an empty value
+    if (letter.value or b"") != raw[:MAX_RECORD_BYTES]:
+        return "the DLQ record is not the raw record (cut to the admission limit)"
+    if len(raw) > MAX_RECORD_BYTES and header(letter, HEADER_ORIGINAL_BYTES) != str(len(raw)):
+        return "a cut DLQ record does not say its original length"
     if header(letter, HEADER_SOURCE_TOPIC) != REQUESTS or not reason or code is None:
         return f"DLQ headers {letter.headers}"
     if code == ErrorCode.INTERNAL_ERROR.value:
