@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 
 import pytest
 from kafka import KafkaProducer
@@ -41,9 +42,10 @@ def _streams_pid(stack: LocalStack) -> int | None:
 def _records(reply_to: str) -> dict[bytes, Hostile]:
     """The hostile records by Kafka key, each with a correlation id of its own."""
     drawn = examples(hostile_records(reply_to), DRAWN)
+    too_big = ("bytes",)  # over the admission limit: that is what the reason must name
     drawn += [
-        padded(with_field(reply_to, "body.max_tokens", 0), BIG_BYTES),
-        padded(with_field(reply_to, "correlation_id", None), BIG_BYTES),
+        replace(padded(with_field(reply_to, "body.max_tokens", 0), BIG_BYTES), blame=too_big),
+        replace(padded(with_field(reply_to, "correlation_id", None), BIG_BYTES), blame=too_big),
     ]
     tag = uuid.uuid4().hex[: len(CID) - 8]
     return {f"fuzz-{tag}-{i}".encode(): h.renamed(f"{tag}{i:08d}") for i, h in enumerate(drawn)}
