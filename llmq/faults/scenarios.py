@@ -18,6 +18,7 @@ from llmq.faults.load import Load
 from llmq.faults.outcome import Outcome
 from llmq.faults.probe import Backlog, Peaks, log_lines, metric, rss_bytes
 from llmq.faults.rig import Rig, kill9, wait_until
+from llmq.stack.stack import Component
 from schemas.lanes import Lane
 from schemas.request import InferenceRequest
 from schemas.topics import (
@@ -71,14 +72,21 @@ def worker_kill(rig: Rig, out: Outcome) -> None:
         busy = rig.in_flight(worker)
         pid = worker.proc.pid()
         rig.say(f"killing {worker.proc.name} pid {pid} with {busy:.0f} in flight (kill -9)")
-        fault_at = time.monotonic()
-        kill9(worker)
-        rig.heal()
-        back_s = time.monotonic() - fault_at
-        rig.say(f"worker ready again {back_s:.0f} s after the kill")
-        time.sleep(AFTER_S)
+        fault_at, back_s = _kill_and_heal(rig, worker, "worker")
         out.tally = load.finish(fault_at, DRAIN_S)
     out.notes += [f"{busy:.0f} in flight at the kill", f"worker ready again after {back_s:.0f} s"]
+
+
+def _kill_and_heal(rig: Rig, component: Component, what: str) -> tuple[float, float]:
+    """kill -9 `component`, restart it, let the load run on; returns when the fault came
+    (monotonic) and how long the restart took."""
+    fault_at = time.monotonic()
+    kill9(component)
+    rig.heal()
+    back_s = time.monotonic() - fault_at
+    rig.say(f"{what} ready again {back_s:.0f} s after the kill")
+    time.sleep(AFTER_S)
+    return fault_at, back_s
 
 
 def streams_kill(rig: Rig, out: Outcome) -> None:
@@ -101,12 +109,7 @@ def streams_kill(rig: Rig, out: Outcome) -> None:
         leader_done = load.first_reply(ids[0]) is not None
         pid = streams.proc.pid()
         rig.say(f"killing streams pid {pid} with {waiting:.0f} followers waiting (kill -9)")
-        fault_at = time.monotonic()
-        kill9(streams)
-        rig.heal()
-        back_s = time.monotonic() - fault_at
-        rig.say(f"streams ready again {back_s:.0f} s after the kill")
-        time.sleep(AFTER_S)
+        fault_at, back_s = _kill_and_heal(rig, streams, "streams")
         out.tally = load.finish(fault_at, DRAIN_S)
         firsts = [r for r in map(load.first_reply, ids) if r is not None]
     out.notes += [
