@@ -31,6 +31,8 @@ from schemas.topics import (
 log = logging.getLogger(__name__)
 
 DEPLOY_KAFKA = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
+JARS_LOCK = DEPLOY_KAFKA / "jars.sha256"
+"""The checksum of every broker jar (made by `make lock`)."""
 
 
 def libs_dir(cache_dir: Path) -> Path:
@@ -42,7 +44,7 @@ def libs_dir(cache_dir: Path) -> Path:
 
 
 def fetch_libs(cache_dir: Path) -> Path:
-    """The broker's jars, fetched once with Maven."""
+    """The broker's jars, fetched once with Maven and checked against deploy/kafka/jars.sha256."""
     libs = libs_dir(cache_dir)
     if (libs / ".complete").is_file():
         return libs
@@ -65,11 +67,31 @@ def fetch_libs(cache_dir: Path) -> Path:
             f"-DoutputDirectory={tmp}",
         ],
         check=True,
+        stdout=subprocess.DEVNULL,  # only colour resets with -q; errors go to stderr
     )
+    verify_libs(tmp)
     (tmp / ".complete").write_text(libs.name)
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)
     return libs
+
+
+def verify_libs(libs: Path) -> None:
+    """Raise unless the jars in `libs` are exactly those locked in deploy/kafka/jars.sha256."""
+    want = {
+        name: digest
+        for digest, name in (
+            line.split() for line in JARS_LOCK.read_text().splitlines() if not line.startswith("#")
+        )
+    }
+    have = {jar.name: hashlib.sha256(jar.read_bytes()).hexdigest() for jar in libs.glob("*.jar")}
+    wrong = sorted(name for name in want.keys() | have.keys() if want.get(name) != have.get(name))
+    if wrong:
+        raise RuntimeError(
+            f"the Kafka jars Maven fetched differ from {JARS_LOCK.name} ({', '.join(wrong[:5])}"
+            f"{', ...' if len(wrong) > 5 else ''}): if deploy/kafka/pom.xml changed, run "
+            "`make lock`; otherwise a repository served other bytes"
+        )
 
 
 @dataclass(frozen=True)
