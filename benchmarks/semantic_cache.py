@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from schemas.topics import REDIS_SEMANTIC_PREFIX
 from streams.embedder import DIMENSIONS, Embedder
@@ -110,13 +111,13 @@ def unit_vectors(n: int, seed: int) -> Vector:
     return vectors
 
 
-async def fill(client: aioredis.Redis[bytes], scope: str, vectors: Vector) -> None:
+async def fill(client: aioredis.Redis, scope: str, vectors: Vector) -> None:
     """Write entries the way SemanticCache.add does, many per round trip."""
     key = REDIS_SEMANTIC_PREFIX + scope
     for start in range(0, len(vectors), FILL_BATCH):
         async with client.pipeline(transaction=False) as pipe:
             for i in range(start, min(start + FILL_BATCH, len(vectors))):
-                fields: dict[str, str | bytes] = {
+                fields: dict[FieldT, EncodableT] = {
                     "fp": f"{i:064x}",
                     "t": f"synthetic question number {i}",
                     "v": vectors[i].astype("<f4").tobytes(),
@@ -126,7 +127,7 @@ async def fill(client: aioredis.Redis[bytes], scope: str, vectors: Vector) -> No
 
 
 async def index_size(
-    client: aioredis.Redis[bytes], embedder: Embedder, n: int, questions: list[str]
+    client: aioredis.Redis, embedder: Embedder, n: int, questions: list[str]
 ) -> dict[str, Any]:
     """Lookup latency and memory with `n` entries in one scope (random unit vectors)."""
     scope = f"bench-{uuid.uuid4().hex}"
@@ -202,7 +203,7 @@ def redis_server() -> Iterator[str]:
 
 
 async def latency(url: str, embedder: Embedder, sizes: list[int], questions: list[str]) -> Any:
-    client: aioredis.Redis[bytes] = aioredis.Redis.from_url(url, socket_timeout=30)
+    client: aioredis.Redis = aioredis.Redis.from_url(url, socket_timeout=30)
     try:
         return [await index_size(client, embedder, n, questions) for n in sizes]
     finally:

@@ -197,7 +197,7 @@ class Client:
             raw = self._redis.get(result_key(tenant, correlation_id))
         except redis.RedisError:
             return None
-        if raw is None:
+        if not isinstance(raw, bytes):  # None: no such result
             return None
         return InferenceResult.model_validate_json(raw)
 

@@ -48,7 +48,7 @@ class Budgets:
     Spend lags by the requests in flight, so a budget is a soft limit: it may be overshot
     by what was admitted before the spend that crossed it was metered."""
 
-    def __init__(self, client: aioredis.Redis[bytes], timeout_s: float = CHECK_TIMEOUT_S) -> None:
+    def __init__(self, client: aioredis.Redis, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         self._redis = client
         self._add_once = client.register_script(ADD_ONCE)
         self._timeout_s = timeout_s

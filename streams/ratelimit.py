@@ -82,7 +82,7 @@ class RateLimiter:
     availability over strictness, since a rate limit protects capacity and a short outage of
     it harms less than refusing every request."""
 
-    def __init__(self, client: aioredis.Redis[bytes], timeout_s: float = CHECK_TIMEOUT_S) -> None:
+    def __init__(self, client: aioredis.Redis, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         self._script = client.register_script(CHECK_AND_TAKE)
         self._timeout_s = timeout_s
 

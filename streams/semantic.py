@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from schemas.fingerprint import fingerprint
 from schemas.request import ChatMessage, InferenceRequest
@@ -104,7 +105,7 @@ class SemanticCache:
 
     def __init__(
         self,
-        redis: aioredis.Redis[bytes],
+        redis: aioredis.Redis,
         embedder: TextEmbedder,
         threshold: float,
         max_entries: int = 100_000,
@@ -145,7 +146,7 @@ class SemanticCache:
     async def add(self, scope: str, text: str, fingerprint: str) -> None:
         """Remember that `fingerprint` answers `text` in this scope."""
         vector = await asyncio.to_thread(self._embed, text)
-        fields: dict[str, str | bytes] = {
+        fields: dict[FieldT, EncodableT] = {
             "fp": fingerprint,
             "t": text,
             "v": vector.astype("<f4").tobytes(),
@@ -162,7 +163,7 @@ class SemanticCache:
         vector: Vector = self._embedder.embed([text])[0]
         return vector
 
-    async def _append(self, scope: str, fields: dict[str, str | bytes]) -> bool:
+    async def _append(self, scope: str, fields: dict[FieldT, EncodableT]) -> bool:
         """Add a stream entry (the stream keeps the newest max_entries); False if Redis fails."""
         key = REDIS_SEMANTIC_PREFIX + scope
         try:

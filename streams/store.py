@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class RedisStore:
     """Both stores degrade rather than fail: with Redis down, requests flow uncached."""
 
-    def __init__(self, client: aioredis.Redis[bytes], cache_ttl_s: int, result_ttl_s: int) -> None:
+    def __init__(self, client: aioredis.Redis, cache_ttl_s: int, result_ttl_s: int) -> None:
         self._redis = client
         self._cache_ttl_s = cache_ttl_s
         self._result_ttl_s = result_ttl_s

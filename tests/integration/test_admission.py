@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import cast
 
 import pytest
 import redis
@@ -120,6 +121,7 @@ def _semantic_entries(stack: LocalStack) -> int:
     """Entries across the semantic cache's streams in Redis."""
     store = redis.Redis.from_url(stack.settings.redis_url)
     try:
-        return sum(int(store.xlen(key)) for key in store.scan_iter(f"{REDIS_SEMANTIC_PREFIX}*"))
+        keys = store.scan_iter(f"{REDIS_SEMANTIC_PREFIX}*")
+        return sum(cast("int", store.xlen(key)) for key in keys)
     finally:
         store.close()

@@ -11,7 +11,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import pytest
 import redis
@@ -76,7 +76,7 @@ def port() -> Iterator[int]:
 
 
 @pytest.fixture(autouse=True)
-def sync(port: int) -> Iterator[redis.Redis[bytes]]:
+def sync(port: int) -> Iterator[redis.Redis]:
     """A plain client to inspect keys; the database starts empty for every test."""
     client = redis.Redis(port=port)
     client.flushall()
@@ -84,14 +84,14 @@ def sync(port: int) -> Iterator[redis.Redis[bytes]]:
     client.close()
 
 
-def _run(port: int, body: Callable[[aioredis.Redis[bytes]], Awaitable[T]]) -> T:
+def _run(port: int, body: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
     """Run `body` with a fresh asyncio client of this module's Redis on its own event loop."""
     return _run_with(lambda: aioredis.Redis(port=port), body)
 
 
 def _run_with(
-    connect: Callable[[], aioredis.Redis[bytes]],
-    body: Callable[[aioredis.Redis[bytes]], Awaitable[T]],
+    connect: Callable[[], aioredis.Redis],
+    body: Callable[[aioredis.Redis], Awaitable[T]],
 ) -> T:
     """Run `body` with the client `connect` makes, on an event loop of its own."""
 
@@ -124,12 +124,12 @@ async def _outcome(
 
 
 def test_requests_bucket_refuses_with_the_right_wait_and_refills(
-    port: int, sync: redis.Redis[bytes]
+    port: int, sync: redis.Redis
 ) -> None:
     """120 per minute on Redis's own clock: 120 at once, then one more every half second."""
     limits = TenantLimits(requests_per_minute=120)
 
-    async def body(client: aioredis.Redis[bytes]) -> None:
+    async def body(client: aioredis.Redis) -> None:
         limiter = RateLimiter(client)
         started = time.monotonic()
         admitted = 0
@@ -148,26 +148,27 @@ def test_requests_bucket_refuses_with_the_right_wait_and_refills(
         assert await _outcome(limiter, "acme", limits, now=None) is not None
 
     _run(port, body)
-    for key in sync.keys("llmq:rate:*"):
-        assert 0 < sync.ttl(key) <= BUCKET_TTL_S
-    assert sorted(sync.keys("llmq:rate:*")) == [b"llmq:rate:{acme}:requests"]
+    keys = cast("list[bytes]", sync.keys("llmq:rate:*"))
+    for key in keys:
+        assert 0 < cast("int", sync.ttl(key)) <= BUCKET_TTL_S
+    assert sorted(keys) == [b"llmq:rate:{acme}:requests"]
 
 
-def _levels(sync: redis.Redis[bytes], tenant: str = "acme") -> tuple[float, float]:
+def _levels(sync: redis.Redis, tenant: str = "acme") -> tuple[float, float]:
     """What the requests and the tokens bucket of `tenant` hold (NaN: no bucket)."""
     requests, tokens = (
-        float(sync.hget(f"llmq:rate:{{{tenant}}}:{name}", "level") or "nan")
+        float(cast("bytes | None", sync.hget(f"llmq:rate:{{{tenant}}}:{name}", "level")) or "nan")
         for name in ("requests", "tokens")
     )
     return requests, tokens
 
 
 def test_tokens_bucket_is_independent_and_refills_continuously(
-    port: int, sync: redis.Redis[bytes]
+    port: int, sync: redis.Redis
 ) -> None:
     limits = TenantLimits(requests_per_minute=600, tokens_per_minute=1_000)
 
-    async def body(client: aioredis.Redis[bytes]) -> None:
+    async def body(client: aioredis.Redis) -> None:
         limiter = RateLimiter(client)
         assert await _outcome(limiter, "acme", limits, 600) is None
         refusal = await _outcome(limiter, "acme", limits, 500)
@@ -187,10 +188,10 @@ def test_tokens_bucket_is_independent_and_refills_continuously(
     _run(port, body)
 
 
-def test_a_refused_request_consumes_neither_bucket(port: int, sync: redis.Redis[bytes]) -> None:
+def test_a_refused_request_consumes_neither_bucket(port: int, sync: redis.Redis) -> None:
     limits = TenantLimits(requests_per_minute=2, tokens_per_minute=1_000)
 
-    async def body(client: aioredis.Redis[bytes]) -> None:
+    async def body(client: aioredis.Redis) -> None:
         limiter = RateLimiter(client)
         assert await _outcome(limiter, "acme", limits, 900) is None
         assert _levels(sync) == (1, 100)
@@ -217,7 +218,7 @@ def test_a_refused_request_consumes_neither_bucket(port: int, sync: redis.Redis[
 def test_the_longer_wait_is_reported_when_both_buckets_refuse(port: int) -> None:
     limits = TenantLimits(requests_per_minute=60, tokens_per_minute=60)
 
-    async def body(client: aioredis.Redis[bytes]) -> None:
+    async def body(client: aioredis.Redis) -> None:
         limiter = RateLimiter(client)
         assert await _outcome(limiter, "acme", limits, 60) is None
         for _ in range(59):
@@ -232,7 +233,7 @@ def test_the_longer_wait_is_reported_when_both_buckets_refuse(port: int) -> None
 def test_tenants_are_isolated_and_limits_may_change(port: int) -> None:
     small = TenantLimits(requests_per_minute=1)
 
-    async def body(client: aioredis.Redis[bytes]) -> None:
+    async def body(client: aioredis.Redis) -> None:
         limiter = RateLimiter(client)
         assert await _outcome(limiter, "a", small) is None
         assert await _outcome(limiter, "a", small) is not None
@@ -249,7 +250,7 @@ def test_tenants_are_isolated_and_limits_may_change(port: int) -> None:
 def test_concurrent_checks_never_admit_more_than_the_bucket(port: int) -> None:
     limits = TenantLimits(requests_per_minute=100, tokens_per_minute=50_000)
 
-    async def body(client: aioredis.Redis[bytes]) -> tuple[int, int, float]:
+    async def body(client: aioredis.Redis) -> tuple[int, int, float]:
         limiter = RateLimiter(client)
         fixed = await asyncio.gather(*(_outcome(limiter, "x", limits, 10) for _ in range(300)))
         started = time.monotonic()
@@ -271,7 +272,7 @@ def _checks_during(outage: signal.Signals) -> float:
     limits = TenantLimits(requests_per_minute=1, budget_usd=0.0)
     proc, port = _start_redis()
 
-    async def body(client: aioredis.Redis[bytes]) -> float:
+    async def body(client: aioredis.Redis) -> float:
         limiter, budgets = RateLimiter(client), Budgets(client)
         assert await _outcome(limiter, "acme", limits) is None
         assert await _outcome(limiter, "acme", limits) is not None
@@ -306,7 +307,7 @@ def test_redis_down_or_hung_admits_with_a_warning(
 
 
 def test_recording_spend_with_redis_down_raises() -> None:
-    async def body(client: aioredis.Redis[bytes]) -> None:
+    async def body(client: aioredis.Redis) -> None:
         with pytest.raises(RedisError):
             await Budgets(client).record(_event("acme", "c-1", 0.1, time.time()))
 
@@ -341,12 +342,12 @@ def _noon(days_ago: int = 0) -> float:
 
 
 def test_spend_reaches_the_daily_budget_and_says_when_it_resets(
-    port: int, sync: redis.Redis[bytes]
+    port: int, sync: redis.Redis
 ) -> None:
     at = _noon()
     limits = TenantLimits(budget_usd=1.0)
 
-    async def body(client: aioredis.Redis[bytes]) -> LlmqError:
+    async def body(client: aioredis.Redis) -> LlmqError:
         budgets = Budgets(client)
         for i in range(2):
             assert await budgets.record(_event("acme", f"c-{i}", 0.4, at))
@@ -366,16 +367,16 @@ def test_spend_reaches_the_daily_budget_and_says_when_it_resets(
     )
     assert error.retry_after_s == 12 * 3600
     day = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
-    assert sync.execute_command("EXPIRETIME", f"llmq:spend:{{acme}}:{day}") == (
+    assert sync.expiretime(f"llmq:spend:{{acme}}:{day}") == (
         period_end("day", at) + KEEP_AFTER_PERIOD_S
     )
 
 
-def test_a_redelivered_event_counts_once(port: int, sync: redis.Redis[bytes]) -> None:
+def test_a_redelivered_event_counts_once(port: int, sync: redis.Redis) -> None:
     at = _noon()
     event = _event("acme", "c-1", 0.25, at)
 
-    async def body(client: aioredis.Redis[bytes]) -> list[bool]:
+    async def body(client: aioredis.Redis) -> list[bool]:
         budgets = Budgets(client)
         first = await budgets.record(event)
         again = await asyncio.gather(*(budgets.record(event.model_copy()) for _ in range(20)))
@@ -394,7 +395,7 @@ def test_monthly_budgets_sum_the_days_and_old_or_free_events_are_skipped(port: i
     month_earlier = period_end("month", today) - 86_400 * 100
     limits = TenantLimits(budget_usd=0.3, budget_period="month")
 
-    async def body(client: aioredis.Redis[bytes]) -> None:
+    async def body(client: aioredis.Redis) -> None:
         budgets = Budgets(client)
         same_month = period_end("month", earlier) == period_end("month", today)
         assert await budgets.record(_event("acme", "c-1", 0.2, earlier))
@@ -417,7 +418,7 @@ def test_the_result_store_keeps_the_first_result_and_hands_it_back(port: int) ->
     second = InferenceResult(correlation_id="c-1", tenant="acme", status="ok")
     other = InferenceResult(correlation_id="c-1", tenant="zeta", status="ok")
 
-    async def body(client: aioredis.Redis[bytes]) -> list[InferenceResult]:
+    async def body(client: aioredis.Redis) -> list[InferenceResult]:
         store = RedisStore(client, cache_ttl_s=60, result_ttl_s=60)
         return [await store.keep_result(r) for r in (first, second, other)]
 

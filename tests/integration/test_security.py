@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -47,7 +48,8 @@ def tenants(service_settings: ServiceSettings, reply_topic: str) -> Iterator[tup
 def _semantic_entries(stack: LocalStack) -> int:
     store = redis.Redis.from_url(stack.settings.redis_url)
     try:
-        return sum(int(store.xlen(key)) for key in store.scan_iter(f"{REDIS_SEMANTIC_PREFIX}*"))
+        keys = store.scan_iter(f"{REDIS_SEMANTIC_PREFIX}*")
+        return sum(cast("int", store.xlen(key)) for key in keys)
     finally:
         store.close()
 
@@ -182,7 +184,7 @@ def test_the_result_store_works_behind_a_redis_password(redis_url: str) -> None:
     result = InferenceResult(correlation_id="pw-1", tenant="acme", status="ok")
 
     async def keep() -> None:
-        client: aioredis.Redis[bytes] = aioredis.Redis.from_url(redis_url, socket_timeout=2)
+        client: aioredis.Redis = aioredis.Redis.from_url(redis_url, socket_timeout=2)
         try:
             await RedisStore(client, cache_ttl_s=60, result_ttl_s=60).keep_result(result)
         finally:

@@ -62,7 +62,7 @@ def embedder() -> Embedder:
     return Embedder()
 
 
-Scenario = Callable[[Callable[..., SemanticCache], "aioredis.Redis[bytes]"], Awaitable[None]]
+Scenario = Callable[[Callable[..., SemanticCache], "aioredis.Redis"], Awaitable[None]]
 
 
 def _run(redis_url: str, embedder: Embedder, scenario: Scenario) -> None:
@@ -81,8 +81,8 @@ def _run(redis_url: str, embedder: Embedder, scenario: Scenario) -> None:
 
 
 @asynccontextmanager
-async def _client(url: str) -> AsyncIterator[aioredis.Redis[bytes]]:
-    client: aioredis.Redis[bytes] = aioredis.Redis.from_url(url, socket_timeout=5)
+async def _client(url: str) -> AsyncIterator[aioredis.Redis]:
+    client: aioredis.Redis = aioredis.Redis.from_url(url, socket_timeout=5)
     try:
         yield client
     finally:
@@ -113,7 +113,7 @@ def test_the_embedder_gives_unit_rows(embedder: Embedder) -> None:
 
 
 def test_a_paraphrase_hits_and_a_near_miss_does_not(redis_url: str, embedder: Embedder) -> None:
-    async def scenario(cache: Callable[..., SemanticCache], _: aioredis.Redis[bytes]) -> None:
+    async def scenario(cache: Callable[..., SemanticCache], _: aioredis.Redis) -> None:
         semantic = cache()
         scope = _scope()
         await semantic.add(scope, "What is the capital of France?", "fp-paris")
@@ -128,7 +128,7 @@ def test_a_paraphrase_hits_and_a_near_miss_does_not(redis_url: str, embedder: Em
 
 
 def test_another_tenant_never_hits(redis_url: str, embedder: Embedder) -> None:
-    async def scenario(cache: Callable[..., SemanticCache], _: aioredis.Redis[bytes]) -> None:
+    async def scenario(cache: Callable[..., SemanticCache], _: aioredis.Redis) -> None:
         semantic = cache()
         await semantic.add(_scope("acme"), "What is the capital of France?", "fp-acme")
         assert _scope("globex") != _scope("acme")
@@ -142,7 +142,7 @@ def test_another_tenant_never_hits(redis_url: str, embedder: Embedder) -> None:
 
 
 def test_another_instance_sees_additions_and_forgetting(redis_url: str, embedder: Embedder) -> None:
-    async def scenario(cache: Callable[..., SemanticCache], _: aioredis.Redis[bytes]) -> None:
+    async def scenario(cache: Callable[..., SemanticCache], _: aioredis.Redis) -> None:
         first, second = cache(refresh_s=0.2), cache(refresh_s=0.2)
         scope, question = _scope(), "How many ounces are in a pound?"
         assert await second.lookup(scope, question) is None  # mirrors the empty scope
@@ -163,7 +163,7 @@ def test_another_instance_sees_additions_and_forgetting(redis_url: str, embedder
 def test_each_scope_keeps_the_newest_entries(redis_url: str, embedder: Embedder) -> None:
     questions = ["Why is the sky blue?", "Who painted the Mona Lisa?", "What is an API?"]
 
-    async def scenario(cache: Callable[..., SemanticCache], client: aioredis.Redis[bytes]) -> None:
+    async def scenario(cache: Callable[..., SemanticCache], client: aioredis.Redis) -> None:
         semantic, scope = cache(max_entries=2), _scope()
         assert await semantic.lookup(scope, questions[0]) is None
         for i, question in enumerate(questions):
@@ -200,7 +200,7 @@ def test_the_labelled_pairs_at_the_default_threshold(redis_url: str, embedder: E
     """No near-miss may hit; a share of the paraphrases must (each pair in its own scope)."""
     pairs = [json.loads(line) for line in PAIRS.read_text().splitlines()]
 
-    async def scenario(cache: Callable[..., SemanticCache], _: aioredis.Redis[bytes]) -> None:
+    async def scenario(cache: Callable[..., SemanticCache], _: aioredis.Redis) -> None:
         semantic = cache()
         hits = {True: 0, False: 0}
         for i, pair in enumerate(pairs):
