@@ -32,5 +32,7 @@ def fingerprint(request: InferenceRequest, model: str) -> str:
         "frequency_penalty": body.frequency_penalty,
         "logprobs": body.logprobs,
     }
+    if body.ignore_eos:  # only when set, so that every other request keeps its fingerprint
+        canonical["ignore_eos"] = True
     encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(encoded.encode()).hexdigest()

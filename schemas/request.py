@@ -95,6 +95,9 @@ class ChatBody(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logprobs: bool = False
+    ignore_eos: bool = False
+    """vLLM's extension: generate exactly max_tokens, past the end-of-sequence token, so that
+    a benchmark or a test does not depend on when the model would stop."""
     stream: bool = False
 
     @model_validator(mode="before")

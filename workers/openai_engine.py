@@ -187,6 +187,8 @@ class OpenAIEngine:
             payload["seed"] = body.seed
         if body.logprobs:
             payload["logprobs"] = True
+        if body.ignore_eos:  # vLLM's server takes it; sent only when set
+            payload["ignore_eos"] = True
         if self._send_priority:
             payload["priority"] = priority
         return payload

@@ -123,6 +123,7 @@ class VllmEngine:
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
             logprobs=1 if body.logprobs else None,
+            ignore_eos=body.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
         )
 

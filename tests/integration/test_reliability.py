@@ -23,7 +23,9 @@ def test_a_generation_that_runs_past_its_deadline_is_aborted_in_the_engine(
 ) -> None:
     port = stack.settings.metrics_base_port + 1
     expired_before = metric(port, "llmq_worker_generations_total", outcome="expired")
-    cid = client.submit(LONG, max_tokens=1500, temperature=0, deadline_s=3.0)
+    # ignore_eos: the model cannot stop by itself after a few hundred tokens, inside the
+    # deadline; 1500 tokens take far longer than 3 s on any engine this test runs on.
+    cid = client.submit(LONG, max_tokens=1500, temperature=0, deadline_s=3.0, ignore_eos=True)
     result = client.result(cid, timeout=60)
     assert result.status == "error"
     assert result.error is not None

@@ -120,6 +120,7 @@ def test_message_boundaries_are_part_of_it() -> None:
         {"presence_penalty": 0.1},
         {"frequency_penalty": 0.1},
         {"logprobs": True},
+        {"ignore_eos": True},
     ],
 )
 def test_any_sampling_parameter_changes_it(sampling: dict[str, Any]) -> None:

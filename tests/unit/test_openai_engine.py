@@ -175,7 +175,7 @@ def test_streams_steps_and_takes_the_counts_from_usage() -> None:
         assert sent["stream"] is True
         assert sent["stream_options"] == {"include_usage": True}
         assert sent["max_tokens"] == 8
-        assert "priority" not in sent and "logprobs" not in sent
+        assert "priority" not in sent and "logprobs" not in sent and "ignore_eos" not in sent
 
     asyncio.run(scenario())
 
@@ -217,6 +217,7 @@ def test_passes_the_sampling_fields_logprobs_priority_and_key(
         presence_penalty=0.5,
         frequency_penalty=-0.5,
         logprobs=True,
+        ignore_eos=True,
     )
     reply = stream(chunk("A", logprob=-0.5), chunk("B", "stop", logprob=-1.5), usage(2, 2))
 
@@ -233,6 +234,7 @@ def test_passes_the_sampling_fields_logprobs_priority_and_key(
         sent = server.bodies[0]
         assert sent["model"] == "org/big"
         assert sent["logprobs"] is True and "top_logprobs" not in sent
+        assert sent["ignore_eos"] is True
         assert sent["priority"] == 1
         assert {k: sent[k] for k in ("temperature", "top_p", "stop", "seed")} == {
             "temperature": 0.0,
