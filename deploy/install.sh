@@ -47,7 +47,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$stamp_want" ] \
   # some packages' own dependencies are left out on purpose (deploy/lock/excludes.txt).
   say "installing the $gpu build from ${lock#"$here/"} (large the first time)"
   "${pip[@]}" --require-hashes --no-deps --only-binary :all: -r "$lock"
-  # llmq itself, built with the locked setuptools rather than whatever PyPI has today.
+  # llmq itself, built with the locked setuptools rather than whatever PyPI has today. An
+  # older install's llmq.egg-info in the checkout would shadow the installed metadata (and
+  # its `llmq.commands` entry points) for anything run from here: remove it first.
+  rm -rf "$here/llmq.egg-info"
   say "installing llmq"
   PYTHONWARNINGS=ignore "${pip[@]}" --no-deps --no-build-isolation -e "$here" >/dev/null
   echo "$stamp_want" >"$stamp"

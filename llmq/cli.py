@@ -1,43 +1,40 @@
-"""The `llmq` command: the local stack, submitting requests, reading results, the demo,
-the benchmark (llmq/bench/command.py), the fault tests (llmq/faults/command.py)."""
+"""The `llmq` command: submit requests and read results. The tooling adds its commands
+(`local`, `topics`, `demo`, `bench`, `faults`) through the `llmq.commands` entry points, so
+the client library does not depend on it."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+from importlib.metadata import entry_points
 
 import redis
 from kafka.errors import KafkaError
 
-from llmq import demo
-from llmq.bench import command
 from llmq.client import Client
-from llmq.faults import command as faults
-from llmq.settings import LocalSettings
-from llmq.stack.stack import LocalStack, StackError
+from llmq.settings import ClientSettings
 from schemas.lanes import Lane
 from schemas.request import DEFAULT_TENANT
 from schemas.result import InferenceResult
-from schemas.settings import ServiceSettings
+
+COMMANDS = "llmq.commands"
+"""The entry-point group of commands added by other packages: each names a function that
+takes argparse's subparsers, adds its parser and sets `func`."""
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `llmq` console script."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its retries; we say what failed
     try:
         return int(args.func(args))
-    except StackError as exc:
-        print(f"llmq: {exc}", file=sys.stderr)
-        return 1
     except TimeoutError as exc:
         print(f"llmq: {exc}", file=sys.stderr)
         return 2
     except KafkaError as exc:
-        where = _client_settings().kafka_bootstrap
+        where = ClientSettings().kafka_bootstrap
         print(
             f"llmq: cannot use Kafka at {where} ({exc}); is the stack up? (llmq local up)",
             file=sys.stderr,
@@ -50,13 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmq", description=__doc__)
-    sub = parser.add_subparsers(required=True, metavar="COMMAND")
-
-    local = sub.add_parser("local", help="run the whole stack on this machine")
-    local.add_argument("action", choices=["prepare", "up", "down", "status"])
-    local.set_defaults(func=_local)
+def parser() -> argparse.ArgumentParser:
+    """The whole command line: this module's commands, then every registered one."""
+    root = argparse.ArgumentParser(prog="llmq", description=__doc__)
+    sub = root.add_subparsers(required=True, metavar="COMMAND")
 
     submit = sub.add_parser("submit", help="send a question; prints its correlation id")
     submit.add_argument("text")
@@ -77,53 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     result.add_argument("--json", action="store_true", help="print the whole result as JSON")
     result.set_defaults(func=_result)
 
-    run = sub.add_parser("demo", help="ShareGPT prompts through the local stack, with a report")
-    run.add_argument("--prompts", type=int, default=48)
-    run.add_argument("--repeats", type=int, default=16, help="prompts sent a second time")
-    run.add_argument("--max-tokens", type=int, default=64)
-    run.add_argument("--seed", type=int, default=0)
-    run.set_defaults(func=_demo)
-
-    command.register(sub)
-    faults.register(sub)
-    return parser
-
-
-def _client_settings() -> ServiceSettings:
-    """LLMQ_KAFKA_BOOTSTRAP / LLMQ_REDIS_URL when set, else the local stack's addresses."""
-    local = LocalSettings()
-    defaults = {
-        "kafka_bootstrap": local.kafka_bootstrap,
-        "redis_url": local.redis_url,
-    }
-    given = {k: v for k, v in defaults.items() if f"LLMQ_{k.upper()}" not in os.environ}
-    return ServiceSettings().model_copy(update=given)
-
-
-def _local(args: argparse.Namespace) -> int:
-    stack = LocalStack()
-    if args.action == "prepare":
-        logging.getLogger("workers").setLevel(logging.INFO)
-        stack.prepare()
-    elif args.action == "up":
-        stack.up()
-        print(f"llmq is up; state and logs in {stack.settings.state_dir}")
-    elif args.action == "down":
-        stack.down()
-    else:
-        rows = stack.status()
-        print(f"{'component':<24}{'pid':>8}  {'ready':<6} endpoint")
-        for row in rows:
-            print(
-                f"{row.name:<24}{row.pid or '-':>8}  {'yes' if row.ready else 'no':<6} "
-                f"{row.endpoint}"
-            )
-        return 0 if all(r.ready for r in rows) else 3
-    return 0
+    for command in sorted(entry_points(group=COMMANDS), key=lambda e: e.name):
+        try:
+            register = command.load()
+        except ImportError as exc:  # a broken install of one tool must not take the rest
+            print(f"llmq: the {command.name!r} command is unavailable: {exc}", file=sys.stderr)
+            continue
+        register(sub)
+    return root
 
 
 def _submit(args: argparse.Namespace) -> int:
-    with Client(_client_settings(), listen=args.wait, tenant=args.tenant) as client:
+    with Client(ClientSettings(), listen=args.wait, tenant=args.tenant) as client:
         cid = client.submit(
             args.text,
             model=args.model,
@@ -138,16 +97,9 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _result(args: argparse.Namespace) -> int:
-    with Client(_client_settings(), listen=False, tenant=args.tenant) as client:
+    with Client(ClientSettings(), listen=False, tenant=args.tenant) as client:
         client.ping_store()
         return _print(client.result(args.correlation_id, timeout=args.timeout), args.json)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    ok = demo.run(
-        prompts=args.prompts, repeats=args.repeats, max_tokens=args.max_tokens, seed=args.seed
-    )
-    return 0 if ok else 1
 
 
 def _print(result: InferenceResult, as_json: bool) -> int:

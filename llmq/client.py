@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
+from schemas.names import REQUESTS, RESULTS, result_key
 from schemas.redact import mask_url
 from schemas.request import (
     DEFAULT_TENANT,
@@ -26,7 +27,6 @@ from schemas.request import (
 )
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
-from schemas.topics import REQUESTS, RESULTS, result_key
 
 STORE_POLL_S = 0.5
 """How often a waiting result() looks in the result store."""

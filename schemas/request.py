@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from schemas.lanes import Lane
-from schemas.topics import RESULTS
+from schemas.names import RESULTS
 
 SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_TENANT = "default"

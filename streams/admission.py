@@ -7,9 +7,9 @@ from typing import Protocol
 
 from schemas.catalog import Catalog
 from schemas.errors import LlmqError
+from schemas.names import REQUESTS, REQUESTS_KEYED
 from schemas.redact import content_log
 from schemas.request import ChatMessage, InferenceRequest
-from schemas.topics import REQUESTS, REQUESTS_KEYED
 from streams import metrics
 from streams.admit import parse, route, salvage
 from streams.outbox import Outbox

@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
+from schemas.names import RESULTS
 from schemas.redact import MAX_NAME_CHARS, describe
 from schemas.request import IDENTIFIER, REPLY_TOPIC, ChatMessage, InferenceRequest
-from schemas.topics import RESULTS
 from schemas.work import WorkItem
 from streams.router import plan
 

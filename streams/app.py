@@ -11,9 +11,19 @@ import redis.asyncio as aioredis
 from faust.types.auth import CredentialsT
 
 from schemas.kafka_security import KafkaSecurity
+from schemas.names import (
+    AGENT_ADMIT,
+    AGENT_COMPLETE,
+    AGENT_DEDUPE,
+    AGENT_METER,
+    COMPLETIONS,
+    INFLIGHT_TABLE,
+    METERING,
+    REQUESTS,
+    REQUESTS_KEYED,
+)
 from schemas.retry import RetryPolicy
 from schemas.tenants import TenantPolicy
-from schemas.topics import COMPLETIONS, METERING, REQUESTS, REQUESTS_KEYED
 from streams import metrics
 from streams.admission import Admission
 from streams.budget import Budgets
@@ -30,8 +40,6 @@ from streams.settings import StreamSettings
 from streams.store import RedisStore
 
 ACK_TIMEOUT_S = 30.0
-INFLIGHT_TABLE = "llmq.inflight"
-"""The coalescing table; its changelog topic is <app_id>-llmq.inflight-changelog."""
 
 Handler = Callable[[bytes | None, bytes | None], Awaitable[None]]
 """An agent's handler of one record's key and value (None: a tombstone)."""
@@ -147,12 +155,12 @@ def build(settings: StreamSettings) -> faust.App:
             run
         )
 
-    agent(REQUESTS, "llmq.admit", settings.concurrency, admission.on_request)
+    agent(REQUESTS, AGENT_ADMIT, settings.concurrency, admission.on_request)
     # These two write the coalescing table, which faust allows only in order: one actor per
     # partition. Copies of a request share a partition, so they always meet in one actor.
-    agent(REQUESTS_KEYED, "llmq.dedupe", 0, dedupe.on_keyed)
-    agent(COMPLETIONS, "llmq.complete", 0, complete.on_completion)
-    agent(METERING, "llmq.meter", settings.concurrency, lambda _, value: gate.on_metering(value))
+    agent(REQUESTS_KEYED, AGENT_DEDUPE, 0, dedupe.on_keyed)
+    agent(COMPLETIONS, AGENT_COMPLETE, 0, complete.on_completion)
+    agent(METERING, AGENT_METER, settings.concurrency, lambda _, value: gate.on_metering(value))
 
     async def ready() -> None:
         metrics.READY.set(1)

@@ -13,8 +13,8 @@ from redis.exceptions import RedisError
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.metering import MeteringEvent
+from schemas.names import spend_key
 from schemas.tenants import BudgetPeriod, TenantLimits, period_end, period_id
-from schemas.topics import REDIS_SPEND_PREFIX
 from streams.ratelimit import CHECK_TIMEOUT_S
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,9 @@ class Budgets:
             return False
         added = await self._add_once(
             keys=[
-                self._key(event.tenant, period_id("day", event.at)),
-                self._key(event.tenant, period_id("month", event.at)),
-                self._key(event.tenant, "seen:" + period_id("day", event.at)),
+                spend_key(event.tenant, period_id("day", event.at)),
+                spend_key(event.tenant, period_id("month", event.at)),
+                spend_key(event.tenant, "seen:" + period_id("day", event.at)),
             ],
             args=[
                 _event_id(event),
@@ -104,13 +104,8 @@ class Budgets:
     async def spent(self, tenant: str, period: BudgetPeriod, at: float | None = None) -> float:
         """USD the tenant spent in the day or month that contains `at` (default: now)."""
         at = time.time() if at is None else at
-        raw = await self._redis.get(self._key(tenant, period_id(period, at)))
+        raw = await self._redis.get(spend_key(tenant, period_id(period, at)))
         return 0.0 if raw is None else float(raw)
-
-    @staticmethod
-    def _key(tenant: str, name: str) -> str:
-        """llmq:spend:{tenant}:<name>; the braces put a tenant's keys in one cluster slot."""
-        return f"{REDIS_SPEND_PREFIX}{{{tenant}}}:{name}"
 
 
 def _event_id(event: MeteringEvent) -> str:

@@ -8,10 +8,10 @@ from pydantic import ValidationError
 
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.names import COMPLETIONS
 from schemas.redact import describe
 from schemas.result import ErrorInfo
 from schemas.retry import RetryPolicy
-from schemas.topics import COMPLETIONS
 from schemas.work import Completion
 from streams import metrics, replies
 from streams.coalesce import Coalescer

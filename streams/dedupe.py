@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from schemas.names import REQUESTS_KEYED
 from schemas.result import CacheStatus, ChatCompletion
-from schemas.topics import REQUESTS_KEYED
 from schemas.work import WorkItem
 from streams import metrics, replies
 from streams.coalesce import Coalescer

@@ -10,9 +10,7 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, LlmqError
-from schemas.redact import content_log, explain
-from schemas.result import ChatCompletion, InferenceResult
-from schemas.topics import (
+from schemas.names import (
     DLQ,
     HEADER_ERROR_CODE,
     HEADER_ORIGINAL_BYTES,
@@ -20,6 +18,8 @@ from schemas.topics import (
     HEADER_SOURCE_TOPIC,
     work_topic,
 )
+from schemas.redact import content_log, explain
+from schemas.result import ChatCompletion, InferenceResult
 from schemas.work import Completion, WorkItem
 from streams import metrics, replies
 from streams.admit import MAX_RECORD_BYTES, Rejection, salvage

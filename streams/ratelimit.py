@@ -10,9 +10,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas.errors import ErrorCode, LlmqError
+from schemas.names import rate_prefix
 from schemas.request import ChatBody
 from schemas.tenants import TenantLimits
-from schemas.topics import REDIS_RATE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class RateLimiter:
             )
         if rpm is None and tpm is None:
             return
-        prefix = f"{REDIS_RATE_PREFIX}{{{tenant}}}:"  # one hash slot per tenant (cluster)
+        prefix = rate_prefix(tenant)
         try:
             async with asyncio.timeout(self._timeout_s):
                 reply = await self._script(

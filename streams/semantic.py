@@ -23,8 +23,8 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from schemas.fingerprint import fingerprint
+from schemas.names import semantic_stream_key
 from schemas.request import ChatMessage, InferenceRequest
-from schemas.topics import REDIS_SEMANTIC_PREFIX
 from streams.semantic_guard import same_question
 from streams.semantic_index import ScopeMirror, Vector
 
@@ -165,7 +165,7 @@ class SemanticCache:
 
     async def _append(self, scope: str, fields: dict[FieldT, EncodableT]) -> bool:
         """Add a stream entry (the stream keeps the newest max_entries); False if Redis fails."""
-        key = REDIS_SEMANTIC_PREFIX + scope
+        key = semantic_stream_key(scope)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.xadd(key, fields, maxlen=self._max_entries, approximate=False)
@@ -226,7 +226,7 @@ class SemanticCache:
 
     async def _catch_up(self, scope: str, entry: _Scope) -> None:
         """Apply the stream entries after the last one read, oldest first."""
-        key = REDIS_SEMANTIC_PREFIX + scope
+        key = semantic_stream_key(scope)
         while True:
             batch = await self._redis.xrange(
                 key, min="(" + entry.last_id, max="+", count=READ_BATCH

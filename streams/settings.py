@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from schemas.names import DEFAULT_PARTITIONS, STREAMS_APP_ID
 from schemas.settings import ServiceSettings
 from streams.semantic import DEFAULT_THRESHOLD
 
@@ -14,9 +15,9 @@ from streams.semantic import DEFAULT_THRESHOLD
 class StreamSettings(ServiceSettings):
     """One stream-processor instance; run more with the same app_id to scale out."""
 
-    app_id: str = Field(default="llmq-streams", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    app_id: str = Field(default=STREAMS_APP_ID, pattern=r"^[A-Za-z0-9._-]{1,100}$")
     """The faust app id, which is also its Kafka consumer group (LLMQ_APP_ID)."""
-    partitions: int = Field(default=4, ge=1, le=256)
+    partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=256)
     """Partitions of llmq.requests and llmq.completions (LLMQ_PARTITIONS)."""
     concurrency: int = Field(default=8, ge=1, le=256)
     """Requests admission handles at once (Redis and broker round trips overlap). The

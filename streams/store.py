@@ -9,9 +9,9 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from schemas.names import cache_key, result_key
 from schemas.request import DEFAULT_TENANT
 from schemas.result import ChatCompletion, InferenceResult
-from schemas.topics import REDIS_CACHE_PREFIX, result_key
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class RedisStore:
     async def cached(self, fingerprint: str) -> ChatCompletion | None:
         """The cached answer for this fingerprint, or None (a miss, or Redis unavailable)."""
         try:
-            raw = await self._redis.get(REDIS_CACHE_PREFIX + fingerprint)
+            raw = await self._redis.get(cache_key(fingerprint))
         except RedisError as exc:
             log.warning("response cache unavailable, treating as a miss: %s", exc)
             return None
@@ -43,7 +43,7 @@ class RedisStore:
         """Keep an answer for identical requests."""
         try:
             await self._redis.set(
-                REDIS_CACHE_PREFIX + fingerprint, response.model_dump_json(), ex=self._cache_ttl_s
+                cache_key(fingerprint), response.model_dump_json(), ex=self._cache_ttl_s
             )
         except RedisError as exc:
             log.warning("response cache unavailable, answer not cached: %s", exc)

@@ -16,9 +16,9 @@ from aiokafka.errors import KafkaConnectionError
 from prometheus_client import start_http_server
 
 from schemas.catalog import ModelSpec
+from schemas.names import work_topics, worker_group
 from schemas.redact import log_content
 from schemas.retry import RetryPolicy
-from schemas.topics import work_topics
 from workers import metrics
 from workers.breaker import CircuitBreaker
 from workers.checkpoint import resolve_model_source
@@ -93,7 +93,7 @@ def kafka_clients(
     )
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"llmq.workers.{spec.name}",
+        group_id=worker_group(spec.name),
         client_id=settings.worker_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

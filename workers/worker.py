@@ -26,8 +26,7 @@ from pydantic import ValidationError
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.redact import describe
-from schemas.topics import (
+from schemas.names import (
     COMPLETIONS,
     DLQ,
     HEADER_ERROR_CODE,
@@ -35,6 +34,7 @@ from schemas.topics import (
     HEADER_SOURCE_TOPIC,
     METERING,
 )
+from schemas.redact import describe
 from schemas.work import Completion, WorkItem
 from workers import metrics
 from workers.engine import Engine

@@ -13,14 +13,14 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
-from llmq.bench.ways.serve import vllm_server
 from llmq.client import Client
-from llmq.settings import LocalSettings
-from llmq.stack.ports import free_block
-from llmq.stack.stack import LocalStack
 from schemas.catalog import Catalog
 from schemas.settings import ServiceSettings
 from tests.integration.helpers import SERVED
+from tools.bench.ways.serve import vllm_server
+from tools.stack.ports import free_block
+from tools.stack.settings import LocalSettings
+from tools.stack.stack import LocalStack
 from workers.checkpoint import resolve_model_source
 
 CATALOG = """

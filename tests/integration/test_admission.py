@@ -11,14 +11,14 @@ import pytest
 import redis
 
 from llmq.client import Client, tail
-from llmq.stack.stack import LocalStack
 from schemas.errors import ErrorCode
 from schemas.metering import MeteringEvent
+from schemas.names import METERING, REDIS_SEMANTIC_PREFIX
 from schemas.request import CacheMode
 from schemas.result import CacheStatus
 from schemas.settings import ServiceSettings
-from schemas.topics import METERING, REDIS_SEMANTIC_PREFIX
 from tests.integration.helpers import collect, metric
+from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

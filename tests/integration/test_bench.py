@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmq.bench.runner import BEGIN, END
+from tools.bench.runner import BEGIN, END
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from llmq.client import Client, tail
-from llmq.stack.stack import LocalStack
 from schemas.result import CacheStatus, InferenceResult
 from schemas.settings import ServiceSettings
 from tests.integration.helpers import collect, metric
+from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

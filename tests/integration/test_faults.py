@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmq.faults.scenarios import SCENARIOS
+from tools.faults.scenarios import SCENARIOS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -12,11 +12,8 @@ import pytest
 from kafka import KafkaProducer
 
 from llmq.client import Client, tail
-from llmq.stack.stack import LocalStack
 from schemas.errors import ErrorCode
-from schemas.result import InferenceResult
-from schemas.settings import ServiceSettings
-from schemas.topics import (
+from schemas.names import (
     DLQ,
     HEADER_ERROR_CODE,
     HEADER_ORIGINAL_BYTES,
@@ -24,9 +21,12 @@ from schemas.topics import (
     HEADER_SOURCE_TOPIC,
     REQUESTS,
 )
+from schemas.result import InferenceResult
+from schemas.settings import ServiceSettings
 from streams.admit import MAX_RECORD_BYTES
 from tests.hostile import CID, TENANT, Hostile, examples, hostile_records, padded, with_field
 from tests.integration.helpers import Record, collect, header
+from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -15,18 +15,19 @@ from kafka import KafkaConsumer
 from pydantic import SecretStr
 
 from llmq.client import CONNECT_TIMEOUT_S, Client, tail
-from llmq.settings import LocalSettings
-from llmq.stack import kafka
-from llmq.stack.ports import free_block
-from llmq.stack.procs import Proc
 from schemas.catalog import Catalog
 from schemas.lanes import Lane
+from schemas.names import REQUESTS, TopicSpec, work_topic, work_topics
 from schemas.request import InferenceRequest
 from schemas.settings import ServiceSettings
-from schemas.topics import REQUESTS, work_topic, work_topics
 from streams.app import build
 from streams.settings import StreamSettings
 from tests.integration.helpers import collect
+from tools.stack import kafka
+from tools.stack.ports import free_block
+from tools.stack.procs import Proc
+from tools.stack.settings import LocalSettings
+from tools.topics import ensure_topics
 from workers.__main__ import kafka_clients
 from workers.settings import WorkerSettings
 
@@ -66,8 +67,8 @@ def sasl_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     broker = Proc("kafka-sasl", argv, folder / "run", stop_timeout_s=20)
     broker.start()
     try:
-        topics = dict.fromkeys([REQUESTS, REPLIES, STREAMS_OUT, *work_topics(SPEC.name)], 1)
-        kafka.ensure_topics(f"127.0.0.1:{base}", topics, timeout_s=120)
+        names = [REQUESTS, REPLIES, STREAMS_OUT, *work_topics(SPEC.name)]
+        ensure_topics(f"127.0.0.1:{base}", [TopicSpec(n, 1) for n in names], timeout_s=120)
         yield f"127.0.0.1:{base + 2}"
     finally:
         broker.stop()

@@ -8,14 +8,14 @@ import uuid
 
 import pytest
 
-from llmq import sharegpt
 from llmq.client import Client
-from llmq.stack.stack import LocalStack
 from schemas.lanes import Lane
 from schemas.request import CacheMode
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
 from tests.integration.helpers import metric
+from tools import sharegpt
+from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from llmq.client import Client, tail
-from llmq.stack.stack import LocalStack
 from schemas.errors import ErrorCode
+from schemas.names import DLQ, HEADER_ERROR_CODE, HEADER_REASON, REQUESTS
 from schemas.request import CacheMode
 from schemas.result import CacheStatus, InferenceResult
 from schemas.settings import ServiceSettings
-from schemas.topics import DLQ, HEADER_ERROR_CODE, HEADER_REASON, REQUESTS
 from tests.integration.helpers import collect, header, metric
+from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from llmq.client import Client, tail
-from llmq.stack.stack import LocalStack
 from schemas.errors import ErrorCode
-from schemas.topics import COMPLETIONS, DLQ, HEADER_REASON, HEADER_SOURCE_TOPIC
+from schemas.names import COMPLETIONS, DLQ, HEADER_REASON, HEADER_SOURCE_TOPIC
 from tests.integration.helpers import collect, header, metric
+from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 
 from llmq.client import Client
-from llmq.stack.stack import LocalStack
 from schemas.request import CacheMode
 from schemas.route import AUTO
 from tests.integration.helpers import metric
+from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -18,14 +18,14 @@ import redis.asyncio as aioredis
 from kafka import KafkaProducer
 
 from llmq.client import Client, tail
-from llmq.stack.ports import free_block
-from llmq.stack.stack import LocalStack
 from schemas.errors import ErrorCode
+from schemas.names import REDIS_SEMANTIC_PREFIX, REQUESTS, result_key
 from schemas.result import CacheStatus, InferenceResult
 from schemas.settings import ServiceSettings
-from schemas.topics import REDIS_SEMANTIC_PREFIX, REQUESTS, result_key
 from streams.store import RedisStore
 from tests.integration.helpers import collect
+from tools.stack.ports import free_block
+from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from llmq.stack.ports import free_block
+from schemas.names import REDIS_SEMANTIC_PREFIX
 from schemas.request import InferenceRequest
-from schemas.topics import REDIS_SEMANTIC_PREFIX
 from streams.embedder import DIMENSIONS, MAX_TOKENS, Embedder
 from streams.semantic import DEFAULT_THRESHOLD, SemanticCache, semantic_key
+from tools.stack.ports import free_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

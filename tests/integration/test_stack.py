@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from llmq.client import Client
-from llmq.stack.stack import LocalStack
 from schemas.request import CacheMode
+from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -9,6 +9,9 @@ from typing import Any, NamedTuple
 
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.names import (
+    REQUESTS_KEYED,
+)
 from schemas.request import ChatMessage
 from schemas.result import (
     ChatCompletion,
@@ -17,9 +20,6 @@ from schemas.result import (
     InferenceResult,
     Timings,
     Usage,
-)
-from schemas.topics import (
-    REQUESTS_KEYED,
 )
 from schemas.work import Completion, WorkItem
 from streams.admission import Admission, Compress, Gate

@@ -10,7 +10,7 @@ import pytest
 from schemas.catalog import Catalog, ModelSpec
 from schemas.errors import ErrorCode
 from schemas.fingerprint import fingerprint
-from schemas.topics import RESULTS
+from schemas.names import RESULTS
 from schemas.work import WorkItem
 from streams.admit import MAX_RECORD_BYTES, Rejection, admit
 

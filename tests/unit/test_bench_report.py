@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmq.bench.report import markdown, plot, write_json
-from llmq.bench.samples import Sample, WayResult
+from tools.bench.report import markdown, plot, write_json
+from tools.bench.samples import Sample, WayResult
 
 META: dict[str, object] = {
     "command": "llmq bench --prompts 4",

@@ -11,13 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmq.bench.command import bench_command
-from llmq.bench.runner import BEGIN, END, TITLE, machine, replace_section
-from llmq.bench.samples import BenchRequest, Sample, WayResult
-from llmq.bench.ways import WAYS, Reply, drive
-from llmq.bench.ways.engine import load_result
-from llmq.bench.ways.queue import reply
-from llmq.cli import _parser
+from llmq.cli import parser
 from schemas.errors import ErrorCode
 from schemas.request import ChatMessage
 from schemas.result import (
@@ -29,10 +23,16 @@ from schemas.result import (
     Timings,
     Usage,
 )
+from tools.bench.command import bench_command
+from tools.bench.runner import BEGIN, END, TITLE, machine, replace_section
+from tools.bench.samples import BenchRequest, Sample, WayResult
+from tools.bench.ways import WAYS, Reply, drive
+from tools.bench.ways.engine import load_result
+from tools.bench.ways.queue import reply
 
 
 def test_bench_defaults_and_the_command_that_repeats_them() -> None:
-    args = _parser().parse_args(["bench"])
+    args = parser().parse_args(["bench"])
     assert (args.requests, args.max_tokens, args.rate, args.seed) == (64, 64, None, 0)
     assert args.ways == list(WAYS)
     assert args.duplicates and args.out == Path("bench-results")
@@ -51,10 +51,10 @@ def test_bench_defaults_and_the_command_that_repeats_them() -> None:
     ],
 )
 def test_the_recorded_command_parses_back_to_the_same_run(argv: list[str]) -> None:
-    args = _parser().parse_args(["bench", *argv])
+    args = parser().parse_args(["bench", *argv])
     words = bench_command(args).split()
     assert words[:2] == ["llmq", "bench"]
-    again = _parser().parse_args(words[1:])
+    again = parser().parse_args(words[1:])
     for name in ("requests", "max_tokens", "rate", "seed", "ways", "duplicates"):
         assert getattr(again, name) == getattr(args, name)
     if args.duplicates:
@@ -77,7 +77,7 @@ def test_bad_flags_are_refused_with_a_reason(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited:
-        _parser().parse_args(["bench", *argv])
+        parser().parse_args(["bench", *argv])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llmq.bench.samples import Kind, Sample, WayResult
-from llmq.bench.stats import ratios, summarize
+from tools.bench.samples import Kind, Sample, WayResult
+from tools.bench.stats import ratios, summarize
 
 
 def _sample(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from llmq.bench.workload import REWORDINGS, arrival_times, build_workload
 from streams.semantic_guard import same_question
+from tools.bench.workload import REWORDINGS, arrival_times, build_workload
 
 N_PROMPTS = 200
 DUPLICATE = "Explain quantum computing in simple terms"

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from llmq.settings import LocalSettings
-from llmq.sharegpt import first_turns
 from schemas.request import ChatMessage
 from streams.compress import compress, compress_text
+from tools.sharegpt import first_turns
+from tools.stack.settings import LocalSettings
 
 INVISIBLES = "\u200b\ufeff\u2060"
 FENCED = "```python\ndef f(x):\n    y  =  x   # aligned  \n\n\n\n    return y\u200b \n```"

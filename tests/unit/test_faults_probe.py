@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmq.faults.probe import Peaks, log_lines, rss_bytes
-from llmq.stack.procs import Proc
+from tools.faults.probe import Peaks, log_lines, rss_bytes
+from tools.stack.procs import Proc
 
 
 def _process(proc: Path, pid: int, ppid: int, rss_kib: int | None) -> None:

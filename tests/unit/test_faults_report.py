@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmq.faults.outcome import Outcome
-from llmq.faults.report import (
+from tools.faults.outcome import Outcome
+from tools.faults.report import (
     BEGIN,
     END,
     README_HEADING,
@@ -18,7 +18,7 @@ from llmq.faults.report import (
     update_readme,
     write_json,
 )
-from llmq.faults.tally import Tally
+from tools.faults.tally import Tally
 
 META: dict[str, object] = {
     "command": "llmq faults --scale 1",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmq.faults.tally import LOST_IDS_KEPT, Reply, Request, count
+from tools.faults.tally import LOST_IDS_KEPT, Reply, Request, count
 
 
 def _ok(at: float, cid: str, text: str = "4", cache: str = "none") -> Reply:

@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode
 from schemas.lanes import Lane
-from schemas.request import InferenceRequest
-from schemas.topics import (
+from schemas.names import (
     COMPLETIONS,
     DLQ,
     HEADER_ERROR_CODE,
@@ -31,6 +30,7 @@ from schemas.topics import (
     REQUESTS_KEYED,
     work_topic,
 )
+from schemas.request import InferenceRequest
 from schemas.work import WorkItem
 from streams.admission import Admission
 from streams.admit import MAX_RECORD_BYTES, Rejection, admit

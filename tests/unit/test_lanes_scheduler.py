@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.lanes import Lane
-from schemas.topics import work_topic
+from schemas.names import work_topic
 from workers.lanes import LanePolicy, LaneScheduler, lane_of
 from workers.settings import WorkerSettings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from llmq.stack.ports import HIGH, LOW, _bindable, free_block
+from tools.stack.ports import HIGH, LOW, _bindable, free_block
 
 
 def test_a_block_is_consecutive_free_ports_below_the_ephemeral_range() -> None:

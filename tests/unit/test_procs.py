@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmq.stack.procs import Proc
+from tools.stack.procs import Proc
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(30)"]
 IGNORE_TERM = [

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.lanes import Lane
+from schemas.names import RESULTS
 from schemas.request import (
     MAX_CONTENT_CHARS,
     MAX_MESSAGES,
@@ -15,7 +16,6 @@ from schemas.request import (
     ChatBody,
     InferenceRequest,
 )
-from schemas.topics import RESULTS
 
 
 def _body(**fields: Any) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from schemas.errors import ErrorCode
+from schemas.names import COMPLETIONS, DLQ, HEADER_REASON, HEADER_SOURCE_TOPIC
 from schemas.retry import RetryPolicy
-from schemas.topics import COMPLETIONS, DLQ, HEADER_REASON, HEADER_SOURCE_TOPIC
 from schemas.work import Completion, WorkItem
 from streams.retries import final_failure, retry_of
 from tests.unit.stages import Pipeline, admitted, completion, raw_request, result_of

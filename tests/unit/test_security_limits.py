@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from llmq.client import Client
+from schemas.names import REDIS_RESULT_PREFIX, result_key
 from schemas.request import (
     MAX_CONTENT_CHARS,
     MAX_PROMPT_CHARS,
@@ -15,7 +16,6 @@ from schemas.request import (
     ChatBody,
     InferenceRequest,
 )
-from schemas.topics import REDIS_RESULT_PREFIX, result_key
 
 
 def _body(chars: int, parts: int) -> dict[str, Any]:

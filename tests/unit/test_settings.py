@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from llmq.settings import LocalSettings
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, ServiceSettings
 from streams.settings import StreamSettings
+from tools.stack.settings import LocalSettings
 from workers.settings import WorkerSettings
 
 

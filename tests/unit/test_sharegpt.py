@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmq import sharegpt
-from llmq.sharegpt import CHARS_PER_TOKEN, Prompt, first_turns, sample
+from tools import sharegpt
+from tools.sharegpt import CHARS_PER_TOKEN, Prompt, first_turns, sample
 
 CACHE_FILE = "sharegpt-first-turns.json"
 MIN_CHARS = 4 * CHARS_PER_TOKEN  # 16

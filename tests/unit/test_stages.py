@@ -8,14 +8,7 @@ from typing import Any
 import pytest
 
 from schemas.errors import ErrorCode
-from schemas.request import InferenceRequest
-from schemas.result import (
-    CacheStatus,
-    ChatCompletion,
-    InferenceResult,
-)
-from schemas.route import Route
-from schemas.topics import (
+from schemas.names import (
     COMPLETIONS,
     DLQ,
     HEADER_ERROR_CODE,
@@ -25,6 +18,13 @@ from schemas.topics import (
     REQUESTS_KEYED,
     RESULTS,
 )
+from schemas.request import InferenceRequest
+from schemas.result import (
+    CacheStatus,
+    ChatCompletion,
+    InferenceResult,
+)
+from schemas.route import Route
 from schemas.work import WorkItem
 from tests.unit.stages import (
     MODEL,

@@ -19,10 +19,10 @@ from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
+from schemas.names import COMPLETIONS, METERING, work_topic
 from schemas.request import ChatBody, ChatMessage, InferenceRequest
 from schemas.result import TokenLogprob
 from schemas.route import Route
-from schemas.topics import COMPLETIONS, METERING, work_topic
 from schemas.work import Completion, WorkItem
 from workers.engine import EngineStep
 from workers.lanes import LanePolicy

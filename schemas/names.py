@@ -1,0 +1,136 @@
+"""Every name llmq gives in Kafka and Redis, in one place: topics and the topic plan, consumer
+groups, the stream processor's app, table and agent names, record headers, Redis keys."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from schemas.lanes import Lane
+
+# Topics.
+
+REQUESTS = "llmq.requests"
+"""Apps publish InferenceRequest JSON here (any key; the correlation_id is a good one)."""
+REQUESTS_KEYED = "llmq.requests.keyed"
+"""Internal: admitted requests re-keyed by fingerprint, so identical copies meet on one
+partition (coalescing). Same partition count as llmq.completions."""
+COMPLETIONS = "llmq.completions"
+"""Workers publish Completion records here, keyed by fingerprint."""
+RESULTS = "llmq.results"
+"""The default reply topic: InferenceResult JSON keyed by correlation_id."""
+METERING = "llmq.metering"
+"""One MeteringEvent per engine generation: tokens, cost, latency."""
+DLQ = "llmq.dlq"
+"""Poison and failed records, the raw bytes with the reason in headers."""
+WORK_PREFIX = "llmq.work."
+
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+DEFAULT_PARTITIONS = 4
+"""Partitions of each topic keyed by fingerprint or id (LLMQ_PARTITIONS): the most worker
+replicas, and stream-processor instances, that can share a topic's load."""
+
+
+def work_topic(model: str, lane: Lane) -> str:
+    """The topic that the workers of `model` consume for `lane`."""
+    return f"{WORK_PREFIX}{model}.{lane.value}"
+
+
+def work_topics(model: str) -> list[str]:
+    """All lanes' topics of one model, highest priority first."""
+    return [work_topic(model, lane) for lane in Lane]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic llmq creates up front, with its partition count: auto-created topics get the
+    broker's default count, and faust's agents refuse topics whose counts disagree."""
+
+    name: str
+    partitions: int
+
+
+def topic_plan(models: Iterable[str], partitions: int) -> list[TopicSpec]:
+    """Every topic llmq needs for these catalog models. Topics keyed by fingerprint share one
+    count (coalescing needs a request and its completion on the same partition); the DLQ
+    has one partition, so its records stay in the order they failed. faust creates its
+    table's changelog itself (changelog_topic)."""
+    shared = [REQUESTS, REQUESTS_KEYED, COMPLETIONS, RESULTS, METERING]
+    shared += [topic for model in models for topic in work_topics(model)]
+    return [TopicSpec(name, partitions) for name in shared] + [TopicSpec(DLQ, 1)]
+
+
+# Consumer groups and the stream processor's faust names.
+
+STREAMS_APP_ID = "llmq-streams"
+"""The stream processor's faust app id, which is also its consumer group (LLMQ_APP_ID)."""
+INFLIGHT_TABLE = "llmq.inflight"
+"""The coalescing table (faust): fingerprint -> the generation in flight and its followers."""
+AGENT_ADMIT = "llmq.admit"
+AGENT_DEDUPE = "llmq.dedupe"
+AGENT_COMPLETE = "llmq.complete"
+AGENT_METER = "llmq.meter"
+
+
+def worker_group(model: str) -> str:
+    """The consumer group of every worker replica of `model` (their lag is its backlog)."""
+    return f"llmq.workers.{model}"
+
+
+def changelog_topic(app_id: str, table: str = INFLIGHT_TABLE) -> str:
+    """The topic faust backs `table` with (compacted; created by faust)."""
+    return f"{app_id}-{table}-changelog"
+
+
+# Record headers.
+
+HEADER_REASON = "llmq-reason"
+HEADER_SOURCE_TOPIC = "llmq-source-topic"
+HEADER_ERROR_CODE = "llmq-error-code"
+HEADER_ORIGINAL_BYTES = "llmq-original-bytes"
+"""On a DLQ record whose value was cut to fit: the length of the value it replaces."""
+
+# Redis keys. Per-tenant keys put the tenant in braces: its keys share one cluster hash slot,
+# and tenant `a:b` with id `c` stays apart from tenant `a` with id `b:c` (tenants are
+# identifiers, without braces).
+
+REDIS_CACHE_PREFIX = "llmq:cache:"
+REDIS_RESULT_PREFIX = "llmq:result:"
+REDIS_SEMANTIC_PREFIX = "llmq:sem:"
+REDIS_RATE_PREFIX = "llmq:rate:"
+REDIS_SPEND_PREFIX = "llmq:spend:"
+
+
+def cache_key(fingerprint: str) -> str:
+    """Exact response cache: -> ChatCompletion JSON (the tenant is in the fingerprint)."""
+    return REDIS_CACHE_PREFIX + fingerprint
+
+
+def result_key(tenant: str, correlation_id: str) -> str:
+    """Result store: -> InferenceResult JSON, first write wins. Per tenant, so that no tenant
+    reads another's result by its id and equal ids of two tenants never collide."""
+    return f"{REDIS_RESULT_PREFIX}{_tenant(tenant)}:{correlation_id}"
+
+
+def semantic_stream_key(scope: str) -> str:
+    """Semantic cache: a Redis stream of {fp, t (question), v (float32 vector)}; an entry
+    without v forgets fp; trimmed to the newest max_entries."""
+    return REDIS_SEMANTIC_PREFIX + scope
+
+
+def rate_prefix(tenant: str) -> str:
+    """Rate limits: <prefix>requests and <prefix>tokens hold the token buckets' state."""
+    return f"{REDIS_RATE_PREFIX}{_tenant(tenant)}:"
+
+
+def spend_key(tenant: str, name: str) -> str:
+    """Budgets: spend:<day or month> -> USD spent, fed by metering, and seen:<day>, a set of
+    counted events so that a redelivered event counts once."""
+    return f"{REDIS_SPEND_PREFIX}{_tenant(tenant)}:{name}"
+
+
+def _tenant(tenant: str) -> str:
+    if "{" in tenant or "}" in tenant:
+        raise ValueError(f"a tenant has no braces: {tenant!r}")
+    return f"{{{tenant}}}"

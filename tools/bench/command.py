@@ -1,0 +1,196 @@
+"""`llmq bench`: its command line, and the run it starts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tools.bench.ways import WAYS
+from tools.stack.settings import LocalSettings
+
+
+def register(sub: Any) -> None:
+    """Add `bench` to the `llmq` subcommands (argparse's private subparsers type)."""
+    bench = sub.add_parser(
+        "bench",
+        help="ShareGPT through the bare engine, vllm serve and llmq; figures into BENCHMARKS.md",
+        description="Serve the same ShareGPT prompts with the same model and engine settings "
+        "in several ways, one after another, and compare them; then a duplicate-heavy run "
+        "through llmq. Writes JSON, PNG plots and Markdown to --out and replaces the "
+        "generated section of --record.",
+    )
+    bench.add_argument(
+        "--requests", type=_positive_int, default=64, help="ShareGPT first turns (default 64)"
+    )
+    bench.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        default=64,
+        help="cap on each answer's tokens; below it, the recorded answer's length (default 64)",
+    )
+    bench.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=None,
+        help="Poisson arrivals at this many requests/s (default: all at once)",
+    )
+    bench.add_argument(
+        "--seed", type=int, default=0, help="picks the prompts and arrivals (default 0)"
+    )
+    bench.add_argument(
+        "--ways",
+        type=_ways,
+        default=list(WAYS),
+        help=f"comma-separated, run in this order (default {','.join(WAYS)})",
+    )
+    bench.add_argument(
+        "--duplicates",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run a duplicate-heavy workload through llmq: cache hits, generations and "
+        "cost saved (default: on)",
+    )
+    bench.add_argument(
+        "--exact-share",
+        type=_share,
+        default=0.25,
+        help="duplicate run: share of requests replaced by exact repeats (default 0.25)",
+    )
+    bench.add_argument(
+        "--paraphrase-share",
+        type=_share,
+        default=0.25,
+        help="duplicate run: share of requests replaced by paraphrases (default 0.25)",
+    )
+    bench.add_argument(
+        "--duplicate-rate",
+        type=_positive_float,
+        default=4.0,
+        help="duplicate run: Poisson arrivals per second; a repeat is a cache hit only once "
+        "its original is answered, and is coalesced with it before (default 4)",
+    )
+    bench.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="where results.json, results.md and the plots go (default bench-results/)",
+    )
+    bench.add_argument(
+        "--record",
+        type=Path,
+        default=Path("BENCHMARKS.md"),
+        help="the Markdown file whose generated section this run replaces (default BENCHMARKS.md)",
+    )
+    bench.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _ways(text: str) -> list[str]:
+    ways = [w.strip() for w in text.split(",") if w.strip()]
+    unknown = [w for w in ways if w not in WAYS]
+    if unknown or not ways or len(set(ways)) != len(ways):
+        raise argparse.ArgumentTypeError(
+            f"want distinct ways out of {','.join(WAYS)}, got {text!r}"
+        )
+    return ways
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the workloads, run the ways, print and record the figures."""
+    # Lazily: matplotlib (the `bench` extra) and the ways are needed by this command only.
+    from tools.bench.runner import run_bench  # noqa: PLC0415
+    from tools.bench.workload import build_workload  # noqa: PLC0415
+
+    cache_dir = LocalSettings().cache_dir
+    try:
+        workload = build_workload(
+            args.requests, cache_dir, seed=args.seed, max_tokens=args.max_tokens, rate=args.rate
+        )
+        duplicates = None
+        if args.duplicates:
+            duplicates = build_workload(
+                args.requests,
+                cache_dir,
+                seed=args.seed,
+                max_tokens=args.max_tokens,
+                rate=args.duplicate_rate,
+                exact_share=args.exact_share,
+                paraphrase_share=args.paraphrase_share,
+            )
+        written = run_bench(
+            args.ways,
+            workload,
+            args.out,
+            cache_dir=cache_dir,
+            record=args.record,
+            command=bench_command(args),
+            settings=_bench_settings(args),
+            duplicates=duplicates,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"llmq bench: {exc}", file=sys.stderr)
+        return 2
+    print(written.markdown.read_text(encoding="utf-8"))
+    print(f"results: {written.results}")
+    print(f"plots: {', '.join(str(p) for p in written.plots)}")
+    print(f"recorded in {written.record}")
+    if written.failed:
+        print(f"llmq bench: {written.failed} request(s) failed; see {written.results}")
+        return 1
+    return 0
+
+
+def bench_command(args: argparse.Namespace) -> str:
+    """The `llmq bench` command line that repeats this run's measurements, every value given."""
+    words = [
+        *("llmq", "bench", "--requests", str(args.requests), "--max-tokens", str(args.max_tokens)),
+        *(["--rate", f"{args.rate:g}"] if args.rate is not None else []),
+        *("--seed", str(args.seed), "--ways", ",".join(args.ways)),
+    ]
+    if args.duplicates:
+        words += [
+            *("--exact-share", f"{args.exact_share:g}"),
+            *("--paraphrase-share", f"{args.paraphrase_share:g}"),
+            *("--duplicate-rate", f"{args.duplicate_rate:g}"),
+        ]
+    else:
+        words.append("--no-duplicates")
+    return " ".join(words)
+
+
+def _bench_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The workload's settings, for the record."""
+    settings: dict[str, object] = {
+        "requests": args.requests,
+        "max_tokens": args.max_tokens,
+        "arrivals": "all at once" if args.rate is None else f"Poisson {args.rate:g}/s",
+        "seed": args.seed,
+    }
+    if args.duplicates:
+        settings["duplicate run"] = (
+            f"exact {args.exact_share:g} + paraphrase {args.paraphrase_share:g} of requests, "
+            f"Poisson {args.duplicate_rate:g}/s"
+        )
+    return settings

@@ -1,0 +1,211 @@
+"""What a benchmark run leaves behind: JSON with every sample, PNG plots, a Markdown section.
+
+The plots are drawn on matplotlib Figures with the Agg canvas (no pyplot, no display, no
+global state), so they can be made from any thread or process.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from tools.bench.samples import WayResult
+from tools.bench.stats import BASELINES, LLMQ, PERCENTILES, Summary, ratios, summarize
+
+RATIO_LABELS = {
+    "req_per_s": "requests/s",
+    "output_tok_per_s": "output tokens/s",
+    "ttft_p50_s": "TTFT p50",
+    "latency_p50_s": "latency p50",
+}
+"""How the Markdown names the ratios of stats.RATIO_METRICS."""
+
+
+def write_json(results: Sequence[WayResult], meta: Mapping[str, object], path: Path) -> None:
+    """Write `meta` (command, machine, date, settings ...), each way's summary, the ratios
+    and every sample; atomically, so a reader never sees half a file. Values JSON has no
+    type for (a Path in the settings) are written as strings."""
+    summaries = {r.way: summarize(r) for r in results}
+    doc = {
+        "meta": dict(meta),
+        "summaries": summaries,
+        "ratios": ratios(summaries),
+        "results": [asdict(r) for r in results],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+def plot(results: Sequence[WayResult], out_dir: Path) -> list[Path]:
+    """throughput.png, latency.png and latency_cdf.png in `out_dir`; their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ways = [r.way for r in results]
+    summaries = [summarize(r) for r in results]
+    paths = []
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    for ax, key, title in zip(
+        fig.subplots(1, 2),
+        ("req_per_s", "output_tok_per_s"),
+        ("requests/s", "output tokens/s"),
+        strict=True,
+    ):
+        _bars(ax, ways, {title: [_num(s[key]) for s in summaries]})
+        ax.set_title(f"throughput: {title} (higher is better)")
+    paths.append(_save(fig, out_dir / "throughput.png"))
+
+    fig = Figure(figsize=(12, 4), layout="constrained")
+    for ax, name, title in zip(
+        fig.subplots(1, 2), ("ttft", "latency"), ("time to first token", "end to end"), strict=True
+    ):
+        series = {f"p{q}": [_num(s[f"{name}_p{q}_s"]) for s in summaries] for q in PERCENTILES}
+        _bars(ax, ways, series)
+        ax.set_title(f"{title} (lower is better)")
+        ax.set_ylabel("seconds")
+    paths.append(_save(fig, out_dir / "latency.png"))
+
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for label, latencies in _cdf_lines(results):
+        xs = np.sort(np.asarray(latencies))
+        ax.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("end-to-end latency, seconds (log scale)")
+    ax.set_ylabel("share of requests answered")
+    ax.set_title("latency CDF")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    paths.append(_save(fig, out_dir / "latency_cdf.png"))
+    return paths
+
+
+def markdown(results: Sequence[WayResult], meta: Mapping[str, object]) -> str:
+    """A BENCHMARKS.md section: when, where and how it was measured, a table per way (cache
+    figures where a way has any), llmq's ratios to the baselines, and meta's notes."""
+    summaries = {r.way: summarize(r) for r in results}
+    settings = meta.get("settings")
+    lines = [
+        "## ShareGPT: llmq, the bare engine and vllm serve",
+        "",
+        f"Measured {meta.get('date', '(date unknown)')} on {meta.get('machine', '(unknown)')}"
+        + (f", {meta['engine']}" if "engine" in meta else "")
+        + ", with:",
+        "",
+        "```",
+        str(meta.get("command", "llmq bench")),
+        "```",
+        "",
+    ]
+    if isinstance(settings, Mapping) and settings:
+        lines += [*(f"- {k}: {v}" for k, v in settings.items()), ""]
+    lines += [
+        "| way | requests | errors | wall s | req/s | output tok/s "
+        "| TTFT p50 / p90 / p99 ms | latency p50 / p90 / p99 ms | overhead p50 / p90 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for way, s in summaries.items():
+        lines.append(
+            f"| {way} | {s['requests']} | {s['errors']} | {_fmt(s['wall_s'], 1)} "
+            f"| {_fmt(s['req_per_s'], 2)} | {_fmt(s['output_tok_per_s'], 1)} "
+            f"| {_ms3(s, 'ttft')} | {_ms3(s, 'latency')} | {_ms3(s, 'overhead')} |"
+        )
+    cached = {w: s for w, s in summaries.items() if s["cache_hits"] or s["generations"]}
+    if cached:
+        lines += [
+            "",
+            "| way | answered from cache or coalesced | exact / paraphrase / ShareGPT repeats "
+            "hit | hit latency p50 / p99 ms | generations | saved | cost $ | cost saved $ |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for way, s in cached.items():
+            by_kind = " / ".join(
+                f"{s[f'{k}_hits']} of {s[f'{k}_requests']}"
+                for k in ("exact_repeat", "paraphrase", "sharegpt_repeat")
+            )
+            lines.append(
+                f"| {way} | {s['cache_hits']} | {by_kind} "
+                f"| {_ms(s['hit_latency_p50_s'])} / {_ms(s['hit_latency_p99_s'])} "
+                f"| {_fmt(s['generations'], 0)} | {_fmt(s['generations_saved'], 0)} "
+                f"| {_fmt(s['cost_usd'], 6)} | {_fmt(s['cost_saved_usd'], 6)} |"
+            )
+    lines += _ratio_table(ratios(summaries), [b for b in BASELINES if b in summaries])
+    if meta.get("notes"):
+        lines += ["", str(meta["notes"])]
+    return "\n".join(lines) + "\n"
+
+
+def _ratio_table(found: dict[str, float], bases: list[str]) -> list[str]:
+    """llmq / baseline per metric: above 1 is better for throughput, worse for latency."""
+    if not found:
+        return []
+    lines = [
+        "",
+        "| llmq ÷ | " + " | ".join(bases) + " |",
+        "|---|" + "---:|" * len(bases),
+    ]
+    for metric, label in RATIO_LABELS.items():
+        cells = [_fmt(found.get(f"{LLMQ}/{b} {metric}"), 2) for b in bases]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cdf_lines(results: Sequence[WayResult]) -> list[tuple[str, list[float]]]:
+    """One line per way of its answered requests; split into cache hits and generated
+    answers where a way has both (the duplicate-heavy run)."""
+    lines = []
+    for r in results:
+        ok = [s for s in r.samples if s.ok and s.latency_s > 0]
+        hits = [s.latency_s for s in ok if s.cache != "none"]
+        misses = [s.latency_s for s in ok if s.cache == "none"]
+        if hits and misses:
+            lines += [(f"{r.way}: cache hits", hits), (f"{r.way}: generated", misses)]
+        elif ok:
+            lines.append((r.way, hits or misses))
+    return lines
+
+
+def _bars(ax: Axes, ways: list[str], series: dict[str, list[float]]) -> None:
+    """Grouped bars: one group per way, one bar per series, each labelled with its value."""
+    width = 0.8 / len(series)
+    for k, (name, values) in enumerate(series.items()):
+        x = np.arange(len(ways)) + (k - (len(series) - 1) / 2) * width
+        bars = ax.bar(x, values, width, label=name)
+        labels = ["" if np.isnan(v) else f"{v:.3g}" for v in values]
+        ax.bar_label(bars, labels=labels, fontsize=7)
+    ax.set_xticks(np.arange(len(ways)), ways)
+    ax.margins(y=0.2)  # room above the bars for their labels and the legend
+    if len(series) > 1:
+        ax.legend(loc="upper center", ncols=len(series))
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _num(value: float | int | None) -> float:
+    """A figure for a bar; NaN (no bar) where unknown."""
+    return float("nan") if value is None else float(value)
+
+
+def _fmt(value: float | int | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _ms(value: float | int | None) -> str:
+    return "-" if value is None else f"{value * 1000:,.0f}"
+
+
+def _ms3(s: Summary, name: str) -> str:
+    """p50 / p90 / p99 of one series, in ms."""
+    return " / ".join(_ms(s[f"{name}_p{q}_s"]) for q in PERCENTILES)

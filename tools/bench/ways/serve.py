@@ -1,0 +1,155 @@
+"""Way "vllm-serve": vLLM's OpenAI-compatible server driven by a streaming HTTP client, at
+the same concurrency: what a user would run instead of llmq."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+from schemas.catalog import ModelSpec
+from schemas.retry import RetryPolicy
+from tools.bench.samples import BenchRequest, WayResult
+from tools.bench.ways import (
+    LANE,
+    Answered,
+    Reply,
+    Say,
+    body,
+    drive,
+    log_tail,
+    model,
+    set_engine_env,
+    stop_group,
+)
+from tools.stack.ports import free_block
+from workers.openai_engine import OpenAIEngine
+from workers.settings import WorkerSettings
+
+WAY = "vllm-serve"
+START_TIMEOUT_S = 300.0
+READ_TIMEOUT_S = 600.0
+"""Silence allowed between two bytes of a stream: a long queue on 2 cores is not a failure."""
+
+
+def run(
+    workload: list[BenchRequest],
+    *,
+    cache_dir: Path,
+    answered: Answered = lambda: None,
+    say: Say = lambda _: None,
+) -> WayResult:
+    """Start the server, warm it with one request (not measured), run, stop it."""
+    spec, checkpoint = model(cache_dir)
+    set_engine_env()
+    with vllm_server(spec, checkpoint, say) as url:
+        client = ModelSpec(
+            name=spec.name,
+            engine="openai",
+            url=url,
+            send_priority=True,
+            max_inflight=spec.max_inflight,
+        )
+        return asyncio.run(_serve(client, workload, answered, say))
+
+
+async def _serve(
+    spec: ModelSpec, workload: list[BenchRequest], answered: Answered, say: Say
+) -> WayResult:
+    # One attempt per request: a benchmark reports failures instead of hiding them.
+    engine = OpenAIEngine(
+        spec,
+        retry=RetryPolicy(max_attempts=1),
+        send_priority=spec.send_priority,
+        read_timeout_s=READ_TIMEOUT_S,
+    )
+    try:
+        warm = await _answer(engine, BenchRequest(-1, "Say hello.", 8, 0.0), time.monotonic())
+        if warm.error is not None:
+            raise RuntimeError(f"the vLLM server failed the warm-up request: {warm.error}")
+        say(f"{WAY}: warmed up; sending the workload")
+        samples, wall_s = await drive(workload, partial(_answer, engine), answered)
+    finally:
+        await engine.abort_all()
+    return WayResult(WAY, samples, wall_s)
+
+
+async def _answer(engine: OpenAIEngine, request: BenchRequest, sent: float) -> Reply:
+    """Stream one chat completion; TTFT is the first step that carries text, and the
+    token counts are the server's usage report."""
+    first: float | None = None
+    prompt_tokens = output_tokens = 0
+    async for step in engine.generate(f"bench-{request.index}", body(request), LANE.priority):
+        if first is None and step.new_tokens:
+            first = time.monotonic()
+        prompt_tokens = step.prompt_tokens or prompt_tokens
+        output_tokens += step.new_tokens
+    return Reply(prompt_tokens, output_tokens, None if first is None else first - sent)
+
+
+@contextmanager
+def vllm_server(
+    spec: ModelSpec, checkpoint: Path, say: Say, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`python -m vllm.entrypoints.openai.api_server` with the engine settings of the other
+    ways (and of the worker); yields its base URL once healthy and stops it (its whole
+    process group) after. Also the integration tests' second tier."""
+    port = free_block(1)
+    command = [
+        *(sys.executable, "-m", "vllm.entrypoints.openai.api_server"),
+        *("--model", str(checkpoint), "--served-model-name", spec.name),
+        *_device_flags(),
+        *("--max-model-len", str(spec.max_model_len), "--max-num-seqs", str(spec.max_inflight)),
+        *("--scheduling-policy", "priority", "--disable-uvicorn-access-log"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+    with tempfile.TemporaryDirectory(prefix="llmq-bench-serve-") as tmp:
+        log_path = Path(tmp) / "server.log"
+        say(f"{WAY}: starting vLLM's OpenAI server on port {port}")
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            )
+        try:
+            _wait_healthy(proc, port, log_path)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            stop_group(proc)
+
+
+def _device_flags() -> list[str]:
+    """VllmEngine's device settings: bf16 in eager mode on the CPU; on a GPU the model's own
+    dtype, CUDA graphs and the worker's share of GPU memory."""
+    import torch  # noqa: PLC0415 -- heavy: only to ask for a GPU the way VllmEngine does
+
+    if torch.cuda.is_available():
+        share = WorkerSettings().gpu_memory_utilization
+        return ["--dtype", "auto", "--gpu-memory-utilization", str(share)]
+    return ["--dtype", "bfloat16", "--enforce-eager"]
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"vLLM's OpenAI server exited while starting; its log ends:\n{log_tail(log_path)}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"vLLM's OpenAI server was not healthy after {START_TIMEOUT_S:.0f} s; "
+                f"its log ends:\n{log_tail(log_path)}"
+            )
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(1)

@@ -1,0 +1,172 @@
+"""Apache Kafka for the local stack: broker jars from Maven Central, one KRaft node."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEPLOY_KAFKA = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
+JARS_LOCK = DEPLOY_KAFKA / "jars.sha256"
+"""The checksum of every broker jar (made by `make lock`)."""
+
+
+def libs_dir(cache_dir: Path) -> Path:
+    """Where the broker's jars are cached, keyed by the pom's content."""
+    pom = DEPLOY_KAFKA / "pom.xml"
+    if not pom.is_file():
+        raise FileNotFoundError(f"{pom} is missing: run llmq from a checkout of the repository")
+    return cache_dir / f"kafka-{hashlib.sha256(pom.read_bytes()).hexdigest()[:12]}"
+
+
+def fetch_libs(cache_dir: Path) -> Path:
+    """The broker's jars, fetched once with Maven and checked against deploy/kafka/jars.sha256."""
+    libs = libs_dir(cache_dir)
+    if (libs / ".complete").is_file():
+        return libs
+    if shutil.which("mvn") is None:
+        raise RuntimeError(
+            "Maven (mvn) is needed once to fetch the Kafka jars: apt-get install maven"
+        )
+    tmp = libs.with_name(libs.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("fetching the Kafka broker jars with Maven into %s", libs)
+    subprocess.run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-Dstyle.color=never",
+            "-f",
+            str(DEPLOY_KAFKA / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,  # only colour resets with -q; errors go to stderr
+    )
+    verify_libs(tmp)
+    (tmp / ".complete").write_text(libs.name)
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    return libs
+
+
+def verify_libs(libs: Path) -> None:
+    """Raise unless the jars in `libs` are exactly those locked in deploy/kafka/jars.sha256."""
+    want = {
+        name: digest
+        for digest, name in (
+            line.split() for line in JARS_LOCK.read_text().splitlines() if not line.startswith("#")
+        )
+    }
+    have = {jar.name: hashlib.sha256(jar.read_bytes()).hexdigest() for jar in libs.glob("*.jar")}
+    wrong = sorted(name for name in want.keys() | have.keys() if want.get(name) != have.get(name))
+    if wrong:
+        raise RuntimeError(
+            f"the Kafka jars Maven fetched differ from {JARS_LOCK.name} ({', '.join(wrong[:5])}"
+            f"{', ...' if len(wrong) > 5 else ''}): if deploy/kafka/pom.xml changed, run "
+            "`make lock`; otherwise a repository served other bytes"
+        )
+
+
+@dataclass(frozen=True)
+class SaslListener:
+    """A second client listener, SASL_PLAINTEXT with mechanism PLAIN, for these users."""
+
+    port: int
+    users: Mapping[str, str]
+    """username -> password."""
+
+    def properties(self) -> list[str]:
+        """The broker properties that add this listener (JAAS users inline)."""
+        users = " ".join(f'user_{name}="{password}"' for name, password in self.users.items())
+        return [
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};",
+        ]
+
+
+def write_config(
+    data_dir: Path, port: int, controller_port: int, sasl: SaslListener | None = None
+) -> Path:
+    """A single-node KRaft config (broker and controller in one process, loopback only),
+    optionally with a SASL listener beside the plaintext one."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    props = data_dir.parent / "server.properties"
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}"]
+    if sasl is not None:
+        listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{sasl.port}")
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" + (
+        ",SASL_PLAINTEXT:SASL_PLAINTEXT" if sasl is not None else ""
+    )
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+                f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners={','.join(listeners)}",
+                "controller.listener.names=CONTROLLER",
+                f"listener.security.protocol.map={protocols}",
+                *(sasl.properties() if sasl is not None else []),
+                f"log.dirs={data_dir}",
+                "num.partitions=4",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=8",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+                "log.retention.hours=24",
+                "",
+            ]
+        )
+    )
+    return props
+
+
+def format_storage(libs: Path, props: Path, data_dir: Path) -> None:
+    """Format the KRaft storage once; a formatted directory is left as it is."""
+    if (data_dir / "meta.properties").is_file():
+        return
+    subprocess.run(
+        [
+            "java",
+            "-cp",
+            f"{libs}/*",
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            uuid.uuid4().hex[:22],
+            "-c",
+            str(props),
+            "--ignore-formatted",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def broker_argv(libs: Path, props: Path) -> list[str]:
+    """The command line of the broker."""
+    return [
+        "java",
+        "-Xms256m",
+        "-Xmx768m",
+        "-XX:+UseG1GC",
+        f"-Dlog4j2.configurationFile={DEPLOY_KAFKA / 'log4j2.yaml'}",
+        "-cp",
+        f"{libs}/*",
+        "kafka.Kafka",
+        str(props),
+    ]

@@ -1,0 +1,66 @@
+"""Settings of the local stack runner (LLMQ_* environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.names import DEFAULT_PARTITIONS
+from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT
+
+
+class LocalSettings(BaseSettings):
+    """Where the local stack keeps its state and which loopback ports it takes."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMQ_", extra="ignore", frozen=True)
+
+    state_dir: Path = Path.home() / ".local" / "state" / "llmq"
+    """Kafka and Redis data, pid files and logs (LLMQ_STATE_DIR)."""
+    cache_dir: Path = Path.home() / ".cache" / "llmq"
+    """Kafka jars and prepared models, kept across stacks (LLMQ_CACHE_DIR)."""
+    kafka_port: int = Field(default=DEFAULT_KAFKA_PORT, ge=1024, le=65535)
+    """The broker's client port (LLMQ_KAFKA_PORT); the controller takes the next one."""
+    redis_port: int = Field(default=DEFAULT_REDIS_PORT, ge=1024, le=65535)
+    """LLMQ_REDIS_PORT."""
+    metrics_base_port: int = Field(default=29100, ge=1024, le=65000)
+    """The stream processor's /metrics port; workers take the following ones."""
+    partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=256)
+    """Partitions of each llmq topic (LLMQ_PARTITIONS)."""
+    models_file: Path | None = None
+    """A TOML model catalog (LLMQ_MODELS_FILE); one worker is started per model."""
+    tenants_file: Path | None = None
+    """Per-tenant rate limits and budgets for the stream processor (LLMQ_TENANTS_FILE)."""
+    compress_prompts: bool = False
+    """Safe prompt compression in the stream processor (LLMQ_COMPRESS_PROMPTS)."""
+    worker_start_timeout_s: float = Field(default=900.0, gt=0)
+    """A first start prepares the model checkpoint, so this is generous."""
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def service_env(self) -> dict[str, str]:
+        """The environment that points a llmq process, a client or the CLI at this stack."""
+        env = {
+            "LLMQ_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "LLMQ_REDIS_URL": self.redis_url,
+            "LLMQ_CACHE_DIR": str(self.cache_dir),
+            "LLMQ_STATE_DIR": str(self.state_dir),
+            "LLMQ_KAFKA_PORT": str(self.kafka_port),
+            "LLMQ_REDIS_PORT": str(self.redis_port),
+            "LLMQ_METRICS_BASE_PORT": str(self.metrics_base_port),
+            "LLMQ_PARTITIONS": str(self.partitions),
+        }
+        if self.models_file is not None:
+            env["LLMQ_MODELS_FILE"] = str(self.models_file)
+        if self.tenants_file is not None:
+            env["LLMQ_TENANTS_FILE"] = str(self.tenants_file)
+        if self.compress_prompts:
+            env["LLMQ_COMPRESS_PROMPTS"] = "true"
+        return env

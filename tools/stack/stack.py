@@ -1,0 +1,261 @@
+"""`llmq local up | down | status`: the whole stack on one machine, without Docker."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import redis
+
+from schemas.catalog import Catalog, ModelSpec
+from schemas.names import topic_plan
+from tools.stack import kafka
+from tools.stack.procs import Proc
+from tools.stack.settings import LocalSettings
+from tools.topics import ensure_topics
+from workers.checkpoint import resolve_model_source
+
+PORT_GRACE_S = 15.0
+"""How long a port held by a process that is still exiting may take to come free."""
+
+
+class StackError(RuntimeError):
+    """A component did not come up; the message carries the end of its log."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """A process of the stack, the loopback ports it listens on, and how to tell it is ready."""
+
+    proc: Proc
+    ready: Callable[[], bool]
+    endpoint: str
+    ports: tuple[int, ...]
+    timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """One line of `llmq local status`."""
+
+    name: str
+    pid: int | None
+    ready: bool
+    endpoint: str
+    log: str
+
+
+class LocalStack:
+    """Kafka (KRaft), Redis, the stream processor and one worker per catalog model."""
+
+    def __init__(self, settings: LocalSettings | None = None) -> None:
+        self.settings = settings or LocalSettings()
+        self.catalog = Catalog.load(self.settings.models_file)
+        self._run = self.settings.state_dir / "run"
+        self._kafka_data = self.settings.state_dir / "kafka" / "data"
+
+    def components(self) -> list[Component]:
+        """In start order."""
+        s = self.settings
+        props = self._kafka_data.parent / "server.properties"
+        env = s.service_env()
+        python = sys.executable
+        redis_dir = s.state_dir / "redis"
+        comps = [
+            Component(
+                Proc(
+                    "kafka",
+                    kafka.broker_argv(kafka.libs_dir(s.cache_dir), props),
+                    self._run,
+                    stop_timeout_s=30,
+                ),
+                ready=partial(_port_open, s.kafka_port),
+                endpoint=s.kafka_bootstrap,
+                ports=(s.kafka_port, s.kafka_port + 1),
+            ),
+            Component(
+                Proc(
+                    "redis",
+                    [
+                        "redis-server",
+                        "--bind",
+                        "127.0.0.1",
+                        "--port",
+                        str(s.redis_port),
+                        "--dir",
+                        str(redis_dir),
+                        "--appendonly",
+                        "yes",
+                        "--save",
+                        "",
+                        "--daemonize",
+                        "no",
+                    ],
+                    self._run,
+                    stop_timeout_s=10,
+                ),
+                ready=partial(_redis_up, s.redis_url),
+                endpoint=s.redis_url,
+                ports=(s.redis_port,),
+            ),
+            Component(
+                Proc(
+                    "streams",
+                    [python, "-m", "streams"],
+                    self._run,
+                    env={
+                        **env,
+                        "LLMQ_METRICS_PORT": str(s.metrics_base_port),
+                        "LLMQ_PARTITIONS": str(s.partitions),
+                        "LLMQ_DATA_DIR": str(s.state_dir / "streams"),
+                    },
+                ),
+                ready=partial(_metric_is_one, s.metrics_base_port, "llmq_streams_ready"),
+                endpoint=f"http://127.0.0.1:{s.metrics_base_port}/metrics",
+                ports=(s.metrics_base_port,),
+            ),
+        ]
+        for i, spec in enumerate(self.catalog.models, start=1):
+            comps.append(self.worker(spec, s.metrics_base_port + i))
+        return comps
+
+    def worker(self, spec: ModelSpec, port: int, replica: int = 1) -> Component:
+        """A worker of `spec` with its /metrics on `port`. Replica 1 is the stack's own;
+        another (a scale-out) has its own name, pid file, log and worker id."""
+        suffix = "" if replica == 1 else f"-{replica}"
+        return Component(
+            Proc(
+                f"worker-{spec.name}{suffix}",
+                [sys.executable, "-m", "workers"],
+                self._run,
+                stop_timeout_s=60,
+                env={
+                    **self.settings.service_env(),
+                    "LLMQ_METRICS_PORT": str(port),
+                    "LLMQ_MODEL": spec.name,
+                    "LLMQ_WORKER_ID": f"local-{spec.name}{suffix}",
+                },
+            ),
+            ready=partial(_metric_is_one, port, "llmq_worker_ready"),
+            endpoint=f"http://127.0.0.1:{port}/metrics",
+            ports=(port,),
+            timeout_s=self.settings.worker_start_timeout_s,
+        )
+
+    def prepare(self, say: Callable[[str], None] = print) -> None:
+        """Fetch the broker jars and prepare every model's checkpoint (slow only once)."""
+        say(f"kafka jars: {kafka.fetch_libs(self.settings.cache_dir)}")
+        for spec in self.catalog.models:
+            if spec.source is None:
+                say(f"model {spec.name}: served by {spec.url}")
+                continue
+            path = resolve_model_source(spec.source, self.settings.cache_dir / "models")
+            say(f"model {spec.name}: {path}")
+
+    def up(self, say: Callable[[str], None] = print) -> None:
+        """Start what is not running and wait until all of it is ready; safe to repeat."""
+        s = self.settings
+        libs = kafka.fetch_libs(s.cache_dir)
+        props = kafka.write_config(self._kafka_data, s.kafka_port, s.kafka_port + 1)
+        kafka.format_storage(libs, props, self._kafka_data)
+        (s.state_dir / "redis").mkdir(parents=True, exist_ok=True)
+        for comp in self.components():
+            self.start(comp, say)
+            if comp.proc.name == "kafka":
+                ensure_topics(s.kafka_bootstrap, topic_plan(self.catalog.names, s.partitions))
+            say(f"{comp.proc.name} ready at {comp.endpoint}")
+
+    def start(self, comp: Component, say: Callable[[str], None] = print) -> None:
+        """Start one component unless it runs, and wait until it is ready."""
+        proc = comp.proc
+        if proc.pid() is None:
+            _check_free(proc.name, comp.ports)
+            say(f"starting {proc.name} (log: {proc.log_file})")
+            proc.start()
+        self._wait(proc, comp.ready, comp.timeout_s, say)
+
+    def down(self, say: Callable[[str], None] = print) -> None:
+        """Stop everything, last started first, each gracefully (SIGTERM, then SIGKILL)."""
+        for comp in reversed(self.components()):
+            if comp.proc.stop():
+                say(f"stopped {comp.proc.name}")
+
+    def status(self) -> list[ComponentStatus]:
+        """What runs, and whether it is ready."""
+        out = []
+        for comp in self.components():
+            pid = comp.proc.pid()
+            ready = pid is not None and comp.ready()
+            out.append(
+                ComponentStatus(comp.proc.name, pid, ready, comp.endpoint, str(comp.proc.log_file))
+            )
+        return out
+
+    def _wait(
+        self, proc: Proc, ready: Callable[[], bool], timeout_s: float, say: Callable[[str], None]
+    ) -> None:
+        start = time.monotonic()
+        next_note = start + 15
+        while not ready():
+            if proc.pid() is None:
+                raise StackError(f"{proc.name} exited while starting; its log ends:\n{proc.tail()}")
+            now = time.monotonic()
+            if now - start > timeout_s:
+                raise StackError(
+                    f"{proc.name} not ready after {timeout_s:.0f}s; its log ends:\n{proc.tail()}"
+                )
+            if now > next_note:
+                say(f"  waiting for {proc.name} ({now - start:.0f}s)")
+                next_note = now + 15
+            time.sleep(0.25)
+
+
+def _check_free(name: str, ports: tuple[int, ...], grace_s: float = PORT_GRACE_S) -> None:
+    """Refuse to start next to a stranger on our port (it would look ready, and is not ours).
+
+    A process that was just killed may hold its ports for a moment: its main thread is a
+    zombie while its other threads still exit (torch's take a few seconds). So a taken port
+    is given `grace_s` to come free first.
+    """
+    deadline = time.monotonic() + grace_s
+    taken = [port for port in ports if _port_open(port)]
+    while taken and time.monotonic() < deadline:
+        time.sleep(0.2)
+        taken = [port for port in ports if _port_open(port)]
+    if taken:
+        raise StackError(
+            f"cannot start {name}: port {taken[0]} is already in use by another process; "
+            "stop it, or move the stack with LLMQ_KAFKA_PORT / LLMQ_REDIS_PORT / "
+            "LLMQ_METRICS_BASE_PORT"
+        )
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _redis_up(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _metric_is_one(port: int, name: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
+            body: str = resp.read().decode()
+    except (urllib.error.URLError, OSError):
+        return False
+    return any(line.split()[:2] == [name, "1.0"] for line in body.splitlines())

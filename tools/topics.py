@@ -1,0 +1,124 @@
+"""`llmq topics [--create]`: llmq's topic plan (schemas/names.py) for a catalog, made real on
+a Kafka cluster. The local stack, docker-compose and the Kubernetes Job all create topics
+with it, so no list of topics is copied by hand."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+from pydantic import Field
+
+from llmq.settings import ClientSettings
+from schemas.kafka_security import KafkaSecurity
+from schemas.names import DEFAULT_PARTITIONS, TopicSpec, topic_plan
+
+
+class TopicSettings(ClientSettings):
+    """Where the topics go and how many partitions they get."""
+
+    partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=256)
+    """Partitions of each topic but the DLQ (LLMQ_PARTITIONS); the stream processor must be
+    given the same number."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `ensure_topics` found and did."""
+
+    created: list[str]
+    mismatched: list[str]
+    """Existing topics with another partition count than the plan's, described."""
+
+
+def register(sub: Any) -> None:
+    """Add `topics` to the `llmq` subcommands (argparse's private subparsers type)."""
+    topics = sub.add_parser(
+        "topics",
+        help="print llmq's topics for the catalog; --create makes the missing ones",
+        description="The topics llmq needs for the catalog (LLMQ_MODELS_FILE) with their "
+        "partition counts (LLMQ_PARTITIONS). --create makes those missing at "
+        "LLMQ_KAFKA_BOOTSTRAP with the cluster's default replication factor.",
+    )
+    topics.add_argument("--create", action="store_true", help="create the missing topics")
+    topics.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for the cluster"
+    )
+    topics.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the plan; with --create, make it real. Exit 1 if a topic's count is wrong."""
+    settings = TopicSettings()
+    plan = topic_plan(settings.catalog().names, settings.partitions)
+    if not args.create:
+        for spec in plan:
+            print(f"{spec.name}\t{spec.partitions}")
+        return 0
+    outcome = ensure_topics(
+        settings.kafka_bootstrap, plan, settings.kafka_security(), timeout_s=args.timeout
+    )
+    print(f"created {len(outcome.created)} of {len(plan)} topics: {', '.join(outcome.created)}")
+    for problem in outcome.mismatched:
+        print(f"llmq topics: {problem}")
+    return 1 if outcome.mismatched else 0
+
+
+def ensure_topics(
+    bootstrap: str,
+    plan: Sequence[TopicSpec],
+    security: KafkaSecurity | None = None,
+    timeout_s: float = 60.0,
+) -> Outcome:
+    """Create the planned topics that are missing (waiting for the cluster to answer, up to
+    `timeout_s`), and name those that exist with another partition count: faust's agents
+    refuse them, and Kafka can only add partitions, which moves keys between them."""
+    admin = _connect(bootstrap, security or KafkaSecurity(), timeout_s)
+    try:
+        existing = _partitions(admin)
+        missing = [spec for spec in plan if spec.name not in existing]
+        if missing:
+            admin.create_topics(
+                {
+                    spec.name: {"num_partitions": spec.partitions, "replication_factor": -1}
+                    for spec in missing
+                },
+                raise_errors=False,  # one created meanwhile by another process is fine
+                wait_for_metadata=True,
+            )
+            absent = sorted({spec.name for spec in plan} - set(_partitions(admin)))
+            if absent:
+                raise RuntimeError(f"Kafka at {bootstrap} did not create {', '.join(absent)}")
+    finally:
+        admin.close()
+    mismatched = [
+        f"{spec.name} has {existing[spec.name]} partitions, the plan {spec.partitions}"
+        for spec in plan
+        if spec.name in existing and existing[spec.name] != spec.partitions
+    ]
+    return Outcome([spec.name for spec in missing], mismatched)
+
+
+def _partitions(admin: KafkaAdminClient) -> dict[str, int]:
+    return {t["name"]: len(t["partitions"]) for t in admin.describe_topics()}
+
+
+def _connect(bootstrap: str, security: KafkaSecurity, timeout_s: float) -> KafkaAdminClient:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return KafkaAdminClient(
+                bootstrap_servers=bootstrap, client_id="llmq-admin", **security.client_kwargs()
+            )
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Kafka at {bootstrap} ({security.describe()}) did not answer within "
+                    f"{timeout_s:.0f} s: {exc}"
+                ) from exc
+            time.sleep(0.5)
