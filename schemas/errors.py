@@ -45,12 +45,22 @@ FALLBACK_CODES = frozenset(
 class LlmqError(Exception):
     """An error with a code; `retriable` is what retry, DLQ and reply logic read."""
 
-    def __init__(self, code: ErrorCode, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        retry_after_s: float | None = None,
+        *,
+        retried: bool = False,
+    ) -> None:
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
         """When retrying can help: the earliest moment it may (rate limits, budgets)."""
+        self.retried = retried
+        """Whoever raised it already retried the failed call as often as its own policy
+        allows, so no outer layer retries it again: retries do not stack."""
 
     @property
     def retriable(self) -> bool:

@@ -28,6 +28,9 @@ MAX_CONTENT_CHARS = 200_000
 MAX_PROMPT_CHARS = 400_000
 """Characters across all messages. The stream processor refuses records over 450 kB anyway;
 this bound lets a client learn it before sending (the model's own limit may be lower)."""
+MAX_RECORD_BYTES = 450_000
+"""The largest request record admitted: its work item, which may also carry the prompt as the
+app sent it (before compression), must fit in Kafka's default 1 MB message."""
 MAX_STOP_SEQUENCES = 4
 MAX_UNIX_TIME = 1e12
 """The latest Unix time in seconds accepted (year 33658): a time in milliseconds (about

@@ -1,4 +1,4 @@
-"""Exponential backoff with jitter, bounded in attempts and in total time."""
+"""Exponential backoff with jitter: the one retry policy of every retry loop in llmq."""
 
 from __future__ import annotations
 
@@ -45,10 +45,16 @@ class RetryPolicy:
         """
         if attempt >= self.max_attempts:
             return None
-        exponential = min(self.max_delay_s, self.base_delay_s * 2.0 ** (attempt - 1))
-        wait = exponential * (0.5 + self.uniform() / 2)
+        wait = self.backoff(attempt)
         if retry_after_s is not None:
             wait = max(wait, retry_after_s)
         if elapsed_s + wait > self.budget_s:
             return None
         return wait
+
+    def backoff(self, attempt: int) -> float:
+        """The jittered wait after attempt `attempt` failed, regardless of the bounds: for a
+        loop that must retry until it succeeds (an outcome that may not be lost, whose record
+        stays uncommitted meanwhile)."""
+        exponential = min(self.max_delay_s, self.base_delay_s * 2.0 ** min(attempt - 1, 64))
+        return exponential * (0.5 + self.uniform() / 2)

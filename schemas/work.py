@@ -41,6 +41,10 @@ class Completion(BaseModel):
     response: ChatCompletion | None = None
     error: ErrorInfo | None = None
     timings: Timings
+    engine_retried: bool = False
+    """The engine already retried this failure itself (an OpenAI-compatible server's, before
+    the first token), so the stream processor does not retry the generation on the same
+    model; it still falls back to the next model of the chain."""
     mean_logprob: float | None = None
     """Mean log-probability of the answer's tokens: the cascade's confidence signal."""
     worker: str

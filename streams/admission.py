@@ -11,8 +11,11 @@ from schemas.names import REQUESTS, REQUESTS_KEYED
 from schemas.redact import content_log
 from schemas.request import ChatMessage, InferenceRequest
 from streams import metrics
-from streams.admit import parse, route, salvage
+from streams.admit import parse, route
+from streams.guard import Guard
 from streams.outbox import Outbox
+from streams.refusals import Refusals
+from streams.salvage import salvage
 
 Compress = Callable[[list[ChatMessage]], list[ChatMessage]]
 
@@ -35,12 +38,14 @@ class Admission:
     ) -> None:
         self._catalog = catalog
         self._outbox = outbox
+        self._refusals = Refusals(outbox)
+        self._guard = Guard(self._refusals)
         self._gate = gate
         self._compress = compress
 
     async def on_request(self, key: bytes | None, value: bytes | None) -> None:
-        """One record of llmq.requests; never raises (see Outbox.guarded)."""
-        await self._outbox.guarded(REQUESTS, key, value, lambda: self._admit(key, value))
+        """One record of llmq.requests; never raises (see Guard)."""
+        await self._guard.run(REQUESTS, key, value, lambda: self._admit(key, value))
 
     async def _admit(self, key: bytes | None, value: bytes | None) -> None:
         try:
@@ -48,14 +53,14 @@ class Admission:
             work = route(request, self._catalog, uncompressed=original)
         except LlmqError as error:
             metrics.REQUESTS.labels("rejected").inc()
-            await self._outbox.reject(REQUESTS, key, value, salvage(error, value))
+            await self._refusals.reject(REQUESTS, key, value, salvage(error, value))
             return
         if self._gate is not None:
             try:
                 await self._gate.check(work.request)
             except LlmqError as error:
                 metrics.REQUESTS.labels("refused").inc()
-                await self._outbox.refuse(salvage(error, value))
+                await self._refusals.refuse(salvage(error, value))
                 return
         metrics.REQUESTS.labels("admitted").inc()
         content_log.debug(

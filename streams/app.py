@@ -22,21 +22,18 @@ from schemas.names import (
     REQUESTS,
     REQUESTS_KEYED,
 )
-from schemas.retry import RetryPolicy
 from schemas.tenants import TenantPolicy
 from streams import metrics
-from streams.admission import Admission
 from streams.budget import Budgets
 from streams.coalesce import Coalescer
-from streams.complete import Complete
 from streams.compress import compress
-from streams.dedupe import Dedupe
 from streams.embedder import Embedder
 from streams.gate import TenantGate
 from streams.outbox import Outbox
 from streams.ratelimit import RateLimiter
 from streams.semantic import SemanticCache
 from streams.settings import StreamSettings
+from streams.stages import build_stages
 from streams.store import RedisStore
 
 ACK_TIMEOUT_S = 30.0
@@ -132,15 +129,15 @@ def build(settings: StreamSettings) -> faust.App:
         else None
     )
     gate = TenantGate(TenantPolicy.load(settings.tenants_file), RateLimiter(redis), Budgets(redis))
-    admission = Admission(catalog, outbox, gate, compress if settings.compress_prompts else None)
-    dedupe = Dedupe(outbox, coalescer, similar)
-    retry = RetryPolicy(
-        max_attempts=settings.retry_attempts,
-        base_delay_s=settings.retry_base_delay_s,
-        max_delay_s=max(8.0, settings.retry_base_delay_s),
-        budget_s=settings.retry_budget_s,
+    stages = build_stages(
+        catalog,
+        outbox,
+        coalescer,
+        settings.retry_policy(),
+        similar=similar,
+        gate=gate,
+        compress=compress if settings.compress_prompts else None,
     )
-    complete = Complete(catalog, outbox, coalescer, similar, retry)
 
     def agent(topic: str, name: str, concurrency: int, handle: Handler) -> None:
         """concurrency 0: one actor per assigned partition, each in its partition's order."""
@@ -155,11 +152,11 @@ def build(settings: StreamSettings) -> faust.App:
             run
         )
 
-    agent(REQUESTS, AGENT_ADMIT, settings.concurrency, admission.on_request)
+    agent(REQUESTS, AGENT_ADMIT, settings.concurrency, stages.admission.on_request)
     # These two write the coalescing table, which faust allows only in order: one actor per
     # partition. Copies of a request share a partition, so they always meet in one actor.
-    agent(REQUESTS_KEYED, AGENT_DEDUPE, 0, dedupe.on_keyed)
-    agent(COMPLETIONS, AGENT_COMPLETE, 0, complete.on_completion)
+    agent(REQUESTS_KEYED, AGENT_DEDUPE, 0, stages.dedupe.on_keyed)
+    agent(COMPLETIONS, AGENT_COMPLETE, 0, stages.complete.on_completion)
     agent(METERING, AGENT_METER, settings.concurrency, lambda _, value: gate.on_metering(value))
 
     async def ready() -> None:

@@ -16,9 +16,12 @@ from schemas.work import Completion
 from streams import metrics, replies
 from streams.coalesce import Coalescer
 from streams.dedupe import Similar
-from streams.outbox import Outbox, work_requester
+from streams.guard import Guard
+from streams.outbox import Outbox
+from streams.refusals import Refusals
 from streams.retries import final_failure, retry_of
 from streams.router import next_route
+from streams.salvage import work_requester
 from streams.semantic import semantic_key
 
 
@@ -34,19 +37,20 @@ class Complete:
         outbox: Outbox,
         coalescer: Coalescer,
         similar: Similar | None,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy,
     ) -> None:
         self._catalog = catalog
-        self._retry = retry or RetryPolicy(max_attempts=3, base_delay_s=1.0, budget_s=300.0)
+        self._retry = retry
         self._outbox = outbox
+        self._guard = Guard(Refusals(outbox))
         self._coalescer = coalescer
         self._similar = similar
         self._adding: set[asyncio.Task[None]] = set()
         self._one_at_a_time = asyncio.Semaphore(1)
 
     async def on_completion(self, key: bytes | None, value: bytes | None) -> None:
-        """One record of llmq.completions; never raises (see Outbox.guarded)."""
-        await self._outbox.guarded(
+        """One record of llmq.completions; never raises (see Guard)."""
+        await self._guard.run(
             COMPLETIONS, key, value, lambda: self._complete(key, value), work_requester
         )
 

@@ -9,7 +9,10 @@ from schemas.result import CacheStatus, ChatCompletion
 from schemas.work import WorkItem
 from streams import metrics, replies
 from streams.coalesce import Coalescer
-from streams.outbox import Outbox, work_requester
+from streams.guard import Guard
+from streams.outbox import Outbox
+from streams.refusals import Refusals
+from streams.salvage import work_requester
 from streams.semantic import SemanticHit, semantic_key
 
 
@@ -32,12 +35,13 @@ class Dedupe:
 
     def __init__(self, outbox: Outbox, coalescer: Coalescer, similar: Similar | None) -> None:
         self._outbox = outbox
+        self._guard = Guard(Refusals(outbox))
         self._coalescer = coalescer
         self._similar = similar
 
     async def on_keyed(self, key: bytes | None, value: bytes | None) -> None:
-        """One record of llmq.requests.keyed; never raises (see Outbox.guarded)."""
-        await self._outbox.guarded(
+        """One record of llmq.requests.keyed; never raises (see Guard)."""
+        await self._guard.run(
             REQUESTS_KEYED, key, value, lambda: self._dedupe(value), work_requester
         )
 

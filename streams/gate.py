@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 from pydantic import ValidationError
@@ -11,6 +12,7 @@ from redis.exceptions import RedisError
 from schemas.metering import MeteringEvent
 from schemas.redact import describe
 from schemas.request import InferenceRequest
+from schemas.retry import RetryPolicy
 from schemas.tenants import TenantPolicy
 from streams import metrics
 from streams.budget import Budgets
@@ -18,7 +20,8 @@ from streams.ratelimit import RateLimiter, estimate_tokens
 
 log = logging.getLogger(__name__)
 
-RETRY_CAP_S = 5.0
+METERING_RETRY = RetryPolicy(base_delay_s=0.1, max_delay_s=5.0)
+"""Backoff between tries to count a metering event while Redis fails (tried until it works)."""
 
 
 class TenantGate:
@@ -46,13 +49,12 @@ class TenantGate:
         except ValidationError as exc:
             log.warning("skipping an unreadable metering event: %s", describe(exc))
             return
-        delay = 0.1
-        while True:
+        for attempt in itertools.count(1):
             try:
                 if await self._budgets.record(event):
                     metrics.SPEND.inc(event.cost_usd)
                 return
             except RedisError as exc:
+                delay = METERING_RETRY.backoff(attempt)
                 log.warning("cannot record spend (retrying in %.1fs): %s", delay, exc)
                 await asyncio.sleep(delay)
-                delay = min(RETRY_CAP_S, delay * 2)

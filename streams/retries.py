@@ -15,10 +15,11 @@ def retry_of(
     """The next attempt at a failed generation, or None when the failure is final.
 
     Only retriable failures are tried again, and only while the policy allows another
-    attempt (counted from admission) that can start before the request's deadline.
+    attempt (counted from admission) that can start before the request's deadline. A
+    failure the engine already retried is final here: retries do not stack.
     """
     error = completion.error
-    if error is None or not error.retriable:
+    if error is None or not error.retriable or completion.engine_retried:
         return None
     now = time.time() if now is None else now
     work = completion.work

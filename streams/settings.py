@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 
 from schemas.names import DEFAULT_PARTITIONS, STREAMS_APP_ID
+from schemas.retry import RetryPolicy
 from schemas.settings import ServiceSettings
 from streams.semantic import DEFAULT_THRESHOLD
 
@@ -52,3 +53,12 @@ class StreamSettings(ServiceSettings):
     """No retry starts later than this after admission (LLMQ_RETRY_BUDGET_S)."""
     tenants_file: Path | None = None
     """A TOML file of per-tenant rate limits and budgets (LLMQ_TENANTS_FILE); none: unlimited."""
+
+    def retry_policy(self) -> RetryPolicy:
+        """How the complete stage retries a failed generation."""
+        return RetryPolicy(
+            max_attempts=self.retry_attempts,
+            base_delay_s=self.retry_base_delay_s,
+            max_delay_s=max(8.0, self.retry_base_delay_s),
+            budget_s=self.retry_budget_s,
+        )

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from streams.admit import MAX_RECORD_BYTES
+from schemas.request import MAX_RECORD_BYTES
 
 CID = "fuzz-cid-00000000"
 """The correlation id every drawn record carries, until `renamed`."""

@@ -113,6 +113,7 @@ class InFlight:
         return Completion(
             work=self.work,
             error=ErrorInfo.from_error(error),
+            engine_retried=error.retried,
             timings=self.timings(now),
             worker=worker,
             finished_at=now,

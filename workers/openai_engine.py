@@ -138,6 +138,7 @@ class OpenAIEngine:
                         f"{self._where} failed {attempt} time(s) in {elapsed:.1f} s; "
                         f"last error: {exc.reason}",
                         retry_after_s=exc.retry_after_s,
+                        retried=attempt > 1,
                     ) from exc
                 log.warning(
                     "%s: attempt %d to %s failed (%s); retrying in %.2f s",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import time
 from contextlib import suppress
 from functools import partial
@@ -24,17 +23,12 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.catalog import ModelSpec
+from schemas.dlq import dead_letter
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.names import (
-    COMPLETIONS,
-    DLQ,
-    HEADER_ERROR_CODE,
-    HEADER_REASON,
-    HEADER_SOURCE_TOPIC,
-    METERING,
-)
+from schemas.names import COMPLETIONS, DLQ, METERING
 from schemas.redact import describe
+from schemas.retry import RetryPolicy
 from schemas.work import Completion, WorkItem
 from workers import metrics
 from workers.engine import Engine
@@ -48,8 +42,8 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 POLL_TIMEOUT_MS = 100
 """The longest one fetch waits for records; also how soon a stop request is noticed."""
-PUBLISH_RETRY_MAX_S = 5.0
-"""The longest backoff between tries to publish an outcome the broker did not take."""
+PUBLISH_RETRY = RetryPolicy(base_delay_s=0.5, max_delay_s=5.0)
+"""Backoff between tries to publish an outcome the broker did not take (tried until it does)."""
 
 
 class Worker:
@@ -300,7 +294,7 @@ class Worker:
                 await (await self._producer.send(topic, value.encode(), key))
                 return
             except KafkaError as exc:
-                delay = min(PUBLISH_RETRY_MAX_S, 0.25 * 2**attempt)
+                delay = PUBLISH_RETRY.backoff(attempt)
                 log.warning(
                     "sending to %s failed (attempt %d), again in %.1fs: %r",
                     topic,
@@ -308,18 +302,16 @@ class Worker:
                     delay,
                     exc,
                 )
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                await asyncio.sleep(delay)
 
     async def _dead_letter(self, record: Record, reason: str) -> None:
         log.warning(
             "dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
         )
-        headers = [
-            (HEADER_REASON, reason.encode()),
-            (HEADER_ERROR_CODE, ErrorCode.INVALID_REQUEST.value.encode()),
-            (HEADER_SOURCE_TOPIC, record.topic.encode()),
-        ]
-        await (await self._producer.send(DLQ, record.value, record.key, headers=headers))
+        error = LlmqError(ErrorCode.INVALID_REQUEST, reason)
+        letter = dead_letter(record.topic, record.key, record.value, error)
+        headers = list(letter.headers.items())
+        await (await self._producer.send(DLQ, letter.value, letter.key, headers=headers))
 
     async def _drain(self) -> None:
         """Let in-flight generations finish within the bound; abort the rest, commit, return."""

@@ -21,9 +21,9 @@ from schemas.names import (
     HEADER_SOURCE_TOPIC,
     REQUESTS,
 )
+from schemas.request import MAX_RECORD_BYTES
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
-from streams.admit import MAX_RECORD_BYTES
 from tests.hostile import CID, TENANT, Hostile, examples, hostile_records, padded, with_field
 from tests.integration.helpers import Record, collect, header
 from tools.stack.stack import LocalStack

@@ -22,12 +22,13 @@ from schemas.result import (
     Usage,
 )
 from schemas.work import Completion, WorkItem
-from streams.admission import Admission, Compress, Gate
+from streams.admission import Compress, Gate
 from streams.admit import admit
 from streams.coalesce import Coalescer
-from streams.complete import Complete
-from streams.dedupe import Dedupe, Similar
+from streams.dedupe import Similar
 from streams.outbox import Outbox
+from streams.settings import StreamSettings
+from streams.stages import build_stages
 
 MODEL = "smollm2-135m"
 
@@ -91,12 +92,18 @@ class Pipeline:
         self.store = store or FakeStore()
         self.send = send or FakeSend()
         self.table: dict[bytes, bytes] = {}
-        catalog = catalog or Catalog.builtin()
-        outbox = Outbox(self.store, self.send)
-        coalescer = Coalescer(self.table, stale_after_s=600)
-        self.admission = Admission(catalog, outbox, gate, compress)
-        self.dedupe = Dedupe(outbox, coalescer, similar)
-        self.complete = Complete(catalog, outbox, coalescer, similar)
+        stages = build_stages(
+            catalog or Catalog.builtin(),
+            Outbox(self.store, self.send),
+            Coalescer(self.table, stale_after_s=600),
+            StreamSettings().retry_policy(),
+            similar=similar,
+            gate=gate,
+            compress=compress,
+        )
+        self.admission = stages.admission
+        self.dedupe = stages.dedupe
+        self.complete = stages.complete
 
     def on_request(self, key: bytes | None, raw: bytes) -> None:
         asyncio.run(self._on_request(key, raw))

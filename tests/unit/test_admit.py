@@ -11,8 +11,10 @@ from schemas.catalog import Catalog, ModelSpec
 from schemas.errors import ErrorCode
 from schemas.fingerprint import fingerprint
 from schemas.names import RESULTS
+from schemas.request import MAX_RECORD_BYTES
 from schemas.work import WorkItem
-from streams.admit import MAX_RECORD_BYTES, Rejection, admit
+from streams.admit import admit
+from streams.salvage import Rejection
 
 NOW = 1_700_000_000.0
 CATALOG = Catalog(

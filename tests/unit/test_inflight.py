@@ -163,6 +163,12 @@ def test_failure_is_an_error_completion() -> None:
     assert completion.worker == "w2"
     assert completion.work == state.work
     assert completion.timings.engine_ms == pytest.approx(1_500.0)
+    assert not completion.engine_retried
+
+
+def test_a_failure_the_engine_retried_says_so() -> None:
+    error = LlmqError(ErrorCode.ENGINE_ERROR, "boom", retried=True)
+    assert _fed().failure(error, "w2", NOW).engine_retried
 
 
 def test_metering_prices_the_tokens_with_the_model_spec() -> None:

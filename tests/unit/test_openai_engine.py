@@ -292,6 +292,7 @@ def test_after_the_retries_a_retriable_engine_error_not_unavailable() -> None:
         assert error.code is ErrorCode.ENGINE_ERROR
         assert error.retriable
         assert "failed 4 time(s)" in error.message and "HTTP 503: overloaded" in error.message
+        assert error.retried  # so the stream processor does not retry it again
         assert error.retry_after_s == 0.0
         assert len(server.bodies) == 4
 
@@ -314,7 +315,9 @@ def test_the_breaker_opens_after_n_failures_and_then_fails_fast() -> None:
         async with running(status(500)) as (server, url):
             eng = engine(url, threshold=3, retry=RetryPolicy(max_attempts=1))
             for _ in range(3):
-                assert (await failure(eng)).code is ErrorCode.ENGINE_ERROR
+                once = await failure(eng)
+                assert once.code is ErrorCode.ENGINE_ERROR
+                assert not once.retried  # one attempt: the stream processor may retry it
             started = time.monotonic()
             error = await failure(eng)
             assert time.monotonic() - started < 0.1
@@ -353,6 +356,7 @@ def test_a_stream_that_breaks_mid_answer_is_not_retried() -> None:
         assert seen == ["Hello", " wor"]
         assert caught.value.code is ErrorCode.ENGINE_ERROR
         assert "mid-answer" in caught.value.message
+        assert not caught.value.retried
         assert len(s.bodies) == 1
 
     asyncio.run(scenario())

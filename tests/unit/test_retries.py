@@ -48,6 +48,15 @@ def test_a_failure_no_retry_can_help_is_final_at_once_and_not_dead_lettered(
     assert final_failure(failed) is None
 
 
+def test_a_failure_the_engine_already_retried_is_not_retried_again() -> None:
+    failed = _failed().model_copy(update={"engine_retried": True})
+    assert retry_of(failed, POLICY, now=NOW) is None
+    error = final_failure(failed)
+    assert error is not None
+    assert error.message == "failed after 1 attempt: boom"
+    assert error.retriable
+
+
 def test_no_retry_that_could_not_start_before_the_deadline() -> None:
     failed = _failed()
     request = failed.work.request.model_copy(update={"deadline": NOW + 0.4})

@@ -1,0 +1,51 @@
+"""The agents' error boundary: a record whose handling fails unexpectedly is dead-lettered
+and answered, never skipped."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from pydantic import ValidationError
+
+from schemas.errors import ErrorCode, LlmqError
+from schemas.redact import explain
+from streams.refusals import Refusals
+from streams.salvage import Rejection, salvage
+
+log = logging.getLogger(__name__)
+
+Requester = Callable[[LlmqError, bytes | None], Rejection]
+"""Finds whom to answer in a raw record of one topic (salvage, work_requester)."""
+
+
+class Guard:
+    """Runs each record's handler so that nothing raises out of an agent: faust would commit
+    past a raising agent, and the app would wait forever."""
+
+    def __init__(self, refusals: Refusals) -> None:
+        self._refusals = refusals
+
+    async def run(
+        self,
+        source: str,
+        key: bytes | None,
+        value: bytes | None,
+        handle: Callable[[], Awaitable[None]],
+        requester: Requester = salvage,
+    ) -> None:
+        """Run one record's handler; an unexpected failure dead-letters the record with a
+        retriable error reply to whoever `requester` finds in it. This never raises (but a
+        failed dead-letter send does)."""
+        try:
+            await handle()
+        except Exception as exc:
+            reason = explain(exc)
+            log.error(
+                "failed on a record of %s; dead-lettering it: %s",
+                source,
+                reason,
+                exc_info=not isinstance(exc, ValidationError),  # its traceback quotes inputs
+            )
+            error = LlmqError(ErrorCode.INTERNAL_ERROR, f"the stream processor failed: {reason}")
+            await self._refusals.reject(source, key, value, requester(error, value))

@@ -1,0 +1,42 @@
+"""Requests that will not be served get an error reply; only poison is dead-lettered."""
+
+from __future__ import annotations
+
+import logging
+
+from streams import metrics, replies
+from streams.outbox import Outbox
+from streams.salvage import Rejection
+
+log = logging.getLogger(__name__)
+
+
+class Refusals:
+    """The two ways a request ends without an answer: refused (well-formed, but over a
+    limit: answered, not poison) or rejected (invalid or failing: dead-lettered too)."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    async def refuse(self, why: Rejection) -> None:
+        """An error reply for a request that is well-formed but not served (rate limits,
+        budgets): it is answered, not dead-lettered."""
+        metrics.REJECTIONS.labels(why.error.code.value).inc()
+        log.info("refused %s: %s", why.correlation_id, why.error)
+        await self._answer(why)
+
+    async def reject(
+        self, source: str, key: bytes | None, raw: bytes | None, why: Rejection
+    ) -> None:
+        """Dead-letter the raw record and, where the envelope allows, send an error reply."""
+        metrics.REJECTIONS.labels(why.error.code.value).inc()
+        log.info(
+            "rejected %s (%s): %s", why.correlation_id or "a record", why.error.code, why.error
+        )
+        await self._outbox.dead_letter(source, key, raw, why.error)
+        await self._answer(why)
+
+    async def _answer(self, why: Rejection) -> None:
+        if why.correlation_id is not None:
+            result = replies.from_error(why.error, why.correlation_id, why.tenant)
+            await self._outbox.reply(why.reply_to, result)

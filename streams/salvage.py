@@ -1,0 +1,65 @@
+"""Who is waiting on a record that will not be served: the envelope fields an error reply
+needs, read from whatever of the record can be read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from schemas.errors import LlmqError
+from schemas.names import RESULTS
+from schemas.request import IDENTIFIER, REPLY_TOPIC
+from schemas.work import Completion, WorkItem
+from streams.decode import decode
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A request that will not be served, with whatever of its envelope could be read."""
+
+    error: LlmqError
+    correlation_id: str | None
+    tenant: str | None
+    reply_to: str | None
+    """Where to send the error reply; None when the record names no usable reply topic."""
+
+
+def salvage(error: LlmqError, raw: bytes | None) -> Rejection:
+    """Salvage the envelope fields an error reply needs from a llmq.requests record that
+    failed validation."""
+    try:
+        # Past bad bytes elsewhere in the record: the fields kept are checked by pattern.
+        data = decode(raw, lenient=True)
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        return Rejection(error, None, None, None)
+    reply_to = data.get("reply_to", RESULTS)
+    return Rejection(
+        error,
+        correlation_id=_identifier(data.get("correlation_id")),
+        tenant=_identifier(data.get("tenant")),
+        reply_to=reply_to
+        if isinstance(reply_to, str) and REPLY_TOPIC.fullmatch(reply_to)
+        else None,
+    )
+
+
+def work_requester(error: LlmqError, raw: bytes | None) -> Rejection:
+    """Who is waiting on a WorkItem or Completion record (both carry the request)."""
+    try:
+        request = WorkItem.model_validate_json(raw or b"").request
+    except ValidationError:
+        try:
+            request = Completion.model_validate_json(raw or b"").work.request
+        except ValidationError:
+            return Rejection(error, None, None, None)
+    return Rejection(error, request.correlation_id, request.tenant, request.reply_to)
+
+
+def _identifier(value: object) -> str | None:
+    """A salvaged id, only if it is a sane string (it will be echoed back and logged)."""
+    if isinstance(value, str) and IDENTIFIER.fullmatch(value):
+        return value
+    return None
