@@ -61,27 +61,39 @@ class Complete:
             error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable completion: {describe(exc)}")
             await self._outbox.dead_letter(COMPLETIONS, key, value, error)
             return
+        # 1) Another model or another attempt takes it over: whoever waits keeps waiting.
+        if await self._hand_on(completion):
+            return
+        # 2) Failed for good: the record goes to the DLQ and the app gets the failure.
+        failure = final_failure(completion)
+        if failure is not None:
+            await self._outbox.dead_letter(COMPLETIONS, key, value, failure)
+            completion = completion.model_copy(update={"error": ErrorInfo.from_error(failure)})
+        # 3) Answer the leader and every follower, and fill the caches.
+        await self._answer(completion)
+
+    async def _hand_on(self, completion: Completion) -> bool:
+        """Send the work on when the answer is too unsure (cascade) or the model failed
+        (fallback) and the request is still wanted, or when another attempt at the same
+        model may succeed (retry, perhaps on another replica); True if it was."""
         work = completion.work
         route = next_route(completion, self._catalog)
         if route is not None and not work.request.expired():
-            # 1) Too unsure (cascade) or failed (fallback), and still wanted: the next model
-            #    takes it over, and whoever waits on this fingerprint keeps waiting.
             metrics.REROUTES.labels("escalated" if route.escalated else "fell_back").inc()
             await self._outbox.work(
                 work.model_copy(update={"model": route.current, "route": route})
             )
-            return
+            return True
         retry = retry_of(completion, self._retry)
         if retry is not None:
-            # 2) Failed, but another attempt may succeed (and may land on another replica).
             metrics.REROUTES.labels("retried").inc()
             await self._outbox.work(retry)
-            return
-        failure = final_failure(completion)
-        if failure is not None:
-            # 3) Failed for good: the record goes to the DLQ and the app gets the failure.
-            await self._outbox.dead_letter(COMPLETIONS, key, value, failure)
-            completion = completion.model_copy(update={"error": ErrorInfo.from_error(failure)})
+            return True
+        return False
+
+    async def _answer(self, completion: Completion) -> None:
+        """Reply to the request and to every copy coalesced with it, then forget it."""
+        work = completion.work
         request = work.request
         result = replies.from_completion(completion)
         metrics.COMPLETIONS.labels(result.status).inc()
@@ -89,10 +101,9 @@ class Complete:
         if not request.cacheable:
             await self._outbox.reply_all(first)
             return
-        # 4) Fill the exact cache before the entry goes, so a copy arriving later hits it.
+        # Fill the exact cache before the entry goes, so a copy arriving later hits it.
         if completion.response is not None:
             await self._outbox.store.cache(work.fingerprint, completion.response)
-        # 5) Answer the leader and every follower, then forget the generation.
         followers = await self._coalescer.settle(
             work.fingerprint,
             first,
@@ -100,7 +111,7 @@ class Complete:
             self._outbox.reply_all,
         )
         metrics.COALESCED.observe(followers)
-        # 6) Teach the semantic cache the question, without holding up the next completion.
+        # Teach the semantic cache the question, without holding up the next completion.
         if completion.response is not None:
             self._remember(completion)
 

@@ -122,24 +122,7 @@ class OpenAIEngine:
                 #    yet and the policy's attempts and time allow.
                 self._breaker.failure(exc.reason)
                 verdict = True
-                if yielded:
-                    raise LlmqError(
-                        ErrorCode.ENGINE_ERROR,
-                        f"the stream from {self._where} broke mid-answer (not retried: it "
-                        f"would repeat text): {exc.reason}",
-                    ) from exc
-                elapsed = time.monotonic() - started
-                delay = (
-                    self._retry.delay(attempt, elapsed, exc.retry_after_s) if exc.retry else None
-                )
-                if delay is None:
-                    raise LlmqError(
-                        ErrorCode.ENGINE_ERROR,
-                        f"{self._where} failed {attempt} time(s) in {elapsed:.1f} s; "
-                        f"last error: {exc.reason}",
-                        retry_after_s=exc.retry_after_s,
-                        retried=attempt > 1,
-                    ) from exc
+                delay = self._retry_delay(exc, attempt, time.monotonic() - started, yielded)
                 log.warning(
                     "%s: attempt %d to %s failed (%s); retrying in %.2f s",
                     request_id,
@@ -152,6 +135,25 @@ class OpenAIEngine:
             finally:
                 if probe and not verdict:
                     self._breaker.abandon()
+
+    def _retry_delay(self, exc: _ServerError, attempt: int, elapsed: float, yielded: bool) -> float:
+        """The wait before the next attempt; raises ENGINE_ERROR when there is none."""
+        if yielded:
+            raise LlmqError(
+                ErrorCode.ENGINE_ERROR,
+                f"the stream from {self._where} broke mid-answer (not retried: it would "
+                f"repeat text): {exc.reason}",
+            ) from exc
+        delay = self._retry.delay(attempt, elapsed, exc.retry_after_s) if exc.retry else None
+        if delay is None:
+            raise LlmqError(
+                ErrorCode.ENGINE_ERROR,
+                f"{self._where} failed {attempt} time(s) in {elapsed:.1f} s; "
+                f"last error: {exc.reason}",
+                retry_after_s=exc.retry_after_s,
+                retried=attempt > 1,
+            ) from exc
+        return delay
 
     def prompt_tokens(self, messages: list[ChatMessage]) -> int | None:
         """The server's tokenizer is not at hand: unknown until its usage report."""
@@ -262,19 +264,7 @@ async def _steps(content: aiohttp.StreamReader) -> AsyncIterator[EngineStep]:
     counted = prompt_tokens = 0
     completion_tokens: int | None = None
     finish_reason: str | None = None
-    async for raw in content:
-        line = raw.decode("utf-8", "replace").strip()
-        if not line.startswith("data:"):
-            continue  # blank separators, comments, event names
-        data = line.removeprefix("data:").strip()
-        if data == "[DONE]":
-            break
-        try:
-            chunk = _Chunk.parse(data)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise _ServerError(f"an unreadable event in the stream: {data[:200]!r}") from exc
-        if chunk.error is not None:
-            raise _ServerError(f"the server reported an error mid-stream: {chunk.error}")
+    async for chunk in _chunks(content):
         if chunk.prompt_tokens is not None:
             prompt_tokens = chunk.prompt_tokens
         completion_tokens = chunk.completion_tokens or completion_tokens
@@ -289,6 +279,24 @@ async def _steps(content: aiohttp.StreamReader) -> AsyncIterator[EngineStep]:
         raise _ServerError(f"the server ended the generation with {finish_reason!r}")
     total = counted if completion_tokens is None else completion_tokens
     yield EngineStep("", total - counted, prompt_tokens, True, finish_reason)
+
+
+async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[_Chunk]:
+    """The `data:` events of a server-sent event stream, read, up to `[DONE]`."""
+    async for raw in content:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue  # blank separators, comments, event names
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            return
+        try:
+            chunk = _Chunk.parse(data)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise _ServerError(f"an unreadable event in the stream: {data[:200]!r}") from exc
+        if chunk.error is not None:
+            raise _ServerError(f"the server reported an error mid-stream: {chunk.error}")
+        yield chunk
 
 
 @dataclass(frozen=True)

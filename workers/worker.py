@@ -28,6 +28,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.names import COMPLETIONS, DLQ, METERING
 from schemas.redact import describe
+from schemas.request import ChatBody
 from schemas.retry import RetryPolicy
 from schemas.work import Completion, WorkItem
 from workers import metrics
@@ -208,63 +209,15 @@ class Worker:
 
     async def _generate(self, state: InFlight) -> Completion:
         """Run the generation; every outcome but a dead engine becomes a Completion."""
-        request = state.work.request
-        if state.work.model != self._spec.name:
-            error = LlmqError(
-                ErrorCode.UNKNOWN_MODEL,
-                f"routed to worker of {self._spec.name!r} but asks for {state.work.model!r}",
-            )
+        # 1) Refuse what must not start: another model's work, or work already expired.
+        error = await self._unstartable(state)
+        # 2) Generate, bounded by the model's timeout or the request's deadline.
+        if error is None:
+            error = await self._run(state)
+        if error is not None:
             metrics.GENERATIONS.labels(error.code.value).inc()
             return state.failure(error, self._worker_id, time.time())
-        if state.work.not_before is not None:
-            # A retry: its backoff runs here, so the record stays in flight (uncommitted).
-            await asyncio.sleep(max(0.0, state.work.not_before - time.time()))
-        now = time.time()
-        if request.expired(now):
-            error = LlmqError(ErrorCode.EXPIRED, "the deadline passed while the request was queued")
-            metrics.GENERATIONS.labels(error.code.value).inc()
-            return state.failure(error, self._worker_id, now)
-        route = state.work.route
-        body = request.body
-        if route.cascade and route.remaining and not body.logprobs:
-            # The cascade escalates on the answer's mean logprob, so ask the engine for them.
-            body = body.model_copy(update={"logprobs": True})
-        # Whichever comes first, the model's timeout or the request's deadline, aborts the
-        # generation: closing the engine's iterator (the cancellation) aborts it there.
-        limit_s = self._spec.timeout_s
-        by_deadline = request.deadline is not None and request.deadline - now < limit_s
-        if request.deadline is not None and by_deadline:
-            limit_s = request.deadline - now
-        timer = asyncio.timeout(limit_s)
-        try:
-            async with timer:
-                async for step in self._engine.generate(
-                    state.request_id, body, request.lane.priority
-                ):
-                    state.add(step)
-        except TimeoutError:
-            if not timer.expired():
-                raise
-            error = (
-                LlmqError(
-                    ErrorCode.EXPIRED,
-                    "the deadline passed during the generation, which was aborted after "
-                    f"{state.completion_tokens} tokens",
-                )
-                if by_deadline
-                else LlmqError(
-                    ErrorCode.ENGINE_TIMEOUT,
-                    f"the generation ran past {self._spec.timeout_s:g}s ({self._spec.name}'s "
-                    "timeout_s) and was aborted",
-                )
-            )
-            metrics.GENERATIONS.labels(error.code.value).inc()
-            return state.failure(error, self._worker_id, time.time())
-        except LlmqError as error:
-            if error.code is ErrorCode.ENGINE_UNAVAILABLE:
-                raise
-            metrics.GENERATIONS.labels(error.code.value).inc()
-            return state.failure(error, self._worker_id, time.time())
+        # 3) An answer: count it.
         if state.work.uncompressed is not None:
             state.uncompressed_prompt_tokens = self._engine.prompt_tokens(state.work.uncompressed)
         metrics.GENERATIONS.labels("ok").inc()
@@ -273,6 +226,65 @@ class Worker:
         if state.first_token_at is not None:
             metrics.TTFT.observe(state.first_token_at - state.started_at)
         return state.completion(self._worker_id, time.time())
+
+    async def _unstartable(self, state: InFlight) -> LlmqError | None:
+        """Why this work must not start, or None once it may (a retry's backoff runs here,
+        so the record stays in flight, uncommitted)."""
+        if state.work.model != self._spec.name:
+            return LlmqError(
+                ErrorCode.UNKNOWN_MODEL,
+                f"routed to worker of {self._spec.name!r} but asks for {state.work.model!r}",
+            )
+        if state.work.not_before is not None:
+            await asyncio.sleep(max(0.0, state.work.not_before - time.time()))
+        if state.work.request.expired():
+            return LlmqError(ErrorCode.EXPIRED, "the deadline passed while the request was queued")
+        return None
+
+    async def _run(self, state: InFlight) -> LlmqError | None:
+        """Stream the engine's steps into `state`; the failure, if it failed. Whichever comes
+        first, the model's timeout or the request's deadline, aborts the generation: closing
+        the engine's iterator (the cancellation) aborts it there."""
+        request = state.work.request
+        limit_s = self._spec.timeout_s
+        left_s = None if request.deadline is None else request.deadline - time.time()
+        by_deadline = left_s is not None and left_s < limit_s
+        timer = asyncio.timeout(left_s if left_s is not None and by_deadline else limit_s)
+        try:
+            async with timer:
+                body = self._body(state.work)
+                async for step in self._engine.generate(
+                    state.request_id, body, request.lane.priority
+                ):
+                    state.add(step)
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            if by_deadline:
+                return LlmqError(
+                    ErrorCode.EXPIRED,
+                    "the deadline passed during the generation, which was aborted after "
+                    f"{state.completion_tokens} tokens",
+                )
+            return LlmqError(
+                ErrorCode.ENGINE_TIMEOUT,
+                f"the generation ran past {self._spec.timeout_s:g}s ({self._spec.name}'s "
+                "timeout_s) and was aborted",
+            )
+        except LlmqError as error:
+            if error.code is ErrorCode.ENGINE_UNAVAILABLE:
+                raise
+            return error
+        return None
+
+    @staticmethod
+    def _body(work: WorkItem) -> ChatBody:
+        """The body for the engine: a cascade escalates on the answer's mean logprob, so the
+        engine is asked for them."""
+        body = work.request.body
+        if work.route.cascade and work.route.remaining and not body.logprobs:
+            return body.model_copy(update={"logprobs": True})
+        return body
 
     async def _publish(self, completion: Completion, state: InFlight) -> None:
         """Send the completion (and, for a generation, its metering event); await both acks."""

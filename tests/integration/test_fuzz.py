@@ -126,18 +126,11 @@ def _check(hostile: Hostile, letters: list[Record], replies: list[InferenceResul
     if len(letters) != 1:
         return f"{len(letters)} DLQ records"
     [letter] = letters
-    reason, code = header(letter, HEADER_REASON), header(letter, HEADER_ERROR_CODE)
-    raw = hostile.raw or b""  # a tombstone is dead-lettered as an empty value
-    if (letter.value or b"") != raw[:MAX_RECORD_BYTES]:
-        return "the DLQ record is not the raw record (cut to the admission limit)"
-    if len(raw) > MAX_RECORD_BYTES and header(letter, HEADER_ORIGINAL_BYTES) != str(len(raw)):
-        return "a cut DLQ record does not say its original length"
-    if header(letter, HEADER_SOURCE_TOPIC) != REQUESTS or not reason or code is None:
-        return f"DLQ headers {letter.headers}"
-    if code == ErrorCode.INTERNAL_ERROR.value:
-        return f"an unexpected failure: {reason}"
-    if hostile.correlation_id is None:
-        return None
+    wrong = _wrong_letter(hostile, letter)
+    if wrong is not None or hostile.correlation_id is None:
+        return wrong
+    reason = header(letter, HEADER_REASON) or ""  # _wrong_letter checked there is one
+    code = header(letter, HEADER_ERROR_CODE)
     if len(replies) != 1:
         return f"{len(replies)} replies"
     error = replies[0].error
@@ -153,6 +146,21 @@ def _check(hostile: Hostile, letters: list[Record], replies: list[InferenceResul
         return f"the reply {error} is not the DLQ's {code}: {reason}"
     if hostile.blame and not any(word in reason for word in hostile.blame):
         return f"{reason!r} names none of {hostile.blame}"
+    return None
+
+
+def _wrong_letter(hostile: Hostile, letter: Record) -> str | None:
+    """What is wrong with the DLQ record of one hostile record, or None."""
+    reason, code = header(letter, HEADER_REASON), header(letter, HEADER_ERROR_CODE)
+    raw = hostile.raw or b""  # a tombstone is dead-lettered as an empty value
+    if (letter.value or b"") != raw[:MAX_RECORD_BYTES]:
+        return "the DLQ record is not the raw record (cut to the admission limit)"
+    if len(raw) > MAX_RECORD_BYTES and header(letter, HEADER_ORIGINAL_BYTES) != str(len(raw)):
+        return "a cut DLQ record does not say its original length"
+    if header(letter, HEADER_SOURCE_TOPIC) != REQUESTS or not reason or code is None:
+        return f"DLQ headers {letter.headers}"
+    if code == ErrorCode.INTERNAL_ERROR.value:
+        return f"an unexpected failure: {reason}"
     return None
 
 

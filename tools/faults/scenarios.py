@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kafka import KafkaConsumer
+
 from llmq.client import tail
 from schemas.lanes import Lane
 from schemas.names import (
@@ -246,14 +248,7 @@ def poison(rig: Rig, out: Outcome) -> None:
             fault_at = time.monotonic()
             for topic, value, cid, _ in records:
                 load.send_raw(topic, value, cid)
-            values = {value for _, value, _, _ in records}
-            dead: dict[bytes, dict[str, str]] = {}
-            deadline = time.monotonic() + BUSY_WAIT_S
-            while len(dead) < len(records) and time.monotonic() < deadline:
-                for batch in dlq.poll(timeout_ms=250).values():
-                    for record in batch:
-                        if record.value in values:
-                            dead[record.value] = _headers(record.headers)
+            dead = _dead_letters(dlq, {value for _, value, _, _ in records}, BUSY_WAIT_S)
             time.sleep(AFTER_S)
             out.tally = load.finish(fault_at, DRAIN_S)
             replies = {cid: load.first_reply(cid) for _, _, cid, _ in records if cid}
@@ -273,11 +268,25 @@ def poison(rig: Rig, out: Outcome) -> None:
             continue
         if not headers.get(HEADER_REASON):
             out.findings.append(f"the poison record from {topic} has no {HEADER_REASON} header")
-        if cid is not None:
-            reply = replies.get(cid)
-            if reply is None or reply.error_code != code:
-                got = "no reply" if reply is None else f"{reply.status} {reply.error_code}"
-                out.findings.append(f"{cid} wanted an error reply {code}, got {got}")
+        reply = replies.get(cid) if cid is not None else None
+        if cid is not None and (reply is None or reply.error_code != code):
+            got = "no reply" if reply is None else f"{reply.status} {reply.error_code}"
+            out.findings.append(f"{cid} wanted an error reply {code}, got {got}")
+
+
+def _dead_letters(
+    dlq: KafkaConsumer, values: set[bytes], wait_s: float
+) -> dict[bytes, dict[str, str]]:
+    """The headers of the DLQ records whose values are among `values`, read until all came
+    or `wait_s` passed."""
+    dead: dict[bytes, dict[str, str]] = {}
+    deadline = time.monotonic() + wait_s
+    while len(dead) < len(values) and time.monotonic() < deadline:
+        for batch in dlq.poll(timeout_ms=250).values():
+            for record in batch:
+                if record.value in values:
+                    dead[record.value] = _headers(record.headers)
+    return dead
 
 
 def overload(rig: Rig, out: Outcome) -> None:
