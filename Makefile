@@ -37,6 +37,7 @@ test: install lint mypy
 lint:
 	ruff check .
 	ruff format --check .
+	lint-imports
 
 mypy:
 	mypy

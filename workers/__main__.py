@@ -140,6 +140,7 @@ def engine_factory(settings: WorkerSettings, spec: ModelSpec) -> Callable[[], Se
     if spec.engine == "openai":
         engine = OpenAIEngine(
             spec,
+            api_key=settings.api_key(spec),
             send_priority=spec.send_priority,
             retry=RetryPolicy(max_attempts=spec.retry_attempts, budget_s=spec.retry_budget_s),
             breaker=CircuitBreaker(
@@ -152,8 +153,7 @@ def engine_factory(settings: WorkerSettings, spec: ModelSpec) -> Callable[[], Se
         return lambda: engine
     if spec.source is None:
         raise ValueError("engine 'vllm' needs a `source`")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.update(settings.engine_env())
     checkpoint = resolve_model_source(spec.source, settings.cache_dir / "models")
     from workers.vllm_engine import VllmEngine  # noqa: PLC0415 -- torch and vLLM: "vllm" only
 

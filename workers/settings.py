@@ -9,6 +9,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
+from schemas.catalog import ModelSpec
 from schemas.settings import ServiceSettings
 from workers.lanes import MAX_MIN_SHARE, LanePolicy
 
@@ -51,6 +52,14 @@ class WorkerSettings(ServiceSettings):
     lane_buffer: int = Field(default=32, ge=1, le=100_000)
     """Records per lane fetched ahead of their start; a full lane is paused, its backlog
     stays in Kafka (LLMQ_LANE_BUFFER)."""
+    vllm_cpu_kvcache_space: int | None = Field(
+        default=None, ge=1, validation_alias="VLLM_CPU_KVCACHE_SPACE"
+    )
+    """vLLM's own variable, when set: it wins over kv_cache_gib."""
+    vllm_cpu_num_of_reserved_cpu: int | None = Field(
+        default=None, ge=0, validation_alias="VLLM_CPU_NUM_OF_RESERVED_CPU"
+    )
+    """vLLM's own variable, when set; llmq reserves no core otherwise."""
 
     @model_validator(mode="after")
     def _caps_ordered(self) -> Self:
@@ -60,6 +69,26 @@ class WorkerSettings(ServiceSettings):
                 f"LLMQ_LANE_STANDARD_CAP ({self.lane_standard_cap})"
             )
         return self
+
+    def engine_env(self) -> dict[str, str]:
+        """The CPU engine's environment (vLLM reads these): the KV cache from kv_cache_gib
+        unless VLLM_CPU_KVCACHE_SPACE is set, and no core held back from the engine."""
+        return {
+            "VLLM_CPU_KVCACHE_SPACE": str(self.vllm_cpu_kvcache_space or self.kv_cache_gib),
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": str(self.vllm_cpu_num_of_reserved_cpu or 0),
+        }
+
+    def api_key(self, spec: ModelSpec) -> str | None:
+        """The API key of a model served over HTTP, from the variable its catalog entry names
+        (`api_key_env`); None when it names none. A named variable that is unset is an error."""
+        if not spec.api_key_env:
+            return None
+        key = os.environ.get(spec.api_key_env)
+        if not key:
+            raise ValueError(
+                f"model {spec.name!r} reads its API key from ${spec.api_key_env}, which is not set"
+            )
+        return key
 
     def lane_policy(self) -> LanePolicy:
         """How the worker shares its engine between lanes."""

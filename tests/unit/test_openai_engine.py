@@ -223,9 +223,9 @@ def test_passes_the_sampling_fields_logprobs_priority_and_key(
 
     async def scenario() -> None:
         async with running(reply) as (server, url):
-            eng = OpenAIEngine(
-                spec(url, remote_model="org/big", api_key_env="REMOTE_KEY"), send_priority=True
-            )
+            remote = spec(url, remote_model="org/big", api_key_env="REMOTE_KEY")
+            key = WorkerSettings().api_key(remote)
+            eng = OpenAIEngine(remote, api_key=key, send_priority=True)
             steps = await collect(eng, body)
         assert [(t.token, t.logprob) for s in steps for t in s.logprobs] == [
             ("A", -0.5),
@@ -251,7 +251,7 @@ def test_passes_the_sampling_fields_logprobs_priority_and_key(
 def test_a_missing_api_key_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_SUCH_KEY", raising=False)
     with pytest.raises(ValueError, match=r"\$NO_SUCH_KEY"):
-        OpenAIEngine(spec("http://127.0.0.1:9/v1", api_key_env="NO_SUCH_KEY"))
+        WorkerSettings().api_key(spec("http://127.0.0.1:9/v1", api_key_env="NO_SUCH_KEY"))
 
 
 def test_server_errors_and_resets_are_retried_until_an_answer() -> None:

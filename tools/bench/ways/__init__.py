@@ -77,7 +77,7 @@ def engine_settings() -> dict[str, object]:
         "dtype": "bfloat16 in eager mode on a CPU (the model's own and CUDA graphs on a GPU)",
         "max_model_len": spec.max_model_len,
         "max_num_seqs": spec.max_inflight,
-        "kv_cache_gib": os.environ.get("VLLM_CPU_KVCACHE_SPACE", WorkerSettings().kv_cache_gib),
+        "kv_cache_gib": WorkerSettings().engine_env()["VLLM_CPU_KVCACHE_SPACE"],
         "scheduling": "priority",
         "temperature": 0,
         "ignore_eos": False,
@@ -85,10 +85,8 @@ def engine_settings() -> dict[str, object]:
 
 
 def set_engine_env() -> None:
-    """The CPU engine's environment, as the worker sets it (an explicit setting wins):
-    KV-cache size from LLMQ_KV_CACHE_GIB, and no core held back from the engine."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(WorkerSettings().kv_cache_gib))
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    """The CPU engine's environment, as the worker sets it (WorkerSettings.engine_env)."""
+    os.environ.update(WorkerSettings().engine_env())
 
 
 def body(request: BenchRequest) -> ChatBody:

@@ -1,0 +1,148 @@
+"""The layout's rules: imports run one way, the client library stays light, settings are the
+only readers of the environment, and what deploy/ names is what schemas/names.py makes."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from schemas.catalog import Catalog
+from schemas.names import work_topics, worker_group
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ["llmq", "schemas", "streams", "workers", "tools"]
+HEAVY = ["torch", "vllm", "transformers", "matplotlib", "faust", "aiokafka"]
+"""What an app that imports llmq, or `llmq submit`, must not pay for."""
+
+
+def test_the_import_rule_holds() -> None:
+    """tools -> streams | workers -> llmq -> schemas (pyproject.toml, [tool.importlinter])."""
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run(
+        [str(lint_imports), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 kept, 0 broken" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import llmq",
+        # `llmq submit`: the whole command line is built (every tool registers its command),
+        # then the submit path runs up to the send.
+        "from llmq.cli import parser; args = parser().parse_args(['submit', 'hi']);"
+        "from llmq.settings import ClientSettings; ClientSettings()",
+    ],
+)
+def test_the_client_library_imports_no_engine_model_or_plotting_library(code: str) -> None:
+    probe = f"{code}\nimport sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"{code!r} imported {done.stdout.strip()}"
+
+
+def _environment_reads(path: Path, root: Path = ROOT) -> list[str]:
+    """Where a module reads a variable from the environment itself: os.getenv,
+    os.environ.get/setdefault/pop, os.environ[...] or `in os.environ`. Passing the whole
+    environment on to a child process ({**os.environ}, .copy()) and writing to it is fine."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner, name = ast.unparse(node.func.value), node.func.attr
+            if (owner, name) == ("os", "getenv") or (
+                owner == "os.environ" and name in {"get", "setdefault", "pop"}
+            ):
+                found.append(f"{path.relative_to(root)}:{node.lineno} {ast.unparse(node)}")
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+            if ast.unparse(node.value) == "os.environ":
+                found.append(f"{path.relative_to(root)}:{node.lineno} {ast.unparse(node)}")
+        elif isinstance(node, ast.Compare) and any(
+            ast.unparse(c) == "os.environ" for c in node.comparators
+        ):
+            found.append(f"{path.relative_to(root)}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_only_settings_modules_read_the_environment() -> None:
+    """Each process reads its LLMQ_* variables through one validated settings object."""
+    modules = [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]
+    assert len(modules) > 90
+    reads = [r for p in modules if p.name != "settings.py" for r in _environment_reads(p)]
+    assert reads == []
+
+
+def test_the_environment_check_finds_reads(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text(
+        "import os\n"
+        "a = os.environ.get('A')\nb = os.getenv('B')\nc = os.environ['C']\n"
+        "d = 'D' in os.environ\nos.environ['E'] = '1'\nf = {**os.environ}\n"
+        "os.environ.update({'G': '1'})\n"
+    )
+    found = _environment_reads(module, tmp_path)
+    assert [line.split()[0].rsplit(":", 1)[1] for line in found] == ["2", "3", "4", "5"]
+
+
+def test_the_image_carries_every_package_that_is_installed() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    installed = {
+        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    copied = set(
+        re.findall(r"^COPY (\w+) \./\1$", (ROOT / "deploy" / "Dockerfile").read_text(), re.M)
+    )
+    assert installed == set(PACKAGES)
+    assert copied == installed
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_the_topics_in_deploy_come_from_the_topic_plan() -> None:
+    """docker-compose and the k8s Job create topics with `llmq topics --create` (the plan for
+    the catalog they are given), not from a list of their own."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert compose["services"]["topics"]["command"] == ["llmq", "topics", "--create"]
+    [job] = _documents(ROOT / "deploy" / "k8s" / "topics-job.yaml")
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["llmq", "topics", "--create"]
+    assert container["image"] == "llmq"
+
+
+def test_every_scaled_object_watches_its_models_group_and_lane_topics() -> None:
+    catalog = Catalog.builtin()
+    scaled = [
+        d
+        for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+        for d in _documents(path)
+        if d.get("kind") == "ScaledObject"
+    ]
+    assert scaled
+    for obj in scaled:
+        model = obj["metadata"]["labels"]["llmq.io/model"]
+        assert model in catalog.names
+        triggers = [t["metadata"] for t in obj["spec"]["triggers"] if t["type"] == "kafka"]
+        assert {t["consumerGroup"] for t in triggers} == {worker_group(model)}
+        assert sorted(t["topic"] for t in triggers) == sorted(work_topics(model))
