@@ -1,4 +1,6 @@
-"""llmq's face: the app client, the CLI, and the local stack runner."""
+"""The app client library: publish requests as one tenant, collect results by correlation id
+(Client), and the `llmq` command. Small on purpose: it imports no engine, model or plotting
+library, and none of the tooling."""
 
 from llmq.client import Client
 
