@@ -20,6 +20,8 @@ class ErrorCode(StrEnum):
     ENGINE_UNAVAILABLE = "engine_unavailable"
     ENGINE_TIMEOUT = "engine_timeout"
     INTERNAL_ERROR = "internal_error"
+    CANCELLED = "cancelled"
+    """Nobody waits for the answer any more (the HTTP client went away)."""
 
     @property
     def retriable(self) -> bool:

@@ -31,4 +31,7 @@ class MeteringEvent(BaseModel):
     ttft_ms: float | None
     engine_ms: float
     worker: str
+    outcome: str = "ok"
+    """ok, or the error code of a generation cut short (cancelled, expired) whose tokens
+    were spent all the same."""
     at: float = Field(default_factory=time.time)

@@ -24,6 +24,11 @@ METERING = "llmq.metering"
 """One MeteringEvent per engine generation: tokens, cost, latency."""
 DLQ = "llmq.dlq"
 """Poison and failed records, the raw bytes with the reason in headers."""
+TOKENS = "llmq.tokens"
+"""Token deltas of streamed answers (TokenDelta JSON), keyed by correlation_id."""
+CANCELS = "llmq.cancels"
+"""Requests nobody waits for any more (Cancel JSON), keyed by correlation_id; every worker
+reads all of it."""
 WORK_PREFIX = "llmq.work."
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -56,7 +61,7 @@ def topic_plan(models: Iterable[str], partitions: int) -> list[TopicSpec]:
     count (coalescing needs a request and its completion on the same partition); the DLQ
     has one partition, so its records stay in the order they failed. faust creates its
     table's changelog itself (changelog_topic)."""
-    shared = [REQUESTS, REQUESTS_KEYED, COMPLETIONS, RESULTS, METERING]
+    shared = [REQUESTS, REQUESTS_KEYED, COMPLETIONS, RESULTS, METERING, TOKENS, CANCELS]
     shared += [topic for model in models for topic in work_topics(model)]
     return [TopicSpec(name, partitions) for name in shared] + [TopicSpec(DLQ, 1)]
 

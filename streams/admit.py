@@ -57,11 +57,6 @@ def route(
     spec = catalog.get(name)
     if spec is None:  # plan() names catalog models only
         raise LlmqError(ErrorCode.UNKNOWN_MODEL, f"unknown model {name!r}")
-    if request.body.stream:
-        raise LlmqError(
-            ErrorCode.UNSUPPORTED,
-            "token streaming (stream=true) is not served yet; send stream=false",
-        )
     chars = request.body.prompt_chars()
     if chars > spec.max_prompt_chars:
         raise LlmqError(

@@ -85,6 +85,30 @@ class Coalescer:
         self._table[key] = updated.model_dump_json().encode()
         return True
 
+    def leader(self, fingerprint: str) -> Leader | None:
+        """The generation in flight for `fingerprint`, if any."""
+        raw = self._table.get(fingerprint.encode())
+        return None if raw is None else Leader.model_validate_json(raw)
+
+    def promote(self, fingerprint: str, now: float | None = None) -> Waiter | None:
+        """The leader went away (cancelled): its first waiting follower leads in its place,
+        leaving the list of followers (so it is not answered twice). None when nobody waits."""
+        leader = self.leader(fingerprint)
+        if leader is None:
+            return None
+        for n in range(leader.followers):
+            raw = self._table.pop(_follower_key(fingerprint, n), None)
+            if raw is None:
+                continue  # promoted before
+            waiter = Waiter.model_validate_json(raw)
+            since = time.time() if now is None else now
+            new = leader.model_copy(
+                update={"correlation_id": waiter.correlation_id, "since": since}
+            )
+            self._table[fingerprint.encode()] = new.model_dump_json().encode()
+            return waiter
+        return None
+
     def followers(self, fingerprint: str) -> int:
         """How many followers have joined the generation in flight (0 when there is none)."""
         raw = self._table.get(fingerprint.encode())

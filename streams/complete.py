@@ -74,8 +74,9 @@ class Complete:
 
     async def _hand_on(self, completion: Completion) -> bool:
         """Send the work on when the answer is too unsure (cascade) or the model failed
-        (fallback) and the request is still wanted, or when another attempt at the same
-        model may succeed (retry, perhaps on another replica); True if it was."""
+        (fallback) and the request is still wanted, when another attempt at the same model
+        may succeed (retry, perhaps on another replica), or when its client left while
+        copies wait (promote); True if it was."""
         work = completion.work
         route = next_route(completion, self._catalog)
         if route is not None and not work.request.expired():
@@ -89,7 +90,32 @@ class Complete:
             metrics.REROUTES.labels("retried").inc()
             await self._outbox.work(retry)
             return True
-        return False
+        return await self._promote(completion)
+
+    async def _promote(self, completion: Completion) -> bool:
+        """A generation cancelled by its client (it went away) while copies wait on it: the
+        cancelled request gets its reply, and the first copy leads a new generation that
+        answers it and the rest. True if one did."""
+        error, work = completion.error, completion.work
+        if error is None or error.code is not ErrorCode.CANCELLED or not work.request.cacheable:
+            return False
+        waiter = self._coalescer.promote(work.fingerprint)
+        if waiter is None:
+            return False
+        await self._outbox.reply(work.request.reply_to, replies.from_completion(completion))
+        request = work.request.model_copy(
+            update={
+                "correlation_id": waiter.correlation_id,
+                "tenant": waiter.tenant,
+                "reply_to": waiter.reply_to,
+                "created_at": waiter.created_at,
+            }
+        )
+        metrics.REROUTES.labels("promoted").inc()
+        await self._outbox.work(
+            work.model_copy(update={"request": request, "attempt": 1, "not_before": None})
+        )
+        return True
 
     async def _answer(self, completion: Completion) -> None:
         """Reply to the request and to every copy coalesced with it, then forget it."""

@@ -55,6 +55,10 @@ class Dedupe:
             return
         if self._coalescer.join(request, work.fingerprint):
             metrics.REQUESTS.labels("coalesced").inc()
+            leader = self._coalescer.leader(work.fingerprint)
+            if request.body.stream and leader is not None:
+                # Its stream is the leader's: tell whoever reads it where to look.
+                await self._outbox.follows(request, leader.correlation_id)
             return
         try:
             await self._lead(work)

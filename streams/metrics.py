@@ -15,7 +15,9 @@ REQUESTS = Counter(
 REROUTES = Counter(
     "llmq_streams_reroutes_total",
     "Work sent on to the next model of its route, or to the same model again",
-    ["kind"],  # escalated (cascade) | fell_back (engine failure) | retried (backoff)
+    # escalated (cascade) | fell_back (engine failure) | retried (backoff) |
+    # promoted (its client left; a coalesced copy leads a new generation)
+    ["kind"],
 )
 DEAD_LETTERS = Counter(
     "llmq_streams_dead_letters_total", "Records sent to llmq.dlq, by source topic", ["source"]

@@ -8,9 +8,11 @@ from typing import Protocol
 
 from schemas.dlq import dead_letter
 from schemas.errors import LlmqError
-from schemas.names import DLQ, work_topic
+from schemas.names import DLQ, TOKENS, work_topic
 from schemas.redact import content_log
+from schemas.request import InferenceRequest
 from schemas.result import ChatCompletion, InferenceResult
+from schemas.stream import TokenDelta
 from schemas.work import WorkItem
 from streams import metrics
 
@@ -76,6 +78,14 @@ class Outbox:
     async def reply_all(self, results: Sequence[tuple[str | None, InferenceResult]]) -> None:
         """Several replies at once: their broker round trips overlap."""
         await asyncio.gather(*(self.reply(topic, result) for topic, result in results))
+
+    async def follows(self, request: InferenceRequest, leader: str) -> None:
+        """Tell the reader of a streamed request, on llmq.tokens, that its answer streams
+        under `leader`'s correlation_id (coalescing: one generation for both)."""
+        notice = TokenDelta(
+            correlation_id=request.correlation_id, tenant=request.tenant, follows=leader
+        )
+        await self.send(TOKENS, request.correlation_id.encode(), notice.model_dump_json().encode())
 
     async def dead_letter(
         self, source: str, key: bytes | None, raw: bytes | None, error: LlmqError

@@ -111,12 +111,12 @@ INVALID: dict[str, list[Any]] = {
     "body.presence_penalty": _PENALTY,
     "body.frequency_penalty": _PENALTY,
     "body.logprobs": ["maybe", 2, [], None],
-    "body.stream": [True, "perhaps", None],
+    "body.stream": ["perhaps", None, 2],
     "body.model": ["-x", "no-such-model", 42],
 }
 """Every envelope and body field, with values that no request may carry there."""
 NUMERIC = ["created_at", "deadline", "body.max_tokens", "body.temperature", "body.seed"]
-ROUTE_WORDS = {"body.messages.0.content": "prompt", "body.stream": "stream=true"}
+ROUTE_WORDS = {"body.messages.0.content": "prompt"}
 """Fields whose values may be well-formed but not served; the error then says so in words."""
 BAD_REPLY_TO = [
     "",

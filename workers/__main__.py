@@ -16,11 +16,13 @@ from aiokafka.errors import KafkaConnectionError
 from prometheus_client import start_http_server
 
 from schemas.catalog import ModelSpec
-from schemas.names import work_topics, worker_group
+from schemas.names import CANCELS, work_topics, worker_group
 from schemas.redact import log_content
 from schemas.retry import RetryPolicy
 from workers import metrics
 from workers.breaker import CircuitBreaker
+from workers.cancels import Cancellations
+from workers.cancels import follow as follow_cancels
 from workers.checkpoint import resolve_model_source
 from workers.engine import Engine
 from workers.openai_engine import OpenAIEngine
@@ -49,6 +51,8 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     engine = make_engine()
     producer, consumer = kafka_clients(settings, spec)
+    cancels = cancels_consumer(settings)
+    cancellations = Cancellations(settings.cancel_memory_s)
     worker = Worker(
         spec,
         engine,
@@ -58,9 +62,15 @@ async def serve(
         commit_interval_s=settings.commit_interval_s,
         drain_timeout_s=settings.drain_timeout_s,
         lanes=settings.lane_policy(),
+        cancellations=cancellations,
+        deltas=settings.delta_policy(),
     )
+    following: asyncio.Task[None] | None = None
     try:
         await producer.start()
+        await cancels.start()
+        following = asyncio.create_task(follow_cancels(cancels, cancellations))
+        following.add_done_callback(_cancels_ended)
         consumer.subscribe(work_topics(spec.name), listener=worker.rebalance_listener())
         await consumer.start()
         metrics.MAX_IN_FLIGHT.set(spec.max_inflight)
@@ -71,8 +81,11 @@ async def serve(
         await worker.run(stop)
     finally:
         metrics.READY.set(0)
+        if following is not None:
+            following.cancel()
         await engine.abort_all()
         await consumer.stop()
+        await cancels.stop()
         await producer.stop()
         engine.shutdown()
     log.info("worker %s stopped", settings.worker_id)
@@ -102,6 +115,26 @@ def kafka_clients(
         **security.client_kwargs(),
     )
     return producer, consumer
+
+
+def _cancels_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "no longer reading cancellations (requests whose client left run to the end): %s",
+            task.exception(),
+        )
+
+
+def cancels_consumer(settings: WorkerSettings) -> AIOKafkaConsumer:
+    """A reader of every partition of llmq.cancels, in no group (each worker reads all)."""
+    return AIOKafkaConsumer(
+        CANCELS,
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{settings.worker_id}-cancels",
+        group_id=None,
+        enable_auto_commit=False,
+        **settings.kafka_security().client_kwargs(),
+    )
 
 
 def main() -> int:

@@ -78,13 +78,22 @@ class InFlight:
             return 0
         return max(0, self.uncompressed_prompt_tokens - self.prompt_tokens)
 
-    def completion(self, worker: str, now: float) -> Completion:
-        """The finished answer; its logprobs reach the app only when it asked for them."""
-        usage = Usage(
+    @property
+    def spent(self) -> bool:
+        """Whether the engine did any work for it (a prompt read, or tokens made)."""
+        return self.prompt_tokens > 0 or self.completion_tokens > 0
+
+    def usage(self) -> Usage:
+        """Token counts so far."""
+        return Usage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             total_tokens=self.prompt_tokens + self.completion_tokens,
         )
+
+    def completion(self, worker: str, now: float) -> Completion:
+        """The finished answer; its logprobs reach the app only when it asked for them."""
+        usage = self.usage()
         choice = Choice(
             message=ChatMessage(role="assistant", content="".join(self.text)),
             finish_reason=self.finish_reason,
@@ -119,8 +128,10 @@ class InFlight:
             finished_at=now,
         )
 
-    def metering(self, spec: ModelSpec, worker: str, now: float) -> MeteringEvent:
-        """What this generation consumed and cost."""
+    def metering(
+        self, spec: ModelSpec, worker: str, now: float, outcome: str = "ok"
+    ) -> MeteringEvent:
+        """What this generation consumed and cost (`outcome`: ok, or how it was cut short)."""
         timings = self.timings(now)
         request = self.work.request
         return MeteringEvent(
@@ -137,5 +148,6 @@ class InFlight:
             ttft_ms=timings.ttft_ms,
             engine_ms=timings.engine_ms or 0.0,
             worker=worker,
+            outcome=outcome,
             at=now,
         )

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from schemas.catalog import ModelSpec
 from schemas.settings import ServiceSettings
 from workers.lanes import MAX_MIN_SHARE, LanePolicy
+from workers.tokens import DeltaPolicy
 
 
 def _default_worker_id() -> str:
@@ -52,6 +53,14 @@ class WorkerSettings(ServiceSettings):
     lane_buffer: int = Field(default=32, ge=1, le=100_000)
     """Records per lane fetched ahead of their start; a full lane is paused, its backlog
     stays in Kafka (LLMQ_LANE_BUFFER)."""
+    stream_interval_ms: float = Field(default=40.0, gt=0, le=5000)
+    """A streamed answer goes out at most this long after its previous piece while tokens
+    come (LLMQ_STREAM_INTERVAL_MS)."""
+    stream_max_tokens: int = Field(default=16, ge=1, le=4096)
+    """At most this many tokens in one piece of a streamed answer (LLMQ_STREAM_MAX_TOKENS)."""
+    cancel_memory_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
+    """How long a cancellation is remembered, so work still queued is skipped when it comes
+    (LLMQ_CANCEL_MEMORY_S)."""
     vllm_cpu_kvcache_space: int | None = Field(
         default=None, ge=1, validation_alias="VLLM_CPU_KVCACHE_SPACE"
     )
@@ -89,6 +98,10 @@ class WorkerSettings(ServiceSettings):
                 f"model {spec.name!r} reads its API key from ${spec.api_key_env}, which is not set"
             )
         return key
+
+    def delta_policy(self) -> DeltaPolicy:
+        """How a streamed answer is cut into records."""
+        return DeltaPolicy(self.stream_interval_ms / 1000, self.stream_max_tokens)
 
     def lane_policy(self) -> LanePolicy:
         """How the worker shares its engine between lanes."""

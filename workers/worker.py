@@ -32,10 +32,12 @@ from schemas.request import ChatBody
 from schemas.retry import RetryPolicy
 from schemas.work import Completion, WorkItem
 from workers import metrics
+from workers.cancels import Cancellations
 from workers.engine import Engine
 from workers.inflight import InFlight
 from workers.lanes import LanePolicy, LaneScheduler, lane_of
 from workers.offsets import OffsetTracker
+from workers.tokens import DeltaPolicy, DeltaStream
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 POLL_TIMEOUT_MS = 100
 """The longest one fetch waits for records; also how soon a stop request is noticed."""
+_METERED_FAILURES = frozenset({ErrorCode.CANCELLED.value, ErrorCode.EXPIRED.value})
+"""Failures metered all the same: the generation was cut short, its tokens were spent."""
 PUBLISH_RETRY = RetryPolicy(base_delay_s=0.5, max_delay_s=5.0)
 """Backoff between tries to publish an outcome the broker did not take (tried until it does)."""
 
@@ -61,6 +65,8 @@ class Worker:
         commit_interval_s: float = 1.0,
         drain_timeout_s: float = 30.0,
         lanes: LanePolicy | None = None,
+        cancellations: Cancellations | None = None,
+        deltas: DeltaPolicy | None = None,
     ) -> None:
         self._spec = spec
         self._engine = engine
@@ -73,6 +79,8 @@ class Worker:
             lanes or LanePolicy(), spec.max_inflight
         )
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._cancellations = cancellations or Cancellations()
+        self._deltas = deltas or DeltaPolicy()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._made_room = asyncio.Event()
         self._stopping = False
@@ -237,45 +245,73 @@ class Worker:
             )
         if state.work.not_before is not None:
             await asyncio.sleep(max(0.0, state.work.not_before - time.time()))
-        if state.work.request.expired():
+        request = state.work.request
+        if self._cancellations.cancelled(request.tenant, request.correlation_id):
+            return LlmqError(ErrorCode.CANCELLED, "cancelled before it started")
+        if request.expired():
             return LlmqError(ErrorCode.EXPIRED, "the deadline passed while the request was queued")
         return None
 
     async def _run(self, state: InFlight) -> LlmqError | None:
-        """Stream the engine's steps into `state`; the failure, if it failed. Whichever comes
-        first, the model's timeout or the request's deadline, aborts the generation: closing
-        the engine's iterator (the cancellation) aborts it there."""
+        """Stream the engine's steps into `state` (and, for stream=true, onto llmq.tokens);
+        the failure, if it failed. Whichever comes first, the model's timeout, the request's
+        deadline or its cancellation, aborts the generation: closing the engine's iterator
+        (the cancellation) aborts it there."""
         request = state.work.request
         limit_s = self._spec.timeout_s
         left_s = None if request.deadline is None else request.deadline - time.time()
         by_deadline = left_s is not None and left_s < limit_s
         timer = asyncio.timeout(left_s if left_s is not None and by_deadline else limit_s)
+        body = self._body(state.work)
+        deltas = (
+            DeltaStream(self._producer.send, state.work, state.request_id, self._deltas)
+            if body.stream
+            else None
+        )
+        # A cancellation aborts the generation as its timeout would: the timer fires now.
+        self._cancellations.running(request.tenant, request.correlation_id, lambda: _fire(timer))
         try:
             async with timer:
-                body = self._body(state.work)
                 async for step in self._engine.generate(
                     state.request_id, body, request.lane.priority
                 ):
                     state.add(step)
+                    if deltas is not None:
+                        await deltas.add(step)
         except TimeoutError:
             if not timer.expired():
                 raise
-            if by_deadline:
-                return LlmqError(
-                    ErrorCode.EXPIRED,
-                    "the deadline passed during the generation, which was aborted after "
-                    f"{state.completion_tokens} tokens",
-                )
-            return LlmqError(
-                ErrorCode.ENGINE_TIMEOUT,
-                f"the generation ran past {self._spec.timeout_s:g}s ({self._spec.name}'s "
-                "timeout_s) and was aborted",
-            )
+            return self._cut_short(state, by_deadline)
         except LlmqError as error:
             if error.code is ErrorCode.ENGINE_UNAVAILABLE:
                 raise
             return error
+        finally:
+            self._cancellations.stopped(request.tenant, request.correlation_id)
+        if deltas is not None:
+            await deltas.finish(state.finish_reason, state.usage())
         return None
+
+    def _cut_short(self, state: InFlight, by_deadline: bool) -> LlmqError:
+        """Why a generation's timer fired: a cancellation, the deadline, or the timeout."""
+        request = state.work.request
+        if self._cancellations.cancelled(request.tenant, request.correlation_id):
+            return LlmqError(
+                ErrorCode.CANCELLED,
+                "the client went away; the generation was aborted after "
+                f"{state.completion_tokens} tokens",
+            )
+        if by_deadline:
+            return LlmqError(
+                ErrorCode.EXPIRED,
+                "the deadline passed during the generation, which was aborted after "
+                f"{state.completion_tokens} tokens",
+            )
+        return LlmqError(
+            ErrorCode.ENGINE_TIMEOUT,
+            f"the generation ran past {self._spec.timeout_s:g}s ({self._spec.name}'s "
+            "timeout_s) and was aborted",
+        )
 
     @staticmethod
     def _body(work: WorkItem) -> ChatBody:
@@ -293,8 +329,12 @@ class Worker:
                 COMPLETIONS, completion.work.fingerprint.encode(), completion.model_dump_json()
             )
         ]
-        if completion.response is not None:
-            event = state.metering(self._spec, self._worker_id, completion.finished_at)
+        outcome = "ok" if completion.error is None else completion.error.code.value
+        cut_short = outcome in _METERED_FAILURES and state.spent
+        if completion.response is not None or cut_short:
+            event = state.metering(
+                self._spec, self._worker_id, completion.finished_at, outcome=outcome
+            )
             sends.append(self._deliver(METERING, event.tenant.encode(), event.model_dump_json()))
         await asyncio.gather(*sends)
 
@@ -340,6 +380,13 @@ class Worker:
                 log.warning("handed back %d unfinished requests (not committed)", len(pending))
                 await asyncio.gather(*pending, return_exceptions=True)
         await self.commit()
+
+
+def _fire(timer: asyncio.Timeout) -> None:
+    """Make a running timeout fire at once (a generation that is already over is left)."""
+    if not timer.expired():
+        with suppress(RuntimeError):  # the timer already exited
+            timer.reschedule(asyncio.get_running_loop().time())
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

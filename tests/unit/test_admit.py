@@ -130,11 +130,12 @@ def test_unknown_model_lists_the_served_models() -> None:
     assert not out.error.retriable
 
 
-def test_streaming_is_unsupported() -> None:
-    body = {"messages": [{"role": "user", "content": "Hi"}], "stream": True}
-    out = _rejected(_raw(_data(body=body)), ErrorCode.UNSUPPORTED)
-    assert "stream" in out.error.message
-    assert out.correlation_id == "req-1"
+def test_a_streamed_request_is_admitted_and_shares_the_fingerprint_of_a_whole_one() -> None:
+    messages = [{"role": "user", "content": "Hi"}]
+    streamed = _admitted(_data(body={"messages": messages, "stream": True}))
+    whole = _admitted(_data(body={"messages": messages}))
+    assert streamed.request.body.stream
+    assert streamed.fingerprint == whole.fingerprint  # the same answer: one cache, one generation
 
 
 def test_prompt_longer_than_the_model_takes_is_too_large() -> None:

@@ -10,10 +10,12 @@ import pytest
 
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.names import TOKENS
 from schemas.request import ChatMessage, InferenceRequest
 from schemas.result import (
     CacheStatus,
 )
+from schemas.stream import TokenDelta
 from schemas.work import Completion, WorkItem
 from streams.coalesce import Coalescer
 from streams.semantic import SemanticHit
@@ -274,3 +276,51 @@ def test_the_semantic_cache_learns_a_question_after_its_replies_are_out() -> Non
     harness.on_completion(completion(work, "Shared"))
     assert len(send.sent) == 3
     assert similar.added == [("Hi", 3)], "added once, after all three replies were sent"
+
+
+def test_a_streaming_copy_learns_whose_stream_to_follow(harness: Pipeline) -> None:
+    [leader] = _copies(harness, 1, stream=True)
+    assert leader.request.body.stream
+    harness.send.sent.clear()
+    harness.on_request(None, raw_request(cid="copy-1", temperature=0, stream=True))
+    [notice] = harness.send.sent
+    delta = TokenDelta.model_validate_json(notice.value)
+    assert (notice.topic, notice.key) == (TOKENS, b"copy-1")
+    assert (delta.correlation_id, delta.tenant, delta.follows) == ("copy-1", "acme", "copy-0")
+    harness.on_request(None, raw_request(cid="copy-2", temperature=0))  # a whole answer
+    assert len(harness.send.sent) == 1  # needs no notice
+
+
+def test_a_leader_whose_client_left_hands_the_generation_to_a_copy(harness: Pipeline) -> None:
+    [work] = _copies(harness, 3)
+    harness.send.sent.clear()
+    harness.on_completion(completion(work, None, ErrorCode.CANCELLED))
+    reply, handed = harness.send.sent
+    assert result_of(reply).correlation_id == "copy-0"
+    assert result_of(reply).error is not None
+    assert result_of(reply).error.code is ErrorCode.CANCELLED  # type: ignore[union-attr]
+    promoted = WorkItem.model_validate_json(handed.value)
+    assert handed.topic == "llmq.work.smollm2-135m.interactive"
+    assert promoted.request.correlation_id == "copy-1"
+    assert promoted.request.reply_to == "app.replies.1"
+    assert promoted.fingerprint == work.fingerprint
+    # Its answer reaches the copies still waiting, each once.
+    harness.send.sent.clear()
+    harness.on_completion(completion(promoted, "Still wanted"))
+    results = sorted(
+        (result_of(s) for s in harness.send.sent), key=lambda r: r.correlation_id or ""
+    )
+    assert [(r.correlation_id, r.text, r.cache) for r in results] == [
+        ("copy-1", "Still wanted", CacheStatus.NONE),
+        ("copy-2", "Still wanted", CacheStatus.COALESCED),
+    ]
+    assert harness.table == {}
+
+
+def test_a_cancelled_request_nobody_else_waits_for_just_ends(harness: Pipeline) -> None:
+    [work] = _copies(harness, 1)
+    harness.send.sent.clear()
+    harness.on_completion(completion(work, None, ErrorCode.CANCELLED))
+    [reply] = harness.send.sent
+    assert result_of(reply).correlation_id == "copy-0"
+    assert harness.table == {}

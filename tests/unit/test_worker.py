@@ -19,13 +19,16 @@ from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
-from schemas.names import COMPLETIONS, METERING, work_topic
+from schemas.names import COMPLETIONS, METERING, TOKENS, work_topic
 from schemas.request import ChatBody, ChatMessage, InferenceRequest
 from schemas.result import TokenLogprob
 from schemas.route import Route
+from schemas.stream import Cancel, TokenDelta
 from schemas.work import Completion, WorkItem
+from workers.cancels import Cancellations
 from workers.engine import EngineStep
 from workers.lanes import LanePolicy
+from workers.tokens import DeltaPolicy
 from workers.worker import Worker
 
 pytestmark = pytest.mark.timeout(30)
@@ -117,6 +120,9 @@ class FakeEngine:
     def __init__(self, *, step_s: float = 0.0, counts_tokens: bool = True) -> None:
         self.gate = asyncio.Event()
         self.gate.set()
+        self.hold = asyncio.Event()
+        """Cleared: the generation stops after its first token until it is set."""
+        self.hold.set()
         self.step_s = step_s
         self.counts_tokens = counts_tokens
         self.started: list[tuple[str, ChatBody, int]] = []
@@ -130,6 +136,8 @@ class FakeEngine:
             await self.gate.wait()
             for i in range(3):
                 await asyncio.sleep(self.step_s)
+                if i == 1:
+                    await self.hold.wait()
                 logprobs = [TokenLogprob(token="x", logprob=-0.5)] if body.logprobs else []
                 last = i == 2
                 yield EngineStep("x", 1, PROMPT_TOKENS, last, "length" if last else None, logprobs)
@@ -150,11 +158,11 @@ class FakeEngine:
         return [priority for _, _, priority in self.started]
 
 
-def _work(lane: Lane = Lane.STANDARD, n: int = 0, **fields: Any) -> bytes:
+def _work(lane: Lane = Lane.STANDARD, n: int = 0, stream: bool = False, **fields: Any) -> bytes:
     request = InferenceRequest(
         correlation_id=f"{lane.value}-{n}",
         lane=lane,
-        body=ChatBody(messages=[ChatMessage(role="user", content="a short prompt")]),
+        body=ChatBody(messages=[ChatMessage(role="user", content="a short prompt")], stream=stream),
     )
     work = WorkItem(
         request=request,
@@ -187,6 +195,8 @@ def _serve(
     *,
     spec: ModelSpec | None = None,
     lanes: LanePolicy | None = None,
+    cancellations: Cancellations | None = None,
+    deltas: DeltaPolicy | None = None,
 ) -> FakeEngine:
     """Run a worker while `scenario` drives it (and sets its stop event); returns the engine."""
 
@@ -201,6 +211,8 @@ def _serve(
             commit_interval_s=0.01,
             drain_timeout_s=5,
             lanes=lanes,
+            cancellations=cancellations,
+            deltas=deltas,
         )
         stop = asyncio.Event()
         running = asyncio.create_task(worker.run(stop))
@@ -442,3 +454,82 @@ def test_generations_of_revoked_partitions_finish_and_commit_before_they_move() 
 
     _serve(consumer, producer, lambda: engine, scenario, lanes=lanes)
     assert len(producer.completions()) == 2
+
+
+def _deltas(producer: FakeProducer) -> list[TokenDelta]:
+    return [TokenDelta.model_validate_json(v) for t, v in producer.sent if t == TOKENS]
+
+
+def test_a_streamed_generation_publishes_its_pieces_then_one_with_the_usage() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [_work(stream=True)])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: bool(producer.completions()))
+        stop.set()
+
+    _serve(consumer, producer, FakeEngine, scenario, deltas=DeltaPolicy(10.0, 2))
+    deltas = _deltas(producer)
+    # The first token at once, then every 2 tokens, then the finish with the usage.
+    assert [(d.seq, d.text, d.tokens) for d in deltas] == [(0, "x", 1), (1, "xx", 2), (2, "", 0)]
+    assert {d.correlation_id for d in deltas} == {"standard-0"}
+    assert len({d.generation for d in deltas}) == 1
+    assert [d.finish_reason for d in deltas] == [None, None, "length"]
+    usage = deltas[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (5, 3)
+    [done] = producer.completions()
+    assert done.response is not None and done.response.choices[0].message.content == "xxx"
+
+
+def test_a_whole_answer_publishes_no_pieces() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [_work()])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: bool(producer.completions()))
+        stop.set()
+
+    _serve(consumer, producer, FakeEngine, scenario)
+    assert _deltas(producer) == []
+
+
+def test_a_cancelled_generation_is_aborted_answered_cancelled_and_metered() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [_work(stream=True)])
+    cancellations = Cancellations()
+    engine = FakeEngine()
+    engine.hold.clear()  # one token, then it waits
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: bool(_deltas(producer)))  # the first token is out
+        assert cancellations.add(Cancel(correlation_id="standard-0", tenant="default"))
+        await _until(lambda: bool(producer.completions()))
+        stop.set()
+
+    _serve(consumer, producer, lambda: engine, scenario, cancellations=cancellations)
+    [done] = producer.completions()
+    assert done.error is not None and done.error.code is ErrorCode.CANCELLED
+    assert done.error.message.endswith("aborted after 1 tokens")
+    assert engine.aborted == [engine.started[0][0]]
+    [event] = producer.metering()  # the tokens it made are paid for all the same
+    assert (event.outcome, event.prompt_tokens, event.completion_tokens) == ("cancelled", 5, 1)
+    assert consumer.committed == {STANDARD: 1}
+
+
+def test_work_cancelled_before_it_starts_is_skipped() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    cancellations = Cancellations()
+    assert not cancellations.add(Cancel(correlation_id="standard-0", tenant="default"))
+    consumer.add(STANDARD, [_work(), _work(n=1)])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: len(producer.completions()) == 2)
+        stop.set()
+
+    engine = _serve(consumer, producer, FakeEngine, scenario, cancellations=cancellations)
+    skipped, served = sorted(producer.completions(), key=lambda c: c.work.request.correlation_id)
+    assert skipped.error is not None and skipped.error.code is ErrorCode.CANCELLED
+    assert skipped.error.message == "cancelled before it started"
+    assert served.response is not None
+    assert [rid.split("@")[0] for rid, _, _ in engine.started] == ["standard-1"]
+    assert [e.correlation_id for e in producer.metering()] == ["standard-1"]

@@ -1,0 +1,80 @@
+"""Requests nobody waits for any more: the cancellations every worker reads from llmq.cancels."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer
+from pydantic import ValidationError
+
+from llmq.tail import since
+from schemas.names import CANCELS
+from schemas.stream import Cancel
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+"""(tenant, correlation_id)."""
+
+
+class Cancellations:
+    """The cancellations of the last `memory_s` (at most `limit`, oldest forgotten first),
+    and the aborts of the generations running here, so that a cancelled request is aborted
+    if it runs and skipped if it comes later."""
+
+    def __init__(self, memory_s: float = 3600.0, limit: int = 100_000) -> None:
+        self.memory_s = memory_s
+        self._limit = limit
+        self._seen: OrderedDict[Key, float] = OrderedDict()
+        self._running: dict[Key, Callable[[], None]] = {}
+
+    def add(self, cancel: Cancel, now: float | None = None) -> bool:
+        """Remember a cancellation and abort its generation if one runs here (True)."""
+        key = (cancel.tenant, cancel.correlation_id)
+        self._seen[key] = cancel.at
+        self._seen.move_to_end(key)
+        self._forget_old(time.time() if now is None else now)
+        abort = self._running.get(key)
+        if abort is not None:
+            abort()
+        return abort is not None
+
+    def cancelled(self, tenant: str, correlation_id: str) -> bool:
+        """Whether the request was cancelled (within memory)."""
+        return (tenant, correlation_id) in self._seen
+
+    def running(self, tenant: str, correlation_id: str, abort: Callable[[], None]) -> None:
+        """A generation starts here; `abort` cuts it short."""
+        self._running[(tenant, correlation_id)] = abort
+
+    def stopped(self, tenant: str, correlation_id: str) -> None:
+        """The generation ended."""
+        self._running.pop((tenant, correlation_id), None)
+
+    def _forget_old(self, now: float) -> None:
+        while self._seen and (
+            len(self._seen) > self._limit or next(iter(self._seen.values())) < now - self.memory_s
+        ):
+            self._seen.popitem(last=False)
+
+
+async def follow(consumer: AIOKafkaConsumer, cancellations: Cancellations) -> None:
+    """Read llmq.cancels into `cancellations` until cancelled: every partition, from the
+    cancellations of the last `memory_s` on, so a worker that (re)starts still skips work
+    cancelled while it was away. The consumer is started, subscribed to llmq.cancels and
+    in no group."""
+    await since(consumer, [CANCELS], time.time() - cancellations.memory_s)
+    while True:
+        batches = await consumer.getmany(timeout_ms=500)
+        for records in batches.values():
+            for record in records:
+                try:
+                    cancel = Cancel.model_validate_json(record.value or b"")
+                except ValidationError:
+                    log.warning("skipping an unreadable record on %s", CANCELS)
+                    continue
+                if cancellations.add(cancel):
+                    log.info("cancelled %s/%s", cancel.tenant, cancel.correlation_id)

@@ -1,0 +1,104 @@
+"""Streamed answers: a generation's steps, a few tokens per record, onto llmq.tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from schemas.names import TOKENS
+from schemas.result import Usage
+from schemas.stream import TokenDelta
+from schemas.work import WorkItem
+from workers.engine import EngineStep
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[object]]]
+"""aiokafka's producer.send(topic, value, key): awaited once to queue the record, and the
+future it returns once more for the broker's acknowledgement."""
+
+
+@dataclass(frozen=True)
+class DeltaPolicy:
+    """How often a streamed generation publishes what it has."""
+
+    interval_s: float = 0.04
+    """At most this long between two records while tokens come."""
+    max_tokens: int = 16
+    """At most this many tokens in one record."""
+
+
+class DeltaStream:
+    """Collects one generation's steps and publishes them as TokenDelta records: the first
+    token at once (time to first token), then every interval or so many tokens
+    (DeltaPolicy), so a stream costs a few records a second, not one per token.
+
+    Deltas are a preview: the final result stays the truth, so a record the broker does not
+    take is logged and the generation goes on.
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        work: WorkItem,
+        generation: str,
+        policy: DeltaPolicy,
+    ) -> None:
+        self._send = send
+        self._request = work.request
+        self._model = work.model
+        self._generation = generation
+        self._policy = policy
+        self._seq = 0
+        self._text: list[str] = []
+        self._tokens = 0
+        self._flushed_at = 0.0
+        self._acks: list[Awaitable[object]] = []
+
+    async def add(self, step: EngineStep) -> None:
+        """Take one step; publish what has gathered when it is time."""
+        self._text.append(step.text)
+        self._tokens += step.new_tokens
+        now = time.monotonic()
+        first = self._seq == 0 and self._tokens > 0
+        due = now - self._flushed_at >= self._policy.interval_s
+        if first or due or self._tokens >= self._policy.max_tokens:
+            await self._flush(now)
+
+    async def finish(self, finish_reason: str | None, usage: Usage, wait_s: float = 10.0) -> None:
+        """Publish the rest with the finish reason and usage, and wait (a bounded time) for
+        the broker to take every record of the stream."""
+        await self._flush(time.monotonic(), finish_reason or "stop", usage)
+        try:
+            async with asyncio.timeout(wait_s):
+                for ack in self._acks:
+                    await ack
+        except Exception as exc:  # a preview only: the final result carries the answer
+            log.warning("token deltas of %s not all published: %r", self._generation, exc)
+
+    async def _flush(
+        self, now: float, finish_reason: str | None = None, usage: Usage | None = None
+    ) -> None:
+        if not self._text and finish_reason is None:
+            return
+        delta = TokenDelta(
+            correlation_id=self._request.correlation_id,
+            tenant=self._request.tenant,
+            generation=self._generation,
+            seq=self._seq,
+            text="".join(self._text),
+            tokens=self._tokens,
+            finish_reason=finish_reason,
+            usage=usage,
+            model=self._model,
+        )
+        self._seq += 1
+        self._text, self._tokens, self._flushed_at = [], 0, now
+        key = self._request.correlation_id.encode()
+        try:
+            self._acks.append(await self._send(TOKENS, delta.model_dump_json().encode(), key))
+        except Exception as exc:
+            log.warning("a token delta of %s was not queued: %r", self._generation, exc)
