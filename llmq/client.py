@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -13,6 +12,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
+from llmq.chat import Prompt, chat_request
 from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
 from schemas.names import REQUESTS, RESULTS, result_key
@@ -21,8 +21,6 @@ from schemas.request import (
     DEFAULT_TENANT,
     IDENTIFIER,
     CacheMode,
-    ChatBody,
-    ChatMessage,
     InferenceRequest,
 )
 from schemas.result import InferenceResult
@@ -73,7 +71,7 @@ class Client:
 
     def submit(
         self,
-        prompt: str | Sequence[ChatMessage] | Sequence[dict[str, str]],
+        prompt: Prompt,
         *,
         model: str | None = None,
         tenant: str | None = None,
@@ -88,18 +86,16 @@ class Client:
         `prompt` is a user message or a whole chat; `body` takes the OpenAI fields
         (max_tokens, temperature, top_p, stop, seed, ...). `tenant` defaults to the client's.
         """
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        now = time.time()
-        request = InferenceRequest(
-            correlation_id=correlation_id or uuid.uuid4().hex,
+        request = chat_request(
+            prompt,
             tenant=tenant or self.tenant,
+            reply_to=self.reply_to,
             model=model,
             lane=lane,
-            reply_to=self.reply_to,
             cache=cache,
-            deadline=None if deadline_s is None else now + deadline_s,
-            created_at=now,
-            body=ChatBody.model_validate({"messages": messages, **body}),
+            correlation_id=correlation_id,
+            deadline_s=deadline_s,
+            **body,
         )
         return self.submit_request(request)
 

@@ -1,0 +1,354 @@
+"""The asyncio client: publish as one tenant, await results, stream answers as they come.
+
+One reply consumer per client reads the reply topic and llmq.tokens and hands each record to
+whoever waits for it, so thousands of waiting requests cost one consumer (the front door
+runs one per process). Every streamed answer of the last `stream_retention_s` is kept, so
+a copy coalesced with another request's generation, or a reader that resumes, gets the
+answer from its start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from llmq.chat import Prompt, chat_request
+from llmq.streaming import Delta, StreamLog, StreamReader
+from llmq.tail import at_end
+from schemas.lanes import Lane
+from schemas.names import CANCELS, REQUESTS, RESULTS, TOKENS, result_key
+from schemas.request import DEFAULT_TENANT, IDENTIFIER, CacheMode, InferenceRequest
+from schemas.result import InferenceResult
+from schemas.settings import ServiceSettings
+from schemas.stream import Cancel, TokenDelta
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+"""(tenant, correlation_id)."""
+PRUNE_EVERY_S = 5.0
+
+
+class AsyncClient:
+    """One tenant's asyncio client (a request may name another tenant). Use it as an async
+    context manager, or call start() and close()."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings | None = None,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        reply_to: str = RESULTS,
+        client_id: str = "llmq-aio",
+        stream_retention_s: float = 120.0,
+    ) -> None:
+        if not IDENTIFIER.fullmatch(tenant):
+            raise ValueError(f"tenant {tenant!r} is not an identifier ({IDENTIFIER.pattern})")
+        self.settings = settings or ServiceSettings()
+        self.tenant = tenant
+        self.reply_to = reply_to
+        self._client_id = client_id
+        self._retention_s = stream_retention_s
+        self._pending: dict[Key, asyncio.Future[InferenceResult]] = {}
+        self._logs: dict[Key, StreamLog] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._redis: aioredis.Redis | None = None
+
+    async def start(self) -> None:
+        """Connect, and read the reply topic and llmq.tokens from their ends as of now."""
+        kafka = self.settings.kafka_security().client_kwargs()
+        bootstrap = self.settings.kafka_bootstrap
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            **kafka,
+        )
+        self._consumer = AIOKafkaConsumer(
+            self.reply_to,
+            TOKENS,
+            bootstrap_servers=bootstrap,
+            client_id=self._client_id,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            **kafka,
+        )
+        try:
+            await self._producer.start()
+            await self._consumer.start()
+            await at_end(self._consumer, [self.reply_to, TOKENS])
+        except (KafkaError, OSError) as exc:
+            await self.close()
+            raise RuntimeError(
+                f"cannot use Kafka at {bootstrap} ({self.settings.kafka_security().describe()}):"
+                f" {exc!r}; is the stack up (llmq local up)?"
+            ) from exc
+        self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+        self._reader = asyncio.create_task(self._read(self._consumer), name="llmq-aio-replies")
+
+    async def close(self) -> None:
+        """Stop reading; flush and close the connections."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._redis is not None:
+            await self._redis.aclose()
+        for future in self._pending.values():
+            future.cancel()
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def submit(
+        self,
+        prompt: Prompt,
+        *,
+        model: str | None = None,
+        tenant: str | None = None,
+        lane: Lane = Lane.STANDARD,
+        cache: CacheMode = CacheMode.AUTO,
+        correlation_id: str | None = None,
+        deadline_s: float | None = None,
+        **body: Any,
+    ) -> str:
+        """Publish one chat request (the OpenAI fields in `body`); its correlation_id."""
+        request = chat_request(
+            prompt,
+            tenant=tenant or self.tenant,
+            reply_to=self.reply_to,
+            model=model,
+            lane=lane,
+            cache=cache,
+            correlation_id=correlation_id,
+            deadline_s=deadline_s,
+            **body,
+        )
+        return await self.submit_request(request)
+
+    async def submit_request(self, request: InferenceRequest) -> str:
+        """Publish a prepared request once the broker has it; its result is awaited from now
+        on, so it cannot slip by before anyone asks."""
+        key = (request.tenant, request.correlation_id)
+        self._pending.setdefault(key, asyncio.get_running_loop().create_future())
+        value = request.model_dump_json(exclude_none=True).encode()
+        await self._send(REQUESTS, request.correlation_id, value)
+        return request.correlation_id
+
+    async def result(
+        self, correlation_id: str, wait_s: float = 120.0, *, tenant: str | None = None
+    ) -> InferenceResult:
+        """The result of a request; TimeoutError when none came in `wait_s`. One this client
+        did not submit is looked up in the result store."""
+        key = (tenant or self.tenant, correlation_id)
+        future = self._pending.get(key)
+        try:
+            if future is not None:
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(future), wait_s)
+            found = await self._stored(key)
+            if found is None and future is None:
+                found = await self._poll_store(key, wait_s)
+            if found is None:
+                raise TimeoutError(f"no result for {correlation_id} within {wait_s:.0f}s")
+            return found
+        finally:
+            self._pending.pop(key, None)
+
+    async def stream(
+        self, prompt: Prompt, wait_s: float = 120.0, **kwargs: Any
+    ) -> AsyncIterator[Delta]:
+        """Submit with stream=true and yield the answer's pieces as they come."""
+        correlation_id = await self.submit(prompt, stream=True, **kwargs)
+        async for delta in self.follow(correlation_id, tenant=kwargs.get("tenant"), wait_s=wait_s):
+            yield delta
+
+    async def follow(
+        self,
+        correlation_id: str,
+        *,
+        tenant: str | None = None,
+        offset: int = 0,
+        wait_s: float = 120.0,
+    ) -> AsyncIterator[Delta]:
+        """The pieces of a request's answer from character `offset` on: its own token deltas,
+        or those of the generation it was coalesced with, completed by its final result. An
+        error result raises LlmqError; TimeoutError when nothing ends it in `wait_s`."""
+        key = (tenant or self.tenant, correlation_id)
+        future = self._pending.setdefault(key, asyncio.get_running_loop().create_future())
+        reader = StreamReader(offset)
+        cursor = _Cursor(self._log(key))
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                # 1) The pieces that came (a coalescing notice moves to the leader's).
+                source = cursor.log
+                changed = source.watch()
+                for piece in self._pieces(cursor, reader, key[0]):
+                    yield piece
+                if reader.done:
+                    return
+                if cursor.log is not source:
+                    continue
+                # 2) The final result, or the result store past the deadline: the rest.
+                last = await self._rest(key, future, reader, changed, deadline)
+                if last is not None:
+                    yield last
+                    return
+        finally:
+            self._pending.pop(key, None)
+
+    def _pieces(self, cursor: _Cursor, reader: StreamReader, tenant: str) -> Iterator[Delta]:
+        """The pieces of the deltas not read yet."""
+        while cursor.seen < len(cursor.log.deltas) and not reader.done:
+            delta = cursor.log.deltas[cursor.seen]
+            cursor.seen += 1
+            if delta.follows is not None and reader.generation is None:
+                cursor.log, cursor.seen = self._log((tenant, delta.follows)), 0
+                return
+            piece = reader.take(delta)
+            if piece is not None:
+                yield piece
+
+    async def _rest(
+        self,
+        key: Key,
+        future: asyncio.Future[InferenceResult],
+        reader: StreamReader,
+        changed: asyncio.Event,
+        deadline: float,
+    ) -> Delta | None:
+        """Wait for more deltas (None) or the final result (the last piece); past the
+        deadline, the result store has the last word."""
+        if not future.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                stored = await self._stored(key)
+                if stored is None:
+                    raise TimeoutError(f"no answer for {key[1]} in time")
+                return reader.finish(stored)
+            waiter = asyncio.ensure_future(changed.wait())
+            waiting: set[asyncio.Future[Any]] = {waiter, future}
+            await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            return None
+        return reader.finish(future.result())
+
+    async def cancel(self, correlation_id: str, *, tenant: str | None = None) -> None:
+        """Tell the workers nobody waits for this request any more: a running generation is
+        aborted, a queued one skipped. The request still ends in one reply (cancelled)."""
+        cancel = Cancel(correlation_id=correlation_id, tenant=tenant or self.tenant)
+        await self._send(CANCELS, correlation_id, cancel.model_dump_json().encode())
+
+    async def _send(self, topic: str, key: str, value: bytes) -> None:
+        if self._producer is None:
+            raise RuntimeError("the client is not started (use `async with AsyncClient()`)")
+        await (await self._producer.send(topic, value, key.encode()))
+
+    def _log(self, key: Key) -> StreamLog:
+        found = self._logs.get(key)
+        if found is None:
+            found = self._logs[key] = StreamLog()
+        return found
+
+    async def _read(self, consumer: AIOKafkaConsumer) -> None:
+        """The one loop that reads replies and token deltas and hands them out."""
+        pruned = time.monotonic()
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=200)
+            except KafkaError as exc:
+                log.warning("reading replies failed, retrying: %r", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for tp, records in batches.items():
+                for record in records:
+                    if tp.topic == TOKENS:
+                        self._on_delta(record.value)
+                    else:
+                        self._on_result(record.value)
+            if time.monotonic() - pruned > PRUNE_EVERY_S:
+                self._prune()
+                pruned = time.monotonic()
+
+    def _on_delta(self, value: bytes | None) -> None:
+        try:
+            delta = TokenDelta.model_validate_json(value or b"")
+        except ValidationError:
+            return  # not ours to judge: someone else's record on the topic
+        self._log((delta.tenant, delta.correlation_id)).append(delta)
+
+    def _on_result(self, value: bytes | None) -> None:
+        try:
+            result = InferenceResult.model_validate_json(value or b"")
+        except ValidationError:
+            return
+        if result.correlation_id is None or result.tenant is None:
+            return
+        # Another tenant's reply to an equal id is not this request's.
+        future = self._pending.get((result.tenant, result.correlation_id))
+        if future is not None and not future.done():
+            future.set_result(result)
+
+    def _prune(self) -> None:
+        """Forget the streams nothing has touched for the retention time."""
+        horizon = time.monotonic() - self._retention_s
+        for key in [k for k, v in self._logs.items() if v.touched < horizon]:
+            del self._logs[key]
+
+    async def stored(
+        self, correlation_id: str, *, tenant: str | None = None
+    ) -> InferenceResult | None:
+        """The result store's copy of a result; None when absent or Redis is unavailable."""
+        return await self._stored((tenant or self.tenant, correlation_id))
+
+    async def _stored(self, key: Key) -> InferenceResult | None:
+        """The result store's copy; None when absent or Redis is unavailable."""
+        if self._redis is None:
+            return None
+        try:
+            raw = await self._redis.get(result_key(*key))
+        except RedisError:
+            return None
+        return None if raw is None else InferenceResult.model_validate_json(raw)
+
+    async def _poll_store(self, key: Key, wait_s: float) -> InferenceResult | None:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            found = await self._stored(key)
+            if found is not None:
+                return found
+            await asyncio.sleep(0.5)
+        return None
+
+
+@dataclass
+class _Cursor:
+    """Where a reader is: which stream log, and how many of its deltas it has read."""
+
+    log: StreamLog
+    seen: int = 0

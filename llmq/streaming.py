@@ -1,0 +1,111 @@
+"""Following a streamed answer: the token deltas as they come, completed by the final result."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from schemas.errors import ErrorCode, LlmqError
+from schemas.result import InferenceResult, Usage
+from schemas.stream import TokenDelta
+
+
+@dataclass(frozen=True)
+class Delta:
+    """The next piece of an answer, as an app reads it."""
+
+    text: str
+    offset: int
+    """Characters of the answer before this piece: a reader that lost the stream resumes at
+    `offset + len(text)`."""
+    finish_reason: str | None = None
+    """On the last piece only."""
+    usage: Usage | None = None
+    """On the last piece only."""
+    model: str | None = None
+
+
+class StreamLog:
+    """Every token delta seen lately for one (tenant, correlation_id), in arrival order."""
+
+    def __init__(self) -> None:
+        self.deltas: list[TokenDelta] = []
+        self.touched = time.monotonic()
+        self._changed = asyncio.Event()
+
+    def append(self, delta: TokenDelta) -> None:
+        """Add a delta and wake whoever watches."""
+        self.deltas.append(delta)
+        self.touched = time.monotonic()
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def watch(self) -> asyncio.Event:
+        """Set when the next delta comes (take it before looking at `deltas`)."""
+        return self._changed
+
+
+class StreamReader:
+    """Turns one generation's deltas, then the final result, into the pieces an app has not
+    had yet. It follows the first generation it sees from its start (seq 0) and takes its
+    records in order; repeats and other generations' records are left out (a generation
+    started over after a failure), and whatever the records did not bring, the final result
+    does. `offset` characters were delivered before (a resumed stream)."""
+
+    def __init__(self, offset: int = 0) -> None:
+        self.sent = offset
+        self.streamed = ""
+        self.generation: str | None = None
+        self.next_seq = 0
+        self.done = False
+        self._model: str | None = None
+
+    def take(self, delta: TokenDelta) -> Delta | None:
+        """The piece one record adds, or None (a repeat, a gap, another generation's)."""
+        if self.generation is None and delta.seq == 0:
+            self.generation = delta.generation
+        if delta.generation != self.generation or delta.seq != self.next_seq:
+            return None
+        self.next_seq += 1
+        self._model = delta.model or self._model
+        before = len(self.streamed)
+        self.streamed += delta.text
+        piece = self.streamed[max(self.sent, before) :]
+        offset = self.sent
+        self.sent = max(self.sent, len(self.streamed))
+        if delta.finish_reason is not None:
+            self.done = True
+        if not piece and delta.finish_reason is None:
+            return None
+        return Delta(piece, offset, delta.finish_reason, delta.usage, self._model)
+
+    def finish(self, result: InferenceResult) -> Delta:
+        """The last piece, from the final result: the rest of the answer. An error result
+        raises it as an LlmqError; so does an answer that differs from what was streamed
+        (generated again, sampled differently, after a failure)."""
+        if result.error is not None or result.response is None:
+            error = result.error
+            raise LlmqError(
+                error.code if error else ErrorCode.INTERNAL_ERROR,
+                error.message if error else "the result has neither an answer nor an error",
+                error.retry_after_s if error else None,
+            )
+        text = result.text or ""
+        if not text.startswith(self.streamed):
+            raise LlmqError(
+                ErrorCode.ENGINE_ERROR,
+                "the answer was generated again after a failure and differs from the part "
+                "already streamed; ask again",
+            )
+        choice = result.response.choices[0] if result.response.choices else None
+        piece = Delta(
+            text[self.sent :],
+            self.sent,
+            (choice.finish_reason if choice else None) or "stop",
+            result.response.usage,
+            result.model_used or result.response.model,
+        )
+        self.sent = max(self.sent, len(text))
+        self.done = True
+        return piece
