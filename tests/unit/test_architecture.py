@@ -18,13 +18,13 @@ from schemas.catalog import Catalog
 from schemas.names import work_topics, worker_group
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["llmq", "schemas", "streams", "workers", "tools"]
-HEAVY = ["torch", "vllm", "transformers", "matplotlib", "faust", "aiokafka"]
+PACKAGES = ["llmq", "schemas", "streams", "workers", "gateway", "tools"]
+HEAVY = ["torch", "vllm", "transformers", "matplotlib", "faust"]
 """What an app that imports llmq, or `llmq submit`, must not pay for."""
 
 
 def test_the_import_rule_holds() -> None:
-    """tools -> streams | workers -> llmq -> schemas (pyproject.toml, [tool.importlinter])."""
+    """tools -> streams | workers | gateway -> llmq -> schemas ([tool.importlinter])."""
     lint_imports = Path(sys.executable).with_name("lint-imports")
     done = subprocess.run(
         [str(lint_imports), "--no-cache"],
@@ -46,9 +46,13 @@ def test_the_import_rule_holds() -> None:
         # then the submit path runs up to the send.
         "from llmq.cli import parser; args = parser().parse_args(['submit', 'hi']);"
         "from llmq.settings import ClientSettings; ClientSettings()",
+        # The front door is an app of llmq: as light as its client library.
+        "import gateway.__main__",
     ],
 )
-def test_the_client_library_imports_no_engine_model_or_plotting_library(code: str) -> None:
+def test_the_client_library_and_front_door_import_no_engine_model_or_plotting_library(
+    code: str,
+) -> None:
     probe = f"{code}\nimport sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     done = subprocess.run(
         [sys.executable, "-c", probe],

@@ -192,6 +192,7 @@ def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
         "LLMQ_KAFKA_PORT": "39092",
         "LLMQ_REDIS_PORT": "36379",
         "LLMQ_METRICS_BASE_PORT": "29100",
+        "LLMQ_API_PORT": "28080",
         "LLMQ_PARTITIONS": "4",
         "LLMQ_MODELS_FILE": str(tmp_path / "models.toml"),
     }

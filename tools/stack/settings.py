@@ -24,6 +24,8 @@ class LocalSettings(BaseSettings):
     """The broker's client port (LLMQ_KAFKA_PORT); the controller takes the next one."""
     redis_port: int = Field(default=DEFAULT_REDIS_PORT, ge=1024, le=65535)
     """LLMQ_REDIS_PORT."""
+    api_port: int = Field(default=28080, ge=1024, le=65535)
+    """The HTTP front door's port on 127.0.0.1 (LLMQ_API_PORT)."""
     metrics_base_port: int = Field(default=29100, ge=1024, le=65000)
     """The stream processor's /metrics port; workers take the following ones."""
     partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=256)
@@ -55,6 +57,7 @@ class LocalSettings(BaseSettings):
             "LLMQ_KAFKA_PORT": str(self.kafka_port),
             "LLMQ_REDIS_PORT": str(self.redis_port),
             "LLMQ_METRICS_BASE_PORT": str(self.metrics_base_port),
+            "LLMQ_API_PORT": str(self.api_port),
             "LLMQ_PARTITIONS": str(self.partitions),
         }
         if self.models_file is not None:

@@ -7,7 +7,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -123,7 +123,29 @@ class LocalStack:
         ]
         for i, spec in enumerate(self.catalog.models, start=1):
             comps.append(self.worker(spec, s.metrics_base_port + i))
+        comps.append(self.gateway(s.api_port))
         return comps
+
+    def gateway(
+        self, port: int, name: str = "gateway", env: Mapping[str, str] | None = None
+    ) -> Component:
+        """The HTTP front door on 127.0.0.1:`port`; another instance has its own name (and
+        may have settings of its own in `env`)."""
+        settings = {
+            **self.settings.service_env(),
+            "LLMQ_API_PORT": str(port),
+            "LLMQ_API_HOST": "127.0.0.1",
+            "LLMQ_INSTANCE_ID": f"local-{name}",
+            **(env or {}),
+        }
+        return Component(
+            Proc(
+                name, [sys.executable, "-m", "gateway"], self._run, stop_timeout_s=40, env=settings
+            ),
+            ready=partial(_healthy, port),
+            endpoint=f"http://127.0.0.1:{port}/v1",
+            ports=(port,),
+        )
 
     def worker(self, spec: ModelSpec, port: int, replica: int = 1) -> Component:
         """A worker of `spec` with its /metrics on `port`. Replica 1 is the stack's own;
@@ -250,6 +272,14 @@ def _redis_up(url: str) -> bool:
         return False
     finally:
         client.close()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _metric_is_one(port: int, name: str) -> bool:

@@ -1,0 +1,54 @@
+"""The front door's ASGI app: the routes, /metrics, and the clients its lifespan runs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import make_asgi_app
+
+from gateway.door import ApiError, FrontDoor
+from gateway.openai import error_body
+from gateway.routes import router
+from gateway.settings import GatewaySettings
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode
+from schemas.redact import explain
+from schemas.tenants import TenantPolicy
+
+log = logging.getLogger(__name__)
+
+
+def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> FastAPI:
+    """The app; its lifespan connects to Kafka and Redis before the first request."""
+    door = FrontDoor(settings, catalog, policy)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await door.start()
+        try:
+            yield
+        finally:
+            await door.close()
+
+    app = FastAPI(title="llmq", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.door = door
+    app.mount("/metrics", make_asgi_app())
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _failed)
+    app.include_router(router)
+    return app
+
+
+async def _api_error(_: Request, exc: ApiError) -> Response:
+    return JSONResponse(exc.body, exc.status, headers=exc.headers)
+
+
+async def _failed(_: Request, exc: Exception) -> Response:
+    """Anything else: OpenAI's error body, 500, and what failed (retrying may help)."""
+    log.error("a request failed: %s", explain(exc), exc_info=exc)
+    status, body = error_body(ErrorCode.INTERNAL_ERROR, f"the front door failed: {explain(exc)}")
+    return JSONResponse(body, status)

@@ -1,0 +1,111 @@
+"""What every route of the front door shares: the client library, the catalog, the keys."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import Request
+
+from gateway import metrics
+from gateway.openai import AUTO, Call, Chunks, error_body, retry_after
+from gateway.serving import Serving
+from gateway.settings import GatewaySettings
+from llmq.aio import AsyncClient
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.request import DEFAULT_TENANT
+from schemas.tenants import TenantPolicy
+
+
+class ApiError(Exception):
+    """An HTTP error in OpenAI's shape."""
+
+    def __init__(self, error: LlmqError, status: int | None = None) -> None:
+        super().__init__(error.message)
+        self.status, self.body = error_body(error.code, error.message, status)
+        self.headers = retry_after(error) if self.status == 429 else {}
+
+
+class FrontDoor:
+    """One process's client of llmq (one reply consumer for every waiting request), and
+    what it knows: the catalog, the keys, the settings."""
+
+    def __init__(self, settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.policy = policy
+        self.client = AsyncClient(
+            settings,
+            client_id=settings.instance_id,
+            stream_retention_s=settings.stream_retention_s,
+        )
+        self.serving = Serving(settings, settings.instance_id)
+        self.ready = False
+        self._doomed: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.client.start()
+        await self.serving.start()
+        self.ready = True
+        metrics.READY.set(1)
+
+    async def close(self) -> None:
+        self.ready = False
+        metrics.READY.set(0)
+        for key in list(self._doomed):  # their clients are gone: no grace any more
+            self._doomed.pop(key).cancel()
+            await self.client.cancel(key[1], tenant=key[0])
+        await self.serving.close()
+        await self.client.close()
+
+    def tenant(self, request: Request) -> str:
+        """The tenant of the request's bearer key (never of its body); `default` when the
+        front door has no keys (it then listens on loopback only)."""
+        if not self.policy.api_keys:
+            return DEFAULT_TENANT
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            why = "no API key: send Authorization: Bearer KEY"
+            raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why), 401)
+        tenant = self.policy.tenant_of(key.strip())
+        if tenant is None:
+            raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, "invalid API key"), 401)
+        return tenant
+
+    async def check_served(self, model: str | None) -> None:
+        """503 when no worker serves the model (for `auto`: no model at all)."""
+        models = self.catalog.names if model in (None, AUTO) else [model or ""]
+        if not await self.serving.serves(models):
+            why = f"no worker serves {model}: start one (llmq local up) and try again"
+            raise ApiError(LlmqError(ErrorCode.ENGINE_UNAVAILABLE, why))
+
+    def cancel(self, call: Call) -> None:
+        """Its client went away: unless it resumes the stream within the grace time, tell
+        the workers nobody waits for the request (the generation is aborted)."""
+        key = (call.request.tenant, call.request.correlation_id)
+        loop = asyncio.get_running_loop()
+        self._doomed[key] = loop.call_later(self.settings.resume_grace_s, self._cancel_now, key)
+
+    def spare(self, tenant: str, correlation_id: str) -> None:
+        """Its client came back (a resumed stream): no cancellation."""
+        handle = self._doomed.pop((tenant, correlation_id), None)
+        if handle is not None:
+            handle.cancel()
+
+    def _cancel_now(self, key: tuple[str, str]) -> None:
+        self._doomed.pop(key, None)
+        metrics.CANCELLED.inc()
+        task = asyncio.create_task(self.client.cancel(key[1], tenant=key[0]))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def chunks(self, call: Call, model: str | None) -> Chunks:
+        """The chunks of the request's streamed answer."""
+        request = call.request
+        return Chunks(
+            request.correlation_id,
+            int(request.created_at),
+            model or request.model or self.catalog.default,
+            call.include_usage,
+        )

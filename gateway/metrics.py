@@ -1,0 +1,27 @@
+"""Prometheus metrics of the front door."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+READY = Gauge("llmq_gateway_ready", "1 once the front door reads replies and takes requests")
+REQUESTS = Counter(
+    "llmq_gateway_requests_total",
+    "HTTP chat-completion requests by HTTP status and whether they streamed",
+    ["status", "stream"],
+)
+WAITING = Gauge("llmq_gateway_waiting", "Requests waiting for their answer")
+LATENCY = Histogram(
+    "llmq_gateway_latency_seconds",
+    "From the HTTP request to its whole answer (streamed: to the last piece)",
+    ["stream"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+FIRST_PIECE = Histogram(
+    "llmq_gateway_first_piece_seconds",
+    "From a streamed HTTP request to its first piece of answer (time to first token)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CANCELLED = Counter(
+    "llmq_gateway_cancelled_total", "Requests whose client went away before the answer"
+)

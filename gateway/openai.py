@@ -1,0 +1,212 @@
+"""OpenAI's chat-completions wire format, both ways: a request body into llmq's envelope, and
+results, pieces and errors into what the OpenAI SDK reads."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from llmq.streaming import Delta
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.lanes import Lane
+from schemas.redact import describe
+from schemas.request import CacheMode, ChatBody, InferenceRequest
+from schemas.result import InferenceResult
+
+AUTO = "auto"
+PASSED = frozenset(
+    {
+        "messages",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "ignore_eos",
+        "stream",
+    }
+)
+"""Body fields llmq serves as OpenAI defines them."""
+READ_HERE = frozenset(
+    {"model", "max_completion_tokens", "n", "user", "stream_options", "lane", "cache"}
+)
+"""Body fields the front door reads itself: `user` is accepted and ignored, `n` must be 1;
+`lane` and `cache` are llmq's own (the SDK's extra_body)."""
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+STATUS = {
+    ErrorCode.INVALID_JSON: 400,
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.PROMPT_TOO_LARGE: 400,
+    ErrorCode.UNSUPPORTED: 400,
+    ErrorCode.UNKNOWN_MODEL: 404,
+    ErrorCode.EXPIRED: 408,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.BUDGET_EXCEEDED: 429,
+    ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.ENGINE_ERROR: 502,
+    ErrorCode.ENGINE_UNAVAILABLE: 503,
+    ErrorCode.ENGINE_TIMEOUT: 504,
+    ErrorCode.CANCELLED: 499,
+}
+"""HTTP status of each error: the ones the OpenAI SDK maps to its exceptions."""
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP chat-completion request, read: llmq's request and how to answer it."""
+
+    request: InferenceRequest
+    include_usage: bool
+    """stream_options.include_usage: a last chunk with the usage and no choices."""
+
+
+def read_call(data: object, *, tenant: str, lane: str, catalog: Catalog, timeout_s: float) -> Call:
+    """The request an HTTP body asks for; LlmqError (400, 404) saying what is wrong."""
+    if not isinstance(data, dict):
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    unknown = sorted(set(data) - PASSED - READ_HERE)
+    if unknown:
+        raise LlmqError(
+            ErrorCode.UNSUPPORTED,
+            f"llmq serves plain chat completions; unsupported field(s): {', '.join(unknown)}",
+        )
+    if data.get("n", 1) != 1:
+        raise LlmqError(ErrorCode.UNSUPPORTED, "n must be 1: llmq makes one answer per request")
+    model = data.get("model") or catalog.default
+    if model != AUTO and catalog.get(model) is None:
+        raise LlmqError(
+            ErrorCode.UNKNOWN_MODEL,
+            f"the model {model!r} does not exist; llmq serves {[*catalog.names, AUTO]}",
+        )
+    fields = {k: v for k, v in data.items() if k in PASSED}
+    fields["messages"] = _messages(data.get("messages"))
+    if "max_completion_tokens" in data and "max_tokens" not in data:
+        fields["max_tokens"] = data["max_completion_tokens"]
+    options = data.get("stream_options") or {}
+    now = time.time()
+    try:
+        request = InferenceRequest(
+            correlation_id=uuid.uuid4().hex,
+            tenant=tenant,
+            model=model,
+            lane=Lane(data.get("lane") or lane),
+            cache=CacheMode(data.get("cache") or CacheMode.AUTO),
+            deadline=now + timeout_s,
+            created_at=now,
+            body=ChatBody.model_validate(fields),
+        )
+    except ValidationError as exc:
+        raise LlmqError(ErrorCode.INVALID_REQUEST, describe(exc)) from None
+    except ValueError as exc:  # a lane or cache mode that does not exist
+        raise LlmqError(ErrorCode.INVALID_REQUEST, str(exc)) from None
+    return Call(request, bool(isinstance(options, dict) and options.get("include_usage")))
+
+
+def _messages(messages: object) -> object:
+    """OpenAI's messages as llmq's: content parts of text joined, `developer` as system."""
+    if not isinstance(messages, list):
+        return messages  # validation names the problem
+    out = []
+    for message in messages:
+        if not isinstance(message, dict):
+            return messages
+        content = message.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+                raise LlmqError(ErrorCode.UNSUPPORTED, "llmq serves text content parts only")
+            content = "".join(str(p.get("text", "")) for p in content)
+        role = message.get("role")
+        if role not in ROLES:
+            raise LlmqError(
+                ErrorCode.UNSUPPORTED,
+                f"message role {role!r} is not served; use system, user or assistant",
+            )
+        out.append({"role": ROLES[role], "content": content})
+    return out
+
+
+def completion(result: InferenceResult) -> dict[str, Any]:
+    """The `chat.completion` of an answer, with llmq's extras under `llmq` (the SDK keeps
+    unknown fields: `completion.llmq`)."""
+    if result.response is None:
+        raise ValueError("an error result has no chat.completion")
+    body = result.response.model_dump(exclude_none=True)
+    body["id"] = f"chatcmpl-{result.correlation_id}"
+    body["llmq"] = {
+        "correlation_id": result.correlation_id,
+        "cache": result.cache.value,
+        "model_used": result.model_used,
+        "route": None if result.route is None else result.route.model_dump(),
+        "timings": result.timings.model_dump(),
+    }
+    return body
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """The `chat.completion.chunk` events of one streamed answer, as OpenAI sends them: the
+    role first, then content, then the finish reason, then (include_usage) the usage with no
+    choices; every chunk but that one carries `usage: null` when it is asked for."""
+
+    correlation_id: str
+    created: int
+    model: str
+    include_usage: bool
+
+    def role(self) -> dict[str, Any]:
+        return self._chunk({"role": "assistant", "content": ""}, None)
+
+    def content(self, text: str) -> dict[str, Any]:
+        return self._chunk({"content": text}, None)
+
+    def finish(self, reason: str) -> dict[str, Any]:
+        return self._chunk({}, reason)
+
+    def usage(self, piece: Delta) -> dict[str, Any]:
+        return {
+            **self._head(),
+            "choices": [],
+            "usage": None if piece.usage is None else piece.usage.model_dump(),
+        }
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        body = {**self._head(), "choices": [choice]}
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
+    def _head(self) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-{self.correlation_id}",
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+
+
+def error_body(
+    code: ErrorCode, message: str, status: int | None = None
+) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and OpenAI's error body for an llmq error."""
+    status = status or STATUS[code]
+    kind = TYPES.get(status, "rate_limit_error" if status == 429 else "server_error")
+    return status, {"error": {"message": message, "type": kind, "param": None, "code": code.value}}
+
+
+def retry_after(error: LlmqError) -> dict[str, str]:
+    """The Retry-After header of a 429 (whole seconds, rounded up)."""
+    if error.retry_after_s is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}

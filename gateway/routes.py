@@ -1,0 +1,204 @@
+"""The front door's routes: OpenAI's chat completions (whole, or streamed as server-sent
+events), the models, stored results and their streams, health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from gateway import metrics, sse
+from gateway.door import ApiError, FrontDoor
+from gateway.openai import AUTO, Call, Chunks, completion, read_call
+from llmq.streaming import Delta, StreamReader
+from schemas.errors import ErrorCode, LlmqError
+
+T = TypeVar("T")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+LATE = LlmqError(ErrorCode.EXPIRED, "no answer before the deadline")
+
+router = APIRouter()
+
+
+def _door(request: Request) -> FrontDoor:
+    door: FrontDoor = request.app.state.door
+    return door
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    """Publish the request; answer with its chat.completion, or stream its chunks."""
+    door = _door(request)
+    started, status, stream = time.monotonic(), 500, "false"
+    try:
+        call = await _read(door, request)
+        stream = str(call.request.body.stream).lower()
+        await door.check_served(call.request.model)
+        await door.client.submit_request(call.request)
+        metrics.WAITING.inc()
+        try:
+            answer = _streamed if call.request.body.stream else _whole
+            response = await answer(door, request, call)
+        finally:
+            metrics.WAITING.dec()
+        status = response.status_code
+        return response
+    except ApiError as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.REQUESTS.labels(str(status), stream).inc()
+        if stream == "false":
+            metrics.LATENCY.labels(stream).observe(time.monotonic() - started)
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    """The catalog's models, and `auto` (llmq picks by difficulty)."""
+    names = [*_door(request).catalog.names, AUTO]
+    listed = [{"id": n, "object": "model", "created": 0, "owned_by": "llmq"} for n in names]
+    return {"object": "list", "data": listed}
+
+
+@router.get("/v1/results/{correlation_id}")
+async def stored_result(correlation_id: str, request: Request) -> Response:
+    """The tenant's stored result of a request (llmq's InferenceResult)."""
+    door = _door(request)
+    found = await door.client.stored(correlation_id, tenant=door.tenant(request))
+    if found is None:
+        why = f"no result {correlation_id} for this tenant (yet)"
+        raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why), 404)
+    return Response(found.model_dump_json(), media_type="application/json")
+
+
+@router.get("/v1/results/{correlation_id}/stream")
+async def resume(correlation_id: str, request: Request) -> Response:
+    """The rest of a streamed answer after the event a client last had (Last-Event-ID)."""
+    door = _door(request)
+    tenant = door.tenant(request)
+    door.spare(tenant, correlation_id)
+    last = request.headers.get("last-event-id", "0")
+    if last.endswith(sse.END):
+        return StreamingResponse(iter([sse.DONE]), media_type="text/event-stream")
+    if not last.isdigit():
+        why = f"Last-Event-ID {last!r} is not an event of llmq's"
+        raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why))
+    stored = await door.client.stored(correlation_id, tenant=tenant)
+    pieces: AsyncIterator[Delta] | None = None
+    try:
+        if stored is not None:
+            first: Delta | None = StreamReader(int(last)).finish(stored)
+        else:
+            wait_s = door.settings.request_timeout_s
+            pieces = door.client.follow(
+                correlation_id, tenant=tenant, offset=int(last), wait_s=wait_s
+            )
+            first = await anext(pieces, None)
+    except LlmqError as exc:
+        raise ApiError(exc) from None
+    except TimeoutError:
+        raise ApiError(LATE) from None
+    usage = request.query_params.get("include_usage", "false").lower() == "true"
+    model = (first.model if first else None) or door.catalog.default
+    chunks = Chunks(correlation_id, int(time.time()), model, usage)
+    events = sse.events(chunks, first, pieces)
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> Response:
+    """200 once the front door reads replies and takes requests."""
+    ready = _door(request).ready
+    return JSONResponse({"ready": ready}, 200 if ready else 503)
+
+
+async def _read(door: FrontDoor, request: Request) -> Call:
+    tenant = door.tenant(request)
+    try:
+        data = await request.json()
+    except ValueError as exc:
+        raise ApiError(LlmqError(ErrorCode.INVALID_JSON, f"the body is not JSON: {exc}")) from None
+    try:
+        return read_call(
+            data,
+            tenant=tenant,
+            lane=request.headers.get("x-llmq-lane") or door.settings.default_lane.value,
+            catalog=door.catalog,
+            timeout_s=door.settings.request_timeout_s,
+        )
+    except LlmqError as exc:
+        raise ApiError(exc) from None
+
+
+async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
+    """Wait for the result; a client that leaves first cancels the request."""
+    wanted = call.request
+    waiting = door.client.result(
+        wanted.correlation_id, door.settings.request_timeout_s + 5, tenant=wanted.tenant
+    )
+    try:
+        result = await _unless_gone(request, waiting)
+    except TimeoutError:
+        raise ApiError(LATE) from None
+    if result is None:
+        door.cancel(call)
+        return Response(status_code=499)
+    if result.error is not None:
+        error = result.error
+        raise ApiError(LlmqError(error.code, error.message, error.retry_after_s))
+    headers = {"X-Llmq-Correlation-Id": wanted.correlation_id}
+    return JSONResponse(completion(result), headers=headers)
+
+
+async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
+    """Server-sent events once the first piece is there: an error before it is an HTTP
+    error (429, 400, ...), after it an error event."""
+    wanted = call.request
+    started = time.monotonic()
+    wait_s = door.settings.request_timeout_s + 5
+    pieces = door.client.follow(wanted.correlation_id, tenant=wanted.tenant, wait_s=wait_s)
+    try:
+        first = await _unless_gone(request, anext(pieces))
+    except LlmqError as exc:
+        raise ApiError(exc) from None
+    except TimeoutError:
+        raise ApiError(LATE) from None
+    if first is None:
+        door.cancel(call)
+        return Response(status_code=499)
+    metrics.FIRST_PIECE.observe(time.monotonic() - started)
+    events = sse.events(door.chunks(call, first.model), first, pieces, lambda: door.cancel(call))
+    headers = {**SSE_HEADERS, "X-Llmq-Correlation-Id": wanted.correlation_id}
+    return StreamingResponse(
+        _timed(events, started), media_type="text/event-stream", headers=headers
+    )
+
+
+async def _timed(events: AsyncIterator[str], started: float) -> AsyncIterator[str]:
+    async for event in events:
+        yield event
+    metrics.LATENCY.labels("true").observe(time.monotonic() - started)
+
+
+async def _unless_gone(request: Request, work: Awaitable[T]) -> T | None:
+    """What `work` gives, or None when the client went away first (`work` is cancelled)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_until_gone(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    return None
+
+
+async def _until_gone(request: Request) -> None:
+    """Returns when the client has gone away (its body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,60 @@
+"""Which models some worker serves now: the members of their consumer groups, as Kafka says."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from schemas.names import worker_group
+from schemas.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+MEMBERS = 5
+"""Where a group's members are in a DescribeGroups response entry (every version llmq meets)."""
+
+
+class Serving:
+    """Answers "does any worker serve this model?" from the workers' consumer groups, each
+    answer kept for `ttl_s`. When Kafka cannot say, it answers yes: the request then waits
+    in its topic, as it would for a worker that is starting."""
+
+    def __init__(self, settings: ServiceSettings, client_id: str, ttl_s: float = 5.0) -> None:
+        self._settings = settings
+        self._client_id = f"{client_id}-admin"
+        self._admin: AIOKafkaAdminClient | None = None
+        self._ttl_s = ttl_s
+        self._known: dict[str, tuple[float, bool]] = {}
+
+    async def start(self) -> None:
+        """Connect (aiokafka's clients are made inside the running loop)."""
+        self._admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            client_id=self._client_id,
+            **self._settings.kafka_security().client_kwargs(),
+        )
+        await self._admin.start()
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+
+    async def serves(self, models: list[str]) -> bool:
+        """Whether a worker of any of `models` is in its group now."""
+        now = time.monotonic()
+        stale = [m for m in models if now - self._known.get(m, (-1e9, True))[0] > self._ttl_s]
+        if stale and self._admin is not None:
+            try:
+                responses = await self._admin.describe_consumer_groups(
+                    [worker_group(m) for m in stale]
+                )
+            except KafkaError as exc:
+                log.warning("cannot see the workers' groups (assuming they serve): %r", exc)
+                return True
+            members = {g[1]: len(g[MEMBERS]) for r in responses for g in r.groups}
+            for model in stale:
+                self._known[model] = (now, members.get(worker_group(model), 0) > 0)
+        return any(self._known[m][1] for m in models)

@@ -1,0 +1,66 @@
+"""The front door's settings (LLMQ_* environment variables)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field
+
+from schemas.lanes import Lane
+from schemas.settings import ServiceSettings
+from schemas.tenants import TenantPolicy
+
+
+def _default_instance() -> str:
+    return f"gateway-{socket.gethostname()}-{os.getpid()}"
+
+
+class GatewaySettings(ServiceSettings):
+    """One front-door instance; run several behind a load balancer, each on its own."""
+
+    api_host: str = "127.0.0.1"
+    """The address the HTTP server binds to (LLMQ_API_HOST); 0.0.0.0 in a container."""
+    api_port: int = Field(default=28080, ge=1, le=65535)
+    """LLMQ_API_PORT."""
+    tenants_file: Path | None = None
+    """The tenants file (LLMQ_TENANTS_FILE): its [api_keys] table maps hashed keys to
+    tenants. Without keys the front door serves tenant `default` on a loopback address only."""
+    default_lane: Lane = Lane.INTERACTIVE
+    """The lane of a request that names none (LLMQ_API_DEFAULT_LANE)."""
+    request_timeout_s: float = Field(default=600.0, gt=0, le=24 * 3600)
+    """Each request's deadline: an answer not ready by then is `expired`, 408
+    (LLMQ_REQUEST_TIMEOUT_S)."""
+    stream_retention_s: float = Field(default=120.0, gt=0, le=3600)
+    """How long a streamed answer stays at hand for a coalesced copy or a client that
+    resumes with Last-Event-ID (LLMQ_STREAM_RETENTION_S)."""
+    resume_grace_s: float = Field(default=5.0, ge=0, le=3600)
+    """A client that goes away is given this long to resume its stream (Last-Event-ID)
+    before its request is cancelled and the worker aborts it (LLMQ_RESUME_GRACE_S)."""
+    drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)
+    """On SIGTERM: how long open requests may still finish (LLMQ_DRAIN_TIMEOUT_S)."""
+    instance_id: str = Field(default_factory=_default_instance, min_length=1)
+    """Names this instance's Kafka clients (LLMQ_INSTANCE_ID)."""
+
+    def policy(self) -> TenantPolicy:
+        """The tenants file; ValueError when the front door must not start with it: no API
+        keys while listening beyond loopback would serve anyone as tenant `default`."""
+        policy = TenantPolicy.load(self.tenants_file)
+        if not policy.api_keys and not _loopback(self.api_host):
+            raise ValueError(
+                f"no API keys (the [api_keys] of LLMQ_TENANTS_FILE) while listening on "
+                f"{self.api_host}: anyone could use llmq. Make keys with `llmq keys new "
+                "TENANT`, or listen on 127.0.0.1 (LLMQ_API_HOST)"
+            )
+        return policy
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

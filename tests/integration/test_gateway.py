@@ -1,0 +1,389 @@
+"""The HTTP front door on the real stack, driven by the real OpenAI SDK (and curl, httpx):
+completions, streams, each error, keys, a client that leaves, coalesced and resumed streams,
+two instances, and the Kafka app's stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
+
+from llmq.aio import AsyncClient
+from llmq.client import tail
+from schemas.metering import MeteringEvent
+from schemas.names import METERING, TOKENS
+from schemas.result import InferenceResult
+from schemas.settings import ServiceSettings
+from schemas.stream import TokenDelta
+from schemas.tenants import key_hash, new_key
+from tests.integration.helpers import collect, metric
+from tools.stack.ports import free_block
+from tools.stack.stack import LocalStack
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+MODEL = "smollm2-135m"
+KEYS = {"acme": new_key(), "suspended": new_key()}
+
+
+def _prompt(what: str = "Count from 1 to 100, one number per line.") -> str:
+    """A prompt no other test asks, so no cache answers it."""
+    return f"{what} (run {uuid.uuid4().hex[:8]})"
+
+
+@pytest.fixture(scope="module")
+def door(stack: LocalStack) -> str:
+    return f"http://127.0.0.1:{stack.settings.api_port}/v1"
+
+
+@pytest.fixture(scope="module")
+def sdk(door: str) -> Iterator[OpenAI]:
+    """The open door on loopback: no keys, tenant `default`."""
+    with OpenAI(base_url=door, api_key="unused", max_retries=0, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def keyed_door(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second front-door instance with API keys, a model no worker serves, and a 4 s
+    deadline for every request."""
+    folder = tmp_path_factory.mktemp("keyed-door")
+    tenants = folder / "tenants.toml"
+    lines = [f'"{key_hash(key)}" = "{tenant}"' for tenant, key in KEYS.items()]
+    tenants.write_text("[api_keys]\n" + "\n".join(lines) + "\n")
+    assert stack.settings.models_file is not None
+    models = folder / "models.toml"
+    nobody = '\n[[models]]\nname = "nobody"\nengine = "openai"\nurl = "http://127.0.0.1:9/v1"\n'
+    models.write_text(Path(stack.settings.models_file).read_text() + nobody)
+    port = free_block(1)
+    env = {
+        "LLMQ_TENANTS_FILE": str(tenants),
+        "LLMQ_MODELS_FILE": str(models),
+        "LLMQ_REQUEST_TIMEOUT_S": "4",
+    }
+    component = stack.gateway(port, "gateway-keyed", env)
+    stack.start(component, say=lambda _: None)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        component.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed(keyed_door: str) -> Iterator[dict[str | None, OpenAI]]:
+    """An SDK client of the keyed door per tenant (None: with a key it does not know)."""
+    keys: dict[str | None, str] = {None: "llmq-not-a-key"}
+    keys.update(KEYS)
+    clients = {
+        tenant: OpenAI(base_url=keyed_door, api_key=key, max_retries=0, timeout=60)
+        for tenant, key in keys.items()
+    }
+    yield clients
+    for client in clients.values():
+        client.close()
+
+
+def _stored(door: str, correlation_id: str, key: str = "unused") -> InferenceResult:
+    """The stored result, once the result store has it."""
+    deadline = time.monotonic() + 30
+    while True:
+        got = httpx.get(
+            f"{door}/results/{correlation_id}", headers={"Authorization": f"Bearer {key}"}
+        )
+        if got.status_code == 200 or time.monotonic() > deadline:
+            assert got.status_code == 200, got.text
+            return InferenceResult.model_validate_json(got.content)
+        time.sleep(0.2)
+
+
+def test_a_completion_through_the_openai_sdk(sdk: OpenAI, door: str) -> None:
+    raw = sdk.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": _prompt("What is the capital of France?")}],
+        max_tokens=12,
+        temperature=0,
+    )
+    answer = raw.parse()
+    assert answer.object == "chat.completion" and answer.model == MODEL
+    assert answer.choices[0].message.role == "assistant" and answer.choices[0].message.content
+    assert answer.usage is not None and 0 < answer.usage.completion_tokens <= 12
+    extras = answer.model_extra or {}
+    assert extras["llmq"]["cache"] == "none" and extras["llmq"]["model_used"] == MODEL
+    cid = raw.headers["x-llmq-correlation-id"]
+    assert answer.id == f"chatcmpl-{cid}"
+    assert _stored(door, cid).text == answer.choices[0].message.content
+
+
+def test_a_stream_joins_to_the_answer_and_ends_with_its_usage(
+    sdk: OpenAI, door: str, service_settings: ServiceSettings
+) -> None:
+    tokens = tail(service_settings.kafka_bootstrap, TOKENS)
+    try:
+        chunks = list(
+            sdk.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": _prompt()}],
+                max_tokens=24,
+                temperature=0,
+                extra_body={"ignore_eos": True},
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        cid = chunks[0].id.removeprefix("chatcmpl-")
+        published = collect(
+            tokens,
+            lambda rs: any(TokenDelta.model_validate_json(r.value).finish_reason for r in rs),
+            30,
+        )
+    finally:
+        tokens.close()
+    assert chunks[0].choices[0].delta.role == "assistant"
+    *pieces, finish, usage = chunks
+    assert finish.choices[0].finish_reason == "length"
+    assert usage.choices == [] and usage.usage is not None
+    assert usage.usage.completion_tokens == 24
+    text = "".join(c.choices[0].delta.content or "" for c in pieces)
+    assert text == _stored(door, cid).text
+    # It came through llmq.tokens, a few tokens a record, the last with the usage.
+    deltas = [TokenDelta.model_validate_json(r.value) for r in published]
+    mine = [d for d in deltas if d.correlation_id == cid]
+    assert mine and "".join(d.text for d in mine) == text
+    assert sum(d.tokens for d in mine) == 24 and mine[-1].usage is not None
+
+
+def test_a_cached_answer_streams_too(sdk: OpenAI) -> None:
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": _prompt("Name a colour.")}
+    ]
+    whole = sdk.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+    chunks = list(
+        sdk.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=8, temperature=0, stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        whole.choices[0].message.content
+    )
+    assert chunks[-1].choices[0].finish_reason is not None
+
+
+def test_curl_shows_the_raw_events(door: str) -> None:
+    body = (
+        f'{{"model": "{MODEL}", "stream": true, "max_tokens": 6, "temperature": 0,'
+        f' "messages": [{{"role": "user", "content": "{_prompt("Say hi.")}"}}]}}'
+    )
+    done = subprocess.run(
+        [
+            "curl",
+            "-sN",
+            f"{door}/chat/completions",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    events = [e for e in done.stdout.split("\n\n") if e.strip()]
+    assert events[0].startswith("id: 0\ndata: {") and '"role":"assistant"' in events[0]
+    assert events[-1] == "data: [DONE]"
+    assert '"finish_reason":"' in events[-2] and events[-2].split("\n")[0].endswith(":end")
+
+
+def test_errors_reach_the_sdk_as_its_exceptions(
+    sdk: OpenAI, keyed: dict[str | None, OpenAI]
+) -> None:
+    ask: dict[str, Any] = {
+        "messages": [{"role": "user", "content": _prompt("Hi")}],
+        "max_tokens": 4,
+    }
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(model=MODEL, **{**ask, "max_tokens": 0})
+    assert "max_tokens" in bad.value.message
+    with pytest.raises(openai.NotFoundError) as unknown:
+        sdk.chat.completions.create(model="gpt-4o", **ask)
+    assert "gpt-4o" in unknown.value.message
+    with pytest.raises(openai.AuthenticationError):
+        keyed[None].chat.completions.create(model=MODEL, **ask)
+    with pytest.raises(openai.RateLimitError) as broke:
+        keyed["suspended"].chat.completions.create(model=MODEL, **ask)
+    assert (
+        broke.value.code == "budget_exceeded"
+        and int(broke.value.response.headers["retry-after"]) > 0
+    )
+    with pytest.raises(openai.InternalServerError) as idle:
+        keyed["acme"].chat.completions.create(model="nobody", **ask)
+    assert idle.value.status_code == 503 and "no worker serves nobody" in idle.value.message
+    with pytest.raises(openai.InternalServerError) as failed:
+        sdk.chat.completions.create(model="dead-end", **ask)
+    assert failed.value.status_code == 502 and failed.value.code == "engine_error"
+    with pytest.raises(openai.APIStatusError) as late:  # a 4 s deadline, 1500 tokens
+        keyed["acme"].chat.completions.create(
+            model=MODEL, **{**ask, "max_tokens": 1500}, extra_body={"ignore_eos": True}
+        )
+    assert late.value.status_code == 408 and late.value.code == "expired"
+
+
+def test_the_tenant_comes_from_the_key_never_the_body(
+    keyed: dict[str | None, OpenAI], keyed_door: str, door: str
+) -> None:
+    acme = keyed["acme"]
+    ask: dict[str, Any] = {
+        "messages": [{"role": "user", "content": _prompt("Hi")}],
+        "max_tokens": 4,
+    }
+    with pytest.raises(openai.BadRequestError) as claimed:
+        acme.chat.completions.create(model=MODEL, **ask, extra_body={"tenant": "suspended"})
+    assert "tenant" in claimed.value.message
+    raw = acme.chat.completions.with_raw_response.create(model=MODEL, **ask)
+    cid = raw.headers["x-llmq-correlation-id"]
+    assert _stored(keyed_door, cid, KEYS["acme"]).tenant == "acme"
+    assert httpx.get(f"{door}/results/{cid}").status_code == 404  # tenant default's view
+
+
+def test_a_client_that_leaves_cancels_its_generation(
+    stack: LocalStack, sdk: OpenAI, door: str, service_settings: ServiceSettings
+) -> None:
+    port = stack.settings.metrics_base_port + 1  # the vLLM worker of smollm2-135m
+    before = metric(port, "llmq_worker_generations_total", outcome="cancelled")
+    metering = tail(service_settings.kafka_bootstrap, METERING)
+    try:
+        stream = sdk.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": _prompt()}],
+            max_tokens=1500,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+            stream=True,
+        )
+        cid = next(iter(stream)).id.removeprefix("chatcmpl-")
+        stream.close()  # the client goes away mid-answer
+        deadline = time.monotonic() + 60
+        while metric(port, "llmq_worker_generations_total", outcome="cancelled") == before:
+            assert time.monotonic() < deadline, "the generation was not aborted"
+            time.sleep(0.25)
+        events = collect(
+            metering, lambda rs: any(cid.encode() in r.value for r in rs), timeout_s=30
+        )
+    finally:
+        metering.close()
+    result = _stored(door, cid)
+    assert result.error is not None and result.error.code.value == "cancelled"
+    [event] = [
+        MeteringEvent.model_validate_json(r.value) for r in events if cid.encode() in r.value
+    ]
+    assert event.outcome == "cancelled" and 0 < event.completion_tokens < 1500
+
+
+def test_a_copy_of_a_streaming_request_gets_the_whole_stream(
+    stack: LocalStack, sdk: OpenAI
+) -> None:
+    port = stack.settings.metrics_base_port + 1
+    before = metric(port, "llmq_worker_generations_total", outcome="ok")
+    ask: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": _prompt()}],
+        "max_tokens": 48,
+        "temperature": 0,
+        "extra_body": {"ignore_eos": True},
+        "stream": True,
+    }
+    leader = iter(sdk.chat.completions.create(**ask))
+    first = [next(leader), next(leader)]  # its generation runs: 48 tokens take a while
+    copy = list(sdk.chat.completions.create(**ask))  # joins it, from the start
+    rest = list(leader)
+
+    def text(chunks: list[Any]) -> str:
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    assert text(copy) == text(first + rest) and text(copy)
+    assert copy[-1].choices[0].finish_reason == "length"
+    assert metric(port, "llmq_worker_generations_total", outcome="ok") == before + 1
+
+
+def test_a_lost_stream_resumes_after_its_last_event(door: str) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": _prompt()}],
+        "max_tokens": 40,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    seen, last = "", "0"
+    with httpx.stream("POST", f"{door}/chat/completions", json=body, timeout=120) as response:
+        cid = response.headers["x-llmq-correlation-id"]
+        for line in response.iter_lines():
+            if line.startswith("id: "):
+                last = line.removeprefix("id: ")
+            elif line.startswith("data: {") and '"content":"' in line and last != "0":
+                seen += httpx.Response(200, content=line.removeprefix("data: ")).json()["choices"][
+                    0
+                ]["delta"]["content"]
+                break  # the connection drops here
+    rest = ""
+    again = httpx.stream(
+        "GET", f"{door}/results/{cid}/stream", headers={"Last-Event-ID": last}, timeout=120
+    )
+    with again as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line.removeprefix("data: "))
+                rest += (
+                    chunk["choices"][0]["delta"].get("content") or "" if chunk["choices"] else ""
+                )
+    result = _stored(door, cid)
+    assert result.status == "ok"  # resumed within the grace time: not cancelled
+    assert len(seen) == int(last) and seen + rest == result.text
+
+
+def test_two_front_doors_serve_side_by_side(sdk: OpenAI, keyed: dict[str | None, OpenAI]) -> None:
+    acme = keyed["acme"]
+
+    def ask(i: int) -> str | None:
+        client = sdk if i % 2 else acme
+        answer = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": _prompt(f"Say the number {i}.")}],
+            max_tokens=6,
+            temperature=0,
+        )
+        return answer.choices[0].message.content
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(16)))
+    assert all(answers)
+
+
+def test_kafka_apps_stream_with_the_async_client(service_settings: ServiceSettings) -> None:
+    async def main() -> tuple[str, str | None, InferenceResult]:
+        async with AsyncClient(service_settings) as client:
+            text, finish = "", None
+            async for piece in client.stream(
+                _prompt(), max_tokens=20, temperature=0, ignore_eos=True
+            ):
+                assert piece.offset == len(text)
+                text += piece.text
+                finish = piece.finish_reason
+            cid = await client.submit(_prompt(), max_tokens=4, temperature=0)
+            return text, finish, await client.result(cid, wait_s=60)
+
+    text, finish, whole = asyncio.run(main())
+    assert text and finish == "length"
+    assert whole.status == "ok" and whole.text

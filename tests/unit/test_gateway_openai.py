@@ -1,0 +1,141 @@
+"""The front door's reading of OpenAI request bodies and its OpenAI-shaped answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.openai import Chunks, error_body, read_call, retry_after
+from gateway.settings import GatewaySettings
+from llmq.streaming import Delta
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.lanes import Lane
+from schemas.result import Usage
+from schemas.tenants import TenantPolicy, key_hash, new_key
+
+CATALOG = Catalog.builtin()
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+def _read(**body: Any) -> Any:
+    data = {"model": "smollm2-135m", "messages": MESSAGES, **body}
+    return read_call(data, tenant="acme", lane="interactive", catalog=CATALOG, timeout_s=60)
+
+
+def _refused(code: ErrorCode, **body: Any) -> str:
+    with pytest.raises(LlmqError) as caught:
+        _read(**body)
+    assert caught.value.code is code
+    return caught.value.message
+
+
+def test_a_body_becomes_a_request_of_the_keys_tenant_with_a_deadline() -> None:
+    call = _read(max_tokens=8, temperature=0, stop="\n", stream=True, user="u1")
+    request = call.request
+    assert (request.tenant, request.model, request.lane) == (
+        "acme",
+        "smollm2-135m",
+        Lane.INTERACTIVE,
+    )
+    assert (request.body.max_tokens, request.body.stop, request.body.stream) == (8, ["\n"], True)
+    assert request.deadline is not None and 59 < request.deadline - request.created_at <= 60
+    assert not call.include_usage
+    assert len(request.correlation_id) == 32
+
+
+def test_the_sdks_newer_fields_and_llmqs_extras_are_read() -> None:
+    call = _read(max_completion_tokens=9, stream_options={"include_usage": True}, lane="batch", n=1)
+    assert (call.request.body.max_tokens, call.request.lane, call.include_usage) == (
+        9,
+        Lane.BATCH,
+        True,
+    )
+    content = [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]
+    call = _read(
+        messages=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": content},
+        ]
+    )
+    assert [(m.role, m.content) for m in call.request.body.messages] == [
+        ("system", "Be brief."),
+        ("user", "Hello there"),
+    ]
+
+
+def test_what_llmq_does_not_serve_is_refused_by_name() -> None:
+    assert "tools" in _refused(ErrorCode.UNSUPPORTED, tools=[{"type": "function"}])
+    assert "n must be 1" in _refused(ErrorCode.UNSUPPORTED, n=2)
+    assert "'tool'" in _refused(ErrorCode.UNSUPPORTED, messages=[{"role": "tool", "content": "x"}])
+    image = [{"type": "image_url", "image_url": {"url": "x"}}]
+    assert "text" in _refused(ErrorCode.UNSUPPORTED, messages=[{"role": "user", "content": image}])
+    assert "'gpt-4o'" in _refused(ErrorCode.UNKNOWN_MODEL, model="gpt-4o")
+    assert "max_tokens" in _refused(ErrorCode.INVALID_REQUEST, max_tokens=0)
+    assert "'fast'" in _refused(ErrorCode.INVALID_REQUEST, lane="fast")
+
+
+def test_auto_and_no_model_are_served() -> None:
+    assert _read(model="auto").request.model == "auto"
+    assert _read(model=None).request.model == CATALOG.default
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (ErrorCode.INVALID_REQUEST, 400),
+        (ErrorCode.PROMPT_TOO_LARGE, 400),
+        (ErrorCode.UNKNOWN_MODEL, 404),
+        (ErrorCode.EXPIRED, 408),
+        (ErrorCode.RATE_LIMITED, 429),
+        (ErrorCode.BUDGET_EXCEEDED, 429),
+        (ErrorCode.INTERNAL_ERROR, 500),
+        (ErrorCode.ENGINE_ERROR, 502),
+        (ErrorCode.ENGINE_UNAVAILABLE, 503),
+        (ErrorCode.ENGINE_TIMEOUT, 504),
+    ],
+)
+def test_each_error_has_the_status_the_sdk_maps(code: ErrorCode, status: int) -> None:
+    got, body = error_body(code, "why")
+    assert got == status
+    assert body["error"]["message"] == "why" and body["error"]["code"] == code.value
+
+
+def test_a_429_says_when_to_retry_in_whole_seconds() -> None:
+    assert retry_after(LlmqError(ErrorCode.RATE_LIMITED, "x", retry_after_s=0.2)) == {
+        "Retry-After": "1"
+    }
+    assert retry_after(LlmqError(ErrorCode.BUDGET_EXCEEDED, "x", retry_after_s=90.5)) == {
+        "Retry-After": "91"
+    }
+
+
+def test_chunks_are_shaped_as_openais() -> None:
+    chunks = Chunks("c1", 7, "m", include_usage=True)
+    first = chunks.role()
+    assert first["object"] == "chat.completion.chunk" and first["id"] == "chatcmpl-c1"
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert first["usage"] is None
+    assert chunks.content("Hi")["choices"][0]["delta"] == {"content": "Hi"}
+    assert chunks.finish("stop")["choices"][0]["finish_reason"] == "stop"
+    usage = Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3)
+    last = chunks.usage(Delta("", 2, "stop", usage))
+    assert last["choices"] == [] and last["usage"]["total_tokens"] == 3
+    assert "usage" not in Chunks("c1", 7, "m", include_usage=False).role()
+
+
+def test_api_keys_are_kept_hashed_and_name_their_tenant() -> None:
+    key = new_key()
+    policy = TenantPolicy.model_validate({"api_keys": {key_hash(key): "acme"}})
+    assert policy.tenant_of(key) == "acme"
+    assert policy.tenant_of(key + "x") is None
+    assert key not in policy.model_dump_json()
+    with pytest.raises(ValueError, match="api_keys"):
+        TenantPolicy.model_validate({"api_keys": {key: "acme"}})  # a key, not its hash
+
+
+def test_the_front_door_refuses_to_serve_anyone_beyond_loopback_without_keys() -> None:
+    assert GatewaySettings(api_host="127.0.0.1").policy().api_keys == {}
+    with pytest.raises(ValueError, match="no API keys"):
+        GatewaySettings(api_host="0.0.0.0").policy()
