@@ -220,7 +220,12 @@ class AsyncClient:
                     yield last
                     return
         finally:
-            self._pending.pop(key, None)
+            # The result may still come (a stream ends at its last piece): result() finds
+            # it until then, and it goes once it came.
+            if future.done():
+                self._pending.pop(key, None)
+            else:
+                future.add_done_callback(lambda _: self._pending.pop(key, None))
 
     def _pieces(self, cursor: _Cursor, reader: StreamReader, tenant: str) -> Iterator[Delta]:
         """The pieces of the deltas not read yet."""

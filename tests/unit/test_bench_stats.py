@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tools.bench.samples import Kind, Sample, WayResult
-from tools.bench.stats import ratios, summarize
+from tools.bench.stats import Summary, added_by_the_door, ratios, summarize
 
 
 def _sample(
@@ -122,3 +122,15 @@ def test_ratios_of_llmq_to_each_baseline() -> None:
         "llmq/vllm-serve latency_p50_s": pytest.approx(0.75),
     }
     assert ratios({"engine": summaries["engine"]}) == {}
+    door = {**summaries["llmq"], "latency_p50_s": 4.4}
+    with_door = ratios({**summaries, "gateway": door})
+    assert with_door["gateway/vllm-serve latency_p50_s"] == pytest.approx(1.1)
+
+
+def test_what_the_front_door_adds_to_vllms_server() -> None:
+    server: Summary = {f"{n}_p{q}_s": 1.0 for n in ("ttft", "latency") for q in (50, 90, 99)}
+    door: Summary = {**server, "ttft_p50_s": 1.02, "latency_p99_s": None}
+    added = added_by_the_door({"vllm-serve": server, "gateway": door})
+    assert added["ttft_p50_s"] == pytest.approx(0.02)
+    assert added["latency_p50_s"] == 0.0 and "latency_p99_s" not in added
+    assert added_by_the_door({"vllm-serve": server}) == {}

@@ -17,7 +17,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tools.bench.samples import WayResult
-from tools.bench.stats import BASELINES, LLMQ, PERCENTILES, Summary, ratios, summarize
+from tools.bench.stats import (
+    BASELINES,
+    COMPARED,
+    PERCENTILES,
+    Summary,
+    added_by_the_door,
+    ratios,
+    summarize,
+)
 
 RATIO_LABELS = {
     "req_per_s": "requests/s",
@@ -37,6 +45,7 @@ def write_json(results: Sequence[WayResult], meta: Mapping[str, object], path: P
         "meta": dict(meta),
         "summaries": summaries,
         "ratios": ratios(summaries),
+        "added_by_the_door_s": added_by_the_door(summaries),
         "results": [asdict(r) for r in results],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,25 +146,42 @@ def markdown(results: Sequence[WayResult], meta: Mapping[str, object]) -> str:
                 f"| {_fmt(s['generations'], 0)} | {_fmt(s['generations_saved'], 0)} "
                 f"| {_fmt(s['cost_usd'], 6)} | {_fmt(s['cost_saved_usd'], 6)} |"
             )
-    lines += _ratio_table(ratios(summaries), [b for b in BASELINES if b in summaries])
+    pairs = [(w, b) for w in COMPARED for b in BASELINES if w in summaries and b in summaries]
+    lines += _ratio_table(ratios(summaries), pairs)
+    added = added_by_the_door(summaries)
+    if added:
+        lines += [
+            "",
+            "The front door adds to calling vLLM's server directly (gateway minus vllm-serve): "
+            + ", ".join(
+                f"{name} p{q} {_signed_ms(added.get(f'{name}_p{q}_s'))}"
+                for name in ("ttft", "latency")
+                for q in PERCENTILES
+            )
+            + ".",
+        ]
     if meta.get("notes"):
         lines += ["", str(meta["notes"])]
     return "\n".join(lines) + "\n"
 
 
-def _ratio_table(found: dict[str, float], bases: list[str]) -> list[str]:
-    """llmq / baseline per metric: above 1 is better for throughput, worse for latency."""
-    if not found:
+def _ratio_table(found: dict[str, float], pairs: list[tuple[str, str]]) -> list[str]:
+    """way / baseline per metric: above 1 is better for throughput, worse for latency."""
+    if not found or not pairs:
         return []
     lines = [
         "",
-        "| llmq ÷ | " + " | ".join(bases) + " |",
-        "|---|" + "---:|" * len(bases),
+        "| ratio | " + " | ".join(f"{w} ÷ {b}" for w, b in pairs) + " |",
+        "|---|" + "---:|" * len(pairs),
     ]
     for metric, label in RATIO_LABELS.items():
-        cells = [_fmt(found.get(f"{LLMQ}/{b} {metric}"), 2) for b in bases]
+        cells = [_fmt(found.get(f"{w}/{b} {metric}"), 2) for w, b in pairs]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _signed_ms(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds * 1000:+.0f} ms"
 
 
 def _cdf_lines(results: Sequence[WayResult]) -> list[tuple[str, list[float]]]:

@@ -29,11 +29,12 @@ TITLE = (
     "markers below is rewritten by each run; notes outside it are kept.\n"
 )
 NOTES = (
-    "TTFT: engine and vllm-serve see the first token arrive (streaming). llmq has no token "
-    "streaming yet, so its TTFT is estimated from the app's side: latency minus the worker's "
-    "generation after the first token (timings.engine_ms - timings.ttft_ms); a cached answer "
-    "arrives whole, so its TTFT is its latency. Pipeline overhead is llmq's latency minus "
-    "its engine time (timings.engine_ms). llmq sends on its default lane, standard, which "
+    "TTFT: every way sees its first piece of text arrive (all stream); latency ends at the "
+    "answer's last piece. llmq is a Kafka app streaming with llmq.aio.AsyncClient; gateway "
+    "is the same stack's HTTP front door, driven by the same streaming HTTP client as "
+    "vllm-serve, so gateway against vllm-serve is what the front door adds. A cached answer "
+    "arrives as one piece. Pipeline overhead is llmq's latency minus its engine time "
+    "(timings.engine_ms). llmq and gateway send on the standard lane, which "
     "fills at most 90% of max_inflight (LLMQ_LANE_STANDARD_CAP) to keep room for interactive "
     "requests: more requests at once than that wait in Kafka for a slot, which shows in "
     "llmq's tail latency. Output lengths are the model's own (no ignore_eos). The machine is "
@@ -84,6 +85,8 @@ def run_bench(
         if name == "llmq":
             results.extend(_llmq(workload, duplicates, cache_dir))
             duplicates = None
+        elif name == "gateway":
+            results.append(_gateway(workload, cache_dir))
         else:
             way = engine.run if name == "engine" else serve.run
             run = partial(way, workload, cache_dir=cache_dir, say=tqdm.write)
@@ -114,6 +117,13 @@ def _llmq(
             run = partial(stack.run, duplicates, way=DUPLICATES)
             out.append(_with_bar(DUPLICATES, len(duplicates), run))
     return out
+
+
+def _gateway(workload: list[BenchRequest], cache_dir: Path) -> WayResult:
+    """The front door, in a stack of its own: an engine that served the same prompts just
+    before would answer from its prefix cache, and flatter it."""
+    with LlmqWay(cache_dir, tqdm.write) as stack:
+        return _with_bar("gateway", len(workload), partial(stack.run_gateway, workload))
 
 
 class _Run(Protocol):

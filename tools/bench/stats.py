@@ -18,6 +18,9 @@ Summary = dict[str, float | int | None]
 """One way's figures by name; times in seconds, None where there is no data."""
 
 LLMQ = "llmq"
+GATEWAY = "gateway"
+COMPARED = (LLMQ, GATEWAY)
+"""llmq's ways: as a Kafka app, and through its HTTP front door."""
 BASELINES = ("engine", "vllm-serve")
 """The ways llmq is compared with: the bare engine in-process, vLLM's OpenAI server."""
 PERCENTILES = (50, 90, 99)
@@ -71,20 +74,34 @@ def summarize(result: WayResult) -> Summary:
 
 
 def ratios(summaries: dict[str, Summary]) -> dict[str, float]:
-    """llmq's figures over each baseline's, keyed "llmq/<baseline> <metric>"; a ratio is
-    left out when either way is missing or a figure is unknown or zero."""
+    """Each of llmq's ways' figures over each baseline's, keyed "<way>/<baseline> <metric>";
+    a ratio is left out when either way is missing or a figure is unknown or zero."""
     out: dict[str, float] = {}
-    mine = summaries.get(LLMQ)
-    if mine is None:
-        return out
-    for base in BASELINES:
-        theirs = summaries.get(base)
-        if theirs is None:
-            continue
-        for metric in RATIO_METRICS:
-            a, b = mine.get(metric), theirs.get(metric)
-            if a is not None and b:
-                out[f"{LLMQ}/{base} {metric}"] = a / b
+    for way in COMPARED:
+        mine = summaries.get(way)
+        for base in BASELINES:
+            theirs = summaries.get(base)
+            if mine is None or theirs is None:
+                continue
+            for metric in RATIO_METRICS:
+                a, b = mine.get(metric), theirs.get(metric)
+                if a is not None and b:
+                    out[f"{way}/{base} {metric}"] = a / b
+    return out
+
+
+def added_by_the_door(summaries: dict[str, Summary]) -> dict[str, float]:
+    """What the front door adds to calling vLLM's server directly: gateway's TTFT and
+    latency percentiles minus vllm-serve's, in seconds, keyed like the summaries."""
+    door, server = summaries.get(GATEWAY), summaries.get("vllm-serve")
+    if door is None or server is None:
+        return {}
+    out = {}
+    for name in ("ttft", "latency"):
+        for q in PERCENTILES:
+            a, b = door.get(f"{name}_p{q}_s"), server.get(f"{name}_p{q}_s")
+            if a is not None and b is not None:
+                out[f"{name}_p{q}_s"] = a - b
     return out
 
 

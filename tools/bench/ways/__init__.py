@@ -18,14 +18,16 @@ from schemas.lanes import Lane
 from schemas.request import ChatBody, ChatMessage
 from tools.bench.samples import BenchRequest, Sample
 from workers.checkpoint import resolve_model_source
+from workers.openai_engine import OpenAIEngine
 from workers.settings import WorkerSettings
 
 MODEL = "smollm2-135m"
 """The built-in catalog's model, served the same way by every way."""
 LANE = Lane.STANDARD
 """llmq's default lane; its vLLM priority is given to the other ways too."""
-WAYS = ("engine", "vllm-serve", "llmq")
-"""The ways of serving, in their default order."""
+WAYS = ("engine", "vllm-serve", "llmq", "gateway")
+"""The ways of serving, in their default order: llmq from a Kafka app, and through its HTTP
+front door."""
 ANSWERED = "answered"
 """The line the engine way's child process prints per answer (its progress)."""
 STOP_TIMEOUT_S = 30.0
@@ -47,6 +49,9 @@ class Reply:
     engine_s: float | None = None
     cache: str = "none"
     error: str | None = None
+    done_at: float | None = None
+    """When the whole answer was there (time.monotonic()), when the way went on after it
+    (to read the final result); else when the way returned."""
 
 
 Answer = Callable[[BenchRequest, float], Awaitable[Reply]]
@@ -113,7 +118,7 @@ async def drive(
             reply = await answer(request, sent)
         except Exception as exc:  # a failed request is a sample too; the run goes on
             reply = Reply(0, 0, None, error=f"{type(exc).__name__}: {exc}")
-        latency = time.monotonic() - sent
+        latency = (reply.done_at or time.monotonic()) - sent
         answered()
         return Sample(
             index=request.index,
@@ -131,6 +136,21 @@ async def drive(
 
     samples = await asyncio.gather(*(one(r) for r in workload))
     return list(samples), time.monotonic() - start
+
+
+async def streamed(
+    engine: OpenAIEngine, request: BenchRequest, sent: float, priority: int = LANE.priority
+) -> Reply:
+    """One chat completion streamed from an OpenAI-compatible server (vLLM's, llmq's front
+    door); TTFT is the first step that carries text, the token counts the server's usage."""
+    first: float | None = None
+    prompt_tokens = output_tokens = 0
+    async for step in engine.generate(f"bench-{request.index}", body(request), priority):
+        if first is None and step.new_tokens:
+            first = time.monotonic()
+        prompt_tokens = step.prompt_tokens or prompt_tokens
+        output_tokens += step.new_tokens
+    return Reply(prompt_tokens, output_tokens, None if first is None else first - sent)
 
 
 def stop_group(proc: subprocess.Popen[Any]) -> None:

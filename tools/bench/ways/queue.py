@@ -1,11 +1,8 @@
-"""Way "llmq": requests published to Kafka, results collected by correlation id, through a
-local stack of its own (Kafka, Redis, the stream processor, one vLLM worker).
-
-Without token streaming the app sees no first token, so the TTFT reported is an estimate
-from the app's side: the latency minus the worker's generation after its first token
-(timings.engine_ms - timings.ttft_ms), i.e. when the first token would have reached the
-app had it travelled like the whole answer. A cached answer arrives whole: its TTFT is its
-latency.
+"""Ways "llmq" and "gateway": requests through a local stack of its own (Kafka, Redis, the
+stream processor, one vLLM worker, the front door), as a Kafka app streaming with llmq's
+async client, and as an HTTP app streaming from the front door with the same client as the
+vllm-serve way. TTFT is the first piece of text the app receives in both; latency ends at
+the answer's last piece. A cached answer arrives as one piece.
 """
 
 from __future__ import annotations
@@ -14,28 +11,44 @@ import asyncio
 import tempfile
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from types import TracebackType
 
 from kafka import KafkaConsumer
 
+from llmq.aio import AsyncClient
 from llmq.client import Client, tail
+from schemas.catalog import ModelSpec
 from schemas.metering import MeteringEvent
 from schemas.names import METERING, TopicSpec
 from schemas.result import CacheStatus, InferenceResult
+from schemas.retry import RetryPolicy
 from schemas.settings import ServiceSettings
-from tools.bench.samples import BenchRequest, WayResult
-from tools.bench.ways import LANE, Answered, Reply, Say, body, drive, set_engine_env
+from tools.bench.samples import BenchRequest, Sample, WayResult
+from tools.bench.ways import (
+    LANE,
+    MODEL,
+    Answered,
+    Reply,
+    Say,
+    body,
+    drive,
+    model_spec,
+    set_engine_env,
+    streamed,
+)
 from tools.stack.ports import free_block
 from tools.stack.settings import LocalSettings
 from tools.stack.stack import LocalStack
 from tools.topics import ensure_topics
+from workers.openai_engine import OpenAIEngine
 
 WAY = "llmq"
-STACK_PORTS = 5
-"""Kafka, its controller, Redis, the stream processor's and the worker's /metrics."""
+GATEWAY = "gateway"
+STACK_PORTS = 6
+"""Kafka, its controller, Redis, the stream processor's and the worker's /metrics, the front
+door."""
 RESULT_TIMEOUT_S = 900.0
 METERING_WAIT_S = 15.0
 """How long metering events may trail the last result."""
@@ -50,7 +63,9 @@ class LlmqWay:
         self._say = say
         self._state: tempfile.TemporaryDirectory[str] | None = None
         self._stack: LocalStack | None = None
-        self._client: Client | None = None
+        self._service: ServiceSettings | None = None
+        self._door = ""
+        self._reply_to = f"bench.replies.{uuid.uuid4().hex[:12]}"
 
     def __enter__(self) -> LlmqWay:
         set_engine_env()
@@ -62,6 +77,7 @@ class LlmqWay:
             kafka_port=base,
             redis_port=base + 2,
             metrics_base_port=base + 3,
+            api_port=base + 5,
             models_file=None,
             tenants_file=None,
             compress_prompts=False,
@@ -70,20 +86,20 @@ class LlmqWay:
         self._say(f"{WAY}: starting the local stack (Kafka on port {base})")
         try:
             self._stack.up(say=lambda line: self._say(f"{WAY}: {line}"))
-            service = ServiceSettings(
+            self._service = ServiceSettings(
                 kafka_bootstrap=local.kafka_bootstrap, redis_url=local.redis_url
             )
-            reply_to = f"bench.replies.{uuid.uuid4().hex[:12]}"
-            ensure_topics(service.kafka_bootstrap, [TopicSpec(reply_to, 1)])
-            self._client = Client(service, reply_to=reply_to)
+            self._door = f"http://127.0.0.1:{local.api_port}/v1"
+            ensure_topics(self._service.kafka_bootstrap, [TopicSpec(self._reply_to, 1)])
             # The whole path, caches included (a miss: the stack and its tenant are new).
-            warm = self._client.ask(
-                "Say hello.",
-                timeout=RESULT_TIMEOUT_S,
-                tenant="bench-warmup",
-                max_tokens=8,
-                temperature=0.0,
-            )
+            with Client(self._service, reply_to=self._reply_to) as client:
+                warm = client.ask(
+                    "Say hello.",
+                    timeout=RESULT_TIMEOUT_S,
+                    tenant="bench-warmup",
+                    max_tokens=8,
+                    temperature=0.0,
+                )
             if warm.status != "ok":
                 raise RuntimeError(f"llmq failed the warm-up request: {warm.error}")
         except BaseException:
@@ -98,9 +114,6 @@ class LlmqWay:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
         if self._stack is not None:
             self._stack.down(say=lambda _: None)
             self._stack = None
@@ -111,16 +124,12 @@ class LlmqWay:
     def run(
         self, workload: list[BenchRequest], answered: Answered = lambda: None, way: str = WAY
     ) -> WayResult:
-        """Serve the workload as a fresh tenant, recorded under `way`; generations and cost
-        are the tenant's metering events."""
-        if self._client is None:
-            raise RuntimeError("LlmqWay.run outside its `with` block")
+        """Serve the workload as a fresh tenant through Kafka, recorded under `way`;
+        generations and cost are the tenant's metering events."""
+        service = self._started()
         tenant = f"bench-{uuid.uuid4().hex[:8]}"
-        service = self._client.settings
         metering = tail(service.kafka_bootstrap, METERING, service.kafka_security())
-        with ThreadPoolExecutor(max(1, len(workload)), thread_name_prefix="llmq-bench") as pool:
-            answer = partial(_answer, self._client, pool, tenant)
-            samples, wall_s = asyncio.run(drive(workload, answer, answered))
+        samples, wall_s = asyncio.run(self._drive(service, tenant, workload, answered))
         generated = sum(s.ok and s.cache == CacheStatus.NONE.value for s in samples)
         events = _metering(metering, tenant, generated)
         return WayResult(
@@ -130,6 +139,28 @@ class LlmqWay:
             generations=len(events),
             cost_usd=sum(e.cost_usd for e in events),
         )
+
+    def run_gateway(
+        self, workload: list[BenchRequest], answered: Answered = lambda: None
+    ) -> WayResult:
+        """Serve the workload through the stack's front door, over HTTP, streamed."""
+        self._started()
+        return asyncio.run(_through_the_door(self._door, workload, answered, self._say))
+
+    def _started(self) -> ServiceSettings:
+        if self._service is None:
+            raise RuntimeError("LlmqWay runs inside its `with` block only")
+        return self._service
+
+    async def _drive(
+        self,
+        service: ServiceSettings,
+        tenant: str,
+        workload: list[BenchRequest],
+        answered: Answered,
+    ) -> tuple[list[Sample], float]:
+        async with AsyncClient(service, tenant=tenant, reply_to=self._reply_to) as client:
+            return await drive(workload, partial(_answer, client), answered)
 
 
 def run(
@@ -144,47 +175,67 @@ def run(
         return way.run(workload, answered)
 
 
-async def _answer(
-    client: Client, pool: ThreadPoolExecutor, tenant: str, request: BenchRequest, sent: float
-) -> Reply:
-    """Publish one request and wait for its result; a thread each (the client blocks)."""
-    loop = asyncio.get_running_loop()
-    result = await loop.run_in_executor(pool, _ask, client, tenant, request)
-    return reply(result, time.monotonic() - sent)
+async def _answer(client: AsyncClient, request: BenchRequest, sent: float) -> Reply:
+    """Publish one request and stream its answer; then its result, for the cache and the
+    engine's time (the latency ends at the last piece, before it)."""
+    chat = body(request)
+    cid = await client.submit(
+        chat.messages,
+        lane=LANE,
+        max_tokens=chat.max_tokens,
+        temperature=chat.temperature,
+        stream=True,
+    )
+    first: float | None = None
+    async for piece in client.follow(cid, wait_s=RESULT_TIMEOUT_S):
+        if first is None and piece.text:
+            first = time.monotonic()
+    done = time.monotonic()
+    result = await client.result(cid, RESULT_TIMEOUT_S)
+    return reply(result, None if first is None else first - sent, done)
 
 
-def reply(result: InferenceResult, latency_s: float) -> Reply:
-    """What the app saw of a result `latency_s` after sending its request; TTFT estimated
-    as the module says, engine time only for a generated (not cached) answer."""
+def reply(result: InferenceResult, ttft_s: float | None, done_at: float) -> Reply:
+    """What the app saw of a result whose first text came `ttft_s` after it sent the
+    request; engine time only for a generated (not cached) answer."""
     if result.status != "ok" or result.response is None:
         error = result.error
         reason = "no answer" if error is None else f"{error.code}: {error.message}"
         return Reply(0, 0, None, error=reason)
     usage = result.response.usage
-    t = result.timings
     hit = result.cache is not CacheStatus.NONE
-    ttft = latency_s
-    if not hit and t.engine_ms is not None and t.ttft_ms is not None:
-        ttft = latency_s - (t.engine_ms - t.ttft_ms) / 1000
+    engine_ms = result.timings.engine_ms
     return Reply(
         usage.prompt_tokens,
         usage.completion_tokens,
-        ttft,
-        engine_s=None if hit or t.engine_ms is None else t.engine_ms / 1000,
+        ttft_s,
+        engine_s=None if hit or engine_ms is None else engine_ms / 1000,
         cache=result.cache.value,
+        done_at=done_at,
     )
 
 
-def _ask(client: Client, tenant: str, request: BenchRequest) -> InferenceResult:
-    chat = body(request)
-    cid = client.submit(
-        chat.messages,
-        tenant=tenant,
-        lane=LANE,
-        max_tokens=chat.max_tokens,
-        temperature=chat.temperature,
+async def _through_the_door(
+    url: str, workload: list[BenchRequest], answered: Answered, say: Say
+) -> WayResult:
+    """The front door driven exactly as the vllm-serve way drives vLLM's server, on the
+    same lane as the llmq way (a header of llmq's); one warm-up request first."""
+    spec = ModelSpec(name=MODEL, engine="openai", url=url, max_inflight=model_spec().max_inflight)
+    engine = OpenAIEngine(
+        spec,
+        retry=RetryPolicy(max_attempts=1),
+        headers={"X-Llmq-Lane": LANE.value},
+        read_timeout_s=RESULT_TIMEOUT_S,
     )
-    return client.result(cid, timeout=RESULT_TIMEOUT_S)
+    try:
+        warm = await streamed(engine, BenchRequest(-1, "Say hi.", 8, 0.0), time.monotonic())
+        if warm.error is not None:
+            raise RuntimeError(f"the front door failed the warm-up request: {warm.error}")
+        say(f"{GATEWAY}: warmed up; sending the workload")
+        samples, wall_s = await drive(workload, partial(streamed, engine), answered)
+    finally:
+        await engine.abort_all()
+    return WayResult(GATEWAY, samples, wall_s)
 
 
 def _metering(consumer: KafkaConsumer, tenant: str, expected: int) -> list[MeteringEvent]:

@@ -19,16 +19,14 @@ from schemas.catalog import ModelSpec
 from schemas.retry import RetryPolicy
 from tools.bench.samples import BenchRequest, WayResult
 from tools.bench.ways import (
-    LANE,
     Answered,
-    Reply,
     Say,
-    body,
     drive,
     log_tail,
     model,
     set_engine_env,
     stop_group,
+    streamed,
 )
 from tools.stack.ports import free_block
 from workers.openai_engine import OpenAIEngine
@@ -72,27 +70,14 @@ async def _serve(
         read_timeout_s=READ_TIMEOUT_S,
     )
     try:
-        warm = await _answer(engine, BenchRequest(-1, "Say hello.", 8, 0.0), time.monotonic())
+        warm = await streamed(engine, BenchRequest(-1, "Say hello.", 8, 0.0), time.monotonic())
         if warm.error is not None:
             raise RuntimeError(f"the vLLM server failed the warm-up request: {warm.error}")
         say(f"{WAY}: warmed up; sending the workload")
-        samples, wall_s = await drive(workload, partial(_answer, engine), answered)
+        samples, wall_s = await drive(workload, partial(streamed, engine), answered)
     finally:
         await engine.abort_all()
     return WayResult(WAY, samples, wall_s)
-
-
-async def _answer(engine: OpenAIEngine, request: BenchRequest, sent: float) -> Reply:
-    """Stream one chat completion; TTFT is the first step that carries text, and the
-    token counts are the server's usage report."""
-    first: float | None = None
-    prompt_tokens = output_tokens = 0
-    async for step in engine.generate(f"bench-{request.index}", body(request), LANE.priority):
-        if first is None and step.new_tokens:
-            first = time.monotonic()
-        prompt_tokens = step.prompt_tokens or prompt_tokens
-        output_tokens += step.new_tokens
-    return Reply(prompt_tokens, output_tokens, None if first is None else first - sent)
 
 
 @contextmanager
