@@ -1,0 +1,42 @@
+"""Any OpenAI app can use llmq: the OpenAI SDK pointed at llmq's front door.
+
+Run against a stack started with `llmq local up` (its front door serves tenant `default` on
+127.0.0.1:28080 without keys; elsewhere pass a key made by `llmq keys new TENANT`):
+    python examples/openai_sdk.py
+"""
+
+from __future__ import annotations
+
+import os
+
+from openai import OpenAI
+
+client = OpenAI(
+    base_url=os.environ.get("LLMQ_API_URL", "http://127.0.0.1:28080/v1"),
+    api_key=os.environ.get("LLMQ_API_KEY", "unused on loopback"),
+)
+
+# A whole answer; llmq's extras (cache, route, timings) ride along in `llmq`.
+answer = client.chat.completions.create(
+    model="smollm2-135m",
+    messages=[{"role": "user", "content": "What is the capital of France?"}],
+    max_tokens=32,
+    temperature=0,
+)
+print(answer.choices[0].message.content, (answer.model_extra or {}).get("llmq"))
+
+# The same, streamed token by token (several tokens per chunk), with the usage at the end.
+stream = client.chat.completions.create(
+    model="smollm2-135m",
+    messages=[{"role": "user", "content": "Name three primary colours."}],
+    max_tokens=48,
+    temperature=0,
+    stream=True,
+    stream_options={"include_usage": True},
+    extra_headers={"X-Llmq-Lane": "interactive"},
+)
+for chunk in stream:
+    if chunk.choices:
+        print(chunk.choices[0].delta.content or "", end="", flush=True)
+    elif chunk.usage is not None:
+        print(f"\n[{chunk.usage.completion_tokens} tokens]")

@@ -1,0 +1,77 @@
+"""A streamed generation's pieces: batched, numbered, and never a reason to fail it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+import pytest
+
+from schemas.request import ChatBody, ChatMessage, InferenceRequest
+from schemas.result import Usage
+from schemas.route import Route
+from schemas.stream import TokenDelta
+from schemas.work import WorkItem
+from workers.engine import EngineStep
+from workers.tokens import DeltaPolicy, DeltaStream
+
+WORK = WorkItem(
+    request=InferenceRequest(
+        correlation_id="c1",
+        tenant="acme",
+        body=ChatBody(messages=[ChatMessage(role="user", content="hi")], stream=True),
+    ),
+    model="m",
+    fingerprint="0" * 64,
+    route=Route(requested="m", chain=["m"]),
+)
+USAGE = Usage(prompt_tokens=2, completion_tokens=5, total_tokens=7)
+
+
+def _step(text: str = "x") -> EngineStep:
+    return EngineStep(text, 1, 2)
+
+
+def test_pieces_are_batched_by_tokens_and_numbered() -> None:
+    sent: list[TokenDelta] = []
+
+    async def send(topic: str, value: bytes, key: bytes) -> Awaitable[object]:
+        sent.append(TokenDelta.model_validate_json(value))
+        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def main() -> None:
+        stream = DeltaStream(send, WORK, "g1", DeltaPolicy(interval_s=3600, max_tokens=2))
+        for text in "abcde":
+            await stream.add(_step(text))
+        await stream.finish("stop", USAGE)
+
+    asyncio.run(main())
+    assert [(d.seq, d.text, d.tokens) for d in sent] == [
+        (0, "a", 1),  # the first token at once
+        (1, "bc", 2),
+        (2, "de", 2),
+        (3, "", 0),
+    ]
+    assert sent[-1].finish_reason == "stop" and sent[-1].usage == USAGE
+    assert {(d.correlation_id, d.tenant, d.generation, d.model) for d in sent} == {
+        ("c1", "acme", "g1", "m")
+    }
+
+
+def test_a_broker_that_refuses_pieces_does_not_fail_the_generation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def send(topic: str, value: bytes, key: bytes) -> Awaitable[object]:
+        raise ConnectionError("broker away")
+
+    async def main() -> None:
+        stream = DeltaStream(send, WORK, "g1", DeltaPolicy())
+        await stream.add(_step())
+        await stream.finish("stop", USAGE)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(main())
+    assert "was not queued" in caplog.text
