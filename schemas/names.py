@@ -47,6 +47,14 @@ def work_topics(model: str) -> list[str]:
     return [work_topic(model, lane) for lane in Lane]
 
 
+def split_work_topic(topic: str) -> tuple[str, Lane]:
+    """The model and lane of a work topic; ValueError for any other topic."""
+    if not topic.startswith(WORK_PREFIX):
+        raise ValueError(f"{topic!r} is not a work topic")
+    model, _, lane = topic.removeprefix(WORK_PREFIX).rpartition(".")
+    return model, Lane(lane)
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """A topic llmq creates up front, with its partition count: auto-created topics get the
@@ -93,6 +101,8 @@ def changelog_topic(app_id: str, table: str = INFLIGHT_TABLE) -> str:
 HEADER_REASON = "llmq-reason"
 HEADER_SOURCE_TOPIC = "llmq-source-topic"
 HEADER_ERROR_CODE = "llmq-error-code"
+HEADER_TOKENS = "llmq-tokens"
+"""On a work item: its estimated tokens (prompt + max_tokens), which the autoscaler sums."""
 HEADER_ORIGINAL_BYTES = "llmq-original-bytes"
 """On a DLQ record whose value was cut to fit: the length of the value it replaces."""
 

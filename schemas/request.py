@@ -23,6 +23,9 @@ SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_TENANT = "default"
 """The tenant of a request that names none."""
 
+CHARS_PER_TOKEN = 4
+"""How llmq estimates tokens before a tokenizer has seen a prompt (rate limits, routing,
+the autoscaler's backlog): English text averages about 4 characters a token."""
 MAX_MESSAGES = 256
 MAX_CONTENT_CHARS = 200_000
 MAX_PROMPT_CHARS = 400_000
@@ -126,6 +129,11 @@ class ChatBody(BaseModel):
     def prompt_chars(self) -> int:
         """Characters across all messages: a cheap bound checked before tokenizing."""
         return sum(len(m.content) for m in self.messages)
+
+    def estimated_tokens(self) -> int:
+        """Tokens the request may use: its prompt at CHARS_PER_TOKEN characters a token,
+        rounded up, plus max_tokens: an upper bound known before any tokenizer runs."""
+        return -(-self.prompt_chars() // CHARS_PER_TOKEN) + self.max_tokens
 
 
 class InferenceRequest(BaseModel):

@@ -16,7 +16,7 @@ from schemas.retry import RetryPolicy
 from schemas.tenants import TenantPolicy
 from streams import metrics
 from streams.budget import Budgets
-from streams.ratelimit import RateLimiter, estimate_tokens
+from streams.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class TenantGate:
         """Raise RATE_LIMITED or BUDGET_EXCEEDED (with retry_after_s) when it must wait."""
         limits = self._policy.limits(request.tenant)
         await self._budgets.check(request.tenant, limits)
-        await self._limiter.check(request.tenant, limits, estimate_tokens(request.body))
+        await self._limiter.check(request.tenant, limits, request.body.estimated_tokens())
 
     async def on_metering(self, value: bytes | None) -> None:
         """Count one metering event towards its tenant's budget.

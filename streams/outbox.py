@@ -8,7 +8,7 @@ from typing import Protocol
 
 from schemas.dlq import dead_letter
 from schemas.errors import LlmqError
-from schemas.names import DLQ, TOKENS, work_topic
+from schemas.names import DLQ, HEADER_TOKENS, TOKENS, work_topic
 from schemas.redact import content_log
 from schemas.request import InferenceRequest
 from schemas.result import ChatCompletion, InferenceResult
@@ -48,11 +48,13 @@ class Outbox:
         self.send = send
 
     async def work(self, item: WorkItem) -> None:
-        """Hand a work item to the workers of its current model, in its lane."""
+        """Hand a work item to the workers of its current model, in its lane; its estimated
+        tokens ride in a header, so the autoscaler weighs the backlog without parsing it."""
         await self.send(
             work_topic(item.model, item.request.lane),
             item.fingerprint.encode(),
             item.model_dump_json().encode(),
+            {HEADER_TOKENS: str(item.request.body.estimated_tokens()).encode()},
         )
 
     async def reply(self, topic: str | None, result: InferenceResult) -> None:

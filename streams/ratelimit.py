@@ -11,12 +11,10 @@ from redis.exceptions import RedisError
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import rate_prefix
-from schemas.request import ChatBody
 from schemas.tenants import TenantLimits
 
 log = logging.getLogger(__name__)
 
-CHARS_PER_TOKEN = 4
 """A rough tokens-from-characters ratio for English text; no tokenizer runs at admission."""
 CHECK_TIMEOUT_S = 0.5
 """How long admission waits for Redis before admitting unchecked (a hung Redis, or a client
@@ -66,13 +64,6 @@ for i = 1, 2 do
 end
 return {0}
 """
-
-
-def estimate_tokens(body: ChatBody) -> int:
-    """Tokens a request may use: its prompt at 4 characters a token, rounded up, plus
-    max_tokens. An estimate charged in full at admission and never refunded, so a tenant's
-    tokens-per-minute limit bounds what it can ask for, not what it was finally metered."""
-    return math.ceil(body.prompt_chars() / CHARS_PER_TOKEN) + body.max_tokens
 
 
 class RateLimiter:

@@ -12,11 +12,10 @@ from dataclasses import dataclass, fields
 
 from schemas.catalog import Catalog, ModelSpec
 from schemas.errors import FALLBACK_CODES, ErrorCode, LlmqError
-from schemas.request import ChatBody, InferenceRequest
+from schemas.request import CHARS_PER_TOKEN, ChatBody, InferenceRequest
 from schemas.route import AUTO, Route
 from schemas.work import Completion
 
-CHARS_PER_TOKEN = 4
 """Estimated characters per token: enough for a log-scaled feature, no tokenizer needed."""
 SCAN_CHARS = 16_000
 """Content features read at most this much of a text (its head and tail): they saturate long

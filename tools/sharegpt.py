@@ -9,10 +9,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.request import CHARS_PER_TOKEN
+
 log = logging.getLogger(__name__)
 
 DATA_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
-CHARS_PER_TOKEN = 4
 """A rough tokens-from-characters estimate, used only to size max_tokens and to filter."""
 
 

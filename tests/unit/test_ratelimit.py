@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody, ChatMessage
 from schemas.tenants import TenantLimits
-from streams.ratelimit import RateLimiter, estimate_tokens
+from streams.ratelimit import RateLimiter
 
 
 def _body(*contents: str, max_tokens: int = 100) -> ChatBody:
@@ -33,7 +33,7 @@ def _body(*contents: str, max_tokens: int = 100) -> ChatBody:
 def test_estimate_is_prompt_chars_over_four_rounded_up_plus_max_tokens(
     contents: tuple[str, ...], max_tokens: int, tokens: int
 ) -> None:
-    assert estimate_tokens(_body(*contents, max_tokens=max_tokens)) == tokens
+    assert _body(*contents, max_tokens=max_tokens).estimated_tokens() == tokens
 
 
 def _check(limits: TenantLimits, tokens: int) -> None:

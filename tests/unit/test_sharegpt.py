@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from schemas.request import CHARS_PER_TOKEN
 from tools import sharegpt
-from tools.sharegpt import CHARS_PER_TOKEN, Prompt, first_turns, sample
+from tools.sharegpt import Prompt, first_turns, sample
 
 CACHE_FILE = "sharegpt-first-turns.json"
 MIN_CHARS = 4 * CHARS_PER_TOKEN  # 16

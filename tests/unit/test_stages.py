@@ -55,7 +55,9 @@ def test_valid_request_is_routed_to_its_model_and_lane_keyed_by_fingerprint(
     assert sent.key == work.fingerprint.encode() == admitted(raw).fingerprint.encode()
     assert work.model == MODEL
     assert work.request.correlation_id == "req-1"
-    assert sent.headers is None
+    # "Hi" (1 token at 4 characters a token, rounded up) + max_tokens 16: what the
+    # autoscaler counts of it.
+    assert sent.headers == {"llmq-tokens": b"17"}
     assert harness.store.results == {}
 
 
