@@ -8,13 +8,11 @@ import time
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from llmq.groups import group_sizes
 from schemas.names import worker_group
 from schemas.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
-
-MEMBERS = 5
-"""Where a group's members are in a DescribeGroups response entry (every version llmq meets)."""
 
 
 class Serving:
@@ -48,13 +46,10 @@ class Serving:
         stale = [m for m in models if now - self._known.get(m, (-1e9, True))[0] > self._ttl_s]
         if stale and self._admin is not None:
             try:
-                responses = await self._admin.describe_consumer_groups(
-                    [worker_group(m) for m in stale]
-                )
+                sizes = await group_sizes(self._admin, [worker_group(m) for m in stale])
             except KafkaError as exc:
                 log.warning("cannot see the workers' groups (assuming they serve): %r", exc)
                 return True
-            members = {g[1]: len(g[MEMBERS]) for r in responses for g in r.groups}
             for model in stale:
-                self._known[model] = (now, members.get(worker_group(model), 0) > 0)
+                self._known[model] = (now, sizes[worker_group(model)] > 0)
         return any(self._known[m][1] for m in models)
