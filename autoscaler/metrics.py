@@ -1,0 +1,37 @@
+"""Prometheus metrics of the autoscaler: its figure per model, and every input of it."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+READY = Gauge("llmq_autoscaler_ready", "1 once the autoscaler watches the pools")
+DESIRED = Gauge(
+    "llmq_autoscaler_desired_replicas",
+    "Workers each model's pool should run (KEDA scales the pool to it in a cluster)",
+    ["model"],
+)
+NEEDED = Gauge(
+    "llmq_autoscaler_needed_replicas",
+    "Workers the backlog and arrivals need, before rounding, bounds and the down-scale window",
+    ["model"],
+)
+RUNNING = Gauge("llmq_autoscaler_running_replicas", "Workers in the pool's group now", ["model"])
+BACKLOG_TOKENS = Gauge(
+    "llmq_autoscaler_backlog_tokens",
+    "Estimated tokens of the work not yet done, in flight included",
+    ["model", "lane"],
+)
+BACKLOG_RECORDS = Gauge(
+    "llmq_autoscaler_backlog_records", "Work records not yet committed", ["model"]
+)
+ARRIVALS = Gauge(
+    "llmq_autoscaler_arrival_tokens_per_second", "Estimated tokens arriving a second", ["model"]
+)
+SERVICE = Gauge(
+    "llmq_autoscaler_service_tokens_per_second",
+    "Estimated tokens one worker serves a second (measured on a busy pool, else the prior)",
+    ["model"],
+)
+DECISIONS = Counter(
+    "llmq_autoscaler_changes_total", "Changes of a pool's desired size", ["model", "direction"]
+)

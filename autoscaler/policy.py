@@ -1,0 +1,128 @@
+"""How many replicas a model's worker pool needs: pure, stateful only across its own ticks,
+and with a reason for every figure it gives."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from schemas.lanes import Lane
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What the pool must achieve, and the bounds it moves within."""
+
+    drain_s: Mapping[Lane, float]
+    """Each lane's waiting work should be done within this long (interactive least)."""
+    min_replicas: int = 1
+    """Never fewer; 0 lets an idle pool go to zero."""
+    max_replicas: int = 2
+    stabilization_s: float = 60.0
+    """A smaller figure takes effect only once every figure of this window was smaller:
+    up at once, down after a while, no flapping."""
+    idle_s: float = 120.0
+    """With min_replicas 0: how long without work before the last replica goes."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
+            raise ValueError("need 0 <= min_replicas <= max_replicas and max_replicas >= 1")
+        if any(t <= 0 for t in self.drain_s.values()) or set(self.drain_s) != set(Lane):
+            raise ValueError("every lane needs a positive drain time")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the autoscaler saw of one model at one moment."""
+
+    now: float
+    backlog_tokens: Mapping[Lane, float]
+    """Estimated tokens (prompt + max_tokens) of the work waiting in each lane's topic,
+    in flight included: everything the pool has not finished."""
+    backlog_records: int
+    arrival_tokens_per_s: float
+    """How fast new work comes, lately."""
+    tokens_per_s: float
+    """What one replica serves: measured while the pool was busy, else a prior."""
+    running: int
+    partitions: int
+    """The model's lane topics' partitions: more replicas than that would sit idle."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The replica count to run, and why."""
+
+    desired: int
+    needed: float
+    """Replicas the work needs, before rounding and bounds."""
+    reason: str
+
+
+@dataclass
+class Policy:
+    """The pool size for each observation: enough replicas to drain every lane's backlog
+    within its target while keeping up with arrivals, at the measured rate per replica;
+    within [min, max] and the partitions; up at once, down only after the stabilization
+    window; to zero after idle_s without work (when min is 0), back from zero on the first
+    record."""
+
+    targets: Targets
+    _window: deque[tuple[float, int]] = field(default_factory=deque)
+    _idle_since: float | None = None
+
+    def decide(self, seen: Observation) -> Decision:
+        # 1) The work: each lane's backlog over its drain target, plus the arrivals.
+        drain = {
+            lane: seen.backlog_tokens.get(lane, 0.0) / self.targets.drain_s[lane] for lane in Lane
+        }
+        rate = max(seen.tokens_per_s, 1e-9)
+        needed = (sum(drain.values()) + seen.arrival_tokens_per_s) / rate
+        raw = math.ceil(needed - 1e-9)
+        # 2) Anything waiting needs a replica; nothing waiting for idle_s needs none.
+        busy = seen.backlog_records > 0 or seen.arrival_tokens_per_s > 0
+        floor = self._floor(busy, seen.now)
+        if busy:
+            raw = max(raw, 1)
+        cap = min(self.targets.max_replicas, max(1, seen.partitions))
+        target = min(max(raw, floor), cap)
+        # 3) Up at once, down only when the whole window agrees.
+        self._window.append((seen.now, target))
+        horizon = seen.now - self.targets.stabilization_s
+        while self._window and self._window[0][0] < horizon:
+            self._window.popleft()
+        desired = max(n for _, n in self._window)
+        why = self._reason(seen, needed=needed, floor=floor, cap=cap, desired=desired)
+        return Decision(desired, needed, why)
+
+    def _floor(self, busy: bool, now: float) -> int:
+        if busy or self._idle_since is None:
+            self._idle_since = None if busy else now
+        if self.targets.min_replicas > 0:
+            return self.targets.min_replicas
+        idle = self._idle_since is not None and now - self._idle_since >= self.targets.idle_s
+        return 0 if idle else 1
+
+    def _reason(
+        self, seen: Observation, *, needed: float, floor: int, cap: int, desired: int
+    ) -> str:
+        lanes = ", ".join(
+            f"{lane.value} {seen.backlog_tokens.get(lane, 0.0):.0f} tok in "
+            f"{self.targets.drain_s[lane]:g}s"
+            for lane in Lane
+            if seen.backlog_tokens.get(lane, 0.0) > 0
+        )
+        work = lanes or "no backlog"
+        why = (
+            f"{work} ({seen.backlog_records} records) and {seen.arrival_tokens_per_s:.0f} tok/s "
+            f"arriving need {needed:.2f} replicas at {seen.tokens_per_s:.0f} tok/s each"
+        )
+        if desired > math.ceil(needed - 1e-9) and desired == floor:
+            why += f"; the floor is {floor}"
+        if math.ceil(needed - 1e-9) > cap:
+            why += f"; capped at {cap} (max_replicas, partitions)"
+        if desired > min(max(math.ceil(needed - 1e-9), floor), cap):
+            why += f"; held at {desired} by the {self.targets.stabilization_s:g}s down-scale window"
+        return f"{desired} replicas: {why}"

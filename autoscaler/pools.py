@@ -1,0 +1,165 @@
+"""What Kafka says of each model's worker pool: the backlog of each lane in estimated
+tokens (end offsets minus the group's committed offsets, weighed by the records' token
+headers), the work done and arrived since the last look, and the workers in the group."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from autoscaler.ledger import Ledger
+from llmq.groups import group_sizes
+from llmq.tail import assigned
+from schemas.lanes import Lane
+from schemas.names import HEADER_TOKENS, split_work_topic, work_topic, worker_group
+from schemas.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECORD_TOKENS = 256.0
+"""A record whose header the autoscaler never read (written before it started) counts as
+the mean of those it read, or this before any."""
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """One model's pool at one look."""
+
+    backlog_tokens: dict[Lane, float]
+    backlog_records: int
+    """Records not yet committed by the pool, in flight included."""
+    served_tokens: float
+    """Estimated tokens of the records committed since the previous look."""
+    arrived_tokens: float
+    """Estimated tokens of every record published since the autoscaler started."""
+    members: int
+    partitions: int
+
+
+class Pools:
+    """Reads every lane topic of the given models (no group: it only watches) from the
+    workers' committed offsets on, keeps a ledger of token estimates per partition, and
+    answers `look(model)` from it and the group's offsets."""
+
+    def __init__(self, settings: ServiceSettings, models: Sequence[str], client_id: str) -> None:
+        self._settings = settings
+        self._models = list(models)
+        self._client_id = client_id
+        self._ledgers: dict[TopicPartition, Ledger] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._arrived: dict[str, float] = defaultdict(float)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+
+    async def start(self) -> None:
+        """Connect, and place the reader at each partition's committed offset (the start
+        of the backlog), or its beginning when the group never committed."""
+        kafka = self._settings.kafka_security().client_kwargs()
+        topics = [work_topic(m, lane) for m in self._models for lane in Lane]
+        self._admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            client_id=f"{self._client_id}-admin",
+            **kafka,
+        )
+        self._consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            client_id=self._client_id,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **kafka,
+        )
+        await self._admin.start()
+        await self._consumer.start()
+        partitions = await assigned(self._consumer, topics)
+        for model in self._models:
+            committed = await self._offsets(model)
+            for tp in partitions:
+                if _model_of(tp) == model and tp in committed:
+                    self._consumer.seek(tp, committed[tp])
+                    self._committed[tp] = committed[tp]
+        for tp in partitions:
+            self._ledgers[tp] = Ledger(DEFAULT_RECORD_TOKENS)
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._admin is not None:
+            await self._admin.close()
+
+    async def follow(self) -> None:
+        """Read the lane topics into the ledgers until cancelled."""
+        consumer = self._started()[0]
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=500)
+            except KafkaError as exc:
+                log.warning("reading the work topics failed, retrying: %r", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for tp, records in batches.items():
+                ledger = self._ledgers.setdefault(tp, Ledger(DEFAULT_RECORD_TOKENS))
+                for record in records:
+                    tokens = _tokens(record.headers, ledger.mean())
+                    ledger.add(record.offset, tokens)
+                    self._arrived[_model_of(tp)] += tokens
+
+    async def look(self, model: str) -> PoolView:
+        """The pool of `model` now. Raises KafkaError when Kafka cannot say."""
+        consumer, admin = self._started()
+        partitions = [tp for tp in self._ledgers if _model_of(tp) == model]
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        committed = await self._offsets(model)
+        tokens: dict[Lane, float] = defaultdict(float)
+        records = 0
+        served = 0.0
+        for tp in partitions:
+            ledger = self._ledgers[tp]
+            done = committed.get(tp, starts[tp])
+            before = self._committed.get(tp, done)
+            served += ledger.between(before, done)
+            ledger.forget_before(done)
+            self._committed[tp] = done
+            tokens[_lane_of(tp)] += ledger.between(done, ends[tp])
+            records += max(0, ends[tp] - done)
+        members = (await group_sizes(admin, [worker_group(model)]))[worker_group(model)]
+        return PoolView(
+            dict(tokens), records, served, self._arrived[model], members, len(partitions)
+        )
+
+    async def _offsets(self, model: str) -> dict[TopicPartition, int]:
+        _, admin = self._started()
+        found = await admin.list_consumer_group_offsets(worker_group(model))
+        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
+
+    def _started(self) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:
+        if self._consumer is None or self._admin is None:
+            raise RuntimeError("Pools.start() first")
+        return self._consumer, self._admin
+
+
+def _model_of(tp: TopicPartition) -> str:
+    return split_work_topic(tp.topic)[0]
+
+
+def _lane_of(tp: TopicPartition) -> Lane:
+    return split_work_topic(tp.topic)[1]
+
+
+def _tokens(headers: Sequence[tuple[str, bytes]], default: float) -> float:
+    for key, value in headers or ():
+        if key == HEADER_TOKENS:
+            try:
+                return float(value.decode())
+            except ValueError:
+                break
+    return default

@@ -1,0 +1,113 @@
+"""The autoscaler's loop: every tick, for every model, look at its pool, decide, export the
+figure and its inputs, log a change with its reason, and hand it to the actuator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiokafka.errors import KafkaError
+
+from autoscaler import metrics
+from autoscaler.actuator import Actuator
+from autoscaler.policy import Decision, Observation, Policy
+from autoscaler.pools import Pools, PoolView
+from autoscaler.rates import ArrivalRate, ServiceRate
+from autoscaler.settings import AutoscalerSettings
+from schemas.catalog import ModelSpec
+from schemas.lanes import Lane
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Model:
+    """What the autoscaler keeps of one model between ticks."""
+
+    spec: ModelSpec
+    policy: Policy
+    service: ServiceRate
+    arrivals: ArrivalRate = field(default_factory=ArrivalRate)
+    last: PoolView | None = None
+    last_at: float | None = None
+    desired: int | None = None
+
+
+class Autoscaler:
+    """Sizes every model's pool; `actuator` makes it so."""
+
+    def __init__(self, settings: AutoscalerSettings, actuator: Actuator) -> None:
+        self._settings = settings
+        self._actuator = actuator
+        self._models = {
+            spec.name: _Model(spec, Policy(settings.targets()), ServiceRate(settings.tokens_per_s))
+            for spec in settings.catalog().models
+        }
+        self._pools = Pools(settings, list(self._models), "llmq-autoscaler")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set."""
+        await self._pools.start()
+        reading = asyncio.create_task(self._pools.follow(), name="autoscaler-reads")
+        metrics.READY.set(1)
+        log.info("autoscaling %s every %gs", sorted(self._models), self._settings.tick_s)
+        try:
+            while not stop.is_set():
+                for name, model in self._models.items():
+                    await self._tick(name, model)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._settings.tick_s)
+        finally:
+            metrics.READY.set(0)
+            reading.cancel()
+            await self._pools.close()
+
+    async def _tick(self, name: str, model: _Model) -> None:
+        try:
+            view = await self._pools.look(name)
+        except KafkaError as exc:
+            log.warning("cannot see the pool of %s this tick: %r", name, exc)
+            return
+        now = time.monotonic()
+        decision = model.policy.decide(self._observe(model, view, now))
+        if decision.desired != model.desired:
+            direction = "up" if (model.desired or 0) < decision.desired else "down"
+            metrics.DECISIONS.labels(name, direction).inc()
+            log.info("%s: %s", name, decision.reason)
+            model.desired = decision.desired
+        self._export(name, model, view, decision)
+        await self._actuator.scale(name, decision.desired)
+
+    def _observe(self, model: _Model, view: PoolView, now: float) -> Observation:
+        """The policy's inputs, and the service rate measured on a busy pool."""
+        busy = view.backlog_records > view.members * model.spec.max_inflight
+        last = model.last
+        if last is not None and model.last_at is not None:
+            was_busy = last.backlog_records > last.members * model.spec.max_inflight
+            serving_s = min(last.members, view.members) * (now - model.last_at)
+            model.service.observe(view.served_tokens, serving_s, busy and was_busy)
+        model.arrivals.observe(now, view.arrived_tokens)
+        model.last, model.last_at = view, now
+        return Observation(
+            now=now,
+            backlog_tokens=view.backlog_tokens,
+            backlog_records=view.backlog_records,
+            arrival_tokens_per_s=model.arrivals.per_s(),
+            tokens_per_s=model.service.per_s(),
+            running=view.members,
+            partitions=view.partitions,
+        )
+
+    @staticmethod
+    def _export(name: str, model: _Model, view: PoolView, decision: Decision) -> None:
+        metrics.DESIRED.labels(name).set(decision.desired)
+        metrics.NEEDED.labels(name).set(decision.needed)
+        metrics.RUNNING.labels(name).set(view.members)
+        metrics.BACKLOG_RECORDS.labels(name).set(view.backlog_records)
+        for lane in Lane:
+            metrics.BACKLOG_TOKENS.labels(name, lane.value).set(view.backlog_tokens.get(lane, 0.0))
+        metrics.ARRIVALS.labels(name).set(model.arrivals.per_s())
+        metrics.SERVICE.labels(name).set(model.service.per_s())

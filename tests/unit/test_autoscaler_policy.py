@@ -1,0 +1,130 @@
+"""The autoscaler's policy, its rates and its ledger: pure, so every rule is checked here."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoscaler.ledger import Ledger
+from autoscaler.policy import Observation, Policy, Targets
+from autoscaler.rates import ArrivalRate, ServiceRate
+from schemas.lanes import Lane
+
+DRAIN = {Lane.INTERACTIVE: 10.0, Lane.STANDARD: 60.0, Lane.BATCH: 600.0}
+
+
+def _policy(min_replicas: int = 1, max_replicas: int = 4, **targets: float) -> Policy:
+    return Policy(Targets(DRAIN, min_replicas, max_replicas, **targets))
+
+
+def _seen(now: float, lane: Lane = Lane.BATCH, tokens: float = 0.0, **more: float) -> Observation:
+    fields: dict[str, float] = {
+        "arrival_tokens_per_s": 0.0,
+        "tokens_per_s": 100.0,
+        "running": 1,
+        "partitions": 12,
+        **more,
+    }
+    return Observation(
+        now=now,
+        backlog_tokens={lane: tokens},
+        backlog_records=int(tokens > 0) * max(1, int(tokens // 100)),
+        arrival_tokens_per_s=fields["arrival_tokens_per_s"],
+        tokens_per_s=fields["tokens_per_s"],
+        running=int(fields["running"]),
+        partitions=int(fields["partitions"]),
+    )
+
+
+def test_enough_replicas_to_drain_each_lane_within_its_target() -> None:
+    # 6,000 batch tokens in 600 s at 100 tok/s a replica: 0.1 replica, so 1.
+    assert _policy().decide(_seen(0, Lane.BATCH, 6_000)).desired == 1
+    # The same tokens interactive, in 10 s: 6 replicas, capped at 4.
+    decision = _policy().decide(_seen(0, Lane.INTERACTIVE, 6_000))
+    assert decision.desired == 4 and decision.needed == pytest.approx(6.0)
+    assert "capped at 4" in decision.reason
+
+
+def test_arrivals_count_as_well_as_the_backlog() -> None:
+    decision = _policy().decide(_seen(0, Lane.STANDARD, 6_000, arrival_tokens_per_s=150))
+    assert decision.needed == pytest.approx(1.0 + 1.5)  # 6,000 / 60 / 100 + 150 / 100
+    assert decision.desired == 3
+    assert decision.reason.startswith("3 replicas: standard 6000 tok in 60s")
+
+
+def test_partitions_cap_the_pool() -> None:
+    assert (
+        _policy(max_replicas=10).decide(_seen(0, Lane.INTERACTIVE, 9e9, partitions=3)).desired == 3
+    )
+
+
+def test_up_at_once_down_only_after_the_window() -> None:
+    policy = _policy(stabilization_s=60)
+    assert policy.decide(_seen(0, Lane.INTERACTIVE, 3_000)).desired == 3
+    decision = policy.decide(_seen(30, Lane.INTERACTIVE, 100))
+    assert decision.desired == 3 and "held at 3 by the 60s down-scale window" in decision.reason
+    assert policy.decide(_seen(59, Lane.INTERACTIVE, 100)).desired == 3
+    assert policy.decide(_seen(61, Lane.INTERACTIVE, 100)).desired == 1  # the 3 left the window
+    assert policy.decide(_seen(62, Lane.INTERACTIVE, 4_000)).desired == 4  # up again at once
+
+
+def test_an_idle_pool_goes_to_zero_and_comes_back_on_the_first_record() -> None:
+    policy = _policy(min_replicas=0, stabilization_s=0, idle_s=120)
+    assert policy.decide(_seen(0)).desired == 1  # not idle for long yet
+    assert policy.decide(_seen(119)).desired == 1
+    assert policy.decide(_seen(120)).desired == 0
+    back = policy.decide(_seen(121, Lane.BATCH, 10, running=0))
+    assert back.desired == 1 and "1 records" in back.reason
+    assert policy.decide(_seen(200)).desired == 1  # idle again: the clock starts over
+
+
+def test_a_floor_of_min_replicas_without_work() -> None:
+    decision = _policy(min_replicas=2).decide(_seen(0))
+    assert decision.desired == 2 and "the floor is 2" in decision.reason
+
+
+def test_targets_are_checked() -> None:
+    with pytest.raises(ValueError, match="min_replicas"):
+        Targets(DRAIN, min_replicas=3, max_replicas=2)
+    with pytest.raises(ValueError, match="drain time"):
+        Targets({Lane.BATCH: 1.0})
+
+
+def test_arrivals_are_a_median_so_a_burst_is_not_a_rate() -> None:
+    rate = ArrivalRate(intervals=5)
+    totals = [0, 100, 200, 100_300, 100_400, 100_500]  # 100 a second, and one burst
+    for t, total in enumerate(totals):
+        rate.observe(float(t), float(total))
+    assert rate.per_s() == 100.0
+
+
+def test_a_burst_right_after_the_start_is_not_a_rate_either() -> None:
+    rate = ArrivalRate(intervals=12)
+    rate.observe(0.0, 0.0)
+    rate.observe(2.0, 0.0)
+    rate.observe(4.0, 50_000.0)
+    assert rate.per_s() == 0.0
+
+
+def test_the_service_rate_is_measured_on_a_busy_pool_only() -> None:
+    rate = ServiceRate(prior=600, smoothing=0.5)
+    rate.observe(served_tokens=100, replica_seconds=10, saturated=False)
+    assert rate.per_s() == 600 and not rate.measured
+    rate.observe(served_tokens=4_000, replica_seconds=10, saturated=True)
+    assert rate.per_s() == 400 and rate.measured
+    rate.observe(served_tokens=2_000, replica_seconds=10, saturated=True)
+    assert rate.per_s() == 300
+
+
+def test_the_ledger_weighs_records_by_their_tokens() -> None:
+    ledger = Ledger(default_tokens=50)
+    for offset, tokens in [(10, 100), (11, 300), (12, 200)]:
+        ledger.add(offset, tokens)
+    assert ledger.between(10, 13) == 600
+    assert ledger.between(11, 12) == 300
+    assert ledger.between(8, 13) == 600 + 2 * 200  # two unseen records at the mean
+    ledger.forget_before(12)
+    assert ledger.between(12, 13) == 200
+    ledger.add(12, 999)  # a repeat: ignored
+    ledger.add(13, 10)
+    assert ledger.between(12, 14) == 210
+    assert Ledger(default_tokens=50).between(0, 3) == 150
