@@ -117,6 +117,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, openai_server: str) -> Itera
         models_file=models,
         tenants_file=tenants,
         compress_prompts=True,
+        autoscale=False,  # one worker per model: tests that count generations stay exact
     )
     local = LocalStack(settings)
     try:

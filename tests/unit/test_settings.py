@@ -193,6 +193,8 @@ def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
         "LLMQ_REDIS_PORT": "36379",
         "LLMQ_METRICS_BASE_PORT": "29100",
         "LLMQ_API_PORT": "28080",
+        "LLMQ_MIN_REPLICAS": "1",
+        "LLMQ_MAX_REPLICAS": "2",
         "LLMQ_PARTITIONS": "4",
         "LLMQ_MODELS_FILE": str(tmp_path / "models.toml"),
     }

@@ -21,9 +21,9 @@ from tools.stack.ports import free_block
 from tools.stack.settings import LocalSettings
 from tools.stack.stack import LocalStack
 
-STACK_PORTS = 6
-"""Kafka, its controller, Redis, the stream processor's and the worker's /metrics, and a
-second worker's (the scale-down scenario)."""
+STACK_PORTS = 7
+"""Kafka, its controller, Redis, the stream processor's and the worker's /metrics, the front
+door, and a second worker's /metrics (the scale-down scenario)."""
 WARM_REQUESTS = 4
 
 
@@ -60,9 +60,11 @@ def run_faults(
         kafka_port=base,
         redis_port=base + 2,
         metrics_base_port=base + 3,
+        api_port=base + 5,
         models_file=None,
         tenants_file=None,
         compress_prompts=False,
+        autoscale=False,  # the scenarios start, kill and stop workers themselves
     )
     stack = LocalStack(local)
     rig = Rig(stack, spare_port=base + STACK_PORTS - 1, scale=scale, say=say)

@@ -1,16 +1,24 @@
-"""`llmq local prepare | up | down | status`: the whole stack on this machine."""
+"""`llmq local prepare | up | down | status [--json]`: the whole stack on this machine."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported when the command runs: the parser must stay light
+    from tools.stack.stack import LocalStack
 
 
 def register(sub: Any) -> None:
     """Add `local` to the `llmq` subcommands (argparse's private subparsers type)."""
     local = sub.add_parser("local", help="run the whole stack on this machine")
     local.add_argument("action", choices=["prepare", "up", "down", "status"])
+    local.add_argument(
+        "--json", action="store_true", help="status: each component, and each model's pool"
+    )
     local.set_defaults(func=run)
 
 
@@ -28,12 +36,27 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "down":
         stack.down()
     else:
-        rows = stack.status()
-        print(f"{'component':<24}{'pid':>8}  {'ready':<6} endpoint")
+        return _status(stack, as_json=args.json)
+    return 0
+
+
+def _status(stack: LocalStack, as_json: bool) -> int:
+    rows = stack.status()
+    pools = stack.pools()
+    if as_json:
+        doc = {
+            "components": [asdict(r) for r in rows],
+            "models": {m: {"running": r, "desired": d} for m, (r, d) in pools.items()},
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"{'component':<28}{'pid':>8}  {'ready':<6} endpoint")
         for row in rows:
             print(
-                f"{row.name:<24}{row.pid or '-':>8}  {'yes' if row.ready else 'no':<6} "
+                f"{row.name:<28}{row.pid or '-':>8}  {'yes' if row.ready else 'no':<6} "
                 f"{row.endpoint}"
             )
-        return 0 if all(r.ready for r in rows) else 3
-    return 0
+        for model, (running, desired) in pools.items():
+            wanted = "-" if desired is None else str(desired)
+            print(f"pool {model}: {running} running, {wanted} desired")
+    return 0 if all(r.ready for r in rows) else 3

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.names import DEFAULT_PARTITIONS
@@ -38,6 +39,28 @@ class LocalSettings(BaseSettings):
     """Safe prompt compression in the stream processor (LLMQ_COMPRESS_PROMPTS)."""
     worker_start_timeout_s: float = Field(default=900.0, gt=0)
     """A first start prepares the model checkpoint, so this is generous."""
+    kv_cache_gib: int | None = Field(default=None, ge=1, le=1024)
+    """Each worker's KV cache on the CPU (LLMQ_KV_CACHE_GIB); the workers' default when
+    unset. Less lets more workers share this machine's memory."""
+    autoscale: bool = True
+    """Run the autoscaler, which starts and stops each model's workers between min and max
+    replicas (LLMQ_AUTOSCALE); off: one worker per model."""
+    min_replicas: int = Field(default=1, ge=0, le=16)
+    """Fewest workers per model; 0 lets an idle pool go to zero (LLMQ_MIN_REPLICAS)."""
+    max_replicas: int = Field(default=2, ge=1, le=16)
+    """Most workers per model on this machine (LLMQ_MAX_REPLICAS)."""
+    autoscaler_env: dict[str, str] = Field(default_factory=dict, exclude=True)
+    """Settings of the local autoscaler over its short local defaults, as LLMQ_* variables
+    (the burst benchmark's windows); LLMQ_AUTOSCALER_ENV as JSON."""
+
+    @model_validator(mode="after")
+    def _replicas(self) -> Self:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"LLMQ_MIN_REPLICAS ({self.min_replicas}) must not exceed "
+                f"LLMQ_MAX_REPLICAS ({self.max_replicas})"
+            )
+        return self
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -58,6 +81,8 @@ class LocalSettings(BaseSettings):
             "LLMQ_REDIS_PORT": str(self.redis_port),
             "LLMQ_METRICS_BASE_PORT": str(self.metrics_base_port),
             "LLMQ_API_PORT": str(self.api_port),
+            "LLMQ_MIN_REPLICAS": str(self.min_replicas),
+            "LLMQ_MAX_REPLICAS": str(self.max_replicas),
             "LLMQ_PARTITIONS": str(self.partitions),
         }
         if self.models_file is not None:
@@ -66,4 +91,6 @@ class LocalSettings(BaseSettings):
             env["LLMQ_TENANTS_FILE"] = str(self.tenants_file)
         if self.compress_prompts:
             env["LLMQ_COMPRESS_PROMPTS"] = "true"
+        if self.kv_cache_gib is not None:
+            env["LLMQ_KV_CACHE_GIB"] = str(self.kv_cache_gib)
         return env

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.catalog import Catalog, ModelSpec
 from schemas.names import topic_plan
@@ -121,10 +122,59 @@ class LocalStack:
                 ports=(s.metrics_base_port,),
             ),
         ]
-        for i, spec in enumerate(self.catalog.models, start=1):
-            comps.append(self.worker(spec, s.metrics_base_port + i))
+        first = max(1, s.min_replicas) if s.autoscale else 1
+        for spec in self.catalog.models:
+            comps += [self.replica(spec, r) for r in range(1, first + 1)]
+        if s.autoscale:
+            comps.append(self.autoscaler())
         comps.append(self.gateway(s.api_port))
         return comps
+
+    def replica(self, spec: ModelSpec, replica: int) -> Component:
+        """Replica `replica` (from 1) of the workers of `spec`, on its own /metrics port:
+        the first of each model right after the stream processor's, then the autoscaler's,
+        then the further replicas of each model in turn."""
+        s = self.settings
+        models = self.catalog.names
+        i = models.index(spec.name)
+        if replica == 1:
+            port = s.metrics_base_port + 1 + i
+        else:
+            more = s.max_replicas - 1
+            port = s.metrics_base_port + 2 + len(models) + i * more + (replica - 2)
+        return self.worker(spec, port, replica)
+
+    def replicas(self, spec: ModelSpec) -> list[Component]:
+        """Every replica the stack may run of `spec`'s workers, from the first."""
+        top = max(self.settings.max_replicas, 1)
+        return [self.replica(spec, r) for r in range(1, top + 1)]
+
+    @property
+    def autoscaler_port(self) -> int:
+        """The autoscaler's /metrics: right after the first worker of every model."""
+        return self.settings.metrics_base_port + 1 + len(self.catalog.names)
+
+    def autoscaler(self) -> Component:
+        """The autoscaler with the local actuator (it starts and stops this stack's workers),
+        with windows short enough to watch on one machine."""
+        s = self.settings
+        port = self.autoscaler_port
+        env = {
+            **s.service_env(),
+            "LLMQ_METRICS_PORT": str(port),
+            "LLMQ_STABILIZATION_S": "60",
+            "LLMQ_IDLE_S": "120",
+            "LLMQ_DRAIN_INTERACTIVE_S": "5",
+            "LLMQ_DRAIN_STANDARD_S": "30",
+            "LLMQ_DRAIN_BATCH_S": "60",
+            **s.autoscaler_env,
+        }
+        return Component(
+            Proc("autoscaler", [sys.executable, "-m", "tools.stack.autoscale"], self._run, env),
+            ready=partial(_metric_is_one, port, "llmq_autoscaler_ready"),
+            endpoint=f"http://127.0.0.1:{port}/metrics",
+            ports=(port,),
+        )
 
     def gateway(
         self, port: int, name: str = "gateway", env: Mapping[str, str] | None = None
@@ -203,20 +253,62 @@ class LocalStack:
         self._wait(proc, comp.ready, comp.timeout_s, say)
 
     def down(self, say: Callable[[str], None] = print) -> None:
-        """Stop everything, last started first, each gracefully (SIGTERM, then SIGKILL)."""
-        for comp in reversed(self.components()):
+        """Stop everything, last started first, each gracefully (SIGTERM, then SIGKILL):
+        the front door and the autoscaler (so it starts nothing more), every worker replica,
+        then the rest."""
+        comps = self.components()
+        first = [c for c in comps if c.proc.name in ("gateway", "autoscaler")]
+        workers = [c for spec in self.catalog.models for c in reversed(self.replicas(spec))]
+        rest = [
+            c for c in comps if c not in first and c.proc.name not in {w.proc.name for w in workers}
+        ]
+        for comp in [*reversed(first), *workers, *reversed(rest)]:
             if comp.proc.stop():
                 say(f"stopped {comp.proc.name}")
 
     def status(self) -> list[ComponentStatus]:
-        """What runs, and whether it is ready."""
+        """What runs, and whether it is ready: every component, and every worker replica
+        that runs beyond the first."""
+        comps = self.components()
+        named = {c.proc.name for c in comps}
+        extra = [
+            c
+            for spec in self.catalog.models
+            for c in self.replicas(spec)
+            if c.proc.name not in named and c.proc.pid() is not None
+        ]
         out = []
-        for comp in self.components():
+        for comp in comps + extra:
             pid = comp.proc.pid()
             ready = pid is not None and comp.ready()
             out.append(
                 ComponentStatus(comp.proc.name, pid, ready, comp.endpoint, str(comp.proc.log_file))
             )
+        return out
+
+    def backlog(self) -> dict[str, float]:
+        """Work records not yet done, per model, as the autoscaler last saw them (empty
+        when it does not run)."""
+        return self._autoscaler("llmq_autoscaler_backlog_records")
+
+    def in_groups(self) -> dict[str, float]:
+        """Workers in each model's group (serving), as the autoscaler last saw them."""
+        return self._autoscaler("llmq_autoscaler_running_replicas")
+
+    def _autoscaler(self, metric: str) -> dict[str, float]:
+        if not self.settings.autoscale:
+            return {}
+        return _samples(self.autoscaler_port, metric, "model")
+
+    def pools(self) -> dict[str, tuple[int, int | None]]:
+        """Each model's workers: how many run, and how many the autoscaler wants (None when
+        it does not run)."""
+        wanted = self._autoscaler("llmq_autoscaler_desired_replicas")
+        out = {}
+        for spec in self.catalog.models:
+            running = sum(c.proc.pid() is not None for c in self.replicas(spec))
+            desired = wanted.get(spec.name)
+            out[spec.name] = (running, None if desired is None else int(desired))
         return out
 
     def _wait(
@@ -280,6 +372,21 @@ def _healthy(port: int) -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def _samples(port: int, name: str, label: str) -> dict[str, float]:
+    """The values of one metric on a /metrics endpoint, by one label (empty when down)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
+            body: str = resp.read().decode()
+    except (urllib.error.URLError, OSError):
+        return {}
+    out = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and label in sample.labels:
+                out[sample.labels[label]] = float(sample.value)
+    return out
 
 
 def _metric_is_one(port: int, name: str) -> bool:

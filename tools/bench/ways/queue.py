@@ -81,6 +81,7 @@ class LlmqWay:
             models_file=None,
             tenants_file=None,
             compress_prompts=False,
+            autoscale=False,  # one worker, as the other ways have one engine
         )
         self._stack = LocalStack(local)
         self._say(f"{WAY}: starting the local stack (Kafka on port {base})")
