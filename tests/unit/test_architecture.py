@@ -11,20 +11,22 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
+from autoscaler.metrics import DESIRED
 from schemas.catalog import Catalog
-from schemas.names import work_topics, worker_group
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["llmq", "schemas", "streams", "workers", "gateway", "tools"]
+PACKAGES = ["llmq", "schemas", "streams", "workers", "gateway", "autoscaler", "tools"]
+DESIRED_METRIC = "llmq_autoscaler_desired_replicas"
 HEAVY = ["torch", "vllm", "transformers", "matplotlib", "faust"]
 """What an app that imports llmq, or `llmq submit`, must not pay for."""
 
 
 def test_the_import_rule_holds() -> None:
-    """tools -> streams | workers | gateway -> llmq -> schemas ([tool.importlinter])."""
+    """tools -> the services -> llmq -> schemas ([tool.importlinter])."""
     lint_imports = Path(sys.executable).with_name("lint-imports")
     done = subprocess.run(
         [str(lint_imports), "--no-cache"],
@@ -135,18 +137,51 @@ def test_the_topics_in_deploy_come_from_the_topic_plan() -> None:
     assert container["image"] == "llmq"
 
 
-def test_every_scaled_object_watches_its_models_group_and_lane_topics() -> None:
-    catalog = Catalog.builtin()
-    scaled = [
-        d
-        for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
-        for d in _documents(path)
-        if d.get("kind") == "ScaledObject"
-    ]
-    assert scaled
-    for obj in scaled:
-        model = obj["metadata"]["labels"]["llmq.io/model"]
-        assert model in catalog.names
-        triggers = [t["metadata"] for t in obj["spec"]["triggers"] if t["type"] == "kafka"]
-        assert {t["consumerGroup"] for t in triggers} == {worker_group(model)}
-        assert sorted(t["topic"] for t in triggers) == sorted(work_topics(model))
+def _k8s() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += _documents(path)
+    return docs
+
+
+def test_every_catalog_model_has_a_worker_pool_sized_by_the_autoscaler() -> None:
+    docs = _k8s()
+    scaled = {
+        d["metadata"]["labels"]["llmq.io/model"]: d for d in docs if d["kind"] == "ScaledObject"
+    }
+    workers = {
+        d["metadata"]["labels"]["llmq.io/model"]: d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["labels"].get("llmq.io/model")
+    }
+    assert set(scaled) == set(workers) == set(Catalog.builtin().names)
+    for model, obj in scaled.items():
+        assert obj["spec"]["scaleTargetRef"]["name"] == workers[model]["metadata"]["name"]
+        [trigger] = obj["spec"]["triggers"]
+        assert trigger["type"] == "prometheus"
+        query = trigger["metadata"]["query"]
+        assert query == f'max({DESIRED_METRIC}{{model="{model}"}})'
+        assert trigger["metadata"]["threshold"] == "1"
+        [container] = workers[model]["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env["LLMQ_MODEL"] == model
+        grace = workers[model]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > int(env["LLMQ_DRAIN_TIMEOUT_S"]) + 30  # the drain, then the engine
+
+
+@pytest.mark.parametrize(
+    "kind", ["Deployment", "Service", "Job", "ConfigMap", "Secret", "Namespace"]
+)
+def test_the_manifests_are_valid_kubernetes(kind: str) -> None:
+    """Against Kubernetes' own schemas (kubernetes-validate ships them); KEDA's
+    ScaledObject is checked by the test above."""
+    docs = [d for d in _k8s() if d["kind"] == kind]
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.32.0", strict=True)
+
+
+def test_the_exported_metric_is_the_one_keda_reads() -> None:
+    [family] = DESIRED.describe()
+    assert family.name == DESIRED_METRIC
