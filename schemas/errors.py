@@ -22,6 +22,8 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     CANCELLED = "cancelled"
     """Nobody waits for the answer any more (the HTTP client went away)."""
+    CRASH_LOOP = "crash_loop"
+    """Its generation took its worker down every time it ran; dead-lettered, not retried."""
 
     @property
     def retriable(self) -> bool:

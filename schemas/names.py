@@ -115,6 +115,7 @@ REDIS_RESULT_PREFIX = "llmq:result:"
 REDIS_SEMANTIC_PREFIX = "llmq:sem:"
 REDIS_RATE_PREFIX = "llmq:rate:"
 REDIS_SPEND_PREFIX = "llmq:spend:"
+REDIS_STARTS_PREFIX = "llmq:starts:"
 
 
 def cache_key(fingerprint: str) -> str:
@@ -132,6 +133,11 @@ def semantic_stream_key(scope: str) -> str:
     """Semantic cache: a Redis stream of {fp, t (question), v (float32 vector)}; an entry
     without v forgets fp; trimmed to the newest max_entries."""
     return REDIS_SEMANTIC_PREFIX + scope
+
+
+def starts_key(topic: str, partition: int) -> str:
+    """Crash-loop bound: a hash of offset -> starts without an outcome, per work partition."""
+    return f"{REDIS_STARTS_PREFIX}{{{topic}/{partition}}}"
 
 
 def rate_prefix(tenant: str) -> str:

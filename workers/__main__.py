@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from prometheus_client import start_http_server
@@ -27,6 +28,7 @@ from workers.checkpoint import resolve_model_source
 from workers.engine import Engine
 from workers.openai_engine import OpenAIEngine
 from workers.settings import WorkerSettings
+from workers.starts import RedisStarts
 from workers.worker import Worker
 
 log = logging.getLogger("workers")
@@ -53,6 +55,7 @@ async def serve(
     producer, consumer = kafka_clients(settings, spec)
     cancels = cancels_consumer(settings)
     cancellations = Cancellations(settings.cancel_memory_s)
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     worker = Worker(
         spec,
         engine,
@@ -62,6 +65,8 @@ async def serve(
         commit_interval_s=settings.commit_interval_s,
         drain_timeout_s=settings.drain_timeout_s,
         lanes=settings.lane_policy(),
+        starts=RedisStarts(redis),
+        max_starts=settings.max_starts,
         cancellations=cancellations,
         deltas=settings.delta_policy(),
     )
@@ -87,6 +92,7 @@ async def serve(
         await consumer.stop()
         await cancels.stop()
         await producer.stop()
+        await redis.aclose()
         engine.shutdown()
     log.info("worker %s stopped", settings.worker_id)
 

@@ -4,7 +4,9 @@ Fetched records wait in per-lane buffers (workers/lanes.py) that decide which on
 next: higher lanes first, with headroom kept for them and a minimum share for lower lanes.
 Buffers are bounded and a full lane's partitions are paused, so a backlog stays in Kafka.
 A record's offset counts as in flight from its fetch and is committed only after the
-completion and metering event it produced are acknowledged by the broker.
+completion and metering event it produced are acknowledged by the broker. Its starts are
+counted, so one whose generation kills the worker every time is dead-lettered after a few
+(workers/starts.py, workers/solo.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from workers.engine import Engine
 from workers.inflight import InFlight
 from workers.lanes import LanePolicy, LaneScheduler, lane_of
 from workers.offsets import OffsetTracker
+from workers.solo import Solo
+from workers.starts import DEFAULT_MAX_STARTS, StartCounts
 from workers.tokens import DeltaPolicy, DeltaStream
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,8 @@ class Worker:
         commit_interval_s: float = 1.0,
         drain_timeout_s: float = 30.0,
         lanes: LanePolicy | None = None,
+        starts: StartCounts,
+        max_starts: int = DEFAULT_MAX_STARTS,
         cancellations: Cancellations | None = None,
         deltas: DeltaPolicy | None = None,
     ) -> None:
@@ -81,6 +87,9 @@ class Worker:
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._cancellations = cancellations or Cancellations()
         self._deltas = deltas or DeltaPolicy()
+        self._starts = starts
+        self._max_starts = max_starts
+        self._solo = Solo()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._made_room = asyncio.Event()
         self._stopping = False
@@ -201,19 +210,50 @@ class Worker:
         try:
             work = WorkItem.model_validate_json(record.value or b"")
         except ValidationError as exc:
-            await self._dead_letter(record, f"unreadable work item: {describe(exc)}")
+            error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable work item: {describe(exc)}")
+            await self._dead_letter(record, error)
             self._tracker.done(tp, record.offset)
             return
-        request_id = (
-            f"{work.request.correlation_id}@{record.topic}/{record.partition}/{record.offset}"
+        where = (record.topic, record.partition, record.offset)
+        state = InFlight.from_work(
+            work, f"{work.request.correlation_id}@{'/'.join(map(str, where))}"
         )
-        state = InFlight.from_work(work, request_id)
         metrics.QUEUE.labels(work.request.lane.value).observe(
             max(0.0, state.started_at - work.admitted_at)
         )
-        completion = await self._generate(state)
-        await self._publish(completion, state)
+        # 1) A record that took its worker down at every start goes no further.
+        crashes = await self._starts.count(*where)
+        if crashes >= self._max_starts:
+            await self._crash_loop(record, state, crashes)
+        else:
+            await self._counted(where, state, suspect=crashes > 0)
+        await self._starts.end(*where)
         self._tracker.done(tp, record.offset)
+
+    async def _counted(self, where: tuple[str, int, int], state: InFlight, suspect: bool) -> None:
+        """Generate and publish; a suspect (in flight at a crash) alone. The start counts
+        once it has its turn, and a hand-back (a drain) gives it back: only crashes stay."""
+        async with self._solo.alone() if suspect else self._solo.shared():
+            await self._starts.begin(*where)
+            try:
+                completion = await self._generate(state)
+                await self._publish(completion, state)
+            except asyncio.CancelledError:
+                await self._starts.hand_back(*where)
+                raise
+
+    async def _crash_loop(self, record: Record, state: InFlight, crashes: int) -> None:
+        """Dead-letter a record whose generation took its worker down `crashes` times, and
+        answer it with that failure; not retried, as it would do the same again."""
+        error = LlmqError(
+            ErrorCode.CRASH_LOOP,
+            f"its generation took the worker down {crashes} times; it was dead-lettered "
+            f"after {crashes} starts without an outcome (LLMQ_MAX_STARTS={self._max_starts})",
+            retried=True,
+        )
+        await self._dead_letter(record, error)
+        metrics.GENERATIONS.labels(error.code.value).inc()
+        await self._publish(state.failure(error, self._worker_id, time.time()), state)
 
     async def _generate(self, state: InFlight) -> Completion:
         """Run the generation; every outcome but a dead engine becomes a Completion."""
@@ -356,11 +396,10 @@ class Worker:
                 )
                 await asyncio.sleep(delay)
 
-    async def _dead_letter(self, record: Record, reason: str) -> None:
+    async def _dead_letter(self, record: Record, error: LlmqError) -> None:
         log.warning(
-            "dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
+            "dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, error
         )
-        error = LlmqError(ErrorCode.INVALID_REQUEST, reason)
         letter = dead_letter(record.topic, record.key, record.value, error)
         headers = list(letter.headers.items())
         await (await self._producer.send(DLQ, letter.value, letter.key, headers=headers))

@@ -1,14 +1,19 @@
-"""Reading what the stack published: topic records and Prometheus metrics."""
+"""Reading what the stack published (topic records, Prometheus metrics), and a throwaway
+redis-server for tests of Redis alone."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from kafka import KafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
+
+from tools.stack.ports import free_block
 
 Record = Any
 """kafka-python's ConsumerRecord (the library is untyped)."""
@@ -55,3 +60,32 @@ def metric(port: int, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], int]:
+    """A throwaway redis-server on a free loopback port, answering PING."""
+    port = free_block(1)
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    probe = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            probe.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.02)
+        finally:
+            probe.close()
+    return proc, port
+
+
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)

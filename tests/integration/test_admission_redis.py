@@ -7,7 +7,6 @@ import asyncio
 import logging
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from schemas.tenants import TenantLimits, period_end
 from streams.budget import KEEP_AFTER_PERIOD_S, Budgets
 from streams.ratelimit import BUCKET_TTL_S, CHECK_TIMEOUT_S, RateLimiter
 from streams.store import RedisStore
+from tests.integration.helpers import start_redis, stop_redis
 from tools.stack.ports import free_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -37,42 +37,13 @@ NOW = 1_800_000_000.0
 """A fixed moment for checks that pass `now`: bucket arithmetic without waiting."""
 
 
-def _start_redis() -> tuple[subprocess.Popen[bytes], int]:
-    """A throwaway redis-server on a free loopback port, answering PING."""
-    port = free_block(1)
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    probe = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            probe.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.02)
-        finally:
-            probe.close()
-    return proc, port
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    proc, port = _start_redis()
+    proc, port = start_redis()
     try:
         yield port
     finally:
-        _stop(proc)
+        stop_redis(proc)
 
 
 @pytest.fixture(autouse=True)
@@ -270,7 +241,7 @@ def _checks_during(outage: signal.Signals) -> float:
     client is built as the stream processor builds it (timeouts, retries) and keeps its
     pooled connection across the outage."""
     limits = TenantLimits(requests_per_minute=1, budget_usd=0.0)
-    proc, port = _start_redis()
+    proc, port = start_redis()
 
     async def body(client: aioredis.Redis) -> float:
         limiter, budgets = RateLimiter(client), Budgets(client)

@@ -49,7 +49,14 @@ from tests.hostile import (
     with_text,
 )
 from tests.unit.stages import FakeSend, FakeStore, Pipeline, Sent, result_of
-from tests.unit.test_worker import MODEL, FakeConsumer, FakeEngine, FakeProducer, _spec
+from tests.unit.test_worker import (
+    MODEL,
+    FakeConsumer,
+    FakeEngine,
+    FakeProducer,
+    MemoryStarts,
+    _spec,
+)
 from workers.worker import Worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -219,7 +226,13 @@ def test_the_worker_dead_letters_unreadable_work_items_and_commits_them(raw: byt
 
     async def main() -> None:
         worker = Worker(
-            _spec(), FakeEngine(), consumer, producer, worker_id="w", commit_interval_s=0
+            _spec(),
+            FakeEngine(),
+            consumer,
+            producer,
+            worker_id="w",
+            commit_interval_s=0,
+            starts=MemoryStarts(),
         )
         stop = asyncio.Event()
         running = asyncio.create_task(worker.run(stop))

@@ -19,7 +19,7 @@ from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
-from schemas.names import COMPLETIONS, METERING, TOKENS, work_topic
+from schemas.names import COMPLETIONS, DLQ, METERING, TOKENS, work_topic
 from schemas.request import ChatBody, ChatMessage, InferenceRequest
 from schemas.result import TokenLogprob
 from schemas.route import Route
@@ -114,6 +114,27 @@ class FakeProducer:
         return [MeteringEvent.model_validate_json(v) for t, v in self.sent if t == METERING]
 
 
+class MemoryStarts:
+    """Start counts in a dict, as RedisStarts keeps them in Redis."""
+
+    def __init__(self, counts: dict[tuple[str, int, int], int] | None = None) -> None:
+        self.counts = dict(counts or {})
+
+    async def count(self, topic: str, partition: int, offset: int) -> int:
+        return self.counts.get((topic, partition, offset), 0)
+
+    async def begin(self, topic: str, partition: int, offset: int) -> None:
+        key = (topic, partition, offset)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    async def end(self, topic: str, partition: int, offset: int) -> None:
+        self.counts.pop((topic, partition, offset), None)
+
+    async def hand_back(self, topic: str, partition: int, offset: int) -> None:
+        key = (topic, partition, offset)
+        self.counts[key] = self.counts.get(key, 0) - 1
+
+
 class FakeEngine:
     """Three tokens per answer (logprob -0.5 each, when asked), once its gate is open."""
 
@@ -197,6 +218,8 @@ def _serve(
     lanes: LanePolicy | None = None,
     cancellations: Cancellations | None = None,
     deltas: DeltaPolicy | None = None,
+    starts: MemoryStarts | None = None,
+    drain_timeout_s: float = 5.0,
 ) -> FakeEngine:
     """Run a worker while `scenario` drives it (and sets its stop event); returns the engine."""
 
@@ -209,8 +232,10 @@ def _serve(
             producer,
             worker_id="w",
             commit_interval_s=0.01,
-            drain_timeout_s=5,
+            drain_timeout_s=drain_timeout_s,
             lanes=lanes,
+            starts=MemoryStarts() if starts is None else starts,
+            max_starts=3,
             cancellations=cancellations,
             deltas=deltas,
         )
@@ -533,3 +558,70 @@ def test_work_cancelled_before_it_starts_is_skipped() -> None:
     assert served.response is not None
     assert [rid.split("@")[0] for rid, _, _ in engine.started] == ["standard-1"]
     assert [e.correlation_id for e in producer.metering()] == ["standard-1"]
+
+
+def test_a_record_that_took_its_worker_down_max_times_is_dead_lettered_not_run() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [_work()])
+    starts = MemoryStarts({(STANDARD.topic, 0, 0): 3})  # three starts, three dead workers
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: bool(producer.completions()))
+        stop.set()
+
+    engine = _serve(consumer, producer, FakeEngine, scenario, starts=starts)
+    assert engine.started == []
+    [value] = [v for t, v in producer.sent if t == DLQ]
+    assert value == consumer.logs[STANDARD][0].value  # the work record itself, to replay
+    [done] = producer.completions()
+    assert done.error is not None and done.error.code is ErrorCode.CRASH_LOOP
+    assert "took the worker down 3 times" in done.error.message
+    assert done.engine_retried, "the stream processor must not send it again"
+    assert producer.metering() == []
+    assert starts.counts == {} and consumer.committed == {STANDARD: 1}
+
+
+def test_a_record_in_flight_at_a_crash_runs_alone_then_the_rest_side_by_side() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [_work(n=i) for i in range(3)])
+    starts = MemoryStarts({(STANDARD.topic, 0, 0): 1})  # it was running when a worker died
+    engine = FakeEngine()
+    engine.hold.clear()  # each generation waits after its first token
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: len(engine.started) == 1)
+        await asyncio.sleep(0.05)
+        alone = [rid for rid, _, _ in engine.started]
+        # Those waiting for their turn have not started: a crash now would not count them.
+        assert starts.counts == {(STANDARD.topic, 0, 0): 2}
+        engine.hold.set()
+        await _until(lambda: len(producer.completions()) == 3)
+        stop.set()
+        assert alone == [engine.started[0][0]]
+
+    _serve(consumer, producer, lambda: engine, scenario, starts=starts)
+    assert [rid.split("@")[0] for rid, _, _ in engine.started] == [
+        "standard-0",
+        "standard-1",
+        "standard-2",
+    ]
+    assert all(c.response is not None for c in producer.completions())
+    assert starts.counts == {}, "an outcome clears the count"
+    assert consumer.committed == {STANDARD: 3}
+
+
+def test_a_generation_handed_back_by_a_drain_gives_its_start_back() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [_work()])
+    starts = MemoryStarts()
+    engine = FakeEngine()
+    engine.gate.clear()  # never gets going
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: len(engine.started) == 1)
+        stop.set()
+
+    _serve(consumer, producer, lambda: engine, scenario, starts=starts, drain_timeout_s=0.05)
+    assert producer.completions() == []
+    assert starts.counts == {(STANDARD.topic, 0, 0): 0}, "a hand-back is not a crash"
+    assert consumer.committed.get(STANDARD, 0) == 0, "left for the next owner"

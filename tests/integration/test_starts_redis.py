@@ -1,0 +1,79 @@
+"""The crash-loop bound's start counts against a real redis-server: counted per record,
+cleared by an outcome, given back by a hand-back, forgotten after a day, and off (every
+start unseen) while Redis is away."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from schemas.lanes import Lane
+from schemas.names import starts_key, work_topic
+from tests.integration.helpers import start_redis, stop_redis
+from tools.stack.ports import free_block
+from workers.starts import STARTS_TTL_S, RedisStarts
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+TOPIC = work_topic("m", Lane.BATCH)
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    proc, port = start_redis()
+    try:
+        yield port
+    finally:
+        stop_redis(proc)
+
+
+def test_starts_are_counted_per_record_until_an_outcome(port: int) -> None:
+    async def main() -> None:
+        client = aioredis.Redis(port=port)
+        starts = RedisStarts(client)
+        try:
+            assert await starts.count(TOPIC, 1, 7) == 0
+            for _ in range(3):
+                await starts.begin(TOPIC, 1, 7)
+            await starts.begin(TOPIC, 1, 8)
+            await starts.begin(TOPIC, 2, 7)
+            assert await starts.count(TOPIC, 1, 7) == 3
+            assert await starts.count(TOPIC, 1, 8) == 1, "another offset"
+            assert await starts.count(TOPIC, 2, 7) == 1, "another partition"
+            await starts.hand_back(TOPIC, 1, 7)
+            assert await starts.count(TOPIC, 1, 7) == 2, "a hand-back took its start back"
+            await starts.end(TOPIC, 1, 7)
+            assert await starts.count(TOPIC, 1, 7) == 0, "an outcome cleared the count"
+            assert 0 < await client.ttl(starts_key(TOPIC, 1)) <= STARTS_TTL_S
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_without_redis_no_record_reads_as_started_and_one_warning_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> list[int]:
+        nobody = free_block(1)
+        client = aioredis.Redis(port=nobody, socket_connect_timeout=0.5, socket_timeout=0.5)
+        starts = RedisStarts(client)
+        try:
+            counts = []
+            for _ in range(3):
+                await starts.begin(TOPIC, 0, 0)
+                counts.append(await starts.count(TOPIC, 0, 0))
+            await starts.hand_back(TOPIC, 0, 0)
+            await starts.end(TOPIC, 0, 0)
+            return counts
+        finally:
+            await client.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="workers.starts"):
+        assert asyncio.run(main()) == [0, 0, 0]
+    [warning] = caplog.records
+    assert "redelivered without bound until Redis is back" in warning.getMessage()
