@@ -95,6 +95,7 @@ def build(settings: StreamSettings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_request_timeout=ACK_TIMEOUT_S,

@@ -20,6 +20,10 @@ class StreamSettings(ServiceSettings):
     """The faust app id, which is also its Kafka consumer group (LLMQ_APP_ID)."""
     partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=256)
     """Partitions of llmq.requests and llmq.completions (LLMQ_PARTITIONS)."""
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    """Replicas of the topics faust creates itself (its table's changelog, its assignor's
+    topic): the cluster's default.replication.factor, e.g. 3 (LLMQ_REPLICATION_FACTOR).
+    llmq's own topics take the cluster's default (`llmq topics --create`)."""
     concurrency: int = Field(default=8, ge=1, le=256)
     """Requests admission handles at once (Redis and broker round trips overlap). The
     stages that own the coalescing table run one record at a time per partition."""

@@ -200,6 +200,17 @@ def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     }
 
 
+def test_a_cluster_of_three_is_bootstrapped_from_every_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLMQ_KAFKA_PORT", "39092")
+    monkeypatch.setenv("LLMQ_BROKERS", "3")
+    settings = LocalSettings()
+    assert settings.kafka_ports == [39092, 39094, 39096]
+    assert settings.kafka_bootstrap == "127.0.0.1:39092,127.0.0.1:39094,127.0.0.1:39096"
+    assert settings.service_env()["LLMQ_BROKERS"] == "3"
+
+
 def test_service_env_round_trips_into_service_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -220,6 +231,8 @@ def test_service_env_round_trips_into_service_settings(
         ("LLMQ_METRICS_BASE_PORT", "65001"),
         ("LLMQ_PARTITIONS", "0"),
         ("LLMQ_WORKER_START_TIMEOUT_S", "0"),
+        ("LLMQ_BROKERS", "2"),
+        ("LLMQ_STREAMS", "5"),
     ],
 )
 def test_invalid_local_settings_are_rejected(

@@ -8,6 +8,8 @@ import logging
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from tools.stack import MAX_STREAMS
+
 if TYPE_CHECKING:  # imported when the command runs: the parser must stay light
     from tools.stack.stack import LocalStack
 
@@ -19,14 +21,30 @@ def register(sub: Any) -> None:
     local.add_argument(
         "--json", action="store_true", help="status: each component, and each model's pool"
     )
+    local.add_argument(
+        "--brokers",
+        type=int,
+        choices=[1, 3],
+        help="up: Kafka brokers, 1 (the default) or 3 (a cluster that survives the loss of "
+        "one; LLMQ_BROKERS); a stack keeps the number it was made with",
+    )
+    local.add_argument(
+        "--streams",
+        type=int,
+        choices=range(1, MAX_STREAMS + 1),
+        metavar=f"1-{MAX_STREAMS}",
+        help="up: stream-processor instances sharing the partitions (LLMQ_STREAMS)",
+    )
     local.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Carry out one action; `status` exits 3 unless every component is ready."""
-    from tools.stack.stack import LocalStack  # noqa: PLC0415 -- only when the command runs
+    from tools.stack.settings import LocalSettings  # noqa: PLC0415 -- when the command runs
+    from tools.stack.stack import LocalStack  # noqa: PLC0415
 
-    stack = LocalStack()
+    shape = {"brokers": args.brokers, "streams": args.streams}
+    stack = LocalStack(LocalSettings(**{k: v for k, v in shape.items() if v is not None}))
     if args.action == "prepare":
         logging.getLogger("workers").setLevel(logging.INFO)
         stack.prepare()

@@ -1,4 +1,5 @@
-"""Apache Kafka for the local stack: broker jars from Maven Central, one KRaft node."""
+"""Apache Kafka for the local stack: broker jars from Maven Central, one KRaft node or a
+cluster of three."""
 
 from __future__ import annotations
 
@@ -95,25 +96,68 @@ class SaslListener:
         ]
 
 
+@dataclass(frozen=True)
+class Node:
+    """One KRaft node of the local cluster: broker and controller in one process."""
+
+    node_id: int
+    port: int
+    """The client listener."""
+    controller_port: int
+    data_dir: Path
+
+    @property
+    def props(self) -> Path:
+        """Its server.properties, beside its data directory."""
+        return self.data_dir.parent / "server.properties"
+
+
+def cluster_nodes(state_dir: Path, port: int, brokers: int) -> list[Node]:
+    """The nodes of a local cluster of `brokers`: node 1 on `port` and `port + 1` with its
+    data in state_dir/kafka/, node n two ports further and in state_dir/kafka-n/."""
+    return [
+        Node(
+            n,
+            port + 2 * (n - 1),
+            port + 2 * (n - 1) + 1,
+            state_dir / ("kafka" if n == 1 else f"kafka-{n}") / "data",
+        )
+        for n in range(1, brokers + 1)
+    ]
+
+
 def write_config(
-    data_dir: Path, port: int, controller_port: int, sasl: SaslListener | None = None
+    data_dir: Path,
+    port: int,
+    controller_port: int,
+    sasl: SaslListener | None = None,
+    *,
+    node_id: int = 1,
+    voters: Mapping[int, int] | None = None,
 ) -> Path:
-    """A single-node KRaft config (broker and controller in one process, loopback only),
-    optionally with a SASL listener beside the plaintext one."""
+    """One KRaft node's config (broker and controller in one process, loopback only),
+    optionally with a SASL listener beside the plaintext one. `voters` (node id ->
+    controller port) makes it one of a cluster: every llmq topic then gets as many replicas
+    as there are nodes (up to 3), and a write needs two of them (min.insync.replicas), so
+    the loss of one broker loses nothing and stops nothing."""
     data_dir.mkdir(parents=True, exist_ok=True)
     props = data_dir.parent / "server.properties"
+    voters = voters or {node_id: controller_port}
+    replicas = min(len(voters), 3)
+    in_sync = 2 if replicas >= 3 else 1
     listeners = [f"PLAINTEXT://127.0.0.1:{port}"]
     if sasl is not None:
         listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{sasl.port}")
     protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" + (
         ",SASL_PLAINTEXT:SASL_PLAINTEXT" if sasl is not None else ""
     )
+    quorum = ",".join(f"{n}@127.0.0.1:{p}" for n, p in sorted(voters.items()))
     props.write_text(
         "\n".join(
             [
                 "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+                f"node.id={node_id}",
+                f"controller.quorum.voters={quorum}",
                 f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{controller_port}",
                 f"advertised.listeners={','.join(listeners)}",
                 "controller.listener.names=CONTROLLER",
@@ -121,10 +165,12 @@ def write_config(
                 *(sasl.properties() if sasl is not None else []),
                 f"log.dirs={data_dir}",
                 "num.partitions=4",
-                "offsets.topic.replication.factor=1",
+                f"default.replication.factor={replicas}",
+                f"min.insync.replicas={in_sync}",
+                f"offsets.topic.replication.factor={replicas}",
                 "offsets.topic.num.partitions=8",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
+                f"transaction.state.log.replication.factor={replicas}",
+                f"transaction.state.log.min.isr={in_sync}",
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=true",
                 "log.retention.hours=24",
@@ -135,8 +181,9 @@ def write_config(
     return props
 
 
-def format_storage(libs: Path, props: Path, data_dir: Path) -> None:
-    """Format the KRaft storage once; a formatted directory is left as it is."""
+def format_storage(libs: Path, props: Path, data_dir: Path, cluster_id: str | None = None) -> None:
+    """Format the KRaft storage once (every node of a cluster with the same `cluster_id`);
+    a formatted directory is left as it is."""
     if (data_dir / "meta.properties").is_file():
         return
     subprocess.run(
@@ -147,7 +194,7 @@ def format_storage(libs: Path, props: Path, data_dir: Path) -> None:
             "kafka.tools.StorageTool",
             "format",
             "-t",
-            uuid.uuid4().hex[:22],
+            cluster_id or new_cluster_id(),
             "-c",
             str(props),
             "--ignore-formatted",
@@ -155,6 +202,11 @@ def format_storage(libs: Path, props: Path, data_dir: Path) -> None:
         check=True,
         capture_output=True,
     )
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 22 characters, as Kafka's own tool makes them."""
+    return uuid.uuid4().hex[:22]
 
 
 def broker_argv(libs: Path, props: Path) -> list[str]:

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.names import DEFAULT_PARTITIONS
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT
+from tools.stack import MAX_STREAMS
 
 
 class LocalSettings(BaseSettings):
@@ -22,7 +23,15 @@ class LocalSettings(BaseSettings):
     cache_dir: Path = Path.home() / ".cache" / "llmq"
     """Kafka jars and prepared models, kept across stacks (LLMQ_CACHE_DIR)."""
     kafka_port: int = Field(default=DEFAULT_KAFKA_PORT, ge=1024, le=65535)
-    """The broker's client port (LLMQ_KAFKA_PORT); the controller takes the next one."""
+    """The broker's client port (LLMQ_KAFKA_PORT); the controller takes the next one, and
+    further brokers of a cluster the pairs after that."""
+    brokers: int | None = None
+    """Kafka brokers (LLMQ_BROKERS, or `llmq local up --brokers 3`): 1, the fast default, or
+    3, a KRaft cluster whose topics keep 3 replicas and need 2 in sync, so it survives the
+    loss of any one broker. Unset: as many as this stack's Kafka was made with."""
+    streams: int = Field(default=1, ge=1, le=MAX_STREAMS)
+    """Stream-processor instances, sharing the partitions as one consumer group
+    (LLMQ_STREAMS, or `llmq local up --streams 2`)."""
     redis_port: int = Field(default=DEFAULT_REDIS_PORT, ge=1024, le=65535)
     """LLMQ_REDIS_PORT."""
     api_port: int = Field(default=28080, ge=1024, le=65535)
@@ -55,6 +64,11 @@ class LocalSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _replicas(self) -> Self:
+        if self.brokers not in (None, 1, 3):
+            raise ValueError(
+                f"LLMQ_BROKERS={self.brokers}: the local stack runs 1 broker (the fast "
+                "default) or 3 (a cluster that survives the loss of one)"
+            )
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"LLMQ_MIN_REPLICAS ({self.min_replicas}) must not exceed "
@@ -63,8 +77,13 @@ class LocalSettings(BaseSettings):
         return self
 
     @property
+    def kafka_ports(self) -> list[int]:
+        """Each broker's client port."""
+        return [self.kafka_port + 2 * n for n in range(self.brokers or 1)]
+
+    @property
     def kafka_bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return ",".join(f"127.0.0.1:{port}" for port in self.kafka_ports)
 
     @property
     def redis_url(self) -> str:
@@ -85,6 +104,8 @@ class LocalSettings(BaseSettings):
             "LLMQ_MAX_REPLICAS": str(self.max_replicas),
             "LLMQ_PARTITIONS": str(self.partitions),
         }
+        if self.brokers is not None:
+            env["LLMQ_BROKERS"] = str(self.brokers)
         if self.models_file is not None:
             env["LLMQ_MODELS_FILE"] = str(self.models_file)
         if self.tenants_file is not None:

@@ -8,20 +8,28 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.catalog import Catalog, ModelSpec
 from schemas.names import topic_plan
-from tools.stack import kafka
+from tools.stack import MAX_STREAMS, kafka
 from tools.stack.procs import Proc
 from tools.stack.settings import LocalSettings
 from tools.topics import ensure_topics
 from workers.checkpoint import resolve_model_source
 
+BROKERS_FILE = "brokers"
+"""Beside the first node's data: how many brokers the stack's Kafka was made with."""
+UNPINNED = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+"""A further replica's vLLM leaves its threads to the scheduler. Pinned to the cores that
+the first one's threads keep busy, it took 281 s to load beside a saturated engine on this
+2-core machine; unpinned, 102 s (45 s on an idle machine)."""
 PORT_GRACE_S = 15.0
 """How long a port held by a process that is still exiting may take to come free."""
 
@@ -53,33 +61,27 @@ class ComponentStatus:
 
 
 class LocalStack:
-    """Kafka (KRaft), Redis, the stream processor and one worker per catalog model."""
+    """Kafka (KRaft: one broker, or a cluster of three), Redis, the stream processor (one
+    instance or more), each catalog model's workers, the autoscaler and the front door."""
 
     def __init__(self, settings: LocalSettings | None = None) -> None:
-        self.settings = settings or LocalSettings()
+        settings = settings or LocalSettings()
+        self._made_with = _recorded_brokers(settings.state_dir)
+        self.settings = settings.model_copy(
+            update={"brokers": settings.brokers or self._made_with or 1}
+        )
         self.catalog = Catalog.load(self.settings.models_file)
         self._run = self.settings.state_dir / "run"
-        self._kafka_data = self.settings.state_dir / "kafka" / "data"
+        self.nodes = kafka.cluster_nodes(
+            self.settings.state_dir, self.settings.kafka_port, self.settings.brokers or 1
+        )
 
     def components(self) -> list[Component]:
         """In start order."""
         s = self.settings
-        props = self._kafka_data.parent / "server.properties"
-        env = s.service_env()
-        python = sys.executable
         redis_dir = s.state_dir / "redis"
-        comps = [
-            Component(
-                Proc(
-                    "kafka",
-                    kafka.broker_argv(kafka.libs_dir(s.cache_dir), props),
-                    self._run,
-                    stop_timeout_s=30,
-                ),
-                ready=partial(_port_open, s.kafka_port),
-                endpoint=s.kafka_bootstrap,
-                ports=(s.kafka_port, s.kafka_port + 1),
-            ),
+        comps = [self.broker(node) for node in self.nodes]
+        comps += [
             Component(
                 Proc(
                     "redis",
@@ -105,23 +107,8 @@ class LocalStack:
                 endpoint=s.redis_url,
                 ports=(s.redis_port,),
             ),
-            Component(
-                Proc(
-                    "streams",
-                    [python, "-m", "streams"],
-                    self._run,
-                    env={
-                        **env,
-                        "LLMQ_METRICS_PORT": str(s.metrics_base_port),
-                        "LLMQ_PARTITIONS": str(s.partitions),
-                        "LLMQ_DATA_DIR": str(s.state_dir / "streams"),
-                    },
-                ),
-                ready=partial(_metric_is_one, s.metrics_base_port, "llmq_streams_ready"),
-                endpoint=f"http://127.0.0.1:{s.metrics_base_port}/metrics",
-                ports=(s.metrics_base_port,),
-            ),
         ]
+        comps += [self.streams(n) for n in range(1, s.streams + 1)]
         first = max(1, s.min_replicas) if s.autoscale else 1
         for spec in self.catalog.models:
             comps += [self.replica(spec, r) for r in range(1, first + 1)]
@@ -129,6 +116,56 @@ class LocalStack:
             comps.append(self.autoscaler())
         comps.append(self.gateway(s.api_port))
         return comps
+
+    @property
+    def brokers(self) -> list[Component]:
+        """Every Kafka node of the stack."""
+        return [self.broker(node) for node in self.nodes]
+
+    def broker(self, node: kafka.Node) -> Component:
+        """One Kafka node: `kafka`, then `kafka-2` and `kafka-3` in a cluster."""
+        name = "kafka" if node.node_id == 1 else f"kafka-{node.node_id}"
+        return Component(
+            Proc(
+                name,
+                kafka.broker_argv(kafka.libs_dir(self.settings.cache_dir), node.props),
+                self._run,
+                stop_timeout_s=30,
+            ),
+            ready=partial(_port_open, node.port),
+            endpoint=f"127.0.0.1:{node.port}",
+            ports=(node.port, node.controller_port),
+        )
+
+    def streams(self, instance: int = 1) -> Component:
+        """Stream-processor instance `instance` (from 1); instances share the partitions as
+        one consumer group, each with its own /metrics port, state and log."""
+        s = self.settings
+        port = self.streams_port(instance)
+        name = "streams" if instance == 1 else f"streams-{instance}"
+        env = {
+            **s.service_env(),
+            "LLMQ_METRICS_PORT": str(port),
+            "LLMQ_PARTITIONS": str(s.partitions),
+            "LLMQ_DATA_DIR": str(s.state_dir / name),
+            "LLMQ_REPLICATION_FACTOR": str(min(s.brokers or 1, 3)),
+        }
+        return Component(
+            Proc(name, [sys.executable, "-m", "streams"], self._run, env=env),
+            ready=partial(_metric_is_one, port, "llmq_streams_ready"),
+            endpoint=f"http://127.0.0.1:{port}/metrics",
+            ports=(port,),
+        )
+
+    def streams_port(self, instance: int) -> int:
+        """The /metrics port of stream-processor instance `instance`: the first takes the
+        base port, further ones the ports after every worker replica's."""
+        s = self.settings
+        if instance == 1:
+            return s.metrics_base_port
+        models = len(self.catalog.names)
+        replicas_end = s.metrics_base_port + 2 + models + models * (s.max_replicas - 1)
+        return replicas_end + instance - 2
 
     def replica(self, spec: ModelSpec, replica: int) -> Component:
         """Replica `replica` (from 1) of the workers of `spec`, on its own /metrics port:
@@ -154,9 +191,9 @@ class LocalStack:
         """The autoscaler's /metrics: right after the first worker of every model."""
         return self.settings.metrics_base_port + 1 + len(self.catalog.names)
 
-    def autoscaler(self) -> Component:
+    def autoscaler(self, env: Mapping[str, str] | None = None) -> Component:
         """The autoscaler with the local actuator (it starts and stops this stack's workers),
-        with windows short enough to watch on one machine."""
+        with windows short enough to watch on one machine; `env` overrides its settings."""
         s = self.settings
         port = self.autoscaler_port
         env = {
@@ -168,6 +205,7 @@ class LocalStack:
             "LLMQ_DRAIN_STANDARD_S": "30",
             "LLMQ_DRAIN_BATCH_S": "60",
             **s.autoscaler_env,
+            **(env or {}),
         }
         return Component(
             Proc("autoscaler", [sys.executable, "-m", "tools.stack.autoscale"], self._run, env),
@@ -212,6 +250,7 @@ class LocalStack:
                     "LLMQ_METRICS_PORT": str(port),
                     "LLMQ_MODEL": spec.name,
                     "LLMQ_WORKER_ID": f"local-{spec.name}{suffix}",
+                    **(UNPINNED if replica > 1 else {}),
                 },
             ),
             ready=partial(_metric_is_one, port, "llmq_worker_ready"),
@@ -233,24 +272,60 @@ class LocalStack:
     def up(self, say: Callable[[str], None] = print) -> None:
         """Start what is not running and wait until all of it is ready; safe to repeat."""
         s = self.settings
-        libs = kafka.fetch_libs(s.cache_dir)
-        props = kafka.write_config(self._kafka_data, s.kafka_port, s.kafka_port + 1)
-        kafka.format_storage(libs, props, self._kafka_data)
+        self._prepare_kafka()
         (s.state_dir / "redis").mkdir(parents=True, exist_ok=True)
-        for comp in self.components():
-            self.start(comp, say)
-            if comp.proc.name == "kafka":
-                ensure_topics(s.kafka_bootstrap, topic_plan(self.catalog.names, s.partitions))
+        # A cluster's nodes need each other (a quorum) before any serves: start all, then wait.
+        brokers = self.brokers
+        self.start_all(brokers, say)
+        ensure_topics(s.kafka_bootstrap, topic_plan(self.catalog.names, s.partitions))
+        for comp in brokers:
             say(f"{comp.proc.name} ready at {comp.endpoint}")
+        for comp in self.components()[len(brokers) :]:
+            self.start(comp, say)
+            say(f"{comp.proc.name} ready at {comp.endpoint}")
+
+    def _prepare_kafka(self) -> None:
+        """Write every node's config and format its storage once, all with one cluster id;
+        refuse a shape other than the one this stack's Kafka was made with."""
+        s = self.settings
+        first = self.nodes[0].data_dir
+        if (
+            self._made_with is not None
+            and self._made_with != s.brokers
+            and (first / "meta.properties").is_file()
+        ):
+            raise StackError(
+                f"this stack's Kafka was made with {self._made_with} broker(s) (its data is in "
+                f"{first.parent}); run `llmq local down` and delete {s.state_dir}, or give "
+                f"this one another LLMQ_STATE_DIR"
+            )
+        libs = kafka.fetch_libs(s.cache_dir)
+        id_file = first.parent / "cluster-id"
+        if not id_file.is_file():
+            first.parent.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(kafka.new_cluster_id())
+        voters = {node.node_id: node.controller_port for node in self.nodes}
+        for node in self.nodes:
+            props = kafka.write_config(
+                node.data_dir, node.port, node.controller_port, node_id=node.node_id, voters=voters
+            )
+            kafka.format_storage(libs, props, node.data_dir, id_file.read_text().strip())
+        (first.parent / BROKERS_FILE).write_text(str(s.brokers))
 
     def start(self, comp: Component, say: Callable[[str], None] = print) -> None:
         """Start one component unless it runs, and wait until it is ready."""
-        proc = comp.proc
-        if proc.pid() is None:
-            _check_free(proc.name, comp.ports)
-            say(f"starting {proc.name} (log: {proc.log_file})")
-            proc.start()
-        self._wait(proc, comp.ready, comp.timeout_s, say)
+        self.start_all([comp], say)
+
+    def start_all(self, comps: list[Component], say: Callable[[str], None] = print) -> None:
+        """Start each component that is not running, then wait until all are ready."""
+        for comp in comps:
+            proc = comp.proc
+            if proc.pid() is None:
+                _check_free(proc.name, comp.ports)
+                say(f"starting {proc.name} (log: {proc.log_file})")
+                proc.start()
+        for comp in comps:
+            self._wait(comp.proc, comp.ready, comp.timeout_s, say)
 
     def down(self, say: Callable[[str], None] = print) -> None:
         """Stop everything, last started first, each gracefully (SIGTERM, then SIGKILL):
@@ -259,11 +334,18 @@ class LocalStack:
         comps = self.components()
         first = [c for c in comps if c.proc.name in ("gateway", "autoscaler")]
         workers = [c for spec in self.catalog.models for c in reversed(self.replicas(spec))]
-        rest = [
-            c for c in comps if c not in first and c.proc.name not in {w.proc.name for w in workers}
-        ]
-        for comp in [*reversed(first), *workers, *reversed(rest)]:
+        streams = [self.streams(n) for n in range(MAX_STREAMS, 0, -1)]
+        brokers = self.brokers
+        named = {c.proc.name for c in [*first, *workers, *streams, *brokers]}
+        rest = [c for c in comps if c.proc.name not in named]
+        for comp in [*reversed(first), *workers, *streams, *reversed(rest)]:
             if comp.proc.stop():
+                say(f"stopped {comp.proc.name}")
+        # Together: a node stopped after the others would wait for a quorum that is gone.
+        with ThreadPoolExecutor(len(brokers)) as pool:
+            stopped = list(pool.map(lambda c: c.proc.stop(), brokers))
+        for comp, was_running in zip(brokers, stopped, strict=True):
+            if was_running:
                 say(f"stopped {comp.proc.name}")
 
     def status(self) -> list[ComponentStatus]:
@@ -271,12 +353,9 @@ class LocalStack:
         that runs beyond the first."""
         comps = self.components()
         named = {c.proc.name for c in comps}
-        extra = [
-            c
-            for spec in self.catalog.models
-            for c in self.replicas(spec)
-            if c.proc.name not in named and c.proc.pid() is not None
-        ]
+        maybe = [c for spec in self.catalog.models for c in self.replicas(spec)]
+        maybe += [self.streams(n) for n in range(1, MAX_STREAMS + 1)]
+        extra = [c for c in maybe if c.proc.name not in named and c.proc.pid() is not None]
         out = []
         for comp in comps + extra:
             pid = comp.proc.pid()
@@ -328,6 +407,14 @@ class LocalStack:
                 say(f"  waiting for {proc.name} ({now - start:.0f}s)")
                 next_note = now + 15
             time.sleep(0.25)
+
+
+def _recorded_brokers(state_dir: Path) -> int | None:
+    """How many brokers this state's Kafka was made with (None: not made yet)."""
+    try:
+        return int((state_dir / "kafka" / BROKERS_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _check_free(name: str, ports: tuple[int, ...], grace_s: float = PORT_GRACE_S) -> None:
