@@ -37,10 +37,10 @@ class WorkerSettings(ServiceSettings):
     """How often finished offsets are committed (LLMQ_COMMIT_INTERVAL_S)."""
     drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)
     """On SIGTERM: how long in-flight requests may run before they are handed back."""
-    max_starts: int = Field(default=DEFAULT_MAX_STARTS, ge=1, le=100)
+    max_starts: int = Field(default=DEFAULT_MAX_STARTS, ge=2, le=100)
     """Starts a work record may have without an outcome (each a dead worker) before it is
-    dead-lettered and answered with error crash_loop (LLMQ_MAX_STARTS). Records that were
-    in flight at a crash run alone until they finish, so a bystander is never blamed."""
+    dead-lettered and answered with error crash_loop (LLMQ_MAX_STARTS, at least 2). The last
+    of them runs alone in the engine, so a bystander of the crashes is never blamed."""
     lane_min_share: float = Field(default=0.1, ge=0, le=MAX_MIN_SHARE)
     """Share of starts each lower lane with work is guaranteed, so a steady stream of
     higher-lane requests cannot starve it; 0 serves lanes in strict order, at most 0.3

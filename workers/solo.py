@@ -1,6 +1,6 @@
-"""Suspects run alone: a record that was in flight when a worker died may be the one that
-killed it, or a bystander. Run alone, a bystander finishes and a killer takes down only
-itself, so the start count singles the killer out (workers/starts.py)."""
+"""Suspects run alone: a record that was in flight whenever a worker died may be the one
+that killed it, or a bystander. Run alone, a bystander finishes and a killer takes down
+only itself, so its start count, not a bystander's, reaches the bound (workers/starts.py)."""
 
 from __future__ import annotations
 

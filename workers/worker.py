@@ -154,11 +154,12 @@ class Worker:
 
     async def finish(self, tps: set[TopicPartition]) -> None:
         """Let the generations of partitions that are leaving finish (within the drain bound)
-        so that their offsets commit now; otherwise the next owner would generate them again."""
+        so that their offsets commit now; otherwise the next owner would generate them again.
+        What does not finish is aborted and handed back before the next owner starts it, so
+        it is generated once at a time and not taken for a crash's suspect there."""
         leaving = {task for task, tp in self._tasks.items() if tp in tps}
         if leaving:
-            log.info("finishing %d generations of revoked partitions", len(leaving))
-            await asyncio.wait(leaving, timeout=self._drain_timeout_s)
+            await self._settle(leaving, "generations of revoked partitions")
         await self.commit(only=tps)
 
     def forget(self, tps: set[TopicPartition]) -> None:
@@ -226,14 +227,15 @@ class Worker:
         if crashes >= self._max_starts:
             await self._crash_loop(record, state, crashes)
         else:
-            await self._counted(where, state, suspect=crashes > 0)
+            # Its last start before the bound runs alone: then it can only blame itself.
+            await self._counted(where, state, alone=crashes == self._max_starts - 1)
         await self._starts.end(*where)
         self._tracker.done(tp, record.offset)
 
-    async def _counted(self, where: tuple[str, int, int], state: InFlight, suspect: bool) -> None:
-        """Generate and publish; a suspect (in flight at a crash) alone. The start counts
+    async def _counted(self, where: tuple[str, int, int], state: InFlight, alone: bool) -> None:
+        """Generate and publish, `alone` in the engine or beside the others. The start counts
         once it has its turn, and a hand-back (a drain) gives it back: only crashes stay."""
-        async with self._solo.alone() if suspect else self._solo.shared():
+        async with self._solo.alone() if alone else self._solo.shared():
             await self._starts.begin(*where)
             try:
                 completion = await self._generate(state)
@@ -407,18 +409,18 @@ class Worker:
     async def _drain(self) -> None:
         """Let in-flight generations finish within the bound; abort the rest, commit, return."""
         if self._tasks:
-            log.info(
-                "draining %d in-flight requests (up to %.0fs)",
-                len(self._tasks),
-                self._drain_timeout_s,
-            )
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self._drain_timeout_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning("handed back %d unfinished requests (not committed)", len(pending))
-                await asyncio.gather(*pending, return_exceptions=True)
+            await self._settle(set(self._tasks), "in-flight requests")
         await self.commit()
+
+    async def _settle(self, tasks: set[asyncio.Task[None]], what: str) -> None:
+        """Wait up to the drain bound for `tasks`; abort the rest (handed back, uncommitted)."""
+        log.info("finishing %d %s (up to %.0fs)", len(tasks), what, self._drain_timeout_s)
+        _, pending = await asyncio.wait(tasks, timeout=self._drain_timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("handed back %d unfinished %s (not committed)", len(pending), what)
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _fire(timer: asyncio.Timeout) -> None:

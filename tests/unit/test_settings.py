@@ -162,6 +162,7 @@ def test_worker_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
         ("LLMQ_COMMIT_INTERVAL_S", "0"),
         ("LLMQ_COMMIT_INTERVAL_S", "61"),
         ("LLMQ_DRAIN_TIMEOUT_S", "-1"),
+        ("LLMQ_MAX_STARTS", "1"),  # its last start runs alone: there must be one before
     ],
 )
 def test_invalid_worker_settings_are_rejected(

@@ -148,11 +148,16 @@ class FakeEngine:
         self.counts_tokens = counts_tokens
         self.started: list[tuple[str, ChatBody, int]] = []
         self.aborted: list[str] = []
+        self.running = 0
+        self.peak = 0
+        """The most generations that ran at once."""
 
     async def generate(
         self, request_id: str, body: ChatBody, priority: int
     ) -> AsyncIterator[EngineStep]:
         self.started.append((request_id, body, priority))
+        self.running += 1
+        self.peak = max(self.peak, self.running)
         try:
             await self.gate.wait()
             for i in range(3):
@@ -165,6 +170,8 @@ class FakeEngine:
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise
+        finally:
+            self.running -= 1
 
     def prompt_tokens(self, messages: list[ChatMessage]) -> int | None:
         """One token a word: enough to tell a long prompt from a short one."""
@@ -481,6 +488,27 @@ def test_generations_of_revoked_partitions_finish_and_commit_before_they_move() 
     assert len(producer.completions()) == 2
 
 
+def test_a_revoked_partitions_generation_past_the_bound_is_aborted_and_handed_back() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(BATCH, [_work(Lane.BATCH)])
+    starts = MemoryStarts()
+    engine = FakeEngine()
+    engine.gate.clear()  # never finishes
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: len(engine.started) == 1)
+        await worker.finish({BATCH})
+        # Before the next owner starts it: no longer generated here, and not a crash.
+        assert engine.aborted == [engine.started[0][0]]
+        assert starts.counts == {(BATCH.topic, 0, 0): 0}
+        worker.forget({BATCH})
+        stop.set()
+
+    _serve(consumer, producer, lambda: engine, scenario, starts=starts, drain_timeout_s=0.05)
+    assert producer.completions() == []
+    assert consumer.committed.get(BATCH, 0) == 0
+
+
 def _deltas(producer: FakeProducer) -> list[TokenDelta]:
     return [TokenDelta.model_validate_json(v) for t, v in producer.sent if t == TOKENS]
 
@@ -581,10 +609,11 @@ def test_a_record_that_took_its_worker_down_max_times_is_dead_lettered_not_run()
     assert starts.counts == {} and consumer.committed == {STANDARD: 1}
 
 
-def test_a_record_in_flight_at_a_crash_runs_alone_then_the_rest_side_by_side() -> None:
+def test_a_records_last_start_before_the_bound_runs_alone_then_the_rest_side_by_side() -> None:
     consumer, producer = FakeConsumer(), FakeProducer()
     consumer.add(STANDARD, [_work(n=i) for i in range(3)])
-    starts = MemoryStarts({(STANDARD.topic, 0, 0): 1})  # it was running when a worker died
+    # Running when two workers died (max 3: its last chance), and when one did.
+    starts = MemoryStarts({(STANDARD.topic, 0, 0): 2, (STANDARD.topic, 0, 1): 1})
     engine = FakeEngine()
     engine.hold.clear()  # each generation waits after its first token
 
@@ -593,7 +622,7 @@ def test_a_record_in_flight_at_a_crash_runs_alone_then_the_rest_side_by_side() -
         await asyncio.sleep(0.05)
         alone = [rid for rid, _, _ in engine.started]
         # Those waiting for their turn have not started: a crash now would not count them.
-        assert starts.counts == {(STANDARD.topic, 0, 0): 2}
+        assert starts.counts == {(STANDARD.topic, 0, 0): 3, (STANDARD.topic, 0, 1): 1}
         engine.hold.set()
         await _until(lambda: len(producer.completions()) == 3)
         stop.set()
@@ -605,6 +634,7 @@ def test_a_record_in_flight_at_a_crash_runs_alone_then_the_rest_side_by_side() -
         "standard-1",
         "standard-2",
     ]
+    assert engine.peak == 2, "the other two ran together, never beside the first"
     assert all(c.response is not None for c in producer.completions())
     assert starts.counts == {}, "an outcome clears the count"
     assert consumer.committed == {STANDARD: 3}
