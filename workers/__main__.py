@@ -33,6 +33,9 @@ from workers.worker import Worker
 
 log = logging.getLogger("workers")
 
+REJOIN_MARGIN_S = 15.0
+"""Time a member has to rejoin its group after its revoked generations are settled."""
+
 
 class ServedEngine(Engine, Protocol):
     """An engine as the worker process runs it: what is still open is aborted before
@@ -118,6 +121,10 @@ def kafka_clients(
         auto_offset_reset="earliest",
         session_timeout_ms=10_000,
         heartbeat_interval_ms=1_000,
+        # A member that is losing partitions first lets their generations finish (up to the
+        # drain bound); the group must wait that long for it to rejoin, or it is dropped,
+        # rejoins, and the next rebalance starts over: a storm that serves nothing.
+        rebalance_timeout_ms=int((settings.drain_timeout_s + REJOIN_MARGIN_S) * 1000),
         **security.client_kwargs(),
     )
     return producer, consumer
