@@ -6,11 +6,13 @@ The counts live in Redis, one hash per partition (offset -> starts): a start is 
 when the generation gets its turn, an outcome deletes the count, and a hand-back (a drain
 that ran out of time) takes its start back. Only crashes leave starts behind. While Redis
 is away every record reads as never started (nothing is held up; the bound is off until
-it returns).
+it returns): a call waits at most TIMEOUT_S, and after a failure Redis is left alone for
+AWAY_S, so an outage costs the worker almost nothing per record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +30,10 @@ DEFAULT_MAX_STARTS = 3
 """Starts without an outcome before a record is dead-lettered (LLMQ_MAX_STARTS)."""
 STARTS_TTL_S = 24 * 3600
 """A partition's counts are forgotten a day after its last start (a stack torn down)."""
+TIMEOUT_S = 0.5
+"""The longest a count may take: the generation waits on it."""
+AWAY_S = 5.0
+"""After a failed call, Redis is taken for away this long (no call waits on it)."""
 WARN_EVERY_S = 60.0
 
 
@@ -56,6 +62,7 @@ class RedisStarts:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
+        self._away_until = float("-inf")
         self._warned_at = float("-inf")
 
     async def count(self, topic: str, partition: int, offset: int) -> int:
@@ -80,11 +87,15 @@ class RedisStarts:
 
     async def _send(self, commands: Callable[[Pipeline], object]) -> list[Any] | None:
         """Run the commands in one round trip; None (and a warning) while Redis is away."""
+        if time.monotonic() < self._away_until:
+            return None
         pipe = self._redis.pipeline(transaction=False)
         commands(pipe)
         try:
-            return list(await pipe.execute())
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(TIMEOUT_S):
+                return list(await pipe.execute())
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._away_until = time.monotonic() + AWAY_S
             self._warn(exc)
             return None
 
