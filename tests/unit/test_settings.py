@@ -197,8 +197,20 @@ def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
         "LLMQ_MIN_REPLICAS": "1",
         "LLMQ_MAX_REPLICAS": "2",
         "LLMQ_PARTITIONS": "4",
+        "LLMQ_AUTOSCALE": "true",
+        "LLMQ_STREAMS": "1",
         "LLMQ_MODELS_FILE": str(tmp_path / "models.toml"),
     }
+
+
+def test_the_cli_sees_the_shape_of_the_stack_it_is_pointed_at(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fixed = LocalSettings(autoscale=False, streams=2, brokers=3)
+    for name, value in fixed.service_env().items():
+        monkeypatch.setenv(name, value)
+    seen = LocalSettings()
+    assert (seen.autoscale, seen.streams, seen.brokers) == (False, 2, 3)
 
 
 def test_a_cluster_of_three_is_bootstrapped_from_every_broker(

@@ -103,6 +103,8 @@ class LocalSettings(BaseSettings):
             "LLMQ_MIN_REPLICAS": str(self.min_replicas),
             "LLMQ_MAX_REPLICAS": str(self.max_replicas),
             "LLMQ_PARTITIONS": str(self.partitions),
+            "LLMQ_AUTOSCALE": str(self.autoscale).lower(),
+            "LLMQ_STREAMS": str(self.streams),
         }
         if self.brokers is not None:
             env["LLMQ_BROKERS"] = str(self.brokers)
