@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from importlib.metadata import entry_points
 
@@ -26,6 +27,7 @@ takes argparse's subparsers, adds its parser and sets `func`."""
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `llmq` console script."""
     args = parser().parse_args(argv)
+    exit_on_sigterm()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its retries; we say what failed
     try:
@@ -45,6 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM exit like Ctrl-C does, through every `finally`: a command that started a
+    stack of its own (bench, faults) takes it down."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """The autoscaler's loop on this machine: a local stack whose pool may grow from 1 to N
 workers, a burst of ShareGPT requests on the batch lane at once, and what happened.
 
-    python -m tools.bench.autoscale_burst --requests 400 --max-replicas 3
+    python -m tools.bench.autoscale_burst --requests 400 --max-replicas 3 --max-tokens 128
 
 It samples the backlog, the pool and the answers every second until the pool is back at
 its minimum, checks that every request was answered exactly once and generated once (by
@@ -27,6 +27,7 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
+from llmq.cli import exit_on_sigterm
 from llmq.client import Client, connect
 from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
@@ -368,12 +369,14 @@ def summary(burst: Burst) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the burst, print its figures, write its JSON and PNG; 1 if a promise broke."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--max-replicas", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
+    exit_on_sigterm()  # the stack it started goes down with it
     burst, problems = run(
         args.requests,
         args.max_replicas,
