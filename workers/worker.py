@@ -91,6 +91,8 @@ class Worker:
         self._max_starts = max_starts
         self._solo = Solo()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        self._concluding: set[asyncio.Task[None]] = set()
+        """Generations that have their outcome and are publishing it: never aborted."""
         self._made_room = asyncio.Event()
         self._stopping = False
         self._fatal: BaseException | None = None
@@ -156,19 +158,21 @@ class Worker:
         """Let the generations of partitions that are leaving finish (within the drain bound)
         so that their offsets commit now; otherwise the next owner would generate them again.
         What does not finish is aborted and handed back before the next owner starts it, so
-        it is generated once at a time and not taken for a crash's suspect there."""
+        it is generated once at a time and not taken for a crash's suspect there. Their
+        buffered records go first, so that no finishing generation starts one of them."""
+        dropped = self._lanes.drop(tps)
+        if dropped:
+            log.info("dropped %d buffered records of revoked partitions", dropped)
+        self._count_lanes()
         leaving = {task for task, tp in self._tasks.items() if tp in tps}
         if leaving:
             await self._settle(leaving, "generations of revoked partitions")
         await self.commit(only=tps)
 
     def forget(self, tps: set[TopicPartition]) -> None:
-        """Partitions revoked: their unfinished and buffered records go to their next owner."""
+        """Partitions revoked (after `finish`): their unfinished records go to their next
+        owner."""
         self._tracker.forget(tps)
-        dropped = self._lanes.drop(tps)
-        if dropped:
-            log.info("dropped %d buffered records of revoked partitions", dropped)
-        self._count_lanes()
 
     def _pause_full_lanes(self) -> bool:
         """Pause the partitions of full lanes, resume the others; False when all are full."""
@@ -201,6 +205,7 @@ class Worker:
 
     def _finished(self, lane: Lane, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
+        self._concluding.discard(task)
         self._lanes.finished(lane)
         if not task.cancelled() and task.exception() is not None:
             self._fatal = self._fatal or task.exception()
@@ -234,15 +239,20 @@ class Worker:
 
     async def _counted(self, where: tuple[str, int, int], state: InFlight, alone: bool) -> None:
         """Generate and publish, `alone` in the engine or beside the others. The start counts
-        once it has its turn, and a hand-back (a drain) gives it back: only crashes stay."""
+        once it has its turn, and a hand-back (a drain) gives it back: only crashes stay.
+        Once the outcome exists it is published whatever happens: aborting it then would
+        hand back a record that is already answered."""
         async with self._solo.alone() if alone else self._solo.shared():
             await self._starts.begin(*where)
             try:
                 completion = await self._generate(state)
-                await self._publish(completion, state)
             except asyncio.CancelledError:
                 await self._starts.hand_back(*where)
                 raise
+            task = asyncio.current_task()
+            if task is not None:
+                self._concluding.add(task)
+            await self._publish(completion, state)
 
     async def _crash_loop(self, record: Record, state: InFlight, crashes: int) -> None:
         """Dead-letter a record whose generation took its worker down `crashes` times, and
@@ -413,14 +423,16 @@ class Worker:
         await self.commit()
 
     async def _settle(self, tasks: set[asyncio.Task[None]], what: str) -> None:
-        """Wait up to the drain bound for `tasks`; abort the rest (handed back, uncommitted)."""
+        """Wait up to the drain bound for `tasks`; abort the rest (handed back, uncommitted)
+        but those already publishing their outcome, which are awaited."""
         log.info("finishing %d %s (up to %.0fs)", len(tasks), what, self._drain_timeout_s)
         _, pending = await asyncio.wait(tasks, timeout=self._drain_timeout_s)
-        for task in pending:
+        aborted = pending - self._concluding
+        for task in aborted:
             task.cancel()
-        if pending:
-            log.warning("handed back %d unfinished %s (not committed)", len(pending), what)
-            await asyncio.gather(*pending, return_exceptions=True)
+        if aborted:
+            log.warning("handed back %d unfinished %s (not committed)", len(aborted), what)
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _fire(timer: asyncio.Timeout) -> None:

@@ -48,6 +48,8 @@ class FakeConsumer:
         self.positions: dict[TopicPartition, int] = {}
         self.paused: set[TopicPartition] = set()
         self.committed: dict[TopicPartition, int] = {}
+        self.rebalancing = False
+        """While set, nothing is fetched (as aiokafka's fetcher waits for the assignment)."""
 
     def add(self, tp: TopicPartition, values: list[bytes]) -> None:
         log = self.logs.setdefault(tp, [])
@@ -76,7 +78,9 @@ class FakeConsumer:
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         assert max_records > 0
         out = {}
-        for tp in sorted(self.logs):  # batch sorts first: the order least kind to lanes
+        for tp in (
+            [] if self.rebalancing else sorted(self.logs)
+        ):  # batch sorts first: the order least kind to lanes
             if tp in self.paused or max_records <= 0:
                 continue
             start = self.positions[tp]
@@ -314,17 +318,21 @@ def test_a_revoked_partitions_buffered_records_are_never_started() -> None:
 
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
         await _until(lambda: len(engine.started) == 2 and consumer.positions[STANDARD] == 1)
+        consumer.rebalancing = True
+        revoking = asyncio.create_task(worker.rebalance_listener().on_partitions_revoked({BATCH}))
+        await asyncio.sleep(0.05)
+        engine.gate.set()  # the revoked partition's generations finish: nothing of it follows
+        await revoking
         consumer.revoke(BATCH)
-        worker.forget({BATCH})
-        engine.gate.set()
-        await _until(lambda: len(producer.completions()) == 3)
+        consumer.rebalancing = False
+        await _until(lambda: len(producer.completions()) >= 3)
         await _until(lambda: consumer.committed.get(STANDARD) == 1)
         await asyncio.sleep(0.05)
         stop.set()
 
     _serve(consumer, producer, lambda: engine, scenario, spec=_spec(max_inflight=2), lanes=lanes)
     assert engine.lanes_started() == [2, 2, 1], "then standard, and no more of the batch"
-    assert BATCH not in consumer.committed
+    assert consumer.committed.get(BATCH) == 2, "those that finished, before it moved"
 
 
 def _one(value: bytes, engine: FakeEngine, spec: ModelSpec | None = None) -> FakeProducer:
@@ -507,6 +515,44 @@ def test_a_revoked_partitions_generation_past_the_bound_is_aborted_and_handed_ba
     _serve(consumer, producer, lambda: engine, scenario, starts=starts, drain_timeout_s=0.05)
     assert producer.completions() == []
     assert consumer.committed.get(BATCH, 0) == 0
+
+
+class SlowAckProducer(FakeProducer):
+    """Sends at once; the broker acknowledges only once `acks` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acks = asyncio.Event()
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, value))
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = asyncio.ensure_future(self.acks.wait())
+        waiting.add_done_callback(lambda _: ack.set_result(None))
+        return ack
+
+
+def test_a_generation_publishing_its_outcome_at_the_bound_is_not_handed_back() -> None:
+    consumer = FakeConsumer()
+    consumer.add(BATCH, [_work(Lane.BATCH)])
+    starts = MemoryStarts()
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: len(producer.completions()) == 1)  # sent, not yet acknowledged
+        finishing = asyncio.create_task(worker.finish({BATCH}))
+        await asyncio.sleep(0.2)
+        assert not finishing.done(), "past the bound it waits for the ack: the answer is out"
+        producer.acks.set()
+        await finishing
+        assert consumer.committed == {BATCH: 1}, "so the next owner does not answer it again"
+        assert starts.counts == {}, "an outcome, not a hand-back"
+        stop.set()
+
+    producer = SlowAckProducer()
+    _serve(consumer, producer, FakeEngine, scenario, starts=starts, drain_timeout_s=0.05)
+    assert len(producer.completions()) == 1
 
 
 def _deltas(producer: FakeProducer) -> list[TokenDelta]:
