@@ -49,6 +49,8 @@ WINDOWS = {
     "LLMQ_AUTOSCALER_TICK_S": "2",
 }
 """The local stack's short windows: the loop shows within minutes."""
+PROGRESS_EVERY = 15
+"""Seconds between progress lines."""
 Say = Callable[[str], None]
 
 
@@ -183,7 +185,7 @@ def _burst(
     ensure_topics(local.kafka_bootstrap, [TopicSpec(reply_to, 1)])
     prompts = sharegpt.sample(n, local.cache_dir, seed=0, max_tokens=max_tokens)
     burst = Burst(n, max_replicas)
-    sampler = _Sampler(stack, burst)
+    sampler = _Sampler(stack, burst, say)
     services = Client(_service(local), reply_to=reply_to, tenant=f"burst-{uuid.uuid4().hex[:6]}")
     with services as client:
         # 1) Everything at once, on the batch lane; no cache or coalescing: n generations.
@@ -225,11 +227,13 @@ def _record(burst: Burst, result: InferenceResult, sent: float) -> None:
 
 
 class _Sampler:
-    """Once a second, in a thread: the backlog, the pool and the answers so far."""
+    """Once a second, in a thread: the backlog, the pool and the answers so far (said every
+    PROGRESS_EVERY samples)."""
 
-    def __init__(self, stack: LocalStack, burst: Burst) -> None:
+    def __init__(self, stack: LocalStack, burst: Burst, say: Say) -> None:
         self._stack = stack
         self._burst = burst
+        self._say = say
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="burst-sampler", daemon=True)
         self._start = 0.0
@@ -257,16 +261,21 @@ class _Sampler:
             pools = self._stack.pools()
             running = sum(r for r, _ in pools.values())
             desired = sum(d or 0 for _, d in pools.values())
-            self._burst.samples.append(
-                Sample(
-                    time.monotonic() - self._start,
-                    int(sum(self._stack.backlog().values())),
-                    running,
-                    int(sum(self._stack.in_groups().values())),
-                    desired,
-                    len(self._burst.latencies),
-                )
+            sample = Sample(
+                time.monotonic() - self._start,
+                int(sum(self._stack.backlog().values())),
+                running,
+                int(sum(self._stack.in_groups().values())),
+                desired,
+                len(self._burst.latencies),
             )
+            self._burst.samples.append(sample)
+            if len(self._burst.samples) % PROGRESS_EVERY == 0:
+                self._say(
+                    f"  {sample.t:4.0f} s: {sample.answered}/{self._burst.requests} answered, "
+                    f"backlog {sample.backlog}, workers {sample.running} running, "
+                    f"{sample.desired} desired"
+                )
 
 
 def _service(local: LocalSettings) -> ServiceSettings:
