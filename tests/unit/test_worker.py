@@ -78,9 +78,8 @@ class FakeConsumer:
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         assert max_records > 0
         out = {}
-        for tp in (
-            [] if self.rebalancing else sorted(self.logs)
-        ):  # batch sorts first: the order least kind to lanes
+        # Batch sorts first: the order least kind to lanes.
+        for tp in [] if self.rebalancing else sorted(self.logs):
             if tp in self.paused or max_records <= 0:
                 continue
             start = self.positions[tp]
