@@ -77,7 +77,8 @@ class Burst:
     samples: list[Sample] = field(default_factory=list)
     latencies: list[tuple[float, float]] = field(default_factory=list)
     """(finished, seconds from send) per answer, finished counted from the burst."""
-    errors: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    """Failed requests by error code."""
     replies: dict[str, int] = field(default_factory=dict)
     """Reply records per correlation id on the run's own reply topic."""
     generations: dict[str, int] = field(default_factory=dict)
@@ -106,7 +107,8 @@ class Burst:
         if never:
             out.append(f"{len(never)} requests without a metered generation")
         if self.errors:
-            out.append(f"{self.errors} requests failed")
+            codes = ", ".join(f"{code} {n}" for code, n in sorted(self.errors.items()))
+            out.append(f"{sum(self.errors.values())} requests failed ({codes})")
         if self.most_replicas() < 2:
             out.append("the pool never grew")
         if self.back_at_min_s is None:
@@ -219,7 +221,8 @@ def _burst(
 
 def _record(burst: Burst, result: InferenceResult, sent: float) -> None:
     if result.status != "ok" or result.response is None:
-        burst.errors += 1
+        code = result.error.code.value if result.error is not None else result.status
+        burst.errors[code] = burst.errors.get(code, 0) + 1
         return
     finished = result.finished_at or time.time()
     total = (result.timings.total_ms or 0.0) / 1000
@@ -370,7 +373,7 @@ def summary(burst: Burst) -> str:
             "| all answered after s | back at the minimum after s | latency p50 / p99 s |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| {burst.requests} | {answered} | {sum(n > 1 for n in burst.replies.values())} "
-            f"| {sum(n > 1 for n in burst.generations.values())} | {burst.errors} "
+            f"| {sum(n > 1 for n in burst.generations.values())} | {sum(burst.errors.values())} "
             f"| {burst.most_replicas()} | {burst.drained_s or 0:.0f} "
             f"| {burst.back_at_min_s or 0:.0f} | {p50:.1f} / {p99:.1f} |",
         ]
