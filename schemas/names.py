@@ -135,9 +135,9 @@ def semantic_stream_key(scope: str) -> str:
     return REDIS_SEMANTIC_PREFIX + scope
 
 
-def starts_key(topic: str, partition: int) -> str:
-    """Crash-loop bound: a hash of offset -> starts without an outcome, per work partition."""
-    return f"{REDIS_STARTS_PREFIX}{{{topic}/{partition}}}"
+def starts_key(topic: str, partition: int, offset: int) -> str:
+    """Crash-loop bound: a set of the work record's starts without an outcome (one id each)."""
+    return f"{REDIS_STARTS_PREFIX}{{{topic}/{partition}}}:{offset}"
 
 
 def rate_prefix(tenant: str) -> str:

@@ -2,12 +2,14 @@
 record whose generation kills its worker is redelivered to the next one, so without a
 count it would take down every worker of the pool, forever.
 
-The counts live in Redis, one hash per partition (offset -> starts): a start is counted
-when the generation gets its turn, an outcome deletes the count, and a hand-back (a drain
-that ran out of time) takes its start back. Only crashes leave starts behind. While Redis
-is away every record reads as never started (nothing is held up; the bound is off until
-it returns): a call waits at most TIMEOUT_S, and after a failure Redis is left alone for
-AWAY_S, so an outage costs the worker almost nothing per record.
+The counts live in Redis, one set per record of its starts' ids: a start is added when
+the generation gets its turn, an outcome deletes the set, and a hand-back (a drain or a
+rebalance that ran out of time) removes its own id. Only crashes leave starts behind.
+Every call is idempotent, so one that failed is owed: it is sent again before the next
+call, and a Redis that missed a hand-back or an outcome never takes a record for a crash
+loop. While Redis is away every record reads as never started (nothing is held up; the
+bound is off until it returns): a call waits at most `timeout_s`, and after a failure
+Redis is left alone for `away_s`, so an outage costs the worker almost nothing per record.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -29,12 +33,18 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_STARTS = 3
 """Starts without an outcome before a record is dead-lettered (LLMQ_MAX_STARTS)."""
 STARTS_TTL_S = 24 * 3600
-"""A partition's counts are forgotten a day after its last start (a stack torn down)."""
-TIMEOUT_S = 0.5
-"""The longest a count may take: the generation waits on it."""
+"""A record's starts are forgotten a day after its last start (a stack torn down)."""
+TIMEOUT_S = 2.0
+"""The longest a call may take: the generation waits on it."""
 AWAY_S = 5.0
 """After a failed call, Redis is taken for away this long (no call waits on it)."""
+OWED_MAX = 100_000
+"""Corrections kept for a Redis that is away; beyond, the oldest are dropped (and said)."""
+FLUSH_MAX = 1_000
+"""Owed corrections sent along with one call."""
 WARN_EVERY_S = 60.0
+
+Command = Callable[[Pipeline], object]
 
 
 class StartCounts(Protocol):
@@ -60,44 +70,74 @@ class StartCounts(Protocol):
 class RedisStarts:
     """StartCounts in Redis, shared by every worker of the pool."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, timeout_s: float = TIMEOUT_S, away_s: float = AWAY_S
+    ) -> None:
         self._redis = redis
+        self._timeout_s = timeout_s
+        self._away_s = away_s
+        self._mine: dict[str, str] = {}
+        """This worker's start id of each record it is generating, by key."""
+        self._owed: deque[Command] = deque()
         self._away_until = float("-inf")
         self._warned_at = float("-inf")
 
     async def count(self, topic: str, partition: int, offset: int) -> int:
         """The record's starts so far without an outcome (0 while Redis is away)."""
-        done = await self._send(lambda pipe: pipe.hget(starts_key(topic, partition), str(offset)))
-        return 0 if done is None or done[0] is None else int(done[0])
+        done = await self._send(lambda pipe: pipe.scard(starts_key(topic, partition, offset)))
+        return 0 if done is None else int(done[0])
 
     async def begin(self, topic: str, partition: int, offset: int) -> None:
-        """Count a start of the record's generation."""
-        key = starts_key(topic, partition)
-        await self._send(
-            lambda pipe: (pipe.hincrby(key, str(offset), 1), pipe.expire(key, STARTS_TTL_S))
-        )
+        """Count a start of the record's generation (not counted while Redis is away)."""
+        key = starts_key(topic, partition, offset)
+        start = self._mine[key] = uuid.uuid4().hex
+        await self._send(lambda pipe: (pipe.sadd(key, start), pipe.expire(key, STARTS_TTL_S)))
 
     async def end(self, topic: str, partition: int, offset: int) -> None:
         """The record has its outcome: its count goes."""
-        await self._send(lambda pipe: pipe.hdel(starts_key(topic, partition), str(offset)))
+        key = starts_key(topic, partition, offset)
+        self._mine.pop(key, None)
+        await self._send(lambda pipe: pipe.delete(key), owed=True)
 
     async def hand_back(self, topic: str, partition: int, offset: int) -> None:
         """The record goes back unfinished, but not by a crash: its start does not count."""
-        await self._send(lambda pipe: pipe.hincrby(starts_key(topic, partition), str(offset), -1))
+        key = starts_key(topic, partition, offset)
+        start = self._mine.pop(key, None)
+        if start is not None:
+            await self._send(lambda pipe: pipe.srem(key, start), owed=True)
 
-    async def _send(self, commands: Callable[[Pipeline], object]) -> list[Any] | None:
-        """Run the commands in one round trip; None (and a warning) while Redis is away."""
+    async def _send(self, command: Command, owed: bool = False) -> list[Any] | None:
+        """Run what is owed, then `command`, in one round trip; `command`'s replies, or
+        None (and a warning) while Redis is away, when an `owed` command is kept for later."""
         if time.monotonic() < self._away_until:
+            self._owe(command, owed)
             return None
         pipe = self._redis.pipeline(transaction=False)
-        commands(pipe)
+        earlier = [self._owed.popleft() for _ in range(min(FLUSH_MAX, len(self._owed)))]
+        for correction in earlier:
+            correction(pipe)
+        first = len(pipe)
+        command(pipe)
         try:
-            async with asyncio.timeout(TIMEOUT_S):
-                return list(await pipe.execute())
+            async with asyncio.timeout(self._timeout_s):
+                replies = list(await pipe.execute())
         except (RedisError, OSError, TimeoutError) as exc:
-            self._away_until = time.monotonic() + AWAY_S
+            self._away_until = time.monotonic() + self._away_s
+            self._owed.extendleft(reversed(earlier))
+            self._owe(command, owed)
             self._warn(exc)
             return None
+        return replies[first:]
+
+    def _owe(self, command: Command, owed: bool) -> None:
+        if not owed:
+            return
+        if len(self._owed) >= OWED_MAX:
+            self._owed.popleft()
+            log.warning(
+                "more than %d start corrections owed to Redis: dropped the oldest", OWED_MAX
+            )
+        self._owed.append(command)
 
     def _warn(self, exc: BaseException) -> None:
         now = time.monotonic()

@@ -1,6 +1,6 @@
 """The crash-loop bound's start counts against a real redis-server: counted per record,
-cleared by an outcome, given back by a hand-back, forgotten after a day, and off (every
-start unseen) while Redis is away."""
+cleared by an outcome, given back by a hand-back, forgotten after a day, a correction that
+Redis missed sent again once it answers, and off (every start unseen) while Redis is away."""
 
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ def test_starts_are_counted_per_record_until_an_outcome(port: int) -> None:
         starts = RedisStarts(client)
         try:
             assert await starts.count(TOPIC, 1, 7) == 0
-            for _ in range(3):
-                await starts.begin(TOPIC, 1, 7)
+            for crashed in [RedisStarts(client), RedisStarts(client)]:  # died mid-generation
+                await crashed.begin(TOPIC, 1, 7)
+            await starts.begin(TOPIC, 1, 7)
             await starts.begin(TOPIC, 1, 8)
             await starts.begin(TOPIC, 2, 7)
             assert await starts.count(TOPIC, 1, 7) == 3
@@ -46,11 +47,35 @@ def test_starts_are_counted_per_record_until_an_outcome(port: int) -> None:
             assert await starts.count(TOPIC, 2, 7) == 1, "another partition"
             await starts.hand_back(TOPIC, 1, 7)
             assert await starts.count(TOPIC, 1, 7) == 2, "a hand-back took its start back"
+            await starts.hand_back(TOPIC, 1, 7)
+            assert await starts.count(TOPIC, 1, 7) == 2, "its own start, once"
             await starts.end(TOPIC, 1, 7)
             assert await starts.count(TOPIC, 1, 7) == 0, "an outcome cleared the count"
-            assert 0 < await client.ttl(starts_key(TOPIC, 1)) <= STARTS_TTL_S
+            assert 0 < await client.ttl(starts_key(TOPIC, 1, 8)) <= STARTS_TTL_S
         finally:
             await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_hand_back_or_outcome_redis_missed_is_sent_again_once_it_answers(port: int) -> None:
+    async def main() -> None:
+        client, admin = aioredis.Redis(port=port), aioredis.Redis(port=port)
+        starts = RedisStarts(client, timeout_s=0.2, away_s=0.0)
+        try:
+            await starts.begin(TOPIC, 3, 1)
+            await starts.begin(TOPIC, 3, 2)
+            await admin.client_pause(10_000, all=False)  # writes wait: each call times out
+            try:
+                await starts.hand_back(TOPIC, 3, 1)
+                await starts.end(TOPIC, 3, 2)
+            finally:
+                await admin.client_unpause()
+            assert await starts.count(TOPIC, 3, 1) == 0, "not taken for a crash"
+            assert await starts.count(TOPIC, 3, 2) == 0
+        finally:
+            await client.aclose()
+            await admin.aclose()
 
     asyncio.run(main())
 
