@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import logging
 import time
+import uuid
 from contextlib import suppress
 from functools import partial
 from typing import TypeAlias
@@ -221,8 +222,10 @@ class Worker:
             self._tracker.done(tp, record.offset)
             return
         where = (record.topic, record.partition, record.offset)
+        # Another id at every start: the engine's, and the streamed pieces' generation.
+        start = uuid.uuid4().hex[:8]
         state = InFlight.from_work(
-            work, f"{work.request.correlation_id}@{'/'.join(map(str, where))}"
+            work, f"{work.request.correlation_id}@{'/'.join(map(str, where))}#{start}"
         )
         metrics.QUEUE.labels(work.request.lane.value).observe(
             max(0.0, state.started_at - work.admitted_at)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import pytest
@@ -554,6 +555,11 @@ def test_a_generation_publishing_its_outcome_at_the_bound_is_not_handed_back() -
     assert len(producer.completions()) == 1
 
 
+async def _until_answered(producer: FakeProducer, worker: Worker, stop: asyncio.Event) -> None:
+    await _until(lambda: bool(producer.completions()))
+    stop.set()
+
+
 def _deltas(producer: FakeProducer) -> list[TokenDelta]:
     return [TokenDelta.model_validate_json(v) for t, v in producer.sent if t == TOKENS]
 
@@ -577,6 +583,16 @@ def test_a_streamed_generation_publishes_its_pieces_then_one_with_the_usage() ->
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (5, 3)
     [done] = producer.completions()
     assert done.response is not None and done.response.choices[0].message.content == "xxx"
+
+
+def test_a_redelivered_record_streams_under_another_generation() -> None:
+    generations = []
+    for producer in [FakeProducer(), FakeProducer()]:  # as the next worker after a crash
+        consumer = FakeConsumer()
+        consumer.add(STANDARD, [_work(stream=True)])
+        _serve(consumer, producer, FakeEngine, partial(_until_answered, producer))
+        generations += list({d.generation for d in _deltas(producer)})
+    assert len(generations) == 2 and generations[0] != generations[1], "readers tell them apart"
 
 
 def test_a_whole_answer_publishes_no_pieces() -> None:
