@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaAdminClient
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from pydantic import Field
 
 from llmq.settings import ClientSettings
@@ -89,11 +89,13 @@ def ensure_topics(
                     for spec in missing
                 },
                 raise_errors=False,  # one created meanwhile by another process is fine
-                wait_for_metadata=True,
             )
-            absent = sorted({spec.name for spec in plan} - set(_partitions(admin)))
-            if absent:
-                raise RuntimeError(f"Kafka at {bootstrap} did not create {', '.join(absent)}")
+            # Each broker learns of a new topic in its own time: ask until all have it.
+            try:
+                admin.wait_for_topics([spec.name for spec in plan], timeout_ms=timeout_s * 1000)
+            except KafkaTimeoutError as exc:
+                names = ", ".join(spec.name for spec in missing)
+                raise RuntimeError(f"Kafka at {bootstrap} did not create {names}: {exc}") from exc
     finally:
         admin.close()
     mismatched = [
