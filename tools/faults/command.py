@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tools.faults.scenarios import SCENARIOS
+from tools.faults.plan import SCENARIOS
 from tools.stack.settings import LocalSettings
 
 NAMES = tuple(SCENARIOS)

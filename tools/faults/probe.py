@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,6 +61,16 @@ def _vm_rss_kib(status: Path) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def partition_leaders(bootstrap: str, topics: list[str]) -> Counter[int]:
+    """How many partitions of `topics` each broker (by node id) leads now."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="llmq-faults")
+    try:
+        described = admin.describe_topics(topics)
+    finally:
+        admin.close()
+    return Counter(p["leader_id"] for topic in described for p in topic["partitions"])
 
 
 class Backlog:

@@ -24,10 +24,9 @@ KILL_WAIT_S = 10.0
 
 @dataclass(frozen=True)
 class Rig:
-    """A running LocalStack, a spare port for a second worker's /metrics, and the scale."""
+    """A running LocalStack and the scale of the load."""
 
     stack: LocalStack
-    spare_port: int
     scale: float
     say: Say
 
@@ -41,6 +40,11 @@ class Rig:
         return BASE_RATE * self.scale
 
     @property
+    def models(self) -> list[str]:
+        """Every catalog model."""
+        return self.stack.catalog.names
+
+    @property
     def model(self) -> ModelSpec:
         """The model under load: the catalog's default."""
         spec = self.stack.catalog.get(self.stack.catalog.default)
@@ -49,7 +53,8 @@ class Rig:
         return spec
 
     def component(self, name: str) -> Component:
-        """kafka, redis, streams, or worker (the default model's)."""
+        """kafka (kafka-2, kafka-3 in a cluster), redis, streams, or worker (the default
+        model's)."""
         wanted = f"worker-{self.model.name}" if name == "worker" else name
         return next(c for c in self.stack.components() if c.proc.name == wanted)
 

@@ -1,5 +1,6 @@
-"""`llmq faults`: one local stack of its own on free ports, the chosen scenarios one after
-another (the stack healed before each), and the results written as they come."""
+"""`llmq faults`: a local stack of its own on free ports (one broker, then a cluster of
+three for the scenarios that need it), the chosen scenarios one after another (the stack
+healed before each), and the results written as they come."""
 
 from __future__ import annotations
 
@@ -14,16 +15,14 @@ from tools.bench.runner import machine
 from tools.faults import report
 from tools.faults.load import Load
 from tools.faults.outcome import Outcome
+from tools.faults.plan import SCENARIOS
 from tools.faults.probe import log_lines
 from tools.faults.rig import Rig, Say
-from tools.faults.scenarios import DRAIN_S, SCENARIOS
+from tools.faults.scenarios import DRAIN_S
 from tools.stack.ports import free_block
 from tools.stack.settings import LocalSettings
 from tools.stack.stack import LocalStack
 
-STACK_PORTS = 7
-"""Kafka, its controller, Redis, the stream processor's and the worker's /metrics, the front
-door, and a second worker's /metrics (the scale-down scenario)."""
 WARM_REQUESTS = 4
 
 
@@ -50,51 +49,60 @@ def run_faults(
     say: Say = print,
     keep_state: bool = False,
 ) -> Written:
-    """Start the stack, run each scenario, write results.json after each, then the report
-    and (when given) the README's section; the stack goes down at the end."""
-    state = Path(tempfile.mkdtemp(prefix="llmq-faults-"))
-    base = free_block(STACK_PORTS)
-    local = LocalSettings(
-        state_dir=state,
-        cache_dir=cache_dir,
-        kafka_port=base,
-        redis_port=base + 2,
-        metrics_base_port=base + 3,
-        api_port=base + 5,
-        models_file=None,
-        tenants_file=None,
-        compress_prompts=False,
-        autoscale=False,  # the scenarios start, kill and stop workers themselves
-    )
-    stack = LocalStack(local)
-    rig = Rig(stack, spare_port=base + STACK_PORTS - 1, scale=scale, say=say)
+    """For each stack the chosen scenarios need (one broker, then three), start it, run
+    its scenarios, write results.json after each, and take it down; then write the report
+    and (when given) the README's section."""
     meta = {
         "command": command,
         "machine": machine(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "scale": scale,
-        "state_dir": str(state),
     }
     results = out_dir / "results.json"
     outcomes: list[Outcome] = []
-    say(f"starting a local stack in {state} (Kafka on port {base})")
-    try:
-        rig.heal()
-        _warm(rig)
-        for name in names:
-            outcomes.append(_one(rig, name))
-            report.write_json(outcomes, meta, results)
-    finally:
-        say("stopping the stack")
-        stack.down(say=lambda _: None)
-        if keep_state:
-            say(f"its state and logs are kept in {state}")
-        else:
-            shutil.rmtree(state, ignore_errors=True)
+    for brokers in sorted({SCENARIOS[name].brokers for name in names}):
+        state = Path(tempfile.mkdtemp(prefix=f"llmq-faults-{brokers}-"))
+        stack = LocalStack(stack_settings(state, cache_dir, brokers))
+        rig = Rig(stack, scale=scale, say=say)
+        say(f"starting a local stack with {brokers} broker(s) in {state}")
+        try:
+            rig.heal()
+            _warm(rig)
+            for name in [n for n in names if SCENARIOS[n].brokers == brokers]:
+                outcomes.append(_one(rig, name))
+                report.write_json(outcomes, meta, results)
+        finally:
+            say("stopping the stack")
+            stack.down(say=lambda _: None)
+            if keep_state:
+                say(f"its state and logs are kept in {state}")
+            else:
+                shutil.rmtree(state, ignore_errors=True)
     report_path.write_text(report.report(outcomes, meta), encoding="utf-8")
     if readme is not None:
         report.update_readme(readme, report.section(outcomes, meta, report_path.name))
     return Written(report_path, results, readme, [o.scenario for o in outcomes if o.failed])
+
+
+def stack_settings(state: Path, cache_dir: Path, brokers: int) -> LocalSettings:
+    """A stack of its own on free ports: each broker's two, Redis, the /metrics of streams,
+    the worker, the autoscaler, a second worker and a second streams, then the front door."""
+    base = free_block(2 * brokers + 7)
+    redis = base + 2 * brokers
+    return LocalSettings(
+        state_dir=state,
+        cache_dir=cache_dir,
+        kafka_port=base,
+        brokers=brokers,
+        redis_port=redis,
+        metrics_base_port=redis + 1,
+        api_port=redis + 6,
+        models_file=None,
+        tenants_file=None,
+        compress_prompts=False,
+        autoscale=False,  # the scenarios start, kill and stop workers (and the autoscaler)
+        max_replicas=2,
+    )
 
 
 def _warm(rig: Rig) -> None:

@@ -59,6 +59,8 @@ class Scenario:
     fault: str
     run: Callable[[Rig, Outcome], None]
     restarts: frozenset[str] = frozenset()
+    brokers: int = 1
+    """The stack it needs: 1 broker, or a cluster of 3."""
 
 
 def worker_kill(rig: Rig, out: Outcome) -> None:
@@ -119,7 +121,7 @@ def streams_kill(rig: Rig, out: Outcome) -> None:
         f"{copies} copies of one {LONG_TOKENS}-token request, {waiting:.0f} waiting as "
         "followers at the kill",
         f"streams ready again after {back_s:.0f} s",
-        "copies answered: " + _counts(Counter(r.cache for r in firsts)),
+        "copies answered: " + counts(Counter(r.cache for r in firsts)),
     ]
     if leader_done:
         out.findings.append("the generation had finished before the kill: nobody was waiting")
@@ -188,7 +190,7 @@ def redis_stop(rig: Rig, out: Outcome) -> None:
         during = [r for r in load.replies() if fault_at <= r.at < restored_at]
     out.notes += [
         f"{len(during)} replies during the {REDIS_DOWN_S:.0f} s outage: "
-        + _counts(Counter(r.status if r.status != "ok" else f"ok/{r.cache}" for r in during)),
+        + counts(Counter(r.status if r.status != "ok" else f"ok/{r.cache}" for r in during)),
         f"a repeat after the outage: cache {repeat.cache if repeat else 'no reply'}",
     ]
     if repeat is None or repeat.cache != "exact":
@@ -198,7 +200,7 @@ def redis_stop(rig: Rig, out: Outcome) -> None:
 def scale_down(rig: Rig, out: Outcome) -> None:
     """A second worker joins (scale-out), then gets SIGTERM under load (scale-down): it must
     drain, commit and leave, and the first takes its partitions back."""
-    extra = rig.stack.worker(rig.model, rig.spare_port, replica=2)
+    extra = rig.stack.replica(rig.model, 2)
     rig.say(f"starting a second worker, {extra.proc.name}")
     try:
         rig.stack.start(extra, say=lambda line: rig.say(f"  {line}"))
@@ -257,9 +259,7 @@ def poison(rig: Rig, out: Outcome) -> None:
     found = [dead[v] for _, v, _, _ in records if v in dead]
     out.notes.append(
         f"{len(dead)} of {len(records)} poison records on {DLQ}, by source and code: "
-        + _counts(
-            Counter(f"{h.get(HEADER_SOURCE_TOPIC)} {h.get(HEADER_ERROR_CODE)}" for h in found)
-        )
+        + counts(Counter(f"{h.get(HEADER_SOURCE_TOPIC)} {h.get(HEADER_ERROR_CODE)}" for h in found))
     )
     for topic, value, cid, code in records:
         headers = dead.get(value)
@@ -285,7 +285,7 @@ def _dead_letters(
         for batch in dlq.poll(timeout_ms=250).values():
             for record in batch:
                 if record.value in values:
-                    dead[record.value] = _headers(record.headers)
+                    dead[record.value] = header_map(record.headers)
     return dead
 
 
@@ -347,31 +347,7 @@ def overload(rig: Rig, out: Outcome) -> None:
         ),
     ]
     if out.tally.errors:
-        out.findings.append(f"requests rejected under load: {_counts(Counter(out.tally.errors))}")
-
-
-SCENARIOS: dict[str, Scenario] = {
-    "worker-kill": Scenario(
-        "kill -9 of the worker mid-batch, restarted", worker_kill, frozenset({"worker"})
-    ),
-    "streams-kill": Scenario(
-        "kill -9 of the stream processor while followers wait on a coalesced request",
-        streams_kill,
-        frozenset({"streams"}),
-    ),
-    "kafka-stop": Scenario(
-        f"Kafka broker stopped for {KAFKA_DOWN_S:.0f} s under load",
-        kafka_stop,
-        frozenset({"kafka"}),
-    ),
-    "redis-stop": Scenario(
-        f"Redis stopped for {REDIS_DOWN_S:.0f} s under load", redis_stop, frozenset({"redis"})
-    ),
-    "scale-down": Scenario("SIGTERM of one of two workers (scale-down) under load", scale_down),
-    "poison": Scenario("poison records on llmq.requests, a work topic and completions", poison),
-    "overload": Scenario(f"{OVERLOAD:.0f}x the service rate", overload),
-}
-"""Every scenario, in the order a full run takes them."""
+        out.findings.append(f"requests rejected under load: {counts(Counter(out.tally.errors))}")
 
 
 def _poison(load: Load, work: str) -> list[tuple[str, bytes, str | None, str]]:
@@ -409,7 +385,7 @@ def _burst(rig: Rig) -> int:
     return max(4, round(12 * rig.scale))
 
 
-def _headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
+def header_map(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
     return {k: bytes(v).decode(errors="replace") for k, v in headers or []}
 
 
@@ -417,7 +393,7 @@ def _prompt(request: InferenceRequest) -> str:
     return request.body.messages[0].content
 
 
-def _counts(counts: Counter[str]) -> str:
+def counts(counts: Counter[str]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
 

@@ -1,0 +1,255 @@
+"""Faults of membership, each under a steady load: a broker of three lost, a second stream
+processor joining and leaving, the autoscaler taking a worker away in the middle of a
+burst, and a request whose generation takes its worker down every time it runs."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from kafka import KafkaConsumer
+from pydantic import ValidationError
+
+from llmq.client import tail
+from schemas.errors import ErrorCode
+from schemas.lanes import Lane
+from schemas.names import DLQ, HEADER_SOURCE_TOPIC, TOKENS, topic_plan
+from schemas.request import CacheMode, InferenceRequest
+from schemas.stream import TokenDelta
+from tools.faults.load import Load
+from tools.faults.outcome import Outcome
+from tools.faults.probe import log_lines, metric, partition_leaders
+from tools.faults.rig import Rig, kill9, wait_until
+from tools.faults.scenarios import (
+    AFTER_S,
+    BUSY_WAIT_S,
+    DRAIN_S,
+    GENERATIONS,
+    LONG_TOKENS,
+    counts,
+    header_map,
+)
+from workers.starts import DEFAULT_MAX_STARTS
+
+BROKER_DOWN_S = 30.0
+"""How long the killed broker stays away: long enough for every client to move on."""
+JOINED_S = 20.0
+"""How long the second stream processor shares the load (at scale 1)."""
+SCALE_WAIT_S = 300.0
+"""How long the pool may take to grow: an engine loads beside a busy one (2-3 min here)."""
+DESIRED = "llmq_autoscaler_desired_replicas"
+SHRINK_WAIT_S = 600.0
+"""How long it may take to shrink: the burst's backlog, counted until committed, falls
+below one worker's share late in the burst."""
+AUTOSCALE = {
+    "LLMQ_DRAIN_BATCH_S": "40",
+    "LLMQ_STABILIZATION_S": "10",
+    "LLMQ_IDLE_S": "600",
+    "LLMQ_AUTOSCALER_TICK_S": "1",
+}
+"""The autoscaler's windows for the scale-down: a second worker while a batch backlog needs
+more than 40 s of one, down 10 s after it no longer does, never to zero."""
+BURST = 200
+BURST_TOKENS = 160
+"""The burst that the pool grows for: about five minutes of one worker's generation here,
+fixed (not scaled), so that a second worker loads and joins before it is served."""
+
+
+def broker_kill(rig: Rig, out: Outcome) -> None:
+    """kill -9 of the broker leading most of llmq's partitions, kept away, restarted: its
+    partitions' leadership moves to the other two, which hold every write (2 in sync)."""
+    leaders = partition_leaders(rig.bootstrap, [t.name for t in topic_plan(rig.models, 1)])
+    node, led = leaders.most_common(1)[0]
+    victim = rig.stack.brokers[node - 1]
+    with Load(rig.bootstrap, out.scenario) as load:
+        load.steady(rig.rate)
+        load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S)
+        rig.say(
+            f"killing {victim.proc.name} (leads {led} partitions) with kill -9 for "
+            f"{BROKER_DOWN_S:.0f} s"
+        )
+        fault_at = time.monotonic()
+        kill9(victim)
+        time.sleep(BROKER_DOWN_S)
+        back_from = time.monotonic()
+        rig.heal()
+        time.sleep(AFTER_S)
+        out.tally = load.finish(fault_at, DRAIN_S)
+        during = [r for r in load.replies() if fault_at <= r.at < back_from]
+    out.notes += [
+        f"{victim.proc.name} led {led} of llmq's partitions; down {BROKER_DOWN_S:.0f} s",
+        f"{len(during)} replies while it was down",
+    ]
+    if not during:
+        out.findings.append("nothing was answered while one broker of three was down")
+
+
+def streams_join(rig: Rig, out: Outcome) -> None:
+    """A second stream-processor instance joins under load, takes a share of the partitions,
+    then gets SIGTERM and leaves; the first takes them back."""
+    second = rig.stack.streams(2)
+
+    def handled() -> float:
+        return metric(second.endpoint, "llmq_streams_requests_total", outcome="admitted") or 0.0
+
+    try:
+        with Load(rig.bootstrap, out.scenario) as load:
+            load.steady(rig.rate)
+            load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S)
+            rig.say(f"starting a second stream processor, {second.proc.name}")
+            fault_at = time.monotonic()
+            rig.stack.start(second, say=lambda line: rig.say(f"  {line}"))
+            joined_s = time.monotonic() - fault_at
+            wait_until(lambda: handled() >= 3, BUSY_WAIT_S)
+            time.sleep(JOINED_S * rig.scale)
+            admitted = handled()
+            rig.say(f"SIGTERM to {second.proc.name} after it admitted {admitted:.0f} requests")
+            left_from = time.monotonic()
+            second.proc.stop()
+            left_s = time.monotonic() - left_from
+            time.sleep(AFTER_S)
+            out.tally = load.finish(fault_at, DRAIN_S)
+    finally:
+        second.proc.stop()
+    out.notes += [
+        f"{second.proc.name} ready {joined_s:.0f} s after it started, admitted "
+        f"{admitted:.0f} requests, left {left_s:.1f} s after its SIGTERM"
+    ]
+    if admitted == 0:
+        out.findings.append(f"{second.proc.name} took no share of the partitions")
+    if left_s >= second.proc.stop_timeout_s:
+        out.findings.append(f"{second.proc.name} did not leave by itself: it was killed")
+
+
+def autoscale_down(rig: Rig, out: Outcome) -> None:
+    """The autoscaler starts a second worker for a batch burst, then stops it (SIGTERM,
+    so it drains) once the backlog no longer needs it, with work in flight on it: the
+    backlog counts records until committed, so that is late in the burst."""
+    auto = rig.stack.autoscaler(AUTOSCALE)
+    extra = rig.stack.replica(rig.model, 2)
+    try:
+        rig.stack.start(auto, say=lambda line: rig.say(f"  {line}"))
+        with Load(rig.bootstrap, out.scenario) as load:
+            load.steady(rig.rate)
+            rig.say(f"a burst of {BURST} batch requests of {BURST_TOKENS} tokens")
+            fault_at = time.monotonic()
+            burst = [
+                load.send(_long(load, BURST_TOKENS, lane=Lane.BATCH, cache=CacheMode.OFF))
+                for _ in range(BURST)
+            ]
+            # 1) Up: the second worker starts, joins its group and serves.
+            served = wait_until(
+                lambda: (metric(extra.endpoint, GENERATIONS, outcome="ok") or 0) >= 1,
+                SCALE_WAIT_S,
+            )
+            rig.say(f"{extra.proc.name} serves; waiting for the autoscaler to take it away")
+            # 2) Down: what it holds until the autoscaler wants it no more, then its exit.
+            seen = {"in_flight": 0.0, "left": 0.0}
+
+            def gone() -> bool:
+                if extra.proc.pid() is None:
+                    return True
+                if (metric(auto.endpoint, DESIRED, model=rig.model.name) or 0) >= 2:
+                    seen["in_flight"] = rig.in_flight(extra)
+                    seen["left"] = BURST - sum(load.first_reply(c) is not None for c in burst)
+                return False
+
+            down = served and wait_until(gone, SHRINK_WAIT_S, interval_s=0.5)
+            out.tally = load.finish(fault_at, DRAIN_S)
+    finally:
+        auto.proc.stop()
+        extra.proc.stop()
+    said = "\n".join(log_lines(extra.proc, lines=200))
+    out.notes.append(
+        f"the autoscaler stopped {extra.proc.name} with {seen['in_flight']:.0f} in flight and "
+        f"{seen['left']:.0f} of the burst unanswered"
+    )
+    if not served:
+        out.findings.append(f"the autoscaler did not bring {extra.proc.name} into service")
+    elif not down:
+        out.findings.append(f"the autoscaler did not take {extra.proc.name} away")
+    elif seen["in_flight"] == 0:
+        out.findings.append("the scale-down came after the burst: nothing was in flight on it")
+    if down and " stopped" not in said:
+        out.findings.append(f"{extra.proc.name} did not drain and exit by itself")
+
+
+def crash_loop(rig: Rig, out: Outcome) -> None:
+    """A request whose generation takes its worker down every time (kill -9 as soon as it
+    streams), among a steady load: after LLMQ_MAX_STARTS starts it is dead-lettered and
+    answered crash_loop; what ran beside it is answered."""
+    worker = rig.component("worker")
+    deltas, dlq = tail(rig.bootstrap, TOKENS), tail(rig.bootstrap, DLQ)
+    kills = 0
+    try:
+        with Load(rig.bootstrap, out.scenario) as load:
+            load.steady(rig.rate / 2)
+            load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S)
+            poison = _long(load, LONG_TOKENS, stream=True)
+            fault_at = time.monotonic()
+            cid = load.send(poison)
+            seen: set[str] = set()
+            while kills <= DEFAULT_MAX_STARTS:
+                if not _new_generation(deltas, cid, seen, load, DRAIN_S):
+                    break  # answered: no start any more
+                rig.say(f"its generation {len(seen)} streams: kill -9 of {worker.proc.name}")
+                kill9(worker)
+                kills += 1
+                rig.heal()
+            load.wait_answered([cid], DRAIN_S)
+            reply = load.first_reply(cid)
+            time.sleep(AFTER_S)
+            out.tally = load.finish(fault_at, DRAIN_S)
+            letters = _letters_of(dlq, cid, BUSY_WAIT_S)
+    finally:
+        deltas.close()
+        dlq.close()
+    code = reply.error_code if reply is not None else None
+    out.notes += [
+        f"{kills} workers taken down; the request's reply: {code or 'none'}",
+        "dead-lettered from " + counts(Counter(h.get(HEADER_SOURCE_TOPIC, "?") for h in letters)),
+    ]
+    if kills != DEFAULT_MAX_STARTS:
+        out.findings.append(f"{kills} workers went down, not LLMQ_MAX_STARTS={DEFAULT_MAX_STARTS}")
+    if code != ErrorCode.CRASH_LOOP.value:
+        out.findings.append(f"the request was answered {code or 'not at all'}, not crash_loop")
+    if not letters:
+        out.findings.append(f"its work record never reached {DLQ}")
+
+
+def _long(load: Load, tokens: int, stream: bool = False, **envelope: Any) -> InferenceRequest:
+    """A request that generates exactly `tokens` tokens (the end of text is ignored)."""
+    request = load.request(max_tokens=tokens, **envelope)
+    body = request.body.model_copy(update={"ignore_eos": True, "stream": stream})
+    return request.model_copy(update={"body": body})
+
+
+def _letters_of(dlq: KafkaConsumer, cid: str, wait_s: float) -> list[dict[str, str]]:
+    """The headers of the DLQ records that carry `cid`, read until one came or `wait_s`
+    passed."""
+    found: list[dict[str, str]] = []
+    deadline = time.monotonic() + wait_s
+    while not found and time.monotonic() < deadline:
+        for records in dlq.poll(timeout_ms=250).values():
+            found += [header_map(r.headers) for r in records if cid.encode() in (r.value or b"")]
+    return found
+
+
+def _new_generation(
+    deltas: KafkaConsumer, cid: str, seen: set[str], load: Load, wait_s: float
+) -> bool:
+    """Wait for a piece of a generation of `cid` not seen before (a start); False when the
+    request was answered instead, or nothing came within `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and load.first_reply(cid) is None:
+        for records in deltas.poll(timeout_ms=200).values():
+            for record in records:
+                try:
+                    delta = TokenDelta.model_validate_json(record.value)
+                except ValidationError:
+                    continue
+                if delta.correlation_id == cid and delta.generation not in seen:
+                    seen.add(delta.generation)
+                    return True
+    return False

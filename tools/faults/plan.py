@@ -1,0 +1,69 @@
+"""Every fault scenario, with the stack it needs, in the order a full run takes them."""
+
+from __future__ import annotations
+
+from tools.faults.membership import (
+    BROKER_DOWN_S,
+    autoscale_down,
+    broker_kill,
+    crash_loop,
+    streams_join,
+)
+from tools.faults.scenarios import (
+    KAFKA_DOWN_S,
+    OVERLOAD,
+    REDIS_DOWN_S,
+    Scenario,
+    kafka_stop,
+    overload,
+    poison,
+    redis_stop,
+    scale_down,
+    streams_kill,
+    worker_kill,
+)
+
+SCENARIOS: dict[str, Scenario] = {
+    "worker-kill": Scenario(
+        "kill -9 of the worker mid-batch, restarted", worker_kill, frozenset({"worker"})
+    ),
+    "streams-kill": Scenario(
+        "kill -9 of the stream processor while followers wait on a coalesced request",
+        streams_kill,
+        frozenset({"streams"}),
+    ),
+    "kafka-stop": Scenario(
+        f"Kafka broker stopped for {KAFKA_DOWN_S:.0f} s under load",
+        kafka_stop,
+        frozenset({"kafka"}),
+    ),
+    "redis-stop": Scenario(
+        f"Redis stopped for {REDIS_DOWN_S:.0f} s under load", redis_stop, frozenset({"redis"})
+    ),
+    "scale-down": Scenario("SIGTERM of one of two workers (scale-down) under load", scale_down),
+    "autoscale-down": Scenario(
+        "the autoscaler adds a worker for a burst, then takes it away (SIGTERM) under load as "
+        "the backlog drains",
+        autoscale_down,
+    ),
+    "crash-loop": Scenario(
+        "a request whose generation takes its worker down every time (kill -9)",
+        crash_loop,
+        frozenset({"worker"}),
+    ),
+    "poison": Scenario("poison records on llmq.requests, a work topic and completions", poison),
+    "overload": Scenario(f"{OVERLOAD:.0f}x the service rate", overload),
+    "broker-kill": Scenario(
+        f"kill -9 of one of 3 brokers for {BROKER_DOWN_S:.0f} s under load",
+        broker_kill,
+        frozenset({"kafka", "kafka-2", "kafka-3"}),
+        brokers=3,
+    ),
+    "streams-join": Scenario(
+        "a second stream processor joins under load, then leaves (SIGTERM); 3 brokers",
+        streams_join,
+        brokers=3,
+    ),
+}
+"""Every scenario, in the order a full run takes them: those on one broker, then those on
+a cluster of three (a stack of its own)."""
