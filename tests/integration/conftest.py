@@ -16,7 +16,7 @@ from kafka.admin import NewTopic
 from llmq.client import Client
 from schemas.catalog import Catalog
 from schemas.settings import ServiceSettings
-from tests.integration.helpers import SERVED
+from tests.integration.helpers import SERVED, start_redis, stop_redis
 from tools.bench.ways.serve import vllm_server
 from tools.stack.ports import free_block
 from tools.stack.settings import LocalSettings
@@ -83,6 +83,16 @@ budget_usd = 0
 [tenants.frugal]
 budget_usd = 0.0000005
 """
+
+
+@pytest.fixture(scope="module")
+def redis_port() -> Iterator[int]:
+    """A redis-server of the test module's own, apart from the stack's."""
+    proc, port = start_redis()
+    try:
+        yield port
+    finally:
+        stop_redis(proc)
 
 
 @pytest.fixture(scope="session")

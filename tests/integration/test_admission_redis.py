@@ -27,7 +27,7 @@ from schemas.tenants import TenantLimits, period_end
 from streams.budget import KEEP_AFTER_PERIOD_S, Budgets
 from streams.ratelimit import BUCKET_TTL_S, CHECK_TIMEOUT_S, RateLimiter
 from streams.store import RedisStore
-from tests.integration.helpers import start_redis, stop_redis
+from tests.integration.helpers import start_redis
 from tools.stack.ports import free_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -37,19 +37,10 @@ NOW = 1_800_000_000.0
 """A fixed moment for checks that pass `now`: bucket arithmetic without waiting."""
 
 
-@pytest.fixture(scope="module")
-def port() -> Iterator[int]:
-    proc, port = start_redis()
-    try:
-        yield port
-    finally:
-        stop_redis(proc)
-
-
 @pytest.fixture(autouse=True)
-def sync(port: int) -> Iterator[redis.Redis]:
+def sync(redis_port: int) -> Iterator[redis.Redis]:
     """A plain client to inspect keys; the database starts empty for every test."""
-    client = redis.Redis(port=port)
+    client = redis.Redis(port=redis_port)
     client.flushall()
     yield client
     client.close()
@@ -95,7 +86,7 @@ async def _outcome(
 
 
 def test_requests_bucket_refuses_with_the_right_wait_and_refills(
-    port: int, sync: redis.Redis
+    redis_port: int, sync: redis.Redis
 ) -> None:
     """120 per minute on Redis's own clock: 120 at once, then one more every half second."""
     limits = TenantLimits(requests_per_minute=120)
@@ -118,7 +109,7 @@ def test_requests_bucket_refuses_with_the_right_wait_and_refills(
         assert await _outcome(limiter, "acme", limits, now=None) is None
         assert await _outcome(limiter, "acme", limits, now=None) is not None
 
-    _run(port, body)
+    _run(redis_port, body)
     keys = cast("list[bytes]", sync.keys("llmq:rate:*"))
     for key in keys:
         assert 0 < cast("int", sync.ttl(key)) <= BUCKET_TTL_S
@@ -135,7 +126,7 @@ def _levels(sync: redis.Redis, tenant: str = "acme") -> tuple[float, float]:
 
 
 def test_tokens_bucket_is_independent_and_refills_continuously(
-    port: int, sync: redis.Redis
+    redis_port: int, sync: redis.Redis
 ) -> None:
     limits = TenantLimits(requests_per_minute=600, tokens_per_minute=1_000)
 
@@ -156,10 +147,10 @@ def test_tokens_bucket_is_independent_and_refills_continuously(
         requests, tokens = _levels(sync)
         assert requests == 599 and tokens == pytest.approx(0, abs=1e-6)
 
-    _run(port, body)
+    _run(redis_port, body)
 
 
-def test_a_refused_request_consumes_neither_bucket(port: int, sync: redis.Redis) -> None:
+def test_a_refused_request_consumes_neither_bucket(redis_port: int, sync: redis.Redis) -> None:
     limits = TenantLimits(requests_per_minute=2, tokens_per_minute=1_000)
 
     async def body(client: aioredis.Redis) -> None:
@@ -183,10 +174,10 @@ def test_a_refused_request_consumes_neither_bucket(port: int, sync: redis.Redis)
         requests, tokens = _levels(sync)
         assert requests == 0 and tokens == pytest.approx(0, abs=1e-6)
 
-    _run(port, body)
+    _run(redis_port, body)
 
 
-def test_the_longer_wait_is_reported_when_both_buckets_refuse(port: int) -> None:
+def test_the_longer_wait_is_reported_when_both_buckets_refuse(redis_port: int) -> None:
     limits = TenantLimits(requests_per_minute=60, tokens_per_minute=60)
 
     async def body(client: aioredis.Redis) -> None:
@@ -198,10 +189,10 @@ def test_the_longer_wait_is_reported_when_both_buckets_refuse(port: int) -> None
         assert refusal is not None and refusal.retry_after_s == 10.0
         assert "60 tokens per minute" in refusal.message
 
-    _run(port, body)
+    _run(redis_port, body)
 
 
-def test_tenants_are_isolated_and_limits_may_change(port: int) -> None:
+def test_tenants_are_isolated_and_limits_may_change(redis_port: int) -> None:
     small = TenantLimits(requests_per_minute=1)
 
     async def body(client: aioredis.Redis) -> None:
@@ -215,10 +206,10 @@ def test_tenants_are_isolated_and_limits_may_change(port: int) -> None:
         assert await _outcome(limiter, "a", raised, now=NOW + 0.15) is None
         assert await _outcome(limiter, "a", raised, now=NOW + 0.15) is not None
 
-    _run(port, body)
+    _run(redis_port, body)
 
 
-def test_concurrent_checks_never_admit_more_than_the_bucket(port: int) -> None:
+def test_concurrent_checks_never_admit_more_than_the_bucket(redis_port: int) -> None:
     limits = TenantLimits(requests_per_minute=100, tokens_per_minute=50_000)
 
     async def body(client: aioredis.Redis) -> tuple[int, int, float]:
@@ -231,7 +222,7 @@ def test_concurrent_checks_never_admit_more_than_the_bucket(port: int) -> None:
         elapsed = time.monotonic() - started
         return fixed.count(None), live.count(None), elapsed
 
-    fixed, live, elapsed = _run(port, body)
+    fixed, live, elapsed = _run(redis_port, body)
     assert fixed == 100
     assert 100 <= live <= 100 + elapsed * 100 / 60 + 1
 
@@ -313,7 +304,7 @@ def _noon(days_ago: int = 0) -> float:
 
 
 def test_spend_reaches_the_daily_budget_and_says_when_it_resets(
-    port: int, sync: redis.Redis
+    redis_port: int, sync: redis.Redis
 ) -> None:
     at = _noon()
     limits = TenantLimits(budget_usd=1.0)
@@ -330,7 +321,7 @@ def test_spend_reaches_the_daily_budget_and_says_when_it_resets(
             await budgets.check("acme", limits, now=at)
         return caught.value
 
-    error = _run(port, body)
+    error = _run(redis_port, body)
     reset = datetime.fromtimestamp(at, UTC).date() + timedelta(days=1)
     assert error.code is ErrorCode.BUDGET_EXCEEDED
     assert error.message == (
@@ -343,7 +334,7 @@ def test_spend_reaches_the_daily_budget_and_says_when_it_resets(
     )
 
 
-def test_a_redelivered_event_counts_once(port: int, sync: redis.Redis) -> None:
+def test_a_redelivered_event_counts_once(redis_port: int, sync: redis.Redis) -> None:
     at = _noon()
     event = _event("acme", "c-1", 0.25, at)
 
@@ -356,11 +347,11 @@ def test_a_redelivered_event_counts_once(port: int, sync: redis.Redis) -> None:
         assert await budgets.spent("acme", "month", at) == pytest.approx(0.5)
         return [first, *again]
 
-    outcomes = _run(port, body)
+    outcomes = _run(redis_port, body)
     assert outcomes == [True] + [False] * 20
 
 
-def test_monthly_budgets_sum_the_days_and_old_or_free_events_are_skipped(port: int) -> None:
+def test_monthly_budgets_sum_the_days_and_old_or_free_events_are_skipped(redis_port: int) -> None:
     today = _noon()
     earlier = min(_noon(days_ago=3), datetime.fromtimestamp(today, UTC).replace(day=1).timestamp())
     month_earlier = period_end("month", today) - 86_400 * 100
@@ -381,10 +372,10 @@ def test_monthly_budgets_sum_the_days_and_old_or_free_events_are_skipped(port: i
             with pytest.raises(LlmqError, match=r"of its \$0.3 monthly budget; it resets at"):
                 await budgets.check("acme", limits, now=today)
 
-    _run(port, body)
+    _run(redis_port, body)
 
 
-def test_the_result_store_keeps_the_first_result_and_hands_it_back(port: int) -> None:
+def test_the_result_store_keeps_the_first_result_and_hands_it_back(redis_port: int) -> None:
     first = InferenceResult(correlation_id="c-1", tenant="acme", status="error")
     second = InferenceResult(correlation_id="c-1", tenant="acme", status="ok")
     other = InferenceResult(correlation_id="c-1", tenant="zeta", status="ok")
@@ -393,5 +384,5 @@ def test_the_result_store_keeps_the_first_result_and_hands_it_back(port: int) ->
         store = RedisStore(client, cache_ttl_s=60, result_ttl_s=60)
         return [await store.keep_result(r) for r in (first, second, other)]
 
-    kept = _run(port, body)
+    kept = _run(redis_port, body)
     assert [r.status for r in kept] == ["error", "error", "ok"], "first per tenant and id"

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from schemas.lanes import Lane
 from schemas.names import starts_key, work_topic
-from tests.integration.helpers import start_redis, stop_redis
 from tools.stack.ports import free_block
 from workers.starts import STARTS_TTL_S, RedisStarts
 
@@ -22,18 +20,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 TOPIC = work_topic("m", Lane.BATCH)
 
 
-@pytest.fixture(scope="module")
-def port() -> Iterator[int]:
-    proc, port = start_redis()
-    try:
-        yield port
-    finally:
-        stop_redis(proc)
-
-
-def test_starts_are_counted_per_record_until_an_outcome(port: int) -> None:
+def test_starts_are_counted_per_record_until_an_outcome(redis_port: int) -> None:
     async def main() -> None:
-        client = aioredis.Redis(port=port)
+        client = aioredis.Redis(port=redis_port)
         starts = RedisStarts(client)
         try:
             assert await starts.count(TOPIC, 1, 7) == 0
@@ -58,9 +47,9 @@ def test_starts_are_counted_per_record_until_an_outcome(port: int) -> None:
     asyncio.run(main())
 
 
-def test_a_hand_back_or_outcome_redis_missed_is_sent_again_once_it_answers(port: int) -> None:
+def test_a_hand_back_or_outcome_redis_missed_is_sent_again_once_it_answers(redis_port: int) -> None:
     async def main() -> None:
-        client, admin = aioredis.Redis(port=port), aioredis.Redis(port=port)
+        client, admin = aioredis.Redis(port=redis_port), aioredis.Redis(port=redis_port)
         starts = RedisStarts(client, timeout_s=0.2, away_s=0.0)
         try:
             await starts.begin(TOPIC, 3, 1)
