@@ -261,12 +261,15 @@ class _Sampler:
 
     def _loop(self) -> None:
         while not self._stop.wait(1.0):
+            backlog = self._stack.backlog()
+            if not backlog:
+                continue  # the autoscaler did not answer (starved of CPU): no figure, not 0
             pools = self._stack.pools()
             running = sum(r for r, _ in pools.values())
             desired = sum(d or 0 for _, d in pools.values())
             sample = Sample(
                 time.monotonic() - self._start,
-                int(sum(self._stack.backlog().values())),
+                int(sum(backlog.values())),
                 running,
                 int(sum(self._stack.in_groups().values())),
                 desired,
