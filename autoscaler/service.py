@@ -22,6 +22,9 @@ from schemas.lanes import Lane
 
 log = logging.getLogger(__name__)
 
+LOOK_TIMEOUT_S = 30.0
+"""The longest one look at a pool may take: a Kafka call that hangs skips the tick, said."""
+
 
 @dataclass
 class _Model:
@@ -67,8 +70,9 @@ class Autoscaler:
 
     async def _tick(self, name: str, model: _Model) -> None:
         try:
-            view = await self._pools.look(name)
-        except KafkaError as exc:
+            async with asyncio.timeout(LOOK_TIMEOUT_S):
+                view = await self._pools.look(name)
+        except (KafkaError, TimeoutError) as exc:
             log.warning("cannot see the pool of %s this tick: %r", name, exc)
             return
         now = time.monotonic()
