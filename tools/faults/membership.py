@@ -105,9 +105,7 @@ def streams_join(rig: Rig, out: Outcome) -> None:
             time.sleep(JOINED_S * rig.scale)
             admitted = handled()
             rig.say(f"SIGTERM to {second.proc.name} after it admitted {admitted:.0f} requests")
-            left_from = time.monotonic()
-            second.proc.stop()
-            left_s = time.monotonic() - left_from
+            left_s = rig.stop(second)
             time.sleep(AFTER_S)
             out.tally = load.finish(fault_at, DRAIN_S)
     finally:

@@ -76,6 +76,12 @@ class Rig:
         self.stack.up(say=note)
         return started
 
+    def stop(self, comp: Component) -> float:
+        """SIGTERM a component and wait until it is gone; the seconds that took."""
+        began = time.monotonic()
+        comp.proc.stop()
+        return time.monotonic() - began
+
     def in_flight(self, worker: Component) -> float:
         """Generations in a worker's engine now (0 when it does not answer)."""
         return metric(worker.endpoint, "llmq_worker_in_flight") or 0.0

@@ -219,8 +219,7 @@ def scale_down(rig: Rig, out: Outcome) -> None:
                 f"SIGTERM to {extra.proc.name} pid {extra.proc.pid()} with {busy:.0f} in flight"
             )
             fault_at = time.monotonic()
-            extra.proc.stop()
-            took_s = time.monotonic() - fault_at
+            took_s = rig.stop(extra)
             time.sleep(AFTER_S)
             out.tally = load.finish(fault_at, DRAIN_S)
     finally:
