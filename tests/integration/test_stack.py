@@ -3,6 +3,7 @@ pipeline tests (file order) because it kills and restarts parts of the shared st
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,8 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from llmq.client import Client
+from llmq.groups import group_sizes
+from schemas.names import worker_group
 from schemas.request import CacheMode
 from tools.stack.stack import LocalStack
 
@@ -35,6 +39,21 @@ def test_status_reports_every_component_ready(cli_env: dict[str, str], llmq_bin:
     for name in ("kafka", "redis", "streams", "worker-smollm2-135m"):
         line = next(line for line in out.stdout.splitlines() if line.startswith(name))
         assert " yes " in line, line
+
+
+def test_every_workers_group_is_counted_in_one_call(stack: LocalStack) -> None:
+    groups = [worker_group(name) for name in stack.catalog.names]
+
+    async def sizes() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=stack.settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            return await group_sizes(admin, [*groups, "llmq.workers.nobody"])
+        finally:
+            await admin.close()
+
+    # One worker per model (no autoscaler here), and none in a group nobody joined.
+    assert asyncio.run(sizes()) == {**dict.fromkeys(groups, 1), "llmq.workers.nobody": 0}
 
 
 def test_starting_twice_starts_nothing(stack: LocalStack) -> None:
