@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 LOOK_TIMEOUT_S = 30.0
 """The longest one look at a pool may take: a Kafka call that hangs skips the tick, said."""
+SAY_EVERY_S = 60.0
+"""How often a figure that did not change is logged again with its reason of the moment,
+so that the log shows why a pool stays as it is."""
 
 
 @dataclass
@@ -37,6 +40,7 @@ class _Model:
     last: PoolView | None = None
     last_at: float | None = None
     desired: int | None = None
+    said_at: float = float("-inf")
 
 
 class Autoscaler:
@@ -81,7 +85,10 @@ class Autoscaler:
             direction = "up" if (model.desired or 0) < decision.desired else "down"
             metrics.DECISIONS.labels(name, direction).inc()
             log.info("%s: %s", name, decision.reason)
-            model.desired = decision.desired
+            model.desired, model.said_at = decision.desired, now
+        elif now - model.said_at >= SAY_EVERY_S:
+            log.info("%s: still %s", name, decision.reason)
+            model.said_at = now
         self._export(name, model, view, decision)
         await self._actuator.scale(name, decision.desired)
 

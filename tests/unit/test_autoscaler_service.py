@@ -1,5 +1,5 @@
-"""The autoscaler's tick when Kafka does not answer: the tick is skipped and said, and no
-decision reaches the actuator."""
+"""The autoscaler's tick: when Kafka does not answer the tick is skipped and said, and no
+decision reaches the actuator; a figure that stays is said again now and then."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import logging
 import pytest
 
 from autoscaler import service
+from autoscaler.pools import PoolView
 from autoscaler.service import Autoscaler
 from autoscaler.settings import AutoscalerSettings
+from schemas.lanes import Lane
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,3 +44,32 @@ def test_a_look_that_hangs_skips_the_tick_and_says_so(
         asyncio.run(scaler._tick(name, model))
     assert actuator.calls == []
     assert f"cannot see the pool of {name} this tick" in caplog.text
+
+
+class Still:
+    """A pool that looks the same at every look: one worker, a little batch work."""
+
+    async def look(self, model: str) -> PoolView:
+        return PoolView({Lane.BATCH: 100.0}, 1, 0.0, 0.0, members=1, partitions=4)
+
+
+@pytest.mark.parametrize(("every_s", "said"), [(0.0, 3), (1e9, 1)])
+def test_an_unchanged_figure_is_said_again_now_and_then(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    every_s: float,
+    said: int,
+) -> None:
+    monkeypatch.setattr(service, "SAY_EVERY_S", every_s)
+    actuator = Recording()
+    scaler = Autoscaler(AutoscalerSettings(), actuator)
+    monkeypatch.setattr(scaler, "_pools", Still())
+    name, model = next(iter(scaler._models.items()))
+    with caplog.at_level(logging.INFO, logger="autoscaler.service"):
+        for _ in range(3):
+            asyncio.run(scaler._tick(name, model))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{name}: ")]
+    assert len(lines) == said
+    assert " replicas: " in lines[0] and ": still " not in lines[0]
+    assert all(f"{name}: still 1 replicas: " in line for line in lines[1:])
+    assert actuator.calls == [(name, 1)] * 3

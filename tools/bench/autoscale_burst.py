@@ -143,7 +143,9 @@ def run(
             )
             log = Path(state) / "run" / "autoscaler.log"
             burst.decisions = [
-                line for line in log.read_text().splitlines() if " replicas: " in line
+                line
+                for line in log.read_text().splitlines()
+                if " replicas: " in line and ": still " not in line
             ]
             return burst, problems
         finally:
