@@ -3,6 +3,11 @@ workers, a burst of ShareGPT requests on the batch lane at once, and what happen
 
     python -m tools.bench.autoscale_burst --requests 400 --max-replicas 3 --max-tokens 128
 
+Each worker keeps at most --inflight generations at once (16; the built-in model allows
+64): with three engines on two cores, 64 at once each ran a generation past the model's
+300 s timeout. Fewer in flight leaves the wait in Kafka, where no timer runs and the
+autoscaler sees it.
+
 It samples the backlog, the pool and the answers every second until the pool is back at
 its minimum, checks that every request was answered exactly once and generated once (by
 metering) with none cut off, and writes a PNG of backlog, replicas and latency over time
@@ -29,6 +34,7 @@ from kafka import KafkaConsumer
 
 from llmq.cli import exit_on_sigterm
 from llmq.client import Client, connect
+from schemas.catalog import Catalog
 from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
@@ -49,6 +55,8 @@ WINDOWS = {
     "LLMQ_AUTOSCALER_TICK_S": "2",
 }
 """The local stack's short windows: the loop shows within minutes."""
+INFLIGHT = 16
+"""Generations at once per worker (the engine's batch) in the burst's catalog."""
 PROGRESS_EVERY = 15
 """Seconds between progress lines."""
 Say = Callable[[str], None]
@@ -122,6 +130,7 @@ def run(
     *,
     cache_dir: Path,
     max_tokens: int = 64,
+    inflight: int = INFLIGHT,
     settle_s: float = 600.0,
     windows: dict[str, str] | None = None,
     say: Say = print,
@@ -130,7 +139,8 @@ def run(
     `windows` override the autoscaler's local windows (LLMQ_* variables)."""
     with tempfile.TemporaryDirectory(prefix="llmq-autoscale-") as state:
         env = {**WINDOWS, **(windows or {})}
-        stack = LocalStack(_settings(Path(state), cache_dir, max_replicas, env))
+        models = _catalog(Path(state) / "models.toml", inflight)
+        stack = LocalStack(_settings(Path(state), cache_dir, max_replicas, env, models))
         try:
             stack.up(say=lambda line: say(f"stack: {line}"))
             burst, problems = _burst(
@@ -152,8 +162,19 @@ def run(
             stack.down(say=lambda _: None)
 
 
+def _catalog(path: Path, inflight: int) -> Path:
+    """The built-in catalog with `inflight` generations at once per worker, as a file."""
+    catalog = Catalog.builtin()
+    lines = [f"default = {json.dumps(catalog.default)}"]
+    for spec in catalog.models:
+        values = {**spec.model_dump(mode="json", exclude_defaults=True), "max_inflight": inflight}
+        lines += ["", "[[models]]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def _settings(
-    state: Path, cache_dir: Path, max_replicas: int, windows: dict[str, str]
+    state: Path, cache_dir: Path, max_replicas: int, windows: dict[str, str], models: Path
 ) -> LocalSettings:
     # Kafka, its controller, Redis, streams, the first worker, the autoscaler, the further
     # workers, the front door.
@@ -165,7 +186,7 @@ def _settings(
         redis_port=base + 2,
         metrics_base_port=base + 3,
         api_port=base + 5 + max_replicas,
-        models_file=None,
+        models_file=models,
         tenants_file=None,
         autoscale=True,
         kv_cache_gib=1,  # three engines share 24 GiB here
@@ -391,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--max-replicas", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument(
+        "--inflight", type=int, default=INFLIGHT, help="generations at once per worker"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     exit_on_sigterm()  # the stack it started goes down with it
@@ -399,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_replicas,
         cache_dir=LocalSettings().cache_dir,
         max_tokens=args.max_tokens,
+        inflight=args.inflight,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "autoscale-burst.json").write_text(json.dumps(asdict(burst), indent=1))
