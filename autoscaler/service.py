@@ -60,13 +60,13 @@ class Autoscaler:
         await self._pools.start()
         reading = asyncio.create_task(self._pools.follow(), name="autoscaler-reads")
         metrics.READY.set(1)
-        log.info("autoscaling %s every %gs", sorted(self._models), self._settings.tick_s)
+        log.info("autoscaling %s every %gs", sorted(self._models), self._settings.autoscaler_tick_s)
         try:
             while not stop.is_set():
                 for name, model in self._models.items():
                     await self._tick(name, model)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._settings.tick_s)
+                    await asyncio.wait_for(stop.wait(), self._settings.autoscaler_tick_s)
         finally:
             metrics.READY.set(0)
             reading.cancel()

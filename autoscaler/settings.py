@@ -15,7 +15,7 @@ class AutoscalerSettings(ServiceSettings):
     """One autoscaler for every model of the catalog. The defaults are a cluster's (minutes);
     `llmq local up` shortens the windows so the loop shows on one machine."""
 
-    tick_s: float = Field(default=5.0, gt=0, le=300)
+    autoscaler_tick_s: float = Field(default=5.0, gt=0, le=300)
     """How often it looks at the backlog and decides (LLMQ_AUTOSCALER_TICK_S)."""
     drain_interactive_s: float = Field(default=10.0, gt=0)
     """Waiting interactive work should be done within this long (LLMQ_DRAIN_INTERACTIVE_S)."""

@@ -28,7 +28,7 @@ class GatewaySettings(ServiceSettings):
     tenants_file: Path | None = None
     """The tenants file (LLMQ_TENANTS_FILE): its [api_keys] table maps hashed keys to
     tenants. Without keys the front door serves tenant `default` on a loopback address only."""
-    default_lane: Lane = Lane.INTERACTIVE
+    api_default_lane: Lane = Lane.INTERACTIVE
     """The lane of a request that names none (LLMQ_API_DEFAULT_LANE)."""
     request_timeout_s: float = Field(default=600.0, gt=0, le=24 * 3600)
     """Each request's deadline: an answer not ready by then is `expired`, 408

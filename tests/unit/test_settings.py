@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, ServiceSettings
 from streams.settings import StreamSettings
 from tools.stack.settings import LocalSettings
 from workers.settings import WorkerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -254,3 +259,36 @@ def test_invalid_local_settings_are_rejected(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         LocalSettings()
+
+
+def _variables_read() -> set[str]:
+    """Every LLMQ_* variable some settings class reads: its prefix and field name."""
+    read = set()
+    for path in ROOT.glob("*/settings.py"):
+        module = importlib.import_module(f"{path.parent.name}.settings")
+        read |= {
+            f"{cls.model_config.get('env_prefix', '')}{name}".upper()
+            for cls in vars(module).values()
+            if isinstance(cls, type) and issubclass(cls, BaseSettings)
+            for name in cls.model_fields
+        }
+    return read | {
+        f"LLMQ_{name}".upper()
+        for name in importlib.import_module("tools.stack.settings").LocalSettings.model_fields
+    }
+
+
+def test_every_variable_the_docs_and_tools_name_is_one_a_service_reads() -> None:
+    read = _variables_read()
+    sources = [
+        ROOT / "README.md",
+        *ROOT.glob("docs/*.md"),
+        *ROOT.glob("*/settings.py"),
+        *ROOT.glob("tools/**/*.py"),
+    ]
+    named = {
+        (path.relative_to(ROOT).as_posix(), name)
+        for path in sources
+        for name in re.findall(r"\bLLMQ_[A-Z0-9_]*[A-Z0-9]\b", path.read_text(encoding="utf-8"))
+    }
+    assert sorted((where, name) for where, name in named if name not in read) == []
