@@ -49,6 +49,8 @@ class Observation:
     running: int
     partitions: int
     """The model's lane topics' partitions: more replicas than that would sit idle."""
+    capacity: Mapping[int, float] = field(default_factory=dict)
+    """Tokens per second of the whole pool at each size where it was measured busy."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,10 @@ class Decision:
 @dataclass
 class Policy:
     """The pool size for each observation: enough replicas to drain every lane's backlog
-    within its target while keeping up with arrivals, at the measured rate per replica;
-    within [min, max] and the partitions; up at once, down only after the stabilization
-    window; to zero after idle_s without work (when min is 0), back from zero on the first
-    record."""
+    within its target while keeping up with arrivals, at the measured rate per replica, or
+    the smallest pool measured to keep up; within [min, max] and the partitions; up at once,
+    down only after the stabilization window; to zero after idle_s without work (when min
+    is 0), back from zero on the first record."""
 
     targets: Targets
     _window: deque[tuple[float, int]] = field(default_factory=deque)
@@ -79,8 +81,13 @@ class Policy:
             lane: seen.backlog_tokens.get(lane, 0.0) / self.targets.drain_s[lane] for lane in Lane
         }
         rate = max(seen.tokens_per_s, 1e-9)
-        needed = (sum(drain.values()) + seen.arrival_tokens_per_s) / rate
+        work = sum(drain.values()) + seen.arrival_tokens_per_s
+        needed = work / rate
         raw = math.ceil(needed - 1e-9)
+        # A smaller pool measured to keep up is enough, whatever this size's rate says.
+        kept_up = sorted(n for n, tokens in seen.capacity.items() if 0 < n < raw and tokens >= work)
+        if kept_up:
+            raw = kept_up[0]
         # 2) Anything waiting needs a replica; nothing waiting for idle_s needs none.
         busy = seen.backlog_records > 0 or seen.arrival_tokens_per_s > 0
         floor = self._floor(busy, seen.now)
@@ -94,7 +101,7 @@ class Policy:
         while self._window and self._window[0][0] < horizon:
             self._window.popleft()
         desired = max(n for _, n in self._window)
-        why = self._reason(seen, needed=needed, floor=floor, cap=cap, desired=desired)
+        why = self._reason(seen, needed=needed, fits=raw, floor=floor, cap=cap, desired=desired)
         return Decision(desired, needed, why)
 
     def _floor(self, busy: bool, now: float) -> int:
@@ -106,7 +113,7 @@ class Policy:
         return 0 if idle else 1
 
     def _reason(
-        self, seen: Observation, *, needed: float, floor: int, cap: int, desired: int
+        self, seen: Observation, *, needed: float, fits: int, floor: int, cap: int, desired: int
     ) -> str:
         lanes = ", ".join(
             f"{lane.value} {seen.backlog_tokens.get(lane, 0.0):.0f} tok in "
@@ -119,10 +126,12 @@ class Policy:
             f"{work} ({seen.backlog_records} records) and {seen.arrival_tokens_per_s:.0f} tok/s "
             f"arriving need {needed:.2f} replicas at {seen.tokens_per_s:.0f} tok/s each"
         )
-        if desired > math.ceil(needed - 1e-9) and desired == floor:
+        if fits < math.ceil(needed - 1e-9):
+            why += f"; {fits} measured at {seen.capacity[fits]:.0f} tok/s keep up"
+        if desired > fits and desired == floor:
             why += f"; the floor is {floor}"
-        if math.ceil(needed - 1e-9) > cap:
+        if fits > cap:
             why += f"; capped at {cap} (max_replicas, partitions)"
-        if desired > min(max(math.ceil(needed - 1e-9), floor), cap):
+        if desired > min(max(fits, floor), cap):
             why += f"; held at {desired} by the {self.targets.stabilization_s:g}s down-scale window"
         return f"{desired} replicas: {why}"

@@ -26,25 +26,62 @@ class ArrivalRate:
 
 
 class ServiceRate:
-    """Tokens per second one replica serves: measured over windows in which the pool had
-    work waiting the whole time (an idle replica's rate says nothing of what it can do),
-    smoothed, and the prior until the first such window."""
+    """Tokens per second one replica serves: the tokens committed over the replica-seconds
+    of the latest `window_s` of serving with work waiting throughout (an idle replica's
+    rate says nothing of what it can do), and the prior until such serving committed any.
 
-    def __init__(self, prior: float, smoothing: float = 0.3) -> None:
-        self._estimate = prior
-        self._smoothing = smoothing
-        self.measured = False
+    A ratio of sums over a long window, not a smoothed rate per tick: generations started
+    together finish together, so commits come in lumps minutes apart, and a tick between
+    two lumps would pass for a replica that serves almost nothing."""
+
+    def __init__(self, prior: float, window_s: float = 300.0) -> None:
+        self._prior = prior
+        self._window_s = window_s
+        self._seen: deque[tuple[float, float]] = deque()
+        """(tokens, replica-seconds) of each saturated interval, oldest first."""
 
     def observe(self, served_tokens: float, replica_seconds: float, saturated: bool) -> None:
         """`served_tokens` in `replica_seconds` of serving, with work waiting throughout
         (`saturated`) or not."""
-        if not saturated or replica_seconds <= 0 or served_tokens <= 0:
+        if not saturated or replica_seconds <= 0:
             return
-        rate = served_tokens / replica_seconds
-        if not self.measured:
-            self._estimate, self.measured = rate, True
-        else:
-            self._estimate += self._smoothing * (rate - self._estimate)
+        self._seen.append((max(0.0, served_tokens), replica_seconds))
+        while sum(r for _, r in self._seen) - self._seen[0][1] >= self._window_s:
+            self._seen.popleft()
+
+    @property
+    def measured(self) -> bool:
+        """Whether saturated serving committed anything yet."""
+        return any(tokens > 0 for tokens, _ in self._seen)
 
     def per_s(self) -> float:
-        return self._estimate
+        if not self.measured:
+            return self._prior
+        return sum(t for t, _ in self._seen) / sum(r for _, r in self._seen)
+
+
+class PoolRates:
+    """The service rate measured at each pool size. A replica's rate depends on the size
+    where replicas share something (two engines on two CPU cores serve less than one), so
+    a smaller pool's capacity is what was measured at that size, not a guess from this one."""
+
+    def __init__(self, prior: float, window_s: float = 300.0) -> None:
+        self._prior = prior
+        self._window_s = window_s
+        self._by_size: dict[int, ServiceRate] = {}
+
+    def observe(self, served_tokens: float, seconds: float, size: int, saturated: bool) -> None:
+        """`served_tokens` in `seconds` by a pool of `size` replicas throughout."""
+        if size > 0:
+            rate = self._by_size.setdefault(size, ServiceRate(self._prior, self._window_s))
+            rate.observe(served_tokens, size * seconds, saturated)
+
+    def per_replica(self, size: int) -> float:
+        """One replica's rate in a pool of `size`: measured there, else at the nearest size
+        measured (the smaller of two as near), else the prior."""
+        measured = sorted(self.capacity(), key=lambda n: (abs(n - size), n))
+        return self._by_size[measured[0]].per_s() if measured else self._prior
+
+    def capacity(self) -> dict[int, float]:
+        """Tokens per second of the whole pool, at each size measured."""
+        return {n: n * r.per_s() for n, r in self._by_size.items() if r.measured}

@@ -15,7 +15,7 @@ from autoscaler import metrics
 from autoscaler.actuator import Actuator
 from autoscaler.policy import Decision, Observation, Policy
 from autoscaler.pools import Pools, PoolView
-from autoscaler.rates import ArrivalRate, ServiceRate
+from autoscaler.rates import ArrivalRate, PoolRates
 from autoscaler.settings import AutoscalerSettings
 from schemas.catalog import ModelSpec
 from schemas.lanes import Lane
@@ -35,7 +35,7 @@ class _Model:
 
     spec: ModelSpec
     policy: Policy
-    service: ServiceRate
+    service: PoolRates
     arrivals: ArrivalRate = field(default_factory=ArrivalRate)
     last: PoolView | None = None
     last_at: float | None = None
@@ -50,7 +50,7 @@ class Autoscaler:
         self._settings = settings
         self._actuator = actuator
         self._models = {
-            spec.name: _Model(spec, Policy(settings.targets()), ServiceRate(settings.tokens_per_s))
+            spec.name: _Model(spec, Policy(settings.targets()), PoolRates(settings.tokens_per_s))
             for spec in settings.catalog().models
         }
         self._pools = Pools(settings, list(self._models), "llmq-autoscaler")
@@ -93,13 +93,14 @@ class Autoscaler:
         await self._actuator.scale(name, decision.desired)
 
     def _observe(self, model: _Model, view: PoolView, now: float) -> Observation:
-        """The policy's inputs, and the service rate measured on a busy pool."""
+        """The policy's inputs, and the service rate measured on a busy pool of one size."""
         busy = view.backlog_records > view.members * model.spec.max_inflight
         last = model.last
-        if last is not None and model.last_at is not None:
+        if last is not None and model.last_at is not None and last.members == view.members:
             was_busy = last.backlog_records > last.members * model.spec.max_inflight
-            serving_s = min(last.members, view.members) * (now - model.last_at)
-            model.service.observe(view.served_tokens, serving_s, busy and was_busy)
+            model.service.observe(
+                view.served_tokens, now - model.last_at, view.members, busy and was_busy
+            )
         model.arrivals.observe(now, view.arrived_tokens)
         model.last, model.last_at = view, now
         return Observation(
@@ -107,9 +108,10 @@ class Autoscaler:
             backlog_tokens=view.backlog_tokens,
             backlog_records=view.backlog_records,
             arrival_tokens_per_s=model.arrivals.per_s(),
-            tokens_per_s=model.service.per_s(),
+            tokens_per_s=model.service.per_replica(view.members),
             running=view.members,
             partitions=view.partitions,
+            capacity=model.service.capacity(),
         )
 
     @staticmethod
@@ -121,4 +123,4 @@ class Autoscaler:
         for lane in Lane:
             metrics.BACKLOG_TOKENS.labels(name, lane.value).set(view.backlog_tokens.get(lane, 0.0))
         metrics.ARRIVALS.labels(name).set(model.arrivals.per_s())
-        metrics.SERVICE.labels(name).set(model.service.per_s())
+        metrics.SERVICE.labels(name).set(model.service.per_replica(view.members))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from autoscaler.ledger import Ledger
 from autoscaler.policy import Observation, Policy, Targets
-from autoscaler.rates import ArrivalRate, ServiceRate
+from autoscaler.rates import ArrivalRate, PoolRates, ServiceRate
 from schemas.lanes import Lane
 
 DRAIN = {Lane.INTERACTIVE: 10.0, Lane.STANDARD: 60.0, Lane.BATCH: 600.0}
@@ -49,6 +51,19 @@ def test_arrivals_count_as_well_as_the_backlog() -> None:
     assert decision.needed == pytest.approx(1.0 + 1.5)  # 6,000 / 60 / 100 + 150 / 100
     assert decision.desired == 3
     assert decision.reason.startswith("3 replicas: standard 6000 tok in 60s")
+
+
+def test_a_smaller_pool_measured_to_keep_up_is_enough() -> None:
+    """Two engines on two cores serve 53 tok/s each; one alone served 150: 66 tok/s of
+    arrivals need 1.25 replicas at this size's rate, but one replica kept up with more."""
+    seen = _seen(0, arrival_tokens_per_s=66, tokens_per_s=53, running=2)
+    measured = replace(seen, capacity={1: 150.0, 2: 106.0})
+    assert _policy().decide(seen).desired == 2
+    decision = _policy().decide(measured)
+    assert decision.desired == 1 and decision.needed == pytest.approx(66 / 53)
+    assert "1 measured at 150 tok/s keep up" in decision.reason
+    # More work than any measured size kept up with: the rate of this size decides.
+    assert _policy().decide(replace(measured, arrival_tokens_per_s=160)).desired == 4
 
 
 def test_partitions_cap_the_pool() -> None:
@@ -106,13 +121,43 @@ def test_a_burst_right_after_the_start_is_not_a_rate_either() -> None:
 
 
 def test_the_service_rate_is_measured_on_a_busy_pool_only() -> None:
-    rate = ServiceRate(prior=600, smoothing=0.5)
+    rate = ServiceRate(prior=600, window_s=100)
     rate.observe(served_tokens=100, replica_seconds=10, saturated=False)
     assert rate.per_s() == 600 and not rate.measured
+    rate.observe(served_tokens=0, replica_seconds=10, saturated=True)
+    assert rate.per_s() == 600 and not rate.measured  # nothing committed yet
     rate.observe(served_tokens=4_000, replica_seconds=10, saturated=True)
-    assert rate.per_s() == 400 and rate.measured
+    assert rate.per_s() == 200 and rate.measured
     rate.observe(served_tokens=2_000, replica_seconds=10, saturated=True)
-    assert rate.per_s() == 300
+    assert rate.per_s() == 200
+    rate.observe(served_tokens=900, replica_seconds=10, saturated=False)
+    assert rate.per_s() == 200  # idle time says nothing
+
+
+def test_lumpy_commits_average_out_over_the_window() -> None:
+    """Generations that start together finish together: 3,500 tokens every 35 s of a
+    replica's time is 100 tok/s, however the ticks (5 s) fall between the lumps."""
+    rate = ServiceRate(prior=600, window_s=120)
+    seen = []
+    for tick in range(70):
+        rate.observe(3_500 if tick % 7 == 6 else 0, 5, saturated=True)
+        seen.append(rate.per_s())
+    full = seen[24:]  # once the window holds 120 s
+    assert min(full) >= 100 * 0.8 and max(full) <= 100 * 1.25
+    assert seen[5] == 600  # the prior, until the first lump
+
+
+def test_each_pool_size_has_its_own_rate() -> None:
+    rates = PoolRates(prior=600, window_s=100)
+    assert rates.per_replica(2) == 600 and rates.capacity() == {}
+    rates.observe(served_tokens=1_500, seconds=10, size=1, saturated=True)
+    assert rates.per_replica(1) == 150 and rates.per_replica(3) == 150  # the nearest measured
+    rates.observe(served_tokens=1_000, seconds=10, size=2, saturated=True)
+    rates.observe(served_tokens=5_000, seconds=10, size=3, saturated=False)  # not busy
+    assert rates.capacity() == {1: 150, 2: 100}
+    assert rates.per_replica(2) == 50 and rates.per_replica(3) == 50
+    rates.observe(served_tokens=1_000, seconds=10, size=0, saturated=True)  # nobody serves
+    assert rates.capacity() == {1: 150, 2: 100}
 
 
 def test_the_ledger_weighs_records_by_their_tokens() -> None:
