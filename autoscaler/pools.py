@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from autoscaler.ledger import Ledger
-from llmq.groups import group_sizes
+from llmq.groups import describe_groups
 from llmq.tail import assigned
 from schemas.lanes import Lane
 from schemas.names import HEADER_TOKENS, split_work_topic, work_topic, worker_group
@@ -131,7 +131,8 @@ class Pools:
             self._committed[tp] = done
             tokens[_lane_of(tp)] += ledger.between(done, ends[tp])
             records += max(0, ends[tp] - done)
-        members = (await group_sizes(admin, [worker_group(model)]))[worker_group(model)]
+        group = worker_group(model)
+        members = (await describe_groups(admin, [group]))[group].members
         return PoolView(
             dict(tokens), records, served, self._arrived[model], members, len(partitions)
         )

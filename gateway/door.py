@@ -74,7 +74,7 @@ class FrontDoor:
         return tenant
 
     async def check_served(self, model: str | None) -> None:
-        """503 when no worker serves the model (for `auto`: no model at all)."""
+        """503 when no worker serves the model nor ever did (for `auto`: no model at all)."""
         models = self.catalog.names if model in (None, AUTO) else [model or ""]
         if not await self.serving.serves(models):
             why = f"no worker serves {model}: start one (llmq local up) and try again"

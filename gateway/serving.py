@@ -1,4 +1,5 @@
-"""Which models some worker serves now: the members of their consumer groups, as Kafka says."""
+"""Which models some worker serves, or will once its pool grows again: the workers'
+consumer groups, as Kafka says."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from llmq.groups import group_sizes
+from llmq.groups import EMPTY, Group, describe_groups
 from schemas.names import worker_group
 from schemas.settings import ServiceSettings
 
@@ -17,8 +18,11 @@ log = logging.getLogger(__name__)
 
 class Serving:
     """Answers "does any worker serve this model?" from the workers' consumer groups, each
-    answer kept for `ttl_s`. When Kafka cannot say, it answers yes: the request then waits
-    in its topic, as it would for a worker that is starting."""
+    answer kept for `ttl_s`: yes while the group has members, and for a pool scaled to zero
+    (its group empty but kept, with its offsets: the autoscaler brings a worker back on
+    the first record); no for a model no worker ever served (no group). When Kafka cannot
+    say, it answers yes: the request then waits in its topic, as it would for a worker
+    that is starting."""
 
     def __init__(self, settings: ServiceSettings, client_id: str, ttl_s: float = 5.0) -> None:
         self._settings = settings
@@ -46,10 +50,15 @@ class Serving:
         stale = [m for m in models if now - self._known.get(m, (-1e9, True))[0] > self._ttl_s]
         if stale and self._admin is not None:
             try:
-                sizes = await group_sizes(self._admin, [worker_group(m) for m in stale])
+                groups = await describe_groups(self._admin, [worker_group(m) for m in stale])
             except KafkaError as exc:
                 log.warning("cannot see the workers' groups (assuming they serve): %r", exc)
                 return True
             for model in stale:
-                self._known[model] = (now, sizes[worker_group(model)] > 0)
+                self._known[model] = (now, servable(groups[worker_group(model)]))
         return any(self._known[m][1] for m in models)
+
+
+def servable(group: Group) -> bool:
+    """A worker serves the group's model now, or did and its pool is at zero."""
+    return group.members > 0 or group.state == EMPTY

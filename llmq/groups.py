@@ -1,23 +1,42 @@
-"""Kafka consumer groups as llmq's apps see them: how many members each has now."""
+"""Kafka consumer groups as llmq's apps see them: how many members each has now, and
+whether it exists at all."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-MEMBERS = 5
-"""Where a group's members are in a DescribeGroups response entry (every version llmq meets)."""
+STATE, MEMBERS = 2, 5
+"""Where a group's state and members are in a DescribeGroups response entry (every version
+llmq meets)."""
+EMPTY, DEAD = "Empty", "Dead"
+"""Kafka's states of a group without members: one that keeps its committed offsets (its
+members left, e.g. a pool scaled to zero), and one that does not exist."""
 
 
-async def group_sizes(admin: AIOKafkaAdminClient, groups: Sequence[str]) -> dict[str, int]:
-    """Members of each group (0 for one that is empty or unknown). Raises KafkaError.
+class Group(NamedTuple):
+    """One consumer group now."""
+
+    members: int
+    state: str
+    """Kafka's: Stable, PreparingRebalance, CompletingRebalance, Empty or Dead."""
+
+
+async def describe_groups(admin: AIOKafkaAdminClient, groups: Sequence[str]) -> dict[str, Group]:
+    """Each group's members and state (Dead for one that does not exist). Raises KafkaError.
 
     One group per request: aiokafka 0.14 decodes a DescribeGroups v3 answer with the v2
     schema, which lacks each group's trailing authorized_operations field, so an answer
     about two groups or more fails ("Buffer underrun") and drops the connection.
     """
     answers = await asyncio.gather(*(admin.describe_consumer_groups([g]) for g in groups))
-    sizes = {g[1]: len(g[MEMBERS]) for responses in answers for r in responses for g in r.groups}
-    return {group: sizes.get(group, 0) for group in groups}
+    found = {
+        g[1]: Group(len(g[MEMBERS]), g[STATE])
+        for responses in answers
+        for r in responses
+        for g in r.groups
+    }
+    return {group: found.get(group, Group(0, DEAD)) for group in groups}

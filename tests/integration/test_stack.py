@@ -8,14 +8,16 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 
 from llmq.client import Client
-from llmq.groups import group_sizes
-from schemas.names import worker_group
+from llmq.groups import DEAD, EMPTY, Group, describe_groups
+from schemas.names import REQUESTS, worker_group
 from schemas.request import CacheMode
 from tools.stack.stack import LocalStack
 
@@ -41,19 +43,29 @@ def test_status_reports_every_component_ready(cli_env: dict[str, str], llmq_bin:
         assert " yes " in line, line
 
 
-def test_every_workers_group_is_counted_in_one_call(stack: LocalStack) -> None:
+def test_every_workers_group_is_described_in_one_call(stack: LocalStack) -> None:
+    """Each model's group has its worker; a group whose members left keeps its offsets
+    (Empty: a pool scaled to zero), one nobody joined does not exist (Dead)."""
     groups = [worker_group(name) for name in stack.catalog.names]
+    left, nobody = f"llmq.test.left.{uuid.uuid4().hex[:8]}", "llmq.test.nobody"
+    consumer = KafkaConsumer(
+        bootstrap_servers=stack.settings.kafka_bootstrap, group_id=left, enable_auto_commit=False
+    )
+    consumer.commit({TopicPartition(REQUESTS, 0): OffsetAndMetadata(0, "", -1)})
+    consumer.close()
 
-    async def sizes() -> dict[str, int]:
+    async def describe() -> dict[str, Group]:
         admin = AIOKafkaAdminClient(bootstrap_servers=stack.settings.kafka_bootstrap)
         await admin.start()
         try:
-            return await group_sizes(admin, [*groups, "llmq.workers.nobody"])
+            return await describe_groups(admin, [*groups, left, nobody])
         finally:
             await admin.close()
 
-    # One worker per model (no autoscaler here), and none in a group nobody joined.
-    assert asyncio.run(sizes()) == {**dict.fromkeys(groups, 1), "llmq.workers.nobody": 0}
+    found = asyncio.run(describe())
+    # One worker per model (no autoscaler here).
+    assert {g: found[g].members for g in groups} == dict.fromkeys(groups, 1)
+    assert found[left] == Group(0, EMPTY) and found[nobody] == Group(0, DEAD)
 
 
 def test_starting_twice_starts_nothing(stack: LocalStack) -> None:

@@ -1,0 +1,21 @@
+"""Which pools the front door sends work to: those with workers, and those scaled to zero."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.serving import servable
+from llmq.groups import DEAD, EMPTY, Group
+
+
+@pytest.mark.parametrize(
+    ("group", "expected"),
+    [
+        (Group(2, "Stable"), True),
+        (Group(1, "PreparingRebalance"), True),
+        (Group(0, EMPTY), True),  # scaled to zero: the first record brings a worker back
+        (Group(0, DEAD), False),  # no worker ever served it
+    ],
+)
+def test_a_pool_is_servable_with_workers_or_scaled_to_zero(group: Group, expected: bool) -> None:
+    assert servable(group) is expected
