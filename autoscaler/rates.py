@@ -34,7 +34,7 @@ class ServiceRate:
     together finish together, so commits come in lumps minutes apart, and a tick between
     two lumps would pass for a replica that serves almost nothing."""
 
-    def __init__(self, prior: float, window_s: float = 300.0) -> None:
+    def __init__(self, prior: float, window_s: float = 600.0) -> None:
         self._prior = prior
         self._window_s = window_s
         self._seen: deque[tuple[float, float]] = deque()
@@ -65,7 +65,7 @@ class PoolRates:
     where replicas share something (two engines on two CPU cores serve less than one), so
     a smaller pool's capacity is what was measured at that size, not a guess from this one."""
 
-    def __init__(self, prior: float, window_s: float = 300.0) -> None:
+    def __init__(self, prior: float, window_s: float = 600.0) -> None:
         self._prior = prior
         self._window_s = window_s
         self._by_size: dict[int, ServiceRate] = {}

@@ -8,12 +8,12 @@ from schemas.catalog import Catalog
 from tools.bench.autoscale_burst import _catalog, _latency_windows
 
 
-def test_the_burst_catalog_is_the_builtin_one_with_fewer_in_flight(tmp_path: Path) -> None:
-    loaded = Catalog.load(_catalog(tmp_path / "models.toml", 16))
+def test_the_burst_catalog_is_the_builtin_one_with_a_longer_timeout(tmp_path: Path) -> None:
+    loaded = Catalog.load(_catalog(tmp_path / "models.toml", 900.0))
     builtin = Catalog.builtin()
     assert loaded.default == builtin.default
-    assert [m.max_inflight for m in loaded.models] == [16]
-    assert [m.model_copy(update={"max_inflight": 64}) for m in loaded.models] == builtin.models
+    assert [m.timeout_s for m in loaded.models] == [900.0]
+    assert [m.model_copy(update={"timeout_s": 300.0}) for m in loaded.models] == builtin.models
 
 
 def test_latency_windows_give_each_window_its_median_and_p99() -> None:
