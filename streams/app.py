@@ -29,6 +29,7 @@ from streams.coalesce import Coalescer
 from streams.compress import compress
 from streams.embedder import Embedder
 from streams.gate import TenantGate
+from streams.offsets import install as guard_commits
 from streams.outbox import Outbox
 from streams.ratelimit import RateLimiter
 from streams.semantic import SemanticCache
@@ -88,6 +89,7 @@ def broker_credentials(security: KafkaSecurity) -> CredentialsT | None:
 
 def build(settings: StreamSettings) -> faust.App:
     """The app with its agents; run it with faust's Worker."""
+    guard_commits()
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
