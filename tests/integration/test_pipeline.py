@@ -12,11 +12,13 @@ import pytest
 
 from llmq.client import Client, tail
 from schemas.errors import ErrorCode
-from schemas.names import DLQ, HEADER_ERROR_CODE, HEADER_REASON, REQUESTS
+from schemas.names import DLQ, HEADER_ERROR_CODE, HEADER_REASON, REQUESTS, STREAMS_APP_ID
 from schemas.request import CacheMode
 from schemas.result import CacheStatus, InferenceResult
 from schemas.settings import ServiceSettings
 from tests.integration.helpers import collect, header, metric
+from tools.faults.probe import Backlog
+from tools.faults.rig import wait_until
 from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -58,6 +60,13 @@ def test_fifty_concurrent_requests_each_answered_exactly_once(
     replies.close()
     counts = Counter(InferenceResult.model_validate_json(r.value).correlation_id for r in records)
     assert counts == Counter({cid: 1 for cid in ids})
+    # And the stream processor committed every request it answered: a commit stalled
+    # behind a record it thinks in flight would have them all admitted again on a restart.
+    lag = Backlog(service_settings.kafka_bootstrap, STREAMS_APP_ID, [REQUESTS])
+    try:
+        assert wait_until(lambda: lag() == 0, 30), lag()
+    finally:
+        lag.close()
 
 
 def test_a_repeated_deterministic_request_is_served_from_the_cache(
