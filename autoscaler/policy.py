@@ -25,6 +25,10 @@ class Targets:
     up at once, down after a while, no flapping."""
     idle_s: float = 120.0
     """With min_replicas 0: how long without work before the last replica goes."""
+    headroom: float = 0.2
+    """Fewer replicas than the present figure only if they would have this share spare:
+    work that hovers at a boundary (0.95 of one replica, then 1.05) does not flip the
+    pool down and up again."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
@@ -74,6 +78,7 @@ class Policy:
     targets: Targets
     _window: deque[tuple[float, int]] = field(default_factory=deque)
     _idle_since: float | None = None
+    _desired: int | None = None
 
     def decide(self, seen: Observation) -> Decision:
         # 1) The work: each lane's backlog over its drain target, plus the arrivals.
@@ -84,8 +89,15 @@ class Policy:
         work = sum(drain.values()) + seen.arrival_tokens_per_s
         needed = work / rate
         raw = math.ceil(needed - 1e-9)
-        # A smaller pool measured to keep up is enough, whatever this size's rate says.
-        kept_up = sorted(n for n, tokens in seen.capacity.items() if 0 < n < raw and tokens >= work)
+        # Down only with headroom: the smaller figure must hold the work with some spare.
+        spare = 1 + self.targets.headroom
+        if self._desired is not None and raw < self._desired:
+            raw = min(self._desired, math.ceil(needed * spare - 1e-9))
+        # A smaller pool measured to keep up (with headroom) is enough, whatever this size's
+        # rate says.
+        kept_up = sorted(
+            n for n, tokens in seen.capacity.items() if 0 < n < raw and tokens >= work * spare
+        )
         if kept_up:
             raw = kept_up[0]
         # 2) Anything waiting needs a replica; nothing waiting for idle_s needs none.
@@ -101,6 +113,7 @@ class Policy:
         while self._window and self._window[0][0] < horizon:
             self._window.popleft()
         desired = max(n for _, n in self._window)
+        self._desired = desired
         why = self._reason(seen, needed=needed, fits=raw, floor=floor, cap=cap, desired=desired)
         return Decision(desired, needed, why)
 
