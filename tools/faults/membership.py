@@ -122,8 +122,8 @@ def streams_join(rig: Rig, out: Outcome) -> None:
 
 def autoscale_down(rig: Rig, out: Outcome) -> None:
     """The autoscaler starts a second worker for a batch burst, then stops it (SIGTERM,
-    so it drains) once the backlog no longer needs it, with work in flight on it: the
-    backlog counts records until committed, so that is late in the burst."""
+    so it drains) once the backlog no longer needs it, with part of the burst unanswered:
+    the backlog counts records until committed, so that is late in the burst."""
     auto = rig.stack.autoscaler(AUTOSCALE)
     extra = rig.stack.replica(rig.model, 2)
     try:
@@ -158,19 +158,34 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
     finally:
         auto.proc.stop()
         extra.proc.stop()
-    said = "\n".join(log_lines(extra.proc, lines=200))
+    said = "\n".join(log_lines(extra.proc, run=1, lines=200))  # its first run
+    starts = extra.proc.log_file.read_text(errors="replace").count(f" starting {extra.proc.name}\n")
     out.notes.append(
         f"the autoscaler stopped {extra.proc.name} with {seen['in_flight']:.0f} in flight and "
         f"{seen['left']:.0f} of the burst unanswered"
     )
+    out.findings += _scale_down_findings(
+        extra.proc.name, served=served, down=down, left=seen["left"], said=said, starts=starts
+    )
+
+
+def _scale_down_findings(
+    name: str, *, served: bool, down: bool, left: float, said: str, starts: int
+) -> list[str]:
+    """What went wrong with the extra worker `name`: it never served, never left, left
+    only after the burst, was killed rather than drained, or was started again."""
+    found = []
     if not served:
-        out.findings.append(f"the autoscaler did not bring {extra.proc.name} into service")
+        found.append(f"the autoscaler did not bring {name} into service")
     elif not down:
-        out.findings.append(f"the autoscaler did not take {extra.proc.name} away")
-    elif seen["in_flight"] == 0:
-        out.findings.append("the scale-down came after the burst: nothing was in flight on it")
+        found.append(f"the autoscaler did not take {name} away")
+    elif left == 0:
+        found.append("the scale-down came after the burst: all of it was answered")
     if down and " stopped" not in said:
-        out.findings.append(f"{extra.proc.name} did not drain and exit by itself")
+        found.append(f"{name} did not drain and exit by itself")
+    if starts > 1:
+        found.append(f"the autoscaler started {name} {starts} times (flapping)")
+    return found
 
 
 def crash_loop(rig: Rig, out: Outcome) -> None:
