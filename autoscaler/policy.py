@@ -141,6 +141,8 @@ class Policy:
         )
         if fits < math.ceil(needed - 1e-9):
             why += f"; {fits} measured at {seen.capacity[fits]:.0f} tok/s keep up"
+        if fits > max(math.ceil(needed - 1e-9), 1):
+            why += f"; fewer would have less than {self.targets.headroom:.0%} to spare"
         if desired > fits and desired == floor:
             why += f"; the floor is {floor}"
         if fits > cap:

@@ -70,7 +70,8 @@ def test_down_only_with_headroom_so_work_at_a_boundary_does_not_flip_the_pool() 
     policy = _policy(stabilization_s=0)
     # 1.5 replicas of work: 2; then 0.9: one would hold it with only 10% spare, so 2 stay.
     assert policy.decide(_seen(0, arrival_tokens_per_s=150)).desired == 2
-    assert policy.decide(_seen(1, arrival_tokens_per_s=90)).desired == 2
+    held = policy.decide(_seen(1, arrival_tokens_per_s=90))
+    assert held.desired == 2 and "fewer would have less than 20% to spare" in held.reason
     # 0.8: one holds it with 20% spare, so 1; more than one's worth goes up at once.
     assert policy.decide(_seen(2, arrival_tokens_per_s=80)).desired == 1
     assert policy.decide(_seen(3, arrival_tokens_per_s=105)).desired == 2
