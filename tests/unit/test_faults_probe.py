@@ -43,4 +43,7 @@ def test_log_lines_are_the_end_of_one_run(tmp_path: Path) -> None:
     assert log_lines(proc) == ["second run"]
     assert log_lines(proc, run=-2) == ["first run", "it crashed"]
     assert log_lines(proc, run=-3) == []
+    assert log_lines(proc, run=1) == ["first run", "it crashed"]
+    assert log_lines(proc, run=2) == ["second run"]
+    assert log_lines(proc, run=3) == []
     assert log_lines(Proc("none", ["true"], tmp_path)) == []

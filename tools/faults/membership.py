@@ -30,6 +30,7 @@ from tools.faults.scenarios import (
     counts,
     header_map,
 )
+from tools.stack.stack import Component
 from workers.starts import DEFAULT_MAX_STARTS
 
 BROKER_DOWN_S = 30.0
@@ -126,6 +127,7 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
     the backlog counts records until committed, so that is late in the burst."""
     auto = rig.stack.autoscaler(AUTOSCALE)
     extra = rig.stack.replica(rig.model, 2)
+    earlier = _starts(extra)  # scale-down ran this replica before
     try:
         rig.stack.start(auto, say=lambda line: rig.say(f"  {line}"))
         with Load(rig.bootstrap, out.scenario) as load:
@@ -158,8 +160,8 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
     finally:
         auto.proc.stop()
         extra.proc.stop()
-    said = "\n".join(log_lines(extra.proc, run=1, lines=200))  # its first run
-    starts = extra.proc.log_file.read_text(errors="replace").count(f" starting {extra.proc.name}\n")
+    starts = _starts(extra) - earlier
+    said = "\n".join(log_lines(extra.proc, run=earlier + 1, lines=200))  # its first run here
     out.notes.append(
         f"the autoscaler stopped {extra.proc.name} with {seen['in_flight']:.0f} in flight and "
         f"{seen['left']:.0f} of the burst unanswered"
@@ -167,6 +169,15 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
     out.findings += _scale_down_findings(
         extra.proc.name, served=served, down=down, left=seen["left"], said=said, starts=starts
     )
+
+
+def _starts(component: Component) -> int:
+    """How many times the component was started (its log marks each start)."""
+    try:
+        text = component.proc.log_file.read_text(errors="replace")
+    except FileNotFoundError:
+        return 0
+    return text.count(f" starting {component.proc.name}\n")
 
 
 def _scale_down_findings(

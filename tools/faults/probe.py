@@ -141,14 +141,14 @@ class Peaks:
 
 
 def log_lines(proc: Proc, run: int = -1, lines: int = 6) -> list[str]:
-    """The last lines a process logged in one of its runs (-1 the latest, -2 the one
-    before): what a process that died said last."""
+    """The last lines a process logged in one of its runs (1 the first, -1 the latest, -2
+    the one before): what a process that died said last."""
     try:
         text = proc.log_file.read_text(errors="replace")
     except FileNotFoundError:
         return []
     runs = text.split(f" starting {proc.name}\n")
-    if len(runs) < -run + 1:
-        return []
+    if not 0 < (run if run > 0 else len(runs) + run) < len(runs):
+        return []  # no such run (index 0 is what precedes the first)
     said = [line for line in runs[run].splitlines() if line.strip() and line[:4] != "=== "]
     return said[-lines:]
