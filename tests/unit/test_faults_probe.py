@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.faults.probe import Peaks, log_lines, rss_bytes
+from tools.faults.probe import Peaks, log_lines, rss_bytes, starts
 from tools.stack.procs import Proc
 
 
@@ -46,4 +46,5 @@ def test_log_lines_are_the_end_of_one_run(tmp_path: Path) -> None:
     assert log_lines(proc, run=1) == ["first run", "it crashed"]
     assert log_lines(proc, run=2) == ["second run"]
     assert log_lines(proc, run=3) == []
+    assert starts(proc) == 2 and starts(Proc("none", ["true"], tmp_path)) == 0
     assert log_lines(Proc("none", ["true"], tmp_path)) == []

@@ -19,7 +19,7 @@ from schemas.request import CacheMode, InferenceRequest
 from schemas.stream import TokenDelta
 from tools.faults.load import Load
 from tools.faults.outcome import Outcome
-from tools.faults.probe import log_lines, metric, partition_leaders
+from tools.faults.probe import log_lines, metric, partition_leaders, starts
 from tools.faults.rig import Rig, kill9, wait_until
 from tools.faults.scenarios import (
     AFTER_S,
@@ -30,7 +30,6 @@ from tools.faults.scenarios import (
     counts,
     header_map,
 )
-from tools.stack.stack import Component
 from workers.starts import DEFAULT_MAX_STARTS
 
 BROKER_DOWN_S = 30.0
@@ -127,7 +126,7 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
     the backlog counts records until committed, so that is late in the burst."""
     auto = rig.stack.autoscaler(AUTOSCALE)
     extra = rig.stack.replica(rig.model, 2)
-    earlier = _starts(extra)  # scale-down ran this replica before
+    earlier = starts(extra.proc)  # scale-down ran this replica before
     try:
         rig.stack.start(auto, say=lambda line: rig.say(f"  {line}"))
         with Load(rig.bootstrap, out.scenario) as load:
@@ -160,24 +159,15 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
     finally:
         auto.proc.stop()
         extra.proc.stop()
-    starts = _starts(extra) - earlier
+    runs = starts(extra.proc) - earlier
     said = "\n".join(log_lines(extra.proc, run=earlier + 1, lines=200))  # its first run here
     out.notes.append(
         f"the autoscaler stopped {extra.proc.name} with {seen['in_flight']:.0f} in flight and "
         f"{seen['left']:.0f} of the burst unanswered"
     )
     out.findings += _scale_down_findings(
-        extra.proc.name, served=served, down=down, left=seen["left"], said=said, starts=starts
+        extra.proc.name, served=served, down=down, left=seen["left"], said=said, starts=runs
     )
-
-
-def _starts(component: Component) -> int:
-    """How many times the component was started (its log marks each start)."""
-    try:
-        text = component.proc.log_file.read_text(errors="replace")
-    except FileNotFoundError:
-        return 0
-    return text.count(f" starting {component.proc.name}\n")
 
 
 def _scale_down_findings(

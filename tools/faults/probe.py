@@ -140,14 +140,24 @@ class Peaks:
             self.sample()
 
 
-def log_lines(proc: Proc, run: int = -1, lines: int = 6) -> list[str]:
-    """The last lines a process logged in one of its runs (1 the first, -1 the latest, -2
-    the one before): what a process that died said last."""
+def _runs(proc: Proc) -> list[str]:
+    """Its log split at each start's mark: what precedes the first, then one per run."""
     try:
         text = proc.log_file.read_text(errors="replace")
     except FileNotFoundError:
-        return []
-    runs = text.split(f" starting {proc.name}\n")
+        return [""]
+    return text.split(f" starting {proc.name}\n")
+
+
+def starts(proc: Proc) -> int:
+    """How many times the process was started (its log marks each start)."""
+    return len(_runs(proc)) - 1
+
+
+def log_lines(proc: Proc, run: int = -1, lines: int = 6) -> list[str]:
+    """The last lines a process logged in one of its runs (1 the first, -1 the latest, -2
+    the one before): what a process that died said last."""
+    runs = _runs(proc)
     if not 0 < (run if run > 0 else len(runs) + run) < len(runs):
         return []  # no such run (index 0 is what precedes the first)
     said = [line for line in runs[run].splitlines() if line.strip() and line[:4] != "=== "]
