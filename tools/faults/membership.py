@@ -40,20 +40,30 @@ SCALE_WAIT_S = 300.0
 """How long the pool may take to grow: an engine loads beside a busy one (2-3 min here)."""
 DESIRED = "llmq_autoscaler_desired_replicas"
 SHRINK_WAIT_S = 600.0
-"""How long it may take to shrink: the burst's backlog, counted until committed, falls
-below one worker's share late in the burst."""
+"""How long it may take to shrink: the burst's interactive part, counted until committed,
+is done late, in a lump of generations that finish together."""
 AUTOSCALE = {
-    "LLMQ_DRAIN_BATCH_S": "40",
+    "LLMQ_DRAIN_INTERACTIVE_S": "40",
+    "LLMQ_DRAIN_STANDARD_S": "3600",
+    "LLMQ_DRAIN_BATCH_S": "3600",
     "LLMQ_STABILIZATION_S": "10",
     "LLMQ_IDLE_S": "600",
     "LLMQ_AUTOSCALER_TICK_S": "1",
+    "LLMQ_TOKENS_PER_S": "150",
 }
-"""The autoscaler's windows for the scale-down: a second worker while a batch backlog needs
-more than 40 s of one, down 10 s after it no longer does, never to zero."""
-BURST = 200
-BURST_TOKENS = 160
-"""The burst that the pool grows for: about five minutes of one worker's generation here,
-fixed (not scaled), so that a second worker loads and joins before it is served."""
+"""The autoscaler's windows for the scale-down: interactive work should be done within 40 s
+(the burst's interactive part needs a second worker), the rest within an hour (the batch
+part and the steady load alone do not); down 10 s after the pool no longer needs two, never
+to zero; a CPU's rate per worker (not a GPU's) until measured."""
+URGENT_PART, URGENT_TOKENS = 150, 160
+"""The burst's interactive part, that the pool grows for: a few minutes of one worker's generation
+here, fixed (not scaled), so that a second worker loads and joins before it is served."""
+BATCH_PART, BATCH_TOKENS = 100, 256
+"""The burst's part served mostly after it (a lower lane yields to a higher one): most
+of it still unanswered when the pool shrinks here."""
+STEADY_RATE = 1.0
+"""The steady load's most requests a second here: one worker must keep up with it with
+room to spare, or no scale-down would be right."""
 
 
 def broker_kill(rig: Rig, out: Outcome) -> None:
@@ -121,21 +131,29 @@ def streams_join(rig: Rig, out: Outcome) -> None:
 
 
 def autoscale_down(rig: Rig, out: Outcome) -> None:
-    """The autoscaler starts a second worker for a batch burst, then stops it (SIGTERM,
-    so it drains) once the backlog no longer needs it, with part of the burst unanswered:
-    the backlog counts records until committed, so that is late in the burst."""
+    """The autoscaler starts a second worker for a burst, then stops it (SIGTERM, so it
+    drains) once the burst's interactive part is done and its batch part, whose drain
+    target is long, needs one worker: the batch part is then still being answered."""
     auto = rig.stack.autoscaler(AUTOSCALE)
     extra = rig.stack.replica(rig.model, 2)
     earlier = starts(extra.proc)  # scale-down ran this replica before
     try:
         rig.stack.start(auto, say=lambda line: rig.say(f"  {line}"))
         with Load(rig.bootstrap, out.scenario) as load:
-            load.steady(rig.rate)
-            rig.say(f"a burst of {BURST} batch requests of {BURST_TOKENS} tokens")
+            load.steady(min(rig.rate, STEADY_RATE))
+            rig.say(
+                f"a burst of {URGENT_PART} interactive requests of {URGENT_TOKENS} tokens "
+                f"and {BATCH_PART} batch requests of {BATCH_TOKENS}"
+            )
             fault_at = time.monotonic()
+            parts = [
+                (URGENT_PART, URGENT_TOKENS, Lane.INTERACTIVE),
+                (BATCH_PART, BATCH_TOKENS, Lane.BATCH),
+            ]
             burst = [
-                load.send(_long(load, BURST_TOKENS, lane=Lane.BATCH, cache=CacheMode.OFF))
-                for _ in range(BURST)
+                load.send(_long(load, tokens, lane=lane, cache=CacheMode.OFF))
+                for size, tokens, lane in parts
+                for _ in range(size)
             ]
             # 1) Up: the second worker starts, joins its group and serves.
             served = wait_until(
@@ -151,7 +169,7 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
                     return True
                 if (metric(auto.endpoint, DESIRED, model=rig.model.name) or 0) >= 2:
                     seen["in_flight"] = rig.in_flight(extra)
-                    seen["left"] = BURST - sum(load.first_reply(c) is not None for c in burst)
+                    seen["left"] = len(burst) - sum(load.first_reply(c) is not None for c in burst)
                 return False
 
             down = served and wait_until(gone, SHRINK_WAIT_S, interval_s=0.5)

@@ -42,8 +42,8 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "scale-down": Scenario("SIGTERM of one of two workers (scale-down) under load", scale_down),
     "autoscale-down": Scenario(
-        "the autoscaler adds a worker for a burst, then takes it away (SIGTERM) under load as "
-        "the backlog drains",
+        "the autoscaler adds a worker for a burst, then takes it away (SIGTERM) under load "
+        "with the burst's batch part unanswered",
         autoscale_down,
     ),
     "crash-loop": Scenario(
