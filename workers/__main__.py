@@ -201,9 +201,13 @@ def engine_factory(settings: WorkerSettings, spec: ModelSpec) -> Callable[[], Se
         raise ValueError("engine 'vllm' needs a `source`")
     os.environ.update(settings.engine_env())
     checkpoint = resolve_model_source(spec.source, settings.cache_dir / "models")
-    from workers.vllm_engine import VllmEngine  # noqa: PLC0415 -- torch and vLLM: "vllm" only
+    from workers.vllm_engine import (  # noqa: PLC0415 -- torch and vLLM: "vllm" only
+        VllmEngine,
+        engine_args,
+    )
 
-    return partial(VllmEngine, spec, checkpoint, settings.gpu_memory_utilization)
+    args = engine_args(spec, checkpoint, settings.gpu_memory_utilization)
+    return partial(VllmEngine, spec, checkpoint, args)
 
 
 if __name__ == "__main__":

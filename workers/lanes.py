@@ -4,10 +4,12 @@ Records wait here between their fetch and their start, one bounded FIFO per lane
 worker can choose by lane instead of by arrival. A full lane stops being fetched (its backlog
 stays in Kafka) until its buffer has drained to half. Three rules shape the choice:
 
-- Headroom: a lane may start a generation only while the engine holds fewer than its cap
-  (interactive: all of `max_inflight`; standard and batch: a fraction of it), so a batch
-  backlog never fills the engine and an interactive request enters vLLM at once, where the
-  priority scheduler serves it ahead of the batch work.
+- Headroom: while a higher lane has work, or had some within `hold_s`, a lane may start a
+  generation only while the engine holds fewer than its cap (standard and batch: a fraction
+  of `max_inflight`), so a batch backlog does not fill the engine and an interactive request
+  enters vLLM at once, where the priority scheduler serves it ahead of the batch work. The
+  headroom is work-conserving: with no higher-lane work for `hold_s`, a lane may fill the
+  engine, and the first higher-lane request after that waits for one generation to end.
 - Yielding: vLLM advances every running sequence by one token per step, and a step slows
   with every sequence and prompt in it, so priority alone cannot make an interactive answer
   fast. While a higher lane has generations in the engine, a lower lane starts new ones only
@@ -21,8 +23,9 @@ stays in Kafka) until its buffer has drained to half. Three rules shape the choi
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Collection, Hashable
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -53,6 +56,9 @@ class LanePolicy:
     """While a higher lane runs, a lower lane starts only below this fraction of max_inflight."""
     buffer: int = 32
     """Records per lane fetched ahead of their start."""
+    hold_s: float = 60.0
+    """A lower lane keeps to its cap while a higher lane has work and this long after; then
+    it may fill the engine."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_share <= MAX_MIN_SHARE:
@@ -66,6 +72,8 @@ class LanePolicy:
             raise ValueError(f"yield_cap must be in (0, 1], got {self.yield_cap}")
         if self.buffer < 1:
             raise ValueError(f"buffer must be at least 1, got {self.buffer}")
+        if self.hold_s < 0:
+            raise ValueError(f"hold_s must not be negative, got {self.hold_s}")
 
     def cap(self, lane: Lane, max_inflight: int) -> int:
         """Generations the engine may hold when `lane` starts one more (at least 1)."""
@@ -99,8 +107,14 @@ class LaneScheduler(Generic[TP, R]):
     ends with `finished()`, so the scheduler knows how many of each lane the engine holds.
     """
 
-    def __init__(self, policy: LanePolicy, max_inflight: int) -> None:
+    def __init__(
+        self,
+        policy: LanePolicy,
+        max_inflight: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._policy = policy
+        self._clock = clock
         self._max_inflight = max_inflight
         self._caps = {lane: policy.cap(lane, max_inflight) for lane in Lane}
         self._yielding_cap = policy.yielding_cap(max_inflight)
@@ -108,11 +122,14 @@ class LaneScheduler(Generic[TP, R]):
         self._running = dict.fromkeys(Lane, 0)
         self._credit = dict.fromkeys(Lane, 0.0)
         self._open = dict.fromkeys(Lane, True)
+        self._last_seen: dict[Lane, float] = {}
+        """When each lane last had a record fetched or a generation running."""
 
     def push(self, lane: Lane, tp: TP, record: R) -> None:
         """Buffer a fetched record; a full lane closes to fetching."""
         queue = self._queues[lane]
         queue.append((tp, record))
+        self._last_seen[lane] = self._clock()
         if len(queue) >= self._policy.buffer:
             self._open[lane] = False
 
@@ -160,6 +177,7 @@ class LaneScheduler(Generic[TP, R]):
     def finished(self, lane: Lane) -> None:
         """A generation that `pop()` returned has ended, however it ended."""
         self._running[lane] -= 1
+        self._last_seen[lane] = self._clock()
 
     def drop(self, tps: Collection[TP]) -> int:
         """Forget the buffered records of revoked partitions; returns how many."""
@@ -172,11 +190,20 @@ class LaneScheduler(Generic[TP, R]):
         return dropped
 
     def _may_start(self, lane: Lane) -> bool:
-        """Under the lane's headroom cap, and under the yielding cap while a higher lane runs."""
-        if sum(self._running.values()) >= self._caps[lane]:
+        """Under the lane's headroom cap while a higher lane has or lately had work, and under
+        the yielding cap while a higher lane runs."""
+        higher = [h for h in Lane if h.priority < lane.priority]
+        if sum(self._running.values()) >= self._caps[lane] and any(map(self._held, higher)):
             return False
-        higher_running = any(self._running[h] for h in Lane if h.priority < lane.priority)
+        higher_running = any(self._running[h] for h in higher)
         return not higher_running or self._running[lane] < self._yielding_cap
+
+    def _held(self, lane: Lane) -> bool:
+        """Whether `lane` has work here, or had some within the policy's hold_s."""
+        if self._queues[lane] or self._running[lane]:
+            return True
+        seen = self._last_seen.get(lane)
+        return seen is not None and self._clock() - seen < self._policy.hold_s
 
     def _settle(self, lane: Lane) -> None:
         """After records left `lane`: reopen it at half full; an empty lane is owed nothing."""

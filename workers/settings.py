@@ -55,6 +55,9 @@ class WorkerSettings(ServiceSettings):
     """While a higher lane has requests in the engine, a lower lane starts new ones only while
     it holds fewer than this fraction of max_inflight, so its prompts do not slow the higher
     lane's answers (LLMQ_LANE_YIELD_CAP)."""
+    lane_hold_s: float = Field(default=60.0, ge=0, le=3600)
+    """The lane caps hold while a higher lane has work and this long after; with no
+    higher-lane work for that long, a lane may fill the engine (LLMQ_LANE_HOLD_S)."""
     lane_buffer: int = Field(default=32, ge=1, le=100_000)
     """Records per lane fetched ahead of their start; a full lane is paused, its backlog
     stays in Kafka (LLMQ_LANE_BUFFER)."""
@@ -116,4 +119,5 @@ class WorkerSettings(ServiceSettings):
             batch_cap=self.lane_batch_cap,
             yield_cap=self.lane_yield_cap,
             buffer=self.lane_buffer,
+            hold_s=self.lane_hold_s,
         )

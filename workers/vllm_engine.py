@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,7 +11,7 @@ from typing import Any, cast
 
 import torch
 from transformers import AutoTokenizer
-from vllm import SamplingParams
+from vllm import SamplingParams, __version__
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
@@ -22,31 +24,49 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob
 from workers.engine import EngineStep
+from workers.engine_args import engine_kwargs
 
 log = logging.getLogger(__name__)
+
+
+def engine_args(
+    spec: ModelSpec, checkpoint: Path, gpu_memory_utilization: float
+) -> AsyncEngineArgs:
+    """`spec`'s engine arguments, checked by vLLM itself before any engine starts: a
+    ValueError names a key that is no engine argument of this vLLM, or what vLLM refused."""
+    kwargs = engine_kwargs(
+        spec,
+        checkpoint,
+        on_gpu=torch.cuda.is_available(),
+        gpu_memory_utilization=gpu_memory_utilization,
+    )
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    unknown = sorted(kwargs.keys() - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"model {spec.name!r}: engine_args has {unknown[0]!r}, which is no engine "
+            f"argument of vLLM {__version__}{hint}"
+        )
+    args = AsyncEngineArgs(**kwargs)
+    try:
+        dataclasses.replace(args).create_engine_config()
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"model {spec.name!r}: vLLM refused its engine_args: {exc}") from exc
+    return args
 
 
 class VllmEngine:
     """AsyncLLM with continuous batching and the priority scheduler (lower value first)."""
 
-    def __init__(self, spec: ModelSpec, checkpoint: Path, gpu_memory_utilization: float) -> None:
-        on_gpu = torch.cuda.is_available()
+    def __init__(self, spec: ModelSpec, checkpoint: Path, args: AsyncEngineArgs) -> None:
         self._spec = spec
         self._tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self._engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(
-                model=str(checkpoint),
-                served_model_name=[spec.name],
-                dtype="auto" if on_gpu else "bfloat16",
-                max_model_len=spec.max_model_len,
-                max_num_seqs=spec.max_inflight,
-                enforce_eager=not on_gpu,
-                scheduling_policy="priority",
-                gpu_memory_utilization=gpu_memory_utilization,
-            )
-        )
+        self._engine = AsyncLLM.from_engine_args(args)
         self._running: set[str] = set()
-        log.info("vLLM engine for %s on %s", spec.name, "GPU" if on_gpu else "CPU")
+        where = "GPU" if torch.cuda.is_available() else "CPU"
+        log.info("vLLM engine for %s on %s, engine_args %s", spec.name, where, spec.engine_args)
 
     async def generate(
         self, request_id: str, body: ChatBody, priority: int

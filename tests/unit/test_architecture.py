@@ -55,6 +55,11 @@ def test_the_import_rule_holds() -> None:
 def test_the_client_library_and_front_door_import_no_engine_model_or_plotting_library(
     code: str,
 ) -> None:
+    assert _heavy_imports(code) == "[]", code
+
+
+def _heavy_imports(code: str) -> str:
+    """The HEAVY modules that running `code` in a fresh interpreter imports."""
     probe = f"{code}\nimport sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     done = subprocess.run(
         [sys.executable, "-c", probe],
@@ -65,7 +70,16 @@ def test_the_client_library_and_front_door_import_no_engine_model_or_plotting_li
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]", f"{code!r} imported {done.stdout.strip()}"
+    return done.stdout.strip()
+
+
+def test_the_stream_processor_without_the_semantic_cache_imports_no_torch() -> None:
+    """Its embedder is what needs torch (and most of its memory): off, none is loaded."""
+    code = (
+        "from streams.app import build; from streams.settings import StreamSettings;"
+        "build(StreamSettings(semantic_cache=False))"
+    )
+    assert _heavy_imports(code) == "['faust']"
 
 
 def _environment_reads(path: Path, root: Path = ROOT) -> list[str]:

@@ -23,6 +23,12 @@ max_model_len = 4096
 max_inflight = 8
 price_prompt_per_mtok = 0.1
 price_completion_per_mtok = 0.4
+
+[models.engine_args]
+tensor_parallel_size = 2
+quantization = "awq"
+enable_prefix_caching = true
+speculative_config = { method = "ngram", num_speculative_tokens = 4 }
 """
 
 
@@ -56,6 +62,12 @@ def test_load_reads_a_toml_file(tmp_path: Path) -> None:
     assert qwen is not None
     assert (qwen.max_model_len, qwen.max_inflight) == (4096, 8)
     assert qwen.engine == "vllm"
+    assert qwen.engine_args == {
+        "tensor_parallel_size": 2,
+        "quantization": "awq",
+        "enable_prefix_caching": True,
+        "speculative_config": {"method": "ngram", "num_speculative_tokens": 4},
+    }
     smol = catalog.get("smollm2-135m")
     assert smol is not None
     assert (smol.max_model_len, smol.max_inflight, smol.price_prompt_per_mtok) == (2048, 64, 0.0)
@@ -131,3 +143,17 @@ def test_model_names_are_checked(name: str) -> None:
 def test_the_example_catalog_is_the_builtin_one() -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "models.toml"
     assert Catalog.load(example) == Catalog.builtin()
+
+
+@pytest.mark.parametrize(
+    ("key", "instead"),
+    [("max_num_seqs", "max_inflight"), ("max_model_len", "max_model_len"), ("model", "source")],
+)
+def test_engine_args_that_llmq_sets_are_refused_naming_the_field(key: str, instead: str) -> None:
+    with pytest.raises(ValidationError, match=f"cannot set '{key}'.*`{instead}`"):
+        ModelSpec(name="m", source="s", engine_args={key: 8})
+
+
+def test_engine_args_are_only_for_vllm() -> None:
+    with pytest.raises(ValidationError, match="engine 'openai' does not take them"):
+        ModelSpec(name="m", engine="openai", url="http://h:8000/v1", engine_args={"dtype": "half"})

@@ -16,8 +16,20 @@ STRICT = LanePolicy(min_share=0.0, standard_cap=1.0, batch_cap=1.0, yield_cap=1.
 INT, STD, BAT = Lane.INTERACTIVE, Lane.STANDARD, Lane.BATCH
 
 
-def _scheduler(policy: LanePolicy = STRICT, max_inflight: int = 8) -> LaneScheduler[str, int]:
-    return LaneScheduler(policy, max_inflight)
+class Clock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _scheduler(
+    policy: LanePolicy = STRICT, max_inflight: int = 8, clock: Clock | None = None
+) -> LaneScheduler[str, int]:
+    return LaneScheduler(policy, max_inflight, clock or Clock())
 
 
 def _fill(scheduler: LaneScheduler[str, int], lane: Lane, n: int, start: int = 0) -> None:
@@ -59,6 +71,7 @@ def test_nothing_starts_on_a_full_engine_or_from_empty_buffers() -> None:
 def test_lower_lanes_leave_headroom_for_interactive() -> None:
     policy = LanePolicy(min_share=0.0, standard_cap=0.75, batch_cap=0.5, yield_cap=1.0)
     scheduler = _scheduler(policy, max_inflight=8)
+    _seen(scheduler, INT)
     _fill(scheduler, BAT, 10)
     assert _lanes_started(scheduler) == [BAT] * 4
     _fill(scheduler, STD, 10, start=100)
@@ -67,10 +80,41 @@ def test_lower_lanes_leave_headroom_for_interactive() -> None:
     assert _lanes_started(scheduler) == [INT] * 2
 
 
-def test_batch_alone_stops_at_its_cap() -> None:
-    scheduler = _scheduler(LanePolicy(min_share=0.0), max_inflight=64)
+def _seen(scheduler: LaneScheduler[str, int], lane: Lane) -> None:
+    """One record of `lane` fetched, started (before any lower lane's) and finished."""
+    _fill(scheduler, lane, 1, start=-1)
+    picked = scheduler.pop()
+    assert picked is not None and picked[0] == lane
+    scheduler.finished(lane)
+
+
+def test_batch_alone_stops_at_its_cap_while_higher_lanes_had_work_lately() -> None:
+    clock = Clock()
+    scheduler = _scheduler(LanePolicy(min_share=0.0, hold_s=60), max_inflight=64, clock=clock)
+    _seen(scheduler, STD)
+    clock.now += 59
     _fill(scheduler, BAT, 60)
     assert len(_lanes_started(scheduler)) == 48
+
+
+def test_headroom_is_work_conserving() -> None:
+    """No higher-lane work for hold_s (or ever): a lower lane fills the engine; a
+    higher-lane record brings the cap back."""
+    clock = Clock()
+    policy = LanePolicy(min_share=0.0, standard_cap=0.5, batch_cap=0.5, yield_cap=1.0)
+    scheduler = _scheduler(policy, max_inflight=8, clock=clock)
+    _fill(scheduler, BAT, 20)
+    assert _lanes_started(scheduler) == [BAT] * 8, "nothing higher was ever seen"
+    for _ in range(8):
+        scheduler.finished(BAT)
+    _seen(scheduler, INT)
+    assert _lanes_started(scheduler) == [BAT] * 4, "interactive just ran: the cap holds"
+    clock.now += policy.hold_s
+    assert _lanes_started(scheduler) == [BAT] * 4, "hold_s without it: all 8 slots"
+    for _ in range(8):
+        scheduler.finished(BAT)
+    _fill(scheduler, STD, 1, start=100)
+    assert _lanes_started(scheduler) == [STD] + [BAT] * 3, "standard waiting: batch capped"
 
 
 def test_lower_lanes_yield_while_a_higher_lane_runs() -> None:

@@ -260,34 +260,52 @@ def _serve(
 
 
 def test_interactive_starts_at_once_behind_a_batch_backlog() -> None:
+    """With interactive traffic lately, a batch backlog keeps to its cap: the next
+    interactive request starts at once."""
     consumer, producer = FakeConsumer(), FakeProducer()
-    consumer.add(BATCH, [_work(Lane.BATCH, i) for i in range(20)])
+    consumer.add(INTERACTIVE, [_work(Lane.INTERACTIVE, 100)])
     lanes = LanePolicy(min_share=0.0, batch_cap=0.5, buffer=4)
-    engines: list[FakeEngine] = []
-
-    def engine_of() -> FakeEngine:
-        engines.append(FakeEngine())
-        engines[0].gate.clear()
-        return engines[0]
+    engine = FakeEngine()
 
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
-        engine = engines[0]
-        await _until(lambda: len(engine.started) == 2)
+        await _until(lambda: len(producer.completions()) == 1)
+        engine.gate.clear()
+        consumer.add(BATCH, [_work(Lane.BATCH, i) for i in range(20)])
+        await _until(lambda: len(engine.started) == 3)
         await asyncio.sleep(0.05)
-        assert engine.lanes_started() == [2, 2], "batch stops at its cap: 2 of 4"
+        assert engine.lanes_started() == [0, 2, 2], "batch stops at its cap: 2 of 4"
         assert consumer.positions[BATCH] <= 2 + 4, "the rest of the backlog stays in Kafka"
         assert BATCH in consumer.paused
         consumer.add(INTERACTIVE, [_work(Lane.INTERACTIVE, i) for i in range(2)])
-        await _until(lambda: len(engine.started) == 4)
-        assert engine.lanes_started() == [2, 2, 0, 0]
+        await _until(lambda: len(engine.started) == 5)
+        assert engine.lanes_started() == [0, 2, 2, 0, 0]
         engine.gate.set()
-        await _until(lambda: len(producer.completions()) == 22)
-        await _until(lambda: consumer.committed == {BATCH: 20, INTERACTIVE: 2})
+        await _until(lambda: len(producer.completions()) == 23)
+        await _until(lambda: consumer.committed == {BATCH: 20, INTERACTIVE: 3})
         stop.set()
 
-    _serve(consumer, producer, engine_of, scenario, lanes=lanes)
+    _serve(consumer, producer, lambda: engine, scenario, lanes=lanes)
     assert all(c.error is None for c in producer.completions())
-    assert len(producer.metering()) == 22
+    assert len(producer.metering()) == 23
+
+
+def test_a_batch_backlog_with_no_higher_lane_work_fills_the_engine() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(BATCH, [_work(Lane.BATCH, i) for i in range(20)])
+    lanes = LanePolicy(min_share=0.0, batch_cap=0.5, buffer=4)
+    engine = FakeEngine()
+    engine.gate.clear()
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: len(engine.started) == 4)
+        await asyncio.sleep(0.05)
+        assert engine.lanes_started() == [2] * 4, "no headroom held: all 4 slots"
+        engine.gate.set()
+        await _until(lambda: consumer.committed == {BATCH: 20})
+        stop.set()
+
+    _serve(consumer, producer, lambda: engine, scenario, lanes=lanes)
+    assert len(producer.metering()) == 20
 
 
 def test_commits_stop_before_records_still_buffered_at_stop() -> None:

@@ -111,11 +111,15 @@ async def _answer(engine: VllmEngine, request: BenchRequest, sent: float) -> Rep
 
 async def _serve(workload: list[BenchRequest], cache_dir: Path) -> WayResult:
     """Start the engine, warm it with one request (not measured), run, stop it."""
-    from workers.vllm_engine import VllmEngine  # noqa: PLC0415 -- torch and vLLM: child only
+    from workers.vllm_engine import (  # noqa: PLC0415 -- torch and vLLM: child only
+        VllmEngine,
+        engine_args,
+    )
 
     spec, checkpoint = model(cache_dir)
     print(f"engine: starting vLLM AsyncLLM in-process ({checkpoint.name})", flush=True)
-    engine = VllmEngine(spec, checkpoint, WorkerSettings().gpu_memory_utilization)
+    args = engine_args(spec, checkpoint, WorkerSettings().gpu_memory_utilization)
+    engine = VllmEngine(spec, checkpoint, args)
     try:
         warm = BenchRequest(-1, "Say hello.", 8, 0.0)
         await _answer(engine, warm, time.monotonic())

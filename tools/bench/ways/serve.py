@@ -4,6 +4,7 @@ the same concurrency: what a user would run instead of llmq."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from schemas.catalog import ModelSpec
 from schemas.retry import RetryPolicy
@@ -29,6 +31,7 @@ from tools.bench.ways import (
     streamed,
 )
 from tools.stack.ports import free_block
+from workers.engine_args import engine_kwargs
 from workers.openai_engine import OpenAIEngine
 from workers.settings import WorkerSettings
 
@@ -90,11 +93,8 @@ def vllm_server(
     port = free_block(1)
     command = [
         *(sys.executable, "-m", "vllm.entrypoints.openai.api_server"),
-        *("--model", str(checkpoint), "--served-model-name", spec.name),
-        *_device_flags(),
-        *("--max-model-len", str(spec.max_model_len), "--max-num-seqs", str(spec.max_inflight)),
-        *("--scheduling-policy", "priority", "--disable-uvicorn-access-log"),
-        *("--host", "127.0.0.1", "--port", str(port)),
+        *serve_flags(_engine_kwargs(spec, checkpoint)),
+        *("--disable-uvicorn-access-log", "--host", "127.0.0.1", "--port", str(port)),
     ]
     with tempfile.TemporaryDirectory(prefix="llmq-bench-serve-") as tmp:
         log_path = Path(tmp) / "server.log"
@@ -110,15 +110,31 @@ def vllm_server(
             stop_group(proc)
 
 
-def _device_flags() -> list[str]:
-    """VllmEngine's device settings: bf16 in eager mode on the CPU; on a GPU the model's own
-    dtype, CUDA graphs and the worker's share of GPU memory."""
-    import torch  # noqa: PLC0415 -- heavy: only to ask for a GPU the way VllmEngine does
+def _engine_kwargs(spec: ModelSpec, checkpoint: Path) -> dict[str, Any]:
+    """The worker's engine arguments (asking for a GPU the way VllmEngine does)."""
+    import torch  # noqa: PLC0415 -- heavy: only to ask for a GPU
 
-    if torch.cuda.is_available():
-        share = WorkerSettings().gpu_memory_utilization
-        return ["--dtype", "auto", "--gpu-memory-utilization", str(share)]
-    return ["--dtype", "bfloat16", "--enforce-eager"]
+    share = WorkerSettings().gpu_memory_utilization
+    return engine_kwargs(
+        spec, checkpoint, on_gpu=torch.cuda.is_available(), gpu_memory_utilization=share
+    )
+
+
+def serve_flags(kwargs: dict[str, Any]) -> list[str]:
+    """Engine arguments as `vllm serve` flags: --name value, --flag / --no-flag for a
+    bool, JSON for a table, one value after another for a list."""
+    flags: list[str] = []
+    for name, value in kwargs.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, dict):
+            flags += [flag, json.dumps(value)]
+        elif isinstance(value, list):
+            flags += [flag, *map(str, value)]
+        elif value is not None:
+            flags += [flag, str(value)]
+    return flags
 
 
 def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:

@@ -1,0 +1,59 @@
+"""A model's vLLM engine arguments: device defaults, the catalog's own, llmq's, and the
+same arguments as `vllm serve` flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from schemas.catalog import ModelSpec
+from tools.bench.ways.serve import serve_flags
+from workers.engine_args import engine_kwargs
+
+SPEC = ModelSpec(
+    name="m",
+    source="s",
+    max_inflight=8,
+    engine_args={"dtype": "half", "enable_prefix_caching": False, "tensor_parallel_size": 2},
+)
+
+
+def test_the_catalog_overrides_the_device_defaults_and_llmq_sets_the_rest() -> None:
+    kwargs = engine_kwargs(SPEC, Path("/ckpt"), on_gpu=False, gpu_memory_utilization=0.5)
+    assert kwargs == {
+        "dtype": "half",
+        "enforce_eager": True,
+        "gpu_memory_utilization": 0.5,
+        "enable_prefix_caching": False,
+        "tensor_parallel_size": 2,
+        "model": "/ckpt",
+        "served_model_name": ["m"],
+        "max_model_len": 2048,
+        "max_num_seqs": 8,
+        "scheduling_policy": "priority",
+    }
+
+
+def test_a_gpu_gets_the_models_own_dtype_and_cuda_graphs() -> None:
+    spec = ModelSpec(name="m", source="s")
+    kwargs = engine_kwargs(spec, Path("/ckpt"), on_gpu=True, gpu_memory_utilization=0.85)
+    assert kwargs["dtype"] == "auto"
+    assert "enforce_eager" not in kwargs
+
+
+def test_serve_flags_spell_each_kind_of_value_as_vllm_serve_reads_it() -> None:
+    spec = {"method": "ngram", "num_speculative_tokens": 4}
+    flags = serve_flags(
+        {
+            "max_num_seqs": 8,
+            "enforce_eager": True,
+            "enable_prefix_caching": False,
+            "served_model_name": ["a", "b"],
+            "speculative_config": spec,
+            "quantization": None,
+        }
+    )
+    assert flags == [
+        *("--max-num-seqs", "8", "--enforce-eager", "--no-enable-prefix-caching"),
+        *("--served-model-name", "a", "b", "--speculative-config", json.dumps(spec)),
+    ]
