@@ -34,11 +34,10 @@ NOTES = (
     "is the same stack's HTTP front door, driven by the same streaming HTTP client as "
     "vllm-serve, so gateway against vllm-serve is what the front door adds. A cached answer "
     "arrives as one piece. Pipeline overhead is llmq's latency minus its engine time "
-    "(timings.engine_ms). llmq and gateway send on the standard lane, which "
-    "fills at most 90% of max_inflight (LLMQ_LANE_STANDARD_CAP) to keep room for interactive "
-    "requests: more requests at once than that wait in Kafka for a slot, which shows in "
-    "llmq's tail latency. Output lengths are the model's own (no ignore_eos). The machine is "
-    "shared and noisy: compare ways within one run, as ratios."
+    "(timings.engine_ms). llmq and gateway send on the standard lane, which fills all of "
+    "max_inflight when no interactive work was seen for LLMQ_LANE_HOLD_S, and 90% "
+    "(LLMQ_LANE_STANDARD_CAP) otherwise. Output lengths are the model's own (no ignore_eos). "
+    "The machine is shared and noisy: compare ways within one run, as ratios."
 )
 
 
