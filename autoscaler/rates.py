@@ -10,16 +10,23 @@ class ArrivalRate:
     """Tokens per second arriving, from a growing total seen at each tick: the median of the
     last intervals' rates, so one burst (which the backlog term already counts) does not
     pass for a lasting rate, while a rate that lasts shows within half the window. Before a
-    whole window was seen, the intervals not seen count as none arriving."""
+    whole window was seen, the intervals not seen count as none arriving. An interval spans
+    ticks until it is `min_interval_s` long: at a short tick, sparse arrivals (a record every
+    two seconds, ticks every one) would otherwise leave most intervals empty and the median
+    at zero."""
 
-    def __init__(self, intervals: int = 12) -> None:
+    def __init__(self, intervals: int = 12, min_interval_s: float = 5.0) -> None:
+        self._min_interval_s = min_interval_s
         self._last: tuple[float, float] | None = None
         self._rates: deque[float] = deque([0.0] * intervals, maxlen=intervals)
 
     def observe(self, now: float, total: float) -> None:
-        if self._last is not None and now > self._last[0]:
+        if self._last is None:
+            self._last = (now, total)
+            return
+        if now - self._last[0] >= self._min_interval_s:
             self._rates.append(max(0.0, total - self._last[1]) / (now - self._last[0]))
-        self._last = (now, total)
+            self._last = (now, total)
 
     def per_s(self) -> float:
         return statistics.median(self._rates)

@@ -116,7 +116,7 @@ def test_targets_are_checked() -> None:
 
 
 def test_arrivals_are_a_median_so_a_burst_is_not_a_rate() -> None:
-    rate = ArrivalRate(intervals=5)
+    rate = ArrivalRate(intervals=5, min_interval_s=1.0)
     totals = [0, 100, 200, 100_300, 100_400, 100_500]  # 100 a second, and one burst
     for t, total in enumerate(totals):
         rate.observe(float(t), float(total))
@@ -124,11 +124,20 @@ def test_arrivals_are_a_median_so_a_burst_is_not_a_rate() -> None:
 
 
 def test_a_burst_right_after_the_start_is_not_a_rate_either() -> None:
-    rate = ArrivalRate(intervals=12)
+    rate = ArrivalRate(intervals=12, min_interval_s=2.0)
     rate.observe(0.0, 0.0)
     rate.observe(2.0, 0.0)
     rate.observe(4.0, 50_000.0)
     assert rate.per_s() == 0.0
+
+
+def test_sparse_arrivals_seen_at_a_short_tick_are_a_rate_not_zero() -> None:
+    """One record of 30 tokens every two seconds, a tick every second: each interval spans
+    five ticks, so none is empty."""
+    rate = ArrivalRate(intervals=12, min_interval_s=5.0)
+    for t in range(120):
+        rate.observe(float(t), 30.0 * (t // 2))
+    assert rate.per_s() == pytest.approx(15.0, rel=0.25)
 
 
 def test_the_service_rate_is_measured_on_a_busy_pool_only() -> None:
