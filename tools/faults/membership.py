@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from itertools import pairwise
 from typing import Any
 
 from kafka import KafkaConsumer
@@ -183,9 +184,22 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
         f"the autoscaler stopped {extra.proc.name} with {seen['in_flight']:.0f} in flight and "
         f"{seen['left']:.0f} of the burst unanswered"
     )
-    out.findings += _scale_down_findings(
+    found = _scale_down_findings(
         extra.proc.name, served=served, down=down, left=seen["left"], said=said, starts=runs
     )
+    if runs > 1:  # why each start: the decision logged just before it
+        decided = _started_because(log_lines(auto.proc, lines=100_000), extra.proc.name)
+        found.append("the decisions behind each start: " + " | ".join(decided))
+    out.findings += found
+
+
+def _started_because(said: list[str], name: str) -> list[str]:
+    """Each start of `name` in the autoscaler's log, as 'HH:MM:SS <the decision before it>'."""
+    return [
+        f"{line[11:19]} {before.split(': ', 1)[-1]}"
+        for before, line in pairwise(said)
+        if f"starting {name} " in line
+    ]
 
 
 def _scale_down_findings(
