@@ -39,11 +39,14 @@ class ServiceRate:
 
     A ratio of sums over a long window, not a smoothed rate per tick: generations started
     together finish together, so commits come in lumps minutes apart, and a tick between
-    two lumps would pass for a replica that serves almost nothing."""
+    two lumps would pass for a replica that serves almost nothing. For the same reason it
+    is no rate until it spans `min_s` of serving: a lump a few seconds after a pool reached
+    this size would pass for a replica that serves many times what it does."""
 
-    def __init__(self, prior: float, window_s: float = 600.0) -> None:
+    def __init__(self, prior: float, window_s: float = 600.0, min_s: float = 120.0) -> None:
         self._prior = prior
         self._window_s = window_s
+        self._min_s = min_s
         self._seen: deque[tuple[float, float]] = deque()
         """(tokens, replica-seconds) of each saturated interval, oldest first."""
 
@@ -58,8 +61,9 @@ class ServiceRate:
 
     @property
     def measured(self) -> bool:
-        """Whether saturated serving committed anything yet."""
-        return any(tokens > 0 for tokens, _ in self._seen)
+        """Whether at least `min_s` of saturated serving committed anything."""
+        spans = sum(seconds for _, seconds in self._seen) >= self._min_s
+        return spans and any(tokens > 0 for tokens, _ in self._seen)
 
     def per_s(self) -> float:
         if not self.measured:
@@ -72,15 +76,18 @@ class PoolRates:
     where replicas share something (two engines on two CPU cores serve less than one), so
     a smaller pool's capacity is what was measured at that size, not a guess from this one."""
 
-    def __init__(self, prior: float, window_s: float = 600.0) -> None:
+    def __init__(self, prior: float, window_s: float = 600.0, min_s: float = 120.0) -> None:
         self._prior = prior
         self._window_s = window_s
+        self._min_s = min_s
         self._by_size: dict[int, ServiceRate] = {}
 
     def observe(self, served_tokens: float, seconds: float, size: int, saturated: bool) -> None:
         """`served_tokens` in `seconds` by a pool of `size` replicas throughout."""
         if size > 0:
-            rate = self._by_size.setdefault(size, ServiceRate(self._prior, self._window_s))
+            rate = self._by_size.setdefault(
+                size, ServiceRate(self._prior, self._window_s, self._min_s)
+            )
             rate.observe(served_tokens, size * seconds, saturated)
 
     def per_replica(self, size: int) -> float:

@@ -141,7 +141,7 @@ def test_sparse_arrivals_seen_at_a_short_tick_are_a_rate_not_zero() -> None:
 
 
 def test_the_service_rate_is_measured_on_a_busy_pool_only() -> None:
-    rate = ServiceRate(prior=600, window_s=100)
+    rate = ServiceRate(prior=600, window_s=100, min_s=0)
     rate.observe(served_tokens=100, replica_seconds=10, saturated=False)
     assert rate.per_s() == 600 and not rate.measured
     rate.observe(served_tokens=0, replica_seconds=10, saturated=True)
@@ -157,7 +157,7 @@ def test_the_service_rate_is_measured_on_a_busy_pool_only() -> None:
 def test_lumpy_commits_average_out_over_the_window() -> None:
     """Generations that start together finish together: 3,500 tokens every 35 s of a
     replica's time is 100 tok/s, however the ticks (5 s) fall between the lumps."""
-    rate = ServiceRate(prior=600, window_s=120)
+    rate = ServiceRate(prior=600, window_s=120, min_s=0)
     seen = []
     for tick in range(70):
         rate.observe(3_500 if tick % 7 == 6 else 0, 5, saturated=True)
@@ -167,8 +167,19 @@ def test_lumpy_commits_average_out_over_the_window() -> None:
     assert seen[5] == 600  # the prior, until the first lump
 
 
+def test_a_rate_spanning_less_than_min_s_is_not_yet_a_rate() -> None:
+    """A lump of commits 10 s after the pool reached this size is not what it serves:
+    the prior holds until 120 replica-seconds were seen, then the ratio of sums."""
+    rate = ServiceRate(prior=150, window_s=600, min_s=120)
+    rate.observe(served_tokens=10_000, replica_seconds=20, saturated=True)
+    assert rate.per_s() == 150 and not rate.measured
+    for _ in range(5):
+        rate.observe(served_tokens=0, replica_seconds=20, saturated=True)
+    assert rate.measured and rate.per_s() == pytest.approx(10_000 / 120)
+
+
 def test_each_pool_size_has_its_own_rate() -> None:
-    rates = PoolRates(prior=600, window_s=100)
+    rates = PoolRates(prior=600, window_s=100, min_s=0)
     assert rates.per_replica(2) == 600 and rates.capacity() == {}
     rates.observe(served_tokens=1_500, seconds=10, size=1, saturated=True)
     assert rates.per_replica(1) == 150 and rates.per_replica(3) == 150  # the nearest measured
