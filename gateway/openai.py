@@ -52,6 +52,7 @@ STATUS = {
     ErrorCode.EXPIRED: 408,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.BUDGET_EXCEEDED: 429,
+    ErrorCode.BUDGET_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.ENGINE_ERROR: 502,
     ErrorCode.ENGINE_UNAVAILABLE: 503,

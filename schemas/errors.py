@@ -16,6 +16,8 @@ class ErrorCode(StrEnum):
     EXPIRED = "expired"
     RATE_LIMITED = "rate_limited"
     BUDGET_EXCEEDED = "budget_exceeded"
+    BUDGET_UNAVAILABLE = "budget_unavailable"
+    """The tenant's budget could not be read (Redis down) and its policy is to refuse then."""
     ENGINE_ERROR = "engine_error"
     ENGINE_UNAVAILABLE = "engine_unavailable"
     ENGINE_TIMEOUT = "engine_timeout"
@@ -34,6 +36,7 @@ class ErrorCode(StrEnum):
 _RETRIABLE = frozenset(
     {
         ErrorCode.RATE_LIMITED,
+        ErrorCode.BUDGET_UNAVAILABLE,
         ErrorCode.ENGINE_ERROR,
         ErrorCode.ENGINE_UNAVAILABLE,
         ErrorCode.ENGINE_TIMEOUT,

@@ -26,6 +26,11 @@ DEFAULT_TENANT = "default"
 CHARS_PER_TOKEN = 4
 """How llmq estimates tokens before a tokenizer has seen a prompt (rate limits, routing,
 the autoscaler's backlog): English text averages about 4 characters a token."""
+TEMPLATE_TOKENS = 64
+"""Tokens a chat template may add to a prompt once (a default system prompt, a date header,
+the assistant's turn): a generous margin for ChatBody.prompt_token_bound."""
+TEMPLATE_TOKENS_PER_MESSAGE = 16
+"""Tokens a chat template may add around each message (role markers)."""
 MAX_MESSAGES = 256
 MAX_CONTENT_CHARS = 200_000
 MAX_PROMPT_CHARS = 400_000
@@ -129,6 +134,12 @@ class ChatBody(BaseModel):
     def prompt_chars(self) -> int:
         """Characters across all messages: a cheap bound checked before tokenizing."""
         return sum(len(m.content) for m in self.messages)
+
+    def prompt_token_bound(self) -> int:
+        """Prompt tokens the request cannot exceed: a token holds at least one UTF-8 byte of
+        text, plus what a chat template adds. For budgets, which must not be overrun."""
+        text = sum(len(m.content.encode()) for m in self.messages)
+        return text + TEMPLATE_TOKENS + TEMPLATE_TOKENS_PER_MESSAGE * len(self.messages)
 
     def estimated_tokens(self) -> int:
         """Tokens the request may use: its prompt at CHARS_PER_TOKEN characters a token,

@@ -56,6 +56,9 @@ class TenantLimits(BaseModel):
     """USD a tenant may spend per `budget_period`, as metered; 0 suspends the tenant."""
     budget_period: BudgetPeriod = "day"
     """The budget's window: the UTC calendar "day" or "month"."""
+    budget_when_unavailable: Literal["admit", "refuse"] = "admit"
+    """While the budget cannot be read (Redis down or slow): "admit" unchecked (the default,
+    so an outage of Redis does not stop the service) or "refuse" with budget_unavailable."""
 
 
 class TenantPolicy(BaseModel):

@@ -6,6 +6,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.metering import MeteringEvent
 from schemas.request import ChatMessage, InferenceRequest
 from schemas.result import ChatCompletion, ErrorInfo, Timings
 from schemas.route import Route
@@ -49,3 +50,7 @@ class Completion(BaseModel):
     """Mean log-probability of the answer's tokens: the cascade's confidence signal."""
     worker: str
     finished_at: float = Field(default_factory=time.time)
+    metering: MeteringEvent | None = None
+    """This generation's metering event, also on llmq.metering: the stream processor settles
+    the tenant's budget hold with it before it answers, so a hold is never released before
+    what it covered is counted as spent."""

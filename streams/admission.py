@@ -10,6 +10,7 @@ from schemas.errors import LlmqError
 from schemas.names import REQUESTS, REQUESTS_KEYED
 from schemas.redact import content_log
 from schemas.request import ChatMessage, InferenceRequest
+from schemas.work import WorkItem
 from streams import metrics
 from streams.admit import parse, route
 from streams.guard import Guard
@@ -23,7 +24,7 @@ Compress = Callable[[list[ChatMessage]], list[ChatMessage]]
 class Gate(Protocol):
     """A tenant's rate limits and budget; raises LlmqError when the request must wait."""
 
-    async def check(self, request: InferenceRequest) -> None: ...
+    async def check(self, work: WorkItem) -> None: ...
 
 
 class Admission:
@@ -57,7 +58,7 @@ class Admission:
             return
         if self._gate is not None:
             try:
-                await self._gate.check(work.request)
+                await self._gate.check(work)
             except LlmqError as error:
                 metrics.REQUESTS.labels("refused").inc()
                 await self._refusals.refuse(salvage(error, value))

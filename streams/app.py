@@ -109,7 +109,10 @@ def build(settings: StreamSettings) -> faust.App:
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     store = RedisStore(redis, cache_ttl_s=settings.cache_ttl_s, result_ttl_s=settings.result_ttl_s)
     catalog = settings.catalog()
-    outbox = Outbox(store, FaustSend(app))
+    gate = TenantGate(
+        TenantPolicy.load(settings.tenants_file), RateLimiter(redis), Budgets(redis), catalog
+    )
+    outbox = Outbox(store, FaustSend(app), ledger=gate)
     # The coalescing state: changelog-backed, co-partitioned with llmq.requests.keyed and
     # llmq.completions (all keyed by fingerprint, all with `partitions` partitions).
     table = app.Table(
@@ -130,7 +133,6 @@ def build(settings: StreamSettings) -> faust.App:
             settings.semantic_max_entries,
             ttl_s=settings.cache_ttl_s,
         )
-    gate = TenantGate(TenantPolicy.load(settings.tenants_file), RateLimiter(redis), Budgets(redis))
     stages = build_stages(
         catalog,
         outbox,

@@ -1,32 +1,87 @@
-"""Per-tenant budgets: USD spent per UTC day and month, fed by metering, checked at admission."""
+"""Per-tenant budgets that hold: admission reserves each request's worst-case cost, metering
+turns the reserve into spend, and the answer releases what is left (docs/budgets.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
+import math
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.metering import MeteringEvent
 from schemas.names import spend_key
 from schemas.tenants import BudgetPeriod, TenantLimits, period_end, period_id
+from schemas.work import WorkItem
 from streams.ratelimit import CHECK_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
 KEEP_AFTER_PERIOD_S = 2 * 86_400
 """Spend stays readable this long after its period ends (yesterday's figure, for reports)."""
+HOLD_S = 6 * 3600
+"""How long a hold of a request without a deadline lasts if its answer never releases it (a
+release lost to a Redis outage): long enough for a backlog, short enough to heal."""
+HOLD_AFTER_DEADLINE_S = 600
+"""A request with a deadline holds until then plus this: the generation may finish a little
+after the deadline it was admitted under."""
+RETRY_WHILE_HELD_S = 5.0
+"""What a request refused only because requests in flight hold the rest is told to wait."""
+NANO = 1e9
+"""Holds are whole nano-dollars in Redis: integers add and subtract without drift."""
 
-# KEYS: the day's spend, the month's spend, the set of events counted on that day.
-# ARGV: the event's id, its cost, when the day's and the month's keys expire (Unix time).
-# The set makes a redelivered event count once; it lives as long as the month's spend,
-# so no duplicate can reach a figure that a budget check still reads.
-ADD_ONCE = """
+# KEYS: the spend of the budget's current period, the holds {id: nano-USD}, the holds by
+# expiry (a sorted set), the sum of the holds (nano-USD).
+# ARGV: the hold's id, its nano-USD, the budget (USD), now, the hold's expiry, and when the
+# hold keys may expire (Unix times).
+# Expired holds are dropped first. A hold already taken (a redelivered request) is admitted
+# again. Returns {admitted 0/1, spent USD, held nano-USD} (strings: Lua numbers become
+# integers in replies).
+RESERVE = """
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4], 'LIMIT', 0, 1000)) do
+  local amount = redis.call('HGET', KEYS[2], id)
+  if amount then
+    redis.call('DECRBY', KEYS[4], amount)
+    redis.call('HDEL', KEYS[2], id)
+  end
+  redis.call('ZREM', KEYS[3], id)
+end
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+local held = tonumber(redis.call('GET', KEYS[4]) or '0')
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return {1, tostring(spent), tostring(held)}
+end
+local budget, amount = tonumber(ARGV[3]), tonumber(ARGV[2])
+if spent >= budget or spent + (held + amount) / 1e9 > budget then
+  return {0, tostring(spent), tostring(held)}
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+redis.call('INCRBY', KEYS[4], ARGV[2])
+for i = 2, 4 do
+  if redis.call('EXPIRETIME', KEYS[i]) < tonumber(ARGV[6]) then
+    redis.call('EXPIREAT', KEYS[i], ARGV[6])
+  end
+end
+return {1, tostring(spent), tostring(held)}
+"""
+
+# KEYS: the day's spend, the month's spend, the set of events counted on that day, then the
+# holds, the holds by expiry and their sum, as in RESERVE.
+# ARGV: the event's id, its cost (USD), when the day's and the month's keys expire, the hold's
+# id (the request's correlation id), the cost in nano-USD.
+# The set makes a redelivered event count once (whether it came through llmq.metering or
+# inside its completion); it lives as long as the month's spend, so no duplicate can reach a
+# figure that a budget check still reads. The cost moves from the request's hold, if any, to
+# the spend: the sum of spend and holds does not grow while a request stays within its hold.
+SETTLE = """
 if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then
   return 0
 end
@@ -35,26 +90,116 @@ redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
 redis.call('INCRBYFLOAT', KEYS[2], ARGV[2])
 redis.call('EXPIREAT', KEYS[2], ARGV[4])
+local hold = tonumber(redis.call('HGET', KEYS[4], ARGV[5]) or '0')
+local take = math.min(hold, tonumber(ARGV[6]))
+if take > 0 then
+  redis.call('DECRBY', KEYS[6], take)
+  if take >= hold then
+    redis.call('HDEL', KEYS[4], ARGV[5])
+    redis.call('ZREM', KEYS[5], ARGV[5])
+  else
+    redis.call('HINCRBY', KEYS[4], ARGV[5], -take)
+  end
+end
+return 1
+"""
+
+# KEYS: the holds, the holds by expiry, their sum. ARGV: the hold's id.
+RELEASE = """
+local hold = redis.call('HGET', KEYS[1], ARGV[1])
+if not hold then
+  return 0
+end
+redis.call('DECRBY', KEYS[3], hold)
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
 PERIOD_NAMES: dict[BudgetPeriod, str] = {"day": "daily", "month": "monthly"}
 
 
-class Budgets:
-    """Every metered generation adds its cost to its tenant's day and month; admission
-    refuses a tenant whose spend has reached its budget until the period resets.
+@dataclass(frozen=True)
+class Hold:
+    """What one request may still cost its tenant: `usd` until it is answered or `until`."""
 
-    Spend lags by the requests in flight, so a budget is a soft limit: it may be overshot
-    by what was admitted before the spend that crossed it was metered."""
+    id: str
+    usd: float
+    until: float
+
+
+def worst_case(work: WorkItem, catalog: Catalog, now: float | None = None) -> Hold:
+    """The most the request can cost: every model of its chain still ahead (a cascade or a
+    fallback generates again) at its prices, for the bound on the prompt's tokens and
+    max_tokens (capped by the model's context) of output."""
+    now = time.time() if now is None else now
+    body = work.request.body
+    prompt = body.prompt_token_bound()
+    usd = 0.0
+    for name in [work.route.current, *work.route.remaining]:
+        spec = catalog.get(name)
+        if spec is not None:
+            usd += spec.cost(prompt, min(body.max_tokens, spec.max_model_len))
+    deadline = work.request.deadline
+    until = now + HOLD_S if deadline is None else deadline + HOLD_AFTER_DEADLINE_S
+    return Hold(work.request.correlation_id, usd, until)
+
+
+class Budgets:
+    """A tenant's spend per UTC day and month, and its holds: what admitted requests may
+    still cost. Admission admits a request only while spend + holds + its worst case fit the
+    budget, so metered spend never passes it (unless a generation costs more than its worst
+    case, which the bound on prompt tokens rules out)."""
 
     def __init__(self, client: aioredis.Redis, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         self._redis = client
-        self._add_once = client.register_script(ADD_ONCE)
+        self._reserve = client.register_script(RESERVE)
+        self._settle = client.register_script(SETTLE)
+        self._release = client.register_script(RELEASE)
         self._timeout_s = timeout_s
 
+    async def reserve(
+        self, tenant: str, limits: TenantLimits, hold: Hold, now: float | None = None
+    ) -> None:
+        """Hold the request's worst case against the tenant's budget, or raise
+        BUDGET_EXCEEDED saying what is spent and held and when to retry. While Redis is down
+        or slower than `timeout_s`, admit with a warning or raise BUDGET_UNAVAILABLE, as the
+        tenant's `budget_when_unavailable` says."""
+        if limits.budget_usd is None:
+            return
+        now = time.time() if now is None else now
+        period = limits.budget_period
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                admitted, spent, held = await self._reserve(
+                    keys=[spend_key(tenant, period_id(period, now)), *_hold_keys(tenant)],
+                    args=[
+                        hold.id,
+                        math.ceil(hold.usd * NANO),
+                        repr(limits.budget_usd),
+                        now,
+                        hold.until,
+                        math.ceil(max(hold.until, now + HOLD_S)),
+                    ],
+                )
+        except (RedisError, TimeoutError) as exc:
+            if limits.budget_when_unavailable == "refuse":
+                raise LlmqError(
+                    ErrorCode.BUDGET_UNAVAILABLE,
+                    f"tenant {tenant}'s budget cannot be checked now, and its policy is to "
+                    "refuse then (budget_when_unavailable = refuse)",
+                    retry_after_s=RETRY_WHILE_HELD_S,
+                ) from exc
+            log.warning("budgets unavailable, admitting tenant %s unchecked: %s", tenant, exc)
+            return
+        if not int(admitted):
+            raise _exceeded(
+                tenant, limits, hold, spent=float(spent), held=float(held) / NANO, now=now
+            )
+
     async def record(self, event: MeteringEvent) -> bool:
-        """Add the event's cost to its tenant's spend, once however often it is delivered.
+        """Add the event's cost to its tenant's spend, once however often it is delivered,
+        taking it from the request's hold.
 
         Returns False for an event already counted, a free one, or one whose month is too
         old to matter. Raises RedisError: the caller must retry and not commit the metering
@@ -62,50 +207,73 @@ class Budgets:
         month_end = period_end("month", event.at) + KEEP_AFTER_PERIOD_S
         if event.cost_usd == 0 or month_end <= time.time():
             return False
-        added = await self._add_once(
+        added = await self._settle(
             keys=[
                 spend_key(event.tenant, period_id("day", event.at)),
                 spend_key(event.tenant, period_id("month", event.at)),
                 spend_key(event.tenant, "seen:" + period_id("day", event.at)),
+                *_hold_keys(event.tenant),
             ],
             args=[
                 _event_id(event),
                 repr(event.cost_usd),
                 int(period_end("day", event.at)) + KEEP_AFTER_PERIOD_S,
                 int(month_end),
+                event.correlation_id,
+                round(event.cost_usd * NANO),
             ],
         )
         return bool(added)
 
-    async def check(self, tenant: str, limits: TenantLimits, now: float | None = None) -> None:
-        """Raise BUDGET_EXCEEDED, with the seconds until the reset, once the tenant's spend in
-        the current period has reached its budget. With Redis unavailable or slower than
-        `timeout_s` it admits (and logs a warning), as the rate limiter does."""
-        if limits.budget_usd is None:
-            return
-        now = time.time() if now is None else now
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                spent = await self.spent(tenant, limits.budget_period, now)
-        except (RedisError, TimeoutError) as exc:
-            log.warning("budgets unavailable, admitting tenant %s unchecked: %s", tenant, exc)
-            return
-        if spent < limits.budget_usd:
-            return
-        resets = period_end(limits.budget_period, now)
-        at = datetime.fromtimestamp(resets, UTC).strftime("%Y-%m-%d %H:%M UTC")
-        raise LlmqError(
-            ErrorCode.BUDGET_EXCEEDED,
-            f"tenant {tenant} has spent {_usd(spent)} of its {_usd(limits.budget_usd)} "
-            f"{PERIOD_NAMES[limits.budget_period]} budget; it resets at {at}",
-            retry_after_s=resets - now,
-        )
+    async def release(self, tenant: str, hold_id: str) -> bool:
+        """Give back what is left of a request's hold (it is answered); False if it had none.
+        Raises RedisError."""
+        return bool(await self._release(keys=_hold_keys(tenant), args=[hold_id]))
 
     async def spent(self, tenant: str, period: BudgetPeriod, at: float | None = None) -> float:
         """USD the tenant spent in the day or month that contains `at` (default: now)."""
         at = time.time() if at is None else at
         raw = await self._redis.get(spend_key(tenant, period_id(period, at)))
         return 0.0 if raw is None else float(raw)
+
+    async def held(self, tenant: str) -> float:
+        """USD the tenant's admitted and unanswered requests may still cost."""
+        raw = await self._redis.get(_hold_keys(tenant)[2])
+        return 0.0 if raw is None else int(raw) / NANO
+
+
+def _hold_keys(tenant: str) -> list[str]:
+    """The holds by id, the holds by expiry, and their sum."""
+    return [spend_key(tenant, name) for name in ("holds", "holds:until", "held")]
+
+
+def _exceeded(
+    tenant: str, limits: TenantLimits, hold: Hold, *, spent: float, held: float, now: float
+) -> LlmqError:
+    """Why the request does not fit, and when trying again may help."""
+    assert limits.budget_usd is not None
+    budget, period = limits.budget_usd, limits.budget_period
+    resets = period_end(period, now)
+    at = datetime.fromtimestamp(resets, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    of_budget = f"of its {_usd(budget)} {PERIOD_NAMES[period]} budget"
+    if spent >= budget:
+        message = f"tenant {tenant} has spent {_usd(spent)} {of_budget}; it resets at {at}"
+        wait = resets - now
+    elif spent + hold.usd > budget:
+        message = (
+            f"tenant {tenant} has spent {_usd(spent)} {of_budget}, and this request may cost "
+            f"up to {_usd(hold.usd)} (its prompt and max_tokens at the model's prices); "
+            f"lower max_tokens, or wait until it resets at {at}"
+        )
+        wait = resets - now
+    else:
+        message = (
+            f"tenant {tenant} has spent {_usd(spent)} {of_budget}, and requests in flight "
+            f"may cost up to {_usd(held)} more; this one may cost up to {_usd(hold.usd)}, "
+            "so it must wait for them to finish"
+        )
+        wait = RETRY_WHILE_HELD_S
+    return LlmqError(ErrorCode.BUDGET_EXCEEDED, message, retry_after_s=wait)
 
 
 def _event_id(event: MeteringEvent) -> str:

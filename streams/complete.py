@@ -61,6 +61,10 @@ class Complete:
             error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable completion: {describe(exc)}")
             await self._outbox.dead_letter(COMPLETIONS, key, value, error)
             return
+        # 0) What the generation cost counts against the tenant's budget before anything else
+        #    (an answer releases the request's hold).
+        if self._outbox.ledger is not None:
+            await self._outbox.ledger.settle(completion.metering)
         # 1) Another model or another attempt takes it over: whoever waits keeps waiting.
         if await self._hand_on(completion):
             return

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from schemas.dlq import dead_letter
 from schemas.errors import LlmqError
+from schemas.metering import MeteringEvent
 from schemas.names import DLQ, HEADER_TOKENS, TOKENS, work_topic
 from schemas.redact import content_log
 from schemas.request import InferenceRequest
@@ -27,6 +28,15 @@ class Store(Protocol):
     async def keep_result(self, result: InferenceResult) -> InferenceResult: ...
 
 
+class Ledger(Protocol):
+    """Budget holds (streams.gate.TenantGate in production): a generation's cost is settled
+    before its request is answered, and an answered request releases what it still holds."""
+
+    async def settle(self, event: MeteringEvent | None) -> None: ...
+
+    async def release(self, result: InferenceResult) -> None: ...
+
+
 class Send(Protocol):
     """Publish one record and return once the broker has acknowledged it."""
 
@@ -43,9 +53,10 @@ class Outbox:
     """Publishing with the guarantees the design asks for: every call returns once the
     broker has what it published, and a reply is stored before it is sent."""
 
-    def __init__(self, store: Store, send: Send) -> None:
+    def __init__(self, store: Store, send: Send, ledger: Ledger | None = None) -> None:
         self.store = store
         self.send = send
+        self.ledger = ledger
 
     async def work(self, item: WorkItem) -> None:
         """Hand a work item to the workers of its current model, in its lane; its estimated
@@ -58,9 +69,12 @@ class Outbox:
         )
 
     async def reply(self, topic: str | None, result: InferenceResult) -> None:
-        """Store the result, then publish it when there is a topic. Both are idempotent: a
-        request answered before (a redelivery) is answered with its first result again."""
+        """Store the result, release the request's budget hold, then publish the result when
+        there is a topic. All are idempotent: a request answered before (a redelivery) is
+        answered with its first result again."""
         result = await self.store.keep_result(result)
+        if self.ledger is not None:
+            await self.ledger.release(result)
         content_log.debug(
             "answered %s/%s (%s): %r",
             result.tenant,

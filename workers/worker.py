@@ -378,19 +378,22 @@ class Worker:
         return body
 
     async def _publish(self, completion: Completion, state: InFlight) -> None:
-        """Send the completion (and, for a generation, its metering event); await both acks."""
-        sends = [
-            self._deliver(
-                COMPLETIONS, completion.work.fingerprint.encode(), completion.model_dump_json()
-            )
-        ]
+        """Send the completion (and, for a generation, its metering event, which also rides in
+        the completion for the tenant's budget); await both acks."""
+        sends = []
         outcome = "ok" if completion.error is None else completion.error.code.value
         cut_short = outcome in _METERED_FAILURES and state.spent
         if completion.response is not None or cut_short:
             event = state.metering(
                 self._spec, self._worker_id, completion.finished_at, outcome=outcome
             )
+            completion = completion.model_copy(update={"metering": event})
             sends.append(self._deliver(METERING, event.tenant.encode(), event.model_dump_json()))
+        sends.append(
+            self._deliver(
+                COMPLETIONS, completion.work.fingerprint.encode(), completion.model_dump_json()
+            )
+        )
         await asyncio.gather(*sends)
 
     async def _deliver(self, topic: str, key: bytes, value: str) -> None:

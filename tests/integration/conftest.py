@@ -79,9 +79,14 @@ requests_per_minute = 3
 [tenants.suspended]
 budget_usd = 0
 
-# One small generation costs about $0.000001 at the catalog's prices.
+# One small generation costs about $0.000001 at the catalog's prices and holds about
+# $0.000002 (its worst case) while in flight: one fits, and after it no second one does.
 [tenants.frugal]
-budget_usd = 0.0000005
+budget_usd = 0.000003
+
+# About 50 generations of 16 tokens (about $0.000002 each), fewer worst cases ($0.000003).
+[tenants.capped]
+budget_usd = 0.0001
 """
 
 

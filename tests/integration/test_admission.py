@@ -13,7 +13,7 @@ import redis
 from llmq.client import Client, tail
 from schemas.errors import ErrorCode
 from schemas.metering import MeteringEvent
-from schemas.names import METERING, REDIS_SEMANTIC_PREFIX
+from schemas.names import METERING, REDIS_SEMANTIC_PREFIX, spend_key
 from schemas.request import CacheMode
 from schemas.result import CacheStatus
 from schemas.settings import ServiceSettings
@@ -64,6 +64,54 @@ def test_metered_spend_closes_the_budget(client: Client) -> None:
     assert result.error is not None, "the budget never closed"
     assert result.error.code is ErrorCode.BUDGET_EXCEEDED
     assert "daily budget" in result.error.message
+
+
+def test_a_burst_never_spends_past_the_budget(
+    client: Client, stack: LocalStack, service_settings: ServiceSettings
+) -> None:
+    """200 requests at once from a tenant whose budget fits about 50, half of them streamed:
+    each holds its worst case at admission, so the metered spend stays within the budget and
+    the rest are refused, saying why; every hold is released once answered."""
+    budget = 0.0001
+    metering = tail(service_settings.kafka_bootstrap, METERING)
+    ids = [
+        client.submit(
+            f"Count to ten. ({i})",
+            tenant="capped",
+            max_tokens=16,
+            ignore_eos=True,  # every answer costs the same, whenever the model would stop
+            stream=i % 2 == 1,
+            cache=CacheMode.OFF,
+        )
+        for i in range(200)
+    ]
+    results = [client.result(cid, timeout=300) for cid in ids]
+    served = [r for r in results if r.status == "ok"]
+    refused = [r for r in results if r.error is not None]
+    assert len(served) + len(refused) == 200
+    assert all(r.error.code is ErrorCode.BUDGET_EXCEEDED for r in refused if r.error)
+    assert all("daily budget" in r.error.message for r in refused if r.error)
+    assert 10 <= len(served) < 100, f"{len(served)} served: the burst was not capped"
+    served_ids = {r.correlation_id for r in served}
+    records = collect(
+        metering,
+        done=lambda rs: served_ids <= {_event(r.value).correlation_id for r in rs},
+        timeout_s=60,
+    )
+    metering.close()
+    spent = sum(e.cost_usd for e in map(_event, (r.value for r in records)) if e.tenant == "capped")
+    store = redis.Redis.from_url(stack.settings.redis_url)
+    try:
+        held = cast("bytes | None", store.get(spend_key("capped", "held")))
+    finally:
+        store.close()
+    print(f"\n{len(served)} of 200 served, ${spent:.7f} metered of the ${budget} budget")
+    assert 0 < spent <= budget
+    assert held is not None and int(held) == 0, "every answered request released its hold"
+
+
+def _event(value: bytes | None) -> MeteringEvent:
+    return MeteringEvent.model_validate_json(value or b"")
 
 
 def test_compression_saves_prompt_tokens_and_meters_them(

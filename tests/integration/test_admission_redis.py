@@ -8,6 +8,7 @@ import logging
 import re
 import signal
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar, cast
@@ -24,7 +25,7 @@ from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.result import InferenceResult
 from schemas.tenants import TenantLimits, period_end
-from streams.budget import KEEP_AFTER_PERIOD_S, Budgets
+from streams.budget import KEEP_AFTER_PERIOD_S, Budgets, Hold
 from streams.ratelimit import BUCKET_TTL_S, CHECK_TIMEOUT_S, RateLimiter
 from streams.store import RedisStore
 from tests.integration.helpers import start_redis
@@ -243,7 +244,7 @@ def _checks_during(outage: signal.Signals) -> float:
         proc.send_signal(outage)
         started = time.monotonic()
         assert await _outcome(limiter, "acme", limits) is None
-        await budgets.check("acme", limits)
+        await budgets.reserve("acme", limits, _hold(0.0, time.time()))
         return time.monotonic() - started
 
     url = f"redis://127.0.0.1:{port}/0"
@@ -299,6 +300,11 @@ def _event(tenant: str, correlation_id: str, cost: float, at: float) -> Metering
     )
 
 
+def _hold(usd: float, at: float, hold_id: str | None = None) -> Hold:
+    """A request's hold, lasting an hour from `at`."""
+    return Hold(hold_id or uuid.uuid4().hex, usd, at + 3600)
+
+
 def _noon(days_ago: int = 0) -> float:
     """Noon UTC, today or a few days back: clear of day boundaries, recent enough to count."""
     today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
@@ -315,12 +321,12 @@ def test_spend_reaches_the_daily_budget_and_says_when_it_resets(
         budgets = Budgets(client)
         for i in range(2):
             assert await budgets.record(_event("acme", f"c-{i}", 0.4, at))
-            await budgets.check("acme", limits, now=at)  # $0.80: still under
+            await budgets.reserve("acme", limits, _hold(0.0, at), now=at)  # $0.80: still under
         assert await budgets.record(_event("acme", "c-2", 0.4, at))
         assert await budgets.spent("acme", "day", at) == pytest.approx(1.2)
-        await budgets.check("other", limits, now=at)  # tenants are separate
+        await budgets.reserve("other", limits, _hold(0.0, at), now=at)  # tenants are separate
         with pytest.raises(LlmqError) as caught:
-            await budgets.check("acme", limits, now=at)
+            await budgets.reserve("acme", limits, _hold(0.0, at), now=at)
         return caught.value
 
     error = _run(redis_port, body)
@@ -372,7 +378,7 @@ def test_monthly_budgets_sum_the_days_and_old_or_free_events_are_skipped(redis_p
         )
         if same_month:
             with pytest.raises(LlmqError, match=r"of its \$0.3 monthly budget; it resets at"):
-                await budgets.check("acme", limits, now=today)
+                await budgets.reserve("acme", limits, _hold(0.0, today), now=today)
 
     _run(redis_port, body)
 
@@ -388,3 +394,132 @@ def test_the_result_store_keeps_the_first_result_and_hands_it_back(redis_port: i
 
     kept = _run(redis_port, body)
     assert [r.status for r in kept] == ["error", "error", "ok"], "first per tenant and id"
+
+
+# Budget holds
+
+
+def test_concurrent_requests_hold_their_worst_case_and_never_pass_the_budget(
+    redis_port: int,
+) -> None:
+    """200 requests at once, each holding $0.03 of a $1.00 budget: 33 fit. Each then costs
+    $0.02, so settling and releasing them leaves room for 11 more at $0.03."""
+    at = _noon()
+    limits = TenantLimits(budget_usd=1.0)
+
+    async def body(client: aioredis.Redis) -> tuple[list[Hold], list[Hold], float, float]:
+        budgets = Budgets(client, timeout_s=120)
+
+        async def admitted(hold: Hold) -> bool:
+            try:
+                await budgets.reserve("acme", limits, hold, now=at)
+            except LlmqError as error:
+                assert error.code is ErrorCode.BUDGET_EXCEEDED
+                return False
+            return True
+
+        holds = [_hold(0.03, at, f"c-{i}") for i in range(200)]
+        first = [
+            h
+            for h, ok in zip(holds, await asyncio.gather(*map(admitted, holds)), strict=True)
+            if ok
+        ]
+        held_before = await budgets.held("acme")
+        for hold in first:
+            assert await budgets.record(_event("acme", hold.id, 0.02, at))
+            assert await budgets.release("acme", hold.id)
+        more = [_hold(0.03, at, f"d-{i}") for i in range(20)]
+        second = [
+            h for h, ok in zip(more, await asyncio.gather(*map(admitted, more)), strict=True) if ok
+        ]
+        return first, second, held_before, await budgets.spent("acme", "day", at)
+
+    first, second, held_before, spent = _run(redis_port, body)
+    assert len(first) == 33
+    assert held_before == pytest.approx(0.99)
+    assert spent == pytest.approx(0.66)
+    assert len(second) == 11
+
+
+def test_metering_moves_cost_from_the_hold_to_the_spend_once(redis_port: int) -> None:
+    """The same event may come inside its completion and on llmq.metering: one settles."""
+    at = _noon()
+    limits = TenantLimits(budget_usd=1.0)
+
+    async def body(client: aioredis.Redis) -> list[float]:
+        budgets = Budgets(client)
+        await budgets.reserve("acme", limits, _hold(0.5, at, "c-1"), now=at)
+        event = _event("acme", "c-1", 0.2, at)
+        seen = [await budgets.held("acme")]
+        assert await budgets.record(event)
+        assert not await budgets.record(event.model_copy())
+        seen += [await budgets.held("acme"), await budgets.spent("acme", "day", at)]
+        # A cascade's second generation: it takes what is left of the hold, no more.
+        assert await budgets.record(_event("acme", "c-1", 0.4, at + 1))
+        seen += [await budgets.held("acme"), await budgets.spent("acme", "day", at)]
+        assert not await budgets.release("acme", "c-1"), "the hold is used up"
+        return seen
+
+    assert _run(redis_port, body) == pytest.approx([0.5, 0.3, 0.2, 0.0, 0.6])
+
+
+def test_a_released_or_expired_hold_frees_the_budget(redis_port: int, sync: redis.Redis) -> None:
+    at = _noon()
+    limits = TenantLimits(budget_usd=1.0)
+
+    async def body(client: aioredis.Redis) -> list[str]:
+        budgets = Budgets(client)
+        await budgets.reserve("acme", limits, _hold(0.6, at, "c-1"), now=at)
+        await budgets.reserve("acme", limits, _hold(0.6, at, "c-1"), now=at)  # redelivered
+        messages = []
+        for hold_id in ("c-2", "c-3"):
+            with pytest.raises(LlmqError) as caught:
+                await budgets.reserve("acme", limits, _hold(0.6, at, hold_id), now=at)
+            messages.append(caught.value.message)
+        assert await budgets.release("acme", "c-1")
+        assert not await budgets.release("acme", "c-1")
+        await budgets.reserve("acme", limits, Hold("c-4", 0.6, at + 10), now=at)
+        await budgets.reserve("acme", limits, _hold(0.6, at, "c-5"), now=at + 11)  # c-4 expired
+        assert await budgets.held("acme") == pytest.approx(0.6)
+        return messages
+
+    messages = _run(redis_port, body)
+    assert messages[0] == (
+        "tenant acme has spent $0.00 of its $1.00 daily budget, and requests in flight may cost "
+        "up to $0.6 more; this one may cost up to $0.6, so it must wait for them to finish"
+    )
+    assert sync.hkeys("llmq:spend:{acme}:holds") == [b"c-5"]
+    assert cast(int, sync.ttl("llmq:spend:{acme}:held")) > 0
+
+
+def test_a_request_that_cannot_fit_says_to_lower_max_tokens(redis_port: int) -> None:
+    at = _noon()
+
+    async def body(client: aioredis.Redis) -> LlmqError:
+        with pytest.raises(LlmqError) as caught:
+            await Budgets(client).reserve(
+                "acme", TenantLimits(budget_usd=0.5), _hold(0.75, at), now=at
+            )
+        return caught.value
+
+    error = _run(redis_port, body)
+    assert error.code is ErrorCode.BUDGET_EXCEEDED
+    assert "may cost up to $0.75" in error.message and "lower max_tokens" in error.message
+    assert error.retry_after_s == 12 * 3600
+
+
+def test_a_fail_closed_tenant_is_refused_while_redis_is_down() -> None:
+    closed = TenantLimits(budget_usd=1.0, budget_when_unavailable="refuse")
+    opened = TenantLimits(budget_usd=1.0)
+
+    async def body(client: aioredis.Redis) -> LlmqError:
+        budgets = Budgets(client)
+        await budgets.reserve("open", opened, _hold(0.1, time.time()))
+        with pytest.raises(LlmqError) as caught:
+            await budgets.reserve("closed", closed, _hold(0.1, time.time()))
+        return caught.value
+
+    error = _run_with(lambda: aioredis.Redis(port=free_block(1), retry=Retry(NoBackoff(), 0)), body)
+    assert error.code is ErrorCode.BUDGET_UNAVAILABLE
+    assert error.code.retriable
+    assert "budget_when_unavailable = refuse" in error.message

@@ -26,7 +26,7 @@ from streams.admission import Compress, Gate
 from streams.admit import admit
 from streams.coalesce import Coalescer
 from streams.dedupe import Similar
-from streams.outbox import Outbox
+from streams.outbox import Ledger, Outbox
 from streams.settings import StreamSettings
 from streams.stages import build_stages
 
@@ -88,13 +88,14 @@ class Pipeline:
         compress: Compress | None = None,
         send: FakeSend | None = None,
         similar: Similar | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.store = store or FakeStore()
         self.send = send or FakeSend()
         self.table: dict[bytes, bytes] = {}
         stages = build_stages(
             catalog or Catalog.builtin(),
-            Outbox(self.store, self.send),
+            Outbox(self.store, self.send, ledger),
             Coalescer(self.table, stale_after_s=600),
             StreamSettings().retry_policy(),
             similar=similar,

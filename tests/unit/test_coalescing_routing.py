@@ -209,7 +209,7 @@ def test_an_engine_failure_falls_back_to_the_next_model() -> None:
 
 
 class GateSaysNo:
-    async def check(self, request: InferenceRequest) -> None:
+    async def check(self, work: WorkItem) -> None:
         raise LlmqError(ErrorCode.RATE_LIMITED, "over 2 requests per minute", retry_after_s=7.5)
 
 

@@ -9,6 +9,7 @@ from schemas.result import ErrorInfo
 
 RETRIABLE = {
     ErrorCode.RATE_LIMITED,
+    ErrorCode.BUDGET_UNAVAILABLE,
     ErrorCode.ENGINE_ERROR,
     ErrorCode.ENGINE_UNAVAILABLE,
     ErrorCode.ENGINE_TIMEOUT,
@@ -17,7 +18,7 @@ RETRIABLE = {
 
 
 @pytest.mark.parametrize("code", list(ErrorCode))
-def test_only_rate_limits_engine_and_internal_failures_are_retriable(code: ErrorCode) -> None:
+def test_only_waits_engine_and_internal_failures_are_retriable(code: ErrorCode) -> None:
     assert code.retriable is (code in RETRIABLE)
     assert LlmqError(code, "why").retriable is code.retriable
 

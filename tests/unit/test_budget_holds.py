@@ -1,0 +1,127 @@
+"""Budget holds as the stages use them: a request's worst case, settled before its answer and
+released by it, whatever the answer is (tests/integration/test_admission_redis.py runs the
+Redis side)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from schemas.catalog import Catalog
+from schemas.lanes import Lane
+from schemas.metering import MeteringEvent
+from schemas.request import TEMPLATE_TOKENS, TEMPLATE_TOKENS_PER_MESSAGE
+from schemas.result import InferenceResult
+from schemas.work import Completion, WorkItem
+from streams.budget import HOLD_AFTER_DEADLINE_S, HOLD_S, worst_case
+from tests.unit.stages import Pipeline, admitted, completion, raw_request, result_of
+
+PRICED = Catalog.model_validate(
+    {
+        "default": "small",
+        "routing": {"cascade": True, "escalate_below": -1.0},
+        "models": [
+            {
+                "name": "small",
+                "source": "/m/small",
+                "tier": 1,
+                "max_model_len": 512,
+                "price_prompt_per_mtok": 1.0,
+                "price_completion_per_mtok": 2.0,
+            },
+            {
+                "name": "big",
+                "source": "/m/big",
+                "tier": 2,
+                "price_prompt_per_mtok": 10.0,
+                "price_completion_per_mtok": 20.0,
+            },
+        ],
+    }
+)
+
+
+class Ledger:
+    """Records what the stages settle and release, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def settle(self, event: MeteringEvent | None) -> None:
+        if event is not None:
+            self.calls.append(f"settle {event.correlation_id} {event.cost_usd}")
+
+    async def release(self, result: InferenceResult) -> None:
+        self.calls.append(f"release {result.correlation_id}")
+
+
+def _metered(work: WorkItem, text: str, cost: float) -> bytes:
+    done = Completion.model_validate_json(completion(work, text))
+    event = MeteringEvent(
+        correlation_id=work.request.correlation_id,
+        tenant=work.request.tenant,
+        model=work.model,
+        lane=Lane.INTERACTIVE,
+        fingerprint=work.fingerprint,
+        prompt_tokens=3,
+        completion_tokens=1,
+        cost_usd=cost,
+        queue_ms=1.0,
+        ttft_ms=1.0,
+        engine_ms=1.0,
+        worker="w1",
+    )
+    return done.model_copy(update={"metering": event}).model_dump_json().encode()
+
+
+def test_the_worst_case_covers_every_model_still_ahead_at_its_prices() -> None:
+    raw = json.loads(raw_request(max_tokens=1000))
+    work = admitted(json.dumps({**raw, "model": "auto"}).encode())
+    work = WorkItem.model_validate(
+        {**work.model_dump(), "route": {**work.route.model_dump(), "chain": ["small", "big"]}}
+    )
+    prompt = len(b"Hi") + TEMPLATE_TOKENS + TEMPLATE_TOKENS_PER_MESSAGE
+    hold = worst_case(work, PRICED, now=100.0)
+    small = prompt * 1.0 + 512 * 2.0  # max_tokens capped by small's context
+    big = prompt * 10.0 + 1000 * 20.0
+    assert hold.usd == pytest.approx((small + big) / 1e6)
+    assert (hold.id, hold.until) == ("req-1", 100.0 + HOLD_S)
+    after_escalation = work.model_copy(update={"route": work.route.advance(escalated=True)})
+    assert worst_case(after_escalation, PRICED).usd == pytest.approx(big / 1e6)
+
+
+def test_a_hold_lasts_past_the_deadline_and_counts_every_byte() -> None:
+    raw = json.loads(raw_request())
+    deadline = time.time() + 3600
+    raw["deadline"] = deadline
+    raw["body"]["messages"] = [{"role": "user", "content": "Grüße"}]
+    work = admitted(json.dumps(raw).encode())
+    assert work.request.body.prompt_token_bound() == 7 + TEMPLATE_TOKENS + 16
+    assert worst_case(work, Catalog.builtin()).until == deadline + HOLD_AFTER_DEADLINE_S
+
+
+def test_a_generation_is_settled_before_its_answer_releases_the_hold() -> None:
+    ledger = Ledger()
+    harness = Pipeline(catalog=PRICED, ledger=ledger)
+    harness.on_request(None, raw_request(cid="t-1", temperature=0))
+    harness.on_request(None, raw_request(cid="t-2", temperature=0))  # coalesced
+    [sent] = harness.send.sent
+    work = WorkItem.model_validate_json(sent.value)
+    harness.send.sent.clear()
+    harness.on_completion(_metered(work, "Hello!", 0.25))
+    assert ledger.calls[0] == "settle t-1 0.25"
+    assert sorted(ledger.calls[1:]) == ["release t-1", "release t-2"]
+    assert {result_of(s).correlation_id for s in harness.send.sent} == {"t-1", "t-2"}
+
+
+def test_a_cached_or_failed_answer_releases_its_hold_too() -> None:
+    ledger = Ledger()
+    harness = Pipeline(catalog=PRICED, ledger=ledger)
+    harness.on_request(None, raw_request(cid="t-1", temperature=0))
+    work = WorkItem.model_validate_json(harness.send.sent.pop().value)
+    harness.on_completion(_metered(work, "Hello!", 0.25))
+    harness.on_request(None, raw_request(cid="t-2", temperature=0))  # the exact cache answers
+    harness.on_request(None, raw_request(cid="t-3", temperature=0, max_tokens=0))  # invalid
+    assert ledger.calls == ["settle t-1 0.25", "release t-1", "release t-2", "release t-3"]
