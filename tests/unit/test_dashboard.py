@@ -1,5 +1,6 @@
 """deploy/grafana and deploy/prometheus/rules.yml query only what the services export, by
-the names and labels prometheus_client gives them."""
+the names and labels prometheus_client gives them, and docker-compose's grafana service is
+given the files that exist."""
 
 from __future__ import annotations
 
@@ -205,3 +206,23 @@ def test_every_metric_the_services_export_is_on_the_dashboard() -> None:
     queries += [rule["expr"] for rule in _rules() if rule.get("record") in rules]
     shown = set(NAME.findall(STRING.sub('""', " ".join(queries))))
     assert {family for family, series in FAMILIES.items() if not shown & set(series)} == set()
+
+
+def test_compose_gives_grafana_its_provisioning_and_dashboards() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    grafana = compose["services"]["grafana"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"])
+    assert "prometheus" in grafana["depends_on"]
+    mounts = {}
+    for volume in grafana["volumes"]:
+        source, target, mode = volume.split(":")
+        assert mode == "ro", volume
+        assert (ROOT / source).is_dir(), volume
+        mounts[(ROOT / source).resolve()] = target
+    assert mounts[GRAFANA / "provisioning"] == "/etc/grafana/provisioning"
+    dashboards = mounts[GRAFANA / "dashboards"]
+    [provider] = yaml.safe_load(PROVIDERS.read_text())["providers"]
+    assert provider["options"]["path"] == dashboards
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{dashboards}/{DASHBOARD.name}"
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
