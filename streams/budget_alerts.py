@@ -1,0 +1,99 @@
+"""Budget alerts: a tenant crossing 50, 80 and 100% of its budget is reported once per
+threshold and period, as a log line, a metric and a BudgetAlert on llmq.alerts."""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+
+from schemas.alerts import BudgetAlert
+from schemas.names import ALERTS, spend_key
+from schemas.tenants import TenantLimits, period_end, period_id
+from streams import metrics
+from streams.budget import KEEP_AFTER_PERIOD_S
+from streams.outbox import Send
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS = (0.5, 0.8, 1.0)
+"""Shares of a budget that are reported when crossed."""
+
+
+class BudgetAlerts:
+    """Decides which thresholds a tenant's spend crossed and reports each once: a Redis key
+    per tenant, period and threshold (SET NX) makes one instance of the stream processor the
+    one that reports it, however many count spend."""
+
+    def __init__(self, redis: aioredis.Redis, send: Send) -> None:
+        self._redis = redis
+        self._send = send
+
+    @staticmethod
+    def admitted(tenant: str, limits: TenantLimits, spent: float | None) -> None:
+        """Admission read the tenant's spend: the gauge follows it, into a new period too."""
+        if spent is not None and limits.budget_usd:
+            metrics.BUDGET_USED.labels(tenant).set(spent / limits.budget_usd)
+
+    async def spent(self, tenant: str, limits: TenantLimits, spent: float, now: float) -> None:
+        """The tenant's spend in the current period is now `spent`. Raises RedisError or the
+        producer's errors; the caller decides whether that matters."""
+        budget = limits.budget_usd
+        if not budget:
+            return
+        metrics.BUDGET_USED.labels(tenant).set(spent / budget)
+        for threshold in THRESHOLDS:
+            if spent >= threshold * budget:
+                await self._once(tenant, limits, threshold, spent=spent, now=now, reason="spend")
+
+    async def exhausted(self, tenant: str, limits: TenantLimits, spent: float, now: float) -> None:
+        """A request was refused because what is left of the budget cannot pay for it: for
+        the tenant, the budget is used up, though the spend stays below it."""
+        if not limits.budget_usd:
+            return
+        metrics.BUDGET_USED.labels(tenant).set(1.0)
+        reason = "a request was refused: what is left cannot pay for its worst case"
+        await self._once(tenant, limits, 1.0, spent=spent, now=now, reason=reason)
+
+    async def _once(
+        self,
+        tenant: str,
+        limits: TenantLimits,
+        threshold: float,
+        *,
+        spent: float,
+        now: float,
+        reason: str,
+    ) -> None:
+        assert limits.budget_usd is not None
+        period = limits.budget_period
+        window = period_id(period, now)
+        key = spend_key(tenant, f"alerted:{window}:{round(threshold * 100)}")
+        expires = int(period_end(period, now)) + KEEP_AFTER_PERIOD_S
+        if not await self._redis.set(key, reason, nx=True, exat=expires):
+            return
+        alert = BudgetAlert(
+            tenant=tenant,
+            threshold=threshold,
+            period=period,
+            period_id=window,
+            spent_usd=spent,
+            budget_usd=limits.budget_usd,
+            reason=reason,
+            at=now,
+        )
+        log.warning(
+            "tenant %s crossed %d%% of its budget for %s (spent $%.6g of $%.6g): %s",
+            tenant,
+            round(threshold * 100),
+            window,
+            spent,
+            limits.budget_usd,
+            reason,
+        )
+        try:
+            await self._send(ALERTS, tenant.encode(), alert.model_dump_json().encode())
+        except BaseException:
+            await self._redis.delete(key)  # not sent: the next count tries again
+            raise
+        metrics.BUDGET_ALERTS.labels(tenant, f"{threshold:g}").inc()
