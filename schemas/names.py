@@ -29,6 +29,9 @@ TOKENS = "llmq.tokens"
 CANCELS = "llmq.cancels"
 """Requests nobody waits for any more (Cancel JSON), keyed by correlation_id; every worker
 reads all of it."""
+ALERTS = "llmq.alerts"
+"""Budget alerts (BudgetAlert JSON), keyed by tenant: a tenant crossed 50, 80 or 100% of its
+budget, once per threshold and period."""
 WORK_PREFIX = "llmq.work."
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -69,7 +72,7 @@ def topic_plan(models: Iterable[str], partitions: int) -> list[TopicSpec]:
     count (coalescing needs a request and its completion on the same partition); the DLQ
     has one partition, so its records stay in the order they failed. faust creates its
     table's changelog itself (changelog_topic)."""
-    shared = [REQUESTS, REQUESTS_KEYED, COMPLETIONS, RESULTS, METERING, TOKENS, CANCELS]
+    shared = [REQUESTS, REQUESTS_KEYED, COMPLETIONS, RESULTS, METERING, TOKENS, CANCELS, ALERTS]
     shared += [topic for model in models for topic in work_topics(model)]
     return [TopicSpec(name, partitions) for name in shared] + [TopicSpec(DLQ, 1)]
 
@@ -116,6 +119,7 @@ REDIS_SEMANTIC_PREFIX = "llmq:sem:"
 REDIS_RATE_PREFIX = "llmq:rate:"
 REDIS_SPEND_PREFIX = "llmq:spend:"
 REDIS_STARTS_PREFIX = "llmq:starts:"
+REDIS_COSTS_PREFIX = "llmq:costs:"
 
 
 def cache_key(fingerprint: str) -> str:
@@ -146,9 +150,17 @@ def rate_prefix(tenant: str) -> str:
 
 
 def spend_key(tenant: str, name: str) -> str:
-    """Budgets: spend:<day or month> -> USD spent, fed by metering, and seen:<day>, a set of
-    counted events so that a redelivered event counts once."""
+    """Budgets: <day or month> -> USD spent, fed by metering; seen:<day>, a set of counted
+    events so that a redelivered event counts once; holds, holds:until and held, what
+    admitted requests may still cost; alerted:<day or month>:<percent>, an alert sent."""
     return f"{REDIS_SPEND_PREFIX}{_tenant(tenant)}:{name}"
+
+
+def costs_keys(hour: str) -> tuple[str, str]:
+    """Cost rollups of one UTC hour ("2026-11-30T14"): a hash of "tenant<TAB>model<TAB>lane
+    <TAB>cache<TAB>figure" -> sum, and the set of metering events it counted (so a
+    redelivered one counts once). One hash slot, so one script updates both."""
+    return f"{REDIS_COSTS_PREFIX}{{{hour}}}", f"{REDIS_COSTS_PREFIX}{{{hour}}}:seen"
 
 
 def _tenant(tenant: str) -> str:

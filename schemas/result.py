@@ -9,6 +9,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.errors import ErrorCode, LlmqError
+from schemas.lanes import Lane
 from schemas.request import SCHEMA_VERSION, ChatMessage
 from schemas.route import Route
 
@@ -124,6 +125,8 @@ class InferenceResult(BaseModel):
     route: Route | None = None
     """How the answer was reached: models tried, escalation, fallback (None for a rejection)."""
     cache: CacheStatus = CacheStatus.NONE
+    lane: Lane | None = None
+    """The request's lane (None for a rejection)."""
     response: ChatCompletion | None = None
     error: ErrorInfo | None = None
     timings: Timings = Timings()

@@ -25,12 +25,16 @@ from schemas.names import (
 from schemas.tenants import TenantPolicy
 from streams import metrics
 from streams.budget import Budgets
+from streams.budget_alerts import BudgetAlerts
 from streams.coalesce import Coalescer
 from streams.compress import compress
 from streams.gate import TenantGate
+from streams.meter import Meter
 from streams.offsets import install as guard_commits
 from streams.outbox import Outbox
 from streams.ratelimit import RateLimiter
+from streams.rollups import CostRollups
+from streams.savings import Savings
 from streams.semantic import SemanticCache
 from streams.settings import StreamSettings
 from streams.stages import build_stages
@@ -109,10 +113,13 @@ def build(settings: StreamSettings) -> faust.App:
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     store = RedisStore(redis, cache_ttl_s=settings.cache_ttl_s, result_ttl_s=settings.result_ttl_s)
     catalog = settings.catalog()
-    gate = TenantGate(
-        TenantPolicy.load(settings.tenants_file), RateLimiter(redis), Budgets(redis), catalog
-    )
-    outbox = Outbox(store, FaustSend(app), ledger=gate)
+    send = FaustSend(app)
+    policy = TenantPolicy.load(settings.tenants_file)
+    budgets = Budgets(redis)
+    alerts = BudgetAlerts(redis, send)
+    gate = TenantGate(policy, RateLimiter(redis), budgets, catalog, alerts)
+    meter = Meter(gate, CostRollups(redis))
+    outbox = Outbox(store, send, ledger=gate, savings=Savings(catalog, send))
     # The coalescing state: changelog-backed, co-partitioned with llmq.requests.keyed and
     # llmq.completions (all keyed by fingerprint, all with `partitions` partitions).
     table = app.Table(
@@ -161,7 +168,7 @@ def build(settings: StreamSettings) -> faust.App:
     # partition. Copies of a request share a partition, so they always meet in one actor.
     agent(REQUESTS_KEYED, AGENT_DEDUPE, 0, stages.dedupe.on_keyed)
     agent(COMPLETIONS, AGENT_COMPLETE, 0, stages.complete.on_completion)
-    agent(METERING, AGENT_METER, settings.concurrency, lambda _, value: gate.on_metering(value))
+    agent(METERING, AGENT_METER, settings.concurrency, lambda _, value: meter.on_metering(value))
 
     async def ready() -> None:
         metrics.READY.set(1)

@@ -4,7 +4,6 @@ turns the reserve into spend, and the answer releases what is left (docs/budgets
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import time
@@ -34,6 +33,10 @@ HOLD_AFTER_DEADLINE_S = 600
 after the deadline it was admitted under."""
 RETRY_WHILE_HELD_S = 5.0
 """What a request refused only because requests in flight hold the rest is told to wait."""
+EXHAUSTED = 0.8
+"""Past this share of its budget, a tenant whose request cannot fit what is left counts as
+having used its budget up (its spend may never reach the budget exactly: holds stop it
+short); below it, a request too large for what is left is that request's problem."""
 NANO = 1e9
 """Holds are whole nano-dollars in Redis: integers add and subtract without drift."""
 
@@ -119,6 +122,16 @@ return 1
 PERIOD_NAMES: dict[BudgetPeriod, str] = {"day": "daily", "month": "monthly"}
 
 
+class BudgetExceededError(LlmqError):
+    """BUDGET_EXCEEDED, with the spend it was refused at, and whether the budget is used up
+    for the period (rather than held by requests in flight, or too small for this one)."""
+
+    def __init__(self, message: str, retry_after_s: float, *, spent: float, exhausted: bool):
+        super().__init__(ErrorCode.BUDGET_EXCEEDED, message, retry_after_s)
+        self.spent = spent
+        self.exhausted = exhausted
+
+
 @dataclass(frozen=True)
 class Hold:
     """What one request may still cost its tenant: `usd` until it is answered or `until`."""
@@ -160,13 +173,13 @@ class Budgets:
 
     async def reserve(
         self, tenant: str, limits: TenantLimits, hold: Hold, now: float | None = None
-    ) -> None:
-        """Hold the request's worst case against the tenant's budget, or raise
-        BUDGET_EXCEEDED saying what is spent and held and when to retry. While Redis is down
-        or slower than `timeout_s`, admit with a warning or raise BUDGET_UNAVAILABLE, as the
-        tenant's `budget_when_unavailable` says."""
+    ) -> float | None:
+        """Hold the request's worst case against the tenant's budget and return the spend it
+        was admitted at, or raise BUDGET_EXCEEDED saying what is spent and held and when to
+        retry. While Redis is down or slower than `timeout_s`, admit unchecked (None) with a
+        warning or raise BUDGET_UNAVAILABLE, as the tenant's `budget_when_unavailable` says."""
         if limits.budget_usd is None:
-            return
+            return None
         now = time.time() if now is None else now
         period = limits.budget_period
         try:
@@ -191,11 +204,12 @@ class Budgets:
                     retry_after_s=RETRY_WHILE_HELD_S,
                 ) from exc
             log.warning("budgets unavailable, admitting tenant %s unchecked: %s", tenant, exc)
-            return
+            return None
         if not int(admitted):
             raise _exceeded(
                 tenant, limits, hold, spent=float(spent), held=float(held) / NANO, now=now
             )
+        return float(spent)
 
     async def record(self, event: MeteringEvent) -> bool:
         """Add the event's cost to its tenant's spend, once however often it is delivered,
@@ -215,7 +229,7 @@ class Budgets:
                 *_hold_keys(event.tenant),
             ],
             args=[
-                _event_id(event),
+                event.event_id,
                 repr(event.cost_usd),
                 int(period_end("day", event.at)) + KEEP_AFTER_PERIOD_S,
                 int(month_end),
@@ -249,7 +263,7 @@ def _hold_keys(tenant: str) -> list[str]:
 
 def _exceeded(
     tenant: str, limits: TenantLimits, hold: Hold, *, spent: float, held: float, now: float
-) -> LlmqError:
+) -> BudgetExceededError:
     """Why the request does not fit, and when trying again may help."""
     assert limits.budget_usd is not None
     budget, period = limits.budget_usd, limits.budget_period
@@ -273,14 +287,8 @@ def _exceeded(
             "so it must wait for them to finish"
         )
         wait = RETRY_WHILE_HELD_S
-    return LlmqError(ErrorCode.BUDGET_EXCEEDED, message, retry_after_s=wait)
-
-
-def _event_id(event: MeteringEvent) -> str:
-    """What identifies one generation's event across redeliveries (a retried generation is
-    a new event: it has its own `at`, and it did cost again)."""
-    key = f"{event.correlation_id}\0{event.fingerprint}\0{event.at!r}"
-    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+    exhausted = spent >= budget or (spent + hold.usd > budget and spent >= EXHAUSTED * budget)
+    return BudgetExceededError(message, wait, spent=spent, exhausted=exhausted)
 
 
 def _usd(amount: float) -> str:

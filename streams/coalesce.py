@@ -16,6 +16,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict
 
+from schemas.lanes import Lane
 from schemas.request import InferenceRequest
 from schemas.result import InferenceResult
 
@@ -32,6 +33,7 @@ class Waiter(BaseModel):
     tenant: str
     reply_to: str | None
     created_at: float
+    lane: Lane = Lane.STANDARD
 
     @classmethod
     def from_request(cls, request: InferenceRequest) -> Self:
@@ -41,6 +43,7 @@ class Waiter(BaseModel):
             tenant=request.tenant,
             reply_to=request.reply_to,
             created_at=request.created_at,
+            lane=request.lane,
         )
 
 

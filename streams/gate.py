@@ -4,28 +4,27 @@ answer and settled by metering."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import time
+from collections.abc import Awaitable
 
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from schemas.catalog import Catalog
 from schemas.errors import LlmqError
 from schemas.metering import MeteringEvent
-from schemas.redact import describe
 from schemas.result import InferenceResult
-from schemas.retry import RetryPolicy
 from schemas.tenants import TenantPolicy
 from schemas.work import WorkItem
 from streams import metrics
-from streams.budget import Budgets, worst_case
+from streams.budget import BudgetExceededError, Budgets, worst_case
+from streams.budget_alerts import BudgetAlerts
 from streams.ratelimit import CHECK_TIMEOUT_S, RateLimiter
 
 log = logging.getLogger(__name__)
 
-METERING_RETRY = RetryPolicy(base_delay_s=0.1, max_delay_s=5.0)
-"""Backoff between tries to count a metering event while Redis fails (tried until it works)."""
+ALERT_TIMEOUT_S = 10.0
+"""How long reporting one budget alert (Redis, then Kafka) may take before it is given up."""
 
 
 class TenantGate:
@@ -33,12 +32,18 @@ class TenantGate:
     settles and releases the budget holds it takes."""
 
     def __init__(
-        self, policy: TenantPolicy, limiter: RateLimiter, budgets: Budgets, catalog: Catalog
+        self,
+        policy: TenantPolicy,
+        limiter: RateLimiter,
+        budgets: Budgets,
+        catalog: Catalog,
+        alerts: BudgetAlerts | None = None,
     ) -> None:
         self._policy = policy
         self._limiter = limiter
         self._budgets = budgets
         self._catalog = catalog
+        self._alerts = alerts
 
     async def check(self, work: WorkItem) -> None:
         """Raise RATE_LIMITED or BUDGET_EXCEEDED (with retry_after_s) when it must wait; an
@@ -46,7 +51,17 @@ class TenantGate:
         request = work.request
         limits = self._policy.limits(request.tenant)
         hold = worst_case(work, self._catalog)
-        await self._budgets.reserve(request.tenant, limits, hold)
+        try:
+            spent = await self._budgets.reserve(request.tenant, limits, hold)
+        except BudgetExceededError as refused:
+            if refused.exhausted and self._alerts is not None:
+                alerts = self._alerts
+                await _reported(
+                    alerts.exhausted(request.tenant, limits, refused.spent, time.time())
+                )
+            raise
+        if self._alerts is not None:
+            self._alerts.admitted(request.tenant, limits, spent)
         try:
             await self._limiter.check(request.tenant, limits, request.body.estimated_tokens())
         except LlmqError:
@@ -60,10 +75,12 @@ class TenantGate:
             return
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
-                if await self._budgets.record(event):
-                    metrics.SPEND.inc(event.cost_usd)
+                counted = await self._budgets.record(event)
         except (RedisError, TimeoutError) as exc:
             log.warning("cannot settle %s's spend now (metering will): %r", event.tenant, exc)
+            return
+        if counted:
+            await self._counted(event)
 
     async def release(self, result: InferenceResult) -> None:
         """The request is answered: what is left of its hold goes back to the budget."""
@@ -79,23 +96,32 @@ class TenantGate:
         except (RedisError, TimeoutError) as exc:
             log.warning("cannot release %s's hold of %s: %r", tenant, hold_id, exc)
 
-    async def on_metering(self, value: bytes | None) -> None:
-        """Count one metering event towards its tenant's budget.
+    async def count(self, event: MeteringEvent) -> None:
+        """Count one metering event towards its tenant's budget, once however often it
+        comes, and report the thresholds it crossed. Raises RedisError (retrying is safe)."""
+        if await self._budgets.record(event):
+            await self._counted(event)
 
-        Redis errors are retried (with a capped backoff) until they pass: the record's
-        offset is committed only after it, so spend is neither lost nor counted twice.
-        """
-        try:
-            event = MeteringEvent.model_validate_json(value or b"")
-        except ValidationError as exc:
-            log.warning("skipping an unreadable metering event: %s", describe(exc))
+    async def _counted(self, event: MeteringEvent) -> None:
+        """A cost just counted: the metric, and the tenant's budget alerts."""
+        metrics.SPEND.inc(event.cost_usd)
+        limits = self._policy.limits(event.tenant)
+        if self._alerts is None or limits.budget_usd is None:
             return
-        for attempt in itertools.count(1):
-            try:
-                if await self._budgets.record(event):
-                    metrics.SPEND.inc(event.cost_usd)
-                return
-            except RedisError as exc:
-                delay = METERING_RETRY.backoff(attempt)
-                log.warning("cannot record spend (retrying in %.1fs): %s", delay, exc)
-                await asyncio.sleep(delay)
+        alerts = self._alerts
+
+        async def report() -> None:
+            spent = await self._budgets.spent(event.tenant, limits.budget_period, event.at)
+            await alerts.spent(event.tenant, limits, spent, event.at)
+
+        await _reported(report())
+
+
+async def _reported(alerting: Awaitable[None]) -> None:
+    """Alerts are reported on a best-effort basis: a failure is logged, and the request or
+    metering event that triggered it goes on (the alert comes with the next one)."""
+    try:
+        async with asyncio.timeout(ALERT_TIMEOUT_S):
+            await alerting
+    except Exception as exc:
+        log.warning("cannot report a budget alert now: %r", exc)

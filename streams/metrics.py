@@ -38,3 +38,29 @@ RESULT_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 SPEND = Counter("llmq_streams_metered_usd", "USD of metered generations counted towards budgets")
+BUDGET_USED = Gauge(
+    "llmq_budget_used_ratio",
+    "A tenant's spend over its budget in the current period, as last counted here; 1 once a "
+    "request was refused because what is left cannot pay for it",
+    ["tenant"],
+)
+BUDGET_ALERTS = Counter(
+    "llmq_budget_alerts_total",
+    "Budget thresholds crossed (once per tenant, threshold and period across all instances)",
+    ["tenant", "threshold"],
+)
+COSTS_EVENTS = Counter(
+    "llmq_costs_events",
+    "Metering events counted in the cost rollups: generations (cache none) and answers served "
+    "without one (exact, semantic, coalesced)",
+    ["tenant", "model", "lane", "cache"],
+)
+COSTS_USD = Counter("llmq_costs_usd", "USD spent, as metered", ["tenant", "model", "lane", "cache"])
+COSTS_SAVED_USD = Counter(
+    "llmq_costs_saved_usd",
+    "USD not spent: what the generations behind cached and coalesced answers cost",
+    ["tenant", "model", "lane", "cache"],
+)
+COSTS_TOKENS = Counter(
+    "llmq_costs_tokens", "Metered tokens by kind (prompt, completion)", ["tenant", "model", "kind"]
+)

@@ -37,6 +37,12 @@ class Ledger(Protocol):
     async def release(self, result: InferenceResult) -> None: ...
 
 
+class Answered(Protocol):
+    """Told of every result once it is stored (streams.savings.Savings in production)."""
+
+    async def answered(self, result: InferenceResult) -> None: ...
+
+
 class Send(Protocol):
     """Publish one record and return once the broker has acknowledged it."""
 
@@ -53,10 +59,17 @@ class Outbox:
     """Publishing with the guarantees the design asks for: every call returns once the
     broker has what it published, and a reply is stored before it is sent."""
 
-    def __init__(self, store: Store, send: Send, ledger: Ledger | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        send: Send,
+        ledger: Ledger | None = None,
+        savings: Answered | None = None,
+    ) -> None:
         self.store = store
         self.send = send
         self.ledger = ledger
+        self.savings = savings
 
     async def work(self, item: WorkItem) -> None:
         """Hand a work item to the workers of its current model, in its lane; its estimated
@@ -69,12 +82,15 @@ class Outbox:
         )
 
     async def reply(self, topic: str | None, result: InferenceResult) -> None:
-        """Store the result, release the request's budget hold, then publish the result when
-        there is a topic. All are idempotent: a request answered before (a redelivery) is
-        answered with its first result again."""
+        """Store the result, release the request's budget hold, meter what a cached or
+        coalesced answer saved, then publish the result when there is a topic. All are
+        idempotent: a request answered before (a redelivery) is answered with its first
+        result again (and its saving counted once)."""
         result = await self.store.keep_result(result)
         if self.ledger is not None:
             await self.ledger.release(result)
+        if self.savings is not None:
+            await self.savings.answered(result)
         content_log.debug(
             "answered %s/%s (%s): %r",
             result.tenant,

@@ -24,6 +24,7 @@ def from_completion(completion: Completion, now: float | None = None) -> Inferen
         status="ok" if completion.error is None else "error",
         model_used=completion.work.model,
         route=completion.work.route,
+        lane=request.lane,
         response=completion.response,
         error=completion.error,
         timings=completion.timings.model_copy(
@@ -49,6 +50,7 @@ def from_cache(
         model_used=cached.model,
         route=work.route,
         cache=cache,
+        lane=request.lane,
         response=_reissued(cached, request.correlation_id, now),
         timings=Timings(total_ms=_total_ms(request.created_at, now)),
         finished_at=now,
@@ -65,6 +67,7 @@ def for_follower(
         update={
             "correlation_id": waiter.correlation_id,
             "cache": CacheStatus.COALESCED,
+            "lane": waiter.lane,
             "response": None
             if response is None
             else _reissued(response, waiter.correlation_id, now),

@@ -139,7 +139,7 @@ def _metering(
             for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
                     event = MeteringEvent.model_validate_json(record.value)
-                    if event.correlation_id in expected:
+                    if event.generated and event.correlation_id in expected:
                         events.append(event)
     finally:
         consumer.close()

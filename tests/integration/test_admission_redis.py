@@ -9,23 +9,27 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar, cast
 
 import pytest
 import redis
 import redis.asyncio as aioredis
+from kafka.errors import KafkaTimeoutError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from schemas.alerts import BudgetAlert
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
+from schemas.names import ALERTS
 from schemas.result import InferenceResult
-from schemas.tenants import TenantLimits, period_end
+from schemas.tenants import TenantLimits, period_end, period_id
 from streams.budget import KEEP_AFTER_PERIOD_S, Budgets, Hold
+from streams.budget_alerts import BudgetAlerts
 from streams.ratelimit import BUCKET_TTL_S, CHECK_TIMEOUT_S, RateLimiter
 from streams.store import RedisStore
 from tests.integration.helpers import start_redis
@@ -523,3 +527,59 @@ def test_a_fail_closed_tenant_is_refused_while_redis_is_down() -> None:
     assert error.code is ErrorCode.BUDGET_UNAVAILABLE
     assert error.code.retriable
     assert "budget_when_unavailable = refuse" in error.message
+
+
+# Budget alerts
+
+
+class Published:
+    """What the stream processors would publish: (topic, key, value), or a broker failure."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.records: list[tuple[str, bytes | None, bytes]] = []
+        self.fail = fail
+
+    async def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise KafkaTimeoutError("no broker")
+        self.records.append((topic, key, value))
+
+
+def test_each_threshold_is_reported_once_per_period_across_instances(redis_port: int) -> None:
+    at = _noon()
+    limits = TenantLimits(budget_usd=1.0)
+    sent = Published(fail=1)
+
+    async def body(client: aioredis.Redis) -> None:
+        one, two = BudgetAlerts(client, sent), BudgetAlerts(client, sent)
+        with pytest.raises(KafkaTimeoutError):
+            await one.spent("acme", limits, 0.55, at)  # not sent: tried again next time
+        for spent in (0.55, 0.6, 0.79):
+            await asyncio.gather(
+                one.spent("acme", limits, spent, at), two.spent("acme", limits, spent, at)
+            )
+        await asyncio.gather(
+            one.spent("acme", limits, 0.9, at), two.spent("acme", limits, 0.95, at)
+        )
+        await one.exhausted("acme", limits, 0.95, at)
+        await two.exhausted("acme", limits, 0.95, at)
+        await one.spent("acme", limits, 0.6, at + 86_400)  # the next day: a new period
+
+    _run(redis_port, body)
+    alerts = [BudgetAlert.model_validate_json(value) for topic, _, value in sent.records]
+    assert {topic for topic, _, _ in sent.records} == {ALERTS}
+    assert [(a.threshold, a.period_id) for a in alerts] == [
+        (0.5, period_id("day", at)),
+        (0.8, period_id("day", at)),
+        (1.0, period_id("day", at)),
+        (0.5, period_id("day", at + 86_400)),
+    ]
+    assert alerts[0].spent_usd == 0.55 and alerts[0].reason == "spend"
+    assert alerts[2].reason.startswith("a request was refused")

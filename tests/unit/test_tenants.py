@@ -39,6 +39,7 @@ def test_the_example_file_loads_and_overrides_inherit_the_default() -> None:
         tokens_per_minute=2_000_000,
         budget_usd=1_000.0,
         budget_period="month",
+        budget_when_unavailable="refuse",
     )
     assert policy.limits("batch.internal") == TenantLimits(budget_period="day")
 

@@ -323,21 +323,26 @@ def _consumer(bootstrap: str, topic: str) -> KafkaConsumer:
     return consumer
 
 
-def _counts(bootstrap: str, topic: str, key: Callable[[Any], str]) -> dict[str, int]:
-    """Records per key on `topic`, from its beginning until it stays quiet for 5 s."""
+def _counts(bootstrap: str, topic: str, key: Callable[[Any], str | None]) -> dict[str, int]:
+    """Records per key on `topic` (None: not counted), from its beginning until it stays
+    quiet for 5 s."""
     consumer = _consumer(bootstrap, topic)
     try:
-        return dict(Counter(key(record) for record in consumer))
+        return dict(Counter(k for record in consumer if (k := key(record)) is not None))
     finally:
         consumer.close()
 
 
 def _generations(bootstrap: str, ids: set[str]) -> dict[str, int]:
-    """Metering events per correlation id of this run."""
-    events = _counts(
-        bootstrap, METERING, lambda r: MeteringEvent.model_validate_json(r.value).correlation_id
-    )
+    """Engine generations (their metering events) per correlation id of this run."""
+    events = _counts(bootstrap, METERING, lambda r: _generated(r.value))
     return {cid: n for cid, n in events.items() if cid in ids}
+
+
+def _generated(value: bytes) -> str | None:
+    """The correlation id of a generation's metering event; None for a saving's."""
+    event = MeteringEvent.model_validate_json(value)
+    return event.correlation_id if event.generated else None
 
 
 def plot(burst: Burst, path: Path) -> Path:

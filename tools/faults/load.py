@@ -282,8 +282,9 @@ def _read_back(bootstrap: str, since: dict[TopicPartition, int]) -> list[Any]:
 
 
 def _generation(value: bytes) -> str | None:
-    """The correlation id of a metering event (one per engine generation)."""
+    """The correlation id of an engine generation's metering event (None for other events)."""
     try:
-        return MeteringEvent.model_validate_json(value).correlation_id
+        event = MeteringEvent.model_validate_json(value)
     except ValidationError:
         return None
+    return event.correlation_id if event.generated else None

@@ -248,7 +248,7 @@ def _metering(consumer: KafkaConsumer, tenant: str, expected: int) -> list[Meter
             for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
                     event = MeteringEvent.model_validate_json(record.value)
-                    if event.tenant == tenant:
+                    if event.generated and event.tenant == tenant:
                         events.append(event)
     finally:
         consumer.close()

@@ -1,0 +1,157 @@
+"""Cost rollups and `llmq costs` against a real redis-server of this module's own: events
+summed per hour once each, then read back as a table, JSON and a plot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+import pytest
+import redis.asyncio as aioredis
+
+from llmq.cli import main
+from schemas.lanes import Lane
+from schemas.metering import MeteringEvent
+from schemas.names import costs_keys
+from schemas.result import CacheStatus
+from streams.rollups import CostRollups, hour_of, read
+from tests.integration.helpers import start_redis, stop_redis
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+NOON = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
+"""Yesterday noon UTC: every event of this module falls in yesterday's or today's report."""
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    proc, port = start_redis()
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_redis(proc)
+
+
+def _event(
+    tenant: str, cost: float, at: datetime, cache: CacheStatus = CacheStatus.NONE, **more: float
+) -> MeteringEvent:
+    return MeteringEvent(
+        correlation_id=f"c-{tenant}-{at.timestamp()}-{cache.value}",
+        tenant=tenant,
+        model="smollm2-135m",
+        lane=Lane.BATCH if tenant == "zeta" else Lane.STANDARD,
+        fingerprint="f" * 64,
+        prompt_tokens=100 if cache is CacheStatus.NONE else 0,
+        completion_tokens=20 if cache is CacheStatus.NONE else 0,
+        cost_usd=cost,
+        queue_ms=1.0,
+        ttft_ms=None,
+        engine_ms=3.0,
+        worker="w-1",
+        cache=cache,
+        saved_usd=more.get("saved", 0.0),
+        at=at.timestamp(),
+    )
+
+
+EVENTS = [
+    _event("acme", 0.25, NOON),
+    _event("acme", 0.50, NOON + timedelta(minutes=70)),
+    _event("acme", 0.0, NOON + timedelta(minutes=71), CacheStatus.EXACT, saved=0.5),
+    _event("acme", 0.0, NOON + timedelta(minutes=72), CacheStatus.COALESCED, saved=0.5),
+    _event("zeta", 2.0, NOON + timedelta(days=1, minutes=-600)),
+]
+
+
+@pytest.fixture(scope="module")
+def filled(redis_url: str) -> str:
+    async def fill() -> list[bool]:
+        client = aioredis.Redis.from_url(redis_url)
+        rollups = CostRollups(client)
+        added = [await rollups.add(e) for e in EVENTS]
+        added += await asyncio.gather(*(rollups.add(e.model_copy()) for e in EVENTS))
+        await client.aclose()
+        return added
+
+    assert asyncio.run(fill()) == [True] * len(EVENTS) + [False] * len(EVENTS)
+    return redis_url
+
+
+def test_an_hour_sums_its_events_once_and_expires_after_a_year(filled: str) -> None:
+    async def look() -> tuple[list[str], int]:
+        client = aioredis.Redis.from_url(filled)
+        hour = hour_of(NOON.timestamp())
+        rows = await read(client, [hour])
+        expires = cast(int, await client.expiretime(costs_keys(hour)[0]))  # type: ignore[misc]
+        await client.aclose()
+        return [f"{r.tenant} {r.cache} {r.count:g} {r.cost_usd:g}" for r in rows], expires
+
+    rows, expires = asyncio.run(look())
+    assert rows == ["acme none 1 0.25"]
+    assert 399 * 86_400 < expires - NOON.timestamp() < 401 * 86_400
+
+
+def test_the_report_groups_by_what_is_asked(
+    filled: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LLMQ_REDIS_URL", filled)
+    assert main(["costs", "--days", "2", "--by", "tenant,cache", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    lines = {(x["key"]["tenant"], x["key"]["cache"]): x for x in report["lines"]}
+    assert set(lines) == {
+        ("acme", "none"),
+        ("acme", "exact"),
+        ("acme", "coalesced"),
+        ("zeta", "none"),
+    }
+    assert lines["acme", "none"]["cost_usd"] == pytest.approx(0.75)
+    assert lines["acme", "none"]["prompt_tokens"] == 200
+    assert lines["acme", "exact"]["saved_usd"] == pytest.approx(0.5)
+    assert report["total"]["cost_usd"] == pytest.approx(2.75)
+    assert report["total"]["saved_usd"] == pytest.approx(1.0)
+    assert report["total"]["count"] == len(EVENTS)
+
+    assert main(["costs", "--days", "2", "--tenant", "zeta"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("costs from ")
+    assert out[1].split() == [
+        "day",
+        "tenant",
+        "model",
+        "lane",
+        "cache",
+        "count",
+        "tokens",
+        "in",
+        "tokens",
+        "out",
+        "cost",
+        "USD",
+        "saved",
+        "USD",
+    ]
+    assert "zeta" in out[3] and "batch" in out[3] and "2.00" in out[3]
+    assert out[-1].split()[0] == "total"
+
+
+def test_the_plot_is_drawn(
+    filled: str, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    monkeypatch.setenv("LLMQ_REDIS_URL", filled)
+    png = tmp_path_factory.mktemp("costs") / "costs.png"
+    assert main(["costs", "--days", "2", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_metering_says_so_and_a_bad_grouping_is_refused(
+    filled: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LLMQ_REDIS_URL", filled)
+    assert main(["costs", "--tenant", "nobody"]) == 1
+    assert "no metering of tenant nobody" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["costs", "--by", "tenant,colour"])
+    assert "--by takes distinct names" in capsys.readouterr().err

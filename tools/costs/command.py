@@ -1,0 +1,91 @@
+"""The `llmq costs` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from llmq.settings import ClientSettings
+from streams.rollups import Row, hour_of, read
+from tools.costs.report import DIMENSIONS, as_json, group, hours, table
+
+
+def register(sub: Any) -> None:
+    """Add `costs` to the `llmq` subcommands (argparse's private subparsers type)."""
+    costs = sub.add_parser(
+        "costs",
+        help="spend, tokens and savings per tenant, model, lane, cache outcome and day",
+        description=(
+            "Reads the stream processor's hourly cost rollups in Redis (LLMQ_REDIS_URL). "
+            "count is generations (cache none) or answers served without one; saved is what "
+            "the generations behind cached and coalesced answers cost."
+        ),
+    )
+    costs.add_argument("--days", type=int, default=7, help="the last N UTC days (default 7)")
+    costs.add_argument("--since", type=date.fromisoformat, help="first UTC day, YYYY-MM-DD")
+    costs.add_argument("--until", type=date.fromisoformat, help="last UTC day (default today)")
+    costs.add_argument("--tenant", help="only this tenant")
+    costs.add_argument(
+        "--by",
+        type=_dimensions,
+        default=list(DIMENSIONS),
+        help=f"group by these, comma-separated (default and choices: {','.join(DIMENSIONS)})",
+    )
+    out = costs.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    out.add_argument("--plot", type=Path, metavar="PNG", help="also draw spend and savings here")
+    costs.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report (and draw it); 1 with a message when there is nothing to report."""
+    last = args.until or datetime.now(UTC).date()
+    first = args.since or last - timedelta(days=max(1, args.days) - 1)
+    if first > last:
+        raise RuntimeError(f"--since {first} is after --until {last}")
+    now = hour_of(time.time())
+    wanted = [hour for hour in hours(first, last) if hour <= now]
+    if not wanted:
+        raise RuntimeError(f"--since {first} is in the future")
+    url = ClientSettings().redis_url
+    rows = [r for r in asyncio.run(_read(url, wanted)) if args.tenant in {None, r.tenant}]
+    lines = group(rows, args.by)
+    if args.json:
+        print(json.dumps(as_json(lines, first, last), indent=2))
+        return 0
+    if not rows:
+        who = f" of tenant {args.tenant}" if args.tenant else ""
+        print(f"no metering{who} from {first} to {last} in {url}")
+        return 1
+    print(f"costs from {first} to {last} (UTC), by {', '.join(args.by)}")
+    print(table(lines, args.by))
+    if args.plot:
+        from tools.costs.plot import plot  # noqa: PLC0415 -- matplotlib: only for a plot
+
+        print(f"plot: {plot(rows, wanted, args.plot)}")
+    return 0
+
+
+async def _read(url: str, wanted: list[str]) -> list[Row]:
+    client = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+    try:
+        return await read(client, wanted)
+    finally:
+        await client.aclose()
+
+
+def _dimensions(text: str) -> list[str]:
+    by = [part.strip() for part in text.split(",") if part.strip()]
+    wrong = [d for d in by if d not in DIMENSIONS]
+    if wrong or len(set(by)) != len(by):
+        raise argparse.ArgumentTypeError(
+            f"--by takes distinct names of {', '.join(DIMENSIONS)}, not {text!r}"
+        )
+    return by
