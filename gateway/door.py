@@ -7,7 +7,7 @@ import asyncio
 from fastapi import Request
 
 from gateway import metrics
-from gateway.openai import AUTO, Call, Chunks, error_body, retry_after
+from gateway.openai import Call, Chunks, error_body, retry_after
 from gateway.serving import Serving
 from gateway.settings import GatewaySettings
 from llmq.aio import AsyncClient
@@ -75,8 +75,7 @@ class FrontDoor:
 
     async def check_served(self, model: str | None) -> None:
         """503 when no worker serves the model nor ever did (for `auto`: no model at all)."""
-        models = self.catalog.names if model in (None, AUTO) else [model or ""]
-        if not await self.serving.serves(models):
+        if not await self.serving.serves(self.catalog.serving(model)):
             why = f"no worker serves {model}: start one (llmq local up) and try again"
             raise ApiError(LlmqError(ErrorCode.ENGINE_UNAVAILABLE, why))
 

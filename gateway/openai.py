@@ -85,10 +85,10 @@ def read_call(data: object, *, tenant: str, lane: str, catalog: Catalog, timeout
     if data.get("n", 1) != 1:
         raise LlmqError(ErrorCode.UNSUPPORTED, "n must be 1: llmq makes one answer per request")
     model = data.get("model") or catalog.default
-    if model != AUTO and catalog.get(model) is None:
+    if model not in catalog.requestable:
         raise LlmqError(
             ErrorCode.UNKNOWN_MODEL,
-            f"the model {model!r} does not exist; llmq serves {[*catalog.names, AUTO]}",
+            f"the model {model!r} does not exist; llmq serves {catalog.requestable}",
         )
     fields = {k: v for k, v in data.items() if k in PASSED}
     fields["messages"] = _messages(data.get("messages"))

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gateway import metrics, sse
 from gateway.door import ApiError, FrontDoor
-from gateway.openai import AUTO, Call, Chunks, completion, read_call
+from gateway.openai import Call, Chunks, completion, read_call
 from llmq.streaming import Delta, StreamReader
 from schemas.errors import ErrorCode, LlmqError
 
@@ -58,8 +58,8 @@ async def chat_completions(request: Request) -> Response:
 
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
-    """The catalog's models, and `auto` (llmq picks by difficulty)."""
-    names = [*_door(request).catalog.names, AUTO]
+    """The catalog's models, `auto` (llmq picks by difficulty) and experiments' own names."""
+    names = _door(request).catalog.requestable
     listed = [{"id": n, "object": "model", "created": 0, "owned_by": "llmq"} for n in names]
     return {"object": "list", "data": listed}
 

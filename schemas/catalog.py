@@ -118,14 +118,41 @@ class Routing(BaseModel):
     """An answer whose mean token log-probability is below this is unsure."""
 
 
+class Arm(BaseModel):
+    """One variant of an experiment: the model (or "auto") its share of traffic gets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ModelName
+    model: ModelName
+    weight: float = Field(default=1.0, gt=0)
+    """Its part of the experiment's traffic, relative to the other arms' weights."""
+
+
+class Experiment(BaseModel):
+    """An A/B test: requests for `model` from a `share` of tenants are split between arms,
+    sticky per tenant and experiment (a hash of both picks the arm)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ModelName
+    model: ModelName
+    """The model name that apps request: a catalog model (its traffic is split), "auto", or
+    a name of the experiment's own that only its arms serve."""
+    share: float = Field(default=1.0, gt=0, le=1)
+    """The share of tenants in the experiment; the others get `model` as if there were none."""
+    arms: list[Arm] = Field(min_length=2)
+
+
 class Catalog(BaseModel):
-    """The models, and which one a request without a model gets."""
+    """The models, which one a request without a model gets, and the experiments."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     default: ModelName
     models: list[ModelSpec] = Field(min_length=1)
     routing: Routing = Routing()
+    experiments: list[Experiment] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -138,7 +165,52 @@ class Catalog(BaseModel):
             unknown = [f for f in spec.fallback if f not in names]
             if unknown:
                 raise ValueError(f"model {spec.name!r} falls back to unknown models {unknown}")
+        self._experiments_consistent(names)
         return self
+
+    def _experiments_consistent(self, names: list[str]) -> None:
+        served = {*names, AUTO}
+        for experiment in self.experiments:
+            arms = [arm.name for arm in experiment.arms]
+            if len(set(arms)) != len(arms):
+                raise ValueError(f"experiment {experiment.name!r} repeats an arm: {arms}")
+            unknown = [arm.model for arm in experiment.arms if arm.model not in served]
+            if unknown:
+                raise ValueError(
+                    f"experiment {experiment.name!r} has arms of unknown models {unknown}; "
+                    f"this catalog serves {names} and {AUTO!r}"
+                )
+            if experiment.model not in served and experiment.share < 1:
+                raise ValueError(
+                    f"experiment {experiment.name!r} is the only way to {experiment.model!r}, "
+                    "so its share must be 1"
+                )
+        for key in ("name", "model"):
+            values = [getattr(e, key) for e in self.experiments]
+            if len(set(values)) != len(values):
+                raise ValueError(f"two experiments have the same {key}: {values}")
+
+    @property
+    def requestable(self) -> list[str]:
+        """Every model name a request may ask for: the models, "auto" and the names that
+        only an experiment serves."""
+        names = [*self.names, AUTO]
+        return names + [e.model for e in self.experiments if e.model not in names]
+
+    def serving(self, model: str | None) -> list[str]:
+        """The catalog models that may serve a request for `model` (None: the default)."""
+        name = model or self.default
+        if name == AUTO:
+            return self.names
+        experiment = self.experiment(name)
+        arms = [] if experiment is None else [arm.model for arm in experiment.arms]
+        if AUTO in arms:
+            return self.names
+        return [m for m in self.names if m == name or m in arms]
+
+    def experiment(self, model: str) -> Experiment | None:
+        """The experiment that requests for `model` take part in, if any."""
+        return next((e for e in self.experiments if e.model == model), None)
 
     @property
     def names(self) -> list[str]:

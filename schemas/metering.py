@@ -34,6 +34,9 @@ class MeteringEvent(BaseModel):
     ttft_ms: float | None
     engine_ms: float
     worker: str
+    experiment: str | None = None
+    """The A/B test the request took part in, and its arm (the route's)."""
+    arm: str | None = None
     cache: CacheStatus = CacheStatus.NONE
     """How the answer was served: none (a generation), exact, semantic or coalesced."""
     saved_usd: float = Field(default=0.0, ge=0)

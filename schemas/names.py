@@ -120,6 +120,7 @@ REDIS_RATE_PREFIX = "llmq:rate:"
 REDIS_SPEND_PREFIX = "llmq:spend:"
 REDIS_STARTS_PREFIX = "llmq:starts:"
 REDIS_COSTS_PREFIX = "llmq:costs:"
+REDIS_EXPERIMENT_PREFIX = "llmq:exp:"
 
 
 def cache_key(fingerprint: str) -> str:
@@ -161,6 +162,14 @@ def costs_keys(hour: str) -> tuple[str, str]:
     <TAB>cache<TAB>figure" -> sum, and the set of metering events it counted (so a
     redelivered one counts once). One hash slot, so one script updates both."""
     return f"{REDIS_COSTS_PREFIX}{{{hour}}}", f"{REDIS_COSTS_PREFIX}{{{hour}}}:seen"
+
+
+def experiment_keys(experiment: str, hour: str) -> tuple[str, str]:
+    """An A/B test's answers per arm: a hash of "arm<TAB>figure" -> sum (counts, cost, a
+    latency histogram), and the set of the hour's correlation ids it counted. One hash
+    slot, so one script updates both."""
+    tag = f"{REDIS_EXPERIMENT_PREFIX}{{{experiment}}}"
+    return tag, f"{tag}:seen:{hour}"
 
 
 def _tenant(tenant: str) -> str:

@@ -127,6 +127,9 @@ class InferenceResult(BaseModel):
     cache: CacheStatus = CacheStatus.NONE
     lane: Lane | None = None
     """The request's lane (None for a rejection)."""
+    cost_usd: float | None = None
+    """What the request's generations cost at the catalog's prices (0 for an answer served
+    without one; None for a rejection)."""
     response: ChatCompletion | None = None
     error: ErrorInfo | None = None
     timings: Timings = Timings()

@@ -29,6 +29,18 @@ class Route(BaseModel):
     """A cheaper model's answer was not confident enough, so a bigger one answered."""
     fell_back: bool = False
     """A model's engine failed, so the next model of the chain answered."""
+    experiment: str | None = None
+    """The A/B test the request takes part in (the catalog's experiments), if any."""
+    arm: str | None = None
+    """Its arm of that experiment."""
+
+    @property
+    def cached_as(self) -> str:
+        """The model name its answers are cached under: what was requested, and the arm,
+        so that two arms never share an answer."""
+        return (
+            self.requested if self.arm is None else f"{self.requested}/{self.experiment}/{self.arm}"
+        )
 
     @property
     def current(self) -> str:

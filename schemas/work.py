@@ -31,6 +31,9 @@ class WorkItem(BaseModel):
     """Which attempt at a generation this is: retries of a failed one count up from 1."""
     not_before: float | None = None
     """A retry's backoff: the worker starts it no earlier than this Unix time."""
+    spent_usd: float = Field(default=0.0, ge=0)
+    """What the request's earlier generations cost (an escalation, a fallback, a retry of a
+    generation cut short)."""
 
 
 class Completion(BaseModel):
@@ -54,3 +57,8 @@ class Completion(BaseModel):
     """This generation's metering event, also on llmq.metering: the stream processor settles
     the tenant's budget hold with it before it answers, so a hold is never released before
     what it covered is counted as spent."""
+
+    @property
+    def spent_usd(self) -> float:
+        """What the request's generations cost so far, this one included."""
+        return self.work.spent_usd + (0.0 if self.metering is None else self.metering.cost_usd)

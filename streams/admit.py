@@ -75,7 +75,7 @@ def route(
     return WorkItem(
         request=request,
         model=name,
-        fingerprint=fingerprint(request, planned.requested),
+        fingerprint=fingerprint(request, planned.cached_as),
         route=planned,
         admitted_at=now,
         uncompressed=uncompressed,

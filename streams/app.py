@@ -28,10 +28,11 @@ from streams.budget import Budgets
 from streams.budget_alerts import BudgetAlerts
 from streams.coalesce import Coalescer
 from streams.compress import compress
+from streams.experiment_stats import ExperimentStats
 from streams.gate import TenantGate
 from streams.meter import Meter
 from streams.offsets import install as guard_commits
-from streams.outbox import Outbox
+from streams.outbox import Answered, Outbox
 from streams.ratelimit import RateLimiter
 from streams.rollups import CostRollups
 from streams.savings import Savings
@@ -119,7 +120,8 @@ def build(settings: StreamSettings) -> faust.App:
     alerts = BudgetAlerts(redis, send)
     gate = TenantGate(policy, RateLimiter(redis), budgets, catalog, alerts)
     meter = Meter(gate, CostRollups(redis))
-    outbox = Outbox(store, send, ledger=gate, savings=Savings(catalog, send))
+    answered: list[Answered] = [Savings(catalog, send), ExperimentStats(redis)]
+    outbox = Outbox(store, send, ledger=gate, answered=answered)
     # The coalescing state: changelog-backed, co-partitioned with llmq.requests.keyed and
     # llmq.completions (all keyed by fingerprint, all with `partitions` partitions).
     table = app.Table(

@@ -86,13 +86,19 @@ class Complete:
         if route is not None and not work.request.expired():
             metrics.REROUTES.labels("escalated" if route.escalated else "fell_back").inc()
             await self._outbox.work(
-                work.model_copy(update={"model": route.current, "route": route})
+                work.model_copy(
+                    update={
+                        "model": route.current,
+                        "route": route,
+                        "spent_usd": completion.spent_usd,
+                    }
+                )
             )
             return True
         retry = retry_of(completion, self._retry)
         if retry is not None:
             metrics.REROUTES.labels("retried").inc()
-            await self._outbox.work(retry)
+            await self._outbox.work(retry.model_copy(update={"spent_usd": completion.spent_usd}))
             return True
         return await self._promote(completion)
 
@@ -117,7 +123,9 @@ class Complete:
         )
         metrics.REROUTES.labels("promoted").inc()
         await self._outbox.work(
-            work.model_copy(update={"request": request, "attempt": 1, "not_before": None})
+            work.model_copy(
+                update={"request": request, "attempt": 1, "not_before": None, "spent_usd": 0.0}
+            )
         )
         return True
 
@@ -150,7 +158,7 @@ class Complete:
         milliseconds that the completions behind this one should not wait for, and a lost
         add (a crash) costs only a future hit."""
         work = completion.work
-        key_text = semantic_key(work.request, work.route.requested)
+        key_text = semantic_key(work.request, work.route.cached_as)
         if self._similar is None or key_text is None:
             return
         task = asyncio.create_task(self._add(self._similar, *key_text, work.fingerprint))

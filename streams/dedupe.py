@@ -93,7 +93,7 @@ class Dedupe:
         cached = await store.cached(work.fingerprint)
         if cached is not None:
             return cached, CacheStatus.EXACT
-        key = None if self._similar is None else semantic_key(work.request, work.route.requested)
+        key = None if self._similar is None else semantic_key(work.request, work.route.cached_as)
         if self._similar is None or key is None:
             return None
         hit = await self._similar.lookup(*key)

@@ -64,12 +64,12 @@ class Outbox:
         store: Store,
         send: Send,
         ledger: Ledger | None = None,
-        savings: Answered | None = None,
+        answered: Sequence[Answered] = (),
     ) -> None:
         self.store = store
         self.send = send
         self.ledger = ledger
-        self.savings = savings
+        self.answered = answered
 
     async def work(self, item: WorkItem) -> None:
         """Hand a work item to the workers of its current model, in its lane; its estimated
@@ -82,15 +82,15 @@ class Outbox:
         )
 
     async def reply(self, topic: str | None, result: InferenceResult) -> None:
-        """Store the result, release the request's budget hold, meter what a cached or
-        coalesced answer saved, then publish the result when there is a topic. All are
-        idempotent: a request answered before (a redelivery) is answered with its first
-        result again (and its saving counted once)."""
+        """Store the result, release the request's budget hold, tell those who count
+        answers (savings, experiments), then publish the result when there is a topic. All
+        are idempotent: a request answered before (a redelivery) is answered with its first
+        result again, and counted once."""
         result = await self.store.keep_result(result)
         if self.ledger is not None:
             await self.ledger.release(result)
-        if self.savings is not None:
-            await self.savings.answered(result)
+        for counter in self.answered:
+            await counter.answered(result)
         content_log.debug(
             "answered %s/%s (%s): %r",
             result.tenant,

@@ -25,6 +25,7 @@ def from_completion(completion: Completion, now: float | None = None) -> Inferen
         model_used=completion.work.model,
         route=completion.work.route,
         lane=request.lane,
+        cost_usd=completion.spent_usd,
         response=completion.response,
         error=completion.error,
         timings=completion.timings.model_copy(
@@ -51,6 +52,7 @@ def from_cache(
         route=work.route,
         cache=cache,
         lane=request.lane,
+        cost_usd=0.0,
         response=_reissued(cached, request.correlation_id, now),
         timings=Timings(total_ms=_total_ms(request.created_at, now)),
         finished_at=now,
@@ -68,6 +70,7 @@ def for_follower(
             "correlation_id": waiter.correlation_id,
             "cache": CacheStatus.COALESCED,
             "lane": waiter.lane,
+            "cost_usd": 0.0,
             "response": None
             if response is None
             else _reissued(response, waiter.correlation_id, now),

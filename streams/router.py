@@ -15,6 +15,7 @@ from schemas.errors import FALLBACK_CODES, ErrorCode, LlmqError
 from schemas.request import CHARS_PER_TOKEN, ChatBody, InferenceRequest
 from schemas.route import AUTO, Route
 from schemas.work import Completion
+from streams.experiments import arm_of
 
 """Estimated characters per token: enough for a log-scaled feature, no tokenizer needed."""
 SCAN_CHARS = 16_000
@@ -188,9 +189,22 @@ def plan(request: InferenceRequest, catalog: Catalog) -> Route:
 
     An explicit model (or the catalog default) is followed by its configured fallbacks.
     "auto" starts at the tier the difficulty score points to, then climbs the higher tiers
-    (one model each), then the fallbacks of those models.
+    (one model each), then the fallbacks of those models. A requested name that an
+    experiment covers is served by the tenant's arm instead, if the tenant takes part.
     """
     name = request.requested_model or catalog.default
+    experiment = catalog.experiment(name)
+    arm = None if experiment is None else arm_of(experiment, request.tenant)
+    if experiment is not None and arm is not None:
+        served = _plan(arm.model, request, catalog)
+        return served.model_copy(
+            update={"requested": name, "experiment": experiment.name, "arm": arm.name}
+        )
+    return _plan(name, request, catalog)
+
+
+def _plan(name: str, request: InferenceRequest, catalog: Catalog) -> Route:
+    """The route for `name`, a catalog model or "auto"."""
     if name != AUTO:
         spec = catalog.get(name)
         if spec is None:

@@ -59,5 +59,7 @@ def saved(result: InferenceResult, catalog: Catalog) -> MeteringEvent | None:
         worker="",
         cache=result.cache,
         saved_usd=cost,
+        experiment=None if result.route is None else result.route.experiment,
+        arm=None if result.route is None else result.route.arm,
         at=result.finished_at,
     )

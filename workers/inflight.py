@@ -149,5 +149,7 @@ class InFlight:
             engine_ms=timings.engine_ms or 0.0,
             worker=worker,
             outcome=outcome,
+            experiment=self.work.route.experiment,
+            arm=self.work.route.arm,
             at=now,
         )

@@ -68,6 +68,16 @@ url = "http://127.0.0.1:{dead_port}/v1"
 tier = 2  # after smollm2-remote, so "auto" never picks it
 retry_attempts = 1
 retry_budget_s = 1
+
+# An A/B test under a name of its own: the local engine against the same weights behind
+# vLLM's server, half the tenants each.
+[[experiments]]
+name = "local-vs-remote"
+model = "smollm2-ab"
+arms = [
+  {{ name = "local", model = "smollm2-135m" }},
+  {{ name = "remote", model = "smollm2-remote" }},
+]
 """
 
 

@@ -16,7 +16,9 @@ from llmq.cli import main
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.names import costs_keys
-from schemas.result import CacheStatus
+from schemas.result import CacheStatus, InferenceResult, Timings
+from schemas.route import Route
+from streams.experiment_stats import ExperimentStats
 from streams.rollups import CostRollups, hour_of, read
 from tests.integration.helpers import start_redis, stop_redis
 
@@ -155,3 +157,50 @@ def test_no_metering_says_so_and_a_bad_grouping_is_refused(
     with pytest.raises(SystemExit):
         main(["costs", "--by", "tenant,colour"])
     assert "--by takes distinct names" in capsys.readouterr().err
+
+
+def _answer(cid: str, arm: str, ms: float, cost: float, **more: object) -> InferenceResult:
+    route = Route(requested="chat", chain=["small"], experiment="ab", arm=arm)
+    return InferenceResult(
+        correlation_id=cid,
+        tenant="acme",
+        status="error" if more.get("error") else "ok",
+        route=route.model_copy(update={"escalated": bool(more.get("escalated"))}),
+        cost_usd=cost,
+        timings=Timings(total_ms=ms),
+        finished_at=NOON.timestamp(),
+    )
+
+
+def test_an_experiments_arms_are_compared_with_intervals(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Arm a: 100 answers at 100 ms and $0.01, 5 errors. Arm b: 100 at 200 ms and $0.02,
+    20 escalated. Each counted once, however often it is answered."""
+    results = [_answer(f"a-{i}", "a", 100.0, 0.01, error=i < 5) for i in range(100)]
+    results += [_answer(f"b-{i}", "b", 200.0, 0.02, escalated=i < 20) for i in range(100)]
+
+    async def count() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        stats = ExperimentStats(client)
+        for result in [*results, *results[:10]]:
+            await stats.answered(result)
+        await client.aclose()
+
+    asyncio.run(count())
+    monkeypatch.setenv("LLMQ_REDIS_URL", redis_url)
+    assert main(["costs", "--experiment", "ab", "--json"]) == 0
+    arms = {a["arm"]: a for a in json.loads(capsys.readouterr().out)["arms"]}
+    assert {a: arms[a]["answers"] for a in arms} == {"a": 100, "b": 100}
+    assert arms["a"]["cost_per_request"] == pytest.approx(0.01)
+    assert arms["b"]["latency_p50_ms"] == pytest.approx(200, rel=0.12)  # one bucket's width
+    low, high = arms["b"]["latency_p50_interval"]
+    assert low <= 200 <= high
+    assert arms["a"]["error_rate"] == 0.05 and arms["b"]["escalation_rate"] == 0.2
+    low, high = arms["a"]["error_interval"]
+    assert low < 0.05 < high
+    assert main(["costs", "--experiment", "ab"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[:2] == ["arm", "answers"]
+    assert table[3].startswith("a ") and table[4].startswith("b ")
+    assert main(["costs", "--experiment", "none-such"]) == 1

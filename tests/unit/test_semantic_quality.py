@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tools.bench.semantic_quality import rates, table, wilson
+from tools.bench.semantic_quality import rates, table
+from tools.intervals import wilson
 
 
 def test_wilson_matches_the_textbook_values() -> None:

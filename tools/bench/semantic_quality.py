@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Any
 
 from streams.semantic import DEFAULT_THRESHOLD
 from streams.semantic_guard import same_question
+from tools.intervals import wilson
 
 PAIRS = Path(__file__).parents[2] / "tests" / "data" / "semantic_pairs.jsonl"
-Z95 = 1.959964
 
 
 @dataclass(frozen=True)
@@ -38,16 +37,6 @@ class Rate:
     @property
     def rate(self) -> float:
         return self.hits / self.pairs if self.pairs else 0.0
-
-
-def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion: sound at 0 hits, unlike the normal one."""
-    if n == 0:
-        return 0.0, 1.0
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def rates(pairs: Sequence[dict[str, Any]], hits: Sequence[bool]) -> list[Rate]:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import time
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import redis.asyncio as aioredis
 
 from llmq.settings import ClientSettings
 from streams.rollups import Row, hour_of, read
+from tools.costs import experiment
 from tools.costs.report import DIMENSIONS, as_json, group, hours, table
 
 
@@ -33,6 +35,11 @@ def register(sub: Any) -> None:
     costs.add_argument("--until", type=date.fromisoformat, help="last UTC day (default today)")
     costs.add_argument("--tenant", help="only this tenant")
     costs.add_argument(
+        "--experiment",
+        metavar="NAME",
+        help="compare the arms of this A/B test instead (all of its answers, with intervals)",
+    )
+    costs.add_argument(
         "--by",
         type=_dimensions,
         default=list(DIMENSIONS),
@@ -46,6 +53,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the report (and draw it); 1 with a message when there is nothing to report."""
+    if args.experiment:
+        return _experiment(args)
     last = args.until or datetime.now(UTC).date()
     first = args.since or last - timedelta(days=max(1, args.days) - 1)
     if first > last:
@@ -89,3 +98,26 @@ def _dimensions(text: str) -> list[str]:
             f"--by takes distinct names of {', '.join(DIMENSIONS)}, not {text!r}"
         )
     return by
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    """The arms of one experiment side by side."""
+    url = ClientSettings().redis_url
+
+    async def sums() -> dict[str, dict[str, float]]:
+        client = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        try:
+            return await experiment.read(client, args.experiment)
+        finally:
+            await client.aclose()
+
+    reports = experiment.compare(asyncio.run(sums()))
+    if args.json:
+        print(json.dumps({"experiment": args.experiment, "arms": [asdict(r) for r in reports]}))
+        return 0
+    if not reports:
+        print(f"no answers of experiment {args.experiment} in {url}")
+        return 1
+    print(f"experiment {args.experiment}: each figure with its 95% confidence interval")
+    print(experiment.table(reports))
+    return 0

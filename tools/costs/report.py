@@ -87,17 +87,22 @@ def table(lines: Sequence[Line], by: Sequence[str]) -> str:
 
     body = [cells([line.key[d] for d in by], line) for line in lines]
     body.append(cells(["total", *[""] * (len(by) - 1)] if by else [], total(lines)))
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    numeric = range(len(by), len(head))
+    rule, head_line, *rows = aligned(head, body, right=set(range(len(by), len(head))))
+    return "\n".join([head_line, rule, *rows[:-1], rule, rows[-1]])
 
-    def fmt(cells: list[str]) -> str:
+
+def aligned(head: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    """A rule of dashes, then the head and the rows in columns as wide as their widest cell
+    (the `right` ones right-aligned)."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+    def fmt(cells: Sequence[str]) -> str:
         return "  ".join(
-            c.rjust(w) if i in numeric else c.ljust(w)
+            c.rjust(w) if i in right else c.ljust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([fmt(head), rule, *map(fmt, body[:-1]), rule, fmt(body[-1])])
+    return ["  ".join("-" * w for w in widths), fmt(head), *map(fmt, rows)]
 
 
 def as_json(lines: Sequence[Line], first: date, last: date) -> dict[str, Any]:

@@ -1,0 +1,104 @@
+"""`llmq costs --experiment NAME`: an A/B test's arms side by side, each figure with its 95%
+confidence interval, from the stream processor's per-arm sums."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from schemas.names import experiment_keys
+from streams.experiment_stats import LATENCY_EDGES_MS
+from streams.rollups import SEP
+from tools.costs.report import aligned
+from tools.intervals import histogram_quantile, mean_interval, quantile_interval, wilson
+
+Interval = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class ArmReport:
+    """One arm's answers and how they went."""
+
+    arm: str
+    answers: int
+    cost_per_request: float
+    cost_interval: Interval
+    latency_p50_ms: float
+    latency_p50_interval: Interval
+    latency_p95_ms: float
+    latency_p95_interval: Interval
+    error_rate: float
+    error_interval: Interval
+    escalation_rate: float
+    escalation_interval: Interval
+    cached_rate: float
+
+
+async def read(client: aioredis.Redis, experiment: str) -> dict[str, dict[str, float]]:
+    """Each arm's sums: answers, errors, escalated, cached, cost_usd, cost_usd_squared and
+    latency_ms:<bucket>."""
+    fields = await client.hgetall(experiment_keys(experiment, "")[0])  # type: ignore[misc]
+    arms: dict[str, dict[str, float]] = defaultdict(dict)
+    for name, value in fields.items():
+        arm, _, figure = name.decode().partition(SEP)
+        arms[arm][figure] = float(value)
+    return dict(arms)
+
+
+def compare(arms: dict[str, dict[str, float]]) -> list[ArmReport]:
+    """The report of every arm, by name."""
+    return [_report(arm, sums) for arm, sums in sorted(arms.items())]
+
+
+def _report(arm: str, sums: dict[str, float]) -> ArmReport:
+    n = sums.get("answers", 0.0)
+    counts = [sums.get(f"latency_ms:{i}", 0.0) for i in range(len(LATENCY_EDGES_MS))]
+    cost = sums.get("cost_usd", 0.0)
+    errors, escalated = sums.get("errors", 0.0), sums.get("escalated", 0.0)
+    return ArmReport(
+        arm=arm,
+        answers=round(n),
+        cost_per_request=cost / n if n else 0.0,
+        cost_interval=mean_interval(cost, sums.get("cost_usd_squared", 0.0), n),
+        latency_p50_ms=histogram_quantile(counts, LATENCY_EDGES_MS, 0.5),
+        latency_p50_interval=quantile_interval(counts, LATENCY_EDGES_MS, 0.5),
+        latency_p95_ms=histogram_quantile(counts, LATENCY_EDGES_MS, 0.95),
+        latency_p95_interval=quantile_interval(counts, LATENCY_EDGES_MS, 0.95),
+        error_rate=errors / n if n else 0.0,
+        error_interval=wilson(errors, n),
+        escalation_rate=escalated / n if n else 0.0,
+        escalation_interval=wilson(escalated, n),
+        cached_rate=sums.get("cached", 0.0) / n if n else 0.0,
+    )
+
+
+def table(reports: Sequence[ArmReport]) -> str:
+    """One line per arm; intervals in brackets."""
+    head = ["arm", "answers", "USD per request", "latency p50 ms", "latency p95 ms"]
+    head += ["errors", "escalated", "cached"]
+    rows = [
+        [
+            r.arm,
+            f"{r.answers:,}",
+            f"{r.cost_per_request:.3g} [{r.cost_interval[0]:.3g}, {r.cost_interval[1]:.3g}]",
+            _ms(r.latency_p50_ms, r.latency_p50_interval),
+            _ms(r.latency_p95_ms, r.latency_p95_interval),
+            _share(r.error_rate, r.error_interval),
+            _share(r.escalation_rate, r.escalation_interval),
+            f"{r.cached_rate:.0%}",
+        ]
+        for r in reports
+    ]
+    rule, head_line, *lines = aligned(head, rows, right=set())
+    return "\n".join([head_line, rule, *lines])
+
+
+def _ms(value: float, interval: Interval) -> str:
+    return f"{value:,.0f} [{interval[0]:,.0f}, {interval[1]:,.0f}]"
+
+
+def _share(value: float, interval: Interval) -> str:
+    return f"{value:.1%} [{interval[0]:.1%}, {interval[1]:.1%}]"

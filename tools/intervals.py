@@ -1,0 +1,70 @@
+"""95% confidence intervals for the reports: a proportion, a mean, a quantile of a histogram."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+Z95 = 1.959964
+
+
+def wilson(hits: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion: sound at 0 hits, unlike the normal one."""
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_interval(total: float, squares: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """The normal interval of a mean from the sum and the sum of squares of n values."""
+    if n < 2:
+        mean = total / n if n else 0.0
+        return mean, mean
+    mean = total / n
+    variance = max(0.0, (squares - n * mean * mean) / (n - 1))
+    half = z * math.sqrt(variance / n)
+    return mean - half, mean + half
+
+
+def histogram_quantile(counts: Sequence[float], edges: Sequence[float], q: float) -> float:
+    """The q-quantile of values binned by upper `edges` (bucket 0 starts at 0), read at rank
+    q * n and interpolated within its bucket (geometrically, as the edges grow so)."""
+    return _at_rank(counts, edges, q * sum(counts))
+
+
+def quantile_interval(
+    counts: Sequence[float], edges: Sequence[float], q: float, z: float = Z95
+) -> tuple[float, float]:
+    """A distribution-free interval of the q-quantile: from the lower edge of the bucket
+    holding rank n*q - z*sqrt(n*q*(1-q)) to the upper edge of the one holding rank
+    n*q + z*sqrt(...) (the binomial's normal approximation, widened to whole buckets so
+    that binning cannot move the truth outside it)."""
+    n = sum(counts)
+    half = z * math.sqrt(n * q * (1 - q))
+    low, high = _bucket(counts, max(0.0, n * q - half)), _bucket(counts, min(n, n * q + half))
+    return (edges[low - 1] if low else 0.0), edges[high]
+
+
+def _bucket(counts: Sequence[float], rank: float) -> int:
+    """The bucket that holds `rank` (0-based, fractional)."""
+    seen = 0.0
+    for i, count in enumerate(counts):
+        if count and seen + count >= rank:
+            return i
+        seen += count
+    return len(counts) - 1
+
+
+def _at_rank(counts: Sequence[float], edges: Sequence[float], rank: float) -> float:
+    if not counts:
+        return 0.0
+    i = _bucket(counts, rank)
+    low, high = (edges[i - 1] if i else 0.0), edges[i]
+    count = counts[i]
+    share = (rank - sum(counts[:i])) / count if count else 1.0
+    if low <= 0:
+        return high * share
+    return float(low * (high / low) ** share)
