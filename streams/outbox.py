@@ -82,15 +82,13 @@ class Outbox:
         )
 
     async def reply(self, topic: str | None, result: InferenceResult) -> None:
-        """Store the result, release the request's budget hold, tell those who count
-        answers (savings, experiments), then publish the result when there is a topic. All
+        """Store the result, release the request's budget hold, then publish the result when
+        there is a topic while those who count answers (savings, experiments) count it. All
         are idempotent: a request answered before (a redelivery) is answered with its first
         result again, and counted once."""
         result = await self.store.keep_result(result)
         if self.ledger is not None:
             await self.ledger.release(result)
-        for counter in self.answered:
-            await counter.answered(result)
         content_log.debug(
             "answered %s/%s (%s): %r",
             result.tenant,
@@ -98,6 +96,10 @@ class Outbox:
             result.cache.value,
             result.text,
         )
+        counted = (counter.answered(result) for counter in self.answered)
+        await asyncio.gather(self._publish(topic, result), *counted)
+
+    async def _publish(self, topic: str | None, result: InferenceResult) -> None:
         if topic is None:
             return
         key = result.correlation_id.encode() if result.correlation_id else None

@@ -15,6 +15,7 @@ from llmq.cli import main
 from llmq.client import Client, tail
 from schemas.alerts import BudgetAlert
 from schemas.errors import ErrorCode
+from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.names import ALERTS, METERING, REDIS_SEMANTIC_PREFIX, spend_key
 from schemas.request import CacheMode
@@ -73,9 +74,10 @@ def test_metered_spend_closes_the_budget(client: Client) -> None:
 def test_a_burst_never_spends_past_the_budget(
     client: Client, stack: LocalStack, service_settings: ServiceSettings
 ) -> None:
-    """200 requests at once from a tenant whose budget fits about 50, half of them streamed:
-    each holds its worst case at admission, so the metered spend stays within the budget and
-    the rest are refused, saying why; every hold is released once answered."""
+    """200 requests at once from a tenant whose budget fits about 50, half of them streamed
+    and a quarter on the batch lane: each holds its worst case at admission, so the metered
+    spend stays within the budget and the rest are refused, saying why; every hold is
+    released once answered."""
     budget = 0.0001
     metering = tail(service_settings.kafka_bootstrap, METERING)
     alerts = tail(service_settings.kafka_bootstrap, ALERTS)
@@ -86,6 +88,7 @@ def test_a_burst_never_spends_past_the_budget(
             max_tokens=16,
             ignore_eos=True,  # every answer costs the same, whenever the model would stop
             stream=i % 2 == 1,
+            lane=Lane.BATCH if i % 4 == 2 else Lane.STANDARD,
             cache=CacheMode.OFF,
         )
         for i in range(200)

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.metering import MeteringEvent
 from schemas.names import (
     REQUESTS_KEYED,
 )
@@ -173,3 +174,23 @@ def last_attempt(work: WorkItem, attempts: int = 3) -> WorkItem:
 
 def result_of(sent: Sent) -> InferenceResult:
     return InferenceResult.model_validate_json(sent.value)
+
+
+def metered(work: WorkItem, cost: float, text: str = "Hello!") -> Completion:
+    """The worker's answer with its metering event attached, as the worker sends it."""
+    done = Completion.model_validate_json(completion(work, text))
+    event = MeteringEvent(
+        correlation_id=work.request.correlation_id,
+        tenant=work.request.tenant,
+        model=work.model,
+        lane=work.request.lane,
+        fingerprint=work.fingerprint,
+        prompt_tokens=3,
+        completion_tokens=1,
+        cost_usd=cost,
+        queue_ms=1.0,
+        ttft_ms=1.0,
+        engine_ms=1.0,
+        worker="w1",
+    )
+    return done.model_copy(update={"metering": event})

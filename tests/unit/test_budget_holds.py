@@ -10,13 +10,12 @@ import time
 import pytest
 
 from schemas.catalog import Catalog
-from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.request import TEMPLATE_TOKENS, TEMPLATE_TOKENS_PER_MESSAGE
 from schemas.result import InferenceResult
-from schemas.work import Completion, WorkItem
+from schemas.work import WorkItem
 from streams.budget import HOLD_AFTER_DEADLINE_S, HOLD_S, worst_case
-from tests.unit.stages import Pipeline, admitted, completion, raw_request, result_of
+from tests.unit.stages import Pipeline, admitted, metered, raw_request, result_of
 
 PRICED = Catalog.model_validate(
     {
@@ -57,25 +56,6 @@ class Ledger:
         self.calls.append(f"release {result.correlation_id}")
 
 
-def _metered(work: WorkItem, text: str, cost: float) -> bytes:
-    done = Completion.model_validate_json(completion(work, text))
-    event = MeteringEvent(
-        correlation_id=work.request.correlation_id,
-        tenant=work.request.tenant,
-        model=work.model,
-        lane=Lane.INTERACTIVE,
-        fingerprint=work.fingerprint,
-        prompt_tokens=3,
-        completion_tokens=1,
-        cost_usd=cost,
-        queue_ms=1.0,
-        ttft_ms=1.0,
-        engine_ms=1.0,
-        worker="w1",
-    )
-    return done.model_copy(update={"metering": event}).model_dump_json().encode()
-
-
 def test_the_worst_case_covers_every_model_still_ahead_at_its_prices() -> None:
     raw = json.loads(raw_request(max_tokens=1000))
     work = admitted(json.dumps({**raw, "model": "auto"}).encode())
@@ -110,7 +90,7 @@ def test_a_generation_is_settled_before_its_answer_releases_the_hold() -> None:
     [sent] = harness.send.sent
     work = WorkItem.model_validate_json(sent.value)
     harness.send.sent.clear()
-    harness.on_completion(_metered(work, "Hello!", 0.25))
+    harness.on_completion(metered(work, 0.25).model_dump_json().encode())
     assert ledger.calls[0] == "settle t-1 0.25"
     assert sorted(ledger.calls[1:]) == ["release t-1", "release t-2"]
     assert {result_of(s).correlation_id for s in harness.send.sent} == {"t-1", "t-2"}
@@ -121,7 +101,7 @@ def test_a_cached_or_failed_answer_releases_its_hold_too() -> None:
     harness = Pipeline(catalog=PRICED, ledger=ledger)
     harness.on_request(None, raw_request(cid="t-1", temperature=0))
     work = WorkItem.model_validate_json(harness.send.sent.pop().value)
-    harness.on_completion(_metered(work, "Hello!", 0.25))
+    harness.on_completion(metered(work, 0.25).model_dump_json().encode())
     harness.on_request(None, raw_request(cid="t-2", temperature=0))  # the exact cache answers
     harness.on_request(None, raw_request(cid="t-3", temperature=0, max_tokens=0))  # invalid
     assert ledger.calls == ["settle t-1 0.25", "release t-1", "release t-2", "release t-3"]

@@ -12,14 +12,12 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.catalog import Catalog
-from schemas.lanes import Lane
-from schemas.metering import MeteringEvent
 from schemas.request import InferenceRequest
-from schemas.work import Completion, WorkItem
+from schemas.work import WorkItem
 from streams.experiment_stats import LATENCY_EDGES_MS, latency_bucket
 from streams.experiments import arm_of
 from streams.router import plan
-from tests.unit.stages import Pipeline, completion, raw_request, result_of
+from tests.unit.stages import Pipeline, metered, raw_request, result_of
 from tools.intervals import histogram_quantile, mean_interval, quantile_interval, wilson
 
 MODELS = [
@@ -113,32 +111,13 @@ def test_a_result_costs_what_all_its_generations_cost() -> None:
     data = json.loads(raw_request(temperature=0))
     harness.on_request(None, json.dumps({**data, "model": "auto"}).encode())
     work = WorkItem.model_validate_json(harness.send.sent.pop().value)
-    unsure = _metered(work, 0.25).model_copy(update={"mean_logprob": -3.0})
+    unsure = metered(work, 0.25).model_copy(update={"mean_logprob": -3.0})
     harness.on_completion(unsure.model_dump_json().encode())
     escalated = WorkItem.model_validate_json(harness.send.sent.pop().value)
     assert escalated.spent_usd == 0.25
-    harness.on_completion(_metered(escalated, 0.5).model_dump_json().encode())
+    harness.on_completion(metered(escalated, 0.5).model_dump_json().encode())
     [reply] = harness.send.sent
     assert result_of(reply).cost_usd == pytest.approx(0.75)
-
-
-def _metered(work: WorkItem, cost: float) -> Completion:
-    done = Completion.model_validate_json(completion(work, "Hello!"))
-    event = MeteringEvent(
-        correlation_id=work.request.correlation_id,
-        tenant=work.request.tenant,
-        model=work.model,
-        lane=Lane.INTERACTIVE,
-        fingerprint=work.fingerprint,
-        prompt_tokens=3,
-        completion_tokens=1,
-        cost_usd=cost,
-        queue_ms=1.0,
-        ttft_ms=1.0,
-        engine_ms=1.0,
-        worker="w1",
-    )
-    return done.model_copy(update={"metering": event})
 
 
 def test_a_latency_lands_in_the_bucket_whose_edge_bounds_it() -> None:
