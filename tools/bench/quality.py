@@ -226,42 +226,43 @@ def table(outcomes: Sequence[Outcome]) -> str:
 
 
 def plot(outcomes: Sequence[Outcome], out: Path) -> Path:
-    """Quality against cost per answer, latency in the labels; the front joined by a line."""
+    """Two panels over cost per answer (log scale): quality with its interval, and p50
+    latency; one colour a setting, filled on the Pareto front, hollow off it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 -- bench only
     from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.ticker import NullFormatter  # noqa: PLC0415
 
-    figure = Figure(figsize=(8, 5.5), layout="constrained")
+    figure = Figure(figsize=(12, 5), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots()
-    for o in outcomes:
-        axes.errorbar(
-            o.usd_per_answer * 1000,
+    quality, latency = figure.subplots(1, 2)
+    colours = [f"C{i}" for i in range(len(outcomes))]
+    for o, colour in zip(outcomes, colours, strict=True):
+        usd = o.usd_per_answer * 1000
+        face = colour if o.pareto else "none"
+        quality.errorbar(
+            usd,
             o.quality,
             yerr=[[o.quality - o.quality_low], [o.quality_high - o.quality]],
-            fmt="o" if o.pareto else "x",
-            capsize=3,
-            color="tab:blue" if o.pareto else "tab:gray",
+            fmt="o",
+            markersize=9,
+            capsize=4,
+            color=colour,
+            markerfacecolor=face,
+            label=o.setting + (" (front)" if o.pareto else ""),
         )
-        axes.annotate(
-            f"{o.setting}\np50 {o.latency_p50_s:.2f} s",
-            (o.usd_per_answer * 1000, o.quality),
-            textcoords="offset points",
-            xytext=(6, 6),
-            fontsize="small",
-        )
-    front = sorted((o for o in outcomes if o.pareto), key=lambda o: o.usd_per_answer)
-    axes.plot(
-        [o.usd_per_answer * 1000 for o in front],
-        [o.quality for o in front],
-        "--",
-        color="tab:blue",
-        label="Pareto front (cost, latency, quality)",
-    )
-    axes.set_xlabel("USD per 1,000 answers")
-    axes.set_ylabel("share of right answers (95% interval)")
-    axes.set_ylim(0, 1)
-    axes.legend(loc="lower right", fontsize="small")
-    axes.set_title("Quality beside cost, per setting")
+        latency.plot(usd, o.latency_p50_s, "o", markersize=9, color=colour, markerfacecolor=face)
+    for axes in (quality, latency):
+        axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.set_xlabel("USD per 1,000 answers (log scale)")
+    quality.set_ylim(0, 1)
+    quality.set_ylabel("share of right answers (95% interval)")
+    quality.set_title("Quality")
+    quality.legend(loc="lower left", fontsize="small")
+    latency.set_ylim(bottom=0)
+    latency.set_ylabel("latency p50, s")
+    latency.set_title("Latency")
+    figure.suptitle("Quality beside cost, per setting (filled: on the Pareto front)")
     figure.savefig(out, dpi=110)
     return out
 
