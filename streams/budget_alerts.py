@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 THRESHOLDS = (0.5, 0.8, 1.0)
 """Shares of a budget that are reported when crossed."""
+KNOWN_MAX = 100_000
+"""Alerts remembered as sent, per process (each key names its period, so old ones only cost
+memory; past this many they are forgotten and Redis answers again)."""
 
 
 class BudgetAlerts:
@@ -28,6 +31,8 @@ class BudgetAlerts:
     def __init__(self, redis: aioredis.Redis, send: Send) -> None:
         self._redis = redis
         self._send = send
+        self._known: set[str] = set()
+        """Keys of alerts known to be sent: no Redis call for them on every later count."""
 
     @staticmethod
     def admitted(tenant: str, limits: TenantLimits, spent: float | None) -> None:
@@ -70,7 +75,12 @@ class BudgetAlerts:
         window = period_id(period, now)
         key = spend_key(tenant, f"alerted:{window}:{round(threshold * 100)}")
         expires = int(period_end(period, now)) + KEEP_AFTER_PERIOD_S
+        if key in self._known:
+            return
+        if len(self._known) > KNOWN_MAX:
+            self._known.clear()
         if not await self._redis.set(key, reason, nx=True, exat=expires):
+            self._known.add(key)
             return
         alert = BudgetAlert(
             tenant=tenant,
@@ -96,4 +106,5 @@ class BudgetAlerts:
         except BaseException:
             await self._redis.delete(key)  # not sent: the next count tries again
             raise
+        self._known.add(key)
         metrics.BUDGET_ALERTS.labels(tenant, f"{threshold:g}").inc()
