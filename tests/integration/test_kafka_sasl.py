@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,11 +69,27 @@ def sasl_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     broker = Proc("kafka-sasl", argv, folder / "run", stop_timeout_s=20)
     broker.start()
     try:
+        # kafka-python leaves the sockets of refused connections unclosed, and their
+        # ResourceWarnings surface in whichever test the garbage collector runs: no client
+        # connects before the broker listens.
+        _wait_listening(base, timeout_s=120)
         names = [REQUESTS, REPLIES, STREAMS_OUT, *work_topics(SPEC.name)]
         ensure_topics(f"127.0.0.1:{base}", [TopicSpec(n, 1) for n in names], timeout_s=120)
         yield f"127.0.0.1:{base + 2}"
     finally:
         broker.stop()
+
+
+def _wait_listening(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            time.sleep(0.25)
+        else:
+            return
+    raise TimeoutError(f"the SASL test broker did not listen on {port} in {timeout_s:.0f}s")
 
 
 def _read_back(consumer: KafkaConsumer, found: Callable[[bytes], bool]) -> list[bytes]:
