@@ -1,4 +1,5 @@
-"""Stage 1, llmq.requests: validate, apply the tenant's limits, compress, fingerprint, re-key."""
+"""Stage 1, llmq.requests: validate, apply the tenant's limits, compress, fingerprint, answer
+an exact-cache hit, else re-key."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from schemas.errors import LlmqError
 from schemas.names import REQUESTS, REQUESTS_KEYED
 from schemas.redact import content_log
 from schemas.request import ChatMessage, InferenceRequest
+from schemas.result import CacheStatus
 from schemas.work import WorkItem
-from streams import metrics
+from streams import metrics, replies
 from streams.admit import parse, route
 from streams.guard import Guard
 from streams.outbox import Outbox
@@ -70,9 +72,24 @@ class Admission:
             work.request.correlation_id,
             [(m.role, m.content) for m in work.request.body.messages],
         )
+        if work.request.cacheable and await self._answered_from_cache(work):
+            return
         await self._outbox.send(
             REQUESTS_KEYED, work.fingerprint.encode(), work.model_dump_json().encode()
         )
+
+    async def _answered_from_cache(self, work: WorkItem) -> bool:
+        """Answer an exact-cache hit here: one trip through Kafka instead of two. Dedupe
+        looks again, for answers cached while the request was on its way, and for the
+        semantic cache and coalescing, which need the request's partition."""
+        cached = await self._outbox.store.cached(work.fingerprint)
+        if cached is None:
+            return False
+        metrics.REQUESTS.labels(f"cache_{CacheStatus.EXACT.value}").inc()
+        await self._outbox.reply(
+            work.request.reply_to, replies.from_cache(work, cached, CacheStatus.EXACT)
+        )
+        return True
 
     def _compressed(
         self, request: InferenceRequest

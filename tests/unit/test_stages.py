@@ -247,14 +247,32 @@ def test_a_rejection_without_a_usable_reply_topic_is_still_stored_for_its_id() -
 
 
 class BrokenStore(FakeStore):
-    """A store whose lookups fail in a way the processor does not expect."""
+    """A store whose lookups fail, after `works` that did not, in a way the processor does
+    not expect."""
+
+    def __init__(self, works: int = 0) -> None:
+        super().__init__()
+        self.works = works
 
     async def cached(self, fingerprint: str) -> ChatCompletion | None:
+        if self.works:
+            self.works -= 1
+            return None
         raise RuntimeError("store exploded")
 
 
-def test_an_unexpected_failure_dead_letters_the_request_and_replies() -> None:
+def test_an_unexpected_failure_at_admission_dead_letters_the_record_and_replies() -> None:
     harness = Pipeline(BrokenStore())
+    harness.on_request(b"k", raw_request("boom-0", temperature=0))
+    dlq, reply = harness.send.sent
+    assert dlq.topic == DLQ and dlq.headers is not None
+    assert dlq.headers[HEADER_SOURCE_TOPIC] == REQUESTS.encode()
+    result = InferenceResult.model_validate_json(reply.value)
+    assert result.error is not None and result.error.code is ErrorCode.INTERNAL_ERROR
+
+
+def test_an_unexpected_failure_dead_letters_the_request_and_replies() -> None:
+    harness = Pipeline(BrokenStore(works=1))  # admission's look at the cache works
     send = harness.send
     raw = raw_request("boom-1", temperature=0)
     harness.on_request(b"k", raw)
