@@ -24,7 +24,8 @@ class Line:
     cost_usd: float = 0.0
     saved_usd: float = 0.0
 
-    def plus(self, row: Row) -> Line:
+    def plus(self, row: Row | Line) -> Line:
+        """These sums and the row's (or another line's)."""
         return replace(
             self,
             count=self.count + row.count,
@@ -60,14 +61,7 @@ def total(lines: Iterable[Line]) -> Line:
     """All lines summed."""
     out = Line()
     for line in lines:
-        out = replace(
-            out,
-            count=out.count + line.count,
-            prompt_tokens=out.prompt_tokens + line.prompt_tokens,
-            completion_tokens=out.completion_tokens + line.completion_tokens,
-            cost_usd=out.cost_usd + line.cost_usd,
-            saved_usd=out.saved_usd + line.saved_usd,
-        )
+        out = out.plus(line)
     return out
 
 
