@@ -3,13 +3,15 @@ redis-server for tests of Redis alone."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis
+import redis.asyncio as aioredis
 from kafka import KafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -89,3 +91,27 @@ def start_redis() -> tuple[subprocess.Popen[bytes], int]:
 def stop_redis(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait(timeout=10)
+
+
+T = TypeVar("T")
+
+
+def run_async(port: int, body: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    """Run `body` with a fresh asyncio client of the Redis on `port` on its own event loop."""
+    return run_with(lambda: aioredis.Redis(port=port), body)
+
+
+def run_with(
+    connect: Callable[[], aioredis.Redis],
+    body: Callable[[aioredis.Redis], Awaitable[T]],
+) -> T:
+    """Run `body` with the client `connect` makes, on an event loop of its own."""
+
+    async def main() -> T:
+        client = connect()
+        try:
+            return await body(client)
+        finally:
+            await client.connection_pool.disconnect()
+
+    return asyncio.run(main())

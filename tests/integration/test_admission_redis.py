@@ -1,5 +1,6 @@
-"""Rate limits and budgets against a real redis-server of this module's own (no Kafka, no
-engine): bucket arithmetic, atomicity, isolation, concurrency, idempotent spend, outages."""
+"""Rate limits against a real redis-server of this module's own (no Kafka, no engine):
+bucket arithmetic, atomicity, isolation, concurrency, and admission while Redis is down or
+hung; and the result store (budgets: test_budgets_redis.py)."""
 
 from __future__ import annotations
 
@@ -8,36 +9,23 @@ import logging
 import re
 import signal
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
-from typing import TypeVar, cast
+from collections.abc import Iterator
+from typing import cast
 
 import pytest
 import redis
 import redis.asyncio as aioredis
-from kafka.errors import KafkaTimeoutError
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
-from schemas.alerts import BudgetAlert
 from schemas.errors import ErrorCode, LlmqError
-from schemas.lanes import Lane
-from schemas.metering import MeteringEvent
-from schemas.names import ALERTS
 from schemas.result import InferenceResult
-from schemas.tenants import TenantLimits, period_end, period_id
-from streams.budget import KEEP_AFTER_PERIOD_S, Budgets, Hold
-from streams.budget_alerts import BudgetAlerts
+from schemas.tenants import TenantLimits
+from streams.budget import Budgets, Hold
 from streams.ratelimit import BUCKET_TTL_S, CHECK_TIMEOUT_S, RateLimiter
 from streams.store import RedisStore
-from tests.integration.helpers import start_redis
-from tools.stack.ports import free_block
+from tests.integration.helpers import run_async, run_with, start_redis
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-T = TypeVar("T")
 NOW = 1_800_000_000.0
 """A fixed moment for checks that pass `now`: bucket arithmetic without waiting."""
 
@@ -49,27 +37,6 @@ def sync(redis_port: int) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
-
-
-def _run(port: int, body: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-    """Run `body` with a fresh asyncio client of this module's Redis on its own event loop."""
-    return _run_with(lambda: aioredis.Redis(port=port), body)
-
-
-def _run_with(
-    connect: Callable[[], aioredis.Redis],
-    body: Callable[[aioredis.Redis], Awaitable[T]],
-) -> T:
-    """Run `body` with the client `connect` makes, on an event loop of its own."""
-
-    async def main() -> T:
-        client = connect()
-        try:
-            return await body(client)
-        finally:
-            await client.connection_pool.disconnect()
-
-    return asyncio.run(main())
 
 
 async def _outcome(
@@ -114,7 +81,7 @@ def test_requests_bucket_refuses_with_the_right_wait_and_refills(
         assert await _outcome(limiter, "acme", limits, now=None) is None
         assert await _outcome(limiter, "acme", limits, now=None) is not None
 
-    _run(redis_port, body)
+    run_async(redis_port, body)
     keys = cast("list[bytes]", sync.keys("llmq:rate:*"))
     for key in keys:
         assert 0 < cast("int", sync.ttl(key)) <= BUCKET_TTL_S
@@ -152,7 +119,7 @@ def test_tokens_bucket_is_independent_and_refills_continuously(
         requests, tokens = _levels(sync)
         assert requests == 599 and tokens == pytest.approx(0, abs=1e-6)
 
-    _run(redis_port, body)
+    run_async(redis_port, body)
 
 
 def test_a_refused_request_consumes_neither_bucket(redis_port: int, sync: redis.Redis) -> None:
@@ -179,7 +146,7 @@ def test_a_refused_request_consumes_neither_bucket(redis_port: int, sync: redis.
         requests, tokens = _levels(sync)
         assert requests == 0 and tokens == pytest.approx(0, abs=1e-6)
 
-    _run(redis_port, body)
+    run_async(redis_port, body)
 
 
 def test_the_longer_wait_is_reported_when_both_buckets_refuse(redis_port: int) -> None:
@@ -194,7 +161,7 @@ def test_the_longer_wait_is_reported_when_both_buckets_refuse(redis_port: int) -
         assert refusal is not None and refusal.retry_after_s == 10.0
         assert "60 tokens per minute" in refusal.message
 
-    _run(redis_port, body)
+    run_async(redis_port, body)
 
 
 def test_tenants_are_isolated_and_limits_may_change(redis_port: int) -> None:
@@ -211,7 +178,7 @@ def test_tenants_are_isolated_and_limits_may_change(redis_port: int) -> None:
         assert await _outcome(limiter, "a", raised, now=NOW + 0.15) is None
         assert await _outcome(limiter, "a", raised, now=NOW + 0.15) is not None
 
-    _run(redis_port, body)
+    run_async(redis_port, body)
 
 
 def test_concurrent_checks_never_admit_more_than_the_bucket(redis_port: int) -> None:
@@ -229,7 +196,7 @@ def test_concurrent_checks_never_admit_more_than_the_bucket(redis_port: int) -> 
         elapsed = time.monotonic() - started
         return fixed.count(None), live.count(None), elapsed
 
-    fixed, live, elapsed = _run(redis_port, body)
+    fixed, live, elapsed = run_async(redis_port, body)
     assert fixed == 100
     assert 100 <= live <= 100 + elapsed * 100 / 60 + 1
 
@@ -248,12 +215,12 @@ def _checks_during(outage: signal.Signals) -> float:
         proc.send_signal(outage)
         started = time.monotonic()
         assert await _outcome(limiter, "acme", limits) is None
-        await budgets.reserve("acme", limits, _hold(0.0, time.time()))
+        await budgets.reserve("acme", limits, Hold("probe", 0.0, time.time() + 3600))
         return time.monotonic() - started
 
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        return _run_with(
+        return run_with(
             lambda: aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2), body
         )
     finally:
@@ -275,118 +242,6 @@ def test_redis_down_or_hung_admits_with_a_warning(
     assert any(m.startswith("budgets unavailable, admitting tenant acme") for m in messages)
 
 
-def test_recording_spend_with_redis_down_raises() -> None:
-    async def body(client: aioredis.Redis) -> None:
-        with pytest.raises(RedisError):
-            await Budgets(client).record(_event("acme", "c-1", 0.1, time.time()))
-
-    _run_with(lambda: aioredis.Redis(port=free_block(1), retry=Retry(NoBackoff(), 0)), body)
-
-
-# Budgets
-
-
-def _event(tenant: str, correlation_id: str, cost: float, at: float) -> MeteringEvent:
-    return MeteringEvent(
-        correlation_id=correlation_id,
-        tenant=tenant,
-        model="smollm2-135m",
-        lane=Lane.STANDARD,
-        fingerprint="f" * 64,
-        prompt_tokens=100,
-        completion_tokens=20,
-        cost_usd=cost,
-        queue_ms=1.0,
-        ttft_ms=2.0,
-        engine_ms=3.0,
-        worker="w-1",
-        at=at,
-    )
-
-
-def _hold(usd: float, at: float, hold_id: str | None = None) -> Hold:
-    """A request's hold, lasting an hour from `at`."""
-    return Hold(hold_id or uuid.uuid4().hex, usd, at + 3600)
-
-
-def _noon(days_ago: int = 0) -> float:
-    """Noon UTC, today or a few days back: clear of day boundaries, recent enough to count."""
-    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
-    return (today - timedelta(days=days_ago)).timestamp()
-
-
-def test_spend_reaches_the_daily_budget_and_says_when_it_resets(
-    redis_port: int, sync: redis.Redis
-) -> None:
-    at = _noon()
-    limits = TenantLimits(budget_usd=1.0)
-
-    async def body(client: aioredis.Redis) -> LlmqError:
-        budgets = Budgets(client)
-        for i in range(2):
-            assert await budgets.record(_event("acme", f"c-{i}", 0.4, at))
-            await budgets.reserve("acme", limits, _hold(0.0, at), now=at)  # $0.80: still under
-        assert await budgets.record(_event("acme", "c-2", 0.4, at))
-        assert await budgets.spent("acme", "day", at) == pytest.approx(1.2)
-        await budgets.reserve("other", limits, _hold(0.0, at), now=at)  # tenants are separate
-        with pytest.raises(LlmqError) as caught:
-            await budgets.reserve("acme", limits, _hold(0.0, at), now=at)
-        return caught.value
-
-    error = _run(redis_port, body)
-    reset = datetime.fromtimestamp(at, UTC).date() + timedelta(days=1)
-    assert error.code is ErrorCode.BUDGET_EXCEEDED
-    assert error.message == (
-        f"tenant acme has spent $1.20 of its $1.00 daily budget; it resets at {reset} 00:00 UTC"
-    )
-    assert error.retry_after_s == 12 * 3600
-    day = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
-    assert sync.expiretime(f"llmq:spend:{{acme}}:{day}") == (
-        period_end("day", at) + KEEP_AFTER_PERIOD_S
-    )
-
-
-def test_a_redelivered_event_counts_once(redis_port: int, sync: redis.Redis) -> None:
-    at = _noon()
-    event = _event("acme", "c-1", 0.25, at)
-
-    async def body(client: aioredis.Redis) -> list[bool]:
-        budgets = Budgets(client)
-        first = await budgets.record(event)
-        again = await asyncio.gather(*(budgets.record(event.model_copy()) for _ in range(20)))
-        assert await budgets.record(_event("acme", "c-1", 0.25, at + 1))  # a retried generation
-        assert await budgets.spent("acme", "day", at) == pytest.approx(0.5)
-        assert await budgets.spent("acme", "month", at) == pytest.approx(0.5)
-        return [first, *again]
-
-    outcomes = _run(redis_port, body)
-    assert outcomes == [True] + [False] * 20
-
-
-def test_monthly_budgets_sum_the_days_and_old_or_free_events_are_skipped(redis_port: int) -> None:
-    today = _noon()
-    earlier = min(_noon(days_ago=3), datetime.fromtimestamp(today, UTC).replace(day=1).timestamp())
-    month_earlier = period_end("month", today) - 86_400 * 100
-    limits = TenantLimits(budget_usd=0.3, budget_period="month")
-
-    async def body(client: aioredis.Redis) -> None:
-        budgets = Budgets(client)
-        same_month = period_end("month", earlier) == period_end("month", today)
-        assert await budgets.record(_event("acme", "c-1", 0.2, earlier))
-        assert not await budgets.record(_event("acme", "c-2", 0.0, today))
-        assert not await budgets.record(_event("acme", "c-3", 5.0, month_earlier))
-        assert await budgets.record(_event("acme", "c-4", 0.2, today))
-        assert await budgets.spent("acme", "day", today) == pytest.approx(0.2)
-        assert await budgets.spent("acme", "month", today) == pytest.approx(
-            0.4 if same_month else 0.2
-        )
-        if same_month:
-            with pytest.raises(LlmqError, match=r"of its \$0.3 monthly budget; it resets at"):
-                await budgets.reserve("acme", limits, _hold(0.0, today), now=today)
-
-    _run(redis_port, body)
-
-
 def test_the_result_store_keeps_the_first_result_and_hands_it_back(redis_port: int) -> None:
     first = InferenceResult(correlation_id="c-1", tenant="acme", status="error")
     second = InferenceResult(correlation_id="c-1", tenant="acme", status="ok")
@@ -396,190 +251,5 @@ def test_the_result_store_keeps_the_first_result_and_hands_it_back(redis_port: i
         store = RedisStore(client, cache_ttl_s=60, result_ttl_s=60)
         return [await store.keep_result(r) for r in (first, second, other)]
 
-    kept = _run(redis_port, body)
+    kept = run_async(redis_port, body)
     assert [r.status for r in kept] == ["error", "error", "ok"], "first per tenant and id"
-
-
-# Budget holds
-
-
-def test_concurrent_requests_hold_their_worst_case_and_never_pass_the_budget(
-    redis_port: int,
-) -> None:
-    """200 requests at once, each holding $0.03 of a $1.00 budget: 33 fit. Each then costs
-    $0.02, so settling and releasing them leaves room for 11 more at $0.03."""
-    at = _noon()
-    limits = TenantLimits(budget_usd=1.0)
-
-    async def body(client: aioredis.Redis) -> tuple[list[Hold], list[Hold], float, float]:
-        budgets = Budgets(client, timeout_s=120)
-
-        async def admitted(hold: Hold) -> bool:
-            try:
-                await budgets.reserve("acme", limits, hold, now=at)
-            except LlmqError as error:
-                assert error.code is ErrorCode.BUDGET_EXCEEDED
-                return False
-            return True
-
-        holds = [_hold(0.03, at, f"c-{i}") for i in range(200)]
-        first = [
-            h
-            for h, ok in zip(holds, await asyncio.gather(*map(admitted, holds)), strict=True)
-            if ok
-        ]
-        held_before = await budgets.held("acme")
-        for hold in first:
-            assert await budgets.record(_event("acme", hold.id, 0.02, at))
-            assert await budgets.release("acme", hold.id)
-        more = [_hold(0.03, at, f"d-{i}") for i in range(20)]
-        second = [
-            h for h, ok in zip(more, await asyncio.gather(*map(admitted, more)), strict=True) if ok
-        ]
-        return first, second, held_before, await budgets.spent("acme", "day", at)
-
-    first, second, held_before, spent = _run(redis_port, body)
-    assert len(first) == 33
-    assert held_before == pytest.approx(0.99)
-    assert spent == pytest.approx(0.66)
-    assert len(second) == 11
-
-
-def test_metering_moves_cost_from_the_hold_to_the_spend_once(redis_port: int) -> None:
-    """The same event may come inside its completion and on llmq.metering: one settles."""
-    at = _noon()
-    limits = TenantLimits(budget_usd=1.0)
-
-    async def body(client: aioredis.Redis) -> list[float]:
-        budgets = Budgets(client)
-        await budgets.reserve("acme", limits, _hold(0.5, at, "c-1"), now=at)
-        event = _event("acme", "c-1", 0.2, at)
-        seen = [await budgets.held("acme")]
-        assert await budgets.record(event)
-        assert not await budgets.record(event.model_copy())
-        seen += [await budgets.held("acme"), await budgets.spent("acme", "day", at)]
-        # A cascade's second generation: it takes what is left of the hold, no more.
-        assert await budgets.record(_event("acme", "c-1", 0.4, at + 1))
-        seen += [await budgets.held("acme"), await budgets.spent("acme", "day", at)]
-        assert not await budgets.release("acme", "c-1"), "the hold is used up"
-        return seen
-
-    assert _run(redis_port, body) == pytest.approx([0.5, 0.3, 0.2, 0.0, 0.6])
-
-
-def test_a_released_or_expired_hold_frees_the_budget(redis_port: int, sync: redis.Redis) -> None:
-    at = _noon()
-    limits = TenantLimits(budget_usd=1.0)
-
-    async def body(client: aioredis.Redis) -> list[str]:
-        budgets = Budgets(client)
-        await budgets.reserve("acme", limits, _hold(0.6, at, "c-1"), now=at)
-        await budgets.reserve("acme", limits, _hold(0.6, at, "c-1"), now=at)  # redelivered
-        messages = []
-        for hold_id in ("c-2", "c-3"):
-            with pytest.raises(LlmqError) as caught:
-                await budgets.reserve("acme", limits, _hold(0.6, at, hold_id), now=at)
-            messages.append(caught.value.message)
-        assert await budgets.release("acme", "c-1")
-        assert not await budgets.release("acme", "c-1")
-        await budgets.reserve("acme", limits, Hold("c-4", 0.6, at + 10), now=at)
-        await budgets.reserve("acme", limits, _hold(0.6, at, "c-5"), now=at + 11)  # c-4 expired
-        assert await budgets.held("acme") == pytest.approx(0.6)
-        return messages
-
-    messages = _run(redis_port, body)
-    assert messages[0] == (
-        "tenant acme has spent $0.00 of its $1.00 daily budget, and requests in flight may cost "
-        "up to $0.6 more; this one may cost up to $0.6, so it must wait for them to finish"
-    )
-    assert sync.hkeys("llmq:spend:{acme}:holds") == [b"c-5"]
-    assert cast(int, sync.ttl("llmq:spend:{acme}:held")) > 0
-
-
-def test_a_request_that_cannot_fit_says_to_lower_max_tokens(redis_port: int) -> None:
-    at = _noon()
-
-    async def body(client: aioredis.Redis) -> LlmqError:
-        with pytest.raises(LlmqError) as caught:
-            await Budgets(client).reserve(
-                "acme", TenantLimits(budget_usd=0.5), _hold(0.75, at), now=at
-            )
-        return caught.value
-
-    error = _run(redis_port, body)
-    assert error.code is ErrorCode.BUDGET_EXCEEDED
-    assert "may cost up to $0.75" in error.message and "lower max_tokens" in error.message
-    assert error.retry_after_s == 12 * 3600
-
-
-def test_a_fail_closed_tenant_is_refused_while_redis_is_down() -> None:
-    closed = TenantLimits(budget_usd=1.0, budget_when_unavailable="refuse")
-    opened = TenantLimits(budget_usd=1.0)
-
-    async def body(client: aioredis.Redis) -> LlmqError:
-        budgets = Budgets(client)
-        await budgets.reserve("open", opened, _hold(0.1, time.time()))
-        with pytest.raises(LlmqError) as caught:
-            await budgets.reserve("closed", closed, _hold(0.1, time.time()))
-        return caught.value
-
-    error = _run_with(lambda: aioredis.Redis(port=free_block(1), retry=Retry(NoBackoff(), 0)), body)
-    assert error.code is ErrorCode.BUDGET_UNAVAILABLE
-    assert error.code.retriable
-    assert "budget_when_unavailable = refuse" in error.message
-
-
-# Budget alerts
-
-
-class Published:
-    """What the stream processors would publish: (topic, key, value), or a broker failure."""
-
-    def __init__(self, fail: int = 0) -> None:
-        self.records: list[tuple[str, bytes | None, bytes]] = []
-        self.fail = fail
-
-    async def __call__(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Mapping[str, bytes] | None = None,
-    ) -> None:
-        if self.fail:
-            self.fail -= 1
-            raise KafkaTimeoutError("no broker")
-        self.records.append((topic, key, value))
-
-
-def test_each_threshold_is_reported_once_per_period_across_instances(redis_port: int) -> None:
-    at = _noon()
-    limits = TenantLimits(budget_usd=1.0)
-    sent = Published(fail=1)
-
-    async def body(client: aioredis.Redis) -> None:
-        one, two = BudgetAlerts(client, sent), BudgetAlerts(client, sent)
-        with pytest.raises(KafkaTimeoutError):
-            await one.spent("acme", limits, 0.55, at)  # not sent: tried again next time
-        for spent in (0.55, 0.6, 0.79):
-            await asyncio.gather(
-                one.spent("acme", limits, spent, at), two.spent("acme", limits, spent, at)
-            )
-        await asyncio.gather(
-            one.spent("acme", limits, 0.9, at), two.spent("acme", limits, 0.95, at)
-        )
-        await one.exhausted("acme", limits, 0.95, at)
-        await two.exhausted("acme", limits, 0.95, at)
-        await one.spent("acme", limits, 0.6, at + 86_400)  # the next day: a new period
-
-    _run(redis_port, body)
-    alerts = [BudgetAlert.model_validate_json(value) for topic, _, value in sent.records]
-    assert {topic for topic, _, _ in sent.records} == {ALERTS}
-    assert [(a.threshold, a.period_id) for a in alerts] == [
-        (0.5, period_id("day", at)),
-        (0.8, period_id("day", at)),
-        (1.0, period_id("day", at)),
-        (0.5, period_id("day", at + 86_400)),
-    ]
-    assert alerts[0].spent_usd == 0.55 and alerts[0].reason == "spend"
-    assert alerts[2].reason.startswith("a request was refused")

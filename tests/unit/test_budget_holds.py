@@ -1,5 +1,5 @@
 """Budget holds as the stages use them: a request's worst case, settled before its answer and
-released by it, whatever the answer is (tests/integration/test_admission_redis.py runs the
+released by it, whatever the answer is (tests/integration/test_budgets_redis.py runs the
 Redis side)."""
 
 from __future__ import annotations
