@@ -80,6 +80,7 @@ return {1, tostring(spent), tostring(held)}
 # holds, the holds by expiry and their sum, as in RESERVE.
 # ARGV: the event's id, its cost (USD), when the day's and the month's keys expire, the hold's
 # id (the request's correlation id), the cost in nano-USD.
+# Returns 0 for an event counted before, else {the day's spend, the month's spend} after it.
 # The set makes a redelivered event count once (whether it came through llmq.metering or
 # inside its completion); it lives as long as the month's spend, so no duplicate can reach a
 # figure that a budget check still reads. The cost moves from the request's hold, if any, to
@@ -89,9 +90,9 @@ if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then
   return 0
 end
 redis.call('EXPIREAT', KEYS[3], ARGV[4])
-redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
+local day = redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
-redis.call('INCRBYFLOAT', KEYS[2], ARGV[2])
+local month = redis.call('INCRBYFLOAT', KEYS[2], ARGV[2])
 redis.call('EXPIREAT', KEYS[2], ARGV[4])
 local hold = tonumber(redis.call('HGET', KEYS[4], ARGV[5]) or '0')
 local take = math.min(hold, tonumber(ARGV[6]))
@@ -104,7 +105,7 @@ if take > 0 then
     redis.call('HINCRBY', KEYS[4], ARGV[5], -take)
   end
 end
-return 1
+return {day, month}
 """
 
 # KEYS: the holds, the holds by expiry, their sum. ARGV: the hold's id.
@@ -213,14 +214,19 @@ class Budgets:
 
     async def record(self, event: MeteringEvent) -> bool:
         """Add the event's cost to its tenant's spend, once however often it is delivered,
-        taking it from the request's hold.
+        taking it from the request's hold (see `settle`); False if it did not count."""
+        return await self.settle(event) is not None
 
-        Returns False for an event already counted, a free one, or one whose month is too
-        old to matter. Raises RedisError: the caller must retry and not commit the metering
-        record until this succeeds (retrying is safe, the event is counted once)."""
+    async def settle(self, event: MeteringEvent) -> dict[BudgetPeriod, float] | None:
+        """Add the event's cost to its tenant's spend, once however often it is delivered,
+        taking it from the request's hold; returns the day's and the month's spend after it.
+
+        None for an event already counted, a free one, or one whose month is too old to
+        matter. Raises RedisError: the caller must retry and not commit the metering record
+        until this succeeds (retrying is safe, the event is counted once)."""
         month_end = period_end("month", event.at) + KEEP_AFTER_PERIOD_S
         if event.cost_usd == 0 or month_end <= time.time():
-            return False
+            return None
         added = await self._settle(
             keys=[
                 spend_key(event.tenant, period_id("day", event.at)),
@@ -237,7 +243,10 @@ class Budgets:
                 round(event.cost_usd * NANO),
             ],
         )
-        return bool(added)
+        if not added:
+            return None
+        day, month = added
+        return {"day": float(day), "month": float(month)}
 
     async def release(self, tenant: str, hold_id: str) -> bool:
         """Give back what is left of a request's hold (it is answered); False if it had none.

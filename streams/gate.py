@@ -14,7 +14,7 @@ from schemas.catalog import Catalog
 from schemas.errors import LlmqError
 from schemas.metering import MeteringEvent
 from schemas.result import InferenceResult
-from schemas.tenants import TenantPolicy
+from schemas.tenants import BudgetPeriod, TenantPolicy
 from schemas.work import WorkItem
 from streams import metrics
 from streams.budget import BudgetExceededError, Budgets, worst_case
@@ -75,12 +75,12 @@ class TenantGate:
             return
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
-                counted = await self._budgets.record(event)
+                spent = await self._budgets.settle(event)
         except (RedisError, TimeoutError) as exc:
             log.warning("cannot settle %s's spend now (metering will): %r", event.tenant, exc)
             return
-        if counted:
-            await self._counted(event)
+        if spent is not None:
+            await self._counted(event, spent)
 
     async def release(self, result: InferenceResult) -> None:
         """The request is answered: what is left of its hold goes back to the budget."""
@@ -99,22 +99,18 @@ class TenantGate:
     async def count(self, event: MeteringEvent) -> None:
         """Count one metering event towards its tenant's budget, once however often it
         comes, and report the thresholds it crossed. Raises RedisError (retrying is safe)."""
-        if await self._budgets.record(event):
-            await self._counted(event)
+        spent = await self._budgets.settle(event)
+        if spent is not None:
+            await self._counted(event, spent)
 
-    async def _counted(self, event: MeteringEvent) -> None:
-        """A cost just counted: the metric, and the tenant's budget alerts."""
+    async def _counted(self, event: MeteringEvent, spent: dict[BudgetPeriod, float]) -> None:
+        """A cost just counted, bringing the spend to `spent`: the metric, and the tenant's
+        budget alerts."""
         metrics.SPEND.inc(event.cost_usd)
         limits = self._policy.limits(event.tenant)
-        if self._alerts is None or limits.budget_usd is None:
-            return
-        alerts = self._alerts
-
-        async def report() -> None:
-            spent = await self._budgets.spent(event.tenant, limits.budget_period, event.at)
-            await alerts.spent(event.tenant, limits, spent, event.at)
-
-        await _reported(report())
+        if self._alerts is not None and limits.budget_usd is not None:
+            period = limits.budget_period
+            await _reported(self._alerts.spent(event.tenant, limits, spent[period], event.at))
 
 
 async def _reported(alerting: Awaitable[None]) -> None:
