@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
@@ -98,6 +99,16 @@ budget_usd = 0.000003
 [tenants.capped]
 budget_usd = 0.0001
 """
+
+
+@pytest.fixture
+def sync(redis_port: int) -> Iterator[redis.Redis]:
+    """A plain client of the module's own redis-server to inspect keys; the database starts
+    empty for every test that uses it."""
+    client = redis.Redis(port=redis_port)
+    client.flushall()
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import logging
 import re
 import signal
 import time
-from collections.abc import Iterator
 from typing import cast
 
 import pytest
@@ -24,19 +23,10 @@ from streams.ratelimit import BUCKET_TTL_S, CHECK_TIMEOUT_S, RateLimiter
 from streams.store import RedisStore
 from tests.integration.helpers import run_async, run_with, start_redis
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.usefixtures("sync")]
 
 NOW = 1_800_000_000.0
 """A fixed moment for checks that pass `now`: bucket arithmetic without waiting."""
-
-
-@pytest.fixture(autouse=True)
-def sync(redis_port: int) -> Iterator[redis.Redis]:
-    """A plain client to inspect keys; the database starts empty for every test."""
-    client = redis.Redis(port=redis_port)
-    client.flushall()
-    yield client
-    client.close()
 
 
 async def _outcome(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -31,16 +31,7 @@ from tests.integration.helpers import run_async, run_with
 from tests.unit.stages import FakeSend
 from tools.stack.ports import free_block
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(autouse=True)
-def sync(redis_port: int) -> Iterator[redis.Redis]:
-    """A plain client to inspect keys; the database starts empty for every test."""
-    client = redis.Redis(port=redis_port)
-    client.flushall()
-    yield client
-    client.close()
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.usefixtures("sync")]
 
 
 def test_recording_spend_with_redis_down_raises() -> None:
