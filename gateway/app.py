@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import make_asgi_app
 
+from gateway.batch.routes import router as batch_router
 from gateway.door import ApiError, FrontDoor
 from gateway.openai import error_body
 from gateway.routes import router
@@ -40,6 +41,7 @@ def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> 
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _failed)
     app.include_router(router)
+    app.include_router(batch_router)
     return app
 
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+import redis.asyncio as aioredis
 from fastapi import Request
 
 from gateway import metrics
+from gateway.batch.collector import Collector
+from gateway.batch.runner import Pace, Runner
+from gateway.batch.store import BatchStore
 from gateway.openai import Call, Chunks, error_body, retry_after
 from gateway.serving import Serving
 from gateway.settings import GatewaySettings
@@ -40,13 +45,24 @@ class FrontDoor:
             stream_retention_s=settings.stream_retention_s,
         )
         self.serving = Serving(settings, settings.instance_id)
+        self._redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        self.batches = BatchStore(self._redis, settings.batch_retention_s)
+        pace = Pace(settings.batch_in_flight, settings.batch_cancel_grace_s)
+        self._runner = Runner(self.batches, self.client, catalog, settings.instance_id, pace)
+        self._collector = Collector(settings, self.batches, settings.instance_id)
         self.ready = False
         self._doomed: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._batch_tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.client.start()
         await self.serving.start()
+        await self._collector.start()
+        self._batch_tasks = [
+            asyncio.create_task(self._runner.run(), name="llmq-batch-runner"),
+            asyncio.create_task(self._collector.run(), name="llmq-batch-collector"),
+        ]
         self.ready = True
         metrics.READY.set(1)
 
@@ -56,8 +72,14 @@ class FrontDoor:
         for key in list(self._doomed):  # their clients are gone: no grace any more
             self._doomed.pop(key).cancel()
             await self.client.cancel(key[1], tenant=key[0])
+        for task in self._batch_tasks:  # a batch's progress is in Redis: the next door resumes
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._collector.close()
         await self.serving.close()
         await self.client.close()
+        await self._redis.aclose()
 
     def tenant(self, request: Request) -> str:
         """The tenant of the request's bearer key (never of its body); `default` when the

@@ -41,6 +41,16 @@ class GatewaySettings(ServiceSettings):
     before its request is cancelled and the worker aborts it (LLMQ_RESUME_GRACE_S)."""
     drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)
     """On SIGTERM: how long open requests may still finish (LLMQ_DRAIN_TIMEOUT_S)."""
+    batch_window_s: float = Field(default=24 * 3600.0, gt=0, le=24 * 3600)
+    """How long a batch may run: its completion window, "24h" as OpenAI's; a batch not
+    done by then expires (LLMQ_BATCH_WINDOW_S; shorter in tests)."""
+    batch_in_flight: int = Field(default=1000, ge=1, le=50_000)
+    """Lines of one batch sent and not answered yet, at most (LLMQ_BATCH_IN_FLIGHT): the
+    budget holds, and the work topic's backlog, of a batch stay this size."""
+    batch_cancel_grace_s: float = Field(default=60.0, ge=0, le=3600)
+    """A cancelled batch's lines in flight may finish this long (LLMQ_BATCH_CANCEL_GRACE_S)."""
+    batch_retention_s: int = Field(default=30 * 24 * 3600, ge=60)
+    """How long files and finished batches are kept (LLMQ_BATCH_RETENTION_S): 30 days."""
     instance_id: str = Field(default_factory=_default_instance, min_length=1)
     """Names this instance's Kafka clients (LLMQ_INSTANCE_ID)."""
 

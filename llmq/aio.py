@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +158,19 @@ class AsyncClient:
         value = request.model_dump_json(exclude_none=True).encode()
         await self._send(REQUESTS, request.correlation_id, value)
         return request.correlation_id
+
+    async def publish(self, requests: Sequence[InferenceRequest]) -> None:
+        """Publish prepared requests, all at once, until the broker has every one; their
+        results are not awaited here (their reply topic's reader collects them)."""
+        if self._producer is None:
+            raise RuntimeError("the client is not started (use `async with AsyncClient()`)")
+        sent = [
+            await self._producer.send(
+                REQUESTS, r.model_dump_json(exclude_none=True).encode(), r.correlation_id.encode()
+            )
+            for r in requests
+        ]
+        await asyncio.gather(*sent)
 
     async def result(
         self, correlation_id: str, wait_s: float = 120.0, *, tenant: str | None = None

@@ -32,6 +32,9 @@ reads all of it."""
 ALERTS = "llmq.alerts"
 """Budget alerts (BudgetAlert JSON), keyed by tenant: a tenant crossed 50, 80 or 100% of its
 budget, once per threshold and period."""
+BATCH_RESULTS = "llmq.batch-results"
+"""The reply topic of Batch API lines (InferenceResult JSON keyed by correlation_id): the
+front doors' batch collectors read it into each batch's output and error files."""
 WORK_PREFIX = "llmq.work."
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -73,6 +76,7 @@ def topic_plan(models: Iterable[str], partitions: int) -> list[TopicSpec]:
     has one partition, so its records stay in the order they failed. faust creates its
     table's changelog itself (changelog_topic)."""
     shared = [REQUESTS, REQUESTS_KEYED, COMPLETIONS, RESULTS, METERING, TOKENS, CANCELS, ALERTS]
+    shared.append(BATCH_RESULTS)
     shared += [topic for model in models for topic in work_topics(model)]
     return [TopicSpec(name, partitions) for name in shared] + [TopicSpec(DLQ, 1)]
 
@@ -87,6 +91,10 @@ AGENT_ADMIT = "llmq.admit"
 AGENT_DEDUPE = "llmq.dedupe"
 AGENT_COMPLETE = "llmq.complete"
 AGENT_METER = "llmq.meter"
+
+
+BATCHES_GROUP = "llmq.batches"
+"""The front doors' batch collectors: they share llmq.batch-results' partitions."""
 
 
 def worker_group(model: str) -> str:
@@ -121,6 +129,10 @@ REDIS_SPEND_PREFIX = "llmq:spend:"
 REDIS_STARTS_PREFIX = "llmq:starts:"
 REDIS_COSTS_PREFIX = "llmq:costs:"
 REDIS_EXPERIMENT_PREFIX = "llmq:exp:"
+REDIS_FILE_PREFIX = "llmq:file:"
+REDIS_BATCH_PREFIX = "llmq:batch:"
+BATCHES_ACTIVE = "llmq:batches:active"
+"""Batch API: the set of batch ids not finished yet, which the front doors' runners drive."""
 
 
 def cache_key(fingerprint: str) -> str:
@@ -170,6 +182,29 @@ def experiment_keys(experiment: str, hour: str) -> tuple[str, str]:
     slot, so one script updates both."""
     tag = f"{REDIS_EXPERIMENT_PREFIX}{{{experiment}}}"
     return tag, f"{tag}:seen:{hour}"
+
+
+def file_keys(file_id: str) -> tuple[str, str]:
+    """Batch API file: a hash of its fields (tenant, filename, bytes, lines, ...), and a hash
+    of its lines by number from 0 (an output or error file's lines are its batch's)."""
+    tag = f"{REDIS_FILE_PREFIX}{{{file_id}}}"
+    return tag, f"{tag}:lines"
+
+
+def batch_keys(batch_id: str) -> dict[str, str]:
+    """Batch API batch, one hash slot so that one script updates them together: `batch`, a
+    hash of its fields and counts; `output` and `errors`, its result lines by line number
+    (a line is in one of them, once); `ids`, line number -> custom_id; `attempts`, line
+    number -> its latest attempt; `retry`, a sorted set of lines to send again at a time;
+    `lease`, the front door driving it."""
+    tag = f"{REDIS_BATCH_PREFIX}{{{batch_id}}}"
+    parts = ("output", "errors", "ids", "attempts", "retry", "lease")
+    return {"batch": tag, **{part: f"{tag}:{part}" for part in parts}}
+
+
+def tenant_index_key(tenant: str, kind: str) -> str:
+    """Batch API: a tenant's files or batches (`kind`), a sorted set of ids by creation."""
+    return f"{REDIS_BATCH_PREFIX}{_tenant(tenant)}:{kind}"
 
 
 def _tenant(tenant: str) -> str:

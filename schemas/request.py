@@ -49,11 +49,12 @@ Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER.pattern)]
 """Correlation ids and tenants: printable, no spaces, safe in Redis keys and logs."""
 ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 REPLY_TOPIC = re.compile(
-    r"^(?!\.\.?$|_|.*__|.*-changelog$|llmq(?!\.results$))[A-Za-z0-9._-]{1,249}$"
+    r"^(?!\.\.?$|_|.*__|.*-changelog$|llmq(?!\.results$|\.batch-results$))[A-Za-z0-9._-]{1,249}$"
 )
 """A topic an app may be answered on: a name Kafka accepts (not "." or "..") that is not
-Kafka's (`_`..., `__`), a faust table's changelog, or llmq's own (`llmq`... but llmq.results):
-an error reply must never land where llmq or Kafka would read it as their own record."""
+Kafka's (`_`..., `__`), a faust table's changelog, or llmq's own (`llmq`... but the reply
+topics llmq.results and llmq.batch-results): an error reply must never land where llmq or
+Kafka would read it as their own record."""
 
 
 def _reply_topic(name: str) -> str:

@@ -1,0 +1,126 @@
+"""Reads the batch lines' replies (llmq.batch-results) into their batches' output and error
+files. The front doors share the topic's partitions in one consumer group, and offsets are
+committed once the outcomes are in Redis: a reply read twice is written once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from gateway.batch.lines import output_line
+from gateway.batch.store import BatchStore, Outcome
+from schemas.names import BATCH_RESULTS, BATCHES_GROUP
+from schemas.redact import explain
+from schemas.result import InferenceResult
+from schemas.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Replies = dict[tuple[str, str], list[tuple[int, int, InferenceResult]]]
+"""(batch id, tenant) -> (line, attempt, reply)."""
+
+
+def parse_line_id(correlation_id: str) -> tuple[str, int, int] | None:
+    """(batch id, line, attempt) of a line's correlation_id; None for any other id."""
+    batch_id, _, rest = correlation_id.partition(".")
+    number, _, attempt = rest.partition(".")
+    if not batch_id.startswith("batch_") or not number.isdigit() or not attempt.isdigit():
+        return None
+    return batch_id, int(number), int(attempt)
+
+
+def outcome(number: int, attempt: int, custom_id: str, result: InferenceResult) -> Outcome:
+    """What a reply makes of its line: an output line, an error line, or (refused for a
+    while: rate limits, budget holds) a retry once the wait is over."""
+    error = result.error
+    if error is not None and error.retriable and error.retry_after_s is not None:
+        return Outcome(number, attempt, "retry", {}, retry_at=time.time() + error.retry_after_s)
+    usage = None if result.response is None else result.response.usage
+    tokens = (0, 0) if usage is None else (usage.prompt_tokens, usage.completion_tokens)
+    kind = "output" if error is None else "error"
+    return Outcome(number, attempt, kind, output_line(custom_id, result), tokens)
+
+
+class Collector:
+    """One front door's reader of batch replies."""
+
+    def __init__(self, settings: ServiceSettings, store: BatchStore, client_id: str) -> None:
+        self._settings = settings
+        self._store = store
+        self._client_id = f"{client_id}-batches"
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            BATCH_RESULTS,
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            client_id=self._client_id,
+            group_id=BATCHES_GROUP,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **self._settings.kafka_security().client_kwargs(),
+        )
+        await self._consumer.start()
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaError):
+                await self._consumer.stop()
+
+    async def run(self) -> None:
+        """Until cancelled: read, write the outcomes, commit. A failure re-reads from the
+        last commit after a pause."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("the collector is not started")
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=500, max_records=500)
+                records = [r for rs in batches.values() for r in rs]
+                if records:
+                    await self.take([r.value for r in records])
+                    await consumer.commit()
+            except (KafkaError, RedisError) as exc:
+                log.warning("batch replies wait: %s", explain(exc))
+                await asyncio.sleep(1.0)
+                await self._rewind(consumer)
+
+    @staticmethod
+    async def _rewind(consumer: AIOKafkaConsumer) -> None:
+        """Back to the last commit: nothing read since is written yet."""
+        with contextlib.suppress(KafkaError):
+            for tp in consumer.assignment():
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+
+    async def take(self, values: list[bytes | None]) -> None:
+        """Write the outcome of each reply that is a batch line's."""
+        replies: Replies = defaultdict(list)
+        for value in values:
+            try:
+                result = InferenceResult.model_validate_json(value or b"")
+            except ValidationError:
+                continue  # not a reply: someone else's record
+            parsed = None if result.correlation_id is None else parse_line_id(result.correlation_id)
+            if parsed is not None and result.tenant is not None:
+                batch_id, number, attempt = parsed
+                replies[(batch_id, result.tenant)].append((number, attempt, result))
+        for (batch_id, tenant), lines in replies.items():
+            custom_ids = await self._store.custom_ids(batch_id, [n for n, _, _ in lines])
+            outcomes = [
+                outcome(number, attempt, custom_id, result)
+                for (number, attempt, result), custom_id in zip(lines, custom_ids, strict=True)
+                if custom_id is not None
+            ]
+            await self._store.record(batch_id, tenant, outcomes)

@@ -1,0 +1,91 @@
+"""The Batch API's line formats, OpenAI's both ways: an input line into llmq's request, and
+an answer into an output or error line."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.openai import completion, error_body, read_call
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.lanes import Lane
+from schemas.names import BATCH_RESULTS
+from schemas.request import InferenceRequest
+from schemas.result import InferenceResult
+
+ENDPOINT = "/v1/chat/completions"
+"""The one endpoint a batch may call."""
+MAX_CUSTOM_ID = 512
+
+
+@dataclass(frozen=True)
+class Line:
+    """One checked input line: its custom_id and the request it asks for."""
+
+    custom_id: str
+    request: InferenceRequest
+
+
+def read_line(
+    raw: bytes, *, tenant: str, catalog: Catalog, deadline: float, correlation_id: str
+) -> Line:
+    """An input line's request, on the batch lane with the batch's deadline; LlmqError
+    saying what is wrong with it."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise LlmqError(ErrorCode.INVALID_JSON, f"the line is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "the line must be a JSON object")
+    custom_id = data.get("custom_id")
+    if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
+        why = f"custom_id must be a string of 1 to {MAX_CUSTOM_ID} characters"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+    if data.get("method") != "POST":
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "method must be POST")
+    if data.get("url") != ENDPOINT:
+        why = f"url must be {ENDPOINT}, the one endpoint llmq's batches call"
+        raise LlmqError(ErrorCode.UNSUPPORTED, why)
+    body = data.get("body")
+    if isinstance(body, dict):
+        body = {k: v for k, v in body.items() if k != "lane"}  # every line is batch work
+        if body.get("stream"):
+            raise LlmqError(ErrorCode.INVALID_REQUEST, "a batch line cannot be streamed")
+    now = time.time()
+    call = read_call(
+        body, tenant=tenant, lane=Lane.BATCH.value, catalog=catalog, timeout_s=deadline - now
+    )
+    request = call.request.model_copy(
+        update={"correlation_id": correlation_id, "reply_to": BATCH_RESULTS}
+    )
+    return Line(custom_id, request)
+
+
+def output_line(custom_id: str, result: InferenceResult) -> dict[str, Any]:
+    """The output (an answer) or error-file line (an error reply) of a result."""
+    request_id = f"req_{result.correlation_id}"
+    if result.error is None:
+        response = {"status_code": 200, "request_id": request_id, "body": completion(result)}
+    else:
+        status, body = error_body(result.error.code, result.error.message)
+        response = {"status_code": status, "request_id": request_id, "body": body}
+    return {
+        "id": f"batch_req_{result.correlation_id}",
+        "custom_id": custom_id,
+        "response": response,
+        "error": None,
+    }
+
+
+def error_line(custom_id: str, line_id: str, code: str, message: str) -> dict[str, Any]:
+    """An error-file line for a line that got no reply: expired, cancelled, unreadable."""
+    return {
+        "id": f"batch_req_{line_id}",
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": code, "message": message},
+    }
+

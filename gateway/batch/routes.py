@@ -1,0 +1,184 @@
+"""OpenAI's Files and Batches routes: upload a JSONL file of requests, run it as a batch,
+follow it, cancel it, read its output and error files."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import StreamingResponse
+
+from gateway.batch.lines import ENDPOINT
+from gateway.batch.objects import batch_object, file_object
+from gateway.batch.store import BatchStore, new_id
+from gateway.door import ApiError, FrontDoor
+from schemas.errors import ErrorCode, LlmqError
+
+COMPLETION_WINDOW = "24h"
+MAX_METADATA = 16
+READ_CHUNK = 1 << 20
+MAX_LIST = 100
+
+router = APIRouter()
+UPLOADED = File(...)
+PURPOSE = Form(...)
+
+
+def _bad(message: str, status: int = 400) -> ApiError:
+    return ApiError(LlmqError(ErrorCode.INVALID_REQUEST, message), status)
+
+
+def _parts(request: Request) -> tuple[FrontDoor, BatchStore, str]:
+    door: FrontDoor = request.app.state.door
+    return door, door.batches, door.tenant(request)
+
+
+@router.post("/v1/files")
+async def upload(
+    request: Request, file: UploadFile = UPLOADED, purpose: str = PURPOSE
+) -> dict[str, Any]:
+    """Keep a batch input file: JSONL, one request a line (checked when a batch runs it)."""
+    _, store, tenant = _parts(request)
+    if purpose != "batch":
+        raise _bad(f"purpose {purpose!r} is not served: llmq keeps files for batches (batch)")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await file.read(READ_CHUNK):
+            yield chunk
+
+    try:
+        fields = await store.create_file(tenant, file.filename or "upload.jsonl", purpose, chunks())
+    except LlmqError as exc:
+        raise ApiError(exc) from None
+    return file_object(fields)
+
+
+@router.get("/v1/files")
+async def files(request: Request, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+    """The tenant's files, newest first."""
+    _, store, tenant = _parts(request)
+    ids = await store.listed(tenant, "files", after, _limit(limit) + 1)
+    found = [f for f in [await store.file(i, tenant) for i in ids[: _limit(limit)]] if f]
+    return _page([file_object(f) for f in found], len(ids) > _limit(limit))
+
+
+@router.get("/v1/files/{file_id}")
+async def file_info(file_id: str, request: Request) -> dict[str, Any]:
+    _, store, tenant = _parts(request)
+    return file_object(await _file(store, file_id, tenant))
+
+
+@router.get("/v1/files/{file_id}/content")
+async def file_content(file_id: str, request: Request) -> StreamingResponse:
+    """The file's lines as they are kept: streamed, never held whole."""
+    _, store, tenant = _parts(request)
+    fields = await _file(store, file_id, tenant)
+    return StreamingResponse(store.content(fields), media_type="application/jsonl")
+
+
+@router.post("/v1/batches")
+async def create_batch(request: Request) -> dict[str, Any]:
+    """Run an uploaded file's lines on the batch lane, within the completion window."""
+    door, store, tenant = _parts(request)
+    try:
+        data = await request.json()
+    except ValueError as exc:
+        raise ApiError(LlmqError(ErrorCode.INVALID_JSON, f"the body is not JSON: {exc}")) from None
+    if not isinstance(data, dict):
+        raise _bad("the body must be a JSON object")
+    if data.get("endpoint") != ENDPOINT:
+        raise _bad(f"endpoint must be {ENDPOINT}, the one endpoint llmq's batches call")
+    if data.get("completion_window") != COMPLETION_WINDOW:
+        raise _bad(f"completion_window must be {COMPLETION_WINDOW!r}")
+    metadata = _metadata(data.get("metadata"))
+    input_file = await _file(store, str(data.get("input_file_id")), tenant)
+    if input_file["purpose"] != "batch":
+        raise _bad(f"file {input_file['id']} is not a batch input file (purpose batch)")
+    now = time.time()
+    fields = {
+        "id": new_id("batch_"),
+        "tenant": tenant,
+        "endpoint": ENDPOINT,
+        "input_file_id": input_file["id"],
+        "lines": input_file["lines"],
+        "completion_window": COMPLETION_WINDOW,
+        "status": "validating",
+        "created_at": str(int(now)),
+        "expires_at": str(now + door.settings.batch_window_s),
+        "metadata": json.dumps(metadata),
+    }
+    await store.create_batch(fields)
+    return batch_object(fields)
+
+
+@router.get("/v1/batches")
+async def batches(request: Request, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+    """The tenant's batches, newest first."""
+    _, store, tenant = _parts(request)
+    ids = await store.listed(tenant, "batches", after, _limit(limit) + 1)
+    found = [b for b in [await store.batch(i, tenant) for i in ids[: _limit(limit)]] if b]
+    return _page([batch_object(b) for b in found], len(ids) > _limit(limit))
+
+
+@router.get("/v1/batches/{batch_id}")
+async def batch(batch_id: str, request: Request) -> dict[str, Any]:
+    _, store, tenant = _parts(request)
+    return batch_object(await _batch(store, batch_id, tenant))
+
+
+@router.post("/v1/batches/{batch_id}/cancel")
+async def cancel(batch_id: str, request: Request) -> dict[str, Any]:
+    """Stop a batch: lines in flight are cancelled, the rest are not run; what was answered
+    stays in its output file."""
+    _, store, tenant = _parts(request)
+    found = await _batch(store, batch_id, tenant)
+    moved = await store.move(batch_id, "cancelling", "validating", "in_progress")
+    if not moved and found["status"] not in ("cancelling", "cancelled"):
+        raise _bad(f"batch {batch_id} is {found['status']}: it cannot be cancelled", 409)
+    return batch_object(await _batch(store, batch_id, tenant))
+
+
+async def _file(store: BatchStore, file_id: str, tenant: str) -> dict[str, str]:
+    found = await store.file(file_id, tenant)
+    if found is None:
+        raise _bad(f"no file {file_id}", 404)
+    return found
+
+
+async def _batch(store: BatchStore, batch_id: str, tenant: str) -> dict[str, str]:
+    found = await store.batch(batch_id, tenant)
+    if found is None:
+        raise _bad(f"no batch {batch_id}", 404)
+    return found
+
+
+def _metadata(metadata: object) -> dict[str, str] | None:
+    """OpenAI's metadata: up to 16 string pairs, keys to 64 characters, values to 512."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA:
+        raise _bad(f"metadata must be an object of at most {MAX_METADATA} pairs")
+    for key, value in metadata.items():
+        if not isinstance(value, str) or len(key) > 64 or len(value) > 512:
+            raise _bad("metadata keys are strings to 64 characters, values to 512")
+    return metadata
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIST:
+        raise _bad(f"limit must be 1 to {MAX_LIST}")
+    return limit
+
+
+def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    """OpenAI's cursor page."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }

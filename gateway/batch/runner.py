@@ -1,0 +1,332 @@
+"""Drives each batch through its statuses: validating -> in_progress -> finalizing ->
+completed (or failed, expired, cancelling -> cancelled). Every front door runs one; a lease in
+Redis gives each batch one driver at a time, and all progress is in Redis, so a front door
+that stops or dies mid-batch is followed by another (or itself, restarted) where it left."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from redis.exceptions import RedisError
+
+from gateway.batch.lines import Line, error_line, read_line
+from gateway.batch.store import PAGE, BatchStore, Outcome
+from schemas.catalog import Catalog
+from schemas.errors import LlmqError
+from schemas.redact import explain
+from schemas.request import InferenceRequest
+
+log = logging.getLogger(__name__)
+
+MAX_ERRORS = 100
+"""Validation errors listed on a failed batch (the first ones, by line)."""
+EXPIRED = ("batch_expired", "This line was not run before the batch's completion window ended.")
+CANCELLED = ("batch_cancelled", "This line was not run: the batch was cancelled.")
+
+
+class Publisher(Protocol):
+    """Where lines go: llmq.requests (AsyncClient in production)."""
+
+    async def publish(self, requests: Sequence[InferenceRequest]) -> None: ...
+
+    async def cancel(self, correlation_id: str, *, tenant: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How the runner goes: lines in flight per batch, how long a cancel waits for them,
+    how long a lease lasts, how often each batch is looked at."""
+
+    in_flight: int = 1000
+    cancel_grace_s: float = 60.0
+    lease_s: float = 15.0
+    tick_s: float = 0.5
+
+
+def line_id(batch_id: str, number: int, attempt: int) -> str:
+    """The correlation_id of a line's attempt."""
+    return f"{batch_id}.{number}.{attempt}"
+
+
+class Runner:
+    """One front door's driver of batches."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        publisher: Publisher,
+        catalog: Catalog,
+        owner: str,
+        pace: Pace | None = None,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._catalog = catalog
+        self._owner = owner
+        self._pace = pace or Pace()
+        self._held: set[str] = set()
+
+    async def run(self) -> None:
+        """Until cancelled: drive every active batch this front door holds the lease of."""
+        try:
+            while True:
+                await self.tick()
+                await asyncio.sleep(self._pace.tick_s)
+        finally:
+            with contextlib.suppress(RedisError):
+                for batch_id in self._held:
+                    await self._store.release(batch_id, self._owner)
+
+    async def tick(self) -> None:
+        """One look at every active batch; a failure is logged and retried next tick."""
+        try:
+            active = await self._store.active()
+        except RedisError as exc:
+            log.warning("batches wait: Redis is unavailable (%s)", explain(exc))
+            return
+        for batch_id in active:
+            try:
+                if await self._store.lease(batch_id, self._owner, self._pace.lease_s):
+                    self._held.add(batch_id)
+                    await self.step(batch_id)
+                else:
+                    self._held.discard(batch_id)
+            except (RedisError, RuntimeError, OSError) as exc:
+                log.warning("batch %s waits: %s", batch_id, explain(exc))
+
+    async def step(self, batch_id: str) -> None:
+        """Move one batch on as far as it goes now."""
+        fields = await self._store.batch(batch_id)
+        if fields is None:
+            await self._store.finish(batch_id)  # expired from Redis
+            return
+        status = fields["status"]
+        expired = time.time() >= float(fields["expires_at"])
+        if status in ("validating", "in_progress") and expired:
+            await self._close(fields, "expired", EXPIRED, ("validating", "in_progress"))
+        elif status == "validating":
+            await self._validate(fields)
+        elif status == "in_progress":
+            await self._advance(fields)
+        elif status == "cancelling":
+            await self._cancelling(fields)
+        elif status == "finalizing":
+            await self._finalize(fields)
+        else:
+            await self._store.finish(batch_id)
+
+    # validating
+
+    async def _validate(self, fields: Mapping[str, str]) -> None:
+        """Read every line: a batch with a bad line fails, naming the lines; else it runs."""
+        batch_id, count = fields["id"], int(fields["lines"])
+        check = _Check()
+        for start in range(0, count, PAGE):
+            numbers = range(start, min(count, start + PAGE))
+            raws = await self._store.lines(fields["input_file_id"], numbers)
+            named: dict[int, str] = {}
+            for number, raw in zip(numbers, raws, strict=True):
+                if raw is None:
+                    continue
+                try:
+                    line = self._read(fields, number, raw, 0)
+                except LlmqError as exc:
+                    check.errors.append(_error(exc.code.value, exc.message, number))
+                    continue
+                check.add(number, line)
+                named[number] = line.custom_id
+            await self._store.name_lines(batch_id, named)
+            await asyncio.sleep(0)  # other requests go on while a large file is read
+        errors = check.verdict()
+        if errors:
+            await self._store.update(batch_id, errors=json.dumps(errors[:MAX_ERRORS]))
+            if await self._store.move(batch_id, "failed", "validating"):
+                await self._store.finish(batch_id)
+            return
+        await self._store.update(batch_id, total=len(check.seen), model=str(check.models.pop()))
+        await self._store.move(batch_id, "in_progress", "validating")
+
+    # in_progress
+
+    async def _advance(self, fields: Mapping[str, str]) -> None:
+        """Send lines while fewer than `in_flight` are out; finalize once all are answered."""
+        batch_id = fields["id"]
+        done = int(fields.get("completed", 0)) + int(fields.get("failed", 0))
+        cursor, count = int(fields.get("cursor", 0)), int(fields["lines"])
+        room = self._pace.in_flight - await self._in_flight(fields)
+        if room > 0:
+            room -= await self._send_retries(fields, room)
+        sent = int(fields.get("sent", 0))
+        while room > 0 and cursor < count:
+            end = min(count, cursor + min(room, PAGE))
+            sent += await self._send_new(fields, range(cursor, end), sent)
+            room -= end - cursor
+            cursor = end
+        finished = cursor >= count and done >= int(fields["total"])
+        if finished and await self._store.move(batch_id, "finalizing", "in_progress"):
+            await self._finalize({**fields, "status": "finalizing"})
+
+    async def _in_flight(self, fields: Mapping[str, str]) -> int:
+        done = int(fields.get("completed", 0)) + int(fields.get("failed", 0))
+        waiting = await self._store.waiting_retries(fields["id"])
+        return int(fields.get("sent", 0)) - done - waiting
+
+    async def _send_new(self, fields: Mapping[str, str], numbers: range, sent: int) -> int:
+        """Send these lines; how many there were (blank ones are not lines). The cursor moves
+        once the broker has them: a front door that dies in between sends them again, and
+        each line still gets one outcome."""
+        raws = await self._store.lines(fields["input_file_id"], numbers)
+        lines = [(n, 0, raw) for n, raw in zip(numbers, raws, strict=True) if raw is not None]
+        await self._send(fields, lines)
+        await self._store.update(fields["id"], cursor=numbers.stop, sent=sent + len(lines))
+        return len(lines)
+
+    async def _send_retries(self, fields: Mapping[str, str], most: int) -> int:
+        """Send again the lines refused for a while (rate limits, budget holds) whose time
+        came; how many."""
+        batch_id = fields["id"]
+        due = await self._store.due_retries(batch_id, time.time(), most)
+        if not due:
+            return 0
+        attempts = await self._store.attempts(batch_id, due)
+        raws = await self._store.lines(fields["input_file_id"], due)
+        await self._send(
+            fields, [(n, a, raw) for n, a, raw in zip(due, attempts, raws, strict=True) if raw]
+        )
+        await self._store.retried(batch_id, due)
+        return len(due)
+
+    async def _send(self, fields: Mapping[str, str], lines: list[tuple[int, int, bytes]]) -> None:
+        """Publish the lines' requests; a line that no longer reads (the catalog changed)
+        gets its error line instead."""
+        requests, refused = [], []
+        for number, attempt, raw in lines:
+            try:
+                requests.append(self._read(fields, number, raw, attempt).request)
+            except LlmqError as exc:
+                custom_id = (await self._store.custom_ids(fields["id"], [number]))[0] or ""
+                body = error_line(
+                    custom_id, line_id(fields["id"], number, attempt), exc.code.value, exc.message
+                )
+                refused.append(Outcome(number, attempt, "error", body))
+        await self._publisher.publish(requests)
+        if refused:
+            await self._store.record(fields["id"], fields["tenant"], refused)
+
+    def _read(self, fields: Mapping[str, str], number: int, raw: bytes, attempt: int) -> Line:
+        return read_line(
+            raw,
+            tenant=fields["tenant"],
+            catalog=self._catalog,
+            deadline=float(fields["expires_at"]),
+            correlation_id=line_id(fields["id"], number, attempt),
+        )
+
+    # cancelling, expiry, the end
+
+    async def _cancelling(self, fields: Mapping[str, str]) -> None:
+        """Tell the workers to drop the lines in flight (once); when they are answered, or
+        the grace time is over, the rest is cancelled."""
+        batch_id = fields["id"]
+        if "cancels_sent" not in fields:
+            cursor = int(fields.get("cursor", 0))
+            async for page in self._store.unfinished(batch_id):
+                numbers = [n for n, _ in page if n < cursor]
+                for number, attempt in zip(
+                    numbers, await self._store.attempts(batch_id, numbers), strict=True
+                ):
+                    cancel_id = line_id(batch_id, number, attempt)
+                    await self._publisher.cancel(cancel_id, tenant=fields["tenant"])
+            await self._store.update(batch_id, cancels_sent=1)
+        late = time.time() > float(fields["cancelling_at"]) + self._pace.cancel_grace_s
+        if late or await self._in_flight(fields) <= 0:
+            await self._close(fields, "cancelled", CANCELLED, ("cancelling",))
+
+    async def _close(
+        self, fields: Mapping[str, str], status: str, why: tuple[str, str], sources: tuple[str, ...]
+    ) -> None:
+        """End a batch early: every line without an outcome gets an error line saying why."""
+        batch_id = fields["id"]
+        async for page in self._store.unfinished(batch_id):
+            outcomes = [
+                Outcome(n, None, "error", error_line(custom_id, line_id(batch_id, n, 0), *why))
+                for n, custom_id in page
+            ]
+            await self._store.record(batch_id, fields["tenant"], outcomes)
+        fresh = await self._store.batch(batch_id) or fields
+        await self._files(fresh)
+        if await self._store.move(batch_id, status, *sources):
+            log.info("batch %s %s", batch_id, status)
+            await self._store.finish(batch_id)
+
+    async def _finalize(self, fields: Mapping[str, str]) -> None:
+        await self._files(fields)
+        if await self._store.move(fields["id"], "completed", "finalizing"):
+            log.info("batch %s completed", fields["id"])
+            await self._store.finish(fields["id"])
+
+    async def _files(self, fields: Mapping[str, str]) -> None:
+        """The output and error files of a batch, each once it has a line."""
+        batch_id, hexa = fields["id"], fields["id"].removeprefix("batch_")
+        made: dict[str, str] = {}
+        for part, count, name in (("output", "completed", "output"), ("errors", "failed", "error")):
+            if int(fields.get(count, 0)) == 0:
+                continue
+            file_id = f"file-{name}-{hexa}"
+            await self._store.add_file(
+                {
+                    "id": file_id,
+                    "tenant": fields["tenant"],
+                    "filename": f"{batch_id}_{name}.jsonl",
+                    "purpose": "batch_output",
+                    "bytes": fields.get(f"{count}_bytes", "0"),
+                    "created_at": str(int(time.time())),
+                    "batch": batch_id,
+                    "part": part,
+                }
+            )
+            made[f"{name}_file_id"] = file_id
+        if made:
+            await self._store.update(batch_id, **made)
+
+
+@dataclass
+class _Check:
+    """What validation found across a file: the errors, custom_ids and models."""
+
+    errors: list[dict[str, object]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    models: set[str | None] = field(default_factory=set)
+
+    def add(self, number: int, line: Line) -> None:
+        if line.custom_id in self.seen:
+            why = f"custom_id {line.custom_id!r} is not unique in the file"
+            self.errors.append(_error("duplicate_custom_id", why, number))
+        self.seen.add(line.custom_id)
+        self.models.add(line.request.model)
+
+    def verdict(self) -> list[dict[str, object]]:
+        """The errors, a file of several models first."""
+        if len(self.models) > 1:
+            why = (
+                f"a batch's lines all use one model; this file has {sorted(map(str, self.models))}"
+            )
+            return [_error("mixed_models", why, None), *self.errors]
+        return self.errors
+
+
+def _error(code: str, message: str, number: int | None) -> dict[str, object]:
+    """A validation error as OpenAI lists it (lines count from 1)."""
+    return {
+        "code": code,
+        "message": message,
+        "param": None,
+        "line": None if number is None else number + 1,
+    }

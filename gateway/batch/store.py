@@ -1,0 +1,360 @@
+"""The Batch API's state in Redis, shared by every front door: files line by line, batches
+with their counts, and each line's outcome, written once (schemas/names.py has the keys)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from schemas.errors import ErrorCode, LlmqError
+from schemas.names import BATCHES_ACTIVE, batch_keys, file_keys, tenant_index_key
+
+MAX_FILE_BYTES = 200 * 1024 * 1024
+MAX_FILE_LINES = 50_000
+"""OpenAI's limits on a batch's input file."""
+PAGE = 64
+"""Lines read or written per Redis call: a line may be up to ~450 kB."""
+
+# A line's outcome, written once: into `output` or `errors`, unless it has one (0) or the
+# reply is to an attempt already sent again (0), or not this batch's line (-1). A retry
+# (kind "retry") moves the line to its next attempt and into `retry` at ARGV[7].
+RECORD = """
+if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[3] then return -1 end
+if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1
+then return 0 end
+local attempt = tonumber(redis.call('HGET', KEYS[6], ARGV[1]) or '0')
+if ARGV[2] ~= '*' and tonumber(ARGV[2]) ~= attempt then return 0 end
+if ARGV[4] == 'retry' then
+  redis.call('HSET', KEYS[6], ARGV[1], attempt + 1)
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
+  return 2
+end
+redis.call('ZREM', KEYS[5], ARGV[1])
+local target, count = KEYS[2], 'completed'
+if ARGV[4] == 'error' then target, count = KEYS[3], 'failed' end
+redis.call('HSET', target, ARGV[1], ARGV[5])
+redis.call('HINCRBY', KEYS[1], count, 1)
+redis.call('HINCRBY', KEYS[1], count .. '_bytes', string.len(ARGV[5]) + 1)
+local tokens = cjson.decode(ARGV[6])
+redis.call('HINCRBY', KEYS[1], 'input_tokens', tokens[1])
+redis.call('HINCRBY', KEYS[1], 'output_tokens', tokens[2])
+return 1
+"""
+
+# Move a batch from one of the statuses in ARGV[2..] to ARGV[1], stamping ARGV[1]_at.
+MOVE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+for i = 2, #ARGV - 1 do
+  if status == ARGV[i] then
+    redis.call('HSET', KEYS[1], 'status', ARGV[1], ARGV[1] .. '_at', ARGV[#ARGV])
+    return 1
+  end
+end
+return 0
+"""
+
+LEASE = """
+local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if owner then return 0 end
+return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 or 0
+"""
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one line: kind "output", "error" or "retry" (with when)."""
+
+    line: int
+    attempt: int | None
+    """The attempt it answers; None for one the batch gives (expired, cancelled)."""
+    kind: str
+    body: dict[str, Any]
+    tokens: tuple[int, int] = (0, 0)
+    retry_at: float = 0.0
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(12)}"
+
+
+class BatchStore:
+    """Files and batches of every tenant; each object is only ever shown to its tenant."""
+
+    def __init__(self, client: aioredis.Redis, retention_s: int) -> None:
+        self._redis = client
+        self._retention_s = retention_s
+        self._record = client.register_script(RECORD)
+        self._move = client.register_script(MOVE)
+        self._lease = client.register_script(LEASE)
+        self._release = client.register_script(RELEASE)
+
+    # Files.
+
+    async def create_file(
+        self, tenant: str, filename: str, purpose: str, chunks: AsyncIterator[bytes]
+    ) -> dict[str, str]:
+        """Store an upload line by line (blank lines are skipped, numbers kept); LlmqError
+        past OpenAI's limits, and nothing is kept."""
+        file_id = new_id("file-")
+        meta, lines = file_keys(file_id)
+        try:
+            size, count, kept = await self._write_lines(lines, chunks)
+        except BaseException:
+            await self._redis.delete(lines)
+            raise
+        fields = {
+            "id": file_id,
+            "tenant": tenant,
+            "filename": filename,
+            "purpose": purpose,
+            "bytes": str(size),
+            "lines": str(count),
+            "requests": str(kept),
+            "created_at": str(int(time.time())),
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(meta, mapping=fields)
+            pipe.expire(meta, self._retention_s)
+            pipe.expire(lines, self._retention_s)
+            self._index(pipe, tenant, "files", file_id)
+            await pipe.execute()
+        return fields
+
+    async def _write_lines(self, key: str, chunks: AsyncIterator[bytes]) -> tuple[int, int, int]:
+        """(bytes, lines, non-blank lines) written to the hash `key`."""
+        size = count = kept = 0
+        rest = b""
+        page: dict[str, bytes] = {}
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                why = f"the file is larger than {MAX_FILE_BYTES} bytes (OpenAI's limit)"
+                raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+            *whole, rest = (rest + chunk).split(b"\n")
+            for line in whole:
+                count, kept = await self._add_line(key, page, line, count, kept)
+        if rest.strip():
+            count, kept = await self._add_line(key, page, rest, count, kept)
+        if page:
+            await self._flush(key, page)
+        if kept == 0:
+            raise LlmqError(ErrorCode.INVALID_REQUEST, "the file has no lines")
+        return size, count, kept
+
+    async def _add_line(
+        self, key: str, page: dict[str, bytes], line: bytes, count: int, kept: int
+    ) -> tuple[int, int]:
+        if line.strip():
+            kept += 1
+            if kept > MAX_FILE_LINES:
+                why = f"the file has more than {MAX_FILE_LINES} lines (OpenAI's limit)"
+                raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+            page[str(count)] = line.rstrip(b"\r")
+            if len(page) >= PAGE:
+                await self._flush(key, page)
+        return count + 1, kept
+
+    async def _flush(self, key: str, page: dict[str, bytes]) -> None:
+        """Write a page of lines; they expire even if the upload never ends (a crash)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping=page)
+            pipe.expire(key, self._retention_s)
+            await pipe.execute()
+        page.clear()
+
+    async def file(self, file_id: str, tenant: str) -> dict[str, str] | None:
+        """A file's fields, if it is the tenant's."""
+        return self._theirs(await self._redis.hgetall(file_keys(file_id)[0]), tenant)  # type: ignore[misc]
+
+    async def lines(self, file_id: str, numbers: Iterable[int]) -> list[bytes | None]:
+        """Some lines of a file (None: blank)."""
+        wanted = [str(n) for n in numbers]
+        if not wanted:
+            return []
+        found: list[bytes | None] = await self._redis.hmget(file_keys(file_id)[1], wanted)  # type: ignore[misc]
+        return found
+
+    async def content(self, meta: Mapping[str, str]) -> AsyncIterator[bytes]:
+        """A file's content: an upload as it came (less blank lines), or a batch's output or
+        error lines in any order."""
+        if "batch" in meta:
+            key = batch_keys(meta["batch"])[meta["part"]]
+            async for _, line in self._redis.hscan_iter(key, count=PAGE):
+                yield line + b"\n"
+            return
+        count = int(meta["lines"])
+        for start in range(0, count, PAGE):
+            for line in await self.lines(meta["id"], range(start, min(count, start + PAGE))):
+                if line is not None:
+                    yield line + b"\n"
+
+    # Batches.
+
+    async def create_batch(self, fields: dict[str, str]) -> None:
+        """Keep a new batch (status validating) for the runners to pick up."""
+        keys = batch_keys(fields["id"])
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys["batch"], mapping=fields)
+            pipe.expire(keys["batch"], self._retention_s)
+            pipe.sadd(BATCHES_ACTIVE, fields["id"])
+            self._index(pipe, fields["tenant"], "batches", fields["id"])
+            await pipe.execute()
+
+    async def batch(self, batch_id: str, tenant: str | None = None) -> dict[str, str] | None:
+        """A batch's fields (if it is the tenant's, when one is named)."""
+        found = await self._redis.hgetall(batch_keys(batch_id)["batch"])  # type: ignore[misc]
+        return self._theirs(found, tenant) if tenant else _decoded(found) or None
+
+    async def listed(self, tenant: str, kind: str, after: str | None, limit: int) -> list[str]:
+        """A tenant's newest file or batch ids, newest first, those after `after`."""
+        key = tenant_index_key(tenant, kind)
+        top = "+inf"
+        if after is not None:
+            score = await self._redis.zscore(key, after)
+            if score is None:
+                return []
+            top = f"({score}"
+        ids = await self._redis.zrevrangebyscore(key, top, "-inf", start=0, num=limit)
+        return [i.decode() for i in ids]
+
+    async def move(self, batch_id: str, to: str, *sources: str) -> bool:
+        """Set the status `to` (and `to`_at) if the batch is in one of `sources`."""
+        now = str(int(time.time()))
+        moved = await self._move(keys=[batch_keys(batch_id)["batch"]], args=[to, *sources, now])
+        return bool(moved)
+
+    async def update(self, batch_id: str, **fields: str | int) -> None:
+        await self._redis.hset(batch_keys(batch_id)["batch"], mapping=fields)  # type: ignore[misc]
+
+    async def active(self) -> list[str]:
+        return sorted(m.decode() for m in await self._redis.smembers(BATCHES_ACTIVE))  # type: ignore[misc]
+
+    async def finish(self, batch_id: str) -> None:
+        """The batch is over: it leaves the runners' set, and all of it expires in time."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in batch_keys(batch_id).values():
+                pipe.expire(key, self._retention_s)
+            pipe.srem(BATCHES_ACTIVE, batch_id)
+            await pipe.execute()
+
+    async def lease(self, batch_id: str, owner: str, ttl_s: float) -> bool:
+        """Drive the batch (or keep driving it) for `ttl_s`, unless another front door does."""
+        key = batch_keys(batch_id)["lease"]
+        return bool(await self._lease(keys=[key], args=[owner, int(ttl_s * 1000)]))
+
+    async def release(self, batch_id: str, owner: str) -> None:
+        await self._release(keys=[batch_keys(batch_id)["lease"]], args=[owner])
+
+    # Lines.
+
+    async def name_lines(self, batch_id: str, custom_ids: Mapping[int, str]) -> None:
+        """Record each line's custom_id: the lines the batch answers."""
+        if custom_ids:
+            mapping = {str(n): c for n, c in custom_ids.items()}
+            await self._redis.hset(batch_keys(batch_id)["ids"], mapping=mapping)  # type: ignore[misc]
+
+    async def custom_ids(self, batch_id: str, numbers: list[int]) -> list[str | None]:
+        if not numbers:
+            return []
+        found = await self._redis.hmget(batch_keys(batch_id)["ids"], [str(n) for n in numbers])  # type: ignore[misc]
+        return [None if f is None else f.decode() for f in found]
+
+    async def attempts(self, batch_id: str, numbers: list[int]) -> list[int]:
+        if not numbers:
+            return []
+        found = await self._redis.hmget(batch_keys(batch_id)["attempts"], [str(n) for n in numbers])  # type: ignore[misc]
+        return [int(f or 0) for f in found]
+
+    async def record(self, batch_id: str, tenant: str, outcomes: list[Outcome]) -> list[int]:
+        """Write each outcome unless its line has one (see RECORD); what each did."""
+        keys = batch_keys(batch_id)
+        order = ["batch", "output", "errors", "ids", "retry", "attempts"]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for outcome in outcomes:
+                await self._record(
+                    keys=[keys[k] for k in order],
+                    args=[
+                        str(outcome.line),
+                        "*" if outcome.attempt is None else str(outcome.attempt),
+                        tenant,
+                        outcome.kind,
+                        json.dumps(outcome.body, separators=(",", ":")),
+                        json.dumps(list(outcome.tokens)),
+                        str(outcome.retry_at),
+                    ],
+                    client=pipe,
+                )
+            done: list[int] = await pipe.execute()
+        return done
+
+    async def due_retries(self, batch_id: str, now: float, limit: int) -> list[int]:
+        found = await self._redis.zrangebyscore(
+            batch_keys(batch_id)["retry"], "-inf", now, start=0, num=limit
+        )
+        return [int(n) for n in found]
+
+    async def retried(self, batch_id: str, numbers: list[int]) -> None:
+        if numbers:
+            await self._redis.zrem(batch_keys(batch_id)["retry"], *[str(n) for n in numbers])
+
+    async def waiting_retries(self, batch_id: str) -> int:
+        count: int = await self._redis.zcard(batch_keys(batch_id)["retry"])
+        return count
+
+    async def unfinished(self, batch_id: str) -> AsyncIterator[list[tuple[int, str]]]:
+        """The lines without an outcome yet, a page at a time: (number, custom_id)."""
+        keys = batch_keys(batch_id)
+        page: list[tuple[int, str]] = []
+        async for number, custom_id in self._redis.hscan_iter(keys["ids"], count=PAGE * 4):
+            page.append((int(number), custom_id.decode()))
+            if len(page) >= PAGE * 4:
+                yield await self._without_outcome(keys, page)
+                page = []
+        if page:
+            yield await self._without_outcome(keys, page)
+
+    async def _without_outcome(
+        self, keys: dict[str, str], page: list[tuple[int, str]]
+    ) -> list[tuple[int, str]]:
+        fields = [str(n) for n, _ in page]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys["output"], fields)
+            pipe.hmget(keys["errors"], fields)
+            output, errors = await pipe.execute()
+        return [line for line, a, b in zip(page, output, errors, strict=True) if a is b is None]
+
+    async def add_file(self, fields: dict[str, str]) -> None:
+        """Keep an output or error file's fields (its lines are its batch's)."""
+        meta = file_keys(fields["id"])[0]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(meta, mapping=fields)
+            pipe.expire(meta, self._retention_s)
+            self._index(pipe, fields["tenant"], "files", fields["id"])
+            await pipe.execute()
+
+    def _index(self, pipe: Any, tenant: str, kind: str, object_id: str) -> None:
+        key = tenant_index_key(tenant, kind)
+        pipe.zadd(key, {object_id: time.time()})
+        pipe.expire(key, self._retention_s)
+
+    @staticmethod
+    def _theirs(found: Mapping[bytes, bytes], tenant: str | None) -> dict[str, str] | None:
+        fields = _decoded(found)
+        return fields if fields and fields.get("tenant") == tenant else None
+
+
+def _decoded(found: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in found.items()}
