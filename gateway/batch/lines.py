@@ -88,4 +88,3 @@ def error_line(custom_id: str, line_id: str, code: str, message: str) -> dict[st
         "response": None,
         "error": {"code": code, "message": message},
     }
-

@@ -234,26 +234,31 @@ class Runner:
     async def _cancelling(self, fields: Mapping[str, str]) -> None:
         """Tell the workers to drop the lines in flight (once); when they are answered, or
         the grace time is over, the rest is cancelled."""
-        batch_id = fields["id"]
         if "cancels_sent" not in fields:
-            cursor = int(fields.get("cursor", 0))
-            async for page in self._store.unfinished(batch_id):
-                numbers = [n for n, _ in page if n < cursor]
-                for number, attempt in zip(
-                    numbers, await self._store.attempts(batch_id, numbers), strict=True
-                ):
-                    cancel_id = line_id(batch_id, number, attempt)
-                    await self._publisher.cancel(cancel_id, tenant=fields["tenant"])
-            await self._store.update(batch_id, cancels_sent=1)
+            await self._cancel_sent(fields)
+            await self._store.update(fields["id"], cancels_sent=1)
         late = time.time() > float(fields["cancelling_at"]) + self._pace.cancel_grace_s
         if late or await self._in_flight(fields) <= 0:
             await self._close(fields, "cancelled", CANCELLED, ("cancelling",))
 
+    async def _cancel_sent(self, fields: Mapping[str, str]) -> None:
+        """Tell the workers that nobody waits for the lines sent and not answered yet."""
+        batch_id, cursor = fields["id"], int(fields.get("cursor", 0))
+        async for page in self._store.unfinished(batch_id):
+            numbers = [n for n, _ in page if n < cursor]
+            attempts = await self._store.attempts(batch_id, numbers)
+            for number, attempt in zip(numbers, attempts, strict=True):
+                cancel_id = line_id(batch_id, number, attempt)
+                await self._publisher.cancel(cancel_id, tenant=fields["tenant"])
+
     async def _close(
         self, fields: Mapping[str, str], status: str, why: tuple[str, str], sources: tuple[str, ...]
     ) -> None:
-        """End a batch early: every line without an outcome gets an error line saying why."""
+        """End a batch early: every line without an outcome gets an error line saying why
+        (an expired batch's lines in flight are cancelled first)."""
         batch_id = fields["id"]
+        if status == "expired":
+            await self._cancel_sent(fields)
         async for page in self._store.unfinished(batch_id):
             outcomes = [
                 Outcome(n, None, "error", error_line(custom_id, line_id(batch_id, n, 0), *why))

@@ -1,0 +1,1 @@
+"""`llmq batch`: the front door's Batch API from the command line."""

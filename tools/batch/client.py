@@ -1,0 +1,130 @@
+"""A small client of the front door's Batch API over plain HTTP (the standard library's), for
+people and tools without the OpenAI SDK: upload a file as it streams from disk, create,
+follow, cancel a batch, read its files."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+DEFAULT_URL = "http://127.0.0.1:28080/v1"
+
+
+class BatchApiError(RuntimeError):
+    """The front door refused, or could not be reached; the message says which and why."""
+
+
+class BatchApi:
+    """One front door, as one tenant (its API key; none for an open door on loopback)."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        """POST /v1/files (purpose batch), the file streamed from disk."""
+        boundary = f"llmq-{secrets.token_hex(12)}"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f"--{boundary}\r\nContent-Disposition: form-data; "
+            f'name="file"; filename="{path.name}"\r\n'
+            "Content-Type: application/jsonl\r\n\r\n"
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+
+        def body() -> Iterator[bytes]:
+            yield head
+            with path.open("rb") as file:
+                while chunk := file.read(CHUNK):
+                    yield chunk
+            yield tail
+
+        headers = {
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Length": str(len(head) + path.stat().st_size + len(tail)),
+        }
+        return self._call("POST", "/files", body(), headers)
+
+    def create(self, file_id: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        """POST /v1/batches: run the file's lines within 24 hours."""
+        wanted = {
+            "input_file_id": file_id,
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "metadata": metadata,
+        }
+        return self._json("POST", "/batches", wanted)
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/batches/{batch_id}")
+
+    def cancel(self, batch_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/batches/{batch_id}/cancel")
+
+    def content(self, file_id: str) -> Iterator[bytes]:
+        """A file's lines, as they stream in."""
+        request = urllib.request.Request(
+            f"{self.base_url}/files/{file_id}/content", headers=self._headers
+        )
+        with self._open(request) as response:
+            yield from response
+
+    def wait(
+        self,
+        batch_id: str,
+        seen: Callable[[dict[str, Any]], None] = lambda _: None,
+        poll_s: float = 1.0,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """The batch once it is completed, failed, expired or cancelled; `seen` gets it at
+        every look. TimeoutError past `timeout_s`."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            batch = self.batch(batch_id)
+            seen(batch)
+            if batch["status"] in FINAL:
+                return batch
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id} still {batch['status']}")
+            time.sleep(poll_s)
+
+    def _json(self, method: str, path: str, body: object = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        return self._call(method, path, data, headers)
+
+    def _call(self, method: str, path: str, data: Any, headers: dict[str, str]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            self.base_url + path, data=data, method=method, headers={**self._headers, **headers}
+        )
+        with self._open(request) as response:
+            found: dict[str, Any] = json.load(response)
+        return found
+
+    def _open(self, request: urllib.request.Request) -> Any:
+        try:
+            return urllib.request.urlopen(request, timeout=120)
+        except urllib.error.HTTPError as exc:
+            raise BatchApiError(f"{exc.code} from the front door: {_message(exc)}") from None
+        except urllib.error.URLError as exc:
+            raise BatchApiError(
+                f"cannot reach the front door at {self.base_url} ({exc.reason}); "
+                "is it up (llmq local up), and is LLMQ_API_URL right?"
+            ) from None
+
+
+def _message(exc: urllib.error.HTTPError) -> str:
+    """OpenAI's error message from the body, else the body."""
+    raw = exc.read().decode(errors="replace")
+    try:
+        return str(json.loads(raw)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return raw or str(exc.reason)

@@ -1,0 +1,128 @@
+"""`llmq batch submit FILE.jsonl --wait`, `status`, `cancel`, `results`: OpenAI's Batch API
+on llmq's front door, with a progress bar, for people without the SDK."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tools.batch.client import DEFAULT_URL, BatchApi, BatchApiError
+
+
+def register(sub: Any) -> None:
+    """Add `batch` to the `llmq` subcommands (argparse's private subparsers type)."""
+    batch = sub.add_parser(
+        "batch",
+        help="run a JSONL file of chat requests as a batch (OpenAI's Batch API)",
+        description=(
+            "Talks to the front door (LLMQ_API_URL, default " + DEFAULT_URL + ") as the "
+            "tenant of LLMQ_API_KEY (none for an open door). Each line of FILE is "
+            '{"custom_id": ..., "method": "POST", "url": "/v1/chat/completions", "body": {...}}.'
+        ),
+    )
+    batch.add_argument("--url", default=os.environ.get("LLMQ_API_URL", DEFAULT_URL))
+    batch.add_argument("--key", default=os.environ.get("LLMQ_API_KEY"), help=argparse.SUPPRESS)
+    actions = batch.add_subparsers(required=True, metavar="ACTION")
+    submit = actions.add_parser("submit", help="upload FILE and start its batch; print its id")
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--wait", action="store_true", help="show progress, then save results")
+    submit.add_argument("--out", type=Path, default=Path(), help="where results go (with --wait)")
+    submit.set_defaults(func=_submit)
+    for name, what in (("status", "print a batch (JSON)"), ("cancel", "cancel a batch")):
+        action = actions.add_parser(name, help=what)
+        action.add_argument("batch_id")
+        action.set_defaults(func=_status if name == "status" else _cancel)
+    results = actions.add_parser("results", help="save a batch's output and error files")
+    results.add_argument("batch_id")
+    results.add_argument("--out", type=Path, default=Path())
+    results.set_defaults(func=_results)
+
+
+def _api(args: argparse.Namespace) -> BatchApi:
+    return BatchApi(args.url, args.key)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        print(f"no file {args.file}", file=sys.stderr)
+        return 2
+    metadata = dict(pair.partition("=")[::2] for pair in args.metadata) or None
+    api = _api(args)
+    try:
+        uploaded = api.upload(args.file)
+        batch = api.create(uploaded["id"], metadata)
+        print(batch["id"])
+        if not args.wait:
+            return 0
+        batch = _follow(api, batch["id"])
+        return _save(api, batch, args.out)
+    except BatchApiError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
+def _follow(api: BatchApi, batch_id: str) -> dict[str, Any]:
+    """Wait for the batch with a progress bar of its answered lines."""
+    with tqdm(desc=batch_id, unit="line", file=sys.stderr, dynamic_ncols=True) as bar:
+
+        def seen(batch: dict[str, Any]) -> None:
+            counts = batch["request_counts"]
+            bar.total = counts["total"] or None
+            bar.n = counts["completed"] + counts["failed"]
+            bar.set_postfix(status=batch["status"], failed=counts["failed"], refresh=False)
+            bar.refresh()
+
+        return api.wait(batch_id, seen)
+
+
+def _save(api: BatchApi, batch: dict[str, Any], out: Path) -> int:
+    """Write the output and error files into `out`; 0 when the batch completed."""
+    out.mkdir(parents=True, exist_ok=True)
+    for field, name in (("output_file_id", "output"), ("error_file_id", "errors")):
+        if batch.get(field):
+            path = out / f"{batch['id']}_{name}.jsonl"
+            with path.open("wb") as file:
+                for line in api.content(batch[field]):
+                    file.write(line)
+            print(f"{name}: {path}")
+    counts = batch["request_counts"]
+    print(
+        f"{batch['status']}: {counts['completed']} completed, {counts['failed']} failed "
+        f"of {counts['total']}"
+    )
+    for error in (batch.get("errors") or {}).get("data") or []:
+        print(f"  line {error.get('line')}: {error.get('message')}", file=sys.stderr)
+    return 0 if batch["status"] == "completed" else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    return _print(lambda: _api(args).batch(args.batch_id))
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    return _print(lambda: _api(args).cancel(args.batch_id))
+
+
+def _print(call: Any) -> int:
+    try:
+        print(json.dumps(call(), indent=2))
+    except BatchApiError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    api = _api(args)
+    try:
+        return _save(api, api.batch(args.batch_id), args.out)
+    except BatchApiError as exc:
+        print(exc, file=sys.stderr)
+        return 1
