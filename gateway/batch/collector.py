@@ -37,12 +37,17 @@ def parse_line_id(correlation_id: str) -> tuple[str, int, int] | None:
     return batch_id, int(number), int(attempt)
 
 
-def outcome(number: int, attempt: int, custom_id: str, result: InferenceResult) -> Outcome:
+def outcome(
+    number: int, attempt: int, custom_id: str, result: InferenceResult, expires_at: float
+) -> Outcome:
     """What a reply makes of its line: an output line, an error line, or (refused for a
-    while: rate limits, budget holds) a retry once the wait is over."""
+    while: rate limits, budget holds) a retry once the wait is over, if that is before the
+    batch expires."""
     error = result.error
-    if error is not None and error.retriable and error.retry_after_s is not None:
-        return Outcome(number, attempt, "retry", {}, retry_at=time.time() + error.retry_after_s)
+    if error is not None and error.retry_after_s is not None:
+        retry_at = time.time() + error.retry_after_s
+        if retry_at < expires_at:
+            return Outcome(number, attempt, "retry", {}, retry_at=retry_at)
     usage = None if result.response is None else result.response.usage
     tokens = (0, 0) if usage is None else (usage.prompt_tokens, usage.completion_tokens)
     kind = "output" if error is None else "error"
@@ -117,9 +122,13 @@ class Collector:
                 batch_id, number, attempt = parsed
                 replies[(batch_id, result.tenant)].append((number, attempt, result))
         for (batch_id, tenant), lines in replies.items():
+            batch = await self._store.batch(batch_id, tenant)
+            if batch is None:
+                continue  # gone (retention), or not this tenant's
+            expires_at = float(batch["expires_at"])
             custom_ids = await self._store.custom_ids(batch_id, [n for n, _, _ in lines])
             outcomes = [
-                outcome(number, attempt, custom_id, result)
+                outcome(number, attempt, custom_id, result, expires_at)
                 for (number, attempt, result), custom_id in zip(lines, custom_ids, strict=True)
                 if custom_id is not None
             ]

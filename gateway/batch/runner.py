@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 MAX_ERRORS = 100
 """Validation errors listed on a failed batch (the first ones, by line)."""
 EXPIRED = ("batch_expired", "This line was not run before the batch's completion window ended.")
+OVERTIME_S = 30.0
+"""A line's deadline is this long after its batch's: the batch ends its lines itself when it
+expires (batch_expired, as OpenAI's), before llmq would answer them `expired`."""
 CANCELLED = ("batch_cancelled", "This line was not run: the batch was cancelled.")
 
 
@@ -225,7 +228,7 @@ class Runner:
             raw,
             tenant=fields["tenant"],
             catalog=self._catalog,
-            deadline=float(fields["expires_at"]),
+            deadline=float(fields["expires_at"]) + OVERTIME_S,
             correlation_id=line_id(fields["id"], number, attempt),
         )
 
@@ -243,13 +246,18 @@ class Runner:
 
     async def _cancel_sent(self, fields: Mapping[str, str]) -> None:
         """Tell the workers that nobody waits for the lines sent and not answered yet."""
+        for correlation_id in await self._sent_unanswered(fields):
+            await self._publisher.cancel(correlation_id, tenant=fields["tenant"])
+
+    async def _sent_unanswered(self, fields: Mapping[str, str]) -> list[str]:
+        """The correlation_ids of the lines sent and not answered yet (at most `in_flight`)."""
         batch_id, cursor = fields["id"], int(fields.get("cursor", 0))
+        found = []
         async for page in self._store.unfinished(batch_id):
             numbers = [n for n, _ in page if n < cursor]
             attempts = await self._store.attempts(batch_id, numbers)
-            for number, attempt in zip(numbers, attempts, strict=True):
-                cancel_id = line_id(batch_id, number, attempt)
-                await self._publisher.cancel(cancel_id, tenant=fields["tenant"])
+            found += [line_id(batch_id, n, a) for n, a in zip(numbers, attempts, strict=True)]
+        return found
 
     async def _close(
         self, fields: Mapping[str, str], status: str, why: tuple[str, str], sources: tuple[str, ...]
@@ -257,14 +265,15 @@ class Runner:
         """End a batch early: every line without an outcome gets an error line saying why
         (an expired batch's lines in flight are cancelled first)."""
         batch_id = fields["id"]
-        if status == "expired":
-            await self._cancel_sent(fields)
+        sent = await self._sent_unanswered(fields) if status == "expired" else []
         async for page in self._store.unfinished(batch_id):
             outcomes = [
                 Outcome(n, None, "error", error_line(custom_id, line_id(batch_id, n, 0), *why))
                 for n, custom_id in page
             ]
             await self._store.record(batch_id, fields["tenant"], outcomes)
+        for correlation_id in sent:  # after their error lines: a cancelled reply is too late
+            await self._publisher.cancel(correlation_id, tenant=fields["tenant"])
         fresh = await self._store.batch(batch_id) or fields
         await self._files(fresh)
         if await self._store.move(batch_id, status, *sources):

@@ -17,7 +17,7 @@ from tools.faults.plan import SCENARIOS
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2100)]
 
 REPO = Path(__file__).resolve().parents[2]
-CHECKED = ["crash-loop", "broker-kill", "streams-join", "autoscale-down"]
+CHECKED = ["crash-loop", "broker-kill", "streams-join", "autoscale-down", "batch-restarts"]
 """Scenarios whose own checks (their findings) must pass too."""
 TOLERATED = ("(flapping)", "the decisions behind each start")
 """Findings reported but not failed on: autoscale-down's autoscaler started its worker a

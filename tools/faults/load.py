@@ -43,7 +43,7 @@ class Load:
         ensure_topics(bootstrap, [TopicSpec(self.reply_to, 1)])
         self._consumer = tail(bootstrap, self.reply_to)
         self._bootstrap = bootstrap
-        self._metering_from = _ends(bootstrap, METERING)
+        self._metering_from = ends(bootstrap, METERING)
         self._wall = time.time() - time.monotonic()
         """Converts a record's timestamp (wall clock) to the harness's monotonic clock."""
         self._producer = KafkaProducer(
@@ -175,14 +175,14 @@ class Load:
         start = {TopicPartition(self.reply_to, 0): 0}
         missed = [
             _reply(r.value, r.timestamp / 1000 - self._wall)
-            for r in _read_back(self._bootstrap, start)
+            for r in read_back(self._bootstrap, start)
             if r.offset not in seen
         ]
         prefix = f"{self.tag}-"
         generated = [
             cid
-            for r in _read_back(self._bootstrap, self._metering_from)
-            if (cid := _generation(r.value)) is not None and cid.startswith(prefix)
+            for r in read_back(self._bootstrap, self._metering_from)
+            if (cid := generation(r.value)) is not None and cid.startswith(prefix)
         ]
         return count(requests, sorted(replies + missed, key=lambda r: r.at), fault_at, generated)
 
@@ -251,7 +251,7 @@ def _reply(value: bytes, at: float) -> Reply:
     )
 
 
-def _ends(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+def ends(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
     """Where each partition of `topic` ends now."""
     consumer = tail(bootstrap, topic)
     try:
@@ -260,7 +260,7 @@ def _ends(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
         consumer.close()
 
 
-def _read_back(bootstrap: str, since: dict[TopicPartition, int]) -> list[Any]:
+def read_back(bootstrap: str, since: dict[TopicPartition, int]) -> list[Any]:
     """Every record from the given offsets to the partitions' current ends (kafka-python's
     ConsumerRecords), read by a fresh consumer within READ_BACK_S."""
     consumer = KafkaConsumer(
@@ -281,7 +281,7 @@ def _read_back(bootstrap: str, since: dict[TopicPartition, int]) -> list[Any]:
     return found
 
 
-def _generation(value: bytes) -> str | None:
+def generation(value: bytes) -> str | None:
     """The correlation id of an engine generation's metering event (None for other events)."""
     try:
         event = MeteringEvent.model_validate_json(value)

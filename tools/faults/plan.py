@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tools.faults.batches import batch_restarts
 from tools.faults.membership import (
     BROKER_DOWN_S,
     autoscale_down,
@@ -50,6 +51,11 @@ SCENARIOS: dict[str, Scenario] = {
         "a request whose generation takes its worker down every time (kill -9)",
         crash_loop,
         frozenset({"worker"}),
+    ),
+    "batch-restarts": Scenario(
+        "kill -9 of a batch's front door, then of streams, then of the worker, mid-batch",
+        batch_restarts,
+        frozenset({"gateway", "streams", "worker"}),
     ),
     "poison": Scenario("poison records on llmq.requests, a work topic and completions", poison),
     "overload": Scenario(f"{OVERLOAD:.0f}x the service rate", overload),

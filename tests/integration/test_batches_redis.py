@@ -1,0 +1,277 @@
+"""The Batch API's store and runner against a real redis-server of this module's own (no
+Kafka, no engine: the runner's requests are recorded, and replies are written as the
+collector would): each line's outcome once, retries, pacing, cancel, expiry, leases, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.batch.collector import outcome, parse_line_id
+from gateway.batch.runner import Pace, Runner
+from gateway.batch.store import MAX_FILE_LINES, BatchStore
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.request import InferenceRequest
+from schemas.result import ChatCompletion, Choice, ErrorInfo, InferenceResult, Usage
+from tests.integration.helpers import run_async
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.usefixtures("sync")]
+
+CATALOG = Catalog.builtin()
+TENANT = "acme"
+
+
+class Recorder:
+    """Where the runner's lines and cancels go."""
+
+    def __init__(self) -> None:
+        self.sent: list[InferenceRequest] = []
+        self.cancelled: list[str] = []
+
+    async def publish(self, requests: Sequence[InferenceRequest]) -> None:
+        self.sent += requests
+
+    async def cancel(self, correlation_id: str, *, tenant: str | None = None) -> None:
+        assert tenant == TENANT
+        self.cancelled.append(correlation_id)
+
+
+def _line(n: int) -> str:
+    body = {"model": CATALOG.default, "messages": [{"role": "user", "content": f"q {n}"}]}
+    return json.dumps(
+        {"custom_id": f"c{n}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    )
+
+
+async def _chunks(text: str, size: int = 7) -> AsyncIterator[bytes]:
+    data = text.encode()
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def _batch(store: BatchStore, lines: list[str], window_s: float = 3600) -> str:
+    """A batch of these lines (validating)."""
+    meta = await store.create_file(TENANT, "in.jsonl", "batch", _chunks("\n".join(lines)))
+    batch_id = f"batch_{time.time_ns():x}"
+    now = time.time()
+    await store.create_batch(
+        {
+            "id": batch_id,
+            "tenant": TENANT,
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": meta["id"],
+            "lines": meta["lines"],
+            "completion_window": "24h",
+            "status": "validating",
+            "created_at": str(int(now)),
+            "expires_at": str(now + window_s),
+        }
+    )
+    return batch_id
+
+
+def _answer(request: InferenceRequest) -> InferenceResult:
+    completion = ChatCompletion(
+        id="c",
+        created=1,
+        model=CATALOG.default,
+        choices=[Choice(message={"role": "assistant", "content": "A."}, finish_reason="stop")],
+        usage=Usage(prompt_tokens=5, completion_tokens=1, total_tokens=6),
+    )
+    return InferenceResult(
+        correlation_id=request.correlation_id, tenant=TENANT, status="ok", response=completion
+    )
+
+
+async def _reply(store: BatchStore, result: InferenceResult, expires_at: float) -> list[int]:
+    """What the collector does with a reply."""
+    assert result.correlation_id is not None
+    parsed = parse_line_id(result.correlation_id)
+    assert parsed is not None
+    batch_id, number, attempt = parsed
+    custom_id = (await store.custom_ids(batch_id, [number]))[0]
+    assert custom_id is not None
+    made = outcome(number, attempt, custom_id, result, expires_at)
+    return await store.record(batch_id, TENANT, [made])
+
+
+async def _files(store: BatchStore, batch_id: str) -> dict[str, list[dict[str, Any]]]:
+    fields = await store.batch(batch_id, TENANT)
+    assert fields is not None
+    found: dict[str, list[dict[str, Any]]] = {"output": [], "errors": []}
+    for kind, name in (("output", "output_file_id"), ("errors", "error_file_id")):
+        if name in fields:
+            meta = await store.file(fields[name], TENANT)
+            assert meta is not None
+            found[kind] = [json.loads(line) async for line in store.content(meta)]
+    return found
+
+
+def test_a_paced_batch_runs_to_completion_each_line_once(redis_port: int) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store, recorder = BatchStore(client, 3600), Recorder()
+        runner = Runner(store, recorder, CATALOG, "door-1", Pace(in_flight=5))
+        batch_id = await _batch(store, [_line(n) for n in range(12)])
+        await runner.tick()  # validating -> in_progress
+        assert (await store.batch(batch_id))["status"] == "in_progress"  # type: ignore[index]
+        await runner.tick()
+        assert len(recorder.sent) == 5  # never more than in_flight out at once
+        await runner.tick()
+        assert len(recorder.sent) == 5
+        expires = time.time() + 3600
+        for request in recorder.sent[:3]:
+            assert await _reply(store, _answer(request), expires) == [1]
+            assert await _reply(store, _answer(request), expires) == [0]  # a reply read twice
+        await runner.tick()
+        assert len(recorder.sent) == 8
+        while len(recorder.sent) < 12 or (await store.batch(batch_id))["status"] != "completed":  # type: ignore[index]
+            for request in recorder.sent:
+                await _reply(store, _answer(request), expires)
+            await runner.tick()
+        fields = await store.batch(batch_id)
+        assert fields is not None
+        assert (fields["completed"], fields.get("failed"), fields["total"]) == ("12", None, "12")
+        assert (fields["input_tokens"], fields["output_tokens"]) == ("60", "12")
+        assert await store.active() == []
+        files = await _files(store, batch_id)
+        assert sorted(line["custom_id"] for line in files["output"]) == sorted(
+            f"c{n}" for n in range(12)
+        )
+        assert files["errors"] == []
+        assert {r.correlation_id for r in recorder.sent} == {f"{batch_id}.{n}.0" for n in range(12)}
+
+    run_async(redis_port, body)
+
+
+def test_a_line_refused_for_a_while_is_sent_again_and_a_stale_reply_ignored(
+    redis_port: int,
+) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store, recorder = BatchStore(client, 3600), Recorder()
+        runner = Runner(store, recorder, CATALOG, "door-1")
+        batch_id = await _batch(store, [_line(0)])
+        await runner.tick()
+        await runner.tick()
+        (first,) = recorder.sent
+        limited = InferenceResult(
+            correlation_id=first.correlation_id,
+            tenant=TENANT,
+            status="error",
+            error=ErrorInfo(
+                code=ErrorCode.RATE_LIMITED, message="slow", retriable=True, retry_after_s=0.01
+            ),
+        )
+        expires = time.time() + 3600
+        assert await _reply(store, limited, expires) == [2]
+        assert await _reply(store, limited, expires) == [0]  # the same refusal read again
+        await asyncio.sleep(0.05)
+        await runner.tick()
+        assert [r.correlation_id for r in recorder.sent] == [
+            f"{batch_id}.0.0",
+            f"{batch_id}.0.1",
+        ]
+        assert await _reply(store, _answer(first), expires) == [0]  # the first attempt's
+        assert await _reply(store, _answer(recorder.sent[1]), expires) == [1]
+        await runner.tick()
+        assert (await store.batch(batch_id))["status"] == "completed"  # type: ignore[index]
+
+    run_async(redis_port, body)
+
+
+def test_a_cancel_stops_the_lines_in_flight_and_the_rest(redis_port: int) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store, recorder = BatchStore(client, 3600), Recorder()
+        runner = Runner(store, recorder, CATALOG, "door-1", Pace(in_flight=4, cancel_grace_s=0))
+        batch_id = await _batch(store, [_line(n) for n in range(10)])
+        await runner.tick()
+        await runner.tick()
+        expires = time.time() + 3600
+        await _reply(store, _answer(recorder.sent[0]), expires)
+        assert await store.move(batch_id, "cancelling", "validating", "in_progress")
+        await runner.tick()
+        assert sorted(recorder.cancelled) == sorted(r.correlation_id for r in recorder.sent[1:])
+        fields = await store.batch(batch_id)
+        assert fields is not None and fields["status"] == "cancelled"
+        assert (fields["completed"], fields["failed"]) == ("1", "9")
+        files = await _files(store, batch_id)
+        assert [line["custom_id"] for line in files["output"]] == ["c0"]
+        assert {line["error"]["code"] for line in files["errors"]} == {"batch_cancelled"}
+        await _reply(store, _answer(recorder.sent[1]), expires)  # too late: not counted
+        assert (await store.batch(batch_id))["completed"] == "1"  # type: ignore[index]
+
+    run_async(redis_port, body)
+
+
+def test_an_expired_batch_ends_every_unanswered_line(redis_port: int) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store, recorder = BatchStore(client, 3600), Recorder()
+        runner = Runner(store, recorder, CATALOG, "door-1", Pace(in_flight=3))
+        batch_id = await _batch(store, [_line(n) for n in range(6)], window_s=1.0)
+        await runner.tick()
+        await runner.tick()
+        await asyncio.sleep(1.1)
+        await runner.tick()
+        fields = await store.batch(batch_id)
+        assert fields is not None and fields["status"] == "expired" and "expired_at" in fields
+        assert sorted(recorder.cancelled) == sorted(r.correlation_id for r in recorder.sent)
+        files = await _files(store, batch_id)
+        assert sorted(line["custom_id"] for line in files["errors"]) == [f"c{n}" for n in range(6)]
+        assert {line["error"]["code"] for line in files["errors"]} == {"batch_expired"}
+
+    run_async(redis_port, body)
+
+
+def test_one_front_door_drives_a_batch_until_its_lease_lapses(redis_port: int) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        first, second = Recorder(), Recorder()
+        one = Runner(store, first, CATALOG, "door-1", Pace(lease_s=0.3))
+        two = Runner(store, second, CATALOG, "door-2", Pace(lease_s=0.3))
+        await _batch(store, [_line(n) for n in range(3)])
+        for _ in range(3):
+            await one.tick()
+            await two.tick()
+        assert (len(first.sent), len(second.sent)) == (3, 0)
+        await asyncio.sleep(0.4)  # door-1 is gone: its lease lapses, and door-2 goes on
+        assert await store.lease((await store.active())[0], "door-2", 0.3)
+
+    run_async(redis_port, body)
+
+
+def test_a_bad_file_fails_its_batch_naming_the_lines(redis_port: int) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        runner = Runner(store, Recorder(), CATALOG, "door-1")
+        other = json.loads(_line(2))
+        other["body"]["model"] = "auto"
+        lines = [_line(0), "{", _line(0), json.dumps(other)]
+        batch_id = await _batch(store, lines)
+        await runner.tick()
+        fields = await store.batch(batch_id)
+        assert fields is not None and fields["status"] == "failed"
+        errors = json.loads(fields["errors"])
+        assert [(e["code"], e["line"]) for e in errors][:3] == [
+            ("mixed_models", None),
+            ("invalid_json", 2),
+            ("duplicate_custom_id", 3),
+        ]
+
+    run_async(redis_port, body)
+
+
+def test_uploads_past_openais_limits_are_refused_and_not_kept(redis_port: int) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        many = "\n".join("{}" for _ in range(MAX_FILE_LINES + 1))
+        with pytest.raises(LlmqError, match="50000 lines"):
+            await store.create_file(TENANT, "big.jsonl", "batch", _chunks(many, 65536))
+        assert await client.keys("llmq:file:*") == []
+
+    run_async(redis_port, body)

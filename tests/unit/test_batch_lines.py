@@ -1,0 +1,198 @@
+"""The Batch API's pure parts: reading input lines, what a reply makes of its line, the
+objects OpenAI's SDK reads, and validation's verdict on a file."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from openai.types import Batch, FileObject
+
+from gateway.batch.collector import outcome, parse_line_id
+from gateway.batch.lines import output_line, read_line
+from gateway.batch.objects import batch_object, file_object
+from gateway.batch.runner import line_id
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.lanes import Lane
+from schemas.names import BATCH_RESULTS
+from schemas.request import InferenceRequest
+from schemas.result import ChatCompletion, Choice, ErrorInfo, InferenceResult, Usage
+
+CATALOG = Catalog.builtin()
+MODEL = CATALOG.default
+
+
+def _raw(**fields: Any) -> bytes:
+    line = {
+        "custom_id": "q1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]},
+    }
+    return json.dumps({**line, **fields}).encode()
+
+
+def _read(raw: bytes) -> InferenceRequest:
+    deadline = time.time() + 3600
+    line = read_line(
+        raw, tenant="acme", catalog=CATALOG, deadline=deadline, correlation_id="batch_ab.7.0"
+    )
+    assert line.custom_id == "q1"
+    return line.request
+
+
+def _refused(raw: bytes) -> LlmqError:
+    with pytest.raises(LlmqError) as caught:
+        _read(raw)
+    return caught.value
+
+
+def test_a_line_is_a_batch_lane_request_answered_on_the_batch_topic() -> None:
+    body = {"messages": [{"role": "user", "content": "Hi"}], "lane": "interactive", "max_tokens": 5}
+    request = _read(_raw(body=body))
+    assert (request.correlation_id, request.tenant, request.model) == (
+        "batch_ab.7.0",
+        "acme",
+        MODEL,
+    )
+    assert (request.lane, request.reply_to, request.body.max_tokens) == (
+        Lane.BATCH,
+        BATCH_RESULTS,
+        5,
+    )
+    assert request.deadline is not None and request.deadline > time.time() + 3500
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "words"),
+    [
+        (b"{nope", ErrorCode.INVALID_JSON, "not JSON"),
+        (b"[1]", ErrorCode.INVALID_REQUEST, "JSON object"),
+        (_raw(custom_id=""), ErrorCode.INVALID_REQUEST, "custom_id"),
+        (_raw(custom_id=7), ErrorCode.INVALID_REQUEST, "custom_id"),
+        (_raw(custom_id="x" * 513), ErrorCode.INVALID_REQUEST, "custom_id"),
+        (_raw(method="GET"), ErrorCode.INVALID_REQUEST, "POST"),
+        (_raw(url="/v1/embeddings"), ErrorCode.UNSUPPORTED, "/v1/chat/completions"),
+        (_raw(body={"messages": []}), ErrorCode.INVALID_REQUEST, "messages"),
+        (_raw(body="text"), ErrorCode.INVALID_REQUEST, "JSON object"),
+        (
+            _raw(body={"model": "nope", "messages": [{"role": "user", "content": "Hi"}]}),
+            ErrorCode.UNKNOWN_MODEL,
+            "nope",
+        ),
+        (
+            _raw(body={"messages": [{"role": "user", "content": "Hi"}], "stream": True}),
+            ErrorCode.INVALID_REQUEST,
+            "streamed",
+        ),
+    ],
+)
+def test_a_bad_line_says_what_is_wrong(raw: bytes, code: ErrorCode, words: str) -> None:
+    refused = _refused(raw)
+    assert refused.code is code and words in refused.message
+
+
+def test_line_ids_go_both_ways_and_other_ids_are_not_lines() -> None:
+    assert parse_line_id(line_id("batch_0af3", 12, 3)) == ("batch_0af3", 12, 3)
+    for other in ("abc", "batch_x", "batch_x.1", "batch_x.a.0", "req.1.2", "batch_x.1.-1"):
+        assert parse_line_id(other) is None
+
+
+def _answer(correlation_id: str = "batch_ab.3.0") -> InferenceResult:
+    completion = ChatCompletion(
+        id="c",
+        created=1,
+        model=MODEL,
+        choices=[Choice(message={"role": "assistant", "content": "Blue."}, finish_reason="stop")],
+        usage=Usage(prompt_tokens=11, completion_tokens=2, total_tokens=13),
+    )
+    return InferenceResult(
+        correlation_id=correlation_id, tenant="acme", status="ok", response=completion
+    )
+
+
+def _error(code: ErrorCode, retry_after_s: float | None = None) -> InferenceResult:
+    info = ErrorInfo(code=code, message="no", retriable=code.retriable, retry_after_s=retry_after_s)
+    return InferenceResult(correlation_id="batch_ab.3.0", tenant="acme", status="error", error=info)
+
+
+def test_an_answer_is_an_output_line_with_its_tokens() -> None:
+    made = outcome(3, 0, "q3", _answer(), time.time() + 60)
+    assert (made.kind, made.line, made.attempt, made.tokens) == ("output", 3, 0, (11, 2))
+    body = made.body
+    assert (body["custom_id"], body["error"], body["response"]["status_code"]) == ("q3", None, 200)
+    assert body["response"]["body"]["choices"][0]["message"]["content"] == "Blue."
+    assert body["id"] == "batch_req_batch_ab.3.0"
+
+
+def test_an_error_reply_is_an_error_line_with_its_http_status() -> None:
+    made = outcome(3, 0, "q3", _error(ErrorCode.PROMPT_TOO_LARGE), time.time() + 60)
+    assert made.kind == "error"
+    response = made.body["response"]
+    assert response["status_code"] == 400
+    assert response["body"]["error"]["code"] == "prompt_too_large"
+
+
+def test_a_refusal_for_a_while_is_retried_if_the_batch_has_the_time() -> None:
+    now = time.time()
+    made = outcome(3, 1, "q3", _error(ErrorCode.RATE_LIMITED, 20), now + 60)
+    assert (made.kind, made.attempt) == ("retry", 1)
+    assert now + 19 < made.retry_at < now + 22
+    held = outcome(3, 1, "q3", _error(ErrorCode.BUDGET_EXCEEDED, 5), now + 60)
+    assert held.kind == "retry"
+    late = outcome(3, 1, "q3", _error(ErrorCode.RATE_LIMITED, 90), now + 60)
+    assert late.kind == "error"
+    assert late.body["response"]["status_code"] == 429
+
+
+def test_an_error_line_without_a_reply_has_openais_shape() -> None:
+    line = output_line("q3", _answer())
+    assert set(line) == {"id", "custom_id", "response", "error"}
+
+
+BATCH = {
+    "id": "batch_ab",
+    "tenant": "acme",
+    "endpoint": "/v1/chat/completions",
+    "input_file_id": "file-1",
+    "completion_window": "24h",
+    "status": "in_progress",
+    "created_at": "1000",
+    "expires_at": "87400.5",
+    "in_progress_at": "1001",
+    "total": "10",
+    "completed": "4",
+    "failed": "1",
+    "input_tokens": "40",
+    "output_tokens": "8",
+    "metadata": '{"job": "x"}',
+    "model": MODEL,
+}
+
+
+def test_a_batch_reads_as_the_sdks_batch() -> None:
+    batch = Batch.model_validate(batch_object(BATCH))
+    assert (batch.status, batch.expires_at, batch.in_progress_at) == ("in_progress", 87400, 1001)
+    assert batch.completed_at is None and batch.errors is None
+    assert batch.request_counts is not None
+    assert (batch.request_counts.total, batch.request_counts.completed) == (10, 4)
+    assert batch.usage is not None and batch.usage.total_tokens == 48
+    assert batch.metadata == {"job": "x"}
+    errors = json.dumps([{"code": "invalid_json", "message": "m", "param": None, "line": 3}])
+    failed = Batch.model_validate(batch_object({**BATCH, "status": "failed", "errors": errors}))
+    assert failed.errors is not None and failed.errors.data is not None
+    assert failed.errors.data[0].line == 3
+
+
+def test_a_file_reads_as_the_sdks_file() -> None:
+    fields = {"id": "file-1", "bytes": "12", "created_at": "5", "filename": "a.jsonl"}
+    found = FileObject.model_validate(file_object({**fields, "purpose": "batch"}))
+    assert (found.id, found.bytes, found.purpose, found.status) == (
+        "file-1",
+        12,
+        "batch",
+        "processed",
+    )
