@@ -25,3 +25,9 @@ FIRST_PIECE = Histogram(
 CANCELLED = Counter(
     "llmq_gateway_cancelled_total", "Requests whose client went away before the answer"
 )
+BATCH_LINES = Counter(
+    "llmq_gateway_batch_lines_total",
+    "Batch API lines: sent (each attempt), then output, error or retry (refused for a while)",
+    ["outcome"],
+)
+BATCHES = Counter("llmq_gateway_batches_total", "Batches that ended, by status", ["status"])

@@ -97,6 +97,10 @@ class Collector:
                 log.warning("batch replies wait: %s", explain(exc))
                 await asyncio.sleep(1.0)
                 await self._rewind(consumer)
+            except Exception:  # a bug must not stop the batches: read again from the commit
+                log.exception("writing batch replies failed; reading them again")
+                await asyncio.sleep(1.0)
+                await self._rewind(consumer)
 
     @staticmethod
     async def _rewind(consumer: AIOKafkaConsumer) -> None:

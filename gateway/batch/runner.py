@@ -14,8 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from gateway import metrics
 from gateway.batch.lines import Line, error_line, read_line
 from gateway.batch.store import PAGE, BatchStore, Outcome
 from schemas.catalog import Catalog
@@ -101,8 +103,10 @@ class Runner:
                     await self.step(batch_id)
                 else:
                     self._held.discard(batch_id)
-            except (RedisError, RuntimeError, OSError) as exc:
+            except (RedisError, KafkaError, OSError) as exc:
                 log.warning("batch %s waits: %s", batch_id, explain(exc))
+            except Exception:  # a bug must not stop every other batch: the next tick retries
+                log.exception("batch %s failed a step; trying again", batch_id)
 
     async def step(self, batch_id: str) -> None:
         """Move one batch on as far as it goes now."""
@@ -151,6 +155,7 @@ class Runner:
         if errors:
             await self._store.update(batch_id, errors=json.dumps(errors[:MAX_ERRORS]))
             if await self._store.move(batch_id, "failed", "validating"):
+                metrics.BATCHES.labels("failed").inc()
                 await self._store.finish(batch_id)
             return
         await self._store.update(batch_id, total=len(check.seen), model=str(check.models.pop()))
@@ -220,6 +225,7 @@ class Runner:
                 )
                 refused.append(Outcome(number, attempt, "error", body))
         await self._publisher.publish(requests)
+        metrics.BATCH_LINES.labels("sent").inc(len(requests))
         if refused:
             await self._store.record(fields["id"], fields["tenant"], refused)
 
@@ -278,12 +284,14 @@ class Runner:
         await self._files(fresh)
         if await self._store.move(batch_id, status, *sources):
             log.info("batch %s %s", batch_id, status)
+            metrics.BATCHES.labels(status).inc()
             await self._store.finish(batch_id)
 
     async def _finalize(self, fields: Mapping[str, str]) -> None:
         await self._files(fields)
         if await self._store.move(fields["id"], "completed", "finalizing"):
             log.info("batch %s completed", fields["id"])
+            metrics.BATCHES.labels("completed").inc()
             await self._store.finish(fields["id"])
 
     async def _files(self, fields: Mapping[str, str]) -> None:

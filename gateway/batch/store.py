@@ -12,6 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from gateway import metrics
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import BATCHES_ACTIVE, batch_keys, file_keys, tenant_index_key
 
@@ -298,6 +299,9 @@ class BatchStore:
                     client=pipe,
                 )
             done: list[int] = await pipe.execute()
+        for outcome, did in zip(outcomes, done, strict=True):
+            if did > 0:
+                metrics.BATCH_LINES.labels(outcome.kind).inc()
         return done
 
     async def due_retries(self, batch_id: str, now: float, limit: int) -> list[int]:

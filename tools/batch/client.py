@@ -15,7 +15,6 @@ from typing import Any
 
 CHUNK = 1 << 20
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-DEFAULT_URL = "http://127.0.0.1:28080/v1"
 
 
 class BatchApiError(RuntimeError):
@@ -25,7 +24,7 @@ class BatchApiError(RuntimeError):
 class BatchApi:
     """One front door, as one tenant (its API key; none for an open door on loopback)."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from tools.batch.client import DEFAULT_URL, BatchApi, BatchApiError
+from llmq.settings import ClientSettings
+from tools.batch.client import BatchApi, BatchApiError
 
 
 def register(sub: Any) -> None:
@@ -21,13 +21,11 @@ def register(sub: Any) -> None:
         "batch",
         help="run a JSONL file of chat requests as a batch (OpenAI's Batch API)",
         description=(
-            "Talks to the front door (LLMQ_API_URL, default " + DEFAULT_URL + ") as the "
-            "tenant of LLMQ_API_KEY (none for an open door). Each line of FILE is "
+            "Talks to the front door (LLMQ_API_URL, or the local stack's at LLMQ_API_PORT) "
+            "as the tenant of LLMQ_API_KEY (none for an open door). Each line of FILE is "
             '{"custom_id": ..., "method": "POST", "url": "/v1/chat/completions", "body": {...}}.'
         ),
     )
-    batch.add_argument("--url", default=os.environ.get("LLMQ_API_URL", DEFAULT_URL))
-    batch.add_argument("--key", default=os.environ.get("LLMQ_API_KEY"), help=argparse.SUPPRESS)
     actions = batch.add_subparsers(required=True, metavar="ACTION")
     submit = actions.add_parser("submit", help="upload FILE and start its batch; print its id")
     submit.add_argument("file", type=Path)
@@ -45,8 +43,10 @@ def register(sub: Any) -> None:
     results.set_defaults(func=_results)
 
 
-def _api(args: argparse.Namespace) -> BatchApi:
-    return BatchApi(args.url, args.key)
+def _api(_: argparse.Namespace) -> BatchApi:
+    settings = ClientSettings()
+    key = None if settings.api_key is None else settings.api_key.get_secret_value()
+    return BatchApi(settings.api_url, key)
 
 
 def _submit(args: argparse.Namespace) -> int:

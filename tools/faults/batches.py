@@ -48,7 +48,11 @@ def batch_restarts(rig: Rig, out: Outcome) -> None:
         notes = [_kill(rig, api, batch_id, door, lines // 6)]
         for name, share in (("streams", 3), ("worker", 2)):
             notes.append(_kill(rig, api, batch_id, rig.component(name), lines // share))
-        batch = api.wait(batch_id, timeout_s=DRAIN_S)
+        try:
+            batch = api.wait(batch_id, timeout_s=DRAIN_S)
+        except TimeoutError:
+            out.notes += notes
+            raise RuntimeError(f"batch unfinished: {api.batch(batch_id)}") from None
         replies = _replies(api, batch)
     finally:
         door.proc.stop()

@@ -1,0 +1,232 @@
+"""The Batch API against the same lines sent one request each, and what a running batch does
+to an interactive request's latency.
+
+Against a running stack (`llmq local up`): N short lines (unique prompts, greedy, exactly
+--tokens tokens each) go once as one batch through the front door, and once as N requests
+on the batch lane through Kafka, all at once; each way's lines a second, and their ratio.
+Interactive requests, one at a time, are timed on the idle stack and again while the batch
+runs.
+
+    python -m tools.bench.batch_api --lines 10000 [--record BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from llmq.aio import AsyncClient
+from llmq.settings import ClientSettings
+from schemas.lanes import Lane
+from schemas.settings import ServiceSettings
+from tools.batch.client import BatchApi
+from tools.bench.runner import machine, replace_section
+
+BEGIN = "<!-- batch-api: begin (written by `python -m tools.bench.batch_api`) -->"
+END = "<!-- batch-api: end -->"
+SEND_AT_ONCE = 500
+"""Requests published before their acknowledgements are awaited (the requests way)."""
+
+
+@dataclass
+class Figures:
+    """One run's measurements."""
+
+    lines: int
+    tokens: int
+    batch_s: float
+    requests_s: float
+    batch_ok: int
+    requests_ok: int
+    idle_ms: list[float]
+    busy_ms: list[float]
+
+    @property
+    def ratio(self) -> float:
+        """The batch's lines a second over the requests'."""
+        return (self.lines / self.batch_s) / (self.lines / self.requests_s)
+
+    @property
+    def latency_ratio(self) -> float:
+        return statistics.median(self.busy_ms) / statistics.median(self.idle_ms)
+
+
+def _body(question: str, tokens: int) -> dict[str, Any]:
+    return {
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+
+
+def _question(tag: str, n: int) -> str:
+    return f"Classify the sentiment of review {n}: 'It was fine.' ({tag})"
+
+
+def run_batch(api: BatchApi, lines: int, tokens: int, probe: Any) -> tuple[float, int]:
+    """Upload, run and wait for the batch (probing meanwhile); seconds and lines answered."""
+    tag = uuid.uuid4().hex[:8]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "lines.jsonl"
+        with path.open("w") as file:
+            for n in range(lines):
+                line = {
+                    "custom_id": f"{tag}-{n}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": _body(_question(tag, n), tokens),
+                }
+                file.write(json.dumps(line) + "\n")
+        started = time.monotonic()
+        batch = api.create(api.upload(path)["id"])
+    stop = threading.Event()
+    prober = threading.Thread(target=probe, args=(stop,), daemon=True)
+    prober.start()
+    with tqdm(total=lines, desc="batch", unit="line") as bar:
+
+        def seen(found: dict[str, Any]) -> None:
+            counts = found["request_counts"]
+            bar.n = counts["completed"] + counts["failed"]
+            bar.refresh()
+
+        done = api.wait(batch["id"], seen, poll_s=1.0)
+    took = time.monotonic() - started
+    stop.set()
+    prober.join()
+    return took, int(done["request_counts"]["completed"])
+
+
+async def run_requests(settings: ServiceSettings, lines: int, tokens: int) -> tuple[float, int]:
+    """The same number of lines as requests on the batch lane, sent at once; seconds and
+    answers."""
+    tag = uuid.uuid4().hex[:8]
+    async with AsyncClient(settings, tenant="bench-requests") as client:
+        started = time.monotonic()
+        ids: list[str] = []
+        for first in range(0, lines, SEND_AT_ONCE):
+            sends = [
+                client.submit(
+                    _question(tag, n),
+                    lane=Lane.BATCH,
+                    max_tokens=tokens,
+                    temperature=0,
+                    ignore_eos=True,
+                )
+                for n in range(first, min(lines, first + SEND_AT_ONCE))
+            ]
+            ids += await asyncio.gather(*sends)
+        ok = 0
+        for cid in tqdm(ids, desc="requests", unit="line"):
+            result = await client.result(cid, wait_s=3600)
+            ok += result.status == "ok"
+        return time.monotonic() - started, ok
+
+
+async def interactive_ms(
+    settings: ServiceSettings, tokens: int, until: threading.Event, most: int
+) -> list[float]:
+    """Interactive requests one at a time, half a second apart, until `until` is set or
+    `most` were timed; each one's latency."""
+    tag = uuid.uuid4().hex[:8]
+    found: list[float] = []
+    async with AsyncClient(settings, tenant="bench-interactive") as client:
+        while not until.is_set() and len(found) < most:
+            began = time.monotonic()
+            cid = await client.submit(
+                f"Say one word ({tag}-{len(found)}).",
+                lane=Lane.INTERACTIVE,
+                max_tokens=tokens,
+                temperature=0,
+                ignore_eos=True,
+            )
+            await client.result(cid, wait_s=600)
+            found.append((time.monotonic() - began) * 1000)
+            await asyncio.sleep(0.5)
+    return found
+
+
+def measure(args: argparse.Namespace) -> Figures:
+    """Idle probes, the requests way, then the batch with probes while it runs."""
+    settings = ClientSettings()
+    key = None if settings.api_key is None else settings.api_key.get_secret_value()
+    api = BatchApi(settings.api_url, key)
+    idle = asyncio.run(interactive_ms(settings, args.tokens, threading.Event(), args.probes))
+    requests_s, requests_ok = asyncio.run(run_requests(settings, args.lines, args.tokens))
+    busy: list[float] = []
+
+    def probe(stop: threading.Event) -> None:
+        busy.extend(asyncio.run(interactive_ms(settings, args.tokens, stop, 10_000)))
+
+    batch_s, batch_ok = run_batch(api, args.lines, args.tokens, probe)
+    return Figures(args.lines, args.tokens, batch_s, requests_s, batch_ok, requests_ok, idle, busy)
+
+
+def section(figures: Figures) -> str:
+    """The BENCHMARKS.md section."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    f = figures
+    p50 = statistics.median
+    return "\n".join(
+        [
+            "## Batch API",
+            "",
+            f"Measured {when} on {machine()} with `python -m tools.bench.batch_api --lines "
+            f"{f.lines} --tokens {f.tokens}` against `llmq local up` (SmolLM2-135M on the "
+            "CPU): the same number of short lines (unique prompts, greedy, exactly "
+            f"{f.tokens} tokens each) as one batch through the front door, and as requests "
+            "on the batch lane through Kafka, all sent at once. Interactive requests, one "
+            "at a time, were timed on the idle stack and while the batch ran.",
+            "",
+            "| way | lines | answered | seconds | lines/s |",
+            "|---|---:|---:|---:|---:|",
+            f"| requests, batch lane | {f.lines} | {f.requests_ok} | {f.requests_s:.0f} | "
+            f"{f.lines / f.requests_s:.1f} |",
+            f"| Batch API | {f.lines} | {f.batch_ok} | {f.batch_s:.0f} | "
+            f"{f.lines / f.batch_s:.1f} |",
+            "",
+            f"The batch ran at **{f.ratio:.2f}x** the requests' throughput (its upload and "
+            "validation included).",
+            "",
+            "| interactive request | n | p50 ms | max ms |",
+            "|---|---:|---:|---:|",
+            f"| idle stack | {len(f.idle_ms)} | {p50(f.idle_ms):.0f} | {max(f.idle_ms):.0f} |",
+            f"| while the batch runs | {len(f.busy_ms)} | {p50(f.busy_ms):.0f} | "
+            f"{max(f.busy_ms):.0f} |",
+            "",
+            f"An interactive request took **{f.latency_ratio:.2f}x** its idle p50 while the "
+            "batch ran: the batch keeps at most `LLMQ_BATCH_IN_FLIGHT` lines out, on the "
+            "batch lane, which the worker serves after interactive work.",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=10_000)
+    parser.add_argument("--tokens", type=int, default=8, help="tokens generated per line")
+    parser.add_argument("--probes", type=int, default=10, help="interactive requests idle")
+    parser.add_argument("--record", type=Path, help="replace the Batch API section of this file")
+    args = parser.parse_args()
+    figures = measure(args)
+    text = section(figures)
+    print(text)
+    if args.record:
+        old = args.record.read_text(encoding="utf-8") if args.record.exists() else ""
+        args.record.write_text(replace_section(old, text, BEGIN, END), encoding="utf-8")
+        print(f"recorded in {args.record}")
+
+
+if __name__ == "__main__":
+    main()
