@@ -59,10 +59,7 @@ async def upload(
 @router.get("/v1/files")
 async def files(request: Request, after: str | None = None, limit: int = 20) -> dict[str, Any]:
     """The tenant's files, newest first."""
-    _, store, tenant = _parts(request)
-    ids = await store.listed(tenant, "files", after, _limit(limit) + 1)
-    found = [f for f in [await store.file(i, tenant) for i in ids[: _limit(limit)]] if f]
-    return _page([file_object(f) for f in found], len(ids) > _limit(limit))
+    return await _listed(request, "files", after, limit)
 
 
 @router.get("/v1/files/{file_id}")
@@ -117,10 +114,7 @@ async def create_batch(request: Request) -> dict[str, Any]:
 @router.get("/v1/batches")
 async def batches(request: Request, after: str | None = None, limit: int = 20) -> dict[str, Any]:
     """The tenant's batches, newest first."""
-    _, store, tenant = _parts(request)
-    ids = await store.listed(tenant, "batches", after, _limit(limit) + 1)
-    found = [b for b in [await store.batch(i, tenant) for i in ids[: _limit(limit)]] if b]
-    return _page([batch_object(b) for b in found], len(ids) > _limit(limit))
+    return await _listed(request, "batches", after, limit)
 
 
 @router.get("/v1/batches/{batch_id}")
@@ -167,10 +161,15 @@ def _metadata(metadata: object) -> dict[str, str] | None:
     return metadata
 
 
-def _limit(limit: int) -> int:
+async def _listed(request: Request, kind: str, after: str | None, limit: int) -> dict[str, Any]:
+    """A page of the tenant's files or batches (`kind`), newest first, as OpenAI pages."""
+    _, store, tenant = _parts(request)
     if not 1 <= limit <= MAX_LIST:
         raise _bad(f"limit must be 1 to {MAX_LIST}")
-    return limit
+    read, show = (store.file, file_object) if kind == "files" else (store.batch, batch_object)
+    ids = await store.listed(tenant, kind, after, limit + 1)
+    found = [f for f in [await read(i, tenant) for i in ids[:limit]] if f]
+    return _page([show(f) for f in found], len(ids) > limit)
 
 
 def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:

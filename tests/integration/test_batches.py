@@ -1,6 +1,6 @@
 """The Batch API on the real stack, driven by the real OpenAI SDK: a few hundred lines to the
 output file, a file with bad lines, the API's refusals, a cancel, an expiry, tenants kept
-apart, a front door killed mid-batch, and `llmq batch submit --wait`."""
+apart, a kill of each component mid-batch, and `llmq batch submit --wait`."""
 
 from __future__ import annotations
 
@@ -278,20 +278,25 @@ def test_tenants_see_only_their_own(short_door: str) -> None:
         assert _wait(acme, batch.id).status == "completed"
 
 
-def test_a_front_door_killed_mid_batch_is_resumed(sdk: OpenAI, stack: LocalStack) -> None:
-    """kill -9 of every front door while a batch runs; `llmq local up` brings the stack's
-    back, and it finishes the batch: every line once."""
-    lines = [_line(f"resume-{n}", 16) for n in range(120)]
+def test_a_batch_goes_on_through_a_kill_of_each_component(sdk: OpenAI, stack: LocalStack) -> None:
+    """kill -9 of every front door, then of the stream processor, then of the worker, each
+    brought back by `llmq local up`, while a batch runs: it completes with every line once."""
+    lines = [_line(f"resume-{n}", 16) for n in range(150)]
     started = _start(sdk, lines)
-    _wait(sdk, started.id, lambda b: b.request_counts and b.request_counts.completed >= 10)
-    door = next(c for c in stack.components() if c.proc.name == "gateway")
-    kill9(door)
-    stack.up(say=lambda _: None)
+    for name, answered in (("gateway", 10), ("streams", 40), (f"worker-{MODEL}", 70)):
+        _wait(sdk, started.id, lambda b, at=answered: _answered(b) >= at)
+        kill9(next(c for c in stack.components() if c.proc.name == name))
+        stack.up(say=lambda _: None)
     batch = _wait(sdk, started.id)
     assert batch.status == "completed", batch
     output, errors = _files(sdk, batch)
     _once_each(output, errors, [line["custom_id"] for line in lines])
     assert not errors
+
+
+def _answered(batch: Batch) -> int:
+    counts = batch.request_counts
+    return 0 if counts is None else counts.completed + counts.failed
 
 
 def test_llmq_batch_submit_waits_and_saves_the_results(
