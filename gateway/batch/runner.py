@@ -150,7 +150,9 @@ class Runner:
                 check.add(number, line)
                 named[number] = line.custom_id
             await self._store.name_lines(batch_id, named)
-            await asyncio.sleep(0)  # other requests go on while a large file is read
+            # A large file takes a while: keep the lease, and let other requests go on.
+            await self._store.lease(batch_id, self._owner, self._pace.lease_s)
+            await asyncio.sleep(0)
         errors = check.verdict()
         if errors:
             await self._store.update(batch_id, errors=json.dumps(errors[:MAX_ERRORS]))
