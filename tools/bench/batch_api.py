@@ -1,10 +1,13 @@
 """The Batch API against the same lines sent one request each, and what a running batch does
 to an interactive request's latency.
 
-Against a running stack (`llmq local up`): N short lines (unique prompts, greedy, exactly
---tokens tokens each) go once as one batch through the front door, and once as N requests
-on the batch lane through Kafka, all at once; each way's lines a second, and their ratio.
-Interactive requests, one at a time, are timed on the idle stack and again while the batch
+Against a running stack (`LLMQ_AUTOSCALE=false llmq local up`: one worker, as a second
+on the same cores would only slow both): N short lines (unique prompts, greedy, exactly
+--tokens tokens each, caches off: they could answer none, and the semantic cache's
+embedding of every prompt would be measured instead of the queue) go once as one batch
+through the front door, and once as N requests on the batch lane through Kafka, all at
+once; each way's lines a second, and their ratio.
+Interactive requests, one at a time, are timed on the idle stack and again while each way
 runs.
 
     python -m tools.bench.batch_api --lines 10000 [--record BENCHMARKS.md]
@@ -29,6 +32,7 @@ from tqdm import tqdm
 from llmq.aio import AsyncClient
 from llmq.settings import ClientSettings
 from schemas.lanes import Lane
+from schemas.request import CacheMode
 from schemas.settings import ServiceSettings
 from tools.batch.client import BatchApi
 from tools.bench.runner import machine, replace_section
@@ -50,16 +54,16 @@ class Figures:
     batch_ok: int
     requests_ok: int
     idle_ms: list[float]
-    busy_ms: list[float]
+    busy_ms: dict[str, list[float]]
+    """Interactive latencies while each way ran."""
 
     @property
     def ratio(self) -> float:
         """The batch's lines a second over the requests'."""
         return (self.lines / self.batch_s) / (self.lines / self.requests_s)
 
-    @property
-    def latency_ratio(self) -> float:
-        return statistics.median(self.busy_ms) / statistics.median(self.idle_ms)
+    def latency_ratio(self, way: str) -> float:
+        return statistics.median(self.busy_ms[way]) / statistics.median(self.idle_ms)
 
 
 def _body(question: str, tokens: int) -> dict[str, Any]:
@@ -68,6 +72,7 @@ def _body(question: str, tokens: int) -> dict[str, Any]:
         "max_tokens": tokens,
         "temperature": 0,
         "ignore_eos": True,
+        "cache": CacheMode.OFF.value,
     }
 
 
@@ -108,9 +113,22 @@ def run_batch(api: BatchApi, lines: int, tokens: int, probe: Any) -> tuple[float
     return took, int(done["request_counts"]["completed"])
 
 
-async def run_requests(settings: ServiceSettings, lines: int, tokens: int) -> tuple[float, int]:
-    """The same number of lines as requests on the batch lane, sent at once; seconds and
-    answers."""
+def run_requests(
+    settings: ServiceSettings, lines: int, tokens: int, probe: Any
+) -> tuple[float, int]:
+    """The same number of lines as requests on the batch lane, sent at once (probing
+    meanwhile); seconds and answers."""
+    stop = threading.Event()
+    prober = threading.Thread(target=probe, args=(stop,), daemon=True)
+    prober.start()
+    try:
+        return asyncio.run(_requests(settings, lines, tokens))
+    finally:
+        stop.set()
+        prober.join()
+
+
+async def _requests(settings: ServiceSettings, lines: int, tokens: int) -> tuple[float, int]:
     tag = uuid.uuid4().hex[:8]
     async with AsyncClient(settings, tenant="bench-requests") as client:
         started = time.monotonic()
@@ -120,6 +138,7 @@ async def run_requests(settings: ServiceSettings, lines: int, tokens: int) -> tu
                 client.submit(
                     _question(tag, n),
                     lane=Lane.BATCH,
+                    cache=CacheMode.OFF,
                     max_tokens=tokens,
                     temperature=0,
                     ignore_eos=True,
@@ -163,13 +182,16 @@ def measure(args: argparse.Namespace) -> Figures:
     key = None if settings.api_key is None else settings.api_key.get_secret_value()
     api = BatchApi(settings.api_url, key)
     idle = asyncio.run(interactive_ms(settings, args.tokens, threading.Event(), args.probes))
-    requests_s, requests_ok = asyncio.run(run_requests(settings, args.lines, args.tokens))
-    busy: list[float] = []
+    busy: dict[str, list[float]] = {"requests": [], "batch": []}
 
-    def probe(stop: threading.Event) -> None:
-        busy.extend(asyncio.run(interactive_ms(settings, args.tokens, stop, 10_000)))
+    def prober(way: str) -> Any:
+        def probe(stop: threading.Event) -> None:
+            busy[way] = asyncio.run(interactive_ms(settings, args.tokens, stop, 10_000))
 
-    batch_s, batch_ok = run_batch(api, args.lines, args.tokens, probe)
+        return probe
+
+    requests_s, requests_ok = run_requests(settings, args.lines, args.tokens, prober("requests"))
+    batch_s, batch_ok = run_batch(api, args.lines, args.tokens, prober("batch"))
     return Figures(args.lines, args.tokens, batch_s, requests_s, batch_ok, requests_ok, idle, busy)
 
 
@@ -183,11 +205,12 @@ def section(figures: Figures) -> str:
             "## Batch API",
             "",
             f"Measured {when} on {machine()} with `python -m tools.bench.batch_api --lines "
-            f"{f.lines} --tokens {f.tokens}` against `llmq local up` (SmolLM2-135M on the "
-            "CPU): the same number of short lines (unique prompts, greedy, exactly "
-            f"{f.tokens} tokens each) as one batch through the front door, and as requests "
-            "on the batch lane through Kafka, all sent at once. Interactive requests, one "
-            "at a time, were timed on the idle stack and while the batch ran.",
+            f"{f.lines} --tokens {f.tokens}` against `LLMQ_AUTOSCALE=false llmq local up` "
+            "(one worker, SmolLM2-135M on the CPU): the same short lines (unique prompts, "
+            f"greedy, exactly {f.tokens} tokens each, caches off) as one batch through the "
+            "front door, and as requests on the batch lane through Kafka, all sent at once. "
+            "Interactive requests, one at a time, were timed on the idle stack and while "
+            "each way ran.",
             "",
             "| way | lines | answered | seconds | lines/s |",
             "|---|---:|---:|---:|---:|",
@@ -202,12 +225,15 @@ def section(figures: Figures) -> str:
             "| interactive request | n | p50 ms | max ms |",
             "|---|---:|---:|---:|",
             f"| idle stack | {len(f.idle_ms)} | {p50(f.idle_ms):.0f} | {max(f.idle_ms):.0f} |",
-            f"| while the batch runs | {len(f.busy_ms)} | {p50(f.busy_ms):.0f} | "
-            f"{max(f.busy_ms):.0f} |",
+            *(
+                f"| while the {way} ran | {len(ms)} | {p50(ms):.0f} | {max(ms):.0f} |"
+                for way, ms in (("requests", f.busy_ms["requests"]), ("batch", f.busy_ms["batch"]))
+            ),
             "",
-            f"An interactive request took **{f.latency_ratio:.2f}x** its idle p50 while the "
-            "batch ran: the batch keeps at most `LLMQ_BATCH_IN_FLIGHT` lines out, on the "
-            "batch lane, which the worker serves after interactive work.",
+            f"An interactive request took **{f.latency_ratio('batch'):.2f}x** its idle p50 "
+            f"while the batch ran ({f.latency_ratio('requests'):.2f}x while the requests "
+            "did): both keep the engine full of batch-lane work, and on two cores every "
+            "sequence in the engine slows every step; see issue 14's target of 1.5x.",
         ]
     )
 
