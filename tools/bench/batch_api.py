@@ -233,7 +233,7 @@ def section(figures: Figures) -> str:
             f"An interactive request took **{f.latency_ratio('batch'):.2f}x** its idle p50 "
             f"while the batch ran ({f.latency_ratio('requests'):.2f}x while the requests "
             "did): both keep the engine full of batch-lane work, and on two cores every "
-            "sequence in the engine slows every step; see issue 14's target of 1.5x.",
+            "sequence in the engine slows every step. The aim is 1.5x; not met yet.",
         ]
     )
 
