@@ -6,11 +6,17 @@ every copy of a request and its completion meet on the partition that owns the e
 
 One entry per generation plus one per follower keeps every changelog record small, however
 many copies pile up: `<fp>` -> Leader, `<fp>/<n>` -> Waiter for the n-th follower.
+
+A table write reaches the changelog at once, before the work it announces is in Kafka: a
+process that dies in between leaves a leader whose generation never started. Its request
+is redelivered (its offset was not committed), finds its own entry, and leads again when
+the entry was written by another process (`epoch`).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Self
 
@@ -48,13 +54,15 @@ class Waiter(BaseModel):
 
 
 class Leader(BaseModel):
-    """The generation in flight for one fingerprint, and how many followers wait on it."""
+    """The generation in flight for one fingerprint, how many followers wait on it, and the
+    stream-processor process that sent its work."""
 
     model_config = ConfigDict(frozen=True)
 
     correlation_id: str
     since: float
     followers: int = 0
+    epoch: str = ""
 
 
 class Coalescer:
@@ -64,21 +72,39 @@ class Coalescer:
     await, so two copies handled by the same process can never both become leaders.
     """
 
-    def __init__(self, table: MutableMapping[bytes, bytes], stale_after_s: float) -> None:
+    def __init__(
+        self,
+        table: MutableMapping[bytes, bytes],
+        stale_after_s: float,
+        epoch: str | None = None,
+    ) -> None:
         self._table = table
         self._stale_after_s = stale_after_s
+        self.epoch = epoch or uuid.uuid4().hex
+        """This process's mark on the leaders it writes (a fresh one per process)."""
 
     def join(self, request: InferenceRequest, fingerprint: str, now: float | None = None) -> bool:
         """Follow the generation in flight for `fingerprint`: True, or False when there is
-        none (or it is stale), in which case this request is now the leader."""
+        none (or it is stale, or it is this very request's and another process wrote it), in
+        which case this request is now the leader."""
         now = time.time() if now is None else now
         key = fingerprint.encode()
         raw = self._table.get(key)
         leader = None if raw is None else Leader.model_validate_json(raw)
-        if leader is None or now - leader.since > self._stale_after_s:
-            # A stale leader's generation is presumed lost: lead anew, keep its followers.
+        if (
+            leader is None
+            or now - leader.since > self._stale_after_s
+            or (leader.correlation_id == request.correlation_id and leader.epoch != self.epoch)
+        ):
+            # A stale leader's generation is presumed lost, and so is the one of a redelivered
+            # leader whose process died: lead anew, keep the followers.
             followers = 0 if leader is None else leader.followers
-            new = Leader(correlation_id=request.correlation_id, since=now, followers=followers)
+            new = Leader(
+                correlation_id=request.correlation_id,
+                since=now,
+                followers=followers,
+                epoch=self.epoch,
+            )
             self._table[key] = new.model_dump_json().encode()
             return False
         self._table[_follower_key(fingerprint, leader.followers)] = (
@@ -106,7 +132,11 @@ class Coalescer:
             waiter = Waiter.model_validate_json(raw)
             since = time.time() if now is None else now
             new = leader.model_copy(
-                update={"correlation_id": waiter.correlation_id, "since": since}
+                update={
+                    "correlation_id": waiter.correlation_id,
+                    "since": since,
+                    "epoch": self.epoch,
+                }
             )
             self._table[fingerprint.encode()] = new.model_dump_json().encode()
             return waiter

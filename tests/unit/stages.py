@@ -90,10 +90,11 @@ class Pipeline:
         send: FakeSend | None = None,
         similar: Similar | None = None,
         ledger: Ledger | None = None,
+        table: dict[bytes, bytes] | None = None,
     ) -> None:
         self.store = store or FakeStore()
         self.send = send or FakeSend()
-        self.table: dict[bytes, bytes] = {}
+        self.table: dict[bytes, bytes] = {} if table is None else table
         stages = build_stages(
             catalog or Catalog.builtin(),
             Outbox(self.store, self.send, ledger),

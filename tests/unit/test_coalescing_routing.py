@@ -38,11 +38,16 @@ def harness() -> Pipeline:
 def _copies(harness: Pipeline, n: int, **body: Any) -> list[WorkItem]:
     """n identical deterministic requests, each with its own id and reply topic."""
     for i in range(n):
-        data = json.loads(raw_request(cid=f"copy-{i}", temperature=0, **body))
-        data["reply_to"] = f"app.replies.{i % 3}"
-        data["created_at"] = 1_000.0 + i
-        harness.on_request(None, json.dumps(data).encode())
+        harness.on_request(None, _copy(i, **body))
     return [WorkItem.model_validate_json(s.value) for s in harness.send.sent]
+
+
+def _copy(i: int, **body: Any) -> bytes:
+    """The i-th of those copies."""
+    data = json.loads(raw_request(cid=f"copy-{i}", temperature=0, **body))
+    data["reply_to"] = f"app.replies.{i % 3}"
+    data["created_at"] = 1_000.0 + i
+    return json.dumps(data).encode()
 
 
 def test_identical_requests_in_flight_share_one_generation(harness: Pipeline) -> None:
@@ -131,6 +136,40 @@ def test_a_stale_leader_is_replaced_and_its_followers_inherited() -> None:
     assert not coalescer.join(request.model_copy(update={"correlation_id": "c"}), "fp", now=120)
     assert coalescer.followers("fp") == 1
     assert [w.correlation_id for w in coalescer.waiters("fp", 0, 1)] == ["b"]
+
+
+def test_a_leader_redelivered_after_its_process_died_sends_its_work_again() -> None:
+    # The first process wrote the entries (they reach the changelog at once) and died before
+    # its work item reached Kafka: a new process restores them and reads the request again.
+    first = Pipeline()
+    _copies(first, 2)
+    restored = Pipeline(table=dict(first.table))
+    restored.on_request(None, _copy(0))
+    [again] = [WorkItem.model_validate_json(s.value) for s in restored.send.sent]
+    assert again.request.correlation_id == "copy-0"
+    restored.send.sent.clear()
+    restored.on_completion(completion(again, "Recovered"))
+    assert sorted(result_of(s).correlation_id or "" for s in restored.send.sent) == [
+        "copy-0",
+        "copy-1",
+    ]
+    assert restored.table == {}
+
+
+def test_a_redelivered_leader_in_its_own_process_does_not_generate_twice() -> None:
+    table: dict[bytes, bytes] = {}
+    coalescer = Coalescer(table, stale_after_s=10, epoch="this")
+    request = InferenceRequest.model_validate(
+        {"correlation_id": "a", "body": {"messages": [{"role": "user", "content": "x"}]}}
+    )
+    assert not coalescer.join(request, "fp", now=100)
+    assert coalescer.join(request, "fp", now=101), "its work is out: it waits like a copy"
+    reborn = Coalescer(table, stale_after_s=10, epoch="next")
+    assert not reborn.join(request, "fp", now=102), "another process's entry: it leads again"
+    assert reborn.followers("fp") == 1, "and the copies waiting keep waiting"
+    leader = reborn.leader("fp")
+    assert leader is not None and leader.epoch == "next"
+    assert reborn.join(request.model_copy(update={"correlation_id": "b"}), "fp", now=103)
 
 
 TIERED = Catalog.model_validate(
