@@ -31,7 +31,7 @@ from streams.compress import compress
 from streams.experiment_stats import ExperimentStats
 from streams.gate import TenantGate
 from streams.meter import Meter
-from streams.offsets import install as guard_commits
+from streams.offsets import install as fix_offsets
 from streams.outbox import Answered, Outbox
 from streams.ratelimit import RateLimiter
 from streams.rollups import CostRollups
@@ -93,7 +93,7 @@ def broker_credentials(security: KafkaSecurity) -> CredentialsT | None:
 
 def build(settings: StreamSettings) -> faust.App:
     """The app with its agents; run it with faust's Worker."""
-    guard_commits()
+    fix_offsets()
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],

@@ -1,16 +1,20 @@
-"""faust's commit never skips a record an agent still processes (streams/offsets.py)."""
+"""faust never skips a record: not in its commits, not when it restarts (streams/offsets.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+from unittest.mock import AsyncMock, MagicMock
 
 import pytest
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.types import TP
+from intervaltree import IntervalTree  # type: ignore[import-untyped]
 
-from streams.offsets import guarded, install
+from streams.offsets import guarded, install, seek_first
 
 PART = TP("llmq.requests", 1)
 
@@ -32,21 +36,32 @@ class Books:
     _acked: dict[TP, list[int]] = field(init=False)
     _acked_index: dict[TP, set[int]] = field(init=False)
     _committed_offset: dict[TP, int | None] = field(init=False)
-    _gap: dict[TP, list[Any]] = field(init=False)
+    _gap: dict[TP, IntervalTree] = field(init=False)
     _unacked_messages: set[Record] = field(init=False)
+    seeks: list[tuple[TP, int]] = field(default_factory=list)
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
 
     def __post_init__(self) -> None:
         self._acked = defaultdict(list, {PART: list(self.acked)})
         self._acked_index = defaultdict(set, {PART: set(self.acked)})
         self._committed_offset = defaultdict(lambda: None, {PART: self.committed})
-        self._gap = defaultdict(list)  # no gaps (faust keeps an IntervalTree)
+        self._gap = defaultdict(IntervalTree)
         self._unacked_messages = {Record(PART, o) for o in self.in_flight}
 
 
 def _new_offset(books: Any, *, guard: bool) -> int | None:
+    """What faust would commit (None: nothing), in an event loop as faust's commit is."""
     method = Consumer._new_offset
     original = getattr(method, "__wrapped__", method)
-    return (guarded(original) if guard else original)(books, PART)
+
+    async def commit() -> int | None:
+        offset = (guarded(original) if guard else original)(books, PART)
+        await asyncio.sleep(0)  # a seek it asked for runs
+        return offset
+
+    return asyncio.run(commit())
 
 
 def test_faust_alone_commits_past_the_record_in_flight_at_the_head() -> None:
@@ -61,17 +76,86 @@ def test_faust_alone_commits_past_the_record_in_flight_at_the_head() -> None:
         (Books(39, [39, 41], [40]), 40),  # up to the record in flight
         (Books(39, [39, 40, 41]), 42),  # nothing in flight: all of it
         (Books(None, [1, 2], [0]), None),  # no commit yet, the first record in flight
-        (Books(39, [40, 41], [12]), 42),  # in flight before the committed offset: no matter
+        (Books(39, [39, 40], [12]), 41),  # in flight before the committed offset: no matter
     ],
 )
 def test_the_guard_commits_only_what_nothing_in_flight_precedes(
     books: Books, expected: int | None
 ) -> None:
     assert _new_offset(books, guard=True) == expected
+    assert books.seeks == []
 
 
-def test_install_guards_faust_once() -> None:
+def test_faust_alone_commits_over_records_it_never_handled() -> None:
+    """39 and 40 were fetched and dropped unread: reading 41 next, faust notes a "gap" from
+    39 to 41 that it counts as acked."""
+    books = Books(39, [41, 42])
+    books._gap[PART] = IntervalTree.from_tuples([(39, 42)])
+    assert _new_offset(books, guard=False) == 42
+
+
+def test_the_guard_reads_records_it_never_handled_again() -> None:
+    books = Books(39, [41, 42])
+    books._gap[PART] = IntervalTree.from_tuples([(39, 42)])
+    assert _new_offset(books, guard=True) is None
+    assert books.seeks == [(PART, 39)], "read again from the committed offset"
+
+
+class Calls(list[str]):
+    """The consumer calls faust's end of recovery makes, in order."""
+
+    def consumer(self) -> Any:
+        consumer = MagicMock()
+        consumer.assignment.return_value = {PART}
+        consumer.resume_partitions.side_effect = lambda tps: self.append(f"resume {sorted(tps)}")
+
+        async def perform_seek() -> None:
+            self.append("seek")
+
+        consumer.perform_seek = perform_seek
+        return consumer
+
+
+def _end_recovery(calls: Calls, *, fixed: bool) -> None:
+    """faust's own Recovery.on_recovery_completed on a stand-in recovery, app and consumer."""
+    recovery = MagicMock()
+    recovery.app.consumer = calls.consumer()
+    recovery.app.consumer_generation_id = 0
+    recovery.app.on_rebalance_complete.send = AsyncMock()
+    recovery.app._fetcher.maybe_start = AsyncMock()
+    recovery.tables.values.return_value = []
+    recovery._is_changelog_tp.return_value = False
+
+    async def wait(coro: Any, **_: Any) -> None:
+        await coro
+
+    recovery._wait = wait
+    method = Recovery.on_recovery_completed
+    original = getattr(method, "__wrapped__", method)
+    end = seek_first(original) if fixed else original
+
+    async def run() -> None:
+        await end(recovery, 0)
+
+    asyncio.run(run())
+
+
+def test_faust_alone_resumes_the_stream_partitions_before_it_seeks_them() -> None:
+    calls = Calls()
+    _end_recovery(calls, fixed=False)
+    assert calls == [f"resume {[PART]}", "seek"]
+
+
+def test_the_fix_seeks_the_stream_partitions_before_it_resumes_them() -> None:
+    calls = Calls()
+    _end_recovery(calls, fixed=True)
+    assert calls == ["seek", f"resume {[PART]}"]
+
+
+def test_install_fixes_faust_once() -> None:
     install()
-    first = Consumer._new_offset
+    first, completed = Consumer._new_offset, Recovery.on_recovery_completed
     install()
     assert Consumer._new_offset is first and getattr(first, "guarded", False)
+    assert Recovery.on_recovery_completed is completed
+    assert getattr(completed, "seeks_first", False)
