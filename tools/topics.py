@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaAdminClient
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError, UnknownBrokerIdError
 from pydantic import Field
 
 from llmq.settings import ClientSettings
 from schemas.kafka_security import KafkaSecurity
 from schemas.names import DEFAULT_PARTITIONS, TopicSpec, topic_plan
+
+T = TypeVar("T")
 
 
 class TopicSettings(ClientSettings):
@@ -78,18 +80,18 @@ def ensure_topics(
     """Create the planned topics that are missing (waiting for the cluster to answer, up to
     `timeout_s`), and name those that exist with another partition count: faust's agents
     refuse them, and Kafka can only add partitions, which moves keys between them."""
+    deadline = time.monotonic() + timeout_s
     admin = _connect(bootstrap, security or KafkaSecurity(), timeout_s)
     try:
-        existing = _partitions(admin)
+        existing = _patiently(deadline, lambda: _partitions(admin))
         missing = [spec for spec in plan if spec.name not in existing]
         if missing:
-            admin.create_topics(
-                {
-                    spec.name: {"num_partitions": spec.partitions, "replication_factor": -1}
-                    for spec in missing
-                },
-                raise_errors=False,  # one created meanwhile by another process is fine
-            )
+            specs = {
+                spec.name: {"num_partitions": spec.partitions, "replication_factor": -1}
+                for spec in missing
+            }
+            # raise_errors=False: one created meanwhile by another process is fine.
+            _patiently(deadline, lambda: admin.create_topics(specs, raise_errors=False))
             # Each broker learns of a new topic in its own time: ask until all have it.
             try:
                 admin.wait_for_topics([spec.name for spec in plan], timeout_ms=timeout_s * 1000)
@@ -104,6 +106,19 @@ def ensure_topics(
         if spec.name in existing and existing[spec.name] != spec.partitions
     ]
     return Outcome([spec.name for spec in missing], mismatched)
+
+
+def _patiently(deadline: float, call: Callable[[], T]) -> T:
+    """`call()`, again while a young cluster's brokers are still meeting (the client has not
+    heard of the broker it must ask yet, or that one is not ready) until `deadline`."""
+    while True:
+        try:
+            return call()
+        except KafkaError as exc:
+            young = exc.retriable or isinstance(exc, UnknownBrokerIdError)
+            if not young or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _partitions(admin: KafkaAdminClient) -> dict[str, int]:
