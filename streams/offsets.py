@@ -10,6 +10,8 @@ can land under records already fetched) leaves a hole that faust fills as a "gap
 unread: after a kill -9 of the stream processor, a few requests and completions in each
 hundred in flight were lost that way. `guarded` wraps the commit: nothing is committed
 past a record in flight or over a hole, and a hole is read again from the committed offset.
+faust's gaps are for topics whose offsets skip (compaction, transaction markers); llmq's
+agents read none, so `install` turns them off (`no_gap`), lest a hole be filled unread.
 
 Restarts. When a table's recovery ends, faust resumes the stream partitions and only then
 seeks them to their committed offsets, so records fetched in between reach the agents and
@@ -72,6 +74,11 @@ def guarded(new_offset: NewOffset) -> NewOffset:
     return _new_offset
 
 
+async def no_gap(consumer: Any, tp: TP, offset_from: int, offset_to: int) -> None:
+    """Consumer._add_gap that notes nothing: a record read past stays a hole, for `guarded`
+    to read again."""
+
+
 def seek_first(on_recovery_completed: RecoveryCompleted) -> RecoveryCompleted:
     """`on_recovery_completed` whose consumer resumes the stream partitions only once they
     are sought to their committed offsets, or to their beginning when they have none (faust
@@ -110,5 +117,6 @@ def install() -> None:
     """Fix faust's Consumer and Recovery (once; later calls change nothing)."""
     if not getattr(Consumer._new_offset, "guarded", False):
         Consumer._new_offset = guarded(Consumer._new_offset)  # type: ignore[method-assign,assignment]
+    Consumer._add_gap = no_gap  # type: ignore[method-assign,assignment]
     if not getattr(Recovery.on_recovery_completed, "seeks_first", False):
         Recovery.on_recovery_completed = seek_first(Recovery.on_recovery_completed)  # type: ignore[method-assign,assignment]

@@ -152,6 +152,15 @@ def test_the_fix_seeks_the_stream_partitions_before_it_resumes_them() -> None:
     assert calls == ["seek", f"resume {[PART]}"]
 
 
+def test_installed_faust_notes_no_gap_that_would_fill_a_hole_unread() -> None:
+    install()
+    books = Books(39, [41])
+    asyncio.run(Consumer._add_gap(books, PART, 39, 41))  # type: ignore[arg-type]
+    assert not books._gap[PART]
+    assert _new_offset(books, guard=True) is None
+    assert books.seeks == [(PART, 39)]
+
+
 def test_install_fixes_faust_once() -> None:
     install()
     first, completed = Consumer._new_offset, Recovery.on_recovery_completed
