@@ -108,15 +108,22 @@ def ensure_topics(
     return Outcome([spec.name for spec in missing], mismatched)
 
 
-def _patiently(deadline: float, call: Callable[[], T]) -> T:
-    """`call()`, again while a young cluster's brokers are still meeting (the client has not
-    heard of the broker it must ask yet, or that one is not ready) until `deadline`."""
+def _young(exc: KafkaError) -> bool:
+    """A young cluster's brokers are still meeting: the client has not heard of the broker it
+    must ask yet, or that one is not ready."""
+    return exc.retriable or isinstance(exc, UnknownBrokerIdError)
+
+
+def _patiently(
+    deadline: float, call: Callable[[], T], mendable: Callable[[KafkaError], bool] = _young
+) -> T:
+    """`call()`, again every half second while it fails in a way waiting can mend, until
+    `deadline`."""
     while True:
         try:
             return call()
         except KafkaError as exc:
-            young = exc.retriable or isinstance(exc, UnknownBrokerIdError)
-            if not young or time.monotonic() > deadline:
+            if not mendable(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 
@@ -126,16 +133,15 @@ def _partitions(admin: KafkaAdminClient) -> dict[str, int]:
 
 
 def _connect(bootstrap: str, security: KafkaSecurity, timeout_s: float) -> KafkaAdminClient:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return KafkaAdminClient(
-                bootstrap_servers=bootstrap, client_id="llmq-admin", **security.client_kwargs()
-            )
-        except KafkaError as exc:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"Kafka at {bootstrap} ({security.describe()}) did not answer within "
-                    f"{timeout_s:.0f} s: {exc}"
-                ) from exc
-            time.sleep(0.5)
+    def admin() -> KafkaAdminClient:
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap, client_id="llmq-admin", **security.client_kwargs()
+        )
+
+    try:
+        return _patiently(time.monotonic() + timeout_s, admin, mendable=lambda _: True)
+    except KafkaError as exc:
+        raise RuntimeError(
+            f"Kafka at {bootstrap} ({security.describe()}) did not answer within "
+            f"{timeout_s:.0f} s: {exc}"
+        ) from exc
