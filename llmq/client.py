@@ -30,6 +30,9 @@ STORE_POLL_S = 0.5
 """How often a waiting result() looks in the result store."""
 CONNECT_TIMEOUT_S = 15.0
 """How long a Kafka client may take to reach the cluster (and be let in) before it fails."""
+TOPIC_SPREAD_S = 10.0
+"""How long a topic created a moment ago may take to reach the broker a client asks: each
+broker of a cluster learns of it in its own time."""
 
 T = TypeVar("T", KafkaProducer, KafkaConsumer)
 
@@ -224,7 +227,8 @@ class Client:
 
 
 def tail(bootstrap: str, topic: str, security: KafkaSecurity | None = None) -> KafkaConsumer:
-    """A consumer of every partition of `topic`, positioned at its end as of this call."""
+    """A consumer of every partition of `topic`, positioned at its end as of this call. A
+    topic not yet known to the broker asked is asked for again for up to TOPIC_SPREAD_S."""
     consumer = connect(
         KafkaConsumer,
         bootstrap,
@@ -232,7 +236,11 @@ def tail(bootstrap: str, topic: str, security: KafkaSecurity | None = None) -> K
         enable_auto_commit=False,
         client_id="llmq-tail",
     )
-    partitions = consumer.partitions_for_topic(topic) or set()
+    deadline = time.monotonic() + TOPIC_SPREAD_S
+    while not (partitions := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     if not partitions:
         consumer.close()
         raise RuntimeError(

@@ -92,7 +92,8 @@ def ensure_topics(
             }
             # raise_errors=False: one created meanwhile by another process is fine.
             _patiently(deadline, lambda: admin.create_topics(specs, raise_errors=False))
-            # Each broker learns of a new topic in its own time: ask until all have it.
+            # Wait until the broker asked knows each topic with a leader for every partition;
+            # the others learn of it in their own time (llmq.client.tail waits for that).
             try:
                 admin.wait_for_topics([spec.name for spec in plan], timeout_ms=timeout_s * 1000)
             except KafkaTimeoutError as exc:
