@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from schemas.catalog import ModelSpec
 from tools.bench.ways.serve import serve_flags
-from workers.engine_args import engine_kwargs
+from workers.engine_args import cpu_dtype, engine_kwargs
 
 SPEC = ModelSpec(
     name="m",
@@ -39,6 +41,25 @@ def test_a_gpu_gets_the_models_own_dtype_and_cuda_graphs() -> None:
     kwargs = engine_kwargs(spec, Path("/ckpt"), on_gpu=True, gpu_memory_utilization=0.85)
     assert kwargs["dtype"] == "auto"
     assert "enforce_eager" not in kwargs
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype"),
+    [
+        ("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16", "bfloat16"),
+        ("flags\t\t: fpu sse2 avx2 amx_bf16 amx_tile", "bfloat16"),
+        ("flags\t\t: fpu sse2 avx2 fma", "float32"),
+        ("flags\t\t: fpu sse2 avx2 avx512f avx512bw", "float32"),
+        ("Features\t: fp asimd bf16", "bfloat16"),
+    ],
+)
+def test_a_cpu_computes_in_bf16_only_where_its_instructions_do(
+    tmp_path: Path, flags: str, dtype: str
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\n{flags}\n\nprocessor\t: 1\n{flags}\n")
+    assert cpu_dtype(cpuinfo) == dtype
+    assert cpu_dtype(tmp_path / "absent") == "bfloat16"
 
 
 def test_serve_flags_spell_each_kind_of_value_as_vllm_serve_reads_it() -> None:

@@ -18,6 +18,7 @@ from schemas.lanes import Lane
 from schemas.request import ChatBody, ChatMessage
 from tools.bench.samples import BenchRequest, Sample
 from workers.checkpoint import resolve_model_source
+from workers.engine_args import cpu_dtype
 from workers.openai_engine import OpenAIEngine
 from workers.settings import WorkerSettings
 
@@ -79,7 +80,7 @@ def engine_settings() -> dict[str, object]:
     spec = model_spec()
     return {
         "model": f"{spec.name} (SmolLM2-135M-Instruct)",
-        "dtype": "bfloat16 in eager mode on a CPU (the model's own and CUDA graphs on a GPU)",
+        "dtype": f"{cpu_dtype()} in eager mode on a CPU (the model's own and CUDA graphs on a GPU)",
         "max_model_len": spec.max_model_len,
         "max_num_seqs": spec.max_inflight,
         "kv_cache_gib": WorkerSettings().engine_env()["VLLM_CPU_KVCACHE_SPACE"],
