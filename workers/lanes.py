@@ -12,10 +12,11 @@ stays in Kafka) until its buffer has drained to half. Three rules shape the choi
   engine, and the first higher-lane request after that waits for one generation to end.
 - Yielding: vLLM advances every running sequence by one token per step, and a step slows
   with every sequence and prompt in it, so priority alone cannot make an interactive answer
-  fast. While a higher lane has generations in the engine, a lower lane starts new ones only
-  while it holds fewer than `yield_cap` of `max_inflight`, so its part of every step shrinks
-  to that as its generations finish (on the CPU engine this halved interactive latency
-  behind a batch backlog, for about a fifth less batch throughput while both ran).
+  fast. While a higher lane has work here, or had some within `yield_hold_s`, a lower lane
+  starts new ones only while it holds fewer than `yield_cap` of `max_inflight`, so its part
+  of every step shrinks to that as its generations finish. The hold keeps the lower lane
+  from refilling the engine in the moment between one interactive answer and the next
+  request.
 - Minimum share: while a lower lane has work, it earns `min_share` of a start with every
   start; a lane owed a whole start gets the next one (bounded only by `max_inflight`), so a
   steady stream of higher-lane requests cannot starve it.
@@ -59,6 +60,8 @@ class LanePolicy:
     hold_s: float = 60.0
     """A lower lane keeps to its cap while a higher lane has work and this long after; then
     it may fill the engine."""
+    yield_hold_s: float = 5.0
+    """A lower lane keeps to yield_cap while a higher lane has work and this long after."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_share <= MAX_MIN_SHARE:
@@ -72,8 +75,11 @@ class LanePolicy:
             raise ValueError(f"yield_cap must be in (0, 1], got {self.yield_cap}")
         if self.buffer < 1:
             raise ValueError(f"buffer must be at least 1, got {self.buffer}")
-        if self.hold_s < 0:
-            raise ValueError(f"hold_s must not be negative, got {self.hold_s}")
+        if self.hold_s < 0 or self.yield_hold_s < 0:
+            raise ValueError(
+                f"hold_s and yield_hold_s must not be negative, got {self.hold_s}, "
+                f"{self.yield_hold_s}"
+            )
 
     def cap(self, lane: Lane, max_inflight: int) -> int:
         """Generations the engine may hold when `lane` starts one more (at least 1)."""
@@ -190,20 +196,21 @@ class LaneScheduler(Generic[TP, R]):
         return dropped
 
     def _may_start(self, lane: Lane) -> bool:
-        """Under the lane's headroom cap while a higher lane has or lately had work, and under
-        the yielding cap while a higher lane runs."""
+        """Under the lane's headroom cap while a higher lane has or lately had work (hold_s),
+        and under the yielding cap while it has or had it within yield_hold_s."""
         higher = [h for h in Lane if h.priority < lane.priority]
-        if sum(self._running.values()) >= self._caps[lane] and any(map(self._held, higher)):
+        held = any(self._held(h, self._policy.hold_s) for h in higher)
+        if sum(self._running.values()) >= self._caps[lane] and held:
             return False
-        higher_running = any(self._running[h] for h in higher)
-        return not higher_running or self._running[lane] < self._yielding_cap
+        yielding = any(self._held(h, self._policy.yield_hold_s) for h in higher)
+        return not yielding or self._running[lane] < self._yielding_cap
 
-    def _held(self, lane: Lane) -> bool:
-        """Whether `lane` has work here, or had some within the policy's hold_s."""
+    def _held(self, lane: Lane, within_s: float) -> bool:
+        """Whether `lane` has work here, or had some within the last `within_s`."""
         if self._queues[lane] or self._running[lane]:
             return True
         seen = self._last_seen.get(lane)
-        return seen is not None and self._clock() - seen < self._policy.hold_s
+        return seen is not None and self._clock() - seen < within_s
 
     def _settle(self, lane: Lane) -> None:
         """After records left `lane`: reopen it at half full; an empty lane is owed nothing."""

@@ -52,9 +52,13 @@ class WorkerSettings(ServiceSettings):
     """Batch requests start only while the engine holds fewer than this fraction of
     max_inflight; at most the standard cap (LLMQ_LANE_BATCH_CAP)."""
     lane_yield_cap: float = Field(default=0.25, gt=0, le=1)
-    """While a higher lane has requests in the engine, a lower lane starts new ones only while
-    it holds fewer than this fraction of max_inflight, so its prompts do not slow the higher
-    lane's answers (LLMQ_LANE_YIELD_CAP)."""
+    """While a higher lane has work (or had within LLMQ_LANE_YIELD_HOLD_S), a lower lane starts
+    new requests only while it holds fewer than this fraction of max_inflight, so its prompts
+    do not slow the higher lane's answers (LLMQ_LANE_YIELD_CAP)."""
+    lane_yield_hold_s: float = Field(default=5.0, ge=0, le=3600)
+    """A lower lane keeps to the yield cap this long after a higher lane's last work, so it
+    does not refill the engine between one interactive answer and the next request
+    (LLMQ_LANE_YIELD_HOLD_S)."""
     lane_hold_s: float = Field(default=60.0, ge=0, le=3600)
     """The lane caps hold while a higher lane has work and this long after; with no
     higher-lane work for that long, a lane may fill the engine (LLMQ_LANE_HOLD_S)."""
@@ -120,4 +124,5 @@ class WorkerSettings(ServiceSettings):
             yield_cap=self.lane_yield_cap,
             buffer=self.lane_buffer,
             hold_s=self.lane_hold_s,
+            yield_hold_s=self.lane_yield_hold_s,
         )

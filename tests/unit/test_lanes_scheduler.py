@@ -118,7 +118,9 @@ def test_headroom_is_work_conserving() -> None:
 
 
 def test_lower_lanes_yield_while_a_higher_lane_runs() -> None:
-    policy = LanePolicy(min_share=0.0, standard_cap=1.0, batch_cap=1.0, yield_cap=0.25)
+    policy = LanePolicy(
+        min_share=0.0, standard_cap=1.0, batch_cap=1.0, yield_cap=0.25, yield_hold_s=0.0
+    )
     scheduler = _scheduler(policy, max_inflight=8)
     _fill(scheduler, BAT, 20)
     assert len(_lanes_started(scheduler)) == 8
@@ -131,6 +133,20 @@ def test_lower_lanes_yield_while_a_higher_lane_runs() -> None:
     assert _lanes_started(scheduler) == [BAT], "below the yielding cap of 2 again"
     scheduler.finished(INT)
     assert _lanes_started(scheduler) == [BAT] * 6, "nothing higher runs: up to the batch cap"
+
+
+def test_lower_lanes_keep_yielding_for_the_yield_hold_after_the_higher_lane_ends() -> None:
+    policy = LanePolicy(min_share=0.0, standard_cap=1.0, batch_cap=1.0, yield_cap=0.25)
+    clock = Clock()
+    scheduler = _scheduler(policy, max_inflight=8, clock=clock)
+    _fill(scheduler, INT, 1, start=100)
+    _fill(scheduler, BAT, 20)
+    assert _lanes_started(scheduler) == [INT, BAT, BAT], "batch yields to 2 beside it"
+    scheduler.finished(INT)
+    clock.now += 4.0
+    assert _lanes_started(scheduler) == [], "between two interactive requests: still 2"
+    clock.now += 1.5
+    assert _lanes_started(scheduler) == [BAT] * 6, "the hold is over: up to max_inflight"
 
 
 def test_caps_are_fractions_of_max_inflight_and_never_below_one() -> None:
@@ -250,6 +266,7 @@ def test_revoked_partitions_lose_their_buffered_records() -> None:
         ({"standard_cap": 1.5}, "standard_cap"),
         ({"yield_cap": 0.0}, "yield_cap"),
         ({"yield_cap": 1.5}, "yield_cap"),
+        ({"yield_hold_s": -1.0}, "yield_hold_s"),
         ({"buffer": 0}, "buffer"),
     ],
 )
@@ -275,9 +292,10 @@ def test_the_worker_settings_make_the_policy(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("LLMQ_LANE_STANDARD_CAP", "0.8")
     monkeypatch.setenv("LLMQ_LANE_BATCH_CAP", "0.5")
     monkeypatch.setenv("LLMQ_LANE_YIELD_CAP", "0.3")
+    monkeypatch.setenv("LLMQ_LANE_YIELD_HOLD_S", "2.5")
     monkeypatch.setenv("LLMQ_LANE_BUFFER", "8")
     assert WorkerSettings().lane_policy() == LanePolicy(
-        min_share=0.2, standard_cap=0.8, batch_cap=0.5, yield_cap=0.3, buffer=8
+        min_share=0.2, standard_cap=0.8, batch_cap=0.5, yield_cap=0.3, yield_hold_s=2.5, buffer=8
     )
 
 
@@ -288,6 +306,7 @@ def test_the_worker_settings_make_the_policy(monkeypatch: pytest.MonkeyPatch) ->
         ("LLMQ_LANE_BATCH_CAP", "0.95"),
         ("LLMQ_LANE_STANDARD_CAP", "0"),
         ("LLMQ_LANE_YIELD_CAP", "1.1"),
+        ("LLMQ_LANE_YIELD_HOLD_S", "-1"),
         ("LLMQ_LANE_BUFFER", "0"),
     ],
 )
