@@ -199,8 +199,9 @@ class LaneScheduler(Generic[TP, R]):
         """Under the lane's headroom cap while a higher lane has or lately had work (hold_s),
         and under the yielding cap while it has or had it within yield_hold_s."""
         higher = [h for h in Lane if h.priority < lane.priority]
-        held = any(self._held(h, self._policy.hold_s) for h in higher)
-        if sum(self._running.values()) >= self._caps[lane] and held:
+        if sum(self._running.values()) >= self._caps[lane] and any(
+            self._held(h, self._policy.hold_s) for h in higher
+        ):
             return False
         yielding = any(self._held(h, self._policy.yield_hold_s) for h in higher)
         return not yielding or self._running[lane] < self._yielding_cap

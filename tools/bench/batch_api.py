@@ -8,7 +8,8 @@ embedding of every prompt would be measured instead of the queue) go once as one
 through the front door, and once as N requests on the batch lane through Kafka, all at
 once; each way's lines a second, and their ratio.
 Interactive requests, one at a time, are timed on the idle stack and again while each way
-runs.
+runs. The report names the worker's LLMQ_LANE_YIELD_* settings from this process's
+environment: start the stack with the same.
 
     python -m tools.bench.batch_api --lines 10000 [--record BENCHMARKS.md]
 """
@@ -197,7 +198,8 @@ def measure(args: argparse.Namespace) -> Figures:
 
 
 def _lane_settings() -> str:
-    """The worker's yield settings, as LLMQ_* variables (the stack's worker reads the same)."""
+    """The yield settings as this process's environment gives them: the stack's worker has
+    the same only when it was started with that environment."""
     worker = WorkerSettings()
     return (
         f"LLMQ_LANE_YIELD_CAP={worker.lane_yield_cap:g}, "
