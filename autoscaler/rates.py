@@ -41,7 +41,11 @@ class ServiceRate:
     together finish together, so commits come in lumps minutes apart, and a tick between
     two lumps would pass for a replica that serves almost nothing. For the same reason it
     is no rate until it spans `min_s` of serving: a lump a few seconds after a pool reached
-    this size would pass for a replica that serves many times what it does."""
+    this size would pass for a replica that serves many times what it does.
+
+    The serving before the first commit since the pool reached this size is not counted:
+    its generations began with the pool, and on a slow engine their first lump comes
+    minutes later, so those minutes would pass for a replica that serves nothing."""
 
     def __init__(self, prior: float, window_s: float = 600.0, min_s: float = 120.0) -> None:
         self._prior = prior
@@ -49,12 +53,21 @@ class ServiceRate:
         self._min_s = min_s
         self._seen: deque[tuple[float, float]] = deque()
         """(tokens, replica-seconds) of each saturated interval, oldest first."""
+        self._before_first = True
+        """No commit yet since the pool reached this size."""
+
+    def resume(self) -> None:
+        """The pool is at this size again: wait for its first commit before counting."""
+        self._before_first = True
 
     def observe(self, served_tokens: float, replica_seconds: float, saturated: bool) -> None:
         """`served_tokens` in `replica_seconds` of serving, with work waiting throughout
         (`saturated`) or not."""
         if not saturated or replica_seconds <= 0:
             return
+        if self._before_first and served_tokens <= 0:
+            return
+        self._before_first = False
         self._seen.append((max(0.0, served_tokens), replica_seconds))
         while sum(r for _, r in self._seen) - self._seen[0][1] >= self._window_s:
             self._seen.popleft()
@@ -81,6 +94,7 @@ class PoolRates:
         self._window_s = window_s
         self._min_s = min_s
         self._by_size: dict[int, ServiceRate] = {}
+        self._size = 0
 
     def observe(self, served_tokens: float, seconds: float, size: int, saturated: bool) -> None:
         """`served_tokens` in `seconds` by a pool of `size` replicas throughout."""
@@ -88,7 +102,10 @@ class PoolRates:
             rate = self._by_size.setdefault(
                 size, ServiceRate(self._prior, self._window_s, self._min_s)
             )
+            if size != self._size:
+                rate.resume()
             rate.observe(served_tokens, size * seconds, saturated)
+        self._size = size
 
     def per_replica(self, size: int) -> float:
         """One replica's rate in a pool of `size`: measured there, else at the nearest size

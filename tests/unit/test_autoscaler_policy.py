@@ -147,11 +147,26 @@ def test_the_service_rate_is_measured_on_a_busy_pool_only() -> None:
     rate.observe(served_tokens=0, replica_seconds=10, saturated=True)
     assert rate.per_s() == 600 and not rate.measured  # nothing committed yet
     rate.observe(served_tokens=4_000, replica_seconds=10, saturated=True)
-    assert rate.per_s() == 200 and rate.measured
-    rate.observe(served_tokens=2_000, replica_seconds=10, saturated=True)
+    assert rate.per_s() == 400 and rate.measured  # from the first commit on
+    rate.observe(served_tokens=0, replica_seconds=10, saturated=True)
     assert rate.per_s() == 200
     rate.observe(served_tokens=900, replica_seconds=10, saturated=False)
     assert rate.per_s() == 200  # idle time says nothing
+
+
+def test_a_pool_back_at_a_size_counts_from_its_first_commit_there() -> None:
+    """A pool that shrinks back to one replica commits nothing for minutes while that
+    replica's generations run (CI, 2026-11-30: the autoscaler read 0 tok/s, wanted 20
+    replicas and started the one it had just stopped): those minutes are not its rate."""
+    rates = PoolRates(prior=150, window_s=600, min_s=0)
+    rates.observe(served_tokens=0, seconds=100, size=1, saturated=True)
+    rates.observe(served_tokens=5_000, seconds=50, size=1, saturated=True)
+    assert rates.capacity() == {1: 100}
+    rates.observe(served_tokens=4_000, seconds=20, size=2, saturated=True)
+    rates.observe(served_tokens=0, seconds=200, size=1, saturated=True)  # back at 1
+    assert rates.capacity() == {1: 100, 2: 200}
+    rates.observe(served_tokens=10_000, seconds=50, size=1, saturated=True)
+    assert rates.capacity() == {1: 15_000 / 100, 2: 200}
 
 
 def test_lumpy_commits_average_out_over_the_window() -> None:
@@ -162,7 +177,7 @@ def test_lumpy_commits_average_out_over_the_window() -> None:
     for tick in range(70):
         rate.observe(3_500 if tick % 7 == 6 else 0, 5, saturated=True)
         seen.append(rate.per_s())
-    full = seen[24:]  # once the window holds 120 s
+    full = seen[30:]  # once the window holds 120 s from the first lump
     assert min(full) >= 100 * 0.8 and max(full) <= 100 * 1.25
     assert seen[5] == 600  # the prior, until the first lump
 
