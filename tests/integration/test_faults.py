@@ -14,7 +14,7 @@ import pytest
 
 from tools.faults.plan import SCENARIOS
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(2100)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2760)]
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKED = ["crash-loop", "broker-kill", "streams-join", "autoscale-down", "batch-restarts"]
@@ -34,7 +34,7 @@ def test_every_fault_scenario_loses_nothing(llmq_bin: Path, tmp_path: Path) -> N
     # The console script of this venv, importing this checkout.
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=2040, check=False, env=env, cwd=tmp_path
+        command, capture_output=True, text=True, timeout=2700, check=False, env=env, cwd=tmp_path
     )
     said = done.stdout[-4000:] + done.stderr[-3000:]
     doc = json.loads((out / "results.json").read_text(encoding="utf-8"))

@@ -154,20 +154,32 @@ class Load:
         """Wait until each of `ids` has a reply."""
         return self.wait_for(lambda: self._answered.issuperset(ids), timeout_s)
 
-    def finish(self, fault_at: float | None, drain_s: float, linger_s: float = LINGER_S) -> Tally:
-        """Stop sending, wait up to `drain_s` for every accepted request to be answered,
-        listen `linger_s` longer for duplicates, and count.
+    def wait_progress(self, done: Callable[[], bool], idle_s: float) -> bool:
+        """Wait until `done()` holds, as long as some request was answered in the last
+        `idle_s`."""
+        with self._changed:
+            while not done():
+                if not self._changed.wait_for(_more(done, self._answered), timeout=idle_s):
+                    return False
+            return True
 
+    def _settled(self) -> bool:
+        """Every accepted request answered (the caller holds the lock)."""
+        return all(
+            ok is False or (ok and cid in self._answered) for cid, (_, ok) in self._sent.items()
+        )
+
+    def finish(self, fault_at: float | None, drain_s: float, linger_s: float = LINGER_S) -> Tally:
+        """Stop sending, wait for every accepted request to be answered until `drain_s`
+        pass without a new answer, listen `linger_s` longer for duplicates, and count.
+
+        The wait follows progress, not the clock: a slower engine answers the same work
+        later, and only a pipeline that stopped answering loses what it holds.
         The reply topic and llmq.metering are read back from where they stood at the start,
         so a record the live consumer missed (it lives through broker restarts) still counts.
         """
         self.stop_steady()
-        self.wait_for(
-            lambda: all(
-                ok is False or (ok and cid in self._answered) for cid, (_, ok) in self._sent.items()
-            ),
-            drain_s,
-        )
+        self.wait_progress(self._settled, drain_s)
         time.sleep(linger_s)
         with self._changed:
             requests = [Request(cid, at, ok is True) for cid, (at, ok) in self._sent.items()]
@@ -233,6 +245,12 @@ class Load:
                         self._changed.notify_all()
         finally:
             self._consumer.close()
+
+
+def _more(done: Callable[[], bool], answered: set[str]) -> Callable[[], bool]:
+    """Holds once `done()` does or `answered` grew past its size now."""
+    size = len(answered)
+    return lambda: done() or len(answered) > size
 
 
 def _reply(value: bytes, at: float) -> Reply:

@@ -21,7 +21,7 @@ from schemas.stream import TokenDelta
 from tools.faults.load import Load
 from tools.faults.outcome import Outcome
 from tools.faults.probe import log_lines, metric, partition_leaders, starts
-from tools.faults.rig import Rig, kill9, wait_until
+from tools.faults.rig import Rig, kill9, wait_moving, wait_until
 from tools.faults.scenarios import (
     AFTER_S,
     BUSY_WAIT_S,
@@ -38,11 +38,14 @@ BROKER_DOWN_S = 30.0
 JOINED_S = 20.0
 """How long the second stream processor shares the load (at scale 1)."""
 SCALE_WAIT_S = 300.0
-"""How long the pool may take to grow: an engine loads beside a busy one (2-3 min here)."""
+"""How long the pool may take to grow: an engine loads beside a busy one (2-3 min here)
+and joins the group."""
 DESIRED = "llmq_autoscaler_desired_replicas"
-SHRINK_WAIT_S = 600.0
-"""How long it may take to shrink: the burst's interactive part, counted until committed,
-is done late, in a lump of generations that finish together."""
+SHRINK_WAIT_S = 300.0
+"""How long the burst may go without an answer before the autoscaler, if it has not
+taken the second worker away, is found not to: it shrinks once the burst's interactive
+part is done, which takes as long as the engine needs (its answers come in lumps of
+generations that finish together)."""
 AUTOSCALE = {
     "LLMQ_DRAIN_INTERACTIVE_S": "40",
     "LLMQ_DRAIN_STANDARD_S": "3600",
@@ -156,24 +159,31 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
                 for size, tokens, lane in parts
                 for _ in range(size)
             ]
-            # 1) Up: the second worker starts, joins its group and serves.
+            # 1) Up: the second worker starts, joins its group and takes work (its first
+            # generations finish together minutes later on a slow engine).
             served = wait_until(
-                lambda: (metric(extra.endpoint, GENERATIONS, outcome="ok") or 0) >= 1,
+                lambda: (
+                    rig.in_flight(extra) >= 1
+                    or (metric(extra.endpoint, GENERATIONS, outcome="ok") or 0) >= 1
+                ),
                 SCALE_WAIT_S,
             )
             rig.say(f"{extra.proc.name} serves; waiting for the autoscaler to take it away")
             # 2) Down: what it holds until the autoscaler wants it no more, then its exit.
             seen = {"in_flight": 0.0, "left": 0.0}
 
+            def answered() -> float:
+                return float(sum(load.first_reply(c) is not None for c in burst))
+
             def gone() -> bool:
                 if extra.proc.pid() is None:
                     return True
                 if (metric(auto.endpoint, DESIRED, model=rig.model.name) or 0) >= 2:
                     seen["in_flight"] = rig.in_flight(extra)
-                    seen["left"] = len(burst) - sum(load.first_reply(c) is not None for c in burst)
+                    seen["left"] = len(burst) - answered()
                 return False
 
-            down = served and wait_until(gone, SHRINK_WAIT_S, interval_s=0.5)
+            down = served and wait_moving(gone, answered, SHRINK_WAIT_S)
             out.tally = load.finish(fault_at, DRAIN_S)
     finally:
         auto.proc.stop()

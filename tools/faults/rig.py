@@ -117,3 +117,19 @@ def wait_until(done: Callable[[], bool], timeout_s: float, interval_s: float = 0
             return False
         time.sleep(interval_s)
     return True
+
+
+def wait_moving(
+    done: Callable[[], bool], progress: Callable[[], float], idle_s: float, interval_s: float = 0.5
+) -> bool:
+    """Poll `done` until it holds, as long as `progress()` rose within the last `idle_s`:
+    a slower machine gets longer, a stuck one no longer than `idle_s`."""
+    best, moved = progress(), time.monotonic()
+    while not done():
+        now = progress()
+        if now > best:
+            best, moved = now, time.monotonic()
+        elif time.monotonic() - moved > idle_s:
+            return False
+        time.sleep(interval_s)
+    return True

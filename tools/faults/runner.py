@@ -5,19 +5,21 @@ healed before each), and the results written as they come."""
 from __future__ import annotations
 
 import datetime
+import math
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.names import work_topics, worker_group
 from tools.bench.runner import machine
 from tools.faults import report
 from tools.faults.load import Load
 from tools.faults.outcome import Outcome
 from tools.faults.plan import SCENARIOS
-from tools.faults.probe import log_lines
-from tools.faults.rig import Rig, Say
+from tools.faults.probe import Backlog, log_lines
+from tools.faults.rig import Rig, Say, wait_moving
 from tools.faults.scenarios import DRAIN_S
 from tools.stack.ports import free_block
 from tools.stack.settings import LocalSettings
@@ -113,17 +115,45 @@ def _warm(rig: Rig) -> None:
             raise RuntimeError("the stack did not answer its warm-up requests")
 
 
+def _leftover(rig: Rig) -> float:
+    """Wait while the workers answer what an earlier scenario left in their topics (it
+    would stand in front of this one's work), until none is left or DRAIN_S pass without
+    their backlog falling; the records left then."""
+    backlog = Backlog(rig.bootstrap, worker_group(rig.model.name), work_topics(rig.model.name))
+    seen: list[float | None] = [backlog()]
+
+    def drained() -> bool:
+        seen.append(backlog())
+        return seen[-1] == 0
+
+    def fallen() -> float:
+        return -min((n for n in seen if n is not None), default=math.inf)
+
+    try:
+        wait_moving(drained, fallen, DRAIN_S, interval_s=1.0)
+        return seen[-1] or 0.0
+    finally:
+        backlog.close()
+
+
 def _one(rig: Rig, name: str) -> Outcome:
-    """One scenario on a healed stack; any process that died or restarted during it, other
-    than those it restarts on purpose, is a finding, with the last lines of its log."""
+    """One scenario on a healed stack with nothing of earlier ones left to answer; any
+    process that died or restarted during it, other than those it restarts on purpose, is
+    a finding, with the last lines of its log."""
     scenario = SCENARIOS[name]
     rig.say(f"== {name}: {scenario.fault}")
     healed = rig.heal()
     if healed:
         rig.say(f"  (restarted before it: {', '.join(healed)})")
+    outcome = Outcome(name, scenario.fault)
+    waited = time.monotonic()
+    left = _leftover(rig)
+    if left:
+        outcome.findings.append(f"it began with {left:.0f} work records of earlier ones unanswered")
+    elif time.monotonic() - waited >= 1:
+        rig.say(f"  (earlier work answered first, in {time.monotonic() - waited:.0f} s)")
     before = rig.pids()
     start = time.monotonic()
-    outcome = Outcome(name, scenario.fault)
     try:
         scenario.run(rig, outcome)
     except Exception as exc:  # a scenario that breaks is reported, and the run goes on
