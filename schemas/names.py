@@ -127,6 +127,7 @@ REDIS_SEMANTIC_PREFIX = "llmq:sem:"
 REDIS_RATE_PREFIX = "llmq:rate:"
 REDIS_SPEND_PREFIX = "llmq:spend:"
 REDIS_STARTS_PREFIX = "llmq:starts:"
+REDIS_ANSWERED_PREFIX = "llmq:answered:"
 REDIS_COSTS_PREFIX = "llmq:costs:"
 REDIS_EXPERIMENT_PREFIX = "llmq:exp:"
 REDIS_FILE_PREFIX = "llmq:file:"
@@ -155,6 +156,12 @@ def semantic_stream_key(scope: str) -> str:
 def starts_key(topic: str, partition: int, offset: int) -> str:
     """Crash-loop bound: a set of the work record's starts without an outcome (one id each)."""
     return f"{REDIS_STARTS_PREFIX}{{{topic}/{partition}}}:{offset}"
+
+
+def answered_key(topic: str, partition: int, offset: int) -> str:
+    """The correlation id of a work record whose outcome was published, so that the next
+    owner of its partition (its offset not committed yet) does not generate it again."""
+    return f"{REDIS_ANSWERED_PREFIX}{{{topic}/{partition}}}:{offset}"
 
 
 def rate_prefix(tenant: str) -> str:

@@ -16,6 +16,10 @@ TTFT = Histogram(
     "Time to first token",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+REANSWERS_SKIPPED = Counter(
+    "llmq_worker_reanswers_skipped_total",
+    "Records redelivered by a rebalance after their outcome was published, not generated again",
+)
 STARTED = Counter(
     "llmq_worker_started_total", "Records taken from their lane into service", ["lane"]
 )

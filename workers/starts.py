@@ -10,6 +10,11 @@ call, and a Redis that missed a hand-back or an outcome never takes a record for
 loop. While Redis is away every record reads as never started (nothing is held up; the
 bound is off until it returns): a call waits at most `timeout_s`, and after a failure
 Redis is left alone for `away_s`, so an outage costs the worker almost nothing per record.
+
+An outcome also marks the record answered (by its correlation id), for as long as a start
+is kept: a worker commits a partition only up to its oldest unfinished record, so when a
+rebalance moves the partition, records answered past that point come to the next owner,
+which skips them instead of generating and answering them a second time.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from schemas.names import starts_key
+from schemas.names import answered_key, starts_key
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +63,12 @@ class StartCounts(Protocol):
         """Count a start of the record's generation."""
         ...
 
-    async def end(self, topic: str, partition: int, offset: int) -> None:
-        """The record has its outcome: its count goes."""
+    async def answered(self, topic: str, partition: int, offset: int, correlation_id: str) -> bool:
+        """Whether the record's outcome was published already, here or before a rebalance."""
+        ...
+
+    async def end(self, topic: str, partition: int, offset: int, correlation_id: str) -> None:
+        """The record has its outcome: its count goes, and it is marked answered."""
         ...
 
     async def hand_back(self, topic: str, partition: int, offset: int) -> None:
@@ -93,11 +102,21 @@ class RedisStarts:
         start = self._mine[key] = uuid.uuid4().hex
         await self._send(lambda pipe: (pipe.sadd(key, start), pipe.expire(key, STARTS_TTL_S)))
 
-    async def end(self, topic: str, partition: int, offset: int) -> None:
-        """The record has its outcome: its count goes."""
+    async def answered(self, topic: str, partition: int, offset: int, correlation_id: str) -> bool:
+        """Whether the record's outcome was published already (False while Redis is away)."""
+        done = await self._send(lambda pipe: pipe.get(answered_key(topic, partition, offset)))
+        mark = None if done is None else done[0]
+        return mark is not None and _text(mark) == correlation_id
+
+    async def end(self, topic: str, partition: int, offset: int, correlation_id: str) -> None:
+        """The record has its outcome: its count goes, and it is marked answered."""
         key = starts_key(topic, partition, offset)
         self._mine.pop(key, None)
-        await self._send(lambda pipe: pipe.delete(key), owed=True)
+        mark = answered_key(topic, partition, offset)
+        await self._send(
+            lambda pipe: (pipe.delete(key), pipe.set(mark, correlation_id, ex=STARTS_TTL_S)),
+            owed=True,
+        )
 
     async def hand_back(self, topic: str, partition: int, offset: int) -> None:
         """The record goes back unfinished, but not by a crash: its start does not count."""
@@ -148,3 +167,7 @@ class RedisStarts:
                 "redelivered without bound until Redis is back",
                 exc,
             )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

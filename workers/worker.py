@@ -222,6 +222,12 @@ class Worker:
             self._tracker.done(tp, record.offset)
             return
         where = (record.topic, record.partition, record.offset)
+        # A record answered before a rebalance moved it here is not generated again.
+        if await self._starts.answered(*where, work.request.correlation_id):
+            log.info("skipping %s/%d@%d: answered before its partition moved", *where)
+            metrics.REANSWERS_SKIPPED.inc()
+            self._tracker.done(tp, record.offset)
+            return
         # Another id at every start: the engine's, and the streamed pieces' generation.
         start = uuid.uuid4().hex[:8]
         state = InFlight.from_work(
@@ -237,7 +243,7 @@ class Worker:
         else:
             # Its last start before the bound runs alone: then it can only blame itself.
             await self._counted(where, state, alone=crashes == self._max_starts - 1)
-        await self._starts.end(*where)
+        await self._starts.end(*where, work.request.correlation_id)
         self._tracker.done(tp, record.offset)
 
     async def _counted(self, where: tuple[str, int, int], state: InFlight, alone: bool) -> None:

@@ -121,8 +121,16 @@ class FakeProducer:
 class MemoryStarts:
     """Start counts in a dict, as RedisStarts keeps them in Redis."""
 
-    def __init__(self, counts: dict[tuple[str, int, int], int] | None = None) -> None:
+    def __init__(
+        self,
+        counts: dict[tuple[str, int, int], int] | None = None,
+        answers: dict[tuple[str, int, int], str] | None = None,
+    ) -> None:
         self.counts = dict(counts or {})
+        self.answers = dict(answers or {})
+
+    async def answered(self, topic: str, partition: int, offset: int, correlation_id: str) -> bool:
+        return self.answers.get((topic, partition, offset)) == correlation_id
 
     async def count(self, topic: str, partition: int, offset: int) -> int:
         return self.counts.get((topic, partition, offset), 0)
@@ -131,8 +139,9 @@ class MemoryStarts:
         key = (topic, partition, offset)
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    async def end(self, topic: str, partition: int, offset: int) -> None:
+    async def end(self, topic: str, partition: int, offset: int, correlation_id: str) -> None:
         self.counts.pop((topic, partition, offset), None)
+        self.answers[(topic, partition, offset)] = correlation_id
 
     async def hand_back(self, topic: str, partition: int, offset: int) -> None:
         key = (topic, partition, offset)
@@ -533,6 +542,24 @@ def test_a_revoked_partitions_generation_past_the_bound_is_aborted_and_handed_ba
     _serve(consumer, producer, lambda: engine, scenario, starts=starts, drain_timeout_s=0.05)
     assert producer.completions() == []
     assert consumer.committed.get(BATCH, 0) == 0
+
+
+def test_a_record_answered_before_its_partition_moved_is_not_generated_again() -> None:
+    """The last owner published offset 1's outcome but could commit only up to offset 0,
+    still running when the partition moved: here 0 runs, 1 is skipped, both commit."""
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(BATCH, [_work(Lane.BATCH, i) for i in range(2)])
+    starts = MemoryStarts(answers={(BATCH.topic, 0, 1): "batch-1", (BATCH.topic, 0, 0): "x"})
+    engine = FakeEngine()
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: consumer.committed.get(BATCH) == 2)
+        stop.set()
+
+    _serve(consumer, producer, lambda: engine, scenario, starts=starts)
+    assert [c.work.request.correlation_id for c in producer.completions()] == ["batch-0"]
+    assert len(engine.started) == 1, "a mark of another request at its offset is not its own"
+    assert starts.answers[(BATCH.topic, 0, 0)] == "batch-0"
 
 
 class SlowAckProducer(FakeProducer):
