@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from schemas.lanes import Lane
 from schemas.names import answered_key, starts_key, work_topic
 from tools.stack.ports import free_block
-from workers.starts import STARTS_TTL_S, RedisStarts
+from workers.starts import ANSWERED_TTL_S, STARTS_TTL_S, RedisStarts
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -44,7 +44,7 @@ def test_starts_are_counted_per_record_until_an_outcome(redis_port: int) -> None
             assert await starts.answered(TOPIC, 1, 7, "c-7"), "and marked it answered"
             assert not await starts.answered(TOPIC, 1, 7, "c-other"), "as that request"
             assert not await starts.answered(TOPIC, 1, 8, "c-7"), "at that offset"
-            assert 0 < await client.ttl(answered_key(TOPIC, 1, 7)) <= STARTS_TTL_S
+            assert 0 < await client.ttl(answered_key(TOPIC, 1, 7)) <= ANSWERED_TTL_S
             assert 0 < await client.ttl(starts_key(TOPIC, 1, 8)) <= STARTS_TTL_S
         finally:
             await client.aclose()
