@@ -68,6 +68,15 @@ def _hold(usd: float, at: float, hold_id: str | None = None) -> Hold:
     return Hold(hold_id or uuid.uuid4().hex, usd, at + 3600)
 
 
+def _recent() -> float:
+    """Now, kept an hour clear of the day's boundaries: a hold's keys expire by Redis's own
+    clock (HOLD_S after the hold's `now`), so a test that holds must hold at a recent time,
+    not at noon (its holds were gone by 18:00 UTC)."""
+    now = datetime.now(UTC)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return min(max(now, day + timedelta(hours=1)), day + timedelta(hours=23)).timestamp()
+
+
 def _noon(days_ago: int = 0) -> float:
     """Noon UTC, today or a few days back: clear of day boundaries, recent enough to count."""
     today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
@@ -154,7 +163,7 @@ def test_concurrent_requests_hold_their_worst_case_and_never_pass_the_budget(
 ) -> None:
     """200 requests at once, each holding $0.03 of a $1.00 budget: 33 fit. Each then costs
     $0.02, so settling and releasing them leaves room for 11 more at $0.03."""
-    at = _noon()
+    at = _recent()
     limits = TenantLimits(budget_usd=1.0)
 
     async def body(client: aioredis.Redis) -> tuple[list[Hold], list[Hold], float, float]:
@@ -193,7 +202,7 @@ def test_concurrent_requests_hold_their_worst_case_and_never_pass_the_budget(
 
 def test_metering_moves_cost_from_the_hold_to_the_spend_once(redis_port: int) -> None:
     """The same event may come inside its completion and on llmq.metering: one settles."""
-    at = _noon()
+    at = _recent()
     limits = TenantLimits(budget_usd=1.0)
 
     async def body(client: aioredis.Redis) -> list[float]:
@@ -214,7 +223,7 @@ def test_metering_moves_cost_from_the_hold_to_the_spend_once(redis_port: int) ->
 
 
 def test_a_released_or_expired_hold_frees_the_budget(redis_port: int, sync: redis.Redis) -> None:
-    at = _noon()
+    at = _recent()
     limits = TenantLimits(budget_usd=1.0)
 
     async def body(client: aioredis.Redis) -> list[str]:
