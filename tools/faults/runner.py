@@ -120,18 +120,18 @@ def _leftover(rig: Rig) -> float:
     would stand in front of this one's work), until none is left or DRAIN_S pass without
     their backlog falling; the records left then."""
     backlog = Backlog(rig.bootstrap, worker_group(rig.model.name), work_topics(rig.model.name))
-    seen: list[float | None] = [backlog()]
+    now = backlog()
+    least = math.inf if now is None else now
 
     def drained() -> bool:
-        seen.append(backlog())
-        return seen[-1] == 0
-
-    def fallen() -> float:
-        return -min((n for n in seen if n is not None), default=math.inf)
+        nonlocal now, least
+        now = backlog()
+        least = least if now is None else min(least, now)
+        return now == 0
 
     try:
-        wait_moving(drained, fallen, DRAIN_S, interval_s=1.0)
-        return seen[-1] or 0.0
+        wait_moving(drained, lambda: -least, DRAIN_S, interval_s=1.0)
+        return now or 0.0
     finally:
         backlog.close()
 
