@@ -88,6 +88,30 @@ def test_the_markdown_names_the_ways_the_ratios_and_the_run() -> None:
     assert text.endswith("TTFT of llmq is estimated.\n")
 
 
+LANES = [
+    _way("llmq", 1.0),
+    _way("interactive-idle", 0.1),
+    _way("batch-lane", 1.25),
+    _way("interactive-busy", 0.2),
+    _way("llmq-cache-hits", 0.001, hits=4),
+]
+
+
+def test_the_lanes_way_gets_its_plot_a_sentence_and_its_figures(tmp_path: Path) -> None:
+    paths = plot(LANES, tmp_path)
+    assert [p.name for p in paths][-1] == "lanes.png"
+    assert paths[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = markdown(LANES, META)
+    # p50 0.25 s idle against 0.5 s busy; 16 tokens a way over 6.25 s against 5 s.
+    assert "an interactive request took 2.00x its idle latency at p50" in text
+    assert "the batch lane served 0.80x the output tokens/s of the llmq way" in text
+    assert "LLMQ_LANE_YIELD_CAP=" in text
+    write_json(LANES, META, tmp_path / "results.json")
+    doc = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert doc["lanes"]["interactive_p50_ratio"] == pytest.approx(2.0)
+    assert doc["summaries"]["llmq-cache-hits"]["exact_repeat_hits"] == 4
+
+
 def test_paths_in_the_settings_are_written_as_strings(tmp_path: Path) -> None:
     path = tmp_path / "results.json"
     write_json(RESULTS[:1], {"settings": {"out": tmp_path / "bench-results"}}, path)

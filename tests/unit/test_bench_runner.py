@@ -36,9 +36,11 @@ def test_bench_defaults_and_the_command_that_repeats_them() -> None:
     assert (args.requests, args.max_tokens, args.rate, args.seed) == (64, 64, None, 0)
     assert args.ways == list(WAYS)
     assert args.duplicates and args.out == Path("bench-results")
+    assert args.cache_hits == 1000
     assert bench_command(args) == (
-        "llmq bench --requests 64 --max-tokens 64 --seed 0 --ways engine,vllm-serve,llmq,gateway "
-        "--exact-share 0.25 --paraphrase-share 0.25 --duplicate-rate 4"
+        "llmq bench --requests 64 --max-tokens 64 --seed 0 "
+        "--ways engine,vllm-serve,llmq,gateway,lanes "
+        "--exact-share 0.25 --paraphrase-share 0.25 --duplicate-rate 4 --cache-hits 1000"
     )
 
 
@@ -46,8 +48,9 @@ def test_bench_defaults_and_the_command_that_repeats_them() -> None:
     "argv",
     [
         ["--requests", "8", "--max-tokens", "16", "--rate", "2.5", "--ways", "llmq,engine"],
-        ["--seed", "3", "--no-duplicates", "--ways", "vllm-serve"],
+        ["--seed", "3", "--no-duplicates", "--ways", "vllm-serve", "--cache-hits", "0"],
         ["--exact-share", "0.5", "--paraphrase-share", "0", "--duplicate-rate", "0.5"],
+        ["--ways", "lanes", "--cache-hits", "20"],
     ],
 )
 def test_the_recorded_command_parses_back_to_the_same_run(argv: list[str]) -> None:
@@ -55,7 +58,7 @@ def test_the_recorded_command_parses_back_to_the_same_run(argv: list[str]) -> No
     words = bench_command(args).split()
     assert words[:2] == ["llmq", "bench"]
     again = parser().parse_args(words[1:])
-    for name in ("requests", "max_tokens", "rate", "seed", "ways", "duplicates"):
+    for name in ("requests", "max_tokens", "rate", "seed", "ways", "duplicates", "cache_hits"):
         assert getattr(again, name) == getattr(args, name)
     if args.duplicates:
         for name in ("exact_share", "paraphrase_share", "duplicate_rate"):
@@ -71,6 +74,7 @@ def test_the_recorded_command_parses_back_to_the_same_run(argv: list[str]) -> No
         (["--requests", "0"], "must be at least 1"),
         (["--rate", "0"], "must be above 0"),
         (["--exact-share", "1.5"], "must be between 0 and 1"),
+        (["--cache-hits", "-1"], "must be 0 or more"),
     ],
 )
 def test_bad_flags_are_refused_with_a_reason(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tools.bench.samples import Kind, Sample, WayResult
-from tools.bench.stats import Summary, added_by_the_door, ratios, summarize
+from tools.bench.stats import Summary, added_by_the_door, lanes, ratios, summarize
 
 
 def _sample(
@@ -134,3 +134,27 @@ def test_what_the_front_door_adds_to_vllms_server() -> None:
     assert added["ttft_p50_s"] == pytest.approx(0.02)
     assert added["latency_p50_s"] == 0.0 and "latency_p99_s" not in added
     assert added_by_the_door({"vllm-serve": server}) == {}
+
+
+def test_the_lanes_figures_are_ratios_of_their_runs() -> None:
+    idle: Summary = {"latency_p50_s": 0.5, "latency_p99_s": 0.8}
+    busy: Summary = {"latency_p50_s": 1.5, "latency_p99_s": 4.0}
+    found = lanes(
+        {
+            "interactive-idle": idle,
+            "interactive-busy": busy,
+            "batch-lane": {"output_tok_per_s": 90.0},
+            "llmq": {"output_tok_per_s": 100.0},
+        }
+    )
+    assert found == pytest.approx(
+        {
+            "interactive_p50_ratio": 3.0,
+            "interactive_p99_ratio": 5.0,
+            "batch_over_llmq_output_tok_per_s": 0.9,
+        }
+    )
+    # Without the llmq way there is no throughput to compare with; without probes, nothing.
+    alone = lanes({"interactive-idle": idle, "interactive-busy": busy})
+    assert set(alone) == {"interactive_p50_ratio", "interactive_p99_ratio"}
+    assert lanes({"llmq": {"output_tok_per_s": 1.0}}) == {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from streams.semantic_guard import same_question
-from tools.bench.workload import REWORDINGS, arrival_times, build_workload
+from tools.bench.workload import REWORDINGS, arrival_times, build_workload, cache_hit_workload
 
 N_PROMPTS = 200
 DUPLICATE = "Explain quantum computing in simple terms"
@@ -126,3 +126,15 @@ def test_every_rewording_keeps_the_question_for_llmqs_guard(question: str) -> No
         paraphrase = reword(question)
         assert paraphrase != question
         assert same_question(paraphrase, question), repr(paraphrase)
+
+
+def test_the_cache_hit_run_repeats_each_original_in_turn() -> None:
+    originals, repeats = cache_hit_workload(10, 4)
+    assert [r.prompt for r in originals] == [f"Name a colour ({k})." for k in range(4)]
+    assert all(r.kind == "fresh" for r in originals)
+    assert [r.prompt for r in repeats] == [originals[i % 4].prompt for i in range(10)]
+    assert {(r.kind, r.max_tokens, r.arrival_s) for r in repeats} == {
+        ("exact_repeat", originals[0].max_tokens, 0.0)
+    }
+    with pytest.raises(ValueError, match="at least one"):
+        cache_hit_workload(0, 4)

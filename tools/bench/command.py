@@ -10,6 +10,9 @@ from typing import Any
 from tools.bench.ways import WAYS
 from tools.stack.settings import LocalSettings
 
+HIT_QUESTIONS = 16
+"""The distinct questions the cache-hit run repeats."""
+
 
 def register(sub: Any) -> None:
     """Add `bench` to the `llmq` subcommands (argparse's private subparsers type)."""
@@ -72,6 +75,13 @@ def register(sub: Any) -> None:
         "its original is answered, and is coalesced with it before (default 4)",
     )
     bench.add_argument(
+        "--cache-hits",
+        type=_count,
+        default=1000,
+        help=f"also send this many exact repeats of {HIT_QUESTIONS} answered questions at "
+        "once through llmq: exact-cache answers a second, end to end (default 1000; 0: off)",
+    )
+    bench.add_argument(
         "--out",
         type=Path,
         default=Path("bench-results"),
@@ -90,6 +100,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -121,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the workloads, run the ways, print and record the figures."""
     # Lazily: matplotlib (the `bench` extra) and the ways are needed by this command only.
     from tools.bench.runner import run_bench  # noqa: PLC0415
-    from tools.bench.workload import build_workload  # noqa: PLC0415
+    from tools.bench.workload import build_workload, cache_hit_workload  # noqa: PLC0415
 
     cache_dir = LocalSettings().cache_dir
     try:
@@ -139,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
                 exact_share=args.exact_share,
                 paraphrase_share=args.paraphrase_share,
             )
+        hits = cache_hit_workload(args.cache_hits, HIT_QUESTIONS) if args.cache_hits else None
         written = run_bench(
             args.ways,
             workload,
@@ -148,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             command=bench_command(args),
             settings=_bench_settings(args),
             duplicates=duplicates,
+            hits=hits,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"llmq bench: {exc}", file=sys.stderr)
@@ -177,6 +196,7 @@ def bench_command(args: argparse.Namespace) -> str:
         ]
     else:
         words.append("--no-duplicates")
+    words += ["--cache-hits", str(args.cache_hits)]
     return " ".join(words)
 
 
@@ -192,5 +212,9 @@ def _bench_settings(args: argparse.Namespace) -> dict[str, object]:
         settings["duplicate run"] = (
             f"exact {args.exact_share:g} + paraphrase {args.paraphrase_share:g} of requests, "
             f"Poisson {args.duplicate_rate:g}/s"
+        )
+    if args.cache_hits:
+        settings["cache-hit run"] = (
+            f"{args.cache_hits} exact repeats of {HIT_QUESTIONS} answered questions, all at once"
         )
     return settings

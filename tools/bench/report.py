@@ -19,13 +19,19 @@ from matplotlib.figure import Figure
 from tools.bench.samples import WayResult
 from tools.bench.stats import (
     BASELINES,
+    BATCH_LANE,
+    CACHE_HITS,
     COMPARED,
+    INTERACTIVE_BUSY,
+    INTERACTIVE_IDLE,
     PERCENTILES,
     Summary,
     added_by_the_door,
+    lanes,
     ratios,
     summarize,
 )
+from workers.settings import WorkerSettings
 
 RATIO_LABELS = {
     "req_per_s": "requests/s",
@@ -34,6 +40,9 @@ RATIO_LABELS = {
     "latency_p50_s": "latency p50",
 }
 """How the Markdown names the ratios of stats.RATIO_METRICS."""
+NOT_THROUGHPUT = (CACHE_HITS, INTERACTIVE_IDLE, INTERACTIVE_BUSY)
+"""Results left out of the throughput plot: cached answers a second would dwarf the
+engines' bars, and interactive requests come one at a time."""
 
 
 def write_json(results: Sequence[WayResult], meta: Mapping[str, object], path: Path) -> None:
@@ -46,6 +55,7 @@ def write_json(results: Sequence[WayResult], meta: Mapping[str, object], path: P
         "summaries": summaries,
         "ratios": ratios(summaries),
         "added_by_the_door_s": added_by_the_door(summaries),
+        "lanes": lanes(summaries),
         "results": [asdict(r) for r in results],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,12 +65,14 @@ def write_json(results: Sequence[WayResult], meta: Mapping[str, object], path: P
 
 
 def plot(results: Sequence[WayResult], out_dir: Path) -> list[Path]:
-    """throughput.png, latency.png and latency_cdf.png in `out_dir`; their paths."""
+    """throughput.png, latency.png and latency_cdf.png in `out_dir` (and lanes.png with the
+    lanes way); their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ways = [r.way for r in results]
     summaries = [summarize(r) for r in results]
     paths = []
 
+    served = [(w, s) for w, s in zip(ways, summaries, strict=True) if w not in NOT_THROUGHPUT]
     fig = Figure(figsize=(10, 4), layout="constrained")
     for ax, key, title in zip(
         fig.subplots(1, 2),
@@ -68,7 +80,7 @@ def plot(results: Sequence[WayResult], out_dir: Path) -> list[Path]:
         ("requests/s", "output tokens/s"),
         strict=True,
     ):
-        _bars(ax, ways, {title: [_num(s[key]) for s in summaries]})
+        _bars(ax, [w for w, _ in served], {title: [_num(s[key]) for _, s in served]})
         ax.set_title(f"throughput: {title} (higher is better)")
     paths.append(_save(fig, out_dir / "throughput.png"))
 
@@ -94,7 +106,41 @@ def plot(results: Sequence[WayResult], out_dir: Path) -> list[Path]:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     paths.append(_save(fig, out_dir / "latency_cdf.png"))
+    by_way = {r.way: r for r in results}
+    if INTERACTIVE_IDLE in by_way and INTERACTIVE_BUSY in by_way:
+        paths.append(_lanes_plot(by_way, out_dir / "lanes.png"))
     return paths
+
+
+def _lanes_plot(by_way: Mapping[str, WayResult], path: Path) -> Path:
+    """Each interactive request's latency against when it was sent: on the idle stack, then
+    behind the batch lane's backlog (whose answers are drawn as they came)."""
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    ax = fig.subplots()
+    idle, busy = by_way[INTERACTIVE_IDLE], by_way[INTERACTIVE_BUSY]
+    ax.plot(
+        [s.sent_s for s in idle.samples], [s.latency_s for s in idle.samples], "o-", label="idle"
+    )
+    offset = idle.wall_s
+    busy_ok = [s for s in busy.samples if s.ok]
+    ax.plot(
+        [offset + s.sent_s for s in busy_ok],
+        [s.latency_s for s in busy_ok],
+        "o-",
+        label="behind the batch lane",
+    )
+    batch = by_way.get(BATCH_LANE)
+    if batch is not None:
+        done = sorted(offset + s.sent_s + s.latency_s for s in batch.samples if s.ok)
+        twin = ax.twinx()
+        twin.step(done, np.arange(1, len(done) + 1), where="post", color="grey", alpha=0.5)
+        twin.set_ylabel("batch-lane requests answered", color="grey")
+    ax.set_xlabel("seconds from the first interactive request")
+    ax.set_ylabel("interactive latency, seconds")
+    ax.set_title("interactive requests, idle and behind a batch-lane backlog")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left")
+    return _save(fig, path)
 
 
 def markdown(results: Sequence[WayResult], meta: Mapping[str, object]) -> str:
@@ -148,6 +194,7 @@ def markdown(results: Sequence[WayResult], meta: Mapping[str, object]) -> str:
             )
     pairs = [(w, b) for w in COMPARED for b in BASELINES if w in summaries and b in summaries]
     lines += _ratio_table(ratios(summaries), pairs)
+    lines += _lanes_text(lanes(summaries))
     added = added_by_the_door(summaries)
     if added:
         lines += [
@@ -178,6 +225,29 @@ def _ratio_table(found: dict[str, float], pairs: list[tuple[str, str]]) -> list[
         cells = [_fmt(found.get(f"{w}/{b} {metric}"), 2) for w, b in pairs]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _lanes_text(found: dict[str, float]) -> list[str]:
+    """The lanes way in a sentence, with the worker's lane settings (the stack inherits
+    this process's environment)."""
+    if "interactive_p50_ratio" not in found:
+        return []
+    worker = WorkerSettings()
+    batch = found.get("batch_over_llmq_output_tok_per_s")
+    cost = (
+        ""
+        if batch is None
+        else f"; the batch lane served {batch:.2f}x the output tokens/s of the llmq way (the "
+        "standard lane, no interactive requests)"
+    )
+    return [
+        "",
+        f"Lanes: behind the batch lane's backlog an interactive request took "
+        f"{found['interactive_p50_ratio']:.2f}x its idle latency at p50 and "
+        f"{found.get('interactive_p99_ratio', float('nan')):.2f}x at p99{cost}, with "
+        f"LLMQ_LANE_YIELD_CAP={worker.lane_yield_cap:g} and "
+        f"LLMQ_LANE_YIELD_HOLD_S={worker.lane_yield_hold_s:g}.",
+    ]
 
 
 def _signed_ms(seconds: float | None) -> str:

@@ -10,17 +10,22 @@ import platform
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tqdm import tqdm
 
 from tools.bench import report
 from tools.bench.samples import BenchRequest, WayResult
-from tools.bench.ways import Answered, engine, engine_settings, serve
-from tools.bench.ways.queue import LlmqWay
+from tools.bench.stats import BATCH_LANE, CACHE_HITS
+from tools.bench.ways import Answered, engine, engine_settings, lanes, serve
+from tools.bench.ways.queue import LlmqWay, new_tenant
 
 DUPLICATES = "llmq-duplicates"
 """The duplicate-heavy run's name in the results (it runs through llmq)."""
+Hits = tuple[list[BenchRequest], list[BenchRequest]]
+"""The cache-hit run: originals to answer first, then their repeats."""
+_Out_co = TypeVar("_Out_co", covariant=True)
+_Done = TypeVar("_Done")
 BEGIN = "<!-- llmq bench: begin (written by `llmq bench`, replaced by its next run) -->"
 END = "<!-- llmq bench: end -->"
 TITLE = (
@@ -37,6 +42,12 @@ NOTES = (
     "(timings.engine_ms). llmq and gateway send on the standard lane, which fills all of "
     "max_inflight when no interactive work was seen for LLMQ_LANE_HOLD_S, and 90% "
     "(LLMQ_LANE_STANDARD_CAP) otherwise. Output lengths are the model's own (no ignore_eos). "
+    "llmq-cache-hits: exact repeats of answered questions, sent at once by a Kafka app that "
+    "reads whole results (its req/s is exact-cache answers a second, with Kafka, the stream "
+    "processor and the app on the same cores). The lanes way runs in a stack of its own: "
+    "interactive requests one at a time (uncached, exactly 4 tokens), on the idle stack "
+    "(interactive-idle), then behind the workload sent on the batch lane (batch-lane, "
+    "interactive-busy). "
     "The machine is shared and noisy: compare ways within one run, as ratios."
 )
 
@@ -63,9 +74,11 @@ def run_bench(
     command: str,
     settings: dict[str, Any],
     duplicates: list[BenchRequest] | None = None,
+    hits: Hits | None = None,
 ) -> Written:
     """Run each way in turn (each starts, warms, runs and stops its engine before the next),
-    then `duplicates` through llmq (in the llmq way's stack when it ran), and write it all.
+    then `duplicates` and the cache `hits` through llmq (in the llmq way's stack when it
+    ran), and write it all.
 
     The JSON is rewritten after every way, so a failed run keeps what it measured.
     """
@@ -82,17 +95,19 @@ def run_bench(
     results: list[WayResult] = []
     for name in ways:
         if name == "llmq":
-            results.extend(_llmq(workload, duplicates, cache_dir))
-            duplicates = None
+            results.extend(_llmq(workload, duplicates, hits, cache_dir))
+            duplicates = hits = None
         elif name == "gateway":
             results.append(_gateway(workload, cache_dir))
+        elif name == "lanes":
+            results.extend(_lanes(workload, cache_dir))
         else:
             way = engine.run if name == "engine" else serve.run
             run = partial(way, workload, cache_dir=cache_dir, say=tqdm.write)
             results.append(_with_bar(name, len(workload), run))
         report.write_json(results, meta, json_path)
-    if duplicates:
-        results.extend(_llmq(None, duplicates, cache_dir))
+    if duplicates or hits:
+        results.extend(_llmq(None, duplicates, hits, cache_dir))
         report.write_json(results, meta, json_path)
     plots = report.plot(results, out_dir)
     text = report.markdown(results, meta)
@@ -105,9 +120,13 @@ def run_bench(
 
 
 def _llmq(
-    workload: list[BenchRequest] | None, duplicates: list[BenchRequest] | None, cache_dir: Path
+    workload: list[BenchRequest] | None,
+    duplicates: list[BenchRequest] | None,
+    hits: Hits | None,
+    cache_dir: Path,
 ) -> list[WayResult]:
-    """The llmq way and the duplicate-heavy run, in one stack (each a fresh tenant)."""
+    """The llmq way, the duplicate-heavy run and the cache hits, in one stack (each a fresh
+    tenant)."""
     out = []
     with LlmqWay(cache_dir, tqdm.write) as stack:
         if workload:
@@ -115,7 +134,29 @@ def _llmq(
         if duplicates:
             run = partial(stack.run, duplicates, way=DUPLICATES)
             out.append(_with_bar(DUPLICATES, len(duplicates), run))
+        if hits:
+            out.append(_cache_hits(stack, hits))
     return out
+
+
+def _cache_hits(stack: LlmqWay, hits: Hits) -> WayResult:
+    """The originals answered (and so cached) first, then their repeats all at once, as the
+    same tenant; each answer read whole, as an app that does not stream would."""
+    originals, repeats = hits
+    tenant = new_tenant()
+    warm = stack.run(originals, tenant=tenant, stream=False)
+    failed = [s.error for s in warm.samples if not s.ok]
+    if failed:
+        raise RuntimeError(f"{CACHE_HITS}: {len(failed)} original(s) failed: {failed[0]}")
+    run = partial(stack.run, repeats, way=CACHE_HITS, tenant=tenant, stream=False)
+    return _with_bar(CACHE_HITS, len(repeats), run)
+
+
+def _lanes(workload: list[BenchRequest], cache_dir: Path) -> list[WayResult]:
+    """The lanes mix in a stack of its own (see tools.bench.ways.lanes)."""
+    with LlmqWay(cache_dir, tqdm.write) as stack:
+        # The bar counts the batch lane's answers.
+        return _with_bar(BATCH_LANE, len(workload), partial(lanes.run, stack, workload))
 
 
 def _gateway(workload: list[BenchRequest], cache_dir: Path) -> WayResult:
@@ -125,11 +166,11 @@ def _gateway(workload: list[BenchRequest], cache_dir: Path) -> WayResult:
         return _with_bar("gateway", len(workload), partial(stack.run_gateway, workload))
 
 
-class _Run(Protocol):
-    def __call__(self, *, answered: Answered) -> WayResult: ...
+class _Run(Protocol[_Out_co]):
+    def __call__(self, *, answered: Answered) -> _Out_co: ...
 
 
-def _with_bar(name: str, total: int, run: _Run) -> WayResult:
+def _with_bar(name: str, total: int, run: _Run[_Done]) -> _Done:
     """One way under a progress bar of requests answered."""
     with tqdm(total=total, desc=f"{name:<16}", unit="req") as bar:
         return run(answered=bar.update)

@@ -23,6 +23,13 @@ COMPARED = (LLMQ, GATEWAY)
 """llmq's ways: as a Kafka app, and through its HTTP front door."""
 BASELINES = ("engine", "vllm-serve")
 """The ways llmq is compared with: the bare engine in-process, vLLM's OpenAI server."""
+CACHE_HITS = "llmq-cache-hits"
+"""The exact-cache run's result (it runs through llmq)."""
+INTERACTIVE_IDLE = "interactive-idle"
+BATCH_LANE = "batch-lane"
+INTERACTIVE_BUSY = "interactive-busy"
+"""The lanes way's results: interactive requests on the idle stack, the workload on the
+batch lane, and interactive requests behind it."""
 PERCENTILES = (50, 90, 99)
 RATIO_METRICS = ("req_per_s", "output_tok_per_s", "ttft_p50_s", "latency_p50_s")
 """Compared as llmq / baseline: above 1 is better for throughput, worse for latency."""
@@ -102,6 +109,26 @@ def added_by_the_door(summaries: dict[str, Summary]) -> dict[str, float]:
             a, b = door.get(f"{name}_p{q}_s"), server.get(f"{name}_p{q}_s")
             if a is not None and b is not None:
                 out[f"{name}_p{q}_s"] = a - b
+    return out
+
+
+def lanes(summaries: dict[str, Summary]) -> dict[str, float]:
+    """What the batch lane's backlog did: interactive latency behind it over idle (p50 and
+    p99), and the batch lane's throughput over the llmq way's on the standard lane (no
+    interactive requests there); each left out when a figure is missing."""
+    idle, busy = summaries.get(INTERACTIVE_IDLE), summaries.get(INTERACTIVE_BUSY)
+    batch, alone = summaries.get(BATCH_LANE), summaries.get(LLMQ)
+    pairs = {
+        "interactive_p50_ratio": (busy, idle, "latency_p50_s"),
+        "interactive_p99_ratio": (busy, idle, "latency_p99_s"),
+        "batch_over_llmq_output_tok_per_s": (batch, alone, "output_tok_per_s"),
+    }
+    out = {}
+    for name, (mine, theirs, metric) in pairs.items():
+        a = None if mine is None else mine.get(metric)
+        b = None if theirs is None else theirs.get(metric)
+        if a is not None and b:
+            out[name] = a / b
     return out
 
 

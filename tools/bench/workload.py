@@ -134,3 +134,20 @@ def arrival_times(n: int, rate: float | None, seed: int = 0) -> list[float]:
 def _same(text: str) -> str:
     """The key under which two ShareGPT first turns are the same (FACTS.md's definition)."""
     return " ".join(text.lower().split())
+
+
+HIT_TOKENS = 8
+"""Each cached answer's max_tokens: its original is generated once, while the cache warms."""
+
+
+def cache_hit_workload(n: int, distinct: int) -> tuple[list[BenchRequest], list[BenchRequest]]:
+    """`distinct` short questions to answer first, and `n` exact repeats of them (in turn)
+    to send at once, each a hit of the exact cache once the originals are answered."""
+    if n < 1 or distinct < 1:
+        raise ValueError(f"want at least one repeat of at least one question, got {n}, {distinct}")
+    questions = [f"Name a colour ({k})." for k in range(distinct)]
+    originals = [BenchRequest(k, q, HIT_TOKENS, 0.0) for k, q in enumerate(questions)]
+    repeats = [
+        BenchRequest(i, questions[i % distinct], HIT_TOKENS, 0.0, "exact_repeat") for i in range(n)
+    ]
+    return originals, repeats

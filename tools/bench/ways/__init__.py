@@ -26,9 +26,9 @@ MODEL = "smollm2-135m"
 """The built-in catalog's model, served the same way by every way."""
 LANE = Lane.STANDARD
 """llmq's default lane; its vLLM priority is given to the other ways too."""
-WAYS = ("engine", "vllm-serve", "llmq", "gateway")
-"""The ways of serving, in their default order: llmq from a Kafka app, and through its HTTP
-front door."""
+WAYS = ("engine", "vllm-serve", "llmq", "gateway", "lanes")
+"""The ways of serving, in their default order: llmq from a Kafka app, through its HTTP
+front door, and on the batch lane with interactive requests behind it (tools.bench.ways.lanes)."""
 ANSWERED = "answered"
 """The line the engine way's child process prints per answer (its progress)."""
 STOP_TIMEOUT_S = 30.0

@@ -11,6 +11,7 @@ import asyncio
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -20,6 +21,7 @@ from kafka import KafkaConsumer
 from llmq.aio import AsyncClient
 from llmq.client import Client, tail
 from schemas.catalog import ModelSpec
+from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.names import METERING, TopicSpec
 from schemas.result import CacheStatus, InferenceResult
@@ -123,14 +125,22 @@ class LlmqWay:
             self._state = None
 
     def run(
-        self, workload: list[BenchRequest], answered: Answered = lambda: None, way: str = WAY
+        self,
+        workload: list[BenchRequest],
+        answered: Answered = lambda: None,
+        way: str = WAY,
+        *,
+        tenant: str | None = None,
+        stream: bool = True,
     ) -> WayResult:
-        """Serve the workload as a fresh tenant through Kafka, recorded under `way`;
-        generations and cost are the tenant's metering events."""
-        service = self._started()
-        tenant = f"bench-{uuid.uuid4().hex[:8]}"
+        """Serve the workload through Kafka as `tenant` (a fresh one by default), recorded
+        under `way`; streamed, or (`stream=False`) each answer read as one result.
+        Generations and cost are the tenant's metering events."""
+        service = self.service
+        tenant = tenant or new_tenant()
         metering = tail(service.kafka_bootstrap, METERING, service.kafka_security())
-        samples, wall_s = asyncio.run(self._drive(service, tenant, workload, answered))
+        serve = partial(answer, stream=stream)
+        samples, wall_s = asyncio.run(self._drive(service, tenant, workload, serve, answered))
         generated = sum(s.ok and s.cache == CacheStatus.NONE.value for s in samples)
         events = _metering(metering, tenant, generated)
         return WayResult(
@@ -145,23 +155,32 @@ class LlmqWay:
         self, workload: list[BenchRequest], answered: Answered = lambda: None
     ) -> WayResult:
         """Serve the workload through the stack's front door, over HTTP, streamed."""
-        self._started()
+        if not self._door:
+            raise RuntimeError("LlmqWay runs inside its `with` block only")
         return asyncio.run(_through_the_door(self._door, workload, answered, self._say))
 
-    def _started(self) -> ServiceSettings:
+    @property
+    def service(self) -> ServiceSettings:
+        """How to reach the stack's Kafka and Redis (inside the `with` block)."""
         if self._service is None:
             raise RuntimeError("LlmqWay runs inside its `with` block only")
         return self._service
+
+    @property
+    def reply_to(self) -> str:
+        """The reply topic of this stack's bench clients."""
+        return self._reply_to
 
     async def _drive(
         self,
         service: ServiceSettings,
         tenant: str,
         workload: list[BenchRequest],
+        serve: Callable[[AsyncClient, BenchRequest, float], Awaitable[Reply]],
         answered: Answered,
     ) -> tuple[list[Sample], float]:
         async with AsyncClient(service, tenant=tenant, reply_to=self._reply_to) as client:
-            return await drive(workload, partial(_answer, client), answered)
+            return await drive(workload, partial(serve, client), answered)
 
 
 def run(
@@ -176,23 +195,39 @@ def run(
         return way.run(workload, answered)
 
 
-async def _answer(client: AsyncClient, request: BenchRequest, sent: float) -> Reply:
+def new_tenant() -> str:
+    """A tenant of its own for a run, so that it starts with empty caches."""
+    return f"bench-{uuid.uuid4().hex[:8]}"
+
+
+async def answer(
+    client: AsyncClient,
+    request: BenchRequest,
+    sent: float,
+    *,
+    lane: Lane = LANE,
+    stream: bool = True,
+) -> Reply:
     """Publish one request and stream its answer; then its result, for the cache and the
-    engine's time (the latency ends at the last piece, before it)."""
+    engine's time (the latency ends at the last piece, before it). Unstreamed, the latency
+    ends at the result."""
     chat = body(request)
     cid = await client.submit(
         chat.messages,
-        lane=LANE,
+        lane=lane,
         max_tokens=chat.max_tokens,
         temperature=chat.temperature,
-        stream=True,
+        stream=stream,
     )
     first: float | None = None
-    async for piece in client.follow(cid, wait_s=RESULT_TIMEOUT_S):
-        if first is None and piece.text:
-            first = time.monotonic()
+    if stream:
+        async for piece in client.follow(cid, wait_s=RESULT_TIMEOUT_S):
+            if first is None and piece.text:
+                first = time.monotonic()
     done = time.monotonic()
     result = await client.result(cid, RESULT_TIMEOUT_S)
+    if not stream:
+        done = time.monotonic()
     return reply(result, None if first is None else first - sent, done)
 
 
