@@ -16,12 +16,10 @@ from tqdm import tqdm
 
 from tools.bench import report
 from tools.bench.samples import BenchRequest, WayResult
-from tools.bench.stats import BATCH_LANE, CACHE_HITS
+from tools.bench.stats import BATCH_LANE, CACHE_HITS, DUPLICATES
 from tools.bench.ways import Answered, engine, engine_settings, lanes, serve
 from tools.bench.ways.queue import LlmqWay, new_tenant
 
-DUPLICATES = "llmq-duplicates"
-"""The duplicate-heavy run's name in the results (it runs through llmq)."""
 Hits = tuple[list[BenchRequest], list[BenchRequest]]
 """The cache-hit run: originals to answer first, then their repeats."""
 _Out_co = TypeVar("_Out_co", covariant=True)

@@ -23,6 +23,8 @@ COMPARED = (LLMQ, GATEWAY)
 """llmq's ways: as a Kafka app, and through its HTTP front door."""
 BASELINES = ("engine", "vllm-serve")
 """The ways llmq is compared with: the bare engine in-process, vLLM's OpenAI server."""
+DUPLICATES = "llmq-duplicates"
+"""The duplicate-heavy run's result (it runs through llmq)."""
 CACHE_HITS = "llmq-cache-hits"
 """The exact-cache run's result (it runs through llmq)."""
 INTERACTIVE_IDLE = "interactive-idle"
