@@ -8,6 +8,7 @@ from typing import Any
 
 import faust
 import redis.asyncio as aioredis
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types.auth import CredentialsT
 
 from schemas.kafka_security import KafkaSecurity
@@ -24,6 +25,7 @@ from schemas.names import (
 )
 from schemas.tenants import TenantPolicy
 from streams import metrics
+from streams.affinity import PrefixAffinity
 from streams.budget import Budgets
 from streams.budget_alerts import BudgetAlerts
 from streams.coalesce import Coalescer
@@ -64,7 +66,25 @@ class FaustSend:
         key: bytes | None,
         value: bytes,
         headers: Mapping[str, bytes] | None = None,
+        partition: int | None = None,
     ) -> None:
+        channel = await self._channel(topic)
+        pending = await channel.send(
+            key=key, value=value, headers=dict(headers or {}), partition=partition
+        )
+        await asyncio.wait_for(pending, timeout=ACK_TIMEOUT_S)
+
+    async def partitions(self, topic: str) -> int:
+        """How many partitions `topic` has, from the producer's metadata (fetched once, then
+        kept fresh by the client). faust tells partition counts only of topics it consumes,
+        so this asks its aiokafka producer."""
+        await self._channel(topic)
+        producer = self._app.producer
+        if not isinstance(producer, AIOKafkaProducerDriver):
+            raise TypeError(f"faust's producer is {type(producer).__name__}, not aiokafka's")
+        return len(await producer._ensure_producer().partitions_for(topic))
+
+    async def _channel(self, topic: str) -> Any:
         channel = self._topics.get(topic)
         if channel is None:
             # Declared once, up front: sending to a topic the broker auto-creates can
@@ -72,8 +92,7 @@ class FaustSend:
             channel = self._app.topic(topic, key_serializer="raw", value_serializer="raw")
             await channel.maybe_declare()
             self._topics[topic] = channel
-        pending = await channel.send(key=key, value=value, headers=dict(headers or {}))
-        await asyncio.wait_for(pending, timeout=ACK_TIMEOUT_S)
+        return channel
 
 
 def broker_credentials(security: KafkaSecurity) -> CredentialsT | None:
@@ -121,7 +140,9 @@ def build(settings: StreamSettings) -> faust.App:
     gate = TenantGate(policy, RateLimiter(redis), budgets, catalog, alerts)
     meter = Meter(gate, CostRollups(redis))
     answered: list[Answered] = [Savings(catalog, send), ExperimentStats(redis)]
-    outbox = Outbox(store, send, ledger=gate, answered=answered)
+    affinity = settings.prefix_affinity_chars
+    placer = PrefixAffinity(affinity, send.partitions) if affinity else None
+    outbox = Outbox(store, send, ledger=gate, answered=answered, placer=placer)
     # The coalescing state: changelog-backed, co-partitioned with llmq.requests.keyed and
     # llmq.completions (all keyed by fingerprint, all with `partitions` partitions).
     table = app.Table(

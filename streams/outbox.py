@@ -44,7 +44,8 @@ class Answered(Protocol):
 
 
 class Send(Protocol):
-    """Publish one record and return once the broker has acknowledged it."""
+    """Publish one record (to `partition`, or where its key hashes) and return once the
+    broker has acknowledged it."""
 
     async def __call__(
         self,
@@ -52,7 +53,14 @@ class Send(Protocol):
         key: bytes | None,
         value: bytes,
         headers: Mapping[str, bytes] | None = None,
+        partition: int | None = None,
     ) -> None: ...
+
+
+class Placer(Protocol):
+    """Chooses a work record's partition (streams.affinity.PrefixAffinity in production)."""
+
+    async def partition(self, topic: str, item: WorkItem) -> int: ...
 
 
 class Outbox:
@@ -65,20 +73,25 @@ class Outbox:
         send: Send,
         ledger: Ledger | None = None,
         answered: Sequence[Answered] = (),
+        placer: Placer | None = None,
     ) -> None:
         self.store = store
         self.send = send
         self.ledger = ledger
         self.answered = answered
+        self.placer = placer
 
     async def work(self, item: WorkItem) -> None:
         """Hand a work item to the workers of its current model, in its lane; its estimated
-        tokens ride in a header, so the autoscaler weighs the backlog without parsing it."""
+        tokens ride in a header, so the autoscaler weighs the backlog without parsing it. The
+        placer chooses its partition; without one, its fingerprint does."""
+        topic = work_topic(item.model, item.request.lane)
         await self.send(
-            work_topic(item.model, item.request.lane),
+            topic,
             item.fingerprint.encode(),
             item.model_dump_json().encode(),
             {HEADER_TOKENS: str(item.request.body.estimated_tokens()).encode()},
+            None if self.placer is None else await self.placer.partition(topic, item),
         )
 
     async def reply(self, topic: str | None, result: InferenceResult) -> None:

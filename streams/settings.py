@@ -10,6 +10,7 @@ from pydantic import Field
 from schemas.names import DEFAULT_PARTITIONS, STREAMS_APP_ID
 from schemas.retry import RetryPolicy
 from schemas.settings import ServiceSettings
+from streams.affinity import DEFAULT_PREFIX_CHARS
 from streams.semantic import DEFAULT_THRESHOLD
 
 
@@ -44,6 +45,11 @@ class StreamSettings(ServiceSettings):
     semantic_max_entries: int = Field(default=100_000, ge=1)
     """Entries kept per scope in Redis, and mirrored in all by one process
     (LLMQ_SEMANTIC_MAX_ENTRIES)."""
+    prefix_affinity_chars: int = Field(default=DEFAULT_PREFIX_CHARS, ge=0, le=1_000_000)
+    """Work records whose prompts share their first this many characters go to one
+    partition of their work topic, so one replica's prefix cache serves them, within a load
+    bound (docs/prefix-affinity.md); 0: each goes where its fingerprint hashes
+    (LLMQ_PREFIX_AFFINITY_CHARS)."""
     compress_prompts: bool = False
     """Normalise whitespace and invisible characters in prompts before they reach the
     engine; the tokens saved are metered (LLMQ_COMPRESS_PROMPTS)."""

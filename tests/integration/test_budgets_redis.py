@@ -300,11 +300,12 @@ class Published(FakeSend):
         key: bytes | None,
         value: bytes,
         headers: Mapping[str, bytes] | None = None,
+        partition: int | None = None,
     ) -> None:
         if self.fail:
             self.fail -= 1
             raise KafkaTimeoutError("no broker")
-        await super().__call__(topic, key, value, headers)
+        await super().__call__(topic, key, value, headers, partition)
 
 
 def test_each_threshold_is_reported_once_per_period_across_instances(redis_port: int) -> None:

@@ -58,6 +58,7 @@ class Sent(NamedTuple):
     key: bytes | None
     value: bytes
     headers: Mapping[str, bytes] | None
+    partition: int | None = None
 
 
 class FakeSend:
@@ -72,8 +73,9 @@ class FakeSend:
         key: bytes | None,
         value: bytes,
         headers: Mapping[str, bytes] | None = None,
+        partition: int | None = None,
     ) -> None:
-        self.sent.append(Sent(topic, key, value, headers))
+        self.sent.append(Sent(topic, key, value, headers, partition))
 
 
 class Pipeline:

@@ -105,11 +105,12 @@ class FlakySend(FakeSend):
         key: bytes | None,
         value: bytes,
         headers: Mapping[str, bytes] | None = None,
+        partition: int | None = None,
     ) -> None:
         if topic.startswith("app.replies") and not self.failed:
             self.failed = True
             raise ConnectionError("broker gone")
-        await super().__call__(topic, key, value, headers)
+        await super().__call__(topic, key, value, headers, partition)
 
 
 def test_followers_survive_a_failed_reply_until_the_completion_is_redelivered() -> None:

@@ -53,7 +53,8 @@ class LocalSettings(BaseSettings):
     unset. Less lets more workers share this machine's memory."""
     autoscale: bool = True
     """Run the autoscaler, which starts and stops each model's workers between min and max
-    replicas (LLMQ_AUTOSCALE); off: one worker per model."""
+    replicas (LLMQ_AUTOSCALE); off: a fixed pool of min_replicas workers per model (at
+    least one)."""
     min_replicas: int = Field(default=1, ge=0, le=16)
     """Fewest workers per model; 0 lets an idle pool go to zero (LLMQ_MIN_REPLICAS)."""
     max_replicas: int = Field(default=2, ge=1, le=16)

@@ -109,7 +109,7 @@ class LocalStack:
             ),
         ]
         comps += [self.streams(n) for n in range(1, s.streams + 1)]
-        first = max(1, s.min_replicas) if s.autoscale else 1
+        first = max(1, s.min_replicas)
         for spec in self.catalog.models:
             comps += [self.replica(spec, r) for r in range(1, first + 1)]
         if s.autoscale:

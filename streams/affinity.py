@@ -1,0 +1,93 @@
+"""Prefix affinity: which partition of its work topic a work record goes to.
+
+Requests whose prompts start alike (a system prompt, few-shot examples, a document) go to
+the same partition, so the replica that owns it reuses the prompt's KV blocks from vLLM's
+prefix cache instead of computing them again; llm-d's router does this for HTTP, here it is
+done with partitions. A load bound keeps a hot prefix from unbalancing the pool: a partition
+that took more than its share of the recent records sends the next one to the prefix's
+second choice (consistent hashing with bounded loads, Mirrokni et al., arXiv 1608.01350).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+
+from schemas.request import ChatMessage
+from schemas.work import WorkItem
+
+DEFAULT_PREFIX_CHARS = 512
+"""Characters of the prompt that name its prefix group: about 128 tokens, the least whose
+reuse saves a prefill worth keeping a request off the least loaded replica."""
+WINDOW_PER_PARTITION = 64
+"""Recent records of a topic over which the partitions' shares are counted, per partition."""
+SLACK = 1.25
+"""A partition may take up to this many times an even share of the window."""
+
+
+def prefix_group(messages: Sequence[ChatMessage], chars: int) -> bytes | None:
+    """A digest of the prompt's first `chars` characters (roles and contents, in order), or
+    None when the prompt is no longer than that: nothing after a shared part to share it
+    with."""
+    text = "".join(f"{message.role}\n{message.content}\n" for message in messages)
+    if chars <= 0 or len(text) <= chars:
+        return None
+    return hashlib.blake2b(text[:chars].encode(), digest_size=16).digest()
+
+
+def ranked(group: bytes, partitions: int) -> list[int]:
+    """The partitions in `group`'s order of preference (rendezvous hashing): the same for
+    every stream-processor instance, and a full partition's overflow is spread over the
+    others rather than all sent to its neighbour."""
+
+    def score(partition: int) -> bytes:
+        return hashlib.blake2b(group + partition.to_bytes(4, "big"), digest_size=8).digest()
+
+    return sorted(range(partitions), key=score, reverse=True)
+
+
+class Balance:
+    """The bound on one topic's partitions: each may take at most SLACK times an even share
+    of the last WINDOW_PER_PARTITION records per partition (counted as if the window were
+    full until it is, so the first records of a prefix are not scattered for want of
+    history)."""
+
+    def __init__(self, partitions: int, slack: float = SLACK) -> None:
+        self.partitions = partitions
+        window = WINDOW_PER_PARTITION * partitions
+        self._recent: deque[int] = deque(maxlen=window)
+        self._counts = [0] * partitions
+        self._cap = slack * WINDOW_PER_PARTITION
+
+    def place(self, preference: Sequence[int]) -> int:
+        """The first partition in `preference` still under the bound (the least loaded when
+        none is, which only a slack below 1 allows); counted in the window."""
+        chosen = next(
+            (p for p in preference if self._counts[p] + 1 <= self._cap),
+            min(preference, key=self._counts.__getitem__),
+        )
+        if len(self._recent) == self._recent.maxlen:
+            self._counts[self._recent[0]] -= 1
+        self._recent.append(chosen)
+        self._counts[chosen] += 1
+        return chosen
+
+
+class PrefixAffinity:
+    """Chooses each work record's partition: by its prompt's prefix group when the prompt is
+    longer than `chars`, by its fingerprint otherwise, within each topic's Balance."""
+
+    def __init__(self, chars: int, partitions: Callable[[str], Awaitable[int]]) -> None:
+        self._chars = chars
+        self._partitions = partitions
+        self._balances: dict[str, Balance] = {}
+
+    async def partition(self, topic: str, item: WorkItem) -> int:
+        """The partition of `topic` for `item`."""
+        count = await self._partitions(topic)
+        balance = self._balances.get(topic)
+        if balance is None or balance.partitions != count:
+            balance = self._balances[topic] = Balance(count)
+        group = prefix_group(item.request.body.messages, self._chars)
+        return balance.place(ranked(group or item.fingerprint.encode(), count))

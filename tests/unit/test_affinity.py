@@ -1,0 +1,145 @@
+"""Prefix affinity: prefix groups, each group's order of partitions, the load bound, and the
+partition a work record is published to."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from schemas.lanes import Lane
+from schemas.names import work_topic
+from schemas.request import ChatMessage, InferenceRequest
+from schemas.route import Route
+from schemas.work import WorkItem
+from streams.affinity import (
+    DEFAULT_PREFIX_CHARS,
+    SLACK,
+    WINDOW_PER_PARTITION,
+    Balance,
+    PrefixAffinity,
+    prefix_group,
+    ranked,
+)
+from streams.outbox import Outbox
+from tests.unit.stages import FakeSend, FakeStore
+
+SYSTEM = "You are the support assistant of a bicycle shop. " * 20  # ~1,000 characters
+TOPIC = work_topic("smollm2-135m", Lane.STANDARD)
+
+
+def _messages(question: str, system: str = SYSTEM) -> list[ChatMessage]:
+    return [ChatMessage(role="system", content=system), ChatMessage(role="user", content=question)]
+
+
+def _work(question: str, system: str = SYSTEM) -> WorkItem:
+    request = InferenceRequest.model_validate(
+        {
+            "correlation_id": "req-1",
+            "tenant": "acme",
+            "body": {"messages": [m.model_dump() for m in _messages(question, system)]},
+        }
+    )
+    return WorkItem(
+        request=request,
+        model="smollm2-135m",
+        fingerprint=f"fp-{question}-{system[:8]}",
+        route=Route(requested="smollm2-135m", chain=["smollm2-135m"]),
+    )
+
+
+async def _four(topic: str) -> int:
+    return 4
+
+
+def test_prompts_that_share_their_first_characters_share_a_group() -> None:
+    a = prefix_group(_messages("How do I fix a flat tyre?"), DEFAULT_PREFIX_CHARS)
+    b = prefix_group(_messages("Which chain fits a 7-speed?"), DEFAULT_PREFIX_CHARS)
+    other = prefix_group(_messages("How do I fix a flat tyre?", "Be terse. " + SYSTEM), 512)
+    assert a is not None and a == b
+    assert other is not None and other != a
+
+
+def test_a_prompt_no_longer_than_the_prefix_has_no_group() -> None:
+    short = _messages("Hi", system="Be brief.")
+    assert prefix_group(short, DEFAULT_PREFIX_CHARS) is None
+    assert prefix_group(_messages("Hi"), 0) is None
+
+
+def test_roles_are_part_of_the_prefix() -> None:
+    as_user = [ChatMessage(role="user", content=SYSTEM)]
+    as_system = [ChatMessage(role="system", content=SYSTEM)]
+    assert prefix_group(as_user, 512) != prefix_group(as_system, 512)
+
+
+def test_each_group_ranks_every_partition_once_and_groups_spread_over_them() -> None:
+    firsts = Counter(ranked(f"group-{n}".encode(), 4)[0] for n in range(4_000))
+    assert sorted(ranked(b"group", 4)) == [0, 1, 2, 3]
+    assert ranked(b"group", 4) == ranked(b"group", 4)
+    assert set(firsts) == {0, 1, 2, 3}
+    assert max(firsts.values()) < 1.1 * min(firsts.values())
+
+
+def test_a_hot_group_stays_on_its_partition_until_the_bound_then_moves_to_its_second() -> None:
+    balance = Balance(4)
+    order = ranked(b"hot", 4)
+    cap = int(SLACK * WINDOW_PER_PARTITION)
+    placed = [balance.place(order) for _ in range(cap + 10)]
+    assert placed[:cap] == [order[0]] * cap
+    assert placed[cap:] == [order[1]] * 10
+
+
+def test_the_bound_holds_for_a_group_that_is_all_the_traffic() -> None:
+    balance = Balance(4)
+    order = ranked(b"hot", 4)
+    window = [balance.place(order) for _ in range(10 * WINDOW_PER_PARTITION * 4)]
+    shares = Counter(window[-WINDOW_PER_PARTITION * 4 :])
+    assert max(shares.values()) <= SLACK * WINDOW_PER_PARTITION
+
+
+def test_a_group_with_an_eighth_of_the_traffic_keeps_to_its_first_two_partitions() -> None:
+    balance = Balance(4)
+    hot, placed = ranked(b"hot", 4), []
+    for n in range(4_000):
+        if n % 8:
+            placed.append(balance.place(ranked(f"cold-{n}".encode(), 4)))
+        else:
+            placed.append(balance.place(hot))
+    hot_counts = Counter(placed[::8])
+    assert set(hot_counts) == set(hot[:2])
+    assert hot_counts[hot[0]] > 0.8 * 500
+    last_window = Counter(placed[-WINDOW_PER_PARTITION * 4 :])
+    assert max(last_window.values()) <= SLACK * WINDOW_PER_PARTITION
+
+
+def test_records_sharing_a_prefix_go_to_one_partition_others_by_fingerprint() -> None:
+    async def main() -> tuple[list[int], list[int]]:
+        affinity = PrefixAffinity(DEFAULT_PREFIX_CHARS, _four)
+        shared = [await affinity.partition(TOPIC, _work(f"question {n}")) for n in range(20)]
+        short = [
+            await affinity.partition(TOPIC, _work("Hi", system=f"Be brief ({n})."))
+            for n in range(20)
+        ]
+        return shared, short
+
+    shared, short = asyncio.run(main())
+    assert len(set(shared)) == 1
+    expected = [
+        ranked(_work("Hi", system=f"Be brief ({n}).").fingerprint.encode(), 4)[0] for n in range(20)
+    ]
+    assert short == expected
+
+
+def test_the_outbox_publishes_work_to_the_placers_partition() -> None:
+    async def main() -> tuple[FakeSend, FakeSend]:
+        placed, unplaced = FakeSend(), FakeSend()
+        work = _work("How do I fix a flat tyre?")
+        await Outbox(FakeStore(), placed, placer=PrefixAffinity(512, _four)).work(work)
+        await Outbox(FakeStore(), unplaced).work(work)
+        return placed, unplaced
+
+    placed, unplaced = asyncio.run(main())
+    assert [s.partition for s in placed.sent] == [
+        ranked(prefix_group(_messages("x"), 512) or b"", 4)[0]
+    ]
+    assert [s.partition for s in unplaced.sent] == [None]
+    assert placed.sent[0].key == unplaced.sent[0].key == b"fp-How do I fix a flat tyre?-You are "
