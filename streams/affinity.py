@@ -22,8 +22,11 @@ DEFAULT_PREFIX_CHARS = 512
 reuse saves a prefill worth keeping a request off the least loaded replica."""
 WINDOW_PER_PARTITION = 64
 """Recent records of a topic over which the partitions' shares are counted, per partition."""
+FLOOR_PER_PARTITION = 8
+"""Fewer records than this per partition are counted as this many, so the first records of a
+prefix are not scattered for want of history."""
 SLACK = 1.25
-"""A partition may take up to this many times an even share of the window."""
+"""A partition may take up to this many times an even share of the records counted."""
 
 
 def prefix_group(messages: Sequence[ChatMessage], chars: int) -> bytes | None:
@@ -49,26 +52,26 @@ def ranked(group: bytes, partitions: int) -> list[int]:
 
 class Balance:
     """The bound on one topic's partitions: each may take at most SLACK times an even share
-    of the last WINDOW_PER_PARTITION records per partition (counted as if the window were
-    full until it is, so the first records of a prefix are not scattered for want of
-    history)."""
+    of the last WINDOW_PER_PARTITION records per partition (of at least
+    FLOOR_PER_PARTITION, while there are fewer)."""
 
     def __init__(self, partitions: int, slack: float = SLACK) -> None:
         self.partitions = partitions
-        window = WINDOW_PER_PARTITION * partitions
-        self._recent: deque[int] = deque(maxlen=window)
+        self._recent: deque[int] = deque(maxlen=WINDOW_PER_PARTITION * partitions)
         self._counts = [0] * partitions
-        self._cap = slack * WINDOW_PER_PARTITION
+        self._slack = slack
 
     def place(self, preference: Sequence[int]) -> int:
         """The first partition in `preference` still under the bound (the least loaded when
         none is, which only a slack below 1 allows); counted in the window."""
+        if len(self._recent) == self._recent.maxlen:
+            self._counts[self._recent.popleft()] -= 1
+        counted = max(len(self._recent) + 1, FLOOR_PER_PARTITION * self.partitions)
+        cap = self._slack * counted / self.partitions
         chosen = next(
-            (p for p in preference if self._counts[p] + 1 <= self._cap),
+            (p for p in preference if self._counts[p] + 1 <= cap),
             min(preference, key=self._counts.__getitem__),
         )
-        if len(self._recent) == self._recent.maxlen:
-            self._counts[self._recent[0]] -= 1
         self._recent.append(chosen)
         self._counts[chosen] += 1
         return chosen

@@ -13,6 +13,7 @@ from schemas.route import Route
 from schemas.work import WorkItem
 from streams.affinity import (
     DEFAULT_PREFIX_CHARS,
+    FLOOR_PER_PARTITION,
     SLACK,
     WINDOW_PER_PARTITION,
     Balance,
@@ -42,7 +43,7 @@ def _work(question: str, system: str = SYSTEM) -> WorkItem:
     return WorkItem(
         request=request,
         model="smollm2-135m",
-        fingerprint=f"fp-{question}-{system[:8]}",
+        fingerprint=f"fp-{question}-{system}",
         route=Route(requested="smollm2-135m", chain=["smollm2-135m"]),
     )
 
@@ -82,10 +83,16 @@ def test_each_group_ranks_every_partition_once_and_groups_spread_over_them() -> 
 def test_a_hot_group_stays_on_its_partition_until_the_bound_then_moves_to_its_second() -> None:
     balance = Balance(4)
     order = ranked(b"hot", 4)
-    cap = int(SLACK * WINDOW_PER_PARTITION)
-    placed = [balance.place(order) for _ in range(cap + 10)]
-    assert placed[:cap] == [order[0]] * cap
-    assert placed[cap:] == [order[1]] * 10
+    first = int(SLACK * FLOOR_PER_PARTITION)  # the bound before there is any history
+    placed = [balance.place(order) for _ in range(first + 2)]
+    assert placed == [order[0]] * first + [order[1]] * 2
+
+
+def test_a_burst_shorter_than_the_window_is_bounded_too() -> None:
+    balance = Balance(4)
+    order = ranked(b"hot", 4)
+    burst = Counter(balance.place(order) for _ in range(192))
+    assert max(burst.values()) <= SLACK * 192 / 4
 
 
 def test_the_bound_holds_for_a_group_that_is_all_the_traffic() -> None:
@@ -112,27 +119,23 @@ def test_a_group_with_an_eighth_of_the_traffic_keeps_to_its_first_two_partitions
 
 
 def test_records_sharing_a_prefix_go_to_one_partition_others_by_fingerprint() -> None:
-    async def main() -> tuple[list[int], list[int]]:
+    async def place(items: list[WorkItem]) -> list[int]:
         affinity = PrefixAffinity(DEFAULT_PREFIX_CHARS, _four)
-        shared = [await affinity.partition(TOPIC, _work(f"question {n}")) for n in range(20)]
-        short = [
-            await affinity.partition(TOPIC, _work("Hi", system=f"Be brief ({n})."))
-            for n in range(20)
-        ]
-        return shared, short
+        return [await affinity.partition(TOPIC, item) for item in items]
 
-    shared, short = asyncio.run(main())
-    assert len(set(shared)) == 1
-    expected = [
-        ranked(_work("Hi", system=f"Be brief ({n}).").fingerprint.encode(), 4)[0] for n in range(20)
-    ]
-    assert short == expected
+    shared = [_work(f"question {n}") for n in range(int(SLACK * FLOOR_PER_PARTITION))]
+    briefs = [_work("Hi", system=f"Be brief ({n}).") for n in range(10)]
+    assert len(set(asyncio.run(place(shared)))) == 1
+    by_fingerprint = asyncio.run(place(briefs))
+    assert by_fingerprint == [ranked(brief.fingerprint.encode(), 4)[0] for brief in briefs]
+    assert len(set(by_fingerprint)) > 1
 
 
 def test_the_outbox_publishes_work_to_the_placers_partition() -> None:
+    work = _work("How do I fix a flat tyre?")
+
     async def main() -> tuple[FakeSend, FakeSend]:
         placed, unplaced = FakeSend(), FakeSend()
-        work = _work("How do I fix a flat tyre?")
         await Outbox(FakeStore(), placed, placer=PrefixAffinity(512, _four)).work(work)
         await Outbox(FakeStore(), unplaced).work(work)
         return placed, unplaced
@@ -142,4 +145,4 @@ def test_the_outbox_publishes_work_to_the_placers_partition() -> None:
         ranked(prefix_group(_messages("x"), 512) or b"", 4)[0]
     ]
     assert [s.partition for s in unplaced.sent] == [None]
-    assert placed.sent[0].key == unplaced.sent[0].key == b"fp-How do I fix a flat tyre?-You are "
+    assert placed.sent[0].key == unplaced.sent[0].key == work.fingerprint.encode()

@@ -50,7 +50,7 @@ WAY = "llmq"
 GATEWAY = "gateway"
 STACK_PORTS = 6
 """Kafka, its controller, Redis, the stream processor's and the worker's /metrics, the front
-door."""
+door; each further worker takes the next port."""
 RESULT_TIMEOUT_S = 900.0
 METERING_WAIT_S = 15.0
 """How long metering events may trail the last result."""
@@ -60,9 +60,16 @@ class LlmqWay:
     """The local stack on free ports with a temporary state dir: up (and warmed with one
     request) on enter, down on exit. Each run is a fresh tenant, so caches start empty."""
 
-    def __init__(self, cache_dir: Path, say: Say = lambda _: None) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        say: Say = lambda _: None,
+        *,
+        replicas: int = 1,
+    ) -> None:
         self._cache_dir = cache_dir
         self._say = say
+        self._replicas = replicas
         self._state: tempfile.TemporaryDirectory[str] | None = None
         self._stack: LocalStack | None = None
         self._service: ServiceSettings | None = None
@@ -72,7 +79,7 @@ class LlmqWay:
     def __enter__(self) -> LlmqWay:
         set_engine_env()
         self._state = tempfile.TemporaryDirectory(prefix="llmq-bench-stack-")
-        base = free_block(STACK_PORTS)
+        base = free_block(STACK_PORTS + self._replicas - 1)
         local = LocalSettings(
             state_dir=Path(self._state.name),
             cache_dir=self._cache_dir,
@@ -84,6 +91,8 @@ class LlmqWay:
             tenants_file=None,
             compress_prompts=False,
             autoscale=False,  # one worker, as the other ways have one engine
+            min_replicas=self._replicas,
+            max_replicas=max(2, self._replicas),
         )
         self._stack = LocalStack(local)
         self._say(f"{WAY}: starting the local stack (Kafka on port {base})")
@@ -165,6 +174,18 @@ class LlmqWay:
         if self._service is None:
             raise RuntimeError("LlmqWay runs inside its `with` block only")
         return self._service
+
+    @property
+    def workers(self) -> list[str]:
+        """The /metrics endpoints of the stack's workers (inside the `with` block)."""
+        if self._stack is None:
+            raise RuntimeError("LlmqWay runs inside its `with` block only")
+        stack = self._stack
+        return [
+            stack.replica(spec, r).endpoint
+            for spec in stack.catalog.models
+            for r in range(1, self._replicas + 1)
+        ]
 
     @property
     def reply_to(self) -> str:

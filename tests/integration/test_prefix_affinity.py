@@ -1,0 +1,74 @@
+"""Prefix affinity on the real stack: the stream processor publishes work whose prompts share
+a long prefix to one partition of the work topic, and spreads work that shares none."""
+
+from __future__ import annotations
+
+import uuid
+
+from kafka import KafkaConsumer, TopicPartition
+
+from llmq.client import Client
+from schemas.catalog import Catalog
+from schemas.names import work_topics
+from schemas.request import CacheMode
+from schemas.settings import ServiceSettings
+from schemas.work import WorkItem
+from streams.affinity import DEFAULT_PREFIX_CHARS
+from tests.integration.helpers import Record, collect
+
+MODEL = Catalog.builtin().default
+MANUAL = (
+    "You answer questions about the Model 7 espresso machine. The boiler holds 1.2 litres; "
+    "the pump gives 15 bar; descale every 200 shots with citric acid; the steam wand takes "
+    "40 seconds to heat; the grinder has 30 settings, finest at 1. "
+) * 4
+
+
+def _partitions(settings: ServiceSettings, wanted: set[str]) -> dict[str, int]:
+    """The partition of the work record of each correlation id in `wanted`, read from the
+    start of every lane's work topic."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
+    )
+    try:
+        parts = [
+            TopicPartition(topic, p)
+            for topic in work_topics(MODEL)
+            for p in consumer.partitions_for_topic(topic) or ()
+        ]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        records = collect(consumer, lambda got: len(_ours(got, wanted)) == len(wanted), 60)
+        return _ours(records, wanted)
+    finally:
+        consumer.close()
+
+
+def _ours(records: list[Record], wanted: set[str]) -> dict[str, int]:
+    found = {}
+    for record in records:
+        cid = WorkItem.model_validate_json(record.value).request.correlation_id
+        if cid in wanted:
+            found[cid] = record.partition
+    return found
+
+
+def test_work_sharing_a_long_prompt_prefix_lands_on_one_partition(
+    client: Client, service_settings: ServiceSettings
+) -> None:
+    assert len(MANUAL) > DEFAULT_PREFIX_CHARS
+    tag = uuid.uuid4().hex[:8]
+
+    def submit(system: str, question: str) -> str:
+        chat = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        return client.submit(chat, max_tokens=1, temperature=0.0, cache=CacheMode.OFF)
+
+    shared = [submit(MANUAL, f"Question {n} ({tag})?") for n in range(8)]
+    alone = [submit(f"Manual {n} ({tag}). {MANUAL}", "What pressure?") for n in range(16)]
+    for cid in shared + alone:
+        assert client.result(cid, timeout=300).status == "ok"
+
+    placed = _partitions(service_settings, set(shared + alone))
+
+    assert len({placed[cid] for cid in shared}) <= 2  # one, or its second when the first is full
+    assert len({placed[cid] for cid in alone}) >= 3
