@@ -41,9 +41,15 @@ def test_documents_that_start_alike_are_refused(tmp_path: Path) -> None:
         workload(2, 4, DOC_CHARS, tmp_path)
 
 
-def _run(placement: str, wall_s: float, loads: list[tuple[float, float, float]]) -> Run:
+def _run(
+    placement: str,
+    wall_s: float,
+    loads: list[tuple[float, float, float]],
+    errors: dict[str, int] | None = None,
+) -> Run:
     workers = [Worker(queried=q, hit=h, prompt=p, generated=10) for q, h, p in loads]
-    return Run(placement, 0, 100, 100, wall_s, workers)
+    failed = sum((errors or {}).values())
+    return Run(placement, 0, 100, 100 - failed, wall_s, workers, errors or {})
 
 
 def test_hit_rate_throughput_and_spread_are_over_the_pool() -> None:
@@ -58,10 +64,11 @@ def test_the_report_gives_the_command_both_rows_and_the_ratio() -> None:
     args = argparse.Namespace(
         documents=24, requests=192, doc_chars=4_000, replicas=2, kv_cache_gib=1
     )
-    fingerprint = _run("fingerprint", 200, [(1_000, 500, 1_000), (1_000, 500, 1_000)])
+    loads: list[tuple[float, float, float]] = [(1_000, 500, 1_000), (1_000, 500, 1_000)]
+    fingerprint = _run("fingerprint", 190, loads, {"engine_timeout: too slow": 5})
     prefix = _run("prefix", 100, [(1_000, 900, 1_200), (1_000, 900, 800)])
     text = section([fingerprint, prefix], args)
     assert "python -m tools.bench.prefix_affinity --documents 24 --requests 192" in text
-    assert "| fingerprint | 100/100 | 200 | 0.50 | 50.0% |" in text
-    assert "| prefix | 100/100 | 100 | 1.00 | 90.0% |" in text
+    assert "| fingerprint | 95/100 | engine_timeout: too slow: 5 | 190 | 0.50 | 50.0% |" in text
+    assert "| prefix | 100/100 | none | 100 | 1.00 | 90.0% |" in text
     assert "**2.00x**" in text

@@ -36,7 +36,7 @@ from schemas.lanes import Lane
 from schemas.request import CacheMode
 from schemas.settings import ServiceSettings
 from tools.batch.client import BatchApi
-from tools.bench.runner import machine, replace_section
+from tools.bench.runner import machine, record_section
 from workers.settings import WorkerSettings
 
 BEGIN = "<!-- batch-api: begin (written by `python -m tools.bench.batch_api`) -->"
@@ -261,9 +261,7 @@ def main() -> None:
     text = section(figures)
     print(text)
     if args.record:
-        old = args.record.read_text(encoding="utf-8") if args.record.exists() else ""
-        args.record.write_text(replace_section(old, text, BEGIN, END), encoding="utf-8")
-        print(f"recorded in {args.record}")
+        record_section(args.record, text, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from streams.affinity import DEFAULT_PREFIX_CHARS
 from tools import sharegpt
-from tools.bench.runner import machine, replace_section
+from tools.bench.runner import machine, record_section
 from tools.bench.samples import BenchRequest
 from tools.bench.ways.queue import LlmqWay
 from tools.faults.probe import metric
@@ -75,6 +76,8 @@ class Run:
     answered: int
     wall_s: float
     workers: list[Worker]
+    errors: dict[str, int]
+    """Requests answered with an error, by reason."""
 
     @property
     def hit_rate(self) -> float:
@@ -158,7 +161,8 @@ def measure(
         for a, b in zip(after, before, strict=True)
     ]
     answered = sum(s.ok for s in result.samples)
-    return Run(placement, chars, len(requests), answered, result.wall_s, workers)
+    errors = Counter(s.error or "no answer" for s in result.samples if not s.ok)
+    return Run(placement, chars, len(requests), answered, result.wall_s, workers, dict(errors))
 
 
 def section(runs: list[Run], args: argparse.Namespace) -> str:
@@ -167,8 +171,9 @@ def section(runs: list[Run], args: argparse.Namespace) -> str:
     fingerprint, prefix = runs
     ratio = prefix.requests_per_s / fingerprint.requests_per_s
     rows = [
-        f"| {r.placement} | {r.answered}/{r.requests} | {r.wall_s:.0f} | {r.requests_per_s:.2f} | "
-        f"{r.hit_rate:.1%} | {sum(w.prompt for w in r.workers) / 1000:.0f}k | {r.spread:.2f} |"
+        f"| {r.placement} | {r.answered}/{r.requests} | {_errors(r)} | {r.wall_s:.0f} | "
+        f"{r.requests_per_s:.2f} | {r.hit_rate:.1%} | "
+        f"{sum(w.prompt for w in r.workers) / 1000:.0f}k | {r.spread:.2f} |"
         for r in runs
     ]
     return "\n".join(
@@ -183,11 +188,11 @@ def section(runs: list[Run], args: argparse.Namespace) -> str:
             f"served by {args.replicas} workers with a {args.kv_cache_gib} GiB KV cache each, "
             "in a stack of their own per placement. Hit rate: prompt tokens vLLM found in its "
             "prefix cache, of those it looked up, over the pool. Spread: the busiest worker's "
-            "prompt tokens over the mean.",
+            "prompt tokens over the mean. Req/s counts the requests answered without an error.",
             "",
-            "| work placed by | answered | seconds | req/s | prefix-cache hit rate | prompt "
-            "tokens | spread |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| work placed by | answered | errors | seconds | req/s | prefix-cache hit rate | "
+            "prompt tokens | spread |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
             *rows,
             "",
             f"Placed by prefix, the pool served **{ratio:.2f}x** "
@@ -195,6 +200,10 @@ def section(runs: list[Run], args: argparse.Namespace) -> str:
             f"{prefix.hit_rate:.1%} against {fingerprint.hit_rate:.1%}.",
         ]
     )
+
+
+def _errors(run: Run) -> str:
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(run.errors.items())) or "none"
 
 
 def main() -> None:
@@ -221,9 +230,7 @@ def main() -> None:
         figures = [{**asdict(r), "hit_rate": r.hit_rate, "spread": r.spread} for r in runs]
         args.out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     if args.record:
-        old = args.record.read_text(encoding="utf-8") if args.record.exists() else ""
-        args.record.write_text(replace_section(old, text, BEGIN, END), encoding="utf-8")
-        print(f"recorded in {args.record}")
+        record_section(args.record, text, BEGIN, END)
 
 
 if __name__ == "__main__":

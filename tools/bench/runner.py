@@ -186,6 +186,13 @@ def replace_section(text: str, section: str, begin: str = BEGIN, end: str = END)
     return text[:first] + block + text[last + len(end) :].lstrip("\n")
 
 
+def record_section(path: Path, section: str, begin: str, end: str) -> None:
+    """Write `section` between the markers in the file at `path` (created when missing)."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    path.write_text(replace_section(old, section, begin, end), encoding="utf-8")
+    print(f"recorded in {path}")
+
+
 def machine(cpuinfo: Path = Path("/proc/cpuinfo"), meminfo: Path = Path("/proc/meminfo")) -> str:
     """Cores, memory and CPU model, e.g. "2 cores, 23.5 GiB RAM, AMD EPYC (Linux x86_64)"."""
     cpu = _field(cpuinfo, "model name") or platform.processor() or "unknown CPU"
