@@ -19,8 +19,6 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -118,21 +116,6 @@ def workload(documents: int, requests: int, doc_chars: int, cache_dir: Path) -> 
     ]
 
 
-@contextmanager
-def _environment(env: dict[str, str]) -> Iterator[None]:
-    """`env` for the stack's processes started inside (they inherit it), restored after."""
-    before = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _engines(endpoints: list[str]) -> list[dict[str, float]]:
     readings = []
     for endpoint in endpoints:
@@ -148,10 +131,11 @@ def measure(
     placement: str, chars: int, requests: list[BenchRequest], args: argparse.Namespace
 ) -> Run:
     """One placement in a stack of its own: warmed, then the workload at once."""
-    # vLLM's own variable: the bench sets it from LLMQ_KV_CACHE_GIB for its engines, and
-    # where it is set it wins over the stack's LLMQ_KV_CACHE_GIB.
-    env = {AFFINITY_ENV: str(chars), "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
-    with _environment(env), LlmqWay(args.cache_dir, print, replicas=args.replicas) as stack:
+    # The stack's processes inherit these (this process runs only the benchmark). The KV
+    # cache goes by vLLM's own variable: the bench sets it for its engines, and where it is
+    # set it wins over the stack's LLMQ_KV_CACHE_GIB.
+    os.environ.update({AFFINITY_ENV: str(chars), "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)})
+    with LlmqWay(args.cache_dir, print, replicas=args.replicas) as stack:
         before = _engines(stack.workers)
         with tqdm(total=len(requests), desc=placement, unit="req") as bar:
             result = stack.run(requests, lambda: bar.update(1), placement, stream=False)
