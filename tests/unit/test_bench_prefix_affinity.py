@@ -41,6 +41,11 @@ def test_documents_that_start_alike_are_refused(tmp_path: Path) -> None:
         workload(2, 4, DOC_CHARS, tmp_path)
 
 
+def test_more_documents_than_sharegpt_has_are_refused(cache_dir: Path) -> None:
+    with pytest.raises(ValueError, match="30 first turns"):
+        workload(31, 62, DOC_CHARS, cache_dir)
+
+
 def _run(
     placement: str,
     wall_s: float,

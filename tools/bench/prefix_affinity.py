@@ -45,6 +45,8 @@ QUESTIONS = (
     "what is the most important word in the text above?",
     "what should be asked back?",
 )
+MAX_TOKENS = 16
+"""Tokens each answer may take: short, so that prefill is what the placements differ in."""
 COUNTERS = {
     "queried": "vllm:prefix_cache_queries_total",
     "hit": "vllm:prefix_cache_hits_total",
@@ -99,6 +101,11 @@ def workload(documents: int, requests: int, doc_chars: int, cache_dir: Path) -> 
     """`requests` prompts, each a document and a question of its own, in an order that mixes
     the documents; the same on every machine."""
     pool = [p.text for p in sharegpt.first_turns(cache_dir) if len(p.text) >= doc_chars]
+    if len(pool) < documents:
+        raise ValueError(
+            f"{documents} documents asked; ShareGPT has {len(pool)} first turns of "
+            f"{doc_chars} characters or more"
+        )
     rng = random.Random("llmq-prefix-affinity")
     docs = [text[:doc_chars] for text in rng.sample(pool, documents)]
     if len({doc[:DEFAULT_PREFIX_CHARS] for doc in docs}) < documents:
@@ -109,7 +116,7 @@ def workload(documents: int, requests: int, doc_chars: int, cache_dir: Path) -> 
         BenchRequest(
             i,
             f"{docs[d]}\n\nRequest {i}: in one sentence, {QUESTIONS[i % len(QUESTIONS)]}",
-            16,
+            MAX_TOKENS,
             0.0,
         )
         for i, d in enumerate(order)
@@ -144,6 +151,8 @@ def measure(
         Worker(**{key: a[key] - b[key] for key in COUNTERS})
         for a, b in zip(after, before, strict=True)
     ]
+    if not any(w.queried for w in workers):
+        raise RuntimeError(f"no worker counted prefix-cache lookups ({COUNTERS['queried']})")
     answered = sum(s.ok for s in result.samples)
     errors = Counter(s.error or "no answer" for s in result.samples if not s.ok)
     return Run(placement, chars, len(requests), answered, result.wall_s, workers, dict(errors))
@@ -202,6 +211,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.doc_chars <= DEFAULT_PREFIX_CHARS:
         parser.error(f"--doc-chars must exceed the prefix ({DEFAULT_PREFIX_CHARS} characters)")
+    if min(args.documents, args.replicas, args.kv_cache_gib) < 1:
+        parser.error("--documents, --replicas and --kv-cache-gib must be at least 1")
+    if args.requests < args.documents:
+        parser.error("--requests must be at least --documents (each document asked once)")
     args.cache_dir = LocalSettings().cache_dir
     requests = workload(args.documents, args.requests, args.doc_chars, args.cache_dir)
     runs = [
