@@ -43,6 +43,7 @@ def guarded(new_offset: NewOffset) -> NewOffset:
     before every acked offset (committing the acked run would skip it), and while records
     from the committed offset on were neither acked nor in flight: those it reads again."""
     rereads: set[asyncio.Task[None]] = set()
+    warned: dict[TP, int] = {}  # the hole each partition was last warned of
 
     @functools.wraps(new_offset)
     def _new_offset(consumer: Any, tp: TP) -> int | None:
@@ -57,7 +58,12 @@ def guarded(new_offset: NewOffset) -> NewOffset:
         if pending and min(pending) < min(acked):
             return None
         if committed is not None and min(acked) > committed:
-            log.warning(
+            # Once per hole: while a broker is down the reread waits, and this runs at
+            # every commit interval.
+            level = logging.DEBUG if warned.get(tp) == committed else logging.WARNING
+            warned[tp] = committed
+            log.log(
+                level,
                 "%s[%d]: offsets %d to %d were read past unhandled; reading them again",
                 tp.topic,
                 tp.partition,

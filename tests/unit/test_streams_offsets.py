@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,26 @@ def test_the_guard_reads_records_it_never_handled_again() -> None:
     books._gap[PART] = IntervalTree.from_tuples([(39, 42)])
     assert _new_offset(books, guard=True) is None
     assert books.seeks == [(PART, 39)], "read again from the committed offset"
+
+
+def test_a_hole_that_stays_is_warned_of_once(caplog: pytest.LogCaptureFixture) -> None:
+    """While a broker is down the reread waits, and faust asks to commit every second."""
+    books = Books(39, [41, 42])
+    method = Consumer._new_offset
+    new_offset = guarded(getattr(method, "__wrapped__", method))
+
+    async def commits() -> list[int | None]:
+        offsets = []
+        for _ in range(3):
+            offsets.append(new_offset(books, PART))
+            await asyncio.sleep(0)
+        return offsets
+
+    with caplog.at_level(logging.DEBUG, logger="streams.offsets"):
+        assert asyncio.run(commits()) == [None, None, None]
+    levels = [r.levelno for r in caplog.records if r.name == "streams.offsets"]
+    assert levels == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert books.seeks == [(PART, 39)] * 3, "each commit still asks to read it again"
 
 
 class Calls(list[str]):
