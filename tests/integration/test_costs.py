@@ -64,7 +64,7 @@ EVENTS = [
     _event("acme", 0.50, NOON + timedelta(minutes=70)),
     _event("acme", 0.0, NOON + timedelta(minutes=71), CacheStatus.EXACT, saved=0.5),
     _event("acme", 0.0, NOON + timedelta(minutes=72), CacheStatus.COALESCED, saved=0.5),
-    _event("zeta", 2.0, NOON + timedelta(days=1, minutes=-600)),
+    _event("zeta", 2.0, NOON + timedelta(hours=12)),  # today 00:00: never in the future
 ]
 
 
