@@ -68,10 +68,9 @@ class Balance:
             self._counts[self._recent.popleft()] -= 1
         counted = max(len(self._recent) + 1, FLOOR_PER_PARTITION * self.partitions)
         cap = self._slack * counted / self.partitions
-        chosen = next(
-            (p for p in preference if self._counts[p] + 1 <= cap),
-            min(preference, key=self._counts.__getitem__),
-        )
+        chosen = next((p for p in preference if self._counts[p] + 1 <= cap), None)
+        if chosen is None:
+            chosen = min(preference, key=self._counts.__getitem__)
         self._recent.append(chosen)
         self._counts[chosen] += 1
         return chosen

@@ -90,7 +90,7 @@ class LlmqWay:
             models_file=None,
             tenants_file=None,
             compress_prompts=False,
-            autoscale=False,  # one worker, as the other ways have one engine
+            autoscale=False,  # a fixed pool: one worker by default, like the other ways
             min_replicas=self._replicas,
             max_replicas=max(2, self._replicas),
         )
