@@ -9,7 +9,7 @@ import pytest
 
 from schemas.request import InferenceRequest
 from streams.semantic import MAX_TEXT_CHARS, semantic_key
-from streams.semantic_guard import same_question
+from streams.semantic_guard import ADDITION_SIMILARITY, mismatch, same_question
 from streams.semantic_index import ScopeMirror
 
 MODEL = "smollm2-135m"
@@ -127,9 +127,26 @@ def test_no_key_when_there_is_nothing_to_compare(request_: InferenceRequest) -> 
         ("how many legs do spiders have", "How many legs does a spider have?"),
         ("Thank you! How many ounces are in a pound?", "how many ounces in a pound"),
         ("Why don\u2019t cats like water?", "Why don't cats like water?"),
+        ("How often should I water a cactus?", "How frequently do cacti need watering?"),
+        (
+            "What is a normal resting heart rate for adults?",
+            "What's a normal resting pulse for an adult?",
+        ),
+        ("What documents do I need to rent a car?", "Which documents are needed to hire a car?"),
+        ("What is the national animal of Scotland?", "Scotland's national animal is what?"),
+        ("When did the Titanic sink?", "In what year did the Titanic go down?"),
+        ("What causes migraines?", "Why do people get migraines?"),
+        (
+            "What is the difference between TCP and UDP?",
+            "What is the difference between UDP and TCP?",
+        ),
+        (
+            "I've been arguing with my roommate all evening. How many bones are in the adult body?",
+            "How many bones are in the adult body?",
+        ),
     ],
 )
-def test_the_guard_accepts_politeness_contractions_and_typos(query: str, cached: str) -> None:
+def test_the_guard_accepts_politeness_typos_synonyms_and_context(query: str, cached: str) -> None:
     assert same_question(query, cached)
     assert same_question(cached, query)
 
@@ -150,15 +167,48 @@ def test_the_guard_accepts_politeness_contractions_and_typos(query: str, cached:
         ("What does a == b do?", "What does a != b do?"),
         ("Who is Jordan?", "What is Jordan?"),
         ("What is the boiling point of water?", "What is the boiling point of salt water?"),
+        ("Is the Moon bigger than Mercury?", "Is Mercury bigger than the Moon?"),
+        ("Who succeeded Queen Victoria?", "Who did Queen Victoria succeed?"),
         (
-            "What is the difference between TCP and UDP?",
-            "What is the difference between UDP and TCP?",
+            "How do I copy a file from the host to a container?",
+            "How do I copy a file from a container to the host?",
         ),
+        (
+            "What are the advantages of nuclear power?",
+            "What are the disadvantages of nuclear power?",
+        ),
+        (
+            "Which side of the road do they drive on in Ireland?",
+            "Which side of the road do they drive on in Iceland?",
+        ),
+        ("Who invented the light bulb?", "When was the light bulb invented?"),
+        (
+            "How tall is the Statue of Liberty in feet?",
+            "How tall is the Statue of Liberty in meters?",
+        ),
+        ("What cron expression runs a job at 3 AM?", "What cron expression runs a job at 3 PM?"),
+        ("I'm 34. How much should I save?", "I'm 64. How much should I save?"),
     ],
 )
 def test_the_guard_rejects_what_changes_the_answer(query: str, cached: str) -> None:
     assert not same_question(query, cached)
     assert not same_question(cached, query)
+
+
+def test_a_word_added_to_the_question_passes_only_the_lenient_guard() -> None:
+    short, longer = "What is a dividend?", "What does dividend mean in investing?"
+    assert mismatch(longer, short, 0.9) == "addition"
+    assert same_question(longer, short, 0.9, additions_from=ADDITION_SIMILARITY)
+    assert not same_question(longer, short, ADDITION_SIMILARITY - 0.01, ADDITION_SIMILARITY)
+
+
+def test_mismatch_names_the_check_that_failed() -> None:
+    assert mismatch("How many miles is a marathon?", "How many kilometers is a marathon?") == (
+        "units"
+    )
+    assert mismatch("Which birds can fly?", "Which birds cannot fly?") == "negation"
+    assert mismatch("How do I install numpy?", "How do I uninstall numpy?") == "wording"
+    assert mismatch("How do I boil an egg?", "What's the best way to boil eggs?") is None
 
 
 def _unit(*values: float) -> np.ndarray[Any, np.dtype[np.float32]]:
