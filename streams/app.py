@@ -38,7 +38,7 @@ from streams.outbox import Answered, Outbox
 from streams.ratelimit import RateLimiter
 from streams.rollups import CostRollups
 from streams.savings import Savings
-from streams.semantic import SemanticCache
+from streams.semantic import SemanticCache, additions_from
 from streams.settings import StreamSettings
 from streams.stages import build_stages
 from streams.store import RedisStore
@@ -162,6 +162,7 @@ def build(settings: StreamSettings) -> faust.App:
             settings.semantic_threshold,
             settings.semantic_max_entries,
             ttl_s=settings.cache_ttl_s,
+            additions_from=additions_from(settings.semantic_max_false_hit_rate),
         )
     stages = build_stages(
         catalog,

@@ -25,14 +25,27 @@ from redis.typing import EncodableT, FieldT
 from schemas.fingerprint import fingerprint
 from schemas.names import semantic_stream_key
 from schemas.request import ChatMessage, InferenceRequest
-from streams.semantic_guard import same_question
+from streams.semantic_guard import ADDITION_SIMILARITY, same_question
 from streams.semantic_index import ScopeMirror, Vector
+from streams.wordnet import wordnet
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.85
-"""Cosine similarity from which a candidate goes to the guard: the highest threshold that
-keeps the best zero-false-hit rate on tests/data/paraphrases.jsonl (docs/semantic-cache.md)."""
+DEFAULT_THRESHOLD = 0.75
+"""Cosine similarity from which a candidate goes to the guard: the highest threshold with
+the most paraphrase hits on the tune half of tests/data/semantic_pairs.jsonl; the guard, not
+the threshold, keeps near misses out (docs/semantic-cache.md)."""
+LENIENT_FALSE_HIT_BOUND = 0.02
+"""The upper end of the 95% interval of the lenient guard's false-hit rate over every
+labelled near miss (docs/semantic-cache.md, `python -m tools.bench.semantic_quality`)."""
+
+
+def additions_from(max_false_hit_rate: float) -> float:
+    """The guard's `additions_from` for the false-hit rate an operator accepts: the lenient
+    guard when its measured bound is within it, else the strict one (no added words)."""
+    return ADDITION_SIMILARITY if max_false_hit_rate >= LENIENT_FALSE_HIT_BOUND else math.inf
+
+
 MAX_TEXT_CHARS = 2_000
 """Longer questions are not compared: the guard needs the whole text, kept in Redis."""
 CANDIDATES = 8
@@ -113,7 +126,10 @@ class SemanticCache:
         *,
         ttl_s: int = 24 * 3600,
         max_scopes: int = 10_000,
+        additions_from: float = math.inf,
     ) -> None:
+        """`additions_from`: see semantic_guard.mismatch (never, by default: the strict
+        guard)."""
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         if max_entries < 1 or max_scopes < 1 or ttl_s < 1:
@@ -121,6 +137,8 @@ class SemanticCache:
         self._redis = redis
         self._embedder = embedder
         self._threshold = threshold
+        self._additions_from = additions_from
+        wordnet()  # the guard's synonyms: loaded now (0.4 s), not on the first lookup
         self._max_entries = max_entries
         self._refresh_s = refresh_s
         self._ttl_s = ttl_s
@@ -139,7 +157,7 @@ class SemanticCache:
                 entry.mirror.search, vector, self._threshold, CANDIDATES
             )
         for cached_fingerprint, cached_text, similarity in found:
-            if same_question(text, cached_text):
+            if same_question(text, cached_text, similarity, self._additions_from):
                 return SemanticHit(cached_fingerprint, similarity)
         return None
 
