@@ -111,3 +111,24 @@ def test_at_least_a_quarter_are_long() -> None:
     """Long questions (context, pasted code, a preamble) make up at least a quarter of the set."""
     long_rows = sum(r["length"] == "long" for r in ROWS)
     assert long_rows * 4 >= len(ROWS)
+
+
+HOLDOUT = PAIRS.with_name("semantic_pairs_holdout.jsonl")
+HOLDOUT_KINDS = KINDS | {"additions"}
+HOLDOUT_ROWS = [json.loads(line) for line in HOLDOUT.read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_holdout_set_is_balanced_and_new() -> None:
+    """The held-out set: its keys and values, at least 12 near misses of each kind (additions
+    too), 100 paraphrases, and no pair of the tuned set (30 rows share one common question
+    text with it, as semantic_pairs_holdout.md says)."""
+    keys = KEYS - {"split"}
+    assert [r for r in HOLDOUT_ROWS if set(r) != keys] == []
+    assert [r for r in HOLDOUT_ROWS if r["kind"] not in HOLDOUT_KINDS] == []
+    assert [r for r in HOLDOUT_ROWS if r["same"] is not (r["kind"] == "paraphrase")] == []
+    assert {r["domain"] for r in HOLDOUT_ROWS} == DOMAINS
+    counts = Counter(r["kind"] for r in HOLDOUT_ROWS)
+    assert counts["paraphrase"] >= MIN_PARAPHRASES_PER_SPLIT
+    assert min(counts[kind] for kind in HOLDOUT_KINDS) >= 12
+    tuned = {frozenset((_text(r["a"]), _text(r["b"]))) for r in ROWS}
+    assert [r for r in HOLDOUT_ROWS if frozenset((_text(r["a"]), _text(r["b"]))) in tuned] == []
