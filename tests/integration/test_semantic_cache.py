@@ -21,14 +21,24 @@ import redis.asyncio as aioredis
 from schemas.names import REDIS_SEMANTIC_PREFIX
 from schemas.request import InferenceRequest
 from streams.embedder import DIMENSIONS, MAX_TOKENS, Embedder
-from streams.semantic import DEFAULT_THRESHOLD, SemanticCache, semantic_key
+from streams.semantic import (
+    DEFAULT_THRESHOLD,
+    LENIENT_FALSE_HIT_BOUND,
+    SemanticCache,
+    semantic_key,
+)
+from streams.semantic_guard import ADDITION_SIMILARITY, same_question
+from tools.bench.semantic_quality import PAIRS as LABELLED
+from tools.bench.semantic_quality import load
+from tools.intervals import wilson
 from tools.stack.ports import free_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 PAIRS = Path(__file__).parents[1] / "data" / "paraphrases.jsonl"
 PARAPHRASE_HIT_FLOOR = 0.30
-"""Measured 0.20 (15 of 75) at the default threshold; a quality gate, not a target."""
+"""Measured 0.347 (26 of 75) with the strict guard at the default threshold; a quality gate,
+not a target."""
 
 
 def _listening(port: int) -> bool:
@@ -213,3 +223,20 @@ def test_the_labelled_pairs_at_the_default_threshold(redis_url: str, embedder: E
         assert hits[True] / paraphrases >= PARAPHRASE_HIT_FLOOR
 
     _run(redis_url, embedder, scenario)
+
+
+def test_the_lenient_guard_keeps_within_its_published_bound(embedder: Embedder) -> None:
+    """LLMQ_SEMANTIC_MAX_FALSE_HIT_RATE turns the lenient guard on from
+    LENIENT_FALSE_HIT_BOUND: the upper end of the 95% interval of its false-hit rate over
+    every labelled near miss must not exceed it, and the strict guard passes none."""
+    pairs = [p for p in load(LABELLED) if not p["same"]]
+    similarity = (
+        embedder.embed([p["a"] for p in pairs]) * embedder.embed([p["b"] for p in pairs])
+    ).sum(axis=1)
+    above = [
+        (p, float(s)) for p, s in zip(pairs, similarity, strict=True) if s >= DEFAULT_THRESHOLD
+    ]
+    strict = [p for p, s in above if same_question(p["b"], p["a"], s)]
+    lenient = [p for p, s in above if same_question(p["b"], p["a"], s, ADDITION_SIMILARITY)]
+    assert strict == []
+    assert wilson(len(lenient), len(pairs))[1] <= LENIENT_FALSE_HIT_BOUND, lenient
