@@ -18,8 +18,9 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from functools import cached_property, lru_cache
-from itertools import pairwise, product
+from itertools import pairwise
 
 from streams.wordnet import wordnet
 
@@ -316,15 +317,43 @@ def _same_direction(a: _Question, b: _Question) -> bool:
     if _asks_object(a) != _asks_object(b):
         return False
     for word in _DIRECTIONAL.intersection(a.words, b.words):
-        for i, x in _after(a, word):
-            for k, y in _after(b, word):
-                if not _close(x, y) and _among(x, b.words[:k]) and _among(y, a.words[:i]):
+        after_a, after_b = _after(a, word), _after(b, word)
+        order_a, order_b = [x for _, x in after_a], [y for _, y in after_b]
+        if _reordered(order_a, order_b):  # "in Sydney ... in Los Angeles", swapped
+            return False
+        for i, x in after_a:
+            for k, y in after_b:
+                if (
+                    not _close(x, y)
+                    and not any(_close(x, z) for _, z in after_b)
+                    and not any(_close(y, z) for _, z in after_a)
+                    and _among(x, b.words[:k])
+                    and _among(y, a.words[:i])
+                ):
                     return False
     # A word after one directional word here and after another there ("to your service
     # from another registrar" / "from your service to another registrar").
     turns_a = {(d, x) for d in _TURNS for _, x in _after(a, d)}
     turns_b = {(d, y) for d in _TURNS for _, y in _after(b, d)}
-    return not any(d != e and _close(x, y) for d, x in turns_a for e, y in turns_b)
+    return not any(
+        d != e and _close(x, y) and not _turns(turns_a, e, x) and not _turns(turns_b, d, y)
+        for d, x in turns_a
+        for e, y in turns_b
+    )
+
+
+def _turns(turns: set[tuple[str, str]], word: str, x: str) -> bool:
+    """Whether a word like `x` also follows `word`."""
+    return any(d == word and _close(x, y) for d, y in turns)
+
+
+def _reordered(a: list[str], b: list[str]) -> bool:
+    """The same words in another order."""
+    if len(a) != len(b) or len(a) < 2:
+        return False
+    pairs = list(zip(a, b, strict=True))
+    same_bag = sorted(a) == sorted(b)
+    return same_bag and not all(_close(x, y) for x, y in pairs)
 
 
 def _asks_object(q: _Question) -> bool:
@@ -348,20 +377,29 @@ def _among(word: str, words: tuple[str, ...]) -> bool:
 
 
 def _swapped(a: _Question, b: _Question) -> bool:
-    """Whether two words trade places, each taking the other's neighbours ("Is the Moon
-    bigger than Mercury?" / "Is Mercury bigger than the Moon?"), unlike a phrase that moves
-    ("What is the national animal of Scotland?" / "Scotland's national animal is what?").
-    Symmetric comparisons ("X vs Y") may swap."""
+    """Whether two words or phrases trade places ("Is the Moon bigger than Mercury?" / "Is
+    Mercury bigger than the Moon?", "in Sydney ... in Los Angeles", swapped), unlike a
+    phrase that moves ("What is the national animal of Scotland?" / "Scotland's national
+    animal is what?"). Symmetric comparisons ("X vs Y") may swap."""
     if "comparison" in a.focus and "comparison" in b.focus:
         return False
-    keys = [(i, w) for i, w in enumerate(a.words) if w in a.content and w not in _GENERIC]
-    for i, x in keys:
-        for j, y in keys:
+    return _words_trade(a, b) or _stretches_trade(a, b)
+
+
+def _words_trade(a: _Question, b: _Question) -> bool:
+    """Two words said once on each side trade places, each taking the other's neighbours."""
+    once = [
+        (i, w)
+        for i, w in enumerate(a.words)
+        if w in a.content and w not in _GENERIC and len(_places(a, w)) == len(_places(b, w)) == 1
+    ]
+    for i, x in once:
+        for j, y in once:
             if j <= i or _close(x, y):
                 continue
-            for k, m in product(_places(b, y), _places(b, x)):
-                if k < m and _slots(a, i) & _slots(b, k) and _slots(a, j) & _slots(b, m):
-                    return True
+            (k,), (m,) = _places(b, y), _places(b, x)
+            if k < m and _slots(a, i) & _slots(b, k) and _slots(a, j) & _slots(b, m):
+                return True
     return False
 
 
@@ -372,6 +410,33 @@ def _places(q: _Question, word: str) -> list[int]:
 def _slots(q: _Question, i: int) -> set[tuple[int, str]]:
     """A word's neighbours: the words just before and just after it."""
     return {(d, q.words[i + d]) for d in (-1, 1) if 0 <= i + d < len(q.words)}
+
+
+def _stretches_trade(a: _Question, b: _Question) -> bool:
+    """Aligned word by word, two changed stretches each say what the other said ("in
+    Sydney, ... in Los Angeles" / "in Los Angeles, ... in Sydney")."""
+    matcher = SequenceMatcher(None, a.words, b.words, autojunk=False)
+    changed = [
+        (_said(a, a.words[i1:i2]), _said(b, b.words[j1:j2]))
+        for op, i1, i2, j1, j2 in matcher.get_opcodes()
+        if op == "replace"
+    ]
+    changed = [(x, y) for x, y in changed if x and y]
+    return any(
+        _matches(x1, y2) and _matches(x2, y1) and not _matches(x1, y1)
+        for n, (x1, y1) in enumerate(changed)
+        for x2, y2 in changed[n + 1 :]
+    )
+
+
+def _said(q: _Question, words: tuple[str, ...]) -> list[str]:
+    """The words of a stretch that say something (no stopwords or generic words)."""
+    return [w for w in words if w in q.content and w not in _GENERIC]
+
+
+def _matches(a: list[str], b: list[str]) -> bool:
+    """Every word of each has a like word in the other."""
+    return all(_among(x, tuple(b)) for x in a) and all(_among(y, tuple(a)) for y in b)
 
 
 def _asks_more(a: _Question, b: _Question, left: list[str], right: list[str]) -> bool:

@@ -11,6 +11,7 @@ from schemas.request import InferenceRequest
 from streams.semantic import MAX_TEXT_CHARS, semantic_key
 from streams.semantic_guard import ADDITION_SIMILARITY, mismatch, same_question
 from streams.semantic_index import ScopeMirror
+from tools.bench.semantic_quality import PAIRS, load
 
 MODEL = "smollm2-135m"
 
@@ -257,3 +258,22 @@ def test_beyond_capacity_the_oldest_entry_goes() -> None:
     assert {"a", "c", "d"} <= {fp for fp, _, _ in mirror.search(_unit(1, 1), 0.0, 8)}
     assert mirror.search(_unit(0, 1), 0.99, 8)[0][:2] == ("a", "a again")
     assert mirror.nbytes == 3 * 2 * 4 + 3 * 8
+
+
+LABELLED = load(PAIRS)
+
+
+def test_every_labelled_question_is_the_same_as_itself() -> None:
+    """Repeated words (context, articles) must not read as a swap or a change of direction."""
+    questions = sorted({pair[side] for pair in LABELLED for side in ("a", "b")})
+    assert [(q, mismatch(q, q)) for q in questions if mismatch(q, q)] == []
+
+
+def test_the_guard_decides_the_same_either_way_round() -> None:
+    """Cached `a` asked `b` and cached `b` asked `a` get the same verdict."""
+    one_way = [
+        pair["a"]
+        for pair in LABELLED
+        if (mismatch(pair["a"], pair["b"]) is None) != (mismatch(pair["b"], pair["a"]) is None)
+    ]
+    assert one_way == []
