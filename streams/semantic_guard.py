@@ -3,11 +3,12 @@
 Embedding similarity finds candidates but cannot tell "5 miles to km" from "5 km to miles"
 (0.993). The guard reads both questions: first what must be equal for one answer to serve
 both (numbers, negations, units, dates and times, named entities, what kind of thing is
-asked for, and who does what to whom), then whether every remaining word of one has a
-counterpart in the other: the same word up to inflection or a typo, a WordNet synonym, or
+asked for, tense, and who does what to whom), then whether every remaining word of one has
+a counterpart in the other: the same word up to inflection or a typo, a WordNet synonym, or
 a word that changes no answer ("please", "explain", "which"). A word of each side left
 without a counterpart ("tall" / "old", "causes" / "symptoms") rejects the candidate; words
-on one side only (context, a restated preamble) do not (docs/semantic-cache.md).
+on one side only pass when they are context before the sentence that asks
+(docs/semantic-cache.md). Text it cannot read (other scripts, emoji) never passes.
 """
 
 from __future__ import annotations
@@ -22,107 +23,23 @@ from difflib import SequenceMatcher
 from functools import cached_property, lru_cache
 from itertools import pairwise
 
+from streams import question_words as vocab
 from streams.wordnet import wordnet
 
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-# Function words, generic question words and politeness: words whose presence or absence
-# does not change what is asked. Words that do ("from", "than", "before", "who", "which",
-# "more", ordinals, negations) are deliberately not here.
-_STOPWORDS = _words("""
-    a an the is are was were be been being am do does did have has had i me my you your u ur
-    we us our it its this that these those there here what whats wat how hows can could
-    would should will shall may might must please pls plz tell explain know like want id im
-    ive youre thats to of in on at for with by and or as some any many much quick question
-    hey hi hello thanks thank thx so just really
-""")
-# Words that name nothing asked about ("the best way to", "give me", "the process for").
-_GENERIC = _words("""
-    which best way ways get got need people make use good give basic describe define
-    definition meaning mean state process if whether they them okay
-""")
-_NEGATIONS = _words("""
-    not no never none nothing nor neither without cannot cant dont doesnt didnt isnt arent
-    wasnt werent wont wouldnt shouldnt couldnt havent hasnt hadnt mustnt
-""")
-_CARDINALS = """
-    zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
-    fifteen sixteen seventeen eighteen nineteen twenty
-"""
-_NUMBER_WORDS = {word: str(value) for value, word in enumerate(_CARDINALS.split())} | {
-    "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70",
-    "eighty": "80", "ninety": "90", "hundred": "100", "thousand": "1000", "million": "1e6",
-    "billion": "1e9", "half": "0.5", "quarter": "0.25", "dozen": "12", "twice": "2x",
-    "double": "2x", "triple": "3x",
-}  # fmt: skip
-_ORDINAL_WORDS = "first second third fourth fifth sixth seventh eighth ninth tenth eleventh"
-_ORDINALS = {word: str(value) for value, word in enumerate(_ORDINAL_WORDS.split(), start=1)}
-_NUMBER = re.compile(r"(\d+(?:\.\d+)?)(?:st|nd|rd|th)?")
-_TIMES = _words("""
-    january february march april may june july august september october november december
-    jan feb mar apr jun jul aug sep sept oct nov dec monday tuesday wednesday thursday friday
-    saturday sunday weekday weekdays weekend weekends today tomorrow yesterday tonight morning
-    afternoon evening night nightly noon midnight am pm hourly weekly monthly yearly annually
-    spring summer autumn fall winter
-""")
-_DAILY = {"daily": "day", "everyday": "day"}
-# Units by their canonical name (the first of each group).
-_UNIT_GROUPS = """
-    mile miles mi|kilometer kilometers kilometre kilometres km kms|meter meters metre metres m
-    |centimeter centimeters cm|millimeter millimeters mm|foot feet ft|inch inches|yard yards
-    |gram grams g|kilogram kilograms kg kgs kilo kilos|pound pounds lb lbs|ounce ounces oz
-    |ton tons tonne tonnes|liter liters litre litres l|milliliter milliliters ml
-    |gallon gallons|cup cups|tablespoon tablespoons tbsp|teaspoon teaspoons tsp|pint pints
-    |quart quarts|celsius centigrade c|fahrenheit f|kelvin k|second seconds sec secs s
-    |millisecond milliseconds ms|microsecond microseconds|nanosecond nanoseconds ns
-    |minute minutes min mins|hour hours hr hrs|day days|week weeks|month months|year years
-    |decade decades|century centuries|byte bytes|bit bits|kilobyte kilobytes kb
-    |megabyte megabytes mb|gigabyte gigabytes gb|terabyte terabytes tb|dollar dollars usd
-    |euro euros eur|yen jpy|percent percentage|mph|kph kmh|calorie calories kcal
-    |joule joules|watt watts|volt volts|amp amps ampere amperes|hertz hz|acre acres
-    |hectare hectares|knot knots|degree degrees|radian radians|milligram milligrams mg
-    |microgram micrograms mcg
-"""
-_UNITS = {word: group.split()[0] for group in _UNIT_GROUPS.split("|") for word in group.split()}
-# Short forms that are units only after a number ("5 m", not "m").
-_AMBIGUOUS_UNITS = _words("m g l c f k s min in")
-# A unit word names the unit of the answer after these ("in feet", "how many miles"); alone
-# ("What year...?") it is part of the question.
-_UNIT_INTRODUCERS = _words("in into to per a an many much of from")
-# What kind of thing a question asks for, by its question words.
-_FOCUS = {
-    ("who",): "person", ("whom",): "person", ("whose",): "possessor", ("when",): "time",
-    ("where",): "place", ("why",): "reason", ("reason",): "reason", ("reasons",): "reason",
-    ("how", "many"): "amount", ("how", "much"): "amount", ("number", "of"): "amount",
-    ("how", "long"): "duration", ("how", "many", "minutes"): "duration",
-    ("how", "many", "hours"): "duration", ("how", "many", "days"): "duration",
-    ("how", "many", "weeks"): "duration", ("how", "many", "years"): "duration",
-    ("distance",): "distance", ("how", "old"): "age", ("how", "far"): "distance",
-    ("how", "often"): "frequency", ("what", "time"): "time", ("what", "year"): "time",
-    ("which", "year"): "time", ("what", "day"): "time", ("what", "causes"): "reason",
-    ("point", "of"): "reason",
-}  # fmt: skip
-_COMPARING = _words("difference differences differ differs different between vs versus compare")
-# After these, the next content word says who or what plays which part ("from A to B").
-_DIRECTIONAL = _words("to from into onto than vs versus over under before after by for of")
-_TURNS = _words("to from than into onto against toward towards off out up down")
-_PRONOUNS = _words("me you him her us them myself yourself himself herself")
-# "Who did X succeed?" asks for the one done to, "Who succeeded X?" for the doer.
-_ASKS_OBJECT = frozenset(
-    (who, aux) for who in ("who", "whom") for aux in ("did", "does", "do", "will", "would")
-)
-_POSSESSIVE = re.compile(r"'s$")
-_TOKEN = re.compile(r"[A-Za-z0-9]+(?:['_][A-Za-z0-9]+)*|[+\-*/%=<>!&|^~$]+")
-_TYPO_MIN_CHARS = 6
-_PREFIX_MIN_CHARS = 5
 ADDITION_SIMILARITY = 0.86
 """The lenient guard's similarity from which one question may ask with words the other
 lacks ("What is a dividend?" / "What does dividend mean in investing?"); below it such a
 pair is taken for another question ("How do I make sourdough bread?" / "Why is sourdough
-bread sour?"). A qualifier ("early symptoms", "salt water") can pass it (docs/semantic-cache.md)."""
+bread sour?"). A qualifier ("early symptoms", "salt water") can pass it
+(docs/semantic-cache.md)."""
+_TOKEN = re.compile(r"_*[A-Za-z0-9]+(?:['_][A-Za-z0-9]+)*_*|[+\-*/%=<>!&|^~$]+")
+# A hyphen or slash inside words ("32-bit", "and/or") separates them; between digits
+# ("10/2", "10-2") it is an operator.
+_JOINER = re.compile(r"(?<=[A-Za-z])[-/](?=[A-Za-z0-9])|(?<=[0-9])[-/](?=[A-Za-z])")
+_SENTENCE_END = re.compile(r"(?<=[.?!:])\s+|\n+")
+_SIGNS = {"\u00b0": " degrees ", "\u20ac": " euro ", "\u00a3": " pound ", "\u00d7": " x "}
+_NUMBER = re.compile(r"(\d+)(?:st|nd|rd|th)?")
+_TYPO_MIN_CHARS = 6
 
 
 def same_question(
@@ -136,111 +53,221 @@ def mismatch(
     query: str, cached: str, similarity: float = 1.0, additions_from: float = math.inf
 ) -> str | None:
     """Why an answer to `cached` may not answer `query`, or None when it may: the name of
-    the first check that fails ("numbers", "negation", "units", "times", "focus",
-    "entities", "direction", "order", "wording", "addition").
+    the first check that fails ("unread", "numbers", "negation", "units", "times",
+    "focus", "entities", "form", "direction", "order", "wording", "addition").
 
     A word that one side adds to the sentence that asks ("What is the boiling point of salt
     water?") usually narrows the question, so it fails unless the two questions' cosine
     `similarity` is at least `additions_from` (never, by default; ADDITION_SIMILARITY is
     the lenient choice, measured in docs/semantic-cache.md)."""
+    if query == cached:
+        return None
     a, b = _Question.read(query), _Question.read(cached)
+    left_over: list[tuple[list[str], list[str]]] = []
+
+    def unexplained() -> tuple[list[str], list[str]]:
+        if not left_over:
+            left_over.append(_unexplained(a, b))
+        return left_over[0]
+
     checks: list[tuple[str, Callable[[], bool]]] = [
+        ("unread", lambda: not (a.unread or b.unread)),
         ("numbers", lambda: _agree(a, b, _numbers)),
         ("negation", lambda: _agree(a, b, _negated)),
         ("units", lambda: _agree(a, b, _units)),
         ("times", lambda: _agree(a, b, _times)),
-        ("focus", lambda: not (a.focus and b.focus) or a.focus == b.focus),
+        ("focus", lambda: _same_focus(a.focus, b.focus)),
         ("entities", lambda: _agree(a, b, _entities, _all)),
-        ("direction", lambda: _same_direction(a, b) and not _turned(a, b, *_unexplained(a, b))),
+        ("form", lambda: _same_form(a, b)),
+        ("direction", lambda: _same_direction(a, b) and not _turned(a, b, *unexplained())),
         ("order", lambda: not _swapped(a, b)),
-        ("wording", lambda: not all(_unexplained(a, b))),
-        (
-            "addition",
-            lambda: similarity >= additions_from or not _asks_more(a, b, *_unexplained(a, b)),
-        ),
+        ("wording", lambda: not all(unexplained())),
+        ("addition", lambda: similarity >= additions_from or not _asks_more(a, b, *unexplained())),
     ]
     return next((name for name, ok in checks if not ok()), None)
 
 
 @dataclass(frozen=True)
 class _Question:
-    """One question's words: lower case, apostrophes dropped, with its named entities."""
+    """One question's words: lower case, apostrophes dropped, number words as digits, with
+    its named entities and where the sentence that asks begins."""
 
     words: tuple[str, ...]
     entities: frozenset[str]
-    asked: tuple[str, ...]
-    """The words of the sentence that asks: the last with a question mark, else the last."""
+    start: int
+    """The index of the first word that asks: words before it are context. The asking part
+    runs from the last sentence with a question mark to the end; with none, all of it."""
+    unread: bool
+    """Letters or symbols the guard cannot read (another script, emoji)."""
 
     @classmethod
     def read(cls, text: str) -> _Question:
-        text = unicodedata.normalize("NFKC", text).replace("\u2019", "'")
-        text = re.sub(r"(?<=[A-Za-z0-9])[-/](?=[A-Za-z0-9])", " ", text)  # 32-bit, 50/30/20
+        text = unicodedata.normalize("NFKC", text)
+        text = text.translate({0x2018: "'", 0x2019: "'", 0x201C: '"', 0x201D: '"'})
+        for sign, word in _SIGNS.items():
+            text = text.replace(sign, word)
+        unread = any(ord(c) > 127 and unicodedata.category(c)[0] in "LNS" for c in text)
+        text = _JOINER.sub(" ", text)
         text = re.sub(r"!+(?=\s|$)", " ", text)  # an exclamation mark, not the "!" operator
         text = text.replace("%", " percent ")
-        words, entities = [], set()
+        asks_at = _asking_offset(text)
+        words: list[str] = []
+        entities, start, end = set(), 0, 0
         for match in _TOKEN.finditer(text):
             token = match.group()
-            word = _POSSESSIVE.sub("", token.lower()).replace("'", "")
-            before = text[: match.start()].rstrip()
-            starts_sentence = not before or before[-1] in ".?!:\n\"'("
-            if (
-                re.search(r"[A-Z]", token[1:])  # JavaScript, iPhone, NYC
-                or (re.search(r"\d", token) and re.search(r"[A-Za-z]", token))  # EU261, ipv4
-                or "_" in token
-                or (
-                    token[0].isupper()
-                    and not starts_sentence
-                    and token != "I"
-                    and (word not in _STOPWORDS or len(token) == 1)  # "Thanks", blood type "A"
-                )
-            ):
+            word = re.sub(r"'s$", "", token.lower()).replace("'", "")
+            word = vocab.NUMBER_WORDS.get(word, word)
+            gap = text[end : match.start()]
+            starts_sentence = end == 0 or any(c in ".?!:\n\"'(" for c in gap)
+            end = match.end()
+            if _named(token, word, starts_sentence):
                 entities.add(word)
+            if match.start() < asks_at:
+                start += 1
             words.append(word)
-        sentences = [s for s in re.split(r"(?<=[.?!:])\s+|\n+", text) if s.strip()]
-        asked = next(
-            (s for s in reversed(sentences) if "?" in s), sentences[-1] if sentences else ""
-        )
-        asked_words = tuple(t.lower().replace("'", "") for t in _TOKEN.findall(asked))
-        return cls(tuple(words), frozenset(entities), asked_words)
+        return cls(tuple(words), frozenset(entities), start, unread)
 
-    @cached_property
-    def content(self) -> tuple[str, ...]:
-        """The words that carry meaning: no stopwords or negations; entities always."""
-        return tuple(
-            _NUMBER_WORDS.get(w, w)
-            for w in self.words
-            if (w not in _STOPWORDS and w not in _NEGATIONS) or w in self.entities
-        )
+    @property
+    def asked(self) -> tuple[str, ...]:
+        return self.words[self.start :]
 
     @property
     def has_context(self) -> bool:
-        """Whether sentences other than the asking one come with the question."""
-        return len(self.asked) < len(self.words)
+        return self.start > 0
+
+    @cached_property
+    def content(self) -> frozenset[str]:
+        """The words that carry meaning: no stopwords or negations; entities always."""
+        return frozenset(
+            w
+            for w in self.words
+            if (w not in vocab.STOPWORDS and w not in vocab.NEGATIONS) or w in self.entities
+        )
+
+    @cached_property
+    def positions(self) -> dict[str, list[int]]:
+        """Where each word is."""
+        found: dict[str, list[int]] = {}
+        for i, w in enumerate(self.words):
+            found.setdefault(w, []).append(i)
+        return found
+
+    @cached_property
+    def focus_keys(self) -> tuple[tuple[str, ...], ...]:
+        """The question words of the asking part that say what kind of answer is asked for."""
+        words = self.asked
+        return tuple(
+            key for i in range(len(words)) for key in vocab.FOCUS if words[i : i + len(key)] == key
+        )
 
     @cached_property
     def focus(self) -> frozenset[str]:
         """What kind of answer is asked for: a person, a time, an amount, a comparison..."""
-        words = self.asked
-        kinds = {
-            kind
-            for i in range(len(words))
-            for key, kind in _FOCUS.items()
-            if words[i : i + len(key)] == key
-        }
-        if not _COMPARING.isdisjoint(words):
+        kinds = {vocab.FOCUS[key] for key in self.focus_keys}
+        if not vocab.COMPARING.isdisjoint(self.asked):
             kinds.add("comparison")
         return frozenset(kinds)
 
     @cached_property
     def focus_words(self) -> frozenset[str]:
         """The words that say what kind of answer is asked for."""
-        found = {w for key in _FOCUS for w in key if w in self.asked}
+        found = {w for key in self.focus_keys for w in key}
         if "comparison" in self.focus:
-            found |= _COMPARING | {"from", "and"}
+            found |= vocab.COMPARING | {"from", "and"}
         return frozenset(found)
 
+    @cached_property
+    def form(self) -> dict[str, str]:
+        """How the asking part asks, where it says: its tense ("is" / "was"), obligation or
+        ability ("should" / "can"), whose ("my" / "your"), and, for a question that starts
+        with a question word, whether it asks for the doer ("Who succeeded X?", "What eats
+        sharks?") or the one done to ("Who did X succeed?", "Who was killed by X?")."""
+        words = set(self.asked)
+        marks = {
+            "tense": _one_of(words, {"past": vocab.PAST, "present": vocab.PRESENT}),
+            "mood": _one_of(
+                words | ({"must"} if _has_to(self.asked) else set()),
+                {"obligation": vocab.OBLIGATION, "ability": vocab.ABILITY},
+            ),
+            "quantity": _one_of(words, vocab.QUANTIFIERS),
+            "person": _one_of(words, {"mine": vocab.FIRST_PERSON, "yours": vocab.SECOND_PERSON}),
+        }
+        asked = self.asked
+        if len(asked) > 2 and asked[0] in vocab.QUESTION_WORDS:
+            # "Which animals do lions hunt?", "Which documents are needed?": the verb may
+            # follow a noun.
+            passive = any(w in vocab.BE and _participle(x) for w, x in pairwise(asked[1:4]))
+            if not vocab.AUXILIARIES.isdisjoint(asked[1:3]) or passive:
+                marks["role"] = "done to"
+            elif asked[1] not in vocab.BE:
+                marks["role"] = "doer"
+        return {kind: mark for kind, mark in marks.items() if mark}
 
-Feature = Callable[[_Question, tuple[str, ...]], Counter[str]]
+
+def _has_to(words: tuple[str, ...]) -> bool:
+    """ "have to", "has to", "had to": an obligation."""
+    return any(w in ("have", "has", "had") and x == "to" for w, x in pairwise(words))
+
+
+def _one_of(words: set[str], marks: dict[str, frozenset[str]]) -> str:
+    """The one mark whose words are among `words`, or "" for none or several."""
+    found = [mark for mark, marked in marks.items() if not marked.isdisjoint(words)]
+    return found[0] if len(found) == 1 else ""
+
+
+def _same_form(a: _Question, b: _Question) -> bool:
+    """No mark of how they ask differs where both say it."""
+    return all(b.form.get(kind, mark) == mark for kind, mark in a.form.items())
+
+
+def _asking_offset(text: str) -> int:
+    """Where the asking part begins: the last sentence with a question mark, else 0; and
+    the sentence before it too when that question says little itself ("I need a recipe for
+    lasagna. Can you help?", "How do I cook rice? Any tips?")."""
+    starts = [0, *(m.end() for m in _SENTENCE_END.finditer(text))]
+    ends = [*starts[1:], len(text)]
+    asking = [n for n, (s, e) in enumerate(zip(starts, ends, strict=True)) if "?" in text[s:e]]
+    if not asking:
+        return 0
+    n = asking[-1]
+    said = _TOKEN.findall(text[starts[n] : ends[n]].lower())
+    if n > 0 and sum(w not in vocab.STOPWORDS and w not in vocab.GENERIC for w in said) < 2:
+        n -= 1
+    return starts[n]
+
+
+def _named(token: str, word: str, starts_sentence: bool) -> bool:
+    """A named entity: a capitalised word inside a sentence, inner capitals ("iPhone",
+    "NYC"), letters with digits ("EU261"), underscores ("__init__"), a single capital
+    (blood type "A"); not "I" or a capitalised stopword ("Thanks")."""
+    return bool(
+        re.search(r"[A-Z]", token[1:])
+        or (re.search(r"\d", token) and re.search(r"[A-Za-z]", token))
+        or "_" in token
+        or (
+            token[0].isupper()
+            and not starts_sentence
+            and token != "I"
+            and (word not in vocab.STOPWORDS or len(token) == 1)
+        )
+    )
+
+
+def _participle(word: str) -> bool:
+    return len(word) > 3 and word.endswith(("ed", "en"))
+
+
+def _same_focus(a: frozenset[str], b: frozenset[str]) -> bool:
+    """Both ask for the same kind of answer, or one does not say; "when" is any time."""
+    if not a or not b or a == b:
+        return True
+    widen = {"time": vocab.ANY_TIME}
+    return {w for k in a for w in widen.get(k, {k})} >= b or {
+        w for k in b for w in widen.get(k, {k})
+    } >= a
+
+
+Feature = Callable[["_Question", tuple[str, ...]], Counter[str]]
 """Something a question mentions, counted: its numbers, units, named entities..."""
 
 
@@ -248,7 +275,7 @@ def _agree(a: _Question, b: _Question, feature: Feature, within: Feature | None 
     """Whether each question's numbers (negations, units, ...) are among the other's
     (`within`, by default the same feature). Context that only one side gives may carry
     its own ("I'm 34 and just started investing. What is an expense ratio?" / "What does
-    expense ratio mean?"): then only the asking sentences' must be among the other's."""
+    expense ratio mean?"): then only the asking parts' must be among the other's."""
     within = within or feature
     alone = a.has_context != b.has_context
     mine_a = feature(a, a.asked if alone else a.words)
@@ -257,41 +284,51 @@ def _agree(a: _Question, b: _Question, feature: Feature, within: Feature | None 
 
 
 def _numbers(_: _Question, words: tuple[str, ...]) -> Counter[str]:
-    """Numbers, number words and ordinals as digits ("fifth" -> "5"), as often as they
-    occur; "one" is too often a pronoun to count."""
+    """Numbers and ordinals as digits ("fifth" -> "5"), as often as they occur."""
     found: Counter[str] = Counter()
     for word in words:
         if match := _NUMBER.fullmatch(word):
             found[match.group(1)] += 1
-        elif word != "one" and (word in _NUMBER_WORDS or word in _ORDINALS):
-            found[_NUMBER_WORDS.get(word) or _ORDINALS[word]] += 1
+        elif word in vocab.ORDINALS:
+            found[vocab.ORDINALS[word]] += 1
     return found
 
 
 def _negated(q: _Question, words: tuple[str, ...]) -> Counter[str]:
     """What each negation applies to: the next content word ("not null" -> "null")."""
     return _once(
-        next((x for x in words[i + 1 :] if x in q.content and x not in _NEGATIONS), "")
+        next((x for x in words[i + 1 :] if x in q.content), "")
         for i, w in enumerate(words)
-        if w in _NEGATIONS
+        if w in vocab.NEGATIONS
     )
 
 
 def _units(_: _Question, words: tuple[str, ...]) -> Counter[str]:
     """Units the answer is in: after a number or "in", "per", "how many"..."""
-    found = set()
-    for before, word in zip(("", *words), words, strict=False):
-        after_number = before[:1].isdigit() or before in _NUMBER_WORDS
-        if word in _UNITS and (
-            after_number or (before in _UNIT_INTRODUCERS and word not in _AMBIGUOUS_UNITS)
-        ):
-            found.add(_UNITS[word])
-    return _once(found)
+    return _once(
+        vocab.UNITS[word]
+        for before, word in zip(("", *words), words, strict=False)
+        if word in vocab.UNITS
+        and (
+            before[:1].isdigit()
+            or (before in vocab.UNIT_INTRODUCERS and word not in vocab.AMBIGUOUS_UNITS)
+        )
+    )
 
 
 def _times(_: _Question, words: tuple[str, ...]) -> Counter[str]:
-    """Months, days, seasons and times of day; "daily" is "day"."""
-    return _once(_DAILY.get(w, w) for w in words if w in _TIMES or w in _DAILY)
+    """Months, days, seasons and times of day; "daily" is "day"; "May", "am", "fall" only
+    after a number or "in", "on", "this"..."""
+    return _once(
+        vocab.DAILY.get(word, word)
+        for before, word in zip(("", *words), words, strict=False)
+        if word in vocab.TIMES
+        or word in vocab.DAILY
+        or (
+            word in vocab.AMBIGUOUS_TIMES
+            and (before[:1].isdigit() or before in vocab.TIME_INTRODUCERS)
+        )
+    )
 
 
 def _entities(q: _Question, words: tuple[str, ...]) -> Counter[str]:
@@ -311,76 +348,82 @@ def _once(items: Iterable[str]) -> Counter[str]:
 
 def _same_direction(a: _Question, b: _Question) -> bool:
     """No two words trade sides of a directional word ("convert a list to a tuple" /
-    "convert a tuple to a list", "from me to a colleague" / "from a colleague to me"), and
-    both ask for the doer or both for the one done to ("Who succeeded X?" / "Who did X
-    succeed?")."""
-    if _asks_object(a) != _asks_object(b):
-        return False
-    for word in _DIRECTIONAL.intersection(a.words, b.words):
-        after_a, after_b = _after(a, word), _after(b, word)
-        order_a, order_b = [x for _, x in after_a], [y for _, y in after_b]
-        if _reordered(order_a, order_b):  # "in Sydney ... in Los Angeles", swapped
+    "convert a tuple to a list", "cups of cooked rice ... of dry rice", swapped), and no
+    word moves from one such word to another ("to your service from another registrar" /
+    "from your service to another registrar")."""
+    after_a, after_b = _attached(a), _attached(b)
+    for word in after_a.keys() & after_b.keys():
+        if _reordered([x for _, x in after_a[word]], [y for _, y in after_b[word]]):
             return False
-        for i, x in after_a:
-            for k, y in after_b:
+        xs, ys = _latest(after_a[word]), _latest(after_b[word])
+        for x, i in xs.items():
+            for y, k in ys.items():
                 if (
                     not _close(x, y)
-                    and not any(_close(x, z) for _, z in after_b)
-                    and not any(_close(y, z) for _, z in after_a)
-                    and _among(x, b.words[:k])
-                    and _among(y, a.words[:i])
+                    and not _among(x, ys)
+                    and not _among(y, xs)
+                    and _first(b, x) < k
+                    and _first(a, y) < i
                 ):
                     return False
-    # A word after one directional word here and after another there ("to your service
-    # from another registrar" / "from your service to another registrar").
-    turns_a = {(d, x) for d in _TURNS for _, x in _after(a, d)}
-    turns_b = {(d, y) for d in _TURNS for _, y in _after(b, d)}
+    follows_a = {d: set(_latest(after_a[d])) for d in vocab.PARTICLES & after_a.keys()}
+    follows_b = {e: set(_latest(after_b[e])) for e in vocab.PARTICLES & after_b.keys()}
     return not any(
-        d != e and _close(x, y) and not _turns(turns_a, e, x) and not _turns(turns_b, d, y)
-        for d, x in turns_a
-        for e, y in turns_b
+        _close(x, y) and not _among(x, follows_a.get(e, ())) and not _among(y, follows_b.get(d, ()))
+        for d, xs_d in follows_a.items()
+        for e, ys_e in follows_b.items()
+        if d != e
+        for x in xs_d
+        for y in ys_e
     )
 
 
-def _turns(turns: set[tuple[str, str]], word: str, x: str) -> bool:
-    """Whether a word like `x` also follows `word`."""
-    return any(d == word and _close(x, y) for d, y in turns)
+def _latest(attached: list[tuple[int, str]]) -> dict[str, int]:
+    """Each word that follows, with the last place of the directional word before it."""
+    return {x: i for i, x in attached}
 
 
-def _reordered(a: list[str], b: list[str]) -> bool:
-    """The same words in another order."""
-    if len(a) != len(b) or len(a) < 2:
-        return False
-    pairs = list(zip(a, b, strict=True))
-    same_bag = sorted(a) == sorted(b)
-    return same_bag and not all(_close(x, y) for x, y in pairs)
+def _among(x: str, words: Iterable[str]) -> bool:
+    return any(_close(x, y) for y in words)
 
 
-def _asks_object(q: _Question) -> bool:
-    """Whether the question asks for whom something was done ("Who did X succeed?")."""
-    return any(pair in _ASKS_OBJECT for pair in pairwise(q.asked))
-
-
-def _after(q: _Question, word: str) -> list[tuple[int, str]]:
-    """Each `word` in `q` (its index) with the first content word or pronoun after it."""
-    found = []
-    for i, w in enumerate(q.words):
-        if w == word:
-            nxt = next((x for x in q.words[i + 1 :] if x in q.content or x in _PRONOUNS), "")
-            if nxt:
-                found.append((i, nxt))
+def _attached(q: _Question) -> dict[str, list[tuple[int, str]]]:
+    """For each directional word: each place of it with the first content word or pronoun
+    after it."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    following = ""
+    for i in range(len(q.words) - 1, -1, -1):
+        word = q.words[i]
+        if word in vocab.DIRECTIONAL and following:
+            found.setdefault(word, []).insert(0, (i, following))
+        if word in q.content or word in vocab.PRONOUNS:
+            following = word
     return found
 
 
-def _among(word: str, words: tuple[str, ...]) -> bool:
-    return any(_close(word, w) for w in words)
+def _first(q: _Question, x: str) -> int:
+    """The first place of a word like `x` in `q`, or past its end."""
+    return min((p[0] for w, p in q.positions.items() if _close(x, w)), default=len(q.words))
+
+
+def _reordered(a: list[str], b: list[str]) -> bool:
+    """The same words in another order ("ounces ... pound" / "pounds ... ounce")."""
+    if len(a) != len(b) or len(a) < 2 or all(_close(x, y) for x, y in zip(a, b, strict=True)):
+        return False
+    rest = list(b)
+    for x in a:
+        match = next((n for n, y in enumerate(rest) if _close(x, y)), None)
+        if match is None:
+            return False
+        del rest[match]
+    return True
 
 
 def _swapped(a: _Question, b: _Question) -> bool:
     """Whether two words or phrases trade places ("Is the Moon bigger than Mercury?" / "Is
-    Mercury bigger than the Moon?", "in Sydney ... in Los Angeles", swapped), unlike a
-    phrase that moves ("What is the national animal of Scotland?" / "Scotland's national
-    animal is what?"). Symmetric comparisons ("X vs Y") may swap."""
+    Mercury bigger than the Moon?", "Are all squares rectangles?" / "Are all rectangles
+    squares?"), unlike a phrase that moves ("What is the national animal of Scotland?" /
+    "Scotland's national animal is what?"). Symmetric comparisons ("X vs Y") may swap."""
     if "comparison" in a.focus and "comparison" in b.focus:
         return False
     return _words_trade(a, b) or _stretches_trade(a, b)
@@ -388,23 +431,27 @@ def _swapped(a: _Question, b: _Question) -> bool:
 
 def _words_trade(a: _Question, b: _Question) -> bool:
     """Two words said once on each side trade places, each taking the other's neighbours."""
+    places_b = {
+        w: [i for u, p in b.positions.items() if _close(w, u) for i in p]
+        for w in a.positions
+        if w in a.content and w not in vocab.GENERIC
+    }
     once = [
-        (i, w)
-        for i, w in enumerate(a.words)
-        if w in a.content and w not in _GENERIC and len(_places(a, w)) == len(_places(b, w)) == 1
+        (a.positions[w][0], w)
+        for w, there in places_b.items()
+        if len(there) == 1 and len(a.positions[w]) == 1
     ]
-    for i, x in once:
-        for j, y in once:
-            if j <= i or _close(x, y):
+    once.sort()
+    for n, (i, x) in enumerate(once):
+        for j, y in once[n + 1 :]:
+            (k,), (m,) = places_b[y], places_b[x]
+            if _close(x, y) or k > m:
                 continue
-            (k,), (m,) = _places(b, y), _places(b, x)
-            if k < m and _slots(a, i) & _slots(b, k) and _slots(a, j) & _slots(b, m):
+            if (j, m) == (i + 1, k + 1):  # "squares rectangles" / "rectangles squares"
+                return True
+            if _slots(a, i) & _slots(b, k) and _slots(a, j) & _slots(b, m):
                 return True
     return False
-
-
-def _places(q: _Question, word: str) -> list[int]:
-    return [i for i, w in enumerate(q.words) if _close(word, w)]
 
 
 def _slots(q: _Question, i: int) -> set[tuple[int, str]]:
@@ -413,15 +460,17 @@ def _slots(q: _Question, i: int) -> set[tuple[int, str]]:
 
 
 def _stretches_trade(a: _Question, b: _Question) -> bool:
-    """Aligned word by word, two changed stretches each say what the other said ("in
-    Sydney, ... in Los Angeles" / "in Los Angeles, ... in Sydney")."""
-    matcher = SequenceMatcher(None, a.words, b.words, autojunk=False)
+    """Aligned by the words that say something, two changed stretches each say what the
+    other said ("in Sydney, ... in Los Angeles" / "in Los Angeles, ... in Sydney"), or one
+    changed stretch says its two words the other way round."""
+    said_a, said_b = _said(a, a.words), _said(b, b.words)
     changed = [
-        (_said(a, a.words[i1:i2]), _said(b, b.words[j1:j2]))
-        for op, i1, i2, j1, j2 in matcher.get_opcodes()
+        (said_a[i1:i2], said_b[j1:j2])
+        for op, i1, i2, j1, j2 in SequenceMatcher(None, said_a, said_b).get_opcodes()
         if op == "replace"
     ]
-    changed = [(x, y) for x, y in changed if x and y]
+    if any(len(x) == len(y) == 2 and _reordered(x, y) for x, y in changed):
+        return True
     return any(
         _matches(x1, y2) and _matches(x2, y1) and not _matches(x1, y1)
         for n, (x1, y1) in enumerate(changed)
@@ -430,79 +479,84 @@ def _stretches_trade(a: _Question, b: _Question) -> bool:
 
 
 def _said(q: _Question, words: tuple[str, ...]) -> list[str]:
-    """The words of a stretch that say something (no stopwords or generic words)."""
-    return [w for w in words if w in q.content and w not in _GENERIC]
+    """The words that say something (no stopwords or generic words), in order."""
+    return [w for w in words if w in q.content and w not in vocab.GENERIC]
 
 
 def _matches(a: list[str], b: list[str]) -> bool:
     """Every word of each has a like word in the other."""
-    return all(_among(x, tuple(b)) for x in a) and all(_among(y, tuple(a)) for y in b)
+    return all(any(_close(x, y) for y in b) for x in a) and all(
+        any(_close(x, y) for x in a) for y in b
+    )
 
 
 def _asks_more(a: _Question, b: _Question, left: list[str], right: list[str]) -> bool:
-    """Whether a word without a counterpart is in the sentence that asks, not in context."""
+    """Whether a word without a counterpart is in the asking part, not in context."""
     return not set(a.asked).isdisjoint(left) or not set(b.asked).isdisjoint(right)
 
 
 def _turned(a: _Question, b: _Question, left: list[str], right: list[str]) -> bool:
-    """Whether the sentence that asks has a word of direction without a counterpart
-    ("Flights to Paris" / "Flights from Paris", "turn on" / "turn off": "to" and "on" are
-    function words, "from" and "off" are not)."""
-    return not _TURNS.isdisjoint(set(left) & set(a.asked) | set(right) & set(b.asked))
+    """Whether the asking part has a word of direction without a counterpart ("Flights to
+    Paris" / "Flights from Paris", "turn on" / "turn off")."""
+    alone = set(left) & set(a.asked) | set(right) & set(b.asked)
+    return not vocab.PARTICLES.isdisjoint(alone)
 
 
-@lru_cache(maxsize=64)
 def _unexplained(a: _Question, b: _Question) -> tuple[list[str], list[str]]:
     """The content words of each side that have no counterpart in the other: neither the
     same word nor a WordNet synonym of a word (or word pair) left over on the other side."""
     left, right = _orphans(a, b), _orphans(b, a)
     grams_a, grams_b = _grams(a.words, left), _grams(b.words, right)
     net = wordnet()
+
+    def alone(x: str, words: tuple[str, ...], others: set[str]) -> bool:
+        return not any(net.synonyms(g, y) for g in _grams(words, [x]) for y in others)
+
     return (
-        [
-            x
-            for x in left
-            if not any(net.synonyms(g, y) for g in _grams(a.words, [x]) for y in grams_b)
-        ],
-        [
-            y
-            for y in right
-            if not any(net.synonyms(g, x) for g in _grams(b.words, [y]) for x in grams_a)
-        ],
+        [x for x in left if alone(x, a.words, grams_b)],
+        [y for y in right if alone(y, b.words, grams_a)],
     )
 
 
 def _orphans(q: _Question, other: _Question) -> list[str]:
     """Content words of `q` without the same word (up to inflection or a typo) in `other`,
     leaving out words that change no answer."""
-    ignored = _GENERIC | (q.focus_words if q.focus == other.focus else frozenset())
+    agree = q.focus and other.focus and _same_focus(q.focus, other.focus)
+    ignored = vocab.GENERIC | (q.focus_words if agree else frozenset())
     return [
-        x for x in q.content if x not in ignored and not any(_close(x, y) for y in other.content)
+        x
+        for x in q.content
+        if x not in ignored
+        and x not in other.content
+        and not any(_close(x, y) for y in other.content)
     ]
 
 
 def _grams(words: tuple[str, ...], among: list[str]) -> set[str]:
     """The words of `among`, and the pairs of neighbouring words with one of them in it, the
     way WordNet writes them ("heart_rate", "come_up"); pairs skip stopwords."""
-    kept = [w for w in words if w not in _STOPWORDS]
+    kept = [w for w in words if w not in vocab.STOPWORDS]
     pairs = {f"{x}_{y}" for x, y in pairwise(kept) if x in among or y in among}
     return set(among) | pairs
 
 
 @lru_cache(maxsize=65_536)
 def _close(a: str, b: str) -> bool:
-    """The same word up to inflection ("cacti" / "cactus", "composed" / "composer") or one
-    typo ("capitol" / "capital"); never across digits ("python2" / "python3")."""
+    """The same word up to inflection ("cacti" / "cactus", "wrote" / "write") but not degree
+    ("largest" / "large"), or, when one of them is no word WordNet knows, one typo ("pyhton"
+    / "python"); two known words with other lemmas never are ("proton" / "photon", "plane" /
+    "planet"); never across digits ("python2" / "python3")."""
     if a == b:
         return True
     if any(c.isdigit() for c in a + b):
         return False
-    common = next(
-        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
-    )
-    if common >= _PREFIX_MIN_CHARS and common >= 0.75 * min(len(a), len(b)):
+    net = wordnet()
+    if net.degree(a) != net.degree(b):  # "largest" / "large", "bigger" / "big"
+        return False
+    lemmas_a, lemmas_b = net.lemmas(a), net.lemmas(b)
+    if not lemmas_a.isdisjoint(lemmas_b):
         return True
-    return _typo(a, b) or not wordnet().lemmas(a).isdisjoint(wordnet().lemmas(b))
+    return not (lemmas_a and lemmas_b) and _typo(a, b)
 
 
 def _typo(a: str, b: str) -> bool:
