@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -47,6 +49,8 @@ ACK_TIMEOUT_S = 30.0
 
 Handler = Callable[[bytes | None, bytes | None], Awaitable[None]]
 """An agent's handler of one record's key and value (None: a tombstone)."""
+
+log = logging.getLogger(__name__)
 
 
 class FaustSend:
@@ -156,13 +160,19 @@ def build(settings: StreamSettings) -> faust.App:
     if settings.semantic_cache:
         from streams.embedder import Embedder  # noqa: PLC0415 -- torch: only for this cache
 
+        lenient = additions_from(settings.semantic_max_false_hit_rate)
         similar = SemanticCache(
             redis,
             Embedder(),
             settings.semantic_threshold,
             settings.semantic_max_entries,
             ttl_s=settings.cache_ttl_s,
-            additions_from=additions_from(settings.semantic_max_false_hit_rate),
+            additions_from=lenient,
+        )
+        log.info(
+            "semantic cache: the %s guard (LLMQ_SEMANTIC_MAX_FALSE_HIT_RATE=%s)",
+            "strict" if math.isinf(lenient) else "lenient",
+            settings.semantic_max_false_hit_rate,
         )
     stages = build_stages(
         catalog,

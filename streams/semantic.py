@@ -35,9 +35,10 @@ DEFAULT_THRESHOLD = 0.75
 """Cosine similarity from which a candidate goes to the guard: the highest threshold with
 the most paraphrase hits on the tune half of tests/data/semantic_pairs.jsonl; the guard, not
 the threshold, keeps near misses out (docs/semantic-cache.md)."""
-LENIENT_FALSE_HIT_BOUND = 0.02
-"""The upper end of the 95% interval of the lenient guard's false-hit rate over every
-labelled near miss (docs/semantic-cache.md, `python -m tools.bench.semantic_quality`)."""
+LENIENT_FALSE_HIT_BOUND = 0.03
+"""The upper end of the 95% interval of the lenient guard's false-hit rate over the labelled
+near misses it was not tuned on (2.6%: docs/semantic-cache.md, `python -m
+tools.bench.semantic_quality`, its "untuned" row)."""
 
 
 def additions_from(max_false_hit_rate: float) -> float:
@@ -156,6 +157,11 @@ class SemanticCache:
             found = await asyncio.to_thread(
                 entry.mirror.search, vector, self._threshold, CANDIDATES
             )
+        # The guard reads whole texts (up to 2,000 characters, tens of ms): off the loop.
+        return await asyncio.to_thread(self._guarded, text, found)
+
+    def _guarded(self, text: str, found: list[tuple[str, str, float]]) -> SemanticHit | None:
+        """The first candidate, best first, that the guard accepts."""
         for cached_fingerprint, cached_text, similarity in found:
             if same_question(text, cached_text, similarity, self._additions_from):
                 return SemanticHit(cached_fingerprint, similarity)

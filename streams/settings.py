@@ -40,13 +40,14 @@ class StreamSettings(ServiceSettings):
     semantic_cache: bool = True
     """Answer paraphrases of cached requests from the semantic cache (LLMQ_SEMANTIC_CACHE)."""
     semantic_threshold: float = Field(default=DEFAULT_THRESHOLD, gt=0, le=1)
-    """Cosine similarity from which a cached question is checked by the lexical guard
+    """Cosine similarity from which a cached question is checked by the guard
     (LLMQ_SEMANTIC_THRESHOLD); docs/semantic-cache.md has the hit and false-hit rates."""
     semantic_max_false_hit_rate: float = Field(default=0.0, ge=0, le=1)
     """The false-hit rate of the semantic cache an operator accepts
     (LLMQ_SEMANTIC_MAX_FALSE_HIT_RATE): 0 keeps the strict guard, which no labelled near miss
-    passed; from streams.semantic.LENIENT_FALSE_HIT_BOUND (0.02) the guard also lets a
-    paraphrase add a word to the question (docs/semantic-cache.md)."""
+    passed; from streams.semantic.LENIENT_FALSE_HIT_BOUND (0.03) the guard also lets a
+    paraphrase add a word to the question (docs/semantic-cache.md). The stream processor
+    logs which guard it runs."""
     semantic_max_entries: int = Field(default=100_000, ge=1)
     """Entries kept per scope in Redis, and mirrored in all by one process
     (LLMQ_SEMANTIC_MAX_ENTRIES)."""
