@@ -228,15 +228,16 @@ def test_the_labelled_pairs_at_the_default_threshold(redis_url: str, embedder: E
 def test_the_lenient_guard_keeps_within_its_published_bound(embedder: Embedder) -> None:
     """LLMQ_SEMANTIC_MAX_FALSE_HIT_RATE turns the lenient guard on from
     LENIENT_FALSE_HIT_BOUND: the upper end of the 95% interval of its false-hit rate over
-    every labelled near miss must not exceed it, and the strict guard passes none."""
+    the labelled near misses it was not tuned on must not exceed it, and the strict guard
+    passes no labelled near miss at all."""
     pairs = [p for p in load(LABELLED) if not p["same"]]
-    similarity = (
-        embedder.embed([p["a"] for p in pairs]) * embedder.embed([p["b"] for p in pairs])
-    ).sum(axis=1)
-    above = [
-        (p, float(s)) for p, s in zip(pairs, similarity, strict=True) if s >= DEFAULT_THRESHOLD
-    ]
+    cached = embedder.embed([p["a"] for p in pairs])
+    similarity = (cached * embedder.embed([p["b"] for p in pairs])).sum(axis=1)
+    decided = list(zip(pairs, (float(s) for s in similarity), strict=True))
+    above = [(p, s) for p, s in decided if s >= DEFAULT_THRESHOLD]
     strict = [p for p, s in above if same_question(p["b"], p["a"], s)]
     lenient = [p for p, s in above if same_question(p["b"], p["a"], s, ADDITION_SIMILARITY)]
+    untuned = [p for p in pairs if p["split"] != "tune"]
     assert strict == []
-    assert wilson(len(lenient), len(pairs))[1] <= LENIENT_FALSE_HIT_BOUND, lenient
+    lenient_untuned = [p for p in lenient if p["split"] != "tune"]
+    assert wilson(len(lenient_untuned), len(untuned))[1] <= LENIENT_FALSE_HIT_BOUND, lenient

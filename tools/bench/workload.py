@@ -7,8 +7,8 @@ replaced by exact copies or paraphrases of earlier ones, for the duplicate-heavy
 A paraphrase changes only words that do not change the question: a politeness or
 greeting prefix, a thanks suffix, the case of the first letter, a trailing "?" or
 whitespace. llmq's semantic cache checks every candidate with a guard
-(streams/semantic_guard.py), which accepts every one of these rewordings of every prompt
-in the pool (tests/unit/test_bench_workload.py). It compares only questions of at most
+(streams/semantic_guard.py), which accepts these rewordings (tests/unit/test_bench_workload.py
+checks them on a few prompts). It compares only questions of at most
 2,000 characters (92% of 300 prompts sampled with seed 0) and needs an embedding
 similarity of 0.75, which each rewording keeps, so about 92% of paraphrases can be expected
 to hit once their original is cached; none can while the original is still being generated.
