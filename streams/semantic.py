@@ -139,7 +139,7 @@ class SemanticCache:
         self._embedder = embedder
         self._threshold = threshold
         self._additions_from = additions_from
-        wordnet()  # the guard's synonyms: loaded now (0.4 s), not on the first lookup
+        wordnet()  # the guard's synonyms: loaded now (about 0.5 s), not on the first lookup
         self._max_entries = max_entries
         self._refresh_s = refresh_s
         self._ttl_s = ttl_s
