@@ -1,0 +1,255 @@
+"""One question as the semantic cache's guard reads it (streams/semantic_guard.py): its
+words, named entities, where the sentence that asks begins, what it asks for and how, and
+what it mentions (numbers, negations, units, times, entities)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from itertools import pairwise
+
+from streams import question_words as vocab
+
+_TOKEN = re.compile(r"_*[A-Za-z0-9]+(?:['_][A-Za-z0-9]+)*_*|[+\-*/%=<>!&|^~$]+")
+# A hyphen or slash inside words ("32-bit", "and/or") separates them; between digits
+# ("10/2", "10-2") it is an operator.
+_JOINER = re.compile(r"(?<=[A-Za-z])[-/](?=[A-Za-z0-9])|(?<=[0-9])[-/](?=[A-Za-z])")
+_SENTENCE_END = re.compile(r"(?<=[.?!:])\s+|\n+")
+_SIGNS = {"\u00b0": " degrees ", "\u20ac": " euro ", "\u00a3": " pound ", "\u00d7": " x "}
+_NUMBER = re.compile(r"(\d+)(?:st|nd|rd|th)?")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question's words: lower case, apostrophes dropped, number words as digits, with
+    its named entities and where the sentence that asks begins."""
+
+    words: tuple[str, ...]
+    entities: frozenset[str]
+    start: int
+    """The index of the first word that asks: words before it are context. The asking part
+    runs from the last sentence with a question mark to the end; with none, all of it."""
+    unread: bool
+    """Letters or symbols the guard cannot read (another script, emoji)."""
+
+    @classmethod
+    def read(cls, text: str) -> Question:
+        text = unicodedata.normalize("NFKC", text)
+        text = text.translate({0x2018: "'", 0x2019: "'", 0x201C: '"', 0x201D: '"'})
+        for sign, word in _SIGNS.items():
+            text = text.replace(sign, word)
+        unread = any(ord(c) > 127 and unicodedata.category(c)[0] in "LNS" for c in text)
+        text = _JOINER.sub(" ", text)
+        text = re.sub(r"!+(?=\s|$)", " ", text)  # an exclamation mark, not the "!" operator
+        text = text.replace("%", " percent ")
+        asks_at = _asking_offset(text)
+        words: list[str] = []
+        entities, start, end = set(), 0, 0
+        for match in _TOKEN.finditer(text):
+            token = match.group()
+            word = re.sub(r"'s$", "", token.lower()).replace("'", "")
+            word = vocab.NUMBER_WORDS.get(word, word)
+            gap = text[end : match.start()]
+            starts_sentence = end == 0 or any(c in ".?!:\n\"'(" for c in gap)
+            end = match.end()
+            if _named(token, word, starts_sentence):
+                entities.add(word)
+            if match.start() < asks_at:
+                start += 1
+            words.append(word)
+        return cls(tuple(words), frozenset(entities), start, unread)
+
+    @property
+    def asked(self) -> tuple[str, ...]:
+        return self.words[self.start :]
+
+    @property
+    def has_context(self) -> bool:
+        return self.start > 0
+
+    @cached_property
+    def content(self) -> frozenset[str]:
+        """The words that carry meaning: no stopwords or negations; entities always."""
+        return frozenset(
+            w
+            for w in self.words
+            if (w not in vocab.STOPWORDS and w not in vocab.NEGATIONS) or w in self.entities
+        )
+
+    @cached_property
+    def positions(self) -> dict[str, list[int]]:
+        """Where each word is."""
+        found: dict[str, list[int]] = {}
+        for i, w in enumerate(self.words):
+            found.setdefault(w, []).append(i)
+        return found
+
+    @cached_property
+    def focus_keys(self) -> tuple[tuple[str, ...], ...]:
+        """The question words of the asking part that say what kind of answer is asked for."""
+        words = self.asked
+        return tuple(
+            key for i in range(len(words)) for key in vocab.FOCUS if words[i : i + len(key)] == key
+        )
+
+    @cached_property
+    def focus(self) -> frozenset[str]:
+        """What kind of answer is asked for: a person, a time, an amount, a comparison..."""
+        kinds = {vocab.FOCUS[key] for key in self.focus_keys}
+        if not vocab.COMPARING.isdisjoint(self.asked):
+            kinds.add("comparison")
+        return frozenset(kinds)
+
+    @cached_property
+    def focus_words(self) -> frozenset[str]:
+        """The words that say what kind of answer is asked for."""
+        found = {w for key in self.focus_keys for w in key}
+        if "comparison" in self.focus:
+            found |= vocab.COMPARING | {"from", "and"}
+        return frozenset(found)
+
+    @cached_property
+    def form(self) -> dict[str, str]:
+        """How the asking part asks, where it says: its tense ("is" / "was"), obligation or
+        ability ("should" / "can"), whose ("my" / "your"), and, for a question that starts
+        with a question word, whether it asks for the doer ("Who succeeded X?", "What eats
+        sharks?") or the one done to ("Who did X succeed?", "Who was killed by X?")."""
+        words = set(self.asked)
+        marks = {
+            "tense": _one_of(words, {"past": vocab.PAST, "present": vocab.PRESENT}),
+            "mood": _one_of(
+                words | ({"must"} if _has_to(self.asked) else set()),
+                {"obligation": vocab.OBLIGATION, "ability": vocab.ABILITY},
+            ),
+            "quantity": _one_of(words, vocab.QUANTIFIERS),
+            "person": _one_of(words, {"mine": vocab.FIRST_PERSON, "yours": vocab.SECOND_PERSON}),
+        }
+        asked = self.asked
+        if len(asked) > 2 and asked[0] in vocab.QUESTION_WORDS:
+            # "Which animals do lions hunt?", "Which documents are needed?": the verb may
+            # follow a noun.
+            passive = any(w in vocab.BE and _participle(x) for w, x in pairwise(asked[1:4]))
+            if not vocab.AUXILIARIES.isdisjoint(asked[1:3]) or passive:
+                marks["role"] = "done to"
+            elif asked[1] not in vocab.BE:
+                marks["role"] = "doer"
+        return {kind: mark for kind, mark in marks.items() if mark}
+
+
+def _has_to(words: tuple[str, ...]) -> bool:
+    """ "have to", "has to", "had to": an obligation."""
+    return any(w in ("have", "has", "had") and x == "to" for w, x in pairwise(words))
+
+
+def _one_of(words: set[str], marks: dict[str, frozenset[str]]) -> str:
+    """The one mark whose words are among `words`, or "" for none or several."""
+    found = [mark for mark, marked in marks.items() if not marked.isdisjoint(words)]
+    return found[0] if len(found) == 1 else ""
+
+
+def _asking_offset(text: str) -> int:
+    """Where the asking part begins: the last sentence with a question mark, else 0; and
+    the sentence before it too when that question says little itself ("I need a recipe for
+    lasagna. Can you help?", "How do I cook rice? Any tips?")."""
+    starts = [0, *(m.end() for m in _SENTENCE_END.finditer(text))]
+    ends = [*starts[1:], len(text)]
+    asking = [n for n, (s, e) in enumerate(zip(starts, ends, strict=True)) if "?" in text[s:e]]
+    if not asking:
+        return 0
+    n = asking[-1]
+    said = _TOKEN.findall(text[starts[n] : ends[n]].lower())
+    if n > 0 and sum(w not in vocab.STOPWORDS and w not in vocab.GENERIC for w in said) < 2:
+        n -= 1
+    return starts[n]
+
+
+def _named(token: str, word: str, starts_sentence: bool) -> bool:
+    """A named entity: a capitalised word inside a sentence, inner capitals ("iPhone",
+    "NYC"), letters with digits ("EU261"), underscores ("__init__"), a single capital
+    (blood type "A"); not "I" or a capitalised stopword ("Thanks")."""
+    return bool(
+        re.search(r"[A-Z]", token[1:])
+        or (re.search(r"\d", token) and re.search(r"[A-Za-z]", token))
+        or "_" in token
+        or (
+            token[0].isupper()
+            and not starts_sentence
+            and token != "I"
+            and (word not in vocab.STOPWORDS or len(token) == 1)
+        )
+    )
+
+
+def _participle(word: str) -> bool:
+    return len(word) > 3 and word.endswith(("ed", "en"))
+
+
+Feature = Callable[[Question, tuple[str, ...]], Counter[str]]
+"""Something a question mentions, counted: its numbers, units, named entities..."""
+
+
+def numbers(_: Question, words: tuple[str, ...]) -> Counter[str]:
+    """Numbers and ordinals as digits ("fifth" -> "5"), as often as they occur."""
+    found: Counter[str] = Counter()
+    for word in words:
+        if match := _NUMBER.fullmatch(word):
+            found[match.group(1)] += 1
+        elif word in vocab.ORDINALS:
+            found[vocab.ORDINALS[word]] += 1
+    return found
+
+
+def negated(q: Question, words: tuple[str, ...]) -> Counter[str]:
+    """What each negation applies to: the next content word ("not null" -> "null")."""
+    return _once(
+        next((x for x in words[i + 1 :] if x in q.content), "")
+        for i, w in enumerate(words)
+        if w in vocab.NEGATIONS
+    )
+
+
+def units(_: Question, words: tuple[str, ...]) -> Counter[str]:
+    """Units the answer is in: after a number or "in", "per", "how many"..."""
+    return _once(
+        vocab.UNITS[word]
+        for before, word in zip(("", *words), words, strict=False)
+        if word in vocab.UNITS
+        and (
+            before[:1].isdigit()
+            or (before in vocab.UNIT_INTRODUCERS and word not in vocab.AMBIGUOUS_UNITS)
+        )
+    )
+
+
+def times(_: Question, words: tuple[str, ...]) -> Counter[str]:
+    """Months, days, seasons and times of day; "daily" is "day"; "May", "am", "fall" only
+    after a number or "in", "on", "this"..."""
+    return _once(
+        vocab.DAILY.get(word, word)
+        for before, word in zip(("", *words), words, strict=False)
+        if word in vocab.TIMES
+        or word in vocab.DAILY
+        or (
+            word in vocab.AMBIGUOUS_TIMES
+            and (before[:1].isdigit() or before in vocab.TIME_INTRODUCERS)
+        )
+    )
+
+
+def entities(q: Question, words: tuple[str, ...]) -> Counter[str]:
+    """Named entities; the other side may write them in lower case (`every_word`), but no typo or
+    letter is forgiven in a name ("Ireland" / "Iceland", "HTTP" / "HTTPS")."""
+    return _once(w for w in words if w in q.entities)
+
+
+def every_word(_: Question, words: tuple[str, ...]) -> Counter[str]:
+    return _once(words)
+
+
+def _once(items: Iterable[str]) -> Counter[str]:
+    """Each item counted once, whatever its repeats; no empty item."""
+    return Counter(set(items) - {""})
