@@ -1,9 +1,9 @@
 """The semantic cache: a cached answer for a question asked again in other words.
 
 A question is compared only within its scope (everything but the question that changes the
-answer). Candidates come from embedding similarity; a lexical guard then rejects the close
-wordings whose answers differ (other entity, number, negation, direction), which the
-embedding alone cannot tell apart (docs/semantic-cache.md has the measurements).
+answer). Candidates come from embedding similarity; a guard that reads both questions then
+rejects the close wordings whose answers differ (other entity, number, negation, direction),
+which the embedding alone cannot tell apart (docs/semantic-cache.md has the measurements).
 """
 
 from __future__ import annotations

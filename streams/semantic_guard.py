@@ -328,7 +328,7 @@ def _close(a: str, b: str) -> bool:
 
 def _typo(a: str, b: str) -> bool:
     """One inserted, deleted, replaced or swapped letter in a long word that keeps its first
-    letter ("capitol", "spiders")."""
+    letter ("pyhton", "spidres")."""
     if min(len(a), len(b)) < _TYPO_MIN_CHARS or a[0] != b[0] or abs(len(a) - len(b)) > 1:
         return False
     if len(a) != len(b):
