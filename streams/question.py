@@ -12,15 +12,21 @@ from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
 
+from lemminflect import getAllLemmas  # type: ignore[import-untyped]
+
 from streams import question_words as vocab
 
 _TOKEN = re.compile(r"_*[A-Za-z0-9]+(?:['_][A-Za-z0-9]+)*_*|[+\-*/%=<>!&|^~$]+")
 # A hyphen or slash inside words ("32-bit", "and/or") separates them; between digits
 # ("10/2", "10-2") it is an operator.
 _JOINER = re.compile(r"(?<=[A-Za-z])[-/](?=[A-Za-z0-9])|(?<=[0-9])[-/](?=[A-Za-z])")
-_SENTENCE_END = re.compile(r"(?<=[.?!:])\s+|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+|\n+")
+# A period after these ends no sentence ("3 p.m. is", "e.g. codeine", "Washington D.C.").
+_ABBREVIATION = re.compile(r"(?:\b[A-Za-z]|e\.g|i\.e|a\.m|p\.m|dr|mr|mrs|ms|vs|etc|no|st)\.$", re.I)
+# Code: a question with these is compared by its signs and digits too ("a[1:]" / "a[:1]").
+_CODE = re.compile(r"[\[\]{}=<>#@*+^~|`]|\w\(|\w\.\w")
 _SIGNS = {"\u00b0": " degrees ", "\u20ac": " euro ", "\u00a3": " pound ", "\u00d7": " x "}
-_NUMBER = re.compile(r"(\d+)(?:st|nd|rd|th)?")
+_NUMBER = re.compile(r"(\d+(?:_\d+)*)(?:st|nd|rd|th)?")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,8 @@ class Question:
     runs from the last sentence with a question mark to the end; with none, all of it."""
     unread: bool
     """Letters or symbols the guard cannot read (another script, emoji)."""
+    code: str
+    """For a question with code in it, its signs and digits in order ("[1:]"), else ""."""
 
     @classmethod
     def read(cls, text: str) -> Question:
@@ -47,21 +55,30 @@ class Question:
         text = re.sub(r"!+(?=\s|$)", " ", text)  # an exclamation mark, not the "!" operator
         text = text.replace("%", " percent ")
         asks_at = _asking_offset(text)
+        code = re.sub(r"[A-Za-z\s]+", "", text).rstrip("?.!") if _CODE.search(text) else ""
         words: list[str] = []
-        entities, start, end = set(), 0, 0
+        entities, start, end, spelled, previous = set(), 0, 0, False, ""
         for match in _TOKEN.finditer(text):
             token = match.group()
             word = re.sub(r"'s$", "", token.lower()).replace("'", "")
-            word = vocab.NUMBER_WORDS.get(word, word)
             gap = text[end : match.start()]
+            if word in vocab.SPELLED_NUMBERS and spelled and not gap.strip():
+                words[-1] += "_" + vocab.SPELLED_NUMBERS[word]  # "twenty one" is one number
+                end = match.end()
+                continue
+            spelled = word in vocab.SPELLED_NUMBERS
+            word = vocab.NUMBER_WORDS.get(word, word)
             starts_sentence = end == 0 or any(c in ".?!:\n\"'(" for c in gap)
-            end = match.end()
-            if _named(token, word, starts_sentence):
+            after_dash = previous == "-" and not gap  # a flag: "cp -a"
+            end, previous = match.end(), token
+            if after_dash and len(token) == 1:  # a flag keeps its case: "-i" is not "-I"
+                word = token
+            if _named(token, word, starts_sentence) or (after_dash and len(token) == 1):
                 entities.add(word)
             if match.start() < asks_at:
                 start += 1
             words.append(word)
-        return cls(tuple(words), frozenset(entities), start, unread)
+        return cls(tuple(words), frozenset(entities), start, unread, code)
 
     @property
     def asked(self) -> tuple[str, ...]:
@@ -114,21 +131,33 @@ class Question:
 
     @cached_property
     def form(self) -> dict[str, str]:
-        """How the asking part asks, where it says: its tense ("is" / "was"), obligation or
-        ability ("should" / "can"), whose ("my" / "your"), and, for a question that starts
-        with a question word, whether it asks for the doer ("Who succeeded X?", "What eats
-        sharks?") or the one done to ("Who did X succeed?", "Who was killed by X?")."""
-        words = set(self.asked)
+        """How the asking part asks. Marked where it says: its tense ("is" / "was" / "will"),
+        obligation or ability ("should" / "can"), quantity ("any" / "many"), "and" or "or",
+        and for a question that starts with a question word, whether it asks for the doer
+        ("Who succeeded X?", "What eats sharks?") or the one done to ("Who did X
+        succeed?"). Always marked: whether it is a yes-or-no question and its first
+        auxiliary ("Does X work?" / "How does X work?", "Do cats..." / "Can cats..."),
+        whether someone else is meant ("Do they love me?" / "Do you love me?"), the voice of
+        a yes-or-no question ("Did Apple buy Beats?" / "Was Apple bought by Beats?") and
+        an intensifier ("so much"). Marked where both say it: whose ("my" / "your")."""
+        words, asked = set(self.asked), self.asked
+        opening = asked[:3] if len(asked) > 2 and asked[1] == "you" else asked[:1]
+        request = len(opening) == 3 and opening[2] in vocab.REQUESTS  # "Can you explain..."
+        first = asked[0] if asked and not request else ""
         marks = {
-            "tense": _one_of(words, {"past": vocab.PAST, "present": vocab.PRESENT}),
-            "mood": _one_of(
-                words | ({"must"} if _has_to(self.asked) else set()),
-                {"obligation": vocab.OBLIGATION, "ability": vocab.ABILITY},
-            ),
+            "tense": _one_of(words, vocab.TENSES),
+            "mood": _one_of(words | ({"must"} if _has_to(asked) else set()), vocab.MOODS),
             "quantity": _one_of(words, vocab.QUANTIFIERS),
-            "person": _one_of(words, {"mine": vocab.FIRST_PERSON, "yours": vocab.SECOND_PERSON}),
-        }
-        asked = self.asked
+            "joined": _one_of(words, {"and": frozenset({"and"}), "or": frozenset({"or"})}),
+            "closed": "yes" if first in vocab.LEADING_AUXILIARIES else "no",
+            "leads": vocab.LEADING_AUXILIARIES.get(first, ""),
+            "whose": _one_of(words, vocab.POSSESSIVES),
+            "third": "yes" if words & vocab.THIRD_PERSON else "no",
+            "voice": ("passive" if _passive(asked) else "active")
+            if first in vocab.LEADING_AUXILIARIES else "",
+            "intense": "yes" if any(w in vocab.INTENSIFIERS and x in ("much", "many")
+                                    for w, x in pairwise(asked)) else "no",
+        }  # fmt: skip
         if len(asked) > 2 and asked[0] in vocab.QUESTION_WORDS:
             # "Which animals do lions hunt?", "Which documents are needed?": the verb may
             # follow a noun.
@@ -138,6 +167,11 @@ class Question:
             elif asked[1] not in vocab.BE:
                 marks["role"] = "doer"
         return {kind: mark for kind, mark in marks.items() if mark}
+
+    @cached_property
+    def prepositions(self) -> frozenset[str]:
+        """The prepositions of the asking part ("written by" / "written for")."""
+        return frozenset(self.asked) & vocab.PREPOSITIONS
 
 
 def _has_to(words: tuple[str, ...]) -> bool:
@@ -152,15 +186,18 @@ def _one_of(words: set[str], marks: dict[str, frozenset[str]]) -> str:
 
 
 def _asking_offset(text: str) -> int:
-    """Where the asking part begins: the last sentence with a question mark, else 0; and
+    """Where the asking part begins: the first sentence with a question mark, else 0; and
     the sentence before it too when that question says little itself ("I need a recipe for
-    lasagna. Can you help?", "How do I cook rice? Any tips?")."""
-    starts = [0, *(m.end() for m in _SENTENCE_END.finditer(text))]
+    lasagna. Can you help?"). A period after an abbreviation ends no sentence."""
+    breaks = [
+        m for m in _SENTENCE_END.finditer(text) if not _ABBREVIATION.search(text[: m.start()])
+    ]
+    starts = [0, *(m.end() for m in breaks)]
     ends = [*starts[1:], len(text)]
     asking = [n for n, (s, e) in enumerate(zip(starts, ends, strict=True)) if "?" in text[s:e]]
     if not asking:
         return 0
-    n = asking[-1]
+    n = asking[0]
     said = _TOKEN.findall(text[starts[n] : ends[n]].lower())
     if n > 0 and sum(w not in vocab.STOPWORDS and w not in vocab.GENERIC for w in said) < 2:
         n -= 1
@@ -185,7 +222,19 @@ def _named(token: str, word: str, starts_sentence: bool) -> bool:
 
 
 def _participle(word: str) -> bool:
-    return len(word) > 3 and word.endswith(("ed", "en"))
+    """A past participle: "owned", "eaten", or an irregular one lemminflect knows ("bought")."""
+    if len(word) > 3 and word.endswith(("ed", "en")):
+        return True
+    verbs = getAllLemmas(word).get("VERB", ())
+    return bool(verbs) and word not in verbs and not word.endswith(("ing", "s"))
+
+
+def _passive(words: tuple[str, ...]) -> bool:
+    """A form of "be" with a participle soon after it ("Is Facebook owned by...")."""
+    return any(
+        w in vocab.BE and any(_participle(x) for x in words[i + 1 : i + 5])
+        for i, w in enumerate(words)
+    )
 
 
 Feature = Callable[[Question, tuple[str, ...]], Counter[str]]

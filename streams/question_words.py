@@ -13,9 +13,9 @@ def _vocabulary(text: str) -> frozenset[str]:
 STOPWORDS = _vocabulary("""
     a an the is are was were be been being am do does did have has had i me my you your u ur
     we us our it its this that these those there here what whats wat how hows can could
-    would should will shall may might must please pls plz tell explain know like want id im
-    ive youre thats to of in on at for with by and or as some any many much quick question
-    hey hi hello thanks thank thx so just really
+    would should will shall may might must please pls plz tell explain im ive youre thats to
+    of in on at for with by and or as some any many much question hey hi hello thanks thank
+    thx so just really
 """)
 """Function words, generic question words and politeness: words whose presence or absence
 does not change what is asked. Words that do ("from", "than", "before", "who", "which",
@@ -23,9 +23,10 @@ does not change what is asked. Words that do ("from", "than", "before", "who", "
 
 GENERIC = _vocabulary("""
     which best way ways get got need people make use good give basic describe define
-    definition meaning mean state process if whether they them okay one
+    definition meaning mean state process if whether okay one know want
 """)
-"""Content words that name nothing asked about ("the best way to", "give me", "which one")."""
+"""Content words that name nothing asked about ("the best way to", "give me", "which one");
+one may go without a counterpart, but two that differ ("get" / "give") do not pass."""
 
 NEGATIONS = _vocabulary("""
     not no never none nothing nor neither without cannot cant dont doesnt didnt isnt arent
@@ -36,6 +37,14 @@ _CARDINALS = """
     zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
     fifteen sixteen seventeen eighteen nineteen twenty
 """
+SPELLED_NUMBERS = {
+    word: str(value) for value, word in enumerate(_CARDINALS.split())
+} | {
+    "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70",
+    "eighty": "80", "ninety": "90", "hundred": "100", "thousand": "1000", "million": "1000000",
+    "billion": "1000000000",
+}  # fmt: skip
+"""Number words that join into one number when they follow each other ("twenty one")."""
 NUMBER_WORDS = {
     word: str(value) for value, word in enumerate(_CARDINALS.split()) if word != "one"
 } | {
@@ -87,21 +96,21 @@ alone ("What year...?") it is part of the question."""
 
 FOCUS = {
     ("who",): "person", ("whom",): "person", ("whose",): "possessor", ("when",): "time",
-    ("where",): "place", ("why",): "reason", ("reason",): "reason", ("reasons",): "reason",
-    ("how", "many"): "amount", ("how", "much"): "amount", ("number", "of"): "amount",
-    ("how", "long"): "duration", ("how", "many", "minutes"): "duration",
-    ("how", "many", "hours"): "duration", ("how", "many", "days"): "duration",
-    ("how", "many", "weeks"): "duration", ("how", "many", "years"): "duration",
-    ("distance",): "distance", ("how", "old"): "age", ("how", "far"): "distance",
+    ("where",): "place", ("why",): "reason", ("how", "many"): "amount",
+    ("how", "much"): "amount", ("how", "long"): "duration",
+    ("how", "many", "minutes"): "duration", ("how", "many", "hours"): "duration",
+    ("how", "many", "days"): "duration", ("how", "many", "weeks"): "duration",
+    ("how", "many", "years"): "duration", ("how", "old"): "age", ("how", "far"): "distance",
     ("how", "often"): "frequency", ("what", "time"): "clock", ("what", "year"): "year",
     ("which", "year"): "year", ("what", "day"): "day", ("what", "causes"): "reason",
-    ("point", "of"): "reason",
 }  # fmt: skip
 """What kind of answer a question asks for, by its question words. "When" matches any
 time; "what year", "what day" and "what time" only themselves."""
 ANY_TIME = frozenset({"time", "year", "day", "clock"})
 COMPARING = _vocabulary("difference differences differ differs different between vs versus compare")
 
+SYMMETRIC = _vocabulary("difference differences differ differs different vs versus compare")
+"""A comparison with one of these says the same with its sides swapped."""
 DIRECTIONAL = _vocabulary("to from into onto than vs versus over under before after by for of")
 """After these, the next content word says who or what plays which part ("from A to B")."""
 PARTICLES = _vocabulary("to from than into onto against toward towards off out up down")
@@ -113,11 +122,31 @@ QUESTION_WORDS = _vocabulary("who whom what which")
 AUXILIARIES = _vocabulary("did does do will would can could should")
 """After a question word, they make it ask for the one done to ("Who did X succeed?", "What
 do sharks eat?"), not the doer ("Who succeeded X?", "What eats sharks?")."""
-PAST = _vocabulary("was were did had")
-PRESENT = _vocabulary("is are am do does has have")
+TENSES = {
+    "past": _vocabulary("was were did had"),
+    "present": _vocabulary("is are am do does has have"),
+    "future": _vocabulary("will shall"),
+}
+MOODS = {
+    "obligation": _vocabulary("should must ought"),
+    "ability": _vocabulary("can could may might"),
+    "condition": _vocabulary("would"),
+}
+LEADING_AUXILIARIES = {
+    **{w: "past" for w in ["did", "was", "were", "had"]},
+    **{w: "present" for w in ["do", "does", "is", "are", "am", "has", "have"]},
+    **{w: "future" for w in ["will", "shall"]},
+    **{w: "ability" for w in ["can", "could", "may", "might"]},
+    **{w: "obligation" for w in ["should", "must"]},
+    "would": "condition",
+}
+"""A question that starts with one of these asks yes or no, in its tense or mood."""
+REQUESTS = _vocabulary("tell explain give show help describe list write suggest recommend")
+"""After "Can you", "Could you", "Would you": a request, not a yes-or-no question."""
+PREPOSITIONS = _vocabulary("to by for with as from on in at")
+"""Prepositions that say who does what for whom; one may not take another's place."""
+INTENSIFIERS = _vocabulary("so too this that")
 BE = _vocabulary("is are am was were be been being get gets got")
-OBLIGATION = _vocabulary("should must ought")
-ABILITY = _vocabulary("can could may might")
 QUANTIFIERS = {
     "all": _vocabulary("all every each"),
     "some": _vocabulary("some any"),
@@ -125,5 +154,5 @@ QUANTIFIERS = {
     "few": _vocabulary("few little least"),
 }
 """How much of something is asked about: "Are any mushrooms poisonous?" is not "Are many"."""
-FIRST_PERSON = _vocabulary("i me my mine we us our ours")
-SECOND_PERSON = _vocabulary("you your yours")
+POSSESSIVES = {"mine": _vocabulary("my mine our ours"), "yours": _vocabulary("your yours")}
+THIRD_PERSON = _vocabulary("he him his she her they them their theirs")

@@ -66,7 +66,7 @@ def mismatch(
 
     def unexplained() -> tuple[list[str], list[str]]:
         if not left_over:
-            left_over.append(_unexplained(a, b))
+            left_over.append(_unexplained(a, b, synonyms=math.isfinite(additions_from)))
         return left_over[0]
 
     checks: list[tuple[str, Callable[[], bool]]] = [
@@ -77,18 +77,22 @@ def mismatch(
         ("times", lambda: _agree(a, b, times)),
         ("focus", lambda: _same_focus(a.focus, b.focus)),
         ("entities", lambda: _agree(a, b, entities, every_word)),
+        ("code", lambda: a.code == b.code),
         ("form", lambda: _same_form(a, b)),
         ("direction", lambda: _same_direction(a, b) and not _turned(a, b, *unexplained())),
         ("order", lambda: not _swapped(a, b)),
         ("wording", lambda: not all(unexplained())),
-        ("addition", lambda: similarity >= additions_from or not _asks_more(a, b, *unexplained())),
+        ("addition", lambda: similarity >= additions_from or not any(unexplained())),
     ]
     return next((name for name, ok in checks if not ok()), None)
 
 
 def _same_form(a: Question, b: Question) -> bool:
-    """No mark of how they ask differs where both say it."""
-    return all(b.form.get(kind, mark) == mark for kind, mark in a.form.items())
+    """No mark of how they ask differs where both say it, and no preposition of one takes
+    the place of another ("written by" / "written for", "sent to" / "sent by")."""
+    return all(b.form.get(kind, mark) == mark for kind, mark in a.form.items()) and not (
+        a.prepositions - b.prepositions and b.prepositions - a.prepositions
+    )
 
 
 def _same_focus(a: frozenset[str], b: frozenset[str]) -> bool:
@@ -190,8 +194,9 @@ def _swapped(a: Question, b: Question) -> bool:
     """Whether two words or phrases trade places ("Is the Moon bigger than Mercury?" / "Is
     Mercury bigger than the Moon?", "Are all squares rectangles?" / "Are all rectangles
     squares?"), unlike a phrase that moves ("What is the national animal of Scotland?" /
-    "Scotland's national animal is what?"). Symmetric comparisons ("X vs Y") may swap."""
-    if "comparison" in a.focus and "comparison" in b.focus:
+    "Scotland's national animal is what?"). Symmetric comparisons ("the difference between
+    X and Y", "X vs Y") may swap; "the exchange rate between X and Y" may not."""
+    if not (vocab.SYMMETRIC.isdisjoint(a.asked) or vocab.SYMMETRIC.isdisjoint(b.asked)):
         return False
     return _words_trade(a, b) or _stretches_trade(a, b)
 
@@ -257,11 +262,6 @@ def _matches(a: list[str], b: list[str]) -> bool:
     )
 
 
-def _asks_more(a: Question, b: Question, left: list[str], right: list[str]) -> bool:
-    """Whether a word without a counterpart is in the asking part, not in context."""
-    return not set(a.asked).isdisjoint(left) or not set(b.asked).isdisjoint(right)
-
-
 def _turned(a: Question, b: Question, left: list[str], right: list[str]) -> bool:
     """Whether the asking part has a word of direction without a counterpart ("Flights to
     Paris" / "Flights from Paris", "turn on" / "turn off")."""
@@ -269,10 +269,14 @@ def _turned(a: Question, b: Question, left: list[str], right: list[str]) -> bool
     return not vocab.PARTICLES.isdisjoint(alone)
 
 
-def _unexplained(a: Question, b: Question) -> tuple[list[str], list[str]]:
-    """The content words of each side that have no counterpart in the other: neither the
-    same word nor a WordNet synonym of a word (or word pair) left over on the other side."""
+def _unexplained(a: Question, b: Question, synonyms: bool) -> tuple[list[str], list[str]]:
+    """The content words of each side that have no counterpart in the other: not the same
+    word and, for the lenient guard (`synonyms`), no WordNet synonym of a word (or word
+    pair) left over on the other side. The strict guard takes no synonyms: WordNet 1.6 also
+    links "brother" / "sister", "thread" / "string" and "bike" / "motorcycle"."""
     left, right = _orphans(a, b), _orphans(b, a)
+    if not synonyms:
+        return left, right
     grams_a, grams_b = _grams(a.words, left), _grams(b.words, right)
     net = wordnet()
 
@@ -287,16 +291,20 @@ def _unexplained(a: Question, b: Question) -> tuple[list[str], list[str]]:
 
 def _orphans(q: Question, other: Question) -> list[str]:
     """Content words of `q` without the same word (up to inflection or a typo) in `other`,
-    leaving out words that change no answer."""
+    leaving out words that change no answer: generic words, unless the other side leaves
+    one of its own ("get a refund" / "give a refund"), and agreeing question words."""
     agree = q.focus and other.focus and _same_focus(q.focus, other.focus)
-    ignored = vocab.GENERIC | (q.focus_words if agree else frozenset())
-    return [
+    ignored = q.focus_words if agree else frozenset()
+    alone = [
         x
         for x in q.content
-        if x not in ignored
-        and x not in other.content
-        and not any(_close(x, y) for y in other.content)
+        if x not in ignored and x not in other.content and not _among(x, other.content)
     ]
+    generic_there = any(
+        y in vocab.GENERIC and y not in q.content and not _among(y, q.content)
+        for y in other.content
+    )
+    return [x for x in alone if x not in vocab.GENERIC or generic_there]
 
 
 def _grams(words: tuple[str, ...], among: list[str]) -> set[str]:
@@ -310,9 +318,10 @@ def _grams(words: tuple[str, ...], among: list[str]) -> set[str]:
 @lru_cache(maxsize=65_536)
 def _close(a: str, b: str) -> bool:
     """The same word up to inflection ("cacti" / "cactus", "wrote" / "write") but not degree
-    ("largest" / "large"), or, when one of them is no word WordNet knows, one typo ("pyhton"
-    / "python"); two known words with other lemmas never are ("proton" / "photon", "plane" /
-    "planet"); never across digits ("python2" / "python3")."""
+    ("largest" / "large"), or, when exactly one of them is a word WordNet knows, one typo
+    ("pyhton" / "python"); two known words with other lemmas never are ("proton" / "photon",
+    "plane" / "planet"), nor two unknown ones ("openssl" / "openssh"); never across digits
+    ("python2" / "python3")."""
     if a == b:
         return True
     if any(c.isdigit() for c in a + b):
@@ -323,7 +332,7 @@ def _close(a: str, b: str) -> bool:
     lemmas_a, lemmas_b = net.lemmas(a), net.lemmas(b)
     if not lemmas_a.isdisjoint(lemmas_b):
         return True
-    return not (lemmas_a and lemmas_b) and _typo(a, b)
+    return bool(lemmas_a) != bool(lemmas_b) and _typo(a, b)
 
 
 def _typo(a: str, b: str) -> bool:

@@ -129,18 +129,12 @@ def test_no_key_when_there_is_nothing_to_compare(request_: InferenceRequest) -> 
         ("how many legs do spiders have", "How many legs does a spider have?"),
         ("Thank you! How many ounces are in a pound?", "how many ounces in a pound"),
         ("Why don\u2019t cats like water?", "Why don't cats like water?"),
-        ("How often should I water a cactus?", "How frequently do cacti need watering?"),
-        ("What documents do I need to rent a car?", "Which documents are needed to hire a car?"),
         ("What is the national animal of Scotland?", "Scotland's national animal is what?"),
         ("When did the Titanic sink?", "In what year did the Titanic sink?"),
         ("What causes migraines?", "Why do people get migraines?"),
         (
             "What is the difference between TCP and UDP?",
             "What is the difference between UDP and TCP?",
-        ),
-        (
-            "I've been arguing with my roommate all evening. How many bones are in the adult body?",
-            "How many bones are in the adult body?",
         ),
         (
             "What is the capital of France? (ref 1a2b3c4d)",
@@ -152,7 +146,9 @@ def test_no_key_when_there_is_nothing_to_compare(request_: InferenceRequest) -> 
         ),
     ],
 )
-def test_the_guard_accepts_politeness_typos_synonyms_and_context(query: str, cached: str) -> None:
+def test_the_guard_accepts_politeness_typos_inflections_and_reordering(
+    query: str, cached: str
+) -> None:
     assert same_question(query, cached)
     assert same_question(cached, query)
 
@@ -218,6 +214,32 @@ def test_the_guard_accepts_politeness_typos_synonyms_and_context(query: str, cac
         ("What is your name?", "What is my name?"),
         ("How do I learn English?", "How do I teach English?"),
         ("How many ounces in a pound?", "How many pounds in an ounce?"),
+        ("Can I take ibuprofen and acetaminophen?", "Can I take ibuprofen or acetaminophen?"),
+        ("Who was this song written by?", "Who was this song written for?"),
+        ("Does acupuncture work?", "How does acupuncture work?"),
+        ("Did the Fed raise interest rates?", "Will the Fed raise interest rates?"),
+        ("Can cats eat chocolate?", "Do cats eat chocolate?"),
+        ("Do they love me?", "Do you love me?"),
+        ("How do I get a refund?", "How do I give a refund?"),
+        ("Do you know Python?", "Do you like Python?"),
+        ("Is it okay to drink so much water?", "Is it okay to drink water?"),
+        ("Can I drink at twenty-one?", "Can I drink at twenty?"),
+        ("What does a[1:] return?", "What does a[:1] return?"),
+        ("What is the boiling point of water?", "Why does water boil?"),
+        ("Did Apple buy Beats?", "Was Apple bought by Beats?"),
+        ("I'm pregnant. Can I drink coffee?", "Can I drink coffee?"),
+        ("Is 3 p.m. too late for coffee?", "Is 3 a.m. too late for coffee?"),
+        (
+            "What should I buy my brother for Christmas?",
+            "What should I buy my sister for Christmas?",
+        ),
+        ("Is vaping bad for you?", "Is vaping worse for you?"),
+        ("How do I install openssl?", "How do I install openssh?"),
+        ("What does grep -i do?", "What does grep -I do?"),
+        (
+            "What is the exchange rate between USD and EUR?",
+            "What is the exchange rate between EUR and USD?",
+        ),
         (
             "\u4ec0\u4e48\u662f\u91cf\u5b50\u8ba1\u7b97\uff1f",
             "\u4ec0\u4e48\u662f\u673a\u5668\u5b66\u4e60\uff1f",
@@ -228,6 +250,23 @@ def test_the_guard_accepts_politeness_typos_synonyms_and_context(query: str, cac
 def test_the_guard_rejects_what_changes_the_answer(query: str, cached: str) -> None:
     assert not same_question(query, cached)
     assert not same_question(cached, query)
+
+
+@pytest.mark.parametrize(
+    ("query", "cached"),
+    [
+        ("How often should I water a cactus?", "How frequently do cacti need watering?"),
+        ("What documents do I need to rent a car?", "Which documents are needed to hire a car?"),
+        (
+            "I've been arguing with my roommate all evening. How many bones are in the adult body?",
+            "How many bones are in the adult body?",
+        ),
+    ],
+)
+def test_synonyms_and_context_pass_only_the_lenient_guard(query: str, cached: str) -> None:
+    assert not same_question(query, cached, 0.9)
+    assert same_question(query, cached, 0.9, ADDITION_SIMILARITY)
+    assert same_question(cached, query, 0.9, ADDITION_SIMILARITY)
 
 
 def test_a_word_added_to_the_question_passes_only_the_lenient_guard() -> None:
