@@ -61,7 +61,7 @@ def mismatch(
     the lenient choice, measured in docs/semantic-cache.md)."""
     if query == cached:
         return None
-    a, b = Question.read(query), Question.read(cached)
+    a, b = _read(query), _read(cached)
     left_over: list[tuple[list[str], list[str]]] = []
 
     def unexplained() -> tuple[list[str], list[str]]:
@@ -85,6 +85,13 @@ def mismatch(
         ("addition", lambda: similarity >= additions_from or not any(unexplained())),
     ]
     return next((name for name, ok in checks if not ok()), None)
+
+
+@lru_cache(maxsize=4_096)
+def _read(text: str) -> Question:
+    """A question read once: a lookup compares the asked one with up to 8 candidates, and
+    popular cached questions come back as candidates lookup after lookup."""
+    return Question.read(text)
 
 
 def _same_form(a: Question, b: Question) -> bool:
