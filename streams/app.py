@@ -35,6 +35,7 @@ from streams.compress import compress
 from streams.experiment_stats import ExperimentStats
 from streams.gate import TenantGate
 from streams.meter import Meter
+from streams.offsets import Tails
 from streams.offsets import install as fix_offsets
 from streams.outbox import Answered, Outbox
 from streams.ratelimit import RateLimiter
@@ -46,6 +47,7 @@ from streams.stages import build_stages
 from streams.store import RedisStore
 
 ACK_TIMEOUT_S = 30.0
+COMMIT_INTERVAL_S = 1.0
 
 Handler = Callable[[bytes | None, bytes | None], Awaitable[None]]
 """An agent's handler of one record's key and value (None: a tombstone)."""
@@ -130,7 +132,7 @@ def build(settings: StreamSettings) -> faust.App:
         producer_request_timeout=ACK_TIMEOUT_S,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
-        broker_commit_interval=1.0,
+        broker_commit_interval=COMMIT_INTERVAL_S,
         web_enabled=False,
         datadir=str(settings.data_dir),
     )
@@ -208,4 +210,10 @@ def build(settings: StreamSettings) -> faust.App:
         metrics.READY.set(1)
 
     app.task(ready)
+    tails = Tails()
+
+    async def reread_tails() -> None:
+        await tails.check(app.consumer)
+
+    app.timer(COMMIT_INTERVAL_S)(reread_tails)
     return app

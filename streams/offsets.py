@@ -1,4 +1,4 @@
-"""Two fixes to how faust-streaming 0.15.3 moves through a partition's offsets.
+"""Fixes to how faust-streaming 0.15.3 moves through a partition's offsets.
 
 Commits. faust commits the run of acked offsets that starts at the lowest acked one. Its
 check for a record still in flight at the head of that run is off by one
@@ -12,12 +12,15 @@ hundred in flight were lost that way. `guarded` wraps the commit: nothing is com
 past a record in flight or over a hole, and a hole is read again from the committed offset.
 faust's gaps are for topics whose offsets skip (compaction, transaction markers); llmq's
 agents read none, so `install` turns them off (`no_gap`), lest a hole be filled unread.
+A hole at a partition's end has no acked record after it, so no commit sees it: `Tails`
+looks for a fetcher that stands past records nobody handles, and reads them again.
 
 Restarts. When a table's recovery ends, faust resumes the stream partitions and only then
 seeks them to their committed offsets, so records fetched in between reach the agents and
 the seek rewinds the bookkeeping under them; and a partition without a committed offset is
 not sought at all, keeping a position past records fetched and dropped while it was
-paused. `seek_first` seeks before it resumes, such a partition to its beginning.
+paused. `seek_first` seeks before it resumes, such a partition to its log's start, which
+it takes as its committed offset: with None, nothing sees a hole before its first record.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from faust.tables.recovery import Recovery
@@ -100,9 +103,7 @@ def seek_first(on_recovery_completed: RecoveryCompleted) -> RecoveryCompleted:
             await seek()
             while held:
                 tps = set(held.pop(0))
-                for tp in tps:
-                    if consumer._committed_offset[tp] is None:
-                        await consumer.seek(tp, 0)
+                await _start_uncommitted(consumer, tps)
                 resume(tps)
 
         # Shadowed on the instance for this one call, and only these two.
@@ -117,6 +118,85 @@ def seek_first(on_recovery_completed: RecoveryCompleted) -> RecoveryCompleted:
 
     _on_recovery_completed.seeks_first = True  # type: ignore[attr-defined]
     return _on_recovery_completed
+
+
+Positions = Callable[[Any], Mapping[TP, int]]
+
+
+def fetch_positions(consumer: Any) -> Mapping[TP, int]:
+    """The next offset the consumer's fetcher hands on in each assigned partition.
+
+    Read from aiokafka's subscription state, as faust reads its highwaters: the consumer
+    thread's `position()` call waits in line behind its fetches, up to a second each.
+    """
+    subscription = consumer._thread._ensure_consumer()._subscription.subscription
+    if subscription is None or subscription.assignment is None:
+        return {}
+    consumed = subscription.assignment.all_consumed_offsets()
+    return {TP(tp.topic, tp.partition): at.offset for tp, at in consumed.items()}
+
+
+class Tails:
+    """Reads again the records at a partition's end that faust moved past unhandled.
+
+    Check it every commit interval. A partition whose fetcher stands past its committed
+    offset with nothing in flight and nothing acked has records that were fetched and
+    dropped; seen so at two checks in a row with the same offsets (a record on its way
+    to an agent is in flight by the next one), it is sought back to its committed offset.
+    """
+
+    def __init__(self, positions: Positions = fetch_positions) -> None:
+        self._positions = positions
+        self._suspects: dict[TP, tuple[int, int]] = {}
+        """Each partition's (committed, position) seen unhandled at the last check."""
+
+    async def check(self, consumer: Any) -> None:
+        """One check of every stream partition the consumer reads."""
+        if not consumer.flow_active:
+            self._suspects.clear()  # a rebalance: its seek moves every partition
+            return
+        if consumer._commit_fut is not None:
+            return  # a commit moves acked offsets to committed ones: look next time
+        busy = {m.tp for m in list(consumer._unacked_messages) if not m.acked}
+        positions = self._positions(consumer)
+        suspects: dict[TP, tuple[int, int]] = {}
+        for tp in consumer.assignment():
+            if consumer._is_changelog_tp(tp) or tp in busy or consumer._acked.get(tp):
+                continue
+            committed, position = consumer._committed_offset.get(tp), positions.get(tp)
+            if committed is None or position is None or position <= committed:
+                continue  # None: not yet sought (seek_first gives each partition one)
+            if self._suspects.get(tp) == (committed, position):
+                await _read_again(consumer, tp, committed, position)
+            else:
+                suspects[tp] = (committed, position)
+        self._suspects = suspects
+
+
+async def _read_again(consumer: Any, tp: TP, committed: int, position: int) -> None:
+    """Seek `tp` back to its committed offset: records up to `position` went unhandled."""
+    log.warning(
+        "%s[%d]: offsets %d to %d were read past unhandled at the end; reading them again",
+        tp.topic,
+        tp.partition,
+        committed,
+        position - 1,
+    )
+    await consumer.seek(tp, committed)
+
+
+async def _start_uncommitted(consumer: Any, tps: set[TP]) -> None:
+    """Seek the partitions without a committed offset to their log's start, and take that
+    as their committed offset: faust keeps None, under which neither it nor `guarded`
+    sees a hole before the first acked record."""
+    uncommitted = [tp for tp in tps if consumer._committed_offset[tp] is None]
+    if not uncommitted:
+        return
+    starts = await consumer.earliest_offsets(*uncommitted)
+    for tp in uncommitted:
+        start = starts.get(tp) or 0
+        await consumer.seek(tp, start)
+        consumer._committed_offset[tp] = start
 
 
 def install() -> None:

@@ -15,7 +15,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from intervaltree import IntervalTree  # type: ignore[import-untyped]
 
-from streams.offsets import guarded, install, seek_first
+from streams.offsets import Tails, guarded, install, seek_first
 
 PART = TP("llmq.requests", 1)
 
@@ -122,13 +122,112 @@ def test_a_hole_that_stays_is_warned_of_once(caplog: pytest.LogCaptureFixture) -
     assert books.seeks == [(PART, 39)] * 3, "each commit still asks to read it again"
 
 
+@dataclass
+class Reader(Books):
+    """Books, and where the consumer reads its one partition."""
+
+    at: int = 0
+    """The consumer's position: the next offset it fetches."""
+    changelog: bool = False
+    flow_active: bool = True
+    _commit_fut: object | None = None
+
+    def assignment(self) -> set[TP]:
+        return {PART}
+
+    def _is_changelog_tp(self, tp: TP) -> bool:
+        return self.changelog
+
+    def positions(self, consumer: Any) -> dict[TP, int]:
+        return {PART: self.at}
+
+
+def _checks(reader: Reader, times: int = 2) -> list[tuple[TP, int]]:
+    """The seeks `times` checks in a row ask for."""
+    tails = Tails(reader.positions)
+
+    async def run() -> None:
+        for _ in range(times):
+            await tails.check(reader)
+
+    asyncio.run(run())
+    return reader.seeks
+
+
+def test_records_read_past_at_a_partitions_end_are_read_again() -> None:
+    """Offsets 5 to 7 were fetched and dropped on a restart, and nothing came after them:
+    no acked record follows the hole, so the commit never sees it."""
+    assert _checks(Reader(5, [], at=8), times=1) == [], "a record may be on its way"
+    assert _checks(Reader(5, [], at=8)) == [(PART, 5)]
+
+
+def test_a_partition_at_its_logs_start_is_read_again_from_there() -> None:
+    assert _checks(Reader(0, [], at=3)) == [(PART, 0)]
+
+
+@pytest.mark.parametrize(
+    "reader",
+    [
+        Reader(5, [], at=5),  # nothing read past the committed offset
+        Reader(5, [], [5], at=8),  # 5 is in flight
+        Reader(5, [5, 6], at=8),  # acked, to be committed
+        Reader(5, [], at=8, changelog=True),  # a table's changelog: faust's recovery reads it
+        Reader(5, [], at=8, flow_active=False),  # a rebalance
+        Reader(5, [], at=8, _commit_fut=object()),  # a commit moves the books
+        Reader(None, [], at=3),  # not yet sought to its committed offset or log start
+    ],
+)
+def test_a_partition_being_handled_is_left_alone(reader: Reader) -> None:
+    assert _checks(reader, times=3) == []
+
+
+def test_a_reader_that_moves_between_checks_is_left_alone() -> None:
+    reader = Reader(5, [], at=6)
+    tails = Tails(reader.positions)
+
+    async def run() -> None:
+        await tails.check(reader)
+        reader.at = 7  # a record was fetched and is on its way to its agent
+        await tails.check(reader)
+
+    asyncio.run(run())
+    assert reader.seeks == []
+
+
+def test_a_commit_in_flight_only_puts_the_check_off() -> None:
+    reader = Reader(5, [], at=8)
+    tails = Tails(reader.positions)
+
+    async def run() -> None:
+        await tails.check(reader)
+        reader._commit_fut = object()
+        await tails.check(reader)
+        reader._commit_fut = None
+        await tails.check(reader)
+
+    asyncio.run(run())
+    assert reader.seeks == [(PART, 5)]
+
+
 class Calls(list[str]):
     """The consumer calls faust's end of recovery makes, in order."""
+
+    committed: int | None = 39
 
     def consumer(self) -> Any:
         consumer = MagicMock()
         consumer.assignment.return_value = {PART}
         consumer.resume_partitions.side_effect = lambda tps: self.append(f"resume {sorted(tps)}")
+        consumer._committed_offset = defaultdict(lambda: None, {PART: self.committed})
+
+        async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+            return dict.fromkeys(tps, 3)
+
+        async def seek(tp: TP, offset: int) -> None:
+            self.append(f"seek {offset}")
+
+        consumer.earliest_offsets = earliest_offsets
+        consumer.seek = seek
 
         async def perform_seek() -> None:
             self.append("seek")
@@ -137,7 +236,7 @@ class Calls(list[str]):
         return consumer
 
 
-def _end_recovery(calls: Calls, *, fixed: bool) -> None:
+def _end_recovery(calls: Calls, *, fixed: bool) -> Any:
     """faust's own Recovery.on_recovery_completed on a stand-in recovery, app and consumer."""
     recovery = MagicMock()
     recovery.app.consumer = calls.consumer()
@@ -159,6 +258,7 @@ def _end_recovery(calls: Calls, *, fixed: bool) -> None:
         await end(recovery, 0)
 
     asyncio.run(run())
+    return recovery
 
 
 def test_faust_alone_resumes_the_stream_partitions_before_it_seeks_them() -> None:
@@ -171,6 +271,16 @@ def test_the_fix_seeks_the_stream_partitions_before_it_resumes_them() -> None:
     calls = Calls()
     _end_recovery(calls, fixed=True)
     assert calls == ["seek", f"resume {[PART]}"]
+
+
+def test_a_partition_never_committed_starts_at_its_logs_start_as_if_committed() -> None:
+    """faust keeps None as its committed offset, under which no hole is seen before the
+    first acked record: with 3 dropped and 4 acked, it would commit 5."""
+    calls = Calls()
+    calls.committed = None
+    recovery = _end_recovery(calls, fixed=True)
+    assert calls == ["seek", "seek 3", f"resume {[PART]}"]
+    assert recovery.app.consumer._committed_offset[PART] == 3
 
 
 def test_installed_faust_notes_no_gap_that_would_fill_a_hole_unread() -> None:
