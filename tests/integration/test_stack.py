@@ -1,5 +1,6 @@
-"""The local stack's lifecycle: start twice, crash, SIGTERM mid-batch. Runs after the
-pipeline tests (file order) because it kills and restarts parts of the shared stack."""
+"""The local stack's lifecycle: start twice, crash, records fetched and dropped, SIGTERM
+mid-batch. Runs after the pipeline tests (file order) because it kills and restarts parts
+of the shared stack."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,10 @@ from schemas.request import CacheMode
 from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+DROPS = Path(__file__).parent / "drops"
+"""Its sitecustomize makes a stream processor drop records as faust does on some restarts."""
 
 
 def _pids(stack: LocalStack) -> dict[str, int | None]:
@@ -98,6 +104,35 @@ def test_a_crashed_stream_processor_is_restarted_and_serves(
         timeout=180,
     )
     assert result.status == "ok" and "Paris" in (result.text or "")
+
+
+def test_records_the_stream_processor_fetched_and_dropped_are_read_again(
+    stack: LocalStack, client: Client
+) -> None:
+    """Each request is the last record of its partition when it comes, and the first one
+    fetched from a partition is dropped: no later record shows the hole to the commit, so
+    only the check of the partitions' ends (streams/offsets.py, Tails) gets it answered."""
+    normal = stack.streams()
+    assert normal.proc.stop(), "the stream processor was running"
+    env = {**(normal.proc.env or {}), "PYTHONPATH": os.pathsep.join([str(DROPS), str(REPO)])}
+    dropping = replace(normal, proc=replace(normal.proc, env=env))
+    try:
+        stack.start(dropping, say=lambda _: None)
+        for n in range(4):
+            result = client.ask(
+                f"Say {uuid.uuid4().hex[:6]} once. ({n})",
+                max_tokens=4,
+                temperature=0.0,
+                cache=CacheMode.OFF,
+                timeout=120,
+            )
+            assert result.status == "ok", result.error
+        run = normal.proc.log_file.read_text().split(f"starting {normal.proc.name}")[-1]
+        assert f"dropped {REQUESTS}[" in run, "the sitecustomize dropped nothing"
+        assert "were read past unhandled at the end; reading them again" in run
+    finally:
+        dropping.proc.stop()
+        stack.up(say=lambda _: None)
 
 
 def test_a_worker_stopped_mid_batch_loses_no_request(stack: LocalStack, client: Client) -> None:
