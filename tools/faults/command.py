@@ -59,7 +59,8 @@ def register(sub: Any) -> None:
     faults.add_argument(
         "--keep-state",
         action="store_true",
-        help="keep the stack's temporary state directory (logs) after the run",
+        help="keep the stack's temporary state directory (logs) after the run (kept anyway "
+        "when a scenario failed)",
     )
     faults.set_defaults(func=run)
 

@@ -52,8 +52,9 @@ def run_faults(
     keep_state: bool = False,
 ) -> Written:
     """For each stack the chosen scenarios need (one broker, then three), start it, run
-    its scenarios, write results.json after each, and take it down; then write the report
-    and (when given) the README's section."""
+    its scenarios, write results.json after each, and take it down (its state and logs
+    stay when asked, or when a scenario failed); then write the report and (when given)
+    the README's section."""
     meta = {
         "command": command,
         "machine": machine(),
@@ -76,7 +77,7 @@ def run_faults(
         finally:
             say("stopping the stack")
             stack.down(say=lambda _: None)
-            if keep_state:
+            if keep_state or any(o.failed for o in outcomes):
                 say(f"its state and logs are kept in {state}")
             else:
                 shutil.rmtree(state, ignore_errors=True)
