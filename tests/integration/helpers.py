@@ -8,6 +8,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
@@ -20,6 +21,8 @@ from tools.stack.ports import free_block
 Record = Any
 """kafka-python's ConsumerRecord (the library is untyped)."""
 
+REPO = Path(__file__).resolve().parents[2]
+"""The checkout under test."""
 SERVED = "smollm2-135m"
 """The model on the session's OpenAI server: the checkpoint the stack's vLLM worker serves."""
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from schemas.catalog import Catalog, ModelSpec
+from tests.integration.helpers import REPO
 from tools.stack.settings import LocalSettings
 from workers.checkpoint import resolve_model_source
 
@@ -25,7 +26,6 @@ pytestmark = [
 ]
 
 BUILTIN = Catalog.builtin().models[0]
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

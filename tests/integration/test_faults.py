@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.helpers import REPO
 from tools.faults.plan import SCENARIOS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2760)]
 
-REPO = Path(__file__).resolve().parents[2]
 CHECKED = ["crash-loop", "broker-kill", "streams-join", "autoscale-down", "batch-restarts"]
 """Scenarios whose own checks (their findings) must pass too."""
 TOLERATED = ("(flapping)", "the decisions behind each start")

@@ -21,11 +21,11 @@ from llmq.client import Client
 from llmq.groups import DEAD, EMPTY, Group, describe_groups
 from schemas.names import REQUESTS, worker_group
 from schemas.request import CacheMode
+from tests.integration.helpers import REPO
 from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-REPO = Path(__file__).resolve().parents[2]
 DROPS = Path(__file__).parent / "drops"
 """Its sitecustomize makes a stream processor drop records as faust does on some restarts."""
 
