@@ -37,6 +37,8 @@ class PoolView:
     """Records not yet committed by the pool, in flight included."""
     served_tokens: float
     """Estimated tokens of the records committed since the previous look."""
+    served_records: int
+    """Records committed since the previous look."""
     arrived_tokens: float
     """Estimated tokens of every record published since the autoscaler started."""
     members: int
@@ -122,11 +124,13 @@ class Pools:
         tokens: dict[Lane, float] = defaultdict(float)
         records = 0
         served = 0.0
+        served_records = 0
         for tp in partitions:
             ledger = self._ledgers[tp]
             done = committed.get(tp, starts[tp])
             before = self._committed.get(tp, done)
             served += ledger.between(before, done)
+            served_records += max(0, done - before)
             ledger.forget_before(done)
             self._committed[tp] = done
             tokens[_lane_of(tp)] += ledger.between(done, ends[tp])
@@ -134,7 +138,13 @@ class Pools:
         group = worker_group(model)
         members = (await describe_groups(admin, [group]))[group].members
         return PoolView(
-            dict(tokens), records, served, self._arrived[model], members, len(partitions)
+            dict(tokens),
+            records,
+            served,
+            served_records,
+            self._arrived[model],
+            members,
+            len(partitions),
         )
 
     async def _offsets(self, model: str) -> dict[TopicPartition, int]:

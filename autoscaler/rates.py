@@ -35,7 +35,8 @@ class ArrivalRate:
 class ServiceRate:
     """Tokens per second one replica serves: the tokens committed over the replica-seconds
     of the latest `window_s` of serving with work waiting throughout (an idle replica's
-    rate says nothing of what it can do), and the prior until such serving committed any.
+    rate says nothing of what it can do), and the prior until such serving spans `min_s`
+    and turned over the pool's engines once (`turnover` records committed).
 
     A ratio of sums over a long window, not a smoothed rate per tick: generations started
     together finish together, so commits come in lumps minutes apart, and a tick between
@@ -45,14 +46,23 @@ class ServiceRate:
 
     The serving before the first commit since the pool reached this size is not counted:
     its generations began with the pool, and on a slow engine their first lump comes
-    minutes later, so those minutes would pass for a replica that serves nothing."""
+    minutes later, so those minutes would pass for a replica that serves nothing.
 
-    def __init__(self, prior: float, window_s: float = 600.0, min_s: float = 120.0) -> None:
+    Nor is it a rate before `turnover` records committed: as many as the pool's engines
+    hold at once. Until then a few short records finish beside a lump of long generations
+    still running, and minutes of them passed for a replica serving 0 tok/s (CI,
+    2026-12-01: the autoscaler started and stopped a second worker four times, each
+    change a rebalance that handed back the other's 48 unfinished generations)."""
+
+    def __init__(
+        self, prior: float, window_s: float = 600.0, min_s: float = 120.0, turnover: int = 1
+    ) -> None:
         self._prior = prior
         self._window_s = window_s
         self._min_s = min_s
-        self._seen: deque[tuple[float, float]] = deque()
-        """(tokens, replica-seconds) of each saturated interval, oldest first."""
+        self._turnover = turnover
+        self._seen: deque[tuple[float, int, float]] = deque()
+        """(tokens, records, replica-seconds) of each saturated interval, oldest first."""
         self._before_first = True
         """No commit yet since the pool reached this size."""
 
@@ -60,51 +70,63 @@ class ServiceRate:
         """The pool is at this size again: wait for its first commit before counting."""
         self._before_first = True
 
-    def observe(self, served_tokens: float, replica_seconds: float, saturated: bool) -> None:
-        """`served_tokens` in `replica_seconds` of serving, with work waiting throughout
-        (`saturated`) or not."""
+    def observe(
+        self, served_tokens: float, served_records: int, replica_seconds: float, saturated: bool
+    ) -> None:
+        """`served_tokens` of `served_records` in `replica_seconds` of serving, with work
+        waiting throughout (`saturated`) or not."""
         if not saturated or replica_seconds <= 0:
             return
         if self._before_first and served_tokens <= 0:
             return
         self._before_first = False
-        self._seen.append((max(0.0, served_tokens), replica_seconds))
-        while sum(r for _, r in self._seen) - self._seen[0][1] >= self._window_s:
+        self._seen.append((max(0.0, served_tokens), max(0, served_records), replica_seconds))
+        while sum(r for *_, r in self._seen) - self._seen[0][2] >= self._window_s:
             self._seen.popleft()
 
     @property
     def measured(self) -> bool:
-        """Whether at least `min_s` of saturated serving committed anything."""
-        spans = sum(seconds for _, seconds in self._seen) >= self._min_s
-        return spans and any(tokens > 0 for tokens, _ in self._seen)
+        """Whether at least `min_s` of saturated serving committed `turnover` records and
+        any tokens."""
+        spans = sum(seconds for *_, seconds in self._seen) >= self._min_s
+        turned = sum(records for _, records, _ in self._seen) >= self._turnover
+        return spans and turned and any(tokens > 0 for tokens, *_ in self._seen)
 
     def per_s(self) -> float:
         if not self.measured:
             return self._prior
-        return sum(t for t, _ in self._seen) / sum(r for _, r in self._seen)
+        return sum(t for t, *_ in self._seen) / sum(r for *_, r in self._seen)
 
 
 class PoolRates:
     """The service rate measured at each pool size. A replica's rate depends on the size
     where replicas share something (two engines on two CPU cores serve less than one), so
-    a smaller pool's capacity is what was measured at that size, not a guess from this one."""
+    a smaller pool's capacity is what was measured at that size, not a guess from this one.
+    `in_flight` is how many records one replica's engine holds at once (the model's
+    max_inflight): a size's rate counts once its replicas committed that many each."""
 
-    def __init__(self, prior: float, window_s: float = 600.0, min_s: float = 120.0) -> None:
+    def __init__(
+        self, prior: float, window_s: float = 600.0, min_s: float = 120.0, in_flight: int = 1
+    ) -> None:
         self._prior = prior
         self._window_s = window_s
         self._min_s = min_s
+        self._in_flight = in_flight
         self._by_size: dict[int, ServiceRate] = {}
         self._size = 0
 
-    def observe(self, served_tokens: float, seconds: float, size: int, saturated: bool) -> None:
-        """`served_tokens` in `seconds` by a pool of `size` replicas throughout."""
+    def observe(
+        self, served_tokens: float, served_records: int, seconds: float, size: int, saturated: bool
+    ) -> None:
+        """`served_tokens` of `served_records` in `seconds` by a pool of `size` replicas
+        throughout."""
         if size > 0:
             rate = self._by_size.setdefault(
-                size, ServiceRate(self._prior, self._window_s, self._min_s)
+                size, ServiceRate(self._prior, self._window_s, self._min_s, size * self._in_flight)
             )
             if size != self._size:
                 rate.resume()
-            rate.observe(served_tokens, size * seconds, saturated)
+            rate.observe(served_tokens, served_records, size * seconds, saturated)
         self._size = size
 
     def per_replica(self, size: int) -> float:

@@ -50,7 +50,11 @@ class Autoscaler:
         self._settings = settings
         self._actuator = actuator
         self._models = {
-            spec.name: _Model(spec, Policy(settings.targets()), PoolRates(settings.tokens_per_s))
+            spec.name: _Model(
+                spec,
+                Policy(settings.targets()),
+                PoolRates(settings.tokens_per_s, in_flight=spec.max_inflight),
+            )
             for spec in settings.catalog().models
         }
         self._pools = Pools(settings, list(self._models), "llmq-autoscaler")
@@ -99,7 +103,11 @@ class Autoscaler:
         if last is not None and model.last_at is not None and last.members == view.members:
             was_busy = last.backlog_records > last.members * model.spec.max_inflight
             model.service.observe(
-                view.served_tokens, now - model.last_at, view.members, busy and was_busy
+                view.served_tokens,
+                view.served_records,
+                now - model.last_at,
+                view.members,
+                busy and was_busy,
             )
         model.arrivals.observe(now, view.arrived_tokens)
         model.last, model.last_at = view, now

@@ -142,15 +142,15 @@ def test_sparse_arrivals_seen_at_a_short_tick_are_a_rate_not_zero() -> None:
 
 def test_the_service_rate_is_measured_on_a_busy_pool_only() -> None:
     rate = ServiceRate(prior=600, window_s=100, min_s=0)
-    rate.observe(served_tokens=100, replica_seconds=10, saturated=False)
+    rate.observe(served_tokens=100, served_records=10, replica_seconds=10, saturated=False)
     assert rate.per_s() == 600 and not rate.measured
-    rate.observe(served_tokens=0, replica_seconds=10, saturated=True)
+    rate.observe(served_tokens=0, served_records=0, replica_seconds=10, saturated=True)
     assert rate.per_s() == 600 and not rate.measured  # nothing committed yet
-    rate.observe(served_tokens=4_000, replica_seconds=10, saturated=True)
+    rate.observe(served_tokens=4_000, served_records=10, replica_seconds=10, saturated=True)
     assert rate.per_s() == 400 and rate.measured  # from the first commit on
-    rate.observe(served_tokens=0, replica_seconds=10, saturated=True)
+    rate.observe(served_tokens=0, served_records=0, replica_seconds=10, saturated=True)
     assert rate.per_s() == 200
-    rate.observe(served_tokens=900, replica_seconds=10, saturated=False)
+    rate.observe(served_tokens=900, served_records=10, replica_seconds=10, saturated=False)
     assert rate.per_s() == 200  # idle time says nothing
 
 
@@ -159,13 +159,15 @@ def test_a_pool_back_at_a_size_counts_from_its_first_commit_there() -> None:
     replica's generations run (CI, 2026-11-30: the autoscaler read 0 tok/s, wanted 20
     replicas and started the one it had just stopped): those minutes are not its rate."""
     rates = PoolRates(prior=150, window_s=600, min_s=0)
-    rates.observe(served_tokens=0, seconds=100, size=1, saturated=True)
-    rates.observe(served_tokens=5_000, seconds=50, size=1, saturated=True)
+    rates.observe(served_tokens=0, served_records=0, seconds=100, size=1, saturated=True)
+    rates.observe(served_tokens=5_000, served_records=10, seconds=50, size=1, saturated=True)
     assert rates.capacity() == {1: 100}
-    rates.observe(served_tokens=4_000, seconds=20, size=2, saturated=True)
-    rates.observe(served_tokens=0, seconds=200, size=1, saturated=True)  # back at 1
+    rates.observe(served_tokens=4_000, served_records=10, seconds=20, size=2, saturated=True)
+    rates.observe(
+        served_tokens=0, served_records=0, seconds=200, size=1, saturated=True
+    )  # back at 1
     assert rates.capacity() == {1: 100, 2: 200}
-    rates.observe(served_tokens=10_000, seconds=50, size=1, saturated=True)
+    rates.observe(served_tokens=10_000, served_records=10, seconds=50, size=1, saturated=True)
     assert rates.capacity() == {1: 15_000 / 100, 2: 200}
 
 
@@ -175,7 +177,8 @@ def test_lumpy_commits_average_out_over_the_window() -> None:
     rate = ServiceRate(prior=600, window_s=120, min_s=0)
     seen = []
     for tick in range(70):
-        rate.observe(3_500 if tick % 7 == 6 else 0, 5, saturated=True)
+        lump = tick % 7 == 6
+        rate.observe(3_500 if lump else 0, 35 if lump else 0, 5, saturated=True)
         seen.append(rate.per_s())
     full = seen[30:]  # once the window holds 120 s from the first lump
     assert min(full) >= 100 * 0.8 and max(full) <= 100 * 1.25
@@ -186,23 +189,46 @@ def test_a_rate_spanning_less_than_min_s_is_not_yet_a_rate() -> None:
     """A lump of commits 10 s after the pool reached this size is not what it serves:
     the prior holds until 120 replica-seconds were seen, then the ratio of sums."""
     rate = ServiceRate(prior=150, window_s=600, min_s=120)
-    rate.observe(served_tokens=10_000, replica_seconds=20, saturated=True)
+    rate.observe(served_tokens=10_000, served_records=10, replica_seconds=20, saturated=True)
     assert rate.per_s() == 150 and not rate.measured
     for _ in range(5):
-        rate.observe(served_tokens=0, replica_seconds=20, saturated=True)
+        rate.observe(served_tokens=0, served_records=0, replica_seconds=20, saturated=True)
     assert rate.measured and rate.per_s() == pytest.approx(10_000 / 120)
+
+
+def test_a_size_is_measured_once_its_engines_turned_over() -> None:
+    """CI, 2026-12-01: one replica held 64 long generations for minutes while a few short
+    records committed beside them; those minutes read as 0 tok/s at size 1, and each time
+    the pool was back at one replica the autoscaler wanted 15 and started the second
+    again. A size's rate counts once it committed as many records as its engines hold."""
+    rates = PoolRates(prior=150, window_s=600, min_s=120, in_flight=64)
+    for _ in range(16):  # 160 s at one replica: 16 short records commit, 0.8 tok/s
+        rates.observe(served_tokens=8, served_records=1, seconds=10, size=1, saturated=True)
+    assert rates.capacity() == {}
+    for _ in range(30):  # 300 s at two: 128 records, 116 tok/s in all
+        rates.observe(served_tokens=1_160, served_records=5, seconds=10, size=2, saturated=True)
+    assert rates.capacity() == {2: pytest.approx(116)}
+    rates.observe(served_tokens=0, served_records=0, seconds=10, size=1, saturated=True)
+    assert rates.per_replica(1) == pytest.approx(58)  # the measured size's, not 0.5
+    for _ in range(60):  # one replica turns over its 64 records: its own rate counts
+        rates.observe(served_tokens=700, served_records=2, seconds=10, size=1, saturated=True)
+    assert rates.per_replica(1) == pytest.approx(70, rel=0.05)
 
 
 def test_each_pool_size_has_its_own_rate() -> None:
     rates = PoolRates(prior=600, window_s=100, min_s=0)
     assert rates.per_replica(2) == 600 and rates.capacity() == {}
-    rates.observe(served_tokens=1_500, seconds=10, size=1, saturated=True)
+    rates.observe(served_tokens=1_500, served_records=10, seconds=10, size=1, saturated=True)
     assert rates.per_replica(1) == 150 and rates.per_replica(3) == 150  # the nearest measured
-    rates.observe(served_tokens=1_000, seconds=10, size=2, saturated=True)
-    rates.observe(served_tokens=5_000, seconds=10, size=3, saturated=False)  # not busy
+    rates.observe(served_tokens=1_000, served_records=10, seconds=10, size=2, saturated=True)
+    rates.observe(
+        served_tokens=5_000, served_records=10, seconds=10, size=3, saturated=False
+    )  # not busy
     assert rates.capacity() == {1: 150, 2: 100}
     assert rates.per_replica(2) == 50 and rates.per_replica(3) == 50
-    rates.observe(served_tokens=1_000, seconds=10, size=0, saturated=True)  # nobody serves
+    rates.observe(
+        served_tokens=1_000, served_records=10, seconds=10, size=0, saturated=True
+    )  # nobody serves
     assert rates.capacity() == {1: 150, 2: 100}
 
 

@@ -50,7 +50,7 @@ class Still:
     """A pool that looks the same at every look: one worker, a little batch work."""
 
     async def look(self, model: str) -> PoolView:
-        return PoolView({Lane.BATCH: 100.0}, 1, 0.0, 0.0, members=1, partitions=4)
+        return PoolView({Lane.BATCH: 100.0}, 1, 0.0, 0, 0.0, members=1, partitions=4)
 
 
 @pytest.mark.parametrize(("every_s", "said"), [(0.0, 3), (1e9, 1)])
