@@ -6,7 +6,9 @@ Buffers are bounded and a full lane's partitions are paused, so a backlog stays 
 A record's offset counts as in flight from its fetch and is committed only after the
 completion and metering event it produced are acknowledged by the broker. Its starts are
 counted, so one whose generation kills the worker every time is dead-lettered after a few
-(workers/starts.py, workers/solo.py).
+(workers/starts.py, workers/solo.py). A rebalance lets the generations of revoked partitions
+finish within the drain bound; what outlives it runs on until the assignment, and only
+what went to another worker is aborted (workers/handover.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from schemas.work import Completion, WorkItem
 from workers import metrics
 from workers.cancels import Cancellations
 from workers.engine import Engine
+from workers.handover import Handover
 from workers.inflight import InFlight
 from workers.lanes import LanePolicy, LaneScheduler, lane_of
 from workers.offsets import OffsetTracker
@@ -91,7 +94,9 @@ class Worker:
         self._starts = starts
         self._max_starts = max_starts
         self._solo = Solo()
-        self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        self._tasks: dict[asyncio.Task[None], tuple[TopicPartition, int]] = {}
+        """Each generation's record, by its partition and offset."""
+        self._handover: Handover[TopicPartition] = Handover()
         self._concluding: set[asyncio.Task[None]] = set()
         """Generations that have their outcome and are publishing it: never aborted."""
         self._made_room = asyncio.Event()
@@ -120,6 +125,8 @@ class Worker:
                 # 2) Buffer what came; its offsets are in flight from now on.
                 for tp, records in batches.items():
                     for record in records:
+                        if self._handover.holds(tp, record.offset):
+                            continue  # fetched again after a rebalance, and still running
                         self._tracker.started(tp, record.offset)
                         self._lanes.push(lane_of(tp.topic), tp, record)
             else:
@@ -158,22 +165,37 @@ class Worker:
     async def finish(self, tps: set[TopicPartition]) -> None:
         """Let the generations of partitions that are leaving finish (within the drain bound)
         so that their offsets commit now; otherwise the next owner would generate them again.
-        What does not finish is aborted and handed back before the next owner starts it, so
-        it is generated once at a time and not taken for a crash's suspect there. Their
-        buffered records go first, so that no finishing generation starts one of them."""
+        What does not finish runs on until the assignment (`take_back`). Their buffered
+        records go first, so that no finishing generation starts one of them."""
         dropped = self._lanes.drop(tps)
         if dropped:
             log.info("dropped %d buffered records of revoked partitions", dropped)
         self._count_lanes()
-        leaving = {task for task, tp in self._tasks.items() if tp in tps}
+        leaving = {task: where for task, where in self._tasks.items() if where[0] in tps}
         if leaving:
-            await self._settle(leaving, "generations of revoked partitions")
+            what = "generations of revoked partitions"
+            unfinished = await self._settle(set(leaving), what)
+            if unfinished:
+                log.info("%d %s run on until the assignment", len(unfinished), what)
+            self._handover.park({task: leaving[task] for task in unfinished})
         await self.commit(only=tps)
 
     def forget(self, tps: set[TopicPartition]) -> None:
         """Partitions revoked (after `finish`): their unfinished records go to their next
-        owner."""
+        owner, or come back with their partition."""
         self._tracker.forget(tps)
+
+    async def take_back(self, assigned: set[TopicPartition]) -> None:
+        """The assignment after a rebalance: generations still running of a partition that
+        came back are kept (in flight again, so that their offsets stay uncommitted); those
+        of a partition that went to another worker are aborted and handed back (a start of
+        it there a moment before this is a duplicate generation, not a loss)."""
+        kept, moved = self._handover.assigned(assigned)
+        for tp, offset in kept:
+            self._tracker.started(tp, offset)
+        if kept:
+            log.info("kept %d generations of partitions assigned back here", len(kept))
+        await self._abort(set(moved) - self._concluding, "generations of partitions that moved")
 
     def _pause_full_lanes(self) -> bool:
         """Pause the partitions of full lanes, resume the others; False when all are full."""
@@ -192,7 +214,7 @@ class Worker:
                 break
             lane, tp, record = picked
             task = asyncio.create_task(self._serve(tp, record), name=f"serve-{record.offset}")
-            self._tasks[task] = tp
+            self._tasks[task] = (tp, record.offset)
             task.add_done_callback(partial(self._finished, lane))
             metrics.STARTED.labels(lane.value).inc()
             self._made_room.set()
@@ -206,6 +228,7 @@ class Worker:
 
     def _finished(self, lane: Lane, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
+        self._handover.finished(task)
         self._concluding.discard(task)
         self._lanes.finished(lane)
         if not task.cancelled() and task.exception() is not None:
@@ -431,20 +454,25 @@ class Worker:
     async def _drain(self) -> None:
         """Let in-flight generations finish within the bound; abort the rest, commit, return."""
         if self._tasks:
-            await self._settle(set(self._tasks), "in-flight requests")
+            what = "in-flight requests"
+            await self._abort(await self._settle(set(self._tasks), what), what)
         await self.commit()
 
-    async def _settle(self, tasks: set[asyncio.Task[None]], what: str) -> None:
-        """Wait up to the drain bound for `tasks`; abort the rest (handed back, uncommitted)
-        but those already publishing their outcome, which are awaited."""
+    async def _settle(self, tasks: set[asyncio.Task[None]], what: str) -> set[asyncio.Task[None]]:
+        """Wait up to the drain bound for `tasks`, and then for those already publishing
+        their outcome; the rest, still generating."""
         log.info("finishing %d %s (up to %.0fs)", len(tasks), what, self._drain_timeout_s)
         _, pending = await asyncio.wait(tasks, timeout=self._drain_timeout_s)
-        aborted = pending - self._concluding
-        for task in aborted:
+        await asyncio.gather(*(pending & self._concluding), return_exceptions=True)
+        return pending - self._concluding
+
+    async def _abort(self, tasks: set[asyncio.Task[None]], what: str) -> None:
+        """Abort unfinished generations: handed back, uncommitted, their starts given back."""
+        for task in tasks:
             task.cancel()
-        if aborted:
-            log.warning("handed back %d unfinished %s (not committed)", len(aborted), what)
-        await asyncio.gather(*pending, return_exceptions=True)
+        if tasks:
+            log.warning("handed back %d unfinished %s (not committed)", len(tasks), what)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _fire(timer: asyncio.Timeout) -> None:
@@ -464,3 +492,4 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+        await self._worker.take_back(set(assigned))

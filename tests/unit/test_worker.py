@@ -523,7 +523,7 @@ def test_generations_of_revoked_partitions_finish_and_commit_before_they_move() 
     assert len(producer.completions()) == 2
 
 
-def test_a_revoked_partitions_generation_past_the_bound_is_aborted_and_handed_back() -> None:
+def test_a_generation_past_the_bound_whose_partition_moved_is_aborted_and_handed_back() -> None:
     consumer, producer = FakeConsumer(), FakeProducer()
     consumer.add(BATCH, [_work(Lane.BATCH)])
     starts = MemoryStarts()
@@ -533,15 +533,54 @@ def test_a_revoked_partitions_generation_past_the_bound_is_aborted_and_handed_ba
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
         await _until(lambda: len(engine.started) == 1)
         await worker.finish({BATCH})
-        # Before the next owner starts it: no longer generated here, and not a crash.
+        worker.forget({BATCH})
+        assert engine.aborted == [], "it runs on until the assignment says where it went"
+        consumer.revoke(BATCH)
+        await worker.take_back({STANDARD})
+        # No longer generated here, and not a crash.
         assert engine.aborted == [engine.started[0][0]]
         assert starts.counts == {(BATCH.topic, 0, 0): 0}
-        worker.forget({BATCH})
         stop.set()
 
     _serve(consumer, producer, lambda: engine, scenario, starts=starts, drain_timeout_s=0.05)
     assert producer.completions() == []
     assert consumer.committed.get(BATCH, 0) == 0
+
+
+def test_a_generation_past_the_bound_whose_partition_came_back_runs_on_once() -> None:
+    """An eager rebalance takes every partition and mostly gives it back: a generation
+    that outlived the drain bound is kept, not restarted, and its offset stays in flight
+    until it is answered; the records fetched again from the committed offset are not
+    started twice."""
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(BATCH, [_work(Lane.BATCH, i) for i in range(3)])
+    lanes = LanePolicy(min_share=0.0, standard_cap=1.0, batch_cap=1.0, buffer=4)
+    engine = FakeEngine()
+    engine.hold.clear()  # each generation stops after its first token
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await _until(lambda: len(engine.started) == 3)
+        consumer.rebalancing = True
+        await worker.finish({BATCH})
+        worker.forget({BATCH})
+        consumer.positions[BATCH] = consumer.committed.get(BATCH, 0)  # fetched again
+        await worker.take_back({BATCH})
+        consumer.rebalancing = False
+        await asyncio.sleep(0.05)
+        assert engine.aborted == [] and len(engine.started) == 3, "not restarted"
+        await worker.commit()
+        assert consumer.committed.get(BATCH, 0) == 0, "still in flight, not committed"
+        engine.hold.set()
+        await _until(lambda: consumer.committed.get(BATCH) == 3)
+        stop.set()
+
+    _serve(consumer, producer, lambda: engine, scenario, lanes=lanes, drain_timeout_s=0.05)
+    assert sorted(c.work.request.correlation_id for c in producer.completions()) == [
+        "batch-0",
+        "batch-1",
+        "batch-2",
+    ]
+    assert len(engine.started) == 3
 
 
 def test_a_record_answered_before_its_partition_moved_is_not_generated_again() -> None:
