@@ -49,13 +49,13 @@ from tests.hostile import (
     with_text,
 )
 from tests.unit.stages import FakeSend, FakeStore, Pipeline, Sent, result_of
-from tests.unit.test_worker import (
+from tests.unit.worker_fakes import (
     MODEL,
     FakeConsumer,
     FakeEngine,
     FakeProducer,
     MemoryStarts,
-    _spec,
+    model_spec,
 )
 from workers.worker import Worker
 
@@ -226,7 +226,7 @@ def test_the_worker_dead_letters_unreadable_work_items_and_commits_them(raw: byt
 
     async def main() -> None:
         worker = Worker(
-            _spec(),
+            model_spec(),
             FakeEngine(),
             consumer,
             producer,
