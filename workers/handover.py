@@ -48,5 +48,6 @@ class Handover(Generic[TP]):
         return where in self._kept.values() or where in self._parked.values()
 
     def finished(self, task: asyncio.Task[None]) -> None:
+        """A generation ended (answered, failed or aborted): nothing holds its record now."""
         self._parked.pop(task, None)
         self._kept.pop(task, None)
