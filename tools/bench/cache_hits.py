@@ -2,18 +2,22 @@
 
 Against a running stack (`llmq local up`): warms the cache with a few distinct questions,
 then publishes N copies of them at once with fresh correlation ids and reads the replies
-back from a private reply topic. Prints replies per second and latency percentiles.
+back from a private reply topic; then sends some one at a time, each after the last one's
+reply. Prints answers per second, latency percentiles and the CPU each process of the
+stack (and this load generator) spent per 1,000 answers of the burst.
 
-    python -m tools.bench.cache_hits --requests 2000 --distinct 8
+    python -m tools.bench.cache_hits --requests 3000 --distinct 64 --one-at-a-time 200
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -23,13 +27,21 @@ from llmq.client import Client
 from schemas.names import REQUESTS
 from schemas.request import ChatBody, InferenceRequest
 from schemas.settings import ServiceSettings
+from tools.bench.pipeline_parts import quantile
+from tools.stack.procs import cpu_seconds
+from tools.stack.stack import LocalStack
+
+LOAD_GENERATOR = "this load generator"
 
 
 def main() -> None:
-    """Parse the arguments, run once, print one line."""
+    """Parse the arguments, run the burst and the one-at-a-time requests, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=2000, help="sent at once")
     parser.add_argument("--distinct", type=int, default=8, help="distinct cached questions")
+    parser.add_argument(
+        "--one-at-a-time", type=int, default=100, help="then sent one by one (0: none)"
+    )
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
     settings = ServiceSettings()
@@ -44,41 +56,126 @@ def main() -> None:
     admin.create_topics([NewTopic(topic, 1, 1)])
     admin.close()
     replies = KafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=5,
     )
     replies.poll(100)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
-    start = time.time()
-    for i in range(args.requests):
-        request = InferenceRequest(
-            correlation_id=f"bench-{tag}-{i}",
-            reply_to=topic,
-            body=ChatBody.model_validate(
-                {
-                    "messages": [{"role": "user", "content": questions[i % args.distinct]}],
-                    "temperature": 0,
-                    "max_tokens": 8,
-                }
-            ),
-        )
-        producer.send(REQUESTS, request.model_dump_json().encode())
-    producer.flush()
-    results: list[dict[str, Any]] = []
-    while len(results) < args.requests and time.time() - start < args.timeout:
-        for batch in replies.poll(500).values():
-            results.extend(json.loads(r.value) for r in batch)
-    wall = time.time() - start
-    replies.close()
-    producer.close()
-    latency = sorted(r["timings"]["total_ms"] for r in results)
-    if not latency:
-        raise SystemExit("no replies: is the stack up (llmq local status)?")
-    caches = Counter(r["cache"] for r in results)
-    print(
-        f"{len(results)}/{args.requests} replies in {wall:.2f} s = {len(results) / wall:.0f}/s; "
-        f"latency p50 {latency[len(latency) // 2]:.0f} ms, "
-        f"p99 {latency[int(len(latency) * 0.99)]:.0f} ms; {dict(caches)}"
+
+    def request(name: str, question: str) -> bytes:
+        return encoded(f"{name}-{tag}", question, topic)
+
+    try:
+        burst = [request(f"burst-{i}", questions[i % args.distinct]) for i in range(args.requests)]
+        cpu = CpuMeter()
+        start = time.time()
+        for value in burst:
+            producer.send(REQUESTS, value)
+        producer.flush()
+        raw = read(replies, args.requests, start + args.timeout)
+        wall = time.time() - start
+        used = cpu.spent()
+        results = [json.loads(r) for r in raw]
+        if not results:
+            raise SystemExit("no replies: is the stack up (llmq local status)?")
+        print(f"{len(results)}/{args.requests} at once: {burst_line(results, wall)}")
+        per_k = ", ".join(f"{name} {s * 1000 / len(results):.2f} s" for name, s in used.items())
+        print(f"CPU per 1,000 answers: {per_k}")
+        if args.one_at_a_time:
+            app_ms, total_ms = one_at_a_time(
+                lambda i: request(f"one-{i}", questions[i % args.distinct]),
+                args.one_at_a_time,
+                lambda value: (producer.send(REQUESTS, value), producer.flush()),
+                lambda: read(replies, 1, time.time() + args.timeout),
+            )
+            print(
+                f"{len(app_ms)} one at a time: the app's send to its reading of the answer "
+                f"p50 {quantile(app_ms, 0.50):.1f} / p90 {quantile(app_ms, 0.90):.1f} / "
+                f"p99 {quantile(app_ms, 0.99):.1f} ms; the pipeline's own (timings.total_ms) "
+                f"p50 {quantile(total_ms, 0.50):.1f} / p90 {quantile(total_ms, 0.90):.1f} ms"
+            )
+    finally:
+        replies.close()
+        producer.close()
+
+
+def encoded(correlation_id: str, question: str, reply_to: str) -> bytes:
+    """One request as the app publishes it (built before the clock starts)."""
+    body = ChatBody.model_validate(
+        {"messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 8}
     )
+    request = InferenceRequest(correlation_id=correlation_id, reply_to=reply_to, body=body)
+    return request.model_dump_json().encode()
+
+
+def read(replies: KafkaConsumer, count: int, deadline: float) -> list[bytes]:
+    """Up to `count` raw replies, read until `deadline` (parsed after the clock stops)."""
+    out: list[bytes] = []
+    while len(out) < count and time.time() < deadline:
+        for batch in replies.poll(500, max_records=count - len(out)).values():
+            out.extend(record.value for record in batch)
+    return out
+
+
+def burst_line(results: list[dict[str, Any]], wall: float) -> str:
+    """Answers a second, the pipeline's latency percentiles and what answered them."""
+    latency = [float(r["timings"]["total_ms"]) for r in results]
+    caches = Counter(r["cache"] for r in results)
+    return (
+        f"{len(results) / wall:.0f} answers/s ({wall:.2f} s); latency p50 "
+        f"{quantile(latency, 0.50):.0f} ms, p99 {quantile(latency, 0.99):.0f} ms; {dict(caches)}"
+    )
+
+
+def one_at_a_time(
+    build: Callable[[int], bytes],
+    count: int,
+    send: Callable[[bytes], object],
+    receive: Callable[[], list[bytes]],
+) -> tuple[list[float], list[float]]:
+    """Send `count` requests, each once the last one's answer was read: the app's latency
+    (send to answer read) and the pipeline's own (its timings.total_ms), in ms."""
+    app_ms: list[float] = []
+    total_ms: list[float] = []
+    for i in range(count):
+        value = build(i)
+        start = time.perf_counter()
+        send(value)
+        got = receive()
+        if not got:
+            raise SystemExit(f"no answer to request {i} sent one at a time")
+        app_ms.append((time.perf_counter() - start) * 1000)
+        total_ms.append(float(json.loads(got[0])["timings"]["total_ms"]))
+    return app_ms, total_ms
+
+
+class CpuMeter:
+    """CPU seconds each process of the local stack, and this one, use from now on."""
+
+    def __init__(self) -> None:
+        self._pids = {row.name: row.pid for row in LocalStack().status() if row.pid is not None}
+        self._start = self._now()
+
+    def spent(self) -> dict[str, float]:
+        """Seconds used since the meter was made, by process name."""
+        now = self._now()
+        spent = {name: now[name] - self._start[name] for name in self._start if name in now}
+        return dict(sorted(spent.items(), key=lambda item: -item[1]))
+
+    def _now(self) -> dict[str, float]:
+        out = {LOAD_GENERATOR: _own_cpu()}
+        for name, pid in self._pids.items():
+            seconds = cpu_seconds(pid)
+            if seconds is not None:
+                out[name] = seconds
+        return out
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

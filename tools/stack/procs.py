@@ -121,6 +121,14 @@ def _stat(pid: int) -> list[str]:
         return []
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user and system, all threads) `pid` has used so far; None if it is gone."""
+    fields = _stat(pid)
+    if not fields:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _start_time(pid: int) -> str | None:
     fields = _stat(pid)
     return fields[19] if fields else None
