@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from tools.bench.cache_hits import burst_line, one_at_a_time
+from tools.bench.cache_hits import burst_line, one_at_a_time, since_send
 
 
 def test_one_at_a_time_sends_each_after_the_last_answer_and_reads_its_timings() -> None:
@@ -34,3 +35,15 @@ def test_the_burst_line_counts_answers_a_second_and_what_answered_them() -> None
     line = burst_line(results, wall=2.0)
     assert line.startswith("2 answers/s (2.00 s)")
     assert "{'exact': 4}" in line
+
+
+def test_a_burst_answer_is_timed_from_the_send_not_from_its_earlier_creation() -> None:
+    result: dict[str, Any] = {
+        "correlation_id": "a",
+        "cache": "exact",
+        "timings": {"total_ms": 900.0},
+    }
+    moved = since_send(result, {"a": 100.0}, sent=100.5)
+    assert moved["timings"]["total_ms"] == 400.0
+    assert result["timings"]["total_ms"] == 900.0, "the parsed reply is left as it was"
+    assert since_send(result, {}, sent=100.5)["timings"]["total_ms"] == 900.0

@@ -23,9 +23,10 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from llmq.chat import chat_request
 from llmq.client import Client
 from schemas.names import REQUESTS
-from schemas.request import ChatBody, InferenceRequest
+from schemas.request import DEFAULT_TENANT, InferenceRequest
 from schemas.settings import ServiceSettings
 from tools.bench.pipeline_parts import quantile
 from tools.stack.procs import cpu_seconds
@@ -64,11 +65,19 @@ def main() -> None:
     replies.poll(100)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
 
-    def request(name: str, question: str) -> bytes:
-        return encoded(f"{name}-{tag}", question, topic)
+    def request(name: str, question: str) -> InferenceRequest:
+        return chat_request(
+            question,
+            tenant=DEFAULT_TENANT,
+            reply_to=topic,
+            correlation_id=f"{name}-{tag}",
+            temperature=0,
+            max_tokens=8,
+        )
 
     try:
-        burst = [request(f"burst-{i}", questions[i % args.distinct]) for i in range(args.requests)]
+        built = [request(f"burst-{i}", questions[i % args.distinct]) for i in range(args.requests)]
+        burst = [wire(r) for r in built]
         cpu = CpuMeter()
         start = time.time()
         for value in burst:
@@ -77,7 +86,8 @@ def main() -> None:
         raw = read(replies, args.requests, start + args.timeout)
         wall = time.time() - start
         used = cpu.spent()
-        results = [json.loads(r) for r in raw]
+        created = {r.correlation_id: r.created_at for r in built}
+        results = [since_send(json.loads(r), created, start) for r in raw]
         if not results:
             raise SystemExit("no replies: is the stack up (llmq local status)?")
         print(f"{len(results)}/{args.requests} at once: {burst_line(results, wall)}")
@@ -85,7 +95,9 @@ def main() -> None:
         print(f"CPU per 1,000 answers: {per_k}")
         if args.one_at_a_time:
             app_ms, total_ms = one_at_a_time(
-                lambda i: request(f"one-{i}", questions[i % args.distinct]),
+                lambda i: (
+                    request(f"one-{i}", questions[i % args.distinct]).model_dump_json().encode()
+                ),
                 args.one_at_a_time,
                 lambda value: (producer.send(REQUESTS, value), producer.flush()),
                 lambda: read(replies, 1, time.time() + args.timeout),
@@ -101,13 +113,17 @@ def main() -> None:
         producer.close()
 
 
-def encoded(correlation_id: str, question: str, reply_to: str) -> bytes:
-    """One request as the app publishes it (built before the clock starts)."""
-    body = ChatBody.model_validate(
-        {"messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 8}
-    )
-    request = InferenceRequest(correlation_id=correlation_id, reply_to=reply_to, body=body)
+def wire(request: InferenceRequest) -> bytes:
+    """A request as the app publishes it on llmq.requests."""
     return request.model_dump_json().encode()
+
+
+def since_send(result: dict[str, Any], created: dict[str, float], sent: float) -> dict[str, Any]:
+    """`result` with its timings.total_ms counted from `sent`: the pipeline counts from the
+    request's created_at, which the burst's requests, built before the clock, precede."""
+    early_ms = max(0.0, sent - created.get(result["correlation_id"], sent)) * 1000
+    timings = {**result["timings"], "total_ms": result["timings"]["total_ms"] - early_ms}
+    return {**result, "timings": timings}
 
 
 def read(replies: KafkaConsumer, count: int, deadline: float) -> list[bytes]:
