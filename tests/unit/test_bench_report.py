@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -42,9 +43,12 @@ def _way(way: str, scale: float, hits: int = 0) -> WayResult:
 
 
 RESULTS = [
-    _way("engine", 1.0),
+    replace(_way("engine", 1.0), cores={"engine": 1.93, "bench": 0.04, "other": 0.001}),
     _way("vllm-serve", 1.1),
-    _way("llmq", 1.2),
+    replace(
+        _way("llmq", 1.2),
+        cores={"engine": 1.61, "kafka": 0.12, "streams": 0.08, "worker": 0.05, "bench": 0.03},
+    ),
     _way("llmq-duplicates", 1.2, hits=2),
 ]
 
@@ -66,7 +70,12 @@ def test_the_json_holds_every_sample_and_the_figures(tmp_path: Path) -> None:
 
 def test_the_plots_are_png_files(tmp_path: Path) -> None:
     paths = plot(RESULTS, tmp_path / "plots")
-    assert [p.name for p in paths] == ["throughput.png", "latency.png", "latency_cdf.png"]
+    assert [p.name for p in paths] == [
+        "throughput.png",
+        "latency.png",
+        "latency_cdf.png",
+        "cores.png",
+    ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert p.stat().st_size > 10_000
@@ -110,6 +119,15 @@ def test_the_lanes_way_gets_its_plot_a_sentence_and_its_figures(tmp_path: Path) 
     doc = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     assert doc["lanes"]["interactive_p50_ratio"] == pytest.approx(2.0)
     assert doc["summaries"]["llmq-cache-hits"]["exact_repeat_hits"] == 4
+
+
+def test_the_markdown_shows_the_cores_each_metered_way_kept_busy_by_part() -> None:
+    text = markdown(RESULTS, META)
+    header = next(line for line in text.splitlines() if line.startswith("| way | engine"))
+    assert header == "| way | engine | worker | streams | kafka | bench | all |"  # other < 0.01
+    assert "| engine | 1.93 | 0.00 | 0.00 | 0.00 | 0.04 | 1.97 |" in text
+    assert "| llmq | 1.61 | 0.05 | 0.08 | 0.12 | 0.03 | 1.89 |" in text
+    assert "| vllm-serve | 0" not in text  # not metered: no row
 
 
 def test_paths_in_the_settings_are_written_as_strings(tmp_path: Path) -> None:

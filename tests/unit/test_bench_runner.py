@@ -24,6 +24,7 @@ from schemas.result import (
     Usage,
 )
 from tools.bench.command import bench_command
+from tools.bench.cpu import BENCH
 from tools.bench.runner import BEGIN, END, TITLE, machine, replace_section
 from tools.bench.samples import BenchRequest, Sample, WayResult
 from tools.bench.ways import WAYS, Reply, drive
@@ -130,7 +131,8 @@ def test_drive_sends_at_arrival_times_and_keeps_failures() -> None:
         await asyncio.sleep(0.05)
         return Reply(3, 4, time.monotonic() - sent, cache="exact")
 
-    samples, wall_s = asyncio.run(drive(workload, answer, lambda: answered.append(1)))
+    samples, wall_s, cores = asyncio.run(drive(workload, answer, lambda: answered.append(1)))
+    assert BENCH in cores  # the meter ran over the drive (tests/unit/test_bench_cpu.py)
     assert [s.index for s in samples] == [0, 1, 2]
     assert len(answered) == 3
     first, late, failed = samples

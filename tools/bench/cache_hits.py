@@ -3,8 +3,8 @@
 Against a running stack (`llmq local up`): warms the cache with a few distinct questions,
 then publishes N copies of them at once with fresh correlation ids and reads the replies
 back from a private reply topic; then sends some one at a time, each after the last one's
-reply. Prints answers per second, latency percentiles and the CPU each process of the
-stack (and this load generator) spent per 1,000 answers of the burst.
+reply. Prints answers per second, latency percentiles and the CPU each part of the machine
+(the stack's processes, this load generator as "bench") spent per 1,000 answers of the burst.
 
     python -m tools.bench.cache_hits --requests 3000 --distinct 64 --one-at-a-time 200
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 import uuid
 from collections import Counter
@@ -28,11 +27,8 @@ from llmq.client import Client
 from schemas.names import REQUESTS
 from schemas.request import DEFAULT_TENANT, InferenceRequest
 from schemas.settings import ServiceSettings
+from tools.bench.cpu import CpuMeter
 from tools.bench.pipeline_parts import quantile
-from tools.stack.procs import cpu_seconds
-from tools.stack.stack import LocalStack
-
-LOAD_GENERATOR = "this load generator"
 
 
 def main() -> None:
@@ -165,33 +161,6 @@ def one_at_a_time(
         app_ms.append((time.perf_counter() - start) * 1000)
         total_ms.append(float(json.loads(got[0])["timings"]["total_ms"]))
     return app_ms, total_ms
-
-
-class CpuMeter:
-    """CPU seconds each process of the local stack, and this one, use from now on."""
-
-    def __init__(self) -> None:
-        self._pids = {row.name: row.pid for row in LocalStack().status() if row.pid is not None}
-        self._start = self._now()
-
-    def spent(self) -> dict[str, float]:
-        """Seconds used since the meter was made, by process name."""
-        now = self._now()
-        spent = {name: now[name] - self._start[name] for name in self._start if name in now}
-        return dict(sorted(spent.items(), key=lambda item: -item[1]))
-
-    def _now(self) -> dict[str, float]:
-        out = {LOAD_GENERATOR: _own_cpu()}
-        for name, pid in self._pids.items():
-            seconds = cpu_seconds(pid)
-            if seconds is not None:
-                out[name] = seconds
-        return out
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

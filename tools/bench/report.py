@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tools.bench.cpu import BENCH, OTHER, PARTS
 from tools.bench.samples import WayResult
 from tools.bench.stats import (
     BASELINES,
@@ -65,8 +66,8 @@ def write_json(results: Sequence[WayResult], meta: Mapping[str, object], path: P
 
 
 def plot(results: Sequence[WayResult], out_dir: Path) -> list[Path]:
-    """throughput.png, latency.png and latency_cdf.png in `out_dir` (and lanes.png with the
-    lanes way); their paths."""
+    """throughput.png, latency.png and latency_cdf.png in `out_dir` (lanes.png with the
+    lanes way, cores.png where the ways were metered); their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ways = [r.way for r in results]
     summaries = [summarize(r) for r in results]
@@ -109,7 +110,34 @@ def plot(results: Sequence[WayResult], out_dir: Path) -> list[Path]:
     by_way = {r.way: r for r in results}
     if INTERACTIVE_IDLE in by_way and INTERACTIVE_BUSY in by_way:
         paths.append(_lanes_plot(by_way, out_dir / "lanes.png"))
+    metered = [r for r in results if r.cores]
+    if metered:
+        paths.append(_cores_plot(metered, out_dir / "cores.png"))
     return paths
+
+
+def _cores_plot(results: Sequence[WayResult], path: Path) -> Path:
+    """One stacked bar per way: the cores each part of the machine kept busy."""
+    fig = Figure(figsize=(10, 0.6 * len(results) + 1.8), layout="constrained")
+    ax = fig.subplots()
+    names = [r.way for r in results]
+    left = np.zeros(len(results))
+    for key in _parts(results):
+        widths = np.asarray([r.cores.get(key, 0.0) for r in results])
+        ax.barh(names, widths, left=left, label=key)
+        left += widths
+    ax.invert_yaxis()
+    ax.set_xlabel("cores busy on average while the way ran (CPU seconds ÷ wall seconds)")
+    ax.set_title("where the machine's cores went")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _save(fig, path)
+
+
+def _parts(results: Sequence[WayResult]) -> list[str]:
+    """The parts any result metered at 0.01 cores or more, in the order of tools.bench.cpu."""
+    seen = {key for r in results for key, cores in r.cores.items() if cores >= 0.01}
+    return [key for key in (*PARTS, BENCH, OTHER) if key in seen]
 
 
 def _lanes_plot(by_way: Mapping[str, WayResult], path: Path) -> Path:
@@ -207,9 +235,32 @@ def markdown(results: Sequence[WayResult], meta: Mapping[str, object]) -> str:
             )
             + ".",
         ]
+    lines += _cores_table([r for r in results if r.cores])
     if meta.get("notes"):
         lines += ["", str(meta["notes"])]
     return "\n".join(lines) + "\n"
+
+
+def _cores_table(results: Sequence[WayResult]) -> list[str]:
+    """The cores each part of the machine kept busy while each way ran."""
+    if not results:
+        return []
+    keys = _parts(results)
+    return [
+        "",
+        "Cores busy while each way ran (CPU seconds ÷ wall seconds, from /proc): engine is "
+        "vLLM's engine processes, the model's compute; bench is the app sending the load "
+        "(in the engine way also vLLM's front-end, in-process).",
+        "",
+        "| way | " + " | ".join(keys) + " | all |",
+        "|---|" + "---:|" * (len(keys) + 1),
+        *(
+            f"| {r.way} | "
+            + " | ".join(_fmt(r.cores.get(key, 0.0), 2) for key in keys)
+            + f" | {_fmt(sum(r.cores.values()), 2)} |"
+            for r in results
+        ),
+    ]
 
 
 def _ratio_table(found: dict[str, float], pairs: list[tuple[str, str]]) -> list[str]:

@@ -56,3 +56,5 @@ class WayResult:
     """Engine generations it took, where known (llmq: fewer than requests when caching)."""
     cost_usd: float | None = None
     """Metered cost, where known (llmq's metering)."""
+    cores: dict[str, float] = field(default_factory=dict)
+    """Cores each part of the machine kept busy during the run, by part (tools.bench.cpu)."""

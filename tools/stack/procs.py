@@ -129,6 +129,25 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def running() -> dict[int, tuple[str, str, float]]:
+    """Every process of the machine now: pid -> (name, command line, CPU seconds so far)."""
+    out: dict[int, tuple[str, str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        name = stat[stat.find("(") + 1 : stat.rfind(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[pid] = (name, argv.strip(), seconds)
+    return out
+
+
 def _start_time(pid: int) -> str | None:
     fields = _stat(pid)
     return fields[19] if fields else None

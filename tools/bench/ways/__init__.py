@@ -11,11 +11,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.catalog import Catalog, ModelSpec
 from schemas.lanes import Lane
 from schemas.request import ChatBody, ChatMessage
+from tools.bench.cpu import CpuMeter
 from tools.bench.samples import BenchRequest, Sample
 from workers.checkpoint import resolve_model_source
 from workers.engine_args import cpu_dtype
@@ -105,11 +106,21 @@ def body(request: BenchRequest) -> ChatBody:
     )
 
 
-async def drive(
-    workload: list[BenchRequest], answer: Answer, answered: Answered
-) -> tuple[list[Sample], float]:
-    """Send every request at its arrival time, all in flight together; returns the samples
-    in workload order and the wall time from the start to the last answer."""
+class Driven(NamedTuple):
+    """What `drive` saw."""
+
+    samples: list[Sample]
+    """One per request, in workload order."""
+    wall_s: float
+    """From the start to the last answer."""
+    cores: dict[str, float]
+    """Cores each part of the machine kept busy meanwhile (tools.bench.cpu)."""
+
+
+async def drive(workload: list[BenchRequest], answer: Answer, answered: Answered) -> Driven:
+    """Send every request at its arrival time, all in flight together, and meter the
+    machine's cores while they are answered."""
+    cpu = CpuMeter()
     start = time.monotonic()
 
     async def one(request: BenchRequest) -> Sample:
@@ -136,7 +147,7 @@ async def drive(
         )
 
     samples = await asyncio.gather(*(one(r) for r in workload))
-    return list(samples), time.monotonic() - start
+    return Driven(list(samples), time.monotonic() - start, cpu.cores())
 
 
 async def streamed(

@@ -124,13 +124,13 @@ async def _serve(workload: list[BenchRequest], cache_dir: Path) -> WayResult:
         warm = BenchRequest(-1, "Say hello.", 8, 0.0)
         await _answer(engine, warm, time.monotonic())
         print("engine: warmed up; sending the workload", flush=True)
-        samples, wall_s = await drive(
+        driven = await drive(
             workload, partial(_answer, engine), partial(print, ANSWERED, flush=True)
         )
     finally:
         await engine.abort_all()
         engine.shutdown()
-    return WayResult(WAY, samples, wall_s)
+    return WayResult(WAY, driven.samples, driven.wall_s, cores=driven.cores)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,10 +48,10 @@ async def _mix(stack: LlmqWay, workload: list[BenchRequest], answered: Answered)
             drive(workload, partial(answer, client, lane=Lane.BATCH), answered)
         )
         busy, busy_s = await _probes(client, tag, batch.done, None, first=IDLE_PROBES)
-        samples, wall_s = await batch
+        driven = await batch
     return [
         WayResult(INTERACTIVE_IDLE, idle, idle_s),
-        WayResult(BATCH_LANE, samples, wall_s),
+        WayResult(BATCH_LANE, driven.samples, driven.wall_s, cores=driven.cores),
         WayResult(INTERACTIVE_BUSY, busy, busy_s),
     ]
 
@@ -67,8 +67,8 @@ async def _probes(
         index = first + len(samples)
         request = BenchRequest(index, f"Say one word ({tag}-{index}).", PROBE_TOKENS, 0.0)
         sent_s = time.monotonic() - start
-        found, _ = await drive([request], partial(_probe, client), lambda: None)
-        samples += [replace(sample, sent_s=sent_s) for sample in found]
+        found = await drive([request], partial(_probe, client), lambda: None)
+        samples += [replace(sample, sent_s=sent_s) for sample in found.samples]
         if done() or (most is not None and len(samples) >= most):
             return samples, time.monotonic() - start
         await asyncio.sleep(PROBE_GAP_S)

@@ -27,11 +27,12 @@ from schemas.names import METERING, TopicSpec
 from schemas.result import CacheStatus, InferenceResult
 from schemas.retry import RetryPolicy
 from schemas.settings import ServiceSettings
-from tools.bench.samples import BenchRequest, Sample, WayResult
+from tools.bench.samples import BenchRequest, WayResult
 from tools.bench.ways import (
     LANE,
     MODEL,
     Answered,
+    Driven,
     Reply,
     Say,
     body,
@@ -149,15 +150,16 @@ class LlmqWay:
         tenant = tenant or new_tenant()
         metering = tail(service.kafka_bootstrap, METERING, service.kafka_security())
         serve = partial(answer, stream=stream)
-        samples, wall_s = asyncio.run(self._drive(service, tenant, workload, serve, answered))
-        generated = sum(s.ok and s.cache == CacheStatus.NONE.value for s in samples)
+        driven = asyncio.run(self._drive(service, tenant, workload, serve, answered))
+        generated = sum(s.ok and s.cache == CacheStatus.NONE.value for s in driven.samples)
         events = _metering(metering, tenant, generated)
         return WayResult(
             way,
-            samples,
-            wall_s,
+            driven.samples,
+            driven.wall_s,
             generations=len(events),
             cost_usd=sum(e.cost_usd for e in events),
+            cores=driven.cores,
         )
 
     def run_gateway(
@@ -199,7 +201,7 @@ class LlmqWay:
         workload: list[BenchRequest],
         serve: Callable[[AsyncClient, BenchRequest, float], Awaitable[Reply]],
         answered: Answered,
-    ) -> tuple[list[Sample], float]:
+    ) -> Driven:
         async with AsyncClient(service, tenant=tenant, reply_to=self._reply_to) as client:
             return await drive(workload, partial(serve, client), answered)
 
@@ -289,10 +291,10 @@ async def _through_the_door(
         if warm.error is not None:
             raise RuntimeError(f"the front door failed the warm-up request: {warm.error}")
         say(f"{GATEWAY}: warmed up; sending the workload")
-        samples, wall_s = await drive(workload, partial(streamed, engine), answered)
+        driven = await drive(workload, partial(streamed, engine), answered)
     finally:
         await engine.abort_all()
-    return WayResult(GATEWAY, samples, wall_s)
+    return WayResult(GATEWAY, driven.samples, driven.wall_s, cores=driven.cores)
 
 
 def _metering(consumer: KafkaConsumer, tenant: str, expected: int) -> list[MeteringEvent]:

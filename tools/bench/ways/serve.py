@@ -77,10 +77,10 @@ async def _serve(
         if warm.error is not None:
             raise RuntimeError(f"the vLLM server failed the warm-up request: {warm.error}")
         say(f"{WAY}: warmed up; sending the workload")
-        samples, wall_s = await drive(workload, partial(streamed, engine), answered)
+        driven = await drive(workload, partial(streamed, engine), answered)
     finally:
         await engine.abort_all()
-    return WayResult(WAY, samples, wall_s)
+    return WayResult(WAY, driven.samples, driven.wall_s, cores=driven.cores)
 
 
 @contextmanager
