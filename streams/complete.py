@@ -46,7 +46,6 @@ class Complete:
         self._coalescer = coalescer
         self._similar = similar
         self._adding: set[asyncio.Task[None]] = set()
-        self._one_at_a_time = asyncio.Semaphore(1)
 
     async def on_completion(self, key: bytes | None, value: bytes | None) -> None:
         """One record of llmq.completions; never raises (see Guard)."""
@@ -156,17 +155,12 @@ class Complete:
     def _remember(self, completion: Completion) -> None:
         """Add the question to the semantic cache in the background: its embedding takes
         milliseconds that the completions behind this one should not wait for, and a lost
-        add (a crash) costs only a future hit."""
+        add (a crash) costs only a future hit. The cache embeds one batch at a time, so a
+        burst of answers does not take every core from the requests that follow."""
         work = completion.work
         key_text = semantic_key(work.request, work.route.cached_as)
         if self._similar is None or key_text is None:
             return
-        task = asyncio.create_task(self._add(self._similar, *key_text, work.fingerprint))
+        task = asyncio.create_task(self._similar.add(*key_text, work.fingerprint))
         self._adding.add(task)
         task.add_done_callback(self._adding.discard)
-
-    async def _add(self, similar: Similar, scope: str, text: str, fingerprint: str) -> None:
-        """One embedding at a time: after a burst of answers, a pile of concurrent ones
-        would take every core from the requests that follow."""
-        async with self._one_at_a_time:
-            await similar.add(scope, text, fingerprint)

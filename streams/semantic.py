@@ -15,7 +15,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -25,8 +24,9 @@ from redis.typing import EncodableT, FieldT
 from schemas.fingerprint import fingerprint
 from schemas.names import semantic_stream_key
 from schemas.request import ChatMessage, InferenceRequest
+from streams.embed_queue import EmbedQueue, TextEmbedder
 from streams.semantic_guard import ADDITION_SIMILARITY, same_question
-from streams.semantic_index import ScopeMirror, Vector
+from streams.semantic_index import ScopeMirror
 from streams.wordnet import wordnet
 
 log = logging.getLogger(__name__)
@@ -75,15 +75,6 @@ def semantic_key(request: InferenceRequest, model: str) -> tuple[str, str] | Non
         update={"messages": [*context, ChatMessage(role="user", content="")]}
     )
     return fingerprint(request.model_copy(update={"body": blanked}), model), last.content
-
-
-class TextEmbedder(Protocol):
-    """Turns texts into unit vectors (streams.embedder.Embedder in production)."""
-
-    @property
-    def dimensions(self) -> int: ...
-
-    def embed(self, texts: list[str]) -> Vector: ...
 
 
 @dataclass(frozen=True)
@@ -137,6 +128,7 @@ class SemanticCache:
             raise ValueError("max_entries, max_scopes and ttl_s must be positive")
         self._redis = redis
         self._embedder = embedder
+        self._vectors = EmbedQueue(embedder)
         self._threshold = threshold
         self._additions_from = additions_from
         wordnet()  # the guard's synonyms: loaded now (about 0.5 s), not on the first lookup
@@ -152,7 +144,7 @@ class SemanticCache:
         entry = await self._synced(scope)
         if entry is None or not entry.mirror:
             return None
-        vector = await asyncio.to_thread(self._embed, text)
+        vector = await self._vectors.embed(text, urgent=True)
         async with entry.lock:
             found = await asyncio.to_thread(
                 entry.mirror.search, vector, self._threshold, CANDIDATES
@@ -169,7 +161,7 @@ class SemanticCache:
 
     async def add(self, scope: str, text: str, fingerprint: str) -> None:
         """Remember that `fingerprint` answers `text` in this scope."""
-        vector = await asyncio.to_thread(self._embed, text)
+        vector = await self._vectors.embed(text, urgent=False)
         fields: dict[FieldT, EncodableT] = {
             "fp": fingerprint,
             "t": text,
@@ -182,10 +174,6 @@ class SemanticCache:
         """Stop answering from `fingerprint` here and, once they catch up, in other processes."""
         await self._change(scope, lambda mirror: mirror.remove(fingerprint))
         await self._append(scope, {"fp": fingerprint})
-
-    def _embed(self, text: str) -> Vector:
-        vector: Vector = self._embedder.embed([text])[0]
-        return vector
 
     async def _append(self, scope: str, fields: dict[FieldT, EncodableT]) -> bool:
         """Add a stream entry (the stream keeps the newest max_entries); False if Redis fails."""
