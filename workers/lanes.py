@@ -53,7 +53,7 @@ class LanePolicy:
     """Standard starts only while the engine holds fewer than this fraction of max_inflight."""
     batch_cap: float = 0.75
     """Batch starts only while the engine holds fewer than this fraction of max_inflight."""
-    yield_cap: float = 0.25
+    yield_cap: float = 0.1
     """While a higher lane runs, a lower lane starts only below this fraction of max_inflight."""
     buffer: int = 32
     """Records per lane fetched ahead of their start."""

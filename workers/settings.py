@@ -51,10 +51,10 @@ class WorkerSettings(ServiceSettings):
     lane_batch_cap: float = Field(default=0.75, gt=0, le=1)
     """Batch requests start only while the engine holds fewer than this fraction of
     max_inflight; at most the standard cap (LLMQ_LANE_BATCH_CAP)."""
-    lane_yield_cap: float = Field(default=0.25, gt=0, le=1)
+    lane_yield_cap: float = Field(default=0.1, gt=0, le=1)
     """While a higher lane has work (or had within LLMQ_LANE_YIELD_HOLD_S), a lower lane starts
     new requests only while it holds fewer than this fraction of max_inflight, so its prompts
-    do not slow the higher lane's answers (LLMQ_LANE_YIELD_CAP)."""
+    do not slow the higher lane's answers (LLMQ_LANE_YIELD_CAP; BENCHMARKS.md has the trade)."""
     lane_yield_hold_s: float = Field(default=5.0, ge=0, le=3600)
     """A lower lane keeps to the yield cap this long after a higher lane's last work, so it
     does not refill the engine between one interactive answer and the next request

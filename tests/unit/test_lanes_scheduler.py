@@ -152,7 +152,7 @@ def test_lower_lanes_keep_yielding_for_the_yield_hold_after_the_higher_lane_ends
 def test_caps_are_fractions_of_max_inflight_and_never_below_one() -> None:
     policy = LanePolicy()
     assert [policy.cap(lane, 64) for lane in Lane] == [64, 57, 48]
-    assert policy.yielding_cap(64) == 16
+    assert policy.yielding_cap(64) == 6
     assert LanePolicy(batch_cap=0.1).cap(BAT, 4) == 1
     assert LanePolicy(yield_cap=0.1).yielding_cap(4) == 1
 
@@ -240,7 +240,7 @@ def test_all_lanes_full_leaves_no_room() -> None:
 
 
 def test_revoked_partitions_lose_their_buffered_records() -> None:
-    scheduler = _scheduler(LanePolicy(min_share=0.0, buffer=4))
+    scheduler = _scheduler(LanePolicy(min_share=0.0, yield_cap=1.0, buffer=4))
     for i in range(4):
         scheduler.push(Lane.BATCH, "p0" if i % 2 else "p1", i)
     scheduler.push(Lane.INTERACTIVE, "p1", 9)
