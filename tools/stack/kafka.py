@@ -216,6 +216,9 @@ def broker_argv(libs: Path, props: Path) -> list[str]:
         "-Xms256m",
         "-Xmx768m",
         "-XX:+UseG1GC",
+        # C1 only: the local stack shares its cores with the engine and restarts often; C2's
+        # compiling took about half of a fresh broker's CPU in a saturation run (BENCHMARKS.md).
+        "-XX:TieredStopAtLevel=1",
         f"-Dlog4j2.configurationFile={DEPLOY_KAFKA / 'log4j2.yaml'}",
         "-cp",
         f"{libs}/*",
