@@ -155,7 +155,7 @@ class Complete:
     def _remember(self, completion: Completion) -> None:
         """Add the question to the semantic cache in the background: its embedding takes
         milliseconds that the completions behind this one should not wait for, and a lost
-        add (a crash) costs only a future hit. The cache embeds one batch at a time, so a
+        add (a crash) costs only a future hit. The cache embeds one question at a time, so a
         burst of answers does not take every core from the requests that follow."""
         work = completion.work
         key_text = semantic_key(work.request, work.route.cached_as)
