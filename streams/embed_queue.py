@@ -1,12 +1,12 @@
 """Embeddings for many async callers: one text at a time, lookups first, recent ones kept.
 
-One model call runs at a time, in a thread, so a burst of questions never takes more than
-one core from the engine and the requests behind it. A lookup waits at most for the call
-already running: it goes before every addition waiting, since an answer waits on a lookup
-and nobody on an addition. Texts are embedded one per call: batching questions of different
-lengths pads them to the longest, which on a CPU costs more than it saves (measured in
-docs/semantic-cache.md). The vectors of the latest texts are kept, so a question looked up
-at admission is not embedded again when its answer is added.
+One model call runs at a time, in a thread, so a burst of questions never embeds on more
+than one core. Lookups go before every addition waiting (an answer waits on a lookup,
+nobody on an addition); additions wait in a bounded queue, the oldest dropped first (a lost
+addition costs only a future hit). The vectors of the latest texts are kept, so a question
+looked up at admission is not embedded again when its answer is added. Texts are embedded
+one per call: batching questions of different lengths pads them to the longest, which on a
+CPU costs more than it saves (docs/semantic-cache.md).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from typing import Protocol
 from streams.semantic_index import Vector
 
 RECENT = 1_024
-"""Vectors of the latest distinct texts kept for reuse (1.5 KB each)."""
+"""Vectors of the latest distinct texts kept for reuse (1.5 KB each, and the text)."""
+MAX_LATER = 1_024
+"""Additions waiting at most; beyond it the oldest is dropped."""
 
 
 class TextEmbedder(Protocol):
@@ -33,6 +35,8 @@ class TextEmbedder(Protocol):
 
 @dataclass
 class _Wanted:
+    """A text and the future its caller awaits."""
+
     text: str
     done: asyncio.Future[Vector] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -55,10 +59,16 @@ class EmbedQueue:
         if vector is not None:
             return vector
         wanted = _Wanted(text)
-        (self._urgent if urgent else self._later).append(wanted)
-        if self._running is None:
+        if urgent:
+            self._urgent.append(wanted)
+        else:
+            self._later.append(wanted)
+            if len(self._later) > MAX_LATER:
+                self._later.popleft().done.cancel()
+        if self._running is None or self._running.done():
             self._running = asyncio.create_task(self._run())
-        return await asyncio.shield(wanted.done)  # a cancelled caller leaves the queue be
+        # A cancelled caller cancels its future, and the queue skips it.
+        return await wanted.done
 
     async def _run(self) -> None:
         """Embed what is wanted, urgent first, until nothing is."""
@@ -93,6 +103,7 @@ class EmbedQueue:
             wanted.done.set_result(vector)
 
     def _kept(self, text: str) -> Vector | None:
+        """The text's vector if it is among the latest embedded, marked as used."""
         vector = self._recent.get(text)
         if vector is not None:
             self._recent.move_to_end(text)

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from streams.embed_queue import RECENT, EmbedQueue
+from streams.embed_queue import MAX_LATER, RECENT, EmbedQueue
 from streams.semantic_index import Vector
 
 WAIT_S = 10.0
@@ -137,3 +137,41 @@ def test_a_cancelled_caller_does_not_stop_the_others() -> None:
         return await asyncio.wait_for(stays, WAIT_S)
 
     assert asyncio.run(go())[0] == 5
+
+
+def test_a_cancelled_caller_text_is_not_embedded() -> None:
+    async def go() -> Model:
+        model = Model()
+        queue = EmbedQueue(model)
+        first = await _busy(model, queue)
+        gone = asyncio.create_task(queue.embed("gone", urgent=True))
+        stays = asyncio.create_task(queue.embed("stays", urgent=False))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, stays), WAIT_S)
+        return model
+
+    assert asyncio.run(go()).calls == [["first"], ["stays"]]
+
+
+def test_beyond_max_later_waiting_additions_the_oldest_is_dropped() -> None:
+    async def go() -> tuple[Model, list[BaseException | Vector]]:
+        model = Model()
+        queue = EmbedQueue(model)
+        first = await _busy(model, queue)
+        adds = [
+            asyncio.create_task(queue.embed(f"add-{i}", urgent=False)) for i in range(MAX_LATER + 1)
+        ]
+        await asyncio.sleep(0)
+        model.gate.set()
+        done = await asyncio.wait_for(asyncio.gather(*adds, return_exceptions=True), WAIT_S)
+        await first
+        return model, done
+
+    model, done = asyncio.run(go())
+    assert isinstance(done[0], asyncio.CancelledError)  # the oldest waiting
+    assert not any(isinstance(d, BaseException) for d in done[1:])
+    assert ["add-0"] not in model.calls
+    assert len(model.calls) == 1 + MAX_LATER

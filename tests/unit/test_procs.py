@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.stack.procs import Proc, cpu_seconds
+from tools.stack.procs import Proc, running
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(30)"]
 IGNORE_TERM = [
@@ -136,14 +136,15 @@ def test_the_log_is_appended_across_starts_and_env_is_passed(tmp_path: Path) -> 
     assert log.count("marked") == 2
 
 
-def test_cpu_seconds_counts_a_process_busy_time_and_none_once_it_is_gone(
+def test_running_lists_a_process_its_command_and_busy_time_and_not_once_it_is_gone(
     procs: Callable[..., Proc],
 ) -> None:
     spin = procs([sys.executable, "-c", "while True: pass"], name="spin")
     pid = spin.start()
-    first = cpu_seconds(pid)
-    assert first is not None
-    _wait_until(lambda: (cpu_seconds(pid) or 0.0) >= first + 0.2)
+    _wait_until(lambda: running()[pid][1].endswith("-c while True: pass"))  # exec'd
+    name, _, first = running()[pid]
+    assert name.startswith("python")
+    _wait_until(lambda: running()[pid][2] >= first + 0.2)
     assert spin.stop()
     assert spin.pid() is None  # reaped
-    assert cpu_seconds(pid) is None
+    assert pid not in running()

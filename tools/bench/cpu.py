@@ -45,7 +45,8 @@ def part(pid: int, name: str, argv: str, own: int) -> str:
 
 class CpuMeter:
     """CPU seconds every part of the machine uses from its making to `spent()`. A process
-    started in between counts from its start; one gone by the end is not counted."""
+    started in between counts from its start; one gone by the end is not counted, and
+    neither is a new process that took the pid of one gone in between (rare)."""
 
     def __init__(self) -> None:
         self._own = os.getpid()

@@ -121,30 +121,22 @@ def _stat(pid: int) -> list[str]:
         return []
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user and system, all threads) `pid` has used so far; None if it is gone."""
-    fields = _stat(pid)
-    if not fields:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def running() -> dict[int, tuple[str, str, float]]:
-    """Every process of the machine now: pid -> (name, command line, CPU seconds so far)."""
+    """Every process of the machine now: pid -> (name, command line, CPU seconds so far: user
+    and system, all threads). A process that goes, or may not be read, is left out."""
+    tick = os.sysconf("SC_CLK_TCK")
     out: dict[int, tuple[str, str, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        pid = int(entry.name)
         try:
             stat = (entry / "stat").read_text()
             argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (FileNotFoundError, ProcessLookupError):
+        except OSError:
             continue
         name = stat[stat.find("(") + 1 : stat.rfind(")")]
         fields = stat.rsplit(")", 1)[1].split()
-        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        out[pid] = (name, argv.strip(), seconds)
+        out[int(entry.name)] = (name, argv.strip(), (int(fields[11]) + int(fields[12])) / tick)
     return out
 
 

@@ -114,13 +114,15 @@ class Driven(NamedTuple):
     wall_s: float
     """From the start to the last answer."""
     cores: dict[str, float]
-    """Cores each part of the machine kept busy meanwhile (tools.bench.cpu)."""
+    """Cores each part of the machine kept busy meanwhile (tools.bench.cpu); {} unmetered."""
 
 
-async def drive(workload: list[BenchRequest], answer: Answer, answered: Answered) -> Driven:
-    """Send every request at its arrival time, all in flight together, and meter the
-    machine's cores while they are answered."""
-    cpu = CpuMeter()
+async def drive(
+    workload: list[BenchRequest], answer: Answer, answered: Answered, *, meter: bool = True
+) -> Driven:
+    """Send every request at its arrival time, all in flight together, and (`meter`) meter
+    the machine's cores while they are answered."""
+    cpu = CpuMeter() if meter else None
     start = time.monotonic()
 
     async def one(request: BenchRequest) -> Sample:
@@ -147,7 +149,7 @@ async def drive(workload: list[BenchRequest], answer: Answer, answered: Answered
         )
 
     samples = await asyncio.gather(*(one(r) for r in workload))
-    return Driven(list(samples), time.monotonic() - start, cpu.cores())
+    return Driven(list(samples), time.monotonic() - start, cpu.cores() if cpu else {})
 
 
 async def streamed(

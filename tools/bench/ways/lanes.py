@@ -67,7 +67,7 @@ async def _probes(
         index = first + len(samples)
         request = BenchRequest(index, f"Say one word ({tag}-{index}).", PROBE_TOKENS, 0.0)
         sent_s = time.monotonic() - start
-        found = await drive([request], partial(_probe, client), lambda: None)
+        found = await drive([request], partial(_probe, client), lambda: None, meter=False)
         samples += [replace(sample, sent_s=sent_s) for sample in found.samples]
         if done() or (most is not None and len(samples) >= most):
             return samples, time.monotonic() - start
