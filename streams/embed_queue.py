@@ -79,7 +79,6 @@ class EmbedQueue:
                 if not wanted.done.done():
                     await self._embed(wanted)
         finally:
-            self._running = None
             # Stopped (the process is shutting down): nobody may wait for ever.
             for left in (*([wanted] if wanted else []), *self._urgent, *self._later):
                 left.done.cancel()

@@ -91,9 +91,7 @@ def main() -> None:
         print(f"CPU per 1,000 answers: {per_k}")
         if args.one_at_a_time:
             app_ms, total_ms = one_at_a_time(
-                lambda i: (
-                    request(f"one-{i}", questions[i % args.distinct]).model_dump_json().encode()
-                ),
+                lambda i: wire(request(f"one-{i}", questions[i % args.distinct])),
                 args.one_at_a_time,
                 lambda value: (producer.send(REQUESTS, value), producer.flush()),
                 lambda: read(replies, 1, time.time() + args.timeout),

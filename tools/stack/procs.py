@@ -116,9 +116,14 @@ def _group_alive(pgid: int) -> bool:
 def _stat(pid: int) -> list[str]:
     """Fields of /proc/PID/stat after the command name (state first); [] if no such process."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return _after_name(Path(f"/proc/{pid}/stat").read_text())
     except (FileNotFoundError, ProcessLookupError):
         return []
+
+
+def _after_name(stat: str) -> list[str]:
+    """The fields of a /proc/PID/stat line after the command name, which may hold spaces."""
+    return stat.rsplit(")", 1)[1].split()
 
 
 def running() -> dict[int, tuple[str, str, float]]:
@@ -135,7 +140,7 @@ def running() -> dict[int, tuple[str, str, float]]:
         except OSError:
             continue
         name = stat[stat.find("(") + 1 : stat.rfind(")")]
-        fields = stat.rsplit(")", 1)[1].split()
+        fields = _after_name(stat)
         out[int(entry.name)] = (name, argv.strip(), (int(fields[11]) + int(fields[12])) / tick)
     return out
 
