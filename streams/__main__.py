@@ -20,8 +20,17 @@ def main() -> None:
     TenantPolicy.load(settings.tenants_file)  # likewise a bad tenants file
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    app = build(settings)
-    logging.getLogger("streams").setLevel(settings.log_level)
+    log = logging.getLogger("streams")
+    log.setLevel(settings.log_level)
+    # faust sets up logging when its Worker starts: until then, what building the app says
+    # (which semantic-cache guard, which precision) needs a handler of its own.
+    early = logging.StreamHandler()
+    early.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"))
+    log.addHandler(early)
+    try:
+        app = build(settings)
+    finally:
+        log.removeHandler(early)
     log_content(settings.log_content)
     Worker(app, loglevel=settings.log_level).execute_from_commandline()
 
