@@ -21,6 +21,8 @@ from streams.refusals import Refusals
 from streams.salvage import salvage
 
 Compress = Callable[[list[ChatMessage]], list[ChatMessage]]
+Ahead = Callable[[WorkItem], None]
+"""Told of each request sent on to dedupe (streams.ahead.EmbedAhead in production)."""
 
 
 class Gate(Protocol):
@@ -38,6 +40,7 @@ class Admission:
         outbox: Outbox,
         gate: Gate | None = None,
         compress: Compress | None = None,
+        ahead: Ahead | None = None,
     ) -> None:
         self._catalog = catalog
         self._outbox = outbox
@@ -45,6 +48,7 @@ class Admission:
         self._guard = Guard(self._refusals)
         self._gate = gate
         self._compress = compress
+        self._ahead = ahead
 
     async def on_request(self, key: bytes | None, value: bytes | None) -> None:
         """One record of llmq.requests; never raises (see Guard)."""
@@ -74,6 +78,8 @@ class Admission:
         )
         if work.request.cacheable and await self._answered_from_cache(work):
             return
+        if self._ahead is not None:
+            self._ahead(work)
         await self._outbox.send(
             REQUESTS_KEYED, work.fingerprint.encode(), work.model_dump_json().encode()
         )

@@ -11,6 +11,7 @@ from typing import Any
 import faust
 import redis.asyncio as aioredis
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
+from faust.types import TP
 from faust.types.auth import CredentialsT
 
 from schemas.kafka_security import KafkaSecurity
@@ -28,6 +29,7 @@ from schemas.names import (
 from schemas.tenants import TenantPolicy
 from streams import metrics
 from streams.affinity import PrefixAffinity
+from streams.ahead import EmbedAhead
 from streams.budget import Budgets
 from streams.budget_alerts import BudgetAlerts
 from streams.coalesce import Coalescer
@@ -176,6 +178,12 @@ def build(settings: StreamSettings) -> faust.App:
             "strict" if math.isinf(lenient) else "lenient",
             settings.semantic_max_false_hit_rate,
         )
+
+    def assigned() -> set[TP]:
+        # Asked at each request: app.consumer is made when the app starts, not before.
+        return app.consumer.assignment()
+
+    ahead = None if similar is None else EmbedAhead(similar, assigned, settings.partitions)
     stages = build_stages(
         catalog,
         outbox,
@@ -184,6 +192,7 @@ def build(settings: StreamSettings) -> faust.App:
         similar=similar,
         gate=gate,
         compress=compress if settings.compress_prompts else None,
+        ahead=ahead,
     )
 
     def agent(topic: str, name: str, concurrency: int, handle: Handler) -> None:

@@ -4,7 +4,9 @@ One model call runs at a time, in a thread, so a burst of questions never embeds
 than one core. Lookups go before every addition waiting (an answer waits on a lookup,
 nobody on an addition); additions wait in a bounded queue, the oldest dropped first (a lost
 addition costs only a future hit). The vectors of the latest texts are kept, so a question
-looked up at admission is not embedded again when its answer is added. Texts are embedded
+looked up at admission is not embedded again when its answer is added. A lookup may be
+started before anyone waits for it (`soon`): a caller asking for the same text then
+shares it. Texts are embedded
 one per call: batching questions of different lengths pads them to the longest, which on a
 CPU costs more than it saves (docs/semantic-cache.md).
 """
@@ -52,12 +54,36 @@ class EmbedQueue:
         self._later: deque[_Wanted] = deque()
         self._running: asyncio.Task[None] | None = None
         self._recent: OrderedDict[str, Vector] = OrderedDict()
+        self._soon: dict[str, _Wanted] = {}
 
     async def embed(self, text: str, *, urgent: bool) -> Vector:
         """The unit vector of `text`; `urgent` ones (lookups) are embedded first."""
         vector = self._kept(text)
         if vector is not None:
             return vector
+        started = self._soon.get(text)
+        if started is not None:
+            # Started by soon(): shared, so this caller's leaving does not cancel it.
+            return await asyncio.shield(started.done)
+        # A cancelled caller cancels its future, and the queue skips it.
+        return await self._want(text, urgent=urgent).done
+
+    def soon(self, text: str) -> None:
+        """Start embedding `text` as a lookup that nobody waits for yet; its vector is kept
+        for the caller that asks for it."""
+        if text in self._soon or self._kept(text) is not None:
+            return
+        wanted = self._soon[text] = self._want(text, urgent=True)
+        wanted.done.add_done_callback(lambda done: self._started_done(text, done))
+
+    def _started_done(self, text: str, done: asyncio.Future[Vector]) -> None:
+        """A started text is embedded (kept now) or failed: no longer shared."""
+        del self._soon[text]
+        if not done.cancelled():
+            done.exception()  # retrieved: a failure nobody waited for is not an error
+
+    def _want(self, text: str, *, urgent: bool) -> _Wanted:
+        """Queue `text` and make sure the queue runs."""
         wanted = _Wanted(text)
         if urgent:
             self._urgent.append(wanted)
@@ -67,8 +93,7 @@ class EmbedQueue:
                 self._later.popleft().done.cancel()
         if self._running is None or self._running.done():
             self._running = asyncio.create_task(self._run())
-        # A cancelled caller cancels its future, and the queue skips it.
-        return await wanted.done
+        return wanted
 
     async def _run(self) -> None:
         """Embed what is wanted, urgent first, until nothing is."""

@@ -152,6 +152,14 @@ class SemanticCache:
         # The guard reads whole texts (up to 2,000 characters, tens of ms): off the loop.
         return await asyncio.to_thread(self._guarded, text, found)
 
+    def soon(self, scope: str, text: str) -> None:
+        """Start embedding a question that lookup() will soon be asked about, if that
+        lookup will need its vector (this process mirrors the scope and it has entries), so
+        that the embedding overlaps the request's trip through Kafka."""
+        entry = self._scopes.get(scope)
+        if entry is not None and entry.mirror:
+            self._vectors.soon(text)
+
     def _guarded(self, text: str, found: list[tuple[str, str, float]]) -> SemanticHit | None:
         """The first candidate, best first, that the guard accepts."""
         for cached_fingerprint, cached_text, similarity in found:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from schemas.catalog import Catalog
 from schemas.retry import RetryPolicy
-from streams.admission import Admission, Compress, Gate
+from streams.admission import Admission, Ahead, Compress, Gate
 from streams.coalesce import Coalescer
 from streams.complete import Complete
 from streams.dedupe import Dedupe, Similar
@@ -32,11 +32,12 @@ def build_stages(
     similar: Similar | None = None,
     gate: Gate | None = None,
     compress: Compress | None = None,
+    ahead: Ahead | None = None,
 ) -> Stages:
     """Dedupe and complete share the coalescing table and the semantic cache; every stage
     publishes through the same outbox."""
     return Stages(
-        admission=Admission(catalog, outbox, gate, compress),
+        admission=Admission(catalog, outbox, gate, compress, ahead),
         dedupe=Dedupe(outbox, coalescer, similar),
         complete=Complete(catalog, outbox, coalescer, similar, retry),
     )

@@ -23,7 +23,7 @@ from schemas.result import (
     Usage,
 )
 from schemas.work import Completion, WorkItem
-from streams.admission import Compress, Gate
+from streams.admission import Ahead, Compress, Gate
 from streams.admit import admit
 from streams.coalesce import Coalescer
 from streams.dedupe import Similar
@@ -93,6 +93,7 @@ class Pipeline:
         similar: Similar | None = None,
         ledger: Ledger | None = None,
         table: dict[bytes, bytes] | None = None,
+        ahead: Ahead | None = None,
     ) -> None:
         self.store = store or FakeStore()
         self.send = send or FakeSend()
@@ -105,6 +106,7 @@ class Pipeline:
             similar=similar,
             gate=gate,
             compress=compress,
+            ahead=ahead,
         )
         self.admission = stages.admission
         self.dedupe = stages.dedupe

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 
 import numpy as np
@@ -26,7 +27,7 @@ class Model:
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
-        self._fail_on = fail_on
+        self.fail_on = fail_on
 
     def embed(self, texts: list[str]) -> Vector:
         self.calls.append(list(texts))
@@ -35,7 +36,7 @@ class Model:
         self.entered.set()
         try:
             assert self.gate.wait(WAIT_S)
-            if self._fail_on in texts:
+            if self.fail_on in texts:
                 raise RuntimeError("model broke")
             return np.asarray([[len(t), 0.0, 0.0, 0.0] for t in texts], dtype=np.float32)
         finally:
@@ -161,3 +162,61 @@ def test_beyond_max_later_waiting_additions_the_oldest_is_dropped() -> None:
     assert not any(isinstance(d, BaseException) for d in done[1:])
     assert ["add-0"] not in model.calls
     assert len(model.calls) == 1 + MAX_LATER
+
+
+def test_a_text_started_soon_is_embedded_once_for_the_caller_that_asks() -> None:
+    async def go() -> tuple[Model, Vector]:
+        model = Model()
+        queue = EmbedQueue(model)
+        first = await _busy(model, queue)
+        queue.soon("abc")
+        queue.soon("abc")  # asked twice: still one embedding
+        asking = asyncio.create_task(queue.embed("abc", urgent=True))
+        await asyncio.sleep(0)
+        model.gate.set()
+        vector = await asyncio.wait_for(asking, WAIT_S)
+        await first
+        return model, vector
+
+    model, vector = asyncio.run(go())
+    assert model.calls == [["first"], ["abc"]]
+    assert vector[0] == 3
+
+
+def test_a_caller_leaving_does_not_stop_a_text_started_soon() -> None:
+    async def go() -> tuple[Model, Vector]:
+        model = Model()
+        queue = EmbedQueue(model)
+        first = await _busy(model, queue)
+        queue.soon("abc")
+        leaving = asyncio.create_task(queue.embed("abc", urgent=True))
+        await asyncio.sleep(0)
+        leaving.cancel()
+        model.gate.set()
+        await first
+        return model, await asyncio.wait_for(queue.embed("abc", urgent=True), WAIT_S)
+
+    model, vector = asyncio.run(go())
+    assert model.calls == [["first"], ["abc"]]  # embedded once, then kept
+    assert vector[0] == 3
+
+
+def test_a_text_started_soon_that_fails_is_tried_again_for_a_caller() -> None:
+    async def go() -> tuple[Model, list[dict[str, object]], Vector]:
+        loop = asyncio.get_running_loop()
+        unhandled: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _, context: unhandled.append(context))
+        model = Model(fail_on="abc")
+        queue = EmbedQueue(model)
+        queue.soon("abc")  # fails, with nobody waiting
+        await asyncio.wait_for(queue.embed("next", urgent=True), WAIT_S)  # queued after it
+        await asyncio.sleep(0)
+        model.fail_on = None
+        vector = await asyncio.wait_for(queue.embed("abc", urgent=True), WAIT_S)
+        gc.collect()  # a failed future is in a cycle with its traceback: collect it now
+        return model, unhandled, vector
+
+    model, unhandled, vector = asyncio.run(go())
+    assert model.calls == [["abc"], ["next"], ["abc"]]
+    assert vector[0] == 3
+    assert unhandled == []

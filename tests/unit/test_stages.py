@@ -137,6 +137,22 @@ def test_cache_miss_is_routed(harness: Pipeline) -> None:
     assert sent.topic.startswith("llmq.work.")
 
 
+def test_admission_tells_ahead_of_the_requests_it_sends_on_to_dedupe_only() -> None:
+    told: list[WorkItem] = []
+    harness = Pipeline(ahead=told.append)
+    hit, miss = (
+        raw_request(cid="hit", temperature=0),
+        raw_request(cid="miss", messages=[{"role": "user", "content": "Bye"}]),
+    )
+    harness.store.answers[admitted(hit).fingerprint] = answer("cached text")
+    harness.on_request(None, hit)
+    harness.on_request(None, b"not json")
+    assert told == []
+    harness.on_request(None, miss)
+    assert [w.request.correlation_id for w in told] == ["miss"]
+    assert told[0].fingerprint == admitted(miss).fingerprint
+
+
 @pytest.mark.parametrize(
     ("cache", "body"),
     [("auto", {"temperature": 0.7}), ("off", {"temperature": 0.0})],

@@ -1,11 +1,15 @@
 """Where llmq's time goes besides the engine, for a burst of ShareGPT prompts.
 
 Against a running stack (`llmq local up`): sends N ShareGPT first turns at once (a fresh
-tenant, temperature 0) and splits each result's end-to-end latency into engine time,
-queue time (admitted by the stream processor -> started by the worker) and the rest
-(the app -> admission, and the worker's end -> the app's result). Prints percentiles.
+tenant, temperature 0) and splits each result's end-to-end latency into engine time and
+what llmq added: queue time (admitted by the stream processor -> started by the worker)
+and the rest (the app -> admission, and the worker's end -> the app's result). Prints
+percentiles.
+With --one-by-one it sends them one after another instead, so that each meets a quiet
+stack and, from the second on, a semantic cache with entries in its scope to look up.
 
     python -m tools.bench.pipeline_parts --requests 64
+    python -m tools.bench.pipeline_parts --requests 32 --one-by-one
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ def parts(result: InferenceResult) -> dict[str, float]:
     """One result's latency split, in ms."""
     t = result.timings
     total, engine, queue = t.total_ms or 0.0, t.engine_ms or 0.0, t.queue_ms or 0.0
-    return {"total": total, "engine": engine, "queue": queue, "rest": total - engine - queue}
+    rest = total - engine - queue
+    return {"total": total, "engine": engine, "added": queue + rest, "queue": queue, "rest": rest}
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -42,6 +47,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--one-by-one", action="store_true", help="each request after the last one's answer"
+    )
     args = parser.parse_args()
     prompts = sharegpt.sample(
         args.requests, LocalSettings().cache_dir, seed=args.seed, max_tokens=args.max_tokens
@@ -49,18 +57,21 @@ def main() -> None:
     tenant = f"parts-{uuid.uuid4().hex[:8]}"
     with Client(ServiceSettings()) as client:
         client.ask("Say hello.", tenant="parts-warmup", max_tokens=4, temperature=0.0)
-        with ThreadPoolExecutor(len(prompts)) as pool:
-            ids = list(
-                pool.map(
-                    lambda p: client.submit(
-                        p.text, tenant=tenant, max_tokens=p.reply_tokens, temperature=0.0
-                    ),
-                    prompts,
-                )
+
+        def submit(prompt: sharegpt.Prompt) -> str:
+            return client.submit(
+                prompt.text, tenant=tenant, max_tokens=prompt.reply_tokens, temperature=0.0
             )
-        split = [parts(client.result(cid, timeout=600)) for cid in ids]
-    print(f"{len(split)} requests at once; ms at p10 / p50 / p90 / p99")
-    for name in ("total", "engine", "queue", "rest"):
+
+        if args.one_by_one:
+            split = [parts(client.result(submit(p), timeout=600)) for p in prompts]
+        else:
+            with ThreadPoolExecutor(len(prompts)) as pool:
+                ids = list(pool.map(submit, prompts))
+            split = [parts(client.result(cid, timeout=600)) for cid in ids]
+    how = "one by one" if args.one_by_one else "at once"
+    print(f"{len(split)} requests {how}; ms at p10 / p50 / p90 / p99")
+    for name in ("total", "engine", "added", "queue", "rest"):
         values = [s[name] for s in split]
         print(f"  {name:7s}" + "".join(f"{quantile(values, q):9.0f}" for q in QUANTILES))
 

@@ -1,0 +1,48 @@
+"""Embedding ahead: the semantic cache's embedding of a request starts at admission, so that
+it overlaps the request's trip through llmq.requests.keyed to the dedupe stage that looks
+it up, when that stage runs in this process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Protocol
+
+from aiokafka.partitioner import murmur2
+
+from schemas.names import REQUESTS_KEYED
+from schemas.work import WorkItem
+from streams.semantic import semantic_key
+
+
+class Soon(Protocol):
+    """The semantic cache (SemanticCache in production)."""
+
+    def soon(self, scope: str, text: str) -> None: ...
+
+
+def keyed_partition(fingerprint: str, partitions: int) -> int:
+    """The partition of llmq.requests.keyed a fingerprint's record lands on: what the
+    producer's default partitioner chooses for the key (murmur2, as Kafka's Java client)."""
+    return int(murmur2(fingerprint.encode()) & 0x7FFFFFFF) % partitions
+
+
+class EmbedAhead:
+    """Called by admission for a request on its way to dedupe (not answered from the exact
+    cache): starts its embedding if this process holds its keyed partition. Elsewhere the
+    vector would be computed for nobody."""
+
+    def __init__(
+        self, similar: Soon, assigned: Callable[[], Collection[tuple[str, int]]], partitions: int
+    ) -> None:
+        """`assigned`: the (topic, partition) pairs this process consumes now."""
+        self._similar = similar
+        self._assigned = assigned
+        self._partitions = partitions
+
+    def __call__(self, work: WorkItem) -> None:
+        key = semantic_key(work.request, work.route.cached_as)
+        if key is None:
+            return
+        partition = keyed_partition(work.fingerprint, self._partitions)
+        if (REQUESTS_KEYED, partition) in self._assigned():
+            self._similar.soon(*key)
