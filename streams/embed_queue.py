@@ -5,10 +5,9 @@ than one core. Lookups go before every addition waiting (an answer waits on a lo
 nobody on an addition); additions wait in a bounded queue, the oldest dropped first (a lost
 addition costs only a future hit). The vectors of the latest texts are kept, so a question
 looked up at admission is not embedded again when its answer is added. A lookup may be
-started before anyone waits for it (`soon`): a caller asking for the same text then
-shares it. Texts are embedded
-one per call: batching questions of different lengths pads them to the longest, which on a
-CPU costs more than it saves (docs/semantic-cache.md).
+started before anyone waits for it (`soon`); a caller asking for the same text shares it.
+Texts are embedded one per call: batching questions of different lengths pads them to the
+longest, which on a CPU costs more than it saves (docs/semantic-cache.md).
 """
 
 from __future__ import annotations
@@ -24,6 +23,10 @@ RECENT = 1_024
 """Vectors of the latest distinct texts kept for reuse (1.5 KB each, and the text)."""
 MAX_LATER = 1_024
 """Additions waiting at most; beyond it the oldest is dropped."""
+MAX_SOON = 256
+"""Texts started by soon() and not embedded yet, at most; beyond it soon() starts nothing
+(the lookup embeds its text itself). Well below RECENT, so that a vector started early is
+still kept when its lookup comes."""
 
 
 class TextEmbedder(Protocol):
@@ -71,7 +74,7 @@ class EmbedQueue:
     def soon(self, text: str) -> None:
         """Start embedding `text` as a lookup that nobody waits for yet; its vector is kept
         for the caller that asks for it."""
-        if text in self._soon or self._kept(text) is not None:
+        if len(self._soon) >= MAX_SOON or text in self._soon or self._kept(text) is not None:
             return
         wanted = self._soon[text] = self._want(text, urgent=True)
         wanted.done.add_done_callback(lambda done: self._started_done(text, done))

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from streams.embed_queue import MAX_LATER, RECENT, EmbedQueue
+from streams.embed_queue import MAX_LATER, MAX_SOON, RECENT, EmbedQueue
 from streams.semantic_index import Vector
 
 WAIT_S = 10.0
@@ -220,3 +220,21 @@ def test_a_text_started_soon_that_fails_is_tried_again_for_a_caller() -> None:
     assert model.calls == [["abc"], ["next"], ["abc"]]
     assert vector[0] == 3
     assert unhandled == []
+
+
+def test_soon_starts_no_more_than_max_soon_texts_at_once() -> None:
+    async def go() -> Model:
+        model = Model()
+        queue = EmbedQueue(model)
+        first = await _busy(model, queue)
+        for n in range(1, MAX_SOON + 3):
+            queue.soon("s" * n)
+        model.gate.set()
+        await first
+        # The last one started: once it is embedded, so are the ones before it.
+        await asyncio.wait_for(queue.embed("s" * MAX_SOON, urgent=True), WAIT_S)
+        return model
+
+    model = asyncio.run(asyncio.wait_for(go(), WAIT_S))
+    assert len(model.calls) == MAX_SOON + 1  # "first" and MAX_SOON started ones
+    assert ["s" * (MAX_SOON + 1)] not in model.calls
