@@ -38,6 +38,7 @@ from streams.embedder import DIMENSIONS, Embedder
 from streams.semantic import CANDIDATES, DEFAULT_THRESHOLD, SemanticCache
 from streams.semantic_guard import same_question
 from streams.semantic_index import ScopeMirror, Vector
+from tools.bench.semantic_quality import PRECISIONS
 
 PAIRS = Path(__file__).parents[2] / "tests" / "data" / "paraphrases.jsonl"
 THRESHOLDS = [round(0.70 + 0.02 * i, 2) for i in range(15)]  # 0.70 .. 0.98
@@ -237,7 +238,8 @@ def report(results: dict[str, Any]) -> str:
         "",
         f"chosen threshold: {results['chosen_threshold']:.2f}; "
         f"pairs: {results['paraphrases']} paraphrases, {results['near_misses']} near-misses",
-        f"embedding, one question: p50 {embed['single']['p50_ms']:.1f} ms, "
+        f"embedding ({results['precision']}), one question: "
+        f"p50 {embed['single']['p50_ms']:.1f} ms, "
         f"p99 {embed['single']['p99_ms']:.1f} ms; "
         f"in a batch of 32: {embed['batch32_ms_per_text']:.2f} ms a question",
         f"the guard, one candidate: p50 {results['guard']['p50_ms']:.2f} ms, "
@@ -264,13 +266,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--redis-url", help="use this Redis instead of starting one")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the embedder's (auto: bfloat16 where this CPU is faster at it)",
+    )
     args = parser.parse_args()
 
     pairs = [json.loads(line) for line in PAIRS.read_text().splitlines()]
     questions = sorted({p[side] for p in pairs for side in ("a", "b")})
-    embedder = Embedder()
+    embedder = Embedder(bf16=PRECISIONS[args.precision])
     rows = sweep(embedder, pairs)
     results: dict[str, Any] = {
+        "precision": "bfloat16" if embedder.bf16 else "float32",
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
