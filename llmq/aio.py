@@ -76,7 +76,9 @@ class AsyncClient:
             client_id=self._client_id,
             acks="all",
             enable_idempotence=True,
-            linger_ms=2,
+            # No linger: a request leaves at once; a burst still shares batches (one request
+            # in flight per broker, the rest batched meanwhile). tools.bench.hops
+            linger_ms=0,
             **kafka,
         )
         self._consumer = AIOKafkaConsumer(

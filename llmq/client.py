@@ -185,7 +185,9 @@ class Client:
             self.settings.kafka_bootstrap,
             self.settings.kafka_security(),
             acks="all",
-            linger_ms=2,
+            # No linger: a request leaves at once; a burst from many threads still shares
+            # batches, what piles up while the sender thread is busy. tools.bench.hops
+            linger_ms=0,
             client_id="llmq-client",
         )
         return self._producer
