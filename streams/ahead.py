@@ -22,7 +22,9 @@ class Soon(Protocol):
 
 def keyed_partition(fingerprint: str, partitions: int) -> int:
     """The partition of llmq.requests.keyed a fingerprint's record lands on: what the
-    producer's default partitioner chooses for the key (murmur2, as Kafka's Java client)."""
+    producer's default partitioner chooses for the key (murmur2, as Kafka's Java client),
+    the topic having `partitions` partitions, as the coalescing table's co-partitioning
+    requires too."""
     return int(murmur2(fingerprint.encode()) & 0x7FFFFFFF) % partitions
 
 

@@ -134,6 +134,8 @@ def main() -> None:
                 rows.append(steps(sent[cid], topics, result.timings.engine_ms or 0.0, received))
     finally:
         consumer.close()
+    if not rows:
+        raise SystemExit(f"no request's records were found on all of {', '.join(topics)}")
     print(
         f"a bare trip through Kafka ({BARE_TRIPS}, one at a time): acknowledged p50 "
         f"{quantile(bare_acked, 0.5):.1f} / p90 {quantile(bare_acked, 0.9):.1f} ms, received "

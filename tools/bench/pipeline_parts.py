@@ -1,12 +1,11 @@
-"""Where llmq's time goes besides the engine, for a burst of ShareGPT prompts.
+"""Where llmq's time goes besides the engine, for ShareGPT prompts at once or one by one.
 
 Against a running stack (`llmq local up`): sends N ShareGPT first turns at once (a fresh
 tenant, temperature 0) and splits each result's end-to-end latency into engine time and
 what llmq added: queue time (admitted by the stream processor -> started by the worker)
 and the rest (the app -> admission, and the worker's end -> the app's result). Prints
-percentiles.
-With --one-by-one it sends them one after another instead, so that each meets a quiet
-stack and, from the second on, a semantic cache with entries in its scope to look up.
+percentiles. With --one-by-one it sends them one after another instead, so that each meets
+a quiet stack and, from the second on, a semantic cache with entries in its scope.
 
     python -m tools.bench.pipeline_parts --requests 64
     python -m tools.bench.pipeline_parts --requests 32 --one-by-one
