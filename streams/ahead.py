@@ -4,6 +4,7 @@ it up, when that stage runs in this process."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from typing import Protocol
 
@@ -12,6 +13,8 @@ from aiokafka.partitioner import murmur2
 from schemas.names import REQUESTS_KEYED
 from schemas.work import WorkItem
 from streams.semantic import semantic_key
+
+log = logging.getLogger(__name__)
 
 
 class Soon(Protocol):
@@ -24,14 +27,14 @@ def keyed_partition(fingerprint: str, partitions: int) -> int:
     """The partition of llmq.requests.keyed a fingerprint's record lands on: what the
     producer's default partitioner chooses for the key (murmur2, as Kafka's Java client),
     the topic having `partitions` partitions, as the coalescing table's co-partitioning
-    requires too."""
+    requires too; streams/app.py sets no other partitioner for faust's producer."""
     return int(murmur2(fingerprint.encode()) & 0x7FFFFFFF) % partitions
 
 
 class EmbedAhead:
     """Called by admission for a request on its way to dedupe (not answered from the exact
     cache): starts its embedding if this process holds its keyed partition. Elsewhere the
-    vector would be computed for nobody."""
+    vector would be computed for nobody. Never raises: a head start must not fail a request."""
 
     def __init__(
         self, similar: Soon, assigned: Callable[[], Collection[tuple[str, int]]], partitions: int
@@ -42,9 +45,12 @@ class EmbedAhead:
         self._partitions = partitions
 
     def __call__(self, work: WorkItem) -> None:
-        key = semantic_key(work.request, work.route.cached_as)
-        if key is None:
-            return
-        partition = keyed_partition(work.fingerprint, self._partitions)
-        if (REQUESTS_KEYED, partition) in self._assigned():
-            self._similar.soon(*key)
+        try:
+            partition = keyed_partition(work.fingerprint, self._partitions)
+            if (REQUESTS_KEYED, partition) not in self._assigned():
+                return
+            key = semantic_key(work.request, work.route.cached_as)
+            if key is not None:
+                self._similar.soon(*key)
+        except Exception:
+            log.exception("no head start for %s's embedding", work.request.correlation_id)

@@ -67,20 +67,25 @@ class Embedder:
                 self.embed([PROBE])
                 runs.append(time.perf_counter() - start)
             took[bf16] = min(runs[1:])
-        faster = took[True] <= BF16_GAIN * took[False]
+        self._bf16 = took[True] <= BF16_GAIN * took[False]
         log.info(
             "embeddings in %s: %.1f ms in bfloat16, %.1f ms in float32 for %d words",
-            "bfloat16" if faster else "float32",
+            self.precision,
             took[True] * 1000,
             took[False] * 1000,
             len(PROBE.split()),
         )
-        return faster
+        return self._bf16
 
     @property
     def bf16(self) -> bool:
         """Whether it computes in bfloat16."""
         return self._bf16
+
+    @property
+    def precision(self) -> str:
+        """bfloat16 or float32."""
+        return "bfloat16" if self._bf16 else "float32"
 
     @property
     def dimensions(self) -> int:

@@ -70,3 +70,15 @@ def test_a_request_the_semantic_cache_does_not_take_is_not_embedded() -> None:
     ahead(_work("Tell me a story."))
     [(_, text)] = similar.soon_asked
     assert text == "Tell me a story."
+
+
+def test_a_failure_gives_no_head_start_and_does_not_reach_the_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def not_started() -> set[tuple[str, int]]:
+        raise RuntimeError("the consumer is not started")
+
+    similar = Similar()
+    EmbedAhead(similar, not_started, PARTITIONS)(_work("Tell me a story."))
+    assert similar.soon_asked == []
+    assert "no head start" in caplog.text

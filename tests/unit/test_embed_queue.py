@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 
 import numpy as np
 
-from streams.embed_queue import MAX_LATER, MAX_SOON, RECENT, EmbedQueue
+from streams.embed_queue import MAX_AHEAD, MAX_LATER, RECENT, EmbedQueue
 from streams.semantic_index import Vector
 
 WAIT_S = 10.0
@@ -164,77 +163,51 @@ def test_beyond_max_later_waiting_additions_the_oldest_is_dropped() -> None:
     assert len(model.calls) == 1 + MAX_LATER
 
 
-def test_a_text_started_soon_is_embedded_once_for_the_caller_that_asks() -> None:
+def test_texts_ahead_go_after_lookups_and_before_additions_and_are_kept() -> None:
     async def go() -> tuple[Model, Vector]:
         model = Model()
         queue = EmbedQueue(model)
         first = await _busy(model, queue)
-        queue.soon("abc")
-        queue.soon("abc")  # asked twice: still one embedding
-        asking = asyncio.create_task(queue.embed("abc", urgent=True))
-        await asyncio.sleep(0)
+        queue.soon("aa")
+        queue.soon("aa")  # twice: embedded once, then kept
+        add = asyncio.create_task(queue.embed("ccc", urgent=False))
+        look = asyncio.create_task(queue.embed("b", urgent=True))
+        await asyncio.sleep(0)  # both are queued
         model.gate.set()
-        vector = await asyncio.wait_for(asking, WAIT_S)
-        await first
-        return model, vector
+        await asyncio.wait_for(asyncio.gather(first, add, look), WAIT_S)
+        return model, await asyncio.wait_for(queue.embed("aa", urgent=True), WAIT_S)
 
     model, vector = asyncio.run(go())
-    assert model.calls == [["first"], ["abc"]]
-    assert vector[0] == 3
+    assert model.calls == [["first"], ["b"], ["aa"], ["ccc"]]
+    assert vector[0] == 2
 
 
-def test_a_caller_leaving_does_not_stop_a_text_started_soon() -> None:
-    async def go() -> tuple[Model, Vector]:
-        model = Model()
-        queue = EmbedQueue(model)
-        first = await _busy(model, queue)
-        queue.soon("abc")
-        leaving = asyncio.create_task(queue.embed("abc", urgent=True))
-        await asyncio.sleep(0)
-        leaving.cancel()
-        model.gate.set()
-        await first
-        return model, await asyncio.wait_for(queue.embed("abc", urgent=True), WAIT_S)
-
-    model, vector = asyncio.run(go())
-    assert model.calls == [["first"], ["abc"]]  # embedded once, then kept
-    assert vector[0] == 3
-
-
-def test_a_text_started_soon_that_fails_is_tried_again_for_a_caller() -> None:
-    async def go() -> tuple[Model, list[dict[str, object]], Vector]:
-        loop = asyncio.get_running_loop()
-        unhandled: list[dict[str, object]] = []
-        loop.set_exception_handler(lambda _, context: unhandled.append(context))
-        model = Model(fail_on="abc")
-        queue = EmbedQueue(model)
-        queue.soon("abc")  # fails, with nobody waiting
-        await asyncio.wait_for(queue.embed("next", urgent=True), WAIT_S)  # queued after it
-        await asyncio.sleep(0)
-        model.fail_on = None
-        vector = await asyncio.wait_for(queue.embed("abc", urgent=True), WAIT_S)
-        gc.collect()  # a failed future is in a cycle with its traceback: collect it now
-        return model, unhandled, vector
-
-    model, unhandled, vector = asyncio.run(go())
-    assert model.calls == [["abc"], ["next"], ["abc"]]
-    assert vector[0] == 3
-    assert unhandled == []
-
-
-def test_soon_starts_no_more_than_max_soon_texts_at_once() -> None:
+def test_at_most_max_ahead_texts_wait_to_be_embedded_ahead() -> None:
     async def go() -> Model:
         model = Model()
         queue = EmbedQueue(model)
         first = await _busy(model, queue)
-        for n in range(1, MAX_SOON + 3):
+        for n in range(1, MAX_AHEAD + 3):
             queue.soon("s" * n)
         model.gate.set()
         await first
-        # The last one started: once it is embedded, so are the ones before it.
-        await asyncio.wait_for(queue.embed("s" * MAX_SOON, urgent=True), WAIT_S)
+        # An addition goes after every text ahead: once it is embedded, so are they.
+        await asyncio.wait_for(queue.embed("z", urgent=False), WAIT_S)
         return model
 
-    model = asyncio.run(asyncio.wait_for(go(), WAIT_S))
-    assert len(model.calls) == MAX_SOON + 1  # "first" and MAX_SOON started ones
-    assert ["s" * (MAX_SOON + 1)] not in model.calls
+    model = asyncio.run(go())
+    assert model.calls[1:] == [["s" * n] for n in range(1, MAX_AHEAD + 1)] + [["z"]]
+
+
+def test_a_failure_ahead_is_left_to_the_lookup_and_the_queue_goes_on() -> None:
+    async def go() -> tuple[Model, Vector]:
+        model = Model(fail_on="abc")
+        queue = EmbedQueue(model)
+        queue.soon("abc")  # fails, with nobody waiting
+        await asyncio.wait_for(queue.embed("next", urgent=False), WAIT_S)
+        model.fail_on = None
+        return model, await asyncio.wait_for(queue.embed("abc", urgent=True), WAIT_S)
+
+    model, vector = asyncio.run(go())
+    assert model.calls == [["abc"], ["next"], ["abc"]]
+    assert vector[0] == 3

@@ -5,9 +5,10 @@ another (a fresh tenant, temperature 0, 8 tokens), then reads back the create ti
 request's record on every topic it passed through (the time its producer sent it) and
 prints each step's p50 / p90 in ms: admission (the app's record -> llmq.requests.keyed),
 dedupe (-> the work topic), the worker less the engine (-> llmq.completions), completion
-(-> llmq.results) and the app's receipt of the result. First, as the baseline of the same
-run, a bare trip through Kafka: a record produced (acknowledged by every replica) to a
-scratch topic and fetched by a waiting consumer.
+(-> llmq.results) and the app's receipt of the result. A record's create time is when its
+producer was handed it, so a producer's linger counts in the step after. First, as the
+baseline of the same run, a bare trip through Kafka: a record produced (acknowledged by
+every replica) to a scratch topic and fetched by a waiting consumer.
 
     python -m tools.bench.hops --requests 20
 """
@@ -34,6 +35,7 @@ STEPS = ("admission", "dedupe", "worker", "complete", "to the app")
 READ_S = 10.0
 """How long to read the topics back at most."""
 BARE_TRIPS = 50
+"""Bare trips through Kafka measured first, one at a time."""
 
 
 def bare_trips(settings: ServiceSettings, trips: int) -> tuple[list[float], list[float]]:
@@ -42,7 +44,10 @@ def bare_trips(settings: ServiceSettings, trips: int) -> tuple[list[float], list
     security = settings.kafka_security()
     topic = f"bench.hops.{uuid.uuid4().hex[:8]}"
     admin = connect(KafkaAdminClient, settings.kafka_bootstrap, security)
-    admin.create_topics([NewTopic(topic, 1, 1)])
+    # As many replicas as llmq's topics have on the local stack (up to 3): all acknowledge.
+    brokers = admin.describe_cluster()["brokers"]
+    replicas = min(3, sum(not broker.get("is_fenced") for broker in brokers))
+    admin.create_topics([NewTopic(topic, 1, replicas)])
     producer = connect(KafkaProducer, settings.kafka_bootstrap, security, acks="all")
     consumer = connect(
         KafkaConsumer, settings.kafka_bootstrap, security, auto_offset_reset="earliest"
@@ -110,10 +115,10 @@ def main() -> None:
     consumer = connect(
         KafkaConsumer, settings.kafka_bootstrap, settings.kafka_security(), enable_auto_commit=False
     )
-    bare_acked, bare_received = bare_trips(settings, BARE_TRIPS)
     tenant = f"hops-{uuid.uuid4().hex[:8]}"
     rows = []
     try:
+        bare_acked, bare_received = bare_trips(settings, BARE_TRIPS)
         partitions = [
             TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
         ]

@@ -279,7 +279,7 @@ def main() -> None:
     embedder = Embedder(bf16=PRECISIONS[args.precision])
     rows = sweep(embedder, pairs)
     results: dict[str, Any] = {
-        "precision": "bfloat16" if embedder.bf16 else "float32",
+        "precision": embedder.precision,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),

@@ -31,9 +31,9 @@ PAIRS = (
     DATA / "paraphrases.jsonl",
 )
 GUARDS = {"strict": math.inf, "lenient": ADDITION_SIMILARITY}
+"""Each guard's `additions_from` (streams/semantic_guard.py)."""
 PRECISIONS = {"auto": None, "float32": False, "bfloat16": True}
 """--precision: the embedder's `bf16` (streams.embedder.Embedder)."""
-"""Each guard's `additions_from` (streams/semantic_guard.py)."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def main() -> None:
 
     pairs = load(args.pairs)
     embedder = Embedder(bf16=PRECISIONS[args.precision])
-    print(f"embeddings in {'bfloat16' if embedder.bf16 else 'float32'}")
+    print(f"embeddings in {embedder.precision}")
     cached = embedder.embed([p["a"] for p in pairs])
     asked = embedder.embed([p["b"] for p in pairs])
     similarity = [float(s) for s in (cached * asked).sum(axis=1)]
