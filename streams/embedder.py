@@ -53,11 +53,13 @@ class Embedder:
         self._model = AutoModel.from_pretrained(path, local_files_only=True).to("cpu").eval()
         # A fast tokenizer is not safe to call from two threads at once ("Already borrowed").
         self._lock = threading.Lock()
-        self._bf16 = self._faster_in_bf16() if bf16 is None else bf16
+        self._bf16 = bool(bf16)
+        if bf16 is None:
+            self._choose_precision()
 
-    def _faster_in_bf16(self) -> bool:
-        """Whether bfloat16 embeds PROBE in at most BF16_GAIN of float32's time (the best of
-        three runs each, after one run each to warm up)."""
+    def _choose_precision(self) -> None:
+        """bfloat16 if it embeds PROBE in at most BF16_GAIN of float32's time (the best of
+        three runs each, after one run each to warm up), else float32."""
         took = {}
         for bf16 in (False, True):
             self._bf16 = bf16
@@ -75,7 +77,6 @@ class Embedder:
             took[False] * 1000,
             len(PROBE.split()),
         )
-        return self._bf16
 
     @property
     def bf16(self) -> bool:
