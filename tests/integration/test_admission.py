@@ -151,7 +151,8 @@ def test_costs_show_the_spend_and_what_the_cache_saved(
     monkeypatch.setenv("LLMQ_REDIS_URL", stack.settings.redis_url)
     deadline = time.monotonic() + 60
     while True:
-        assert main(["costs", "--days", "1", "--tenant", tenant, "--by", "cache", "--json"]) == 0
+        # two days: the answers may fall before midnight and this report after it
+        assert main(["costs", "--days", "2", "--tenant", tenant, "--by", "cache", "--json"]) == 0
         lines = {x["key"]["cache"]: x for x in json.loads(capsys.readouterr().out)["lines"]}
         if {"none", "exact"} <= set(lines) or time.monotonic() > deadline:
             break

@@ -25,7 +25,15 @@ from tests.integration.helpers import start_redis, stop_redis
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 NOON = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
-"""Yesterday noon UTC: every event of this module falls in yesterday's or today's report."""
+"""Yesterday noon UTC, as the module is collected: its events fall on NOON's day and the next,
+and the reports name those two days (`--days` counts back from the day the test runs, which
+may be after midnight: CI once collected before it and reported after)."""
+DAYS = [
+    "--since",
+    NOON.date().isoformat(),
+    "--until",
+    (NOON + timedelta(days=1)).date().isoformat(),
+]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +108,7 @@ def test_the_report_groups_by_what_is_asked(
     filled: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("LLMQ_REDIS_URL", filled)
-    assert main(["costs", "--days", "2", "--by", "tenant,cache", "--json"]) == 0
+    assert main(["costs", *DAYS, "--by", "tenant,cache", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     lines = {(x["key"]["tenant"], x["key"]["cache"]): x for x in report["lines"]}
     assert set(lines) == {
@@ -116,7 +124,7 @@ def test_the_report_groups_by_what_is_asked(
     assert report["total"]["saved_usd"] == pytest.approx(1.0)
     assert report["total"]["count"] == len(EVENTS)
 
-    assert main(["costs", "--days", "2", "--tenant", "zeta"]) == 0
+    assert main(["costs", *DAYS, "--tenant", "zeta"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("costs from ")
     assert out[1].split() == [
@@ -144,7 +152,7 @@ def test_the_plot_is_drawn(
 ) -> None:
     monkeypatch.setenv("LLMQ_REDIS_URL", filled)
     png = tmp_path_factory.mktemp("costs") / "costs.png"
-    assert main(["costs", "--days", "2", "--plot", str(png)]) == 0
+    assert main(["costs", *DAYS, "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
