@@ -10,16 +10,23 @@ producer was handed it, so a producer's linger counts in the step after. First, 
 baseline of the same run, a bare trip through Kafka: a record produced (acknowledged by
 every replica) to a scratch topic and fetched by a waiting consumer.
 
-    python -m tools.bench.hops --requests 20
+`--load RATE` keeps the engine busy meanwhile: ShareGPT first turns from another tenant
+at Poisson arrivals of RATE a second (about half the engine's capacity, for the added
+latency at half load), started before the questions and stopped after them.
+
+    python -m tools.bench.hops --requests 20 [--load 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import random
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -29,13 +36,17 @@ from schemas.catalog import Catalog
 from schemas.lanes import Lane
 from schemas.names import COMPLETIONS, REQUESTS, REQUESTS_KEYED, RESULTS, work_topic
 from schemas.settings import ServiceSettings
+from tools import sharegpt
 from tools.bench.pipeline_parts import quantile
+from tools.stack.settings import LocalSettings
 
 STEPS = ("admission", "dedupe", "worker", "complete", "to the app")
 READ_S = 10.0
 """How long to read the topics back at most."""
 BARE_TRIPS = 50
 """Bare trips through Kafka measured first, one at a time."""
+LOAD_WARMUP_S = 20.0
+"""How long the load runs before the first question: long enough to fill the engine."""
 
 
 def bare_trips(settings: ServiceSettings, trips: int) -> tuple[list[float], list[float]]:
@@ -74,6 +85,40 @@ def bare_trips(settings: ServiceSettings, trips: int) -> tuple[list[float], list
     return acked, received
 
 
+@contextmanager
+def load(settings: ServiceSettings, rate: float) -> Iterator[list[str]]:
+    """ShareGPT first turns from a tenant of their own at Poisson arrivals of `rate` a
+    second while the block runs (nothing when `rate` is 0); yields their correlation ids."""
+    sent: list[str] = []
+    if rate <= 0:
+        yield sent
+        return
+    prompts = sharegpt.sample(1000, LocalSettings().cache_dir, seed=1)
+    stop = threading.Event()
+    tenant = f"hops-load-{uuid.uuid4().hex[:8]}"
+    arrivals = random.Random(1)
+
+    def send(client: Client) -> None:
+        for prompt in itertools.cycle(prompts):
+            if stop.wait(arrivals.expovariate(rate)):
+                return
+            sent.append(
+                client.submit(
+                    prompt.text, tenant=tenant, max_tokens=prompt.reply_tokens, temperature=0.0
+                )
+            )
+
+    with Client(settings) as client:
+        sender = threading.Thread(target=send, args=(client,), name="hops-load", daemon=True)
+        sender.start()
+        time.sleep(LOAD_WARMUP_S)
+        try:
+            yield sent
+        finally:
+            stop.set()
+            sender.join()
+
+
 def steps(
     sent: Mapping[str, float], topics: list[str], engine_ms: float, received: float
 ) -> dict[str, float]:
@@ -108,6 +153,9 @@ def main() -> None:
     """Send the questions one by one, read their records back, print the steps."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument(
+        "--load", type=float, default=0.0, help="ShareGPT requests a second meanwhile (default 0)"
+    )
     args = parser.parse_args()
     settings = ServiceSettings()
     model = Catalog.builtin().default
@@ -124,7 +172,7 @@ def main() -> None:
         ]
         start = consumer.end_offsets(partitions)
         timed = []
-        with Client(settings) as client:
+        with load(settings, args.load) as loaded, Client(settings) as client:
             client.ask("Say hello.", tenant="hops-warmup", max_tokens=4, temperature=0.0)
             for n in range(args.requests):
                 result = client.ask(
@@ -146,10 +194,11 @@ def main() -> None:
         f"{quantile(bare_acked, 0.5):.1f} / p90 {quantile(bare_acked, 0.9):.1f} ms, received "
         f"p50 {quantile(bare_received, 0.5):.1f} / p90 {quantile(bare_received, 0.9):.1f} ms"
     )
-    print(f"{len(rows)} of {args.requests} requests one by one; ms at p50 / p90")
-    for name in STEPS:
-        values = [row[name] for row in rows]
-        print(f"  {name:11s}" + "".join(f"{quantile(values, q):8.1f}" for q in (0.5, 0.9)))
+    meanwhile = f", {len(loaded)} ShareGPT requests sent meanwhile" if args.load else ""
+    print(f"{len(rows)} of {args.requests} requests one by one{meanwhile}; ms at p50 / p90 / p99")
+    for name in (*STEPS, "all"):
+        values = [sum(row.values()) if name == "all" else row[name] for row in rows]
+        print(f"  {name:11s}" + "".join(f"{quantile(values, q):8.1f}" for q in (0.5, 0.9, 0.99)))
 
 
 if __name__ == "__main__":
