@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from schemas.names import REDIS_SEMANTIC_PREFIX
 from schemas.request import InferenceRequest
-from streams.embedder import DIMENSIONS, MAX_TOKENS, Embedder
+from streams.embedder import DIMENSIONS, MAX_TOKENS, Embedder, default_model_dir
 from streams.semantic import (
     DEFAULT_THRESHOLD,
     LENIENT_FALSE_HIT_BOUND,
@@ -124,6 +124,30 @@ def test_the_embedder_gives_unit_rows(embedder: Embedder) -> None:
         assert float(again @ vectors[0]) > 0.9999
     else:
         assert np.allclose(again, vectors[0], atol=1e-5)
+
+
+def test_the_traced_model_gives_the_vectors_of_the_model_itself() -> None:
+    """The embedder runs a TorchScript trace of the model: its vectors, for texts of other
+    lengths than the one traced and padded in a batch, are those of the model run eagerly
+    with transformers, pooled as sentence-transformers pools (computed here)."""
+    import torch  # noqa: PLC0415 -- as the embedder: torch only where it is used
+    from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415
+
+    texts = ["Hi?", "What is the capital of France?", "word " * (2 * MAX_TOKENS)]
+    path = str(default_model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    batch = tokenizer(
+        texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        tokens = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1)
+    expected = torch.nn.functional.normalize(pooled, dim=1).numpy()
+    embedder = Embedder(bf16=False)
+    assert np.allclose(embedder.embed(texts), expected, atol=1e-5)
+    assert np.allclose(embedder.embed(texts[:1]), expected[:1], atol=1e-5)
 
 
 def test_bfloat16_vectors_are_float32_ones_within_a_ten_thousandth() -> None:
