@@ -1,4 +1,5 @@
-"""EmbedQueue: one text per model call, one call at a time, lookups first, vectors reused."""
+"""EmbedQueue: one text per model call, one call at a time in each line, lookups never behind
+the background, vectors reused."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ class Model:
 
     def __init__(self, fail_on: str | None = None) -> None:
         self.calls: list[list[str]] = []
+        self.held: str | None = None
+        """Only a call of this text waits for `gate`, when set; else every call does."""
         self.inside = 0
         self.most_inside = 0
         self.gate = threading.Event()
@@ -34,18 +37,23 @@ class Model:
         self.most_inside = max(self.most_inside, self.inside)
         self.entered.set()
         try:
-            assert self.gate.wait(WAIT_S)
+            if self.held is None or self.held in texts:
+                assert self.gate.wait(WAIT_S)
             if self.fail_on in texts:
                 raise RuntimeError("model broke")
             return np.asarray([[len(t), 0.0, 0.0, 0.0] for t in texts], dtype=np.float32)
         finally:
             self.inside -= 1
 
+    def order(self, *texts: str) -> list[str]:
+        """These texts in the order the model was called with them."""
+        return [call[0] for call in self.calls if call[0] in texts]
 
-async def _busy(model: Model, queue: EmbedQueue) -> asyncio.Task[Vector]:
-    """Start one embedding and hold the model inside it."""
+
+async def _busy(model: Model, queue: EmbedQueue, urgent: bool = False) -> asyncio.Task[Vector]:
+    """Start one embedding (in the lookups' line if `urgent`) and hold the model inside it."""
     model.gate.clear()
-    first = asyncio.create_task(queue.embed("first", urgent=False))
+    first = asyncio.create_task(queue.embed("first", urgent=urgent))
     assert await asyncio.to_thread(model.entered.wait, WAIT_S)
     return first
 
@@ -57,7 +65,7 @@ def test_a_text_on_a_quiet_process_is_embedded_at_once() -> None:
     assert vector[0] == 3
 
 
-def test_texts_asked_while_the_model_is_busy_wait_their_turn_lookups_first() -> None:
+def test_each_line_embeds_in_turn_one_call_at_a_time() -> None:
     async def go() -> tuple[Model, list[Vector]]:
         model = Model()
         queue = EmbedQueue(model)
@@ -70,9 +78,46 @@ def test_texts_asked_while_the_model_is_busy_wait_their_turn_lookups_first() -> 
         return model, vectors
 
     model, vectors = asyncio.run(go())
-    assert model.calls == [["first"], ["bbb"], ["bbbb"], ["a"], ["aa"]]
-    assert model.most_inside == 1
+    assert model.order("first", "a", "aa") == ["first", "a", "aa"]
+    assert model.order("bbb", "bbbb") == ["bbb", "bbbb"]
+    assert len(model.calls) == 5
+    assert model.most_inside <= 2  # a lookup beside the background at most
     assert [v[0] for v in vectors] == [5, 1, 2, 3, 4]
+
+
+def test_a_lookup_does_not_wait_for_the_background_embedding_running() -> None:
+    async def go() -> tuple[Model, Vector, bool]:
+        model = Model()
+        queue = EmbedQueue(model)
+        first = await _busy(model, queue)
+        model.held = "first"  # only the background's call waits
+        vector = await asyncio.wait_for(queue.embed("bb", urgent=True), WAIT_S)
+        still = not first.done()
+        model.gate.set()
+        await asyncio.wait_for(first, WAIT_S)
+        return model, vector, still
+
+    model, vector, still = asyncio.run(go())
+    assert still, "the lookup was answered while the background call was still running"
+    assert vector[0] == 2
+    assert model.calls == [["first"], ["bb"]]
+
+
+def test_a_lookup_of_a_text_being_embedded_ahead_waits_for_that_call() -> None:
+    async def go() -> tuple[Model, Vector]:
+        model = Model()
+        model.gate.clear()
+        queue = EmbedQueue(model)
+        queue.soon("abcd")
+        assert await asyncio.to_thread(model.entered.wait, WAIT_S)
+        look = asyncio.create_task(queue.embed("abcd", urgent=True))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return model, await asyncio.wait_for(look, WAIT_S)
+
+    model, vector = asyncio.run(go())
+    assert model.calls == [["abcd"]]
+    assert vector[0] == 4
 
 
 def test_a_text_embedded_lately_is_not_embedded_again() -> None:
@@ -127,7 +172,7 @@ def test_a_cancelled_caller_text_is_not_embedded_and_the_others_are() -> None:
     async def go() -> tuple[Model, Vector]:
         model = Model()
         queue = EmbedQueue(model)
-        first = await _busy(model, queue)
+        first = await _busy(model, queue, urgent=True)
         gone = asyncio.create_task(queue.embed("gone", urgent=True))
         stays = asyncio.create_task(queue.embed("stays", urgent=True))
         await asyncio.sleep(0)
@@ -163,7 +208,7 @@ def test_beyond_max_later_waiting_additions_the_oldest_is_dropped() -> None:
     assert len(model.calls) == 1 + MAX_LATER
 
 
-def test_texts_ahead_go_after_lookups_and_before_additions_and_are_kept() -> None:
+def test_texts_ahead_go_before_additions_beside_the_lookups_and_are_kept() -> None:
     async def go() -> tuple[Model, Vector]:
         model = Model()
         queue = EmbedQueue(model)
@@ -178,7 +223,8 @@ def test_texts_ahead_go_after_lookups_and_before_additions_and_are_kept() -> Non
         return model, await asyncio.wait_for(queue.embed("aa", urgent=True), WAIT_S)
 
     model, vector = asyncio.run(go())
-    assert model.calls == [["first"], ["b"], ["aa"], ["ccc"]]
+    assert model.order("first", "aa", "ccc") == ["first", "aa", "ccc"]
+    assert len(model.calls) == 4
     assert vector[0] == 2
 
 
