@@ -211,7 +211,7 @@ def engine_factory(settings: WorkerSettings, spec: ModelSpec) -> Callable[[], Se
     )
 
     args = engine_args(spec, checkpoint, settings.gpu_memory_utilization)
-    return partial(VllmEngine, spec, checkpoint, args)
+    return partial(VllmEngine, spec, checkpoint, args, settings.engine_nice)
 
 
 if __name__ == "__main__":

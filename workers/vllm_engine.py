@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -25,6 +26,7 @@ from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob
 from workers.engine import EngineStep
 from workers.engine_args import engine_kwargs
+from workers.nice import descendants, renice
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +62,25 @@ def engine_args(
 class VllmEngine:
     """AsyncLLM with continuous batching and the priority scheduler (lower value first)."""
 
-    def __init__(self, spec: ModelSpec, checkpoint: Path, args: AsyncEngineArgs) -> None:
+    def __init__(
+        self, spec: ModelSpec, checkpoint: Path, args: AsyncEngineArgs, nice: int = 0
+    ) -> None:
+        """`nice`: on a CPU, the engine's processes' niceness (workers/nice.py); 0 leaves it."""
         self._spec = spec
         self._tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self._engine = AsyncLLM.from_engine_args(args)
         self._running: set[str] = set()
         where = "GPU" if torch.cuda.is_available() else "CPU"
         log.info("vLLM engine for %s on %s, engine_args %s", spec.name, where, spec.engine_args)
+        if nice and where == "CPU":
+            engine = descendants(os.getpid())
+            threads = renice(engine, nice)
+            log.info(
+                "engine processes %s at nice %d (%d threads): the pipeline on these cores first",
+                engine,
+                nice,
+                threads,
+            )
 
     async def generate(
         self, request_id: str, body: ChatBody, priority: int
