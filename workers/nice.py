@@ -35,11 +35,12 @@ def descendants(pid: int, proc: Path = PROC) -> list[int]:
 
 def renice(pids: list[int], nice: int, proc: Path = PROC) -> int:
     """Every thread of these processes at niceness `nice` (threads they start later inherit
-    it); how many were set. A process or thread that is gone is skipped."""
+    it); how many were set. A process or thread that is gone, or not ours to renice, is
+    skipped."""
     count = 0
     for pid in pids:
         for task in (proc / str(pid) / "task").glob("*"):
-            with contextlib.suppress(ProcessLookupError, ValueError):
+            with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
                 os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
                 count += 1
     return count
