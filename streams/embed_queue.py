@@ -3,18 +3,17 @@ vectors kept.
 
 Two lines, each one model call at a time, in a thread. Lookups have a line of their own (an
 answer waits on a lookup): a lookup waits only for the lookups before it, never for a
-background embedding already running. With the cores busy and ShareGPT questions embedded
-ahead at 2/s, a short question's lookup took p99 84-87 ms in one line and 20-28 ms in two
-(`python -m tools.bench.lookup_wait`). The background line embeds texts a lookup is
-expected for soon (`soon`: started at admission, so the embedding overlaps the request's
-trip to its lookup), then additions (nobody waits on them): so a burst of questions embeds
-on at most two cores, one of them for lookups. Texts ahead and additions wait in bounded
-queues (a text not embedded ahead is embedded by its lookup; a lost addition costs only a
-future hit). A text being embedded is not embedded again meanwhile: its other callers wait
-for that call. The vectors of the latest texts are kept, so a question embedded ahead or
-looked up is not embedded again by its lookup or when its answer is added. Texts are
-embedded one per call: batching questions of different lengths pads them to the longest,
-which on a CPU costs more than it saves (docs/semantic-cache.md).
+background embedding already running (docs/semantic-cache.md measures what that saves).
+The background line embeds texts a lookup is expected for soon (`soon`: started at
+admission, so the embedding overlaps the request's trip to its lookup), then additions
+(nobody waits on them): a burst of questions embeds on at most two cores, one of them for
+lookups. Texts ahead and additions wait in bounded queues (a text not embedded ahead is
+embedded by its lookup; a lost addition costs only a future hit). A text being embedded is
+not embedded again meanwhile: its other callers wait for that call, and see its failure.
+The vectors of the latest texts are kept, so a question embedded ahead or looked up is not
+embedded again by its lookup or when its answer is added. Texts are embedded one per call:
+batching questions of different lengths pads them to the longest, which on a CPU costs
+more than it saves (docs/semantic-cache.md).
 """
 
 from __future__ import annotations
@@ -120,7 +119,8 @@ class EmbedQueue:
             while self._ahead or self._later:
                 if self._ahead:
                     wanted = None
-                    with contextlib.suppress(Exception):  # its lookup will try again
+                    # A lookup waiting on this call sees the failure; a later one tries again.
+                    with contextlib.suppress(Exception):
                         await self._vector(self._ahead.popleft())
                 else:
                     wanted = self._later.popleft()

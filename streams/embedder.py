@@ -71,18 +71,18 @@ class Embedder:
         torch.set_num_threads(threads)
         path = str(model_dir or default_model_dir())
         self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True).to("cpu").eval()
-        self._eager = _Encoder(model)
+        model = _Encoder(AutoModel.from_pretrained(path, local_files_only=True).to("cpu").eval())
         # A fast tokenizer is not safe to call from two threads at once ("Already borrowed").
         self._lock = threading.Lock()
         self._bf16 = bool(bf16)
-        encoders = {b: self._trace(b) for b in ((False, True) if bf16 is None else (self._bf16,))}
+        precisions = (False, True) if bf16 is None else (self._bf16,)
+        encoders = {b: self._trace(model, b) for b in precisions}
         self._encoder = encoders[self._bf16]
         if bf16 is None:
             self._choose_precision(encoders)
 
-    def _trace(self, bf16: bool) -> torch.nn.Module:
-        """The model traced and frozen in this precision, or the eager module if that fails."""
+    def _trace(self, model: _Encoder, bf16: bool) -> torch.nn.Module:
+        """The model traced and frozen in this precision, or the eager one if that fails."""
         example = self._tokenizer(
             [PROBE], truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
         )
@@ -96,13 +96,13 @@ class Embedder:
                 # Python branches: the vectors are checked against the eager module's in tests.
                 warnings.simplefilter("ignore")
                 traced = torch.jit.trace(  # type: ignore[no-untyped-call]
-                    self._eager, (example["input_ids"], example["attention_mask"])
+                    model, (example["input_ids"], example["attention_mask"])
                 )
                 frozen: torch.nn.Module = torch.jit.freeze(traced.eval())
             return frozen
         except Exception as exc:
             log.warning("embedding model not traced (%s): it runs eagerly, more slowly", exc)
-            return self._eager
+            return model
 
     def _choose_precision(self, encoders: dict[bool, torch.nn.Module]) -> None:
         """bfloat16 if it embeds PROBE in at most BF16_GAIN of float32's time (the best of
@@ -130,6 +130,11 @@ class Embedder:
     def bf16(self) -> bool:
         """Whether it computes in bfloat16."""
         return self._bf16
+
+    @property
+    def traced(self) -> bool:
+        """Whether the model runs as a TorchScript trace (else eagerly: tracing failed)."""
+        return isinstance(self._encoder, torch.jit.ScriptModule)
 
     @property
     def precision(self) -> str:

@@ -34,9 +34,9 @@ class WorkerSettings(ServiceSettings):
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     """Share of GPU memory the GPU engine may take (LLMQ_GPU_MEMORY_UTILIZATION)."""
     engine_nice: int = Field(default=10, ge=0, le=19)
-    """The CPU engine's niceness, so that the pipeline sharing its cores (Kafka, the stream
-    processor, this worker's loop) runs first when it wakes; 0 leaves it (LLMQ_ENGINE_NICE).
-    A GPU engine is left alone: its CPU work feeds the GPU."""
+    """How much nicer than the worker the CPU engine's processes run, so that the worker's
+    loop (vLLM's front end) gets a core when it wakes (workers/nice.py); 0 leaves them
+    (LLMQ_ENGINE_NICE). A GPU engine is left alone: its CPU work feeds the GPU."""
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
     """How often finished offsets are committed (LLMQ_COMMIT_INTERVAL_S)."""
     drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)

@@ -26,7 +26,7 @@ from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob
 from workers.engine import EngineStep
 from workers.engine_args import engine_kwargs
-from workers.nice import descendants, renice
+from workers.nice import renice_below
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class VllmEngine:
     def __init__(
         self, spec: ModelSpec, checkpoint: Path, args: AsyncEngineArgs, nice: int = 0
     ) -> None:
-        """`nice`: on a CPU, the engine's processes' niceness (workers/nice.py); 0 leaves it."""
+        """`nice`: on a CPU, how much nicer than this process the engine's processes run
+        (workers/nice.py); 0 leaves them."""
         self._spec = spec
         self._tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self._engine = AsyncLLM.from_engine_args(args)
@@ -73,12 +74,11 @@ class VllmEngine:
         where = "GPU" if torch.cuda.is_available() else "CPU"
         log.info("vLLM engine for %s on %s, engine_args %s", spec.name, where, spec.engine_args)
         if nice and where == "CPU":
-            engine = descendants(os.getpid())
-            threads = renice(engine, nice)
+            engine, niceness, threads = renice_below(os.getpid(), nice)
             log.info(
-                "engine processes %s at nice %d (%d threads): the pipeline on these cores first",
+                "engine processes %s at nice %d (%d threads): this worker's loop goes first",
                 engine,
-                nice,
+                niceness,
                 threads,
             )
 

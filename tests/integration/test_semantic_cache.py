@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+import torch
+from transformers import AutoModel, AutoTokenizer
 
 from schemas.names import REDIS_SEMANTIC_PREFIX
 from schemas.request import InferenceRequest
@@ -130,9 +132,6 @@ def test_the_traced_model_gives_the_vectors_of_the_model_itself() -> None:
     """The embedder runs a TorchScript trace of the model: its vectors, for texts of other
     lengths than the one traced and padded in a batch, are those of the model run eagerly
     with transformers, pooled as sentence-transformers pools (computed here)."""
-    import torch  # noqa: PLC0415 -- as the embedder: torch only where it is used
-    from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415
-
     texts = ["Hi?", "What is the capital of France?", "word " * (2 * MAX_TOKENS)]
     path = str(default_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -146,6 +145,7 @@ def test_the_traced_model_gives_the_vectors_of_the_model_itself() -> None:
     pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1)
     expected = torch.nn.functional.normalize(pooled, dim=1).numpy()
     embedder = Embedder(bf16=False)
+    assert embedder.traced
     assert np.allclose(embedder.embed(texts), expected, atol=1e-5)
     assert np.allclose(embedder.embed(texts[:1]), expected[:1], atol=1e-5)
 
@@ -154,6 +154,7 @@ def test_bfloat16_vectors_are_float32_ones_within_a_ten_thousandth() -> None:
     texts = ["What is the capital of France?", "word " * MAX_TOKENS, "How do I sort a list?"]
     exact, fast = Embedder(bf16=False), Embedder(bf16=True)
     assert (exact.bf16, fast.bf16) == (False, True)
+    assert exact.traced and fast.traced
     cosines = np.sum(exact.embed(texts) * fast.embed(texts), axis=1)
     assert np.all(cosines > 0.9999), cosines
 

@@ -30,11 +30,18 @@ class Model:
         self.gate.set()
         self.entered = threading.Event()
         self.fail_on = fail_on
+        self.lock = threading.Lock()
+        self.now: set[str] = set()
+        self.together: list[frozenset[str]] = []
+        """The texts inside the model as each call entered."""
 
     def embed(self, texts: list[str]) -> Vector:
-        self.calls.append(list(texts))
-        self.inside += 1
-        self.most_inside = max(self.most_inside, self.inside)
+        with self.lock:
+            self.calls.append(list(texts))
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.now.update(texts)
+            self.together.append(frozenset(self.now))
         self.entered.set()
         try:
             if self.held is None or self.held in texts:
@@ -43,7 +50,9 @@ class Model:
                 raise RuntimeError("model broke")
             return np.asarray([[len(t), 0.0, 0.0, 0.0] for t in texts], dtype=np.float32)
         finally:
-            self.inside -= 1
+            with self.lock:
+                self.inside -= 1
+                self.now.difference_update(texts)
 
     def order(self, *texts: str) -> list[str]:
         """These texts in the order the model was called with them."""
@@ -81,38 +90,43 @@ def test_each_line_embeds_in_turn_one_call_at_a_time() -> None:
     assert model.order("first", "a", "aa") == ["first", "a", "aa"]
     assert model.order("bbb", "bbbb") == ["bbb", "bbbb"]
     assert len(model.calls) == 5
-    assert model.most_inside <= 2  # a lookup beside the background at most
+    for inside in model.together:  # one call of each line at a time
+        assert len(inside & {"first", "a", "aa"}) <= 1 and len(inside & {"bbb", "bbbb"}) <= 1
     assert [v[0] for v in vectors] == [5, 1, 2, 3, 4]
 
 
 def test_a_lookup_does_not_wait_for_the_background_embedding_running() -> None:
-    async def go() -> tuple[Model, Vector, bool]:
+    async def go() -> tuple[Model, Vector]:
         model = Model()
         queue = EmbedQueue(model)
         first = await _busy(model, queue)
-        model.held = "first"  # only the background's call waits
+        model.held = "first"  # only the background's call waits, until the lookup is done
         vector = await asyncio.wait_for(queue.embed("bb", urgent=True), WAIT_S)
-        still = not first.done()
         model.gate.set()
         await asyncio.wait_for(first, WAIT_S)
-        return model, vector, still
+        return model, vector
 
-    model, vector, still = asyncio.run(go())
-    assert still, "the lookup was answered while the background call was still running"
+    model, vector = asyncio.run(go())
     assert vector[0] == 2
     assert model.calls == [["first"], ["bb"]]
+
+
+async def _joined(model: Model, queue: EmbedQueue, text: str) -> asyncio.Task[Vector]:
+    """Embed `text` ahead and hold the model inside that call; then a lookup of it, which
+    finds the call running; then let the model go on."""
+    model.gate.clear()
+    queue.soon(text)
+    assert await asyncio.to_thread(model.entered.wait, WAIT_S)
+    look = asyncio.create_task(queue.embed(text, urgent=True))
+    await asyncio.sleep(0)
+    model.gate.set()
+    return look
 
 
 def test_a_lookup_of_a_text_being_embedded_ahead_waits_for_that_call() -> None:
     async def go() -> tuple[Model, Vector]:
         model = Model()
-        model.gate.clear()
-        queue = EmbedQueue(model)
-        queue.soon("abcd")
-        assert await asyncio.to_thread(model.entered.wait, WAIT_S)
-        look = asyncio.create_task(queue.embed("abcd", urgent=True))
-        await asyncio.sleep(0.05)
-        model.gate.set()
+        look = await _joined(model, EmbedQueue(model), "abcd")
         return model, await asyncio.wait_for(look, WAIT_S)
 
     model, vector = asyncio.run(go())
@@ -257,3 +271,18 @@ def test_a_failure_ahead_is_left_to_the_lookup_and_the_queue_goes_on() -> None:
     model, vector = asyncio.run(go())
     assert model.calls == [["abc"], ["next"], ["abc"]]
     assert vector[0] == 3
+
+
+def test_a_lookup_joining_a_failing_call_ahead_sees_its_failure_and_a_later_one_retries() -> None:
+    async def go() -> tuple[Model, BaseException | Vector, Vector]:
+        model = Model(fail_on="abc")
+        queue = EmbedQueue(model)
+        look = await _joined(model, queue, "abc")
+        (joined,) = await asyncio.wait_for(asyncio.gather(look, return_exceptions=True), WAIT_S)
+        model.fail_on = None
+        return model, joined, await asyncio.wait_for(queue.embed("abc", urgent=True), WAIT_S)
+
+    model, joined, later = asyncio.run(go())
+    assert isinstance(joined, RuntimeError)
+    assert later[0] == 3
+    assert model.calls == [["abc"], ["abc"]]

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from workers.nice import descendants, renice
+from workers.nice import descendants, renice, renice_below
 
 
 def _stat(proc: Path, pid: int, comm: str, parent: int) -> None:
     (proc / str(pid)).mkdir()
-    (proc / str(pid) / "stat").write_text(f"{pid} ({comm}) S {parent} {pid} 0 0 -1\n")
+    (proc / str(pid) / "stat").write_bytes(
+        f"{pid} ({comm}) S {parent} {pid} 0 0 -1\n".encode("utf-8", "surrogateescape")
+    )
 
 
 def test_descendants_follow_parents_even_through_odd_process_names(tmp_path: Path) -> None:
     _stat(tmp_path, 10, "python", 1)
     _stat(tmp_path, 11, "VLLM::EngineCore", 10)
-    _stat(tmp_path, 12, "a (b) c", 11)  # spaces and parentheses in the name
+    _stat(tmp_path, 12, "a (b) c\udcff", 11)  # spaces, parentheses, not UTF-8
     _stat(tmp_path, 13, "other", 1)
     (tmp_path / "14").mkdir()  # gone while read: no stat
     (tmp_path / "15").mkdir()
@@ -28,22 +31,32 @@ def test_descendants_follow_parents_even_through_odd_process_names(tmp_path: Pat
     assert descendants(12, tmp_path) == []
 
 
-def test_every_thread_of_a_real_child_is_reniced() -> None:
-    script = (
+def test_every_thread_below_a_real_process_is_reniced_relative_to_ours() -> None:
+    """A child (the engine's front end, say) starts a grandchild with two threads: the
+    grandchild's threads are reniced, the child is not."""
+    grandchild = (
         "import threading, time; "
         "threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
     )
+    script = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"
     child = subprocess.Popen([sys.executable, "-c", script])
     try:
-        tasks = Path(f"/proc/{child.pid}/task")
         deadline = time.monotonic() + 10
-        while len(list(tasks.iterdir())) < 2:
-            assert time.monotonic() < deadline, "the child did not start its thread"
+        while not (below := descendants(child.pid)) or len(_tasks(below[0])) < 2:
+            assert time.monotonic() < deadline, "the grandchild did not start its thread"
             time.sleep(0.01)
-        assert child.pid in descendants(os.getpid())
-        assert renice([child.pid], 7) == 2
-        assert {os.getpriority(os.PRIO_PROCESS, int(t.name)) for t in tasks.iterdir()} == {7}
-        assert renice([999_999_999], 7) == 0  # no such process
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        pids, nice, threads = renice_below(child.pid, 3)
+        assert (pids, nice, threads) == (below, min(19, ours + 3), 2)
+        assert {os.getpriority(os.PRIO_PROCESS, t) for t in _tasks(below[0])} == {nice}
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == ours
+        assert renice([999_999_999], nice) == 0  # no such process
     finally:
+        for pid in descendants(child.pid):
+            os.kill(pid, signal.SIGKILL)
         child.kill()
         child.wait()
+
+
+def _tasks(pid: int) -> list[int]:
+    return [int(t) for t in os.listdir(f"/proc/{pid}/task")]

@@ -3,12 +3,13 @@
 Against a running stack (`llmq local up`): sends N short distinct questions one after
 another (a fresh tenant, temperature 0, 8 tokens), then reads back the create time of each
 request's record on every topic it passed through (the time its producer sent it) and
-prints each step's p50 / p90 in ms: admission (the app's record -> llmq.requests.keyed),
-dedupe (-> the work topic), the worker less the engine (-> llmq.completions), completion
-(-> llmq.results) and the app's receipt of the result. A record's create time is when its
-producer was handed it, so a producer's linger counts in the step after. First, as the
-baseline of the same run, a bare trip through Kafka: a record produced (acknowledged by
-every replica) to a scratch topic and fetched by a waiting consumer.
+prints each step's p50 / p90 / p99 in ms, and of their sum per request: admission (the
+app's record -> llmq.requests.keyed), dedupe (-> the work topic), the worker less the
+engine (-> llmq.completions), completion (-> llmq.results) and the app's receipt of the
+result. A record's create time is when its producer was handed it, so a producer's linger
+counts in the step after. First, as the baseline of the same run, a bare trip through
+Kafka: a record produced (acknowledged by every replica) to a scratch topic and fetched by
+a waiting consumer.
 
 `--load RATE` keeps the engine busy meanwhile: ShareGPT first turns from another tenant
 at Poisson arrivals of RATE a second (about half the engine's capacity, for the added
@@ -90,6 +91,7 @@ def load(settings: ServiceSettings, rate: float) -> Iterator[list[str]]:
     """ShareGPT first turns from a tenant of their own at Poisson arrivals of `rate` a
     second while the block runs (nothing when `rate` is 0); yields their correlation ids."""
     sent: list[str] = []
+    failed: list[Exception] = []
     if rate <= 0:
         yield sent
         return
@@ -102,11 +104,14 @@ def load(settings: ServiceSettings, rate: float) -> Iterator[list[str]]:
         for prompt in itertools.cycle(prompts):
             if stop.wait(arrivals.expovariate(rate)):
                 return
-            sent.append(
-                client.submit(
+            try:
+                cid = client.submit(
                     prompt.text, tenant=tenant, max_tokens=prompt.reply_tokens, temperature=0.0
                 )
-            )
+            except Exception as exc:  # the run is void: said after it
+                failed.append(exc)
+                return
+            sent.append(cid)
 
     with Client(settings) as client:
         sender = threading.Thread(target=send, args=(client,), name="hops-load", daemon=True)
@@ -117,6 +122,8 @@ def load(settings: ServiceSettings, rate: float) -> Iterator[list[str]]:
         finally:
             stop.set()
             sender.join()
+    if failed:
+        raise SystemExit(f"the load stopped after {len(sent)} requests: {failed[0]}")
 
 
 def steps(

@@ -8,7 +8,7 @@ looked up at Poisson arrivals of `--lookups` a second, first alone (the baseline
 same run), then while ShareGPT first turns are embedded ahead at `--rate` a second; prints
 each phase's lookup p50 / p90 / p99 and their ratio. No stack needed.
 
-    python -m tools.bench.lookup_wait [--rate 2] [--burners 2] [--seconds 30]
+    python -m tools.bench.lookup_wait [--rate 2] [--lookups 8] [--burners 2] [--seconds 45]
 """
 
 from __future__ import annotations
@@ -82,9 +82,9 @@ def main() -> None:
     """Both phases on one embedder and queue; print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=2.0, help="texts ahead a second")
-    parser.add_argument("--lookups", type=float, default=5.0, help="lookups a second")
+    parser.add_argument("--lookups", type=float, default=8.0, help="lookups a second")
     parser.add_argument("--burners", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--seconds", type=float, default=30.0, help="each phase")
+    parser.add_argument("--seconds", type=float, default=45.0, help="each phase")
     args = parser.parse_args()
     embedder = Embedder()
     questions = (f"What is {n} plus {n + 7}?" for n in itertools.count())

@@ -118,8 +118,10 @@ async def _serve(workload: list[BenchRequest], cache_dir: Path) -> WayResult:
 
     spec, checkpoint = model(cache_dir)
     print(f"engine: starting vLLM AsyncLLM in-process ({checkpoint.name})", flush=True)
-    args = engine_args(spec, checkpoint, WorkerSettings().gpu_memory_utilization)
-    engine = VllmEngine(spec, checkpoint, args)
+    settings = WorkerSettings()
+    args = engine_args(spec, checkpoint, settings.gpu_memory_utilization)
+    # The worker's niceness too: the same engine settings, and this loop is the front end.
+    engine = VllmEngine(spec, checkpoint, args, settings.engine_nice)
     try:
         warm = BenchRequest(-1, "Say hello.", 8, 0.0)
         await _answer(engine, warm, time.monotonic())

@@ -32,6 +32,7 @@ from tools.bench.ways import (
 )
 from tools.stack.ports import free_block
 from workers.engine_args import engine_kwargs
+from workers.nice import renice_below
 from workers.openai_engine import OpenAIEngine
 from workers.settings import WorkerSettings
 
@@ -105,9 +106,20 @@ def vllm_server(
             )
         try:
             _wait_healthy(proc, port, log_path)
+            _renice_engine(proc.pid)
             yield f"http://127.0.0.1:{port}/v1"
         finally:
             stop_group(proc)
+
+
+def _renice_engine(server: int) -> None:
+    """On a CPU, the server's engine processes as nice as the worker makes its own, below
+    the server's front end (workers/nice.py): the same engine settings as llmq's."""
+    import torch  # noqa: PLC0415 -- heavy: only to ask for a GPU
+
+    nice = WorkerSettings().engine_nice
+    if nice and not torch.cuda.is_available():
+        renice_below(server, nice)
 
 
 def _engine_kwargs(spec: ModelSpec, checkpoint: Path) -> dict[str, Any]:
