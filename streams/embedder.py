@@ -16,14 +16,17 @@ from transformers import AutoModel, AutoTokenizer
 
 DIMENSIONS = 384
 """Width of an all-MiniLM-L6-v2 embedding."""
-MAX_TOKENS = 256
-"""The model's sequence limit (its sentence_bert_config.json); longer texts are truncated."""
+MAX_TOKENS = 128
+"""Tokens of a text embedded, the rest cut off: the length the model was trained on (its
+sentence_bert_config.json allows 256). The weights, not the tokens, bound a short text's
+time; a long one's grows with its length, and a ShareGPT first turn past 128 tokens took
+about twice as long at 256 (docs/semantic-cache.md)."""
 BF16_GAIN = 0.85
 """bfloat16 is chosen when it takes at most this share of float32's time. On the 2-core
 bf16-capable CI machine: 0.47 for PROBE, 0.71 for ShareGPT questions on average; where it
 is emulated (AVX2 only) it is slower."""
 PROBE = "word " * 200
-"""The text timed to choose (200 tokens: most of the model's limit)."""
+"""The text timed to choose (a long question: cut to MAX_TOKENS)."""
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,14 @@ class Embedder:
     def dimensions(self) -> int:
         """Width of a vector."""
         return DIMENSIONS
+
+    def whole(self, text: str) -> bool:
+        """Whether `text` is embedded whole, not cut at MAX_TOKENS."""
+        if len(text) + 2 <= MAX_TOKENS:  # a token covers a character at least, and 2 frame it
+            return True
+        with self._lock:
+            ids = self._tokenizer(text, truncation=True, max_length=MAX_TOKENS + 1)["input_ids"]
+        return len(ids) <= MAX_TOKENS
 
     def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """Shape (len(texts), 384), float32, each row of unit length. Blocking: call it in a

@@ -46,11 +46,8 @@ class Question:
 
     @classmethod
     def read(cls, text: str) -> Question:
-        text = unicodedata.normalize("NFKC", text)
-        text = text.translate({0x2018: "'", 0x2019: "'", 0x201C: '"', 0x201D: '"'})
-        for sign, word in _SIGNS.items():
-            text = text.replace(sign, word)
-        unread = any(ord(c) > 127 and unicodedata.category(c)[0] in "LNS" for c in text)
+        text = _normalised(text)
+        unread = _unread(text)
         text = _JOINER.sub(" ", text)
         text = re.sub(r"!+(?=\s|$)", " ", text)  # an exclamation mark, not the "!" operator
         text = text.replace("%", " percent ")
@@ -172,6 +169,25 @@ class Question:
     def prepositions(self) -> frozenset[str]:
         """The prepositions of the asking part ("written by" / "written for")."""
         return frozenset(self.asked) & vocab.PREPOSITIONS
+
+
+def unreadable(text: str) -> bool:
+    """Whether `text` has letters or symbols the guard cannot read (Question.unread), so that
+    it never matches another question."""
+    return not text.isascii() and _unread(_normalised(text))
+
+
+def _normalised(text: str) -> str:
+    """One form of each character: compatibility forms, curly quotes and signs as words."""
+    text = unicodedata.normalize("NFKC", text)
+    text = text.translate({0x2018: "'", 0x2019: "'", 0x201C: '"', 0x201D: '"'})
+    for sign, word in _SIGNS.items():
+        text = text.replace(sign, word)
+    return text
+
+
+def _unread(text: str) -> bool:
+    return any(ord(c) > 127 and unicodedata.category(c)[0] in "LNS" for c in text)
 
 
 def _has_to(words: tuple[str, ...]) -> bool:

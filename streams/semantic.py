@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -25,6 +26,7 @@ from schemas.fingerprint import fingerprint
 from schemas.names import semantic_stream_key
 from schemas.request import ChatMessage, InferenceRequest
 from streams.embed_queue import EmbedQueue, TextEmbedder
+from streams.question import unreadable
 from streams.semantic_guard import ADDITION_SIMILARITY, same_question
 from streams.semantic_index import ScopeMirror
 from streams.wordnet import wordnet
@@ -49,6 +51,9 @@ def additions_from(max_false_hit_rate: float) -> float:
 
 MAX_TEXT_CHARS = 2_000
 """Longer questions are not compared: the guard needs the whole text, kept in Redis."""
+INLINE_SEARCH = 2_000
+"""Scopes of up to this many entries are searched on the event loop (0.1 ms): handing so
+little to a thread costs more on busy cores (docs/semantic-cache.md)."""
 CANDIDATES = 8
 """The most similar entries above the threshold that the guard may check, best first."""
 READ_BATCH = 1_000
@@ -61,7 +66,8 @@ def semantic_key(request: InferenceRequest, model: str) -> tuple[str, str] | Non
     The scope is the fingerprint of the request with the question blanked out: tenant,
     model, sampling parameters and every earlier message verbatim, so only questions asked
     in the same context are compared. None when the request may not be cached, or its last
-    message is not a user's question short enough to compare whole.
+    message is not a user's question short enough to compare whole, in words the guard can
+    read (it never passes others: embedding them would be wasted).
     """
     *context, last = request.body.messages
     if (
@@ -69,12 +75,19 @@ def semantic_key(request: InferenceRequest, model: str) -> tuple[str, str] | Non
         or last.role != "user"
         or not last.content.strip()
         or len(last.content) > MAX_TEXT_CHARS
+        or unreadable(last.content)
     ):
         return None
     blanked = request.body.model_copy(
         update={"messages": [*context, ChatMessage(role="user", content="")]}
     )
     return fingerprint(request.model_copy(update={"body": blanked}), model), last.content
+
+
+class QuestionEmbedder(TextEmbedder, Protocol):
+    """Embeds questions, and says which it cuts short (streams.embedder.Embedder)."""
+
+    def whole(self, text: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -111,7 +124,7 @@ class SemanticCache:
     def __init__(
         self,
         redis: aioredis.Redis,
-        embedder: TextEmbedder,
+        embedder: QuestionEmbedder,
         threshold: float,
         max_entries: int = 100_000,
         refresh_s: float = 5.0,
@@ -146,9 +159,14 @@ class SemanticCache:
             return None
         vector = await self._vectors.embed(text, urgent=True)
         async with entry.lock:
-            found = await asyncio.to_thread(
-                entry.mirror.search, vector, self._threshold, CANDIDATES
-            )
+            if len(entry.mirror) <= INLINE_SEARCH:
+                found = entry.mirror.search(vector, self._threshold, CANDIDATES)
+            else:
+                found = await asyncio.to_thread(
+                    entry.mirror.search, vector, self._threshold, CANDIDATES
+                )
+        if not found:
+            return None
         # The guard reads whole texts (up to 2,000 characters, tens of ms): off the loop.
         return await asyncio.to_thread(self._guarded, text, found)
 
@@ -163,9 +181,18 @@ class SemanticCache:
     def _guarded(self, text: str, found: list[tuple[str, str, float]]) -> SemanticHit | None:
         """The first candidate, best first, that the guard accepts."""
         for cached_fingerprint, cached_text, similarity in found:
-            if same_question(text, cached_text, similarity, self._additions_from):
+            if same_question(text, cached_text, similarity, self._additions(text, cached_text)):
                 return SemanticHit(cached_fingerprint, similarity)
         return None
+
+    def _additions(self, text: str, cached: str) -> float:
+        """The guard's `additions_from` for this pair: never when either question was
+        embedded only in part, as their similarity then says nothing of the words after."""
+        if math.isinf(self._additions_from) or (
+            self._embedder.whole(text) and self._embedder.whole(cached)
+        ):
+            return self._additions_from
+        return math.inf
 
     async def add(self, scope: str, text: str, fingerprint: str) -> None:
         """Remember that `fingerprint` answers `text` in this scope."""

@@ -159,6 +159,35 @@ def test_bfloat16_vectors_are_float32_ones_within_a_ten_thousandth() -> None:
     assert np.all(cosines > 0.9999), cosines
 
 
+def test_the_embedder_says_which_texts_it_cuts(embedder: Embedder) -> None:
+    # Each "word" is one token, between the two that frame every text.
+    assert embedder.whole("What is the capital of France?")
+    assert embedder.whole("word " * (MAX_TOKENS - 2))
+    assert not embedder.whole("word " * (MAX_TOKENS - 1))
+
+
+def test_the_lenient_guard_takes_no_word_added_past_what_was_embedded(
+    redis_url: str, embedder: Embedder
+) -> None:
+    """The lenient guard lets a word added to the question pass on the two questions'
+    similarity; past MAX_TOKENS the embedding sees none of the words, so it takes none."""
+    cached, asked = "What is a dividend?", "What does dividend mean in investing?"
+    context = "I keep a small notebook about money. " * 20  # 160 tokens
+
+    async def scenario(cache: Callable[..., SemanticCache], _: aioredis.Redis) -> None:
+        lenient = cache(additions_from=ADDITION_SIMILARITY)
+        await lenient.add(_scope("short"), cached, "fp-short")
+        await lenient.add(_scope("long"), context + cached, "fp-long")
+        hit = await lenient.lookup(_scope("short"), asked)
+        assert hit is not None
+        assert hit.fingerprint == "fp-short"
+        assert await lenient.lookup(_scope("long"), context + asked) is None
+        assert await lenient.lookup(_scope("long"), context + cached) is not None
+
+    assert not embedder.whole(context)
+    _run(redis_url, embedder, scenario)
+
+
 def test_a_paraphrase_hits_and_a_near_miss_does_not(redis_url: str, embedder: Embedder) -> None:
     async def scenario(cache: Callable[..., SemanticCache], _: aioredis.Redis) -> None:
         semantic = cache()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from schemas.request import InferenceRequest
+from streams.question import Question, unreadable
 from streams.semantic import MAX_TEXT_CHARS, semantic_key
 from streams.semantic_guard import ADDITION_SIMILARITY, mismatch, same_question
 from streams.semantic_index import ScopeMirror
@@ -109,8 +110,10 @@ def test_the_envelope_outside_the_answer_does_not_change_the_scope() -> None:
         _request(cache="off"),
         _request("   "),
         _request("x" * (MAX_TEXT_CHARS + 1)),
+        _request("\u6cd5\u56fd\u7684\u9996\u90fd\u662f\u4ec0\u4e48\uff1f"),
+        _request("Where is Z\u00fcrich?"),
     ],
-    ids=["trailing-assistant", "sampled", "cache-off", "blank", "too-long"],
+    ids=["trailing-assistant", "sampled", "cache-off", "blank", "too-long", "chinese", "umlaut"],
 )
 def test_no_key_when_there_is_nothing_to_compare(request_: InferenceRequest) -> None:
     assert semantic_key(request_, MODEL) is None
@@ -340,6 +343,26 @@ def test_every_labelled_question_is_the_same_as_itself() -> None:
     """Repeated words (context, articles) must not read as a swap or a change of direction."""
     questions = sorted({pair[side] for pair in LABELLED for side in ("a", "b")})
     assert [(q, mismatch(q, q)) for q in questions if mismatch(q, q)] == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Why don\u2019t cats like water?",
+        "How long do I bake chicken at 200\u00b0C?",
+        "\uff37hat is \u2460 plus two?",  # compatibility forms NFKC reads as ASCII
+        "Is 5 \u00d7 3 \u2264 20?",
+        "Where is Z\u00fcrich?",
+        "Is this good? \U0001f600",
+    ],
+)
+def test_what_the_semantic_cache_skips_is_what_the_guard_cannot_read(text: str) -> None:
+    assert unreadable(text) == Question.read(text).unread
+
+
+def test_every_labelled_question_is_read_the_same_way_by_both() -> None:
+    questions = {pair[side] for pair in LABELLED for side in ("a", "b")}
+    assert [q for q in questions if unreadable(q) != Question.read(q).unread] == []
 
 
 def test_the_guard_decides_the_same_either_way_round() -> None:
