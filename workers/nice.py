@@ -1,12 +1,16 @@
-"""A CPU engine's processes at a lower CPU priority than the worker that feeds them.
+"""A CPU engine at a lower CPU priority than the worker that feeds it, and than the
+pipeline's other services.
 
 On a CPU the engine keeps every core busy with dozens of threads, and the worker's own
 loop, which runs vLLM's front end (taking requests in, turning the engine's outputs into
 answers), is one thread among them. Reniced, the engine yields a core at once when that
 loop wakes. Niceness weighs threads against others of the same scheduling group only:
-with autogroup (each session its own group, as `llmq local up` starts its services) or one
-container per service, that is the worker's process and its engine, not Kafka or the stream
-processor, which the kernel already shares the cores with group by group.
+with autogroup (each session its own group, as `llmq local up` starts its services) that
+is the worker's process and its engine. Across groups the kernel shares the cores group by
+group, so while the engine is busy, Kafka and the stream processor got half of them at
+best when they woke. A session's group has a niceness of its own: the worker's, raised,
+lets them go first, and the engine takes what they leave. With one container per service
+the container's CPU weight plays that part (deployment's concern, not this module's).
 """
 
 from __future__ import annotations
@@ -59,3 +63,20 @@ def renice_below(pid: int, by: int) -> tuple[list[int], int, int]:
     nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + by)
     pids = descendants(pid)
     return pids, nice, renice(pids, nice)
+
+
+def nice_session(pid: int, nice: int, proc: Path = PROC) -> bool:
+    """The scheduling group (autogroup) of the session `pid` leads at niceness `nice`;
+    whether it was set. Only a session leader's (a service started in a session of its
+    own, as `llmq local up` starts them), never a shell's, and only where the kernel groups
+    by session."""
+    try:
+        if (
+            os.getsid(pid) != pid
+            or (proc / "sys/kernel/sched_autogroup_enabled").read_text().strip() != "1"
+        ):
+            return False
+        (proc / str(pid) / "autogroup").write_text(str(nice))
+    except OSError:  # gone, no autogroup in this kernel, or not ours to change
+        return False
+    return True

@@ -35,8 +35,10 @@ class WorkerSettings(ServiceSettings):
     """Share of GPU memory the GPU engine may take (LLMQ_GPU_MEMORY_UTILIZATION)."""
     engine_nice: int = Field(default=10, ge=0, le=19)
     """How much nicer than the worker the CPU engine's processes run, so that the worker's
-    loop (vLLM's front end) gets a core when it wakes (workers/nice.py); 0 leaves them
-    (LLMQ_ENGINE_NICE). A GPU engine is left alone: its CPU work feeds the GPU."""
+    loop (vLLM's front end) gets a core when it wakes, and the niceness of the worker's
+    session group where it leads its session, so that other services go before it
+    (workers/nice.py); 0 leaves both (LLMQ_ENGINE_NICE). A GPU engine is left alone: its
+    CPU work feeds the GPU."""
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
     """How often finished offsets are committed (LLMQ_COMMIT_INTERVAL_S)."""
     drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)

@@ -26,7 +26,7 @@ from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob
 from workers.engine import EngineStep
 from workers.engine_args import engine_kwargs
-from workers.nice import renice_below
+from workers.nice import nice_session, renice_below
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,12 @@ class VllmEngine:
                 niceness,
                 threads,
             )
+            if nice_session(os.getpid(), nice):
+                log.info(
+                    "this worker's session at autogroup nice %d: other services (Kafka, "
+                    "the stream processor) go before it and its engine",
+                    nice,
+                )
 
     async def generate(
         self, request_id: str, body: ChatBody, priority: int

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from workers.nice import descendants, renice, renice_below
+from workers.nice import PROC, descendants, nice_session, renice, renice_below
 
 
 def _stat(proc: Path, pid: int, comm: str, parent: int) -> None:
@@ -56,6 +56,43 @@ def test_every_thread_below_a_real_process_is_reniced_relative_to_ours() -> None
             os.kill(pid, signal.SIGKILL)
         child.kill()
         child.wait()
+
+
+def test_a_session_leaders_group_is_made_nicer_and_no_other() -> None:
+    """A service started in a session of its own (as the local stack starts them) gets its
+    group's niceness; a process in someone else's session (a shell's) is left alone."""
+    grouped = (PROC / "sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    leader = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
+    )
+    member = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        before = (PROC / str(member.pid) / "autogroup").read_text()
+        assert nice_session(leader.pid, 7) == grouped
+        if grouped:
+            assert (PROC / str(leader.pid) / "autogroup").read_text().split()[-1] == "7"
+        assert not nice_session(member.pid, 7)
+        assert (PROC / str(member.pid) / "autogroup").read_text() == before
+        assert not nice_session(999_999_999, 7)  # no such process
+    finally:
+        for child in (leader, member):
+            child.kill()
+            child.wait()
+
+
+def test_no_group_is_changed_where_the_kernel_does_not_group_by_session(tmp_path: Path) -> None:
+    leader = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
+    )
+    try:
+        (tmp_path / "sys/kernel").mkdir(parents=True)
+        (tmp_path / "sys/kernel/sched_autogroup_enabled").write_text("0\n")
+        (tmp_path / str(leader.pid)).mkdir()
+        assert not nice_session(leader.pid, 7, tmp_path)
+        assert not (tmp_path / str(leader.pid) / "autogroup").exists()
+    finally:
+        leader.kill()
+        leader.wait()
 
 
 def _tasks(pid: int) -> list[int]:

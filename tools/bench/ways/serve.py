@@ -32,7 +32,7 @@ from tools.bench.ways import (
 )
 from tools.stack.ports import free_block
 from workers.engine_args import engine_kwargs
-from workers.nice import renice_below
+from workers.nice import nice_session, renice_below
 from workers.openai_engine import OpenAIEngine
 from workers.settings import WorkerSettings
 
@@ -114,10 +114,12 @@ def vllm_server(
 
 def _renice_engine(server: int) -> None:
     """On a CPU, the server's engine processes as nice as the worker makes its own, below
-    the server's front end (workers/nice.py): the same engine settings as llmq's."""
+    the server's front end, and its session as nice as the worker's (workers/nice.py): the
+    same engine settings as llmq's."""
     nice = WorkerSettings().engine_nice
     if nice and not _on_gpu():
         renice_below(server, nice)
+        nice_session(server, nice)
 
 
 def _engine_kwargs(spec: ModelSpec, checkpoint: Path) -> dict[str, Any]:
