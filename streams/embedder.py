@@ -19,8 +19,7 @@ DIMENSIONS = 384
 MAX_TOKENS = 128
 """Tokens of a text embedded, the rest cut off: the length the model was trained on (its
 sentence_bert_config.json allows 256). The weights, not the tokens, bound a short text's
-time; a long one's grows with its length, and a ShareGPT first turn past 128 tokens took
-about twice as long at 256 (docs/semantic-cache.md)."""
+time; a long one's grows with its length (docs/semantic-cache.md times both cuts)."""
 BF16_GAIN = 0.85
 """bfloat16 is chosen when it takes at most this share of float32's time. On the 2-core
 bf16-capable CI machine: 0.54 for PROBE (0.47 when 256 tokens were embedded), 0.71 for
@@ -154,7 +153,8 @@ class Embedder:
 
     def whole(self, text: str) -> bool:
         """Whether `text` is embedded whole, not cut at MAX_TOKENS."""
-        if len(text) + 2 <= MAX_TOKENS:  # a token covers a character at least, and 2 frame it
+        # A token covers a character at least, in text the guard reads, and 2 frame it.
+        if len(text) + 2 <= MAX_TOKENS:
             return True
         with self._lock:
             ids = self._tokenizer(text, truncation=True, max_length=MAX_TOKENS + 1)["input_ids"]

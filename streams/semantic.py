@@ -67,7 +67,8 @@ def semantic_key(request: InferenceRequest, model: str) -> tuple[str, str] | Non
     model, sampling parameters and every earlier message verbatim, so only questions asked
     in the same context are compared. None when the request may not be cached, or its last
     message is not a user's question short enough to compare whole, in words the guard can
-    read (it never passes others: embedding them would be wasted).
+    read (it passes others only as the very same text, which the exact cache answers:
+    embedding them would be wasted).
     """
     *context, last = request.body.messages
     if (
@@ -104,7 +105,7 @@ class _Scope:
 
     mirror: ScopeMirror
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    """Held while the mirror changes or is searched (searches run in a thread)."""
+    """Held while the mirror changes or is searched (in a thread, beyond INLINE_SEARCH)."""
     last_id: str = "0-0"
     synced_at: float = -math.inf
 
@@ -179,20 +180,17 @@ class SemanticCache:
             self._vectors.soon(text)
 
     def _guarded(self, text: str, found: list[tuple[str, str, float]]) -> SemanticHit | None:
-        """The first candidate, best first, that the guard accepts."""
+        """The first candidate, best first, that the guard accepts. The lenient guard lets
+        added words pass on the pair's similarity, which says nothing of the words past
+        the embedder's cut: for a question cut short, it passes none (0 for the guard)."""
+        lenient = math.isfinite(self._additions_from)
+        asked_whole = lenient and self._embedder.whole(text)
         for cached_fingerprint, cached_text, similarity in found:
-            if same_question(text, cached_text, similarity, self._additions(text, cached_text)):
+            whole = asked_whole and self._embedder.whole(cached_text)
+            judged = similarity if whole or not lenient else 0.0
+            if same_question(text, cached_text, judged, self._additions_from):
                 return SemanticHit(cached_fingerprint, similarity)
         return None
-
-    def _additions(self, text: str, cached: str) -> float:
-        """The guard's `additions_from` for this pair: never when either question was
-        embedded only in part, as their similarity then says nothing of the words after."""
-        if math.isinf(self._additions_from) or (
-            self._embedder.whole(text) and self._embedder.whole(cached)
-        ):
-            return self._additions_from
-        return math.inf
 
     async def add(self, scope: str, text: str, fingerprint: str) -> None:
         """Remember that `fingerprint` answers `text` in this scope."""

@@ -81,12 +81,15 @@ class VllmEngine:
                 niceness,
                 threads,
             )
-            if nice_session(os.getpid(), nice):
+            unchanged = nice_session(os.getpid(), nice)
+            if unchanged is None:
                 log.info(
                     "this worker's session at autogroup nice %d: other services (Kafka, "
                     "the stream processor) go before it and its engine",
                     nice,
                 )
+            else:
+                log.info("this worker's session keeps its CPU share: %s", unchanged)
 
     async def generate(
         self, request_id: str, body: ChatBody, priority: int

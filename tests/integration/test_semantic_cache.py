@@ -170,7 +170,8 @@ def test_the_lenient_guard_takes_no_word_added_past_what_was_embedded(
     redis_url: str, embedder: Embedder
 ) -> None:
     """The lenient guard lets a word added to the question pass on the two questions'
-    similarity; past MAX_TOKENS the embedding sees none of the words, so it takes none."""
+    similarity; past MAX_TOKENS the embedding sees none of the words, so it takes none
+    there, and still takes synonyms and what the strict guard takes."""
     cached, asked = "What is a dividend?", "What does dividend mean in investing?"
     context = "I keep a small notebook about money. " * 20  # 160 tokens
 
@@ -178,11 +179,18 @@ def test_the_lenient_guard_takes_no_word_added_past_what_was_embedded(
         lenient = cache(additions_from=ADDITION_SIMILARITY)
         await lenient.add(_scope("short"), cached, "fp-short")
         await lenient.add(_scope("long"), context + cached, "fp-long")
+        often, frequently = "How often should I rebalance?", "How frequently should I rebalance?"
+        await lenient.add(_scope("long"), context + often, "fp-often")
         hit = await lenient.lookup(_scope("short"), asked)
         assert hit is not None
         assert hit.fingerprint == "fp-short"
         assert await lenient.lookup(_scope("long"), context + asked) is None
-        assert await lenient.lookup(_scope("long"), context + cached) is not None
+        polite = await lenient.lookup(_scope("long"), context + "What is a dividend, please?")
+        assert polite is not None
+        assert polite.fingerprint == "fp-long"
+        synonym = await lenient.lookup(_scope("long"), context + frequently)
+        assert synonym is not None
+        assert synonym.fingerprint == "fp-often"
 
     assert not embedder.whole(context)
     _run(redis_url, embedder, scenario)

@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from workers.nice import PROC, descendants, nice_session, renice, renice_below
+import pytest
+
+from workers.nice import descendants, nice_session, renice, renice_below
 
 
 def _stat(proc: Path, pid: int, comm: str, parent: int) -> None:
@@ -58,38 +60,46 @@ def test_every_thread_below_a_real_process_is_reniced_relative_to_ours() -> None
         child.wait()
 
 
-def test_a_session_leaders_group_is_made_nicer_and_no_other() -> None:
-    """A service started in a session of its own (as the local stack starts them) gets its
-    group's niceness; a process in someone else's session (a shell's) is left alone."""
-    grouped = (PROC / "sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
-    leader = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
-    )
+def test_only_a_session_leaders_group_is_changed() -> None:
+    """A process in someone else's session (a shell's) is left alone, whatever the kernel."""
     member = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        before = (PROC / str(member.pid) / "autogroup").read_text()
-        assert nice_session(leader.pid, 7) == grouped
-        if grouped:
-            assert (PROC / str(leader.pid) / "autogroup").read_text().split()[-1] == "7"
-        assert not nice_session(member.pid, 7)
-        assert (PROC / str(member.pid) / "autogroup").read_text() == before
-        assert not nice_session(999_999_999, 7)  # no such process
+        assert nice_session(member.pid, 7) == "it does not lead its session"
+        assert nice_session(999_999_999, 7) is not None  # no such process
     finally:
-        for child in (leader, member):
-            child.kill()
-            child.wait()
+        member.kill()
+        member.wait()
 
 
-def test_no_group_is_changed_where_the_kernel_does_not_group_by_session(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("autogroup", "cgroup", "why_not"),
+    [
+        ("1", "1:cpu,cpuacct:/\n0::/\n", None),  # cgroup v1, the root CPU cgroup
+        ("1", "0::/\n", None),  # cgroup v2, the root
+        ("0", "0::/\n", "the kernel does not group by session"),
+        ("1", "1:cpu,cpuacct:/docker/0123\n", "it is in a CPU cgroup of its own"),
+        ("1", "0::/system.slice/llmq.service\n", "it is in a CPU cgroup of its own"),
+    ],
+)
+def test_a_leaders_group_is_changed_where_the_kernel_groups_it_by_session(
+    tmp_path: Path, autogroup: str, cgroup: str, why_not: str | None
+) -> None:
     leader = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
     )
     try:
         (tmp_path / "sys/kernel").mkdir(parents=True)
-        (tmp_path / "sys/kernel/sched_autogroup_enabled").write_text("0\n")
+        (tmp_path / "sys/kernel/sched_autogroup_enabled").write_text(autogroup + "\n")
         (tmp_path / str(leader.pid)).mkdir()
-        assert not nice_session(leader.pid, 7, tmp_path)
-        assert not (tmp_path / str(leader.pid) / "autogroup").exists()
+        (tmp_path / str(leader.pid) / "cgroup").write_text(cgroup)
+        group = tmp_path / str(leader.pid) / "autogroup"
+        result = nice_session(leader.pid, 7, tmp_path)
+        if why_not is None:
+            assert result is None
+            assert group.read_text() == "7"
+        else:
+            assert result is not None and result.startswith(why_not)
+            assert not group.exists()
     finally:
         leader.kill()
         leader.wait()

@@ -1,20 +1,23 @@
 """What the semantic cache costs and how often it is wrong.
 
 Measures (a) embedding latency per question (labelled questions, and ShareGPT first turns
-up to 2,000 characters as users write them) and the guard's per candidate, (b) lookup
+as users write them, those the cache embeds) and the guard's per candidate, (b) lookup
 latency at 10k and 100k entries in one scope (the labelled questions among random vectors,
 so the guard runs), end to end through SemanticCache against a real redis-server and the
-in-process search alone, with the memory a mirror takes, and (c) hit rate vs false-hit rate
+in-process search alone, with the memory a mirror takes (`--burners N`: while N processes
+spin, as an engine keeps the cores busy), and (c) hit rate vs false-hit rate
 across thresholds on tests/data/paraphrases.jsonl, with and without the (strict) guard. Prints
 markdown tables and writes JSON.
 
     python -m tools.bench.semantic_cache [--out semantic-cache.json] [--sizes 10000 100000]
+        [--burners 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -36,17 +39,19 @@ from redis.typing import EncodableT, FieldT
 
 from schemas.names import semantic_stream_key
 from streams.embedder import DIMENSIONS, Embedder
+from streams.question import unreadable
 from streams.semantic import CANDIDATES, DEFAULT_THRESHOLD, MAX_TEXT_CHARS, SemanticCache
 from streams.semantic_guard import same_question
 from streams.semantic_index import ScopeMirror, Vector
 from tools import sharegpt
+from tools.bench.lookup_wait import burners
 from tools.bench.semantic_quality import PRECISIONS
 from tools.stack.settings import LocalSettings
 
 PAIRS = Path(__file__).parents[2] / "tests" / "data" / "paraphrases.jsonl"
 SHAREGPT_TURNS = 300
-"""ShareGPT first turns sampled (seed 0) to time embedding; those past MAX_TEXT_CHARS are
-never embedded, so not timed."""
+"""ShareGPT first turns sampled (seed 0) to time embedding; those the cache never embeds
+(past MAX_TEXT_CHARS, or in words the guard cannot read) are not timed."""
 THRESHOLDS = [round(0.70 + 0.02 * i, 2) for i in range(15)]  # 0.70 .. 0.98
 FILL_BATCH = 1_000
 
@@ -84,7 +89,7 @@ def embedding_latency(embedder: Embedder, questions: list[str]) -> dict[str, Any
     turns = [
         p.text
         for p in sharegpt.sample(SHAREGPT_TURNS, LocalSettings().cache_dir, seed=0)
-        if len(p.text) <= MAX_TEXT_CHARS
+        if len(p.text) <= MAX_TEXT_CHARS and not unreadable(p.text)
     ]
     sharegpt_single = [timed(partial(embedder.embed, [t]), 1)[0] for t in turns]
     return {
@@ -264,6 +269,8 @@ def report(results: dict[str, Any]) -> str:
         f"the guard, one candidate: p50 {results['guard']['p50_ms']:.2f} ms, "
         f"p99 {results['guard']['p99_ms']:.2f} ms",
         "",
+        f"lookups timed with {results['burners']} processes spinning",
+        "",
         "| entries | lookup p50 / p99 ms | lookup, refresh each call | search only | "
         "first lookup s | mirror MB | Redis MB |",
         "|---|---|---|---|---|---|---|",
@@ -285,6 +292,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--redis-url", help="use this Redis instead of starting one")
+    parser.add_argument(
+        "--burners",
+        type=int,
+        default=0,
+        help="processes kept spinning while lookups are timed (an engine's busy cores)",
+    )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -311,11 +324,11 @@ def main() -> None:
         "embedding": embedding_latency(embedder, questions),
         "guard": guard_cost(pairs),
     }
-    if args.redis_url:
-        results["sizes"] = asyncio.run(latency(args.redis_url, embedder, args.sizes, questions))
-    else:
-        with redis_server() as url:
-            results["sizes"] = asyncio.run(latency(url, embedder, args.sizes, questions))
+    results["burners"] = args.burners
+    with contextlib.ExitStack() as stack:
+        url = args.redis_url or stack.enter_context(redis_server())
+        stack.enter_context(burners(args.burners))
+        results["sizes"] = asyncio.run(latency(url, embedder, args.sizes, questions))
     results["machine"]["load_average_at_end"] = os.getloadavg()
     print(report(results))
     if args.out:

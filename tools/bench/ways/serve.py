@@ -119,7 +119,9 @@ def _renice_engine(server: int) -> None:
     nice = WorkerSettings().engine_nice
     if nice and not _on_gpu():
         renice_below(server, nice)
-        nice_session(server, nice)
+        unchanged = nice_session(server, nice)
+        if unchanged is not None:
+            print(f"vllm-serve: its session keeps its CPU share ({unchanged})", file=sys.stderr)
 
 
 def _engine_kwargs(spec: ModelSpec, checkpoint: Path) -> dict[str, Any]:
