@@ -24,6 +24,9 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     CANCELLED = "cancelled"
     """Nobody waits for the answer any more (the HTTP client went away)."""
+    SUPERSEDED = "superseded"
+    """A worker's outcome only: the request was answered from the semantic cache while its
+    speculative generation ran or waited (schemas.work.WorkItem.speculative); no reply."""
     CRASH_LOOP = "crash_loop"
     """Its generation took its worker down every time it ran; dead-lettered, not retried."""
 

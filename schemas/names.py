@@ -128,6 +128,7 @@ REDIS_RATE_PREFIX = "llmq:rate:"
 REDIS_SPEND_PREFIX = "llmq:spend:"
 REDIS_STARTS_PREFIX = "llmq:starts:"
 REDIS_ANSWERED_PREFIX = "llmq:answered:"
+REDIS_CLAIM_PREFIX = "llmq:claim:"
 REDIS_COSTS_PREFIX = "llmq:costs:"
 REDIS_EXPERIMENT_PREFIX = "llmq:exp:"
 REDIS_FILE_PREFIX = "llmq:file:"
@@ -162,6 +163,12 @@ def answered_key(topic: str, partition: int, offset: int) -> str:
     """The correlation id of a work record whose outcome was published, so that the next
     owner of its partition (its offset not committed yet) does not generate it again."""
     return f"{REDIS_ANSWERED_PREFIX}{{{topic}/{partition}}}:{offset}"
+
+
+def claim_key(tenant: str, correlation_id: str) -> str:
+    """A speculative streamed request's first answerer: -> "cache" or "engine", set once, so
+    that its reader never gets both the engine's first tokens and a cached answer."""
+    return f"{REDIS_CLAIM_PREFIX}{_tenant(tenant)}:{correlation_id}"
 
 
 def rate_prefix(tenant: str) -> str:

@@ -42,9 +42,10 @@ class TokenDelta(BaseModel):
 
 
 class Cancel(BaseModel):
-    """Nobody waits for this request any more (its HTTP client went away): llmq.cancels,
-    keyed by correlation_id. Every worker reads every cancellation and aborts the
-    generation if it runs it, or skips the work item when it arrives."""
+    """Nobody waits for this request's generation any more (its HTTP client went away, or a
+    cache answered it): llmq.cancels, keyed by correlation_id. Every worker reads every
+    cancellation and aborts the generation if it runs it, or skips the work item when it
+    arrives."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -52,3 +53,6 @@ class Cancel(BaseModel):
     correlation_id: str
     tenant: str
     at: float = Field(default_factory=time.time)
+    answered: bool = False
+    """Answered from a cache (a speculative generation): the worker's outcome is SUPERSEDED,
+    not CANCELLED, and nobody gets it as a reply."""

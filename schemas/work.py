@@ -34,6 +34,20 @@ class WorkItem(BaseModel):
     spent_usd: float = Field(default=0.0, ge=0)
     """What the request's earlier generations cost (an escalation, a fallback, a retry of a
     generation cut short)."""
+    speculative: bool = False
+    """Sent to the engines while the semantic cache is still looked up, so that a miss does
+    not wait for the lookup's embedding. On a hit the stream processor answers from the
+    cache and cancels the generation (its outcome is SUPERSEDED); a streamed one is claimed
+    first, by whichever side answers first (schemas.names.claim_key)."""
+
+
+CLAIM_TTL_S = 3600
+"""How long a speculative streamed request's claim is kept: past its generation (a model's
+timeout_s) and a worker's restart (a redelivered record finds the claim its first try set)."""
+CLAIM_CACHE = "cache"
+CLAIM_ENGINE = "engine"
+"""Who claimed a speculative streamed request: the stream processor's semantic cache, or an
+engine about to send its first tokens."""
 
 
 class Completion(BaseModel):

@@ -64,15 +64,21 @@ class Complete:
         #    (an answer releases the request's hold).
         if self._outbox.ledger is not None:
             await self._outbox.ledger.settle(completion.metering)
-        # 1) Another model or another attempt takes it over: whoever waits keeps waiting.
+        # 1) A speculative generation the semantic cache answered: its request is answered,
+        #    what it cost is counted, and it releases the hold the cache's answer left.
+        if completion.error is not None and completion.error.code is ErrorCode.SUPERSEDED:
+            if self._outbox.ledger is not None:
+                await self._outbox.ledger.release(replies.from_completion(completion))
+            return
+        # 2) Another model or another attempt takes it over: whoever waits keeps waiting.
         if await self._hand_on(completion):
             return
-        # 2) Failed for good: the record goes to the DLQ and the app gets the failure.
+        # 3) Failed for good: the record goes to the DLQ and the app gets the failure.
         failure = final_failure(completion)
         if failure is not None:
             await self._outbox.dead_letter(COMPLETIONS, key, value, failure)
             completion = completion.model_copy(update={"error": ErrorInfo.from_error(failure)})
-        # 3) Answer the leader and every follower, and fill the caches.
+        # 4) Answer the leader and every follower, and fill the caches.
         await self._answer(completion)
 
     async def _hand_on(self, completion: Completion) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
 from typing import Protocol
 
 from schemas.names import REQUESTS_KEYED
@@ -69,39 +71,72 @@ class Dedupe:
             raise
 
     async def _lead(self, work: WorkItem) -> None:
-        """The first copy: answer it from a cache, or send it to the engines."""
+        """The first copy: answer it from the exact cache; else send it to the engines and,
+        meanwhile, look it up in the semantic cache (speculation: a miss, the common case,
+        does not wait for the lookup's embedding), answering it from there on a hit."""
         request = work.request
-        hit = await self._cached(work)
-        if hit is None:
+        cached = await self._outbox.store.cached(work.fingerprint)
+        if cached is not None:
+            await self._answer(work, cached, CacheStatus.EXACT)
+            return
+        similar = self._similar
+        key = None if similar is None else semantic_key(request, work.route.cached_as)
+        if similar is None or key is None:
             metrics.REQUESTS.labels("routed").inc()
             await self._outbox.work(work)
             return
-        cached, status = hit
+        lookup = asyncio.create_task(self._similar_answer(similar, *key))
+        try:
+            await self._outbox.work(work.model_copy(update={"speculative": True}))
+        except BaseException:
+            lookup.cancel()
+            raise
+        cached = await lookup
+        if cached is None:
+            metrics.SPECULATIONS.labels("miss").inc()
+            metrics.REQUESTS.labels("routed").inc()
+            return
+        if request.body.stream and not await self._outbox.store.claim(
+            request.tenant, request.correlation_id
+        ):
+            # Its engine's first tokens are out: that generation answers it.
+            metrics.SPECULATIONS.labels("late").inc()
+            metrics.REQUESTS.labels("routed").inc()
+            return
+        metrics.SPECULATIONS.labels("hit").inc()
+        # Its hold stays until the cancelled generation's outcome says what it cost.
+        await asyncio.gather(
+            self._outbox.cancel(request),
+            self._answer(work, cached, CacheStatus.SEMANTIC, holding=request.correlation_id),
+        )
+
+    async def _answer(
+        self,
+        work: WorkItem,
+        cached: ChatCompletion,
+        status: CacheStatus,
+        holding: str | None = None,
+    ) -> None:
+        """Answer the request, and every copy that joined it meanwhile, from a cache."""
         metrics.REQUESTS.labels(f"cache_{status.value}").inc()
         first = replies.from_cache(work, cached, status)
         # A stale entry may have left followers to this request: they share its answer.
         await self._coalescer.settle(
             work.fingerprint,
-            [(request.reply_to, first)],
+            [(work.request.reply_to, first)],
             lambda w: (w.reply_to, replies.for_follower(first, w)),
-            self._outbox.reply_all,
+            partial(self._outbox.reply_all, holding=holding),
         )
 
-    async def _cached(self, work: WorkItem) -> tuple[ChatCompletion, CacheStatus] | None:
-        """An answer from the exact cache, else from the semantic cache."""
-        store = self._outbox.store
-        cached = await store.cached(work.fingerprint)
-        if cached is not None:
-            return cached, CacheStatus.EXACT
-        key = None if self._similar is None else semantic_key(work.request, work.route.cached_as)
-        if self._similar is None or key is None:
-            return None
-        hit = await self._similar.lookup(*key)
+    async def _similar_answer(
+        self, similar: Similar, scope: str, text: str
+    ) -> ChatCompletion | None:
+        """The answer of the semantic cache's match for the question, if any."""
+        hit = await similar.lookup(scope, text)
         if hit is None:
             return None
-        cached = await store.cached(hit.fingerprint)
+        cached = await self._outbox.store.cached(hit.fingerprint)
         if cached is None:
             # The answer behind that vector has expired from the exact cache.
-            await self._similar.forget(key[0], hit.fingerprint)
-            return None
-        return cached, CacheStatus.SEMANTIC
+            await similar.forget(scope, hit.fingerprint)
+        return cached

@@ -12,6 +12,14 @@ REQUESTS = Counter(
     # then: routed | coalesced | cache_exact | cache_semantic
     ["outcome"],
 )
+SPECULATIONS = Counter(
+    "llmq_streams_speculations_total",
+    "Cacheable requests sent to the engines while the semantic cache was looked up, by how "
+    "the lookup ended",
+    # miss | hit (answered from the cache, generation cancelled) |
+    # late (a hit, but the streamed request's engine had claimed it: the engine answers)
+    ["outcome"],
+)
 REROUTES = Counter(
     "llmq_streams_reroutes_total",
     "Work sent on to the next model of its route, or to the same model again",

@@ -9,11 +9,11 @@ from typing import Protocol
 from schemas.dlq import dead_letter
 from schemas.errors import LlmqError
 from schemas.metering import MeteringEvent
-from schemas.names import DLQ, HEADER_TOKENS, TOKENS, work_topic
+from schemas.names import CANCELS, DLQ, HEADER_TOKENS, TOKENS, work_topic
 from schemas.redact import content_log
 from schemas.request import InferenceRequest
 from schemas.result import ChatCompletion, InferenceResult
-from schemas.stream import TokenDelta
+from schemas.stream import Cancel, TokenDelta
 from schemas.work import WorkItem
 from streams import metrics
 
@@ -24,6 +24,8 @@ class Store(Protocol):
     async def cached(self, fingerprint: str) -> ChatCompletion | None: ...
 
     async def cache(self, fingerprint: str, response: ChatCompletion) -> None: ...
+
+    async def claim(self, tenant: str, correlation_id: str) -> bool: ...
 
     async def keep_result(self, result: InferenceResult) -> InferenceResult: ...
 
@@ -94,13 +96,14 @@ class Outbox:
             None if self.placer is None else await self.placer.partition(topic, item),
         )
 
-    async def reply(self, topic: str | None, result: InferenceResult) -> None:
-        """Store the result, release the request's budget hold, then publish the result when
-        there is a topic while those who count answers (savings, experiments) count it. All
-        are idempotent: a request answered before (a redelivery) is answered with its first
-        result again, and counted once."""
+    async def reply(self, topic: str | None, result: InferenceResult, release: bool = True) -> None:
+        """Store the result, release the request's budget hold (unless a generation of it may
+        still cost: its outcome releases it), then publish the result when there is a topic
+        while those who count answers (savings, experiments) count it. All are idempotent: a
+        request answered before (a redelivery) is answered with its first result again, and
+        counted once."""
         result = await self.store.keep_result(result)
-        if self.ledger is not None:
+        if self.ledger is not None and release:
             await self.ledger.release(result)
         content_log.debug(
             "answered %s/%s (%s): %r",
@@ -122,9 +125,23 @@ class Outbox:
                 result.timings.total_ms / 1000
             )
 
-    async def reply_all(self, results: Sequence[tuple[str | None, InferenceResult]]) -> None:
-        """Several replies at once: their broker round trips overlap."""
-        await asyncio.gather(*(self.reply(topic, result) for topic, result in results))
+    async def reply_all(
+        self, results: Sequence[tuple[str | None, InferenceResult]], holding: str | None = None
+    ) -> None:
+        """Several replies at once: their broker round trips overlap. The hold of the
+        request whose correlation_id is `holding` stays (see reply)."""
+        await asyncio.gather(
+            *(
+                self.reply(topic, result, release=result.correlation_id != holding)
+                for topic, result in results
+            )
+        )
+
+    async def cancel(self, request: InferenceRequest) -> None:
+        """Stop the generation of a request a cache answered: its worker skips or aborts it,
+        and its outcome is SUPERSEDED."""
+        cancel = Cancel(correlation_id=request.correlation_id, tenant=request.tenant, answered=True)
+        await self.send(CANCELS, request.correlation_id.encode(), cancel.model_dump_json().encode())
 
     async def follows(self, request: InferenceRequest, leader: str) -> None:
         """Tell the reader of a streamed request, on llmq.tokens, that its answer streams

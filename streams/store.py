@@ -1,5 +1,6 @@
 """Redis-backed state of the stream processor: the exact response cache and the result store,
-both per tenant (the fingerprint covers the tenant; results are keyed by it)."""
+both per tenant (the fingerprint covers the tenant; results are keyed by it), and the claims
+of speculative streamed requests."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from schemas.names import cache_key, result_key
+from schemas.names import cache_key, claim_key, result_key
 from schemas.request import DEFAULT_TENANT
 from schemas.result import ChatCompletion, InferenceResult
+from schemas.work import CLAIM_CACHE, CLAIM_TTL_S
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,21 @@ class RedisStore:
             )
         except RedisError as exc:
             log.warning("response cache unavailable, answer not cached: %s", exc)
+
+    async def claim(self, tenant: str, correlation_id: str) -> bool:
+        """Claim a speculative streamed request for the cache's answer: False when an engine
+        claimed it first (its tokens are on their way), or with Redis away (the engine then
+        answers, and nobody gets both)."""
+        try:
+            before = await self._redis.set(
+                claim_key(tenant, correlation_id), CLAIM_CACHE, ex=CLAIM_TTL_S, nx=True, get=True
+            )
+        except RedisError as exc:
+            log.warning(
+                "cannot claim %s/%s; its generation answers: %s", tenant, correlation_id, exc
+            )
+            return False
+        return before is None or before == CLAIM_CACHE.encode()
 
     async def keep_result(self, result: InferenceResult) -> InferenceResult:
         """Store a result by tenant and correlation_id unless one is stored already, and

@@ -25,6 +25,7 @@ from workers.breaker import CircuitBreaker
 from workers.cancels import Cancellations
 from workers.cancels import follow as follow_cancels
 from workers.checkpoint import resolve_model_source
+from workers.claims import Claims
 from workers.engine import Engine
 from workers.openai_engine import OpenAIEngine
 from workers.settings import WorkerSettings
@@ -72,6 +73,7 @@ async def serve(
         max_starts=settings.max_starts,
         cancellations=cancellations,
         deltas=settings.delta_policy(),
+        claim=Claims(redis, cancellations).first,
     )
     following: asyncio.Task[None] | None = None
     try:

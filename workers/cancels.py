@@ -28,13 +28,13 @@ class Cancellations:
     def __init__(self, memory_s: float = 3600.0, limit: int = 100_000) -> None:
         self.memory_s = memory_s
         self._limit = limit
-        self._seen: OrderedDict[Key, float] = OrderedDict()
+        self._seen: OrderedDict[Key, Cancel] = OrderedDict()
         self._running: dict[Key, Callable[[], None]] = {}
 
     def add(self, cancel: Cancel, now: float | None = None) -> bool:
         """Remember a cancellation and abort its generation if one runs here (True)."""
         key = (cancel.tenant, cancel.correlation_id)
-        self._seen[key] = cancel.at
+        self._seen[key] = cancel
         self._seen.move_to_end(key)
         self._forget_old(time.time() if now is None else now)
         abort = self._running.get(key)
@@ -42,9 +42,9 @@ class Cancellations:
             abort()
         return abort is not None
 
-    def cancelled(self, tenant: str, correlation_id: str) -> bool:
-        """Whether the request was cancelled (within memory)."""
-        return (tenant, correlation_id) in self._seen
+    def cancelled(self, tenant: str, correlation_id: str) -> Cancel | None:
+        """The request's cancellation (within memory), or None."""
+        return self._seen.get((tenant, correlation_id))
 
     def running(self, tenant: str, correlation_id: str, abort: Callable[[], None]) -> None:
         """A generation starts here; `abort` cuts it short."""
@@ -56,7 +56,8 @@ class Cancellations:
 
     def _forget_old(self, now: float) -> None:
         while self._seen and (
-            len(self._seen) > self._limit or next(iter(self._seen.values())) < now - self.memory_s
+            len(self._seen) > self._limit
+            or next(iter(self._seen.values())).at < now - self.memory_s
         ):
             self._seen.popitem(last=False)
 
@@ -77,4 +78,5 @@ async def follow(consumer: AIOKafkaConsumer, cancellations: Cancellations) -> No
                     log.warning("skipping an unreadable record on %s", CANCELS)
                     continue
                 if cancellations.add(cancel):
-                    log.info("cancelled %s/%s", cancel.tenant, cancel.correlation_id)
+                    how = "answered from a cache" if cancel.answered else "cancelled"
+                    log.info("%s/%s %s", cancel.tenant, cancel.correlation_id, how)

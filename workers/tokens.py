@@ -46,8 +46,13 @@ class DeltaStream:
         work: WorkItem,
         generation: str,
         policy: DeltaPolicy,
+        claim: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
+        """`claim`, for a speculative request: asked once, before the first record; when it
+        says no (the cache answered), the stream publishes nothing."""
         self._send = send
+        self._claim = claim
+        self._open = True
         self._request = work.request
         self._model = work.model
         self._generation = generation
@@ -83,6 +88,10 @@ class DeltaStream:
         self, now: float, finish_reason: str | None = None, usage: Usage | None = None
     ) -> None:
         if not self._text and finish_reason is None:
+            return
+        if self._claim is not None:
+            self._open, self._claim = await self._claim(), None
+        if not self._open:
             return
         delta = TokenDelta(
             correlation_id=self._request.correlation_id,

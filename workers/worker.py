@@ -35,9 +35,11 @@ from schemas.names import COMPLETIONS, DLQ, METERING
 from schemas.redact import describe
 from schemas.request import ChatBody
 from schemas.retry import RetryPolicy
+from schemas.stream import Cancel
 from schemas.work import Completion, WorkItem
 from workers import metrics
 from workers.cancels import Cancellations
+from workers.claims import Claim
 from workers.engine import Engine
 from workers.handover import Handover
 from workers.inflight import InFlight
@@ -53,7 +55,9 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 POLL_TIMEOUT_MS = 100
 """The longest one fetch waits for records; also how soon a stop request is noticed."""
-_METERED_FAILURES = frozenset({ErrorCode.CANCELLED.value, ErrorCode.EXPIRED.value})
+_METERED_FAILURES = frozenset(
+    {ErrorCode.CANCELLED.value, ErrorCode.SUPERSEDED.value, ErrorCode.EXPIRED.value}
+)
 """Failures metered all the same: the generation was cut short, its tokens were spent."""
 PUBLISH_RETRY = RetryPolicy(base_delay_s=0.5, max_delay_s=5.0)
 """Backoff between tries to publish an outcome the broker did not take (tried until it does)."""
@@ -77,6 +81,7 @@ class Worker:
         max_starts: int = DEFAULT_MAX_STARTS,
         cancellations: Cancellations | None = None,
         deltas: DeltaPolicy | None = None,
+        claim: Claim | None = None,
     ) -> None:
         self._spec = spec
         self._engine = engine
@@ -91,6 +96,7 @@ class Worker:
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._cancellations = cancellations or Cancellations()
         self._deltas = deltas or DeltaPolicy()
+        self._claim = claim
         self._starts = starts
         self._max_starts = max_starts
         self._solo = Solo()
@@ -330,8 +336,9 @@ class Worker:
         if state.work.not_before is not None:
             await asyncio.sleep(max(0.0, state.work.not_before - time.time()))
         request = state.work.request
-        if self._cancellations.cancelled(request.tenant, request.correlation_id):
-            return LlmqError(ErrorCode.CANCELLED, "cancelled before it started")
+        cancel = self._cancellations.cancelled(request.tenant, request.correlation_id)
+        if cancel is not None:
+            return _cancelled(cancel, "before it started")
         if request.expired():
             return LlmqError(ErrorCode.EXPIRED, "the deadline passed while the request was queued")
         return None
@@ -347,8 +354,13 @@ class Worker:
         by_deadline = left_s is not None and left_s < limit_s
         timer = asyncio.timeout(left_s if left_s is not None and by_deadline else limit_s)
         body = self._body(state.work)
+        claim = (
+            partial(self._claim, request.tenant, request.correlation_id)
+            if self._claim is not None and state.work.speculative
+            else None
+        )
         deltas = (
-            DeltaStream(self._producer.send, state.work, state.request_id, self._deltas)
+            DeltaStream(self._producer.send, state.work, state.request_id, self._deltas, claim)
             if body.stream
             else None
         )
@@ -379,12 +391,9 @@ class Worker:
     def _cut_short(self, state: InFlight, by_deadline: bool) -> LlmqError:
         """Why a generation's timer fired: a cancellation, the deadline, or the timeout."""
         request = state.work.request
-        if self._cancellations.cancelled(request.tenant, request.correlation_id):
-            return LlmqError(
-                ErrorCode.CANCELLED,
-                "the client went away; the generation was aborted after "
-                f"{state.completion_tokens} tokens",
-            )
+        cancel = self._cancellations.cancelled(request.tenant, request.correlation_id)
+        if cancel is not None:
+            return _cancelled(cancel, f"after {state.completion_tokens} tokens")
         if by_deadline:
             return LlmqError(
                 ErrorCode.EXPIRED,
@@ -473,6 +482,13 @@ class Worker:
         if tasks:
             log.warning("handed back %d unfinished %s (not committed)", len(tasks), what)
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _cancelled(cancel: Cancel, when: str) -> LlmqError:
+    """The outcome of a cancelled generation, stopped `when`."""
+    if cancel.answered:
+        return LlmqError(ErrorCode.SUPERSEDED, f"answered from a cache; generation stopped {when}")
+    return LlmqError(ErrorCode.CANCELLED, f"the client went away; generation stopped {when}")
 
 
 def _fire(timer: asyncio.Timeout) -> None:

@@ -3,14 +3,16 @@ prompt compression metered as tokens saved, and the semantic cache end to end.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis
 
+from llmq.aio import AsyncClient
 from llmq.cli import main
 from llmq.client import Client, tail
 from schemas.alerts import BudgetAlert
@@ -19,7 +21,7 @@ from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.names import ALERTS, METERING, REDIS_SEMANTIC_PREFIX, spend_key
 from schemas.request import CacheMode
-from schemas.result import CacheStatus
+from schemas.result import CacheStatus, InferenceResult
 from schemas.settings import ServiceSettings
 from tests.integration.helpers import collect, metric
 from tools.stack.stack import LocalStack
@@ -192,27 +194,78 @@ def test_compression_saves_prompt_tokens_and_meters_them(
 
 def test_a_paraphrase_is_answered_by_the_semantic_cache(client: Client, stack: LocalStack) -> None:
     ref = uuid.uuid4().hex[:8]
-    port = stack.settings.metrics_base_port + 1
+    streams, worker = stack.settings.metrics_base_port, stack.settings.metrics_base_port + 1
+    # ignore_eos: each generation runs its 32 tokens (about a second here), so the
+    # paraphrase's speculative generation is still running when the cache answers it
+    # (tens of milliseconds) and its cancellation reaches the worker.
+    ask = {"max_tokens": 32, "temperature": 0.0, "ignore_eos": True}
     learned = _semantic_entries(stack)
-    first = client.ask(
-        f"What is the capital of France? (ref {ref})", max_tokens=16, temperature=0.0
-    )
-    # The stream processor learns the question in the background, after replying.
-    deadline = time.monotonic() + 30
-    while _semantic_entries(stack) == learned and time.monotonic() < deadline:
-        time.sleep(0.1)
-    generations = metric(port, "llmq_worker_generations_total", outcome="ok")
-    second = client.ask(
-        f"what's the capital of france, ref {ref}??", max_tokens=16, temperature=0.0
-    )
+    first = client.ask(f"What is the capital of France? (ref {ref})", **ask)
+    _learns(stack, learned)
+    generations = metric(worker, "llmq_worker_generations_total", outcome="ok")
+    superseded = metric(worker, "llmq_worker_generations_total", outcome="superseded")
+    hits = metric(streams, "llmq_streams_speculations_total", outcome="hit")
+    second = client.ask(f"what's the capital of france, ref {ref}??", **ask)
     assert first.cache is CacheStatus.NONE
     assert second.cache is CacheStatus.SEMANTIC
     assert second.text == first.text
-    assert metric(port, "llmq_worker_generations_total", outcome="ok") == generations
-    near_miss = client.ask(
-        f"What is the capital of Germany? (ref {ref})", max_tokens=16, temperature=0.0
-    )
+    assert metric(streams, "llmq_streams_speculations_total", outcome="hit") == hits + 1
+    # Sent to the engine while the cache was looked up, then cancelled as answered.
+    deadline = time.monotonic() + 30
+    while (
+        metric(worker, "llmq_worker_generations_total", outcome="superseded") == superseded
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    assert metric(worker, "llmq_worker_generations_total", outcome="superseded") == superseded + 1
+    assert metric(worker, "llmq_worker_generations_total", outcome="ok") == generations
+    assert client.result(second.correlation_id or "", timeout=5) == second, "still the one answer"
+    near_miss = client.ask(f"What is the capital of Germany? (ref {ref})", **ask)
     assert near_miss.cache is CacheStatus.NONE, "a close wording with another answer must not hit"
+
+
+def test_a_streamed_paraphrase_gets_one_answer_whoever_claims_it_first(
+    service_settings: ServiceSettings, client: Client, stack: LocalStack
+) -> None:
+    """A streamed request's generation races the cache's lookup to its first tokens: either
+    the cache answers (one piece) or the engine does (its pieces), never both."""
+    ref = uuid.uuid4().hex[:8]
+    streams = stack.settings.metrics_base_port
+    ask: dict[str, Any] = {"max_tokens": 24, "temperature": 0.0, "ignore_eos": True}
+    learned = _semantic_entries(stack)
+    first = client.ask(f"How do you boil an egg? (ref {ref})", **ask)
+    _learns(stack, learned)
+    before = {
+        outcome: metric(streams, "llmq_streams_speculations_total", outcome=outcome)
+        for outcome in ("hit", "late")
+    }
+
+    async def main() -> tuple[list[str], InferenceResult]:
+        async with AsyncClient(service_settings) as app:
+            cid = await app.submit(f"how do you boil an egg? ref {ref}", stream=True, **ask)
+            pieces = [piece.text async for piece in app.follow(cid)]
+            return pieces, await app.result(cid, wait_s=60)
+
+    pieces, result = asyncio.run(main())
+    after = {
+        outcome: metric(streams, "llmq_streams_speculations_total", outcome=outcome)
+        for outcome in ("hit", "late")
+    }
+    assert "".join(pieces) == result.text, "the pieces read are the answer kept"
+    if after["hit"] == before["hit"] + 1:
+        assert (result.cache, pieces) == (CacheStatus.SEMANTIC, [first.text])
+    else:
+        assert after["late"] == before["late"] + 1
+        assert result.cache is CacheStatus.NONE
+    print(f"\nstreamed paraphrase answered by: {result.cache.value}, in {len(pieces)} pieces")
+
+
+def _learns(stack: LocalStack, entries: int) -> None:
+    """Wait until the semantic cache holds more than `entries` questions: it learns one in
+    the background, after replying."""
+    deadline = time.monotonic() + 30
+    while _semantic_entries(stack) == entries and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _semantic_entries(stack: LocalStack) -> int:

@@ -40,12 +40,16 @@ class FakeStore:
     def __init__(self) -> None:
         self.answers: dict[str, ChatCompletion] = {}
         self.results: dict[str, InferenceResult] = {}
+        self.claims: dict[str, str] = {}
 
     async def cached(self, fingerprint: str) -> ChatCompletion | None:
         return self.answers.get(fingerprint)
 
     async def cache(self, fingerprint: str, response: ChatCompletion) -> None:
         self.answers[fingerprint] = response
+
+    async def claim(self, tenant: str, correlation_id: str) -> bool:
+        return self.claims.setdefault(f"{tenant}/{correlation_id}", "cache") == "cache"
 
     async def keep_result(self, result: InferenceResult) -> InferenceResult:
         if result.correlation_id is None:

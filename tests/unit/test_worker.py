@@ -35,6 +35,7 @@ from tests.unit.worker_fakes import (
     work,
 )
 from workers.cancels import Cancellations
+from workers.claims import Claim
 from workers.lanes import LanePolicy
 from workers.tokens import DeltaPolicy
 from workers.worker import Worker
@@ -319,11 +320,100 @@ def test_a_cancelled_generation_is_aborted_answered_cancelled_and_metered() -> N
     run_worker(consumer, producer, lambda: engine, scenario, cancellations=cancellations)
     [done] = producer.completions()
     assert done.error is not None and done.error.code is ErrorCode.CANCELLED
-    assert done.error.message.endswith("aborted after 1 tokens")
+    assert done.error.message.endswith("stopped after 1 tokens")
     assert engine.aborted == [engine.started[0][0]]
     [event] = producer.metering()  # the tokens it made are paid for all the same
     assert (event.outcome, event.prompt_tokens, event.completion_tokens) == ("cancelled", 5, 1)
     assert consumer.committed == {STANDARD: 1}
+
+
+def test_work_a_cache_answered_before_it_starts_is_skipped_as_superseded() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    cancellations = Cancellations()
+    answered = Cancel(correlation_id="standard-0", tenant="default", answered=True)
+    assert not cancellations.add(answered)
+    consumer.add(STANDARD, [work(speculative=True)])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: bool(producer.completions()))
+        stop.set()
+
+    engine = run_worker(consumer, producer, FakeEngine, scenario, cancellations=cancellations)
+    [skipped] = producer.completions()
+    assert skipped.error is not None and skipped.error.code is ErrorCode.SUPERSEDED
+    assert skipped.error.message == "answered from a cache; generation stopped before it started"
+    assert engine.started == []
+    assert consumer.committed == {STANDARD: 1}
+
+
+def _claims(won: bool, cancellations: Cancellations, asked: list[str]) -> Claim:
+    """A claim that an engine wins or loses (then, as Claims.first does, the generation is
+    cancelled as answered)."""
+
+    async def claim(tenant: str, correlation_id: str) -> bool:
+        asked.append(correlation_id)
+        if not won:
+            cancellations.add(Cancel(correlation_id=correlation_id, tenant=tenant, answered=True))
+        return won
+
+    return claim
+
+
+def test_a_speculative_stream_that_lost_its_claim_sends_nothing_and_is_superseded() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [work(stream=True, speculative=True)])
+    cancellations, asked = Cancellations(), list[str]()
+    engine = FakeEngine()
+    engine.hold.clear()  # one token, then it waits
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: bool(producer.completions()))
+        stop.set()
+
+    run_worker(
+        consumer,
+        producer,
+        lambda: engine,
+        scenario,
+        cancellations=cancellations,
+        claim=_claims(False, cancellations, asked),
+    )
+    [done] = producer.completions()
+    assert done.error is not None and done.error.code is ErrorCode.SUPERSEDED
+    assert asked == ["standard-0"], "claimed once, before its first piece"
+    assert _deltas(producer) == [], "its reader gets the cache's answer alone"
+    assert engine.aborted == [engine.started[0][0]]
+    [event] = producer.metering()  # what the engine did is paid for all the same
+    assert (event.outcome, event.completion_tokens) == ("superseded", 1)
+
+
+@pytest.mark.parametrize(
+    ("stream", "speculative", "claims"),
+    [(True, True, 1), (True, False, 0), (False, True, 0)],
+)
+def test_only_a_speculative_stream_is_claimed_and_one_it_won_streams_on(
+    stream: bool, speculative: bool, claims: int
+) -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [work(stream=stream, speculative=speculative)])
+    cancellations, asked = Cancellations(), list[str]()
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: bool(producer.completions()))
+        stop.set()
+
+    run_worker(
+        consumer,
+        producer,
+        FakeEngine,
+        scenario,
+        cancellations=cancellations,
+        claim=_claims(True, cancellations, asked),
+    )
+    [done] = producer.completions()
+    assert done.error is None and done.response is not None
+    assert len(asked) == claims
+    assert bool(_deltas(producer)) is stream
 
 
 def test_work_cancelled_before_it_starts_is_skipped() -> None:
@@ -339,7 +429,7 @@ def test_work_cancelled_before_it_starts_is_skipped() -> None:
     engine = run_worker(consumer, producer, FakeEngine, scenario, cancellations=cancellations)
     skipped, served = sorted(producer.completions(), key=lambda c: c.work.request.correlation_id)
     assert skipped.error is not None and skipped.error.code is ErrorCode.CANCELLED
-    assert skipped.error.message == "cancelled before it started"
+    assert skipped.error.message == "the client went away; generation stopped before it started"
     assert served.response is not None
     assert [rid.split("@")[0] for rid, _, _ in engine.started] == ["standard-1"]
     assert [e.correlation_id for e in producer.metering()] == ["standard-1"]

@@ -22,6 +22,7 @@ from schemas.result import TokenLogprob
 from schemas.route import Route
 from schemas.work import Completion, WorkItem
 from workers.cancels import Cancellations
+from workers.claims import Claim
 from workers.engine import EngineStep
 from workers.lanes import LanePolicy
 from workers.tokens import DeltaPolicy
@@ -233,6 +234,7 @@ def run_worker(
     deltas: DeltaPolicy | None = None,
     starts: MemoryStarts | None = None,
     drain_timeout_s: float = 5.0,
+    claim: Claim | None = None,
 ) -> FakeEngine:
     """Run a worker while `scenario` drives it (and sets its stop event); returns the engine."""
 
@@ -251,6 +253,7 @@ def run_worker(
             max_starts=3,
             cancellations=cancellations,
             deltas=deltas,
+            claim=claim,
         )
         stop = asyncio.Event()
         running = asyncio.create_task(worker.run(stop))

@@ -21,6 +21,7 @@ from kafka import KafkaConsumer
 from llmq.aio import AsyncClient
 from llmq.client import Client, tail
 from schemas.catalog import ModelSpec
+from schemas.errors import ErrorCode
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.names import METERING, TopicSpec
@@ -157,7 +158,7 @@ class LlmqWay:
             way,
             driven.samples,
             driven.wall_s,
-            generations=len(events),
+            generations=sum(e.outcome != ErrorCode.SUPERSEDED.value for e in events),
             cost_usd=sum(e.cost_usd for e in events),
             cores=driven.cores,
         )
@@ -298,16 +299,20 @@ async def _through_the_door(
 
 
 def _metering(consumer: KafkaConsumer, tenant: str, expected: int) -> list[MeteringEvent]:
-    """The tenant's metering events: one per generation (they trail the results slightly)."""
+    """The tenant's metering events: one per generation (they trail the results slightly),
+    until `expected` whole ones came; a speculative one the semantic cache answered (cut
+    short, SUPERSEDED) costs too but is no generation of an answer."""
     events: list[MeteringEvent] = []
     deadline = time.monotonic() + METERING_WAIT_S
+    whole = 0
     try:
-        while len(events) < expected and time.monotonic() < deadline:
+        while whole < expected and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
                     event = MeteringEvent.model_validate_json(record.value)
                     if event.generated and event.tenant == tenant:
                         events.append(event)
+                        whole += event.outcome != ErrorCode.SUPERSEDED.value
     finally:
         consumer.close()
     return events
