@@ -114,6 +114,9 @@ class Complete:
         error, work = completion.error, completion.work
         if error is None or error.code is not ErrorCode.CANCELLED or not work.request.cacheable:
             return False
+        leader = self._coalescer.leader(work.fingerprint)
+        if leader is None or leader.correlation_id != work.request.correlation_id:
+            return False  # nobody waits on this generation
         waiter = self._coalescer.promote(work.fingerprint)
         if waiter is None:
             return False
@@ -129,7 +132,13 @@ class Complete:
         metrics.REROUTES.labels("promoted").inc()
         await self._outbox.work(
             work.model_copy(
-                update={"request": request, "attempt": 1, "not_before": None, "spent_usd": 0.0}
+                update={
+                    "request": request,
+                    "attempt": 1,
+                    "not_before": None,
+                    "spent_usd": 0.0,
+                    "speculative": False,
+                }
             )
         )
         return True
@@ -142,6 +151,13 @@ class Complete:
         metrics.COMPLETIONS.labels(result.status).inc()
         first = [(request.reply_to, result)]
         if not request.cacheable:
+            await self._outbox.reply_all(first)
+            return
+        leader = self._coalescer.leader(work.fingerprint)
+        taken = leader is not None and leader.correlation_id != request.correlation_id
+        if completion.response is None and taken:
+            # Another request leads now (a cache answered this one): the copies waiting on
+            # that one's generation do not get this failure.
             await self._outbox.reply_all(first)
             return
         # Fill the exact cache before the entry goes, so a copy arriving later hits it.

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from functools import partial
 from typing import Protocol
 
+from schemas.lanes import Lane
 from schemas.names import REQUESTS_KEYED
 from schemas.result import CacheStatus, ChatCompletion
 from schemas.work import WorkItem
@@ -16,6 +18,8 @@ from streams.outbox import Outbox
 from streams.refusals import Refusals
 from streams.salvage import work_requester
 from streams.semantic import SemanticHit, semantic_key
+
+log = logging.getLogger(__name__)
 
 
 class Similar(Protocol):
@@ -71,9 +75,9 @@ class Dedupe:
             raise
 
     async def _lead(self, work: WorkItem) -> None:
-        """The first copy: answer it from the exact cache; else send it to the engines and,
-        meanwhile, look it up in the semantic cache (speculation: a miss, the common case,
-        does not wait for the lookup's embedding), answering it from there on a hit."""
+        """The first copy: answer it from the exact cache; else from the semantic cache, or
+        send it to the engines (speculatively, before the lookup ends, but on the batch
+        lane)."""
         request = work.request
         cached = await self._outbox.store.cached(work.fingerprint)
         if cached is not None:
@@ -82,33 +86,62 @@ class Dedupe:
         similar = self._similar
         key = None if similar is None else semantic_key(request, work.route.cached_as)
         if similar is None or key is None:
-            metrics.REQUESTS.labels("routed").inc()
-            await self._outbox.work(work)
-            return
+            await self._route(work)
+        elif request.lane is not Lane.BATCH:
+            await self._speculate(work, similar, key)
+        elif (cached := await self._similar_answer(similar, *key)) is not None:
+            # No hurry on the batch lane: looked up first, a hit leaves nothing queued.
+            await self._answer(work, cached, CacheStatus.SEMANTIC)
+        else:
+            await self._route(work)
+
+    async def _route(self, work: WorkItem) -> None:
+        metrics.REQUESTS.labels("routed").inc()
+        await self._outbox.work(work)
+
+    async def _speculate(self, work: WorkItem, similar: Similar, key: tuple[str, str]) -> None:
+        """Send the work to the engines and look its question up meanwhile: a miss, the
+        common case, does not wait for the lookup's embedding. A hit is answered from the
+        cache, and its generation cancelled, unless that generation answered first."""
+        request = work.request
         lookup = asyncio.create_task(self._similar_answer(similar, *key))
         try:
             await self._outbox.work(work.model_copy(update={"speculative": True}))
         except BaseException:
             lookup.cancel()
+            lookup.add_done_callback(_retrieve)
             raise
-        cached = await lookup
-        if cached is None:
-            metrics.SPECULATIONS.labels("miss").inc()
+        try:
+            cached = await lookup
+        except Exception:
+            log.exception(
+                "the semantic lookup of %s failed: its generation answers",
+                request.correlation_id,
+            )
+            cached, outcome = None, "error"
+        else:
+            outcome = "miss" if cached is None else await self._claim(work)
+        metrics.SPECULATIONS.labels(outcome).inc()
+        if cached is None or outcome != "hit":
             metrics.REQUESTS.labels("routed").inc()
             return
+        # The cancellation is out before the answer, whose hold stays until the cancelled
+        # generation's outcome says what it cost.
+        await self._outbox.cancel(request)
+        await self._answer(work, cached, CacheStatus.SEMANTIC, holding=request.correlation_id)
+
+    async def _claim(self, work: WorkItem) -> str:
+        """ "hit" when the cache may answer the request; "late" when its generation did, or
+        (streamed) sent its first tokens, while the lookup ran."""
+        request = work.request
+        leader = self._coalescer.leader(work.fingerprint)
+        if leader is None or leader.correlation_id != request.correlation_id:
+            return "late"  # the completion stage answered it
         if request.body.stream and not await self._outbox.store.claim(
             request.tenant, request.correlation_id
         ):
-            # Its engine's first tokens are out: that generation answers it.
-            metrics.SPECULATIONS.labels("late").inc()
-            metrics.REQUESTS.labels("routed").inc()
-            return
-        metrics.SPECULATIONS.labels("hit").inc()
-        # Its hold stays until the cancelled generation's outcome says what it cost.
-        await asyncio.gather(
-            self._outbox.cancel(request),
-            self._answer(work, cached, CacheStatus.SEMANTIC, holding=request.correlation_id),
-        )
+            return "late"
+        return "hit"
 
     async def _answer(
         self,
@@ -140,3 +173,9 @@ class Dedupe:
             # The answer behind that vector has expired from the exact cache.
             await similar.forget(scope, hit.fingerprint)
         return cached
+
+
+def _retrieve(task: asyncio.Task[ChatCompletion | None]) -> None:
+    """Read a dropped lookup's outcome, so that a failure is not reported as never read."""
+    if not task.cancelled():
+        task.exception()

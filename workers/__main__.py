@@ -73,7 +73,7 @@ async def serve(
         max_starts=settings.max_starts,
         cancellations=cancellations,
         deltas=settings.delta_policy(),
-        claim=Claims(redis, cancellations).first,
+        claim=Claims(redis).first,
     )
     following: asyncio.Task[None] | None = None
     try:

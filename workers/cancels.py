@@ -34,6 +34,10 @@ class Cancellations:
     def add(self, cancel: Cancel, now: float | None = None) -> bool:
         """Remember a cancellation and abort its generation if one runs here (True)."""
         key = (cancel.tenant, cancel.correlation_id)
+        before = self._seen.get(key)
+        if before is not None and before.answered and not cancel.answered:
+            # Answered stays answered: its outcome must not read as a client's cancellation.
+            cancel = cancel.model_copy(update={"answered": True})
         self._seen[key] = cancel
         self._seen.move_to_end(key)
         self._forget_old(time.time() if now is None else now)

@@ -12,9 +12,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas.names import claim_key
-from schemas.stream import Cancel
 from schemas.work import CLAIM_ENGINE, CLAIM_TTL_S
-from workers.cancels import Cancellations
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +25,14 @@ TIMEOUT_S = 2.0
 class Claims:
     """Claims speculative streamed requests in Redis for this worker's generations."""
 
-    def __init__(self, client: aioredis.Redis, cancellations: Cancellations) -> None:
+    def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
-        self._cancellations = cancellations
 
     async def first(self, tenant: str, correlation_id: str) -> bool:
-        """True: this generation answers, its tokens may go out (an engine's earlier start of
-        it claimed it too). False: the cache answered it; the generation is cancelled as
-        answered and stops at its next step. With Redis away the engine answers."""
+        """True when this generation may stream: it claimed the request (or an earlier start
+        of it did). Otherwise (the cache claimed it, or the claim is uncertain: Redis away or
+        slow) it streams nothing and answers with its whole result, unless the cache's
+        cancellation stops it first: a reader never gets pieces from both."""
         try:
             async with asyncio.timeout(TIMEOUT_S):
                 before = await self._redis.set(
@@ -45,9 +43,11 @@ class Claims:
                     get=True,
                 )
         except (RedisError, TimeoutError) as exc:
-            log.warning("cannot claim %s/%s, streaming it: %r", tenant, correlation_id, exc)
-            return True
-        if before is None or before == CLAIM_ENGINE.encode():
-            return True
-        self._cancellations.add(Cancel(correlation_id=correlation_id, tenant=tenant, answered=True))
-        return False
+            log.warning(
+                "cannot claim %s/%s: its answer comes whole, not streamed: %r",
+                tenant,
+                correlation_id,
+                exc,
+            )
+            return False
+        return before is None or before == CLAIM_ENGINE.encode()

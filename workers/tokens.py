@@ -49,7 +49,8 @@ class DeltaStream:
         claim: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         """`claim`, for a speculative request: asked once, before the first record; when it
-        says no (the cache answered), the stream publishes nothing."""
+        says no (the cache claimed the request, or the claim is uncertain), the stream
+        publishes nothing and the final result carries the answer."""
         self._send = send
         self._claim = claim
         self._open = True

@@ -40,3 +40,16 @@ def test_old_cancellations_and_the_oldest_past_the_limit_are_forgotten() -> None
         True,
         True,
     ]
+
+
+def test_a_request_a_cache_answered_stays_answered_whatever_cancels_it_later() -> None:
+    cancellations = Cancellations()
+    answered = Cancel(correlation_id="a", tenant="t", at=1000.0, answered=True)
+    cancellations.add(answered, now=1000.0)
+    cancellations.add(_cancel("a", at=1001.0), now=1001.0)  # its client left afterwards
+    cancel = cancellations.cancelled("t", "a")
+    assert cancel is not None and cancel.answered and cancel.at == 1001.0
+    cancellations.add(_cancel("b"), now=1000.0)
+    cancellations.add(Cancel(correlation_id="b", tenant="t", at=1000.0, answered=True), now=1000.0)
+    later = cancellations.cancelled("t", "b")
+    assert later is not None and later.answered

@@ -4,6 +4,11 @@ settles what it cost (the worker's side is in test_worker.py)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable
+
+import pytest
+
 from schemas.errors import ErrorCode
 from schemas.names import CANCELS
 from schemas.result import CacheStatus
@@ -26,15 +31,22 @@ CACHED = "f" * 64
 
 
 class FakeSimilar:
-    """A semantic cache that matches every question or none, and records what it is told."""
+    """A semantic cache that matches every question or none (or fails), and records what it
+    is told; `during` runs inside each lookup (what happens while it embeds)."""
 
     def __init__(self, hits: bool) -> None:
         self.hits = hits
+        self.fails = False
+        self.during: Callable[[], Awaitable[None]] | None = None
         self.looked_up: list[str] = []
         self.forgotten: list[str] = []
 
     async def lookup(self, scope: str, text: str) -> SemanticHit | None:
         self.looked_up.append(text)
+        if self.during is not None:
+            await self.during()
+        if self.fails:
+            raise RuntimeError("the embedder failed")
         return SemanticHit(CACHED, 0.9) if self.hits else None
 
     async def add(self, scope: str, text: str, fingerprint: str) -> None:
@@ -125,3 +137,59 @@ def test_a_match_whose_answer_expired_is_forgotten_and_the_generation_answers() 
     harness.on_request(None, raw_request(cid="t-1", temperature=0))
     assert _topics(harness) == ["llmq.work.smollm2-135m.interactive"]
     assert similar.forgotten == [CACHED]
+
+
+def test_a_failed_lookup_leaves_the_request_to_its_generation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    harness, ledger, similar = _pipeline(hits=True)
+    similar.fails = True
+    harness.on_request(None, raw_request(cid="t-1", temperature=0))
+    assert _topics(harness) == ["llmq.work.smollm2-135m.interactive"], "no error reply, no DLQ"
+    assert ledger.calls == []
+    assert "the semantic lookup of t-1 failed" in caplog.text
+    work = WorkItem.model_validate_json(harness.send.sent[0].value)
+    harness.send.sent.clear()
+    harness.on_completion(completion(work, "Generated"))
+    assert [result_of(s).text for s in harness.send.sent] == ["Generated"]
+
+
+def test_a_hit_after_the_generation_answered_is_dropped() -> None:
+    harness, _, similar = _pipeline(hits=True)
+
+    async def answered_meanwhile() -> None:
+        work = WorkItem.model_validate_json(harness.send.sent[0].value)
+        await harness.complete.on_completion(None, completion(work, "Generated"))
+
+    similar.during = answered_meanwhile
+    harness.on_request(None, raw_request(cid="t-1", temperature=0))
+    assert _topics(harness) == ["llmq.work.smollm2-135m.interactive", "app.replies"]
+    assert result_of(harness.send.sent[1]).text == "Generated", "answered once, no cancel"
+
+
+def test_the_batch_lane_is_looked_up_first_and_a_hit_queues_nothing() -> None:
+    harness, ledger, _ = _pipeline(hits=True)
+    batch = json.loads(raw_request(cid="t-1", temperature=0))
+    harness.on_request(None, json.dumps({**batch, "lane": "batch"}).encode())
+    [reply] = harness.send.sent
+    assert (reply.topic, result_of(reply).cache) == ("app.replies", CacheStatus.SEMANTIC)
+    assert ledger.calls == ["release t-1"]
+    missed, _, _ = _pipeline(hits=False)
+    missed.on_request(None, json.dumps({**batch, "lane": "batch"}).encode())
+    [sent] = missed.send.sent
+    assert sent.topic == "llmq.work.smollm2-135m.batch"
+    assert not WorkItem.model_validate_json(sent.value).speculative
+
+
+def test_a_client_cancel_of_a_request_a_cache_answered_promotes_nobody() -> None:
+    harness, _, similar = _pipeline(hits=True)
+    harness.on_request(None, raw_request(cid="t-1", temperature=0))
+    first = WorkItem.model_validate_json(harness.send.sent[0].value)
+    # A copy leads a generation of its own, with a follower (the cache has no answer now).
+    similar.hits = False
+    harness.on_request(None, raw_request(cid="t-2", temperature=0))
+    harness.on_request(None, raw_request(cid="t-3", temperature=0))
+    harness.send.sent.clear()
+    harness.on_completion(completion(first, None, ErrorCode.CANCELLED))
+    assert [s.topic for s in harness.send.sent] == ["app.replies"], "no work handed on"
+    assert result_of(harness.send.sent[0]).cache is CacheStatus.SEMANTIC, "its first answer"

@@ -346,20 +346,33 @@ def test_work_a_cache_answered_before_it_starts_is_skipped_as_superseded() -> No
     assert consumer.committed == {STANDARD: 1}
 
 
-def _claims(won: bool, cancellations: Cancellations, asked: list[str]) -> Claim:
-    """A claim that an engine wins or loses (then, as Claims.first does, the generation is
-    cancelled as answered)."""
+def _claims(won: bool, asked: list[str]) -> Claim:
+    """A claim that an engine wins or loses (Claims.first against Redis)."""
 
     async def claim(tenant: str, correlation_id: str) -> bool:
         asked.append(correlation_id)
-        if not won:
-            cancellations.add(Cancel(correlation_id=correlation_id, tenant=tenant, answered=True))
         return won
 
     return claim
 
 
-def test_a_speculative_stream_that_lost_its_claim_sends_nothing_and_is_superseded() -> None:
+def test_a_speculative_stream_that_lost_its_claim_sends_nothing_but_its_whole_answer() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [work(stream=True, speculative=True)])
+    asked = list[str]()
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: bool(producer.completions()))
+        stop.set()
+
+    run_worker(consumer, producer, FakeEngine, scenario, claim=_claims(False, asked))
+    [done] = producer.completions()
+    assert asked == ["standard-0"], "claimed once, before its first piece"
+    assert _deltas(producer) == [], "its reader gets no piece of it"
+    assert done.error is None and done.response is not None, "the whole answer still comes"
+
+
+def test_a_speculative_stream_the_cache_answered_stops_unseen_as_superseded() -> None:
     consumer, producer = FakeConsumer(), FakeProducer()
     consumer.add(STANDARD, [work(stream=True, speculative=True)])
     cancellations, asked = Cancellations(), list[str]()
@@ -367,6 +380,9 @@ def test_a_speculative_stream_that_lost_its_claim_sends_nothing_and_is_supersede
     engine.hold.clear()  # one token, then it waits
 
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: bool(asked))  # its first token came: it asked for the claim
+        answered = Cancel(correlation_id="standard-0", tenant="default", answered=True)
+        assert cancellations.add(answered)
         await until(lambda: bool(producer.completions()))
         stop.set()
 
@@ -376,12 +392,11 @@ def test_a_speculative_stream_that_lost_its_claim_sends_nothing_and_is_supersede
         lambda: engine,
         scenario,
         cancellations=cancellations,
-        claim=_claims(False, cancellations, asked),
+        claim=_claims(False, asked),
     )
     [done] = producer.completions()
     assert done.error is not None and done.error.code is ErrorCode.SUPERSEDED
-    assert asked == ["standard-0"], "claimed once, before its first piece"
-    assert _deltas(producer) == [], "its reader gets the cache's answer alone"
+    assert _deltas(producer) == []
     assert engine.aborted == [engine.started[0][0]]
     [event] = producer.metering()  # what the engine did is paid for all the same
     assert (event.outcome, event.completion_tokens) == ("superseded", 1)
@@ -396,20 +411,13 @@ def test_only_a_speculative_stream_is_claimed_and_one_it_won_streams_on(
 ) -> None:
     consumer, producer = FakeConsumer(), FakeProducer()
     consumer.add(STANDARD, [work(stream=stream, speculative=speculative)])
-    cancellations, asked = Cancellations(), list[str]()
+    asked = list[str]()
 
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
         await until(lambda: bool(producer.completions()))
         stop.set()
 
-    run_worker(
-        consumer,
-        producer,
-        FakeEngine,
-        scenario,
-        cancellations=cancellations,
-        claim=_claims(True, cancellations, asked),
-    )
+    run_worker(consumer, producer, FakeEngine, scenario, claim=_claims(True, asked))
     [done] = producer.completions()
     assert done.error is None and done.response is not None
     assert len(asked) == claims
