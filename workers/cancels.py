@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from llmq.tail import since
+from schemas.errors import ErrorCode, LlmqError
 from schemas.names import CANCELS
 from schemas.stream import Cancel
 
@@ -64,6 +65,14 @@ class Cancellations:
             or next(iter(self._seen.values())).at < now - self.memory_s
         ):
             self._seen.popitem(last=False)
+
+
+def cancel_error(cancel: Cancel, when: str) -> LlmqError:
+    """The outcome of a generation its cancellation stopped `when`: superseded when a cache
+    answered the request, cancelled when its client left."""
+    if cancel.answered:
+        return LlmqError(ErrorCode.SUPERSEDED, f"answered from a cache; generation stopped {when}")
+    return LlmqError(ErrorCode.CANCELLED, f"the client went away; generation stopped {when}")
 
 
 async def follow(consumer: AIOKafkaConsumer, cancellations: Cancellations) -> None:

@@ -12,6 +12,7 @@ from schemas.names import TOKENS
 from schemas.result import Usage
 from schemas.stream import TokenDelta
 from schemas.work import WorkItem
+from workers.claims import Claim
 from workers.engine import EngineStep
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class DeltaStream:
         work: WorkItem,
         generation: str,
         policy: DeltaPolicy,
-        claim: Callable[[], Awaitable[bool]] | None = None,
+        claim: Claim | None = None,
     ) -> None:
         """`claim`, for a speculative request: asked once, before the first record; when it
         says no (the cache claimed the request, or the claim is uncertain), the stream
@@ -91,7 +92,8 @@ class DeltaStream:
         if not self._text and finish_reason is None:
             return
         if self._claim is not None:
-            self._open, self._claim = await self._claim(), None
+            claim, self._claim = self._claim, None
+            self._open = await claim(self._request.tenant, self._request.correlation_id)
         if not self._open:
             return
         delta = TokenDelta(

@@ -35,10 +35,9 @@ from schemas.names import COMPLETIONS, DLQ, METERING
 from schemas.redact import describe
 from schemas.request import ChatBody
 from schemas.retry import RetryPolicy
-from schemas.stream import Cancel
 from schemas.work import Completion, WorkItem
 from workers import metrics
-from workers.cancels import Cancellations
+from workers.cancels import Cancellations, cancel_error
 from workers.claims import Claim
 from workers.engine import Engine
 from workers.handover import Handover
@@ -338,7 +337,7 @@ class Worker:
         request = state.work.request
         cancel = self._cancellations.cancelled(request.tenant, request.correlation_id)
         if cancel is not None:
-            return _cancelled(cancel, "before it started")
+            return cancel_error(cancel, "before it started")
         if request.expired():
             return LlmqError(ErrorCode.EXPIRED, "the deadline passed while the request was queued")
         return None
@@ -354,11 +353,7 @@ class Worker:
         by_deadline = left_s is not None and left_s < limit_s
         timer = asyncio.timeout(left_s if left_s is not None and by_deadline else limit_s)
         body = self._body(state.work)
-        claim = (
-            partial(self._claim, request.tenant, request.correlation_id)
-            if self._claim is not None and state.work.speculative
-            else None
-        )
+        claim = self._claim if state.work.speculative else None
         deltas = (
             DeltaStream(self._producer.send, state.work, state.request_id, self._deltas, claim)
             if body.stream
@@ -393,7 +388,7 @@ class Worker:
         request = state.work.request
         cancel = self._cancellations.cancelled(request.tenant, request.correlation_id)
         if cancel is not None:
-            return _cancelled(cancel, f"after {state.completion_tokens} tokens")
+            return cancel_error(cancel, f"after {state.completion_tokens} tokens")
         if by_deadline:
             return LlmqError(
                 ErrorCode.EXPIRED,
@@ -482,13 +477,6 @@ class Worker:
         if tasks:
             log.warning("handed back %d unfinished %s (not committed)", len(tasks), what)
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _cancelled(cancel: Cancel, when: str) -> LlmqError:
-    """The outcome of a cancelled generation, stopped `when`."""
-    if cancel.answered:
-        return LlmqError(ErrorCode.SUPERSEDED, f"answered from a cache; generation stopped {when}")
-    return LlmqError(ErrorCode.CANCELLED, f"the client went away; generation stopped {when}")
 
 
 def _fire(timer: asyncio.Timeout) -> None:
