@@ -76,8 +76,7 @@ class Dedupe:
 
     async def _lead(self, work: WorkItem) -> None:
         """The first copy: answer it from the exact cache; else from the semantic cache, or
-        send it to the engines (speculatively, before the lookup ends, but on the batch
-        lane)."""
+        send it to the engines (before the lookup ends, except on the batch lane)."""
         request = work.request
         cached = await self._outbox.store.cached(work.fingerprint)
         if cached is not None:
@@ -131,8 +130,8 @@ class Dedupe:
         await self._answer(work, cached, CacheStatus.SEMANTIC, holding=request.correlation_id)
 
     async def _claim(self, work: WorkItem) -> str:
-        """ "hit" when the cache may answer the request; "late" when its generation did, or
-        (streamed) sent its first tokens, while the lookup ran."""
+        """Whether the cache may answer the request ("hit"), or its generation answered it,
+        or (streamed) sent its first tokens, while the lookup ran ("late")."""
         request = work.request
         leader = self._coalescer.leader(work.fingerprint)
         if leader is None or leader.correlation_id != request.correlation_id:
