@@ -119,6 +119,12 @@ class Coalescer:
         raw = self._table.get(fingerprint.encode())
         return None if raw is None else Leader.model_validate_json(raw)
 
+    def leader_id(self, fingerprint: str) -> str | None:
+        """The correlation_id of the request whose generation is in flight for
+        `fingerprint`, if any (another than a given one's: a cache answered that one)."""
+        leader = self.leader(fingerprint)
+        return None if leader is None else leader.correlation_id
+
     def promote(self, fingerprint: str, now: float | None = None) -> Waiter | None:
         """The leader went away (cancelled): its first waiting follower leads in its place,
         leaving the list of followers (so it is not answered twice). None when nobody waits."""

@@ -114,8 +114,7 @@ class Complete:
         error, work = completion.error, completion.work
         if error is None or error.code is not ErrorCode.CANCELLED or not work.request.cacheable:
             return False
-        leader = self._coalescer.leader(work.fingerprint)
-        if leader is None or leader.correlation_id != work.request.correlation_id:
+        if self._coalescer.leader_id(work.fingerprint) != work.request.correlation_id:
             return False  # nobody waits on this generation
         waiter = self._coalescer.promote(work.fingerprint)
         if waiter is None:
@@ -153,11 +152,10 @@ class Complete:
         if not request.cacheable:
             await self._outbox.reply_all(first)
             return
-        leader = self._coalescer.leader(work.fingerprint)
-        taken = leader is not None and leader.correlation_id != request.correlation_id
-        if completion.response is None and taken:
-            # Another request leads now (a cache answered this one): the copies waiting on
-            # that one's generation do not get this failure.
+        # A failure whose fingerprint another request leads now (a cache answered this one)
+        # is not for the copies waiting on that one's generation.
+        other = completion.response is None and self._coalescer.leader_id(work.fingerprint)
+        if other and other != request.correlation_id:
             await self._outbox.reply_all(first)
             return
         # Fill the exact cache before the entry goes, so a copy arriving later hits it.

@@ -133,8 +133,7 @@ class Dedupe:
         """Whether the cache may answer the request ("hit"), or its generation answered it,
         or (streamed) sent its first tokens, while the lookup ran ("late")."""
         request = work.request
-        leader = self._coalescer.leader(work.fingerprint)
-        if leader is None or leader.correlation_id != request.correlation_id:
+        if self._coalescer.leader_id(work.fingerprint) != request.correlation_id:
             return "late"  # the completion stage answered it
         if request.body.stream and not await self._outbox.store.claim(
             request.tenant, request.correlation_id

@@ -57,6 +57,20 @@ class FakeStore:
         return self.results.setdefault(result.correlation_id, result)
 
 
+class FakeLedger:
+    """Records what the stages settle and release, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def settle(self, event: MeteringEvent | None) -> None:
+        if event is not None:
+            self.calls.append(f"settle {event.correlation_id} {event.cost_usd}")
+
+    async def release(self, result: InferenceResult) -> None:
+        self.calls.append(f"release {result.correlation_id}")
+
+
 class Sent(NamedTuple):
     topic: str
     key: bytes | None

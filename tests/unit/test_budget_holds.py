@@ -10,12 +10,10 @@ import time
 import pytest
 
 from schemas.catalog import Catalog
-from schemas.metering import MeteringEvent
 from schemas.request import TEMPLATE_TOKENS, TEMPLATE_TOKENS_PER_MESSAGE
-from schemas.result import InferenceResult
 from schemas.work import WorkItem
 from streams.budget import HOLD_AFTER_DEADLINE_S, HOLD_S, worst_case
-from tests.unit.stages import Pipeline, admitted, metered, raw_request, result_of
+from tests.unit.stages import FakeLedger, Pipeline, admitted, metered, raw_request, result_of
 
 PRICED = Catalog.model_validate(
     {
@@ -40,20 +38,6 @@ PRICED = Catalog.model_validate(
         ],
     }
 )
-
-
-class Ledger:
-    """Records what the stages settle and release, in order."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    async def settle(self, event: MeteringEvent | None) -> None:
-        if event is not None:
-            self.calls.append(f"settle {event.correlation_id} {event.cost_usd}")
-
-    async def release(self, result: InferenceResult) -> None:
-        self.calls.append(f"release {result.correlation_id}")
 
 
 def test_the_worst_case_covers_every_model_still_ahead_at_its_prices() -> None:
@@ -83,7 +67,7 @@ def test_a_hold_lasts_past_the_deadline_and_counts_every_byte() -> None:
 
 
 def test_a_generation_is_settled_before_its_answer_releases_the_hold() -> None:
-    ledger = Ledger()
+    ledger = FakeLedger()
     harness = Pipeline(catalog=PRICED, ledger=ledger)
     harness.on_request(None, raw_request(cid="t-1", temperature=0))
     harness.on_request(None, raw_request(cid="t-2", temperature=0))  # coalesced
@@ -97,7 +81,7 @@ def test_a_generation_is_settled_before_its_answer_releases_the_hold() -> None:
 
 
 def test_a_cached_or_failed_answer_releases_its_hold_too() -> None:
-    ledger = Ledger()
+    ledger = FakeLedger()
     harness = Pipeline(catalog=PRICED, ledger=ledger)
     harness.on_request(None, raw_request(cid="t-1", temperature=0))
     work = WorkItem.model_validate_json(harness.send.sent.pop().value)

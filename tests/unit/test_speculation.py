@@ -16,6 +16,7 @@ from schemas.stream import Cancel
 from schemas.work import Completion, WorkItem
 from streams.semantic import SemanticHit
 from tests.unit.stages import (
+    FakeLedger,
     FakeStore,
     Pipeline,
     answer,
@@ -24,7 +25,6 @@ from tests.unit.stages import (
     raw_request,
     result_of,
 )
-from tests.unit.test_budget_holds import Ledger
 
 CACHED = "f" * 64
 """The fingerprint of the answer the semantic cache matches."""
@@ -56,8 +56,8 @@ class FakeSimilar:
         self.forgotten.append(fingerprint)
 
 
-def _pipeline(hits: bool, cached: bool = True) -> tuple[Pipeline, Ledger, FakeSimilar]:
-    store, ledger, similar = FakeStore(), Ledger(), FakeSimilar(hits)
+def _pipeline(hits: bool, cached: bool = True) -> tuple[Pipeline, FakeLedger, FakeSimilar]:
+    store, ledger, similar = FakeStore(), FakeLedger(), FakeSimilar(hits)
     if cached:
         store.answers[CACHED] = answer("From the cache")
     return Pipeline(store, similar=similar, ledger=ledger), ledger, similar

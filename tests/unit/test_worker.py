@@ -14,10 +14,10 @@ from aiokafka.errors import KafkaConnectionError
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode
 from schemas.lanes import Lane
-from schemas.names import DLQ, TOKENS
+from schemas.names import DLQ
 from schemas.request import ChatMessage
 from schemas.route import Route
-from schemas.stream import Cancel, TokenDelta
+from schemas.stream import Cancel
 from schemas.work import WorkItem
 from tests.unit.worker_fakes import (
     BATCH,
@@ -35,7 +35,6 @@ from tests.unit.worker_fakes import (
     work,
 )
 from workers.cancels import Cancellations
-from workers.claims import Claim
 from workers.lanes import LanePolicy
 from workers.tokens import DeltaPolicy
 from workers.worker import Worker
@@ -257,10 +256,6 @@ async def _until_answered(producer: FakeProducer, worker: Worker, stop: asyncio.
     stop.set()
 
 
-def _deltas(producer: FakeProducer) -> list[TokenDelta]:
-    return [TokenDelta.model_validate_json(v) for t, v in producer.sent if t == TOKENS]
-
-
 def test_a_streamed_generation_publishes_its_pieces_then_one_with_the_usage() -> None:
     consumer, producer = FakeConsumer(), FakeProducer()
     consumer.add(STANDARD, [work(stream=True)])
@@ -270,7 +265,7 @@ def test_a_streamed_generation_publishes_its_pieces_then_one_with_the_usage() ->
         stop.set()
 
     run_worker(consumer, producer, FakeEngine, scenario, deltas=DeltaPolicy(10.0, 2))
-    deltas = _deltas(producer)
+    deltas = producer.deltas()
     # The first token at once, then every 2 tokens, then the finish with the usage.
     assert [(d.seq, d.text, d.tokens) for d in deltas] == [(0, "x", 1), (1, "xx", 2), (2, "", 0)]
     assert {d.correlation_id for d in deltas} == {"standard-0"}
@@ -288,7 +283,7 @@ def test_a_redelivered_record_streams_under_another_generation() -> None:
         consumer = FakeConsumer()
         consumer.add(STANDARD, [work(stream=True)])
         run_worker(consumer, producer, FakeEngine, partial(_until_answered, producer))
-        generations += list({d.generation for d in _deltas(producer)})
+        generations += list({d.generation for d in producer.deltas()})
     assert len(generations) == 2 and generations[0] != generations[1], "readers tell them apart"
 
 
@@ -301,7 +296,7 @@ def test_a_whole_answer_publishes_no_pieces() -> None:
         stop.set()
 
     run_worker(consumer, producer, FakeEngine, scenario)
-    assert _deltas(producer) == []
+    assert producer.deltas() == []
 
 
 def test_a_cancelled_generation_is_aborted_answered_cancelled_and_metered() -> None:
@@ -312,7 +307,7 @@ def test_a_cancelled_generation_is_aborted_answered_cancelled_and_metered() -> N
     engine.hold.clear()  # one token, then it waits
 
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
-        await until(lambda: bool(_deltas(producer)))  # the first token is out
+        await until(lambda: bool(producer.deltas()))  # the first token is out
         assert cancellations.add(Cancel(correlation_id="standard-0", tenant="default"))
         await until(lambda: bool(producer.completions()))
         stop.set()
@@ -325,103 +320,6 @@ def test_a_cancelled_generation_is_aborted_answered_cancelled_and_metered() -> N
     [event] = producer.metering()  # the tokens it made are paid for all the same
     assert (event.outcome, event.prompt_tokens, event.completion_tokens) == ("cancelled", 5, 1)
     assert consumer.committed == {STANDARD: 1}
-
-
-def test_work_a_cache_answered_before_it_starts_is_skipped_as_superseded() -> None:
-    consumer, producer = FakeConsumer(), FakeProducer()
-    cancellations = Cancellations()
-    answered = Cancel(correlation_id="standard-0", tenant="default", answered=True)
-    assert not cancellations.add(answered)
-    consumer.add(STANDARD, [work(speculative=True)])
-
-    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
-        await until(lambda: bool(producer.completions()))
-        stop.set()
-
-    engine = run_worker(consumer, producer, FakeEngine, scenario, cancellations=cancellations)
-    [skipped] = producer.completions()
-    assert skipped.error is not None and skipped.error.code is ErrorCode.SUPERSEDED
-    assert skipped.error.message == "answered from a cache; generation stopped before it started"
-    assert engine.started == []
-    assert consumer.committed == {STANDARD: 1}
-
-
-def _claims(won: bool, asked: list[str]) -> Claim:
-    """A claim that an engine wins or loses (Claims.first against Redis)."""
-
-    async def claim(tenant: str, correlation_id: str) -> bool:
-        asked.append(correlation_id)
-        return won
-
-    return claim
-
-
-def test_a_speculative_stream_that_lost_its_claim_sends_nothing_but_its_whole_answer() -> None:
-    consumer, producer = FakeConsumer(), FakeProducer()
-    consumer.add(STANDARD, [work(stream=True, speculative=True)])
-    asked = list[str]()
-
-    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
-        await until(lambda: bool(producer.completions()))
-        stop.set()
-
-    run_worker(consumer, producer, FakeEngine, scenario, claim=_claims(False, asked))
-    [done] = producer.completions()
-    assert asked == ["standard-0"], "claimed once, before its first piece"
-    assert _deltas(producer) == [], "its reader gets no piece of it"
-    assert done.error is None and done.response is not None, "the whole answer still comes"
-
-
-def test_a_speculative_stream_the_cache_answered_stops_unseen_as_superseded() -> None:
-    consumer, producer = FakeConsumer(), FakeProducer()
-    consumer.add(STANDARD, [work(stream=True, speculative=True)])
-    cancellations, asked = Cancellations(), list[str]()
-    engine = FakeEngine()
-    engine.hold.clear()  # one token, then it waits
-
-    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
-        await until(lambda: bool(asked))  # its first token came: it asked for the claim
-        answered = Cancel(correlation_id="standard-0", tenant="default", answered=True)
-        assert cancellations.add(answered)
-        await until(lambda: bool(producer.completions()))
-        stop.set()
-
-    run_worker(
-        consumer,
-        producer,
-        lambda: engine,
-        scenario,
-        cancellations=cancellations,
-        claim=_claims(False, asked),
-    )
-    [done] = producer.completions()
-    assert done.error is not None and done.error.code is ErrorCode.SUPERSEDED
-    assert _deltas(producer) == []
-    assert engine.aborted == [engine.started[0][0]]
-    [event] = producer.metering()  # what the engine did is paid for all the same
-    assert (event.outcome, event.completion_tokens) == ("superseded", 1)
-
-
-@pytest.mark.parametrize(
-    ("stream", "speculative", "claims"),
-    [(True, True, 1), (True, False, 0), (False, True, 0)],
-)
-def test_only_a_speculative_stream_is_claimed_and_one_it_won_streams_on(
-    stream: bool, speculative: bool, claims: int
-) -> None:
-    consumer, producer = FakeConsumer(), FakeProducer()
-    consumer.add(STANDARD, [work(stream=stream, speculative=speculative)])
-    asked = list[str]()
-
-    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
-        await until(lambda: bool(producer.completions()))
-        stop.set()
-
-    run_worker(consumer, producer, FakeEngine, scenario, claim=_claims(True, asked))
-    [done] = producer.completions()
-    assert done.error is None and done.response is not None
-    assert len(asked) == claims
-    assert bool(_deltas(producer)) is stream
 
 
 def test_work_cancelled_before_it_starts_is_skipped() -> None:

@@ -16,10 +16,11 @@ from aiokafka import ConsumerRecord, TopicPartition
 from schemas.catalog import ModelSpec
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
-from schemas.names import COMPLETIONS, METERING, work_topic
+from schemas.names import COMPLETIONS, METERING, TOKENS, work_topic
 from schemas.request import ChatBody, ChatMessage, InferenceRequest
 from schemas.result import TokenLogprob
 from schemas.route import Route
+from schemas.stream import TokenDelta
 from schemas.work import Completion, WorkItem
 from workers.cancels import Cancellations
 from workers.claims import Claim
@@ -110,6 +111,9 @@ class FakeProducer:
 
     def metering(self) -> list[MeteringEvent]:
         return [MeteringEvent.model_validate_json(v) for t, v in self.sent if t == METERING]
+
+    def deltas(self) -> list[TokenDelta]:
+        return [TokenDelta.model_validate_json(v) for t, v in self.sent if t == TOKENS]
 
 
 class MemoryStarts:

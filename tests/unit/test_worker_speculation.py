@@ -1,0 +1,121 @@
+"""The worker's side of speculation: a request the semantic cache answered is skipped or
+stopped as superseded, and a speculative stream claims its request before its first piece
+(the stream processor's side is in test_speculation.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from schemas.errors import ErrorCode
+from schemas.stream import Cancel
+from tests.unit.worker_fakes import (
+    STANDARD,
+    FakeConsumer,
+    FakeEngine,
+    FakeProducer,
+    run_worker,
+    until,
+    work,
+)
+from workers.cancels import Cancellations
+from workers.claims import Claim
+from workers.worker import Worker
+
+
+def test_work_a_cache_answered_before_it_starts_is_skipped_as_superseded() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    cancellations = Cancellations()
+    answered = Cancel(correlation_id="standard-0", tenant="default", answered=True)
+    assert not cancellations.add(answered)
+    consumer.add(STANDARD, [work(speculative=True)])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: bool(producer.completions()))
+        stop.set()
+
+    engine = run_worker(consumer, producer, FakeEngine, scenario, cancellations=cancellations)
+    [skipped] = producer.completions()
+    assert skipped.error is not None and skipped.error.code is ErrorCode.SUPERSEDED
+    assert skipped.error.message == "answered from a cache; generation stopped before it started"
+    assert engine.started == []
+    assert consumer.committed == {STANDARD: 1}
+
+
+def _claims(won: bool, asked: list[str]) -> Claim:
+    """A claim that an engine wins or loses (Claims.first against Redis)."""
+
+    async def claim(tenant: str, correlation_id: str) -> bool:
+        asked.append(correlation_id)
+        return won
+
+    return claim
+
+
+def test_a_speculative_stream_that_lost_its_claim_sends_nothing_but_its_whole_answer() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [work(stream=True, speculative=True)])
+    asked = list[str]()
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: bool(producer.completions()))
+        stop.set()
+
+    run_worker(consumer, producer, FakeEngine, scenario, claim=_claims(False, asked))
+    [done] = producer.completions()
+    assert asked == ["standard-0"], "claimed once, before its first piece"
+    assert producer.deltas() == [], "its reader gets no piece of it"
+    assert done.error is None and done.response is not None, "the whole answer still comes"
+
+
+def test_a_speculative_stream_the_cache_answered_stops_unseen_as_superseded() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [work(stream=True, speculative=True)])
+    cancellations, asked = Cancellations(), list[str]()
+    engine = FakeEngine()
+    engine.hold.clear()  # one token, then it waits
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: bool(asked))  # its first token came: it asked for the claim
+        answered = Cancel(correlation_id="standard-0", tenant="default", answered=True)
+        assert cancellations.add(answered)
+        await until(lambda: bool(producer.completions()))
+        stop.set()
+
+    run_worker(
+        consumer,
+        producer,
+        lambda: engine,
+        scenario,
+        cancellations=cancellations,
+        claim=_claims(False, asked),
+    )
+    [done] = producer.completions()
+    assert done.error is not None and done.error.code is ErrorCode.SUPERSEDED
+    assert producer.deltas() == []
+    assert engine.aborted == [engine.started[0][0]]
+    [event] = producer.metering()  # what the engine did is paid for all the same
+    assert (event.outcome, event.completion_tokens) == ("superseded", 1)
+
+
+@pytest.mark.parametrize(
+    ("stream", "speculative", "claims"),
+    [(True, True, 1), (True, False, 0), (False, True, 0)],
+)
+def test_only_a_speculative_stream_is_claimed_and_one_it_won_streams_on(
+    stream: bool, speculative: bool, claims: int
+) -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [work(stream=stream, speculative=speculative)])
+    asked = list[str]()
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: bool(producer.completions()))
+        stop.set()
+
+    run_worker(consumer, producer, FakeEngine, scenario, claim=_claims(True, asked))
+    [done] = producer.completions()
+    assert done.error is None and done.response is not None
+    assert len(asked) == claims
+    assert bool(producer.deltas()) is stream
