@@ -56,3 +56,10 @@ class Cancel(BaseModel):
     answered: bool = False
     """Answered from a cache (a speculative generation): the worker's outcome is SUPERSEDED,
     not CANCELLED, and nobody gets it as a reply."""
+    speculation: str | None = None
+    """The speculative send it stops (WorkItem.speculation); None: every generation of the
+    request."""
+
+    def stops(self, speculation: str | None) -> bool:
+        """Whether it stops the generation of a work item sent with this `speculation`."""
+        return self.speculation is None or self.speculation == speculation

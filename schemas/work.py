@@ -34,11 +34,18 @@ class WorkItem(BaseModel):
     spent_usd: float = Field(default=0.0, ge=0)
     """What the request's earlier generations cost (an escalation, a fallback, a retry of a
     generation cut short)."""
-    speculative: bool = False
-    """Sent to the engines while the semantic cache is still looked up, so that a miss does
-    not wait for the lookup's embedding. On a hit the stream processor answers from the
-    cache and cancels the generation (its outcome is SUPERSEDED); a streamed one is claimed
-    first, by whichever side answers first (schemas.names.claim_key)."""
+    speculation: str | None = None
+    """Set on a speculative send, a fresh id each time: sent to the engines while the
+    semantic cache is still looked up, so that a miss does not wait for the lookup's
+    embedding. On a hit the stream processor answers from the cache and cancels this send
+    by its id (its outcome is SUPERSEDED; a later send of the request, after the stream
+    processor restarted, is not cancelled with it); a streamed one is claimed first, by
+    whichever side answers first (schemas.names.claim_key)."""
+
+    @property
+    def speculative(self) -> bool:
+        """Sent before the semantic cache's lookup ended (`speculation`)."""
+        return self.speculation is not None
 
 
 CLAIM_TTL_S = 3600

@@ -136,7 +136,7 @@ class Complete:
                     "attempt": 1,
                     "not_before": None,
                     "spent_usd": 0.0,
-                    "speculative": False,
+                    "speculation": None,
                 }
             )
         )

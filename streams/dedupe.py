@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from functools import partial
 from typing import Protocol
 
@@ -104,8 +105,9 @@ class Dedupe:
         cache, and its generation cancelled, unless that generation answered first."""
         request = work.request
         lookup = asyncio.create_task(self._similar_answer(similar, *key))
+        sent = work.model_copy(update={"speculation": uuid.uuid4().hex})
         try:
-            await self._outbox.work(work.model_copy(update={"speculative": True}))
+            await self._outbox.work(sent)
         except BaseException:
             lookup.cancel()
             lookup.add_done_callback(_retrieve)
@@ -126,7 +128,7 @@ class Dedupe:
             return
         # The cancellation is out before the answer, whose hold stays until the cancelled
         # generation's outcome says what it cost.
-        await self._outbox.cancel(request)
+        await self._outbox.cancel(sent)
         await self._answer(work, cached, CacheStatus.SEMANTIC, holding=request.correlation_id)
 
     async def _claim(self, work: WorkItem) -> str:

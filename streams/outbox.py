@@ -137,10 +137,16 @@ class Outbox:
             )
         )
 
-    async def cancel(self, request: InferenceRequest) -> None:
-        """Stop the generation of a request a cache answered: its worker skips or aborts it,
-        and its outcome is SUPERSEDED."""
-        cancel = Cancel(correlation_id=request.correlation_id, tenant=request.tenant, answered=True)
+    async def cancel(self, work: WorkItem) -> None:
+        """Stop the speculative generation of a request a cache answered: its worker skips
+        or aborts it, and its outcome is SUPERSEDED."""
+        request = work.request
+        cancel = Cancel(
+            correlation_id=request.correlation_id,
+            tenant=request.tenant,
+            answered=True,
+            speculation=work.speculation,
+        )
         await self.send(CANCELS, request.correlation_id.encode(), cancel.model_dump_json().encode())
 
     async def follows(self, request: InferenceRequest, leader: str) -> None:

@@ -14,6 +14,7 @@ from llmq.tail import since
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import CANCELS
 from schemas.stream import Cancel
+from schemas.work import WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -22,38 +23,48 @@ Key = tuple[str, str]
 
 
 class Cancellations:
-    """The cancellations of the last `memory_s` (at most `limit`, oldest forgotten first),
-    and the aborts of the generations running here, so that a cancelled request is aborted
-    if it runs and skipped if it comes later."""
+    """The cancellations of the last `memory_s` (at most `limit` requests, oldest forgotten
+    first), and the aborts of the generations running here, so that a cancelled request is
+    aborted if it runs and skipped if it comes later."""
 
     def __init__(self, memory_s: float = 3600.0, limit: int = 100_000) -> None:
         self.memory_s = memory_s
         self._limit = limit
-        self._seen: OrderedDict[Key, Cancel] = OrderedDict()
-        self._running: dict[Key, Callable[[], None]] = {}
+        self._seen: OrderedDict[Key, tuple[Cancel, ...]] = OrderedDict()
+        self._running: dict[Key, tuple[str | None, Callable[[], None]]] = {}
 
     def add(self, cancel: Cancel, now: float | None = None) -> bool:
-        """Remember a cancellation and abort its generation if one runs here (True)."""
+        """Remember a cancellation and abort the generation it stops if one runs here (True)."""
         key = (cancel.tenant, cancel.correlation_id)
-        before = self._seen.get(key)
-        if before is not None and before.answered and not cancel.answered:
-            # Answered stays answered: its outcome must not read as a client's cancellation.
-            cancel = cancel.model_copy(update={"answered": True})
-        self._seen[key] = cancel
+        kind = (cancel.answered, cancel.speculation)
+        kept = tuple(c for c in self._seen.get(key, ()) if (c.answered, c.speculation) != kind)
+        self._seen[key] = (*kept, cancel)
         self._seen.move_to_end(key)
         self._forget_old(time.time() if now is None else now)
-        abort = self._running.get(key)
-        if abort is not None:
-            abort()
-        return abort is not None
+        running = self._running.get(key)
+        if running is None or not cancel.stops(running[0]):
+            return False
+        running[1]()
+        return True
 
-    def cancelled(self, tenant: str, correlation_id: str) -> Cancel | None:
-        """The request's cancellation (within memory), or None."""
-        return self._seen.get((tenant, correlation_id))
+    def cancelled(
+        self, tenant: str, correlation_id: str, speculation: str | None = None
+    ) -> Cancel | None:
+        """The request's cancellation (within memory) that stops its generation sent with
+        `speculation` (WorkItem.speculation), or None. A cache's answer comes first: answered
+        stays answered, whatever cancels the request later."""
+        stopping = [c for c in self._seen.get((tenant, correlation_id), ()) if c.stops(speculation)]
+        return next((c for c in stopping if c.answered), stopping[-1] if stopping else None)
 
-    def running(self, tenant: str, correlation_id: str, abort: Callable[[], None]) -> None:
-        """A generation starts here; `abort` cuts it short."""
-        self._running[(tenant, correlation_id)] = abort
+    def stopping(self, work: WorkItem) -> Cancel | None:
+        """The cancellation that stops this work item's generation, or None."""
+        request = work.request
+        return self.cancelled(request.tenant, request.correlation_id, work.speculation)
+
+    def running(self, work: WorkItem, abort: Callable[[], None]) -> None:
+        """The work item's generation starts here; `abort` cuts it short."""
+        key = (work.request.tenant, work.request.correlation_id)
+        self._running[key] = (work.speculation, abort)
 
     def stopped(self, tenant: str, correlation_id: str) -> None:
         """The generation ended."""
@@ -62,7 +73,7 @@ class Cancellations:
     def _forget_old(self, now: float) -> None:
         while self._seen and (
             len(self._seen) > self._limit
-            or next(iter(self._seen.values())).at < now - self.memory_s
+            or next(iter(self._seen.values()))[-1].at < now - self.memory_s
         ):
             self._seen.popitem(last=False)
 

@@ -335,7 +335,7 @@ class Worker:
         if state.work.not_before is not None:
             await asyncio.sleep(max(0.0, state.work.not_before - time.time()))
         request = state.work.request
-        cancel = self._cancellations.cancelled(request.tenant, request.correlation_id)
+        cancel = self._cancellations.stopping(state.work)
         if cancel is not None:
             return cancel_error(cancel, "before it started")
         if request.expired():
@@ -360,7 +360,7 @@ class Worker:
             else None
         )
         # A cancellation aborts the generation as its timeout would: the timer fires now.
-        self._cancellations.running(request.tenant, request.correlation_id, lambda: _fire(timer))
+        self._cancellations.running(state.work, lambda: _fire(timer))
         try:
             async with timer:
                 async for step in self._engine.generate(
@@ -385,8 +385,7 @@ class Worker:
 
     def _cut_short(self, state: InFlight, by_deadline: bool) -> LlmqError:
         """Why a generation's timer fired: a cancellation, the deadline, or the timeout."""
-        request = state.work.request
-        cancel = self._cancellations.cancelled(request.tenant, request.correlation_id)
+        cancel = self._cancellations.stopping(state.work)
         if cancel is not None:
             return cancel_error(cancel, f"after {state.completion_tokens} tokens")
         if by_deadline:

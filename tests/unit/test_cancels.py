@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from schemas.stream import Cancel
+from schemas.work import WorkItem
+from tests.unit.worker_fakes import work
 from workers.cancels import Cancellations
 
 
@@ -10,10 +12,17 @@ def _cancel(cid: str, at: float = 1000.0, tenant: str = "t") -> Cancel:
     return Cancel(correlation_id=cid, tenant=tenant, at=at)
 
 
+def _work(speculation: str | None = None) -> WorkItem:
+    """Tenant t's request a, sent with `speculation`."""
+    item = WorkItem.model_validate_json(work(speculation=speculation))
+    request = item.request.model_copy(update={"tenant": "t", "correlation_id": "a"})
+    return item.model_copy(update={"request": request})
+
+
 def test_a_running_generation_is_aborted() -> None:
     aborted: list[str] = []
     cancellations = Cancellations()
-    cancellations.running("t", "a", lambda: aborted.append("a"))
+    cancellations.running(_work(), lambda: aborted.append("a"))
     assert cancellations.add(_cancel("a"), now=1000.0)
     assert aborted == ["a"]
     cancellations.stopped("t", "a")
@@ -48,8 +57,50 @@ def test_a_request_a_cache_answered_stays_answered_whatever_cancels_it_later() -
     cancellations.add(answered, now=1000.0)
     cancellations.add(_cancel("a", at=1001.0), now=1001.0)  # its client left afterwards
     cancel = cancellations.cancelled("t", "a")
-    assert cancel is not None and cancel.answered and cancel.at == 1001.0
+    assert cancel is not None and cancel.answered
     cancellations.add(_cancel("b"), now=1000.0)
     cancellations.add(Cancel(correlation_id="b", tenant="t", at=1000.0, answered=True), now=1000.0)
     later = cancellations.cancelled("t", "b")
     assert later is not None and later.answered
+
+
+def _answered(speculation: str, at: float = 1000.0) -> Cancel:
+    return Cancel(correlation_id="a", tenant="t", at=at, answered=True, speculation=speculation)
+
+
+def test_a_caches_cancellation_stops_only_the_speculative_send_it_names() -> None:
+    cancellations = Cancellations()
+    aborted: list[str] = []
+    cancellations.running(_work("s2"), lambda: aborted.append("s2"))
+    assert not cancellations.add(_answered("s1"), now=1000.0), "s2 runs on"
+    assert aborted == []
+    first = cancellations.stopping(_work("s1"))
+    assert first is not None and first.answered
+    assert cancellations.stopping(_work("s2")) is None
+    assert cancellations.stopping(_work()) is None, "nor a send that was not speculative"
+    assert cancellations.add(_answered("s2"), now=1000.0)
+    assert aborted == ["s2"]
+
+
+def test_a_clients_cancellation_stops_every_send_and_answered_ones_stay_answered() -> None:
+    cancellations = Cancellations()
+    cancellations.add(_answered("s1"), now=1000.0)
+    cancellations.add(_cancel("a", at=1001.0), now=1001.0)
+    cancellations.add(_cancel("a", at=1002.0), now=1002.0)  # a second one replaces the first
+    first, later = cancellations.cancelled("t", "a", "s1"), cancellations.cancelled("t", "a", "s2")
+    assert first is not None and first.answered
+    assert later is not None and not later.answered and later.at == 1002.0
+    cancellations.add(_answered("s1", at=1003.0), now=1003.0)  # sent again (a retry)
+    again = cancellations.cancelled("t", "a", "s1")
+    assert again is not None and again.at == 1003.0
+
+
+def test_a_request_is_forgotten_when_its_latest_cancellation_is_old() -> None:
+    cancellations = Cancellations(memory_s=60)
+    cancellations.add(_answered("s1", at=900.0), now=900.0)
+    cancellations.add(_cancel("a", at=950.0), now=950.0)
+    assert cancellations.cancelled("t", "a", "s1") is not None
+    cancellations.add(_cancel("b", at=1000.0), now=1000.0)
+    assert cancellations.cancelled("t", "a", "s1") is not None, "its latest is 50 s old"
+    cancellations.add(_cancel("b", at=1011.0), now=1011.0)
+    assert cancellations.cancelled("t", "a", "s1") is None

@@ -88,11 +88,13 @@ def test_a_hit_answers_from_the_cache_and_cancels_the_generation_as_answered() -
     harness, ledger, _ = _pipeline(hits=True)
     harness.on_request(None, raw_request(cid="t-1", temperature=0))
     work, *rest = harness.send.sent
-    assert WorkItem.model_validate_json(work.value).speculative
+    speculation = WorkItem.model_validate_json(work.value).speculation
+    assert speculation is not None
     by_topic = {s.topic: s for s in rest}
     assert set(by_topic) == {CANCELS, "app.replies"}
     cancel = Cancel.model_validate_json(by_topic[CANCELS].value)
     assert (cancel.correlation_id, cancel.tenant, cancel.answered) == ("t-1", "acme", True)
+    assert cancel.speculation == speculation, "it stops this send, not a later one"
     result = result_of(by_topic["app.replies"])
     assert (result.cache, result.text) == (CacheStatus.SEMANTIC, "From the cache")
     assert ledger.calls == [], "the hold stays: the cancelled generation may have cost"

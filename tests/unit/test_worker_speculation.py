@@ -24,12 +24,19 @@ from workers.claims import Claim
 from workers.worker import Worker
 
 
+def _answered(speculation: str) -> Cancel:
+    """The stream processor's cancellation of a speculative send the cache answered."""
+    return Cancel(
+        correlation_id="standard-0", tenant="default", answered=True, speculation=speculation
+    )
+
+
 def test_work_a_cache_answered_before_it_starts_is_skipped_as_superseded() -> None:
     consumer, producer = FakeConsumer(), FakeProducer()
     cancellations = Cancellations()
-    answered = Cancel(correlation_id="standard-0", tenant="default", answered=True)
+    answered = _answered("s1")
     assert not cancellations.add(answered)
-    consumer.add(STANDARD, [work(speculative=True)])
+    consumer.add(STANDARD, [work(speculation="s1")])
 
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
         await until(lambda: bool(producer.completions()))
@@ -41,6 +48,26 @@ def test_work_a_cache_answered_before_it_starts_is_skipped_as_superseded() -> No
     assert skipped.error.message == "answered from a cache; generation stopped before it started"
     assert engine.started == []
     assert consumer.committed == {STANDARD: 1}
+
+
+def test_a_later_send_of_a_request_is_not_stopped_by_an_earlier_sends_cancellation() -> None:
+    # The stream processor cancelled send s1 and died before its reply; after its restart
+    # the lookup missed, and send s2 is the request's only answer.
+    consumer, producer = FakeConsumer(), FakeProducer()
+    cancellations = Cancellations()
+    cancellations.add(_answered("s1"))
+    consumer.add(STANDARD, [work(speculation="s1"), work(speculation="s2")])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: len(producer.completions()) == 2)
+        stop.set()
+
+    engine = run_worker(consumer, producer, FakeEngine, scenario, cancellations=cancellations)
+    skipped, done = producer.completions()
+    assert skipped.work.speculation == "s1" and skipped.error is not None
+    assert skipped.error.code is ErrorCode.SUPERSEDED
+    assert done.work.speculation == "s2" and done.error is None and done.response is not None
+    assert len(engine.started) == 1
 
 
 def _claims(won: bool, asked: list[str]) -> Claim:
@@ -55,7 +82,7 @@ def _claims(won: bool, asked: list[str]) -> Claim:
 
 def test_a_speculative_stream_that_lost_its_claim_sends_nothing_but_its_whole_answer() -> None:
     consumer, producer = FakeConsumer(), FakeProducer()
-    consumer.add(STANDARD, [work(stream=True, speculative=True)])
+    consumer.add(STANDARD, [work(stream=True, speculation="s1")])
     asked = list[str]()
 
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
@@ -71,14 +98,14 @@ def test_a_speculative_stream_that_lost_its_claim_sends_nothing_but_its_whole_an
 
 def test_a_speculative_stream_the_cache_answered_stops_unseen_as_superseded() -> None:
     consumer, producer = FakeConsumer(), FakeProducer()
-    consumer.add(STANDARD, [work(stream=True, speculative=True)])
+    consumer.add(STANDARD, [work(stream=True, speculation="s1")])
     cancellations, asked = Cancellations(), list[str]()
     engine = FakeEngine()
     engine.hold.clear()  # one token, then it waits
 
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
         await until(lambda: bool(asked))  # its first token came: it asked for the claim
-        answered = Cancel(correlation_id="standard-0", tenant="default", answered=True)
+        answered = _answered("s1")
         assert cancellations.add(answered)
         await until(lambda: bool(producer.completions()))
         stop.set()
@@ -100,14 +127,14 @@ def test_a_speculative_stream_the_cache_answered_stops_unseen_as_superseded() ->
 
 
 @pytest.mark.parametrize(
-    ("stream", "speculative", "claims"),
-    [(True, True, 1), (True, False, 0), (False, True, 0)],
+    ("stream", "speculation", "claims"),
+    [(True, "s1", 1), (True, None, 0), (False, "s1", 0)],
 )
 def test_only_a_speculative_stream_is_claimed_and_one_it_won_streams_on(
-    stream: bool, speculative: bool, claims: int
+    stream: bool, speculation: str | None, claims: int
 ) -> None:
     consumer, producer = FakeConsumer(), FakeProducer()
-    consumer.add(STANDARD, [work(stream=stream, speculative=speculative)])
+    consumer.add(STANDARD, [work(stream=stream, speculation=speculation)])
     asked = list[str]()
 
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
