@@ -31,7 +31,8 @@ Reply = tuple[str | None, InferenceResult]
 
 
 class Waiter(BaseModel):
-    """What a follower needs to get its own reply: its id, tenant, reply topic and clock."""
+    """What a follower needs to get its own reply, or to lead a generation of its own when
+    its leader's client left: its id, tenant, reply topic, clock, lane and deadline."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -40,6 +41,7 @@ class Waiter(BaseModel):
     reply_to: str | None
     created_at: float
     lane: Lane = Lane.STANDARD
+    deadline: float | None = None
 
     @classmethod
     def from_request(cls, request: InferenceRequest) -> Self:
@@ -50,6 +52,7 @@ class Waiter(BaseModel):
             reply_to=request.reply_to,
             created_at=request.created_at,
             lane=request.lane,
+            deadline=request.deadline,
         )
 
 

@@ -126,6 +126,8 @@ class Complete:
                 "tenant": waiter.tenant,
                 "reply_to": waiter.reply_to,
                 "created_at": waiter.created_at,
+                "lane": waiter.lane,
+                "deadline": waiter.deadline,
             }
         )
         metrics.REROUTES.labels("promoted").inc()

@@ -10,6 +10,7 @@ import pytest
 
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.lanes import Lane
 from schemas.names import TOKENS
 from schemas.request import ChatMessage, InferenceRequest
 from schemas.result import (
@@ -355,6 +356,21 @@ def test_a_leader_whose_client_left_hands_the_generation_to_a_copy(harness: Pipe
         ("copy-2", "Still wanted", CacheStatus.COALESCED),
     ]
     assert harness.table == {}
+
+
+def test_a_promoted_copy_keeps_its_own_lane_and_deadline(harness: Pipeline) -> None:
+    [work] = _copies(harness, 1)
+    assert work.request.deadline is None
+    copy = json.loads(_copy(1))
+    copy |= {"lane": "batch", "deadline": 4_000_000_000.0}
+    harness.on_request(None, json.dumps(copy).encode())
+    harness.send.sent.clear()
+    harness.on_completion(completion(work, None, ErrorCode.CANCELLED))
+    _, handed = harness.send.sent
+    promoted = WorkItem.model_validate_json(handed.value)
+    assert handed.topic == "llmq.work.smollm2-135m.batch"
+    assert promoted.request.correlation_id == "copy-1"
+    assert (promoted.request.lane, promoted.request.deadline) == (Lane.BATCH, 4_000_000_000.0)
 
 
 def test_a_cancelled_request_nobody_else_waits_for_just_ends(harness: Pipeline) -> None:
