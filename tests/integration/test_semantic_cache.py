@@ -24,6 +24,7 @@ from schemas.names import REDIS_SEMANTIC_PREFIX
 from schemas.request import InferenceRequest
 from streams.embedder import DIMENSIONS, MAX_TOKENS, Embedder, default_model_dir
 from streams.semantic import (
+    CANDIDATES,
     DEFAULT_THRESHOLD,
     LENIENT_FALSE_HIT_BOUND,
     SemanticCache,
@@ -170,8 +171,8 @@ def test_the_lenient_guard_takes_no_word_added_past_what_was_embedded(
     redis_url: str, embedder: Embedder
 ) -> None:
     """The lenient guard lets a word added to the question pass on the two questions'
-    similarity; past MAX_TOKENS the embedding sees none of the words, so it takes none
-    there, and still takes synonyms and what the strict guard takes."""
+    similarity; past MAX_TOKENS the embedding leaves out the middle of the text, so it
+    takes none there, and still takes synonyms and what the strict guard takes."""
     cached, asked = "What is a dividend?", "What does dividend mean in investing?"
     context = "I keep a small notebook about money. " * 20  # 160 tokens
 
@@ -193,6 +194,38 @@ def test_the_lenient_guard_takes_no_word_added_past_what_was_embedded(
         assert synonym.fingerprint == "fp-often"
 
     assert not embedder.whole(context)
+    _run(redis_url, embedder, scenario)
+
+
+def test_questions_after_one_long_opening_are_told_apart(
+    redis_url: str, embedder: Embedder
+) -> None:
+    """More questions than the lookup reads candidates (CANDIDATES), each after the same
+    opening longer than MAX_TOKENS: each is found, because the end of a long text is
+    embedded as well as its start."""
+    context = "I keep a small notebook about money. " * 20  # 160 tokens
+    questions = [
+        "What is a dividend?",
+        "How often should I rebalance?",
+        "What is an index fund?",
+        "Should I pay off debt before investing?",
+        "What is compound interest?",
+        "How large should an emergency fund be?",
+        "What is a bond?",
+        "How are capital gains taxed?",
+        "What is inflation?",
+        "Is a Roth IRA worth it?",
+    ]
+    assert len(questions) > CANDIDATES and not embedder.whole(context)
+
+    async def scenario(cache: Callable[..., SemanticCache], _: aioredis.Redis) -> None:
+        semantic = cache()
+        for i, question in enumerate(questions):
+            await semantic.add(_scope(), context + question, f"fp-{i}")
+        for i, question in enumerate(questions):
+            hit = await semantic.lookup(_scope(), context + question)
+            assert hit is not None and hit.fingerprint == f"fp-{i}", question
+
     _run(redis_url, embedder, scenario)
 
 
