@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from schemas.metering import MeteringEvent
 from schemas.request import ChatMessage, InferenceRequest
 from schemas.result import ChatCompletion, ErrorInfo, Timings
 from schemas.route import Route
+
+LEGACY_SPECULATION = "legacy"
+"""The speculation of a record marked only `speculative` (the version before ids)."""
 
 
 class WorkItem(BaseModel):
@@ -42,10 +46,21 @@ class WorkItem(BaseModel):
     processor restarted, is not cancelled with it); a streamed one is claimed first, by
     whichever side answers first (schemas.names.claim_key)."""
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def speculative(self) -> bool:
-        """Sent before the semantic cache's lookup ended (`speculation`)."""
+        """Sent before the semantic cache's lookup ended (`speculation`). Written to the
+        record too, for workers of the version before `speculation` during an upgrade."""
         return self.speculation is not None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _speculative_before(cls, data: Any) -> Any:
+        """A record of the version before `speculation`, marked only `speculative`: a send
+        without an id, which the cache's cancellations of that version (no id) stop."""
+        if isinstance(data, dict) and data.get("speculative") and not data.get("speculation"):
+            return {**data, "speculation": LEGACY_SPECULATION}
+        return data
 
 
 CLAIM_TTL_S = 3600

@@ -56,6 +56,14 @@ class Waiter(BaseModel):
         )
 
 
+def shared_terms(waiters: Sequence[Waiter]) -> tuple[Lane, float | None]:
+    """The lane and deadline of one generation that answers every one of `waiters`: the most
+    urgent lane, and the latest deadline (None when one has none)."""
+    lane = min((w.lane for w in waiters), key=lambda lane: lane.priority)
+    deadlines = [w.deadline for w in waiters]
+    return lane, None if None in deadlines else max(d for d in deadlines if d is not None)
+
+
 class Leader(BaseModel):
     """The generation in flight for one fingerprint, how many followers wait on it, and the
     stream-processor process that sent its work."""
@@ -66,6 +74,8 @@ class Leader(BaseModel):
     since: float
     followers: int = 0
     epoch: str = ""
+    speculation: str | None = None
+    """Its work's speculative send (WorkItem.speculation), when it was sent as one."""
 
 
 class Coalescer:
@@ -122,6 +132,13 @@ class Coalescer:
         raw = self._table.get(fingerprint.encode())
         return None if raw is None else Leader.model_validate_json(raw)
 
+    def speculating(self, fingerprint: str, speculation: str | None) -> None:
+        """The leader's work goes out as this speculative send."""
+        leader = self.leader(fingerprint)
+        if leader is not None:
+            updated = leader.model_copy(update={"speculation": speculation})
+            self._table[fingerprint.encode()] = updated.model_dump_json().encode()
+
     def leader_id(self, fingerprint: str) -> str | None:
         """The correlation_id of the request whose generation is in flight for
         `fingerprint`, if any (another than a given one's: a cache answered that one)."""
@@ -145,6 +162,7 @@ class Coalescer:
                     "correlation_id": waiter.correlation_id,
                     "since": since,
                     "epoch": self.epoch,
+                    "speculation": None,
                 }
             )
             self._table[fingerprint.encode()] = new.model_dump_json().encode()

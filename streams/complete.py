@@ -14,7 +14,7 @@ from schemas.result import ErrorInfo
 from schemas.retry import RetryPolicy
 from schemas.work import Completion
 from streams import metrics, replies
-from streams.coalesce import Coalescer
+from streams.coalesce import Coalescer, shared_terms
 from streams.dedupe import Similar
 from streams.guard import Guard
 from streams.outbox import Outbox
@@ -65,9 +65,18 @@ class Complete:
         if self._outbox.ledger is not None:
             await self._outbox.ledger.settle(completion.metering)
         # 1) A speculative generation the semantic cache answered: its request is answered,
-        #    what it cost is counted, and it releases the hold the cache's answer left.
+        #    what it cost is counted, and it releases the hold the cache's answer left;
+        #    unless the request leads another send of it (resent after a restart of this
+        #    stage): that one's outcome releases it.
         if completion.error is not None and completion.error.code is ErrorCode.SUPERSEDED:
-            if self._outbox.ledger is not None:
+            work = completion.work
+            leader = self._coalescer.leader(work.fingerprint)
+            resent = (
+                leader is not None
+                and leader.correlation_id == work.request.correlation_id
+                and leader.speculation != work.speculation
+            )
+            if self._outbox.ledger is not None and not resent:
                 await self._outbox.ledger.release(replies.from_completion(completion))
             return
         # 2) Another model or another attempt takes it over: whoever waits keeps waiting.
@@ -120,14 +129,17 @@ class Complete:
         if waiter is None:
             return False
         await self._outbox.reply(work.request.reply_to, replies.from_completion(completion))
+        fingerprint = work.fingerprint
+        rest = self._coalescer.waiters(fingerprint, 0, self._coalescer.followers(fingerprint))
+        lane, deadline = shared_terms([waiter, *rest])
         request = work.request.model_copy(
             update={
                 "correlation_id": waiter.correlation_id,
                 "tenant": waiter.tenant,
                 "reply_to": waiter.reply_to,
                 "created_at": waiter.created_at,
-                "lane": waiter.lane,
-                "deadline": waiter.deadline,
+                "lane": lane,
+                "deadline": deadline,
             }
         )
         metrics.REROUTES.labels("promoted").inc()

@@ -106,6 +106,7 @@ class Dedupe:
         request = work.request
         lookup = asyncio.create_task(self._similar_answer(similar, *key))
         sent = work.model_copy(update={"speculation": uuid.uuid4().hex})
+        self._coalescer.speculating(work.fingerprint, sent.speculation)
         try:
             await self._outbox.work(sent)
         except BaseException:

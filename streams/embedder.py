@@ -71,7 +71,7 @@ def _trace(
         return model
 
 
-def _head_and_tail(ids: list[int]) -> list[int]:
+def head_and_tail(ids: list[int]) -> list[int]:
     """A text's token ids cut to MAX_TOKENS: its first HEAD_TOKENS and its last ones."""
     if len(ids) <= MAX_TOKENS:
         return ids
@@ -181,7 +181,7 @@ class Embedder:
             # Whole (verbose=False: a text past the model's length is cut below, not here).
             rows = self._tokenizer(texts, verbose=False)["input_ids"]
             batch = self._tokenizer.pad(
-                {"input_ids": [_head_and_tail(row) for row in rows]}, return_tensors="pt"
+                {"input_ids": [head_and_tail(row) for row in rows]}, return_tensors="pt"
             )
         with (
             torch.inference_mode(),

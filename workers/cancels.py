@@ -31,21 +31,24 @@ class Cancellations:
         self.memory_s = memory_s
         self._limit = limit
         self._seen: OrderedDict[Key, tuple[Cancel, ...]] = OrderedDict()
-        self._running: dict[Key, tuple[str | None, Callable[[], None]]] = {}
+        self._running: dict[Key, dict[str, tuple[str | None, Callable[[], None]]]] = {}
+        """Per request, each generation running here: (its speculation, its abort) by run id."""
 
     def add(self, cancel: Cancel, now: float | None = None) -> bool:
-        """Remember a cancellation and abort the generation it stops if one runs here (True)."""
+        """Remember a cancellation and abort the generations it stops that run here (True if
+        any does)."""
         key = (cancel.tenant, cancel.correlation_id)
         kind = (cancel.answered, cancel.speculation)
         kept = tuple(c for c in self._seen.get(key, ()) if (c.answered, c.speculation) != kind)
         self._seen[key] = (*kept, cancel)
         self._seen.move_to_end(key)
         self._forget_old(time.time() if now is None else now)
-        running = self._running.get(key)
-        if running is None or not cancel.stops(running[0]):
-            return False
-        running[1]()
-        return True
+        stopped = [
+            abort for sent, abort in self._running.get(key, {}).values() if cancel.stops(sent)
+        ]
+        for abort in stopped:
+            abort()
+        return bool(stopped)
 
     def cancelled(
         self, tenant: str, correlation_id: str, speculation: str | None = None
@@ -61,14 +64,20 @@ class Cancellations:
         request = work.request
         return self.cancelled(request.tenant, request.correlation_id, work.speculation)
 
-    def running(self, work: WorkItem, abort: Callable[[], None]) -> None:
-        """The work item's generation starts here; `abort` cuts it short."""
+    def running(self, work: WorkItem, run: str, abort: Callable[[], None]) -> None:
+        """The work item's generation `run` (an id of its own) starts here; `abort` cuts it
+        short. Two sends of one request may run at once (a resend after the stream processor
+        restarted): each is stopped by its own cancellations."""
         key = (work.request.tenant, work.request.correlation_id)
-        self._running[key] = (work.speculation, abort)
+        self._running.setdefault(key, {})[run] = (work.speculation, abort)
 
-    def stopped(self, tenant: str, correlation_id: str) -> None:
-        """The generation ended."""
-        self._running.pop((tenant, correlation_id), None)
+    def stopped(self, work: WorkItem, run: str) -> None:
+        """The generation `run` ended."""
+        key = (work.request.tenant, work.request.correlation_id)
+        runs = self._running.get(key, {})
+        runs.pop(run, None)
+        if not runs:
+            self._running.pop(key, None)
 
     def _forget_old(self, now: float) -> None:
         while self._seen and (

@@ -360,7 +360,7 @@ class Worker:
             else None
         )
         # A cancellation aborts the generation as its timeout would: the timer fires now.
-        self._cancellations.running(state.work, lambda: _fire(timer))
+        self._cancellations.running(state.work, state.request_id, lambda: _fire(timer))
         try:
             async with timer:
                 async for step in self._engine.generate(
@@ -378,7 +378,7 @@ class Worker:
                 raise
             return error
         finally:
-            self._cancellations.stopped(request.tenant, request.correlation_id)
+            self._cancellations.stopped(state.work, state.request_id)
         if deltas is not None:
             await deltas.finish(state.finish_reason, state.usage())
         return None

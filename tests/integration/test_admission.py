@@ -71,6 +71,7 @@ def test_a_suspended_tenant_is_refused_until_its_budget_resets(client: Client) -
     assert result.error.retry_after_s is not None and 0 < result.error.retry_after_s <= 86_400
 
 
+@pytest.mark.timeout(600 + MIDNIGHT_MARGIN_S)
 def test_metered_spend_closes_the_budget(client: Client) -> None:
     _clear_of_midnight()
     first = client.result(_ask(client, "frugal"), timeout=300)
@@ -87,6 +88,7 @@ def test_metered_spend_closes_the_budget(client: Client) -> None:
     assert "daily budget" in result.error.message
 
 
+@pytest.mark.timeout(600 + MIDNIGHT_MARGIN_S)
 def test_a_burst_never_spends_past_the_budget(
     client: Client, stack: LocalStack, service_settings: ServiceSettings
 ) -> None:

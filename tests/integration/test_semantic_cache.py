@@ -22,7 +22,14 @@ from transformers import AutoModel, AutoTokenizer
 
 from schemas.names import REDIS_SEMANTIC_PREFIX
 from schemas.request import InferenceRequest
-from streams.embedder import DIMENSIONS, MAX_TOKENS, Embedder, default_model_dir
+from streams.embedder import (
+    DIMENSIONS,
+    HEAD_TOKENS,
+    MAX_TOKENS,
+    Embedder,
+    default_model_dir,
+    head_and_tail,
+)
 from streams.semantic import (
     CANDIDATES,
     DEFAULT_THRESHOLD,
@@ -133,13 +140,14 @@ def test_the_traced_model_gives_the_vectors_of_the_model_itself() -> None:
     """The embedder runs a TorchScript trace of the model: its vectors, for texts of other
     lengths than the one traced and padded in a batch, are those of the model run eagerly
     with transformers, pooled as sentence-transformers pools (computed here)."""
-    texts = ["Hi?", "What is the capital of France?", "word " * (2 * MAX_TOKENS)]
+    long = " ".join(f"step {i} of the plan" for i in range(60)) + " What comes next?"
+    texts = ["Hi?", "What is the capital of France?", long]
     path = str(default_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-    batch = tokenizer(
-        texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-    )
+    rows = [head_and_tail(ids) for ids in tokenizer(texts)["input_ids"]]
+    assert len(rows[2]) == MAX_TOKENS
+    batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
     with torch.inference_mode():
         tokens = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).float()
@@ -149,6 +157,19 @@ def test_the_traced_model_gives_the_vectors_of_the_model_itself() -> None:
     assert embedder.traced
     assert np.allclose(embedder.embed(texts), expected, atol=1e-5)
     assert np.allclose(embedder.embed(texts[:1]), expected[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [MAX_TOKENS - 1, MAX_TOKENS, MAX_TOKENS + 1, 300])
+def test_a_long_texts_first_and_last_tokens_are_embedded(length: int) -> None:
+    ids = [101, *range(1000, 1000 + length - 2), 102]  # [CLS] ... [SEP]
+    cut = head_and_tail(ids)
+    if length <= MAX_TOKENS:
+        assert cut == ids
+        return
+    assert len(cut) == MAX_TOKENS
+    assert cut[:HEAD_TOKENS] == ids[:HEAD_TOKENS]
+    assert cut[HEAD_TOKENS:] == ids[-(MAX_TOKENS - HEAD_TOKENS) :]
+    assert (cut[0], cut[-1]) == (101, 102)
 
 
 def test_bfloat16_vectors_are_float32_ones_within_a_ten_thousandth() -> None:

@@ -22,10 +22,10 @@ def _work(speculation: str | None = None) -> WorkItem:
 def test_a_running_generation_is_aborted() -> None:
     aborted: list[str] = []
     cancellations = Cancellations()
-    cancellations.running(_work(), lambda: aborted.append("a"))
+    cancellations.running(_work(), "run-1", lambda: aborted.append("a"))
     assert cancellations.add(_cancel("a"), now=1000.0)
     assert aborted == ["a"]
-    cancellations.stopped("t", "a")
+    cancellations.stopped(_work(), "run-1")
     assert not cancellations.add(_cancel("a"), now=1000.0)  # nothing runs any more
     assert aborted == ["a"]
 
@@ -71,7 +71,7 @@ def _answered(speculation: str, at: float = 1000.0) -> Cancel:
 def test_a_caches_cancellation_stops_only_the_speculative_send_it_names() -> None:
     cancellations = Cancellations()
     aborted: list[str] = []
-    cancellations.running(_work("s2"), lambda: aborted.append("s2"))
+    cancellations.running(_work("s2"), "run-2", lambda: aborted.append("s2"))
     assert not cancellations.add(_answered("s1"), now=1000.0), "s2 runs on"
     assert aborted == []
     first = cancellations.stopping(_work("s1"))
@@ -104,3 +104,18 @@ def test_a_request_is_forgotten_when_its_latest_cancellation_is_old() -> None:
     assert cancellations.cancelled("t", "a", "s1") is not None, "its latest is 50 s old"
     cancellations.add(_cancel("b", at=1011.0), now=1011.0)
     assert cancellations.cancelled("t", "a", "s1") is None
+
+
+def test_two_sends_running_at_once_are_each_stopped_by_their_own_cancellations() -> None:
+    cancellations = Cancellations()
+    aborted: list[str] = []
+    first, resent = _work("s1"), _work("s2")
+    cancellations.running(first, "run-1", lambda: aborted.append("s1"))
+    cancellations.running(resent, "run-2", lambda: aborted.append("s2"))
+    assert cancellations.add(_answered("s1"), now=1000.0)
+    assert aborted == ["s1"]
+    cancellations.stopped(first, "run-1")
+    assert cancellations.add(_cancel("a", at=1001.0), now=1001.0), "the resend still runs"
+    assert aborted == ["s1", "s2"]
+    cancellations.stopped(resent, "run-2")
+    assert not cancellations.add(_cancel("a", at=1002.0), now=1002.0)

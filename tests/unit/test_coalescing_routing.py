@@ -358,19 +358,23 @@ def test_a_leader_whose_client_left_hands_the_generation_to_a_copy(harness: Pipe
     assert harness.table == {}
 
 
-def test_a_promoted_copy_keeps_its_own_lane_and_deadline(harness: Pipeline) -> None:
-    [work] = _copies(harness, 1)
-    assert work.request.deadline is None
-    copy = json.loads(_copy(1))
-    copy |= {"lane": "batch", "deadline": 4_000_000_000.0}
-    harness.on_request(None, json.dumps(copy).encode())
+@pytest.mark.parametrize(
+    ("last_deadline", "deadline"), [(3_000_000_000.0, 4_000_000_000.0), (None, None)]
+)
+def test_a_promoted_copy_takes_the_most_urgent_lane_and_latest_deadline_of_those_waiting(
+    harness: Pipeline, last_deadline: float | None, deadline: float | None
+) -> None:
+    [work] = _copies(harness, 1)  # interactive, no deadline: its client leaves
+    for i, lane, until in ((1, "batch", 4_000_000_000.0), (2, "standard", last_deadline)):
+        copy = json.loads(_copy(i)) | {"lane": lane, "deadline": until}
+        harness.on_request(None, json.dumps(copy).encode())
     harness.send.sent.clear()
     harness.on_completion(completion(work, None, ErrorCode.CANCELLED))
     _, handed = harness.send.sent
     promoted = WorkItem.model_validate_json(handed.value)
-    assert handed.topic == "llmq.work.smollm2-135m.batch"
+    assert handed.topic == "llmq.work.smollm2-135m.standard"
     assert promoted.request.correlation_id == "copy-1"
-    assert (promoted.request.lane, promoted.request.deadline) == (Lane.BATCH, 4_000_000_000.0)
+    assert (promoted.request.lane, promoted.request.deadline) == (Lane.STANDARD, deadline)
 
 
 def test_a_cancelled_request_nobody_else_waits_for_just_ends(harness: Pipeline) -> None:

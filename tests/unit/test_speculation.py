@@ -114,6 +114,35 @@ def test_the_superseded_generation_settles_its_cost_and_hold_and_is_not_answered
     assert harness.store.results["t-1"].cache is CacheStatus.SEMANTIC
 
 
+def test_an_earlier_sends_superseded_outcome_leaves_the_hold_to_the_resend() -> None:
+    # The stream processor cancelled send s1 and died before its reply; the resend's lookup
+    # missed, and it is being generated when s1's outcome arrives.
+    harness, ledger, _ = _pipeline(hits=False)
+    harness.on_request(None, raw_request(cid="t-1", temperature=0))
+    resend = WorkItem.model_validate_json(harness.send.sent[0].value)
+    harness.send.sent.clear()
+    first = resend.model_copy(update={"speculation": "s1"})
+    spent = metered(first, 0.01).metering
+    outcome = Completion.model_validate_json(completion(first, None, ErrorCode.SUPERSEDED))
+    harness.on_completion(outcome.model_copy(update={"metering": spent}).model_dump_json().encode())
+    assert harness.send.sent == []
+    assert ledger.calls == ["settle t-1 0.01"], "the hold stays for the resend"
+    harness.on_completion(completion(resend, "Generated"))
+    [reply] = harness.send.sent
+    assert result_of(reply).text == "Generated"
+    assert ledger.calls[1:] == ["release t-1"]
+
+
+def test_a_superseded_outcome_ahead_of_the_caches_reply_still_releases_the_hold() -> None:
+    # The worker's outcome of the cancelled send can arrive while the cache's reply is still
+    # being sent (the request still leads, with that very send).
+    harness, ledger, _ = _pipeline(hits=False)
+    harness.on_request(None, raw_request(cid="t-1", temperature=0))
+    sent = WorkItem.model_validate_json(harness.send.sent[0].value)
+    harness.on_completion(completion(sent, None, ErrorCode.SUPERSEDED))
+    assert ledger.calls[-1:] == ["release t-1"]
+
+
 def test_a_stream_whose_engine_claimed_it_first_is_left_to_its_generation() -> None:
     harness, ledger, _ = _pipeline(hits=True)
     harness.store.claims["acme/t-1"] = "engine"  # its first tokens are out

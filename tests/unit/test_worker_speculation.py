@@ -5,11 +5,13 @@ stopped as superseded, and a speculative stream claims its request before its fi
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from schemas.errors import ErrorCode
 from schemas.stream import Cancel
+from schemas.work import LEGACY_SPECULATION, WorkItem
 from tests.unit.worker_fakes import (
     STANDARD,
     FakeConsumer,
@@ -68,6 +70,16 @@ def test_a_later_send_of_a_request_is_not_stopped_by_an_earlier_sends_cancellati
     assert skipped.error.code is ErrorCode.SUPERSEDED
     assert done.work.speculation == "s2" and done.error is None and done.response is not None
     assert len(engine.started) == 1
+
+
+def test_a_record_of_the_version_before_speculation_ids_is_still_speculative() -> None:
+    legacy = json.loads(work(stream=True)) | {"speculative": True}
+    item = WorkItem.model_validate_json(json.dumps(legacy))
+    assert (item.speculative, item.speculation) == (True, LEGACY_SPECULATION)
+    assert Cancel(correlation_id="c", tenant="t", answered=True).stops(item.speculation)
+    written = json.loads(item.model_copy(update={"speculation": None}).model_dump_json())
+    assert written["speculative"] is False, "old workers read it"
+    assert json.loads(WorkItem.model_validate_json(work()).model_dump_json())["speculation"] is None
 
 
 def _claims(won: bool, asked: list[str]) -> Claim:
