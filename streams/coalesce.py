@@ -74,8 +74,12 @@ class Leader(BaseModel):
     since: float
     followers: int = 0
     epoch: str = ""
-    speculation: str | None = None
-    """Its work's speculative send (WorkItem.speculation), when it was sent as one."""
+
+    @property
+    def send(self) -> str:
+        """Which send of its work this is: a resend (a redelivered request after a restart,
+        or a stale one led anew) makes an entry of its own (WorkItem.speculation)."""
+        return f"{self.epoch}@{self.since!r}"
 
 
 class Coalescer:
@@ -132,13 +136,6 @@ class Coalescer:
         raw = self._table.get(fingerprint.encode())
         return None if raw is None else Leader.model_validate_json(raw)
 
-    def speculating(self, fingerprint: str, speculation: str | None) -> None:
-        """The leader's work goes out as this speculative send."""
-        leader = self.leader(fingerprint)
-        if leader is not None:
-            updated = leader.model_copy(update={"speculation": speculation})
-            self._table[fingerprint.encode()] = updated.model_dump_json().encode()
-
     def leader_id(self, fingerprint: str) -> str | None:
         """The correlation_id of the request whose generation is in flight for
         `fingerprint`, if any (another than a given one's: a cache answered that one)."""
@@ -162,7 +159,6 @@ class Coalescer:
                     "correlation_id": waiter.correlation_id,
                     "since": since,
                     "epoch": self.epoch,
-                    "speculation": None,
                 }
             )
             self._table[fingerprint.encode()] = new.model_dump_json().encode()

@@ -74,7 +74,7 @@ class Complete:
             resent = (
                 leader is not None
                 and leader.correlation_id == work.request.correlation_id
-                and leader.speculation != work.speculation
+                and leader.send != work.speculation
             )
             if self._outbox.ledger is not None and not resent:
                 await self._outbox.ledger.release(replies.from_completion(completion))

@@ -105,8 +105,9 @@ class Dedupe:
         cache, and its generation cancelled, unless that generation answered first."""
         request = work.request
         lookup = asyncio.create_task(self._similar_answer(similar, *key))
-        sent = work.model_copy(update={"speculation": uuid.uuid4().hex})
-        self._coalescer.speculating(work.fingerprint, sent.speculation)
+        leader = self._coalescer.leader(work.fingerprint)
+        send = uuid.uuid4().hex if leader is None else leader.send
+        sent = work.model_copy(update={"speculation": send})
         try:
             await self._outbox.work(sent)
         except BaseException:
