@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from llmq.client import Client
@@ -15,6 +16,8 @@ from schemas.settings import ServiceSettings
 from schemas.work import WorkItem
 from streams.affinity import DEFAULT_PREFIX_CHARS
 from tests.integration.helpers import Record, collect
+
+pytestmark = pytest.mark.integration
 
 MODEL = Catalog.builtin().default
 MANUAL = (

@@ -124,6 +124,24 @@ def test_the_environment_check_finds_reads(tmp_path: Path) -> None:
     assert [line.split()[0].rsplit(":", 1)[1] for line in found] == ["2", "3", "4", "5"]
 
 
+def test_every_integration_module_is_marked_integration() -> None:
+    """The marker is how `-m "not integration"` skips them, and unmarked tests would be
+    ordered among those of the session's stack wrongly (tests/conftest.py)."""
+    modules = sorted((ROOT / "tests" / "integration").glob("test_*.py"))
+    assert len(modules) > 20
+    unmarked = [
+        p.name
+        for p in modules
+        if not any(
+            isinstance(node, ast.Assign)
+            and [ast.unparse(t) for t in node.targets] == ["pytestmark"]
+            and "pytest.mark.integration" in ast.unparse(node.value)
+            for node in ast.parse(p.read_text(encoding="utf-8")).body
+        )
+    ]
+    assert unmarked == []
+
+
 def test_the_image_carries_every_package_that_is_installed() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     installed = {
