@@ -125,8 +125,8 @@ def test_the_environment_check_finds_reads(tmp_path: Path) -> None:
 
 
 def test_every_integration_module_is_marked_integration() -> None:
-    """The marker is how `-m "not integration"` skips them, and unmarked tests would be
-    ordered among those of the session's stack wrongly (tests/conftest.py)."""
+    """The marker is how `-m "not integration"` skips them, and the run's order
+    (tests/conftest.py) would take an unmarked one for a unit test."""
     modules = sorted((ROOT / "tests" / "integration").glob("test_*.py"))
     assert len(modules) > 20
     unmarked = [
