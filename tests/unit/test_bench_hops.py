@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.bench.hops import STEPS, steps
+from tools.bench.hops import STEPS, steps, unanswered
 
 
 def test_each_step_is_the_time_between_two_records_and_the_worker_leaves_out_the_engine() -> None:
@@ -15,3 +15,10 @@ def test_each_step_is_the_time_between_two_records_and_the_worker_leaves_out_the
     assert got == pytest.approx(
         {"admission": 10.0, "dedupe": 20.0, "worker": 15.0, "complete": 5.0, "to the app": 8.0}
     )
+
+
+def test_a_question_left_unanswered_names_the_load_or_the_stack() -> None:
+    loaded = unanswered(4, 2.0)
+    assert loaded.startswith("question 5 got no answer within 120 s")
+    assert "2 requests a second" in loaded and "lower --load" in loaded
+    assert "llmq local status" in unanswered(0, 0.0)

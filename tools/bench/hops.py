@@ -12,8 +12,11 @@ Kafka: a record produced (acknowledged by every replica) to a scratch topic and 
 a waiting consumer.
 
 `--load RATE` keeps the engine busy meanwhile: ShareGPT first turns from another tenant
-at Poisson arrivals of RATE a second (about half the engine's capacity, for the added
-latency at half load), started before the questions and stopped after them.
+at Poisson arrivals of RATE a second, started before the questions and stopped after them.
+For the added latency at half load, RATE is about half the engine's capacity: 2 on a
+2-core CPU that computes in bf16, less on one that does not (an AVX2-only one serves about
+half as much). Above capacity the questions queue behind the load, and the run stops with
+a message once one has waited QUESTION_TIMEOUT_S.
 
     python -m tools.bench.hops --requests 20 [--load 2]
 """
@@ -48,6 +51,8 @@ BARE_TRIPS = 50
 """Bare trips through Kafka measured first, one at a time."""
 LOAD_WARMUP_S = 20.0
 """How long the load runs before the first question: long enough to fill the engine."""
+QUESTION_TIMEOUT_S = 120.0
+"""How long one question may wait for its answer."""
 
 
 def bare_trips(settings: ServiceSettings, trips: int) -> tuple[list[float], list[float]]:
@@ -137,6 +142,17 @@ def steps(
     return dict(zip(STEPS, ms, strict=True))
 
 
+def unanswered(n: int, load: float) -> str:
+    """Why the run stops when question `n` (from 0) got no answer in time."""
+    said = f"question {n + 1} got no answer within {QUESTION_TIMEOUT_S:.0f} s"
+    if load > 0:
+        return (
+            f"{said}: a load of {load:g} requests a second is likely more than the engine "
+            "serves, so the questions queue behind it; try a lower --load"
+        )
+    return f"{said} on a quiet stack: is it up and serving (`llmq local status`)?"
+
+
 def read_back(
     consumer: KafkaConsumer, start: Mapping[TopicPartition, int], ids: set[str]
 ) -> dict[str, dict[str, float]]:
@@ -182,9 +198,16 @@ def main() -> None:
         with load(settings, args.load) as loaded, Client(settings) as client:
             client.ask("Say hello.", tenant="hops-warmup", max_tokens=4, temperature=0.0)
             for n in range(args.requests):
-                result = client.ask(
-                    f"What is {n} plus {n + 7}?", tenant=tenant, max_tokens=8, temperature=0.0
-                )
+                try:
+                    result = client.ask(
+                        f"What is {n} plus {n + 7}?",
+                        timeout=QUESTION_TIMEOUT_S,
+                        tenant=tenant,
+                        max_tokens=8,
+                        temperature=0.0,
+                    )
+                except TimeoutError:
+                    raise SystemExit(unanswered(n, args.load)) from None
                 timed.append((result, time.time()))
         ids = {result.correlation_id or "" for result, _ in timed}
         sent = read_back(consumer, start, ids)
