@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from autoscaler.ledger import Ledger
+from llmq.fetcher import install as fix_fetcher
 from llmq.groups import describe_groups
 from llmq.tail import assigned
 from schemas.lanes import Lane
@@ -70,6 +71,7 @@ class Pools:
             client_id=f"{self._client_id}-admin",
             **kafka,
         )
+        fix_fetcher()
         self._consumer = AIOKafkaConsumer(
             *topics,
             bootstrap_servers=self._settings.kafka_bootstrap,

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from llmq.chat import Prompt, chat_request
+from llmq.fetcher import install as fix_fetcher
 from llmq.streaming import Delta, StreamLog, StreamReader
 from llmq.tail import at_end
 from schemas.lanes import Lane
@@ -81,6 +82,7 @@ class AsyncClient:
             linger_ms=0,
             **kafka,
         )
+        fix_fetcher()
         self._consumer = AIOKafkaConsumer(
             self.reply_to,
             TOKENS,

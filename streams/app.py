@@ -14,6 +14,7 @@ from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types import TP
 from faust.types.auth import CredentialsT
 
+from llmq.fetcher import install as fix_fetcher
 from schemas.kafka_security import KafkaSecurity
 from schemas.names import (
     AGENT_ADMIT,
@@ -121,6 +122,7 @@ def broker_credentials(security: KafkaSecurity) -> CredentialsT | None:
 def build(settings: StreamSettings) -> faust.App:
     """The app with its agents; run it with faust's Worker."""
     fix_offsets()
+    fix_fetcher()
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],

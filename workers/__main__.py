@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from prometheus_client import start_http_server
 
+from llmq.fetcher import install as fix_fetcher
 from schemas.catalog import ModelSpec
 from schemas.names import CANCELS, work_topics, worker_group
 from schemas.redact import log_content
@@ -119,6 +120,7 @@ def kafka_clients(
         linger_ms=0,
         **security.client_kwargs(),
     )
+    fix_fetcher()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=worker_group(spec.name),
@@ -146,6 +148,7 @@ def _cancels_ended(task: asyncio.Task[None]) -> None:
 
 def cancels_consumer(settings: WorkerSettings) -> AIOKafkaConsumer:
     """A reader of every partition of llmq.cancels, in no group (each worker reads all)."""
+    fix_fetcher()
     return AIOKafkaConsumer(
         CANCELS,
         bootstrap_servers=settings.kafka_bootstrap,
