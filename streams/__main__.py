@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 
-from faust.worker import Worker
 from prometheus_client import start_http_server
 
 from schemas.redact import log_content
 from schemas.tenants import TenantPolicy
 from streams.app import build
 from streams.settings import StreamSettings
+from streams.stopping import BoundedWorker
 
 
 def main() -> None:
-    """Validate settings, serve /metrics, hand the loop to faust (which drains on SIGTERM)."""
+    """Validate settings, serve /metrics, hand the loop to faust (which drains on SIGTERM,
+    within LLMQ_DRAIN_TIMEOUT_S)."""
     settings = StreamSettings()
     settings.catalog()  # a bad models file fails here, with its reason, not in an agent
     TenantPolicy.load(settings.tenants_file)  # likewise a bad tenants file
@@ -32,7 +33,10 @@ def main() -> None:
     finally:
         log.removeHandler(early)
     log_content(settings.log_content)
-    Worker(app, loglevel=settings.log_level).execute_from_commandline()
+    worker = BoundedWorker(
+        app, drain_timeout_s=settings.drain_timeout_s, loglevel=settings.log_level
+    )
+    worker.execute_from_commandline()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ class StreamSettings(ServiceSettings):
     """How long the exact response cache keeps an answer (LLMQ_CACHE_TTL_S)."""
     result_ttl_s: int = Field(default=24 * 3600, ge=1)
     """How long the result store keeps a result (LLMQ_RESULT_TTL_S)."""
+    drain_timeout_s: float = Field(default=20.0, gt=0, le=3600)
+    """On SIGTERM: how long records in flight may still finish (LLMQ_DRAIN_TIMEOUT_S); past
+    it, most often with Kafka away, the process exits without committing them, and the next
+    instance reads them again. Keep it under the grace period (30 s in deploy/k8s)."""
     coalesce_stale_s: float = Field(default=900.0, gt=0)
     """A generation in flight for longer is presumed lost: the next copy leads a new one
     and inherits the waiting followers (LLMQ_COALESCE_STALE_S)."""
