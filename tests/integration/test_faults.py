@@ -17,7 +17,14 @@ from tools.faults.plan import SCENARIOS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2760)]
 
-CHECKED = ["crash-loop", "broker-kill", "streams-join", "autoscale-down", "batch-restarts"]
+CHECKED = [
+    "kafka-stop",
+    "crash-loop",
+    "broker-kill",
+    "streams-join",
+    "autoscale-down",
+    "batch-restarts",
+]
 """Scenarios whose own checks (their findings) must pass too."""
 TOLERATED = ("(flapping)", "the decisions behind each start")
 """Findings reported but not failed on: autoscale-down's autoscaler started its worker a

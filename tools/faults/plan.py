@@ -34,9 +34,10 @@ SCENARIOS: dict[str, Scenario] = {
         frozenset({"streams"}),
     ),
     "kafka-stop": Scenario(
-        f"Kafka broker stopped for {KAFKA_DOWN_S:.0f} s under load",
+        f"Kafka broker stopped for {KAFKA_DOWN_S:.0f} s under load, the stream processor "
+        "stopped (SIGTERM) while it is away",
         kafka_stop,
-        frozenset({"kafka"}),
+        frozenset({"kafka", "streams"}),
     ),
     "redis-stop": Scenario(
         f"Redis stopped for {REDIS_DOWN_S:.0f} s under load", redis_stop, frozenset({"redis"})

@@ -130,8 +130,10 @@ def streams_kill(rig: Rig, out: Outcome) -> None:
 
 
 def kafka_stop(rig: Rig, out: Outcome) -> None:
-    """The broker stopped (gracefully) under load, kept down, started again."""
-    kafka = rig.component("kafka")
+    """The broker stopped (gracefully) under load, kept down, started again; while it is
+    away the stream processor gets SIGTERM (a node drained in the outage) and must leave by
+    itself, not be killed at the end of its grace."""
+    kafka, streams = rig.component("kafka"), rig.component("streams")
     with Load(rig.bootstrap, out.scenario) as load:
         load.steady(rig.rate)
         load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S)
@@ -146,12 +148,19 @@ def kafka_stop(rig: Rig, out: Outcome) -> None:
                 said = " | ".join(log_lines(rig.component(name).proc))
                 out.notes.append(f"{name} exited while Kafka was down; its log ends: {said}")
                 rig.say(f"FINDING: {name} exited while Kafka was down")
-        rig.say("starting Kafka again")
+        rig.say("SIGTERM to the stream processor while Kafka is away")
+        left_s = rig.stop(streams)
+        rig.say("starting Kafka and the stream processor again")
         rig.heal()
         back_s = time.monotonic() - fault_at
         time.sleep(AFTER_S)
         out.tally = load.finish(fault_at, DRAIN_S)
-    out.notes.append(f"Kafka down {KAFKA_DOWN_S:.0f} s, ready again after {back_s:.0f} s")
+    out.notes += [
+        f"Kafka down {KAFKA_DOWN_S:.0f} s, ready again after {back_s:.0f} s",
+        f"streams left {left_s:.1f} s after its SIGTERM while Kafka was away",
+    ]
+    if left_s >= streams.proc.stop_timeout_s:
+        out.findings.append("streams did not leave by itself while Kafka was away: it was killed")
 
 
 def redis_stop(rig: Rig, out: Outcome) -> None:
