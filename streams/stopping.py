@@ -45,7 +45,7 @@ class BoundedWorker(Worker):
         self.drain_timeout_s = drain_timeout_s
         self.deadline: threading.Timer | None = None
 
-    def _schedule_shutdown(self, signal: signal.Signals) -> None:
+    def _schedule_shutdown(self, signum: signal.Signals) -> None:
         if self.deadline is None:
             self.deadline = exit_after(self.drain_timeout_s)
-        super()._schedule_shutdown(signal)
+        super()._schedule_shutdown(signum)
