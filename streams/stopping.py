@@ -7,34 +7,18 @@ it had in flight stays uncommitted, and the next instance reads it again.
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
 import threading
 from typing import Any
 
 from faust.worker import Worker
 
-log = logging.getLogger(__name__)
+from llmq.deadline import exit_after
 
-
-def exit_after(timeout_s: float) -> threading.Timer:
-    """A daemon timer that ends the process (exit status 1) with its reason, started."""
-
-    def expire() -> None:
-        log.error(
-            "not stopped %.0f s after the signal to stop: records in flight could not finish "
-            "(is Kafka away?); exiting without committing them, the next instance reads "
-            "them again",
-            timeout_s,
-        )
-        logging.shutdown()
-        os._exit(1)
-
-    timer = threading.Timer(timeout_s, expire)
-    timer.daemon = True
-    timer.start()
-    return timer
+WHY = (
+    "records in flight could not finish (is Kafka away?); exiting without committing them, "
+    "the next instance reads them again"
+)
 
 
 class BoundedWorker(Worker):
@@ -47,5 +31,5 @@ class BoundedWorker(Worker):
 
     def _schedule_shutdown(self, signum: signal.Signals) -> None:
         if self.deadline is None:
-            self.deadline = exit_after(self.drain_timeout_s)
+            self.deadline = exit_after(self.drain_timeout_s, WHY)
         super()._schedule_shutdown(signum)

@@ -1,0 +1,46 @@
+"""llmq.deadline: a stop that cannot finish ends the process and its children, saying why."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parents[2]
+
+STUCK = """
+import subprocess, sys, time
+from llmq.deadline import exit_after
+sleeper = [sys.executable, "-c", "import time; time.sleep(50)"]
+child = subprocess.Popen(sleeper, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(child.pid, flush=True)
+exit_after(1, "the broker is away")
+time.sleep(50)
+"""
+
+
+def test_a_stop_past_its_deadline_exits_with_its_reason_and_takes_its_children() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", STUCK],
+        capture_output=True,
+        text=True,
+        timeout=55,
+        check=False,
+        cwd=REPO,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "not stopped 1 s after the signal to stop: the broker is away" in done.stderr
+    assert not _alive(int(done.stdout.split()[0]))
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a killed orphan stays one where nothing reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
