@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Protocol
@@ -16,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from prometheus_client import start_http_server
 
+from llmq.deadline import exit_after
 from llmq.fetcher import install as fix_fetcher
 from schemas.catalog import ModelSpec
 from schemas.names import CANCELS, work_topics, worker_group
@@ -38,6 +40,14 @@ log = logging.getLogger("workers")
 REJOIN_MARGIN_S = 15.0
 """Time a member has to rejoin its group after its revoked generations are settled."""
 
+STOP_MARGIN_S = 20.0
+"""After the drain bound: time to publish what finished, commit, and shut the engine down
+(a few seconds with Kafka up). Keep the two under the grace period (90 s in deploy/k8s)."""
+STUCK = (
+    "finished generations could not be published or committed (is Kafka away?); exiting "
+    "without committing them, the next worker generates them again"
+)
+
 
 class ServedEngine(Engine, Protocol):
     """An engine as the worker process runs it: what is still open is aborted before
@@ -51,11 +61,19 @@ class ServedEngine(Engine, Protocol):
 async def serve(
     settings: WorkerSettings, spec: ModelSpec, make_engine: Callable[[], ServedEngine]
 ) -> None:
-    """Start the engine and the Kafka clients, run the loop, and on SIGTERM drain and leave."""
+    """Start the engine and the Kafka clients, run the loop, and on SIGTERM drain and leave
+    (within LLMQ_DRAIN_TIMEOUT_S and STOP_MARGIN_S, or exit saying why)."""
     stop = asyncio.Event()
+    deadline: list[threading.Timer] = []
+
+    def on_signal() -> None:
+        stop.set()
+        if not deadline:
+            deadline.append(exit_after(settings.drain_timeout_s + STOP_MARGIN_S, STUCK))
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     engine = make_engine()
     producer, consumer = kafka_clients(settings, spec)
     cancels = cancels_consumer(settings)
