@@ -20,9 +20,10 @@ def exit_after(timeout_s: float, why: str) -> threading.Timer:
     def expire() -> None:
         log.error("not stopped %.0f s after the signal to stop: %s", timeout_s, why)
         logging.shutdown()
-        for child in _children():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(OSError):  # whatever /proc allows: the exit must come
+            for child in _children():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
         os._exit(1)
 
     timer = threading.Timer(timeout_s, expire)
