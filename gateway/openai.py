@@ -33,6 +33,7 @@ PASSED = frozenset(
         "logprobs",
         "ignore_eos",
         "stream",
+        "response_format",
     }
 )
 """Body fields llmq serves as OpenAI defines them."""

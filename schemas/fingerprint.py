@@ -34,5 +34,9 @@ def fingerprint(request: InferenceRequest, model: str) -> str:
     }
     if body.ignore_eos:  # only when set, so that every other request keeps its fingerprint
         canonical["ignore_eos"] = True
+    if body.json_format is not None:  # the same: plain text keeps its fingerprint
+        # As written, not sorted: the engine writes an object's properties in the schema's
+        # order, so two orders are two different answers.
+        canonical["response_format"] = body.json_format.model_dump_json(exclude_none=True)
     encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(encoded.encode()).hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from enum import StrEnum
@@ -12,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     StringConstraints,
     model_validator,
 )
@@ -40,6 +42,9 @@ MAX_RECORD_BYTES = 450_000
 """The largest request record admitted: its work item, which may also carry the prompt as the
 app sent it (before compression), must fit in Kafka's default 1 MB message."""
 MAX_STOP_SEQUENCES = 4
+MAX_SCHEMA_CHARS = 32_768
+"""The largest JSON schema of a response_format, as compact JSON: room for any schema an app
+writes by hand or generates from its types, far under the record's bound."""
 MAX_UNIX_TIME = 1e12
 """The latest Unix time in seconds accepted (year 33658): a time in milliseconds (about
 1.8e12 today) is refused rather than read as the far future."""
@@ -89,6 +94,51 @@ class ChatMessage(BaseModel):
     content: str = Field(max_length=MAX_CONTENT_CHARS)
 
 
+class JsonSchema(BaseModel):
+    """OpenAI's `response_format.json_schema`: the schema the answer must follow."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+        serialize_by_alias=True,
+        validate_by_alias=True,
+        validate_by_name=True,
+    )
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = Field(default=None, max_length=4_096)
+    schema_: dict[str, JsonValue] = Field(alias="schema")
+    """The JSON schema itself (`schema` on the wire; the name is pydantic's own)."""
+    strict: bool | None = None
+    """Accepted as OpenAI's SDKs send it: llmq always holds the answer to the schema."""
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        chars = len(json.dumps(self.schema_, separators=(",", ":")))
+        if chars > MAX_SCHEMA_CHARS:
+            raise ValueError(
+                f"the schema is {chars} characters of JSON; at most {MAX_SCHEMA_CHARS}"
+            )
+        return self
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: plain text (the default), any JSON object, or JSON that
+    follows a schema."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_when_asked(self) -> Self:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type 'json_schema', and only then")
+        return self
+
+
 class ChatBody(BaseModel):
     """The OpenAI chat-completions body: the fields llmq serves, each bounded."""
 
@@ -111,6 +161,8 @@ class ChatBody(BaseModel):
     """vLLM's extension: generate exactly max_tokens, past the end-of-sequence token, so that
     a benchmark or a test does not depend on when the model would stop."""
     stream: bool = False
+    response_format: ResponseFormat | None = None
+    """JSON output, held to it token by token by the engine (vLLM's structured outputs)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -119,6 +171,12 @@ class ChatBody(BaseModel):
         if isinstance(data, dict) and isinstance(data.get("stop"), str):
             return {**data, "stop": [data["stop"]]}
         return data
+
+    @property
+    def json_format(self) -> ResponseFormat | None:
+        """The response_format when it asks for JSON; None for plain text."""
+        fmt = self.response_format
+        return None if fmt is None or fmt.type == "text" else fmt
 
     @property
     def deterministic(self) -> bool:

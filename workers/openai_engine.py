@@ -189,6 +189,8 @@ class OpenAIEngine:
             payload["logprobs"] = True
         if body.ignore_eos:  # vLLM's server takes it; sent only when set
             payload["ignore_eos"] = True
+        if body.json_format is not None:
+            payload["response_format"] = body.json_format.model_dump(mode="json", exclude_none=True)
         if self._send_priority:
             payload["priority"] = priority
         return payload

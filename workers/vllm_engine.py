@@ -16,7 +16,7 @@ from vllm import SamplingParams, __version__
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -158,6 +158,7 @@ class VllmEngine:
 
     def _params(self, body: ChatBody) -> SamplingParams:
         return SamplingParams(
+            structured_outputs=structured_outputs(body),
             max_tokens=body.max_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
@@ -169,6 +170,18 @@ class VllmEngine:
             ignore_eos=body.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
         )
+
+
+def structured_outputs(body: ChatBody) -> StructuredOutputsParams | None:
+    """vLLM's structured outputs for the body's response_format: the engine masks every token
+    that would leave the JSON (or the schema). No whitespace between tokens of the JSON: a
+    small model may otherwise spend its max_tokens on blank lines inside an object."""
+    fmt = body.json_format
+    if fmt is None:
+        return None
+    if fmt.json_schema is None:
+        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+    return StructuredOutputsParams(json=fmt.json_schema.schema_, disable_any_whitespace=True)
 
 
 def _logprobs(token_ids: Any, logprobs: Any) -> list[TokenLogprob]:

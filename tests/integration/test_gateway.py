@@ -241,6 +241,41 @@ def test_errors_reach_the_sdk_as_its_exceptions(
     assert late.value.status_code == 408 and late.value.code == "expired"
 
 
+VERDICT = {
+    "type": "object",
+    "properties": {"answer": {"enum": ["yes", "no"]}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+"""A schema with exactly two answers: whatever the model prefers, the engine can only write
+one of them and then stop."""
+
+
+def test_a_json_schema_holds_the_answer_and_keys_the_cache(sdk: OpenAI) -> None:
+    ask: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": _prompt("Is the sky blue? Answer in JSON.")}],
+        "max_tokens": 32,
+        "temperature": 0,
+    }
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT}}
+    first = sdk.chat.completions.create(**ask, response_format=fmt)
+    content = first.choices[0].message.content or ""
+    assert json.loads(content) in ({"answer": "yes"}, {"answer": "no"}), content
+    assert first.choices[0].finish_reason == "stop"
+    # The same request is the same answer; the same words as text are another question.
+    again = sdk.chat.completions.create(**ask, response_format=fmt)
+    assert (again.model_extra or {})["llmq"]["cache"] == "exact"
+    assert again.choices[0].message.content == content
+    text = sdk.chat.completions.create(**ask)
+    assert (text.model_extra or {})["llmq"]["cache"] == "none"
+    # A schema the engine cannot compile is the app's error, said by the engine.
+    bogus: Any = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}}
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(**{**ask, "max_tokens": 4}, response_format=bogus)
+    assert bad.value.code == "invalid_request" and "bogus" in bad.value.message
+
+
 def test_the_tenant_comes_from_the_key_never_the_body(
     keyed: dict[str | None, OpenAI], keyed_door: str, door: str
 ) -> None:

@@ -130,3 +130,25 @@ def test_any_sampling_parameter_changes_it(sampling: dict[str, Any]) -> None:
 def test_it_is_a_sha256_hex_digest() -> None:
     assert len(BASE) == 64
     assert int(BASE, 16) >= 0
+
+
+def _schema(*order: str) -> dict[str, Any]:
+    properties = {name: {"type": "integer"} for name in order}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "n", "schema": {"properties": properties}},
+    }
+
+
+def test_a_json_response_format_changes_it_and_plain_text_does_not() -> None:
+    assert _fp(_data(response_format={"type": "text"})) == BASE
+    as_object = _fp(_data(response_format={"type": "json_object"}))
+    assert as_object != BASE
+    assert len({BASE, as_object, _fp(_data(response_format=_schema("a", "b")))}) == 3
+
+
+def test_a_schemas_property_order_changes_it() -> None:
+    """The engine writes an object's properties in its schema's order: another answer."""
+    assert _fp(_data(response_format=_schema("a", "b"))) != _fp(
+        _data(response_format=_schema("b", "a"))
+    )

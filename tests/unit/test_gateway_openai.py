@@ -65,8 +65,19 @@ def test_the_sdks_newer_fields_and_llmqs_extras_are_read() -> None:
     ]
 
 
+def test_a_response_format_is_read_and_a_bad_one_named() -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}
+    body = _read(response_format=fmt).request.body
+    assert body.json_format is not None and body.json_format.json_schema is not None
+    assert body.json_format.json_schema.schema_ == schema
+    bad = {"type": "json_schema"}
+    assert "response_format" in _refused(ErrorCode.INVALID_REQUEST, response_format=bad)
+
+
 def test_what_llmq_does_not_serve_is_refused_by_name() -> None:
     assert "tools" in _refused(ErrorCode.UNSUPPORTED, tools=[{"type": "function"}])
+    assert "top_logprobs" in _refused(ErrorCode.UNSUPPORTED, logprobs=True, top_logprobs=2)
     assert "n must be 1" in _refused(ErrorCode.UNSUPPORTED, n=2)
     assert "'tool'" in _refused(ErrorCode.UNSUPPORTED, messages=[{"role": "tool", "content": "x"}])
     image = [{"type": "image_url", "image_url": {"url": "x"}}]

@@ -203,6 +203,9 @@ def test_without_usage_chunks_are_counted() -> None:
     asyncio.run(scenario())
 
 
+FORMAT = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+
+
 def test_passes_the_sampling_fields_logprobs_priority_and_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -218,6 +221,7 @@ def test_passes_the_sampling_fields_logprobs_priority_and_key(
         frequency_penalty=-0.5,
         logprobs=True,
         ignore_eos=True,
+        response_format=FORMAT,
     )
     reply = stream(chunk("A", logprob=-0.5), chunk("B", "stop", logprob=-1.5), usage(2, 2))
 
@@ -235,6 +239,7 @@ def test_passes_the_sampling_fields_logprobs_priority_and_key(
         assert sent["model"] == "org/big"
         assert sent["logprobs"] is True and "top_logprobs" not in sent
         assert sent["ignore_eos"] is True
+        assert sent["response_format"] == FORMAT
         assert sent["priority"] == 1
         assert {k: sent[k] for k in ("temperature", "top_p", "stop", "seed")} == {
             "temperature": 0.0,

@@ -12,6 +12,7 @@ from schemas.names import RESULTS
 from schemas.request import (
     MAX_CONTENT_CHARS,
     MAX_MESSAGES,
+    MAX_SCHEMA_CHARS,
     CacheMode,
     ChatBody,
     InferenceRequest,
@@ -234,3 +235,44 @@ def test_requests_are_frozen() -> None:
     request = _request()
     with pytest.raises(ValidationError, match="frozen"):
         request.tenant = "other"  # type: ignore[misc]
+
+
+SCHEMA = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}}
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [
+        {"type": "json_schema"},
+        {"type": "json_object", "json_schema": {"name": "a", "schema": SCHEMA}},
+        {"type": "xml"},
+        {"type": "json_schema", "json_schema": {"name": "has space", "schema": SCHEMA}},
+        {"type": "json_schema", "json_schema": {"name": "a"}},
+        {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA, "extra": 1}},
+        {"type": "json_schema", "json_schema": {"name": "a", "schema": [1]}},
+        {
+            "type": "json_schema",
+            "json_schema": {"name": "a", "schema": {"x": "y" * MAX_SCHEMA_CHARS}},
+        },
+    ],
+)
+def test_bad_response_formats_are_rejected(response_format: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="response_format"):
+        ChatBody.model_validate(_body(response_format=response_format))
+
+
+def test_a_json_schema_keeps_its_wire_name_and_order_through_a_round_trip() -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA, "strict": True}}
+    body = ChatBody.model_validate(_body(response_format=fmt))
+    assert body.json_format is not None and body.json_format.json_schema is not None
+    assert body.json_format.json_schema.schema_ == SCHEMA
+    wire = body.model_dump_json(exclude_none=True)
+    assert '"json_schema":{"name":"a","schema":{"type":"object","properties"' in wire
+    assert ChatBody.model_validate_json(wire) == body
+
+
+def test_plain_text_is_no_json_format() -> None:
+    assert ChatBody.model_validate(_body(response_format={"type": "text"})).json_format is None
+    assert ChatBody.model_validate(_body()).json_format is None
+    fmt = ChatBody.model_validate(_body(response_format={"type": "json_object"})).json_format
+    assert fmt is not None and fmt.json_schema is None
