@@ -40,3 +40,24 @@ for chunk in stream:
         print(chunk.choices[0].delta.content or "", end="", flush=True)
     elif chunk.usage is not None:
         print(f"\n[{chunk.usage.completion_tokens} tokens]")
+
+# JSON that follows a schema: the engine writes nothing else (it parses unless max_tokens cuts it).
+city = client.chat.completions.create(
+    model="smollm2-135m",
+    messages=[{"role": "user", "content": "Which city is the capital of France?"}],
+    max_tokens=48,
+    temperature=0,
+    response_format={
+        "type": "json_schema",
+        "json_schema": {
+            "name": "city",
+            "schema": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 40}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    },
+)
+print(city.choices[0].message.content)

@@ -19,11 +19,16 @@ def engine_kwargs(
     spec: ModelSpec, checkpoint: Path, *, on_gpu: bool, gpu_memory_utilization: float
 ) -> dict[str, Any]:
     """vLLM's AsyncEngineArgs for `spec`, by name. On a CPU: eager mode, in bf16 where the
-    CPU computes it and fp32 elsewhere; on a GPU: the model's own dtype and CUDA graphs.
-    The catalog's engine_args override these."""
+    CPU computes it and fp32 elsewhere; on a GPU: the model's own dtype and CUDA graphs; on
+    both, compact JSON answers. The catalog's engine_args override these."""
     device: dict[str, Any] = (
         {"dtype": "auto"} if on_gpu else {"dtype": cpu_dtype(), "enforce_eager": True}
     )
+    # JSON answers (response_format) without whitespace between their tokens: a small model
+    # otherwise spends its max_tokens on blank lines inside an object. vLLM takes this per
+    # engine only, not per request, and only from a named backend: llguidance, which
+    # compiles every JSON schema feature (vLLM's "auto" falls back to it from xgrammar).
+    compact = {"structured_outputs_config": {"backend": "guidance", "disable_any_whitespace": True}}
     owned = {
         "model": str(checkpoint),
         "served_model_name": [spec.name],
@@ -33,6 +38,7 @@ def engine_kwargs(
     }
     return {
         **device,
+        **compact,
         "gpu_memory_utilization": gpu_memory_utilization,
         **spec.engine_args,
         **owned,

@@ -13,6 +13,7 @@ from typing import Any, cast
 import torch
 from transformers import AutoTokenizer
 from vllm import SamplingParams, __version__
+from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
@@ -53,6 +54,9 @@ def engine_args(
         )
     args = AsyncEngineArgs(**kwargs)
     try:
+        if isinstance(structured := kwargs.get("structured_outputs_config"), dict):
+            # A table, as `vllm serve` takes it: AsyncEngineArgs converts it only from a flag.
+            args.structured_outputs_config = StructuredOutputsConfig(**structured)
         dataclasses.replace(args).create_engine_config()
     except (ValueError, TypeError) as exc:
         raise ValueError(f"model {spec.name!r}: vLLM refused its engine_args: {exc}") from exc
@@ -174,14 +178,14 @@ class VllmEngine:
 
 def structured_outputs(body: ChatBody) -> StructuredOutputsParams | None:
     """vLLM's structured outputs for the body's response_format: the engine masks every token
-    that would leave the JSON (or the schema). No whitespace between tokens of the JSON: a
-    small model may otherwise spend its max_tokens on blank lines inside an object."""
+    that would leave the JSON (or the schema); engine_kwargs leaves no whitespace between its
+    tokens."""
     fmt = body.json_format
     if fmt is None:
         return None
     if fmt.json_schema is None:
-        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
-    return StructuredOutputsParams(json=fmt.json_schema.schema_, disable_any_whitespace=True)
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(json=fmt.json_schema.schema_)
 
 
 def _logprobs(token_ids: Any, logprobs: Any) -> list[TokenLogprob]:

@@ -57,6 +57,12 @@ def test_the_catalogs_engine_args_reach_vllms_config(
     assert config.cache_config.block_size == 32
     assert config.scheduler_config.max_num_seqs == BUILTIN.max_inflight
     assert config.scheduler_config.policy == "priority"
+    structured = config.structured_outputs_config  # llmq's default: compact JSON
+    assert (structured.backend, structured.disable_any_whitespace) == ("guidance", True)
+    table = {"backend": "xgrammar", "disable_any_whitespace": False}
+    config = engine_args(_spec(structured_outputs_config=table), checkpoint, 0.5)
+    structured = config.create_engine_config().structured_outputs_config
+    assert (structured.backend, structured.disable_any_whitespace) == ("xgrammar", False)
 
 
 def test_a_key_vllm_does_not_have_is_named_with_the_nearest(

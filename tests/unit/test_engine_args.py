@@ -25,6 +25,7 @@ def test_the_catalog_overrides_the_device_defaults_and_llmq_sets_the_rest() -> N
     assert kwargs == {
         "dtype": "half",
         "enforce_eager": True,
+        "structured_outputs_config": {"backend": "guidance", "disable_any_whitespace": True},
         "gpu_memory_utilization": 0.5,
         "enable_prefix_caching": False,
         "tensor_parallel_size": 2,
