@@ -31,6 +31,7 @@ PASSED = frozenset(
         "presence_penalty",
         "frequency_penalty",
         "logprobs",
+        "top_logprobs",
         "ignore_eos",
         "stream",
         "response_format",

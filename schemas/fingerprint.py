@@ -34,7 +34,9 @@ def fingerprint(request: InferenceRequest, model: str) -> str:
     }
     if body.ignore_eos:  # only when set, so that every other request keeps its fingerprint
         canonical["ignore_eos"] = True
-    if body.json_format is not None:  # the same: plain text keeps its fingerprint
+    if body.top_logprobs is not None:  # the same for each field added since
+        canonical["top_logprobs"] = body.top_logprobs
+    if body.json_format is not None:  # plain text among them
         # As written, not sorted: the engine writes an object's properties in the schema's
         # order, so two orders are two different answers.
         canonical["response_format"] = body.json_format.model_dump_json(exclude_none=True)

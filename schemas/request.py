@@ -42,6 +42,8 @@ MAX_RECORD_BYTES = 450_000
 """The largest request record admitted: its work item, which may also carry the prompt as the
 app sent it (before compression), must fit in Kafka's default 1 MB message."""
 MAX_STOP_SEQUENCES = 4
+MAX_TOP_LOGPROBS = 20
+"""OpenAI's bound on top_logprobs."""
 MAX_SCHEMA_CHARS = 32_768
 """The largest JSON schema of a response_format, as compact JSON: room for any schema an app
 writes by hand or generates from its types, far under the record's bound."""
@@ -157,6 +159,8 @@ class ChatBody(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    """With logprobs: how many of the most likely tokens to give at each position."""
     ignore_eos: bool = False
     """vLLM's extension: generate exactly max_tokens, past the end-of-sequence token, so that
     a benchmark or a test does not depend on when the model would stop."""
@@ -182,6 +186,12 @@ class ChatBody(BaseModel):
     def deterministic(self) -> bool:
         """Greedy or seeded: the same request gives the same answer."""
         return self.temperature == 0.0 or self.seed is not None
+
+    @model_validator(mode="after")
+    def _top_logprobs_with_logprobs(self) -> Self:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
     @model_validator(mode="after")
     def _prompt_bounded(self) -> Self:

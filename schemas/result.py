@@ -33,13 +33,24 @@ class Usage(BaseModel):
     total_tokens: int = Field(ge=0)
 
 
-class TokenLogprob(BaseModel):
-    """One generated token and its log-probability."""
+class TopLogprob(BaseModel):
+    """One of the most likely tokens at a position, with its log-probability."""
 
     model_config = ConfigDict(frozen=True)
 
     token: str
     logprob: float
+
+
+class TokenLogprob(BaseModel):
+    """One generated token and its log-probability; with `top_logprobs` asked, the most
+    likely tokens at its position, most likely first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    token: str
+    logprob: float
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
 class ChoiceLogprobs(BaseModel):

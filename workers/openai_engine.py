@@ -187,6 +187,8 @@ class OpenAIEngine:
             payload["seed"] = body.seed
         if body.logprobs:
             payload["logprobs"] = True
+        if body.top_logprobs is not None:
+            payload["top_logprobs"] = body.top_logprobs
         if body.ignore_eos:  # vLLM's server takes it; sent only when set
             payload["ignore_eos"] = True
         if body.json_format is not None:
@@ -280,6 +282,16 @@ async def _steps(content: aiohttp.StreamReader) -> AsyncIterator[EngineStep]:
     yield EngineStep("", total - counted, prompt_tokens, True, finish_reason)
 
 
+def _logprob(entry: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI logprobs entry as llmq keeps it (no bytes)."""
+    top = entry.get("top_logprobs") or []
+    return {
+        "token": entry["token"],
+        "logprob": entry["logprob"],
+        "top_logprobs": [{"token": t["token"], "logprob": t["logprob"]} for t in top],
+    }
+
+
 async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[_Chunk]:
     """The `data:` events of a server-sent event stream, read, up to `[DONE]`."""
     async for raw in content:
@@ -321,7 +333,7 @@ class _Chunk:
         entries = (choice.get("logprobs") or {}).get("content") or []
         return cls(
             text=(choice.get("delta") or {}).get("content") or "",
-            logprobs=[TokenLogprob(token=e["token"], logprob=e["logprob"]) for e in entries],
+            logprobs=[TokenLogprob.model_validate(_logprob(e)) for e in entries],
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),

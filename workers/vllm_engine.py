@@ -24,7 +24,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody, ChatMessage
-from schemas.result import TokenLogprob
+from schemas.result import TokenLogprob, TopLogprob
 from workers.engine import EngineStep
 from workers.engine_args import engine_kwargs
 from workers.nice import nice_session, renice_below
@@ -115,7 +115,7 @@ class VllmEngine:
                     prompt_tokens=len(ids),
                     finished=out.finished,
                     finish_reason=choice.finish_reason,
-                    logprobs=_logprobs(choice.token_ids, choice.logprobs),
+                    logprobs=_logprobs(choice.token_ids, choice.logprobs, body.top_logprobs or 0),
                 )
         except EngineDeadError as exc:
             raise LlmqError(ErrorCode.ENGINE_UNAVAILABLE, f"the vLLM engine died: {exc}") from exc
@@ -170,7 +170,7 @@ class VllmEngine:
             seed=body.seed,
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
-            logprobs=1 if body.logprobs else None,
+            logprobs=_logprob_count(body),
             ignore_eos=body.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
         )
@@ -188,12 +188,30 @@ def structured_outputs(body: ChatBody) -> StructuredOutputsParams | None:
     return StructuredOutputsParams(json=fmt.json_schema.schema_)
 
 
-def _logprobs(token_ids: Any, logprobs: Any) -> list[TokenLogprob]:
-    """The sampled tokens' log-probabilities, from vLLM's per-token dicts."""
+def _logprob_count(body: ChatBody) -> int | None:
+    """vLLM's `logprobs`: how many of the most likely tokens it gives beside the sampled one
+    (None: no log-probabilities at all)."""
+    if not body.logprobs:
+        return None
+    return 1 if body.top_logprobs is None else body.top_logprobs
+
+
+def _logprobs(token_ids: Any, logprobs: Any, top: int) -> list[TokenLogprob]:
+    """The sampled tokens' log-probabilities, and the `top` most likely tokens at each
+    position, from vLLM's per-token dicts (the top ranks, and the sampled token's)."""
     if not logprobs:
         return []
     out = []
     for token_id, candidates in zip(token_ids, logprobs, strict=False):
         chosen = candidates[token_id]
-        out.append(TokenLogprob(token=chosen.decoded_token or "", logprob=chosen.logprob))
+        likely = sorted((c for c in candidates.values() if c.rank <= top), key=lambda c: c.rank)
+        out.append(
+            TokenLogprob(
+                token=chosen.decoded_token or "",
+                logprob=chosen.logprob,
+                top_logprobs=[
+                    TopLogprob(token=c.decoded_token or "", logprob=c.logprob) for c in likely
+                ],
+            )
+        )
     return out

@@ -276,6 +276,26 @@ def test_a_json_schema_holds_the_answer_and_keys_the_cache(sdk: OpenAI) -> None:
     assert bad.value.code == "invalid_request" and "bogus" in bad.value.message
 
 
+def test_top_logprobs_come_with_a_whole_answer(sdk: OpenAI) -> None:
+    answer = sdk.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": _prompt("Say hello.")}],
+        max_tokens=3,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"ignore_eos": True},
+    )
+    logprobs = answer.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert len(logprobs.content) == 3
+    for token in logprobs.content:
+        top = [t.logprob for t in token.top_logprobs]
+        assert len(top) == 2 and top[0] >= top[1]
+        assert token.logprob == pytest.approx(top[0])  # greedy: the most likely one
+    assert "".join(t.token for t in logprobs.content) == answer.choices[0].message.content
+
+
 def test_the_tenant_comes_from_the_key_never_the_body(
     keyed: dict[str | None, OpenAI], keyed_door: str, door: str
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 
@@ -83,6 +84,37 @@ def test_logprobs_arrive_when_asked(base_url: str) -> None:
     assert all(t.logprob <= 0 for t in logprobs)
     assert "".join(t.token for t in logprobs).startswith("".join(s.text for s in with_logprobs))
     assert not any(s.logprobs for s in without)
+
+
+VERDICT = {
+    "type": "object",
+    "properties": {"answer": {"enum": ["yes", "no"]}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+
+
+def test_top_logprobs_and_a_json_schema_reach_the_server(base_url: str) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT}}
+    ranked = ask("Is the sky blue?", max_tokens=4, ignore_eos=True, logprobs=True, top_logprobs=3)
+    as_json = ask("Is the sky blue? Answer in JSON.", max_tokens=32, response_format=fmt)
+
+    async def scenario() -> tuple[list[EngineStep], list[EngineStep]]:
+        eng = engine(base_url)
+        try:
+            return await collect(eng, ranked), await collect(eng, as_json)
+        finally:
+            await eng.abort_all()
+
+    ranked_steps, json_steps = asyncio.run(scenario())
+    tokens = [t for s in ranked_steps for t in s.logprobs]
+    assert len(tokens) == 4
+    for token in tokens:
+        top = [t.logprob for t in token.top_logprobs]
+        assert len(top) == 3 and top == sorted(top, reverse=True)
+        assert token.logprob == pytest.approx(top[0])  # greedy: the most likely one
+    text = "".join(s.text for s in json_steps)
+    assert json.loads(text) in ({"answer": "yes"}, {"answer": "no"}), text
 
 
 def test_concurrent_generations_in_all_lanes(base_url: str) -> None:

@@ -120,6 +120,7 @@ def test_message_boundaries_are_part_of_it() -> None:
         {"presence_penalty": 0.1},
         {"frequency_penalty": 0.1},
         {"logprobs": True},
+        {"logprobs": True, "top_logprobs": 0},
         {"ignore_eos": True},
     ],
 )

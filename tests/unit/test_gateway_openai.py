@@ -46,6 +46,8 @@ def test_a_body_becomes_a_request_of_the_keys_tenant_with_a_deadline() -> None:
 
 
 def test_the_sdks_newer_fields_and_llmqs_extras_are_read() -> None:
+    assert _read(logprobs=True, top_logprobs=3).request.body.top_logprobs == 3
+    assert "top_logprobs" in _refused(ErrorCode.INVALID_REQUEST, top_logprobs=3)
     call = _read(max_completion_tokens=9, stream_options={"include_usage": True}, lane="batch", n=1)
     assert (call.request.body.max_tokens, call.request.lane, call.include_usage) == (
         9,
@@ -77,7 +79,6 @@ def test_a_response_format_is_read_and_a_bad_one_named() -> None:
 
 def test_what_llmq_does_not_serve_is_refused_by_name() -> None:
     assert "tools" in _refused(ErrorCode.UNSUPPORTED, tools=[{"type": "function"}])
-    assert "top_logprobs" in _refused(ErrorCode.UNSUPPORTED, logprobs=True, top_logprobs=2)
     assert "n must be 1" in _refused(ErrorCode.UNSUPPORTED, n=2)
     assert "'tool'" in _refused(ErrorCode.UNSUPPORTED, messages=[{"role": "tool", "content": "x"}])
     image = [{"type": "image_url", "image_url": {"url": "x"}}]

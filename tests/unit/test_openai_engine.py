@@ -76,7 +76,9 @@ async def running(*replies: Reply) -> AsyncIterator[tuple[Server, str]]:
 def chunk(text: str = "", finish: str | None = None, logprob: float | None = None) -> bytes:
     choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
     if logprob is not None:
-        choice["logprobs"] = {"content": [{"token": text, "logprob": logprob}]}
+        top = [{"token": text, "logprob": logprob, "bytes": None}, {"token": "?", "logprob": -9}]
+        entry = {"token": text, "logprob": logprob, "bytes": None, "top_logprobs": top}
+        choice["logprobs"] = {"content": [entry]}
     return b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
 
 
@@ -220,6 +222,7 @@ def test_passes_the_sampling_fields_logprobs_priority_and_key(
         presence_penalty=0.5,
         frequency_penalty=-0.5,
         logprobs=True,
+        top_logprobs=2,
         ignore_eos=True,
         response_format=FORMAT,
     )
@@ -235,9 +238,11 @@ def test_passes_the_sampling_fields_logprobs_priority_and_key(
             ("A", -0.5),
             ("B", -1.5),
         ]
+        tops = [[(x.token, x.logprob) for x in t.top_logprobs] for s in steps for t in s.logprobs]
+        assert tops == [[("A", -0.5), ("?", -9)], [("B", -1.5), ("?", -9)]]
         sent = server.bodies[0]
         assert sent["model"] == "org/big"
-        assert sent["logprobs"] is True and "top_logprobs" not in sent
+        assert sent["logprobs"] is True and sent["top_logprobs"] == 2
         assert sent["ignore_eos"] is True
         assert sent["response_format"] == FORMAT
         assert sent["priority"] == 1

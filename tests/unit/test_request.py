@@ -276,3 +276,19 @@ def test_plain_text_is_no_json_format() -> None:
     assert ChatBody.model_validate(_body()).json_format is None
     fmt = ChatBody.model_validate(_body(response_format={"type": "json_object"})).json_format
     assert fmt is not None and fmt.json_schema is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"top_logprobs": 2}, "needs logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "less than or equal to 20"),
+        ({"logprobs": True, "top_logprobs": -1}, "greater than or equal to 0"),
+    ],
+)
+def test_top_logprobs_come_with_logprobs_within_openais_bound(
+    fields: dict[str, Any], why: str
+) -> None:
+    with pytest.raises(ValidationError, match=why):
+        ChatBody.model_validate(_body(**fields))
+    assert ChatBody.model_validate(_body(logprobs=True, top_logprobs=20)).top_logprobs == 20
