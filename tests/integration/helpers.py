@@ -25,6 +25,19 @@ REPO = Path(__file__).resolve().parents[2]
 """The checkout under test."""
 SERVED = "smollm2-135m"
 """The model on the session's OpenAI server: the checkpoint the stack's vLLM worker serves."""
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"enum": ["yes", "no"]}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+VERDICT_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "verdict", "schema": VERDICT_SCHEMA},
+}
+"""A response_format with exactly two answers: whatever the model prefers, the engine can
+only write one of them and then stop."""
+VERDICTS = ({"answer": "yes"}, {"answer": "no"})
 
 
 def fetch(url: str, timeout_s: float = 5) -> str:

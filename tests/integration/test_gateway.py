@@ -28,7 +28,7 @@ from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
 from schemas.stream import TokenDelta
 from schemas.tenants import key_hash, new_key
-from tests.integration.helpers import collect, metric
+from tests.integration.helpers import VERDICT_FORMAT, VERDICTS, collect, metric
 from tools.faults.rig import wait_until
 from tools.stack.ports import free_block
 from tools.stack.stack import LocalStack
@@ -241,16 +241,6 @@ def test_errors_reach_the_sdk_as_its_exceptions(
     assert late.value.status_code == 408 and late.value.code == "expired"
 
 
-VERDICT = {
-    "type": "object",
-    "properties": {"answer": {"enum": ["yes", "no"]}},
-    "required": ["answer"],
-    "additionalProperties": False,
-}
-"""A schema with exactly two answers: whatever the model prefers, the engine can only write
-one of them and then stop."""
-
-
 def test_a_json_schema_holds_the_answer_and_keys_the_cache(sdk: OpenAI) -> None:
     ask: dict[str, Any] = {
         "model": MODEL,
@@ -258,10 +248,10 @@ def test_a_json_schema_holds_the_answer_and_keys_the_cache(sdk: OpenAI) -> None:
         "max_tokens": 32,
         "temperature": 0,
     }
-    fmt: Any = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT}}
+    fmt: Any = VERDICT_FORMAT
     first = sdk.chat.completions.create(**ask, response_format=fmt)
     content = first.choices[0].message.content or ""
-    assert json.loads(content) in ({"answer": "yes"}, {"answer": "no"}), content
+    assert json.loads(content) in VERDICTS, content
     assert first.choices[0].finish_reason == "stop"
     # The same request is the same answer; the same words as text are another question.
     again = sdk.chat.completions.create(**ask, response_format=fmt)
