@@ -17,7 +17,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.redact import describe
 from schemas.request import CacheMode, ChatBody, InferenceRequest
-from schemas.result import InferenceResult
+from schemas.result import ChoiceLogprobs, InferenceResult, TokenLogprob
 
 AUTO = "auto"
 PASSED = frozenset(
@@ -170,8 +170,11 @@ class Chunks:
     def role(self) -> dict[str, Any]:
         return self._chunk({"role": "assistant", "content": ""}, None)
 
-    def content(self, text: str) -> dict[str, Any]:
-        return self._chunk({"content": text}, None)
+    def content(self, text: str, logprobs: list[TokenLogprob] | None = None) -> dict[str, Any]:
+        chunk = self._chunk({"content": text}, None)
+        if logprobs is not None:
+            chunk["choices"][0]["logprobs"] = ChoiceLogprobs(content=logprobs).model_dump()
+        return chunk
 
     def finish(self, reason: str) -> dict[str, Any]:
         return self._chunk({}, reason)

@@ -51,8 +51,8 @@ async def _answer(
         yield event("0", chunks.role())
     while piece is not None:
         sent = piece.offset + len(piece.text)
-        if piece.text:
-            yield event(str(sent), chunks.content(piece.text))
+        if piece.text or piece.logprobs:
+            yield event(str(sent), chunks.content(piece.text, piece.logprobs))
         if piece.finish_reason is not None:
             yield event(f"{sent}{END}", chunks.finish(piece.finish_reason))
             if chunks.include_usage:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from schemas.errors import ErrorCode, LlmqError
-from schemas.result import InferenceResult, Usage
+from schemas.result import InferenceResult, TokenLogprob, Usage
 from schemas.stream import TokenDelta
 
 
@@ -24,6 +24,9 @@ class Delta:
     usage: Usage | None = None
     """On the last piece only."""
     model: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    """This piece's tokens' log-probabilities, when the request asked for them (none on a
+    piece that starts inside a record: a stream resumed at a character offset)."""
 
 
 class StreamLog:
@@ -60,6 +63,8 @@ class StreamReader:
         self.next_seq = 0
         self.done = False
         self._model: str | None = None
+        self._entries = 0
+        """Logprobs entries of the records taken: the final result's after them are new."""
 
     def take(self, delta: TokenDelta) -> Delta | None:
         """The piece one record adds, or None (a repeat, a gap, another generation's)."""
@@ -70,15 +75,18 @@ class StreamReader:
         self.next_seq += 1
         self._model = delta.model or self._model
         before = len(self.streamed)
+        whole = self.sent == before  # the piece is the record's whole text
         self.streamed += delta.text
+        self._entries += len(delta.logprobs or ())
         piece = self.streamed[max(self.sent, before) :]
         offset = self.sent
         self.sent = max(self.sent, len(self.streamed))
         if delta.finish_reason is not None:
             self.done = True
-        if not piece and delta.finish_reason is None:
+        logprobs = delta.logprobs if whole else None
+        if not piece and not logprobs and delta.finish_reason is None:
             return None
-        return Delta(piece, offset, delta.finish_reason, delta.usage, self._model)
+        return Delta(piece, offset, delta.finish_reason, delta.usage, self._model, logprobs)
 
     def finish(self, result: InferenceResult) -> Delta:
         """The last piece, from the final result: the rest of the answer. An error result
@@ -99,12 +107,16 @@ class StreamReader:
                 "already streamed; ask again",
             )
         choice = result.response.choices[0] if result.response.choices else None
+        logprobs = None
+        if choice is not None and choice.logprobs is not None and self.sent == len(self.streamed):
+            logprobs = choice.logprobs.content[self._entries :]  # the rest starts after a record
         piece = Delta(
             text[self.sent :],
             self.sent,
             (choice.finish_reason if choice else None) or "stop",
             result.response.usage,
             result.model_used or result.response.model,
+            logprobs,
         )
         self.sent = max(self.sent, len(text))
         self.done = True

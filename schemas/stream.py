@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.request import SCHEMA_VERSION
-from schemas.result import Usage
+from schemas.result import TokenLogprob, Usage
 
 
 class TokenDelta(BaseModel):
@@ -31,6 +31,8 @@ class TokenDelta(BaseModel):
     seq: int = Field(default=0, ge=0)
     text: str = ""
     tokens: int = Field(default=0, ge=0)
+    logprobs: list[TokenLogprob] | None = None
+    """The log-probabilities of this record's tokens, when the request asked for them."""
     finish_reason: str | None = None
     """On the last record of a generation only."""
     usage: Usage | None = None

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from schemas.names import TOKENS
-from schemas.result import Usage
+from schemas.result import TokenLogprob, Usage
 from schemas.stream import TokenDelta
 from schemas.work import WorkItem
 from workers.claims import Claim
@@ -62,6 +62,7 @@ class DeltaStream:
         self._seq = 0
         self._text: list[str] = []
         self._tokens = 0
+        self._logprobs: list[TokenLogprob] | None = [] if work.request.body.logprobs else None
         self._flushed_at = 0.0
         self._acks: list[Awaitable[object]] = []
 
@@ -69,6 +70,8 @@ class DeltaStream:
         """Take one step; publish what has gathered when it is time."""
         self._text.append(step.text)
         self._tokens += step.new_tokens
+        if self._logprobs is not None:
+            self._logprobs.extend(step.logprobs)
         now = time.monotonic()
         first = self._seq == 0 and self._tokens > 0
         due = now - self._flushed_at >= self._policy.interval_s
@@ -103,12 +106,15 @@ class DeltaStream:
             seq=self._seq,
             text="".join(self._text),
             tokens=self._tokens,
+            logprobs=self._logprobs,
             finish_reason=finish_reason,
             usage=usage,
             model=self._model,
         )
         self._seq += 1
         self._text, self._tokens, self._flushed_at = [], 0, now
+        if self._logprobs is not None:
+            self._logprobs = []
         key = self._request.correlation_id.encode()
         try:
             self._acks.append(await self._send(TOKENS, delta.model_dump_json().encode(), key))

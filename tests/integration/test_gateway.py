@@ -286,6 +286,42 @@ def test_top_logprobs_come_with_a_whole_answer(sdk: OpenAI) -> None:
     assert "".join(t.token for t in logprobs.content) == answer.choices[0].message.content
 
 
+def test_each_stream_chunk_carries_its_tokens_logprobs(sdk: OpenAI) -> None:
+    ask: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": _prompt("Count to ten.")}],
+        "max_tokens": 6,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "extra_body": {"ignore_eos": True},
+    }
+
+    def streamed() -> tuple[list[tuple[str, float]], str]:
+        entries: list[tuple[str, float]] = []
+        text = ""
+        for chunk in sdk.chat.completions.create(**ask, stream=True):
+            if not chunk.choices or chunk.choices[0].finish_reason:
+                continue
+            piece = chunk.choices[0].delta.content or ""
+            logprobs = chunk.choices[0].logprobs
+            mine = [(t.token, t.logprob) for t in (logprobs.content or [] if logprobs else [])]
+            assert "".join(token for token, _ in mine) == piece  # each chunk its own tokens
+            entries, text = entries + mine, text + piece
+        return entries, text
+
+    fresh, text = streamed()
+    assert len(fresh) == 6 and text
+    # A repeat shares that generation (in flight, or stored once its result is), tokens and
+    # all, whole or streamed.
+    whole = sdk.chat.completions.create(**ask)
+    assert (whole.model_extra or {})["llmq"]["cache"] in {"exact", "coalesced"}
+    logprobs = whole.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert [(t.token, t.logprob) for t in logprobs.content] == fresh
+    assert streamed() == (fresh, text)
+
+
 def test_the_tenant_comes_from_the_key_never_the_body(
     keyed: dict[str | None, OpenAI], keyed_door: str, door: str
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from openai.types.chat import ChatCompletionChunk
 
 from gateway.openai import Chunks, error_body, read_call, retry_after
 from gateway.settings import GatewaySettings
@@ -12,7 +13,7 @@ from llmq.streaming import Delta
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.result import Usage
+from schemas.result import TokenLogprob, TopLogprob, Usage
 from schemas.tenants import TenantPolicy, key_hash, new_key
 
 CATALOG = Catalog.builtin()
@@ -135,6 +136,20 @@ def test_chunks_are_shaped_as_openais() -> None:
     last = chunks.usage(Delta("", 2, "stop", usage))
     assert last["choices"] == [] and last["usage"]["total_tokens"] == 3
     assert "usage" not in Chunks("c1", 7, "m", include_usage=False).role()
+
+
+def test_a_chunks_logprobs_read_as_the_sdks() -> None:
+    entry = TokenLogprob(
+        token="Hi", logprob=-0.5, top_logprobs=[TopLogprob(token="Hi", logprob=-0.5)]
+    )
+    chunks = Chunks("c1", 7, "m", include_usage=False)
+    read = ChatCompletionChunk.model_validate(chunks.content("Hi", [entry]))
+    logprobs = read.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert [(t.token, t.logprob, t.top_logprobs[0].token) for t in logprobs.content] == [
+        ("Hi", -0.5, "Hi")
+    ]
+    assert ChatCompletionChunk.model_validate(chunks.content("Hi")).choices[0].logprobs is None
 
 
 def test_api_keys_are_kept_hashed_and_name_their_tenant() -> None:

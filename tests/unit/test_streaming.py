@@ -8,10 +8,22 @@ import pytest
 from llmq.streaming import StreamReader
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatMessage
-from schemas.result import ChatCompletion, Choice, ErrorInfo, InferenceResult, Usage
+from schemas.result import (
+    ChatCompletion,
+    Choice,
+    ChoiceLogprobs,
+    ErrorInfo,
+    InferenceResult,
+    TokenLogprob,
+    Usage,
+)
 from schemas.stream import TokenDelta
 
 USAGE = Usage(prompt_tokens=4, completion_tokens=3, total_tokens=7)
+
+
+def _entries(*tokens: str) -> list[TokenLogprob]:
+    return [TokenLogprob(token=t, logprob=-1.0) for t in tokens]
 
 
 def _delta(seq: int, text: str, generation: str = "g1", **more: object) -> TokenDelta:
@@ -27,13 +39,14 @@ def _delta(seq: int, text: str, generation: str = "g1", **more: object) -> Token
     )
 
 
-def _result(text: str) -> InferenceResult:
+def _result(text: str, tokens: list[str] | None = None) -> InferenceResult:
     answer = ChatMessage(role="assistant", content=text)
+    logprobs = None if tokens is None else ChoiceLogprobs(content=_entries(*tokens))
     response = ChatCompletion(
         id="x",
         created=1,
         model="m",
-        choices=[Choice(message=answer, finish_reason="stop")],
+        choices=[Choice(message=answer, finish_reason="stop", logprobs=logprobs)],
         usage=USAGE,
     )
     return InferenceResult(correlation_id="c", tenant="t", status="ok", response=response)
@@ -76,6 +89,33 @@ def test_the_final_result_brings_what_the_pieces_did_not() -> None:
         USAGE,
     )
     assert reader.done
+
+
+def test_each_piece_has_its_records_logprobs_and_the_result_the_rest() -> None:
+    reader = StreamReader()
+    first = reader.take(_delta(0, "Hel", logprobs=_entries("H", "el")))
+    last = reader.finish(_result("Hello there", ["H", "el", "lo", " there"]))
+    assert first is not None and [t.token for t in first.logprobs or ()] == ["H", "el"]
+    assert [t.token for t in last.logprobs or ()] == ["lo", " there"]
+    cached = StreamReader().finish(_result("Hi", ["Hi"]))
+    assert [t.token for t in cached.logprobs or ()] == ["Hi"]
+    assert StreamReader().finish(_result("Hi")).logprobs is None  # not asked
+
+
+def test_a_token_without_text_still_brings_its_logprob() -> None:
+    reader = StreamReader()
+    piece = reader.take(_delta(0, "", logprobs=_entries("")))
+    assert piece is not None and piece.text == "" and len(piece.logprobs or ()) == 1
+
+
+def test_a_resumed_reader_has_no_logprobs_for_a_piece_cut_inside_a_record() -> None:
+    reader = StreamReader(offset=2)
+    cut = reader.take(_delta(0, "Hel", logprobs=_entries("H", "el")))
+    after = reader.take(_delta(1, "lo", logprobs=_entries("lo")))
+    assert cut is not None and (cut.text, cut.logprobs) == ("l", None)
+    assert after is not None and [t.token for t in after.logprobs or ()] == ["lo"]
+    beyond = StreamReader(offset=3).finish(_result("Hello", ["H", "el", "lo"]))
+    assert (beyond.text, beyond.logprobs) == ("lo", None)  # which tokens came before: unknown
 
 
 def test_a_resumed_reader_gets_the_answer_after_its_offset() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable
 import pytest
 
 from schemas.request import ChatBody, ChatMessage, InferenceRequest
-from schemas.result import Usage
+from schemas.result import TokenLogprob, Usage
 from schemas.route import Route
 from schemas.stream import TokenDelta
 from schemas.work import WorkItem
@@ -59,6 +59,38 @@ def test_pieces_are_batched_by_tokens_and_numbered() -> None:
     assert {(d.correlation_id, d.tenant, d.generation, d.model) for d in sent} == {
         ("c1", "acme", "g1", "m")
     }
+
+
+def test_each_piece_carries_its_own_tokens_logprobs_when_asked() -> None:
+    sent: list[TokenDelta] = []
+
+    async def send(topic: str, value: bytes, key: bytes) -> Awaitable[object]:
+        sent.append(TokenDelta.model_validate_json(value))
+        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def step(text: str) -> EngineStep:
+        return EngineStep(text, 1, 2, logprobs=[TokenLogprob(token=text, logprob=-len(text))])
+
+    async def main(work: WorkItem) -> None:
+        stream = DeltaStream(send, work, "g1", DeltaPolicy(interval_s=3600, max_tokens=2))
+        for text in ("a", "bb", "ccc"):
+            await stream.add(step(text))
+        await stream.finish("stop", USAGE)
+
+    body = WORK.request.body.model_copy(update={"logprobs": True})
+    asyncio.run(
+        main(WORK.model_copy(update={"request": WORK.request.model_copy(update={"body": body})}))
+    )
+    assert [[(t.token, t.logprob) for t in d.logprobs or ()] for d in sent] == [
+        [("a", -1)],
+        [("bb", -2), ("ccc", -3)],
+        [],
+    ]
+    sent.clear()
+    asyncio.run(main(WORK))  # not asked: the engine's logprobs (a cascade's) stay out
+    assert sent and all(d.logprobs is None for d in sent)
 
 
 def test_a_broker_that_refuses_pieces_does_not_fail_the_generation(
