@@ -32,6 +32,7 @@ PASSED = frozenset(
         "frequency_penalty",
         "logprobs",
         "top_logprobs",
+        "logit_bias",
         "ignore_eos",
         "stream",
         "response_format",

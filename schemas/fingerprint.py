@@ -36,6 +36,8 @@ def fingerprint(request: InferenceRequest, model: str) -> str:
         canonical["ignore_eos"] = True
     if body.top_logprobs is not None:  # the same for each field added since
         canonical["top_logprobs"] = body.top_logprobs
+    if body.logit_bias:  # in any order: the same biases
+        canonical["logit_bias"] = sorted(body.logit_bias.items())
     if body.json_format is not None:  # plain text among them
         # As written, not sorted: the engine writes an object's properties in the schema's
         # order, so two orders are two different answers.

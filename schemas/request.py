@@ -44,6 +44,8 @@ app sent it (before compression), must fit in Kafka's default 1 MB message."""
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
 """OpenAI's bound on top_logprobs."""
+MAX_LOGIT_BIAS = 1_024
+"""The most tokens one logit_bias may name: far more than an app sets by hand."""
 MAX_SCHEMA_CHARS = 32_768
 """The largest JSON schema of a response_format, as compact JSON: room for any schema an app
 writes by hand or generates from its types, far under the record's bound."""
@@ -161,6 +163,11 @@ class ChatBody(BaseModel):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     """With logprobs: how many of the most likely tokens to give at each position."""
+    logit_bias: (
+        dict[Annotated[int, Field(ge=0, lt=2**31)], Annotated[float, Field(ge=-100, le=100)]] | None
+    ) = Field(default=None, max_length=MAX_LOGIT_BIAS)
+    """Token id (of the model's own tokenizer) -> a bias added to its logit: -100 bans the
+    token, 100 all but forces it. It pins the request to the model it names."""
     ignore_eos: bool = False
     """vLLM's extension: generate exactly max_tokens, past the end-of-sequence token, so that
     a benchmark or a test does not depend on when the model would stop."""

@@ -190,9 +190,12 @@ def plan(request: InferenceRequest, catalog: Catalog) -> Route:
     An explicit model (or the catalog default) is followed by its configured fallbacks.
     "auto" starts at the tier the difficulty score points to, then climbs the higher tiers
     (one model each), then the fallbacks of those models. A requested name that an
-    experiment covers is served by the tenant's arm instead, if the tenant takes part.
+    experiment covers is served by the tenant's arm instead, if the tenant takes part. A
+    request with logit_bias gets the model it names and no other.
     """
     name = request.requested_model or catalog.default
+    if request.body.logit_bias:
+        return _pinned(name, catalog)
     experiment = catalog.experiment(name)
     arm = None if experiment is None else arm_of(experiment, request.tenant)
     if experiment is not None and arm is not None:
@@ -201,6 +204,18 @@ def plan(request: InferenceRequest, catalog: Catalog) -> Route:
             update={"requested": name, "experiment": experiment.name, "arm": arm.name}
         )
     return _plan(name, request, catalog)
+
+
+def _pinned(name: str, catalog: Catalog) -> Route:
+    """A request with logit_bias: its token ids are one tokenizer's, so the model it names
+    serves it, with no fallback, cascade or experiment arm."""
+    if catalog.get(name) is None:
+        raise LlmqError(
+            ErrorCode.INVALID_REQUEST,
+            f"logit_bias names token ids of one model's tokenizer: ask for one of "
+            f"{catalog.names}, not {name!r}",
+        )
+    return Route(requested=name, chain=[name])
 
 
 def _plan(name: str, request: InferenceRequest, catalog: Catalog) -> Route:

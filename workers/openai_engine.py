@@ -181,20 +181,20 @@ class OpenAIEngine:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if body.stop:
-            payload["stop"] = body.stop
-        if body.seed is not None:
-            payload["seed"] = body.seed
-        if body.logprobs:
-            payload["logprobs"] = True
-        if body.top_logprobs is not None:
-            payload["top_logprobs"] = body.top_logprobs
-        if body.ignore_eos:  # vLLM's server takes it; sent only when set
-            payload["ignore_eos"] = True
-        if body.json_format is not None:
-            payload["response_format"] = body.json_format.model_dump(mode="json", exclude_none=True)
-        if self._send_priority:
-            payload["priority"] = priority
+        fmt = body.json_format
+        as_json = None if fmt is None else fmt.model_dump(mode="json", exclude_none=True)
+        bias = body.logit_bias
+        optional = {  # sent only when set (ignore_eos and priority: vLLM's server takes them)
+            "stop": body.stop or None,
+            "seed": body.seed,
+            "logprobs": body.logprobs or None,
+            "top_logprobs": body.top_logprobs,
+            "logit_bias": {str(token): b for token, b in bias.items()} if bias else None,
+            "ignore_eos": body.ignore_eos or None,
+            "response_format": as_json,
+            "priority": priority if self._send_priority else None,
+        }
+        payload.update((name, value) for name, value in optional.items() if value is not None)
         return payload
 
     def _open_session(self) -> aiohttp.ClientSession:

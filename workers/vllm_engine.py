@@ -171,6 +171,7 @@ class VllmEngine:
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
             logprobs=_logprob_count(body),
+            logit_bias=dict(body.logit_bias) if body.logit_bias else None,
             ignore_eos=body.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
         )

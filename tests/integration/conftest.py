@@ -13,9 +13,10 @@ import pytest
 import redis
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from llmq.client import Client
-from schemas.catalog import Catalog
+from schemas.catalog import Catalog, ModelSpec
 from schemas.settings import ServiceSettings
 from tests.integration.helpers import SERVED, start_redis, stop_redis
 from tools.bench.ways.serve import vllm_server
@@ -121,12 +122,26 @@ def redis_port() -> Iterator[int]:
         stop_redis(proc)
 
 
+def _served() -> tuple[ModelSpec, Path]:
+    """The served model's spec and its prepared checkpoint."""
+    spec = Catalog.builtin().models[0]
+    assert spec.name == SERVED and spec.source is not None
+    return spec, resolve_model_source(spec.source, LocalSettings().cache_dir / "models")
+
+
+@pytest.fixture(scope="session")
+def served_tokenizer() -> PreTrainedTokenizerBase:
+    """The served model's own tokenizer (its token ids, for logit_bias)."""
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+        _served()[1], local_files_only=True
+    )
+    return tokenizer
+
+
 @pytest.fixture(scope="session")
 def openai_server() -> Iterator[str]:
     """vLLM's OpenAI server (priority scheduling on), started once; yields its base URL."""
-    spec = Catalog.builtin().models[0]
-    assert spec.name == SERVED and spec.source is not None
-    checkpoint = resolve_model_source(spec.source, LocalSettings().cache_dir / "models")
+    spec, checkpoint = _served()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     with vllm_server(spec, checkpoint, say=lambda _: None, env=env) as url:
         yield url

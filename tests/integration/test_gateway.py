@@ -19,6 +19,7 @@ import openai
 import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
+from transformers import PreTrainedTokenizerBase
 
 from llmq.aio import AsyncClient
 from llmq.client import tail
@@ -320,6 +321,28 @@ def test_each_stream_chunk_carries_its_tokens_logprobs(sdk: OpenAI) -> None:
     assert logprobs is not None and logprobs.content is not None
     assert [(t.token, t.logprob) for t in logprobs.content] == fresh
     assert streamed() == (fresh, text)
+
+
+def test_logit_bias_forces_a_token_and_pins_the_model(
+    sdk: OpenAI, served_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    token = served_tokenizer.encode(" maybe", add_special_tokens=False)[0]
+    ask: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": _prompt("Say hello.")}],
+        "max_tokens": 3,
+        "temperature": 0,
+        "extra_body": {"ignore_eos": True},
+    }
+    forced = sdk.chat.completions.create(**ask, logit_bias={str(token): 100})
+    assert forced.choices[0].message.content == served_tokenizer.decode([token] * 3)
+    # The engine names an id past its vocabulary; the router refuses "auto".
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(**ask, logit_bias={"99999999": 1})
+    assert bad.value.code == "invalid_request" and "99999999" in bad.value.message
+    with pytest.raises(openai.BadRequestError) as auto:
+        sdk.chat.completions.create(**{**ask, "model": "auto"}, logit_bias={str(token): 1})
+    assert auto.value.code == "invalid_request" and "logit_bias" in auto.value.message
 
 
 def test_the_tenant_comes_from_the_key_never_the_body(

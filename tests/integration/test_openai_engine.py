@@ -8,6 +8,7 @@ import re
 import time
 
 import pytest
+from transformers import PreTrainedTokenizerBase
 
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
@@ -86,18 +87,23 @@ def test_logprobs_arrive_when_asked(base_url: str) -> None:
     assert not any(s.logprobs for s in without)
 
 
-def test_top_logprobs_and_a_json_schema_reach_the_server(base_url: str) -> None:
+def test_top_logprobs_a_json_schema_and_logit_bias_reach_the_server(
+    base_url: str, served_tokenizer: PreTrainedTokenizerBase
+) -> None:
     ranked = ask("Is the sky blue?", max_tokens=4, ignore_eos=True, logprobs=True, top_logprobs=3)
     as_json = ask("Is the sky blue? Answer in JSON.", max_tokens=32, response_format=VERDICT_FORMAT)
+    token = served_tokenizer.encode(" maybe", add_special_tokens=False)[0]
+    biased = ask("Is the sky blue?", max_tokens=3, ignore_eos=True, logit_bias={token: 100})
 
-    async def scenario() -> tuple[list[EngineStep], list[EngineStep]]:
+    async def scenario() -> list[list[EngineStep]]:
         eng = engine(base_url)
         try:
-            return await collect(eng, ranked), await collect(eng, as_json)
+            return [await collect(eng, body) for body in (ranked, as_json, biased)]
         finally:
             await eng.abort_all()
 
-    ranked_steps, json_steps = asyncio.run(scenario())
+    ranked_steps, json_steps, biased_steps = asyncio.run(scenario())
+    assert "".join(s.text for s in biased_steps) == served_tokenizer.decode([token] * 3)
     tokens = [t for s in ranked_steps for t in s.logprobs]
     assert len(tokens) == 4
     for token in tokens:

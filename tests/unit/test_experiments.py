@@ -76,6 +76,17 @@ def test_the_route_serves_the_arm_and_says_which() -> None:
     assert (plain.chain, plain.experiment, plain.cached_as) == (["small", "backup"], None, "small")
 
 
+def test_a_request_with_logit_bias_is_served_by_the_model_it_names() -> None:
+    catalog = _catalog(SPLIT)
+    tenant = next(f"t-{i}" for i in range(100) if arm_of(catalog.experiments[0], f"t-{i}"))
+    request = _request(tenant, "small")
+    biased = request.model_copy(
+        update={"body": request.body.model_copy(update={"logit_bias": {5: -100.0}})}
+    )
+    route = plan(biased, catalog)
+    assert (route.chain, route.experiment, route.arm) == (["small"], None, None)
+
+
 def test_a_name_of_the_experiments_own_is_requestable_and_served_by_its_arms() -> None:
     catalog = _catalog(ALIAS)
     assert catalog.requestable == ["small", "big", "backup", "auto", "chat"]

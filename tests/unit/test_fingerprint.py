@@ -122,6 +122,7 @@ def test_message_boundaries_are_part_of_it() -> None:
         {"logprobs": True},
         {"logprobs": True, "top_logprobs": 0},
         {"ignore_eos": True},
+        {"logit_bias": {"5": 1}},
     ],
 )
 def test_any_sampling_parameter_changes_it(sampling: dict[str, Any]) -> None:
@@ -153,3 +154,9 @@ def test_a_schemas_property_order_changes_it() -> None:
     assert _fp(_data(response_format=_schema("a", "b"))) != _fp(
         _data(response_format=_schema("b", "a"))
     )
+
+
+def test_logit_bias_counts_by_content_not_order() -> None:
+    assert _fp(_data(logit_bias={})) == BASE
+    one, other = _fp(_data(logit_bias={"5": 1, "9": -2})), _fp(_data(logit_bias={"9": -2, "5": 1}))
+    assert one == other != _fp(_data(logit_bias={"5": 1, "9": 2}))

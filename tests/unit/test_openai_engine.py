@@ -223,6 +223,7 @@ def test_passes_the_sampling_fields_logprobs_priority_and_key(
         frequency_penalty=-0.5,
         logprobs=True,
         top_logprobs=2,
+        logit_bias={50256: -100},
         ignore_eos=True,
         response_format=FORMAT,
     )
@@ -243,7 +244,7 @@ def test_passes_the_sampling_fields_logprobs_priority_and_key(
         sent = server.bodies[0]
         assert sent["model"] == "org/big"
         assert sent["logprobs"] is True and sent["top_logprobs"] == 2
-        assert sent["ignore_eos"] is True
+        assert sent["ignore_eos"] is True and sent["logit_bias"] == {"50256": -100}
         assert sent["response_format"] == FORMAT
         assert sent["priority"] == 1
         assert {k: sent[k] for k in ("temperature", "top_p", "stop", "seed")} == {

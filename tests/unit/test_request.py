@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from schemas.lanes import Lane
 from schemas.names import RESULTS
 from schemas.request import (
     MAX_CONTENT_CHARS,
+    MAX_LOGIT_BIAS,
     MAX_MESSAGES,
     MAX_SCHEMA_CHARS,
     CacheMode,
@@ -292,3 +294,24 @@ def test_top_logprobs_come_with_logprobs_within_openais_bound(
     with pytest.raises(ValidationError, match=why):
         ChatBody.model_validate(_body(**fields))
     assert ChatBody.model_validate(_body(logprobs=True, top_logprobs=20)).top_logprobs == 20
+
+
+def test_logit_bias_maps_token_ids_to_bounded_biases() -> None:
+    body = ChatBody.model_validate_json(json.dumps(_body(logit_bias={"50256": -100, "7": 2.5})))
+    assert body.logit_bias == {50256: -100.0, 7: 2.5}
+    assert ChatBody.model_validate_json(body.model_dump_json()) == body  # keys as strings
+
+
+@pytest.mark.parametrize(
+    ("bias", "why"),
+    [
+        ({"the": 1}, "valid integer"),
+        ({"-1": 1}, "greater than or equal to 0"),
+        ({"5": 101}, "less than or equal to 100"),
+        ({"5": float("nan")}, "finite number"),
+        ({str(i): 1 for i in range(MAX_LOGIT_BIAS + 1)}, f"at most {MAX_LOGIT_BIAS}"),
+    ],
+)
+def test_a_bad_logit_bias_is_refused_saying_why(bias: dict[str, float], why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        ChatBody.model_validate(_body(logit_bias=bias))

@@ -212,6 +212,18 @@ def test_body_model_counts_as_explicit() -> None:
     assert plan(request, TIERED) == Route(requested="mid", chain=["mid", "small"])
 
 
+def test_logit_bias_pins_the_model_it_names() -> None:
+    """Token ids are one tokenizer's: no fallback or cascade may read them as another's."""
+    route = plan(_request(PROOF, model="big", logit_bias={5: 1.0}), TIERED)
+    assert route == Route(requested="big", chain=["big"], cascade=False)
+    assert plan(_request(PROOF, model=None, logit_bias={5: 1.0}), TIERED).chain == ["small"]
+    for name in (AUTO, "gpt-9"):
+        with pytest.raises(LlmqError) as caught:
+            plan(_request(EASY, model=name, logit_bias={5: 1.0}), TIERED)
+        assert caught.value.code is ErrorCode.INVALID_REQUEST
+        assert "logit_bias" in caught.value.message and repr(name) in caught.value.message
+
+
 def test_no_model_gets_the_catalog_default() -> None:
     route = plan(_request(PROOF, model=None), TIERED)
     assert route == Route(requested="small", chain=["small", "small-b"])
