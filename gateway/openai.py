@@ -40,10 +40,26 @@ PASSED = frozenset(
 )
 """Body fields llmq serves as OpenAI defines them."""
 READ_HERE = frozenset(
-    {"model", "max_completion_tokens", "n", "user", "stream_options", "lane", "cache"}
+    {"model", "max_completion_tokens", "n", "stream_options", "service_tier", "modalities"}
+    | {"lane", "cache"}
 )
-"""Body fields the front door reads itself: `user` is accepted and ignored, `n` must be 1;
-`lane` and `cache` are llmq's own (the SDK's extra_body)."""
+"""Body fields the front door reads itself: `n` must be 1, `service_tier` picks a lane,
+`modalities` must be text; `lane` and `cache` are llmq's own (the SDK's extra_body)."""
+IGNORED: dict[str, type] = {
+    "user": str,
+    "safety_identifier": str,
+    "prompt_cache_key": str,
+    "store": bool,
+    "metadata": dict,
+    "parallel_tool_calls": bool,
+}
+"""OpenAI fields accepted (of their type) and ignored: ids of the end user and of a prompt
+family, OpenAI's own storage of the completion (llmq keeps every result in its store), and
+tool-call options with no tools to call."""
+TIER_LANES = {"auto": None, "default": None, "flex": Lane.BATCH, "priority": Lane.INTERACTIVE}
+"""OpenAI's service_tier as a lane: "flex" trades speed for price as the batch lane does,
+"priority" the other way; "auto" and "default" leave the lane to the header or the front
+door's default. A lane named in the body or the header wins."""
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 STATUS = {
@@ -75,18 +91,20 @@ class Call:
     """stream_options.include_usage: a last chunk with the usage and no choices."""
 
 
-def read_call(data: object, *, tenant: str, lane: str, catalog: Catalog, timeout_s: float) -> Call:
-    """The request an HTTP body asks for; LlmqError (400, 404) saying what is wrong."""
+def read_call(
+    data: object,
+    *,
+    tenant: str,
+    lane: str | None,
+    default_lane: str = Lane.INTERACTIVE.value,
+    catalog: Catalog,
+    timeout_s: float,
+) -> Call:
+    """The request an HTTP body asks for; LlmqError (400, 404) saying what is wrong. Its lane:
+    the body's `lane`, else `lane` (a header's), else its service_tier's, else the default."""
     if not isinstance(data, dict):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
-    unknown = sorted(set(data) - PASSED - READ_HERE)
-    if unknown:
-        raise LlmqError(
-            ErrorCode.UNSUPPORTED,
-            f"llmq serves plain chat completions; unsupported field(s): {', '.join(unknown)}",
-        )
-    if data.get("n", 1) != 1:
-        raise LlmqError(ErrorCode.UNSUPPORTED, "n must be 1: llmq makes one answer per request")
+    _check_fields(data)
     model = data.get("model") or catalog.default
     if model not in catalog.requestable:
         raise LlmqError(
@@ -104,7 +122,7 @@ def read_call(data: object, *, tenant: str, lane: str, catalog: Catalog, timeout
             correlation_id=uuid.uuid4().hex,
             tenant=tenant,
             model=model,
-            lane=Lane(data.get("lane") or lane),
+            lane=Lane(data.get("lane") or lane or _tier_lane(data) or default_lane),
             cache=CacheMode(data.get("cache") or CacheMode.AUTO),
             deadline=now + timeout_s,
             created_at=now,
@@ -115,6 +133,38 @@ def read_call(data: object, *, tenant: str, lane: str, catalog: Catalog, timeout
     except ValueError as exc:  # a lane or cache mode that does not exist
         raise LlmqError(ErrorCode.INVALID_REQUEST, str(exc)) from None
     return Call(request, bool(isinstance(options, dict) and options.get("include_usage")))
+
+
+def _check_fields(data: dict[str, Any]) -> None:
+    """Every field is one llmq serves, reads or ignores, and those it reads or ignores hold
+    what llmq can take."""
+    unknown = sorted(set(data) - PASSED - READ_HERE - set(IGNORED))
+    if unknown:
+        raise LlmqError(
+            ErrorCode.UNSUPPORTED,
+            f"llmq serves plain chat completions; unsupported field(s): {', '.join(unknown)}",
+        )
+    if data.get("n", 1) != 1:
+        raise LlmqError(ErrorCode.UNSUPPORTED, "n must be 1: llmq makes one answer per request")
+    if data.get("modalities", ["text"]) != ["text"]:
+        raise LlmqError(ErrorCode.UNSUPPORTED, 'llmq answers in text only: modalities ["text"]')
+    _tier_lane(data)
+    for name, kind in IGNORED.items():
+        if name in data and data[name] is not None and not isinstance(data[name], kind):
+            raise LlmqError(ErrorCode.INVALID_REQUEST, f"{name} must be a {kind.__name__}")
+    metadata = data.get("metadata") or {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "metadata maps strings to strings")
+
+
+def _tier_lane(data: dict[str, Any]) -> Lane | None:
+    """The lane a service_tier asks for, if any."""
+    tier = data.get("service_tier") or "auto"
+    if not isinstance(tier, str) or tier not in TIER_LANES:
+        raise LlmqError(
+            ErrorCode.INVALID_REQUEST, f"service_tier must be one of {sorted(TIER_LANES)}"
+        )
+    return TIER_LANES[tier]
 
 
 def _messages(messages: object) -> object:

@@ -126,7 +126,8 @@ async def _read(door: FrontDoor, request: Request) -> Call:
         return read_call(
             data,
             tenant=tenant,
-            lane=request.headers.get("x-llmq-lane") or door.settings.api_default_lane.value,
+            lane=request.headers.get("x-llmq-lane"),
+            default_lane=door.settings.api_default_lane.value,
             catalog=door.catalog,
             timeout_s=door.settings.request_timeout_s,
         )

@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmq.aio import AsyncClient
 from llmq.client import tail
+from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.names import METERING, TOKENS
 from schemas.result import InferenceResult
@@ -343,6 +344,20 @@ def test_logit_bias_forces_a_token_and_pins_the_model(
     with pytest.raises(openai.BadRequestError) as auto:
         sdk.chat.completions.create(**{**ask, "model": "auto"}, logit_bias={str(token): 1})
     assert auto.value.code == "invalid_request" and "logit_bias" in auto.value.message
+
+
+def test_a_flex_tier_runs_on_the_batch_lane_and_storage_fields_pass(sdk: OpenAI, door: str) -> None:
+    answer = sdk.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": _prompt("Name a fruit.")}],
+        max_tokens=4,
+        service_tier="flex",
+        store=True,
+        metadata={"app": "tests"},
+        user="u-1",
+    )
+    stored = _stored(door, answer.id.removeprefix("chatcmpl-"))
+    assert stored.status == "ok" and stored.lane == Lane.BATCH
 
 
 def test_the_tenant_comes_from_the_key_never_the_body(

@@ -89,6 +89,40 @@ def test_what_llmq_does_not_serve_is_refused_by_name() -> None:
     assert "'fast'" in _refused(ErrorCode.INVALID_REQUEST, lane="fast")
 
 
+def test_fields_of_openais_own_services_are_accepted_and_ignored() -> None:
+    plain = _read().request
+    call = _read(
+        user="u-1",
+        safety_identifier="hash",
+        prompt_cache_key="support-bot",
+        store=True,
+        metadata={"team": "search"},
+        parallel_tool_calls=False,
+        modalities=["text"],
+        service_tier=None,
+    )
+    assert call.request.body == plain.body and call.request.lane == plain.lane
+    assert "store must be a bool" in _refused(ErrorCode.INVALID_REQUEST, store="yes")
+    assert "metadata" in _refused(ErrorCode.INVALID_REQUEST, metadata={"n": 1})
+    assert "text only" in _refused(ErrorCode.UNSUPPORTED, modalities=["text", "audio"])
+
+
+def test_a_service_tier_picks_the_lane_unless_one_is_named() -> None:
+    def lane(header: str | None = None, **body: Any) -> Lane:
+        data = {"model": "smollm2-135m", "messages": MESSAGES, **body}
+        call = read_call(
+            data, tenant="a", lane=header, default_lane="standard", catalog=CATALOG, timeout_s=60
+        )
+        return call.request.lane
+
+    assert lane() == lane(service_tier="auto") == lane(service_tier="default") == Lane.STANDARD
+    assert lane(service_tier="flex") == Lane.BATCH
+    assert lane(service_tier="priority") == Lane.INTERACTIVE
+    assert lane("standard", service_tier="flex") == Lane.STANDARD  # the header's
+    assert lane("standard", service_tier="flex", lane="interactive") == Lane.INTERACTIVE
+    assert "service_tier" in _refused(ErrorCode.INVALID_REQUEST, service_tier="scale")
+
+
 def test_auto_and_no_model_are_served() -> None:
     assert _read(model="auto").request.model == "auto"
     assert _read(model=None).request.model == CATALOG.default
