@@ -18,7 +18,7 @@ from gateway.settings import GatewaySettings
 from llmq.aio import AsyncClient
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
-from schemas.request import DEFAULT_TENANT
+from schemas.request import DEFAULT_TENANT, InferenceRequest
 from schemas.tenants import TenantPolicy
 
 
@@ -101,10 +101,10 @@ class FrontDoor:
             why = f"no worker serves {model}: start one (llmq local up) and try again"
             raise ApiError(LlmqError(ErrorCode.ENGINE_UNAVAILABLE, why))
 
-    def cancel(self, call: Call) -> None:
+    def cancel(self, request: InferenceRequest) -> None:
         """Its client went away: unless it resumes the stream within the grace time, tell
         the workers nobody waits for the request (the generation is aborted)."""
-        key = (call.request.tenant, call.request.correlation_id)
+        key = (request.tenant, request.correlation_id)
         loop = asyncio.get_running_loop()
         self._doomed[key] = loop.call_later(self.settings.resume_grace_s, self._cancel_now, key)
 

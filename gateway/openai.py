@@ -11,13 +11,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llmq.streaming import Delta
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.redact import describe
 from schemas.request import CacheMode, ChatBody, InferenceRequest
-from schemas.result import ChoiceLogprobs, InferenceResult, TokenLogprob
+from schemas.result import ChoiceLogprobs, InferenceResult, TokenLogprob, Usage
 
 AUTO = "auto"
 PASSED = frozenset(
@@ -39,11 +38,13 @@ PASSED = frozenset(
     }
 )
 """Body fields llmq serves as OpenAI defines them."""
+MAX_N = 16
+"""The most choices one request may ask for (`n`); each is a request of its own."""
 READ_HERE = frozenset(
     {"model", "max_completion_tokens", "n", "stream_options", "service_tier", "modalities"}
     | {"lane", "cache"}
 )
-"""Body fields the front door reads itself: `n` must be 1, `service_tier` picks a lane,
+"""Body fields the front door reads itself: `n` (up to MAX_N), `service_tier` picks a lane,
 `modalities` must be text; `lane` and `cache` are llmq's own (the SDK's extra_body)."""
 IGNORED: dict[str, type] = {
     "user": str,
@@ -89,6 +90,23 @@ class Call:
     request: InferenceRequest
     include_usage: bool
     """stream_options.include_usage: a last chunk with the usage and no choices."""
+    n: int = 1
+    """Choices asked for: each is a request of its own (`requests`)."""
+
+    @property
+    def requests(self) -> list[InferenceRequest]:
+        """One request per choice: the first is `request`, each other has a correlation id
+        of its own ("<id>-<i>") and, when seeded, seed + i, so that seeded choices differ
+        as OpenAI's do. Unseeded sampled ones differ anyway; greedy ones are one answer n
+        times (the copies coalesce onto one generation)."""
+        first, copies = self.request, [self.request]
+        for i in range(1, self.n):
+            body = first.body
+            if body.seed is not None:
+                body = body.model_copy(update={"seed": (body.seed + i) % 2**63})
+            update = {"correlation_id": f"{first.correlation_id}-{i}", "body": body}
+            copies.append(first.model_copy(update=update))
+        return copies
 
 
 def read_call(
@@ -132,7 +150,8 @@ def read_call(
         raise LlmqError(ErrorCode.INVALID_REQUEST, describe(exc)) from None
     except ValueError as exc:  # a lane or cache mode that does not exist
         raise LlmqError(ErrorCode.INVALID_REQUEST, str(exc)) from None
-    return Call(request, bool(isinstance(options, dict) and options.get("include_usage")))
+    include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+    return Call(request, include_usage, data.get("n") or 1)  # checked: None or 1..MAX_N
 
 
 def _check_fields(data: dict[str, Any]) -> None:
@@ -144,8 +163,9 @@ def _check_fields(data: dict[str, Any]) -> None:
             ErrorCode.UNSUPPORTED,
             f"llmq serves plain chat completions; unsupported field(s): {', '.join(unknown)}",
         )
-    if data.get("n", 1) != 1:
-        raise LlmqError(ErrorCode.UNSUPPORTED, "n must be 1: llmq makes one answer per request")
+    n = 1 if data.get("n") is None else data["n"]
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N:
+        raise LlmqError(ErrorCode.INVALID_REQUEST, f"n must be an integer from 1 to {MAX_N}")
     if data.get("modalities", ["text"]) != ["text"]:
         raise LlmqError(ErrorCode.UNSUPPORTED, 'llmq answers in text only: modalities ["text"]')
     _tier_lane(data)
@@ -207,6 +227,32 @@ def completion(result: InferenceResult) -> dict[str, Any]:
     return body
 
 
+def completion_of(results: list[InferenceResult]) -> dict[str, Any]:
+    """The `chat.completion` of a call's answers, one choice each in order, their usage
+    summed (the prompt counted once, as OpenAI does) and, for more than one, each one's
+    correlation id and cache status under `llmq.choices`."""
+    body = completion(results[0])
+    if len(results) == 1:
+        return body
+    body["choices"] = [
+        {**completion(result)["choices"][0], "index": i} for i, result in enumerate(results)
+    ]
+    usage = summed([r.response.usage for r in results if r.response is not None])
+    body["usage"] = None if usage is None else usage.model_dump()
+    body["llmq"]["choices"] = [
+        {"correlation_id": r.correlation_id, "cache": r.cache.value} for r in results
+    ]
+    return body
+
+
+def summed(usages: list[Usage]) -> Usage | None:
+    """The usage of n answers to one prompt: the prompt counted once, as OpenAI does."""
+    if not usages:
+        return None
+    prompt, answers = usages[0].prompt_tokens, sum(u.completion_tokens for u in usages)
+    return Usage(prompt_tokens=prompt, completion_tokens=answers, total_tokens=prompt + answers)
+
+
 @dataclass(frozen=True)
 class Chunks:
     """The `chat.completion.chunk` events of one streamed answer, as OpenAI sends them: the
@@ -218,27 +264,31 @@ class Chunks:
     model: str
     include_usage: bool
 
-    def role(self) -> dict[str, Any]:
-        return self._chunk({"role": "assistant", "content": ""}, None)
+    def role(self, index: int = 0) -> dict[str, Any]:
+        return self._chunk({"role": "assistant", "content": ""}, None, index)
 
-    def content(self, text: str, logprobs: list[TokenLogprob] | None = None) -> dict[str, Any]:
-        chunk = self._chunk({"content": text}, None)
+    def content(
+        self, text: str, logprobs: list[TokenLogprob] | None = None, index: int = 0
+    ) -> dict[str, Any]:
+        chunk = self._chunk({"content": text}, None, index)
         if logprobs is not None:
             chunk["choices"][0]["logprobs"] = ChoiceLogprobs(content=logprobs).model_dump()
         return chunk
 
-    def finish(self, reason: str) -> dict[str, Any]:
-        return self._chunk({}, reason)
+    def finish(self, reason: str, index: int = 0) -> dict[str, Any]:
+        return self._chunk({}, reason, index)
 
-    def usage(self, piece: Delta) -> dict[str, Any]:
+    def usage(self, usage: Usage | None) -> dict[str, Any]:
         return {
             **self._head(),
             "choices": [],
-            "usage": None if piece.usage is None else piece.usage.model_dump(),
+            "usage": None if usage is None else usage.model_dump(),
         }
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def _chunk(
+        self, delta: dict[str, Any], finish_reason: str | None, index: int
+    ) -> dict[str, Any]:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         body = {**self._head(), "choices": [choice]}
         if self.include_usage:
             body["usage"] = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
+from functools import partial
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -13,7 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gateway import metrics, sse
 from gateway.door import ApiError, FrontDoor
-from gateway.openai import Call, Chunks, completion, read_call
+from gateway.openai import Call, Chunks, completion_of, read_call
 from llmq.streaming import Delta, StreamReader
 from schemas.errors import ErrorCode, LlmqError
 
@@ -38,7 +39,7 @@ async def chat_completions(request: Request) -> Response:
         call = await _read(door, request)
         stream = str(call.request.body.stream).lower()
         await door.check_served(call.request.model)
-        await door.client.submit_request(call.request)
+        await asyncio.gather(*(door.client.submit_request(r) for r in call.requests))
         metrics.WAITING.inc()
         try:
             answer = _streamed if call.request.body.stream else _whole
@@ -136,47 +137,62 @@ async def _read(door: FrontDoor, request: Request) -> Call:
 
 
 async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
-    """Wait for the result; a client that leaves first cancels the request."""
-    wanted = call.request
-    waiting = door.client.result(
-        wanted.correlation_id, door.settings.request_timeout_s + 5, tenant=wanted.tenant
+    """Wait for the results (one per choice); a client that leaves first cancels them. The
+    first error among them is the answer."""
+    wait_s = door.settings.request_timeout_s + 5
+    waiting = asyncio.gather(
+        *(door.client.result(r.correlation_id, wait_s, tenant=r.tenant) for r in call.requests)
     )
     try:
-        result = await _unless_gone(request, waiting)
+        results = await _unless_gone(request, waiting)
     except TimeoutError:
         raise ApiError(LATE) from None
-    if result is None:
-        door.cancel(call)
+    if results is None:
+        _abandon(door, call)
         return Response(status_code=499)
-    if result.error is not None:
-        error = result.error
-        raise ApiError(LlmqError(error.code, error.message, error.retry_after_s))
-    headers = {"X-Llmq-Correlation-Id": wanted.correlation_id}
-    return JSONResponse(completion(result), headers=headers)
+    for result in results:
+        if result.error is not None:
+            error = result.error
+            raise ApiError(LlmqError(error.code, error.message, error.retry_after_s))
+    headers = {"X-Llmq-Correlation-Id": call.request.correlation_id}
+    return JSONResponse(completion_of(results), headers=headers)
 
 
 async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
-    """Server-sent events once the first piece is there: an error before it is an HTTP
-    error (429, 400, ...), after it an error event."""
-    wanted = call.request
+    """Server-sent events once the first piece of each choice is there: an error before it
+    is an HTTP error (429, 400, ...), after it an error event."""
     started = time.monotonic()
     wait_s = door.settings.request_timeout_s + 5
-    pieces = door.client.follow(wanted.correlation_id, tenant=wanted.tenant, wait_s=wait_s)
+    streams = [
+        door.client.follow(r.correlation_id, tenant=r.tenant, wait_s=wait_s) for r in call.requests
+    ]
+    firsts = [asyncio.ensure_future(anext(stream)) for stream in streams]
     try:
-        first = await _unless_gone(request, anext(pieces))
-    except LlmqError as exc:
-        raise ApiError(exc) from None
-    except TimeoutError:
-        raise ApiError(LATE) from None
+        first = await _unless_gone(request, asyncio.gather(*firsts))
+    except (LlmqError, TimeoutError) as exc:
+        for waiting in firsts:
+            waiting.cancel()
+        raise ApiError(exc if isinstance(exc, LlmqError) else LATE) from None
     if first is None:
-        door.cancel(call)
+        _abandon(door, call)
         return Response(status_code=499)
     metrics.FIRST_PIECE.observe(time.monotonic() - started)
-    events = sse.events(door.chunks(call, first.model), first, pieces, lambda: door.cancel(call))
-    headers = {**SSE_HEADERS, "X-Llmq-Correlation-Id": wanted.correlation_id}
+    chunks = door.chunks(call, first[0].model)
+    gone = partial(_abandon, door, call)
+    if call.n == 1:
+        events = sse.events(chunks, first[0], streams[0], gone)
+    else:
+        events = sse.choices(chunks, first, streams, gone)
+    headers = {**SSE_HEADERS, "X-Llmq-Correlation-Id": call.request.correlation_id}
     return StreamingResponse(
         _timed(events, started), media_type="text/event-stream", headers=headers
     )
+
+
+def _abandon(door: FrontDoor, call: Call) -> None:
+    """The client went away: cancel each choice's request (after the grace to resume)."""
+    for wanted in call.requests:
+        door.cancel(wanted)
 
 
 async def _timed(events: AsyncIterator[str], started: float) -> AsyncIterator[str]:

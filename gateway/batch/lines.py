@@ -49,19 +49,30 @@ def read_line(
     if data.get("url") != ENDPOINT:
         why = f"url must be {ENDPOINT}, the one endpoint llmq's batches call"
         raise LlmqError(ErrorCode.UNSUPPORTED, why)
-    body = data.get("body")
-    if isinstance(body, dict):
-        body = {k: v for k, v in body.items() if k != "lane"}  # every line is batch work
-        if body.get("stream"):
-            raise LlmqError(ErrorCode.INVALID_REQUEST, "a batch line cannot be streamed")
     now = time.time()
     call = read_call(
-        body, tenant=tenant, lane=Lane.BATCH.value, catalog=catalog, timeout_s=deadline - now
+        _batch_body(data.get("body")),
+        tenant=tenant,
+        lane=Lane.BATCH.value,
+        catalog=catalog,
+        timeout_s=deadline - now,
     )
     request = call.request.model_copy(
         update={"correlation_id": correlation_id, "reply_to": BATCH_RESULTS}
     )
     return Line(custom_id, request)
+
+
+def _batch_body(body: object) -> object:
+    """A line's body as batch work: on the batch lane (its own `lane` dropped), whole, one
+    answer."""
+    if not isinstance(body, dict):
+        return body  # read_call names the problem
+    if body.get("stream"):
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "a batch line cannot be streamed")
+    if (body.get("n") or 1) != 1:
+        raise LlmqError(ErrorCode.UNSUPPORTED, "a batch line makes one answer: n must be 1")
+    return {k: v for k, v in body.items() if k != "lane"}
 
 
 def output_line(custom_id: str, result: InferenceResult) -> dict[str, Any]:

@@ -360,6 +360,35 @@ def test_a_flex_tier_runs_on_the_batch_lane_and_storage_fields_pass(sdk: OpenAI,
     assert stored.status == "ok" and stored.lane == Lane.BATCH
 
 
+def test_n_choices_come_in_one_completion(sdk: OpenAI) -> None:
+    ask: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": _prompt("Name a river.")}],
+        "max_tokens": 4,
+        "extra_body": {"ignore_eos": True},
+    }
+    greedy = sdk.chat.completions.create(**ask, n=3, temperature=0)
+    assert [c.index for c in greedy.choices] == [0, 1, 2]
+    assert len({c.message.content for c in greedy.choices}) == 1
+    assert greedy.usage is not None and greedy.usage.completion_tokens == 12
+    # Seeded choices are the answers of seed, seed + 1, ...: each one's own request.
+    sampled = sdk.chat.completions.create(**ask, n=2, temperature=1.0, seed=5)
+    alone = [sdk.chat.completions.create(**ask, temperature=1.0, seed=s) for s in (5, 6)]
+    assert [c.message.content for c in sampled.choices] == [
+        a.choices[0].message.content for a in alone
+    ]
+    # Streamed, each chunk names its choice; the usage comes summed after both.
+    texts, usage = ["", ""], None
+    for chunk in sdk.chat.completions.create(
+        **ask, n=2, temperature=1.0, seed=5, stream=True, stream_options={"include_usage": True}
+    ):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+        usage = chunk.usage or usage
+    assert texts == [c.message.content for c in sampled.choices]
+    assert usage is not None and usage.completion_tokens == 8
+
+
 def test_the_tenant_comes_from_the_key_never_the_body(
     keyed: dict[str | None, OpenAI], keyed_door: str, door: str
 ) -> None:

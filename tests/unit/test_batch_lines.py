@@ -88,6 +88,11 @@ def test_a_line_is_a_batch_lane_request_answered_on_the_batch_topic() -> None:
             ErrorCode.INVALID_REQUEST,
             "streamed",
         ),
+        (
+            _raw(body={"messages": [{"role": "user", "content": "Hi"}], "n": 2}),
+            ErrorCode.UNSUPPORTED,
+            "n must be 1",
+        ),
     ],
 )
 def test_a_bad_line_says_what_is_wrong(raw: bytes, code: ErrorCode, words: str) -> None:

@@ -5,15 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from openai.types.chat import ChatCompletion as ChatCompletionObject
 from openai.types.chat import ChatCompletionChunk
 
-from gateway.openai import Chunks, error_body, read_call, retry_after
+from gateway.openai import Chunks, completion_of, error_body, read_call, retry_after
 from gateway.settings import GatewaySettings
-from llmq.streaming import Delta
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.result import TokenLogprob, TopLogprob, Usage
+from schemas.request import ChatMessage
+from schemas.result import (
+    CacheStatus,
+    ChatCompletion,
+    Choice,
+    InferenceResult,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from schemas.tenants import TenantPolicy, key_hash, new_key
 
 CATALOG = Catalog.builtin()
@@ -80,13 +89,59 @@ def test_a_response_format_is_read_and_a_bad_one_named() -> None:
 
 def test_what_llmq_does_not_serve_is_refused_by_name() -> None:
     assert "tools" in _refused(ErrorCode.UNSUPPORTED, tools=[{"type": "function"}])
-    assert "n must be 1" in _refused(ErrorCode.UNSUPPORTED, n=2)
+    for n in (0, 17, 1.5, True, "2"):
+        assert "from 1 to 16" in _refused(ErrorCode.INVALID_REQUEST, n=n)
     assert "'tool'" in _refused(ErrorCode.UNSUPPORTED, messages=[{"role": "tool", "content": "x"}])
     image = [{"type": "image_url", "image_url": {"url": "x"}}]
     assert "text" in _refused(ErrorCode.UNSUPPORTED, messages=[{"role": "user", "content": image}])
     assert "'gpt-4o'" in _refused(ErrorCode.UNKNOWN_MODEL, model="gpt-4o")
     assert "max_tokens" in _refused(ErrorCode.INVALID_REQUEST, max_tokens=0)
     assert "'fast'" in _refused(ErrorCode.INVALID_REQUEST, lane="fast")
+
+
+def test_n_choices_are_requests_of_their_own_seeded_apart() -> None:
+    call = _read(n=3, seed=7, temperature=0.8)
+    copies = call.requests
+    cid = call.request.correlation_id
+    assert [r.correlation_id for r in copies] == [cid, f"{cid}-1", f"{cid}-2"]
+    assert [r.body.seed for r in copies] == [7, 8, 9]
+    unseeded = [r.body.model_copy(update={"seed": None}) for r in copies]
+    assert unseeded == [call.request.body.model_copy(update={"seed": None})] * 3
+    assert [r.body.seed for r in _read(n=2).requests] == [None, None]
+    one = _read()
+    assert one.requests == [one.request]
+
+
+def test_n_answers_are_one_completion_with_their_usage_summed() -> None:
+    def result(cid: str, text: str, cache: CacheStatus) -> InferenceResult:
+        answer = ChatMessage(role="assistant", content=text)
+        response = ChatCompletion(
+            id="x",
+            created=1,
+            model="m",
+            choices=[Choice(message=answer, finish_reason="stop")],
+            usage=Usage(prompt_tokens=5, completion_tokens=len(text), total_tokens=5 + len(text)),
+        )
+        return InferenceResult(
+            correlation_id=cid, tenant="t", status="ok", response=response, cache=cache
+        )
+
+    body = completion_of(
+        [result("c", "Hi", CacheStatus.NONE), result("c-1", "Hey", CacheStatus.COALESCED)]
+    )
+    read = ChatCompletionObject.model_validate(body)
+    assert [(c.index, c.message.content) for c in read.choices] == [(0, "Hi"), (1, "Hey")]
+    assert read.usage is not None
+    assert (read.usage.prompt_tokens, read.usage.completion_tokens, read.usage.total_tokens) == (
+        5,
+        5,
+        10,
+    )
+    assert read.id == "chatcmpl-c"
+    assert body["llmq"]["choices"] == [
+        {"correlation_id": "c", "cache": "none"},
+        {"correlation_id": "c-1", "cache": "coalesced"},
+    ]
 
 
 def test_fields_of_openais_own_services_are_accepted_and_ignored() -> None:
@@ -167,7 +222,7 @@ def test_chunks_are_shaped_as_openais() -> None:
     assert chunks.content("Hi")["choices"][0]["delta"] == {"content": "Hi"}
     assert chunks.finish("stop")["choices"][0]["finish_reason"] == "stop"
     usage = Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3)
-    last = chunks.usage(Delta("", 2, "stop", usage))
+    last = chunks.usage(usage)
     assert last["choices"] == [] and last["usage"]["total_tokens"] == 3
     assert "usage" not in Chunks("c1", 7, "m", include_usage=False).role()
 

@@ -1,0 +1,76 @@
+"""Several choices streamed as one response: each chunk names its choice, the usage comes
+summed at the end, and an error in any choice ends the stream with an error event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from openai.types.chat import ChatCompletionChunk
+
+from gateway import sse
+from gateway.openai import Chunks
+from llmq.streaming import Delta
+from schemas.errors import ErrorCode, LlmqError
+from schemas.result import Usage
+
+
+def _usage(completion_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=4, completion_tokens=completion_tokens, total_tokens=4 + completion_tokens
+    )
+
+
+async def _pieces(*pieces: Delta | LlmqError) -> AsyncIterator[Delta]:
+    for piece in pieces:
+        await asyncio.sleep(0)  # let the other answer's pieces interleave
+        if isinstance(piece, LlmqError):
+            raise piece
+        yield piece
+
+
+def _run(firsts: list[Delta], streams: list[AsyncIterator[Delta]]) -> list[str]:
+    chunks = Chunks("c1", 7, "m", include_usage=True)
+
+    async def main() -> list[str]:
+        return [e async for e in sse.choices(chunks, firsts, streams)]
+
+    return asyncio.run(main())
+
+
+def test_each_chunk_names_its_choice_and_the_usage_comes_summed() -> None:
+    events = _run(
+        [Delta("Hel", 0), Delta("Yo", 0)],
+        [
+            _pieces(Delta("lo", 3), Delta("", 5, "stop", _usage(2))),
+            _pieces(Delta("!", 2, "length", _usage(3))),
+        ],
+    )
+    assert events[-1] == sse.DONE and all(e.startswith("data: {") for e in events[:-1])
+    read = [ChatCompletionChunk.model_validate(json.loads(e[6:])) for e in events[:-1]]
+    *answers, usage = read
+    assert [(c.choices[0].index, c.choices[0].delta.role) for c in answers[:2]] == [
+        (0, "assistant"),
+        (1, "assistant"),
+    ]
+    text = {0: "", 1: ""}
+    finished = {}
+    for chunk in answers[2:]:
+        choice = chunk.choices[0]
+        text[choice.index] += choice.delta.content or ""
+        if choice.finish_reason:
+            finished[choice.index] = choice.finish_reason
+    assert text == {0: "Hello", 1: "Yo!"} and finished == {0: "stop", 1: "length"}
+    assert usage.choices == [] and usage.usage is not None
+    assert (usage.usage.prompt_tokens, usage.usage.completion_tokens) == (4, 5)
+
+
+def test_an_error_in_one_choice_ends_the_stream_with_an_error_event() -> None:
+    failed = LlmqError(ErrorCode.ENGINE_ERROR, "the engine failed")
+    events = _run(
+        [Delta("a", 0), Delta("b", 0)],
+        [_pieces(Delta("a", 1), failed), _pieces(Delta("", 1, "stop", _usage(1)))],
+    )
+    assert sse.DONE not in events
+    assert json.loads(events[-1][6:])["error"]["code"] == "engine_error"
