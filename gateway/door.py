@@ -101,10 +101,14 @@ class FrontDoor:
             why = f"no worker serves {model}: start one (llmq local up) and try again"
             raise ApiError(LlmqError(ErrorCode.ENGINE_UNAVAILABLE, why))
 
-    def cancel(self, request: InferenceRequest) -> None:
-        """Its client went away: unless it resumes the stream within the grace time, tell
-        the workers nobody waits for the request (the generation is aborted)."""
+    def cancel(self, request: InferenceRequest, *, grace: bool = True) -> None:
+        """Nobody waits for the request any more (its client went away, or another choice
+        of its call failed): unless a client resumes its stream within the grace time
+        (`grace`), tell the workers (the generation is aborted)."""
         key = (request.tenant, request.correlation_id)
+        if not grace:
+            self._cancel_now(key)
+            return
         loop = asyncio.get_running_loop()
         self._doomed[key] = loop.call_later(self.settings.resume_grace_s, self._cancel_now, key)
 

@@ -7,6 +7,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
@@ -57,10 +58,17 @@ IGNORED: dict[str, type] = {
 """OpenAI fields accepted (of their type) and ignored: ids of the end user and of a prompt
 family, OpenAI's own storage of the completion (llmq keeps every result in its store), and
 tool-call options with no tools to call."""
-TIER_LANES = {"auto": None, "default": None, "flex": Lane.BATCH, "priority": Lane.INTERACTIVE}
+TIER_LANES = {
+    "auto": None,
+    "default": None,
+    "scale": None,
+    "flex": Lane.BATCH,
+    "priority": Lane.INTERACTIVE,
+    "fast": Lane.INTERACTIVE,
+}
 """OpenAI's service_tier as a lane: "flex" trades speed for price as the batch lane does,
-"priority" the other way; "auto" and "default" leave the lane to the header or the front
-door's default. A lane named in the body or the header wins."""
+"priority" and "fast" the other way; "auto", "default" and "scale" leave the lane to the
+header or the front door's default. A lane named in the body or the header wins."""
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 STATUS = {
@@ -93,18 +101,24 @@ class Call:
     n: int = 1
     """Choices asked for: each is a request of its own (`requests`)."""
 
-    @property
+    @cached_property
     def requests(self) -> list[InferenceRequest]:
         """One request per choice: the first is `request`, each other has a correlation id
-        of its own ("<id>-<i>") and, when seeded, seed + i, so that seeded choices differ
-        as OpenAI's do. Unseeded sampled ones differ anyway; greedy ones are one answer n
-        times (the copies coalesce onto one generation)."""
+        of its own ("<id>-<i>") and, when seeded, seed + i (modulo 2^63), so that seeded
+        choices differ as OpenAI's do. Greedy ones are one answer n times (the copies
+        coalesce onto one generation); unseeded sampled ones are sampled apart, the copies
+        kept out of the cache (cache "always" would otherwise serve them the first's)."""
         first, copies = self.request, [self.request]
         for i in range(1, self.n):
             body = first.body
             if body.seed is not None:
                 body = body.model_copy(update={"seed": (body.seed + i) % 2**63})
-            update = {"correlation_id": f"{first.correlation_id}-{i}", "body": body}
+            update: dict[str, object] = {
+                "correlation_id": f"{first.correlation_id}-{i}",
+                "body": body,
+            }
+            if not body.deterministic:
+                update["cache"] = CacheMode.OFF
             copies.append(first.model_copy(update=update))
         return copies
 
@@ -166,7 +180,7 @@ def _check_fields(data: dict[str, Any]) -> None:
     n = 1 if data.get("n") is None else data["n"]
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N:
         raise LlmqError(ErrorCode.INVALID_REQUEST, f"n must be an integer from 1 to {MAX_N}")
-    if data.get("modalities", ["text"]) != ["text"]:
+    if data.get("modalities") not in (None, ["text"]):
         raise LlmqError(ErrorCode.UNSUPPORTED, 'llmq answers in text only: modalities ["text"]')
     _tier_lane(data)
     for name, kind in IGNORED.items():

@@ -17,6 +17,7 @@ from gateway.door import ApiError, FrontDoor
 from gateway.openai import Call, Chunks, completion_of, read_call
 from llmq.streaming import Delta, StreamReader
 from schemas.errors import ErrorCode, LlmqError
+from schemas.result import InferenceResult
 
 T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -39,7 +40,7 @@ async def chat_completions(request: Request) -> Response:
         call = await _read(door, request)
         stream = str(call.request.body.stream).lower()
         await door.check_served(call.request.model)
-        await asyncio.gather(*(door.client.submit_request(r) for r in call.requests))
+        await _submit(door, call)
         metrics.WAITING.inc()
         try:
             answer = _streamed if call.request.body.stream else _whole
@@ -136,26 +137,52 @@ async def _read(door: FrontDoor, request: Request) -> Call:
         raise ApiError(exc) from None
 
 
+async def _submit(door: FrontDoor, call: Call) -> None:
+    """Publish each choice's request; when one cannot be, the others are cancelled."""
+    sent = await asyncio.gather(
+        *(door.client.submit_request(r) for r in call.requests), return_exceptions=True
+    )
+    failed = [e for e in sent if isinstance(e, BaseException)]
+    if failed:
+        for wanted, outcome in zip(call.requests, sent, strict=True):
+            if not isinstance(outcome, BaseException):
+                door.cancel(wanted, grace=False)
+        raise failed[0]
+
+
 async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
     """Wait for the results (one per choice); a client that leaves first cancels them. The
-    first error among them is the answer."""
+    first error among them is the answer, and cancels the others."""
     wait_s = door.settings.request_timeout_s + 5
-    waiting = asyncio.gather(
-        *(door.client.result(r.correlation_id, wait_s, tenant=r.tenant) for r in call.requests)
-    )
     try:
-        results = await _unless_gone(request, waiting)
+        results = await _unless_gone(request, _results(door, call, wait_s))
     except TimeoutError:
         raise ApiError(LATE) from None
+    except LlmqError as exc:
+        _failed(door, call)
+        raise ApiError(exc) from None
     if results is None:
         _abandon(door, call)
         return Response(status_code=499)
-    for result in results:
-        if result.error is not None:
-            error = result.error
-            raise ApiError(LlmqError(error.code, error.message, error.retry_after_s))
     headers = {"X-Llmq-Correlation-Id": call.request.correlation_id}
     return JSONResponse(completion_of(results), headers=headers)
+
+
+async def _results(door: FrontDoor, call: Call, wait_s: float) -> list[InferenceResult]:
+    """Each choice's result in order; LlmqError at the first error result."""
+    waits = [
+        asyncio.ensure_future(door.client.result(r.correlation_id, wait_s, tenant=r.tenant))
+        for r in call.requests
+    ]
+    try:
+        for done in asyncio.as_completed(waits):
+            error = (await done).error
+            if error is not None:
+                raise LlmqError(error.code, error.message, error.retry_after_s)
+        return [w.result() for w in waits]
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
@@ -172,27 +199,35 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
     except (LlmqError, TimeoutError) as exc:
         for waiting in firsts:
             waiting.cancel()
+        _failed(door, call)
         raise ApiError(exc if isinstance(exc, LlmqError) else LATE) from None
     if first is None:
-        _abandon(door, call)
+        _abandon(door, call, grace=call.n == 1)  # several choices' streams do not resume
         return Response(status_code=499)
     metrics.FIRST_PIECE.observe(time.monotonic() - started)
     chunks = door.chunks(call, first[0].model)
-    gone = partial(_abandon, door, call)
     if call.n == 1:
-        events = sse.events(chunks, first[0], streams[0], gone)
-    else:
-        events = sse.choices(chunks, first, streams, gone)
+        events = sse.events(chunks, first[0], streams[0], partial(_abandon, door, call))
+    else:  # such a stream does not resume: no grace
+        events = sse.choices(chunks, first, streams, partial(_abandon, door, call, grace=False))
     headers = {**SSE_HEADERS, "X-Llmq-Correlation-Id": call.request.correlation_id}
     return StreamingResponse(
         _timed(events, started), media_type="text/event-stream", headers=headers
     )
 
 
-def _abandon(door: FrontDoor, call: Call) -> None:
-    """The client went away: cancel each choice's request (after the grace to resume)."""
+def _abandon(door: FrontDoor, call: Call, *, grace: bool = True) -> None:
+    """Nobody waits for the call's choices: cancel each one's request, after the grace to
+    resume a stream (`grace`)."""
     for wanted in call.requests:
-        door.cancel(wanted)
+        door.cancel(wanted, grace=grace)
+
+
+def _failed(door: FrontDoor, call: Call) -> None:
+    """One choice failed, and so the call: its other choices are cancelled at once (a call
+    of one choice has none)."""
+    if call.n > 1:
+        _abandon(door, call, grace=False)
 
 
 async def _timed(events: AsyncIterator[str], started: float) -> AsyncIterator[str]:

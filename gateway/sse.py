@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from gateway.openai import Chunks, error_body, summed
@@ -17,43 +17,45 @@ END = ":end"
 DONE = "data: [DONE]\n\n"
 
 
-async def events(
+def events(
     chunks: Chunks,
     first: Delta | None,
     pieces: AsyncIterator[Delta] | None,
     on_abandon: Callable[[], None] | None = None,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str]:
     """The events of an answer from its `first` piece on. Each content event's id is the
     count of characters sent so far, so a client that loses the stream resumes there
     (GET /v1/results/{id}/stream with Last-Event-ID). An error after the first piece is an
     error event. A client that leaves before the end calls `on_abandon`."""
     answer = _answer(chunks, first, pieces)
-    async for line in _guarded(answer, [] if pieces is None else [pieces], on_abandon):
-        yield line
+    return _guarded(answer, [] if pieces is None else [pieces], on_abandon)
 
 
-async def choices(
+def choices(
     chunks: Chunks,
     firsts: list[Delta],
     streams: list[AsyncIterator[Delta]],
-    on_abandon: Callable[[], None] | None = None,
-) -> AsyncIterator[str]:
+    on_stop: Callable[[], None] | None = None,
+) -> AsyncGenerator[str]:
     """The events of n answers at once (`n` > 1), from each one's first piece on: each
     chunk carries its choice's index, in the order the pieces come, and the usage (asked
     for) comes summed after every choice has finished. Such a stream has no event ids: it
-    does not resume."""
+    does not resume. An error in one answer ends them all (an error event); `on_stop` is
+    called then, or when the client leaves before the end, to cancel the others."""
     answer = _interleaved(chunks, firsts, streams)
-    async for line in _guarded(answer, streams, on_abandon):
-        yield line
+    return _guarded(answer, streams, on_stop, stop_on_error=True)
 
 
 async def _guarded(
-    answer: AsyncIterator[str],
+    answer: AsyncGenerator[str],
     streams: list[AsyncIterator[Delta]],
     on_abandon: Callable[[], None] | None,
-) -> AsyncIterator[str]:
+    *,
+    stop_on_error: bool = False,
+) -> AsyncGenerator[str]:
     """`answer`'s events; an error in it becomes an error event, and a client that leaves
-    before the end calls `on_abandon`. The streams are closed either way."""
+    before the end (or, with `stop_on_error`, an error) calls `on_abandon`. `answer`, then
+    the streams, are closed either way."""
     ended = False
     try:
         async for line in answer:
@@ -62,11 +64,12 @@ async def _guarded(
     except (LlmqError, TimeoutError) as exc:
         code = exc.code if isinstance(exc, LlmqError) else ErrorCode.EXPIRED
         _, body = error_body(code, exc.message if isinstance(exc, LlmqError) else str(exc))
-        yield f"data: {json.dumps(body)}\n\n"
-        ended = True
+        yield data(body)
+        ended = not stop_on_error
     finally:
         if not ended and on_abandon is not None:
             on_abandon()
+        await answer.aclose()
         for stream in streams:
             close: Callable[[], Awaitable[None]] | None = getattr(stream, "aclose", None)
             if close is not None:
@@ -75,7 +78,7 @@ async def _guarded(
 
 async def _answer(
     chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str]:
     piece = first
     if piece is not None and piece.offset == 0:
         yield event("0", chunks.role())
@@ -94,17 +97,23 @@ async def _answer(
 
 async def _interleaved(
     chunks: Chunks, firsts: list[Delta], streams: list[AsyncIterator[Delta]]
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str]:
+    """The chunks of several answers: each one's role first, then their pieces as they
+    come, then the usage summed."""
     for index in range(len(firsts)):
         yield data(chunks.role(index))
     usages: list[Usage] = []
     answers = [_until_finished(f, s) for f, s in zip(firsts, streams, strict=True)]
-    async for index, piece in _merged(answers):
-        if piece.text or piece.logprobs:
-            yield data(chunks.content(piece.text, piece.logprobs, index))
-        if piece.finish_reason is not None:
-            yield data(chunks.finish(piece.finish_reason, index))
-            usages += [] if piece.usage is None else [piece.usage]
+    merged = _merged(answers)
+    try:
+        async for index, piece in merged:
+            if piece.text or piece.logprobs:
+                yield data(chunks.content(piece.text, piece.logprobs, index))
+            if piece.finish_reason is not None:
+                yield data(chunks.finish(piece.finish_reason, index))
+                usages += [] if piece.usage is None else [piece.usage]
+    finally:
+        await merged.aclose()  # its pumps stop before the streams they read are closed
     if chunks.include_usage:
         yield data(chunks.usage(summed(usages)))
     yield DONE
@@ -120,7 +129,7 @@ async def _until_finished(first: Delta, pieces: AsyncIterator[Delta]) -> AsyncIt
         piece = await anext(pieces, None)
 
 
-async def _merged(answers: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
+async def _merged(answers: list[AsyncIterator[Delta]]) -> AsyncGenerator[tuple[int, Delta]]:
     """The pieces of several answers as they come, each with its answer's index; the first
     error of any ends them all."""
     arrivals: asyncio.Queue[tuple[int, Delta | Exception | None]] = asyncio.Queue()
@@ -129,9 +138,10 @@ async def _merged(answers: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[in
         try:
             async for piece in answer:
                 await arrivals.put((index, piece))
-        except (LlmqError, TimeoutError) as exc:
+        except Exception as exc:  # the reader raises it: one answer's failure ends the rest
             await arrivals.put((index, exc))
-        await arrivals.put((index, None))
+        finally:
+            arrivals.put_nowait((index, None))
 
     pumps = [asyncio.create_task(pump(i, answer)) for i, answer in enumerate(answers)]
     try:
@@ -150,11 +160,11 @@ async def _merged(answers: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[in
         await asyncio.gather(*pumps, return_exceptions=True)
 
 
+def event(event_id: str, body: dict[str, Any]) -> str:
+    """One SSE event with its id."""
+    return f"id: {event_id}\n{data(body)}"
+
+
 def data(body: dict[str, Any]) -> str:
     """One SSE event without an id."""
     return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
-
-
-def event(event_id: str, body: dict[str, Any]) -> str:
-    """One SSE event."""
-    return f"id: {event_id}\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"

@@ -13,7 +13,7 @@ from gateway.settings import GatewaySettings
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.request import ChatMessage
+from schemas.request import CacheMode, ChatMessage
 from schemas.result import (
     CacheStatus,
     ChatCompletion,
@@ -107,7 +107,12 @@ def test_n_choices_are_requests_of_their_own_seeded_apart() -> None:
     assert [r.body.seed for r in copies] == [7, 8, 9]
     unseeded = [r.body.model_copy(update={"seed": None}) for r in copies]
     assert unseeded == [call.request.body.model_copy(update={"seed": None})] * 3
-    assert [r.body.seed for r in _read(n=2).requests] == [None, None]
+    greedy = _read(n=2, temperature=0).requests
+    assert [r.body.seed for r in greedy] == [None, None]
+    assert [r.cache for r in greedy] == [CacheMode.AUTO] * 2  # one answer: they coalesce
+    sampled = _read(n=3, temperature=0.7, cache="always").requests
+    assert [r.cache for r in sampled] == [CacheMode.ALWAYS, CacheMode.OFF, CacheMode.OFF]
+    assert call.requests is copies  # made once per call
     one = _read()
     assert one.requests == [one.request]
 
@@ -153,7 +158,7 @@ def test_fields_of_openais_own_services_are_accepted_and_ignored() -> None:
         store=True,
         metadata={"team": "search"},
         parallel_tool_calls=False,
-        modalities=["text"],
+        modalities=None,
         service_tier=None,
     )
     assert call.request.body == plain.body and call.request.lane == plain.lane
@@ -172,10 +177,11 @@ def test_a_service_tier_picks_the_lane_unless_one_is_named() -> None:
 
     assert lane() == lane(service_tier="auto") == lane(service_tier="default") == Lane.STANDARD
     assert lane(service_tier="flex") == Lane.BATCH
-    assert lane(service_tier="priority") == Lane.INTERACTIVE
+    assert lane(service_tier="priority") == lane(service_tier="fast") == Lane.INTERACTIVE
+    assert lane(service_tier="scale") == Lane.STANDARD
     assert lane("standard", service_tier="flex") == Lane.STANDARD  # the header's
     assert lane("standard", service_tier="flex", lane="interactive") == Lane.INTERACTIVE
-    assert "service_tier" in _refused(ErrorCode.INVALID_REQUEST, service_tier="scale")
+    assert "service_tier" in _refused(ErrorCode.INVALID_REQUEST, service_tier="turbo")
 
 
 def test_auto_and_no_model_are_served() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
+import pytest
 from openai.types.chat import ChatCompletionChunk
 
 from gateway import sse
@@ -74,3 +75,67 @@ def test_an_error_in_one_choice_ends_the_stream_with_an_error_event() -> None:
     )
     assert sse.DONE not in events
     assert json.loads(events[-1][6:])["error"]["code"] == "engine_error"
+
+
+def test_an_error_in_one_choice_cancels_the_others() -> None:
+    stopped: list[bool] = []
+    chunks = Chunks("c1", 7, "m", include_usage=False)
+    failed = LlmqError(ErrorCode.RATE_LIMITED, "slow down")
+    streams = [_pieces(failed), _pieces(Delta("", 1, "stop"))]
+
+    async def main() -> list[str]:
+        events = sse.choices(
+            chunks, [Delta("a", 0), Delta("b", 0)], streams, lambda: stopped.append(True)
+        )
+        return [e async for e in events]
+
+    events = asyncio.run(main())
+    assert stopped == [True] and "rate_limited" in events[-1]
+
+
+def test_an_unexpected_failure_of_one_choice_ends_the_stream() -> None:
+    """Not only llmq's own errors: anything a choice's stream raises reaches the reader."""
+    stopped: list[bool] = []
+    chunks = Chunks("c1", 7, "m", include_usage=False)
+
+    async def broken() -> AsyncIterator[Delta]:
+        yield Delta("x", 1)
+        raise ConnectionError("redis away")
+
+    async def main() -> None:
+        events = sse.choices(
+            chunks,
+            [Delta("a", 0), Delta("b", 0)],
+            [broken(), _pieces()],
+            lambda: stopped.append(True),
+        )
+        async for _ in events:
+            pass
+
+    with pytest.raises(ConnectionError):
+        asyncio.run(main())
+    assert stopped == [True]
+
+
+def test_a_client_that_leaves_is_told_at_once() -> None:
+    """Closing the events (the server does when its client goes) calls on_abandon then,
+    not when the garbage collector gets to them."""
+    left: list[bool] = []
+    chunks = Chunks("c1", 7, "m", include_usage=False)
+
+    async def endless() -> AsyncIterator[Delta]:
+        while True:
+            await asyncio.sleep(0)
+            yield Delta("x", 1)
+
+    async def main(events: AsyncGenerator[str]) -> None:
+        await anext(events)
+        await events.aclose()
+        assert left == [True]
+
+    asyncio.run(main(sse.events(chunks, Delta("a", 0), endless(), lambda: left.append(True))))
+    left.clear()
+    many = sse.choices(
+        chunks, [Delta("a", 0)] * 2, [endless(), endless()], lambda: left.append(True)
+    )
+    asyncio.run(main(many))
