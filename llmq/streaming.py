@@ -83,7 +83,7 @@ class StreamReader:
         self.sent = max(self.sent, len(self.streamed))
         if delta.finish_reason is not None:
             self.done = True
-        logprobs = delta.logprobs if whole else None
+        logprobs = delta.logprobs if whole else _after(delta.logprobs, delta.text, len(piece))
         if not piece and not logprobs and delta.finish_reason is None:
             return None
         return Delta(piece, offset, delta.finish_reason, delta.usage, self._model, logprobs)
@@ -108,8 +108,12 @@ class StreamReader:
             )
         choice = result.response.choices[0] if result.response.choices else None
         logprobs = None
-        if choice is not None and choice.logprobs is not None and self.sent == len(self.streamed):
-            logprobs = choice.logprobs.content[self._entries :]  # the rest starts after a record
+        if choice is not None and choice.logprobs is not None:
+            entries = choice.logprobs.content
+            if self.sent == len(self.streamed):  # the rest starts after the records taken
+                logprobs = entries[self._entries :]
+            else:  # a resumed stream: the rest starts at a character offset
+                logprobs = _after(entries, text, len(text) - self.sent)
         piece = Delta(
             text[self.sent :],
             self.sent,
@@ -121,3 +125,16 @@ class StreamReader:
         self.sent = max(self.sent, len(text))
         self.done = True
         return piece
+
+
+def _after(entries: list[TokenLogprob] | None, text: str, rest: int) -> list[TokenLogprob] | None:
+    """The entries of the last `rest` characters of `text`, when its tokens spell it and
+    those characters start at a token; None otherwise (a cut inside a token)."""
+    if entries is None or "".join(e.token for e in entries) != text:
+        return None
+    chars = len(text) - rest
+    for i, entry in enumerate(entries):
+        if chars == 0:
+            return entries[i:]
+        chars -= len(entry.token)
+    return [] if chars == 0 else None

@@ -108,14 +108,21 @@ def test_a_token_without_text_still_brings_its_logprob() -> None:
     assert piece is not None and piece.text == "" and len(piece.logprobs or ()) == 1
 
 
-def test_a_resumed_reader_has_no_logprobs_for_a_piece_cut_inside_a_record() -> None:
-    reader = StreamReader(offset=2)
+def test_a_resumed_reader_has_logprobs_from_a_token_on_and_none_inside_one() -> None:
+    reader = StreamReader(offset=1)
     cut = reader.take(_delta(0, "Hel", logprobs=_entries("H", "el")))
     after = reader.take(_delta(1, "lo", logprobs=_entries("lo")))
-    assert cut is not None and (cut.text, cut.logprobs) == ("l", None)
+    assert cut is not None and [t.token for t in cut.logprobs or ()] == ["el"]
     assert after is not None and [t.token for t in after.logprobs or ()] == ["lo"]
-    beyond = StreamReader(offset=3).finish(_result("Hello", ["H", "el", "lo"]))
-    assert (beyond.text, beyond.logprobs) == ("lo", None)  # which tokens came before: unknown
+    inside = StreamReader(offset=2).take(_delta(0, "Hel", logprobs=_entries("H", "el")))
+    assert inside is not None and (inside.text, inside.logprobs) == ("l", None)
+    stored = _result("Hello", ["H", "el", "lo"])
+    assert [t.token for t in StreamReader(offset=3).finish(stored).logprobs or ()] == ["lo"]
+    assert StreamReader(offset=4).finish(stored).logprobs is None
+    assert StreamReader(offset=5).finish(stored).logprobs == []
+    # Tokens that do not spell the text (a character split across tokens): none.
+    split = _result("Hé!", ["H", "\ufffd", "\ufffd", "!"])
+    assert StreamReader(offset=2).finish(split).logprobs is None
 
 
 def test_a_resumed_reader_gets_the_answer_after_its_offset() -> None:
