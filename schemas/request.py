@@ -6,7 +6,7 @@ import json
 import re
 import time
 from enum import StrEnum
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -14,7 +14,9 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    SerializerFunctionWrapHandler,
     StringConstraints,
+    model_serializer,
     model_validator,
 )
 
@@ -174,6 +176,13 @@ class ChatBody(BaseModel):
     stream: bool = False
     response_format: ResponseFormat | None = None
     """JSON output, held to it token by token by the engine (vLLM's structured outputs)."""
+
+    @model_serializer(mode="wrap")
+    def _nones_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Fields at None are left out: a record that uses no newer field reads the same to
+        an older reader, which refuses fields it does not know (a rolling upgrade)."""
+        dumped: dict[str, Any] = handler(self)
+        return {name: value for name, value in dumped.items() if value is not None}
 
     @model_validator(mode="before")
     @classmethod

@@ -315,3 +315,23 @@ def test_logit_bias_maps_token_ids_to_bounded_biases() -> None:
 def test_a_bad_logit_bias_is_refused_saying_why(bias: dict[str, float], why: str) -> None:
     with pytest.raises(ValidationError, match=why):
         ChatBody.model_validate(_body(logit_bias=bias))
+
+
+def test_fields_left_at_none_stay_out_of_the_record() -> None:
+    """An older reader refuses fields it does not know: a body that uses none of the newer
+    optional fields must not name them (a rolling upgrade)."""
+    plain = ChatBody.model_validate(_body())
+    assert set(json.loads(plain.model_dump_json())) == {
+        "messages",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "ignore_eos",
+        "stream",
+    }
+    used = ChatBody.model_validate(_body(seed=3, logit_bias={"5": 1}))
+    assert ChatBody.model_validate_json(used.model_dump_json()) == used
+    assert json.loads(used.model_dump_json())["logit_bias"] == {"5": 1.0}
