@@ -209,6 +209,8 @@ def plan(request: InferenceRequest, catalog: Catalog) -> Route:
 def _pinned(name: str, catalog: Catalog) -> Route:
     """A request with logit_bias: its token ids are one tokenizer's, so the model it names
     serves it, with no fallback, cascade or experiment arm."""
+    if name not in catalog.requestable:
+        raise _unknown(name, catalog)
     if catalog.get(name) is None:
         raise LlmqError(
             ErrorCode.INVALID_REQUEST,
@@ -218,15 +220,18 @@ def _pinned(name: str, catalog: Catalog) -> Route:
     return Route(requested=name, chain=[name])
 
 
+def _unknown(name: str, catalog: Catalog) -> LlmqError:
+    return LlmqError(
+        ErrorCode.UNKNOWN_MODEL, f"unknown model {name!r}; this deployment serves {catalog.names}"
+    )
+
+
 def _plan(name: str, request: InferenceRequest, catalog: Catalog) -> Route:
     """The route for `name`, a catalog model or "auto"."""
     if name != AUTO:
         spec = catalog.get(name)
         if spec is None:
-            raise LlmqError(
-                ErrorCode.UNKNOWN_MODEL,
-                f"unknown model {name!r}; this deployment serves {catalog.names}",
-            )
+            raise _unknown(name, catalog)
         return Route(requested=name, chain=[name, *spec.fallback])
     ladder = _ladder(catalog, request.body)
     start = tier_index(difficulty(request.body).score, len(ladder))
