@@ -13,6 +13,7 @@ import pytest
 import redis
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
+from openai import OpenAI
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from llmq.client import Client
@@ -215,3 +216,16 @@ def cli_env(stack: LocalStack) -> dict[str, str]:
 def llmq_bin() -> Path:
     """The console script installed next to this interpreter."""
     return Path(sys.executable).parent / "llmq"
+
+
+@pytest.fixture(scope="module")
+def door(stack: LocalStack) -> str:
+    """The stack's front door, its OpenAI base URL."""
+    return f"http://127.0.0.1:{stack.settings.api_port}/v1"
+
+
+@pytest.fixture(scope="module")
+def sdk(door: str) -> Iterator[OpenAI]:
+    """The real OpenAI SDK on the open door (loopback: no keys, tenant `default`)."""
+    with OpenAI(base_url=door, api_key="unused", max_retries=0, timeout=120) as client:
+        yield client

@@ -1,5 +1,5 @@
-"""Reading what the stack published (topic records, Prometheus metrics), and a throwaway
-redis-server for tests of Redis alone."""
+"""Reading what the stack published (topic records, Prometheus metrics, stored results),
+prompts no cache answers, and a throwaway redis-server for tests of Redis alone."""
 
 from __future__ import annotations
 
@@ -7,15 +7,18 @@ import asyncio
 import subprocess
 import time
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import redis
 import redis.asyncio as aioredis
 from kafka import KafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
+from schemas.result import InferenceResult
 from tools.stack.ports import free_block
 
 Record = Any
@@ -38,6 +41,24 @@ VERDICT_FORMAT = {
 """A response_format with exactly two answers: whatever the model prefers, the engine can
 only write one of them and then stop."""
 VERDICTS = ({"answer": "yes"}, {"answer": "no"})
+
+
+def unique_prompt(what: str = "Count from 1 to 100, one number per line.") -> str:
+    """A prompt no other test asks, so no cache answers it."""
+    return f"{what} (run {uuid.uuid4().hex[:8]})"
+
+
+def stored_result(door: str, correlation_id: str, key: str = "unused") -> InferenceResult:
+    """The front door's stored result of a request, once the result store has it."""
+    deadline = time.monotonic() + 30
+    while True:
+        got = httpx.get(
+            f"{door}/results/{correlation_id}", headers={"Authorization": f"Bearer {key}"}
+        )
+        if got.status_code == 200 or time.monotonic() > deadline:
+            assert got.status_code == 200, got.text
+            return InferenceResult.model_validate_json(got.content)
+        time.sleep(0.2)
 
 
 def fetch(url: str, timeout_s: float = 5) -> str:

@@ -35,14 +35,6 @@ FINAL = ("completed", "failed", "expired", "cancelled")
 
 
 @pytest.fixture(scope="module")
-def sdk(stack: LocalStack) -> Iterator[OpenAI]:
-    """The stack's own front door: no keys, tenant `default`."""
-    url = f"http://127.0.0.1:{stack.settings.api_port}/v1"
-    with OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def short_door(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second front door with API keys whose batches have a WINDOW_S completion window."""
     tenants = tmp_path_factory.mktemp("batch-door") / "tenants.toml"

@@ -8,7 +8,6 @@ import asyncio
 import json
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,18 +18,16 @@ import openai
 import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
-from transformers import PreTrainedTokenizerBase
 
 from llmq.aio import AsyncClient
 from llmq.client import tail
-from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.names import METERING, TOKENS
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
 from schemas.stream import TokenDelta
 from schemas.tenants import key_hash, new_key
-from tests.integration.helpers import VERDICT_FORMAT, VERDICTS, collect, metric
+from tests.integration.helpers import collect, metric, stored_result, unique_prompt
 from tools.faults.rig import wait_until
 from tools.stack.ports import free_block
 from tools.stack.stack import LocalStack
@@ -39,23 +36,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 MODEL = "smollm2-135m"
 KEYS = {"acme": new_key(), "suspended": new_key()}
-
-
-def _prompt(what: str = "Count from 1 to 100, one number per line.") -> str:
-    """A prompt no other test asks, so no cache answers it."""
-    return f"{what} (run {uuid.uuid4().hex[:8]})"
-
-
-@pytest.fixture(scope="module")
-def door(stack: LocalStack) -> str:
-    return f"http://127.0.0.1:{stack.settings.api_port}/v1"
-
-
-@pytest.fixture(scope="module")
-def sdk(door: str) -> Iterator[OpenAI]:
-    """The open door on loopback: no keys, tenant `default`."""
-    with OpenAI(base_url=door, api_key="unused", max_retries=0, timeout=120) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
@@ -98,23 +78,10 @@ def keyed(keyed_door: str) -> Iterator[dict[str | None, OpenAI]]:
         client.close()
 
 
-def _stored(door: str, correlation_id: str, key: str = "unused") -> InferenceResult:
-    """The stored result, once the result store has it."""
-    deadline = time.monotonic() + 30
-    while True:
-        got = httpx.get(
-            f"{door}/results/{correlation_id}", headers={"Authorization": f"Bearer {key}"}
-        )
-        if got.status_code == 200 or time.monotonic() > deadline:
-            assert got.status_code == 200, got.text
-            return InferenceResult.model_validate_json(got.content)
-        time.sleep(0.2)
-
-
 def test_a_completion_through_the_openai_sdk(sdk: OpenAI, door: str) -> None:
     raw = sdk.chat.completions.with_raw_response.create(
         model=MODEL,
-        messages=[{"role": "user", "content": _prompt("What is the capital of France?")}],
+        messages=[{"role": "user", "content": unique_prompt("What is the capital of France?")}],
         max_tokens=12,
         temperature=0,
     )
@@ -126,7 +93,7 @@ def test_a_completion_through_the_openai_sdk(sdk: OpenAI, door: str) -> None:
     assert extras["llmq"]["cache"] == "none" and extras["llmq"]["model_used"] == MODEL
     cid = raw.headers["x-llmq-correlation-id"]
     assert answer.id == f"chatcmpl-{cid}"
-    assert _stored(door, cid).text == answer.choices[0].message.content
+    assert stored_result(door, cid).text == answer.choices[0].message.content
 
 
 def test_a_stream_joins_to_the_answer_and_ends_with_its_usage(
@@ -137,7 +104,7 @@ def test_a_stream_joins_to_the_answer_and_ends_with_its_usage(
         chunks = list(
             sdk.chat.completions.create(
                 model=MODEL,
-                messages=[{"role": "user", "content": _prompt()}],
+                messages=[{"role": "user", "content": unique_prompt()}],
                 max_tokens=24,
                 temperature=0,
                 extra_body={"ignore_eos": True},
@@ -159,7 +126,7 @@ def test_a_stream_joins_to_the_answer_and_ends_with_its_usage(
     assert usage.choices == [] and usage.usage is not None
     assert usage.usage.completion_tokens == 24
     text = "".join(c.choices[0].delta.content or "" for c in pieces)
-    assert text == _stored(door, cid).text
+    assert text == stored_result(door, cid).text
     # It came through llmq.tokens, a few tokens a record, the last with the usage.
     deltas = [TokenDelta.model_validate_json(r.value) for r in published]
     mine = [d for d in deltas if d.correlation_id == cid]
@@ -169,7 +136,7 @@ def test_a_stream_joins_to_the_answer_and_ends_with_its_usage(
 
 def test_a_cached_answer_streams_too(sdk: OpenAI) -> None:
     messages: list[ChatCompletionMessageParam] = [
-        {"role": "user", "content": _prompt("Name a colour.")}
+        {"role": "user", "content": unique_prompt("Name a colour.")}
     ]
     whole = sdk.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
     chunks = list(
@@ -186,7 +153,7 @@ def test_a_cached_answer_streams_too(sdk: OpenAI) -> None:
 def test_curl_shows_the_raw_events(door: str) -> None:
     body = (
         f'{{"model": "{MODEL}", "stream": true, "max_tokens": 6, "temperature": 0,'
-        f' "messages": [{{"role": "user", "content": "{_prompt("Say hi.")}"}}]}}'
+        f' "messages": [{{"role": "user", "content": "{unique_prompt("Say hi.")}"}}]}}'
     )
     done = subprocess.run(
         [
@@ -213,7 +180,7 @@ def test_errors_reach_the_sdk_as_its_exceptions(
     sdk: OpenAI, keyed: dict[str | None, OpenAI]
 ) -> None:
     ask: dict[str, Any] = {
-        "messages": [{"role": "user", "content": _prompt("Hi")}],
+        "messages": [{"role": "user", "content": unique_prompt("Hi")}],
         "max_tokens": 4,
     }
     with pytest.raises(openai.BadRequestError) as bad:
@@ -243,158 +210,12 @@ def test_errors_reach_the_sdk_as_its_exceptions(
     assert late.value.status_code == 408 and late.value.code == "expired"
 
 
-def test_a_json_schema_holds_the_answer_and_keys_the_cache(sdk: OpenAI) -> None:
-    ask: dict[str, Any] = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": _prompt("Is the sky blue? Answer in JSON.")}],
-        "max_tokens": 32,
-        "temperature": 0,
-    }
-    fmt: Any = VERDICT_FORMAT
-    first = sdk.chat.completions.create(**ask, response_format=fmt)
-    content = first.choices[0].message.content or ""
-    assert json.loads(content) in VERDICTS, content
-    assert first.choices[0].finish_reason == "stop"
-    # The same request is the same answer; the same words as text are another question.
-    again = sdk.chat.completions.create(**ask, response_format=fmt)
-    assert (again.model_extra or {})["llmq"]["cache"] == "exact"
-    assert again.choices[0].message.content == content
-    text = sdk.chat.completions.create(**ask)
-    assert (text.model_extra or {})["llmq"]["cache"] == "none"
-    # A schema the engine cannot compile is the app's error, said by the engine.
-    bogus: Any = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}}
-    with pytest.raises(openai.BadRequestError) as bad:
-        sdk.chat.completions.create(**{**ask, "max_tokens": 4}, response_format=bogus)
-    assert bad.value.code == "invalid_request" and "bogus" in bad.value.message
-
-
-def test_top_logprobs_come_with_a_whole_answer(sdk: OpenAI) -> None:
-    answer = sdk.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": _prompt("Say hello.")}],
-        max_tokens=3,
-        temperature=0,
-        logprobs=True,
-        top_logprobs=2,
-        extra_body={"ignore_eos": True},
-    )
-    logprobs = answer.choices[0].logprobs
-    assert logprobs is not None and logprobs.content is not None
-    assert len(logprobs.content) == 3
-    for token in logprobs.content:
-        top = [t.logprob for t in token.top_logprobs]
-        assert len(top) == 2 and top[0] >= top[1]
-        assert token.logprob == pytest.approx(top[0])  # greedy: the most likely one
-    assert "".join(t.token for t in logprobs.content) == answer.choices[0].message.content
-
-
-def test_each_stream_chunk_carries_its_tokens_logprobs(sdk: OpenAI) -> None:
-    ask: dict[str, Any] = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": _prompt("Count to ten.")}],
-        "max_tokens": 6,
-        "temperature": 0,
-        "logprobs": True,
-        "top_logprobs": 2,
-        "extra_body": {"ignore_eos": True},
-    }
-
-    def streamed() -> tuple[list[tuple[str, float]], str]:
-        entries: list[tuple[str, float]] = []
-        text = ""
-        for chunk in sdk.chat.completions.create(**ask, stream=True):
-            if not chunk.choices or chunk.choices[0].finish_reason:
-                continue
-            piece = chunk.choices[0].delta.content or ""
-            logprobs = chunk.choices[0].logprobs
-            mine = [(t.token, t.logprob) for t in (logprobs.content or [] if logprobs else [])]
-            assert "".join(token for token, _ in mine) == piece  # each chunk its own tokens
-            entries, text = entries + mine, text + piece
-        return entries, text
-
-    fresh, text = streamed()
-    assert len(fresh) == 6 and text
-    # A repeat shares that generation (in flight, or stored once its result is), tokens and
-    # all, whole or streamed.
-    whole = sdk.chat.completions.create(**ask)
-    assert (whole.model_extra or {})["llmq"]["cache"] in {"exact", "coalesced"}
-    logprobs = whole.choices[0].logprobs
-    assert logprobs is not None and logprobs.content is not None
-    assert [(t.token, t.logprob) for t in logprobs.content] == fresh
-    assert streamed() == (fresh, text)
-
-
-def test_logit_bias_forces_a_token_and_pins_the_model(
-    sdk: OpenAI, served_tokenizer: PreTrainedTokenizerBase
-) -> None:
-    token = served_tokenizer.encode(" maybe", add_special_tokens=False)[0]
-    ask: dict[str, Any] = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": _prompt("Say hello.")}],
-        "max_tokens": 3,
-        "temperature": 0,
-        "extra_body": {"ignore_eos": True},
-    }
-    forced = sdk.chat.completions.create(**ask, logit_bias={str(token): 100})
-    assert forced.choices[0].message.content == served_tokenizer.decode([token] * 3)
-    # The engine names an id past its vocabulary; the router refuses "auto".
-    with pytest.raises(openai.BadRequestError) as bad:
-        sdk.chat.completions.create(**ask, logit_bias={"99999999": 1})
-    assert bad.value.code == "invalid_request" and "99999999" in bad.value.message
-    with pytest.raises(openai.BadRequestError) as auto:
-        sdk.chat.completions.create(**{**ask, "model": "auto"}, logit_bias={str(token): 1})
-    assert auto.value.code == "invalid_request" and "logit_bias" in auto.value.message
-
-
-def test_a_flex_tier_runs_on_the_batch_lane_and_storage_fields_pass(sdk: OpenAI, door: str) -> None:
-    answer = sdk.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": _prompt("Name a fruit.")}],
-        max_tokens=4,
-        service_tier="flex",
-        store=True,
-        metadata={"app": "tests"},
-        user="u-1",
-    )
-    stored = _stored(door, answer.id.removeprefix("chatcmpl-"))
-    assert stored.status == "ok" and stored.lane == Lane.BATCH
-
-
-def test_n_choices_come_in_one_completion(sdk: OpenAI) -> None:
-    ask: dict[str, Any] = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": _prompt("Name a river.")}],
-        "max_tokens": 4,
-        "extra_body": {"ignore_eos": True},
-    }
-    greedy = sdk.chat.completions.create(**ask, n=3, temperature=0)
-    assert [c.index for c in greedy.choices] == [0, 1, 2]
-    assert len({c.message.content for c in greedy.choices}) == 1
-    assert greedy.usage is not None and greedy.usage.completion_tokens == 12
-    # Seeded choices are the answers of seed, seed + 1, ...: each one's own request.
-    sampled = sdk.chat.completions.create(**ask, n=2, temperature=1.0, seed=5)
-    alone = [sdk.chat.completions.create(**ask, temperature=1.0, seed=s) for s in (5, 6)]
-    assert [c.message.content for c in sampled.choices] == [
-        a.choices[0].message.content for a in alone
-    ]
-    # Streamed, each chunk names its choice; the usage comes summed after both.
-    texts, usage = ["", ""], None
-    for chunk in sdk.chat.completions.create(
-        **ask, n=2, temperature=1.0, seed=5, stream=True, stream_options={"include_usage": True}
-    ):
-        for choice in chunk.choices:
-            texts[choice.index] += choice.delta.content or ""
-        usage = chunk.usage or usage
-    assert texts == [c.message.content for c in sampled.choices]
-    assert usage is not None and usage.completion_tokens == 8
-
-
 def test_the_tenant_comes_from_the_key_never_the_body(
     keyed: dict[str | None, OpenAI], keyed_door: str, door: str
 ) -> None:
     acme = keyed["acme"]
     ask: dict[str, Any] = {
-        "messages": [{"role": "user", "content": _prompt("Hi")}],
+        "messages": [{"role": "user", "content": unique_prompt("Hi")}],
         "max_tokens": 4,
     }
     with pytest.raises(openai.BadRequestError) as claimed:
@@ -402,7 +223,7 @@ def test_the_tenant_comes_from_the_key_never_the_body(
     assert "tenant" in claimed.value.message
     raw = acme.chat.completions.with_raw_response.create(model=MODEL, **ask)
     cid = raw.headers["x-llmq-correlation-id"]
-    assert _stored(keyed_door, cid, KEYS["acme"]).tenant == "acme"
+    assert stored_result(keyed_door, cid, KEYS["acme"]).tenant == "acme"
     assert httpx.get(f"{door}/results/{cid}").status_code == 404  # tenant default's view
 
 
@@ -415,7 +236,7 @@ def test_a_client_that_leaves_cancels_its_generation(
     try:
         stream = sdk.chat.completions.create(
             model=MODEL,
-            messages=[{"role": "user", "content": _prompt()}],
+            messages=[{"role": "user", "content": unique_prompt()}],
             max_tokens=1500,
             temperature=0,
             extra_body={"ignore_eos": True},
@@ -432,7 +253,7 @@ def test_a_client_that_leaves_cancels_its_generation(
         )
     finally:
         metering.close()
-    result = _stored(door, cid)
+    result = stored_result(door, cid)
     assert result.error is not None and result.error.code.value == "cancelled"
     [event] = [
         MeteringEvent.model_validate_json(r.value) for r in events if cid.encode() in r.value
@@ -447,7 +268,7 @@ def test_a_copy_of_a_streaming_request_gets_the_whole_stream(
     before = metric(port, "llmq_worker_generations_total", outcome="ok")
     ask: dict[str, Any] = {
         "model": MODEL,
-        "messages": [{"role": "user", "content": _prompt()}],
+        "messages": [{"role": "user", "content": unique_prompt()}],
         "max_tokens": 48,
         "temperature": 0,
         "extra_body": {"ignore_eos": True},
@@ -475,7 +296,7 @@ def test_a_copy_of_a_streaming_request_gets_the_whole_stream(
 def test_a_lost_stream_resumes_after_its_last_event(door: str) -> None:
     body = {
         "model": MODEL,
-        "messages": [{"role": "user", "content": _prompt()}],
+        "messages": [{"role": "user", "content": unique_prompt()}],
         "max_tokens": 40,
         "temperature": 0,
         "ignore_eos": True,
@@ -503,7 +324,7 @@ def test_a_lost_stream_resumes_after_its_last_event(door: str) -> None:
                 rest += (
                     chunk["choices"][0]["delta"].get("content") or "" if chunk["choices"] else ""
                 )
-    result = _stored(door, cid)
+    result = stored_result(door, cid)
     assert result.status == "ok"  # resumed within the grace time: not cancelled
     assert len(seen) == int(last) and seen + rest == result.text
 
@@ -515,7 +336,7 @@ def test_two_front_doors_serve_side_by_side(sdk: OpenAI, keyed: dict[str | None,
         client = sdk if i % 2 else acme
         answer = client.chat.completions.create(
             model=MODEL,
-            messages=[{"role": "user", "content": _prompt(f"Say the number {i}.")}],
+            messages=[{"role": "user", "content": unique_prompt(f"Say the number {i}.")}],
             max_tokens=6,
             temperature=0,
         )
@@ -531,12 +352,12 @@ def test_kafka_apps_stream_with_the_async_client(service_settings: ServiceSettin
         async with AsyncClient(service_settings) as client:
             text, finish = "", None
             async for piece in client.stream(
-                _prompt(), max_tokens=20, temperature=0, ignore_eos=True
+                unique_prompt(), max_tokens=20, temperature=0, ignore_eos=True
             ):
                 assert piece.offset == len(text)
                 text += piece.text
                 finish = piece.finish_reason
-            cid = await client.submit(_prompt(), max_tokens=4, temperature=0)
+            cid = await client.submit(unique_prompt(), max_tokens=4, temperature=0)
             return text, finish, await client.result(cid, wait_s=60)
 
     text, finish, whole = asyncio.run(main())

@@ -33,17 +33,25 @@ def _step(text: str = "x") -> EngineStep:
     return EngineStep(text, 1, 2)
 
 
-def test_pieces_are_batched_by_tokens_and_numbered() -> None:
-    sent: list[TokenDelta] = []
+class _Broker:
+    """Takes every record at once and keeps it."""
 
-    async def send(topic: str, value: bytes, key: bytes) -> Awaitable[object]:
-        sent.append(TokenDelta.model_validate_json(value))
+    def __init__(self) -> None:
+        self.sent: list[TokenDelta] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> Awaitable[object]:
+        self.sent.append(TokenDelta.model_validate_json(value))
         done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
 
+
+def test_pieces_are_batched_by_tokens_and_numbered() -> None:
+    broker = _Broker()
+    sent = broker.sent
+
     async def main() -> None:
-        stream = DeltaStream(send, WORK, "g1", DeltaPolicy(interval_s=3600, max_tokens=2))
+        stream = DeltaStream(broker.send, WORK, "g1", DeltaPolicy(interval_s=3600, max_tokens=2))
         for text in "abcde":
             await stream.add(_step(text))
         await stream.finish("stop", USAGE)
@@ -62,27 +70,21 @@ def test_pieces_are_batched_by_tokens_and_numbered() -> None:
 
 
 def test_each_piece_carries_its_own_tokens_logprobs_when_asked() -> None:
-    sent: list[TokenDelta] = []
-
-    async def send(topic: str, value: bytes, key: bytes) -> Awaitable[object]:
-        sent.append(TokenDelta.model_validate_json(value))
-        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+    broker = _Broker()
+    sent = broker.sent
 
     def step(text: str) -> EngineStep:
         return EngineStep(text, 1, 2, logprobs=[TokenLogprob(token=text, logprob=-len(text))])
 
     async def main(work: WorkItem) -> None:
-        stream = DeltaStream(send, work, "g1", DeltaPolicy(interval_s=3600, max_tokens=2))
+        stream = DeltaStream(broker.send, work, "g1", DeltaPolicy(interval_s=3600, max_tokens=2))
         for text in ("a", "bb", "ccc"):
             await stream.add(step(text))
         await stream.finish("stop", USAGE)
 
     body = WORK.request.body.model_copy(update={"logprobs": True})
-    asyncio.run(
-        main(WORK.model_copy(update={"request": WORK.request.model_copy(update={"body": body})}))
-    )
+    request = WORK.request.model_copy(update={"body": body})
+    asyncio.run(main(WORK.model_copy(update={"request": request})))
     assert [[(t.token, t.logprob) for t in d.logprobs or ()] for d in sent] == [
         [("a", -1)],
         [("bb", -2), ("ccc", -3)],
