@@ -136,7 +136,8 @@ def read_call(
     the body's `lane`, else `lane` (a header's), else its service_tier's, else the default."""
     if not isinstance(data, dict):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
-    _check_fields(data)
+    n = _check_fields(data)
+    tier = _tier_lane(data)
     model = data.get("model") or catalog.default
     if model not in catalog.requestable:
         raise LlmqError(
@@ -154,7 +155,7 @@ def read_call(
             correlation_id=uuid.uuid4().hex,
             tenant=tenant,
             model=model,
-            lane=Lane(data.get("lane") or lane or _tier_lane(data) or default_lane),
+            lane=Lane(data.get("lane") or lane or tier or default_lane),
             cache=CacheMode(data.get("cache") or CacheMode.AUTO),
             deadline=now + timeout_s,
             created_at=now,
@@ -165,12 +166,12 @@ def read_call(
     except ValueError as exc:  # a lane or cache mode that does not exist
         raise LlmqError(ErrorCode.INVALID_REQUEST, str(exc)) from None
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    return Call(request, include_usage, data.get("n") or 1)  # checked: None or 1..MAX_N
+    return Call(request, include_usage, n)
 
 
-def _check_fields(data: dict[str, Any]) -> None:
+def _check_fields(data: dict[str, Any]) -> int:
     """Every field is one llmq serves, reads or ignores, and those it reads or ignores hold
-    what llmq can take."""
+    what llmq can take; the number of choices asked for."""
     unknown = sorted(set(data) - PASSED - READ_HERE - set(IGNORED))
     if unknown:
         raise LlmqError(
@@ -182,13 +183,13 @@ def _check_fields(data: dict[str, Any]) -> None:
         raise LlmqError(ErrorCode.INVALID_REQUEST, f"n must be an integer from 1 to {MAX_N}")
     if data.get("modalities") not in (None, ["text"]):
         raise LlmqError(ErrorCode.UNSUPPORTED, 'llmq answers in text only: modalities ["text"]')
-    _tier_lane(data)
     for name, kind in IGNORED.items():
         if name in data and data[name] is not None and not isinstance(data[name], kind):
             raise LlmqError(ErrorCode.INVALID_REQUEST, f"{name} must be a {kind.__name__}")
     metadata = data.get("metadata") or {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "metadata maps strings to strings")
+    return n
 
 
 def _tier_lane(data: dict[str, Any]) -> Lane | None:

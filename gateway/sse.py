@@ -79,10 +79,9 @@ async def _guarded(
 async def _answer(
     chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
 ) -> AsyncGenerator[str]:
-    piece = first
-    if piece is not None and piece.offset == 0:
+    if first is not None and first.offset == 0:
         yield event("0", chunks.role())
-    while piece is not None:
+    async for piece in _until_finished(first, pieces):
         sent = piece.offset + len(piece.text)
         if piece.text or piece.logprobs:
             yield event(str(sent), chunks.content(piece.text, piece.logprobs))
@@ -90,8 +89,6 @@ async def _answer(
             yield event(f"{sent}{END}", chunks.finish(piece.finish_reason))
             if chunks.include_usage:
                 yield event(f"{sent}{END}", chunks.usage(piece.usage))
-            break
-        piece = None if pieces is None else await anext(pieces, None)
     yield DONE
 
 
@@ -119,14 +116,16 @@ async def _interleaved(
     yield DONE
 
 
-async def _until_finished(first: Delta, pieces: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    """One answer's pieces from `first` to the one that finishes it."""
-    piece: Delta | None = first
+async def _until_finished(
+    first: Delta | None, pieces: AsyncIterator[Delta] | None
+) -> AsyncIterator[Delta]:
+    """One answer's pieces from `first` to the one that finishes it (or the last there is)."""
+    piece = first
     while piece is not None:
         yield piece
         if piece.finish_reason is not None:
             return
-        piece = await anext(pieces, None)
+        piece = None if pieces is None else await anext(pieces, None)
 
 
 async def _merged(answers: list[AsyncIterator[Delta]]) -> AsyncGenerator[tuple[int, Delta]]:

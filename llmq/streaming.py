@@ -26,7 +26,7 @@ class Delta:
     model: str | None = None
     logprobs: list[TokenLogprob] | None = None
     """This piece's tokens' log-probabilities, when the request asked for them (none on a
-    piece that starts inside a record: a stream resumed at a character offset)."""
+    piece that starts inside a token: a stream resumed at a character offset)."""
 
 
 class StreamLog:
