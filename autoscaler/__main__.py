@@ -8,29 +8,35 @@ import asyncio
 import logging
 import signal
 import sys
-
-from prometheus_client import start_http_server
+from functools import partial
 
 from autoscaler.actuator import Actuator, Exported
-from autoscaler.service import Autoscaler
+from autoscaler.service import CLIENT_ID, Autoscaler
 from autoscaler.settings import AutoscalerSettings
+from llmq.startup import (
+    configured,
+    log_to_stderr,
+    reach_kafka,
+    read_settings,
+    run,
+    serve_metrics,
+)
 
 log = logging.getLogger("autoscaler")
 
 
 def main(actuator: Actuator | None = None) -> int:
-    """Validate the settings and the catalog, serve /metrics, run until SIGTERM."""
-    settings = AutoscalerSettings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        settings.catalog()
-    except ValueError as exc:
-        log.error("cannot start the autoscaler: %s", exc)
-        return 2
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    """Validate the settings and the catalog, serve /metrics, reach Kafka, run until SIGTERM;
+    the exit code (a refusal to start is one line: llmq.startup)."""
+    return run(partial(_main, actuator), log, "the autoscaler")
+
+
+def _main(actuator: Actuator | None) -> int:
+    settings = read_settings(AutoscalerSettings)
+    log_to_stderr(settings.log_level)
+    configured(settings.catalog)
+    serve_metrics(settings)
+    reach_kafka(settings, CLIENT_ID)
     asyncio.run(_run(settings, actuator or Exported()))
     return 0
 

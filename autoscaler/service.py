@@ -22,6 +22,7 @@ from schemas.lanes import Lane
 
 log = logging.getLogger(__name__)
 
+CLIENT_ID = "llmq-autoscaler"
 LOOK_TIMEOUT_S = 30.0
 """The longest one look at a pool may take: a Kafka call that hangs skips the tick, said."""
 SAY_EVERY_S = 60.0
@@ -57,7 +58,7 @@ class Autoscaler:
             )
             for spec in settings.catalog().models
         }
-        self._pools = Pools(settings, list(self._models), "llmq-autoscaler")
+        self._pools = Pools(settings, list(self._models), CLIENT_ID)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set."""

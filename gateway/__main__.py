@@ -6,29 +6,35 @@ import logging
 import sys
 
 import uvicorn
-from prometheus_client import start_http_server
 
 from gateway.app import build
 from gateway.settings import GatewaySettings
+from llmq.startup import (
+    configured,
+    log_to_stderr,
+    reach_kafka,
+    read_settings,
+    run,
+    serve_metrics,
+)
 
 log = logging.getLogger("gateway")
 
 
 def main() -> int:
-    """Validate the settings, the catalog and the keys before listening; on SIGTERM stop
-    taking requests and let open ones finish (LLMQ_DRAIN_TIMEOUT_S)."""
-    settings = GatewaySettings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        catalog = settings.catalog()
-        policy = settings.policy()
-    except ValueError as exc:
-        log.error("cannot start the front door: %s", exc)
-        return 2
-    if settings.metrics_port:  # /metrics is on the API port too; this one is for scrapers
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    """Validate the settings, the catalog and the keys and reach Kafka before listening; on
+    SIGTERM stop taking requests and let open ones finish (LLMQ_DRAIN_TIMEOUT_S). The exit
+    code (a refusal to start is one line: llmq.startup)."""
+    return run(_serve, log, "the front door")
+
+
+def _serve() -> int:
+    settings = read_settings(GatewaySettings)
+    log_to_stderr(settings.log_level)
+    catalog = configured(settings.catalog)
+    policy = configured(settings.policy)
+    serve_metrics(settings)  # /metrics is on the API port too; this one is for scrapers
+    reach_kafka(settings, settings.instance_id)
     keys = f"{len(policy.api_keys)} API keys" if policy.api_keys else "no API keys: tenant default"
     log.info("front door on http://%s:%d (%s)", settings.api_host, settings.api_port, keys)
     config = uvicorn.Config(
@@ -39,7 +45,7 @@ def main() -> int:
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
         access_log=False,
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run()  # exits 3 itself when it cannot listen, having said why
     return 0
 
 

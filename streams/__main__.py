@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import logging
+import sys
+from functools import partial
 
-from prometheus_client import start_http_server
-
+from llmq.startup import configured, reach_kafka, read_settings, run, serve_metrics
 from schemas.redact import log_content
 from schemas.tenants import TenantPolicy
 from streams.app import build
 from streams.settings import StreamSettings
 from streams.stopping import BoundedWorker
 
+log = logging.getLogger("streams")
 
-def main() -> None:
-    """Validate settings, serve /metrics, hand the loop to faust (which drains on SIGTERM,
-    within LLMQ_DRAIN_TIMEOUT_S)."""
-    settings = StreamSettings()
-    settings.catalog()  # a bad models file fails here, with its reason, not in an agent
-    TenantPolicy.load(settings.tenants_file)  # likewise a bad tenants file
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    log = logging.getLogger("streams")
+
+def main() -> int:
+    """Validate settings, serve /metrics, reach Kafka, hand the loop to faust (which drains on
+    SIGTERM, within LLMQ_DRAIN_TIMEOUT_S); the exit code (a refusal to start is one line:
+    llmq.startup)."""
+    return run(_serve, log, "the stream processor")
+
+
+def _serve() -> int:
+    settings = read_settings(StreamSettings)
+    configured(settings.catalog)  # a bad models file fails here, not in an agent
+    configured(partial(TenantPolicy.load, settings.tenants_file))  # likewise a tenants file
+    serve_metrics(settings)
+    reach_kafka(
+        settings, settings.app_id
+    )  # before the embedder loads (faust would say it in a traceback)
     log.setLevel(settings.log_level)
     # faust sets up logging when its Worker starts: until then, what building the app says
     # (which semantic-cache guard, which precision) needs a handler of its own.
@@ -40,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

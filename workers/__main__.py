@@ -15,10 +15,20 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
-from prometheus_client import start_http_server
 
 from llmq.deadline import exit_after
 from llmq.fetcher import install as fix_fetcher
+from llmq.startup import (
+    CONFIGURATION,
+    StartError,
+    configured,
+    kafka_unreachable,
+    log_to_stderr,
+    reach_kafka,
+    read_settings,
+    run,
+    serve_metrics,
+)
 from schemas.catalog import ModelSpec
 from schemas.names import CANCELS, work_topics, worker_group
 from schemas.redact import log_content
@@ -178,31 +188,31 @@ def cancels_consumer(settings: WorkerSettings) -> AIOKafkaConsumer:
 
 
 def main() -> int:
-    """Validate settings and the model before anything starts; exit non-zero with a reason."""
-    settings = WorkerSettings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    """Validate settings and the model and reach Kafka before the engine starts; the exit code
+    (a refusal to start is one line: llmq.startup)."""
+    return run(_serve, log, "the worker")
+
+
+def _serve() -> int:
+    settings = read_settings(WorkerSettings)
+    log_to_stderr(settings.log_level)
     log_content(settings.log_content)
-    catalog = settings.catalog()
+    catalog = configured(settings.catalog)
     name = settings.model or catalog.default
     spec = catalog.get(name)
     if spec is None:
-        log.error("LLMQ_MODEL=%s is not in the catalog; it has %s", name, catalog.names)
-        return 2
+        why = f"LLMQ_MODEL={name} is not in the catalog; it has {catalog.names}"
+        raise StartError(why, CONFIGURATION)
     try:
         make_engine = engine_factory(settings, spec)
     except (ValueError, FileNotFoundError) as exc:
-        log.error("cannot serve model %s: %s", name, exc)
-        return 2
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        raise StartError(f"model {name}: {exc}", CONFIGURATION) from None
+    serve_metrics(settings)
+    reach_kafka(settings, settings.worker_id)
     try:
         asyncio.run(serve(settings, spec, make_engine))
-    except KafkaConnectionError as exc:
-        where = f"{settings.kafka_bootstrap} ({settings.kafka_security().describe()})"
-        log.error("cannot reach Kafka at %s: %s", where, exc)
-        return 1
+    except KafkaConnectionError as exc:  # gone while the engine started
+        raise kafka_unreachable(settings, exc) from None
     return 0
 
 

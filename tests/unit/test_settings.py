@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from llmq.startup import CONFIGURATION, StartError, read_settings
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, ServiceSettings
 from streams.settings import StreamSettings
 from tools.stack.settings import LocalSettings
@@ -176,6 +177,39 @@ def test_invalid_worker_settings_are_rejected(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         WorkerSettings()
+
+
+def test_a_refusal_names_each_wrong_variable_as_the_environment_spells_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLMQ_PARTITIONS", "0")
+    monkeypatch.setenv("LLMQ_LOG_LEVEL", "LOUD")
+    with pytest.raises(StartError) as refused:
+        read_settings(StreamSettings)
+    assert refused.value.code == CONFIGURATION
+    assert str(refused.value) == (
+        "LLMQ_LOG_LEVEL: String should match pattern '^(DEBUG|INFO|WARNING|ERROR)$'; "
+        "LLMQ_PARTITIONS: Input should be greater than or equal to 1"
+    )
+    monkeypatch.delenv("LLMQ_LOG_LEVEL")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "0")  # read under its own name
+    with pytest.raises(StartError) as refused:
+        read_settings(WorkerSettings)
+    assert (
+        str(refused.value) == "VLLM_CPU_KVCACHE_SPACE: Input should be greater than or equal to 1"
+    )
+
+
+def test_a_refusal_of_settings_that_do_not_fit_together_shows_no_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLMQ_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("LLMQ_KAFKA_SASL_PASSWORD", "hunter2")  # no user
+    with pytest.raises(StartError) as refused:
+        read_settings(WorkerSettings)
+    assert str(refused.value).startswith("settings: Value error, ")  # no one variable
+    assert "LLMQ_KAFKA_SASL_USERNAME" in str(refused.value)
+    assert "hunter2" not in str(refused.value)
 
 
 def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

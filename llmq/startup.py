@@ -1,0 +1,143 @@
+"""How a service starts, or refuses to in one line: its settings read from the environment,
+its /metrics port bound and Kafka reached before anything slow (a model) loads. A refusal
+says what to fix, exits 2 for configuration and 1 for a dependency that does not answer,
+and shows no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from prometheus_client import start_http_server
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from schemas.redact import explain
+from schemas.settings import ServiceSettings
+
+CONFIGURATION, UNREACHABLE = 2, 1
+"""Exit codes: a setting or file to fix; a dependency to bring up (or to point at)."""
+KAFKA_WAIT_S = 30.0
+"""How long the brokers have to answer the first bootstrap (a refused connection fails at once)."""
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+S = TypeVar("S", bound=BaseSettings)
+T = TypeVar("T")
+
+
+class StartError(Exception):
+    """Why a service cannot start (its str), and the exit code that says which kind."""
+
+    def __init__(self, why: str, code: int) -> None:
+        super().__init__(why)
+        self.code = code
+
+
+def run(main: Callable[[], int], log: logging.Logger, service: str) -> int:
+    """`main()`, or the line on `log` saying why `service` cannot start, and its exit code."""
+    try:
+        return main()
+    except StartError as exc:
+        logging.basicConfig(format=LOG_FORMAT)  # for a refusal before the service's own
+        log.error("cannot start %s: %s", service, exc)
+        return exc.code
+
+
+def read_settings(cls: type[S]) -> S:
+    """The settings from the environment; StartError naming each wrong variable, not its value
+    (it may be a password)."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise StartError(settings_problem(cls, exc), CONFIGURATION) from None
+
+
+def configured(read: Callable[[], T]) -> T:
+    """What `read` loads from a file the settings name (the catalog, the tenants); StartError
+    with its ValueError's reason."""
+    try:
+        return read()
+    except ValueError as exc:
+        raise StartError(str(exc), CONFIGURATION) from None
+
+
+def log_to_stderr(level: str) -> None:
+    """The services' log lines: time, level, logger, message."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+
+
+def settings_problem(cls: type[BaseSettings], exc: ValidationError) -> str:
+    """Each error as `VARIABLE: problem`, the variable as the environment spells it (a field
+    read under an alias of its own is named by it)."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        name = str(err["loc"][0]) if err["loc"] else ""
+        where = (prefix + name if name in cls.model_fields else name).upper() or "settings"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def serve_metrics(settings: ServiceSettings) -> None:
+    """Serve /metrics on LLMQ_METRICS_HOST:LLMQ_METRICS_PORT (nothing when the port is 0)."""
+    if not settings.metrics_port:
+        return
+    try:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    except OSError as exc:
+        where = f"{settings.metrics_host}:{settings.metrics_port}"
+        why = f"cannot serve /metrics on {where} (LLMQ_METRICS_HOST, LLMQ_METRICS_PORT): {exc}"
+        raise StartError(why, CONFIGURATION) from None
+
+
+def reach_kafka(settings: ServiceSettings, client_id: str, wait_s: float = KAFKA_WAIT_S) -> None:
+    """Return once a broker answers with these credentials; StartError naming where and how it
+    tried otherwise. Runs on a loop of its own, leaving the caller's (faust's) unset."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(_bootstrap(settings, client_id, wait_s))
+    finally:
+        loop.close()
+
+
+async def _bootstrap(settings: ServiceSettings, client_id: str, wait_s: float) -> None:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{client_id}-start",
+        **settings.kafka_security().client_kwargs(),
+    )
+    try:
+        with _quiet("aiokafka"):  # it logs each refused connection; the refusal says it once
+            async with asyncio.timeout(wait_s):
+                await admin.start()
+    except TimeoutError:
+        raise kafka_unreachable(settings, TimeoutError(f"no answer in {wait_s:g} s")) from None
+    except (KafkaError, OSError) as exc:
+        raise kafka_unreachable(settings, exc) from None
+    finally:
+        await admin.close()
+
+
+def kafka_unreachable(settings: ServiceSettings, exc: BaseException) -> StartError:
+    """The refusal for brokers that did not answer (`exc`, what happened instead)."""
+    what = str(exc) if isinstance(exc, KafkaError) else explain(exc)  # its str names its type
+    where = f"{settings.kafka_bootstrap} ({settings.kafka_security().describe()})"
+    why = f"cannot reach Kafka at {where}: {what}; is it up, and is LLMQ_KAFKA_BOOTSTRAP right?"
+    return StartError(why, UNREACHABLE)
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
