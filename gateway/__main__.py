@@ -44,6 +44,10 @@ def _serve() -> int:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
         access_log=False,
+        # Not uvloop (uvicorn's pick when installed): uvloop 0.23 swallows a cancellation that
+        # lands while a connection opens, so a task cancelled in a Redis call's connect ran on
+        # (the batch runner at a stop: the front door then never exited).
+        loop="asyncio",
     )
     uvicorn.Server(config).run()  # exits 3 itself when it cannot listen, having said why
     return 0

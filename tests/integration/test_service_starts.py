@@ -1,5 +1,6 @@
 """Every service, started as a process, refuses a wrong setting, a taken port or a Kafka that
-does not answer in one line that names it, with its exit code and no traceback."""
+does not answer in one line that names it, with its exit code and no traceback; and the
+front door whose port is taken exits instead of hanging in its stop."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tools.stack.ports import free_block
+from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -78,3 +80,14 @@ def test_a_taken_metrics_port_is_named_with_exit_code_2(service: str, taken: int
     line = refusal(run)
     assert run.returncode == 2
     assert f"cannot serve /metrics on 127.0.0.1:{taken}" in line
+
+
+def test_a_front_door_whose_port_is_taken_exits(
+    stack: LocalStack, cli_env: dict[str, str], taken: int
+) -> None:
+    """It connects to Kafka and Redis, then cannot listen: its stop cancels its batch tasks,
+    which a Redis connect under uvloop once swallowed, so it hung there for ever."""
+    run = start("gateway", cli_env | {"LLMQ_API_PORT": str(taken)})
+    said = run.stdout + run.stderr
+    assert run.returncode == 3, said[-3000:]  # uvicorn's code for a failed start
+    assert "address already in use" in said
