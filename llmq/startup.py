@@ -17,6 +17,7 @@ from prometheus_client import start_http_server
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from llmq.throttle import Throttle
 from schemas.redact import explain
 from schemas.settings import ServiceSettings
 
@@ -68,8 +69,12 @@ def configured(read: Callable[[], T]) -> T:
 
 
 def log_to_stderr(level: str) -> None:
-    """The services' log lines: time, level, logger, message."""
-    logging.basicConfig(level=level, format=LOG_FORMAT)
+    """The services' log lines: time, level, logger, message; a warning that repeats for
+    every record (a dependency away) once per llmq.throttle.EVERY_S."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(Throttle())
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def settings_problem(cls: type[BaseSettings], exc: ValidationError) -> str:

@@ -2,11 +2,13 @@
 committed, however long that takes. With Kafka away neither can happen (a reply cannot be
 sent, an offset cannot be committed), and the process would sit out its grace period and
 die by SIGKILL without a word. Past `drain_timeout_s` this one says why and exits; what
-it had in flight stays uncommitted, and the next instance reads it again.
+it had in flight stays uncommitted, and the next instance reads it again. (Its log handlers,
+set up by faust, also get llmq.throttle's filter.)
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 from faust.worker import Worker
 
 from llmq.deadline import exit_after
+from llmq.throttle import throttle
 
 WHY = (
     "records in flight could not finish (is Kafka away?); exiting without committing them, "
@@ -22,12 +25,18 @@ WHY = (
 
 
 class BoundedWorker(Worker):
-    """faust's Worker whose stop on SIGTERM or SIGINT ends within `drain_timeout_s`."""
+    """faust's Worker whose stop on SIGTERM or SIGINT ends within `drain_timeout_s`, and
+    whose log repeats no warning per record."""
 
     def __init__(self, app: Any, *, drain_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.drain_timeout_s = drain_timeout_s
         self.deadline: threading.Timer | None = None
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """faust's handlers, which llmq.throttle keeps from repeating a warning per record."""
+        super().on_setup_root_logger(logger, level)
+        throttle(logger)
 
     def _schedule_shutdown(self, signum: signal.Signals) -> None:
         if self.deadline is None:

@@ -1,0 +1,54 @@
+"""Warnings that repeat for every record while a dependency is away (Redis down: each
+request says the cache is unavailable) let through once per interval each, so an outage
+fills no disk; the next one through says how many were held back."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+EVERY_S = 10.0
+DECIDED = "llmq_throttle_passes"
+"""The record attribute that keeps a decision, so every handler of a logger agrees on it."""
+
+
+class Throttle(logging.Filter):
+    """Passes each warning or error once per `every_s`, told apart by its logger and format
+    string (not its arguments: "admitting tenant %s unchecked" is one warning for every
+    tenant). Lower levels always pass."""
+
+    def __init__(self, every_s: float = EVERY_S, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self._every_s = every_s
+        self._clock = clock
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        decided: bool | None = getattr(record, DECIDED, None)
+        if decided is not None:  # by this filter, on another handler
+            return decided
+        passes = self._passes(record)
+        setattr(record, DECIDED, passes)
+        return passes
+
+    def _passes(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        now = self._clock()
+        passed, held = self._seen.get(key, (-self._every_s, 0))
+        if now - passed < self._every_s:
+            self._seen[key] = (passed, held + 1)
+            return False
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it in the last {now - passed:.0f} s)"
+        return True
+
+
+def throttle(logger: logging.Logger, every_s: float = EVERY_S) -> None:
+    """Throttle what each of `logger`'s handlers writes (one Throttle for them all)."""
+    shared = Throttle(every_s)
+    for handler in logger.handlers:
+        handler.addFilter(shared)

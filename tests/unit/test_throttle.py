@@ -1,0 +1,63 @@
+"""A warning repeated for every record passes once per interval, the next one saying how
+many were held back; other warnings, and lower levels, are not held."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from llmq.throttle import Throttle, throttle
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(
+    msg: str, *args: object, name: str = "streams.store", level: int = logging.WARNING
+) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+
+def test_a_repeated_warning_passes_once_per_interval_then_says_how_many_were_held() -> None:
+    clock = Clock()
+    gate = Throttle(10.0, clock)
+    cache = "response cache unavailable, treating as a miss: %s"
+    assert gate.filter(record(cache, "refused"))
+    clock.now += 4
+    assert not gate.filter(record(cache, "timeout")), "held: the same warning, other words"
+    assert not gate.filter(record(cache, "refused"))
+    assert gate.filter(record("result store unavailable: %s", "refused")), "another warning"
+    assert gate.filter(record(cache, "x", name="streams.semantic")), "another logger"
+    assert gate.filter(record(cache, "x", level=logging.INFO)), "below a warning"
+    clock.now += 6
+    again = record(cache, "refused")
+    assert gate.filter(again)
+    assert again.getMessage() == (
+        "response cache unavailable, treating as a miss: refused (2 more like it in the last 10 s)"
+    )
+    clock.now += 10
+    quiet = record(cache, "refused")
+    assert gate.filter(quiet)
+    assert quiet.getMessage().endswith(": refused"), "none held since"
+
+
+def test_every_handler_of_a_logger_writes_the_same_records() -> None:
+    logger = logging.getLogger("test.throttle")
+    logger.propagate = False
+    outs = [io.StringIO(), io.StringIO()]
+    handlers = [logging.StreamHandler(out) for out in outs]
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        throttle(logger, every_s=60.0)
+        for _ in range(5):
+            logger.warning("budgets unavailable, admitting tenant %s unchecked", "t")
+        assert [out.getvalue().count("budgets unavailable") for out in outs] == [1, 1]
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
