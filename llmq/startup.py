@@ -133,7 +133,9 @@ def kafka_unreachable(settings: ServiceSettings, exc: BaseException) -> StartErr
     """The refusal for brokers that did not answer (`exc`, what happened instead)."""
     what = str(exc) if isinstance(exc, KafkaError) else explain(exc)  # its str names its type
     where = f"{settings.kafka_bootstrap} ({settings.kafka_security().describe()})"
-    why = f"cannot reach Kafka at {where}: {what}; is it up, and is LLMQ_KAFKA_BOOTSTRAP right?"
+    why = (
+        f"cannot reach Kafka at {where}: {what}; is it up, and are the LLMQ_KAFKA_* settings right?"
+    )
     return StartError(why, UNREACHABLE)
 
 

@@ -17,6 +17,7 @@ from kafka import KafkaConsumer
 from pydantic import SecretStr
 
 from llmq.client import CONNECT_TIMEOUT_S, Client, tail
+from llmq.startup import UNREACHABLE, StartError, reach_kafka
 from schemas.catalog import Catalog
 from schemas.lanes import Lane
 from schemas.names import REQUESTS, TopicSpec, work_topic, work_topics
@@ -130,6 +131,19 @@ def test_a_wrong_password_fails_with_a_clear_error(sasl_bootstrap: str, listen: 
         message
     )
     assert "LLMQ_KAFKA_SASL_*" in message
+    assert "not-the-password" not in message
+
+
+def test_a_service_start_logs_in_or_says_why_it_cannot(sasl_bootstrap: str) -> None:
+    """llmq.startup.reach_kafka, which every service runs before it loads anything."""
+    reach_kafka(ServiceSettings(**_sasl(sasl_bootstrap)), "sasl-start")
+    wrong = ServiceSettings(**_sasl(sasl_bootstrap, password="not-the-password"))
+    with pytest.raises(StartError) as refused:
+        reach_kafka(wrong, "sasl-start", wait_s=60)
+    message = str(refused.value)
+    assert refused.value.code == UNREACHABLE
+    assert f"cannot reach Kafka at {sasl_bootstrap} (SASL_PLAINTEXT PLAIN as '{USER}')" in message
+    assert "no answer" not in message, "the broker's refusal, not a wait"
     assert "not-the-password" not in message
 
 
