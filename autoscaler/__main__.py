@@ -13,14 +13,7 @@ from functools import partial
 from autoscaler.actuator import Actuator, Exported
 from autoscaler.service import CLIENT_ID, Autoscaler
 from autoscaler.settings import AutoscalerSettings
-from llmq.startup import (
-    configured,
-    log_to_stderr,
-    reach_kafka,
-    read_settings,
-    run,
-    serve_metrics,
-)
+from llmq import startup
 
 log = logging.getLogger("autoscaler")
 
@@ -28,15 +21,15 @@ log = logging.getLogger("autoscaler")
 def main(actuator: Actuator | None = None) -> int:
     """Validate the settings and the catalog, serve /metrics, reach Kafka, run until SIGTERM;
     the exit code (a refusal to start is one line: llmq.startup)."""
-    return run(partial(_main, actuator), log, "the autoscaler")
+    return startup.run(partial(_main, actuator), log, "the autoscaler")
 
 
 def _main(actuator: Actuator | None) -> int:
-    settings = read_settings(AutoscalerSettings)
-    log_to_stderr(settings.log_level)
-    configured(settings.catalog)
-    serve_metrics(settings)
-    reach_kafka(settings, CLIENT_ID)
+    settings = startup.read_settings(AutoscalerSettings)
+    startup.log_to_stderr(settings.log_level)
+    startup.configured(settings.catalog)
+    startup.serve_metrics(settings)
+    startup.reach_kafka(settings, CLIENT_ID)
     asyncio.run(_run(settings, actuator or Exported()))
     return 0
 

@@ -9,14 +9,7 @@ import uvicorn
 
 from gateway.app import build
 from gateway.settings import GatewaySettings
-from llmq.startup import (
-    configured,
-    log_to_stderr,
-    reach_kafka,
-    read_settings,
-    run,
-    serve_metrics,
-)
+from llmq import startup
 
 log = logging.getLogger("gateway")
 
@@ -25,16 +18,16 @@ def main() -> int:
     """Validate the settings, the catalog and the keys and reach Kafka before listening; on
     SIGTERM stop taking requests and let open ones finish (LLMQ_DRAIN_TIMEOUT_S). The exit
     code (a refusal to start is one line: llmq.startup)."""
-    return run(_serve, log, "the front door")
+    return startup.run(_serve, log, "the front door")
 
 
 def _serve() -> int:
-    settings = read_settings(GatewaySettings)
-    log_to_stderr(settings.log_level)
-    catalog = configured(settings.catalog)
-    policy = configured(settings.policy)
-    serve_metrics(settings)  # /metrics is on the API port too; this one is for scrapers
-    reach_kafka(settings, settings.instance_id)
+    settings = startup.read_settings(GatewaySettings)
+    startup.log_to_stderr(settings.log_level)
+    catalog = startup.configured(settings.catalog)
+    policy = startup.configured(settings.policy)
+    startup.serve_metrics(settings)  # /metrics is on the API port too; this one is for scrapers
+    startup.reach_kafka(settings, settings.instance_id)
     keys = f"{len(policy.api_keys)} API keys" if policy.api_keys else "no API keys: tenant default"
     log.info("front door on http://%s:%d (%s)", settings.api_host, settings.api_port, keys)
     config = uvicorn.Config(

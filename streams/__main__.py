@@ -6,7 +6,7 @@ import logging
 import sys
 from functools import partial
 
-from llmq.startup import configured, reach_kafka, read_settings, run, serve_metrics
+from llmq import startup
 from schemas.redact import log_content
 from schemas.tenants import TenantPolicy
 from streams.app import build
@@ -20,17 +20,17 @@ def main() -> int:
     """Validate settings, serve /metrics, reach Kafka, hand the loop to faust (which drains on
     SIGTERM, within LLMQ_DRAIN_TIMEOUT_S); the exit code (a refusal to start is one line:
     llmq.startup)."""
-    return run(_serve, log, "the stream processor")
+    return startup.run(_serve, log, "the stream processor")
 
 
 def _serve() -> int:
-    settings = read_settings(StreamSettings)
-    configured(settings.catalog)  # a bad models file fails here, not in an agent
-    configured(partial(TenantPolicy.load, settings.tenants_file))  # likewise a tenants file
-    serve_metrics(settings)
-    reach_kafka(
-        settings, settings.app_id
-    )  # before the embedder loads (faust would say it in a traceback)
+    settings = startup.read_settings(StreamSettings)
+    # A bad models or tenants file, or Kafka away, fails here, in one line: not in an agent,
+    # not after the embedder loaded, not in faust's traceback.
+    startup.configured(settings.catalog)
+    startup.configured(partial(TenantPolicy.load, settings.tenants_file))
+    startup.serve_metrics(settings)
+    startup.reach_kafka(settings, settings.app_id)
     log.setLevel(settings.log_level)
     # faust sets up logging when its Worker starts: until then, what building the app says
     # (which semantic-cache guard, which precision) needs a handler of its own.

@@ -16,19 +16,9 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
+from llmq import startup
 from llmq.deadline import exit_after
 from llmq.fetcher import install as fix_fetcher
-from llmq.startup import (
-    CONFIGURATION,
-    StartError,
-    configured,
-    kafka_unreachable,
-    log_to_stderr,
-    reach_kafka,
-    read_settings,
-    run,
-    serve_metrics,
-)
 from schemas.catalog import ModelSpec
 from schemas.names import CANCELS, work_topics, worker_group
 from schemas.redact import log_content
@@ -190,29 +180,29 @@ def cancels_consumer(settings: WorkerSettings) -> AIOKafkaConsumer:
 def main() -> int:
     """Validate settings and the model and reach Kafka before the engine starts; the exit code
     (a refusal to start is one line: llmq.startup)."""
-    return run(_serve, log, "the worker")
+    return startup.run(_serve, log, "the worker")
 
 
 def _serve() -> int:
-    settings = read_settings(WorkerSettings)
-    log_to_stderr(settings.log_level)
+    settings = startup.read_settings(WorkerSettings)
+    startup.log_to_stderr(settings.log_level)
     log_content(settings.log_content)
-    catalog = configured(settings.catalog)
+    catalog = startup.configured(settings.catalog)
     name = settings.model or catalog.default
     spec = catalog.get(name)
     if spec is None:
         why = f"LLMQ_MODEL={name} is not in the catalog; it has {catalog.names}"
-        raise StartError(why, CONFIGURATION)
+        raise startup.StartError(why, startup.CONFIGURATION)
     try:
         make_engine = engine_factory(settings, spec)
     except (ValueError, FileNotFoundError) as exc:
-        raise StartError(f"model {name}: {exc}", CONFIGURATION) from None
-    serve_metrics(settings)
-    reach_kafka(settings, settings.worker_id)
+        raise startup.StartError(f"model {name}: {exc}", startup.CONFIGURATION) from None
+    startup.serve_metrics(settings)
+    startup.reach_kafka(settings, settings.worker_id)
     try:
         asyncio.run(serve(settings, spec, make_engine))
     except KafkaConnectionError as exc:  # gone while the engine started
-        raise kafka_unreachable(settings, exc) from None
+        raise startup.kafka_unreachable(settings, exc) from None
     return 0
 
 

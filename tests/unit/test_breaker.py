@@ -10,19 +10,10 @@ from prometheus_client import REGISTRY
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.retry import RetryPolicy
+from tests.unit.clock import Clock
 from workers.breaker import BreakerState, CircuitBreaker
 
 _names = itertools.count()
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_breaker(clock: Clock, threshold: int = 3, cooldown_s: float = 10.0) -> CircuitBreaker:

@@ -9,21 +9,12 @@ from pydantic import ValidationError
 
 from schemas.lanes import Lane
 from schemas.names import work_topic
+from tests.unit.clock import Clock
 from workers.lanes import LanePolicy, LaneScheduler, lane_of
 from workers.settings import WorkerSettings
 
 STRICT = LanePolicy(min_share=0.0, standard_cap=1.0, batch_cap=1.0, yield_cap=1.0)
 INT, STD, BAT = Lane.INTERACTIVE, Lane.STANDARD, Lane.BATCH
-
-
-class Clock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _scheduler(

@@ -7,14 +7,7 @@ import io
 import logging
 
 from llmq.throttle import Throttle, throttle
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.clock import Clock
 
 
 def record(
