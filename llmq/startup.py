@@ -112,26 +112,33 @@ def reach_kafka(settings: ServiceSettings, client_id: str, wait_s: float = KAFKA
 
 
 async def _bootstrap(settings: ServiceSettings, client_id: str, wait_s: float) -> None:
+    try:
+        security = settings.kafka_security().client_kwargs()
+    except OSError as exc:  # ssl.SSLError too: a CA, certificate or key that does not load
+        why = f"cannot use the TLS files of LLMQ_KAFKA_SSL_*: {explain(exc)}"
+        raise StartError(why, CONFIGURATION) from None
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id=f"{client_id}-start",
-        **settings.kafka_security().client_kwargs(),
+        bootstrap_servers=settings.kafka_bootstrap, client_id=f"{client_id}-start", **security
     )
     try:
-        with _quiet("aiokafka"):  # it logs each refused connection; the refusal says it once
+        with _said("aiokafka") as said:  # its reason (a login refused), not in the exception
             async with asyncio.timeout(wait_s):
                 await admin.start()
     except TimeoutError:
         raise kafka_unreachable(settings, TimeoutError(f"no answer in {wait_s:g} s")) from None
     except (KafkaError, OSError) as exc:
-        raise kafka_unreachable(settings, exc) from None
+        raise kafka_unreachable(settings, exc, said[-1] if said else None) from None
     finally:
         await admin.close()
 
 
-def kafka_unreachable(settings: ServiceSettings, exc: BaseException) -> StartError:
-    """The refusal for brokers that did not answer (`exc`, what happened instead)."""
+def kafka_unreachable(
+    settings: ServiceSettings, exc: BaseException, cause: str | None = None
+) -> StartError:
+    """The refusal for brokers that did not answer (`exc`, what happened instead, and the
+    `cause` the client logged before it)."""
     what = str(exc) if isinstance(exc, KafkaError) else explain(exc)  # its str names its type
+    what += f" ({cause})" if cause else ""
     where = f"{settings.kafka_bootstrap} ({settings.kafka_security().describe()})"
     why = (
         f"cannot reach Kafka at {where}: {what}; is it up, and are the LLMQ_KAFKA_* settings right?"
@@ -140,11 +147,24 @@ def kafka_unreachable(settings: ServiceSettings, exc: BaseException) -> StartErr
 
 
 @contextmanager
-def _quiet(name: str) -> Iterator[None]:
+def _said(name: str) -> Iterator[list[str]]:
+    """What `name`'s logger warns of meanwhile, kept for the refusal instead of written."""
     logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    said: list[str] = []
+    keep = _Keep(said)
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(keep)
     try:
-        yield
+        yield said
     finally:
-        logger.setLevel(level)
+        logger.removeHandler(keep)
+        logger.propagate = propagate
+
+
+class _Keep(logging.Handler):
+    def __init__(self, said: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self._said = said
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._said.append(record.getMessage())

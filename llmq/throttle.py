@@ -9,14 +9,17 @@ import time
 from collections.abc import Callable
 
 EVERY_S = 10.0
+MAX_KINDS = 1024
+UNHELD = frozenset({"mode.redirect"})
+"""Loggers never held: faust's copy of what is printed, each line a record of its own."""
 DECIDED = "llmq_throttle_passes"
 """The record attribute that keeps a decision, so every handler of a logger agrees on it."""
 
 
 class Throttle(logging.Filter):
-    """Passes each warning or error once per `every_s`, told apart by its logger and format
-    string (not its arguments: "admitting tenant %s unchecked" is one warning for every
-    tenant). Lower levels always pass."""
+    """Passes each warning once per `every_s`, told apart by its logger and format string
+    (not its arguments: "admitting tenant %s unchecked" is one warning for every tenant).
+    Errors, other levels and a warning with a traceback always pass."""
 
     def __init__(self, every_s: float = EVERY_S, clock: Callable[[], float] = time.monotonic):
         super().__init__()
@@ -33,10 +36,12 @@ class Throttle(logging.Filter):
         return passes
 
     def _passes(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno != logging.WARNING or record.exc_info or record.name in UNHELD:
             return True
         key = (record.name, str(record.msg))
         now = self._clock()
+        if len(self._seen) >= MAX_KINDS:  # forget the kinds not seen in a while
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self._every_s}
         passed, held = self._seen.get(key, (-self._every_s, 0))
         if now - passed < self._every_s:
             self._seen[key] = (passed, held + 1)

@@ -8,6 +8,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from schemas.redact import describe
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -18,5 +20,9 @@ def load_toml(model: type[M], path: Path, what: str, variable: str) -> M:
         return model.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise ValueError(f"{what} {path} does not exist ({variable})") from None
-    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+    except OSError as exc:  # a directory (a mount), no permission
+        raise ValueError(f"cannot read {what} {path} ({variable}): {exc.strerror}") from None
+    except ValidationError as exc:  # one line, without the values (a key hash, a URL)
+        raise ValueError(f"{what} {path} is invalid: {describe(exc)}") from exc
+    except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{what} {path} is invalid: {exc}") from exc

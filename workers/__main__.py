@@ -201,8 +201,9 @@ def _serve() -> int:
     startup.reach_kafka(settings, settings.worker_id)
     try:
         asyncio.run(serve(settings, spec, make_engine))
-    except KafkaConnectionError as exc:  # gone while the engine started
-        raise startup.kafka_unreachable(settings, exc) from None
+    except KafkaConnectionError as exc:  # gone while the engine started, or later
+        log.error("the worker stopped: %s", startup.kafka_unreachable(settings, exc))
+        return startup.UNREACHABLE
     return 0
 
 

@@ -144,6 +144,7 @@ def test_a_service_start_logs_in_or_says_why_it_cannot(sasl_bootstrap: str) -> N
     assert refused.value.code == UNREACHABLE
     assert f"cannot reach Kafka at {sasl_bootstrap} (SASL_PLAINTEXT PLAIN as '{USER}')" in message
     assert "no answer" not in message, "the broker's refusal, not a wait"
+    assert "Authentication failed: Invalid username or password" in message, "and its reason"
     assert "not-the-password" not in message
 
 

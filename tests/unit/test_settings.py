@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from llmq.startup import CONFIGURATION, StartError, read_settings
+from llmq.startup import CONFIGURATION, StartError, reach_kafka, read_settings
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, ServiceSettings
 from streams.settings import StreamSettings
 from tools.stack.settings import LocalSettings
@@ -210,6 +210,16 @@ def test_a_refusal_of_settings_that_do_not_fit_together_shows_no_value(
     assert str(refused.value).startswith("settings: Value error, ")  # no one variable
     assert "LLMQ_KAFKA_SASL_USERNAME" in str(refused.value)
     assert "hunter2" not in str(refused.value)
+
+
+def test_tls_files_that_do_not_load_are_a_refusal_to_fix_not_a_traceback(tmp_path: Path) -> None:
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate")
+    settings = ServiceSettings(kafka_security_protocol="SSL", kafka_ssl_cafile=junk)
+    with pytest.raises(StartError) as refused:
+        reach_kafka(settings, "tls-start")  # fails before any connection is tried
+    assert refused.value.code == CONFIGURATION
+    assert str(refused.value).startswith("cannot use the TLS files of LLMQ_KAFKA_SSL_*: SSLError")
 
 
 def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -71,6 +71,11 @@ def test_a_missing_file_names_the_setting(tmp_path: Path) -> None:
         TenantPolicy.load(tmp_path / "nope.toml")
 
 
+def test_a_directory_in_place_of_the_file_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"cannot read tenants file .* \(LLMQ_TENANTS_FILE\)"):
+        TenantPolicy.load(tmp_path)  # a mount of the wrong thing
+
+
 def test_zero_budget_is_allowed_and_limits_are_frozen() -> None:
     limits = TenantLimits(budget_usd=0)
     assert limits.budget_usd == 0

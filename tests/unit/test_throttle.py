@@ -27,6 +27,11 @@ def test_a_repeated_warning_passes_once_per_interval_then_says_how_many_were_hel
     assert gate.filter(record("result store unavailable: %s", "refused")), "another warning"
     assert gate.filter(record(cache, "x", name="streams.semantic")), "another logger"
     assert gate.filter(record(cache, "x", level=logging.INFO)), "below a warning"
+    assert gate.filter(record(cache, "x", level=logging.ERROR)), "an error is never held"
+    traced = record(cache, "x")
+    traced.exc_info = (ValueError, ValueError("x"), None)
+    assert gate.filter(traced), "nor a warning with its traceback"
+    assert gate.filter(record(cache, "x", name="mode.redirect")), "nor what faust copies"
     clock.now += 6
     again = record(cache, "refused")
     assert gate.filter(again)
