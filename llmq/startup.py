@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from llmq.throttle import Throttle
-from schemas.redact import explain
+from schemas.redact import describe, explain
 from schemas.settings import ServiceSettings
 
 CONFIGURATION, UNREACHABLE = 2, 1
@@ -81,12 +81,12 @@ def settings_problem(cls: type[BaseSettings], exc: ValidationError) -> str:
     """Each error as `VARIABLE: problem`, the variable as the environment spells it (a field
     read under an alias of its own is named by it)."""
     prefix = str(cls.model_config.get("env_prefix", ""))
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False, include_context=False):
-        name = str(err["loc"][0]) if err["loc"] else ""
-        where = (prefix + name if name in cls.model_fields else name).upper() or "settings"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
+
+    def variable(loc: tuple[str | int, ...]) -> str:
+        name = str(loc[0]) if loc else ""
+        return (prefix + name if name in cls.model_fields else name).upper() or "settings"
+
+    return describe(exc, limit=exc.error_count(), where=variable)
 
 
 def serve_metrics(settings: ServiceSettings) -> None:
@@ -104,11 +104,8 @@ def serve_metrics(settings: ServiceSettings) -> None:
 def reach_kafka(settings: ServiceSettings, client_id: str, wait_s: float = KAFKA_WAIT_S) -> None:
     """Return once a broker answers with these credentials; StartError naming where and how it
     tried otherwise. Runs on a loop of its own, leaving the caller's (faust's) unset."""
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(_bootstrap(settings, client_id, wait_s))
-    finally:
-        loop.close()
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:  # not set as current
+        runner.run(_bootstrap(settings, client_id, wait_s))
 
 
 async def _bootstrap(settings: ServiceSettings, client_id: str, wait_s: float) -> None:

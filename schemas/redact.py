@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
@@ -26,13 +27,17 @@ def log_content(enabled: bool) -> None:
     content_log.setLevel(logging.DEBUG if enabled else _SILENT)
 
 
-def describe(exc: ValidationError, limit: int = 5) -> str:
+def describe(
+    exc: ValidationError,
+    limit: int = 5,
+    where: Callable[[tuple[str | int, ...]], str] | None = None,
+) -> str:
     """Pydantic's errors as one line a person can act on, `field.path: problem; ...`, without
-    the input values (str(exc) and exc.errors() carry them: prompts, in a request)."""
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False, include_context=False)[:limit]:
-        where = ".".join(_name(p) for p in err["loc"]) or "request"
-        parts.append(f"{where}: {err['msg']}")
+    the input values (str(exc) and exc.errors() carry them: prompts, in a request). `where`
+    names an error's location instead of its dotted path."""
+    name = where or _path
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = [f"{name(err['loc'])}: {err['msg']}" for err in errors[:limit]]
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
@@ -43,6 +48,10 @@ def explain(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         return describe(exc)
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+def _path(loc: tuple[str | int, ...]) -> str:
+    return ".".join(_name(p) for p in loc) or "request"
 
 
 def _name(part: str | int) -> str:
