@@ -15,9 +15,10 @@ log = logging.getLogger("gateway")
 
 
 def main() -> int:
-    """Validate the settings, the catalog and the keys and reach Kafka before listening; on
-    SIGTERM stop taking requests and let open ones finish (LLMQ_DRAIN_TIMEOUT_S). The exit
-    code (a refusal to start is one line: llmq.startup)."""
+    """Validate the settings, the catalog and the keys, bind the API port and reach Kafka
+    before the app connects anything; on SIGTERM stop taking requests and let open ones
+    finish (LLMQ_DRAIN_TIMEOUT_S). The exit code (a refusal to start is one line:
+    llmq.startup)."""
     return startup.run(_serve, log, "the front door")
 
 
@@ -27,9 +28,11 @@ def _serve() -> int:
     catalog = startup.configured(settings.catalog)
     policy = startup.configured(settings.policy)
     startup.serve_metrics(settings)  # /metrics is on the API port too; this one is for scrapers
+    sock = startup.listen(settings.api_host, settings.api_port, "LLMQ_API_HOST, LLMQ_API_PORT")
     startup.reach_kafka(settings, settings.instance_id)
     keys = f"{len(policy.api_keys)} API keys" if policy.api_keys else "no API keys: tenant default"
-    log.info("front door on http://%s:%d (%s)", settings.api_host, settings.api_port, keys)
+    port = sock.getsockname()[1]
+    log.info("front door on http://%s:%d (%s)", settings.api_host, port, keys)
     config = uvicorn.Config(
         build(settings, catalog, policy),
         host=settings.api_host,
@@ -42,7 +45,7 @@ def _serve() -> int:
         # (the batch runner at a stop: the front door then never exited).
         loop="asyncio",
     )
-    uvicorn.Server(config).run()  # exits 3 itself when it cannot listen, having said why
+    uvicorn.Server(config).run(sockets=[sock])  # bound before the lifespan connects anything
     return 0
 
 

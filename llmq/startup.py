@@ -1,5 +1,5 @@
 """How a service starts, or refuses to in one line: its settings read from the environment,
-its /metrics port bound and Kafka reached before anything slow (a model) loads. A refusal
+its ports bound and Kafka reached before anything slow (a model) loads. A refusal
 says what to fix, exits 2 for configuration and 1 for a dependency that does not answer,
 and shows no traceback."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -99,6 +100,22 @@ def serve_metrics(settings: ServiceSettings) -> None:
         where = f"{settings.metrics_host}:{settings.metrics_port}"
         why = f"cannot serve /metrics on {where} (LLMQ_METRICS_HOST, LLMQ_METRICS_PORT): {exc}"
         raise StartError(why, CONFIGURATION) from None
+
+
+def listen(host: str, port: int, names: str) -> socket.socket:
+    """A socket bound to `host`:`port` for a server to listen on (port 0: one the system
+    picks); StartError naming the settings (`names`) that chose it otherwise."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartError(
+            f"cannot listen on {host}:{port} ({names}): {exc}", CONFIGURATION
+        ) from None
+    return sock
 
 
 def reach_kafka(settings: ServiceSettings, client_id: str, wait_s: float = KAFKA_WAIT_S) -> None:

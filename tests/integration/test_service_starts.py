@@ -1,20 +1,22 @@
 """Every service, started as a process, refuses a wrong setting, a taken port or a Kafka that
 does not answer in one line that names it, with its exit code and no traceback; and the
-front door whose port is taken exits instead of hanging in its stop."""
+front door stopped as soon as it is ready exits instead of hanging in its stop."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tools.stack.ports import free_block
-from tools.stack.stack import LocalStack
+from tools.stack.stack import LocalStack, healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -106,12 +108,46 @@ def test_a_taken_metrics_port_is_named_with_exit_code_2(
     assert f"cannot serve /metrics on 127.0.0.1:{taken}" in line
 
 
-def test_a_front_door_whose_port_is_taken_exits(
-    stack: LocalStack, cli_env: dict[str, str], taken: int
+def test_a_taken_api_port_is_named_with_exit_code_2(
+    taken: int, bare: Callable[..., dict[str, str]]
 ) -> None:
-    """It connects to Kafka and Redis, then cannot listen: its stop cancels its batch tasks,
-    which a Redis connect under uvloop once swallowed, so it hung there for ever."""
-    run = start("gateway", cli_env | {"LLMQ_API_PORT": str(taken)})
-    said = run.stdout + run.stderr
-    assert run.returncode != 0, said[-3000:]  # uvicorn's code for a failed start (3)
-    assert "address already in use" in said
+    """The front door binds its API port before it reaches Kafka or Redis (the Kafka here
+    does not answer: it is never asked)."""
+    dead = f"127.0.0.1:{free_block(1)}"
+    env = bare(LLMQ_API_PORT=str(taken), LLMQ_KAFKA_BOOTSTRAP=dead)
+    run = start("gateway", env | {"LLMQ_API_HOST": "127.0.0.1"})
+    line = refusal(run)
+    assert run.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{taken} (LLMQ_API_HOST, LLMQ_API_PORT)" in line
+
+
+def test_a_front_door_stopped_as_soon_as_it_is_ready_exits(
+    stack: LocalStack, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGTERM right after /healthz first says ready: its batch tasks are then in their first
+    Redis calls, whose cancel uvloop once swallowed mid-connect (the stop then hung)."""
+    port = free_block(1)
+    log = tmp_path / "gateway.log"
+    with log.open("w") as out:
+        env = cli_env | {"LLMQ_API_PORT": str(port), "LLMQ_INSTANCE_ID": "gateway-stop"}
+        proc = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, stdout=out, stderr=out)
+        try:
+            wait_ready(proc, port)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+    said = log.read_text()
+    assert "Application shutdown complete" in said, said[-3000:]  # its lifespan's end ran
+    assert code in (0, -signal.SIGTERM), said[-3000:]  # uvicorn re-raises the signal it took
+    assert "Traceback" not in said, said[-3000:]
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int) -> None:
+    """Until the front door on `port` is ready, failing if it exits first."""
+    deadline = time.monotonic() + 120
+    while not healthy(port):
+        assert proc.poll() is None, "the front door exited before it was ready"
+        assert time.monotonic() < deadline, "the front door was not ready in 120 s"
+        time.sleep(0.05)

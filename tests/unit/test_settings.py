@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from llmq.startup import CONFIGURATION, StartError, reach_kafka, read_settings
+from llmq.startup import CONFIGURATION, StartError, listen, reach_kafka, read_settings
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, ServiceSettings
 from streams.settings import StreamSettings
 from tools.stack.settings import LocalSettings
@@ -220,6 +221,21 @@ def test_tls_files_that_do_not_load_are_a_refusal_to_fix_not_a_traceback(tmp_pat
         reach_kafka(settings, "tls-start")  # fails before any connection is tried
     assert refused.value.code == CONFIGURATION
     assert str(refused.value).startswith("cannot use the TLS files of LLMQ_KAFKA_SSL_*: SSLError")
+
+
+def test_a_taken_port_is_a_refusal_to_fix_naming_its_settings() -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(StartError) as refused:
+            listen("127.0.0.1", port, "LLMQ_API_HOST, LLMQ_API_PORT")
+    assert refused.value.code == CONFIGURATION
+    said = str(refused.value)
+    assert said.startswith(f"cannot listen on 127.0.0.1:{port} (LLMQ_API_HOST, LLMQ_API_PORT): ")
+    assert "Address already in use" in said
+    with listen("127.0.0.1", port, "LLMQ_API_PORT") as sock:  # free again: bound, not listening
+        assert sock.getsockname() == ("127.0.0.1", port)
 
 
 def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -230,7 +230,7 @@ class LocalStack:
             Proc(
                 name, [sys.executable, "-m", "gateway"], self._run, stop_timeout_s=40, env=settings
             ),
-            ready=partial(_healthy, port),
+            ready=partial(healthy, port),
             endpoint=f"http://127.0.0.1:{port}/v1",
             ports=(port,),
         )
@@ -453,7 +453,8 @@ def _redis_up(url: str) -> bool:
         client.close()
 
 
-def _healthy(port: int) -> bool:
+def healthy(port: int) -> bool:
+    """Whether the front door on `port` says it is ready."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
             return bool(resp.status == 200)
