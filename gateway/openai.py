@@ -139,11 +139,7 @@ def read_call(
     n = _check_fields(data)
     tier = _tier_lane(data)
     model = data.get("model") or catalog.default
-    if model not in catalog.requestable:
-        raise LlmqError(
-            ErrorCode.UNKNOWN_MODEL,
-            f"the model {model!r} does not exist; llmq serves {catalog.requestable}",
-        )
+    check_model(model, catalog)
     fields = {k: v for k, v in data.items() if k in PASSED}
     fields["messages"] = _messages(data.get("messages"))
     if "max_completion_tokens" in data and "max_tokens" not in data:
@@ -167,6 +163,13 @@ def read_call(
         raise LlmqError(ErrorCode.INVALID_REQUEST, str(exc)) from None
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
     return Call(request, include_usage, n)
+
+
+def check_model(model: object, catalog: Catalog) -> None:
+    """LlmqError (404) unless `model` is one the catalog serves by name."""
+    if model not in catalog.requestable:
+        why = f"the model {model!r} does not exist; llmq serves {catalog.requestable}"
+        raise LlmqError(ErrorCode.UNKNOWN_MODEL, why)
 
 
 def _check_fields(data: dict[str, Any]) -> int:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gateway import metrics, sse
 from gateway.door import ApiError, FrontDoor
-from gateway.openai import Call, Chunks, completion_of, read_call
+from gateway.openai import Call, Chunks, check_model, completion_of, read_call
 from llmq.streaming import Delta, StreamReader
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import InferenceResult
@@ -61,9 +61,26 @@ async def chat_completions(request: Request) -> Response:
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
     """The catalog's models, `auto` (llmq picks by difficulty) and experiments' own names."""
-    names = _door(request).catalog.requestable
-    listed = [{"id": n, "object": "model", "created": 0, "owned_by": "llmq"} for n in names]
-    return {"object": "list", "data": listed}
+    door = _door(request)
+    door.tenant(request)  # a key, when the front door has keys
+    return {"object": "list", "data": [_model(n) for n in door.catalog.requestable]}
+
+
+@router.get("/v1/models/{model:path}")  # a name may hold slashes (org/model)
+async def model(model: str, request: Request) -> dict[str, Any]:
+    """One of the models /v1/models lists; 404 for any other."""
+    door = _door(request)
+    door.tenant(request)
+    try:
+        check_model(model, door.catalog)
+    except LlmqError as exc:
+        raise ApiError(exc) from None
+    return _model(model)
+
+
+def _model(name: str) -> dict[str, Any]:
+    """OpenAI's model object."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "llmq"}
 
 
 @router.get("/v1/results/{correlation_id}")

@@ -12,7 +12,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
 from gateway.batch.lines import ENDPOINT
-from gateway.batch.objects import batch_object, file_object
+from gateway.batch.objects import FINAL, batch_object, file_object
 from gateway.batch.store import BatchStore, new_id
 from gateway.door import ApiError, FrontDoor
 from schemas.errors import ErrorCode, LlmqError
@@ -66,6 +66,25 @@ async def files(request: Request, after: str | None = None, limit: int = 20) -> 
 async def file_info(file_id: str, request: Request) -> dict[str, Any]:
     _, store, tenant = _parts(request)
     return file_object(await _file(store, file_id, tenant))
+
+
+@router.delete("/v1/files/{file_id}")
+async def delete_file(file_id: str, request: Request) -> dict[str, Any]:
+    """Forget a file and its lines; 409 while a batch still reads it (its input) or writes it
+    (its output or error file, until the batch ends)."""
+    _, store, tenant = _parts(request)
+    meta = await _file(store, file_id, tenant)
+    if "batch" in meta:
+        found = await store.batch(meta["batch"], tenant)
+        running = [] if found is None else [(found["id"], found["status"])]
+    else:
+        running = await store.readers(file_id)
+    for batch_id, status in running:
+        if status not in FINAL:
+            why = f"file {file_id} belongs to batch {batch_id}, which is {status}"
+            raise _bad(f"{why}: cancel it or wait for its end", 409)
+    await store.delete_file(meta)
+    return {"id": file_id, "object": "file", "deleted": True}
 
 
 @router.get("/v1/files/{file_id}/content")

@@ -134,6 +134,10 @@ class Runner:
     async def _validate(self, fields: Mapping[str, str]) -> None:
         """Read every line: a batch with a bad line fails, naming the lines; else it runs."""
         batch_id, count = fields["id"], int(fields["lines"])
+        if await self._store.file(fields["input_file_id"], fields["tenant"]) is None:
+            why = f"the input file {fields['input_file_id']} was deleted or has expired"
+            await self._fail(batch_id, [_error("missing_input_file", why, None)])
+            return
         check = _Check()
         for start in range(0, count, PAGE):
             numbers = range(start, min(count, start + PAGE))
@@ -155,13 +159,17 @@ class Runner:
             await asyncio.sleep(0)
         errors = check.verdict()
         if errors:
-            await self._store.update(batch_id, errors=json.dumps(errors[:MAX_ERRORS]))
-            if await self._store.move(batch_id, "failed", "validating"):
-                metrics.BATCHES.labels("failed").inc()
-                await self._store.finish(batch_id)
+            await self._fail(batch_id, errors)
             return
         await self._store.update(batch_id, total=len(check.seen), model=str(check.models.pop()))
         await self._store.move(batch_id, "in_progress", "validating")
+
+    async def _fail(self, batch_id: str, errors: list[dict[str, object]]) -> None:
+        """A batch that cannot run: failed, with (the first MAX_ERRORS of) its errors."""
+        await self._store.update(batch_id, errors=json.dumps(errors[:MAX_ERRORS]))
+        if await self._store.move(batch_id, "failed", "validating"):
+            metrics.BATCHES.labels("failed").inc()
+            await self._store.finish(batch_id)
 
     # in_progress
 

@@ -180,6 +180,30 @@ class BatchStore:
         """A file's fields, if it is the tenant's."""
         return self._theirs(await self._redis.hgetall(file_keys(file_id)[0]), tenant)  # type: ignore[misc]
 
+    async def readers(self, file_id: str) -> list[tuple[str, str]]:
+        """The active batches (id, status) whose input is this file."""
+        ids = await self.active()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for batch_id in ids:
+                pipe.hmget(batch_keys(batch_id)["batch"], ["input_file_id", "status"])
+            found = await pipe.execute()
+        return [
+            (batch_id, status.decode())
+            for batch_id, (input_file, status) in zip(ids, found, strict=True)
+            if input_file == file_id.encode() and status is not None
+        ]
+
+    async def delete_file(self, meta: Mapping[str, str]) -> None:
+        """Forget a file and its lines (an output or error file's: its batch's part)."""
+        lines = batch_keys(meta["batch"])[meta["part"]] if "batch" in meta else None
+        key, own_lines = file_keys(meta["id"])
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key, own_lines)
+            pipe.zrem(tenant_index_key(meta["tenant"], "files"), meta["id"])
+            await pipe.execute()
+        if lines is not None:  # another hash slot than the file's
+            await self._redis.delete(lines)
+
     async def lines(self, file_id: str, numbers: Iterable[int]) -> list[bytes | None]:
         """Some lines of a file (None: blank)."""
         wanted = [str(n) for n in numbers]

@@ -222,6 +222,28 @@ def test_a_cancel_keeps_what_was_answered_and_stops_the_rest(sdk: OpenAI) -> Non
     assert batch.request_counts is not None and batch.request_counts.failed == len(long)
 
 
+def test_a_file_is_deleted_once_no_batch_reads_or_writes_it(sdk: OpenAI) -> None:
+    started = _start(sdk, [_line(f"held-{n}", LONG, ignore_eos=True) for n in range(2)])
+    reading = f"batch {started.id}, which is (validating|in_progress)"
+    with pytest.raises(openai.ConflictError, match=reading):
+        sdk.files.delete(started.input_file_id)
+    running = _wait(sdk, started.id, lambda b: b.status != "validating")
+    assert running.status == "in_progress", running  # its lines are out: they get cancelled
+    with pytest.raises(openai.ConflictError, match=f"batch {started.id}, which is in_progress"):
+        sdk.files.delete(started.input_file_id)
+    sdk.batches.cancel(started.id)
+    batch = _wait(sdk, started.id)
+    assert batch.status == "cancelled" and batch.error_file_id is not None
+    for file_id in (started.input_file_id, batch.error_file_id):
+        deleted = sdk.files.delete(file_id)
+        assert deleted.deleted and deleted.id == file_id
+        for gone in (sdk.files.retrieve, sdk.files.content, sdk.files.delete):
+            with pytest.raises(openai.NotFoundError):
+                gone(file_id)
+        assert file_id not in [f.id for f in sdk.files.list(limit=100).data]
+    assert sdk.batches.retrieve(started.id).status == "cancelled"  # the batch itself stays
+
+
 def test_an_expired_batch_reports_its_unfinished_lines(short_door: str) -> None:
     with _keyed(short_door, "acme") as sdk:
         long = [_line(f"long-{n}", LONG, ignore_eos=True) for n in range(4)]

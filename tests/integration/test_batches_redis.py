@@ -18,6 +18,7 @@ from gateway.batch.runner import Pace, Runner
 from gateway.batch.store import MAX_FILE_LINES, BatchStore
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.names import batch_keys
 from schemas.request import InferenceRequest
 from schemas.result import ChatCompletion, Choice, ErrorInfo, InferenceResult, Usage
 from tests.integration.helpers import run_async
@@ -146,6 +147,11 @@ def test_a_paced_batch_runs_to_completion_each_line_once(redis_port: int) -> Non
         )
         assert files["errors"] == []
         assert {r.correlation_id for r in recorder.sent} == {f"{batch_id}.{n}.0" for n in range(12)}
+        output = await store.file(fields["output_file_id"], TENANT)
+        assert output is not None
+        await store.delete_file(output)  # its lines are the batch's: they go too
+        assert await store.file(output["id"], TENANT) is None
+        assert not await client.exists(batch_keys(batch_id)["output"])
 
     run_async(redis_port, body)
 
@@ -262,6 +268,34 @@ def test_a_bad_file_fails_its_batch_naming_the_lines(redis_port: int) -> None:
             ("invalid_json", 2),
             ("duplicate_custom_id", 3),
         ]
+
+    run_async(redis_port, body)
+
+
+def test_a_deleted_file_is_gone_whole_and_a_batch_made_on_it_fails(redis_port: int) -> None:
+    """The front door refuses to delete a file an active batch reads; a batch made while its
+    file was being deleted finds it gone."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        runner = Runner(store, Recorder(), CATALOG, "door-1")
+        batch_id = await _batch(store, [_line(0), _line(1)])
+        fields = await store.batch(batch_id)
+        assert fields is not None
+        file_id = fields["input_file_id"]
+        assert await store.readers(file_id) == [(batch_id, "validating")]
+        meta = await store.file(file_id, TENANT)
+        assert meta is not None
+        await store.delete_file(meta)
+        assert await client.keys("llmq:file:*") == []
+        assert await store.listed(TENANT, "files", None, 10) == []
+        await runner.tick()
+        fields = await store.batch(batch_id)
+        assert fields is not None and fields["status"] == "failed"
+        errors = json.loads(fields["errors"])
+        assert [(e["code"], e["line"]) for e in errors] == [("missing_input_file", None)]
+        assert file_id in errors[0]["message"]
+        assert await store.readers(file_id) == []  # an ended batch leaves the active set
 
     run_async(redis_port, body)
 

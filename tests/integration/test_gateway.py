@@ -210,6 +210,21 @@ def test_errors_reach_the_sdk_as_its_exceptions(
     assert late.value.status_code == 408 and late.value.code == "expired"
 
 
+def test_the_sdk_lists_and_retrieves_the_models(
+    sdk: OpenAI, keyed: dict[str | None, OpenAI]
+) -> None:
+    listed = [m.id for m in sdk.models.list()]
+    assert MODEL in listed and "auto" in listed
+    assert sdk.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError) as unknown:
+        sdk.models.retrieve("openai/gpt-4o")  # a name with a slash reaches the route too
+    assert unknown.value.code == "unknown_model" and "'openai/gpt-4o'" in unknown.value.message
+    assert keyed["acme"].models.retrieve("nobody").owned_by == "llmq"
+    for ask in (keyed[None].models.list, lambda: keyed[None].models.retrieve(MODEL)):
+        with pytest.raises(openai.AuthenticationError):
+            ask()
+
+
 def test_the_tenant_comes_from_the_key_never_the_body(
     keyed: dict[str | None, OpenAI], keyed_door: str, door: str
 ) -> None:
