@@ -264,11 +264,14 @@ def completion_of(results: list[InferenceResult]) -> dict[str, Any]:
 
 
 def summed(usages: list[Usage]) -> Usage | None:
-    """The usage of n answers to one prompt: the prompt counted once, as OpenAI does."""
+    """The usage of n answers to one prompt: the prompt (and its cached tokens) counted
+    once, as OpenAI does."""
     if not usages:
         return None
     prompt, answers = usages[0].prompt_tokens, sum(u.completion_tokens for u in usages)
-    return Usage(prompt_tokens=prompt, completion_tokens=answers, total_tokens=prompt + answers)
+    return usages[0].model_copy(
+        update={"completion_tokens": answers, "total_tokens": prompt + answers}
+    )
 
 
 @dataclass(frozen=True)
@@ -300,7 +303,7 @@ class Chunks:
         return {
             **self._head(),
             "choices": [],
-            "usage": None if usage is None else usage.model_dump(),
+            "usage": None if usage is None else usage.model_dump(exclude_none=True),
         }
 
     def _chunk(

@@ -23,6 +23,15 @@ class CacheStatus(StrEnum):
     COALESCED = "coalesced"
 
 
+class PromptTokensDetails(BaseModel):
+    """OpenAI's usage.prompt_tokens_details."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cached_tokens: int = Field(ge=0)
+    """Prompt tokens the engine found in its prefix cache (not computed again)."""
+
+
 class Usage(BaseModel):
     """Token counts, OpenAI-shaped."""
 
@@ -31,6 +40,8 @@ class Usage(BaseModel):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     total_tokens: int = Field(ge=0)
+    prompt_tokens_details: PromptTokensDetails | None = None
+    """From an engine that tells (vLLM)."""
 
 
 class TopLogprob(BaseModel):

@@ -22,6 +22,8 @@ class EngineStep:
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     """Log-probabilities of this step's tokens, when the request asked for them."""
+    cached_tokens: int | None = None
+    """Prompt tokens found in the engine's prefix cache, when the engine tells."""
 
 
 class Engine(Protocol):
@@ -31,8 +33,11 @@ class Engine(Protocol):
     ENGINE_ERROR for a failed generation, ENGINE_UNAVAILABLE once the engine is dead.
     """
 
-    def generate(self, request_id: str, body: ChatBody, priority: int) -> AsyncIterator[EngineStep]:
-        """Stream one chat completion; closing the iterator early aborts it in the engine."""
+    def generate(
+        self, request_id: str, body: ChatBody, priority: int, tenant: str | None = None
+    ) -> AsyncIterator[EngineStep]:
+        """Stream one chat completion; closing the iterator early aborts it in the engine.
+        `tenant`: whose request it is (an engine may keep tenants' cached prefixes apart)."""
         ...
 
     def prompt_tokens(self, messages: list[ChatMessage]) -> int | None:

@@ -15,6 +15,7 @@ from schemas.result import (
     Choice,
     ChoiceLogprobs,
     ErrorInfo,
+    PromptTokensDetails,
     Timings,
     TokenLogprob,
     Usage,
@@ -36,6 +37,7 @@ class InFlight:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
+    cached_tokens: int | None = None
     uncompressed_prompt_tokens: int | None = None
     """Prompt tokens of the app's messages before compression, when the engine can tell."""
 
@@ -52,6 +54,8 @@ class InFlight:
         self.logprobs.extend(step.logprobs)
         self.prompt_tokens = step.prompt_tokens
         self.completion_tokens += step.new_tokens
+        if step.cached_tokens is not None:
+            self.cached_tokens = step.cached_tokens
         if step.finished:
             self.finish_reason = step.finish_reason
 
@@ -85,10 +89,14 @@ class InFlight:
 
     def usage(self) -> Usage:
         """Token counts so far."""
+        cached = self.cached_tokens
         return Usage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             total_tokens=self.prompt_tokens + self.completion_tokens,
+            prompt_tokens_details=None
+            if cached is None
+            else PromptTokensDetails(cached_tokens=cached),
         )
 
     def completion(self, worker: str, now: float) -> Completion:

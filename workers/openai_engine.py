@@ -87,10 +87,11 @@ class OpenAIEngine:
         self._session: aiohttp.ClientSession | None = None
 
     async def generate(
-        self, request_id: str, body: ChatBody, priority: int
+        self, request_id: str, body: ChatBody, priority: int, tenant: str | None = None
     ) -> AsyncGenerator[EngineStep, None]:
         """Stream deltas; closing this iterator early closes the HTTP request (the server
-        aborts the generation when its client goes away)."""
+        aborts the generation when its client goes away). The tenant is not sent: the
+        server's prefix cache is its own to scope."""
         payload = self._payload(body, priority)
         started = time.monotonic()
         attempt = 0
@@ -263,11 +264,12 @@ async def _steps(content: aiohttp.StreamReader) -> AsyncIterator[EngineStep]:
     difference, so the steps' `new_tokens` add up to the server's count.
     """
     counted = prompt_tokens = 0
-    completion_tokens: int | None = None
+    completion_tokens = cached_tokens = None
     finish_reason: str | None = None
     async for chunk in _chunks(content):
         if chunk.prompt_tokens is not None:
             prompt_tokens = chunk.prompt_tokens
+        cached_tokens = chunk.cached_tokens if chunk.cached_tokens is not None else cached_tokens
         completion_tokens = chunk.completion_tokens or completion_tokens
         finish_reason = chunk.finish_reason or finish_reason
         if chunk.text or chunk.logprobs:
@@ -279,7 +281,9 @@ async def _steps(content: aiohttp.StreamReader) -> AsyncIterator[EngineStep]:
     if finish_reason in _FAILED_FINISH:
         raise _ServerError(f"the server ended the generation with {finish_reason!r}")
     total = counted if completion_tokens is None else completion_tokens
-    yield EngineStep("", total - counted, prompt_tokens, True, finish_reason)
+    yield EngineStep(
+        "", total - counted, prompt_tokens, True, finish_reason, cached_tokens=cached_tokens
+    )
 
 
 def _logprob(entry: dict[str, Any]) -> dict[str, Any]:
@@ -319,6 +323,7 @@ class _Chunk:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None
     error: str | None = None
 
     @classmethod
@@ -337,6 +342,7 @@ class _Chunk:
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
+            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
         )
 
 

@@ -67,11 +67,20 @@ class VllmEngine:
     """AsyncLLM with continuous batching and the priority scheduler (lower value first)."""
 
     def __init__(
-        self, spec: ModelSpec, checkpoint: Path, args: AsyncEngineArgs, nice: int = 0
+        self,
+        spec: ModelSpec,
+        checkpoint: Path,
+        args: AsyncEngineArgs,
+        nice: int = 0,
+        *,
+        shared_prefixes: bool = False,
     ) -> None:
         """`nice`: on a CPU, how much nicer than this process the engine's processes run
-        (workers/nice.py); 0 leaves them."""
+        (workers/nice.py); 0 leaves them. Each tenant's requests reuse only the prefixes its
+        own requests left in the KV cache (vLLM's cache_salt), so no tenant can time another
+        tenant's prompts, unless `shared_prefixes`."""
         self._spec = spec
+        self._shared_prefixes = shared_prefixes
         self._tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self._engine = AsyncLLM.from_engine_args(args)
         self._running: set[str] = set()
@@ -96,14 +105,17 @@ class VllmEngine:
                 log.info("this worker's session keeps its CPU share: %s", unchanged)
 
     async def generate(
-        self, request_id: str, body: ChatBody, priority: int
+        self, request_id: str, body: ChatBody, priority: int, tenant: str | None = None
     ) -> AsyncIterator[EngineStep]:
         """Stream deltas; closing this iterator early (cancellation) aborts it in vLLM."""
         ids = self._prompt_ids(body)
+        prompt = TokensPrompt(prompt_token_ids=ids)
+        if tenant is not None and not self._shared_prefixes:
+            prompt["cache_salt"] = tenant
         self._running.add(request_id)
         try:
             async for out in self._engine.generate(
-                TokensPrompt(prompt_token_ids=ids),
+                prompt,
                 self._params(body),
                 request_id,
                 priority=priority,
@@ -116,6 +128,7 @@ class VllmEngine:
                     finished=out.finished,
                     finish_reason=choice.finish_reason,
                     logprobs=_logprobs(choice.token_ids, choice.logprobs, body.top_logprobs or 0),
+                    cached_tokens=out.num_cached_tokens,
                 )
         except EngineDeadError as exc:
             raise LlmqError(ErrorCode.ENGINE_UNAVAILABLE, f"the vLLM engine died: {exc}") from exc

@@ -364,7 +364,7 @@ class Worker:
         try:
             async with timer:
                 async for step in self._engine.generate(
-                    state.request_id, body, request.lane.priority
+                    state.request_id, body, request.lane.priority, request.tenant
                 ):
                     state.add(step)
                     if deltas is not None:

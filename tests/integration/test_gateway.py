@@ -89,6 +89,8 @@ def test_a_completion_through_the_openai_sdk(sdk: OpenAI, door: str) -> None:
     assert answer.object == "chat.completion" and answer.model == MODEL
     assert answer.choices[0].message.role == "assistant" and answer.choices[0].message.content
     assert answer.usage is not None and 0 < answer.usage.completion_tokens <= 12
+    details = answer.usage.prompt_tokens_details  # vLLM's prefix-cache hits, as OpenAI's
+    assert details is not None and 0 <= (details.cached_tokens or 0) < answer.usage.prompt_tokens
     extras = answer.model_extra or {}
     assert extras["llmq"]["cache"] == "none" and extras["llmq"]["model_used"] == MODEL
     cid = raw.headers["x-llmq-correlation-id"]

@@ -1,5 +1,6 @@
 """Prefix affinity on the real stack: the stream processor publishes work whose prompts share
-a long prefix to one partition of the work topic, and spreads work that shares none."""
+a long prefix to one partition of the work topic, and spreads work that shares none; the
+engine reuses a cached prefix for the tenant whose requests left it, and no other."""
 
 from __future__ import annotations
 
@@ -75,3 +76,26 @@ def test_work_sharing_a_long_prompt_prefix_lands_on_one_partition(
 
     assert len({placed[cid] for cid in shared}) <= 2  # one, or its second when the first is full
     assert len({placed[cid] for cid in alone}) >= 3
+
+
+def test_a_tenant_reuses_only_the_prefixes_its_own_requests_left(client: Client) -> None:
+    """vLLM's cache_salt per tenant (LLMQ_PREFIX_CACHE_SCOPE=tenant): another tenant asking
+    after the same long system prompt has it computed again, then reuses its own."""
+    tag = uuid.uuid4().hex[:8]
+    system = f"Manual {tag}. {MANUAL}"  # a prefix no earlier request left in the cache
+
+    def cached(tenant: str, question: str) -> int:
+        chat = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        cid = client.submit(chat, tenant=tenant, max_tokens=1, temperature=0.0, cache=CacheMode.OFF)
+        result = client.result(cid, timeout=300)
+        assert result.status == "ok" and result.response is not None, result
+        usage = result.response.usage
+        assert usage is not None and usage.prompt_tokens_details is not None, usage
+        assert usage.prompt_tokens > 200, "the manual is a long prefix"
+        return usage.prompt_tokens_details.cached_tokens
+
+    first, second = f"acme-{tag}", f"globex-{tag}"
+    assert cached(first, "What pressure?") == 0
+    assert cached(first, "How often to descale?") >= 160  # its own prefix, whole blocks of it
+    assert cached(second, "What pressure?") == 0  # the same prompt: not another tenant's
+    assert cached(second, "How long does the wand heat?") >= 160

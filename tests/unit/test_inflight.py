@@ -42,7 +42,9 @@ def _work(**body: Any) -> WorkItem:
 
 def _steps() -> list[EngineStep]:
     return [
-        EngineStep("Hel", 1, 5, logprobs=[TokenLogprob(token="Hel", logprob=-0.5)]),
+        EngineStep(
+            "Hel", 1, 5, logprobs=[TokenLogprob(token="Hel", logprob=-0.5)], cached_tokens=4
+        ),
         EngineStep("lo", 1, 5, logprobs=[TokenLogprob(token="lo", logprob=-0.25)]),
         EngineStep(
             "!",
@@ -81,6 +83,7 @@ def test_steps_fold_into_one_answer() -> None:
         "prompt_tokens": 5,
         "completion_tokens": 3,
         "total_tokens": 8,
+        "prompt_tokens_details": {"cached_tokens": 4},  # as the engine said at its first step
     }
 
 

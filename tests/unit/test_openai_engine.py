@@ -82,9 +82,11 @@ def chunk(text: str = "", finish: str | None = None, logprob: float | None = Non
     return b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
 
 
-def usage(prompt: int, completion: int) -> bytes:
-    event = {"choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
-    return b"data: " + json.dumps(event).encode() + b"\n\n"
+def usage(prompt: int, completion: int, cached: int | None = None) -> bytes:
+    counts: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+    if cached is not None:
+        counts["prompt_tokens_details"] = {"cached_tokens": cached}
+    return b"data: " + json.dumps({"choices": [], "usage": counts}).encode() + b"\n\n"
 
 
 def stream(
@@ -186,11 +188,12 @@ def test_usage_corrects_the_count_of_chunks() -> None:
     """A chunk may carry several tokens (or none): usage is the truth when it comes."""
 
     async def scenario() -> None:
-        reply = stream(chunk("Hello wor"), chunk("ld", finish="length"), usage(3, 5))
+        reply = stream(chunk("Hello wor"), chunk("ld", finish="length"), usage(3, 5, cached=2))
         async with running(reply) as (_, url):
             steps = await collect(engine(url))
         assert sum(s.new_tokens for s in steps) == 5
         assert steps[-1].finish_reason == "length"
+        assert steps[-1].cached_tokens == 2, "the server's cached prompt tokens, when it says"
 
     asyncio.run(scenario())
 

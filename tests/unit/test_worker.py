@@ -21,6 +21,7 @@ from schemas.stream import Cancel
 from schemas.work import WorkItem
 from tests.unit.worker_fakes import (
     BATCH,
+    CACHED_TOKENS,
     INTERACTIVE,
     MODEL,
     PROMPT_TOKENS,
@@ -163,6 +164,15 @@ def test_no_logprobs_are_asked_for_when_nothing_would_escalate(route: Route) -> 
     [(_, body, _)] = engine.started
     assert not body.logprobs
     assert completion.mean_logprob is None
+
+
+def test_the_engine_is_told_whose_request_it_runs_and_the_usage_what_it_had_cached() -> None:
+    engine = FakeEngine()
+    [completion] = _one(work(tenant="acme"), engine).completions()
+    assert engine.tenants == ["acme"]  # the vLLM engine keeps tenants' cached prefixes apart
+    assert completion.response is not None and completion.response.usage is not None
+    details = completion.response.usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens == CACHED_TOKENS
 
 
 def test_metering_counts_the_prompt_tokens_compression_saved() -> None:

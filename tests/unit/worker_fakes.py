@@ -17,7 +17,7 @@ from schemas.catalog import ModelSpec
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.names import COMPLETIONS, METERING, TOKENS, work_topic
-from schemas.request import ChatBody, ChatMessage, InferenceRequest
+from schemas.request import DEFAULT_TENANT, ChatBody, ChatMessage, InferenceRequest
 from schemas.result import TokenLogprob
 from schemas.route import Route
 from schemas.stream import TokenDelta
@@ -31,6 +31,8 @@ from workers.worker import Worker
 
 MODEL = "m"
 PROMPT_TOKENS = 5
+CACHED_TOKENS = 2
+"""Of PROMPT_TOKENS, those the fake engine says it found in its prefix cache."""
 INTERACTIVE = TopicPartition(work_topic(MODEL, Lane.INTERACTIVE), 0)
 BATCH = TopicPartition(work_topic(MODEL, Lane.BATCH), 0)
 STANDARD = TopicPartition(work_topic(MODEL, Lane.STANDARD), 0)
@@ -158,15 +160,17 @@ class FakeEngine:
         self.step_s = step_s
         self.counts_tokens = counts_tokens
         self.started: list[tuple[str, ChatBody, int]] = []
+        self.tenants: list[str | None] = []
         self.aborted: list[str] = []
         self.running = 0
         self.peak = 0
         """The most generations that ran at once."""
 
     async def generate(
-        self, request_id: str, body: ChatBody, priority: int
+        self, request_id: str, body: ChatBody, priority: int, tenant: str | None = None
     ) -> AsyncIterator[EngineStep]:
         self.started.append((request_id, body, priority))
+        self.tenants.append(tenant)
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
@@ -177,7 +181,8 @@ class FakeEngine:
                     await self.hold.wait()
                 logprobs = [TokenLogprob(token="x", logprob=-0.5)] if body.logprobs else []
                 last = i == 2
-                yield EngineStep("x", 1, PROMPT_TOKENS, last, "length" if last else None, logprobs)
+                reason = "length" if last else None
+                yield EngineStep("x", 1, PROMPT_TOKENS, last, reason, logprobs, CACHED_TOKENS)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise
@@ -200,6 +205,7 @@ class FakeEngine:
 def work(lane: Lane = Lane.STANDARD, n: int = 0, stream: bool = False, **fields: Any) -> bytes:
     request = InferenceRequest(
         correlation_id=f"{lane.value}-{n}",
+        tenant=fields.pop("tenant", DEFAULT_TENANT),
         lane=lane,
         body=ChatBody(messages=[ChatMessage(role="user", content="a short prompt")], stream=stream),
     )
