@@ -49,7 +49,11 @@ def outcome(
         if retry_at < expires_at:
             return Outcome(number, attempt, "retry", {}, retry_at=retry_at)
     usage = None if result.response is None else result.response.usage
-    tokens = (0, 0) if usage is None else (usage.prompt_tokens, usage.completion_tokens)
+    tokens = (0, 0, 0)
+    if usage is not None:
+        details = usage.prompt_tokens_details
+        cached = 0 if details is None else details.cached_tokens
+        tokens = (usage.prompt_tokens, usage.completion_tokens, cached)
     kind = "output" if error is None else "error"
     return Outcome(number, attempt, kind, output_line(custom_id, result), tokens)
 

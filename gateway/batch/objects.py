@@ -36,7 +36,9 @@ def file_object(fields: Mapping[str, str]) -> dict[str, Any]:
 def batch_object(fields: Mapping[str, str]) -> dict[str, Any]:
     """OpenAI's `batch`, with every timestamp reached and the request counts."""
     completed, failed = int(fields.get("completed", 0)), int(fields.get("failed", 0))
-    input_tokens, output_tokens = (int(fields.get(k, 0)) for k in ("input_tokens", "output_tokens"))
+    input_tokens, output_tokens, cached = (
+        int(fields.get(k, 0)) for k in ("input_tokens", "output_tokens", "cached_tokens")
+    )
     errors = fields.get("errors")
     return {
         "id": fields["id"],
@@ -61,7 +63,7 @@ def batch_object(fields: Mapping[str, str]) -> dict[str, Any]:
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "total_tokens": input_tokens + output_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": cached},
             "output_tokens_details": {"reasoning_tokens": 0},
         },
         "metadata": json.loads(fields.get("metadata", "null")),

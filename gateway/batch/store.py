@@ -46,6 +46,7 @@ redis.call('HINCRBY', KEYS[1], count .. '_bytes', string.len(ARGV[5]) + 1)
 local tokens = cjson.decode(ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'input_tokens', tokens[1])
 redis.call('HINCRBY', KEYS[1], 'output_tokens', tokens[2])
+redis.call('HINCRBY', KEYS[1], 'cached_tokens', tokens[3] or 0)
 return 1
 """
 
@@ -83,7 +84,8 @@ class Outcome:
     """The attempt it answers; None for one the batch gives (expired, cancelled)."""
     kind: str
     body: dict[str, Any]
-    tokens: tuple[int, int] = (0, 0)
+    tokens: tuple[int, int, int] = (0, 0, 0)
+    """Prompt, completion and cached prompt tokens."""
     retry_at: float = 0.0
 
 

@@ -132,6 +132,10 @@ def test_a_few_hundred_lines_reach_the_output_file(sdk: OpenAI) -> None:
         assert response["body"]["llmq"]["route"]["requested"] == MODEL
     usage = sum(line["response"]["body"]["usage"]["completion_tokens"] for line in output)
     assert usage == batch.usage.output_tokens
+    details = [line["response"]["body"]["usage"]["prompt_tokens_details"] for line in output]
+    assert (
+        sum(d["cached_tokens"] for d in details) == batch.usage.input_tokens_details.cached_tokens
+    )
     assert batch.output_file_id is not None
     assert sdk.files.retrieve(batch.output_file_id).bytes == sum(
         len(json.dumps(line, separators=(",", ":"))) + 1 for line in output

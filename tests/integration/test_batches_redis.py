@@ -84,7 +84,10 @@ def _answer(request: InferenceRequest) -> InferenceResult:
         created=1,
         model=CATALOG.default,
         choices=[Choice(message={"role": "assistant", "content": "A."}, finish_reason="stop")],
-        usage=Usage(prompt_tokens=5, completion_tokens=1, total_tokens=6),
+        usage=Usage.model_validate(
+            {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+            | {"prompt_tokens_details": {"cached_tokens": 3}}
+        ),
     )
     return InferenceResult(
         correlation_id=request.correlation_id, tenant=TENANT, status="ok", response=completion
@@ -140,6 +143,7 @@ def test_a_paced_batch_runs_to_completion_each_line_once(redis_port: int) -> Non
         assert fields is not None
         assert (fields["completed"], fields.get("failed"), fields["total"]) == ("12", None, "12")
         assert (fields["input_tokens"], fields["output_tokens"]) == ("60", "12")
+        assert fields["cached_tokens"] == "36"
         assert await store.active() == []
         files = await _files(store, batch_id)
         assert sorted(line["custom_id"] for line in files["output"]) == sorted(

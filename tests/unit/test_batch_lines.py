@@ -19,7 +19,14 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.names import BATCH_RESULTS
 from schemas.request import InferenceRequest
-from schemas.result import ChatCompletion, Choice, ErrorInfo, InferenceResult, Usage
+from schemas.result import (
+    ChatCompletion,
+    Choice,
+    ErrorInfo,
+    InferenceResult,
+    PromptTokensDetails,
+    Usage,
+)
 
 CATALOG = Catalog.builtin()
 MODEL = CATALOG.default
@@ -112,7 +119,12 @@ def _answer(correlation_id: str = "batch_ab.3.0") -> InferenceResult:
         created=1,
         model=MODEL,
         choices=[Choice(message={"role": "assistant", "content": "Blue."}, finish_reason="stop")],
-        usage=Usage(prompt_tokens=11, completion_tokens=2, total_tokens=13),
+        usage=Usage(
+            prompt_tokens=11,
+            completion_tokens=2,
+            total_tokens=13,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=8),
+        ),
     )
     return InferenceResult(
         correlation_id=correlation_id, tenant="acme", status="ok", response=completion
@@ -126,7 +138,7 @@ def _error(code: ErrorCode, retry_after_s: float | None = None) -> InferenceResu
 
 def test_an_answer_is_an_output_line_with_its_tokens() -> None:
     made = outcome(3, 0, "q3", _answer(), time.time() + 60)
-    assert (made.kind, made.line, made.attempt, made.tokens) == ("output", 3, 0, (11, 2))
+    assert (made.kind, made.line, made.attempt, made.tokens) == ("output", 3, 0, (11, 2, 8))
     body = made.body
     assert (body["custom_id"], body["error"], body["response"]["status_code"]) == ("q3", None, 200)
     assert body["response"]["body"]["choices"][0]["message"]["content"] == "Blue."
