@@ -31,8 +31,8 @@ def _serve() -> int:
     sock = startup.listen(settings.api_host, settings.api_port, "LLMQ_API_HOST, LLMQ_API_PORT")
     startup.reach_kafka(settings, settings.instance_id)
     keys = f"{len(policy.api_keys)} API keys" if policy.api_keys else "no API keys: tenant default"
-    port = sock.getsockname()[1]
-    log.info("front door on http://%s:%d (%s)", settings.api_host, port, keys)
+    where = startup.address(settings.api_host, settings.api_port)
+    log.info("front door on http://%s (%s)", where, keys)
     config = uvicorn.Config(
         build(settings, catalog, policy),
         host=settings.api_host,

@@ -256,7 +256,7 @@ def completion_of(results: list[InferenceResult]) -> dict[str, Any]:
         {**completion(result)["choices"][0], "index": i} for i, result in enumerate(results)
     ]
     usage = summed([r.response.usage for r in results if r.response is not None])
-    body["usage"] = None if usage is None else usage.model_dump()
+    body["usage"] = None if usage is None else usage.model_dump(exclude_none=True)
     body["llmq"]["choices"] = [
         {"correlation_id": r.correlation_id, "cache": r.cache.value} for r in results
     ]

@@ -24,6 +24,8 @@ from schemas.settings import ServiceSettings
 
 CONFIGURATION, UNREACHABLE = 2, 1
 """Exit codes: a setting or file to fix; a dependency to bring up (or to point at)."""
+BACKLOG = 2048
+"""Connections a listening socket holds before a server accepts them (uvicorn's default)."""
 KAFKA_WAIT_S = 30.0
 """How long the brokers have to answer the first bootstrap (a refused connection fails at once)."""
 
@@ -103,19 +105,25 @@ def serve_metrics(settings: ServiceSettings) -> None:
 
 
 def listen(host: str, port: int, names: str) -> socket.socket:
-    """A socket bound to `host`:`port` for a server to listen on (port 0: one the system
-    picks); StartError naming the settings (`names`) that chose it otherwise."""
+    """A socket listening on `host`:`port` (connections wait in its backlog until a server
+    accepts them); StartError naming the settings (`names`) that chose it otherwise. It
+    listens at once: a port only bound could still be taken by another SO_REUSEADDR socket."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
-        raise StartError(
-            f"cannot listen on {host}:{port} ({names}): {exc}", CONFIGURATION
-        ) from None
+        why = f"cannot listen on {address(host, port)} ({names}): {exc}"
+        raise StartError(why, CONFIGURATION) from None
     return sock
+
+
+def address(host: str, port: int) -> str:
+    """`host`:`port` as a URL writes it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def reach_kafka(settings: ServiceSettings, client_id: str, wait_s: float = KAFKA_WAIT_S) -> None:

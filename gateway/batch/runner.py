@@ -134,9 +134,7 @@ class Runner:
     async def _validate(self, fields: Mapping[str, str]) -> None:
         """Read every line: a batch with a bad line fails, naming the lines; else it runs."""
         batch_id, count = fields["id"], int(fields["lines"])
-        if await self._store.file(fields["input_file_id"], fields["tenant"]) is None:
-            why = f"the input file {fields['input_file_id']} was deleted or has expired"
-            await self._fail(batch_id, [_error("missing_input_file", why, None)])
+        if await self._input_gone(fields):
             return
         check = _Check()
         for start in range(0, count, PAGE):
@@ -161,8 +159,19 @@ class Runner:
         if errors:
             await self._fail(batch_id, errors)
             return
+        if await self._input_gone(fields):  # deleted while it was read: lines were missed
+            return
         await self._store.update(batch_id, total=len(check.seen), model=str(check.models.pop()))
         await self._store.move(batch_id, "in_progress", "validating")
+
+    async def _input_gone(self, fields: Mapping[str, str]) -> bool:
+        """Whether the input file is gone (deleted as the batch was made, or expired): the
+        batch then fails saying so."""
+        if await self._store.file(fields["input_file_id"], fields["tenant"]) is not None:
+            return False
+        why = f"the input file {fields['input_file_id']} was deleted or has expired"
+        await self._fail(fields["id"], [_error("missing_input_file", why, None)])
+        return True
 
     async def _fail(self, batch_id: str, errors: list[dict[str, object]]) -> None:
         """A batch that cannot run: failed, with (the first MAX_ERRORS of) its errors."""

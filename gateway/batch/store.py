@@ -22,11 +22,15 @@ MAX_FILE_LINES = 50_000
 PAGE = 64
 """Lines read or written per Redis call: a line may be up to ~450 kB."""
 
-# A line's outcome, written once: into `output` or `errors`, unless it has one (0) or the
-# reply is to an attempt already sent again (0), or not this batch's line (-1). A retry
+# A line's outcome, written once: into `output` or `errors`, unless it has one (0), the
+# reply is to an attempt already sent again (0) or the batch has ended (0: a reply after its
+# end, or to a line of an output file since deleted), or not this batch's line (-1). A retry
 # (kind "retry") moves the line to its next attempt and into `retry` at ARGV[7].
 RECORD = """
 if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[3] then return -1 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'completed' or status == 'failed' or status == 'expired' or status == 'cancelled'
+then return 0 end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 0 then return -1 end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1
 then return 0 end

@@ -156,6 +156,10 @@ def test_a_paced_batch_runs_to_completion_each_line_once(redis_port: int) -> Non
         await store.delete_file(output)  # its lines are the batch's: they go too
         assert await store.file(output["id"], TENANT) is None
         assert not await client.exists(batch_keys(batch_id)["output"])
+        # A reply read again after the batch's end (a redelivery) writes nothing back.
+        assert await _reply(store, _answer(recorder.sent[0]), expires) == [0]
+        assert not await client.exists(batch_keys(batch_id)["output"])
+        assert (await store.batch(batch_id) or {}).get("completed") == "12"
 
     run_async(redis_port, body)
 

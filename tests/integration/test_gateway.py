@@ -90,7 +90,7 @@ def test_a_completion_through_the_openai_sdk(sdk: OpenAI, door: str) -> None:
     assert answer.choices[0].message.role == "assistant" and answer.choices[0].message.content
     assert answer.usage is not None and 0 < answer.usage.completion_tokens <= 12
     details = answer.usage.prompt_tokens_details  # vLLM's prefix-cache hits, as OpenAI's
-    assert details is not None and 0 <= (details.cached_tokens or 0) < answer.usage.prompt_tokens
+    assert details is not None and details.cached_tokens is not None
     extras = answer.model_extra or {}
     assert extras["llmq"]["cache"] == "none" and extras["llmq"]["model_used"] == MODEL
     cid = raw.headers["x-llmq-correlation-id"]

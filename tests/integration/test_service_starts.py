@@ -114,8 +114,7 @@ def test_a_taken_api_port_is_named_with_exit_code_2(
     """The front door binds its API port before it reaches Kafka or Redis (the Kafka here
     does not answer: it is never asked)."""
     dead = f"127.0.0.1:{free_block(1)}"
-    env = bare(LLMQ_API_PORT=str(taken), LLMQ_KAFKA_BOOTSTRAP=dead)
-    run = start("gateway", env | {"LLMQ_API_HOST": "127.0.0.1"})
+    run = start("gateway", bare(LLMQ_API_PORT=str(taken), LLMQ_KAFKA_BOOTSTRAP=dead))
     line = refusal(run)
     assert run.returncode == 2
     assert f"cannot listen on 127.0.0.1:{taken} (LLMQ_API_HOST, LLMQ_API_PORT)" in line
@@ -124,8 +123,9 @@ def test_a_taken_api_port_is_named_with_exit_code_2(
 def test_a_front_door_stopped_as_soon_as_it_is_ready_exits(
     stack: LocalStack, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """SIGTERM right after /healthz first says ready: its batch tasks are then in their first
-    Redis calls, whose cancel uvloop once swallowed mid-connect (the stop then hung)."""
+    """SIGTERM right after /healthz first says ready, while its batch tasks may still be in
+    their first Redis calls: uvloop once swallowed a cancel mid-connect and the stop hung
+    (the front door now runs on asyncio's loop)."""
     port = free_block(1)
     log = tmp_path / "gateway.log"
     with log.open("w") as out:

@@ -82,7 +82,7 @@ def chunk(text: str = "", finish: str | None = None, logprob: float | None = Non
     return b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
 
 
-def usage(prompt: int, completion: int, cached: int | None = None) -> bytes:
+def usage(prompt: int, completion: int, cached: object = None) -> bytes:
     counts: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
     if cached is not None:
         counts["prompt_tokens_details"] = {"cached_tokens": cached}
@@ -194,6 +194,17 @@ def test_usage_corrects_the_count_of_chunks() -> None:
         assert sum(s.new_tokens for s in steps) == 5
         assert steps[-1].finish_reason == "length"
         assert steps[-1].cached_tokens == 2, "the server's cached prompt tokens, when it says"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("cached", [-1, "3", 2.5])
+def test_a_cached_count_that_is_not_one_is_left_out(cached: object) -> None:
+    async def scenario() -> None:
+        reply = stream(chunk("Hi", finish="stop"), usage(3, 1, cached=cached))
+        async with running(reply) as (_, url):
+            steps = await collect(engine(url))
+        assert steps[-1].finish_reason == "stop" and steps[-1].cached_tokens is None
 
     asyncio.run(scenario())
 

@@ -234,8 +234,10 @@ def test_a_taken_port_is_a_refusal_to_fix_naming_its_settings() -> None:
     said = str(refused.value)
     assert said.startswith(f"cannot listen on 127.0.0.1:{port} (LLMQ_API_HOST, LLMQ_API_PORT): ")
     assert "Address already in use" in said
-    with listen("127.0.0.1", port, "LLMQ_API_PORT") as sock:  # free again: bound, not listening
+    with listen("127.0.0.1", port, "LLMQ_API_PORT") as sock:  # free again
         assert sock.getsockname() == ("127.0.0.1", port)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # it listens at once: a connection waits for the server in its backlog
 
 
 def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
