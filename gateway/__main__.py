@@ -35,8 +35,6 @@ def _serve() -> int:
     log.info("front door on http://%s (%s)", where, keys)
     config = uvicorn.Config(
         build(settings, catalog, policy),
-        host=settings.api_host,
-        port=settings.api_port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
         access_log=False,
@@ -45,7 +43,7 @@ def _serve() -> int:
         # (the batch runner at a stop: the front door then never exited).
         loop="asyncio",
     )
-    uvicorn.Server(config).run(sockets=[sock])  # bound before the lifespan connects anything
+    uvicorn.Server(config).run(sockets=[sock])  # its host and port: the socket's, not config's
     return 0
 
 
