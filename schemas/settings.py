@@ -4,7 +4,7 @@ securely, the model catalog, and what may be logged."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +58,11 @@ class ServiceSettings(BaseSettings):
     log_content: bool = False
     """Log prompts and answers (at DEBUG, through the `llmq.content` logger); otherwise no
     log line carries them (LLMQ_LOG_CONTENT)."""
+    prefix_cache_scope: Literal["tenant", "shared"] = "tenant"
+    """Whose cached prompt prefixes a request may reuse: its tenant's only (a worker's vLLM
+    engine salts each request's cache with its tenant, so no tenant can time another's
+    prompts, and the stream processor's prefix affinity groups work by tenant and prefix),
+    or every tenant's (LLMQ_PREFIX_CACHE_SCOPE)."""
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> Self:

@@ -29,14 +29,22 @@ SLACK = 1.25
 """A partition may take up to this many times an even share of the records counted."""
 
 
-def prefix_group(messages: Sequence[ChatMessage], chars: int) -> bytes | None:
+def prefix_group(
+    messages: Sequence[ChatMessage], chars: int, tenant: str | None = None
+) -> bytes | None:
     """A digest of the prompt's first `chars` characters (roles and contents, in order), or
     None when the prompt is no longer than that: nothing after a shared part to share it
-    with."""
+    with. With `tenant`, the group is that tenant's alone: engines that keep tenants'
+    cached prefixes apart reuse a prefix only within its tenant."""
     text = "".join(f"{message.role}\n{message.content}\n" for message in messages)
     if chars <= 0 or len(text) <= chars:
         return None
-    return hashlib.blake2b(text[:chars].encode(), digest_size=16).digest()
+    digest = hashlib.blake2b(digest_size=16)
+    if tenant is not None:
+        name = tenant.encode()
+        digest.update(len(name).to_bytes(4, "big") + name)
+    digest.update(text[:chars].encode())
+    return digest.digest()
 
 
 def ranked(group: bytes, partitions: int) -> list[int]:
@@ -78,11 +86,17 @@ class Balance:
 
 class PrefixAffinity:
     """Chooses each work record's partition: by its prompt's prefix group when the prompt is
-    longer than `chars`, by its fingerprint otherwise, within each topic's Balance."""
+    longer than `chars`, by its fingerprint otherwise, within each topic's Balance. With
+    `by_tenant` (engines salt their prefix caches per tenant), each tenant's records of a
+    prefix are a group of their own: one tenant's records gain nothing from another's
+    partition, and many tenants sending one prefix spread over the pool."""
 
-    def __init__(self, chars: int, partitions: Callable[[str], Awaitable[int]]) -> None:
+    def __init__(
+        self, chars: int, partitions: Callable[[str], Awaitable[int]], *, by_tenant: bool
+    ) -> None:
         self._chars = chars
         self._partitions = partitions
+        self._by_tenant = by_tenant
         self._balances: dict[str, Balance] = {}
 
     async def partition(self, topic: str, item: WorkItem) -> int:
@@ -91,5 +105,6 @@ class PrefixAffinity:
         balance = self._balances.get(topic)
         if balance is None or balance.partitions != count:
             balance = self._balances[topic] = Balance(count)
-        group = prefix_group(item.request.body.messages, self._chars)
+        tenant = item.request.tenant if self._by_tenant else None
+        group = prefix_group(item.request.body.messages, self._chars, tenant)
         return balance.place(ranked(group or item.fingerprint.encode(), count))

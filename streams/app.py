@@ -151,7 +151,8 @@ def build(settings: StreamSettings) -> faust.App:
     meter = Meter(gate, CostRollups(redis))
     answered: list[Answered] = [Savings(catalog, send), ExperimentStats(redis)]
     affinity = settings.prefix_affinity_chars
-    placer = PrefixAffinity(affinity, send.partitions) if affinity else None
+    by_tenant = settings.prefix_cache_scope == "tenant"
+    placer = PrefixAffinity(affinity, send.partitions, by_tenant=by_tenant) if affinity else None
     outbox = Outbox(store, send, ledger=gate, answered=answered, placer=placer)
     # The coalescing state: changelog-backed, co-partitioned with llmq.requests.keyed and
     # llmq.completions (all keyed by fingerprint, all with `partitions` partitions).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
 from pydantic import Field, model_validator
 
@@ -39,10 +39,6 @@ class WorkerSettings(ServiceSettings):
     session group where it leads its session, so that other services go before it
     (workers/nice.py); 0 leaves both (LLMQ_ENGINE_NICE). A GPU engine is left alone: its
     CPU work feeds the GPU."""
-    prefix_cache_scope: Literal["tenant", "shared"] = "tenant"
-    """Whose cached prompt prefixes a request of the vLLM engine may reuse: its tenant's
-    only (vLLM's cache_salt: no tenant can time another's prompts), or every tenant's
-    (LLMQ_PREFIX_CACHE_SCOPE)."""
     commit_interval_s: float = Field(default=1.0, gt=0, le=60)
     """How often finished offsets are committed (LLMQ_COMMIT_INTERVAL_S)."""
     drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)

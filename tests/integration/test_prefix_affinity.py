@@ -11,11 +11,12 @@ from kafka import KafkaConsumer, TopicPartition
 
 from llmq.client import Client
 from schemas.catalog import Catalog
-from schemas.names import work_topics
-from schemas.request import CacheMode
+from schemas.lanes import Lane
+from schemas.names import work_topic, work_topics
+from schemas.request import CacheMode, ChatMessage
 from schemas.settings import ServiceSettings
 from schemas.work import WorkItem
-from streams.affinity import DEFAULT_PREFIX_CHARS
+from streams.affinity import DEFAULT_PREFIX_CHARS, prefix_group, ranked
 from tests.integration.helpers import Record, collect
 
 pytestmark = pytest.mark.integration
@@ -57,25 +58,61 @@ def _ours(records: list[Record], wanted: set[str]) -> dict[str, int]:
     return found
 
 
+def _partition_count(settings: ServiceSettings) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        return len(consumer.partitions_for_topic(work_topic(MODEL, Lane.STANDARD)) or ())
+    finally:
+        consumer.close()
+
+
+def _preferred(tenant: str | None, partitions: int) -> list[int]:
+    """The two partitions MANUAL's prefix group prefers: `tenant`'s, or every tenant's."""
+    chat = [ChatMessage(role="system", content=MANUAL), ChatMessage(role="user", content="?")]
+    group = prefix_group(chat, DEFAULT_PREFIX_CHARS, tenant)
+    assert group is not None
+    return ranked(group, partitions)[:2]
+
+
+def _tenants_apart(partitions: int) -> list[str]:
+    """Four tenants (fixed names, so fixed hashes) whose groups of MANUAL prefer neither of
+    the partitions its tenant-less group prefers: their work lands elsewhere only when the
+    stream processor puts the tenant in the group."""
+    shared = set(_preferred(None, partitions))
+    names = (f"shop-{n}" for n in range(1_000))
+    apart = [name for name in names if not shared & set(_preferred(name, partitions))][:4]
+    assert len(apart) == 4, f"{partitions} partitions leave no two apart"
+    return apart
+
+
 def test_work_sharing_a_long_prompt_prefix_lands_on_one_partition(
     client: Client, service_settings: ServiceSettings
 ) -> None:
     assert len(MANUAL) > DEFAULT_PREFIX_CHARS
     tag = uuid.uuid4().hex[:8]
 
-    def submit(system: str, question: str) -> str:
+    def submit(system: str, question: str, tenant: str | None = None) -> str:
         chat = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-        return client.submit(chat, max_tokens=1, temperature=0.0, cache=CacheMode.OFF)
+        return client.submit(
+            chat, tenant=tenant, max_tokens=1, temperature=0.0, cache=CacheMode.OFF
+        )
 
     shared = [submit(MANUAL, f"Question {n} ({tag})?") for n in range(8)]
     alone = [submit(f"Manual {n} ({tag}). {MANUAL}", "What pressure?") for n in range(16)]
-    for cid in shared + alone:
+    # The same prefix from tenants of its own (LLMQ_PREFIX_CACHE_SCOPE=tenant), each of whose
+    # groups prefers two partitions other than the two the tenant-less group prefers.
+    count = _partition_count(service_settings)
+    apart = _tenants_apart(count)
+    tenants = [submit(MANUAL, f"Question ({tag})?", tenant) for tenant in apart]
+    for cid in shared + alone + tenants:
         assert client.result(cid, timeout=300).status == "ok"
 
-    placed = _partitions(service_settings, set(shared + alone))
+    placed = _partitions(service_settings, set(shared + alone + tenants))
 
     assert len({placed[cid] for cid in shared}) <= 2  # one, or its second when the first is full
     assert len({placed[cid] for cid in alone}) >= 3
+    for cid, tenant in zip(tenants, apart, strict=True):
+        assert placed[cid] in _preferred(tenant, count)  # with no tenant in the group: not
 
 
 def test_a_tenant_reuses_only_the_prefixes_its_own_requests_left(client: Client) -> None:

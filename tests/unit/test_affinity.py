@@ -32,11 +32,11 @@ def _messages(question: str, system: str = SYSTEM) -> list[ChatMessage]:
     return [ChatMessage(role="system", content=system), ChatMessage(role="user", content=question)]
 
 
-def _work(question: str, system: str = SYSTEM) -> WorkItem:
+def _work(question: str, system: str = SYSTEM, tenant: str = "acme") -> WorkItem:
     request = InferenceRequest.model_validate(
         {
             "correlation_id": "req-1",
-            "tenant": "acme",
+            "tenant": tenant,
             "body": {"messages": [m.model_dump() for m in _messages(question, system)]},
         }
     )
@@ -70,6 +70,30 @@ def test_roles_are_part_of_the_prefix() -> None:
     as_user = [ChatMessage(role="user", content=SYSTEM)]
     as_system = [ChatMessage(role="system", content=SYSTEM)]
     assert prefix_group(as_user, 512) != prefix_group(as_system, 512)
+
+
+def test_a_tenant_scoped_group_is_one_tenants_alone() -> None:
+    messages = _messages("How do I fix a flat tyre?")
+    acme, globex = (prefix_group(messages, 512, tenant) for tenant in ("acme", "globex"))
+    assert acme is not None and globex is not None and acme != globex
+    assert acme == prefix_group(_messages("Which chain fits a 7-speed?"), 512, "acme")
+    assert prefix_group(messages, 512) not in (acme, globex)
+    assert prefix_group(_messages("Hi", system="Be brief."), 512, "acme") is None
+
+
+def test_tenants_sharing_a_prefix_spread_when_their_caches_are_apart() -> None:
+    async def place(items: list[WorkItem], *, by_tenant: bool) -> list[int]:
+        affinity = PrefixAffinity(DEFAULT_PREFIX_CHARS, _four, by_tenant=by_tenant)
+        return [await affinity.partition(TOPIC, item) for item in items]
+
+    tenants = [f"tenant-{n}" for n in range(8)]
+    items = [_work("How do I fix a flat tyre?", tenant=tenant) for tenant in tenants]
+    apart = asyncio.run(place(items, by_tenant=True))
+    assert apart == [ranked(prefix_group(_messages("x"), 512, t) or b"", 4)[0] for t in tenants]
+    assert len(set(apart)) > 1
+    assert len(set(asyncio.run(place(items, by_tenant=False)))) == 1
+    one_tenant = [_work(f"question {n}", tenant="tenant-3") for n in range(8)]
+    assert set(asyncio.run(place(one_tenant, by_tenant=True))) == {apart[3]}
 
 
 def test_each_group_ranks_every_partition_once_and_groups_spread_over_them() -> None:
@@ -120,7 +144,7 @@ def test_a_group_with_an_eighth_of_the_traffic_keeps_to_its_first_two_partitions
 
 def test_records_sharing_a_prefix_go_to_one_partition_others_by_fingerprint() -> None:
     async def place(items: list[WorkItem]) -> list[int]:
-        affinity = PrefixAffinity(DEFAULT_PREFIX_CHARS, _four)
+        affinity = PrefixAffinity(DEFAULT_PREFIX_CHARS, _four, by_tenant=False)
         return [await affinity.partition(TOPIC, item) for item in items]
 
     shared = [_work(f"question {n}") for n in range(int(SLACK * FLOOR_PER_PARTITION))]
@@ -136,7 +160,9 @@ def test_the_outbox_publishes_work_to_the_placers_partition() -> None:
 
     async def main() -> tuple[FakeSend, FakeSend]:
         placed, unplaced = FakeSend(), FakeSend()
-        await Outbox(FakeStore(), placed, placer=PrefixAffinity(512, _four)).work(work)
+        await Outbox(FakeStore(), placed, placer=PrefixAffinity(512, _four, by_tenant=False)).work(
+            work
+        )
         await Outbox(FakeStore(), unplaced).work(work)
         return placed, unplaced
 
