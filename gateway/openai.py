@@ -291,13 +291,12 @@ class Chunks:
     def content(
         self, text: str, logprobs: list[TokenLogprob] | None = None, index: int = 0
     ) -> dict[str, Any]:
-        chunk = self._chunk({"content": text}, None, index)
-        if logprobs is not None:
-            chunk["choices"][0]["logprobs"] = ChoiceLogprobs(content=logprobs).model_dump()
-        return chunk
+        return self._chunk({"content": text}, None, index, logprobs)
 
-    def finish(self, reason: str, index: int = 0) -> dict[str, Any]:
-        return self._chunk({}, reason, index)
+    def finish(
+        self, reason: str, logprobs: list[TokenLogprob] | None = None, index: int = 0
+    ) -> dict[str, Any]:
+        return self._chunk({}, reason, index, logprobs)
 
     def usage(self, usage: Usage | None) -> dict[str, Any]:
         return {
@@ -307,9 +306,19 @@ class Chunks:
         }
 
     def _chunk(
-        self, delta: dict[str, Any], finish_reason: str | None, index: int
+        self,
+        delta: dict[str, Any],
+        finish_reason: str | None,
+        index: int,
+        logprobs: list[TokenLogprob] | None = None,
     ) -> dict[str, Any]:
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        entries = None if logprobs is None else ChoiceLogprobs(content=logprobs).model_dump()
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": entries,
+            "finish_reason": finish_reason,
+        }
         body = {**self._head(), "choices": [choice]}
         if self.include_usage:
             body["usage"] = None

@@ -10,7 +10,7 @@ from typing import Any
 from gateway.openai import Chunks, error_body, summed
 from llmq.streaming import Delta
 from schemas.errors import ErrorCode, LlmqError
-from schemas.result import Usage
+from schemas.result import TokenLogprob, Usage
 
 END = ":end"
 """The suffix of the last events' ids: a client that resumes after them gets [DONE] only."""
@@ -25,8 +25,10 @@ def events(
 ) -> AsyncGenerator[str]:
     """The events of an answer from its `first` piece on. Each content event's id is the
     count of characters sent so far, so a client that loses the stream resumes there
-    (GET /v1/results/{id}/stream with Last-Event-ID). An error after the first piece is an
-    error event. A client that leaves before the end calls `on_abandon`."""
+    (GET /v1/results/{id}/stream with Last-Event-ID); a piece without text sends no event
+    of its own (its logprobs go with the next, or with the finish), so no id repeats. An
+    error after the first piece is an error event. A client that leaves before the end
+    calls `on_abandon`."""
     answer = _answer(chunks, first, pieces)
     return _guarded(answer, [] if pieces is None else [pieces], on_abandon)
 
@@ -81,12 +83,18 @@ async def _answer(
 ) -> AsyncGenerator[str]:
     if first is not None and first.offset == 0:
         yield event("0", chunks.role())
+    held: list[TokenLogprob] = []  # entries of tokens whose text has not come yet
     async for piece in _until_finished(first, pieces):
         sent = piece.offset + len(piece.text)
-        if piece.text or piece.logprobs:
-            yield event(str(sent), chunks.content(piece.text, piece.logprobs))
+        if not piece.text:
+            held += piece.logprobs or []
+        elif held or piece.logprobs is not None:
+            yield event(str(sent), chunks.content(piece.text, held + (piece.logprobs or [])))
+            held = []
+        else:
+            yield event(str(sent), chunks.content(piece.text))
         if piece.finish_reason is not None:
-            yield event(f"{sent}{END}", chunks.finish(piece.finish_reason))
+            yield event(f"{sent}{END}", chunks.finish(piece.finish_reason, held or None))
             if chunks.include_usage:
                 yield event(f"{sent}{END}", chunks.usage(piece.usage))
     yield DONE
@@ -107,7 +115,7 @@ async def _interleaved(
             if piece.text or piece.logprobs:
                 yield data(chunks.content(piece.text, piece.logprobs, index))
             if piece.finish_reason is not None:
-                yield data(chunks.finish(piece.finish_reason, index))
+                yield data(chunks.finish(piece.finish_reason, index=index))
                 usages += [] if piece.usage is None else [piece.usage]
     finally:
         await merged.aclose()  # its pumps stop before the streams they read are closed

@@ -35,7 +35,9 @@ class DeltaPolicy:
 class DeltaStream:
     """Collects one generation's steps and publishes them as TokenDelta records: the first
     token at once (time to first token), then every interval or so many tokens
-    (DeltaPolicy), so a stream costs a few records a second, not one per token.
+    (DeltaPolicy), so a stream costs a few records a second, not one per token. Every record
+    but the last adds text (tokens whose text is held back go with the next that has some),
+    so the characters sent, a resumable stream's event ids, grow with each record.
 
     Deltas are a preview: the final result stays the truth, so a record the broker does not
     take is logged and the generation goes on.
@@ -92,8 +94,9 @@ class DeltaStream:
     async def _flush(
         self, now: float, finish_reason: str | None = None, usage: Usage | None = None
     ) -> None:
-        if not self._text and finish_reason is None:
-            return
+        text = "".join(self._text)
+        if not text and finish_reason is None:
+            return  # the detokenizer holds these tokens' text back: they wait for it
         if self._claim is not None:
             claim, self._claim = self._claim, None
             self._open = await claim(self._request.tenant, self._request.correlation_id)
@@ -104,7 +107,7 @@ class DeltaStream:
             tenant=self._request.tenant,
             generation=self._generation,
             seq=self._seq,
-            text="".join(self._text),
+            text=text,
             tokens=self._tokens,
             logprobs=self._logprobs,
             finish_reason=finish_reason,

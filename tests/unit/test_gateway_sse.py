@@ -1,5 +1,6 @@
-"""Several choices streamed as one response: each chunk names its choice, the usage comes
-summed at the end, and an error in any choice ends the stream with an error event."""
+"""Streamed answers as events: several choices as one response (each chunk names its choice,
+the usage comes summed at the end, an error in any choice ends the stream with an error
+event), and one answer's event ids."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from gateway import sse
 from gateway.openai import Chunks
 from llmq.streaming import Delta
 from schemas.errors import ErrorCode, LlmqError
-from schemas.result import Usage
+from schemas.result import TokenLogprob, Usage
 
 
 def _usage(completion_tokens: int) -> Usage:
@@ -139,3 +140,35 @@ def test_a_client_that_leaves_is_told_at_once() -> None:
         chunks, [Delta("a", 0)] * 2, [endless(), endless()], lambda: left.append(True)
     )
     asyncio.run(main(many))
+
+
+def _entry(token: str) -> TokenLogprob:
+    return TokenLogprob(token=token, logprob=-1.0)
+
+
+def test_a_piece_without_text_sends_no_event_of_its_own_so_no_event_id_repeats() -> None:
+    """Tokens whose text is held back (a character split over tokens) bring logprobs and
+    no text: their entries go with the next event that has text, or with the finish."""
+    chunks = Chunks("c1", 7, "m", include_usage=False)
+    first = Delta("a", 0, logprobs=[_entry("a")])
+    pieces = _pieces(
+        Delta("", 1, logprobs=[_entry("\ufffd")]),
+        Delta("é", 1, logprobs=[_entry("é")]),
+        Delta("", 2, "length", _usage(4), logprobs=[_entry("\ufffd")]),
+    )
+
+    async def main() -> list[str]:
+        return [e async for e in sse.events(chunks, first, pieces)]
+
+    events = asyncio.run(main())
+    ids = [e.split("\n", 1)[0] for e in events[:-1]]
+    assert ids == ["id: 0", "id: 1", "id: 2", "id: 2:end"]
+    read = [
+        ChatCompletionChunk.model_validate(json.loads(e.split("data: ", 1)[1])) for e in events[:-1]
+    ]
+    entries = [
+        [t.token for t in (c.choices[0].logprobs and c.choices[0].logprobs.content) or ()]
+        for c in read
+    ]
+    assert entries == [[], ["a"], ["\ufffd", "é"], ["\ufffd"]]
+    assert read[-1].choices[0].finish_reason == "length"

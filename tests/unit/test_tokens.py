@@ -26,6 +26,14 @@ WORK = WorkItem(
     fingerprint="0" * 64,
     route=Route(requested="m", chain=["m"]),
 )
+LOGPROBS = WORK.model_copy(
+    update={
+        "request": WORK.request.model_copy(
+            update={"body": WORK.request.body.model_copy(update={"logprobs": True})}
+        )
+    }
+)
+"""A request that asks for logprobs."""
 USAGE = Usage(prompt_tokens=2, completion_tokens=5, total_tokens=7)
 
 
@@ -82,9 +90,7 @@ def test_each_piece_carries_its_own_tokens_logprobs_when_asked() -> None:
             await stream.add(step(text))
         await stream.finish("stop", USAGE)
 
-    body = WORK.request.body.model_copy(update={"logprobs": True})
-    request = WORK.request.model_copy(update={"body": body})
-    asyncio.run(main(WORK.model_copy(update={"request": request})))
+    asyncio.run(main(LOGPROBS))
     assert [[(t.token, t.logprob) for t in d.logprobs or ()] for d in sent] == [
         [("a", -1)],
         [("bb", -2), ("ccc", -3)],
@@ -93,6 +99,33 @@ def test_each_piece_carries_its_own_tokens_logprobs_when_asked() -> None:
     sent.clear()
     asyncio.run(main(WORK))  # not asked: the engine's logprobs (a cascade's) stay out
     assert sent and all(d.logprobs is None for d in sent)
+
+
+def test_tokens_whose_text_is_held_back_wait_for_the_next_record_with_text() -> None:
+    """A character split over tokens: the detokenizer gives their text with the last one.
+    Every record but the last adds text, so a stream's event ids (characters) never repeat."""
+    broker = _Broker()
+
+    def step(text: str, token: str) -> EngineStep:
+        return EngineStep(text, 1, 2, logprobs=[TokenLogprob(token=token, logprob=-1.0)])
+
+    async def main() -> None:
+        stream = DeltaStream(broker.send, LOGPROBS, "g1", DeltaPolicy(interval_s=0, max_tokens=1))
+        for text, token in (("", "\ufffd"), ("é", "é"), ("a", "a"), ("", "\ufffd")):
+            await stream.add(step(text, token))
+        await stream.finish("length", USAGE)
+
+    asyncio.run(main())
+    assert [(d.seq, d.text, d.tokens) for d in broker.sent] == [
+        (0, "é", 2),
+        (1, "a", 1),
+        (2, "", 1),
+    ]
+    assert [[t.token for t in d.logprobs or ()] for d in broker.sent] == [
+        ["\ufffd", "é"],
+        ["a"],
+        ["\ufffd"],
+    ]
 
 
 def test_a_broker_that_refuses_pieces_does_not_fail_the_generation(
