@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import make_asgi_app
 
@@ -21,6 +22,9 @@ from schemas.redact import explain
 from schemas.tenants import TenantPolicy
 
 log = logging.getLogger(__name__)
+
+SERVED = "/v1/chat/completions, /v1/models, /v1/files, /v1/batches and /v1/results"
+"""The OpenAI-shaped paths the front door serves, named when a client asks for another."""
 
 
 def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> FastAPI:
@@ -39,6 +43,9 @@ def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> 
     app.state.door = door
     app.mount("/metrics", make_asgi_app())
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    for status in (404, 405):  # the router's own: a status's handler takes them
+        app.add_exception_handler(status, _not_routed)
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _failed)
     app.include_router(router)
     app.include_router(batch_router)
@@ -47,6 +54,28 @@ def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> 
 
 async def _api_error(_: Request, exc: ApiError) -> Response:
     return JSONResponse(exc.body, exc.status, headers=exc.headers)
+
+
+async def _not_routed(request: Request, exc: Exception) -> Response:
+    """The router's own refusals in OpenAI's shape: a path no route serves (an OpenAI
+    endpoint llmq does not offer), 404, or a method its route does not take, 405."""
+    where = f"{request.method} {request.url.path}"
+    headers: dict[str, str] = getattr(exc, "headers", None) or {}
+    if "Allow" in headers:
+        status = 405
+        message = f"{where} is not served: {request.url.path} takes {headers['Allow']}"
+    else:
+        status = 404
+        message = f"the front door serves no {where}; it serves {SERVED}"
+    _, body = error_body(ErrorCode.INVALID_REQUEST, message, status)
+    return JSONResponse(body, status, headers=headers)
+
+
+async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+    """A query parameter of the wrong type: 400 in OpenAI's shape, without the value."""
+    parts = [f"{err['loc'][-1]} ({err['loc'][0]}): {err['msg']}" for err in exc.errors()]
+    status, body = error_body(ErrorCode.INVALID_REQUEST, "; ".join(parts))
+    return JSONResponse(body, status)
 
 
 async def _failed(_: Request, exc: Exception) -> Response:

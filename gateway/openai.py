@@ -88,7 +88,12 @@ STATUS = {
     ErrorCode.CANCELLED: 499,
 }
 """HTTP status of each error: the ones the OpenAI SDK maps to its exceptions."""
-TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error"}
+TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+}
 
 
 @dataclass(frozen=True)
