@@ -137,10 +137,13 @@ def read_call(
     catalog: Catalog,
     timeout_s: float,
 ) -> Call:
-    """The request an HTTP body asks for; LlmqError (400, 404) saying what is wrong. Its lane:
-    the body's `lane`, else `lane` (a header's), else its service_tier's, else the default."""
+    """The request an HTTP body asks for; LlmqError (400, 404) saying what is wrong. A field
+    that is null is not given (OpenAI's optional fields are nullable; clients send nulls).
+    Its lane: the body's `lane`, else `lane` (a header's), else its service_tier's, else
+    the default."""
     if not isinstance(data, dict):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    data = {k: v for k, v in data.items() if v is not None}  # null: not given, as OpenAI reads it
     n = _check_fields(data)
     tier = _tier_lane(data)
     model = data.get("model") or catalog.default

@@ -84,6 +84,9 @@ def test_a_completion_through_the_openai_sdk(sdk: OpenAI, door: str) -> None:
         messages=[{"role": "user", "content": unique_prompt("What is the capital of France?")}],
         max_tokens=12,
         temperature=0,
+        top_p=None,  # the SDK sends an explicit None as null, as apps pass unset options
+        seed=None,
+        presence_penalty=None,
     )
     answer = raw.parse()
     assert answer.object == "chat.completion" and answer.model == MODEL

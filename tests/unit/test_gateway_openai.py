@@ -149,6 +149,43 @@ def test_n_answers_are_one_completion_with_their_usage_summed() -> None:
     ]
 
 
+def test_a_null_field_is_one_not_given() -> None:
+    """OpenAI's optional fields are nullable, and clients send nulls for what they leave
+    unset (the SDK does for an explicit None): tools too, when there are none."""
+    nullable = [
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "top_logprobs",
+        "logit_bias",
+        "stream",
+        "stream_options",
+        "n",
+        "response_format",
+        "ignore_eos",
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+        "audio",
+        "prediction",
+        "reasoning_effort",
+        "web_search_options",
+        "service_tier",
+        "user",
+        "metadata",
+    ]
+    call = _read(**dict.fromkeys(nullable))
+    assert call.request.body == _read().request.body and call.n == 1
+    assert "tools" in _refused(ErrorCode.UNSUPPORTED, tools=[])
+
+
 def test_fields_of_openais_own_services_are_accepted_and_ignored() -> None:
     plain = _read().request
     call = _read(
