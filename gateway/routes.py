@@ -181,8 +181,16 @@ async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
     if results is None:
         _abandon(door, call)
         return Response(status_code=499)
-    headers = {"X-Llmq-Correlation-Id": call.request.correlation_id}
-    return JSONResponse(completion_of(results), headers=headers)
+    return JSONResponse(completion_of(results), headers=_ids(call))
+
+
+def _ids(call: Call) -> dict[str, str]:
+    """The request's correlation id as headers: llmq's, and OpenAI's X-Request-Id, which the
+    SDK keeps as `answer._request_id` (GET /v1/results/{id} finds the result by it)."""
+    return {
+        "X-Llmq-Correlation-Id": call.request.correlation_id,
+        "X-Request-Id": call.request.correlation_id,
+    }
 
 
 async def _results(door: FrontDoor, call: Call, wait_s: float) -> list[InferenceResult]:
@@ -227,7 +235,7 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
         events = sse.events(chunks, first[0], streams[0], partial(_abandon, door, call))
     else:  # such a stream does not resume: no grace
         events = sse.choices(chunks, first, streams, partial(_abandon, door, call, grace=False))
-    headers = {**SSE_HEADERS, "X-Llmq-Correlation-Id": call.request.correlation_id}
+    headers = {**SSE_HEADERS, **_ids(call)}
     return StreamingResponse(
         _timed(events, started), media_type="text/event-stream", headers=headers
     )

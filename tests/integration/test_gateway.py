@@ -97,7 +97,7 @@ def test_a_completion_through_the_openai_sdk(sdk: OpenAI, door: str) -> None:
     extras = answer.model_extra or {}
     assert extras["llmq"]["cache"] == "none" and extras["llmq"]["model_used"] == MODEL
     cid = raw.headers["x-llmq-correlation-id"]
-    assert answer.id == f"chatcmpl-{cid}"
+    assert answer.id == f"chatcmpl-{cid}" and answer._request_id == cid
     assert stored_result(door, cid).text == answer.choices[0].message.content
 
 
