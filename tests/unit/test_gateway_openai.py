@@ -8,7 +8,16 @@ import pytest
 from openai.types.chat import ChatCompletion as ChatCompletionObject
 from openai.types.chat import ChatCompletionChunk
 
-from gateway.openai import Chunks, completion_of, error_body, read_call, retry_after
+from gateway.openai import (
+    IGNORED,
+    PASSED,
+    READ_HERE,
+    Chunks,
+    completion_of,
+    error_body,
+    read_call,
+    retry_after,
+)
 from gateway.settings import GatewaySettings
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
@@ -152,35 +161,8 @@ def test_n_answers_are_one_completion_with_their_usage_summed() -> None:
 def test_a_null_field_is_one_not_given() -> None:
     """OpenAI's optional fields are nullable, and clients send nulls for what they leave
     unset (the SDK does for an explicit None): tools too, when there are none."""
-    nullable = [
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "stop",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "logprobs",
-        "top_logprobs",
-        "logit_bias",
-        "stream",
-        "stream_options",
-        "n",
-        "response_format",
-        "ignore_eos",
-        "tools",
-        "tool_choice",
-        "functions",
-        "function_call",
-        "audio",
-        "prediction",
-        "reasoning_effort",
-        "web_search_options",
-        "service_tier",
-        "user",
-        "metadata",
-    ]
+    served = (PASSED | READ_HERE | set(IGNORED)) - {"messages"}
+    nullable = served | {"tools", "tool_choice", "functions", "audio", "prediction", "verbosity"}
     call = _read(**dict.fromkeys(nullable))
     assert call.request.body == _read().request.body and call.n == 1
     assert "tools" in _refused(ErrorCode.UNSUPPORTED, tools=[])
