@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import make_asgi_app
 
 from gateway.batch.routes import router as batch_router
@@ -58,21 +59,23 @@ async def _api_error(_: Request, exc: ApiError) -> Response:
 
 async def _not_routed(request: Request, exc: Exception) -> Response:
     """The router's own refusals in OpenAI's shape: a path no route serves (an OpenAI
-    endpoint llmq does not offer), 404, or a method its route does not take, 405."""
+    endpoint llmq does not offer), 404, or a method its routes do not take, 405."""
+    status: int = getattr(exc, "status_code", 404)
     where = f"{request.method} {request.url.path}"
-    headers: dict[str, str] = getattr(exc, "headers", None) or {}
-    if "Allow" in headers:
-        status = 405
-        message = f"{where} is not served: {request.url.path} takes {headers['Allow']}"
-    else:
-        status = 404
-        message = f"the front door serves no {where}; it serves {SERVED}"
+    message, headers = f"the front door serves no {where}; it serves {SERVED}", {}
+    if status == 405:
+        path = request.url.path
+        routes = [r for r in request.app.routes if isinstance(r, APIRoute)]
+        taken = sorted({m for r in routes if r.path_regex.match(path) for m in r.methods})
+        headers = {"Allow": ", ".join(taken)}
+        message = f"{where} is not served: {path} takes {headers['Allow']}"
     _, body = error_body(ErrorCode.INVALID_REQUEST, message, status)
     return JSONResponse(body, status, headers=headers)
 
 
 async def _invalid(_: Request, exc: RequestValidationError) -> Response:
-    """A query parameter of the wrong type: 400 in OpenAI's shape, without the value."""
+    """A parameter that does not validate (a query's type, a missing form field): 400 in
+    OpenAI's shape, without the value."""
     parts = [f"{err['loc'][-1]} ({err['loc'][0]}): {err['msg']}" for err in exc.errors()]
     status, body = error_body(ErrorCode.INVALID_REQUEST, "; ".join(parts))
     return JSONResponse(body, status)

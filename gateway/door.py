@@ -25,10 +25,12 @@ from schemas.tenants import TenantPolicy
 class ApiError(Exception):
     """An HTTP error in OpenAI's shape."""
 
-    def __init__(self, error: LlmqError, status: int | None = None) -> None:
+    def __init__(
+        self, error: LlmqError, status: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(error.message)
         self.status, self.body = error_body(error.code, error.message, status)
-        self.headers = retry_after(error) if self.status == 429 else {}
+        self.headers = {**(retry_after(error) if self.status == 429 else {}), **(headers or {})}
 
 
 class FrontDoor:

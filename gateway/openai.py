@@ -189,13 +189,13 @@ def _check_fields(data: dict[str, Any]) -> int:
             ErrorCode.UNSUPPORTED,
             f"llmq serves plain chat completions; unsupported field(s): {', '.join(unknown)}",
         )
-    n = 1 if data.get("n") is None else data["n"]
+    n = data.get("n", 1)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N:
         raise LlmqError(ErrorCode.INVALID_REQUEST, f"n must be an integer from 1 to {MAX_N}")
     if data.get("modalities") not in (None, ["text"]):
         raise LlmqError(ErrorCode.UNSUPPORTED, 'llmq answers in text only: modalities ["text"]')
     for name, kind in IGNORED.items():
-        if name in data and data[name] is not None and not isinstance(data[name], kind):
+        if name in data and not isinstance(data[name], kind):
             raise LlmqError(ErrorCode.INVALID_REQUEST, f"{name} must be a {kind.__name__}")
     metadata = data.get("metadata") or {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):

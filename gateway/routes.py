@@ -174,10 +174,10 @@ async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
     try:
         results = await _unless_gone(request, _results(door, call, wait_s))
     except TimeoutError:
-        raise ApiError(LATE) from None
+        raise ApiError(LATE, headers=_ids(call)) from None
     except LlmqError as exc:
         _failed(door, call)
-        raise ApiError(exc) from None
+        raise ApiError(exc, headers=_ids(call)) from None
     if results is None:
         _abandon(door, call)
         return Response(status_code=499)
@@ -185,8 +185,9 @@ async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
 
 
 def _ids(call: Call) -> dict[str, str]:
-    """The request's correlation id as headers: llmq's, and OpenAI's X-Request-Id, which the
-    SDK keeps as `answer._request_id` (GET /v1/results/{id} finds the result by it)."""
+    """The request's correlation id as headers of its answer or error: llmq's, and OpenAI's
+    X-Request-Id, which the SDK keeps (`answer._request_id`, an error's `request_id`).
+    GET /v1/results/{id} finds its result by it; with n choices it is the first's."""
     return {
         "X-Llmq-Correlation-Id": call.request.correlation_id,
         "X-Request-Id": call.request.correlation_id,
@@ -225,7 +226,7 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
         for waiting in firsts:
             waiting.cancel()
         _failed(door, call)
-        raise ApiError(exc if isinstance(exc, LlmqError) else LATE) from None
+        raise ApiError(exc if isinstance(exc, LlmqError) else LATE, headers=_ids(call)) from None
     if first is None:
         _abandon(door, call, grace=call.n == 1)  # several choices' streams do not resume
         return Response(status_code=499)

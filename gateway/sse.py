@@ -83,18 +83,14 @@ async def _answer(
 ) -> AsyncGenerator[str]:
     if first is not None and first.offset == 0:
         yield event("0", chunks.role())
-    held: list[TokenLogprob] = []  # entries of tokens whose text has not come yet
+    held: list[TokenLogprob] = []
     async for piece in _until_finished(first, pieces):
         sent = piece.offset + len(piece.text)
-        if not piece.text:
-            held += piece.logprobs or []
-        elif held or piece.logprobs is not None:
-            yield event(str(sent), chunks.content(piece.text, held + (piece.logprobs or [])))
-            held = []
-        else:
-            yield event(str(sent), chunks.content(piece.text))
-        if piece.finish_reason is not None:
-            yield event(f"{sent}{END}", chunks.finish(piece.finish_reason, held or None))
+        content, finish = _bodies(chunks, piece, held)
+        if content is not None:
+            yield event(str(sent), content)
+        if finish is not None:
+            yield event(f"{sent}{END}", finish)
             if chunks.include_usage:
                 yield event(f"{sent}{END}", chunks.usage(piece.usage))
     yield DONE
@@ -108,20 +104,42 @@ async def _interleaved(
     for index in range(len(firsts)):
         yield data(chunks.role(index))
     usages: list[Usage] = []
+    held: list[list[TokenLogprob]] = [[] for _ in firsts]
     answers = [_until_finished(f, s) for f, s in zip(firsts, streams, strict=True)]
     merged = _merged(answers)
     try:
         async for index, piece in merged:
-            if piece.text or piece.logprobs:
-                yield data(chunks.content(piece.text, piece.logprobs, index))
-            if piece.finish_reason is not None:
-                yield data(chunks.finish(piece.finish_reason, index=index))
+            content, finish = _bodies(chunks, piece, held[index], index)
+            if content is not None:
+                yield data(content)
+            if finish is not None:
+                yield data(finish)
                 usages += [] if piece.usage is None else [piece.usage]
     finally:
         await merged.aclose()  # its pumps stop before the streams they read are closed
     if chunks.include_usage:
         yield data(chunks.usage(summed(usages)))
     yield DONE
+
+
+def _bodies(
+    chunks: Chunks, piece: Delta, held: list[TokenLogprob], index: int = 0
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """A piece's content chunk and finish chunk, None where it has none. A piece without
+    text has no content chunk: the logprobs of its tokens, whose text is yet to come, are
+    `held` for the next piece with text, or for the finish (so no event id repeats)."""
+    content = None
+    if not piece.text:
+        held += piece.logprobs or []
+    else:
+        own = piece.logprobs
+        logprobs = None if not held and own is None else [*held, *(own or [])]
+        content = chunks.content(piece.text, logprobs, index)
+        held.clear()
+    finish = None
+    if piece.finish_reason is not None:
+        finish = chunks.finish(piece.finish_reason, held or None, index)
+    return content, finish
 
 
 async def _until_finished(

@@ -86,17 +86,20 @@ class Balance:
 
 class PrefixAffinity:
     """Chooses each work record's partition: by its prompt's prefix group when the prompt is
-    longer than `chars`, by its fingerprint otherwise, within each topic's Balance. With
-    `by_tenant` (engines salt their prefix caches per tenant), each tenant's records of a
-    prefix are a group of their own: one tenant's records gain nothing from another's
-    partition, and many tenants sending one prefix spread over the pool."""
+    longer than `chars`, by its fingerprint otherwise, within each topic's Balance. For the
+    `salted` models (engines that keep each tenant's cached prefixes apart) each tenant's
+    records of a prefix are a group of their own: one tenant's records gain nothing from
+    another's partition, and many tenants sending one prefix spread over the pool."""
 
     def __init__(
-        self, chars: int, partitions: Callable[[str], Awaitable[int]], *, by_tenant: bool
+        self,
+        chars: int,
+        partitions: Callable[[str], Awaitable[int]],
+        salted: frozenset[str] = frozenset(),
     ) -> None:
         self._chars = chars
         self._partitions = partitions
-        self._by_tenant = by_tenant
+        self._salted = salted
         self._balances: dict[str, Balance] = {}
 
     async def partition(self, topic: str, item: WorkItem) -> int:
@@ -105,6 +108,6 @@ class PrefixAffinity:
         balance = self._balances.get(topic)
         if balance is None or balance.partitions != count:
             balance = self._balances[topic] = Balance(count)
-        tenant = item.request.tenant if self._by_tenant else None
+        tenant = item.request.tenant if item.model in self._salted else None
         group = prefix_group(item.request.body.messages, self._chars, tenant)
         return balance.place(ranked(group or item.fingerprint.encode(), count))

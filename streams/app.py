@@ -151,8 +151,10 @@ def build(settings: StreamSettings) -> faust.App:
     meter = Meter(gate, CostRollups(redis))
     answered: list[Answered] = [Savings(catalog, send), ExperimentStats(redis)]
     affinity = settings.prefix_affinity_chars
-    by_tenant = settings.prefix_cache_scope == "tenant"
-    placer = PrefixAffinity(affinity, send.partitions, by_tenant=by_tenant) if affinity else None
+    # The models whose engines salt their prefix cache per tenant (workers/__main__.py).
+    per_tenant = settings.prefix_cache_scope == "tenant"
+    salted = frozenset(m.name for m in catalog.models if per_tenant and m.engine == "vllm")
+    placer = PrefixAffinity(affinity, send.partitions, salted) if affinity else None
     outbox = Outbox(store, send, ledger=gate, answered=answered, placer=placer)
     # The coalescing state: changelog-backed, co-partitioned with llmq.requests.keyed and
     # llmq.completions (all keyed by fingerprint, all with `partitions` partitions).

@@ -208,6 +208,7 @@ def test_errors_reach_the_sdk_as_its_exceptions(
     with pytest.raises(openai.InternalServerError) as failed:
         sdk.chat.completions.create(model="dead-end", **ask)
     assert failed.value.status_code == 502 and failed.value.code == "engine_error"
+    assert failed.value.request_id == failed.value.response.headers["x-llmq-correlation-id"]
     with pytest.raises(openai.APIStatusError) as late:  # a 4 s deadline, 1500 tokens
         keyed["acme"].chat.completions.create(
             model=MODEL, **{**ask, "max_tokens": 1500}, extra_body={"ignore_eos": True}

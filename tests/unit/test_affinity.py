@@ -82,18 +82,18 @@ def test_a_tenant_scoped_group_is_one_tenants_alone() -> None:
 
 
 def test_tenants_sharing_a_prefix_spread_when_their_caches_are_apart() -> None:
-    async def place(items: list[WorkItem], *, by_tenant: bool) -> list[int]:
-        affinity = PrefixAffinity(DEFAULT_PREFIX_CHARS, _four, by_tenant=by_tenant)
+    async def place(items: list[WorkItem], salted: str) -> list[int]:
+        affinity = PrefixAffinity(DEFAULT_PREFIX_CHARS, _four, frozenset({salted}))
         return [await affinity.partition(TOPIC, item) for item in items]
 
     tenants = [f"tenant-{n}" for n in range(8)]
     items = [_work("How do I fix a flat tyre?", tenant=tenant) for tenant in tenants]
-    apart = asyncio.run(place(items, by_tenant=True))
+    apart = asyncio.run(place(items, salted="smollm2-135m"))
     assert apart == [ranked(prefix_group(_messages("x"), 512, t) or b"", 4)[0] for t in tenants]
     assert len(set(apart)) > 1
-    assert len(set(asyncio.run(place(items, by_tenant=False)))) == 1
+    assert len(set(asyncio.run(place(items, salted="a-remote-model")))) == 1  # one cache
     one_tenant = [_work(f"question {n}", tenant="tenant-3") for n in range(8)]
-    assert set(asyncio.run(place(one_tenant, by_tenant=True))) == {apart[3]}
+    assert set(asyncio.run(place(one_tenant, salted="smollm2-135m"))) == {apart[3]}
 
 
 def test_each_group_ranks_every_partition_once_and_groups_spread_over_them() -> None:
@@ -144,7 +144,7 @@ def test_a_group_with_an_eighth_of_the_traffic_keeps_to_its_first_two_partitions
 
 def test_records_sharing_a_prefix_go_to_one_partition_others_by_fingerprint() -> None:
     async def place(items: list[WorkItem]) -> list[int]:
-        affinity = PrefixAffinity(DEFAULT_PREFIX_CHARS, _four, by_tenant=False)
+        affinity = PrefixAffinity(DEFAULT_PREFIX_CHARS, _four)
         return [await affinity.partition(TOPIC, item) for item in items]
 
     shared = [_work(f"question {n}") for n in range(int(SLACK * FLOOR_PER_PARTITION))]
@@ -160,9 +160,7 @@ def test_the_outbox_publishes_work_to_the_placers_partition() -> None:
 
     async def main() -> tuple[FakeSend, FakeSend]:
         placed, unplaced = FakeSend(), FakeSend()
-        await Outbox(FakeStore(), placed, placer=PrefixAffinity(512, _four, by_tenant=False)).work(
-            work
-        )
+        await Outbox(FakeStore(), placed, placer=PrefixAffinity(512, _four)).work(work)
         await Outbox(FakeStore(), unplaced).work(work)
         return placed, unplaced
 

@@ -43,6 +43,12 @@ def test_a_method_a_route_does_not_take_names_the_one_it_does(door: TestClient) 
     )
 
 
+def test_a_405_names_every_method_the_path_takes(door: TestClient) -> None:
+    response = door.put("/v1/files/file-1")  # GET and DELETE: two routes of one path
+    assert response.status_code == 405 and response.headers["allow"] == "DELETE, GET"
+    assert _error(response.json())["message"].endswith("/v1/files/file-1 takes DELETE, GET")
+
+
 def test_a_query_parameter_of_the_wrong_type_is_a_400_without_its_value(
     door: TestClient,
 ) -> None:

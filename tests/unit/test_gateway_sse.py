@@ -172,3 +172,25 @@ def test_a_piece_without_text_sends_no_event_of_its_own_so_no_event_id_repeats()
     ]
     assert entries == [[], ["a"], ["\ufffd", "é"], ["\ufffd"]]
     assert read[-1].choices[0].finish_reason == "length"
+
+
+def test_each_choice_holds_its_own_text_less_logprobs_for_its_finish() -> None:
+    split = Delta("", 1, "length", _usage(2), logprobs=[_entry("\ufffd")])
+    events = _run(
+        [Delta("a", 0, logprobs=[_entry("a")]), Delta("b", 0, logprobs=[_entry("b")])],
+        [_pieces(split), _pieces(Delta("c", 1, "stop", _usage(2), logprobs=[_entry("c")]))],
+    )
+    read = [ChatCompletionChunk.model_validate(json.loads(e[6:])) for e in events[:-2]]
+    seen = {
+        (c.choices[0].index, c.choices[0].delta.content, c.choices[0].finish_reason): [
+            t.token for t in (c.choices[0].logprobs and c.choices[0].logprobs.content) or ()
+        ]
+        for c in read[2:]
+    }
+    assert seen == {
+        (0, "a", None): ["a"],
+        (1, "b", None): ["b"],
+        (0, None, "length"): ["\ufffd"],
+        (1, "c", None): ["c"],
+        (1, None, "stop"): [],
+    }
