@@ -11,13 +11,13 @@ from kafka import KafkaConsumer, TopicPartition
 
 from llmq.client import Client
 from schemas.catalog import Catalog
-from schemas.lanes import Lane
-from schemas.names import work_topic, work_topics
+from schemas.names import work_topics
 from schemas.request import CacheMode, ChatMessage
 from schemas.settings import ServiceSettings
 from schemas.work import WorkItem
 from streams.affinity import DEFAULT_PREFIX_CHARS, prefix_group, ranked
 from tests.integration.helpers import Record, collect
+from tools.stack.stack import LocalStack
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +58,6 @@ def _ours(records: list[Record], wanted: set[str]) -> dict[str, int]:
     return found
 
 
-def _partition_count(settings: ServiceSettings) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        return len(consumer.partitions_for_topic(work_topic(MODEL, Lane.STANDARD)) or ())
-    finally:
-        consumer.close()
-
-
 def _preferred(tenant: str | None, partitions: int) -> list[int]:
     """The two partitions MANUAL's prefix group prefers: `tenant`'s, or every tenant's."""
     chat = [ChatMessage(role="system", content=MANUAL), ChatMessage(role="user", content="?")]
@@ -81,13 +73,12 @@ def _tenants_apart(partitions: int) -> list[str]:
     shared = set(_preferred(None, partitions))
     names = (f"shop-{n}" for n in range(1_000))
     apart = [name for name in names if not shared & set(_preferred(name, partitions))][:4]
-    if len(apart) < 4:
-        pytest.skip(f"{partitions} partitions leave no two apart (LLMQ_PARTITIONS, 4 here)")
+    assert len(apart) == 4, f"the stack's {partitions} partitions leave no two apart"
     return apart
 
 
 def test_work_sharing_a_long_prompt_prefix_lands_on_one_partition(
-    client: Client, service_settings: ServiceSettings
+    client: Client, service_settings: ServiceSettings, stack: LocalStack
 ) -> None:
     assert len(MANUAL) > DEFAULT_PREFIX_CHARS
     tag = uuid.uuid4().hex[:8]
@@ -102,7 +93,7 @@ def test_work_sharing_a_long_prompt_prefix_lands_on_one_partition(
     alone = [submit(f"Manual {n} ({tag}). {MANUAL}", "What pressure?") for n in range(16)]
     # The same prefix from tenants of its own (LLMQ_PREFIX_CACHE_SCOPE=tenant), each of whose
     # groups prefers two partitions other than the two the tenant-less group prefers.
-    count = _partition_count(service_settings)
+    count = stack.settings.partitions
     apart = _tenants_apart(count)
     tenants = [submit(MANUAL, f"Question ({tag})?", tenant) for tenant in apart]
     for cid in shared + alone + tenants:
