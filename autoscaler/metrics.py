@@ -15,6 +15,12 @@ NEEDED = Gauge(
     "Workers the backlog and arrivals need, before rounding, bounds and the down-scale window",
     ["model"],
 )
+TARGET = Gauge(
+    "llmq_autoscaler_target_replicas",
+    "Workers the pool would run now but for the down-scale window (below desired while the "
+    "window holds it up)",
+    ["model"],
+)
 RUNNING = Gauge("llmq_autoscaler_running_replicas", "Workers in the pool's group now", ["model"])
 BACKLOG_TOKENS = Gauge(
     "llmq_autoscaler_backlog_tokens",

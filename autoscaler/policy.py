@@ -64,6 +64,9 @@ class Decision:
     desired: int
     needed: float
     """Replicas the work needs, before rounding and bounds."""
+    target: int
+    """The size this observation alone calls for: `desired` but for the down-scale window
+    (smaller while the window holds the pool up)."""
     reason: str
 
 
@@ -115,7 +118,7 @@ class Policy:
         desired = max(n for _, n in self._window)
         self._desired = desired
         why = self._reason(seen, needed=needed, fits=raw, floor=floor, cap=cap, desired=desired)
-        return Decision(desired, needed, why)
+        return Decision(desired, needed, target, why)
 
     def _floor(self, busy: bool, now: float) -> int:
         if busy or self._idle_since is None:

@@ -127,6 +127,7 @@ class Autoscaler:
     def _export(name: str, model: _Model, view: PoolView, decision: Decision) -> None:
         metrics.DESIRED.labels(name).set(decision.desired)
         metrics.NEEDED.labels(name).set(decision.needed)
+        metrics.TARGET.labels(name).set(decision.target)
         metrics.RUNNING.labels(name).set(view.members)
         metrics.BACKLOG_RECORDS.labels(name).set(view.backlog_records)
         for lane in Lane:

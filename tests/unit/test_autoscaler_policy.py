@@ -85,9 +85,11 @@ def test_partitions_cap_the_pool() -> None:
 
 def test_up_at_once_down_only_after_the_window() -> None:
     policy = _policy(stabilization_s=60)
-    assert policy.decide(_seen(0, Lane.INTERACTIVE, 3_000)).desired == 3
+    first = policy.decide(_seen(0, Lane.INTERACTIVE, 3_000))
+    assert first.desired == first.target == 3
     decision = policy.decide(_seen(30, Lane.INTERACTIVE, 100))
     assert decision.desired == 3 and "held at 3 by the 60s down-scale window" in decision.reason
+    assert decision.target == 1  # what the pool would run but for the window
     assert policy.decide(_seen(59, Lane.INTERACTIVE, 100)).desired == 3
     assert policy.decide(_seen(61, Lane.INTERACTIVE, 100)).desired == 1  # the 3 left the window
     assert policy.decide(_seen(62, Lane.INTERACTIVE, 4_000)).desired == 4  # up again at once

@@ -41,6 +41,7 @@ SCALE_WAIT_S = 300.0
 """How long the pool may take to grow: an engine loads beside a busy one (2-3 min here)
 and joins the group."""
 DESIRED = "llmq_autoscaler_desired_replicas"
+TARGET = "llmq_autoscaler_target_replicas"
 SHRINK_WAIT_S = 300.0
 """How long the burst may go without an answer before the autoscaler, if it has not
 taken the second worker away, is found not to: it shrinks once the burst's interactive
@@ -62,12 +63,16 @@ to zero; a CPU's rate per worker (not a GPU's) until measured."""
 URGENT_PART, URGENT_TOKENS = 150, 160
 """The burst's interactive part, that the pool grows for: a few minutes of one worker's generation
 here, fixed (not scaled), so that a second worker loads and joins before it is served."""
-BATCH_PART, BATCH_TOKENS = 100, 96
-"""The burst's part served mostly after it (a lower lane yields to a higher one): much of
-it still unanswered when the pool shrinks here (44 of the burst, 2026-12-02). Short enough
-for one worker to finish it within the engine's timeout: with 256 tokens, on an AVX2-only
-CPU in float32, 39 of them ran out of it (engine_timeout), and the scenario took 757 s
-instead of 400."""
+BATCH_PART, BATCH_TOKENS = 60, 96
+"""The burst's part served mostly after it (a lower lane yields to a higher one). Short
+enough for one worker to finish it within the engine's timeout: with 256 tokens, on an
+AVX2-only CPU in float32, 39 of them ran out of it (engine_timeout), and the scenario took
+757 s instead of 400."""
+TAIL_PART = 40
+"""Batch requests of BATCH_TOKENS sent once the autoscaler's target falls to one worker:
+the down-scale window (10 s) then ends with them unanswered, whatever the machine's
+speed. Without them the burst was sometimes all answered by then (a CI run, 2026-12-04),
+and the scale-down did not come in the middle of work."""
 STEADY_RATE = 0.25
 """The steady load's most requests a second here: one worker must keep up with it with
 room to spare, or no scale-down would be right. On a slow CPU (AVX2, fp32) a replica of
@@ -142,7 +147,8 @@ def streams_join(rig: Rig, out: Outcome) -> None:
 def autoscale_down(rig: Rig, out: Outcome) -> None:
     """The autoscaler starts a second worker for a burst, then stops it (SIGTERM, so it
     drains) once the burst's interactive part is done and its batch part, whose drain
-    target is long, needs one worker: the batch part is then still being answered."""
+    target is long, needs one worker. The burst's tail, sent when the autoscaler's target
+    falls to one, is still being answered when the down-scale window lets it go."""
     auto = rig.stack.autoscaler(AUTOSCALE)
     extra = rig.stack.replica(rig.model, 2)
     earlier = starts(extra.proc)  # scale-down ran this replica before
@@ -159,11 +165,11 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
                 (URGENT_PART, URGENT_TOKENS, Lane.INTERACTIVE),
                 (BATCH_PART, BATCH_TOKENS, Lane.BATCH),
             ]
-            burst = [
-                load.send(_long(load, tokens, lane=lane, cache=CacheMode.OFF))
-                for size, tokens, lane in parts
-                for _ in range(size)
-            ]
+
+            def ask(tokens: int, lane: Lane) -> str:
+                return load.send(_long(load, tokens, lane=lane, cache=CacheMode.OFF))
+
+            burst = [ask(tokens, lane) for size, tokens, lane in parts for _ in range(size)]
             # 1) Up: the second worker starts, joins its group and takes work (its first
             # generations finish together minutes later on a slow engine).
             served = wait_until(
@@ -174,18 +180,24 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
                 SCALE_WAIT_S,
             )
             rig.say(f"{extra.proc.name} serves; waiting for the autoscaler to take it away")
-            # 2) Down: what it holds until the autoscaler wants it no more, then its exit.
+            # 2) Down: the tail once the autoscaler's target is one; what the extra worker
+            # holds until the autoscaler wants it no more, then its exit.
             seen = {"in_flight": 0.0, "left": 0.0}
+            tail: list[str] = []
 
             def answered() -> float:
-                return float(sum(load.first_reply(c) is not None for c in burst))
+                return float(sum(load.first_reply(c) is not None for c in [*burst, *tail]))
 
             def gone() -> bool:
                 if extra.proc.pid() is None:
                     return True
-                if (metric(auto.endpoint, DESIRED, model=rig.model.name) or 0) >= 2:
+                model = rig.model.name
+                if (metric(auto.endpoint, DESIRED, model=model) or 0) >= 2:
+                    if not tail and (metric(auto.endpoint, TARGET, model=model) or 2) < 2:
+                        rig.say("the autoscaler's target is one worker: the burst's tail")
+                        tail.extend(ask(BATCH_TOKENS, Lane.BATCH) for _ in range(TAIL_PART))
                     seen["in_flight"] = rig.in_flight(extra)
-                    seen["left"] = len(burst) - answered()
+                    seen["left"] = len(burst) + len(tail) - answered()
                 return False
 
             down = served and wait_moving(gone, answered, SHRINK_WAIT_S)
@@ -197,7 +209,7 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
     said = "\n".join(log_lines(extra.proc, run=earlier + 1, lines=200))  # its first run here
     out.notes.append(
         f"the autoscaler stopped {extra.proc.name} with {seen['in_flight']:.0f} in flight and "
-        f"{seen['left']:.0f} of the burst unanswered"
+        f"{seen['left']:.0f} of the burst unanswered (its tail of {len(tail)} included)"
     )
     found = _scale_down_findings(
         extra.proc.name, served=served, down=down, left=seen["left"], said=said, starts=runs
