@@ -65,8 +65,8 @@ class Decision:
     needed: float
     """Replicas the work needs, before rounding and bounds."""
     target: int
-    """The size this observation alone calls for: `desired` but for the down-scale window
-    (smaller while the window holds the pool up)."""
+    """The size after rounding, headroom and bounds, before the down-scale window (below
+    `desired` while the window holds the pool up)."""
     reason: str
 
 

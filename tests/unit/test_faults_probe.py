@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.faults.probe import Peaks, log_lines, rss_bytes, starts
+from tools.faults.probe import Peaks, log_lines, rss_bytes, samples, starts
 from tools.stack.procs import Proc
 
 
@@ -24,6 +24,20 @@ def test_rss_adds_up_a_process_and_all_its_descendants(tmp_path: Path) -> None:
     assert rss_bytes(10, tmp_path) == 1110 * 1024
     assert rss_bytes(None, tmp_path) is None
     assert rss_bytes(99, tmp_path) is None
+
+
+def test_samples_of_one_reading_by_name_and_labels() -> None:
+    text = (
+        "# TYPE desired gauge\n"
+        'desired{model="a"} 2.0\n'
+        'desired{model="b"} 5.0\n'
+        "# TYPE target gauge\n"
+        'target{model="b"} 3.0\n'
+        'target{model="a"} 1.0\n'
+    )
+    names = ("desired", "target", "running")
+    assert samples(text, names, {"model": "a"}) == {"desired": 2.0, "target": 1.0, "running": 0}
+    assert samples(text, names, {"model": "c"}) == dict.fromkeys(names, 0.0)
 
 
 def test_peaks_keep_the_first_reading_and_the_highest() -> None:

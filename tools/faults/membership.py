@@ -20,7 +20,7 @@ from schemas.request import CacheMode, InferenceRequest
 from schemas.stream import TokenDelta
 from tools.faults.load import Load
 from tools.faults.outcome import Outcome
-from tools.faults.probe import log_lines, metric, partition_leaders, starts
+from tools.faults.probe import log_lines, metric, metrics, partition_leaders, starts
 from tools.faults.rig import Rig, kill9, wait_moving, wait_until
 from tools.faults.scenarios import (
     AFTER_S,
@@ -68,11 +68,12 @@ BATCH_PART, BATCH_TOKENS = 60, 96
 enough for one worker to finish it within the engine's timeout: with 256 tokens, on an
 AVX2-only CPU in float32, 39 of them ran out of it (engine_timeout), and the scenario took
 757 s instead of 400."""
-TAIL_PART = 40
-"""Batch requests of BATCH_TOKENS sent once the autoscaler's target falls to one worker:
-the down-scale window (10 s) then ends with them unanswered, whatever the machine's
-speed. Without them the burst was sometimes all answered by then (a CI run, 2026-12-04),
-and the scale-down did not come in the middle of work."""
+TAIL_PART, TAIL_ROUNDS = 40, 3
+"""Batch requests of BATCH_TOKENS sent, up to TAIL_ROUNDS times, whenever the autoscaler's
+target is one worker (its desired still two) and fewer than half as many are unanswered:
+the down-scale window (10 s) then ends with work unanswered on a fast machine too. Without
+them the burst was once all answered by then (a CI run, 2026-12-04), and the scale-down did
+not come in the middle of work."""
 STEADY_RATE = 0.25
 """The steady load's most requests a second here: one worker must keep up with it with
 room to spare, or no scale-down would be right. On a slow CPU (AVX2, fp32) a replica of
@@ -147,8 +148,8 @@ def streams_join(rig: Rig, out: Outcome) -> None:
 def autoscale_down(rig: Rig, out: Outcome) -> None:
     """The autoscaler starts a second worker for a burst, then stops it (SIGTERM, so it
     drains) once the burst's interactive part is done and its batch part, whose drain
-    target is long, needs one worker. The burst's tail, sent when the autoscaler's target
-    falls to one, is still being answered when the down-scale window lets it go."""
+    target is long, needs one worker. A tail, sent while the autoscaler's target is one and
+    little is left, is still being answered when the down-scale window lets it go."""
     auto = rig.stack.autoscaler(AUTOSCALE)
     extra = rig.stack.replica(rig.model, 2)
     earlier = starts(extra.proc)  # scale-down ran this replica before
@@ -180,24 +181,26 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
                 SCALE_WAIT_S,
             )
             rig.say(f"{extra.proc.name} serves; waiting for the autoscaler to take it away")
-            # 2) Down: the tail once the autoscaler's target is one; what the extra worker
-            # holds until the autoscaler wants it no more, then its exit.
+            # 2) Down: a tail while the autoscaler's target is one and little is left; what
+            # the extra worker holds until the autoscaler wants it no more, then its exit.
             seen = {"in_flight": 0.0, "left": 0.0}
-            tail: list[str] = []
+            tails: list[str] = []  # the tail's requests, over its rounds
 
             def answered() -> float:
-                return float(sum(load.first_reply(c) is not None for c in [*burst, *tail]))
+                return float(sum(load.first_reply(c) is not None for c in [*burst, *tails]))
 
             def gone() -> bool:
                 if extra.proc.pid() is None:
                     return True
-                model = rig.model.name
-                if (metric(auto.endpoint, DESIRED, model=model) or 0) >= 2:
-                    if not tail and (metric(auto.endpoint, TARGET, model=model) or 2) < 2:
-                        rig.say("the autoscaler's target is one worker: the burst's tail")
-                        tail.extend(ask(BATCH_TOKENS, Lane.BATCH) for _ in range(TAIL_PART))
+                now = metrics(auto.endpoint, DESIRED, TARGET, model=rig.model.name)
+                if now is not None and now[DESIRED] >= 2:  # one moment's figures (0: absent)
+                    left = len(burst) + len(tails) - answered()
+                    rounds = len(tails) // TAIL_PART
+                    if now[TARGET] == 1 and left < TAIL_PART / 2 and rounds < TAIL_ROUNDS:
+                        rig.say(f"the autoscaler's target is one worker, {left:.0f} left: a tail")
+                        tails.extend(ask(BATCH_TOKENS, Lane.BATCH) for _ in range(TAIL_PART))
                     seen["in_flight"] = rig.in_flight(extra)
-                    seen["left"] = len(burst) + len(tail) - answered()
+                    seen["left"] = len(burst) + len(tails) - answered()
                 return False
 
             down = served and wait_moving(gone, answered, SHRINK_WAIT_S)
@@ -209,7 +212,7 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
     said = "\n".join(log_lines(extra.proc, run=earlier + 1, lines=200))  # its first run here
     out.notes.append(
         f"the autoscaler stopped {extra.proc.name} with {seen['in_flight']:.0f} in flight and "
-        f"{seen['left']:.0f} of the burst unanswered (its tail of {len(tail)} included)"
+        f"{seen['left']:.0f} of the burst unanswered (a tail of {len(tails)} included)"
     )
     found = _scale_down_findings(
         extra.proc.name, served=served, down=down, left=seen["left"], said=said, starts=runs

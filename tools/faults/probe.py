@@ -21,16 +21,35 @@ Gauge = Callable[[], float | None]
 
 def metric(endpoint: str, name: str, **labels: str) -> float | None:
     """One sample of a /metrics endpoint: 0 when absent, None when it does not answer."""
+    found = metrics(endpoint, name, **labels)
+    return None if found is None else found[name]
+
+
+def metrics(endpoint: str, *names: str, **labels: str) -> dict[str, float] | None:
+    """A sample of each of `names` from one reading of a /metrics endpoint (so they are of
+    one moment): 0 when absent, None when it does not answer."""
     try:
         with urllib.request.urlopen(endpoint, timeout=2) as resp:
             text = resp.read().decode()
     except (urllib.error.URLError, OSError):
         return None
+    return samples(text, names, labels)
+
+
+def samples(text: str, names: tuple[str, ...], labels: dict[str, str]) -> dict[str, float]:
+    """The first sample of each of `names` with `labels` in a /metrics text; 0 when absent."""
+    found = dict.fromkeys(names, 0.0)
+    seen: set[str] = set()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
+            if (
+                sample.name in found
+                and sample.name not in seen
+                and all(sample.labels.get(k) == v for k, v in labels.items())
+            ):
+                found[sample.name] = float(sample.value)
+                seen.add(sample.name)
+    return found
 
 
 def rss_bytes(pid: int | None, proc_dir: Path = Path("/proc")) -> float | None:
