@@ -199,8 +199,9 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
                     if now[TARGET] == 1 and left < TAIL_PART / 2 and rounds < TAIL_ROUNDS:
                         rig.say(f"the autoscaler's target is one worker, {left:.0f} left: a tail")
                         tails.extend(ask(BATCH_TOKENS, Lane.BATCH) for _ in range(TAIL_PART))
+                        left += TAIL_PART  # just sent: none of it answered yet
                     seen["in_flight"] = rig.in_flight(extra)
-                    seen["left"] = len(burst) + len(tails) - answered()
+                    seen["left"] = left
                 return False
 
             down = served and wait_moving(gone, answered, SHRINK_WAIT_S)

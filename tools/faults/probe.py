@@ -38,18 +38,12 @@ def metrics(endpoint: str, *names: str, **labels: str) -> dict[str, float] | Non
 
 def samples(text: str, names: tuple[str, ...], labels: dict[str, str]) -> dict[str, float]:
     """The first sample of each of `names` with `labels` in a /metrics text; 0 when absent."""
-    found = dict.fromkeys(names, 0.0)
-    seen: set[str] = set()
+    found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if (
-                sample.name in found
-                and sample.name not in seen
-                and all(sample.labels.get(k) == v for k, v in labels.items())
-            ):
-                found[sample.name] = float(sample.value)
-                seen.add(sample.name)
-    return found
+            if sample.name in names and all(sample.labels.get(k) == v for k, v in labels.items()):
+                found.setdefault(sample.name, float(sample.value))
+    return {name: found.get(name, 0.0) for name in names}
 
 
 def rss_bytes(pid: int | None, proc_dir: Path = Path("/proc")) -> float | None:
