@@ -115,7 +115,8 @@ class Runner:
             await self._store.finish(batch_id)  # expired from Redis
             return
         status = fields["status"]
-        expired = time.time() >= float(fields["expires_at"])
+        # A batch whose every line has its outcome completes, even if it is looked at late.
+        expired = time.time() >= float(fields["expires_at"]) and not _answered(fields)
         if status in ("validating", "in_progress") and expired:
             await self._close(fields, "expired", EXPIRED, ("validating", "in_progress"))
         elif status == "validating":
@@ -185,7 +186,6 @@ class Runner:
     async def _advance(self, fields: Mapping[str, str]) -> None:
         """Send lines while fewer than `in_flight` are out; finalize once all are answered."""
         batch_id = fields["id"]
-        done = int(fields.get("completed", 0)) + int(fields.get("failed", 0))
         cursor, count = int(fields.get("cursor", 0)), int(fields["lines"])
         room = self._pace.in_flight - await self._in_flight(fields)
         if room > 0:
@@ -196,7 +196,7 @@ class Runner:
             sent += await self._send_new(fields, range(cursor, end), sent)
             room -= end - cursor
             cursor = end
-        finished = cursor >= count and done >= int(fields["total"])
+        finished = _answered(fields, cursor)
         if finished and await self._store.move(batch_id, "finalizing", "in_progress"):
             await self._finalize({**fields, "status": "finalizing"})
 
@@ -361,6 +361,16 @@ class _Check:
             )
             return [_error("mixed_models", why, None), *self.errors]
         return self.errors
+
+
+def _answered(fields: Mapping[str, str], cursor: int | None = None) -> bool:
+    """Whether a batch in progress has sent every line (its cursor, unless given) and every
+    line has its outcome."""
+    if fields["status"] != "in_progress":
+        return False
+    done = int(fields.get("completed", 0)) + int(fields.get("failed", 0))
+    sent_all = (int(fields.get("cursor", 0)) if cursor is None else cursor) >= int(fields["lines"])
+    return sent_all and done >= int(fields["total"])
 
 
 def _error(code: str, message: str, number: int | None) -> dict[str, object]:

@@ -242,6 +242,35 @@ def test_an_expired_batch_ends_every_unanswered_line(redis_port: int) -> None:
     run_async(redis_port, body)
 
 
+def test_a_batch_answered_in_its_window_completes_though_looked_at_after_it(
+    redis_port: int,
+) -> None:
+    """The runner looks at a batch every tick: a batch whose last reply came just before its
+    window ended completes, not expires, when the next tick falls after the window."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store, recorder = BatchStore(client, 3600), Recorder()
+        runner = Runner(store, recorder, CATALOG, "door-1")
+        batch_id = await _batch(store, [_line(n) for n in range(3)], window_s=2.0)
+        await runner.tick()
+        await runner.tick()
+        fields = await store.batch(batch_id)
+        assert fields is not None and fields["status"] == "in_progress"
+        expires = float(fields["expires_at"])
+        for request in recorder.sent:
+            assert await _reply(store, _answer(request), expires) == [1]
+        await asyncio.sleep(max(0.0, expires - time.time()) + 0.05)
+        await runner.tick()
+        fields = await store.batch(batch_id)
+        assert fields is not None and fields["status"] == "completed", fields
+        assert "expired_at" not in fields and recorder.cancelled == []
+        files = await _files(store, batch_id)
+        assert sorted(line["custom_id"] for line in files["output"]) == ["c0", "c1", "c2"]
+        assert files["errors"] == []
+
+    run_async(redis_port, body)
+
+
 def test_one_front_door_drives_a_batch_until_its_lease_lapses(redis_port: int) -> None:
     async def body(client: aioredis.Redis) -> None:
         store = BatchStore(client, 3600)
