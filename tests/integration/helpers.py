@@ -16,9 +16,9 @@ import httpx
 import redis
 import redis.asyncio as aioredis
 from kafka import KafkaConsumer
-from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.result import InferenceResult
+from tools.faults.probe import samples
 from tools.stack.ports import free_block
 
 Record = Any
@@ -93,12 +93,7 @@ def header(record: Record, name: str) -> str | None:
 
 def metric(port: int, name: str, **labels: str) -> float:
     """The current value of one sample on a process's /metrics endpoint (0 when absent)."""
-    text = fetch(f"http://127.0.0.1:{port}/metrics")
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
+    return samples(fetch(f"http://127.0.0.1:{port}/metrics"), (name,), labels)[name]
 
 
 def start_redis() -> tuple[subprocess.Popen[bytes], int]:
