@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from gateway.batch.lines import ENDPOINT
 from gateway.batch.objects import FINAL, batch_object, file_object
-from gateway.batch.store import BatchStore, new_id
+from gateway.batch.store import MAX_FILE_BYTES, TOO_LARGE, BatchStore, new_id
 from gateway.door import ApiError, FrontDoor
 from schemas.errors import ErrorCode, LlmqError
 
@@ -21,27 +23,45 @@ COMPLETION_WINDOW = "24h"
 MAX_METADATA = 16
 READ_CHUNK = 1 << 20
 MAX_LIST = 100
+MAX_UPLOAD_BYTES = MAX_FILE_BYTES + (64 << 10)
+"""The most an upload's body may carry: a file at OpenAI's limit, its multipart framing and
+the purpose field."""
+
+
+def _parts(request: Request) -> tuple[FrontDoor, BatchStore]:
+    door: FrontDoor = request.app.state.door
+    return door, door.batches
+
+
+def _tenant(request: Request) -> str:
+    """Every route's first step: the caller's key, checked before its query or body is read."""
+    return _parts(request)[0].tenant(request)
+
 
 router = APIRouter()
-UPLOADED = File(...)
-PURPOSE = Form(...)
+Tenant = Annotated[str, Depends(_tenant)]
 
 
 def _bad(message: str, status: int = 400) -> ApiError:
     return ApiError(LlmqError(ErrorCode.INVALID_REQUEST, message), status)
 
 
-def _parts(request: Request) -> tuple[FrontDoor, BatchStore, str]:
-    door: FrontDoor = request.app.state.door
-    return door, door.batches, door.tenant(request)
-
-
 @router.post("/v1/files")
-async def upload(
-    request: Request, file: UploadFile = UPLOADED, purpose: str = PURPOSE
-) -> dict[str, Any]:
+async def upload(request: Request, tenant: Tenant) -> dict[str, Any]:
     """Keep a batch input file: JSONL, one request a line (checked when a batch runs it)."""
-    _, store, tenant = _parts(request)
+    _, store = _parts(request)
+    form = await _form(request)
+    try:
+        return file_object(await _keep(store, tenant, form))
+    finally:
+        await form.close()
+
+
+async def _keep(store: BatchStore, tenant: str, form: FormData) -> dict[str, str]:
+    """The form's file, stored line by line: its fields."""
+    file, purpose = form.get("file"), form.get("purpose")
+    if not isinstance(file, UploadFile):
+        raise _bad("no file: send it as the multipart field `file`")
     if purpose != "batch":
         raise _bad(f"purpose {purpose!r} is not served: llmq keeps files for batches (batch)")
 
@@ -50,29 +70,55 @@ async def upload(
             yield chunk
 
     try:
-        fields = await store.create_file(tenant, file.filename or "upload.jsonl", purpose, chunks())
+        return await store.create_file(tenant, file.filename or "upload.jsonl", purpose, chunks())
     except LlmqError as exc:
         raise ApiError(exc) from None
-    return file_object(fields)
+
+
+async def _form(request: Request) -> FormData:
+    """The upload's multipart form. A body declared past MAX_UPLOAD_BYTES is refused unread,
+    one that grows past it as it comes (chunked) is refused there: never spooled whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+        raise _bad(TOO_LARGE)
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        raise _bad("send the file as multipart/form-data, with the fields file and purpose")
+
+    async def bounded() -> AsyncGenerator[bytes, None]:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_UPLOAD_BYTES:
+                raise _bad(TOO_LARGE)
+            yield chunk
+
+    parser = MultiPartParser(request.headers, bounded(), max_files=1, max_fields=8)
+    try:
+        return await parser.parse()
+    except MultiPartException as exc:
+        raise _bad(f"the upload is not a multipart form llmq can read: {exc.message}") from None
 
 
 @router.get("/v1/files")
-async def files(request: Request, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+async def files(
+    request: Request, tenant: Tenant, after: str | None = None, limit: int = 20
+) -> dict[str, Any]:
     """The tenant's files, newest first."""
-    return await _listed(request, "files", after, limit)
+    return await _listed(request, tenant, "files", after, limit)
 
 
 @router.get("/v1/files/{file_id}")
-async def file_info(file_id: str, request: Request) -> dict[str, Any]:
-    _, store, tenant = _parts(request)
+async def file_info(file_id: str, request: Request, tenant: Tenant) -> dict[str, Any]:
+    _, store = _parts(request)
     return file_object(await _file(store, file_id, tenant))
 
 
 @router.delete("/v1/files/{file_id}")
-async def delete_file(file_id: str, request: Request) -> dict[str, Any]:
+async def delete_file(file_id: str, request: Request, tenant: Tenant) -> dict[str, Any]:
     """Forget a file and its lines; 409 while a batch still reads it (its input) or writes it
     (its output or error file, until the batch ends)."""
-    _, store, tenant = _parts(request)
+    _, store = _parts(request)
     meta = await _file(store, file_id, tenant)
     if "batch" in meta:
         found = await store.batch(meta["batch"], tenant)
@@ -88,17 +134,17 @@ async def delete_file(file_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/files/{file_id}/content")
-async def file_content(file_id: str, request: Request) -> StreamingResponse:
+async def file_content(file_id: str, request: Request, tenant: Tenant) -> StreamingResponse:
     """The file's lines as they are kept: streamed, never held whole."""
-    _, store, tenant = _parts(request)
+    _, store = _parts(request)
     fields = await _file(store, file_id, tenant)
     return StreamingResponse(store.content(fields), media_type="application/jsonl")
 
 
 @router.post("/v1/batches")
-async def create_batch(request: Request) -> dict[str, Any]:
+async def create_batch(request: Request, tenant: Tenant) -> dict[str, Any]:
     """Run an uploaded file's lines on the batch lane, within the completion window."""
-    door, store, tenant = _parts(request)
+    door, store = _parts(request)
     try:
         data = await request.json()
     except ValueError as exc:
@@ -131,22 +177,24 @@ async def create_batch(request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/batches")
-async def batches(request: Request, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+async def batches(
+    request: Request, tenant: Tenant, after: str | None = None, limit: int = 20
+) -> dict[str, Any]:
     """The tenant's batches, newest first."""
-    return await _listed(request, "batches", after, limit)
+    return await _listed(request, tenant, "batches", after, limit)
 
 
 @router.get("/v1/batches/{batch_id}")
-async def batch(batch_id: str, request: Request) -> dict[str, Any]:
-    _, store, tenant = _parts(request)
+async def batch(batch_id: str, request: Request, tenant: Tenant) -> dict[str, Any]:
+    _, store = _parts(request)
     return batch_object(await _batch(store, batch_id, tenant))
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
-async def cancel(batch_id: str, request: Request) -> dict[str, Any]:
+async def cancel(batch_id: str, request: Request, tenant: Tenant) -> dict[str, Any]:
     """Stop a batch: lines in flight are cancelled, the rest are not run; what was answered
     stays in its output file."""
-    _, store, tenant = _parts(request)
+    _, store = _parts(request)
     found = await _batch(store, batch_id, tenant)
     moved = await store.move(batch_id, "cancelling", "validating", "in_progress")
     if not moved and found["status"] not in ("cancelling", "cancelled"):
@@ -180,9 +228,11 @@ def _metadata(metadata: object) -> dict[str, str] | None:
     return metadata
 
 
-async def _listed(request: Request, kind: str, after: str | None, limit: int) -> dict[str, Any]:
+async def _listed(
+    request: Request, tenant: str, kind: str, after: str | None, limit: int
+) -> dict[str, Any]:
     """A page of the tenant's files or batches (`kind`), newest first, as OpenAI pages."""
-    _, store, tenant = _parts(request)
+    _, store = _parts(request)
     if not 1 <= limit <= MAX_LIST:
         raise _bad(f"limit must be 1 to {MAX_LIST}")
     read, show = (store.file, file_object) if kind == "files" else (store.batch, batch_object)

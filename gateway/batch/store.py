@@ -19,6 +19,7 @@ from schemas.names import BATCHES_ACTIVE, batch_keys, file_keys, tenant_index_ke
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_FILE_LINES = 50_000
 """OpenAI's limits on a batch's input file."""
+TOO_LARGE = f"the file is larger than {MAX_FILE_BYTES} bytes (OpenAI's limit)"
 PAGE = 64
 """Lines read or written per Redis call: a line may be up to ~450 kB."""
 
@@ -148,8 +149,7 @@ class BatchStore:
         async for chunk in chunks:
             size += len(chunk)
             if size > MAX_FILE_BYTES:
-                why = f"the file is larger than {MAX_FILE_BYTES} bytes (OpenAI's limit)"
-                raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+                raise LlmqError(ErrorCode.INVALID_REQUEST, TOO_LARGE)
             *whole, rest = (rest + chunk).split(b"\n")
             for line in whole:
                 count, kept = await self._add_line(key, page, line, count, kept)

@@ -4,6 +4,7 @@ apart, a kill of each component mid-batch, and `llmq batch submit --wait`."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import subprocess
@@ -18,6 +19,8 @@ import pytest
 from openai import OpenAI
 from openai.types import Batch
 
+from gateway.batch.routes import MAX_UPLOAD_BYTES
+from gateway.batch.store import TOO_LARGE
 from schemas.tenants import key_hash, new_key
 from tools.faults.rig import kill9
 from tools.stack.ports import free_block
@@ -275,6 +278,32 @@ def test_lines_refused_past_the_window_say_why(short_door: str) -> None:
     _once_each(output, errors, [line["custom_id"] for line in lines])
     limited = [e for e in errors if e["response"]["body"]["error"]["code"] == "rate_limited"]
     assert len(limited) >= 4 and all(e["response"]["status_code"] == 429 for e in limited)
+
+
+def _unsent_upload(url: str, key: str | None) -> tuple[int, str]:
+    """The door's answer to an upload declared past the limit whose body is never sent: a
+    door that read the body before looking at the key and the length would never answer."""
+    host, _, port = url.removeprefix("http://").removesuffix("/v1").partition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.putrequest("POST", "/v1/files")
+        connection.putheader("Content-Type", "multipart/form-data; boundary=b")
+        connection.putheader("Content-Length", str(MAX_UPLOAD_BYTES + 1))
+        if key is not None:
+            connection.putheader("Authorization", f"Bearer {key}")
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())["error"]["message"]
+    finally:
+        connection.close()
+
+
+def test_an_upload_is_refused_before_it_is_read(short_door: str) -> None:
+    assert _unsent_upload(short_door, None) == (401, "no API key: send Authorization: Bearer KEY")
+    with _keyed(short_door, "other") as sdk:
+        kept = [f.id for f in sdk.files.list(limit=100).data]
+        assert _unsent_upload(short_door, KEYS["other"]) == (400, TOO_LARGE)
+        assert [f.id for f in sdk.files.list(limit=100).data] == kept
 
 
 def test_tenants_see_only_their_own(short_door: str) -> None:

@@ -1,17 +1,29 @@
-"""The front door's refusals of what no route serves, in OpenAI's error shape: a path llmq
-does not offer, a method a route does not take, a query parameter of the wrong type."""
+"""The front door's refusals before any route connects, in OpenAI's error shape: a path llmq
+does not offer, a method a route does not take, a query parameter of the wrong type, a caller
+without a key (before anything else of its request is read), an upload past the file limit
+(before it is read whole)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.types import Message
 
 from gateway.app import SERVED, build
+from gateway.batch import routes
+from gateway.batch.store import TOO_LARGE
 from gateway.settings import GatewaySettings
 from schemas.catalog import Catalog
-from schemas.tenants import TenantPolicy
+from schemas.tenants import TenantPolicy, key_hash, new_key
+
+KEY = new_key()
+MULTIPART = "multipart/form-data; boundary=b"
+FILE_PART = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +69,90 @@ def test_a_query_parameter_of_the_wrong_type_is_a_400_without_its_value(
     message = _error(response.json())["message"]
     assert isinstance(message, str) and message.startswith("limit (query): ")
     assert "lots-of-secret" not in message
+
+
+@pytest.fixture(scope="module")
+def keyed() -> FastAPI:
+    """The app of a front door with a key (tenant acme), without its lifespan."""
+    policy = TenantPolicy.model_validate({"api_keys": {key_hash(KEY): "acme"}})
+    return build(GatewaySettings(), Catalog.builtin(), policy)
+
+
+def _send(app: FastAPI, path: str, headers: dict[str, str], chunks: int) -> tuple[int, Any, int]:
+    """POST a file part's head and then 4 KiB chunks, `chunks` in all, to `path`, straight
+    through ASGI: the status, the JSON body and how many chunks the app read."""
+    sent: list[Message] = []
+    read = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        read += 1
+        body = FILE_PART if read == 1 else b"x" * 4096
+        return {"type": "http.request", "body": body, "more_body": read < chunks}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "app": app,
+    }
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body), read
+
+
+def test_a_caller_without_a_key_is_refused_before_its_query_is_read(keyed: FastAPI) -> None:
+    client = TestClient(keyed, raise_server_exceptions=False)
+    refused = client.get("/v1/files", params={"limit": "many"})
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+    keyed_get = client.get("/v1/files", params={"limit": "many"}, headers=_bearer())
+    assert keyed_get.status_code == 400
+    assert keyed_get.json()["error"]["message"].startswith("limit (query): ")
+
+
+def test_an_upload_without_a_key_is_refused_unread(keyed: FastAPI) -> None:
+    status, body, read = _send(keyed, "/v1/files", {"content-type": MULTIPART}, chunks=64)
+    assert (status, read) == (401, 0), body
+    assert body["error"]["message"] == "no API key: send Authorization: Bearer KEY"
+
+
+def test_an_upload_declared_past_the_limit_is_refused_unread(keyed: FastAPI) -> None:
+    declared = str(routes.MAX_UPLOAD_BYTES + 1)
+    headers = {"content-type": MULTIPART, "content-length": declared, **_bearer()}
+    status, body, read = _send(keyed, "/v1/files", headers, chunks=64)
+    assert (status, body["error"]["message"], read) == (400, TOO_LARGE, 0)
+
+
+def test_an_upload_growing_past_the_limit_is_refused_as_it_comes(
+    keyed: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunked, no length declared: refused at the first chunk past the limit, not spooled whole."""
+    monkeypatch.setattr(routes, "MAX_UPLOAD_BYTES", 10 * 4096)
+    status, body, read = _send(keyed, "/v1/files", {"content-type": MULTIPART, **_bearer()}, 64)
+    assert (status, body["error"]["message"], read) == (400, TOO_LARGE, 11)
+
+
+def test_an_upload_that_is_not_a_multipart_form_says_how_to_send_it(keyed: FastAPI) -> None:
+    headers = {"content-type": "application/json", **_bearer()}
+    status, body, read = _send(keyed, "/v1/files", headers, chunks=1)
+    assert status == 400 and read == 0
+    assert body["error"]["message"] == (
+        "send the file as multipart/form-data, with the fields file and purpose"
+    )
+
+
+def _bearer() -> dict[str, str]:
+    return {"authorization": f"Bearer {KEY}"}
