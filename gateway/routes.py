@@ -164,6 +164,8 @@ async def _submit(door: FrontDoor, call: Call) -> None:
         for wanted, outcome in zip(call.requests, sent, strict=True):
             if not isinstance(outcome, BaseException):
                 door.cancel(wanted, grace=False)
+        if isinstance(failed[0], LlmqError):  # too large a record: refused before publishing
+            raise ApiError(failed[0]) from None
         raise failed[0]
 
 

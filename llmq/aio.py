@@ -157,9 +157,9 @@ class AsyncClient:
     async def submit_request(self, request: InferenceRequest) -> str:
         """Publish a prepared request once the broker has it; its result is awaited from now
         on, so it cannot slip by before anyone asks."""
+        value = request.record()
         key = (request.tenant, request.correlation_id)
         self._pending.setdefault(key, asyncio.get_running_loop().create_future())
-        value = request.model_dump_json(exclude_none=True).encode()
         await self._send(REQUESTS, request.correlation_id, value)
         return request.correlation_id
 
@@ -168,12 +168,8 @@ class AsyncClient:
         results are not awaited here (their reply topic's reader collects them)."""
         if self._producer is None:
             raise RuntimeError("the client is not started (use `async with AsyncClient()`)")
-        sent = [
-            await self._producer.send(
-                REQUESTS, r.model_dump_json(exclude_none=True).encode(), r.correlation_id.encode()
-            )
-            for r in requests
-        ]
+        records = [(r.record(), r.correlation_id.encode()) for r in requests]  # all, or none
+        sent = [await self._producer.send(REQUESTS, value, key) for value, key in records]
         await asyncio.gather(*sent)
 
     async def result(

@@ -104,15 +104,12 @@ class Client:
 
     def submit_request(self, request: InferenceRequest) -> str:
         """Publish a prepared request; returns once the broker has acknowledged it."""
+        value = request.record()
         producer = self._producer or self._make_producer()
         if self._listener is not None:
             with self._arrived:
                 self._pending[request.correlation_id] = request.tenant
-        future = producer.send(
-            REQUESTS,
-            key=request.correlation_id.encode(),
-            value=request.model_dump_json(exclude_none=True).encode(),
-        )
+        future = producer.send(REQUESTS, key=request.correlation_id.encode(), value=value)
         future.get(timeout=30)
         return request.correlation_id
 

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.names import RESULTS
 
@@ -276,3 +277,17 @@ class InferenceRequest(BaseModel):
         """True once the deadline has passed."""
         now = time.time() if now is None else now
         return self.deadline is not None and now > self.deadline
+
+    def record(self) -> bytes:
+        """Its llmq.requests record; LlmqError when the stream processor would refuse it for
+        its size (or the broker, past 1 MB), so an app learns that before publishing."""
+        value = self.model_dump_json(exclude_none=True).encode()
+        check_record_size(value)
+        return value
+
+
+def check_record_size(value: bytes) -> None:
+    """LlmqError (prompt_too_large) for a request record past MAX_RECORD_BYTES."""
+    if len(value) > MAX_RECORD_BYTES:
+        why = f"record is {len(value)} bytes; the limit is {MAX_RECORD_BYTES}"
+        raise LlmqError(ErrorCode.PROMPT_TOO_LARGE, why)

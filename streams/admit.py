@@ -10,7 +10,7 @@ from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
 from schemas.redact import describe
-from schemas.request import MAX_RECORD_BYTES, ChatMessage, InferenceRequest
+from schemas.request import ChatMessage, InferenceRequest, check_record_size
 from schemas.work import WorkItem
 from streams.decode import decode
 from streams.router import plan
@@ -28,11 +28,8 @@ def admit(raw: bytes | None, catalog: Catalog, now: float | None = None) -> Work
 
 def parse(raw: bytes | None) -> InferenceRequest:
     """Decode and validate the JSON envelope; errors name the offending field."""
-    if raw is not None and len(raw) > MAX_RECORD_BYTES:
-        raise LlmqError(
-            ErrorCode.PROMPT_TOO_LARGE,
-            f"record is {len(raw)} bytes; the limit is {MAX_RECORD_BYTES}",
-        )
+    if raw is not None:
+        check_record_size(raw)
     try:
         data = decode(raw)
     except (ValueError, RecursionError) as exc:

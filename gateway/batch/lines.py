@@ -33,7 +33,7 @@ def read_line(
     raw: bytes, *, tenant: str, catalog: Catalog, deadline: float, correlation_id: str
 ) -> Line:
     """An input line's request, on the batch lane with the batch's deadline; LlmqError
-    saying what is wrong with it."""
+    saying what is wrong with it (its size too, as a record)."""
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -60,6 +60,7 @@ def read_line(
     request = call.request.model_copy(
         update={"correlation_id": correlation_id, "reply_to": BATCH_RESULTS}
     )
+    request.record()  # a line too large to publish is named at validation
     return Line(custom_id, request)
 
 

@@ -209,6 +209,10 @@ def test_errors_reach_the_sdk_as_its_exceptions(
         sdk.chat.completions.create(model="dead-end", **ask)
     assert failed.value.status_code == 502 and failed.value.code == "engine_error"
     assert failed.value.request_id == failed.value.response.headers["x-llmq-correlation-id"]
+    huge = [{"role": "user", "content": "\N{GRINNING FACE}" * 190_000}] * 2  # 1.5 MB as UTF-8
+    with pytest.raises(openai.BadRequestError) as large:  # within the prompt's characters
+        sdk.chat.completions.create(model=MODEL, messages=huge, max_tokens=4)  # type: ignore[arg-type]
+    assert large.value.code == "prompt_too_large" and "the limit is 450000" in large.value.message
     with pytest.raises(openai.APIStatusError) as late:  # a 4 s deadline, 1500 tokens
         keyed["acme"].chat.completions.create(
             model=MODEL, **{**ask, "max_tokens": 1500}, extra_body={"ignore_eos": True}

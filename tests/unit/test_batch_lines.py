@@ -100,6 +100,11 @@ def test_a_line_is_a_batch_lane_request_answered_on_the_batch_topic() -> None:
             ErrorCode.UNSUPPORTED,
             "n must be 1",
         ),
+        (
+            _raw(body={"messages": [{"role": "user", "content": "\N{GRINNING FACE}" * 150_000}]}),
+            ErrorCode.PROMPT_TOO_LARGE,
+            "the limit is 450000",
+        ),
     ],
 )
 def test_a_bad_line_says_what_is_wrong(raw: bytes, code: ErrorCode, words: str) -> None:

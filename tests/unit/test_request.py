@@ -8,12 +8,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.names import RESULTS
 from schemas.request import (
     MAX_CONTENT_CHARS,
     MAX_LOGIT_BIAS,
     MAX_MESSAGES,
+    MAX_RECORD_BYTES,
     MAX_SCHEMA_CHARS,
     CacheMode,
     ChatBody,
@@ -231,6 +233,23 @@ def test_json_round_trip_preserves_the_request() -> None:
     assert again == request
     assert again.body.stop == ["\n\n"]
     assert again.lane is Lane.INTERACTIVE
+
+
+def test_the_record_is_the_request_without_its_unset_fields() -> None:
+    request = _request(tenant="acme")
+    assert request.record() == request.model_dump_json(exclude_none=True).encode()
+    assert InferenceRequest.model_validate_json(request.record()) == request
+
+
+def test_a_record_past_the_limit_is_refused_naming_both_sizes() -> None:
+    """Within the prompt's character bound, yet past the record's bytes: 4 bytes a character."""
+    emoji = "\N{GRINNING FACE}" * (MAX_RECORD_BYTES // 4)
+    request = _request(body=_body(messages=[{"role": "user", "content": emoji}]))
+    with pytest.raises(LlmqError) as refused:
+        request.record()
+    assert refused.value.code is ErrorCode.PROMPT_TOO_LARGE
+    size = len(request.model_dump_json(exclude_none=True).encode())
+    assert refused.value.message == f"record is {size} bytes; the limit is {MAX_RECORD_BYTES}"
 
 
 def test_requests_are_frozen() -> None:
