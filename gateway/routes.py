@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gateway import metrics, sse
-from gateway.door import ApiError, FrontDoor
+from gateway.door import ApiError, FrontDoor, json_body
 from gateway.openai import Call, Chunks, check_model, completion_of, read_call
 from llmq.streaming import Delta, StreamReader
 from schemas.errors import ErrorCode, LlmqError
@@ -137,10 +137,7 @@ async def healthz(request: Request) -> Response:
 
 async def _read(door: FrontDoor, request: Request) -> Call:
     tenant = door.tenant(request)
-    try:
-        data = await request.json()
-    except ValueError as exc:
-        raise ApiError(LlmqError(ErrorCode.INVALID_JSON, f"the body is not JSON: {exc}")) from None
+    data = await json_body(request)
     try:
         return read_call(
             data,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -16,7 +16,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from gateway.batch.lines import ENDPOINT
 from gateway.batch.objects import FINAL, batch_object, file_object
 from gateway.batch.store import MAX_FILE_BYTES, TOO_LARGE, BatchStore, new_id
-from gateway.door import ApiError, FrontDoor
+from gateway.door import ApiError, FrontDoor, body_chunks, json_body
 from schemas.errors import ErrorCode, LlmqError
 
 COMPLETION_WINDOW = "24h"
@@ -78,22 +78,11 @@ async def _keep(store: BatchStore, tenant: str, form: FormData) -> dict[str, str
 async def _form(request: Request) -> FormData:
     """The upload's multipart form. A body declared past MAX_UPLOAD_BYTES is refused unread,
     one that grows past it as it comes (chunked) is refused there: never spooled whole."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-        raise _bad(TOO_LARGE)
     kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if kind != "multipart/form-data":
         raise _bad("send the file as multipart/form-data, with the fields file and purpose")
-
-    async def bounded() -> AsyncGenerator[bytes, None]:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_UPLOAD_BYTES:
-                raise _bad(TOO_LARGE)
-            yield chunk
-
-    parser = MultiPartParser(request.headers, bounded(), max_files=1, max_fields=8)
+    chunks = body_chunks(request, MAX_UPLOAD_BYTES, _bad(TOO_LARGE))
+    parser = MultiPartParser(request.headers, chunks, max_files=1, max_fields=8)
     try:
         return await parser.parse()
     except MultiPartException as exc:
@@ -145,10 +134,7 @@ async def file_content(file_id: str, request: Request, tenant: Tenant) -> Stream
 async def create_batch(request: Request, tenant: Tenant) -> dict[str, Any]:
     """Run an uploaded file's lines on the batch lane, within the completion window."""
     door, store = _parts(request)
-    try:
-        data = await request.json()
-    except ValueError as exc:
-        raise ApiError(LlmqError(ErrorCode.INVALID_JSON, f"the body is not JSON: {exc}")) from None
+    data = await json_body(request)
     if not isinstance(data, dict):
         raise _bad("the body must be a JSON object")
     if data.get("endpoint") != ENDPOINT:

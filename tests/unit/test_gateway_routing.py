@@ -1,7 +1,7 @@
 """The front door's refusals before any route connects, in OpenAI's error shape: a path llmq
 does not offer, a method a route does not take, a query parameter of the wrong type, a caller
 without a key (before anything else of its request is read), an upload past the file limit
-(before it is read whole)."""
+or a JSON body past its bound (before either is read whole), a body that is not JSON."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.types import Message
 
+from gateway import door as front_door
 from gateway.app import SERVED, build
 from gateway.batch import routes
 from gateway.batch.store import TOO_LARGE
@@ -78,16 +79,18 @@ def keyed() -> FastAPI:
     return build(GatewaySettings(), Catalog.builtin(), policy)
 
 
-def _send(app: FastAPI, path: str, headers: dict[str, str], chunks: int) -> tuple[int, Any, int]:
-    """POST a file part's head and then 4 KiB chunks, `chunks` in all, to `path`, straight
-    through ASGI: the status, the JSON body and how many chunks the app read."""
+def _send(
+    app: FastAPI, path: str, headers: dict[str, str], chunks: int, first: bytes = FILE_PART
+) -> tuple[int, Any, int]:
+    """POST `first` (a file part's head) and then 4 KiB chunks, `chunks` in all, to `path`,
+    straight through ASGI: the status, the JSON body and how many chunks the app read."""
     sent: list[Message] = []
     read = 0
 
     async def receive() -> dict[str, Any]:
         nonlocal read
         read += 1
-        body = FILE_PART if read == 1 else b"x" * 4096
+        body = first if read == 1 else b"x" * 4096
         return {"type": "http.request", "body": body, "more_body": read < chunks}
 
     async def send(message: Message) -> None:
@@ -152,6 +155,25 @@ def test_an_upload_that_is_not_a_multipart_form_says_how_to_send_it(keyed: FastA
     assert body["error"]["message"] == (
         "send the file as multipart/form-data, with the fields file and purpose"
     )
+
+
+def test_a_json_body_past_its_bound_is_refused_unread_or_as_it_comes(
+    keyed: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    why = f"the body is larger than {front_door.MAX_JSON_BYTES} bytes"
+    declared = {"content-length": str(front_door.MAX_JSON_BYTES + 1), **_bearer()}
+    status, body, read = _send(keyed, "/v1/chat/completions", declared, 64, first=b"{")
+    assert (status, body["error"]["message"], read) == (413, why, 0)
+    assert body["error"]["type"] == "invalid_request_error"
+    monkeypatch.setattr(front_door, "MAX_JSON_BYTES", 10 * 4096)
+    status, body, read = _send(keyed, "/v1/batches", _bearer(), 64, first=b"{")
+    assert (status, read) == (413, 11) and "larger than 40960 bytes" in body["error"]["message"]
+
+
+def test_a_body_that_is_not_json_is_a_400_saying_so(keyed: FastAPI) -> None:
+    status, body, read = _send(keyed, "/v1/chat/completions", _bearer(), 2, first=b"{")
+    assert (status, body["error"]["code"], read) == (400, "invalid_json", 2)
+    assert body["error"]["message"].startswith("the body is not JSON: ")
 
 
 def _bearer() -> dict[str, str]:
