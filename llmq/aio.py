@@ -156,7 +156,8 @@ class AsyncClient:
 
     async def submit_request(self, request: InferenceRequest) -> str:
         """Publish a prepared request once the broker has it; its result is awaited from now
-        on, so it cannot slip by before anyone asks."""
+        on, so it cannot slip by before anyone asks. LlmqError (prompt_too_large) for one past
+        450 kB as a record, which admission would refuse."""
         value = request.record()
         key = (request.tenant, request.correlation_id)
         self._pending.setdefault(key, asyncio.get_running_loop().create_future())

@@ -103,7 +103,8 @@ class Client:
         return self.submit_request(request)
 
     def submit_request(self, request: InferenceRequest) -> str:
-        """Publish a prepared request; returns once the broker has acknowledged it."""
+        """Publish a prepared request; returns once the broker has acknowledged it. LlmqError
+        (prompt_too_large) for one past 450 kB as a record, which admission would refuse."""
         value = request.record()
         producer = self._producer or self._make_producer()
         if self._listener is not None:

@@ -86,8 +86,7 @@ class Load:
 
     def send(self, request: InferenceRequest) -> str:
         """Publish without waiting; the broker's acknowledgement is recorded when it comes."""
-        value = request.model_dump_json(exclude_none=True).encode()
-        self.send_raw(REQUESTS, value, request.correlation_id)
+        self.send_raw(REQUESTS, request.record(), request.correlation_id)
         return request.correlation_id
 
     def send_raw(
