@@ -157,6 +157,18 @@ def test_an_upload_that_is_not_a_multipart_form_says_how_to_send_it(keyed: FastA
     )
 
 
+def test_a_form_without_a_file_says_how_to_send_one(keyed: FastAPI) -> None:
+    purpose_only = (
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b--\r\n'
+    )
+    headers = {"content-type": MULTIPART, **_bearer()}
+    status, body, _ = _send(keyed, "/v1/files", headers, 1, first=purpose_only)
+    assert (status, body["error"]["message"]) == (
+        400,
+        "no file: send it as the multipart field `file`",
+    )
+
+
 def test_a_json_body_past_its_bound_is_refused_unread_or_as_it_comes(
     keyed: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
