@@ -75,6 +75,7 @@ STATUS = {
     ErrorCode.INVALID_JSON: 400,
     ErrorCode.INVALID_REQUEST: 400,
     ErrorCode.PROMPT_TOO_LARGE: 400,
+    ErrorCode.ANSWER_TOO_LARGE: 400,
     ErrorCode.UNSUPPORTED: 400,
     ErrorCode.UNKNOWN_MODEL: 404,
     ErrorCode.EXPIRED: 408,

@@ -22,6 +22,8 @@ class ErrorCode(StrEnum):
     ENGINE_UNAVAILABLE = "engine_unavailable"
     ENGINE_TIMEOUT = "engine_timeout"
     INTERNAL_ERROR = "internal_error"
+    ANSWER_TOO_LARGE = "answer_too_large"
+    """The answer was made but is too large to send back (many logprobs); its tokens are paid."""
     CANCELLED = "cancelled"
     """Nobody waits for the answer any more (the HTTP client went away)."""
     SUPERSEDED = "superseded"

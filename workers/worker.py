@@ -31,11 +31,12 @@ from schemas.catalog import ModelSpec
 from schemas.dlq import dead_letter
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
+from schemas.metering import MeteringEvent
 from schemas.names import COMPLETIONS, DLQ, METERING
 from schemas.redact import describe
 from schemas.request import ChatBody
 from schemas.retry import RetryPolicy
-from schemas.work import Completion, WorkItem
+from schemas.work import MAX_COMPLETION_BYTES, Completion, WorkItem
 from workers import metrics
 from workers.cancels import Cancellations, cancel_error
 from workers.claims import Claim
@@ -55,9 +56,15 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 POLL_TIMEOUT_MS = 100
 """The longest one fetch waits for records; also how soon a stop request is noticed."""
 _METERED_FAILURES = frozenset(
-    {ErrorCode.CANCELLED.value, ErrorCode.SUPERSEDED.value, ErrorCode.EXPIRED.value}
+    {
+        ErrorCode.CANCELLED.value,
+        ErrorCode.SUPERSEDED.value,
+        ErrorCode.EXPIRED.value,
+        ErrorCode.ANSWER_TOO_LARGE.value,
+    }
 )
-"""Failures metered all the same: the generation was cut short, its tokens were spent."""
+"""Failures metered all the same: the generation was cut short (or its answer too large to
+send), its tokens were spent."""
 PUBLISH_RETRY = RetryPolicy(base_delay_s=0.5, max_delay_s=5.0)
 """Backoff between tries to publish an outcome the broker did not take (tried until it does)."""
 
@@ -411,22 +418,31 @@ class Worker:
 
     async def _publish(self, completion: Completion, state: InFlight) -> None:
         """Send the completion (and, for a generation, its metering event, which also rides in
-        the completion for the tenant's budget); await both acks."""
-        sends = []
-        outcome = "ok" if completion.error is None else completion.error.code.value
-        cut_short = outcome in _METERED_FAILURES and state.spent
-        if completion.response is not None or cut_short:
-            event = state.metering(
-                self._spec, self._worker_id, completion.finished_at, outcome=outcome
+        the completion for the tenant's budget); await both acks. An answer too large for a
+        record is replaced by the error that says so: sending it would fail every time."""
+        event, value = self._record(completion, state)
+        if len(value) > MAX_COMPLETION_BYTES:
+            error = LlmqError(
+                ErrorCode.ANSWER_TOO_LARGE,
+                f"the answer's record is {len(value)} bytes, past the {MAX_COMPLETION_BYTES} "
+                "llmq sends; ask for fewer max_tokens or top_logprobs",
             )
-            completion = completion.model_copy(update={"metering": event})
+            log.warning("answering %s with %s", completion.work.request.correlation_id, error)
+            failure = state.failure(error, self._worker_id, completion.finished_at)
+            event, value = self._record(failure, state)
+        sends = [self._deliver(COMPLETIONS, completion.work.fingerprint.encode(), value)]
+        if event is not None:
             sends.append(self._deliver(METERING, event.tenant.encode(), event.model_dump_json()))
-        sends.append(
-            self._deliver(
-                COMPLETIONS, completion.work.fingerprint.encode(), completion.model_dump_json()
-            )
-        )
         await asyncio.gather(*sends)
+
+    def _record(self, completion: Completion, state: InFlight) -> tuple[MeteringEvent | None, str]:
+        """The completion's metering event, if its tokens are paid for (an answer, or a
+        failure that spent them), and its record, which carries that event."""
+        outcome = "ok" if completion.error is None else completion.error.code.value
+        if completion.response is None and not (outcome in _METERED_FAILURES and state.spent):
+            return None, completion.model_dump_json()
+        event = state.metering(self._spec, self._worker_id, completion.finished_at, outcome=outcome)
+        return event, completion.model_copy(update={"metering": event}).model_dump_json()
 
     async def _deliver(self, topic: str, key: bytes, value: str) -> None:
         """Send one record until the broker acknowledges it: while Kafka is away the outcome

@@ -1,6 +1,6 @@
 """The OpenAI request options the front door serves, through the real `openai` SDK on the
 session's stack: JSON output, log-probabilities (whole and streamed), logit_bias, several
-choices (`n`) and `service_tier`."""
+choices (`n`), `service_tier`, and an answer too large to send back."""
 
 from __future__ import annotations
 
@@ -12,8 +12,18 @@ import pytest
 from openai import OpenAI
 from transformers import PreTrainedTokenizerBase
 
+from llmq.client import tail
 from schemas.lanes import Lane
-from tests.integration.helpers import VERDICT_FORMAT, VERDICTS, stored_result, unique_prompt
+from schemas.metering import MeteringEvent
+from schemas.names import METERING
+from schemas.settings import ServiceSettings
+from tests.integration.helpers import (
+    VERDICT_FORMAT,
+    VERDICTS,
+    collect,
+    stored_result,
+    unique_prompt,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -65,6 +75,38 @@ def test_top_logprobs_come_with_a_whole_answer(sdk: OpenAI) -> None:
         assert len(top) == 2 and top[0] >= top[1]
         assert token.logprob == pytest.approx(top[0])  # greedy: the most likely one
     assert "".join(t.token for t in logprobs.content) == answer.choices[0].message.content
+
+
+@pytest.mark.timeout(420)
+def test_an_answer_too_large_to_send_back_is_an_error_not_a_hang(
+    sdk: OpenAI, door: str, service_settings: ServiceSettings
+) -> None:
+    # 1,600 tokens with 20 alternatives each: at least 585 bytes a token however short the
+    # tokens and log-probabilities are, so past the 900,000 a completion record may take.
+    metering = tail(service_settings.kafka_bootstrap, METERING)
+    try:
+        with pytest.raises(openai.BadRequestError) as large:
+            sdk.with_options(timeout=360).chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": unique_prompt("Count to ten.")}],
+                max_tokens=1600,
+                logprobs=True,
+                top_logprobs=20,
+                extra_body={"ignore_eos": True},
+            )
+        cid = large.value.response.headers["x-llmq-correlation-id"]
+        events = collect(
+            metering, lambda rs: any(cid.encode() in r.value for r in rs), timeout_s=30
+        )
+    finally:
+        metering.close()
+    assert large.value.code == "answer_too_large"
+    assert "past the 900000 llmq sends" in large.value.message
+    assert stored_result(door, cid).error is not None
+    [event] = [
+        MeteringEvent.model_validate_json(r.value) for r in events if cid.encode() in r.value
+    ]
+    assert event.outcome == "answer_too_large" and event.completion_tokens == 1600
 
 
 def test_each_stream_chunk_carries_its_tokens_logprobs(sdk: OpenAI) -> None:

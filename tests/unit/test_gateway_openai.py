@@ -213,6 +213,7 @@ def test_auto_and_no_model_are_served() -> None:
     [
         (ErrorCode.INVALID_REQUEST, 400),
         (ErrorCode.PROMPT_TOO_LARGE, 400),
+        (ErrorCode.ANSWER_TOO_LARGE, 400),
         (ErrorCode.UNKNOWN_MODEL, 404),
         (ErrorCode.EXPIRED, 408),
         (ErrorCode.RATE_LIMITED, 429),

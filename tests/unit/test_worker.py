@@ -35,6 +35,7 @@ from tests.unit.worker_fakes import (
     until,
     work,
 )
+from workers import worker as worker_module
 from workers.cancels import Cancellations
 from workers.lanes import LanePolicy
 from workers.tokens import DeltaPolicy
@@ -136,6 +137,22 @@ def test_a_generation_past_its_timeout_is_aborted_and_fails_retriably() -> None:
     assert "0.05s" in completion.error.message
     assert engine.aborted == [engine.started[0][0]], "closing the stream aborts it in the engine"
     assert producer.metering() == []
+
+
+def test_an_answer_too_large_to_send_is_answered_with_that_error_and_metered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sending it would fail every time: it would hold its offset and its app for good."""
+    monkeypatch.setattr(worker_module, "MAX_COMPLETION_BYTES", 100)
+    producer = _one(work(), FakeEngine())
+    [completion] = producer.completions()
+    assert completion.response is None and completion.error is not None
+    assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
+    assert not completion.error.retriable
+    assert "past the 100 llmq sends" in completion.error.message
+    [event] = producer.metering()  # the tokens it made are paid for all the same
+    assert (event.outcome, event.completion_tokens) == ("answer_too_large", 3)
+    assert completion.metering == event
 
 
 def test_a_cascade_asks_for_logprobs_to_judge_the_answer_but_does_not_return_them() -> None:
