@@ -26,7 +26,8 @@ from schemas.tenants import TenantPolicy
 
 
 class ApiError(Exception):
-    """An HTTP error in OpenAI's shape."""
+    """An HTTP error in OpenAI's shape; a server error that retrying cannot mend tells the SDK
+    not to (`x-should-retry: false`)."""
 
     def __init__(
         self, error: LlmqError, status: int | None = None, headers: dict[str, str] | None = None
@@ -34,6 +35,8 @@ class ApiError(Exception):
         super().__init__(error.message)
         self.status, self.body = error_body(error.code, error.message, status)
         self.headers = {**(retry_after(error) if self.status == 429 else {}), **(headers or {})}
+        if self.status >= 500 and not error.retriable:  # the SDK would retry it
+            self.headers["x-should-retry"] = "false"
 
 
 MAX_JSON_BYTES = 8 << 20

@@ -87,8 +87,10 @@ STATUS = {
     ErrorCode.ENGINE_UNAVAILABLE: 503,
     ErrorCode.ENGINE_TIMEOUT: 504,
     ErrorCode.CANCELLED: 499,
+    ErrorCode.CRASH_LOOP: 500,
 }
-"""HTTP status of each error: the ones the OpenAI SDK maps to its exceptions."""
+"""HTTP status of each error a reply can carry: the ones the OpenAI SDK maps to its
+exceptions."""
 TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",

@@ -8,10 +8,12 @@ import pytest
 from openai.types.chat import ChatCompletion as ChatCompletionObject
 from openai.types.chat import ChatCompletionChunk
 
+from gateway.door import ApiError
 from gateway.openai import (
     IGNORED,
     PASSED,
     READ_HERE,
+    STATUS,
     Chunks,
     completion_of,
     error_body,
@@ -222,12 +224,24 @@ def test_auto_and_no_model_are_served() -> None:
         (ErrorCode.ENGINE_ERROR, 502),
         (ErrorCode.ENGINE_UNAVAILABLE, 503),
         (ErrorCode.ENGINE_TIMEOUT, 504),
+        (ErrorCode.CRASH_LOOP, 500),
     ],
 )
 def test_each_error_has_the_status_the_sdk_maps(code: ErrorCode, status: int) -> None:
     got, body = error_body(code, "why")
     assert got == status
     assert body["error"]["message"] == "why" and body["error"]["code"] == code.value
+
+
+def test_every_code_a_reply_carries_has_a_status() -> None:
+    replied = set(ErrorCode) - {ErrorCode.SUPERSEDED}  # a worker's outcome, never a reply
+    assert replied <= set(STATUS), sorted(replied - set(STATUS))
+
+
+def test_a_server_error_that_retrying_cannot_mend_tells_the_sdk_not_to() -> None:
+    assert ApiError(LlmqError(ErrorCode.CRASH_LOOP, "x")).headers == {"x-should-retry": "false"}
+    assert ApiError(LlmqError(ErrorCode.ENGINE_ERROR, "x")).headers == {}
+    assert ApiError(LlmqError(ErrorCode.ANSWER_TOO_LARGE, "x")).status == 400
 
 
 def test_a_429_says_when_to_retry_in_whole_seconds() -> None:
