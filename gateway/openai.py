@@ -17,7 +17,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.redact import describe
 from schemas.request import CacheMode, ChatBody, InferenceRequest
-from schemas.result import ChoiceLogprobs, InferenceResult, TokenLogprob, Usage
+from schemas.result import InferenceResult, TokenLogprob, TopLogprob, Usage
 
 AUTO = "auto"
 PASSED = frozenset(
@@ -246,6 +246,9 @@ def completion(result: InferenceResult) -> dict[str, Any]:
     if result.response is None:
         raise ValueError("an error result has no chat.completion")
     body = result.response.model_dump(exclude_none=True)
+    for choice, out in zip(result.response.choices, body["choices"], strict=True):
+        if choice.logprobs is not None:
+            out["logprobs"] = logprobs_body(choice.logprobs.content)
     body["id"] = f"chatcmpl-{result.correlation_id}"
     body["llmq"] = {
         "correlation_id": result.correlation_id,
@@ -255,6 +258,23 @@ def completion(result: InferenceResult) -> dict[str, Any]:
         "timings": result.timings.model_dump(),
     }
     return body
+
+
+def logprobs_body(content: list[TokenLogprob]) -> dict[str, Any]:
+    """OpenAI's `logprobs` of a choice: each token, and each likely one, with the UTF-8 of
+    its text as `bytes`, as vLLM's server gives them (a token that is part of a character
+    has the replacement character's)."""
+    return {
+        "content": [
+            {**_entry(token), "top_logprobs": [_entry(top) for top in token.top_logprobs]}
+            for token in content
+        ]
+    }
+
+
+def _entry(token: TokenLogprob | TopLogprob) -> dict[str, Any]:
+    text = token.token
+    return {"token": text, "logprob": token.logprob, "bytes": list(text.encode(errors="replace"))}
 
 
 def completion_of(results: list[InferenceResult]) -> dict[str, Any]:
@@ -324,11 +344,10 @@ class Chunks:
         index: int,
         logprobs: list[TokenLogprob] | None = None,
     ) -> dict[str, Any]:
-        entries = None if logprobs is None else ChoiceLogprobs(content=logprobs).model_dump()
         choice = {
             "index": index,
             "delta": delta,
-            "logprobs": entries,
+            "logprobs": None if logprobs is None else logprobs_body(logprobs),
             "finish_reason": finish_reason,
         }
         body = {**self._head(), "choices": [choice]}

@@ -75,6 +75,9 @@ def test_top_logprobs_come_with_a_whole_answer(sdk: OpenAI) -> None:
         assert len(top) == 2 and top[0] >= top[1]
         assert token.logprob == pytest.approx(top[0])  # greedy: the most likely one
     assert "".join(t.token for t in logprobs.content) == answer.choices[0].message.content
+    tops = [(t.token, t.bytes) for entry in logprobs.content for t in entry.top_logprobs]
+    for text, raw in [(t.token, t.bytes) for t in logprobs.content] + tops:
+        assert raw == list(text.encode()), text  # as vLLM's server gives them
 
 
 @pytest.mark.timeout(420)

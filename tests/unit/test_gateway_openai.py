@@ -29,6 +29,7 @@ from schemas.result import (
     CacheStatus,
     ChatCompletion,
     Choice,
+    ChoiceLogprobs,
     InferenceResult,
     TokenLogprob,
     TopLogprob,
@@ -278,7 +279,28 @@ def test_a_chunks_logprobs_read_as_the_sdks() -> None:
     assert [(t.token, t.logprob, t.top_logprobs[0].token) for t in logprobs.content] == [
         ("Hi", -0.5, "Hi")
     ]
+    assert logprobs.content[0].bytes == logprobs.content[0].top_logprobs[0].bytes == [72, 105]
     assert ChatCompletionChunk.model_validate(chunks.content("Hi")).choices[0].logprobs is None
+
+
+def test_logprobs_carry_each_tokens_utf8_bytes_as_vllms_server_does() -> None:
+    summer = "\u00e9t\u00e9"
+    top = [TopLogprob(token=summer, logprob=-0.1), TopLogprob(token="\ufffd", logprob=-3)]
+    entry = TokenLogprob(token=summer, logprob=-0.1, top_logprobs=top)
+    choice = Choice(
+        message=ChatMessage(role="assistant", content=summer),
+        finish_reason="length",
+        logprobs=ChoiceLogprobs(content=[entry]),
+    )
+    usage = Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
+    response = ChatCompletion(id="x", created=1, model="m", choices=[choice], usage=usage)
+    result = InferenceResult(correlation_id="c", tenant="t", status="ok", response=response)
+    read = ChatCompletionObject.model_validate(completion_of([result])).choices[0].logprobs
+    assert read is not None and read.content is not None
+    [token] = read.content
+    assert token.bytes == [0xC3, 0xA9, 0x74, 0xC3, 0xA9]
+    assert bytes(token.bytes).decode() == token.token
+    assert [t.bytes for t in token.top_logprobs] == [token.bytes, [0xEF, 0xBF, 0xBD]]
 
 
 def test_api_keys_are_kept_hashed_and_name_their_tenant() -> None:
