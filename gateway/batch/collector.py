@@ -15,8 +15,9 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from gateway.batch.lines import output_line
+from gateway.batch.lines import error_line, output_line
 from gateway.batch.store import BatchStore, Outcome
+from schemas.errors import ErrorCode
 from schemas.names import BATCH_RESULTS, BATCHES_GROUP
 from schemas.redact import explain
 from schemas.result import InferenceResult
@@ -42,8 +43,13 @@ def outcome(
 ) -> Outcome:
     """What a reply makes of its line: an output line, an error line, or (refused for a
     while: rate limits, budget holds) a retry once the wait is over, if that is before the
-    batch expires."""
+    batch expires. A reply with neither an answer nor an error (another producer's) is an
+    error line: it must not stop the collector, which would read it again and again."""
     error = result.error
+    if error is None and result.response is None:  # no door's reply: the line says so
+        why = "its reply carried neither an answer nor an error"
+        line = error_line(custom_id, str(result.correlation_id), ErrorCode.INTERNAL_ERROR, why)
+        return Outcome(number, attempt, "error", line)
     if error is not None and error.retry_after_s is not None:
         retry_at = time.time() + error.retry_after_s
         if retry_at < expires_at:

@@ -158,6 +158,18 @@ def test_an_error_reply_is_an_error_line_with_its_http_status() -> None:
     assert response["body"]["error"]["code"] == "prompt_too_large"
 
 
+def test_a_reply_with_neither_an_answer_nor_an_error_is_an_error_line() -> None:
+    """Written by another producer: raising on it would stop the collector for good."""
+    odd = InferenceResult(correlation_id="batch_ab.3.0", tenant="acme", status="ok")
+    made = outcome(3, 0, "q3", odd, time.time() + 60)
+    assert (made.kind, made.line, made.attempt) == ("error", 3, 0)
+    assert made.body["error"] == {
+        "code": "internal_error",
+        "message": "its reply carried neither an answer nor an error",
+    }
+    assert made.body["id"] == "batch_req_batch_ab.3.0"
+
+
 def test_a_refusal_for_a_while_is_retried_if_the_batch_has_the_time() -> None:
     now = time.time()
     made = outcome(3, 1, "q3", _error(ErrorCode.RATE_LIMITED, 20), now + 60)
