@@ -432,24 +432,27 @@ class Worker:
             event, value = self._record(failure, state)
         sends = [self._deliver(COMPLETIONS, completion.work.fingerprint.encode(), value)]
         if event is not None:
-            sends.append(self._deliver(METERING, event.tenant.encode(), event.model_dump_json()))
+            metered = event.model_dump_json().encode()
+            sends.append(self._deliver(METERING, event.tenant.encode(), metered))
         await asyncio.gather(*sends)
 
-    def _record(self, completion: Completion, state: InFlight) -> tuple[MeteringEvent | None, str]:
+    def _record(
+        self, completion: Completion, state: InFlight
+    ) -> tuple[MeteringEvent | None, bytes]:
         """The completion's metering event, if its tokens are paid for (an answer, or a
         failure that spent them), and its record, which carries that event."""
         outcome = "ok" if completion.error is None else completion.error.code.value
         if completion.response is None and not (outcome in _METERED_FAILURES and state.spent):
-            return None, completion.model_dump_json()
+            return None, completion.model_dump_json().encode()
         event = state.metering(self._spec, self._worker_id, completion.finished_at, outcome=outcome)
-        return event, completion.model_copy(update={"metering": event}).model_dump_json()
+        return event, completion.model_copy(update={"metering": event}).model_dump_json().encode()
 
-    async def _deliver(self, topic: str, key: bytes, value: str) -> None:
+    async def _deliver(self, topic: str, key: bytes, value: bytes) -> None:
         """Send one record until the broker acknowledges it: while Kafka is away the outcome
         waits here and its offset stays uncommitted, so nothing is lost or sent twice."""
         for attempt in itertools.count(1):
             try:
-                await (await self._producer.send(topic, value.encode(), key))
+                await (await self._producer.send(topic, value, key))
                 return
             except KafkaError as exc:
                 delay = PUBLISH_RETRY.backoff(attempt)

@@ -15,7 +15,7 @@ from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode
 from schemas.lanes import Lane
 from schemas.names import DLQ
-from schemas.request import ChatMessage
+from schemas.request import ChatBody, ChatMessage
 from schemas.route import Route
 from schemas.stream import Cancel
 from schemas.work import WorkItem
@@ -153,6 +153,18 @@ def test_an_answer_too_large_to_send_is_answered_with_that_error_and_metered(
     [event] = producer.metering()  # the tokens it made are paid for all the same
     assert (event.outcome, event.completion_tokens) == ("answer_too_large", 3)
     assert completion.metering == event
+
+
+def test_the_bound_is_on_the_records_bytes_not_its_characters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """5,000 characters of "\u00e9" are 10,000 bytes: the record passes 7,500 bytes in UTF-8
+    while its text has fewer characters than that."""
+    monkeypatch.setattr(worker_module, "MAX_COMPLETION_BYTES", 7_500)
+    body = ChatBody(messages=[ChatMessage(role="user", content="\u00e9" * 5_000)])
+    [completion] = _one(_work_with({"body": body}), FakeEngine()).completions()
+    assert completion.error is not None
+    assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
 
 
 def test_a_cascade_asks_for_logprobs_to_judge_the_answer_but_does_not_return_them() -> None:
