@@ -47,9 +47,9 @@ def outcome(
     error line: it must not stop the collector, which would read it again and again."""
     error = result.error
     if error is None and result.response is None:  # no door's reply: the line says so
-        why = "its reply carried neither an answer nor an error"
-        line = error_line(custom_id, str(result.correlation_id), ErrorCode.INTERNAL_ERROR, why)
-        return Outcome(number, attempt, "error", line)
+        return _failed(
+            number, attempt, custom_id, result, "it carried neither an answer nor an error"
+        )
     if error is not None and error.retry_after_s is not None:
         retry_at = time.time() + error.retry_after_s
         if retry_at < expires_at:
@@ -62,6 +62,27 @@ def outcome(
         tokens = (usage.prompt_tokens, usage.completion_tokens, cached)
     kind = "output" if error is None else "error"
     return Outcome(number, attempt, kind, output_line(custom_id, result), tokens)
+
+
+def _guarded(
+    number: int, attempt: int, custom_id: str, result: InferenceResult, expires_at: float
+) -> Outcome:
+    """outcome(), or, if making it fails (a bug), an error line saying so: a reply that
+    fails every time would otherwise stop every later one, read again after each failure."""
+    try:
+        return outcome(number, attempt, custom_id, result, expires_at)
+    except Exception as exc:
+        log.exception("cannot write the reply %s", result.correlation_id)
+        return _failed(number, attempt, custom_id, result, explain(exc))
+
+
+def _failed(
+    number: int, attempt: int, custom_id: str, result: InferenceResult, why: str
+) -> Outcome:
+    """An internal_error line for a reply that cannot be written as it is, saying `why`."""
+    message = f"the line's reply could not be written: {why}"
+    line = error_line(custom_id, str(result.correlation_id), ErrorCode.INTERNAL_ERROR, message)
+    return Outcome(number, attempt, "error", line)
 
 
 class Collector:
@@ -142,7 +163,7 @@ class Collector:
             expires_at = float(batch["expires_at"])
             custom_ids = await self._store.custom_ids(batch_id, [n for n, _, _ in lines])
             outcomes = [
-                outcome(number, attempt, custom_id, result, expires_at)
+                _guarded(number, attempt, custom_id, result, expires_at)
                 for (number, attempt, result), custom_id in zip(lines, custom_ids, strict=True)
                 if custom_id is not None
             ]

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.batch import collector
 from gateway.batch.collector import outcome, parse_line_id
+from gateway.batch.lines import output_line
 from gateway.batch.runner import Pace, Runner
 from gateway.batch.store import MAX_FILE_LINES, BatchStore
 from schemas.catalog import Catalog
@@ -21,6 +23,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.names import batch_keys
 from schemas.request import InferenceRequest
 from schemas.result import ChatCompletion, Choice, ErrorInfo, InferenceResult, Usage
+from schemas.settings import ServiceSettings
 from tests.integration.helpers import run_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.usefixtures("sync")]
@@ -219,6 +222,38 @@ def test_a_cancel_stops_the_lines_in_flight_and_the_rest(redis_port: int) -> Non
         assert {line["error"]["code"] for line in files["errors"]} == {"batch_cancelled"}
         await _reply(store, _answer(recorder.sent[1]), expires)  # too late: not counted
         assert (await store.batch(batch_id))["completed"] == "1"  # type: ignore[index]
+
+    run_async(redis_port, body)
+
+
+def test_a_reply_that_cannot_be_written_ends_its_line_not_the_collector(
+    redis_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in writing one reply would fail again at every re-read of the topic."""
+
+    def broken(custom_id: str, result: InferenceResult) -> dict[str, Any]:
+        if custom_id == "c1":
+            raise RuntimeError("a bug")
+        return output_line(custom_id, result)
+
+    monkeypatch.setattr(collector, "output_line", broken)
+
+    async def body(client: aioredis.Redis) -> None:
+        store, recorder = BatchStore(client, 3600), Recorder()
+        runner = Runner(store, recorder, CATALOG, "door-1", Pace(in_flight=3))
+        batch_id = await _batch(store, [_line(n) for n in range(3)])
+        await runner.tick()
+        await runner.tick()
+        replies = [_answer(r).model_dump_json().encode() for r in recorder.sent]
+        await collector.Collector(ServiceSettings(), store, "door-1").take([*replies])
+        await runner.tick()
+        fields = await store.batch(batch_id)
+        assert fields is not None and fields["status"] == "completed"
+        files = await _files(store, batch_id)
+        assert sorted(line["custom_id"] for line in files["output"]) == ["c0", "c2"]
+        [error] = files["errors"]
+        assert error["custom_id"] == "c1" and error["error"]["code"] == "internal_error"
+        assert error["error"]["message"].endswith("could not be written: RuntimeError: a bug")
 
     run_async(redis_port, body)
 

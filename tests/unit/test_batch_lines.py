@@ -165,7 +165,8 @@ def test_a_reply_with_neither_an_answer_nor_an_error_is_an_error_line() -> None:
     assert (made.kind, made.line, made.attempt) == ("error", 3, 0)
     assert made.body["error"] == {
         "code": "internal_error",
-        "message": "its reply carried neither an answer nor an error",
+        "message": "the line's reply could not be written: it carried neither an answer nor "
+        "an error",
     }
     assert made.body["id"] == "batch_req_batch_ab.3.0"
 
