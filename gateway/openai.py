@@ -245,7 +245,9 @@ def completion(result: InferenceResult) -> dict[str, Any]:
     unknown fields: `completion.llmq`)."""
     if result.response is None:
         raise ValueError("an error result has no chat.completion")
-    body = result.response.model_dump(exclude_none=True)
+    body = result.response.model_dump(
+        exclude_none=True, exclude={"choices": {"__all__": {"logprobs"}}}
+    )
     for choice, out in zip(result.response.choices, body["choices"], strict=True):
         if choice.logprobs is not None:
             out["logprobs"] = logprobs_body(choice.logprobs.content)
