@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, for_code
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
@@ -28,8 +29,13 @@ BACKLOG = 2048
 """Connections a listening socket holds before a server accepts them (uvicorn's default)."""
 KAFKA_WAIT_S = 30.0
 """How long the brokers have to answer the first bootstrap (a refused connection fails at once)."""
+RECORD_LIMIT = 1_048_576
+"""The most bytes a producer sends as one record where its topic takes more (aiokafka's
+default max_request_size)."""
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=BaseSettings)
 T = TypeVar("T")
@@ -150,6 +156,33 @@ async def _bootstrap(settings: ServiceSettings, client_id: str, wait_s: float) -
         raise kafka_unreachable(settings, TimeoutError(f"no answer in {wait_s:g} s")) from None
     except (KafkaError, OSError) as exc:
         raise kafka_unreachable(settings, exc, said[-1] if said else None) from None
+    finally:
+        await admin.close()
+
+
+async def record_limit(settings: ServiceSettings, client_id: str, topic: str) -> int:
+    """The most bytes one record may have on `topic` (its max.message.bytes, at most
+    RECORD_LIMIT); RECORD_LIMIT, with a warning, where the brokers will not say (no such
+    topic yet, or no right to describe it)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{client_id}-limit",
+        **settings.kafka_security().client_kwargs(),
+    )
+    wanted = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
+    try:
+        async with asyncio.timeout(KAFKA_WAIT_S):
+            await admin.start()
+            [response] = await admin.describe_configs([wanted])
+        [(code, _, _, _, entries)] = response.resources
+        if code:
+            raise for_code(code)()
+        [(_, value, *_)] = entries
+        return min(int(value), RECORD_LIMIT)
+    except (KafkaError, OSError, TimeoutError, ValueError) as exc:
+        why = str(exc) if isinstance(exc, KafkaError) else explain(exc)
+        log.warning("cannot read %s's max.message.bytes (%s); taking %d", topic, why, RECORD_LIMIT)
+        return RECORD_LIMIT
     finally:
         await admin.close()
 

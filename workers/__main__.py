@@ -20,7 +20,7 @@ from llmq import startup
 from llmq.deadline import exit_after
 from llmq.fetcher import install as fix_fetcher
 from schemas.catalog import ModelSpec
-from schemas.names import CANCELS, work_topics, worker_group
+from schemas.names import CANCELS, COMPLETIONS, work_topics, worker_group
 from schemas.redact import log_content
 from schemas.retry import RetryPolicy
 from workers import metrics
@@ -33,7 +33,7 @@ from workers.engine import Engine
 from workers.openai_engine import OpenAIEngine
 from workers.settings import WorkerSettings
 from workers.starts import RedisStarts
-from workers.worker import Worker
+from workers.worker import RecordRefusedError, Worker
 
 log = logging.getLogger("workers")
 
@@ -75,7 +75,8 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     engine = make_engine()
-    producer, consumer = kafka_clients(settings, spec)
+    limit = await startup.record_limit(settings, settings.worker_id, COMPLETIONS)
+    producer, consumer = kafka_clients(settings, spec, limit)
     cancels = cancels_consumer(settings)
     cancellations = Cancellations(settings.cancel_memory_s)
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
@@ -122,15 +123,18 @@ async def serve(
 
 
 def kafka_clients(
-    settings: WorkerSettings, spec: ModelSpec
+    settings: WorkerSettings, spec: ModelSpec, record_limit: int = startup.RECORD_LIMIT
 ) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
-    """The worker's producer and consumer (not started yet), secured as the settings say."""
+    """The worker's producer and consumer (not started yet), secured as the settings say. The
+    producer refuses a record past `record_limit` itself (MessageSizeTooLargeError from its
+    send): refused by the broker, it would break the producer's sequence on that partition."""
     security = settings.kafka_security()
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=settings.worker_id,
         acks="all",
         enable_idempotence=True,
+        max_request_size=record_limit,
         # No linger: a quiet worker's completion leaves at once (with 5 ms of it, the step
         # from the worker's send to the result took p50 14-15 ms, without 7-8:
         # tools.bench.hops). Busy, records still share batches: aiokafka has one request
@@ -203,6 +207,9 @@ def _serve() -> int:
         asyncio.run(serve(settings, spec, make_engine))
     except KafkaConnectionError as exc:  # gone while the engine started, or later
         log.error("the worker stopped: %s", startup.kafka_unreachable(settings, exc))
+        return startup.UNREACHABLE
+    except RecordRefusedError as exc:
+        log.error("the worker stopped: %s", exc)
         return startup.UNREACHABLE
     return 0
 

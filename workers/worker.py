@@ -24,7 +24,7 @@ from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from pydantic import ValidationError
 
 from schemas.catalog import ModelSpec
@@ -67,6 +67,23 @@ _METERED_FAILURES = frozenset(
 send), its tokens were spent."""
 PUBLISH_RETRY = RetryPolicy(base_delay_s=0.5, max_delay_s=5.0)
 """Backoff between tries to publish an outcome the broker did not take (tried until it does)."""
+
+
+class RecordRefusedError(Exception):
+    """A record Kafka will not take on its topic however often it is sent: the worker stops,
+    leaving it uncommitted for its next start."""
+
+    def __init__(self, topic: str, size: int, by_broker: bool) -> None:
+        why = f"a {size}-byte record is more than Kafka takes on {topic}"
+        then = "the worker stops, leaving the record to its next start"
+        if by_broker:  # the producer's sequence on that partition is broken from now on
+            why = (
+                f"Kafka refused a {size}-byte record on {topic}: its max.message.bytes is "
+                "lower than when this worker started, and a producer the broker refused "
+                "cannot write that partition again"
+            )
+            then += ", which reads the new limit"
+        super().__init__(f"{why}; {then}")
 
 
 class Worker:
@@ -422,19 +439,37 @@ class Worker:
         record is replaced by the error that says so: sending it would fail every time."""
         event, value = self._record(completion, state)
         if len(value) > MAX_COMPLETION_BYTES:
-            error = LlmqError(
-                ErrorCode.ANSWER_TOO_LARGE,
-                f"the answer's record is {len(value)} bytes, past the {MAX_COMPLETION_BYTES} "
-                "llmq sends; ask for fewer max_tokens or top_logprobs",
+            event, value = self._too_large(
+                completion, state, len(value), f"past the {MAX_COMPLETION_BYTES} llmq sends"
             )
-            log.warning("answering %s with %s", completion.work.request.correlation_id, error)
-            failure = state.failure(error, self._worker_id, completion.finished_at)
-            event, value = self._record(failure, state)
-        sends = [self._deliver(COMPLETIONS, completion.work.fingerprint.encode(), value)]
+        sends = [self._answer(completion, state, value)]
         if event is not None:
             metered = event.model_dump_json().encode()
             sends.append(self._deliver(METERING, event.tenant.encode(), metered))
         await asyncio.gather(*sends)
+
+    async def _answer(self, completion: Completion, state: InFlight, value: bytes) -> None:
+        """Send the completion's record. One past the topic's limit (read at the start, when
+        lower than the bound) is replaced by the error that says so; its metering event, the
+        same event, is already on its way."""
+        key = completion.work.fingerprint.encode()
+        try:
+            await self._deliver(COMPLETIONS, key, value, refusable=True)
+        except MessageSizeTooLargeError:
+            why = f"more than Kafka takes on {COMPLETIONS} (its max.message.bytes)"
+            _, failure = self._too_large(completion, state, len(value), why)
+            await self._deliver(COMPLETIONS, key, failure)
+
+    def _too_large(
+        self, completion: Completion, state: InFlight, size: int, why: str
+    ) -> tuple[MeteringEvent | None, bytes]:
+        """The record of the error that replaces an answer of `size` bytes, and its event."""
+        error = LlmqError(
+            ErrorCode.ANSWER_TOO_LARGE,
+            f"the answer's record is {size} bytes, {why}; ask for fewer max_tokens or top_logprobs",
+        )
+        log.warning("answering %s with %s", completion.work.request.correlation_id, error)
+        return self._record(state.failure(error, self._worker_id, completion.finished_at), state)
 
     def _record(
         self, completion: Completion, state: InFlight
@@ -447,13 +482,22 @@ class Worker:
         event = state.metering(self._spec, self._worker_id, completion.finished_at, outcome=outcome)
         return event, completion.model_copy(update={"metering": event}).model_dump_json().encode()
 
-    async def _deliver(self, topic: str, key: bytes, value: bytes) -> None:
+    async def _deliver(self, topic: str, key: bytes, value: bytes, refusable: bool = False) -> None:
         """Send one record until the broker acknowledges it: while Kafka is away the outcome
-        waits here and its offset stays uncommitted, so nothing is lost or sent twice."""
+        waits here and its offset stays uncommitted, so nothing is lost or sent twice. A
+        `refusable` record past the topic's limit raises MessageSizeTooLargeError; any other,
+        or one the broker refuses itself (the limit lowered since the start), RecordRefusedError."""
         for attempt in itertools.count(1):
+            sent = False
             try:
-                await (await self._producer.send(topic, value, key))
+                ack = await self._producer.send(topic, value, key)
+                sent = True
+                await ack
                 return
+            except MessageSizeTooLargeError as exc:
+                if refusable and not sent:
+                    raise
+                raise RecordRefusedError(topic, len(value), sent) from exc
             except KafkaError as exc:
                 delay = PUBLISH_RETRY.backoff(attempt)
                 log.warning(

@@ -14,7 +14,7 @@ from aiokafka.errors import KafkaConnectionError
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode
 from schemas.lanes import Lane
-from schemas.names import DLQ
+from schemas.names import COMPLETIONS, DLQ
 from schemas.request import ChatBody, ChatMessage
 from schemas.route import Route
 from schemas.stream import Cancel
@@ -39,7 +39,7 @@ from workers import worker as worker_module
 from workers.cancels import Cancellations
 from workers.lanes import LanePolicy
 from workers.tokens import DeltaPolicy
-from workers.worker import Worker
+from workers.worker import RecordRefusedError, Worker
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -113,9 +113,14 @@ def test_commits_stop_before_records_still_buffered_at_stop() -> None:
     assert consumer.committed == {BATCH: 2}
 
 
-def _one(value: bytes, engine: FakeEngine, spec: ModelSpec | None = None) -> FakeProducer:
+def _one(
+    value: bytes,
+    engine: FakeEngine,
+    spec: ModelSpec | None = None,
+    producer: FakeProducer | None = None,
+) -> FakeProducer:
     """Serve one standard record to the end; returns what was published."""
-    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer, producer = FakeConsumer(), producer or FakeProducer()
     consumer.add(STANDARD, [value])
 
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
@@ -165,6 +170,38 @@ def test_the_bound_is_on_the_records_bytes_not_its_characters(
     [completion] = _one(_work_with({"body": body}), FakeEngine()).completions()
     assert completion.error is not None
     assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
+
+
+def test_an_answer_the_broker_refuses_as_too_large_is_answered_with_that_error() -> None:
+    """A topic set below the bound: Kafka's refusal would come again on every resend. The
+    answer's 3,000 characters do not fit in 2,500 bytes; the error that replaces it does."""
+    producer = FakeProducer(limits={COMPLETIONS: 2_500})
+    _one(work(), FakeEngine(text="x" * 1_000), producer=producer)
+    [(_, refused)] = producer.refused
+    [completion] = producer.completions()
+    assert completion.error is not None
+    assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
+    assert f"is {len(refused)} bytes, more than Kafka takes on" in completion.error.message
+    [event] = producer.metering()  # sent beside the answer first tried: the same event
+    assert completion.metering is not None
+    assert completion.metering.event_id == event.event_id
+    assert completion.metering.outcome == "answer_too_large"
+
+
+def test_a_record_the_broker_refuses_itself_stops_the_worker_and_stays_uncommitted() -> None:
+    """The topic's limit lowered since the start: the producer can no longer write that
+    partition, so the worker stops, saying why; its next start reads the new limit."""
+    consumer = FakeConsumer()
+    producer = FakeProducer(limits={COMPLETIONS: 2_500}, by_broker=True)
+    consumer.add(STANDARD, [work()])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await asyncio.Event().wait()  # the worker stops on its own
+
+    with pytest.raises(RecordRefusedError, match="lower than when this worker started"):
+        run_worker(consumer, producer, lambda: FakeEngine(text="x" * 1_000), scenario)
+    assert [topic for topic, _ in producer.refused] == [COMPLETIONS]
+    assert consumer.committed.get(STANDARD, 0) == 0  # the next to read is still the record
 
 
 def test_a_cascade_asks_for_logprobs_to_judge_the_answer_but_does_not_return_them() -> None:

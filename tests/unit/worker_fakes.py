@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 
 from schemas.catalog import ModelSpec
 from schemas.lanes import Lane
@@ -95,16 +96,27 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    """Acknowledges every send at once and keeps what was sent."""
+    """Acknowledges every send at once and keeps what was sent. A record past its topic's
+    limit is refused as aiokafka's max_request_size does (MessageSizeTooLargeError from the
+    send), or, `by_broker`, as the broker does (in the ack)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: dict[str, int] | None = None, by_broker: bool = False) -> None:
         self.sent: list[tuple[str, bytes]] = []
+        self.refused: list[tuple[str, bytes]] = []
+        self._limits = limits or {}
+        self._by_broker = by_broker
 
     async def send(
         self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
     ) -> asyncio.Future[None]:
-        self.sent.append((topic, value))
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if len(value) > self._limits.get(topic, len(value)):
+            self.refused.append((topic, value))
+            if not self._by_broker:
+                raise MessageSizeTooLargeError(f"The message is {len(value)} bytes")
+            ack.set_exception(MessageSizeTooLargeError())
+            return ack
+        self.sent.append((topic, value))
         ack.set_result(None)
         return ack
 
@@ -149,9 +161,11 @@ class MemoryStarts:
 
 
 class FakeEngine:
-    """Three tokens per answer (logprob -0.5 each, when asked), once its gate is open."""
+    """Three tokens of `text` per answer (logprob -0.5 each, when asked), once its gate is
+    open."""
 
-    def __init__(self, *, step_s: float = 0.0, counts_tokens: bool = True) -> None:
+    def __init__(self, *, step_s: float = 0.0, counts_tokens: bool = True, text: str = "x") -> None:
+        self.text = text
         self.gate = asyncio.Event()
         self.gate.set()
         self.hold = asyncio.Event()
@@ -179,10 +193,10 @@ class FakeEngine:
                 await asyncio.sleep(self.step_s)
                 if i == 1:
                     await self.hold.wait()
-                logprobs = [TokenLogprob(token="x", logprob=-0.5)] if body.logprobs else []
+                logprobs = [TokenLogprob(token=self.text, logprob=-0.5)] if body.logprobs else []
                 last = i == 2
                 reason = "length" if last else None
-                yield EngineStep("x", 1, PROMPT_TOKENS, last, reason, logprobs, CACHED_TOKENS)
+                yield EngineStep(self.text, 1, PROMPT_TOKENS, last, reason, logprobs, CACHED_TOKENS)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise
