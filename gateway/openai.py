@@ -154,7 +154,7 @@ def read_call(
     check_model(model, catalog)
     fields = {k: v for k, v in data.items() if k in PASSED}
     fields["messages"] = _messages(data.get("messages"))
-    if "max_completion_tokens" in data and "max_tokens" not in data:
+    if "max_completion_tokens" in data:  # the newer name wins over both, as in vLLM's server
         fields["max_tokens"] = data["max_completion_tokens"]
     options = data.get("stream_options") or {}
     now = time.time()

@@ -76,6 +76,7 @@ def test_the_sdks_newer_fields_and_llmqs_extras_are_read() -> None:
         Lane.BATCH,
         True,
     )
+    assert _read(max_tokens=5, max_completion_tokens=7).request.body.max_tokens == 7
     content = [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]
     call = _read(
         messages=[
