@@ -31,9 +31,10 @@ from workers.checkpoint import resolve_model_source
 from workers.claims import Claims
 from workers.engine import Engine
 from workers.openai_engine import OpenAIEngine
+from workers.publish import RecordRefusedError
 from workers.settings import WorkerSettings
 from workers.starts import RedisStarts
-from workers.worker import RecordRefusedError, Worker
+from workers.worker import Worker
 
 log = logging.getLogger("workers")
 

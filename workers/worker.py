@@ -4,17 +4,16 @@ Fetched records wait in per-lane buffers (workers/lanes.py) that decide which on
 next: higher lanes first, with headroom kept for them and a minimum share for lower lanes.
 Buffers are bounded and a full lane's partitions are paused, so a backlog stays in Kafka.
 A record's offset counts as in flight from its fetch and is committed only after the
-completion and metering event it produced are acknowledged by the broker. Its starts are
-counted, so one whose generation kills the worker every time is dead-lettered after a few
-(workers/starts.py, workers/solo.py). A rebalance lets the generations of revoked partitions
-finish within the drain bound; what outlives it runs on until the assignment, and only
-what went to another worker is aborted (workers/handover.py).
+completion and metering event it produced are acknowledged by the broker (workers/publish.py).
+Its starts are counted, so one whose generation kills the worker every time is dead-lettered
+after a few (workers/starts.py, workers/solo.py). A rebalance lets the generations of
+revoked partitions finish within the drain bound; what outlives it runs on until the
+assignment, and only what went to another worker is aborted (workers/handover.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 import uuid
@@ -24,19 +23,15 @@ from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.catalog import ModelSpec
-from schemas.dlq import dead_letter
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.metering import MeteringEvent
-from schemas.names import COMPLETIONS, DLQ, METERING
 from schemas.redact import describe
 from schemas.request import ChatBody
-from schemas.retry import RetryPolicy
-from schemas.work import MAX_COMPLETION_BYTES, Completion, WorkItem
+from schemas.work import Completion, WorkItem
 from workers import metrics
 from workers.cancels import Cancellations, cancel_error
 from workers.claims import Claim
@@ -45,6 +40,7 @@ from workers.handover import Handover
 from workers.inflight import InFlight
 from workers.lanes import LanePolicy, LaneScheduler, lane_of
 from workers.offsets import OffsetTracker
+from workers.publish import Publisher
 from workers.solo import Solo
 from workers.starts import DEFAULT_MAX_STARTS, StartCounts
 from workers.tokens import DeltaPolicy, DeltaStream
@@ -55,35 +51,6 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 POLL_TIMEOUT_MS = 100
 """The longest one fetch waits for records; also how soon a stop request is noticed."""
-_METERED_FAILURES = frozenset(
-    {
-        ErrorCode.CANCELLED.value,
-        ErrorCode.SUPERSEDED.value,
-        ErrorCode.EXPIRED.value,
-        ErrorCode.ANSWER_TOO_LARGE.value,
-    }
-)
-"""Failures metered all the same: the generation was cut short (or its answer too large to
-send), its tokens were spent."""
-PUBLISH_RETRY = RetryPolicy(base_delay_s=0.5, max_delay_s=5.0)
-"""Backoff between tries to publish an outcome the broker did not take (tried until it does)."""
-
-
-class RecordRefusedError(Exception):
-    """A record Kafka will not take on its topic however often it is sent: the worker stops,
-    leaving it uncommitted for its next start."""
-
-    def __init__(self, topic: str, size: int, by_broker: bool) -> None:
-        why = f"a {size}-byte record is more than Kafka takes on {topic}"
-        then = "the worker stops, leaving the record to its next start"
-        if by_broker:  # the producer's sequence on that partition is broken from now on
-            why = (
-                f"Kafka refused a {size}-byte record on {topic}: its max.message.bytes is "
-                "lower than when this worker started, and a producer the broker refused "
-                "cannot write that partition again"
-            )
-            then += ", which reads the new limit"
-        super().__init__(f"{why}; {then}")
 
 
 class Worker:
@@ -110,6 +77,7 @@ class Worker:
         self._engine = engine
         self._consumer = consumer
         self._producer = producer
+        self._outcomes = Publisher(producer, spec, worker_id)
         self._worker_id = worker_id
         self._commit_interval_s = commit_interval_s
         self._drain_timeout_s = drain_timeout_s
@@ -270,7 +238,7 @@ class Worker:
             work = WorkItem.model_validate_json(record.value or b"")
         except ValidationError as exc:
             error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable work item: {describe(exc)}")
-            await self._dead_letter(record, error)
+            await self._outcomes.dead_letter(record, error)
             self._tracker.done(tp, record.offset)
             return
         where = (record.topic, record.partition, record.offset)
@@ -313,7 +281,7 @@ class Worker:
             task = asyncio.current_task()
             if task is not None:
                 self._concluding.add(task)
-            await self._publish(completion, state)
+            await self._outcomes.publish(completion, state)
 
     async def _crash_loop(self, record: Record, state: InFlight, crashes: int) -> None:
         """Dead-letter a record whose generation took its worker down `crashes` times, and
@@ -324,9 +292,9 @@ class Worker:
             f"after {crashes} starts without an outcome (LLMQ_MAX_STARTS={self._max_starts})",
             retried=True,
         )
-        await self._dead_letter(record, error)
+        await self._outcomes.dead_letter(record, error)
         metrics.GENERATIONS.labels(error.code.value).inc()
-        await self._publish(state.failure(error, self._worker_id, time.time()), state)
+        await self._outcomes.publish(state.failure(error, self._worker_id, time.time()), state)
 
     async def _generate(self, state: InFlight) -> Completion:
         """Run the generation; every outcome but a dead engine becomes a Completion."""
@@ -432,90 +400,6 @@ class Worker:
         if work.route.cascade and work.route.remaining and not body.logprobs:
             return body.model_copy(update={"logprobs": True})
         return body
-
-    async def _publish(self, completion: Completion, state: InFlight) -> None:
-        """Send the completion (and, for a generation, its metering event, which also rides in
-        the completion for the tenant's budget); await both acks. An answer too large for a
-        record is replaced by the error that says so: sending it would fail every time."""
-        event, value = self._record(completion, state)
-        if len(value) > MAX_COMPLETION_BYTES:
-            event, value = self._too_large(
-                completion, state, len(value), f"past the {MAX_COMPLETION_BYTES} llmq sends"
-            )
-        sends = [self._answer(completion, state, value)]
-        if event is not None:
-            metered = event.model_dump_json().encode()
-            sends.append(self._deliver(METERING, event.tenant.encode(), metered))
-        await asyncio.gather(*sends)
-
-    async def _answer(self, completion: Completion, state: InFlight, value: bytes) -> None:
-        """Send the completion's record. One past the topic's limit (read at the start, when
-        lower than the bound) is replaced by the error that says so; its metering event, the
-        same event, is already on its way."""
-        key = completion.work.fingerprint.encode()
-        try:
-            await self._deliver(COMPLETIONS, key, value, refusable=True)
-        except MessageSizeTooLargeError:
-            why = f"more than Kafka takes on {COMPLETIONS} (its max.message.bytes)"
-            _, failure = self._too_large(completion, state, len(value), why)
-            await self._deliver(COMPLETIONS, key, failure)
-
-    def _too_large(
-        self, completion: Completion, state: InFlight, size: int, why: str
-    ) -> tuple[MeteringEvent | None, bytes]:
-        """The record of the error that replaces an answer of `size` bytes, and its event."""
-        error = LlmqError(
-            ErrorCode.ANSWER_TOO_LARGE,
-            f"the answer's record is {size} bytes, {why}; ask for fewer max_tokens or top_logprobs",
-        )
-        log.warning("answering %s with %s", completion.work.request.correlation_id, error)
-        return self._record(state.failure(error, self._worker_id, completion.finished_at), state)
-
-    def _record(
-        self, completion: Completion, state: InFlight
-    ) -> tuple[MeteringEvent | None, bytes]:
-        """The completion's metering event, if its tokens are paid for (an answer, or a
-        failure that spent them), and its record, which carries that event."""
-        outcome = "ok" if completion.error is None else completion.error.code.value
-        if completion.response is None and not (outcome in _METERED_FAILURES and state.spent):
-            return None, completion.model_dump_json().encode()
-        event = state.metering(self._spec, self._worker_id, completion.finished_at, outcome=outcome)
-        return event, completion.model_copy(update={"metering": event}).model_dump_json().encode()
-
-    async def _deliver(self, topic: str, key: bytes, value: bytes, refusable: bool = False) -> None:
-        """Send one record until the broker acknowledges it: while Kafka is away the outcome
-        waits here and its offset stays uncommitted, so nothing is lost or sent twice. A
-        `refusable` record past the topic's limit raises MessageSizeTooLargeError; any other,
-        or one the broker refuses itself (the limit lowered since the start), RecordRefusedError."""
-        for attempt in itertools.count(1):
-            sent = False
-            try:
-                ack = await self._producer.send(topic, value, key)
-                sent = True
-                await ack
-                return
-            except MessageSizeTooLargeError as exc:
-                if refusable and not sent:
-                    raise
-                raise RecordRefusedError(topic, len(value), sent) from exc
-            except KafkaError as exc:
-                delay = PUBLISH_RETRY.backoff(attempt)
-                log.warning(
-                    "sending to %s failed (attempt %d), again in %.1fs: %r",
-                    topic,
-                    attempt,
-                    delay,
-                    exc,
-                )
-                await asyncio.sleep(delay)
-
-    async def _dead_letter(self, record: Record, error: LlmqError) -> None:
-        log.warning(
-            "dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, error
-        )
-        letter = dead_letter(record.topic, record.key, record.value, error)
-        headers = list(letter.headers.items())
-        await (await self._producer.send(DLQ, letter.value, letter.key, headers=headers))
 
     async def _drain(self) -> None:
         """Let in-flight generations finish within the bound; abort the rest, commit, return."""

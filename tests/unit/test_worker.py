@@ -35,11 +35,11 @@ from tests.unit.worker_fakes import (
     until,
     work,
 )
-from workers import worker as worker_module
+from workers import publish
 from workers.cancels import Cancellations
 from workers.lanes import LanePolicy
 from workers.tokens import DeltaPolicy
-from workers.worker import RecordRefusedError, Worker
+from workers.worker import Worker
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -148,7 +148,7 @@ def test_an_answer_too_large_to_send_is_answered_with_that_error_and_metered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Sending it would fail every time: it would hold its offset and its app for good."""
-    monkeypatch.setattr(worker_module, "MAX_COMPLETION_BYTES", 100)
+    monkeypatch.setattr(publish, "MAX_COMPLETION_BYTES", 100)
     producer = _one(work(), FakeEngine())
     [completion] = producer.completions()
     assert completion.response is None and completion.error is not None
@@ -165,7 +165,7 @@ def test_the_bound_is_on_the_records_bytes_not_its_characters(
 ) -> None:
     """5,000 characters of "\u00e9" are 10,000 bytes: the record passes 7,500 bytes in UTF-8
     while its text has fewer characters than that."""
-    monkeypatch.setattr(worker_module, "MAX_COMPLETION_BYTES", 7_500)
+    monkeypatch.setattr(publish, "MAX_COMPLETION_BYTES", 7_500)
     body = ChatBody(messages=[ChatMessage(role="user", content="\u00e9" * 5_000)])
     [completion] = _one(_work_with({"body": body}), FakeEngine()).completions()
     assert completion.error is not None
@@ -198,7 +198,7 @@ def test_a_record_the_broker_refuses_itself_stops_the_worker_and_stays_uncommitt
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
         await asyncio.Event().wait()  # the worker stops on its own
 
-    with pytest.raises(RecordRefusedError, match="lower than when this worker started"):
+    with pytest.raises(publish.RecordRefusedError, match="lower than when this worker started"):
         run_worker(consumer, producer, lambda: FakeEngine(text="x" * 1_000), scenario)
     assert [topic for topic, _ in producer.refused] == [COMPLETIONS]
     assert consumer.committed.get(STANDARD, 0) == 0  # the next to read is still the record
