@@ -15,6 +15,7 @@ from pathlib import Path
 
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from schemas.catalog import Catalog, ModelSpec
 from schemas.names import topic_plan
@@ -377,7 +378,7 @@ class LocalStack:
     def _autoscaler(self, metric: str) -> dict[str, float]:
         if not self.settings.autoscale:
             return {}
-        return _samples(self.autoscaler_port, metric, "model")
+        return _by_label(self.autoscaler_port, metric, "model")
 
     def pools(self) -> dict[str, tuple[int, int | None]]:
         """Each model's workers: how many run, and how many the autoscaler wants (None when
@@ -462,25 +463,21 @@ def healthy(port: int) -> bool:
         return False
 
 
-def _samples(port: int, name: str, label: str) -> dict[str, float]:
-    """The values of one metric on a /metrics endpoint, by one label (empty when down)."""
+def _samples(port: int, name: str) -> list[Sample]:
+    """The samples of one metric on a /metrics endpoint (none when it is down)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
             body: str = resp.read().decode()
     except (urllib.error.URLError, OSError):
-        return {}
-    out = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name == name and label in sample.labels:
-                out[sample.labels[label]] = float(sample.value)
-    return out
+        return []
+    families = text_string_to_metric_families(body)
+    return [sample for family in families for sample in family.samples if sample.name == name]
+
+
+def _by_label(port: int, name: str, label: str) -> dict[str, float]:
+    """The values of one metric on a /metrics endpoint, by one label (empty when down)."""
+    return {s.labels[label]: float(s.value) for s in _samples(port, name) if label in s.labels}
 
 
 def _metric_is_one(port: int, name: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
-            body: str = resp.read().decode()
-    except (urllib.error.URLError, OSError):
-        return False
-    return any(line.split()[:2] == [name, "1.0"] for line in body.splitlines())
+    return any(sample.value == 1 for sample in _samples(port, name))
