@@ -132,14 +132,24 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def reach_kafka(settings: ServiceSettings, client_id: str, wait_s: float = KAFKA_WAIT_S) -> None:
+def reach_kafka(
+    settings: ServiceSettings,
+    client_id: str,
+    wait_s: float = KAFKA_WAIT_S,
+    limit_of: str | None = None,
+) -> int:
     """Return once a broker answers with these credentials; StartError naming where and how it
-    tried otherwise. Runs on a loop of its own, leaving the caller's (faust's) unset."""
+    tried otherwise. Runs on a loop of its own, leaving the caller's (faust's) unset. Returns
+    the most bytes one record may have on topic `limit_of` (RECORD_LIMIT when none is named,
+    and, with a warning, where the brokers will not say: no such topic yet, or no right to
+    describe it)."""
     with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:  # not set as current
-        runner.run(_bootstrap(settings, client_id, wait_s))
+        return runner.run(_bootstrap(settings, client_id, wait_s, limit_of))
 
 
-async def _bootstrap(settings: ServiceSettings, client_id: str, wait_s: float) -> None:
+async def _bootstrap(
+    settings: ServiceSettings, client_id: str, wait_s: float, limit_of: str | None
+) -> int:
     try:
         security = settings.kafka_security().client_kwargs()
     except OSError as exc:  # ssl.SSLError too: a CA, certificate or key that does not load
@@ -152,6 +162,7 @@ async def _bootstrap(settings: ServiceSettings, client_id: str, wait_s: float) -
         with _said("aiokafka") as said:  # its reason (a login refused), not in the exception
             async with asyncio.timeout(wait_s):
                 await admin.start()
+        return RECORD_LIMIT if limit_of is None else await _record_limit(admin, limit_of)
     except TimeoutError:
         raise kafka_unreachable(settings, TimeoutError(f"no answer in {wait_s:g} s")) from None
     except (KafkaError, OSError) as exc:
@@ -160,19 +171,12 @@ async def _bootstrap(settings: ServiceSettings, client_id: str, wait_s: float) -
         await admin.close()
 
 
-async def record_limit(settings: ServiceSettings, client_id: str, topic: str) -> int:
-    """The most bytes one record may have on `topic` (its max.message.bytes, at most
-    RECORD_LIMIT); RECORD_LIMIT, with a warning, where the brokers will not say (no such
-    topic yet, or no right to describe it)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id=f"{client_id}-limit",
-        **settings.kafka_security().client_kwargs(),
-    )
+async def _record_limit(admin: AIOKafkaAdminClient, topic: str) -> int:
+    """`topic`'s max.message.bytes, at most RECORD_LIMIT; RECORD_LIMIT, with a warning,
+    where the brokers will not say."""
     wanted = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
     try:
         async with asyncio.timeout(KAFKA_WAIT_S):
-            await admin.start()
             [response] = await admin.describe_configs([wanted])
         [(code, _, _, _, entries)] = response.resources
         if code:
@@ -183,8 +187,6 @@ async def record_limit(settings: ServiceSettings, client_id: str, topic: str) ->
         why = str(exc) if isinstance(exc, KafkaError) else explain(exc)
         log.warning("cannot read %s's max.message.bytes (%s); taking %d", topic, why, RECORD_LIMIT)
         return RECORD_LIMIT
-    finally:
-        await admin.close()
 
 
 def kafka_unreachable(

@@ -60,10 +60,14 @@ class ServedEngine(Engine, Protocol):
 
 
 async def serve(
-    settings: WorkerSettings, spec: ModelSpec, make_engine: Callable[[], ServedEngine]
+    settings: WorkerSettings,
+    spec: ModelSpec,
+    make_engine: Callable[[], ServedEngine],
+    record_limit: int = startup.RECORD_LIMIT,
 ) -> None:
-    """Start the engine and the Kafka clients, run the loop, and on SIGTERM drain and leave
-    (within LLMQ_DRAIN_TIMEOUT_S and STOP_MARGIN_S, or exit saying why)."""
+    """Start the engine and the Kafka clients (the producer's records up to `record_limit`
+    bytes), run the loop, and on SIGTERM drain and leave (within LLMQ_DRAIN_TIMEOUT_S and
+    STOP_MARGIN_S, or exit saying why)."""
     stop = asyncio.Event()
     deadline: list[threading.Timer] = []
 
@@ -76,8 +80,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     engine = make_engine()
-    limit = await startup.record_limit(settings, settings.worker_id, COMPLETIONS)
-    producer, consumer = kafka_clients(settings, spec, limit)
+    producer, consumer = kafka_clients(settings, spec, record_limit)
     cancels = cancels_consumer(settings)
     cancellations = Cancellations(settings.cancel_memory_s)
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
@@ -203,9 +206,9 @@ def _serve() -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise startup.StartError(f"model {name}: {exc}", startup.CONFIGURATION) from None
     startup.serve_metrics(settings)
-    startup.reach_kafka(settings, settings.worker_id)
+    record_limit = startup.reach_kafka(settings, settings.worker_id, limit_of=COMPLETIONS)
     try:
-        asyncio.run(serve(settings, spec, make_engine))
+        asyncio.run(serve(settings, spec, make_engine, record_limit))
     except KafkaConnectionError as exc:  # gone while the engine started, or later
         log.error("the worker stopped: %s", startup.kafka_unreachable(settings, exc))
         return startup.UNREACHABLE

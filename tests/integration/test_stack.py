@@ -20,7 +20,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, Ne
 
 from llmq.client import Client
 from llmq.groups import DEAD, EMPTY, Group, describe_groups
-from llmq.startup import RECORD_LIMIT, record_limit
+from llmq.startup import RECORD_LIMIT, reach_kafka
 from schemas.errors import ErrorCode
 from schemas.names import COMPLETIONS, REQUESTS, worker_group
 from schemas.request import CacheMode
@@ -207,7 +207,7 @@ def test_a_topics_record_limit_is_read_and_a_missing_topic_gets_the_default(
     admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "100000"})])
 
     def limit(topic: str) -> int:
-        return asyncio.run(record_limit(service_settings, "test", topic))
+        return reach_kafka(service_settings, "test", limit_of=topic)
 
     try:
         assert limit(small) == 100_000
