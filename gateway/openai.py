@@ -34,11 +34,16 @@ PASSED = frozenset(
         "top_logprobs",
         "logit_bias",
         "ignore_eos",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "min_tokens",
         "stream",
         "response_format",
     }
 )
-"""Body fields llmq serves as OpenAI defines them."""
+"""Body fields llmq serves as OpenAI defines them, and vLLM's sampling extensions as vLLM's
+server does."""
 MAX_N = 16
 """The most choices one request may ask for (`n`); each is a request of its own."""
 READ_HERE = frozenset(

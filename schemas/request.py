@@ -49,6 +49,9 @@ MAX_TOP_LOGPROBS = 20
 """OpenAI's bound on top_logprobs."""
 MAX_LOGIT_BIAS = 1_024
 """The most tokens one logit_bias may name: far more than an app sets by hand."""
+MAX_REPETITION_PENALTY = 10.0
+"""A bound on vLLM's repetition_penalty (which takes any positive number): past 2 a model
+already avoids every token it has seen."""
 MAX_SCHEMA_CHARS = 32_768
 """The largest JSON schema of a response_format, as compact JSON: room for any schema an app
 writes by hand or generates from its types, far under the record's bound."""
@@ -174,6 +177,14 @@ class ChatBody(BaseModel):
     ignore_eos: bool = False
     """vLLM's extension: generate exactly max_tokens, past the end-of-sequence token, so that
     a benchmark or a test does not depend on when the model would stop."""
+    top_k: int | None = Field(default=None, ge=-1, lt=2**31)
+    """vLLM's extension: sample from the k most likely tokens only (0 or -1: all of them)."""
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    """vLLM's extension: drop tokens less likely than this fraction of the likeliest one."""
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=MAX_REPETITION_PENALTY)
+    """vLLM's extension: above 1 discourages tokens already in the prompt or the answer."""
+    min_tokens: int | None = Field(default=None, ge=0, le=32_768)
+    """vLLM's extension: no end-of-sequence token (nor stop) before this many tokens."""
     stream: bool = False
     response_format: ResponseFormat | None = None
     """JSON output, held to it token by token by the engine (vLLM's structured outputs)."""
@@ -204,10 +215,31 @@ class ChatBody(BaseModel):
         """Greedy or seeded: the same request gives the same answer."""
         return self.temperature == 0.0 or self.seed is not None
 
+    @property
+    def vllm_sampling(self) -> dict[str, int | float]:
+        """vLLM's sampling extensions this body sets to something other than their neutral
+        value: a neutral value changes no answer, nor the fingerprint."""
+        penalty = self.repetition_penalty
+        given = {
+            "top_k": None if self.top_k in (-1, 0) else self.top_k,
+            "min_p": self.min_p or None,
+            "repetition_penalty": None if penalty == 1.0 else penalty,
+            "min_tokens": self.min_tokens or None,
+        }
+        return {name: value for name, value in given.items() if value is not None}
+
     @model_validator(mode="after")
     def _top_logprobs_with_logprobs(self) -> Self:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @model_validator(mode="after")
+    def _min_tokens_within_max(self) -> Self:
+        if self.min_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(
+                f"min_tokens ({self.min_tokens}) is more than max_tokens ({self.max_tokens})"
+            )
         return self
 
     @model_validator(mode="after")

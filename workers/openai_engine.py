@@ -196,6 +196,7 @@ class OpenAIEngine:
             "priority": priority if self._send_priority else None,
         }
         payload.update((name, value) for name, value in optional.items() if value is not None)
+        payload.update(body.vllm_sampling)  # vLLM's server's too
         return payload
 
     def _open_session(self) -> aiohttp.ClientSession:

@@ -116,7 +116,7 @@ class VllmEngine:
         try:
             async for out in self._engine.generate(
                 prompt,
-                self._params(body),
+                sampling_params(body),
                 request_id,
                 priority=priority,
             ):
@@ -173,21 +173,27 @@ class VllmEngine:
             )
         return ids
 
-    def _params(self, body: ChatBody) -> SamplingParams:
-        return SamplingParams(
-            structured_outputs=structured_outputs(body),
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            stop=body.stop,
-            seed=body.seed,
-            presence_penalty=body.presence_penalty,
-            frequency_penalty=body.frequency_penalty,
-            logprobs=_logprob_count(body),
-            logit_bias=dict(body.logit_bias) if body.logit_bias else None,
-            ignore_eos=body.ignore_eos,
-            output_kind=RequestOutputKind.DELTA,
-        )
+
+def sampling_params(body: ChatBody) -> SamplingParams:
+    """vLLM's sampling parameters for the body: OpenAI's fields and vLLM's extensions."""
+    return SamplingParams(
+        structured_outputs=structured_outputs(body),
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logprobs=_logprob_count(body),
+        logit_bias=dict(body.logit_bias) if body.logit_bias else None,
+        ignore_eos=body.ignore_eos,
+        top_k=body.top_k or 0,
+        min_p=body.min_p or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        min_tokens=body.min_tokens or 0,
+        output_kind=RequestOutputKind.DELTA,
+    )
 
 
 def structured_outputs(body: ChatBody) -> StructuredOutputsParams | None:

@@ -1,6 +1,6 @@
 """The OpenAI request options the front door serves, through the real `openai` SDK on the
-session's stack: JSON output, log-probabilities (whole and streamed), logit_bias, several
-choices (`n`), `service_tier`, and an answer too large to send back."""
+session's stack: JSON output, log-probabilities (whole and streamed), logit_bias, vLLM's
+min_tokens, several choices (`n`), `service_tier`, and an answer too large to send back."""
 
 from __future__ import annotations
 
@@ -168,6 +168,30 @@ def test_logit_bias_forces_a_token_and_pins_the_model(
     with pytest.raises(openai.BadRequestError) as auto:
         sdk.chat.completions.create(**{**ask, "model": "auto"}, logit_bias={str(token): 1})
     assert auto.value.code == "invalid_request" and "logit_bias" in auto.value.message
+
+
+def test_min_tokens_holds_back_the_end_of_the_answer(
+    sdk: OpenAI, served_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """The end-of-sequence token biased to all but certain: the answer ends at once, unless
+    vLLM's min_tokens holds it back (each its own generation: min_tokens keys the cache)."""
+    eos = served_tokenizer.eos_token_id
+    ask: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": unique_prompt("Tell me about cats.")}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "logit_bias": {str(eos): 100},
+    }
+    at_once = sdk.chat.completions.create(**ask)
+    held = sdk.chat.completions.create(**ask, extra_body={"min_tokens": 5})
+    assert at_once.usage is not None and held.usage is not None
+    assert (at_once.choices[0].finish_reason, at_once.usage.completion_tokens) == ("stop", 1)
+    assert (held.choices[0].finish_reason, held.usage.completion_tokens) == ("stop", 6)
+    assert (held.model_extra or {})["llmq"]["cache"] == "none"
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(**ask, extra_body={"min_tokens": 9})
+    assert "min_tokens (9) is more than max_tokens (8)" in bad.value.message
 
 
 def test_a_flex_tier_runs_on_the_batch_lane_and_storage_fields_pass(sdk: OpenAI, door: str) -> None:

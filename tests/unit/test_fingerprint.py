@@ -123,10 +123,22 @@ def test_message_boundaries_are_part_of_it() -> None:
         {"logprobs": True, "top_logprobs": 0},
         {"ignore_eos": True},
         {"logit_bias": {"5": 1}},
+        {"top_k": 5},
+        {"min_p": 0.05},
+        {"repetition_penalty": 1.1},
+        {"min_tokens": 2},
     ],
 )
 def test_any_sampling_parameter_changes_it(sampling: dict[str, Any]) -> None:
     assert _fp(_data(**sampling)) != BASE
+
+
+@pytest.mark.parametrize(
+    "neutral",
+    [{"top_k": 0}, {"top_k": -1}, {"min_p": 0.0}, {"repetition_penalty": 1.0}, {"min_tokens": 0}],
+)
+def test_vllms_sampling_extensions_at_their_neutral_value_keep_it(neutral: dict[str, Any]) -> None:
+    assert _fp(_data(**neutral)) == BASE
 
 
 def test_it_is_a_sha256_hex_digest() -> None:

@@ -318,3 +318,14 @@ def test_the_front_door_refuses_to_serve_anyone_beyond_loopback_without_keys() -
     assert GatewaySettings(api_host="127.0.0.1").policy().api_keys == {}
     with pytest.raises(ValueError, match="no API keys"):
         GatewaySettings(api_host="0.0.0.0").policy()
+
+
+def test_vllms_sampling_extensions_pass_as_vllms_server_takes_them() -> None:
+    body = _read(top_k=5, min_p=0.1, repetition_penalty=1.2, min_tokens=3).request.body
+    assert body.vllm_sampling == {
+        "top_k": 5,
+        "min_p": 0.1,
+        "repetition_penalty": 1.2,
+        "min_tokens": 3,
+    }
+    assert "min_tokens" in _refused(ErrorCode.INVALID_REQUEST, max_tokens=2, min_tokens=3)

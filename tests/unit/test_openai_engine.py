@@ -180,6 +180,7 @@ def test_streams_steps_and_takes_the_counts_from_usage() -> None:
         assert sent["stream_options"] == {"include_usage": True}
         assert sent["max_tokens"] == 8
         assert "priority" not in sent and "logprobs" not in sent and "ignore_eos" not in sent
+        assert not {"top_k", "min_p", "repetition_penalty", "min_tokens"} & set(sent)
 
     asyncio.run(scenario())
 
@@ -239,6 +240,10 @@ def test_passes_the_sampling_fields_logprobs_priority_and_key(
         top_logprobs=2,
         logit_bias={50256: -100},
         ignore_eos=True,
+        top_k=4,
+        min_p=0.0,
+        repetition_penalty=1.3,
+        min_tokens=2,
         response_format=FORMAT,
     )
     reply = stream(chunk("A", logprob=-0.5), chunk("B", "stop", logprob=-1.5), usage(2, 2))
@@ -268,6 +273,8 @@ def test_passes_the_sampling_fields_logprobs_priority_and_key(
             "seed": 7,
         }
         assert (sent["presence_penalty"], sent["frequency_penalty"]) == (0.5, -0.5)
+        assert (sent["top_k"], sent["repetition_penalty"], sent["min_tokens"]) == (4, 1.3, 2)
+        assert "min_p" not in sent  # at its neutral value
         assert server.headers[0]["authorization"] == "Bearer s3cret"
 
     asyncio.run(scenario())

@@ -75,6 +75,13 @@ def test_extra_fields_are_rejected(data: dict[str, Any]) -> None:
         ("seed", 2**63),
         ("presence_penalty", 2.5),
         ("frequency_penalty", -2.5),
+        ("top_k", -2),
+        ("top_k", 2**31),
+        ("min_p", -0.1),
+        ("min_p", 1.01),
+        ("repetition_penalty", 0.0),
+        ("repetition_penalty", 10.01),
+        ("min_tokens", -1),
     ],
 )
 def test_sampling_parameters_out_of_bounds_are_rejected(field: str, value: float) -> None:
@@ -92,6 +99,12 @@ def test_sampling_parameters_out_of_bounds_are_rejected(field: str, value: float
         ("top_p", 1.0),
         ("seed", 0),
         ("seed", 2**63 - 1),
+        ("top_k", -1),
+        ("top_k", 1),
+        ("min_p", 0.0),
+        ("min_p", 1.0),
+        ("repetition_penalty", 10.0),
+        ("min_tokens", 256),
     ],
 )
 def test_sampling_parameters_at_their_bounds_are_accepted(field: str, value: float) -> None:
@@ -354,3 +367,23 @@ def test_fields_left_at_none_stay_out_of_the_record() -> None:
     used = ChatBody.model_validate(_body(seed=3, logit_bias={"5": 1}))
     assert ChatBody.model_validate_json(used.model_dump_json()) == used
     assert json.loads(used.model_dump_json())["logit_bias"] == {"5": 1.0}
+
+
+def test_vllms_sampling_extensions_count_only_when_they_change_the_sampling() -> None:
+    neutral = _body(top_k=0, min_p=0.0, repetition_penalty=1.0, min_tokens=0)
+    assert ChatBody.model_validate(neutral).vllm_sampling == {}
+    assert ChatBody.model_validate(_body(top_k=-1)).vllm_sampling == {}
+    used = ChatBody.model_validate(_body(top_k=5, min_p=0.1, repetition_penalty=1.2, min_tokens=3))
+    assert used.vllm_sampling == {
+        "top_k": 5,
+        "min_p": 0.1,
+        "repetition_penalty": 1.2,
+        "min_tokens": 3,
+    }
+    assert ChatBody.model_validate_json(used.model_dump_json()) == used
+
+
+def test_min_tokens_may_not_pass_max_tokens() -> None:
+    with pytest.raises(ValidationError, match=r"min_tokens \(9\) is more than max_tokens \(8\)"):
+        ChatBody.model_validate(_body(max_tokens=8, min_tokens=9))
+    assert ChatBody.model_validate(_body(max_tokens=8, min_tokens=8)).min_tokens == 8
