@@ -18,6 +18,7 @@ from gateway.batch.store import BatchStore
 from gateway.openai import Call, Chunks, error_body, retry_after
 from gateway.serving import Serving
 from gateway.settings import GatewaySettings
+from gateway.text import TextChunks
 from llmq.aio import AsyncClient
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
@@ -169,7 +170,8 @@ class FrontDoor:
     def chunks(self, call: Call, model: str | None) -> Chunks:
         """The chunks of the request's streamed answer."""
         request = call.request
-        return Chunks(
+        kind = TextChunks if call.text else Chunks
+        return kind(
             request.correlation_id,
             int(request.created_at),
             model or request.model or self.catalog.default,

@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
@@ -114,6 +114,8 @@ class Call:
     """stream_options.include_usage: a last chunk with the usage and no choices."""
     n: int = 1
     """Choices asked for: each is a request of its own (`requests`)."""
+    text: bool = False
+    """A text completion (`/v1/completions`): a raw prompt, answered in that API's shape."""
 
     @cached_property
     def requests(self) -> list[InferenceRequest]:
@@ -145,11 +147,12 @@ def read_call(
     default_lane: str = Lane.INTERACTIVE.value,
     catalog: Catalog,
     timeout_s: float,
+    text: bool = False,
 ) -> Call:
     """The request an HTTP body asks for; LlmqError (400, 404) saying what is wrong. A field
     that is null is not given (OpenAI's optional fields are nullable; clients send nulls).
     Its lane: the body's `lane`, else `lane` (a header's), else its service_tier's, else
-    the default."""
+    the default. With `text`, its one message is a raw prompt (gateway.text)."""
     if not isinstance(data, dict):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
     data = {k: v for k, v in data.items() if v is not None}  # null: not given, as OpenAI reads it
@@ -159,6 +162,8 @@ def read_call(
     check_model(model, catalog)
     fields = {k: v for k, v in data.items() if k in PASSED}
     fields["messages"] = _messages(data.get("messages"))
+    if text:
+        fields["raw_prompt"] = True
     if "max_completion_tokens" in data:  # the newer name wins over both, as in vLLM's server
         fields["max_tokens"] = data["max_completion_tokens"]
     options = data.get("stream_options") or {}
@@ -179,7 +184,7 @@ def read_call(
     except ValueError as exc:  # a lane or cache mode that does not exist
         raise LlmqError(ErrorCode.INVALID_REQUEST, str(exc)) from None
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    return Call(request, include_usage, n)
+    return Call(request, include_usage, n, text)
 
 
 def check_model(model: object, catalog: Catalog) -> None:
@@ -319,23 +324,37 @@ class Chunks:
     role first, then content, then the finish reason, then (include_usage) the usage with no
     choices; every chunk but that one carries `usage: null` when it is asked for."""
 
+    OBJECT: ClassVar[str] = "chat.completion.chunk"
+    ID_PREFIX: ClassVar[str] = "chatcmpl-"
+
     correlation_id: str
     created: int
     model: str
     include_usage: bool
 
-    def role(self, index: int = 0) -> dict[str, Any]:
-        return self._chunk({"role": "assistant", "content": ""}, None, index)
+    def role(self, index: int = 0) -> dict[str, Any] | None:
+        """The chunk that opens a choice (None where the API has none)."""
+        delta = {"role": "assistant", "content": ""}
+        return self._wrap({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
 
     def content(
-        self, text: str, logprobs: list[TokenLogprob] | None = None, index: int = 0
+        self,
+        text: str,
+        logprobs: list[TokenLogprob] | None = None,
+        index: int = 0,
+        offset: int = 0,
     ) -> dict[str, Any]:
-        return self._chunk({"content": text}, None, index, logprobs)
+        """A piece of a choice's text; `offset`: the characters of the answer before it."""
+        return self._wrap(self._choice(index, text, None, logprobs, offset))
 
     def finish(
-        self, reason: str, logprobs: list[TokenLogprob] | None = None, index: int = 0
+        self,
+        reason: str,
+        logprobs: list[TokenLogprob] | None = None,
+        index: int = 0,
+        offset: int = 0,
     ) -> dict[str, Any]:
-        return self._chunk({}, reason, index, logprobs)
+        return self._wrap(self._choice(index, None, reason, logprobs, offset))
 
     def usage(self, usage: Usage | None) -> dict[str, Any]:
         return {
@@ -344,19 +363,22 @@ class Chunks:
             "usage": None if usage is None else usage.model_dump(exclude_none=True),
         }
 
-    def _chunk(
+    def _choice(
         self,
-        delta: dict[str, Any],
-        finish_reason: str | None,
         index: int,
-        logprobs: list[TokenLogprob] | None = None,
+        text: str | None,
+        finish_reason: str | None,
+        logprobs: list[TokenLogprob] | None,
+        offset: int,
     ) -> dict[str, Any]:
-        choice = {
+        return {
             "index": index,
-            "delta": delta,
+            "delta": {} if text is None else {"content": text},
             "logprobs": None if logprobs is None else logprobs_body(logprobs),
             "finish_reason": finish_reason,
         }
+
+    def _wrap(self, choice: dict[str, Any]) -> dict[str, Any]:
         body = {**self._head(), "choices": [choice]}
         if self.include_usage:
             body["usage"] = None
@@ -364,8 +386,8 @@ class Chunks:
 
     def _head(self) -> dict[str, Any]:
         return {
-            "id": f"chatcmpl-{self.correlation_id}",
-            "object": "chat.completion.chunk",
+            "id": f"{self.ID_PREFIX}{self.correlation_id}",
+            "object": self.OBJECT,
             "created": self.created,
             "model": self.model,
         }

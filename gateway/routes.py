@@ -1,11 +1,11 @@
-"""The front door's routes: OpenAI's chat completions (whole, or streamed as server-sent
-events), the models, stored results and their streams, health."""
+"""The front door's routes: OpenAI's chat and text completions (whole, or streamed as
+server-sent events), the models, stored results and their streams, health."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
@@ -15,11 +15,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gateway import metrics, sse
 from gateway.door import ApiError, FrontDoor, json_body
 from gateway.openai import Call, Chunks, check_model, completion_of, read_call
+from gateway.text import read_text_call, text_completion_of
 from llmq.streaming import Delta, StreamReader
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import InferenceResult
 
 T = TypeVar("T")
+Reader = Callable[..., Call]
+"""read_call or read_text_call: an HTTP body as a call."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LATE = LlmqError(ErrorCode.EXPIRED, "no answer before the deadline")
 
@@ -34,10 +37,21 @@ def _door(request: Request) -> FrontDoor:
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     """Publish the request; answer with its chat.completion, or stream its chunks."""
+    return await _complete(request, read_call)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    """A text completion of a raw prompt: as a chat completion, in that API's shape."""
+    return await _complete(request, read_text_call)
+
+
+async def _complete(request: Request, reader: Reader) -> Response:
+    """Read the call, publish its requests, and answer: whole, or streamed."""
     door = _door(request)
     started, status, stream = time.monotonic(), 500, "false"
     try:
-        call = await _read(door, request)
+        call = await _read(door, request, reader)
         stream = str(call.request.body.stream).lower()
         await door.check_served(call.request.model)
         await _submit(door, call)
@@ -135,11 +149,11 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"ready": ready}, 200 if ready else 503)
 
 
-async def _read(door: FrontDoor, request: Request) -> Call:
+async def _read(door: FrontDoor, request: Request, reader: Reader) -> Call:
     tenant = door.tenant(request)
     data = await json_body(request)
     try:
-        return read_call(
+        return reader(
             data,
             tenant=tenant,
             lane=request.headers.get("x-llmq-lane"),
@@ -180,7 +194,8 @@ async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
     if results is None:
         _abandon(door, call)
         return Response(status_code=499)
-    return JSONResponse(completion_of(results), headers=_ids(call))
+    body = text_completion_of(results) if call.text else completion_of(results)
+    return JSONResponse(body, headers=_ids(call))
 
 
 def _ids(call: Call) -> dict[str, str]:
@@ -226,12 +241,13 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
             waiting.cancel()
         _failed(door, call)
         raise ApiError(exc if isinstance(exc, LlmqError) else LATE, headers=_ids(call)) from None
+    resumable = call.n == 1 and not call.text  # the resume route sends chat chunks
     if first is None:
-        _abandon(door, call, grace=call.n == 1)  # several choices' streams do not resume
+        _abandon(door, call, grace=resumable)
         return Response(status_code=499)
     metrics.FIRST_PIECE.observe(time.monotonic() - started)
     chunks = door.chunks(call, first[0].model)
-    if call.n == 1:
+    if resumable:
         events = sse.events(chunks, first[0], streams[0], partial(_abandon, door, call))
     else:  # such a stream does not resume: no grace
         events = sse.choices(chunks, first, streams, partial(_abandon, door, call, grace=False))

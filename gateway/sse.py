@@ -81,8 +81,9 @@ async def _guarded(
 async def _answer(
     chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
 ) -> AsyncGenerator[str]:
-    if first is not None and first.offset == 0:
-        yield event("0", chunks.role())
+    opening = chunks.role()
+    if first is not None and first.offset == 0 and opening is not None:
+        yield event("0", opening)
     held: list[TokenLogprob] = []
     async for piece in _until_finished(first, pieces):
         sent = piece.offset + len(piece.text)
@@ -102,7 +103,9 @@ async def _interleaved(
     """The chunks of several answers: each one's role first, then their pieces as they
     come, then the usage summed."""
     for index in range(len(firsts)):
-        yield data(chunks.role(index))
+        opening = chunks.role(index)
+        if opening is not None:
+            yield data(opening)
     usages: list[Usage] = []
     held: list[list[TokenLogprob]] = [[] for _ in firsts]
     answers = [_until_finished(f, s) for f, s in zip(firsts, streams, strict=True)]
@@ -134,11 +137,12 @@ def _bodies(
     else:
         own = piece.logprobs
         logprobs = None if not held and own is None else [*held, *(own or [])]
-        content = chunks.content(piece.text, logprobs, index)
+        content = chunks.content(piece.text, logprobs, index, piece.offset)
         held.clear()
     finish = None
     if piece.finish_reason is not None:
-        finish = chunks.finish(piece.finish_reason, held or None, index)
+        end = piece.offset + len(piece.text)
+        finish = chunks.finish(piece.finish_reason, held or None, index, end)
     return content, finish
 
 

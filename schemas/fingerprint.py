@@ -39,6 +39,8 @@ def fingerprint(request: InferenceRequest, model: str) -> str:
     if body.logit_bias:  # in any order: the same biases
         canonical["logit_bias"] = sorted(body.logit_bias.items())
     canonical.update(body.vllm_sampling)  # each only when it changes the sampling
+    if body.raw_prompt:
+        canonical["raw_prompt"] = True
     if body.json_format is not None:  # plain text among them
         # As written, not sorted: the engine writes an object's properties in the schema's
         # order, so two orders are two different answers.

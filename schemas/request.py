@@ -185,6 +185,9 @@ class ChatBody(BaseModel):
     """vLLM's extension: above 1 discourages tokens already in the prompt or the answer."""
     min_tokens: int | None = Field(default=None, ge=0, le=32_768)
     """vLLM's extension: no end-of-sequence token (nor stop) before this many tokens."""
+    raw_prompt: Literal[True] | None = None
+    """True: the one user message is the prompt as it is, with no chat template around it
+    (OpenAI's text completions, `/v1/completions`)."""
     stream: bool = False
     response_format: ResponseFormat | None = None
     """JSON output, held to it token by token by the engine (vLLM's structured outputs)."""
@@ -232,6 +235,12 @@ class ChatBody(BaseModel):
     def _top_logprobs_with_logprobs(self) -> Self:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @model_validator(mode="after")
+    def _raw_prompt_is_one_user_message(self) -> Self:
+        if self.raw_prompt and [m.role for m in self.messages] != ["user"]:
+            raise ValueError("a raw prompt is one user message")
         return self
 
     @model_validator(mode="after")

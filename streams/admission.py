@@ -101,7 +101,7 @@ class Admission:
         self, request: InferenceRequest
     ) -> tuple[InferenceRequest, list[ChatMessage] | None]:
         """The request with its prompt compressed, and the app's messages if that changed them."""
-        if self._compress is None:
+        if self._compress is None or request.body.raw_prompt:  # a raw prompt's every blank counts
             return request, None
         original = list(request.body.messages)
         messages = self._compress(original)

@@ -92,6 +92,12 @@ class OpenAIEngine:
         """Stream deltas; closing this iterator early closes the HTTP request (the server
         aborts the generation when its client goes away). The tenant is not sent: the
         server's prefix cache is its own to scope."""
+        if body.raw_prompt:
+            raise LlmqError(
+                ErrorCode.UNSUPPORTED,
+                f"{self._spec.name} is a remote engine, asked for chat completions only; "
+                "send a raw prompt (/v1/completions) to a model llmq runs itself",
+            )
         payload = self._payload(body, priority)
         started = time.monotonic()
         attempt = 0

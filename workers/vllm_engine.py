@@ -164,7 +164,10 @@ class VllmEngine:
         )
 
     def _prompt_ids(self, body: ChatBody) -> list[int]:
-        ids = self._template(body.messages)
+        if body.raw_prompt:  # as vLLM's /v1/completions: the model's special tokens added
+            ids: list[int] = self._tokenizer.encode(body.messages[0].content)
+        else:
+            ids = self._template(body.messages)
         if len(ids) >= self._spec.max_model_len:
             raise LlmqError(
                 ErrorCode.PROMPT_TOO_LARGE,

@@ -236,15 +236,14 @@ def test_the_sdk_lists_and_retrieves_the_models(
 
 
 def test_an_endpoint_llmq_does_not_serve_is_a_not_found_naming_those_it_does(sdk: OpenAI) -> None:
-    """OpenAI's legacy completions and embeddings: the SDK's NotFoundError, with OpenAI's
-    error body (not the router's {"detail": ...}) naming the paths the front door serves."""
-    with pytest.raises(openai.NotFoundError) as completions:
-        sdk.completions.create(model=MODEL, prompt="Hi", max_tokens=1)
+    """OpenAI's embeddings: the SDK's NotFoundError, with OpenAI's error body (not the
+    router's {"detail": ...}) naming the paths the front door serves."""
     with pytest.raises(openai.NotFoundError) as embeddings:
         sdk.embeddings.create(model=MODEL, input="Hi")
-    for missing, path in ((completions, "/v1/completions"), (embeddings, "/v1/embeddings")):
-        assert missing.value.code == "invalid_request"
-        assert f"serves no POST {path}; it serves /v1/chat/completions" in missing.value.message
+    assert embeddings.value.code == "invalid_request"
+    assert "serves no POST /v1/embeddings; it serves /v1/chat/completions, /v1/completions" in (
+        embeddings.value.message
+    )
 
 
 def test_the_tenant_comes_from_the_key_never_the_body(

@@ -276,6 +276,11 @@ def test_compression_changes_what_the_engine_sees_and_keeps_the_original() -> No
     assert work.request.body.messages[0].content == "a b"
     assert work.uncompressed is not None
     assert work.uncompressed[0].content == "a    b  "
+    # A raw prompt (/v1/completions) is continued as it is: its every blank counts.
+    body = {"messages": [{"role": "user", "content": "a    b  "}], "raw_prompt": True}
+    harness.on_request(None, json.dumps({"correlation_id": "r", "body": body}).encode())
+    work = WorkItem.model_validate_json(harness.send.sent[1].value)
+    assert work.request.body.messages[0].content == "a    b  " and work.uncompressed is None
 
 
 def test_an_expired_request_is_answered_as_it_is_instead_of_escalated() -> None:

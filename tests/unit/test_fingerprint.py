@@ -127,6 +127,7 @@ def test_message_boundaries_are_part_of_it() -> None:
         {"min_p": 0.05},
         {"repetition_penalty": 1.1},
         {"min_tokens": 2},
+        {"raw_prompt": True, "messages": [{"role": "user", "content": "Héllo"}]},
     ],
 )
 def test_any_sampling_parameter_changes_it(sampling: dict[str, Any]) -> None:

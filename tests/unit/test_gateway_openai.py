@@ -258,6 +258,7 @@ def test_a_429_says_when_to_retry_in_whole_seconds() -> None:
 def test_chunks_are_shaped_as_openais() -> None:
     chunks = Chunks("c1", 7, "m", include_usage=True)
     first = chunks.role()
+    assert first is not None
     assert first["object"] == "chat.completion.chunk" and first["id"] == "chatcmpl-c1"
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert first["usage"] is None
@@ -266,7 +267,7 @@ def test_chunks_are_shaped_as_openais() -> None:
     usage = Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3)
     last = chunks.usage(usage)
     assert last["choices"] == [] and last["usage"]["total_tokens"] == 3
-    assert "usage" not in Chunks("c1", 7, "m", include_usage=False).role()
+    assert "usage" not in (Chunks("c1", 7, "m", include_usage=False).role() or {"usage": 0})
 
 
 def test_a_chunks_logprobs_read_as_the_sdks() -> None:

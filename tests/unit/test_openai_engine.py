@@ -479,3 +479,14 @@ def test_the_worker_refuses_to_start_without_the_api_key(
     assert worker_main() == 2
     assert "cannot start the worker: model remote-large:" in caplog.text
     assert "$REMOTE_LLM_API_KEY, which is not set" in caplog.text
+
+
+def test_a_raw_prompt_is_refused_before_any_request() -> None:
+    async def scenario() -> None:
+        async with running(ok("never sent")) as (server, url):
+            raw = BODY.model_copy(update={"raw_prompt": True})
+            refused = await failure(engine(url), raw)
+        assert refused.code is ErrorCode.UNSUPPORTED and "/v1/completions" in refused.message
+        assert server.bodies == []
+
+    asyncio.run(scenario())

@@ -387,3 +387,14 @@ def test_min_tokens_may_not_pass_max_tokens() -> None:
     with pytest.raises(ValidationError, match=r"min_tokens \(9\) is more than max_tokens \(8\)"):
         ChatBody.model_validate(_body(max_tokens=8, min_tokens=9))
     assert ChatBody.model_validate(_body(max_tokens=8, min_tokens=8)).min_tokens == 8
+
+
+def test_a_raw_prompt_is_one_user_message() -> None:
+    raw = ChatBody.model_validate(_body(raw_prompt=True))
+    assert raw.raw_prompt is True and ChatBody.model_validate_json(raw.model_dump_json()) == raw
+    two = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    for messages in (two, [{"role": "system", "content": "a"}]):
+        with pytest.raises(ValidationError, match="a raw prompt is one user message"):
+            ChatBody.model_validate({"messages": messages, "raw_prompt": True})
+    with pytest.raises(ValidationError, match="raw_prompt"):
+        ChatBody.model_validate(_body(raw_prompt=False))  # True, or left out of the record
