@@ -167,9 +167,14 @@ class LlmqWay:
         self, workload: list[BenchRequest], answered: Answered = lambda: None
     ) -> WayResult:
         """Serve the workload through the stack's front door, over HTTP, streamed."""
+        return asyncio.run(_through_the_door(self.door, workload, answered, self._say))
+
+    @property
+    def door(self) -> str:
+        """The stack's front door, its OpenAI base URL (inside the `with` block)."""
         if not self._door:
             raise RuntimeError("LlmqWay runs inside its `with` block only")
-        return asyncio.run(_through_the_door(self._door, workload, answered, self._say))
+        return self._door
 
     @property
     def service(self) -> ServiceSettings:
