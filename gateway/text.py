@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from gateway.openai import IGNORED, PASSED, Call, Chunks, completion_of, read_call
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.lanes import Lane
 from schemas.request import MAX_TOP_LOGPROBS
 from schemas.result import InferenceResult, TokenLogprob
 
@@ -30,7 +31,7 @@ def read_text_call(
     *,
     tenant: str,
     lane: str | None,
-    default_lane: str,
+    default_lane: str = Lane.INTERACTIVE.value,
     catalog: Catalog,
     timeout_s: float,
 ) -> Call:

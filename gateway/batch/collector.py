@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from gateway.batch.lines import error_line, output_line
+from gateway.batch.lines import ENDPOINT, error_line, output_line
 from gateway.batch.store import BatchStore, Outcome
 from schemas.errors import ErrorCode
 from schemas.names import BATCH_RESULTS, BATCHES_GROUP
@@ -39,12 +39,19 @@ def parse_line_id(correlation_id: str) -> tuple[str, int, int] | None:
 
 
 def outcome(
-    number: int, attempt: int, custom_id: str, result: InferenceResult, expires_at: float
+    number: int,
+    attempt: int,
+    custom_id: str,
+    result: InferenceResult,
+    expires_at: float,
+    *,
+    endpoint: str = ENDPOINT,
 ) -> Outcome:
-    """What a reply makes of its line: an output line, an error line, or (refused for a
-    while: rate limits, budget holds) a retry once the wait is over, if that is before the
-    batch expires. A reply with neither an answer nor an error (another producer's) is an
-    error line: it must not stop the collector, which would read it again and again."""
+    """What a reply makes of its line: an output line (in the shape of the batch's
+    `endpoint`), an error line, or (refused for a while: rate limits, budget holds) a retry
+    once the wait is over, if that is before the batch expires. A reply with neither an
+    answer nor an error (another producer's) is an error line: it must not stop the
+    collector, which would read it again and again."""
     error = result.error
     if error is None and result.response is None:  # no door's reply: the line says so
         return _failed(
@@ -61,16 +68,23 @@ def outcome(
         cached = 0 if details is None else details.cached_tokens
         tokens = (usage.prompt_tokens, usage.completion_tokens, cached)
     kind = "output" if error is None else "error"
-    return Outcome(number, attempt, kind, output_line(custom_id, result), tokens)
+    line = output_line(custom_id, result, endpoint)
+    return Outcome(number, attempt, kind, line, tokens)
 
 
 def _guarded(
-    number: int, attempt: int, custom_id: str, result: InferenceResult, expires_at: float
+    number: int,
+    attempt: int,
+    custom_id: str,
+    result: InferenceResult,
+    expires_at: float,
+    *,
+    endpoint: str,
 ) -> Outcome:
     """outcome(), or, if making it fails (a bug), an error line saying so: a reply that
     fails every time would otherwise stop every later one, read again after each failure."""
     try:
-        return outcome(number, attempt, custom_id, result, expires_at)
+        return outcome(number, attempt, custom_id, result, expires_at, endpoint=endpoint)
     except Exception as exc:
         log.exception("cannot write the reply %s", result.correlation_id)
         return _failed(number, attempt, custom_id, result, explain(exc))
@@ -160,10 +174,10 @@ class Collector:
             batch = await self._store.batch(batch_id, tenant)
             if batch is None:
                 continue  # gone (retention), or not this tenant's
-            expires_at = float(batch["expires_at"])
+            expires_at, endpoint = float(batch["expires_at"]), batch["endpoint"]
             custom_ids = await self._store.custom_ids(batch_id, [n for n, _, _ in lines])
             outcomes = [
-                _guarded(number, attempt, custom_id, result, expires_at)
+                _guarded(number, attempt, custom_id, result, expires_at, endpoint=endpoint)
                 for (number, attempt, result), custom_id in zip(lines, custom_ids, strict=True)
                 if custom_id is not None
             ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.openai import completion, error_body, read_call
+from gateway.text import read_text_call, text_completion_of
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
@@ -17,7 +18,9 @@ from schemas.request import InferenceRequest
 from schemas.result import InferenceResult
 
 ENDPOINT = "/v1/chat/completions"
-"""The one endpoint a batch may call."""
+TEXT_ENDPOINT = "/v1/completions"
+ENDPOINTS = (ENDPOINT, TEXT_ENDPOINT)
+"""The endpoints a batch may call, one for all its lines: chat or text completions."""
 MAX_CUSTOM_ID = 512
 
 
@@ -30,10 +33,16 @@ class Line:
 
 
 def read_line(
-    raw: bytes, *, tenant: str, catalog: Catalog, deadline: float, correlation_id: str
+    raw: bytes,
+    *,
+    tenant: str,
+    catalog: Catalog,
+    deadline: float,
+    correlation_id: str,
+    endpoint: str = ENDPOINT,
 ) -> Line:
-    """An input line's request, on the batch lane with the batch's deadline; LlmqError
-    saying what is wrong with it (its size too, as a record)."""
+    """An input line's request to the batch's `endpoint`, on the batch lane with the batch's
+    deadline; LlmqError saying what is wrong with it (its size too, as a record)."""
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -46,11 +55,12 @@ def read_line(
         raise LlmqError(ErrorCode.INVALID_REQUEST, why)
     if data.get("method") != "POST":
         raise LlmqError(ErrorCode.INVALID_REQUEST, "method must be POST")
-    if data.get("url") != ENDPOINT:
-        why = f"url must be {ENDPOINT}, the one endpoint llmq's batches call"
+    if data.get("url") != endpoint:
+        why = f"url must be {endpoint}, the endpoint of the batch"
         raise LlmqError(ErrorCode.UNSUPPORTED, why)
     now = time.time()
-    call = read_call(
+    reader = read_text_call if endpoint == TEXT_ENDPOINT else read_call
+    call = reader(
         _batch_body(data.get("body")),
         tenant=tenant,
         lane=Lane.BATCH.value,
@@ -76,11 +86,15 @@ def _batch_body(body: object) -> object:
     return {k: v for k, v in body.items() if k != "lane"}
 
 
-def output_line(custom_id: str, result: InferenceResult) -> dict[str, Any]:
-    """The output (an answer) or error-file line (an error reply) of a result."""
+def output_line(
+    custom_id: str, result: InferenceResult, endpoint: str = ENDPOINT
+) -> dict[str, Any]:
+    """The output (an answer, in `endpoint`'s shape) or error-file line (an error reply) of a
+    result."""
     request_id = f"req_{result.correlation_id}"
     if result.error is None:
-        response = {"status_code": 200, "request_id": request_id, "body": completion(result)}
+        answer = text_completion_of([result]) if endpoint == TEXT_ENDPOINT else completion(result)
+        response = {"status_code": 200, "request_id": request_id, "body": answer}
     else:
         status, body = error_body(result.error.code, result.error.message)
         response = {"status_code": status, "request_id": request_id, "body": body}

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from gateway.batch.lines import ENDPOINT
+from gateway.batch.lines import ENDPOINTS
 from gateway.batch.objects import FINAL, batch_object, file_object
 from gateway.batch.store import MAX_FILE_BYTES, TOO_LARGE, BatchStore, new_id
 from gateway.door import ApiError, FrontDoor, body_chunks, json_body
@@ -137,8 +137,9 @@ async def create_batch(request: Request, tenant: Tenant) -> dict[str, Any]:
     data = await json_body(request)
     if not isinstance(data, dict):
         raise _bad("the body must be a JSON object")
-    if data.get("endpoint") != ENDPOINT:
-        raise _bad(f"endpoint must be {ENDPOINT}, the one endpoint llmq's batches call")
+    endpoint = data.get("endpoint")
+    if endpoint not in ENDPOINTS:
+        raise _bad(f"endpoint must be one of {', '.join(ENDPOINTS)}, those llmq's batches call")
     if data.get("completion_window") != COMPLETION_WINDOW:
         raise _bad(f"completion_window must be {COMPLETION_WINDOW!r}")
     metadata = _metadata(data.get("metadata"))
@@ -149,7 +150,7 @@ async def create_batch(request: Request, tenant: Tenant) -> dict[str, Any]:
     fields = {
         "id": new_id("batch_"),
         "tenant": tenant,
-        "endpoint": ENDPOINT,
+        "endpoint": endpoint,
         "input_file_id": input_file["id"],
         "lines": input_file["lines"],
         "completion_window": COMPLETION_WINDOW,

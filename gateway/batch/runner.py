@@ -255,6 +255,7 @@ class Runner:
             catalog=self._catalog,
             deadline=float(fields["expires_at"]) + OVERTIME_S,
             correlation_id=line_id(fields["id"], number, attempt),
+            endpoint=fields["endpoint"],
         )
 
     # cancelling, expiry, the end

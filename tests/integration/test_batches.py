@@ -147,6 +147,42 @@ def test_a_few_hundred_lines_reach_the_output_file(sdk: OpenAI) -> None:
     assert started.id in [b.id for b in sdk.batches.list(limit=100).data]
 
 
+def test_a_batch_of_text_completions_answers_raw_prompts(sdk: OpenAI) -> None:
+    """endpoint /v1/completions: each line a raw prompt, each answer a text_completion; a
+    chat line in such a batch fails it, naming the line."""
+    prompts = [f"Once upon a time ({n} {uuid.uuid4().hex[:8]})" for n in range(3)]
+    lines: list[dict[str, Any]] = [
+        {
+            "custom_id": f"text-{n}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": MODEL, "prompt": prompt, "max_tokens": 4, "ignore_eos": True},
+        }
+        for n, prompt in enumerate(prompts)
+    ]
+    started = sdk.batches.create(
+        input_file_id=_upload(sdk, lines), endpoint="/v1/completions", completion_window="24h"
+    )
+    assert started.endpoint == "/v1/completions"
+    batch = _wait(sdk, started.id)
+    assert batch.status == "completed", batch
+    output, errors = _files(sdk, batch)
+    _once_each(output, errors, [line["custom_id"] for line in lines])
+    for line in output:
+        body = line["response"]["body"]
+        assert body["object"] == "text_completion" and body["usage"]["completion_tokens"] == 4
+        assert isinstance(body["choices"][0]["text"], str)
+    mixed = sdk.batches.create(
+        input_file_id=_upload(sdk, [*lines[:1], _line("chat")]),
+        endpoint="/v1/completions",
+        completion_window="24h",
+    )
+    failed = _wait(sdk, mixed.id)
+    assert failed.status == "failed" and failed.errors is not None
+    [error] = failed.errors.data or []
+    assert error.line == 2 and "url must be /v1/completions" in (error.message or "")
+
+
 def test_a_file_with_bad_lines_fails_naming_them(sdk: OpenAI) -> None:
     good = _line("ok")
     bad = [
@@ -370,3 +406,18 @@ def test_llmq_batch_submit_waits_and_saves_the_results(
     assert sorted(json.loads(s)["custom_id"] for s in saved) == sorted(
         line["custom_id"] for line in lines
     )
+    # Text completions: the lines' endpoint named on the command line.
+    text = {"model": MODEL, "prompt": f"Once upon a time ({uuid.uuid4().hex[:8]})", "max_tokens": 2}
+    source.write_text(json.dumps({**lines[0], "url": "/v1/completions", "body": text}) + "\n")
+    command = [str(llmq_bin), "batch", "submit", str(source), "--wait", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [*command, "--endpoint", "/v1/completions"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    [saved_text] = (tmp_path / f"{done.stdout.split()[0]}_output.jsonl").read_text().splitlines()
+    assert json.loads(saved_text)["response"]["body"]["object"] == "text_completion"

@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 import pytest
-from openai.types import Batch, FileObject
+from openai.types import Batch, Completion, FileObject
 
 from gateway.batch.collector import outcome, parse_line_id
-from gateway.batch.lines import output_line, read_line
+from gateway.batch.lines import TEXT_ENDPOINT, output_line, read_line
 from gateway.batch.objects import batch_object, file_object
 from gateway.batch.runner import line_id
 from schemas.catalog import Catalog
@@ -83,6 +83,7 @@ def test_a_line_is_a_batch_lane_request_answered_on_the_batch_topic() -> None:
         (_raw(custom_id="x" * 513), ErrorCode.INVALID_REQUEST, "custom_id"),
         (_raw(method="GET"), ErrorCode.INVALID_REQUEST, "POST"),
         (_raw(url="/v1/embeddings"), ErrorCode.UNSUPPORTED, "/v1/chat/completions"),
+        (_raw(url="/v1/completions"), ErrorCode.UNSUPPORTED, "the endpoint of the batch"),
         (_raw(body={"messages": []}), ErrorCode.INVALID_REQUEST, "messages"),
         (_raw(body="text"), ErrorCode.INVALID_REQUEST, "JSON object"),
         (
@@ -110,6 +111,32 @@ def test_a_line_is_a_batch_lane_request_answered_on_the_batch_topic() -> None:
 def test_a_bad_line_says_what_is_wrong(raw: bytes, code: ErrorCode, words: str) -> None:
     refused = _refused(raw)
     assert refused.code is code and words in refused.message
+
+
+def test_a_text_batchs_lines_are_raw_prompts_and_its_answers_text_completions() -> None:
+    text = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 4, "lane": "interactive"}
+    raw = _raw(url=TEXT_ENDPOINT, body=text)
+    line = read_line(
+        raw,
+        tenant="acme",
+        catalog=CATALOG,
+        deadline=time.time() + 60,
+        correlation_id="batch_ab.7.0",
+        endpoint=TEXT_ENDPOINT,
+    )
+    body = line.request.body
+    assert (body.raw_prompt, body.messages[0].content, line.request.lane) == (
+        True,
+        "Once upon a time",
+        Lane.BATCH,
+    )
+    # One endpoint a batch: a chat line in a text batch is refused, and the other way round.
+    with pytest.raises(LlmqError, match="url must be /v1/chat/completions, the endpoint"):
+        _read(raw)
+    made = outcome(3, 0, "q3", _answer(), time.time() + 60, endpoint=TEXT_ENDPOINT)
+    answer = made.body["response"]["body"]
+    assert (answer["object"], answer["choices"][0]["text"]) == ("text_completion", "Blue.")
+    assert Completion.model_validate(answer).usage is not None
 
 
 def test_line_ids_go_both_ways_and_other_ids_are_not_lines() -> None:

@@ -52,11 +52,16 @@ class BatchApi:
         }
         return self._call("POST", "/files", body(), headers)
 
-    def create(self, file_id: str, metadata: dict[str, str] | None = None) -> dict[str, Any]:
-        """POST /v1/batches: run the file's lines within 24 hours."""
+    def create(
+        self,
+        file_id: str,
+        metadata: dict[str, str] | None = None,
+        endpoint: str = "/v1/chat/completions",
+    ) -> dict[str, Any]:
+        """POST /v1/batches: run the file's lines, each calling `endpoint`, within 24 hours."""
         wanted = {
             "input_file_id": file_id,
-            "endpoint": "/v1/chat/completions",
+            "endpoint": endpoint,
             "completion_window": "24h",
             "metadata": metadata,
         }

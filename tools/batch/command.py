@@ -30,6 +30,12 @@ def register(sub: Any) -> None:
     submit = actions.add_parser("submit", help="upload FILE and start its batch; print its id")
     submit.add_argument("file", type=Path)
     submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument(
+        "--endpoint",
+        choices=["/v1/chat/completions", "/v1/completions"],
+        default="/v1/chat/completions",
+        help="what every line calls: chat, or text completions of raw prompts",
+    )
     submit.add_argument("--wait", action="store_true", help="show progress, then save results")
     submit.add_argument("--out", type=Path, default=Path(), help="where results go (with --wait)")
     submit.set_defaults(func=_submit)
@@ -57,7 +63,7 @@ def _submit(args: argparse.Namespace) -> int:
     api = _api(args)
     try:
         uploaded = api.upload(args.file)
-        batch = api.create(uploaded["id"], metadata)
+        batch = api.create(uploaded["id"], metadata, args.endpoint)
         print(batch["id"])
         if not args.wait:
             return 0
