@@ -390,15 +390,17 @@ def test_llmq_batch_submit_waits_and_saves_the_results(
     source = tmp_path / "lines.jsonl"
     source.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     env = {**cli_env, "LLMQ_API_URL": f"http://127.0.0.1:{stack.settings.api_port}/v1"}
-    done = subprocess.run(
-        [str(llmq_bin), "batch", "submit", str(source), "--wait", "--out", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    command = [str(llmq_bin), "batch", "submit", str(source), "--wait", "--out", str(tmp_path)]
+
+    def submit(*extra: str) -> subprocess.CompletedProcess[str]:
+        run = [*command, *extra]
+        done = subprocess.run(
+            run, env=env, capture_output=True, text=True, timeout=240, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    done = submit()
     batch_id = done.stdout.splitlines()[0]
     assert "completed: 20 completed, 0 failed of 20" in done.stdout
     assert "20/20" in done.stderr  # the progress bar at its end
@@ -409,15 +411,6 @@ def test_llmq_batch_submit_waits_and_saves_the_results(
     # Text completions: the lines' endpoint named on the command line.
     text = {"model": MODEL, "prompt": f"Once upon a time ({uuid.uuid4().hex[:8]})", "max_tokens": 2}
     source.write_text(json.dumps({**lines[0], "url": "/v1/completions", "body": text}) + "\n")
-    command = [str(llmq_bin), "batch", "submit", str(source), "--wait", "--out", str(tmp_path)]
-    done = subprocess.run(
-        [*command, "--endpoint", "/v1/completions"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = submit("--endpoint", "/v1/completions")
     [saved_text] = (tmp_path / f"{done.stdout.split()[0]}_output.jsonl").read_text().splitlines()
     assert json.loads(saved_text)["response"]["body"]["object"] == "text_completion"
