@@ -68,11 +68,13 @@ def semantic_key(request: InferenceRequest, model: str) -> tuple[str, str] | Non
     in the same context are compared. None when the request may not be cached, or its last
     message is not a user's question short enough to compare whole, in words the guard can
     read (it passes others only as the very same text, which the exact cache answers:
-    embedding them would be wasted).
+    embedding them would be wasted). A raw prompt (/v1/completions) is text to continue, not
+    a question: a prompt of like meaning is not one with the same continuation.
     """
     *context, last = request.body.messages
     if (
         not request.cacheable
+        or request.body.raw_prompt
         or last.role != "user"
         or not last.content.strip()
         or len(last.content) > MAX_TEXT_CHARS

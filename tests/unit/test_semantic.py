@@ -112,8 +112,17 @@ def test_the_envelope_outside_the_answer_does_not_change_the_scope() -> None:
         _request("x" * (MAX_TEXT_CHARS + 1)),
         _request("\u6cd5\u56fd\u7684\u9996\u90fd\u662f\u4ec0\u4e48\uff1f"),
         _request("Where is Z\u00fcrich?"),
+        _request(
+            body={
+                "messages": [{"role": "user", "content": "The capital of France is"}],
+                "raw_prompt": True,
+            }
+        ),
     ],
-    ids=["trailing-assistant", "sampled", "cache-off", "blank", "too-long", "chinese", "umlaut"],
+    ids=[
+        *("trailing-assistant", "sampled", "cache-off", "blank", "too-long", "chinese"),
+        *("umlaut", "raw-prompt"),
+    ],
 )
 def test_no_key_when_there_is_nothing_to_compare(request_: InferenceRequest) -> None:
     assert semantic_key(request_, MODEL) is None
