@@ -241,6 +241,8 @@ class ChatBody(BaseModel):
     def _raw_prompt_is_one_user_message(self) -> Self:
         if self.raw_prompt and [m.role for m in self.messages] != ["user"]:
             raise ValueError("a raw prompt is one user message")
+        if self.raw_prompt and not self.messages[0].content:
+            raise ValueError("a raw prompt must not be empty: the engine has nothing to continue")
         return self
 
     @model_validator(mode="after")

@@ -398,3 +398,6 @@ def test_a_raw_prompt_is_one_user_message() -> None:
             ChatBody.model_validate({"messages": messages, "raw_prompt": True})
     with pytest.raises(ValidationError, match="raw_prompt"):
         ChatBody.model_validate(_body(raw_prompt=False))  # True, or left out of the record
+    empty = {"messages": [{"role": "user", "content": ""}], "raw_prompt": True}
+    with pytest.raises(ValidationError, match="a raw prompt must not be empty"):
+        ChatBody.model_validate(empty)
