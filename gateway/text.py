@@ -11,7 +11,7 @@ from gateway.openai import IGNORED, PASSED, Call, Chunks, completion_of, read_ca
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.request import MAX_TOP_LOGPROBS
+from schemas.request import MAX_CONTENT_CHARS, MAX_TOP_LOGPROBS
 from schemas.result import InferenceResult, TokenLogprob
 
 DEFAULT_MAX_TOKENS = 16
@@ -77,6 +77,9 @@ def _prompt(prompt: object) -> str:
     if isinstance(prompt, str):
         if not prompt:
             raise LlmqError(ErrorCode.INVALID_REQUEST, "prompt must not be empty")
+        if len(prompt) > MAX_CONTENT_CHARS:
+            why = f"the prompt holds {len(prompt)} characters; at most {MAX_CONTENT_CHARS}"
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why)
         return prompt
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         why = "llmq serves one prompt a request: send each on its own (n asks for several answers)"

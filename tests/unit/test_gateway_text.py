@@ -76,6 +76,7 @@ def test_the_chat_options_llmq_reads_work_here_too() -> None:
         ({"prompt": [1, 2, 3]}, ErrorCode.UNSUPPORTED, "token ids"),
         ({"prompt": [[1, 2]]}, ErrorCode.UNSUPPORTED, "token ids"),
         ({"prompt": ""}, ErrorCode.INVALID_REQUEST, "must not be empty"),
+        ({"prompt": "x" * 200_001}, ErrorCode.INVALID_REQUEST, "prompt holds 200001 characters"),
         ({"prompt": None}, ErrorCode.INVALID_REQUEST, "prompt must be a string"),
         ({"prompt": 7}, ErrorCode.INVALID_REQUEST, "prompt must be a string"),
         ({"messages": [{"role": "user", "content": "x"}]}, ErrorCode.UNSUPPORTED, "messages"),
