@@ -61,3 +61,14 @@ city = client.chat.completions.create(
     },
 )
 print(city.choices[0].message.content)
+
+# A text completion (the legacy API, as vLLM's server serves it): the prompt is continued as
+# it is, with no chat template; vLLM's sampling extensions ride in extra_body.
+text = client.completions.create(
+    model="smollm2-135m",
+    prompt="The three primary colours are",
+    max_tokens=16,
+    temperature=0,
+    extra_body={"top_k": 20, "repetition_penalty": 1.1},
+)
+print(text.choices[0].text)

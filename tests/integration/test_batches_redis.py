@@ -231,10 +231,10 @@ def test_a_reply_that_cannot_be_written_ends_its_line_not_the_collector(
 ) -> None:
     """A bug in writing one reply would fail again at every re-read of the topic."""
 
-    def broken(custom_id: str, result: InferenceResult) -> dict[str, Any]:
+    def broken(custom_id: str, result: InferenceResult, endpoint: str) -> dict[str, Any]:
         if custom_id == "c1":
             raise RuntimeError("a bug")
-        return output_line(custom_id, result)
+        return output_line(custom_id, result, endpoint)
 
     monkeypatch.setattr(collector, "output_line", broken)
 
