@@ -114,8 +114,11 @@ class Call:
     """stream_options.include_usage: a last chunk with the usage and no choices."""
     n: int = 1
     """Choices asked for: each is a request of its own (`requests`)."""
-    text: bool = False
-    """A text completion (`/v1/completions`): a raw prompt, answered in that API's shape."""
+
+    @property
+    def text(self) -> bool:
+        """A text completion (`/v1/completions`): a raw prompt, answered in that API's shape."""
+        return bool(self.request.body.raw_prompt)
 
     @cached_property
     def requests(self) -> list[InferenceRequest]:
@@ -184,7 +187,7 @@ def read_call(
     except ValueError as exc:  # a lane or cache mode that does not exist
         raise LlmqError(ErrorCode.INVALID_REQUEST, str(exc)) from None
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    return Call(request, include_usage, n, text)
+    return Call(request, include_usage, n)
 
 
 def check_model(model: object, catalog: Catalog) -> None:

@@ -17,10 +17,10 @@ from schemas.result import InferenceResult, TokenLogprob
 DEFAULT_MAX_TOKENS = 16
 """OpenAI's (and vLLM's) max_tokens of a text completion that names none."""
 FIELDS = (
-    (PASSED - {"messages", "logprobs", "top_logprobs", "response_format"})
+    (PASSED - {"messages", "top_logprobs", "response_format"})
     | {"model", "n", "stream_options", "lane", "cache"}
     | set(IGNORED)
-    | {"prompt", "logprobs", "echo", "suffix", "best_of"}
+    | {"prompt", "echo", "suffix", "best_of"}
 )
 """The body fields of a text completion llmq reads: OpenAI's, vLLM's sampling extensions
 and llmq's own, as for chat."""
