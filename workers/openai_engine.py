@@ -1,4 +1,4 @@
-"""Any OpenAI-compatible chat-completions server (a remote vLLM, ...), behind Engine."""
+"""Any OpenAI-compatible completions server (a remote vLLM, ...), behind Engine."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ class _ServerError(Exception):
 
 
 class OpenAIEngine:
-    """Streams chat completions over HTTP, with retries, backoff and a circuit breaker.
+    """Streams chat completions (text completions for a raw prompt) over HTTP, with retries,
+    backoff and a circuit breaker.
 
     A failed attempt is retried (exponential backoff with jitter, Retry-After honoured) only
     before the first step reached the caller: after that a retry would repeat text. A server
@@ -74,7 +75,7 @@ class OpenAIEngine:
         if spec.url is None:
             raise ValueError(f"model {spec.name!r} has no `url` to an OpenAI-compatible server")
         self._spec = spec
-        self._url = spec.url.rstrip("/") + "/chat/completions"
+        self._base = spec.url.rstrip("/")
         self._model = spec.remote_model or spec.name
         self._headers = {**(headers or {}), "Accept": "text/event-stream"}
         if api_key is not None:
@@ -91,14 +92,11 @@ class OpenAIEngine:
     ) -> AsyncGenerator[EngineStep, None]:
         """Stream deltas; closing this iterator early closes the HTTP request (the server
         aborts the generation when its client goes away). The tenant is not sent: the
-        server's prefix cache is its own to scope."""
-        if body.raw_prompt:
-            raise LlmqError(
-                ErrorCode.UNSUPPORTED,
-                f"{self._spec.name} is a remote engine, asked for chat completions only; "
-                "send a raw prompt (/v1/completions) to a model llmq runs itself",
-            )
+        server's prefix cache is its own to scope. A raw prompt goes to the server's
+        /completions, as it came (the server adds its model's special tokens)."""
+        url = self._base + ("/completions" if body.raw_prompt else "/chat/completions")
         payload = self._payload(body, priority)
+        top = body.top_logprobs or 0
         started = time.monotonic()
         attempt = 0
         while True:
@@ -108,7 +106,8 @@ class OpenAIEngine:
             verdict = yielded = False
             try:
                 # 2) Stream one attempt; its first step is the server's proof of health.
-                async with aclosing(self._attempt(payload, f"{request_id}.{attempt}")) as steps:
+                steps_of = self._attempt(url, payload, top, f"{request_id}.{attempt}")
+                async with aclosing(steps_of) as steps:
                     async for step in steps:
                         if not verdict:
                             self._breaker.success()
@@ -174,12 +173,11 @@ class OpenAIEngine:
 
     @property
     def _where(self) -> str:
-        return f"{self._spec.name} at {self._url}"
+        return f"{self._spec.name} at {self._base}"
 
     def _payload(self, body: ChatBody, priority: int) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": self._model,
-            "messages": [m.model_dump() for m in body.messages],
             "max_tokens": body.max_tokens,
             "temperature": body.temperature,
             "top_p": body.top_p,
@@ -191,11 +189,16 @@ class OpenAIEngine:
         fmt = body.json_format
         as_json = None if fmt is None else fmt.model_dump(mode="json", exclude_none=True)
         bias = body.logit_bias
+        if body.raw_prompt:  # text completions: `logprobs` is the number of likeliest tokens
+            payload["prompt"] = body.messages[0].content
+            logprobs = {"logprobs": (body.top_logprobs or 0) if body.logprobs else None}
+        else:
+            payload["messages"] = [m.model_dump() for m in body.messages]
+            logprobs = {"logprobs": body.logprobs or None, "top_logprobs": body.top_logprobs}
         optional = {  # sent only when set (ignore_eos and priority: vLLM's server takes them)
             "stop": body.stop or None,
             "seed": body.seed,
-            "logprobs": body.logprobs or None,
-            "top_logprobs": body.top_logprobs,
+            **logprobs,
             "logit_bias": {str(token): b for token, b in bias.items()} if bias else None,
             "ignore_eos": body.ignore_eos or None,
             "response_format": as_json,
@@ -214,9 +217,10 @@ class OpenAIEngine:
         return self._session
 
     async def _attempt(
-        self, payload: dict[str, Any], attempt_id: str
+        self, url: str, payload: dict[str, Any], top: int, attempt_id: str
     ) -> AsyncGenerator[EngineStep, None]:
         """One HTTP request; its failures are _ServerError, or LlmqError for the request's.
+        Each token keeps its `top` likeliest alternatives.
 
         `attempt_id` goes out as X-Request-Id (the server's logs): one per attempt, so a retry
         never reuses the id of an attempt the server may still be running.
@@ -226,7 +230,7 @@ class OpenAIEngine:
         )
         try:
             async with self._open_session().post(
-                self._url, json=payload, timeout=timeout, headers={"X-Request-Id": attempt_id}
+                url, json=payload, timeout=timeout, headers={"X-Request-Id": attempt_id}
             ) as resp:
                 if resp.status != 200:
                     raise await self._status_error(resp)
@@ -237,7 +241,7 @@ class OpenAIEngine:
                     )
                 # Leaving early releases the response unread, which closes its connection:
                 # the server sees its client go and aborts the generation.
-                async for step in _steps(resp.content):
+                async for step in _steps(resp.content, top):
                     yield step
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             # ValueError: e.g. a line over aiohttp's limit (uncaught, it would stop the worker).
@@ -257,14 +261,14 @@ class OpenAIEngine:
             key = self._spec.api_key_env or "api_key_env"
             return _ServerError(f"{said} (check the key in ${key})", retry=False)
         if status == 404:
-            return _ServerError(f"{said} (check url and remote_model)", retry=False)
+            return _ServerError(f"{said} at {resp.url} (check url and remote_model)", retry=False)
         if status == 413 or code == "context_length_exceeded" or _CONTEXT in message.lower():
             return LlmqError(ErrorCode.PROMPT_TOO_LARGE, message)
         return LlmqError(ErrorCode.INVALID_REQUEST, message)
 
 
-async def _steps(content: aiohttp.StreamReader) -> AsyncIterator[EngineStep]:
-    """Parse the server-sent events of one chat-completion stream into steps.
+async def _steps(content: aiohttp.StreamReader, top: int) -> AsyncIterator[EngineStep]:
+    """Parse the server-sent events of one completion stream into steps.
 
     Completion tokens are counted per chunk (its logprobs entries, else one per chunk with
     text); the usage report at the end is the truth, and the final step carries the
@@ -273,7 +277,7 @@ async def _steps(content: aiohttp.StreamReader) -> AsyncIterator[EngineStep]:
     counted = prompt_tokens = 0
     completion_tokens = cached_tokens = None
     finish_reason: str | None = None
-    async for chunk in _chunks(content):
+    async for chunk in _chunks(content, top):
         if chunk.prompt_tokens is not None:
             prompt_tokens = chunk.prompt_tokens
         cached_tokens = chunk.cached_tokens if chunk.cached_tokens is not None else cached_tokens
@@ -293,17 +297,34 @@ async def _steps(content: aiohttp.StreamReader) -> AsyncIterator[EngineStep]:
     )
 
 
-def _logprob(entry: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI logprobs entry as llmq keeps it (no bytes)."""
-    top = entry.get("top_logprobs") or []
+def _logprob(entry: dict[str, Any], top: int) -> dict[str, Any]:
+    """An OpenAI chat logprobs entry as llmq keeps it: no bytes, the `top` likeliest."""
+    likely = sorted(entry.get("top_logprobs") or [], key=lambda t: -t["logprob"])[:top]
     return {
         "token": entry["token"],
         "logprob": entry["logprob"],
-        "top_logprobs": [{"token": t["token"], "logprob": t["logprob"]} for t in top],
+        "top_logprobs": [{"token": t["token"], "logprob": t["logprob"]} for t in likely],
     }
 
 
-async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[_Chunk]:
+def _text_entries(logprobs: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A text completion's logprobs (lists side by side, the likeliest as a dict that may
+    hold the sampled token too) as chat's entries."""
+    if not logprobs:
+        return []
+    tokens = logprobs["tokens"]
+    tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+    return [
+        {
+            "token": token,
+            "logprob": logprob,
+            "top_logprobs": [{"token": t, "logprob": v} for t, v in (likely or {}).items()],
+        }
+        for token, logprob, likely in zip(tokens, logprobs["token_logprobs"], tops, strict=True)
+    ]
+
+
+async def _chunks(content: aiohttp.StreamReader, top: int) -> AsyncIterator[_Chunk]:
     """The `data:` events of a server-sent event stream, read, up to `[DONE]`."""
     async for raw in content:
         line = raw.decode("utf-8", "replace").strip()
@@ -313,7 +334,7 @@ async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[_Chunk]:
         if data == "[DONE]":
             return
         try:
-            chunk = _Chunk.parse(data)
+            chunk = _Chunk.parse(data, top)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise _ServerError(f"an unreadable event in the stream: {data[:200]!r}") from exc
         if chunk.error is not None:
@@ -323,7 +344,8 @@ async def _chunks(content: aiohttp.StreamReader) -> AsyncIterator[_Chunk]:
 
 @dataclass(frozen=True)
 class _Chunk:
-    """What llmq reads from one `chat.completion.chunk` event (choice 0; n is always 1)."""
+    """What llmq reads from one `chat.completion.chunk` or `text_completion` event (choice 0;
+    n is always 1)."""
 
     text: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -334,7 +356,7 @@ class _Chunk:
     error: str | None = None
 
     @classmethod
-    def parse(cls, data: str) -> _Chunk:
+    def parse(cls, data: str, top: int) -> _Chunk:
         """Raises ValueError, TypeError, KeyError or AttributeError on a malformed event."""
         event = json.loads(data)
         if "error" in event:
@@ -342,10 +364,15 @@ class _Chunk:
         usage = event.get("usage") or {}
         choices = event.get("choices") or [{}]
         choice = choices[0]
-        entries = (choice.get("logprobs") or {}).get("content") or []
+        if "text" in choice:  # a text completion's
+            text = choice["text"] or ""
+            entries = _text_entries(choice.get("logprobs"))
+        else:
+            text = (choice.get("delta") or {}).get("content") or ""
+            entries = (choice.get("logprobs") or {}).get("content") or []
         return cls(
-            text=(choice.get("delta") or {}).get("content") or "",
-            logprobs=[TokenLogprob.model_validate(_logprob(e)) for e in entries],
+            text=text,
+            logprobs=[TokenLogprob.model_validate(_logprob(e, top)) for e in entries],
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),

@@ -1,6 +1,7 @@
 """OpenAI's text completions (`/v1/completions`) through the real `openai` SDK on the
 session's stack: a raw prompt, with no chat template, answered whole or streamed, with
-log-probabilities, cached apart from the chat request of the same words."""
+log-probabilities, cached apart from the chat request of the same words; by a model llmq
+runs and by a remote vLLM server."""
 
 from __future__ import annotations
 
@@ -16,16 +17,20 @@ from tests.integration.helpers import unique_prompt
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 MODEL = "smollm2-135m"
+REMOTE = "smollm2-remote"
+"""The same weights behind vLLM's own server, asked by the HTTP engine (its /v1/completions)."""
 
 
+@pytest.mark.parametrize("model", [MODEL, REMOTE])
 def test_a_raw_prompt_is_completed_without_the_chat_template(
-    sdk: OpenAI, served_tokenizer: PreTrainedTokenizerBase
+    sdk: OpenAI, served_tokenizer: PreTrainedTokenizerBase, model: str
 ) -> None:
     prompt = unique_prompt("The capital of  France   is")  # blanks the door would squeeze
-    ask: dict[str, Any] = {"model": MODEL, "prompt": prompt, "temperature": 0}
+    ask: dict[str, Any] = {"model": model, "prompt": prompt, "temperature": 0}
     exact: dict[str, Any] = {"extra_body": {"ignore_eos": True}}
     whole = sdk.completions.create(**ask, max_tokens=8, logprobs=2, **exact)
     assert whole.object == "text_completion" and whole.id.startswith("cmpl-")
+    assert (whole.model_extra or {})["llmq"]["model_used"] == model
     [choice] = whole.choices
     assert choice.finish_reason == "length" and choice.text
     assert whole.usage is not None and whole.usage.completion_tokens == 8
@@ -41,7 +46,7 @@ def test_a_raw_prompt_is_completed_without_the_chat_template(
     assert default.usage is not None and default.usage.completion_tokens == 16
     # The same words as a chat are another request: the template makes it longer.
     chat = sdk.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=8, temperature=0
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=8, temperature=0
     )
     assert (chat.model_extra or {})["llmq"]["cache"] == "none"
     assert chat.usage is not None and chat.usage.prompt_tokens > whole.usage.prompt_tokens

@@ -1,0 +1,196 @@
+"""OpenAIEngine's requests and its reading of the answers, against the in-test server:
+the fields sent, chat and text completion events, usage, and the worker's use of it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from schemas.catalog import Catalog
+from schemas.request import ChatBody, ChatMessage
+from tests.unit.openai_server import (
+    BODY,
+    chunk,
+    collect,
+    engine,
+    ok,
+    running,
+    spec,
+    stream,
+    text_chunk,
+    usage,
+)
+from workers.__main__ import engine_factory
+from workers.__main__ import main as worker_main
+from workers.openai_engine import OpenAIEngine
+from workers.settings import WorkerSettings
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_streams_steps_and_takes_the_counts_from_usage() -> None:
+    async def scenario() -> None:
+        async with running(ok("The capital is Paris", prompt=11)) as (server, url):
+            steps = await collect(engine(url))
+        assert "".join(s.text for s in steps) == "The capital is Paris"
+        assert sum(s.new_tokens for s in steps) == 4
+        assert steps[-1].finished and steps[-1].finish_reason == "stop"
+        assert steps[-1].prompt_tokens == 11
+        sent = server.bodies[0]
+        assert sent["model"] == "remote-model"
+        assert sent["stream"] is True
+        assert sent["stream_options"] == {"include_usage": True}
+        assert sent["max_tokens"] == 8
+        assert "priority" not in sent and "logprobs" not in sent and "ignore_eos" not in sent
+        assert not {"top_k", "min_p", "repetition_penalty", "min_tokens"} & set(sent)
+
+    asyncio.run(scenario())
+
+
+def test_usage_corrects_the_count_of_chunks() -> None:
+    """A chunk may carry several tokens (or none): usage is the truth when it comes."""
+
+    async def scenario() -> None:
+        reply = stream(chunk("Hello wor"), chunk("ld", finish="length"), usage(3, 5, cached=2))
+        async with running(reply) as (_, url):
+            steps = await collect(engine(url))
+        assert sum(s.new_tokens for s in steps) == 5
+        assert steps[-1].finish_reason == "length"
+        assert steps[-1].cached_tokens == 2, "the server's cached prompt tokens, when it says"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("cached", [-1, "3", 2.5])
+def test_a_cached_count_that_is_not_one_is_left_out(cached: object) -> None:
+    async def scenario() -> None:
+        reply = stream(chunk("Hi", finish="stop"), usage(3, 1, cached=cached))
+        async with running(reply) as (_, url):
+            steps = await collect(engine(url))
+        assert steps[-1].finish_reason == "stop" and steps[-1].cached_tokens is None
+
+    asyncio.run(scenario())
+
+
+def test_without_usage_chunks_are_counted() -> None:
+    async def scenario() -> None:
+        async with running(stream(chunk("a"), chunk("b"), chunk("c", finish="stop"))) as (_, url):
+            steps = await collect(engine(url))
+        assert sum(s.new_tokens for s in steps) == 3
+        assert steps[-1].prompt_tokens == 0
+
+    asyncio.run(scenario())
+
+
+FORMAT = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+
+
+def test_passes_the_sampling_fields_logprobs_priority_and_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REMOTE_KEY", "s3cret")
+    body = ChatBody(
+        messages=[ChatMessage(role="user", content="x")],
+        max_tokens=3,
+        temperature=0.0,
+        top_p=0.9,
+        stop=["\n"],
+        seed=7,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        logprobs=True,
+        top_logprobs=2,
+        logit_bias={50256: -100},
+        ignore_eos=True,
+        top_k=4,
+        min_p=0.0,
+        repetition_penalty=1.3,
+        min_tokens=2,
+        response_format=FORMAT,
+    )
+    reply = stream(chunk("A", logprob=-0.5), chunk("B", "stop", logprob=-1.5), usage(2, 2))
+
+    async def scenario() -> None:
+        async with running(reply) as (server, url):
+            remote = spec(url, remote_model="org/big", api_key_env="REMOTE_KEY")
+            key = WorkerSettings().api_key(remote)
+            eng = OpenAIEngine(remote, api_key=key, send_priority=True)
+            steps = await collect(eng, body)
+        assert [(t.token, t.logprob) for s in steps for t in s.logprobs] == [
+            ("A", -0.5),
+            ("B", -1.5),
+        ]
+        tops = [[(x.token, x.logprob) for x in t.top_logprobs] for s in steps for t in s.logprobs]
+        assert tops == [[("A", -0.5), ("?", -9)], [("B", -1.5), ("?", -9)]]
+        sent = server.bodies[0]
+        assert sent["model"] == "org/big"
+        assert sent["logprobs"] is True and sent["top_logprobs"] == 2
+        assert sent["ignore_eos"] is True and sent["logit_bias"] == {"50256": -100}
+        assert sent["response_format"] == FORMAT
+        assert sent["priority"] == 1
+        assert {k: sent[k] for k in ("temperature", "top_p", "stop", "seed")} == {
+            "temperature": 0.0,
+            "top_p": 0.9,
+            "stop": ["\n"],
+            "seed": 7,
+        }
+        assert (sent["presence_penalty"], sent["frequency_penalty"]) == (0.5, -0.5)
+        assert (sent["top_k"], sent["repetition_penalty"], sent["min_tokens"]) == (4, 1.3, 2)
+        assert "min_p" not in sent  # at its neutral value
+        assert server.headers[0]["authorization"] == "Bearer s3cret"
+
+    asyncio.run(scenario())
+
+
+def test_a_missing_api_key_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    with pytest.raises(ValueError, match=r"\$NO_SUCH_KEY"):
+        WorkerSettings().api_key(spec("http://127.0.0.1:9/v1", api_key_env="NO_SUCH_KEY"))
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "models-remote.toml"
+
+
+def test_the_worker_serves_the_examples_remote_model_with_this_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REMOTE_LLM_API_KEY", "k")
+    remote = Catalog.load(EXAMPLE).get("remote-large")
+    assert remote is not None
+    assert isinstance(engine_factory(WorkerSettings(), remote)(), OpenAIEngine)
+
+
+def test_the_worker_refuses_to_start_without_the_api_key(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("LLMQ_MODELS_FILE", str(EXAMPLE))
+    monkeypatch.setenv("LLMQ_MODEL", "remote-large")
+    monkeypatch.delenv("REMOTE_LLM_API_KEY", raising=False)
+    assert worker_main() == 2
+    assert "cannot start the worker: model remote-large:" in caplog.text
+    assert "$REMOTE_LLM_API_KEY, which is not set" in caplog.text
+
+
+def test_a_raw_prompt_is_continued_by_the_servers_text_completions() -> None:
+    raw = BODY.model_copy(
+        update={"raw_prompt": True, "logprobs": True, "top_logprobs": 2, "top_k": 3}
+    )
+    reply = stream(text_chunk("Once"), text_chunk(" upon", "length"), usage(4, 2))
+
+    async def scenario() -> None:
+        async with running(reply) as (server, url):
+            steps = await collect(engine(url), raw)
+        assert "".join(s.text for s in steps) == "Once upon"
+        assert (steps[-1].prompt_tokens, sum(s.new_tokens for s in steps)) == (4, 2)
+        assert steps[-1].finish_reason == "length"
+        tops = [[(x.token, x.logprob) for x in t.top_logprobs] for s in steps for t in s.logprobs]
+        assert tops == [[("Once", -0.5), ("!", -1.0)], [(" upon", -0.5), ("!", -1.0)]]
+        assert server.paths == ["/v1/completions"]
+        sent = server.bodies[0]
+        assert sent["prompt"] == "Say hi" and "messages" not in sent
+        assert sent["logprobs"] == 2 and "top_logprobs" not in sent
+        assert (sent["max_tokens"], sent["top_k"], sent["stream"]) == (8, 3, True)
+
+    asyncio.run(scenario())
