@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gateway import metrics, sse
 from gateway.door import ApiError, FrontDoor, json_body
 from gateway.openai import Call, Chunks, check_model, completion_of, read_call
-from gateway.text import read_text_call, text_completion_of
+from gateway.text import TextChunks, read_text_call, text_completion_of
 from llmq.streaming import Delta, StreamReader
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import InferenceResult
@@ -25,6 +25,8 @@ Reader = Callable[..., Call]
 """read_call or read_text_call: an HTTP body as a call."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LATE = LlmqError(ErrorCode.EXPIRED, "no answer before the deadline")
+RESUMED = {kind.OBJECT: kind for kind in (Chunks, TextChunks)}
+"""A resumed stream's chunks by their `object` (the resume route's query parameter)."""
 
 router = APIRouter()
 
@@ -110,9 +112,14 @@ async def stored_result(correlation_id: str, request: Request) -> Response:
 
 @router.get("/v1/results/{correlation_id}/stream")
 async def resume(correlation_id: str, request: Request) -> Response:
-    """The rest of a streamed answer after the event a client last had (Last-Event-ID)."""
+    """The rest of a streamed answer after the event a client last had (Last-Event-ID), as
+    chat chunks, or text completion chunks with `?object=text_completion`."""
     door = _door(request)
     tenant = door.tenant(request)
+    kind = RESUMED.get(request.query_params.get("object", Chunks.OBJECT))
+    if kind is None:
+        why = f"object must be one of {', '.join(RESUMED)}, the chunks of the stream resumed"
+        raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why))
     door.spare(tenant, correlation_id)
     last = request.headers.get("last-event-id", "0")
     if last.endswith(sse.END):
@@ -137,7 +144,7 @@ async def resume(correlation_id: str, request: Request) -> Response:
         raise ApiError(LATE) from None
     usage = request.query_params.get("include_usage", "false").lower() == "true"
     model = (first.model if first else None) or door.catalog.default
-    chunks = Chunks(correlation_id, int(time.time()), model, usage)
+    chunks = kind(correlation_id, int(time.time()), model, usage)
     events = sse.events(chunks, first, pieces)
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -241,7 +248,7 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
             waiting.cancel()
         _failed(door, call)
         raise ApiError(exc if isinstance(exc, LlmqError) else LATE, headers=_ids(call)) from None
-    resumable = call.n == 1 and not call.text  # the resume route sends chat chunks
+    resumable = call.n == 1
     if first is None:
         _abandon(door, call, grace=resumable)
         return Response(status_code=499)

@@ -329,37 +329,52 @@ def test_a_copy_of_a_streaming_request_gets_the_whole_stream(
     assert generations() == before + 1
 
 
-def test_a_lost_stream_resumes_after_its_last_event(door: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "asked", "resumed"),
+    [
+        ("chat/completions", "messages", "chat.completion.chunk"),
+        ("completions", "prompt", "text_completion"),
+    ],
+)
+def test_a_lost_stream_resumes_after_its_last_event(
+    door: str, path: str, asked: str, resumed: str
+) -> None:
+    prompt = unique_prompt()
     body = {
         "model": MODEL,
-        "messages": [{"role": "user", "content": unique_prompt()}],
+        asked: [{"role": "user", "content": prompt}] if asked == "messages" else prompt,
         "max_tokens": 40,
         "temperature": 0,
         "ignore_eos": True,
         "stream": True,
     }
+
+    def text_of(line: str) -> str:
+        chunk = json.loads(line.removeprefix("data: "))
+        assert chunk["object"] == resumed
+        choice = chunk["choices"][0] if chunk["choices"] else {}
+        return str(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
+
     seen, last = "", "0"
-    with httpx.stream("POST", f"{door}/chat/completions", json=body, timeout=120) as response:
+    with httpx.stream("POST", f"{door}/{path}", json=body, timeout=120) as response:
         cid = response.headers["x-llmq-correlation-id"]
         for line in response.iter_lines():
             if line.startswith("id: "):
                 last = line.removeprefix("id: ")
-            elif line.startswith("data: {") and '"content":"' in line and last != "0":
-                seen += httpx.Response(200, content=line.removeprefix("data: ")).json()["choices"][
-                    0
-                ]["delta"]["content"]
+            elif line.startswith("data: {") and last != "0" and text_of(line):
+                seen += text_of(line)
                 break  # the connection drops here
+    where = f"{door}/results/{cid}/stream"
+    wrong = httpx.get(f"{where}?object=chat", headers={"Last-Event-ID": last}, timeout=30)
+    assert wrong.status_code == 400 and "object must be one of" in wrong.text
     rest = ""
     again = httpx.stream(
-        "GET", f"{door}/results/{cid}/stream", headers={"Last-Event-ID": last}, timeout=120
+        "GET", f"{where}?object={resumed}", headers={"Last-Event-ID": last}, timeout=120
     )
     with again as response:
         for line in response.iter_lines():
             if line.startswith("data: {"):
-                chunk = json.loads(line.removeprefix("data: "))
-                rest += (
-                    chunk["choices"][0]["delta"].get("content") or "" if chunk["choices"] else ""
-                )
+                rest += text_of(line)
     result = stored_result(door, cid)
     assert result.status == "ok"  # resumed within the grace time: not cancelled
     assert len(seen) == int(last) and seen + rest == result.text
