@@ -93,6 +93,7 @@ STATUS = {
     ErrorCode.ENGINE_TIMEOUT: 504,
     ErrorCode.CANCELLED: 499,
     ErrorCode.CRASH_LOOP: 500,
+    ErrorCode.UNKNOWN: 500,
 }
 """HTTP status of each error a reply can carry: the ones the OpenAI SDK maps to its
 exceptions."""

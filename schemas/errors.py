@@ -31,6 +31,9 @@ class ErrorCode(StrEnum):
     speculative generation ran or waited (schemas.work.WorkItem.speculative); no reply."""
     CRASH_LOOP = "crash_loop"
     """Its generation took its worker down every time it ran; dead-lettered, not retried."""
+    UNKNOWN = "unknown"
+    """A code this llmq does not know, sent by a newer one: a reader keeps the result (its
+    message names the code, its `retriable` is the sender's) rather than dropping it."""
 
     @property
     def retriable(self) -> bool:

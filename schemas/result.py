@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.request import SCHEMA_VERSION, ChatMessage
 from schemas.route import Route
+
+_KNOWN_CODES = frozenset(ErrorCode)
 
 
 class CacheStatus(StrEnum):
@@ -121,6 +123,17 @@ class ErrorInfo(BaseModel):
     retriable: bool
     retry_after_s: float | None = None
     """Seconds to wait before retrying, when llmq knows (rate limits, budgets)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _newer_code(cls, data: Any) -> Any:
+        """A code from a newer llmq reads as UNKNOWN, named in the message, so an app still
+        gets its request's end instead of a result it cannot parse."""
+        code = data.get("code") if isinstance(data, dict) else None
+        if not isinstance(code, str) or code in _KNOWN_CODES:
+            return data
+        said = f"{data.get('message', '')} (error code {code!r}, which this llmq does not know)"
+        return {**data, "code": ErrorCode.UNKNOWN, "message": said}
 
     @classmethod
     def from_error(cls, error: LlmqError) -> Self:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from schemas.errors import ErrorCode, LlmqError
-from schemas.result import ErrorInfo
+from schemas.result import ErrorInfo, InferenceResult
 
 RETRIABLE = {
     ErrorCode.RATE_LIMITED,
@@ -56,3 +58,22 @@ def test_retry_after_travels_to_the_wire() -> None:
     info = ErrorInfo.from_error(LlmqError(ErrorCode.RATE_LIMITED, "slow down", retry_after_s=2.5))
     assert info.retriable
     assert info.retry_after_s == 2.5
+
+
+def test_a_code_from_a_newer_llmq_reads_as_unknown_with_its_name_and_verdict() -> None:
+    wire = {"code": "quota_melted", "message": "the quota melted", "retriable": True}
+    info = ErrorInfo.model_validate(wire)
+    assert info.code is ErrorCode.UNKNOWN and info.retriable
+    assert (
+        info.message
+        == "the quota melted (error code 'quota_melted', which this llmq does not know)"
+    )
+    known = ErrorInfo.model_validate({**wire, "code": "expired"})
+    assert (known.code, known.message) == (ErrorCode.EXPIRED, "the quota melted")
+
+
+def test_a_result_with_a_newer_code_is_still_a_result() -> None:
+    error = {"code": "quota_melted", "message": "m", "retriable": False}
+    raw = json.dumps({"correlation_id": "c1", "tenant": "t", "status": "error", "error": error})
+    result = InferenceResult.model_validate_json(raw)
+    assert result.error is not None and result.error.code is ErrorCode.UNKNOWN
