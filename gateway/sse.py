@@ -23,9 +23,10 @@ def events(
     pieces: AsyncIterator[Delta] | None,
     on_abandon: Callable[[], None] | None = None,
 ) -> AsyncGenerator[str]:
-    """The events of an answer from its `first` piece on. Each content event's id is the
-    count of characters sent so far, so a client that loses the stream resumes there
-    (GET /v1/results/{id}/stream with Last-Event-ID); a piece without text sends no event
+    """The events of an answer from its `first` piece on. Each content event's id (where
+    `chunks` send ids) is the count of characters sent so far, so a client that loses the
+    stream resumes there (GET /v1/results/{id}/stream with Last-Event-ID, which a client of
+    a stream without ids counts itself); a piece without text sends no event
     of its own (its logprobs go with the next, or with the finish), so no id repeats. An
     error after the first piece is an error event. A client that leaves before the end
     calls `on_abandon`."""
@@ -81,19 +82,22 @@ async def _guarded(
 async def _answer(
     chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
 ) -> AsyncGenerator[str]:
+    def send(event_id: str, body: dict[str, Any]) -> str:
+        return event(event_id, body) if chunks.EVENT_IDS else data(body)
+
     opening = chunks.role()
     if first is not None and first.offset == 0 and opening is not None:
-        yield event("0", opening)
+        yield send("0", opening)
     held: list[TokenLogprob] = []
     async for piece in _until_finished(first, pieces):
         sent = piece.offset + len(piece.text)
         content, finish = _bodies(chunks, piece, held)
         if content is not None:
-            yield event(str(sent), content)
+            yield send(str(sent), content)
         if finish is not None:
-            yield event(f"{sent}{END}", finish)
+            yield send(f"{sent}{END}", finish)
             if chunks.include_usage:
-                yield event(f"{sent}{END}", chunks.usage(piece.usage))
+                yield send(f"{sent}{END}", chunks.usage(piece.usage))
     yield DONE
 
 

@@ -13,6 +13,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from gateway import sse
 from gateway.openai import Chunks
+from gateway.text import TextChunks
 from llmq.streaming import Delta
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import TokenLogprob, Usage
@@ -194,3 +195,24 @@ def test_each_choice_holds_its_own_text_less_logprobs_for_its_finish() -> None:
         (1, "c", None): ["c"],
         (1, None, "stop"): [],
     }
+
+
+def test_a_text_completions_events_are_one_data_line_each_as_from_vllms_server() -> None:
+    """Tools written for vLLM's server (its serving benchmark) read an event as one `data:`
+    line: a text stream sends no ids (its client counts the characters to resume)."""
+    chunks = TextChunks("c1", 7, "m", include_usage=True)
+    pieces = _pieces(Delta("b", 1, "length", _usage(2)))
+
+    async def main() -> list[str]:
+        return [e async for e in sse.events(chunks, Delta("a", 0), pieces)]
+
+    events = asyncio.run(main())
+    assert all(e.startswith("data: ") and e.count("\n") == 2 for e in events)
+    bodies = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert [b["choices"][0]["text"] if b["choices"] else None for b in bodies] == [
+        "a",
+        "b",
+        "",
+        None,
+    ]
+    assert events[-1] == sse.DONE
