@@ -72,3 +72,13 @@ text = client.completions.create(
     extra_body={"top_k": 20, "repetition_penalty": 1.1},
 )
 print(text.choices[0].text)
+
+# The Responses API, for text: instructions and input, answered as a `response`.
+reply = client.responses.create(
+    model="smollm2-135m",
+    instructions="Answer in one short sentence.",
+    input="Why is the sky blue?",
+    max_output_tokens=48,
+    temperature=0,
+)
+print(reply.output_text, f"[{reply.status}]")

@@ -24,7 +24,10 @@ from schemas.tenants import TenantPolicy
 
 log = logging.getLogger(__name__)
 
-SERVED = "/v1/chat/completions, /v1/completions, /v1/models, /v1/files, /v1/batches and /v1/results"
+SERVED = (
+    "/v1/chat/completions, /v1/completions, /v1/responses, /v1/models, /v1/files, "
+    "/v1/batches and /v1/results"
+)
 """The OpenAI-shaped paths the front door serves, named when a client asks for another."""
 
 

@@ -1,5 +1,5 @@
 """The front door's routes: OpenAI's chat and text completions (whole, or streamed as
-server-sent events), the models, stored results and their streams, health."""
+server-sent events) and responses, the models, stored results and their streams, health."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gateway import metrics, sse
 from gateway.door import ApiError, FrontDoor, json_body
 from gateway.openai import Call, Chunks, check_model, completion_of, read_call
+from gateway.responses import ResponseCall, ResponseEvents, read_response_call, response_of
 from gateway.text import TextChunks, read_text_call, text_completion_of
 from llmq.streaming import Delta, StreamReader
 from schemas.errors import ErrorCode, LlmqError
@@ -22,7 +23,7 @@ from schemas.result import InferenceResult
 
 T = TypeVar("T")
 Reader = Callable[..., Call]
-"""read_call or read_text_call: an HTTP body as a call."""
+"""read_call, read_text_call or read_response_call: an HTTP body as a call."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LATE = LlmqError(ErrorCode.EXPIRED, "no answer before the deadline")
 RESUMED = {kind.OBJECT: kind for kind in (Chunks, TextChunks)}
@@ -46,6 +47,13 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     """A text completion of a raw prompt: as a chat completion, in that API's shape."""
     return await _complete(request, read_text_call)
+
+
+@router.post("/v1/responses")
+async def responses(request: Request) -> Response:
+    """A response to text input (OpenAI's Responses API): as a chat completion, in that
+    API's shape."""
+    return await _complete(request, read_response_call)
 
 
 async def _complete(request: Request, reader: Reader) -> Response:
@@ -201,8 +209,14 @@ async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
     if results is None:
         _abandon(door, call)
         return Response(status_code=499)
-    body = text_completion_of(results) if call.text else completion_of(results)
-    return JSONResponse(body, headers=_ids(call))
+    return JSONResponse(_answer(call, results), headers=_ids(call))
+
+
+def _answer(call: Call, results: list[InferenceResult]) -> dict[str, Any]:
+    """The whole answer in the shape of the API the call came by."""
+    if isinstance(call, ResponseCall):
+        return response_of(call, results)
+    return text_completion_of(results) if call.text else completion_of(results)
 
 
 def _ids(call: Call) -> dict[str, str]:
@@ -248,13 +262,17 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
             waiting.cancel()
         _failed(door, call)
         raise ApiError(exc if isinstance(exc, LlmqError) else LATE, headers=_ids(call)) from None
-    resumable = call.n == 1
+    resumable = call.n == 1 and not isinstance(call, ResponseCall)
     if first is None:
         _abandon(door, call, grace=resumable)
         return Response(status_code=499)
     metrics.FIRST_PIECE.observe(time.monotonic() - started)
     chunks = door.chunks(call, first[0].model)
-    if resumable:
+    if isinstance(call, ResponseCall):  # its events have no ids: no grace
+        shape = ResponseEvents(call, chunks.created, chunks.model)
+        stop = partial(_abandon, door, call, grace=False)
+        events = sse.response_events(shape, first[0], streams[0], stop)
+    elif resumable:
         events = sse.events(chunks, first[0], streams[0], partial(_abandon, door, call))
     else:  # such a stream does not resume: no grace
         events = sse.choices(chunks, first, streams, partial(_abandon, door, call, grace=False))

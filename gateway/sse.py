@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from gateway.openai import Chunks, error_body, summed
+from gateway.responses import ResponseEvents
 from llmq.streaming import Delta
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import TokenLogprob, Usage
@@ -47,6 +48,35 @@ def choices(
     called then, or when the client leaves before the end, to cancel the others."""
     answer = _interleaved(chunks, firsts, streams)
     return _guarded(answer, streams, on_stop, stop_on_error=True)
+
+
+def response_events(
+    shape: ResponseEvents,
+    first: Delta,
+    pieces: AsyncIterator[Delta],
+    on_abandon: Callable[[], None] | None = None,
+) -> AsyncGenerator[str]:
+    """The events of a streamed response (OpenAI's Responses API), each named by its type,
+    from the answer's first piece on. Such a stream has no event ids: it does not resume.
+    An error after the first piece is an error event; a client that leaves before the end
+    calls `on_abandon`."""
+    return _guarded(_response(shape, first, pieces), [pieces], on_abandon)
+
+
+async def _response(
+    shape: ResponseEvents, first: Delta, pieces: AsyncIterator[Delta]
+) -> AsyncGenerator[str]:
+    for body in shape.opening():
+        yield named(body)
+    held: list[TokenLogprob] = []  # tokens that brought no text yet
+    async for piece in _until_finished(first, pieces):
+        held += piece.logprobs or []
+        if piece.text:
+            yield named(shape.delta(piece.text, held))
+            held = []
+        if piece.finish_reason is not None:
+            for body in shape.closing(piece.finish_reason, held, piece.usage):
+                yield named(body)  # and no [DONE]: OpenAI ends these streams with the last
 
 
 async def _guarded(
@@ -196,6 +226,11 @@ async def _merged(answers: list[AsyncIterator[Delta]]) -> AsyncGenerator[tuple[i
 def event(event_id: str, body: dict[str, Any]) -> str:
     """One SSE event with its id."""
     return f"id: {event_id}\n{data(body)}"
+
+
+def named(body: dict[str, Any]) -> str:
+    """One SSE event named by its body's type (the Responses API's)."""
+    return f"event: {body['type']}\n{data(body)}"
 
 
 def data(body: dict[str, Any]) -> str:

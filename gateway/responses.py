@@ -1,0 +1,338 @@
+"""OpenAI's Responses API (`/v1/responses`) on the chat machinery, for text: the input (a
+string, or messages of text) and the instructions become a chat request, and its answer
+goes back as a `response` object whose output is one assistant message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.openai import IGNORED, Call, completion_of, logprobs_body, read_call
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.lanes import Lane
+from schemas.request import MAX_TOP_LOGPROBS
+from schemas.result import InferenceResult, TokenLogprob, Usage
+
+SAMPLING = ("temperature", "top_p")
+"""Fields with the same name and meaning in both APIs."""
+EXTENSIONS = frozenset({"ignore_eos", "top_k", "min_p", "repetition_penalty", "min_tokens"})
+"""vLLM's sampling extensions, taken as on chat completions (the SDK's extra_body)."""
+READ = frozenset(
+    {"model", "input", "instructions", "max_output_tokens", "top_logprobs", "text", "stream"}
+    | set(SAMPLING)
+    | EXTENSIONS
+    | {"service_tier", "lane", "cache"}
+    | set(IGNORED)
+)
+"""The body fields llmq reads: OpenAI's for a text response, vLLM's and llmq's own."""
+OWN = frozenset({"input", "instructions", "max_output_tokens", "top_logprobs", "text"})
+"""READ fields this module turns into chat fields itself."""
+LOGPROBS = "message.output_text.logprobs"
+"""The `include` that asks for the output text's log-probabilities."""
+SERVED_ONLY = {
+    "tools": ([],),
+    "tool_choice": ("none", "auto"),
+    "truncation": ("disabled",),
+    "include": ([], [LOGPROBS]),
+    "background": (False,),
+}
+"""Fields accepted at these values only: no tools (so none to choose), no truncation, the
+logprobs as the one thing included, answered now."""
+ROLES = frozenset({"user", "assistant", "system", "developer"})
+TEXT_PARTS = frozenset({"input_text", "output_text"})
+
+
+@dataclass(frozen=True)
+class ResponseCall(Call):
+    """A call read from a Responses body: what its `response` object echoes back."""
+
+    asked: dict[str, Any] = field(default_factory=dict)
+    """instructions, metadata, sampling and the text format, as the body gave them."""
+
+
+def read_response_call(
+    data: object,
+    *,
+    tenant: str,
+    lane: str | None,
+    default_lane: str = Lane.INTERACTIVE.value,
+    catalog: Catalog,
+    timeout_s: float,
+) -> ResponseCall:
+    """The request a Responses body asks for; LlmqError (400, 404) saying what is wrong. A
+    null field is one not given."""
+    if not isinstance(data, dict):
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    data = {k: v for k, v in data.items() if v is not None}
+    _check_fields(data)
+    instructions = data.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "instructions must be a string")
+    system = [] if not instructions else [{"role": "system", "content": instructions}]
+    fields: dict[str, Any] = {
+        **{k: v for k, v in data.items() if k in READ and k not in OWN},
+        "messages": system + _messages(data.get("input")),
+    }
+    if "max_output_tokens" in data:
+        fields["max_tokens"] = data["max_output_tokens"]
+    top = _logprob_count(data.get("top_logprobs", 0))
+    if LOGPROBS in data.get("include", []):
+        fields.update(logprobs=True, top_logprobs=top)
+    fmt = _format(data.get("text", {}))
+    as_json = _response_format(fmt)
+    if as_json is not None:
+        fields["response_format"] = as_json
+    call = read_call(
+        fields,
+        tenant=tenant,
+        lane=lane,
+        default_lane=default_lane,
+        catalog=catalog,
+        timeout_s=timeout_s,
+    )
+    asked = {k: data.get(k) for k in ("instructions", "max_output_tokens", "top_logprobs")}
+    asked.update(metadata=data.get("metadata", {}), text={"format": fmt})
+    asked.update((k, getattr(call.request.body, k)) for k in SAMPLING)
+    return ResponseCall(call.request, call.include_usage, call.n, asked)
+
+
+def _check_fields(data: dict[str, Any]) -> None:
+    unknown = sorted(set(data) - READ - set(SERVED_ONLY))
+    if unknown:
+        raise LlmqError(
+            ErrorCode.UNSUPPORTED,
+            "llmq serves text responses, each on its own (none is stored to continue from); "
+            f"unsupported field(s): {', '.join(unknown)}",
+        )
+    for name, served in SERVED_ONLY.items():
+        if name in data and data[name] not in served:
+            why = (
+                f"{name} {data[name]!r} is not served: llmq takes {' or '.join(map(repr, served))}"
+            )
+            raise LlmqError(ErrorCode.UNSUPPORTED, why)
+
+
+def _messages(given: object) -> list[dict[str, Any]]:
+    """The input as chat messages: a string is the user's; a list holds messages (with or
+    without `"type": "message"`) whose content is a string or parts of text."""
+    if isinstance(given, str):
+        return [{"role": "user", "content": given}]
+    if not isinstance(given, list) or not given:
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "input must be a string or a list of messages")
+    messages = []
+    for item in given:
+        if not isinstance(item, dict):
+            raise LlmqError(ErrorCode.INVALID_REQUEST, "each input item must be an object")
+        kind = item.get("type", "message")
+        if kind != "message":
+            raise LlmqError(ErrorCode.UNSUPPORTED, f"input items of type {kind!r} are not served")
+        role = item.get("role")
+        if role not in ROLES:
+            why = f"input role {role!r} is not served; use {', '.join(sorted(ROLES))}"
+            raise LlmqError(ErrorCode.UNSUPPORTED, why)
+        messages.append({"role": role, "content": _content(item.get("content"))})
+    return messages
+
+
+def _content(content: object) -> object:
+    """A message's content: a string, or its parts of text joined."""
+    if not isinstance(content, list):
+        return content  # a string, or validation names the problem
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in TEXT_PARTS:
+            why = f"content parts of type {kind!r} are not served; send input_text"
+            raise LlmqError(ErrorCode.UNSUPPORTED, why)
+    return "".join(str(part.get("text", "")) for part in content)
+
+
+def _logprob_count(count: object) -> int:
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_TOP_LOGPROBS:
+        why = f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+    return count
+
+
+def _format(text: object) -> dict[str, Any]:
+    """The body's `text.format`, checked (plain text when not given)."""
+    if not isinstance(text, dict) or not set(text) <= {"format", "verbosity"}:
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "text holds format (and verbosity) only")
+    fmt = text.get("format", {"type": "text"})
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+        why = "text.format.type must be text, json_object or json_schema"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+    return fmt
+
+
+def _response_format(fmt: dict[str, Any]) -> dict[str, Any] | None:
+    """A `text.format` as chat's response_format (None for plain text)."""
+    if fmt["type"] == "text":
+        return None
+    if fmt["type"] == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {k: v for k, v in fmt.items() if k != "type"}}
+
+
+def response_of(call: ResponseCall, results: list[InferenceResult]) -> dict[str, Any]:
+    """The `response` of a call's answer: one assistant message of text, the usage in this
+    API's names, what the body asked echoed, and llmq's extras under `llmq`."""
+    body = completion_of(results)
+    [choice] = body["choices"]
+    status = _status(choice["finish_reason"])
+    text = choice["message"].get("content") or ""
+    logprobs = (choice.get("logprobs") or {}).get("content") or []
+    output = [_message(call, status, [_part(text, logprobs)])]
+    usage = _usage(body.get("usage"))
+    answer = _response(
+        call,
+        created=body["created"],
+        model=body["model"],
+        status=status,
+        output=output,
+        usage=usage,
+    )
+    return {**answer, "llmq": body["llmq"]}
+
+
+@dataclass
+class ResponseEvents:
+    """The events of a streamed response, as OpenAI sends them, each numbered: the response
+    created and in progress, its message and text part added, the text's deltas, then the
+    text, part and message done and the response completed (or incomplete, when cut)."""
+
+    call: ResponseCall
+    created: int
+    model: str
+    sequence: int = 0
+    text: str = ""
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+
+    def opening(self) -> list[dict[str, Any]]:
+        """The events before the first delta."""
+        started = self._response("in_progress", [], None)
+        return [
+            self._event("response.created", response=started),
+            self._event("response.in_progress", response=started),
+            self._event(
+                "response.output_item.added",
+                output_index=0,
+                item=_message(self.call, "in_progress", []),
+            ),
+            self._event("response.content_part.added", **self._where, part=_part("", [])),
+        ]
+
+    def delta(self, text: str, logprobs: list[TokenLogprob]) -> dict[str, Any]:
+        """A piece of the text, with its tokens' log-probabilities when asked for."""
+        entries = logprobs_body(logprobs)["content"]
+        self.text += text
+        self.logprobs += entries
+        return self._event(
+            "response.output_text.delta", **self._where, delta=text, logprobs=entries
+        )
+
+    def closing(
+        self, finish_reason: str, logprobs: list[TokenLogprob], usage: Usage | None
+    ) -> list[dict[str, Any]]:
+        """The events after the last delta (`logprobs`: tokens that brought no text)."""
+        self.logprobs += logprobs_body(logprobs)["content"]
+        status = _status(finish_reason)
+        part = _part(self.text, self.logprobs)
+        message = _message(self.call, status, [part])
+        used = None if usage is None else _usage(usage.model_dump(exclude_none=True))
+        whole = self._response(status, [message], used)
+        return [
+            self._event(
+                "response.output_text.done", **self._where, text=self.text, logprobs=self.logprobs
+            ),
+            self._event("response.content_part.done", **self._where, part=part),
+            self._event("response.output_item.done", output_index=0, item=message),
+            self._event(f"response.{status}", response=whole),
+        ]
+
+    def _response(
+        self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return _response(
+            self.call,
+            created=self.created,
+            model=self.model,
+            status=status,
+            output=output,
+            usage=usage,
+        )
+
+    @property
+    def _where(self) -> dict[str, Any]:
+        item = f"msg_{self.call.request.correlation_id}"
+        return {"item_id": item, "output_index": 0, "content_index": 0}
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        body = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return body
+
+
+def _status(finish_reason: str | None) -> str:
+    """A finished answer's status: cut at max_output_tokens, or whole."""
+    return "incomplete" if finish_reason == "length" else "completed"
+
+
+def _part(text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
+
+
+def _message(call: ResponseCall, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+    cid = call.request.correlation_id
+    return {
+        "type": "message",
+        "id": f"msg_{cid}",
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+def _response(
+    call: ResponseCall,
+    *,
+    created: int,
+    model: str,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The `response` object: its output so far and what the body asked, echoed."""
+    cut = status == "incomplete"
+    return {
+        "id": f"resp_{call.request.correlation_id}",
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+        "error": None,
+        "model": model,
+        "output": output,
+        **call.asked,
+        "tools": [],
+        "tool_choice": "none",
+        "parallel_tool_calls": False,
+        "store": False,
+        "truncation": "disabled",
+        "usage": usage,
+    }
+
+
+def _usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Chat's usage in this API's names (llmq counts no reasoning tokens, nor the prompt
+    tokens written to the engine's prefix cache)."""
+    if usage is None:
+        return None
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    return {
+        "input_tokens": usage["prompt_tokens"],
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": usage["completion_tokens"],
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage["total_tokens"],
+    }

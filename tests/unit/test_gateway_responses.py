@@ -1,0 +1,271 @@
+"""The front door's Responses API (`/v1/responses`): a body read as a chat request, and the
+answer, whole or streamed, in that API's shape, read back with the SDK's own types."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from gateway import sse
+from gateway.responses import (
+    LOGPROBS,
+    ResponseCall,
+    ResponseEvents,
+    read_response_call,
+    response_of,
+)
+from llmq.streaming import Delta
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.request import ChatMessage
+from schemas.result import (
+    ChatCompletion,
+    Choice,
+    ChoiceLogprobs,
+    InferenceResult,
+    PromptTokensDetails,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+
+CATALOG = Catalog.builtin()
+SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+
+
+def _read(**body: Any) -> ResponseCall:
+    data = {"model": "smollm2-135m", "input": "Name a colour.", **body}
+    return read_response_call(
+        data, tenant="acme", lane=None, default_lane="interactive", catalog=CATALOG, timeout_s=60
+    )
+
+
+def _refused(code: ErrorCode, **body: Any) -> str:
+    with pytest.raises(LlmqError) as caught:
+        _read(**body)
+    assert caught.value.code is code
+    return caught.value.message
+
+
+def test_a_string_input_is_the_users_message_after_the_instructions() -> None:
+    call = _read(instructions="Be brief.", max_output_tokens=5, temperature=0, top_p=0.5)
+    body = call.request.body
+    assert [(m.role, m.content) for m in body.messages] == [
+        ("system", "Be brief."),
+        ("user", "Name a colour."),
+    ]
+    assert (body.max_tokens, body.temperature, body.top_p) == (5, 0.0, 0.5)
+    assert not body.logprobs and body.response_format is None
+    assert call.asked["instructions"] == "Be brief." and call.asked["max_output_tokens"] == 5
+
+
+def test_messages_of_text_parts_in_every_role() -> None:
+    given = [
+        {"role": "developer", "content": "Answer in one word."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Hello"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "Sky "},
+                {"type": "input_text", "text": "colour?"},
+            ],
+        },
+    ]
+    body = _read(input=given).request.body
+    assert [(m.role, m.content) for m in body.messages] == [
+        ("system", "Answer in one word."),
+        ("user", "Hi"),
+        ("assistant", "Hello"),
+        ("user", "Sky colour?"),
+    ]
+
+
+def test_logprobs_come_when_included_and_the_text_format_is_the_response_format() -> None:
+    body = _read(include=[LOGPROBS], top_logprobs=3).request.body
+    assert (body.logprobs, body.top_logprobs) == (True, 3)
+    assert not _read(top_logprobs=3).request.body.logprobs  # as OpenAI: only when included
+    fmt = {"type": "json_schema", "name": "verdict", "schema": SCHEMA, "strict": True}
+    schema = _read(text={"format": fmt}).request.body.json_format
+    assert schema is not None and schema.json_schema is not None
+    assert (schema.json_schema.name, schema.json_schema.schema_) == ("verdict", SCHEMA)
+    as_json = _read(text={"format": {"type": "json_object"}}).request.body.json_format
+    assert as_json is not None and as_json.type == "json_object"
+    assert (
+        _read(text={"format": {"type": "text"}, "verbosity": "low"}).request.body.json_format
+        is None
+    )
+
+
+def test_llmqs_own_fields_and_openais_ignored_ones_are_read() -> None:
+    call = _read(lane="batch", cache="off", store=True, metadata={"k": "v"}, user="u", tools=[])
+    assert (call.request.lane.value, call.request.cache.value) == ("batch", "off")
+    vllms = _read(ignore_eos=True, top_k=4, min_tokens=2).request.body
+    assert vllms.ignore_eos and vllms.vllm_sampling == {"top_k": 4, "min_tokens": 2}
+    assert call.asked["metadata"] == {"k": "v"}
+    assert _read(service_tier="flex", tool_choice="auto").request.lane.value == "batch"
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "why"),
+    [
+        ({"previous_response_id": "resp_1"}, ErrorCode.UNSUPPORTED, "previous_response_id"),
+        ({"conversation": "conv_1"}, ErrorCode.UNSUPPORTED, "conversation"),
+        ({"reasoning": {"effort": "low"}}, ErrorCode.UNSUPPORTED, "reasoning"),
+        ({"tools": [{"type": "web_search"}]}, ErrorCode.UNSUPPORTED, "tools"),
+        ({"tool_choice": "required"}, ErrorCode.UNSUPPORTED, "tool_choice 'required'"),
+        ({"background": True}, ErrorCode.UNSUPPORTED, "background"),
+        ({"include": ["reasoning.encrypted_content"]}, ErrorCode.UNSUPPORTED, "include"),
+        ({"truncation": "auto"}, ErrorCode.UNSUPPORTED, "truncation"),
+        ({"messages": []}, ErrorCode.UNSUPPORTED, "messages"),
+        ({"input": None}, ErrorCode.INVALID_REQUEST, "input must be a string or a list"),
+        ({"input": []}, ErrorCode.INVALID_REQUEST, "input must be a string or a list"),
+        ({"input": ["hi"]}, ErrorCode.INVALID_REQUEST, "each input item must be an object"),
+        (
+            {"input": [{"type": "function_call_output", "call_id": "c", "output": "4"}]},
+            ErrorCode.UNSUPPORTED,
+            "'function_call_output'",
+        ),
+        ({"input": [{"role": "tool", "content": "x"}]}, ErrorCode.UNSUPPORTED, "role 'tool'"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]},
+            ErrorCode.UNSUPPORTED,
+            "'input_image'",
+        ),
+        ({"instructions": 3}, ErrorCode.INVALID_REQUEST, "instructions must be a string"),
+        ({"top_logprobs": 21}, ErrorCode.INVALID_REQUEST, "top_logprobs must be an integer"),
+        ({"text": {"format": {"type": "xml"}}}, ErrorCode.INVALID_REQUEST, "text.format.type"),
+        ({"text": {"colour": "red"}}, ErrorCode.INVALID_REQUEST, "format (and verbosity) only"),
+        ({"max_output_tokens": 0}, ErrorCode.INVALID_REQUEST, "max_tokens"),
+        ({"model": "gpt-9"}, ErrorCode.UNKNOWN_MODEL, "gpt-9"),
+    ],
+)
+def test_what_is_not_served_is_refused_by_name(
+    body: dict[str, Any], code: ErrorCode, why: str
+) -> None:
+    assert why in _refused(code, **body)
+
+
+def test_a_non_object_body_is_refused() -> None:
+    with pytest.raises(LlmqError, match="a JSON object"):
+        read_response_call(
+            [], tenant="a", lane=None, default_lane="x", catalog=CATALOG, timeout_s=1
+        )
+
+
+def _result(
+    call: ResponseCall, finish: str, logprobs: list[TokenLogprob] | None = None
+) -> InferenceResult:
+    choice = Choice(
+        message=ChatMessage(role="assistant", content="Blue"),
+        finish_reason=finish,
+        logprobs=None if logprobs is None else ChoiceLogprobs(content=logprobs),
+    )
+    usage = Usage(
+        prompt_tokens=9,
+        completion_tokens=2,
+        total_tokens=11,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=4),
+    )
+    response = ChatCompletion(id="x", created=7, model="m", choices=[choice], usage=usage)
+    cid = call.request.correlation_id
+    return InferenceResult(correlation_id=cid, tenant="t", status="ok", response=response)
+
+
+def test_the_answer_is_a_response_as_the_sdk_reads_it() -> None:
+    call = _read(instructions="Be brief.", metadata={"k": "v"}, include=[LOGPROBS], top_logprobs=1)
+    token = TokenLogprob(
+        token="Blue", logprob=-0.1, top_logprobs=[TopLogprob(token="Blue", logprob=-0.1)]
+    )
+    body = response_of(call, [_result(call, "stop", [token])])
+    cid = call.request.correlation_id
+    read = Response.model_validate(body)
+    assert (read.id, read.object, read.model, read.created_at) == (
+        f"resp_{cid}",
+        "response",
+        "m",
+        7,
+    )
+    assert (read.status, read.incomplete_details, read.error) == ("completed", None, None)
+    assert read.output_text == "Blue"
+    [message] = read.output
+    assert message.type == "message" and message.role == "assistant" and message.id == f"msg_{cid}"
+    [part] = message.content
+    assert part.type == "output_text" and part.logprobs is not None
+    assert [(t.token, t.logprob, t.bytes) for t in part.logprobs] == [("Blue", -0.1, list(b"Blue"))]
+    assert [t.token for t in part.logprobs[0].top_logprobs] == ["Blue"]
+    assert read.usage is not None
+    assert (read.usage.input_tokens, read.usage.output_tokens, read.usage.total_tokens) == (
+        9,
+        2,
+        11,
+    )
+    assert read.usage.input_tokens_details.cached_tokens == 4
+    assert (read.instructions, read.metadata, read.top_logprobs) == ("Be brief.", {"k": "v"}, 1)
+    assert read.tools == [] and read.text is not None and read.text.format is not None
+    assert read.text.format.type == "text"
+    assert body["llmq"]["correlation_id"] == cid
+
+
+def test_an_answer_cut_at_max_output_tokens_is_incomplete() -> None:
+    call = _read(max_output_tokens=2)
+    read = Response.model_validate(response_of(call, [_result(call, "length")]))
+    assert read.status == "incomplete" and read.incomplete_details is not None
+    assert read.incomplete_details.reason == "max_output_tokens"
+    assert read.output[0].status == "incomplete"  # type: ignore[union-attr]
+    assert read.max_output_tokens == 2
+
+
+async def _pieces(*pieces: Delta) -> AsyncIterator[Delta]:
+    for piece in pieces:
+        yield piece
+
+
+def test_a_streamed_response_is_openais_events_in_order() -> None:
+    call = _read(include=[LOGPROBS], top_logprobs=0, max_output_tokens=3)
+    shape = ResponseEvents(call, 7, "m")
+    token = TokenLogprob(token="Bl", logprob=-0.5, top_logprobs=[])
+    usage = Usage(prompt_tokens=9, completion_tokens=3, total_tokens=12)
+    rest = _pieces(
+        Delta("", 2, logprobs=[token]), Delta("ue", 2, "length", usage, logprobs=[token])
+    )
+
+    async def main() -> list[str]:
+        return [e async for e in sse.response_events(shape, Delta("Bl", 0, logprobs=[token]), rest)]
+
+    lines = asyncio.run(main())
+    assert sse.DONE not in lines  # as OpenAI's: the last event ends it
+    reader = TypeAdapter(ResponseStreamEvent)
+    events = []
+    for line in lines:
+        name, body = line.split("\n", 1)
+        event = reader.validate_python(json.loads(body.removeprefix("data: ")))
+        assert name == f"event: {event.type}"
+        events.append(event)
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.incomplete",
+    ]
+    assert [e.sequence_number for e in events] == list(range(10))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert [(d.delta, len(d.logprobs)) for d in deltas] == [("Bl", 1), ("ue", 2)]  # one held
+    done = events[6]
+    assert done.type == "response.output_text.done" and done.text == "Blue"
+    last = events[-1]
+    assert last.type == "response.incomplete"
+    assert last.response.output_text == "Blue" and last.response.status == "incomplete"
+    assert last.response.usage is not None and last.response.usage.output_tokens == 3
