@@ -83,14 +83,18 @@ def read_response_call(
     as_json = _response_format(fmt)
     if as_json is not None:
         fields["response_format"] = as_json
-    call = read_call(
-        fields,
-        tenant=tenant,
-        lane=lane,
-        default_lane=default_lane,
-        catalog=catalog,
-        timeout_s=timeout_s,
-    )
+    try:
+        call = read_call(
+            fields,
+            tenant=tenant,
+            lane=lane,
+            default_lane=default_lane,
+            catalog=catalog,
+            timeout_s=timeout_s,
+        )
+    except LlmqError as exc:  # named as this body names it
+        said = exc.message.replace("max_tokens", "max_output_tokens")
+        raise LlmqError(exc.code, said, exc.retry_after_s) from None
     asked = {k: data.get(k) for k in ("instructions", "max_output_tokens", "top_logprobs")}
     asked.update(metadata=data.get("metadata", {}), text={"format": fmt})
     asked.update((k, getattr(call.request.body, k)) for k in SAMPLING)

@@ -142,7 +142,7 @@ def test_llmqs_own_fields_and_openais_ignored_ones_are_read() -> None:
         ({"top_logprobs": 21}, ErrorCode.INVALID_REQUEST, "top_logprobs must be an integer"),
         ({"text": {"format": {"type": "xml"}}}, ErrorCode.INVALID_REQUEST, "text.format.type"),
         ({"text": {"colour": "red"}}, ErrorCode.INVALID_REQUEST, "format (and verbosity) only"),
-        ({"max_output_tokens": 0}, ErrorCode.INVALID_REQUEST, "max_tokens"),
+        ({"max_output_tokens": 0}, ErrorCode.INVALID_REQUEST, "max_output_tokens"),
         ({"model": "gpt-9"}, ErrorCode.UNKNOWN_MODEL, "gpt-9"),
     ],
 )
