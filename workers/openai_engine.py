@@ -29,6 +29,8 @@ _RETRY_STATUSES = frozenset({408, 425, 429})
 _ERROR_BODY_BYTES = 64 * 1024
 _CONTEXT = "context length"
 """What OpenAI's and vLLM's messages about an over-long prompt say."""
+_CHAT, _TEXT = "/chat/completions", "/completions"
+"""Where a chat request goes, and a raw prompt: below the server's base URL."""
 _FAILED_FINISH = frozenset({"abort", "error"})
 """vLLM's finish reasons for a generation the server gave up on."""
 
@@ -94,7 +96,7 @@ class OpenAIEngine:
         aborts the generation when its client goes away). The tenant is not sent: the
         server's prefix cache is its own to scope. A raw prompt goes to the server's
         /completions, as it came (the server adds its model's special tokens)."""
-        url = self._base + ("/completions" if body.raw_prompt else "/chat/completions")
+        url = self._base + (_TEXT if body.raw_prompt else _CHAT)
         payload = self._payload(body, priority)
         top = body.top_logprobs or 0
         started = time.monotonic()
@@ -255,6 +257,12 @@ class OpenAIEngine:
         said = f"HTTP {status}: {message}"
         if status == 501:
             return LlmqError(ErrorCode.UNSUPPORTED, message)
+        path = resp.url.path
+        if status in (404, 405) and path.endswith(_TEXT) and not path.endswith(_CHAT):
+            # A server of chat only (OpenAI's chat models, some proxies): the request's
+            # fault, so neither retried nor counted against the server by the breaker.
+            why = f"{self._spec.name}'s server serves no text completions at {resp.url}: {said}"
+            return LlmqError(ErrorCode.UNSUPPORTED, why)
         if status >= 500 or status in _RETRY_STATUSES:
             return _ServerError(said, _retry_after_s(resp.headers.get("Retry-After")))
         if status in (401, 403):

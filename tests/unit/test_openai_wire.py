@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody, ChatMessage
 from tests.unit.openai_server import (
     BODY,
@@ -18,6 +19,7 @@ from tests.unit.openai_server import (
     ok,
     running,
     spec,
+    status,
     stream,
     text_chunk,
     usage,
@@ -192,5 +194,26 @@ def test_a_raw_prompt_is_continued_by_the_servers_text_completions() -> None:
         assert sent["prompt"] == "Say hi" and "messages" not in sent
         assert sent["logprobs"] == 2 and "top_logprobs" not in sent
         assert (sent["max_tokens"], sent["top_k"], sent["stream"]) == (8, 3, True)
+
+    asyncio.run(scenario())
+
+
+def test_a_server_without_text_completions_refuses_the_request_not_the_model() -> None:
+    """A 404 at /completions (a server of chat only) is the request's fault: not retried,
+    and not counted by the breaker, so the model's chat requests go on."""
+
+    async def scenario() -> None:
+        refusal = status(404, "This is a chat model and not supported in the v1/completions")
+        async with running(refusal, ok("still here")) as (server, url):
+            eng = engine(url, threshold=1)
+            raw = BODY.model_copy(update={"raw_prompt": True})
+            with pytest.raises(LlmqError) as refused:
+                await collect(eng, raw)
+            steps = await collect(eng)
+        assert refused.value.code is ErrorCode.UNSUPPORTED
+        assert "serves no text completions at" in refused.value.message
+        assert "chat model" in refused.value.message
+        assert "".join(s.text for s in steps) == "still here"
+        assert server.paths == ["/v1/completions", "/v1/chat/completions"]
 
     asyncio.run(scenario())
