@@ -4,10 +4,12 @@ goes back as a `response` object whose output is one assistant message."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.openai import IGNORED, Call, completion_of, logprobs_body, read_call
+from gateway.openai import ROLES as CHAT_ROLES
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
@@ -39,7 +41,7 @@ SERVED_ONLY = {
 }
 """Fields accepted at these values only: no tools (so none to choose), no truncation, the
 logprobs as the one thing included, answered now."""
-ROLES = frozenset({"user", "assistant", "system", "developer"})
+ROLES = frozenset(CHAT_ROLES)
 TEXT_PARTS = frozenset({"input_text", "output_text"})
 
 
@@ -49,6 +51,11 @@ class ResponseCall(Call):
 
     asked: dict[str, Any] = field(default_factory=dict)
     """instructions, metadata, sampling and the text format, as the body gave them."""
+
+    @property
+    def item_id(self) -> str:
+        """The id of the answer's one output item, its message."""
+        return f"msg_{self.request.correlation_id}"
 
 
 def read_response_call(
@@ -92,13 +99,25 @@ def read_response_call(
             catalog=catalog,
             timeout_s=timeout_s,
         )
-    except LlmqError as exc:  # named as this body names it
-        said = exc.message.replace("max_tokens", "max_output_tokens")
-        raise LlmqError(exc.code, said, exc.retry_after_s) from None
+    except LlmqError as exc:
+        raise LlmqError(exc.code, _renamed(exc.message, len(system))) from None
     asked = {k: data.get(k) for k in ("instructions", "max_output_tokens", "top_logprobs")}
     asked.update(metadata=data.get("metadata", {}), text={"format": fmt})
     asked.update((k, getattr(call.request.body, k)) for k in SAMPLING)
     return ResponseCall(call.request, call.include_usage, call.n, asked)
+
+
+def _renamed(message: str, system: int) -> str:
+    """A chat reader's message with its fields named as this body names them: the messages
+    after `system` instructions are the input, response_format is text.format."""
+
+    def item(found: re.Match[str]) -> str:
+        index = int(found.group(1)) - system
+        return "instructions" if index < 0 else f"input.{index}{found.group(2) or ''}"
+
+    message = re.sub(r"\bmessages\.(\d+)(\.\w+)?", item, message)
+    message = re.sub(r"\bresponse_format(\.json_schema)?\b", "text.format", message)
+    return re.sub(r"\bmax_tokens\b", "max_output_tokens", message)
 
 
 def _check_fields(data: dict[str, Any]) -> None:
@@ -268,8 +287,7 @@ class ResponseEvents:
 
     @property
     def _where(self) -> dict[str, Any]:
-        item = f"msg_{self.call.request.correlation_id}"
-        return {"item_id": item, "output_index": 0, "content_index": 0}
+        return {"item_id": self.call.item_id, "output_index": 0, "content_index": 0}
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         body = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -287,10 +305,9 @@ def _part(text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _message(call: ResponseCall, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
-    cid = call.request.correlation_id
     return {
         "type": "message",
-        "id": f"msg_{cid}",
+        "id": call.item_id,
         "status": status,
         "role": "assistant",
         "content": content,

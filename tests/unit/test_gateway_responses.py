@@ -152,6 +152,17 @@ def test_what_is_not_served_is_refused_by_name(
     assert why in _refused(code, **body)
 
 
+def test_the_chat_readers_refusals_name_this_bodys_fields() -> None:
+    bad = [{"role": "user", "content": "fine"}, {"role": "user", "content": 5}]
+    assert "input.1.content" in _refused(ErrorCode.INVALID_REQUEST, input=bad, instructions="x")
+    assert "input.1.content" in _refused(ErrorCode.INVALID_REQUEST, input=bad)
+    long = "x" * 200_001
+    assert "instructions" in _refused(ErrorCode.INVALID_REQUEST, instructions=long)
+    nameless = {"format": {"type": "json_schema", "schema": SCHEMA}}
+    why = _refused(ErrorCode.INVALID_REQUEST, text=nameless)
+    assert why.startswith("text.format.name") and "response_format" not in why
+
+
 def test_a_non_object_body_is_refused() -> None:
     with pytest.raises(LlmqError, match="a JSON object"):
         read_response_call(
