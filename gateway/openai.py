@@ -16,7 +16,7 @@ from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.redact import describe
-from schemas.request import CacheMode, ChatBody, InferenceRequest
+from schemas.request import MAX_TOP_LOGPROBS, CacheMode, ChatBody, InferenceRequest
 from schemas.result import InferenceResult, TokenLogprob, TopLogprob, Usage
 
 AUTO = "auto"
@@ -157,9 +157,7 @@ def read_call(
     that is null is not given (OpenAI's optional fields are nullable; clients send nulls).
     Its lane: the body's `lane`, else `lane` (a header's), else its service_tier's, else
     the default. With `text`, its one message is a raw prompt (gateway.text)."""
-    if not isinstance(data, dict):
-        raise LlmqError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
-    data = {k: v for k, v in data.items() if v is not None}  # null: not given, as OpenAI reads it
+    data = given_fields(data)
     n = _check_fields(data)
     tier = _tier_lane(data)
     model = data.get("model") or catalog.default
@@ -189,6 +187,22 @@ def read_call(
         raise LlmqError(ErrorCode.INVALID_REQUEST, str(exc)) from None
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
     return Call(request, include_usage, n)
+
+
+def given_fields(data: object) -> dict[str, Any]:
+    """A body's fields, a null one left out (OpenAI's optional fields are nullable; clients
+    send nulls); LlmqError unless the body is a JSON object."""
+    if not isinstance(data, dict):
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def logprob_count(count: object, name: str) -> int:
+    """How many of the likeliest tokens to give at each position, as the field `name` asks."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_TOP_LOGPROBS:
+        why = f"{name} must be an integer from 0 to {MAX_TOP_LOGPROBS}"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+    return count
 
 
 def check_model(model: object, catalog: Catalog) -> None:

@@ -8,12 +8,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.openai import IGNORED, Call, completion_of, logprobs_body, read_call
+from gateway.openai import (
+    IGNORED,
+    Call,
+    completion_of,
+    given_fields,
+    logprob_count,
+    logprobs_body,
+    read_call,
+)
 from gateway.openai import ROLES as CHAT_ROLES
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.request import MAX_TOP_LOGPROBS
 from schemas.result import InferenceResult, TokenLogprob, Usage
 
 SAMPLING = ("temperature", "top_p")
@@ -69,9 +76,7 @@ def read_response_call(
 ) -> ResponseCall:
     """The request a Responses body asks for; LlmqError (400, 404) saying what is wrong. A
     null field is one not given."""
-    if not isinstance(data, dict):
-        raise LlmqError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
-    data = {k: v for k, v in data.items() if v is not None}
+    data = given_fields(data)
     _check_fields(data)
     instructions = data.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
@@ -83,7 +88,7 @@ def read_response_call(
     }
     if "max_output_tokens" in data:
         fields["max_tokens"] = data["max_output_tokens"]
-    top = _logprob_count(data.get("top_logprobs", 0))
+    top = logprob_count(data.get("top_logprobs", 0), "top_logprobs")
     if LOGPROBS in data.get("include", []):
         fields.update(logprobs=True, top_logprobs=top)
     fmt = _format(data.get("text", {}))
@@ -168,13 +173,6 @@ def _content(content: object) -> object:
             why = f"content parts of type {kind!r} are not served; send input_text"
             raise LlmqError(ErrorCode.UNSUPPORTED, why)
     return "".join(str(part.get("text", "")) for part in content)
-
-
-def _logprob_count(count: object) -> int:
-    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_TOP_LOGPROBS:
-        why = f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}"
-        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
-    return count
 
 
 def _format(text: object) -> dict[str, Any]:

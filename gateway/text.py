@@ -7,11 +7,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from gateway.openai import IGNORED, PASSED, Call, Chunks, completion_of, read_call
+from gateway.openai import (
+    IGNORED,
+    PASSED,
+    Call,
+    Chunks,
+    completion_of,
+    given_fields,
+    logprob_count,
+    read_call,
+)
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.request import MAX_CONTENT_CHARS, MAX_TOP_LOGPROBS
+from schemas.request import MAX_CONTENT_CHARS
 from schemas.result import InferenceResult, TokenLogprob
 
 DEFAULT_MAX_TOKENS = 16
@@ -37,9 +46,7 @@ def read_text_call(
 ) -> Call:
     """The request a text-completion body asks for; LlmqError (400, 404) saying what is
     wrong. A null field is one not given."""
-    if not isinstance(data, dict):
-        raise LlmqError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
-    data = {k: v for k, v in data.items() if v is not None}
+    data = given_fields(data)
     unknown = sorted(set(data) - FIELDS)
     if unknown:
         raise LlmqError(
@@ -58,7 +65,7 @@ def read_text_call(
     fields = {**data, "messages": [{"role": "user", "content": prompt}]}
     fields.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     if "logprobs" in data:
-        fields.update(logprobs=True, top_logprobs=_logprob_count(data["logprobs"]))
+        fields.update(logprobs=True, top_logprobs=logprob_count(data["logprobs"], "logprobs"))
     return read_call(
         fields,
         tenant=tenant,
@@ -87,14 +94,6 @@ def _prompt(prompt: object) -> str:
     if isinstance(prompt, list):
         raise LlmqError(ErrorCode.UNSUPPORTED, "prompts of token ids are not served; send text")
     raise LlmqError(ErrorCode.INVALID_REQUEST, "prompt must be a string")
-
-
-def _logprob_count(count: object) -> int:
-    """A text completion's `logprobs`: how many of the likeliest tokens to give at each."""
-    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_TOP_LOGPROBS:
-        why = f"logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}"
-        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
-    return count
 
 
 def text_completion_of(results: list[InferenceResult]) -> dict[str, Any]:
