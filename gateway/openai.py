@@ -344,8 +344,6 @@ class Chunks:
 
     OBJECT: ClassVar[str] = "chat.completion.chunk"
     ID_PREFIX: ClassVar[str] = "chatcmpl-"
-    EVENT_IDS: ClassVar[bool] = True
-    """Whether each event carries its id (the characters sent so far, for Last-Event-ID)."""
 
     correlation_id: str
     created: int

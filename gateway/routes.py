@@ -120,21 +120,19 @@ async def stored_result(correlation_id: str, request: Request) -> Response:
 
 @router.get("/v1/results/{correlation_id}/stream")
 async def resume(correlation_id: str, request: Request) -> Response:
-    """The rest of a streamed answer after the event a client last had (Last-Event-ID), as
-    chat chunks, or text completion chunks with `?object=text_completion`."""
+    """The rest of a streamed answer after the characters a client has (their count as
+    Last-Event-ID): chat chunks, or text completion chunks with `?object=text_completion`."""
     door = _door(request)
     tenant = door.tenant(request)
     kind = RESUMED.get(request.query_params.get("object", Chunks.OBJECT))
     if kind is None:
         why = f"object must be one of {', '.join(RESUMED)}, the chunks of the stream resumed"
         raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why))
-    door.spare(tenant, correlation_id)
     last = request.headers.get("last-event-id", "0")
-    if last.endswith(sse.END):
-        return StreamingResponse(iter([sse.DONE]), media_type="text/event-stream")
     if not last.isdigit():
-        why = f"Last-Event-ID {last!r} is not an event of llmq's"
+        why = f"Last-Event-ID {last!r} is not a count of characters"
         raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why))
+    door.spare(tenant, correlation_id)
     stored = await door.client.stored(correlation_id, tenant=tenant)
     pieces: AsyncIterator[Delta] | None = None
     try:
@@ -268,7 +266,7 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
         return Response(status_code=499)
     metrics.FIRST_PIECE.observe(time.monotonic() - started)
     chunks = door.chunks(call, first[0].model)
-    if isinstance(call, ResponseCall):  # its events have no ids: no grace
+    if isinstance(call, ResponseCall):  # the resume route sends chunks, not these: no grace
         shape = ResponseEvents(call, chunks.created, chunks.model)
         stop = partial(_abandon, door, call, grace=False)
         events = sse.response_events(shape, first[0], streams[0], stop)

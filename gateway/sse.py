@@ -13,8 +13,6 @@ from llmq.streaming import Delta
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import TokenLogprob, Usage
 
-END = ":end"
-"""The suffix of the last events' ids: a client that resumes after them gets [DONE] only."""
 DONE = "data: [DONE]\n\n"
 
 
@@ -24,13 +22,13 @@ def events(
     pieces: AsyncIterator[Delta] | None,
     on_abandon: Callable[[], None] | None = None,
 ) -> AsyncGenerator[str]:
-    """The events of an answer from its `first` piece on. Each content event's id (where
-    `chunks` send ids) is the count of characters sent so far, so a client that loses the
-    stream resumes there (GET /v1/results/{id}/stream with Last-Event-ID, which a client of
-    a stream without ids counts itself); a piece without text sends no event
-    of its own (its logprobs go with the next, or with the finish), so no id repeats. An
-    error after the first piece is an error event. A client that leaves before the end
-    calls `on_abandon`."""
+    """The events of an answer from its `first` piece on, each one `data:` line with no
+    event id, as OpenAI's and vLLM's servers send them (tools written for those, vLLM's
+    serving benchmark among them, read an event as that one line). A client that loses the
+    stream resumes with the count of characters it has (GET /v1/results/{id}/stream with
+    Last-Event-ID). A piece without text sends no event of its own: its logprobs go with
+    the next, or with the finish. An error after the first piece is an error event. A
+    client that leaves before the end calls `on_abandon`."""
     answer = _answer(chunks, first, pieces)
     return _guarded(answer, [] if pieces is None else [pieces], on_abandon)
 
@@ -43,9 +41,9 @@ def choices(
 ) -> AsyncGenerator[str]:
     """The events of n answers at once (`n` > 1), from each one's first piece on: each
     chunk carries its choice's index, in the order the pieces come, and the usage (asked
-    for) comes summed after every choice has finished. Such a stream has no event ids: it
-    does not resume. An error in one answer ends them all (an error event); `on_stop` is
-    called then, or when the client leaves before the end, to cancel the others."""
+    for) comes summed after every choice has finished. Such a stream does not resume. An
+    error in one answer ends them all (an error event); `on_stop` is called then, or when
+    the client leaves before the end, to cancel the others."""
     answer = _interleaved(chunks, firsts, streams)
     return _guarded(answer, streams, on_stop, stop_on_error=True)
 
@@ -57,9 +55,9 @@ def response_events(
     on_abandon: Callable[[], None] | None = None,
 ) -> AsyncGenerator[str]:
     """The events of a streamed response (OpenAI's Responses API), each named by its type,
-    from the answer's first piece on. Such a stream has no event ids: it does not resume.
-    An error after the first piece is an error event; a client that leaves before the end
-    calls `on_abandon`."""
+    from the answer's first piece on. Such a stream does not resume (the resume route sends
+    chunks). An error after the first piece is an error event; a client that leaves before
+    the end calls `on_abandon`."""
     return _guarded(_response(shape, first, pieces), [pieces], on_abandon)
 
 
@@ -112,22 +110,18 @@ async def _guarded(
 async def _answer(
     chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
 ) -> AsyncGenerator[str]:
-    def send(event_id: str, body: dict[str, Any]) -> str:
-        return event(event_id, body) if chunks.EVENT_IDS else data(body)
-
     opening = chunks.role()
     if first is not None and first.offset == 0 and opening is not None:
-        yield send("0", opening)
+        yield data(opening)
     held: list[TokenLogprob] = []
     async for piece in _until_finished(first, pieces):
-        sent = piece.offset + len(piece.text)
         content, finish = _bodies(chunks, piece, held)
         if content is not None:
-            yield send(str(sent), content)
+            yield data(content)
         if finish is not None:
-            yield send(f"{sent}{END}", finish)
+            yield data(finish)
             if chunks.include_usage:
-                yield send(f"{sent}{END}", chunks.usage(piece.usage))
+                yield data(chunks.usage(piece.usage))
     yield DONE
 
 
@@ -223,16 +217,11 @@ async def _merged(answers: list[AsyncIterator[Delta]]) -> AsyncGenerator[tuple[i
         await asyncio.gather(*pumps, return_exceptions=True)
 
 
-def event(event_id: str, body: dict[str, Any]) -> str:
-    """One SSE event with its id."""
-    return f"id: {event_id}\n{data(body)}"
-
-
 def named(body: dict[str, Any]) -> str:
     """One SSE event named by its body's type (the Responses API's)."""
     return f"event: {body['type']}\n{data(body)}"
 
 
 def data(body: dict[str, Any]) -> str:
-    """One SSE event without an id."""
+    """One SSE event: its `data:` line."""
     return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"

@@ -144,10 +144,6 @@ class TextChunks(Chunks):
 
     OBJECT: ClassVar[str] = "text_completion"
     ID_PREFIX: ClassVar[str] = "cmpl-"
-    EVENT_IDS: ClassVar[bool] = False
-    """As vLLM's server: none, since tools written for it (vLLM's own serving benchmark) read
-    an event as one `data:` line. A client that lost the stream resumes all the same, with
-    the count of characters it has as Last-Event-ID."""
 
     def role(self, index: int = 0) -> dict[str, Any] | None:
         return None

