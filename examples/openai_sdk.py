@@ -82,3 +82,14 @@ reply = client.responses.create(
     temperature=0,
 )
 print(reply.output_text, f"[{reply.status}]")
+
+# It is stored: the next one continues its conversation (not its instructions).
+follow_up = client.responses.create(
+    model="smollm2-135m",
+    previous_response_id=reply.id,
+    input="And at sunset?",
+    max_output_tokens=48,
+    temperature=0,
+)
+print(follow_up.output_text, f"[{follow_up.status}]")
+client.responses.delete(reply.id)  # kept 30 days unless deleted (or store=False)

@@ -16,6 +16,7 @@ from gateway.batch.collector import Collector
 from gateway.batch.runner import Pace, Runner
 from gateway.batch.store import BatchStore
 from gateway.openai import Call, Chunks, error_body, retry_after
+from gateway.response_store import ResponseStore
 from gateway.serving import Serving
 from gateway.settings import GatewaySettings
 from gateway.text import TextChunks
@@ -89,6 +90,7 @@ class FrontDoor:
         self.serving = Serving(settings, settings.instance_id)
         self._redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
         self.batches = BatchStore(self._redis, settings.batch_retention_s)
+        self.responses = ResponseStore(self._redis, settings.response_retention_s)
         pace = Pace(settings.batch_in_flight, settings.batch_cancel_grace_s)
         self._runner = Runner(self.batches, self.client, catalog, settings.instance_id, pace)
         self._collector = Collector(settings, self.batches, settings.instance_id)

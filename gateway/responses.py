@@ -1,10 +1,12 @@
 """OpenAI's Responses API (`/v1/responses`) on the chat machinery, for text: the input (a
-string, or messages of text) and the instructions become a chat request, and its answer
-goes back as a `response` object whose output is one assistant message."""
+string, or messages of text) after the conversation it continues (`previous_response_id`)
+and the instructions become a chat request, and its answer goes back as a `response`
+object whose output is one assistant message."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,7 @@ from gateway.openai import (
     read_call,
 )
 from gateway.openai import ROLES as CHAT_ROLES
+from gateway.response_store import Kept
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
@@ -29,13 +32,16 @@ EXTENSIONS = frozenset({"ignore_eos", "top_k", "min_p", "repetition_penalty", "m
 """vLLM's sampling extensions, taken as on chat completions (the SDK's extra_body)."""
 READ = frozenset(
     {"model", "input", "instructions", "max_output_tokens", "top_logprobs", "text", "stream"}
+    | {"previous_response_id"}
     | set(SAMPLING)
     | EXTENSIONS
     | {"service_tier", "lane", "cache"}
     | set(IGNORED)
 )
 """The body fields llmq reads: OpenAI's for a text response, vLLM's and llmq's own."""
-OWN = frozenset({"input", "instructions", "max_output_tokens", "top_logprobs", "text"})
+OWN = frozenset(
+    {"input", "instructions", "max_output_tokens", "top_logprobs", "text", "previous_response_id"}
+)
 """READ fields this module turns into chat fields itself."""
 LOGPROBS = "message.output_text.logprobs"
 """The `include` that asks for the output text's log-probabilities."""
@@ -57,12 +63,26 @@ class ResponseCall(Call):
     """A call read from a Responses body: what its `response` object echoes back."""
 
     asked: dict[str, Any] = field(default_factory=dict)
-    """instructions, metadata, sampling and the text format, as the body gave them."""
+    """instructions, metadata, sampling, the text format and the response continued, as the
+    body gave them."""
+    conversation: list[dict[str, Any]] = field(default_factory=list)
+    """The messages the answer follows, but the instructions: those of the response
+    continued, then the input. Stored with the answer, they are what a response that
+    continues this one follows."""
+    store: bool = True
+    """Whether the response is stored, to be fetched and continued from."""
 
     @property
     def item_id(self) -> str:
         """The id of the answer's one output item, its message."""
         return f"msg_{self.request.correlation_id}"
+
+    def kept(self, response: dict[str, Any]) -> Kept:
+        """What storing this call's `response` keeps: it, and its conversation with the
+        answer added."""
+        [message] = response["output"]
+        answer = {"role": "assistant", "content": message["content"][0]["text"]}
+        return Kept(response, [*self.conversation, answer])
 
 
 def read_response_call(
@@ -73,18 +93,20 @@ def read_response_call(
     default_lane: str = Lane.INTERACTIVE.value,
     catalog: Catalog,
     timeout_s: float,
+    history: Sequence[dict[str, Any]] = (),
 ) -> ResponseCall:
-    """The request a Responses body asks for; LlmqError (400, 404) saying what is wrong. A
-    null field is one not given."""
+    """The request a Responses body asks for, following the `history` of the response it
+    continues; LlmqError (400, 404) saying what is wrong. A null field is one not given."""
     data = given_fields(data)
     _check_fields(data)
     instructions = data.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "instructions must be a string")
     system = [] if not instructions else [{"role": "system", "content": instructions}]
+    conversation = [*history, *_messages(data.get("input"))]
     fields: dict[str, Any] = {
         **{k: v for k, v in data.items() if k in READ and k not in OWN},
-        "messages": system + _messages(data.get("input")),
+        "messages": system + conversation,
     }
     if "max_output_tokens" in data:
         fields["max_tokens"] = data["max_output_tokens"]
@@ -105,20 +127,27 @@ def read_response_call(
             timeout_s=timeout_s,
         )
     except LlmqError as exc:
-        raise LlmqError(exc.code, _renamed(exc.message, len(system))) from None
-    asked = {k: data.get(k) for k in ("instructions", "max_output_tokens", "top_logprobs")}
+        raise LlmqError(exc.code, _renamed(exc.message, len(system), len(history))) from None
+    named = ("instructions", "max_output_tokens", "top_logprobs", "previous_response_id")
+    asked = {k: data.get(k) for k in named}
     asked.update(metadata=data.get("metadata", {}), text={"format": fmt})
     asked.update((k, getattr(call.request.body, k)) for k in SAMPLING)
-    return ResponseCall(call.request, call.include_usage, call.n, asked)
+    store = data.get("store", True)
+    return ResponseCall(call.request, call.include_usage, call.n, asked, conversation, store)
 
 
-def _renamed(message: str, system: int) -> str:
+def _renamed(message: str, system: int, history: int) -> str:
     """A chat reader's message with its fields named as this body names them: the messages
-    after `system` instructions are the input, response_format is text.format."""
+    after `system` instructions and the `history` continued are the input, response_format
+    is text.format."""
 
     def item(found: re.Match[str]) -> str:
         index = int(found.group(1)) - system
-        return "instructions" if index < 0 else f"input.{index}{found.group(2) or ''}"
+        if index < 0:
+            return "instructions"
+        if index < history:
+            return "previous_response_id (the conversation it continues)"
+        return f"input.{index - history}{found.group(2) or ''}"
 
     message = re.sub(r"\bmessages\.(\d+)(\.\w+)?", item, message)
     message = re.sub(r"\bresponse_format(\.json_schema)?\b", "text.format", message)
@@ -130,7 +159,7 @@ def _check_fields(data: dict[str, Any]) -> None:
     if unknown:
         raise LlmqError(
             ErrorCode.UNSUPPORTED,
-            "llmq serves text responses, each on its own (none is stored to continue from); "
+            "llmq serves text responses (no tools, reasoning or conversation objects); "
             f"unsupported field(s): {', '.join(unknown)}",
         )
     for name, served in SERVED_ONLY.items():
@@ -336,7 +365,7 @@ def _response(
         "tools": [],
         "tool_choice": "none",
         "parallel_tool_calls": False,
-        "store": False,
+        "store": call.store,
         "truncation": "disabled",
         "usage": usage,
     }

@@ -1,9 +1,11 @@
 """The front door's routes: OpenAI's chat and text completions (whole, or streamed as
-server-sent events) and responses, the models, stored results and their streams, health."""
+server-sent events) and responses (stored ones too), the models, stored results and their
+streams, health."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -11,6 +13,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from redis.exceptions import RedisError
 
 from gateway import metrics, sse
 from gateway.door import ApiError, FrontDoor, json_body
@@ -19,7 +22,10 @@ from gateway.responses import ResponseCall, ResponseEvents, read_response_call, 
 from gateway.text import TextChunks, read_text_call, text_completion_of
 from llmq.streaming import Delta, StreamReader
 from schemas.errors import ErrorCode, LlmqError
+from schemas.redact import explain
 from schemas.result import InferenceResult
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Reader = Callable[..., Call]
@@ -40,28 +46,58 @@ def _door(request: Request) -> FrontDoor:
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     """Publish the request; answer with its chat.completion, or stream its chunks."""
-    return await _complete(request, read_call)
+    return await _complete(request, partial(_read, reader=read_call))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     """A text completion of a raw prompt: as a chat completion, in that API's shape."""
-    return await _complete(request, read_text_call)
+    return await _complete(request, partial(_read, reader=read_text_call))
 
 
 @router.post("/v1/responses")
 async def responses(request: Request) -> Response:
-    """A response to text input (OpenAI's Responses API): as a chat completion, in that
-    API's shape."""
-    return await _complete(request, read_response_call)
+    """A response to text input (OpenAI's Responses API), following the conversation of
+    the response it continues: as a chat completion, in that API's shape; stored unless
+    the body says `store: false`."""
+    return await _complete(request, _read_response)
 
 
-async def _complete(request: Request, reader: Reader) -> Response:
+@router.get("/v1/responses/{response_id}")
+async def stored_response(response_id: str, request: Request) -> dict[str, Any]:
+    """A stored response, as it was answered."""
+    door = _door(request)
+    kept = await door.responses.get(door.tenant(request), response_id)
+    if kept is None:
+        raise _no_response(response_id)
+    return kept.response
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
+    """Forget a stored response: it can be neither fetched nor continued from."""
+    door = _door(request)
+    if not await door.responses.delete(door.tenant(request), response_id):
+        raise _no_response(response_id)
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+def _no_response(response_id: str) -> ApiError:
+    why = (
+        f"no stored response {response_id} for this tenant (answered with store false, "
+        "deleted, past its retention, or never made)"
+    )
+    return ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why), 404)
+
+
+async def _complete(
+    request: Request, read: Callable[[FrontDoor, Request], Awaitable[Call]]
+) -> Response:
     """Read the call, publish its requests, and answer: whole, or streamed."""
     door = _door(request)
     started, status, stream = time.monotonic(), 500, "false"
     try:
-        call = await _read(door, request, reader)
+        call = await read(door, request)
         stream = str(call.request.body.stream).lower()
         await door.check_served(call.request.model)
         await _submit(door, call)
@@ -163,8 +199,15 @@ async def healthz(request: Request) -> Response:
 
 
 async def _read(door: FrontDoor, request: Request, reader: Reader) -> Call:
+    """The call the request's body asks for, by `reader`."""
     tenant = door.tenant(request)
-    data = await json_body(request)
+    return _call(door, request, reader, tenant, await json_body(request))
+
+
+def _call(
+    door: FrontDoor, request: Request, reader: Reader, tenant: str, data: object, **extra: Any
+) -> Call:
+    """The call a body asks for, by `reader` with the `extra` arguments it takes."""
     try:
         return reader(
             data,
@@ -173,9 +216,39 @@ async def _read(door: FrontDoor, request: Request, reader: Reader) -> Call:
             default_lane=door.settings.api_default_lane.value,
             catalog=door.catalog,
             timeout_s=door.settings.request_timeout_s,
+            **extra,
         )
     except LlmqError as exc:
         raise ApiError(exc) from None
+
+
+async def _read_response(door: FrontDoor, request: Request) -> Call:
+    """A Responses body's call, after the conversation of the stored response it continues
+    (previous_response_id; its instructions are not carried over, as OpenAI's are not)."""
+    tenant = door.tenant(request)
+    data = await json_body(request)
+    previous = data.get("previous_response_id") if isinstance(data, dict) else None
+    if previous is None:
+        return _call(door, request, read_response_call, tenant, data)
+    if not isinstance(previous, str):
+        why = "previous_response_id must be a string, the id of a stored response"
+        raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why))
+    kept = await door.responses.get(tenant, previous)
+    if kept is None:
+        raise _no_response(previous)
+    return _call(door, request, read_response_call, tenant, data, history=kept.messages)
+
+
+async def _keep(door: FrontDoor, call: ResponseCall, response: dict[str, Any]) -> None:
+    """Store the response, unless its call says `store: false`. Redis out of reach does not
+    cost the client its answer: it is logged, and the answer says `store: false`."""
+    if not call.store:
+        return
+    try:
+        await door.responses.keep(call.request.tenant, call.kept(response))
+    except RedisError as exc:
+        log.warning("response %s is not stored: %s", response["id"], explain(exc))
+        response["store"] = False
 
 
 async def _submit(door: FrontDoor, call: Call) -> None:
@@ -207,13 +280,15 @@ async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
     if results is None:
         _abandon(door, call)
         return Response(status_code=499)
-    return JSONResponse(_answer(call, results), headers=_ids(call))
+    return JSONResponse(await _answer(door, call, results), headers=_ids(call))
 
 
-def _answer(call: Call, results: list[InferenceResult]) -> dict[str, Any]:
-    """The whole answer in the shape of the API the call came by."""
+async def _answer(door: FrontDoor, call: Call, results: list[InferenceResult]) -> dict[str, Any]:
+    """The whole answer in the shape of the API the call came by (a response, stored)."""
     if isinstance(call, ResponseCall):
-        return response_of(call, results)
+        answer = response_of(call, results)
+        await _keep(door, call, answer)
+        return answer
     return text_completion_of(results) if call.text else completion_of(results)
 
 
@@ -269,7 +344,8 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
     if isinstance(call, ResponseCall):  # the resume route sends chunks, not these: no grace
         shape = ResponseEvents(call, chunks.created, chunks.model)
         stop = partial(_abandon, door, call, grace=False)
-        events = sse.response_events(shape, first[0], streams[0], stop)
+        keep = partial(_keep, door, call)
+        events = sse.response_events(shape, first[0], streams[0], stop, keep)
     elif resumable:
         events = sse.events(chunks, first[0], streams[0], partial(_abandon, door, call))
     else:  # such a stream does not resume: no grace

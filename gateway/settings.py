@@ -51,6 +51,9 @@ class GatewaySettings(ServiceSettings):
     """A cancelled batch's lines in flight may finish this long (LLMQ_BATCH_CANCEL_GRACE_S)."""
     batch_retention_s: int = Field(default=30 * 24 * 3600, ge=60)
     """How long files and finished batches are kept (LLMQ_BATCH_RETENTION_S): 30 days."""
+    response_retention_s: int = Field(default=30 * 24 * 3600, ge=60)
+    """How long a stored response is kept to be fetched and continued from
+    (LLMQ_RESPONSE_RETENTION_S): 30 days, as OpenAI keeps them."""
     instance_id: str = Field(default_factory=_default_instance, min_length=1)
     """Names this instance's Kafka clients (LLMQ_INSTANCE_ID)."""
 

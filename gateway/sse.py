@@ -53,16 +53,21 @@ def response_events(
     first: Delta,
     pieces: AsyncIterator[Delta],
     on_abandon: Callable[[], None] | None = None,
+    keep: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
 ) -> AsyncGenerator[str]:
     """The events of a streamed response (OpenAI's Responses API), each named by its type,
-    from the answer's first piece on. Such a stream does not resume (the resume route sends
-    chunks). An error after the first piece is an error event; a client that leaves before
-    the end calls `on_abandon`."""
-    return _guarded(_response(shape, first, pieces), [pieces], on_abandon)
+    from the answer's first piece on; the whole `response` goes to `keep` before the last
+    event, which carries it. Such a stream does not resume (the resume route sends chunks).
+    An error after the first piece is an error event; a client that leaves before the end
+    calls `on_abandon`."""
+    return _guarded(_response(shape, first, pieces, keep), [pieces], on_abandon)
 
 
 async def _response(
-    shape: ResponseEvents, first: Delta, pieces: AsyncIterator[Delta]
+    shape: ResponseEvents,
+    first: Delta,
+    pieces: AsyncIterator[Delta],
+    keep: Callable[[dict[str, Any]], Awaitable[None]] | None,
 ) -> AsyncGenerator[str]:
     for body in shape.opening():
         yield named(body)
@@ -73,7 +78,10 @@ async def _response(
             yield named(shape.delta(piece.text, held))
             held = []
         if piece.finish_reason is not None:
-            for body in shape.closing(piece.finish_reason, held, piece.usage):
+            closing = shape.closing(piece.finish_reason, held, piece.usage)
+            if keep is not None:
+                await keep(closing[-1]["response"])
+            for body in closing:
                 yield named(body)  # and no [DONE]: OpenAI ends these streams with the last
 
 

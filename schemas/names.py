@@ -133,6 +133,7 @@ REDIS_COSTS_PREFIX = "llmq:costs:"
 REDIS_EXPERIMENT_PREFIX = "llmq:exp:"
 REDIS_FILE_PREFIX = "llmq:file:"
 REDIS_BATCH_PREFIX = "llmq:batch:"
+REDIS_RESPONSE_PREFIX = "llmq:response:"
 BATCHES_ACTIVE = "llmq:batches:active"
 """Batch API: the set of batch ids not finished yet, which the front doors' runners drive."""
 
@@ -214,6 +215,11 @@ def batch_keys(batch_id: str) -> dict[str, str]:
     tag = f"{REDIS_BATCH_PREFIX}{{{batch_id}}}"
     parts = ("output", "errors", "ids", "attempts", "retry", "lease")
     return {"batch": tag, **{part: f"{tag}:{part}" for part in parts}}
+
+
+def response_key(tenant: str, response_id: str) -> str:
+    """Responses API: a stored response -> its object and conversation (JSON), per tenant."""
+    return f"{REDIS_RESPONSE_PREFIX}{_tenant(tenant)}:{response_id}"
 
 
 def tenant_index_key(tenant: str, kind: str) -> str:

@@ -1,9 +1,11 @@
 """OpenAI's Responses API (`/v1/responses`) through the real `openai` SDK on the session's
 stack: text input and instructions answered as a `response`, whole or streamed, cached,
-held to a JSON schema, with log-probabilities, and what is not served refused by name."""
+held to a JSON schema, with log-probabilities; stored, fetched, continued from and deleted;
+and what is not served refused by name."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -107,10 +109,64 @@ def test_a_streamed_response_sends_its_events_then_the_whole(sdk: OpenAI) -> Non
     assert whole.output_text == text
 
 
+def test_a_stored_response_is_fetched_continued_from_and_deleted(sdk: OpenAI) -> None:
+    ask: dict[str, Any] = {"model": MODEL, "temperature": 0, "max_output_tokens": 8, **EXACT}
+    questions = [unique_prompt(q) for q in ("Name a colour.", "And the sea?", "And grass?")]
+    first = sdk.responses.create(**ask, input=questions[0], instructions="Be brief.")
+    fetched = sdk.responses.retrieve(first.id)
+    assert (fetched.id, fetched.output_text) == (first.id, first.output_text)
+    assert (first.model_extra or {})["store"] is True
+    # Each continues the conversation before it, without the first one's instructions: the
+    # chat request of the same messages is the same request (an exact cache hit).
+    conversation: Any = []
+    previous = first
+    for before, question in itertools.pairwise(questions):
+        conversation += [
+            {"role": "user", "content": before},
+            {"role": "assistant", "content": previous.output_text},
+        ]
+        answer = sdk.responses.create(**ask, input=question, previous_response_id=previous.id)
+        assert answer.previous_response_id == previous.id
+        chat = sdk.chat.completions.create(
+            model=MODEL,
+            messages=[*conversation, {"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=8,
+            **EXACT,
+        )
+        assert (chat.model_extra or {})["llmq"]["cache"] == "exact"
+        assert chat.choices[0].message.content == answer.output_text
+        assert answer.usage is not None and chat.usage is not None
+        assert chat.usage.prompt_tokens == answer.usage.input_tokens
+        previous = answer
+    # Deleted, it can be neither fetched nor continued from; nor can one not stored.
+    sdk.responses.delete(first.id)
+    unstored = sdk.responses.create(**ask, input=unique_prompt("Hi"), store=False)
+    assert (unstored.model_extra or {})["store"] is False
+    for gone in (first.id, unstored.id, "resp_never"):
+        with pytest.raises(openai.NotFoundError, match="no stored response"):
+            sdk.responses.retrieve(gone)
+        with pytest.raises(openai.NotFoundError, match="no stored response"):
+            sdk.responses.create(**ask, input="Hi", previous_response_id=gone)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.delete(first.id)
+
+
+def test_a_streamed_response_is_stored_as_its_last_event_carries_it(sdk: OpenAI) -> None:
+    ask: dict[str, Any] = {"model": MODEL, "max_output_tokens": 6, **EXACT}
+    with sdk.responses.create(**ask, input=unique_prompt("Hi"), stream=True) as stream:
+        events = list(stream)
+    last = events[-1]
+    assert last.type == "response.incomplete"
+    fetched = sdk.responses.retrieve(last.response.id)
+    assert fetched.output_text == last.response.output_text and fetched.output_text
+    assert fetched.status == "incomplete"
+
+
 def test_what_is_not_served_is_refused_by_name(sdk: OpenAI) -> None:
     ask: dict[str, Any] = {"model": MODEL, "input": "Hi", "max_output_tokens": 4}
     refusals: list[tuple[dict[str, Any], str]] = [
-        ({"previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"conversation": "conv_1"}, "conversation"),
         ({"tools": [{"type": "web_search"}]}, "tools"),
         ({"reasoning": {"effort": "low"}}, "reasoning"),
         ({"input": [{"type": "function_call_output", "call_id": "c", "output": "4"}]}, "type"),

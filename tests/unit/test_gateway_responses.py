@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
+import redis.asyncio as aioredis
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from gateway import sse
+from gateway import routes, sse
+from gateway.door import FrontDoor
+from gateway.response_store import ResponseStore
 from gateway.responses import (
     LOGPROBS,
     ResponseCall,
@@ -39,10 +46,19 @@ CATALOG = Catalog.builtin()
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
 
 
-def _read(**body: Any) -> ResponseCall:
+HISTORY = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue"}]
+
+
+def _read(history: list[dict[str, Any]] | None = None, **body: Any) -> ResponseCall:
     data = {"model": "smollm2-135m", "input": "Name a colour.", **body}
     return read_response_call(
-        data, tenant="acme", lane=None, default_lane="interactive", catalog=CATALOG, timeout_s=60
+        data,
+        tenant="acme",
+        lane=None,
+        default_lane="interactive",
+        catalog=CATALOG,
+        timeout_s=60,
+        history=history or [],
     )
 
 
@@ -115,7 +131,6 @@ def test_llmqs_own_fields_and_openais_ignored_ones_are_read() -> None:
 @pytest.mark.parametrize(
     ("body", "code", "why"),
     [
-        ({"previous_response_id": "resp_1"}, ErrorCode.UNSUPPORTED, "previous_response_id"),
         ({"conversation": "conv_1"}, ErrorCode.UNSUPPORTED, "conversation"),
         ({"reasoning": {"effort": "low"}}, ErrorCode.UNSUPPORTED, "reasoning"),
         ({"tools": [{"type": "web_search"}]}, ErrorCode.UNSUPPORTED, "tools"),
@@ -161,6 +176,22 @@ def test_the_chat_readers_refusals_name_this_bodys_fields() -> None:
     nameless = {"format": {"type": "json_schema", "schema": SCHEMA}}
     why = _refused(ErrorCode.INVALID_REQUEST, text=nameless)
     assert why.startswith("text.format.name") and "response_format" not in why
+
+
+def test_a_continued_response_follows_its_conversation_but_not_its_instructions() -> None:
+    call = _read(HISTORY, input="And the sea?", instructions="Be brief.", previous_response_id="r")
+    assert [(m.role, m.content) for m in call.request.body.messages] == [
+        ("system", "Be brief."),
+        ("user", "Name a colour."),
+        ("assistant", "Blue"),
+        ("user", "And the sea?"),
+    ]
+    assert call.conversation == [*HISTORY, {"role": "user", "content": "And the sea?"}]
+    assert call.asked["previous_response_id"] == "r" and call.store
+    assert not _read(store=False).store
+    bad = [{"role": "user", "content": "fine"}, {"role": "user", "content": 5}]
+    why = _refused(ErrorCode.INVALID_REQUEST, history=HISTORY, input=bad, instructions="x")
+    assert "input.1.content" in why
 
 
 def test_a_non_object_body_is_refused() -> None:
@@ -221,7 +252,20 @@ def test_the_answer_is_a_response_as_the_sdk_reads_it() -> None:
     assert (read.instructions, read.metadata, read.top_logprobs) == ("Be brief.", {"k": "v"}, 1)
     assert read.tools == [] and read.text is not None and read.text.format is not None
     assert read.text.format.type == "text"
+    assert (body["store"], read.previous_response_id) == (True, None)
     assert body["llmq"]["correlation_id"] == cid
+
+
+def test_a_stored_response_keeps_its_conversation_with_the_answer() -> None:
+    call = _read(HISTORY, input="And the sea?", instructions="Be brief.", previous_response_id="r")
+    body = response_of(call, [_result(call, "stop")])
+    kept = call.kept(body)
+    assert kept.response is body and Response.model_validate(body).previous_response_id == "r"
+    assert kept.messages == [
+        *HISTORY,
+        {"role": "user", "content": "And the sea?"},
+        {"role": "assistant", "content": "Blue"},
+    ]
 
 
 def test_an_answer_cut_at_max_output_tokens_is_incomplete() -> None:
@@ -231,6 +275,24 @@ def test_an_answer_cut_at_max_output_tokens_is_incomplete() -> None:
     assert read.incomplete_details.reason == "max_output_tokens"
     assert read.output[0].status == "incomplete"  # type: ignore[union-attr]
     assert read.max_output_tokens == 2
+
+
+def test_a_response_redis_cannot_store_is_answered_saying_it_is_not_stored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    call = _read()
+    body = response_of(call, [_result(call, "stop")])
+
+    async def main() -> None:
+        away = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+        door = SimpleNamespace(responses=ResponseStore(away, 60))
+        await routes._keep(cast(FrontDoor, door), call, body)
+        await away.aclose()
+
+    with caplog.at_level(logging.WARNING, "gateway.routes"):
+        asyncio.run(main())
+    assert body["store"] is False
+    assert f"response {body['id']} is not stored" in caplog.text
 
 
 async def _pieces(*pieces: Delta) -> AsyncIterator[Delta]:
@@ -247,8 +309,14 @@ def test_a_streamed_response_is_openais_events_in_order() -> None:
         Delta("", 2, logprobs=[token]), Delta("ue", 2, "length", usage, logprobs=[token])
     )
 
+    kept: list[dict[str, Any]] = []
+
+    async def keep(response: dict[str, Any]) -> None:
+        kept.append(response)
+
     async def main() -> list[str]:
-        return [e async for e in sse.response_events(shape, Delta("Bl", 0, logprobs=[token]), rest)]
+        first = Delta("Bl", 0, logprobs=[token])
+        return [e async for e in sse.response_events(shape, first, rest, None, keep)]
 
     lines = asyncio.run(main())
     assert sse.DONE not in lines  # as OpenAI's: the last event ends it
@@ -280,3 +348,4 @@ def test_a_streamed_response_is_openais_events_in_order() -> None:
     assert last.type == "response.incomplete"
     assert last.response.output_text == "Blue" and last.response.status == "incomplete"
     assert last.response.usage is not None and last.response.usage.output_tokens == 3
+    assert [Response.model_validate(k) for k in kept] == [last.response]  # kept as sent

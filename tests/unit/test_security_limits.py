@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from llmq.client import Client
-from schemas.names import REDIS_RESULT_PREFIX, result_key
+from schemas.names import REDIS_RESULT_PREFIX, response_key, result_key
 from schemas.request import (
     MAX_CONTENT_CHARS,
     MAX_PROMPT_CHARS,
@@ -47,11 +47,13 @@ def test_times_are_bounded_unix_seconds(field: str) -> None:
             InferenceRequest.model_validate({"correlation_id": "c", field: bad, "body": body})
 
 
-def test_result_keys_are_per_tenant_and_unambiguous() -> None:
+def test_result_and_response_keys_are_per_tenant_and_unambiguous() -> None:
     assert result_key("acme", "order-42") == f"{REDIS_RESULT_PREFIX}{{acme}}:order-42"
     assert result_key("acme", "x") != result_key("globex", "x")
     # Identifiers may hold ':'; the braces keep these two apart.
     assert result_key("a:b", "c") != result_key("a", "b:c")
+    assert response_key("acme", "resp_1") != response_key("globex", "resp_1")
+    assert response_key("a:b", "c") != response_key("a", "b:c")
 
 
 def test_result_keys_refuse_a_tenant_that_could_forge_another() -> None:
