@@ -59,6 +59,21 @@ TEXT_PARTS = frozenset({"input_text", "output_text"})
 
 
 @dataclass(frozen=True)
+class Echo:
+    """What a `response` object says of the call it answers: its id, what its body asked,
+    and whether it is stored."""
+
+    correlation_id: str
+    asked: dict[str, Any]
+    store: bool
+
+    @property
+    def item_id(self) -> str:
+        """The id of the answer's one output item, its message."""
+        return f"msg_{self.correlation_id}"
+
+
+@dataclass(frozen=True)
 class ResponseCall(Call):
     """A call read from a Responses body: what its `response` object echoes back."""
 
@@ -73,9 +88,8 @@ class ResponseCall(Call):
     """Whether the response is stored, to be fetched and continued from."""
 
     @property
-    def item_id(self) -> str:
-        """The id of the answer's one output item, its message."""
-        return f"msg_{self.request.correlation_id}"
+    def echo(self) -> Echo:
+        return Echo(self.request.correlation_id, self.asked, self.store)
 
     def kept(self, response: dict[str, Any]) -> Kept:
         """What storing this call's `response` keeps: it, and its conversation with the
@@ -93,12 +107,18 @@ def read_response_call(
     default_lane: str = Lane.INTERACTIVE.value,
     catalog: Catalog,
     timeout_s: float,
-    history: Sequence[dict[str, Any]] = (),
+    history: Sequence[dict[str, Any]] | None = None,
 ) -> ResponseCall:
     """The request a Responses body asks for, following the `history` of the response it
-    continues; LlmqError (400, 404) saying what is wrong. A null field is one not given."""
+    continues (None: where none is looked up, a batch line); LlmqError (400, 404) saying
+    what is wrong. A null field is one not given."""
     data = given_fields(data)
     _check_fields(data)
+    if history is None:
+        if "previous_response_id" in data:
+            why = "previous_response_id is not served in a batch: each line stands alone"
+            raise LlmqError(ErrorCode.UNSUPPORTED, why)
+        history = []
     instructions = data.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "instructions must be a string")
@@ -224,18 +244,18 @@ def _response_format(fmt: dict[str, Any]) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": {k: v for k, v in fmt.items() if k != "type"}}
 
 
-def response_of(call: ResponseCall, results: list[InferenceResult]) -> dict[str, Any]:
+def response_of(echo: Echo, results: list[InferenceResult]) -> dict[str, Any]:
     """The `response` of a call's answer: one assistant message of text, the usage in this
-    API's names, what the body asked echoed, and llmq's extras under `llmq`."""
+    API's names, what the call's body asked echoed, and llmq's extras under `llmq`."""
     body = completion_of(results)
     [choice] = body["choices"]
     status = _status(choice["finish_reason"])
     text = choice["message"].get("content") or ""
     logprobs = (choice.get("logprobs") or {}).get("content") or []
-    output = [_message(call, status, [_part(text, logprobs)])]
+    output = [_message(echo, status, [_part(text, logprobs)])]
     usage = _usage(body.get("usage"))
     answer = _response(
-        call,
+        echo,
         created=body["created"],
         model=body["model"],
         status=status,
@@ -251,7 +271,7 @@ class ResponseEvents:
     created and in progress, its message and text part added, the text's deltas, then the
     text, part and message done and the response completed (or incomplete, when cut)."""
 
-    call: ResponseCall
+    echo: Echo
     created: int
     model: str
     sequence: int = 0
@@ -267,7 +287,7 @@ class ResponseEvents:
             self._event(
                 "response.output_item.added",
                 output_index=0,
-                item=_message(self.call, "in_progress", []),
+                item=_message(self.echo, "in_progress", []),
             ),
             self._event("response.content_part.added", **self._where, part=_part("", [])),
         ]
@@ -288,7 +308,7 @@ class ResponseEvents:
         self.logprobs += logprobs_body(logprobs)["content"]
         status = _status(finish_reason)
         part = _part(self.text, self.logprobs)
-        message = _message(self.call, status, [part])
+        message = _message(self.echo, status, [part])
         used = None if usage is None else _usage(usage.model_dump(exclude_none=True))
         whole = self._response(status, [message], used)
         return [
@@ -304,7 +324,7 @@ class ResponseEvents:
         self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None
     ) -> dict[str, Any]:
         return _response(
-            self.call,
+            self.echo,
             created=self.created,
             model=self.model,
             status=status,
@@ -314,7 +334,7 @@ class ResponseEvents:
 
     @property
     def _where(self) -> dict[str, Any]:
-        return {"item_id": self.call.item_id, "output_index": 0, "content_index": 0}
+        return {"item_id": self.echo.item_id, "output_index": 0, "content_index": 0}
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         body = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -331,10 +351,10 @@ def _part(text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
 
 
-def _message(call: ResponseCall, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+def _message(echo: Echo, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "type": "message",
-        "id": call.item_id,
+        "id": echo.item_id,
         "status": status,
         "role": "assistant",
         "content": content,
@@ -342,7 +362,7 @@ def _message(call: ResponseCall, status: str, content: list[dict[str, Any]]) -> 
 
 
 def _response(
-    call: ResponseCall,
+    echo: Echo,
     *,
     created: int,
     model: str,
@@ -353,7 +373,7 @@ def _response(
     """The `response` object: its output so far and what the body asked, echoed."""
     cut = status == "incomplete"
     return {
-        "id": f"resp_{call.request.correlation_id}",
+        "id": f"resp_{echo.correlation_id}",
         "object": "response",
         "created_at": created,
         "status": status,
@@ -361,11 +381,11 @@ def _response(
         "error": None,
         "model": model,
         "output": output,
-        **call.asked,
+        **echo.asked,
         "tools": [],
         "tool_choice": "none",
         "parallel_tool_calls": False,
-        "store": call.store,
+        "store": echo.store,
         "truncation": "disabled",
         "usage": usage,
     }

@@ -286,7 +286,7 @@ async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
 async def _answer(door: FrontDoor, call: Call, results: list[InferenceResult]) -> dict[str, Any]:
     """The whole answer in the shape of the API the call came by (a response, stored)."""
     if isinstance(call, ResponseCall):
-        answer = response_of(call, results)
+        answer = response_of(call.echo, results)
         await _keep(door, call, answer)
         return answer
     return text_completion_of(results) if call.text else completion_of(results)
@@ -342,7 +342,7 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
     metrics.FIRST_PIECE.observe(time.monotonic() - started)
     chunks = door.chunks(call, first[0].model)
     if isinstance(call, ResponseCall):  # the resume route sends chunks, not these: no grace
-        shape = ResponseEvents(call, chunks.created, chunks.model)
+        shape = ResponseEvents(call.echo, chunks.created, chunks.model)
         stop = partial(_abandon, door, call, grace=False)
         keep = partial(_keep, door, call)
         events = sse.response_events(shape, first[0], streams[0], stop, keep)

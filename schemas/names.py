@@ -209,11 +209,12 @@ def file_keys(file_id: str) -> tuple[str, str]:
 def batch_keys(batch_id: str) -> dict[str, str]:
     """Batch API batch, one hash slot so that one script updates them together: `batch`, a
     hash of its fields and counts; `output` and `errors`, its result lines by line number
-    (a line is in one of them, once); `ids`, line number -> custom_id; `attempts`, line
-    number -> its latest attempt; `retry`, a sorted set of lines to send again at a time;
-    `lease`, the front door driving it."""
+    (a line is in one of them, once); `ids`, line number -> custom_id; `asked`, line number
+    -> what a response's line asked (JSON, echoed in its output); `attempts`, line number ->
+    its latest attempt; `retry`, a sorted set of lines to send again at a time; `lease`, the
+    front door driving it."""
     tag = f"{REDIS_BATCH_PREFIX}{{{batch_id}}}"
-    parts = ("output", "errors", "ids", "attempts", "retry", "lease")
+    parts = ("output", "errors", "ids", "asked", "attempts", "retry", "lease")
     return {"batch": tag, **{part: f"{tag}:{part}" for part in parts}}
 
 

@@ -9,13 +9,14 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from gateway.batch.lines import ENDPOINT, error_line, output_line
+from gateway.batch.lines import ENDPOINT, RESPONSES_ENDPOINT, error_line, output_line
 from gateway.batch.store import BatchStore, Outcome
 from schemas.errors import ErrorCode
 from schemas.names import BATCH_RESULTS, BATCHES_GROUP
@@ -46,12 +47,13 @@ def outcome(
     expires_at: float,
     *,
     endpoint: str = ENDPOINT,
+    asked: dict[str, Any] | None = None,
 ) -> Outcome:
     """What a reply makes of its line: an output line (in the shape of the batch's
-    `endpoint`), an error line, or (refused for a while: rate limits, budget holds) a retry
-    once the wait is over, if that is before the batch expires. A reply with neither an
-    answer nor an error (another producer's) is an error line: it must not stop the
-    collector, which would read it again and again."""
+    `endpoint`; a response echoes what its line `asked`), an error line, or (refused for a
+    while: rate limits, budget holds) a retry once the wait is over, if that is before the
+    batch expires. A reply with neither an answer nor an error (another producer's) is an
+    error line: it must not stop the collector, which would read it again and again."""
     error = result.error
     if error is None and result.response is None:  # no door's reply: the line says so
         return _failed(
@@ -68,7 +70,7 @@ def outcome(
         cached = 0 if details is None else details.cached_tokens
         tokens = (usage.prompt_tokens, usage.completion_tokens, cached)
     kind = "output" if error is None else "error"
-    line = output_line(custom_id, result, endpoint)
+    line = output_line(custom_id, result, endpoint, asked)
     return Outcome(number, attempt, kind, line, tokens)
 
 
@@ -80,11 +82,14 @@ def _guarded(
     expires_at: float,
     *,
     endpoint: str,
+    asked: dict[str, Any] | None,
 ) -> Outcome:
     """outcome(), or, if making it fails (a bug), an error line saying so: a reply that
     fails every time would otherwise stop every later one, read again after each failure."""
     try:
-        return outcome(number, attempt, custom_id, result, expires_at, endpoint=endpoint)
+        return outcome(
+            number, attempt, custom_id, result, expires_at, endpoint=endpoint, asked=asked
+        )
     except Exception as exc:
         log.exception("cannot write the reply %s", result.correlation_id)
         return _failed(number, attempt, custom_id, result, explain(exc))
@@ -175,10 +180,17 @@ class Collector:
             if batch is None:
                 continue  # gone (retention), or not this tenant's
             expires_at, endpoint = float(batch["expires_at"]), batch["endpoint"]
-            custom_ids = await self._store.custom_ids(batch_id, [n for n, _, _ in lines])
+            numbers = [n for n, _, _ in lines]
+            custom_ids = await self._store.custom_ids(batch_id, numbers)
+            echoed = endpoint == RESPONSES_ENDPOINT
+            asked = await self._store.asked(batch_id, numbers) if echoed else [None] * len(lines)
             outcomes = [
-                _guarded(number, attempt, custom_id, result, expires_at, endpoint=endpoint)
-                for (number, attempt, result), custom_id in zip(lines, custom_ids, strict=True)
+                _guarded(
+                    number, attempt, custom_id, result, expires_at, endpoint=endpoint, asked=echo
+                )
+                for (number, attempt, result), custom_id, echo in zip(
+                    lines, custom_ids, asked, strict=True
+                )
                 if custom_id is not None
             ]
             await self._store.record(batch_id, tenant, outcomes)

@@ -1,14 +1,16 @@
 """The Batch API's line formats, OpenAI's both ways: an input line into llmq's request, and
-an answer into an output or error line."""
+an answer into an output or error line, in the shape of the batch's endpoint."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.openai import completion, error_body, read_call
+from gateway.openai import Call, completion, error_body, read_call
+from gateway.responses import Echo, ResponseCall, read_response_call, response_of
 from gateway.text import read_text_call, text_completion_of
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
@@ -19,8 +21,15 @@ from schemas.result import InferenceResult
 
 ENDPOINT = "/v1/chat/completions"
 TEXT_ENDPOINT = "/v1/completions"
-ENDPOINTS = (ENDPOINT, TEXT_ENDPOINT)
-"""The endpoints a batch may call, one for all its lines: chat or text completions."""
+RESPONSES_ENDPOINT = "/v1/responses"
+READERS: dict[str, Callable[..., Call]] = {
+    ENDPOINT: read_call,
+    TEXT_ENDPOINT: read_text_call,
+    RESPONSES_ENDPOINT: read_response_call,
+}
+"""The endpoints a batch may call, one for all its lines (chat or text completions, or
+responses), and the reader of each one's bodies."""
+ENDPOINTS = tuple(READERS)
 MAX_CUSTOM_ID = 512
 
 
@@ -30,6 +39,8 @@ class Line:
 
     custom_id: str
     request: InferenceRequest
+    asked: dict[str, Any] | None = None
+    """A response's line: what its body asked, which its output line echoes."""
 
 
 def read_line(
@@ -59,8 +70,7 @@ def read_line(
         why = f"url must be {endpoint}, the endpoint of the batch"
         raise LlmqError(ErrorCode.UNSUPPORTED, why)
     now = time.time()
-    reader = read_text_call if endpoint == TEXT_ENDPOINT else read_call
-    call = reader(
+    call = READERS[endpoint](
         _batch_body(data.get("body")),
         tenant=tenant,
         lane=Lane.BATCH.value,
@@ -71,7 +81,7 @@ def read_line(
         update={"correlation_id": correlation_id, "reply_to": BATCH_RESULTS}
     )
     request.record()  # a line too large to publish is named at validation
-    return Line(custom_id, request)
+    return Line(custom_id, request, call.asked if isinstance(call, ResponseCall) else None)
 
 
 def _batch_body(body: object) -> object:
@@ -87,13 +97,16 @@ def _batch_body(body: object) -> object:
 
 
 def output_line(
-    custom_id: str, result: InferenceResult, endpoint: str = ENDPOINT
+    custom_id: str,
+    result: InferenceResult,
+    endpoint: str = ENDPOINT,
+    asked: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The output (an answer, in `endpoint`'s shape) or error-file line (an error reply) of a
-    result."""
+    """The output (an answer, in `endpoint`'s shape; a response echoes what its line
+    `asked`, and is not stored) or error-file line (an error reply) of a result."""
     request_id = f"req_{result.correlation_id}"
     if result.error is None:
-        answer = text_completion_of([result]) if endpoint == TEXT_ENDPOINT else completion(result)
+        answer = _answer(result, endpoint, asked or {})
         response = {"status_code": 200, "request_id": request_id, "body": answer}
     else:
         status, body = error_body(result.error.code, result.error.message)
@@ -104,6 +117,14 @@ def output_line(
         "response": response,
         "error": None,
     }
+
+
+def _answer(result: InferenceResult, endpoint: str, asked: dict[str, Any]) -> dict[str, Any]:
+    if endpoint == TEXT_ENDPOINT:
+        return text_completion_of([result])
+    if endpoint == RESPONSES_ENDPOINT:
+        return response_of(Echo(str(result.correlation_id), asked, store=False), [result])
+    return completion(result)
 
 
 def error_line(custom_id: str, line_id: str, code: str, message: str) -> dict[str, Any]:

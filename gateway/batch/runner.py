@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
@@ -139,20 +139,7 @@ class Runner:
             return
         check = _Check()
         for start in range(0, count, PAGE):
-            numbers = range(start, min(count, start + PAGE))
-            raws = await self._store.lines(fields["input_file_id"], numbers)
-            named: dict[int, str] = {}
-            for number, raw in zip(numbers, raws, strict=True):
-                if raw is None:
-                    continue
-                try:
-                    line = self._read(fields, number, raw, 0)
-                except LlmqError as exc:
-                    check.errors.append(_error(exc.code.value, exc.message, number))
-                    continue
-                check.add(number, line)
-                named[number] = line.custom_id
-            await self._store.name_lines(batch_id, named)
+            await self._validate_page(fields, range(start, min(count, start + PAGE)), check)
             # A large file takes a while: keep the lease, and let other requests go on.
             await self._store.lease(batch_id, self._owner, self._pace.lease_s)
             await asyncio.sleep(0)
@@ -164,6 +151,28 @@ class Runner:
             return
         await self._store.update(batch_id, total=len(check.seen), model=str(check.models.pop()))
         await self._store.move(batch_id, "in_progress", "validating")
+
+    async def _validate_page(
+        self, fields: Mapping[str, str], numbers: range, check: _Check
+    ) -> None:
+        """Read these lines into `check`; record each good one's custom_id (and what a
+        response's line asked, which its output echoes)."""
+        raws = await self._store.lines(fields["input_file_id"], numbers)
+        named: dict[int, str] = {}
+        asked: dict[int, dict[str, Any]] = {}
+        for number, raw in zip(numbers, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                line = self._read(fields, number, raw, 0)
+            except LlmqError as exc:
+                check.errors.append(_error(exc.code.value, exc.message, number))
+                continue
+            check.add(number, line)
+            named[number] = line.custom_id
+            if line.asked is not None:
+                asked[number] = line.asked
+        await self._store.name_lines(fields["id"], named, asked)
 
     async def _input_gone(self, fields: Mapping[str, str]) -> bool:
         """Whether the input file is gone (deleted as the batch was made, or expired): the

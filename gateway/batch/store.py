@@ -291,11 +291,28 @@ class BatchStore:
 
     # Lines.
 
-    async def name_lines(self, batch_id: str, custom_ids: Mapping[int, str]) -> None:
-        """Record each line's custom_id: the lines the batch answers."""
-        if custom_ids:
-            mapping = {str(n): c for n, c in custom_ids.items()}
-            await self._redis.hset(batch_keys(batch_id)["ids"], mapping=mapping)  # type: ignore[misc]
+    async def name_lines(
+        self,
+        batch_id: str,
+        custom_ids: Mapping[int, str],
+        asked: Mapping[int, dict[str, Any]] | None = None,
+    ) -> None:
+        """Record each line's custom_id (the lines the batch answers) and, for a response's
+        line, what it `asked`."""
+        keys = batch_keys(batch_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if custom_ids:
+                pipe.hset(keys["ids"], mapping={str(n): c for n, c in custom_ids.items()})
+            if asked:
+                pipe.hset(keys["asked"], mapping={str(n): json.dumps(a) for n, a in asked.items()})
+            await pipe.execute()
+
+    async def asked(self, batch_id: str, numbers: list[int]) -> list[dict[str, Any] | None]:
+        """What each of these lines asked, where it was recorded (a response's line)."""
+        if not numbers:
+            return []
+        found = await self._redis.hmget(batch_keys(batch_id)["asked"], [str(n) for n in numbers])  # type: ignore[misc]
+        return [None if f is None else json.loads(f) for f in found]
 
     async def custom_ids(self, batch_id: str, numbers: list[int]) -> list[str | None]:
         if not numbers:

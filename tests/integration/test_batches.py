@@ -18,6 +18,7 @@ import openai
 import pytest
 from openai import OpenAI
 from openai.types import Batch
+from openai.types.responses import Response
 
 from gateway.batch.routes import MAX_UPLOAD_BYTES
 from gateway.batch.store import TOO_LARGE
@@ -181,6 +182,53 @@ def test_a_batch_of_text_completions_answers_raw_prompts(sdk: OpenAI) -> None:
     assert failed.status == "failed" and failed.errors is not None
     [error] = failed.errors.data or []
     assert error.line == 2 and "url must be /v1/completions" in (error.message or "")
+
+
+def test_a_batch_of_responses_echoes_what_each_line_asked(sdk: OpenAI) -> None:
+    """endpoint /v1/responses: each answer a `response` that echoes its own line's
+    instructions and metadata, not stored; a line that continues a stored response fails
+    the batch, naming the line (each line stands alone)."""
+    lines: list[dict[str, Any]] = [
+        {
+            "custom_id": f"resp-{n}",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {
+                "model": MODEL,
+                "input": f"Name a colour. ({n} {uuid.uuid4().hex[:8]})",
+                "instructions": f"Be brief, {n}.",
+                "metadata": {"n": str(n)},
+                "max_output_tokens": 4,
+                "ignore_eos": True,
+            },
+        }
+        for n in range(3)
+    ]
+    started = sdk.batches.create(
+        input_file_id=_upload(sdk, lines), endpoint="/v1/responses", completion_window="24h"
+    )
+    batch = _wait(sdk, started.id)
+    assert batch.status == "completed", batch
+    output, errors = _files(sdk, batch)
+    _once_each(output, errors, [line["custom_id"] for line in lines])
+    for line in output:
+        n = line["custom_id"].removeprefix("resp-")
+        answer = Response.model_validate(line["response"]["body"])
+        assert (answer.instructions, answer.metadata) == (f"Be brief, {n}.", {"n": n})
+        assert answer.status == "incomplete" and answer.output_text
+        assert answer.usage is not None and answer.usage.output_tokens == 4
+        with pytest.raises(openai.NotFoundError):  # a batch's responses are not stored
+            sdk.responses.retrieve(answer.id)
+    continued = {**lines[0], "body": {**lines[0]["body"], "previous_response_id": "resp_1"}}
+    mixed = sdk.batches.create(
+        input_file_id=_upload(sdk, [lines[1], continued]),
+        endpoint="/v1/responses",
+        completion_window="24h",
+    )
+    failed = _wait(sdk, mixed.id)
+    assert failed.status == "failed" and failed.errors is not None
+    [error] = failed.errors.data or []
+    assert error.line == 2 and "previous_response_id" in (error.message or "")
 
 
 def test_a_file_with_bad_lines_fails_naming_them(sdk: OpenAI) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from openai.types import Batch, Completion, FileObject
+from openai.types.responses import Response
 
 from gateway.batch.collector import outcome, parse_line_id
-from gateway.batch.lines import TEXT_ENDPOINT, output_line, read_line
+from gateway.batch.lines import RESPONSES_ENDPOINT, TEXT_ENDPOINT, output_line, read_line
 from gateway.batch.objects import batch_object, file_object
 from gateway.batch.runner import line_id
 from schemas.catalog import Catalog
@@ -137,6 +138,40 @@ def test_a_text_batchs_lines_are_raw_prompts_and_its_answers_text_completions() 
     answer = made.body["response"]["body"]
     assert (answer["object"], answer["choices"][0]["text"]) == ("text_completion", "Blue.")
     assert Completion.model_validate(answer).usage is not None
+
+
+def test_a_responses_batchs_lines_echo_what_they_asked_and_stand_alone() -> None:
+    asked: dict[str, Any] = {"model": MODEL, "input": "Name a colour.", "store": True}
+    asked.update(instructions="Be brief.", max_output_tokens=4, metadata={"k": "v"})
+
+    def line(**extra: Any) -> Any:
+        return read_line(
+            _raw(url=RESPONSES_ENDPOINT, body={**asked, **extra}),
+            tenant="acme",
+            catalog=CATALOG,
+            deadline=time.time() + 60,
+            correlation_id="batch_ab.3.0",
+            endpoint=RESPONSES_ENDPOINT,
+        )
+
+    read = line()
+    assert [m.role for m in read.request.body.messages] == ["system", "user"]
+    assert read.asked is not None and read.asked["instructions"] == "Be brief."
+    with pytest.raises(LlmqError, match="previous_response_id is not served in a batch"):
+        line(previous_response_id="resp_1")
+    made = outcome(
+        3, 0, "q3", _answer(), time.time() + 60, endpoint=RESPONSES_ENDPOINT, asked=read.asked
+    )
+    body = made.body["response"]["body"]
+    answer = Response.model_validate(body)
+    assert (answer.output_text, answer.instructions, answer.metadata) == (
+        "Blue.",
+        "Be brief.",
+        {"k": "v"},
+    )
+    assert (answer.max_output_tokens, body["store"]) == (4, False)  # a batch's are not stored
+    assert answer.usage is not None and made.tokens[:2] == (11, answer.usage.output_tokens)
+    assert answer.id == "resp_batch_ab.3.0"
 
 
 def test_line_ids_go_both_ways_and_other_ids_are_not_lines() -> None:

@@ -225,7 +225,7 @@ def test_the_answer_is_a_response_as_the_sdk_reads_it() -> None:
     token = TokenLogprob(
         token="Blue", logprob=-0.1, top_logprobs=[TopLogprob(token="Blue", logprob=-0.1)]
     )
-    body = response_of(call, [_result(call, "stop", [token])])
+    body = response_of(call.echo, [_result(call, "stop", [token])])
     cid = call.request.correlation_id
     read = Response.model_validate(body)
     assert (read.id, read.object, read.model, read.created_at) == (
@@ -258,7 +258,7 @@ def test_the_answer_is_a_response_as_the_sdk_reads_it() -> None:
 
 def test_a_stored_response_keeps_its_conversation_with_the_answer() -> None:
     call = _read(HISTORY, input="And the sea?", instructions="Be brief.", previous_response_id="r")
-    body = response_of(call, [_result(call, "stop")])
+    body = response_of(call.echo, [_result(call, "stop")])
     kept = call.kept(body)
     assert kept.response is body and Response.model_validate(body).previous_response_id == "r"
     assert kept.messages == [
@@ -270,7 +270,7 @@ def test_a_stored_response_keeps_its_conversation_with_the_answer() -> None:
 
 def test_an_answer_cut_at_max_output_tokens_is_incomplete() -> None:
     call = _read(max_output_tokens=2)
-    read = Response.model_validate(response_of(call, [_result(call, "length")]))
+    read = Response.model_validate(response_of(call.echo, [_result(call, "length")]))
     assert read.status == "incomplete" and read.incomplete_details is not None
     assert read.incomplete_details.reason == "max_output_tokens"
     assert read.output[0].status == "incomplete"  # type: ignore[union-attr]
@@ -281,7 +281,7 @@ def test_a_response_redis_cannot_store_is_answered_saying_it_is_not_stored(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     call = _read()
-    body = response_of(call, [_result(call, "stop")])
+    body = response_of(call.echo, [_result(call, "stop")])
 
     async def main() -> None:
         away = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
@@ -302,7 +302,7 @@ async def _pieces(*pieces: Delta) -> AsyncIterator[Delta]:
 
 def test_a_streamed_response_is_openais_events_in_order() -> None:
     call = _read(include=[LOGPROBS], top_logprobs=0, max_output_tokens=3)
-    shape = ResponseEvents(call, 7, "m")
+    shape = ResponseEvents(call.echo, 7, "m")
     token = TokenLogprob(token="Bl", logprob=-0.5, top_logprobs=[])
     usage = Usage(prompt_tokens=9, completion_tokens=3, total_tokens=12)
     rest = _pieces(

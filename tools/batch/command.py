@@ -11,6 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from gateway.batch.lines import ENDPOINT, ENDPOINTS
 from llmq.settings import ClientSettings
 from tools.batch.client import BatchApi, BatchApiError
 
@@ -32,9 +33,9 @@ def register(sub: Any) -> None:
     submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument(
         "--endpoint",
-        choices=["/v1/chat/completions", "/v1/completions"],
-        default="/v1/chat/completions",
-        help="what every line calls: chat, or text completions of raw prompts",
+        choices=ENDPOINTS,
+        default=ENDPOINT,
+        help="what every line calls: chat, text completions of raw prompts, or responses",
     )
     submit.add_argument("--wait", action="store_true", help="show progress, then save results")
     submit.add_argument("--out", type=Path, default=Path(), help="where results go (with --wait)")
