@@ -178,4 +178,5 @@ class FrontDoor:
             int(request.created_at),
             model or request.model or self.catalog.default,
             call.include_usage,
+            None if call.text else request.body,
         )

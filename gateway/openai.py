@@ -18,6 +18,7 @@ from schemas.lanes import Lane
 from schemas.redact import describe
 from schemas.request import MAX_TOP_LOGPROBS, CacheMode, ChatBody, InferenceRequest
 from schemas.result import InferenceResult, TokenLogprob, TopLogprob, Usage
+from schemas.tools import ToolCall, tool_calls
 
 AUTO = "auto"
 PASSED = frozenset(
@@ -40,6 +41,9 @@ PASSED = frozenset(
         "min_tokens",
         "stream",
         "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
     }
 )
 """Body fields llmq serves as OpenAI defines them, and vLLM's sampling extensions as vLLM's
@@ -58,11 +62,9 @@ IGNORED: dict[str, type] = {
     "prompt_cache_key": str,
     "store": bool,
     "metadata": dict,
-    "parallel_tool_calls": bool,
 }
 """OpenAI fields accepted (of their type) and ignored: ids of the end user and of a prompt
-family, OpenAI's own storage of the completion (llmq keeps every result in its store), and
-tool-call options with no tools to call."""
+family, OpenAI's own storage of the completion (llmq keeps every result in its store)."""
 TIER_LANES = {
     "auto": None,
     "default": None,
@@ -74,7 +76,19 @@ TIER_LANES = {
 """OpenAI's service_tier as a lane: "flex" trades speed for price as the batch lane does,
 "priority" and "fast" the other way; "auto", "default" and "scale" leave the lane to the
 header or the front door's default. A lane named in the body or the header wins."""
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+AUTO_TOOLS = (
+    'tool_choice "auto" (the default with tools) is not served: llmq holds a call to its '
+    'function\'s schema, which needs the call decided before the answer; send "required" '
+    '(calls of any of the tools), {"type": "function", "function": {"name": ...}} (a call '
+    'of that one) or "none"'
+)
 
 STATUS = {
     ErrorCode.INVALID_JSON: 400,
@@ -164,6 +178,7 @@ def read_call(
     check_model(model, catalog)
     fields = {k: v for k, v in data.items() if k in PASSED}
     fields["messages"] = _messages(data.get("messages"))
+    _tools(fields, n)
     if text:
         fields["raw_prompt"] = True
     if "max_completion_tokens" in data:  # the newer name wins over both, as in vLLM's server
@@ -235,6 +250,25 @@ def _check_fields(data: dict[str, Any]) -> int:
     return n
 
 
+def _tools(fields: dict[str, Any], n: int) -> None:
+    """The body's tools and tool choice as llmq serves them: no tools (or an empty list) is
+    none, and leaves nothing to choose nor to call in parallel; with tools, "auto" (OpenAI's
+    default) is refused, naming what is served."""
+    if fields.get("tools") == []:
+        fields.pop("tools")
+    if "tools" not in fields:
+        if not isinstance(fields.pop("parallel_tool_calls", False), bool):
+            raise LlmqError(ErrorCode.INVALID_REQUEST, "parallel_tool_calls must be a bool")
+        if fields.get("tool_choice") in ("none", "auto"):
+            fields.pop("tool_choice")
+        return
+    if fields.setdefault("tool_choice", "auto") == "auto":
+        raise LlmqError(ErrorCode.UNSUPPORTED, AUTO_TOOLS)
+    if fields.get("stream") and n > 1 and fields["tool_choice"] != "none":
+        why = "a streamed answer of tool calls makes one choice: n must be 1 with stream"
+        raise LlmqError(ErrorCode.UNSUPPORTED, why)
+
+
 def _tier_lane(data: dict[str, Any]) -> Lane | None:
     """The lane a service_tier asks for, if any."""
     tier = data.get("service_tier") or "auto"
@@ -262,9 +296,10 @@ def _messages(messages: object) -> object:
         if role not in ROLES:
             raise LlmqError(
                 ErrorCode.UNSUPPORTED,
-                f"message role {role!r} is not served; use system, user or assistant",
+                f"message role {role!r} is not served; use system, user, assistant or tool",
             )
-        out.append({"role": ROLES[role], "content": content})
+        calls = {k: message[k] for k in ("tool_calls", "tool_call_id") if k in message}
+        out.append({"role": ROLES[role], "content": content, **calls})
     return out
 
 
@@ -279,6 +314,8 @@ def completion(result: InferenceResult) -> dict[str, Any]:
     for choice, out in zip(result.response.choices, body["choices"], strict=True):
         if choice.logprobs is not None:
             out["logprobs"] = logprobs_body(choice.logprobs.content)
+        if choice.message.tool_calls:  # as OpenAI's: the calls, and no text
+            out["message"]["content"] = None
     body["id"] = f"chatcmpl-{result.correlation_id}"
     body["llmq"] = {
         "correlation_id": result.correlation_id,
@@ -349,6 +386,29 @@ class Chunks:
     created: int
     model: str
     include_usage: bool
+    body: ChatBody | None = None
+    """The request's, when its answer may be tool calls (read from the text once it is whole)."""
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the answer is tool calls: sent whole once read, not as text."""
+        return self.body is not None and self.body.calls_tools
+
+    def calls_of(self, text: str) -> list[ToolCall] | None:
+        """The tool calls an answer's whole text makes; None when it makes none."""
+        body = self.body
+        if body is None:
+            return None
+        return tool_calls(body.tools or [], body.tool_choice, text, body.conversation_digest)
+
+    def calls(
+        self, calls: list[ToolCall], logprobs: list[TokenLogprob] | None = None
+    ) -> dict[str, Any]:
+        """The chunk of an answer's tool calls, each whole, as a client that joins deltas
+        reads them (each with its index, id, type, name and arguments)."""
+        delta = {"tool_calls": [{"index": i, **c.model_dump()} for i, c in enumerate(calls)]}
+        lp = None if logprobs is None else logprobs_body(logprobs)
+        return self._wrap({"index": 0, "delta": delta, "logprobs": lp, "finish_reason": None})
 
     def role(self, index: int = 0) -> dict[str, Any] | None:
         """The chunk that opens a choice (None where the API has none)."""

@@ -54,7 +54,7 @@ SERVED_ONLY = {
 }
 """Fields accepted at these values only: no tools (so none to choose), no truncation, the
 logprobs as the one thing included, answered now."""
-ROLES = frozenset(CHAT_ROLES)
+ROLES = frozenset(CHAT_ROLES) - {"tool"}
 TEXT_PARTS = frozenset({"input_text", "output_text"})
 
 

@@ -336,6 +336,7 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
         _failed(door, call)
         raise ApiError(exc if isinstance(exc, LlmqError) else LATE, headers=_ids(call)) from None
     resumable = call.n == 1 and not isinstance(call, ResponseCall)
+    resumable = resumable and not call.request.body.calls_tools  # the resume route sends text
     if first is None:
         _abandon(door, call, grace=resumable)
         return Response(status_code=499)
@@ -346,8 +347,10 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
         stop = partial(_abandon, door, call, grace=False)
         keep = partial(_keep, door, call)
         events = sse.response_events(shape, first[0], streams[0], stop, keep)
-    elif resumable:
-        events = sse.events(chunks, first[0], streams[0], partial(_abandon, door, call))
+    elif call.n == 1:  # one of tool calls does not resume: no grace
+        events = sse.events(
+            chunks, first[0], streams[0], partial(_abandon, door, call, grace=resumable)
+        )
     else:  # such a stream does not resume: no grace
         events = sse.choices(chunks, first, streams, partial(_abandon, door, call, grace=False))
     headers = {**SSE_HEADERS, **_ids(call)}

@@ -12,6 +12,7 @@ from gateway.responses import ResponseEvents
 from llmq.streaming import Delta
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import TokenLogprob, Usage
+from schemas.tools import finish_reason
 
 DONE = "data: [DONE]\n\n"
 
@@ -27,9 +28,10 @@ def events(
     serving benchmark among them, read an event as that one line). A client that loses the
     stream resumes with the count of characters it has (GET /v1/results/{id}/stream with
     Last-Event-ID). A piece without text sends no event of its own: its logprobs go with
-    the next, or with the finish. An error after the first piece is an error event. A
-    client that leaves before the end calls `on_abandon`."""
-    answer = _answer(chunks, first, pieces)
+    the next, or with the finish. An answer of tool calls sends them whole, once read from
+    its whole text. An error after the first piece is an error event. A client that leaves
+    before the end calls `on_abandon`."""
+    answer = (_calls if chunks.calls_tools else _answer)(chunks, first, pieces)
     return _guarded(answer, [] if pieces is None else [pieces], on_abandon)
 
 
@@ -130,6 +132,35 @@ async def _answer(
             yield data(finish)
             if chunks.include_usage:
                 yield data(chunks.usage(piece.usage))
+    yield DONE
+
+
+async def _calls(
+    chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
+) -> AsyncGenerator[str]:
+    """The chunks of an answer of tool calls: the role, then the calls, each whole (its
+    arguments are JSON, of no use to a client half written), then the finish; the text,
+    where it makes no calls (cut by max_tokens)."""
+    opening = chunks.role()
+    if opening is not None:
+        yield data(opening)
+    body = chunks.body
+    choice, asked = (None, False) if body is None else (body.tool_choice, body.logprobs)
+    text, logprobs = "", []
+    async for piece in _until_finished(first, pieces):
+        text += piece.text
+        logprobs += piece.logprobs or []
+        if piece.finish_reason is None:
+            continue
+        calls = chunks.calls_of(text)
+        held = logprobs if asked else None
+        if calls:
+            yield data(chunks.calls(calls, held))
+        elif text:
+            yield data(chunks.content(text, held))
+        yield data(chunks.finish(finish_reason(choice, calls, piece.finish_reason)))
+        if chunks.include_usage:
+            yield data(chunks.usage(piece.usage))
     yield DONE
 
 

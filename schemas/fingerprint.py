@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from schemas.request import InferenceRequest
+from schemas.request import ChatMessage, InferenceRequest
+from schemas.tools import NamedToolChoice
 
 FINGERPRINT_VERSION = 1
 
@@ -22,7 +23,7 @@ def fingerprint(request: InferenceRequest, model: str) -> str:
         "v": FINGERPRINT_VERSION,
         "tenant": request.tenant,
         "model": model,
-        "messages": [[m.role, m.content] for m in body.messages],
+        "messages": [[m.role, m.content, *_tool_fields(m)] for m in body.messages],
         "max_tokens": body.max_tokens,
         "temperature": body.temperature,
         "top_p": body.top_p,
@@ -41,9 +42,24 @@ def fingerprint(request: InferenceRequest, model: str) -> str:
     canonical.update(body.vllm_sampling)  # each only when it changes the sampling
     if body.raw_prompt:
         canonical["raw_prompt"] = True
+    if body.tools is not None:  # in their order: the template shows them so
+        canonical["tools"] = [t.model_dump(exclude_none=True) for t in body.tools]
+        choice = body.tool_choice
+        named = choice.model_dump() if isinstance(choice, NamedToolChoice) else None
+        canonical["tool_choice"] = named or choice
+        if body.parallel_tool_calls is not None:
+            canonical["parallel_tool_calls"] = body.parallel_tool_calls
     if body.json_format is not None:  # plain text among them
         # As written, not sorted: the engine writes an object's properties in the schema's
         # order, so two orders are two different answers.
         canonical["response_format"] = body.json_format.model_dump_json(exclude_none=True)
     encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def _tool_fields(message: ChatMessage) -> list[object]:
+    """A message's tool calls, or the call a tool message answers; nothing for any other
+    message (so that its fingerprint is what it was before tools)."""
+    if message.tool_calls is not None:
+        return [[c.model_dump() for c in message.tool_calls]]
+    return [] if message.tool_call_id is None else [message.tool_call_id]

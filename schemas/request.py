@@ -23,6 +23,15 @@ from pydantic import (
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.names import RESULTS
+from schemas.tools import (
+    MAX_TOOLS,
+    NamedToolChoice,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    calls_tools,
+    output_schema,
+)
 
 SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_TENANT = "default"
@@ -35,7 +44,9 @@ TEMPLATE_TOKENS = 64
 """Tokens a chat template may add to a prompt once (a default system prompt, a date header,
 the assistant's turn): a generous margin for ChatBody.prompt_token_bound."""
 TEMPLATE_TOKENS_PER_MESSAGE = 16
-"""Tokens a chat template may add around each message (role markers)."""
+"""Tokens a chat template may add around each message (role markers), and each tool call."""
+TOOLS_TEMPLATE_TOKENS = 512
+"""Tokens a chat template may add to show the tools (its instructions on calling them)."""
 MAX_MESSAGES = 256
 MAX_CONTENT_CHARS = 200_000
 MAX_PROMPT_CHARS = 400_000
@@ -96,12 +107,44 @@ class CacheMode(StrEnum):
 
 
 class ChatMessage(BaseModel):
-    """One message of an OpenAI chat."""
+    """One message of an OpenAI chat: a system, user or assistant message, an assistant's
+    tool calls, or a tool's result (`tool_call_id` names the call it answers)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str = Field(max_length=MAX_CONTENT_CHARS)
+    """The text; an answer's tool calls keep here the text they were read from."""
+    tool_calls: list[ToolCall] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _calls_without_text(cls, data: object) -> object:
+        """An assistant's calls come with no text (content null, as OpenAI sends them)."""
+        if isinstance(data, dict) and data.get("tool_calls") and data.get("content") is None:
+            return {**data, "content": ""}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _nones_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """As ChatBody's: a message without tool fields reads the same to an older reader."""
+        dumped: dict[str, Any] = handler(self)
+        return {name: value for name, value in dumped.items() if value is not None}
+
+    @model_validator(mode="after")
+    def _tool_fields_where_they_belong(self) -> Self:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("tool_calls belong to an assistant message")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("a tool message, and only one, names its call: tool_call_id")
+        return self
+
+    @property
+    def text(self) -> str:
+        """Its content and its calls' names and arguments: the text the model reads."""
+        calls = "".join(c.function.name + c.function.arguments for c in self.tool_calls or [])
+        return self.content + calls
 
 
 class JsonSchema(BaseModel):
@@ -191,6 +234,13 @@ class ChatBody(BaseModel):
     stream: bool = False
     response_format: ResponseFormat | None = None
     """JSON output, held to it token by token by the engine (vLLM's structured outputs)."""
+    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    """Functions the answer may call; shown to the model through its chat template."""
+    tool_choice: ToolChoice | None = None
+    """With tools: "none" (a text answer), "required" (calls of any of them) or a named
+    function (one call of it), the calls held to the functions' schemas."""
+    parallel_tool_calls: bool | None = None
+    """False: "required" makes one call only."""
 
     @model_serializer(mode="wrap")
     def _nones_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -231,6 +281,34 @@ class ChatBody(BaseModel):
         }
         return {name: value for name, value in given.items() if value is not None}
 
+    @property
+    def tool_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer's tool calls are held to; None for a text answer."""
+        return output_schema(self.tools or [], self.tool_choice, self.parallel_tool_calls)
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the answer is tool calls (read from JSON text the engine is held to)."""
+        return calls_tools(self.tool_choice)
+
+    @property
+    def conversation_digest(self) -> str:
+        """The messages as one string: what makes a tool call's id its own."""
+        return json.dumps([m.model_dump() for m in self.messages], separators=(",", ":"))
+
+    @model_validator(mode="after")
+    def _tool_choice_among_tools(self) -> Self:
+        if self.tool_choice is None and self.tools is not None:
+            raise ValueError("with tools, tool_choice must be 'none', 'required' or a function")
+        if calls_tools(self.tool_choice):
+            if self.tools is None:
+                raise ValueError("tool_choice needs tools to choose from")
+            if self.json_format is not None or self.raw_prompt:
+                raise ValueError("tool calls are JSON of their own: no response_format with them")
+            if isinstance(self.tool_choice, NamedToolChoice):
+                output_schema(self.tools, self.tool_choice, None)  # the name is a tool's
+        return self
+
     @model_validator(mode="after")
     def _top_logprobs_with_logprobs(self) -> Self:
         if self.top_logprobs is not None and not self.logprobs:
@@ -261,14 +339,23 @@ class ChatBody(BaseModel):
         return self
 
     def prompt_chars(self) -> int:
-        """Characters across all messages: a cheap bound checked before tokenizing."""
-        return sum(len(m.content) for m in self.messages)
+        """Characters across all messages (and the tools shown to the model): a cheap bound
+        checked before tokenizing."""
+        return sum(len(m.text) for m in self.messages) + len(self._tools_json())
 
     def prompt_token_bound(self) -> int:
         """Prompt tokens the request cannot exceed: a token holds at least one UTF-8 byte of
         text, plus what a chat template adds. For budgets, which must not be overrun."""
-        text = sum(len(m.content.encode()) for m in self.messages)
-        return text + TEMPLATE_TOKENS + TEMPLATE_TOKENS_PER_MESSAGE * len(self.messages)
+        text = sum(len(m.text.encode()) for m in self.messages)
+        calls = sum(len(m.tool_calls or []) for m in self.messages)
+        marks = TEMPLATE_TOKENS_PER_MESSAGE * (len(self.messages) + calls)
+        tools = len(self._tools_json().encode()) + TOOLS_TEMPLATE_TOKENS if self.tools else 0
+        return text + TEMPLATE_TOKENS + marks + tools
+
+    def _tools_json(self) -> str:
+        if not self.tools:
+            return ""
+        return json.dumps([t.model_dump(exclude_none=True) for t in self.tools])
 
     def estimated_tokens(self) -> int:
         """Tokens the request may use: its prompt at CHARS_PER_TOKEN characters a token,

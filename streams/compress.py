@@ -6,7 +6,8 @@ indentation stays), the invisible U+200B, U+FEFF and U+2060 go, and so does the 
 lines around the whole message. Code blocks and spans stay byte-identical, and so does any
 run of blanks that holds a tab (tab-separated columns). Every result is checked: the same
 non-blank characters in the same order (less the invisibles) and the same code, or the
-message is left as it was.
+message is left as it was. A tool's result and an assistant's tool calls are data, not
+prose, and stay as they are.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def compress_text(text: str) -> str:
 
 
 def _compress_message(message: ChatMessage) -> ChatMessage:
+    if message.role == "tool" or message.tool_calls:  # data, not prose: spaces may count
+        return message
     content = compress_text(message.content)
     if content is message.content:
         return message

@@ -69,12 +69,14 @@ def semantic_key(request: InferenceRequest, model: str) -> tuple[str, str] | Non
     message is not a user's question short enough to compare whole, in words the guard can
     read (it passes others only as the very same text, which the exact cache answers:
     embedding them would be wasted). A raw prompt (/v1/completions) is text to continue, not
-    a question: a prompt of like meaning is not one with the same continuation.
+    a question: a prompt of like meaning is not one with the same continuation. Nor does a
+    request with tools take another's answer: a call's arguments are the question's words.
     """
     *context, last = request.body.messages
     if (
         not request.cacheable
         or request.body.raw_prompt
+        or request.body.tools is not None
         or last.role != "user"
         or not last.content.strip()
         or len(last.content) > MAX_TEXT_CHARS

@@ -101,7 +101,7 @@ INVALID: dict[str, list[Any]] = {
     "schema_version": [2, 0, None, "one"],
     "body": [None, [], "", 0, {}],
     "body.messages": [[], None, "hi", [None], [{}], [{"role": "user"}], [{"x": 1}] * 257],
-    "body.messages.0.role": ["tool", "", None, 1, "USER"],
+    "body.messages.0.role": ["function", "", None, 1, "USER"],
     "body.messages.0.content": [None, 1, [], {"text": "x"}, "x" * 200_001, "x" * 20_000],
     "body.max_tokens": [0, -1, 32_769, 4096, "many", None, 1.5, 10**30, math.nan],
     "body.temperature": [-0.1, 2.01, *_FLOAT_JUNK],

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob
+from schemas.tools import Tool
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,10 @@ class Engine(Protocol):
         `tenant`: whose request it is (an engine may keep tenants' cached prefixes apart)."""
         ...
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> int | None:
-        """Tokens these messages make as a prompt; None when the engine cannot tell."""
+    def prompt_tokens(
+        self, messages: list[ChatMessage], tools: list[Tool] | None = None
+    ) -> int | None:
+        """Tokens these messages (and tools) make as a prompt; None when the engine cannot tell."""
         ...
 
     def shutdown(self) -> None:

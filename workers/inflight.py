@@ -20,6 +20,7 @@ from schemas.result import (
     TokenLogprob,
     Usage,
 )
+from schemas.tools import finish_reason, tool_calls
 from schemas.work import Completion, WorkItem
 from workers.engine import EngineStep
 
@@ -102,9 +103,14 @@ class InFlight:
     def completion(self, worker: str, now: float) -> Completion:
         """The finished answer; its logprobs reach the app only when it asked for them."""
         usage = self.usage()
+        body, text = self.work.request.body, "".join(self.text)
+        calls = tool_calls(body.tools or [], body.tool_choice, text, body.conversation_digest)
+        finish = self.finish_reason
+        if finish is not None:
+            finish = finish_reason(body.tool_choice, calls, finish)
         choice = Choice(
-            message=ChatMessage(role="assistant", content="".join(self.text)),
-            finish_reason=self.finish_reason,
+            message=ChatMessage(role="assistant", content=text, tool_calls=calls),
+            finish_reason=finish,
             logprobs=ChoiceLogprobs(content=self.logprobs)
             if self.work.request.body.logprobs
             else None,

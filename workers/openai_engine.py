@@ -19,6 +19,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob
 from schemas.retry import RetryPolicy
+from schemas.tools import Tool
 from workers.breaker import CircuitBreaker
 from workers.engine import EngineStep
 
@@ -160,7 +161,9 @@ class OpenAIEngine:
             ) from exc
         return delay
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> int | None:
+    def prompt_tokens(
+        self, messages: list[ChatMessage], tools: list[Tool] | None = None
+    ) -> int | None:
         """The server's tokenizer is not at hand: unknown until its usage report."""
         return None
 
@@ -190,6 +193,12 @@ class OpenAIEngine:
         }
         fmt = body.json_format
         as_json = None if fmt is None else fmt.model_dump(mode="json", exclude_none=True)
+        calls = body.tool_schema
+        if calls is not None:  # read back from the text, as from llmq's own engine
+            as_json = {"type": "json_schema", "json_schema": {"name": "calls", "schema": calls}}
+        tools = (
+            None if body.tools is None else [t.model_dump(exclude_none=True) for t in body.tools]
+        )
         bias = body.logit_bias
         if body.raw_prompt:  # text completions: `logprobs` is the number of likeliest tokens
             payload["prompt"] = body.messages[0].content
@@ -204,6 +213,8 @@ class OpenAIEngine:
             "logit_bias": {str(token): b for token, b in bias.items()} if bias else None,
             "ignore_eos": body.ignore_eos or None,
             "response_format": as_json,
+            "tools": tools,  # shown to the model by the server's chat template; its answer is text
+            "tool_choice": None if tools is None else "none",
             "priority": priority if self._send_priority else None,
         }
         payload.update((name, value) for name, value in optional.items() if value is not None)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -25,6 +27,7 @@ from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob, TopLogprob
+from schemas.tools import Tool
 from workers.engine import EngineStep
 from workers.engine_args import engine_kwargs
 from workers.nice import nice_session, renice_below
@@ -148,15 +151,16 @@ class VllmEngine:
         """Stop the engine's processes."""
         self._engine.shutdown()
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> int:
-        """Tokens of these messages under the model's chat template."""
-        return len(self._template(messages))
+    def prompt_tokens(self, messages: list[ChatMessage], tools: list[Tool] | None = None) -> int:
+        """Tokens of these messages (and tools) under the model's chat template."""
+        return len(self._template(messages, tools))
 
-    def _template(self, messages: list[ChatMessage]) -> list[int]:
+    def _template(self, messages: list[ChatMessage], tools: list[Tool] | None) -> list[int]:
         return cast(
             list[int],
             self._tokenizer.apply_chat_template(
-                [m.model_dump() for m in messages],
+                [template_message(m) for m in messages],
+                tools=None if tools is None else [t.model_dump(exclude_none=True) for t in tools],
                 add_generation_prompt=True,
                 tokenize=True,
                 return_dict=False,
@@ -167,7 +171,7 @@ class VllmEngine:
         if body.raw_prompt:  # as vLLM's /v1/completions: the model's special tokens added
             ids: list[int] = self._tokenizer.encode(body.messages[0].content)
         else:
-            ids = self._template(body.messages)
+            ids = self._template(body.messages, body.tools)
         if len(ids) >= self._spec.max_model_len:
             raise LlmqError(
                 ErrorCode.PROMPT_TOO_LARGE,
@@ -199,10 +203,23 @@ def sampling_params(body: ChatBody) -> SamplingParams:
     )
 
 
+def template_message(message: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates read it: a call's arguments as an object where they are
+    JSON (as vLLM's server gives them), not the text OpenAI sends."""
+    given = message.model_dump()
+    for call in given.get("tool_calls", []):
+        with contextlib.suppress(ValueError):  # else the text as it is
+            call["function"]["arguments"] = json.loads(call["function"]["arguments"])
+    return given
+
+
 def structured_outputs(body: ChatBody) -> StructuredOutputsParams | None:
-    """vLLM's structured outputs for the body's response_format: the engine masks every token
-    that would leave the JSON (or the schema); engine_kwargs leaves no whitespace between its
-    tokens."""
+    """vLLM's structured outputs for the body's response_format, or its tool calls: the engine
+    masks every token that would leave the JSON (or the schema); engine_kwargs leaves no
+    whitespace between its tokens."""
+    calls = body.tool_schema
+    if calls is not None:
+        return StructuredOutputsParams(json=calls)
     fmt = body.json_format
     if fmt is None:
         return None

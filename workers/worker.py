@@ -308,7 +308,10 @@ class Worker:
             return state.failure(error, self._worker_id, time.time())
         # 3) An answer: count it.
         if state.work.uncompressed is not None:
-            state.uncompressed_prompt_tokens = self._engine.prompt_tokens(state.work.uncompressed)
+            tools = state.work.request.body.tools
+            state.uncompressed_prompt_tokens = self._engine.prompt_tokens(
+                state.work.uncompressed, tools
+            )
         metrics.GENERATIONS.labels("ok").inc()
         metrics.TOKENS.labels("prompt").inc(state.prompt_tokens)
         metrics.TOKENS.labels("completion").inc(state.completion_tokens)

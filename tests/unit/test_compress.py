@@ -150,3 +150,15 @@ def test_sharegpt_first_turns() -> None:
         assert len(short) <= len(prompt)
         assert skeleton(short) == skeleton(prompt)
         assert compress_text(short) is short
+
+
+def test_a_tools_result_and_an_assistants_calls_stay_as_they_are() -> None:
+    """Data, not prose: the spaces inside a JSON string are part of a value."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    spaced = '{"text": "a   b"}'
+    messages = [
+        ChatMessage(role="user", content="a   b"),
+        ChatMessage.model_validate({"role": "assistant", "content": spaced, "tool_calls": [call]}),
+        ChatMessage(role="tool", content=spaced, tool_call_id="c1"),
+    ]
+    assert [m.content for m in compress(messages)] == ["a b", spaced, spaced]

@@ -138,7 +138,7 @@ def test_message_content_and_role_are_checked() -> None:
             {"messages": [{"role": "user", "content": "x" * (MAX_CONTENT_CHARS + 1)}]}
         )
     with pytest.raises(ValidationError, match="role"):
-        ChatBody.model_validate({"messages": [{"role": "tool", "content": "x"}]})
+        ChatBody.model_validate({"messages": [{"role": "function", "content": "x"}]})
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from schemas.request import DEFAULT_TENANT, ChatBody, ChatMessage, InferenceRequ
 from schemas.result import TokenLogprob
 from schemas.route import Route
 from schemas.stream import TokenDelta
+from schemas.tools import Tool
 from schemas.work import Completion, WorkItem
 from workers.cancels import Cancellations
 from workers.claims import Claim
@@ -203,7 +204,9 @@ class FakeEngine:
         finally:
             self.running -= 1
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> int | None:
+    def prompt_tokens(
+        self, messages: list[ChatMessage], tools: list[Tool] | None = None
+    ) -> int | None:
         """One token a word: enough to tell a long prompt from a short one."""
         if not self.counts_tokens:
             return None

@@ -1,0 +1,173 @@
+"""Tool calls, OpenAI's function calling: the functions a request offers, the calls an answer
+makes, the JSON schema that holds the engine's output to them, and that output read back as
+calls. The engine writes a tool call as JSON text, held to the schema token by token, so a
+call always parses (unless max_tokens cuts it); no model-specific parser is involved."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+MAX_TOOLS = 128
+"""OpenAI's bound on the functions one request offers."""
+MAX_PARAMETERS_CHARS = 32_768
+"""The largest parameters schema of one function, as compact JSON (as a response_format's)."""
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+"""OpenAI's function names."""
+
+
+class Function(BaseModel):
+    """A function a request offers: its name, what it does, the JSON schema of its arguments."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = Field(default=None, max_length=4_096)
+    parameters: dict[str, JsonValue] | None = None
+    """A JSON schema of an object; none: the function takes no arguments."""
+    strict: bool | None = None
+    """Accepted as OpenAI's SDKs send it: llmq always holds the arguments to the schema."""
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        chars = len(json.dumps(self.parameters or {}, separators=(",", ":")))
+        if chars > MAX_PARAMETERS_CHARS:
+            raise ValueError(
+                f"function {self.name!r}: its parameters schema is {chars} characters; "
+                f"at most {MAX_PARAMETERS_CHARS}"
+            )
+        return self
+
+    @property
+    def schema_(self) -> dict[str, JsonValue]:
+        """The schema its arguments are held to."""
+        return self.parameters or {"type": "object", "properties": {}}
+
+
+class Tool(BaseModel):
+    """One tool of a request: a function (the one kind of tool chat completions have)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["function"] = "function"
+    function: Function
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=FUNCTION_NAME)
+
+
+class NamedToolChoice(BaseModel):
+    """`tool_choice` naming the one function the answer must call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "required"] | NamedToolChoice
+"""What the answer does with the tools: no call ("none"), one call or more of any of them
+("required"), or a call of the one named. OpenAI's "auto", where the model decides, needs a
+parser of the model's own tool-call syntax, which llmq does not run."""
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    arguments: str = Field(max_length=200_000)
+    """The arguments as JSON text, as OpenAI sends them."""
+
+
+class ToolCall(BaseModel):
+    """A call an answer makes (an assistant message's `tool_calls`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+def calls_tools(choice: ToolChoice | None) -> bool:
+    """Whether an answer under this choice is tool calls (and not text)."""
+    return choice is not None and choice != "none"
+
+
+def output_schema(
+    tools: list[Tool], choice: ToolChoice | None, parallel: bool | None
+) -> dict[str, Any] | None:
+    """The JSON schema the engine holds the answer to: the named function's arguments, or
+    ("required") a list of calls, each a function's name and its arguments (one call only
+    when `parallel` is False), as vLLM's server holds them; None when the answer is text."""
+    if not calls_tools(choice):
+        return None
+    if isinstance(choice, NamedToolChoice):
+        return dict(_function(tools, choice.function.name).schema_)
+    calls: dict[str, Any] = {
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "type": "object",
+            "anyOf": [
+                {
+                    "properties": {
+                        "name": {"type": "string", "enum": [tool.function.name]},
+                        "parameters": tool.function.schema_,
+                    },
+                    "required": ["name", "parameters"],
+                }
+                for tool in tools
+            ],
+        },
+    }
+    if parallel is False:
+        calls["maxItems"] = 1
+    return calls
+
+
+def tool_calls(
+    tools: list[Tool], choice: ToolChoice | None, text: str, context: str
+) -> list[ToolCall] | None:
+    """The calls an answer's `text` makes under `choice`; None when it makes none: text is
+    asked for, or the text does not parse (max_tokens cut it). Each call's id is the same
+    for the same `context` (the conversation so far) and text: a cached or coalesced answer,
+    or a stream and the stored result of the same answer, name their calls alike."""
+    if not calls_tools(choice):
+        return None
+    if isinstance(choice, NamedToolChoice):
+        pairs = [(choice.function.name, text)]
+    else:
+        try:
+            made = json.loads(text)
+            pairs = [(c["name"], json.dumps(c["parameters"], ensure_ascii=False)) for c in made]
+        except (ValueError, TypeError, KeyError):
+            return None
+    return [
+        ToolCall(id=_call_id(context, text, i), function=FunctionCall(name=name, arguments=args))
+        for i, (name, args) in enumerate(pairs)
+    ]
+
+
+def finish_reason(choice: ToolChoice | None, calls: list[ToolCall] | None, reason: str) -> str:
+    """An answer's finish reason, as OpenAI gives it: "tool_calls" for calls of "required"
+    that ended by themselves (a named function's call ends in "stop")."""
+    return "tool_calls" if calls and choice == "required" and reason == "stop" else reason
+
+
+def _function(tools: list[Tool], name: str) -> Function:
+    for tool in tools:
+        if tool.function.name == name:
+            return tool.function
+    raise ValueError(f"tool_choice names {name!r}, which is not one of the tools")
+
+
+def _call_id(context: str, text: str, index: int) -> str:
+    digest = hashlib.sha256(f"{context}\0{text}\0{index}".encode()).hexdigest()
+    return f"call_{digest[:24]}"

@@ -1,0 +1,141 @@
+"""Tool calls through the real `openai` SDK (and a Kafka app's client) on the session's stack:
+a named function's call and "required" calls, held to the functions' schemas by the real
+engine (ours, and vLLM's server behind the HTTP engine), cached with their ids, streamed
+whole, a tool's result answered, and what is not served refused by name. Each schema leaves
+the model no choice of length (enums, no other properties, one call), so no assertion waits
+on what it would say."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+from openai import OpenAI
+
+from llmq import Client
+from tests.integration.helpers import unique_prompt
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+MODEL = "smollm2-135m"
+REMOTE = "smollm2-remote"
+ZONES = ["UTC", "CET"]
+ZONE = {
+    "type": "object",
+    "properties": {"zone": {"type": "string", "enum": ZONES}},
+    "required": ["zone"],
+    "additionalProperties": False,
+}
+UP = {
+    "type": "object",
+    "properties": {"up": {"type": "boolean"}},
+    "required": ["up"],
+    "additionalProperties": False,
+}
+TOOLS: Any = [
+    {"type": "function", "function": {"name": "get_time", "parameters": ZONE}},
+    {"type": "function", "function": {"name": "is_up", "parameters": UP}},
+]
+NAMED: Any = {"type": "function", "function": {"name": "get_time"}}
+
+
+def _ask(what: str = "What time is it in Paris?") -> Any:
+    return [{"role": "user", "content": unique_prompt(what)}]
+
+
+@pytest.mark.parametrize("model", [MODEL, REMOTE])
+def test_a_named_functions_call_follows_its_schema(sdk: OpenAI, model: str) -> None:
+    answer = sdk.chat.completions.create(
+        model=model, messages=_ask(), tools=TOOLS, tool_choice=NAMED, max_tokens=32, temperature=0
+    )
+    [choice] = answer.choices
+    assert choice.finish_reason == "stop" and choice.message.content is None
+    [call] = choice.message.tool_calls or []
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_time"
+    assert json.loads(call.function.arguments)["zone"] in ZONES
+    assert (answer.model_extra or {})["llmq"]["model_used"] == model
+
+
+def test_required_calls_are_cached_with_their_ids_and_streamed_whole(sdk: OpenAI) -> None:
+    ask: dict[str, Any] = {
+        "model": MODEL,
+        "messages": _ask("Is the server up, and what time is it?"),
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "max_tokens": 48,
+        "temperature": 0,
+    }
+    first = sdk.chat.completions.create(**ask)
+    [choice] = first.choices
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls or []
+    arguments = json.loads(call.function.arguments)
+    assert (call.function.name, set(arguments)) in (("get_time", {"zone"}), ("is_up", {"up"}))
+    again = sdk.chat.completions.create(**ask)
+    assert (again.model_extra or {})["llmq"]["cache"] == "exact"
+    assert again.choices[0].message.tool_calls == choice.message.tool_calls  # ids too
+    chunks = list(sdk.chat.completions.create(**ask, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert not any(c.choices[0].delta.content for c in chunks)  # the JSON is not sent as text
+    [streamed] = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+    assert streamed.function is not None
+    assert (streamed.index, streamed.id, streamed.function.name) == (0, call.id, call.function.name)
+    assert streamed.function.arguments == call.function.arguments
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_a_tools_result_is_part_of_the_conversation(sdk: OpenAI, client: Client) -> None:
+    ask = _ask()
+    first = sdk.chat.completions.create(
+        model=MODEL, messages=ask, tools=TOOLS, tool_choice=NAMED, max_tokens=32, temperature=0
+    )
+    [call] = first.choices[0].message.tool_calls or []
+    asked: Any = [*ask, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]}]
+
+    def answer(result: str) -> Any:
+        messages = [*asked, {"role": "tool", "tool_call_id": call.id, "content": result}]
+        return sdk.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            tools=TOOLS,
+            tool_choice="none",
+            max_tokens=8,
+            temperature=0,
+        )
+
+    noon, midnight = answer('{"time": "12:00"}'), answer('{"time": "00:00"}')
+    for reply in (noon, midnight):  # each generated: neither took the other's answer
+        assert (reply.model_extra or {})["llmq"]["cache"] == "none"
+        assert reply.choices[0].message.tool_calls is None
+        assert reply.choices[0].finish_reason in ("stop", "length")
+    assert noon.usage is not None and first.usage is not None
+    assert noon.usage.prompt_tokens > first.usage.prompt_tokens
+    # A Kafka app asks the same: the answer's message carries the calls.
+    result = client.ask(ask, tools=TOOLS, tool_choice=NAMED, max_tokens=32, temperature=0)
+    assert result.response is not None
+    message = result.response.choices[0].message
+    assert message.tool_calls is not None
+    assert [c.model_dump() for c in message.tool_calls] == [call.model_dump()]  # cached
+
+
+def test_what_is_not_served_is_refused_by_name(sdk: OpenAI) -> None:
+    ask: dict[str, Any] = {"model": MODEL, "messages": _ask(), "tools": TOOLS, "max_tokens": 8}
+    refusals: list[tuple[dict[str, Any], str]] = [
+        ({}, 'tool_choice "auto"'),
+        ({"tool_choice": "auto"}, '"required"'),
+        ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "'nope'"),
+        (
+            {"tool_choice": "required", "response_format": {"type": "json_object"}},
+            "response_format",
+        ),
+        ({"messages": [{"role": "tool", "content": "x"}], "tool_choice": "none"}, "tool_call_id"),
+        ({"tool_choice": "required", "n": 2, "stream": True}, "n must be 1"),
+    ]
+    for fields, why in refusals:
+        with pytest.raises(openai.BadRequestError) as bad:
+            sdk.chat.completions.create(**{**ask, **fields})
+        assert why in bad.value.message, (fields, bad.value.message)

@@ -1,0 +1,192 @@
+"""Tool calls (schemas.tools, and where requests carry them): which bodies may ask for them,
+the JSON schema the engine is held to, the answer's text read back as calls with stable
+ids, the fingerprint that keeps tool conversations apart, and the chunks of a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from openai.types.chat import ChatCompletion as SdkCompletion
+from openai.types.chat import ChatCompletionChunk
+from pydantic import ValidationError
+
+from gateway import sse
+from gateway.openai import Chunks, completion
+from llmq.streaming import Delta
+from schemas.fingerprint import fingerprint
+from schemas.request import ChatBody, ChatMessage, InferenceRequest
+from schemas.result import ChatCompletion, Choice, InferenceResult, Usage
+from schemas.tools import Tool, finish_reason, output_schema, tool_calls
+
+ZONE = {
+    "type": "object",
+    "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}},
+    "required": ["zone"],
+    "additionalProperties": False,
+}
+TOOLS: list[dict[str, Any]] = [
+    {"type": "function", "function": {"name": "get_time", "parameters": ZONE}},
+    {"type": "function", "function": {"name": "ping", "description": "Is it up?"}},
+]
+NAMED = {"type": "function", "function": {"name": "get_time"}}
+ASK = [{"role": "user", "content": "What time is it in Paris?"}]
+
+
+def _body(**fields: Any) -> ChatBody:
+    return ChatBody.model_validate({"messages": ASK, "tools": TOOLS, **fields})
+
+
+def _tools() -> list[Tool]:
+    return [Tool.model_validate(t) for t in TOOLS]
+
+
+def test_a_body_with_tools_says_what_the_answer_does_with_them() -> None:
+    assert _body(tool_choice="required").calls_tools
+    assert _body(tool_choice=NAMED).calls_tools
+    assert not _body(tool_choice="none").calls_tools
+    assert not ChatBody.model_validate({"messages": ASK}).calls_tools
+    with pytest.raises(ValidationError, match="tool_choice must be"):
+        _body()
+    with pytest.raises(ValidationError, match="needs tools"):
+        ChatBody.model_validate({"messages": ASK, "tool_choice": "required"})
+    with pytest.raises(ValidationError, match="'nope', which is not one of the tools"):
+        _body(tool_choice={"type": "function", "function": {"name": "nope"}})
+    with pytest.raises(ValidationError, match="no response_format"):
+        _body(tool_choice="required", response_format={"type": "json_object"})
+    with pytest.raises(ValidationError, match="tool_choice"):
+        _body(tool_choice="auto")  # the front door names what is served instead
+    big = {"type": "object", "description": "x" * 40_000}
+    with pytest.raises(ValidationError, match="parameters schema is"):
+        _body(tools=[{"type": "function", "function": {"name": "f", "parameters": big}}])
+
+
+def test_messages_carry_calls_and_results_where_they_belong() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "ping", "arguments": "{}"}}
+    asked = ChatMessage.model_validate({"role": "assistant", "content": None, "tool_calls": [call]})
+    assert asked.content == "" and asked.tool_calls is not None
+    assert asked.text == "ping{}"
+    answered = ChatMessage(role="tool", content="pong", tool_call_id="c1")
+    assert answered.model_dump() == {"role": "tool", "content": "pong", "tool_call_id": "c1"}
+    assert ChatMessage(role="user", content="hi").model_dump() == {"role": "user", "content": "hi"}
+    with pytest.raises(ValidationError, match="tool_call_id"):
+        ChatMessage(role="tool", content="pong")
+    with pytest.raises(ValidationError, match="tool_call_id"):
+        ChatMessage(role="user", content="hi", tool_call_id="c1")
+    with pytest.raises(ValidationError, match="belong to an assistant"):
+        ChatMessage.model_validate({"role": "user", "content": "x", "tool_calls": [call]})
+    with pytest.raises(ValidationError, match="content"):
+        ChatMessage.model_validate({"role": "user"})
+
+
+def test_the_engine_is_held_to_the_named_functions_arguments_or_to_a_list_of_calls() -> None:
+    tools = _tools()
+    assert output_schema(tools, _body(tool_choice=NAMED).tool_choice, None) == ZONE
+    assert output_schema(tools, "none", None) is None
+    required = output_schema(tools, "required", None)
+    assert required is not None and "maxItems" not in required
+    names = [c["properties"]["name"]["enum"] for c in required["items"]["anyOf"]]
+    assert names == [["get_time"], ["ping"]]
+    no_arguments = required["items"]["anyOf"][1]["properties"]["parameters"]
+    assert no_arguments == {"type": "object", "properties": {}}
+    one = output_schema(tools, "required", False)
+    assert one is not None and one["maxItems"] == 1
+    assert _body(tool_choice="required", parallel_tool_calls=False).tool_schema == one
+
+
+def test_the_answers_text_is_read_back_as_calls_with_ids_of_their_own() -> None:
+    tools, named = _tools(), _body(tool_choice=NAMED).tool_choice
+    [call] = tool_calls(tools, named, '{"zone":"CET"}', "ctx") or []
+    assert (call.function.name, call.function.arguments) == ("get_time", '{"zone":"CET"}')
+    text = '[{"name":"get_time","parameters":{"zone":"UTC"}},{"name":"ping","parameters":{}}]'
+    calls = tool_calls(tools, "required", text, "ctx") or []
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("get_time", {"zone": "UTC"}),
+        ("ping", {}),
+    ]
+    # The same conversation and text: the same ids (a cache hit, a stream and its result).
+    assert tool_calls(tools, "required", text, "ctx") == calls
+    assert len({c.id for c in calls}) == 2 and all(c.id.startswith("call_") for c in calls)
+    assert [c.id for c in tool_calls(tools, "required", text, "other") or []] != [
+        c.id for c in calls
+    ]
+    assert tool_calls(tools, "required", '[{"name":"get_ti', "ctx") is None  # cut short
+    assert tool_calls(tools, "none", text, "ctx") is None
+    assert finish_reason("required", calls, "stop") == "tool_calls"
+    assert finish_reason(named, calls[:1], "stop") == "stop"  # as OpenAI's named call
+    assert finish_reason("required", None, "length") == "length"
+
+
+def _request(body: ChatBody) -> InferenceRequest:
+    return InferenceRequest(correlation_id="c", tenant="t", body=body)
+
+
+def test_the_fingerprint_keeps_tools_calls_and_their_results_apart() -> None:
+    def key(**fields: Any) -> str:
+        return fingerprint(_request(ChatBody.model_validate({"messages": ASK, **fields})), "m")
+
+    plain = key()
+    assert key(tools=TOOLS, tool_choice="none") != plain
+    assert key(tools=TOOLS, tool_choice="required") != key(tools=TOOLS, tool_choice=NAMED)
+    assert key(tools=TOOLS, tool_choice="required", parallel_tool_calls=False) != key(
+        tools=TOOLS, tool_choice="required"
+    )
+    call = {"id": "c1", "type": "function", "function": {"name": "ping", "arguments": "{}"}}
+
+    def after(result: str) -> str:
+        history = [
+            *ASK,
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": result},
+        ]
+        body = {"messages": history, "tools": TOOLS, "tool_choice": "none"}
+        return fingerprint(_request(ChatBody.model_validate(body)), "m")
+
+    assert after("up") != after("down")
+
+
+def _result(body: ChatBody, text: str) -> InferenceResult:
+    calls = tool_calls(body.tools or [], body.tool_choice, text, body.conversation_digest)
+    message = ChatMessage(role="assistant", content=text, tool_calls=calls)
+    choice = Choice(message=message, finish_reason=finish_reason(body.tool_choice, calls, "stop"))
+    usage = Usage(prompt_tokens=9, completion_tokens=6, total_tokens=15)
+    response = ChatCompletion(id="x", created=1, model="m", choices=[choice], usage=usage)
+    return InferenceResult(correlation_id="c", tenant="t", status="ok", response=response)
+
+
+async def _pieces(*pieces: Delta) -> AsyncIterator[Delta]:
+    for piece in pieces:
+        yield piece
+
+
+def test_a_streamed_answer_of_calls_sends_them_whole_as_the_answer_holds_them() -> None:
+    body = _body(tool_choice="required", parallel_tool_calls=False)
+    text = '[{"name":"get_time","parameters":{"zone":"UTC"}}]'
+    whole = SdkCompletion.model_validate(completion(_result(body, text)))
+    [answer] = whole.choices
+    assert answer.message.content is None and answer.finish_reason == "tool_calls"
+    chunks = Chunks("c", 1, "m", include_usage=False, body=body)
+    rest = _pieces(
+        Delta(text[10:], 10, "stop", Usage(prompt_tokens=9, completion_tokens=6, total_tokens=15))
+    )
+
+    async def main() -> list[str]:
+        return [e async for e in sse.events(chunks, Delta(text[:10], 0), rest)]
+
+    events = asyncio.run(main())
+    assert events[-1] == sse.DONE
+    read = [ChatCompletionChunk.model_validate(json.loads(e[6:])) for e in events[:-1]]
+    assert [c.choices[0].delta.role for c in read] == ["assistant", None, None]
+    assert all(not c.choices[0].delta.content for c in read)  # the JSON is not sent as text
+    [streamed] = read[1].choices[0].delta.tool_calls or []
+    [called] = answer.message.tool_calls or []
+    assert streamed.index == 0 and streamed.function is not None
+    assert (streamed.id, streamed.function.name, streamed.function.arguments) == (
+        called.id,
+        called.function.name,  # type: ignore[union-attr]
+        called.function.arguments,  # type: ignore[union-attr]
+    )
+    assert read[2].choices[0].finish_reason == "tool_calls"
