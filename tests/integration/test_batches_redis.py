@@ -231,10 +231,12 @@ def test_a_reply_that_cannot_be_written_ends_its_line_not_the_collector(
 ) -> None:
     """A bug in writing one reply would fail again at every re-read of the topic."""
 
-    def broken(custom_id: str, result: InferenceResult, endpoint: str) -> dict[str, Any]:
+    def broken(
+        custom_id: str, result: InferenceResult, endpoint: str, asked: dict[str, Any] | None
+    ) -> dict[str, Any]:
         if custom_id == "c1":
             raise RuntimeError("a bug")
-        return output_line(custom_id, result, endpoint)
+        return output_line(custom_id, result, endpoint, asked)
 
     monkeypatch.setattr(collector, "output_line", broken)
 
