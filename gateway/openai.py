@@ -18,9 +18,11 @@ from schemas.lanes import Lane
 from schemas.redact import describe
 from schemas.request import MAX_TOP_LOGPROBS, CacheMode, ChatBody, InferenceRequest
 from schemas.result import InferenceResult, TokenLogprob, TopLogprob, Usage
-from schemas.tools import ToolCall, tool_calls
+from schemas.tools import ToolCall
 
 AUTO = "auto"
+TOOL_FIELDS = frozenset({"tools", "tool_choice", "parallel_tool_calls"})
+"""Chat's fields of tool calls."""
 PASSED = frozenset(
     {
         "messages",
@@ -41,10 +43,8 @@ PASSED = frozenset(
         "min_tokens",
         "stream",
         "response_format",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
     }
+    | TOOL_FIELDS
 )
 """Body fields llmq serves as OpenAI defines them, and vLLM's sampling extensions as vLLM's
 server does."""
@@ -396,10 +396,7 @@ class Chunks:
 
     def calls_of(self, text: str) -> list[ToolCall] | None:
         """The tool calls an answer's whole text makes; None when it makes none."""
-        body = self.body
-        if body is None:
-            return None
-        return tool_calls(body.tools or [], body.tool_choice, text, body.conversation_digest)
+        return None if self.body is None else self.body.calls_in(text)
 
     def calls(
         self, calls: list[ToolCall], logprobs: list[TokenLogprob] | None = None

@@ -48,6 +48,7 @@ LOGPROBS = "message.output_text.logprobs"
 SERVED_ONLY = {
     "tools": ([],),
     "tool_choice": ("none", "auto"),
+    "parallel_tool_calls": (False, True),
     "truncation": ("disabled",),
     "include": ([], [LOGPROBS]),
     "background": (False,),

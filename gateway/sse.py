@@ -197,7 +197,7 @@ def _bodies(
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """A piece's content chunk and finish chunk, None where it has none. A piece without
     text has no content chunk: the logprobs of its tokens, whose text is yet to come, are
-    `held` for the next piece with text, or for the finish (so no event id repeats)."""
+    `held` for the next piece with text, or for the finish."""
     content = None
     if not piece.text:
         held += piece.logprobs or []

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from gateway.openai import (
     IGNORED,
     PASSED,
+    TOOL_FIELDS,
     Call,
     Chunks,
     completion_of,
@@ -26,7 +27,7 @@ from schemas.result import InferenceResult, TokenLogprob
 DEFAULT_MAX_TOKENS = 16
 """OpenAI's (and vLLM's) max_tokens of a text completion that names none."""
 FIELDS = (
-    (PASSED - {"messages", "top_logprobs", "response_format"})
+    (PASSED - {"messages", "top_logprobs", "response_format", *TOOL_FIELDS})
     | {"model", "n", "stream_options", "lane", "cache"}
     | set(IGNORED)
     | {"prompt", "echo", "suffix", "best_of"}

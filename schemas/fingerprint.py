@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from schemas.request import ChatMessage, InferenceRequest
-from schemas.tools import NamedToolChoice
+from schemas.tools import NamedToolChoice, tool_dicts
 
 FINGERPRINT_VERSION = 1
 
@@ -43,7 +43,7 @@ def fingerprint(request: InferenceRequest, model: str) -> str:
     if body.raw_prompt:
         canonical["raw_prompt"] = True
     if body.tools is not None:  # in their order: the template shows them so
-        canonical["tools"] = [t.model_dump(exclude_none=True) for t in body.tools]
+        canonical["tools"] = tool_dicts(body.tools)
         choice = body.tool_choice
         named = choice.model_dump() if isinstance(choice, NamedToolChoice) else None
         canonical["tool_choice"] = named or choice

@@ -31,6 +31,8 @@ from schemas.tools import (
     ToolChoice,
     calls_tools,
     output_schema,
+    tool_calls,
+    tool_dicts,
 )
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -106,6 +108,12 @@ class CacheMode(StrEnum):
     """Neither read nor fill the cache."""
 
 
+def given(dumped: dict[str, Any]) -> dict[str, Any]:
+    """A model's fields less those at None: a record that uses no newer field reads the same
+    to an older reader, which refuses fields it does not know (a rolling upgrade)."""
+    return {name: value for name, value in dumped.items() if value is not None}
+
+
 class ChatMessage(BaseModel):
     """One message of an OpenAI chat: a system, user or assistant message, an assistant's
     tool calls, or a tool's result (`tool_call_id` names the call it answers)."""
@@ -128,9 +136,7 @@ class ChatMessage(BaseModel):
 
     @model_serializer(mode="wrap")
     def _nones_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """As ChatBody's: a message without tool fields reads the same to an older reader."""
-        dumped: dict[str, Any] = handler(self)
-        return {name: value for name, value in dumped.items() if value is not None}
+        return given(handler(self))
 
     @model_validator(mode="after")
     def _tool_fields_where_they_belong(self) -> Self:
@@ -142,9 +148,12 @@ class ChatMessage(BaseModel):
 
     @property
     def text(self) -> str:
-        """Its content and its calls' names and arguments: the text the model reads."""
-        calls = "".join(c.function.name + c.function.arguments for c in self.tool_calls or [])
-        return self.content + calls
+        """Its content, its calls' ids, names and arguments, and the id of the call it
+        answers: the text the model reads."""
+        calls = "".join(
+            c.id + c.function.name + c.function.arguments for c in self.tool_calls or []
+        )
+        return self.content + calls + (self.tool_call_id or "")
 
 
 class JsonSchema(BaseModel):
@@ -244,10 +253,7 @@ class ChatBody(BaseModel):
 
     @model_serializer(mode="wrap")
     def _nones_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Fields at None are left out: a record that uses no newer field reads the same to
-        an older reader, which refuses fields it does not know (a rolling upgrade)."""
-        dumped: dict[str, Any] = handler(self)
-        return {name: value for name, value in dumped.items() if value is not None}
+        return given(handler(self))
 
     @model_validator(mode="before")
     @classmethod
@@ -291,10 +297,14 @@ class ChatBody(BaseModel):
         """Whether the answer is tool calls (read from JSON text the engine is held to)."""
         return calls_tools(self.tool_choice)
 
-    @property
-    def conversation_digest(self) -> str:
-        """The messages as one string: what makes a tool call's id its own."""
-        return json.dumps([m.model_dump() for m in self.messages], separators=(",", ":"))
+    def calls_in(self, text: str) -> list[ToolCall] | None:
+        """The tool calls an answer's whole `text` makes; None when it makes none. Their
+        ids are made from the messages, so the same answer to the same conversation names
+        its calls alike wherever it is read."""
+        if not self.calls_tools:
+            return None
+        digest = json.dumps([m.model_dump() for m in self.messages], separators=(",", ":"))
+        return tool_calls(self.tools or [], self.tool_choice, text, digest)
 
     @model_validator(mode="after")
     def _tool_choice_among_tools(self) -> Self:
@@ -353,9 +363,7 @@ class ChatBody(BaseModel):
         return text + TEMPLATE_TOKENS + marks + tools
 
     def _tools_json(self) -> str:
-        if not self.tools:
-            return ""
-        return json.dumps([t.model_dump(exclude_none=True) for t in self.tools])
+        return "" if self.tools is None else json.dumps(tool_dicts(self.tools))
 
     def estimated_tokens(self) -> int:
         """Tokens the request may use: its prompt at CHARS_PER_TOKEN characters a token,

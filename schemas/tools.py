@@ -95,6 +95,11 @@ class ToolCall(BaseModel):
     function: FunctionCall
 
 
+def tool_dicts(tools: list[Tool] | None) -> list[dict[str, Any]] | None:
+    """Tools as a chat template, a remote engine and the fingerprint take them."""
+    return None if tools is None else [t.model_dump(exclude_none=True) for t in tools]
+
+
 def calls_tools(choice: ToolChoice | None) -> bool:
     """Whether an answer under this choice is tool calls (and not text)."""
     return choice is not None and choice != "none"
@@ -127,8 +132,7 @@ def output_schema(
             ],
         },
     }
-    if parallel is False:
-        calls["maxItems"] = 1
+    calls["maxItems"] = 1 if parallel is False else MAX_TOOLS
     return calls
 
 
@@ -136,23 +140,25 @@ def tool_calls(
     tools: list[Tool], choice: ToolChoice | None, text: str, context: str
 ) -> list[ToolCall] | None:
     """The calls an answer's `text` makes under `choice`; None when it makes none: text is
-    asked for, or the text does not parse (max_tokens cut it). Each call's id is the same
-    for the same `context` (the conversation so far) and text: a cached or coalesced answer,
-    or a stream and the stored result of the same answer, name their calls alike."""
+    asked for, or the text is no calls (max_tokens cut it; a remote engine that did not hold
+    it to the schema). Each call's id is the same for the same `context` (the conversation
+    so far) and text: a cached or coalesced answer, or a stream and the stored result of
+    the same answer, name their calls alike."""
     if not calls_tools(choice):
         return None
-    if isinstance(choice, NamedToolChoice):
-        pairs = [(choice.function.name, text)]
-    else:
-        try:
-            made = json.loads(text)
+    try:
+        made = json.loads(text)
+        if isinstance(choice, NamedToolChoice):
+            pairs = [(choice.function.name, text)]  # the arguments as the engine wrote them
+        else:
             pairs = [(c["name"], json.dumps(c["parameters"], ensure_ascii=False)) for c in made]
-        except (ValueError, TypeError, KeyError):
-            return None
-    return [
-        ToolCall(id=_call_id(context, text, i), function=FunctionCall(name=name, arguments=args))
-        for i, (name, args) in enumerate(pairs)
-    ]
+        calls = [
+            ToolCall(id=_call_id(context, text, i), function=FunctionCall(name=n, arguments=a))
+            for i, (n, a) in enumerate(pairs)
+        ]
+    except (ValueError, TypeError, KeyError):  # pydantic's ValidationError is a ValueError
+        return None
+    return calls if 0 < len(calls) <= MAX_TOOLS else None
 
 
 def finish_reason(choice: ToolChoice | None, calls: list[ToolCall] | None, reason: str) -> str:

@@ -101,7 +101,10 @@ class Admission:
         self, request: InferenceRequest
     ) -> tuple[InferenceRequest, list[ChatMessage] | None]:
         """The request with its prompt compressed, and the app's messages if that changed them."""
-        if self._compress is None or request.body.raw_prompt:  # a raw prompt's every blank counts
+        body = request.body
+        # A raw prompt's every blank counts; a tool call's id is made from the messages as
+        # the app sent them (the front door reads a stream's calls from those).
+        if self._compress is None or body.raw_prompt or body.tools is not None:
             return request, None
         original = list(request.body.messages)
         messages = self._compress(original)

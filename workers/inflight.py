@@ -20,7 +20,7 @@ from schemas.result import (
     TokenLogprob,
     Usage,
 )
-from schemas.tools import finish_reason, tool_calls
+from schemas.tools import finish_reason
 from schemas.work import Completion, WorkItem
 from workers.engine import EngineStep
 
@@ -104,7 +104,7 @@ class InFlight:
         """The finished answer; its logprobs reach the app only when it asked for them."""
         usage = self.usage()
         body, text = self.work.request.body, "".join(self.text)
-        calls = tool_calls(body.tools or [], body.tool_choice, text, body.conversation_digest)
+        calls = body.calls_in(text)
         finish = self.finish_reason
         if finish is not None:
             finish = finish_reason(body.tool_choice, calls, finish)

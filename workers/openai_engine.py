@@ -19,7 +19,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob
 from schemas.retry import RetryPolicy
-from schemas.tools import Tool
+from schemas.tools import Tool, tool_dicts
 from workers.breaker import CircuitBreaker
 from workers.engine import EngineStep
 
@@ -196,9 +196,7 @@ class OpenAIEngine:
         calls = body.tool_schema
         if calls is not None:  # read back from the text, as from llmq's own engine
             as_json = {"type": "json_schema", "json_schema": {"name": "calls", "schema": calls}}
-        tools = (
-            None if body.tools is None else [t.model_dump(exclude_none=True) for t in body.tools]
-        )
+        tools = tool_dicts(body.tools)
         bias = body.logit_bias
         if body.raw_prompt:  # text completions: `logprobs` is the number of likeliest tokens
             payload["prompt"] = body.messages[0].content

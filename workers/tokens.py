@@ -37,7 +37,7 @@ class DeltaStream:
     token at once (time to first token), then every interval or so many tokens
     (DeltaPolicy), so a stream costs a few records a second, not one per token. Every record
     but the last adds text (tokens whose text is held back go with the next that has some),
-    so the characters sent, a resumable stream's event ids, grow with each record.
+    so the characters sent, which a client counts to resume a stream, grow with each record.
 
     Deltas are a preview: the final result stays the truth, so a record the broker does not
     take is logged and the generation goes on.

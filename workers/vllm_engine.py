@@ -27,7 +27,7 @@ from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob, TopLogprob
-from schemas.tools import Tool
+from schemas.tools import Tool, tool_dicts
 from workers.engine import EngineStep
 from workers.engine_args import engine_kwargs
 from workers.nice import nice_session, renice_below
@@ -160,7 +160,7 @@ class VllmEngine:
             list[int],
             self._tokenizer.apply_chat_template(
                 [template_message(m) for m in messages],
-                tools=None if tools is None else [t.model_dump(exclude_none=True) for t in tools],
+                tools=cast(Any, tool_dicts(tools)),  # its type asks a list of exactly dict
                 add_generation_prompt=True,
                 tokenize=True,
                 return_dict=False,

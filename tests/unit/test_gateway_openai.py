@@ -101,7 +101,12 @@ def test_a_response_format_is_read_and_a_bad_one_named() -> None:
 
 
 def test_what_llmq_does_not_serve_is_refused_by_name() -> None:
-    assert "tools" in _refused(ErrorCode.UNSUPPORTED, tools=[{"type": "function"}])
+    tool = {"type": "function", "function": {"name": "f"}}
+    assert 'tool_choice "auto"' in _refused(ErrorCode.UNSUPPORTED, tools=[tool])
+    assert "tools.0.function" in _refused(
+        ErrorCode.INVALID_REQUEST, tools=[{"type": "function"}], tool_choice="required"
+    )
+    assert "tools" in _read(tools=[tool], tool_choice="none").request.body.model_dump()
     for n in (0, 17, 1.5, True, "2"):
         assert "from 1 to 16" in _refused(ErrorCode.INVALID_REQUEST, n=n)
     function = [{"role": "function", "name": "f", "content": "x"}]  # OpenAI's old tool role

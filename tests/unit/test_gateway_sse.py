@@ -1,6 +1,6 @@
 """Streamed answers as events: several choices as one response (each chunk names its choice,
 the usage comes summed at the end, an error in any choice ends the stream with an error
-event), and one answer's event ids."""
+event), and one answer's events, each one `data:` line."""
 
 from __future__ import annotations
 

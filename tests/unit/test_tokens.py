@@ -103,7 +103,7 @@ def test_each_piece_carries_its_own_tokens_logprobs_when_asked() -> None:
 
 def test_tokens_whose_text_is_held_back_wait_for_the_next_record_with_text() -> None:
     """A character split over tokens: the detokenizer gives their text with the last one.
-    Every record but the last adds text, so a stream's event ids (characters) never repeat."""
+    Every record but the last adds text, so the characters a stream has sent grow each time."""
     broker = _Broker()
 
     def step(text: str, token: str) -> EngineStep:

@@ -16,11 +16,15 @@ from pydantic import ValidationError
 
 from gateway import sse
 from gateway.openai import Chunks, completion
+from gateway.responses import read_response_call
+from gateway.text import read_text_call
 from llmq.streaming import Delta
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
 from schemas.request import ChatBody, ChatMessage, InferenceRequest
 from schemas.result import ChatCompletion, Choice, InferenceResult, Usage
-from schemas.tools import Tool, finish_reason, output_schema, tool_calls
+from schemas.tools import MAX_TOOLS, Tool, finish_reason, output_schema, tool_calls
 
 ZONE = {
     "type": "object",
@@ -68,7 +72,7 @@ def test_messages_carry_calls_and_results_where_they_belong() -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "ping", "arguments": "{}"}}
     asked = ChatMessage.model_validate({"role": "assistant", "content": None, "tool_calls": [call]})
     assert asked.content == "" and asked.tool_calls is not None
-    assert asked.text == "ping{}"
+    assert asked.text == "c1ping{}"  # what the model reads of it: id, name, arguments
     answered = ChatMessage(role="tool", content="pong", tool_call_id="c1")
     assert answered.model_dump() == {"role": "tool", "content": "pong", "tool_call_id": "c1"}
     assert ChatMessage(role="user", content="hi").model_dump() == {"role": "user", "content": "hi"}
@@ -87,7 +91,7 @@ def test_the_engine_is_held_to_the_named_functions_arguments_or_to_a_list_of_cal
     assert output_schema(tools, _body(tool_choice=NAMED).tool_choice, None) == ZONE
     assert output_schema(tools, "none", None) is None
     required = output_schema(tools, "required", None)
-    assert required is not None and "maxItems" not in required
+    assert required is not None and required["maxItems"] == MAX_TOOLS
     names = [c["properties"]["name"]["enum"] for c in required["items"]["anyOf"]]
     assert names == [["get_time"], ["ping"]]
     no_arguments = required["items"]["anyOf"][1]["properties"]["parameters"]
@@ -113,7 +117,18 @@ def test_the_answers_text_is_read_back_as_calls_with_ids_of_their_own() -> None:
     assert [c.id for c in tool_calls(tools, "required", text, "other") or []] != [
         c.id for c in calls
     ]
-    assert tool_calls(tools, "required", '[{"name":"get_ti', "ctx") is None  # cut short
+    # No calls, and no failure, from text that is none: cut short, or not held to the
+    # schema (a remote engine's): the answer is then that text.
+    for no_calls in (
+        '[{"name":"get_ti',
+        "[]",
+        '[{"name":5,"parameters":{}}]',
+        '[{"name":"bad name","parameters":{}}]',
+        '{"name":"ping","parameters":{}}',
+        json.dumps([{"name": "ping", "parameters": {}}] * (MAX_TOOLS + 1)),
+    ):
+        assert tool_calls(tools, "required", no_calls, "ctx") is None, no_calls
+    assert tool_calls(tools, named, '{"zone":"CE', "ctx") is None
     assert tool_calls(tools, "none", text, "ctx") is None
     assert finish_reason("required", calls, "stop") == "tool_calls"
     assert finish_reason(named, calls[:1], "stop") == "stop"  # as OpenAI's named call
@@ -149,7 +164,7 @@ def test_the_fingerprint_keeps_tools_calls_and_their_results_apart() -> None:
 
 
 def _result(body: ChatBody, text: str) -> InferenceResult:
-    calls = tool_calls(body.tools or [], body.tool_choice, text, body.conversation_digest)
+    calls = body.calls_in(text)
     message = ChatMessage(role="assistant", content=text, tool_calls=calls)
     choice = Choice(message=message, finish_reason=finish_reason(body.tool_choice, calls, "stop"))
     usage = Usage(prompt_tokens=9, completion_tokens=6, total_tokens=15)
@@ -190,3 +205,17 @@ def test_a_streamed_answer_of_calls_sends_them_whole_as_the_answer_holds_them() 
         called.function.arguments,  # type: ignore[union-attr]
     )
     assert read[2].choices[0].finish_reason == "tool_calls"
+
+
+def test_text_completions_and_responses_take_no_tools() -> None:
+    catalog = Catalog.builtin()
+    where: dict[str, Any] = {"tenant": "t", "lane": None, "catalog": catalog, "timeout_s": 60}
+    text = {"prompt": "Once", "tools": TOOLS, "tool_choice": "required"}
+    with pytest.raises(LlmqError, match="tool_choice, tools") as refused:
+        read_text_call(text, **where)
+    assert refused.value.code is ErrorCode.UNSUPPORTED
+    with pytest.raises(LlmqError, match="tools") as refused:
+        read_response_call({"input": "Hi", "tools": TOOLS}, **where)
+    assert refused.value.code is ErrorCode.UNSUPPORTED
+    # As before tools came to chat: accepted with no tools to call in parallel.
+    assert read_response_call({"input": "Hi", "parallel_tool_calls": False}, **where).store
