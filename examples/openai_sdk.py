@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from openai import OpenAI
+from openai.types.chat import ChatCompletionFunctionToolParam
 
 client = OpenAI(
     base_url=os.environ.get("LLMQ_API_URL", "http://127.0.0.1:28080/v1"),
@@ -93,3 +94,28 @@ follow_up = client.responses.create(
 )
 print(follow_up.output_text, f"[{follow_up.status}]")
 client.responses.delete(reply.id)  # kept 30 days unless deleted (or store=False)
+
+# Tool calls: a named function's call (or "required"), its arguments held to its schema.
+weather: ChatCompletionFunctionToolParam = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 32}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+called = client.chat.completions.create(
+    model="smollm2-135m",
+    messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+    tools=[weather],
+    tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    max_tokens=32,
+    temperature=0,
+)
+for call in called.choices[0].message.tool_calls or []:
+    if call.type == "function":
+        print(call.function.name, call.function.arguments)
