@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import make_asgi_app
+from redis.exceptions import RedisError
 
 from gateway.batch.routes import router as batch_router
 from gateway.door import ApiError, FrontDoor
@@ -50,6 +51,7 @@ def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> 
     for status in (404, 405):  # the router's own: a status's handler takes them
         app.add_exception_handler(status, _not_routed)
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(RedisError, _redis_away)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _failed)
     app.include_router(router)
     app.include_router(batch_router)
@@ -81,6 +83,16 @@ async def _invalid(_: Request, exc: RequestValidationError) -> Response:
     OpenAI's shape, without the value."""
     parts = [f"{err['loc'][-1]} ({err['loc'][0]}): {err['msg']}" for err in exc.errors()]
     status, body = error_body(ErrorCode.INVALID_REQUEST, "; ".join(parts))
+    return JSONResponse(body, status)
+
+
+async def _redis_away(_: Request, exc: RedisError) -> Response:
+    """Redis out of reach where a route needs it (stored responses, results, batches): 503,
+    naming it, which the SDK retries."""
+    log.warning("Redis is out of reach: %s", explain(exc))
+    where = "Redis, where the front door keeps responses, results and batches"
+    why = f"{where}, is out of reach: {explain(exc)}; try again"
+    status, body = error_body(ErrorCode.INTERNAL_ERROR, why, 503)
     return JSONResponse(body, status)
 
 

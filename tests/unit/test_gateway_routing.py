@@ -1,7 +1,8 @@
 """The front door's refusals before any route connects, in OpenAI's error shape: a path llmq
 does not offer, a method a route does not take, a query parameter of the wrong type, a caller
 without a key (before anything else of its request is read), an upload past the file limit
-or a JSON body past its bound (before either is read whole), a body that is not JSON."""
+or a JSON body past its bound (before either is read whole), a body that is not JSON; and
+Redis out of reach where a route needs it."""
 
 from __future__ import annotations
 
@@ -187,6 +188,26 @@ def test_a_body_that_is_not_json_is_a_400_saying_so(keyed: FastAPI) -> None:
     status, body, read = _send(keyed, "/v1/chat/completions", _bearer(), 2, first=b"{")
     assert (status, body["error"]["code"], read) == (400, "invalid_json", 2)
     assert body["error"]["message"].startswith("the body is not JSON: ")
+
+
+def test_redis_out_of_reach_is_a_503_naming_it_which_the_sdk_retries() -> None:
+    settings = GatewaySettings(redis_url="redis://127.0.0.1:1/0")
+    away = TestClient(build(settings, Catalog.builtin(), TenantPolicy.load(None)))
+    asked = [
+        away.get("/v1/responses/resp_1"),
+        away.delete("/v1/responses/resp_1"),
+        away.post("/v1/responses", json={"input": "Hi", "previous_response_id": "resp_1"}),
+        away.get("/v1/batches/batch_1"),
+    ]
+    for answer in asked:
+        error = answer.json()["error"]
+        assert (answer.status_code, error["type"], error["code"]) == (
+            503,
+            "server_error",
+            "internal_error",
+        )
+        assert error["message"].startswith("Redis, where the front door keeps responses")
+        assert "x-should-retry" not in answer.headers
 
 
 def _bearer() -> dict[str, str]:
