@@ -1,7 +1,8 @@
-"""OpenAI's Responses API (`/v1/responses`) on the chat machinery, for text: the input (a
-string, or messages of text) after the conversation it continues (`previous_response_id`)
-and the instructions become a chat request, and its answer goes back as a `response`
-object whose output is one assistant message."""
+"""OpenAI's Responses API (`/v1/responses`) on the chat machinery: the input (a string, or
+messages of text and function calls and their outputs) after the conversation it continues
+(`previous_response_id`) and the instructions become a chat request, with its function
+tools, and its answer goes back as a `response` object whose output is one assistant
+message, or the function calls it makes."""
 
 from __future__ import annotations
 
@@ -21,9 +22,18 @@ from gateway.openai import (
 )
 from gateway.openai import ROLES as CHAT_ROLES
 from gateway.response_store import Kept
+from gateway.response_tools import (
+    assistant_of,
+    call_item,
+    call_items,
+    chat_tools,
+    echoed_tools,
+    tool_message,
+)
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
+from schemas.request import ChatBody
 from schemas.result import InferenceResult, TokenLogprob, Usage
 
 SAMPLING = ("temperature", "top_p")
@@ -32,7 +42,7 @@ EXTENSIONS = frozenset({"ignore_eos", "top_k", "min_p", "repetition_penalty", "m
 """vLLM's sampling extensions, taken as on chat completions (the SDK's extra_body)."""
 READ = frozenset(
     {"model", "input", "instructions", "max_output_tokens", "top_logprobs", "text", "stream"}
-    | {"previous_response_id"}
+    | {"previous_response_id", "tools", "tool_choice", "parallel_tool_calls"}
     | set(SAMPLING)
     | EXTENSIONS
     | {"service_tier", "lane", "cache"}
@@ -41,21 +51,20 @@ READ = frozenset(
 """The body fields llmq reads: OpenAI's for a text response, vLLM's and llmq's own."""
 OWN = frozenset(
     {"input", "instructions", "max_output_tokens", "top_logprobs", "text", "previous_response_id"}
+    | {"tools", "tool_choice", "parallel_tool_calls"}
 )
 """READ fields this module turns into chat fields itself."""
 LOGPROBS = "message.output_text.logprobs"
 """The `include` that asks for the output text's log-probabilities."""
 SERVED_ONLY = {
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),
-    "parallel_tool_calls": (False, True),
     "truncation": ("disabled",),
     "include": ([], [LOGPROBS]),
     "background": (False,),
 }
-"""Fields accepted at these values only: no tools (so none to choose), no truncation, the
-logprobs as the one thing included, answered now."""
+"""Fields accepted at these values only: no truncation, the logprobs as the one thing
+included, answered now."""
 ROLES = frozenset(CHAT_ROLES) - {"tool"}
+TOOL_ITEMS = frozenset({"function_call", "function_call_output"})
 TEXT_PARTS = frozenset({"input_text", "output_text"})
 
 
@@ -94,10 +103,8 @@ class ResponseCall(Call):
 
     def kept(self, response: dict[str, Any]) -> Kept:
         """What storing this call's `response` keeps: it, and its conversation with the
-        answer added."""
-        [message] = response["output"]
-        answer = {"role": "assistant", "content": message["content"][0]["text"]}
-        return Kept(response, [*self.conversation, answer])
+        answer (its text, or its calls) added."""
+        return Kept(response, [*self.conversation, assistant_of(response["output"])])
 
 
 def read_response_call(
@@ -124,9 +131,11 @@ def read_response_call(
     if instructions is not None and not isinstance(instructions, str):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "instructions must be a string")
     system = [] if not instructions else [{"role": "system", "content": instructions}]
-    conversation = [*history, *_messages(data.get("input"))]
+    given, items = _messages(data.get("input"))
+    conversation = [*history, *given]
     fields: dict[str, Any] = {
         **{k: v for k, v in data.items() if k in READ and k not in OWN},
+        **chat_tools(data),
         "messages": system + conversation,
     }
     if "max_output_tokens" in data:
@@ -148,19 +157,20 @@ def read_response_call(
             timeout_s=timeout_s,
         )
     except LlmqError as exc:
-        raise LlmqError(exc.code, _renamed(exc.message, len(system), len(history))) from None
+        raise LlmqError(exc.code, _renamed(exc.message, len(system), len(history), items)) from None
     named = ("instructions", "max_output_tokens", "top_logprobs", "previous_response_id")
     asked = {k: data.get(k) for k in named}
-    asked.update(metadata=data.get("metadata", {}), text={"format": fmt})
+    asked.update(metadata=data.get("metadata", {}), text={"format": fmt}, **echoed_tools(data))
     asked.update((k, getattr(call.request.body, k)) for k in SAMPLING)
     store = data.get("store", True)
     return ResponseCall(call.request, call.include_usage, call.n, asked, conversation, store)
 
 
-def _renamed(message: str, system: int, history: int) -> str:
+def _renamed(message: str, system: int, history: int, items: list[int]) -> str:
     """A chat reader's message with its fields named as this body names them: the messages
-    after `system` instructions and the `history` continued are the input, response_format
-    is text.format."""
+    after `system` instructions and the `history` continued are the input (`items`: the
+    input item each one came from), response_format is text.format, a function tool's
+    fields are the tool's own."""
 
     def item(found: re.Match[str]) -> str:
         index = int(found.group(1)) - system
@@ -168,10 +178,11 @@ def _renamed(message: str, system: int, history: int) -> str:
             return "instructions"
         if index < history:
             return "previous_response_id (the conversation it continues)"
-        return f"input.{index - history}{found.group(2) or ''}"
+        return f"input.{items[index - history]}{found.group(2) or ''}"
 
     message = re.sub(r"\bmessages\.(\d+)(\.\w+)?", item, message)
     message = re.sub(r"\bresponse_format(\.json_schema)?\b", "text.format", message)
+    message = re.sub(r"\b(tools\.\d+|tool_choice)\.function\b", r"\1", message)
     return re.sub(r"\bmax_tokens\b", "max_output_tokens", message)
 
 
@@ -180,7 +191,8 @@ def _check_fields(data: dict[str, Any]) -> None:
     if unknown:
         raise LlmqError(
             ErrorCode.UNSUPPORTED,
-            "llmq serves text responses (no tools, reasoning or conversation objects); "
+            "llmq serves text and function-call responses (no reasoning, no conversation "
+            "objects); "
             f"unsupported field(s): {', '.join(unknown)}",
         )
     for name, served in SERVED_ONLY.items():
@@ -191,30 +203,44 @@ def _check_fields(data: dict[str, Any]) -> None:
             raise LlmqError(ErrorCode.UNSUPPORTED, why)
 
 
-def _messages(given: object) -> list[dict[str, Any]]:
-    """The input as chat messages: a string is the user's; a list holds messages (with or
-    without `"type": "message"`) whose content is a string or parts of text."""
+def _messages(given: object) -> tuple[list[dict[str, Any]], list[int]]:
+    """The input as chat messages, and the input item each one came from: a string is the
+    user's; a list holds messages (with or without `"type": "message"`) whose content is a
+    string or parts of text, function calls and their outputs."""
     if isinstance(given, str):
-        return [{"role": "user", "content": given}]
+        return [{"role": "user", "content": given}], [0]
     if not isinstance(given, list) or not given:
         raise LlmqError(ErrorCode.INVALID_REQUEST, "input must be a string or a list of messages")
-    messages = []
-    for item in given:
+    messages: list[dict[str, Any]] = []
+    items: list[int] = []
+    for index, item in enumerate(given):
         if not isinstance(item, dict):
             raise LlmqError(ErrorCode.INVALID_REQUEST, "each input item must be an object")
-        kind = item.get("type", "message")
-        if kind != "message":
-            raise LlmqError(ErrorCode.UNSUPPORTED, f"input items of type {kind!r} are not served")
-        role = item.get("role")
-        if role not in ROLES:
-            why = f"input role {role!r} is not served; use {', '.join(sorted(ROLES))}"
-            raise LlmqError(ErrorCode.UNSUPPORTED, why)
-        messages.append({"role": role, "content": _content(item.get("content"))})
-    return messages
+        made = _message_of(item, messages)
+        if made is not None:
+            messages.append({**made, "content": _content(made["content"])})
+            items.append(index)
+    return messages, items
+
+
+def _message_of(item: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """An input item as a chat message (its content as given); None for a function call
+    that joins the assistant message before it (among `messages`, those before it)."""
+    kind = item.get("type", "message")
+    if kind in TOOL_ITEMS:
+        return tool_message(item, messages)
+    if kind != "message":
+        raise LlmqError(ErrorCode.UNSUPPORTED, f"input items of type {kind!r} are not served")
+    role = item.get("role")
+    if role not in ROLES:
+        why = f"input role {role!r} is not served; use {', '.join(sorted(ROLES))}"
+        raise LlmqError(ErrorCode.UNSUPPORTED, why)
+    return {"role": role, "content": item.get("content")}
 
 
 def _content(content: object) -> object:
-    """A message's content: a string, or its parts of text joined."""
+    """A message's (or a function call output's) content: a string, or its parts of text
+    joined."""
     if not isinstance(content, list):
         return content  # a string, or validation names the problem
     for part in content:
@@ -246,14 +272,19 @@ def _response_format(fmt: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def response_of(echo: Echo, results: list[InferenceResult]) -> dict[str, Any]:
-    """The `response` of a call's answer: one assistant message of text, the usage in this
-    API's names, what the call's body asked echoed, and llmq's extras under `llmq`."""
+    """The `response` of a call's answer: one assistant message of text, or the function
+    calls it makes, the usage in this API's names, what the call's body asked echoed, and
+    llmq's extras under `llmq`."""
     body = completion_of(results)
     [choice] = body["choices"]
     status = _status(choice["finish_reason"])
-    text = choice["message"].get("content") or ""
-    logprobs = (choice.get("logprobs") or {}).get("content") or []
-    output = [_message(echo, status, [_part(text, logprobs)])]
+    calls = choice["message"].get("tool_calls")
+    if calls:
+        output = call_items(calls, status)
+    else:
+        text = choice["message"].get("content") or ""
+        logprobs = (choice.get("logprobs") or {}).get("content") or []
+        output = [_message(echo, status, [_part(text, logprobs)])]
     usage = _usage(body.get("usage"))
     answer = _response(
         echo,
@@ -270,28 +301,63 @@ def response_of(echo: Echo, results: list[InferenceResult]) -> dict[str, Any]:
 class ResponseEvents:
     """The events of a streamed response, as OpenAI sends them, each numbered: the response
     created and in progress, its message and text part added, the text's deltas, then the
-    text, part and message done and the response completed (or incomplete, when cut)."""
+    text, part and message done and the response completed (or incomplete, when cut). An
+    answer that may be function calls is read whole first (`calls`)."""
 
     echo: Echo
     created: int
     model: str
+    body: ChatBody | None = None
+    """The request's, when its answer may be function calls (read from the whole text)."""
     sequence: int = 0
     text: str = ""
     logprobs: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the answer may be function calls: its events come once it is whole."""
+        return self.body is not None and self.body.calls_tools
+
     def opening(self) -> list[dict[str, Any]]:
-        """The events before the first delta."""
+        """The events before the first delta (before the whole answer, for calls)."""
         started = self._response("in_progress", [], None)
         return [
             self._event("response.created", response=started),
             self._event("response.in_progress", response=started),
-            self._event(
-                "response.output_item.added",
-                output_index=0,
-                item=_message(self.echo, "in_progress", []),
-            ),
-            self._event("response.content_part.added", **self._where, part=_part("", [])),
+            *([] if self.calls_tools else self._message_added()),
         ]
+
+    def calls(self, text: str, finish_reason: str, usage: Usage | None) -> list[dict[str, Any]]:
+        """The events after the opening of an answer that may be function calls, once its
+        `text` is whole: each call added, its arguments in one delta, and done, then the
+        response completed; the message of the text where it makes no calls (cut)."""
+        made = None if self.body is None else self.body.calls_in(text)
+        if not made:  # each event numbered as it comes
+            added = self._message_added()
+            deltas = [self.delta(text, [])] if text else []
+            return [*added, *deltas, *self.closing(finish_reason, [], usage)]
+        events, items = [], []
+        for index, call in enumerate(made):
+            item = call_item(call, "completed")
+            where = {"item_id": item["id"], "output_index": index}
+            events += [
+                self._event(
+                    "response.output_item.added",
+                    output_index=index,
+                    item=call_item(call, "in_progress", ""),
+                ),
+                self._event(
+                    "response.function_call_arguments.delta", **where, delta=item["arguments"]
+                ),
+                self._event(
+                    "response.function_call_arguments.done", **where, arguments=item["arguments"]
+                ),
+                self._event("response.output_item.done", output_index=index, item=item),
+            ]
+            items.append(item)
+        status = _status(finish_reason)
+        whole = self._response(status, items, _used(usage))
+        return [*events, self._event(f"response.{status}", response=whole)]
 
     def delta(self, text: str, logprobs: list[TokenLogprob]) -> dict[str, Any]:
         """A piece of the text, with its tokens' log-probabilities when asked for."""
@@ -310,8 +376,7 @@ class ResponseEvents:
         status = _status(finish_reason)
         part = _part(self.text, self.logprobs)
         message = _message(self.echo, status, [part])
-        used = None if usage is None else _usage(usage.model_dump(exclude_none=True))
-        whole = self._response(status, [message], used)
+        whole = self._response(status, [message], _used(usage))
         return [
             self._event(
                 "response.output_text.done", **self._where, text=self.text, logprobs=self.logprobs
@@ -319,6 +384,17 @@ class ResponseEvents:
             self._event("response.content_part.done", **self._where, part=part),
             self._event("response.output_item.done", output_index=0, item=message),
             self._event(f"response.{status}", response=whole),
+        ]
+
+    def _message_added(self) -> list[dict[str, Any]]:
+        """The events that open the answer's message and its text part."""
+        return [
+            self._event(
+                "response.output_item.added",
+                output_index=0,
+                item=_message(self.echo, "in_progress", []),
+            ),
+            self._event("response.content_part.added", **self._where, part=_part("", [])),
         ]
 
     def _response(
@@ -383,13 +459,15 @@ def _response(
         "model": model,
         "output": output,
         **echo.asked,
-        "tools": [],
-        "tool_choice": "none",
-        "parallel_tool_calls": False,
         "store": echo.store,
         "truncation": "disabled",
         "usage": usage,
     }
+
+
+def _used(usage: Usage | None) -> dict[str, Any] | None:
+    """A streamed answer's usage in this API's names."""
+    return None if usage is None else _usage(usage.model_dump(exclude_none=True))
 
 
 def _usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:

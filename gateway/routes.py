@@ -343,7 +343,7 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
     metrics.FIRST_PIECE.observe(time.monotonic() - started)
     chunks = door.chunks(call, first[0].model)
     if isinstance(call, ResponseCall):  # the resume route sends chunks, not these: no grace
-        shape = ResponseEvents(call.echo, chunks.created, chunks.model)
+        shape = ResponseEvents(call.echo, chunks.created, chunks.model, chunks.body)
         stop = partial(_abandon, door, call, grace=False)
         keep = partial(_keep, door, call)
         events = sse.response_events(shape, first[0], streams[0], stop, keep)

@@ -58,11 +58,12 @@ def response_events(
     keep: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
 ) -> AsyncGenerator[str]:
     """The events of a streamed response (OpenAI's Responses API), each named by its type,
-    from the answer's first piece on; the whole `response` goes to `keep` before the last
-    event, which carries it. Such a stream does not resume (the resume route sends chunks).
-    An error after the first piece is an error event; a client that leaves before the end
-    calls `on_abandon`."""
-    return _guarded(_response(shape, first, pieces, keep), [pieces], on_abandon)
+    from the answer's first piece on (function calls once the answer is whole); the whole
+    `response` goes to `keep` before the last event, which carries it. Such a stream does
+    not resume (the resume route sends chunks). An error after the first piece is an error
+    event; a client that leaves before the end calls `on_abandon`."""
+    answer = (_called if shape.calls_tools else _response)(shape, first, pieces, keep)
+    return _guarded(answer, [pieces], on_abandon)
 
 
 async def _response(
@@ -81,10 +82,37 @@ async def _response(
             held = []
         if piece.finish_reason is not None:
             closing = shape.closing(piece.finish_reason, held, piece.usage)
-            if keep is not None:
-                await keep(closing[-1]["response"])
-            for body in closing:
-                yield named(body)  # and no [DONE]: OpenAI ends these streams with the last
+            async for event in _closed(closing, keep):
+                yield event
+
+
+async def _called(
+    shape: ResponseEvents,
+    first: Delta,
+    pieces: AsyncIterator[Delta],
+    keep: Callable[[dict[str, Any]], Awaitable[None]] | None,
+) -> AsyncGenerator[str]:
+    """The events of a response that may be function calls: the opening, then, once its
+    text is whole, the calls (or the text, where it makes none)."""
+    for body in shape.opening():
+        yield named(body)
+    text = ""
+    async for piece in _until_finished(first, pieces):
+        text += piece.text
+        if piece.finish_reason is not None:
+            closing = shape.calls(text, piece.finish_reason, piece.usage)
+            async for event in _closed(closing, keep):
+                yield event
+
+
+async def _closed(
+    closing: list[dict[str, Any]], keep: Callable[[dict[str, Any]], Awaitable[None]] | None
+) -> AsyncGenerator[str]:
+    """A response's last events, the whole response kept (stored) before them."""
+    if keep is not None:
+        await keep(closing[-1]["response"])
+    for body in closing:
+        yield named(body)  # and no [DONE]: OpenAI ends these streams with the last
 
 
 async def _guarded(

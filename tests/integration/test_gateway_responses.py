@@ -169,7 +169,7 @@ def test_what_is_not_served_is_refused_by_name(sdk: OpenAI) -> None:
         ({"conversation": "conv_1"}, "conversation"),
         ({"tools": [{"type": "web_search"}]}, "tools"),
         ({"reasoning": {"effort": "low"}}, "reasoning"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "4"}]}, "type"),
+        ({"input": [{"type": "reasoning", "summary": []}]}, "type"),
     ]
     for fields, why in refusals:
         with pytest.raises(openai.BadRequestError) as bad:

@@ -1,7 +1,9 @@
 """Tool calls through the real `openai` SDK (and a Kafka app's client) on the session's stack:
 a named function's call and "required" calls, held to the functions' schemas by the real
 engine (ours, and vLLM's server behind the HTTP engine), cached with their ids, streamed
-whole, a tool's result answered, and what is not served refused by name. Each schema leaves
+whole, a tool's result answered, the same through the Responses API (function_call items,
+continued from a stored response or sent whole), and what is not served refused by name.
+Each schema leaves
 the model no choice of length (enums, no other properties, one call), so no assertion waits
 on what it would say."""
 
@@ -13,6 +15,7 @@ from typing import Any
 import openai
 import pytest
 from openai import OpenAI
+from openai.types.responses import ResponseFunctionToolCall, ToolChoiceFunction
 
 from llmq import Client
 from tests.integration.helpers import unique_prompt
@@ -39,6 +42,8 @@ TOOLS: Any = [
     {"type": "function", "function": {"name": "is_up", "parameters": UP}},
 ]
 NAMED: Any = {"type": "function", "function": {"name": "get_time"}}
+FLAT: Any = [{"type": "function", **tool["function"]} for tool in TOOLS]
+"""The same tools as the Responses API takes them."""
 
 
 def _ask(what: str = "What time is it in Paris?") -> Any:
@@ -120,6 +125,83 @@ def test_a_tools_result_is_part_of_the_conversation(sdk: OpenAI, client: Client)
     message = result.response.choices[0].message
     assert message.tool_calls is not None
     assert [c.model_dump() for c in message.tool_calls] == [call.model_dump()]  # cached
+
+
+def test_responses_call_functions_and_follow_their_outputs(sdk: OpenAI) -> None:
+    question = unique_prompt("What time is it in Paris?")
+    ask: dict[str, Any] = {"model": MODEL, "tools": FLAT, "temperature": 0}
+    named: Any = {"type": "function", "name": "get_time"}
+    first = sdk.responses.create(**ask, input=question, tool_choice=named, max_output_tokens=32)
+    [call] = first.output
+    assert isinstance(call, ResponseFunctionToolCall) and call.status == "completed"
+    assert call.name == "get_time" and json.loads(call.arguments)["zone"] in ZONES
+    assert first.output_text == "" and first.tool_choice == ToolChoiceFunction(**named)
+    # The chat request of the same conversation: the same answer, from the cache, same id.
+    chat = sdk.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": question}],
+        tools=TOOLS,
+        tool_choice=NAMED,
+        max_tokens=32,
+        temperature=0,
+    )
+    assert (chat.model_extra or {})["llmq"]["cache"] == "exact"
+    assert [c.id for c in chat.choices[0].message.tool_calls or []] == [call.call_id]
+    output: Any = {"type": "function_call_output", "call_id": call.call_id, "output": "12:00"}
+    follow = sdk.responses.create(
+        **ask,
+        previous_response_id=first.id,
+        input=[output],
+        tool_choice="none",
+        max_output_tokens=8,
+    )
+    assert [item.type for item in follow.output] == ["message"]
+    assert follow.usage is not None and first.usage is not None
+    assert follow.usage.input_tokens > first.usage.input_tokens
+    # Sent whole, the first answer's items fed back as input: the same request, cached.
+    items: Any = [
+        {"role": "user", "content": question},
+        *[item.model_dump(exclude_none=True) for item in first.output],
+        output,
+    ]
+    whole = sdk.responses.create(**ask, input=items, tool_choice="none", max_output_tokens=8)
+    assert (whole.model_extra or {})["llmq"]["cache"] == "exact"
+    assert whole.output_text == follow.output_text
+
+
+def test_streamed_response_calls_come_whole_and_are_stored(sdk: OpenAI) -> None:
+    events = list(
+        sdk.responses.create(
+            model=MODEL,
+            input=unique_prompt("Is the server up, and what time is it?"),
+            tools=FLAT,
+            tool_choice="required",
+            parallel_tool_calls=False,
+            max_output_tokens=48,
+            temperature=0,
+            stream=True,
+        )
+    )
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    last = events[-1].response  # type: ignore[union-attr]
+    [call] = last.output
+    assert isinstance(call, ResponseFunctionToolCall)
+    assert (call.name, set(json.loads(call.arguments))) in (
+        ("get_time", {"zone"}),
+        ("is_up", {"up"}),
+    )
+    assert events[3].delta == call.arguments  # type: ignore[union-attr]
+    assert sdk.responses.retrieve(last.id).output == last.output
+    with pytest.raises(openai.BadRequestError, match='tool_choice "auto"'):
+        sdk.responses.create(model=MODEL, input="Hi", tools=FLAT, max_output_tokens=4)
 
 
 def test_what_is_not_served_is_refused_by_name(sdk: OpenAI) -> None:

@@ -207,15 +207,12 @@ def test_a_streamed_answer_of_calls_sends_them_whole_as_the_answer_holds_them() 
     assert read[2].choices[0].finish_reason == "tool_calls"
 
 
-def test_text_completions_and_responses_take_no_tools() -> None:
+def test_text_completions_take_no_tools() -> None:
     catalog = Catalog.builtin()
     where: dict[str, Any] = {"tenant": "t", "lane": None, "catalog": catalog, "timeout_s": 60}
     text = {"prompt": "Once", "tools": TOOLS, "tool_choice": "required"}
     with pytest.raises(LlmqError, match="tool_choice, tools") as refused:
         read_text_call(text, **where)
     assert refused.value.code is ErrorCode.UNSUPPORTED
-    with pytest.raises(LlmqError, match="tools") as refused:
-        read_response_call({"input": "Hi", "tools": TOOLS}, **where)
-    assert refused.value.code is ErrorCode.UNSUPPORTED
-    # As before tools came to chat: accepted with no tools to call in parallel.
+    # Responses: accepted with no tools to call in parallel.
     assert read_response_call({"input": "Hi", "parallel_tool_calls": False}, **where).store

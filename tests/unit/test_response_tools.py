@@ -1,0 +1,263 @@
+"""Function tools on the Responses API (gateway.response_tools): a body's tools and choice and
+its function-call items read as chat's, an answer's calls as `function_call` items (whole
+and streamed, read with the SDK's own types), and what is stored to continue from."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from openai.types.responses import Response, ResponseFunctionToolCall, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from gateway import sse
+from gateway.openai import read_call
+from gateway.responses import ResponseCall, ResponseEvents, read_response_call, response_of
+from llmq.streaming import Delta
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.fingerprint import fingerprint
+from schemas.request import ChatBody, ChatMessage
+from schemas.result import ChatCompletion, Choice, InferenceResult, Usage
+from schemas.tools import NamedToolChoice, finish_reason
+
+ZONE = {
+    "type": "object",
+    "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}},
+    "required": ["zone"],
+}
+TOOLS: list[dict[str, Any]] = [
+    {"type": "function", "name": "get_time", "parameters": ZONE, "strict": True},
+    {"type": "function", "name": "ping", "description": "Is it up?"},
+]
+CALLS = '[{"name":"get_time","parameters":{"zone":"UTC"}},{"name":"ping","parameters":{}}]'
+WHERE: dict[str, Any] = {
+    "tenant": "t",
+    "lane": None,
+    "catalog": Catalog.builtin(),
+    "timeout_s": 60,
+}
+USAGE = Usage(prompt_tokens=9, completion_tokens=6, total_tokens=15)
+
+
+def _read(history: list[dict[str, Any]] | None = None, **body: Any) -> ResponseCall:
+    data = {"input": "What time is it in Paris?", "tools": TOOLS, **body}
+    return read_response_call(data, **WHERE, history=history or [])
+
+
+def _result(body: ChatBody, text: str, reason: str = "stop") -> InferenceResult:
+    calls = body.calls_in(text)
+    message = ChatMessage(role="assistant", content=text, tool_calls=calls)
+    choice = Choice(message=message, finish_reason=finish_reason(body.tool_choice, calls, reason))
+    response = ChatCompletion(id="x", created=1, model="m", choices=[choice], usage=USAGE)
+    return InferenceResult(correlation_id="c", tenant="t", status="ok", response=response)
+
+
+def test_function_tools_and_a_named_choice_read_as_chats() -> None:
+    call = _read(tool_choice={"type": "function", "name": "get_time"}, parallel_tool_calls=False)
+    body = call.request.body
+    assert [t.function.name for t in body.tools or []] == ["get_time", "ping"]
+    assert body.tools is not None and body.tools[0].function.schema_ == ZONE
+    assert isinstance(body.tool_choice, NamedToolChoice)
+    assert body.tool_choice.function.name == "get_time" and body.calls_tools
+    assert body.parallel_tool_calls is False
+    assert _read(tool_choice="none").request.body.calls_tools is False
+    assert _read(tool_choice="required").request.body.tool_choice == "required"
+
+
+def test_what_is_not_served_is_refused_naming_what_is() -> None:
+    refusals: list[tuple[dict[str, Any], ErrorCode, str]] = [
+        ({}, ErrorCode.UNSUPPORTED, 'tool_choice "auto" (the default with tools)'),
+        ({"tool_choice": "auto"}, ErrorCode.UNSUPPORTED, '{"type": "function", "name": ...}'),
+        ({"tools": [{"type": "web_search"}]}, ErrorCode.UNSUPPORTED, "type 'web_search'"),
+        ({"tools": {"type": "function"}}, ErrorCode.INVALID_REQUEST, "tools must be a list"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none"},
+            ErrorCode.INVALID_REQUEST,
+            "tools.0: a function tool of this API is flat",
+        ),
+        (
+            {"tools": [{"type": "function", "name": "a b"}], "tool_choice": "required"},
+            ErrorCode.INVALID_REQUEST,
+            "tools.0.name",
+        ),
+        (
+            {"tool_choice": {"type": "allowed_tools", "tools": []}},
+            ErrorCode.UNSUPPORTED,
+            "tool_choice names a function",
+        ),
+        (
+            {"tool_choice": {"type": "function", "name": "nope"}},
+            ErrorCode.INVALID_REQUEST,
+            "'nope', which is not one of the tools",
+        ),
+        (
+            {
+                "input": [{"type": "function_call", "name": "ping", "arguments": "{}"}],
+                "tool_choice": "none",
+            },
+            ErrorCode.INVALID_REQUEST,
+            "a function_call names its call: call_id",
+        ),
+    ]
+    for body, code, why in refusals:
+        with pytest.raises(LlmqError) as refused:
+            _read(**body)
+        assert refused.value.code is code, body
+        assert why in refused.value.message, (body, refused.value.message)
+
+
+def test_function_call_items_and_their_outputs_are_the_chat_conversation() -> None:
+    """Calls made together are one assistant message, as in chat: the same request, and so
+    the same fingerprint (cache entry), as the chat body of that conversation."""
+    items: list[dict[str, Any]] = [
+        {"role": "user", "content": "What time is it in Paris?"},
+        {"type": "function_call", "call_id": "call_a", "name": "get_time", "arguments": "{}"},
+        {"type": "function_call", "call_id": "call_b", "name": "ping", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_a", "output": "12:00"},
+        {
+            "type": "function_call_output",
+            "call_id": "call_b",
+            "output": [{"type": "input_text", "text": "up"}],
+        },
+    ]
+    call = _read(input=items, tool_choice="none", max_output_tokens=8)
+    chat = read_call(
+        {
+            "messages": _chat(items),
+            "tools": [{"type": "function", "function": _flat(t)} for t in TOOLS],
+            "tool_choice": "none",
+            "max_tokens": 8,
+        },
+        **WHERE,
+    )
+    assert call.request.body.messages == chat.request.body.messages
+    assert [m.role for m in call.request.body.messages] == ["user", "assistant", "tool", "tool"]
+    assert fingerprint(call.request, "m") == fingerprint(chat.request, "m")
+    with pytest.raises(LlmqError, match=r"input\.3\.content"):
+        _read(input=[*items[:3], {**items[3], "output": 5}], tool_choice="none")
+
+
+def _flat(tool: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in tool.items() if k != "type"}
+
+
+def _chat(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def called(item: dict[str, Any]) -> dict[str, Any]:
+        function = {"name": item["name"], "arguments": item["arguments"]}
+        return {"id": item["call_id"], "type": "function", "function": function}
+
+    return [
+        items[0],
+        {"role": "assistant", "content": None, "tool_calls": [called(items[1]), called(items[2])]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "12:00"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "up"},
+    ]
+
+
+def test_an_answers_calls_are_function_call_items_and_a_continuation_follows_them() -> None:
+    call = _read(tool_choice="required")
+    body = response_of(call.echo, [_result(call.request.body, CALLS)])
+    read = Response.model_validate(body)
+    assert read.status == "completed" and read.output_text == ""
+    made = [item for item in read.output if isinstance(item, ResponseFunctionToolCall)]
+    assert len(made) == len(read.output) == 2
+    assert [(c.name, json.loads(c.arguments)) for c in made] == [
+        ("get_time", {"zone": "UTC"}),
+        ("ping", {}),
+    ]
+    assert all(c.call_id.startswith("call_") and c.id == f"fc_{c.call_id[5:]}" for c in made)
+    assert read.tool_choice == "required" and read.parallel_tool_calls
+    assert [t.name for t in read.tools] == ["get_time", "ping"]  # type: ignore[union-attr]
+    kept = call.kept(body)
+    after = [{"type": "function_call_output", "call_id": c.call_id, "output": "ok"} for c in made]
+    follow = _read(kept.messages, input=after, tool_choice="none")
+    messages = follow.request.body.messages
+    assert [m.role for m in messages] == ["user", "assistant", "tool", "tool"]
+    assert [c.id for c in messages[1].tool_calls or []] == [c.call_id for c in made]
+    assert [m.tool_call_id for m in messages[2:]] == [c.call_id for c in made]
+
+
+def test_text_that_makes_no_calls_is_the_answers_message() -> None:
+    call = _read(tool_choice={"type": "function", "name": "get_time"}, max_output_tokens=3)
+    body = response_of(call.echo, [_result(call.request.body, '{"zo', "length")])
+    read = Response.model_validate(body)
+    assert (read.status, read.output_text) == ("incomplete", '{"zo')
+    assert call.kept(body).messages[-1] == {"role": "assistant", "content": '{"zo'}
+
+
+async def _pieces(*pieces: Delta) -> AsyncIterator[Delta]:
+    for piece in pieces:
+        yield piece
+
+
+def _streamed(call: ResponseCall, text: str, reason: str) -> tuple[list[Any], list[Any]]:
+    """The events of `text` streamed in two pieces, read with the SDK's types, and the
+    responses kept."""
+    shape = ResponseEvents(call.echo, 7, "m", call.request.body)
+    kept: list[dict[str, Any]] = []
+
+    async def keep(response: dict[str, Any]) -> None:
+        kept.append(response)
+
+    async def main() -> list[str]:
+        rest = _pieces(Delta(text[4:], 4, reason, USAGE))
+        return [e async for e in sse.response_events(shape, Delta(text[:4], 0), rest, None, keep)]
+
+    reader = TypeAdapter(ResponseStreamEvent)
+    events = []
+    for line in asyncio.run(main()):
+        name, body = line.split("\n", 1)
+        event = reader.validate_python(json.loads(body.removeprefix("data: ")))
+        assert name == f"event: {event.type}"
+        events.append(event)
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    return events, kept
+
+
+def test_streamed_calls_come_whole_once_read_as_openais_events() -> None:
+    call = _read(tool_choice="required")
+    events, kept = _streamed(call, CALLS, "stop")
+    per_call = [
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    ]
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        *per_call,
+        *per_call,
+        "response.completed",
+    ]
+    whole = response_of(call.echo, [_result(call.request.body, CALLS)])
+    last = events[-1].response
+    assert [i.model_dump() for i in last.output] == [
+        ResponseFunctionToolCall.model_validate(i).model_dump() for i in whole["output"]
+    ]
+    assert events[3].delta == events[4].arguments == whole["output"][0]["arguments"]
+    assert events[2].item.status == "in_progress" and events[2].item.arguments == ""
+    assert [r["output"] for r in kept] == [whole["output"]]
+
+
+def test_a_streamed_answer_that_makes_no_calls_is_its_text() -> None:
+    call = _read(tool_choice={"type": "function", "name": "get_time"}, max_output_tokens=3)
+    events, kept = _streamed(call, '{"zone": "U', "length")
+    assert [e.type for e in events][2:] == [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.incomplete",
+    ]
+    assert (
+        events[-1].response.output_text
+        == '{"zone": "U'
+        == kept[0]["output"][0]["content"][0]["text"]
+    )
