@@ -17,14 +17,12 @@ from gateway.openai import (
     completion_of,
     given_fields,
     logprob_count,
-    logprobs_body,
     read_call,
 )
 from gateway.openai import ROLES as CHAT_ROLES
 from gateway.response_store import Kept
 from gateway.response_tools import (
     assistant_of,
-    call_item,
     call_items,
     chat_tools,
     echoed_tools,
@@ -33,8 +31,7 @@ from gateway.response_tools import (
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.request import ChatBody
-from schemas.result import InferenceResult, TokenLogprob, Usage
+from schemas.result import InferenceResult, Usage
 
 SAMPLING = ("temperature", "top_p")
 """Fields with the same name and meaning in both APIs."""
@@ -277,16 +274,16 @@ def response_of(echo: Echo, results: list[InferenceResult]) -> dict[str, Any]:
     llmq's extras under `llmq`."""
     body = completion_of(results)
     [choice] = body["choices"]
-    status = _status(choice["finish_reason"])
+    status = status_of(choice["finish_reason"])
     calls = choice["message"].get("tool_calls")
     if calls:
         output = call_items(calls, status)
     else:
         text = choice["message"].get("content") or ""
         logprobs = (choice.get("logprobs") or {}).get("content") or []
-        output = [_message(echo, status, [_part(text, logprobs)])]
+        output = [message_item(echo, status, [text_part(text, logprobs)])]
     usage = _usage(body.get("usage"))
-    answer = _response(
+    answer = response_body(
         echo,
         created=body["created"],
         model=body["model"],
@@ -297,138 +294,18 @@ def response_of(echo: Echo, results: list[InferenceResult]) -> dict[str, Any]:
     return {**answer, "llmq": body["llmq"]}
 
 
-@dataclass
-class ResponseEvents:
-    """The events of a streamed response, as OpenAI sends them, each numbered: the response
-    created and in progress, its message and text part added, the text's deltas, then the
-    text, part and message done and the response completed (or incomplete, when cut). An
-    answer that may be function calls is read whole first (`calls`)."""
-
-    echo: Echo
-    created: int
-    model: str
-    body: ChatBody | None = None
-    """The request's, when its answer may be function calls (read from the whole text)."""
-    sequence: int = 0
-    text: str = ""
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def calls_tools(self) -> bool:
-        """Whether the answer may be function calls: its events come once it is whole."""
-        return self.body is not None and self.body.calls_tools
-
-    def opening(self) -> list[dict[str, Any]]:
-        """The events before the first delta (before the whole answer, for calls)."""
-        started = self._response("in_progress", [], None)
-        return [
-            self._event("response.created", response=started),
-            self._event("response.in_progress", response=started),
-            *([] if self.calls_tools else self._message_added()),
-        ]
-
-    def calls(self, text: str, finish_reason: str, usage: Usage | None) -> list[dict[str, Any]]:
-        """The events after the opening of an answer that may be function calls, once its
-        `text` is whole: each call added, its arguments in one delta, and done, then the
-        response completed; the message of the text where it makes no calls (cut)."""
-        made = None if self.body is None else self.body.calls_in(text)
-        if not made:  # each event numbered as it comes
-            added = self._message_added()
-            deltas = [self.delta(text, [])] if text else []
-            return [*added, *deltas, *self.closing(finish_reason, [], usage)]
-        events, items = [], []
-        for index, call in enumerate(made):
-            item = call_item(call, "completed")
-            where = {"item_id": item["id"], "output_index": index}
-            events += [
-                self._event(
-                    "response.output_item.added",
-                    output_index=index,
-                    item=call_item(call, "in_progress", ""),
-                ),
-                self._event(
-                    "response.function_call_arguments.delta", **where, delta=item["arguments"]
-                ),
-                self._event(
-                    "response.function_call_arguments.done", **where, arguments=item["arguments"]
-                ),
-                self._event("response.output_item.done", output_index=index, item=item),
-            ]
-            items.append(item)
-        status = _status(finish_reason)
-        whole = self._response(status, items, _used(usage))
-        return [*events, self._event(f"response.{status}", response=whole)]
-
-    def delta(self, text: str, logprobs: list[TokenLogprob]) -> dict[str, Any]:
-        """A piece of the text, with its tokens' log-probabilities when asked for."""
-        entries = logprobs_body(logprobs)["content"]
-        self.text += text
-        self.logprobs += entries
-        return self._event(
-            "response.output_text.delta", **self._where, delta=text, logprobs=entries
-        )
-
-    def closing(
-        self, finish_reason: str, logprobs: list[TokenLogprob], usage: Usage | None
-    ) -> list[dict[str, Any]]:
-        """The events after the last delta (`logprobs`: tokens that brought no text)."""
-        self.logprobs += logprobs_body(logprobs)["content"]
-        status = _status(finish_reason)
-        part = _part(self.text, self.logprobs)
-        message = _message(self.echo, status, [part])
-        whole = self._response(status, [message], _used(usage))
-        return [
-            self._event(
-                "response.output_text.done", **self._where, text=self.text, logprobs=self.logprobs
-            ),
-            self._event("response.content_part.done", **self._where, part=part),
-            self._event("response.output_item.done", output_index=0, item=message),
-            self._event(f"response.{status}", response=whole),
-        ]
-
-    def _message_added(self) -> list[dict[str, Any]]:
-        """The events that open the answer's message and its text part."""
-        return [
-            self._event(
-                "response.output_item.added",
-                output_index=0,
-                item=_message(self.echo, "in_progress", []),
-            ),
-            self._event("response.content_part.added", **self._where, part=_part("", [])),
-        ]
-
-    def _response(
-        self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        return _response(
-            self.echo,
-            created=self.created,
-            model=self.model,
-            status=status,
-            output=output,
-            usage=usage,
-        )
-
-    @property
-    def _where(self) -> dict[str, Any]:
-        return {"item_id": self.echo.item_id, "output_index": 0, "content_index": 0}
-
-    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
-        body = {"type": kind, "sequence_number": self.sequence, **fields}
-        self.sequence += 1
-        return body
-
-
-def _status(finish_reason: str | None) -> str:
+def status_of(finish_reason: str | None) -> str:
     """A finished answer's status: cut at max_output_tokens, or whole."""
     return "incomplete" if finish_reason == "length" else "completed"
 
 
-def _part(text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:
+def text_part(text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer's text as its message's one content part."""
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
 
 
-def _message(echo: Echo, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+def message_item(echo: Echo, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer's message, an output item."""
     return {
         "type": "message",
         "id": echo.item_id,
@@ -438,7 +315,7 @@ def _message(echo: Echo, status: str, content: list[dict[str, Any]]) -> dict[str
     }
 
 
-def _response(
+def response_body(
     echo: Echo,
     *,
     created: int,
@@ -465,8 +342,8 @@ def _response(
     }
 
 
-def _used(usage: Usage | None) -> dict[str, Any] | None:
-    """A streamed answer's usage in this API's names."""
+def used(usage: Usage | None) -> dict[str, Any] | None:
+    """An answer's usage (llmq's) in this API's names."""
     return None if usage is None else _usage(usage.model_dump(exclude_none=True))
 
 

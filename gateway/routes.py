@@ -18,7 +18,8 @@ from redis.exceptions import RedisError
 from gateway import metrics, sse
 from gateway.door import ApiError, FrontDoor, json_body
 from gateway.openai import Call, Chunks, check_model, completion_of, read_call
-from gateway.responses import ResponseCall, ResponseEvents, read_response_call, response_of
+from gateway.response_events import ResponseEvents
+from gateway.responses import ResponseCall, read_response_call, response_of
 from gateway.text import TextChunks, read_text_call, text_completion_of
 from llmq.streaming import Delta, StreamReader
 from schemas.errors import ErrorCode, LlmqError

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from gateway.openai import Chunks, error_body, summed
-from gateway.responses import ResponseEvents
+from gateway.response_events import ResponseEvents
 from llmq.streaming import Delta
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import TokenLogprob, Usage

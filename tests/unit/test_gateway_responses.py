@@ -19,11 +19,11 @@ from redis.backoff import NoBackoff
 
 from gateway import routes, sse
 from gateway.door import FrontDoor
+from gateway.response_events import ResponseEvents
 from gateway.response_store import ResponseStore
 from gateway.responses import (
     LOGPROBS,
     ResponseCall,
-    ResponseEvents,
     read_response_call,
     response_of,
 )

@@ -15,7 +15,8 @@ from pydantic import TypeAdapter
 
 from gateway import sse
 from gateway.openai import read_call
-from gateway.responses import ResponseCall, ResponseEvents, read_response_call, response_of
+from gateway.response_events import ResponseEvents
+from gateway.responses import ResponseCall, read_response_call, response_of
 from llmq.streaming import Delta
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
