@@ -11,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import make_asgi_app
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.batch.routes import router as batch_router
 from gateway.door import ApiError, FrontDoor
@@ -51,7 +52,8 @@ def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> 
     for status in (404, 405):  # the router's own: a status's handler takes them
         app.add_exception_handler(status, _not_routed)
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
-    app.add_exception_handler(RedisError, _redis_away)  # type: ignore[arg-type]
+    for away in (RedisConnectionError, RedisTimeoutError):  # not its refusals: those are 500s
+        app.add_exception_handler(away, _redis_away)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _failed)
     app.include_router(router)
     app.include_router(batch_router)
@@ -86,7 +88,7 @@ async def _invalid(_: Request, exc: RequestValidationError) -> Response:
     return JSONResponse(body, status)
 
 
-async def _redis_away(_: Request, exc: RedisError) -> Response:
+async def _redis_away(_: Request, exc: RedisConnectionError | RedisTimeoutError) -> Response:
     """Redis out of reach where a route needs it (stored responses, results, batches): 503,
     naming it, which the SDK retries."""
     log.warning("Redis is out of reach: %s", explain(exc))

@@ -83,12 +83,8 @@ ROLES = {
     "assistant": "assistant",
     "tool": "tool",
 }
-AUTO_TOOLS = (
-    'tool_choice "auto" (the default with tools) is not served: llmq holds a call to its '
-    'function\'s schema, which needs the call decided before the answer; send "required" '
-    '(calls of any of the tools), {"type": "function", "function": {"name": ...}} (a call '
-    'of that one) or "none"'
-)
+NAMED_CHOICE = '{"type": "function", "function": {"name": ...}}'
+"""A tool_choice naming a function, as chat completions take it."""
 
 STATUS = {
     ErrorCode.INVALID_JSON: 400,
@@ -263,10 +259,21 @@ def _tools(fields: dict[str, Any], n: int) -> None:
             fields.pop("tool_choice")
         return
     if fields.setdefault("tool_choice", "auto") == "auto":
-        raise LlmqError(ErrorCode.UNSUPPORTED, AUTO_TOOLS)
+        raise auto_refused(NAMED_CHOICE)
     if fields.get("stream") and n > 1 and fields["tool_choice"] != "none":
         why = "a streamed answer of tool calls makes one choice: n must be 1 with stream"
         raise LlmqError(ErrorCode.UNSUPPORTED, why)
+
+
+def auto_refused(named: str) -> LlmqError:
+    """The refusal of tool_choice "auto", OpenAI's default with tools, naming what is served
+    (`named`: a choice of one function, as the API takes it)."""
+    why = (
+        'tool_choice "auto" (the default with tools) is not served: llmq holds a call to its '
+        'function\'s schema, which needs the call decided before the answer; send "required" '
+        f'(calls of any of the tools), {named} (a call of that one) or "none"'
+    )
+    return LlmqError(ErrorCode.UNSUPPORTED, why)
 
 
 def _tier_lane(data: dict[str, Any]) -> Lane | None:

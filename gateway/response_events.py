@@ -42,18 +42,26 @@ class ResponseEvents:
             *([] if self.calls_tools else self._message_added()),
         ]
 
-    def calls(self, text: str, finish_reason: str, usage: Usage | None) -> list[dict[str, Any]]:
+    def calls(
+        self,
+        text: str,
+        logprobs: list[TokenLogprob],
+        finish_reason: str,
+        usage: Usage | None,
+    ) -> list[dict[str, Any]]:
         """The events after the opening of an answer that may be function calls, once its
-        `text` is whole: each call added, its arguments in one delta, and done, then the
-        response completed; the message of the text where it makes no calls (cut)."""
+        `text` (and its tokens' `logprobs`) is whole: each call added, its arguments in one
+        delta, and done, then the response done; the message of the text, with the
+        log-probabilities, where it makes no calls (cut)."""
         made = None if self.body is None else self.body.calls_in(text)
         if not made:  # each event numbered as it comes
             added = self._message_added()
-            deltas = [self.delta(text, [])] if text else []
-            return [*added, *deltas, *self.closing(finish_reason, [], usage)]
+            deltas = [self.delta(text, logprobs)] if text else []
+            return [*added, *deltas, *self.closing(finish_reason, [] if text else logprobs, usage)]
+        status = status_of(finish_reason)
         events, items = [], []
         for index, call in enumerate(made):
-            item = call_item(call, "completed")
+            item = call_item(call, status)
             where = {"item_id": item["id"], "output_index": index}
             events += [
                 self._event(
@@ -70,7 +78,6 @@ class ResponseEvents:
                 self._event("response.output_item.done", output_index=index, item=item),
             ]
             items.append(item)
-        status = status_of(finish_reason)
         whole = self._response(status, items, used(usage))
         return [*events, self._event(f"response.{status}", response=whole)]
 

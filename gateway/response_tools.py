@@ -4,19 +4,17 @@ tool messages, and an answer's calls as `function_call` output items (and back, 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from gateway.openai import auto_refused
 from schemas.errors import ErrorCode, LlmqError
-from schemas.tools import ToolCall
+from schemas.tools import FUNCTION_NAME, ToolCall
 
 FUNCTION_FIELDS = ("name", "description", "parameters", "strict")
 """A function tool's fields, flat in this API, under `function` in chat's."""
-AUTO_TOOLS = (
-    'tool_choice "auto" (the default with tools) is not served: llmq holds a call to its '
-    'function\'s schema, which needs the call decided before the answer; send "required" '
-    '(calls of any of the tools), {"type": "function", "name": ...} (a call of that one) '
-    'or "none"'
-)
+NAMED_CHOICE = '{"type": "function", "name": ...}'
+"""A tool_choice naming a function, as this API takes it."""
 
 
 def chat_tools(data: dict[str, Any]) -> dict[str, Any]:
@@ -25,17 +23,17 @@ def chat_tools(data: dict[str, Any]) -> dict[str, Any]:
     tools = data.get("tools", [])
     if not isinstance(tools, list):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "tools must be a list of function tools")
-    fields: dict[str, Any] = {
-        k: data[k] for k in ("tool_choice", "parallel_tool_calls") if k in data
-    }
+    choosing = ("tool_choice", "parallel_tool_calls")
+    fields: dict[str, Any] = {k: data[k] for k in choosing if k in data}
     if tools:
         fields["tools"] = [_function(i, tool) for i, tool in enumerate(tools)]
         if fields.setdefault("tool_choice", "auto") == "auto":
-            raise LlmqError(ErrorCode.UNSUPPORTED, AUTO_TOOLS)
+            raise auto_refused(NAMED_CHOICE)
     choice = fields.get("tool_choice")
     if isinstance(choice, dict):
-        if choice.get("type") != "function" or set(choice) != {"type", "name"}:
-            why = 'tool_choice names a function as {"type": "function", "name": ...}'
+        named = choice.get("type") == "function" and set(choice) == {"type", "name"}
+        if not named or not isinstance(choice["name"], str):
+            why = f"tool_choice names a function as {NAMED_CHOICE}"
             raise LlmqError(ErrorCode.UNSUPPORTED, why)
         fields["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     return fields
@@ -55,20 +53,32 @@ def echoed_tools(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-CALLED = ("name", "arguments")
-"""A call's fields, flat in a `function_call` item, under `function` in chat's."""
-
-
-def tool_message(item: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """A `function_call` or `function_call_output` input item as chat: a call joins the
-    assistant message just before it (calls made together are one message, as chat has
-    them) or makes one (None is returned then: nothing new); an output is a tool message."""
-    if not isinstance(item.get("call_id"), str):
-        raise LlmqError(ErrorCode.INVALID_REQUEST, f"a {item['type']} names its call: call_id")
+def tool_message(
+    index: int, item: dict[str, Any], messages: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """A `function_call` or `function_call_output` input item (the input's `index`th) as
+    chat: a call joins the assistant message just before it (calls made together are one
+    message, as chat has them) or makes one (None is returned then: nothing new); an output
+    is a tool message, its content as given (a string, or parts of text)."""
+    call_id = item.get("call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise LlmqError(
+            ErrorCode.INVALID_REQUEST, f"input.{index}: a {item['type']} names its call: call_id"
+        )
     if item["type"] == "function_call_output":
-        return {"role": "tool", "tool_call_id": item["call_id"], "content": item.get("output")}
-    function = {k: item.get(k) for k in CALLED}
-    call = {"id": item["call_id"], "type": "function", "function": function}
+        output = item.get("output")
+        if not isinstance(output, str | list):
+            why = f"input.{index}.output must be a string or a list of text parts"
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+        return {"role": "tool", "tool_call_id": call_id, "content": output}
+    name, arguments = item.get("name"), item.get("arguments")
+    if not isinstance(name, str) or not re.match(FUNCTION_NAME, name):
+        why = f"input.{index}.name must be a function's name (letters, digits, _ and -, at most 64)"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+    if not isinstance(arguments, str):
+        why = f"input.{index}.arguments must be a string, the call's arguments as JSON"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+    call = _chat_call(call_id, name, arguments)
     if messages and messages[-1]["role"] == "assistant":
         last = messages[-1]
         last["tool_calls"] = [*(last.get("tool_calls") or []), call]
@@ -98,14 +108,7 @@ def assistant_of(output: list[dict[str, Any]]) -> dict[str, Any]:
     its text."""
     calls = [item for item in output if item["type"] == "function_call"]
     if calls:
-        called = [
-            {
-                "id": c["call_id"],
-                "type": "function",
-                "function": {k: c[k] for k in CALLED},
-            }
-            for c in calls
-        ]
+        called = [_chat_call(c["call_id"], c["name"], c["arguments"]) for c in calls]
         return {"role": "assistant", "content": None, "tool_calls": called}
     [message] = output
     return {"role": "assistant", "content": message["content"][0]["text"]}
@@ -126,3 +129,8 @@ def _function(index: int, tool: object) -> dict[str, Any]:
         )
         raise LlmqError(ErrorCode.INVALID_REQUEST, why)
     return {"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}}
+
+
+def _chat_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    """A call as chat's messages carry it."""
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}

@@ -128,8 +128,7 @@ def read_response_call(
     if instructions is not None and not isinstance(instructions, str):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "instructions must be a string")
     system = [] if not instructions else [{"role": "system", "content": instructions}]
-    given, items = _messages(data.get("input"))
-    conversation = [*history, *given]
+    conversation, items = _messages(data.get("input"), history)
     fields: dict[str, Any] = {
         **{k: v for k, v in data.items() if k in READ and k not in OWN},
         **chat_tools(data),
@@ -200,32 +199,38 @@ def _check_fields(data: dict[str, Any]) -> None:
             raise LlmqError(ErrorCode.UNSUPPORTED, why)
 
 
-def _messages(given: object) -> tuple[list[dict[str, Any]], list[int]]:
-    """The input as chat messages, and the input item each one came from: a string is the
-    user's; a list holds messages (with or without `"type": "message"`) whose content is a
-    string or parts of text, function calls and their outputs."""
+def _messages(
+    given: object, history: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The conversation: the `history` continued, then the input as chat messages; and the
+    input item each of those came from. A string is the user's; a list holds messages (with
+    or without `"type": "message"`) whose content is a string or parts of text, function
+    calls (joining the assistant message before them, the history's last too: as if the
+    conversation were sent whole) and their outputs."""
+    messages = [dict(message) for message in history]  # a call may join the last one
     if isinstance(given, str):
-        return [{"role": "user", "content": given}], [0]
+        return [*messages, {"role": "user", "content": given}], [0]
     if not isinstance(given, list) or not given:
         raise LlmqError(ErrorCode.INVALID_REQUEST, "input must be a string or a list of messages")
-    messages: list[dict[str, Any]] = []
     items: list[int] = []
     for index, item in enumerate(given):
         if not isinstance(item, dict):
             raise LlmqError(ErrorCode.INVALID_REQUEST, "each input item must be an object")
-        made = _message_of(item, messages)
+        made = _message_of(index, item, messages)
         if made is not None:
             messages.append({**made, "content": _content(made["content"])})
             items.append(index)
     return messages, items
 
 
-def _message_of(item: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """An input item as a chat message (its content as given); None for a function call
-    that joins the assistant message before it (among `messages`, those before it)."""
+def _message_of(
+    index: int, item: dict[str, Any], messages: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """An input item (the `index`th) as a chat message (its content as given); None for a
+    function call that joins the assistant message before it (`messages`' last)."""
     kind = item.get("type", "message")
     if kind in TOOL_ITEMS:
-        return tool_message(item, messages)
+        return tool_message(index, item, messages)
     if kind != "message":
         raise LlmqError(ErrorCode.UNSUPPORTED, f"input items of type {kind!r} are not served")
     role = item.get("role")
@@ -335,6 +340,9 @@ def response_body(
         "error": None,
         "model": model,
         "output": output,
+        "tools": [],  # echo.asked holds the body's; a batch line's from before tools, none
+        "tool_choice": "none",
+        "parallel_tool_calls": True,
         **echo.asked,
         "store": echo.store,
         "truncation": "disabled",

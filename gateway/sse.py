@@ -96,11 +96,12 @@ async def _called(
     text is whole, the calls (or the text, where it makes none)."""
     for body in shape.opening():
         yield named(body)
-    text = ""
+    text, logprobs = "", []
     async for piece in _until_finished(first, pieces):
         text += piece.text
+        logprobs += piece.logprobs or []
         if piece.finish_reason is not None:
-            closing = shape.calls(text, piece.finish_reason, piece.usage)
+            closing = shape.calls(text, logprobs, piece.finish_reason, piece.usage)
             async for event in _closed(closing, keep):
                 yield event
 

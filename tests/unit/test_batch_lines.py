@@ -172,6 +172,15 @@ def test_a_responses_batchs_lines_echo_what_they_asked_and_stand_alone() -> None
     assert (answer.max_output_tokens, body["store"]) == (4, False)  # a batch's are not stored
     assert answer.usage is not None and made.tokens[:2] == (11, answer.usage.output_tokens)
     assert answer.id == "resp_batch_ab.3.0"
+    # A line with function tools echoes them; one recorded before tools came echoes none.
+    called = line(tools=[{"type": "function", "name": "ping"}], tool_choice="required")
+    assert called.request.body.calls_tools and called.asked is not None
+    for recorded, tools in ((called.asked, ["ping"]), (None, [])):
+        made = outcome(
+            3, 0, "q3", _answer(), time.time() + 60, endpoint=RESPONSES_ENDPOINT, asked=recorded
+        )
+        echoed = Response.model_validate(made.body["response"]["body"])
+        assert [t.name for t in echoed.tools] == tools  # type: ignore[union-attr]
 
 
 def test_line_ids_go_both_ways_and_other_ids_are_not_lines() -> None:

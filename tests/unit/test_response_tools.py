@@ -22,7 +22,7 @@ from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
 from schemas.request import ChatBody, ChatMessage
-from schemas.result import ChatCompletion, Choice, InferenceResult, Usage
+from schemas.result import ChatCompletion, Choice, InferenceResult, TokenLogprob, Usage
 from schemas.tools import NamedToolChoice, finish_reason
 
 ZONE = {
@@ -91,6 +91,11 @@ def test_what_is_not_served_is_refused_naming_what_is() -> None:
             "tool_choice names a function",
         ),
         (
+            {"tool_choice": {"type": "function", "name": 5}},
+            ErrorCode.UNSUPPORTED,
+            'tool_choice names a function as {"type": "function", "name": ...}',
+        ),
+        (
             {"tool_choice": {"type": "function", "name": "nope"}},
             ErrorCode.INVALID_REQUEST,
             "'nope', which is not one of the tools",
@@ -138,8 +143,12 @@ def test_function_call_items_and_their_outputs_are_the_chat_conversation() -> No
     assert call.request.body.messages == chat.request.body.messages
     assert [m.role for m in call.request.body.messages] == ["user", "assistant", "tool", "tool"]
     assert fingerprint(call.request, "m") == fingerprint(chat.request, "m")
-    with pytest.raises(LlmqError, match=r"input\.3\.content"):
+    with pytest.raises(LlmqError, match=r"input\.3\.output must be a string or a list"):
         _read(input=[*items[:3], {**items[3], "output": 5}], tool_choice="none")
+    with pytest.raises(LlmqError, match=r"input\.2\.arguments must be a string"):
+        _read(input=[*items[:2], {**items[2], "arguments": {}}], tool_choice="none")
+    with pytest.raises(LlmqError, match=r"input\.1\.name must be a function's name"):
+        _read(input=[items[0], {**items[1], "name": "a b"}], tool_choice="none")
 
 
 def _flat(tool: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +189,20 @@ def test_an_answers_calls_are_function_call_items_and_a_continuation_follows_the
     assert [m.role for m in messages] == ["user", "assistant", "tool", "tool"]
     assert [c.id for c in messages[1].tool_calls or []] == [c.call_id for c in made]
     assert [m.tool_call_id for m in messages[2:]] == [c.call_id for c in made]
+    # The same conversation sent whole, the answer's items fed back: the same messages.
+    asked = {"role": "user", "content": "What time is it in Paris?"}
+    whole = _read(input=[asked, *body["output"], *after], tool_choice="none")
+    assert whole.request.body.messages == messages
+
+
+def test_calls_join_the_assistant_message_before_them_the_history_s_last_too() -> None:
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Let me see."}]
+    call = {"type": "function_call", "call_id": "call_a", "name": "ping", "arguments": "{}"}
+    follow = _read(history, input=[call], tool_choice="none")
+    whole = _read(input=[*history, call], tool_choice="none")
+    assert follow.request.body.messages == whole.request.body.messages
+    assert [m.role for m in whole.request.body.messages] == ["user", "assistant"]
+    assert history[1] == {"role": "assistant", "content": "Let me see."}  # not changed
 
 
 def test_text_that_makes_no_calls_is_the_answers_message() -> None:
@@ -205,8 +228,12 @@ def _streamed(call: ResponseCall, text: str, reason: str) -> tuple[list[Any], li
         kept.append(response)
 
     async def main() -> list[str]:
-        rest = _pieces(Delta(text[4:], 4, reason, USAGE))
-        return [e async for e in sse.response_events(shape, Delta(text[:4], 0), rest, None, keep)]
+        tokens = [
+            TokenLogprob(token=t, logprob=-1.0, top_logprobs=[]) for t in (text[:4], text[4:])
+        ]
+        rest = _pieces(Delta(text[4:], 4, reason, USAGE, logprobs=tokens[1:]))
+        first = Delta(text[:4], 0, logprobs=tokens[:1])
+        return [e async for e in sse.response_events(shape, first, rest, None, keep)]
 
     reader = TypeAdapter(ResponseStreamEvent)
     events = []
@@ -246,8 +273,13 @@ def test_streamed_calls_come_whole_once_read_as_openais_events() -> None:
 
 
 def test_a_streamed_answer_that_makes_no_calls_is_its_text() -> None:
-    call = _read(tool_choice={"type": "function", "name": "get_time"}, max_output_tokens=3)
+    call = _read(
+        tool_choice={"type": "function", "name": "get_time"},
+        max_output_tokens=3,
+        include=["message.output_text.logprobs"],
+    )
     events, kept = _streamed(call, '{"zone": "U', "length")
+    assert [t.token for t in events[4].logprobs] == ['{"zo', 'ne": "U']
     assert [e.type for e in events][2:] == [
         "response.output_item.added",
         "response.content_part.added",
