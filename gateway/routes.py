@@ -1,6 +1,6 @@
 """The front door's routes: OpenAI's chat and text completions (whole, or streamed as
-server-sent events) and responses (stored ones too), the models, stored results and their
-streams, health."""
+server-sent events) and responses (stored ones too, and their input items), the models,
+stored results and their streams, health."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from gateway import metrics, sse
 from gateway.door import ApiError, FrontDoor, json_body
 from gateway.openai import Call, Chunks, check_model, completion_of, read_call
 from gateway.response_events import ResponseEvents
+from gateway.response_items import input_items, page
 from gateway.responses import ResponseCall, read_response_call, response_of
 from gateway.text import TextChunks, read_text_call, text_completion_of
 from llmq.streaming import Delta, StreamReader
@@ -72,6 +73,26 @@ async def stored_response(response_id: str, request: Request) -> dict[str, Any]:
     if kept is None:
         raise _no_response(response_id)
     return kept.response
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def response_input_items(
+    response_id: str,
+    request: Request,
+    after: str | None = None,
+    limit: int = 20,
+    order: str = "desc",
+) -> dict[str, Any]:
+    """The conversation a stored response followed, as input items, a page at a time."""
+    door = _door(request)
+    kept = await door.responses.get(door.tenant(request), response_id)
+    if kept is None:
+        raise _no_response(response_id)
+    items = input_items(response_id, kept.messages[:-1])  # the last is its answer
+    try:
+        return page(items, after=after, limit=limit, order=order)
+    except LlmqError as exc:
+        raise ApiError(exc) from None
 
 
 @router.delete("/v1/responses/{response_id}")

@@ -139,6 +139,12 @@ def test_a_stored_response_is_fetched_continued_from_and_deleted(sdk: OpenAI) ->
         assert answer.usage is not None and chat.usage is not None
         assert chat.usage.prompt_tokens == answer.usage.input_tokens
         previous = answer
+    # The last one's input items: the conversation it followed, newest first, paged.
+    followed = [*conversation, {"role": "user", "content": questions[-1]}]
+    items = list(sdk.responses.input_items.list(previous.id, limit=2))
+    assert [(i.role, i.content[0].text) for i in items] == [  # type: ignore[union-attr,index]
+        (m["role"], m["content"]) for m in followed[::-1]
+    ]
     # Deleted, it can be neither fetched nor continued from; nor can one not stored.
     sdk.responses.delete(first.id)
     unstored = sdk.responses.create(**ask, input=unique_prompt("Hi"), store=False)
@@ -148,6 +154,8 @@ def test_a_stored_response_is_fetched_continued_from_and_deleted(sdk: OpenAI) ->
             sdk.responses.retrieve(gone)
         with pytest.raises(openai.NotFoundError, match="no stored response"):
             sdk.responses.create(**ask, input="Hi", previous_response_id=gone)
+        with pytest.raises(openai.NotFoundError, match="no stored response"):
+            sdk.responses.input_items.list(gone)
     with pytest.raises(openai.NotFoundError):
         sdk.responses.delete(first.id)
 

@@ -158,6 +158,8 @@ def test_responses_call_functions_and_follow_their_outputs(sdk: OpenAI) -> None:
     assert [item.type for item in follow.output] == ["message"]
     assert follow.usage is not None and first.usage is not None
     assert follow.usage.input_tokens > first.usage.input_tokens
+    listed = sdk.responses.input_items.list(follow.id, order="asc")
+    assert [i.type for i in listed] == ["message", "function_call", "function_call_output"]
     # Sent whole, the first answer's items fed back as input: the same request, cached.
     items: Any = [
         {"role": "user", "content": question},

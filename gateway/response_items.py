@@ -1,0 +1,89 @@
+"""A stored response's input items (GET /v1/responses/{id}/input_items): the conversation it
+followed, without its instructions (those of the responses it continues, then its own
+input), as the Responses API's items, a page at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.errors import ErrorCode, LlmqError
+
+MAX_LIMIT = 100
+"""OpenAI's bound on the items of one page."""
+ORDERS = ("asc", "desc")
+
+
+def input_items(response_id: str, conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chat messages a response followed as items, oldest first: messages of text,
+    an assistant's calls as `function_call` items (after its text, if any), and the tool
+    messages as `function_call_output` items. Each item's id is the response's and its
+    place, so a page names where the next one starts."""
+    items: list[dict[str, Any]] = []
+    for message in conversation:
+        calls = message.get("tool_calls") or []
+        text = message.get("content")
+        if message["role"] == "tool":
+            items.append(_output(message))
+        elif text or not calls:
+            items.append(_message(message["role"], text or ""))
+        items += [_call(call) for call in calls]
+    name = response_id.removeprefix("resp_")
+    return [{**item, "id": f"{item['id']}_{name}_{i}"} for i, item in enumerate(items)]
+
+
+def page(
+    items: list[dict[str, Any]], *, after: str | None, limit: int, order: str
+) -> dict[str, Any]:
+    """The list object of up to `limit` items in `order` (newest first: "desc", OpenAI's
+    default), from the one after the item `after`; LlmqError (400) for a bound, an order
+    or an item it does not know."""
+    if not 1 <= limit <= MAX_LIMIT:
+        why = f"limit must be an integer from 1 to {MAX_LIMIT}"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+    if order not in ORDERS:
+        raise LlmqError(ErrorCode.INVALID_REQUEST, f"order must be one of {', '.join(ORDERS)}")
+    ordered = items if order == "asc" else items[::-1]
+    start = 0
+    if after is not None:
+        ids = [item["id"] for item in ordered]
+        if after not in ids:
+            why = f"after names no input item of this response: {after!r}"
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+        start = ids.index(after) + 1
+    data = ordered[start : start + limit]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": start + limit < len(ordered),
+    }
+
+
+def _message(role: str, text: str) -> dict[str, Any]:
+    if role == "assistant":
+        part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": []}
+    else:
+        part = {"type": "input_text", "text": text}
+    return {"type": "message", "id": "msg", "role": role, "status": "completed", "content": [part]}
+
+
+def _call(call: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": "fc",
+        "call_id": call["id"],
+        "name": call["function"]["name"],
+        "arguments": call["function"]["arguments"],
+        "status": "completed",
+    }
+
+
+def _output(message: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "function_call_output",
+        "id": "fco",
+        "call_id": message["tool_call_id"],
+        "output": message["content"],
+        "status": "completed",
+    }
