@@ -11,6 +11,7 @@ import os
 
 from openai import OpenAI
 from openai.types.chat import ChatCompletionFunctionToolParam
+from openai.types.responses import FunctionToolParam
 
 client = OpenAI(
     base_url=os.environ.get("LLMQ_API_URL", "http://127.0.0.1:28080/v1"),
@@ -96,17 +97,15 @@ print(follow_up.output_text, f"[{follow_up.status}]")
 client.responses.delete(reply.id)  # kept 30 days unless deleted (or store=False)
 
 # Tool calls: a named function's call (or "required"), its arguments held to its schema.
+place: dict[str, object] = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 32}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
 weather: ChatCompletionFunctionToolParam = {
     "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 32}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
+    "function": {"name": "get_weather", "parameters": place},
 }
 called = client.chat.completions.create(
     model="smollm2-135m",
@@ -119,3 +118,32 @@ called = client.chat.completions.create(
 for call in called.choices[0].message.tool_calls or []:
     if call.type == "function":
         print(call.function.name, call.function.arguments)
+
+# The same through the Responses API: function tools are flat, the call is an output item,
+# and its output continues the stored response.
+flat: FunctionToolParam = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": place,
+    "strict": True,
+}
+asked = client.responses.create(
+    model="smollm2-135m",
+    input="What is the weather in Paris?",
+    tools=[flat],
+    tool_choice={"type": "function", "name": "get_weather"},
+    max_output_tokens=32,
+    temperature=0,
+)
+for item in asked.output:
+    if item.type == "function_call":
+        print(item.name, item.arguments)
+        told = client.responses.create(
+            model="smollm2-135m",
+            previous_response_id=asked.id,
+            input=[{"type": "function_call_output", "call_id": item.call_id, "output": "sunny"}],
+            max_output_tokens=32,
+            temperature=0,
+        )
+        print(told.output_text, f"[{told.status}]")
+        print([i.type for i in client.responses.input_items.list(told.id, order="asc")])
