@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import make_asgi_app
+from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -54,6 +55,8 @@ def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> 
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     for away in (RedisConnectionError, RedisTimeoutError):  # not its refusals: those are 500s
         app.add_exception_handler(away, _redis_away)  # type: ignore[arg-type]
+    for refused in (AuthenticationError, AuthorizationError):  # ConnectionErrors, not away
+        app.add_exception_handler(refused, _failed)
     app.add_exception_handler(Exception, _failed)
     app.include_router(router)
     app.include_router(batch_router)

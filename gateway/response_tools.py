@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.openai import auto_refused
 from schemas.errors import ErrorCode, LlmqError
-from schemas.tools import FUNCTION_NAME, ToolCall
+from schemas.tools import FUNCTION_NAME, MAX_ARGUMENTS_CHARS, MAX_CALL_ID_CHARS, ToolCall
 
 FUNCTION_FIELDS = ("name", "description", "parameters", "strict")
 """A function tool's fields, flat in this API, under `function` in chat's."""
@@ -61,29 +61,44 @@ def tool_message(
     message, as chat has them) or makes one (None is returned then: nothing new); an output
     is a tool message, its content as given (a string, or parts of text)."""
     call_id = item.get("call_id")
-    if not isinstance(call_id, str) or not call_id:
-        raise LlmqError(
-            ErrorCode.INVALID_REQUEST, f"input.{index}: a {item['type']} names its call: call_id"
-        )
+    if not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_CALL_ID_CHARS:
+        why = f"input.{index}: a {item['type']} names its call: call_id, 1 to 128 characters"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
     if item["type"] == "function_call_output":
         output = item.get("output")
         if not isinstance(output, str | list):
             why = f"input.{index}.output must be a string or a list of text parts"
             raise LlmqError(ErrorCode.INVALID_REQUEST, why)
         return {"role": "tool", "tool_call_id": call_id, "content": output}
-    name, arguments = item.get("name"), item.get("arguments")
-    if not isinstance(name, str) or not re.match(FUNCTION_NAME, name):
-        why = f"input.{index}.name must be a function's name (letters, digits, _ and -, at most 64)"
+    call = _chat_call(call_id, *_called(index, item))
+    made = {c["id"] for m in messages for c in m.get("tool_calls") or []}
+    if call_id in made:
+        why = (
+            f"input.{index}: the call {call_id} is in the conversation already (the response "
+            "continued made it, or an item before): send only its output"
+        )
         raise LlmqError(ErrorCode.INVALID_REQUEST, why)
-    if not isinstance(arguments, str):
-        why = f"input.{index}.arguments must be a string, the call's arguments as JSON"
-        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
-    call = _chat_call(call_id, name, arguments)
     if messages and messages[-1]["role"] == "assistant":
         last = messages[-1]
         last["tool_calls"] = [*(last.get("tool_calls") or []), call]
         return None
     return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+def _called(index: int, item: dict[str, Any]) -> tuple[str, str]:
+    """A `function_call` item's name and arguments, checked here so that an error names
+    the item (joined to a message before it, the chat reader's would name that one)."""
+    name, arguments = item.get("name"), item.get("arguments")
+    if not isinstance(name, str) or not re.fullmatch(FUNCTION_NAME, name):
+        why = f"input.{index}.name must be a function's name (letters, digits, _ and -, at most 64)"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+    if not isinstance(arguments, str) or len(arguments) > MAX_ARGUMENTS_CHARS:
+        why = (
+            f"input.{index}.arguments must be a string, the call's arguments as JSON, "
+            f"at most {MAX_ARGUMENTS_CHARS} characters"
+        )
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+    return name, arguments
 
 
 def call_items(calls: list[dict[str, Any]], status: str) -> list[dict[str, Any]]:

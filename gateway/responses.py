@@ -340,9 +340,7 @@ def response_body(
         "error": None,
         "model": model,
         "output": output,
-        "tools": [],  # echo.asked holds the body's; a batch line's from before tools, none
-        "tool_choice": "none",
-        "parallel_tool_calls": True,
+        **echoed_tools({}),  # echo.asked holds the body's; a batch line's from before tools not
         **echo.asked,
         "store": echo.store,
         "truncation": "disabled",

@@ -24,6 +24,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.names import RESULTS
 from schemas.tools import (
+    MAX_CALL_ID_CHARS,
     MAX_TOOLS,
     NamedToolChoice,
     Tool,
@@ -124,7 +125,7 @@ class ChatMessage(BaseModel):
     content: str = Field(max_length=MAX_CONTENT_CHARS)
     """The text; an answer's tool calls keep here the text they were read from."""
     tool_calls: list[ToolCall] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
-    tool_call_id: str | None = Field(default=None, min_length=1, max_length=128)
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=MAX_CALL_ID_CHARS)
 
     @model_validator(mode="before")
     @classmethod

@@ -17,6 +17,10 @@ MAX_PARAMETERS_CHARS = 32_768
 """The largest parameters schema of one function, as compact JSON (as a response_format's)."""
 FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 """OpenAI's function names."""
+MAX_ARGUMENTS_CHARS = 200_000
+"""The longest arguments of one call, as JSON text."""
+MAX_CALL_ID_CHARS = 128
+"""The longest id of a call."""
 
 
 class Function(BaseModel):
@@ -81,7 +85,7 @@ class FunctionCall(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=FUNCTION_NAME)
-    arguments: str = Field(max_length=200_000)
+    arguments: str = Field(max_length=MAX_ARGUMENTS_CHARS)
     """The arguments as JSON text, as OpenAI sends them."""
 
 
@@ -90,7 +94,7 @@ class ToolCall(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(min_length=1, max_length=128)
+    id: str = Field(min_length=1, max_length=MAX_CALL_ID_CHARS)
     type: Literal["function"] = "function"
     function: FunctionCall
 

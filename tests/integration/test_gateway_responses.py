@@ -145,6 +145,9 @@ def test_a_stored_response_is_fetched_continued_from_and_deleted(sdk: OpenAI) ->
     assert [(i.role, i.content[0].text) for i in items] == [  # type: ignore[union-attr,index]
         (m["role"], m["content"]) for m in followed[::-1]
     ]
+    for bad in ({"limit": 0}, {"order": "newest"}, {"after": "msg_none"}):
+        with pytest.raises(openai.BadRequestError, match=r"limit|order|after"):
+            sdk.responses.input_items.list(previous.id, **bad)
     # Deleted, it can be neither fetched nor continued from; nor can one not stored.
     sdk.responses.delete(first.id)
     unstored = sdk.responses.create(**ask, input=unique_prompt("Hi"), store=False)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from redis.exceptions import AuthenticationError
 from starlette.types import Message
 
 from gateway import door as front_door
@@ -192,7 +193,16 @@ def test_a_body_that_is_not_json_is_a_400_saying_so(keyed: FastAPI) -> None:
 
 def test_redis_out_of_reach_is_a_503_naming_it_which_the_sdk_retries() -> None:
     settings = GatewaySettings(redis_url="redis://127.0.0.1:1/0")
-    away = TestClient(build(settings, Catalog.builtin(), TenantPolicy.load(None)))
+    app = build(settings, Catalog.builtin(), TenantPolicy.load(None))
+
+    async def refused() -> None:
+        raise AuthenticationError("invalid username-password pair")
+
+    app.add_api_route("/refused", refused)
+    away = TestClient(app, raise_server_exceptions=False)
+    wrong = away.get("/refused")  # a refusal, not out of reach: retrying would not mend it
+    assert wrong.status_code == 500
+    assert wrong.json()["error"]["message"].startswith("the front door failed: ")
     asked = [
         away.get("/v1/responses/resp_1"),
         away.delete("/v1/responses/resp_1"),

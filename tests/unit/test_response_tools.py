@@ -133,7 +133,7 @@ def test_function_call_items_and_their_outputs_are_the_chat_conversation() -> No
     call = _read(input=items, tool_choice="none", max_output_tokens=8)
     chat = read_call(
         {
-            "messages": _chat(items),
+            "messages": _chats(items),
             "tools": [{"type": "function", "function": _flat(t)} for t in TOOLS],
             "tool_choice": "none",
             "max_tokens": 8,
@@ -155,14 +155,16 @@ def _flat(tool: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in tool.items() if k != "type"}
 
 
-def _chat(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    def called(item: dict[str, Any]) -> dict[str, Any]:
-        function = {"name": item["name"], "arguments": item["arguments"]}
-        return {"id": item["call_id"], "type": "function", "function": function}
+def _chat(item: dict[str, Any]) -> dict[str, Any]:
+    """A function_call item as chat's call."""
+    function = {"name": item["name"], "arguments": item["arguments"]}
+    return {"id": item["call_id"], "type": "function", "function": function}
 
+
+def _chats(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         items[0],
-        {"role": "assistant", "content": None, "tool_calls": [called(items[1]), called(items[2])]},
+        {"role": "assistant", "content": None, "tool_calls": [_chat(items[1]), _chat(items[2])]},
         {"role": "tool", "tool_call_id": "call_a", "content": "12:00"},
         {"role": "tool", "tool_call_id": "call_b", "content": "up"},
     ]
@@ -203,6 +205,20 @@ def test_calls_join_the_assistant_message_before_them_the_history_s_last_too() -
     assert follow.request.body.messages == whole.request.body.messages
     assert [m.role for m in whole.request.body.messages] == ["user", "assistant"]
     assert history[1] == {"role": "assistant", "content": "Let me see."}  # not changed
+    # A call the conversation holds already (an answer's output fed back while continuing
+    # it) is refused, not made twice.
+    answered: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [_chat(call)]}
+    called = [history[0], answered]
+    output = {"type": "function_call_output", "call_id": "call_a", "output": "up"}
+    with pytest.raises(
+        LlmqError, match=r"input\.0: the call call_a is in the conversation already"
+    ):
+        _read(called, input=[call, output], tool_choice="none")
+    assert (
+        _read(called, input=[output], tool_choice="none").request.body.messages[-1].role == "tool"
+    )
+    with pytest.raises(LlmqError, match=r"input\.2\.name must be a function's name"):
+        _read(input=[*history, {**call, "name": "ping\n"}], tool_choice="none")
 
 
 def test_text_that_makes_no_calls_is_the_answers_message() -> None:
