@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.response_tools import call_item
 from schemas.errors import ErrorCode, LlmqError
+from schemas.tools import ToolCall
 
 MAX_LIMIT = 100
 """OpenAI's bound on the items of one page."""
@@ -69,14 +71,7 @@ def _message(role: str, text: str) -> dict[str, Any]:
 
 
 def _call(call: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "function_call",
-        "id": "fc",
-        "call_id": call["id"],
-        "name": call["function"]["name"],
-        "arguments": call["function"]["arguments"],
-        "status": "completed",
-    }
+    return {**call_item(ToolCall.model_validate(call), "completed"), "id": "fc"}
 
 
 def _output(message: dict[str, Any]) -> dict[str, Any]:

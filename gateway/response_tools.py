@@ -62,7 +62,10 @@ def tool_message(
     is a tool message, its content as given (a string, or parts of text)."""
     call_id = item.get("call_id")
     if not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_CALL_ID_CHARS:
-        why = f"input.{index}: a {item['type']} names its call: call_id, 1 to 128 characters"
+        why = (
+            f"input.{index}: a {item['type']} names its call: call_id, "
+            f"1 to {MAX_CALL_ID_CHARS} characters"
+        )
         raise LlmqError(ErrorCode.INVALID_REQUEST, why)
     if item["type"] == "function_call_output":
         output = item.get("output")
