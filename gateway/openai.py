@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from schemas.catalog import Catalog
+from schemas.catalog import Catalog, ModelSpec, auto_refused
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.redact import describe
@@ -83,8 +83,6 @@ ROLES = {
     "assistant": "assistant",
     "tool": "tool",
 }
-NAMED_CHOICE = '{"type": "function", "function": {"name": ...}}'
-"""A tool_choice naming a function, as chat completions take it."""
 
 STATUS = {
     ErrorCode.INVALID_JSON: 400,
@@ -174,7 +172,7 @@ def read_call(
     check_model(model, catalog)
     fields = {k: v for k, v in data.items() if k in PASSED}
     fields["messages"] = _messages(data.get("messages"))
-    _tools(fields, n)
+    _tools(fields, n, [spec for m in catalog.serving(model) if (spec := catalog.get(m))])
     if text:
         fields["raw_prompt"] = True
     if "max_completion_tokens" in data:  # the newer name wins over both, as in vLLM's server
@@ -246,10 +244,10 @@ def _check_fields(data: dict[str, Any]) -> int:
     return n
 
 
-def _tools(fields: dict[str, Any], n: int) -> None:
+def _tools(fields: dict[str, Any], n: int, serving: list[ModelSpec]) -> None:
     """The body's tools and tool choice as llmq serves them: no tools (or an empty list) is
     none, and leaves nothing to choose nor to call in parallel; with tools, "auto" (OpenAI's
-    default) is refused, naming what is served."""
+    default) is refused unless every model `serving` it reads its calls."""
     if fields.get("tools") == []:
         fields.pop("tools")
     if "tools" not in fields:
@@ -258,22 +256,12 @@ def _tools(fields: dict[str, Any], n: int) -> None:
         if fields.get("tool_choice") in ("none", "auto"):
             fields.pop("tool_choice")
         return
-    if fields.setdefault("tool_choice", "auto") == "auto":
-        raise auto_refused(NAMED_CHOICE)
+    unread = [spec.name for spec in serving if spec.tool_call_parser is None]
+    if fields.setdefault("tool_choice", "auto") == "auto" and unread:
+        raise auto_refused(unread[0])
     if fields.get("stream") and n > 1 and fields["tool_choice"] != "none":
         why = "a streamed answer of tool calls makes one choice: n must be 1 with stream"
         raise LlmqError(ErrorCode.UNSUPPORTED, why)
-
-
-def auto_refused(named: str) -> LlmqError:
-    """The refusal of tool_choice "auto", OpenAI's default with tools, naming what is served
-    (`named`: a choice of one function, as the API takes it)."""
-    why = (
-        'tool_choice "auto" (the default with tools) is not served: llmq holds a call to its '
-        'function\'s schema, which needs the call decided before the answer; send "required" '
-        f'(calls of any of the tools), {named} (a call of that one) or "none"'
-    )
-    return LlmqError(ErrorCode.UNSUPPORTED, why)
 
 
 def _tier_lane(data: dict[str, Any]) -> Lane | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.openai import auto_refused
 from schemas.errors import ErrorCode, LlmqError
 from schemas.tools import FUNCTION_NAME, MAX_ARGUMENTS_CHARS, MAX_CALL_ID_CHARS, ToolCall
 
@@ -18,8 +17,7 @@ NAMED_CHOICE = '{"type": "function", "name": ...}'
 
 
 def chat_tools(data: dict[str, Any]) -> dict[str, Any]:
-    """The body's tools, tool_choice and parallel_tool_calls as chat's fields; with tools,
-    "auto" (OpenAI's default) is refused, naming what is served."""
+    """The body's tools, tool_choice and parallel_tool_calls as chat's fields."""
     tools = data.get("tools", [])
     if not isinstance(tools, list):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "tools must be a list of function tools")
@@ -27,8 +25,6 @@ def chat_tools(data: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {k: data[k] for k in choosing if k in data}
     if tools:
         fields["tools"] = [_function(i, tool) for i, tool in enumerate(tools)]
-        if fields.setdefault("tool_choice", "auto") == "auto":
-            raise auto_refused(NAMED_CHOICE)
     choice = fields.get("tool_choice")
     if isinstance(choice, dict):
         named = choice.get("type") == "function" and set(choice) == {"type", "name"}
@@ -41,14 +37,14 @@ def chat_tools(data: dict[str, Any]) -> dict[str, Any]:
 
 def echoed_tools(data: dict[str, Any]) -> dict[str, Any]:
     """The tools, tool_choice and parallel_tool_calls a `response` echoes: as the body gave
-    them (each tool with every field of a function tool), else none, "none" and true."""
+    them (each tool with every field of a function tool), else none, "auto" and true."""
     tools = [
         {"type": "function", **{k: tool.get(k) for k in FUNCTION_FIELDS}}
         for tool in data.get("tools", [])
     ]
     return {
         "tools": tools,
-        "tool_choice": data.get("tool_choice", "none"),
+        "tool_choice": data.get("tool_choice", "auto"),
         "parallel_tool_calls": data.get("parallel_tool_calls", True),
     }
 

@@ -7,6 +7,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ModelName
 from schemas.route import AUTO
 from schemas.tomlfile import load_toml
@@ -66,6 +67,10 @@ class ModelSpec(BaseModel):
     `vllm serve` flags with underscores): tensor_parallel_size, quantization,
     enable_prefix_caching, dtype, gpu_memory_utilization, speculative_config, ... Checked
     against the installed vLLM when the worker starts."""
+    tool_call_parser: Literal["hermes"] | None = None
+    """vllm: the syntax the model writes its tool calls in, read under tool_choice "auto"
+    (as vLLM's `--tool-call-parser`): "hermes", `<tool_call>{"name": ..., "arguments":
+    ...}</tool_call>` (Hermes, Qwen 2.5 and 3); none: "auto" is refused for this model."""
     price_prompt_per_mtok: float = Field(default=0.0, ge=0)
     """USD per million prompt tokens, for metering."""
     price_completion_per_mtok: float = Field(default=0.0, ge=0)
@@ -99,12 +104,42 @@ class ModelSpec(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _calls_readable(self) -> Self:
+        """A tool_call_parser where llmq's own engine holds calls with its grammar."""
+        if self.tool_call_parser is None:
+            return self
+        if self.engine != "vllm":
+            raise ValueError(
+                f"model {self.name!r}: tool_call_parser is for engine 'vllm'; tool_choice "
+                f"'auto' is not served through engine {self.engine!r}"
+            )
+        outputs = self.engine_args.get("structured_outputs_config")
+        backend = outputs.get("backend") if isinstance(outputs, dict) else None
+        if backend not in (None, "guidance"):
+            raise ValueError(
+                f"model {self.name!r}: tool_call_parser holds calls with a grammar of vLLM's "
+                f"'guidance' structured-outputs backend (llmq's default), not {backend!r}"
+            )
+        return self
+
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """USD for one generation."""
         return (
             prompt_tokens * self.price_prompt_per_mtok
             + completion_tokens * self.price_completion_per_mtok
         ) / 1e6
+
+
+def auto_refused(model: str) -> LlmqError:
+    """The refusal of tool_choice "auto", OpenAI's default with tools, for a `model` whose
+    calls are not read from its text, naming what is served."""
+    why = (
+        f'tool_choice "auto" (the default with tools) is not served by {model!r}: its '
+        "catalog entry names no tool_call_parser, the syntax its calls are read in; send "
+        '"required" (calls of any of the tools), a function by name or "none"'
+    )
+    return LlmqError(ErrorCode.UNSUPPORTED, why)
 
 
 class Routing(BaseModel):
@@ -236,6 +271,7 @@ class Catalog(BaseModel):
                     source=SMOLLM2,
                     max_model_len=2048,
                     max_inflight=64,
+                    tool_call_parser="hermes",
                     price_prompt_per_mtok=0.02,
                     price_completion_per_mtok=0.08,
                 )

@@ -30,6 +30,7 @@ from schemas.tools import (
     Tool,
     ToolCall,
     ToolChoice,
+    call_grammar,
     calls_tools,
     output_schema,
     tool_calls,
@@ -247,10 +248,11 @@ class ChatBody(BaseModel):
     tools: list[Tool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
     """Functions the answer may call; shown to the model through its chat template."""
     tool_choice: ToolChoice | None = None
-    """With tools: "none" (a text answer), "required" (calls of any of them) or a named
-    function (one call of it), the calls held to the functions' schemas."""
+    """With tools: "none" (a text answer), "auto" (text or calls, as the model decides),
+    "required" (calls of any of them) or a named function (one call of it), the calls held
+    to the functions' schemas."""
     parallel_tool_calls: bool | None = None
-    """False: "required" makes one call only."""
+    """False: "required" and "auto" make one call at most."""
 
     @model_serializer(mode="wrap")
     def _nones_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -294,8 +296,15 @@ class ChatBody(BaseModel):
         return output_schema(self.tools or [], self.tool_choice, self.parallel_tool_calls)
 
     @property
+    def tool_grammar(self) -> str | None:
+        """The grammar that holds the answer's calls under "auto"; None otherwise."""
+        if self.tool_choice != "auto":
+            return None
+        return call_grammar(self.tools or [], self.parallel_tool_calls)
+
+    @property
     def calls_tools(self) -> bool:
-        """Whether the answer is tool calls (read from JSON text the engine is held to)."""
+        """Whether the answer may be tool calls (read from the text the engine is held to)."""
         return calls_tools(self.tool_choice)
 
     def calls_in(self, text: str) -> list[ToolCall] | None:
@@ -310,7 +319,9 @@ class ChatBody(BaseModel):
     @model_validator(mode="after")
     def _tool_choice_among_tools(self) -> Self:
         if self.tool_choice is None and self.tools is not None:
-            raise ValueError("with tools, tool_choice must be 'none', 'required' or a function")
+            raise ValueError(
+                "with tools, tool_choice must be 'none', 'auto', 'required' or a function"
+            )
         if calls_tools(self.tool_choice):
             if self.tools is None:
                 raise ValueError("tool_choice needs tools to choose from")

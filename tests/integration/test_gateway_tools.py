@@ -1,5 +1,6 @@
 """Tool calls through the real `openai` SDK (and a Kafka app's client) on the session's stack:
-a named function's call and "required" calls, held to the functions' schemas by the real
+a named function's call, "required" calls and "auto" (text or calls, as the model chooses),
+held to the functions' schemas by the real
 engine (ours, and vLLM's server behind the HTTP engine), cached with their ids, streamed
 whole, a tool's result answered, the same through the Responses API (function_call items,
 continued from a stored response or sent whole), and what is not served refused by name.
@@ -18,6 +19,7 @@ from openai import OpenAI
 from openai.types.responses import ResponseFunctionToolCall, ToolChoiceFunction
 
 from llmq import Client
+from schemas.errors import ErrorCode
 from tests.integration.helpers import unique_prompt
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -202,15 +204,81 @@ def test_streamed_response_calls_come_whole_and_are_stored(sdk: OpenAI) -> None:
     )
     assert events[3].delta == call.arguments  # type: ignore[union-attr]
     assert sdk.responses.retrieve(last.id).output == last.output
-    with pytest.raises(openai.BadRequestError, match='tool_choice "auto"'):
-        sdk.responses.create(model=MODEL, input="Hi", tools=FLAT, max_output_tokens=4)
+    with pytest.raises(openai.BadRequestError, match="not served by 'smollm2-remote'"):
+        sdk.responses.create(model=REMOTE, input="Hi", tools=FLAT, max_output_tokens=4)
+
+
+def _chosen(choice: Any) -> tuple[str, Any]:
+    """An answer under "auto", text or calls as the model chose, checked against what llmq
+    holds either to, whichever it is: ("calls", the calls) or ("text", the text)."""
+    calls = choice.message.tool_calls
+    if calls:
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        for call in calls:
+            arguments = json.loads(call.function.arguments)
+            assert (call.function.name, set(arguments)) in (
+                ("get_time", {"zone"}),
+                ("is_up", {"up"}),
+            )
+        return "calls", [c.model_dump() for c in calls]
+    assert choice.finish_reason in ("stop", "length")
+    if choice.finish_reason == "stop":  # a call, once begun, cannot stop before its end
+        assert "<tool_call>" not in choice.message.content
+    return "text", choice.message.content
+
+
+def test_auto_answers_text_or_calls_held_to_the_schemas_cached_and_streamed(sdk: OpenAI) -> None:
+    """OpenAI's default with tools: the engine is held by the tag (a call, once begun, to a
+    function's schema); whatever the model chose comes back, cached, and streamed whole."""
+    ask: dict[str, Any] = {
+        "model": MODEL,
+        "messages": _ask("Is the server up, and what time is it?"),
+        "tools": TOOLS,
+        "max_tokens": 48,
+        "temperature": 0,
+    }
+    first = sdk.chat.completions.create(**ask)
+    [choice] = first.choices
+    kind, answer = _chosen(choice)
+    again = sdk.chat.completions.create(**ask, tool_choice="auto")  # the same request
+    assert (again.model_extra or {})["llmq"]["cache"] == "exact"
+    assert _chosen(again.choices[0]) == (kind, answer)
+    chunks = list(sdk.chat.completions.create(**ask, stream=True))
+    assert chunks[-1].choices[0].finish_reason == choice.finish_reason
+    if kind == "calls":
+        streamed = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+        assert [(d.id, d.function and d.function.arguments) for d in streamed] == [
+            (c["id"], c["function"]["arguments"]) for c in answer
+        ]
+    else:
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer
+    # The Responses API asks the same of the engine: function_call items or a message.
+    response = sdk.responses.create(
+        model=MODEL,
+        input=ask["messages"][0]["content"],
+        tools=FLAT,
+        max_output_tokens=48,
+        temperature=0,
+    )
+    assert response.tool_choice == "auto"
+    assert [item.type for item in response.output] == (
+        ["function_call"] * len(answer) if kind == "calls" else ["message"]
+    )
+    assert (response.model_extra or {})["llmq"]["cache"] == "exact"
+
+
+def test_auto_for_a_model_whose_calls_llmq_does_not_read_is_refused(client: Client) -> None:
+    """A Kafka app's request skips the front door's check: the worker refuses it unstarted."""
+    result = client.ask(_ask(), model=REMOTE, tools=TOOLS, tool_choice="auto", max_tokens=8)
+    assert result.error is not None and result.error.code is ErrorCode.UNSUPPORTED
+    assert "'smollm2-remote'" in result.error.message and "tool_call_parser" in result.error.message
 
 
 def test_what_is_not_served_is_refused_by_name(sdk: OpenAI) -> None:
     ask: dict[str, Any] = {"model": MODEL, "messages": _ask(), "tools": TOOLS, "max_tokens": 8}
     refusals: list[tuple[dict[str, Any], str]] = [
-        ({}, 'tool_choice "auto"'),
-        ({"tool_choice": "auto"}, '"required"'),
+        ({"model": REMOTE}, """tool_choice "auto" (the default with tools) is not served by"""),
+        ({"model": REMOTE, "tool_choice": "auto"}, "names no tool_call_parser"),
         ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "'nope'"),
         (
             {"tool_choice": "required", "response_format": {"type": "json_object"}},

@@ -157,3 +157,14 @@ def test_engine_args_that_llmq_sets_are_refused_naming_the_field(key: str, inste
 def test_engine_args_are_only_for_vllm() -> None:
     with pytest.raises(ValidationError, match="engine 'openai' does not take them"):
         ModelSpec(name="m", engine="openai", url="http://h:8000/v1", engine_args={"dtype": "half"})
+
+
+def test_a_tool_call_parser_is_one_llmq_reads_and_only_for_its_own_engine() -> None:
+    assert ModelSpec(name="m", source="s", tool_call_parser="hermes").tool_call_parser == "hermes"
+    with pytest.raises(ValidationError, match="tool_call_parser"):
+        ModelSpec.model_validate({"name": "m", "source": "s", "tool_call_parser": "llama3_json"})
+    with pytest.raises(ValidationError, match="'auto' is not served through engine 'openai'"):
+        ModelSpec(name="m", engine="openai", url="http://h:8000/v1", tool_call_parser="hermes")
+    xgrammar = {"structured_outputs_config": {"backend": "xgrammar"}}
+    with pytest.raises(ValidationError, match="'guidance' structured-outputs backend"):
+        ModelSpec(name="m", source="s", tool_call_parser="hermes", engine_args=xgrammar)

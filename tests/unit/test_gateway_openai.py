@@ -102,7 +102,20 @@ def test_a_response_format_is_read_and_a_bad_one_named() -> None:
 
 def test_what_llmq_does_not_serve_is_refused_by_name() -> None:
     tool = {"type": "function", "function": {"name": "f"}}
-    assert 'tool_choice "auto"' in _refused(ErrorCode.UNSUPPORTED, tools=[tool])
+    assert _read(tools=[tool]).request.body.tool_choice == "auto"  # OpenAI's default
+    # "auto" needs every model that may serve the request to read calls from its text.
+    reads = {"engine": "vllm", "source": "/m", "tool_call_parser": "hermes"}
+    catalog = Catalog.model_validate(
+        {"default": "a", "models": [{"name": "a", **reads}, {"name": "b", "source": "/m"}]}
+    )
+    for model in ("b", "auto"):
+        data = {"model": model, "messages": MESSAGES, "tools": [tool]}
+        with pytest.raises(LlmqError) as caught:
+            read_call(data, tenant="t", lane=None, catalog=catalog, timeout_s=60)
+        assert caught.value.code is ErrorCode.UNSUPPORTED
+        assert "by 'b': its catalog entry names no tool_call_parser" in caught.value.message
+    data = {"model": "a", "messages": MESSAGES, "tools": [tool], "tool_choice": "auto"}
+    assert read_call(data, tenant="t", lane=None, catalog=catalog, timeout_s=60).request.body
     assert "tools.0.function" in _refused(
         ErrorCode.INVALID_REQUEST, tools=[{"type": "function"}], tool_choice="required"
     )

@@ -24,7 +24,13 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
 from schemas.request import ChatBody, ChatMessage, InferenceRequest
 from schemas.result import ChatCompletion, Choice, InferenceResult, Usage
-from schemas.tools import MAX_TOOLS, Tool, finish_reason, output_schema, tool_calls
+from schemas.tools import (
+    MAX_TOOLS,
+    Tool,
+    finish_reason,
+    output_schema,
+    tool_calls,
+)
 
 ZONE = {
     "type": "object",
@@ -61,8 +67,11 @@ def test_a_body_with_tools_says_what_the_answer_does_with_them() -> None:
         _body(tool_choice={"type": "function", "function": {"name": "nope"}})
     with pytest.raises(ValidationError, match="no response_format"):
         _body(tool_choice="required", response_format={"type": "json_object"})
-    with pytest.raises(ValidationError, match="tool_choice"):
-        _body(tool_choice="auto")  # the front door names what is served instead
+    auto = _body(tool_choice="auto")  # text or calls: read once whole, held by a grammar
+    assert auto.calls_tools and auto.tool_schema is None and auto.tool_grammar is not None
+    assert _body(tool_choice="required").tool_grammar is None
+    with pytest.raises(ValidationError, match="no response_format"):
+        _body(tool_choice="auto", response_format={"type": "json_object"})
     big = {"type": "object", "description": "x" * 40_000}
     with pytest.raises(ValidationError, match="parameters schema is"):
         _body(tools=[{"type": "function", "function": {"name": "f", "parameters": big}}])
@@ -133,6 +142,33 @@ def test_the_answers_text_is_read_back_as_calls_with_ids_of_their_own() -> None:
     assert finish_reason("required", calls, "stop") == "tool_calls"
     assert finish_reason(named, calls[:1], "stop") == "stop"  # as OpenAI's named call
     assert finish_reason("required", None, "length") == "length"
+
+
+def _hermes(name: str, arguments: str, gap: str = "\n") -> str:
+    return f'<tool_call>{gap}{{"name": "{name}", "arguments": {arguments}}}{gap}</tool_call>'
+
+
+def test_under_auto_the_answer_is_text_or_calls_in_hermess_syntax() -> None:
+    tools = _tools()
+    text = "Let me look. " + _hermes("get_time", '{"zone": "UTC"}') + _hermes("ping", "{}", "")
+    calls = tool_calls(tools, "auto", text, "ctx") or []
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+        ("get_time", {"zone": "UTC"}),
+        ("ping", {}),
+    ]
+    assert tool_calls(tools, "auto", text, "ctx") == calls  # the same ids wherever read
+    assert finish_reason("auto", calls, "stop") == "tool_calls"
+    # Text, a call cut by max_tokens, or one of a function not offered: the answer is text.
+    for no_calls in (
+        "It is noon in Paris.",
+        _hermes("get_time", '{"zone": "UTC"}')[:-5],
+        _hermes("get_time", '{"zone": "UTC"}') + "<tool_call>\n{",
+        _hermes("nope", "{}"),
+        _hermes("get_time", '{"zone": "UT}'),
+        "<tool_call>[1]</tool_call>",
+    ):
+        assert tool_calls(tools, "auto", no_calls, "ctx") is None, no_calls
+    assert finish_reason("auto", None, "stop") == "stop"
 
 
 def _request(body: ChatBody) -> InferenceRequest:

@@ -287,6 +287,17 @@ def test_a_request_past_its_deadline_is_not_started() -> None:
     assert engine.started == []
 
 
+def test_tool_choice_auto_for_a_model_whose_calls_are_not_read_is_refused_unstarted() -> None:
+    tools = [{"type": "function", "function": {"name": "ping"}}]
+    ask = [{"role": "user", "content": "Up?"}]
+    body = ChatBody.model_validate({"messages": ask, "tools": tools, "tool_choice": "auto"})
+    engine = FakeEngine()
+    [completion] = _one(_work_with({"body": body}), engine).completions()
+    assert completion.error is not None and completion.error.code is ErrorCode.UNSUPPORTED
+    assert "names no tool_call_parser" in completion.error.message
+    assert engine.started == []
+
+
 def test_a_retry_starts_no_earlier_than_its_backoff_allows() -> None:
     not_before = time.time() + 0.3
     engine = FakeEngine()
