@@ -119,26 +119,31 @@ def calls_tools(choice: ToolChoice | None) -> bool:
 
 def call_grammar(tools: list[Tool], parallel: bool | None) -> str:
     """The grammar that holds an answer under "auto", in llguidance's Lark (the engine's
-    structured-output backend): text is free, and a call, once its text reaches
-    `<tool_call`, is held to a function's name and schema up to its end; one call only
-    (and then nothing) when `parallel` is False. (vLLM's structural tags would do it, but
-    its llguidance backend reads `<tool_call>` as a special token and lets any JSON through
-    as the arguments.)"""
-    rules, calls = [], []
+    structured-output backend): text is free until it reaches `<tool_call`; from there it
+    is calls, each held to an offered function's name and schema up to its end, with only
+    whitespace between them, and the answer ends with them (after one when `parallel` is
+    False). (vLLM's structural tags would hold the calls, but its llguidance backend reads
+    `<tool_call>` as a special token and lets any JSON through as the arguments.)"""
+    names, rules = [], []
     for i, tool in enumerate(tools):
         schema = {**tool.function.schema_, "x-guidance": {"whitespace_flexible": False}}
         for j, gap in enumerate(("\n", "")):
-            rule = f"call_{i}_{j}"
             begin = json.dumps(f'>{gap}{{"name": "{tool.function.name}", "arguments": ')
             end = json.dumps(f"}}{gap}</tool_call>")
-            rules += [
-                f"{rule}: {rule}_begun {begin} %json {json.dumps(schema)} {end}",
-                f'{rule}_begun[lazy]: TEXT "{_HERMES_TRIGGER}"',
-            ]
-            calls.append(rule)
-    either = " | ".join(calls)
-    start = f"start: {either} | TEXT" if parallel is False else f"start: ({either})* TEXT"
-    return "\n".join(["%llguidance {}", start, "TEXT: /(.|\\n)*/", *rules])
+            names.append(f"call_{i}_{j}")
+            rules.append(f"{names[-1]}: {begin} %json {json.dumps(schema)} {end}")
+    return "\n".join(
+        [
+            "%llguidance {}",
+            "start: TEXT | first" + ("" if parallel is False else " more*"),
+            "TEXT: /(.|\\n)*/",
+            "first: begun call",
+            f'begun[lazy]: TEXT "{_HERMES_TRIGGER}"',
+            f"more: /[ \\t\\n]*{_HERMES_TRIGGER}/ call",
+            "call: " + " | ".join(names),
+            *rules,
+        ]
+    )
 
 
 def output_schema(

@@ -42,9 +42,10 @@ def _held(tokenizer: PreTrainedTokenizerBase, parallel: bool | None) -> Any:
     assert llguidance.LLMatcher.validate_grammar(grammar, lexicon) == ""
 
     def held(text: str) -> bool:
+        """The text whole, ended where the model may end it."""
         matcher = llguidance.LLMatcher(lexicon, grammar)
         ids = tokenizer.encode(text, add_special_tokens=False)
-        return bool(matcher.consume_tokens(ids)) and not matcher.is_error()
+        return bool(matcher.consume_tokens(ids)) and matcher.is_accepting()
 
     return held
 
@@ -53,7 +54,7 @@ def test_text_passes_and_a_call_is_held_to_a_functions_name_and_schema(
     served_tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     held = _held(served_tokenizer, parallel=None)
-    two = _call("ping", "{}", "") + " " + _call("get_time", '{"zone":"CET"}')
+    two = _call("ping", "{}", "") + "\n" + _call("get_time", '{"zone":"CET"}')
     for text in ("It is noon in Paris.", "Sure. " + _call("get_time", '{"zone":"UTC"}'), two):
         assert held(text), text
         if "<tool_call>" in text:  # what it lets through is read back as calls
@@ -63,6 +64,9 @@ def test_text_passes_and_a_call_is_held_to_a_functions_name_and_schema(
     assert not held(_call("nope", "{}"))  # a function not offered
     assert not held(_call("get_time", '{"zone":"PST"}'))  # outside its schema
     assert not held(_call("get_time", '{"zone":"UTC","at":1}'))  # no other properties
+    assert not held(_call("ping", "{}") + " and more")  # the answer ends with its calls
+    assert not held(_call("ping", "{}") + " and " + _call("ping", "{}"))  # nothing between
+    assert not held("Write <tool_call or not")  # once begun, a call
 
 
 def test_without_parallel_calls_one_call_ends_the_answer(
