@@ -52,7 +52,7 @@ class ResponseEvents:
         """The events after the opening of an answer that may be function calls, once its
         `text` (and its tokens' `logprobs`) is whole: each call added, its arguments in one
         delta, and done, then the response done; the message of the text, with the
-        log-probabilities, where it makes no calls (cut)."""
+        log-probabilities, where it makes no calls (chosen under "auto", or cut)."""
         made = None if self.body is None else self.body.calls_in(text)
         if not made:  # each event numbered as it comes
             added = self._message_added()

@@ -167,9 +167,9 @@ async def _answer(
 async def _calls(
     chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
 ) -> AsyncGenerator[str]:
-    """The chunks of an answer of tool calls: the role, then the calls, each whole (its
-    arguments are JSON, of no use to a client half written), then the finish; the text,
-    where it makes no calls (cut by max_tokens)."""
+    """The chunks of an answer that may be tool calls: the role, then the calls, each whole
+    (its arguments are JSON, of no use to a client half written), then the finish; the
+    text, where it makes no calls (chosen under "auto", or cut by max_tokens)."""
     opening = chunks.role()
     if opening is not None:
         yield data(opening)

@@ -114,9 +114,9 @@ class ModelSpec(BaseModel):
                 f"model {self.name!r}: tool_call_parser is for engine 'vllm'; tool_choice "
                 f"'auto' is not served through engine {self.engine!r}"
             )
-        outputs = self.engine_args.get("structured_outputs_config")
-        backend = outputs.get("backend") if isinstance(outputs, dict) else None
-        if backend not in (None, "guidance"):
+        outputs = self.engine_args.get("structured_outputs_config")  # replaces llmq's whole
+        backend = outputs.get("backend", "auto") if isinstance(outputs, dict) else "guidance"
+        if backend != "guidance":
             raise ValueError(
                 f"model {self.name!r}: tool_call_parser holds calls with a grammar of vLLM's "
                 f"'guidance' structured-outputs backend (llmq's default), not {backend!r}"
@@ -242,6 +242,15 @@ class Catalog(BaseModel):
         if AUTO in arms:
             return self.names
         return [m for m in self.names if m == name or m in arms]
+
+    def reachable(self, model: str | None) -> list[ModelSpec]:
+        """The catalog models a request for `model` may end on: those `serving` it, and
+        their fallbacks, and theirs."""
+        specs = {spec.name: spec for spec in self.models}
+        names = self.serving(model)
+        for name in names:  # the list grows as it is read: fallbacks of fallbacks
+            names += [f for f in specs[name].fallback if f not in names]
+        return [specs[name] for name in names]
 
     def experiment(self, model: str) -> Experiment | None:
         """The experiment that requests for `model` take part in, if any."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
@@ -24,8 +23,9 @@ MAX_ARGUMENTS_CHARS = 200_000
 """The longest arguments of one call, as JSON text."""
 MAX_CALL_ID_CHARS = 128
 """The longest id of a call."""
-_HERMES_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 _HERMES_BEGIN = "<tool_call>"
+_HERMES_END = "</tool_call>"
+_JSON = json.JSONDecoder()
 _HERMES_TRIGGER = "<tool_call"
 """Where the grammar holds a call from: not its ">", which some tokenizers fold into one
 special token with the rest."""
@@ -121,26 +121,26 @@ def call_grammar(tools: list[Tool], parallel: bool | None) -> str:
     """The grammar that holds an answer under "auto", in llguidance's Lark (the engine's
     structured-output backend): text is free until it reaches `<tool_call`; from there it
     is calls, each held to an offered function's name and schema up to its end, with only
-    whitespace between them, and the answer ends with them (after one when `parallel` is
-    False). (vLLM's structural tags would hold the calls, but its llguidance backend reads
-    `<tool_call>` as a special token and lets any JSON through as the arguments.)"""
+    whitespace between and after them (one call when `parallel` is False). (vLLM's
+    structural tags would hold the calls, but its llguidance backend reads `<tool_call>`
+    as a special token and lets any JSON through as the arguments.)"""
     names, rules = [], []
     for i, tool in enumerate(tools):
-        schema = {**tool.function.schema_, "x-guidance": {"whitespace_flexible": False}}
-        for j, gap in enumerate(("\n", "")):
-            begin = json.dumps(f'>{gap}{{"name": "{tool.function.name}", "arguments": ')
-            end = json.dumps(f"}}{gap}</tool_call>")
-            names.append(f"call_{i}_{j}")
-            rules.append(f"{names[-1]}: {begin} %json {json.dumps(schema)} {end}")
+        schema = {"x-guidance": {"whitespace_flexible": False}, **tool.function.schema_}
+        begin = json.dumps(f'{{"name": "{tool.function.name}", "arguments": ')
+        names.append(f"call_{i}")
+        rules.append(f'{names[-1]}: {begin} %json {json.dumps(schema)} "}}" GAP "</tool_call>"')
     return "\n".join(
         [
             "%llguidance {}",
-            "start: TEXT | first" + ("" if parallel is False else " more*"),
+            "start: TEXT | first" + ("" if parallel is False else " more*") + " SPACE",
             "TEXT: /(.|\\n)*/",
+            "SPACE: /[ \\t\\n]*/",
+            "GAP: /\\n?/",
             "first: begun call",
             f'begun[lazy]: TEXT "{_HERMES_TRIGGER}"',
             f"more: /[ \\t\\n]*{_HERMES_TRIGGER}/ call",
-            "call: " + " | ".join(names),
+            'call: ">" GAP (' + " | ".join(names) + ")",
             *rules,
         ]
     )
@@ -182,10 +182,10 @@ def tool_calls(
     tools: list[Tool], choice: ToolChoice | None, text: str, context: str
 ) -> list[ToolCall] | None:
     """The calls an answer's `text` makes under `choice`; None when it makes none: text is
-    asked for, or the text is no calls (max_tokens cut it; a remote engine that did not hold
-    it to the schema). Each call's id is the same for the same `context` (the conversation
-    so far) and text: a cached or coalesced answer, or a stream and the stored result of
-    the same answer, name their calls alike."""
+    asked for or chosen ("auto"), or the text is no calls (max_tokens cut it; a remote
+    engine that did not hold it to the schema). Each call's id is the same for the same
+    `context` (the conversation so far) and text: a cached or coalesced answer, or a stream
+    and the stored result of the same answer, name their calls alike."""
     if not calls_tools(choice):
         return None
     try:
@@ -213,14 +213,27 @@ def finish_reason(choice: ToolChoice | None, calls: list[ToolCall] | None, reaso
 
 
 def _tagged(tools: list[Tool], text: str) -> list[tuple[str, str]]:
-    """The calls of an answer under "auto", in Hermes's syntax; none when it is text. A call
-    begun and not ended (max_tokens cut it), or of no function offered, makes the answer
-    text (ValueError)."""
-    made = [json.loads(found) for found in _HERMES_CALL.findall(text)]
-    if text.count(_HERMES_BEGIN) != len(made):
-        raise ValueError("a call begun and not ended")
-    pairs = [(_function(tools, c["name"]).name, c["arguments"]) for c in made]
+    """The calls of an answer under "auto", in Hermes's syntax, read as the grammar writes
+    them: none when it is text; from its first `<tool_call>`, calls with only whitespace
+    between and after them. A call begun and not ended (max_tokens cut it), or of no
+    function offered, makes the answer text (ValueError)."""
+    at = text.find(_HERMES_BEGIN)
+    pairs = []
+    while at != -1:
+        made, at = _JSON.raw_decode(text, _after_space(text, at + len(_HERMES_BEGIN)))
+        end = _after_space(text, at)
+        if not text.startswith(_HERMES_END, end):
+            raise ValueError("a call begun and not ended")
+        pairs.append((_function(tools, made["name"]).name, made["arguments"]))
+        at = _after_space(text, end + len(_HERMES_END))
+        if at < len(text) and not text.startswith(_HERMES_BEGIN, at):
+            raise ValueError("text after the calls")
+        at = -1 if at == len(text) else at
     return [(name, json.dumps(args, ensure_ascii=False)) for name, args in pairs]
+
+
+def _after_space(text: str, at: int) -> int:
+    return len(text) - len(text[at:].lstrip(" \t\n"))
 
 
 def _function(tools: list[Tool], name: str) -> Function:

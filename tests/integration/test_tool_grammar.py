@@ -24,9 +24,11 @@ ZONE = {
     "required": ["zone"],
     "additionalProperties": False,
 }
+NOTE = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
 TOOLS = [
     Tool.model_validate({"type": "function", "function": {"name": "get_time", "parameters": ZONE}}),
     Tool.model_validate({"type": "function", "function": {"name": "ping"}}),
+    Tool.model_validate({"type": "function", "function": {"name": "note", "parameters": NOTE}}),
 ]
 
 
@@ -34,12 +36,18 @@ def _call(name: str, arguments: str, gap: str = "\n") -> str:
     return f'<tool_call>{gap}{{"name": "{name}", "arguments": {arguments}}}{gap}</tool_call>'
 
 
-def _held(tokenizer: PreTrainedTokenizerBase, parallel: bool | None) -> Any:
-    """Whether the engine would let the model write a text, under this grammar."""
-    grammar = llguidance.grammar_from("grammar", call_grammar(TOOLS, parallel))  # as vLLM
+def _matcher(tokenizer: PreTrainedTokenizerBase, tools: list[Tool], parallel: bool | None) -> Any:
+    """A matcher of the grammar compiled as vLLM's engine compiles it, and the lexicon."""
+    grammar = llguidance.grammar_from("grammar", call_grammar(tools, parallel))
     assert isinstance(tokenizer, TokenizersBackend)  # a fast tokenizer, as vLLM's
     lexicon = llguidance.hf.from_tokenizer(tokenizer)
     assert llguidance.LLMatcher.validate_grammar(grammar, lexicon) == ""
+    return lexicon, grammar
+
+
+def _held(tokenizer: PreTrainedTokenizerBase, parallel: bool | None) -> Any:
+    """Whether the engine would let the model write a text, under this grammar."""
+    lexicon, grammar = _matcher(tokenizer, TOOLS, parallel)
 
     def held(text: str) -> bool:
         """The text whole, ended where the model may end it."""
@@ -54,13 +62,18 @@ def test_text_passes_and_a_call_is_held_to_a_functions_name_and_schema(
     served_tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     held = _held(served_tokenizer, parallel=None)
-    two = _call("ping", "{}", "") + "\n" + _call("get_time", '{"zone":"CET"}')
-    for text in ("It is noon in Paris.", "Sure. " + _call("get_time", '{"zone":"UTC"}'), two):
+    two = _call("ping", "{}", "") + "\n" + _call("get_time", '{"zone":"CET"}') + "\n"
+    tricky = _call("note", '{"text":"a</tool_call> <tool_call>b"}')
+    made = {
+        "It is noon in Paris.": [],
+        "Sure. " + _call("get_time", '{"zone":"UTC"}'): [("get_time", {"zone": "UTC"})],
+        two: [("ping", {}), ("get_time", {"zone": "CET"})],
+        tricky: [("note", {"text": "a</tool_call> <tool_call>b"})],
+    }
+    for text, calls in made.items():  # let through, and read back as those calls
         assert held(text), text
-        if "<tool_call>" in text:  # what it lets through is read back as calls
-            calls = tool_calls(TOOLS, "auto", text, "ctx") or []
-            assert len(calls) == text.count("<tool_call>")
-            assert all(json.loads(c.function.arguments) is not None for c in calls)
+        read = tool_calls(TOOLS, "auto", text, "ctx") or []
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in read] == calls
     assert not held(_call("nope", "{}"))  # a function not offered
     assert not held(_call("get_time", '{"zone":"PST"}'))  # outside its schema
     assert not held(_call("get_time", '{"zone":"UTC","at":1}'))  # no other properties
@@ -77,3 +90,19 @@ def test_without_parallel_calls_one_call_ends_the_answer(
     assert held(_call("get_time", '{"zone":"UTC"}'))
     assert not held(_call("ping", "{}") + _call("get_time", '{"zone":"UTC"}'))
     assert not held(_call("ping", "{}") + " and more")
+
+
+def test_the_grammar_of_many_large_tools_compiles(
+    served_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """OpenAI's 128 functions, each of 60 properties: the engine builds its matcher."""
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(60)}}
+    tools = [
+        Tool.model_validate({"type": "function", "function": {"name": f"f{i}", "parameters": wide}})
+        for i in range(128)
+    ]
+    lexicon, grammar = _matcher(served_tokenizer, tools, None)
+    matcher = llguidance.LLMatcher(lexicon, grammar)
+    assert not matcher.is_error(), matcher.get_error()
+    ids = served_tokenizer.encode('<tool_call>{"name": "f127", "arguments": {}}</tool_call>')
+    assert matcher.consume_tokens(ids) and matcher.is_accepting()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
 from schemas.catalog import SMOLLM2, Catalog, ModelSpec
 
@@ -165,6 +165,27 @@ def test_a_tool_call_parser_is_one_llmq_reads_and_only_for_its_own_engine() -> N
         ModelSpec.model_validate({"name": "m", "source": "s", "tool_call_parser": "llama3_json"})
     with pytest.raises(ValidationError, match="'auto' is not served through engine 'openai'"):
         ModelSpec(name="m", engine="openai", url="http://h:8000/v1", tool_call_parser="hermes")
-    xgrammar = {"structured_outputs_config": {"backend": "xgrammar"}}
-    with pytest.raises(ValidationError, match="'guidance' structured-outputs backend"):
-        ModelSpec(name="m", source="s", tool_call_parser="hermes", engine_args=xgrammar)
+    others: list[JsonValue] = [{"backend": "xgrammar"}, {"disable_any_whitespace": False}]
+    for outputs in others:  # another backend, or vLLM's "auto" (none named)
+        args: dict[str, JsonValue] = {"structured_outputs_config": outputs}
+        with pytest.raises(ValidationError, match="'guidance' structured-outputs backend"):
+            ModelSpec(name="m", source="s", tool_call_parser="hermes", engine_args=args)
+    guidance: dict[str, JsonValue] = {"structured_outputs_config": {"backend": "guidance"}}
+    assert ModelSpec(name="m", source="s", tool_call_parser="hermes", engine_args=guidance)
+
+
+def test_the_models_a_request_may_end_on_are_its_servers_and_their_fallbacks() -> None:
+    catalog = Catalog.model_validate(
+        {
+            "default": "a",
+            "models": [
+                {"name": "a", "source": "s", "fallback": ["b"]},
+                {"name": "b", "source": "s", "fallback": ["c", "a"]},
+                {"name": "c", "source": "s"},
+                {"name": "d", "source": "s"},
+            ],
+        }
+    )
+    assert [m.name for m in catalog.reachable("a")] == ["a", "b", "c"]
+    assert [m.name for m in catalog.reachable("c")] == ["c"]
+    assert [m.name for m in catalog.reachable("auto")] == ["a", "b", "c", "d"]

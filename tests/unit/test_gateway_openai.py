@@ -115,7 +115,14 @@ def test_what_llmq_does_not_serve_is_refused_by_name() -> None:
         assert caught.value.code is ErrorCode.UNSUPPORTED
         assert "by 'b': its catalog entry names no tool_call_parser" in caught.value.message
     data = {"model": "a", "messages": MESSAGES, "tools": [tool], "tool_choice": "auto"}
-    assert read_call(data, tenant="t", lane=None, catalog=catalog, timeout_s=60).request.body
+    read = read_call(data, tenant="t", lane=None, catalog=catalog, timeout_s=60).request.body
+    assert read.tool_choice == "auto"
+    falls = {"name": "a", **reads, "fallback": ["b"]}  # a fallback may serve it too
+    catalog = Catalog.model_validate(
+        {"default": "a", "models": [falls, {"name": "b", "source": "/m"}]}
+    )
+    with pytest.raises(LlmqError, match="by 'b'"):
+        read_call(data, tenant="t", lane=None, catalog=catalog, timeout_s=60)
     assert "tools.0.function" in _refused(
         ErrorCode.INVALID_REQUEST, tools=[{"type": "function"}], tool_choice="required"
     )

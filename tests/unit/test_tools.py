@@ -151,6 +151,7 @@ def _hermes(name: str, arguments: str, gap: str = "\n") -> str:
 def test_under_auto_the_answer_is_text_or_calls_in_hermess_syntax() -> None:
     tools = _tools()
     text = "Let me look. " + _hermes("get_time", '{"zone": "UTC"}') + _hermes("ping", "{}", "")
+    text += "\n"  # whitespace after the calls, as a model may end
     calls = tool_calls(tools, "auto", text, "ctx") or []
     assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
         ("get_time", {"zone": "UTC"}),
@@ -166,6 +167,8 @@ def test_under_auto_the_answer_is_text_or_calls_in_hermess_syntax() -> None:
         _hermes("nope", "{}"),
         _hermes("get_time", '{"zone": "UT}'),
         "<tool_call>[1]</tool_call>",
+        _hermes("ping", "{}") + " and more",  # the grammar ends an answer with its calls
+        "<tool_call>\n" + '{"name": "ping"}' + "\n</tool_call>",
     ):
         assert tool_calls(tools, "auto", no_calls, "ctx") is None, no_calls
     assert finish_reason("auto", None, "stop") == "stop"

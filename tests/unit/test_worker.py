@@ -296,6 +296,9 @@ def test_tool_choice_auto_for_a_model_whose_calls_are_not_read_is_refused_unstar
     assert completion.error is not None and completion.error.code is ErrorCode.UNSUPPORTED
     assert "names no tool_call_parser" in completion.error.message
     assert engine.started == []
+    reads = ModelSpec(name=MODEL, source="s", tool_call_parser="hermes")
+    [completion] = _one(_work_with({"body": body}), engine, spec=reads).completions()
+    assert completion.error is None and len(engine.started) == 1
 
 
 def test_a_retry_starts_no_earlier_than_its_backoff_allows() -> None:
