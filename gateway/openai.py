@@ -18,7 +18,7 @@ from schemas.lanes import Lane
 from schemas.redact import describe
 from schemas.request import MAX_TOP_LOGPROBS, CacheMode, ChatBody, InferenceRequest
 from schemas.result import InferenceResult, TokenLogprob, TopLogprob, Usage
-from schemas.tools import ToolCall
+from schemas.tools import ToolCall, text_before
 
 AUTO = "auto"
 TOOL_FIELDS = frozenset({"tools", "tool_choice", "parallel_tool_calls"})
@@ -310,8 +310,8 @@ def completion(result: InferenceResult) -> dict[str, Any]:
     for choice, out in zip(result.response.choices, body["choices"], strict=True):
         if choice.logprobs is not None:
             out["logprobs"] = logprobs_body(choice.logprobs.content)
-        if choice.message.tool_calls:  # as OpenAI's: the calls, and no text
-            out["message"]["content"] = None
+        if choice.message.tool_calls:  # the calls, and the text "auto" wrote before them
+            out["message"]["content"] = text_before(choice.message.content)
     body["id"] = f"chatcmpl-{result.correlation_id}"
     body["llmq"] = {
         "correlation_id": result.correlation_id,

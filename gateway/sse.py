@@ -12,7 +12,7 @@ from gateway.response_events import ResponseEvents
 from llmq.streaming import Delta
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import TokenLogprob, Usage
-from schemas.tools import finish_reason
+from schemas.tools import finish_reason, shown, text_before
 
 DONE = "data: [DONE]\n\n"
 
@@ -29,10 +29,12 @@ def events(
     stream resumes with the count of characters it has (GET /v1/results/{id}/stream with
     Last-Event-ID). A piece without text sends no event of its own: its logprobs go with
     the next, or with the finish. An answer of tool calls sends them whole, once read from
-    its whole text. An error after the first piece is an error event. A client that leaves
-    before the end calls `on_abandon`."""
-    answer = (_calls if chunks.calls_tools else _answer)(chunks, first, pieces)
-    return _guarded(answer, [] if pieces is None else [pieces], on_abandon)
+    its whole text (under "auto", the text before them as it comes). An error after the
+    first piece is an error event. A client that leaves before the end calls
+    `on_abandon`."""
+    chosen = chunks.body is not None and chunks.body.tool_choice == "auto"
+    answer = _chosen if chosen else _calls if chunks.calls_tools else _answer
+    return _guarded(answer(chunks, first, pieces), [] if pieces is None else [pieces], on_abandon)
 
 
 def choices(
@@ -188,6 +190,42 @@ async def _calls(
         elif text:
             yield data(chunks.content(text, held))
         yield data(chunks.finish(finish_reason(choice, calls, piece.finish_reason)))
+        if chunks.include_usage:
+            yield data(chunks.usage(piece.usage))
+    yield DONE
+
+
+async def _chosen(
+    chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
+) -> AsyncGenerator[str]:
+    """The chunks of an answer under "auto": its text as it comes, but for where a call may
+    be beginning (held until it is text for certain); once whole, the rest of its text, or
+    its calls, each whole; then the finish. Log-probabilities come with the first chunk
+    after their tokens."""
+    opening = chunks.role()
+    if opening is not None:
+        yield data(opening)
+    asked = chunks.body is not None and chunks.body.logprobs
+    text, sent, held = "", 0, []
+    async for piece in _until_finished(first, pieces):
+        text += piece.text
+        held += piece.logprobs or []
+        if piece.finish_reason is None:
+            upto = shown(text)
+            if upto > sent:
+                yield data(chunks.content(text[sent:upto], held if asked else None, offset=sent))
+                sent, held = upto, []
+            continue
+        calls = chunks.calls_of(text)
+        rest = (text_before(text) or "")[sent:] if calls else text[sent:]
+        if rest:
+            yield data(chunks.content(rest, None if calls or not asked else held, offset=sent))
+            held = held if calls else []
+        if calls:
+            yield data(chunks.calls(calls, held if asked else None))
+            held = []
+        reason = finish_reason("auto", calls, piece.finish_reason)
+        yield data(chunks.finish(reason, held if asked and held else None, offset=len(text)))
         if chunks.include_usage:
             yield data(chunks.usage(piece.usage))
     yield DONE

@@ -205,6 +205,24 @@ def tool_calls(
     return calls if 0 < len(calls) <= MAX_TOOLS else None
 
 
+def text_before(text: str) -> str | None:
+    """The text an answer under "auto" writes before its calls, less the space before
+    them; None where it writes none (or makes no calls, or is not such an answer)."""
+    at = text.find(_HERMES_BEGIN)
+    return None if at == -1 else text[:at].rstrip() or None
+
+
+def shown(text: str) -> int:
+    """How much of an unfinished answer under "auto" is text for certain: what comes before
+    a call, or before the end of the text where it may be beginning one (`<tool_c`), less
+    the space before that, which a call would leave out (`text_before`)."""
+    at = text.find(_HERMES_TRIGGER)
+    if at == -1:
+        tail = range(max(0, len(text) - len(_HERMES_TRIGGER) + 1), len(text))
+        at = next((i for i in tail if _HERMES_TRIGGER.startswith(text[i:])), len(text))
+    return len(text[:at].rstrip())
+
+
 def finish_reason(choice: ToolChoice | None, calls: list[ToolCall] | None, reason: str) -> str:
     """An answer's finish reason, as OpenAI gives it: "tool_calls" for calls of "required"
     or "auto" that ended by themselves (a named function's call ends in "stop")."""

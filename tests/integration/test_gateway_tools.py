@@ -212,8 +212,9 @@ def _chosen(choice: Any) -> tuple[str, Any]:
     """An answer under "auto", text or calls as the model chose, checked against what llmq
     holds either to, whichever it is: ("calls", the calls) or ("text", the text)."""
     calls = choice.message.tool_calls
-    if calls:
-        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    if calls:  # with the text the model wrote before them, if any
+        assert choice.finish_reason == "tool_calls"
+        assert "<tool_call" not in (choice.message.content or "")
         for call in calls:
             arguments = json.loads(call.function.arguments)
             assert (call.function.name, set(arguments)) in (
@@ -227,9 +228,26 @@ def _chosen(choice: Any) -> tuple[str, Any]:
     return "text", choice.message.content
 
 
+def _streamed(chunks: list[Any]) -> tuple[str | None, list[tuple[str, str, str]], str | None]:
+    """A streamed answer's text, calls (id, name, arguments) and finish reason."""
+    said = "".join(c.choices[0].delta.content or "" for c in chunks) or None
+    calls = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+    made = [
+        (d.id or "", d.function.name or "", d.function.arguments or "") for d in calls if d.function
+    ]
+    return said, made, chunks[-1].choices[0].finish_reason
+
+
+def _whole(choice: Any) -> tuple[str | None, list[tuple[str, str, str]], str | None]:
+    """The same of a whole answer."""
+    calls = choice.message.tool_calls or []
+    made = [(c.id, c.function.name, c.function.arguments) for c in calls]
+    return choice.message.content, made, choice.finish_reason
+
+
 def test_auto_answers_text_or_calls_held_to_the_schemas_cached_and_streamed(sdk: OpenAI) -> None:
-    """OpenAI's default with tools: the engine is held by the tag (a call, once begun, to a
-    function's schema); whatever the model chose comes back, cached, and streamed whole."""
+    """OpenAI's default with tools: the engine is held by the grammar (a call, once begun,
+    to a function's schema); whatever the model chose comes back, cached, and streamed."""
     ask: dict[str, Any] = {
         "model": MODEL,
         "messages": _ask("Is the server up, and what time is it?"),
@@ -243,15 +261,13 @@ def test_auto_answers_text_or_calls_held_to_the_schemas_cached_and_streamed(sdk:
     again = sdk.chat.completions.create(**ask, tool_choice="auto")  # the same request
     assert (again.model_extra or {})["llmq"]["cache"] == "exact"
     assert _chosen(again.choices[0]) == (kind, answer)
-    chunks = list(sdk.chat.completions.create(**ask, stream=True))
-    assert chunks[-1].choices[0].finish_reason == choice.finish_reason
-    if kind == "calls":
-        streamed = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
-        assert [(d.id, d.function and d.function.arguments) for d in streamed] == [
-            (c["id"], c["function"]["arguments"]) for c in answer
-        ]
-    else:
-        assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer
+    assert _streamed(list(sdk.chat.completions.create(**ask, stream=True))) == _whole(choice)
+    # Generated as it streams (its text as it comes): the answer kept is the one streamed.
+    fresh = {**ask, "messages": _ask("Is the server up?")}
+    chunks = list(sdk.chat.completions.create(**fresh, stream=True))
+    [kept] = sdk.chat.completions.create(**fresh).choices
+    _chosen(kept)
+    assert _streamed(chunks) == _whole(kept)
     # The Responses API asks the same of the engine: function_call items or a message.
     response = sdk.responses.create(
         model=MODEL,

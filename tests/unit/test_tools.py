@@ -246,6 +246,48 @@ def test_a_streamed_answer_of_calls_sends_them_whole_as_the_answer_holds_them() 
     assert read[2].choices[0].finish_reason == "tool_calls"
 
 
+def _streamed(body: ChatBody, *texts: str) -> list[ChatCompletionChunk]:
+    """The chunks of an answer arriving as these pieces, read with the SDK's types."""
+    offsets = [sum(len(t) for t in texts[:i]) for i in range(len(texts))]
+    usage = Usage(prompt_tokens=9, completion_tokens=6, total_tokens=15)
+    pieces = [Delta(t, o) for t, o in zip(texts, offsets, strict=True)]
+    pieces[-1] = Delta(texts[-1], offsets[-1], "stop", usage)
+    chunks = Chunks("c", 1, "m", include_usage=False, body=body)
+
+    async def main() -> list[str]:
+        return [e async for e in sse.events(chunks, pieces[0], _pieces(*pieces[1:]))]
+
+    events = asyncio.run(main())
+    assert events[-1] == sse.DONE
+    return [ChatCompletionChunk.model_validate(json.loads(e[6:])) for e in events[:-1]]
+
+
+def test_under_auto_text_streams_as_it_comes_and_calls_come_whole_after_it() -> None:
+    body = _body(tool_choice="auto")
+    call = _hermes("get_time", '{"zone": "UTC"}')
+    text = "Let me look. " + call
+    pieces = ("Let me ", "look. <tool", "_call>", call[len("<tool_call>") :])
+    read = _streamed(body, *pieces)
+    deltas = [c.choices[0].delta for c in read]
+    # Its text as it comes, less where a call may be beginning ("<tool") and the space
+    # before it; then the calls, each whole, as the whole answer has them.
+    assert [d.content for d in deltas[1:3]] == ["Let me", " look."]
+    whole = SdkCompletion.model_validate(completion(_result(body, text))).choices[0]
+    assert whole.message.content == "Let me look." and whole.finish_reason == "tool_calls"
+    [streamed] = deltas[3].tool_calls or []
+    [called] = whole.message.tool_calls or []
+    assert (streamed.id, streamed.function and streamed.function.arguments) == (
+        called.id,
+        called.function.arguments,  # type: ignore[union-attr]
+    )
+    assert read[-1].choices[0].finish_reason == "tool_calls"
+    # Text that turns out not to begin a call is sent once that is certain, or at the end.
+    read = _streamed(body, "Use <tool", "s> now. <to", "o")
+    contents = [c.choices[0].delta.content for c in read[1:-1]]
+    assert contents == ["Use", " <tools> now.", " <too"]
+    assert read[-1].choices[0].finish_reason == "stop"
+
+
 def test_text_completions_take_no_tools() -> None:
     catalog = Catalog.builtin()
     where: dict[str, Any] = {"tenant": "t", "lane": None, "catalog": catalog, "timeout_s": 60}
