@@ -169,9 +169,9 @@ async def _answer(
 async def _calls(
     chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
 ) -> AsyncGenerator[str]:
-    """The chunks of an answer that may be tool calls: the role, then the calls, each whole
-    (its arguments are JSON, of no use to a client half written), then the finish; the
-    text, where it makes no calls (chosen under "auto", or cut by max_tokens)."""
+    """The chunks of an answer of tool calls: the role, then the calls, each whole (its
+    arguments are JSON, of no use to a client half written), then the finish; the text,
+    where it makes no calls (cut by max_tokens)."""
     opening = chunks.role()
     if opening is not None:
         yield data(opening)
@@ -211,21 +211,20 @@ async def _chosen(
         text += piece.text
         held += piece.logprobs or []
         if piece.finish_reason is None:
-            upto = shown(text)
+            upto = shown(text, sent)
             if upto > sent:
-                yield data(chunks.content(text[sent:upto], held if asked else None, offset=sent))
+                yield data(chunks.content(text[sent:upto], held if asked and held else None))
                 sent, held = upto, []
             continue
         calls = chunks.calls_of(text)
         rest = (text_before(text) or "")[sent:] if calls else text[sent:]
+        logprobs = held if asked and held else None
         if rest:
-            yield data(chunks.content(rest, None if calls or not asked else held, offset=sent))
-            held = held if calls else []
+            yield data(chunks.content(rest, None if calls else logprobs))
         if calls:
-            yield data(chunks.calls(calls, held if asked else None))
-            held = []
-        reason = finish_reason("auto", calls, piece.finish_reason)
-        yield data(chunks.finish(reason, held if asked and held else None, offset=len(text)))
+            yield data(chunks.calls(calls, logprobs))
+        last = None if calls or rest else logprobs
+        yield data(chunks.finish(finish_reason("auto", calls, piece.finish_reason), last))
         if chunks.include_usage:
             yield data(chunks.usage(piece.usage))
     yield DONE

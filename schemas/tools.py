@@ -26,6 +26,8 @@ MAX_CALL_ID_CHARS = 128
 _HERMES_BEGIN = "<tool_call>"
 _HERMES_END = "</tool_call>"
 _JSON = json.JSONDecoder()
+_SPACE = " \t\n"
+"""The space the grammar lets between and after calls."""
 _HERMES_TRIGGER = "<tool_call"
 """Where the grammar holds a call from: not its ">", which some tokenizers fold into one
 special token with the rest."""
@@ -207,20 +209,28 @@ def tool_calls(
 
 def text_before(text: str) -> str | None:
     """The text an answer under "auto" writes before its calls, less the space before
-    them; None where it writes none (or makes no calls, or is not such an answer)."""
-    at = text.find(_HERMES_BEGIN)
-    return None if at == -1 else text[:at].rstrip() or None
+    them; None where it writes none, or the text is not such calls (an answer of text, a
+    call cut short, the JSON of "required")."""
+    try:
+        if not _written(text):
+            return None
+    except (ValueError, TypeError):
+        return None
+    return text[: text.find(_HERMES_BEGIN)].rstrip(_SPACE) or None
 
 
-def shown(text: str) -> int:
+def shown(text: str, since: int = 0) -> int:
     """How much of an unfinished answer under "auto" is text for certain: what comes before
     a call, or before the end of the text where it may be beginning one (`<tool_c`), less
-    the space before that, which a call would leave out (`text_before`)."""
-    at = text.find(_HERMES_TRIGGER)
+    the space before that, which a call would leave out (`text_before`). `since`: what was
+    shown before, before which no call begins."""
+    at = text.find(_HERMES_TRIGGER, since)
     if at == -1:
-        tail = range(max(0, len(text) - len(_HERMES_TRIGGER) + 1), len(text))
+        tail = range(max(since, len(text) - len(_HERMES_TRIGGER) + 1), len(text))
         at = next((i for i in tail if _HERMES_TRIGGER.startswith(text[i:])), len(text))
-    return len(text[:at].rstrip())
+    while at > since and text[at - 1] in _SPACE:
+        at -= 1
+    return at
 
 
 def finish_reason(choice: ToolChoice | None, calls: list[ToolCall] | None, reason: str) -> str:
@@ -231,27 +241,34 @@ def finish_reason(choice: ToolChoice | None, calls: list[ToolCall] | None, reaso
 
 
 def _tagged(tools: list[Tool], text: str) -> list[tuple[str, str]]:
-    """The calls of an answer under "auto", in Hermes's syntax, read as the grammar writes
-    them: none when it is text; from its first `<tool_call>`, calls with only whitespace
-    between and after them. A call begun and not ended (max_tokens cut it), or of no
-    function offered, makes the answer text (ValueError)."""
+    """The calls of an answer under "auto" as (name, arguments); none when it is text. A
+    call of no function offered makes the answer text (ValueError), as `_written`'s."""
+    pairs = [(_function(tools, made["name"]).name, made["arguments"]) for made in _written(text)]
+    return [(name, json.dumps(args, ensure_ascii=False)) for name, args in pairs]
+
+
+def _written(text: str) -> list[Any]:
+    """The calls an answer writes in Hermes's syntax, as the grammar writes them: none when
+    it is text; from its first `<tool_call>`, calls with only space between and after
+    them. A call begun and not ended (max_tokens cut it) makes the answer text
+    (ValueError)."""
     at = text.find(_HERMES_BEGIN)
-    pairs = []
+    made = []
     while at != -1:
-        made, at = _JSON.raw_decode(text, _after_space(text, at + len(_HERMES_BEGIN)))
+        call, at = _JSON.raw_decode(text, _after_space(text, at + len(_HERMES_BEGIN)))
         end = _after_space(text, at)
         if not text.startswith(_HERMES_END, end):
             raise ValueError("a call begun and not ended")
-        pairs.append((_function(tools, made["name"]).name, made["arguments"]))
+        made.append(call)
         at = _after_space(text, end + len(_HERMES_END))
         if at < len(text) and not text.startswith(_HERMES_BEGIN, at):
             raise ValueError("text after the calls")
         at = -1 if at == len(text) else at
-    return [(name, json.dumps(args, ensure_ascii=False)) for name, args in pairs]
+    return made
 
 
 def _after_space(text: str, at: int) -> int:
-    return len(text) - len(text[at:].lstrip(" \t\n"))
+    return len(text) - len(text[at:].lstrip(_SPACE))
 
 
 def _function(tools: list[Tool], name: str) -> Function:

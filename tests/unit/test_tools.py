@@ -23,7 +23,7 @@ from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
 from schemas.request import ChatBody, ChatMessage, InferenceRequest
-from schemas.result import ChatCompletion, Choice, InferenceResult, Usage
+from schemas.result import ChatCompletion, Choice, InferenceResult, TokenLogprob, Usage
 from schemas.tools import (
     MAX_TOOLS,
     Tool,
@@ -202,10 +202,10 @@ def test_the_fingerprint_keeps_tools_calls_and_their_results_apart() -> None:
     assert after("up") != after("down")
 
 
-def _result(body: ChatBody, text: str) -> InferenceResult:
+def _result(body: ChatBody, text: str, reason: str = "stop") -> InferenceResult:
     calls = body.calls_in(text)
     message = ChatMessage(role="assistant", content=text, tool_calls=calls)
-    choice = Choice(message=message, finish_reason=finish_reason(body.tool_choice, calls, "stop"))
+    choice = Choice(message=message, finish_reason=finish_reason(body.tool_choice, calls, reason))
     usage = Usage(prompt_tokens=9, completion_tokens=6, total_tokens=15)
     response = ChatCompletion(id="x", created=1, model="m", choices=[choice], usage=usage)
     return InferenceResult(correlation_id="c", tenant="t", status="ok", response=response)
@@ -246,12 +246,14 @@ def test_a_streamed_answer_of_calls_sends_them_whole_as_the_answer_holds_them() 
     assert read[2].choices[0].finish_reason == "tool_calls"
 
 
-def _streamed(body: ChatBody, *texts: str) -> list[ChatCompletionChunk]:
-    """The chunks of an answer arriving as these pieces, read with the SDK's types."""
+def _streamed(body: ChatBody, *texts: str, reason: str = "stop") -> list[ChatCompletionChunk]:
+    """The chunks of an answer arriving as these pieces, read with the SDK's types (each
+    piece one token, its log-probability its length, where the body asks for them)."""
     offsets = [sum(len(t) for t in texts[:i]) for i in range(len(texts))]
     usage = Usage(prompt_tokens=9, completion_tokens=6, total_tokens=15)
-    pieces = [Delta(t, o) for t, o in zip(texts, offsets, strict=True)]
-    pieces[-1] = Delta(texts[-1], offsets[-1], "stop", usage)
+    tokens = [[TokenLogprob(token=t, logprob=-len(t))] if body.logprobs else None for t in texts]
+    pieces = [Delta(t, o, logprobs=lp) for t, o, lp in zip(texts, offsets, tokens, strict=True)]
+    pieces[-1] = Delta(texts[-1], offsets[-1], reason, usage, logprobs=tokens[-1])
     chunks = Chunks("c", 1, "m", include_usage=False, body=body)
 
     async def main() -> list[str]:
@@ -286,6 +288,40 @@ def test_under_auto_text_streams_as_it_comes_and_calls_come_whole_after_it() -> 
     contents = [c.choices[0].delta.content for c in read[1:-1]]
     assert contents == ["Use", " <tools> now.", " <too"]
     assert read[-1].choices[0].finish_reason == "stop"
+
+
+def test_under_auto_the_streamed_answer_is_the_whole_one_however_it_is_split() -> None:
+    call = _hermes("get_time", '{"zone": "UTC"}')
+    answers = {  # the text, and how it ends
+        "It is noon. No <tool here.": "stop",
+        "Sure.\n\n" + call + "\n" + _hermes("ping", "{}", "") + "\n": "stop",
+        " \n " + call: "stop",  # only space before the call: no content
+        'Hi <tool_call>\n{"name": "get_t': "length",  # cut mid-call: text
+    }
+    for logprobs in (False, True):
+        body = _body(tool_choice="auto", logprobs=logprobs)
+        for text, reason in answers.items():
+            whole = SdkCompletion.model_validate(completion(_result(body, text, reason)))
+            [choice] = whole.choices
+            for cut in range(1, len(text), 3):  # every way into two pieces, and three
+                for pieces in ((text[:cut], text[cut:]), (text[:cut], "", text[cut:])):
+                    read = _streamed(body, *pieces, reason=reason)
+                    deltas = [c.choices[0].delta for c in read]
+                    said = "".join(d.content or "" for d in deltas) or None
+                    calls = [c for d in deltas for c in d.tool_calls or []]
+                    assert said == choice.message.content, (text, cut)
+                    assert [c.id for c in calls] == [c.id for c in choice.message.tool_calls or []]
+                    assert read[-1].choices[0].finish_reason == choice.finish_reason
+                    sent = [c.choices[0].logprobs for c in read if c.choices[0].logprobs]
+                    tokens = [t.token for lp in sent for t in lp.content or []]
+                    assert tokens == (list(pieces) if logprobs else [])  # each once
+
+
+def test_a_required_answer_has_no_content_even_with_a_tag_in_its_arguments() -> None:
+    body = _body(tool_choice="required")
+    text = '[{"name":"get_time","parameters":{"zone":"<tool_call> UTC"}}]'
+    whole = SdkCompletion.model_validate(completion(_result(body, text)))
+    assert whole.choices[0].message.content is None and whole.choices[0].message.tool_calls
 
 
 def test_text_completions_take_no_tools() -> None:
