@@ -28,6 +28,8 @@ _HERMES_END = "</tool_call>"
 _JSON = json.JSONDecoder()
 _SPACE = " \t\n"
 """The space the grammar lets between and after calls."""
+_MAX_SPACE = 8
+"""The most of it, so that a model that writes on after a call must end (or call)."""
 _HERMES_TRIGGER = "<tool_call"
 """Where the grammar holds a call from: not its ">", which some tokenizers fold into one
 special token with the rest."""
@@ -123,7 +125,7 @@ def call_grammar(tools: list[Tool], parallel: bool | None) -> str:
     """The grammar that holds an answer under "auto", in llguidance's Lark (the engine's
     structured-output backend): text is free until it reaches `<tool_call`; from there it
     is calls, each held to an offered function's name and schema up to its end, with only
-    whitespace between and after them (one call when `parallel` is False). (vLLM's
+    a little whitespace between and after them (one call when `parallel` is False). (vLLM's
     structural tags would hold the calls, but its llguidance backend reads `<tool_call>`
     as a special token and lets any JSON through as the arguments.)"""
     names, rules = [], []
@@ -137,11 +139,11 @@ def call_grammar(tools: list[Tool], parallel: bool | None) -> str:
             "%llguidance {}",
             "start: TEXT | first" + ("" if parallel is False else " more*") + " SPACE",
             "TEXT: /(.|\\n)*/",
-            "SPACE: /[ \\t\\n]*/",
+            f"SPACE: /[ \\t\\n]{{0,{_MAX_SPACE}}}/",
             "GAP: /\\n?/",
             "first: begun call",
             f'begun[lazy]: TEXT "{_HERMES_TRIGGER}"',
-            f"more: /[ \\t\\n]*{_HERMES_TRIGGER}/ call",
+            f"more: /[ \\t\\n]{{0,{_MAX_SPACE}}}{_HERMES_TRIGGER}/ call",
             'call: ">" GAP (' + " | ".join(names) + ")",
             *rules,
         ]

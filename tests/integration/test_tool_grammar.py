@@ -78,6 +78,8 @@ def test_text_passes_and_a_call_is_held_to_a_functions_name_and_schema(
     assert not held(_call("get_time", '{"zone":"PST"}'))  # outside its schema
     assert not held(_call("get_time", '{"zone":"UTC","at":1}'))  # no other properties
     assert not held(_call("ping", "{}") + " and more")  # the answer ends with its calls
+    assert held(_call("ping", "{}") + "\n" * 8)
+    assert not held(_call("ping", "{}") + "\n" * 9)  # a little space, then the end
     assert not held(_call("ping", "{}") + " and " + _call("ping", "{}"))  # nothing between
     assert not held("Write <tool_call or not")  # once begun, a call
 
