@@ -32,9 +32,8 @@ def events(
     its whole text (under "auto", the text before them as it comes). An error after the
     first piece is an error event. A client that leaves before the end calls
     `on_abandon`."""
-    chosen = chunks.body is not None and chunks.body.tool_choice == "auto"
-    answer = _chosen if chosen else _calls if chunks.calls_tools else _answer
-    return _guarded(answer(chunks, first, pieces), [] if pieces is None else [pieces], on_abandon)
+    answer = (_calls if chunks.calls_tools else _answer)(chunks, first, pieces)
+    return _guarded(answer, [] if pieces is None else [pieces], on_abandon)
 
 
 def choices(
@@ -169,49 +168,22 @@ async def _answer(
 async def _calls(
     chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
 ) -> AsyncGenerator[str]:
-    """The chunks of an answer of tool calls: the role, then the calls, each whole (its
-    arguments are JSON, of no use to a client half written), then the finish; the text,
-    where it makes no calls (cut by max_tokens)."""
+    """The chunks of an answer that may be tool calls: the role; under "auto", its text as
+    it comes, but for where a call may be beginning (held until it is text for certain);
+    once whole, the rest of its text, or its calls, each whole (their arguments are JSON,
+    of no use to a client half written); then the finish. Log-probabilities come with the
+    first chunk after their tokens."""
     opening = chunks.role()
     if opening is not None:
         yield data(opening)
     body = chunks.body
     choice, asked = (None, False) if body is None else (body.tool_choice, body.logprobs)
-    text, logprobs = "", []
-    async for piece in _until_finished(first, pieces):
-        text += piece.text
-        logprobs += piece.logprobs or []
-        if piece.finish_reason is None:
-            continue
-        calls = chunks.calls_of(text)
-        held = logprobs if asked else None
-        if calls:
-            yield data(chunks.calls(calls, held))
-        elif text:
-            yield data(chunks.content(text, held))
-        yield data(chunks.finish(finish_reason(choice, calls, piece.finish_reason)))
-        if chunks.include_usage:
-            yield data(chunks.usage(piece.usage))
-    yield DONE
-
-
-async def _chosen(
-    chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
-) -> AsyncGenerator[str]:
-    """The chunks of an answer under "auto": its text as it comes, but for where a call may
-    be beginning (held until it is text for certain); once whole, the rest of its text, or
-    its calls, each whole; then the finish. Log-probabilities come with the first chunk
-    after their tokens."""
-    opening = chunks.role()
-    if opening is not None:
-        yield data(opening)
-    asked = chunks.body is not None and chunks.body.logprobs
     text, sent, held = "", 0, []
     async for piece in _until_finished(first, pieces):
         text += piece.text
         held += piece.logprobs or []
         if piece.finish_reason is None:
-            upto = shown(text, sent)
+            upto = shown(text, sent) if choice == "auto" else sent
             if upto > sent:
                 yield data(chunks.content(text[sent:upto], held if asked and held else None))
                 sent, held = upto, []
@@ -224,7 +196,7 @@ async def _chosen(
         if calls:
             yield data(chunks.calls(calls, logprobs))
         last = None if calls or rest else logprobs
-        yield data(chunks.finish(finish_reason("auto", calls, piece.finish_reason), last))
+        yield data(chunks.finish(finish_reason(choice, calls, piece.finish_reason), last))
         if chunks.include_usage:
             yield data(chunks.usage(piece.usage))
     yield DONE

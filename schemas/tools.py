@@ -25,14 +25,14 @@ MAX_CALL_ID_CHARS = 128
 """The longest id of a call."""
 _HERMES_BEGIN = "<tool_call>"
 _HERMES_END = "</tool_call>"
-_JSON = json.JSONDecoder()
+_HERMES_TRIGGER = "<tool_call"
+"""Where the grammar holds a call from: not its ">", which some tokenizers fold into one
+special token with the rest."""
 _SPACE = " \t\n"
 """The space the grammar lets between and after calls."""
 _MAX_SPACE = 8
 """The most of it, so that a model that writes on after a call must end (or call)."""
-_HERMES_TRIGGER = "<tool_call"
-"""Where the grammar holds a call from: not its ">", which some tokenizers fold into one
-special token with the rest."""
+_JSON = json.JSONDecoder()
 
 
 class Function(BaseModel):
@@ -193,13 +193,14 @@ def tool_calls(
     if not calls_tools(choice):
         return None
     try:
-        made = None if choice == "auto" else json.loads(text)
-        if made is None:
+        if choice == "auto":
             pairs = _tagged(tools, text)
-        elif isinstance(choice, NamedToolChoice):
-            pairs = [(choice.function.name, text)]  # the arguments as the engine wrote them
         else:
-            pairs = [(c["name"], json.dumps(c["parameters"], ensure_ascii=False)) for c in made]
+            made = json.loads(text)  # a named call's arguments too: JSON, or no call
+            if isinstance(choice, NamedToolChoice):
+                pairs = [(choice.function.name, text)]  # the arguments as the engine wrote them
+            else:
+                pairs = [(c["name"], _arguments(c["parameters"])) for c in made]
         calls = [
             ToolCall(id=_call_id(context, text, i), function=FunctionCall(name=n, arguments=a))
             for i, (n, a) in enumerate(pairs)
@@ -245,8 +246,12 @@ def finish_reason(choice: ToolChoice | None, calls: list[ToolCall] | None, reaso
 def _tagged(tools: list[Tool], text: str) -> list[tuple[str, str]]:
     """The calls of an answer under "auto" as (name, arguments); none when it is text. A
     call of no function offered makes the answer text (ValueError), as `_written`'s."""
-    pairs = [(_function(tools, made["name"]).name, made["arguments"]) for made in _written(text)]
-    return [(name, json.dumps(args, ensure_ascii=False)) for name, args in pairs]
+    return [(_function(tools, c["name"]).name, _arguments(c["arguments"])) for c in _written(text)]
+
+
+def _arguments(given: Any) -> str:
+    """A call's arguments as the JSON text OpenAI sends."""
+    return json.dumps(given, ensure_ascii=False)
 
 
 def _written(text: str) -> list[Any]:
@@ -270,7 +275,9 @@ def _written(text: str) -> list[Any]:
 
 
 def _after_space(text: str, at: int) -> int:
-    return len(text) - len(text[at:].lstrip(_SPACE))
+    while at < len(text) and text[at] in _SPACE:
+        at += 1
+    return at
 
 
 def _function(tools: list[Tool], name: str) -> Function:
