@@ -10,6 +10,7 @@ from gateway.response_tools import call_item
 from gateway.responses import Echo, message_item, response_body, status_of, text_part, used
 from schemas.request import ChatBody
 from schemas.result import TokenLogprob, Usage
+from schemas.tools import text_before
 
 
 @dataclass
@@ -17,7 +18,8 @@ class ResponseEvents:
     """The events of a streamed response, as OpenAI sends them, each numbered: the response
     created and in progress, its message and text part added, the text's deltas, then the
     text, part and message done and the response completed (or incomplete, when cut). An
-    answer that may be function calls is read whole first (`calls`)."""
+    answer that may be function calls (`calls`) opens its message at its first text: under
+    "auto" the text before any call, as it comes; its calls once it is whole."""
 
     echo: Echo
     created: int
@@ -27,14 +29,16 @@ class ResponseEvents:
     sequence: int = 0
     text: str = ""
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    opened: bool = False
+    """Whether the message's opening events were sent."""
 
     @property
     def calls_tools(self) -> bool:
-        """Whether the answer may be function calls: its events come once it is whole."""
+        """Whether the answer may be function calls: its message opens at its first text."""
         return self.body is not None and self.body.calls_tools
 
     def opening(self) -> list[dict[str, Any]]:
-        """The events before the first delta (before the whole answer, for calls)."""
+        """The events before the first delta (the message's first, unless it may be calls)."""
         started = self._response("in_progress", [], None)
         return [
             self._event("response.created", response=started),
@@ -45,22 +49,32 @@ class ResponseEvents:
     def calls(
         self,
         text: str,
+        sent: int,
         logprobs: list[TokenLogprob],
         finish_reason: str,
         usage: Usage | None,
     ) -> list[dict[str, Any]]:
-        """The events after the opening of an answer that may be function calls, once its
-        `text` (and its tokens' `logprobs`) is whole: each call added, its arguments in one
-        delta, and done, then the response done; the message of the text, with the
-        log-probabilities, where it makes no calls (chosen under "auto", or cut)."""
+        """The events after the `sent` characters of an answer that may be function calls,
+        once its `text` is whole (`logprobs`: of the tokens after those sent): where it
+        makes calls, the message of the text before them (if any, its log-probabilities
+        the whole answer's, as chat's) done, then each call added, its arguments in one
+        delta, and done, then the response done; the rest of the text and its closing
+        where it makes none (chosen under "auto", or cut)."""
         made = None if self.body is None else self.body.calls_in(text)
-        if not made:  # each event numbered as it comes
-            added = self._message_added()
-            deltas = [self.delta(text, logprobs)] if text else []
-            return [*added, *deltas, *self.closing(finish_reason, [] if text else logprobs, usage)]
+        if not made:
+            rest = text[sent:]
+            deltas = self.delta(rest, logprobs) if rest else []
+            return [*deltas, *self.closing(finish_reason, [] if rest else logprobs, usage)]
         status = status_of(finish_reason)
-        events, items = [], []
-        for index, call in enumerate(made):
+        events, output = [], []
+        before = text_before(text)
+        if before is not None:
+            rest = before[sent:]
+            events += self.delta(rest, []) if rest else self._message_added()
+            done, message = self._message_done(status, logprobs)
+            events += done
+            output.append(message)
+        for index, call in enumerate(made, start=len(output)):
             item = call_item(call, status)
             where = {"item_id": item["id"], "output_index": index}
             events += [
@@ -77,39 +91,37 @@ class ResponseEvents:
                 ),
                 self._event("response.output_item.done", output_index=index, item=item),
             ]
-            items.append(item)
-        whole = self._response(status, items, used(usage))
+            output.append(item)
+        whole = self._response(status, output, used(usage))
         return [*events, self._event(f"response.{status}", response=whole)]
 
-    def delta(self, text: str, logprobs: list[TokenLogprob]) -> dict[str, Any]:
-        """A piece of the text, with its tokens' log-probabilities when asked for."""
+    def delta(self, text: str, logprobs: list[TokenLogprob]) -> list[dict[str, Any]]:
+        """A piece of the text, with its tokens' log-probabilities when asked for (after
+        the message's opening events, before its first)."""
         entries = logprobs_body(logprobs)["content"]
+        opened = self._message_added()
         self.text += text
         self.logprobs += entries
-        return self._event(
+        event = self._event(
             "response.output_text.delta", **self._where, delta=text, logprobs=entries
         )
+        return [*opened, event]
 
     def closing(
         self, finish_reason: str, logprobs: list[TokenLogprob], usage: Usage | None
     ) -> list[dict[str, Any]]:
         """The events after the last delta (`logprobs`: tokens that brought no text)."""
-        self.logprobs += logprobs_body(logprobs)["content"]
+        opened = self._message_added()
         status = status_of(finish_reason)
-        part = text_part(self.text, self.logprobs)
-        message = message_item(self.echo, status, [part])
+        done, message = self._message_done(status, logprobs)
         whole = self._response(status, [message], used(usage))
-        return [
-            self._event(
-                "response.output_text.done", **self._where, text=self.text, logprobs=self.logprobs
-            ),
-            self._event("response.content_part.done", **self._where, part=part),
-            self._event("response.output_item.done", output_index=0, item=message),
-            self._event(f"response.{status}", response=whole),
-        ]
+        return [*opened, *done, self._event(f"response.{status}", response=whole)]
 
     def _message_added(self) -> list[dict[str, Any]]:
-        """The events that open the answer's message and its text part."""
+        """The events that open the answer's message and its text part; none once sent."""
+        if self.opened:
+            return []
+        self.opened = True
         return [
             self._event(
                 "response.output_item.added",
@@ -118,6 +130,22 @@ class ResponseEvents:
             ),
             self._event("response.content_part.added", **self._where, part=text_part("", [])),
         ]
+
+    def _message_done(
+        self, status: str, logprobs: list[TokenLogprob]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The events that close the message (`logprobs`: tokens not yet sent), and it."""
+        self.logprobs += logprobs_body(logprobs)["content"]
+        part = text_part(self.text, self.logprobs)
+        message = message_item(self.echo, status, [part])
+        events = [
+            self._event(
+                "response.output_text.done", **self._where, text=self.text, logprobs=self.logprobs
+            ),
+            self._event("response.content_part.done", **self._where, part=part),
+            self._event("response.output_item.done", output_index=0, item=message),
+        ]
+        return events, message
 
     def _response(
         self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None

@@ -118,14 +118,14 @@ def call_item(call: ToolCall, status: str, arguments: str | None = None) -> dict
 
 
 def assistant_of(output: list[dict[str, Any]]) -> dict[str, Any]:
-    """A response's output as the assistant message a continuation follows: its calls, or
-    its text."""
+    """A response's output as the assistant message a continuation follows: its text (None
+    where it makes calls and wrote none before them) and its calls."""
+    texts = [item["content"][0]["text"] for item in output if item["type"] == "message"]
     calls = [item for item in output if item["type"] == "function_call"]
-    if calls:
-        called = [_chat_call(c["call_id"], c["name"], c["arguments"]) for c in calls]
-        return {"role": "assistant", "content": None, "tool_calls": called}
-    [message] = output
-    return {"role": "assistant", "content": message["content"][0]["text"]}
+    if not calls:
+        return {"role": "assistant", "content": texts[0]}
+    called = [_chat_call(c["call_id"], c["name"], c["arguments"]) for c in calls]
+    return {"role": "assistant", "content": texts[0] if texts else None, "tool_calls": called}
 
 
 def _function(index: int, tool: object) -> dict[str, Any]:

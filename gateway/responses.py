@@ -275,18 +275,17 @@ def _response_format(fmt: dict[str, Any]) -> dict[str, Any] | None:
 
 def response_of(echo: Echo, results: list[InferenceResult]) -> dict[str, Any]:
     """The `response` of a call's answer: one assistant message of text, or the function
-    calls it makes, the usage in this API's names, what the call's body asked echoed, and
-    llmq's extras under `llmq`."""
+    calls it makes (after the message of the text before them, if any), the usage in this
+    API's names, what the call's body asked echoed, and llmq's extras under `llmq`."""
     body = completion_of(results)
     [choice] = body["choices"]
     status = status_of(choice["finish_reason"])
-    calls = choice["message"].get("tool_calls")
-    if calls:
-        output = call_items(calls, status)
-    else:
-        text = choice["message"].get("content") or ""
-        logprobs = (choice.get("logprobs") or {}).get("content") or []
-        output = [message_item(echo, status, [text_part(text, logprobs)])]
+    calls = choice["message"].get("tool_calls") or []
+    text = choice["message"].get("content")  # with calls, the text before them
+    logprobs = (choice.get("logprobs") or {}).get("content") or []
+    said = [] if calls and not text else [text_part(text or "", logprobs)]
+    output = [message_item(echo, status, said)] if said else []
+    output += call_items(calls, status)
     usage = _usage(body.get("usage"))
     answer = response_body(
         echo,

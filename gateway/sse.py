@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.openai import Chunks, error_body, summed
@@ -79,7 +80,8 @@ async def _response(
     async for piece in _until_finished(first, pieces):
         held += piece.logprobs or []
         if piece.text:
-            yield named(shape.delta(piece.text, held))
+            for body in shape.delta(piece.text, held):
+                yield named(body)
             held = []
         if piece.finish_reason is not None:
             closing = shape.closing(piece.finish_reason, held, piece.usage)
@@ -93,16 +95,20 @@ async def _called(
     pieces: AsyncIterator[Delta],
     keep: Callable[[dict[str, Any]], Awaitable[None]] | None,
 ) -> AsyncGenerator[str]:
-    """The events of a response that may be function calls: the opening, then, once its
-    text is whole, the calls (or the text, where it makes none)."""
+    """The events of a response that may be function calls: the opening; under "auto", its
+    text as it comes but for where a call may be beginning; once whole, the rest of its
+    text, or its calls."""
     for body in shape.opening():
         yield named(body)
-    text, logprobs = "", []
+    showing = _Showing(shape.body is not None and shape.body.tool_choice == "auto")
     async for piece in _until_finished(first, pieces):
-        text += piece.text
-        logprobs += piece.logprobs or []
+        text, logprobs = showing.add(piece)
+        for body in shape.delta(text, logprobs) if text else []:
+            yield named(body)
         if piece.finish_reason is not None:
-            closing = shape.calls(text, logprobs, piece.finish_reason, piece.usage)
+            closing = shape.calls(
+                showing.text, showing.sent, showing.held, piece.finish_reason, piece.usage
+            )
             async for event in _closed(closing, keep):
                 yield event
 
@@ -178,19 +184,17 @@ async def _calls(
         yield data(opening)
     body = chunks.body
     choice, asked = (None, False) if body is None else (body.tool_choice, body.logprobs)
-    text, sent, held = "", 0, []
+    showing = _Showing(choice == "auto")
     async for piece in _until_finished(first, pieces):
-        text += piece.text
-        held += piece.logprobs or []
+        said, held = showing.add(piece)
+        if said:
+            yield data(chunks.content(said, held if asked and held else None))
         if piece.finish_reason is None:
-            upto = shown(text, sent) if choice == "auto" else sent
-            if upto > sent:
-                yield data(chunks.content(text[sent:upto], held if asked and held else None))
-                sent, held = upto, []
             continue
+        text, sent = showing.text, showing.sent
         calls = chunks.calls_of(text)
         rest = (text_before(text) or "")[sent:] if calls else text[sent:]
-        logprobs = held if asked and held else None
+        logprobs = showing.held if asked and showing.held else None
         if rest:
             yield data(chunks.content(rest, None if calls else logprobs))
         if calls:
@@ -200,6 +204,31 @@ async def _calls(
         if chunks.include_usage:
             yield data(chunks.usage(piece.usage))
     yield DONE
+
+
+@dataclass
+class _Showing:
+    """An answer that may be calls, read as it comes: its text so far, how much of it was
+    shown (under "auto", all that is text for certain: held back only where a call may be
+    beginning, and the space before it), and the log-probabilities of tokens not shown."""
+
+    auto: bool
+    text: str = ""
+    sent: int = 0
+    held: list[TokenLogprob] = field(default_factory=list)
+
+    def add(self, piece: Delta) -> tuple[str, list[TokenLogprob]]:
+        """The text a piece that does not finish the answer makes certain ("" if none),
+        with the log-probabilities of its tokens; the last piece's is left to the caller."""
+        self.text += piece.text
+        self.held += piece.logprobs or []
+        certain = self.auto and piece.finish_reason is None
+        upto = shown(self.text, self.sent) if certain else self.sent
+        if upto == self.sent:
+            return "", []
+        said, logprobs = self.text[self.sent : upto], self.held
+        self.sent, self.held = upto, []
+        return said, logprobs
 
 
 async def _interleaved(

@@ -268,19 +268,33 @@ def test_auto_answers_text_or_calls_held_to_the_schemas_cached_and_streamed(sdk:
     [kept] = sdk.chat.completions.create(**fresh).choices
     _chosen(kept)
     assert _streamed(chunks) == _whole(kept)
-    # The Responses API asks the same of the engine: function_call items or a message.
-    response = sdk.responses.create(
-        model=MODEL,
-        input=ask["messages"][0]["content"],
-        tools=FLAT,
-        max_output_tokens=48,
-        temperature=0,
-    )
+    # The Responses API asks the same of the engine: the message of the text (before the
+    # calls, if any), then a function_call item each; streamed, the same output.
+    asked: dict[str, Any] = {
+        "model": MODEL,
+        "input": ask["messages"][0]["content"],
+        "tools": FLAT,
+        "max_output_tokens": 48,
+        "temperature": 0,
+    }
+    response = sdk.responses.create(**asked)
     assert response.tool_choice == "auto"
-    assert [item.type for item in response.output] == (
-        ["function_call"] * len(answer) if kind == "calls" else ["message"]
-    )
+    text = choice.message.content
+    said = [] if kind == "calls" and not text else [("message", text or "")]
+    made = [("function_call", c.function.name) for c in choice.message.tool_calls or []]
+    assert _items(response.output) == said + made
     assert (response.model_extra or {})["llmq"]["cache"] == "exact"
+    events = list(sdk.responses.create(**asked, stream=True))
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    assert _items(events[-1].response.output) == said + made
+
+
+def _items(output: list[Any]) -> list[tuple[str, str]]:
+    """A response's output items: each message's text, each call's function."""
+    return [
+        ("message", item.content[0].text) if item.type == "message" else (item.type, item.name)
+        for item in output
+    ]
 
 
 def test_auto_for_a_model_whose_calls_llmq_does_not_read_is_refused(client: Client) -> None:

@@ -234,9 +234,9 @@ async def _pieces(*pieces: Delta) -> AsyncIterator[Delta]:
         yield piece
 
 
-def _streamed(call: ResponseCall, text: str, reason: str) -> tuple[list[Any], list[Any]]:
-    """The events of `text` streamed in two pieces, read with the SDK's types, and the
-    responses kept."""
+def _streamed(call: ResponseCall, reason: str, *pieces: str) -> tuple[list[Any], list[Any]]:
+    """The events of an answer streamed in `pieces` (a token each), read with the SDK's
+    types, and the responses kept."""
     shape = ResponseEvents(call.echo, 7, "m", call.request.body)
     kept: list[dict[str, Any]] = []
 
@@ -244,12 +244,13 @@ def _streamed(call: ResponseCall, text: str, reason: str) -> tuple[list[Any], li
         kept.append(response)
 
     async def main() -> list[str]:
-        tokens = [
-            TokenLogprob(token=t, logprob=-1.0, top_logprobs=[]) for t in (text[:4], text[4:])
-        ]
-        rest = _pieces(Delta(text[4:], 4, reason, USAGE, logprobs=tokens[1:]))
-        first = Delta(text[:4], 0, logprobs=tokens[:1])
-        return [e async for e in sse.response_events(shape, first, rest, None, keep)]
+        tokens = [[TokenLogprob(token=t, logprob=-1.0, top_logprobs=[])] for t in pieces]
+        offsets = [sum(map(len, pieces[:i])) for i in range(len(pieces))]
+        at = zip(pieces, offsets, tokens, strict=True)
+        deltas = [Delta(text, offset, logprobs=lp) for text, offset, lp in at]
+        deltas[-1] = Delta(pieces[-1], offsets[-1], reason, USAGE, logprobs=tokens[-1])
+        stream = sse.response_events(shape, deltas[0], _pieces(*deltas[1:]), None, keep)
+        return [e async for e in stream]
 
     reader = TypeAdapter(ResponseStreamEvent)
     events = []
@@ -264,7 +265,7 @@ def _streamed(call: ResponseCall, text: str, reason: str) -> tuple[list[Any], li
 
 def test_streamed_calls_come_whole_once_read_as_openais_events() -> None:
     call = _read(tool_choice="required")
-    events, kept = _streamed(call, CALLS, "stop")
+    events, kept = _streamed(call, "stop", CALLS[:4], CALLS[4:])
     per_call = [
         "response.output_item.added",
         "response.function_call_arguments.delta",
@@ -294,7 +295,7 @@ def test_a_streamed_answer_that_makes_no_calls_is_its_text() -> None:
         max_output_tokens=3,
         include=["message.output_text.logprobs"],
     )
-    events, kept = _streamed(call, '{"zone": "U', "length")
+    events, kept = _streamed(call, "length", '{"zo', 'ne": "U')
     assert [t.token for t in events[4].logprobs] == ['{"zo', 'ne": "U']
     assert [e.type for e in events][2:] == [
         "response.output_item.added",
@@ -310,3 +311,87 @@ def test_a_streamed_answer_that_makes_no_calls_is_its_text() -> None:
         == '{"zone": "U'
         == kept[0]["output"][0]["content"][0]["text"]
     )
+
+
+HERMES = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>'
+"""A call as a model writes it under "auto"."""
+
+
+def test_under_auto_the_text_before_the_calls_is_a_message_before_them() -> None:
+    call = _read()  # "auto"
+    body = response_of(call.echo, [_result(call.request.body, "Let me look.\n" + HERMES)])
+    read = Response.model_validate(body)
+    assert [item.type for item in read.output] == ["message", "function_call"]
+    assert (read.status, read.output_text) == ("completed", "Let me look.")
+    made = read.output[1]
+    assert isinstance(made, ResponseFunctionToolCall)
+    assert (made.name, json.loads(made.arguments)) == ("get_time", {"zone": "UTC"})
+    # Stored, the answer is chat's assistant message: its text and its call.
+    kept = call.kept(body)
+    called = _chat(made.model_dump())
+    assert kept.messages[-1] == {
+        "role": "assistant",
+        "content": "Let me look.",
+        "tool_calls": [called],
+    }
+    # Continued with the call's output, or sent whole with the output fed back: the same.
+    output = {"type": "function_call_output", "call_id": made.call_id, "output": "12:00"}
+    follow = _read(kept.messages, input=[output], tool_choice="none")
+    asked = {"role": "user", "content": "What time is it in Paris?"}
+    whole = _read(input=[asked, *body["output"], output], tool_choice="none")
+    messages = follow.request.body.messages
+    assert whole.request.body.messages == messages
+    assert [(m.role, m.content) for m in messages[1:]] == [
+        ("assistant", "Let me look."),
+        ("tool", "12:00"),
+    ]
+    assert [c.id for c in messages[1].tool_calls or []] == [made.call_id]
+    # Calls with nothing before them but space: the calls only.
+    only = response_of(call.echo, [_result(call.request.body, " \n" + HERMES)])
+    assert [item["type"] for item in only["output"]] == ["function_call"]
+
+
+def _without_logprobs(output: list[Any]) -> list[dict[str, Any]]:
+    items = [item if isinstance(item, dict) else item.model_dump() for item in output]
+    for item in items:
+        for part in item.get("content") or []:
+            part["logprobs"] = []
+    return items
+
+
+def test_under_auto_a_streamed_response_is_the_whole_one_its_text_as_it_comes() -> None:
+    call = _read(include=["message.output_text.logprobs"])
+    answers = {  # the text, and how it ends
+        "Let me look.\n" + HERMES: "stop",
+        " \n" + HERMES: "stop",  # only space before the call: no message
+        "It is noon. No <tool here.": "stop",
+        'Hi <tool_call>\n{"name": "get_t': "length",  # cut mid-call: text
+    }
+    for text, reason in answers.items():
+        whole = response_of(call.echo, [_result(call.request.body, text, reason)])
+        expected = [
+            Response.model_validate(whole).output[i].model_dump()
+            for i in range(len(whole["output"]))
+        ]
+        for cut in range(1, len(text), 5):  # split in many places, into two pieces and three
+            for pieces in ((text[:cut], text[cut:]), (text[:cut], "", text[cut:])):
+                events, kept = _streamed(call, reason, *pieces)
+                last = events[-1].response
+                assert _without_logprobs(last.output) == _without_logprobs(expected), (text, cut)
+                assert _without_logprobs(kept[0]["output"]) == _without_logprobs(whole["output"])
+                said = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+                assert said == last.output_text
+                if last.output[0].type == "message":  # every token's logprob, once
+                    tokens = [t.token for t in last.output[0].content[0].logprobs or []]
+                    assert tokens == list(pieces)
+                added = [e.output_index for e in events if e.type == "response.output_item.added"]
+                assert added == list(range(len(expected)))
+    # Its text as it comes, less where a call may be beginning and the space before it.
+    events, _ = _streamed(call, "stop", "Let me ", "look.\n<tool", HERMES[5:])
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert deltas == ["Let me", " look."]
+    assert [e.type for e in events][2:5] == [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+    ]
