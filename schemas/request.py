@@ -316,12 +316,18 @@ class ChatBody(BaseModel):
         digest = json.dumps([m.model_dump() for m in self.messages], separators=(",", ":"))
         return tool_calls(self.tools or [], self.tool_choice, text, digest)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_with_tools(cls, data: Any) -> Any:
+        """Tools without a choice are "auto", OpenAI's default (refused where the model's
+        calls are not read)."""
+        chooses = isinstance(data, dict) and data.get("tool_choice") is not None
+        if isinstance(data, dict) and data.get("tools") is not None and not chooses:
+            return {**data, "tool_choice": "auto"}
+        return data
+
     @model_validator(mode="after")
     def _tool_choice_among_tools(self) -> Self:
-        if self.tool_choice is None and self.tools is not None:
-            raise ValueError(
-                "with tools, tool_choice must be 'none', 'auto', 'required' or a function"
-            )
         if calls_tools(self.tool_choice):
             if self.tools is None:
                 raise ValueError("tool_choice needs tools to choose from")

@@ -298,10 +298,13 @@ def _items(output: list[Any]) -> list[tuple[str, str]]:
 
 
 def test_auto_for_a_model_whose_calls_llmq_does_not_read_is_refused(client: Client) -> None:
-    """A Kafka app's request skips the front door's check: the worker refuses it unstarted."""
-    result = client.ask(_ask(), model=REMOTE, tools=TOOLS, tool_choice="auto", max_tokens=8)
-    assert result.error is not None and result.error.code is ErrorCode.UNSUPPORTED
-    assert "'smollm2-remote'" in result.error.message and "tool_call_parser" in result.error.message
+    """A Kafka app's request skips the front door's check: the worker refuses it unstarted
+    (tools without a choice are "auto" there too)."""
+    for choice in ("auto", None):
+        result = client.ask(_ask(), model=REMOTE, tools=TOOLS, tool_choice=choice, max_tokens=8)
+        assert result.error is not None and result.error.code is ErrorCode.UNSUPPORTED
+        message = result.error.message
+        assert "'smollm2-remote'" in message and "tool_call_parser" in message
 
 
 def test_what_is_not_served_is_refused_by_name(sdk: OpenAI) -> None:
