@@ -55,7 +55,8 @@ def tool_message(
     """A `function_call` or `function_call_output` input item (the input's `index`th) as
     chat: a call joins the assistant message just before it (calls made together are one
     message, as chat has them) or makes one (None is returned then: nothing new); an output
-    is a tool message, its content as given (a string, or parts of text)."""
+    is a tool message, its content as given (a string, or parts of text), answering a call
+    made before it."""
     call_id = item.get("call_id")
     if not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_CALL_ID_CHARS:
         why = (
@@ -63,14 +64,20 @@ def tool_message(
             f"1 to {MAX_CALL_ID_CHARS} characters"
         )
         raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+    made = {c["id"] for m in messages for c in m.get("tool_calls") or []}
     if item["type"] == "function_call_output":
         output = item.get("output")
         if not isinstance(output, str | list):
             why = f"input.{index}.output must be a string or a list of text parts"
             raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+        if call_id not in made:
+            why = (
+                f"input.{index}: no function_call before it has call_id {call_id!r} (an "
+                "output answers a call of the response continued, or of an item before it)"
+            )
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why)
         return {"role": "tool", "tool_call_id": call_id, "content": output}
     call = _chat_call(call_id, *_called(index, item))
-    made = {c["id"] for m in messages for c in m.get("tool_calls") or []}
     if call_id in made:
         why = (
             f"input.{index}: the call {call_id} is in the conversation already (the response "

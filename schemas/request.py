@@ -327,6 +327,20 @@ class ChatBody(BaseModel):
         return data
 
     @model_validator(mode="after")
+    def _results_answer_calls(self) -> Self:
+        """A tool message answers a call an assistant message made before it (as OpenAI
+        holds a conversation to)."""
+        made: set[str] = set()
+        for index, message in enumerate(self.messages):
+            made.update(call.id for call in message.tool_calls or [])
+            if message.tool_call_id is not None and message.tool_call_id not in made:
+                raise ValueError(
+                    f"messages.{index}.tool_call_id {message.tool_call_id!r} names no call "
+                    "an assistant message made before it (its tool_calls)"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _tool_choice_among_tools(self) -> Self:
         if calls_tools(self.tool_choice):
             if self.tools is None:

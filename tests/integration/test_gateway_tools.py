@@ -318,9 +318,20 @@ def test_what_is_not_served_is_refused_by_name(sdk: OpenAI) -> None:
             "response_format",
         ),
         ({"messages": [{"role": "tool", "content": "x"}], "tool_choice": "none"}, "tool_call_id"),
+        (
+            {
+                "messages": [*_ask(), {"role": "tool", "tool_call_id": "c9", "content": "x"}],
+                "tool_choice": "none",
+            },
+            "tool_call_id 'c9' names no call",
+        ),
         ({"tool_choice": "required", "n": 2, "stream": True}, "n must be 1"),
     ]
     for fields, why in refusals:
         with pytest.raises(openai.BadRequestError) as bad:
             sdk.chat.completions.create(**{**ask, **fields})
         assert why in bad.value.message, (fields, bad.value.message)
+    orphan: Any = [*_ask(), {"type": "function_call_output", "call_id": "c9", "output": "x"}]
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.responses.create(model=MODEL, input=orphan, tools=FLAT, tool_choice="none")
+    assert "input.1: no function_call before it has call_id 'c9'" in bad.value.message

@@ -143,6 +143,10 @@ def test_function_call_items_and_their_outputs_are_the_chat_conversation() -> No
     assert call.request.body.messages == chat.request.body.messages
     assert [m.role for m in call.request.body.messages] == ["user", "assistant", "tool", "tool"]
     assert fingerprint(call.request, "m") == fingerprint(chat.request, "m")
+    with pytest.raises(LlmqError, match=r"input\.3: no function_call before it has call_id 'c'"):
+        _read(input=[*items[:3], {**items[3], "call_id": "c"}], tool_choice="none")
+    with pytest.raises(LlmqError, match=r"input\.1: no function_call before it has call_id"):
+        _read(input=[items[0], items[3]], tool_choice="none")
     with pytest.raises(LlmqError, match=r"input\.3\.output must be a string or a list"):
         _read(input=[*items[:3], {**items[3], "output": 5}], tool_choice="none")
     with pytest.raises(LlmqError, match=r"input\.2\.arguments must be a string"):

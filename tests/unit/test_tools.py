@@ -94,6 +94,20 @@ def test_messages_carry_calls_and_results_where_they_belong() -> None:
         ChatMessage.model_validate({"role": "user"})
 
 
+def test_a_tool_message_answers_a_call_made_before_it() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "ping", "arguments": "{}"}}
+    asked = {"role": "assistant", "content": None, "tool_calls": [call]}
+    answered = {"role": "tool", "tool_call_id": "c1", "content": "pong"}
+    assert len(_body(messages=[*ASK, asked, answered], tool_choice="none").messages) == 3
+    for orphan in (
+        [*ASK, answered],
+        [*ASK, answered, asked],
+        [*ASK, asked, {**answered, "tool_call_id": "c2"}],
+    ):
+        with pytest.raises(ValidationError, match=r"messages\.\d\.tool_call_id '.*' names no call"):
+            _body(messages=orphan, tool_choice="none")
+
+
 def test_the_engine_is_held_to_the_named_functions_arguments_or_to_a_list_of_calls() -> None:
     tools = _tools()
     assert output_schema(tools, _body(tool_choice=NAMED).tool_choice, None) == ZONE
