@@ -155,8 +155,9 @@ def output_schema(
 ) -> dict[str, Any] | None:
     """The JSON schema the engine holds the answer to: the named function's arguments, or
     ("required") a list of calls, each a function's name and its arguments (one call only
-    when `parallel` is False), as vLLM's server holds them; None when the answer is text
-    (or, under "auto", text or calls: `call_grammar`)."""
+    when `parallel` is False), as vLLM's server holds them but for keys beside those two,
+    which vLLM's allows and a small model fills until max_tokens; None when the answer is
+    text (or, under "auto", text or calls: `call_grammar`)."""
     if not calls_tools(choice) or choice == "auto":
         return None
     if isinstance(choice, NamedToolChoice):
@@ -173,6 +174,7 @@ def output_schema(
                         "parameters": tool.function.schema_,
                     },
                     "required": ["name", "parameters"],
+                    "additionalProperties": False,
                 }
                 for tool in tools
             ],

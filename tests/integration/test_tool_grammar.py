@@ -14,7 +14,7 @@ import llguidance.hf
 import pytest
 from transformers import PreTrainedTokenizerBase, TokenizersBackend
 
-from schemas.tools import Tool, call_grammar, tool_calls
+from schemas.tools import Tool, call_grammar, output_schema, tool_calls
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -48,6 +48,11 @@ def _matcher(tokenizer: PreTrainedTokenizerBase, tools: list[Tool], parallel: bo
 def _held(tokenizer: PreTrainedTokenizerBase, parallel: bool | None) -> Any:
     """Whether the engine would let the model write a text, under this grammar."""
     lexicon, grammar = _matcher(tokenizer, TOOLS, parallel)
+    return _holds(lexicon, grammar, tokenizer)
+
+
+def _holds(lexicon: Any, grammar: str, tokenizer: PreTrainedTokenizerBase) -> Any:
+    """Whether the engine would let the model write a text, under `grammar`."""
 
     def held(text: str) -> bool:
         """The text whole, ended where the model may end it."""
@@ -108,3 +113,21 @@ def test_the_grammar_of_many_large_tools_compiles(
     assert not matcher.is_error(), matcher.get_error()
     ids = served_tokenizer.encode('<tool_call>{"name": "f127", "arguments": {}}</tool_call>')
     assert matcher.consume_tokens(ids) and matcher.is_accepting()
+
+
+def test_required_calls_are_held_to_their_name_and_arguments_only(
+    served_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """ "required": the list of calls as vLLM's guidance backend compiles a JSON schema (no
+    whitespace, as llmq configures it). A key beside a call's name and arguments is
+    refused: vLLM's own schema allows one, and SmolLM2 filled a "description" with the
+    prompt's id until max_tokens."""
+    schema = json.dumps(output_schema(TOOLS, "required", False))
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(
+        schema, defaults={"whitespace_flexible": False}
+    )
+    assert isinstance(served_tokenizer, TokenizersBackend)  # a fast tokenizer, as vLLM's
+    held = _holds(llguidance.hf.from_tokenizer(served_tokenizer), grammar, served_tokenizer)
+    assert held('[{"name":"get_time","parameters":{"zone":"UTC"}}]')
+    assert not held('[{"name":"get_time","parameters":{"zone":"UTC"},"description":"x"}]')
+    assert not held('[{"name":"ping","parameters":{}},{"name":"ping","parameters":{}}]')
