@@ -260,9 +260,6 @@ def _tools(fields: dict[str, Any], n: int, serving: list[ModelSpec]) -> None:
     unread = [spec.name for spec in serving if spec.tool_call_parser is None]
     if fields.setdefault("tool_choice", "auto") == "auto" and unread:
         raise auto_refused(unread[0])
-    if fields.get("stream") and n > 1 and fields["tool_choice"] != "none":
-        why = "a streamed answer of tool calls makes one choice: n must be 1 with stream"
-        raise LlmqError(ErrorCode.UNSUPPORTED, why)
 
 
 def _tier_lane(data: dict[str, Any]) -> Lane | None:
@@ -395,13 +392,13 @@ class Chunks:
         return None if self.body is None else self.body.calls_in(text)
 
     def calls(
-        self, calls: list[ToolCall], logprobs: list[TokenLogprob] | None = None
+        self, calls: list[ToolCall], logprobs: list[TokenLogprob] | None = None, index: int = 0
     ) -> dict[str, Any]:
-        """The chunk of an answer's tool calls, each whole, as a client that joins deltas
+        """The chunk of a choice's tool calls, each whole, as a client that joins deltas
         reads them (each with its index, id, type, name and arguments)."""
         delta = {"tool_calls": [{"index": i, **c.model_dump()} for i, c in enumerate(calls)]}
         lp = None if logprobs is None else logprobs_body(logprobs)
-        return self._wrap({"index": 0, "delta": delta, "logprobs": lp, "finish_reason": None})
+        return self._wrap({"index": index, "delta": delta, "logprobs": lp, "finish_reason": None})
 
     def role(self, index: int = 0) -> dict[str, Any] | None:
         """The chunk that opens a choice (None where the API has none)."""

@@ -12,6 +12,7 @@ from gateway.openai import Chunks, error_body, summed
 from gateway.response_events import ResponseEvents
 from llmq.streaming import Delta
 from schemas.errors import ErrorCode, LlmqError
+from schemas.request import ChatBody
 from schemas.result import TokenLogprob, Usage
 from schemas.tools import finish_reason, shown, text_before
 
@@ -45,7 +46,8 @@ def choices(
 ) -> AsyncGenerator[str]:
     """The events of n answers at once (`n` > 1), from each one's first piece on: each
     chunk carries its choice's index, in the order the pieces come, and the usage (asked
-    for) comes summed after every choice has finished. Such a stream does not resume. An
+    for) comes summed after every choice has finished; answers that may be tool calls
+    come as `events` sends one, each with its index. Such a stream does not resume. An
     error in one answer ends them all (an error event); `on_stop` is called then, or when
     the client leaves before the end, to cancel the others."""
     answer = _interleaved(chunks, firsts, streams)
@@ -100,7 +102,7 @@ async def _called(
     text, or its calls."""
     for body in shape.opening():
         yield named(body)
-    showing = _Showing(shape.body is not None and shape.body.tool_choice == "auto")
+    showing = _Showing.of(shape.body)
     async for piece in _until_finished(first, pieces):
         text, logprobs = showing.add(piece)
         for body in shape.delta(text, logprobs) if text else []:
@@ -182,27 +184,68 @@ async def _calls(
     opening = chunks.role()
     if opening is not None:
         yield data(opening)
+    showing = _Showing.of(chunks.body)
+    async for piece in _until_finished(first, pieces):
+        for body in _called_bodies(chunks, showing, piece):
+            yield data(body)
+        if piece.finish_reason is not None and chunks.include_usage:
+            yield data(chunks.usage(piece.usage))
+    yield DONE
+
+
+def _called_bodies(
+    chunks: Chunks, showing: _Showing, piece: Delta, index: int = 0
+) -> list[dict[str, Any]]:
+    """A piece's chunks, of a choice (`index`) that may be tool calls: the text it makes
+    certain (`showing`); once the answer is whole, the rest of its text, or its calls
+    (after the text before them not sent yet), then the finish."""
     body = chunks.body
     choice, asked = (None, False) if body is None else (body.tool_choice, body.logprobs)
-    showing = _Showing(choice == "auto")
-    async for piece in _until_finished(first, pieces):
-        said, held = showing.add(piece)
-        if said:
-            yield data(chunks.content(said, held if asked and held else None))
-        if piece.finish_reason is None:
-            continue
-        text, sent = showing.text, showing.sent
-        calls = chunks.calls_of(text)
-        rest = (text_before(text) or "")[sent:] if calls else text[sent:]
-        logprobs = showing.held if asked and showing.held else None
-        if rest:
-            yield data(chunks.content(rest, None if calls else logprobs))
-        if calls:
-            yield data(chunks.calls(calls, logprobs))
-        last = None if calls or rest else logprobs
-        yield data(chunks.finish(finish_reason(choice, calls, piece.finish_reason), last))
-        if chunks.include_usage:
-            yield data(chunks.usage(piece.usage))
+    said, held = showing.add(piece)
+    bodies = [chunks.content(said, held if asked and held else None, index)] if said else []
+    if piece.finish_reason is None:
+        return bodies
+    text, sent = showing.text, showing.sent
+    calls = chunks.calls_of(text)
+    rest = (text_before(text) or "")[sent:] if calls else text[sent:]
+    logprobs = showing.held if asked and showing.held else None
+    if rest:
+        bodies.append(chunks.content(rest, None if calls else logprobs, index))
+    if calls:
+        bodies.append(chunks.calls(calls, logprobs, index))
+    last = None if calls or rest else logprobs
+    reason = finish_reason(choice, calls, piece.finish_reason)
+    return [*bodies, chunks.finish(reason, last, index)]
+
+
+async def _interleaved(
+    chunks: Chunks, firsts: list[Delta], streams: list[AsyncIterator[Delta]]
+) -> AsyncGenerator[str]:
+    """The chunks of several answers: each one's role first, then their pieces as they
+    come (answers that may be tool calls as `_calls` sends one), then the usage summed."""
+    for index in range(len(firsts)):
+        opening = chunks.role(index)
+        if opening is not None:
+            yield data(opening)
+    usages: list[Usage] = []
+    held: list[list[TokenLogprob]] = [[] for _ in firsts]
+    showing = [_Showing.of(chunks.body) for _ in firsts]
+    answers = [_until_finished(f, s) for f, s in zip(firsts, streams, strict=True)]
+    merged = _merged(answers)
+    try:
+        async for index, piece in merged:
+            if chunks.calls_tools:
+                bodies = _called_bodies(chunks, showing[index], piece, index)
+            else:
+                bodies = [b for b in _bodies(chunks, piece, held[index], index) if b is not None]
+            for body in bodies:
+                yield data(body)
+            if piece.finish_reason is not None:
+                usages += [] if piece.usage is None else [piece.usage]
+    finally:
+        await merged.aclose()  # its pumps stop before the streams they read are closed
+    if chunks.include_usage:
+        yield data(chunks.usage(summed(usages)))
     yield DONE
 
 
@@ -217,6 +260,11 @@ class _Showing:
     sent: int = 0
     held: list[TokenLogprob] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, body: ChatBody | None) -> _Showing:
+        """For an answer to `body`: its text shown as it comes under "auto" only."""
+        return cls(body is not None and body.tool_choice == "auto")
+
     def add(self, piece: Delta) -> tuple[str, list[TokenLogprob]]:
         """The text a piece that does not finish the answer makes certain ("" if none),
         with the log-probabilities of its tokens; the last piece's is left to the caller."""
@@ -229,34 +277,6 @@ class _Showing:
         said, logprobs = self.text[self.sent : upto], self.held
         self.sent, self.held = upto, []
         return said, logprobs
-
-
-async def _interleaved(
-    chunks: Chunks, firsts: list[Delta], streams: list[AsyncIterator[Delta]]
-) -> AsyncGenerator[str]:
-    """The chunks of several answers: each one's role first, then their pieces as they
-    come, then the usage summed."""
-    for index in range(len(firsts)):
-        opening = chunks.role(index)
-        if opening is not None:
-            yield data(opening)
-    usages: list[Usage] = []
-    held: list[list[TokenLogprob]] = [[] for _ in firsts]
-    answers = [_until_finished(f, s) for f, s in zip(firsts, streams, strict=True)]
-    merged = _merged(answers)
-    try:
-        async for index, piece in merged:
-            content, finish = _bodies(chunks, piece, held[index], index)
-            if content is not None:
-                yield data(content)
-            if finish is not None:
-                yield data(finish)
-                usages += [] if piece.usage is None else [piece.usage]
-    finally:
-        await merged.aclose()  # its pumps stop before the streams they read are closed
-    if chunks.include_usage:
-        yield data(chunks.usage(summed(usages)))
-    yield DONE
 
 
 def _bodies(

@@ -93,6 +93,16 @@ def test_required_calls_are_cached_with_their_ids_and_streamed_whole(sdk: OpenAI
     assert (streamed.index, streamed.id, streamed.function.name) == (0, call.id, call.function.name)
     assert streamed.function.arguments == call.function.arguments
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # n answers streamed at once: each choice's call comes whole, by its index.
+    fresh = {**ask, "messages": _ask("What time is it?")}
+    chunks = list(sdk.chat.completions.create(**fresh, n=2, stream=True))
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        [made] = [d for c in mine for d in c.delta.tool_calls or []]
+        assert made.function is not None and made.function.arguments is not None
+        arguments = json.loads(made.function.arguments)
+        assert (made.function.name, set(arguments)) in (("get_time", {"zone"}), ("is_up", {"up"}))
+        assert mine[-1].finish_reason == "tool_calls"
 
 
 def test_a_tools_result_is_part_of_the_conversation(sdk: OpenAI, client: Client) -> None:
@@ -325,7 +335,6 @@ def test_what_is_not_served_is_refused_by_name(sdk: OpenAI) -> None:
             },
             "tool_call_id 'c9' names no call",
         ),
-        ({"tool_choice": "required", "n": 2, "stream": True}, "n must be 1"),
     ]
     for fields, why in refusals:
         with pytest.raises(openai.BadRequestError) as bad:

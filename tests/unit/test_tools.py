@@ -330,6 +330,49 @@ def test_under_auto_the_streamed_answer_is_the_whole_one_however_it_is_split() -
                     assert tokens == (list(pieces) if logprobs else [])  # each once
 
 
+def test_n_answers_that_may_be_calls_stream_at_once_each_as_one_would() -> None:
+    """n > 1: each choice's chunks, by its index, give its whole answer (text before its
+    calls as it comes, the calls whole), however their pieces interleave; the usage
+    summed at the end."""
+    body = _body(tool_choice="auto", logprobs=True)
+    texts = ["Let me look. " + _hermes("get_time", '{"zone": "UTC"}'), "It is noon."]
+    usage = Usage(prompt_tokens=9, completion_tokens=6, total_tokens=15)
+    split = [[t[:5], t[5:16], t[16:]] for t in texts]
+    deltas = []
+    for parts in split:
+        at = [sum(map(len, parts[:i])) for i in range(len(parts))]
+        tokens = [[TokenLogprob(token=p, logprob=-1.0)] for p in parts]
+        made = [Delta(p, o, logprobs=lp) for p, o, lp in zip(parts, at, tokens, strict=True)]
+        made[-1] = Delta(parts[-1], at[-1], "stop", usage, logprobs=tokens[-1])
+        deltas.append(made)
+    chunks = Chunks("c", 1, "m", include_usage=True, body=body)
+
+    async def main() -> list[str]:
+        streams = [_pieces(*made[1:]) for made in deltas]
+        return [e async for e in sse.choices(chunks, [made[0] for made in deltas], streams)]
+
+    events = asyncio.run(main())
+    assert events[-1] == sse.DONE
+    read = [ChatCompletionChunk.model_validate(json.loads(e[6:])) for e in events[:-1]]
+    for index, text in enumerate(texts):
+        [whole] = SdkCompletion.model_validate(completion(_result(body, text))).choices
+        mine = [c.choices[0] for c in read if c.choices and c.choices[0].index == index]
+        assert mine[0].delta.role == "assistant"
+        said = "".join(c.delta.content or "" for c in mine) or None
+        calls = [
+            (d.id, d.function and d.function.arguments)
+            for c in mine
+            for d in c.delta.tool_calls or []
+        ]
+        assert said == whole.message.content
+        held = whole.message.tool_calls or []
+        assert calls == [(c.id, c.function.arguments) for c in held]  # type: ignore[union-attr]
+        assert mine[-1].finish_reason == whole.finish_reason
+        logprobs = [t.token for c in mine for t in (c.logprobs and c.logprobs.content) or []]
+        assert logprobs == split[index]  # each token's once
+    assert read[-1].usage is not None and read[-1].usage.completion_tokens == 12
+
+
 def test_a_required_answer_has_no_content_even_with_a_tag_in_its_arguments() -> None:
     body = _body(tool_choice="required")
     text = '[{"name":"get_time","parameters":{"zone":"<tool_call> UTC"}}]'
