@@ -232,22 +232,22 @@ class Catalog(BaseModel):
         names = [*self.names, AUTO]
         return names + [e.model for e in self.experiments if e.model not in names]
 
-    def serving(self, model: str | None) -> list[str]:
-        """The catalog models that may serve a request for `model` (None: the default)."""
+    def serving(self, model: str | None, *, calls: bool = False) -> list[str]:
+        """The catalog models that may serve a request for `model` (None: the default). With
+        `calls` (tool_choice "auto"), "auto" routes among the models that read calls, where
+        any does."""
         name = model or self.default
-        if name == AUTO:
-            return self.names
         experiment = self.experiment(name)
-        arms = [] if experiment is None else [arm.model for arm in experiment.arms]
-        if AUTO in arms:
-            return self.names
-        return [m for m in self.names if m == name or m in arms]
+        asked = [name, *([] if experiment is None else [arm.model for arm in experiment.arms])]
+        reading = [m.name for m in self.models if m.tool_call_parser is not None] if calls else []
+        routed = reading or self.names
+        return [m for m in self.names if m in asked or (AUTO in asked and m in routed)]
 
-    def reachable(self, model: str | None) -> list[ModelSpec]:
+    def reachable(self, model: str | None, *, calls: bool = False) -> list[ModelSpec]:
         """The catalog models a request for `model` may end on: those `serving` it, and
         their fallbacks, and theirs."""
         specs = {spec.name: spec for spec in self.models}
-        names = self.serving(model)
+        names = self.serving(model, calls=calls)
         for name in names:  # the list grows as it is read: fallbacks of fallbacks
             names += [f for f in specs[name].fallback if f not in names]
         return [specs[name] for name in names]

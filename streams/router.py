@@ -254,9 +254,11 @@ def _ladder(catalog: Catalog, body: ChatBody) -> list[ModelSpec]:
     """One model per tier, cheapest first: the first in catalog order that fits the request.
 
     A model whose context cannot take the prompt and max_tokens is skipped, so that "auto"
-    never picks a model that must reject; when none fits, admission reports why.
+    never picks a model that must reject; when none fits, admission reports why. Under
+    tool_choice "auto", only models that read calls are climbed, where any does.
     """
-    specs = catalog.by_tier()
+    served = catalog.serving(AUTO, calls=body.tool_choice == "auto")
+    specs = [spec for spec in catalog.by_tier() if spec.name in served]
     fitting = [m for m in specs if _fits(m, body)] or specs
     ladder: dict[int, ModelSpec] = {}
     for spec in fitting:

@@ -182,10 +182,13 @@ def test_the_models_a_request_may_end_on_are_its_servers_and_their_fallbacks() -
                 {"name": "a", "source": "s", "fallback": ["b"]},
                 {"name": "b", "source": "s", "fallback": ["c", "a"]},
                 {"name": "c", "source": "s"},
-                {"name": "d", "source": "s"},
+                {"name": "d", "source": "s", "tool_call_parser": "hermes"},
             ],
         }
     )
     assert [m.name for m in catalog.reachable("a")] == ["a", "b", "c"]
     assert [m.name for m in catalog.reachable("c")] == ["c"]
     assert [m.name for m in catalog.reachable("auto")] == ["a", "b", "c", "d"]
+    # Under tool_choice "auto", model "auto" routes among the models that read calls.
+    assert [m.name for m in catalog.reachable("auto", calls=True)] == ["d"]
+    assert [m.name for m in catalog.reachable("a", calls=True)] == ["a", "b", "c"]

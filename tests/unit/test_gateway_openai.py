@@ -108,12 +108,16 @@ def test_what_llmq_does_not_serve_is_refused_by_name() -> None:
     catalog = Catalog.model_validate(
         {"default": "a", "models": [{"name": "a", **reads}, {"name": "b", "source": "/m"}]}
     )
-    for model in ("b", "auto"):
+    only_b = Catalog.model_validate({"default": "b", "models": [{"name": "b", "source": "/m"}]})
+    for model, served in (("b", catalog), ("auto", only_b)):
         data = {"model": model, "messages": MESSAGES, "tools": [tool]}
         with pytest.raises(LlmqError) as caught:
-            read_call(data, tenant="t", lane=None, catalog=catalog, timeout_s=60)
+            read_call(data, tenant="t", lane=None, catalog=served, timeout_s=60)
         assert caught.value.code is ErrorCode.UNSUPPORTED
         assert "by 'b': its catalog entry names no tool_call_parser" in caught.value.message
+    # Model "auto" routes among the models that read calls, where any does.
+    data = {"model": "auto", "messages": MESSAGES, "tools": [tool]}
+    assert read_call(data, tenant="t", lane=None, catalog=catalog, timeout_s=60).request.body
     data = {"model": "a", "messages": MESSAGES, "tools": [tool], "tool_choice": "auto"}
     read = read_call(data, tenant="t", lane=None, catalog=catalog, timeout_s=60).request.body
     assert read.tool_choice == "auto"

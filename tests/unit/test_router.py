@@ -297,6 +297,25 @@ def test_auto_when_nothing_fits_still_routes_so_admission_can_say_why() -> None:
     assert route.chain == ["smollm2-135m"]
 
 
+def test_auto_under_tool_choice_auto_climbs_only_models_that_read_calls() -> None:
+    reading = {"small-b", "big"}
+    parsed = {"tool_call_parser": "hermes"}
+    catalog = TIERED.model_copy(
+        update={
+            "models": [
+                m.model_copy(update=parsed) if m.name in reading else m for m in TIERED.models
+            ]
+        }
+    )
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    route = plan(_request(EASY, tools=tools), catalog)  # OpenAI's default choice: "auto"
+    assert route.chain == ["small-b", "big", "mid", "remote"]  # then big's fallbacks
+    everyone = ["small", "mid", "big", "small-b", "remote"]
+    assert plan(_request(EASY, tools=tools, tool_choice="none"), catalog).chain == everyone
+    # Where none reads calls, every model as before (the worker's refusal names why).
+    assert plan(_request(EASY, tools=tools), TIERED).chain == everyone
+
+
 def test_plan_is_deterministic() -> None:
     for text in (EASY, MEDIUM, PROOF):
         assert plan(_request(text), TIERED) == plan(_request(text), TIERED)
