@@ -139,9 +139,10 @@ class FrontDoor:
             raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, "invalid API key"), 401)
         return tenant
 
-    async def check_served(self, model: str | None) -> None:
-        """503 when no worker serves the model nor ever did (for `auto`: no model at all)."""
-        if not await self.serving.serves(self.catalog.serving(model)):
+    async def check_served(self, model: str | None, *, calls: bool = False) -> None:
+        """503 when no worker serves the model nor ever did (for `auto`: no model at all, or
+        with `calls`, under tool_choice "auto", no model that reads calls)."""
+        if not await self.serving.serves(self.catalog.serving(model, calls=calls)):
             why = f"no worker serves {model}: start one (llmq local up) and try again"
             raise ApiError(LlmqError(ErrorCode.ENGINE_UNAVAILABLE, why))
 

@@ -172,7 +172,7 @@ def read_call(
     check_model(model, catalog)
     fields = {k: v for k, v in data.items() if k in PASSED}
     fields["messages"] = _messages(data.get("messages"))
-    _tools(fields, n, catalog.reachable(model, calls=True))
+    _tools(fields, catalog.reachable(model, calls=True))
     if text:
         fields["raw_prompt"] = True
     if "max_completion_tokens" in data:  # the newer name wins over both, as in vLLM's server
@@ -244,7 +244,7 @@ def _check_fields(data: dict[str, Any]) -> int:
     return n
 
 
-def _tools(fields: dict[str, Any], n: int, serving: list[ModelSpec]) -> None:
+def _tools(fields: dict[str, Any], serving: list[ModelSpec]) -> None:
     """The body's tools and tool choice as llmq serves them: no tools (or an empty list) is
     none, and leaves nothing to choose nor to call in parallel; with tools, "auto" (OpenAI's
     default) is refused unless every model that may serve it (`serving`, fallbacks too; model
@@ -384,7 +384,7 @@ class Chunks:
 
     @property
     def calls_tools(self) -> bool:
-        """Whether the answer may be tool calls: sent whole once read, not as text."""
+        """Whether the answer may be tool calls: read from its text, sent whole once read."""
         return self.body is not None and self.body.calls_tools
 
     def calls_of(self, text: str) -> list[ToolCall] | None:

@@ -68,8 +68,8 @@ class ResponseEvents:
         status = status_of(finish_reason)
         events, output = [], []
         before = text_before(text)
-        if before is not None:
-            rest = before[sent:]
+        if before is not None or self.opened:
+            rest = (before or "")[sent:]
             events += self.delta(rest, []) if rest else self._message_added()
             done, message = self._message_done(status, logprobs)
             events += done

@@ -239,9 +239,14 @@ class Catalog(BaseModel):
         name = model or self.default
         experiment = self.experiment(name)
         asked = [name, *([] if experiment is None else [arm.model for arm in experiment.arms])]
+        routed = self.routed(calls=calls) if AUTO in asked else []
+        return [m for m in self.names if m in asked or m in routed]
+
+    def routed(self, *, calls: bool = False) -> list[str]:
+        """The models "auto" routes among: all; with `calls` (tool_choice "auto"), those that
+        read calls, where any does."""
         reading = [m.name for m in self.models if m.tool_call_parser is not None] if calls else []
-        routed = reading or self.names
-        return [m for m in self.names if m in asked or (AUTO in asked and m in routed)]
+        return reading or self.names
 
     def reachable(self, model: str | None, *, calls: bool = False) -> list[ModelSpec]:
         """The catalog models a request for `model` may end on: those `serving` it, and

@@ -131,7 +131,7 @@ class ChatMessage(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _calls_without_text(cls, data: object) -> object:
-        """An assistant's calls come with no text (content null, as OpenAI sends them)."""
+        """An assistant's calls may come with no text (content null, as OpenAI sends them)."""
         if isinstance(data, dict) and data.get("tool_calls") and data.get("content") is None:
             return {**data, "content": ""}
         return data

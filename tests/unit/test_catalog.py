@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import JsonValue, ValidationError
 
-from schemas.catalog import SMOLLM2, Catalog, ModelSpec
+from schemas.catalog import SMOLLM2, Arm, Catalog, Experiment, ModelSpec
 
 TWO_MODELS = """
 default = "qwen2.5-0.5b"
@@ -192,3 +192,10 @@ def test_the_models_a_request_may_end_on_are_its_servers_and_their_fallbacks() -
     # Under tool_choice "auto", model "auto" routes among the models that read calls.
     assert [m.name for m in catalog.reachable("auto", calls=True)] == ["d"]
     assert [m.name for m in catalog.reachable("a", calls=True)] == ["a", "b", "c"]
+    # An experiment on "auto" whose other arm is "a": "auto" routes as before, the arm is "a".
+    arms = [Arm(name="routed", model="auto"), Arm(name="pinned", model="a")]
+    tried = catalog.model_copy(
+        update={"experiments": [Experiment(name="x", model="auto", arms=arms)]}
+    )
+    assert tried.routed(calls=True) == ["d"]
+    assert tried.serving("auto", calls=True) == ["a", "d"]
