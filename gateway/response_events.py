@@ -7,7 +7,15 @@ from typing import Any
 
 from gateway.openai import logprobs_body
 from gateway.response_tools import call_item
-from gateway.responses import Echo, message_item, response_body, status_of, text_part, used
+from gateway.responses import (
+    Echo,
+    message_item,
+    response_body,
+    spelling,
+    status_of,
+    text_part,
+    used,
+)
 from schemas.request import ChatBody
 from schemas.result import TokenLogprob, Usage
 from schemas.tools import text_before
@@ -56,8 +64,8 @@ class ResponseEvents:
     ) -> list[dict[str, Any]]:
         """The events after the `sent` characters of an answer that may be function calls,
         once its `text` is whole (`logprobs`: of the tokens after those sent): where it
-        makes calls, the message of the text before them (if any, its log-probabilities
-        the whole answer's, as chat's) done, then each call added, its arguments in one
+        makes calls, the message of the text before them (if any, with the log-probabilities
+        of the tokens that begin in it) done, then each call added, its arguments in one
         delta, and done, then the response done; the rest of the text and its closing
         where it makes none (chosen under "auto", or cut)."""
         made = None if self.body is None else self.body.calls_in(text)
@@ -67,11 +75,13 @@ class ResponseEvents:
             return [*deltas, *self.closing(finish_reason, [] if rest else logprobs, usage)]
         status = status_of(finish_reason)
         events, output = [], []
-        before = text_before(text)
-        if before is not None or self.opened:
-            rest = (before or "")[sent:]
+        before = text_before(text) or ""
+        if before or self.opened:
+            rest = before[sent:]
             events += self.delta(rest, []) if rest else self._message_added()
-            done, message = self._message_done(status, logprobs)
+            whole = self.logprobs + logprobs_body(logprobs)["content"]
+            self.logprobs = spelling(whole, len(before))
+            done, message = self._message_done(status, [])
             events += done
             output.append(message)
         for index, call in enumerate(made, start=len(output)):

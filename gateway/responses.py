@@ -281,9 +281,11 @@ def response_of(echo: Echo, results: list[InferenceResult]) -> dict[str, Any]:
     [choice] = body["choices"]
     status = status_of(choice["finish_reason"])
     calls = choice["message"].get("tool_calls") or []
-    text = choice["message"].get("content")  # with calls, the text before them
+    text = choice["message"].get("content") or ""  # with calls, the text before them
     logprobs = (choice.get("logprobs") or {}).get("content") or []
-    said = [] if calls and not text else [text_part(text or "", logprobs)]
+    if calls:
+        logprobs = spelling(logprobs, len(text))
+    said = [] if calls and not text else [text_part(text, logprobs)]
     output = [message_item(echo, status, said)] if said else []
     output += call_items(calls, status)
     usage = _usage(body.get("usage"))
@@ -301,6 +303,18 @@ def response_of(echo: Echo, results: list[InferenceResult]) -> dict[str, Any]:
 def status_of(finish_reason: str | None) -> str:
     """A finished answer's status: cut at max_output_tokens, or whole."""
     return "incomplete" if finish_reason == "length" else "completed"
+
+
+def spelling(logprobs: list[dict[str, Any]], length: int) -> list[dict[str, Any]]:
+    """The log-probabilities of the text before an answer's calls: of the tokens that
+    begin within its `length` characters."""
+    kept, start = [], 0
+    for entry in logprobs:
+        if start >= length:
+            break
+        kept.append(entry)
+        start += len(entry["token"])
+    return kept
 
 
 def text_part(text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:

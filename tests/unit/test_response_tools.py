@@ -10,7 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from openai.types.responses import Response, ResponseFunctionToolCall, ResponseStreamEvent
+from openai.types.responses import (
+    Response,
+    ResponseFunctionToolCall,
+    ResponseOutputMessage,
+    ResponseStreamEvent,
+)
 from pydantic import TypeAdapter
 
 from gateway import sse
@@ -22,7 +27,14 @@ from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
 from schemas.request import ChatBody, ChatMessage
-from schemas.result import ChatCompletion, Choice, InferenceResult, TokenLogprob, Usage
+from schemas.result import (
+    ChatCompletion,
+    Choice,
+    ChoiceLogprobs,
+    InferenceResult,
+    TokenLogprob,
+    Usage,
+)
 from schemas.tools import NamedToolChoice, finish_reason
 
 ZONE = {
@@ -49,10 +61,17 @@ def _read(history: list[dict[str, Any]] | None = None, **body: Any) -> ResponseC
     return read_response_call(data, **WHERE, history=history or [])
 
 
-def _result(body: ChatBody, text: str, reason: str = "stop") -> InferenceResult:
+def _result(
+    body: ChatBody, text: str, reason: str = "stop", tokens: list[str] | None = None
+) -> InferenceResult:
+    """The answer `text` (its `tokens`' log-probabilities, where given)."""
     calls = body.calls_in(text)
     message = ChatMessage(role="assistant", content=text, tool_calls=calls)
-    choice = Choice(message=message, finish_reason=finish_reason(body.tool_choice, calls, reason))
+    logprobs = None
+    if tokens is not None:
+        logprobs = ChoiceLogprobs(content=[TokenLogprob(token=t, logprob=-1.0) for t in tokens])
+    reason = finish_reason(body.tool_choice, calls, reason)
+    choice = Choice(message=message, finish_reason=reason, logprobs=logprobs)
     response = ChatCompletion(id="x", created=1, model="m", choices=[choice], usage=USAGE)
     return InferenceResult(correlation_id="c", tenant="t", status="ok", response=response)
 
@@ -322,11 +341,16 @@ HERMES = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</too
 
 
 def test_under_auto_the_text_before_the_calls_is_a_message_before_them() -> None:
-    call = _read()  # "auto"
-    body = response_of(call.echo, [_result(call.request.body, "Let me look.\n" + HERMES)])
+    call = _read(include=["message.output_text.logprobs"])  # "auto"
+    tokens = ["Let", " me", " look", ".\n", HERMES]  # the message's: those of its text
+    answer = _result(call.request.body, "".join(tokens), tokens=tokens)
+    body = response_of(call.echo, [answer])
     read = Response.model_validate(body)
     assert [item.type for item in read.output] == ["message", "function_call"]
     assert (read.status, read.output_text) == ("completed", "Let me look.")
+    message = read.output[0]
+    assert isinstance(message, ResponseOutputMessage)
+    assert [t.token for t in message.content[0].logprobs or []] == tokens[:4]  # type: ignore[union-attr]
     made = read.output[1]
     assert isinstance(made, ResponseFunctionToolCall)
     assert (made.name, json.loads(made.arguments)) == ("get_time", {"zone": "UTC"})
@@ -363,6 +387,13 @@ def _without_logprobs(output: list[Any]) -> list[dict[str, Any]]:
     return items
 
 
+def _spelled(pieces: tuple[str, ...], text: str, calls: bool) -> list[str]:
+    """The tokens (a piece each) whose log-probabilities a message has: all of them, or
+    before calls, those that begin in its text."""
+    starts = [sum(map(len, pieces[:i])) for i in range(len(pieces))]
+    return [p for p, at in zip(pieces, starts, strict=True) if not calls or at < len(text)]
+
+
 def test_under_auto_a_streamed_response_is_the_whole_one_its_text_as_it_comes() -> None:
     call = _read(include=["message.output_text.logprobs"])
     answers = {  # the text, and how it ends
@@ -385,9 +416,9 @@ def test_under_auto_a_streamed_response_is_the_whole_one_its_text_as_it_comes() 
                 assert _without_logprobs(kept[0]["output"]) == _without_logprobs(whole["output"])
                 said = "".join(e.delta for e in events if e.type == "response.output_text.delta")
                 assert said == last.output_text
-                if last.output[0].type == "message":  # every token's logprob, once
+                if last.output[0].type == "message":  # each token's logprob, once
                     tokens = [t.token for t in last.output[0].content[0].logprobs or []]
-                    assert tokens == list(pieces)
+                    assert tokens == _spelled(pieces, last.output_text, len(last.output) > 1)
                 added = [e.output_index for e in events if e.type == "response.output_item.added"]
                 assert added == list(range(len(expected)))
     # Its text as it comes, less where a call may be beginning and the space before it.
