@@ -285,8 +285,7 @@ def response_of(echo: Echo, results: list[InferenceResult]) -> dict[str, Any]:
     logprobs = (choice.get("logprobs") or {}).get("content") or []
     if calls:
         logprobs = spelling(logprobs, len(text))
-    said = [] if calls and not text else [text_part(text, logprobs)]
-    output = [message_item(echo, status, said)] if said else []
+    output = [] if calls and not text else [message_item(echo, status, [text_part(text, logprobs)])]
     output += call_items(calls, status)
     usage = _usage(body.get("usage"))
     answer = response_body(

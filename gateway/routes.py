@@ -121,7 +121,7 @@ async def _complete(
     try:
         call = await read(door, request)
         stream = str(call.request.body.stream).lower()
-        await door.check_served(call.request.model, calls=call.request.body.tool_choice == "auto")
+        await door.check_served(call.request.model, calls=call.request.body.chooses_calls)
         await _submit(door, call)
         metrics.WAITING.inc()
         try:

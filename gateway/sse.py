@@ -263,7 +263,7 @@ class _Showing:
     @classmethod
     def of(cls, body: ChatBody | None) -> _Showing:
         """For an answer to `body`: its text shown as it comes under "auto" only."""
-        return cls(body is not None and body.tool_choice == "auto")
+        return cls(body is not None and body.chooses_calls)
 
     def add(self, piece: Delta) -> tuple[str, list[TokenLogprob]]:
         """The text a piece that does not finish the answer makes certain ("" if none),

@@ -296,9 +296,15 @@ class ChatBody(BaseModel):
         return output_schema(self.tools or [], self.tool_choice, self.parallel_tool_calls)
 
     @property
+    def chooses_calls(self) -> bool:
+        """Whether the model chooses text or calls (tool_choice "auto"): its calls are read
+        from free text, which only a model with a tool_call_parser writes."""
+        return self.tool_choice == "auto"
+
+    @property
     def tool_grammar(self) -> str | None:
         """The grammar that holds the answer's calls under "auto"; None otherwise."""
-        if self.tool_choice != "auto":
+        if not self.chooses_calls:
             return None
         return call_grammar(self.tools or [], self.parallel_tool_calls)
 

@@ -257,7 +257,7 @@ def _ladder(catalog: Catalog, body: ChatBody) -> list[ModelSpec]:
     never picks a model that must reject; when none fits, admission reports why. Under
     tool_choice "auto", only models that read calls are climbed, where any does.
     """
-    routed = catalog.routed(calls=body.tool_choice == "auto")
+    routed = catalog.routed(calls=body.chooses_calls)
     specs = [spec for spec in catalog.by_tier() if spec.name in routed]
     fitting = [m for m in specs if _fits(m, body)] or specs
     ladder: dict[int, ModelSpec] = {}

@@ -327,7 +327,7 @@ class Worker:
                 ErrorCode.UNKNOWN_MODEL,
                 f"routed to worker of {self._spec.name!r} but asks for {state.work.model!r}",
             )
-        if state.work.request.body.tool_choice == "auto" and self._spec.tool_call_parser is None:
+        if state.work.request.body.chooses_calls and self._spec.tool_call_parser is None:
             return auto_refused(self._spec.name)
         if state.work.not_before is not None:
             await asyncio.sleep(max(0.0, state.work.not_before - time.time()))
