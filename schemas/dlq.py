@@ -27,19 +27,27 @@ class DeadLetter:
     headers: dict[str, bytes] = field(default_factory=dict)
 
 
-def dead_letter(source: str, key: bytes | None, raw: bytes | None, error: LlmqError) -> DeadLetter:
+def dead_letter(
+    source: str,
+    key: bytes | None,
+    raw: bytes | None,
+    error: LlmqError,
+    room: int = MAX_RECORD_BYTES,
+) -> DeadLetter:
     """The record from `source` that failed with `error`: a tombstone becomes an empty value,
-    and a value over the admission limit is cut to it, its original length in a header (as
-    it came it may not fit in a message the producer or the broker takes)."""
+    and a value over the admission limit (or `room`, if less) is cut to it, its original
+    length in a header (as it came it may not fit in a message the producer or the broker
+    takes)."""
     headers = {
         HEADER_REASON: error.message.encode(),
         HEADER_ERROR_CODE: error.code.value.encode(),
         HEADER_SOURCE_TOPIC: source.encode(),
     }
     value = raw or b""
-    if len(value) > MAX_RECORD_BYTES:
+    room = max(0, min(room, MAX_RECORD_BYTES))
+    if len(value) > room:
         headers[HEADER_ORIGINAL_BYTES] = str(len(value)).encode()
-        value = value[:MAX_RECORD_BYTES]
+        value = value[:room]
     if key is not None and len(key) > MAX_KEY_BYTES:
         key = key[:MAX_KEY_BYTES]
     return DeadLetter(key, value, headers)

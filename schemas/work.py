@@ -12,6 +12,8 @@ from schemas.request import ChatMessage, InferenceRequest
 from schemas.result import ChatCompletion, ErrorInfo, Timings
 from schemas.route import Route
 
+PROMPT_NOT_CARRIED = "(not carried back: the request was too large for its outcome's record)"
+"""The one message of a work item carried back without its prompt (WorkItem.promptless)."""
 LEGACY_SPECULATION = "legacy"
 """The speculation of a record marked only `speculative` (the version before ids)."""
 
@@ -52,6 +54,24 @@ class WorkItem(BaseModel):
         """Sent before the semantic cache's lookup ended (`speculation`). Written to the
         record too, for workers of the version before `speculation` during an upgrade."""
         return self.speculation is not None
+
+    def promptless(self) -> WorkItem:
+        """This work less what makes a request large (its messages, tools, schema and token
+        biases): what a failure carries back where the whole would not fit in a record. Not
+        to be generated from: such a failure is final."""
+        body = self.request.body.model_copy(
+            update={
+                "messages": [ChatMessage(role="user", content=PROMPT_NOT_CARRIED)],
+                "tools": None,
+                "tool_choice": None,
+                "parallel_tool_calls": None,
+                "response_format": None,
+                "logit_bias": None,
+                "raw_prompt": None,
+            }
+        )
+        request = self.request.model_copy(update={"body": body})
+        return self.model_copy(update={"request": request, "uncompressed": None})
 
     @model_validator(mode="before")
     @classmethod

@@ -98,6 +98,7 @@ async def serve(
         cancellations=cancellations,
         deltas=settings.delta_policy(),
         claim=Claims(redis).first,
+        record_limit=record_limit,
     )
     following: asyncio.Task[None] | None = None
     try:

@@ -1,18 +1,22 @@
 """Sending what a generation ends with: its completion on llmq.completions and, for tokens
 paid for, its metering event on llmq.metering, each until the broker takes it (the work
-record's offset waits on both), and a record dead-lettered to llmq.dlq. An answer too large
-to carry is replaced by the error that says so; a record Kafka will not take at all stops the
-worker (RecordRefusedError), since resending it would fail for good."""
+record's offset waits on both), and a record dead-lettered to llmq.dlq. An outcome too large
+to carry is replaced by the error that says so (without its prompt where the request alone is
+too large); a record Kafka refuses all the same stops the worker (RecordRefusedError), since
+resending it would fail for good."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from llmq.startup import RECORD_LIMIT
 from schemas.catalog import ModelSpec
 from schemas.dlq import dead_letter
 from schemas.errors import ErrorCode, LlmqError
@@ -34,6 +38,9 @@ _METERED_FAILURES = frozenset(
 )
 """Failures metered all the same: the generation was cut short (or its answer too large to
 send), its tokens were spent."""
+_CUT_MARGIN = 64
+"""Bytes kept free when a dead letter's value is cut to fit: the header naming its original
+length, and the longer varints of a longer value."""
 PUBLISH_RETRY = RetryPolicy(base_delay_s=0.5, max_delay_s=5.0)
 """Backoff between tries to publish an outcome the broker did not take (tried until it does)."""
 
@@ -58,57 +65,93 @@ class RecordRefusedError(Exception):
 class Publisher:
     """Sends one worker's outcomes with its producer, each record until the broker takes it."""
 
-    def __init__(self, producer: AIOKafkaProducer, spec: ModelSpec, worker_id: str) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        spec: ModelSpec,
+        worker_id: str,
+        record_limit: int = RECORD_LIMIT,
+    ) -> None:
         self._producer = producer
         self._spec = spec
         self._worker_id = worker_id
+        self._limit = record_limit
+        """The most bytes the producer sends as one record (its max_request_size)."""
 
     async def publish(self, completion: Completion, state: InFlight) -> None:
         """Send the completion (and, for a generation, its metering event, which also rides in
-        the completion for the tenant's budget); await both acks. An answer too large for a
+        the completion for the tenant's budget); await both acks. An outcome too large for a
         record is replaced by the error that says so: sending it would fail every time."""
+        key = completion.work.fingerprint.encode()
         event, value = self._record(completion, state)
-        if len(value) > MAX_COMPLETION_BYTES:
-            event, value = self._too_large(
-                completion, state, len(value), f"past the {MAX_COMPLETION_BYTES} llmq sends"
-            )
-        sends = [self._answer(completion, state, value)]
+        if not self._fits(key, value):
+            event, value = self._too_large(completion, state, key, len(value))
+        sends = [self._deliver(COMPLETIONS, key, value)]
         if event is not None:
             metered = event.model_dump_json().encode()
             sends.append(self._deliver(METERING, event.tenant.encode(), metered))
         await asyncio.gather(*sends)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: LlmqError) -> None:
-        """Send the record, as it came, to llmq.dlq with the error that put it there."""
+        """Send the record, as it came, to llmq.dlq with the error that put it there; cut to
+        what the producer sends, as the admission limit cuts it."""
         log.warning(
             "dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, error
         )
         letter = dead_letter(record.topic, record.key, record.value, error)
         headers = list(letter.headers.items())
+        room = self._limit - _size(letter.key, b"", headers) - _CUT_MARGIN
+        if len(letter.value) > room:
+            letter = dead_letter(record.topic, record.key, record.value, error, room)
+            headers = list(letter.headers.items())
         await (await self._producer.send(DLQ, letter.value, letter.key, headers=headers))
 
-    async def _answer(self, completion: Completion, state: InFlight, value: bytes) -> None:
-        """Send the completion's record. One past the topic's limit (read at the start, when
-        lower than the bound) is replaced by the error that says so; its metering event, the
-        same event, is already on its way."""
-        key = completion.work.fingerprint.encode()
-        try:
-            await self._deliver(COMPLETIONS, key, value, refusable=True)
-        except MessageSizeTooLargeError:
-            why = f"more than Kafka takes on {COMPLETIONS} (its max.message.bytes)"
-            _, failure = self._too_large(completion, state, len(value), why)
-            await self._deliver(COMPLETIONS, key, failure)
+    def _fits(self, key: bytes, value: bytes) -> bool:
+        """Whether llmq sends this completion record and the producer takes it (its own
+        check, which a topic's lower max.message.bytes, read at the start, brings down)."""
+        return len(value) <= MAX_COMPLETION_BYTES and _size(key, value) <= self._limit
 
     def _too_large(
-        self, completion: Completion, state: InFlight, size: int, why: str
+        self, completion: Completion, state: InFlight, key: bytes, size: int
     ) -> tuple[MeteringEvent | None, bytes]:
-        """The record of the error that replaces an answer of `size` bytes, and its event."""
-        error = LlmqError(
-            ErrorCode.ANSWER_TOO_LARGE,
-            f"the answer's record is {size} bytes, {why}; ask for fewer max_tokens or top_logprobs",
-        )
-        log.warning("answering %s with %s", completion.work.request.correlation_id, error)
-        return self._record(state.failure(error, self._worker_id, completion.finished_at), state)
+        """The record (and its event) that replaces an outcome of `size` bytes: the error that
+        says so (a superseded outcome, which answers nobody, stays as it is). Where the
+        request is itself too large, the failure carries it back without its prompt, which
+        nothing reads of a failure that is not retried (kept, it would stop the worker at
+        every start); RecordRefusedError where even that does not fit."""
+        if size > MAX_COMPLETION_BYTES:
+            why = f"past the {MAX_COMPLETION_BYTES} llmq sends"
+        else:
+            why = f"more than Kafka takes on {COMPLETIONS} (its max.message.bytes, {self._limit})"
+        error = completion.error
+        tries: list[tuple[Completion, bool]] = []
+        if error is not None and error.code is ErrorCode.SUPERSEDED:
+            tries.append((_promptless(completion), True))
+        else:
+            what = "answer's record" if error is None else f"record of its {error.code} failure"
+            said = f"the {what} is {size} bytes, {why}"
+            if error is None:
+                advice = "ask for fewer max_tokens or top_logprobs"
+                tries.append((self._failure(state, completion, f"{said}; {advice}"), False))
+            alone = "its request alone does not fit: send a shorter prompt"
+            failure = self._failure(state, completion, f"{said}; {alone}")
+            tries.append((_promptless(failure), True))
+        for replacement, promptless in tries:
+            event, value = self._record(replacement, state)
+            if self._fits(key, value):
+                log.warning(
+                    "answering %s with %s%s",
+                    completion.work.request.correlation_id,
+                    replacement.error,
+                    " (its request carried back without the prompt)" if promptless else "",
+                )
+                return event, value
+        raise RecordRefusedError(COMPLETIONS, len(value), by_broker=False)
+
+    def _failure(self, state: InFlight, completion: Completion, message: str) -> Completion:
+        """The answer_too_large failure that replaces `completion`."""
+        error = LlmqError(ErrorCode.ANSWER_TOO_LARGE, message)
+        return state.failure(error, self._worker_id, completion.finished_at)
 
     def _record(
         self, completion: Completion, state: InFlight
@@ -121,11 +164,11 @@ class Publisher:
         event = state.metering(self._spec, self._worker_id, completion.finished_at, outcome=outcome)
         return event, completion.model_copy(update={"metering": event}).model_dump_json().encode()
 
-    async def _deliver(self, topic: str, key: bytes, value: bytes, refusable: bool = False) -> None:
+    async def _deliver(self, topic: str, key: bytes, value: bytes) -> None:
         """Send one record until the broker acknowledges it: while Kafka is away the outcome
-        waits here and its offset stays uncommitted, so nothing is lost or sent twice. A
-        `refusable` record past the topic's limit raises MessageSizeTooLargeError; any other,
-        or one the broker refuses itself (the limit lowered since the start), RecordRefusedError."""
+        waits here and its offset stays uncommitted, so nothing is lost or sent twice. One
+        that Kafka refuses for its size (the broker's limit lowered since the start) raises
+        RecordRefusedError."""
         for attempt in itertools.count(1):
             sent = False
             try:
@@ -134,8 +177,6 @@ class Publisher:
                 await ack
                 return
             except MessageSizeTooLargeError as exc:
-                if refusable and not sent:
-                    raise
                 raise RecordRefusedError(topic, len(value), sent) from exc
             except KafkaError as exc:
                 delay = PUBLISH_RETRY.backoff(attempt)
@@ -147,3 +188,13 @@ class Publisher:
                     exc,
                 )
                 await asyncio.sleep(delay)
+
+
+def _size(key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()) -> int:
+    """A record's size as the producer reckons it against its max_request_size."""
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, list(headers)))
+
+
+def _promptless(completion: Completion) -> Completion:
+    """The completion, its request carried back without the prompt (WorkItem.promptless)."""
+    return completion.model_copy(update={"work": completion.work.promptless()})

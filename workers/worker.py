@@ -26,6 +26,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from llmq.startup import RECORD_LIMIT
 from schemas.catalog import ModelSpec, auto_refused
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
@@ -72,12 +73,13 @@ class Worker:
         cancellations: Cancellations | None = None,
         deltas: DeltaPolicy | None = None,
         claim: Claim | None = None,
+        record_limit: int = RECORD_LIMIT,
     ) -> None:
         self._spec = spec
         self._engine = engine
         self._consumer = consumer
         self._producer = producer
-        self._outcomes = Publisher(producer, spec, worker_id)
+        self._outcomes = Publisher(producer, spec, worker_id, record_limit)
         self._worker_id = worker_id
         self._commit_interval_s = commit_interval_s
         self._drain_timeout_s = drain_timeout_s

@@ -164,13 +164,15 @@ def test_a_worker_stopped_mid_batch_loses_no_request(stack: LocalStack, client: 
 def test_an_answer_its_topic_no_longer_takes_stops_the_worker_then_is_refused(
     stack: LocalStack, client: Client
 ) -> None:
-    """llmq.completions lowered to 100,000 bytes under a running worker: Kafka refuses the
+    """llmq.completions lowered to 10,000 bytes under a running worker: Kafka refuses the
     answer (200 tokens with 20 alternatives each: at least 117,000 bytes), and a producer the
     broker refused cannot write that partition again, so the worker stops, saying why.
-    Started again, it reads the new limit and answers answer_too_large itself."""
+    Started again, it reads the new limit and answers answer_too_large itself; a request
+    whose prompt alone passes the limit is answered so too, without its prompt (any outcome
+    carrying it would stop the worker at every start)."""
     worker = next(c.proc for c in stack.components() if c.proc.name == "worker-smollm2-135m")
     admin = KafkaAdminClient(bootstrap_servers=stack.settings.kafka_bootstrap)
-    limit = ConfigResource(ConfigResourceType.TOPIC, COMPLETIONS, {"max.message.bytes": "100000"})
+    limit = ConfigResource(ConfigResourceType.TOPIC, COMPLETIONS, {"max.message.bytes": "10000"})
     try:
         admin.alter_configs([limit])
         cid = client.submit(
@@ -190,6 +192,11 @@ def test_an_answer_its_topic_no_longer_takes_stops_the_worker_then_is_refused(
         assert f"record on {COMPLETIONS}: its max.message.bytes is lower" in run
         stack.up(say=lambda _: None)
         result = client.result(cid, timeout=300)
+        long_prompt = "Summarise: " + "the quick brown fox jumps over the lazy dog. " * 270
+        assert 10_000 < len(long_prompt) < 16_384  # past the topic's limit, not admission's
+        large = client.submit(long_prompt, max_tokens=8, cache=CacheMode.OFF)
+        too_large = client.result(large, timeout=300)
+        assert worker.pid() is not None, "the worker served it and goes on"
     finally:
         admin.reset_configs([limit])
         admin.close()
@@ -197,6 +204,8 @@ def test_an_answer_its_topic_no_longer_takes_stops_the_worker_then_is_refused(
         stack.up(say=lambda _: None)
     assert result.error is not None and result.error.code is ErrorCode.ANSWER_TOO_LARGE
     assert f"more than Kafka takes on {COMPLETIONS}" in result.error.message
+    assert too_large.error is not None and too_large.error.code is ErrorCode.ANSWER_TOO_LARGE
+    assert "its request alone does not fit: send a shorter prompt" in too_large.error.message
 
 
 def test_a_topics_record_limit_is_read_and_a_missing_topic_gets_the_default(

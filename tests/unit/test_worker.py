@@ -18,7 +18,7 @@ from schemas.names import COMPLETIONS, DLQ
 from schemas.request import ChatBody, ChatMessage
 from schemas.route import Route
 from schemas.stream import Cancel
-from schemas.work import WorkItem
+from schemas.work import PROMPT_NOT_CARRIED, WorkItem
 from tests.unit.worker_fakes import (
     BATCH,
     CACHED_TOKENS,
@@ -148,13 +148,13 @@ def test_an_answer_too_large_to_send_is_answered_with_that_error_and_metered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Sending it would fail every time: it would hold its offset and its app for good."""
-    monkeypatch.setattr(publish, "MAX_COMPLETION_BYTES", 100)
-    producer = _one(work(), FakeEngine())
+    monkeypatch.setattr(publish, "MAX_COMPLETION_BYTES", 2_500)
+    producer = _one(work(), FakeEngine(text="x" * 1_000))
     [completion] = producer.completions()
     assert completion.response is None and completion.error is not None
     assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
     assert not completion.error.retriable
-    assert "past the 100 llmq sends" in completion.error.message
+    assert "past the 2500 llmq sends" in completion.error.message
     [event] = producer.metering()  # the tokens it made are paid for all the same
     assert (event.outcome, event.completion_tokens) == ("answer_too_large", 3)
     assert completion.metering == event
@@ -172,27 +172,53 @@ def test_the_bound_is_on_the_records_bytes_not_its_characters(
     assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
 
 
-def test_an_answer_the_broker_refuses_as_too_large_is_answered_with_that_error() -> None:
-    """A topic set below the bound: Kafka's refusal would come again on every resend. The
-    answer's 3,000 characters do not fit in 2,500 bytes; the error that replaces it does."""
-    producer = FakeProducer(limits={COMPLETIONS: 2_500})
+def test_an_answer_past_its_topics_limit_is_answered_with_that_error_and_metered_so() -> None:
+    """A topic set below the bound (read at the start): Kafka's refusal would come again on
+    every resend. The answer's 3,000 characters do not fit in 2,500 bytes; the error that
+    replaces it does, and its one metering event says what the tokens became."""
+    producer = FakeProducer(limit=2_500)
     _one(work(), FakeEngine(text="x" * 1_000), producer=producer)
-    [(_, refused)] = producer.refused
+    assert producer.refused == [], "the producer is never handed what it would refuse"
     [completion] = producer.completions()
     assert completion.error is not None
     assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
-    assert f"is {len(refused)} bytes, more than Kafka takes on" in completion.error.message
-    [event] = producer.metering()  # sent beside the answer first tried: the same event
-    assert completion.metering is not None
-    assert completion.metering.event_id == event.event_id
-    assert completion.metering.outcome == "answer_too_large"
+    assert "more than Kafka takes on llmq.completions (its max.message.bytes, 2500)" in (
+        completion.error.message
+    )
+    assert "ask for fewer max_tokens" in completion.error.message
+    assert completion.work.request.body.messages[0].content == "a short prompt"
+    [event] = producer.metering()
+    assert completion.metering == event
+    assert (event.outcome, event.completion_tokens) == ("answer_too_large", 3)
+
+
+def test_a_request_too_large_for_its_answers_topic_is_answered_so_and_the_worker_goes_on() -> None:
+    """Its prompt alone passes the topic's limit, so no outcome of it can carry it: the
+    failure comes back without it (it stopped the worker at every start before), and the
+    next record is served."""
+    consumer, producer = FakeConsumer(), FakeProducer(limit=2_500)
+    big = ChatBody(messages=[ChatMessage(role="user", content="y" * 3_000)])
+    consumer.add(STANDARD, [_work_with({"body": big}), work(n=1)])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: consumer.committed.get(STANDARD) == 2)
+        stop.set()
+
+    run_worker(consumer, producer, FakeEngine, scenario)
+    failed, served = producer.completions()
+    assert failed.error is not None and failed.error.code is ErrorCode.ANSWER_TOO_LARGE
+    assert "its request alone does not fit: send a shorter prompt" in failed.error.message
+    assert [m.content for m in failed.work.request.body.messages] == [PROMPT_NOT_CARRIED]
+    assert failed.work.request.correlation_id == "standard-0"
+    assert served.error is None and served.work.request.correlation_id == "standard-1"
+    assert [e.outcome for e in producer.metering()] == ["answer_too_large", "ok"]
 
 
 def test_a_record_the_broker_refuses_itself_stops_the_worker_and_stays_uncommitted() -> None:
     """The topic's limit lowered since the start: the producer can no longer write that
     partition, so the worker stops, saying why; its next start reads the new limit."""
     consumer = FakeConsumer()
-    producer = FakeProducer(limits={COMPLETIONS: 2_500}, by_broker=True)
+    producer = FakeProducer(limit=2_500, by_broker=True)
     consumer.add(STANDARD, [work()])
 
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:

@@ -13,7 +13,9 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from llmq.startup import RECORD_LIMIT
 from schemas.catalog import ModelSpec
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
@@ -97,29 +99,40 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    """Acknowledges every send at once and keeps what was sent. A record past its topic's
-    limit is refused as aiokafka's max_request_size does (MessageSizeTooLargeError from the
-    send), or, `by_broker`, as the broker does (in the ack)."""
+    """Acknowledges every send at once and keeps what was sent. A record past `limit` is
+    refused as aiokafka's max_request_size does (MessageSizeTooLargeError from the send,
+    reckoned as it reckons), or, `by_broker`, as a broker whose topics take fewer bytes than
+    the producer sends does (in the ack)."""
 
-    def __init__(self, limits: dict[str, int] | None = None, by_broker: bool = False) -> None:
+    def __init__(self, limit: int = RECORD_LIMIT, by_broker: bool = False) -> None:
         self.sent: list[tuple[str, bytes]] = []
         self.refused: list[tuple[str, bytes]] = []
-        self._limits = limits or {}
-        self._by_broker = by_broker
+        self.headers: list[list[tuple[str, bytes]]] = []
+        """Each sent record's headers, in the order of `sent`."""
+        self.limit = limit
+        self.by_broker = by_broker
 
     async def send(
         self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
     ) -> asyncio.Future[None]:
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if len(value) > self._limits.get(topic, len(value)):
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers or [])
+        if size > self.limit:
             self.refused.append((topic, value))
-            if not self._by_broker:
-                raise MessageSizeTooLargeError(f"The message is {len(value)} bytes")
+            if not self.by_broker:
+                raise MessageSizeTooLargeError(f"The message is {size} bytes")
             ack.set_exception(MessageSizeTooLargeError())
             return ack
         self.sent.append((topic, value))
+        self.headers.append(headers or [])
         ack.set_result(None)
         return ack
+
+    @property
+    def record_limit(self) -> int:
+        """What the worker is told the producer sends: the limit itself, or for a broker
+        that takes less, the producer's default."""
+        return RECORD_LIMIT if self.by_broker else self.limit
 
     def completions(self) -> list[Completion]:
         return [Completion.model_validate_json(v) for t, v in self.sent if t == COMPLETIONS]
@@ -281,6 +294,7 @@ def run_worker(
             cancellations=cancellations,
             deltas=deltas,
             claim=claim,
+            record_limit=producer.record_limit,
         )
         stop = asyncio.Event()
         running = asyncio.create_task(worker.run(stop))
