@@ -1,6 +1,6 @@
-"""What a worker publishes when an outcome or a dead letter does not fit the record its producer
-sends (a topic's max.message.bytes read at the start): never a record the producer refuses,
-which would stop the worker at every start. The worker's own path is in test_worker.py."""
+"""What a worker publishes when an outcome or a dead letter does not fit the record llmq sends
+or its producer takes (a topic's max.message.bytes read at the start): the error that says
+so, never a record the producer refuses, which would stop the worker at every start."""
 
 from __future__ import annotations
 
@@ -13,9 +13,22 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.names import COMPLETIONS, DLQ, HEADER_ORIGINAL_BYTES, HEADER_REASON
 from schemas.request import ChatBody, ChatMessage
 from schemas.work import PROMPT_NOT_CARRIED, WorkItem
-from tests.unit.worker_fakes import FakeProducer, model_spec, work
+from tests.unit.worker_fakes import (
+    STANDARD,
+    FakeConsumer,
+    FakeEngine,
+    FakeProducer,
+    model_spec,
+    run_worker,
+    serve_one,
+    until,
+    work,
+    work_with,
+)
+from workers import publish
 from workers.inflight import InFlight
 from workers.publish import Publisher, RecordRefusedError
+from workers.worker import Worker
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -23,9 +36,8 @@ LIMIT = 2_500
 
 
 def _big_work(chars: int = 3_000) -> WorkItem:
-    item = WorkItem.model_validate_json(work())
     body = ChatBody(messages=[ChatMessage(role="user", content="y" * chars)])
-    return item.model_copy(update={"request": item.request.model_copy(update={"body": body})})
+    return WorkItem.model_validate_json(work_with({"body": body}))
 
 
 def _publish(failure: LlmqError, limit: int = LIMIT) -> FakeProducer:
@@ -92,3 +104,89 @@ def test_a_record_that_fits_is_sent_as_it_is() -> None:
     asyncio.run(publisher.dead_letter(record, LlmqError(ErrorCode.INVALID_REQUEST, "bad")))
     assert producer.sent == [(DLQ, raw)]
     assert HEADER_ORIGINAL_BYTES not in dict(producer.headers[-1])
+
+
+def test_an_answer_too_large_to_send_is_answered_with_that_error_and_metered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sending it would fail every time: it would hold its offset and its app for good."""
+    monkeypatch.setattr(publish, "MAX_COMPLETION_BYTES", 2_500)
+    producer = serve_one(work(), FakeEngine(text="x" * 1_000))
+    [completion] = producer.completions()
+    assert completion.response is None and completion.error is not None
+    assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
+    assert not completion.error.retriable
+    assert "past the 2500 llmq sends" in completion.error.message
+    [event] = producer.metering()  # the tokens it made are paid for all the same
+    assert (event.outcome, event.completion_tokens) == ("answer_too_large", 3)
+    assert completion.metering == event
+
+
+def test_the_bound_is_on_the_records_bytes_not_its_characters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """5,000 characters of "\u00e9" are 10,000 bytes: the record passes 7,500 bytes in UTF-8
+    while its text has fewer characters than that."""
+    monkeypatch.setattr(publish, "MAX_COMPLETION_BYTES", 7_500)
+    body = ChatBody(messages=[ChatMessage(role="user", content="\u00e9" * 5_000)])
+    [completion] = serve_one(work_with({"body": body}), FakeEngine()).completions()
+    assert completion.error is not None
+    assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
+
+
+def test_an_answer_past_its_topics_limit_is_answered_with_that_error_and_metered_so() -> None:
+    """A topic set below the bound (read at the start): Kafka's refusal would come again on
+    every resend. The answer's 3,000 characters do not fit in 2,500 bytes; the error that
+    replaces it does, and its one metering event says what the tokens became."""
+    producer = FakeProducer(limit=2_500)
+    serve_one(work(), FakeEngine(text="x" * 1_000), producer=producer)
+    assert producer.refused == [], "the producer is never handed what it would refuse"
+    [completion] = producer.completions()
+    assert completion.error is not None
+    assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
+    assert "more than Kafka takes on llmq.completions (its max.message.bytes, 2500)" in (
+        completion.error.message
+    )
+    assert "ask for fewer max_tokens" in completion.error.message
+    assert completion.work.request.body.messages[0].content == "a short prompt"
+    [event] = producer.metering()
+    assert completion.metering == event
+    assert (event.outcome, event.completion_tokens) == ("answer_too_large", 3)
+
+
+def test_a_request_too_large_for_its_answers_topic_is_answered_so_and_the_worker_goes_on() -> None:
+    """Its prompt alone passes the topic's limit, so no outcome of it can carry it: the
+    failure comes back without it (it stopped the worker at every start before), and the
+    next record is served."""
+    consumer, producer = FakeConsumer(), FakeProducer(limit=2_500)
+    big = ChatBody(messages=[ChatMessage(role="user", content="y" * 3_000)])
+    consumer.add(STANDARD, [work_with({"body": big}), work(n=1)])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: consumer.committed.get(STANDARD) == 2)
+        stop.set()
+
+    run_worker(consumer, producer, FakeEngine, scenario)
+    failed, served = producer.completions()
+    assert failed.error is not None and failed.error.code is ErrorCode.ANSWER_TOO_LARGE
+    assert "its request alone does not fit: send a shorter prompt" in failed.error.message
+    assert [m.content for m in failed.work.request.body.messages] == [PROMPT_NOT_CARRIED]
+    assert failed.work.request.correlation_id == "standard-0"
+    assert served.error is None and served.work.request.correlation_id == "standard-1"
+    assert [e.outcome for e in producer.metering()] == ["answer_too_large", "ok"]
+
+
+def test_a_record_the_broker_refuses_itself_stops_the_worker_and_stays_uncommitted() -> None:
+    """The topic's limit lowered since the start: the producer can no longer write that
+    partition, so the worker stops, saying why; its next start reads the new limit."""
+    consumer = FakeConsumer()
+    producer = FakeProducer(limit=2_500, by_broker=True)
+    consumer.add(STANDARD, [work()])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await asyncio.Event().wait()  # the worker stops on its own
+
+    with pytest.raises(publish.RecordRefusedError, match="lower than when this worker started"):
+        run_worker(consumer, producer, lambda: FakeEngine(text="x" * 1_000), scenario)
+    assert [topic for topic, _ in producer.refused] == [COMPLETIONS]
+    assert consumer.committed.get(STANDARD, 0) == 0  # the next to read is still the record

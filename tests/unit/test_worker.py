@@ -14,11 +14,10 @@ from aiokafka.errors import KafkaConnectionError
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode
 from schemas.lanes import Lane
-from schemas.names import COMPLETIONS, DLQ
+from schemas.names import DLQ
 from schemas.request import ChatBody, ChatMessage
 from schemas.route import Route
 from schemas.stream import Cancel
-from schemas.work import PROMPT_NOT_CARRIED, WorkItem
 from tests.unit.worker_fakes import (
     BATCH,
     CACHED_TOKENS,
@@ -32,10 +31,11 @@ from tests.unit.worker_fakes import (
     MemoryStarts,
     model_spec,
     run_worker,
+    serve_one,
     until,
     work,
+    work_with,
 )
-from workers import publish
 from workers.cancels import Cancellations
 from workers.lanes import LanePolicy
 from workers.tokens import DeltaPolicy
@@ -113,27 +113,9 @@ def test_commits_stop_before_records_still_buffered_at_stop() -> None:
     assert consumer.committed == {BATCH: 2}
 
 
-def _one(
-    value: bytes,
-    engine: FakeEngine,
-    spec: ModelSpec | None = None,
-    producer: FakeProducer | None = None,
-) -> FakeProducer:
-    """Serve one standard record to the end; returns what was published."""
-    consumer, producer = FakeConsumer(), producer or FakeProducer()
-    consumer.add(STANDARD, [value])
-
-    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
-        await until(lambda: consumer.committed.get(STANDARD) == 1)
-        stop.set()
-
-    run_worker(consumer, producer, lambda: engine, scenario, spec=spec)
-    return producer
-
-
 def test_a_generation_past_its_timeout_is_aborted_and_fails_retriably() -> None:
     engine = FakeEngine(step_s=30)
-    producer = _one(work(), engine, spec=model_spec(timeout_s=0.05))
+    producer = serve_one(work(), engine, spec=model_spec(timeout_s=0.05))
     [completion] = producer.completions()
     assert completion.response is None
     assert completion.error is not None
@@ -144,96 +126,10 @@ def test_a_generation_past_its_timeout_is_aborted_and_fails_retriably() -> None:
     assert producer.metering() == []
 
 
-def test_an_answer_too_large_to_send_is_answered_with_that_error_and_metered(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Sending it would fail every time: it would hold its offset and its app for good."""
-    monkeypatch.setattr(publish, "MAX_COMPLETION_BYTES", 2_500)
-    producer = _one(work(), FakeEngine(text="x" * 1_000))
-    [completion] = producer.completions()
-    assert completion.response is None and completion.error is not None
-    assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
-    assert not completion.error.retriable
-    assert "past the 2500 llmq sends" in completion.error.message
-    [event] = producer.metering()  # the tokens it made are paid for all the same
-    assert (event.outcome, event.completion_tokens) == ("answer_too_large", 3)
-    assert completion.metering == event
-
-
-def test_the_bound_is_on_the_records_bytes_not_its_characters(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """5,000 characters of "\u00e9" are 10,000 bytes: the record passes 7,500 bytes in UTF-8
-    while its text has fewer characters than that."""
-    monkeypatch.setattr(publish, "MAX_COMPLETION_BYTES", 7_500)
-    body = ChatBody(messages=[ChatMessage(role="user", content="\u00e9" * 5_000)])
-    [completion] = _one(_work_with({"body": body}), FakeEngine()).completions()
-    assert completion.error is not None
-    assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
-
-
-def test_an_answer_past_its_topics_limit_is_answered_with_that_error_and_metered_so() -> None:
-    """A topic set below the bound (read at the start): Kafka's refusal would come again on
-    every resend. The answer's 3,000 characters do not fit in 2,500 bytes; the error that
-    replaces it does, and its one metering event says what the tokens became."""
-    producer = FakeProducer(limit=2_500)
-    _one(work(), FakeEngine(text="x" * 1_000), producer=producer)
-    assert producer.refused == [], "the producer is never handed what it would refuse"
-    [completion] = producer.completions()
-    assert completion.error is not None
-    assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
-    assert "more than Kafka takes on llmq.completions (its max.message.bytes, 2500)" in (
-        completion.error.message
-    )
-    assert "ask for fewer max_tokens" in completion.error.message
-    assert completion.work.request.body.messages[0].content == "a short prompt"
-    [event] = producer.metering()
-    assert completion.metering == event
-    assert (event.outcome, event.completion_tokens) == ("answer_too_large", 3)
-
-
-def test_a_request_too_large_for_its_answers_topic_is_answered_so_and_the_worker_goes_on() -> None:
-    """Its prompt alone passes the topic's limit, so no outcome of it can carry it: the
-    failure comes back without it (it stopped the worker at every start before), and the
-    next record is served."""
-    consumer, producer = FakeConsumer(), FakeProducer(limit=2_500)
-    big = ChatBody(messages=[ChatMessage(role="user", content="y" * 3_000)])
-    consumer.add(STANDARD, [_work_with({"body": big}), work(n=1)])
-
-    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
-        await until(lambda: consumer.committed.get(STANDARD) == 2)
-        stop.set()
-
-    run_worker(consumer, producer, FakeEngine, scenario)
-    failed, served = producer.completions()
-    assert failed.error is not None and failed.error.code is ErrorCode.ANSWER_TOO_LARGE
-    assert "its request alone does not fit: send a shorter prompt" in failed.error.message
-    assert [m.content for m in failed.work.request.body.messages] == [PROMPT_NOT_CARRIED]
-    assert failed.work.request.correlation_id == "standard-0"
-    assert served.error is None and served.work.request.correlation_id == "standard-1"
-    assert [e.outcome for e in producer.metering()] == ["answer_too_large", "ok"]
-
-
-def test_a_record_the_broker_refuses_itself_stops_the_worker_and_stays_uncommitted() -> None:
-    """The topic's limit lowered since the start: the producer can no longer write that
-    partition, so the worker stops, saying why; its next start reads the new limit."""
-    consumer = FakeConsumer()
-    producer = FakeProducer(limit=2_500, by_broker=True)
-    consumer.add(STANDARD, [work()])
-
-    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
-        await asyncio.Event().wait()  # the worker stops on its own
-
-    with pytest.raises(publish.RecordRefusedError, match="lower than when this worker started"):
-        run_worker(consumer, producer, lambda: FakeEngine(text="x" * 1_000), scenario)
-    assert [topic for topic, _ in producer.refused] == [COMPLETIONS]
-    assert consumer.committed.get(STANDARD, 0) == 0  # the next to read is still the record
-
-
 def test_a_cascade_asks_for_logprobs_to_judge_the_answer_but_does_not_return_them() -> None:
     engine = FakeEngine()
     route = Route(requested="auto", chain=[MODEL, "bigger"], cascade=True)
-    [completion] = _one(work(route=route), engine).completions()
+    [completion] = serve_one(work(route=route), engine).completions()
     [(_, body, _)] = engine.started
     assert body.logprobs
     assert completion.mean_logprob == pytest.approx(-0.5)
@@ -252,7 +148,7 @@ def test_a_cascade_asks_for_logprobs_to_judge_the_answer_but_does_not_return_the
 )
 def test_no_logprobs_are_asked_for_when_nothing_would_escalate(route: Route) -> None:
     engine = FakeEngine()
-    [completion] = _one(work(route=route), engine).completions()
+    [completion] = serve_one(work(route=route), engine).completions()
     [(_, body, _)] = engine.started
     assert not body.logprobs
     assert completion.mean_logprob is None
@@ -260,7 +156,7 @@ def test_no_logprobs_are_asked_for_when_nothing_would_escalate(route: Route) -> 
 
 def test_the_engine_is_told_whose_request_it_runs_and_the_usage_what_it_had_cached() -> None:
     engine = FakeEngine()
-    [completion] = _one(work(tenant="acme"), engine).completions()
+    [completion] = serve_one(work(tenant="acme"), engine).completions()
     assert engine.tenants == ["acme"]  # the vLLM engine keeps tenants' cached prefixes apart
     assert completion.response is not None and completion.response.usage is not None
     details = completion.response.usage.prompt_tokens_details
@@ -269,7 +165,7 @@ def test_the_engine_is_told_whose_request_it_runs_and_the_usage_what_it_had_cach
 
 def test_metering_counts_the_prompt_tokens_compression_saved() -> None:
     long = [ChatMessage(role="user", content=" ".join(["word"] * 12))]
-    [event] = _one(work(uncompressed=long), FakeEngine()).metering()
+    [event] = serve_one(work(uncompressed=long), FakeEngine()).metering()
     assert event.prompt_tokens == PROMPT_TOKENS
     assert event.prompt_tokens_saved == 12 - PROMPT_TOKENS
 
@@ -283,20 +179,13 @@ def test_no_tokens_saved_without_compression_or_a_tokenizer(
     uncompressed: list[ChatMessage] | None, counts_tokens: bool
 ) -> None:
     engine = FakeEngine(counts_tokens=counts_tokens)
-    [event] = _one(work(uncompressed=uncompressed), engine).metering()
+    [event] = serve_one(work(uncompressed=uncompressed), engine).metering()
     assert event.prompt_tokens_saved == 0
-
-
-def _work_with(request_fields: dict[str, Any], **fields: Any) -> bytes:
-    """A standard work item whose request has `request_fields` (a deadline, ...)."""
-    item = WorkItem.model_validate_json(work())
-    request = item.request.model_copy(update=request_fields)
-    return item.model_copy(update={"request": request, **fields}).model_dump_json().encode()
 
 
 def test_a_generation_past_the_requests_deadline_is_aborted_and_expires() -> None:
     engine = FakeEngine(step_s=30)
-    producer = _one(_work_with({"deadline": time.time() + 0.1}), engine)
+    producer = serve_one(work_with({"deadline": time.time() + 0.1}), engine)
     [completion] = producer.completions()
     assert completion.error is not None
     assert completion.error.code is ErrorCode.EXPIRED
@@ -306,7 +195,7 @@ def test_a_generation_past_the_requests_deadline_is_aborted_and_expires() -> Non
 
 def test_a_request_past_its_deadline_is_not_started() -> None:
     engine = FakeEngine()
-    producer = _one(_work_with({"deadline": time.time() - 1}), engine)
+    producer = serve_one(work_with({"deadline": time.time() - 1}), engine)
     [completion] = producer.completions()
     assert completion.error is not None
     assert completion.error.code is ErrorCode.EXPIRED
@@ -318,19 +207,19 @@ def test_tool_choice_auto_for_a_model_whose_calls_are_not_read_is_refused_unstar
     ask = [{"role": "user", "content": "Up?"}]
     body = ChatBody.model_validate({"messages": ask, "tools": tools, "tool_choice": "auto"})
     engine = FakeEngine()
-    [completion] = _one(_work_with({"body": body}), engine).completions()
+    [completion] = serve_one(work_with({"body": body}), engine).completions()
     assert completion.error is not None and completion.error.code is ErrorCode.UNSUPPORTED
     assert "names no tool_call_parser" in completion.error.message
     assert engine.started == []
     reads = ModelSpec(name=MODEL, source="s", tool_call_parser="hermes")
-    [completion] = _one(_work_with({"body": body}), engine, spec=reads).completions()
+    [completion] = serve_one(work_with({"body": body}), engine, spec=reads).completions()
     assert completion.error is None and len(engine.started) == 1
 
 
 def test_a_retry_starts_no_earlier_than_its_backoff_allows() -> None:
     not_before = time.time() + 0.3
     engine = FakeEngine()
-    producer = _one(work(attempt=2, not_before=not_before), engine)
+    producer = serve_one(work(attempt=2, not_before=not_before), engine)
     [completion] = producer.completions()
     assert completion.error is None
     assert completion.work.attempt == 2

@@ -1,5 +1,5 @@
 """In-memory fakes of the worker's consumer, producer, start counts and engine, and a
-harness that runs a Worker on them while a scenario drives it.
+harness that runs a Worker on them while a scenario drives it (or serves one record).
 
 The fakes keep only what the loop relies on (aiokafka's pause, max_records and commit; an
 engine that streams steps and notices being closed); tests/integration runs the real ones.
@@ -303,3 +303,28 @@ def run_worker(
         return engine
 
     return asyncio.run(main())
+
+
+def serve_one(
+    value: bytes,
+    engine: FakeEngine,
+    spec: ModelSpec | None = None,
+    producer: FakeProducer | None = None,
+) -> FakeProducer:
+    """Serve one standard record to the end; returns what was published."""
+    consumer, producer = FakeConsumer(), producer or FakeProducer()
+    consumer.add(STANDARD, [value])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: consumer.committed.get(STANDARD) == 1)
+        stop.set()
+
+    run_worker(consumer, producer, lambda: engine, scenario, spec=spec)
+    return producer
+
+
+def work_with(request_fields: dict[str, Any], **fields: Any) -> bytes:
+    """A standard work item whose request has `request_fields` (a deadline, ...)."""
+    item = WorkItem.model_validate_json(work())
+    request = item.request.model_copy(update=request_fields)
+    return item.model_copy(update={"request": request, **fields}).model_dump_json().encode()
