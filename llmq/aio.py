@@ -19,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, OutOfOrderSequenceNumber
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
@@ -27,9 +27,16 @@ from llmq.chat import Prompt, chat_request
 from llmq.fetcher import install as fix_fetcher
 from llmq.streaming import Delta, StreamLog, StreamReader
 from llmq.tail import at_end
+from schemas.errors import LlmqError
 from schemas.lanes import Lane
 from schemas.names import CANCELS, REQUESTS, RESULTS, TOKENS, result_key
-from schemas.request import DEFAULT_TENANT, IDENTIFIER, CacheMode, InferenceRequest
+from schemas.request import (
+    DEFAULT_TENANT,
+    IDENTIFIER,
+    CacheMode,
+    InferenceRequest,
+    refused_record,
+)
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
 from schemas.stream import Cancel, TokenDelta
@@ -64,6 +71,7 @@ class AsyncClient:
         self._pending: dict[Key, asyncio.Future[InferenceResult]] = {}
         self._logs: dict[Key, StreamLog] = {}
         self._producer: AIOKafkaProducer | None = None
+        self._renewing = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
         self._redis: aioredis.Redis | None = None
@@ -72,16 +80,7 @@ class AsyncClient:
         """Connect, and read the reply topic and llmq.tokens from their ends as of now."""
         kafka = self.settings.kafka_security().client_kwargs()
         bootstrap = self.settings.kafka_bootstrap
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=self._client_id,
-            acks="all",
-            enable_idempotence=True,
-            # No linger: a request leaves at once; a burst still shares batches (one request
-            # in flight per broker, the rest batched meanwhile). tools.bench.hops
-            linger_ms=0,
-            **kafka,
-        )
+        self._producer = self._new_producer()
         fix_fetcher()
         self._consumer = AIOKafkaConsumer(
             self.reply_to,
@@ -161,17 +160,28 @@ class AsyncClient:
         value = request.record()
         key = (request.tenant, request.correlation_id)
         self._pending.setdefault(key, asyncio.get_running_loop().create_future())
-        await self._send(REQUESTS, request.correlation_id, value)
+        try:
+            await self._send(REQUESTS, request.correlation_id, value)
+        except BaseException:
+            self._pending.pop(key, None)
+            raise
         return request.correlation_id
 
-    async def publish(self, requests: Sequence[InferenceRequest]) -> None:
-        """Publish prepared requests, all at once, until the broker has every one; their
+    async def publish(self, requests: Sequence[InferenceRequest]) -> dict[str, LlmqError]:
+        """Publish prepared requests, all at once, until the broker has every one but those
+        it refused for their size (returned: each one's LlmqError by correlation id); their
         results are not awaited here (their reply topic's reader collects them)."""
-        if self._producer is None:
-            raise RuntimeError("the client is not started (use `async with AsyncClient()`)")
-        records = [(r.record(), r.correlation_id.encode()) for r in requests]  # all, or none
-        sent = [await self._producer.send(REQUESTS, value, key) for value, key in records]
-        await asyncio.gather(*sent)
+        records = [(r.record(), r.correlation_id) for r in requests]  # all, or none
+        sent = await asyncio.gather(
+            *(self._send(REQUESTS, key, value) for value, key in records), return_exceptions=True
+        )
+        refused = {}
+        for (_, key), outcome in zip(records, sent, strict=True):
+            if isinstance(outcome, LlmqError):
+                refused[key] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        return refused
 
     async def result(
         self, correlation_id: str, wait_s: float = 120.0, *, tenant: str | None = None
@@ -283,10 +293,48 @@ class AsyncClient:
         cancel = Cancel(correlation_id=correlation_id, tenant=tenant or self.tenant)
         await self._send(CANCELS, correlation_id, cancel.model_dump_json().encode())
 
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=True,
+            # No linger: a request leaves at once; a burst still shares batches (one request
+            # in flight per broker, the rest batched meanwhile). tools.bench.hops
+            linger_ms=0,
+            **self.settings.kafka_security().client_kwargs(),
+        )
+
     async def _send(self, topic: str, key: str, value: bytes) -> None:
-        if self._producer is None:
-            raise RuntimeError("the client is not started (use `async with AsyncClient()`)")
-        await (await self._producer.send(topic, value, key.encode()))
+        """Send one record until the broker has it. One the broker refused for its size (or
+        that another's refusal left out of sequence on its partition) was not written, and
+        the producer cannot write that partition again: a fresh one sends it once more;
+        refused there too, it is too large (LlmqError, prompt_too_large)."""
+        for fresh in (False, True):
+            producer = self._producer
+            if producer is None:
+                raise RuntimeError("the client is not started (use `async with AsyncClient()`)")
+            try:
+                await (await producer.send(topic, value, key.encode()))
+                return
+            except (MessageSizeTooLargeError, OutOfOrderSequenceNumber) as exc:
+                await self._renew(producer)
+                if fresh:
+                    if isinstance(exc, MessageSizeTooLargeError):
+                        raise refused_record(topic, len(value)) from None
+                    raise
+
+    async def _renew(self, refused: AIOKafkaProducer) -> None:
+        """Replace the producer a broker refused a record of (once, whoever asks first)."""
+        async with self._renewing:
+            first = self._producer is refused
+            if first:
+                log.warning("Kafka refused a record for its size: a fresh producer takes over")
+                fresh = self._new_producer()
+                await fresh.start()
+                self._producer = fresh
+        if first:
+            await refused.stop()
 
     def _log(self, key: Key) -> StreamLog:
         found = self._logs.get(key)

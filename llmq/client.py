@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -9,7 +10,7 @@ from typing import Any, TypeVar
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError, OutOfOrderSequenceNumberError
 from pydantic import ValidationError
 
 from llmq.chat import Prompt, chat_request
@@ -22,9 +23,12 @@ from schemas.request import (
     IDENTIFIER,
     CacheMode,
     InferenceRequest,
+    refused_record,
 )
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
 
 STORE_POLL_S = 0.5
 """How often a waiting result() looks in the result store."""
@@ -59,6 +63,7 @@ class Client:
         self.tenant = tenant
         self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
         self._producer: KafkaProducer | None = None
+        self._producing = threading.Lock()
         self._pending: dict[str, str] = {}
         """correlation_id -> tenant of each request submitted and not yet collected."""
         self._results: dict[str, InferenceResult] = {}
@@ -106,12 +111,15 @@ class Client:
         """Publish a prepared request; returns once the broker has acknowledged it. LlmqError
         (prompt_too_large) for one past 450 kB as a record, which admission would refuse."""
         value = request.record()
-        producer = self._producer or self._make_producer()
         if self._listener is not None:
             with self._arrived:
                 self._pending[request.correlation_id] = request.tenant
-        future = producer.send(REQUESTS, key=request.correlation_id.encode(), value=value)
-        future.get(timeout=30)
+        try:
+            self._send(REQUESTS, request.correlation_id.encode(), value)
+        except BaseException:
+            with self._arrived:
+                self._pending.pop(request.correlation_id, None)
+            raise
         return request.correlation_id
 
     def result(
@@ -177,18 +185,47 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _make_producer(self) -> KafkaProducer:
-        self._producer = connect(
-            KafkaProducer,
-            self.settings.kafka_bootstrap,
-            self.settings.kafka_security(),
-            acks="all",
-            # No linger: a request leaves at once; a burst from many threads still shares
-            # batches, what piles up while the sender thread is busy. tools.bench.hops
-            linger_ms=0,
-            client_id="llmq-client",
-        )
-        return self._producer
+    def _send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Send one record until the broker has it. One the broker refused for its size (or
+        refused after another's refusal: kafka-python's producer then fails every send) was
+        not written: a fresh producer sends it once more; refused there too, it is too large
+        (LlmqError, prompt_too_large)."""
+        for fresh in (False, True):
+            producer = self._ready_producer()
+            try:
+                producer.send(topic, key=key, value=value).get(timeout=30)
+                return
+            except (MessageSizeTooLargeError, OutOfOrderSequenceNumberError):
+                self._renew(producer)
+                if fresh:
+                    raise refused_record(topic, len(value)) from None
+
+    def _ready_producer(self) -> KafkaProducer:
+        with self._producing:
+            if self._producer is None:
+                self._producer = connect(
+                    KafkaProducer,
+                    self.settings.kafka_bootstrap,
+                    self.settings.kafka_security(),
+                    acks="all",
+                    # No linger: a request leaves at once; a burst from many threads still
+                    # shares batches, what piles up while the sender thread is busy.
+                    # tools.bench.hops
+                    linger_ms=0,
+                    client_id="llmq-client",
+                )
+            return self._producer
+
+    def _renew(self, refused: KafkaProducer) -> None:
+        """Drop the producer a broker refused a record of (once, whoever asks first): the
+        next send makes a fresh one."""
+        with self._producing:
+            first = self._producer is refused
+            if first:
+                log.warning("Kafka refused a record for its size: a fresh producer takes over")
+                self._producer = None
+        if first:
+            refused.close(timeout=5)
 
     def _stored(self, tenant: str, correlation_id: str) -> InferenceResult | None:
         """The result store's copy; None when absent or Redis is unavailable."""

@@ -467,3 +467,10 @@ def check_record_size(value: bytes) -> None:
     if len(value) > MAX_RECORD_BYTES:
         why = f"record is {len(value)} bytes; the limit is {MAX_RECORD_BYTES}"
         raise LlmqError(ErrorCode.PROMPT_TOO_LARGE, why)
+
+
+def refused_record(topic: str, size: int) -> LlmqError:
+    """LlmqError (prompt_too_large) for a record Kafka refused on `topic` for its size: the
+    topic's max.message.bytes is lower than llmq's own bound."""
+    why = f"Kafka refused the {size}-byte record on {topic}: past the topic's max.message.bytes"
+    return LlmqError(ErrorCode.PROMPT_TOO_LARGE, why)

@@ -39,7 +39,8 @@ CANCELLED = ("batch_cancelled", "This line was not run: the batch was cancelled.
 class Publisher(Protocol):
     """Where lines go: llmq.requests (AsyncClient in production)."""
 
-    async def publish(self, requests: Sequence[InferenceRequest]) -> None: ...
+    async def publish(self, requests: Sequence[InferenceRequest]) -> dict[str, LlmqError]:
+        """Publish the requests; those Kafka refused for their size, by correlation id."""
 
     async def cancel(self, correlation_id: str, *, tenant: str | None = None) -> None: ...
 
@@ -240,22 +241,33 @@ class Runner:
         return len(due)
 
     async def _send(self, fields: Mapping[str, str], lines: list[tuple[int, int, bytes]]) -> None:
-        """Publish the lines' requests; a line that no longer reads (the catalog changed)
-        gets its error line instead."""
-        requests, refused = [], []
+        """Publish the lines' requests; a line that no longer reads (the catalog changed), or
+        that Kafka refused for its size, gets its error line instead."""
+        requests, read, refused = [], [], []
         for number, attempt, raw in lines:
             try:
                 requests.append(self._read(fields, number, raw, attempt).request)
+                read.append((number, attempt))
             except LlmqError as exc:
-                custom_id = (await self._store.custom_ids(fields["id"], [number]))[0] or ""
-                body = error_line(
-                    custom_id, line_id(fields["id"], number, attempt), exc.code.value, exc.message
-                )
-                refused.append(Outcome(number, attempt, "error", body))
-        await self._publisher.publish(requests)
-        metrics.BATCH_LINES.labels("sent").inc(len(requests))
+                refused.append(await self._error(fields, number, attempt, exc))
+        too_large = await self._publisher.publish(requests)
+        metrics.BATCH_LINES.labels("sent").inc(len(requests) - len(too_large))
+        for (number, attempt), request in zip(read, requests, strict=True):
+            if request.correlation_id in too_large:
+                error = too_large[request.correlation_id]
+                refused.append(await self._error(fields, number, attempt, error))
         if refused:
             await self._store.record(fields["id"], fields["tenant"], refused)
+
+    async def _error(
+        self, fields: Mapping[str, str], number: int, attempt: int, exc: LlmqError
+    ) -> Outcome:
+        """The error line of a line's attempt that was not sent."""
+        custom_id = (await self._store.custom_ids(fields["id"], [number]))[0] or ""
+        attempt_id = line_id(fields["id"], number, attempt)
+        return Outcome(
+            number, attempt, "error", error_line(custom_id, attempt_id, exc.code.value, exc.message)
+        )
 
     def _read(self, fields: Mapping[str, str], number: int, raw: bytes, attempt: int) -> Line:
         return read_line(

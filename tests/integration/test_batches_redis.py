@@ -21,7 +21,7 @@ from gateway.batch.store import MAX_FILE_LINES, BatchStore
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import batch_keys
-from schemas.request import InferenceRequest
+from schemas.request import InferenceRequest, refused_record
 from schemas.result import ChatCompletion, Choice, ErrorInfo, InferenceResult, Usage
 from schemas.settings import ServiceSettings
 from tests.integration.helpers import run_async
@@ -35,12 +35,20 @@ TENANT = "acme"
 class Recorder:
     """Where the runner's lines and cancels go."""
 
-    def __init__(self) -> None:
+    def __init__(self, too_large: frozenset[int] = frozenset()) -> None:
         self.sent: list[InferenceRequest] = []
         self.cancelled: list[str] = []
+        self._too_large = too_large
+        """Numbers of the lines Kafka refuses for their size."""
 
-    async def publish(self, requests: Sequence[InferenceRequest]) -> None:
-        self.sent += requests
+    async def publish(self, requests: Sequence[InferenceRequest]) -> dict[str, LlmqError]:
+        refused = {
+            r.correlation_id: refused_record("llmq.requests", 20_000)
+            for r in requests
+            if int(r.correlation_id.split(".")[1]) in self._too_large
+        }
+        self.sent += [r for r in requests if r.correlation_id not in refused]
+        return refused
 
     async def cancel(self, correlation_id: str, *, tenant: str | None = None) -> None:
         assert tenant == TENANT
@@ -163,6 +171,33 @@ def test_a_paced_batch_runs_to_completion_each_line_once(redis_port: int) -> Non
         assert await _reply(store, _answer(recorder.sent[0]), expires) == [0]
         assert not await client.exists(batch_keys(batch_id)["output"])
         assert (await store.batch(batch_id) or {}).get("completed") == "12"
+
+    run_async(redis_port, body)
+
+
+def test_a_line_kafka_refuses_for_its_size_gets_its_error_line_and_the_rest_run(
+    redis_port: int,
+) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store, recorder = BatchStore(client, 3600), Recorder(too_large=frozenset({1}))
+        runner = Runner(store, recorder, CATALOG, "door-1")
+        batch_id = await _batch(store, [_line(n) for n in range(3)])
+        await runner.tick()
+        await runner.tick()
+        assert [r.correlation_id for r in recorder.sent] == [f"{batch_id}.0.0", f"{batch_id}.2.0"]
+        expires = time.time() + 3600
+        for request in recorder.sent:
+            await _reply(store, _answer(request), expires)
+        await runner.tick()
+        fields = await store.batch(batch_id)
+        assert fields is not None and fields["status"] == "completed"
+        assert (fields["completed"], fields["failed"]) == ("2", "1")
+        files = await _files(store, batch_id)
+        assert sorted(line["custom_id"] for line in files["output"]) == ["c0", "c2"]
+        [error] = files["errors"]
+        assert error["custom_id"] == "c1"
+        assert error["error"]["code"] == "prompt_too_large"
+        assert "past the topic's max.message.bytes" in error["error"]["message"]
 
     run_async(redis_port, body)
 

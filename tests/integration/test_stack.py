@@ -1,6 +1,6 @@
 """The local stack's lifecycle: start twice, crash, records fetched and dropped, SIGTERM
-mid-batch, a topic's limit lowered under a worker. Runs after the pipeline tests (file
-order) because it kills and restarts parts of the shared stack."""
+mid-batch. Runs after the pipeline tests (file order) because it kills and restarts parts
+of the shared stack."""
 
 from __future__ import annotations
 
@@ -16,15 +16,11 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
-from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 
 from llmq.client import Client
 from llmq.groups import DEAD, EMPTY, Group, describe_groups
-from llmq.startup import RECORD_LIMIT, reach_kafka
-from schemas.errors import ErrorCode
-from schemas.names import COMPLETIONS, REQUESTS, worker_group
+from schemas.names import REQUESTS, worker_group
 from schemas.request import CacheMode
-from schemas.settings import ServiceSettings
 from tests.integration.helpers import REPO
 from tools.stack.stack import LocalStack
 
@@ -159,70 +155,3 @@ def test_a_worker_stopped_mid_batch_loses_no_request(stack: LocalStack, client: 
     # by itself (a SIGKILL after the timeout would leave no "stopped" line).
     stopped_run = worker.log_file.read_text().split(f"starting {worker.name}")[-2]
     assert "worker local-smollm2-135m stopped" in stopped_run
-
-
-def test_an_answer_its_topic_no_longer_takes_stops_the_worker_then_is_refused(
-    stack: LocalStack, client: Client
-) -> None:
-    """llmq.completions lowered to 10,000 bytes under a running worker: Kafka refuses the
-    answer (200 tokens with 20 alternatives each: at least 117,000 bytes), and a producer the
-    broker refused cannot write that partition again, so the worker stops, saying why.
-    Started again, it reads the new limit and answers answer_too_large itself; a request
-    whose prompt alone passes the limit is answered so too, without its prompt (any outcome
-    carrying it would stop the worker at every start)."""
-    worker = next(c.proc for c in stack.components() if c.proc.name == "worker-smollm2-135m")
-    admin = KafkaAdminClient(bootstrap_servers=stack.settings.kafka_bootstrap)
-    limit = ConfigResource(ConfigResourceType.TOPIC, COMPLETIONS, {"max.message.bytes": "10000"})
-    try:
-        admin.alter_configs([limit])
-        cid = client.submit(
-            f"Count to ten. ({uuid.uuid4().hex[:8]})",
-            max_tokens=200,
-            logprobs=True,
-            top_logprobs=20,
-            ignore_eos=True,
-            cache=CacheMode.OFF,
-        )
-        deadline = time.monotonic() + 240
-        while worker.pid() is not None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert worker.pid() is None, "the worker stopped by itself"
-        run = worker.log_file.read_text().split(f"starting {worker.name}")[-1]
-        assert "the worker stopped: Kafka refused a " in run
-        assert f"record on {COMPLETIONS}: its max.message.bytes is lower" in run
-        stack.up(say=lambda _: None)
-        result = client.result(cid, timeout=300)
-        long_prompt = "Summarise: " + "the quick brown fox jumps over the lazy dog. " * 270
-        assert 10_000 < len(long_prompt) < 16_384  # past the topic's limit, not admission's
-        large = client.submit(long_prompt, max_tokens=8, cache=CacheMode.OFF)
-        too_large = client.result(large, timeout=300)
-        assert worker.pid() is not None, "the worker served it and goes on"
-    finally:
-        admin.reset_configs([limit])
-        admin.close()
-        worker.stop()  # to start again under the topic's own limit
-        stack.up(say=lambda _: None)
-    assert result.error is not None and result.error.code is ErrorCode.ANSWER_TOO_LARGE
-    assert f"more than Kafka takes on {COMPLETIONS}" in result.error.message
-    assert too_large.error is not None and too_large.error.code is ErrorCode.ANSWER_TOO_LARGE
-    assert "its request alone does not fit: send a shorter prompt" in too_large.error.message
-
-
-def test_a_topics_record_limit_is_read_and_a_missing_topic_gets_the_default(
-    service_settings: ServiceSettings, caplog: pytest.LogCaptureFixture
-) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=service_settings.kafka_bootstrap)
-    small, missing = (f"llmq.test.{kind}.{uuid.uuid4().hex[:8]}" for kind in ("small", "none"))
-    admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "100000"})])
-
-    def limit(topic: str) -> int:
-        return reach_kafka(service_settings, "test", limit_of=topic)
-
-    try:
-        assert limit(small) == 100_000
-        assert limit(COMPLETIONS) == RECORD_LIMIT  # the broker's 1,048,588 is past the producer's
-        assert limit(missing) == RECORD_LIMIT
-        assert f"cannot read {missing}'s max.message.bytes" in caplog.text
-    finally:
-        admin.delete_topics([small])
-        admin.close()
