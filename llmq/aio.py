@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from llmq.chat import Prompt, chat_request
 from llmq.fetcher import install as fix_fetcher
+from llmq.record_limits import BATCH_BYTES, RECORD_LIMIT, REREAD_S, read_record_limit
 from llmq.streaming import Delta, StreamLog, StreamReader
 from llmq.tail import at_end
 from schemas.errors import LlmqError
@@ -71,6 +72,9 @@ class AsyncClient:
         self._pending: dict[Key, asyncio.Future[InferenceResult]] = {}
         self._logs: dict[Key, StreamLog] = {}
         self._producer: AIOKafkaProducer | None = None
+        self._limit = RECORD_LIMIT
+        """The most bytes Kafka takes as one record on llmq.requests, as last read."""
+        self._read_at = 0.0
         self._renewing = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -80,6 +84,8 @@ class AsyncClient:
         """Connect, and read the reply topic and llmq.tokens from their ends as of now."""
         kafka = self.settings.kafka_security().client_kwargs()
         bootstrap = self.settings.kafka_bootstrap
+        self._limit = await read_record_limit(self.settings, self._client_id, REQUESTS)
+        self._read_at = time.monotonic()
         self._producer = self._new_producer()
         fix_fetcher()
         self._consumer = AIOKafkaConsumer(
@@ -113,8 +119,10 @@ class AsyncClient:
                 await self._reader
         if self._consumer is not None:
             await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        async with self._renewing:  # none is started behind this
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
         if self._redis is not None:
             await self._redis.aclose()
         for future in self._pending.values():
@@ -156,14 +164,17 @@ class AsyncClient:
     async def submit_request(self, request: InferenceRequest) -> str:
         """Publish a prepared request once the broker has it; its result is awaited from now
         on, so it cannot slip by before anyone asks. LlmqError (prompt_too_large) for one past
-        450 kB as a record, which admission would refuse."""
+        450 kB as a record, which admission would refuse, or past what Kafka takes on
+        llmq.requests."""
         value = request.record()
         key = (request.tenant, request.correlation_id)
+        waiting = key in self._pending
         self._pending.setdefault(key, asyncio.get_running_loop().create_future())
         try:
             await self._send(REQUESTS, request.correlation_id, value)
         except BaseException:
-            self._pending.pop(key, None)
+            if not waiting:
+                self._pending.pop(key, None)
             raise
         return request.correlation_id
 
@@ -294,6 +305,8 @@ class AsyncClient:
         await self._send(CANCELS, correlation_id, cancel.model_dump_json().encode())
 
     def _new_producer(self) -> AIOKafkaProducer:
+        """A producer that refuses a record past the limit itself, and builds no batch past
+        it (the broker refuses a batch whole)."""
         return AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             client_id=self._client_id,
@@ -302,39 +315,59 @@ class AsyncClient:
             # No linger: a request leaves at once; a burst still shares batches (one request
             # in flight per broker, the rest batched meanwhile). tools.bench.hops
             linger_ms=0,
+            max_request_size=self._limit,
+            max_batch_size=min(BATCH_BYTES, self._limit),
             **self.settings.kafka_security().client_kwargs(),
         )
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
-        """Send one record until the broker has it. One the broker refused for its size (or
-        that another's refusal left out of sequence on its partition) was not written, and
-        the producer cannot write that partition again: a fresh one sends it once more;
-        refused there too, it is too large (LlmqError, prompt_too_large)."""
-        for fresh in (False, True):
+        """Send one record and wait for the broker's acknowledgement. One past the limit last
+        read is refused here (LlmqError, prompt_too_large), unsent, unless the limit, read
+        again (at most every REREAD_S), takes it now. One the broker refuses (its limit
+        lowered since) leaves this producer unable to write that partition again: a fresh
+        one, under the limit read again, takes over, and the record is refused the same way
+        if it is past that limit (a record refused with it raises as it came)."""
+        for again in (False, True):
             producer = self._producer
             if producer is None:
                 raise RuntimeError("the client is not started (use `async with AsyncClient()`)")
             try:
-                await (await producer.send(topic, value, key.encode()))
+                sent = await producer.send(topic, value, key.encode())
+            except MessageSizeTooLargeError:
+                if not again and await asyncio.shield(self._reread(producer, broken=False)):
+                    continue  # a fresh producer under a higher limit
+                raise refused_record(topic, len(value), self._limit) from None
+            try:
+                await sent
                 return
-            except (MessageSizeTooLargeError, OutOfOrderSequenceNumber) as exc:
-                await self._renew(producer)
-                if fresh:
-                    if isinstance(exc, MessageSizeTooLargeError):
-                        raise refused_record(topic, len(value)) from None
-                    raise
+            except (MessageSizeTooLargeError, OutOfOrderSequenceNumber):
+                await asyncio.shield(self._reread(producer, broken=True))
+                if len(value) > self._limit:
+                    raise refused_record(topic, len(value), self._limit) from None
+                raise
 
-    async def _renew(self, refused: AIOKafkaProducer) -> None:
-        """Replace the producer a broker refused a record of (once, whoever asks first)."""
+    async def _reread(self, used: AIOKafkaProducer, broken: bool) -> bool:
+        """Read llmq.requests' limit again (once, whoever asks first; where not `broken`, at
+        most every REREAD_S), and replace the producer `used` where the broker broke it or
+        the limit changed; whether a fresh one took over."""
         async with self._renewing:
-            first = self._producer is refused
-            if first:
-                log.warning("Kafka refused a record for its size: a fresh producer takes over")
+            current = self._producer is used
+            if not current or not (broken or time.monotonic() - self._read_at >= REREAD_S):
+                return not current
+            if broken:
+                log.warning("Kafka refused a record for its size; reading %s's limit", REQUESTS)
+            limit = await read_record_limit(self.settings, self._client_id, REQUESTS)
+            self._read_at = time.monotonic()
+            renew = broken or limit != self._limit
+            if renew:
+                self._limit = limit
                 fresh = self._new_producer()
                 await fresh.start()
                 self._producer = fresh
-        if first:
-            await refused.stop()
+        if renew:
+            with contextlib.suppress(KafkaError):
+                await used.stop()
+        return renew
 
     def _log(self, key: Key) -> StreamLog:
         found = self._logs.get(key)

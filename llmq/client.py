@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError, OutOfOrderSequenc
 from pydantic import ValidationError
 
 from llmq.chat import Prompt, chat_request
+from llmq.record_limits import BATCH_BYTES, RECORD_LIMIT, REREAD_S, read_record_limit_blocking
 from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
 from schemas.names import REQUESTS, RESULTS, result_key
@@ -30,6 +32,7 @@ from schemas.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
+CLIENT_ID = "llmq-client"
 STORE_POLL_S = 0.5
 """How often a waiting result() looks in the result store."""
 CONNECT_TIMEOUT_S = 15.0
@@ -63,7 +66,11 @@ class Client:
         self.tenant = tenant
         self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
         self._producer: KafkaProducer | None = None
+        self._limit = RECORD_LIMIT
+        """The most bytes Kafka takes as one record on llmq.requests, as last read."""
+        self._read_at = 0.0
         self._producing = threading.Lock()
+        self._closed = False
         self._pending: dict[str, str] = {}
         """correlation_id -> tenant of each request submitted and not yet collected."""
         self._results: dict[str, InferenceResult] = {}
@@ -109,16 +116,19 @@ class Client:
 
     def submit_request(self, request: InferenceRequest) -> str:
         """Publish a prepared request; returns once the broker has acknowledged it. LlmqError
-        (prompt_too_large) for one past 450 kB as a record, which admission would refuse."""
+        (prompt_too_large) for one past 450 kB as a record, which admission would refuse, or
+        past what Kafka takes on llmq.requests."""
         value = request.record()
-        if self._listener is not None:
-            with self._arrived:
+        with self._arrived:
+            waiting = request.correlation_id in self._pending
+            if self._listener is not None:
                 self._pending[request.correlation_id] = request.tenant
         try:
             self._send(REQUESTS, request.correlation_id.encode(), value)
         except BaseException:
-            with self._arrived:
-                self._pending.pop(request.correlation_id, None)
+            if not waiting:
+                with self._arrived:
+                    self._pending.pop(request.correlation_id, None)
             raise
         return request.correlation_id
 
@@ -172,9 +182,12 @@ class Client:
     def close(self) -> None:
         """Flush what was submitted and stop the listener."""
         self._closing.set()
-        if self._producer is not None:
-            self._producer.flush()
-            self._producer.close()
+        with self._producing:  # none is made behind this
+            self._closed = True
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.flush()
+            producer.close()
         if self._listener is not None:
             self._listener.join(timeout=5)
         self._redis.close()
@@ -186,23 +199,37 @@ class Client:
         self.close()
 
     def _send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Send one record until the broker has it. One the broker refused for its size (or
-        refused after another's refusal: kafka-python's producer then fails every send) was
-        not written: a fresh producer sends it once more; refused there too, it is too large
-        (LlmqError, prompt_too_large)."""
-        for fresh in (False, True):
+        """Send one record and wait (30 s at most) for the broker's acknowledgement. One past
+        the limit last read is refused here (LlmqError, prompt_too_large), unsent, unless the
+        limit, read again (at most every REREAD_S), takes it now. One the broker refuses (its
+        limit lowered since) leaves this producer unable to send anything again: the next
+        send makes a fresh one under the limit read again, and the record is refused the
+        same way if it is past that limit (a record refused with it raises as it came)."""
+        for again in (False, True):
             producer = self._ready_producer()
             try:
-                producer.send(topic, key=key, value=value).get(timeout=30)
+                sent = producer.send(topic, key=key, value=value)
+            except MessageSizeTooLargeError:
+                if not again and self._reread(producer, broken=False):
+                    continue  # a fresh producer under a higher limit
+                raise refused_record(topic, len(value), self._limit) from None
+            try:
+                sent.get(timeout=30)
                 return
             except (MessageSizeTooLargeError, OutOfOrderSequenceNumberError):
-                self._renew(producer)
-                if fresh:
-                    raise refused_record(topic, len(value)) from None
+                self._reread(producer, broken=True)
+                if len(value) > self._limit:
+                    raise refused_record(topic, len(value), self._limit) from None
+                raise
 
     def _ready_producer(self) -> KafkaProducer:
+        """The producer, made at first use under llmq.requests' limit."""
         with self._producing:
+            if self._closed:
+                raise RuntimeError("the client is closed")
             if self._producer is None:
+                self._limit = read_record_limit_blocking(self.settings, CLIENT_ID, REQUESTS)
+                self._read_at = time.monotonic()
                 self._producer = connect(
                     KafkaProducer,
                     self.settings.kafka_bootstrap,
@@ -212,20 +239,31 @@ class Client:
                     # shares batches, what piles up while the sender thread is busy.
                     # tools.bench.hops
                     linger_ms=0,
-                    client_id="llmq-client",
+                    max_request_size=self._limit,
+                    batch_size=min(BATCH_BYTES, self._limit),  # the broker refuses one whole
+                    client_id=CLIENT_ID,
                 )
             return self._producer
 
-    def _renew(self, refused: KafkaProducer) -> None:
-        """Drop the producer a broker refused a record of (once, whoever asks first): the
-        next send makes a fresh one."""
+    def _reread(self, used: KafkaProducer, broken: bool) -> bool:
+        """Read llmq.requests' limit again (once, whoever asks first; where not `broken`, at
+        most every REREAD_S), and drop the producer `used` where the broker broke it or the
+        limit changed (the next send makes a fresh one); whether it was dropped."""
         with self._producing:
-            first = self._producer is refused
-            if first:
-                log.warning("Kafka refused a record for its size: a fresh producer takes over")
-                self._producer = None
-        if first:
-            refused.close(timeout=5)
+            current = self._producer is used
+            if not current or not (broken or time.monotonic() - self._read_at >= REREAD_S):
+                return not current
+            if broken:
+                log.warning("Kafka refused a record for its size; reading %s's limit", REQUESTS)
+            limit = read_record_limit_blocking(self.settings, CLIENT_ID, REQUESTS)
+            self._read_at = time.monotonic()
+            drop = broken or limit != self._limit
+            if drop:
+                self._limit, self._producer = limit, None
+        if drop:
+            with contextlib.suppress(KafkaError):
+                used.close(timeout=5)
+        return drop
 
     def _stored(self, tenant: str, correlation_id: str) -> InferenceResult | None:
         """The result store's copy; None when absent or Redis is unavailable."""

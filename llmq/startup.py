@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, for_code
+from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from llmq.record_limits import RECORD_LIMIT, record_limit
 from llmq.throttle import Throttle
 from schemas.redact import describe, explain
 from schemas.settings import ServiceSettings
@@ -29,9 +29,6 @@ BACKLOG = 2048
 """Connections a listening socket holds before a server accepts them (uvicorn's default)."""
 KAFKA_WAIT_S = 30.0
 """How long the brokers have to answer the first bootstrap (a refused connection fails at once)."""
-RECORD_LIMIT = 1_048_576
-"""The most bytes a producer sends as one record where its topic takes more (aiokafka's
-default max_request_size)."""
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -162,31 +159,13 @@ async def _bootstrap(
         with _said("aiokafka") as said:  # its reason (a login refused), not in the exception
             async with asyncio.timeout(wait_s):
                 await admin.start()
-        return RECORD_LIMIT if limit_of is None else await _record_limit(admin, limit_of)
+        return RECORD_LIMIT if limit_of is None else await record_limit(admin, limit_of)
     except TimeoutError:
         raise kafka_unreachable(settings, TimeoutError(f"no answer in {wait_s:g} s")) from None
     except (KafkaError, OSError) as exc:
         raise kafka_unreachable(settings, exc, said[-1] if said else None) from None
     finally:
         await admin.close()
-
-
-async def _record_limit(admin: AIOKafkaAdminClient, topic: str) -> int:
-    """`topic`'s max.message.bytes, at most RECORD_LIMIT; RECORD_LIMIT, with a warning,
-    where the brokers will not say."""
-    wanted = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
-    try:
-        async with asyncio.timeout(KAFKA_WAIT_S):
-            [response] = await admin.describe_configs([wanted])
-        [(code, _, _, _, entries)] = response.resources
-        if code:
-            raise for_code(code)()
-        [(_, value, *_)] = entries
-        return min(int(value), RECORD_LIMIT)
-    except (KafkaError, OSError, TimeoutError, ValueError) as exc:
-        why = str(exc) if isinstance(exc, KafkaError) else explain(exc)
-        log.warning("cannot read %s's max.message.bytes (%s); taking %d", topic, why, RECORD_LIMIT)
-        return RECORD_LIMIT
 
 
 def kafka_unreachable(

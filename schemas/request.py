@@ -469,8 +469,8 @@ def check_record_size(value: bytes) -> None:
         raise LlmqError(ErrorCode.PROMPT_TOO_LARGE, why)
 
 
-def refused_record(topic: str, size: int) -> LlmqError:
-    """LlmqError (prompt_too_large) for a record Kafka refused on `topic` for its size: the
-    topic's max.message.bytes is lower than llmq's own bound."""
-    why = f"Kafka refused the {size}-byte record on {topic}: past the topic's max.message.bytes"
+def refused_record(topic: str, size: int, limit: int) -> LlmqError:
+    """LlmqError (prompt_too_large) for a record past what Kafka takes on `topic` (`limit`
+    bytes: its max.message.bytes, lower than llmq's own bound)."""
+    why = f"the record is {size} bytes; Kafka takes at most {limit} on {topic} (max.message.bytes)"
     return LlmqError(ErrorCode.PROMPT_TOO_LARGE, why)

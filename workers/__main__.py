@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaConnectionError
 from llmq import startup
 from llmq.deadline import exit_after
 from llmq.fetcher import install as fix_fetcher
+from llmq.record_limits import RECORD_LIMIT
 from schemas.catalog import ModelSpec
 from schemas.names import CANCELS, COMPLETIONS, work_topics, worker_group
 from schemas.redact import log_content
@@ -63,7 +64,7 @@ async def serve(
     settings: WorkerSettings,
     spec: ModelSpec,
     make_engine: Callable[[], ServedEngine],
-    record_limit: int = startup.RECORD_LIMIT,
+    record_limit: int = RECORD_LIMIT,
 ) -> None:
     """Start the engine and the Kafka clients (the producer's records up to `record_limit`
     bytes), run the loop, and on SIGTERM drain and leave (within LLMQ_DRAIN_TIMEOUT_S and
@@ -128,7 +129,7 @@ async def serve(
 
 
 def kafka_clients(
-    settings: WorkerSettings, spec: ModelSpec, record_limit: int = startup.RECORD_LIMIT
+    settings: WorkerSettings, spec: ModelSpec, record_limit: int = RECORD_LIMIT
 ) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
     """The worker's producer and consumer (not started yet), secured as the settings say. The
     producer refuses a record past `record_limit` itself (MessageSizeTooLargeError from its

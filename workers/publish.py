@@ -16,12 +16,13 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from llmq.startup import RECORD_LIMIT
+from llmq.record_limits import RECORD_LIMIT
 from schemas.catalog import ModelSpec
 from schemas.dlq import dead_letter
 from schemas.errors import ErrorCode, LlmqError
 from schemas.metering import MeteringEvent
 from schemas.names import COMPLETIONS, DLQ, METERING
+from schemas.request import MAX_RECORD_BYTES
 from schemas.retry import RetryPolicy
 from schemas.work import MAX_COMPLETION_BYTES, Completion
 from workers.inflight import InFlight
@@ -41,6 +42,12 @@ send), its tokens were spent."""
 _CUT_MARGIN = 64
 """Bytes kept free when a dead letter's value is cut to fit: the header naming its original
 length, and the longer varints of a longer value."""
+_FAILURE_ROOM = 2_048
+"""Bytes a failure's record adds to its work item's: the error, timings and metering (about
+1,100 with a 300-character message)."""
+_KEPT_WHEN_TOO_LARGE = frozenset({ErrorCode.SUPERSEDED, ErrorCode.ANSWER_TOO_LARGE})
+"""Outcomes that stay as they are when too large, losing only their prompt: one answers
+nobody, the other already says why."""
 PUBLISH_RETRY = RetryPolicy(base_delay_s=0.5, max_delay_s=5.0)
 """Backoff between tries to publish an outcome the broker did not take (tried until it does)."""
 
@@ -59,6 +66,8 @@ class RecordRefusedError(Exception):
                 "cannot write that partition again"
             )
             then += ", which reads the new limit"
+        else:
+            then += f": raise {topic}'s max.message.bytes"
         super().__init__(f"{why}; {then}")
 
 
@@ -85,7 +94,7 @@ class Publisher:
         key = completion.work.fingerprint.encode()
         event, value = self._record(completion, state)
         if not self._fits(key, value):
-            event, value = self._too_large(completion, state, key, len(value))
+            event, value = self._too_large(completion, state, key, value)
         sends = [self._deliver(COMPLETIONS, key, value)]
         if event is not None:
             metered = event.model_dump_json().encode()
@@ -111,21 +120,44 @@ class Publisher:
         check, which a topic's lower max.message.bytes, read at the start, brings down)."""
         return len(value) <= MAX_COMPLETION_BYTES and _size(key, value) <= self._limit
 
+    def uncarried(self, state: InFlight) -> LlmqError | None:
+        """Why no outcome of this work can be sent back (its request alone is past what the
+        producer sends, with the room a failure adds), so that it is not generated for
+        nothing; None where one can."""
+        if self._limit >= MAX_RECORD_BYTES + _FAILURE_ROOM:
+            return None  # every request admission takes fits
+        key = state.work.fingerprint.encode()
+        size = _size(key, state.work.model_dump_json().encode()) + _FAILURE_ROOM
+        if size <= self._limit:
+            return None
+        return LlmqError(
+            ErrorCode.ANSWER_TOO_LARGE,
+            f"its request makes any outcome's record at least {size} bytes, {self._past_kafka}: "
+            "it was not generated; send a shorter prompt",
+        )
+
+    @property
+    def _past_kafka(self) -> str:
+        return f"more than Kafka takes on {COMPLETIONS} (its max.message.bytes, {self._limit})"
+
     def _too_large(
-        self, completion: Completion, state: InFlight, key: bytes, size: int
+        self, completion: Completion, state: InFlight, key: bytes, value: bytes
     ) -> tuple[MeteringEvent | None, bytes]:
-        """The record (and its event) that replaces an outcome of `size` bytes: the error that
-        says so (a superseded outcome, which answers nobody, stays as it is). Where the
-        request is itself too large, the failure carries it back without its prompt, which
-        nothing reads of a failure that is not retried (kept, it would stop the worker at
-        every start); RecordRefusedError where even that does not fit."""
-        if size > MAX_COMPLETION_BYTES:
-            why = f"past the {MAX_COMPLETION_BYTES} llmq sends"
+        """The record (and its event, under the outcome's own label) that replaces an outcome
+        whose record `value` is too large: the error that says so. Where the request is
+        itself too large, the failure carries it back without its prompt, which nothing
+        reads of a failure that is not retried (kept, it would stop the worker at every
+        start); a superseded outcome (it answers nobody) or one already answer_too_large
+        only loses its prompt. RecordRefusedError where even that does not fit."""
+        size = _size(key, value)
+        if size > self._limit:
+            why = self._past_kafka
         else:
-            why = f"more than Kafka takes on {COMPLETIONS} (its max.message.bytes, {self._limit})"
+            size, why = len(value), f"past the {MAX_COMPLETION_BYTES} llmq sends"
         error = completion.error
+        outcome = ErrorCode.ANSWER_TOO_LARGE.value if error is None else error.code.value
         tries: list[tuple[Completion, bool]] = []
-        if error is not None and error.code is ErrorCode.SUPERSEDED:
+        if error is not None and error.code in _KEPT_WHEN_TOO_LARGE:
             tries.append((_promptless(completion), True))
         else:
             what = "answer's record" if error is None else f"record of its {error.code} failure"
@@ -137,7 +169,7 @@ class Publisher:
             failure = self._failure(state, completion, f"{said}; {alone}")
             tries.append((_promptless(failure), True))
         for replacement, promptless in tries:
-            event, value = self._record(replacement, state)
+            event, value = self._record(replacement, state, outcome)
             if self._fits(key, value):
                 log.warning(
                     "answering %s with %s%s",
@@ -154,11 +186,13 @@ class Publisher:
         return state.failure(error, self._worker_id, completion.finished_at)
 
     def _record(
-        self, completion: Completion, state: InFlight
+        self, completion: Completion, state: InFlight, outcome: str | None = None
     ) -> tuple[MeteringEvent | None, bytes]:
         """The completion's metering event, if its tokens are paid for (an answer, or a
-        failure that spent them), and its record, which carries that event."""
-        outcome = "ok" if completion.error is None else completion.error.code.value
+        failure that spent them; `outcome` labels them where not the completion's own), and
+        its record, which carries that event."""
+        if outcome is None:
+            outcome = "ok" if completion.error is None else completion.error.code.value
         if completion.response is None and not (outcome in _METERED_FAILURES and state.spent):
             return None, completion.model_dump_json().encode()
         event = state.metering(self._spec, self._worker_id, completion.finished_at, outcome=outcome)

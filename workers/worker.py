@@ -26,7 +26,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from llmq.startup import RECORD_LIMIT
+from llmq.record_limits import RECORD_LIMIT
 from schemas.catalog import ModelSpec, auto_refused
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
@@ -324,6 +324,9 @@ class Worker:
     async def _unstartable(self, state: InFlight) -> LlmqError | None:
         """Why this work must not start, or None once it may (a retry's backoff runs here,
         so the record stays in flight, uncommitted)."""
+        uncarried = self._outcomes.uncarried(state)
+        if uncarried is not None:
+            return uncarried
         if state.work.model != self._spec.name:
             return LlmqError(
                 ErrorCode.UNKNOWN_MODEL,

@@ -43,7 +43,7 @@ class Recorder:
 
     async def publish(self, requests: Sequence[InferenceRequest]) -> dict[str, LlmqError]:
         refused = {
-            r.correlation_id: refused_record("llmq.requests", 20_000)
+            r.correlation_id: refused_record("llmq.requests", 20_000, 10_000)
             for r in requests
             if int(r.correlation_id.split(".")[1]) in self._too_large
         }
@@ -197,7 +197,7 @@ def test_a_line_kafka_refuses_for_its_size_gets_its_error_line_and_the_rest_run(
         [error] = files["errors"]
         assert error["custom_id"] == "c1"
         assert error["error"]["code"] == "prompt_too_large"
-        assert "past the topic's max.message.bytes" in error["error"]["message"]
+        assert "Kafka takes at most 10000 on llmq.requests" in error["error"]["message"]
 
     run_async(redis_port, body)
 

@@ -20,7 +20,8 @@ from openai import OpenAI
 
 from llmq.aio import AsyncClient
 from llmq.client import Client
-from llmq.startup import RECORD_LIMIT, reach_kafka
+from llmq.record_limits import RECORD_LIMIT
+from llmq.startup import reach_kafka
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import COMPLETIONS, REQUESTS
 from schemas.request import CacheMode
@@ -61,7 +62,7 @@ def test_a_request_kafka_refuses_is_named_and_the_client_goes_on(
         after = client.submit(f"Say no. ({uuid.uuid4().hex[:8]})", max_tokens=4)
         results = [client.result(cid, timeout=300) for cid in (before, after)]
     assert refused.value.code is ErrorCode.PROMPT_TOO_LARGE
-    assert f"on {REQUESTS}: past the topic's max.message.bytes" in refused.value.message
+    assert f"Kafka takes at most 10000 on {REQUESTS} (max.message.bytes)" in refused.value.message
     assert [r.status for r in results] == ["ok", "ok"]
 
 
@@ -130,8 +131,8 @@ def test_an_answer_its_topic_no_longer_takes_stops_the_worker_then_is_refused(
     answer (200 tokens with 20 alternatives each: at least 117,000 bytes), and a producer the
     broker refused cannot write that partition again, so the worker stops, saying why.
     Started again, it reads the new limit and answers answer_too_large itself; a request
-    whose prompt alone passes the limit is answered so too, without its prompt (any outcome
-    carrying it would stop the worker at every start)."""
+    whose prompt alone passes the limit is answered so too, not generated, without its
+    prompt (any outcome carrying it would stop the worker at every start)."""
     worker = next(c.proc for c in stack.components() if c.proc.name == "worker-smollm2-135m")
     try:
         with _lowered(stack.settings.kafka_bootstrap, COMPLETIONS):
@@ -142,7 +143,7 @@ def test_an_answer_its_topic_no_longer_takes_stops_the_worker_then_is_refused(
     assert result.error is not None and result.error.code is ErrorCode.ANSWER_TOO_LARGE
     assert f"more than Kafka takes on {COMPLETIONS}" in result.error.message
     assert too_large.error is not None and too_large.error.code is ErrorCode.ANSWER_TOO_LARGE
-    assert "its request alone does not fit: send a shorter prompt" in too_large.error.message
+    assert "it was not generated; send a shorter prompt" in too_large.error.message
 
 
 def _refused_then_answered(

@@ -32,10 +32,10 @@ from workers.worker import Worker
 
 pytestmark = pytest.mark.timeout(30)
 
-LIMIT = 2_500
+LIMIT = 4_000
 
 
-def _big_work(chars: int = 3_000) -> WorkItem:
+def _big_work(chars: int = 5_000) -> WorkItem:
     body = ChatBody(messages=[ChatMessage(role="user", content="y" * chars)])
     return WorkItem.model_validate_json(work_with({"body": body}))
 
@@ -56,7 +56,7 @@ def test_a_failure_of_a_request_too_large_for_the_topic_comes_back_without_its_p
     assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
     assert not completion.error.retriable, "nothing may generate from a request without prompt"
     assert completion.error.message.startswith("the record of its expired failure is ")
-    assert "(its max.message.bytes, 2500); its request alone does not fit" in (
+    assert "(its max.message.bytes, 4000); its request alone does not fit" in (
         completion.error.message
     )
     body = completion.work.request.body
@@ -80,7 +80,7 @@ def test_a_limit_too_small_for_any_failure_stops_the_worker_saying_so() -> None:
 def test_a_dead_letter_is_cut_to_what_the_producer_sends() -> None:
     """The record as it came is past the limit (its prompt); cut, it fits, its length in a
     header, as the admission limit cuts one."""
-    raw = _big_work(5_000).model_dump_json().encode()
+    raw = _big_work(8_000).model_dump_json().encode()
     record = ConsumerRecord("llmq.work.m.standard", 0, 7, 0, 0, b"k", raw, None, 0, 0, [])
     producer = FakeProducer(limit=LIMIT)
     publisher = Publisher(producer, model_spec(), "w", LIMIT)
@@ -136,15 +136,15 @@ def test_the_bound_is_on_the_records_bytes_not_its_characters(
 
 def test_an_answer_past_its_topics_limit_is_answered_with_that_error_and_metered_so() -> None:
     """A topic set below the bound (read at the start): Kafka's refusal would come again on
-    every resend. The answer's 3,000 characters do not fit in 2,500 bytes; the error that
+    every resend. The answer's 6,000 characters do not fit in 4,000 bytes; the error that
     replaces it does, and its one metering event says what the tokens became."""
-    producer = FakeProducer(limit=2_500)
-    serve_one(work(), FakeEngine(text="x" * 1_000), producer=producer)
+    producer = FakeProducer(limit=LIMIT)
+    serve_one(work(), FakeEngine(text="x" * 2_000), producer=producer)
     assert producer.refused == [], "the producer is never handed what it would refuse"
     [completion] = producer.completions()
     assert completion.error is not None
     assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
-    assert "more than Kafka takes on llmq.completions (its max.message.bytes, 2500)" in (
+    assert "more than Kafka takes on llmq.completions (its max.message.bytes, 4000)" in (
         completion.error.message
     )
     assert "ask for fewer max_tokens" in completion.error.message
@@ -154,26 +154,45 @@ def test_an_answer_past_its_topics_limit_is_answered_with_that_error_and_metered
     assert (event.outcome, event.completion_tokens) == ("answer_too_large", 3)
 
 
-def test_a_request_too_large_for_its_answers_topic_is_answered_so_and_the_worker_goes_on() -> None:
-    """Its prompt alone passes the topic's limit, so no outcome of it can carry it: the
-    failure comes back without it (it stopped the worker at every start before), and the
-    next record is served."""
-    consumer, producer = FakeConsumer(), FakeProducer(limit=2_500)
-    big = ChatBody(messages=[ChatMessage(role="user", content="y" * 3_000)])
+def test_a_request_too_large_for_its_topic_is_refused_unstarted_and_the_worker_goes_on() -> None:
+    """Its prompt alone passes the topic's limit, so no outcome of it can carry it: it is
+    not generated (nothing spent, nothing metered), its failure comes back without the
+    prompt (it stopped the worker at every start before), and the next record is served."""
+    consumer, producer = FakeConsumer(), FakeProducer(limit=LIMIT)
+    big = ChatBody(messages=[ChatMessage(role="user", content="y" * 5_000)])
     consumer.add(STANDARD, [work_with({"body": big}), work(n=1)])
+    engine = FakeEngine()
 
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
         await until(lambda: consumer.committed.get(STANDARD) == 2)
         stop.set()
 
-    run_worker(consumer, producer, FakeEngine, scenario)
+    run_worker(consumer, producer, lambda: engine, scenario)
     failed, served = producer.completions()
     assert failed.error is not None and failed.error.code is ErrorCode.ANSWER_TOO_LARGE
-    assert "its request alone does not fit: send a shorter prompt" in failed.error.message
+    assert "(its max.message.bytes, 4000): it was not generated; send a shorter prompt" in (
+        failed.error.message
+    )
     assert [m.content for m in failed.work.request.body.messages] == [PROMPT_NOT_CARRIED]
     assert failed.work.request.correlation_id == "standard-0"
     assert served.error is None and served.work.request.correlation_id == "standard-1"
-    assert [e.outcome for e in producer.metering()] == ["answer_too_large", "ok"]
+    assert [rid.split("@")[0] for rid, _, _ in engine.started] == ["standard-1"]
+    assert [e.outcome for e in producer.metering()] == ["ok"]
+
+
+def test_tokens_spent_on_a_failure_too_large_are_metered_under_its_own_outcome() -> None:
+    """A cancelled generation's tokens are metered as cancelled, whatever its record became;
+    an engine's failure, never metered, is not metered for being too large either."""
+    for code, metered in ((ErrorCode.CANCELLED, ["cancelled"]), (ErrorCode.ENGINE_ERROR, [])):
+        producer = FakeProducer(limit=LIMIT)
+        state = InFlight.from_work(_big_work(), "r")
+        state.prompt_tokens, state.completion_tokens = 700, 5
+        publisher = Publisher(producer, model_spec(), "w", LIMIT)
+        asyncio.run(publisher.publish(state.failure(LlmqError(code, "x"), "w", 0.0), state))
+        [completion] = producer.completions()
+        assert completion.error is not None
+        assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
+        assert [e.outcome for e in producer.metering()] == metered
 
 
 def test_a_record_the_broker_refuses_itself_stops_the_worker_and_stays_uncommitted() -> None:

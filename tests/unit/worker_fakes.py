@@ -15,7 +15,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from llmq.startup import RECORD_LIMIT
+from llmq.record_limits import RECORD_LIMIT
 from schemas.catalog import ModelSpec
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
