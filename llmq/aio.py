@@ -25,7 +25,15 @@ from redis.exceptions import RedisError
 
 from llmq.chat import Prompt, chat_request
 from llmq.fetcher import install as fix_fetcher
-from llmq.record_limits import BATCH_BYTES, RECORD_LIMIT, REREAD_S, read_record_limit
+from llmq.record_limits import (
+    BATCH_BYTES,
+    READ_WAIT_S,
+    RECORD_LIMIT,
+    REREAD_S,
+    read_record_limit,
+    record_size,
+    refusal_after,
+)
 from llmq.streaming import Delta, StreamLog, StreamReader
 from llmq.tail import at_end
 from schemas.errors import LlmqError
@@ -84,9 +92,11 @@ class AsyncClient:
         """Connect, and read the reply topic and llmq.tokens from their ends as of now."""
         kafka = self.settings.kafka_security().client_kwargs()
         bootstrap = self.settings.kafka_bootstrap
-        self._limit = await read_record_limit(self.settings, self._client_id, REQUESTS)
+        self._limit = await read_record_limit(self.settings, self._client_id, REQUESTS) or (
+            RECORD_LIMIT
+        )
         self._read_at = time.monotonic()
-        self._producer = self._new_producer()
+        self._producer = self._new_producer(self._limit)
         fix_fetcher()
         self._consumer = AIOKafkaConsumer(
             self.reply_to,
@@ -304,9 +314,9 @@ class AsyncClient:
         cancel = Cancel(correlation_id=correlation_id, tenant=tenant or self.tenant)
         await self._send(CANCELS, correlation_id, cancel.model_dump_json().encode())
 
-    def _new_producer(self) -> AIOKafkaProducer:
-        """A producer that refuses a record past the limit itself, and builds no batch past
-        it (the broker refuses a batch whole)."""
+    def _new_producer(self, limit: int) -> AIOKafkaProducer:
+        """A producer that refuses a record past `limit` itself, and builds no batch past it
+        (the broker refuses a batch whole)."""
         return AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             client_id=self._client_id,
@@ -315,59 +325,72 @@ class AsyncClient:
             # No linger: a request leaves at once; a burst still shares batches (one request
             # in flight per broker, the rest batched meanwhile). tools.bench.hops
             linger_ms=0,
-            max_request_size=self._limit,
-            max_batch_size=min(BATCH_BYTES, self._limit),
+            max_request_size=limit,
+            max_batch_size=min(BATCH_BYTES, limit),
             **self.settings.kafka_security().client_kwargs(),
         )
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
-        """Send one record and wait for the broker's acknowledgement. One past the limit last
-        read is refused here (LlmqError, prompt_too_large), unsent, unless the limit, read
-        again (at most every REREAD_S), takes it now. One the broker refuses (its limit
-        lowered since) leaves this producer unable to write that partition again: a fresh
-        one, under the limit read again, takes over, and the record is refused the same way
-        if it is past that limit (a record refused with it raises as it came)."""
+        """Send one record and wait for the broker's acknowledgement.
+
+        One past the limit last read is refused here, unsent (LlmqError, prompt_too_large),
+        unless the limit, read again (at most every REREAD_S), takes it now. A broker's
+        refusal (its limit lowered since) leaves the producer unable to write that partition
+        again: the limit is read again and a fresh producer takes over, and a record it
+        failed (refused, or out of sequence behind one) is refused the same way if past
+        that limit, else sent once more; refused by the broker again, it is too large.
+        """
+        size = record_size(key.encode(), value)
         for again in (False, True):
             producer = self._producer
             if producer is None:
-                raise RuntimeError("the client is not started (use `async with AsyncClient()`)")
+                raise RuntimeError("the client is not started, or closed")
             try:
                 sent = await producer.send(topic, value, key.encode())
             except MessageSizeTooLargeError:
                 if not again and await asyncio.shield(self._reread(producer, broken=False)):
                     continue  # a fresh producer under a higher limit
-                raise refused_record(topic, len(value), self._limit) from None
+                raise refused_record(topic, size, self._limit) from None
             try:
                 await sent
                 return
-            except (MessageSizeTooLargeError, OutOfOrderSequenceNumber):
+            except (MessageSizeTooLargeError, OutOfOrderSequenceNumber) as exc:
                 await asyncio.shield(self._reread(producer, broken=True))
-                if len(value) > self._limit:
-                    raise refused_record(topic, len(value), self._limit) from None
-                raise
+                too_large = isinstance(exc, MessageSizeTooLargeError)
+                refusal = refusal_after(topic, size, self._limit, again, too_large)
+                if refusal is not None:
+                    raise refusal from None
+                if again:
+                    raise
 
     async def _reread(self, used: AIOKafkaProducer, broken: bool) -> bool:
         """Read llmq.requests' limit again (once, whoever asks first; where not `broken`, at
         most every REREAD_S), and replace the producer `used` where the broker broke it or
-        the limit changed; whether a fresh one took over."""
+        the limit changed; whether a fresh one took over. A limit the brokers will not say
+        stays as last known."""
         async with self._renewing:
             current = self._producer is used
             if not current or not (broken or time.monotonic() - self._read_at >= REREAD_S):
                 return not current
             if broken:
                 log.warning("Kafka refused a record for its size; reading %s's limit", REQUESTS)
-            limit = await read_record_limit(self.settings, self._client_id, REQUESTS)
+            read = await read_record_limit(self.settings, self._client_id, REQUESTS)
             self._read_at = time.monotonic()
-            renew = broken or limit != self._limit
-            if renew:
-                self._limit = limit
-                fresh = self._new_producer()
-                await fresh.start()
-                self._producer = fresh
-        if renew:
-            with contextlib.suppress(KafkaError):
-                await used.stop()
-        return renew
+            limit = self._limit if read is None else read
+            if not broken and limit == self._limit:
+                return False
+            fresh = self._new_producer(limit)
+            try:
+                async with asyncio.timeout(READ_WAIT_S):
+                    await fresh.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await fresh.stop()
+                raise
+            self._limit, self._producer = limit, fresh
+        with contextlib.suppress(KafkaError):
+            await used.stop()
+        return True
 
     def _log(self, key: Key) -> StreamLog:
         found = self._logs.get(key)

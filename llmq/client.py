@@ -11,11 +11,23 @@ from typing import Any, TypeVar
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, MessageSizeTooLargeError, OutOfOrderSequenceNumberError
+from kafka.errors import (
+    IllegalStateError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumberError,
+)
 from pydantic import ValidationError
 
 from llmq.chat import Prompt, chat_request
-from llmq.record_limits import BATCH_BYTES, RECORD_LIMIT, REREAD_S, read_record_limit_blocking
+from llmq.record_limits import (
+    BATCH_BYTES,
+    RECORD_LIMIT,
+    REREAD_S,
+    read_record_limit_blocking,
+    record_size,
+    refusal_after,
+)
 from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
 from schemas.names import REQUESTS, RESULTS, result_key
@@ -199,37 +211,60 @@ class Client:
         self.close()
 
     def _send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Send one record and wait (30 s at most) for the broker's acknowledgement. One past
-        the limit last read is refused here (LlmqError, prompt_too_large), unsent, unless the
-        limit, read again (at most every REREAD_S), takes it now. One the broker refuses (its
-        limit lowered since) leaves this producer unable to send anything again: the next
-        send makes a fresh one under the limit read again, and the record is refused the
-        same way if it is past that limit (a record refused with it raises as it came)."""
+        """Send one record and wait (30 s at most) for the broker's acknowledgement.
+
+        One past the limit last read is refused here, unsent (LlmqError, prompt_too_large),
+        unless the limit, read again (at most every REREAD_S), takes it now. A broker's
+        refusal (its limit lowered since) leaves the producer unable to send anything again:
+        the limit is read again and the next send makes a fresh producer, and a record it
+        failed (refused, or failed with it) is refused the same way if past that limit,
+        else sent once more; refused by the broker again, it is too large.
+        """
+        size = record_size(key, value)
         for again in (False, True):
             producer = self._ready_producer()
-            try:
-                sent = producer.send(topic, key=key, value=value)
-            except MessageSizeTooLargeError:
-                if not again and self._reread(producer, broken=False):
-                    continue  # a fresh producer under a higher limit
-                raise refused_record(topic, len(value), self._limit) from None
+            sent = self._handed(producer, topic, key, value, again)
+            if sent is None:
+                continue  # a fresh producer takes it
             try:
                 sent.get(timeout=30)
                 return
-            except (MessageSizeTooLargeError, OutOfOrderSequenceNumberError):
+            except (MessageSizeTooLargeError, OutOfOrderSequenceNumberError) as exc:
                 self._reread(producer, broken=True)
-                if len(value) > self._limit:
-                    raise refused_record(topic, len(value), self._limit) from None
-                raise
+                too_large = isinstance(exc, MessageSizeTooLargeError)
+                refusal = refusal_after(topic, size, self._limit, again, too_large)
+                if refusal is not None:
+                    raise refusal from None
+                if again:
+                    raise
+
+    def _handed(
+        self, producer: KafkaProducer, topic: str, key: bytes, value: bytes, again: bool
+    ) -> Any:
+        """The record handed to `producer` (its future); None where a fresh producer should
+        take it on the first try: the limit, read again, went up, or another thread's
+        renewal closed this one."""
+        try:
+            return producer.send(topic, key=key, value=value)
+        except MessageSizeTooLargeError:
+            if not again and self._reread(producer, broken=False):
+                return None
+            raise refused_record(topic, record_size(key, value), self._limit) from None
+        except IllegalStateError:
+            if not again and self._producer is not producer:
+                return None
+            raise
 
     def _ready_producer(self) -> KafkaProducer:
-        """The producer, made at first use under llmq.requests' limit."""
+        """The producer, made at first use under llmq.requests' limit (read then, and kept
+        up to date by _reread)."""
         with self._producing:
             if self._closed:
                 raise RuntimeError("the client is closed")
             if self._producer is None:
-                self._limit = read_record_limit_blocking(self.settings, CLIENT_ID, REQUESTS)
-                self._read_at = time.monotonic()
+                if not self._read_at:
+                    read = read_record_limit_blocking(self.settings, CLIENT_ID, REQUESTS)
+                    self._limit, self._read_at = read or RECORD_LIMIT, time.monotonic()
                 self._producer = connect(
                     KafkaProducer,
                     self.settings.kafka_bootstrap,
@@ -248,21 +283,23 @@ class Client:
     def _reread(self, used: KafkaProducer, broken: bool) -> bool:
         """Read llmq.requests' limit again (once, whoever asks first; where not `broken`, at
         most every REREAD_S), and drop the producer `used` where the broker broke it or the
-        limit changed (the next send makes a fresh one); whether it was dropped."""
+        limit changed (the next send makes a fresh one); whether it was dropped. A limit the
+        brokers will not say stays as last known."""
         with self._producing:
             current = self._producer is used
             if not current or not (broken or time.monotonic() - self._read_at >= REREAD_S):
                 return not current
             if broken:
                 log.warning("Kafka refused a record for its size; reading %s's limit", REQUESTS)
-            limit = read_record_limit_blocking(self.settings, CLIENT_ID, REQUESTS)
+            read = read_record_limit_blocking(self.settings, CLIENT_ID, REQUESTS)
             self._read_at = time.monotonic()
+            limit = self._limit if read is None else read
             drop = broken or limit != self._limit
             if drop:
                 self._limit, self._producer = limit, None
         if drop:
             with contextlib.suppress(KafkaError):
-                used.close(timeout=5)
+                used.close(timeout=30)  # its records in flight, if it still works, go first
         return drop
 
     def _stored(self, tenant: str, correlation_id: str) -> InferenceResult | None:

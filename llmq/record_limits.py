@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, for_code
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from schemas.errors import LlmqError
 from schemas.redact import explain
+from schemas.request import refused_record
 from schemas.settings import ServiceSettings
 
 RECORD_LIMIT = 1_048_576
@@ -31,28 +35,30 @@ READ_WAIT_S = 10.0
 log = logging.getLogger(__name__)
 
 
-async def record_limit(admin: AIOKafkaAdminClient, topic: str, wait_s: float = 30.0) -> int:
-    """`topic`'s max.message.bytes, at most RECORD_LIMIT; RECORD_LIMIT, with a warning,
-    where the brokers will not say (no such topic yet, or no right to describe it)."""
+def record_size(key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()) -> int:
+    """A record's size as a producer reckons it against its max_request_size."""
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, list(headers)))
+
+
+async def record_limit(admin: AIOKafkaAdminClient, topic: str) -> int | None:
+    """`topic`'s max.message.bytes, at most RECORD_LIMIT; None, with a warning, where the
+    brokers will not say (no such topic yet, or no right to describe it)."""
     wanted = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
     try:
-        async with asyncio.timeout(wait_s):
-            [response] = await admin.describe_configs([wanted])
+        [response] = await admin.describe_configs([wanted])
         [(code, _, _, _, entries)] = response.resources
         if code:
             raise for_code(code)()
         [(_, value, *_)] = entries
         return min(int(value), RECORD_LIMIT)
-    except (KafkaError, OSError, TimeoutError, ValueError) as exc:
-        why = str(exc) if isinstance(exc, KafkaError) else explain(exc)
-        log.warning("cannot read %s's max.message.bytes (%s); taking %d", topic, why, RECORD_LIMIT)
-        return RECORD_LIMIT
+    except (KafkaError, OSError, ValueError) as exc:
+        _unread(topic, exc)
+        return None
 
 
-async def read_record_limit(settings: ServiceSettings, client_id: str, topic: str) -> int:
-    """`topic`'s limit (record_limit), asked by an admin client of its own; RECORD_LIMIT,
-    with a warning, where the brokers do not answer in READ_WAIT_S (the client's own
-    connection then says why)."""
+async def read_record_limit(settings: ServiceSettings, client_id: str, topic: str) -> int | None:
+    """`topic`'s limit (record_limit), asked by an admin client of its own; None, with a
+    warning, where the brokers do not say it within READ_WAIT_S."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=f"{client_id}-limits",
@@ -61,17 +67,33 @@ async def read_record_limit(settings: ServiceSettings, client_id: str, topic: st
     try:
         async with asyncio.timeout(READ_WAIT_S):
             await admin.start()
-        return await record_limit(admin, topic, READ_WAIT_S)
+            return await record_limit(admin, topic)
     except (KafkaError, OSError, TimeoutError) as exc:
-        why = str(exc) if isinstance(exc, KafkaError) else explain(exc)
-        log.warning("cannot read %s's max.message.bytes (%s); taking %d", topic, why, RECORD_LIMIT)
-        return RECORD_LIMIT
+        _unread(topic, exc)
+        return None
     finally:
         await admin.close()
 
 
-def read_record_limit_blocking(settings: ServiceSettings, client_id: str, topic: str) -> int:
+def read_record_limit_blocking(settings: ServiceSettings, client_id: str, topic: str) -> int | None:
     """read_record_limit from synchronous code, on a thread and loop of its own (so whether
     the caller runs a loop does not matter)."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, read_record_limit(settings, client_id, topic)).result()
+
+
+def refusal_after(
+    topic: str, size: int, limit: int, again: bool, refused: bool
+) -> LlmqError | None:
+    """What a record the broker failed becomes once the limit is read again: `refused` for
+    its size, or failed beside such a one (out of sequence); `again`: on its second try.
+    prompt_too_large past the limit, or refused a second time; else None: sent once more
+    through a fresh producer, or on the second try raised as Kafka failed it."""
+    if size > limit:
+        return refused_record(topic, size, limit)
+    return refused_record(topic, size, None) if again and refused else None
+
+
+def _unread(topic: str, exc: BaseException) -> None:
+    why = str(exc) if isinstance(exc, KafkaError) else explain(exc)
+    log.warning("cannot read %s's max.message.bytes: %s", topic, why)

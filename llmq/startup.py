@@ -159,13 +159,26 @@ async def _bootstrap(
         with _said("aiokafka") as said:  # its reason (a login refused), not in the exception
             async with asyncio.timeout(wait_s):
                 await admin.start()
-        return RECORD_LIMIT if limit_of is None else await record_limit(admin, limit_of)
+        return RECORD_LIMIT if limit_of is None else await _limit_of(admin, limit_of)
     except TimeoutError:
         raise kafka_unreachable(settings, TimeoutError(f"no answer in {wait_s:g} s")) from None
     except (KafkaError, OSError) as exc:
         raise kafka_unreachable(settings, exc, said[-1] if said else None) from None
     finally:
         await admin.close()
+
+
+async def _limit_of(admin: AIOKafkaAdminClient, topic: str) -> int:
+    """`topic`'s record limit; RECORD_LIMIT, with a warning, where the brokers will not say."""
+    limit = None
+    try:
+        async with asyncio.timeout(KAFKA_WAIT_S):
+            limit = await record_limit(admin, topic)
+    except TimeoutError:
+        log.warning("cannot read %s's max.message.bytes: no answer in %g s", topic, KAFKA_WAIT_S)
+    if limit is None:
+        log.warning("taking %d bytes as %s's record limit", RECORD_LIMIT, topic)
+    return RECORD_LIMIT if limit is None else limit
 
 
 def kafka_unreachable(

@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from llmq.record_limits import RECORD_LIMIT
+from llmq.record_limits import RECORD_LIMIT, record_size
 from schemas.catalog import ModelSpec
 from schemas.dlq import dead_letter
 from schemas.errors import ErrorCode, LlmqError
@@ -109,7 +107,7 @@ class Publisher:
         )
         letter = dead_letter(record.topic, record.key, record.value, error)
         headers = list(letter.headers.items())
-        room = self._limit - _size(letter.key, b"", headers) - _CUT_MARGIN
+        room = self._limit - record_size(letter.key, b"", headers) - _CUT_MARGIN
         if len(letter.value) > room:
             letter = dead_letter(record.topic, record.key, record.value, error, room)
             headers = list(letter.headers.items())
@@ -118,7 +116,7 @@ class Publisher:
     def _fits(self, key: bytes, value: bytes) -> bool:
         """Whether llmq sends this completion record and the producer takes it (its own
         check, which a topic's lower max.message.bytes, read at the start, brings down)."""
-        return len(value) <= MAX_COMPLETION_BYTES and _size(key, value) <= self._limit
+        return len(value) <= MAX_COMPLETION_BYTES and record_size(key, value) <= self._limit
 
     def uncarried(self, state: InFlight) -> LlmqError | None:
         """Why no outcome of this work can be sent back (its request alone is past what the
@@ -127,7 +125,7 @@ class Publisher:
         if self._limit >= MAX_RECORD_BYTES + _FAILURE_ROOM:
             return None  # every request admission takes fits
         key = state.work.fingerprint.encode()
-        size = _size(key, state.work.model_dump_json().encode()) + _FAILURE_ROOM
+        size = record_size(key, state.work.model_dump_json().encode()) + _FAILURE_ROOM
         if size <= self._limit:
             return None
         return LlmqError(
@@ -149,7 +147,7 @@ class Publisher:
         reads of a failure that is not retried (kept, it would stop the worker at every
         start); a superseded outcome (it answers nobody) or one already answer_too_large
         only loses its prompt. RecordRefusedError where even that does not fit."""
-        size = _size(key, value)
+        size = record_size(key, value)
         if size > self._limit:
             why = self._past_kafka
         else:
@@ -222,11 +220,6 @@ class Publisher:
                     exc,
                 )
                 await asyncio.sleep(delay)
-
-
-def _size(key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()) -> int:
-    """A record's size as the producer reckons it against its max_request_size."""
-    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, list(headers)))
 
 
 def _promptless(completion: Completion) -> Completion:

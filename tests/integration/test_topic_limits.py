@@ -62,7 +62,7 @@ def test_a_request_kafka_refuses_is_named_and_the_client_goes_on(
         after = client.submit(f"Say no. ({uuid.uuid4().hex[:8]})", max_tokens=4)
         results = [client.result(cid, timeout=300) for cid in (before, after)]
     assert refused.value.code is ErrorCode.PROMPT_TOO_LARGE
-    assert f"Kafka takes at most 10000 on {REQUESTS} (max.message.bytes)" in refused.value.message
+    assert f"Kafka refuses it on {REQUESTS} (it takes at most 10000: max" in refused.value.message
     assert [r.status for r in results] == ["ok", "ok"]
 
 

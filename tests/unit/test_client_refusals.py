@@ -118,7 +118,7 @@ def broker(monkeypatch: pytest.MonkeyPatch) -> Broker:
 def _producing(app: AsyncClient, broker: Broker) -> None:
     """The producer as start() makes it, without the reply consumer start() also starts."""
     app._limit = min(broker.limit, RECORD_LIMIT)
-    app._producer = app._new_producer()
+    app._producer = app._new_producer(app._limit)
 
 
 def test_past_the_limit_read_at_the_start_a_request_is_refused_unsent(broker: Broker) -> None:
@@ -134,7 +134,10 @@ def test_past_the_limit_read_at_the_start_a_request_is_refused_unsent(broker: Br
 
     refused = asyncio.run(scenario())
     assert refused.code is ErrorCode.PROMPT_TOO_LARGE
-    assert f"Kafka takes at most {LOWERED} on llmq.requests" in refused.message
+    assert refused.message == (
+        "the record is 12445 bytes; Kafka refuses it on llmq.requests "
+        f"(it takes at most {LOWERED}: max.message.bytes)"
+    )
     [producer] = broker.made  # never refused by the broker: the one producer goes on
     assert producer.max_request_size == LOWERED
     assert len(broker.written) == 1
@@ -142,7 +145,7 @@ def test_past_the_limit_read_at_the_start_a_request_is_refused_unsent(broker: Br
 
 def test_a_limit_lowered_under_the_async_client_costs_one_fresh_producer(broker: Broker) -> None:
     """The record past the new limit is refused; those in flight behind it on the broken
-    partition fail as aiokafka failed them (not as too large); the next go through."""
+    partition go once more through the fresh producer, as do the next."""
 
     async def scenario() -> list[BaseException | None]:
         app = AsyncClient(ServiceSettings())
@@ -157,11 +160,13 @@ def test_a_limit_lowered_under_the_async_client_costs_one_fresh_producer(broker:
 
     big, *behind = asyncio.run(scenario())
     assert isinstance(big, LlmqError) and big.code is ErrorCode.PROMPT_TOO_LARGE
-    assert all(isinstance(e, OutOfOrderSequenceNumber) for e in behind)
+    assert behind == [None, None]
     first, fresh = broker.made
     assert first.stopped and not fresh.stopped
     assert fresh.max_request_size == LOWERED
-    assert len(broker.written) == 1
+    assert sorted(len(v) for v in broker.written) == sorted(
+        len(_request(n).record()) for n in (100, 200, 300)
+    )
 
 
 def test_a_limit_lowered_under_the_sync_client_costs_one_fresh_producer(broker: Broker) -> None:
@@ -173,13 +178,29 @@ def test_a_limit_lowered_under_the_sync_client_costs_one_fresh_producer(broker: 
         app.submit_request(_request(200))
         first, fresh = broker.made
         assert first.closed and fresh.max_request_size == LOWERED
-        fresh.broken = True  # as if another thread's record broke it
-        with pytest.raises(SyncTooLarge):  # a small record: raised as it came, not too large
-            app.submit_request(_request(300))
+        fresh.broken = True  # as if another thread's record broke it: this one goes again
+        app.submit_request(_request(300))
         app.submit_request(_request(400))
     assert refused.value.code is ErrorCode.PROMPT_TOO_LARGE
     assert len(broker.made) == 3
-    assert len(broker.written) == 3
+    assert len(broker.written) == 4
+
+
+def test_a_record_the_broker_refuses_twice_is_too_large_whatever_the_limit_read(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the brokers will not say the limit, the last known stands; a record the
+    broker refused twice is too large all the same."""
+    monkeypatch.setattr(client, "read_record_limit_blocking", lambda *a: None)
+    with Client(ServiceSettings(), listen=False) as app:
+        app.submit_request(_request(100))
+        broker.limit = LOWERED
+        with pytest.raises(LlmqError) as refused:
+            app.submit_request(_request(12_000))
+        app.submit_request(_request(200))
+    assert "Kafka refuses it on llmq.requests (past what it takes" in refused.value.message
+    assert [p.max_request_size for p in broker.made] == [RECORD_LIMIT] * 3
+    assert len(broker.written) == 2
 
 
 def test_a_limit_raised_again_takes_the_records_it_refused(broker: Broker) -> None:
