@@ -147,11 +147,10 @@ class Publisher:
         reads of a failure that is not retried (kept, it would stop the worker at every
         start); a superseded outcome (it answers nobody) or one already answer_too_large
         only loses its prompt. RecordRefusedError where even that does not fit."""
-        size = record_size(key, value)
-        if size > self._limit:
-            why = self._past_kafka
-        else:
+        if len(value) > MAX_COMPLETION_BYTES and self._limit >= MAX_COMPLETION_BYTES:
             size, why = len(value), f"past the {MAX_COMPLETION_BYTES} llmq sends"
+        else:  # the topic's lower limit is the one it passes
+            size, why = record_size(key, value), self._past_kafka
         error = completion.error
         outcome = ErrorCode.ANSWER_TOO_LARGE.value if error is None else error.code.value
         tries: list[tuple[Completion, bool]] = []
