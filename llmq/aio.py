@@ -44,7 +44,7 @@ from schemas.request import (
     IDENTIFIER,
     CacheMode,
     InferenceRequest,
-    refused_record,
+    RecordRefusedError,
 )
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
@@ -350,7 +350,7 @@ class AsyncClient:
             except MessageSizeTooLargeError:
                 if not again and await asyncio.shield(self._reread(producer, broken=False)):
                     continue  # a fresh producer under a higher limit
-                raise refused_record(topic, size, self._limit) from None
+                raise RecordRefusedError(topic, size, self._limit) from None
             try:
                 await sent
                 return

@@ -37,7 +37,7 @@ from schemas.request import (
     IDENTIFIER,
     CacheMode,
     InferenceRequest,
-    refused_record,
+    RecordRefusedError,
 )
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
@@ -249,7 +249,7 @@ class Client:
         except MessageSizeTooLargeError:
             if not again and self._reread(producer, broken=False):
                 return None
-            raise refused_record(topic, record_size(key, value), self._limit) from None
+            raise RecordRefusedError(topic, record_size(key, value), self._limit) from None
         except IllegalStateError:
             if not again and self._producer is not producer:
                 return None

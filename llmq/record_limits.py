@@ -15,9 +15,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from schemas.dlq import DeadLetter, dead_letter
 from schemas.errors import LlmqError
 from schemas.redact import explain
-from schemas.request import refused_record
+from schemas.request import RecordRefusedError
 from schemas.settings import ServiceSettings
 
 RECORD_LIMIT = 1_048_576
@@ -31,6 +32,9 @@ REREAD_S = 5.0
 one it read fits now (the limit raised again)."""
 READ_WAIT_S = 10.0
 """How long a client waits for the brokers to say a topic's limit."""
+_CUT_MARGIN = 64
+"""Bytes kept free when a dead letter's value is cut to fit: the header naming its original
+length, and the longer varints of a longer value."""
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,18 @@ log = logging.getLogger(__name__)
 def record_size(key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()) -> int:
     """A record's size as a producer reckons it against its max_request_size."""
     return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, list(headers)))
+
+
+def dead_letter_within(
+    source: str, key: bytes | None, raw: bytes | None, error: LlmqError, limit: int
+) -> DeadLetter:
+    """dead_letter, its value cut to what a record of `limit` bytes holds beside its key and
+    headers."""
+    letter = dead_letter(source, key, raw, error)
+    room = limit - record_size(letter.key, b"", list(letter.headers.items())) - _CUT_MARGIN
+    if len(letter.value) > room:
+        letter = dead_letter(source, key, raw, error, room)
+    return letter
 
 
 async def record_limit(admin: AIOKafkaAdminClient, topic: str) -> int | None:
@@ -84,14 +100,14 @@ def read_record_limit_blocking(settings: ServiceSettings, client_id: str, topic:
 
 def refusal_after(
     topic: str, size: int, limit: int, again: bool, refused: bool
-) -> LlmqError | None:
+) -> RecordRefusedError | None:
     """What a record the broker failed becomes once the limit is read again: `refused` for
     its size, or failed beside such a one (out of sequence); `again`: on its second try.
     prompt_too_large past the limit, or refused a second time; else None: sent once more
     through a fresh producer, or on the second try raised as Kafka failed it."""
     if size > limit:
-        return refused_record(topic, size, limit)
-    return refused_record(topic, size, None) if again and refused else None
+        return RecordRefusedError(topic, size, limit)
+    return RecordRefusedError(topic, size, None) if again and refused else None
 
 
 def _unread(topic: str, exc: BaseException) -> None:

@@ -469,10 +469,16 @@ def check_record_size(value: bytes) -> None:
         raise LlmqError(ErrorCode.PROMPT_TOO_LARGE, why)
 
 
-def refused_record(topic: str, size: int, limit: int | None) -> LlmqError:
-    """LlmqError (prompt_too_large) for a record past what Kafka takes on `topic` (`limit`
-    bytes, its max.message.bytes, lower than llmq's own bound; None where unknown: the
-    broker refused it)."""
-    takes = "past what it takes" if limit is None else f"it takes at most {limit}"
-    why = f"the record is {size} bytes; Kafka refuses it on {topic} ({takes}: max.message.bytes)"
-    return LlmqError(ErrorCode.PROMPT_TOO_LARGE, why)
+class RecordRefusedError(LlmqError):
+    """prompt_too_large: a record past what Kafka takes on `topic` (`limit` bytes, its
+    max.message.bytes, lower than llmq's own bound; None where unknown: the broker refused
+    it)."""
+
+    def __init__(self, topic: str, size: int, limit: int | None) -> None:
+        takes = "past what it takes" if limit is None else f"it takes at most {limit}"
+        why = (
+            f"the record is {size} bytes; Kafka refuses it on {topic} ({takes}: max.message.bytes)"
+        )
+        super().__init__(ErrorCode.PROMPT_TOO_LARGE, why)
+        self.topic = topic
+        self.limit = limit

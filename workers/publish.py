@@ -14,9 +14,8 @@ import logging
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from llmq.record_limits import RECORD_LIMIT, record_size
+from llmq.record_limits import RECORD_LIMIT, dead_letter_within, record_size
 from schemas.catalog import ModelSpec
-from schemas.dlq import dead_letter
 from schemas.errors import ErrorCode, LlmqError
 from schemas.metering import MeteringEvent
 from schemas.names import COMPLETIONS, DLQ, METERING
@@ -37,9 +36,6 @@ _METERED_FAILURES = frozenset(
 )
 """Failures metered all the same: the generation was cut short (or its answer too large to
 send), its tokens were spent."""
-_CUT_MARGIN = 64
-"""Bytes kept free when a dead letter's value is cut to fit: the header naming its original
-length, and the longer varints of a longer value."""
 _FAILURE_ROOM = 2_048
 """Bytes a failure's record adds to its work item's: the error, timings and metering (about
 1,100 with a 300-character message)."""
@@ -105,12 +101,8 @@ class Publisher:
         log.warning(
             "dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, error
         )
-        letter = dead_letter(record.topic, record.key, record.value, error)
+        letter = dead_letter_within(record.topic, record.key, record.value, error, self._limit)
         headers = list(letter.headers.items())
-        room = self._limit - record_size(letter.key, b"", headers) - _CUT_MARGIN
-        if len(letter.value) > room:
-            letter = dead_letter(record.topic, record.key, record.value, error, room)
-            headers = list(letter.headers.items())
         await (await self._producer.send(DLQ, letter.value, letter.key, headers=headers))
 
     def _fits(self, key: bytes, value: bytes) -> bool:

@@ -21,7 +21,7 @@ from gateway.batch.store import MAX_FILE_LINES, BatchStore
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import batch_keys
-from schemas.request import InferenceRequest, refused_record
+from schemas.request import InferenceRequest, RecordRefusedError
 from schemas.result import ChatCompletion, Choice, ErrorInfo, InferenceResult, Usage
 from schemas.settings import ServiceSettings
 from tests.integration.helpers import run_async
@@ -42,8 +42,8 @@ class Recorder:
         """Numbers of the lines Kafka refuses for their size."""
 
     async def publish(self, requests: Sequence[InferenceRequest]) -> dict[str, LlmqError]:
-        refused = {
-            r.correlation_id: refused_record("llmq.requests", 20_000, 10_000)
+        refused: dict[str, LlmqError] = {
+            r.correlation_id: RecordRefusedError("llmq.requests", 20_000, 10_000)
             for r in requests
             if int(r.correlation_id.split(".")[1]) in self._too_large
         }
