@@ -6,15 +6,18 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 import faust
 import redis.asyncio as aioredis
+from aiokafka.errors import MessageSizeTooLargeError
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types import TP
 from faust.types.auth import CredentialsT
 
 from llmq.fetcher import install as fix_fetcher
+from llmq.record_limits import read_record_limit
 from schemas.kafka_security import KafkaSecurity
 from schemas.names import (
     AGENT_ADMIT,
@@ -37,6 +40,7 @@ from streams.coalesce import Coalescer
 from streams.compress import compress
 from streams.experiment_stats import ExperimentStats
 from streams.gate import TenantGate
+from streams.limits import TopicLimits
 from streams.meter import Meter
 from streams.offsets import Tails
 from streams.offsets import install as fix_offsets
@@ -62,11 +66,13 @@ class FaustSend:
     """Publishes through faust's producer and waits for the broker's acknowledgement.
 
     faust acks an event when its agent moves to the next one, so waiting here means an
-    offset is committed only after what the event produced is safely in Kafka.
+    offset is committed only after what the event produced is safely in Kafka. A record past
+    what its topic takes raises RecordRefusedError (see TopicLimits).
     """
 
-    def __init__(self, app: faust.App) -> None:
+    def __init__(self, app: faust.App, limits: TopicLimits) -> None:
         self._app = app
+        self._limits = limits
         self._topics: dict[str, Any] = {}
 
     async def __call__(
@@ -78,10 +84,25 @@ class FaustSend:
         partition: int | None = None,
     ) -> None:
         channel = await self._channel(topic)
-        pending = await channel.send(
-            key=key, value=value, headers=dict(headers or {}), partition=partition
-        )
-        await asyncio.wait_for(pending, timeout=ACK_TIMEOUT_S)
+        headers = dict(headers or {})
+        await self._limits.check(topic, key, value, headers)
+        again = False
+        while True:
+            # Topic.send as faust writes it, keeping the message faust fails with the send.
+            message = channel.as_future_message(
+                key=key, value=value, partition=partition, headers=headers
+            )
+            try:
+                pending = await channel.publish_message(message)
+                await asyncio.wait_for(pending, timeout=ACK_TIMEOUT_S)
+                return
+            except MessageSizeTooLargeError:
+                if message.done():  # failed by the broker, not by the producer's own check
+                    message.exception()  # handled here, not "never retrieved"
+                refusal = await self._limits.refused(topic, key, value, headers, again)
+                if refusal is not None:
+                    raise refusal from None
+                again = True
 
     async def partitions(self, topic: str) -> int:
         """How many partitions `topic` has, from the producer's metadata (fetched once, then
@@ -143,7 +164,7 @@ def build(settings: StreamSettings) -> faust.App:
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     store = RedisStore(redis, cache_ttl_s=settings.cache_ttl_s, result_ttl_s=settings.result_ttl_s)
     catalog = settings.catalog()
-    send = FaustSend(app)
+    send = FaustSend(app, TopicLimits(partial(read_record_limit, settings, settings.app_id)))
     policy = TenantPolicy.load(settings.tenants_file)
     budgets = Budgets(redis)
     alerts = BudgetAlerts(redis, send)

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.redact import explain
+from schemas.request import RecordRefusedError
 from streams.refusals import Refusals
 from streams.salvage import Rejection, salvage
 
@@ -39,6 +40,10 @@ class Guard:
         failed dead-letter send does)."""
         try:
             await handle()
+        except RecordRefusedError as refused:
+            # Too large for a topic it had to go to: the request's fault, and final.
+            log.warning("refused a record of %s: %s", source, refused.message)
+            await self._refusals.reject(source, key, value, requester(refused, value))
         except Exception as exc:
             reason = explain(exc)
             log.error(

@@ -6,16 +6,18 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from llmq.record_limits import dead_letter_within
 from schemas.dlq import dead_letter
-from schemas.errors import LlmqError
+from schemas.errors import ErrorCode, LlmqError
 from schemas.metering import MeteringEvent
 from schemas.names import CANCELS, DLQ, HEADER_TOKENS, TOKENS, work_topic
 from schemas.redact import content_log
-from schemas.request import InferenceRequest
+from schemas.request import InferenceRequest, RecordRefusedError
 from schemas.result import ChatCompletion, InferenceResult
 from schemas.stream import Cancel, TokenDelta
 from schemas.work import WorkItem
 from streams import metrics
+from streams.replies import from_error
 
 
 class Store(Protocol):
@@ -119,7 +121,15 @@ class Outbox:
         if topic is None:
             return
         key = result.correlation_id.encode() if result.correlation_id else None
-        await self.send(topic, key, result.model_dump_json().encode())
+        try:
+            await self.send(topic, key, result.model_dump_json().encode())
+        except RecordRefusedError as refused:
+            # The app is told why instead; the stored result stays as it was.
+            error = LlmqError(
+                ErrorCode.ANSWER_TOO_LARGE, f"the answer was not delivered: {refused.message}"
+            )
+            failure = from_error(error, result.correlation_id, result.tenant)
+            await self.send(topic, key, failure.model_dump_json().encode())
         if result.timings.total_ms is not None:
             metrics.RESULT_LATENCY.labels(result.cache.value).observe(
                 result.timings.total_ms / 1000
@@ -162,5 +172,10 @@ class Outbox:
     ) -> None:
         """The raw record on llmq.dlq, with the reason, error code and source topic."""
         letter = dead_letter(source, key, raw, error)
-        await self.send(DLQ, letter.key, letter.value, letter.headers)
+        try:
+            await self.send(DLQ, letter.key, letter.value, letter.headers)
+        except RecordRefusedError as refused:
+            # Cut to fit; to its reason alone where the limit is unknown.
+            letter = dead_letter_within(source, key, raw, error, refused.limit or 0)
+            await self.send(DLQ, letter.key, letter.value, letter.headers)
         metrics.DEAD_LETTERS.labels(source).inc()

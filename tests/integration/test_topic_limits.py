@@ -19,14 +19,23 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, Ne
 from openai import OpenAI
 
 from llmq.aio import AsyncClient
-from llmq.client import Client
+from llmq.client import Client, tail
 from llmq.record_limits import RECORD_LIMIT
 from llmq.startup import reach_kafka
 from schemas.errors import ErrorCode, LlmqError
-from schemas.names import COMPLETIONS, REQUESTS
+from schemas.lanes import Lane
+from schemas.names import (
+    COMPLETIONS,
+    DLQ,
+    HEADER_ORIGINAL_BYTES,
+    REQUESTS,
+    REQUESTS_KEYED,
+    work_topic,
+)
 from schemas.request import CacheMode
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
+from tests.integration.helpers import collect, header
 from tools.stack.procs import Proc
 from tools.stack.stack import LocalStack
 
@@ -122,6 +131,40 @@ def test_the_front_door_answers_a_request_kafka_refuses_with_400_and_goes_on(
     assert refused.value.code == "prompt_too_large"
     assert "max.message.bytes" in refused.value.message
     assert all(reason in ("stop", "length") for reason in finished)
+
+
+def test_a_request_too_large_for_the_stream_processors_topics_is_refused_and_it_goes_on(
+    service_settings: ServiceSettings,
+) -> None:
+    """The stream processor re-keys a request (llmq.requests.keyed) and hands it to the
+    engines (a work topic): one too large for either gets a final prompt_too_large naming
+    the topic, its dead letter is cut to what llmq.dlq takes, and the requests around it
+    are answered. A client of its own: the session's may hold llmq.requests' limit as the
+    tests above lowered it (for REREAD_S)."""
+    broker = service_settings.kafka_bootstrap
+    dlq = tail(broker, DLQ)
+    refused: dict[str, InferenceResult] = {}
+    with Client(service_settings) as client, _lowered(broker, DLQ, 8_000):
+        # The work topic first: a limit read stands for REREAD_S after it is raised again.
+        for topic in (work_topic("smollm2-135m", Lane.STANDARD), REQUESTS_KEYED):
+            with _lowered(broker, topic):
+                ids = [
+                    client.submit(
+                        f"{text} ({uuid.uuid4().hex[:8]})", max_tokens=4, cache=CacheMode.OFF
+                    )
+                    for text in ("Say yes.", LONG_PROMPT, "Say no.")
+                ]
+                results = [client.result(cid, timeout=300) for cid in ids]
+            assert [r.status for r in results] == ["ok", "error", "ok"]
+            refused[topic] = results[1]
+        letters = collect(dlq, lambda rs: len(rs) >= 2, 60)
+    dlq.close()
+    for topic, result in refused.items():
+        assert result.error is not None and result.error.code is ErrorCode.PROMPT_TOO_LARGE
+        assert not result.error.retriable
+        assert f"Kafka refuses it on {topic} (it takes at most 10000" in result.error.message
+        [letter] = [r for r in letters if str(result.correlation_id).encode() in r.value]
+        assert len(letter.value) < 8_000 < int(header(letter, HEADER_ORIGINAL_BYTES) or 0)
 
 
 def test_an_answer_its_topic_no_longer_takes_stops_the_worker_then_is_refused(
