@@ -217,3 +217,27 @@ def metered(work: WorkItem, cost: float, text: str = "Hello!") -> Completion:
         worker="w1",
     )
     return done.model_copy(update={"metering": event})
+
+
+TIERED = Catalog.model_validate(
+    {
+        "default": "small",
+        "routing": {"cascade": True, "escalate_below": -1.0},
+        "models": [
+            {"name": "small", "source": "/m/small", "tier": 1, "fallback": ["backup"]},
+            {"name": "big", "source": "/m/big", "tier": 2},
+            {"name": "backup", "source": "/m/backup", "tier": 1},
+        ],
+    }
+)
+"""small escalates to big when unsure (cascade) and falls back to backup when it fails."""
+
+
+def tiered_work(harness: Pipeline, model: str, cid: str = "t-1") -> WorkItem:
+    """A deterministic request for `model` of TIERED, admitted: its work item."""
+    data = json.loads(raw_request(cid=cid, temperature=0))
+    data["model"] = model
+    harness.on_request(None, json.dumps(data).encode())
+    [sent] = harness.send.sent
+    harness.send.sent.clear()
+    return WorkItem.model_validate_json(sent.value)

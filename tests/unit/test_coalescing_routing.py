@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.names import TOKENS
@@ -21,6 +20,7 @@ from schemas.work import Completion, WorkItem
 from streams.coalesce import Coalescer
 from streams.semantic import SemanticHit
 from tests.unit.stages import (
+    TIERED,
     FakeSend,
     Pipeline,
     Sent,
@@ -28,6 +28,7 @@ from tests.unit.stages import (
     last_attempt,
     raw_request,
     result_of,
+    tiered_work,
 )
 
 
@@ -174,31 +175,9 @@ def test_a_redelivered_leader_in_its_own_process_does_not_generate_twice() -> No
     assert reborn.join(request.model_copy(update={"correlation_id": "b"}), "fp", now=103)
 
 
-TIERED = Catalog.model_validate(
-    {
-        "default": "small",
-        "routing": {"cascade": True, "escalate_below": -1.0},
-        "models": [
-            {"name": "small", "source": "/m/small", "tier": 1, "fallback": ["backup"]},
-            {"name": "big", "source": "/m/big", "tier": 2},
-            {"name": "backup", "source": "/m/backup", "tier": 1},
-        ],
-    }
-)
-
-
-def _tiered_work(harness: Pipeline, model: str, cid: str = "t-1") -> WorkItem:
-    data = json.loads(raw_request(cid=cid, temperature=0))
-    data["model"] = model
-    harness.on_request(None, json.dumps(data).encode())
-    [sent] = harness.send.sent
-    harness.send.sent.clear()
-    return WorkItem.model_validate_json(sent.value)
-
-
 def test_an_unsure_answer_escalates_and_followers_keep_waiting() -> None:
     harness = Pipeline(catalog=TIERED)
-    work = _tiered_work(harness, "auto")
+    work = tiered_work(harness, "auto")
     assert (work.model, work.route.chain[:2]) == ("small", ["small", "big"])
     assert work.route.cascade
     data = json.loads(raw_request(cid="t-2", temperature=0))
@@ -226,7 +205,7 @@ def test_an_unsure_answer_escalates_and_followers_keep_waiting() -> None:
 
 def test_an_engine_failure_falls_back_to_the_next_model() -> None:
     harness = Pipeline(catalog=TIERED)
-    work = _tiered_work(harness, "small")
+    work = tiered_work(harness, "small")
     assert (work.route.chain, work.route.cascade) == (["small", "backup"], False)
     harness.on_completion(completion(work, None))  # engine_error
     [sent] = harness.send.sent
@@ -285,7 +264,7 @@ def test_compression_changes_what_the_engine_sees_and_keeps_the_original() -> No
 
 def test_an_expired_request_is_answered_as_it_is_instead_of_escalated() -> None:
     harness = Pipeline(catalog=TIERED)
-    work = _tiered_work(harness, "auto")
+    work = tiered_work(harness, "auto")
     expired = work.model_copy(update={"request": work.request.model_copy(update={"deadline": 1.0})})
     unsure = Completion.model_validate_json(completion(expired, "Maybe?")).model_copy(
         update={"mean_logprob": -2.5}
