@@ -11,13 +11,12 @@ from typing import Any
 
 import faust
 import redis.asyncio as aioredis
-from aiokafka.errors import MessageSizeTooLargeError
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types import TP
 from faust.types.auth import CredentialsT
 
 from llmq.fetcher import install as fix_fetcher
-from llmq.record_limits import read_record_limit
+from llmq.record_limits import RECORD_LIMIT, read_record_limit
 from schemas.kafka_security import KafkaSecurity
 from schemas.names import (
     AGENT_ADMIT,
@@ -84,35 +83,55 @@ class FaustSend:
         partition: int | None = None,
     ) -> None:
         channel = await self._channel(topic)
-        headers = dict(headers or {})
-        await self._limits.check(topic, key, value, headers)
-        again = False
-        while True:
-            # Topic.send as faust writes it, keeping the message faust fails with the send.
-            message = channel.as_future_message(
-                key=key, value=value, partition=partition, headers=headers
-            )
-            try:
-                pending = await channel.publish_message(message)
-                await asyncio.wait_for(pending, timeout=ACK_TIMEOUT_S)
+        sent_headers = dict(headers or {})
+
+        async def once(alone: bool) -> None:
+            if alone:
+                await self._alone(topic, key, value, sent_headers, partition)
                 return
-            except MessageSizeTooLargeError:
-                if message.done():  # failed by the broker, not by the producer's own check
-                    message.exception()  # handled here, not "never retrieved"
-                refusal = await self._limits.refused(topic, key, value, headers, again)
-                if refusal is not None:
-                    raise refusal from None
-                again = True
+            # Topic.send as faust writes it (stream_publish_on_commit is off), keeping the
+            # message faust fails beside the send's own future, to read its failure.
+            message = channel.as_future_message(
+                key=key, value=value, partition=partition, headers=sent_headers
+            )
+            message.add_done_callback(_read_failure)
+            pending = await channel.publish_message(message)
+            await asyncio.wait_for(pending, timeout=ACK_TIMEOUT_S)
+
+        await self._limits.send(topic, key, value, sent_headers, once)
+
+    async def _alone(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Mapping[str, bytes],
+        partition: int | None,
+    ) -> None:
+        """Send one record in a batch of its own, where the key's partition is."""
+        producer = await self._producer(topic)
+        if partition is None:  # where faust would put it; a keyless record: the first
+            partition = 0 if key is None else self._app.producer.key_partition(topic, key).partition
+        batch = producer.create_batch()
+        batch.append(key=key, value=value, timestamp=None, headers=list(headers.items()))
+        pending = await producer.send_batch(batch, topic, partition=partition)
+        await asyncio.wait_for(pending, timeout=ACK_TIMEOUT_S)
 
     async def partitions(self, topic: str) -> int:
         """How many partitions `topic` has, from the producer's metadata (fetched once, then
         kept fresh by the client). faust tells partition counts only of topics it consumes,
         so this asks its aiokafka producer."""
+        return len(await (await self._producer(topic)).partitions_for(topic))
+
+    async def _producer(self, topic: str) -> Any:
+        """faust's aiokafka producer, with `topic` declared and its partitions known."""
         await self._channel(topic)
-        producer = self._app.producer
-        if not isinstance(producer, AIOKafkaProducerDriver):
-            raise TypeError(f"faust's producer is {type(producer).__name__}, not aiokafka's")
-        return len(await producer._ensure_producer().partitions_for(topic))
+        driver = self._app.producer
+        if not isinstance(driver, AIOKafkaProducerDriver):
+            raise TypeError(f"faust's producer is {type(driver).__name__}, not aiokafka's")
+        producer = driver._ensure_producer()
+        await producer.partitions_for(topic)
+        return producer
 
     async def _channel(self, topic: str) -> Any:
         channel = self._topics.get(topic)
@@ -123,6 +142,13 @@ class FaustSend:
             await channel.maybe_declare()
             self._topics[topic] = channel
         return channel
+
+
+def _read_failure(message: asyncio.Future[Any]) -> None:
+    """Read a sent message's failure: the send's own future raises it to the sender, so it
+    is not reported as never read."""
+    if not message.cancelled():
+        message.exception()
 
 
 def broker_credentials(security: KafkaSecurity) -> CredentialsT | None:
@@ -154,6 +180,7 @@ def build(settings: StreamSettings) -> faust.App:
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_max_request_size=RECORD_LIMIT,  # as the clients' (faust's own: 1,000,000)
         producer_request_timeout=ACK_TIMEOUT_S,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,

@@ -10,6 +10,7 @@ from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import COMPLETIONS
 from schemas.redact import describe
+from schemas.request import RecordRefusedError
 from schemas.result import ErrorInfo
 from schemas.retry import RetryPolicy
 from schemas.work import Completion
@@ -80,8 +81,10 @@ class Complete:
                 await self._outbox.ledger.release(replies.from_completion(completion))
             return
         # 2) Another model or another attempt takes it over: whoever waits keeps waiting.
-        if await self._hand_on(completion):
+        kept = await self._hand_on_or_keep(completion)
+        if kept is None:
             return
+        completion = kept
         # 3) Failed for good: the record goes to the DLQ and the app gets the failure.
         failure = final_failure(completion)
         if failure is not None:
@@ -89,6 +92,18 @@ class Complete:
             completion = completion.model_copy(update={"error": ErrorInfo.from_error(failure)})
         # 4) Answer the leader and every follower, and fill the caches.
         await self._answer(completion)
+
+    async def _hand_on_or_keep(self, completion: Completion) -> Completion | None:
+        """None when the work was sent on (_hand_on); else the completion to answer: as it
+        came, or a failure saying why where its work is past what the next topic takes (an
+        unsure answer stands)."""
+        try:
+            if await self._hand_on(completion):
+                return None
+        except RecordRefusedError as refused:
+            if completion.error is not None:
+                return completion.model_copy(update={"error": ErrorInfo.from_error(refused)})
+        return completion
 
     async def _hand_on(self, completion: Completion) -> bool:
         """Send the work on when the answer is too unsure (cascade) or the model failed
@@ -143,17 +158,24 @@ class Complete:
             }
         )
         metrics.REROUTES.labels("promoted").inc()
-        await self._outbox.work(
-            work.model_copy(
-                update={
-                    "request": request,
-                    "attempt": 1,
-                    "not_before": None,
-                    "spent_usd": 0.0,
-                    "speculation": None,
-                }
+        promoted = {
+            "request": request,
+            "attempt": 1,
+            "not_before": None,
+            "spent_usd": 0.0,
+            "speculation": None,
+        }
+        try:
+            await self._outbox.work(work.model_copy(update=promoted))
+        except RecordRefusedError as refused:
+            # Past what its lane's topic takes: the promoted copy and the rest get why.
+            failure = replies.from_error(refused, waiter.correlation_id, waiter.tenant)
+            await self._coalescer.settle(
+                fingerprint,
+                [(waiter.reply_to, failure)],
+                lambda w: (w.reply_to, replies.for_follower(failure, w)),
+                self._outbox.reply_all,
             )
-        )
         return True
 
     async def _answer(self, completion: Completion) -> None:

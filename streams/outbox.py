@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -18,6 +19,8 @@ from schemas.stream import Cancel, TokenDelta
 from schemas.work import WorkItem
 from streams import metrics
 from streams.replies import from_error
+
+log = logging.getLogger(__name__)
 
 
 class Store(Protocol):
@@ -125,11 +128,13 @@ class Outbox:
             await self.send(topic, key, result.model_dump_json().encode())
         except RecordRefusedError as refused:
             # The app is told why instead; the stored result stays as it was.
-            error = LlmqError(
-                ErrorCode.ANSWER_TOO_LARGE, f"the answer was not delivered: {refused.message}"
-            )
+            why = f"the answer was not delivered: {refused.message}"
+            error = LlmqError(ErrorCode.ANSWER_TOO_LARGE, why)
             failure = from_error(error, result.correlation_id, result.tenant)
-            await self.send(topic, key, failure.model_dump_json().encode())
+            try:
+                await self.send(topic, key, failure.model_dump_json().encode())
+            except RecordRefusedError as again:
+                log.error("cannot tell %s why: %s", result.correlation_id, again.message)
         if result.timings.total_ms is not None:
             metrics.RESULT_LATENCY.labels(result.cache.value).observe(
                 result.timings.total_ms / 1000
@@ -177,5 +182,9 @@ class Outbox:
         except RecordRefusedError as refused:
             # Cut to fit; to its reason alone where the limit is unknown.
             letter = dead_letter_within(source, key, raw, error, refused.limit or 0)
-            await self.send(DLQ, letter.key, letter.value, letter.headers)
+            try:
+                await self.send(DLQ, letter.key, letter.value, letter.headers)
+            except RecordRefusedError as again:
+                log.error("a record of %s was not dead-lettered: %s", source, again.message)
+                return
         metrics.DEAD_LETTERS.labels(source).inc()

@@ -157,7 +157,8 @@ def test_a_request_too_large_for_the_stream_processors_topics_is_refused_and_it_
                 results = [client.result(cid, timeout=300) for cid in ids]
             assert [r.status for r in results] == ["ok", "error", "ok"]
             refused[topic] = results[1]
-        letters = collect(dlq, lambda rs: len(rs) >= 2, 60)
+        wanted = [str(r.correlation_id).encode() for r in refused.values()]
+        letters = collect(dlq, lambda rs: all(any(w in r.value for r in rs) for w in wanted), 60)
     dlq.close()
     for topic, result in refused.items():
         assert result.error is not None and result.error.code is ErrorCode.PROMPT_TOO_LARGE
@@ -165,6 +166,29 @@ def test_a_request_too_large_for_the_stream_processors_topics_is_refused_and_it_
         assert f"Kafka refuses it on {topic} (it takes at most 10000" in result.error.message
         [letter] = [r for r in letters if str(result.correlation_id).encode() in r.value]
         assert len(letter.value) < 8_000 < int(header(letter, HEADER_ORIGINAL_BYTES) or 0)
+
+
+def test_answers_that_fit_a_low_reply_topic_alone_reach_it_in_a_burst(
+    service_settings: ServiceSettings, reply_topic: str
+) -> None:
+    """A reply topic taking 1,500 bytes a record: each answer fits alone, two do not, and
+    the broker weighs a batch whole. Forty cached answers at once on its one partition are
+    batched and refused together; each is sent again alone, and every one arrives."""
+
+    async def scenario() -> list[str]:
+        async with AsyncClient(service_settings, reply_to=reply_topic) as app:
+
+            async def ask(n: int) -> str:
+                cid = await app.submit(f"Say {n}. ({tag})", max_tokens=2, temperature=0)
+                return (await app.result(cid, 300)).status
+
+            statuses = await asyncio.gather(*(ask(n) for n in range(40)))  # generated
+            return statuses + await asyncio.gather(*(ask(n) for n in range(40)))  # cached
+
+    tag = uuid.uuid4().hex[:8]
+    with _lowered(service_settings.kafka_bootstrap, reply_topic, 1_500):
+        statuses = asyncio.run(scenario())
+    assert statuses == ["ok"] * 80
 
 
 def test_an_answer_its_topic_no_longer_takes_stops_the_worker_then_is_refused(

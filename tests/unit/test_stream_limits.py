@@ -9,16 +9,19 @@ import asyncio
 from collections.abc import Mapping
 
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 
 from llmq.record_limits import RECORD_LIMIT, REREAD_S, record_size
 from schemas.dlq import dead_letter
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.names import DLQ, HEADER_ORIGINAL_BYTES, REQUESTS_KEYED, work_topic
+from schemas.names import DLQ, HEADER_ORIGINAL_BYTES, REQUESTS_KEYED, work_topic, work_topics
 from schemas.request import RecordRefusedError
+from schemas.work import Completion, WorkItem
 from streams.limits import TopicLimits
 from streams.outbox import Outbox
 from tests.unit.stages import (
+    TIERED,
     FakeSend,
     FakeStore,
     Pipeline,
@@ -26,23 +29,10 @@ from tests.unit.stages import (
     completion,
     raw_request,
     result_of,
+    tiered_work,
 )
 
 TOPIC = "llmq.some"
-
-
-class Brokers:
-    """Topic limits as the brokers would say them; counts the reads."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.reads = 0
-
-    async def __call__(self, topic: str) -> int | None:
-        assert topic == TOPIC
-        self.reads += 1
-        await asyncio.sleep(0)
-        return self.limit
 
 
 class Clock:
@@ -53,93 +43,117 @@ class Clock:
         return self.now
 
 
-def _record(size: int) -> bytes:
-    """A value whose record (no key, no headers) is `size` bytes as a producer reckons it."""
-    value = b"x" * size
-    return value[: size - (record_size(None, value) - size)]
+class Broker:
+    """One topic's broker as faust's producer meets it: it weighs a batch whole, so while
+    `crowded` a record not sent alone is refused with those beside it; it says its limit,
+    or (`says` False) will not."""
+
+    def __init__(self, limit: int, clock: Clock, crowded: bool = False, says: bool = True) -> None:
+        self.limit = limit
+        self.clock = clock
+        self.crowded = crowded
+        self.says = says
+        self.reads = 0
+        self.tries = 0
+        self.sent: list[tuple[int, bool]] = []
+
+    async def read(self, topic: str) -> int | None:
+        assert topic == TOPIC
+        self.reads += 1
+        await asyncio.sleep(0)
+        self.clock.now += 0.01  # a read takes time: refusals meanwhile share it
+        return self.limit if self.says else None
+
+    async def send(self, limits: TopicLimits, size: int) -> None:
+        """One record of `size` bytes as a producer reckons it, through `limits`."""
+        value = b"x" * size
+        value = value[: size - (record_size(None, value) - size)]
+        assert record_size(None, value) == size
+
+        async def once(alone: bool) -> None:
+            self.tries += 1
+            self.clock.now += 0.001  # a send takes time too
+            await asyncio.sleep(0)
+            if size > self.limit or (self.crowded and not alone):
+                raise MessageSizeTooLargeError()
+            self.sent.append((size, alone))
+
+        await limits.send(TOPIC, None, value, {}, once)
 
 
-def test_a_topic_never_refused_is_not_read_nor_reckoned() -> None:
-    brokers = Brokers(10_000)
-    limits = TopicLimits(brokers)
-    asyncio.run(limits.check(TOPIC, None, _record(50_000), {}))
-    assert brokers.reads == 0
+async def _outcomes(limits: TopicLimits, broker: Broker, *sizes: int) -> list[str]:
+    """Each record sent at once: "sent" or, refused, the limit its refusal names."""
+    done = await asyncio.gather(*(broker.send(limits, n) for n in sizes), return_exceptions=True)
+    return [
+        f"refused at {out.limit}" if isinstance(out, RecordRefusedError) else "sent" for out in done
+    ]
 
 
-def test_a_refusal_reads_the_limit_then_refuses_larger_records_unsent() -> None:
-    brokers, clock = Brokers(10_000), Clock()
-    limits = TopicLimits(brokers, clock)
-
-    async def run() -> tuple[RecordRefusedError | None, RecordRefusedError | None]:
-        larger = await limits.refused(TOPIC, None, _record(12_000), {}, again=False)
-        clock.now += 1
-        beside = await limits.refused(TOPIC, None, _record(500), {}, again=False)
-        await limits.check(TOPIC, None, _record(9_000), {})  # fits: sent
-        with pytest.raises(RecordRefusedError) as unsent:
-            await limits.check(TOPIC, None, _record(12_000), {})
-        assert unsent.value.limit == 10_000
-        return larger, beside
-
-    larger, beside = asyncio.run(run())
-    assert larger is not None and larger.code is ErrorCode.PROMPT_TOO_LARGE
-    assert larger.limit == 10_000
-    assert "12000 bytes; Kafka refuses it on llmq.some (it takes at most 10000" in larger.message
-    assert beside is None  # refused beside a larger one: sent once more
-    assert brokers.reads == 2  # each refusal reads; the checks within REREAD_S do not
+def test_a_topic_never_refused_is_not_read_and_its_records_are_batched() -> None:
+    broker = Broker(RECORD_LIMIT, Clock())
+    limits = TopicLimits(broker.read, broker.clock)
+    assert asyncio.run(_outcomes(limits, broker, 50_000)) == ["sent"]
+    assert broker.reads == 0 and broker.sent == [(50_000, False)]
 
 
-def test_records_refused_together_read_the_limit_once() -> None:
-    brokers = Brokers(10_000)
-    limits = TopicLimits(brokers, Clock())
+def test_a_refused_batch_is_sent_again_alone_and_only_a_record_past_the_limit_refused() -> None:
+    """The broker refuses the batch whole; one read of the limit serves the three records:
+    the two within it go again, each alone; the one past it is refused, naming the limit.
+    From then on the topic's records go alone, and one past the limit is refused unsent."""
+    broker = Broker(10_000, Clock(), crowded=True)
+    limits = TopicLimits(broker.read, broker.clock)
 
-    async def run() -> list[RecordRefusedError | None]:
-        return await asyncio.gather(
-            *(limits.refused(TOPIC, None, _record(n), {}, again=False) for n in (500, 12_000))
-        )
+    async def run() -> tuple[list[str], list[str]]:
+        together = await _outcomes(limits, broker, 500, 12_000, 9_000)
+        tries = broker.tries
+        later = await _outcomes(limits, broker, 12_000, 600)
+        assert broker.tries == tries + 1  # the 12,000 unsent; the 600 at once, alone
+        return together, later
 
-    small, large = asyncio.run(run())
-    assert small is None and large is not None
-    assert brokers.reads == 1
+    together, later = asyncio.run(run())
+    assert together == ["sent", "refused at 10000", "sent"]
+    assert later == ["refused at 10000", "sent"]
+    assert sorted(broker.sent) == [(500, True), (600, True), (9_000, True)]
+    assert broker.reads == 1
 
 
 def test_a_limit_raised_again_takes_the_record_and_the_topic_is_forgotten() -> None:
-    brokers, clock = Brokers(10_000), Clock()
-    limits = TopicLimits(brokers, clock)
+    broker = Broker(10_000, Clock())
+    limits = TopicLimits(broker.read, broker.clock)
 
-    async def run() -> None:
-        await limits.refused(TOPIC, None, _record(12_000), {}, again=False)
-        brokers.limit = 5_000_000
-        with pytest.raises(RecordRefusedError):  # read within REREAD_S: not read again
-            await limits.check(TOPIC, None, _record(12_000), {})
-        clock.now += REREAD_S
-        await limits.check(TOPIC, None, _record(12_000), {})
-        assert brokers.reads == 2
-        await limits.check(TOPIC, None, _record(2_000_000), {})  # no limit known: not read
-        assert brokers.reads == 2
+    async def run() -> list[str]:
+        outcomes = await _outcomes(limits, broker, 12_000)
+        broker.limit = RECORD_LIMIT
+        outcomes += await _outcomes(limits, broker, 12_000)  # the limit read stands
+        broker.clock.now += REREAD_S
+        outcomes += await _outcomes(limits, broker, 12_000, 900_000)
+        return outcomes
 
-    asyncio.run(run())
+    outcomes = asyncio.run(run())
+    assert outcomes == ["refused at 10000", "refused at 10000", "sent", "sent"]
+    assert broker.reads == 2  # at the refusal, and once REREAD_S had passed
+    assert broker.sent == [(12_000, False), (900_000, False)]  # batched again
 
 
-def test_refused_twice_or_with_the_limit_unread_it_is_refused_all_the_same() -> None:
-    limits = TopicLimits(Brokers(None))
-
-    async def run() -> tuple[RecordRefusedError | None, RecordRefusedError | None]:
-        first = await limits.refused(TOPIC, None, _record(12_000), {}, again=False)
-        second = await limits.refused(TOPIC, None, _record(12_000), {}, again=True)
-        return first, second
-
-    first, second = asyncio.run(run())
-    assert first is None  # within the last known (RECORD_LIMIT at first): once more
-    assert second is not None and second.limit is None
-    assert "(past what it takes: max.message.bytes)" in second.message
+def test_where_the_brokers_will_not_say_a_record_refused_alone_too_is_refused() -> None:
+    """Taken to be within the last known limit (RECORD_LIMIT at first), it goes once more,
+    alone; refused again, it is refused for good. The records refused together share one
+    read each time, said or not."""
+    broker = Broker(10_000, Clock(), says=False)
+    limits = TopicLimits(broker.read, broker.clock)
+    outcomes = asyncio.run(_outcomes(limits, broker, 12_000, 13_000))
+    assert outcomes == ["refused at None", "refused at None"]
+    assert broker.tries == 4 and broker.reads == 2
 
 
 class LimitedSend(FakeSend):
-    """Refuses a record past its topic's limit as FaustSend does."""
+    """Refuses a record past its topic's limit as FaustSend does, naming the limit, or not
+    where the brokers will not say it (`said` False)."""
 
-    def __init__(self, limits: Mapping[str, int]) -> None:
+    def __init__(self, limits: dict[str, int], said: bool = True) -> None:
         super().__init__()
         self.limits = limits
+        self.said = said
 
     async def __call__(
         self,
@@ -152,7 +166,7 @@ class LimitedSend(FakeSend):
         size = record_size(key, value, list((headers or {}).items()))
         limit = self.limits.get(topic, RECORD_LIMIT)
         if size > limit:
-            raise RecordRefusedError(topic, size, limit)
+            raise RecordRefusedError(topic, size, limit if self.said else None)
         await super().__call__(topic, key, value, headers, partition)
 
 
@@ -210,3 +224,80 @@ def test_a_dead_letter_too_large_for_llmq_dlq_is_cut_to_fit() -> None:
         **dead_letter("llmq.requests", b"k", raw, error).headers,
         HEADER_ORIGINAL_BYTES: b"20001",
     }
+
+
+def test_a_dead_letter_refused_where_the_limit_is_unknown_keeps_its_reason_alone() -> None:
+    send = LimitedSend({DLQ: 5_000}, said=False)
+    outbox = Outbox(FakeStore(), send)
+    error = LlmqError(ErrorCode.INVALID_REQUEST, "not JSON")
+    asyncio.run(outbox.dead_letter("llmq.requests", b"k", b"{" + b"x" * 20_000, error))
+    [letter] = send.sent
+    assert letter.value == b""
+    assert letter.headers is not None and letter.headers[HEADER_ORIGINAL_BYTES] == b"20001"
+
+
+def test_an_answer_whose_reason_too_is_refused_is_not_sent_and_nothing_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    send = LimitedSend({"app.replies": 200})
+    pipeline = Pipeline(send=send)
+    pipeline.on_completion(completion(admitted(raw_request("r3")), "Hello!"))
+    assert [s.topic for s in send.sent] == []
+    assert "cannot tell r3 why: the record is " in caplog.text
+
+
+def _copies(pipeline: Pipeline, n: int) -> WorkItem:
+    """n identical deterministic requests with a long question (one generation for all)."""
+    for i in range(n):
+        messages = [{"role": "user", "content": LONG}]
+        pipeline.on_request(None, raw_request(f"copy-{i}", temperature=0, messages=messages))
+    [sent] = pipeline.send.sent
+    pipeline.send.sent.clear()
+    return WorkItem.model_validate_json(sent.value)
+
+
+def _lower_work_topics(send: LimitedSend) -> None:
+    send.limits.update(dict.fromkeys(work_topics("smollm2-135m"), 10_000))
+
+
+def test_a_retry_past_its_topics_limit_answers_the_request_and_its_copies_with_why() -> None:
+    send = LimitedSend({})
+    pipeline = Pipeline(send=send)
+    work = _copies(pipeline, 3)
+    _lower_work_topics(send)
+    pipeline.on_completion(completion(work, None))  # engine_error: retried, refused
+    results = [result_of(s) for s in send.sent]
+    assert [r.correlation_id for r in results] == ["copy-0", "copy-1", "copy-2"]
+    assert all(r.error and r.error.code == ErrorCode.PROMPT_TOO_LARGE.value for r in results)
+    assert pipeline.table == {}
+
+
+def test_a_promoted_copy_past_its_topics_limit_is_answered_with_why_as_are_the_rest() -> None:
+    """Its leader's client left, so the first copy would lead a new generation: refused, it
+    and the other copy get why, and the coalescing entry goes."""
+    send = LimitedSend({})
+    pipeline = Pipeline(send=send)
+    work = _copies(pipeline, 3)
+    _lower_work_topics(send)
+    pipeline.on_completion(completion(work, None, ErrorCode.CANCELLED))
+    codes = {r.correlation_id: r.error and r.error.code for r in map(result_of, send.sent)}
+    assert codes == {
+        "copy-0": ErrorCode.CANCELLED,
+        "copy-1": ErrorCode.PROMPT_TOO_LARGE,
+        "copy-2": ErrorCode.PROMPT_TOO_LARGE,
+    }
+    assert pipeline.table == {}
+
+
+def test_an_unsure_answer_whose_escalation_is_refused_stands() -> None:
+    send = LimitedSend({})
+    pipeline = Pipeline(catalog=TIERED, send=send)
+    work = tiered_work(pipeline, "auto")
+    send.limits.update(dict.fromkeys(work_topics("big"), 500))
+    unsure = Completion.model_validate_json(completion(work, "Maybe?"))
+    pipeline.on_completion(
+        unsure.model_copy(update={"mean_logprob": -2.5}).model_dump_json().encode()
+    )
+    [reply] = send.sent
+    assert (result_of(reply).correlation_id, result_of(reply).text) == ("t-1", "Maybe?")
+    assert pipeline.table == {}
