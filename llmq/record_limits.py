@@ -104,7 +104,7 @@ def refusal_after(
     """What a record the broker failed becomes once the limit is read again: `refused` for
     its size, or failed beside such a one (out of sequence); `again`: on its second try.
     prompt_too_large past the limit, or refused a second time; else None: sent once more
-    through a fresh producer, or on the second try raised as Kafka failed it."""
+    (through a fresh producer, or alone), or on the second try raised as Kafka failed it."""
     if size > limit:
         return RecordRefusedError(topic, size, limit)
     return RecordRefusedError(topic, size, None) if again and refused else None

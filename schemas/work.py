@@ -94,7 +94,7 @@ engine about to send its first tokens."""
 
 MAX_COMPLETION_BYTES = 900_000
 """The largest completion record a worker sends: its result, which is smaller (no prompt),
-then fits the 1,000,000 bytes faust's producer sends, and both Kafka's default 1 MiB."""
+then fits what the stream processor's producer sends (1 MiB) and Kafka's default 1 MiB."""
 
 
 class Completion(BaseModel):

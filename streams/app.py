@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
@@ -16,7 +17,7 @@ from faust.types import TP
 from faust.types.auth import CredentialsT
 
 from llmq.fetcher import install as fix_fetcher
-from llmq.record_limits import RECORD_LIMIT, read_record_limit
+from llmq.record_limits import BATCH_BYTES, RECORD_LIMIT, read_record_limit
 from schemas.kafka_security import KafkaSecurity
 from schemas.names import (
     AGENT_ADMIT,
@@ -73,6 +74,7 @@ class FaustSend:
         self._app = app
         self._limits = limits
         self._topics: dict[str, Any] = {}
+        self._queueing: defaultdict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def __call__(
         self,
@@ -114,7 +116,11 @@ class FaustSend:
             partition = 0 if key is None else self._app.producer.key_partition(topic, key).partition
         batch = producer.create_batch()
         batch.append(key=key, value=value, timestamp=None, headers=list(headers.items()))
-        pending = await producer.send_batch(batch, topic, partition=partition)
+        batch.close()  # an open batch takes the records sent after it
+        # One queued at a time per partition: aiokafka waits for the batch before to drain,
+        # and a crowd of waiters runs out its time.
+        async with self._queueing[(topic, partition)]:
+            pending = await producer.send_batch(batch, topic, partition=partition)
         await asyncio.wait_for(pending, timeout=ACK_TIMEOUT_S)
 
     async def partitions(self, topic: str) -> int:
@@ -181,6 +187,7 @@ def build(settings: StreamSettings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_request_size=RECORD_LIMIT,  # as the clients' (faust's own: 1,000,000)
+        producer_max_batch_size=BATCH_BYTES,  # TopicLimits sends alone under a limit below it
         producer_request_timeout=ACK_TIMEOUT_S,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,

@@ -113,7 +113,6 @@ class Complete:
         work = completion.work
         route = next_route(completion, self._catalog)
         if route is not None and not work.request.expired():
-            metrics.REROUTES.labels("escalated" if route.escalated else "fell_back").inc()
             await self._outbox.work(
                 work.model_copy(
                     update={
@@ -123,11 +122,12 @@ class Complete:
                     }
                 )
             )
+            metrics.REROUTES.labels("escalated" if route.escalated else "fell_back").inc()
             return True
         retry = retry_of(completion, self._retry)
         if retry is not None:
-            metrics.REROUTES.labels("retried").inc()
             await self._outbox.work(retry.model_copy(update={"spent_usd": completion.spent_usd}))
+            metrics.REROUTES.labels("retried").inc()
             return True
         return await self._promote(completion)
 
@@ -157,7 +157,6 @@ class Complete:
                 "deadline": deadline,
             }
         )
-        metrics.REROUTES.labels("promoted").inc()
         promoted = {
             "request": request,
             "attempt": 1,
@@ -167,6 +166,7 @@ class Complete:
         }
         try:
             await self._outbox.work(work.model_copy(update=promoted))
+            metrics.REROUTES.labels("promoted").inc()
         except RecordRefusedError as refused:
             # Past what its lane's topic takes: the promoted copy and the rest get why.
             failure = replies.from_error(refused, waiter.correlation_id, waiter.tenant)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from schemas.lanes import Lane
 from schemas.names import REQUESTS_KEYED
+from schemas.request import RecordRefusedError
 from schemas.result import CacheStatus, ChatCompletion
 from schemas.work import WorkItem
 from streams import metrics, replies
@@ -69,6 +70,16 @@ class Dedupe:
             return
         try:
             await self._lead(work)
+        except RecordRefusedError as refused:
+            # Copies kept from a stale leader share the refusal; the entry goes.
+            failure = replies.from_error(refused, request.correlation_id, request.tenant)
+            await self._coalescer.settle(
+                work.fingerprint,
+                [],
+                lambda w: (w.reply_to, replies.for_follower(failure, w)),
+                self._outbox.reply_all,
+            )
+            raise
         except BaseException:
             # Nobody may wait on a generation that will never come: the entry goes before
             # the failure propagates (and this request gets its error reply).

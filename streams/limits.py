@@ -67,10 +67,10 @@ class TopicLimits:
                 again = True
 
     async def _checked(self, topic: str, size: int, limit: int) -> int:
-        """The limit a record of `size` bytes is held to: read again where it is past the
-        last one read REREAD_S ago or more (a limit raised since takes it)."""
+        """The limit a record of `size` bytes is held to, read again where the last read is
+        REREAD_S old (a limit raised since takes it, and its records are batched again)."""
         now = self._clock()
-        if size > limit and now - self._read_at.get(topic, -math.inf) >= REREAD_S:
+        if now - self._read_at.get(topic, -math.inf) >= REREAD_S:
             limit = await self._reread(topic, now)
         if size > limit:
             raise RecordRefusedError(topic, size, limit)
@@ -83,8 +83,9 @@ class TopicLimits:
             last = self._limits.get(topic, RECORD_LIMIT)
             if self._read_at.get(topic, -math.inf) >= since:
                 return last
+            started = self._clock()
             read = await self._read(topic)
-            self._read_at[topic] = self._clock()
+            self._read_at[topic] = started
             limit = last if read is None else read
             if limit < RECORD_LIMIT:
                 self._limits[topic] = limit

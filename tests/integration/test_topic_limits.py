@@ -20,7 +20,7 @@ from openai import OpenAI
 
 from llmq.aio import AsyncClient
 from llmq.client import Client, tail
-from llmq.record_limits import RECORD_LIMIT
+from llmq.record_limits import RECORD_LIMIT, record_size
 from llmq.startup import reach_kafka
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
@@ -175,20 +175,24 @@ def test_answers_that_fit_a_low_reply_topic_alone_reach_it_in_a_burst(
     the broker weighs a batch whole. Forty cached answers at once on its one partition are
     batched and refused together; each is sent again alone, and every one arrives."""
 
-    async def scenario() -> list[str]:
+    async def scenario() -> list[InferenceResult]:
         async with AsyncClient(service_settings, reply_to=reply_topic) as app:
 
-            async def ask(n: int) -> str:
+            async def ask(n: int) -> InferenceResult:
                 cid = await app.submit(f"Say {n}. ({tag})", max_tokens=2, temperature=0)
-                return (await app.result(cid, 300)).status
+                return await app.result(cid, 300)
 
-            statuses = await asyncio.gather(*(ask(n) for n in range(40)))  # generated
-            return statuses + await asyncio.gather(*(ask(n) for n in range(40)))  # cached
+            results = await asyncio.gather(*(ask(n) for n in range(40)))  # generated
+            return results + await asyncio.gather(*(ask(n) for n in range(40)))  # cached
 
     tag = uuid.uuid4().hex[:8]
     with _lowered(service_settings.kafka_bootstrap, reply_topic, 1_500):
-        statuses = asyncio.run(scenario())
-    assert statuses == ["ok"] * 80
+        results = asyncio.run(scenario())
+    assert [r.status for r in results] == ["ok"] * 80
+    sizes = [
+        record_size(str(r.correlation_id).encode(), r.model_dump_json().encode()) for r in results
+    ]
+    assert all(750 < size <= 1_500 for size in sizes), "each fits alone, two do not"
 
 
 def test_an_answer_its_topic_no_longer_takes_stops_the_worker_then_is_refused(

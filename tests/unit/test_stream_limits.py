@@ -6,6 +6,7 @@ cut to fit), never a failure of the stream processor."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 
 import pytest
@@ -18,6 +19,7 @@ from schemas.lanes import Lane
 from schemas.names import DLQ, HEADER_ORIGINAL_BYTES, REQUESTS_KEYED, work_topic, work_topics
 from schemas.request import RecordRefusedError
 from schemas.work import Completion, WorkItem
+from streams.coalesce import Coalescer
 from streams.limits import TopicLimits
 from streams.outbox import Outbox
 from tests.unit.stages import (
@@ -133,6 +135,22 @@ def test_a_limit_raised_again_takes_the_record_and_the_topic_is_forgotten() -> N
     assert outcomes == ["refused at 10000", "refused at 10000", "sent", "sent"]
     assert broker.reads == 2  # at the refusal, and once REREAD_S had passed
     assert broker.sent == [(12_000, False), (900_000, False)]  # batched again
+
+
+def test_records_go_alone_while_the_limit_is_under_a_batch_and_batched_once_raised() -> None:
+    broker = Broker(10_000, Clock())
+    limits = TopicLimits(broker.read, broker.clock)
+
+    async def run() -> None:
+        await _outcomes(limits, broker, 12_000)
+        await _outcomes(limits, broker, 600)
+        broker.limit = RECORD_LIMIT
+        broker.clock.now += REREAD_S
+        await _outcomes(limits, broker, 600)
+
+    asyncio.run(run())
+    assert broker.sent == [(600, True), (600, False)]
+    assert broker.reads == 2
 
 
 def test_where_the_brokers_will_not_say_a_record_refused_alone_too_is_refused() -> None:
@@ -260,6 +278,26 @@ def _lower_work_topics(send: LimitedSend) -> None:
     send.limits.update(dict.fromkeys(work_topics("smollm2-135m"), 10_000))
 
 
+def test_copies_kept_from_a_stale_leader_share_the_refusal_of_the_new_one() -> None:
+    send = LimitedSend({})
+    pipeline = Pipeline(send=send)
+    messages = [{"role": "user", "content": LONG}]
+    old = admitted(raw_request("old", temperature=0, messages=messages))
+    stale = Coalescer(pipeline.table, stale_after_s=600)
+    long_ago = time.time() - 1_000
+    stale.join(old.request, old.fingerprint, now=long_ago)
+    kept = old.request.model_copy(update={"correlation_id": "kept"})
+    stale.join(kept, old.fingerprint, now=long_ago + 1)
+    _lower_work_topics(send)
+    pipeline.on_request(None, raw_request("new", temperature=0, messages=messages))
+    replies = [result_of(s) for s in send.sent if s.topic != DLQ]
+    assert sorted((r.correlation_id, r.error and r.error.code) for r in replies) == [
+        ("kept", ErrorCode.PROMPT_TOO_LARGE),
+        ("new", ErrorCode.PROMPT_TOO_LARGE),
+    ]
+    assert pipeline.table == {}
+
+
 def test_a_retry_past_its_topics_limit_answers_the_request_and_its_copies_with_why() -> None:
     send = LimitedSend({})
     pipeline = Pipeline(send=send)
@@ -280,12 +318,12 @@ def test_a_promoted_copy_past_its_topics_limit_is_answered_with_why_as_are_the_r
     work = _copies(pipeline, 3)
     _lower_work_topics(send)
     pipeline.on_completion(completion(work, None, ErrorCode.CANCELLED))
-    codes = {r.correlation_id: r.error and r.error.code for r in map(result_of, send.sent)}
-    assert codes == {
-        "copy-0": ErrorCode.CANCELLED,
-        "copy-1": ErrorCode.PROMPT_TOO_LARGE,
-        "copy-2": ErrorCode.PROMPT_TOO_LARGE,
-    }
+    codes = sorted((r.correlation_id, r.error and r.error.code) for r in map(result_of, send.sent))
+    assert codes == [
+        ("copy-0", ErrorCode.CANCELLED),
+        ("copy-1", ErrorCode.PROMPT_TOO_LARGE),
+        ("copy-2", ErrorCode.PROMPT_TOO_LARGE),
+    ]
     assert pipeline.table == {}
 
 
