@@ -32,7 +32,7 @@ from workers.checkpoint import resolve_model_source
 from workers.claims import Claims
 from workers.engine import Engine
 from workers.openai_engine import OpenAIEngine
-from workers.publish import RecordRefusedError
+from workers.publish import UnsendableRecordError
 from workers.settings import WorkerSettings
 from workers.starts import RedisStarts
 from workers.worker import Worker
@@ -214,7 +214,7 @@ def _serve() -> int:
     except KafkaConnectionError as exc:  # gone while the engine started, or later
         log.error("the worker stopped: %s", startup.kafka_unreachable(settings, exc))
         return startup.UNREACHABLE
-    except RecordRefusedError as exc:
+    except UnsendableRecordError as exc:
         log.error("the worker stopped: %s", exc)
         return startup.UNREACHABLE
     return 0

@@ -2,7 +2,7 @@
 paid for, its metering event on llmq.metering, each until the broker takes it (the work
 record's offset waits on both), and a record dead-lettered to llmq.dlq. An outcome too large
 to carry is replaced by the error that says so (without its prompt where the request alone is
-too large); a record Kafka refuses all the same stops the worker (RecordRefusedError), since
+too large); a record Kafka refuses all the same stops the worker (UnsendableRecordError), since
 resending it would fail for good."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ PUBLISH_RETRY = RetryPolicy(base_delay_s=0.5, max_delay_s=5.0)
 """Backoff between tries to publish an outcome the broker did not take (tried until it does)."""
 
 
-class RecordRefusedError(Exception):
+class UnsendableRecordError(Exception):
     """A record Kafka will not take on its topic however often it is sent: the worker stops,
     leaving it uncommitted for its next start."""
 
@@ -138,7 +138,7 @@ class Publisher:
         itself too large, the failure carries it back without its prompt, which nothing
         reads of a failure that is not retried (kept, it would stop the worker at every
         start); a superseded outcome (it answers nobody) or one already answer_too_large
-        only loses its prompt. RecordRefusedError where even that does not fit."""
+        only loses its prompt. UnsendableRecordError where even that does not fit."""
         if len(value) > MAX_COMPLETION_BYTES and self._limit >= MAX_COMPLETION_BYTES:
             size, why = len(value), f"past the {MAX_COMPLETION_BYTES} llmq sends"
         else:  # the topic's lower limit is the one it passes
@@ -167,7 +167,7 @@ class Publisher:
                     " (its request carried back without the prompt)" if promptless else "",
                 )
                 return event, value
-        raise RecordRefusedError(COMPLETIONS, len(value), by_broker=False)
+        raise UnsendableRecordError(COMPLETIONS, len(value), by_broker=False)
 
     def _failure(self, state: InFlight, completion: Completion, message: str) -> Completion:
         """The answer_too_large failure that replaces `completion`."""
@@ -191,7 +191,7 @@ class Publisher:
         """Send one record until the broker acknowledges it: while Kafka is away the outcome
         waits here and its offset stays uncommitted, so nothing is lost or sent twice. One
         that Kafka refuses for its size (the broker's limit lowered since the start) raises
-        RecordRefusedError."""
+        UnsendableRecordError."""
         for attempt in itertools.count(1):
             sent = False
             try:
@@ -200,7 +200,7 @@ class Publisher:
                 await ack
                 return
             except MessageSizeTooLargeError as exc:
-                raise RecordRefusedError(topic, len(value), sent) from exc
+                raise UnsendableRecordError(topic, len(value), sent) from exc
             except KafkaError as exc:
                 delay = PUBLISH_RETRY.backoff(attempt)
                 log.warning(

@@ -27,7 +27,7 @@ from tests.unit.worker_fakes import (
 )
 from workers import publish
 from workers.inflight import InFlight
-from workers.publish import Publisher, RecordRefusedError
+from workers.publish import Publisher, UnsendableRecordError
 from workers.worker import Worker
 
 pytestmark = pytest.mark.timeout(30)
@@ -73,7 +73,7 @@ def test_a_superseded_outcome_too_large_stays_superseded() -> None:
 
 
 def test_a_limit_too_small_for_any_failure_stops_the_worker_saying_so() -> None:
-    with pytest.raises(RecordRefusedError, match=f"more than Kafka takes on {COMPLETIONS}"):
+    with pytest.raises(UnsendableRecordError, match=f"more than Kafka takes on {COMPLETIONS}"):
         _publish(LlmqError(ErrorCode.EXPIRED, "past its deadline"), limit=500)
 
 
@@ -205,7 +205,7 @@ def test_a_record_the_broker_refuses_itself_stops_the_worker_and_stays_uncommitt
     async def scenario(worker: Worker, stop: asyncio.Event) -> None:
         await asyncio.Event().wait()  # the worker stops on its own
 
-    with pytest.raises(publish.RecordRefusedError, match="lower than when this worker started"):
+    with pytest.raises(publish.UnsendableRecordError, match="lower than when this worker started"):
         run_worker(consumer, producer, lambda: FakeEngine(text="x" * 1_000), scenario)
     assert [topic for topic, _ in producer.refused] == [COMPLETIONS]
     assert consumer.committed.get(STANDARD, 0) == 0  # the next to read is still the record
