@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from pydantic import ValidationError
 
@@ -17,13 +18,15 @@ from schemas.work import Completion
 from streams import metrics, replies
 from streams.coalesce import Coalescer, shared_terms
 from streams.dedupe import Similar
-from streams.guard import Guard
+from streams.guard import Guard, failure_of
 from streams.outbox import Outbox
 from streams.refusals import Refusals
 from streams.retries import final_failure, retry_of
 from streams.router import next_route
 from streams.salvage import work_requester
 from streams.semantic import semantic_key
+
+log = logging.getLogger(__name__)
 
 
 class Complete:
@@ -167,9 +170,12 @@ class Complete:
         try:
             await self._outbox.work(work.model_copy(update=promoted))
             metrics.REROUTES.labels("promoted").inc()
-        except RecordRefusedError as refused:
-            # Past what its lane's topic takes: the promoted copy and the rest get why.
-            failure = replies.from_error(refused, waiter.correlation_id, waiter.tenant)
+        except Exception as exc:
+            # Past what its lane's topic takes, or not sent: the promoted copy and the rest
+            # get why (the cancelled request has its reply).
+            if not isinstance(exc, RecordRefusedError):
+                log.exception("the copies of %s lost their new leader", waiter.correlation_id)
+            failure = replies.from_error(failure_of(exc), waiter.correlation_id, waiter.tenant)
             await self._coalescer.settle(
                 fingerprint,
                 [(waiter.reply_to, failure)],

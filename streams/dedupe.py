@@ -8,14 +8,14 @@ import uuid
 from functools import partial
 from typing import Protocol
 
+from schemas.errors import LlmqError
 from schemas.lanes import Lane
 from schemas.names import REQUESTS_KEYED
-from schemas.request import RecordRefusedError
 from schemas.result import CacheStatus, ChatCompletion
 from schemas.work import WorkItem
 from streams import metrics, replies
 from streams.coalesce import Coalescer
-from streams.guard import Guard
+from streams.guard import Guard, failure_of
 from streams.outbox import Outbox
 from streams.refusals import Refusals
 from streams.salvage import work_requester
@@ -70,21 +70,30 @@ class Dedupe:
             return
         try:
             await self._lead(work)
-        except RecordRefusedError as refused:
-            # Copies kept from a stale leader share the refusal; the entry goes.
-            failure = replies.from_error(refused, request.correlation_id, request.tenant)
+        except Exception as exc:
+            # Copies kept from a stale leader share this request's failure (its own reply is
+            # the Guard's): nobody waits on a generation that will never come.
+            await self._fail_copies(work, failure_of(exc))
+            raise
+        except BaseException:
+            self._coalescer.drop(work.fingerprint)
+            raise
+
+    async def _fail_copies(self, work: WorkItem, error: LlmqError) -> None:
+        """Answer the copies waiting on `work` with its failure, and forget the entry (also
+        where they cannot be answered: a leader that will not generate holds no one)."""
+        request = work.request
+        failure = replies.from_error(error, request.correlation_id, request.tenant)
+        try:
             await self._coalescer.settle(
                 work.fingerprint,
                 [],
                 lambda w: (w.reply_to, replies.for_follower(failure, w)),
                 self._outbox.reply_all,
             )
-            raise
-        except BaseException:
-            # Nobody may wait on a generation that will never come: the entry goes before
-            # the failure propagates (and this request gets its error reply).
+        except Exception:
+            log.exception("the copies of %s were not told it failed", request.correlation_id)
             self._coalescer.drop(work.fingerprint)
-            raise
 
     async def _lead(self, work: WorkItem) -> None:
         """The first copy: answer it from the exact cache; else from the semantic cache, or
@@ -127,14 +136,13 @@ class Dedupe:
             raise
         try:
             cached = await lookup
+            outcome = "miss" if cached is None else await self._claim(work)
         except Exception:
             log.exception(
-                "the semantic lookup of %s failed: its generation answers",
+                "the semantic cache could not answer %s: its generation does",
                 request.correlation_id,
             )
             cached, outcome = None, "error"
-        else:
-            outcome = "miss" if cached is None else await self._claim(work)
         metrics.SPECULATIONS.labels(outcome).inc()
         if cached is None or outcome != "hit":
             metrics.REQUESTS.labels("routed").inc()

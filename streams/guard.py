@@ -40,17 +40,23 @@ class Guard:
         failed dead-letter send does)."""
         try:
             await handle()
-        except RecordRefusedError as refused:
-            # Too large for a topic it had to go to: the request's fault, and final.
-            log.warning("refused a record of %s: %s", source, refused.message)
-            await self._refusals.reject(source, key, value, requester(refused, value))
         except Exception as exc:
-            reason = explain(exc)
-            log.error(
-                "failed on a record of %s; dead-lettering it: %s",
-                source,
-                reason,
-                exc_info=not isinstance(exc, ValidationError),  # its traceback quotes inputs
-            )
-            error = LlmqError(ErrorCode.INTERNAL_ERROR, f"the stream processor failed: {reason}")
-            await self._refusals.reject(source, key, value, requester(error, value))
+            if isinstance(exc, RecordRefusedError):
+                # Too large for a topic it had to go to: the request's fault, and final.
+                log.warning("refused a record of %s: %s", source, exc.message)
+            else:
+                log.error(
+                    "failed on a record of %s; dead-lettering it: %s",
+                    source,
+                    explain(exc),
+                    exc_info=not isinstance(exc, ValidationError),  # its traceback quotes inputs
+                )
+            await self._refusals.reject(source, key, value, requester(failure_of(exc), value))
+
+
+def failure_of(exc: Exception) -> LlmqError:
+    """What a request is told when its handling failed with `exc`: a refusal of a topic as
+    it is (final), anything else a retriable internal error saying what went wrong."""
+    if isinstance(exc, RecordRefusedError):
+        return exc
+    return LlmqError(ErrorCode.INTERNAL_ERROR, f"the stream processor failed: {explain(exc)}")

@@ -361,6 +361,41 @@ def test_a_promoted_copy_takes_the_most_urgent_lane_and_latest_deadline_of_those
     assert (promoted.request.lane, promoted.request.deadline) == (Lane.STANDARD, deadline)
 
 
+class WorkGoneSend(FakeSend):
+    """Fails every send to a work topic once `gone`, as a broker that went away would."""
+
+    gone = False
+
+    async def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        if self.gone and topic.startswith("llmq.work."):
+            raise ConnectionError("broker gone")
+        await super().__call__(topic, key, value, headers, partition)
+
+
+def test_copies_whose_promoted_leader_cannot_be_sent_are_told_so_and_may_retry() -> None:
+    send = WorkGoneSend()
+    harness = Pipeline(send=send)
+    [work] = _copies(harness, 3)
+    send.sent.clear()
+    send.gone = True
+    harness.on_completion(completion(work, None, ErrorCode.CANCELLED))
+    results = sorted((result_of(s) for s in send.sent), key=lambda r: r.correlation_id or "")
+    assert [(r.correlation_id, r.error and r.error.code) for r in results] == [
+        ("copy-0", ErrorCode.CANCELLED),
+        ("copy-1", ErrorCode.INTERNAL_ERROR),
+        ("copy-2", ErrorCode.INTERNAL_ERROR),
+    ]
+    assert all(r.error and r.error.retriable for r in results[1:])
+    assert harness.table == {}
+
+
 def test_a_cancelled_request_nobody_else_waits_for_just_ends(harness: Pipeline) -> None:
     [work] = _copies(harness, 1)
     harness.send.sent.clear()

@@ -178,7 +178,26 @@ def test_a_failed_lookup_leaves_the_request_to_its_generation(
     harness.on_request(None, raw_request(cid="t-1", temperature=0))
     assert _topics(harness) == ["llmq.work.smollm2-135m.interactive"], "no error reply, no DLQ"
     assert ledger.calls == []
-    assert "the semantic lookup of t-1 failed" in caplog.text
+    assert "the semantic cache could not answer t-1" in caplog.text
+    work = WorkItem.model_validate_json(harness.send.sent[0].value)
+    harness.send.sent.clear()
+    harness.on_completion(completion(work, "Generated"))
+    assert [result_of(s).text for s in harness.send.sent] == ["Generated"]
+
+
+class ClaimlessStore(FakeStore):
+    """A store whose claims fail (Redis went away mid-lookup)."""
+
+    async def claim(self, tenant: str, correlation_id: str) -> bool:
+        raise ConnectionError("redis gone")
+
+
+def test_a_failed_claim_leaves_the_stream_to_its_generation() -> None:
+    store = ClaimlessStore()
+    store.answers[CACHED] = answer("From the cache")
+    harness = Pipeline(store, similar=FakeSimilar(hits=True), ledger=FakeLedger())
+    harness.on_request(None, raw_request(cid="t-1", temperature=0, stream=True))
+    assert _topics(harness) == ["llmq.work.smollm2-135m.interactive"], "no error, no cancel"
     work = WorkItem.model_validate_json(harness.send.sent[0].value)
     harness.send.sent.clear()
     harness.on_completion(completion(work, "Generated"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from schemas.result import (
 )
 from schemas.route import Route
 from schemas.work import WorkItem
+from streams.coalesce import Coalescer
 from tests.unit.stages import (
     MODEL,
     FakeStore,
@@ -275,6 +277,24 @@ class BrokenStore(FakeStore):
             self.works -= 1
             return None
         raise RuntimeError("store exploded")
+
+
+def test_copies_kept_from_a_stale_leader_share_an_unexpected_failure_of_the_new_one() -> None:
+    harness = Pipeline(BrokenStore(works=1))  # admission's look at the cache works
+    old = admitted(raw_request("old", temperature=0))
+    stale = Coalescer(harness.table, stale_after_s=600)
+    long_ago = time.time() - 1_000
+    stale.join(old.request, old.fingerprint, now=long_ago)
+    kept = old.request.model_copy(update={"correlation_id": "kept"})
+    stale.join(kept, old.fingerprint, now=long_ago + 1)
+    harness.on_request(b"k", raw_request("new", temperature=0))
+    replies = [result_of(s) for s in harness.send.sent if s.topic != DLQ]
+    assert sorted((r.correlation_id, r.error and r.error.code) for r in replies) == [
+        ("kept", ErrorCode.INTERNAL_ERROR),
+        ("new", ErrorCode.INTERNAL_ERROR),
+    ]
+    assert all(r.error and r.error.retriable for r in replies)
+    assert harness.table == {}
 
 
 def test_an_unexpected_failure_at_admission_dead_letters_the_record_and_replies() -> None:
