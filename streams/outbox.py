@@ -128,6 +128,7 @@ class Outbox:
             await self.send(topic, key, result.model_dump_json().encode())
         except RecordRefusedError as refused:
             # The app is told why instead; the stored result stays as it was.
+            metrics.REJECTIONS.labels(ErrorCode.ANSWER_TOO_LARGE.value).inc()
             why = f"the answer was not delivered: {refused.message}"
             error = LlmqError(ErrorCode.ANSWER_TOO_LARGE, why)
             failure = from_error(error, result.correlation_id, result.tenant)

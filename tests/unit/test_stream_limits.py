@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
+from prometheus_client import REGISTRY
 
 from llmq.record_limits import RECORD_LIMIT, REREAD_S, record_size
 from schemas.dlq import dead_letter
@@ -219,7 +220,10 @@ def test_an_answer_too_large_for_its_reply_topic_is_replaced_by_why() -> None:
     send = LimitedSend({"app.replies": 2_000})
     pipeline = Pipeline(send=send)
     work = admitted(raw_request("r1"))
+    labels = {"code": ErrorCode.ANSWER_TOO_LARGE.value}
+    before = REGISTRY.get_sample_value("llmq_streams_rejections_total", labels) or 0
     pipeline.on_completion(completion(work, "word " * 1_000))
+    assert REGISTRY.get_sample_value("llmq_streams_rejections_total", labels) == before + 1
     [reply] = [s for s in send.sent if s.topic == "app.replies"]
     result = result_of(reply)
     assert result.correlation_id == "r1" and result.error is not None
