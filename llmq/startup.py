@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -133,20 +133,19 @@ def reach_kafka(
     settings: ServiceSettings,
     client_id: str,
     wait_s: float = KAFKA_WAIT_S,
-    limit_of: str | None = None,
-) -> int:
+    limits_of: Sequence[str] = (),
+) -> dict[str, int]:
     """Return once a broker answers with these credentials; StartError naming where and how it
     tried otherwise. Runs on a loop of its own, leaving the caller's (faust's) unset. Returns
-    the most bytes one record may have on topic `limit_of` (RECORD_LIMIT when none is named,
-    and, with a warning, where the brokers will not say: no such topic yet, or no right to
-    describe it)."""
+    the most bytes one record may have on each topic of `limits_of` (RECORD_LIMIT, with a
+    warning, where the brokers will not say: no such topic yet, or no right to describe it)."""
     with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:  # not set as current
-        return runner.run(_bootstrap(settings, client_id, wait_s, limit_of))
+        return runner.run(_bootstrap(settings, client_id, wait_s, limits_of))
 
 
 async def _bootstrap(
-    settings: ServiceSettings, client_id: str, wait_s: float, limit_of: str | None
-) -> int:
+    settings: ServiceSettings, client_id: str, wait_s: float, limits_of: Sequence[str]
+) -> dict[str, int]:
     try:
         security = settings.kafka_security().client_kwargs()
     except OSError as exc:  # ssl.SSLError too: a CA, certificate or key that does not load
@@ -159,7 +158,7 @@ async def _bootstrap(
         with _said("aiokafka") as said:  # its reason (a login refused), not in the exception
             async with asyncio.timeout(wait_s):
                 await admin.start()
-        return RECORD_LIMIT if limit_of is None else await _limit_of(admin, limit_of)
+        return {topic: await _limit_of(admin, topic) for topic in limits_of}
     except TimeoutError:
         raise kafka_unreachable(settings, TimeoutError(f"no answer in {wait_s:g} s")) from None
     except (KafkaError, OSError) as exc:

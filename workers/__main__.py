@@ -21,7 +21,7 @@ from llmq.deadline import exit_after
 from llmq.fetcher import install as fix_fetcher
 from llmq.record_limits import RECORD_LIMIT
 from schemas.catalog import ModelSpec
-from schemas.names import CANCELS, COMPLETIONS, work_topics, worker_group
+from schemas.names import CANCELS, COMPLETIONS, DLQ, work_topics, worker_group
 from schemas.redact import log_content
 from schemas.retry import RetryPolicy
 from workers import metrics
@@ -65,10 +65,12 @@ async def serve(
     spec: ModelSpec,
     make_engine: Callable[[], ServedEngine],
     record_limit: int = RECORD_LIMIT,
+    dead_letter_limit: int = RECORD_LIMIT,
 ) -> None:
     """Start the engine and the Kafka clients (the producer's records up to `record_limit`
-    bytes), run the loop, and on SIGTERM drain and leave (within LLMQ_DRAIN_TIMEOUT_S and
-    STOP_MARGIN_S, or exit saying why)."""
+    bytes, its dead letters up to `dead_letter_limit`, llmq.dlq's), run the loop, and on
+    SIGTERM drain and leave (within LLMQ_DRAIN_TIMEOUT_S and STOP_MARGIN_S, or exit saying
+    why)."""
     stop = asyncio.Event()
     deadline: list[threading.Timer] = []
 
@@ -100,6 +102,7 @@ async def serve(
         deltas=settings.delta_policy(),
         claim=Claims(redis).first,
         record_limit=record_limit,
+        dead_letter_limit=dead_letter_limit,
     )
     following: asyncio.Task[None] | None = None
     try:
@@ -208,9 +211,9 @@ def _serve() -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise startup.StartError(f"model {name}: {exc}", startup.CONFIGURATION) from None
     startup.serve_metrics(settings)
-    record_limit = startup.reach_kafka(settings, settings.worker_id, limit_of=COMPLETIONS)
+    limits = startup.reach_kafka(settings, settings.worker_id, limits_of=(COMPLETIONS, DLQ))
     try:
-        asyncio.run(serve(settings, spec, make_engine, record_limit))
+        asyncio.run(serve(settings, spec, make_engine, limits[COMPLETIONS], limits[DLQ]))
     except KafkaConnectionError as exc:  # gone while the engine started, or later
         log.error("the worker stopped: %s", startup.kafka_unreachable(settings, exc))
         return startup.UNREACHABLE

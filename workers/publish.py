@@ -74,12 +74,15 @@ class Publisher:
         spec: ModelSpec,
         worker_id: str,
         record_limit: int = RECORD_LIMIT,
+        dead_letter_limit: int = RECORD_LIMIT,
     ) -> None:
         self._producer = producer
         self._spec = spec
         self._worker_id = worker_id
         self._limit = record_limit
         """The most bytes the producer sends as one record (its max_request_size)."""
+        self._dead_letter_limit = min(record_limit, dead_letter_limit)
+        """The most bytes of a dead letter: what the producer sends and llmq.dlq takes."""
 
     async def publish(self, completion: Completion, state: InFlight) -> None:
         """Send the completion (and, for a generation, its metering event, which also rides in
@@ -97,13 +100,21 @@ class Publisher:
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: LlmqError) -> None:
         """Send the record, as it came, to llmq.dlq with the error that put it there; cut to
-        what the producer sends, as the admission limit cuts it."""
+        what the producer sends and llmq.dlq takes, as the admission limit cuts it."""
         log.warning(
             "dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, error
         )
-        letter = dead_letter_within(record.topic, record.key, record.value, error, self._limit)
+        letter = dead_letter_within(
+            record.topic, record.key, record.value, error, self._dead_letter_limit
+        )
         headers = list(letter.headers.items())
-        await (await self._producer.send(DLQ, letter.value, letter.key, headers=headers))
+        sent = False
+        try:
+            ack = await self._producer.send(DLQ, letter.value, letter.key, headers=headers)
+            sent = True
+            await ack
+        except MessageSizeTooLargeError as exc:
+            raise UnsendableRecordError(DLQ, len(letter.value), sent) from exc
 
     def _fits(self, key: bytes, value: bytes) -> bool:
         """Whether llmq sends this completion record and the producer takes it (its own

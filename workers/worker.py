@@ -74,12 +74,13 @@ class Worker:
         deltas: DeltaPolicy | None = None,
         claim: Claim | None = None,
         record_limit: int = RECORD_LIMIT,
+        dead_letter_limit: int = RECORD_LIMIT,
     ) -> None:
         self._spec = spec
         self._engine = engine
         self._consumer = consumer
         self._producer = producer
-        self._outcomes = Publisher(producer, spec, worker_id, record_limit)
+        self._outcomes = Publisher(producer, spec, worker_id, record_limit, dead_letter_limit)
         self._worker_id = worker_id
         self._commit_interval_s = commit_interval_s
         self._drain_timeout_s = drain_timeout_s

@@ -253,7 +253,7 @@ def test_a_topics_record_limit_is_read_and_a_missing_topic_gets_the_default(
     admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "100000"})])
 
     def limit(topic: str) -> int:
-        return reach_kafka(service_settings, "test", limit_of=topic)
+        return reach_kafka(service_settings, "test", limits_of=[topic])[topic]
 
     try:
         assert limit(small) == 100_000

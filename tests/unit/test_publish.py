@@ -9,6 +9,7 @@ import asyncio
 import pytest
 from aiokafka import ConsumerRecord
 
+from llmq.record_limits import RECORD_LIMIT
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import COMPLETIONS, DLQ, HEADER_ORIGINAL_BYTES, HEADER_REASON
 from schemas.request import ChatBody, ChatMessage
@@ -94,6 +95,31 @@ def test_a_dead_letter_is_cut_to_what_the_producer_sends() -> None:
     headers = dict(producer.headers[-1])
     assert headers[HEADER_ORIGINAL_BYTES] == str(len(raw)).encode()
     assert headers[HEADER_REASON] == b"took the worker down 3 times"
+
+
+def _dead_letter(producer: FakeProducer, dead_letter_limit: int) -> bytes:
+    """A record past LIMIT dead-lettered by a publisher told llmq.dlq takes
+    `dead_letter_limit`; the value sent."""
+    raw = _big_work(8_000).model_dump_json().encode()
+    record = ConsumerRecord("llmq.work.m.standard", 0, 7, 0, 0, b"k", raw, None, 0, 0, [])
+    publisher = Publisher(producer, model_spec(), "w", RECORD_LIMIT, dead_letter_limit)
+    error = LlmqError(ErrorCode.CRASH_LOOP, "took the worker down 3 times")
+    asyncio.run(publisher.dead_letter(record, error))
+    [(topic, value)] = producer.sent
+    assert topic == DLQ
+    return value
+
+
+def test_a_dead_letter_is_cut_to_what_llmq_dlq_takes_where_it_takes_less() -> None:
+    value = _dead_letter(FakeProducer(), dead_letter_limit=LIMIT)
+    assert LIMIT - 400 < len(value) < LIMIT
+
+
+def test_a_dead_letter_the_broker_refuses_stops_the_worker_saying_so() -> None:
+    """llmq.dlq's limit lowered since the start: the next start reads it."""
+    producer = FakeProducer(limit=LIMIT, by_broker=True)
+    with pytest.raises(UnsendableRecordError, match=f"-byte record on {DLQ}: .* reads the new"):
+        _dead_letter(producer, dead_letter_limit=RECORD_LIMIT)
 
 
 def test_a_record_that_fits_is_sent_as_it_is() -> None:
