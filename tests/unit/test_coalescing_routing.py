@@ -96,10 +96,14 @@ def test_sampled_copies_are_not_coalesced(harness: Pipeline) -> None:
     assert harness.table == {}
 
 
-class FlakySend(FakeSend):
-    """Fails the first reply, as a broker that goes away would."""
+class FailingSend(FakeSend):
+    """Fails the next `failures` sends to topics starting with `prefix`, as a broker that
+    goes away would."""
 
-    failed = False
+    def __init__(self, prefix: str, failures: int) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.failures = failures
 
     async def __call__(
         self,
@@ -109,14 +113,14 @@ class FlakySend(FakeSend):
         headers: Mapping[str, bytes] | None = None,
         partition: int | None = None,
     ) -> None:
-        if topic.startswith("app.replies") and not self.failed:
-            self.failed = True
+        if self.failures and topic.startswith(self.prefix):
+            self.failures -= 1
             raise ConnectionError("broker gone")
         await super().__call__(topic, key, value, headers, partition)
 
 
 def test_followers_survive_a_failed_reply_until_the_completion_is_redelivered() -> None:
-    flaky = FlakySend()
+    flaky = FailingSend("app.replies", failures=1)
     harness = Pipeline(send=flaky)
     [work] = _copies(harness, 5)
     flaky.sent.clear()
@@ -361,30 +365,12 @@ def test_a_promoted_copy_takes_the_most_urgent_lane_and_latest_deadline_of_those
     assert (promoted.request.lane, promoted.request.deadline) == (Lane.STANDARD, deadline)
 
 
-class WorkGoneSend(FakeSend):
-    """Fails every send to a work topic once `gone`, as a broker that went away would."""
-
-    gone = False
-
-    async def __call__(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        partition: int | None = None,
-    ) -> None:
-        if self.gone and topic.startswith("llmq.work."):
-            raise ConnectionError("broker gone")
-        await super().__call__(topic, key, value, headers, partition)
-
-
 def test_copies_whose_promoted_leader_cannot_be_sent_are_told_so_and_may_retry() -> None:
-    send = WorkGoneSend()
+    send = FailingSend("llmq.work.", failures=0)
     harness = Pipeline(send=send)
     [work] = _copies(harness, 3)
     send.sent.clear()
-    send.gone = True
+    send.failures = 1  # the promoted copy's work
     harness.on_completion(completion(work, None, ErrorCode.CANCELLED))
     results = sorted((result_of(s) for s in send.sent), key=lambda r: r.correlation_id or "")
     assert [(r.correlation_id, r.error and r.error.code) for r in results] == [
