@@ -404,8 +404,10 @@ class ChatBody(BaseModel):
         return "" if self.tools is None else json.dumps(tool_dicts(self.tools))
 
     def estimated_tokens(self) -> int:
-        """Tokens the request may use: its prompt at CHARS_PER_TOKEN characters a token,
-        rounded up, plus max_tokens: an upper bound known before any tokenizer runs."""
+        """Tokens the request may use, estimated before any tokenizer runs: its prompt at
+        CHARS_PER_TOKEN characters a token, rounded up, plus max_tokens. An estimate, not a
+        bound: text other than English takes more tokens a character (CJK and emoji up to
+        2-3 a character); prompt_token_bound is the bound."""
         return -(-self.prompt_chars() // CHARS_PER_TOKEN) + self.max_tokens
 
 

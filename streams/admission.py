@@ -59,15 +59,17 @@ class Admission:
             request, original = self._compressed(parse(value))
             work = route(request, self._catalog, uncompressed=original)
         except LlmqError as error:
+            # Its reply releases no budget hold (none placed: one under its correlation id is
+            # another record's), nor does the gate's refusal (the gate releases its own).
             metrics.REQUESTS.labels("rejected").inc()
-            await self._refusals.reject(REQUESTS, key, value, salvage(error, value))
+            await self._refusals.reject(REQUESTS, key, value, salvage(error, value), release=False)
             return
         if self._gate is not None:
             try:
                 await self._gate.check(work)
             except LlmqError as error:
                 metrics.REQUESTS.labels("refused").inc()
-                await self._refusals.refuse(salvage(error, value))
+                await self._refusals.refuse(salvage(error, value), release=False)
                 return
         metrics.REQUESTS.labels("admitted").inc()
         content_log.debug(

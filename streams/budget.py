@@ -9,6 +9,7 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -45,7 +46,7 @@ NANO = 1e9
 # ARGV: the hold's id, its nano-USD, the budget (USD), now, the hold's expiry, and when the
 # hold keys may expire (Unix times).
 # Expired holds are dropped first. A hold already taken (a redelivered request) is admitted
-# again. Returns {admitted 0/1, spent USD, held nano-USD} (strings: Lua numbers become
+# again, as 2. Returns {admitted 0/1/2, spent USD, held nano-USD} (strings: Lua numbers become
 # integers in replies).
 RESERVE = """
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4], 'LIMIT', 0, 1000)) do
@@ -59,7 +60,7 @@ end
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
 local held = tonumber(redis.call('GET', KEYS[4]) or '0')
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-  return {1, tostring(spent), tostring(held)}
+  return {2, tostring(spent), tostring(held)}
 end
 local budget, amount = tonumber(ARGV[3]), tonumber(ARGV[2])
 if spent >= budget or spent + (held + amount) / 1e9 > budget then
@@ -108,19 +109,35 @@ end
 return {day, month}
 """
 
-# KEYS: the holds, the holds by expiry, their sum. ARGV: the hold's id.
+# KEYS: the holds, the holds by expiry, their sum. ARGV: the hold's id, the nano-USD of it
+# to keep (costs not counted yet: SETTLE takes them from the hold when it counts them).
+# Returns 1 if it gave anything back.
 RELEASE = """
-local hold = redis.call('HGET', KEYS[1], ARGV[1])
-if not hold then
+local hold = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local keep = tonumber(ARGV[2])
+if hold <= keep then
   return 0
 end
-redis.call('DECRBY', KEYS[3], hold)
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DECRBY', KEYS[3], hold - keep)
+if keep > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], keep)
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
 return 1
 """
 
 PERIOD_NAMES: dict[BudgetPeriod, str] = {"day": "daily", "month": "monthly"}
+
+
+class Reserved(NamedTuple):
+    """A request admitted against its tenant's budget."""
+
+    spent: float
+    """The spend it was admitted at."""
+    placed: bool
+    """Whether its hold was placed now (False: a record of the same id placed it before)."""
 
 
 class BudgetExceededError(LlmqError):
@@ -174,9 +191,9 @@ class Budgets:
 
     async def reserve(
         self, tenant: str, limits: TenantLimits, hold: Hold, now: float | None = None
-    ) -> float | None:
-        """Hold the request's worst case against the tenant's budget and return the spend it
-        was admitted at, or raise BUDGET_EXCEEDED saying what is spent and held and when to
+    ) -> Reserved | None:
+        """Hold the request's worst case against the tenant's budget and say at what spend it
+        was admitted, or raise BUDGET_EXCEEDED saying what is spent and held and when to
         retry. While Redis is down or slower than `timeout_s`, admit unchecked (None) with a
         warning or raise BUDGET_UNAVAILABLE, as the tenant's `budget_when_unavailable` says."""
         if limits.budget_usd is None:
@@ -210,7 +227,7 @@ class Budgets:
             raise _exceeded(
                 tenant, limits, hold, spent=float(spent), held=float(held) / NANO, now=now
             )
-        return float(spent)
+        return Reserved(float(spent), placed=int(admitted) == 1)
 
     async def record(self, event: MeteringEvent) -> bool:
         """Add the event's cost to its tenant's spend, once however often it is delivered,
@@ -248,10 +265,12 @@ class Budgets:
         day, month = added
         return {"day": float(day), "month": float(month)}
 
-    async def release(self, tenant: str, hold_id: str) -> bool:
-        """Give back what is left of a request's hold (it is answered); False if it had none.
+    async def release(self, tenant: str, hold_id: str, keep_usd: float = 0.0) -> bool:
+        """Give back what is left of a request's hold (it is answered) but `keep_usd`, costs
+        of it not counted yet, which settling them takes; False if nothing was given back.
         Raises RedisError."""
-        return bool(await self._release(keys=_hold_keys(tenant), args=[hold_id]))
+        keep = round(keep_usd * NANO)  # as SETTLE takes it from the hold
+        return bool(await self._release(keys=_hold_keys(tenant), args=[hold_id, keep]))
 
     async def spent(self, tenant: str, period: BudgetPeriod, at: float | None = None) -> float:
         """USD the tenant spent in the day or month that contains `at` (default: now)."""

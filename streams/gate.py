@@ -44,6 +44,9 @@ class TenantGate:
         self._budgets = budgets
         self._catalog = catalog
         self._alerts = alerts
+        self._uncounted: dict[tuple[str, str], list[MeteringEvent]] = {}
+        """Generations whose settling failed, by tenant and hold, for their answer's release
+        to settle again (or keep their cost held)."""
 
     async def check(self, work: WorkItem) -> None:
         """Raise RATE_LIMITED or BUDGET_EXCEEDED (with retry_after_s) when it must wait; an
@@ -52,7 +55,7 @@ class TenantGate:
         limits = self._policy.limits(request.tenant)
         hold = worst_case(work, self._catalog)
         try:
-            spent = await self._budgets.reserve(request.tenant, limits, hold)
+            reserved = await self._budgets.reserve(request.tenant, limits, hold)
         except BudgetExceededError as refused:
             if refused.exhausted and self._alerts is not None:
                 alerts = self._alerts
@@ -61,38 +64,57 @@ class TenantGate:
                 )
             raise
         if self._alerts is not None:
-            self._alerts.admitted(request.tenant, limits, spent)
+            self._alerts.admitted(
+                request.tenant, limits, None if reserved is None else reserved.spent
+            )
         try:
             await self._limiter.check(request.tenant, limits, request.body.estimated_tokens())
         except LlmqError:
-            await self._release(request.tenant, hold.id)
+            # Only a hold placed now: one an earlier record of this id placed is its request's,
+            # which may be in flight (the same id sent again must not free it).
+            if reserved is not None and reserved.placed:
+                await self._release(request.tenant, hold.id)
             raise
 
     async def settle(self, event: MeteringEvent | None) -> None:
         """Count a generation's cost as it completes, before its request is answered (and
-        its hold released). One try: if Redis fails, llmq.metering counts it later."""
-        if event is None:
+        its hold released). One try: if Redis fails, llmq.metering counts it later, and the
+        release tries again first."""
+        if event is None or await self._settled(event):
             return
+        if self._policy.limits(event.tenant).budget_usd is not None:
+            self._uncounted.setdefault((event.tenant, event.correlation_id), []).append(event)
+
+    async def _settled(self, event: MeteringEvent) -> bool:
+        """One try at counting the event; False if Redis failed."""
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
                 spent = await self._budgets.settle(event)
         except (RedisError, TimeoutError) as exc:
             log.warning("cannot settle %s's spend now (metering will): %r", event.tenant, exc)
-            return
+            return False
         if spent is not None:
             await self._counted(event, spent)
+        return True
 
     async def release(self, result: InferenceResult) -> None:
-        """The request is answered: what is left of its hold goes back to the budget."""
+        """The request is answered: what is left of its hold goes back to the budget, but
+        costs not counted yet (llmq.metering takes them from the hold when it counts them:
+        released now, the budget would admit into room they spend)."""
         tenant, hold_id = result.tenant, result.correlation_id
-        if tenant and hold_id and self._policy.limits(tenant).budget_usd is not None:
-            await self._release(tenant, hold_id)
+        if not tenant or not hold_id or self._policy.limits(tenant).budget_usd is None:
+            return
+        keep_usd = 0.0
+        for event in self._uncounted.pop((tenant, hold_id), []):
+            if not await self._settled(event):
+                keep_usd += event.cost_usd
+        await self._release(tenant, hold_id, keep_usd)
 
-    async def _release(self, tenant: str, hold_id: str) -> None:
+    async def _release(self, tenant: str, hold_id: str, keep_usd: float = 0.0) -> None:
         """One try: a hold that stays expires by itself (budget.HOLD_S)."""
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
-                await self._budgets.release(tenant, hold_id)
+                await self._budgets.release(tenant, hold_id, keep_usd)
         except (RedisError, TimeoutError) as exc:
             log.warning("cannot release %s's hold of %s: %r", tenant, hold_id, exc)
 

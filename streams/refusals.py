@@ -18,25 +18,32 @@ class Refusals:
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
 
-    async def refuse(self, why: Rejection) -> None:
+    async def refuse(self, why: Rejection, release: bool = True) -> None:
         """An error reply for a request that is well-formed but not served (rate limits,
-        budgets): it is answered, not dead-lettered."""
+        budgets): it is answered, not dead-lettered. Unless `release`, the budget hold of its
+        correlation id stays (this record placed none: it is another record's)."""
         metrics.REJECTIONS.labels(why.error.code.value).inc()
         log.info("refused %s: %s", why.correlation_id, why.error)
-        await self._answer(why)
+        await self._answer(why, release)
 
     async def reject(
-        self, source: str, key: bytes | None, raw: bytes | None, why: Rejection
+        self,
+        source: str,
+        key: bytes | None,
+        raw: bytes | None,
+        why: Rejection,
+        release: bool = True,
     ) -> None:
-        """Dead-letter the raw record and, where the envelope allows, send an error reply."""
+        """Dead-letter the raw record and, where the envelope allows, send an error reply
+        (`release` as in refuse)."""
         metrics.REJECTIONS.labels(why.error.code.value).inc()
         log.info(
             "rejected %s (%s): %s", why.correlation_id or "a record", why.error.code, why.error
         )
         await self._outbox.dead_letter(source, key, raw, why.error)
-        await self._answer(why)
+        await self._answer(why, release)
 
-    async def _answer(self, why: Rejection) -> None:
+    async def _answer(self, why: Rejection, release: bool) -> None:
         if why.correlation_id is not None:
             result = replies.from_error(why.error, why.correlation_id, why.tenant)
-            await self._outbox.reply(why.reply_to, result)
+            await self._outbox.reply(why.reply_to, result, release)

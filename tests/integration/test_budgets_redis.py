@@ -20,15 +20,19 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from schemas.alerts import BudgetAlert
+from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.names import ALERTS
-from schemas.tenants import TenantLimits, period_end, period_id
-from streams.budget import KEEP_AFTER_PERIOD_S, Budgets, Hold
+from schemas.result import InferenceResult
+from schemas.tenants import BudgetPeriod, TenantLimits, TenantPolicy, period_end, period_id
+from streams.budget import KEEP_AFTER_PERIOD_S, Budgets, Hold, worst_case
 from streams.budget_alerts import BudgetAlerts
+from streams.gate import TenantGate
+from streams.ratelimit import RateLimiter
 from tests.integration.helpers import run_async, run_with
-from tests.unit.stages import FakeSend
+from tests.unit.stages import FakeSend, admitted, raw_request
 from tools.stack.ports import free_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.usefixtures("sync")]
@@ -228,8 +232,10 @@ def test_a_released_or_expired_hold_frees_the_budget(redis_port: int, sync: redi
 
     async def body(client: aioredis.Redis) -> list[str]:
         budgets = Budgets(client)
-        await budgets.reserve("acme", limits, _hold(0.6, at, "c-1"), now=at)
-        await budgets.reserve("acme", limits, _hold(0.6, at, "c-1"), now=at)  # redelivered
+        first = await budgets.reserve("acme", limits, _hold(0.6, at, "c-1"), now=at)
+        again = await budgets.reserve("acme", limits, _hold(0.6, at, "c-1"), now=at)  # redelivered
+        assert first is not None and first.placed
+        assert again is not None and not again.placed, "admitted on the hold it placed before"
         messages = []
         for hold_id in ("c-2", "c-3"):
             with pytest.raises(LlmqError) as caught:
@@ -249,6 +255,72 @@ def test_a_released_or_expired_hold_frees_the_budget(redis_port: int, sync: redi
     )
     assert sync.hkeys("llmq:spend:{acme}:holds") == [b"c-5"]
     assert cast(int, sync.ttl("llmq:spend:{acme}:held")) > 0
+
+
+def test_the_same_id_sent_again_and_refused_leaves_its_requests_hold(redis_port: int) -> None:
+    """A repeat of a request in flight (a client's resend, a redelivery) is admitted on the
+    hold its first record placed; refused by a rate limit, it must not free that hold."""
+    catalog = Catalog.builtin()
+    work = admitted(raw_request("c-1"))
+    hold = worst_case(work, catalog).usd
+    policy = TenantPolicy(default=TenantLimits(budget_usd=1.0, requests_per_minute=1))
+
+    async def body(client: aioredis.Redis) -> float:
+        budgets = Budgets(client)
+        gate = TenantGate(policy, RateLimiter(client), budgets, catalog)
+        await gate.check(work)
+        with pytest.raises(LlmqError) as caught:
+            await gate.check(work)
+        assert caught.value.code is ErrorCode.RATE_LIMITED
+        return await budgets.held("acme")
+
+    assert run_async(redis_port, body) == pytest.approx(hold, rel=1e-3)
+
+
+class SettleFails(Budgets):
+    """Budgets whose first `failures` settles fail, as during a blip of Redis."""
+
+    def __init__(self, client: aioredis.Redis, failures: int) -> None:
+        super().__init__(client)
+        self.failures = failures
+
+    async def settle(self, event: MeteringEvent) -> dict[BudgetPeriod, float] | None:
+        if self.failures:
+            self.failures -= 1
+            raise RedisError("a blip")
+        return await super().settle(event)
+
+
+@pytest.mark.parametrize("failures", [1, 2], ids=["settled-at-release", "kept-held"])
+def test_an_answer_whose_cost_was_not_counted_does_not_free_it(
+    redis_port: int, failures: int
+) -> None:
+    """Its settling failed: the release settles it first, or, failing again, keeps its cost
+    held until llmq.metering counts it (released, the budget would admit into that room)."""
+    catalog = Catalog.builtin()
+    work = admitted(raw_request("c-1"))
+    hold = worst_case(work, catalog).usd
+    cost = hold / 2
+    policy = TenantPolicy(default=TenantLimits(budget_usd=1.0))
+    at = time.time()
+
+    async def body(client: aioredis.Redis) -> list[float]:
+        budgets = SettleFails(client, failures)
+        gate = TenantGate(policy, RateLimiter(client), budgets, catalog)
+        await gate.check(work)
+        event = _event("acme", "c-1", cost, at)
+        await gate.settle(event)
+        await gate.release(InferenceResult(correlation_id="c-1", tenant="acme", status="ok"))
+        seen = [await budgets.held("acme"), await budgets.spent("acme", "day", at)]
+        await budgets.record(event)  # llmq.metering's try: counted once either way
+        return [*seen, await budgets.held("acme"), await budgets.spent("acme", "day", at)]
+
+    held, spent, held_after, spent_after = run_async(redis_port, body)
+    assert (held_after, spent_after) == pytest.approx((0.0, cost))
+    if failures == 1:
+        assert (held, spent) == pytest.approx((0.0, cost))
+    else:
+        assert (held, spent) == pytest.approx((cost, 0.0), rel=1e-3)
 
 
 def test_a_request_that_cannot_fit_says_to_lower_max_tokens(redis_port: int) -> None:

@@ -80,7 +80,8 @@ def test_a_generation_is_settled_before_its_answer_releases_the_hold() -> None:
     assert {result_of(s).correlation_id for s in harness.send.sent} == {"t-1", "t-2"}
 
 
-def test_a_cached_or_failed_answer_releases_its_hold_too() -> None:
+def test_a_cached_answer_releases_its_hold_and_a_refusal_at_the_door_releases_none() -> None:
+    """An invalid record placed no hold: one under its correlation id is another record's."""
     ledger = FakeLedger()
     harness = Pipeline(catalog=PRICED, ledger=ledger)
     harness.on_request(None, raw_request(cid="t-1", temperature=0))
@@ -88,4 +89,4 @@ def test_a_cached_or_failed_answer_releases_its_hold_too() -> None:
     harness.on_completion(metered(work, 0.25).model_dump_json().encode())
     harness.on_request(None, raw_request(cid="t-2", temperature=0))  # the exact cache answers
     harness.on_request(None, raw_request(cid="t-3", temperature=0, max_tokens=0))  # invalid
-    assert ledger.calls == ["settle t-1 0.25", "release t-1", "release t-2", "release t-3"]
+    assert ledger.calls == ["settle t-1 0.25", "release t-1", "release t-2"]
