@@ -273,7 +273,9 @@ def _tier_lane(data: dict[str, Any]) -> Lane | None:
 
 
 def _messages(messages: object) -> object:
-    """OpenAI's messages as llmq's: content parts of text joined, `developer` as system."""
+    """OpenAI's messages as llmq's: content parts of text joined by line breaks (as vLLM
+    joins them), `developer` as system, tool calls as OpenAI defines them (the SDK's helpers
+    add keys of their own to the messages they hand back)."""
     if not isinstance(messages, list):
         return messages  # validation names the problem
     out = []
@@ -284,7 +286,7 @@ def _messages(messages: object) -> object:
         if isinstance(content, list):
             if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
                 raise LlmqError(ErrorCode.UNSUPPORTED, "llmq serves text content parts only")
-            content = "".join(str(p.get("text", "")) for p in content)
+            content = "\n".join(str(p.get("text", "")) for p in content)
         role = message.get("role")
         if role not in ROLES:
             raise LlmqError(
@@ -292,8 +294,22 @@ def _messages(messages: object) -> object:
                 f"message role {role!r} is not served; use system, user, assistant or tool",
             )
         calls = {k: message[k] for k in ("tool_calls", "tool_call_id") if k in message}
+        if isinstance(calls.get("tool_calls"), list):
+            calls["tool_calls"] = [_call(call) for call in calls["tool_calls"]]
         out.append({"role": ROLES[role], "content": content, **calls})
     return out
+
+
+def _call(call: object) -> object:
+    """A tool call of an assistant message, without what OpenAI's call does not hold (the
+    SDK's `index` and `parsed_arguments`): as vLLM's server, llmq reads past them."""
+    if not isinstance(call, dict):
+        return call  # validation names the problem
+    kept = {k: v for k, v in call.items() if k in ("id", "type", "function")}
+    function = kept.get("function")
+    if isinstance(function, dict):
+        kept["function"] = {k: v for k, v in function.items() if k in ("name", "arguments")}
+    return kept
 
 
 def completion(result: InferenceResult) -> dict[str, Any]:

@@ -242,7 +242,7 @@ def _message_of(
 
 def _content(content: object) -> object:
     """A message's (or a function call output's) content: a string, or its parts of text
-    joined."""
+    joined by line breaks (as vLLM joins them)."""
     if not isinstance(content, list):
         return content  # a string, or validation names the problem
     for part in content:
@@ -250,7 +250,7 @@ def _content(content: object) -> object:
         if kind not in TEXT_PARTS:
             why = f"content parts of type {kind!r} are not served; send input_text"
             raise LlmqError(ErrorCode.UNSUPPORTED, why)
-    return "".join(str(part.get("text", "")) for part in content)
+    return "\n".join(str(part.get("text", "")) for part in content)
 
 
 def _format(text: object) -> dict[str, Any]:

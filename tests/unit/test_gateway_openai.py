@@ -86,7 +86,25 @@ def test_the_sdks_newer_fields_and_llmqs_extras_are_read() -> None:
     )
     assert [(m.role, m.content) for m in call.request.body.messages] == [
         ("system", "Be brief."),
-        ("user", "Hello there"),
+        ("user", "Hello \nthere"),  # parts joined by line breaks, as vLLM joins them
+    ]
+
+
+def test_a_message_the_sdks_helpers_hand_back_can_be_sent_again() -> None:
+    """The tool loop appends the answer's message: from `chat.completions.parse` its calls
+    carry `parsed_arguments`, from `chat.completions.stream` an `index`; OpenAI and vLLM's
+    server read past both."""
+    function = {"name": "w", "arguments": '{"a": 1}', "parsed_arguments": {"a": 1}}
+    call = {"id": "call_1", "type": "function", "function": function, "index": 0}
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    [_, answered, _] = _read(messages=messages).request.body.messages
+    assert answered.tool_calls is not None
+    assert [c.model_dump() for c in answered.tool_calls] == [
+        {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": '{"a": 1}'}}
     ]
 
 

@@ -99,7 +99,7 @@ def test_messages_of_text_parts_in_every_role() -> None:
         ("system", "Answer in one word."),
         ("user", "Hi"),
         ("assistant", "Hello"),
-        ("user", "Sky colour?"),
+        ("user", "Sky \ncolour?"),
     ]
 
 
