@@ -217,7 +217,9 @@ class ChatBody(BaseModel):
     stop: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = Field(
         default=None, max_length=MAX_STOP_SEQUENCES
     )
-    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
+    """Any 64-bit integer, as vLLM's server takes it; -1 is no seed, as vLLM reads it (a
+    sample of its own, not cached)."""
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logprobs: bool = False
@@ -260,10 +262,14 @@ class ChatBody(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _stop_as_list(cls, data: object) -> object:
-        """OpenAI allows `stop` to be one string; keep one shape."""
-        if isinstance(data, dict) and isinstance(data.get("stop"), str):
-            return {**data, "stop": [data["stop"]]}
+    def _one_shape(cls, data: object) -> object:
+        """OpenAI allows `stop` to be one string: a list of one. A seed of -1 is none."""
+        if not isinstance(data, dict):
+            return data
+        if isinstance(data.get("stop"), str):
+            data = {**data, "stop": [data["stop"]]}
+        if data.get("seed") == -1:
+            data = {**data, "seed": None}
         return data
 
     @property

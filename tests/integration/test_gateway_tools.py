@@ -11,12 +11,13 @@ on what it would say."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pytest
 from openai import OpenAI
 from openai.types.responses import ResponseFunctionToolCall, ToolChoiceFunction
+from pydantic import BaseModel
 
 from llmq import Client
 from schemas.errors import ErrorCode
@@ -137,6 +138,35 @@ def test_a_tools_result_is_part_of_the_conversation(sdk: OpenAI, client: Client)
     message = result.response.choices[0].message
     assert message.tool_calls is not None
     assert [c.model_dump() for c in message.tool_calls] == [call.model_dump()]  # cached
+
+
+class Zone(BaseModel):
+    zone: Literal["UTC", "CET"]
+
+
+def test_the_message_the_sdks_parse_hands_back_continues_the_conversation(sdk: OpenAI) -> None:
+    """The usual tool loop: the answer's message, as `parse` returns it (its calls carry
+    `parsed_arguments`), is sent back with the tool's result."""
+    ask, tools = _ask(), [openai.pydantic_function_tool(Zone, name="get_time")]
+    first = sdk.chat.completions.parse(
+        model=MODEL,
+        messages=ask,
+        tools=tools,
+        tool_choice=NAMED,
+        max_tokens=32,
+        temperature=0,
+    )
+    message = first.choices[0].message
+    [call] = message.tool_calls or []
+    assert isinstance(call.function.parsed_arguments, Zone)
+    result = {"role": "tool", "tool_call_id": call.id, "content": '{"time": "12:00"}'}
+    messages: Any = [*ask, message, result]
+    reply = sdk.chat.completions.create(
+        model=MODEL, messages=messages, tools=tools, tool_choice="none", max_tokens=8
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage is not None and first.usage is not None
+    assert reply.usage.prompt_tokens > first.usage.prompt_tokens
 
 
 def test_responses_call_functions_and_follow_their_outputs(sdk: OpenAI) -> None:

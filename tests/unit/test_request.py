@@ -71,7 +71,7 @@ def test_extra_fields_are_rejected(data: dict[str, Any]) -> None:
         ("temperature", 2.01),
         ("top_p", 0.0),
         ("top_p", 1.01),
-        ("seed", -1),
+        ("seed", -(2**63) - 1),
         ("seed", 2**63),
         ("presence_penalty", 2.5),
         ("frequency_penalty", -2.5),
@@ -87,6 +87,13 @@ def test_extra_fields_are_rejected(data: dict[str, Any]) -> None:
 def test_sampling_parameters_out_of_bounds_are_rejected(field: str, value: float) -> None:
     with pytest.raises(ValidationError, match=field):
         ChatBody.model_validate(_body(**{field: value}))
+
+
+def test_any_64_bit_seed_is_taken_and_minus_one_is_none_as_vllm_reads_it() -> None:
+    assert ChatBody.model_validate(_body(seed=-(2**63))).seed == -(2**63)
+    unseeded = ChatBody.model_validate(_body(seed=-1, temperature=0.7))
+    assert unseeded.seed is None
+    assert not unseeded.deterministic, "a sample of its own: not cached, not coalesced"
 
 
 @pytest.mark.parametrize(
