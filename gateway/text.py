@@ -124,8 +124,9 @@ def _logprobs_of(result: InferenceResult) -> dict[str, Any] | None:
 
 
 def text_logprobs(tokens: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
-    """The text completions' `logprobs`: the tokens, theirs, the likeliest at each position
-    and where each starts in the answer's text (from `offset`)."""
+    """The text completions' `logprobs`: the tokens, theirs, at each position the sampled
+    token and the likeliest (as OpenAI and vLLM's server give them: a sampled token outside
+    the top ones is there too), and where each starts in the answer's text (from `offset`)."""
     starts = []
     for token in tokens:
         starts.append(offset)
@@ -133,7 +134,10 @@ def text_logprobs(tokens: list[TokenLogprob], offset: int = 0) -> dict[str, Any]
     return {
         "tokens": [t.token for t in tokens],
         "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [{top.token: top.logprob for top in t.top_logprobs} for t in tokens],
+        "top_logprobs": [
+            {t.token: t.logprob, **{top.token: top.logprob for top in t.top_logprobs}}
+            for t in tokens
+        ],
         "text_offset": starts,
     }
 

@@ -39,7 +39,9 @@ def test_a_raw_prompt_is_completed_without_the_chat_template(
     assert whole.usage.prompt_tokens == len(served_tokenizer.encode(prompt))
     assert choice.logprobs is not None and choice.logprobs.tokens is not None
     assert len(choice.logprobs.tokens) == 8
-    assert all(len(top) == 2 for top in choice.logprobs.top_logprobs or [])
+    tops = choice.logprobs.top_logprobs or []
+    assert all(len(top) == 2 for top in tops)
+    assert all(token in top for token, top in zip(choice.logprobs.tokens, tops, strict=True))
     assert (choice.logprobs.text_offset or [None])[0] == 0
     # With no max_tokens, OpenAI's default of 16.
     default = sdk.completions.create(**ask, **exact)

@@ -108,14 +108,14 @@ def _result(cid: str, text: str, logprobs: list[TokenLogprob] | None = None) -> 
     return InferenceResult(correlation_id=cid, tenant="t", status="ok", response=response)
 
 
-def _token(text: str, logprob: float) -> TokenLogprob:
-    return TokenLogprob(
-        token=text, logprob=logprob, top_logprobs=[TopLogprob(token=text, logprob=logprob)]
-    )
+def _token(text: str, logprob: float, top: str | None = None) -> TokenLogprob:
+    """A sampled token, and the likeliest one there (itself unless `top` is another)."""
+    likeliest = TopLogprob(token=top or text, logprob=logprob if top is None else -0.1)
+    return TokenLogprob(token=text, logprob=logprob, top_logprobs=[likeliest])
 
 
 def test_answers_are_a_text_completion_as_the_sdk_reads_it() -> None:
-    tokens = [_token("Hel", -0.5), _token("lo", -1.0)]
+    tokens = [_token("Hel", -0.5), _token("lo", -1.0, top=" there")]
     body = text_completion_of([_result("c", "Hello", tokens), _result("c-1", "Hey")])
     read = Completion.model_validate(body)
     assert (read.id, read.object, read.model) == ("cmpl-c", "text_completion", "m")
@@ -126,7 +126,7 @@ def test_answers_are_a_text_completion_as_the_sdk_reads_it() -> None:
     logprobs = read.choices[0].logprobs
     assert logprobs is not None and read.choices[1].logprobs is None
     assert logprobs.tokens == ["Hel", "lo"] and logprobs.token_logprobs == [-0.5, -1.0]
-    assert logprobs.top_logprobs == [{"Hel": -0.5}, {"lo": -1.0}]
+    assert logprobs.top_logprobs == [{"Hel": -0.5}, {"lo": -1.0, " there": -0.1}]
     assert logprobs.text_offset == [0, 3]
     assert read.usage is not None and read.usage.completion_tokens == 4  # summed
     assert body["llmq"]["correlation_id"] == "c"
