@@ -57,9 +57,11 @@ SERVED_ONLY = {
     "truncation": ("disabled",),
     "include": ([], [LOGPROBS]),
     "background": (False,),
+    "stream_options": ({}, *({"include_obfuscation": b} for b in (False, True))),
 }
 """Fields accepted at these values only: no truncation, the logprobs as the one thing
-included, answered now."""
+included, answered now, streamed events with or without `include_obfuscation` (llmq pads
+none)."""
 ROLES = frozenset(CHAT_ROLES) - {"tool"}
 TOOL_ITEMS = frozenset({"function_call", "function_call_output"})
 TEXT_PARTS = frozenset({"input_text", "output_text"})

@@ -126,6 +126,8 @@ def test_llmqs_own_fields_and_openais_ignored_ones_are_read() -> None:
     assert vllms.ignore_eos and vllms.vllm_sampling == {"top_k": 4, "min_tokens": 2}
     assert call.asked["metadata"] == {"k": "v"}
     assert _read(service_tier="flex", tool_choice="auto").request.lane.value == "batch"
+    for options in ({"include_obfuscation": False}, {"include_obfuscation": True}):
+        assert _read(stream=True, stream_options=options).request.body.stream
 
 
 @pytest.mark.parametrize(
@@ -138,6 +140,7 @@ def test_llmqs_own_fields_and_openais_ignored_ones_are_read() -> None:
         ({"background": True}, ErrorCode.UNSUPPORTED, "background"),
         ({"include": ["reasoning.encrypted_content"]}, ErrorCode.UNSUPPORTED, "include"),
         ({"truncation": "auto"}, ErrorCode.UNSUPPORTED, "truncation"),
+        ({"stream_options": {"include_usage": True}}, ErrorCode.UNSUPPORTED, "stream_options"),
         ({"messages": []}, ErrorCode.UNSUPPORTED, "messages"),
         ({"input": None}, ErrorCode.INVALID_REQUEST, "input must be a string or a list"),
         ({"input": []}, ErrorCode.INVALID_REQUEST, "input must be a string or a list"),
