@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,8 @@ from prometheus_client import make_asgi_app
 from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.batch.routes import router as batch_router
 from gateway.door import ApiError, FrontDoor
@@ -49,6 +52,7 @@ def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> 
     app = FastAPI(title="llmq", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.door = door
     app.mount("/metrics", make_asgi_app())
+    app.add_middleware(RequestIds)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     for status in (404, 405):  # the router's own: a status's handler takes them
         app.add_exception_handler(status, _not_routed)
@@ -61,6 +65,34 @@ def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> 
     app.include_router(router)
     app.include_router(batch_router)
     return app
+
+
+class RequestIds:
+    """Gives every answer an X-Request-Id, as OpenAI's API does (the SDK keeps it: an
+    error's `request_id`): a request's correlation id where its route set it, else one of
+    its own (a refusal before the body was read)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def identified(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "x-request-id" not in headers:
+                    headers.append("X-Request-Id", new_request_id())
+            await send(message)
+
+        await self._app(scope, receive, identified)
+
+
+def new_request_id() -> str:
+    """An X-Request-Id for an answer that has no correlation id."""
+    return f"req_{uuid.uuid4().hex}"
 
 
 async def _api_error(_: Request, exc: ApiError) -> Response:
@@ -105,4 +137,5 @@ async def _failed(_: Request, exc: Exception) -> Response:
     """Anything else: OpenAI's error body, 500, and what failed (retrying may help)."""
     log.error("a request failed: %s", explain(exc), exc_info=exc)
     status, body = error_body(ErrorCode.INTERNAL_ERROR, f"the front door failed: {explain(exc)}")
-    return JSONResponse(body, status)
+    # Answered outside the middleware (Starlette's outermost): its id is given here.
+    return JSONResponse(body, status, headers={"X-Request-Id": new_request_id()})

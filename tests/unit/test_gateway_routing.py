@@ -191,6 +191,27 @@ def test_a_body_that_is_not_json_is_a_400_saying_so(keyed: FastAPI) -> None:
     assert body["error"]["message"].startswith("the body is not JSON: ")
 
 
+def test_every_answer_carries_a_request_id_as_openais_do() -> None:
+    """The SDK keeps it (an error's `request_id`): refusals before any body is read, and a
+    failure answered outside the app's middleware, have one of their own."""
+    app = build(GatewaySettings(), Catalog.builtin(), TenantPolicy.load(None))
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/broken", broken)
+    client = TestClient(app, raise_server_exceptions=False)
+    answers = [
+        client.post("/v1/embeddings", json={}),
+        client.get("/v1/chat/completions"),
+        client.get("/v1/batches", params={"limit": "many"}),
+        client.get("/broken"),
+    ]
+    assert [a.status_code for a in answers] == [404, 405, 400, 500]
+    ids = {a.headers.get("x-request-id", "") for a in answers}
+    assert len(ids) == 4 and all(i.startswith("req_") for i in ids)
+
+
 def test_redis_out_of_reach_is_a_503_naming_it_which_the_sdk_retries() -> None:
     settings = GatewaySettings(redis_url="redis://127.0.0.1:1/0")
     app = build(settings, Catalog.builtin(), TenantPolicy.load(None))
