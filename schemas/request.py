@@ -16,6 +16,7 @@ from pydantic import (
     JsonValue,
     SerializerFunctionWrapHandler,
     StringConstraints,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -262,15 +263,17 @@ class ChatBody(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _one_shape(cls, data: object) -> object:
-        """OpenAI allows `stop` to be one string: a list of one. A seed of -1 is none."""
-        if not isinstance(data, dict):
-            return data
-        if isinstance(data.get("stop"), str):
-            data = {**data, "stop": [data["stop"]]}
-        if data.get("seed") == -1:
-            data = {**data, "seed": None}
+    def _stop_as_list(cls, data: object) -> object:
+        """OpenAI allows `stop` to be one string; keep one shape."""
+        if isinstance(data, dict) and isinstance(data.get("stop"), str):
+            return {**data, "stop": [data["stop"]]}
         return data
+
+    @field_validator("seed")
+    @classmethod
+    def _minus_one_is_none(cls, seed: int | None) -> int | None:
+        """A seed of -1 is none, as vLLM reads it (whatever JSON type it came as)."""
+        return None if seed == -1 else seed
 
     @property
     def json_format(self) -> ResponseFormat | None:

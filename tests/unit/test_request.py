@@ -91,9 +91,10 @@ def test_sampling_parameters_out_of_bounds_are_rejected(field: str, value: float
 
 def test_any_64_bit_seed_is_taken_and_minus_one_is_none_as_vllm_reads_it() -> None:
     assert ChatBody.model_validate(_body(seed=-(2**63))).seed == -(2**63)
-    unseeded = ChatBody.model_validate(_body(seed=-1, temperature=0.7))
-    assert unseeded.seed is None
-    assert not unseeded.deterministic, "a sample of its own: not cached, not coalesced"
+    for minus_one in (-1, "-1", -1.0):
+        unseeded = ChatBody.model_validate(_body(seed=minus_one, temperature=0.7))
+        assert unseeded.seed is None
+        assert not unseeded.deterministic, "a sample of its own: not cached, not coalesced"
 
 
 @pytest.mark.parametrize(
