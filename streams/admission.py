@@ -69,7 +69,7 @@ class Admission:
                 await self._gate.check(work)
             except LlmqError as error:
                 metrics.REQUESTS.labels("refused").inc()
-                await self._refusals.refuse(salvage(error, value), release=False)
+                await self._refusals.refuse(salvage(error, value))
                 return
         metrics.REQUESTS.labels("admitted").inc()
         content_log.debug(

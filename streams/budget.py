@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -180,7 +181,8 @@ class Budgets:
     """A tenant's spend per UTC day and month, and its holds: what admitted requests may
     still cost. Admission admits a request only while spend + holds + its worst case fit the
     budget, so metered spend never passes it (unless a generation costs more than its worst
-    case, which the bound on prompt tokens rules out)."""
+    case, which the bound on prompt tokens rules out, or a repeat of a correlation id is
+    generated on its first record's hold: docs/budgets.md)."""
 
     def __init__(self, client: aioredis.Redis, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         self._redis = client
@@ -265,11 +267,11 @@ class Budgets:
         day, month = added
         return {"day": float(day), "month": float(month)}
 
-    async def release(self, tenant: str, hold_id: str, keep_usd: float = 0.0) -> bool:
-        """Give back what is left of a request's hold (it is answered) but `keep_usd`, costs
-        of it not counted yet, which settling them takes; False if nothing was given back.
-        Raises RedisError."""
-        keep = round(keep_usd * NANO)  # as SETTLE takes it from the hold
+    async def release(self, tenant: str, hold_id: str, kept: Sequence[float] = ()) -> bool:
+        """Give back what is left of a request's hold (it is answered) but the USD `kept`,
+        costs of it not counted yet, which settling them takes; False if nothing was given
+        back. Raises RedisError."""
+        keep = sum(round(usd * NANO) for usd in kept)  # as SETTLE takes each from the hold
         return bool(await self._release(keys=_hold_keys(tenant), args=[hold_id, keep]))
 
     async def spent(self, tenant: str, period: BudgetPeriod, at: float | None = None) -> float:

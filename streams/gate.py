@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
 from redis.exceptions import RedisError
 
@@ -44,9 +44,10 @@ class TenantGate:
         self._budgets = budgets
         self._catalog = catalog
         self._alerts = alerts
-        self._uncounted: dict[tuple[str, str], list[MeteringEvent]] = {}
-        """Generations whose settling failed, by tenant and hold, for their answer's release
-        to settle again (or keep their cost held)."""
+        self._uncounted: dict[tuple[str, str], dict[str, MeteringEvent]] = {}
+        """Generations whose settling failed, by tenant and hold, then by event id (an event
+        redelivered is one), for their answer's release to settle again (or keep their cost
+        held)."""
 
     async def check(self, work: WorkItem) -> None:
         """Raise RATE_LIMITED or BUDGET_EXCEEDED (with retry_after_s) when it must wait; an
@@ -83,7 +84,8 @@ class TenantGate:
         if event is None or await self._settled(event):
             return
         if self._policy.limits(event.tenant).budget_usd is not None:
-            self._uncounted.setdefault((event.tenant, event.correlation_id), []).append(event)
+            uncounted = self._uncounted.setdefault((event.tenant, event.correlation_id), {})
+            uncounted[event.event_id] = event
 
     async def _settled(self, event: MeteringEvent) -> bool:
         """One try at counting the event; False if Redis failed."""
@@ -104,17 +106,15 @@ class TenantGate:
         tenant, hold_id = result.tenant, result.correlation_id
         if not tenant or not hold_id or self._policy.limits(tenant).budget_usd is None:
             return
-        keep_usd = 0.0
-        for event in self._uncounted.pop((tenant, hold_id), []):
-            if not await self._settled(event):
-                keep_usd += event.cost_usd
-        await self._release(tenant, hold_id, keep_usd)
+        uncounted = self._uncounted.pop((tenant, hold_id), {}).values()
+        kept = [event.cost_usd for event in uncounted if not await self._settled(event)]
+        await self._release(tenant, hold_id, kept)
 
-    async def _release(self, tenant: str, hold_id: str, keep_usd: float = 0.0) -> None:
+    async def _release(self, tenant: str, hold_id: str, kept: Sequence[float] = ()) -> None:
         """One try: a hold that stays expires by itself (budget.HOLD_S)."""
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
-                await self._budgets.release(tenant, hold_id, keep_usd)
+                await self._budgets.release(tenant, hold_id, kept)
         except (RedisError, TimeoutError) as exc:
             log.warning("cannot release %s's hold of %s: %r", tenant, hold_id, exc)
 

@@ -18,13 +18,14 @@ class Refusals:
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
 
-    async def refuse(self, why: Rejection, release: bool = True) -> None:
+    async def refuse(self, why: Rejection) -> None:
         """An error reply for a request that is well-formed but not served (rate limits,
-        budgets): it is answered, not dead-lettered. Unless `release`, the budget hold of its
-        correlation id stays (this record placed none: it is another record's)."""
+        budgets): it is answered, not dead-lettered. A budget hold of its correlation id
+        stays: the record placed none (the gate gives back what it placed), so it is another
+        record's of that id."""
         metrics.REJECTIONS.labels(why.error.code.value).inc()
         log.info("refused %s: %s", why.correlation_id, why.error)
-        await self._answer(why, release)
+        await self._answer(why, release=False)
 
     async def reject(
         self,
@@ -35,7 +36,8 @@ class Refusals:
         release: bool = True,
     ) -> None:
         """Dead-letter the raw record and, where the envelope allows, send an error reply
-        (`release` as in refuse)."""
+        that gives back the budget hold of its correlation id, if `release` (not for a
+        record rejected before its gate: see refuse)."""
         metrics.REJECTIONS.labels(why.error.code.value).inc()
         log.info(
             "rejected %s (%s): %s", why.correlation_id or "a record", why.error.code, why.error

@@ -291,12 +291,15 @@ class SettleFails(Budgets):
         return await super().settle(event)
 
 
-@pytest.mark.parametrize("failures", [1, 2], ids=["settled-at-release", "kept-held"])
+@pytest.mark.parametrize(
+    ("settles", "failures"), [(1, 1), (2, 3)], ids=["settled-at-release", "kept-held"]
+)
 def test_an_answer_whose_cost_was_not_counted_does_not_free_it(
-    redis_port: int, failures: int
+    redis_port: int, settles: int, failures: int
 ) -> None:
-    """Its settling failed: the release settles it first, or, failing again, keeps its cost
-    held until llmq.metering counts it (released, the budget would admit into that room)."""
+    """Its settling failed (`settles` times: a redelivered completion comes again): the
+    release settles it first, or, failing again, keeps its cost held, once, until
+    llmq.metering counts it (released, the budget would admit into that room)."""
     catalog = Catalog.builtin()
     work = admitted(raw_request("c-1"))
     hold = worst_case(work, catalog).usd
@@ -309,7 +312,8 @@ def test_an_answer_whose_cost_was_not_counted_does_not_free_it(
         gate = TenantGate(policy, RateLimiter(client), budgets, catalog)
         await gate.check(work)
         event = _event("acme", "c-1", cost, at)
-        await gate.settle(event)
+        for _ in range(settles):
+            await gate.settle(event)
         await gate.release(InferenceResult(correlation_id="c-1", tenant="acme", status="ok"))
         seen = [await budgets.held("acme"), await budgets.spent("acme", "day", at)]
         await budgets.record(event)  # llmq.metering's try: counted once either way
@@ -317,7 +321,7 @@ def test_an_answer_whose_cost_was_not_counted_does_not_free_it(
 
     held, spent, held_after, spent_after = run_async(redis_port, body)
     assert (held_after, spent_after) == pytest.approx((0.0, cost))
-    if failures == 1:
+    if failures == settles:
         assert (held, spent) == pytest.approx((0.0, cost))
     else:
         assert (held, spent) == pytest.approx((cost, 0.0), rel=1e-3)

@@ -21,6 +21,7 @@ from streams.coalesce import Coalescer
 from streams.semantic import SemanticHit
 from tests.unit.stages import (
     TIERED,
+    FakeLedger,
     FakeSend,
     Pipeline,
     Sent,
@@ -238,12 +239,14 @@ class GateSaysNo:
 
 
 def test_a_refused_request_is_answered_but_not_dead_lettered() -> None:
-    harness = Pipeline(gate=GateSaysNo())
+    ledger = FakeLedger()
+    harness = Pipeline(gate=GateSaysNo(), ledger=ledger)
     harness.on_request(None, raw_request(cid="r-1"))
     [reply] = harness.send.sent
     result = result_of(reply)
     assert result.error is not None
     assert (result.error.code, result.error.retry_after_s) == (ErrorCode.RATE_LIMITED, 7.5)
+    assert ledger.calls == [], "the gate gives back what it held; a hold of r-1 is another's"
 
 
 def test_compression_changes_what_the_engine_sees_and_keeps_the_original() -> None:
