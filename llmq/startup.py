@@ -158,7 +158,8 @@ async def _bootstrap(
         with _said("aiokafka") as said:  # its reason (a login refused), not in the exception
             async with asyncio.timeout(wait_s):
                 await admin.start()
-        return {topic: await _limit_of(admin, topic) for topic in limits_of}
+        limits = await asyncio.gather(*(_limit_of(admin, topic) for topic in limits_of))
+        return dict(zip(limits_of, limits, strict=True))
     except TimeoutError:
         raise kafka_unreachable(settings, TimeoutError(f"no answer in {wait_s:g} s")) from None
     except (KafkaError, OSError) as exc:

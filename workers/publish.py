@@ -99,22 +99,16 @@ class Publisher:
         await asyncio.gather(*sends)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: LlmqError) -> None:
-        """Send the record, as it came, to llmq.dlq with the error that put it there; cut to
-        what the producer sends and llmq.dlq takes, as the admission limit cuts it."""
+        """Send the record, as it came, to llmq.dlq with the error that put it there, until
+        the broker takes it; cut to what the producer sends and llmq.dlq takes, as the
+        admission limit cuts it."""
         log.warning(
             "dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, error
         )
         letter = dead_letter_within(
             record.topic, record.key, record.value, error, self._dead_letter_limit
         )
-        headers = list(letter.headers.items())
-        sent = False
-        try:
-            ack = await self._producer.send(DLQ, letter.value, letter.key, headers=headers)
-            sent = True
-            await ack
-        except MessageSizeTooLargeError as exc:
-            raise UnsendableRecordError(DLQ, len(letter.value), sent) from exc
+        await self._deliver(DLQ, letter.key, letter.value, list(letter.headers.items()))
 
     def _fits(self, key: bytes, value: bytes) -> bool:
         """Whether llmq sends this completion record and the producer takes it (its own
@@ -198,7 +192,13 @@ class Publisher:
         event = state.metering(self._spec, self._worker_id, completion.finished_at, outcome=outcome)
         return event, completion.model_copy(update={"metering": event}).model_dump_json().encode()
 
-    async def _deliver(self, topic: str, key: bytes, value: bytes) -> None:
+    async def _deliver(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Send one record until the broker acknowledges it: while Kafka is away the outcome
         waits here and its offset stays uncommitted, so nothing is lost or sent twice. One
         that Kafka refuses for its size (the broker's limit lowered since the start) raises
@@ -206,7 +206,7 @@ class Publisher:
         for attempt in itertools.count(1):
             sent = False
             try:
-                ack = await self._producer.send(topic, value, key)
+                ack = await self._producer.send(topic, value, key, headers=headers)
                 sent = True
                 await ack
                 return

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from redis.exceptions import AuthenticationError
 from starlette.types import Message
@@ -199,7 +200,11 @@ def test_every_answer_carries_a_request_id_as_openais_do() -> None:
     async def broken() -> None:
         raise RuntimeError("a bug")
 
+    async def routed() -> JSONResponse:
+        return JSONResponse({}, headers={"X-Request-Id": "c-1"})  # as a route sets its own
+
     app.add_api_route("/broken", broken)
+    app.add_api_route("/routed", routed)
     client = TestClient(app, raise_server_exceptions=False)
     answers = [
         client.post("/v1/embeddings", json={}),
@@ -210,6 +215,7 @@ def test_every_answer_carries_a_request_id_as_openais_do() -> None:
     assert [a.status_code for a in answers] == [404, 405, 400, 500]
     ids = {a.headers.get("x-request-id", "") for a in answers}
     assert len(ids) == 4 and all(i.startswith("req_") for i in ids)
+    assert client.get("/routed").headers.get_list("x-request-id") == ["c-1"]
 
 
 def test_redis_out_of_reach_is_a_503_naming_it_which_the_sdk_retries() -> None:

@@ -78,18 +78,26 @@ def test_a_limit_too_small_for_any_failure_stops_the_worker_saying_so() -> None:
         _publish(LlmqError(ErrorCode.EXPIRED, "past its deadline"), limit=500)
 
 
-def test_a_dead_letter_is_cut_to_what_the_producer_sends() -> None:
-    """The record as it came is past the limit (its prompt); cut, it fits, its length in a
-    header, as the admission limit cuts one."""
+def _dead_letter(
+    producer: FakeProducer, record_limit: int = RECORD_LIMIT, dead_letter_limit: int = RECORD_LIMIT
+) -> tuple[bytes, bytes]:
+    """A record past LIMIT (its prompt) dead-lettered by a publisher told those limits: the
+    record as it came, and the value sent."""
     raw = _big_work(8_000).model_dump_json().encode()
     record = ConsumerRecord("llmq.work.m.standard", 0, 7, 0, 0, b"k", raw, None, 0, 0, [])
-    producer = FakeProducer(limit=LIMIT)
-    publisher = Publisher(producer, model_spec(), "w", LIMIT)
+    publisher = Publisher(producer, model_spec(), "w", record_limit, dead_letter_limit)
     error = LlmqError(ErrorCode.CRASH_LOOP, "took the worker down 3 times")
     asyncio.run(publisher.dead_letter(record, error))
-    assert producer.refused == []
     [(topic, value)] = producer.sent
     assert topic == DLQ
+    return raw, value
+
+
+def test_a_dead_letter_is_cut_to_what_the_producer_sends() -> None:
+    """Cut, it fits, its length in a header, as the admission limit cuts one."""
+    producer = FakeProducer(limit=LIMIT)
+    raw, value = _dead_letter(producer, record_limit=LIMIT)
+    assert producer.refused == []
     assert len(value) < len(raw) and raw.startswith(value)
     assert len(value) > LIMIT - 400, "cut to what fits, not far below"
     headers = dict(producer.headers[-1])
@@ -97,21 +105,8 @@ def test_a_dead_letter_is_cut_to_what_the_producer_sends() -> None:
     assert headers[HEADER_REASON] == b"took the worker down 3 times"
 
 
-def _dead_letter(producer: FakeProducer, dead_letter_limit: int) -> bytes:
-    """A record past LIMIT dead-lettered by a publisher told llmq.dlq takes
-    `dead_letter_limit`; the value sent."""
-    raw = _big_work(8_000).model_dump_json().encode()
-    record = ConsumerRecord("llmq.work.m.standard", 0, 7, 0, 0, b"k", raw, None, 0, 0, [])
-    publisher = Publisher(producer, model_spec(), "w", RECORD_LIMIT, dead_letter_limit)
-    error = LlmqError(ErrorCode.CRASH_LOOP, "took the worker down 3 times")
-    asyncio.run(publisher.dead_letter(record, error))
-    [(topic, value)] = producer.sent
-    assert topic == DLQ
-    return value
-
-
 def test_a_dead_letter_is_cut_to_what_llmq_dlq_takes_where_it_takes_less() -> None:
-    value = _dead_letter(FakeProducer(), dead_letter_limit=LIMIT)
+    _, value = _dead_letter(FakeProducer(), dead_letter_limit=LIMIT)
     assert LIMIT - 400 < len(value) < LIMIT
 
 
