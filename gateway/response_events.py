@@ -16,6 +16,7 @@ from gateway.responses import (
     text_part,
     used,
 )
+from schemas.errors import ErrorCode
 from schemas.request import ChatBody
 from schemas.result import TokenLogprob, Usage
 from schemas.tools import text_before
@@ -157,8 +158,23 @@ class ResponseEvents:
         ]
         return events, message
 
+    def failed(self, code: ErrorCode, message: str) -> list[dict[str, Any]]:
+        """The events of an answer that failed after its first piece, as OpenAI ends such a
+        stream: an `error` event with llmq's code, then the response failed (with OpenAI's
+        code for it: a rate limit's, else a server error's)."""
+        kind = "rate_limit_exceeded" if code is ErrorCode.RATE_LIMITED else "server_error"
+        failed = self._response("failed", [], None, {"code": kind, "message": message})
+        return [
+            self._event("error", code=code.value, message=message, param=None),
+            self._event("response.failed", response=failed),
+        ]
+
     def _response(
-        self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None,
+        error: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         return response_body(
             self.echo,
@@ -167,6 +183,7 @@ class ResponseEvents:
             status=status,
             output=output,
             usage=usage,
+            error=error,
         )
 
     @property

@@ -342,8 +342,10 @@ def response_body(
     status: str,
     output: list[dict[str, Any]],
     usage: dict[str, Any] | None,
+    error: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The `response` object: its output so far and what the body asked, echoed."""
+    """The `response` object: its output so far and what the body asked, echoed (and, for a
+    failed one, its `error`)."""
     cut = status == "incomplete"
     return {
         "id": f"resp_{echo.correlation_id}",
@@ -351,7 +353,7 @@ def response_body(
         "created_at": created,
         "status": status,
         "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
-        "error": None,
+        "error": error,
         "model": model,
         "output": output,
         **echoed_tools({}),  # echo.asked holds the body's; a batch line's from before tools not

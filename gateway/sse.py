@@ -67,7 +67,12 @@ def response_events(
     not resume (the resume route sends chunks). An error after the first piece is an error
     event; a client that leaves before the end calls `on_abandon`."""
     answer = (_called if shape.calls_tools else _response)(shape, first, pieces, keep)
-    return _guarded(answer, [pieces], on_abandon)
+    return _guarded(
+        answer,
+        [pieces],
+        on_abandon,
+        failed=lambda code, message: [named(body) for body in shape.failed(code, message)],
+    )
 
 
 async def _response(
@@ -131,10 +136,12 @@ async def _guarded(
     on_abandon: Callable[[], None] | None,
     *,
     stop_on_error: bool = False,
+    failed: Callable[[ErrorCode, str], list[str]] | None = None,
 ) -> AsyncGenerator[str]:
-    """`answer`'s events; an error in it becomes an error event, and a client that leaves
-    before the end (or, with `stop_on_error`, an error) calls `on_abandon`. `answer`, then
-    the streams, are closed either way."""
+    """`answer`'s events; an error in it becomes an error event (chat's, or the events
+    `failed` makes of its code and message), and a client that leaves before the end (or,
+    with `stop_on_error`, an error) calls `on_abandon`. `answer`, then the streams, are
+    closed either way."""
     ended = False
     try:
         async for line in answer:
@@ -142,8 +149,12 @@ async def _guarded(
         ended = True
     except (LlmqError, TimeoutError) as exc:
         code = exc.code if isinstance(exc, LlmqError) else ErrorCode.EXPIRED
-        _, body = error_body(code, exc.message if isinstance(exc, LlmqError) else str(exc))
-        yield data(body)
+        message = exc.message if isinstance(exc, LlmqError) else str(exc)
+        if failed is None:
+            yield data(error_body(code, message)[1])
+        else:
+            for event in failed(code, message):
+                yield event
         ended = not stop_on_error
     finally:
         if not ended and on_abandon is not None:

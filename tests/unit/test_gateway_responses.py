@@ -348,3 +348,35 @@ def test_a_streamed_response_is_openais_events_in_order() -> None:
     assert last.response.output_text == "Blue" and last.response.status == "incomplete"
     assert last.response.usage is not None and last.response.usage.output_tokens == 3
     assert [Response.model_validate(k) for k in kept] == [last.response]  # kept as sent
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [(ErrorCode.ENGINE_ERROR, "server_error"), (ErrorCode.RATE_LIMITED, "rate_limit_exceeded")],
+)
+def test_a_response_stream_that_fails_ends_as_openais_do(code: ErrorCode, kind: str) -> None:
+    """An error event (the SDK yields it), then the response failed: not chat's error body,
+    which the SDK raises on."""
+    shape = ResponseEvents(_read().echo, 7, "m")
+
+    async def failing() -> AsyncIterator[Delta]:
+        yield Delta("Bl", 2)
+        raise LlmqError(code, "the engine went away")
+
+    async def main() -> list[str]:
+        return [e async for e in sse.response_events(shape, Delta("", 0), failing())]
+
+    reader = TypeAdapter(ResponseStreamEvent)
+    events = []
+    for line in asyncio.run(main()):
+        name, body = line.split("\n", 1)
+        events.append(reader.validate_python(json.loads(body.removeprefix("data: "))))
+        assert name == f"event: {events[-1].type}"
+    error, failed = events[-2:]
+    assert error.type == "error" and (error.code, error.message) == (
+        code.value,
+        "the engine went away",
+    )
+    assert failed.type == "response.failed" and failed.response.status == "failed"
+    assert failed.response.error is not None and failed.response.error.code == kind
+    assert [e.sequence_number for e in events] == list(range(len(events)))
