@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.openai import logprobs_body
+from gateway.openai import STATUS, logprobs_body
 from gateway.response_tools import call_item
 from gateway.responses import (
     Echo,
@@ -160,10 +160,14 @@ class ResponseEvents:
 
     def failed(self, code: ErrorCode, message: str) -> list[dict[str, Any]]:
         """The events of an answer that failed after its first piece, as OpenAI ends such a
-        stream: an `error` event with llmq's code, then the response failed (with OpenAI's
-        code for it: a rate limit's, else a server error's)."""
-        kind = "rate_limit_exceeded" if code is ErrorCode.RATE_LIMITED else "server_error"
-        failed = self._response("failed", [], None, {"code": kind, "message": message})
+        stream: an `error` event with llmq's code, then the response failed, with what its
+        message had shown, OpenAI's code for it (a 429's, else a server error's), and
+        `store` false (a failed response is not kept)."""
+        kind = "rate_limit_exceeded" if STATUS.get(code) == 429 else "server_error"
+        shown = text_part(self.text, self.logprobs)
+        written = [message_item(self.echo, "incomplete", [shown])] if self.opened else []
+        error = {"code": kind, "message": message}
+        failed = {**self._response("failed", written, None, error), "store": False}
         return [
             self._event("error", code=code.value, message=message, param=None),
             self._event("response.failed", response=failed),

@@ -64,8 +64,8 @@ def response_events(
     """The events of a streamed response (OpenAI's Responses API), each named by its type,
     from the answer's first piece on (function calls once the answer is whole); the whole
     `response` goes to `keep` before the last event, which carries it. Such a stream does
-    not resume (the resume route sends chunks). An error after the first piece is an error
-    event; a client that leaves before the end calls `on_abandon`."""
+    not resume (the resume route sends chunks). An error after the first piece is an `error`
+    event, then `response.failed`; a client that leaves before the end calls `on_abandon`."""
     answer = (_called if shape.calls_tools else _response)(shape, first, pieces, keep)
     return _guarded(
         answer,

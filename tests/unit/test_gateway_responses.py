@@ -350,33 +350,44 @@ def test_a_streamed_response_is_openais_events_in_order() -> None:
     assert [Response.model_validate(k) for k in kept] == [last.response]  # kept as sent
 
 
-@pytest.mark.parametrize(
-    ("code", "kind"),
-    [(ErrorCode.ENGINE_ERROR, "server_error"), (ErrorCode.RATE_LIMITED, "rate_limit_exceeded")],
-)
-def test_a_response_stream_that_fails_ends_as_openais_do(code: ErrorCode, kind: str) -> None:
-    """An error event (the SDK yields it), then the response failed: not chat's error body,
-    which the SDK raises on."""
-    shape = ResponseEvents(_read().echo, 7, "m")
+TIME_TOOL = [{"type": "function", "name": "get_time", "parameters": {"type": "object"}}]
+
+
+@pytest.mark.parametrize("code", [ErrorCode.ENGINE_ERROR, ErrorCode.EXPIRED])
+@pytest.mark.parametrize("tools", [None, "auto", "required"])
+def test_a_response_stream_that_fails_ends_as_openais_do(
+    code: ErrorCode, tools: str | None
+) -> None:
+    """An error event (the SDK yields it), then the response failed with what it had shown,
+    not stored: not chat's error body, which the SDK raises on. Plain text, and answers
+    that may be calls (their text held back, or shown as it comes)."""
+    body: dict[str, Any] = {} if tools is None else {"tools": TIME_TOOL, "tool_choice": tools}
+    call = _read(**body)
+    shape = ResponseEvents(call.echo, 7, "m", call.request.body if tools else None)
 
     async def failing() -> AsyncIterator[Delta]:
-        yield Delta("Bl", 2)
+        yield Delta(" day", 5)
         raise LlmqError(code, "the engine went away")
 
     async def main() -> list[str]:
-        return [e async for e in sse.response_events(shape, Delta("", 0), failing())]
+        return [e async for e in sse.response_events(shape, Delta("Good ", 0), failing())]
 
     reader = TypeAdapter(ResponseStreamEvent)
     events = []
     for line in asyncio.run(main()):
-        name, body = line.split("\n", 1)
-        events.append(reader.validate_python(json.loads(body.removeprefix("data: "))))
+        name, body_line = line.split("\n", 1)
+        events.append(reader.validate_python(json.loads(body_line.removeprefix("data: "))))
         assert name == f"event: {events[-1].type}"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
     error, failed = events[-2:]
     assert error.type == "error" and (error.code, error.message) == (
         code.value,
         "the engine went away",
     )
     assert failed.type == "response.failed" and failed.response.status == "failed"
-    assert failed.response.error is not None and failed.response.error.code == kind
-    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert failed.response.error is not None and failed.response.error.code == "server_error"
+    assert (failed.response.model_extra or {})["store"] is False
+    shown = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert failed.response.output_text == shown
+    if tools is None:
+        assert shown == "Good  day"

@@ -19,6 +19,7 @@ from tests.unit.worker_fakes import (
     FakeConsumer,
     FakeEngine,
     FakeProducer,
+    FlakyProducer,
     model_spec,
     run_worker,
     serve_one,
@@ -108,6 +109,13 @@ def test_a_dead_letter_is_cut_to_what_the_producer_sends() -> None:
 def test_a_dead_letter_is_cut_to_what_llmq_dlq_takes_where_it_takes_less() -> None:
     _, value = _dead_letter(FakeProducer(), dead_letter_limit=LIMIT)
     assert LIMIT - 400 < len(value) < LIMIT
+
+
+def test_a_dead_letter_the_broker_did_not_take_is_sent_again() -> None:
+    """As an outcome is: a broker restarting does not stop the worker."""
+    producer = FlakyProducer(failures=1)
+    _, value = _dead_letter(producer)
+    assert producer.sent == [(DLQ, value)]
 
 
 def test_a_dead_letter_the_broker_refuses_stops_the_worker_saying_so() -> None:

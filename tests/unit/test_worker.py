@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import partial
-from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaConnectionError
 
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode
@@ -28,6 +26,7 @@ from tests.unit.worker_fakes import (
     FakeConsumer,
     FakeEngine,
     FakeProducer,
+    FlakyProducer,
     MemoryStarts,
     model_spec,
     run_worker,
@@ -225,22 +224,6 @@ def test_a_retry_starts_no_earlier_than_its_backoff_allows() -> None:
     assert completion.work.attempt == 2
     assert completion.timings.queue_ms is not None
     assert time.time() >= not_before
-
-
-class FlakyProducer(FakeProducer):
-    """Refuses the first `failures` sends, as a broker that is restarting does."""
-
-    def __init__(self, failures: int) -> None:
-        super().__init__()
-        self.failures = failures
-
-    async def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
-    ) -> asyncio.Future[None]:
-        if self.failures > 0:
-            self.failures -= 1
-            raise KafkaConnectionError("broker away")
-        return await super().send(topic, value, key, headers)
 
 
 def test_an_outcome_the_broker_refused_is_sent_again_before_the_offset_commits() -> None:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from llmq.record_limits import RECORD_LIMIT
@@ -142,6 +142,22 @@ class FakeProducer:
 
     def deltas(self) -> list[TokenDelta]:
         return [TokenDelta.model_validate_json(v) for t, v in self.sent if t == TOKENS]
+
+
+class FlakyProducer(FakeProducer):
+    """Refuses the first `failures` sends, as a broker that is restarting does."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    ) -> asyncio.Future[None]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise KafkaConnectionError("broker away")
+        return await super().send(topic, value, key, headers)
 
 
 class MemoryStarts:
