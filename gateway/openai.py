@@ -18,7 +18,7 @@ from schemas.lanes import Lane
 from schemas.redact import describe
 from schemas.request import MAX_TOP_LOGPROBS, CacheMode, ChatBody, InferenceRequest
 from schemas.result import InferenceResult, TokenLogprob, TopLogprob, Usage
-from schemas.tools import ToolCall, text_before
+from schemas.tools import FunctionCall, ToolCall, text_before
 
 AUTO = "auto"
 TOOL_FIELDS = frozenset({"tools", "tool_choice", "parallel_tool_calls"})
@@ -305,10 +305,10 @@ def _call(call: object) -> object:
     SDK's `index` and `parsed_arguments`): as vLLM's server, llmq reads past them."""
     if not isinstance(call, dict):
         return call  # validation names the problem
-    kept = {k: v for k, v in call.items() if k in ("id", "type", "function")}
+    kept = {k: v for k, v in call.items() if k in ToolCall.model_fields}
     function = kept.get("function")
     if isinstance(function, dict):
-        kept["function"] = {k: v for k, v in function.items() if k in ("name", "arguments")}
+        kept["function"] = {k: v for k, v in function.items() if k in FunctionCall.model_fields}
     return kept
 
 

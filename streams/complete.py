@@ -179,7 +179,7 @@ class Complete:
             await self._coalescer.settle(
                 fingerprint,
                 [(waiter.reply_to, failure)],
-                lambda w: (w.reply_to, replies.for_follower(failure, w)),
+                replies.to_followers(failure),
                 self._outbox.reply_all,
             )
         return True
@@ -206,7 +206,7 @@ class Complete:
         followers = await self._coalescer.settle(
             work.fingerprint,
             first,
-            lambda w: (w.reply_to, replies.for_follower(result, w)),
+            replies.to_followers(result),
             self._outbox.reply_all,
         )
         metrics.COALESCED.observe(followers)

@@ -88,7 +88,7 @@ class Dedupe:
             await self._coalescer.settle(
                 work.fingerprint,
                 [],
-                lambda w: (w.reply_to, replies.for_follower(failure, w)),
+                replies.to_followers(failure),
                 self._outbox.reply_all,
             )
         except Exception:
@@ -178,7 +178,7 @@ class Dedupe:
         await self._coalescer.settle(
             work.fingerprint,
             [(work.request.reply_to, first)],
-            lambda w: (w.reply_to, replies.for_follower(first, w)),
+            replies.to_followers(first),
             partial(self._outbox.reply_all, holding=holding),
         )
 

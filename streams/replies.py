@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from schemas.errors import LlmqError
 from schemas.result import CacheStatus, ChatCompletion, ErrorInfo, InferenceResult, Timings
 from schemas.work import Completion, WorkItem
-from streams.coalesce import Waiter
+from streams.coalesce import Reply, Waiter
 
 
 def _total_ms(created_at: float | None, now: float) -> float | None:
@@ -57,6 +58,11 @@ def from_cache(
         timings=Timings(total_ms=_total_ms(request.created_at, now)),
         finished_at=now,
     )
+
+
+def to_followers(leader: InferenceResult) -> Callable[[Waiter], Reply]:
+    """Each waiting copy's reply: the leader's result re-issued to it, on its reply topic."""
+    return lambda waiter: (waiter.reply_to, for_follower(leader, waiter))
 
 
 def for_follower(
