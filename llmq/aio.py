@@ -14,12 +14,16 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, OutOfOrderSequenceNumber
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+)
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
@@ -118,11 +122,15 @@ class AsyncClient:
                 f"cannot use Kafka at {bootstrap} ({self.settings.kafka_security().describe()}):"
                 f" {exc!r}; is the stack up (llmq local up)?"
             ) from exc
+        except BaseException:  # a topic missing: what started stops
+            await self.close()
+            raise
         self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
         self._reader = asyncio.create_task(self._read(self._consumer), name="llmq-aio-replies")
 
     async def close(self) -> None:
-        """Stop reading; flush and close the connections."""
+        """Stop reading; flush and close the connections. Whoever still awaits a result gets
+        RuntimeError."""
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -135,8 +143,11 @@ class AsyncClient:
             await producer.stop()
         if self._redis is not None:
             await self._redis.aclose()
-        for future in self._pending.values():
-            future.cancel()
+        for (_, correlation_id), future in self._pending.items():
+            if not future.done():
+                future.set_exception(RuntimeError(f"the client closed before {correlation_id}"))
+                future.exception()  # nobody may await it: not an error to log
+        self._pending.clear()
 
     async def __aenter__(self) -> AsyncClient:
         await self.start()
@@ -208,8 +219,9 @@ class AsyncClient:
         self, correlation_id: str, wait_s: float = 120.0, *, tenant: str | None = None
     ) -> InferenceResult:
         """The result of a request; TimeoutError when none came in `wait_s`. One this client
-        did not submit is looked up in the result store."""
-        key = (tenant or self.tenant, correlation_id)
+        did not submit is looked up in the result store. `tenant` is by default the one this
+        client submitted the id as (its own where it submitted the id as several)."""
+        key = self._key(correlation_id, tenant)
         future = self._pending.get(key)
         try:
             if future is not None:
@@ -242,9 +254,10 @@ class AsyncClient:
     ) -> AsyncIterator[Delta]:
         """The pieces of a request's answer from character `offset` on: its own token deltas,
         or those of the generation it was coalesced with, completed by its final result. An
-        error result raises LlmqError; TimeoutError when nothing ends it in `wait_s`."""
-        key = (tenant or self.tenant, correlation_id)
-        future = self._pending.setdefault(key, asyncio.get_running_loop().create_future())
+        error result raises LlmqError; TimeoutError when nothing ends it in `wait_s` (from
+        the call, not from the last piece)."""
+        key = self._key(correlation_id, tenant)
+        future = await self._awaited(key)
         reader = StreamReader(offset)
         cursor = _Cursor(self._log(key))
         deadline = time.monotonic() + wait_s
@@ -265,6 +278,7 @@ class AsyncClient:
                     yield last
                     return
         finally:
+            cursor.close()
             # The result may still come (a stream ends at its last piece): result() finds
             # it until then, and it goes once it came.
             if future.done():
@@ -278,7 +292,7 @@ class AsyncClient:
             delta = cursor.log.deltas[cursor.seen]
             cursor.seen += 1
             if delta.follows is not None and reader.generation is None:
-                cursor.log, cursor.seen = self._log((tenant, delta.follows)), 0
+                cursor.move(self._log((tenant, delta.follows)))
                 return
             piece = reader.take(delta)
             if piece is not None:
@@ -345,12 +359,9 @@ class AsyncClient:
             producer = self._producer
             if producer is None:
                 raise RuntimeError("the client is not started, or closed")
-            try:
-                sent = await producer.send(topic, value, key.encode())
-            except MessageSizeTooLargeError:
-                if not again and await asyncio.shield(self._reread(producer, broken=False)):
-                    continue  # a fresh producer under a higher limit
-                raise RecordRefusedError(topic, size, self._limit) from None
+            sent = await self._handed(producer, topic, key, value, again)
+            if sent is None:
+                continue  # a fresh producer takes it
             try:
                 await sent
                 return
@@ -362,6 +373,25 @@ class AsyncClient:
                     raise refusal from None
                 if again:
                     raise
+
+    async def _handed(
+        self, producer: AIOKafkaProducer, topic: str, key: str, value: bytes, again: bool
+    ) -> Any:
+        """The record handed to `producer` (its acknowledgement, a future); None where a fresh
+        producer should take it on the first try: the limit, read again, went up, or another
+        send's renewal stopped this one while the record waited for room in a batch."""
+        try:
+            return await producer.send(topic, value, key.encode())
+        except MessageSizeTooLargeError:
+            if not again and await asyncio.shield(self._reread(producer, broken=False)):
+                return None
+            raise RecordRefusedError(topic, record_size(key.encode(), value), self._limit) from None
+        except ProducerClosed:
+            if self._producer is None:
+                raise RuntimeError("the client is closed") from None
+            if not again and self._producer is not producer:
+                return None
+            raise
 
     async def _reread(self, used: AIOKafkaProducer, broken: bool) -> bool:
         """Read llmq.requests' limit again (once, whoever asks first; where not `broken`, at
@@ -392,6 +422,26 @@ class AsyncClient:
             await used.stop()
         return True
 
+    async def _awaited(self, key: Key) -> asyncio.Future[InferenceResult]:
+        """The future of a request's result: the one of a request submitted here, else a new
+        one, already holding the stored result of a request that ended (its reply went by
+        before anyone here waited for it)."""
+        future = self._pending.get(key)
+        if future is None:
+            future = self._pending[key] = asyncio.get_running_loop().create_future()
+            stored = await self._stored(key)
+            if stored is not None and not future.done():
+                future.set_result(stored)
+        return future
+
+    def _key(self, correlation_id: str, tenant: str | None) -> Key:
+        """The request of `tenant`, by default the tenant this client submitted the id as
+        (its own where it submitted the id as several, or not at all)."""
+        if tenant is None:
+            submitted = [t for t, cid in self._pending if cid == correlation_id]
+            tenant = submitted[0] if len(submitted) == 1 else self.tenant
+        return (tenant, correlation_id)
+
     def _log(self, key: Key) -> StreamLog:
         found = self._logs.get(key)
         if found is None:
@@ -404,16 +454,16 @@ class AsyncClient:
         while True:
             try:
                 batches = await consumer.getmany(timeout_ms=200)
-            except KafkaError as exc:
+                for tp, records in batches.items():
+                    for record in records:
+                        if tp.topic == TOKENS:
+                            self._on_delta(record.value)
+                        else:
+                            self._on_result(record.value)
+            except Exception as exc:  # the one reader of every reply must outlive it
                 log.warning("reading replies failed, retrying: %r", exc)
                 await asyncio.sleep(1.0)
                 continue
-            for tp, records in batches.items():
-                for record in records:
-                    if tp.topic == TOKENS:
-                        self._on_delta(record.value)
-                    else:
-                        self._on_result(record.value)
             if time.monotonic() - pruned > PRUNE_EVERY_S:
                 self._prune()
                 pruned = time.monotonic()
@@ -438,9 +488,10 @@ class AsyncClient:
             future.set_result(result)
 
     def _prune(self) -> None:
-        """Forget the streams nothing has touched for the retention time."""
+        """Forget the streams nothing has touched for the retention time, and none reads."""
         horizon = time.monotonic() - self._retention_s
-        for key in [k for k, v in self._logs.items() if v.touched < horizon]:
+        idle = [k for k, v in self._logs.items() if v.touched < horizon and not v.readers]
+        for key in idle:
             del self._logs[key]
 
     async def stored(
@@ -469,9 +520,22 @@ class AsyncClient:
         return None
 
 
-@dataclass
 class _Cursor:
-    """Where a reader is: which stream log, and how many of its deltas it has read."""
+    """Where a reader is: which stream log, and how many of its deltas it has read. The log
+    it reads counts it among its readers (a log read is not pruned) until it moves or
+    closes."""
 
-    log: StreamLog
-    seen: int = 0
+    def __init__(self, log: StreamLog) -> None:
+        self.log = log
+        self.seen = 0
+        log.readers += 1
+
+    def move(self, log: StreamLog) -> None:
+        """Read `log` from its start instead."""
+        self.close()
+        self.log, self.seen = log, 0
+        log.readers += 1
+
+    def close(self) -> None:
+        """Read nothing any more."""
+        self.log.readers -= 1

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 CLIENT_ID = "llmq-client"
 STORE_POLL_S = 0.5
 """How often a waiting result() looks in the result store."""
+LISTEN_RETRY_S = 1.0
+"""How long the reply listener waits after a failed poll before polling again."""
 CONNECT_TIMEOUT_S = 15.0
 """How long a Kafka client may take to reach the cluster (and be let in) before it fails."""
 TOPIC_SPREAD_S = 10.0
@@ -54,6 +56,8 @@ TOPIC_SPREAD_S = 10.0
 broker of a cluster learns of it in its own time."""
 
 T = TypeVar("T", KafkaProducer, KafkaConsumer)
+Key = tuple[str, str]
+"""(tenant, correlation_id)."""
 
 
 class Client:
@@ -83,9 +87,9 @@ class Client:
         self._read_at = 0.0
         self._producing = threading.Lock()
         self._closed = False
-        self._pending: dict[str, str] = {}
-        """correlation_id -> tenant of each request submitted and not yet collected."""
-        self._results: dict[str, InferenceResult] = {}
+        self._pending: set[Key] = set()
+        """(tenant, correlation_id) of each request submitted and not yet collected."""
+        self._results: dict[Key, InferenceResult] = {}
         self._arrived = threading.Condition()
         self._closing = threading.Event()
         self._listener: threading.Thread | None = None
@@ -131,49 +135,60 @@ class Client:
         (prompt_too_large) for one past 450 kB as a record, which admission would refuse, or
         past what Kafka takes on llmq.requests."""
         value = request.record()
+        key = (request.tenant, request.correlation_id)
         with self._arrived:
-            waiting = request.correlation_id in self._pending
+            waiting = key in self._pending
             if self._listener is not None:
-                self._pending[request.correlation_id] = request.tenant
+                self._pending.add(key)
         try:
             self._send(REQUESTS, request.correlation_id.encode(), value)
         except BaseException:
             if not waiting:
                 with self._arrived:
-                    self._pending.pop(request.correlation_id, None)
+                    self._pending.discard(key)
             raise
         return request.correlation_id
 
     def result(
         self, correlation_id: str, timeout: float = 120.0, *, tenant: str | None = None
     ) -> InferenceResult:
-        """Wait for the result of a request; raises TimeoutError when none came in time.
+        """Wait for the result of a request; raises TimeoutError when none came in time, and
+        RuntimeError when the client is closed meanwhile.
 
-        The store is searched under `tenant`: by default the one this client submitted the
-        id as, else the client's own.
+        The request is the one of `tenant`: by default the tenant this client submitted the
+        id as (the client's own where it submitted the id as several, or not at all).
         """
         deadline = time.monotonic() + timeout
         with self._arrived:
-            tenant = tenant or self._pending.get(correlation_id, self.tenant)
+            if tenant is None:
+                submitted = [t for t, cid in self._pending if cid == correlation_id]
+                tenant = submitted[0] if len(submitted) == 1 else self.tenant
+        key = (tenant, correlation_id)
         while True:
             # 1) The listener's replies, waited for under the lock (woken on arrival).
             left = max(0.0, deadline - time.monotonic())
             with self._arrived:
                 if self._listener is not None:
                     self._arrived.wait_for(
-                        lambda: correlation_id in self._results, timeout=min(left, STORE_POLL_S)
+                        lambda: key in self._results or self._closing.is_set(),
+                        timeout=min(left, STORE_POLL_S),
                     )
-                found = self._results.pop(correlation_id, None)
+                found = self._results.pop(key, None)
             # 2) The result store, outside the lock and once per poll interval.
-            found = found or self._stored(tenant, correlation_id)
+            found = found or self._stored(*key)
             if found is not None:
-                with self._arrived:
-                    self._pending.pop(correlation_id, None)
+                with self._arrived:  # its reply may have come meanwhile: nothing is kept
+                    self._pending.discard(key)
+                    self._results.pop(key, None)
                 return found
+            if self._closing.is_set():
+                with self._arrived:
+                    self._pending.discard(key)
+                raise RuntimeError(f"the client was closed before the result of {correlation_id}")
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"no result for {correlation_id} within {timeout:.0f}s")
             if self._listener is None:
-                time.sleep(min(left, STORE_POLL_S))
+                self._closing.wait(min(left, STORE_POLL_S))
 
     def ask(
         self, prompt: str | Sequence[dict[str, str]], timeout: float = 120.0, **kwargs: Any
@@ -192,8 +207,10 @@ class Client:
             ) from exc
 
     def close(self) -> None:
-        """Flush what was submitted and stop the listener."""
-        self._closing.set()
+        """Flush what was submitted and stop the listener; a result() waiting raises."""
+        with self._arrived:
+            self._closing.set()
+            self._arrived.notify_all()
         with self._producing:  # none is made behind this
             self._closed = True
             producer, self._producer = self._producer, None
@@ -316,26 +333,37 @@ class Client:
         return tail(self.settings.kafka_bootstrap, self.reply_to, self.settings.kafka_security())
 
     def _listen(self, consumer: KafkaConsumer) -> None:
+        """Collect the replies to requests pending, until close(); a failed poll is logged
+        and tried again (the result store still answers meanwhile)."""
         try:
             while not self._closing.is_set():
-                batches = consumer.poll(timeout_ms=200)
-                arrived = []
-                for records in batches.values():
-                    for record in records:
-                        try:
-                            arrived.append(InferenceResult.model_validate_json(record.value))
-                        except ValidationError:
-                            continue  # not a result: someone else's record on this topic
-                if arrived:
-                    with self._arrived:
-                        for result in arrived:
-                            cid = result.correlation_id
-                            # Another tenant's reply to an equal id is not this request's.
-                            if cid in self._pending and self._pending[cid] == result.tenant:
-                                self._results.setdefault(cid, result)
-                        self._arrived.notify_all()
+                try:
+                    batches = consumer.poll(timeout_ms=200)
+                except Exception as exc:  # the listener must outlive it
+                    log.warning("reading replies from %s failed, retrying: %r", self.reply_to, exc)
+                    self._closing.wait(LISTEN_RETRY_S)
+                    continue
+                self._collect(batches)
         finally:
             consumer.close()
+
+    def _collect(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """Keep the replies among polled records that answer requests pending here (another
+        tenant's reply to an equal id is not this request's), and wake the waiters."""
+        arrived = []
+        for records in batches.values():
+            for record in records:
+                try:
+                    arrived.append(InferenceResult.model_validate_json(record.value))
+                except ValidationError:
+                    continue  # not a result: someone else's record on this topic
+        if arrived:
+            with self._arrived:
+                for result in arrived:
+                    key = (result.tenant or "", result.correlation_id or "")
+                    if key in self._pending:
+                        self._results.setdefault(key, result)
+                self._arrived.notify_all()
 
 
 def tail(bootstrap: str, topic: str, security: KafkaSecurity | None = None) -> KafkaConsumer:

@@ -35,6 +35,8 @@ class StreamLog:
     def __init__(self) -> None:
         self.deltas: list[TokenDelta] = []
         self.touched = time.monotonic()
+        self.readers = 0
+        """How many follow() calls read it now."""
         self._changed = asyncio.Event()
 
     def append(self, delta: TokenDelta) -> None:

@@ -1,0 +1,323 @@
+"""Who gets a result, in both clients: each request its own tenant's reply, a waiter woken by
+close(), a reader that outlives a failed poll, a stream read while its log would be pruned,
+a stored result for a request that ended before anyone here waited, a send taken over by a
+fresh producer. Kafka and Redis are fakes here; tests/integration runs the real ones."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.errors import ProducerClosed
+from aiokafka.structs import TopicPartition
+from kafka.errors import KafkaError
+
+from llmq import aio, client
+from llmq.aio import AsyncClient
+from llmq.client import Client
+from llmq.streaming import Delta
+from schemas.names import RESULTS, TOKENS
+from schemas.result import InferenceResult
+from schemas.settings import ServiceSettings
+from schemas.stream import TokenDelta
+
+pytestmark = pytest.mark.timeout(30)
+
+NO_REDIS = ServiceSettings(redis_url="redis://127.0.0.1:1/0")
+"""Nothing listens there: the result store is away, so only replies answer."""
+
+
+def _result(correlation_id: str, tenant: str, text: str) -> InferenceResult:
+    return InferenceResult.model_validate(
+        {
+            "correlation_id": correlation_id,
+            "tenant": tenant,
+            "status": "ok",
+            "model_used": "m",
+            "response": {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            },
+        }
+    )
+
+
+def _record(result: InferenceResult) -> SimpleNamespace:
+    return SimpleNamespace(value=result.model_dump_json().encode())
+
+
+class Replies:
+    """kafka-python's consumer of the reply topic: polls what was put, or fails once."""
+
+    def __init__(self) -> None:
+        self.records: queue.Queue[Any] = queue.Queue()
+
+    def poll(self, timeout_ms: int) -> dict[str, list[Any]]:
+        try:
+            record = self.records.get(timeout=timeout_ms / 1000)
+        except queue.Empty:
+            return {}
+        if isinstance(record, Exception):
+            raise record
+        return {RESULTS: [record]}
+
+    def close(self) -> None: ...
+
+
+@pytest.fixture
+def replies(monkeypatch: pytest.MonkeyPatch) -> Replies:
+    consumer = Replies()
+    monkeypatch.setattr(client, "tail", lambda *_, **__: consumer)
+    return consumer
+
+
+def _sync_client() -> Client:
+    app = Client(NO_REDIS)
+    app._send = lambda *_: None  # type: ignore[method-assign]
+    return app
+
+
+def test_two_tenants_with_one_id_each_get_their_own_reply(replies: Replies) -> None:
+    app = _sync_client()
+    try:
+        app.submit("hi", tenant="acme", correlation_id="order-42")
+        app.submit("hi", tenant="globex", correlation_id="order-42")
+        replies.records.put(_record(_result("order-42", "acme", "for acme")))
+        replies.records.put(_record(_result("order-42", "globex", "for globex")))
+        assert app.result("order-42", timeout=20, tenant="acme").text == "for acme"
+        assert app.result("order-42", timeout=20, tenant="globex").text == "for globex"
+    finally:
+        app.close()
+
+
+def test_a_result_found_in_the_store_leaves_no_reply_behind(replies: Replies) -> None:
+    app = _sync_client()
+    answer = _result("c1", "default", "hi")
+
+    def stored(tenant: str, correlation_id: str) -> InferenceResult:
+        app._collect({RESULTS: [_record(answer)]})  # its reply comes while the store is read
+        return answer
+
+    app._stored = stored  # type: ignore[method-assign]
+    try:
+        app.submit("hi", correlation_id="c1")
+        assert app.result("c1", timeout=20).text == "hi"
+        assert not app._results and not app._pending
+    finally:
+        app.close()
+
+
+def test_close_wakes_a_waiting_result_with_an_error(replies: Replies) -> None:
+    app = _sync_client()
+    app.submit("hi", correlation_id="c1")
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            app.result("c1", timeout=600)
+        except BaseException as exc:
+            raised.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    app.close()
+    waiter.join(timeout=20)
+    assert not waiter.is_alive()
+    assert isinstance(raised[0], RuntimeError) and "closed" in str(raised[0])
+
+
+def test_the_listener_outlives_a_failed_poll(replies: Replies) -> None:
+    app = _sync_client()
+    try:
+        app.submit("hi", correlation_id="c1")
+        replies.records.put(KafkaError("the broker went away a moment"))
+        replies.records.put(_record(_result("c1", "default", "still here")))
+        assert app.result("c1", timeout=20).text == "still here"
+    finally:
+        app.close()
+
+
+async def _started(app: AsyncClient) -> None:
+    async def send(topic: str, key: str, value: bytes) -> None: ...
+
+    app._send = send  # type: ignore[method-assign]
+
+
+def _delta(seq: int, text: str) -> bytes:
+    delta = TokenDelta(correlation_id="c1", tenant="default", generation="g", seq=seq, text=text)
+    return delta.model_dump_json().encode()
+
+
+async def _next(pieces: AsyncIterator[Delta]) -> Delta:
+    return await asyncio.wait_for(anext(pieces), 20)
+
+
+def test_the_async_result_is_awaited_as_the_tenant_it_was_submitted_as() -> None:
+    async def run() -> str | None:
+        app = AsyncClient(NO_REDIS)
+        await _started(app)
+        correlation_id = await app.submit("hi", tenant="acme")
+        app._on_result(_record(_result(correlation_id, "acme", "for acme")).value)
+        return (await app.result(correlation_id, wait_s=1)).text
+
+    assert asyncio.run(run()) == "for acme"
+
+
+def test_close_fails_an_awaited_result_with_an_error() -> None:
+    async def run() -> BaseException | None:
+        app = AsyncClient(NO_REDIS)
+        await _started(app)
+        correlation_id = await app.submit("hi")
+        waiter = asyncio.create_task(app.result(correlation_id, wait_s=600))
+        await asyncio.sleep(0)
+        await app.close()
+        try:
+            await waiter
+        except BaseException as exc:
+            return exc
+        return None
+
+    raised = asyncio.run(run())
+    assert isinstance(raised, RuntimeError) and "closed" in str(raised)
+
+
+def test_a_stream_read_before_its_first_piece_is_not_pruned() -> None:
+    async def run() -> list[str]:
+        app = AsyncClient(NO_REDIS, stream_retention_s=0)
+        pieces = app.follow("c1", wait_s=600)
+        first = asyncio.create_task(_next(pieces))
+        await asyncio.sleep(0.01)
+        app._prune()  # nothing came yet: the log is older than its retention
+        app._on_delta(_delta(0, "Hel"))
+        texts = [(await first).text]
+        app._on_delta(_delta(1, "lo"))
+        texts.append((await _next(pieces)).text)
+        return texts
+
+    assert asyncio.run(run()) == ["Hel", "lo"]
+
+
+def test_a_request_that_ended_before_it_was_followed_is_read_from_the_store() -> None:
+    async def run() -> str:
+        app = AsyncClient(NO_REDIS)
+        answer = _result("c1", "default", "all of it")
+
+        async def stored(key: tuple[str, str]) -> InferenceResult | None:
+            return answer if key == ("default", "c1") else None
+
+        app._stored = stored  # type: ignore[method-assign]
+        return "".join([piece.text async for piece in app.follow("c1", wait_s=600)])
+
+    assert asyncio.run(run()) == "all of it"
+
+
+def test_a_send_waiting_in_a_producer_another_send_replaced_goes_through_the_fresh_one() -> None:
+    class Producer:
+        def __init__(self, full: bool) -> None:
+            self.full = full
+            self.sent: list[bytes] = []
+            self.stopped = asyncio.Event()
+
+        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[None]:
+            if self.full:  # no room in its batch until it stops
+                await self.stopped.wait()
+                raise ProducerClosed()
+            self.sent.append(value)
+            ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            ack.set_result(None)
+            return ack
+
+    async def run() -> tuple[list[bytes], list[bytes]]:
+        app = AsyncClient(NO_REDIS)
+        used, fresh = Producer(full=True), Producer(full=False)
+        app._producer = used
+        sending = asyncio.create_task(app._send("llmq.requests", "k", b"waits"))
+        await asyncio.sleep(0.01)
+        app._producer = fresh  # as _reread replaces it
+        used.stopped.set()
+        await asyncio.wait_for(sending, 20)
+        return used.sent, fresh.sent
+
+    assert asyncio.run(run()) == ([], [b"waits"])
+
+
+def test_the_async_reader_outlives_a_failed_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+    answer = _result("c1", "default", "still here")
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        async def getmany(self, timeout_ms: int) -> dict[Any, list[Any]]:
+            self.reads += 1
+            if self.reads == 1:
+                raise ValueError("a record this client could not read")
+            if self.reads == 2:
+                return {TopicPartition(RESULTS, 0): [_record(answer)]}
+            await _real_sleep(3600)
+            return {}
+
+    async def run() -> str | None:
+        app = AsyncClient(NO_REDIS)
+        await _started(app)
+        await app.submit("hi", correlation_id="c1")
+        reader = asyncio.create_task(app._read(Consumer()))
+        try:
+            return (await app.result("c1", wait_s=20)).text
+        finally:
+            reader.cancel()
+
+    assert asyncio.run(run()) == "still here"
+
+
+def test_a_start_that_fails_on_a_missing_topic_stops_what_it_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stopped: list[str] = []
+
+    class Part:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None:
+            stopped.append(self.name)
+
+    async def limit(*_: object) -> None:
+        return None
+
+    async def missing(*_: object) -> None:
+        raise RuntimeError(f"topic {TOKENS!r} does not exist")
+
+    monkeypatch.setattr(aio, "read_record_limit", limit)
+    monkeypatch.setattr(aio, "AIOKafkaProducer", lambda **_: Part("producer"))
+    monkeypatch.setattr(aio, "AIOKafkaConsumer", lambda *_, **__: Part("consumer"))
+    monkeypatch.setattr(aio, "at_end", missing)
+
+    with pytest.raises(RuntimeError, match="does not exist"):
+        asyncio.run(AsyncClient(NO_REDIS).start())
+    assert sorted(stopped) == ["consumer", "producer"]
+
+
+_real_sleep = asyncio.sleep
+
+
+async def _no_wait(_: float) -> None:
+    await _real_sleep(0)
