@@ -51,8 +51,11 @@ class Observation:
     tokens_per_s: float
     """What one replica serves: measured while the pool was busy, else a prior."""
     running: int
+    """Replicas in the pool now: a policy's first figure holds at least these for its
+    stabilization window."""
     partitions: int
-    """The model's lane topics' partitions: more replicas than that would sit idle."""
+    """Partitions of the model's largest lane topic: a lane is consumed by at most that
+    many replicas, so more would sit idle."""
     capacity: Mapping[int, float] = field(default_factory=dict)
     """Tokens per second of the whole pool at each size where it was measured busy."""
 
@@ -75,8 +78,9 @@ class Policy:
     """The pool size for each observation: enough replicas to drain every lane's backlog
     within its target while keeping up with arrivals, at the measured rate per replica, or
     the smallest pool measured to keep up; within [min, max] and the partitions; up at once,
-    down only after the stabilization window; to zero after idle_s without work (when min
-    is 0), back from zero on the first record."""
+    down only after the stabilization window (which starts out holding the pool's present
+    size); to zero after idle_s without work (when min is 0), back from zero on the first
+    record."""
 
     targets: Targets
     _window: deque[tuple[float, int]] = field(default_factory=deque)
@@ -110,7 +114,11 @@ class Policy:
             raw = max(raw, 1)
         cap = min(self.targets.max_replicas, max(1, seen.partitions))
         target = min(max(raw, floor), cap)
-        # 3) Up at once, down only when the whole window agrees.
+        # 3) Up at once, down only when the whole window agrees. A policy that never saw
+        # this pool (the autoscaler restarted) has no window yet: the pool's present size
+        # stands in for it, or a busy pool would shrink before its rates were measured.
+        if self._desired is None:
+            self._window.append((seen.now, min(seen.running, cap)))
         self._window.append((seen.now, target))
         horizon = seen.now - self.targets.stabilization_s
         while self._window and self._window[0][0] < horizon:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+import math
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ class PoolView:
     """Estimated tokens of every record published since the autoscaler started."""
     members: int
     partitions: int
+    """Partitions of the model's largest lane topic."""
 
 
 class Pools:
@@ -57,6 +59,8 @@ class Pools:
         self._client_id = client_id
         self._ledgers: dict[TopicPartition, Ledger] = {}
         self._committed: dict[TopicPartition, int] = {}
+        self._fresh_from: dict[TopicPartition, int] = {}
+        """Each partition's end offset at the start: the records from there on arrived since."""
         self._arrived: dict[str, float] = defaultdict(float)
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -84,6 +88,7 @@ class Pools:
         await self._admin.start()
         await self._consumer.start()
         partitions = await assigned(self._consumer, topics)
+        self._fresh_from = await self._consumer.end_offsets(partitions)
         for model in self._models:
             committed = await self._offsets(model)
             for tp in partitions:
@@ -114,7 +119,9 @@ class Pools:
                 for record in records:
                     tokens = _tokens(record.headers, ledger.mean())
                     ledger.add(record.offset, tokens)
-                    self._arrived[_model_of(tp)] += tokens
+                    # The backlog read at the start is not arrivals: it would pass for a burst.
+                    if record.offset >= self._fresh_from.get(tp, 0):
+                        self._arrived[_model_of(tp)] += tokens
 
     async def look(self, model: str) -> PoolView:
         """The pool of `model` now. Raises KafkaError when Kafka cannot say."""
@@ -139,14 +146,10 @@ class Pools:
             records += max(0, ends[tp] - done)
         group = worker_group(model)
         members = (await describe_groups(admin, [group]))[group].members
+        # A lane's partitions are consumed by at most as many workers, whatever the others.
+        widest = max(Counter(_lane_of(tp) for tp in partitions).values(), default=0)
         return PoolView(
-            dict(tokens),
-            records,
-            served,
-            served_records,
-            self._arrived[model],
-            members,
-            len(partitions),
+            dict(tokens), records, served, served_records, self._arrived[model], members, widest
         )
 
     async def _offsets(self, model: str) -> dict[TopicPartition, int]:
@@ -168,11 +171,14 @@ def _lane_of(tp: TopicPartition) -> Lane:
     return split_work_topic(tp.topic)[1]
 
 
-def _tokens(headers: Sequence[tuple[str, bytes]], default: float) -> float:
+def _tokens(headers: Sequence[tuple[str, bytes | None]], default: float) -> float:
+    """The record's token header, or `default` where it is missing or not a finite count
+    (any producer can write headers; a null, "inf" or "nan" must not reach the policy)."""
     for key, value in headers or ():
         if key == HEADER_TOKENS:
             try:
-                return float(value.decode())
+                tokens = float((value or b"").decode())
             except ValueError:
                 break
+            return tokens if math.isfinite(tokens) and tokens >= 0 else default
     return default

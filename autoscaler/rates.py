@@ -7,18 +7,19 @@ from collections import deque
 
 
 class ArrivalRate:
-    """Tokens per second arriving, from a growing total seen at each tick: the median of the
-    last intervals' rates, so one burst (which the backlog term already counts) does not
-    pass for a lasting rate, while a rate that lasts shows within half the window. Before a
-    whole window was seen, the intervals not seen count as none arriving. An interval spans
-    ticks until it is `min_interval_s` long: at a short tick, sparse arrivals (a record every
-    two seconds, ticks every one) would otherwise leave most intervals empty and the median
-    at zero."""
+    """Tokens per second arriving, from a growing total seen at each tick: the lower median
+    of the last intervals' rates, so one burst (which the backlog term already counts) does
+    not pass for a lasting rate, while a rate that lasts shows within half the window.
+    Before a whole window was seen, the median of the intervals seen: a restarted autoscaler
+    sees a steady rate after one interval, not half a window of zeros later. An interval
+    spans ticks until it is `min_interval_s` long: at a short tick, sparse arrivals (a
+    record every two seconds, ticks every one) would otherwise leave most intervals empty
+    and the median at zero."""
 
     def __init__(self, intervals: int = 12, min_interval_s: float = 5.0) -> None:
         self._min_interval_s = min_interval_s
         self._last: tuple[float, float] | None = None
-        self._rates: deque[float] = deque([0.0] * intervals, maxlen=intervals)
+        self._rates: deque[float] = deque(maxlen=intervals)
 
     def observe(self, now: float, total: float) -> None:
         if self._last is None:
@@ -29,7 +30,7 @@ class ArrivalRate:
             self._last = (now, total)
 
     def per_s(self) -> float:
-        return statistics.median(self._rates)
+        return statistics.median_low(self._rates) if self._rates else 0.0
 
 
 class ServiceRate:

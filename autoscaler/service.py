@@ -28,6 +28,8 @@ LOOK_TIMEOUT_S = 30.0
 SAY_EVERY_S = 60.0
 """How often a figure that did not change is logged again with its reason of the moment,
 so that the log shows why a pool stays as it is."""
+READ_AGAIN_S = 1.0
+"""How long after the reader of the work topics died it starts again."""
 
 
 @dataclass
@@ -63,7 +65,7 @@ class Autoscaler:
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set."""
         await self._pools.start()
-        reading = asyncio.create_task(self._pools.follow(), name="autoscaler-reads")
+        reading = asyncio.create_task(self._read(), name="autoscaler-reads")
         metrics.READY.set(1)
         log.info("autoscaling %s every %gs", sorted(self._models), self._settings.autoscaler_tick_s)
         try:
@@ -76,6 +78,16 @@ class Autoscaler:
             metrics.READY.set(0)
             reading.cancel()
             await self._pools.close()
+
+    async def _read(self) -> None:
+        """Follow the work topics until cancelled. A reader that dies is said and started
+        again: unseen, its death would freeze the arrivals and the backlog's weights."""
+        while True:
+            try:
+                await self._pools.follow()
+            except Exception:
+                log.exception("reading the work topics failed, starting again")
+                await asyncio.sleep(READ_AGAIN_S)
 
     async def _tick(self, name: str, model: _Model) -> None:
         try:

@@ -59,7 +59,9 @@ def test_a_smaller_pool_measured_to_keep_up_is_enough() -> None:
     seen = _seen(0, arrival_tokens_per_s=66, tokens_per_s=53, running=2)
     measured = replace(seen, capacity={1: 150.0, 2: 106.0})
     assert _policy().decide(seen).desired == 2
-    decision = _policy().decide(measured)
+    policy = _policy(stabilization_s=0)
+    policy.decide(replace(seen, now=-1))  # it has seen this pool before: no restart
+    decision = policy.decide(measured)
     assert decision.desired == 1 and decision.needed == pytest.approx(66 / 53)
     assert "1 measured at 150 tok/s keep up" in decision.reason
     # More work than any measured size kept up with: the rate of this size decides.
@@ -93,6 +95,20 @@ def test_up_at_once_down_only_after_the_window() -> None:
     assert policy.decide(_seen(59, Lane.INTERACTIVE, 100)).desired == 3
     assert policy.decide(_seen(61, Lane.INTERACTIVE, 100)).desired == 1  # the 3 left the window
     assert policy.decide(_seen(62, Lane.INTERACTIVE, 4_000)).desired == 4  # up again at once
+
+
+def test_a_restarted_policy_holds_the_pool_it_finds_for_a_window() -> None:
+    """A steady pool of 4 (16,000 tok/s at 5,000 each) seen by a restarted autoscaler, whose
+    arrival rate is not known yet: the backlog alone needs 1, but 4 stay for the window."""
+    policy = _policy(stabilization_s=300)
+    restart = _seen(0, Lane.STANDARD, 76_800, tokens_per_s=5_000, running=4)
+    first = policy.decide(restart)
+    assert first.desired == 4 and first.target == 1
+    assert "held at 4 by the 300s down-scale window" in first.reason
+    assert policy.decide(replace(restart, now=299)).desired == 4
+    assert policy.decide(replace(restart, now=301)).desired == 1  # nothing came: it goes
+    # The present size is held, not raised past the bounds.
+    assert _policy(max_replicas=2).decide(restart).desired == 2
 
 
 def test_an_idle_pool_goes_to_zero_and_comes_back_on_the_first_record() -> None:
@@ -131,6 +147,17 @@ def test_a_burst_right_after_the_start_is_not_a_rate_either() -> None:
     rate.observe(2.0, 0.0)
     rate.observe(4.0, 50_000.0)
     assert rate.per_s() == 0.0
+
+
+def test_a_restarted_autoscaler_sees_a_steady_rate_after_one_interval() -> None:
+    """Not half a window later: intervals not seen yet are not intervals of no arrivals."""
+    rate = ArrivalRate(intervals=12, min_interval_s=5.0)
+    assert rate.per_s() == 0.0
+    rate.observe(0.0, 1_000_000.0)
+    rate.observe(5.0, 1_080_000.0)
+    assert rate.per_s() == 16_000.0
+    rate.observe(10.0, 1_160_000.0)
+    assert rate.per_s() == 16_000.0
 
 
 def test_sparse_arrivals_seen_at_a_short_tick_are_a_rate_not_zero() -> None:

@@ -73,3 +73,46 @@ def test_an_unchanged_figure_is_said_again_now_and_then(
     assert " replicas: " in lines[0] and ": still " not in lines[0]
     assert all(f"{name}: still 1 replicas: " in line for line in lines[1:])
     assert actuator.calls == [(name, 1)] * 3
+
+
+class Dying(Still):
+    """A pool whose reader dies of the unexpected once, then reads on."""
+
+    def __init__(self) -> None:
+        self.follows = 0
+        self.again = asyncio.Event()
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def follow(self) -> None:
+        self.follows += 1
+        if self.follows == 1:
+            raise AttributeError("'NoneType' object has no attribute 'decode'")
+        self.again.set()
+        await asyncio.Event().wait()
+
+
+def test_a_reader_that_dies_is_said_and_started_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unseen, a dead reader would freeze the arrivals and the backlog's weights."""
+    monkeypatch.setattr(service, "READ_AGAIN_S", 0.0)
+    scaler = Autoscaler(AutoscalerSettings(autoscaler_tick_s=0.01), Recording())
+    pool = Dying()
+    monkeypatch.setattr(scaler, "_pools", pool)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(scaler.run(stop))
+        await asyncio.wait_for(pool.again.wait(), 5)
+        stop.set()
+        await running
+
+    with caplog.at_level(logging.ERROR, logger="autoscaler.service"):
+        asyncio.run(run())
+    assert pool.follows == 2
+    assert "reading the work topics failed, starting again" in caplog.text
