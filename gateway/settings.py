@@ -6,8 +6,9 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.lanes import Lane
 from schemas.settings import ServiceSettings
@@ -50,12 +51,24 @@ class GatewaySettings(ServiceSettings):
     batch_cancel_grace_s: float = Field(default=60.0, ge=0, le=3600)
     """A cancelled batch's lines in flight may finish this long (LLMQ_BATCH_CANCEL_GRACE_S)."""
     batch_retention_s: int = Field(default=30 * 24 * 3600, ge=60)
-    """How long files and finished batches are kept (LLMQ_BATCH_RETENTION_S): 30 days."""
+    """How long files and finished batches are kept (LLMQ_BATCH_RETENTION_S): 30 days; at
+    least LLMQ_BATCH_WINDOW_S. A batch's input file is kept this long past the batch's
+    expires_at."""
     response_retention_s: int = Field(default=30 * 24 * 3600, ge=60)
     """How long a stored response is kept to be fetched and continued from
     (LLMQ_RESPONSE_RETENTION_S): 30 days, as OpenAI keeps them."""
     instance_id: str = Field(default_factory=_default_instance, min_length=1)
     """Names this instance's Kafka clients (LLMQ_INSTANCE_ID)."""
+
+    @model_validator(mode="after")
+    def _batches_are_kept_past_their_window(self) -> Self:
+        if self.batch_retention_s < self.batch_window_s:
+            raise ValueError(
+                f"LLMQ_BATCH_RETENTION_S ({self.batch_retention_s}) is shorter than "
+                f"LLMQ_BATCH_WINDOW_S ({self.batch_window_s:g}): a batch, and the files it "
+                "reads, would expire while it runs; keep them at least the window"
+            )
+        return self
 
     def policy(self) -> TenantPolicy:
         """The tenants file; ValueError when the front door must not start with it: no API

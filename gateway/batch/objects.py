@@ -28,7 +28,7 @@ def file_object(fields: Mapping[str, str]) -> dict[str, Any]:
         "filename": fields["filename"],
         "purpose": fields["purpose"],
         "status": "processed",
-        "expires_at": None,
+        "expires_at": int(fields["expires_at"]) if "expires_at" in fields else None,
         "status_details": None,
     }
 

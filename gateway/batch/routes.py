@@ -143,7 +143,10 @@ async def create_batch(request: Request, tenant: Tenant) -> dict[str, Any]:
     if data.get("completion_window") != COMPLETION_WINDOW:
         raise _bad(f"completion_window must be {COMPLETION_WINDOW!r}")
     metadata = _metadata(data.get("metadata"))
-    input_file = await _file(store, str(data.get("input_file_id")), tenant)
+    file_id = data.get("input_file_id")
+    if not isinstance(file_id, str) or not file_id:
+        raise _bad("input_file_id must be the id of an uploaded file (purpose batch)")
+    input_file = await _file(store, file_id, tenant)
     if input_file["purpose"] != "batch":
         raise _bad(f"file {input_file['id']} is not a batch input file (purpose batch)")
     now = time.time()
@@ -218,14 +221,28 @@ def _metadata(metadata: object) -> dict[str, str] | None:
 async def _listed(
     request: Request, tenant: str, kind: str, after: str | None, limit: int
 ) -> dict[str, Any]:
-    """A page of the tenant's files or batches (`kind`), newest first, as OpenAI pages."""
+    """A page of the tenant's files or batches (`kind`), newest first, as OpenAI pages: ids
+    of objects since expired are skipped, and dropped from the tenant's index."""
     _, store = _parts(request)
     if not 1 <= limit <= MAX_LIST:
         raise _bad(f"limit must be 1 to {MAX_LIST}")
     read, show = (store.file, file_object) if kind == "files" else (store.batch, batch_object)
-    ids = await store.listed(tenant, kind, after, limit + 1)
-    found = [f for f in [await read(i, tenant) for i in ids[:limit]] if f]
-    return _page([show(f) for f in found], len(ids) > limit)
+    found: list[dict[str, str]] = []
+    gone: list[str] = []
+    while len(found) <= limit:  # one more than the page says whether there is more
+        wanted = limit + 1 - len(found)
+        ids = await store.listed(tenant, kind, after, wanted)
+        for object_id in ids:
+            fields = await read(object_id, tenant)
+            if fields is None:
+                gone.append(object_id)
+            else:
+                found.append(fields)
+        if len(ids) < wanted:
+            break
+        after = ids[-1]
+    await store.unlist(tenant, kind, gone)  # not sooner: `after` may be one of them
+    return _page([show(f) for f in found[:limit]], len(found) > limit)
 
 
 def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:

@@ -237,7 +237,7 @@ class Runner:
         await self._send(
             fields, [(n, a, raw) for n, a, raw in zip(due, attempts, raws, strict=True) if raw]
         )
-        await self._store.retried(batch_id, due)
+        await self._store.retried(batch_id, list(zip(due, attempts, strict=True)))
         return len(due)
 
     async def _send(self, fields: Mapping[str, str], lines: list[tuple[int, int, bytes]]) -> None:

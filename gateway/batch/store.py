@@ -67,6 +67,31 @@ end
 return 0
 """
 
+# Take the lines just sent again (ARGV: line, attempt, line, attempt, ...) out of `retry`
+# (KEYS[1]), each only if it is still at that attempt (KEYS[2]): a reply that came while they
+# were being sent (rate_limited again) has put the line back at its next attempt, to stay.
+RETRIED = """
+for i = 1, #ARGV, 2 do
+  if tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') == tonumber(ARGV[i + 1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return 0
+"""
+
+# Keep a file (its fields KEYS[1], its lines KEYS[2]) until ARGV[1] (unix seconds) at least,
+# its `expires_at` saying so; a file already gone (deleted, expired) stays gone.
+KEEP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '0') >= tonumber(ARGV[1]) then
+  return 1
+end
+redis.call('HSET', KEYS[1], 'expires_at', ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+redis.call('EXPIREAT', KEYS[2], ARGV[1])
+return 1
+"""
+
 LEASE = """
 local owner = redis.call('GET', KEYS[1])
 if owner == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -108,6 +133,8 @@ class BatchStore:
         self._move = client.register_script(MOVE)
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
+        self._retried = client.register_script(RETRIED)
+        self._keep = client.register_script(KEEP)
 
     # Files.
 
@@ -123,6 +150,7 @@ class BatchStore:
         except BaseException:
             await self._redis.delete(lines)
             raise
+        now = int(time.time())
         fields = {
             "id": file_id,
             "tenant": tenant,
@@ -131,12 +159,13 @@ class BatchStore:
             "bytes": str(size),
             "lines": str(count),
             "requests": str(kept),
-            "created_at": str(int(time.time())),
+            "created_at": str(now),
+            "expires_at": str(now + self._retention_s),
         }
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(meta, mapping=fields)
-            pipe.expire(meta, self._retention_s)
-            pipe.expire(lines, self._retention_s)
+            pipe.expireat(meta, now + self._retention_s)
+            pipe.expireat(lines, now + self._retention_s)
             self._index(pipe, tenant, "files", file_id)
             await pipe.execute()
         return fields
@@ -235,11 +264,14 @@ class BatchStore:
     # Batches.
 
     async def create_batch(self, fields: dict[str, str]) -> None:
-        """Keep a new batch (status validating) for the runners to pick up."""
+        """Keep a new batch (status validating) for the runners to pick up; it and its input
+        file are kept past its expires_at: neither expires while it runs."""
         keys = batch_keys(fields["id"])
+        until = int(float(fields["expires_at"])) + self._retention_s
         async with self._redis.pipeline(transaction=True) as pipe:
+            await self._keep(keys=file_keys(fields["input_file_id"]), args=[until], client=pipe)
             pipe.hset(keys["batch"], mapping=fields)
-            pipe.expire(keys["batch"], self._retention_s)
+            pipe.expireat(keys["batch"], until)
             pipe.sadd(BATCHES_ACTIVE, fields["id"])
             self._index(pipe, fields["tenant"], "batches", fields["id"])
             await pipe.execute()
@@ -260,6 +292,11 @@ class BatchStore:
             top = f"({score}"
         ids = await self._redis.zrevrangebyscore(key, top, "-inf", start=0, num=limit)
         return [i.decode() for i in ids]
+
+    async def unlist(self, tenant: str, kind: str, ids: list[str]) -> None:
+        """Drop ids of files or batches found gone (expired) from the tenant's index."""
+        if ids:
+            await self._redis.zrem(tenant_index_key(tenant, kind), *ids)
 
     async def move(self, batch_id: str, to: str, *sources: str) -> bool:
         """Set the status `to` (and `to`_at) if the batch is in one of `sources`."""
@@ -357,9 +394,12 @@ class BatchStore:
         )
         return [int(n) for n in found]
 
-    async def retried(self, batch_id: str, numbers: list[int]) -> None:
-        if numbers:
-            await self._redis.zrem(batch_keys(batch_id)["retry"], *[str(n) for n in numbers])
+    async def retried(self, batch_id: str, sent: list[tuple[int, int]]) -> None:
+        """Take these lines (number, attempt sent) out of `retry` (see RETRIED)."""
+        if sent:
+            keys = batch_keys(batch_id)
+            args = [str(v) for line in sent for v in line]
+            await self._retried(keys=[keys["retry"], keys["attempts"]], args=args)
 
     async def waiting_retries(self, batch_id: str) -> int:
         count: int = await self._redis.zcard(batch_keys(batch_id)["retry"])
@@ -390,9 +430,10 @@ class BatchStore:
     async def add_file(self, fields: dict[str, str]) -> None:
         """Keep an output or error file's fields (its lines are its batch's)."""
         meta = file_keys(fields["id"])[0]
+        until = int(time.time()) + self._retention_s
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(meta, mapping=fields)
-            pipe.expire(meta, self._retention_s)
+            pipe.hset(meta, mapping={**fields, "expires_at": str(until)})
+            pipe.expireat(meta, until)
             self._index(pipe, fields["tenant"], "files", fields["id"])
             await pipe.execute()
 

@@ -7,20 +7,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import types
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
+from fastapi import Request
 
-from gateway.batch import collector
+from gateway.batch import collector, routes
 from gateway.batch.collector import outcome, parse_line_id
 from gateway.batch.lines import output_line
 from gateway.batch.runner import Pace, Runner
 from gateway.batch.store import MAX_FILE_LINES, BatchStore
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
-from schemas.names import batch_keys
+from schemas.names import batch_keys, file_keys, tenant_index_key
 from schemas.request import InferenceRequest, RecordRefusedError
 from schemas.result import ChatCompletion, Choice, ErrorInfo, InferenceResult, Usage
 from schemas.settings import ServiceSettings
@@ -237,6 +239,56 @@ def test_a_line_refused_for_a_while_is_sent_again_and_a_stale_reply_ignored(
     run_async(redis_port, body)
 
 
+def _limited(request: InferenceRequest) -> InferenceResult:
+    """A rate_limited reply: try again in 10 ms."""
+    error = ErrorInfo(
+        code=ErrorCode.RATE_LIMITED, message="slow", retriable=True, retry_after_s=0.01
+    )
+    return InferenceResult(
+        correlation_id=request.correlation_id, tenant=TENANT, status="error", error=error
+    )
+
+
+class Refusing(Recorder):
+    """Admission refuses a line sent again at once: its reply is written before publish()
+    returns (it waits for the broker's acks)."""
+
+    def __init__(self, store: BatchStore) -> None:
+        super().__init__()
+        self._store = store
+
+    async def publish(self, requests: Sequence[InferenceRequest]) -> dict[str, LlmqError]:
+        refused = await super().publish(requests)
+        for request in requests:
+            if not request.correlation_id.endswith(".0"):
+                assert await _reply(self._store, _limited(request), time.time() + 3600) == [2]
+        return refused
+
+
+def test_a_line_refused_again_while_it_is_being_sent_again_stays_to_be_retried(
+    redis_port: int,
+) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        recorder = Refusing(store)
+        runner = Runner(store, recorder, CATALOG, "door-1")
+        batch_id = await _batch(store, [_line(0)])
+        await runner.tick()
+        await runner.tick()
+        assert await _reply(store, _limited(recorder.sent[0]), time.time() + 3600) == [2]
+        await asyncio.sleep(0.05)
+        await runner.tick()  # sends attempt 1, refused before publish() returns
+        assert await store.attempts(batch_id, [0]) == [2]
+        assert await store.waiting_retries(batch_id) == 1  # not lost: attempt 2 is due
+        await asyncio.sleep(0.05)
+        await runner.tick()
+        assert [r.correlation_id for r in recorder.sent] == [
+            f"{batch_id}.0.{attempt}" for attempt in range(3)
+        ]
+
+    run_async(redis_port, body)
+
+
 def test_a_cancel_stops_the_lines_in_flight_and_the_rest(redis_port: int) -> None:
     async def body(client: aioredis.Redis) -> None:
         store, recorder = BatchStore(client, 3600), Recorder()
@@ -416,5 +468,54 @@ def test_uploads_past_openais_limits_are_refused_and_not_kept(redis_port: int) -
         with pytest.raises(LlmqError, match="50000 lines"):
             await store.create_file(TENANT, "big.jsonl", "batch", _chunks(many, 65536))
         assert await client.keys("llmq:file:*") == []
+
+    run_async(redis_port, body)
+
+
+def test_a_batch_keeps_its_input_file_past_its_window(redis_port: int) -> None:
+    """A file kept 60 s is kept, once a batch reads it, until the batch's expires_at and 60 s
+    more, as the batch is: neither expires while the batch runs."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 60)
+        batch_id = await _batch(store, [_line(0)], window_s=3600)
+        fields = await store.batch(batch_id, TENANT)
+        assert fields is not None
+        until = int(float(fields["expires_at"])) + 60
+        meta = await store.file(fields["input_file_id"], TENANT)
+        assert meta is not None and int(meta["expires_at"]) == until
+        for key in [*file_keys(meta["id"]), batch_keys(batch_id)["batch"]]:
+            assert await client.expiretime(key) == until  # type: ignore[misc]
+
+    run_async(redis_port, body)
+
+
+def test_a_listing_skips_expired_objects_and_drops_them_from_the_index(redis_port: int) -> None:
+    """Expired batches among live ones: every page but the last is full, has_more says
+    whether another live one follows, and the expired ids leave the tenant's index."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        made = [await _batch(store, [_line(0)]) for _ in range(12)]
+        live = made[::-1][:1] + made[::-1][8:]  # the newest, and the four oldest
+        for batch_id in made:
+            if batch_id not in live:
+                await client.delete(batch_keys(batch_id)["batch"])  # as if expired
+        state = types.SimpleNamespace(door=types.SimpleNamespace(batches=store))
+        request = cast(Request, types.SimpleNamespace(app=types.SimpleNamespace(state=state)))
+        shown: list[str] = []
+        after = None
+        for _ in range(len(live)):
+            page = await routes._listed(request, TENANT, "batches", after, 2)
+            shown += [b["id"] for b in page["data"]]
+            assert page["last_id"] == shown[-1]
+            assert page["has_more"] == (len(shown) < len(live)), page
+            if not page["has_more"]:
+                break
+            assert len(page["data"]) == 2
+            after = page["last_id"]
+        assert shown == live
+        index = await client.zrange(tenant_index_key(TENANT, "batches"), 0, -1)
+        assert sorted(i.decode() for i in index) == sorted(live)
 
     run_async(redis_port, body)

@@ -302,3 +302,6 @@ def test_a_file_reads_as_the_sdks_file() -> None:
         "batch",
         "processed",
     )
+    assert found.expires_at is None  # a file kept before llmq noted when it expires
+    kept = file_object({**fields, "purpose": "batch", "expires_at": "2592005"})
+    assert FileObject.model_validate(kept).expires_at == 2592005
