@@ -29,8 +29,8 @@ TICK_S = 5.0
 """How often the autoscaler decides."""
 REQUEST_TOKENS = 140.0
 """Estimated tokens of one ShareGPT request at a 64-token cap."""
-PARTITIONS = 12
-"""The model's lane topics: 3 of 4 partitions each."""
+PARTITIONS = 4
+"""Partitions of the model's largest lane topic (each of its 3 has 4)."""
 
 
 @dataclass(frozen=True)
