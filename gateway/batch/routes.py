@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -22,7 +23,10 @@ from schemas.errors import ErrorCode, LlmqError
 COMPLETION_WINDOW = "24h"
 MAX_METADATA = 16
 READ_CHUNK = 1 << 20
-MAX_LIST = 100
+MAX_BATCHES_LISTED = 100
+"""The most batches one page lists, as OpenAI's (20 by default)."""
+MAX_FILES_LISTED = 10_000
+"""The most files one page lists, and by default, as OpenAI's."""
 MAX_UPLOAD_BYTES = MAX_FILE_BYTES + (64 << 10)
 """The most an upload's body may carry: a file at OpenAI's limit, its multipart framing and
 the purpose field."""
@@ -91,10 +95,19 @@ async def _form(request: Request) -> FormData:
 
 @router.get("/v1/files")
 async def files(
-    request: Request, tenant: Tenant, after: str | None = None, limit: int = 20
+    request: Request,
+    tenant: Tenant,
+    *,
+    after: str | None = None,
+    limit: int = MAX_FILES_LISTED,
+    order: str = "desc",
+    purpose: str | None = None,
 ) -> dict[str, Any]:
-    """The tenant's files, newest first."""
-    return await _listed(request, tenant, "files", after, limit)
+    """The tenant's files, newest first (`order` asc: oldest), of one `purpose` if named."""
+    if order not in ("asc", "desc"):
+        raise _bad("order must be asc or desc")
+    page = Page("files", after, limit, MAX_FILES_LISTED, order == "asc", purpose)
+    return await _listed(request, tenant, page)
 
 
 @router.get("/v1/files/{file_id}")
@@ -171,7 +184,7 @@ async def batches(
     request: Request, tenant: Tenant, after: str | None = None, limit: int = 20
 ) -> dict[str, Any]:
     """The tenant's batches, newest first."""
-    return await _listed(request, tenant, "batches", after, limit)
+    return await _listed(request, tenant, Page("batches", after, limit, MAX_BATCHES_LISTED))
 
 
 @router.get("/v1/batches/{batch_id}")
@@ -218,31 +231,43 @@ def _metadata(metadata: object) -> dict[str, str] | None:
     return metadata
 
 
-async def _listed(
-    request: Request, tenant: str, kind: str, after: str | None, limit: int
-) -> dict[str, Any]:
-    """A page of the tenant's files or batches (`kind`), newest first, as OpenAI pages: ids
-    of objects since expired are skipped, and dropped from the tenant's index."""
+@dataclass(frozen=True)
+class Page:
+    """Which page of a tenant's files or batches (`kind`) a listing asks for."""
+
+    kind: str
+    after: str | None
+    limit: int
+    most: int
+    """The largest `limit` taken."""
+    oldest_first: bool = False
+    purpose: str | None = None
+    """Files of this purpose only."""
+
+
+async def _listed(request: Request, tenant: str, page: Page) -> dict[str, Any]:
+    """A page of the tenant's files or batches, as OpenAI pages: ids of objects since gone
+    (expired, deleted) are skipped, and dropped from the tenant's index."""
     _, store = _parts(request)
-    if not 1 <= limit <= MAX_LIST:
-        raise _bad(f"limit must be 1 to {MAX_LIST}")
-    read, show = (store.file, file_object) if kind == "files" else (store.batch, batch_object)
+    if not 1 <= page.limit <= page.most:
+        raise _bad(f"limit must be 1 to {page.most}")
     found: list[dict[str, str]] = []
     gone: list[str] = []
-    while len(found) <= limit:  # one more than the page says whether there is more
-        wanted = limit + 1 - len(found)
-        ids = await store.listed(tenant, kind, after, wanted)
-        for object_id in ids:
-            fields = await read(object_id, tenant)
+    after = page.after
+    while len(found) <= page.limit:  # one more than the page says whether there is more
+        wanted = page.limit + 1 - len(found)
+        ids = await store.listed(tenant, page.kind, after, wanted, page.oldest_first)
+        for object_id, fields in zip(ids, await store.objects(page.kind, ids, tenant), strict=True):
             if fields is None:
                 gone.append(object_id)
-            else:
+            elif page.purpose in (None, fields.get("purpose")):
                 found.append(fields)
         if len(ids) < wanted:
             break
         after = ids[-1]
-    await store.unlist(tenant, kind, gone)  # not sooner: `after` may be one of them
-    return _page([show(f) for f in found[:limit]], len(found) > limit)
+    await store.unlist(tenant, page.kind, gone)  # not sooner: `after` may be one of them
+    show = file_object if page.kind == "files" else batch_object
+    return _page([show(f) for f in found[: page.limit]], len(found) > page.limit)
 
 
 def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:

@@ -229,13 +229,11 @@ class BatchStore:
         ]
 
     async def delete_file(self, meta: Mapping[str, str]) -> None:
-        """Forget a file and its lines (an output or error file's: its batch's part)."""
+        """Forget a file and its lines (an output or error file's: its batch's part). Its id
+        stays in the tenant's index until a listing passes it (see `unlist`): a listing paged
+        after it goes on from there (an app deleting what each page lists)."""
         lines = batch_keys(meta["batch"])[meta["part"]] if "batch" in meta else None
-        key, own_lines = file_keys(meta["id"])
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key, own_lines)
-            pipe.zrem(tenant_index_key(meta["tenant"], "files"), meta["id"])
-            await pipe.execute()
+        await self._redis.delete(*file_keys(meta["id"]))
         if lines is not None:  # another hash slot than the file's
             await self._redis.delete(lines)
 
@@ -281,20 +279,36 @@ class BatchStore:
         found = await self._redis.hgetall(batch_keys(batch_id)["batch"])  # type: ignore[misc]
         return self._theirs(found, tenant) if tenant else _decoded(found) or None
 
-    async def listed(self, tenant: str, kind: str, after: str | None, limit: int) -> list[str]:
-        """A tenant's newest file or batch ids, newest first, those after `after`."""
+    async def listed(
+        self, tenant: str, kind: str, after: str | None, limit: int, oldest_first: bool = False
+    ) -> list[str]:
+        """A tenant's file or batch ids, newest first (or oldest), those after `after`."""
         key = tenant_index_key(tenant, kind)
-        top = "+inf"
+        start = "-inf" if oldest_first else "+inf"
         if after is not None:
             score = await self._redis.zscore(key, after)
             if score is None:
                 return []
-            top = f"({score}"
-        ids = await self._redis.zrevrangebyscore(key, top, "-inf", start=0, num=limit)
+            start = f"({score}"
+        if oldest_first:
+            ids = await self._redis.zrangebyscore(key, start, "+inf", start=0, num=limit)
+        else:
+            ids = await self._redis.zrevrangebyscore(key, start, "-inf", start=0, num=limit)
         return [i.decode() for i in ids]
 
+    async def objects(self, kind: str, ids: list[str], tenant: str) -> list[dict[str, str] | None]:
+        """The fields of each of the tenant's files or batches (`kind`), in one round trip;
+        None for one gone."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for object_id in ids:
+                pipe.hgetall(
+                    file_keys(object_id)[0] if kind == "files" else batch_keys(object_id)["batch"]
+                )
+            found = await pipe.execute()
+        return [self._theirs(fields, tenant) for fields in found]
+
     async def unlist(self, tenant: str, kind: str, ids: list[str]) -> None:
-        """Drop ids of files or batches found gone (expired) from the tenant's index."""
+        """Drop ids of files or batches found gone (expired, deleted) from the tenant's index."""
         if ids:
             await self._redis.zrem(tenant_index_key(tenant, kind), *ids)
 

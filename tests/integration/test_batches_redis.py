@@ -449,7 +449,10 @@ def test_a_deleted_file_is_gone_whole_and_a_batch_made_on_it_fails(redis_port: i
         assert meta is not None
         await store.delete_file(meta)
         assert await client.keys("llmq:file:*") == []
-        assert await store.listed(TENANT, "files", None, 10) == []
+        listing = await routes._listed(
+            _request_for(store), TENANT, routes.Page("files", None, 9, 9)
+        )
+        assert listing["data"] == [] and await store.listed(TENANT, "files", None, 10) == []
         await runner.tick()
         fields = await store.batch(batch_id)
         assert fields is not None and fields["status"] == "failed"
@@ -501,12 +504,11 @@ def test_a_listing_skips_expired_objects_and_drops_them_from_the_index(redis_por
         for batch_id in made:
             if batch_id not in live:
                 await client.delete(batch_keys(batch_id)["batch"])  # as if expired
-        state = types.SimpleNamespace(door=types.SimpleNamespace(batches=store))
-        request = cast(Request, types.SimpleNamespace(app=types.SimpleNamespace(state=state)))
+        request = _request_for(store)
         shown: list[str] = []
         after = None
         for _ in range(len(live)):
-            page = await routes._listed(request, TENANT, "batches", after, 2)
+            page = await routes._listed(request, TENANT, routes.Page("batches", after, 2, 100))
             shown += [b["id"] for b in page["data"]]
             assert page["last_id"] == shown[-1]
             assert page["has_more"] == (len(shown) < len(live)), page
@@ -517,5 +519,62 @@ def test_a_listing_skips_expired_objects_and_drops_them_from_the_index(redis_por
         assert shown == live
         index = await client.zrange(tenant_index_key(TENANT, "batches"), 0, -1)
         assert sorted(i.decode() for i in index) == sorted(live)
+
+    run_async(redis_port, body)
+
+
+def _request_for(store: BatchStore) -> Request:
+    state = types.SimpleNamespace(door=types.SimpleNamespace(batches=store))
+    return cast(Request, types.SimpleNamespace(app=types.SimpleNamespace(state=state)))
+
+
+def test_files_deleted_page_by_page_are_all_listed(redis_port: int) -> None:
+    """An app deleting each page's files as it pages (the SDK's `for f in files.list():
+    files.delete(f.id)`) goes on after a deleted id to the end, leaving no id behind."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        made = [(await store.create_file(TENANT, "in.jsonl", "batch", _chunks("x")))["id"]]
+        for _ in range(6):
+            made.append((await store.create_file(TENANT, "in.jsonl", "batch", _chunks("x")))["id"])
+        deleted: list[str] = []
+        after = None
+        while True:
+            page = await routes._listed(
+                _request_for(store), TENANT, routes.Page("files", after, 2, 9)
+            )
+            for shown in page["data"]:
+                await store.delete_file({"id": shown["id"], "tenant": TENANT})
+                deleted.append(shown["id"])
+            if not page["has_more"]:
+                break
+            after = page["last_id"]
+        assert deleted == made[::-1]
+        page = await routes._listed(_request_for(store), TENANT, routes.Page("files", None, 2, 9))
+        assert page["data"] == [] and not page["has_more"]
+        assert await client.zcard(tenant_index_key(TENANT, "files")) == 0
+
+    run_async(redis_port, body)
+
+
+def test_files_are_listed_oldest_first_and_by_purpose(redis_port: int) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        inputs = [(await store.create_file(TENANT, "in.jsonl", "batch", _chunks("x")))["id"]]
+        fields = {"tenant": TENANT, "filename": "o.jsonl", "bytes": "1", "created_at": "0"}
+        output = {"id": "file-out", "purpose": "batch_output", "batch": "b", "part": "output"}
+        await store.add_file(fields | output)
+        inputs.append((await store.create_file(TENANT, "in.jsonl", "batch", _chunks("x")))["id"])
+
+        async def listed(oldest_first: bool, purpose: str | None) -> list[str]:
+            page = routes.Page("files", None, 9, 9, oldest_first, purpose)
+            return [
+                f["id"] for f in (await routes._listed(_request_for(store), TENANT, page))["data"]
+            ]
+
+        assert await listed(True, None) == [inputs[0], "file-out", inputs[1]]
+        assert await listed(False, None) == [inputs[1], "file-out", inputs[0]]
+        assert await listed(True, "batch") == inputs
+        assert await listed(False, "batch_output") == ["file-out"]
 
     run_async(redis_port, body)
