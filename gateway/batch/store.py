@@ -171,17 +171,25 @@ class BatchStore:
         return fields
 
     async def _write_lines(self, key: str, chunks: AsyncIterator[bytes]) -> tuple[int, int, int]:
-        """(bytes, lines, non-blank lines) written to the hash `key`."""
+        """(bytes, lines, non-blank lines) written to the hash `key`. A line's pieces wait
+        in a list until its end comes: joined once, a long line costs its length, not its
+        length times its chunks."""
         size = count = kept = 0
-        rest = b""
+        unfinished: list[bytes] = []
         page: dict[str, bytes] = {}
         async for chunk in chunks:
             size += len(chunk)
             if size > MAX_FILE_BYTES:
                 raise LlmqError(ErrorCode.INVALID_REQUEST, TOO_LARGE)
-            *whole, rest = (rest + chunk).split(b"\n")
+            first, *whole = chunk.split(b"\n")
+            unfinished.append(first)
+            if not whole:
+                continue
+            whole[0:0] = [b"".join(unfinished)]
+            unfinished = [whole.pop()]
             for line in whole:
                 count, kept = await self._add_line(key, page, line, count, kept)
+        rest = b"".join(unfinished)
         if rest.strip():
             count, kept = await self._add_line(key, page, rest, count, kept)
         if page:
