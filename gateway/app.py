@@ -118,8 +118,10 @@ async def _not_routed(request: Request, exc: Exception) -> Response:
 async def _invalid(_: Request, exc: RequestValidationError) -> Response:
     """A parameter that does not validate (a query's type, a missing form field): 400 in
     OpenAI's shape, without the value."""
-    parts = [f"{err['loc'][-1]} ({err['loc'][0]}): {err['msg']}" for err in exc.errors()]
-    status, body = error_body(ErrorCode.INVALID_REQUEST, "; ".join(parts))
+    errors = exc.errors()
+    parts = [f"{err['loc'][-1]} ({err['loc'][0]}): {err['msg']}" for err in errors]
+    param = str(errors[0]["loc"][-1]) if errors else None
+    status, body = error_body(ErrorCode.INVALID_REQUEST, "; ".join(parts), param=param)
     return JSONResponse(body, status)
 
 

@@ -35,7 +35,7 @@ class ApiError(Exception):
         self, error: LlmqError, status: int | None = None, headers: dict[str, str] | None = None
     ) -> None:
         super().__init__(error.message)
-        self.status, self.body = error_body(error.code, error.message, status)
+        self.status, self.body = error_body(error.code, error.message, status, error.param)
         self.headers = {**(retry_after(error) if self.status == 429 else {}), **(headers or {})}
         if self.status >= 500 and not error.retriable:  # the SDK would retry it
             self.headers["x-should-retry"] = "false"

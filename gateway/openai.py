@@ -191,7 +191,7 @@ def read_call(
             body=ChatBody.model_validate(fields),
         )
     except ValidationError as exc:
-        raise LlmqError(ErrorCode.INVALID_REQUEST, describe(exc)) from None
+        raise LlmqError(ErrorCode.INVALID_REQUEST, describe(exc), param=param_of(exc)) from None
     except ValueError as exc:  # a lane or cache mode that does not exist
         raise LlmqError(ErrorCode.INVALID_REQUEST, str(exc)) from None
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
@@ -210,7 +210,7 @@ def logprob_count(count: object, name: str) -> int:
     """How many of the likeliest tokens to give at each position, as the field `name` asks."""
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_TOP_LOGPROBS:
         why = f"{name} must be an integer from 0 to {MAX_TOP_LOGPROBS}"
-        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=name)
     return count
 
 
@@ -218,7 +218,7 @@ def check_model(model: object, catalog: Catalog) -> None:
     """LlmqError (404) unless `model` is one the catalog serves by name."""
     if model not in catalog.requestable:
         why = f"the model {model!r} does not exist; llmq serves {catalog.requestable}"
-        raise LlmqError(ErrorCode.UNKNOWN_MODEL, why)
+        raise LlmqError(ErrorCode.UNKNOWN_MODEL, why, param="model")
 
 
 def _check_fields(data: dict[str, Any]) -> int:
@@ -232,15 +232,19 @@ def _check_fields(data: dict[str, Any]) -> int:
         )
     n = data.get("n", 1)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N:
-        raise LlmqError(ErrorCode.INVALID_REQUEST, f"n must be an integer from 1 to {MAX_N}")
+        why = f"n must be an integer from 1 to {MAX_N}"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="n")
     if data.get("modalities") not in (None, ["text"]):
-        raise LlmqError(ErrorCode.UNSUPPORTED, 'llmq answers in text only: modalities ["text"]')
+        why = 'llmq answers in text only: modalities ["text"]'
+        raise LlmqError(ErrorCode.UNSUPPORTED, why, param="modalities")
     for name, kind in IGNORED.items():
         if name in data and not isinstance(data[name], kind):
-            raise LlmqError(ErrorCode.INVALID_REQUEST, f"{name} must be a {kind.__name__}")
+            why = f"{name} must be a {kind.__name__}"
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=name)
     metadata = data.get("metadata") or {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise LlmqError(ErrorCode.INVALID_REQUEST, "metadata maps strings to strings")
+        why = "metadata maps strings to strings"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="metadata")
     return n
 
 
@@ -253,7 +257,8 @@ def _tools(fields: dict[str, Any], serving: list[ModelSpec]) -> None:
         fields.pop("tools")
     if "tools" not in fields:
         if not isinstance(fields.pop("parallel_tool_calls", False), bool):
-            raise LlmqError(ErrorCode.INVALID_REQUEST, "parallel_tool_calls must be a bool")
+            why = "parallel_tool_calls must be a bool"
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="parallel_tool_calls")
         if fields.get("tool_choice") in ("none", "auto"):
             fields.pop("tool_choice")
         return
@@ -266,9 +271,8 @@ def _tier_lane(data: dict[str, Any]) -> Lane | None:
     """The lane a service_tier asks for, if any."""
     tier = data.get("service_tier") or "auto"
     if not isinstance(tier, str) or tier not in TIER_LANES:
-        raise LlmqError(
-            ErrorCode.INVALID_REQUEST, f"service_tier must be one of {sorted(TIER_LANES)}"
-        )
+        why = f"service_tier must be one of {sorted(TIER_LANES)}"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="service_tier")
     return TIER_LANES[tier]
 
 
@@ -478,12 +482,23 @@ class Chunks:
 
 
 def error_body(
-    code: ErrorCode, message: str, status: int | None = None
+    code: ErrorCode, message: str, status: int | None = None, param: str | None = None
 ) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and OpenAI's error body for an llmq error."""
+    """The HTTP status and OpenAI's error body for an llmq error (`param`: the field at
+    fault, if one is)."""
     status = status or STATUS[code]
     kind = TYPES.get(status, "rate_limit_error" if status == 429 else "server_error")
-    return status, {"error": {"message": message, "type": kind, "param": None, "code": code.value}}
+    return status, {"error": {"message": message, "type": kind, "param": param, "code": code.value}}
+
+
+def param_of(exc: ValidationError) -> str | None:
+    """The field of a validation's first error as OpenAI's errors name one:
+    "messages[0].content"; None for the body as a whole."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    name = ""
+    for part in errors[0]["loc"] if errors else ():
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or None
 
 
 def retry_after(error: LlmqError) -> dict[str, str]:

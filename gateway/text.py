@@ -84,17 +84,17 @@ def _prompt(prompt: object) -> str:
         prompt = prompt[0]
     if isinstance(prompt, str):
         if not prompt:
-            raise LlmqError(ErrorCode.INVALID_REQUEST, "prompt must not be empty")
+            raise LlmqError(ErrorCode.INVALID_REQUEST, "prompt must not be empty", param="prompt")
         if len(prompt) > MAX_CONTENT_CHARS:
             why = f"the prompt holds {len(prompt)} characters; at most {MAX_CONTENT_CHARS}"
-            raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="prompt")
         return prompt
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         why = "llmq serves one prompt a request: send each on its own (n asks for several answers)"
         raise LlmqError(ErrorCode.UNSUPPORTED, why)
     if isinstance(prompt, list):
         raise LlmqError(ErrorCode.UNSUPPORTED, "prompts of token ids are not served; send text")
-    raise LlmqError(ErrorCode.INVALID_REQUEST, "prompt must be a string")
+    raise LlmqError(ErrorCode.INVALID_REQUEST, "prompt must be a string", param="prompt")
 
 
 def text_completion_of(results: list[InferenceResult]) -> dict[str, Any]:

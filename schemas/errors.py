@@ -67,10 +67,14 @@ class LlmqError(Exception):
         retry_after_s: float | None = None,
         *,
         retried: bool = False,
+        param: str | None = None,
     ) -> None:
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
+        self.param = param
+        """The request field at fault, as OpenAI's errors name it ("messages[0].content"),
+        where one is."""
         self.retry_after_s = retry_after_s
         """When retrying can help: the earliest moment it may (rate limits, budgets)."""
         self.retried = retried

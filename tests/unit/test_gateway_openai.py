@@ -378,3 +378,33 @@ def test_vllms_sampling_extensions_pass_as_vllms_server_takes_them() -> None:
         "min_tokens": 3,
     }
     assert "min_tokens" in _refused(ErrorCode.INVALID_REQUEST, max_tokens=2, min_tokens=3)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": 5}, "temperature"),
+        (
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": 5}]},
+            "messages[1].content",
+        ),
+        ({"model": "nope"}, "model"),
+        ({"n": 0}, "n"),
+        ({"top_logprobs": 99, "logprobs": True}, "top_logprobs"),
+        ({"metadata": {"a": 1}}, "metadata"),
+        ({"service_tier": "gold"}, "service_tier"),
+        ({"stop": 5}, "stop"),
+    ],
+)
+def test_a_refusal_names_the_field_at_fault_as_openai_does(
+    body: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(LlmqError) as caught:
+        _read(**body)
+    assert ApiError(caught.value).body["error"]["param"] == param
+
+
+def test_a_refusal_of_the_whole_body_names_no_field() -> None:
+    with pytest.raises(LlmqError) as caught:
+        _read(frobnicate=1)
+    assert ApiError(caught.value).body["error"]["param"] is None

@@ -11,7 +11,7 @@ from openai.types import Completion
 from gateway.text import DEFAULT_MAX_TOKENS, TextChunks, read_text_call, text_completion_of
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
-from schemas.request import ChatMessage
+from schemas.request import MAX_CONTENT_CHARS, ChatMessage
 from schemas.result import (
     ChatCompletion,
     Choice,
@@ -149,3 +149,10 @@ def test_chunks_are_text_completions_with_no_role_chunk() -> None:
     usage = chunks.usage(Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3))
     assert usage["choices"] == [] and usage["object"] == "text_completion"
     assert "usage" not in TextChunks("c1", 7, "m", include_usage=False).content("x")
+
+
+@pytest.mark.parametrize("prompt", ["", 5, "x" * (MAX_CONTENT_CHARS + 1)])
+def test_a_refused_prompt_is_named_as_the_field_at_fault(prompt: object) -> None:
+    with pytest.raises(LlmqError) as caught:
+        _read(prompt=prompt)
+    assert caught.value.param == "prompt"
