@@ -238,11 +238,10 @@ def _plan(name: str, request: InferenceRequest, catalog: Catalog) -> Route:
     chain = [m.name for m in ladder[start:]]
     for spec in ladder[start:]:
         chain.extend(f for f in spec.fallback if f not in chain)
-    return Route(
-        requested=AUTO,
-        chain=chain,
-        cascade=catalog.routing.cascade and start < len(ladder) - 1,
-    )
+    # A streamed answer is shown as it comes: one escalated after it was shown would leave
+    # the app with the unsure answer, and the result store with another.
+    cascade = catalog.routing.cascade and start < len(ladder) - 1 and not request.body.stream
+    return Route(requested=AUTO, chain=chain, cascade=cascade)
 
 
 def tier_index(score: float, tiers: int) -> int:

@@ -253,6 +253,14 @@ def test_auto_easy_starts_at_tier_one_and_cascades_up() -> None:
     assert route.cascade
 
 
+def test_auto_streamed_starts_where_it_would_and_does_not_cascade() -> None:
+    """Its tokens are shown as they come: escalated after, the app would keep the unsure
+    answer while the result store holds another."""
+    route = plan(_request(EASY, stream=True), TIERED)
+    assert route.chain == ["small", "mid", "big", "small-b", "remote"]
+    assert not route.cascade
+
+
 def test_auto_medium_starts_at_tier_two() -> None:
     route = plan(_request(MEDIUM), TIERED)
     assert route.chain == ["mid", "big", "small", "remote"]
