@@ -97,6 +97,7 @@ class Runner:
         except RedisError as exc:
             log.warning("batches wait: Redis is unavailable (%s)", explain(exc))
             return
+        self._held.intersection_update(active)  # one that ended is no longer held
         for batch_id in active:
             try:
                 if await self._store.lease(batch_id, self._owner, self._pace.lease_s):

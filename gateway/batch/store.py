@@ -333,10 +333,14 @@ class BatchStore:
         return sorted(m.decode() for m in await self._redis.smembers(BATCHES_ACTIVE))  # type: ignore[misc]
 
     async def finish(self, batch_id: str) -> None:
-        """The batch is over: it leaves the runners' set, and all of it expires in time."""
+        """The batch is over: it leaves the runners' set, its lease goes, and the rest of it
+        expires in time."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            for key in batch_keys(batch_id).values():
-                pipe.expire(key, self._retention_s)
+            for name, key in batch_keys(batch_id).items():
+                if name == "lease":
+                    pipe.delete(key)
+                else:
+                    pipe.expire(key, self._retention_s)
             pipe.srem(BATCHES_ACTIVE, batch_id)
             await pipe.execute()
 

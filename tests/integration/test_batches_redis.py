@@ -158,6 +158,8 @@ def test_a_paced_batch_runs_to_completion_each_line_once(redis_port: int) -> Non
         assert (fields["input_tokens"], fields["output_tokens"]) == ("60", "12")
         assert fields["cached_tokens"] == "36"
         assert await store.active() == []
+        await runner.tick()  # an ended batch is neither held nor leased
+        assert not runner._held and not await client.exists(batch_keys(batch_id)["lease"])
         files = await _files(store, batch_id)
         assert sorted(line["custom_id"] for line in files["output"]) == sorted(
             f"c{n}" for n in range(12)
