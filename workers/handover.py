@@ -26,8 +26,9 @@ class Handover(Generic[TP]):
         self._kept: dict[asyncio.Task[None], tuple[TP, int]] = {}
 
     def park(self, tasks: Mapping[asyncio.Task[None], tuple[TP, int]]) -> None:
-        """Generations whose partitions were revoked, left running until the assignment."""
-        self._parked.update(tasks)
+        """Generations whose partitions were revoked, left running until the assignment (one
+        that ended already holds nothing: `finished` was called for it)."""
+        self._parked.update({task: where for task, where in tasks.items() if not task.done()})
 
     def assigned(
         self, partitions: Collection[TP]

@@ -421,11 +421,12 @@ class Worker:
 
     async def _settle(self, tasks: set[asyncio.Task[None]], what: str) -> set[asyncio.Task[None]]:
         """Wait up to the drain bound for `tasks`, and then for those already publishing
-        their outcome; the rest, still generating."""
+        their outcome; the rest, still generating (not one that ended meanwhile: it left
+        `_concluding` as it ended, and parked it would hold its offset for good)."""
         log.info("finishing %d %s (up to %.0fs)", len(tasks), what, self._drain_timeout_s)
         _, pending = await asyncio.wait(tasks, timeout=self._drain_timeout_s)
         await asyncio.gather(*(pending & self._concluding), return_exceptions=True)
-        return pending - self._concluding
+        return {task for task in pending if not task.done()} - self._concluding
 
     async def _abort(self, tasks: set[asyncio.Task[None]], what: str) -> None:
         """Abort unfinished generations: handed back, uncommitted, their starts given back."""

@@ -191,3 +191,26 @@ def test_a_generation_publishing_its_outcome_at_the_bound_is_not_handed_back() -
     producer = SlowAckProducer()
     run_worker(consumer, producer, FakeEngine, scenario, starts=starts, drain_timeout_s=0.05)
     assert len(producer.completions()) == 1
+
+
+def test_a_generation_that_ended_in_the_drain_is_not_held_when_its_partition_comes_back() -> None:
+    """It ended while the drain waited for its ack: parked anyway, its offset stayed
+    pending once the partition came back, and the commit went back to it for good."""
+    consumer = FakeConsumer()
+    consumer.add(BATCH, [work(Lane.BATCH, 0)])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: len(producer.completions()) == 1)  # publishing at the bound
+        finishing = asyncio.create_task(worker.finish({BATCH}))
+        await asyncio.sleep(0.2)
+        producer.acks.set()
+        await finishing
+        worker.forget({BATCH})
+        await worker.take_back({BATCH})  # the partition comes back here
+        consumer.add(BATCH, [work(Lane.BATCH, n) for n in range(1, 4)])
+        await until(lambda: len(producer.completions()) == 4)
+        stop.set()
+
+    producer = SlowAckProducer()
+    run_worker(consumer, producer, FakeEngine, scenario, drain_timeout_s=0.05)
+    assert consumer.committed == {BATCH: 4}
