@@ -25,6 +25,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
+from schemas.redact import explain
 from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob, TopLogprob
 from schemas.tools import Tool, tool_dicts
@@ -156,16 +157,23 @@ class VllmEngine:
         return len(self._template(messages, tools))
 
     def _template(self, messages: list[ChatMessage], tools: list[Tool] | None) -> list[int]:
-        return cast(
-            list[int],
-            self._tokenizer.apply_chat_template(
-                [template_message(m) for m in messages],
-                tools=cast(Any, tool_dicts(tools)),  # its type asks a list of exactly dict
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            ),
-        )
+        """The messages' token ids under the chat template; LlmqError (invalid_request) for
+        messages the template refuses (many raise on a role they do not take: Gemma's on a
+        system message, others unless roles alternate), which no retry or restart mends."""
+        try:
+            return cast(
+                list[int],
+                self._tokenizer.apply_chat_template(
+                    [template_message(m) for m in messages],
+                    tools=cast(Any, tool_dicts(tools)),  # its type asks a list of exactly dict
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=False,
+                ),
+            )
+        except Exception as exc:  # jinja2's TemplateError, or what a template's code raised
+            why = f"{self._spec.name}'s chat template refuses these messages: {explain(exc)}"
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why) from exc
 
     def _prompt_ids(self, body: ChatBody) -> list[int]:
         if body.raw_prompt:  # as vLLM's /v1/completions: the model's special tokens added

@@ -14,6 +14,7 @@ assignment, and only what went to another worker is aborted (workers/handover.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -312,9 +313,10 @@ class Worker:
         # 3) An answer: count it.
         if state.work.uncompressed is not None:
             tools = state.work.request.body.tools
-            state.uncompressed_prompt_tokens = self._engine.prompt_tokens(
-                state.work.uncompressed, tools
-            )
+            with contextlib.suppress(LlmqError):  # a template refusing them: not counted
+                state.uncompressed_prompt_tokens = self._engine.prompt_tokens(
+                    state.work.uncompressed, tools
+                )
         metrics.GENERATIONS.labels("ok").inc()
         metrics.TOKENS.labels("prompt").inc(state.prompt_tokens)
         metrics.TOKENS.labels("completion").inc(state.completion_tokens)

@@ -3,12 +3,17 @@ SamplingParams, and vLLM's own checks accept every value llmq's bounds let throu
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from transformers import PreTrainedTokenizerBase
 
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody
 
 pytestmark = [
@@ -77,3 +82,33 @@ def test_vllm_accepts_every_bound_llmq_lets_through(
     body = _body(**fields)
     params = sampling_params(body)  # vLLM checks its arguments as it makes them
     assert {name: getattr(params, name) for name in body.vllm_sampling} == body.vllm_sampling
+
+
+def test_messages_a_chat_template_refuses_are_an_invalid_request(
+    served_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """A template that raises (Gemma's on a system message) fails the request, not the
+    worker: it stopped it, on every worker the record reached, until its crash-loop bound."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from workers.vllm_engine import VllmEngine  # noqa: PLC0415
+
+    engine = VllmEngine.__new__(VllmEngine)  # its tokenizer and spec only: no engine started
+    tokenizer = copy.copy(served_tokenizer)
+    tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    engine._tokenizer, engine._spec = cast(Any, tokenizer), Catalog.builtin().models[0]
+    system = {"role": "system", "content": "Be brief."}
+    asked = _body(messages=[system, {"role": "user", "content": "Hi"}])
+
+    async def first_step() -> object:
+        return await anext(engine.generate("r1", asked, priority=0))
+
+    with pytest.raises(LlmqError) as caught:
+        asyncio.run(first_step())
+    assert caught.value.code is ErrorCode.INVALID_REQUEST
+    assert "System role not supported" in caught.value.message
+    assert engine.prompt_tokens(_body().messages) > 0  # what it takes still renders
