@@ -181,8 +181,8 @@ class Budgets:
     """A tenant's spend per UTC day and month, and its holds: what admitted requests may
     still cost. Admission admits a request only while spend + holds + its worst case fit the
     budget, so metered spend never passes it (unless a generation costs more than its worst
-    case, which the bound on prompt tokens rules out, or a repeat of a correlation id or a
-    retry of a failed generation is generated on one hold: docs/budgets.md)."""
+    case, which the bound on prompt tokens rules out, or a repeat of a correlation id is
+    generated on its first record's hold: docs/budgets.md)."""
 
     def __init__(self, client: aioredis.Redis, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         self._redis = client
