@@ -276,8 +276,8 @@ class Worker:
         Once the outcome exists it is published whatever happens: aborting it then would
         hand back a record that is already answered."""
         async with self._solo.alone() if alone else self._solo.shared():
-            await self._starts.begin(*where)
-            try:
+            try:  # a hand-back in begin's round trip gives back what it may have counted
+                await self._starts.begin(*where)
                 completion = await self._generate(state)
             except asyncio.CancelledError:
                 await self._starts.hand_back(*where)
@@ -296,6 +296,9 @@ class Worker:
             f"after {crashes} starts without an outcome (LLMQ_MAX_STARTS={self._max_starts})",
             retried=True,
         )
+        task = asyncio.current_task()
+        if task is not None:  # its dead letter and its answer go out whole, as an outcome's
+            self._concluding.add(task)
         await self._outcomes.dead_letter(record, error)
         metrics.GENERATIONS.labels(error.code.value).inc()
         await self._outcomes.publish(state.failure(error, self._worker_id, time.time()), state)

@@ -214,3 +214,28 @@ def test_a_generation_that_ended_in_the_drain_is_not_held_when_its_partition_com
     producer = SlowAckProducer()
     run_worker(consumer, producer, FakeEngine, scenario, drain_timeout_s=0.05)
     assert consumer.committed == {BATCH: 4}
+
+
+class SlowBegin(MemoryStarts):
+    """Counts a start at once; its round trip never returns (Redis slow)."""
+
+    async def begin(self, topic: str, partition: int, offset: int) -> None:
+        await super().begin(topic, partition, offset)
+        await asyncio.Event().wait()
+
+
+def test_a_start_counted_as_its_record_is_handed_back_is_given_back() -> None:
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(BATCH, [work(Lane.BATCH)])
+    starts = SlowBegin()
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: bool(starts.counts))
+        await worker.finish({BATCH})
+        worker.forget({BATCH})
+        consumer.revoke(BATCH)
+        await worker.take_back({STANDARD})  # it went elsewhere: aborted in begin
+        assert starts.counts == {(BATCH.topic, 0, 0): 0}, "a hand-back, not a crash"
+        stop.set()
+
+    run_worker(consumer, producer, FakeEngine, scenario, starts=starts, drain_timeout_s=0.05)
