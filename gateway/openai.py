@@ -172,7 +172,7 @@ def read_call(
     check_model(model, catalog)
     fields = {k: v for k, v in data.items() if k in PASSED}
     fields["messages"] = _messages(data.get("messages"))
-    _tools(fields, catalog.reachable(model, calls=True))
+    _tools(fields, catalog.starting(model, calls=True))
     if text:
         fields["raw_prompt"] = True
     if "max_completion_tokens" in data:  # the newer name wins over both, as in vLLM's server
@@ -251,8 +251,9 @@ def _check_fields(data: dict[str, Any]) -> int:
 def _tools(fields: dict[str, Any], serving: list[ModelSpec]) -> None:
     """The body's tools and tool choice as llmq serves them: no tools (or an empty list) is
     none, and leaves nothing to choose nor to call in parallel; with tools, "auto" (OpenAI's
-    default) is refused unless every model that may serve it (`serving`, fallbacks too; model
-    "auto" routes among those that read calls) reads its calls."""
+    default) is refused unless every model it may start on (`serving`: model "auto" routes
+    among those that read calls, and a fallback that reads none is left out of its route)
+    reads its calls."""
     if fields.get("tools") == []:
         fields.pop("tools")
     if "tools" not in fields:

@@ -200,6 +200,12 @@ class Catalog(BaseModel):
             unknown = [f for f in spec.fallback if f not in names]
             if unknown:
                 raise ValueError(f"model {spec.name!r} falls back to unknown models {unknown}")
+            repeated = [f for i, f in enumerate(spec.fallback) if f in spec.fallback[:i]]
+            if repeated:
+                raise ValueError(
+                    f"model {spec.name!r} lists fallback {repeated[0]!r} more than once: "
+                    f"{spec.fallback}"
+                )
         self._experiments_consistent(names)
         return self
 
@@ -248,14 +254,11 @@ class Catalog(BaseModel):
         reading = [m.name for m in self.models if m.tool_call_parser is not None] if calls else []
         return reading or self.names
 
-    def reachable(self, model: str | None, *, calls: bool = False) -> list[ModelSpec]:
-        """The catalog models a request for `model` may end on: those `serving` it, and
-        their fallbacks, and theirs."""
-        specs = {spec.name: spec for spec in self.models}
+    def starting(self, model: str | None, *, calls: bool = False) -> list[ModelSpec]:
+        """The catalog models a request for `model` may start on (`serving` it); the router
+        leaves out the fallbacks that cannot take a request (streams/router.py)."""
         names = self.serving(model, calls=calls)
-        for name in names:  # the list grows as it is read: fallbacks of fallbacks
-            names += [f for f in specs[name].fallback if f not in names]
-        return [specs[name] for name in names]
+        return [spec for spec in self.models if spec.name in names]
 
     def experiment(self, model: str) -> Experiment | None:
         """The experiment that requests for `model` take part in, if any."""

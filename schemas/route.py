@@ -52,10 +52,13 @@ class Route(BaseModel):
         """Models still to try after the current one."""
         return self.chain[len(self.tried) + 1 :]
 
-    def advance(self, *, escalated: bool) -> Route:
-        """The route for the next model of the chain, after an escalation or a failure."""
+    def advance(self, *, escalated: bool, skip: int = 0) -> Route:
+        """The route for the next model of the chain, after an escalation or a failure;
+        `skip` models that would come first are left out of the chain, untried."""
+        done = len(self.tried) + 1
         return self.model_copy(
             update={
+                "chain": [*self.chain[:done], *self.chain[done + skip :]],
                 "tried": [*self.tried, self.current],
                 "escalated": self.escalated or escalated,
                 "fell_back": self.fell_back or not escalated,

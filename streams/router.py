@@ -189,9 +189,10 @@ def plan(request: InferenceRequest, catalog: Catalog) -> Route:
 
     An explicit model (or the catalog default) is followed by its configured fallbacks.
     "auto" starts at the tier the difficulty score points to, then climbs the higher tiers
-    (one model each), then the fallbacks of those models. A requested name that an
-    experiment covers is served by the tenant's arm instead, if the tenant takes part. A
-    request with logit_bias gets the model it names and no other.
+    (one model each), then the fallbacks of those models; either way, only fallbacks that
+    can take the request. A requested name that an experiment covers is served by the
+    tenant's arm instead, if the tenant takes part. A request with logit_bias gets the model
+    it names and no other.
     """
     name = request.requested_model or catalog.default
     if request.body.logit_bias:
@@ -227,20 +228,25 @@ def _unknown(name: str, catalog: Catalog) -> LlmqError:
 
 
 def _plan(name: str, request: InferenceRequest, catalog: Catalog) -> Route:
-    """The route for `name`, a catalog model or "auto"."""
+    """The route for `name`, a catalog model or "auto".
+
+    Fallbacks that cannot take the request are left out (`_fallbacks`), so that a fallback or
+    an escalation never reaches a model that must reject it; the first model stays, so that
+    admission says why it cannot serve.
+    """
+    body = request.body
     if name != AUTO:
         spec = catalog.get(name)
         if spec is None:
             raise _unknown(name, catalog)
-        return Route(requested=name, chain=[name, *spec.fallback])
-    ladder = _ladder(catalog, request.body)
-    start = tier_index(difficulty(request.body).score, len(ladder))
+        return Route(requested=name, chain=[name, *_fallbacks([spec], [name], catalog, body)])
+    ladder = _ladder(catalog, body)
+    start = tier_index(difficulty(body).score, len(ladder))
     chain = [m.name for m in ladder[start:]]
-    for spec in ladder[start:]:
-        chain.extend(f for f in spec.fallback if f not in chain)
+    chain.extend(_fallbacks(ladder[start:], chain, catalog, body))
     # A streamed answer is shown as it comes: one escalated after it was shown would leave
     # the app with the unsure answer, and the result store with another.
-    cascade = catalog.routing.cascade and start < len(ladder) - 1 and not request.body.stream
+    cascade = catalog.routing.cascade and start < len(ladder) - 1 and not body.stream
     return Route(requested=AUTO, chain=chain, cascade=cascade)
 
 
@@ -270,19 +276,39 @@ def _fits(spec: ModelSpec, body: ChatBody) -> bool:
     return body.prompt_chars() <= spec.max_prompt_chars and body.max_tokens < spec.max_model_len
 
 
+def _fallbacks(
+    specs: list[ModelSpec], chain: list[str], catalog: Catalog, body: ChatBody
+) -> list[str]:
+    """The fallbacks of `specs`, in order, not in `chain` yet, that can take the request: it
+    fits their context, and they read calls where the request lets the model choose them."""
+    named = dict.fromkeys(f for spec in specs for f in spec.fallback if f not in chain)
+    candidates = [catalog.get(f) for f in named]
+    return [
+        spec.name
+        for spec in candidates
+        if spec is not None
+        and _fits(spec, body)
+        and (spec.tool_call_parser is not None or not body.chooses_calls)
+    ]
+
+
 def next_route(completion: Completion, catalog: Catalog) -> Route | None:
     """Where a completion goes next: the route to the next model, or None to answer as is.
 
-    An engine failure falls back to the next model of the chain. A cascading route whose
+    An engine failure falls back to the next model of the chain; once the route has
+    escalated, only to one of a higher tier than every model tried before, so that a failure
+    never answers with a model no better than one judged too unsure. A cascading route whose
     answer is unsure (mean token log-probability below `routing.escalate_below`) escalates,
     but only to a model of a higher tier than the one that answered.
     """
     route = completion.work.route
+    if completion.error is not None:
+        if completion.error.code not in FALLBACK_CODES:
+            return None
+        return _fall_back(route, catalog)
     following = catalog.get(route.remaining[0]) if route.remaining else None
     if following is None:
         return None  # the chain is done, or its next model left the catalog since admission
-    if completion.error is not None:
-        return route.advance(escalated=False) if completion.error.code in FALLBACK_CODES else None
     serving = catalog.get(route.current)
     unsure = (
         completion.mean_logprob is not None
@@ -290,4 +316,19 @@ def next_route(completion: Completion, catalog: Catalog) -> Route | None:
     )
     if route.cascade and unsure and (serving is None or following.tier > serving.tier):
         return route.advance(escalated=True)
+    return None
+
+
+def _fall_back(route: Route, catalog: Catalog) -> Route | None:
+    """The route to the next model of the chain after a failure, past the models of a tier
+    at or below the highest tried where the route has escalated; None when there is none, or
+    when the model it would reach left the catalog since admission."""
+    tiers = [spec.tier for spec in map(catalog.get, route.tried) if spec is not None]
+    bar = max(tiers, default=0) if route.escalated else 0
+    for skipped, name in enumerate(route.remaining):
+        spec = catalog.get(name)
+        if spec is None:
+            return None
+        if spec.tier > bar:
+            return route.advance(escalated=False, skip=skipped)
     return None

@@ -88,6 +88,13 @@ def test_default_must_be_a_catalog_model(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
+def test_a_fallback_listed_twice_is_refused_naming_the_model_and_the_fallback() -> None:
+    models = [ModelSpec(name=n, source="s") for n in ("b", "c")]
+    a = ModelSpec(name="a", source="s", fallback=["b", "c", "b"])
+    with pytest.raises(ValidationError, match="model 'a' lists fallback 'b' more than once"):
+        Catalog(default="a", models=[a, *models])
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -174,7 +181,7 @@ def test_a_tool_call_parser_is_one_llmq_reads_and_only_for_its_own_engine() -> N
     assert ModelSpec(name="m", source="s", tool_call_parser="hermes", engine_args=guidance)
 
 
-def test_the_models_a_request_may_end_on_are_its_servers_and_their_fallbacks() -> None:
+def test_the_models_a_request_may_start_on_are_its_servers() -> None:
     catalog = Catalog.model_validate(
         {
             "default": "a",
@@ -186,12 +193,12 @@ def test_the_models_a_request_may_end_on_are_its_servers_and_their_fallbacks() -
             ],
         }
     )
-    assert [m.name for m in catalog.reachable("a")] == ["a", "b", "c"]
-    assert [m.name for m in catalog.reachable("c")] == ["c"]
-    assert [m.name for m in catalog.reachable("auto")] == ["a", "b", "c", "d"]
+    assert [m.name for m in catalog.starting("a")] == ["a"]
+    assert [m.name for m in catalog.starting("c")] == ["c"]
+    assert [m.name for m in catalog.starting("auto")] == ["a", "b", "c", "d"]
     # Under tool_choice "auto", model "auto" routes among the models that read calls.
-    assert [m.name for m in catalog.reachable("auto", calls=True)] == ["d"]
-    assert [m.name for m in catalog.reachable("a", calls=True)] == ["a", "b", "c"]
+    assert [m.name for m in catalog.starting("auto", calls=True)] == ["d"]
+    assert [m.name for m in catalog.starting("a", calls=True)] == ["a"]
     # An experiment on "auto" whose other arm is "a": "auto" routes as before, the arm is "a".
     arms = [Arm(name="routed", model="auto"), Arm(name="pinned", model="a")]
     tried = catalog.model_copy(

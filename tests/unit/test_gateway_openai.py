@@ -139,12 +139,13 @@ def test_what_llmq_does_not_serve_is_refused_by_name() -> None:
     data = {"model": "a", "messages": MESSAGES, "tools": [tool], "tool_choice": "auto"}
     read = read_call(data, tenant="t", lane=None, catalog=catalog, timeout_s=60).request.body
     assert read.tool_choice == "auto"
-    falls = {"name": "a", **reads, "fallback": ["b"]}  # a fallback may serve it too
+    falls = {"name": "a", **reads, "fallback": ["b"]}  # the router leaves out b, reading none
     catalog = Catalog.model_validate(
         {"default": "a", "models": [falls, {"name": "b", "source": "/m"}]}
     )
+    assert read_call(data, tenant="t", lane=None, catalog=catalog, timeout_s=60).request.body
     with pytest.raises(LlmqError, match="by 'b'"):
-        read_call(data, tenant="t", lane=None, catalog=catalog, timeout_s=60)
+        read_call({**data, "model": "b"}, tenant="t", lane=None, catalog=catalog, timeout_s=60)
     assert "tools.0.function" in _refused(
         ErrorCode.INVALID_REQUEST, tools=[{"type": "function"}], tool_choice="required"
     )

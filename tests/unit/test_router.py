@@ -317,11 +317,45 @@ def test_auto_under_tool_choice_auto_climbs_only_models_that_read_calls() -> Non
     )
     tools = [{"type": "function", "function": {"name": "f"}}]
     route = plan(_request(EASY, tools=tools), catalog)  # OpenAI's default choice: "auto"
-    assert route.chain == ["small-b", "big", "mid", "remote"]  # then big's fallbacks
+    assert route.chain == ["small-b", "big"]  # big's fallbacks read no calls: left out
     everyone = ["small", "mid", "big", "small-b", "remote"]
     assert plan(_request(EASY, tools=tools, tool_choice="none"), catalog).chain == everyone
-    # Where none reads calls, every model as before (the worker's refusal names why).
-    assert plan(_request(EASY, tools=tools), TIERED).chain == everyone
+    # Where none reads calls, every tier as before (the worker's refusal names why).
+    assert plan(_request(EASY, tools=tools), TIERED).chain == ["small", "mid", "big"]
+
+
+def test_auto_leaves_out_fallbacks_too_small_for_the_request() -> None:
+    """An escalation or fallback to them would end in a rejection after paid generations."""
+    catalog = Catalog(
+        default="small",
+        models=[
+            ModelSpec(name="small", source="/m/s", tier=1, max_model_len=8192, fallback=["huge"]),
+            ModelSpec(name="big", source="/m/b", tier=2, max_model_len=8192),
+            ModelSpec(name="huge", source="/m/h", tier=3, max_model_len=2048),
+        ],
+    )
+    route = plan(_request(EASY, max_tokens=2100), catalog)
+    assert route.chain == ["small", "big"]
+    assert route.cascade
+    assert plan(_request(EASY, max_tokens=1000), catalog).chain == ["small", "big", "huge"]
+
+
+def test_a_named_model_keeps_only_fallbacks_that_can_take_the_request() -> None:
+    parsed = {"tool_call_parser": "hermes"}
+    catalog = Catalog(
+        default="a",
+        models=[
+            ModelSpec(name="a", source="/m/a", max_model_len=512, fallback=["b", "c", "d"]),
+            ModelSpec(name="b", source="/m/b", max_model_len=4096, **parsed),
+            ModelSpec(name="c", source="/m/c", max_model_len=1024, **parsed),
+            ModelSpec(name="d", source="/m/d", max_model_len=4096),
+        ],
+    )
+    assert plan(_request(EASY, model="a"), catalog).chain == ["a", "b", "c", "d"]
+    # Too long for "a" and "c": "a" stays, so that admission says why it cannot serve.
+    assert plan(_request(EASY, model="a", max_tokens=2000), catalog).chain == ["a", "b", "d"]
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert plan(_request(EASY, model="a", tools=tools), catalog).chain == ["a", "b", "c"]
 
 
 def test_plan_is_deterministic() -> None:
@@ -455,6 +489,22 @@ def test_escalation_after_a_fallback_keeps_both_marks() -> None:
     assert both.current == "big"
     assert both.fell_back
     assert both.escalated
+
+
+def test_a_failure_after_an_escalation_skips_models_no_better_than_the_unsure_one() -> None:
+    medium = Route(requested=AUTO, chain=["mid", "big", "small", "remote"], cascade=True)
+    to_big = next_route(_completion(medium, mean_logprob=-3.0), TIERED)
+    assert to_big is not None
+    to_remote = next_route(_completion(to_big, error=ErrorCode.ENGINE_ERROR), TIERED)
+    assert to_remote is not None
+    assert to_remote.current == "remote"  # not "small", of a tier below the unsure "mid"
+    assert to_remote.tried == ["mid", "big"]
+    assert to_remote.chain == ["mid", "big", "remote"]
+    assert to_remote.escalated and to_remote.fell_back
+    no_higher = Route(requested=AUTO, chain=["mid", "big", "small", "small-b"], cascade=True)
+    big = next_route(_completion(no_higher, mean_logprob=-3.0), TIERED)
+    assert big is not None
+    assert next_route(_completion(big, error=ErrorCode.ENGINE_ERROR), TIERED) is None
 
 
 def test_a_next_model_gone_from_the_catalog_ends_the_route() -> None:
