@@ -108,8 +108,9 @@ class Completion(BaseModel):
     timings: Timings
     engine_retried: bool = False
     """The engine already retried this failure itself (an OpenAI-compatible server's, before
-    the first token), so the stream processor does not retry the generation on the same
-    model; it still falls back to the next model of the chain."""
+    the first token), or knows no retry can mend it (a remote engine's 401, 404 or wrong
+    content type), so the stream processor does not retry the generation on the same model;
+    it still falls back to the next model of the chain."""
     mean_logprob: float | None = None
     """Mean log-probability of the answer's tokens: the cascade's confidence signal."""
     worker: str

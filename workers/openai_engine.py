@@ -37,7 +37,11 @@ _FAILED_FINISH = frozenset({"abort", "error"})
 
 
 class _ServerError(Exception):
-    """The server failed (not the request): counted by the breaker, retried if `retry`."""
+    """The server failed (not the request): counted by the breaker, retried if `retry`.
+
+    One not to retry (a wrong key, URL or model name) fails as retried, so that the stream
+    processor does not try the same model again either, but falls back to the next one.
+    """
 
     def __init__(self, reason: str, retry_after_s: float | None = None, retry: bool = True):
         super().__init__(reason)
@@ -157,7 +161,7 @@ class OpenAIEngine:
                 f"{self._where} failed {attempt} time(s) in {elapsed:.1f} s; "
                 f"last error: {exc.reason}",
                 retry_after_s=exc.retry_after_s,
-                retried=attempt > 1,
+                retried=attempt > 1 or not exc.retry,
             ) from exc
         return delay
 

@@ -173,7 +173,11 @@ def test_client_errors_map_to_their_code_with_the_servers_message(
 
 @pytest.mark.parametrize(
     ("code", "hint"),
-    [(401, "api_key_env"), (404, "/v1/chat/completions (check url and remote_model)")],
+    [
+        (401, "api_key_env"),
+        (404, "/v1/chat/completions (check url and remote_model)"),
+        (200, "application/json, not an event stream"),
+    ],
 )
 def test_configuration_errors_are_engine_errors_without_retries(code: int, hint: str) -> None:
     async def scenario() -> None:
@@ -182,6 +186,8 @@ def test_configuration_errors_are_engine_errors_without_retries(code: int, hint:
         assert error.code is ErrorCode.ENGINE_ERROR
         assert hint in error.message
         assert len(server.bodies) == 1
+        # Nor retried by the stream processor on the same model: it falls back instead.
+        assert error.retried
 
     asyncio.run(scenario())
 
