@@ -193,10 +193,16 @@ def costs_keys(hour: str) -> tuple[str, str]:
 
 def experiment_keys(experiment: str, hour: str) -> tuple[str, str]:
     """An A/B test's answers per arm: a hash of "arm<TAB>figure" -> sum (counts, cost, a
-    latency histogram), and the set of the hour's correlation ids it counted. One hash
-    slot, so one script updates both."""
+    latency histogram), and the set of the hour's answers it counted (`experiment_answer`).
+    One hash slot, so one script updates both."""
     tag = f"{REDIS_EXPERIMENT_PREFIX}{{{experiment}}}"
     return tag, f"{tag}:seen:{hour}"
+
+
+def experiment_answer(tenant: str, correlation_id: str) -> str:
+    """An answer's member of an experiment's seen set: a correlation id is unique only per
+    tenant, so two tenants' equal ids are two answers ("/" is in neither)."""
+    return f"{tenant}/{correlation_id}"
 
 
 def file_keys(file_id: str) -> tuple[str, str]:

@@ -10,7 +10,7 @@ import math
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from schemas.names import experiment_keys
+from schemas.names import experiment_answer, experiment_keys
 from schemas.result import InferenceResult
 from streams.rollups import ADD, KEEP_DAYS, SEEN_S, SEP, hour_of
 
@@ -68,7 +68,7 @@ class ExperimentStats:
         await self._add(
             keys=list(experiment_keys(experiment, hour)),
             args=[
-                result.correlation_id or "",
+                experiment_answer(result.tenant or "", result.correlation_id or ""),
                 int(result.finished_at) + KEEP_DAYS * 86_400,
                 int(result.finished_at) + SEEN_S,
                 *pairs,

@@ -3,18 +3,23 @@ a request across its generations, and the intervals the comparison reports."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import cast
 
 import pytest
+import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from schemas.catalog import Catalog
 from schemas.request import InferenceRequest
+from schemas.result import InferenceResult
+from schemas.route import Route
 from schemas.work import WorkItem
-from streams.experiment_stats import LATENCY_EDGES_MS, latency_bucket
+from streams.experiment_stats import LATENCY_EDGES_MS, ExperimentStats, latency_bucket
 from streams.experiments import arm_of
 from streams.router import plan
 from tests.unit.stages import Pipeline, metered, raw_request, result_of
@@ -59,6 +64,15 @@ def test_arms_are_sticky_and_split_by_share_and_weight() -> None:
     counts = Counter(None if a is None else a.name for a in arms)
     assert counts[None] / len(tenants) == pytest.approx(0.6, abs=0.02)
     assert counts["b"] / (counts["a"] + counts["b"]) == pytest.approx(0.75, abs=0.02)
+
+
+def test_ramping_the_share_up_keeps_every_arm_of_a_tenant_already_in() -> None:
+    before, after = (_catalog({**SPLIT, "share": share}).experiments[0] for share in (0.5, 0.6))
+    arms = [(arm_of(before, t), arm_of(after, t)) for t in (f"t-{i}" for i in range(10_000))]
+    assert sum(old is not None for old, _ in arms) > 4_000
+    assert all(new == old for old, new in arms if old is not None)
+    counts = Counter(new.name for _, new in arms if new is not None)
+    assert counts["b"] / (counts["a"] + counts["b"]) == pytest.approx(0.75, abs=0.03)
 
 
 def test_the_route_serves_the_arm_and_says_which() -> None:
@@ -129,6 +143,31 @@ def test_a_result_costs_what_all_its_generations_cost() -> None:
     harness.on_completion(metered(escalated, 0.5).model_dump_json().encode())
     [reply] = harness.send.sent
     assert result_of(reply).cost_usd == pytest.approx(0.75)
+
+
+class _SeenSets:
+    """Stands in for Redis running the rollups' script: an id counts once per seen set."""
+
+    def __init__(self) -> None:
+        self.counted: set[tuple[str, str]] = set()
+
+    def register_script(self, script: str) -> Callable[..., Awaitable[None]]:
+        async def add(keys: list[str], args: list[object]) -> None:
+            self.counted.add((keys[1], str(args[0])))
+
+        return add
+
+
+def test_equal_correlation_ids_of_two_tenants_are_two_answers() -> None:
+    route = Route(requested="small", chain=["small"], experiment="size", arm="a")
+    seen = _SeenSets()
+    stats = ExperimentStats(cast(aioredis.Redis, seen))
+    for tenant in ("acme", "globex", "acme"):  # the last is acme's redelivered answer
+        result = InferenceResult(
+            correlation_id="req-1", tenant=tenant, status="ok", route=route, finished_at=1e9
+        )
+        asyncio.run(stats.answered(result))
+    assert len(seen.counted) == 2
 
 
 def test_a_latency_lands_in_the_bucket_whose_edge_bounds_it() -> None:
