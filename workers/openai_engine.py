@@ -391,7 +391,7 @@ class _Chunk:
         else:
             text = (choice.get("delta") or {}).get("content") or ""
             entries = (choice.get("logprobs") or {}).get("content") or []
-        return cls(
+        chunk = cls(
             text=text,
             logprobs=[TokenLogprob.model_validate(_logprob(e, top)) for e in entries],
             finish_reason=choice.get("finish_reason"),
@@ -399,6 +399,18 @@ class _Chunk:
             completion_tokens=usage.get("completion_tokens"),
             cached_tokens=_cached_tokens(usage),
         )
+        chunk.check()
+        return chunk
+
+    def check(self) -> None:
+        """TypeError unless each field holds what OpenAI's events do (a server's list of
+        parts or "5" for a count would fail the worker where its text is joined, its
+        tokens summed)."""
+        counts = (self.prompt_tokens, self.completion_tokens)
+        if not isinstance(self.text, str) or not isinstance(self.finish_reason, str | None):
+            raise TypeError("content and finish_reason must be strings")
+        if any(c is not None and (isinstance(c, bool) or not isinstance(c, int)) for c in counts):
+            raise TypeError("usage counts must be integers")
 
 
 def _cached_tokens(usage: dict[str, Any]) -> int | None:

@@ -221,3 +221,26 @@ def test_a_text_event_with_lists_that_do_not_line_up_is_a_server_error() -> None
         assert broken.code is ErrorCode.ENGINE_ERROR and "unreadable event" in broken.message
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"choices": [{"index": 0, "delta": {"content": [{"type": "text", "text": "a"}]}}]},
+        {"choices": [{"index": 0, "delta": {"content": "a"}}], "usage": {"prompt_tokens": "5"}},
+        {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": 1}]},
+    ],
+)
+def test_an_event_whose_fields_are_not_openais_types_is_a_server_error(
+    event: dict[str, object],
+) -> None:
+    """Read as it came, a list of parts or a count in a string failed the worker itself where
+    the text is joined or the tokens summed."""
+    reply = stream(b"data: " + json.dumps(event).encode() + b"\n\n")
+
+    async def scenario() -> None:
+        async with running(reply) as (_, url):
+            broken = await failure(engine(url), BODY)
+        assert broken.code is ErrorCode.ENGINE_ERROR and "unreadable event" in broken.message
+
+    asyncio.run(scenario())
