@@ -252,6 +252,10 @@ class Worker:
             metrics.REANSWERS_SKIPPED.inc()
             self._tracker.done(tp, record.offset)
             return
+        # A retry's backoff, before its start is counted or it takes its turn in the engine
+        # (it still holds its lane's slot: the record stays in flight, uncommitted).
+        if work.not_before is not None:
+            await asyncio.sleep(max(0.0, work.not_before - time.time()))
         # Another id at every start: the engine's, and the streamed pieces' generation.
         start = uuid.uuid4().hex[:8]
         state = InFlight.from_work(
@@ -328,8 +332,7 @@ class Worker:
         return state.completion(self._worker_id, time.time())
 
     async def _unstartable(self, state: InFlight) -> LlmqError | None:
-        """Why this work must not start, or None once it may (a retry's backoff runs here,
-        so the record stays in flight, uncommitted)."""
+        """Why this work must not start, or None once it may."""
         uncarried = self._outcomes.uncarried(state)
         if uncarried is not None:
             return uncarried
@@ -340,8 +343,6 @@ class Worker:
             )
         if state.work.request.body.chooses_calls and self._spec.tool_call_parser is None:
             return auto_refused(self._spec.name)
-        if state.work.not_before is not None:
-            await asyncio.sleep(max(0.0, state.work.not_before - time.time()))
         request = state.work.request
         cancel = self._cancellations.stopping(state.work)
         if cancel is not None:

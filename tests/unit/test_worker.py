@@ -396,3 +396,19 @@ def test_a_generation_handed_back_by_a_drain_gives_its_start_back() -> None:
     assert producer.completions() == []
     assert starts.counts == {(STANDARD.topic, 0, 0): 0}, "a hand-back is not a crash"
     assert consumer.committed.get(STANDARD, 0) == 0, "left for the next owner"
+
+
+def test_a_retry_waiting_out_its_backoff_counts_no_start() -> None:
+    """Its start is counted once the wait is over: a worker stopped meanwhile (a drain, a
+    crash) has nothing to give back or blame on it."""
+    consumer, producer, starts = FakeConsumer(), FakeProducer(), MemoryStarts()
+    consumer.add(STANDARD, [work(attempt=2, not_before=time.time() + 600)])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: bool(worker._tasks))
+        await asyncio.sleep(0.2)  # time enough to have counted a start, had it been
+        stop.set()
+
+    run_worker(consumer, producer, FakeEngine, scenario, starts=starts, drain_timeout_s=0.05)
+    assert starts.counts == {}
+    assert producer.completions() == []
