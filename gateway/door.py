@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator
+import logging
+import math
+from collections.abc import AsyncGenerator, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import Request
+from redis.exceptions import RedisError
 
 from gateway import metrics
 from gateway.batch.collector import Collector
@@ -23,8 +26,12 @@ from gateway.text import TextChunks
 from llmq.aio import AsyncClient
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
-from schemas.request import DEFAULT_TENANT, InferenceRequest
+from schemas.names import readers_key
+from schemas.redact import explain
+from schemas.request import DEFAULT_TENANT
 from schemas.tenants import TenantPolicy
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -146,27 +153,62 @@ class FrontDoor:
             why = f"no worker serves {model}: start one (llmq local up) and try again"
             raise ApiError(LlmqError(ErrorCode.ENGINE_UNAVAILABLE, why))
 
-    def cancel(self, request: InferenceRequest, *, grace: bool = True) -> None:
+    def cancel(self, tenant: str, correlation_id: str, *, grace: bool = True) -> None:
         """Nobody waits for the request any more (its client went away, or another choice
         of its call failed): unless a client resumes its stream within the grace time
-        (`grace`), tell the workers (the generation is aborted)."""
-        key = (request.tenant, request.correlation_id)
+        (`grace`), here or at another front door, tell the workers (the generation is
+        aborted)."""
+        key = (tenant, correlation_id)
         if not grace:
             self._cancel_now(key)
             return
         loop = asyncio.get_running_loop()
-        self._doomed[key] = loop.call_later(self.settings.resume_grace_s, self._cancel_now, key)
+        self._doomed[key] = loop.call_later(self.settings.resume_grace_s, self._cancel_unread, key)
 
-    def spare(self, tenant: str, correlation_id: str) -> None:
-        """Its client came back (a resumed stream): no cancellation."""
+    async def resumed(self, tenant: str, correlation_id: str) -> None:
+        """Its client came back (a resumed stream): no cancellation, here nor at the door it
+        left (`unread` once the stream ends). Redis away: only here."""
         handle = self._doomed.pop((tenant, correlation_id), None)
         if handle is not None:
             handle.cancel()
+        key = readers_key(tenant, correlation_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, math.ceil(self.settings.request_timeout_s))
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("a resumed stream is not known to other front doors: %s", explain(exc))
+
+    async def unread(self, tenant: str, correlation_id: str) -> None:
+        """A resumed stream ended (or its client left again)."""
+        with contextlib.suppress(RedisError):  # its count lapses with the request's time
+            await self._redis.decr(readers_key(tenant, correlation_id))
+
+    def _cancel_unread(self, key: tuple[str, str]) -> None:
+        self._doomed.pop(key, None)
+        self._in_background(self._cancel_if_unread(key))
+
+    async def _cancel_if_unread(self, key: tuple[str, str]) -> None:
+        """Cancel the request unless a resumed stream of it is read at another door (Redis
+        away: cancel, as a door alone would)."""
+        try:
+            readers = await self._redis.get(readers_key(*key))
+        except RedisError:
+            readers = None
+        if readers is not None and int(readers) > 0:
+            log.info("%s/%s is read again at another front door: not cancelled", *key)
+            return
+        metrics.CANCELLED.inc()
+        await self.client.cancel(key[1], tenant=key[0])
 
     def _cancel_now(self, key: tuple[str, str]) -> None:
         self._doomed.pop(key, None)
         metrics.CANCELLED.inc()
-        task = asyncio.create_task(self.client.cancel(key[1], tenant=key[0]))
+        self._in_background(self.client.cancel(key[1], tenant=key[0]))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -187,20 +187,37 @@ async def resume(correlation_id: str, request: Request) -> Response:
         why = f"object must be one of {', '.join(RESUMED)}, the chunks of the stream resumed"
         raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why))
     last = request.headers.get("last-event-id", "0")
-    if not last.isdigit():
+    if not (last.isascii() and last.isdigit()):
         why = f"Last-Event-ID {last!r} is not a count of characters"
         raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why))
-    door.spare(tenant, correlation_id)
+    await door.resumed(tenant, correlation_id)
+    try:
+        return await _resume(
+            door, request, kind=kind, correlation_id=correlation_id, tenant=tenant, last=int(last)
+        )
+    except BaseException:
+        await door.unread(tenant, correlation_id)
+        raise
+
+
+async def _resume(
+    door: FrontDoor,
+    request: Request,
+    *,
+    kind: type[Chunks],
+    correlation_id: str,
+    tenant: str,
+    last: int,
+) -> Response:
+    """The resumed stream's response, read once it ends (`unread`)."""
     stored = await door.client.stored(correlation_id, tenant=tenant)
     pieces: AsyncIterator[Delta] | None = None
     try:
         if stored is not None:
-            first: Delta | None = StreamReader(int(last)).finish(stored)
+            first: Delta | None = StreamReader(last).finish(stored)
         else:
             wait_s = door.settings.request_timeout_s
-            pieces = door.client.follow(
-                correlation_id, tenant=tenant, offset=int(last), wait_s=wait_s
-            )
+            pieces = door.client.follow(correlation_id, tenant=tenant, offset=last, wait_s=wait_s)
             first = await anext(pieces, None)
     except LlmqError as exc:
         raise ApiError(exc) from None
@@ -209,8 +226,22 @@ async def resume(correlation_id: str, request: Request) -> Response:
     usage = request.query_params.get("include_usage", "false").lower() == "true"
     model = (first.model if first else None) or door.catalog.default
     chunks = kind(correlation_id, int(time.time()), model, usage)
-    events = sse.events(chunks, first, pieces)
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    # Its client may leave again: the request is cancelled after the grace time, as at first.
+    leaves = None if pieces is None else partial(door.cancel, tenant, correlation_id)
+    events = sse.events(chunks, first, pieces, leaves)
+    read = _read_until_done(events, partial(door.unread, tenant, correlation_id))
+    return StreamingResponse(read, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _read_until_done(
+    events: AsyncIterator[str], done: Callable[[], Awaitable[None]]
+) -> AsyncIterator[str]:
+    """The events, then `done`, however the stream ends."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        await done()
 
 
 @router.get("/healthz")
@@ -282,7 +313,7 @@ async def _submit(door: FrontDoor, call: Call) -> None:
     if failed:
         for wanted, outcome in zip(call.requests, sent, strict=True):
             if not isinstance(outcome, BaseException):
-                door.cancel(wanted, grace=False)
+                door.cancel(wanted.tenant, wanted.correlation_id, grace=False)
         if isinstance(failed[0], LlmqError):  # too large a record: refused before publishing
             raise ApiError(failed[0]) from None
         raise failed[0]
@@ -385,7 +416,7 @@ def _abandon(door: FrontDoor, call: Call, *, grace: bool = True) -> None:
     """Nobody waits for the call's choices: cancel each one's request, after the grace to
     resume a stream (`grace`)."""
     for wanted in call.requests:
-        door.cancel(wanted, grace=grace)
+        door.cancel(wanted.tenant, wanted.correlation_id, grace=grace)
 
 
 def _failed(door: FrontDoor, call: Call) -> None:

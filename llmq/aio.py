@@ -83,6 +83,8 @@ class AsyncClient:
         self._retention_s = stream_retention_s
         self._pending: dict[Key, asyncio.Future[InferenceResult]] = {}
         self._logs: dict[Key, StreamLog] = {}
+        self._followers: dict[Key, int] = {}
+        """Requests not submitted here that follow() waits for: how many calls wait."""
         self._producer: AIOKafkaProducer | None = None
         self._limit = RECORD_LIMIT
         """The most bytes Kafka takes as one record on llmq.requests, as last read."""
@@ -279,12 +281,7 @@ class AsyncClient:
                     return
         finally:
             cursor.close()
-            # The result may still come (a stream ends at its last piece): result() finds
-            # it until then, and it goes once it came.
-            if future.done():
-                self._pending.pop(key, None)
-            else:
-                future.add_done_callback(lambda _: self._pending.pop(key, None))
+            self._followed(key, future)
 
     def _pieces(self, cursor: _Cursor, reader: StreamReader, tenant: str) -> Iterator[Delta]:
         """The pieces of the deltas not read yet."""
@@ -427,12 +424,27 @@ class AsyncClient:
         one, already holding the stored result of a request that ended (its reply went by
         before anyone here waited for it)."""
         future = self._pending.get(key)
+        if future is None or key in self._followers:
+            self._followers[key] = self._followers.get(key, 0) + 1
         if future is None:
             future = self._pending[key] = asyncio.get_running_loop().create_future()
             stored = await self._stored(key)
             if stored is not None and not future.done():
                 future.set_result(stored)
         return future
+
+    def _followed(self, key: Key, future: asyncio.Future[InferenceResult]) -> None:
+        """A follow() of the request ended. The result may still come (a stream ends at its
+        last piece): result() finds it until then, and it goes once it came; but one that
+        nobody here submitted goes when its last follower leaves (an id never answered would
+        stay for good)."""
+        followers = self._followers.pop(key, 0) - 1
+        if followers > 0:
+            self._followers[key] = followers
+        elif future.done() or followers == 0:
+            self._pending.pop(key, None)
+        else:
+            future.add_done_callback(lambda _: self._pending.pop(key, None))
 
     def _key(self, correlation_id: str, tenant: str | None) -> Key:
         """The request of `tenant`, by default the tenant this client submitted the id as

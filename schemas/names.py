@@ -129,6 +129,7 @@ REDIS_SPEND_PREFIX = "llmq:spend:"
 REDIS_STARTS_PREFIX = "llmq:starts:"
 REDIS_ANSWERED_PREFIX = "llmq:answered:"
 REDIS_CLAIM_PREFIX = "llmq:claim:"
+REDIS_READERS_PREFIX = "llmq:readers:"
 REDIS_COSTS_PREFIX = "llmq:costs:"
 REDIS_EXPERIMENT_PREFIX = "llmq:exp:"
 REDIS_FILE_PREFIX = "llmq:file:"
@@ -175,6 +176,12 @@ def claim_key(tenant: str, correlation_id: str) -> str:
 def rate_prefix(tenant: str) -> str:
     """Rate limits: <prefix>requests and <prefix>tokens hold the token buckets' state."""
     return f"{REDIS_RATE_PREFIX}{_tenant(tenant)}:"
+
+
+def readers_key(tenant: str, correlation_id: str) -> str:
+    """How many resumed streams of a request are being read now, on any front door: the door
+    whose client left cancels the request after the grace time only while none is."""
+    return f"{REDIS_READERS_PREFIX}{_tenant(tenant)}:{correlation_id}"
 
 
 def spend_key(tenant: str, name: str) -> str:

@@ -321,3 +321,33 @@ _real_sleep = asyncio.sleep
 
 async def _no_wait(_: float) -> None:
     await _real_sleep(0)
+
+
+def test_following_an_id_never_answered_leaves_nothing_waiting() -> None:
+    """Any key holder could ask the front door to resume random ids: each left a future."""
+
+    async def run() -> int:
+        app = AsyncClient(NO_REDIS)
+        for n in range(3):
+            with pytest.raises(TimeoutError):
+                [piece async for piece in app.follow(f"nope{n}", wait_s=0.05)]
+        return len(app._pending)
+
+    assert asyncio.run(run()) == 0
+
+
+def test_two_follows_of_one_id_both_get_its_answer() -> None:
+    async def run() -> list[str]:
+        app = AsyncClient(NO_REDIS)
+
+        async def read() -> str:
+            return "".join([piece.text async for piece in app.follow("c1", wait_s=600)])
+
+        both = asyncio.gather(read(), read())
+        await asyncio.sleep(0.01)
+        app._on_result(_record(_result("c1", "default", "for both")).value)
+        texts = await asyncio.wait_for(both, 20)
+        assert not app._pending
+        return list(texts)
+
+    assert asyncio.run(run()) == ["for both", "for both"]

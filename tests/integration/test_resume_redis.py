@@ -1,0 +1,81 @@
+"""A stream resumed at another front door than the one its client left, with a real
+redis-server between the doors (no Kafka: the doors' cancellations are recorded): the door
+the client left does not cancel a request read again elsewhere, and cancels it once nobody
+reads it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.door import FrontDoor
+from gateway.settings import GatewaySettings
+from schemas.catalog import Catalog
+from schemas.tenants import TenantPolicy
+from tests.integration.helpers import run_async
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.usefixtures("sync")]
+
+KEY = ("acme", "c1")
+
+
+class Cancels:
+    """The cancellations doors send, instead of sending them."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self.came = asyncio.Event()
+
+    async def cancel(self, correlation_id: str, *, tenant: str | None = None) -> None:
+        self.sent.append((tenant or "", correlation_id))
+        self.came.set()
+
+
+def _door(port: int, cancels: Cancels, grace_s: float = 5.0) -> FrontDoor:
+    """A front door on the test's Redis, not started."""
+    settings = GatewaySettings(redis_url=f"redis://127.0.0.1:{port}/0", resume_grace_s=grace_s)
+    door = FrontDoor(settings, Catalog.builtin(), TenantPolicy())
+    door.client.cancel = cancels.cancel  # type: ignore[method-assign]
+    return door
+
+
+def test_a_request_read_again_at_another_door_is_not_cancelled_by_the_one_it_left(
+    redis_port: int,
+) -> None:
+    async def body(_: aioredis.Redis) -> None:
+        cancels = Cancels()
+        left, other = _door(redis_port, cancels), _door(redis_port, cancels)
+        try:
+            await other.resumed(*KEY)  # the client came back at another door
+            await left._cancel_if_unread(KEY)  # the door it left, at the end of the grace time
+            assert cancels.sent == []
+            await other.unread(*KEY)  # that stream ended: its client left again
+            await left._cancel_if_unread(KEY)
+            assert cancels.sent == [KEY]
+        finally:
+            await left._redis.aclose()
+            await other._redis.aclose()
+
+    run_async(redis_port, body)
+
+
+def test_a_request_resumed_and_left_again_is_cancelled_after_the_grace_time(
+    redis_port: int,
+) -> None:
+    async def body(_: aioredis.Redis) -> None:
+        cancels = Cancels()
+        door = _door(redis_port, cancels, grace_s=0.0)
+        try:
+            door.cancel(*KEY)
+            await door.resumed(*KEY)  # in the grace time: spared here
+            await door.unread(*KEY)
+            assert cancels.sent == []
+            door.cancel(*KEY)  # its client left the resumed stream
+            await asyncio.wait_for(cancels.came.wait(), 10)
+            assert cancels.sent == [KEY]
+        finally:
+            await door._redis.aclose()
+
+    run_async(redis_port, body)
