@@ -34,11 +34,12 @@ command -v "$py" >/dev/null || py=python3
 
 # 2) The venv, from the lock: exact versions with their hashes (deploy/lock.py; `make lock`
 #    re-resolves it). The stamp covers every input of this step, including this checkout's
-#    path: the venv is shared, and its editable install must point at the checkout being used.
+#    path (the venv is shared, and its editable install must point at the checkout being used)
+#    and pyproject.toml (its commands and packages are written into the install).
 "$py" "$here/deploy/lock.py" --check
 gpu=cpu; command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && gpu=gpu
 lock="$here/deploy/lock/$gpu.txt"
-stamp_want=$( (cat "$lock" "$0"; echo "$here") | sha256sum | cut -c1-16)-$gpu
+stamp_want=$( (cat "$lock" "$0" "$here/pyproject.toml"; echo "$here") | sha256sum | cut -c1-16)-$gpu
 stamp="$venv/.llmq-stamp"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$stamp_want" ] \
   || ! "$venv/bin/python" -c 'import vllm, faust, llmq' 2>/dev/null; then

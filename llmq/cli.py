@@ -12,10 +12,12 @@ from importlib.metadata import entry_points
 
 import redis
 from kafka.errors import KafkaError
+from pydantic import ValidationError
 
 from llmq.client import Client
 from llmq.settings import ClientSettings
 from schemas.lanes import Lane
+from schemas.redact import explain
 from schemas.request import DEFAULT_TENANT
 from schemas.result import InferenceResult
 
@@ -43,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except (RuntimeError, redis.RedisError) as exc:
+        print(f"llmq: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a bad argument or setting (pydantic's errors among them)
+        print(f"llmq: {explain(exc) if isinstance(exc, ValidationError) else exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that cannot be read or written
         print(f"llmq: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,36 @@
+"""The `llmq` command's answer to bad input and bad settings: one line naming what is wrong
+and exit status 2 (a traceback before), checked before anything is reached."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmq.cli import main
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "said"),
+    [
+        (["submit", "hi", "--max-tokens", "-5"], {}, "max_tokens"),
+        (["submit", "hi", "--temperature", "-1"], {}, "temperature"),
+        (["submit", "hi", "--tenant", "bad tenant"], {}, "not an identifier"),
+        (["topics"], {"LLMQ_MODELS_FILE": "/nonexistent.toml"}, "LLMQ_MODELS_FILE"),
+        (["submit", "hi"], {"LLMQ_KAFKA_PORT": "abc"}, "kafka_port"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(
+    argv: list[str],
+    env: dict[str, str],
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("LLMQ_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing is reached
+    monkeypatch.setenv("LLMQ_REDIS_URL", "redis://127.0.0.1:1/0")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("llmq: ") and said in line
