@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from llmq.settings import ClientSettings
-from streams.rollups import Row, hour_of, read
+from streams.rollups import KEEP_DAYS, Row, hour_of, read
 from tools.costs import experiment
 from tools.costs.report import DIMENSIONS, as_json, group, hours, table
 
@@ -30,7 +30,12 @@ def register(sub: Any) -> None:
             "the generations behind cached and coalesced answers cost."
         ),
     )
-    costs.add_argument("--days", type=int, default=7, help="the last N UTC days (default 7)")
+    costs.add_argument(
+        "--days",
+        type=_days,
+        default=7,
+        help=f"the last N UTC days (default 7, at most {KEEP_DAYS})",
+    )
     costs.add_argument("--since", type=date.fromisoformat, help="first UTC day, YYYY-MM-DD")
     costs.add_argument("--until", type=date.fromisoformat, help="last UTC day (default today)")
     costs.add_argument("--tenant", help="only this tenant")
@@ -56,9 +61,12 @@ def run(args: argparse.Namespace) -> int:
     if args.experiment:
         return _experiment(args)
     last = args.until or datetime.now(UTC).date()
-    first = args.since or last - timedelta(days=max(1, args.days) - 1)
+    first = args.since or last - timedelta(days=args.days - 1)
     if first > last:
         raise RuntimeError(f"--since {first} is after --until {last}")
+    kept = datetime.now(UTC).date() - timedelta(days=KEEP_DAYS)
+    if first < kept:  # each hour is a read: a typo's century would be millions of them
+        raise RuntimeError(f"--since {first} is before {kept}: rollups are kept {KEEP_DAYS} days")
     now = hour_of(time.time())
     wanted = [hour for hour in hours(first, last) if hour <= now]
     if not wanted:
@@ -121,3 +129,11 @@ def _experiment(args: argparse.Namespace) -> int:
     print(f"experiment {args.experiment}: each figure with its 95% confidence interval")
     print(experiment.table(reports))
     return 0
+
+
+def _days(text: str) -> int:
+    """A count of days for --days: 1 to KEEP_DAYS."""
+    days = int(text)
+    if not 1 <= days <= KEEP_DAYS:
+        raise argparse.ArgumentTypeError(f"{days} is not a count of days from 1 to {KEEP_DAYS}")
+    return days

@@ -30,9 +30,12 @@ def plot(rows: Sequence[Row], hours: Sequence[str], out: Path) -> Path:
     over_time, by_kind = figure.subplots(1, 2, width_ratios=(2, 1))
     x = range(len(slots))
     if tenants:
-        over_time.stackplot(
-            x, [[spend[t][s] for s in slots] for t in tenants], labels=tenants, step="post"
-        )
+        # Each slot drawn from its start to the next: the last one ends one step on (with
+        # step "post" and no point after it, the last slot, today's or this hour's, was not
+        # drawn at all).
+        heights = [[spend[t][s] for s in [*slots, slots[-1]]] for t in tenants]
+        over_time.stackplot(range(len(slots) + 1), heights, labels=tenants, step="post")
+        over_time.set_xlim(0, len(slots))
         over_time.legend(loc="upper left", fontsize="small")
     step = max(1, len(slots) // 12)
     over_time.set_xticks(list(x)[::step], [s.replace("T", " ") for s in slots][::step])
