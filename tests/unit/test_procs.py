@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tools.stack.procs import Proc, running
+from tools.stack.settings import LocalSettings
+from tools.stack.stack import LocalStack
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(30)"]
 IGNORE_TERM = [
@@ -148,3 +150,20 @@ def test_running_lists_a_process_its_command_and_busy_time_and_not_once_it_is_go
     assert spin.stop()
     assert spin.pid() is None  # reaped
     assert pid not in running()
+
+
+def test_down_stops_workers_the_stack_was_started_with_under_another_catalog(
+    tmp_path: Path,
+) -> None:
+    """`llmq local up` with LLMQ_MODELS_FILE=my.toml, `llmq local down` from a fresh shell:
+    the workers of my.toml kept running (GBs, ports held)."""
+    stack = LocalStack(LocalSettings(state_dir=tmp_path))
+    other = Proc("worker-mymodel", SLEEP, tmp_path / "run")
+    other.start()
+    assert [(row.name, row.ready) for row in stack.status() if row.pid] == [
+        ("worker-mymodel", False)
+    ]
+    said: list[str] = []
+    stack.down(say=said.append)
+    assert other.pid() is None
+    assert said == ["stopped worker-mymodel"]

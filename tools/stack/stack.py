@@ -330,18 +330,21 @@ class LocalStack:
 
     def down(self, say: Callable[[str], None] = print) -> None:
         """Stop everything, last started first, each gracefully (SIGTERM, then SIGKILL):
-        the front door and the autoscaler (so it starts nothing more), every worker replica,
-        then the rest."""
+        the front door and the autoscaler (so it starts nothing more), every worker replica
+        (also those started under another catalog or replica limit: any pid file this
+        catalog does not name), then the rest."""
         comps = self.components()
         first = [c for c in comps if c.proc.name in ("gateway", "autoscaler")]
         workers = [c for spec in self.catalog.models for c in reversed(self.replicas(spec))]
         streams = [self.streams(n) for n in range(MAX_STREAMS, 0, -1)]
         brokers = self.brokers
-        named = {c.proc.name for c in [*first, *workers, *streams, *brokers]}
-        rest = [c for c in comps if c.proc.name not in named]
-        for comp in [*reversed(first), *workers, *streams, *reversed(rest)]:
-            if comp.proc.stop():
-                say(f"stopped {comp.proc.name}")
+        ordered = {c.proc.name for c in [*first, *workers, *streams, *brokers]}
+        rest = [c for c in comps if c.proc.name not in ordered]
+        strays = self._strays(ordered | {c.proc.name for c in comps})
+        procs = [c.proc for c in [*reversed(first), *workers]]
+        for proc in [*procs, *strays, *(c.proc for c in [*streams, *reversed(rest)])]:
+            if proc.stop():
+                say(f"stopped {proc.name}")
         # Together: a node stopped after the others would wait for a quorum that is gone.
         with ThreadPoolExecutor(len(brokers)) as pool:
             stopped = list(pool.map(lambda c: c.proc.stop(), brokers))
@@ -349,9 +352,18 @@ class LocalStack:
             if was_running:
                 say(f"stopped {comp.proc.name}")
 
+    def _strays(self, named: set[str]) -> list[Proc]:
+        """Processes with a pid file here that no component of this stack names: workers of
+        a catalog or replica limit the stack was started with, not this shell's."""
+        files = sorted(self._run.glob("*.pid")) if self._run.is_dir() else []
+        return [
+            Proc(f.stem, (), self._run, stop_timeout_s=60) for f in files if f.stem not in named
+        ]
+
     def status(self) -> list[ComponentStatus]:
-        """What runs, and whether it is ready: every component, and every worker replica
-        that runs beyond the first."""
+        """What runs, and whether it is ready: every component, every worker replica that
+        runs beyond the first, and what runs that this catalog does not name (its readiness
+        unknown here: not ready)."""
         comps = self.components()
         named = {c.proc.name for c in comps}
         maybe = [c for spec in self.catalog.models for c in self.replicas(spec)]
@@ -364,6 +376,9 @@ class LocalStack:
             out.append(
                 ComponentStatus(comp.proc.name, pid, ready, comp.endpoint, str(comp.proc.log_file))
             )
+        for proc in self._strays(named | {c.proc.name for c in maybe}):
+            if (pid := proc.pid()) is not None:
+                out.append(ComponentStatus(proc.name, pid, False, "-", str(proc.log_file)))
         return out
 
     def backlog(self) -> dict[str, float]:
