@@ -47,3 +47,11 @@ def test_costs_refuses_days_it_cannot_have_before_reading_them(
     with pytest.raises(SystemExit) as refused:
         main(["costs", "--days", "0"])
     assert refused.value.code == 2
+
+
+def test_an_experiment_report_refuses_options_it_would_ignore(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LLMQ_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing is reached
+    assert main(["costs", "--experiment", "e", "--plot", "x.png"]) == 1
+    assert "not with --plot" in capsys.readouterr().err

@@ -110,6 +110,9 @@ def _dimensions(text: str) -> list[str]:
 
 def _experiment(args: argparse.Namespace) -> int:
     """The arms of one experiment side by side."""
+    given = [f"--{name}" for name in ("plot", "tenant", "since", "until") if getattr(args, name)]
+    if given:  # an experiment's figures are of all its answers, in one table
+        raise RuntimeError(f"--experiment reads every answer of the test: not with {given[0]}")
     url = ClientSettings().redis_url
 
     async def sums() -> dict[str, dict[str, float]]:

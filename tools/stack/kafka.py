@@ -186,7 +186,7 @@ def format_storage(libs: Path, props: Path, data_dir: Path, cluster_id: str | No
     a formatted directory is left as it is."""
     if (data_dir / "meta.properties").is_file():
         return
-    subprocess.run(
+    done = subprocess.run(
         [
             "java",
             "-cp",
@@ -199,9 +199,13 @@ def format_storage(libs: Path, props: Path, data_dir: Path, cluster_id: str | No
             str(props),
             "--ignore-formatted",
         ],
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
     )
+    if done.returncode != 0:  # Java's own words (an old Java, a bad path), not a traceback
+        why = (done.stderr or done.stdout).strip()[-2000:]
+        raise RuntimeError(f"formatting Kafka's storage in {data_dir} failed: {why}")
 
 
 def new_cluster_id() -> str:
