@@ -55,6 +55,11 @@ class MeteringEvent(BaseModel):
     @property
     def event_id(self) -> str:
         """What identifies this event across redeliveries (a retried generation is a new
-        event: it has its own `at`, and it did cost again)."""
+        event: it has its own `at`, and it did cost again). An answer served without one is
+        metered once per request: its time is the answer's, made anew when the result store
+        could not say which came first (Redis away), and counted twice after."""
+        if not self.generated:
+            key = f"{self.tenant}\0{self.correlation_id}\0saved"
+            return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
         key = f"{self.correlation_id}\0{self.fingerprint}\0{self.at!r}"
         return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()

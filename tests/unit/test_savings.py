@@ -43,3 +43,15 @@ def test_a_generated_answer_or_an_error_is_metered_by_its_worker_not_here() -> N
 def test_a_model_no_longer_in_the_catalog_saved_nothing_we_can_price() -> None:
     event = saved(_result(CacheStatus.EXACT, model="retired"), Catalog.builtin())
     assert event is not None and event.saved_usd == 0.0 and event.model == "retired"
+
+
+def test_an_answer_served_again_after_redis_was_away_is_one_saving() -> None:
+    """With Redis away the result store cannot say which answer came first: a redelivery
+    answers anew, at another time, and its saving was counted twice."""
+    first = _result(CacheStatus.EXACT)
+    again = first.model_copy(update={"finished_at": first.finished_at + 5})
+    events = [saved(r, Catalog.builtin()) for r in (first, again)]
+    assert events[0] is not None and events[1] is not None
+    assert events[0].event_id == events[1].event_id
+    other = saved(first.model_copy(update={"tenant": "other"}), Catalog.builtin())
+    assert other is not None and other.event_id != events[0].event_id
