@@ -81,6 +81,15 @@ async def json_body(request: Request) -> Any:
         raise ApiError(LlmqError(ErrorCode.INVALID_JSON, f"the body is not JSON: {exc}")) from None
 
 
+DECREMENT = """
+local left = redis.call('DECR', KEYS[1])
+if left <= 0 then redis.call('DEL', KEYS[1]) end
+return left
+"""
+"""One reader fewer of a resumed stream; none left (or the count lapsed before: it would be
+-1, kept for good) takes the key away."""
+
+
 class FrontDoor:
     """One process's client of llmq (one reply consumer for every waiting request), and
     what it knows: the catalog, the keys, the settings."""
@@ -96,6 +105,7 @@ class FrontDoor:
         )
         self.serving = Serving(settings, settings.instance_id)
         self._redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        self._decrement = self._redis.register_script(DECREMENT)
         self.batches = BatchStore(self._redis, settings.batch_retention_s)
         self.responses = ResponseStore(self._redis, settings.response_retention_s)
         pace = Pace(settings.batch_in_flight, settings.batch_cancel_grace_s)
@@ -120,9 +130,9 @@ class FrontDoor:
     async def close(self) -> None:
         self.ready = False
         metrics.READY.set(0)
-        for key in list(self._doomed):  # their clients are gone: no grace any more
+        for key in list(self._doomed):  # no grace any more, but for what another door reads
             self._doomed.pop(key).cancel()
-            await self.client.cancel(key[1], tenant=key[0])
+            await self._cancel_if_unread(key)
         for task in self._batch_tasks:  # a batch's progress is in Redis: the next door resumes
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -180,10 +190,14 @@ class FrontDoor:
         except RedisError as exc:
             log.warning("a resumed stream is not known to other front doors: %s", explain(exc))
 
-    async def unread(self, tenant: str, correlation_id: str) -> None:
-        """A resumed stream ended (or its client left again)."""
+    def unread(self, tenant: str, correlation_id: str) -> None:
+        """A resumed stream ended (or its client left again). In the background: the stream's
+        own task is being cancelled as its client leaves, and so would be an await there."""
+        self._in_background(self._unread(readers_key(tenant, correlation_id)))
+
+    async def _unread(self, key: str) -> None:
         with contextlib.suppress(RedisError):  # its count lapses with the request's time
-            await self._redis.decr(readers_key(tenant, correlation_id))
+            await self._decrement(keys=[key])
 
     def _cancel_unread(self, key: tuple[str, str]) -> None:
         self._doomed.pop(key, None)

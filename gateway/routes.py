@@ -196,7 +196,7 @@ async def resume(correlation_id: str, request: Request) -> Response:
             door, request, kind=kind, correlation_id=correlation_id, tenant=tenant, last=int(last)
         )
     except BaseException:
-        await door.unread(tenant, correlation_id)
+        door.unread(tenant, correlation_id)
         raise
 
 
@@ -234,14 +234,14 @@ async def _resume(
 
 
 async def _read_until_done(
-    events: AsyncIterator[str], done: Callable[[], Awaitable[None]]
+    events: AsyncIterator[str], done: Callable[[], None]
 ) -> AsyncIterator[str]:
     """The events, then `done`, however the stream ends."""
     try:
         async for event in events:
             yield event
     finally:
-        await done()
+        done()
 
 
 @router.get("/healthz")

@@ -193,6 +193,7 @@ class AsyncClient:
         key = (request.tenant, request.correlation_id)
         waiting = key in self._pending
         self._pending.setdefault(key, asyncio.get_running_loop().create_future())
+        self._followers.pop(key, None)  # submitted here: kept until its result came
         try:
             await self._send(REQUESTS, request.correlation_id, value)
         except BaseException:
@@ -428,7 +429,11 @@ class AsyncClient:
             self._followers[key] = self._followers.get(key, 0) + 1
         if future is None:
             future = self._pending[key] = asyncio.get_running_loop().create_future()
-            stored = await self._stored(key)
+            try:
+                stored = await self._stored(key)
+            except BaseException:  # cancelled, or a stored result that does not read
+                self._followed(key, future)
+                raise
             if stored is not None and not future.done():
                 future.set_result(stored)
         return future
@@ -441,6 +446,8 @@ class AsyncClient:
         followers = self._followers.pop(key, 0) - 1
         if followers > 0:
             self._followers[key] = followers
+        elif self._pending.get(key) is not future:
+            return  # another waiter's now
         elif future.done() or followers == 0:
             self._pending.pop(key, None)
         else:
@@ -466,16 +473,19 @@ class AsyncClient:
         while True:
             try:
                 batches = await consumer.getmany(timeout_ms=200)
-                for tp, records in batches.items():
-                    for record in records:
-                        if tp.topic == TOKENS:
-                            self._on_delta(record.value)
-                        else:
-                            self._on_result(record.value)
             except Exception as exc:  # the one reader of every reply must outlive it
                 log.warning("reading replies failed, retrying: %r", exc)
                 await asyncio.sleep(1.0)
                 continue
+            for tp, records in batches.items():
+                for record in records:
+                    try:
+                        if tp.topic == TOKENS:
+                            self._on_delta(record.value)
+                        else:
+                            self._on_result(record.value)
+                    except Exception:  # one record's, not the others' behind it
+                        log.exception("a record of %s could not be handed out", tp.topic)
             if time.monotonic() - pruned > PRUNE_EVERY_S:
                 self._prune()
                 pruned = time.monotonic()

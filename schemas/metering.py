@@ -56,8 +56,8 @@ class MeteringEvent(BaseModel):
     def event_id(self) -> str:
         """What identifies this event across redeliveries (a retried generation is a new
         event: it has its own `at`, and it did cost again). An answer served without one is
-        metered once per request: its time is the answer's, made anew when the result store
-        could not say which came first (Redis away), and counted twice after."""
+        metered once per request, not by its time: that is the answer's, made anew when the
+        result store cannot say which answer came first (Redis away)."""
         if not self.generated:
             key = f"{self.tenant}\0{self.correlation_id}\0saved"
             return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()

@@ -51,7 +51,8 @@ def test_a_request_read_again_at_another_door_is_not_cancelled_by_the_one_it_lef
             await other.resumed(*KEY)  # the client came back at another door
             await left._cancel_if_unread(KEY)  # the door it left, at the end of the grace time
             assert cancels.sent == []
-            await other.unread(*KEY)  # that stream ended: its client left again
+            other.unread(*KEY)  # that stream ended: its client left again
+            await asyncio.gather(*other._background)
             await left._cancel_if_unread(KEY)
             assert cancels.sent == [KEY]
         finally:
@@ -70,11 +71,28 @@ def test_a_request_resumed_and_left_again_is_cancelled_after_the_grace_time(
         try:
             door.cancel(*KEY)
             await door.resumed(*KEY)  # in the grace time: spared here
-            await door.unread(*KEY)
+            door.unread(*KEY)
+            await asyncio.gather(*door._background)
             assert cancels.sent == []
             door.cancel(*KEY)  # its client left the resumed stream
             await asyncio.wait_for(cancels.came.wait(), 10)
             assert cancels.sent == [KEY]
+        finally:
+            await door._redis.aclose()
+
+    run_async(redis_port, body)
+
+
+def test_a_reader_count_that_lapsed_is_not_left_below_zero(redis_port: int) -> None:
+    """A stream read past the count's expiry ended: DECR made the key anew at -1, without
+    an expiry, and a later resume of that id counted 0 readers while it was read."""
+
+    async def body(client: aioredis.Redis) -> None:
+        door = _door(redis_port, Cancels())
+        try:
+            door.unread(*KEY)
+            await asyncio.gather(*door._background)
+            assert await client.keys("llmq:readers:*") == []
         finally:
             await door._redis.aclose()
 

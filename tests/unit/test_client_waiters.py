@@ -351,3 +351,22 @@ def test_two_follows_of_one_id_both_get_its_answer() -> None:
         return list(texts)
 
     assert asyncio.run(run()) == ["for both", "for both"]
+
+
+def test_a_request_submitted_while_followed_keeps_its_waiter_when_the_follow_ends() -> None:
+    async def run() -> str | None:
+        app = AsyncClient(NO_REDIS)
+        await _started(app)
+        with pytest.raises(TimeoutError):
+            async for _ in app.follow("c1", wait_s=0.05):
+                pass  # it ends as the request is submitted
+        following = app.follow("c1", wait_s=0.05)
+        reading = asyncio.ensure_future(anext(following))
+        await asyncio.sleep(0.01)
+        await app.submit("hi", correlation_id="c1")
+        with pytest.raises(TimeoutError):
+            await reading
+        app._on_result(_record(_result("c1", "default", "kept")).value)
+        return (await app.result("c1", wait_s=0.05)).text
+
+    assert asyncio.run(run()) == "kept"

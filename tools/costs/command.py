@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError(f"--since {first} is after --until {last}")
     kept = datetime.now(UTC).date() - timedelta(days=KEEP_DAYS)
     if first < kept:  # each hour is a read: a typo's century would be millions of them
-        raise RuntimeError(f"--since {first} is before {kept}: rollups are kept {KEEP_DAYS} days")
+        raise RuntimeError(f"{first} is before {kept}: rollups are kept {KEEP_DAYS} days")
     now = hour_of(time.time())
     wanted = [hour for hour in hours(first, last) if hour <= now]
     if not wanted:
