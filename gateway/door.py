@@ -213,13 +213,15 @@ class FrontDoor:
         if readers is not None and int(readers) > 0:
             log.info("%s/%s is read again at another front door: not cancelled", *key)
             return
-        metrics.CANCELLED.inc()
-        await self.client.cancel(key[1], tenant=key[0])
+        await self._cancel(key)
 
     def _cancel_now(self, key: tuple[str, str]) -> None:
         self._doomed.pop(key, None)
+        self._in_background(self._cancel(key))
+
+    async def _cancel(self, key: tuple[str, str]) -> None:
         metrics.CANCELLED.inc()
-        self._in_background(self.client.cancel(key[1], tenant=key[0]))
+        await self.client.cancel(key[1], tenant=key[0])
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

@@ -27,7 +27,7 @@ from aiokafka.errors import (
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from llmq.chat import Prompt, chat_request
+from llmq.chat import Key, Prompt, chat_request, request_key
 from llmq.fetcher import install as fix_fetcher
 from llmq.record_limits import (
     BATCH_BYTES,
@@ -56,8 +56,6 @@ from schemas.stream import Cancel, TokenDelta
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
-"""(tenant, correlation_id)."""
 PRUNE_EVERY_S = 5.0
 
 
@@ -456,10 +454,7 @@ class AsyncClient:
     def _key(self, correlation_id: str, tenant: str | None) -> Key:
         """The request of `tenant`, by default the tenant this client submitted the id as
         (its own where it submitted the id as several, or not at all)."""
-        if tenant is None:
-            submitted = [t for t, cid in self._pending if cid == correlation_id]
-            tenant = submitted[0] if len(submitted) == 1 else self.tenant
-        return (tenant, correlation_id)
+        return request_key(correlation_id, tenant, self._pending, self.tenant)
 
     def _log(self, key: Key) -> StreamLog:
         found = self._logs.get(key)

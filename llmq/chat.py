@@ -1,10 +1,11 @@
-"""A chat request in llmq's envelope, from a prompt and the OpenAI fields."""
+"""A chat request in llmq's envelope, from a prompt and the OpenAI fields, and which request
+a correlation id names."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from schemas.lanes import Lane
@@ -12,6 +13,18 @@ from schemas.request import CacheMode, ChatBody, ChatMessage, InferenceRequest
 
 Prompt = str | Sequence[ChatMessage] | Sequence[dict[str, str]]
 """A user message, or a whole chat."""
+
+Key = tuple[str, str]
+"""(tenant, correlation_id): a correlation id is unique only per tenant."""
+
+
+def request_key(correlation_id: str, tenant: str | None, submitted: Iterable[Key], own: str) -> Key:
+    """The request of `tenant`; by default of the tenant a client `submitted` the id as, or
+    its `own` where it submitted the id as several, or not at all."""
+    if tenant is None:
+        tenants = [t for t, cid in submitted if cid == correlation_id]
+        tenant = tenants[0] if len(tenants) == 1 else own
+    return (tenant, correlation_id)
 
 
 def chat_request(

@@ -19,7 +19,7 @@ from kafka.errors import (
 )
 from pydantic import ValidationError
 
-from llmq.chat import Prompt, chat_request
+from llmq.chat import Key, Prompt, chat_request, request_key
 from llmq.record_limits import (
     BATCH_BYTES,
     RECORD_LIMIT,
@@ -56,8 +56,6 @@ TOPIC_SPREAD_S = 10.0
 broker of a cluster learns of it in its own time."""
 
 T = TypeVar("T", KafkaProducer, KafkaConsumer)
-Key = tuple[str, str]
-"""(tenant, correlation_id)."""
 
 
 class Client:
@@ -160,10 +158,7 @@ class Client:
         """
         deadline = time.monotonic() + timeout
         with self._arrived:
-            if tenant is None:
-                submitted = [t for t, cid in self._pending if cid == correlation_id]
-                tenant = submitted[0] if len(submitted) == 1 else self.tenant
-        key = (tenant, correlation_id)
+            key = request_key(correlation_id, tenant, self._pending, self.tenant)
         while True:
             # 1) The listener's replies, waited for under the lock (woken on arrival).
             left = max(0.0, deadline - time.monotonic())
