@@ -20,16 +20,16 @@ Interval = tuple[float, float]
 
 @dataclass(frozen=True)
 class ArmReport:
-    """One arm's answers and how they went."""
+    """One arm's answers and how they went; no latency where none of its answers was timed."""
 
     arm: str
     answers: int
     cost_per_request: float
     cost_interval: Interval
-    latency_p50_ms: float
-    latency_p50_interval: Interval
-    latency_p95_ms: float
-    latency_p95_interval: Interval
+    latency_p50_ms: float | None
+    latency_p50_interval: Interval | None
+    latency_p95_ms: float | None
+    latency_p95_interval: Interval | None
     error_rate: float
     error_interval: Interval
     escalation_rate: float
@@ -58,20 +58,31 @@ def _report(arm: str, sums: dict[str, float]) -> ArmReport:
     counts = [sums.get(f"latency_ms:{i}", 0.0) for i in range(len(LATENCY_EDGES_MS))]
     cost = sums.get("cost_usd", 0.0)
     errors, escalated = sums.get("errors", 0.0), sums.get("escalated", 0.0)
+    p50, p95 = _quantile(counts, 0.5), _quantile(counts, 0.95)
     return ArmReport(
         arm=arm,
         answers=round(n),
         cost_per_request=cost / n if n else 0.0,
         cost_interval=mean_interval(cost, sums.get("cost_usd_squared", 0.0), n),
-        latency_p50_ms=histogram_quantile(counts, LATENCY_EDGES_MS, 0.5),
-        latency_p50_interval=quantile_interval(counts, LATENCY_EDGES_MS, 0.5),
-        latency_p95_ms=histogram_quantile(counts, LATENCY_EDGES_MS, 0.95),
-        latency_p95_interval=quantile_interval(counts, LATENCY_EDGES_MS, 0.95),
+        latency_p50_ms=p50 and p50[0],
+        latency_p50_interval=p50 and p50[1],
+        latency_p95_ms=p95 and p95[0],
+        latency_p95_interval=p95 and p95[1],
         error_rate=errors / n if n else 0.0,
         error_interval=wilson(errors, n),
         escalation_rate=escalated / n if n else 0.0,
         escalation_interval=wilson(escalated, n),
         cached_rate=sums.get("cached", 0.0) / n if n else 0.0,
+    )
+
+
+def _quantile(counts: list[float], q: float) -> tuple[float, Interval] | None:
+    """The q-quantile of a latency histogram and its interval; None for an empty one (its
+    quantile would read as the last edge, a million ms)."""
+    if not any(counts):
+        return None
+    return histogram_quantile(counts, LATENCY_EDGES_MS, q), quantile_interval(
+        counts, LATENCY_EDGES_MS, q
     )
 
 
@@ -96,7 +107,9 @@ def table(reports: Sequence[ArmReport]) -> str:
     return "\n".join([head_line, rule, *lines])
 
 
-def _ms(value: float, interval: Interval) -> str:
+def _ms(value: float | None, interval: Interval | None) -> str:
+    if value is None or interval is None:
+        return "-"
     return f"{value:,.0f} [{interval[0]:,.0f}, {interval[1]:,.0f}]"
 
 
