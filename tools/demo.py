@@ -18,7 +18,7 @@ from schemas.metering import MeteringEvent
 from schemas.names import METERING
 from schemas.result import CacheStatus, InferenceResult
 from schemas.settings import ServiceSettings
-from tools import sharegpt
+from tools import arguments, sharegpt
 from tools.stack.settings import LocalSettings
 from tools.stack.stack import LocalStack
 
@@ -59,15 +59,19 @@ HEADER = (
 def register(sub: Any) -> None:
     """Add `demo` to the `llmq` subcommands (argparse's private subparsers type)."""
     demo = sub.add_parser("demo", help="ShareGPT prompts through the local stack, with a report")
-    demo.add_argument("--prompts", type=int, default=48)
-    demo.add_argument("--repeats", type=int, default=16, help="prompts sent a second time")
-    demo.add_argument("--max-tokens", type=int, default=64)
+    demo.add_argument("--prompts", type=arguments.positive_int, default=48)
+    demo.add_argument(
+        "--repeats", type=arguments.count, default=16, help="prompts sent a second time"
+    )
+    demo.add_argument("--max-tokens", type=arguments.positive_int, default=64)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=command)
 
 
 def command(args: argparse.Namespace) -> int:
     """`llmq demo`: exit 0 when every request ended well."""
+    if args.repeats > args.prompts:
+        raise ValueError(f"--repeats {args.repeats}: at most --prompts ({args.prompts})")
     ok = run(prompts=args.prompts, repeats=args.repeats, max_tokens=args.max_tokens, seed=args.seed)
     return 0 if ok else 1
 

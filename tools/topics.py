@@ -17,6 +17,7 @@ from pydantic import Field
 from llmq.settings import ClientSettings
 from schemas.kafka_security import KafkaSecurity
 from schemas.names import DEFAULT_PARTITIONS, TopicSpec, topic_plan
+from tools import arguments
 
 T = TypeVar("T")
 
@@ -49,7 +50,10 @@ def register(sub: Any) -> None:
     )
     topics.add_argument("--create", action="store_true", help="create the missing topics")
     topics.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds to wait for the cluster"
+        "--timeout",
+        type=arguments.positive_float,
+        default=120.0,
+        help="seconds to wait for the cluster",
     )
     topics.set_defaults(func=run)
 
@@ -134,13 +138,19 @@ def _partitions(admin: KafkaAdminClient) -> dict[str, int]:
 
 
 def _connect(bootstrap: str, security: KafkaSecurity, timeout_s: float) -> KafkaAdminClient:
+    deadline = time.monotonic() + timeout_s
+
     def admin() -> KafkaAdminClient:
         return KafkaAdminClient(
-            bootstrap_servers=bootstrap, client_id="llmq-admin", **security.client_kwargs()
+            bootstrap_servers=bootstrap,
+            client_id="llmq-admin",
+            # kafka-python's own bound (30 s) held a silent broker's caller past timeout_s
+            bootstrap_timeout_ms=max(100, int((deadline - time.monotonic()) * 1000)),
+            **security.client_kwargs(),
         )
 
     try:
-        return _patiently(time.monotonic() + timeout_s, admin, mendable=lambda _: True)
+        return _patiently(deadline, admin, mendable=lambda _: True)
     except KafkaError as exc:
         raise RuntimeError(
             f"Kafka at {bootstrap} ({security.describe()}) did not answer within "

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tools import arguments
 from tools.bench.ways import WAYS
 from tools.stack.settings import LocalSettings
 
@@ -25,17 +26,20 @@ def register(sub: Any) -> None:
         "generated section of --record.",
     )
     bench.add_argument(
-        "--requests", type=_positive_int, default=64, help="ShareGPT first turns (default 64)"
+        "--requests",
+        type=arguments.positive_int,
+        default=64,
+        help="ShareGPT first turns (default 64)",
     )
     bench.add_argument(
         "--max-tokens",
-        type=_positive_int,
+        type=arguments.positive_int,
         default=64,
         help="cap on each answer's tokens; below it, the recorded answer's length (default 64)",
     )
     bench.add_argument(
         "--rate",
-        type=_positive_float,
+        type=arguments.positive_float,
         default=None,
         help="Poisson arrivals at this many requests/s (default: all at once)",
     )
@@ -57,26 +61,26 @@ def register(sub: Any) -> None:
     )
     bench.add_argument(
         "--exact-share",
-        type=_share,
+        type=arguments.share,
         default=0.25,
         help="duplicate run: share of requests replaced by exact repeats (default 0.25)",
     )
     bench.add_argument(
         "--paraphrase-share",
-        type=_share,
+        type=arguments.share,
         default=0.25,
         help="duplicate run: share of requests replaced by paraphrases (default 0.25)",
     )
     bench.add_argument(
         "--duplicate-rate",
-        type=_positive_float,
+        type=arguments.positive_float,
         default=4.0,
         help="duplicate run: Poisson arrivals per second; a repeat is a cache hit only once "
         "its original is answered, and is coalesced with it before (default 4)",
     )
     bench.add_argument(
         "--cache-hits",
-        type=_count,
+        type=arguments.count,
         default=1000,
         help=f"also send this many exact repeats of {HIT_QUESTIONS} answered questions at "
         "once through llmq: exact-cache answers a second, end to end (default 1000; 0: off)",
@@ -94,34 +98,6 @@ def register(sub: Any) -> None:
         help="the Markdown file whose generated section this run replaces (default BENCHMARKS.md)",
     )
     bench.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 def _ways(text: str) -> list[str]:
