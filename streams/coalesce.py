@@ -142,28 +142,39 @@ class Coalescer:
         leader = self.leader(fingerprint)
         return None if leader is None else leader.correlation_id
 
-    def promote(self, fingerprint: str, now: float | None = None) -> Waiter | None:
-        """The leader went away (cancelled): its first waiting follower leads in its place,
-        leaving the list of followers (so it is not answered twice). None when nobody waits."""
+    def successor(self, fingerprint: str, now: float | None = None) -> Waiter | None:
+        """The first waiting follower still within its deadline, to lead in place of a
+        leader that went away (cancelled) or ran out of time; None when there is none."""
+        now = time.time() if now is None else now
+        for n in range(self.followers(fingerprint)):
+            raw = self._table.get(_follower_key(fingerprint, n))
+            if raw is not None:
+                waiter = Waiter.model_validate_json(raw)
+                if waiter.deadline is None or waiter.deadline > now:
+                    return waiter
+        return None
+
+    def promote(self, fingerprint: str, waiter: Waiter, now: float | None = None) -> None:
+        """`waiter` leads the generation in place of the leader, leaving the list of
+        followers (so it is not answered twice). Written once its work is sent: a crash
+        before leaves the old leader, whose redelivered completion promotes again."""
         leader = self.leader(fingerprint)
         if leader is None:
-            return None
+            return
         for n in range(leader.followers):
-            raw = self._table.pop(_follower_key(fingerprint, n), None)
-            if raw is None:
-                continue  # promoted before
-            waiter = Waiter.model_validate_json(raw)
-            since = time.time() if now is None else now
-            new = leader.model_copy(
-                update={
-                    "correlation_id": waiter.correlation_id,
-                    "since": since,
-                    "epoch": self.epoch,
-                }
-            )
-            self._table[fingerprint.encode()] = new.model_dump_json().encode()
-            return waiter
-        return None
+            key = _follower_key(fingerprint, n)
+            raw = self._table.get(key)
+            if raw is not None and Waiter.model_validate_json(raw) == waiter:
+                del self._table[key]
+                break
+        new = leader.model_copy(
+            update={
+                "correlation_id": waiter.correlation_id,
+                "since": time.time() if now is None else now,
+                "epoch": self.epoch,
+            }
+        )
+        self._table[fingerprint.encode()] = new.model_dump_json().encode()
 
     def followers(self, fingerprint: str) -> int:
         """How many followers have joined the generation in flight (0 when there is none)."""

@@ -17,7 +17,7 @@ from schemas.retry import RetryPolicy
 from schemas.work import Completion
 from streams import metrics, replies
 from streams.coalesce import Coalescer, shared_terms
-from streams.dedupe import Similar
+from streams.dedupe import Similar, fail_copies
 from streams.guard import Guard, failure_of
 from streams.outbox import Outbox
 from streams.refusals import Refusals
@@ -27,6 +27,10 @@ from streams.salvage import work_requester
 from streams.semantic import semantic_key
 
 log = logging.getLogger(__name__)
+
+_ENDED_FOR_ITS_OWN = frozenset({ErrorCode.CANCELLED, ErrorCode.EXPIRED})
+"""Why a generation ended that concerns its leader alone: copies still waiting promote one
+of their own to lead a new one."""
 
 
 class Complete:
@@ -64,6 +68,19 @@ class Complete:
             error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable completion: {describe(exc)}")
             await self._outbox.dead_letter(COMPLETIONS, key, value, error)
             return
+        try:
+            await self._conclude(key, value, completion)
+        except Exception as exc:
+            # The Guard answers the leader; the copies waiting on this generation share its
+            # failure (the record is not read again: nobody would answer them).
+            work = completion.work
+            if self._coalescer.leader_id(work.fingerprint) == work.request.correlation_id:
+                await fail_copies(self._coalescer, self._outbox, work, failure_of(exc))
+            raise
+
+    async def _conclude(
+        self, key: bytes | None, value: bytes | None, completion: Completion
+    ) -> None:
         # 0) What the generation cost counts against the tenant's budget before anything else
         #    (an answer releases the request's hold).
         if self._outbox.ledger is not None:
@@ -135,21 +152,22 @@ class Complete:
         return await self._promote(completion)
 
     async def _promote(self, completion: Completion) -> bool:
-        """A generation cancelled by its client (it went away) while copies wait on it: the
-        cancelled request gets its reply, and the first copy leads a new generation that
-        answers it and the rest. True if one did."""
+        """A generation whose client went away (cancelled) or whose deadline passed while
+        copies wait on it: the request gets its reply, and the first copy still within its
+        deadline leads a new generation that answers it and the rest. True if one did."""
         error, work = completion.error, completion.work
-        if error is None or error.code is not ErrorCode.CANCELLED or not work.request.cacheable:
+        if error is None or error.code not in _ENDED_FOR_ITS_OWN or not work.request.cacheable:
             return False
-        if self._coalescer.leader_id(work.fingerprint) != work.request.correlation_id:
-            return False  # nobody waits on this generation
-        waiter = self._coalescer.promote(work.fingerprint)
-        if waiter is None:
-            return False
-        await self._outbox.reply(work.request.reply_to, replies.from_completion(completion))
         fingerprint = work.fingerprint
-        rest = self._coalescer.waiters(fingerprint, 0, self._coalescer.followers(fingerprint))
-        lane, deadline = shared_terms([waiter, *rest])
+        if self._coalescer.leader_id(fingerprint) != work.request.correlation_id:
+            return False  # nobody waits on this generation
+        waiter = self._coalescer.successor(fingerprint)
+        if waiter is None:
+            return False  # the copies' deadlines passed too: they share the reply
+        await self._outbox.reply(work.request.reply_to, replies.from_completion(completion))
+        lane, deadline = shared_terms(
+            self._coalescer.waiters(fingerprint, 0, self._coalescer.followers(fingerprint))
+        )
         request = work.request.model_copy(
             update={
                 "correlation_id": waiter.correlation_id,
@@ -169,19 +187,20 @@ class Complete:
         }
         try:
             await self._outbox.work(work.model_copy(update=promoted))
-            metrics.REROUTES.labels("promoted").inc()
         except Exception as exc:
-            # Past what its lane's topic takes, or not sent: the promoted copy and the rest
-            # get why (the cancelled request has its reply).
+            # Past what its lane's topic takes, or not sent: the copies get why (the first
+            # request has its reply).
             if not isinstance(exc, RecordRefusedError):
                 log.exception("the copies of %s lost their new leader", waiter.correlation_id)
             failure = replies.from_error(failure_of(exc), waiter.correlation_id, waiter.tenant)
             await self._coalescer.settle(
-                fingerprint,
-                [(waiter.reply_to, failure)],
-                replies.to_followers(failure),
-                self._outbox.reply_all,
+                fingerprint, [], replies.to_followers(failure), self._outbox.reply_all
             )
+            return True
+        # Only now that its work is in Kafka: a crash before leaves the first leader, and
+        # this completion, read again, promotes again (a second generation answers twice).
+        self._coalescer.promote(fingerprint, waiter)
+        metrics.REROUTES.labels("promoted").inc()
         return True
 
     async def _answer(self, completion: Completion) -> None:

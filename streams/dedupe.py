@@ -73,27 +73,11 @@ class Dedupe:
         except Exception as exc:
             # Copies kept from a stale leader share this request's failure (its own reply is
             # the Guard's): nobody waits on a generation that will never come.
-            await self._fail_copies(work, failure_of(exc))
+            await fail_copies(self._coalescer, self._outbox, work, failure_of(exc))
             raise
         except BaseException:
             self._coalescer.drop(work.fingerprint)
             raise
-
-    async def _fail_copies(self, work: WorkItem, error: LlmqError) -> None:
-        """Answer the copies waiting on `work` with its failure, and forget the entry (also
-        where they cannot be answered: a leader that will not generate holds no one)."""
-        request = work.request
-        failure = replies.from_error(error, request.correlation_id, request.tenant)
-        try:
-            await self._coalescer.settle(
-                work.fingerprint,
-                [],
-                replies.to_followers(failure),
-                self._outbox.reply_all,
-            )
-        except Exception:
-            log.exception("the copies of %s were not told it failed", request.correlation_id)
-            self._coalescer.drop(work.fingerprint)
 
     async def _lead(self, work: WorkItem) -> None:
         """The first copy: answer it from the exact cache; else from the semantic cache, or
@@ -109,15 +93,30 @@ class Dedupe:
             await self._route(work)
         elif request.lane is not Lane.BATCH:
             await self._speculate(work, similar, key)
-        elif (cached := await self._similar_answer(similar, *key)) is not None:
-            # No hurry on the batch lane: looked up first, a hit leaves nothing queued.
-            await self._answer(work, cached, CacheStatus.SEMANTIC)
         else:
-            await self._route(work)
+            await self._look_up_first(work, similar, key)
 
     async def _route(self, work: WorkItem) -> None:
         metrics.REQUESTS.labels("routed").inc()
         await self._outbox.work(work)
+
+    async def _look_up_first(
+        self, work: WorkItem, similar: Similar, key: tuple[str, str]
+    ) -> None:
+        """No hurry on the batch lane: looked up first, a hit leaves nothing queued. A lookup
+        that fails is a miss, as on the other lanes: the engines answer."""
+        try:
+            cached = await self._similar_answer(similar, *key)
+        except Exception:
+            log.exception(
+                "the semantic cache could not answer %s: its generation does",
+                work.request.correlation_id,
+            )
+            cached = None
+        if cached is None:
+            await self._route(work)
+        else:
+            await self._answer(work, cached, CacheStatus.SEMANTIC)
 
     async def _speculate(self, work: WorkItem, similar: Similar, key: tuple[str, str]) -> None:
         """Send the work to the engines and look its question up meanwhile: a miss, the
@@ -200,3 +199,19 @@ def _retrieve(task: asyncio.Task[ChatCompletion | None]) -> None:
     """Read a dropped lookup's outcome, so that a failure is not reported as never read."""
     if not task.cancelled():
         task.exception()
+
+
+async def fail_copies(
+    coalescer: Coalescer, outbox: Outbox, work: WorkItem, error: LlmqError
+) -> None:
+    """Answer the copies waiting on `work` with its failure, and forget the entry (also
+    where they cannot be answered: a leader that will not generate holds no one)."""
+    request = work.request
+    failure = replies.from_error(error, request.correlation_id, request.tenant)
+    try:
+        await coalescer.settle(
+            work.fingerprint, [], replies.to_followers(failure), outbox.reply_all
+        )
+    except Exception:
+        log.exception("the copies of %s were not told it failed", request.correlation_id)
+        coalescer.drop(work.fingerprint)

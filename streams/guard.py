@@ -3,9 +3,11 @@ and answered, never skipped."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, LlmqError
@@ -18,6 +20,9 @@ log = logging.getLogger(__name__)
 
 Requester = Callable[[LlmqError, bytes | None], Rejection]
 """Finds whom to answer in a raw record of one topic (salvage, work_requester)."""
+
+MAX_PAUSE_S = 30.0
+"""The longest pause between two tries of a dead letter Kafka did not take."""
 
 
 class Guard:
@@ -36,8 +41,8 @@ class Guard:
         requester: Requester = salvage,
     ) -> None:
         """Run one record's handler; an unexpected failure dead-letters the record with a
-        retriable error reply to whoever `requester` finds in it. This never raises (but a
-        failed dead-letter send does)."""
+        retriable error reply to whoever `requester` finds in it. This never raises but a
+        failure of the dead letter that waiting cannot mend (Kafka's are tried again)."""
         try:
             await handle()
         except Exception as exc:
@@ -51,7 +56,28 @@ class Guard:
                     explain(exc),
                     exc_info=not isinstance(exc, ValidationError),  # its traceback quotes inputs
                 )
-            await self._refusals.reject(source, key, value, requester(failure_of(exc), value))
+            await self._reject(source, key, value, requester(failure_of(exc), value))
+
+    async def _reject(
+        self, source: str, key: bytes | None, value: bytes | None, why: Rejection
+    ) -> None:
+        """Dead-letter and answer, again with a growing pause while Kafka refuses, however
+        long it is away: a raise would let faust commit past the record, unanswered (a
+        SIGTERM's cancellation stops the tries with the record not acknowledged)."""
+        pause = 0.5
+        while True:
+            try:
+                await self._refusals.reject(source, key, value, why)
+                return
+            except (KafkaError, TimeoutError) as exc:
+                log.error(
+                    "could not dead-letter a record of %s; again in %.1f s: %s",
+                    source,
+                    pause,
+                    explain(exc),
+                )
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, MAX_PAUSE_S)
 
 
 def failure_of(exc: Exception) -> LlmqError:

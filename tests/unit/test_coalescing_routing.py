@@ -17,7 +17,7 @@ from schemas.result import (
 )
 from schemas.stream import TokenDelta
 from schemas.work import Completion, WorkItem
-from streams.coalesce import Coalescer
+from streams.coalesce import Coalescer, Waiter
 from streams.semantic import SemanticHit
 from tests.unit.stages import (
     TIERED,
@@ -120,17 +120,27 @@ class FailingSend(FakeSend):
         await super().__call__(topic, key, value, headers, partition)
 
 
-def test_followers_survive_a_failed_reply_until_the_completion_is_redelivered() -> None:
+def test_followers_of_a_completion_whose_reply_failed_are_told_so_and_retry_from_the_cache() -> (
+    None
+):
+    """The completion is not read again after its Guard answered the leader: the copies
+    waited on it, and every later copy joined it, for good (LLMQ_COALESCE_STALE_S)."""
     flaky = FailingSend("app.replies", failures=1)
     harness = Pipeline(send=flaky)
     [work] = _copies(harness, 5)
     flaky.sent.clear()
-    harness.on_completion(completion(work, "Late"))  # the broker fails mid-reply
-    assert harness.table != {}, "the entry stays until every reply is acknowledged"
-    harness.on_completion(completion(work, "Late"))  # Kafka redelivers the uncommitted record
-    answered = {result_of(s).correlation_id for s in flaky.sent if s.topic.startswith("app.")}
-    assert answered == {f"copy-{i}" for i in range(5)}
+    harness.on_completion(completion(work, "Late"))  # the broker fails the leader's reply
+    results = {
+        r.correlation_id: r for r in (result_of(s) for s in flaky.sent if s.topic != "llmq.dlq")
+    }
+    assert set(results) == {f"copy-{i}" for i in range(5)}
+    assert results.pop("copy-0").text == "Late"  # the Guard's reply: the result kept first
+    assert all(r.error and r.error.retriable for r in results.values())
     assert harness.table == {}
+    flaky.sent.clear()
+    harness.on_request(None, _copy(5))  # a retry, answered from the cache filled before
+    [again] = flaky.sent
+    assert (result_of(again).text, result_of(again).cache) == ("Late", CacheStatus.EXACT)
 
 
 def test_a_stale_leader_is_replaced_and_its_followers_inherited() -> None:
@@ -382,6 +392,110 @@ def test_copies_whose_promoted_leader_cannot_be_sent_are_told_so_and_may_retry()
         ("copy-2", ErrorCode.INTERNAL_ERROR),
     ]
     assert all(r.error and r.error.retriable for r in results[1:])
+    assert harness.table == {}
+
+
+def test_copies_of_a_generation_whose_retry_cannot_be_sent_are_told_so() -> None:
+    send = FailingSend("llmq.work.", failures=0)
+    harness = Pipeline(send=send)
+    [work] = _copies(harness, 3)
+    send.sent.clear()
+    send.failures = 1  # the retry's work: the Guard answers the leader, and the copies?
+    harness.on_completion(completion(work, None))  # a retriable engine failure
+    results = {
+        result_of(s).correlation_id: result_of(s) for s in send.sent if s.topic != "llmq.dlq"
+    }
+    assert set(results) == {"copy-0", "copy-1", "copy-2"}
+    assert all(r.error and r.error.code is ErrorCode.INTERNAL_ERROR for r in results.values())
+    assert harness.table == {}
+
+
+class SnapshotAtWork(FakeSend):
+    """Keeps the coalescing table as it was when work was sent: what a process that dies
+    right after that send leaves in the changelog."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: dict[bytes, bytes] = {}
+        self.at_work: dict[bytes, bytes] | None = None
+
+    async def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        if topic.startswith("llmq.work."):
+            self.at_work = dict(self.table)
+        await super().__call__(topic, key, value, headers, partition)
+
+
+def test_a_promotion_lost_with_its_process_is_made_again_from_the_redelivered_completion() -> None:
+    send = SnapshotAtWork()
+    harness = Pipeline(send=send, table=send.table)
+    [work] = _copies(harness, 3)
+    send.sent.clear()
+    cancelled = completion(work, None, ErrorCode.CANCELLED)
+    harness.on_completion(cancelled)
+    assert send.at_work is not None
+    send.table.clear()
+    send.table.update(send.at_work)  # the process died after sending the promoted work
+    send.sent.clear()
+    harness.on_completion(cancelled)  # its offset was not committed: read again
+    handed = [
+        WorkItem.model_validate_json(s.value) for s in send.sent if s.topic.startswith("llmq.work.")
+    ]
+    assert [h.request.correlation_id for h in handed] == ["copy-1"]
+    harness.on_completion(completion(handed[0], "Still wanted"))
+    assert harness.table == {}
+
+
+def _pass_deadline(harness: Pipeline, work: WorkItem, n: int) -> None:
+    """The n-th follower's deadline passes while it waits (admission refuses a request
+    already past it, so it cannot join that way)."""
+    key = f"{work.fingerprint}/{n}".encode()
+    waiter = Waiter.model_validate_json(harness.table[key])
+    harness.table[key] = waiter.model_copy(update={"deadline": 1.0}).model_dump_json().encode()
+
+
+def test_copies_within_their_deadline_outlive_a_leader_whose_deadline_passed(
+    harness: Pipeline,
+) -> None:
+    """A batch copy with a day to go was told "expired" with an interactive leader."""
+    [work] = _copies(harness, 1)
+    for i in (1, 2):
+        copy = json.loads(_copy(i)) | {"deadline": 4_000_000_000.0}
+        harness.on_request(None, json.dumps(copy).encode())
+    _pass_deadline(harness, work, 0)  # copy-1's, while it waited
+    harness.send.sent.clear()
+    harness.on_completion(completion(work, None, ErrorCode.EXPIRED))
+    reply, handed = harness.send.sent
+    assert (result_of(reply).correlation_id, result_of(reply).error.code) == (  # type: ignore[union-attr]
+        "copy-0",
+        ErrorCode.EXPIRED,
+    )
+    promoted = WorkItem.model_validate_json(handed.value)
+    assert promoted.request.correlation_id == "copy-2"
+    harness.send.sent.clear()
+    harness.on_completion(completion(promoted, "In time"))
+    answered = sorted((result_of(s).correlation_id, result_of(s).text) for s in harness.send.sent)
+    assert answered == [("copy-1", "In time"), ("copy-2", "In time")]
+
+
+def test_copies_whose_deadlines_passed_with_their_leaders_share_its_expiry(
+    harness: Pipeline,
+) -> None:
+    [work] = _copies(harness, 1)
+    copy = json.loads(_copy(1)) | {"deadline": 4_000_000_000.0}
+    harness.on_request(None, json.dumps(copy).encode())
+    _pass_deadline(harness, work, 0)
+    harness.send.sent.clear()
+    harness.on_completion(completion(work, None, ErrorCode.EXPIRED))
+    errors = [result_of(s) for s in harness.send.sent]
+    codes = sorted((r.correlation_id, r.error and r.error.code) for r in errors)
+    assert codes == [("copy-0", ErrorCode.EXPIRED), ("copy-1", ErrorCode.EXPIRED)]
     assert harness.table == {}
 
 

@@ -1,0 +1,63 @@
+"""The agents' error boundary: a failed record is dead-lettered and answered, however long
+Kafka is away, since faust commits past whatever an agent raises."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+
+from schemas.names import DLQ
+from streams.guard import Guard
+from streams.outbox import Outbox
+from streams.refusals import Refusals
+from tests.unit.stages import FakeSend, FakeStore, raw_request, result_of
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Outage(FakeSend):
+    """Kafka refuses the first `failures` sends with `error`."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        super().__init__()
+        self.failures = failures
+        self.error = error
+
+    async def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        await super().__call__(topic, key, value, headers, partition)
+
+
+async def _fails() -> None:
+    raise RuntimeError("a handler's bug")
+
+
+def _guard(send: FakeSend) -> Guard:
+    return Guard(Refusals(Outbox(FakeStore(), send)))
+
+
+def test_a_dead_letter_kafka_refuses_is_sent_again_until_it_takes_it() -> None:
+    send = Outage(2, KafkaTimeoutError())  # the dead letter, twice
+    raw = raw_request(cid="r1")
+    asyncio.run(_guard(send).run("llmq.requests", b"k", raw, _fails))
+    dead, reply = send.sent
+    assert (dead.topic, dead.value) == (DLQ, raw)
+    assert result_of(reply).correlation_id == "r1" and send.failures == 0
+
+
+def test_a_dead_letter_failing_otherwise_is_not_tried_for_ever() -> None:
+    send = Outage(1, ValueError("not Kafka's"))
+    with pytest.raises(ValueError, match="not Kafka's"):
+        asyncio.run(_guard(send).run("llmq.requests", b"k", raw_request(), _fails))
