@@ -58,22 +58,36 @@ def first_turns(cache_dir: Path) -> list[Prompt]:
 
 
 def sample(
-    n: int, cache_dir: Path, seed: int = 0, max_tokens: int = 64, max_prompt_chars: int = 4000
+    n: int,
+    cache_dir: Path,
+    seed: int = 0,
+    max_tokens: int = 64,
+    max_prompt_chars: int = 4000,
+    *,
+    distinct: bool = False,
 ) -> list[Prompt]:
     """`n` prompts drawn with a fixed seed; replies capped at `max_tokens` for this machine.
 
     Like vLLM's sampler it drops very short prompts and answers (under 4 tokens) and
-    prompts too long for a small context.
+    prompts too long for a small context. `distinct`: no two the same (`same_key`), as
+    ShareGPT's own repeats would be.
     """
     pool = [
         p
         for p in first_turns(cache_dir)
         if 4 * CHARS_PER_TOKEN <= len(p.text) <= max_prompt_chars and p.reply_tokens >= 4
     ]
+    if distinct:
+        pool = list({same_key(p.text): p for p in reversed(pool)}.values())[::-1]
     if n > len(pool):
         raise ValueError(f"asked for {n} prompts; ShareGPT has {len(pool)} that fit")
     picked = random.Random(seed).sample(pool, n)
     return [Prompt(p.text, min(p.reply_tokens, max_tokens)) for p in picked]
+
+
+def same_key(text: str) -> str:
+    """The key under which two ShareGPT first turns are the same (FACTS.md's definition)."""
+    return " ".join(text.lower().split())
 
 
 def _conversations(path: Path) -> list[list[dict[str, str]]]:

@@ -138,3 +138,11 @@ def test_the_cache_hit_run_repeats_each_original_in_turn() -> None:
     }
     with pytest.raises(ValueError, match="at least one"):
         cache_hit_workload(0, 4)
+
+
+def test_a_distinct_workload_has_none_of_sharegpts_repeats(cache_dir: Path) -> None:
+    """The throughput comparison: llmq answered a repeat by coalescing, and its tokens
+    counted as llmq's, while the engine generated it (+1.6% for llmq at 64 requests)."""
+    workload = build_workload(N_PROMPTS + 1, cache_dir, distinct=True)
+    assert {r.kind for r in workload} == {"fresh"}
+    assert sum(" ".join(r.prompt.lower().split()) == DUPLICATE.lower() for r in workload) == 1

@@ -118,8 +118,14 @@ def run(args: argparse.Namespace) -> int:
 
     cache_dir = LocalSettings().cache_dir
     try:
+        # No ShareGPT repeats: llmq would answer them without a generation, the engine not.
         workload = build_workload(
-            args.requests, cache_dir, seed=args.seed, max_tokens=args.max_tokens, rate=args.rate
+            args.requests,
+            cache_dir,
+            seed=args.seed,
+            max_tokens=args.max_tokens,
+            rate=args.rate,
+            distinct=True,
         )
         duplicates = None
         if args.duplicates:
@@ -183,6 +189,7 @@ def _bench_settings(args: argparse.Namespace) -> dict[str, object]:
         "max_tokens": args.max_tokens,
         "arrivals": "all at once" if args.rate is None else f"Poisson {args.rate:g}/s",
         "seed": args.seed,
+        "prompts": "distinct (ShareGPT's own repeats left out)",
     }
     if args.duplicates:
         settings["duplicate run"] = (

@@ -71,18 +71,25 @@ def build_workload(
     exact_share: float = 0.0,
     paraphrase_share: float = 0.0,
     max_prompt_chars: int = 4000,
+    distinct: bool = False,
 ) -> list[BenchRequest]:
     """`n` requests in the order they are sent, the same for a seed on every machine.
 
     `rate`: Poisson arrivals at `rate` requests/s, or None for all at once. The shares are
     fractions of `n` replaced by exact copies and paraphrases of earlier requests. A repeat
     asks with its original's max_tokens: an app asking again sends the same request, and
-    the fingerprint of a cached answer covers max_tokens.
+    the fingerprint of a cached answer covers max_tokens. `distinct`: without ShareGPT's
+    own repeats, for comparing throughput (llmq answers a repeat without generating it).
     """
     if not (0.0 <= exact_share <= 1.0 and 0.0 <= paraphrase_share <= 1.0):
         raise ValueError("exact_share and paraphrase_share must be between 0 and 1")
     prompts = sharegpt.sample(
-        n, cache_dir, seed=seed, max_tokens=max_tokens, max_prompt_chars=max_prompt_chars
+        n,
+        cache_dir,
+        seed=seed,
+        max_tokens=max_tokens,
+        max_prompt_chars=max_prompt_chars,
+        distinct=distinct,
     )
     texts = [p.text for p in prompts]
     tokens = [p.reply_tokens for p in prompts]
@@ -90,10 +97,12 @@ def build_workload(
     # 1) Keep the real repeats: a later copy asks exactly like the first.
     first: dict[str, int] = {}
     for i, text in enumerate(texts):
-        j = first.setdefault(_same(text), i)
+        j = first.setdefault(sharegpt.same_key(text), i)
         if j != i:
             kinds[i], tokens[i] = "sharegpt_repeat", tokens[j]
-    real = {first[_same(t)] for i, t in enumerate(texts) if kinds[i] == "sharegpt_repeat"}
+    real = {
+        first[sharegpt.same_key(t)] for i, t in enumerate(texts) if kinds[i] == "sharegpt_repeat"
+    }
     # 2) Replace fresh requests (never the first, nor a real repeat's original) by repeats.
     rng = random.Random(f"llmq-bench-repeats-{seed}")
     exact, para = round(exact_share * n), round(paraphrase_share * n)
@@ -130,11 +139,6 @@ def arrival_times(n: int, rate: float | None, seed: int = 0) -> list[float]:
         times.append(now)
         now += rng.expovariate(rate)
     return times
-
-
-def _same(text: str) -> str:
-    """The key under which two ShareGPT first turns are the same (FACTS.md's definition)."""
-    return " ".join(text.lower().split())
 
 
 HIT_TOKENS = 8
