@@ -38,6 +38,7 @@ from llmq.record_limits import (
     record_size,
     refusal_after,
 )
+from llmq.settings import ClientSettings
 from llmq.streaming import Delta, StreamLog, StreamReader
 from llmq.tail import at_end
 from schemas.errors import LlmqError
@@ -74,7 +75,9 @@ class AsyncClient:
     ) -> None:
         if not IDENTIFIER.fullmatch(tenant):
             raise ValueError(f"tenant {tenant!r} is not an identifier ({IDENTIFIER.pattern})")
-        self.settings = settings or ServiceSettings()
+        # The CLI's settings: a local stack moved with LLMQ_KAFKA_PORT / LLMQ_REDIS_PORT is
+        # found without LLMQ_KAFKA_BOOTSTRAP / LLMQ_REDIS_URL.
+        self.settings = settings or ClientSettings()
         self.tenant = tenant
         self.reply_to = reply_to
         self._client_id = client_id

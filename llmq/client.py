@@ -28,6 +28,7 @@ from llmq.record_limits import (
     record_size,
     refusal_after,
 )
+from llmq.settings import ClientSettings
 from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
 from schemas.names import REQUESTS, RESULTS, result_key
@@ -75,7 +76,9 @@ class Client:
     ) -> None:
         if not IDENTIFIER.fullmatch(tenant):
             raise ValueError(f"tenant {tenant!r} is not an identifier ({IDENTIFIER.pattern})")
-        self.settings = settings or ServiceSettings()
+        # The CLI's settings: a local stack moved with LLMQ_KAFKA_PORT / LLMQ_REDIS_PORT is
+        # found without LLMQ_KAFKA_BOOTSTRAP / LLMQ_REDIS_URL.
+        self.settings = settings or ClientSettings()
         self.reply_to = reply_to
         self.tenant = tenant
         self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)

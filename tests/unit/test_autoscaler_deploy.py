@@ -11,6 +11,8 @@ import yaml
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 SCALED = sorted(K8S.glob("scaledobject-*.yaml"))
+AUTOSCALING_DOC = K8S.parents[1] / "docs" / "autoscaling.md"
+KEDA_ISSUE = "kedacore/keda#7239"
 
 
 def _scaled_object(path: Path) -> dict[str, Any]:
@@ -45,3 +47,13 @@ def test_no_manifest_says_keda_reads_kafka() -> None:
     misleads whoever changes it."""
     kafka = any(t["type"] == "kafka" for p in SCALED for t in _scaled_object(p)["spec"]["triggers"])
     assert kafka or "bootstrapServersFromEnv" not in (K8S / "configmap.yaml").read_text()
+
+
+@pytest.mark.parametrize("path", SCALED, ids=lambda p: p.name)
+def test_a_pool_that_may_go_to_zero_is_not_promised_the_fallback(path: Path) -> None:
+    """KEDA applies no fallback to a workload at zero replicas (kedacore/keda#7239): with
+    minReplicaCount 0 (KEDA's default) a pool stays at zero while the figure is missing, and
+    its manifest and docs/autoscaling.md say so."""
+    if _scaled_object(path)["spec"].get("minReplicaCount", 0) == 0:
+        assert KEDA_ISSUE in path.read_text()
+        assert KEDA_ISSUE in AUTOSCALING_DOC.read_text()
