@@ -230,6 +230,8 @@ def build(settings: StreamSettings) -> faust.App:
             Embedder(),
             settings.semantic_threshold,
             settings.semantic_max_entries,
+            max_mirrored=settings.semantic_max_mirrored,
+            lookup_timeout_s=settings.semantic_lookup_timeout_s,
             ttl_s=settings.cache_ttl_s,
             additions_from=lenient,
         )

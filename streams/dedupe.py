@@ -100,9 +100,7 @@ class Dedupe:
         metrics.REQUESTS.labels("routed").inc()
         await self._outbox.work(work)
 
-    async def _look_up_first(
-        self, work: WorkItem, similar: Similar, key: tuple[str, str]
-    ) -> None:
+    async def _look_up_first(self, work: WorkItem, similar: Similar, key: tuple[str, str]) -> None:
         """No hurry on the batch lane: looked up first, a hit leaves nothing queued. A lookup
         that fails is a miss, as on the other lanes: the engines answer."""
         try:
@@ -190,7 +188,8 @@ class Dedupe:
             return None
         cached = await self._outbox.store.cached(hit.fingerprint)
         if cached is None:
-            # The answer behind that vector has expired from the exact cache.
+            # The answer behind that vector has expired from the exact cache, or could not be
+            # read: forget() forgets it only in the first case.
             await similar.forget(scope, hit.fingerprint)
         return cached
 

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from schemas.fingerprint import fingerprint
-from schemas.names import semantic_stream_key
+from schemas.names import cache_key, semantic_stream_key
 from schemas.request import ChatMessage, InferenceRequest
 from streams.embed_queue import EmbedQueue, TextEmbedder
 from streams.question import unreadable
@@ -58,6 +58,10 @@ CANDIDATES = 8
 """The most similar entries above the threshold that the guard may check, best first."""
 READ_BATCH = 1_000
 """Stream entries read per round trip when a mirror catches up."""
+KEEP_S = 60.0
+"""A mirror looked up this recently is not dropped to make room for another scope, and a
+scope left without room is not tried again for this long: loading a large scope takes
+seconds, so a process must not drop one only to load it again at the next lookup."""
 
 
 def semantic_key(request: InferenceRequest, model: str) -> tuple[str, str] | None:
@@ -112,6 +116,8 @@ class _Scope:
     """Held while the mirror changes or is searched (in a thread, beyond INLINE_SEARCH)."""
     last_id: str = "0-0"
     synced_at: float = -math.inf
+    used_at: float = field(default_factory=time.monotonic)
+    """When it was last looked up: mirrors idle for KEEP_S make room for others."""
 
 
 class SemanticCache:
@@ -122,8 +128,10 @@ class SemanticCache:
     only what is new (a full read of 100k entries takes seconds), and so that Redis drops the
     oldest entries itself (MAXLEN). Each process mirrors the scopes it is asked about and
     reads the new entries when its copy is older than `refresh_s`. `max_entries` bounds each
-    scope and all mirrors of a process together (least recently used scopes go first).
-    Redis errors make a lookup miss and an add or forget a no-op; they never raise.
+    scope, `max_mirrored` and `max_scopes` all mirrors of a process together: mirrors idle
+    for KEEP_S make room, least recently used first, and a scope that finds none is not
+    mirrored, its lookups missing, for KEEP_S. Redis errors make a lookup miss and an add or
+    forget a no-op, and a lookup slower than `lookup_timeout_s` misses; they never raise.
     """
 
     def __init__(
@@ -134,16 +142,26 @@ class SemanticCache:
         max_entries: int = 100_000,
         refresh_s: float = 5.0,
         *,
+        max_mirrored: int | None = None,
+        lookup_timeout_s: float | None = None,
         ttl_s: int = 24 * 3600,
         max_scopes: int = 10_000,
         additions_from: float = math.inf,
     ) -> None:
-        """`additions_from`: see semantic_guard.mismatch (never, by default: the strict
-        guard)."""
+        """`max_mirrored`: max_entries if None (one full scope). `lookup_timeout_s`: None,
+        unbounded. `additions_from`: see semantic_guard.mismatch (never, by default: the
+        strict guard)."""
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         if max_entries < 1 or max_scopes < 1 or ttl_s < 1:
             raise ValueError("max_entries, max_scopes and ttl_s must be positive")
+        if lookup_timeout_s is not None and lookup_timeout_s <= 0:
+            raise ValueError(f"lookup_timeout_s must be positive, got {lookup_timeout_s}")
+        max_mirrored = max_entries if max_mirrored is None else max_mirrored
+        if max_mirrored < max_entries:
+            raise ValueError(
+                f"max_mirrored ({max_mirrored}) must hold a whole scope ({max_entries})"
+            )
         self._redis = redis
         self._embedder = embedder
         self._vectors = EmbedQueue(embedder)
@@ -151,14 +169,31 @@ class SemanticCache:
         self._additions_from = additions_from
         wordnet()  # the guard's synonyms: loaded now (about 0.5 s), not on the first lookup
         self._max_entries = max_entries
+        self._max_mirrored = max_mirrored
+        self._lookup_timeout_s = lookup_timeout_s
         self._refresh_s = refresh_s
         self._ttl_s = ttl_s
         self._max_scopes = max_scopes
         self._scopes: OrderedDict[str, _Scope] = OrderedDict()
+        """Least recently looked up first."""
         self._mirrored = 0
+        self._refused: OrderedDict[str, float] = OrderedDict()
+        """Scopes left unmirrored, and until when (soonest first)."""
 
     async def lookup(self, scope: str, text: str) -> SemanticHit | None:
-        """The most similar cached question at or above the threshold that the guard accepts."""
+        """The most similar cached question at or above the threshold that the guard accepts;
+        None also when that takes over `lookup_timeout_s` (a hung embedder, a large scope
+        loading: what it read stays read, and the next lookup goes on from there)."""
+        try:
+            async with asyncio.timeout(self._lookup_timeout_s):
+                return await self._lookup(scope, text)
+        except TimeoutError:
+            log.warning(
+                "semantic lookup slower than %s s, treating as a miss", self._lookup_timeout_s
+            )
+            return None
+
+    async def _lookup(self, scope: str, text: str) -> SemanticHit | None:
         entry = await self._synced(scope)
         if entry is None or not entry.mirror:
             return None
@@ -208,7 +243,14 @@ class SemanticCache:
             await self._change(scope, lambda mirror: mirror.put(fingerprint, text, vector))
 
     async def forget(self, scope: str, fingerprint: str) -> None:
-        """Stop answering from `fingerprint` here and, once they catch up, in other processes."""
+        """Stop answering from `fingerprint` here and, once they catch up, in other processes,
+        if its answer has left the exact cache: not when it could not be read (Redis away)."""
+        try:
+            if await self._redis.exists(cache_key(fingerprint)):
+                return
+        except RedisError as exc:
+            log.warning("semantic cache unavailable, %s not forgotten: %s", fingerprint, exc)
+            return
         await self._change(scope, lambda mirror: mirror.remove(fingerprint))
         await self._append(scope, {"fp": fingerprint})
 
@@ -226,13 +268,12 @@ class SemanticCache:
         return True
 
     async def _synced(self, scope: str) -> _Scope | None:
-        """The scope's mirror, caught up if older than refresh_s; None if Redis fails."""
-        entry = self._scopes.get(scope)
+        """The scope's mirror, caught up if older than refresh_s; None if it has no room
+        beside the mirrors in use, or Redis fails."""
+        entry = self._scopes.get(scope) or await self._admitted(scope)
         if entry is None:
-            entry = self._scopes[scope] = _Scope(
-                ScopeMirror(self._max_entries, self._embedder.dimensions)
-            )
-            self._bound()
+            return None
+        entry.used_at = time.monotonic()
         self._scopes.move_to_end(scope)
         if time.monotonic() - entry.synced_at < self._refresh_s:
             return entry
@@ -259,19 +300,79 @@ class SemanticCache:
             change(entry.mirror)
             self._count(scope, entry, before)
 
-    def _count(self, scope: str, entry: _Scope, before: int) -> None:
-        """Track the entries mirrored in all; a scope dropped meanwhile no longer counts."""
-        if self._scopes.get(scope) is entry:
-            self._mirrored += len(entry.mirror) - before
-            self._bound()
+    async def _admitted(self, scope: str) -> _Scope | None:
+        """A new mirror for the scope if its stream fits beside the others (see _room); else
+        None, and the scope is left unmirrored for KEEP_S."""
+        now = time.monotonic()
+        if self._refused.get(scope, -math.inf) > now:
+            return None
+        try:
+            size = await self._redis.xlen(semantic_stream_key(scope))
+        except RedisError as exc:
+            log.warning("semantic cache unavailable, treating as a miss: %s", exc)
+            return None
+        entry = self._scopes.get(scope)
+        if entry is not None:  # admitted by another lookup meanwhile
+            return entry
+        if not self._room(1, size, keep=None):
+            self._refuse(scope, size)
+            return None
+        self._refused.pop(scope, None)
+        entry = self._scopes[scope] = _Scope(
+            ScopeMirror(self._max_entries, self._embedder.dimensions)
+        )
+        return entry
 
-    def _bound(self) -> None:
-        """Drop the least recently used mirrors beyond max_scopes or max_entries in all."""
-        while len(self._scopes) > 1 and (
-            len(self._scopes) > self._max_scopes or self._mirrored > self._max_entries
-        ):
-            _, dropped = self._scopes.popitem(last=False)
-            self._mirrored -= len(dropped.mirror)
+    def _count(self, scope: str, entry: _Scope, before: int) -> None:
+        """Track the entries mirrored in all; a scope dropped meanwhile no longer counts. A
+        mirror that grew past max_mirrored, with no idle one to drop, is dropped itself."""
+        if self._scopes.get(scope) is not entry:
+            return
+        self._mirrored += len(entry.mirror) - before
+        if self._mirrored > self._max_mirrored and not self._room(0, 0, keep=scope):
+            del self._scopes[scope]
+            self._mirrored -= len(entry.mirror)
+            self._refuse(scope, len(entry.mirror))
+
+    def _room(self, scopes: int, entries: int, keep: str | None) -> bool:
+        """Drop mirrors idle for KEEP_S, least recently used first, but not `keep`, until
+        `scopes` and `entries` more fit within max_scopes and max_mirrored; False, dropping
+        none, when the mirrors looked up lately leave too little room."""
+        idle_since = time.monotonic() - KEEP_S
+        over_scopes = len(self._scopes) + scopes - self._max_scopes
+        over_entries = self._mirrored + entries - self._max_mirrored
+        dropped = []
+        for name, entry in self._scopes.items():
+            if (over_scopes <= 0 and over_entries <= 0) or entry.used_at > idle_since:
+                break  # enough room, or all the rest were looked up lately
+            if name != keep:
+                dropped.append(name)
+                over_scopes -= 1
+                over_entries -= len(entry.mirror)
+        if over_scopes > 0 or over_entries > 0:
+            return False
+        for name in dropped:
+            self._mirrored -= len(self._scopes.pop(name).mirror)
+        return True
+
+    def _refuse(self, scope: str, size: int) -> None:
+        """Leave a scope unmirrored for KEEP_S (its lookups miss), and say so once."""
+        now = time.monotonic()
+        while self._refused and next(iter(self._refused.values())) <= now:
+            self._refused.popitem(last=False)
+        self._refused.pop(scope, None)
+        self._refused[scope] = now + KEEP_S
+        while len(self._refused) > self._max_scopes:
+            self._refused.popitem(last=False)
+        log.warning(
+            "semantic cache: no room for scope %s (%d entries) beside %d scopes (%d entries)"
+            " looked up within %.0f s; its lookups miss for that long",
+            scope,
+            size,
+            len(self._scopes),
+            self._mirrored,
+            KEEP_S,
+        )
 
     async def _catch_up(self, scope: str, entry: _Scope) -> None:
         """Apply the stream entries after the last one read, oldest first."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.names import DEFAULT_PARTITIONS, STREAMS_APP_ID
 from schemas.retry import RetryPolicy
@@ -53,8 +54,16 @@ class StreamSettings(ServiceSettings):
     paraphrase add a word to the question (docs/semantic-cache.md). The stream processor
     logs which guard it runs."""
     semantic_max_entries: int = Field(default=100_000, ge=1)
-    """Entries kept per scope in Redis, and mirrored in all by one process
-    (LLMQ_SEMANTIC_MAX_ENTRIES)."""
+    """Entries kept per scope in Redis (LLMQ_SEMANTIC_MAX_ENTRIES)."""
+    semantic_max_mirrored: int = Field(default=200_000, ge=1)
+    """Entries one process mirrors in memory, all scopes together, about 2 KB each: 400 MiB
+    beside the embedder's 780 (LLMQ_SEMANTIC_MAX_MIRRORED); at least
+    LLMQ_SEMANTIC_MAX_ENTRIES. A scope that does not fit beside those looked up in the last
+    minute is not mirrored meanwhile: its lookups miss (docs/semantic-cache.md)."""
+    semantic_lookup_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """A semantic lookup that takes longer is a miss (LLMQ_SEMANTIC_LOOKUP_TIMEOUT_S): each
+    partition's records wait for their lookups in turn. Well above an embedding on busy
+    cores (80-470 ms), so that a hit does not hang on the machine's load."""
     prefix_affinity_chars: int = Field(default=DEFAULT_PREFIX_CHARS, ge=0, le=1_000_000)
     """Work records whose prompts share their first this many characters go to one
     partition of their work topic, so one replica's prefix cache serves them, within a load
@@ -73,6 +82,15 @@ class StreamSettings(ServiceSettings):
     """No retry starts later than this after admission (LLMQ_RETRY_BUDGET_S)."""
     tenants_file: Path | None = None
     """A TOML file of per-tenant rate limits and budgets (LLMQ_TENANTS_FILE); none: unlimited."""
+
+    @model_validator(mode="after")
+    def _a_scope_fits_in_memory(self) -> Self:
+        """A full scope that could never be mirrored would never be looked up."""
+        if self.semantic_max_mirrored < self.semantic_max_entries:
+            raise ValueError(
+                "LLMQ_SEMANTIC_MAX_MIRRORED must be at least LLMQ_SEMANTIC_MAX_ENTRIES"
+            )
+        return self
 
     def retry_policy(self) -> RetryPolicy:
         """How the complete stage retries a failed generation."""

@@ -7,13 +7,19 @@ from pathlib import Path
 
 import yaml
 
+from streams.settings import StreamSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 STARTED_MIB = 820
 """Peak RSS once started with the semantic cache on: the top of BENCHMARKS.md's runs
 (Stream-processor memory, 756-820 MiB)."""
-MIRRORS_MIB = 240
-"""RSS the semantic cache's mirrors add at LLMQ_SEMANTIC_MAX_ENTRIES (100,000 entries of
-384-dimensional vectors and 600-character questions), measured with ScopeMirror."""
+MIRROR_KIB_PER_ENTRY = 2.5
+"""RSS a semantic cache mirror adds per entry: 240 MiB for 100,000 entries of 384-dimensional
+vectors and 600-character questions, measured with ScopeMirror."""
+MIRRORS_MIB = (
+    StreamSettings.model_fields["semantic_max_mirrored"].default * MIRROR_KIB_PER_ENTRY / 1024
+)
+"""What the mirrors of one process may hold at LLMQ_SEMANTIC_MAX_MIRRORED's default."""
 UNITS = {"Mi": 1, "Gi": 1024}
 
 
