@@ -135,8 +135,11 @@ class Question:
         succeed?"). Always marked: whether it is a yes-or-no question and its first
         auxiliary ("Does X work?" / "How does X work?", "Do cats..." / "Can cats..."),
         whether someone else is meant ("Do they love me?" / "Do you love me?"), the voice of
-        a yes-or-no question ("Did Apple buy Beats?" / "Was Apple bought by Beats?") and
-        an intensifier ("so much"). Marked where both say it: whose ("my" / "your")."""
+        a yes-or-no question ("Did Apple buy Beats?" / "Was Apple bought by Beats?"), an
+        intensifier ("so much") and, for a yes-or-no question, its quantity, "none" without
+        one ("Are mushrooms poisonous?" / "Are some mushrooms..."). Marked where both say
+        it: whose ("my" / "your"), whose each noun is ("my IP address" / "an IP address")
+        and who a form of "be" speaks of ("Who are you?" / "Who am I?")."""
         words, asked = set(self.asked), self.asked
         opening = asked[:3] if len(asked) > 2 and asked[1] == "you" else asked[:1]
         request = len(opening) == 3 and opening[2] in vocab.REQUESTS  # "Can you explain..."
@@ -144,17 +147,22 @@ class Question:
         marks = {
             "tense": _one_of(words, vocab.TENSES),
             "mood": _one_of(words | ({"must"} if _has_to(asked) else set()), vocab.MOODS),
-            "quantity": _one_of(words, vocab.QUANTIFIERS),
+            "quantity": _one_of(words, vocab.QUANTIFIERS)
+            or ("none" if first in vocab.LEADING_AUXILIARIES and not _counted(words) else ""),
             "joined": _one_of(words, {"and": frozenset({"and"}), "or": frozenset({"or"})}),
             "closed": "yes" if first in vocab.LEADING_AUXILIARIES else "no",
             "leads": vocab.LEADING_AUXILIARIES.get(first, ""),
             "whose": _one_of(words, vocab.POSSESSIVES),
+            "person": _one_of(_beside_be(asked), vocab.PERSONS),
             "third": "yes" if words & vocab.THIRD_PERSON else "no",
             "voice": ("passive" if _passive(asked) else "active")
             if first in vocab.LEADING_AUXILIARIES else "",
             "intense": "yes" if any(w in vocab.INTENSIFIERS and x in ("much", "many")
                                     for w, x in pairwise(asked)) else "no",
         }  # fmt: skip
+        for determiner, noun in pairwise(asked):
+            if mark := _one_of({determiner}, vocab.DETERMINERS):
+                marks[f"whose {noun}"] = mark
         if len(asked) > 2 and asked[0] in vocab.QUESTION_WORDS:
             # "Which animals do lions hunt?", "Which documents are needed?": the verb may
             # follow a noun.
@@ -179,11 +187,34 @@ def unreadable(text: str) -> bool:
 
 def _normalised(text: str) -> str:
     """One form of each character: compatibility forms, curly quotes and signs as words."""
-    text = unicodedata.normalize("NFKC", text)
+    text = unicodedata.normalize("NFKC", _raised(text))
     text = text.translate({0x2018: "'", 0x2019: "'", 0x201C: '"', 0x201D: '"'})
     for sign, word in _SIGNS.items():
         text = text.replace(sign, word)
     return text
+
+
+def _raised(text: str) -> str:
+    """Superscripts as an exponent ("10²" -> "10^2", "2ⁿ" -> "2^n"), and a subscript that
+    follows no letter ("10₂", base 2) as a sign the guard cannot read: NFKC writes both as
+    plain digits, and "10²" would read as 102. A subscript after a letter stays plain
+    ("CO₂" is CO2)."""
+    if text.isascii():
+        return text
+    out: list[str] = []
+    before = ""  # "super" or "sub" within a run of them, else ""
+    for c in text:
+        tag = unicodedata.decomposition(c).partition(" ")[0]
+        if tag == "<super>":
+            out.append(("" if before == "super" else "^") + unicodedata.normalize("NFKC", c))
+        elif tag == "<sub>" and before != "sub" and not (out and out[-1][-1:].isalpha()):
+            out.append("\ufffd")
+        elif before == "super":
+            out.append(" " + c)  # "x²y" is x^2 y
+        else:
+            out.append(c)
+        before = tag.strip("<>") if tag in ("<super>", "<sub>") else ""
+    return "".join(out)
 
 
 def _unread(text: str) -> bool:
@@ -193,6 +224,16 @@ def _unread(text: str) -> bool:
 def _has_to(words: tuple[str, ...]) -> bool:
     """ "have to", "has to", "had to": an obligation."""
     return any(w in ("have", "has", "had") and x == "to" for w, x in pairwise(words))
+
+
+def _counted(words: set[str]) -> bool:
+    """Whether any quantifier is among `words`."""
+    return any(not quantifiers.isdisjoint(words) for quantifiers in vocab.QUANTIFIERS.values())
+
+
+def _beside_be(words: tuple[str, ...]) -> set[str]:
+    """The words just before and after a form of "be" ("are you", "I am")."""
+    return {x for w, y in pairwise(words) if vocab.PERSON_BE & {w, y} for x in (w, y)}
 
 
 def _one_of(words: set[str], marks: dict[str, frozenset[str]]) -> str:
@@ -258,11 +299,13 @@ Feature = Callable[[Question, tuple[str, ...]], Counter[str]]
 
 
 def numbers(_: Question, words: tuple[str, ...]) -> Counter[str]:
-    """Numbers and ordinals as digits ("fifth" -> "5"), as often as they occur."""
+    """Numbers and ordinals as digits ("fifth" -> "5"), as often as they occur; after a
+    minus sign that follows no number, negative ("-5", not "10 - 5")."""
     found: Counter[str] = Counter()
-    for word in words:
+    for before, minus, word in zip(("", "", *words), ("", *words), words, strict=False):
         if match := _NUMBER.fullmatch(word):
-            found[match.group(1)] += 1
+            negative = minus == "-" and not _NUMBER.fullmatch(before)
+            found[("-" if negative else "") + match.group(1)] += 1
         elif word in vocab.ORDINALS:
             found[vocab.ORDINALS[word]] += 1
     return found

@@ -119,6 +119,8 @@ PARTICLES = _vocabulary("to from than into onto against toward towards off out u
 PRONOUNS = _vocabulary("me you him her us them myself yourself himself herself")
 
 QUESTION_WORDS = _vocabulary("who whom what which")
+OPEN_QUESTION_WORDS = _vocabulary("what which whats")
+"""Question words whose noun, not themselves, says what kind of answer is asked for."""
 AUXILIARIES = _vocabulary("did does do will would can could should")
 """After a question word, they make it ask for the one done to ("Who did X succeed?", "What
 do sharks eat?"), not the doer ("Who succeeded X?", "What eats sharks?")."""
@@ -155,4 +157,13 @@ QUANTIFIERS = {
 }
 """How much of something is asked about: "Are any mushrooms poisonous?" is not "Are many"."""
 POSSESSIVES = {"mine": _vocabulary("my mine our ours"), "yours": _vocabulary("your yours")}
+DETERMINERS = {
+    "mine": _vocabulary("my our"),
+    "yours": _vocabulary("your"),
+    "any": _vocabulary("a an"),
+}
+"""Whose the noun after them is: "my IP address" is not "an IP address"."""
+PERSONS = {"first": _vocabulary("i we"), "second": _vocabulary("you u")}
+PERSON_BE = _vocabulary("am is are was were")
+"""Beside a pronoun these say who a question is about ("Who are you?" / "Who am I?")."""
 THIRD_PERSON = _vocabulary("he him his she her they them their theirs")

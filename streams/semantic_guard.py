@@ -75,7 +75,7 @@ def mismatch(
         ("negation", lambda: _agree(a, b, negated)),
         ("units", lambda: _agree(a, b, units)),
         ("times", lambda: _agree(a, b, times)),
-        ("focus", lambda: _same_focus(a.focus, b.focus)),
+        ("focus", lambda: _same_focus(a, b)),
         ("entities", lambda: _agree(a, b, entities, every_word)),
         ("code", lambda: a.code == b.code),
         ("form", lambda: _same_form(a, b)),
@@ -102,14 +102,25 @@ def _same_form(a: Question, b: Question) -> bool:
     )
 
 
-def _same_focus(a: frozenset[str], b: frozenset[str]) -> bool:
-    """Both ask for the same kind of answer, or one does not say; "when" is any time."""
-    if not a or not b or a == b:
+def _same_focus(a: Question, b: Question) -> bool:
+    """Both ask for the same kind of answer; "when" is any time. When one does not say, it
+    asks with "what" or "which", whose noun says it ("Which people built..." / "Who
+    built..."), or the other's question word is its own too ("How frequently..." / "How
+    often..."): "How do salmon spawn?" / "Where do salmon spawn?" differ."""
+    if not a.focus or not b.focus:
+        return all(
+            key[0] in vocab.STOPWORDS
+            or key[0] in other.asked
+            or not vocab.OPEN_QUESTION_WORDS.isdisjoint(other.asked)
+            for q, other in ((a, b), (b, a))
+            for key in q.focus_keys
+        )
+    if a.focus == b.focus:
         return True
     widen = {"time": vocab.ANY_TIME}
-    return {w for k in a for w in widen.get(k, {k})} >= b or {
-        w for k in b for w in widen.get(k, {k})
-    } >= a
+    return {w for k in a.focus for w in widen.get(k, {k})} >= b.focus or {
+        w for k in b.focus for w in widen.get(k, {k})
+    } >= a.focus
 
 
 def _agree(a: Question, b: Question, feature: Feature, within: Feature | None = None) -> bool:
@@ -280,38 +291,53 @@ def _unexplained(a: Question, b: Question, synonyms: bool) -> tuple[list[str], l
     """The content words of each side that have no counterpart in the other: not the same
     word and, for the lenient guard (`synonyms`), no WordNet synonym of a word (or word
     pair) left over on the other side. The strict guard takes no synonyms: WordNet 1.6 also
-    links "brother" / "sister", "thread" / "string" and "bike" / "motorcycle"."""
+    links "brother" / "sister", "thread" / "string" and "bike" / "motorcycle". Generic
+    words go, unless one takes the place of another (`_replaced`)."""
     left, right = _orphans(a, b), _orphans(b, a)
-    if not synonyms:
-        return left, right
-    grams_a, grams_b = _grams(a.words, left), _grams(b.words, right)
-    net = wordnet()
+    if synonyms:
+        grams_a, grams_b = _grams(a.words, left), _grams(b.words, right)
+        net = wordnet()
 
-    def alone(x: str, words: tuple[str, ...], others: set[str]) -> bool:
-        return not any(net.synonyms(g, y) for g in _grams(words, [x]) for y in others)
+        def alone(x: str, words: tuple[str, ...], others: set[str]) -> bool:
+            return not any(net.synonyms(g, y) for g in _grams(words, [x]) for y in others)
 
+        left, right = (
+            [x for x in left if alone(x, a.words, grams_b)],
+            [y for y in right if alone(y, b.words, grams_a)],
+        )
     return (
-        [x for x in left if alone(x, a.words, grams_b)],
-        [y for y in right if alone(y, b.words, grams_a)],
+        [x for x in left if x not in vocab.GENERIC or _replaced(a, x, b, right)],
+        [y for y in right if y not in vocab.GENERIC or _replaced(b, y, a, left)],
+    )
+
+
+def _replaced(q: Question, x: str, other: Question, theirs: list[str]) -> bool:
+    """Whether the other side leaves a generic word of its own ("get a refund" / "give a
+    refund") or a word in the place of `x`, a neighbour shared ("good for you" / "bad for
+    you", "give blood" / "receive blood"), so that generic `x` says something; a question
+    word the focus check compared does not count ("which people built" / "who built")."""
+    return any(
+        y in vocab.GENERIC
+        or (
+            y not in other.focus_words
+            and any(
+                _slots(q, i) & _slots(other, k) for i in q.positions[x] for k in other.positions[y]
+            )
+        )
+        for y in theirs
     )
 
 
 def _orphans(q: Question, other: Question) -> list[str]:
     """Content words of `q` without the same word (up to inflection or a typo) in `other`,
-    leaving out words that change no answer: generic words, unless the other side leaves
-    one of its own ("get a refund" / "give a refund"), and agreeing question words."""
-    agree = q.focus and other.focus and _same_focus(q.focus, other.focus)
+    leaving out agreeing question words."""
+    agree = q.focus and other.focus and _same_focus(q, other)
     ignored = q.focus_words if agree else frozenset()
-    alone = [
+    return [
         x
         for x in q.content
         if x not in ignored and x not in other.content and not _among(x, other.content)
     ]
-    generic_there = any(
-        y in vocab.GENERIC and y not in q.content and not _among(y, q.content)
-        for y in other.content
-    )
-    return [x for x in alone if x not in vocab.GENERIC or generic_there]
 
 
 def _grams(words: tuple[str, ...], among: list[str]) -> set[str]:
