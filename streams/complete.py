@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import COMPLETIONS
-from schemas.redact import describe
+from schemas.redact import describe, explain
 from schemas.request import RecordRefusedError
 from schemas.result import ErrorInfo
 from schemas.retry import RetryPolicy
@@ -244,4 +244,10 @@ class Complete:
             return
         task = asyncio.create_task(self._similar.add(*key_text, work.fingerprint))
         self._adding.add(task)
-        task.add_done_callback(self._adding.discard)
+        task.add_done_callback(self._added)
+
+    def _added(self, task: asyncio.Task[None]) -> None:
+        """An addition ended: one that failed (its embedder) is said, not left unread."""
+        self._adding.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("the semantic cache did not learn a question: %s", explain(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -318,6 +319,26 @@ def test_the_semantic_cache_learns_a_question_after_its_replies_are_out() -> Non
     harness.on_completion(completion(work, "Shared"))
     assert len(send.sent) == 3
     assert similar.added == [("Hi", 3)], "added once, after all three replies were sent"
+
+
+class FailingSimilar(RecordingSimilar):
+    """A semantic cache whose embedder fails on every addition."""
+
+    async def add(self, scope: str, text: str, fingerprint: str) -> None:
+        raise RuntimeError("embedder out of memory")
+
+
+def test_an_addition_that_fails_is_said_not_left_unread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    send = FakeSend()
+    harness = Pipeline(send=send, similar=FailingSimilar(send.sent))
+    [work] = _copies(harness, 1)
+    send.sent.clear()
+    with caplog.at_level(logging.WARNING, "streams.complete"):
+        harness.on_completion(completion(work, "Answered"))
+    assert [result_of(s).text for s in send.sent] == ["Answered"]
+    assert "did not learn a question: RuntimeError: embedder out of memory" in caplog.text
 
 
 def test_a_streaming_copy_learns_whose_stream_to_follow(harness: Pipeline) -> None:
