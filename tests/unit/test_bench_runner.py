@@ -188,3 +188,17 @@ def test_the_engine_child_result_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "result.json"
     path.write_text(json.dumps(asdict(result)))
     assert load_result(path) == result
+
+
+def test_the_wall_ends_at_the_last_answer_not_at_the_last_calls_return() -> None:
+    """llmq's way reads the final result after the stream's last piece: that read is no
+    part of serving the answer (the engine's way has none)."""
+
+    async def answer(request: BenchRequest, sent: float) -> Reply:
+        await asyncio.sleep(0.3)  # reading the result after the answer was all there
+        return Reply(3, 4, 0.001, done_at=sent + 0.002)
+
+    driven = asyncio.run(drive([BenchRequest(0, "a", 4, 0.0)], answer, lambda: None, meter=False))
+    [sample] = driven.samples
+    assert sample.latency_s == pytest.approx(0.002)
+    assert driven.wall_s == pytest.approx(sample.sent_s + 0.002)

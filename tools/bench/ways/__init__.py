@@ -149,7 +149,10 @@ async def drive(
         )
 
     samples = await asyncio.gather(*(one(r) for r in workload))
-    return Driven(list(samples), time.monotonic() - start, cpu.cores() if cpu else {})
+    # To the last answer's end as each way sees it (a streamed one's last piece), not to the
+    # return of the last call: llmq's reads the result after its stream.
+    wall = max((s.sent_s + s.latency_s for s in samples), default=time.monotonic() - start)
+    return Driven(list(samples), wall, cpu.cores() if cpu else {})
 
 
 async def streamed(
