@@ -26,9 +26,10 @@ Ahead = Callable[[WorkItem], None]
 
 
 class Gate(Protocol):
-    """A tenant's rate limits and budget; raises LlmqError when the request must wait."""
+    """A tenant's rate limits and budget; raises LlmqError when the request must wait, else
+    returns the work to send on (its terms may change: streams.gate)."""
 
-    async def check(self, work: WorkItem) -> None: ...
+    async def check(self, work: WorkItem) -> WorkItem: ...
 
 
 class Admission:
@@ -66,7 +67,7 @@ class Admission:
             return
         if self._gate is not None:
             try:
-                await self._gate.check(work)
+                work = await self._gate.check(work)
             except LlmqError as error:
                 metrics.REQUESTS.labels("refused").inc()
                 await self._refusals.refuse(salvage(error, value))

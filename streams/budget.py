@@ -46,9 +46,11 @@ NANO = 1e9
 # expiry (a sorted set), the sum of the holds (nano-USD).
 # ARGV: the hold's id, its nano-USD, the budget (USD), now, the hold's expiry, and when the
 # hold keys may expire (Unix times).
-# Expired holds are dropped first. A hold already taken (a redelivered request) is admitted
-# again, as 2. Returns {admitted 0/1/2, spent USD, held nano-USD} (strings: Lua numbers become
-# integers in replies).
+# Expired holds are dropped first, and a sum without holds is 0: the holds' keys may expire
+# before the sum's (each expiry is only raised, and the sum's key outlives an empty hash),
+# and a sum that kept a lapsed hold would shrink the room for good. A hold already taken (a
+# redelivered request) is admitted again, as 2. Returns {admitted 0/1/2, spent USD, held
+# nano-USD} (strings: Lua numbers become integers in replies).
 RESERVE = """
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4], 'LIMIT', 0, 1000)) do
   local amount = redis.call('HGET', KEYS[2], id)
@@ -57,6 +59,9 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4], 'LIMIT
     redis.call('HDEL', KEYS[2], id)
   end
   redis.call('ZREM', KEYS[3], id)
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[4])
 end
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
 local held = tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -145,7 +150,7 @@ class BudgetExceededError(LlmqError):
     """BUDGET_EXCEEDED, with the spend it was refused at, and whether the budget is used up
     for the period (rather than held by requests in flight, or too small for this one)."""
 
-    def __init__(self, message: str, retry_after_s: float, *, spent: float, exhausted: bool):
+    def __init__(self, message: str, retry_after_s: float | None, *, spent: float, exhausted: bool):
         super().__init__(ErrorCode.BUDGET_EXCEEDED, message, retry_after_s)
         self.spent = spent
         self.exhausted = exhausted
@@ -303,6 +308,13 @@ def _exceeded(
     if spent >= budget:
         message = f"tenant {tenant} has spent {_usd(spent)} {of_budget}; it resets at {at}"
         wait = resets - now
+    elif hold.usd > budget:  # no wait helps: not a retry_after, which the Batch API heeds
+        message = (
+            f"this request may cost up to {_usd(hold.usd)} (its prompt and max_tokens at the "
+            f"model's prices), more than tenant {tenant}'s whole {_usd(budget)} "
+            f"{PERIOD_NAMES[period]} budget; lower max_tokens or shorten the prompt"
+        )
+        wait = None
     elif spent + hold.usd > budget:
         message = (
             f"tenant {tenant} has spent {_usd(spent)} {of_budget}, and this request may cost "

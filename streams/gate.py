@@ -17,7 +17,7 @@ from schemas.result import InferenceResult
 from schemas.tenants import BudgetPeriod, TenantPolicy
 from schemas.work import WorkItem
 from streams import metrics
-from streams.budget import BudgetExceededError, Budgets, worst_case
+from streams.budget import HOLD_S, BudgetExceededError, Budgets, worst_case
 from streams.budget_alerts import BudgetAlerts
 from streams.ratelimit import CHECK_TIMEOUT_S, RateLimiter
 
@@ -49,11 +49,17 @@ class TenantGate:
         redelivered is one), for their answer's release to settle again (or keep their cost
         held)."""
 
-    async def check(self, work: WorkItem) -> None:
+    async def check(self, work: WorkItem) -> WorkItem:
         """Raise RATE_LIMITED or BUDGET_EXCEEDED (with retry_after_s) when it must wait; an
-        admitted request holds its worst-case cost until it is answered."""
+        admitted request holds its worst-case cost until it is answered. Returns the work to
+        send on: a request of a tenant with a budget that names no deadline gets one, its
+        hold's life (budget.HOLD_S), so that it is not generated after its hold lapsed (the
+        budget would have admitted others into that room)."""
         request = work.request
         limits = self._policy.limits(request.tenant)
+        if limits.budget_usd is not None and request.deadline is None:
+            request = request.model_copy(update={"deadline": time.time() + HOLD_S})
+            work = work.model_copy(update={"request": request})
         hold = worst_case(work, self._catalog)
         try:
             reserved = await self._budgets.reserve(request.tenant, limits, hold)
@@ -76,6 +82,7 @@ class TenantGate:
             if reserved is not None and reserved.placed:
                 await self._release(request.tenant, hold.id)
             raise
+        return work
 
     async def settle(self, event: MeteringEvent | None) -> None:
         """Count a generation's cost as it completes, before its request is answered (and

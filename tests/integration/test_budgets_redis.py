@@ -27,7 +27,15 @@ from schemas.metering import MeteringEvent
 from schemas.names import ALERTS
 from schemas.result import InferenceResult
 from schemas.tenants import BudgetPeriod, TenantLimits, TenantPolicy, period_end, period_id
-from streams.budget import KEEP_AFTER_PERIOD_S, Budgets, Hold, worst_case
+from schemas.work import WorkItem
+from streams.budget import (
+    HOLD_AFTER_DEADLINE_S,
+    HOLD_S,
+    KEEP_AFTER_PERIOD_S,
+    Budgets,
+    Hold,
+    worst_case,
+)
 from streams.budget_alerts import BudgetAlerts
 from streams.gate import TenantGate
 from streams.ratelimit import RateLimiter
@@ -340,7 +348,68 @@ def test_a_request_that_cannot_fit_says_to_lower_max_tokens(redis_port: int) -> 
     error = run_async(redis_port, body)
     assert error.code is ErrorCode.BUDGET_EXCEEDED
     assert "may cost up to $0.75" in error.message and "lower max_tokens" in error.message
+    assert error.retry_after_s is None, "no wait helps: the Batch API resent it at the reset"
+
+
+def test_a_request_that_fits_once_spend_resets_says_when(redis_port: int) -> None:
+    at = _noon()
+
+    async def body(client: aioredis.Redis) -> LlmqError:
+        budgets = Budgets(client)
+        assert await budgets.record(_event("acme", "c-0", 0.3, at))
+        with pytest.raises(LlmqError) as caught:
+            await budgets.reserve("acme", TenantLimits(budget_usd=0.5), _hold(0.25, at), now=at)
+        return caught.value
+
+    error = run_async(redis_port, body)
+    assert "lower max_tokens, or wait until it resets" in error.message
     assert error.retry_after_s == 12 * 3600
+
+
+def test_a_sum_of_holds_whose_holds_lapsed_frees_the_budget(
+    redis_port: int, sync: redis.Redis
+) -> None:
+    """The holds' keys expired (a release lost) while the sum's key, set to outlive an
+    earlier longer hold, stayed: the sum kept the lapsed amount, and refused the tenant for
+    as long as it kept sending."""
+    at = _recent()
+    limits = TenantLimits(budget_usd=1.0)
+
+    async def body(client: aioredis.Redis) -> float:
+        budgets = Budgets(client)
+        await budgets.reserve("acme", limits, _hold(0.6, at, "lost"), now=at)
+        sync.delete("llmq:spend:{acme}:holds", "llmq:spend:{acme}:holds:until")  # their expiry
+        await budgets.reserve("acme", limits, _hold(0.6, at, "next"), now=at)
+        return await budgets.held("acme")
+
+    assert run_async(redis_port, body) == pytest.approx(0.6)
+
+
+def test_a_budgeted_request_without_a_deadline_gets_its_holds_life_as_one(
+    redis_port: int, sync: redis.Redis
+) -> None:
+    """Queued past its hold's expiry (a pool down for hours), it was generated on a hold
+    the budget no longer counted, which had admitted others into its room: 1.8x the budget
+    spent in a reproduction. Now it expires in its queue instead."""
+    catalog = Catalog.builtin()
+    work = admitted(raw_request("c-1"))
+    assert work.request.deadline is None
+    budgeted = TenantPolicy(default=TenantLimits(budget_usd=1.0))
+    unlimited = TenantPolicy(default=TenantLimits())
+
+    async def body(client: aioredis.Redis) -> tuple[WorkItem, WorkItem]:
+        budgets = Budgets(client)
+        sent = await TenantGate(budgeted, RateLimiter(client), budgets, catalog).check(work)
+        free = await TenantGate(unlimited, RateLimiter(client), budgets, catalog).check(work)
+        return sent, free
+
+    before = time.time()
+    sent, free = run_async(redis_port, body)
+    assert free.request.deadline is None, "a tenant without a budget keeps its terms"
+    deadline = sent.request.deadline
+    assert deadline is not None and before + HOLD_S <= deadline <= time.time() + HOLD_S
+    until = sync.zscore("llmq:spend:{acme}:holds:until", "c-1")
+    assert until == pytest.approx(deadline + HOLD_AFTER_DEADLINE_S)
 
 
 def test_a_fail_closed_tenant_is_refused_while_redis_is_down() -> None:

@@ -245,8 +245,22 @@ def test_an_engine_failure_falls_back_to_the_next_model() -> None:
 
 
 class GateSaysNo:
-    async def check(self, work: WorkItem) -> None:
+    async def check(self, work: WorkItem) -> WorkItem:
         raise LlmqError(ErrorCode.RATE_LIMITED, "over 2 requests per minute", retry_after_s=7.5)
+
+
+class GateSetsADeadline:
+    async def check(self, work: WorkItem) -> WorkItem:
+        request = work.request.model_copy(update={"deadline": 4_000_000_000.0})
+        return work.model_copy(update={"request": request})
+
+
+def test_the_work_sent_on_is_the_one_the_gate_admitted() -> None:
+    """A budgeted request's deadline is its hold's life (streams.gate)."""
+    harness = Pipeline(gate=GateSetsADeadline())
+    harness.on_request(None, raw_request(cid="r-1"))
+    [sent] = harness.send.sent
+    assert WorkItem.model_validate_json(sent.value).request.deadline == 4_000_000_000.0
 
 
 def test_a_refused_request_is_answered_but_not_dead_lettered() -> None:
