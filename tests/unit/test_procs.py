@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -167,3 +168,47 @@ def test_down_stops_workers_the_stack_was_started_with_under_another_catalog(
     stack.down(say=said.append)
     assert other.pid() is None
     assert said == ["stopped worker-mymodel"]
+
+
+FORKS = [
+    sys.executable,
+    "-c",
+    "import os, sys, time\n"
+    "sleep = [sys.executable, '-c', 'import time; time.sleep(30)']\n"
+    "kept = os.fork()\n"
+    "if kept == 0:\n"
+    "    time.sleep(30)\n"  # an engine core: the leader's own environment
+    "    os._exit(0)\n"
+    "other = os.fork()\n"
+    "if other == 0:\n"
+    "    os.execve(sys.executable, sleep, {})\n"  # the group's, but not llmq's
+    "print('children', kept, other, flush=True)\n"
+    "time.sleep(30)\n",
+]
+
+
+def _gone(pid: int) -> bool:
+    """Ended: no such process, or one not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_killed_leaders_children_of_its_environment_are_stopped(tmp_path: Path) -> None:
+    """A worker killed with SIGKILL left its vLLM engine core running, holding its port:
+    `down` saw nothing to stop and the next `up` found the port taken for good."""
+    proc = Proc("leader", FORKS, tmp_path / "run", env={"LLMQ_STATE_DIR": str(tmp_path)})
+    leader = proc.start()
+    _wait_until(lambda: "children" in proc.tail())
+    kept, other = (int(p) for p in proc.tail().split("children ")[1].split()[:2])
+    try:
+        os.kill(leader, 9)
+        _wait_until(lambda: proc.pid() is None)
+        assert proc.stop() is False, "its leader was not running"
+        _wait_until(lambda: _gone(kept))
+        assert not _gone(other), "a member without llmq's settings is spared"
+    finally:
+        for pid in (kept, other):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)

@@ -46,7 +46,9 @@ class Proc:
         return pid
 
     def start(self) -> int:
-        """Start detached (its own session, so it outlives the CLI); return its pid."""
+        """Start detached (its own session, so it outlives the CLI); return its pid. What a
+        killed run of it left behind goes first (see `stop_orphans`)."""
+        self.stop_orphans()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(self.env or {})}
         with self.log_file.open("ab") as log:
@@ -74,6 +76,7 @@ class Proc:
         """
         pid = self.pid()
         if pid is None:
+            self.stop_orphans()
             self.pid_file.unlink(missing_ok=True)
             return False
         _signal(pid, signal.SIGTERM)
@@ -88,6 +91,26 @@ class Proc:
             time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
         return True
+
+    def stop_orphans(self) -> bool:
+        """SIGKILL what is left of the process group its pid file names when its leader is
+        gone (killed, or crashed): a vLLM engine core outlives its worker and holds the
+        worker's ports and memory. Only members carrying this process's environment (llmq's
+        settings) are taken, whatever reused the number. Returns whether any was."""
+        try:
+            pgid = int(self.pid_file.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return False
+        if not self.env or self.pid() is not None:
+            return False
+        marks = {f"{key}={value}".encode() for key, value in self.env.items()}
+        orphans = [p for p in _group(pgid) if marks <= _environ(p)]
+        for orphan in orphans:
+            _signal(orphan, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(not _is_zombie(p) for p in orphans) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return bool(orphans)
 
     def tail(self, lines: int = 25) -> str:
         """The end of its log, for error messages."""
@@ -111,6 +134,23 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes of a process group now."""
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _stat(int(entry.name))[2:3] == [str(pgid)]
+    ]
+
+
+def _environ(pid: int) -> set[bytes]:
+    """A process's environment as KEY=VALUE entries; empty where it may not be read."""
+    try:
+        return set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+    except OSError:
+        return set()
 
 
 def _stat(pid: int) -> list[str]:
