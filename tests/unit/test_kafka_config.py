@@ -3,7 +3,10 @@ loss of one broker (replication factor 3, two in sync)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from tools.stack import kafka
 
@@ -56,3 +59,20 @@ def test_a_cluster_of_three_replicates_everything_three_times_and_needs_two(
                      "transaction.state.log.replication.factor"):  # fmt: skip
             assert props[name] == "3", name
         assert props["min.insync.replicas"] == props["transaction.state.log.min.isr"] == "2"
+
+
+def test_a_maven_failure_says_mavens_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Maven writes its [ERROR] lines to stdout, which was thrown away: a fresh machine
+    without the network saw a CalledProcessError traceback and no reason."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    mvn = bin_dir / "mvn"
+    mvn.write_text(
+        "#!/bin/sh\necho '[ERROR] Could not resolve host: repo.maven.apache.org'\nexit 1\n"
+    )
+    mvn.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with pytest.raises(RuntimeError, match=r"exit 1.*Could not resolve host"):
+        kafka.fetch_libs(tmp_path / "cache")

@@ -39,7 +39,7 @@ def fetch_libs(cache_dir: Path) -> Path:
     tmp = libs.with_name(libs.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("fetching the Kafka broker jars with Maven into %s", libs)
-    subprocess.run(
+    maven = subprocess.run(
         [
             "mvn",
             "-q",
@@ -50,9 +50,16 @@ def fetch_libs(cache_dir: Path) -> Path:
             "dependency:copy-dependencies",
             f"-DoutputDirectory={tmp}",
         ],
-        check=True,
-        stdout=subprocess.DEVNULL,  # only colour resets with -q; errors go to stderr
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    if maven.returncode != 0:  # Maven writes its [ERROR] lines to stdout
+        said = (maven.stdout + maven.stderr).strip().splitlines()[-8:]
+        raise RuntimeError(
+            f"Maven could not fetch the Kafka jars (exit {maven.returncode}; it needs the "
+            "network once): " + " / ".join(said)
+        )
     verify_libs(tmp)
     (tmp / ".complete").write_text(libs.name)
     shutil.rmtree(libs, ignore_errors=True)
