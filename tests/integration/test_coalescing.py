@@ -31,12 +31,16 @@ def _coalesced(stack: LocalStack) -> float:
     )
 
 
-def _submit_copies(client: Client, prompt: str, n: int, max_tokens: int) -> list[str]:
+def _submit_copies(
+    client: Client, prompt: str, n: int, max_tokens: int, ignore_eos: bool = False
+) -> list[str]:
     """n identical deterministic requests, sent from 16 threads at once."""
     with ThreadPoolExecutor(16) as pool:
         return list(
             pool.map(
-                lambda _: client.submit(prompt, max_tokens=max_tokens, temperature=0.0),
+                lambda _: client.submit(
+                    prompt, max_tokens=max_tokens, temperature=0.0, ignore_eos=ignore_eos
+                ),
                 range(n),
             )
         )
@@ -82,15 +86,19 @@ def test_followers_get_their_answer_across_a_stream_processor_restart(
     streams = next(c.proc for c in stack.components() if c.proc.name == "streams")
     replies = tail(service_settings.kafka_bootstrap, reply_topic)
     with Client(service_settings, reply_to=reply_topic, listen=False) as client:
-        leader = client.submit(prompt, max_tokens=400, temperature=0.0)
+        # ignore_eos: the generation runs its 400 tokens, through the restart below, however
+        # soon the model would have stopped.
+        leader = client.submit(prompt, max_tokens=400, temperature=0.0, ignore_eos=True)
         coalesced_before = _coalesced(stack)
         time.sleep(0.5)
-        followers = _submit_copies(client, prompt, 20, max_tokens=400)
+        followers = _submit_copies(client, prompt, 20, max_tokens=400, ignore_eos=True)
         deadline = time.monotonic() + 60
         while _coalesced(stack) - coalesced_before < 20 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _coalesced(stack) - coalesced_before == 20, "all 20 copies wait as followers"
         # The generation is still running: restart the stream processor under it.
+        worker_port = stack.settings.metrics_base_port + 1
+        assert metric(worker_port, "llmq_worker_in_flight") > 0, "the leader's generation runs"
         assert streams.stop(), "the stream processor was running"
         stack.up(say=lambda _: None)
     ids = [leader, *followers]

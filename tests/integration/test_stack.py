@@ -21,7 +21,7 @@ from llmq.client import Client
 from llmq.groups import DEAD, EMPTY, Group, describe_groups
 from schemas.names import REQUESTS, worker_group
 from schemas.request import CacheMode
-from tests.integration.helpers import REPO
+from tests.integration.helpers import REPO, metric
 from tools.stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -146,7 +146,11 @@ def test_a_worker_stopped_mid_batch_loses_no_request(stack: LocalStack, client: 
         for i in range(16)
     ]
     worker = next(c.proc for c in stack.components() if c.proc.name.startswith("worker-"))
-    time.sleep(1.0)  # let the worker take the batch into its engine
+    port = stack.settings.metrics_base_port + 1
+    deadline = time.monotonic() + 60
+    while metric(port, "llmq_worker_in_flight") == 0:  # the batch is in its engine
+        assert time.monotonic() < deadline, "the worker never took up the batch"
+        time.sleep(0.1)
     assert worker.stop(), "the worker was running"
     stack.up(say=lambda _: None)
     results = [client.result(cid, timeout=300) for cid in ids]
