@@ -13,7 +13,7 @@ import pytest
 
 from tools.stack.procs import Proc, running
 from tools.stack.settings import LocalSettings
-from tools.stack.stack import LocalStack
+from tools.stack.stack import LocalStack, StackError
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(30)"]
 IGNORE_TERM = [
@@ -212,3 +212,13 @@ def test_a_killed_leaders_children_of_its_environment_are_stopped(tmp_path: Path
         for pid in (kept, other):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
+
+
+def test_a_component_that_exits_while_starting_names_its_log(tmp_path: Path) -> None:
+    proc = Proc("brief", [sys.executable, "-c", "print('no model here')"], tmp_path / "run")
+    proc.start()
+    _wait_until(lambda: proc.pid() is None)
+    stack = LocalStack(LocalSettings(state_dir=tmp_path / "state"))
+    with pytest.raises(StackError) as failed:
+        stack._wait(proc, lambda: False, 5.0, lambda _: None)
+    assert str(proc.log_file) in str(failed.value) and "no model here" in str(failed.value)

@@ -413,11 +413,15 @@ class LocalStack:
         next_note = start + 15
         while not ready():
             if proc.pid() is None:
-                raise StackError(f"{proc.name} exited while starting; its log ends:\n{proc.tail()}")
+                raise StackError(
+                    f"{proc.name} exited while starting; its log ({proc.log_file}) ends:\n"
+                    f"{proc.tail()}"
+                )
             now = time.monotonic()
             if now - start > timeout_s:
                 raise StackError(
-                    f"{proc.name} not ready after {timeout_s:.0f}s; its log ends:\n{proc.tail()}"
+                    f"{proc.name} not ready after {timeout_s:.0f}s; its log ({proc.log_file}) "
+                    f"ends:\n{proc.tail()}"
                 )
             if now > next_note:
                 say(f"  waiting for {proc.name} ({now - start:.0f}s)")
