@@ -96,6 +96,30 @@ class FakeSend:
         self.sent.append(Sent(topic, key, value, headers, partition))
 
 
+class FailingSend(FakeSend):
+    """Fails the next `failures` sends to topics starting with `prefix` (every topic: "")
+    with `error`, as a broker that goes away would."""
+
+    def __init__(self, prefix: str, failures: int, error: Exception | None = None) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.failures = failures
+        self.error = error or ConnectionError("broker gone")
+
+    async def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        if self.failures and topic.startswith(self.prefix):
+            self.failures -= 1
+            raise self.error
+        await super().__call__(topic, key, value, headers, partition)
+
+
 class Pipeline:
     """The three stages on one store, table and send, as the faust app wires them; records
     that admission re-keys are handed on to dedupe, as Kafka would."""

@@ -22,6 +22,7 @@ from streams.coalesce import Coalescer, Waiter
 from streams.semantic import SemanticHit
 from tests.unit.stages import (
     TIERED,
+    FailingSend,
     FakeLedger,
     FakeSend,
     Pipeline,
@@ -96,29 +97,6 @@ def test_sampled_copies_are_not_coalesced(harness: Pipeline) -> None:
         harness.on_request(None, raw_request(cid=f"s-{i}", temperature=0.9))
     assert [s.topic for s in harness.send.sent] == ["llmq.work.smollm2-135m.interactive"] * 3
     assert harness.table == {}
-
-
-class FailingSend(FakeSend):
-    """Fails the next `failures` sends to topics starting with `prefix`, as a broker that
-    goes away would."""
-
-    def __init__(self, prefix: str, failures: int) -> None:
-        super().__init__()
-        self.prefix = prefix
-        self.failures = failures
-
-    async def __call__(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        partition: int | None = None,
-    ) -> None:
-        if self.failures and topic.startswith(self.prefix):
-            self.failures -= 1
-            raise ConnectionError("broker gone")
-        await super().__call__(topic, key, value, headers, partition)
 
 
 def test_followers_of_a_completion_whose_reply_failed_are_told_so_and_retry_from_the_cache() -> (

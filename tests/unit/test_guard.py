@@ -4,7 +4,6 @@ Kafka is away, since faust commits past whatever an agent raises."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError
@@ -13,31 +12,9 @@ from schemas.names import DLQ
 from streams.guard import Guard
 from streams.outbox import Outbox
 from streams.refusals import Refusals
-from tests.unit.stages import FakeSend, FakeStore, raw_request, result_of
+from tests.unit.stages import FailingSend, FakeSend, FakeStore, raw_request, result_of
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Outage(FakeSend):
-    """Kafka refuses the first `failures` sends with `error`."""
-
-    def __init__(self, failures: int, error: Exception) -> None:
-        super().__init__()
-        self.failures = failures
-        self.error = error
-
-    async def __call__(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        partition: int | None = None,
-    ) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise self.error
-        await super().__call__(topic, key, value, headers, partition)
 
 
 async def _fails() -> None:
@@ -49,7 +26,7 @@ def _guard(send: FakeSend) -> Guard:
 
 
 def test_a_dead_letter_kafka_refuses_is_sent_again_until_it_takes_it() -> None:
-    send = Outage(2, KafkaTimeoutError())  # the dead letter, twice
+    send = FailingSend("", 2, KafkaTimeoutError())  # the dead letter, twice
     raw = raw_request(cid="r1")
     asyncio.run(_guard(send).run("llmq.requests", b"k", raw, _fails))
     dead, reply = send.sent
@@ -58,6 +35,6 @@ def test_a_dead_letter_kafka_refuses_is_sent_again_until_it_takes_it() -> None:
 
 
 def test_a_dead_letter_failing_otherwise_is_not_tried_for_ever() -> None:
-    send = Outage(1, ValueError("not Kafka's"))
+    send = FailingSend("", 1, ValueError("not Kafka's"))
     with pytest.raises(ValueError, match="not Kafka's"):
         asyncio.run(_guard(send).run("llmq.requests", b"k", raw_request(), _fails))
