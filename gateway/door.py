@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """An HTTP error in OpenAI's shape; a server error that retrying cannot mend tells the SDK
-    not to (`x-should-retry: false`)."""
+    """An HTTP error in OpenAI's shape; one that retrying cannot mend tells the SDK not to
+    (`x-should-retry: false`): it retries a 408 (expired) and every 5xx otherwise."""
 
     def __init__(
         self, error: LlmqError, status: int | None = None, headers: dict[str, str] | None = None
@@ -44,7 +44,7 @@ class ApiError(Exception):
         super().__init__(error.message)
         self.status, self.body = error_body(error.code, error.message, status, error.param)
         self.headers = {**(retry_after(error) if self.status == 429 else {}), **(headers or {})}
-        if self.status >= 500 and not error.retriable:  # the SDK would retry it
+        if not error.retriable:  # the SDK retries 408, 409, 429 and 5xx by default
             self.headers["x-should-retry"] = "false"
 
 
@@ -79,6 +79,9 @@ async def json_body(request: Request) -> Any:
         return json.loads(body)
     except ValueError as exc:
         raise ApiError(LlmqError(ErrorCode.INVALID_JSON, f"the body is not JSON: {exc}")) from None
+    except RecursionError:  # a few kB nested a thousand deep: no ValueError, a 500 before
+        why = "the body's JSON is nested too deeply"
+        raise ApiError(LlmqError(ErrorCode.INVALID_JSON, why)) from None
 
 
 DECREMENT = """

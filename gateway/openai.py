@@ -284,25 +284,37 @@ def _messages(messages: object) -> object:
     if not isinstance(messages, list):
         return messages  # validation names the problem
     out = []
-    for message in messages:
+    for i, message in enumerate(messages):
         if not isinstance(message, dict):
             return messages
         content = message.get("content")
         if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise LlmqError(ErrorCode.UNSUPPORTED, "llmq serves text content parts only")
-            content = "\n".join(str(p.get("text", "")) for p in content)
+            content = _joined(content, f"messages[{i}].content")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or a dict: unhashable
             raise LlmqError(
                 ErrorCode.UNSUPPORTED,
                 f"message role {role!r} is not served; use system, user, assistant or tool",
+                param=f"messages[{i}].role",
             )
         calls = {k: message[k] for k in ("tool_calls", "tool_call_id") if k in message}
         if isinstance(calls.get("tool_calls"), list):
             calls["tool_calls"] = [_call(call) for call in calls["tool_calls"]]
         out.append({"role": ROLES[role], "content": content, **calls})
     return out
+
+
+def _joined(parts: list[object], param: str) -> str:
+    """Text content parts as one text, by line breaks; a part of another type, or whose text
+    is no string (read as "None" or "7" before), is refused."""
+    if not all(isinstance(p, dict) and p.get("type") == "text" for p in parts):
+        raise LlmqError(ErrorCode.UNSUPPORTED, "llmq serves text content parts only", param=param)
+    texts = [p.get("text") for p in parts if isinstance(p, dict)]
+    for j, text in enumerate(texts):
+        if not isinstance(text, str):
+            why = "a text content part's text must be a string"
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"{param}[{j}].text")
+    return "\n".join(t for t in texts if isinstance(t, str))
 
 
 def _call(call: object) -> object:

@@ -90,6 +90,29 @@ def test_the_sdks_newer_fields_and_llmqs_extras_are_read() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([{"role": ["user"], "content": "hi"}], "messages[0].role"),  # a 500 before
+        ([{"role": "user", "content": "a"}, {"role": {}, "content": "b"}], "messages[1].role"),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": None}]}],
+            "messages[0].content[0].text",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": 7}]}],
+            "messages[0].content[0].text",
+        ),
+        ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0].text"),
+    ],
+)
+def test_a_role_or_text_part_of_the_wrong_type_is_named(messages: Any, param: str) -> None:
+    """A text part's null was sent to the model as the word "None", its 7 as "7"."""
+    with pytest.raises(LlmqError) as caught:
+        _read(messages=messages)
+    assert caught.value.param == param
+
+
 def test_a_message_the_sdks_helpers_hand_back_can_be_sent_again() -> None:
     """The tool loop appends the answer's message: from `chat.completions.parse` its calls
     carry `parsed_arguments`, from `chat.completions.stream` an `index`; OpenAI and vLLM's
@@ -289,9 +312,12 @@ def test_every_code_a_reply_carries_has_a_status() -> None:
     assert replied <= set(STATUS), sorted(replied - set(STATUS))
 
 
-def test_a_server_error_that_retrying_cannot_mend_tells_the_sdk_not_to() -> None:
+def test_an_error_that_retrying_cannot_mend_tells_the_sdk_not_to() -> None:
     assert ApiError(LlmqError(ErrorCode.CRASH_LOOP, "x")).headers == {"x-should-retry": "false"}
     assert ApiError(LlmqError(ErrorCode.ENGINE_ERROR, "x")).headers == {}
+    # A 408: the SDK retried an expired request twice, each waiting out its timeout again.
+    expired = ApiError(LlmqError(ErrorCode.EXPIRED, "x"))
+    assert (expired.status, expired.headers) == (408, {"x-should-retry": "false"})
     assert ApiError(LlmqError(ErrorCode.ANSWER_TOO_LARGE, "x")).status == 400
 
 

@@ -192,6 +192,15 @@ def test_a_body_that_is_not_json_is_a_400_saying_so(keyed: FastAPI) -> None:
     assert body["error"]["message"].startswith("the body is not JSON: ")
 
 
+def test_a_body_nested_too_deeply_is_a_400_not_a_500(keyed: FastAPI) -> None:
+    """json's RecursionError is no ValueError: a few kB a thousand deep were a 500, with a
+    traceback logged, which the SDK sent twice more."""
+    deep = b'{"metadata": {"a": ' + b"[" * 1000 + b"]" * 1000 + b"}}"
+    status, body, _ = _send(keyed, "/v1/chat/completions", _bearer(), 1, first=deep)
+    assert (status, body["error"]["code"]) == (400, "invalid_json")
+    assert body["error"]["message"] == "the body's JSON is nested too deeply"
+
+
 def test_every_answer_carries_a_request_id_as_openais_do() -> None:
     """The SDK keeps it (an error's `request_id`): refusals before any body is read, and a
     failure answered outside the app's middleware, have one of their own."""
