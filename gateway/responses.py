@@ -231,12 +231,14 @@ def _message_of(
     """An input item (the `index`th) as a chat message (its content as given); None for a
     function call that joins the assistant message before it (`messages`' last)."""
     kind = item.get("type", "message")
+    if not isinstance(kind, str):  # a list is unhashable: a 500 below
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "an input item's type must be a string")
     if kind in TOOL_ITEMS:
         return tool_message(index, item, messages)
     if kind != "message":
         raise LlmqError(ErrorCode.UNSUPPORTED, f"input items of type {kind!r} are not served")
     role = item.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         why = f"input role {role!r} is not served; use {', '.join(sorted(ROLES))}"
         raise LlmqError(ErrorCode.UNSUPPORTED, why)
     return {"role": role, "content": item.get("content")}
@@ -247,12 +249,17 @@ def _content(content: object) -> object:
     joined by line breaks (as vLLM joins them)."""
     if not isinstance(content, list):
         return content  # a string, or validation names the problem
+    texts = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in TEXT_PARTS:
+        if not isinstance(kind, str) or kind not in TEXT_PARTS:
             why = f"content parts of type {kind!r} are not served; send input_text"
             raise LlmqError(ErrorCode.UNSUPPORTED, why)
-    return "\n".join(str(part.get("text", "")) for part in content)
+        text = part.get("text")
+        if not isinstance(text, str):  # reached the model as "None" or "7"
+            raise LlmqError(ErrorCode.INVALID_REQUEST, "a text part's text must be a string")
+        texts.append(text)
+    return "\n".join(texts)
 
 
 def _format(text: object) -> dict[str, Any]:

@@ -193,6 +193,28 @@ def test_a_continued_response_follows_its_conversation_but_not_its_instructions(
     assert "input.1.content" in why
 
 
+@pytest.mark.parametrize(
+    ("item", "code"),
+    [
+        ({"role": ["user"], "content": "hi"}, ErrorCode.UNSUPPORTED),  # unhashable: a 500
+        ({"type": ["message"], "role": "user", "content": "hi"}, ErrorCode.INVALID_REQUEST),
+        (
+            {"role": "user", "content": [{"type": ["input_text"], "text": "hi"}]},
+            ErrorCode.UNSUPPORTED,
+        ),
+        (
+            {"role": "user", "content": [{"type": "input_text", "text": None}]},
+            ErrorCode.INVALID_REQUEST,
+        ),
+    ],
+)
+def test_an_input_item_of_the_wrong_type_is_refused_not_a_500(
+    item: dict[str, Any], code: ErrorCode
+) -> None:
+    """A text part's null reached the model as "None"; a list for a name was a TypeError."""
+    _refused(code, input=[item])
+
+
 def test_a_non_object_body_is_refused() -> None:
     with pytest.raises(LlmqError, match="a JSON object"):
         read_response_call(
