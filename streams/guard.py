@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, LlmqError
@@ -70,6 +70,8 @@ class Guard:
                 await self._refusals.reject(source, key, value, why)
                 return
             except (KafkaError, TimeoutError) as exc:
+                if not _passing(exc):
+                    raise
                 log.error(
                     "could not dead-letter a record of %s; again in %.1f s: %s",
                     source,
@@ -78,6 +80,14 @@ class Guard:
                 )
             await asyncio.sleep(pause)
             pause = min(2 * pause, MAX_PAUSE_S)
+
+
+def _passing(exc: Exception) -> bool:
+    """Whether waiting may mend a failed send: Kafka away or slow (a timeout, an error it
+    calls retriable), not one it refuses for good (authorization, a record too large)."""
+    return isinstance(exc, (TimeoutError, KafkaTimeoutError)) or (
+        isinstance(exc, KafkaError) and exc.retriable
+    )
 
 
 def failure_of(exc: Exception) -> LlmqError:

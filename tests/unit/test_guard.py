@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
 
 from schemas.names import DLQ
 from streams.guard import Guard
@@ -34,7 +34,10 @@ def test_a_dead_letter_kafka_refuses_is_sent_again_until_it_takes_it() -> None:
     assert result_of(reply).correlation_id == "r1" and send.failures == 0
 
 
-def test_a_dead_letter_failing_otherwise_is_not_tried_for_ever() -> None:
-    send = FailingSend("", 1, ValueError("not Kafka's"))
-    with pytest.raises(ValueError, match="not Kafka's"):
+@pytest.mark.parametrize(
+    "error", [ValueError("not Kafka's"), TopicAuthorizationFailedError("llmq.dlq")]
+)
+def test_a_dead_letter_failing_for_good_is_not_tried_for_ever(error: Exception) -> None:
+    send = FailingSend("", 1, error)
+    with pytest.raises(type(error)):
         asyncio.run(_guard(send).run("llmq.requests", b"k", raw_request(), _fails))
