@@ -44,7 +44,9 @@ class ApiError(Exception):
         super().__init__(error.message)
         self.status, self.body = error_body(error.code, error.message, status, error.param)
         self.headers = {**(retry_after(error) if self.status == 429 else {}), **(headers or {})}
-        if not error.retriable:  # the SDK retries 408, 409, 429 and 5xx by default
+        # The SDK retries 408, 409, 429 and 5xx by default: not what waiting cannot mend (a
+        # budget's refusal that names a retry_after is mended by waiting: the SDK waits it).
+        if not error.retriable and error.retry_after_s is None:
             self.headers["x-should-retry"] = "false"
 
 

@@ -15,9 +15,10 @@ the entry was written by another process (`epoch`).
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, MutableMapping, Sequence
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict
@@ -142,17 +143,30 @@ class Coalescer:
         leader = self.leader(fingerprint)
         return None if leader is None else leader.correlation_id
 
-    def successor(self, fingerprint: str, now: float | None = None) -> Waiter | None:
-        """The first waiting follower still within its deadline, to lead in place of a
-        leader that went away (cancelled) or ran out of time; None when there is none."""
+    def successor(self, fingerprint: str) -> Waiter | None:
+        """The waiting follower to lead in place of a leader that went away (cancelled) or
+        ran out of time: the one whose deadline comes last (none: last of all), the first
+        such, so that its budget hold lasts as long as the generation it leads may run;
+        None when nobody waits. Followers past their deadline are answered first
+        (`expired`)."""
+        waiters = self.waiters(fingerprint, 0, self.followers(fingerprint))
+        if not waiters:
+            return None
+        return max(waiters, key=lambda w: math.inf if w.deadline is None else w.deadline)
+
+    def expired(self, fingerprint: str, now: float | None = None) -> list[Waiter]:
+        """The followers whose deadline passed while they waited."""
         now = time.time() if now is None else now
+        waiters = self.waiters(fingerprint, 0, self.followers(fingerprint))
+        return [w for w in waiters if w.deadline is not None and w.deadline <= now]
+
+    def leave(self, fingerprint: str, waiters: Collection[Waiter]) -> None:
+        """Those followers leave the list: they were answered apart."""
         for n in range(self.followers(fingerprint)):
-            raw = self._table.get(_follower_key(fingerprint, n))
-            if raw is not None:
-                waiter = Waiter.model_validate_json(raw)
-                if waiter.deadline is None or waiter.deadline > now:
-                    return waiter
-        return None
+            key = _follower_key(fingerprint, n)
+            raw = self._table.get(key)
+            if raw is not None and Waiter.model_validate_json(raw) in waiters:
+                del self._table[key]
 
     def promote(self, fingerprint: str, waiter: Waiter, now: float | None = None) -> None:
         """`waiter` leads the generation in place of the leader, leaving the list of

@@ -161,9 +161,10 @@ class Complete:
         fingerprint = work.fingerprint
         if self._coalescer.leader_id(fingerprint) != work.request.correlation_id:
             return False  # nobody waits on this generation
+        await self._expire_waiters(fingerprint)
         waiter = self._coalescer.successor(fingerprint)
         if waiter is None:
-            return False  # the copies' deadlines passed too: they share the reply
+            return False
         await self._outbox.reply(work.request.reply_to, replies.from_completion(completion))
         lane, deadline = shared_terms(
             self._coalescer.waiters(fingerprint, 0, self._coalescer.followers(fingerprint))
@@ -202,6 +203,20 @@ class Complete:
         self._coalescer.promote(fingerprint, waiter)
         metrics.REROUTES.labels("promoted").inc()
         return True
+
+    async def _expire_waiters(self, fingerprint: str) -> None:
+        """Copies whose deadline passed while they waited are told so, and leave the list:
+        a generation led anew would answer them late and set its lane by them."""
+        gone = self._coalescer.expired(fingerprint)
+        if not gone:
+            return
+        why = LlmqError(
+            ErrorCode.EXPIRED, "the deadline passed while it waited on a copy's generation"
+        )
+        await self._outbox.reply_all(
+            [(w.reply_to, replies.from_error(why, w.correlation_id, w.tenant)) for w in gone]
+        )
+        self._coalescer.leave(fingerprint, gone)
 
     async def _answer(self, completion: Completion) -> None:
         """Reply to the request and to every copy coalesced with it, then forget it."""

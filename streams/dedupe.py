@@ -15,7 +15,7 @@ from schemas.result import CacheStatus, ChatCompletion
 from schemas.work import WorkItem
 from streams import metrics, replies
 from streams.coalesce import Coalescer
-from streams.guard import Guard, failure_of
+from streams.guard import Guard, failure_of, until_taken
 from streams.outbox import Outbox
 from streams.refusals import Refusals
 from streams.salvage import work_requester
@@ -208,8 +208,11 @@ async def fail_copies(
     request = work.request
     failure = replies.from_error(error, request.correlation_id, request.tenant)
     try:
-        await coalescer.settle(
-            work.fingerprint, [], replies.to_followers(failure), outbox.reply_all
+        await until_taken(
+            lambda: coalescer.settle(
+                work.fingerprint, [], replies.to_followers(failure), outbox.reply_all
+            ),
+            f"the failure of {request.correlation_id} to its copies",
         )
     except Exception:
         log.exception("the copies of %s were not told it failed", request.correlation_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
@@ -22,7 +23,10 @@ Requester = Callable[[LlmqError, bytes | None], Rejection]
 """Finds whom to answer in a raw record of one topic (salvage, work_requester)."""
 
 MAX_PAUSE_S = 30.0
-"""The longest pause between two tries of a dead letter Kafka did not take."""
+"""The longest pause between two tries of a send Kafka did not take."""
+GIVE_UP_S = 300.0
+"""How long a send is tried again while Kafka's failure may pass: past it (a reply topic
+deleted), the failure is raised, and faust commits past the record."""
 
 
 class Guard:
@@ -61,25 +65,30 @@ class Guard:
     async def _reject(
         self, source: str, key: bytes | None, value: bytes | None, why: Rejection
     ) -> None:
-        """Dead-letter and answer, again with a growing pause while Kafka refuses, however
-        long it is away: a raise would let faust commit past the record, unanswered (a
-        SIGTERM's cancellation stops the tries with the record not acknowledged)."""
-        pause = 0.5
-        while True:
-            try:
-                await self._refusals.reject(source, key, value, why)
-                return
-            except (KafkaError, TimeoutError) as exc:
-                if not _passing(exc):
-                    raise
-                log.error(
-                    "could not dead-letter a record of %s; again in %.1f s: %s",
-                    source,
-                    pause,
-                    explain(exc),
-                )
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, MAX_PAUSE_S)
+        """Dead-letter, then answer, each tried again while Kafka is away (`until_taken`):
+        a raise would let faust commit past the record, unanswered."""
+        await until_taken(
+            lambda: self._refusals.dead_letter(source, key, value, why),
+            f"a dead letter of {source}",
+        )
+        await until_taken(lambda: self._refusals.answer(why), "an error reply")
+
+
+async def until_taken(send: Callable[[], Awaitable[object]], what: str) -> None:
+    """`send()`, again with a growing pause while Kafka's failure may pass, for up to
+    GIVE_UP_S; a failure that cannot pass, or lasts longer, is raised. A SIGTERM's
+    cancellation stops the tries with the record not acknowledged."""
+    pause, deadline = 0.5, time.monotonic() + GIVE_UP_S
+    while True:
+        try:
+            await send()
+            return
+        except (KafkaError, TimeoutError) as exc:
+            if not _passing(exc) or time.monotonic() > deadline:
+                raise
+            log.error("could not send %s; again in %.1f s: %s", what, pause, explain(exc))
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, MAX_PAUSE_S)
 
 
 def _passing(exc: Exception) -> bool:

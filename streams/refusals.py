@@ -25,7 +25,7 @@ class Refusals:
         record's of that id."""
         metrics.REJECTIONS.labels(why.error.code.value).inc()
         log.info("refused %s: %s", why.correlation_id, why.error)
-        await self._answer(why, release=False)
+        await self.answer(why, release=False)
 
     async def reject(
         self,
@@ -38,14 +38,21 @@ class Refusals:
         """Dead-letter the raw record and, where the envelope allows, send an error reply
         that gives back the budget hold of its correlation id, if `release` (not for a
         record rejected before its gate: see refuse)."""
+        await self.dead_letter(source, key, raw, why)
+        await self.answer(why, release)
+
+    async def dead_letter(
+        self, source: str, key: bytes | None, raw: bytes | None, why: Rejection
+    ) -> None:
+        """The first half of `reject`: the raw record to the DLQ, counted and logged."""
         metrics.REJECTIONS.labels(why.error.code.value).inc()
         log.info(
             "rejected %s (%s): %s", why.correlation_id or "a record", why.error.code, why.error
         )
         await self._outbox.dead_letter(source, key, raw, why.error)
-        await self._answer(why, release)
 
-    async def _answer(self, why: Rejection, release: bool) -> None:
+    async def answer(self, why: Rejection, release: bool = True) -> None:
+        """The second half of `reject`: the error reply, where the envelope allows one."""
         if why.correlation_id is not None:
             result = replies.from_error(why.error, why.correlation_id, why.tenant)
             await self._outbox.reply(why.reply_to, result, release)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
@@ -99,12 +100,19 @@ def test_sampled_copies_are_not_coalesced(harness: Pipeline) -> None:
     assert harness.table == {}
 
 
-def test_followers_of_a_completion_whose_reply_failed_are_told_so_and_retry_from_the_cache() -> (
-    None
-):
+@pytest.mark.parametrize(
+    ("failures", "error"),
+    [(1, ConnectionError("broker gone")), (3, KafkaTimeoutError())],
+    ids=["one-send", "kafka-away-a-while"],
+)
+def test_followers_of_a_completion_whose_reply_failed_are_told_so_and_retry_from_the_cache(
+    failures: int, error: Exception
+) -> None:
     """The completion is not read again after its Guard answered the leader: the copies
-    waited on it, and every later copy joined it, for good (LLMQ_COALESCE_STALE_S)."""
-    flaky = FailingSend("app.replies", failures=1)
+    waited on it, and every later copy joined it, for good (LLMQ_COALESCE_STALE_S). With
+    Kafka away for more than one send, their failure is sent again until it takes it (it was
+    dropped with the entry: nobody answered them)."""
+    flaky = FailingSend("app.replies", failures, error)
     harness = Pipeline(send=flaky)
     [work] = _copies(harness, 5)
     flaky.sent.clear()
@@ -373,11 +381,14 @@ def test_a_leader_whose_client_left_hands_the_generation_to_a_copy(harness: Pipe
 
 
 @pytest.mark.parametrize(
-    ("last_deadline", "deadline"), [(3_000_000_000.0, 4_000_000_000.0), (None, None)]
+    ("last_deadline", "deadline", "successor"),
+    [(3_000_000_000.0, 4_000_000_000.0, "copy-1"), (None, None, "copy-2")],
 )
 def test_a_promoted_copy_takes_the_most_urgent_lane_and_latest_deadline_of_those_waiting(
-    harness: Pipeline, last_deadline: float | None, deadline: float | None
+    harness: Pipeline, last_deadline: float | None, deadline: float | None, successor: str
 ) -> None:
+    """The copy whose deadline comes last leads: its budget hold lasts as long as the
+    generation may run (one that lapsed first would let the spend pass the budget)."""
     [work] = _copies(harness, 1)  # interactive, no deadline: its client leaves
     for i, lane, until in ((1, "batch", 4_000_000_000.0), (2, "standard", last_deadline)):
         copy = json.loads(_copy(i)) | {"lane": lane, "deadline": until}
@@ -387,7 +398,7 @@ def test_a_promoted_copy_takes_the_most_urgent_lane_and_latest_deadline_of_those
     _, handed = harness.send.sent
     promoted = WorkItem.model_validate_json(handed.value)
     assert handed.topic == "llmq.work.smollm2-135m.standard"
-    assert promoted.request.correlation_id == "copy-1"
+    assert promoted.request.correlation_id == successor
     assert (promoted.request.lane, promoted.request.deadline) == (Lane.STANDARD, deadline)
 
 
@@ -484,17 +495,35 @@ def test_copies_within_their_deadline_outlive_a_leader_whose_deadline_passed(
     _pass_deadline(harness, work, 0)  # copy-1's, while it waited
     harness.send.sent.clear()
     harness.on_completion(completion(work, None, ErrorCode.EXPIRED))
-    reply, handed = harness.send.sent
-    assert (result_of(reply).correlation_id, result_of(reply).error.code) == (  # type: ignore[union-attr]
-        "copy-0",
-        ErrorCode.EXPIRED,
-    )
+    expired, reply, handed = harness.send.sent
+    told = [(result_of(s).correlation_id, result_of(s).error) for s in (expired, reply)]
+    assert [(cid, error and error.code) for cid, error in told] == [
+        ("copy-1", ErrorCode.EXPIRED),  # told now, not answered late
+        ("copy-0", ErrorCode.EXPIRED),
+    ]
     promoted = WorkItem.model_validate_json(handed.value)
     assert promoted.request.correlation_id == "copy-2"
     harness.send.sent.clear()
     harness.on_completion(completion(promoted, "In time"))
     answered = sorted((result_of(s).correlation_id, result_of(s).text) for s in harness.send.sent)
-    assert answered == [("copy-1", "In time"), ("copy-2", "In time")]
+    assert answered == [("copy-2", "In time")]
+
+
+def test_copies_whose_deadline_passed_behind_a_cancelled_leader_are_told_expired(
+    harness: Pipeline,
+) -> None:
+    [work] = _copies(harness, 1)
+    copy = json.loads(_copy(1)) | {"deadline": 4_000_000_000.0}
+    harness.on_request(None, json.dumps(copy).encode())
+    _pass_deadline(harness, work, 0)
+    harness.send.sent.clear()
+    harness.on_completion(completion(work, None, ErrorCode.CANCELLED))
+    told = sorted((result_of(s).correlation_id, result_of(s).error) for s in harness.send.sent)
+    assert [(cid, error and error.code) for cid, error in told] == [
+        ("copy-0", ErrorCode.CANCELLED),
+        ("copy-1", ErrorCode.EXPIRED),
+    ]
+    assert harness.table == {}
 
 
 def test_copies_whose_deadlines_passed_with_their_leaders_share_its_expiry(

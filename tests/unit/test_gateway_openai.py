@@ -318,6 +318,9 @@ def test_an_error_that_retrying_cannot_mend_tells_the_sdk_not_to() -> None:
     # A 408: the SDK retried an expired request twice, each waiting out its timeout again.
     expired = ApiError(LlmqError(ErrorCode.EXPIRED, "x"))
     assert (expired.status, expired.headers) == (408, {"x-should-retry": "false"})
+    # Requests in flight hold the rest of the budget: retried after its Retry-After.
+    held = ApiError(LlmqError(ErrorCode.BUDGET_EXCEEDED, "x", retry_after_s=5))
+    assert (held.status, held.headers) == (429, {"Retry-After": "5"})
     assert ApiError(LlmqError(ErrorCode.ANSWER_TOO_LARGE, "x")).status == 400
 
 

@@ -41,3 +41,10 @@ def test_a_dead_letter_failing_for_good_is_not_tried_for_ever(error: Exception) 
     send = FailingSend("", 1, error)
     with pytest.raises(type(error)):
         asyncio.run(_guard(send).run("llmq.requests", b"k", raw_request(), _fails))
+
+
+def test_only_the_step_kafka_failed_is_sent_again() -> None:
+    """The reply failed, not the dead letter: each try dead-lettered the record anew."""
+    send = FailingSend("app.", 2, KafkaTimeoutError())
+    asyncio.run(_guard(send).run("llmq.requests", b"k", raw_request(cid="r1"), _fails))
+    assert [s.topic for s in send.sent] == [DLQ, "app.replies"]
