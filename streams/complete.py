@@ -153,8 +153,9 @@ class Complete:
 
     async def _promote(self, completion: Completion) -> bool:
         """A generation whose client went away (cancelled) or whose deadline passed while
-        copies wait on it: the request gets its reply, and the first copy still within its
-        deadline leads a new generation that answers it and the rest. True if one did."""
+        copies wait on it: the request gets its reply, copies past their own deadline are
+        told so, and the copy whose deadline comes last (Coalescer.successor) leads a new
+        generation that answers it and the rest. True if one did."""
         error, work = completion.error, completion.work
         if error is None or error.code not in _ENDED_FOR_ITS_OWN or not work.request.cacheable:
             return False
