@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -40,7 +39,7 @@ from streams.budget_alerts import BudgetAlerts
 from streams.gate import TenantGate
 from streams.ratelimit import RateLimiter
 from tests.integration.helpers import run_async, run_with
-from tests.unit.stages import FakeSend, admitted, raw_request
+from tests.unit.stages import FailingSend, admitted, raw_request
 from tools.stack.ports import free_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.usefixtures("sync")]
@@ -432,31 +431,10 @@ def test_a_fail_closed_tenant_is_refused_while_redis_is_down() -> None:
 # Budget alerts
 
 
-class Published(FakeSend):
-    """What the stream processors would publish, after `fail` broker failures."""
-
-    def __init__(self, fail: int = 0) -> None:
-        super().__init__()
-        self.fail = fail
-
-    async def __call__(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        partition: int | None = None,
-    ) -> None:
-        if self.fail:
-            self.fail -= 1
-            raise KafkaTimeoutError("no broker")
-        await super().__call__(topic, key, value, headers, partition)
-
-
 def test_each_threshold_is_reported_once_per_period_across_instances(redis_port: int) -> None:
     at = _noon()
     limits = TenantLimits(budget_usd=1.0)
-    sent = Published(fail=1)
+    sent = FailingSend("", 1, KafkaTimeoutError("no broker"))  # one broker failure
 
     async def body(client: aioredis.Redis) -> None:
         one, two = BudgetAlerts(client, sent), BudgetAlerts(client, sent)

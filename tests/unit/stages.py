@@ -80,7 +80,7 @@ class Sent(NamedTuple):
 
 
 class FakeSend:
-    """Records every publish, in order."""
+    """Records every publish, in order; subclasses refuse or watch one first (`before`)."""
 
     def __init__(self) -> None:
         self.sent: list[Sent] = []
@@ -93,7 +93,13 @@ class FakeSend:
         headers: Mapping[str, bytes] | None = None,
         partition: int | None = None,
     ) -> None:
+        self.before(topic, key, value, headers)
         self.sent.append(Sent(topic, key, value, headers, partition))
+
+    def before(
+        self, topic: str, key: bytes | None, value: bytes, headers: Mapping[str, bytes] | None
+    ) -> None:
+        """Called with each publish before it is recorded; raising refuses it."""
 
 
 class FailingSend(FakeSend):
@@ -106,18 +112,12 @@ class FailingSend(FakeSend):
         self.failures = failures
         self.error = error or ConnectionError("broker gone")
 
-    async def __call__(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        partition: int | None = None,
+    def before(
+        self, topic: str, key: bytes | None, value: bytes, headers: Mapping[str, bytes] | None
     ) -> None:
         if self.failures and topic.startswith(self.prefix):
             self.failures -= 1
             raise self.error
-        await super().__call__(topic, key, value, headers, partition)
 
 
 class Pipeline:

@@ -443,17 +443,11 @@ class SnapshotAtWork(FakeSend):
         self.table: dict[bytes, bytes] = {}
         self.at_work: dict[bytes, bytes] | None = None
 
-    async def __call__(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        partition: int | None = None,
+    def before(
+        self, topic: str, key: bytes | None, value: bytes, headers: Mapping[str, bytes] | None
     ) -> None:
         if topic.startswith("llmq.work."):
             self.at_work = dict(self.table)
-        await super().__call__(topic, key, value, headers, partition)
 
 
 def test_a_promotion_lost_with_its_process_is_made_again_from_the_redelivered_completion() -> None:

@@ -174,19 +174,13 @@ class LimitedSend(FakeSend):
         self.limits = limits
         self.said = said
 
-    async def __call__(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        partition: int | None = None,
+    def before(
+        self, topic: str, key: bytes | None, value: bytes, headers: Mapping[str, bytes] | None
     ) -> None:
         size = record_size(key, value, list((headers or {}).items()))
         limit = self.limits.get(topic, RECORD_LIMIT)
         if size > limit:
             raise RecordRefusedError(topic, size, limit if self.said else None)
-        await super().__call__(topic, key, value, headers, partition)
 
 
 LONG = "the quick brown fox jumps over the lazy dog. " * 300
