@@ -131,18 +131,21 @@ def _cache(redis: StreamRedis, embedder: Embedder | None = None, **options: Any)
     return SemanticCache(client, embedder or Embedder(), 0.75, **options)
 
 
+async def _looked_up(
+    cache: SemanticCache, redis: StreamRedis, scopes: str
+) -> list[tuple[str, int, bool]]:
+    """Each scope's question looked up in turn: (scope, entries read, hit)."""
+    seen = []
+    for scope in scopes:
+        redis.read = 0
+        hit = await cache.lookup(scope, f"{QUESTION} {scope}")
+        seen.append((scope, redis.read, hit is not None))
+    return seen
+
+
 def _alternate(cache: SemanticCache, redis: StreamRedis) -> list[tuple[str, int, bool]]:
-    """Look up scopes A and B in turn, three times each: (scope, entries read, hit)."""
-
-    async def run() -> list[tuple[str, int, bool]]:
-        seen = []
-        for scope in "ABABAB":
-            redis.read = 0
-            hit = await cache.lookup(scope, f"{QUESTION} {scope}")
-            seen.append((scope, redis.read, hit is not None))
-        return seen
-
-    return asyncio.run(run())
+    """Look up scopes A and B in turn, three times each."""
+    return asyncio.run(_looked_up(cache, redis, "ABABAB"))
 
 
 def _two_scopes(redis: StreamRedis, full: int) -> None:
@@ -186,12 +189,7 @@ def test_a_mirror_that_outgrows_the_room_leaves_the_others_in_place() -> None:
         for scope in "AB":
             await cache.lookup(scope, QUESTION)
         await cache.add("B", "How do I fry an egg?", "B-fp9")  # 51 mirrored: B goes
-        seen = []
-        for scope in "AB":
-            redis.read = 0
-            hit = await cache.lookup(scope, f"{QUESTION} {scope}")
-            seen.append((scope, redis.read, hit is not None))
-        return seen
+        return await _looked_up(cache, redis, "AB")
 
     assert asyncio.run(run()) == [("A", 0, True), ("B", 0, False)]
 
