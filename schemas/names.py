@@ -173,9 +173,11 @@ def claim_key(tenant: str, correlation_id: str) -> str:
     return f"{REDIS_CLAIM_PREFIX}{_tenant(tenant)}:{correlation_id}"
 
 
-def rate_prefix(tenant: str) -> str:
-    """Rate limits: <prefix>requests and <prefix>tokens hold the token buckets' state."""
-    return f"{REDIS_RATE_PREFIX}{_tenant(tenant)}:"
+def rate_keys(tenant: str, correlation_id: str) -> tuple[str, str, str]:
+    """Rate limits: the requests and the tokens buckets' state, and the mark of a request
+    charged (so that its record read again is not charged twice)."""
+    prefix = f"{REDIS_RATE_PREFIX}{_tenant(tenant)}:"
+    return prefix + "requests", prefix + "tokens", f"{prefix}charged:{correlation_id}"
 
 
 def readers_key(tenant: str, correlation_id: str) -> str:

@@ -75,7 +75,13 @@ class TenantGate:
                 request.tenant, limits, None if reserved is None else reserved.spent
             )
         try:
-            await self._limiter.check(request.tenant, limits, request.body.estimated_tokens())
+            await self._limiter.check(
+                request.tenant,
+                limits,
+                request.body.estimated_tokens(),
+                request_id=request.correlation_id,
+                fingerprint=work.fingerprint,
+            )
         except LlmqError:
             # Only a hold placed now: one an earlier record of this id placed is its request's,
             # which may be in flight (the same id sent again must not free it).

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from schemas.errors import ErrorCode, LlmqError
-from schemas.names import rate_prefix
+from schemas.names import rate_keys
 from schemas.tenants import TenantLimits
 
 log = logging.getLogger(__name__)
@@ -22,13 +22,23 @@ retrying with backoff, must not stall every request)."""
 BUCKET_TTL_S = 60
 """A bucket refills completely within a minute, so an expired key and a full bucket are the
 same: idle tenants leave nothing behind."""
+CHARGED_TTL_S = 300
+"""How long a charged request is remembered, so that its record read again (a stream
+processor that stopped after sending it on, before committing it) is not charged twice: its
+refusal would reach the app beside, or before, the answer of the request sent on. Its
+fingerprint with it: an id sent again with other content is another request."""
 
-# KEYS: the requests bucket, the tokens bucket. ARGV: for each bucket its capacity (the
-# per-minute figure; 0 = unlimited) and this request's cost, then `now` ('' = Redis's clock).
-# Each bucket is a hash {level, ts}; a missing one is full. Either both buckets are charged or
-# neither is. Returns {0} when admitted, else {bucket index, seconds until it holds the cost}
-# (a string: Lua numbers become integers in replies).
+# KEYS: the requests bucket, the tokens bucket, the request's charged mark. ARGV: for each
+# bucket its capacity (the per-minute figure; 0 = unlimited) and this request's cost, then
+# `now` ('' = Redis's clock), the buckets' and the mark's lives, and the request's
+# fingerprint. Each bucket is a hash {level, ts}; a missing one is full. Either both buckets
+# are charged, and the mark set to the fingerprint, or neither is; a request whose mark holds
+# its fingerprint is admitted free. Returns {0} when admitted, else {bucket index,
+# seconds until it holds the cost} (a string: Lua numbers become integers in replies).
 CHECK_AND_TAKE = """
+if redis.call('GET', KEYS[3]) == ARGV[8] then
+  return {0}
+end
 local now = tonumber(ARGV[5])
 if now == nil then
   local t = redis.call('TIME')
@@ -62,6 +72,7 @@ for i = 1, 2 do
     redis.call('EXPIRE', KEYS[i], ARGV[6])
   end
 end
+redis.call('SET', KEYS[3], ARGV[8], 'EX', ARGV[7])
 return {0}
 """
 
@@ -78,9 +89,18 @@ class RateLimiter:
         self._timeout_s = timeout_s
 
     async def check(
-        self, tenant: str, limits: TenantLimits, tokens: int, now: float | None = None
+        self,
+        tenant: str,
+        limits: TenantLimits,
+        tokens: int,
+        *,
+        request_id: str,
+        fingerprint: str,
+        now: float | None = None,
     ) -> None:
         """Admit one request estimated at `tokens`, or raise RATE_LIMITED with when to retry.
+        A request charged in the last CHARGED_TTL_S (its id and fingerprint) is admitted
+        again free: its record read again, or its app's resend.
 
         Raises PROMPT_TOO_LARGE (not retriable) when `tokens` exceeds the tenant's whole
         tokens-per-minute bucket: no wait would help. `now` (Unix time) replaces Redis's
@@ -96,11 +116,10 @@ class RateLimiter:
             )
         if rpm is None and tpm is None:
             return
-        prefix = rate_prefix(tenant)
         try:
             async with asyncio.timeout(self._timeout_s):
                 reply = await self._script(
-                    keys=[prefix + "requests", prefix + "tokens"],
+                    keys=list(rate_keys(tenant, request_id)),
                     args=[
                         rpm or 0,
                         1,
@@ -108,6 +127,8 @@ class RateLimiter:
                         tokens,
                         "" if now is None else repr(now),
                         BUCKET_TTL_S,
+                        CHARGED_TTL_S,
+                        fingerprint,
                     ],
                 )
         except (RedisError, TimeoutError) as exc:

@@ -5,6 +5,7 @@ hung; and the result store (budgets: test_budgets_redis.py)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import signal
@@ -19,7 +20,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.result import InferenceResult
 from schemas.tenants import TenantLimits
 from streams.budget import Budgets, Hold
-from streams.ratelimit import BUCKET_TTL_S, CHECK_TIMEOUT_S, RateLimiter
+from streams.ratelimit import BUCKET_TTL_S, CHARGED_TTL_S, CHECK_TIMEOUT_S, RateLimiter
 from streams.store import RedisStore
 from tests.integration.helpers import run_async, run_with, start_redis
 
@@ -29,16 +30,26 @@ NOW = 1_800_000_000.0
 """A fixed moment for checks that pass `now`: bucket arithmetic without waiting."""
 
 
+_IDS = itertools.count()
+
+
 async def _outcome(
     limiter: RateLimiter,
     tenant: str,
     limits: TenantLimits,
     tokens: int = 1,
     now: float | None = NOW,
+    *,
+    request_id: str | None = None,
+    fingerprint: str = "fp",
 ) -> LlmqError | None:
-    """None when admitted, else the refusal."""
+    """None when admitted, else the refusal; each check is a new request but for a
+    `request_id` given."""
+    request_id = f"r-{next(_IDS)}" if request_id is None else request_id
     try:
-        await limiter.check(tenant, limits, tokens, now)
+        await limiter.check(
+            tenant, limits, tokens, request_id=request_id, fingerprint=fingerprint, now=now
+        )
     except LlmqError as error:
         return error
     return None
@@ -72,10 +83,14 @@ def test_requests_bucket_refuses_with_the_right_wait_and_refills(
         assert await _outcome(limiter, "acme", limits, now=None) is not None
 
     run_async(redis_port, body)
-    keys = cast("list[bytes]", sync.keys("llmq:rate:*"))
-    for key in keys:
-        assert 0 < cast("int", sync.ttl(key)) <= BUCKET_TTL_S
-    assert sorted(keys) == [b"llmq:rate:{acme}:requests"]
+    buckets = cast("list[bytes]", sync.keys("llmq:rate:{acme}:requests"))
+    marks = cast("list[bytes]", sync.keys("llmq:rate:{acme}:charged:*"))
+    assert len(cast("list[bytes]", sync.keys("llmq:rate:*"))) == len(buckets) + len(marks)
+    assert buckets == [b"llmq:rate:{acme}:requests"]
+    assert 0 < cast("int", sync.ttl(buckets[0])) <= BUCKET_TTL_S
+    assert len(marks) >= 121  # one per request admitted
+    for key in marks:
+        assert BUCKET_TTL_S < cast("int", sync.ttl(key)) <= CHARGED_TTL_S
 
 
 def _levels(sync: redis.Redis, tenant: str = "acme") -> tuple[float, float]:
@@ -150,6 +165,30 @@ def test_the_longer_wait_is_reported_when_both_buckets_refuse(redis_port: int) -
         refusal = await _outcome(limiter, "acme", limits, 10)
         assert refusal is not None and refusal.retry_after_s == 10.0
         assert "60 tokens per minute" in refusal.message
+
+    run_async(redis_port, body)
+
+
+def test_a_request_read_again_is_charged_once(redis_port: int, sync: redis.Redis) -> None:
+    """A stream processor stopped after sending a request on reads its record again: the same
+    id and content pass free (a refusal would reach the app beside the answer), the id with
+    other content or another id is charged, and a refused request leaves no mark."""
+    limits = TenantLimits(requests_per_minute=1, tokens_per_minute=1_000)
+
+    async def body(client: aioredis.Redis) -> None:
+        limiter = RateLimiter(client)
+        for _ in range(2):
+            assert await _outcome(limiter, "acme", limits, 100, request_id="c-1") is None
+        assert _levels(sync) == (0, 900)
+        assert 0 < cast("int", sync.ttl("llmq:rate:{acme}:charged:c-1")) <= CHARGED_TTL_S
+        other = await _outcome(limiter, "acme", limits, 100, request_id="c-1", fingerprint="x")
+        assert other is not None and other.code is ErrorCode.RATE_LIMITED
+        assert await _outcome(limiter, "acme", limits, 100, request_id="c-2") is not None
+        assert not sync.exists("llmq:rate:{acme}:charged:c-2")
+        later = NOW + 60  # the requests bucket holds one again
+        for _ in range(2):
+            assert await _outcome(limiter, "acme", limits, 100, later, request_id="c-2") is None
+        assert _levels(sync) == (0, 900)
 
     run_async(redis_port, body)
 

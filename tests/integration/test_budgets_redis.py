@@ -265,8 +265,9 @@ def test_a_released_or_expired_hold_frees_the_budget(redis_port: int, sync: redi
 
 
 def test_the_same_id_sent_again_and_refused_leaves_its_requests_hold(redis_port: int) -> None:
-    """A repeat of a request in flight (a client's resend, a redelivery) is admitted on the
-    hold its first record placed; refused by a rate limit, it must not free that hold."""
+    """A record under the id of a request in flight is admitted on the hold its first record
+    placed; refused by a rate limit (its content is another's: the same one would pass, see
+    test_admission_redis), it must not free that hold."""
     catalog = Catalog.builtin()
     work = admitted(raw_request("c-1"))
     hold = worst_case(work, catalog).usd
@@ -277,7 +278,7 @@ def test_the_same_id_sent_again_and_refused_leaves_its_requests_hold(redis_port:
         gate = TenantGate(policy, RateLimiter(client), budgets, catalog)
         await gate.check(work)
         with pytest.raises(LlmqError) as caught:
-            await gate.check(work)
+            await gate.check(admitted(raw_request("c-1", max_tokens=8)))
         assert caught.value.code is ErrorCode.RATE_LIMITED
         return await budgets.held("acme")
 

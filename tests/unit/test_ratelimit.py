@@ -43,7 +43,9 @@ def _check(limits: TenantLimits, tokens: int) -> None:
     async def run() -> None:
         client: aioredis.Redis = aioredis.Redis(port=1, socket_connect_timeout=0.5)
         try:
-            await RateLimiter(client).check("acme", limits, tokens)
+            await RateLimiter(client).check(
+                "acme", limits, tokens, request_id="req-1", fingerprint="fp"
+            )
         finally:
             await client.connection_pool.disconnect()
 
