@@ -32,8 +32,10 @@ def parse(raw: bytes | None) -> InferenceRequest:
         check_record_size(raw)
     try:
         data = decode(raw)
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
         raise LlmqError(ErrorCode.INVALID_JSON, f"not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise LlmqError(ErrorCode.INVALID_JSON, "the record's JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise LlmqError(ErrorCode.INVALID_REQUEST, "the request must be a JSON object")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 from schemas.redact import MAX_NAME_CHARS
 
@@ -16,6 +17,39 @@ def decode(raw: bytes | None, lenient: bool = False) -> object:
         raise ValueError("the record has no value (a tombstone)")
     text = raw.decode("utf-8-sig", "replace" if lenient else "strict")
     return json.loads(text, parse_int=_integer, object_pairs_hook=None if lenient else _object)
+
+
+STRUCTURE = re.compile(r'["{}\[\]:,]')
+"""What a scan of JSON's structure stops at; all else (numbers, literals, blanks) it skips."""
+_STRINGS = json.JSONDecoder()
+
+
+def top_level_strings(raw: bytes) -> dict[str, str] | None:
+    """The string fields of a JSON object read without descending into its nested values,
+    for a record too deep for json (RecursionError); None for anything but one whole object."""
+    text = raw.decode("utf-8-sig", "replace")
+    if not text.lstrip().startswith("{"):
+        return None
+    fields: dict[str, str] = {}
+    pair: list[str] = []
+    """The top level's tokens since its last comma: a string is its text after a '"'."""
+    depth, at = 0, 0
+    while match := STRUCTURE.search(text, at):
+        token, at = match.group(), match.end()
+        if token == '"':
+            try:
+                string, at = _STRINGS.raw_decode(text, match.start())
+            except ValueError:
+                return None
+            token += string
+        depth += (token in "{[") - (token in "}]")
+        if depth == 0:
+            return fields if not text[at:].strip() else None
+        if depth == 1:
+            pair = [] if token in ",{" else [*pair, token]
+        if len(pair) == 3 and pair[1] == ":" and pair[0][0] == pair[2][0] == '"':
+            fields[pair[0][1:]] = pair[2][1:]
+    return None
 
 
 def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:

@@ -11,7 +11,7 @@ from schemas.errors import LlmqError
 from schemas.names import RESULTS
 from schemas.request import IDENTIFIER, REPLY_TOPIC
 from schemas.work import Completion, WorkItem
-from streams.decode import decode
+from streams.decode import decode, top_level_strings
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,15 @@ class Rejection:
 def salvage(error: LlmqError, raw: bytes | None) -> Rejection:
     """Salvage the envelope fields an error reply needs from a llmq.requests record that
     failed validation."""
+    data: object
     try:
         # Past bad bytes elsewhere in the record: the fields kept are checked by pattern.
         data = decode(raw, lenient=True)
-    except (ValueError, RecursionError):
+    except ValueError:
         data = None
+    except RecursionError:
+        # A value nested too deep for json: the envelope's own fields are at the top.
+        data = top_level_strings(raw or b"")
     if not isinstance(data, dict):
         return Rejection(error, None, None, None)
     reply_to = data.get("reply_to", RESULTS)

@@ -83,7 +83,22 @@ def test_utf16_is_not_the_wire_format() -> None:
 
 
 def test_deeply_nested_json_is_rejected_not_raised() -> None:
-    _rejected(b"[" * 100_000, ErrorCode.INVALID_JSON)
+    out = _rejected(b"[" * 100_000, ErrorCode.INVALID_JSON)
+    assert out.error.message == "the record's JSON is nested too deeply"
+    assert (out.correlation_id, out.tenant, out.reply_to) == (None, None, None)
+
+
+def test_a_request_nested_too_deeply_is_answered() -> None:
+    """json cannot read it, but its app waits: the envelope's fields are read at the top."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    raw = _raw(_data(reply_to="app.replies")).replace(
+        b'"body": {', b'"deep": ' + deep + b', "body": {'
+    )
+    out = _rejected(raw, ErrorCode.INVALID_JSON)
+    assert (out.correlation_id, out.tenant, out.reply_to) == ("req-1", "acme", "app.replies")
+    # Only a whole object is read: cut short, nothing is salvaged.
+    out = _rejected(raw[:-1], ErrorCode.INVALID_JSON)
+    assert (out.correlation_id, out.tenant, out.reply_to) == (None, None, None)
 
 
 def test_an_integer_too_long_to_convert_is_rejected_not_raised() -> None:
