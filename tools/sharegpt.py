@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.request import CHARS_PER_TOKEN
+from tools.files import write_whole
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,7 @@ def first_turns(cache_dir: Path) -> list[Prompt]:
         if len(conv) >= 2 and conv[0].get("from") == "human" and conv[1].get("from") == "gpt"
     ]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    tmp.write_text(json.dumps([[p.text, p.reply_tokens] for p in turns]))
-    tmp.rename(cached)
+    write_whole(cached, json.dumps([[p.text, p.reply_tokens] for p in turns]))
     return turns
 
 

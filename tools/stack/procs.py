@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.files import write_whole
+
 
 @dataclass(frozen=True)
 class Proc:
@@ -65,7 +67,7 @@ class Proc:
                 ],
                 setsid=True,
             )
-        self.pid_file.write_text(f"{pid} {_start_time(pid)}")
+        write_whole(self.pid_file, f"{pid} {_start_time(pid)}")
         return pid
 
     def stop(self) -> bool:

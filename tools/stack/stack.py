@@ -19,6 +19,7 @@ from prometheus_client.samples import Sample
 
 from schemas.catalog import Catalog, ModelSpec
 from schemas.names import topic_plan
+from tools.files import write_whole
 from tools.stack import MAX_STREAMS, kafka
 from tools.stack.procs import Proc
 from tools.stack.settings import LocalSettings
@@ -304,14 +305,14 @@ class LocalStack:
         id_file = first.parent / "cluster-id"
         if not id_file.is_file():
             first.parent.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(kafka.new_cluster_id())
+            write_whole(id_file, kafka.new_cluster_id())
         voters = {node.node_id: node.controller_port for node in self.nodes}
         for node in self.nodes:
             props = kafka.write_config(
                 node.data_dir, node.port, node.controller_port, node_id=node.node_id, voters=voters
             )
             kafka.format_storage(libs, props, node.data_dir, id_file.read_text().strip())
-        (first.parent / BROKERS_FILE).write_text(str(s.brokers))
+        write_whole(first.parent / BROKERS_FILE, str(s.brokers))
 
     def start(self, comp: Component, say: Callable[[str], None] = print) -> None:
         """Start one component unless it runs, and wait until it is ready."""
