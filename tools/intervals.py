@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 
 Z95 = 1.959964
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+"""Student's t two-sided 95% quantiles for 1 to 10 degrees of freedom (few repeats)."""
 
 
 def wilson(hits: float, n: float, z: float = Z95) -> tuple[float, float]:
@@ -26,6 +28,17 @@ def mean_interval(total: float, squares: float, n: float, z: float = Z95) -> tup
     mean = total / n
     variance = max(0.0, (squares - n * mean * mean) / (n - 1))
     half = z * math.sqrt(variance / n)
+    return mean - half, mean + half
+
+
+def small_sample_interval(values: Sequence[float]) -> tuple[float, float]:
+    """The 95% interval of the mean of a few values (Student's t; the normal's past 11)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, mean
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = (T95[n - 2] if n - 1 <= len(T95) else Z95) * sd / math.sqrt(n)
     return mean - half, mean + half
 
 

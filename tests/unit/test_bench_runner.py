@@ -23,6 +23,7 @@ from schemas.result import (
     Timings,
     Usage,
 )
+from tools.bench import runner
 from tools.bench.command import bench_command
 from tools.bench.cpu import BENCH, OTHER, PARTS
 from tools.bench.runner import BEGIN, END, TITLE, machine, replace_section
@@ -52,6 +53,7 @@ def test_bench_defaults_and_the_command_that_repeats_them() -> None:
         ["--seed", "3", "--no-duplicates", "--ways", "vllm-serve", "--cache-hits", "0"],
         ["--exact-share", "0.5", "--paraphrase-share", "0", "--duplicate-rate", "0.5"],
         ["--ways", "lanes", "--cache-hits", "20"],
+        ["--ways", "engine,llmq", "--repeat", "3"],
     ],
 )
 def test_the_recorded_command_parses_back_to_the_same_run(argv: list[str]) -> None:
@@ -59,7 +61,8 @@ def test_the_recorded_command_parses_back_to_the_same_run(argv: list[str]) -> No
     words = bench_command(args).split()
     assert words[:2] == ["llmq", "bench"]
     again = parser().parse_args(words[1:])
-    for name in ("requests", "max_tokens", "rate", "seed", "ways", "duplicates", "cache_hits"):
+    names = ("requests", "max_tokens", "rate", "seed", "ways", "duplicates", "cache_hits")
+    for name in (*names, "repeat"):
         assert getattr(again, name) == getattr(args, name)
     if args.duplicates:
         for name in ("exact_share", "paraphrase_share", "duplicate_rate"):
@@ -76,6 +79,7 @@ def test_the_recorded_command_parses_back_to_the_same_run(argv: list[str]) -> No
         (["--rate", "0"], "must be above 0"),
         (["--exact-share", "1.5"], "must be between 0 and 1"),
         (["--cache-hits", "-1"], "must be 0 or more"),
+        (["--repeat", "0"], "must be at least 1"),
     ],
 )
 def test_bad_flags_are_refused_with_a_reason(
@@ -202,3 +206,41 @@ def test_the_wall_ends_at_the_last_answer_not_at_the_last_calls_return() -> None
     [sample] = driven.samples
     assert sample.latency_s == pytest.approx(0.002)
     assert driven.wall_s == pytest.approx(sample.sent_s + 0.002)
+
+
+def test_repeated_ways_alternate_their_order_and_report_each_ratio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--repeat runs the compared ways again, reversed every other time, and reports each
+    ratio over the runs (the ways replaced by results made here: no engine)."""
+    ran: list[str] = []
+    walls = iter([2.0, 1.0, 4.0])  # llmq's, one a run: 1, 2 and 0.5 requests/s
+
+    def result(name: str) -> WayResult:
+        ran.append(name)
+        answered = [
+            Sample(i, "fresh", True, 0.0, 0.5, 0.1, 0.4, 5, 10, "none", None) for i in range(2)
+        ]
+        return WayResult(name, answered, wall_s=next(walls) if name == "llmq" else 1.0)
+
+    monkeypatch.setattr(runner, "_throughput", lambda name, *_: result(name))
+    monkeypatch.setattr(runner, "_llmq", lambda *_: [result("llmq")])
+    written = runner.run_bench(
+        ["engine", "llmq"],
+        [],
+        tmp_path / "out",
+        cache_dir=tmp_path,
+        record=tmp_path / "BENCHMARKS.md",
+        command="llmq bench --ways engine,llmq --repeat 3",
+        settings={},
+        repeat=3,
+    )
+    assert ran == ["engine", "llmq", "llmq", "engine", "engine", "llmq"]
+    spread = json.loads(written.results.read_text())["repeats"]["ratios"]["llmq/engine req_per_s"]
+    assert spread["values"] == pytest.approx([0.5, 1.0, 0.25])
+    assert spread["mean"] == pytest.approx(1.75 / 3)
+    assert spread["low"] < spread["mean"] < spread["high"]
+    text = written.markdown.read_text()
+    assert "The compared ways ran 3 times in all" in text
+    assert f"| requests/s | {spread['mean']:.2f} [" in text
+    assert "]: 0.50, 1.00, 0.25 |" in text

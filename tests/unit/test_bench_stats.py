@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from tools.bench.samples import Kind, Sample, WayResult
-from tools.bench.stats import Summary, added_by_the_door, lanes, ratios, summarize
+from tools.bench.stats import (
+    Summary,
+    added_by_the_door,
+    lanes,
+    ratios,
+    repeated_ratios,
+    summarize,
+)
+from tools.intervals import small_sample_interval
 
 
 def _sample(
@@ -125,6 +133,31 @@ def test_ratios_of_llmq_to_each_baseline() -> None:
     door = {**summaries["llmq"], "latency_p50_s": 4.4}
     with_door = ratios({**summaries, "gateway": door})
     assert with_door["gateway/vllm-serve latency_p50_s"] == pytest.approx(1.1)
+
+
+def test_repeated_ratios_are_paired_with_a_students_t_interval() -> None:
+    def run(engine: float, llmq: float | None) -> dict[str, Summary]:
+        return {"engine": {"req_per_s": engine}, "llmq": {"req_per_s": llmq}}
+
+    spreads = repeated_ratios([run(4.0, 3.0), run(2.0, 2.0), run(4.0, 5.0)])
+    assert list(spreads) == ["llmq/engine req_per_s"]
+    spread = spreads["llmq/engine req_per_s"]
+    assert spread.values == pytest.approx([0.75, 1.0, 1.25])
+    # Mean 1, sd 0.25 over 3: t(2 df) = 4.303.
+    assert spread.mean == pytest.approx(1.0)
+    assert (spread.low, spread.high) == pytest.approx((1 - 0.6211, 1 + 0.6211), abs=1e-4)
+    # A ratio one run lacks is not reported: its values would not be paired.
+    assert repeated_ratios([run(4.0, 3.0), run(2.0, None)]) == {}
+
+
+def test_a_small_samples_interval_widens_with_fewer_values() -> None:
+    assert small_sample_interval([0.8]) == (0.8, 0.8)
+    low, high = small_sample_interval([1.0, 2.0, 3.0])
+    assert (low, high) == pytest.approx((2 - 4.303 / 3**0.5, 2 + 4.303 / 3**0.5))
+    values = [1.0, 2.0, 3.0] * 10  # past the table: the normal's 1.96
+    low, high = small_sample_interval(values)
+    sd = (sum((v - 2) ** 2 for v in values) / 29) ** 0.5
+    assert high - 2 == pytest.approx(1.959964 * sd / 30**0.5)
 
 
 def test_what_the_front_door_adds_to_vllms_server() -> None:

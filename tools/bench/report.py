@@ -30,6 +30,7 @@ from tools.bench.stats import (
     added_by_the_door,
     lanes,
     ratios,
+    repeated_ratios,
     summarize,
 )
 from workers.settings import WorkerSettings
@@ -46,10 +47,16 @@ NOT_THROUGHPUT = (CACHE_HITS, INTERACTIVE_IDLE, INTERACTIVE_BUSY)
 engines' bars, and interactive requests come one at a time."""
 
 
-def write_json(results: Sequence[WayResult], meta: Mapping[str, object], path: Path) -> None:
+def write_json(
+    results: Sequence[WayResult],
+    meta: Mapping[str, object],
+    path: Path,
+    repeats: Sequence[dict[str, Summary]] = (),
+) -> None:
     """Write `meta` (command, machine, date, settings ...), each way's summary, the ratios
-    and every sample; atomically, so a reader never sees half a file. Values JSON has no
-    type for (a Path in the settings) are written as strings."""
+    (over the `repeats` too, when the ways ran again) and every sample; atomically, so a
+    reader never sees half a file. Values JSON has no type for (a Path in the settings) are
+    written as strings."""
     summaries = {r.way: summarize(r) for r in results}
     doc = {
         "meta": dict(meta),
@@ -59,6 +66,12 @@ def write_json(results: Sequence[WayResult], meta: Mapping[str, object], path: P
         "lanes": lanes(summaries),
         "results": [asdict(r) for r in results],
     }
+    if repeats:
+        spreads = repeated_ratios(repeats)
+        doc["repeats"] = {
+            "summaries": list(repeats),
+            "ratios": {key: asdict(spread) for key, spread in spreads.items()},
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
@@ -171,9 +184,14 @@ def _lanes_plot(by_way: Mapping[str, WayResult], path: Path) -> Path:
     return _save(fig, path)
 
 
-def markdown(results: Sequence[WayResult], meta: Mapping[str, object]) -> str:
+def markdown(
+    results: Sequence[WayResult],
+    meta: Mapping[str, object],
+    repeats: Sequence[dict[str, Summary]] = (),
+) -> str:
     """A BENCHMARKS.md section: when, where and how it was measured, a table per way (cache
-    figures where a way has any), llmq's ratios to the baselines, and meta's notes."""
+    figures where a way has any), llmq's ratios to the baselines (over the `repeats` too,
+    when the ways ran again), and meta's notes."""
     summaries = {r.way: summarize(r) for r in results}
     settings = meta.get("settings")
     lines = [
@@ -222,6 +240,7 @@ def markdown(results: Sequence[WayResult], meta: Mapping[str, object]) -> str:
             )
     pairs = [(w, b) for w in COMPARED for b in BASELINES if w in summaries and b in summaries]
     lines += _ratio_table(ratios(summaries), pairs)
+    lines += _repeats_table(repeats, pairs)
     lines += _lanes_text(lanes(summaries))
     added = added_by_the_door(summaries)
     if added:
@@ -274,6 +293,36 @@ def _ratio_table(found: dict[str, float], pairs: list[tuple[str, str]]) -> list[
     ]
     for metric, label in RATIO_LABELS.items():
         cells = [_fmt(found.get(f"{w}/{b} {metric}"), 2) for w, b in pairs]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _repeats_table(
+    repeats: Sequence[dict[str, Summary]], pairs: list[tuple[str, str]]
+) -> list[str]:
+    """Each ratio's mean over the repetitions with its 95% interval, then each one's value."""
+    spreads = repeated_ratios(repeats)
+    if not spreads or not pairs:
+        return []
+    lines = [
+        "",
+        f"The compared ways ran {len(repeats)} times in all (the first is the run above; "
+        "reversed order every other time): each ratio's mean [95% interval, Student's t] and "
+        "each run's value.",
+        "",
+        "| ratio | " + " | ".join(f"{w} ÷ {b}" for w, b in pairs) + " |",
+        "|---|" + "---:|" * len(pairs),
+    ]
+    for metric, label in RATIO_LABELS.items():
+        cells = []
+        for w, b in pairs:
+            spread = spreads.get(f"{w}/{b} {metric}")
+            cells.append(
+                "-"
+                if spread is None
+                else f"{spread.mean:.2f} [{spread.low:.2f}, {spread.high:.2f}]: "
+                + ", ".join(f"{v:.2f}" for v in spread.values)
+            )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from tools.bench import report
 from tools.bench.samples import BenchRequest, WayResult
-from tools.bench.stats import BATCH_LANE, CACHE_HITS, DUPLICATES
+from tools.bench.stats import BATCH_LANE, CACHE_HITS, DUPLICATES, THROUGHPUT_WAYS, summarize
 from tools.bench.ways import Answered, engine, engine_settings, lanes, serve
 from tools.bench.ways.queue import LlmqWay, new_tenant
 
@@ -73,10 +73,13 @@ def run_bench(
     settings: dict[str, Any],
     duplicates: list[BenchRequest] | None = None,
     hits: Hits | None = None,
+    repeat: int = 1,
 ) -> Written:
     """Run each way in turn (each starts, warms, runs and stops its engine before the next),
     then `duplicates` and the cache `hits` through llmq (in the llmq way's stack when it
-    ran), and write it all.
+    ran), and write it all. With `repeat` above 1, the ways the ratios compare run that many
+    times in all, in reversed order every other time (a drift of the machine weighs on each
+    way alike), and each ratio is reported with its 95% interval.
 
     The JSON is rewritten after every way, so a failed run keeps what it measured.
     """
@@ -95,26 +98,44 @@ def run_bench(
         if name == "llmq":
             results.extend(_llmq(workload, duplicates, hits, cache_dir))
             duplicates = hits = None
-        elif name == "gateway":
-            results.append(_gateway(workload, cache_dir))
         elif name == "lanes":
             results.extend(_lanes(workload, cache_dir))
         else:
-            way = engine.run if name == "engine" else serve.run
-            run = partial(way, workload, cache_dir=cache_dir, say=tqdm.write)
-            results.append(_with_bar(name, len(workload), run))
+            results.append(_throughput(name, workload, cache_dir))
         report.write_json(results, meta, json_path)
     if duplicates or hits:
         results.extend(_llmq(None, duplicates, hits, cache_dir))
         report.write_json(results, meta, json_path)
+    compared = [name for name in ways if name in THROUGHPUT_WAYS]
+    repeats = []
+    if repeat > 1 and compared:
+        repeats.append({r.way: summarize(r) for r in results if r.way in compared})
+        for i in range(2, repeat + 1):
+            order = compared[::-1] if i % 2 == 0 else compared
+            tqdm.write(f"repetition {i} of {repeat}: {', '.join(order)}")
+            again = [_throughput(name, workload, cache_dir) for name in order]
+            repeats.append({r.way: summarize(r) for r in again})
+            report.write_json(results, meta, json_path, repeats)
     plots = report.plot(results, out_dir)
-    text = report.markdown(results, meta)
+    text = report.markdown(results, meta, repeats)
     md_path = out_dir / "results.md"
     md_path.write_text(text, encoding="utf-8")
     old = record.read_text(encoding="utf-8") if record.is_file() else TITLE
     record.write_text(replace_section(old, text), encoding="utf-8")
     failed = sum(not s.ok for r in results for s in r.samples)
     return Written(json_path, md_path, plots, record, failed)
+
+
+def _throughput(name: str, workload: list[BenchRequest], cache_dir: Path) -> WayResult:
+    """One of the ways the ratios compare (stats.THROUGHPUT_WAYS), in a stack of its own."""
+    if name == "llmq":
+        return _llmq(workload, None, None, cache_dir)[0]
+    if name == "gateway":
+        return _gateway(workload, cache_dir)
+    way = engine.run if name == "engine" else serve.run
+    return _with_bar(
+        name, len(workload), partial(way, workload, cache_dir=cache_dir, say=tqdm.write)
+    )
 
 
 def _llmq(

@@ -8,11 +8,13 @@ linear interpolation), so the three ways compare like for like.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import get_args
 
 import numpy as np
 
 from tools.bench.samples import Kind, WayResult
+from tools.intervals import small_sample_interval
 
 Summary = dict[str, float | int | None]
 """One way's figures by name; times in seconds, None where there is no data."""
@@ -96,6 +98,34 @@ def ratios(summaries: dict[str, Summary]) -> dict[str, float]:
                 a, b = mine.get(metric), theirs.get(metric)
                 if a is not None and b:
                     out[f"{way}/{base} {metric}"] = a / b
+    return out
+
+
+THROUGHPUT_WAYS = (*BASELINES, *COMPARED)
+"""The ways `llmq bench --repeat` runs again: those the ratios compare."""
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One ratio over the repetitions of a run: each one's value, their mean and its 95%
+    interval."""
+
+    values: list[float]
+    mean: float
+    low: float
+    high: float
+
+
+def repeated_ratios(repeats: Sequence[dict[str, Summary]]) -> dict[str, Spread]:
+    """Each ratio of `ratios` over the repetitions (each its ways' summaries); a ratio missing
+    from any repetition is left out (its values would not be paired)."""
+    each = [ratios(summaries) for summaries in repeats]
+    out = {}
+    for key in each[0] if each else {}:
+        values = [found[key] for found in each if key in found]
+        if len(values) == len(each):
+            low, high = small_sample_interval(values)
+            out[key] = Spread(values, sum(values) / len(values), low, high)
     return out
 
 
