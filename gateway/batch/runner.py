@@ -34,6 +34,11 @@ OVERTIME_S = 30.0
 """A line's deadline is this long after its batch's: the batch ends its lines itself when it
 expires (batch_expired, as OpenAI's), before llmq would answer them `expired`."""
 CANCELLED = ("batch_cancelled", "This line was not run: the batch was cancelled.")
+MAX_FAILED_STEPS = 3
+"""Steps of a batch that may fail in a row before its front door gives the lease up and sits
+out its next look, so another door takes the batch: a door that reaches Redis but not Kafka
+(or meets a bug on every step) would otherwise renew the lease until the batch expires. A blip
+fails fewer; the door may take the batch again later."""
 
 
 class Publisher(Protocol):
@@ -78,6 +83,10 @@ class Runner:
         self._owner = owner
         self._pace = pace or Pace()
         self._held: set[str] = set()
+        self._failed: dict[str, int] = {}
+        """Steps of each held batch that failed in a row."""
+        self._yielded: set[str] = set()
+        """Batches given up at the last look: this door sits out the next."""
 
     async def run(self) -> None:
         """Until cancelled: drive every active batch this front door holds the lease of."""
@@ -98,17 +107,43 @@ class Runner:
             log.warning("batches wait: Redis is unavailable (%s)", explain(exc))
             return
         self._held.intersection_update(active)  # one that ended is no longer held
+        self._failed = {b: n for b, n in self._failed.items() if b in active}
+        skipped, self._yielded = self._yielded, set()
         for batch_id in active:
+            if batch_id in skipped:
+                continue
             try:
                 if await self._store.lease(batch_id, self._owner, self._pace.lease_s):
                     self._held.add(batch_id)
                     await self.step(batch_id)
                 else:
                     self._held.discard(batch_id)
+                self._failed.pop(batch_id, None)  # a step went, or another door drives it
             except (RedisError, KafkaError, OSError) as exc:
                 log.warning("batch %s waits: %s", batch_id, explain(exc))
+                await self._step_failed(batch_id)
             except Exception:  # a bug must not stop every other batch: the next tick retries
                 log.exception("batch %s failed a step; trying again", batch_id)
+                await self._step_failed(batch_id)
+
+    async def _step_failed(self, batch_id: str) -> None:
+        """Count a failed step of a held batch; at MAX_FAILED_STEPS in a row, give its lease
+        up for another front door."""
+        if batch_id not in self._held:
+            return
+        self._failed[batch_id] = failed = self._failed.get(batch_id, 0) + 1
+        if failed < MAX_FAILED_STEPS:
+            return
+        log.warning(
+            "batch %s: %d steps failed in a row; its lease is given up for another front door",
+            batch_id,
+            failed,
+        )
+        del self._failed[batch_id]
+        self._held.discard(batch_id)
+        self._yielded.add(batch_id)
+        with contextlib.suppress(RedisError):  # else the lease lapses
+            await self._store.release(batch_id, self._owner)
 
     async def step(self, batch_id: str) -> None:
         """Move one batch on as far as it goes now."""
@@ -311,7 +346,9 @@ class Runner:
         self, fields: Mapping[str, str], status: str, why: tuple[str, str], sources: tuple[str, ...]
     ) -> None:
         """End a batch early: every line without an outcome gets an error line saying why
-        (an expired batch's lines in flight are cancelled first)."""
+        (an expired batch's lines in flight are cancelled first). One ended while validating
+        has no total yet: its total is the lines read so far, each now with its outcome, so
+        `completed + failed` stays within `total`."""
         batch_id = fields["id"]
         sent = await self._sent_unanswered(fields) if status == "expired" else []
         async for page in self._store.unfinished(batch_id):
@@ -323,6 +360,9 @@ class Runner:
         for correlation_id in sent:  # after their error lines: a cancelled reply is too late
             await self._publisher.cancel(correlation_id, tenant=fields["tenant"])
         fresh = await self._store.batch(batch_id) or fields
+        if "total" not in fresh:
+            total = int(fresh.get("completed", 0)) + int(fresh.get("failed", 0))
+            await self._store.update(batch_id, total=total)
         await self._files(fresh)
         if await self._store.move(batch_id, status, *sources):
             log.info("batch %s %s", batch_id, status)

@@ -8,17 +8,18 @@ import asyncio
 import json
 import time
 import types
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
+from aiokafka.errors import KafkaConnectionError
 from fastapi import Request
 
-from gateway.batch import collector, routes
+from gateway.batch import collector, objects, routes
 from gateway.batch.collector import outcome, parse_line_id
 from gateway.batch.lines import output_line
-from gateway.batch.runner import Pace, Runner
+from gateway.batch.runner import MAX_FAILED_STEPS, Pace, Runner
 from gateway.batch.store import MAX_FILE_LINES, BatchStore
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
@@ -410,6 +411,73 @@ def test_one_front_door_drives_a_batch_until_its_lease_lapses(redis_port: int) -
         assert (len(first.sent), len(second.sent)) == (3, 0)
         await asyncio.sleep(0.4)  # door-1 is gone: its lease lapses, and door-2 goes on
         assert await store.lease((await store.active())[0], "door-2", 0.3)
+
+    run_async(redis_port, body)
+
+
+class Unreachable(Recorder):
+    """A front door that reaches Redis but not Kafka: every publish fails."""
+
+    async def publish(self, requests: Sequence[InferenceRequest]) -> dict[str, LlmqError]:
+        raise KafkaConnectionError("no broker reachable")
+
+
+def test_a_front_door_that_cannot_publish_gives_its_batch_up(redis_port: int) -> None:
+    """Its steps fail MAX_FAILED_STEPS times in a row: it releases the lease and sits out a
+    look, a healthy door sends the lines, and the first may take the batch again later."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store, healthy = BatchStore(client, 3600), Recorder()
+        one = Runner(store, Unreachable(), CATALOG, "door-1")
+        two = Runner(store, healthy, CATALOG, "door-2")
+        batch_id = await _batch(store, [_line(n) for n in range(3)])
+        lease = batch_keys(batch_id)["lease"]
+        await one.tick()  # door-1 validates (nothing to publish yet)
+        await two.tick()
+        for _ in range(MAX_FAILED_STEPS - 1):
+            await one.tick()
+            await two.tick()
+            assert await client.get(lease) == b"door-1" and healthy.sent == []
+        await one.tick()  # the last failed step in a row: door-1 gives the lease up
+        assert not await client.exists(lease)
+        await two.tick()
+        assert [r.correlation_id for r in healthy.sent] == [f"{batch_id}.{n}.0" for n in range(3)]
+        await one.tick()
+        assert await client.get(lease) == b"door-2"
+        await store.release(batch_id, "door-2")  # door-2 stops
+        await one.tick()  # nothing left to publish: door-1 drives it again
+        assert await client.get(lease) == b"door-1"
+
+    run_async(redis_port, body)
+
+
+class CancelledWhileRead(BatchStore):
+    """The batch is cancelled once validation has read (and named) its first page of lines."""
+
+    async def name_lines(
+        self,
+        batch_id: str,
+        custom_ids: Mapping[int, str],
+        asked: Mapping[int, dict[str, Any]] | None = None,
+    ) -> None:
+        await super().name_lines(batch_id, custom_ids, asked)
+        await self.move(batch_id, "cancelling", "validating")
+
+
+def test_a_batch_cancelled_while_validating_counts_the_lines_read(redis_port: int) -> None:
+    """A bad line fails validation, but the batch was cancelled meanwhile: the lines read get
+    batch_cancelled, and its total counts them (failed never exceeds total)."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store = CancelledWhileRead(client, 3600)
+        runner = Runner(store, Recorder(), CATALOG, "door-1", Pace(cancel_grace_s=0))
+        batch_id = await _batch(store, [_line(0), _line(1), "{"])
+        await runner.tick()  # validates, cancelled meanwhile
+        await runner.tick()  # cancelling -> cancelled
+        fields = await store.batch(batch_id)
+        assert fields is not None and fields["status"] == "cancelled"
+        counts = objects.batch_object(fields)["request_counts"]
+        assert counts == {"total": 2, "completed": 0, "failed": 2}
 
     run_async(redis_port, body)
 
