@@ -21,16 +21,22 @@ class Ledger:
         self._default = default_tokens
         self._seen = 0
         self._seen_tokens = 0.0
+        self._next = 0
+        """The offset after the last record added: a record below it was read already, even
+        where it is forgotten since."""
 
-    def add(self, offset: int, tokens: float) -> None:
-        """A record, in offset order (a repeat or an older offset is ignored)."""
-        if self._offsets and offset <= self._offsets[-1]:
-            return
+    def add(self, offset: int, tokens: float) -> bool:
+        """A record, in offset order; False, and ignored, for a repeat or an older offset
+        (the reader starts over from a topic's oldest record when partitions are added)."""
+        if offset < self._next:
+            return False
+        self._next = offset + 1
         last = self._totals[-1] if self._totals else self._base
         self._offsets.append(offset)
         self._totals.append(last + tokens)
         self._seen += 1
         self._seen_tokens += tokens
+        return True
 
     def between(self, start: int, end: int) -> float:
         """Estimated tokens of the records at offsets start..end-1."""

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 
 from autoscaler.ledger import Ledger
 from llmq.fetcher import install as fix_fetcher
-from llmq.groups import describe_groups
+from llmq.groups import DEAD, EMPTY, describe_groups
 from llmq.tail import assigned
 from schemas.lanes import Lane
 from schemas.names import HEADER_TOKENS, split_work_topic, work_topic, worker_group
@@ -59,6 +59,8 @@ class Pools:
         self._client_id = client_id
         self._ledgers: dict[TopicPartition, Ledger] = {}
         self._committed: dict[TopicPartition, int] = {}
+        self._had_offset: set[TopicPartition] = set()
+        """Partitions the group had a committed offset for at the last look."""
         self._fresh_from: dict[TopicPartition, int] = {}
         """Each partition's end offset at the start: the records from there on arrived since."""
         self._arrived: dict[str, float] = defaultdict(float)
@@ -95,6 +97,7 @@ class Pools:
                 if _model_of(tp) == model and tp in committed:
                     self._consumer.seek(tp, committed[tp])
                     self._committed[tp] = committed[tp]
+                    self._had_offset.add(tp)
         for tp in partitions:
             self._ledgers[tp] = Ledger(DEFAULT_RECORD_TOKENS)
 
@@ -118,18 +121,29 @@ class Pools:
                 ledger = self._ledgers.setdefault(tp, Ledger(DEFAULT_RECORD_TOKENS))
                 for record in records:
                     tokens = _tokens(record.headers, ledger.mean())
-                    ledger.add(record.offset, tokens)
-                    # The backlog read at the start is not arrivals: it would pass for a burst.
-                    if record.offset >= self._fresh_from.get(tp, 0):
+                    # The backlog read at the start is not arrivals (it would pass for a
+                    # burst), nor is a record read again.
+                    added = ledger.add(record.offset, tokens)
+                    if added and record.offset >= self._fresh_from.get(tp, 0):
                         self._arrived[_model_of(tp)] += tokens
 
     async def look(self, model: str) -> PoolView:
-        """The pool of `model` now. Raises KafkaError when Kafka cannot say."""
+        """The pool of `model` now. Raises KafkaError when Kafka cannot say, having changed
+        nothing: the next look counts the work served since the last one that answered."""
         consumer, admin = self._started()
         partitions = [tp for tp in self._ledgers if _model_of(tp) == model]
         ends = await consumer.end_offsets(partitions)
         starts = await consumer.beginning_offsets(partitions)
         committed = await self._offsets(model)
+        group = worker_group(model)
+        found = (await describe_groups(admin, [group]))[group]
+        # aiokafka's admin takes an answer with only the group's error (a coordinator still
+        # loading after a failover, or moved) for no offsets: read as such, the whole log
+        # would be backlog. Only an empty or dead group loses its offsets (they expired, or
+        # were deleted).
+        lost = [tp for tp in partitions if tp in self._had_offset and tp not in committed]
+        if lost and found.state not in (EMPTY, DEAD):
+            raise KafkaError(f"{group} ({found.state or 'no state'}) has no offset for {lost[0]}")
         tokens: dict[Lane, float] = defaultdict(float)
         records = 0
         served = 0.0
@@ -142,14 +156,22 @@ class Pools:
             served_records += max(0, done - before)
             ledger.forget_before(done)
             self._committed[tp] = done
+            if tp in committed:
+                self._had_offset.add(tp)
+            else:
+                self._had_offset.discard(tp)
             tokens[_lane_of(tp)] += ledger.between(done, ends[tp])
             records += max(0, ends[tp] - done)
-        group = worker_group(model)
-        members = (await describe_groups(admin, [group]))[group].members
         # A lane's partitions are consumed by at most as many workers, whatever the others.
         widest = max(Counter(_lane_of(tp) for tp in partitions).values(), default=0)
         return PoolView(
-            dict(tokens), records, served, served_records, self._arrived[model], members, widest
+            dict(tokens),
+            records,
+            served,
+            served_records,
+            self._arrived[model],
+            found.members,
+            widest,
         )
 
     async def _offsets(self, model: str) -> dict[TopicPartition, int]:

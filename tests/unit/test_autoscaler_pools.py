@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from autoscaler import pools
+from autoscaler.ledger import Ledger
 from autoscaler.pools import Pools, _tokens
 from llmq.groups import Group
 from schemas.lanes import Lane
@@ -60,25 +62,41 @@ class Consumer:
         return {}
 
 
+@dataclass(frozen=True)
+class Offset:
+    offset: int
+
+
 class Admin:
-    """A workers' group that never committed."""
+    """The workers' group: its committed `offsets` (none: it never committed), and what
+    describing it answers (an exception is raised)."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[TopicPartition, int] = {}
+        self.group: Group | Exception = Group(2, "Stable")
 
     async def start(self) -> None:
         pass
 
     async def list_consumer_group_offsets(self, group: str) -> dict[TopicPartition, Any]:
-        return {}
+        return {tp: Offset(offset) for tp, offset in self.offsets.items()}
 
 
-def _pools(monkeypatch: pytest.MonkeyPatch, consumer: Consumer) -> Pools:
+def _pools(
+    monkeypatch: pytest.MonkeyPatch, consumer: Consumer, admin: Admin | None = None
+) -> Pools:
+    admin = admin or Admin()
+
     async def assigned(_: Consumer, topics: list[str]) -> list[TopicPartition]:
         return list(consumer.ends)
 
     async def describe_groups(_: Admin, groups: Sequence[str]) -> dict[str, Group]:
-        return {g: Group(2, "Stable") for g in groups}
+        if isinstance(admin.group, Exception):
+            raise admin.group
+        return dict.fromkeys(groups, admin.group)
 
     monkeypatch.setattr(pools, "AIOKafkaConsumer", lambda *_, **__: consumer)
-    monkeypatch.setattr(pools, "AIOKafkaAdminClient", lambda **_: Admin())
+    monkeypatch.setattr(pools, "AIOKafkaAdminClient", lambda **_: admin)
     monkeypatch.setattr(pools, "fix_fetcher", lambda: None)
     monkeypatch.setattr(pools, "assigned", assigned)
     monkeypatch.setattr(pools, "describe_groups", describe_groups)
@@ -151,3 +169,92 @@ def test_the_pool_is_capped_by_its_largest_lane_not_all_lanes(
 
     view = asyncio.run(look())
     assert view.partitions == 4 and view.members == 2
+
+
+def test_a_record_read_again_is_not_an_arrival_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partitions added to a topic make the reader start over from the oldest records."""
+    tp = TopicPartition(work_topic(MODEL, Lane.BATCH), 0)
+    records = [Record(offset, [(HEADER_TOKENS, b"10")]) for offset in range(5)]
+    consumer = Consumer({tp: 3}, [{tp: records}, {tp: records}])
+    found = _pools(monkeypatch, consumer)
+
+    async def look() -> pools.PoolView:
+        await _follow(found, consumer)
+        consumer.ends[tp] = 5
+        return await found.look(MODEL)
+
+    assert asyncio.run(look()).arrived_tokens == 20.0
+
+
+def test_a_ledger_refuses_a_record_read_again_after_it_was_forgotten() -> None:
+    ledger = Ledger(default_tokens=50)
+    assert all(ledger.add(offset, 100) for offset in range(3))
+    ledger.forget_before(3)
+    assert ledger.add(1, 999) is False
+    assert ledger.mean() == 100
+    assert ledger.between(3, 4) == 100
+
+
+@pytest.mark.parametrize(
+    ("group", "lost"),
+    [
+        (Group(2, "Stable"), False),
+        (Group(0, ""), False),  # describing it failed too (its error is not read)
+        (Group(0, "Empty"), True),
+        (Group(0, "Dead"), True),
+    ],
+)
+def test_offsets_missing_from_an_answer_skip_the_look_unless_the_group_is_empty(
+    monkeypatch: pytest.MonkeyPatch, group: Group, lost: bool
+) -> None:
+    """aiokafka's admin answers no offsets where the broker answered only a group-level
+    error (a coordinator loading after a failover): read as never committed, the whole log
+    was backlog, then served within a tick. A group without members may have lost them
+    (expired, deleted): then the log is the backlog."""
+    tp = TopicPartition(work_topic(MODEL, Lane.BATCH), 0)
+    consumer = Consumer({tp: 10}, [])
+    admin = Admin()
+    admin.offsets = {tp: 8}
+    found = _pools(monkeypatch, consumer, admin)
+
+    async def looks() -> list[pools.PoolView | KafkaError]:
+        await _follow(found, consumer)
+        seen: list[pools.PoolView | KafkaError] = [await found.look(MODEL)]
+        admin.offsets, admin.group = {}, group
+        try:
+            seen.append(await found.look(MODEL))
+        except KafkaError as exc:
+            seen.append(exc)
+        admin.offsets, admin.group = {tp: 9}, Group(2, "Stable")
+        return [*seen, await found.look(MODEL)]
+
+    first, blip, after = asyncio.run(looks())
+    assert isinstance(first, pools.PoolView) and first.backlog_records == 2
+    assert isinstance(after, pools.PoolView) and after.backlog_records == 1
+    if lost:
+        assert isinstance(blip, pools.PoolView) and blip.backlog_records == 10
+    else:
+        assert isinstance(blip, KafkaError)
+        assert after.served_records == 1
+
+
+def test_a_look_that_fails_leaves_the_work_served_to_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A skipped tick's commits are counted at the next, which spans its time too."""
+    tp = TopicPartition(work_topic(MODEL, Lane.BATCH), 0)
+    consumer = Consumer({tp: 10}, [])
+    admin = Admin()
+    admin.offsets = {tp: 5}
+    found = _pools(monkeypatch, consumer, admin)
+
+    async def looks() -> pools.PoolView:
+        await _follow(found, consumer)
+        await found.look(MODEL)
+        admin.offsets, admin.group = {tp: 7}, KafkaError("describe failed")
+        with pytest.raises(KafkaError):
+            await found.look(MODEL)
+        admin.offsets, admin.group = {tp: 9}, Group(2, "Stable")
+        return await found.look(MODEL)
+
+    assert asyncio.run(looks()).served_records == 4
