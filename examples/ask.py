@@ -26,7 +26,8 @@ def main() -> None:
         for question, cid in zip(QUESTIONS, ids, strict=True):
             result = client.result(cid, timeout=120)
             answer = result.text if result.error is None else f"error: {result.error.message}"
-            print(f"{question}\n  -> {answer}  [{result.cache}, {result.timings.total_ms:.0f} ms]")
+            took = result.timings.total_ms or 0  # None where admission refused it
+            print(f"{question}\n  -> {answer}  [{result.cache}, {took:.0f} ms]")
 
 
 if __name__ == "__main__":

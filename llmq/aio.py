@@ -27,7 +27,7 @@ from aiokafka.errors import (
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from llmq.chat import Key, Prompt, chat_request, request_key
+from llmq.chat import MAX_WAITING, Key, Prompt, chat_request, request_key
 from llmq.fetcher import install as fix_fetcher
 from llmq.record_limits import (
     BATCH_BYTES,
@@ -193,7 +193,7 @@ class AsyncClient:
         value = request.record()
         key = (request.tenant, request.correlation_id)
         waiting = key in self._pending
-        self._pending.setdefault(key, asyncio.get_running_loop().create_future())
+        self._wait_for(key)
         self._followers.pop(key, None)  # submitted here: kept until its result came
         try:
             await self._send(REQUESTS, request.correlation_id, value)
@@ -235,10 +235,19 @@ class AsyncClient:
             if found is None and future is None:
                 found = await self._poll_store(key, wait_s)
             if found is None:
-                raise TimeoutError(f"no result for {correlation_id} within {wait_s:.0f}s")
+                raise TimeoutError(f"no result for {correlation_id} within {wait_s:g}s")
             return found
+        except asyncio.CancelledError:
+            # Its caller is gone (a front door's client left): the waiter goes too, but for
+            # a follow() of it here.
+            if key not in self._followers and self._pending.get(key) is future:
+                del self._pending[key]
+            raise
         finally:
-            self._pending.pop(key, None)
+            # A waiter whose reply came goes; one timed out stays for its reply (a later
+            # result(), or a follow() beside this one, reads it).
+            if future is not None and future.done() and self._pending.get(key) is future:
+                del self._pending[key]
 
     async def stream(
         self, prompt: Prompt, wait_s: float = 120.0, **kwargs: Any
@@ -453,6 +462,14 @@ class AsyncClient:
             self._pending.pop(key, None)
         else:
             future.add_done_callback(lambda _: self._pending.pop(key, None))
+
+    def _wait_for(self, key: Key) -> None:
+        """A waiter for the reply to a request submitted here, kept until a result() or
+        follow() took the reply; past MAX_WAITING the oldest goes (its result() reads only
+        the result store)."""
+        self._pending.setdefault(key, asyncio.get_running_loop().create_future())
+        while len(self._pending) > MAX_WAITING:
+            del self._pending[next(iter(self._pending))]
 
     def _key(self, correlation_id: str, tenant: str | None) -> Key:
         """The request of `tenant`, by default the tenant this client submitted the id as

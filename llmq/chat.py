@@ -16,6 +16,10 @@ Prompt = str | Sequence[ChatMessage] | Sequence[dict[str, str]]
 
 Key = tuple[str, str]
 """(tenant, correlation_id): a correlation id is unique only per tenant."""
+MAX_WAITING = 10_000
+"""The most requests a client keeps as submitted and not yet collected; past it the oldest
+is forgotten, and its result() reads only the result store (under the client's tenant
+unless given another)."""
 
 
 def request_key(correlation_id: str, tenant: str | None, submitted: Iterable[Key], own: str) -> Key:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from llmq.client import Client
 from llmq.settings import ClientSettings
+from schemas.errors import LlmqError
 from schemas.lanes import Lane
 from schemas.redact import explain
 from schemas.request import DEFAULT_TENANT
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except TimeoutError as exc:
         print(f"llmq: {exc}", file=sys.stderr)
+        return 2
+    except LlmqError as exc:  # a request llmq refuses as it is (too large a record)
+        print(f"llmq: {exc.code.value}: {exc.message}", file=sys.stderr)
         return 2
     except KafkaError as exc:
         where = ClientSettings().kafka_bootstrap

@@ -14,12 +14,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import (
     IllegalStateError,
     KafkaError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
     OutOfOrderSequenceNumberError,
 )
 from pydantic import ValidationError
 
-from llmq.chat import Key, Prompt, chat_request, request_key
+from llmq.chat import MAX_WAITING, Key, Prompt, chat_request, request_key
 from llmq.record_limits import (
     BATCH_BYTES,
     RECORD_LIMIT,
@@ -55,6 +56,13 @@ CONNECT_TIMEOUT_S = 15.0
 TOPIC_SPREAD_S = 10.0
 """How long a topic created a moment ago may take to reach the broker a client asks: each
 broker of a cluster learns of it in its own time."""
+DELIVERY_S = 30.0
+"""The producer's delivery timeout: past it, kafka-python fails a record it has not had
+acknowledged and drops it, queued or awaiting a retry, so a send reported failed is not
+sent later (one already on the wire may still have been written)."""
+EXPIRY_WAIT_S = 5.0
+"""How much longer than DELIVERY_S a send waits for the producer to report the record
+expired (its sender notices on its next turn); only a stuck sender runs past it."""
 
 T = TypeVar("T", KafkaProducer, KafkaConsumer)
 
@@ -65,7 +73,7 @@ class Client:
     started before the first submit, and only when they carry the request's tenant; any
     other result is read from the Redis result store by tenant and correlation_id, so a
     result can be fetched from any process by its tenant, and by no other tenant. The first
-    result per id wins; memory holds only requests not yet collected."""
+    result per id wins; memory holds only requests not yet collected, MAX_WAITING at most."""
 
     def __init__(
         self,
@@ -88,8 +96,10 @@ class Client:
         self._read_at = 0.0
         self._producing = threading.Lock()
         self._closed = False
-        self._pending: set[Key] = set()
-        """(tenant, correlation_id) of each request submitted and not yet collected."""
+        self._pending: dict[Key, None] = {}
+        """(tenant, correlation_id) of each request submitted and not yet collected, oldest
+        first (a dict as an ordered set); with or without a listener, so result() knows the
+        tenant a request was submitted as."""
         self._results: dict[Key, InferenceResult] = {}
         self._arrived = threading.Condition()
         self._closing = threading.Event()
@@ -139,14 +149,13 @@ class Client:
         key = (request.tenant, request.correlation_id)
         with self._arrived:
             waiting = key in self._pending
-            if self._listener is not None:
-                self._pending.add(key)
+            self._wait_for(key)
         try:
             self._send(REQUESTS, request.correlation_id.encode(), value)
         except BaseException:
             if not waiting:
                 with self._arrived:
-                    self._pending.discard(key)
+                    self._pending.pop(key, None)
             raise
         return request.correlation_id
 
@@ -176,15 +185,15 @@ class Client:
             found = found or self._stored(*key)
             if found is not None:
                 with self._arrived:  # its reply may have come meanwhile: nothing is kept
-                    self._pending.discard(key)
+                    self._pending.pop(key, None)
                     self._results.pop(key, None)
                 return found
             if self._closing.is_set():
                 with self._arrived:
-                    self._pending.discard(key)
+                    self._pending.pop(key, None)
                 raise RuntimeError(f"the client was closed before the result of {correlation_id}")
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"no result for {correlation_id} within {timeout:.0f}s")
+                raise TimeoutError(f"no result for {correlation_id} within {timeout:g}s")
             if self._listener is None:
                 self._closing.wait(min(left, STORE_POLL_S))
 
@@ -192,7 +201,8 @@ class Client:
         self, prompt: str | Sequence[dict[str, str]], timeout: float = 120.0, **kwargs: Any
     ) -> InferenceResult:
         """Submit and wait: the simplest way to get one answer."""
-        return self.result(self.submit(prompt, **kwargs), timeout=timeout)
+        correlation_id = self.submit(prompt, **kwargs)
+        return self.result(correlation_id, timeout=timeout, tenant=kwargs.get("tenant"))
 
     def ping_store(self) -> None:
         """Raise RuntimeError, saying where, if the result store cannot be reached."""
@@ -226,7 +236,9 @@ class Client:
         self.close()
 
     def _send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Send one record and wait (30 s at most) for the broker's acknowledgement.
+        """Send one record and wait for the broker's acknowledgement, or for the producer
+        to give it up (DELIVERY_S): KafkaTimeoutError naming the request, which may have
+        been written all the same, so that it is submitted again under its correlation_id.
 
         One past the limit last read is refused here, unsent (LlmqError, prompt_too_large),
         unless the limit, read again (at most every REREAD_S), takes it now. A broker's
@@ -242,8 +254,14 @@ class Client:
             if sent is None:
                 continue  # a fresh producer takes it
             try:
-                sent.get(timeout=30)
+                sent.get(timeout=DELIVERY_S + EXPIRY_WAIT_S)
                 return
+            except KafkaTimeoutError as exc:
+                raise KafkaTimeoutError(
+                    f"request {key.decode()} was not acknowledged on {topic} ({exc}); it may "
+                    f"have been written all the same: submit it again with correlation_id="
+                    f"{key.decode()!r} (a copy under one id is harmless: the first result is kept)"
+                ) from exc
             except (MessageSizeTooLargeError, OutOfOrderSequenceNumberError) as exc:
                 self._reread(producer, broken=True)
                 too_large = isinstance(exc, MessageSizeTooLargeError)
@@ -289,6 +307,10 @@ class Client:
                     # shares batches, what piles up while the sender thread is busy.
                     # tools.bench.hops
                     linger_ms=0,
+                    # A record not acknowledged in DELIVERY_S is given up, not sent again,
+                    # before submit() raises; kafka-python wants delivery >= linger + request.
+                    delivery_timeout_ms=int(DELIVERY_S * 1000),
+                    request_timeout_ms=int(DELIVERY_S * 1000) // 2,
                     max_request_size=self._limit,
                     batch_size=min(BATCH_BYTES, self._limit),  # the broker refuses one whole
                     client_id=CLIENT_ID,
@@ -316,6 +338,15 @@ class Client:
             with contextlib.suppress(KafkaError):
                 used.close(timeout=30)  # its records in flight, if it still works, go first
         return drop
+
+    def _wait_for(self, key: Key) -> None:
+        """Count a request as submitted (the caller holds _arrived); past MAX_WAITING the
+        oldest goes, with any reply kept for it."""
+        self._pending[key] = None
+        while len(self._pending) > MAX_WAITING:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            self._results.pop(oldest, None)
 
     def _stored(self, tenant: str, correlation_id: str) -> InferenceResult | None:
         """The result store's copy; None when absent or Redis is unavailable."""
