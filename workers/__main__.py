@@ -21,6 +21,7 @@ from llmq.deadline import exit_after
 from llmq.fetcher import install as fix_fetcher
 from llmq.record_limits import RECORD_LIMIT
 from schemas.catalog import ModelSpec
+from schemas.errors import LlmqError
 from schemas.names import CANCELS, COMPLETIONS, DLQ, work_topics, worker_group
 from schemas.redact import log_content
 from schemas.retry import RetryPolicy
@@ -217,7 +218,7 @@ def _serve() -> int:
     except KafkaConnectionError as exc:  # gone while the engine started, or later
         log.error("the worker stopped: %s", startup.kafka_unreachable(settings, exc))
         return startup.UNREACHABLE
-    except UnsendableRecordError as exc:
+    except (UnsendableRecordError, LlmqError) as exc:  # LlmqError: its engine died
         log.error("the worker stopped: %s", exc)
         return startup.UNREACHABLE
     return 0

@@ -293,7 +293,8 @@ async def _steps(content: aiohttp.StreamReader, top: int) -> AsyncIterator[Engin
 
     Completion tokens are counted per chunk (its logprobs entries, else one per chunk with
     text); the usage report at the end is the truth, and the final step carries the
-    difference, so the steps' `new_tokens` add up to the server's count.
+    difference, so the steps' `new_tokens` add up to the server's count (or to the chunks
+    counted, where they are more: a step adds no fewer than 0).
     """
     counted = prompt_tokens = 0
     completion_tokens = cached_tokens = None
@@ -314,7 +315,7 @@ async def _steps(content: aiohttp.StreamReader, top: int) -> AsyncIterator[Engin
         raise _ServerError(f"the server ended the generation with {finish_reason!r}")
     total = counted if completion_tokens is None else completion_tokens
     yield EngineStep(
-        "", total - counted, prompt_tokens, True, finish_reason, cached_tokens=cached_tokens
+        "", max(0, total - counted), prompt_tokens, True, finish_reason, cached_tokens=cached_tokens
     )
 
 

@@ -39,8 +39,9 @@ class Solo:
             self._waiting += 1
             try:
                 await self._changed.wait_for(lambda: not self._alone and not self._running)
-            finally:
+            finally:  # cancelled, it no longer holds back those waiting in shared()
                 self._waiting -= 1
+                self._changed.notify_all()
             self._alone = True
         try:
             yield

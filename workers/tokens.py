@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from schemas.names import TOKENS
+from schemas.redact import explain
 from schemas.result import TokenLogprob, Usage
 from schemas.stream import TokenDelta
 from schemas.work import WorkItem
@@ -39,8 +40,8 @@ class DeltaStream:
     but the last adds text (tokens whose text is held back go with the next that has some),
     so the characters sent, which a client counts to resume a stream, grow with each record.
 
-    Deltas are a preview: the final result stays the truth, so a record the broker does not
-    take is logged and the generation goes on.
+    Deltas are a preview: the final result stays the truth, so a record it cannot build or
+    the broker does not take is logged and the generation goes on.
     """
 
     def __init__(
@@ -70,6 +71,8 @@ class DeltaStream:
 
     async def add(self, step: EngineStep) -> None:
         """Take one step; publish what has gathered when it is time."""
+        if not self._open:
+            return  # refused by its claim: nothing is kept, as nothing will be sent
         self._text.append(step.text)
         self._tokens += step.new_tokens
         if self._logprobs is not None:
@@ -102,24 +105,25 @@ class DeltaStream:
             self._open = await claim(self._request.tenant, self._request.correlation_id)
         if not self._open:
             return
-        delta = TokenDelta(
-            correlation_id=self._request.correlation_id,
-            tenant=self._request.tenant,
-            generation=self._generation,
-            seq=self._seq,
-            text=text,
-            tokens=self._tokens,
-            logprobs=self._logprobs,
-            finish_reason=finish_reason,
-            usage=usage,
-            model=self._model,
-        )
+        seq, tokens, logprobs = self._seq, self._tokens, self._logprobs
         self._seq += 1
         self._text, self._tokens, self._flushed_at = [], 0, now
         if self._logprobs is not None:
             self._logprobs = []
         key = self._request.correlation_id.encode()
-        try:
+        try:  # a delta it cannot build (a count it refuses) is lost as one the broker refuses
+            delta = TokenDelta(
+                correlation_id=self._request.correlation_id,
+                tenant=self._request.tenant,
+                generation=self._generation,
+                seq=seq,
+                text=text,
+                tokens=tokens,
+                logprobs=logprobs,
+                finish_reason=finish_reason,
+                usage=usage,
+                model=self._model,
+            )
             self._acks.append(await self._send(TOKENS, delta.model_dump_json().encode(), key))
         except Exception as exc:
-            log.warning("a token delta of %s was not queued: %r", self._generation, exc)
+            log.warning("a token delta of %s was not queued: %s", self._generation, explain(exc))

@@ -17,11 +17,11 @@ from transformers import AutoTokenizer
 from vllm import SamplingParams, __version__
 from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.exceptions import VLLMValidationError
+from vllm.exceptions import VLLMClientError, VLLMError
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
-from vllm.v1.engine.exceptions import EngineDeadError
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
@@ -34,6 +34,11 @@ from workers.engine_args import engine_kwargs
 from workers.nice import nice_session, renice_below
 
 log = logging.getLogger(__name__)
+
+_FAILED_FINISH = frozenset({"abort", "error"})
+"""vLLM's finish reasons for a generation it gave up on ("error": its input or KV cache
+failed; "abort": the engine shut down or paused), not an answer. The worker's own aborts
+(timeout, cancel, drain) close the iterator instead, and never see one."""
 
 
 def engine_args(
@@ -125,6 +130,9 @@ class VllmEngine:
                 priority=priority,
             ):
                 choice = out.outputs[0]
+                if choice.finish_reason in _FAILED_FINISH:
+                    why = f"vLLM ended the generation with {choice.finish_reason!r}"
+                    raise LlmqError(ErrorCode.ENGINE_ERROR, why)
                 yield EngineStep(
                     text=choice.text,
                     new_tokens=len(choice.token_ids),
@@ -136,10 +144,14 @@ class VllmEngine:
                 )
         except EngineDeadError as exc:
             raise LlmqError(ErrorCode.ENGINE_UNAVAILABLE, f"the vLLM engine died: {exc}") from exc
-        except VLLMValidationError as exc:
+        except VLLMClientError as exc:  # the request's fault (VLLMValidationError, ...)
             raise LlmqError(ErrorCode.INVALID_REQUEST, str(exc)) from exc
-        except (ValueError, RuntimeError) as exc:
-            raise LlmqError(ErrorCode.ENGINE_ERROR, f"generation failed: {exc}") from exc
+        except (VLLMError, ValueError, RuntimeError) as exc:
+            # A server-side failure or an overload (QueueOverflowError): retried, the worker
+            # serves on. EngineGenerateError says nothing itself: what it wraps does.
+            cause = exc.__cause__ if isinstance(exc, EngineGenerateError) else None
+            why = f"generation failed: {explain(exc)}" + (f" ({explain(cause)})" if cause else "")
+            raise LlmqError(ErrorCode.ENGINE_ERROR, why) from exc
         finally:
             self._running.discard(request_id)
 

@@ -119,20 +119,23 @@ class Worker:
         last_commit = loop.time()
         while not stop.is_set() and self._fatal is None:
             # 1) Fetch only for lanes whose buffer has room; a full lane's partitions pause.
-            if self._pause_full_lanes():
-                batches = await self._consumer.getmany(
-                    timeout_ms=POLL_TIMEOUT_MS, max_records=self._lanes.room()
-                )
-                # 2) Buffer what came; its offsets are in flight from now on.
-                for tp, records in batches.items():
-                    for record in records:
-                        if self._handover.holds(tp, record.offset):
-                            continue  # fetched again after a rebalance, and still running
-                        self._tracker.started(tp, record.offset)
-                        self._lanes.push(lane_of(tp.topic), tp, record)
-            else:
+            # With every lane full, all are: the fetch, made at once, returns nothing, but
+            # without it aiokafka would leave the group after max_poll_interval_ms.
+            fetching = self._pause_full_lanes()
+            self._made_room.clear()
+            batches = await self._consumer.getmany(
+                timeout_ms=POLL_TIMEOUT_MS if fetching else 0,
+                max_records=max(1, self._lanes.room()),
+            )
+            # 2) Buffer what came; its offsets are in flight from now on.
+            for tp, records in batches.items():
+                for record in records:
+                    if self._handover.holds(tp, record.offset):
+                        continue  # fetched again after a rebalance, and still running
+                    self._tracker.started(tp, record.offset)
+                    self._lanes.push(lane_of(tp.topic), tp, record)
+            if not fetching:
                 # Every buffer is full, so the engine is too: wait for a start to make room.
-                self._made_room.clear()
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._made_room.wait(), POLL_TIMEOUT_MS / 1000)
             # 3) Start what the lanes allow (finished generations start more on their own).
