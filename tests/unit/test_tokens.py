@@ -142,3 +142,44 @@ def test_a_broker_that_refuses_pieces_does_not_fail_the_generation(
     with caplog.at_level(logging.WARNING):
         asyncio.run(main())
     assert "was not queued" in caplog.text
+
+
+def test_a_piece_that_cannot_be_built_is_logged_and_the_stream_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Pieces are a preview, as when the broker refuses one: the final result is the truth."""
+    broker = _Broker()
+
+    async def main() -> None:
+        pieces = DeltaStream(broker.send, WORK, "g1", DeltaPolicy(interval_s=0))
+        await pieces.add(EngineStep("a", 1, 2))
+        await pieces.add(EngineStep("b", -5, 2))  # a count TokenDelta refuses
+        await pieces.add(EngineStep("c", 1, 2))
+        await pieces.finish("stop", USAGE)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(main())
+    assert [(d.seq, d.text) for d in broker.sent] == [(0, "a"), (2, "c"), (3, "")]
+    assert "was not queued" in caplog.text
+    assert "-5" not in caplog.text  # described without the refused input
+
+
+def test_a_stream_that_lost_its_claim_keeps_nothing_of_later_steps() -> None:
+    """It joined the whole answer so far at every step (quadratic), to send nothing."""
+    broker = _Broker()
+    asked: list[str] = []
+
+    async def refused(tenant: str, correlation_id: str) -> bool:
+        asked.append(correlation_id)
+        return False
+
+    async def main() -> DeltaStream:
+        pieces = DeltaStream(broker.send, WORK, "g1", DeltaPolicy(interval_s=0), refused)
+        for _ in range(50):
+            await pieces.add(EngineStep("x", 1, 2))
+        await pieces.finish("stop", USAGE)
+        return pieces
+
+    pieces = asyncio.run(main())
+    assert (broker.sent, asked) == ([], ["c1"])
+    assert (pieces._text, pieces._tokens) == (["x"], 1)  # the step that asked, no later one

@@ -1,12 +1,10 @@
 """The worker serves on through what once stopped or stalled it: a server whose chunks
-outnumber its token count, a streamed piece that cannot be built, a suspect cancelled while
-it waited to run alone, and every lane full for longer than Kafka waits for a poll."""
+outnumber its token count, a suspect cancelled while it waited to run alone, and every lane
+full for longer than Kafka waits for a poll (a piece that cannot be built: test_tokens)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable
 from typing import Any, cast
 
 import pytest
@@ -15,7 +13,6 @@ from aiokafka import ConsumerRecord, TopicPartition
 from schemas.catalog import ModelSpec
 from schemas.lanes import Lane
 from schemas.result import Usage
-from schemas.stream import TokenDelta
 from schemas.work import WorkItem
 from tests.unit.openai_server import FAST, chunk, collect, engine, running, stream, usage
 from tests.unit.worker_fakes import (
@@ -35,7 +32,6 @@ from workers.engine import EngineStep
 from workers.lanes import LanePolicy
 from workers.openai_engine import OpenAIEngine
 from workers.solo import Solo
-from workers.tokens import DeltaPolicy, DeltaStream
 from workers.worker import Worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -84,60 +80,6 @@ def test_the_worker_streams_such_an_answer_and_serves_on() -> None:
     ]
     assert all(c.error is None for c in completions)
     assert producer.deltas()[-1].finish_reason == "stop"
-
-
-class _Broker:
-    """Takes every record at once and keeps it."""
-
-    def __init__(self) -> None:
-        self.sent: list[TokenDelta] = []
-
-    async def send(self, topic: str, value: bytes, key: bytes) -> Awaitable[object]:
-        self.sent.append(TokenDelta.model_validate_json(value))
-        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-
-def test_a_piece_that_cannot_be_built_is_logged_and_the_stream_goes_on(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Pieces are a preview, as when the broker refuses one: the final result is the truth."""
-    broker = _Broker()
-
-    async def main() -> None:
-        pieces = DeltaStream(broker.send, STREAMED, "g1", DeltaPolicy(interval_s=0))
-        await pieces.add(EngineStep("a", 1, 2))
-        await pieces.add(EngineStep("b", -5, 2))  # a count TokenDelta refuses
-        await pieces.add(EngineStep("c", 1, 2))
-        await pieces.finish("stop", USAGE)
-
-    with caplog.at_level(logging.WARNING):
-        asyncio.run(main())
-    assert [(d.seq, d.text) for d in broker.sent] == [(0, "a"), (2, "c"), (3, "")]
-    assert "was not queued" in caplog.text
-    assert "-5" not in caplog.text  # described without the refused input
-
-
-def test_a_stream_that_lost_its_claim_keeps_nothing_of_later_steps() -> None:
-    """It joined the whole answer so far at every step (quadratic), to send nothing."""
-    broker = _Broker()
-    asked: list[str] = []
-
-    async def refused(tenant: str, correlation_id: str) -> bool:
-        asked.append(correlation_id)
-        return False
-
-    async def main() -> DeltaStream:
-        pieces = DeltaStream(broker.send, STREAMED, "g1", DeltaPolicy(interval_s=0), refused)
-        for _ in range(50):
-            await pieces.add(EngineStep("x", 1, 2))
-        await pieces.finish("stop", USAGE)
-        return pieces
-
-    pieces = asyncio.run(main())
-    assert (broker.sent, asked) == ([], ["standard-0"])
-    assert (pieces._text, pieces._tokens) == (["x"], 1)  # the step that asked, no later one
 
 
 def test_a_suspect_cancelled_while_it_waits_lets_the_others_run() -> None:
