@@ -240,6 +240,8 @@ def test_repeated_ways_alternate_their_order_and_report_each_ratio(
     assert spread["values"] == pytest.approx([0.5, 1.0, 0.25])
     assert spread["mean"] == pytest.approx(1.75 / 3)
     assert spread["low"] < spread["mean"] < spread["high"]
+    [drawn] = [p for p in written.plots if p.name == "repeats.png"]
+    assert drawn.read_bytes().startswith(b"\x89PNG")
     text = written.markdown.read_text()
     assert "The compared ways ran 3 times in all" in text
     assert f"| requests/s | {spread['mean']:.2f} [" in text

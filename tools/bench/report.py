@@ -26,6 +26,7 @@ from tools.bench.stats import (
     INTERACTIVE_BUSY,
     INTERACTIVE_IDLE,
     PERCENTILES,
+    Spread,
     Summary,
     added_by_the_door,
     lanes,
@@ -78,9 +79,12 @@ def write_json(
     tmp.replace(path)
 
 
-def plot(results: Sequence[WayResult], out_dir: Path) -> list[Path]:
+def plot(
+    results: Sequence[WayResult], out_dir: Path, repeats: Sequence[dict[str, Summary]] = ()
+) -> list[Path]:
     """throughput.png, latency.png and latency_cdf.png in `out_dir` (lanes.png with the
-    lanes way, cores.png where the ways were metered); their paths."""
+    lanes way, cores.png where the ways were metered, repeats.png where they ran again);
+    their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ways = [r.way for r in results]
     summaries = [summarize(r) for r in results]
@@ -126,7 +130,36 @@ def plot(results: Sequence[WayResult], out_dir: Path) -> list[Path]:
     metered = [r for r in results if r.cores]
     if metered:
         paths.append(_cores_plot(metered, out_dir / "cores.png"))
+    throughput = {
+        key: spread
+        for key, spread in repeated_ratios(repeats).items()
+        if key.endswith((" req_per_s", " output_tok_per_s"))
+    }
+    if throughput:
+        paths.append(_repeats_plot(throughput, out_dir / "repeats.png"))
     return paths
+
+
+def _repeats_plot(spreads: Mapping[str, Spread], path: Path) -> Path:
+    """Each ratio (`spreads`, keyed as stats.ratios) over the runs: every run's value, and
+    their mean with its 95% interval, against 1 (as fast as the baseline)."""
+    fig = Figure(figsize=(max(7.0, 1.6 * len(spreads) + 2), 4.5), layout="constrained")
+    ax = fig.subplots()
+    labels = []
+    for x, (key, spread) in enumerate(spreads.items()):
+        ax.plot([x] * len(spread.values), spread.values, "o", color="grey", alpha=0.6)
+        below, above = spread.mean - spread.low, spread.high - spread.mean
+        ax.errorbar([x], [spread.mean], yerr=[[below], [above]], fmt="D", capsize=8, color="C0")
+        pair, _, metric = key.partition(" ")
+        labels.append(f"{pair.replace('/', ' ÷ ')}\n{RATIO_LABELS[metric]}")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set_ylabel("ratio (1: as fast as the baseline)")
+    runs = len(next(iter(spreads.values())).values)
+    ax.set_title(f"{runs} runs: each one (grey), their mean and its 95% interval (blue)")
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
 
 
 def _cores_plot(results: Sequence[WayResult], path: Path) -> Path:

@@ -116,7 +116,7 @@ def run_bench(
             again = [_throughput(name, workload, cache_dir) for name in order]
             repeats.append({r.way: summarize(r) for r in again})
             report.write_json(results, meta, json_path, repeats)
-    plots = report.plot(results, out_dir)
+    plots = report.plot(results, out_dir, repeats)
     text = report.markdown(results, meta, repeats)
     md_path = out_dir / "results.md"
     md_path.write_text(text, encoding="utf-8")
