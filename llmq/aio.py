@@ -240,7 +240,8 @@ class AsyncClient:
         except asyncio.CancelledError:
             # Its caller is gone (a front door's client left): the waiter goes too, but for
             # a follow() of it here.
-            if key not in self._followers and self._pending.get(key) is future:
+            alone = future is not None and key not in self._followers
+            if alone and self._pending.get(key) is future:
                 del self._pending[key]
             raise
         finally:

@@ -45,8 +45,8 @@ def top_level_strings(raw: bytes) -> dict[str, str] | None:
         depth += (token in "{[") - (token in "}]")
         if depth == 0:
             return fields if not text[at:].strip() else None
-        if depth == 1:
-            pair = [] if token in ",{" else [*pair, token]
+        if depth == 1:  # four tokens are no `"key": "value"`: more need not be kept
+            pair = [] if token in ",{" else [*pair, token][:4]
         if len(pair) == 3 and pair[1] == ":" and pair[0][0] == pair[2][0] == '"':
             fields[pair[0][1:]] = pair[2][1:]
     return None

@@ -41,7 +41,7 @@ async def _outcome(
     now: float | None = NOW,
     *,
     request_id: str | None = None,
-    fingerprint: str = "fp",
+    fingerprint: str | None = "fp",
 ) -> LlmqError | None:
     """None when admitted, else the refusal; each check is a new request but for a
     `request_id` given."""
@@ -189,6 +189,21 @@ def test_a_request_read_again_is_charged_once(redis_port: int, sync: redis.Redis
         for _ in range(2):
             assert await _outcome(limiter, "acme", limits, 100, later, request_id="c-2") is None
         assert _levels(sync) == (0, 900)
+
+    run_async(redis_port, body)
+
+
+def test_a_sampled_request_sent_again_is_charged_again(redis_port: int, sync: redis.Redis) -> None:
+    """Without a fingerprint (no cache answers it) a repeat is generated again: charged."""
+    limits = TenantLimits(requests_per_minute=2)
+
+    async def body(client: aioredis.Redis) -> None:
+        limiter = RateLimiter(client)
+        for _ in range(2):
+            assert await _outcome(limiter, "zeta", limits, request_id="s", fingerprint=None) is None
+        again = await _outcome(limiter, "zeta", limits, request_id="s", fingerprint=None)
+        assert again is not None and again.code is ErrorCode.RATE_LIMITED
+        assert not sync.exists("llmq:rate:{zeta}:charged:s")
 
     run_async(redis_port, body)
 

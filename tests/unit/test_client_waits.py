@@ -127,6 +127,20 @@ def test_a_cancelled_result_takes_its_waiter_with_it() -> None:
     asyncio.run(run())
 
 
+def test_a_cancelled_result_of_an_id_not_submitted_here_is_cancelled() -> None:
+    """It polls the result store, with no waiter of its own to take along."""
+
+    async def run() -> None:
+        app = AsyncClient(NO_REDIS)
+        waiting = asyncio.create_task(app.result("someone-elses", wait_s=20))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(run())
+
+
 def test_a_follow_beside_a_result_that_timed_out_gets_the_reply() -> None:
     async def run() -> str | None:
         app = AsyncClient(NO_REDIS)
