@@ -6,8 +6,12 @@ import math
 from collections.abc import Sequence
 
 Z95 = 1.959964
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-"""Student's t two-sided 95% quantiles for 1 to 10 degrees of freedom (few repeats)."""
+T95 = (
+    *(12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228),
+    *(2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086),
+    *(2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042),
+)
+"""Student's t two-sided 95% quantiles for 1 to 30 degrees of freedom (few repeats)."""
 
 
 def wilson(hits: float, n: float, z: float = Z95) -> tuple[float, float]:
@@ -32,7 +36,8 @@ def mean_interval(total: float, squares: float, n: float, z: float = Z95) -> tup
 
 
 def small_sample_interval(values: Sequence[float]) -> tuple[float, float]:
-    """The 95% interval of the mean of a few values (Student's t; the normal's past 11)."""
+    """The 95% interval of the mean of a few values (Student's t; past 31 values the
+    normal's, at most 4% narrower)."""
     n = len(values)
     mean = sum(values) / n
     if n < 2:

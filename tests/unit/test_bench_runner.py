@@ -23,7 +23,7 @@ from schemas.result import (
     Timings,
     Usage,
 )
-from tools.bench import runner
+from tools.bench import command, runner
 from tools.bench.command import bench_command
 from tools.bench.cpu import BENCH, OTHER, PARTS
 from tools.bench.runner import BEGIN, END, TITLE, machine, replace_section
@@ -89,6 +89,15 @@ def test_bad_flags_are_refused_with_a_reason(
         parser().parse_args(["bench", *argv])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ways", ["llmq", "engine,vllm-serve", "lanes,gateway"])
+def test_repeat_without_a_ratio_to_repeat_is_refused(
+    ways: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parser().parse_args(["bench", "--ways", ways, "--repeat", "2"])
+    assert command.run(args) == 2
+    assert "--repeat repeats ratios" in capsys.readouterr().err
 
 
 def test_a_new_record_gets_the_title_and_the_section() -> None:

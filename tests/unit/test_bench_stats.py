@@ -154,10 +154,14 @@ def test_a_small_samples_interval_widens_with_fewer_values() -> None:
     assert small_sample_interval([0.8]) == (0.8, 0.8)
     low, high = small_sample_interval([1.0, 2.0, 3.0])
     assert (low, high) == pytest.approx((2 - 4.303 / 3**0.5, 2 + 4.303 / 3**0.5))
-    values = [1.0, 2.0, 3.0] * 10  # past the table: the normal's 1.96
+    values = [1.0, 2.0, 3.0] * 4  # 11 degrees of freedom
     low, high = small_sample_interval(values)
-    sd = (sum((v - 2) ** 2 for v in values) / 29) ** 0.5
-    assert high - 2 == pytest.approx(1.959964 * sd / 30**0.5)
+    sd = (sum((v - 2) ** 2 for v in values) / 11) ** 0.5
+    assert high - 2 == pytest.approx(2.201 * sd / 12**0.5)
+    values = [1.0, 2.0, 3.0] * 11  # past the table: the normal's 1.96
+    low, high = small_sample_interval(values)
+    sd = (sum((v - 2) ** 2 for v in values) / 32) ** 0.5
+    assert high - 2 == pytest.approx(1.959964 * sd / 33**0.5)
 
 
 def test_what_the_front_door_adds_to_vllms_server() -> None:

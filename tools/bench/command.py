@@ -123,8 +123,16 @@ def run(args: argparse.Namespace) -> int:
     """Build the workloads, run the ways, print and record the figures."""
     # Lazily: matplotlib (the `bench` extra) and the ways are needed by this command only.
     from tools.bench.runner import run_bench  # noqa: PLC0415
+    from tools.bench.stats import BASELINES, COMPARED  # noqa: PLC0415
     from tools.bench.workload import build_workload, cache_hit_workload  # noqa: PLC0415
 
+    if args.repeat > 1 and not (set(args.ways) & set(COMPARED) and set(args.ways) & set(BASELINES)):
+        print(
+            "llmq bench: --repeat repeats ratios: name one of llmq's ways (llmq, gateway) "
+            "and a baseline (engine, vllm-serve) in --ways",
+            file=sys.stderr,
+        )
+        return 2
     cache_dir = LocalSettings().cache_dir
     try:
         # No ShareGPT repeats: llmq would answer them without a generation, the engine not.

@@ -303,7 +303,8 @@ class LocalStack:
             )
         libs = kafka.fetch_libs(s.cache_dir)
         id_file = first.parent / "cluster-id"
-        if not id_file.is_file():
+        # An empty one was cut short by a crash (before it was written whole): Kafka refuses it.
+        if not id_file.is_file() or not id_file.read_text().strip():
             first.parent.mkdir(parents=True, exist_ok=True)
             write_whole(id_file, kafka.new_cluster_id())
         voters = {node.node_id: node.controller_port for node in self.nodes}
