@@ -34,6 +34,7 @@ from tools.bench.stats import (
     repeated_ratios,
     summarize,
 )
+from tools.files import write_whole
 from workers.settings import WorkerSettings
 
 RATIO_LABELS = {
@@ -74,9 +75,7 @@ def write_json(
             "ratios": {key: asdict(spread) for key, spread in spreads.items()},
         }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
-    tmp.replace(path)
+    write_whole(path, json.dumps(doc, indent=1, ensure_ascii=False, default=str))
 
 
 def plot(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tools.bench.runner import replace_section
 from tools.faults.outcome import Outcome
+from tools.files import write_whole
 
 BEGIN = "<!-- faults:begin -->"
 END = "<!-- faults:end -->"
@@ -44,9 +45,7 @@ def write_json(outcomes: Sequence[Outcome], meta: Mapping[str, object], path: Pa
     """Everything measured, atomically (a failed run keeps what it measured so far)."""
     doc = {"meta": dict(meta), "outcomes": [asdict(o) for o in outcomes]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
-    tmp.replace(path)
+    write_whole(path, json.dumps(doc, indent=1, ensure_ascii=False, default=str))
 
 
 def table(outcomes: Sequence[Outcome], notes: bool = True) -> str:
