@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -86,6 +87,8 @@ class AsyncClient:
         self._logs: dict[Key, StreamLog] = {}
         self._followers: dict[Key, int] = {}
         """Requests not submitted here that follow() waits for: how many calls wait."""
+        self._waiting: dict[Key, int] = {}
+        """Requests a result() or follow() awaits now: how many calls (their waiter stays)."""
         self._producer: AIOKafkaProducer | None = None
         self._limit = RECORD_LIMIT
         """The most bytes Kafka takes as one record on llmq.requests, as last read."""
@@ -227,6 +230,7 @@ class AsyncClient:
         client submitted the id as (its own where it submitted the id as several)."""
         key = self._key(correlation_id, tenant)
         future = self._pending.get(key)
+        self._waiting[key] = self._waiting.get(key, 0) + 1
         try:
             if future is not None:
                 with contextlib.suppress(TimeoutError):
@@ -245,6 +249,7 @@ class AsyncClient:
                 del self._pending[key]
             raise
         finally:
+            self._unwait(key)
             # A waiter whose reply came goes; one timed out stays for its reply (a later
             # result(), or a follow() beside this one, reads it).
             if future is not None and future.done() and self._pending.get(key) is future:
@@ -271,7 +276,12 @@ class AsyncClient:
         error result raises LlmqError; TimeoutError when nothing ends it in `wait_s` (from
         the call, not from the last piece)."""
         key = self._key(correlation_id, tenant)
-        future = await self._awaited(key)
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        try:
+            future = await self._awaited(key)
+        except BaseException:
+            self._unwait(key)
+            raise
         reader = StreamReader(offset)
         cursor = _Cursor(self._log(key))
         deadline = time.monotonic() + wait_s
@@ -292,6 +302,7 @@ class AsyncClient:
                     yield last
                     return
         finally:
+            self._unwait(key)
             cursor.close()
             self._followed(key, future)
 
@@ -466,11 +477,20 @@ class AsyncClient:
 
     def _wait_for(self, key: Key) -> None:
         """A waiter for the reply to a request submitted here, kept until a result() or
-        follow() took the reply; past MAX_WAITING the oldest goes (its result() reads only
-        the result store)."""
+        follow() took the reply; past MAX_WAITING the oldest nobody awaits now goes (a later
+        result() reads only the result store). Those awaited stay: each is a call running."""
         self._pending.setdefault(key, asyncio.get_running_loop().create_future())
-        while len(self._pending) > MAX_WAITING:
-            del self._pending[next(iter(self._pending))]
+        excess = len(self._pending) - MAX_WAITING
+        if excess > 0:
+            idle = (k for k in self._pending if k not in self._waiting)
+            for old in list(itertools.islice(idle, excess)):
+                del self._pending[old]
+
+    def _unwait(self, key: Key) -> None:
+        """A result() or follow() of the request ended."""
+        left = self._waiting.pop(key, 1) - 1
+        if left > 0:
+            self._waiting[key] = left
 
     def _key(self, correlation_id: str, tenant: str | None) -> Key:
         """The request of `tenant`, by default the tenant this client submitted the id as

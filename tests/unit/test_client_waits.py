@@ -177,6 +177,30 @@ def test_waiters_left_behind_are_bounded_in_both_clients(monkeypatch: pytest.Mon
     assert kept == asyncio.run(submitted()) == [("default", "c1"), ("default", "c2")]
 
 
+def test_past_the_bound_an_awaited_waiter_stays_and_gets_its_reply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A front door's client awaits its answer while others submit past the bound: the
+    oldest waiter nobody awaits goes instead, and the awaited one's reply is not dropped."""
+    monkeypatch.setattr(aio, "MAX_WAITING", 2)
+
+    async def run() -> tuple[InferenceResult, list[tuple[str, str]]]:
+        app = AsyncClient(NO_REDIS)
+        app._send = _sent  # type: ignore[method-assign]
+        first = await app.submit("hi", correlation_id="c0")
+        waiting = asyncio.create_task(app.result(first, wait_s=5))
+        await asyncio.sleep(0)  # the result() awaits c0's waiter
+        for n in range(1, 4):
+            await app.submit("hi", correlation_id=f"c{n}")
+        kept = list(app._pending)
+        app._on_result(_reply(_result(first)))
+        return await waiting, kept
+
+    answer, kept = asyncio.run(run())
+    assert answer.correlation_id == "c0"
+    assert kept == [("default", "c0"), ("default", "c3")]
+
+
 def test_without_a_listener_a_result_is_read_under_the_tenant_it_was_submitted_as() -> None:
     with Client(NO_REDIS, listen=False, tenant="a") as app:
         app._send = lambda *_: None  # type: ignore[method-assign]
