@@ -36,9 +36,9 @@ expires (batch_expired, as OpenAI's), before llmq would answer them `expired`.""
 CANCELLED = ("batch_cancelled", "This line was not run: the batch was cancelled.")
 MAX_FAILED_STEPS = 3
 """Steps of a batch that may fail in a row before its front door gives the lease up and sits
-out its next look, so another door takes the batch: a door that reaches Redis but not Kafka
-(or meets a bug on every step) would otherwise renew the lease until the batch expires. A blip
-fails fewer; the door may take the batch again later."""
+out a lease's length (Pace.lease_s), so another door takes the batch: a door that reaches Redis
+but not Kafka (or meets a bug on every step) would otherwise renew the lease until the batch
+expires. A blip fails fewer; the door may take the batch again later (the only door does)."""
 
 
 class Publisher(Protocol):
@@ -85,8 +85,9 @@ class Runner:
         self._held: set[str] = set()
         self._failed: dict[str, int] = {}
         """Steps of each held batch that failed in a row."""
-        self._yielded: set[str] = set()
-        """Batches given up at the last look: this door sits out the next."""
+        self._yielded: dict[str, float] = {}
+        """Batches given up, and until when (time.monotonic()) this door leaves them alone:
+        a lease's length, time for every healthy door to look (one look may miss it)."""
 
     async def run(self) -> None:
         """Until cancelled: drive every active batch this front door holds the lease of."""
@@ -108,9 +109,10 @@ class Runner:
             return
         self._held.intersection_update(active)  # one that ended is no longer held
         self._failed = {b: n for b, n in self._failed.items() if b in active}
-        skipped, self._yielded = self._yielded, set()
+        now = time.monotonic()
+        self._yielded = {b: t for b, t in self._yielded.items() if t > now and b in active}
         for batch_id in active:
-            if batch_id in skipped:
+            if batch_id in self._yielded:
                 continue
             try:
                 if await self._store.lease(batch_id, self._owner, self._pace.lease_s):
@@ -141,7 +143,7 @@ class Runner:
         )
         del self._failed[batch_id]
         self._held.discard(batch_id)
-        self._yielded.add(batch_id)
+        self._yielded[batch_id] = time.monotonic() + self._pace.lease_s
         with contextlib.suppress(RedisError):  # else the lease lapses
             await self._store.release(batch_id, self._owner)
 
