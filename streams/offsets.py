@@ -140,9 +140,12 @@ class Tails:
     """Reads again the records at a partition's end that faust moved past unhandled.
 
     Check it every commit interval. A partition whose fetcher stands past its committed
-    offset with nothing in flight and nothing acked has records that were fetched and
-    dropped; seen so at two checks in a row with the same offsets (a record on its way
-    to an agent is in flight by the next one), it is sought back to its committed offset.
+    offset with nothing acked, and nothing of its topic in flight, has records that were
+    fetched and dropped; seen so at two checks in a row with the same offsets (a record on
+    its way to an agent is in flight by the next one), it is sought back to its committed
+    offset. Any partition of the topic in flight holds it off: an agent's actors share one
+    queue, and a record waiting there behind busy actors is not tracked until one takes it
+    (reading it again would handle it twice).
     """
 
     def __init__(self, positions: Positions = fetch_positions) -> None:
@@ -157,11 +160,11 @@ class Tails:
             return
         if consumer._commit_fut is not None:
             return  # a commit moves acked offsets to committed ones: look next time
-        busy = {m.tp for m in list(consumer._unacked_messages) if not m.acked}
+        busy = {m.tp.topic for m in list(consumer._unacked_messages) if not m.acked}
         positions = self._positions(consumer)
         suspects: dict[TP, tuple[int, int]] = {}
         for tp in consumer.assignment():
-            if consumer._is_changelog_tp(tp) or tp in busy or consumer._acked.get(tp):
+            if consumer._is_changelog_tp(tp) or tp.topic in busy or consumer._acked.get(tp):
                 continue
             committed, position = consumer._committed_offset.get(tp), positions.get(tp)
             if committed is None or position is None or position <= committed:

@@ -181,6 +181,18 @@ def test_a_partition_being_handled_is_left_alone(reader: Reader) -> None:
     assert _checks(reader, times=3) == []
 
 
+def test_a_partition_queued_behind_busy_actors_is_left_alone() -> None:
+    """The agent's actors are all busy on another partition of the topic: this one's
+    records wait in their shared queue, untracked until an actor takes them. A record in
+    flight on another topic holds nothing off."""
+    queued = Reader(5, [], at=8)
+    queued._unacked_messages.add(Record(TP("llmq.requests", 0), 500))
+    assert _checks(queued, times=3) == []
+    elsewhere = Reader(5, [], at=8)
+    elsewhere._unacked_messages.add(Record(TP("llmq.metering", 0), 500))
+    assert _checks(elsewhere) == [(PART, 5)]
+
+
 def test_a_reader_that_moves_between_checks_is_left_alone() -> None:
     reader = Reader(5, [], at=6)
     tails = Tails(reader.positions)
