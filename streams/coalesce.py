@@ -10,7 +10,10 @@ many copies pile up: `<fp>` -> Leader, `<fp>/<n>` -> Waiter for the n-th followe
 A table write reaches the changelog at once, before the work it announces is in Kafka: a
 process that dies in between leaves a leader whose generation never started. Its request
 is redelivered (its offset was not committed), finds its own entry, and leads again when
-the entry was written by another process (`epoch`).
+the entry was written by another process (`epoch`). A leader whose handling is cancelled (a
+SIGTERM, a revoked partition) is `abandon`ed, not dropped: its followers' records were
+committed long ago, and its own record, redelivered perhaps to this very process, leads
+again for them.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class Leader(BaseModel):
     since: float
     followers: int = 0
     epoch: str = ""
+    """The process that wrote it; "" (no process's) for an abandoned leader."""
 
     @property
     def send(self) -> str:
@@ -103,8 +107,8 @@ class Coalescer:
 
     def join(self, request: InferenceRequest, fingerprint: str, now: float | None = None) -> bool:
         """Follow the generation in flight for `fingerprint`: True, or False when there is
-        none (or it is stale, or it is this very request's and another process wrote it), in
-        which case this request is now the leader."""
+        none (or it is stale, or it is this very request's and another process wrote it or
+        it was abandoned), in which case this request is now the leader."""
         now = time.time() if now is None else now
         key = fingerprint.encode()
         raw = self._table.get(key)
@@ -115,7 +119,7 @@ class Coalescer:
             or (leader.correlation_id == request.correlation_id and leader.epoch != self.epoch)
         ):
             # A stale leader's generation is presumed lost, and so is the one of a redelivered
-            # leader whose process died: lead anew, keep the followers.
+            # leader whose process died or that was abandoned: lead anew, keep the followers.
             followers = 0 if leader is None else leader.followers
             new = Leader(
                 correlation_id=request.correlation_id,
@@ -199,6 +203,17 @@ class Coalescer:
         """The followers numbered start..stop-1."""
         found = (self._table.get(_follower_key(fingerprint, n)) for n in range(start, stop))
         return [Waiter.model_validate_json(w) for w in found if w is not None]
+
+    def abandon(self, fingerprint: str, correlation_id: str) -> None:
+        """The handling of the leader `correlation_id` was cancelled, its work perhaps not
+        sent: its entry is marked no process's (epoch ""), so that its request, redelivered
+        (its offset was not committed) even to this process, leads again, keeping the
+        followers. Dropped, they would never be answered: their records were committed."""
+        leader = self.leader(fingerprint)
+        if leader is None or leader.correlation_id != correlation_id:
+            return
+        abandoned = leader.model_copy(update={"epoch": ""})
+        self._table[fingerprint.encode()] = abandoned.model_dump_json().encode()
 
     def drop(self, fingerprint: str) -> None:
         """Forget the generation and its followers."""

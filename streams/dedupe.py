@@ -69,14 +69,18 @@ class Dedupe:
                 await self._outbox.follows(request, leader.correlation_id)
             return
         try:
-            await self._lead(work)
-        except Exception as exc:
-            # Copies kept from a stale leader share this request's failure (its own reply is
-            # the Guard's): nobody waits on a generation that will never come.
-            await fail_copies(self._coalescer, self._outbox, work, failure_of(exc))
-            raise
-        except BaseException:
-            self._coalescer.drop(work.fingerprint)
+            try:
+                await self._lead(work)
+            except Exception as exc:
+                # Copies kept from a stale leader share this request's failure (its own reply
+                # is the Guard's): nobody waits on a generation that will never come.
+                await fail_copies(self._coalescer, self._outbox, work, failure_of(exc))
+                raise
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                # Cancelled (a SIGTERM, a revoked partition), also while telling the copies:
+                # the record comes again, here or elsewhere, and leads anew for the copies.
+                self._coalescer.abandon(work.fingerprint, request.correlation_id)
             raise
 
     async def _lead(self, work: WorkItem) -> None:
