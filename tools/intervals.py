@@ -24,27 +24,32 @@ def wilson(hits: float, n: float, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def mean_interval(total: float, squares: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """The normal interval of a mean from the sum and the sum of squares of n values."""
+def mean_interval(total: float, squares: float, n: float) -> tuple[float, float] | None:
+    """The Student's t interval of a mean from the sum and the sum of squares of n values;
+    None under two values, whose spread is unknown."""
     if n < 2:
-        mean = total / n if n else 0.0
-        return mean, mean
+        return None
     mean = total / n
     variance = max(0.0, (squares - n * mean * mean) / (n - 1))
-    half = z * math.sqrt(variance / n)
+    half = _t95(round(n) - 1) * math.sqrt(variance / n)
     return mean - half, mean + half
 
 
 def small_sample_interval(values: Sequence[float]) -> tuple[float, float]:
-    """The 95% interval of the mean of a few values (Student's t; past 31 values the
-    normal's, at most 4% narrower)."""
+    """The 95% interval of the mean of a few values (Student's t)."""
     n = len(values)
     mean = sum(values) / n
     if n < 2:
         return mean, mean
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = (T95[n - 2] if n - 1 <= len(T95) else Z95) * sd / math.sqrt(n)
+    half = _t95(n - 1) * sd / math.sqrt(n)
     return mean - half, mean + half
+
+
+def _t95(df: int) -> float:
+    """Student's t two-sided 95% quantile; past 30 degrees of freedom the normal's, at most 4%
+    narrower."""
+    return T95[df - 1] if df <= len(T95) else Z95
 
 
 def histogram_quantile(counts: Sequence[float], edges: Sequence[float], q: float) -> float:
@@ -54,16 +59,50 @@ def histogram_quantile(counts: Sequence[float], edges: Sequence[float], q: float
 
 
 def quantile_interval(
-    counts: Sequence[float], edges: Sequence[float], q: float, z: float = Z95
-) -> tuple[float, float]:
-    """A distribution-free interval of the q-quantile: from the lower edge of the bucket
-    holding rank n*q - z*sqrt(n*q*(1-q)) to the upper edge of the one holding rank
-    n*q + z*sqrt(...) (the binomial's normal approximation, widened to whole buckets so
-    that binning cannot move the truth outside it)."""
-    n = sum(counts)
-    half = z * math.sqrt(n * q * (1 - q))
-    low, high = _bucket(counts, max(0.0, n * q - half)), _bucket(counts, min(n, n * q + half))
-    return (edges[low - 1] if low else 0.0), edges[high]
+    counts: Sequence[float], edges: Sequence[float], q: float
+) -> tuple[float, float | None]:
+    """An exact distribution-free interval of the q-quantile: from the l-th to the u-th
+    smallest value (`order_ranks`), widened to whole buckets so that binning cannot move the
+    truth outside it. Too few values for a lower end give 0 (bucket 0 starts there), for an
+    upper end None: unbounded, not the largest value seen."""
+    low, high = order_ranks(round(sum(counts)), q)
+    start = _bucket(counts, low) if low else 0
+    upper = None if high is None else edges[_bucket(counts, high)]
+    return (edges[start - 1] if start else 0.0), upper
+
+
+def order_ranks(n: int, q: float, tail: float = 0.025) -> tuple[int, int | None]:
+    """The ranks (from 1) l and u of n values whose l-th and u-th smallest hold their
+    q-quantile with at least 1 - 2 * tail: with B ~ Binomial(n, q) the count of values below
+    the quantile, l is the largest with P(B < l) <= tail (0: none is) and u the smallest
+    with P(B >= u) <= tail (None: none is)."""
+    first, pmf = _binomial(n, q)
+    low, below = first, 0.0  # below: P(B < low)
+    for p in pmf:  # p: P(B = low)
+        if below + p > tail:
+            break
+        below, low = below + p, low + 1
+    high, above = first + len(pmf), 0.0  # above: P(B >= high)
+    for p in reversed(pmf):  # p: P(B = high - 1)
+        if above + p > tail:
+            break
+        above, high = above + p, high - 1
+    return low, high if high <= n else None
+
+
+def _binomial(n: int, q: float) -> tuple[int, list[float]]:
+    """P(B = k) for B ~ Binomial(n, q), from k = the first returned on, over the ranks
+    within 12 standard deviations + 60 of n * q: Bernstein's inequality leaves under 1e-30
+    outside, and a million values take some thousands of terms, not a million."""
+    reach = 12 * math.sqrt(n * q * (1 - q)) + 60
+    first, last = max(0, math.floor(n * q - reach)), min(n, math.ceil(n * q + reach))
+    log_q, log_not_q, log_n = math.log(q), math.log1p(-q), math.lgamma(n + 1)
+    return first, [
+        math.exp(
+            log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_q + (n - k) * log_not_q
+        )
+        for k in range(first, last + 1)
+    ]
 
 
 def _bucket(counts: Sequence[float], rank: float) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import cast
@@ -21,6 +22,7 @@ from schemas.route import Route
 from schemas.work import WorkItem
 from streams.experiment_stats import LATENCY_EDGES_MS, ExperimentStats, latency_bucket
 from streams.experiments import arm_of
+from streams.rollups import SEEN_S
 from streams.router import plan
 from tests.unit.stages import Pipeline, metered, raw_request, result_of
 from tools.intervals import histogram_quantile, mean_interval, quantile_interval, wilson
@@ -146,14 +148,17 @@ def test_a_result_costs_what_all_its_generations_cost() -> None:
 
 
 class _SeenSets:
-    """Stands in for Redis running the rollups' script: an id counts once per seen set."""
+    """Stands in for Redis running the rollups' script: an id counts once per seen set, and
+    each count sets when its seen set expires (`expiries`, epoch seconds)."""
 
     def __init__(self) -> None:
         self.counted: set[tuple[str, str]] = set()
+        self.expiries: list[int] = []
 
     def register_script(self, script: str) -> Callable[..., Awaitable[None]]:
         async def add(keys: list[str], args: list[object]) -> None:
             self.counted.add((keys[1], str(args[0])))
+            self.expiries.append(int(str(args[2])))
 
         return add
 
@@ -168,6 +173,21 @@ def test_equal_correlation_ids_of_two_tenants_are_two_answers() -> None:
         )
         asyncio.run(stats.answered(result))
     assert len(seen.counted) == 2
+
+
+def test_an_answer_counted_late_is_remembered_from_when_it_is_counted() -> None:
+    """An answer finished more than SEEN_S before it is counted (a backlog, a replay) set its
+    seen set to expire in the past: Redis dropped the set at once, and a replay counted the
+    answer again."""
+    route = Route(requested="small", chain=["small"], experiment="size", arm="a")
+    seen = _SeenSets()
+    stats = ExperimentStats(cast(aioredis.Redis, seen))
+    result = InferenceResult(
+        correlation_id="req-1", tenant="acme", status="ok", route=route, finished_at=1e9
+    )
+    counted_at = int(time.time())
+    asyncio.run(stats.answered(result))
+    assert seen.expiries[0] >= counted_at + SEEN_S
 
 
 def test_a_latency_lands_in_the_bucket_whose_edge_bounds_it() -> None:
@@ -186,13 +206,15 @@ def test_a_histograms_quantiles_and_their_intervals_bound_the_truth() -> None:
         true = sorted(values)[math.ceil(q * len(values)) - 1]
         assert histogram_quantile(counts, LATENCY_EDGES_MS, q) == pytest.approx(true, rel=0.06)
         low, high = quantile_interval(counts, LATENCY_EDGES_MS, q)
-        assert low <= true <= high
+        assert high is not None and low <= true <= high
 
 
 def test_intervals_of_a_mean_and_a_proportion() -> None:
+    """Student's t with 3 degrees of freedom (3.182), not the normal's 1.96; one value has no
+    spread to judge by, so no interval (it was a zero-width one that never held the truth)."""
     values = [1.0, 2.0, 3.0, 4.0]
-    low, high = mean_interval(sum(values), sum(v * v for v in values), len(values))
-    half = 1.959964 * math.sqrt((5 / 3) / 4)
-    assert (low, high) == pytest.approx((2.5 - half, 2.5 + half))
-    assert mean_interval(0.3, 0.09, 1) == (0.3, 0.3)
+    interval = mean_interval(sum(values), sum(v * v for v in values), len(values))
+    half = 3.182 * math.sqrt((5 / 3) / 4)
+    assert interval == pytest.approx((2.5 - half, 2.5 + half))
+    assert mean_interval(0.3, 0.09, 1) is None
     assert wilson(0, 40)[0] == 0.0 and 0.08 < wilson(0, 40)[1] < 0.09

@@ -18,6 +18,9 @@ from streams.rollups import KEEP_DAYS, Row, hour_of, read
 from tools.costs import experiment
 from tools.costs.report import DIMENSIONS, as_json, group, hours, table
 
+DAYS = 7
+"""The days a report covers without --days or --since."""
+
 
 def register(sub: Any) -> None:
     """Add `costs` to the `llmq` subcommands (argparse's private subparsers type)."""
@@ -33,8 +36,7 @@ def register(sub: Any) -> None:
     costs.add_argument(
         "--days",
         type=_days,
-        default=7,
-        help=f"the last N UTC days (default 7, at most {KEEP_DAYS})",
+        help=f"the last N UTC days (default {DAYS}, at most {KEEP_DAYS})",
     )
     costs.add_argument("--since", type=date.fromisoformat, help="first UTC day, YYYY-MM-DD")
     costs.add_argument("--until", type=date.fromisoformat, help="last UTC day (default today)")
@@ -47,7 +49,6 @@ def register(sub: Any) -> None:
     costs.add_argument(
         "--by",
         type=_dimensions,
-        default=list(DIMENSIONS),
         help=f"group by these, comma-separated (default and choices: {','.join(DIMENSIONS)})",
     )
     out = costs.add_mutually_exclusive_group()
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.experiment:
         return _experiment(args)
     last = args.until or datetime.now(UTC).date()
-    first = args.since or last - timedelta(days=args.days - 1)
+    first = args.since or last - timedelta(days=(args.days or DAYS) - 1)
     if first > last:
         raise RuntimeError(f"--since {first} is after --until {last}")
     kept = datetime.now(UTC).date() - timedelta(days=KEEP_DAYS)
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError(f"--since {first} is in the future")
     url = ClientSettings().redis_url
     rows = [r for r in asyncio.run(_read(url, wanted)) if args.tenant in {None, r.tenant}]
-    lines = group(rows, args.by)
+    by = list(DIMENSIONS) if args.by is None else args.by
+    lines = group(rows, by)
     if args.json:
         print(json.dumps(as_json(lines, first, last), indent=2))
         return 0
@@ -81,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
         who = f" of tenant {args.tenant}" if args.tenant else ""
         print(f"no metering{who} from {first} to {last} in {url}")
         return 1
-    print(f"costs from {first} to {last} (UTC), by {', '.join(args.by)}")
-    print(table(lines, args.by))
+    print(f"costs from {first} to {last} (UTC), by {', '.join(by)}")
+    print(table(lines, by))
     if args.plot:
         from tools.costs.plot import plot  # noqa: PLC0415 -- matplotlib: only for a plot
 
@@ -110,9 +112,12 @@ def _dimensions(text: str) -> list[str]:
 
 def _experiment(args: argparse.Namespace) -> int:
     """The arms of one experiment side by side."""
-    given = [f"--{name}" for name in ("plot", "tenant", "since", "until") if getattr(args, name)]
-    if given:  # an experiment's figures are of all its answers, in one table
-        raise RuntimeError(f"--experiment reads every answer of the test: not with {given[0]}")
+    options = ("plot", "tenant", "since", "until", "days", "by")
+    given = [f"--{name}" for name in options if getattr(args, name) is not None]
+    if given:  # an experiment's figures are of all its answers, in one row per arm
+        raise RuntimeError(
+            f"--experiment reads every answer of the test's whole life: not with {given[0]}"
+        )
     url = ClientSettings().redis_url
 
     async def sums() -> dict[str, dict[str, float]]:

@@ -16,20 +16,23 @@ from tools.costs.report import aligned
 from tools.intervals import histogram_quantile, mean_interval, quantile_interval, wilson
 
 Interval = tuple[float, float]
+Bounds = tuple[float, float | None]
+"""A quantile's interval: an upper end of None is unbounded (too few answers for one)."""
 
 
 @dataclass(frozen=True)
 class ArmReport:
-    """One arm's answers and how they went; no latency where none of its answers was timed."""
+    """One arm's answers and how they went; no latency where none of its answers was timed,
+    no cost interval under two answers."""
 
     arm: str
     answers: int
     cost_per_request: float
-    cost_interval: Interval
+    cost_interval: Interval | None
     latency_p50_ms: float | None
-    latency_p50_interval: Interval | None
+    latency_p50_interval: Bounds | None
     latency_p95_ms: float | None
-    latency_p95_interval: Interval | None
+    latency_p95_interval: Bounds | None
     error_rate: float
     error_interval: Interval
     escalation_rate: float
@@ -76,7 +79,7 @@ def _report(arm: str, sums: dict[str, float]) -> ArmReport:
     )
 
 
-def _quantile(counts: list[float], q: float) -> tuple[float, Interval] | None:
+def _quantile(counts: list[float], q: float) -> tuple[float, Bounds] | None:
     """The q-quantile of a latency histogram and its interval; None for an empty one (its
     quantile would read as the last edge, a million ms)."""
     if not any(counts):
@@ -94,7 +97,7 @@ def table(reports: Sequence[ArmReport]) -> str:
         [
             r.arm,
             f"{r.answers:,}",
-            f"{r.cost_per_request:.3g} [{r.cost_interval[0]:.3g}, {r.cost_interval[1]:.3g}]",
+            _usd(r.cost_per_request, r.cost_interval),
             _ms(r.latency_p50_ms, r.latency_p50_interval),
             _ms(r.latency_p95_ms, r.latency_p95_interval),
             _share(r.error_rate, r.error_interval),
@@ -107,10 +110,17 @@ def table(reports: Sequence[ArmReport]) -> str:
     return "\n".join([head_line, rule, *lines])
 
 
-def _ms(value: float | None, interval: Interval | None) -> str:
+def _usd(value: float, interval: Interval | None) -> str:
+    if interval is None:
+        return f"{value:.3g} [-]"
+    return f"{value:.3g} [{interval[0]:.3g}, {interval[1]:.3g}]"
+
+
+def _ms(value: float | None, interval: Bounds | None) -> str:
     if value is None or interval is None:
         return "-"
-    return f"{value:,.0f} [{interval[0]:,.0f}, {interval[1]:,.0f}]"
+    upper = "unbounded" if interval[1] is None else f"{interval[1]:,.0f}"
+    return f"{value:,.0f} [{interval[0]:,.0f}, {upper}]"
 
 
 def _share(value: float, interval: Interval) -> str:
