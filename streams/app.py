@@ -203,7 +203,6 @@ def build(settings: StreamSettings) -> faust.App:
     budgets = Budgets(redis)
     alerts = BudgetAlerts(redis, send)
     gate = TenantGate(policy, RateLimiter(redis), budgets, catalog, alerts)
-    meter = Meter(gate, CostRollups(redis))
     answered: list[Answered] = [Savings(catalog, send), ExperimentStats(redis)]
     affinity = settings.prefix_affinity_chars
     # The models whose engines salt their prefix cache per tenant (workers/__main__.py).
@@ -211,6 +210,7 @@ def build(settings: StreamSettings) -> faust.App:
     salted = frozenset(m.name for m in catalog.models if per_tenant and m.engine == "vllm")
     placer = PrefixAffinity(affinity, send.partitions, salted) if affinity else None
     outbox = Outbox(store, send, ledger=gate, answered=answered, placer=placer)
+    meter = Meter(gate, CostRollups(redis), outbox)
     # The coalescing state: changelog-backed, co-partitioned with llmq.requests.keyed and
     # llmq.completions (all keyed by fingerprint, all with `partitions` partitions).
     table = app.Table(
@@ -275,7 +275,7 @@ def build(settings: StreamSettings) -> faust.App:
     # partition. Copies of a request share a partition, so they always meet in one actor.
     agent(REQUESTS_KEYED, AGENT_DEDUPE, 0, stages.dedupe.on_keyed)
     agent(COMPLETIONS, AGENT_COMPLETE, 0, stages.complete.on_completion)
-    agent(METERING, AGENT_METER, settings.concurrency, lambda _, value: meter.on_metering(value))
+    agent(METERING, AGENT_METER, settings.concurrency, meter.on_metering)
 
     async def ready() -> None:
         metrics.READY.set(1)

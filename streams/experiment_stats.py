@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -70,7 +71,8 @@ class ExperimentStats:
             args=[
                 experiment_answer(result.tenant or "", result.correlation_id or ""),
                 int(result.finished_at) + KEEP_DAYS * 86_400,
-                int(result.finished_at) + SEEN_S,
+                # From now, not from the answer: an old one's set would expire at once.
+                max(int(result.finished_at), int(time.time())) + SEEN_S,
                 *pairs,
             ],
         )
