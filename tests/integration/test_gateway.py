@@ -40,8 +40,9 @@ KEYS = {"acme": new_key(), "suspended": new_key()}
 
 @pytest.fixture(scope="module")
 def keyed_door(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A second front-door instance with API keys, a model no worker serves, and a 4 s
-    deadline for every request."""
+    """A second front-door instance with API keys, a model no worker serves, and a 15 s
+    deadline for every request: ample for a few tokens on a busy machine, far short of
+    1,900 (a CPU engine serves one stream at tens of tokens a second)."""
     folder = tmp_path_factory.mktemp("keyed-door")
     tenants = folder / "tenants.toml"
     lines = [f'"{key_hash(key)}" = "{tenant}"' for tenant, key in KEYS.items()]
@@ -54,7 +55,7 @@ def keyed_door(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> I
     env = {
         "LLMQ_TENANTS_FILE": str(tenants),
         "LLMQ_MODELS_FILE": str(models),
-        "LLMQ_REQUEST_TIMEOUT_S": "4",
+        "LLMQ_REQUEST_TIMEOUT_S": "15",
     }
     component = stack.gateway(port, "gateway-keyed", env)
     stack.start(component, say=lambda _: None)
@@ -213,9 +214,9 @@ def test_errors_reach_the_sdk_as_its_exceptions(
     with pytest.raises(openai.BadRequestError) as large:  # within the prompt's characters
         sdk.chat.completions.create(model=MODEL, messages=huge, max_tokens=4)  # type: ignore[arg-type]
     assert large.value.code == "prompt_too_large" and "the limit is 450000" in large.value.message
-    with pytest.raises(openai.APIStatusError) as late:  # a 4 s deadline, 1500 tokens
+    with pytest.raises(openai.APIStatusError) as late:  # a 15 s deadline, 1,900 tokens
         keyed["acme"].chat.completions.create(
-            model=MODEL, **{**ask, "max_tokens": 1500}, extra_body={"ignore_eos": True}
+            model=MODEL, **{**ask, "max_tokens": 1900}, extra_body={"ignore_eos": True}
         )
     assert late.value.status_code == 408 and late.value.code == "expired"
 
