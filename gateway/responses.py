@@ -6,10 +6,11 @@ message, or the function calls it makes."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import ValidationError
 
 from gateway.openai import (
     IGNORED,
@@ -31,6 +32,8 @@ from gateway.response_tools import (
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
+from schemas.redact import MAX_NAME_CHARS, SAFE_NAME, describe
+from schemas.request import MAX_MESSAGES
 from schemas.result import InferenceResult, Usage
 
 SAMPLING = ("temperature", "top_p")
@@ -131,6 +134,7 @@ def read_response_call(
         raise LlmqError(ErrorCode.INVALID_REQUEST, "instructions must be a string")
     system = [] if not instructions else [{"role": "system", "content": instructions}]
     conversation, items = _messages(data.get("input"), history)
+    _check_length(len(history), len(items), len(system))
     fields: dict[str, Any] = {
         **{k: v for k, v in data.items() if k in READ and k not in OWN},
         **chat_tools(data),
@@ -155,7 +159,7 @@ def read_response_call(
             timeout_s=timeout_s,
         )
     except LlmqError as exc:
-        raise LlmqError(exc.code, _renamed(exc.message, len(system), len(history), items)) from None
+        raise _renamed(exc, _Names(len(system), len(history), items)) from None
     named = ("instructions", "max_output_tokens", "top_logprobs", "previous_response_id")
     asked = {k: data.get(k) for k in named}
     asked.update(metadata=data.get("metadata", {}), text={"format": fmt}, **echoed_tools(data))
@@ -164,24 +168,88 @@ def read_response_call(
     return ResponseCall(call.request, call.include_usage, call.n, asked, conversation, store)
 
 
-def _renamed(message: str, system: int, history: int, items: list[int]) -> str:
-    """A chat reader's message with its fields named as this body names them: the messages
-    after `system` instructions and the `history` continued are the input (`items`: the
-    input item each one came from), response_format is text.format, a function tool's
-    fields are the tool's own."""
+@dataclass(frozen=True)
+class _Names:
+    """Where the chat request's messages came from: `system` instructions, then the `history`
+    continued, then the input (`items`: the input item each of those came from)."""
 
-    def item(found: re.Match[str]) -> str:
-        index = int(found.group(1)) - system
-        if index < 0:
-            return "instructions"
-        if index < history:
-            return "previous_response_id (the conversation it continues)"
-        return f"input.{items[index - history]}{found.group(2) or ''}"
+    system: int
+    history: int
+    items: list[int]
 
-    message = re.sub(r"\bmessages\.(\d+)(\.\w+)?", item, message)
-    message = re.sub(r"\bresponse_format(\.json_schema)?\b", "text.format", message)
-    message = re.sub(r"\b(tools\.\d+|tool_choice)\.function\b", r"\1", message)
-    return re.sub(r"\bmax_tokens\b", "max_output_tokens", message)
+    def of(self, loc: tuple[str | int, ...]) -> tuple[str, tuple[str | int, ...]]:
+        """A chat body's field (a validation error's location) as this body names it: its
+        head, and the path below it. Never raises: a location it does not know is chat's."""
+        head, rest = (str(loc[0]), loc[1:]) if loc else ("", ())
+        if head == "messages" and rest and isinstance(rest[0], int):
+            index = rest[0] - self.system
+            if index < 0:
+                return "instructions", ()
+            if index < self.history:
+                return "previous_response_id", ()
+            return "input", (*self.items[index - self.history :][:1], *rest[1:])
+        if head == "messages":
+            return "input", rest
+        if head == "response_format":
+            return "text.format", rest[1:] if rest[:1] == ("json_schema",) else rest
+        if head in ("tools", "tool_choice") and "function" in rest:
+            at = rest.index("function")  # a function tool's fields are the tool's own
+            return head, rest[:at] + rest[at + 1 :]
+        return "max_output_tokens" if head == "max_tokens" else head, rest
+
+
+def _renamed(exc: LlmqError, names: _Names) -> LlmqError:
+    """The chat reader's refusal with its fields named as this body names them, read from
+    where validation failed (read_call raises its error `from None` the ValidationError,
+    which stays its context), never from the message, which quotes the body's values. Its
+    other refusals name fields that this body names alike (model, service_tier, metadata,
+    ...) and pass as they are."""
+    invalid = exc.__context__ if exc.__suppress_context__ else None
+    if not isinstance(invalid, ValidationError):
+        return exc
+    errors = invalid.errors(include_url=False, include_input=False, include_context=False)
+    loc = errors[0]["loc"] if errors else ()
+    param = _param(*names.of(loc)) if loc else None
+    return LlmqError(exc.code, describe(invalid, where=_where(names)), param=param)
+
+
+def _where(names: _Names) -> Callable[[tuple[str | int, ...]], str]:
+    """How `describe` names a location: dotted, as it does, an unknown key quoted."""
+
+    def where(loc: tuple[str | int, ...]) -> str:
+        head, rest = names.of(loc)
+        if head == "previous_response_id":
+            head = "previous_response_id (the conversation it continues)"
+        return ".".join([head or "request", *map(_safe, rest)])
+
+    return where
+
+
+def _safe(part: str | int) -> str:
+    """A key as an error may name it: one the body chose is cut short and quoted (as
+    schemas.redact names it)."""
+    text = str(part)
+    return text if SAFE_NAME.fullmatch(text) else ascii(text[:MAX_NAME_CHARS])
+
+
+def _param(head: str, rest: tuple[str | int, ...]) -> str:
+    """A field as OpenAI's errors name it: "input[1].content"."""
+    return head + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest)
+
+
+def _check_length(history: int, given: int, system: int) -> None:
+    """A conversation continued (`history` messages) past what a request holds is refused
+    naming previous_response_id (chat's cap would name `messages`, which this body has not)."""
+    total = history + given + system
+    if not history or total <= MAX_MESSAGES:
+        return
+    instructions = " and the instructions" if system else ""
+    why = (
+        f"previous_response_id continues a conversation of {history} messages: with the "
+        f"input's {given}{instructions}, {total}, more than the {MAX_MESSAGES} messages a "
+        "request holds; start a new conversation (without previous_response_id)"
+    )
+    raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="previous_response_id")
 
 
 def _check_fields(data: dict[str, Any]) -> None:

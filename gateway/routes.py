@@ -36,6 +36,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LATE = LlmqError(ErrorCode.EXPIRED, "no answer before the deadline")
 RESUMED = {kind.OBJECT: kind for kind in (Chunks, TextChunks)}
 """A resumed stream's chunks by their `object` (the resume route's query parameter)."""
+PREVIOUS_NOT_FOUND = "previous_response_not_found"
+"""OpenAI's error code for a previous_response_id it holds no response of (a 400)."""
 
 router = APIRouter()
 
@@ -105,11 +107,24 @@ async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
 
 
 def _no_response(response_id: str) -> ApiError:
-    why = (
+    return ApiError(LlmqError(ErrorCode.INVALID_REQUEST, _not_stored(response_id)), 404)
+
+
+def _no_previous(response_id: str) -> ApiError:
+    """A continued response that is not stored: a 400 naming previous_response_id, with
+    OpenAI's code for it. That code is this route's alone (no result carries it, as
+    response_events' OpenAI codes): set here, not an ErrorCode of llmq's."""
+    why = _not_stored(response_id)
+    refused = ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why, param="previous_response_id"))
+    refused.body["error"]["code"] = PREVIOUS_NOT_FOUND
+    return refused
+
+
+def _not_stored(response_id: str) -> str:
+    return (
         f"no stored response {response_id} for this tenant (answered with store false, "
         "deleted, past its retention, or never made)"
     )
-    return ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why), 404)
 
 
 async def _complete(
@@ -288,7 +303,7 @@ async def _read_response(door: FrontDoor, request: Request) -> Call:
         raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why))
     kept = await door.responses.get(tenant, previous)
     if kept is None:
-        raise _no_response(previous)
+        raise _no_previous(previous)
     return _call(door, request, read_response_call, tenant, data, history=kept.messages)
 
 
@@ -443,7 +458,16 @@ async def _unless_gone(request: Request, work: Awaitable[T]) -> T | None:
     if task.done():
         return task.result()
     task.cancel()
+    # Its outcome is nobody's now; a gather's is its CancelledError, which asyncio would log
+    # at ERROR, as never retrieved, for each client that leaves before its first piece.
+    task.add_done_callback(_retrieved)
     return None
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Take a finished future's outcome, so that asyncio does not report it unread."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _until_gone(request: Request) -> None:

@@ -4,6 +4,7 @@ an answer into an output or error line, in the shape of the batch's endpoint."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from schemas.names import BATCH_RESULTS
 from schemas.request import InferenceRequest
 from schemas.result import InferenceResult
 
+log = logging.getLogger(__name__)
+
 ENDPOINT = "/v1/chat/completions"
 TEXT_ENDPOINT = "/v1/completions"
 RESPONSES_ENDPOINT = "/v1/responses"
@@ -31,6 +34,9 @@ READERS: dict[str, Callable[..., Call]] = {
 responses), and the reader of each one's bodies."""
 ENDPOINTS = tuple(READERS)
 MAX_CUSTOM_ID = 512
+UNREADABLE = "llmq failed to read this line's body (a bug, logged at the front door)"
+"""The error of a line whose reader raised what it should not: the batch goes on (a step
+that failed again on each try left the batch validating until it expired)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,8 @@ def read_line(
     endpoint: str = ENDPOINT,
 ) -> Line:
     """An input line's request to the batch's `endpoint`, on the batch lane with the batch's
-    deadline; LlmqError saying what is wrong with it (its size too, as a record)."""
+    deadline; LlmqError saying what is wrong with it (its size too, as a record), or
+    UNREADABLE where its reader failed otherwise (logged)."""
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -70,13 +77,19 @@ def read_line(
         why = f"url must be {endpoint}, the endpoint of the batch"
         raise LlmqError(ErrorCode.UNSUPPORTED, why)
     now = time.time()
-    call = READERS[endpoint](
-        _batch_body(data.get("body")),
-        tenant=tenant,
-        lane=Lane.BATCH.value,
-        catalog=catalog,
-        timeout_s=deadline - now,
-    )
+    try:
+        call = READERS[endpoint](
+            _batch_body(data.get("body")),
+            tenant=tenant,
+            lane=Lane.BATCH.value,
+            catalog=catalog,
+            timeout_s=deadline - now,
+        )
+    except LlmqError:
+        raise
+    except Exception as exc:  # a bug: this line's error, not every line's
+        log.error("batch line %s is refused: its reader failed", correlation_id, exc_info=exc)
+        raise LlmqError(ErrorCode.INVALID_REQUEST, UNREADABLE) from None
     request = call.request.model_copy(
         update={"correlation_id": correlation_id, "reply_to": BATCH_RESULTS}
     )

@@ -148,15 +148,20 @@ def test_a_stored_response_is_fetched_continued_from_and_deleted(sdk: OpenAI) ->
     for bad in ({"limit": 0}, {"order": "newest"}, {"after": "msg_none"}):
         with pytest.raises(openai.BadRequestError, match=r"limit|order|after"):
             sdk.responses.input_items.list(previous.id, **bad)
-    # Deleted, it can be neither fetched nor continued from; nor can one not stored.
+    # Deleted, it can be neither fetched nor continued from (OpenAI's 400 for the latter);
+    # nor can one not stored.
     sdk.responses.delete(first.id)
     unstored = sdk.responses.create(**ask, input=unique_prompt("Hi"), store=False)
     assert (unstored.model_extra or {})["store"] is False
     for gone in (first.id, unstored.id, "resp_never"):
         with pytest.raises(openai.NotFoundError, match="no stored response"):
             sdk.responses.retrieve(gone)
-        with pytest.raises(openai.NotFoundError, match="no stored response"):
+        with pytest.raises(openai.BadRequestError, match="no stored response") as refused:
             sdk.responses.create(**ask, input="Hi", previous_response_id=gone)
+        assert (refused.value.code, refused.value.param) == (
+            "previous_response_not_found",
+            "previous_response_id",
+        )
         with pytest.raises(openai.NotFoundError, match="no stored response"):
             sdk.responses.input_items.list(gone)
     with pytest.raises(openai.NotFoundError):

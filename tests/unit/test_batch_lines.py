@@ -4,6 +4,7 @@ objects OpenAI's SDK reads, and validation's verdict on a file."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from openai.types import Batch, Completion, FileObject
 from openai.types.responses import Response
 
+from gateway.batch import lines
 from gateway.batch.collector import outcome, parse_line_id
 from gateway.batch.lines import RESPONSES_ENDPOINT, TEXT_ENDPOINT, output_line, read_line
 from gateway.batch.objects import batch_object, file_object
@@ -138,6 +140,35 @@ def test_a_text_batchs_lines_are_raw_prompts_and_its_answers_text_completions() 
     answer = made.body["response"]["body"]
     assert (answer["object"], answer["choices"][0]["text"]) == ("text_completion", "Blue.")
     assert Completion.model_validate(answer).usage is not None
+
+
+def test_a_line_its_reader_fails_on_is_that_lines_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Validation caught LlmqError only: an IndexError of one line failed the step again on
+    each try, and the batch sat validating until it expired."""
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise IndexError("list index out of range")
+
+    monkeypatch.setitem(lines.READERS, RESPONSES_ENDPOINT, broken)
+    raw = _raw(url=RESPONSES_ENDPOINT, body={"model": MODEL, "input": "Hi"})
+    with caplog.at_level(logging.ERROR, "gateway.batch.lines"), pytest.raises(LlmqError) as caught:
+        read_line(
+            raw,
+            tenant="acme",
+            catalog=CATALOG,
+            deadline=time.time() + 60,
+            correlation_id="batch_ab.4.0",
+            endpoint=RESPONSES_ENDPOINT,
+        )
+    assert (caught.value.code, caught.value.message) == (
+        ErrorCode.INVALID_REQUEST,
+        lines.UNREADABLE,
+    )
+    [record] = caplog.records
+    assert "batch_ab.4.0" in record.getMessage() and record.exc_info is not None
+    assert record.exc_info[0] is IndexError
 
 
 def test_a_responses_batchs_lines_echo_what_they_asked_and_stand_alone() -> None:

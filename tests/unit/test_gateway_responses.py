@@ -30,7 +30,7 @@ from gateway.responses import (
 from llmq.streaming import Delta
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
-from schemas.request import ChatMessage
+from schemas.request import MAX_MESSAGES, ChatMessage
 from schemas.result import (
     ChatCompletion,
     Choice,
@@ -175,6 +175,63 @@ def test_the_chat_readers_refusals_name_this_bodys_fields() -> None:
     nameless = {"format": {"type": "json_schema", "schema": SCHEMA}}
     why = _refused(ErrorCode.INVALID_REQUEST, text=nameless)
     assert why.startswith("text.format.name") and "response_format" not in why
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "why"),
+    [
+        ({"model": "messages.7"}, ErrorCode.UNKNOWN_MODEL, "the model 'messages.7' does not"),
+        ({"model": "max_tokens"}, ErrorCode.UNKNOWN_MODEL, "the model 'max_tokens' does not"),
+        ({"lane": "messages.3"}, ErrorCode.INVALID_REQUEST, "'messages.3' is not a valid Lane"),
+        ({"cache": "messages.12"}, ErrorCode.INVALID_REQUEST, "'messages.12' is not a valid"),
+        (
+            {"instructions": "hi", "lane": "messages.1"},
+            ErrorCode.INVALID_REQUEST,
+            "'messages.1' is not a valid Lane",
+        ),
+    ],
+)
+def test_a_refusal_quotes_the_bodys_own_values_as_they_came(
+    body: dict[str, Any], code: ErrorCode, why: str
+) -> None:
+    """Fields were renamed over the whole message, values too: one that looked like a message
+    past the last was a 500 (IndexError), others were reported as other values."""
+    assert why in _refused(code, **body)
+
+
+def test_a_validation_refusal_names_this_bodys_field_as_its_param() -> None:
+    bad = [{"role": "user", "content": "fine"}, {"role": "user", "content": 5}]
+    nameless = {"format": {"type": "json_schema", "schema": SCHEMA}}
+    misnamed = [{**TIME_TOOL[0], "name": "get time"}]
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"input": bad, "instructions": "x"}, "input[1].content"),
+        ({"max_output_tokens": 0}, "max_output_tokens"),
+        ({"text": nameless}, "text.format.name"),
+        ({"tools": misnamed, "tool_choice": "required"}, "tools[0].name"),
+        ({"instructions": "x" * 200_001}, "instructions"),
+        ({"history": [{"role": "user", "content": 5}]}, "previous_response_id"),
+    ]
+    for body, param in cases:
+        with pytest.raises(LlmqError) as caught:
+            _read(**body)
+        assert caught.value.param == param, body
+
+
+def test_a_conversation_continued_past_the_cap_is_refused_naming_previous_response_id() -> None:
+    """It passed to chat's cap, whose 400 named `messages`, a field this body has not."""
+    with pytest.raises(LlmqError) as caught:
+        _read(HISTORY * (MAX_MESSAGES // 2), input="And?", instructions="Be brief.")
+    assert (caught.value.code, caught.value.param) == (
+        ErrorCode.INVALID_REQUEST,
+        "previous_response_id",
+    )
+    assert caught.value.message == (
+        f"previous_response_id continues a conversation of {MAX_MESSAGES} messages: with the "
+        f"input's 1 and the instructions, {MAX_MESSAGES + 2}, more than the {MAX_MESSAGES} "
+        "messages a request holds; start a new conversation (without previous_response_id)"
+    )
+    fits = _read(HISTORY * (MAX_MESSAGES // 2 - 1), input="And?", instructions="Be brief.")
+    assert len(fits.request.body.messages) == MAX_MESSAGES
 
 
 def test_a_continued_response_follows_its_conversation_but_not_its_instructions() -> None:
