@@ -1,7 +1,8 @@
 """`llmq faults` for real, small: every fault scenario on a stack of its own (free ports, a
 temporary state dir, three brokers for those that need them; the session's stack is not
-touched), nothing accepted is lost, no duplicate contradicts the first answer, the checks
-of the scenarios in CHECKED pass, and the report goes where it was told."""
+touched), nothing accepted is lost, no duplicate contradicts the first answer, no scenario
+finds a broken guarantee (its exit status), the scenarios in CHECKED have no timing finding
+either, and the report goes where it was told."""
 
 from __future__ import annotations
 
@@ -25,12 +26,15 @@ CHECKED = [
     "autoscale-down",
     "batch-restarts",
 ]
-"""Scenarios whose own checks (their findings) must pass too."""
-TOLERATED = ("(flapping)", "the decisions behind each start")
-"""Findings reported but not failed on: autoscale-down's autoscaler started its worker a
-second time in one of four runs (2026-11-30). The kept logs of the CI run of 2026-12-01
-(four starts, 48 lost) showed why: a rate misread at one worker, since fixed; still only
-reported until runs show it gone. The finding carries the decision behind each start."""
+"""Scenarios with no finding, broken or timing, but those TOLERATED."""
+TOLERATED = ("(flapping)", "the decisions behind each start", "error replies it does not expect")
+"""Timing findings reported but not failed on (a broken one fails the exit status). Error
+replies that a fault may give where it outlasts a timeout (Scenario.timing_errors:
+kafka-stop's internal_error, autoscale-down's engine_timeout), which this test never failed
+on. And autoscale-down's autoscaler started its worker a second time in one of four runs
+(2026-11-30). The kept logs of the CI run of 2026-12-01 (four starts, 48 lost) showed why:
+a rate misread at one worker, since fixed; still only reported until runs show it gone.
+The finding carries the decision behind each start."""
 
 
 def test_every_fault_scenario_loses_nothing(llmq_bin: Path, tmp_path: Path) -> None:
@@ -54,7 +58,11 @@ def test_every_fault_scenario_loses_nothing(llmq_bin: Path, tmp_path: Path) -> N
         assert tally["accepted"] > 0, name
         assert tally["lost"] == 0, (name, tally["lost_ids"], outcome["findings"])
         assert tally["conflicting"] == 0, (name, outcome["findings"])
-        failed = [f for f in outcome["findings"] if not any(t in f for t in TOLERATED)]
+        failed = [
+            f["text"]
+            for f in outcome["findings"]
+            if f["kind"] == "broken" or not any(t in f["text"] for t in TOLERATED)
+        ]
         assert name not in CHECKED or failed == [], (name, outcome["findings"])
     assert outcomes["poison"]["tally"]["errors"] == {"invalid_request": 1, "unknown_model": 1}
     assert done.returncode == 0, said

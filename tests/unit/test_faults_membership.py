@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from tools.faults.membership import _scale_down_findings, _started_because
+from tools.faults.outcome import Finding, Kind
 
-WELL = {"served": True, "down": True, "left": 24, "said": "worker w-2 stopped", "starts": 1}
+WELL = {"served": True, "down": True, "left": 24, "drained": True, "starts": 1}
 """It served, left with 24 of the burst unanswered, drained, and stayed gone."""
 
 
@@ -16,17 +17,25 @@ WELL = {"served": True, "down": True, "left": 24, "said": "worker w-2 stopped", 
     ("change", "found"),
     [
         ({}, []),
-        ({"served": False, "down": False}, ["the autoscaler did not bring w-2 into service"]),
-        ({"down": False}, ["the autoscaler did not take w-2 away"]),
-        ({"left": 0}, ["the scale-down came after the burst: all of it was answered"]),
-        ({"said": "killed"}, ["w-2 did not drain and exit by itself"]),
-        ({"starts": 2}, ["the autoscaler started w-2 2 times (flapping)"]),
+        (
+            {"served": False, "down": False},
+            [(Kind.TIMING, "the autoscaler did not bring w-2 into service")],
+        ),
+        ({"down": False}, [(Kind.TIMING, "the autoscaler did not take w-2 away")]),
+        (
+            {"left": 0},
+            [(Kind.TIMING, "the scale-down came after the burst: all of it was answered")],
+        ),
+        ({"drained": False}, [(Kind.BROKEN, "w-2 did not drain and exit by itself")]),
+        ({"starts": 2}, [(Kind.TIMING, "the autoscaler started w-2 2 times (flapping)")]),
     ],
 )
-def test_the_extra_worker_must_serve_leave_mid_burst_drain_and_stay_gone(
-    change: dict[str, Any], found: list[str]
+def test_the_extra_worker_must_drain_and_its_late_or_repeated_moves_are_timing(
+    change: dict[str, Any], found: list[tuple[Kind, str]]
 ) -> None:
-    assert _scale_down_findings("w-2", **{**WELL, **change}) == found
+    """Only a worker that did not drain breaks a guarantee: when the autoscaler moves
+    follows the machine's speed (CI tolerates flapping)."""
+    assert _scale_down_findings("w-2", **{**WELL, **change}) == [Finding(*f) for f in found]
 
 
 def test_each_start_is_told_with_the_decision_logged_before_it() -> None:

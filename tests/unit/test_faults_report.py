@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.faults.outcome import Outcome
+from tools.faults.outcome import Finding, Kind, Outcome
 from tools.faults.report import (
     BEGIN,
     END,
@@ -55,13 +55,22 @@ LOSSY = Outcome(
         lost_ids=("kafka-1",),
     ),
     notes=["a | b"],
-    findings=["streams died; its log ends: x"],
+    findings=[
+        Finding(Kind.BROKEN, "streams died; its log ends: x"),
+        Finding(Kind.TIMING, "nothing in flight at the kill"),
+    ],
 )
-BROKEN = Outcome("poison", "poison records", findings=["the scenario failed: boom"])
+BROKEN = Outcome("poison", "poison records", findings=[Finding(Kind.BROKEN, "boom")])
+SLOW = Outcome(
+    "worker-kill",
+    "kill -9 of the worker mid-batch, restarted",
+    CLEAN.tally,
+    findings=[Finding(Kind.TIMING, "nothing in flight at the kill")],
+)
 
 
-def test_failed_means_lost_conflicting_or_no_tally() -> None:
-    assert [o.failed for o in (CLEAN, LOSSY, BROKEN)] == [False, True, True]
+def test_failed_means_lost_conflicting_no_tally_or_a_broken_guarantee() -> None:
+    assert [o.failed for o in (CLEAN, LOSSY, BROKEN, SLOW)] == [False, True, True, False]
 
 
 def test_the_table_has_a_row_per_scenario_with_its_counts() -> None:
@@ -72,8 +81,10 @@ def test_the_table_has_a_row_per_scenario_with_its_counts() -> None:
     )
     assert "| 0 | 42 | 0 | 31.2 | 9 in flight at the kill; 2 generated twice |" in rows[2]
     assert "| internal_error 2 | - |" in rows[3]
-    assert "a \\| b; **finding**: streams died" in rows[3]  # a pipe cannot break the table
-    assert rows[4].startswith("| poison records | - | - |")
+    assert "a \\| b; **broken**: streams died" in rows[3]  # a pipe cannot break the table
+    assert rows[3].endswith("; **timing**: nothing in flight at the kill |")
+    assert rows[3].startswith("| **failed**: Kafka broker stopped for 12 s under load |")
+    assert rows[4].startswith("| **failed**: poison records | - | - |")
     assert all(row.count(" | ") == rows[0].count(" | ") for row in rows[2:4])
 
 
@@ -89,7 +100,8 @@ def test_the_readme_section_lists_findings_and_points_to_the_report() -> None:
     text = section([CLEAN, LOSSY], META, "RELIABILITY.md")
     assert "[RELIABILITY.md](RELIABILITY.md)" in text
     assert table([CLEAN, LOSSY], notes=False).strip() in text
-    assert "- kafka-stop: streams died; its log ends: x" in text
+    assert "- kafka-stop (broken): streams died; its log ends: x" in text
+    assert "- kafka-stop (timing): nothing in flight at the kill" in text
 
 
 def test_the_readme_section_is_replaced_between_its_markers(tmp_path: Path) -> None:
@@ -121,3 +133,4 @@ def test_the_json_holds_every_outcome(tmp_path: Path) -> None:
     assert [o["scenario"] for o in doc["outcomes"]] == ["worker-kill", "kafka-stop", "poison"]
     assert doc["outcomes"][1]["tally"]["lost_ids"] == ["kafka-1"]
     assert doc["outcomes"][2]["tally"] is None
+    assert doc["outcomes"][2]["findings"] == [{"kind": "broken", "text": "boom"}]

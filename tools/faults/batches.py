@@ -45,9 +45,9 @@ def batch_restarts(rig: Rig, out: Outcome) -> None:
         batch_id = _submit(api, tag, lines)
         rig.say(f"batch {batch_id}: {lines} lines, {IN_FLIGHT} in flight at a time")
         fault_at = time.monotonic()
-        notes = [_kill(rig, api, batch_id, door, lines // 6)]
+        notes = [_kill(rig, out, api, batch_id, door, after=lines // 6)]
         for name, share in (("streams", 3), ("worker", 2)):
-            notes.append(_kill(rig, api, batch_id, rig.component(name), lines // share))
+            notes.append(_kill(rig, out, api, batch_id, rig.component(name), after=lines // share))
         try:
             batch = api.wait(batch_id, timeout_s=DRAIN_S)
         except TimeoutError:
@@ -72,7 +72,7 @@ def batch_restarts(rig: Rig, out: Outcome) -> None:
         f"of {counts['total']}",
     ]
     if batch["status"] != "completed":
-        out.findings.append(f"the batch ended {batch['status']}, not completed")
+        out.broken(f"the batch ended {batch['status']}, not completed")
 
 
 def _submit(api: BatchApi, tag: str, lines: int) -> str:
@@ -96,9 +96,14 @@ def _line(tag: str, number: int) -> dict[str, Any]:
     }
 
 
-def _kill(rig: Rig, api: BatchApi, batch_id: str, component: Component, after: int) -> str:
+def _kill(
+    rig: Rig, out: Outcome, api: BatchApi, batch_id: str, component: Component, *, after: int
+) -> str:
     """Once `after` lines are answered, kill -9 the component and bring it back."""
-    wait_until(lambda: _answered(api.batch(batch_id)) >= after, BUSY_WAIT_S, interval_s=0.5)
+    out.reached(
+        wait_until(lambda: _answered(api.batch(batch_id)) >= after, BUSY_WAIT_S, interval_s=0.5),
+        f"{after} lines answered before the kill of {component.proc.name}",
+    )
     done = _answered(api.batch(batch_id))
     rig.say(f"killing {component.proc.name} with {done} lines answered (kill -9)")
     began = time.monotonic()

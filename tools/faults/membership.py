@@ -19,8 +19,8 @@ from schemas.names import DLQ, HEADER_SOURCE_TOPIC, TOKENS, topic_plan
 from schemas.request import CacheMode, InferenceRequest
 from schemas.stream import TokenDelta
 from tools.faults.load import Load
-from tools.faults.outcome import Outcome
-from tools.faults.probe import log_lines, metric, metrics, partition_leaders, starts
+from tools.faults.outcome import Finding, Kind, Outcome
+from tools.faults.probe import drained, log_lines, metric, metrics, partition_leaders, starts
 from tools.faults.rig import Rig, kill9, wait_moving, wait_until
 from tools.faults.scenarios import (
     AFTER_S,
@@ -107,7 +107,7 @@ def broker_kill(rig: Rig, out: Outcome) -> None:
         f"{len(during)} replies while it was down",
     ]
     if not during:
-        out.findings.append("nothing was answered while one broker of three was down")
+        out.broken("nothing was answered while one broker of three was down")
 
 
 def streams_join(rig: Rig, out: Outcome) -> None:
@@ -135,14 +135,21 @@ def streams_join(rig: Rig, out: Outcome) -> None:
             out.tally = load.finish(fault_at, DRAIN_S)
     finally:
         second.proc.stop()
-    out.notes += [
+    left = (
+        "was not running at its SIGTERM"
+        if left_s is None
+        else f"left {left_s:.1f} s after its SIGTERM"
+    )
+    out.notes.append(
         f"{second.proc.name} ready {joined_s:.0f} s after it started, admitted "
-        f"{admitted:.0f} requests, left {left_s:.1f} s after its SIGTERM"
-    ]
+        f"{admitted:.0f} requests, {left}"
+    )
     if admitted == 0:
-        out.findings.append(f"{second.proc.name} took no share of the partitions")
-    if left_s >= second.proc.stop_timeout_s:
-        out.findings.append(f"{second.proc.name} did not leave by itself: it was killed")
+        out.broken(f"{second.proc.name} took no share of the partitions")
+    if left_s is None:
+        out.broken(f"{second.proc.name} was not running when its SIGTERM came")
+    elif left_s >= second.proc.stop_timeout_s:
+        out.broken(f"{second.proc.name} did not leave by itself: it was killed")
 
 
 def autoscale_down(rig: Rig, out: Outcome) -> None:
@@ -210,18 +217,22 @@ def autoscale_down(rig: Rig, out: Outcome) -> None:
         auto.proc.stop()
         extra.proc.stop()
     runs = starts(extra.proc) - earlier
-    said = "\n".join(log_lines(extra.proc, run=earlier + 1, lines=200))  # its first run here
+    said = log_lines(extra.proc, run=earlier + 1, lines=200)  # its first run here
     out.notes.append(
         f"the autoscaler stopped {extra.proc.name} with {seen['in_flight']:.0f} in flight and "
         f"{seen['left']:.0f} of the burst unanswered (a tail of {len(tails)} included)"
     )
-    found = _scale_down_findings(
-        extra.proc.name, served=served, down=down, left=seen["left"], said=said, starts=runs
+    out.findings += _scale_down_findings(
+        extra.proc.name,
+        served=served,
+        down=down,
+        left=seen["left"],
+        drained=drained(said),
+        starts=runs,
     )
     if runs > 1:  # why each start: the decision logged just before it
         decided = _started_because(log_lines(auto.proc, lines=100_000), extra.proc.name)
-        found.append("the decisions behind each start: " + " | ".join(decided))
-    out.findings += found
+        out.timing("the decisions behind each start: " + " | ".join(decided))
 
 
 def _started_because(said: list[str], name: str) -> list[str]:
@@ -234,21 +245,24 @@ def _started_because(said: list[str], name: str) -> list[str]:
 
 
 def _scale_down_findings(
-    name: str, *, served: bool, down: bool, left: float, said: str, starts: int
-) -> list[str]:
+    name: str, *, served: bool, down: bool, left: float, drained: bool, starts: int
+) -> list[Finding]:
     """What went wrong with the extra worker `name`: it never served, never left, left
-    only after the burst, was killed rather than drained, or was started again."""
+    only after the burst, or was started again (the autoscaler's decisions follow the
+    machine's speed: timing), or it was killed rather than drained (broken)."""
     found = []
     if not served:
-        found.append(f"the autoscaler did not bring {name} into service")
+        found.append(Finding(Kind.TIMING, f"the autoscaler did not bring {name} into service"))
     elif not down:
-        found.append(f"the autoscaler did not take {name} away")
+        found.append(Finding(Kind.TIMING, f"the autoscaler did not take {name} away"))
     elif left == 0:
-        found.append("the scale-down came after the burst: all of it was answered")
-    if down and " stopped" not in said:
-        found.append(f"{name} did not drain and exit by itself")
+        text = "the scale-down came after the burst: all of it was answered"
+        found.append(Finding(Kind.TIMING, text))
+    if down and not drained:
+        found.append(Finding(Kind.BROKEN, f"{name} did not drain and exit by itself"))
     if starts > 1:
-        found.append(f"the autoscaler started {name} {starts} times (flapping)")
+        text = f"the autoscaler started {name} {starts} times (flapping)"
+        found.append(Finding(Kind.TIMING, text))
     return found
 
 
@@ -288,11 +302,11 @@ def crash_loop(rig: Rig, out: Outcome) -> None:
         "dead-lettered from " + counts(Counter(h.get(HEADER_SOURCE_TOPIC, "?") for h in letters)),
     ]
     if kills != DEFAULT_MAX_STARTS:
-        out.findings.append(f"{kills} workers went down, not LLMQ_MAX_STARTS={DEFAULT_MAX_STARTS}")
+        out.broken(f"{kills} workers went down, not LLMQ_MAX_STARTS={DEFAULT_MAX_STARTS}")
     if code != ErrorCode.CRASH_LOOP.value:
-        out.findings.append(f"the request was answered {code or 'not at all'}, not crash_loop")
+        out.broken(f"the request was answered {code or 'not at all'}, not crash_loop")
     if not letters:
-        out.findings.append(f"its work record never reached {DLQ}")
+        out.broken(f"its work record never reached {DLQ}")
 
 
 def _long(load: Load, tokens: int, stream: bool = False, **envelope: Any) -> InferenceRequest:

@@ -3,11 +3,12 @@ memory of a process and its children, a consumer group's backlog, and what a log
 
 from __future__ import annotations
 
+import re
 import threading
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -175,3 +176,15 @@ def log_lines(proc: Proc, run: int = -1, lines: int = 6) -> list[str]:
         return []  # no such run (index 0 is what precedes the first)
     said = [line for line in runs[run].splitlines() if line.strip() and line[:4] != "=== "]
     return said[-lines:]
+
+
+DRAINED = re.compile(r"\S+ \S+ INFO workers: worker \S+ stopped")
+"""The last line of a worker that drained and left on SIGTERM (workers/__main__.py `serve`),
+as llmq.startup.LOG_FORMAT writes it."""
+
+
+def drained(lines: Iterable[str]) -> bool:
+    """Whether a worker's log lines hold its clean drain's last line: not its error exit
+    ("the worker stopped: <why>") nor its grace running out ("not stopped ... after the
+    signal to stop")."""
+    return any(DRAINED.fullmatch(line) for line in lines)

@@ -76,10 +76,12 @@ class Rig:
         self.stack.up(say=note)
         return started
 
-    def stop(self, comp: Component) -> float:
-        """SIGTERM a component and wait until it is gone; the seconds that took."""
+    def stop(self, comp: Component) -> float | None:
+        """SIGTERM a component and wait until it is gone; the seconds that took, or None when
+        it was not running (it left before, which is no drain, however quick)."""
         began = time.monotonic()
-        comp.proc.stop()
+        if not comp.proc.stop():
+            return None
         return time.monotonic() - began
 
     def in_flight(self, worker: Component) -> float:

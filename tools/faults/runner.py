@@ -20,7 +20,7 @@ from tools.faults.outcome import Outcome
 from tools.faults.plan import SCENARIOS
 from tools.faults.probe import Backlog, log_lines
 from tools.faults.rig import Rig, Say, wait_moving
-from tools.faults.scenarios import DRAIN_S
+from tools.faults.scenarios import DRAIN_S, Scenario
 from tools.stack.ports import free_block
 from tools.stack.settings import LocalSettings
 from tools.stack.stack import LocalStack
@@ -36,7 +36,8 @@ class Written:
     results: Path
     readme: Path | None
     failed: list[str]
-    """Scenarios with a lost request, a conflicting duplicate, or no tally."""
+    """Scenarios with a lost request, a conflicting duplicate, no tally, or a broken
+    guarantee (Outcome.failed)."""
 
 
 def run_faults(
@@ -138,9 +139,9 @@ def _leftover(rig: Rig) -> float:
 
 
 def _one(rig: Rig, name: str) -> Outcome:
-    """One scenario on a healed stack with nothing of earlier ones left to answer; any
-    process that died or restarted during it, other than those it restarts on purpose, is
-    a finding, with the last lines of its log."""
+    """One scenario on a healed stack with nothing of earlier ones left to answer; error
+    replies it does not expect, and any process that died or restarted during it other
+    than those it restarts on purpose (with the last lines of its log), are findings."""
     scenario = SCENARIOS[name]
     rig.say(f"== {name}: {scenario.fault}")
     healed = rig.heal()
@@ -150,7 +151,7 @@ def _one(rig: Rig, name: str) -> Outcome:
     waited = time.monotonic()
     left = _leftover(rig)
     if left:
-        outcome.findings.append(f"it began with {left:.0f} work records of earlier ones unanswered")
+        outcome.timing(f"it began with {left:.0f} work records of earlier ones unanswered")
     elif time.monotonic() - waited >= 1:
         rig.say(f"  (earlier work answered first, in {time.monotonic() - waited:.0f} s)")
     before = rig.pids()
@@ -158,15 +159,10 @@ def _one(rig: Rig, name: str) -> Outcome:
     try:
         scenario.run(rig, outcome)
     except Exception as exc:  # a scenario that breaks is reported, and the run goes on
-        outcome.findings.append(f"the scenario failed: {exc!r}")
-    for proc_name, pid in rig.pids().items():
-        role = "worker" if proc_name.startswith("worker-") else proc_name
-        if pid == before[proc_name] or role in scenario.restarts:
-            continue
-        proc = rig.component(proc_name).proc
-        what = "died" if pid is None else f"was restarted (pid {before[proc_name]} -> {pid})"
-        said = " | ".join(log_lines(proc, run=-1 if pid is None else -2))
-        outcome.findings.append(f"{proc_name} {what}; its log ends: {said}")
+        outcome.broken(f"the scenario failed: {exc!r}")
+    if outcome.tally is not None:
+        outcome.findings += scenario.error_findings(outcome.tally)
+    _unasked(rig, scenario, before, outcome)
     t = outcome.tally
     summary = (
         "no tally"
@@ -176,5 +172,18 @@ def _one(rig: Rig, name: str) -> Outcome:
     )
     rig.say(f"  {name}: {summary} in {time.monotonic() - start:.0f} s")
     for finding in outcome.findings:
-        rig.say(f"  FINDING: {finding}")
+        rig.say(f"  FINDING ({finding.kind}): {finding.text}")
     return outcome
+
+
+def _unasked(rig: Rig, scenario: Scenario, before: dict[str, int | None], outcome: Outcome) -> None:
+    """Each process that died or restarted during the scenario, other than those it
+    restarts on purpose, breaks a guarantee; the finding quotes the end of its log."""
+    for proc_name, pid in rig.pids().items():
+        role = "worker" if proc_name.startswith("worker-") else proc_name
+        if pid == before[proc_name] or role in scenario.restarts:
+            continue
+        proc = rig.component(proc_name).proc
+        what = "died" if pid is None else f"was restarted (pid {before[proc_name]} -> {pid})"
+        said = " | ".join(log_lines(proc, run=-1 if pid is None else -2))
+        outcome.broken(f"{proc_name} {what}; its log ends: {said}")

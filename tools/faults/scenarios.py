@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer
 
@@ -30,9 +30,10 @@ from schemas.names import (
 )
 from schemas.request import InferenceRequest
 from tools.faults.load import Load
-from tools.faults.outcome import Outcome
-from tools.faults.probe import Backlog, Peaks, log_lines, metric, rss_bytes
+from tools.faults.outcome import Finding, Kind, Outcome
+from tools.faults.probe import Backlog, Peaks, drained, log_lines, metric, rss_bytes
 from tools.faults.rig import Rig, kill9, wait_until
+from tools.faults.tally import Tally
 from tools.stack.stack import Component
 
 DRAIN_S = 240.0
@@ -49,6 +50,9 @@ OVERLOAD = 10.0
 DEADLINE_S = 600.0
 """The overload's requests' deadline: far enough that none may expire in the backlog."""
 GENERATIONS = "llmq_worker_generations_total"
+RSS_GROWTH = 0.25
+"""The most the overload may grow a process's RSS (with its children's), as a share of its
+RSS before the overload: memory stays bounded while the backlog grows in Kafka."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,21 @@ class Scenario:
     restarts: frozenset[str] = frozenset()
     brokers: int = 1
     """The stack it needs: 1 broker, or a cluster of 3."""
+    expected_errors: Mapping[str, int] = field(default_factory=dict)
+    """Error replies it causes on purpose, by code: how many."""
+    timing_errors: frozenset[str] = frozenset()
+    """Codes its fault may give where it outlasts a timeout: a timing finding."""
+
+    def error_findings(self, tally: Tally) -> list[Finding]:
+        """Error replies beyond those it expects: an error reply is a reply, but not the
+        answer the scenario promises, so it breaks a guarantee unless timing may cause it."""
+        extra = Counter(tally.errors) - Counter(self.expected_errors)
+        broken = Counter({c: n for c, n in extra.items() if c not in self.timing_errors})
+        return [
+            Finding(kind, f"error replies it does not expect: {counts(codes)}")
+            for kind, codes in ((Kind.BROKEN, broken), (Kind.TIMING, extra - broken))
+            if codes
+        ]
 
 
 def worker_kill(rig: Rig, out: Outcome) -> None:
@@ -73,7 +92,10 @@ def worker_kill(rig: Rig, out: Outcome) -> None:
         burst = _burst(rig)
         for _ in range(burst):
             load.send(load.request())
-        wait_until(lambda: rig.in_flight(worker) >= burst / 2, BUSY_WAIT_S, interval_s=0.05)
+        out.reached(
+            wait_until(lambda: rig.in_flight(worker) >= burst / 2, BUSY_WAIT_S, interval_s=0.05),
+            f"half the burst of {burst} in the engine at the kill",
+        )
         busy = rig.in_flight(worker)
         pid = worker.proc.pid()
         rig.say(f"killing {worker.proc.name} pid {pid} with {busy:.0f} in flight (kill -9)")
@@ -109,7 +131,10 @@ def streams_kill(rig: Rig, out: Outcome) -> None:
         ids = [load.send(load.request(prompt, LONG_TOKENS))]
         time.sleep(0.5)
         ids += [load.send(load.request(prompt, LONG_TOKENS)) for _ in range(copies - 1)]
-        wait_until(lambda: coalesced() - before >= copies - 1, BUSY_WAIT_S)
+        out.reached(
+            wait_until(lambda: coalesced() - before >= copies - 1, BUSY_WAIT_S),
+            f"{copies - 1} copies waiting as followers at the kill",
+        )
         waiting = coalesced() - before
         leader_done = load.first_reply(ids[0]) is not None
         pid = streams.proc.pid()
@@ -124,9 +149,9 @@ def streams_kill(rig: Rig, out: Outcome) -> None:
         "copies answered: " + counts(Counter(r.cache for r in firsts)),
     ]
     if leader_done:
-        out.findings.append("the generation had finished before the kill: nobody was waiting")
+        out.timing("the generation had finished before the kill: nobody was waiting")
     if len({(r.status, r.text) for r in firsts}) > 1:
-        out.findings.append("the copies of one request got different answers")
+        out.broken("the copies of one request got different answers")
 
 
 def kafka_stop(rig: Rig, out: Outcome) -> None:
@@ -146,8 +171,7 @@ def kafka_stop(rig: Rig, out: Outcome) -> None:
         for name, pid in rig.pids().items():
             if name != "kafka" and pid != before[name]:
                 said = " | ".join(log_lines(rig.component(name).proc))
-                out.notes.append(f"{name} exited while Kafka was down; its log ends: {said}")
-                rig.say(f"FINDING: {name} exited while Kafka was down")
+                out.broken(f"{name} exited while Kafka was down; its log ends: {said}")
         rig.say("SIGTERM to the stream processor while Kafka is away")
         left_s = rig.stop(streams)
         rig.say("starting Kafka and the stream processor again")
@@ -155,12 +179,13 @@ def kafka_stop(rig: Rig, out: Outcome) -> None:
         back_s = time.monotonic() - fault_at
         time.sleep(AFTER_S)
         out.tally = load.finish(fault_at, DRAIN_S)
-    out.notes += [
-        f"Kafka down {KAFKA_DOWN_S:.0f} s, ready again after {back_s:.0f} s",
-        f"streams left {left_s:.1f} s after its SIGTERM while Kafka was away",
-    ]
+    out.notes.append(f"Kafka down {KAFKA_DOWN_S:.0f} s, ready again after {back_s:.0f} s")
+    if left_s is None:
+        out.broken("streams was not running when its SIGTERM came while Kafka was away")
+        return
+    out.notes.append(f"streams left {left_s:.1f} s after its SIGTERM while Kafka was away")
     if left_s >= streams.proc.stop_timeout_s:
-        out.findings.append("streams did not leave by itself while Kafka was away: it was killed")
+        out.broken("streams did not leave by itself while Kafka was away: it was killed")
 
 
 def redis_stop(rig: Rig, out: Outcome) -> None:
@@ -203,7 +228,7 @@ def redis_stop(rig: Rig, out: Outcome) -> None:
         f"a repeat after the outage: cache {repeat.cache if repeat else 'no reply'}",
     ]
     if repeat is None or repeat.cache != "exact":
-        out.findings.append("the exact cache did not answer a repeat after Redis came back")
+        out.broken("the exact cache did not answer a repeat after Redis came back")
 
 
 def scale_down(rig: Rig, out: Outcome) -> None:
@@ -216,13 +241,20 @@ def scale_down(rig: Rig, out: Outcome) -> None:
         with Load(rig.bootstrap, out.scenario) as load:
             load.steady(rig.rate)
             # Let it serve a while, then burst, so the SIGTERM finds a batch to drain.
-            wait_until(
-                lambda: (metric(extra.endpoint, GENERATIONS, outcome="ok") or 0) >= 3, BUSY_WAIT_S
+            out.reached(
+                wait_until(
+                    lambda: (metric(extra.endpoint, GENERATIONS, outcome="ok") or 0) >= 3,
+                    BUSY_WAIT_S,
+                ),
+                f"3 generations of {extra.proc.name} before the burst",
             )
             burst = _burst(rig)
             for _ in range(burst):
                 load.send(load.request())
-            wait_until(lambda: rig.in_flight(extra) >= burst / 4, BUSY_WAIT_S, interval_s=0.05)
+            out.reached(
+                wait_until(lambda: rig.in_flight(extra) >= burst / 4, BUSY_WAIT_S, interval_s=0.05),
+                f"a quarter of the burst of {burst} in {extra.proc.name}'s engine at the SIGTERM",
+            )
             busy = rig.in_flight(extra)
             rig.say(
                 f"SIGTERM to {extra.proc.name} pid {extra.proc.pid()} with {busy:.0f} in flight"
@@ -233,14 +265,18 @@ def scale_down(rig: Rig, out: Outcome) -> None:
             out.tally = load.finish(fault_at, DRAIN_S)
     finally:
         extra.proc.stop()
-    run = "\n".join(log_lines(extra.proc, lines=200))
-    out.notes += [f"{busy:.0f} in flight at the SIGTERM", f"it left after {took_s:.1f} s"]
-    if "handed back" in run:
+    run = log_lines(extra.proc, lines=200)
+    out.notes.append(f"{busy:.0f} in flight at the SIGTERM")
+    if took_s is None:
+        out.broken(f"{extra.proc.name} was not running when its SIGTERM came")
+        return
+    out.notes.append(f"it left after {took_s:.1f} s")
+    if any("handed back" in line for line in run):
         out.notes.append("it handed back unfinished requests (drain timeout)")
-    if " stopped" not in run:
-        out.findings.append(
+    if not drained(run):
+        out.broken(
             f"{extra.proc.name} did not drain and exit by itself within "
-            f"{extra.proc.stop_timeout_s:.0f} s: it was killed"
+            f"{extra.proc.stop_timeout_s:.0f} s"
         )
 
 
@@ -272,14 +308,14 @@ def poison(rig: Rig, out: Outcome) -> None:
     for topic, value, cid, code in records:
         headers = dead.get(value)
         if headers is None:
-            out.findings.append(f"a poison record on {topic} ({code}) never reached {DLQ}")
+            out.broken(f"a poison record on {topic} ({code}) never reached {DLQ}")
             continue
         if not headers.get(HEADER_REASON):
-            out.findings.append(f"the poison record from {topic} has no {HEADER_REASON} header")
+            out.broken(f"the poison record from {topic} has no {HEADER_REASON} header")
         reply = replies.get(cid) if cid is not None else None
         if cid is not None and (reply is None or reply.error_code != code):
             got = "no reply" if reply is None else f"{reply.status} {reply.error_code}"
-            out.findings.append(f"{cid} wanted an error reply {code}, got {got}")
+            out.broken(f"{cid} wanted an error reply {code}, got {got}")
 
 
 def _dead_letters(
@@ -299,7 +335,8 @@ def _dead_letters(
 
 def overload(rig: Rig, out: Outcome) -> None:
     """OVERLOAD times the measured service rate for a while: the backlog grows in Kafka,
-    memory stays bounded, and every request is answered, none rejected."""
+    memory stays bounded (RSS_GROWTH), and every request is answered, none rejected (the
+    runner's check of error replies)."""
     worker, streams = rig.component("worker"), rig.component("streams")
     backlog = Backlog(rig.bootstrap, worker_group(rig.model.name), work_topics(rig.model.name))
     window_s = 10.0 * rig.scale
@@ -354,8 +391,24 @@ def overload(rig: Rig, out: Outcome) -> None:
             for name in ("worker", "streams")
         ),
     ]
-    if out.tally.errors:
-        out.findings.append(f"requests rejected under load: {counts(Counter(out.tally.errors))}")
+    out.findings += memory_findings(peaks.first, peaks.peak)
+
+
+def memory_findings(first: Mapping[str, float], peak: Mapping[str, float]) -> list[Finding]:
+    """The worker's and the stream processor's RSS (first reading and peak, as Peaks keeps
+    them) against RSS_GROWTH; one not read at all is not checked (a timing finding)."""
+    found = []
+    for name in ("worker", "streams"):
+        before, most = first.get(f"{name}_rss"), peak.get(f"{name}_rss")
+        if before is None or most is None:
+            found.append(Finding(Kind.TIMING, f"{name} RSS was not read: memory not checked"))
+        elif most > before * (1 + RSS_GROWTH):
+            text = (
+                f"{name} RSS grew {most / before - 1:.0%} under the overload, past the "
+                f"{RSS_GROWTH:.0%} bound"
+            )
+            found.append(Finding(Kind.BROKEN, text))
+    return found
 
 
 def _poison(load: Load, work: str) -> list[tuple[str, bytes, str | None, str]]:
