@@ -24,6 +24,7 @@ from gateway.batch.store import TOO_LARGE
 from gateway.settings import GatewaySettings
 from schemas.catalog import Catalog
 from schemas.tenants import TenantPolicy, key_hash, new_key
+from tests.unit.asgi import post_scope, replied
 
 KEY = new_key()
 MULTIPART = "multipart/form-data; boundary=b"
@@ -100,25 +101,9 @@ def _send(
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-        "app": app,
-    }
-    asyncio.run(app(scope, receive, send))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], json.loads(body), read
+    asyncio.run(app(post_scope(app, path, headers), receive, send))
+    status, body = replied(sent)
+    return status, json.loads(body), read
 
 
 def test_a_caller_without_a_key_is_refused_before_its_query_is_read(keyed: FastAPI) -> None:

@@ -28,6 +28,7 @@ from llmq.streaming import Delta
 from schemas.catalog import Catalog
 from schemas.request import InferenceRequest
 from schemas.tenants import TenantPolicy
+from tests.unit.asgi import post_scope, replied
 
 MODEL = Catalog.builtin().default
 
@@ -131,26 +132,11 @@ async def _stream(app: FastAPI, *, leave_at_once: bool) -> tuple[int, str]:
         if message.get("body"):
             left.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/responses",
-        "raw_path": b"/v1/responses",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-        "app": app,
-    }
+    scope = post_scope(app, "/v1/responses", {"content-type": "application/json"})
     await app(scope, receive, send)
     await asyncio.gather(*app.state.door._background)  # the cancels it sent, done
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    events = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], events.decode()
+    status, events = replied(sent)
+    return status, events.decode()
 
 
 @pytest.mark.parametrize("leave_at_once", [False, True])
