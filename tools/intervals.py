@@ -75,7 +75,9 @@ def order_ranks(n: int, q: float, tail: float = 0.025) -> tuple[int, int | None]
     """The ranks (from 1) l and u of n values whose l-th and u-th smallest hold their
     q-quantile with at least 1 - 2 * tail: with B ~ Binomial(n, q) the count of values below
     the quantile, l is the largest with P(B < l) <= tail (0: none is) and u the smallest
-    with P(B >= u) <= tail (None: none is)."""
+    with P(B >= u) <= tail (None: none is). `q` lies strictly between 0 and 1."""
+    if not 0 < q < 1:
+        raise ValueError(f"a quantile lies strictly between 0 and 1, not {q}")
     first, pmf = _binomial(n, q)
     low, below = first, 0.0  # below: P(B < low)
     for p in pmf:  # p: P(B = low)

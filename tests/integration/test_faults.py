@@ -27,11 +27,18 @@ CHECKED = [
     "batch-restarts",
 ]
 """Scenarios with no finding, broken or timing, but those TOLERATED."""
-TOLERATED = ("(flapping)", "the decisions behind each start", "error replies it does not expect")
+TOLERATED = (
+    "(flapping)",
+    "the decisions behind each start",
+    "error replies it does not expect",
+    "was not reached before the fault",
+)
 """Timing findings reported but not failed on (a broken one fails the exit status). Error
 replies that a fault may give where it outlasts a timeout (Scenario.timing_errors:
-kafka-stop's internal_error, autoscale-down's engine_timeout), which this test never failed
-on. And autoscale-down's autoscaler started its worker a second time in one of four runs
+kafka-stop's and broker-kill's internal_error, autoscale-down's engine_timeout), which this
+test never failed on. A wait before a fault that ran out on a slow machine (the row says it
+did not test what it claims; before these were recorded, it passed silently). And
+autoscale-down's autoscaler started its worker a second time in one of four runs
 (2026-11-30). The kept logs of the CI run of 2026-12-01 (four starts, 48 lost) showed why:
 a rate misread at one worker, since fixed; still only reported until runs show it gone.
 The finding carries the decision behind each start."""

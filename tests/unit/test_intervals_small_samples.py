@@ -64,3 +64,9 @@ def test_the_ranks_of_many_values_are_the_normal_approximations() -> None:
     assert high is not None
     half = Z95 * (10**7 * 0.25) ** 0.5  # the normal approximation is close at this size
     assert low == pytest.approx(5e6 - half, abs=2) and high == pytest.approx(5e6 + half, abs=2)
+
+
+@pytest.mark.parametrize("q", [0.0, 1.0, -0.5])
+def test_a_quantile_outside_zero_to_one_is_refused_by_name(q: float) -> None:
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        order_ranks(10, q)

@@ -78,6 +78,9 @@ SCENARIOS: dict[str, Scenario] = {
         broker_kill,
         frozenset({"kafka", "kafka-2", "kafka-3"}),
         brokers=3,
+        # As under kafka-stop: a send that outlasts the leaders' failover (30 s to ack) is
+        # answered with a retriable internal_error.
+        timing_errors=frozenset({ErrorCode.INTERNAL_ERROR.value}),
     ),
     "streams-join": Scenario(
         "a second stream processor joins under load, then leaves (SIGTERM); 3 brokers",
