@@ -6,6 +6,7 @@ message, or the function calls it makes."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,6 +199,10 @@ class _Names:
         return "max_output_tokens" if head == "max_tokens" else head, rest
 
 
+WHOLE_BODY_NAMES = {"response_format": "text.format", "max_tokens": "max_output_tokens"}
+"""Chat's fields as the refusals of a whole chat body name them, and their names here."""
+
+
 def _renamed(exc: LlmqError, names: _Names) -> LlmqError:
     """The chat reader's refusal with its fields named as this body names them, read from
     where validation failed (read_call raises its error `from None` the ValidationError,
@@ -210,7 +215,13 @@ def _renamed(exc: LlmqError, names: _Names) -> LlmqError:
     errors = invalid.errors(include_url=False, include_input=False, include_context=False)
     loc = errors[0]["loc"] if errors else ()
     param = _param(*names.of(loc)) if loc else None
-    return LlmqError(exc.code, describe(invalid, where=_where(names)), param=param)
+    message = describe(invalid, where=_where(names))
+    if all(not e["loc"] for e in errors):
+        # The body's own checks (ChatBody's): texts of llmq's, with no value of the body's,
+        # that name chat's fields in words.
+        for chat, own in WHOLE_BODY_NAMES.items():
+            message = re.sub(rf"\b{chat}\b", own, message)
+    return LlmqError(exc.code, message, param=param)
 
 
 def _where(names: _Names) -> Callable[[tuple[str | int, ...]], str]:

@@ -217,6 +217,14 @@ def test_a_validation_refusal_names_this_bodys_field_as_its_param() -> None:
         assert caught.value.param == param, body
 
 
+def test_a_refusal_of_the_whole_body_names_this_bodys_fields() -> None:
+    """ChatBody's own checks name chat's fields in their text: text.format is this body's."""
+    with pytest.raises(LlmqError) as caught:
+        _read(tools=TIME_TOOL, tool_choice="required", text={"format": {"type": "json_object"}})
+    assert "no text.format with them" in caught.value.message
+    assert "response_format" not in caught.value.message
+
+
 def test_a_conversation_continued_past_the_cap_is_refused_naming_previous_response_id() -> None:
     """It passed to chat's cap, whose 400 named `messages`, a field this body has not."""
     with pytest.raises(LlmqError) as caught:
