@@ -4,6 +4,7 @@ threshold and period, as a log line, a metric and a BudgetAlert on llmq.alerts."
 from __future__ import annotations
 
 import logging
+import time
 
 import redis.asyncio as aioredis
 
@@ -38,7 +39,7 @@ class BudgetAlerts:
     def admitted(tenant: str, limits: TenantLimits, spent: float | None) -> None:
         """Admission read the tenant's spend: the gauge follows it, into a new period too."""
         if spent is not None and limits.budget_usd:
-            metrics.BUDGET_USED.labels(tenant).set(spent / limits.budget_usd)
+            _gauge(tenant, limits, spent / limits.budget_usd, time.time())
 
     async def spent(self, tenant: str, limits: TenantLimits, spent: float, now: float) -> None:
         """The tenant's spend in the current period is now `spent`. Raises RedisError or the
@@ -46,7 +47,9 @@ class BudgetAlerts:
         budget = limits.budget_usd
         if not budget:
             return
-        metrics.BUDGET_USED.labels(tenant).set(spent / budget)
+        period = limits.budget_period
+        if period_id(period, now) == period_id(period, time.time()):  # not a late event's
+            _gauge(tenant, limits, spent / budget, now)
         for threshold in THRESHOLDS:
             if spent >= threshold * budget:
                 await self._once(tenant, limits, threshold, spent=spent, now=now, reason="spend")
@@ -56,7 +59,7 @@ class BudgetAlerts:
         the tenant, the budget is used up, though the spend stays below it."""
         if not limits.budget_usd:
             return
-        metrics.BUDGET_USED.labels(tenant).set(1.0)
+        _gauge(tenant, limits, 1.0, now)
         reason = "a request was refused: what is left cannot pay for its worst case"
         await self._once(tenant, limits, 1.0, spent=spent, now=now, reason=reason)
 
@@ -108,3 +111,10 @@ class BudgetAlerts:
             raise
         self._known.add(key)
         metrics.BUDGET_ALERTS.labels(tenant, f"{threshold:g}").inc()
+
+
+def _gauge(tenant: str, limits: TenantLimits, ratio: float, now: float) -> None:
+    """The tenant's share of its budget spent in the period of `now`, and when that ends: a
+    quiet tenant's ratio stays as it was, and the alert rules see its period gone."""
+    metrics.BUDGET_USED.labels(tenant).set(ratio)
+    metrics.BUDGET_PERIOD_END.labels(tenant).set(period_end(limits.budget_period, now))

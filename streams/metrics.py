@@ -52,6 +52,12 @@ BUDGET_USED = Gauge(
     "request was refused because what is left cannot pay for it",
     ["tenant"],
 )
+BUDGET_PERIOD_END = Gauge(
+    "llmq_budget_period_end_seconds",
+    "When the period of the tenant's llmq_budget_used_ratio ends (Unix time): past it, the "
+    "ratio is of a period gone (a tenant quiet since; the alert rules leave it out)",
+    ["tenant"],
+)
 BUDGET_ALERTS = Counter(
     "llmq_budget_alerts_total",
     "Budget thresholds crossed (once per tenant, threshold and period across all instances)",
