@@ -57,7 +57,8 @@ class ModelSpec(BaseModel):
     timeout_s: float = Field(default=300.0, gt=0, le=3600)
     """A generation running longer is aborted and fails with engine_timeout."""
     fallback: list[ModelName] = Field(default_factory=list)
-    """Models to try, in order, when this one's engine fails or times out."""
+    """Models to try, in order, when this one's engine fails or times out (and, for a prompt
+    its engine refuses as too large, the next with a larger max_model_len)."""
     max_model_len: int = Field(default=2048, ge=64, le=1_048_576)
     """Context length: prompt plus completion tokens."""
     max_inflight: int = Field(default=64, ge=1, le=4096)

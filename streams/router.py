@@ -17,7 +17,6 @@ from schemas.route import AUTO, Route
 from schemas.work import Completion
 from streams.experiments import arm_of
 
-"""Estimated characters per token: enough for a log-scaled feature, no tokenizer needed."""
 SCAN_CHARS = 16_000
 """Content features read at most this much of a text (its head and tail): they saturate long
 before, and a 1 MiB record must cost the stream processor milliseconds, not seconds."""
@@ -258,9 +257,10 @@ def tier_index(score: float, tiers: int) -> int:
 def _ladder(catalog: Catalog, body: ChatBody) -> list[ModelSpec]:
     """One model per tier, cheapest first: the first in catalog order that fits the request.
 
-    A model whose context cannot take the prompt and max_tokens is skipped, so that "auto"
-    never picks a model that must reject; when none fits, admission reports why. Under
-    tool_choice "auto", only models that read calls are climbed, where any does.
+    A model whose context the prompt's estimated tokens plus max_tokens do not fit is
+    skipped, so that "auto" never picks a model that must reject; when none fits, admission
+    reports why. Under tool_choice "auto", only models that read calls are climbed, where
+    any does.
     """
     routed = catalog.routed(calls=body.chooses_calls)
     specs = [spec for spec in catalog.by_tier() if spec.name in routed]
@@ -272,8 +272,11 @@ def _ladder(catalog: Catalog, body: ChatBody) -> list[ModelSpec]:
 
 
 def _fits(spec: ModelSpec, body: ChatBody) -> bool:
-    """The same size bounds admission checks, before tokenizing."""
-    return body.prompt_chars() <= spec.max_prompt_chars and body.max_tokens < spec.max_model_len
+    """Whether the prompt, at CHARS_PER_TOKEN characters a token, plus max_tokens fits the
+    model's context, before tokenizing: an estimate (the engine's refusal, which moves the
+    route on to a larger context, is the truth). Strictly below, as the engine's bound: the
+    chat template adds tokens of its own."""
+    return body.estimated_tokens() < spec.max_model_len
 
 
 def _fallbacks(
@@ -295,14 +298,20 @@ def _fallbacks(
 def next_route(completion: Completion, catalog: Catalog) -> Route | None:
     """Where a completion goes next: the route to the next model, or None to answer as is.
 
-    An engine failure falls back to the next model of the chain; once the route has
-    escalated, only to one of a higher tier than every model tried before, so that a failure
-    never answers with a model no better than one judged too unsure. A cascading route whose
+    An engine failure falls back to the next model of the chain, a prompt too large for the
+    model's context to the next one with a larger context; once the route has escalated,
+    only to one of a higher tier than every model tried before, so that a failure never
+    answers with a model no better than one judged too unsure. A cascading route whose
     answer is unsure (mean token log-probability below `routing.escalate_below`) escalates,
     but only to a model of a higher tier than the one that answered.
     """
     route = completion.work.route
     if completion.error is not None:
+        if completion.error.code is ErrorCode.PROMPT_TOO_LARGE:
+            refused = catalog.get(route.current)
+            if refused is None:
+                return None  # its context, which the next model must pass, is unknown
+            return _fall_back(route, catalog, wider_than=refused.max_model_len)
         if completion.error.code not in FALLBACK_CODES:
             return None
         return _fall_back(route, catalog)
@@ -319,16 +328,18 @@ def next_route(completion: Completion, catalog: Catalog) -> Route | None:
     return None
 
 
-def _fall_back(route: Route, catalog: Catalog) -> Route | None:
+def _fall_back(route: Route, catalog: Catalog, wider_than: int = 0) -> Route | None:
     """The route to the next model of the chain after a failure, past the models of a tier
-    at or below the highest tried where the route has escalated; None when there is none, or
-    when the model it would reach left the catalog since admission."""
+    at or below the highest tried where the route has escalated, and those whose context is
+    not larger than `wider_than` (that of a model that refused the prompt as too large);
+    None when there is none, or when the model it would reach left the catalog since
+    admission."""
     tiers = [spec.tier for spec in map(catalog.get, route.tried) if spec is not None]
     bar = max(tiers, default=0) if route.escalated else 0
     for skipped, name in enumerate(route.remaining):
         spec = catalog.get(name)
         if spec is None:
             return None
-        if spec.tier > bar:
+        if spec.tier > bar and spec.max_model_len > wider_than:
             return route.advance(escalated=False, skip=skipped)
     return None

@@ -62,8 +62,10 @@ class CircuitBreaker:
         """Where the breaker stands; OPEN turns HALF_OPEN only when a call asks to pass."""
         return self._state
 
-    def acquire(self) -> bool:
-        """Let a call through, or raise ENGINE_ERROR when the circuit is open.
+    def acquire(self, *, retried: bool = False) -> bool:
+        """Let a call through, or raise ENGINE_ERROR when the circuit is open: marked
+        `retried` when the caller already made calls for this request (a retry), so that
+        no outer layer retries on top of the caller's own retries.
 
         Returns True when this call is the half-open probe: it must end in `success`,
         `failure` or, when it ends without a verdict (cancelled), `abandon`.
@@ -74,10 +76,11 @@ class CircuitBreaker:
         if self._state is BreakerState.OPEN:
             retry_after_s = self._opened_at + self._cooldown_s - now
             if retry_after_s > 0:
-                raise self._open_error(now, retry_after_s, "the next probe is due in")
+                raise self._open_error(now, retry_after_s, "the next probe is due in", retried)
             self._set(BreakerState.HALF_OPEN)
         if self._probing:
-            raise self._open_error(now, self._cooldown_s, "a probe is testing it; retry within")
+            wait = "a probe is testing it; retry within"
+            raise self._open_error(now, self._cooldown_s, wait, retried)
         self._probing = True
         return True
 
@@ -106,11 +109,12 @@ class CircuitBreaker:
         self._state = state
         BREAKER_STATE.labels(self._name).set(state)
 
-    def _open_error(self, now: float, retry_after_s: float, wait: str) -> LlmqError:
+    def _open_error(self, now: float, retry_after_s: float, wait: str, retried: bool) -> LlmqError:
         return LlmqError(
             ErrorCode.ENGINE_ERROR,
             f"the circuit to {self._name} is open since {now - self._opened_at:.1f} s ago, "
             f"after {self._failures} consecutive failures (the last: {self._last_failure}); "
             f"{wait} {retry_after_s:.1f} s",
             retry_after_s=retry_after_s,
+            retried=retried,
         )

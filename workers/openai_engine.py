@@ -108,8 +108,9 @@ class OpenAIEngine:
         attempt = 0
         while True:
             attempt += 1
-            # 1) Fail fast while the circuit is open (this also cuts a retry loop short).
-            probe = self._breaker.acquire()
+            # 1) Fail fast while the circuit is open (this also cuts a retry loop short: the
+            #    failure is then marked retried, as after the last attempt).
+            probe = self._breaker.acquire(retried=attempt > 1)
             verdict = yielded = False
             try:
                 # 2) Stream one attempt; its first step is the server's proof of health.

@@ -68,6 +68,22 @@ def test_open_fails_fast_saying_since_when_and_when_to_retry() -> None:
     assert "HTTP 503: overloaded" in error.message
 
 
+def test_an_open_circuit_met_by_a_retry_fails_as_retried() -> None:
+    """The caller already made calls for the request: no outer layer retries on top."""
+    clock = Clock()
+    breaker = make_breaker(clock)
+    open_breaker(breaker)
+    for retried in (False, True):
+        with pytest.raises(LlmqError) as caught:
+            breaker.acquire(retried=retried)
+        assert caught.value.retried is retried
+    clock.now += 10
+    assert breaker.acquire() is True  # the probe; the next call meets it
+    with pytest.raises(LlmqError, match="a probe is testing it") as caught:
+        breaker.acquire(retried=True)
+    assert caught.value.retried
+
+
 def test_half_open_lets_one_probe_through_and_its_success_closes() -> None:
     clock = Clock()
     breaker = make_breaker(clock)

@@ -99,6 +99,7 @@ def test_the_breaker_opens_after_n_failures_and_then_fails_fast() -> None:
         assert error.code is ErrorCode.ENGINE_ERROR
         assert "circuit" in error.message and "open since" in error.message
         assert error.retry_after_s is not None and 0 < error.retry_after_s <= 60
+        assert not error.retried  # no call was made for it: the stream processor may retry
 
     asyncio.run(scenario())
 
@@ -112,6 +113,7 @@ def test_the_breaker_cuts_retries_short() -> None:
             error = await failure(eng)
         assert "circuit" in error.message
         assert len(server.bodies) == 2
+        assert error.retried  # after attempts 1 and 2: the stream processor must not retry
 
     asyncio.run(scenario())
 

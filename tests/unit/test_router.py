@@ -358,6 +358,27 @@ def test_a_named_model_keeps_only_fallbacks_that_can_take_the_request() -> None:
     assert plan(_request(EASY, model="a", tools=tools), catalog).chain == ["a", "b", "c"]
 
 
+def test_auto_counts_the_prompts_estimated_tokens_plus_max_tokens_against_the_context() -> None:
+    """As examples/models-remote.toml: a prompt the small model's engine would refuse after
+    tokenizing, or whose answer would not fit after it, starts on the larger context."""
+    catalog = Catalog(
+        default="small",
+        models=[
+            ModelSpec(name="small", source="/m/s", tier=1, max_model_len=2048),
+            ModelSpec(
+                name="remote", engine="openai", url="http://r/v1", tier=2, max_model_len=32768
+            ),
+        ],
+    )
+    article = "Please say hello. " * 556  # 10,008 characters: about 2,500 tokens
+    assert difficulty(_body(article)).score < 1 / 2  # easy: tier 1 by its score
+    assert plan(_request(article), catalog).chain == ["remote"]
+    page = "Please say hello. " * 100  # 1,800 characters: about 450 tokens
+    assert plan(_request(page), catalog).chain == ["small", "remote"]
+    assert difficulty(_body(page, max_tokens=1600)).score < 1 / 2
+    assert plan(_request(page, max_tokens=1600), catalog).chain == ["remote"]
+
+
 def test_plan_is_deterministic() -> None:
     for text in (EASY, MEDIUM, PROOF):
         assert plan(_request(text), TIERED) == plan(_request(text), TIERED)
@@ -422,10 +443,72 @@ def test_an_explicit_model_falls_back_along_its_configured_chain() -> None:
 
 
 @pytest.mark.parametrize(
-    "code", [ErrorCode.INVALID_REQUEST, ErrorCode.PROMPT_TOO_LARGE, ErrorCode.EXPIRED]
+    "code", [ErrorCode.INVALID_REQUEST, ErrorCode.UNSUPPORTED, ErrorCode.EXPIRED]
 )
 def test_request_errors_do_not_fall_back(code: ErrorCode) -> None:
     assert next_route(_completion(CASCADE, error=code), TIERED) is None
+
+
+# Contexts: "small" and "mid" 2048, "big" 8192, "narrow" 1024, "wide" 32768.
+CONTEXTS = Catalog(
+    default="small",
+    models=[
+        ModelSpec(name="small", source="/m/s", tier=1, fallback=["narrow", "wide"]),
+        ModelSpec(name="mid", source="/m/m", tier=2),
+        ModelSpec(name="big", source="/m/b", tier=3, max_model_len=8192),
+        ModelSpec(name="narrow", source="/m/n", tier=1, max_model_len=1024),
+        ModelSpec(name="wide", source="/m/w", tier=1, max_model_len=32768),
+    ],
+)
+
+
+def test_a_prompt_too_large_moves_on_to_the_next_larger_context() -> None:
+    """Past the models whose context is no larger than the one that refused: they would
+    refuse too."""
+    ladder = Route(requested=AUTO, chain=["small", "mid", "big", "narrow", "wide"], cascade=True)
+    to_big = next_route(_completion(ladder, error=ErrorCode.PROMPT_TOO_LARGE), CONTEXTS)
+    assert to_big is not None
+    assert to_big.current == "big"
+    assert to_big.chain == ["small", "big", "narrow", "wide"]
+    assert to_big.fell_back and not to_big.escalated
+    to_wide = next_route(_completion(to_big, error=ErrorCode.PROMPT_TOO_LARGE), CONTEXTS)
+    assert to_wide is not None
+    assert to_wide.current == "wide"
+    assert to_wide.tried == ["small", "big"]
+    assert next_route(_completion(to_wide, error=ErrorCode.PROMPT_TOO_LARGE), CONTEXTS) is None
+
+
+def test_a_prompt_too_large_moves_along_an_explicit_models_fallbacks() -> None:
+    explicit = Route(requested="small", chain=["small", "narrow", "wide"])
+    route = next_route(_completion(explicit, error=ErrorCode.PROMPT_TOO_LARGE), CONTEXTS)
+    assert route is not None
+    assert route.current == "wide"
+    no_larger = Route(requested="small", chain=["small", "mid", "narrow"])
+    assert next_route(_completion(no_larger, error=ErrorCode.PROMPT_TOO_LARGE), CONTEXTS) is None
+
+
+def test_a_prompt_too_large_after_an_escalation_needs_a_higher_tier_too() -> None:
+    easy = Route(requested=AUTO, chain=["small", "mid", "wide", "big"], cascade=True)
+    to_mid = next_route(_completion(easy, mean_logprob=-3.0), CONTEXTS)
+    assert to_mid is not None
+    # "wide" has the larger context, but the tier of the unsure "small": "big" it is.
+    to_big = next_route(_completion(to_mid, error=ErrorCode.PROMPT_TOO_LARGE), CONTEXTS)
+    assert to_big is not None
+    assert to_big.current == "big"
+    assert to_big.chain == ["small", "mid", "big"]
+    assert to_big.escalated and to_big.fell_back
+    medium = Route(requested=AUTO, chain=["mid", "big", "wide"], cascade=True)
+    big = next_route(_completion(medium, mean_logprob=-3.0), CONTEXTS)
+    assert big is not None
+    assert next_route(_completion(big, error=ErrorCode.PROMPT_TOO_LARGE), CONTEXTS) is None
+
+
+def test_a_prompt_too_large_on_a_model_gone_from_the_catalog_ends_the_route() -> None:
+    """Its context, which the next model must pass, is unknown."""
+    known = Route(requested=AUTO, chain=["small", "wide"], cascade=True)
+    assert next_route(_completion(known, error=ErrorCode.PROMPT_TOO_LARGE), CONTEXTS) is not None
+    gone = Route(requested=AUTO, chain=["retired", "wide"], cascade=True)
+    assert next_route(_completion(gone, error=ErrorCode.PROMPT_TOO_LARGE), CONTEXTS) is None
 
 
 def test_failure_at_the_end_of_the_chain_is_the_answer() -> None:
