@@ -243,6 +243,13 @@ def tenant_index_key(tenant: str, kind: str) -> str:
     return f"{REDIS_BATCH_PREFIX}{_tenant(tenant)}:{kind}"
 
 
+def tenant_index_gone_key(tenant: str, kind: str, period: int) -> str:
+    """Batch API: the ids a listing dropped from a tenant's index (found deleted or expired)
+    in one period, with their scores there, so that a listing paged after one goes on (in the
+    index's hash slot)."""
+    return f"{tenant_index_key(tenant, kind)}:gone:{period}"
+
+
 def _tenant(tenant: str) -> str:
     if "{" in tenant or "}" in tenant:
         raise ValueError(f"a tenant has no braces: {tenant!r}")

@@ -247,7 +247,8 @@ class Page:
 
 async def _listed(request: Request, tenant: str, page: Page) -> dict[str, Any]:
     """A page of the tenant's files or batches, as OpenAI pages: ids of objects since gone
-    (expired, deleted) are skipped, and dropped from the tenant's index."""
+    (expired, deleted) are skipped, and dropped from the tenant's index; 400 for an `after`
+    that is not one of them (nor one dropped lately: it resumes from where it was)."""
     _, store = _parts(request)
     if not 1 <= page.limit <= page.most:
         raise _bad(f"limit must be 1 to {page.most}")
@@ -257,6 +258,9 @@ async def _listed(request: Request, tenant: str, page: Page) -> dict[str, Any]:
     while len(found) <= page.limit:  # one more than the page says whether there is more
         wanted = page.limit + 1 - len(found)
         ids = await store.listed(tenant, page.kind, after, wanted, page.oldest_first)
+        if ids is None:  # not an empty last page: an app would stop with objects left
+            why = f"after: {after} is none of your {page.kind}, nor one a listing forgot lately"
+            raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why, param="after"), 400)
         for object_id, fields in zip(ids, await store.objects(page.kind, ids, tenant), strict=True):
             if fields is None:
                 gone.append(object_id)

@@ -14,12 +14,27 @@ import redis.asyncio as aioredis
 
 from gateway import metrics
 from schemas.errors import ErrorCode, LlmqError
-from schemas.names import BATCHES_ACTIVE, batch_keys, file_keys, tenant_index_key
+from schemas.names import (
+    BATCHES_ACTIVE,
+    batch_keys,
+    file_keys,
+    tenant_index_gone_key,
+    tenant_index_key,
+)
+from schemas.request import MAX_RECORD_BYTES
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_FILE_LINES = 50_000
-"""OpenAI's limits on a batch's input file."""
+"""OpenAI's limits on a batch's input file; every line counts, blank ones too."""
 TOO_LARGE = f"the file is larger than {MAX_FILE_BYTES} bytes (OpenAI's limit)"
+MAX_LINE_BYTES = 3 * MAX_RECORD_BYTES + (64 << 10)
+"""The longest line an upload keeps: no longer one reads into a request within the record
+limit a batch applies. A character the record holds in 2 bytes of UTF-8 (4) a line may write
+as a 6-byte \\uXXXX escape (12), as Python's json.dumps does by default: three times; and 64
+KiB for what the record does not carry (custom_id, method, url, keys, spaces, metadata)."""
+GONE_S = 3600
+"""An id a listing dropped from its tenant's index (found deleted or expired) still resumes
+a listing paged after it for this long at least (see UNLIST)."""
 PAGE = 64
 """Lines read or written per Redis call: a line may be up to ~450 kB."""
 
@@ -99,6 +114,23 @@ if owner then return 0 end
 return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 or 0
 """
 
+# Move the ids found gone (ARGV[2..]) from a tenant's index (KEYS[1]) into the side set of
+# those dropped this period (KEYS[2], expiring at ARGV[1]), with their scores: an app that
+# pages while it deletes asks `after` an id that another listing may have dropped.
+UNLIST = """
+local moved = 0
+for i = 2, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score then
+    redis.call('ZADD', KEYS[2], score, ARGV[i])
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    moved = moved + 1
+  end
+end
+if moved > 0 then redis.call('EXPIREAT', KEYS[2], ARGV[1]) end
+return moved
+"""
+
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -135,6 +167,7 @@ class BatchStore:
         self._release = client.register_script(RELEASE)
         self._retried = client.register_script(RETRIED)
         self._keep = client.register_script(KEEP)
+        self._unlist = client.register_script(UNLIST)
 
     # Files.
 
@@ -142,7 +175,7 @@ class BatchStore:
         self, tenant: str, filename: str, purpose: str, chunks: AsyncIterator[bytes]
     ) -> dict[str, str]:
         """Store an upload line by line (blank lines are skipped, numbers kept); LlmqError
-        past OpenAI's limits, and nothing is kept."""
+        past OpenAI's limits or for a line past MAX_LINE_BYTES, and nothing is kept."""
         file_id = new_id("file-")
         meta, lines = file_keys(file_id)
         try:
@@ -150,6 +183,8 @@ class BatchStore:
         except BaseException:
             await self._redis.delete(lines)
             raise
+        if kept == 0:  # nothing was written
+            raise LlmqError(ErrorCode.INVALID_REQUEST, "the file has no lines")
         now = int(time.time())
         fields = {
             "id": file_id,
@@ -166,15 +201,15 @@ class BatchStore:
             pipe.hset(meta, mapping=fields)
             pipe.expireat(meta, now + self._retention_s)
             pipe.expireat(lines, now + self._retention_s)
-            self._index(pipe, tenant, "files", file_id)
+            self._index(pipe, tenant, "files", file_id, now + self._retention_s)
             await pipe.execute()
         return fields
 
     async def _write_lines(self, key: str, chunks: AsyncIterator[bytes]) -> tuple[int, int, int]:
         """(bytes, lines, non-blank lines) written to the hash `key`. A line's pieces wait
         in a list until its end comes: joined once, a long line costs its length, not its
-        length times its chunks."""
-        size = count = kept = 0
+        length times its chunks; one past MAX_LINE_BYTES is refused there, not kept whole."""
+        size = count = kept = waiting = 0
         unfinished: list[bytes] = []
         page: dict[str, bytes] = {}
         async for chunk in chunks:
@@ -183,10 +218,14 @@ class BatchStore:
                 raise LlmqError(ErrorCode.INVALID_REQUEST, TOO_LARGE)
             first, *whole = chunk.split(b"\n")
             unfinished.append(first)
+            waiting += len(first)
+            if waiting > MAX_LINE_BYTES:
+                raise _too_long(count)
             if not whole:
                 continue
             whole[0:0] = [b"".join(unfinished)]
             unfinished = [whole.pop()]
+            waiting = len(unfinished[0])
             for line in whole:
                 count, kept = await self._add_line(key, page, line, count, kept)
         rest = b"".join(unfinished)
@@ -194,18 +233,20 @@ class BatchStore:
             count, kept = await self._add_line(key, page, rest, count, kept)
         if page:
             await self._flush(key, page)
-        if kept == 0:
-            raise LlmqError(ErrorCode.INVALID_REQUEST, "the file has no lines")
         return size, count, kept
 
     async def _add_line(
         self, key: str, page: dict[str, bytes], line: bytes, count: int, kept: int
     ) -> tuple[int, int]:
+        """Keep line `count` (unless blank); every line counts toward MAX_FILE_LINES, so a
+        file of newlines is refused, and a batch's walk over its numbers is bounded."""
+        if len(line) > MAX_LINE_BYTES:
+            raise _too_long(count)
+        if count >= MAX_FILE_LINES:
+            why = f"the file has more than {MAX_FILE_LINES} lines, blank ones too (OpenAI's limit)"
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why)
         if line.strip():
             kept += 1
-            if kept > MAX_FILE_LINES:
-                why = f"the file has more than {MAX_FILE_LINES} lines (OpenAI's limit)"
-                raise LlmqError(ErrorCode.INVALID_REQUEST, why)
             page[str(count)] = line.rstrip(b"\r")
             if len(page) >= PAGE:
                 await self._flush(key, page)
@@ -279,7 +320,8 @@ class BatchStore:
             pipe.hset(keys["batch"], mapping=fields)
             pipe.expireat(keys["batch"], until)
             pipe.sadd(BATCHES_ACTIVE, fields["id"])
-            self._index(pipe, fields["tenant"], "batches", fields["id"])
+            self._index(pipe, fields["tenant"], "batches", fields["id"], until)
+            _keep_index(pipe, tenant_index_key(fields["tenant"], "files"), until)
             await pipe.execute()
 
     async def batch(self, batch_id: str, tenant: str | None = None) -> dict[str, str] | None:
@@ -289,14 +331,21 @@ class BatchStore:
 
     async def listed(
         self, tenant: str, kind: str, after: str | None, limit: int, oldest_first: bool = False
-    ) -> list[str]:
-        """A tenant's file or batch ids, newest first (or oldest), those after `after`."""
+    ) -> list[str] | None:
+        """A tenant's file or batch ids, newest first (or oldest), those after `after`; None
+        if `after` is none of them, nor one a listing dropped lately (see `unlist`)."""
         key = tenant_index_key(tenant, kind)
         start = "-inf" if oldest_first else "+inf"
         if after is not None:
-            score = await self._redis.zscore(key, after)
+            period = int(time.time()) // GONE_S
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zscore(key, after)
+                for near in (period - 1, period, period + 1):  # front doors' clocks differ
+                    pipe.zscore(tenant_index_gone_key(tenant, kind, near), after)
+                scores = await pipe.execute()
+            score = next((s for s in scores if s is not None), None)
             if score is None:
-                return []
+                return None
             start = f"({score}"
         if oldest_first:
             ids = await self._redis.zrangebyscore(key, start, "+inf", start=0, num=limit)
@@ -316,9 +365,12 @@ class BatchStore:
         return [self._theirs(fields, tenant) for fields in found]
 
     async def unlist(self, tenant: str, kind: str, ids: list[str]) -> None:
-        """Drop ids of files or batches found gone (expired, deleted) from the tenant's index."""
+        """Drop ids of files or batches found gone (expired, deleted) from the tenant's index,
+        keeping their places GONE_S at least, for a listing paged after one (see UNLIST)."""
         if ids:
-            await self._redis.zrem(tenant_index_key(tenant, kind), *ids)
+            period = int(time.time()) // GONE_S
+            keys = [tenant_index_key(tenant, kind), tenant_index_gone_key(tenant, kind, period)]
+            await self._unlist(keys=keys, args=[(period + 2) * GONE_S, *ids])
 
     async def move(self, batch_id: str, to: str, *sources: str) -> bool:
         """Set the status `to` (and `to`_at) if the batch is in one of `sources`."""
@@ -334,13 +386,18 @@ class BatchStore:
 
     async def finish(self, batch_id: str) -> None:
         """The batch is over: it leaves the runners' set, its lease goes, and the rest of it
-        expires in time."""
+        (and its tenant's index) is kept retention past its expires_at, or past now if later."""
+        keys = batch_keys(batch_id)
+        tenant, expires_at = await self._redis.hmget(keys["batch"], ["tenant", "expires_at"])  # type: ignore[misc]
+        until = int(max(time.time(), float(expires_at or 0))) + self._retention_s
         async with self._redis.pipeline(transaction=False) as pipe:
-            for name, key in batch_keys(batch_id).items():
+            for name, key in keys.items():
                 if name == "lease":
                     pipe.delete(key)
                 else:
-                    pipe.expire(key, self._retention_s)
+                    pipe.expireat(key, until)
+            if tenant is not None:
+                _keep_index(pipe, tenant_index_key(tenant.decode(), "batches"), until)
             pipe.srem(BATCHES_ACTIVE, batch_id)
             await pipe.execute()
 
@@ -460,18 +517,31 @@ class BatchStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(meta, mapping={**fields, "expires_at": str(until)})
             pipe.expireat(meta, until)
-            self._index(pipe, fields["tenant"], "files", fields["id"])
+            self._index(pipe, fields["tenant"], "files", fields["id"], until)
             await pipe.execute()
 
-    def _index(self, pipe: Any, tenant: str, kind: str, object_id: str) -> None:
+    @staticmethod
+    def _index(pipe: Any, tenant: str, kind: str, object_id: str, until: int) -> None:
+        """List an object, kept until `until` (unix seconds), in its tenant's index."""
         key = tenant_index_key(tenant, kind)
         pipe.zadd(key, {object_id: time.time()})
-        pipe.expire(key, self._retention_s)
+        _keep_index(pipe, key, until)
 
     @staticmethod
     def _theirs(found: Mapping[bytes, bytes], tenant: str | None) -> dict[str, str] | None:
         fields = _decoded(found)
         return fields if fields and fields.get("tenant") == tenant else None
+
+
+def _keep_index(pipe: Any, key: str, until: int) -> None:
+    """Keep a tenant's index until `until` at least: as long as what it lists."""
+    pipe.expireat(key, until, nx=True)  # a new index (GT takes one without expiry as endless)
+    pipe.expireat(key, until, gt=True)
+
+
+def _too_long(number: int) -> LlmqError:
+    why = f"line {number + 1} is longer than {MAX_LINE_BYTES} bytes: no request it holds fits"
+    return LlmqError(ErrorCode.INVALID_REQUEST, f"{why} a record ({MAX_RECORD_BYTES} bytes)")
 
 
 def _decoded(found: Mapping[bytes, bytes]) -> dict[str, str]:

@@ -5,6 +5,7 @@ collector would): each line's outcome once, retries, pacing, cancel, expiry, lea
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 import types
@@ -15,12 +16,14 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.errors import KafkaConnectionError
 from fastapi import Request
+from starlette.datastructures import FormData, UploadFile
 
 from gateway.batch import collector, objects, routes
 from gateway.batch.collector import outcome, parse_line_id
 from gateway.batch.lines import output_line
 from gateway.batch.runner import MAX_FAILED_STEPS, Pace, Runner
-from gateway.batch.store import MAX_FILE_LINES, BatchStore
+from gateway.batch.store import GONE_S, MAX_FILE_LINES, MAX_LINE_BYTES, BatchStore
+from gateway.door import ApiError
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import batch_keys, file_keys, tenant_index_key
@@ -545,6 +548,56 @@ def test_uploads_past_openais_limits_are_refused_and_not_kept(redis_port: int) -
         with pytest.raises(LlmqError, match="50000 lines"):
             await store.create_file(TENANT, "big.jsonl", "batch", _chunks(many, 65536))
         assert await client.keys("llmq:file:*") == []
+        blank = "\n" * MAX_FILE_LINES + "{}"  # blank lines count: their numbers are walked
+        with pytest.raises(LlmqError, match="50000 lines, blank ones too"):
+            await store.create_file(TENANT, "blank.jsonl", "batch", _chunks(blank, 65536))
+        assert await client.keys("llmq:file:*") == []
+        kept = await store.create_file(TENANT, "b.jsonl", "batch", _chunks(blank[1:], 65536))
+        assert (kept["lines"], kept["requests"]) == (str(MAX_FILE_LINES), "1")
+
+    run_async(redis_port, body)
+
+
+def test_a_line_past_the_line_limit_is_refused_naming_it_before_it_is_whole(
+    redis_port: int,
+) -> None:
+    """A line longer than any request a record holds is refused as soon as it passes the
+    limit: the rest of it is never read, nothing is kept; a line at the limit is kept."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        read: list[int] = []
+
+        async def endless() -> AsyncIterator[bytes]:
+            yield b"{}\n"
+            while len(read) < 1000:  # a 1000 MiB line, were it read whole
+                read.append(1)
+                yield b"x" * (1 << 20)
+
+        with pytest.raises(LlmqError, match=f"line 2 is longer than {MAX_LINE_BYTES} bytes"):
+            await store.create_file(TENANT, "long.jsonl", "batch", endless())
+        assert len(read) == MAX_LINE_BYTES // (1 << 20) + 1
+        assert await client.keys("llmq:file:*") == []
+        at_limit = "{}\n" + "x" * MAX_LINE_BYTES
+        kept = await store.create_file(TENANT, "at.jsonl", "batch", _chunks(at_limit, 1 << 20))
+        assert (await store.lines(kept["id"], [1]))[0] == at_limit[3:].encode()
+        past = at_limit + "x\n{}"  # the line ends within the chunk that takes it past
+        with pytest.raises(LlmqError, match="line 2 is longer"):
+            await store.create_file(TENANT, "past.jsonl", "batch", _chunks(past, len(past)))
+
+    run_async(redis_port, body)
+
+
+def test_an_upload_with_a_line_past_the_limit_is_a_400_naming_it(redis_port: int) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        data = b"{}\n{}\n" + b"x" * (MAX_LINE_BYTES + 1)
+        form = FormData([("file", UploadFile(io.BytesIO(data))), ("purpose", "batch")])
+        with pytest.raises(ApiError) as refused:
+            await routes._keep(BatchStore(client, 3600), TENANT, form)
+        assert refused.value.status == 400
+        message = refused.value.body["error"]["message"]
+        assert message.startswith(f"line 3 is longer than {MAX_LINE_BYTES} bytes"), message
+        assert await client.keys("llmq:file:*") == []
 
     run_async(redis_port, body)
 
@@ -563,6 +616,33 @@ def test_a_batch_keeps_its_input_file_past_its_window(redis_port: int) -> None:
         assert meta is not None and int(meta["expires_at"]) == until
         for key in [*file_keys(meta["id"]), batch_keys(batch_id)["batch"]]:
             assert await client.expiretime(key) == until  # type: ignore[misc]
+        await store.create_file(TENANT, "later.jsonl", "batch", _chunks("x"))  # kept 60 s
+        for kind in ("files", "batches"):  # as long as what they list
+            assert await client.expiretime(tenant_index_key(TENANT, kind)) == until  # type: ignore[misc]
+
+    run_async(redis_port, body)
+
+
+def test_an_ended_batch_is_kept_past_its_expires_at_and_listed_as_long(redis_port: int) -> None:
+    """finish keeps a batch retention past its expires_at (past its end, if it ended late),
+    and its tenant's index of batches as long."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 60)
+        index = tenant_index_key(TENANT, "batches")
+        late = await _batch(store, [_line(0)], window_s=-30)  # its window ended 30 s ago
+        before = int(time.time())
+        await store.finish(late)
+        kept = await client.expiretime(batch_keys(late)["batch"])  # type: ignore[misc]
+        assert before + 60 <= kept <= int(time.time()) + 60
+        assert await client.expiretime(index) == kept  # type: ignore[misc]
+        batch_id = await _batch(store, [_line(0)], window_s=3600)
+        fields = await store.batch(batch_id)
+        assert fields is not None
+        await store.finish(batch_id)
+        until = int(float(fields["expires_at"])) + 60
+        assert await client.expiretime(batch_keys(batch_id)["batch"]) == until  # type: ignore[misc]
+        assert await client.expiretime(index) == until  # type: ignore[misc]
 
     run_async(redis_port, body)
 
@@ -627,6 +707,47 @@ def test_files_deleted_page_by_page_are_all_listed(redis_port: int) -> None:
         page = await routes._listed(_request_for(store), TENANT, routes.Page("files", None, 2, 9))
         assert page["data"] == [] and not page["has_more"]
         assert await client.zcard(tenant_index_key(TENANT, "files")) == 0
+
+    run_async(redis_port, body)
+
+
+def test_a_listing_after_an_id_another_listing_dropped_goes_on_from_it(redis_port: int) -> None:
+    """Two listers: an app pages its files and deletes each page's, while another listing of
+    the tenant (a dashboard) drops the deleted ids from the index between its pages; the app
+    still goes on to the end. An `after` that never was the tenant's is a 400 naming it."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        made = [
+            (await store.create_file(TENANT, "in.jsonl", "batch", _chunks("x")))["id"]
+            for _ in range(7)
+        ]
+        deleted: list[str] = []
+        after = None
+        while True:
+            page = await routes._listed(
+                _request_for(store), TENANT, routes.Page("files", after, 2, 9)
+            )
+            for shown in page["data"]:
+                await store.delete_file({"id": shown["id"], "tenant": TENANT})
+                deleted.append(shown["id"])
+            other = await routes._listed(
+                _request_for(store), TENANT, routes.Page("files", None, 9, 9)
+            )
+            assert [f["id"] for f in other["data"]] == made[-len(deleted) - 1 :: -1]
+            assert await client.zscore(tenant_index_key(TENANT, "files"), page["last_id"]) is None
+            if not page["has_more"]:
+                break
+            after = page["last_id"]
+        assert deleted == made[::-1]
+        gone = await client.keys(f"{tenant_index_key(TENANT, 'files')}:gone:*")
+        assert gone and all(0 < t <= 2 * GONE_S for t in [await client.ttl(k) for k in gone])
+        with pytest.raises(ApiError) as refused:
+            await routes._listed(
+                _request_for(store), TENANT, routes.Page("files", "file-never", 2, 9)
+            )
+        assert refused.value.status == 400
+        assert "file-never" in refused.value.body["error"]["message"]
 
     run_async(redis_port, body)
 

@@ -14,7 +14,7 @@ from openai.types.responses import Response
 
 from gateway.batch import lines
 from gateway.batch.collector import outcome, parse_line_id
-from gateway.batch.lines import RESPONSES_ENDPOINT, TEXT_ENDPOINT, output_line, read_line
+from gateway.batch.lines import RESPONSES_ENDPOINT, TEXT_ENDPOINT, error_line, read_line
 from gateway.batch.objects import batch_object, file_object
 from gateway.batch.runner import line_id
 from schemas.catalog import Catalog
@@ -286,8 +286,15 @@ def test_a_refusal_for_a_while_is_retried_if_the_batch_has_the_time() -> None:
 
 
 def test_an_error_line_without_a_reply_has_openais_shape() -> None:
-    line = output_line("q3", _answer())
-    assert set(line) == {"id", "custom_id", "response", "error"}
+    """A line the batch ended (expired, cancelled): no response, OpenAI's error of code and
+    message."""
+    line = error_line("q3", line_id("batch_ab", 3, 0), "batch_expired", "the batch expired")
+    assert line == {
+        "id": f"batch_req_{line_id('batch_ab', 3, 0)}",
+        "custom_id": "q3",
+        "response": None,
+        "error": {"code": "batch_expired", "message": "the batch expired"},
+    }
 
 
 BATCH = {
