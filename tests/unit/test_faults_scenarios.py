@@ -189,6 +189,24 @@ def test_a_kill_that_finds_the_engine_idle_is_a_timing_finding_not_a_failure(
     assert not out.failed
 
 
+def test_a_stack_that_never_warmed_up_is_recorded_before_the_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load's first answers never came: Kafka stopped on a stack that served nothing."""
+
+    class Cold(FakeLoad):
+        def wait_for(self, done: object, timeout_s: float) -> bool:
+            return False
+
+    monkeypatch.setattr(scenarios, "Load", Cold)
+    out = Outcome("kafka-stop", "Kafka stopped")
+    kafka_stop(_rig(FakeStack(tmp_path)), out)
+    assert out.findings == [
+        Finding(Kind.TIMING, "a warm stack was not reached before the fault: not tested as claimed")
+    ]
+    assert not out.failed
+
+
 @pytest.mark.parametrize(
     ("said", "broken"),
     [

@@ -89,7 +89,7 @@ def broker_kill(rig: Rig, out: Outcome) -> None:
     victim = rig.stack.brokers[node - 1]
     with Load(rig.bootstrap, out.scenario) as load:
         load.steady(rig.rate)
-        load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S)
+        out.reached(load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S), "a warm stack")
         rig.say(
             f"killing {victim.proc.name} (leads {led} partitions) with kill -9 for "
             f"{BROKER_DOWN_S:.0f} s"
@@ -121,12 +121,12 @@ def streams_join(rig: Rig, out: Outcome) -> None:
     try:
         with Load(rig.bootstrap, out.scenario) as load:
             load.steady(rig.rate)
-            load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S)
+            out.reached(load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S), "a warm stack")
             rig.say(f"starting a second stream processor, {second.proc.name}")
             fault_at = time.monotonic()
             rig.stack.start(second, say=lambda line: rig.say(f"  {line}"))
             joined_s = time.monotonic() - fault_at
-            wait_until(lambda: handled() >= 3, BUSY_WAIT_S)
+            out.reached(wait_until(lambda: handled() >= 3, BUSY_WAIT_S), "a share for the second")
             time.sleep(JOINED_S * rig.scale)
             admitted = handled()
             rig.say(f"SIGTERM to {second.proc.name} after it admitted {admitted:.0f} requests")
@@ -276,7 +276,7 @@ def crash_loop(rig: Rig, out: Outcome) -> None:
     try:
         with Load(rig.bootstrap, out.scenario) as load:
             load.steady(rig.rate / 2)
-            load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S)
+            out.reached(load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S), "a warm stack")
             poison = _long(load, LONG_TOKENS, stream=True)
             fault_at = time.monotonic()
             cid = load.send(poison)

@@ -87,7 +87,7 @@ def worker_kill(rig: Rig, out: Outcome) -> None:
     worker = rig.component("worker")
     with Load(rig.bootstrap, out.scenario) as load:
         load.steady(rig.rate)
-        load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S)
+        out.reached(load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S), "a warm stack")
         # A burst on top, so the kill finds a batch in the engine.
         burst = _burst(rig)
         for _ in range(burst):
@@ -161,7 +161,7 @@ def kafka_stop(rig: Rig, out: Outcome) -> None:
     kafka, streams = rig.component("kafka"), rig.component("streams")
     with Load(rig.bootstrap, out.scenario) as load:
         load.steady(rig.rate)
-        load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S)
+        out.reached(load.wait_for(lambda: load.answered() >= 3, BUSY_WAIT_S), "a warm stack")
         before = rig.pids()
         rig.say(f"stopping Kafka pid {before['kafka']} (SIGTERM) for {KAFKA_DOWN_S:.0f} s")
         fault_at = time.monotonic()
@@ -195,7 +195,10 @@ def redis_stop(rig: Rig, out: Outcome) -> None:
     with Load(rig.bootstrap, out.scenario) as load:
         # Answers to repeat: once answered they are in the exact cache.
         warm = [load.request() for _ in range(4)]
-        load.wait_answered([load.send(r) for r in warm], BUSY_WAIT_S)
+        out.reached(
+            load.wait_answered([load.send(r) for r in warm], BUSY_WAIT_S),
+            "answers in the exact cache to repeat",
+        )
         turn = iter(range(1_000_000))
 
         def make() -> InferenceRequest:
@@ -288,7 +291,7 @@ def poison(rig: Rig, out: Outcome) -> None:
     try:
         with Load(rig.bootstrap, out.scenario) as load:
             load.steady(rig.rate)
-            load.wait_for(lambda: load.answered() >= 2, BUSY_WAIT_S)
+            out.reached(load.wait_for(lambda: load.answered() >= 2, BUSY_WAIT_S), "a warm stack")
             records = _poison(load, work_topic(rig.model.name, Lane.STANDARD))
             rig.say(f"publishing {len(records)} poison records among the good ones")
             fault_at = time.monotonic()
