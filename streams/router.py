@@ -279,18 +279,27 @@ def _fits(spec: ModelSpec, body: ChatBody) -> bool:
     return body.estimated_tokens() < spec.max_model_len
 
 
+def _takes(spec: ModelSpec, body: ChatBody) -> bool:
+    """Whether the model may take the request at all: the bounds admission checks for the
+    first model (a prompt of at most 8 characters a token, max_tokens within the context).
+    A fallback is kept by these, not by the estimate: one with the first model's context
+    serves what the first would (its engine refuses a prompt too large, and the route moves
+    on to a larger context)."""
+    return body.prompt_chars() <= spec.max_prompt_chars and body.max_tokens < spec.max_model_len
+
+
 def _fallbacks(
     specs: list[ModelSpec], chain: list[str], catalog: Catalog, body: ChatBody
 ) -> list[str]:
-    """The fallbacks of `specs`, in order, not in `chain` yet, that can take the request: it
-    fits their context, and they read calls where the request lets the model choose them."""
+    """The fallbacks of `specs`, in order, not in `chain` yet, that can take the request
+    (`_takes`), and read calls where the request lets the model choose them."""
     named = dict.fromkeys(f for spec in specs for f in spec.fallback if f not in chain)
     candidates = [catalog.get(f) for f in named]
     return [
         spec.name
         for spec in candidates
         if spec is not None
-        and _fits(spec, body)
+        and _takes(spec, body)
         and (spec.tool_call_parser is not None or not body.chooses_calls)
     ]
 

@@ -358,6 +358,21 @@ def test_a_named_model_keeps_only_fallbacks_that_can_take_the_request() -> None:
     assert plan(_request(EASY, model="a", tools=tools), catalog).chain == ["a", "b", "c"]
 
 
+def test_a_fallback_with_the_first_models_context_is_kept_for_a_long_answer() -> None:
+    """The estimate passes the context, but the first model serves (its engine stops at its
+    context): its twin must still answer when it fails."""
+    catalog = Catalog(
+        default="small",
+        models=[
+            ModelSpec(name="small", source="/m/s", max_model_len=4096, fallback=["twin"]),
+            ModelSpec(name="twin", source="/m/t", max_model_len=4096),
+        ],
+    )
+    asked = _request("Please say hello. " * 111, model="small", max_tokens=3800)
+    assert asked.body.estimated_tokens() >= 4096
+    assert plan(asked, catalog).chain == ["small", "twin"]
+
+
 def test_auto_counts_the_prompts_estimated_tokens_plus_max_tokens_against_the_context() -> None:
     """As examples/models-remote.toml: a prompt the small model's engine would refuse after
     tokenizing, or whose answer would not fit after it, starts on the larger context."""
