@@ -396,7 +396,8 @@ class Runner:
                     "created_at": str(int(time.time())),
                     "batch": batch_id,
                     "part": part,
-                }
+                },
+                float(fields["expires_at"]),
             )
             made[f"{name}_file_id"] = file_id
         if made:

@@ -25,7 +25,9 @@ from schemas.request import MAX_RECORD_BYTES
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_FILE_LINES = 50_000
-"""OpenAI's limits on a batch's input file; every line counts, blank ones too."""
+"""OpenAI's limits on a batch's input file; a request's line number counts blank lines."""
+MAX_BLANK_LINES = 2 * MAX_FILE_LINES
+"""Lines of a file in all, blank ones too: blank lines at its end pass, a flood does not."""
 TOO_LARGE = f"the file is larger than {MAX_FILE_BYTES} bytes (OpenAI's limit)"
 MAX_LINE_BYTES = 3 * MAX_RECORD_BYTES + (64 << 10)
 """The longest line an upload keeps: no longer one reads into a request within the record
@@ -219,7 +221,7 @@ class BatchStore:
             first, *whole = chunk.split(b"\n")
             unfinished.append(first)
             waiting += len(first)
-            if waiting > MAX_LINE_BYTES:
+            if waiting > MAX_LINE_BYTES + 1:  # the one byte: a CR before its newline
                 raise _too_long(count)
             if not whole:
                 continue
@@ -238,16 +240,25 @@ class BatchStore:
     async def _add_line(
         self, key: str, page: dict[str, bytes], line: bytes, count: int, kept: int
     ) -> tuple[int, int]:
-        """Keep line `count` (unless blank); every line counts toward MAX_FILE_LINES, so a
-        file of newlines is refused, and a batch's walk over its numbers is bounded."""
+        """Keep line `count` (unless blank). A request past line MAX_FILE_LINES is refused,
+        blank lines counted in its number, and a file of more than MAX_BLANK_LINES lines in
+        all: the walk of a batch over its numbers is bounded, and blank lines at a file's end
+        pass."""
+        line = line.rstrip(b"\r")
         if len(line) > MAX_LINE_BYTES:
             raise _too_long(count)
-        if count >= MAX_FILE_LINES:
-            why = f"the file has more than {MAX_FILE_LINES} lines, blank ones too (OpenAI's limit)"
+        if count >= MAX_BLANK_LINES:
+            why = f"the file has more than {MAX_BLANK_LINES} lines, blank ones too"
             raise LlmqError(ErrorCode.INVALID_REQUEST, why)
         if line.strip():
+            if count >= MAX_FILE_LINES:
+                why = (
+                    f"line {count + 1} holds a request: past {MAX_FILE_LINES} lines, blank "
+                    "ones counted (OpenAI's limit)"
+                )
+                raise LlmqError(ErrorCode.INVALID_REQUEST, why)
             kept += 1
-            page[str(count)] = line.rstrip(b"\r")
+            page[str(count)] = line
             if len(page) >= PAGE:
                 await self._flush(key, page)
         return count + 1, kept
@@ -389,7 +400,7 @@ class BatchStore:
         (and its tenant's index) is kept retention past its expires_at, or past now if later."""
         keys = batch_keys(batch_id)
         tenant, expires_at = await self._redis.hmget(keys["batch"], ["tenant", "expires_at"])  # type: ignore[misc]
-        until = int(max(time.time(), float(expires_at or 0))) + self._retention_s
+        until = self._kept_until(float(expires_at or 0))
         async with self._redis.pipeline(transaction=False) as pipe:
             for name, key in keys.items():
                 if name == "lease":
@@ -510,15 +521,21 @@ class BatchStore:
             output, errors = await pipe.execute()
         return [line for line, a, b in zip(page, output, errors, strict=True) if a is b is None]
 
-    async def add_file(self, fields: dict[str, str]) -> None:
-        """Keep an output or error file's fields (its lines are its batch's)."""
+    async def add_file(self, fields: dict[str, str], batch_expires_at: float) -> None:
+        """Keep an output or error file's fields (its lines are its batch's), as long as its
+        batch is kept once it ends (`finish`)."""
         meta = file_keys(fields["id"])[0]
-        until = int(time.time()) + self._retention_s
+        until = self._kept_until(batch_expires_at)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(meta, mapping={**fields, "expires_at": str(until)})
             pipe.expireat(meta, until)
             self._index(pipe, fields["tenant"], "files", fields["id"], until)
             await pipe.execute()
+
+    def _kept_until(self, batch_expires_at: float) -> int:
+        """When an ended batch, and its output and error files, go: retention past its
+        expires_at, or past now if later."""
+        return int(max(time.time(), batch_expires_at)) + self._retention_s
 
     @staticmethod
     def _index(pipe: Any, tenant: str, kind: str, object_id: str, until: int) -> None:

@@ -22,7 +22,13 @@ from gateway.batch import collector, objects, routes
 from gateway.batch.collector import outcome, parse_line_id
 from gateway.batch.lines import output_line
 from gateway.batch.runner import MAX_FAILED_STEPS, Pace, Runner
-from gateway.batch.store import GONE_S, MAX_FILE_LINES, MAX_LINE_BYTES, BatchStore
+from gateway.batch.store import (
+    GONE_S,
+    MAX_BLANK_LINES,
+    MAX_FILE_LINES,
+    MAX_LINE_BYTES,
+    BatchStore,
+)
 from gateway.door import ApiError
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
@@ -545,15 +551,22 @@ def test_uploads_past_openais_limits_are_refused_and_not_kept(redis_port: int) -
     async def body(client: aioredis.Redis) -> None:
         store = BatchStore(client, 3600)
         many = "\n".join("{}" for _ in range(MAX_FILE_LINES + 1))
-        with pytest.raises(LlmqError, match="50000 lines"):
+        with pytest.raises(LlmqError, match="line 50001 holds a request: past 50000 lines"):
             await store.create_file(TENANT, "big.jsonl", "batch", _chunks(many, 65536))
         assert await client.keys("llmq:file:*") == []
         blank = "\n" * MAX_FILE_LINES + "{}"  # blank lines count: their numbers are walked
-        with pytest.raises(LlmqError, match="50000 lines, blank ones too"):
+        with pytest.raises(LlmqError, match="past 50000 lines, blank ones counted"):
             await store.create_file(TENANT, "blank.jsonl", "batch", _chunks(blank, 65536))
         assert await client.keys("llmq:file:*") == []
         kept = await store.create_file(TENANT, "b.jsonl", "batch", _chunks(blank[1:], 65536))
         assert (kept["lines"], kept["requests"]) == (str(MAX_FILE_LINES), "1")
+        # Blank lines at the end of a full file pass (an editor's), a flood of them does not.
+        full = many[: -len("\n{}")] + "\n\n\n"
+        kept = await store.create_file(TENANT, "full.jsonl", "batch", _chunks(full, 65536))
+        assert kept["requests"] == str(MAX_FILE_LINES)
+        flood = "{}" + "\n" * (MAX_BLANK_LINES + 1)
+        with pytest.raises(LlmqError, match=f"more than {MAX_BLANK_LINES} lines, blank ones too"):
+            await store.create_file(TENANT, "flood.jsonl", "batch", _chunks(flood, 65536))
 
     run_async(redis_port, body)
 
@@ -580,6 +593,9 @@ def test_a_line_past_the_line_limit_is_refused_naming_it_before_it_is_whole(
         assert await client.keys("llmq:file:*") == []
         at_limit = "{}\n" + "x" * MAX_LINE_BYTES
         kept = await store.create_file(TENANT, "at.jsonl", "batch", _chunks(at_limit, 1 << 20))
+        assert (await store.lines(kept["id"], [1]))[0] == at_limit[3:].encode()
+        crlf = at_limit + "\r\n{}"  # a CR before its newline is no part of the line
+        kept = await store.create_file(TENANT, "crlf.jsonl", "batch", _chunks(crlf, 1 << 20))
         assert (await store.lines(kept["id"], [1]))[0] == at_limit[3:].encode()
         past = at_limit + "x\n{}"  # the line ends within the chunk that takes it past
         with pytest.raises(LlmqError, match="line 2 is longer"):
@@ -639,10 +655,15 @@ def test_an_ended_batch_is_kept_past_its_expires_at_and_listed_as_long(redis_por
         batch_id = await _batch(store, [_line(0)], window_s=3600)
         fields = await store.batch(batch_id)
         assert fields is not None
+        output = {"id": "file-output-x", "tenant": TENANT, "batch": batch_id, "part": "output"}
+        await store.add_file(output, float(fields["expires_at"]))  # as the runner, just before
         await store.finish(batch_id)
         until = int(float(fields["expires_at"])) + 60
         assert await client.expiretime(batch_keys(batch_id)["batch"]) == until  # type: ignore[misc]
         assert await client.expiretime(index) == until  # type: ignore[misc]
+        # Its output file goes with it: not a day before, while the batch still names it.
+        output_meta = file_keys("file-output-x")[0]
+        assert await client.expiretime(output_meta) == until  # type: ignore[misc]
 
     run_async(redis_port, body)
 
@@ -758,7 +779,7 @@ def test_files_are_listed_oldest_first_and_by_purpose(redis_port: int) -> None:
         inputs = [(await store.create_file(TENANT, "in.jsonl", "batch", _chunks("x")))["id"]]
         fields = {"tenant": TENANT, "filename": "o.jsonl", "bytes": "1", "created_at": "0"}
         output = {"id": "file-out", "purpose": "batch_output", "batch": "b", "part": "output"}
-        await store.add_file(fields | output)
+        await store.add_file(fields | output, time.time())
         inputs.append((await store.create_file(TENANT, "in.jsonl", "batch", _chunks("x")))["id"])
 
         async def listed(oldest_first: bool, purpose: str | None) -> list[str]:
