@@ -6,7 +6,6 @@ message, or the function calls it makes."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,8 +198,12 @@ class _Names:
         return "max_output_tokens" if head == "max_tokens" else head, rest
 
 
-WHOLE_BODY_NAMES = {"response_format": "text.format", "max_tokens": "max_output_tokens"}
-"""Chat's fields as the refusals of a whole chat body name them, and their names here."""
+WHOLE_BODY_PHRASES = {
+    "no response_format with them": "no text.format with them",
+    ") is more than max_tokens (": ") is more than max_output_tokens (",
+}
+"""The phrases of ChatBody's refusals of a whole body that name chat's fields, as this body
+names them (schemas/request.py)."""
 
 
 def _renamed(exc: LlmqError, names: _Names) -> LlmqError:
@@ -217,10 +220,10 @@ def _renamed(exc: LlmqError, names: _Names) -> LlmqError:
     param = _param(*names.of(loc)) if loc else None
     message = describe(invalid, where=_where(names))
     if all(not e["loc"] for e in errors):
-        # The body's own checks (ChatBody's): texts of llmq's, with no value of the body's,
-        # that name chat's fields in words.
-        for chat, own in WHOLE_BODY_NAMES.items():
-            message = re.sub(rf"\b{chat}\b", own, message)
+        # The body's own checks (ChatBody's) name chat's fields in words: their phrases,
+        # never a value of the body's that a message may quote.
+        for chat, own in WHOLE_BODY_PHRASES.items():
+            message = message.replace(chat, own)
     return LlmqError(exc.code, message, param=param)
 
 

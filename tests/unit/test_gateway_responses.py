@@ -223,6 +223,17 @@ def test_a_refusal_of_the_whole_body_names_this_bodys_fields() -> None:
         _read(tools=TIME_TOOL, tool_choice="required", text={"format": {"type": "json_object"}})
     assert "no text.format with them" in caught.value.message
     assert "response_format" not in caught.value.message
+    with pytest.raises(LlmqError) as caught:
+        _read(max_output_tokens=3, min_tokens=9)
+    assert "min_tokens (9) is more than max_output_tokens (3)" in caught.value.message
+
+
+def test_a_refusal_of_the_whole_body_quotes_a_name_the_caller_chose_as_it_came() -> None:
+    """A tool the caller named after a chat field is not renamed as if it were that field."""
+    chosen = {"type": "function", "name": "max_tokens"}
+    with pytest.raises(LlmqError) as caught:
+        _read(tools=TIME_TOOL, tool_choice=chosen)
+    assert "'max_tokens'" in caught.value.message, caught.value.message
 
 
 def test_a_conversation_continued_past_the_cap_is_refused_naming_previous_response_id() -> None:
