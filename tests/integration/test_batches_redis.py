@@ -9,7 +9,7 @@ import io
 import json
 import time
 import types
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import pytest
@@ -703,28 +703,42 @@ def _request_for(store: BatchStore) -> Request:
     return cast(Request, types.SimpleNamespace(app=types.SimpleNamespace(state=state)))
 
 
+Between = Callable[[list[str], dict[str, Any]], Awaitable[None]]
+
+
+async def _made(store: BatchStore, count: int) -> list[str]:
+    """`count` input files of the tenant, oldest first."""
+    return [
+        (await store.create_file(TENANT, "in.jsonl", "batch", _chunks("x")))["id"]
+        for _ in range(count)
+    ]
+
+
+async def _delete_page_by_page(store: BatchStore, between: Between | None = None) -> list[str]:
+    """Page the tenant's files two at a time, deleting each page's (then `between`, with the
+    ids deleted so far and the page), to the end: the ids deleted, in order."""
+    deleted: list[str] = []
+    after = None
+    while True:
+        page = await routes._listed(_request_for(store), TENANT, routes.Page("files", after, 2, 9))
+        for shown in page["data"]:
+            await store.delete_file({"id": shown["id"], "tenant": TENANT})
+            deleted.append(shown["id"])
+        if between is not None:
+            await between(deleted, page)
+        if not page["has_more"]:
+            return deleted
+        after = page["last_id"]
+
+
 def test_files_deleted_page_by_page_are_all_listed(redis_port: int) -> None:
     """An app deleting each page's files as it pages (the SDK's `for f in files.list():
     files.delete(f.id)`) goes on after a deleted id to the end, leaving no id behind."""
 
     async def body(client: aioredis.Redis) -> None:
         store = BatchStore(client, 3600)
-        made = [(await store.create_file(TENANT, "in.jsonl", "batch", _chunks("x")))["id"]]
-        for _ in range(6):
-            made.append((await store.create_file(TENANT, "in.jsonl", "batch", _chunks("x")))["id"])
-        deleted: list[str] = []
-        after = None
-        while True:
-            page = await routes._listed(
-                _request_for(store), TENANT, routes.Page("files", after, 2, 9)
-            )
-            for shown in page["data"]:
-                await store.delete_file({"id": shown["id"], "tenant": TENANT})
-                deleted.append(shown["id"])
-            if not page["has_more"]:
-                break
-            after = page["last_id"]
-        assert deleted == made[::-1]
+        made = await _made(store, 7)
+        assert await _delete_page_by_page(store) == made[::-1]
         page = await routes._listed(_request_for(store), TENANT, routes.Page("files", None, 2, 9))
         assert page["data"] == [] and not page["has_more"]
         assert await client.zcard(tenant_index_key(TENANT, "files")) == 0
@@ -739,27 +753,16 @@ def test_a_listing_after_an_id_another_listing_dropped_goes_on_from_it(redis_por
 
     async def body(client: aioredis.Redis) -> None:
         store = BatchStore(client, 3600)
-        made = [
-            (await store.create_file(TENANT, "in.jsonl", "batch", _chunks("x")))["id"]
-            for _ in range(7)
-        ]
-        deleted: list[str] = []
-        after = None
-        while True:
-            page = await routes._listed(
-                _request_for(store), TENANT, routes.Page("files", after, 2, 9)
-            )
-            for shown in page["data"]:
-                await store.delete_file({"id": shown["id"], "tenant": TENANT})
-                deleted.append(shown["id"])
+        made = await _made(store, 7)
+
+        async def another_listing(deleted: list[str], page: dict[str, Any]) -> None:
             other = await routes._listed(
                 _request_for(store), TENANT, routes.Page("files", None, 9, 9)
             )
             assert [f["id"] for f in other["data"]] == made[-len(deleted) - 1 :: -1]
             assert await client.zscore(tenant_index_key(TENANT, "files"), page["last_id"]) is None
-            if not page["has_more"]:
-                break
-            after = page["last_id"]
+
+        deleted = await _delete_page_by_page(store, another_listing)
         assert deleted == made[::-1]
         gone = await client.keys(f"{tenant_index_key(TENANT, 'files')}:gone:*")
         assert gone and all(0 < t <= 2 * GONE_S for t in [await client.ttl(k) for k in gone])
