@@ -508,8 +508,14 @@ def param_of(exc: ValidationError) -> str | None:
     """The field of a validation's first error as OpenAI's errors name one:
     "messages[0].content"; None for the body as a whole."""
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    return param_name(errors[0]["loc"]) if errors else None
+
+
+def param_name(loc: tuple[str | int, ...]) -> str | None:
+    """A field's location as OpenAI's errors name it: "messages[0].content"; None for the
+    body as a whole."""
     name = ""
-    for part in errors[0]["loc"] if errors else ():
+    for part in loc:
         name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
     return name or None
 

@@ -18,6 +18,7 @@ from gateway.openai import (
     completion_of,
     given_fields,
     logprob_count,
+    param_name,
     read_call,
 )
 from gateway.openai import ROLES as CHAT_ROLES
@@ -32,7 +33,7 @@ from gateway.response_tools import (
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.redact import MAX_NAME_CHARS, SAFE_NAME, describe
+from schemas.redact import describe, field_name
 from schemas.request import MAX_MESSAGES
 from schemas.result import InferenceResult, Usage
 
@@ -217,7 +218,8 @@ def _renamed(exc: LlmqError, names: _Names) -> LlmqError:
         return exc
     errors = invalid.errors(include_url=False, include_input=False, include_context=False)
     loc = errors[0]["loc"] if errors else ()
-    param = _param(*names.of(loc)) if loc else None
+    head, rest = names.of(loc)
+    param = param_name((head, *rest)) if loc else None
     message = describe(invalid, where=_where(names))
     if all(not e["loc"] for e in errors):
         # The body's own checks (ChatBody's) name chat's fields in words: their phrases,
@@ -234,21 +236,9 @@ def _where(names: _Names) -> Callable[[tuple[str | int, ...]], str]:
         head, rest = names.of(loc)
         if head == "previous_response_id":
             head = "previous_response_id (the conversation it continues)"
-        return ".".join([head or "request", *map(_safe, rest)])
+        return ".".join([head or "request", *map(field_name, rest)])
 
     return where
-
-
-def _safe(part: str | int) -> str:
-    """A key as an error may name it: one the body chose is cut short and quoted (as
-    schemas.redact names it)."""
-    text = str(part)
-    return text if SAFE_NAME.fullmatch(text) else ascii(text[:MAX_NAME_CHARS])
-
-
-def _param(head: str, rest: tuple[str | int, ...]) -> str:
-    """A field as OpenAI's errors name it: "input[1].content"."""
-    return head + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest)
 
 
 def _check_length(history: int, given: int, system: int) -> None:

@@ -51,10 +51,10 @@ def explain(exc: BaseException) -> str:
 
 
 def _path(loc: tuple[str | int, ...]) -> str:
-    return ".".join(_name(p) for p in loc) or "request"
+    return ".".join(field_name(p) for p in loc) or "request"
 
 
-def _name(part: str | int) -> str:
+def field_name(part: str | int) -> str:
     """A field name or index as it may be logged: an unknown key is the app's choice, so it
     is cut short and quoted (it could hold a newline that forges a log line)."""
     text = str(part)
