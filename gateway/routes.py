@@ -22,6 +22,7 @@ from gateway.response_events import ResponseEvents
 from gateway.response_items import input_items, page
 from gateway.responses import ResponseCall, read_response_call, response_of
 from gateway.text import TextChunks, read_text_call, text_completion_of
+from llmq.futures import read_outcome
 from llmq.streaming import Delta, StreamReader
 from schemas.errors import ErrorCode, LlmqError
 from schemas.redact import explain
@@ -460,14 +461,8 @@ async def _unless_gone(request: Request, work: Awaitable[T]) -> T | None:
     task.cancel()
     # Its outcome is nobody's now; a gather's is its CancelledError, which asyncio would log
     # at ERROR, as never retrieved, for each client that leaves before its first piece.
-    task.add_done_callback(_retrieved)
+    task.add_done_callback(read_outcome)
     return None
-
-
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    """Take a finished future's outcome, so that asyncio does not report it unread."""
-    if not future.cancelled():
-        future.exception()
 
 
 async def _until_gone(request: Request) -> None:

@@ -17,6 +17,7 @@ from faust.types import TP
 from faust.types.auth import CredentialsT
 
 from llmq.fetcher import install as fix_fetcher
+from llmq.futures import read_outcome
 from llmq.record_limits import BATCH_BYTES, RECORD_LIMIT, read_record_limit
 from schemas.kafka_security import KafkaSecurity
 from schemas.names import (
@@ -96,7 +97,7 @@ class FaustSend:
             message = channel.as_future_message(
                 key=key, value=value, partition=partition, headers=sent_headers
             )
-            message.add_done_callback(_read_failure)
+            message.add_done_callback(read_outcome)
             pending = await channel.publish_message(message)
             await asyncio.wait_for(pending, timeout=ACK_TIMEOUT_S)
 
@@ -148,13 +149,6 @@ class FaustSend:
             await channel.maybe_declare()
             self._topics[topic] = channel
         return channel
-
-
-def _read_failure(message: asyncio.Future[Any]) -> None:
-    """Read a sent message's failure: the send's own future raises it to the sender, so it
-    is not reported as never read."""
-    if not message.cancelled():
-        message.exception()
 
 
 def broker_credentials(security: KafkaSecurity) -> CredentialsT | None:

@@ -8,6 +8,7 @@ import uuid
 from functools import partial
 from typing import Protocol
 
+from llmq.futures import read_outcome
 from schemas.errors import LlmqError
 from schemas.lanes import Lane
 from schemas.names import REQUESTS_KEYED
@@ -133,7 +134,7 @@ class Dedupe:
             await self._outbox.work(sent)
         except BaseException:
             lookup.cancel()
-            lookup.add_done_callback(_retrieve)
+            lookup.add_done_callback(read_outcome)
             raise
         try:
             cached = await lookup
@@ -196,12 +197,6 @@ class Dedupe:
             # read: forget() forgets it only in the first case.
             await similar.forget(scope, hit.fingerprint)
         return cached
-
-
-def _retrieve(task: asyncio.Task[ChatCompletion | None]) -> None:
-    """Read a dropped lookup's outcome, so that a failure is not reported as never read."""
-    if not task.cancelled():
-        task.exception()
 
 
 async def fail_copies(
