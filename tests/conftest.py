@@ -8,6 +8,10 @@ shares 2 cores and 24 GiB with it idle; before it starts, it has the machine to 
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from types import FrameType
+
 import pytest
 
 SHARED = "openai_server"
@@ -23,3 +27,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.get_closest_marker("integration") is not None,
         )
     )
+
+
+class _Stop:
+    """SIGTERM (a CI time limit) ends the run as Ctrl-C does, so teardown stops the stacks and
+    engines the tests started: they run detached and would outlive a killed run, holding its
+    ports and memory. A signal during a teardown waits for its end: interrupted, that
+    teardown would leave its stack behind."""
+
+    tearing_down = False
+    asked = False
+
+    @classmethod
+    def on_signal(cls, signum: int, frame: FrameType | None) -> None:
+        if cls.tearing_down:
+            cls.asked = True
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM interrupts the run (see _Stop)."""
+    signal.signal(signal.SIGTERM, _Stop.on_signal)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """A test's teardown, with the module and session fixtures it ends, runs to its end."""
+    _Stop.tearing_down = True
+    try:
+        yield
+    finally:
+        _Stop.tearing_down = False
+    if _Stop.asked:
+        raise KeyboardInterrupt("SIGTERM during a teardown")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
+    """The session's last teardowns run to their end."""
+    _Stop.tearing_down = True
+    yield
