@@ -80,7 +80,7 @@ class TenantGate:
                 limits,
                 request.body.estimated_tokens(),
                 request_id=request.correlation_id,
-                fingerprint=work.fingerprint if request.cacheable else None,
+                fingerprint=work.fingerprint,
             )
         except LlmqError:
             # Only a hold placed now: one an earlier record of this id placed is its request's,

@@ -25,22 +25,21 @@ same: idle tenants leave nothing behind."""
 CHARGED_TTL_S = 300
 """How long a charged request is remembered, so that its record read again (a stream
 processor that stopped after sending it on, before committing it) is not charged twice: its
-refusal would reach the app beside, or before, the answer of the request sent on. Its
-fingerprint with it: an id sent again with other content is another request. Only a request
-the caches may answer is remembered: a repeat of it costs the engine nothing (answered from
-the cache, or coalesced), where a sampled one is generated again."""
+refusal, stored first under its id, would reach the app in place of the answer of the
+request sent on. Its fingerprint with it: an id sent again with other content is another
+request. Sampled requests too: one read again is generated again, but it is one request of
+the app's."""
 
 # KEYS: the requests bucket, the tokens bucket, the request's charged mark. ARGV: for each
 # bucket its capacity (the per-minute figure; 0 = unlimited) and this request's cost, then
 # `now` ('' = Redis's clock), the buckets' and the mark's lives, and the request's
-# fingerprint ('' = not remembered). Each bucket is a hash {level, ts}; a missing one is full.
+# fingerprint. Each bucket is a hash {level, ts}; a missing one is full.
 # Either both buckets are charged, and the mark set to the fingerprint, or neither is; a
 # request whose mark holds its fingerprint is admitted free. Returns {0} when admitted, else
 # {bucket index, seconds until it holds the cost} (a string: Lua numbers become integers in
 # replies).
 CHECK_AND_TAKE = """
-local remembered = ARGV[8] ~= ''
-if remembered and redis.call('GET', KEYS[3]) == ARGV[8] then
+if redis.call('GET', KEYS[3]) == ARGV[8] then
   return {0}
 end
 local now = tonumber(ARGV[5])
@@ -76,9 +75,7 @@ for i = 1, 2 do
     redis.call('EXPIRE', KEYS[i], ARGV[6])
   end
 end
-if remembered then
-  redis.call('SET', KEYS[3], ARGV[8], 'EX', ARGV[7])
-end
+redis.call('SET', KEYS[3], ARGV[8], 'EX', ARGV[7])
 return {0}
 """
 
@@ -101,13 +98,12 @@ class RateLimiter:
         tokens: int,
         *,
         request_id: str,
-        fingerprint: str | None,
+        fingerprint: str,
         now: float | None = None,
     ) -> None:
         """Admit one request estimated at `tokens`, or raise RATE_LIMITED with when to retry.
-        A request with a `fingerprint` (one the caches may answer) charged in the last
-        CHARGED_TTL_S under its id is admitted again free: its record read again, or its
-        app's resend.
+        A request charged in the last CHARGED_TTL_S under its id, with its `fingerprint`, is
+        admitted again free: its record read again, or its app's resend.
 
         Raises PROMPT_TOO_LARGE (not retriable) when `tokens` exceeds the tenant's whole
         tokens-per-minute bucket: no wait would help. `now` (Unix time) replaces Redis's
@@ -135,7 +131,7 @@ class RateLimiter:
                         "" if now is None else repr(now),
                         BUCKET_TTL_S,
                         CHARGED_TTL_S,
-                        fingerprint or "",
+                        fingerprint,
                     ],
                 )
         except (RedisError, TimeoutError) as exc:

@@ -16,13 +16,16 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import InferenceResult
-from schemas.tenants import TenantLimits
+from schemas.tenants import TenantLimits, TenantPolicy
 from streams.budget import Budgets, Hold
+from streams.gate import TenantGate
 from streams.ratelimit import BUCKET_TTL_S, CHARGED_TTL_S, CHECK_TIMEOUT_S, RateLimiter
 from streams.store import RedisStore
 from tests.integration.helpers import run_async, run_with, start_redis
+from tests.unit.stages import admitted, raw_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.usefixtures("sync")]
 
@@ -41,7 +44,7 @@ async def _outcome(
     now: float | None = NOW,
     *,
     request_id: str | None = None,
-    fingerprint: str | None = "fp",
+    fingerprint: str = "fp",
 ) -> LlmqError | None:
     """None when admitted, else the refusal; each check is a new request but for a
     `request_id` given."""
@@ -193,19 +196,22 @@ def test_a_request_read_again_is_charged_once(redis_port: int, sync: redis.Redis
     run_async(redis_port, body)
 
 
-def test_a_sampled_request_sent_again_is_charged_again(redis_port: int, sync: redis.Redis) -> None:
-    """Without a fingerprint (no cache answers it) a repeat is generated again: charged."""
-    limits = TenantLimits(requests_per_minute=2)
+def test_a_sampled_request_read_again_passes_the_gate_free(redis_port: int) -> None:
+    """Sampled requests too (generated again, but one request of the app's): refused, its
+    refusal, stored first under its id, would reach the app in place of its answer."""
+    policy = TenantPolicy(default=TenantLimits(requests_per_minute=1))
+    work = admitted(raw_request("s-1", temperature=1.0))
+    assert not work.request.cacheable
 
-    async def body(client: aioredis.Redis) -> None:
-        limiter = RateLimiter(client)
+    async def body(client: aioredis.Redis) -> ErrorCode:
+        gate = TenantGate(policy, RateLimiter(client), Budgets(client), Catalog.builtin())
         for _ in range(2):
-            assert await _outcome(limiter, "zeta", limits, request_id="s", fingerprint=None) is None
-        again = await _outcome(limiter, "zeta", limits, request_id="s", fingerprint=None)
-        assert again is not None and again.code is ErrorCode.RATE_LIMITED
-        assert not sync.exists("llmq:rate:{zeta}:charged:s")
+            await gate.check(work)
+        with pytest.raises(LlmqError) as caught:
+            await gate.check(admitted(raw_request("s-2", temperature=1.0)))
+        return caught.value.code
 
-    run_async(redis_port, body)
+    assert run_async(redis_port, body) is ErrorCode.RATE_LIMITED
 
 
 def test_tenants_are_isolated_and_limits_may_change(redis_port: int) -> None:
