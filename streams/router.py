@@ -230,15 +230,17 @@ def _plan(name: str, request: InferenceRequest, catalog: Catalog) -> Route:
     """The route for `name`, a catalog model or "auto".
 
     Fallbacks that cannot take the request are left out (`_fallbacks`), so that a fallback or
-    an escalation never reaches a model that must reject it; the first model stays, so that
-    admission says why it cannot serve.
+    an escalation never reaches a model that must reject it. A first model that cannot take
+    it is passed over for the first of the chain that can (`_taken`); with none, it stays, so
+    that admission says why it cannot serve.
     """
     body = request.body
     if name != AUTO:
         spec = catalog.get(name)
         if spec is None:
             raise _unknown(name, catalog)
-        return Route(requested=name, chain=[name, *_fallbacks([spec], [name], catalog, body)])
+        chain = [name, *_fallbacks([spec], [name], catalog, body)]
+        return _taken(Route(requested=name, chain=chain), catalog, body)
     ladder = _ladder(catalog, body)
     start = tier_index(difficulty(body).score, len(ladder))
     chain = [m.name for m in ladder[start:]]
@@ -246,7 +248,19 @@ def _plan(name: str, request: InferenceRequest, catalog: Catalog) -> Route:
     # A streamed answer is shown as it comes: one escalated after it was shown would leave
     # the app with the unsure answer, and the result store with another.
     cascade = catalog.routing.cascade and start < len(ladder) - 1 and not body.stream
-    return Route(requested=AUTO, chain=chain, cascade=cascade)
+    return _taken(Route(requested=AUTO, chain=chain, cascade=cascade), catalog, body)
+
+
+def _taken(route: Route, catalog: Catalog, body: ChatBody) -> Route:
+    """The route from the first model of its chain that may take the request (`_takes`): a
+    prompt or max_tokens past the first model's bounds falls back at once to the first of the
+    chain that takes it, as an engine's refusal of a prompt too large moves on
+    (`next_route`). Unchanged when the first takes it, or none does."""
+    for skipped, name in enumerate(route.chain):
+        spec = catalog.get(name)
+        if spec is not None and _takes(spec, body):
+            return route if skipped == 0 else route.advance(escalated=False, skip=skipped - 1)
+    return route
 
 
 def tier_index(score: float, tiers: int) -> int:

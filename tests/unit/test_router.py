@@ -352,8 +352,16 @@ def test_a_named_model_keeps_only_fallbacks_that_can_take_the_request() -> None:
         ],
     )
     assert plan(_request(EASY, model="a"), catalog).chain == ["a", "b", "c", "d"]
-    # Too long for "a" and "c": "a" stays, so that admission says why it cannot serve.
-    assert plan(_request(EASY, model="a", max_tokens=2000), catalog).chain == ["a", "b", "d"]
+    # Too long for "a" and "c": "b" serves at once ("a" is passed over, as if it had failed).
+    long = plan(_request(EASY, model="a", max_tokens=2000), catalog)
+    assert (long.chain, long.current, long.tried, long.fell_back) == (
+        ["a", "b", "d"],
+        "b",
+        ["a"],
+        True,
+    )
+    # Too long for all: "a" stays, so that admission says why it cannot serve.
+    assert plan(_request(EASY, model="a", max_tokens=5000), catalog).chain == ["a"]
     tools = [{"type": "function", "function": {"name": "f"}}]
     assert plan(_request(EASY, model="a", tools=tools), catalog).chain == ["a", "b", "c"]
 
