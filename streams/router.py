@@ -354,15 +354,12 @@ def next_route(completion: Completion, catalog: Catalog) -> Route | None:
 def _fall_back(route: Route, catalog: Catalog, wider_than: int = 0) -> Route | None:
     """The route to the next model of the chain after a failure, past the models of a tier
     at or below the highest tried where the route has escalated, and those whose context is
-    not larger than `wider_than` (that of a model that refused the prompt as too large);
-    None when there is none, or when the model it would reach left the catalog since
-    admission."""
+    not larger than `wider_than` (that of a model that refused the prompt as too large), and
+    those that left the catalog since admission; None when there is none."""
     tiers = [spec.tier for spec in map(catalog.get, route.tried) if spec is not None]
     bar = max(tiers, default=0) if route.escalated else 0
     for skipped, name in enumerate(route.remaining):
         spec = catalog.get(name)
-        if spec is None:
-            return None
-        if spec.tier > bar and spec.max_model_len > wider_than:
+        if spec is not None and spec.tier > bar and spec.max_model_len > wider_than:
             return route.advance(escalated=False, skip=skipped)
     return None

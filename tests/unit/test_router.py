@@ -465,6 +465,20 @@ def test_an_explicit_model_falls_back_along_its_configured_chain() -> None:
     assert next_route(_completion(second, error=ErrorCode.ENGINE_ERROR), TIERED) is None
 
 
+def test_a_fallback_passes_over_a_model_that_left_the_catalog_since_admission() -> None:
+    route = Route(requested="big", chain=["big", "mid", "remote"])
+    reloaded = Catalog(
+        default="big",
+        models=[
+            ModelSpec(name="big", source="/models/big", tier=3, fallback=["remote"]),
+            ModelSpec(name="remote", engine="openai", url="http://gpu:8000/v1", tier=3),
+        ],
+    )
+    fallen = next_route(_completion(route, error=ErrorCode.ENGINE_ERROR), reloaded)
+    assert fallen is not None
+    assert (fallen.current, fallen.chain, fallen.tried) == ("remote", ["big", "remote"], ["big"])
+
+
 @pytest.mark.parametrize(
     "code", [ErrorCode.INVALID_REQUEST, ErrorCode.UNSUPPORTED, ErrorCode.EXPIRED]
 )
