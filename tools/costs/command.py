@@ -61,13 +61,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the report (and draw it); 1 with a message when there is nothing to report."""
     if args.experiment:
         return _experiment(args)
-    last = args.until or datetime.now(UTC).date()
-    first = args.since or last - timedelta(days=(args.days or DAYS) - 1)
-    if first > last:
-        raise RuntimeError(f"--since {first} is after --until {last}")
-    kept = datetime.now(UTC).date() - timedelta(days=KEEP_DAYS)
-    if first < kept:  # each hour is a read: a typo's century would be millions of them
-        raise RuntimeError(f"{first} is before {kept}: rollups are kept {KEEP_DAYS} days")
+    first, last = _span(args)
     now = hour_of(time.time())
     wanted = [hour for hour in hours(first, last) if hour <= now]
     if not wanted:
@@ -90,6 +84,21 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"plot: {plot(rows, wanted, args.plot)}")
     return 0
+
+
+def _span(args: argparse.Namespace) -> tuple[date, date]:
+    """The report's first and last UTC day: from --days or --since (never both, as one would
+    be dropped unseen), up to --until."""
+    if args.days is not None and args.since is not None:
+        raise RuntimeError("--days and --since both set the first day: give one of them")
+    last = args.until or datetime.now(UTC).date()
+    first = args.since or last - timedelta(days=(args.days or DAYS) - 1)
+    if first > last:
+        raise RuntimeError(f"--since {first} is after --until {last}")
+    kept = datetime.now(UTC).date() - timedelta(days=KEEP_DAYS)
+    if first < kept:  # each hour is a read: a typo's century would be millions of them
+        raise RuntimeError(f"{first} is before {kept}: rollups are kept {KEEP_DAYS} days")
+    return first, last
 
 
 async def _read(url: str, wanted: list[str]) -> list[Row]:
