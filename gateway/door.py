@@ -8,10 +8,10 @@ import json
 import logging
 import math
 from collections.abc import AsyncGenerator, Coroutine
-from typing import Any
+from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import Request
+from fastapi import Depends, Request
 from redis.exceptions import RedisError
 
 from gateway import metrics
@@ -43,7 +43,7 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(error.message)
         self.status, self.body = error_body(error.code, error.message, status, error.param)
-        self.headers = {**(retry_after(error) if self.status == 429 else {}), **(headers or {})}
+        self.headers = {**retry_after(error), **(headers or {})}
         # The SDK retries 408, 409, 429 and 5xx by default: not what waiting cannot mend (a
         # budget's refusal that names a retry_after is mended by waiting: the SDK waits it).
         if not error.retriable and error.retry_after_s is None:
@@ -161,6 +161,30 @@ class FrontDoor:
             raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, "invalid API key"), 401)
         return tenant
 
+    def check_choices(self, call: Call) -> None:
+        """A 400 (not retriable, naming `n`) for choices the tenant's rate limits can never
+        admit together: each is a request charged to its buckets at once, so past them every
+        try would be refused in part (a 429 the SDK retries) after the rest went to the
+        engines. One choice over tokens_per_minute alone is admission's prompt_too_large."""
+        n, tenant = call.n, call.request.tenant
+        limits = self.policy.limits(tenant)
+        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+        each = call.request.body.estimated_tokens()
+        if rpm is not None and n > rpm:
+            why = (
+                f"n is {n}: each choice is a request, and tenant {tenant} may make at most "
+                f"{rpm} requests per minute; ask for at most {rpm} choices"
+            )
+        elif tpm is not None and each <= tpm < n * each:
+            why = (
+                f"n is {n}: its choices need about {n * each} tokens ({each} each: prompt "
+                f"estimate + max_tokens), and tenant {tenant} may use at most {tpm} tokens per "
+                f"minute; ask for at most {tpm // each} choices or lower max_tokens"
+            )
+        else:
+            return
+        raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why, param="n"))
+
     async def check_served(self, model: str | None, *, calls: bool = False) -> None:
         """503 when no worker serves the model nor ever did (for `auto`: no model at all, or
         with `calls`, under tool_choice "auto", no model that reads calls)."""
@@ -244,3 +268,14 @@ class FrontDoor:
             call.include_usage,
             None if call.text else request.body,
         )
+
+
+def caller(request: Request) -> str:
+    """A route's first step, as its dependency: the caller's key, checked before its query
+    or body is read (FastAPI validates a typed parameter before the handler runs)."""
+    door: FrontDoor = request.app.state.door
+    return door.tenant(request)
+
+
+Tenant = Annotated[str, Depends(caller)]
+"""A route's tenant, by its caller's key (see caller)."""

@@ -521,7 +521,8 @@ def param_name(loc: tuple[str | int, ...]) -> str | None:
 
 
 def retry_after(error: LlmqError) -> dict[str, str]:
-    """The Retry-After header of a 429 (whole seconds, rounded up)."""
+    """The Retry-After header of an error that says when to retry (a 429, a 503
+    budget_unavailable): whole seconds, rounded up."""
     if error.retry_after_s is None:
         return {}
     return {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis.exceptions import RedisError
 
 from gateway import metrics, sse
-from gateway.door import ApiError, FrontDoor, json_body
+from gateway.door import ApiError, FrontDoor, Tenant, json_body
 from gateway.openai import Call, Chunks, check_model, completion_of, read_call
 from gateway.response_events import ResponseEvents
 from gateway.response_items import input_items, page
@@ -82,13 +82,14 @@ async def stored_response(response_id: str, request: Request) -> dict[str, Any]:
 async def response_input_items(
     response_id: str,
     request: Request,
+    tenant: Tenant,
+    *,
     after: str | None = None,
     limit: int = 20,
     order: str = "desc",
 ) -> dict[str, Any]:
     """The conversation a stored response followed, as input items, a page at a time."""
-    door = _door(request)
-    kept = await door.responses.get(door.tenant(request), response_id)
+    kept = await _door(request).responses.get(tenant, response_id)
     if kept is None:
         raise _no_response(response_id)
     items = input_items(response_id, kept.messages[:-1])  # the last is its answer
@@ -137,6 +138,7 @@ async def _complete(
     try:
         call = await read(door, request)
         stream = str(call.request.body.stream).lower()
+        door.check_choices(call)
         await door.check_served(call.request.model, calls=call.request.body.chooses_calls)
         await _submit(door, call)
         metrics.WAITING.inc()

@@ -7,9 +7,9 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -17,7 +17,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from gateway.batch.lines import ENDPOINTS
 from gateway.batch.objects import FINAL, batch_object, file_object
 from gateway.batch.store import MAX_FILE_BYTES, TOO_LARGE, BatchStore, new_id
-from gateway.door import ApiError, FrontDoor, body_chunks, json_body
+from gateway.door import ApiError, FrontDoor, Tenant, body_chunks, json_body
 from schemas.errors import ErrorCode, LlmqError
 
 COMPLETION_WINDOW = "24h"
@@ -37,13 +37,7 @@ def _parts(request: Request) -> tuple[FrontDoor, BatchStore]:
     return door, door.batches
 
 
-def _tenant(request: Request) -> str:
-    """Every route's first step: the caller's key, checked before its query or body is read."""
-    return _parts(request)[0].tenant(request)
-
-
 router = APIRouter()
-Tenant = Annotated[str, Depends(_tenant)]
 
 
 def _bad(message: str, status: int = 400) -> ApiError:
