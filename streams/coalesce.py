@@ -14,6 +14,12 @@ the entry was written by another process (`epoch`). A leader whose handling is c
 SIGTERM, a revoked partition) is `abandon`ed, not dropped: its followers' records were
 committed long ago, and its own record, redelivered perhaps to this very process, leads
 again for them.
+
+A leader keeps the lane its generation runs on: a copy on a more urgent lane does not wait
+behind that lane's backlog, but leads a generation of its own for the followers too, as
+over a stale leader. The generation it replaces still answers its own request; whichever of
+the two answers first answers the followers too (a failure of the replaced one is its own
+request's alone: streams.complete).
 """
 
 from __future__ import annotations
@@ -79,6 +85,9 @@ class Leader(BaseModel):
     followers: int = 0
     epoch: str = ""
     """The process that wrote it; "" (no process's) for an abandoned leader."""
+    lane: Lane = Lane.BATCH
+    """The lane its generation runs on. An entry written before leaders kept it reads as
+    batch: a more urgent copy leads its own generation rather than risk waiting on it."""
 
     @property
     def send(self) -> str:
@@ -108,7 +117,8 @@ class Coalescer:
     def join(self, request: InferenceRequest, fingerprint: str, now: float | None = None) -> bool:
         """Follow the generation in flight for `fingerprint`: True, or False when there is
         none (or it is stale, or it is this very request's and another process wrote it or
-        it was abandoned), in which case this request is now the leader."""
+        it was abandoned, or it runs on a less urgent lane than this request's), in which
+        case this request is now the leader."""
         now = time.time() if now is None else now
         key = fingerprint.encode()
         raw = self._table.get(key)
@@ -117,15 +127,19 @@ class Coalescer:
             leader is None
             or now - leader.since > self._stale_after_s
             or (leader.correlation_id == request.correlation_id and leader.epoch != self.epoch)
+            or request.lane.priority < leader.lane.priority
         ):
             # A stale leader's generation is presumed lost, and so is the one of a redelivered
             # leader whose process died or that was abandoned: lead anew, keep the followers.
+            # One on a less urgent lane would keep this request behind that lane's backlog
+            # (a batch one, hours): the same, while it still answers its own request.
             followers = 0 if leader is None else leader.followers
             new = Leader(
                 correlation_id=request.correlation_id,
                 since=now,
                 followers=followers,
                 epoch=self.epoch,
+                lane=request.lane,
             )
             self._table[key] = new.model_dump_json().encode()
             return False
@@ -172,10 +186,13 @@ class Coalescer:
             if raw is not None and Waiter.model_validate_json(raw) in waiters:
                 del self._table[key]
 
-    def promote(self, fingerprint: str, waiter: Waiter, now: float | None = None) -> None:
+    def promote(
+        self, fingerprint: str, waiter: Waiter, lane: Lane, now: float | None = None
+    ) -> None:
         """`waiter` leads the generation in place of the leader, leaving the list of
-        followers (so it is not answered twice). Written once its work is sent: a crash
-        before leaves the old leader, whose redelivered completion promotes again."""
+        followers (so it is not answered twice), on the `lane` its work was sent on.
+        Written once its work is sent: a crash before leaves the old leader, whose
+        redelivered completion promotes again."""
         leader = self.leader(fingerprint)
         if leader is None:
             return
@@ -190,6 +207,7 @@ class Coalescer:
                 "correlation_id": waiter.correlation_id,
                 "since": time.time() if now is None else now,
                 "epoch": self.epoch,
+                "lane": lane,
             }
         )
         self._table[fingerprint.encode()] = new.model_dump_json().encode()

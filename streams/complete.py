@@ -201,7 +201,7 @@ class Complete:
             return True
         # Only now that its work is in Kafka: a crash before leaves the first leader, and
         # this completion, read again, promotes again (a second generation answers twice).
-        self._coalescer.promote(fingerprint, waiter)
+        self._coalescer.promote(fingerprint, waiter, lane)
         metrics.REROUTES.labels("promoted").inc()
         return True
 

@@ -73,8 +73,9 @@ class Dedupe:
             try:
                 await self._lead(work)
             except Exception as exc:
-                # Copies kept from a stale leader share this request's failure (its own reply
-                # is the Guard's): nobody waits on a generation that will never come.
+                # Copies kept from a stale or less urgent leader (Coalescer.join) share this
+                # request's failure (its own reply is the Guard's): nobody waits on a
+                # generation that will never come.
                 await fail_copies(self._coalescer, self._outbox, work, failure_of(exc))
                 raise
         except BaseException as exc:
