@@ -52,8 +52,9 @@ class Publisher(Protocol):
 
 @dataclass(frozen=True)
 class Pace:
-    """How the runner goes: lines in flight per batch, how long a cancel waits for them,
-    how long a lease lasts, how often each batch is looked at."""
+    """How the runner goes: the most lines in flight per batch (its window's ceiling, see
+    _Window), how long a cancel waits for them, how long a lease lasts, how often each batch
+    is looked at."""
 
     in_flight: int = 1000
     cancel_grace_s: float = 60.0
@@ -64,6 +65,37 @@ class Pace:
 def line_id(batch_id: str, number: int, attempt: int) -> str:
     """The correlation_id of a line's attempt."""
     return f"{batch_id}.{number}.{attempt}"
+
+
+@dataclass
+class _Window:
+    """How many lines of a batch may be unanswered at once, fitted to what admission takes
+    (additive increase, multiplicative decrease, as TCP's congestion window): each line
+    newly refused for a while (rate limit, budget hold) halves it, at least 1, and a look
+    that finds such lines holds the batch until the next waiting line is due; otherwise
+    each line answered since widens it by one, up to Pace.in_flight. Without it, lines
+    refused together are due together and sent again together, and all but a few are
+    refused again, at every look, through every tenant's admission. Kept in memory by the
+    door that drives the batch (Runner._window)."""
+
+    size: int
+    done: int
+    """Lines answered (completed, failed) at the last look."""
+    waiting: int
+    """Lines waiting to be sent again after the last look's sends: more at this look are
+    lines refused since."""
+    resume_at: float = 0.0
+    """No line goes before (time.time()): admission said the tenant's lines wait until then."""
+
+    def look(self, done: int, waiting: int, ceiling: int) -> bool:
+        """Fit the window to what came since the last look; whether lines were refused."""
+        refused = waiting - self.waiting
+        if refused > 0:
+            self.size = max(1, self.size >> refused)
+        else:
+            self.size = min(ceiling, self.size + max(0, done - self.done))
+        self.done, self.waiting = done, waiting
+        return refused > 0
 
 
 class Runner:
@@ -88,6 +120,8 @@ class Runner:
         self._yielded: dict[str, float] = {}
         """Batches given up, and until when (time.monotonic()) this door leaves them alone:
         a lease's length, time for every healthy door to look (one look may miss it)."""
+        self._windows: dict[str, _Window] = {}
+        """The window of each batch this door holds (see _Window)."""
 
     async def run(self) -> None:
         """Until cancelled: drive every active batch this front door holds the lease of."""
@@ -108,6 +142,7 @@ class Runner:
             log.warning("batches wait: Redis is unavailable (%s)", explain(exc))
             return
         self._held.intersection_update(active)  # one that ended is no longer held
+        self._windows = {b: w for b, w in self._windows.items() if b in self._held}
         self._failed = {b: n for b, n in self._failed.items() if b in active}
         now = time.monotonic()
         self._yielded = {b: t for b, t in self._yielded.items() if t > now and b in active}
@@ -232,26 +267,53 @@ class Runner:
     # in_progress
 
     async def _advance(self, fields: Mapping[str, str]) -> None:
-        """Send lines while fewer than `in_flight` are out; finalize once all are answered."""
+        """Send lines as the batch's window allows; finalize once all are answered."""
         batch_id = fields["id"]
+        cursor = int(fields.get("cursor", 0))
+        window = await self._window(fields)
+        if time.time() >= window.resume_at:
+            cursor = await self._send_lines(fields, window)
+        finished = _answered(fields, cursor)
+        if finished and await self._store.move(batch_id, "finalizing", "in_progress"):
+            await self._finalize({**fields, "status": "finalizing"})
+
+    async def _window(self, fields: Mapping[str, str]) -> _Window:
+        """The batch's window, fitted to this look (see _Window). A door that takes a batch
+        over starts from the full window or, if lines wait to be sent again (the tenant is
+        at its limit), from one line, widened as lines are answered."""
+        batch_id, done = fields["id"], _done(fields)
+        waiting = await self._store.waiting_retries(batch_id)
+        window = self._windows.get(batch_id)
+        if window is None:
+            size = self._pace.in_flight if waiting == 0 else 1
+            window = self._windows[batch_id] = _Window(size, done, waiting)
+        if window.look(done, waiting, self._pace.in_flight):
+            now = time.time()
+            window.resume_at = await self._store.next_retry(batch_id, now) or now
+        return window
+
+    async def _send_lines(self, fields: Mapping[str, str], window: _Window) -> int:
+        """Send the lines due again, then new ones, as far as the window goes; the cursor.
+        Lines refused for a while keep their places in it as they wait: no new line goes
+        while the tenant is at its limit."""
+        sent, done = int(fields.get("sent", 0)), _done(fields)
         cursor, count = int(fields.get("cursor", 0)), int(fields["lines"])
-        room = self._pace.in_flight - await self._in_flight(fields)
+        # 1) Lines whose wait is over, while fewer than the window are out (not waiting).
+        room = window.size - (sent - done - window.waiting)
         if room > 0:
-            room -= await self._send_retries(fields, room)
-        sent = int(fields.get("sent", 0))
+            window.waiting -= await self._send_retries(fields, room)
+        # 2) New lines, while fewer than the window are unanswered, waiting or out.
+        room = window.size - (sent - done)
         while room > 0 and cursor < count:
             end = min(count, cursor + min(room, PAGE))
             sent += await self._send_new(fields, range(cursor, end), sent)
             room -= end - cursor
             cursor = end
-        finished = _answered(fields, cursor)
-        if finished and await self._store.move(batch_id, "finalizing", "in_progress"):
-            await self._finalize({**fields, "status": "finalizing"})
+        return cursor
 
     async def _in_flight(self, fields: Mapping[str, str]) -> int:
-        done = int(fields.get("completed", 0)) + int(fields.get("failed", 0))
         waiting = await self._store.waiting_retries(fields["id"])
-        return int(fields.get("sent", 0)) - done - waiting
+        return int(fields.get("sent", 0)) - _done(fields) - waiting
 
     async def _send_new(self, fields: Mapping[str, str], numbers: range, sent: int) -> int:
         """Send these lines; how many there were (blank ones are not lines). The cursor moves
@@ -429,12 +491,17 @@ class _Check:
         return self.errors
 
 
+def _done(fields: Mapping[str, str]) -> int:
+    """A batch's lines with their outcome."""
+    return int(fields.get("completed", 0)) + int(fields.get("failed", 0))
+
+
 def _answered(fields: Mapping[str, str], cursor: int | None = None) -> bool:
     """Whether a batch in progress has sent every line (its cursor, unless given) and every
     line has its outcome."""
     if fields["status"] != "in_progress":
         return False
-    done = int(fields.get("completed", 0)) + int(fields.get("failed", 0))
+    done = _done(fields)
     sent_all = (int(fields.get("cursor", 0)) if cursor is None else cursor) >= int(fields["lines"])
     return sent_all and done >= int(fields["total"])
 

@@ -495,6 +495,14 @@ class BatchStore:
             args = [str(v) for line in sent for v in line]
             await self._retried(keys=[keys["retry"], keys["attempts"]], args=args)
 
+    async def next_retry(self, batch_id: str, after: float) -> float | None:
+        """When the first line to send again after `after` (unix seconds) is due; None if
+        none is."""
+        found: list[tuple[bytes, float]] = await self._redis.zrangebyscore(
+            batch_keys(batch_id)["retry"], f"({after}", "+inf", start=0, num=1, withscores=True
+        )
+        return found[0][1] if found else None
+
     async def waiting_retries(self, batch_id: str) -> int:
         count: int = await self._redis.zcard(batch_keys(batch_id)["retry"])
         return count

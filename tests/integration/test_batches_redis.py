@@ -251,10 +251,10 @@ def test_a_line_refused_for_a_while_is_sent_again_and_a_stale_reply_ignored(
     run_async(redis_port, body)
 
 
-def _limited(request: InferenceRequest) -> InferenceResult:
-    """A rate_limited reply: try again in 10 ms."""
+def _limited(request: InferenceRequest, wait_s: float = 0.01) -> InferenceResult:
+    """A rate_limited reply: try again in `wait_s` (10 ms)."""
     error = ErrorInfo(
-        code=ErrorCode.RATE_LIMITED, message="slow", retriable=True, retry_after_s=0.01
+        code=ErrorCode.RATE_LIMITED, message="slow", retriable=True, retry_after_s=wait_s
     )
     return InferenceResult(
         correlation_id=request.correlation_id, tenant=TENANT, status="error", error=error
@@ -297,6 +297,38 @@ def test_a_line_refused_again_while_it_is_being_sent_again_stays_to_be_retried(
         assert [r.correlation_id for r in recorder.sent] == [
             f"{batch_id}.0.{attempt}" for attempt in range(3)
         ]
+
+    run_async(redis_port, body)
+
+
+def test_a_batch_whose_lines_are_refused_waits_then_sends_them_one_at_a_time(
+    redis_port: int,
+) -> None:
+    """Each line refused halves the batch's window (4 lines: to one); the batch sends
+    nothing, no new line either, until the next waiting line is due (next_retry), and then
+    as many as its window."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store, recorder = BatchStore(client, 3600), Recorder()
+        runner = Runner(store, recorder, CATALOG, "door-1", Pace(in_flight=4))
+        batch_id = await _batch(store, [_line(n) for n in range(6)])
+        await runner.tick()
+        await runner.tick()
+        assert len(recorder.sent) == 4
+        expires = time.time() + 3600
+        for request in recorder.sent:
+            # 5 s: nothing comes due before the next look, however busy the machine.
+            assert await _reply(store, _limited(request, 5.0), expires) == [2]
+        first = await store.next_retry(batch_id, time.time())
+        assert first is not None
+        second = await store.next_retry(batch_id, first)  # after `first`, not at it
+        assert second is not None and second > first
+        assert await store.next_retry(batch_id, time.time() + 5.0) is None
+        await runner.tick()
+        assert len(recorder.sent) == 4  # held: nothing is due, and no new line goes
+        await asyncio.sleep(max(0.0, second - time.time()) + 0.05)
+        await runner.tick()
+        assert [r.correlation_id for r in recorder.sent[4:]] == [f"{batch_id}.0.1"]
 
     run_async(redis_port, body)
 
