@@ -17,6 +17,7 @@ import redis
 import redis.asyncio as aioredis
 from kafka import KafkaProducer
 
+from llmq.cli import main
 from llmq.client import Client, tail
 from schemas.errors import ErrorCode
 from schemas.names import REDIS_SEMANTIC_PREFIX, REQUESTS, result_key
@@ -211,3 +212,20 @@ def test_a_wrong_redis_password_is_reported_without_it(redis_url: str) -> None:
     message = str(caught.value)
     assert "not-the-redis-pw" not in message
     assert ":***@127.0.0.1" in message
+
+
+@pytest.mark.parametrize(
+    "args", [["costs", "--days", "1"], ["costs", "--experiment", "none-such"]], ids=["days", "ab"]
+)
+def test_llmq_costs_names_its_redis_without_the_password(
+    redis_url: str,
+    args: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Nothing to report is the first thing a new install prints: into terminals and logs."""
+    monkeypatch.setenv("LLMQ_REDIS_URL", redis_url)
+    assert main(args) == 1
+    said = capsys.readouterr().out
+    assert REDIS_PASSWORD not in said
+    assert ":***@127.0.0.1" in said

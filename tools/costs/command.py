@@ -14,6 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from llmq.settings import ClientSettings
+from schemas.redact import mask_url
 from streams.rollups import KEEP_DAYS, Row, hour_of, read
 from tools.costs import experiment
 from tools.costs.report import DIMENSIONS, as_json, group, hours, table
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         who = f" of tenant {args.tenant}" if args.tenant else ""
-        print(f"no metering{who} from {first} to {last} in {url}")
+        print(f"no metering{who} from {first} to {last} in {mask_url(url)}")
         return 1
     print(f"costs from {first} to {last} (UTC), by {', '.join(by)}")
     print(table(lines, by))
@@ -141,7 +142,7 @@ def _experiment(args: argparse.Namespace) -> int:
         print(json.dumps({"experiment": args.experiment, "arms": [asdict(r) for r in reports]}))
         return 0
     if not reports:
-        print(f"no answers of experiment {args.experiment} in {url}")
+        print(f"no answers of experiment {args.experiment} in {mask_url(url)}")
         return 1
     print(f"experiment {args.experiment}: each figure with its 95% confidence interval")
     print(experiment.table(reports))
