@@ -16,6 +16,7 @@ import aiohttp
 
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
+from schemas.redact import mask_url
 from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob
 from schemas.retry import RetryPolicy
@@ -135,10 +136,11 @@ class OpenAIEngine:
                 verdict = True
                 delay = self._retry_delay(exc, attempt, time.monotonic() - started, yielded)
                 log.warning(
-                    "%s: attempt %d to %s failed (%s); retrying in %.2f s",
+                    "%s: attempt %d to %s at %s failed (%s); retrying in %.2f s",
                     request_id,
                     attempt,
-                    self._where,
+                    self._spec.name,
+                    mask_url(self._base),
                     exc.reason,
                     delay,
                 )
@@ -183,7 +185,9 @@ class OpenAIEngine:
 
     @property
     def _where(self) -> str:
-        return f"{self._spec.name} at {self._base}"
+        """The server, as errors name it to the app: by its model, not its address (an
+        internal host, perhaps credentials), which only the worker's log shows."""
+        return f"{self._spec.name}'s server"
 
     def _payload(self, body: ChatBody, priority: int) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -275,7 +279,7 @@ class OpenAIEngine:
         if status in (404, 405) and path.endswith(_TEXT) and not path.endswith(_CHAT):
             # A server of chat only (OpenAI's chat models, some proxies): the request's
             # fault, so neither retried nor counted against the server by the breaker.
-            why = f"{self._spec.name}'s server serves no text completions at {resp.url}: {said}"
+            why = f"{self._where} serves no text completions at {path}: {said}"
             return LlmqError(ErrorCode.UNSUPPORTED, why)
         if status >= 500 or status in _RETRY_STATUSES:
             return _ServerError(said, _retry_after_s(resp.headers.get("Retry-After")))
@@ -283,7 +287,8 @@ class OpenAIEngine:
             key = self._spec.api_key_env or "api_key_env"
             return _ServerError(f"{said} (check the key in ${key})", retry=False)
         if status == 404:
-            return _ServerError(f"{said} at {resp.url} (check url and remote_model)", retry=False)
+            log.warning("%s: %s at %s", self._spec.name, said, mask_url(str(resp.url)))
+            return _ServerError(f"{said} at {path} (check url and remote_model)", retry=False)
         if status == 413 or code == "context_length_exceeded" or _CONTEXT in message.lower():
             return LlmqError(ErrorCode.PROMPT_TOO_LARGE, message)
         return LlmqError(ErrorCode.INVALID_REQUEST, message)

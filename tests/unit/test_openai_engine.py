@@ -173,6 +173,21 @@ def test_client_errors_map_to_their_code_with_the_servers_message(
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("code", [503, 404])
+def test_an_error_names_the_models_server_not_its_address(code: int) -> None:
+    """It reaches the app (HTTP body, results, batch error files): an internal host, and
+    credentials in the catalog's url, are the worker log's alone."""
+
+    async def scenario() -> str:
+        async with running(status(code, "no", {"Retry-After": "0"})) as (_, url):
+            secret = url.replace("http://", "http://proxyuser:Pr0xyPw@")
+            return (await failure(engine(secret))).message
+
+    message = asyncio.run(scenario())
+    assert "Pr0xyPw" not in message and "127.0.0.1" not in message
+    assert message.startswith("remote-model's server failed")
+
+
 @pytest.mark.parametrize(
     ("code", "hint"),
     [
