@@ -15,9 +15,10 @@ SIGTERM, a revoked partition) is `abandon`ed, not dropped: its followers' record
 committed long ago, and its own record, redelivered perhaps to this very process, leads
 again for them.
 
-A leader keeps the lane its generation runs on: a copy on a more urgent lane does not wait
-behind that lane's backlog, but leads a generation of its own for the followers too, as
-over a stale leader. The generation it replaces still answers its own request; whichever of
+A leader keeps the lane its generation runs on, and whether it streams: a copy on a more
+urgent lane does not wait behind that lane's backlog, nor a streamed copy on a generation
+that shows no pieces, but leads a generation of its own for the followers too, as over a
+stale leader. The generation it replaces still answers its own request; whichever of
 the two answers first answers the followers too (a failure of the replaced one is its own
 request's alone: streams.complete).
 """
@@ -88,6 +89,10 @@ class Leader(BaseModel):
     lane: Lane = Lane.BATCH
     """The lane its generation runs on. An entry written before leaders kept it reads as
     batch: a more urgent copy leads its own generation rather than risk waiting on it."""
+    stream: bool = False
+    """Whether its generation streams its pieces: a streamed copy of one that does not leads
+    its own (it would show nothing until the whole answer). An entry written before leaders
+    kept it reads as not streamed."""
 
     @property
     def send(self) -> str:
@@ -117,8 +122,8 @@ class Coalescer:
     def join(self, request: InferenceRequest, fingerprint: str, now: float | None = None) -> bool:
         """Follow the generation in flight for `fingerprint`: True, or False when there is
         none (or it is stale, or it is this very request's and another process wrote it or
-        it was abandoned, or it runs on a less urgent lane than this request's), in which
-        case this request is now the leader."""
+        it was abandoned, or it runs on a less urgent lane than this request's, or this
+        request streams and it does not), in which case this request is now the leader."""
         now = time.time() if now is None else now
         key = fingerprint.encode()
         raw = self._table.get(key)
@@ -128,11 +133,13 @@ class Coalescer:
             or now - leader.since > self._stale_after_s
             or (leader.correlation_id == request.correlation_id and leader.epoch != self.epoch)
             or request.lane.priority < leader.lane.priority
+            or (request.body.stream and not leader.stream)
         ):
             # A stale leader's generation is presumed lost, and so is the one of a redelivered
             # leader whose process died or that was abandoned: lead anew, keep the followers.
             # One on a less urgent lane would keep this request behind that lane's backlog
-            # (a batch one, hours): the same, while it still answers its own request.
+            # (a batch one, hours), and one that does not stream would show a streamed copy
+            # nothing until its end: the same, while it still answers its own request.
             followers = 0 if leader is None else leader.followers
             new = Leader(
                 correlation_id=request.correlation_id,
@@ -140,6 +147,7 @@ class Coalescer:
                 followers=followers,
                 epoch=self.epoch,
                 lane=request.lane,
+                stream=request.body.stream,
             )
             self._table[key] = new.model_dump_json().encode()
             return False

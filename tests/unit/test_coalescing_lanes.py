@@ -1,11 +1,12 @@
-"""Coalescing across lanes: a copy never waits behind a less urgent lane's backlog (a batch
-line's, hours long); it leads a generation on its own lane, and every copy is answered once,
-whichever generation answers first."""
+"""Coalescing across lanes and streams: a copy never waits behind a less urgent lane's
+backlog (a batch line's, hours long), nor, streamed, on a generation that shows no pieces; it
+leads a generation of its own, and every copy is answered once, whichever answers first."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -32,10 +33,13 @@ def harness() -> Pipeline:
     return Pipeline()
 
 
-def _ask(harness: Pipeline, cid: str, lane: str, deadline: float | None = None) -> WorkItem | None:
+def _ask(
+    harness: Pipeline, cid: str, lane: str, deadline: float | None = None, **body: Any
+) -> WorkItem | None:
     """The same deterministic question on `lane`: the work record it sent (checked to be on
     its lane's topic), or None when it follows a generation in flight."""
-    data = json.loads(raw_request(cid=cid, temperature=0)) | {"lane": lane, "deadline": deadline}
+    raw = raw_request(cid=cid, temperature=0, **body)
+    data = json.loads(raw) | {"lane": lane, "deadline": deadline}
     harness.on_request(None, json.dumps(data).encode())
     sent = [s for s in harness.send.sent if s.topic.startswith("llmq.work.")]
     harness.send.sent.clear()
@@ -144,3 +148,19 @@ def test_an_entry_written_before_leaders_kept_their_lane_reads_as_batch() -> Non
     standard = request.model_copy(update={"correlation_id": "c", "lane": Lane.STANDARD})
     assert not coalescer.join(standard, "fp", now=102)
     assert coalescer.followers("fp") == 1
+
+
+def test_a_streamed_copy_of_a_generation_that_does_not_stream_leads_its_own(
+    harness: Pipeline,
+) -> None:
+    """It would show nothing until the whole answer; a streamed copy after it follows it."""
+    plain = _ask(harness, "plain-0", "interactive")
+    assert plain is not None
+    live = _ask(harness, "live-0", "interactive", stream=True)
+    assert live is not None, "a streamed copy does not follow a generation without pieces"
+    assert live.request.body.stream
+    assert _ask(harness, "live-1", "interactive", stream=True) is None
+    assert _ask(harness, "plain-1", "interactive") is None
+    answered = _answered(harness, live) + _answered(harness, plain)
+    assert Counter(answered) == Counter(["plain-0", "plain-1", "live-0", "live-1"])
+    assert harness.table == {}
