@@ -13,9 +13,11 @@ from importlib.metadata import entry_points
 import redis
 from kafka.errors import KafkaError
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from llmq.client import Client
 from llmq.settings import ClientSettings
+from llmq.startup import settings_problem
 from schemas.errors import LlmqError
 from schemas.lanes import Lane
 from schemas.redact import explain
@@ -25,6 +27,11 @@ from schemas.result import InferenceResult
 COMMANDS = "llmq.commands"
 """The entry-point group of commands added by other packages: each names a function that
 takes argparse's subparsers, adds its parser and sets `func`."""
+EXIT_STATUSES = (
+    "Exit status: 0 when done; 1 when it failed, found nothing, or what it needs (Kafka, "
+    "Redis, the front door) is unreachable or did not answer in time; 2 for an argument, "
+    "setting or request to fix."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,11 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its retries; we say what failed
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # as kafka-python's
+    # A record limit it could not read: its record, if too large, is refused in one line.
+    logging.getLogger("llmq.record_limits").setLevel(logging.ERROR)
     try:
         return int(args.func(args))
-    except TimeoutError as exc:
+    except TimeoutError as exc:  # what it waited for did not come: not the input's fault
         print(f"llmq: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except LlmqError as exc:  # a request llmq refuses as it is (too large a record)
         print(f"llmq: {exc.code.value}: {exc.message}", file=sys.stderr)
         return 2
@@ -52,13 +62,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmq: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # a bad argument or setting (pydantic's errors among them)
-        print(f"llmq: {explain(exc) if isinstance(exc, ValidationError) else exc}", file=sys.stderr)
+        print(f"llmq: {_problem(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file that cannot be read or written
         print(f"llmq: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _problem(exc: ValueError) -> str:
+    """A bad value's line: a setting's error names its environment variable (as the services'
+    do), a request's its field, without the value (it may be a password or a prompt)."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    settings = _settings_class(exc.title)
+    return explain(exc) if settings is None else settings_problem(settings, exc)
+
+
+def _settings_class(title: str) -> type[BaseSettings] | None:
+    """The settings class of this name (a ValidationError's title), among those imported."""
+    seen: list[type[BaseSettings]] = [BaseSettings]
+    while seen:
+        cls = seen.pop()
+        if cls.__name__ == title:
+            return cls
+        seen.extend(cls.__subclasses__())
+    return None
 
 
 def exit_on_sigterm() -> None:
@@ -73,7 +103,7 @@ def exit_on_sigterm() -> None:
 
 def parser() -> argparse.ArgumentParser:
     """The whole command line: this module's commands, then every registered one."""
-    root = argparse.ArgumentParser(prog="llmq", description=__doc__)
+    root = argparse.ArgumentParser(prog="llmq", description=__doc__, epilog=EXIT_STATUSES)
     sub = root.add_subparsers(required=True, metavar="COMMAND")
 
     submit = sub.add_parser("submit", help="send a question; prints its correlation id")

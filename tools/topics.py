@@ -5,6 +5,7 @@ with it, so no list of topics is copied by hand."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,12 @@ def run(args: argparse.Namespace) -> int:
         for spec in plan:
             print(f"{spec.name}\t{spec.partitions}")
         return 0
+    # Said at once: a cluster that is down is only known to be down at the deadline.
+    print(
+        f"llmq topics: waiting up to {args.timeout:g} s for Kafka at {settings.kafka_bootstrap} "
+        "(the stack may be starting)",
+        file=sys.stderr,
+    )
     outcome = ensure_topics(
         settings.kafka_bootstrap, plan, settings.kafka_security(), timeout_s=args.timeout
     )

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(60)
         (["submit", "hi", "--temperature", "-1"], {}, "temperature"),
         (["submit", "hi", "--tenant", "bad tenant"], {}, "not an identifier"),
         (["topics"], {"LLMQ_MODELS_FILE": "/nonexistent.toml"}, "LLMQ_MODELS_FILE"),
-        (["submit", "hi"], {"LLMQ_KAFKA_PORT": "abc"}, "kafka_port"),
+        (["submit", "hi"], {"LLMQ_KAFKA_PORT": "abc"}, "LLMQ_KAFKA_PORT"),
         (["demo", "--repeats", "50"], {}, "at most --prompts (48)"),
     ],
 )

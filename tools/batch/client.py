@@ -10,8 +10,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from schemas.redact import mask_url
 
 CHUNK = 1 << 20
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -23,6 +26,13 @@ class BatchApiError(RuntimeError):
 
 class BatchApi:
     """One front door, as one tenant (its API key; none for an open door on loopback)."""
+
+    call_timeout_s = 30.0
+    """How long a small call (create, status, cancel) waits for each answer from the door: it
+    only reads and writes a few Redis keys, so a longer silence is a door that is not there."""
+    transfer_timeout_s = 120.0
+    """How long an upload or a file's download waits for the door: an upload is answered
+    once the door has stored all its lines."""
 
     def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -50,7 +60,7 @@ class BatchApi:
             "Content-Type": f"multipart/form-data; boundary={boundary}",
             "Content-Length": str(len(head) + path.stat().st_size + len(tail)),
         }
-        return self._call("POST", "/files", body(), headers)
+        return self._call("POST", "/files", body(), headers, self.transfer_timeout_s)
 
     def create(
         self,
@@ -78,7 +88,7 @@ class BatchApi:
         request = urllib.request.Request(
             f"{self.base_url}/files/{file_id}/content", headers=self._headers
         )
-        with self._open(request) as response:
+        with self._open(request, self.transfer_timeout_s) as response:
             yield from response
 
     def wait(
@@ -103,24 +113,36 @@ class BatchApi:
     def _json(self, method: str, path: str, body: object = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
-        return self._call(method, path, data, headers)
+        return self._call(method, path, data, headers, self.call_timeout_s)
 
-    def _call(self, method: str, path: str, data: Any, headers: dict[str, str]) -> dict[str, Any]:
+    def _call(
+        self, method: str, path: str, data: Any, headers: dict[str, str], timeout_s: float
+    ) -> dict[str, Any]:
         request = urllib.request.Request(
             self.base_url + path, data=data, method=method, headers={**self._headers, **headers}
         )
-        with self._open(request) as response:
+        with self._open(request, timeout_s) as response:
             found: dict[str, Any] = json.load(response)
         return found
 
-    def _open(self, request: urllib.request.Request) -> Any:
+    @contextmanager
+    def _open(self, request: urllib.request.Request, timeout_s: float) -> Iterator[Any]:
+        """The door's response while it is read; BatchApiError naming the door (its password
+        masked) where it refuses, cannot be reached or falls silent for `timeout_s`."""
+        where = mask_url(self.base_url)
         try:
-            return urllib.request.urlopen(request, timeout=120)
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                yield response
         except urllib.error.HTTPError as exc:
             raise BatchApiError(f"{exc.code} from the front door: {_message(exc)}") from None
         except urllib.error.URLError as exc:
             raise BatchApiError(
-                f"cannot reach the front door at {self.base_url} ({exc.reason}); "
+                f"cannot reach the front door at {where} ({exc.reason}); "
+                "is it up (llmq local up), and is LLMQ_API_URL right?"
+            ) from None
+        except TimeoutError:  # a socket's read timeout is not wrapped in a URLError
+            raise BatchApiError(
+                f"the front door at {where} did not answer within {timeout_s:g} s; "
                 "is it up (llmq local up), and is LLMQ_API_URL right?"
             ) from None
 

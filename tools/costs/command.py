@@ -6,21 +6,25 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import redis
 import redis.asyncio as aioredis
 
 from llmq.settings import ClientSettings
 from schemas.redact import mask_url
-from streams.rollups import KEEP_DAYS, Row, hour_of, read
+from streams.rollups import KEEP_DAYS, hour_of, read
 from tools.costs import experiment
 from tools.costs.report import DIMENSIONS, as_json, group, hours, table
 
 DAYS = 7
 """The days a report covers without --days or --since."""
+
+T = TypeVar("T")
 
 
 def register(sub: Any) -> None:
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if not wanted:
         raise RuntimeError(f"--since {first} is in the future")
     url = ClientSettings().redis_url
-    rows = [r for r in asyncio.run(_read(url, wanted)) if args.tenant in {None, r.tenant}]
+    read_hours = asyncio.run(_rollups(url, lambda client: read(client, wanted)))
+    rows = [r for r in read_hours if args.tenant in {None, r.tenant}]
     by = list(DIMENSIONS) if args.by is None else args.by
     lines = group(rows, by)
     if args.json:
@@ -102,10 +107,17 @@ def _span(args: argparse.Namespace) -> tuple[date, date]:
     return first, last
 
 
-async def _read(url: str, wanted: list[str]) -> list[Row]:
+async def _rollups(url: str, reading: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    """What `reading` gets from the rollups' Redis at `url`; RuntimeError naming it (its
+    password masked) and LLMQ_REDIS_URL where it cannot be reached."""
     client = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
     try:
-        return await read(client, wanted)
+        return await reading(client)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        where = mask_url(url)
+        raise RuntimeError(
+            f"the cost rollups (Redis at {where}, LLMQ_REDIS_URL) are unreachable: {exc}"
+        ) from exc
     finally:
         await client.aclose()
 
@@ -129,15 +141,8 @@ def _experiment(args: argparse.Namespace) -> int:
             f"--experiment reads every answer of the test's whole life: not with {given[0]}"
         )
     url = ClientSettings().redis_url
-
-    async def sums() -> dict[str, dict[str, float]]:
-        client = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-        try:
-            return await experiment.read(client, args.experiment)
-        finally:
-            await client.aclose()
-
-    reports = experiment.compare(asyncio.run(sums()))
+    sums = asyncio.run(_rollups(url, lambda client: experiment.read(client, args.experiment)))
+    reports = experiment.compare(sums)
     if args.json:
         print(json.dumps({"experiment": args.experiment, "arms": [asdict(r) for r in reports]}))
         return 0
