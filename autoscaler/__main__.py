@@ -10,6 +10,8 @@ import signal
 import sys
 from functools import partial
 
+from aiokafka.errors import KafkaError
+
 from autoscaler.actuator import Actuator, Exported
 from autoscaler.service import CLIENT_ID, Autoscaler
 from autoscaler.settings import AutoscalerSettings
@@ -30,7 +32,10 @@ def _main(actuator: Actuator | None) -> int:
     startup.configured(settings.catalog)
     startup.serve_metrics(settings)
     startup.reach_kafka(settings, CLIENT_ID)
-    asyncio.run(_run(settings, actuator or Exported()))
+    try:
+        asyncio.run(_run(settings, actuator or Exported()))
+    except (KafkaError, RuntimeError) as exc:  # only its start lets them out: Kafka lost since
+        raise startup.kafka_failed(settings, exc) from None  # reach_kafka; a topic missing
     return 0
 
 

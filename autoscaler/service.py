@@ -64,7 +64,11 @@ class Autoscaler:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set."""
-        await self._pools.start()
+        try:
+            await self._pools.start()
+        except BaseException:  # Kafka lost since the start-up check, a topic missing
+            await self._pools.close()
+            raise
         reading = asyncio.create_task(self._read(), name="autoscaler-reads")
         metrics.READY.set(1)
         log.info("autoscaling %s every %gs", sorted(self._models), self._settings.autoscaler_tick_s)

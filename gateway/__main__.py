@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import sys
 
 import uvicorn
+from aiokafka.errors import KafkaError
 
 from gateway.app import build
+from gateway.door import FrontDoor
 from gateway.settings import GatewaySettings
 from llmq import startup
 
@@ -15,9 +19,9 @@ log = logging.getLogger("gateway")
 
 
 def main() -> int:
-    """Validate the settings, the catalog and the keys, bind the API port and reach Kafka
-    before the app connects anything; on SIGTERM stop taking requests and let open ones
-    finish (LLMQ_DRAIN_TIMEOUT_S). The exit code (a refusal to start is one line:
+    """Validate the settings, the catalog and the keys, bind the API port, reach Kafka and
+    start the door's clients before it serves; on SIGTERM stop taking requests and let open
+    ones finish (LLMQ_DRAIN_TIMEOUT_S). The exit code (a refusal to start is one line:
     llmq.startup)."""
     return startup.run(_serve, log, "the front door")
 
@@ -30,11 +34,9 @@ def _serve() -> int:
     startup.serve_metrics(settings)  # /metrics is on the API port too; this one is for scrapers
     sock = startup.listen(settings.api_host, settings.api_port, "LLMQ_API_HOST, LLMQ_API_PORT")
     startup.reach_kafka(settings, settings.instance_id)
-    keys = f"{len(policy.api_keys)} API keys" if policy.api_keys else "no API keys: tenant default"
-    where = startup.address(settings.api_host, settings.api_port)
-    log.info("front door on http://%s (%s)", where, keys)
+    app = build(settings, catalog, policy)
     config = uvicorn.Config(
-        build(settings, catalog, policy),
+        app,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
         access_log=False,
@@ -43,8 +45,27 @@ def _serve() -> int:
         # (the batch runner at a stop: the front door then never exited).
         loop="asyncio",
     )
-    uvicorn.Server(config).run(sockets=[sock])  # its host and port: the socket's, not config's
+    with sock, asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(_start_and_serve(settings, app.state.door, uvicorn.Server(config), sock))
     return 0
+
+
+async def _start_and_serve(
+    settings: GatewaySettings, door: FrontDoor, server: uvicorn.Server, sock: socket.socket
+) -> None:
+    """Start the door's Kafka clients, then serve until SIGTERM (uvicorn's lifespan closes
+    them). They start here, not in the lifespan: uvicorn reports a lifespan that fails
+    with a traceback and exit code 3, not as a refusal."""
+    try:
+        await door.start()
+    except (KafkaError, RuntimeError) as exc:  # Kafka lost since reach_kafka; a topic missing
+        await door.close()
+        raise startup.kafka_failed(settings, exc) from None
+    policy = door.policy
+    keys = f"{len(policy.api_keys)} API keys" if policy.api_keys else "no API keys: tenant default"
+    where = startup.address(settings.api_host, settings.api_port)
+    log.info("front door on http://%s (%s)", where, keys)
+    await server.serve(sockets=[sock])  # its host and port: the socket's, not config's
 
 
 if __name__ == "__main__":

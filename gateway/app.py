@@ -43,7 +43,8 @@ def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await door.start()
+        if not door.ready:  # python -m gateway starts it first, to refuse in one line
+            await door.start()
         try:
             yield
         finally:

@@ -36,7 +36,8 @@ class GatewaySettings(ServiceSettings):
     (LLMQ_REQUEST_TIMEOUT_S)."""
     stream_retention_s: float = Field(default=120.0, gt=0, le=3600)
     """How long a streamed answer stays at hand for a coalesced copy or a client that
-    resumes with Last-Event-ID (LLMQ_STREAM_RETENTION_S)."""
+    resumes with Last-Event-ID (LLMQ_STREAM_RETENTION_S); of the streams this door does not
+    serve, at most llmq.aio.UNREAD_BYTES."""
     resume_grace_s: float = Field(default=5.0, ge=0, le=3600)
     """A client that goes away is given this long to resume its stream (Last-Event-ID)
     before its request is cancelled and the worker aborts it (LLMQ_RESUME_GRACE_S)."""
@@ -67,6 +68,15 @@ class GatewaySettings(ServiceSettings):
                 f"LLMQ_BATCH_RETENTION_S ({self.batch_retention_s}) is shorter than "
                 f"LLMQ_BATCH_WINDOW_S ({self.batch_window_s:g}): a batch, and the files it "
                 "reads, would expire while it runs; keep them at least the window"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_has_a_port_of_its_own(self) -> Self:
+        if self.metrics_port == self.api_port:
+            raise ValueError(
+                "LLMQ_METRICS_PORT is LLMQ_API_PORT: the front door serves /metrics on its API "
+                "port too; give the scrapers' endpoint another port, or 0 for none"
             )
         return self
 

@@ -195,6 +195,17 @@ def kafka_unreachable(
     return StartError(why, UNREACHABLE)
 
 
+def kafka_failed(settings: ServiceSettings, exc: KafkaError | RuntimeError) -> StartError:
+    """The refusal for a service whose own Kafka clients failed as they started, after
+    reach_kafka passed: the brokers lost or hung since (a KafkaError, or llmq.aio's
+    RuntimeError around one), or a topic missing (llmq.tail's RuntimeError says which, and
+    how to create it)."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, KafkaError | OSError) else exc
+    if isinstance(cause, KafkaError | OSError):
+        return kafka_unreachable(settings, cause)
+    return StartError(str(exc), UNREACHABLE)
+
+
 @contextmanager
 def _said(name: str) -> Iterator[list[str]]:
     """What `name`'s logger warns of meanwhile, kept for the refusal instead of written."""

@@ -4,10 +4,13 @@ securely, the model catalog, and what may be logged."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal, Self, get_args
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.asyncio.connection import ConnectionPool
+from redis.exceptions import RedisError
 
 from schemas.catalog import Catalog
 from schemas.kafka_security import KafkaSecurity, SaslMechanism, SecurityProtocol
@@ -63,6 +66,32 @@ class ServiceSettings(BaseSettings):
     engine salts each request's cache with its tenant, so no tenant can time another's
     prompts, and the stream processor's prefix affinity groups work by tenant and prefix),
     or every tenant's (LLMQ_PREFIX_CACHE_SCOPE)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _a_path_is_not_empty(cls, value: object, info: ValidationInfo) -> object:
+        """An empty variable would be the working directory (Path("") is "."): for a file,
+        a refusal that says "Is a directory" later, far from the variable."""
+        annotation = cls.model_fields[info.field_name or ""].annotation
+        if value == "" and Path in (annotation, *get_args(annotation)):
+            raise ValueError("is empty; name a path, or unset it")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_reads_the_url(cls, url: str) -> str:
+        """What redis-py makes of the URL (scheme, port, query options), without connecting:
+        not a ValueError from each service's first Redis client, after a model loaded."""
+        try:
+            _ = urlsplit(url).port  # urllib's errors quote the host or port (a misplaced password?)
+        except ValueError:
+            raise ValueError("its host or port does not parse") from None
+        try:
+            pool = ConnectionPool.from_url(url)
+            pool.make_connection()  # type: ignore[no-untyped-call]  # an unknown option: TypeError
+        except (ValueError, TypeError, RedisError) as exc:
+            raise ValueError(f"redis-py cannot use it: {exc}") from None
+        return url
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> Self:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 from functools import partial
+from typing import Any
+
+from aiokafka.errors import KafkaError
 
 from llmq import startup
 from schemas.redact import log_content
@@ -42,10 +45,33 @@ def _serve() -> int:
     finally:
         log.removeHandler(early)
     log_content(settings.log_content)
-    worker = BoundedWorker(
-        app, drain_timeout_s=settings.drain_timeout_s, loglevel=settings.log_level
+    worker = StreamWorker(
+        app, settings, drain_timeout_s=settings.drain_timeout_s, loglevel=settings.log_level
     )
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        if worker.refusal is not None:
+            raise worker.refusal from None
+        raise
+
+
+class StreamWorker(BoundedWorker):
+    """A BoundedWorker whose start failing on Kafka (lost or hung since reach_kafka) is a
+    refusal in one line, not faust's traceback."""
+
+    def __init__(self, app: Any, settings: StreamSettings, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.settings = settings
+        self.refusal: startup.StartError | None = None
+
+    async def start(self) -> None:
+        """Start, then run until stopped. A KafkaError out of it comes from the start: once
+        running, faust retries, or crashes the app and this returns when it has stopped."""
+        try:
+            await super().start()
+        except KafkaError as exc:  # kept for _serve: faust would log it with its traceback
+            self.refusal = startup.kafka_failed(self.settings, exc)
 
 
 if __name__ == "__main__":
