@@ -23,7 +23,6 @@ from gateway.response_items import input_items, page
 from gateway.responses import ResponseCall, read_response_call, response_of
 from gateway.text import TextChunks, read_text_call, text_completion_of
 from llmq.futures import read_outcome
-from llmq.streaming import Delta, StreamReader
 from schemas.errors import ErrorCode, LlmqError
 from schemas.redact import explain
 from schemas.result import InferenceResult
@@ -37,6 +36,9 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LATE = LlmqError(ErrorCode.EXPIRED, "no answer before the deadline")
 RESUMED = {kind.OBJECT: kind for kind in (Chunks, TextChunks)}
 """A resumed stream's chunks by their `object` (the resume route's query parameter)."""
+MAX_LAST_DIGITS = 15
+"""A longer Last-Event-ID counts more characters than any answer has (and past 4300 digits
+Python refuses to read it as a number)."""
 PREVIOUS_NOT_FOUND = "previous_response_not_found"
 """OpenAI's error code for a previous_response_id it holds no response of (a 400)."""
 
@@ -205,8 +207,8 @@ async def resume(correlation_id: str, request: Request) -> Response:
         why = f"object must be one of {', '.join(RESUMED)}, the chunks of the stream resumed"
         raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why))
     last = request.headers.get("last-event-id", "0")
-    if not (last.isascii() and last.isdigit()):
-        why = f"Last-Event-ID {last!r} is not a count of characters"
+    if not (last.isascii() and last.isdigit() and len(last) <= MAX_LAST_DIGITS):
+        why = f"Last-Event-ID {last[:32]!r} is not a count of characters"
         raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why))
     await door.resumed(tenant, correlation_id)
     try:
@@ -227,16 +229,14 @@ async def _resume(
     tenant: str,
     last: int,
 ) -> Response:
-    """The resumed stream's response, read once it ends (`unread`)."""
-    stored = await door.client.stored(correlation_id, tenant=tenant)
-    pieces: AsyncIterator[Delta] | None = None
+    """The resumed stream's response, read once it ends (`unread`). An answer already
+    stored is read through the door's pieces too: where they show which generation the
+    client had, one generated again after it that differs is an error, not spliced on."""
+    ended = await door.client.stored(correlation_id, tenant=tenant) is not None
+    wait_s = door.settings.request_timeout_s
+    pieces = door.client.follow(correlation_id, tenant=tenant, offset=last, wait_s=wait_s)
     try:
-        if stored is not None:
-            first: Delta | None = StreamReader(last).finish(stored)
-        else:
-            wait_s = door.settings.request_timeout_s
-            pieces = door.client.follow(correlation_id, tenant=tenant, offset=last, wait_s=wait_s)
-            first = await anext(pieces, None)
+        first = await anext(pieces, None)
     except LlmqError as exc:
         raise ApiError(exc) from None
     except TimeoutError:
@@ -245,7 +245,7 @@ async def _resume(
     model = (first.model if first else None) or door.catalog.default
     chunks = kind(correlation_id, int(time.time()), model, usage)
     # Its client may leave again: the request is cancelled after the grace time, as at first.
-    leaves = None if pieces is None else partial(door.cancel, tenant, correlation_id)
+    leaves = None if ended else partial(door.cancel, tenant, correlation_id)
     events = sse.events(chunks, first, pieces, leaves)
     read = _read_until_done(events, partial(door.unread, tenant, correlation_id))
     return StreamingResponse(read, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -51,12 +51,25 @@ class StreamLog:
         return self._changed
 
 
+@dataclass
+class _Restart:
+    """Another generation of the answer, read from its start: its text so far."""
+
+    text: str = ""
+    next_seq: int = 0
+
+
 class StreamReader:
     """Turns one generation's deltas, then the final result, into the pieces an app has not
     had yet. It follows the first generation it sees from its start (seq 0) and takes its
-    records in order; repeats and other generations' records are left out (a generation
-    started over after a failure), and whatever the records did not bring, the final result
-    does. `offset` characters were delivered before (a resumed stream)."""
+    records in order; repeats are left out, and whatever the records did not bring, the
+    final result does. `offset` characters were delivered before (a resumed stream).
+
+    A generation started over after a failure (another id) is left out while it says what
+    was streamed (a deterministic request); once it says otherwise, the stream ends at once
+    in an error, as its answer would not start with what was shown. So does a resumed
+    reader's that began inside one generation and then sees another start: its client's
+    characters may be the first one's, which it cannot compare."""
 
     def __init__(self, offset: int = 0) -> None:
         self.sent = offset
@@ -67,12 +80,22 @@ class StreamReader:
         self._model: str | None = None
         self._entries = 0
         """Logprobs entries of the records taken: the final result's after them are new."""
+        self._restarts: dict[str, _Restart] = {}
+        """The other generations read from their start, after the one followed."""
+        self._midway: set[str] = set()
+        """Generations first seen after their start, before one was followed."""
 
     def take(self, delta: TokenDelta) -> Delta | None:
-        """The piece one record adds, or None (a repeat, a gap, another generation's)."""
+        """The piece one record adds, or None (a repeat, a gap, another generation's);
+        LlmqError when another generation shows that the answer differs from the stream."""
         if self.generation is None and delta.seq == 0:
+            if self.sent and self._midway - {delta.generation}:
+                raise _again("the part already streamed may be the first one's")
             self.generation = delta.generation
-        if delta.generation != self.generation or delta.seq != self.next_seq:
+        if delta.generation != self.generation:
+            self._compare(delta)
+            return None
+        if delta.seq != self.next_seq:
             return None
         self.next_seq += 1
         self._model = delta.model or self._model
@@ -90,6 +113,22 @@ class StreamReader:
             return None
         return Delta(piece, offset, delta.finish_reason, delta.usage, self._model, logprobs)
 
+    def _compare(self, delta: TokenDelta) -> None:
+        """Another generation's record: noted before one is followed; after, a restart's
+        text so far is compared with what was streamed."""
+        if self.generation is None:
+            self._midway.add(delta.generation)
+            return
+        if delta.seq == 0:
+            self._restarts.setdefault(delta.generation, _Restart())
+        restart = self._restarts.get(delta.generation)
+        if restart is None or delta.seq != restart.next_seq:
+            return  # begun before this reader, a repeat or a gap: nothing to compare
+        restart.next_seq += 1
+        restart.text += delta.text
+        if not (self.streamed.startswith(restart.text) or restart.text.startswith(self.streamed)):
+            raise _again("differs from the part already streamed")
+
     def finish(self, result: InferenceResult) -> Delta:
         """The last piece, from the final result: the rest of the answer. An error result
         raises it as an LlmqError; so does an answer that differs from what was streamed
@@ -103,11 +142,7 @@ class StreamReader:
             )
         text = result.text or ""
         if not text.startswith(self.streamed):
-            raise LlmqError(
-                ErrorCode.ENGINE_ERROR,
-                "the answer was generated again after a failure and differs from the part "
-                "already streamed; ask again",
-            )
+            raise _again("differs from the part already streamed")
         choice = result.response.choices[0] if result.response.choices else None
         logprobs = None
         if choice is not None and choice.logprobs is not None:
@@ -127,6 +162,14 @@ class StreamReader:
         self.sent = max(self.sent, len(text))
         self.done = True
         return piece
+
+
+def _again(why: str) -> LlmqError:
+    """A stream that cannot go on: its answer was generated again after a failure."""
+    return LlmqError(
+        ErrorCode.ENGINE_ERROR,
+        f"the answer was generated again after a failure and {why}; ask again",
+    )
 
 
 def _after(entries: list[TokenLogprob] | None, text: str, rest: int) -> list[TokenLogprob] | None:

@@ -113,6 +113,10 @@ class Completion(BaseModel):
     it still falls back to the next model of the chain."""
     mean_logprob: float | None = None
     """Mean log-probability of the answer's tokens: the cascade's confidence signal."""
+    streamed: bool = False
+    """This generation sent pieces on llmq.tokens (stream=true): its client may have shown
+    them, so a failure is generated again only where the answer would be the same (a
+    deterministic request, the same model); otherwise it is the answer."""
     worker: str
     finished_at: float = Field(default_factory=time.time)
     metering: MeteringEvent | None = None

@@ -129,9 +129,16 @@ class Complete:
         """Send the work on when the answer is too unsure (cascade) or the model failed
         (fallback) and the request is still wanted, when another attempt at the same model
         may succeed (retry, perhaps on another replica), or when its client left while
-        copies wait (promote); True if it was."""
+        copies wait (promote); True if it was.
+
+        A generation whose pieces were streamed is taken over only by one that would say the
+        same, a retry of a deterministic request (greedy or seeded) on the same model: its
+        client's reader checks that the answer starts with what it showed. Another model's
+        answer or a sampled one would not, so its failure is the answer, at once (an app
+        asks again under a new id)."""
         work = completion.work
-        route = next_route(completion, self._catalog)
+        shown = completion.streamed
+        route = None if shown else next_route(completion, self._catalog)
         if route is not None and not work.request.expired():
             await self._outbox.work(
                 work.model_copy(
@@ -144,7 +151,8 @@ class Complete:
             )
             metrics.REROUTES.labels("escalated" if route.escalated else "fell_back").inc()
             return True
-        retry = retry_of(completion, self._retry)
+        same = not shown or work.request.body.deterministic
+        retry = retry_of(completion, self._retry) if same else None
         if retry is not None:
             await self._outbox.work(retry.model_copy(update={"spent_usd": completion.spent_usd}))
             metrics.REROUTES.labels("retried").inc()

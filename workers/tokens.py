@@ -69,6 +69,12 @@ class DeltaStream:
         self._flushed_at = 0.0
         self._acks: list[Awaitable[object]] = []
 
+    @property
+    def published(self) -> bool:
+        """Whether a record of this generation was sent: its client may have shown it, so
+        no other generation may answer in its place unless it would say the same."""
+        return self._seq > 0
+
     async def add(self, step: EngineStep) -> None:
         """Take one step; publish what has gathered when it is time."""
         if not self._open:

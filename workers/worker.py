@@ -315,11 +315,13 @@ class Worker:
         # 1) Refuse what must not start: another model's work, or work already expired.
         error = await self._unstartable(state)
         # 2) Generate, bounded by the model's timeout or the request's deadline.
+        deltas = self._delta_stream(state)
         if error is None:
-            error = await self._run(state)
+            error = await self._run(state, deltas)
+        streamed = {"streamed": deltas is not None and deltas.published}
         if error is not None:
             metrics.GENERATIONS.labels(error.code.value).inc()
-            return state.failure(error, self._worker_id, time.time())
+            return state.failure(error, self._worker_id, time.time()).model_copy(update=streamed)
         # 3) An answer: count it.
         if state.work.uncompressed is not None:
             tools = state.work.request.body.tools
@@ -332,7 +334,15 @@ class Worker:
         metrics.TOKENS.labels("completion").inc(state.completion_tokens)
         if state.first_token_at is not None:
             metrics.TTFT.observe(state.first_token_at - state.started_at)
-        return state.completion(self._worker_id, time.time())
+        return state.completion(self._worker_id, time.time()).model_copy(update=streamed)
+
+    def _delta_stream(self, state: InFlight) -> DeltaStream | None:
+        """Where a streamed request's pieces go (llmq.tokens); None for a whole answer."""
+        work = state.work
+        if not work.request.body.stream:
+            return None
+        claim = self._claim if work.speculative else None
+        return DeltaStream(self._producer.send, work, state.request_id, self._deltas, claim)
 
     async def _unstartable(self, state: InFlight) -> LlmqError | None:
         """Why this work must not start, or None once it may."""
@@ -354,8 +364,8 @@ class Worker:
             return LlmqError(ErrorCode.EXPIRED, "the deadline passed while the request was queued")
         return None
 
-    async def _run(self, state: InFlight) -> LlmqError | None:
-        """Stream the engine's steps into `state` (and, for stream=true, onto llmq.tokens);
+    async def _run(self, state: InFlight, deltas: DeltaStream | None) -> LlmqError | None:
+        """Stream the engine's steps into `state` (and into `deltas`, for stream=true);
         the failure, if it failed. Whichever comes first, the model's timeout, the request's
         deadline or its cancellation, aborts the generation: closing the engine's iterator
         (the cancellation) aborts it there."""
@@ -365,12 +375,6 @@ class Worker:
         by_deadline = left_s is not None and left_s < limit_s
         timer = asyncio.timeout(left_s if left_s is not None and by_deadline else limit_s)
         body = self._body(state.work)
-        claim = self._claim if state.work.speculative else None
-        deltas = (
-            DeltaStream(self._producer.send, state.work, state.request_id, self._deltas, claim)
-            if body.stream
-            else None
-        )
         # A cancellation aborts the generation as its timeout would: the timer fires now.
         self._cancellations.running(state.work, state.request_id, lambda: _fire(timer))
         try:

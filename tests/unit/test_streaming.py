@@ -73,7 +73,7 @@ def test_repeats_gaps_and_other_generations_are_left_out() -> None:
     assert reader.take(_delta(1, "late")) is None  # not from the start: not followed
     assert reader.take(_delta(0, "a")) is not None
     assert reader.take(_delta(0, "a")) is None  # a repeat
-    assert reader.take(_delta(0, "b", generation="g2")) is None  # a generation started over
+    assert reader.take(_delta(0, "a", generation="g2")) is None  # started over, saying the same
     assert reader.take(_delta(2, "c")) is None  # a gap
     assert reader.streamed == "a"
 
