@@ -2,9 +2,9 @@
 
 One reply consumer per client reads the reply topic and llmq.tokens and hands each record to
 whoever waits for it, so thousands of waiting requests cost one consumer (the front door
-runs one per process). Every streamed answer of the last `stream_retention_s` is kept, so
-a copy coalesced with another request's generation, or a reader that resumes, gets the
-answer from its start.
+runs one per process). Every streamed answer of the last `stream_retention_s` is kept (one
+nobody here reads or awaits within UNREAD_BYTES), so a copy coalesced with another request's
+generation, or a reader that resumes, gets the answer from its start.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -60,6 +61,18 @@ log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 5.0
 
+UNREAD_BYTES = 64 * 2**20
+"""The most bytes of records a client keeps of the streams nobody here reads or awaits: every
+client reads every stream of the cluster, logprobs included, so without a bound each front
+door would hold all of them. They are kept for a reader that comes later (a coalesced copy
+moved to its leader's stream, a stream resumed at another front door), as they came: parsed,
+a record takes 6 to 16 times its size. 64 MiB holds some 2.5 million tokens without
+logprobs (about 26 B a token, 8 to a record), four times the streams in flight of a cluster
+writing 20,000 tokens/s of 30-second answers, or some 100,000 with top_logprobs=20 (about
+680 B a token). Past it the streams longest without a record go first (those that ended
+before those in flight); a reader of one gets its answer from the final result, as one whose
+stream started before the client did."""
+
 
 class AsyncClient:
     """One tenant's asyncio client (a request may name another tenant). Use it as an async
@@ -85,6 +98,10 @@ class AsyncClient:
         self._retention_s = stream_retention_s
         self._pending: dict[Key, asyncio.Future[InferenceResult]] = {}
         self._logs: dict[Key, StreamLog] = {}
+        """The streams read, awaited or submitted here: kept whole."""
+        self._unread: OrderedDict[Key, _Unread] = OrderedDict()
+        """The others' streams, the longest without a record first, within UNREAD_BYTES."""
+        self._unread_bytes = 0
         self._followers: dict[Key, int] = {}
         """Requests not submitted here that follow() waits for: how many calls wait."""
         self._waiting: dict[Key, int] = {}
@@ -498,9 +515,15 @@ class AsyncClient:
         return request_key(correlation_id, tenant, self._pending, self.tenant)
 
     def _log(self, key: Key) -> StreamLog:
+        """The stream's log, kept whole from now on, from the records kept while unread."""
         found = self._logs.get(key)
         if found is None:
             found = self._logs[key] = StreamLog()
+            unread = self._unread.pop(key, None)
+            if unread is not None:
+                self._unread_bytes -= unread.size
+                for record in unread.records:
+                    found.append(TokenDelta.model_validate_json(record))
         return found
 
     async def _read(self, consumer: AIOKafkaConsumer) -> None:
@@ -531,7 +554,27 @@ class AsyncClient:
             delta = TokenDelta.model_validate_json(value or b"")
         except ValidationError:
             return  # not ours to judge: someone else's record on the topic
-        self._log((delta.tenant, delta.correlation_id)).append(delta)
+        key = (delta.tenant, delta.correlation_id)
+        if key in self._logs or key in self._pending:
+            self._log(key).append(delta)
+            if delta.follows is not None:  # its reader moves there: that one is kept whole too
+                self._log((delta.tenant, delta.follows))
+        else:
+            self._keep_unread(key, value or b"")
+
+    def _keep_unread(self, key: Key, value: bytes) -> None:
+        """Keep a record of a stream nobody here reads or awaits; past UNREAD_BYTES the streams
+        longest without a record go."""
+        unread = self._unread.get(key)
+        if unread is None:
+            unread = self._unread[key] = _Unread()
+        self._unread.move_to_end(key)
+        unread.records.append(value)
+        unread.size += len(value)
+        unread.touched = time.monotonic()
+        self._unread_bytes += len(value)
+        while self._unread_bytes > UNREAD_BYTES:
+            self._unread_bytes -= self._unread.popitem(last=False)[1].size
 
     def _on_result(self, value: bytes | None) -> None:
         try:
@@ -551,6 +594,8 @@ class AsyncClient:
         idle = [k for k, v in self._logs.items() if v.touched < horizon and not v.readers]
         for key in idle:
             del self._logs[key]
+        while self._unread and next(iter(self._unread.values())).touched < horizon:
+            self._unread_bytes -= self._unread.popitem(last=False)[1].size
 
     async def stored(
         self, correlation_id: str, *, tenant: str | None = None
@@ -576,6 +621,15 @@ class AsyncClient:
                 return found
             await asyncio.sleep(0.5)
         return None
+
+
+class _Unread:
+    """The records of a stream nobody here reads or awaits yet, as they came."""
+
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+        self.size = 0
+        self.touched = time.monotonic()
 
 
 class _Cursor:

@@ -1,0 +1,200 @@
+"""What an AsyncClient keeps of llmq.tokens: every stream of the cluster passes through each
+client, so those nobody here reads or awaits stay within a bound; a stream read, awaited or
+moved to here is kept whole; a reader of a stream that went gets its answer from the result.
+Records are fed as the reply consumer hands them out; Kafka and Redis are away."""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import pytest
+
+from llmq import aio
+from llmq.aio import AsyncClient
+from llmq.streaming import Delta
+from schemas.request import DEFAULT_TENANT
+from schemas.result import InferenceResult
+from schemas.settings import ServiceSettings
+from schemas.stream import TokenDelta
+
+pytestmark = pytest.mark.timeout(120)
+
+NO_REDIS = ServiceSettings(redis_url="redis://127.0.0.1:1/0")
+"""Nothing listens there: the result store is away, so only replies answer."""
+
+BUDGET = 64 * 1024
+"""UNREAD_BYTES here: a dozen records with top_logprobs=20 (some 5.5 kB each)."""
+
+LOGPROBS = [
+    {
+        "token": "tok",
+        "logprob": -0.5,
+        "top_logprobs": [{"token": f"t{i}", "logprob": -1.0} for i in range(20)],
+    }
+] * 8
+
+
+def _text(correlation_id: str, seq: int) -> str:
+    return f"{correlation_id}:{seq};"
+
+
+def _record(correlation_id: str, seq: int, last: bool = False) -> bytes:
+    """A record of 8 tokens with 20 top logprobs each, as a worker writes it."""
+    delta = TokenDelta.model_validate(
+        {
+            "correlation_id": correlation_id,
+            "tenant": DEFAULT_TENANT,
+            "generation": "g",
+            "seq": seq,
+            "text": _text(correlation_id, seq),
+            "tokens": 8,
+            "logprobs": LOGPROBS,
+            "finish_reason": "stop" if last else None,
+        }
+    )
+    return delta.model_dump_json().encode()
+
+
+def _notice(correlation_id: str, leader: str) -> bytes:
+    delta = TokenDelta(correlation_id=correlation_id, tenant=DEFAULT_TENANT, follows=leader)
+    return delta.model_dump_json().encode()
+
+
+def _result(correlation_id: str, text: str) -> bytes:
+    result = InferenceResult.model_validate(
+        {
+            "correlation_id": correlation_id,
+            "tenant": DEFAULT_TENANT,
+            "status": "ok",
+            "response": {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            },
+        }
+    )
+    return result.model_dump_json().encode()
+
+
+def _flood(app: AsyncClient, name: str, streams: int, records: int = 4) -> None:
+    """Other front doors' streams, nobody here reads: more than BUDGET in all."""
+    for i in range(streams):
+        for seq in range(records):
+            app._on_delta(_record(f"{name}-{i}", seq, last=seq == records - 1))
+
+
+async def _follow(
+    app: AsyncClient, correlation_id: str, offset: int = 0
+) -> asyncio.Task[list[Delta]]:
+    """A follow() of the request, started: it waits for its pieces from now on."""
+
+    async def collect(pieces: AsyncIterator[Delta]) -> list[Delta]:
+        return [piece async for piece in pieces]
+
+    task = asyncio.create_task(collect(app.follow(correlation_id, offset=offset, wait_s=600)))
+    await asyncio.sleep(0)  # it runs until it waits for the stream
+    return task
+
+
+async def _sent(topic: str, key: str, value: bytes) -> None:
+    """The broker took it."""
+
+
+def test_the_streams_nobody_here_reads_stay_within_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(aio, "UNREAD_BYTES", BUDGET, raising=False)
+
+    async def run() -> tuple[int, int, list[str]]:
+        app = AsyncClient(NO_REDIS)
+        tracemalloc.start()
+        held, fed = 0, 0
+        try:
+            for i in range(80):  # 3.5 MB of records, 56 MB parsed
+                for seq in range(8):
+                    record = _record(f"other-{i}", seq, last=seq == 7)
+                    fed += len(record)
+                    app._on_delta(record)
+                    held = max(held, tracemalloc.get_traced_memory()[0])
+        finally:
+            tracemalloc.stop()
+        # The newest stream is still read from its start, as a resumed stream is.
+        newest = await _follow(app, "other-79")
+        app._on_result(_result("other-79", "".join(_text("other-79", s) for s in range(8))))
+        return held, fed, [piece.text for piece in await newest]
+
+    held, fed, texts = asyncio.run(run())
+    assert fed > 40 * BUDGET
+    assert held < 2 * BUDGET
+    assert texts == [_text("other-79", seq) for seq in range(8)]
+
+
+def test_a_stream_read_awaited_or_moved_to_here_is_kept_whole_past_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(aio, "UNREAD_BYTES", BUDGET, raising=False)
+    records = 12
+
+    async def run() -> dict[str, list[Delta]]:
+        app = AsyncClient(NO_REDIS)
+        app._send = _sent  # type: ignore[method-assign]
+        await app.submit("hi", stream=True, correlation_id="asked")  # followed later
+        await app.submit("hi", stream=True, correlation_id="copy")  # coalesced with "lead"
+        mine = await _follow(app, "mine")
+        for seq in range(2):  # another door's request: nobody here reads it yet
+            app._on_delta(_record("lead", seq))
+        app._on_delta(_notice("copy", "lead"))
+        for seq in range(records):
+            last = seq == records - 1
+            app._on_delta(_record("mine", seq, last))
+            app._on_delta(_record("asked", seq, last))
+            if seq >= 2:
+                app._on_delta(_record("lead", seq, last))
+            _flood(app, f"flood-{seq}", streams=4)
+        for name in ("mine", "asked", "lead", "copy"):  # whoever waits ends, kept or not
+            text = "".join(_text("lead" if name == "copy" else name, s) for s in range(records))
+            app._on_result(_result(name, text))
+        return {
+            "mine": await mine,
+            "asked": await (await _follow(app, "asked")),
+            "copy": await (await _follow(app, "copy")),
+        }
+
+    read = asyncio.run(run())
+    for name, source in (("mine", "mine"), ("asked", "asked"), ("copy", "lead")):
+        assert [p.text for p in read[name]] == [_text(source, s) for s in range(records)], name
+        assert all(p.logprobs is not None and len(p.logprobs) == 8 for p in read[name])
+
+
+def test_a_reader_of_a_stream_that_went_gets_its_whole_answer_from_the_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(aio, "UNREAD_BYTES", BUDGET, raising=False)
+    answer = "".join(_text("gone", seq) for seq in range(8))
+
+    async def run() -> tuple[list[str], list[str]]:
+        app = AsyncClient(NO_REDIS)
+        for seq in range(4):
+            app._on_delta(_record("gone", seq))
+        _flood(app, "newer", streams=8)  # the stream "gone" goes
+        whole = await _follow(app, "gone")
+        resumed = await _follow(app, "gone", offset=6)  # a client that had 6 characters
+        for seq in range(4, 8):
+            app._on_delta(_record("gone", seq, last=seq == 7))
+        app._on_result(_result("gone", answer))
+        return [p.text for p in await whole], [p.text for p in await resumed]
+
+    whole, resumed = asyncio.run(run())
+    assert whole == [answer]
+    assert resumed == [answer[6:]]
