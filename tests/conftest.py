@@ -51,9 +51,16 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, _Stop.on_signal)
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Again before each test: a test of the `llmq` command installs the command's own
+    handler (SIGTERM exits it), which would make a later signal one test's failure."""
+    signal.signal(signal.SIGTERM, _Stop.on_signal)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """A test's teardown, with the module and session fixtures it ends, runs to its end."""
+    signal.signal(signal.SIGTERM, _Stop.on_signal)
     _Stop.tearing_down = True
     try:
         yield
@@ -66,5 +73,6 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
     """The session's last teardowns run to their end."""
+    signal.signal(signal.SIGTERM, _Stop.on_signal)
     _Stop.tearing_down = True
     yield
