@@ -40,6 +40,10 @@ class WorkItem(BaseModel):
     spent_usd: float = Field(default=0.0, ge=0)
     """What the request's earlier generations cost (an escalation, a fallback, a retry of a
     generation cut short)."""
+    shown: bool = False
+    """An earlier generation of it streamed pieces (Completion.streamed), which its client
+    may have shown: only a generation that would say the same may answer it (a retry of a
+    deterministic request on the same model), however its later attempts fail."""
     speculation: str | None = None
     """Set on a speculative send, a fresh id each time: sent to the engines while the
     semantic cache is still looked up, so that a miss does not wait for the lookup's

@@ -131,13 +131,13 @@ class Complete:
         may succeed (retry, perhaps on another replica), or when its client left while
         copies wait (promote); True if it was.
 
-        A generation whose pieces were streamed is taken over only by one that would say the
-        same, a retry of a deterministic request (greedy or seeded) on the same model: its
+        A generation whose pieces were streamed (or an earlier one's: WorkItem.shown) is
+        taken over only by one that would say the same, a retry of a deterministic request (greedy or seeded) on the same model: its
         client's reader checks that the answer starts with what it showed. Another model's
         answer or a sampled one would not, so its failure is the answer, at once (an app
         asks again under a new id)."""
         work = completion.work
-        shown = completion.streamed
+        shown = completion.streamed or work.shown
         route = None if shown else next_route(completion, self._catalog)
         if route is not None and not work.request.expired():
             await self._outbox.work(
@@ -154,7 +154,9 @@ class Complete:
         same = not shown or work.request.body.deterministic
         retry = retry_of(completion, self._retry) if same else None
         if retry is not None:
-            await self._outbox.work(retry.model_copy(update={"spent_usd": completion.spent_usd}))
+            await self._outbox.work(
+                retry.model_copy(update={"spent_usd": completion.spent_usd, "shown": shown})
+            )
             metrics.REROUTES.labels("retried").inc()
             return True
         return await self._promote(completion)

@@ -118,6 +118,12 @@ def test_a_deterministic_answer_that_failed_after_its_pieces_is_retried_on_its_m
     [sent] = harness.send.sent
     retry = WorkItem.model_validate_json(sent.value)
     assert (retry.model, retry.attempt, retry.route.fell_back) == ("small", 2, False)
+    assert retry.shown
+    # The retry fails before its first piece: what was shown still rules out another model.
+    harness.send.sent.clear()
+    harness.on_completion(_failed(retry, streamed=False))
+    topics = [s.topic for s in harness.send.sent if s.topic.startswith("llmq.work.")]
+    assert topics == ["llmq.work.small.interactive"]  # tried again there, not on "backup"
 
 
 def test_a_failure_before_any_piece_still_falls_back() -> None:
