@@ -18,9 +18,10 @@ again for them.
 A leader keeps the lane its generation runs on, and whether it streams: a copy on a more
 urgent lane does not wait behind that lane's backlog, nor a streamed copy on a generation
 that shows no pieces, but leads a generation of its own for the followers too, as over a
-stale leader. The generation it replaces still answers its own request; whichever of
-the two answers first answers the followers too (a failure of the replaced one is its own
-request's alone: streams.complete).
+stale leader; unless that generation streams (its followers may be showing its pieces).
+The generation it replaces still answers its own request; whichever of the two answers
+first answers the followers too (a failure of the replaced one is its own request's alone:
+streams.complete).
 """
 
 from __future__ import annotations
@@ -122,8 +123,10 @@ class Coalescer:
     def join(self, request: InferenceRequest, fingerprint: str, now: float | None = None) -> bool:
         """Follow the generation in flight for `fingerprint`: True, or False when there is
         none (or it is stale, or it is this very request's and another process wrote it or
-        it was abandoned, or it runs on a less urgent lane than this request's, or this
-        request streams and it does not), in which case this request is now the leader."""
+        it was abandoned, or it does not stream and runs on a less urgent lane than this
+        request's or this request streams), in which case this request is now the leader.
+        A generation that streams is followed whatever the lane: its followers may be showing
+        its pieces, which another generation's answer would not continue."""
         now = time.time() if now is None else now
         key = fingerprint.encode()
         raw = self._table.get(key)
@@ -132,7 +135,7 @@ class Coalescer:
             leader is None
             or now - leader.since > self._stale_after_s
             or (leader.correlation_id == request.correlation_id and leader.epoch != self.epoch)
-            or request.lane.priority < leader.lane.priority
+            or (request.lane.priority < leader.lane.priority and not leader.stream)
             or (request.body.stream and not leader.stream)
         ):
             # A stale leader's generation is presumed lost, and so is the one of a redelivered

@@ -164,3 +164,13 @@ def test_a_streamed_copy_of_a_generation_that_does_not_stream_leads_its_own(
     answered = _answered(harness, live) + _answered(harness, plain)
     assert Counter(answered) == Counter(["plain-0", "plain-1", "live-0", "live-1"])
     assert harness.table == {}
+
+
+def test_a_more_urgent_copy_follows_a_generation_that_streams(harness: Pipeline) -> None:
+    """Its followers may be showing its pieces: another generation's answer would not go on
+    from them."""
+    standard = _ask(harness, "std-0", "standard", stream=True)
+    assert standard is not None
+    assert _ask(harness, "std-1", "standard", stream=True) is None
+    assert _ask(harness, "live-0", "interactive", stream=True) is None
+    assert Counter(_answered(harness, standard)) == Counter(["std-0", "std-1", "live-0"])
