@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
@@ -44,9 +45,18 @@ class _ServerError(Exception):
     processor does not try the same model again either, but falls back to the next one.
     """
 
-    def __init__(self, reason: str, retry_after_s: float | None = None, retry: bool = True):
+    def __init__(
+        self,
+        reason: str,
+        retry_after_s: float | None = None,
+        retry: bool = True,
+        detail: str | None = None,
+    ):
         super().__init__(reason)
         self.reason = reason
+        """What the app is told (its error's message)."""
+        self.detail = detail or reason
+        """What the worker's log says: the client's own text, which may name the address."""
         self.retry_after_s = retry_after_s
         self.retry = retry
 
@@ -141,7 +151,7 @@ class OpenAIEngine:
                     attempt,
                     self._spec.name,
                     mask_url(self._base),
-                    exc.reason,
+                    exc.detail,
                     delay,
                 )
                 await asyncio.sleep(delay)
@@ -159,6 +169,7 @@ class OpenAIEngine:
             ) from exc
         delay = self._retry.delay(attempt, elapsed, exc.retry_after_s) if exc.retry else None
         if delay is None:
+            log.warning("%s at %s failed: %s", self._spec.name, mask_url(self._base), exc.detail)
             raise LlmqError(
                 ErrorCode.ENGINE_ERROR,
                 f"{self._where} failed {attempt} time(s) in {elapsed:.1f} s; "
@@ -265,7 +276,8 @@ class OpenAIEngine:
                     yield step
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             # ValueError: e.g. a line over aiohttp's limit (uncaught, it would stop the worker).
-            raise _ServerError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+            detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            raise _ServerError(_exchange_failed(exc), detail=detail) from exc
 
     async def _status_error(self, resp: aiohttp.ClientResponse) -> Exception:
         """An HTTP error status as _ServerError (the server's fault) or LlmqError (ours)."""
@@ -453,3 +465,16 @@ def _retry_after_s(header: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def _exchange_failed(exc: Exception) -> str:
+    """What the app is told of an exchange with the server that failed: its kind, and the
+    system's reason where a connection failed; not the HTTP client's text, which names the
+    server's host and port, or its URL (the worker's log has it)."""
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # By its number: the system's text here names the address too.
+        return f"{name}: {os.strerror(exc.errno) if exc.errno else 'cannot connect'}"
+    if isinstance(exc, aiohttp.ClientError):
+        return name
+    return f"{name}: {exc}".rstrip(": ")

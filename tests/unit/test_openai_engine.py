@@ -73,15 +73,21 @@ def test_after_the_retries_a_retriable_engine_error_not_unavailable() -> None:
     asyncio.run(scenario())
 
 
-def test_an_unreachable_server_is_an_engine_error() -> None:
-    async def scenario() -> None:
+def test_an_unreachable_server_is_an_engine_error(caplog: pytest.LogCaptureFixture) -> None:
+    """Named to the app by its kind and the system's reason; its address in the log alone."""
+
+    async def scenario() -> tuple[str, str]:
         async with running(ok()) as (_, url):
             pass  # the port is free again: nothing listens there
         error = await failure(engine(url))
         assert error.code is ErrorCode.ENGINE_ERROR
-        assert "ClientConnectorError" in error.message
+        return error.message, url
 
-    asyncio.run(scenario())
+    message, url = asyncio.run(scenario())
+    assert "ClientConnectorError: " in message
+    port = url.split(":")[-1].split("/")[0]
+    assert "127.0.0.1" not in message and port not in message
+    assert any(f"127.0.0.1:{port}" in r.getMessage() for r in caplog.records)
 
 
 def test_the_breaker_opens_after_n_failures_and_then_fails_fast() -> None:
