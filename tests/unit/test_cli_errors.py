@@ -58,7 +58,7 @@ def test_costs_refuses_days_it_cannot_have_before_reading_them(
     """A typo's century was a million hours read from Redis in one pipeline (29 s and
     900 MB for 1900); rollups are kept 400 days."""
     monkeypatch.setenv("LLMQ_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing is reached
-    assert main(["costs", "--since", "1900-01-01"]) == 1
+    assert main(["costs", "--since", "1900-01-01"]) == 2
     assert "rollups are kept 400 days" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:
         main(["costs", "--days", "0"])
@@ -69,5 +69,5 @@ def test_an_experiment_report_refuses_options_it_would_ignore(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("LLMQ_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing is reached
-    assert main(["costs", "--experiment", "e", "--plot", "x.png"]) == 1
+    assert main(["costs", "--experiment", "e", "--plot", "x.png"]) == 2
     assert "not with --plot" in capsys.readouterr().err

@@ -52,6 +52,6 @@ def test_an_experiment_report_refuses_the_days_and_grouping_it_would_ignore(
 ) -> None:
     """Its figures are of the experiment's whole life, in one row per arm."""
     monkeypatch.setenv("LLMQ_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing is reached
-    assert main(["costs", "--experiment", "e", *option]) == 1
+    assert main(["costs", "--experiment", "e", *option]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert f"not with {option[0]}" in line

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     now = hour_of(time.time())
     wanted = [hour for hour in hours(first, last) if hour <= now]
     if not wanted:
-        raise RuntimeError(f"--since {first} is in the future")
+        raise ValueError(f"--since {first} is in the future")
     url = ClientSettings().redis_url
     read_hours = asyncio.run(_rollups(url, lambda client: read(client, wanted)))
     rows = [r for r in read_hours if args.tenant in {None, r.tenant}]
@@ -96,14 +96,14 @@ def _span(args: argparse.Namespace) -> tuple[date, date]:
     """The report's first and last UTC day: from --days or --since (never both, as one would
     be dropped unseen), up to --until."""
     if args.days is not None and args.since is not None:
-        raise RuntimeError("--days and --since both set the first day: give one of them")
+        raise ValueError("--days and --since both set the first day: give one of them")
     last = args.until or datetime.now(UTC).date()
     first = args.since or last - timedelta(days=(args.days or DAYS) - 1)
     if first > last:
-        raise RuntimeError(f"--since {first} is after --until {last}")
+        raise ValueError(f"--since {first} is after --until {last}")
     kept = datetime.now(UTC).date() - timedelta(days=KEEP_DAYS)
     if first < kept:  # each hour is a read: a typo's century would be millions of them
-        raise RuntimeError(f"{first} is before {kept}: rollups are kept {KEEP_DAYS} days")
+        raise ValueError(f"{first} is before {kept}: rollups are kept {KEEP_DAYS} days")
     return first, last
 
 
@@ -137,7 +137,7 @@ def _experiment(args: argparse.Namespace) -> int:
     options = ("plot", "tenant", "since", "until", "days", "by")
     given = [f"--{name}" for name in options if getattr(args, name) is not None]
     if given:  # an experiment's figures are of all its answers, in one row per arm
-        raise RuntimeError(
+        raise ValueError(
             f"--experiment reads every answer of the test's whole life: not with {given[0]}"
         )
     url = ClientSettings().redis_url
