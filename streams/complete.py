@@ -132,10 +132,10 @@ class Complete:
         copies wait (promote); True if it was.
 
         A generation whose pieces were streamed (or an earlier one's: WorkItem.shown) is
-        taken over only by one that would say the same, a retry of a deterministic request (greedy or seeded) on the same model: its
-        client's reader checks that the answer starts with what it showed. Another model's
-        answer or a sampled one would not, so its failure is the answer, at once (an app
-        asks again under a new id)."""
+        taken over only by one that would say the same, a retry of a deterministic request
+        (greedy or seeded) on the same model: its client's reader checks that the answer
+        starts with what it showed. Another model's answer or a sampled one would not, so its
+        failure is the answer, at once (an app asks again under a new id)."""
         work = completion.work
         shown = completion.streamed or work.shown
         route = None if shown else next_route(completion, self._catalog)
