@@ -199,6 +199,13 @@ def answer(text: str) -> ChatCompletion:
     )
 
 
+def answered(correlation_id: str, tenant: str, text: str) -> InferenceResult:
+    """A request's result: the answer `text`."""
+    return InferenceResult(
+        correlation_id=correlation_id, tenant=tenant, status="ok", response=answer(text)
+    )
+
+
 def completion(
     work: WorkItem, text: str | None = "Hello!", code: ErrorCode = ErrorCode.ENGINE_ERROR
 ) -> bytes:

@@ -15,9 +15,9 @@ from llmq import aio
 from llmq.aio import AsyncClient
 from llmq.streaming import Delta
 from schemas.request import DEFAULT_TENANT
-from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
 from schemas.stream import TokenDelta
+from tests.unit.stages import answered
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,28 +63,7 @@ def _notice(correlation_id: str, leader: str) -> bytes:
 
 
 def _result(correlation_id: str, text: str) -> bytes:
-    result = InferenceResult.model_validate(
-        {
-            "correlation_id": correlation_id,
-            "tenant": DEFAULT_TENANT,
-            "status": "ok",
-            "response": {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "m",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            },
-        }
-    )
-    return result.model_dump_json().encode()
+    return answered(correlation_id, DEFAULT_TENANT, text).model_dump_json().encode()
 
 
 def _flood(app: AsyncClient, name: str, streams: int, records: int = 4) -> None:

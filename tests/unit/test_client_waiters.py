@@ -25,36 +25,12 @@ from schemas.names import RESULTS, TOKENS
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
 from schemas.stream import TokenDelta
+from tests.unit.stages import answered
 
 pytestmark = pytest.mark.timeout(30)
 
 NO_REDIS = ServiceSettings(redis_url="redis://127.0.0.1:1/0")
 """Nothing listens there: the result store is away, so only replies answer."""
-
-
-def _result(correlation_id: str, tenant: str, text: str) -> InferenceResult:
-    return InferenceResult.model_validate(
-        {
-            "correlation_id": correlation_id,
-            "tenant": tenant,
-            "status": "ok",
-            "model_used": "m",
-            "response": {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "m",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            },
-        }
-    )
 
 
 def _record(result: InferenceResult) -> SimpleNamespace:
@@ -97,8 +73,8 @@ def test_two_tenants_with_one_id_each_get_their_own_reply(replies: Replies) -> N
     try:
         app.submit("hi", tenant="acme", correlation_id="order-42")
         app.submit("hi", tenant="globex", correlation_id="order-42")
-        replies.records.put(_record(_result("order-42", "acme", "for acme")))
-        replies.records.put(_record(_result("order-42", "globex", "for globex")))
+        replies.records.put(_record(answered("order-42", "acme", "for acme")))
+        replies.records.put(_record(answered("order-42", "globex", "for globex")))
         assert app.result("order-42", timeout=20, tenant="acme").text == "for acme"
         assert app.result("order-42", timeout=20, tenant="globex").text == "for globex"
     finally:
@@ -107,7 +83,7 @@ def test_two_tenants_with_one_id_each_get_their_own_reply(replies: Replies) -> N
 
 def test_a_result_found_in_the_store_leaves_no_reply_behind(replies: Replies) -> None:
     app = _sync_client()
-    answer = _result("c1", "default", "hi")
+    answer = answered("c1", "default", "hi")
 
     def stored(tenant: str, correlation_id: str) -> InferenceResult:
         app._collect({RESULTS: [_record(answer)]})  # its reply comes while the store is read
@@ -146,7 +122,7 @@ def test_the_listener_outlives_a_failed_poll(replies: Replies) -> None:
     try:
         app.submit("hi", correlation_id="c1")
         replies.records.put(KafkaError("the broker went away a moment"))
-        replies.records.put(_record(_result("c1", "default", "still here")))
+        replies.records.put(_record(answered("c1", "default", "still here")))
         assert app.result("c1", timeout=20).text == "still here"
     finally:
         app.close()
@@ -172,7 +148,7 @@ def test_the_async_result_is_awaited_as_the_tenant_it_was_submitted_as() -> None
         app = AsyncClient(NO_REDIS)
         await _started(app)
         correlation_id = await app.submit("hi", tenant="acme")
-        app._on_result(_record(_result(correlation_id, "acme", "for acme")).value)
+        app._on_result(_record(answered(correlation_id, "acme", "for acme")).value)
         return (await app.result(correlation_id, wait_s=1)).text
 
     assert asyncio.run(run()) == "for acme"
@@ -215,7 +191,7 @@ def test_a_stream_read_before_its_first_piece_is_not_pruned() -> None:
 def test_a_request_that_ended_before_it_was_followed_is_read_from_the_store() -> None:
     async def run() -> str:
         app = AsyncClient(NO_REDIS)
-        answer = _result("c1", "default", "all of it")
+        answer = answered("c1", "default", "all of it")
 
         async def stored(key: tuple[str, str]) -> InferenceResult | None:
             return answer if key == ("default", "c1") else None
@@ -258,7 +234,7 @@ def test_a_send_waiting_in_a_producer_another_send_replaced_goes_through_the_fre
 
 def test_the_async_reader_outlives_a_failed_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(asyncio, "sleep", _no_wait)
-    answer = _result("c1", "default", "still here")
+    answer = answered("c1", "default", "still here")
 
     class Consumer:
         def __init__(self) -> None:
@@ -345,7 +321,7 @@ def test_two_follows_of_one_id_both_get_its_answer() -> None:
 
         both = asyncio.gather(read(), read())
         await asyncio.sleep(0.01)
-        app._on_result(_record(_result("c1", "default", "for both")).value)
+        app._on_result(_record(answered("c1", "default", "for both")).value)
         texts = await asyncio.wait_for(both, 20)
         assert not app._pending
         return list(texts)
@@ -366,7 +342,7 @@ def test_a_request_submitted_while_followed_keeps_its_waiter_when_the_follow_end
         await app.submit("hi", correlation_id="c1")
         with pytest.raises(TimeoutError):
             await reading
-        app._on_result(_record(_result("c1", "default", "kept")).value)
+        app._on_result(_record(answered("c1", "default", "kept")).value)
         return (await app.result("c1", wait_s=0.05)).text
 
     assert asyncio.run(run()) == "kept"

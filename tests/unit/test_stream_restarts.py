@@ -23,7 +23,14 @@ from schemas.settings import ServiceSettings
 from schemas.stream import TokenDelta
 from schemas.tenants import TenantPolicy
 from schemas.work import Completion, WorkItem
-from tests.unit.stages import TIERED, Pipeline, completion, raw_request, result_of
+from tests.unit.stages import (
+    TIERED,
+    Pipeline,
+    answered,
+    completion,
+    raw_request,
+    result_of,
+)
 from tests.unit.worker_fakes import FakeEngine, model_spec, serve_one, work
 
 pytestmark = pytest.mark.timeout(30)
@@ -46,27 +53,7 @@ def _delta(generation: str, seq: int, text: str, **more: object) -> TokenDelta:
 
 
 def _result(text: str) -> InferenceResult:
-    return InferenceResult.model_validate(
-        {
-            "correlation_id": "c1",
-            "tenant": "default",
-            "status": "ok",
-            "response": {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "m",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
-            },
-        }
-    )
+    return answered("c1", "default", text)
 
 
 # The worker: a completion says whether its generation sent pieces.
