@@ -33,16 +33,33 @@ EXIT_STATUSES = (
     "setting or request to fix."
 )
 
+QUIET = {
+    "kafka": logging.CRITICAL,
+    "aiokafka": logging.CRITICAL,
+    "llmq.record_limits": logging.ERROR,
+}
+"""Loggers kept quiet while a command runs: the Kafka clients' retries (the command says what
+failed, in one line), and a record limit it could not read (a record too large is refused in
+one line too)."""
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `llmq` console script."""
     args = parser().parse_args(argv)
     exit_on_sigterm()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its retries; we say what failed
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # as kafka-python's
-    # A record limit it could not read: its record, if too large, is refused in one line.
-    logging.getLogger("llmq.record_limits").setLevel(logging.ERROR)
+    quieted = {name: logging.getLogger(name).level for name in QUIET}
+    for name, level in QUIET.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        return _command(args)
+    finally:  # as they were, for the process's later work (a test's, one calling main)
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _command(args: argparse.Namespace) -> int:
+    """The command; a failure is one line and the exit status (see EXIT_STATUSES)."""
     try:
         return int(args.func(args))
     except TimeoutError as exc:  # what it waited for did not come: not the input's fault

@@ -101,3 +101,13 @@ def test_a_result_not_there_in_time_is_status_1_not_bad_input(
     monkeypatch.setattr(Client, "ping_store", lambda self: None)
     assert main(["result", "nope", "--timeout", "0.2"]) == 1
     assert capsys.readouterr().err.strip() == "llmq: no result for nope within 0.2s"
+
+
+def test_the_command_leaves_the_loggers_as_it_found_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It quiets the Kafka clients while it runs; a process's later work (a service's start,
+    in a test after a test of the command) reads their warnings."""
+    names = ("kafka", "aiokafka", "llmq.record_limits")
+    before = {name: logging.getLogger(name).level for name in names}
+    monkeypatch.setenv("LLMQ_PARTITIONS", "abc")
+    assert main(["topics"]) == 2
+    assert {name: logging.getLogger(name).level for name in names} == before
