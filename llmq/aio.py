@@ -2,9 +2,9 @@
 
 One reply consumer per client reads the reply topic and llmq.tokens and hands each record to
 whoever waits for it, so thousands of waiting requests cost one consumer (the front door
-runs one per process). Every streamed answer of the last `stream_retention_s` is kept (one
-nobody here reads or awaits within UNREAD_BYTES), so a copy coalesced with another request's
-generation, or a reader that resumes, gets the answer from its start.
+runs one per process). Every streamed answer of the last `stream_retention_s` is kept
+(llmq.stream_logs), so a copy coalesced with another request's generation, or a reader that
+resumes, gets the answer from its start.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -41,7 +40,8 @@ from llmq.record_limits import (
     refusal_after,
 )
 from llmq.settings import ClientSettings
-from llmq.streaming import Delta, StreamLog, StreamReader
+from llmq.stream_logs import Cursor, StreamLogs
+from llmq.streaming import Delta, StreamReader
 from llmq.tail import at_end
 from schemas.errors import LlmqError
 from schemas.lanes import Lane
@@ -60,18 +60,6 @@ from schemas.stream import Cancel, TokenDelta
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 5.0
-
-UNREAD_BYTES = 64 * 2**20
-"""The most bytes of records a client keeps of the streams nobody here reads or awaits: every
-client reads every stream of the cluster, logprobs included, so without a bound each front
-door would hold all of them. They are kept for a reader that comes later (a coalesced copy
-moved to its leader's stream, a stream resumed at another front door), as they came: parsed,
-a record takes 6 to 16 times its size. 64 MiB holds some 2.5 million tokens without
-logprobs (about 26 B a token, 8 to a record), four times the streams in flight of a cluster
-writing 20,000 tokens/s of 30-second answers, or some 100,000 with top_logprobs=20 (about
-680 B a token). Past it the streams longest without a record go first (those that ended
-before those in flight); a reader of one gets its answer from the final result, as one whose
-stream started before the client did."""
 
 
 class AsyncClient:
@@ -95,13 +83,8 @@ class AsyncClient:
         self.tenant = tenant
         self.reply_to = reply_to
         self._client_id = client_id
-        self._retention_s = stream_retention_s
         self._pending: dict[Key, asyncio.Future[InferenceResult]] = {}
-        self._logs: dict[Key, StreamLog] = {}
-        """The streams read, awaited or submitted here: kept whole."""
-        self._unread: OrderedDict[Key, _Unread] = OrderedDict()
-        """The others' streams, the longest without a record first, within UNREAD_BYTES."""
-        self._unread_bytes = 0
+        self._streams = StreamLogs(stream_retention_s)
         self._followers: dict[Key, int] = {}
         """Requests not submitted here that follow() waits for: how many calls wait."""
         self._waiting: dict[Key, int] = {}
@@ -300,7 +283,7 @@ class AsyncClient:
             self._unwait(key)
             raise
         reader = StreamReader(offset)
-        cursor = _Cursor(self._log(key))
+        cursor = Cursor(self._streams.log(key))
         deadline = time.monotonic() + wait_s
         try:
             while True:
@@ -323,13 +306,13 @@ class AsyncClient:
             cursor.close()
             self._followed(key, future)
 
-    def _pieces(self, cursor: _Cursor, reader: StreamReader, tenant: str) -> Iterator[Delta]:
+    def _pieces(self, cursor: Cursor, reader: StreamReader, tenant: str) -> Iterator[Delta]:
         """The pieces of the deltas not read yet."""
         while cursor.seen < len(cursor.log.deltas) and not reader.done:
             delta = cursor.log.deltas[cursor.seen]
             cursor.seen += 1
             if delta.follows is not None and reader.generation is None:
-                cursor.move(self._log((tenant, delta.follows)))
+                cursor.move(self._streams.log((tenant, delta.follows)))
                 return
             piece = reader.take(delta)
             if piece is not None:
@@ -514,18 +497,6 @@ class AsyncClient:
         (its own where it submitted the id as several, or not at all)."""
         return request_key(correlation_id, tenant, self._pending, self.tenant)
 
-    def _log(self, key: Key) -> StreamLog:
-        """The stream's log, kept whole from now on, from the records kept while unread."""
-        found = self._logs.get(key)
-        if found is None:
-            found = self._logs[key] = StreamLog()
-            unread = self._unread.pop(key, None)
-            if unread is not None:
-                self._unread_bytes -= unread.size
-                for record in unread.records:
-                    found.append(TokenDelta.model_validate_json(record))
-        return found
-
     async def _read(self, consumer: AIOKafkaConsumer) -> None:
         """The one loop that reads replies and token deltas and hands them out."""
         pruned = time.monotonic()
@@ -546,7 +517,7 @@ class AsyncClient:
                     except Exception:  # one record's, not the others' behind it
                         log.exception("a record of %s could not be handed out", tp.topic)
             if time.monotonic() - pruned > PRUNE_EVERY_S:
-                self._prune()
+                self._streams.prune()
                 pruned = time.monotonic()
 
     def _on_delta(self, value: bytes | None) -> None:
@@ -555,26 +526,7 @@ class AsyncClient:
         except ValidationError:
             return  # not ours to judge: someone else's record on the topic
         key = (delta.tenant, delta.correlation_id)
-        if key in self._logs or key in self._pending:
-            self._log(key).append(delta)
-            if delta.follows is not None:  # its reader moves there: that one is kept whole too
-                self._log((delta.tenant, delta.follows))
-        else:
-            self._keep_unread(key, value or b"")
-
-    def _keep_unread(self, key: Key, value: bytes) -> None:
-        """Keep a record of a stream nobody here reads or awaits; past UNREAD_BYTES the streams
-        longest without a record go."""
-        unread = self._unread.get(key)
-        if unread is None:
-            unread = self._unread[key] = _Unread()
-        self._unread.move_to_end(key)
-        unread.records.append(value)
-        unread.size += len(value)
-        unread.touched = time.monotonic()
-        self._unread_bytes += len(value)
-        while self._unread_bytes > UNREAD_BYTES:
-            self._unread_bytes -= self._unread.popitem(last=False)[1].size
+        self._streams.add(delta, value or b"", wanted=key in self._pending)
 
     def _on_result(self, value: bytes | None) -> None:
         try:
@@ -587,15 +539,6 @@ class AsyncClient:
         future = self._pending.get((result.tenant, result.correlation_id))
         if future is not None and not future.done():
             future.set_result(result)
-
-    def _prune(self) -> None:
-        """Forget the streams nothing has touched for the retention time, and none reads."""
-        horizon = time.monotonic() - self._retention_s
-        idle = [k for k, v in self._logs.items() if v.touched < horizon and not v.readers]
-        for key in idle:
-            del self._logs[key]
-        while self._unread and next(iter(self._unread.values())).touched < horizon:
-            self._unread_bytes -= self._unread.popitem(last=False)[1].size
 
     async def stored(
         self, correlation_id: str, *, tenant: str | None = None
@@ -621,33 +564,3 @@ class AsyncClient:
                 return found
             await asyncio.sleep(0.5)
         return None
-
-
-class _Unread:
-    """The records of a stream nobody here reads or awaits yet, as they came."""
-
-    def __init__(self) -> None:
-        self.records: list[bytes] = []
-        self.size = 0
-        self.touched = time.monotonic()
-
-
-class _Cursor:
-    """Where a reader is: which stream log, and how many of its deltas it has read. The log
-    it reads counts it among its readers (a log read is not pruned) until it moves or
-    closes."""
-
-    def __init__(self, log: StreamLog) -> None:
-        self.log = log
-        self.seen = 0
-        log.readers += 1
-
-    def move(self, log: StreamLog) -> None:
-        """Read `log` from its start instead."""
-        self.close()
-        self.log, self.seen = log, 0
-        log.readers += 1
-
-    def close(self) -> None:
-        """Read nothing any more."""
-        self.log.readers -= 1

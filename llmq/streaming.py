@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 
 from schemas.errors import ErrorCode, LlmqError
@@ -27,28 +25,6 @@ class Delta:
     logprobs: list[TokenLogprob] | None = None
     """This piece's tokens' log-probabilities, when the request asked for them (none on a
     piece that starts inside a token: a stream resumed at a character offset)."""
-
-
-class StreamLog:
-    """Every token delta seen lately for one (tenant, correlation_id), in arrival order."""
-
-    def __init__(self) -> None:
-        self.deltas: list[TokenDelta] = []
-        self.touched = time.monotonic()
-        self.readers = 0
-        """How many follow() calls read it now."""
-        self._changed = asyncio.Event()
-
-    def append(self, delta: TokenDelta) -> None:
-        """Add a delta and wake whoever watches."""
-        self.deltas.append(delta)
-        self.touched = time.monotonic()
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def watch(self) -> asyncio.Event:
-        """Set when the next delta comes (take it before looking at `deltas`)."""
-        return self._changed
 
 
 @dataclass

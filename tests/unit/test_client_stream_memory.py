@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from llmq import aio
+from llmq import stream_logs
 from llmq.aio import AsyncClient
 from llmq.streaming import Delta
 from schemas.request import DEFAULT_TENANT
@@ -93,7 +93,7 @@ async def _sent(topic: str, key: str, value: bytes) -> None:
 def test_the_streams_nobody_here_reads_stay_within_the_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(aio, "UNREAD_BYTES", BUDGET, raising=False)
+    monkeypatch.setattr(stream_logs, "UNREAD_BYTES", BUDGET)
 
     async def run() -> tuple[int, int, list[str]]:
         app = AsyncClient(NO_REDIS)
@@ -122,7 +122,7 @@ def test_the_streams_nobody_here_reads_stay_within_the_bound(
 def test_a_stream_read_awaited_or_moved_to_here_is_kept_whole_past_the_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(aio, "UNREAD_BYTES", BUDGET, raising=False)
+    monkeypatch.setattr(stream_logs, "UNREAD_BYTES", BUDGET)
     records = 12
 
     async def run() -> dict[str, list[Delta]]:
@@ -159,7 +159,7 @@ def test_a_stream_read_awaited_or_moved_to_here_is_kept_whole_past_the_bound(
 def test_a_reader_of_a_stream_that_went_gets_its_whole_answer_from_the_result(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(aio, "UNREAD_BYTES", BUDGET, raising=False)
+    monkeypatch.setattr(stream_logs, "UNREAD_BYTES", BUDGET)
     answer = "".join(_text("gone", seq) for seq in range(8))
 
     async def run() -> tuple[list[str], list[str]]:

@@ -178,7 +178,7 @@ def test_a_stream_read_before_its_first_piece_is_not_pruned() -> None:
         pieces = app.follow("c1", wait_s=600)
         first = asyncio.create_task(_next(pieces))
         await asyncio.sleep(0.01)
-        app._prune()  # nothing came yet: the log is older than its retention
+        app._streams.prune()  # nothing came yet: the log is older than its retention
         app._on_delta(_delta(0, "Hel"))
         texts = [(await first).text]
         app._on_delta(_delta(1, "lo"))
