@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types import TP
 from faust.types.auth import CredentialsT
+from prometheus_client import disable_created_metrics
 
 from llmq.fetcher import install as fix_fetcher
 from llmq.futures import read_outcome
@@ -53,6 +54,7 @@ from streams.semantic import SemanticCache, additions_from
 from streams.settings import StreamSettings
 from streams.stages import build_stages
 from streams.store import RedisStore
+from streams.tenant_labels import TenantLabels
 
 ACK_TIMEOUT_S = 30.0
 COMMIT_INTERVAL_S = 1.0
@@ -170,6 +172,9 @@ def build(settings: StreamSettings) -> faust.App:
     """The app with its agents; run it with faust's Worker."""
     fix_offsets()
     fix_fetcher()
+    # No X_created sample beside each counter's and histogram's: they would double what
+    # Prometheus keeps of the per-tenant cost counters, and no rule or panel reads them.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
@@ -194,8 +199,9 @@ def build(settings: StreamSettings) -> faust.App:
     catalog = settings.catalog()
     send = FaustSend(app, TopicLimits(partial(read_record_limit, settings, settings.app_id)))
     policy = TenantPolicy.load(settings.tenants_file)
+    labels = TenantLabels.of(policy, settings.metrics_tenants)
     budgets = Budgets(redis)
-    alerts = BudgetAlerts(redis, send)
+    alerts = BudgetAlerts(redis, send, labels)
     gate = TenantGate(policy, RateLimiter(redis), budgets, catalog, alerts)
     answered: list[Answered] = [Savings(catalog, send), ExperimentStats(redis)]
     affinity = settings.prefix_affinity_chars
@@ -204,7 +210,7 @@ def build(settings: StreamSettings) -> faust.App:
     salted = frozenset(m.name for m in catalog.models if per_tenant and m.engine == "vllm")
     placer = PrefixAffinity(affinity, send.partitions, salted) if affinity else None
     outbox = Outbox(store, send, ledger=gate, answered=answered, placer=placer)
-    meter = Meter(gate, CostRollups(redis), outbox)
+    meter = Meter(gate, CostRollups(redis, labels), outbox)
     # The coalescing state: changelog-backed, co-partitioned with llmq.requests.keyed and
     # llmq.completions (all keyed by fingerprint, all with `partitions` partitions).
     table = app.Table(

@@ -14,6 +14,7 @@ from schemas.tenants import TenantLimits, period_end, period_id
 from streams import metrics
 from streams.budget import KEEP_AFTER_PERIOD_S
 from streams.outbox import Send
+from streams.tenant_labels import OTHER, TenantLabels
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +28,22 @@ memory; past this many they are forgotten and Redis answers again)."""
 class BudgetAlerts:
     """Decides which thresholds a tenant's spend crossed and reports each once: a Redis key
     per tenant, period and threshold (SET NX) makes one instance of the stream processor the
-    one that reports it, however many count spend."""
+    one that reports it, however many count spend. `labels` names tenants in the metrics (by
+    default, the first DEFAULT_LIMIT)."""
 
-    def __init__(self, redis: aioredis.Redis, send: Send) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, send: Send, labels: TenantLabels | None = None
+    ) -> None:
         self._redis = redis
         self._send = send
+        self._labels = TenantLabels(set()) if labels is None else labels
         self._known: set[str] = set()
         """Keys of alerts known to be sent: no Redis call for them on every later count."""
 
-    @staticmethod
-    def admitted(tenant: str, limits: TenantLimits, spent: float | None) -> None:
+    def admitted(self, tenant: str, limits: TenantLimits, spent: float | None) -> None:
         """Admission read the tenant's spend: the gauge follows it, into a new period too."""
         if spent is not None and limits.budget_usd:
-            _gauge(tenant, limits, spent / limits.budget_usd, time.time())
+            self._gauge(tenant, limits, spent / limits.budget_usd, time.time())
 
     async def spent(self, tenant: str, limits: TenantLimits, spent: float, now: float) -> None:
         """The tenant's spend in the current period is now `spent`. Raises RedisError or the
@@ -49,7 +53,7 @@ class BudgetAlerts:
             return
         period = limits.budget_period
         if period_id(period, now) == period_id(period, time.time()):  # not a late event's
-            _gauge(tenant, limits, spent / budget, now)
+            self._gauge(tenant, limits, spent / budget, now)
         for threshold in THRESHOLDS:
             if spent >= threshold * budget:
                 await self._once(tenant, limits, threshold, spent=spent, now=now, reason="spend")
@@ -59,7 +63,7 @@ class BudgetAlerts:
         the tenant, the budget is used up, though the spend stays below it."""
         if not limits.budget_usd:
             return
-        _gauge(tenant, limits, 1.0, now)
+        self._gauge(tenant, limits, 1.0, now)
         reason = "a request was refused: what is left cannot pay for its worst case"
         await self._once(tenant, limits, 1.0, spent=spent, now=now, reason=reason)
 
@@ -110,11 +114,13 @@ class BudgetAlerts:
             await self._redis.delete(key)  # not sent: the next count tries again
             raise
         self._known.add(key)
-        metrics.BUDGET_ALERTS.labels(tenant, f"{threshold:g}").inc()
+        metrics.BUDGET_ALERTS.labels(self._labels.label(tenant), f"{threshold:g}").inc()
 
-
-def _gauge(tenant: str, limits: TenantLimits, ratio: float, now: float) -> None:
-    """The tenant's share of its budget spent in the period of `now`, and when that ends: a
-    quiet tenant's ratio stays as it was, and the alert rules see its period gone."""
-    metrics.BUDGET_USED.labels(tenant).set(ratio)
-    metrics.BUDGET_PERIOD_END.labels(tenant).set(period_end(limits.budget_period, now))
+    def _gauge(self, tenant: str, limits: TenantLimits, ratio: float, now: float) -> None:
+        """The tenant's share of its budget spent in the period of `now`, and when that ends:
+        a quiet tenant's ratio stays as it was, and the alert rules see its period gone."""
+        label = self._labels.label(tenant)
+        if label == OTHER:  # no gauge: one ratio for a mixed bucket of tenants means nothing
+            return
+        metrics.BUDGET_USED.labels(label).set(ratio)
+        metrics.BUDGET_PERIOD_END.labels(label).set(period_end(limits.budget_period, now))

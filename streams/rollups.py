@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from schemas.metering import MeteringEvent
 from schemas.names import costs_keys
 from streams import metrics
+from streams.tenant_labels import TenantLabels
 
 KEEP_DAYS = 400
 """How long an hour's rollup stays: a year's reports and the same months a year before."""
@@ -65,11 +66,13 @@ def hour_of(at: float) -> str:
 
 
 class CostRollups:
-    """Adds metering events to their hour's rollup, once each."""
+    """Adds metering events to their hour's rollup, once each; `labels` names tenants in
+    the counters (by default, the first DEFAULT_LIMIT)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, labels: TenantLabels | None = None) -> None:
         self._redis = client
         self._add = client.register_script(ADD)
+        self._labels = TenantLabels(set()) if labels is None else labels
 
     async def add(self, event: MeteringEvent) -> bool:
         """Count the event in its hour (False if it was counted before). Raises RedisError:
@@ -94,20 +97,19 @@ class CostRollups:
             ],
         )
         if added:
-            _export(event)
+            _export(event, self._labels.label(event.tenant))
         return bool(added)
 
 
-def _export(event: MeteringEvent) -> None:
-    """The same sums as Prometheus counters (per process: sum them across instances)."""
-    labels = (event.tenant, event.model, event.lane.value, event.cache.value)
+def _export(event: MeteringEvent, tenant: str) -> None:
+    """The same sums as Prometheus counters (per process: sum them across instances), the
+    tenant as `tenant` labels it (TenantLabels: the rollups keep every tenant)."""
+    labels = (tenant, event.model, event.lane.value, event.cache.value)
     metrics.COSTS_EVENTS.labels(*labels).inc()
     metrics.COSTS_USD.labels(*labels).inc(event.cost_usd)
     metrics.COSTS_SAVED_USD.labels(*labels).inc(event.saved_usd)
-    metrics.COSTS_TOKENS.labels(event.tenant, event.model, "prompt").inc(event.prompt_tokens)
-    metrics.COSTS_TOKENS.labels(event.tenant, event.model, "completion").inc(
-        event.completion_tokens
-    )
+    metrics.COSTS_TOKENS.labels(tenant, event.model, "prompt").inc(event.prompt_tokens)
+    metrics.COSTS_TOKENS.labels(tenant, event.model, "completion").inc(event.completion_tokens)
 
 
 async def read(client: aioredis.Redis, hours: list[str]) -> list[Row]:

@@ -13,6 +13,7 @@ from schemas.retry import RetryPolicy
 from schemas.settings import ServiceSettings
 from streams.affinity import DEFAULT_PREFIX_CHARS
 from streams.semantic import DEFAULT_THRESHOLD
+from streams.tenant_labels import DEFAULT_LIMIT
 
 
 class StreamSettings(ServiceSettings):
@@ -82,6 +83,11 @@ class StreamSettings(ServiceSettings):
     """No retry starts later than this after admission (LLMQ_RETRY_BUDGET_S)."""
     tenants_file: Path | None = None
     """A TOML file of per-tenant rate limits and budgets (LLMQ_TENANTS_FILE); none: unlimited."""
+    metrics_tenants: int = Field(default=DEFAULT_LIMIT, ge=0)
+    """Tenants not named in the tenants file that get a `tenant` label of their own in this
+    process's metrics, the first come (LLMQ_METRICS_TENANTS); the others share "other".
+    Kafka apps may name any tenant, and Prometheus keeps every label value's series (up to
+    38 per tenant and model); `llmq costs` has every tenant."""
 
     @model_validator(mode="after")
     def _a_scope_fits_in_memory(self) -> Self:

@@ -1,0 +1,183 @@
+"""The `tenant` label is bounded: tenants the tenants file names keep their name, as do the
+first LLMQ_METRICS_TENANTS others a process labels; the rest are "other" in the cost
+counters and have no budget gauge. Redis is a fake here; the app's wiring is checked in a
+fresh interpreter (it also turns prometheus-client's _created series off, process-wide)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from pydantic import ValidationError
+
+from schemas.lanes import Lane
+from schemas.metering import MeteringEvent
+from schemas.tenants import TenantLimits, TenantPolicy, key_hash
+from streams.budget_alerts import BudgetAlerts
+from streams.rollups import CostRollups
+from streams.settings import StreamSettings
+from streams.tenant_labels import DEFAULT_LIMIT, OTHER, TenantLabels
+
+pytestmark = pytest.mark.timeout(120)
+ROOT = Path(__file__).resolve().parents[2]
+LIMITS = TenantLimits(budget_usd=10.0)
+
+
+def test_named_tenants_keep_their_name_and_the_first_others_theirs() -> None:
+    labels = TenantLabels({"acme"}, 2)
+    assert [labels.label(t) for t in ["u1", "u2", "u3", "acme", "u1", "u4"]] == [
+        "u1",
+        "u2",
+        OTHER,
+        "acme",
+        "u1",
+        OTHER,
+    ]
+    assert TenantLabels(set(), 0).label("u1") == OTHER
+
+
+def test_the_tenants_file_names_tenants_by_their_limits_and_their_api_keys() -> None:
+    policy = TenantPolicy(
+        tenants={"limited": TenantLimits(requests_per_minute=5)},
+        api_keys={key_hash("llmq-k"): "keyed"},
+    )
+    labels = TenantLabels.of(policy, 0)
+    assert [labels.label(t) for t in ["limited", "keyed", "anyone"]] == ["limited", "keyed", OTHER]
+
+
+class Counting:
+    """Redis whose rollup script counts every event (as the first delivery of each)."""
+
+    def register_script(self, script: str) -> Any:
+        async def add(**kwargs: object) -> int:
+            return 1
+
+        return add
+
+
+def _event(tenant: str) -> MeteringEvent:
+    return MeteringEvent(
+        correlation_id=f"c-{tenant}",
+        tenant=tenant,
+        model="fix59-model",
+        lane=Lane.BATCH,
+        fingerprint="f",
+        prompt_tokens=3,
+        completion_tokens=4,
+        cost_usd=0.5,
+        queue_ms=1.0,
+        ttft_ms=None,
+        engine_ms=1.0,
+        worker="w",
+    )
+
+
+def _events(tenant: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "llmq_costs_events_total",
+        {"tenant": tenant, "model": "fix59-model", "lane": "batch", "cache": "none"},
+    )
+
+
+def test_cost_counters_label_tenants_past_the_limit_other() -> None:
+    rollups = CostRollups(Counting(), TenantLabels({"fix59-named"}, 1))  # type: ignore[arg-type]
+    other_before = _events(OTHER) or 0.0
+    for tenant in ["fix59-first", "fix59-second", "fix59-third", "fix59-named"]:
+        assert asyncio.run(rollups.add(_event(tenant)))
+    assert _events("fix59-first") == _events("fix59-named") == 1.0
+    assert _events("fix59-second") is _events("fix59-third") is None
+    assert _events(OTHER) == other_before + 2.0
+    tokens = {"tenant": OTHER, "model": "fix59-model", "kind": "completion"}
+    assert REGISTRY.get_sample_value("llmq_costs_tokens_total", tokens) == 2 * 4.0
+
+
+class AlreadySent:
+    """Redis where every alert was sent already (SET NX answers no)."""
+
+    async def set(self, *args: object, **kwargs: object) -> bool:
+        return False
+
+
+async def _nothing(*args: object) -> None:
+    raise AssertionError("no alert is sent again")
+
+
+def _used(tenant: str) -> float | None:
+    return REGISTRY.get_sample_value("llmq_budget_used_ratio", {"tenant": tenant})
+
+
+def test_a_tenant_past_the_limit_has_no_budget_gauge() -> None:
+    labels = TenantLabels({"fix59-budgeted"}, 1)
+    alerts = BudgetAlerts(AlreadySent(), _nothing, labels)  # type: ignore[arg-type]
+    now = time.time()
+    asyncio.run(alerts.spent("fix59-a", LIMITS, 2.0, now))
+    asyncio.run(alerts.spent("fix59-b", LIMITS, 3.0, now))
+    alerts.admitted("fix59-c", LIMITS, 4.0)
+    asyncio.run(alerts.exhausted("fix59-budgeted", LIMITS, 9.0, now))
+    assert _used("fix59-a") == 0.2
+    assert _used("fix59-budgeted") == 1.0
+    assert _used("fix59-b") is _used("fix59-c") is _used(OTHER) is None
+    end = REGISTRY.get_sample_value("llmq_budget_period_end_seconds", {"tenant": OTHER})
+    assert end is None
+
+
+def test_the_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLMQ_METRICS_TENANTS", raising=False)
+    assert StreamSettings().metrics_tenants == DEFAULT_LIMIT == 100
+    monkeypatch.setenv("LLMQ_METRICS_TENANTS", "0")
+    assert StreamSettings().metrics_tenants == 0
+    monkeypatch.setenv("LLMQ_METRICS_TENANTS", "-1")
+    with pytest.raises(ValidationError):
+        StreamSettings()
+
+
+PROBE = """
+import gc, json
+from pathlib import Path
+from prometheus_client import generate_latest
+from streams.app import build
+from streams.budget_alerts import BudgetAlerts
+from streams.rollups import CostRollups
+from streams.settings import StreamSettings
+
+build(StreamSettings(semantic_cache=False, tenants_file=Path({file!r}), metrics_tenants=0))
+found = [o for o in gc.get_objects() if isinstance(o, (CostRollups, BudgetAlerts))]
+print(json.dumps({{
+    "labels": sorted(
+        (type(o).__name__, o._labels.label("fix59-named"), o._labels.label("anyone"))
+        for o in found
+    ),
+    "created": b"_created" in generate_latest(),
+}}))
+"""
+
+
+def test_the_stream_processor_labels_by_its_tenants_file_without_created_series(
+    tmp_path: Path,
+) -> None:
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text("[tenants.fix59-named]\nrequests_per_minute = 5\n")
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(file=str(tenants))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr
+    probed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert probed == {
+        "labels": [
+            ["BudgetAlerts", "fix59-named", OTHER],
+            ["CostRollups", "fix59-named", OTHER],
+        ],
+        "created": False,
+    }
