@@ -30,6 +30,10 @@ SAY_EVERY_S = 60.0
 so that the log shows why a pool stays as it is."""
 READ_AGAIN_S = 1.0
 """How long after the reader of the work topics died it starts again."""
+FAILED_LOOKS_MAX = 3
+"""Failed looks in a row after which a model's figure is withdrawn, so that KEDA's fallback
+applies rather than a stale figure: one or two failed looks are a broker's restart or a
+slow call (up to LOOK_TIMEOUT_S each); three are an outage."""
 
 
 @dataclass
@@ -44,6 +48,8 @@ class _Model:
     last_at: float | None = None
     desired: int | None = None
     said_at: float = float("-inf")
+    failed_looks: int = 0
+    """Looks at the pool that failed since the last that did not."""
 
 
 class Autoscaler:
@@ -99,12 +105,24 @@ class Autoscaler:
                 view = await self._pools.look(name)
         except (KafkaError, TimeoutError) as exc:
             log.warning("cannot see the pool of %s this tick: %r", name, exc)
+            model.failed_looks += 1
+            if model.failed_looks == FAILED_LOOKS_MAX:
+                metrics.DESIRED.remove(name)
+                log.warning(
+                    "%s: figure withdrawn after %d failed looks (KEDA's fallback applies)",
+                    name,
+                    FAILED_LOOKS_MAX,
+                )
             return
+        if model.failed_looks >= FAILED_LOOKS_MAX:
+            log.info("%s: the pool is seen again: its figure is back", name)
+        model.failed_looks = 0
         now = time.monotonic()
         decision = model.policy.decide(self._observe(model, view, now))
         if decision.desired != model.desired:
-            direction = "up" if (model.desired or 0) < decision.desired else "down"
-            metrics.DECISIONS.labels(name, direction).inc()
+            if model.desired is not None:  # the first figure is no change of the pool's size
+                direction = "up" if model.desired < decision.desired else "down"
+                metrics.DECISIONS.labels(name, direction).inc()
             log.info("%s: %s", name, decision.reason)
             model.desired, model.said_at = decision.desired, now
         elif now - model.said_at >= SAY_EVERY_S:
