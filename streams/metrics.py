@@ -41,8 +41,8 @@ COMPLETIONS = Counter(
 )
 RESULT_LATENCY = Histogram(
     "llmq_result_latency_seconds",
-    "From the app's created_at to the result, by cache status",
-    ["cache"],
+    "From the app's created_at to the result, by cache status and lane (none for a rejection)",
+    ["cache", "lane"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 SPEND = Counter("llmq_streams_metered_usd", "USD of metered generations counted towards budgets")

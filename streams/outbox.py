@@ -137,7 +137,9 @@ class Outbox:
             except RecordRefusedError as again:
                 log.error("cannot tell %s why: %s", result.correlation_id, again.message)
         if result.timings.total_ms is not None:
-            metrics.RESULT_LATENCY.labels(result.cache.value).observe(
+            # By lane: the batch lane yields to the others, so its latency is apart.
+            lane = "none" if result.lane is None else result.lane.value
+            metrics.RESULT_LATENCY.labels(result.cache.value, lane).observe(
                 result.timings.total_ms / 1000
             )
 

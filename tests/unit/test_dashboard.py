@@ -181,6 +181,15 @@ def test_the_dashboard_panels_have_unique_ids_titles_and_queries() -> None:
         assert all(target["expr"].strip() for target in panel["targets"]), panel["title"]
 
 
+def test_a_panel_of_increases_is_not_per_second() -> None:
+    """increase() over a window is a count, not a rate: a per-second unit would mislabel it."""
+    per_second = {"reqps", "ops", "rps", "wps", "iops", "cps", "suffix: tok/s"}
+    for panel in _panels():
+        exprs = [target["expr"] for target in panel.get("targets", [])]
+        if exprs and all("increase(" in expr for expr in exprs):
+            assert panel["fieldConfig"]["defaults"].get("unit") not in per_second, panel["title"]
+
+
 def test_the_dashboard_reads_the_provisioned_prometheus() -> None:
     [source] = yaml.safe_load(DATASOURCES.read_text())["datasources"]
     assert source["type"] == "prometheus"
