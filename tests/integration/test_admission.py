@@ -212,10 +212,10 @@ def test_compression_saves_prompt_tokens_and_meters_them(
 def test_a_paraphrase_is_answered_by_the_semantic_cache(client: Client, stack: LocalStack) -> None:
     ref = uuid.uuid4().hex[:8]
     streams, worker = stack.settings.metrics_base_port, stack.settings.metrics_base_port + 1
-    # ignore_eos: each generation runs its 32 tokens (about a second here), so the
-    # paraphrase's speculative generation is still running when the cache answers it
-    # (tens of milliseconds) and its cancellation reaches the worker.
-    ask = {"max_tokens": 32, "temperature": 0.0, "ignore_eos": True}
+    # ignore_eos: each generation runs its 160 tokens (some 5 s here, a second on a fast
+    # GPU), so the paraphrase's speculative generation is still running when the cache
+    # answers it (tens of milliseconds) and its cancellation reaches the worker.
+    ask = {"max_tokens": 160, "temperature": 0.0, "ignore_eos": True}
     learned = _semantic_entries(stack)
     first = client.ask(f"What is the capital of France? (ref {ref})", **ask)
     _learns(stack, learned)

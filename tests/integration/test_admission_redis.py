@@ -22,7 +22,7 @@ from schemas.result import InferenceResult
 from schemas.tenants import TenantLimits, TenantPolicy
 from streams.budget import Budgets, Hold
 from streams.gate import TenantGate
-from streams.ratelimit import BUCKET_TTL_S, CHARGED_TTL_S, CHECK_TIMEOUT_S, RateLimiter
+from streams.ratelimit import BUCKET_TTL_S, CHARGED_TTL_S, RateLimiter
 from streams.store import RedisStore
 from tests.integration.helpers import run_async, run_with, start_redis
 from tests.unit.stages import admitted, raw_request
@@ -251,28 +251,24 @@ def test_concurrent_checks_never_admit_more_than_the_bucket(redis_port: int) -> 
     assert 100 <= live <= 100 + elapsed * 100 / 60 + 1
 
 
-def _checks_during(outage: signal.Signals) -> float:
-    """Seconds that a rate-limit and a budget check take once Redis suffers `outage`. The
-    client is built as the stream processor builds it (timeouts, retries) and keeps its
-    pooled connection across the outage."""
+def _checks_during(outage: signal.Signals) -> None:
+    """A rate-limit and a budget check once Redis suffers `outage`. The client keeps its
+    pooled connection across the outage and has no socket timeout: only the checks' own
+    timeouts end a wait on a hung Redis (else the test runs into its timeout)."""
     limits = TenantLimits(requests_per_minute=1, budget_usd=0.0)
     proc, port = start_redis()
 
-    async def body(client: aioredis.Redis) -> float:
+    async def body(client: aioredis.Redis) -> None:
         limiter, budgets = RateLimiter(client), Budgets(client)
         assert await _outcome(limiter, "acme", limits) is None
         assert await _outcome(limiter, "acme", limits) is not None
         proc.send_signal(outage)
-        started = time.monotonic()
         assert await _outcome(limiter, "acme", limits) is None
         await budgets.reserve("acme", limits, Hold("probe", 0.0, time.time() + 3600))
-        return time.monotonic() - started
 
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        return run_with(
-            lambda: aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2), body
-        )
+        run_with(lambda: aioredis.Redis.from_url(url), body)
     finally:
         proc.send_signal(signal.SIGCONT)
         proc.kill()
@@ -285,8 +281,7 @@ def test_redis_down_or_hung_admits_with_a_warning(
 ) -> None:
     """SIGSTOP leaves a Redis that holds its connections but never answers."""
     with caplog.at_level(logging.WARNING):
-        elapsed = _checks_during(outage)
-    assert elapsed < 2 * CHECK_TIMEOUT_S + 0.5
+        _checks_during(outage)
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("rate limits unavailable, admitting tenant acme") for m in messages)
     assert any(m.startswith("budgets unavailable, admitting tenant acme") for m in messages)

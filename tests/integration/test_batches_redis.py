@@ -443,15 +443,16 @@ def test_one_front_door_drives_a_batch_until_its_lease_lapses(redis_port: int) -
     async def body(client: aioredis.Redis) -> None:
         store = BatchStore(client, 3600)
         first, second = Recorder(), Recorder()
-        one = Runner(store, first, CATALOG, "door-1", Pace(lease_s=0.3))
-        two = Runner(store, second, CATALOG, "door-2", Pace(lease_s=0.3))
+        # A lease of 2 s: door-1 renews it at every tick, milliseconds apart.
+        one = Runner(store, first, CATALOG, "door-1", Pace(lease_s=2.0))
+        two = Runner(store, second, CATALOG, "door-2", Pace(lease_s=2.0))
         await _batch(store, [_line(n) for n in range(3)])
         for _ in range(3):
             await one.tick()
             await two.tick()
         assert (len(first.sent), len(second.sent)) == (3, 0)
-        await asyncio.sleep(0.4)  # door-1 is gone: its lease lapses, and door-2 goes on
-        assert await store.lease((await store.active())[0], "door-2", 0.3)
+        await asyncio.sleep(2.1)  # door-1 is gone: its lease lapses, and door-2 goes on
+        assert await store.lease((await store.active())[0], "door-2", 2.0)
 
     run_async(redis_port, body)
 

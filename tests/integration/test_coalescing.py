@@ -61,7 +61,9 @@ def test_a_hundred_identical_requests_make_one_generation(
     before = _generations(stack)
     replies = tail(service_settings.kafka_bootstrap, reply_topic)
     with Client(service_settings, reply_to=reply_topic, listen=False) as client:
-        ids = _submit_copies(client, prompt, 100, max_tokens=48)
+        # ignore_eos: the generation runs its 96 tokens whenever the model would stop, so
+        # copies come while it runs.
+        ids = _submit_copies(client, prompt, 100, max_tokens=96, ignore_eos=True)
     records = collect(replies, done=lambda rs: len(rs) >= 100, timeout_s=300)
     # Everything is answered; listen a while longer to catch duplicates.
     records += collect(replies, done=lambda _: False, timeout_s=5)

@@ -114,7 +114,7 @@ def test_the_client_publishes_and_tails_with_the_right_password(sasl_bootstrap: 
     assert [(r.correlation_id, r.tenant) for r in sent] == [(cid, "sasl")]
 
 
-@pytest.mark.timeout(CONNECT_TIMEOUT_S * 4)  # a bounded wait, not a hang
+@pytest.mark.timeout(CONNECT_TIMEOUT_S * 4, func_only=True)  # a bounded wait, not a hang
 # kafka-python (3.0.12) leaves the sockets of refused connections unclosed; collected here.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("listen", [True, False], ids=["listener", "producer"])

@@ -44,11 +44,15 @@ async def collect(eng: OpenAIEngine, body: ChatBody, priority: int = 1) -> list[
     return [step async for step in eng.generate("it-1", body, priority)]
 
 
-def running_requests(base_url: str) -> float:
+def vllm_metric(base_url: str, name: str) -> float:
     metrics = fetch(base_url.removesuffix("/v1") + "/metrics")
-    found = re.search(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", metrics, re.MULTILINE)
-    assert found, "vLLM exports no vllm:num_requests_running"
+    found = re.search(rf"^vllm:{name}\{{[^}}]*\}} (\S+)$", metrics, re.MULTILINE)
+    assert found, f"vLLM exports no vllm:{name}"
     return float(found.group(1))
+
+
+def running_requests(base_url: str) -> float:
+    return vllm_metric(base_url, "num_requests_running")
 
 
 def test_answers_within_its_schema_with_sane_counts(base_url: str) -> None:
@@ -74,7 +78,7 @@ def test_logprobs_arrive_when_asked(base_url: str) -> None:
     async def scenario() -> tuple[list[EngineStep], list[EngineStep]]:
         eng = engine(base_url)
         try:
-            body = ask("Name a colour.", max_tokens=8)
+            body = ask("Name a colour.", max_tokens=8, ignore_eos=True)
             with_logprobs = await collect(eng, body.model_copy(update={"logprobs": True}))
             return with_logprobs, await collect(eng, body)
         finally:
@@ -82,7 +86,7 @@ def test_logprobs_arrive_when_asked(base_url: str) -> None:
 
     with_logprobs, without = asyncio.run(scenario())
     logprobs = [t for s in with_logprobs for t in s.logprobs]
-    assert len(logprobs) == sum(s.new_tokens for s in with_logprobs)
+    assert len(logprobs) == sum(s.new_tokens for s in with_logprobs) == 8
     assert all(t.logprob <= 0 for t in logprobs)
     assert "".join(t.token for t in logprobs).startswith("".join(s.text for s in with_logprobs))
     assert not any(s.logprobs for s in without)
@@ -122,17 +126,19 @@ def test_concurrent_generations_in_all_lanes(base_url: str) -> None:
         eng = engine(base_url)
         try:
             return await asyncio.gather(
-                *(collect(eng, ask(q, max_tokens=24), i % 3) for i, q in enumerate(questions))
+                *(
+                    collect(eng, ask(q, max_tokens=24, ignore_eos=True), i % 3)
+                    for i, q in enumerate(questions)
+                )
             )
         finally:
             await eng.abort_all()
 
     results = asyncio.run(scenario())
     assert len(results) == len(questions)
-    for steps in results:
-        assert steps[-1].finished and steps[-1].finish_reason in ("stop", "length")
-        assert "".join(s.text for s in steps).strip()
-        assert 0 < sum(s.new_tokens for s in steps) <= 24
+    for steps in results:  # each its whole generation (ignore_eos), whatever the lane
+        assert steps[-1].finished and steps[-1].finish_reason == "length"
+        assert sum(s.new_tokens for s in steps) == 24
 
 
 @pytest.mark.parametrize(
@@ -175,9 +181,11 @@ def test_an_unknown_remote_model_is_an_engine_error(base_url: str) -> None:
 
 
 def test_closing_early_aborts_the_generation_in_vllm(base_url: str) -> None:
+    generated = vllm_metric(base_url, "generation_tokens_total")
+
     async def scenario() -> float:
         eng = engine(base_url)
-        body = ask("Count from 1 to 500, separated by commas.", max_tokens=1500)
+        body = ask("Count from 1 to 500, separated by commas.", max_tokens=1500, ignore_eos=True)
         steps = eng.generate("it-abort", body, 0)
         for _ in range(3):
             await anext(steps)
@@ -187,7 +195,9 @@ def test_closing_early_aborts_the_generation_in_vllm(base_url: str) -> None:
         return running
 
     assert asyncio.run(scenario()) == 1
-    deadline = time.monotonic() + 10  # 1500 tokens would take about a minute here
+    deadline = time.monotonic() + 240  # it ends either way: aborted, or its 1500 tokens out
     while running_requests(base_url) > 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert running_requests(base_url) == 0
+    # Aborted, not run to its end (ignore_eos: a generation not aborted writes all 1500).
+    assert vllm_metric(base_url, "generation_tokens_total") - generated < 1500

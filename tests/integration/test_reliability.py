@@ -24,15 +24,16 @@ def test_a_generation_that_runs_past_its_deadline_is_aborted_in_the_engine(
     port = stack.settings.metrics_base_port + 1
     expired_before = metric(port, "llmq_worker_generations_total", outcome="expired")
     # ignore_eos: the model cannot stop by itself after a few hundred tokens, inside the
-    # deadline; 1500 tokens take far longer than 3 s on any engine this test runs on.
-    cid = client.submit(LONG, max_tokens=1500, temperature=0, deadline_s=3.0, ignore_eos=True)
+    # deadline; 2000 tokens (near the model's 2048) take far longer than 3 s on any engine
+    # this test runs on.
+    cid = client.submit(LONG, max_tokens=2000, temperature=0, deadline_s=3.0, ignore_eos=True)
     result = client.result(cid, timeout=60)
     assert result.status == "error"
     assert result.error is not None
     assert result.error.code is ErrorCode.EXPIRED
     assert "aborted after" in result.error.message, result.error.message
     assert metric(port, "llmq_worker_generations_total", outcome="expired") == expired_before + 1
-    # Aborted, not left running: the engine is empty again at once, not after 1500 tokens.
+    # Aborted, not left running: the engine is empty again at once, not after 2000 tokens.
     deadline = time.monotonic() + 10
     while metric(port, "llmq_worker_in_flight") > 0 and time.monotonic() < deadline:
         time.sleep(0.2)

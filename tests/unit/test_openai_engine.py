@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 
@@ -98,10 +97,8 @@ def test_the_breaker_opens_after_n_failures_and_then_fails_fast() -> None:
                 once = await failure(eng)
                 assert once.code is ErrorCode.ENGINE_ERROR
                 assert not once.retried  # one attempt: the stream processor may retry it
-            started = time.monotonic()
             error = await failure(eng)
-            assert time.monotonic() - started < 0.1
-        assert len(server.bodies) == 3
+        assert len(server.bodies) == 3  # the fourth failed without a call: fast
         assert error.code is ErrorCode.ENGINE_ERROR
         assert "circuit" in error.message and "open since" in error.message
         assert error.retry_after_s is not None and 0 < error.retry_after_s <= 60
