@@ -74,12 +74,15 @@ def test_every_workers_group_is_described_in_one_call(stack: LocalStack) -> None
     assert found[left] == Group(0, EMPTY) and found[nobody] == Group(0, DEAD)
 
 
-def test_starting_twice_starts_nothing(stack: LocalStack) -> None:
+def test_starting_twice_starts_nothing(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMQ_PARTITONS", "8")  # misspelt: the default would stay in force
     before = _pids(stack)
     lines: list[str] = []
     stack.up(say=lines.append)
     assert _pids(stack) == before
     assert not any(line.startswith("starting") for line in lines)
+    said = "warning: LLMQ_PARTITONS is set, but no part of llmq reads it"
+    assert f"{said} (did you mean LLMQ_PARTITIONS?)" in lines
 
 
 def test_a_crashed_stream_processor_is_restarted_and_serves(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import socket
@@ -10,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings
 
 from llmq.startup import CONFIGURATION, StartError, listen, reach_kafka, read_settings
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, ServiceSettings
 from streams.settings import StreamSettings
+from tools.stack import variables
 from tools.stack.settings import LocalSettings
 from workers.settings import WorkerSettings
 
@@ -323,25 +322,22 @@ def test_invalid_local_settings_are_rejected(
         LocalSettings()
 
 
-def _variables_read() -> set[str]:
-    """Every LLMQ_* variable some settings class reads: its prefix and field name."""
-    read = set()
-    for path in ROOT.glob("*/settings.py"):
-        module = importlib.import_module(f"{path.parent.name}.settings")
-        read |= {
-            f"{cls.model_config.get('env_prefix', '')}{name}".upper()
-            for cls in vars(module).values()
-            if isinstance(cls, type) and issubclass(cls, BaseSettings)
-            for name in cls.model_fields
-        }
-    return read | {
-        f"LLMQ_{name}".upper()
-        for name in importlib.import_module("tools.stack.settings").LocalSettings.model_fields
-    }
+def test_every_settings_module_is_looked_at_for_the_variables_read() -> None:
+    modules = {f"{path.parent.name}.settings" for path in ROOT.glob("*/settings.py")}
+    assert modules | {"tools.stack.settings"} == set(variables.SETTINGS_MODULES)
+
+
+def test_a_misspelt_variable_is_said_with_the_one_meant() -> None:
+    environ = {"LLMQ_REDIS_ULR": "redis://x", "LLMQ_REDIS_URL": "redis://y", "LLMQ_VENV": "v"}
+    environ |= {"LLMQ_NOTHING_LIKE_IT": "1", "PATH": "/bin"}
+    assert variables.unread(environ) == [
+        "LLMQ_NOTHING_LIKE_IT is set, but no part of llmq reads it",
+        "LLMQ_REDIS_ULR is set, but no part of llmq reads it (did you mean LLMQ_REDIS_URL?)",
+    ]
 
 
 def test_every_variable_the_docs_and_tools_name_is_one_a_service_reads() -> None:
-    read = _variables_read()
+    read = variables.read()
     sources = [
         ROOT / "README.md",
         *ROOT.glob("docs/*.md"),

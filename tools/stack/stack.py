@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -23,6 +24,7 @@ from tools.files import write_whole
 from tools.stack import MAX_STREAMS, kafka
 from tools.stack.procs import Proc
 from tools.stack.settings import LocalSettings
+from tools.stack.variables import unread
 from tools.topics import ensure_topics
 from workers.checkpoint import resolve_model_source
 
@@ -273,6 +275,8 @@ class LocalStack:
 
     def up(self, say: Callable[[str], None] = print) -> None:
         """Start what is not running and wait until all of it is ready; safe to repeat."""
+        for line in unread(os.environ):  # the services would take the default instead
+            say(f"warning: {line}")
         s = self.settings
         self._prepare_kafka()
         (s.state_dir / "redis").mkdir(parents=True, exist_ok=True)
