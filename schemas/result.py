@@ -104,7 +104,8 @@ class Timings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     queue_ms: float | None = None
-    """From admission by the stream processor to the worker's start."""
+    """From the work's last send to a work topic (its retry's backoff's end, if later; admission
+    in a record of a stream processor before that) to the worker's start."""
     ttft_ms: float | None = None
     """From the worker's start to the first generated token."""
     engine_ms: float | None = None

@@ -37,6 +37,10 @@ class WorkItem(BaseModel):
     """Which attempt at a generation this is: retries of a failed one count up from 1."""
     not_before: float | None = None
     """A retry's backoff: the worker starts it no earlier than this Unix time."""
+    sent_at: float | None = None
+    """When the stream processor last sent it to a work topic (Outbox.work): a retry, a
+    fallback, an escalation or a promotion is sent again, while admitted_at stays the
+    request's. None in a record of a writer before it. Not in the fingerprint."""
     spent_usd: float = Field(default=0.0, ge=0)
     """What the request's earlier generations cost (an escalation, a fallback, a retry of a
     generation cut short)."""
@@ -58,6 +62,13 @@ class WorkItem(BaseModel):
         """Sent before the semantic cache's lookup ended (`speculation`). Written to the
         record too, for workers of the version before `speculation` during an upgrade."""
         return self.speculation is not None
+
+    @property
+    def queued_since(self) -> float:
+        """When this send began to wait for a worker (its queue time is from here): its
+        send (admission, in a record without sent_at), or its retry's backoff's end."""
+        since = self.admitted_at if self.sent_at is None else self.sent_at
+        return since if self.not_before is None else max(since, self.not_before)
 
     def promptless(self) -> WorkItem:
         """This work less what makes a request large (its messages, tools, schema and token

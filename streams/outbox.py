@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -91,7 +92,9 @@ class Outbox:
     async def work(self, item: WorkItem) -> None:
         """Hand a work item to the workers of its current model, in its lane; its estimated
         tokens ride in a header, so the autoscaler weighs the backlog without parsing it. The
-        placer chooses its partition; without one, its fingerprint does."""
+        placer chooses its partition; without one, its fingerprint does. Every send of work
+        goes through here, stamped with its time (WorkItem.sent_at: queue time is from it)."""
+        item = item.model_copy(update={"sent_at": time.time()})
         topic = work_topic(item.model, item.request.lane)
         await self.send(
             topic,

@@ -61,10 +61,10 @@ class InFlight:
             self.finish_reason = step.finish_reason
 
     def timings(self, now: float) -> Timings:
-        """Queue, first-token and engine time so far."""
+        """Queue (of this send: WorkItem.queued_since), first-token and engine time so far."""
         ttft = None if self.first_token_at is None else (self.first_token_at - self.started_at)
         return Timings(
-            queue_ms=max(0.0, (self.started_at - self.work.admitted_at) * 1000),
+            queue_ms=max(0.0, (self.started_at - self.work.queued_since) * 1000),
             ttft_ms=None if ttft is None else ttft * 1000,
             engine_ms=(now - self.started_at) * 1000,
         )

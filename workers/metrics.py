@@ -31,7 +31,12 @@ LANE_IN_FLIGHT = Gauge(
 )
 QUEUE = Histogram(
     "llmq_worker_queue_seconds",
-    "From admission to the start of generation, by lane",
+    "From the work's last send (or its backoff's end) to the start of generation, by lane",
     ["lane"],
     buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+)
+DEAD_LETTERS = Counter(
+    "llmq_worker_dead_letters_total",
+    "Work records a worker sent to llmq.dlq, by reason: crash_loop, unreadable",
+    ["reason"],
 )

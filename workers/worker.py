@@ -246,6 +246,7 @@ class Worker:
         except ValidationError as exc:
             error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable work item: {describe(exc)}")
             await self._outcomes.dead_letter(record, error)
+            metrics.DEAD_LETTERS.labels("unreadable").inc()
             self._tracker.done(tp, record.offset)
             return
         where = (record.topic, record.partition, record.offset)
@@ -265,7 +266,7 @@ class Worker:
             work, f"{work.request.correlation_id}@{'/'.join(map(str, where))}#{start}"
         )
         metrics.QUEUE.labels(work.request.lane.value).observe(
-            max(0.0, state.started_at - work.admitted_at)
+            max(0.0, state.started_at - work.queued_since)
         )
         # 1) A record that took its worker down at every start goes no further.
         crashes = await self._starts.count(*where)
@@ -307,6 +308,7 @@ class Worker:
         if task is not None:  # its dead letter and its answer go out whole, as an outcome's
             self._concluding.add(task)
         await self._outcomes.dead_letter(record, error)
+        metrics.DEAD_LETTERS.labels("crash_loop").inc()
         metrics.GENERATIONS.labels(error.code.value).inc()
         await self._outcomes.publish(state.failure(error, self._worker_id, time.time()), state)
 
