@@ -434,8 +434,9 @@ class Chunks:
         return self._wrap({"index": index, "delta": delta, "logprobs": lp, "finish_reason": None})
 
     def role(self, index: int = 0) -> dict[str, Any] | None:
-        """The chunk that opens a choice (None where the API has none)."""
-        delta = {"role": "assistant", "content": ""}
+        """The chunk that opens a choice (None where the API has none); its content is null
+        where the answer may be tool calls, as a whole answer of calls has it."""
+        delta = {"role": "assistant", "content": None if self.calls_tools else ""}
         return self._wrap({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
 
     def content(

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     JsonValue,
     SerializerFunctionWrapHandler,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_serializer,
@@ -254,8 +255,9 @@ class ChatBody(BaseModel):
     """With tools: "none" (a text answer), "auto" (text or calls, as the model decides),
     "required" (calls of any of them) or a named function (one call of it), the calls held
     to the functions' schemas."""
-    parallel_tool_calls: bool | None = None
-    """False: "required" and "auto" make one call at most."""
+    parallel_tool_calls: StrictBool | None = None
+    """False: "required" and "auto" make one call at most (a bool, as OpenAI takes it: not
+    "yes" nor 1)."""
 
     @model_serializer(mode="wrap")
     def _nones_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -354,6 +356,16 @@ class ChatBody(BaseModel):
                     "an assistant message made before it (its tool_calls)"
                 )
         return self
+
+    @field_validator("tools")
+    @classmethod
+    def _one_function_a_name(cls, tools: list[Tool] | None) -> list[Tool] | None:
+        """A call names its function: two of one name would leave it unsaid which."""
+        names = [tool.function.name for tool in tools or []]
+        twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+        if twice is not None:
+            raise ValueError(f"tools offer two functions named {twice!r}")
+        return tools
 
     @model_validator(mode="after")
     def _tool_choice_among_tools(self) -> Self:

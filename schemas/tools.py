@@ -157,11 +157,21 @@ def output_schema(
     ("required") a list of calls, each a function's name and its arguments (one call only
     when `parallel` is False), as vLLM's server holds them but for keys beside those two,
     which vLLM's allows and a small model fills until max_tokens; None when the answer is
-    text (or, under "auto", text or calls: `call_grammar`)."""
+    text (or, under "auto", text or calls: `call_grammar`). A function's schema with local
+    refs (`#/$defs/...`, `#`) is held in the list's `$defs` under its name, its refs rebased
+    there: inline, they would point into the list. (Not at `#/items/anyOf/<i>/...`:
+    xgrammar, a remote vLLM server's default backend, finds no field `0` in a list.)"""
     if not calls_tools(choice) or choice == "auto":
         return None
     if isinstance(choice, NamedToolChoice):
         return dict(_function(tools, choice.function.name).schema_)
+    held, defs = [], {}
+    for tool in tools:
+        name, schema = tool.function.name, tool.function.schema_
+        lifted = _rebased(schema, f"#/$defs/{name}")
+        if lifted != schema:
+            defs[name], lifted = lifted, {"$ref": f"#/$defs/{name}"}
+        held.append((name, lifted))
     calls: dict[str, Any] = {
         "type": "array",
         "minItems": 1,
@@ -170,18 +180,35 @@ def output_schema(
             "anyOf": [
                 {
                     "properties": {
-                        "name": {"type": "string", "enum": [tool.function.name]},
-                        "parameters": tool.function.schema_,
+                        "name": {"type": "string", "enum": [name]},
+                        "parameters": parameters,
                     },
                     "required": ["name", "parameters"],
                     "additionalProperties": False,
                 }
-                for tool in tools
+                for name, parameters in held
             ],
         },
     }
     calls["maxItems"] = 1 if parallel is False else MAX_TOOLS
+    if defs:
+        calls["$defs"] = defs
     return calls
+
+
+def _rebased(schema: Any, base: str) -> Any:
+    """`schema` moved to `base` (a pointer, "#/..."): its local refs ("#", "#/...") point
+    at the same places under it, as they pointed into it at its own root. Other refs (a
+    remote URI, an anchor) stay as they are."""
+    if isinstance(schema, list):
+        return [_rebased(item, base) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    moved = {key: _rebased(value, base) for key, value in schema.items()}
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+        moved["$ref"] = base + ref[1:]
+    return moved
 
 
 def tool_calls(

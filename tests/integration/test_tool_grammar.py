@@ -14,7 +14,15 @@ import llguidance.hf
 import pytest
 from transformers import PreTrainedTokenizerBase, TokenizersBackend
 
-from schemas.tools import Tool, call_grammar, output_schema, tool_calls
+from schemas.tools import (
+    NamedFunction,
+    NamedToolChoice,
+    Tool,
+    ToolChoice,
+    call_grammar,
+    output_schema,
+    tool_calls,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -131,3 +139,56 @@ def test_required_calls_are_held_to_their_name_and_arguments_only(
     assert held('[{"name":"get_time","parameters":{"zone":"UTC"}}]')
     assert not held('[{"name":"get_time","parameters":{"zone":"UTC"},"description":"x"}]')
     assert not held('[{"name":"ping","parameters":{}},{"name":"ping","parameters":{}}]')
+
+
+ADDR = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+REFS: dict[str, tuple[dict[str, Any], Any, Any]] = {  # a schema, arguments right and wrong
+    "$defs": (
+        {"properties": {"addr": {"$ref": "#/$defs/Addr"}}, "$defs": {"Addr": ADDR}},
+        {"addr": {"city": "Paris"}},
+        {"addr": {"town": 1}},
+    ),
+    "definitions": (
+        {"properties": {"addr": {"$ref": "#/definitions/A"}}, "definitions": {"A": ADDR}},
+        {"addr": {"city": "Paris"}},
+        {"addr": {"town": 1}},
+    ),
+    "recursion": (
+        {"properties": {"name": {"type": "string"}, "child": {"$ref": "#"}}},
+        {"name": "a", "child": {"name": "b"}},
+        {"name": "a", "child": [{"name": "f", "parameters": {"name": "b"}}]},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFS)
+def test_a_schemas_refs_hold_the_arguments_alike_under_every_choice(
+    served_tokenizer: PreTrainedTokenizerBase, case: str
+) -> None:
+    """A function's local refs (pydantic's and the SDK's `pydantic_function_tool`'s $defs,
+    "#" recursion) resolve within its schema wherever it is embedded: "required"'s list of
+    calls, a named function's arguments, "auto"'s calls."""
+    given, right, wrong = REFS[case]
+    schema = {"type": "object", "additionalProperties": False, **given}
+    tools = [
+        Tool.model_validate({"type": "function", "function": {"name": "ping"}}),
+        Tool.model_validate({"type": "function", "function": {"name": "f", "parameters": schema}}),
+    ]
+    assert isinstance(served_tokenizer, TokenizersBackend)  # a fast tokenizer, as vLLM's
+    lexicon = llguidance.hf.from_tokenizer(served_tokenizer)
+
+    def held_to(choice: ToolChoice) -> Any:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            json.dumps(output_schema(tools, choice, None)), defaults={"whitespace_flexible": False}
+        )
+        assert llguidance.LLMatcher.validate_grammar(grammar, lexicon) == ""
+        return _holds(lexicon, grammar, served_tokenizer)
+
+    required = held_to("required")
+    named = held_to(NamedToolChoice(function=NamedFunction(name="f")))
+    auto = _holds(lexicon, _matcher(served_tokenizer, tools, None)[1], served_tokenizer)
+    for arguments, holds in ((right, True), (wrong, False)):
+        compact = json.dumps(arguments, separators=(",", ":"))
+        assert required(f'[{{"name":"f","parameters":{compact}}}]') is holds
+        assert named(compact) is holds
+        assert auto(_call("f", compact)) is holds
