@@ -357,16 +357,6 @@ class ChatBody(BaseModel):
                 )
         return self
 
-    @field_validator("tools")
-    @classmethod
-    def _one_function_a_name(cls, tools: list[Tool] | None) -> list[Tool] | None:
-        """A call names its function: two of one name would leave it unsaid which."""
-        names = [tool.function.name for tool in tools or []]
-        twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
-        if twice is not None:
-            raise ValueError(f"tools offer two functions named {twice!r}")
-        return tools
-
     @model_validator(mode="after")
     def _tool_choice_among_tools(self) -> Self:
         if calls_tools(self.tool_choice):

@@ -211,6 +211,14 @@ def _rebased(schema: Any, base: str) -> Any:
     return moved
 
 
+def repeated_name(tools: list[Tool]) -> str | None:
+    """The first function name offered twice, if any: a call names its function, so two of
+    one name would leave it unsaid which (refused at admission, not in the schema, so that
+    a record admitted before stays readable)."""
+    names = [tool.function.name for tool in tools]
+    return next((name for i, name in enumerate(names) if name in names[:i]), None)
+
+
 def tool_calls(
     tools: list[Tool], choice: ToolChoice | None, text: str, context: str
 ) -> list[ToolCall] | None:

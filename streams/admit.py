@@ -11,6 +11,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
 from schemas.redact import describe
 from schemas.request import ChatMessage, InferenceRequest, check_record_size
+from schemas.tools import repeated_name
 from schemas.work import WorkItem
 from streams.decode import decode
 from streams.router import plan
@@ -68,6 +69,10 @@ def route(
             f"max_tokens {request.body.max_tokens} does not fit {name}'s context of "
             f"{spec.max_model_len} tokens",
         )
+    twice = repeated_name(request.body.tools or [])
+    if twice is not None:
+        why = f"tools offer two functions named {twice!r}"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="tools")
     now = time.time() if now is None else now
     if request.expired(now):
         raise LlmqError(ErrorCode.EXPIRED, "the deadline passed before the request was admitted")
