@@ -106,7 +106,8 @@ class Autoscaler:
         except (KafkaError, TimeoutError) as exc:
             log.warning("cannot see the pool of %s this tick: %r", name, exc)
             model.failed_looks += 1
-            if model.failed_looks == FAILED_LOOKS_MAX:
+            if model.failed_looks == FAILED_LOOKS_MAX and model.desired is not None:
+                # Only a figure this process set (prometheus-client < 0.22 raises otherwise).
                 metrics.DESIRED.remove(name)
                 log.warning(
                     "%s: figure withdrawn after %d failed looks (KEDA's fallback applies)",

@@ -11,7 +11,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from prometheus_client import REGISTRY
 
-from autoscaler import service
+from autoscaler import metrics, service
 from autoscaler.pools import PoolView
 from autoscaler.service import Autoscaler
 from autoscaler.settings import AutoscalerSettings
@@ -67,6 +67,20 @@ def test_failed_looks_in_a_row_withdraw_the_figure_until_a_look_succeeds(
     withdrawn = f"{name}: figure withdrawn after {service.FAILED_LOOKS_MAX} failed looks"
     assert sum(line.startswith(withdrawn) for line in said) == 1
     assert said.count(f"{name}: the pool is seen again: its figure is back") == 1
+
+
+def test_a_pool_never_seen_has_no_figure_to_withdraw(monkeypatch: pytest.MonkeyPatch) -> None:
+    scaler = Autoscaler(AutoscalerSettings(), Recording())
+    pool = Flaky()
+    pool.failing = True
+    monkeypatch.setattr(scaler, "_pools", pool)
+    name, model = next(iter(scaler._models.items()))
+    withdrawn: list[str] = []
+    # prometheus-client before 0.22 raises KeyError removing a figure never set.
+    monkeypatch.setattr(metrics.DESIRED, "remove", withdrawn.append)
+    for _ in range(service.FAILED_LOOKS_MAX + 1):
+        asyncio.run(scaler._tick(name, model))
+    assert model.desired is None and withdrawn == []
 
 
 def _changes(name: str, direction: str) -> float:
