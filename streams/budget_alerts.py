@@ -120,7 +120,7 @@ class BudgetAlerts:
         """The tenant's share of its budget spent in the period of `now`, and when that ends:
         a quiet tenant's ratio stays as it was, and the alert rules see its period gone."""
         label = self._labels.label(tenant)
-        if label == OTHER:  # no gauge: one ratio for a mixed bucket of tenants means nothing
+        if label == OTHER != tenant:  # one ratio for a mixed bucket of tenants means nothing
             return
         metrics.BUDGET_USED.labels(label).set(ratio)
         metrics.BUDGET_PERIOD_END.labels(label).set(period_end(limits.budget_period, now))

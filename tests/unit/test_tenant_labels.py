@@ -117,15 +117,21 @@ def test_a_tenant_past_the_limit_has_no_budget_gauge() -> None:
     labels = TenantLabels({"fix59-budgeted"}, 1)
     alerts = BudgetAlerts(AlreadySent(), _nothing, labels)  # type: ignore[arg-type]
     now = time.time()
+    other = _used(OTHER)  # a tenant named "other" has its own (test below)
     asyncio.run(alerts.spent("fix59-a", LIMITS, 2.0, now))
     asyncio.run(alerts.spent("fix59-b", LIMITS, 3.0, now))
     alerts.admitted("fix59-c", LIMITS, 4.0)
     asyncio.run(alerts.exhausted("fix59-budgeted", LIMITS, 9.0, now))
     assert _used("fix59-a") == 0.2
     assert _used("fix59-budgeted") == 1.0
-    assert _used("fix59-b") is _used("fix59-c") is _used(OTHER) is None
-    end = REGISTRY.get_sample_value("llmq_budget_period_end_seconds", {"tenant": OTHER})
-    assert end is None
+    assert _used("fix59-b") is _used("fix59-c") is None
+    assert _used(OTHER) == other
+
+
+def test_a_tenant_named_other_has_its_budget_gauge() -> None:
+    alerts = BudgetAlerts(AlreadySent(), _nothing, TenantLabels({OTHER}, 0))  # type: ignore[arg-type]
+    alerts.admitted(OTHER, LIMITS, 4.0)
+    assert _used(OTHER) == 0.4
 
 
 def test_the_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
