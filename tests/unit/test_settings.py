@@ -329,10 +329,13 @@ def test_every_settings_module_is_looked_at_for_the_variables_read() -> None:
 
 def test_a_misspelt_variable_is_said_with_the_one_meant() -> None:
     environ = {"LLMQ_REDIS_ULR": "redis://x", "LLMQ_REDIS_URL": "redis://y", "LLMQ_VENV": "v"}
-    environ |= {"LLMQ_NOTHING_LIKE_IT": "1", "PATH": "/bin"}
+    environ |= {"LLMQ_NOTHING_LIKE_IT": "1", "PATH": "/bin", "llmq_partitions": "2"}
+    environ |= {"LLMQ_VLLM_CPU_KVCACHE_SPACE": "4", "VLLM_CPU_KVCACHE_SPACE": "4"}
     assert variables.unread(environ) == [
         "LLMQ_NOTHING_LIKE_IT is set, but no part of llmq reads it",
         "LLMQ_REDIS_ULR is set, but no part of llmq reads it (did you mean LLMQ_REDIS_URL?)",
+        "LLMQ_VLLM_CPU_KVCACHE_SPACE is set, but no part of llmq reads it"
+        " (did you mean VLLM_CPU_KVCACHE_SPACE?)",
     ]
 
 

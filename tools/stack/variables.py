@@ -31,14 +31,18 @@ OTHERS = frozenset(
 
 
 def read() -> set[str]:
-    """Every LLMQ_ variable some settings class reads (its prefix and field name)."""
+    """Every variable some settings class reads: its prefix and field name, or the alias it
+    is read by instead (VLLM_CPU_KVCACHE_SPACE); upper case, as they are read whatever the
+    case."""
     names = set(OTHERS)
     for module_name in SETTINGS_MODULES:
         module = importlib.import_module(module_name)
         for cls in vars(module).values():
             if isinstance(cls, type) and issubclass(cls, BaseSettings):
                 prefix = cls.model_config.get("env_prefix", "")
-                names |= {f"{prefix}{field}".upper() for field in cls.model_fields}
+                for name, field in cls.model_fields.items():
+                    alias = field.validation_alias
+                    names.add((alias if isinstance(alias, str) else f"{prefix}{name}").upper())
     return names
 
 
@@ -46,7 +50,9 @@ def unread(environ: Mapping[str, str]) -> list[str]:
     """A line for each LLMQ_ variable set that nothing reads, with the likely one meant."""
     known = read()
     lines = []
-    for name in sorted(n for n in environ if n.startswith("LLMQ_") and n not in known):
+    for name in sorted(
+        n for n in environ if n.upper().startswith("LLMQ_") and n.upper() not in known
+    ):
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         meant = f" (did you mean {close[0]}?)" if close else ""
         lines.append(f"{name} is set, but no part of llmq reads it{meant}")
