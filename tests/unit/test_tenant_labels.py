@@ -9,7 +9,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from pydantic import ValidationError
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.tenants import TenantLimits, TenantPolicy, key_hash
-from streams.budget_alerts import BudgetAlerts
 from streams.rollups import CostRollups
 from streams.settings import StreamSettings
 from streams.tenant_labels import DEFAULT_LIMIT, OTHER, TenantLabels
@@ -96,42 +94,6 @@ def test_cost_counters_label_tenants_past_the_limit_other() -> None:
     assert _events(OTHER) == other_before + 2.0
     tokens = {"tenant": OTHER, "model": "fix59-model", "kind": "completion"}
     assert REGISTRY.get_sample_value("llmq_costs_tokens_total", tokens) == 2 * 4.0
-
-
-class AlreadySent:
-    """Redis where every alert was sent already (SET NX answers no)."""
-
-    async def set(self, *args: object, **kwargs: object) -> bool:
-        return False
-
-
-async def _nothing(*args: object) -> None:
-    raise AssertionError("no alert is sent again")
-
-
-def _used(tenant: str) -> float | None:
-    return REGISTRY.get_sample_value("llmq_budget_used_ratio", {"tenant": tenant})
-
-
-def test_a_tenant_past_the_limit_has_no_budget_gauge() -> None:
-    labels = TenantLabels({"fix59-budgeted"}, 1)
-    alerts = BudgetAlerts(AlreadySent(), _nothing, labels)  # type: ignore[arg-type]
-    now = time.time()
-    other = _used(OTHER)  # a tenant named "other" has its own (test below)
-    asyncio.run(alerts.spent("fix59-a", LIMITS, 2.0, now))
-    asyncio.run(alerts.spent("fix59-b", LIMITS, 3.0, now))
-    alerts.admitted("fix59-c", LIMITS, 4.0)
-    asyncio.run(alerts.exhausted("fix59-budgeted", LIMITS, 9.0, now))
-    assert _used("fix59-a") == 0.2
-    assert _used("fix59-budgeted") == 1.0
-    assert _used("fix59-b") is _used("fix59-c") is None
-    assert _used(OTHER) == other
-
-
-def test_a_tenant_named_other_has_its_budget_gauge() -> None:
-    alerts = BudgetAlerts(AlreadySent(), _nothing, TenantLabels({OTHER}, 0))  # type: ignore[arg-type]
-    alerts.admitted(OTHER, LIMITS, 4.0)
-    assert _used(OTHER) == 0.4
 
 
 def test_the_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
