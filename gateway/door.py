@@ -192,14 +192,16 @@ class FrontDoor:
             why = f"no worker serves {model}: start one (llmq local up) and try again"
             raise ApiError(LlmqError(ErrorCode.ENGINE_UNAVAILABLE, why))
 
-    def cancel(self, tenant: str, correlation_id: str, *, grace: bool = True) -> None:
-        """Nobody waits for the request any more (its client went away, or another choice
-        of its call failed): unless a client resumes its stream within the grace time
-        (`grace`), here or at another front door, tell the workers (the generation is
-        aborted)."""
+    def cancel(
+        self, tenant: str, correlation_id: str, *, grace: bool = True, left: bool = True
+    ) -> None:
+        """Nobody waits for the request any more: its client went away (`left`, counted in
+        llmq_gateway_cancelled_total), or another choice of its call failed. Unless a client
+        resumes its stream within the grace time (`grace`), here or at another front door,
+        tell the workers (the generation is aborted)."""
         key = (tenant, correlation_id)
         if not grace:
-            self._cancel_now(key)
+            self._cancel_now(key, left=left)
             return
         loop = asyncio.get_running_loop()
         self._doomed[key] = loop.call_later(self.settings.resume_grace_s, self._cancel_unread, key)
@@ -244,12 +246,13 @@ class FrontDoor:
             return
         await self._cancel(key)
 
-    def _cancel_now(self, key: tuple[str, str]) -> None:
+    def _cancel_now(self, key: tuple[str, str], *, left: bool) -> None:
         self._doomed.pop(key, None)
-        self._in_background(self._cancel(key))
+        self._in_background(self._cancel(key, left=left))
 
-    async def _cancel(self, key: tuple[str, str]) -> None:
-        metrics.CANCELLED.inc()
+    async def _cancel(self, key: tuple[str, str], *, left: bool = True) -> None:
+        if left:
+            metrics.CANCELLED.inc()
         await self.client.cancel(key[1], tenant=key[0])
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:

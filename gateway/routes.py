@@ -331,7 +331,7 @@ async def _submit(door: FrontDoor, call: Call) -> None:
     if failed:
         for wanted, outcome in zip(call.requests, sent, strict=True):
             if not isinstance(outcome, BaseException):
-                door.cancel(wanted.tenant, wanted.correlation_id, grace=False)
+                door.cancel(wanted.tenant, wanted.correlation_id, grace=False, left=False)
         if isinstance(failed[0], LlmqError):  # too large a record: refused before publishing
             raise ApiError(failed[0]) from None
         raise failed[0]
@@ -423,25 +423,26 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
             chunks, first[0], streams[0], partial(_abandon, door, call, grace=resumable)
         )
     else:  # such a stream does not resume: no grace
-        events = sse.choices(chunks, first, streams, partial(_abandon, door, call, grace=False))
+        stop, failed = partial(_abandon, door, call, grace=False), partial(_failed, door, call)
+        events = sse.choices(chunks, first, streams, stop, failed)
     headers = {**SSE_HEADERS, **_ids(call)}
     return StreamingResponse(
         _timed(events, started), media_type="text/event-stream", headers=headers
     )
 
 
-def _abandon(door: FrontDoor, call: Call, *, grace: bool = True) -> None:
+def _abandon(door: FrontDoor, call: Call, *, grace: bool = True, left: bool = True) -> None:
     """Nobody waits for the call's choices: cancel each one's request, after the grace to
-    resume a stream (`grace`)."""
+    resume a stream (`grace`); `left`: because its client went away."""
     for wanted in call.requests:
-        door.cancel(wanted.tenant, wanted.correlation_id, grace=grace)
+        door.cancel(wanted.tenant, wanted.correlation_id, grace=grace, left=left)
 
 
 def _failed(door: FrontDoor, call: Call) -> None:
     """One choice failed, and so the call: its other choices are cancelled at once (a call
-    of one choice has none)."""
+    of one choice has none), not counted as left by their client."""
     if call.n > 1:
-        _abandon(door, call, grace=False)
+        _abandon(door, call, grace=False, left=False)
 
 
 async def _timed(events: AsyncIterator[str], started: float) -> AsyncIterator[str]:

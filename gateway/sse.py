@@ -43,15 +43,16 @@ def choices(
     firsts: list[Delta],
     streams: list[AsyncIterator[Delta]],
     on_stop: Callable[[], None] | None = None,
+    on_error: Callable[[], None] | None = None,
 ) -> AsyncGenerator[str]:
     """The events of n answers at once (`n` > 1), from each one's first piece on: each
     chunk carries its choice's index, in the order the pieces come, and the usage (asked
     for) comes summed after every choice has finished; answers that may be tool calls
     come as `events` sends one, each with its index. Such a stream does not resume. An
-    error in one answer ends them all (an error event); `on_stop` is called then, or when
-    the client leaves before the end, to cancel the others."""
+    error in one answer ends them all (an error event) and calls `on_error`; a client that
+    leaves before the end calls `on_stop`: either cancels the others."""
     answer = _interleaved(chunks, firsts, streams)
-    return _guarded(answer, streams, on_stop, stop_on_error=True)
+    return _guarded(answer, streams, on_stop, on_error=on_error)
 
 
 def response_events(
@@ -135,27 +136,25 @@ async def _guarded(
     streams: list[AsyncIterator[Delta]],
     on_abandon: Callable[[], None] | None,
     *,
-    stop_on_error: bool = False,
+    on_error: Callable[[], None] | None = None,
     failed: Callable[[ErrorCode, str], list[str]] | None = None,
 ) -> AsyncGenerator[str]:
-    """`answer`'s events; an error in it becomes an error event (chat's, or the events
-    `failed` makes of its code and message), and a client that leaves before the end (or,
-    with `stop_on_error`, an error) calls `on_abandon`. `answer`, then the streams, are
-    closed either way."""
+    """`answer`'s events; an error in it calls `on_error` and becomes an error event (chat's,
+    or the events `failed` makes of its code and message), and a client that leaves before
+    the end calls `on_abandon`. `answer`, then the streams, are closed either way."""
     ended = False
     try:
         async for line in answer:
             yield line
         ended = True
     except (LlmqError, TimeoutError) as exc:
-        code = exc.code if isinstance(exc, LlmqError) else ErrorCode.EXPIRED
-        message = exc.message if isinstance(exc, LlmqError) else str(exc)
-        if failed is None:
-            yield data(error_body(code, message)[1])
-        else:
-            for event in failed(code, message):
-                yield event
-        ended = not stop_on_error
+        ended = _failing(on_error)
+        for event in _error_events(exc, failed):
+            yield event
+        ended = True
+    except Exception:
+        ended = _failing(on_error)
+        raise
     finally:
         if not ended and on_abandon is not None:
             on_abandon()
@@ -164,6 +163,23 @@ async def _guarded(
             close: Callable[[], Awaitable[None]] | None = getattr(stream, "aclose", None)
             if close is not None:
                 await close()
+
+
+def _error_events(
+    exc: LlmqError | TimeoutError, failed: Callable[[ErrorCode, str], list[str]] | None
+) -> list[str]:
+    """The events that tell of an error: chat's error event, or those `failed` makes."""
+    code = exc.code if isinstance(exc, LlmqError) else ErrorCode.EXPIRED
+    message = exc.message if isinstance(exc, LlmqError) else str(exc)
+    return [data(error_body(code, message)[1])] if failed is None else failed(code, message)
+
+
+def _failing(on_error: Callable[[], None] | None) -> bool:
+    """Call `on_error`, if any: whether it was (a client leaving then is not abandoning)."""
+    if on_error is None:
+        return False
+    on_error()
+    return True
 
 
 async def _answer(

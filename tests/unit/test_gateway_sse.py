@@ -80,6 +80,7 @@ def test_an_error_in_one_choice_ends_the_stream_with_an_error_event() -> None:
 
 
 def test_an_error_in_one_choice_cancels_the_others() -> None:
+    """As a failure (`on_error`), not as a client leaving (`on_stop`)."""
     stopped: list[bool] = []
     chunks = Chunks("c1", 7, "m", include_usage=False)
     failed = LlmqError(ErrorCode.RATE_LIMITED, "slow down")
@@ -87,7 +88,7 @@ def test_an_error_in_one_choice_cancels_the_others() -> None:
 
     async def main() -> list[str]:
         events = sse.choices(
-            chunks, [Delta("a", 0), Delta("b", 0)], streams, lambda: stopped.append(True)
+            chunks, [Delta("a", 0), Delta("b", 0)], streams, _left, lambda: stopped.append(True)
         )
         return [e async for e in events]
 
@@ -109,6 +110,7 @@ def test_an_unexpected_failure_of_one_choice_ends_the_stream() -> None:
             chunks,
             [Delta("a", 0), Delta("b", 0)],
             [broken(), _pieces()],
+            _left,
             lambda: stopped.append(True),
         )
         async for _ in events:
@@ -213,3 +215,7 @@ def test_a_streams_events_are_one_data_line_each_as_from_vllms_server(
     choices = [b["choices"][0] if b["choices"] else {} for b in bodies]
     assert [c.get("text", c.get("delta", {}).get("content")) for c in choices] == texts
     assert events[-1] == sse.DONE
+
+
+def _left() -> None:
+    raise AssertionError("a failure is not a client leaving")

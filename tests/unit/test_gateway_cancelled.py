@@ -1,0 +1,140 @@
+"""llmq_gateway_cancelled_total counts the requests whose client went away, not the other
+choices of an n > 1 call cancelled because one of them failed (its answer is that failure)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+from starlette.types import Message
+
+from gateway.app import build
+from gateway.settings import GatewaySettings
+from llmq.streaming import Delta
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
+from schemas.request import InferenceRequest
+from schemas.result import ErrorInfo, InferenceResult
+from schemas.tenants import TenantPolicy
+from tests.unit.asgi import post_scope, replied
+
+pytestmark = pytest.mark.timeout(30)
+
+MODEL = Catalog.builtin().default
+FAILURE = LlmqError(ErrorCode.ENGINE_ERROR, "the engine failed")
+
+
+class Client:
+    """llmq's client as the routes use it: the first choice fails (`refused`: it is not
+    published; else its result is FAILURE, and its stream gives a first piece then FAILURE);
+    the others are published, their streams give a first piece, and nothing more comes."""
+
+    def __init__(self, *, refused: bool = False) -> None:
+        self.refused = refused
+        self.submitted: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def submit_request(self, request: InferenceRequest) -> None:
+        self.submitted.append(request.correlation_id)
+        if self.refused and len(self.submitted) == 1:
+            raise LlmqError(FAILURE.code, FAILURE.message)
+
+    async def result(self, correlation_id: str, wait_s: float, **_: Any) -> InferenceResult:
+        if correlation_id != self.submitted[0]:
+            await asyncio.Event().wait()
+        error = ErrorInfo.from_error(FAILURE)
+        return InferenceResult(correlation_id=correlation_id, status="error", error=error)
+
+    async def follow(self, correlation_id: str, **_: Any) -> AsyncIterator[Delta]:
+        yield Delta("Hel", 0)
+        if correlation_id == self.submitted[0]:
+            raise LlmqError(FAILURE.code, FAILURE.message)
+        await asyncio.Event().wait()
+
+    async def cancel(self, correlation_id: str, tenant: str | None = None) -> None:
+        self.cancelled.append(correlation_id)
+
+
+class Workers:
+    async def serves(self, models: object) -> bool:
+        return True
+
+
+def _app(monkeypatch: pytest.MonkeyPatch, client: Client) -> FastAPI:
+    """The app without its lifespan, and no grace time before a leaving client's request
+    is cancelled (streams of n choices do not resume)."""
+    app = build(GatewaySettings(), Catalog.builtin(), TenantPolicy.load(None))
+    monkeypatch.setattr(app.state.door, "client", client)
+    monkeypatch.setattr(app.state.door, "serving", Workers())
+    return app
+
+
+def _cancelled() -> float:
+    return REGISTRY.get_sample_value("llmq_gateway_cancelled_total") or 0.0
+
+
+async def _call(app: FastAPI, *, stream: bool, leaves: bool = False) -> tuple[int, str]:
+    """POST a call of two choices straight through ASGI; its client stays to the end (or,
+    `leaves`, leaves once the first events came): the status and the body sent, once the
+    cancels the door sent are done."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "n": 2}
+    sent: list[Message] = []
+    left, read = asyncio.Event(), False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        if not read:
+            read = True
+            return {"type": "http.request", "body": json.dumps({**body, "stream": stream}).encode()}
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if leaves and message.get("body"):
+            left.set()
+
+    scope = post_scope(app, "/v1/chat/completions", {"content-type": "application/json"})
+    await app(scope, receive, send)
+    await asyncio.gather(*app.state.door._background)
+    status, answer = replied(sent)
+    return status, answer.decode()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_choices_cancelled_as_another_failed_are_not_counted_as_clients_gone(
+    monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """Whole, the failure is the answer; streamed, it is an error event after the first
+    pieces. Either way the other choice is cancelled, and no client went away."""
+    client, before = Client(), _cancelled()
+    status, answer = asyncio.run(_call(_app(monkeypatch, client), stream=stream))
+    assert "engine_error" in answer and status == (200 if stream else 502)
+    assert client.submitted[1] in client.cancelled
+    assert _cancelled() == before
+
+
+def test_choices_cancelled_as_another_was_not_published_are_not_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, before = Client(refused=True), _cancelled()
+    status, _ = asyncio.run(_call(_app(monkeypatch, client), stream=False))
+    assert status == 502 and client.cancelled == client.submitted[1:]
+    assert _cancelled() == before
+
+
+def test_a_client_that_leaves_has_each_choice_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream of two choices whose client leaves after the first pieces: both are
+    cancelled at once (such a stream does not resume), and counted."""
+    client = Client()
+    client.submitted.append("none fails")  # every choice streams on
+    before = _cancelled()
+    status, answer = asyncio.run(_call(_app(monkeypatch, client), stream=True, leaves=True))
+    assert status == 200 and '"index":1' in answer.replace(" ", "")
+    assert sorted(client.cancelled) == sorted(client.submitted[1:])
+    assert _cancelled() == before + 2
