@@ -13,7 +13,7 @@ import pytest
 
 from tools.stack.procs import Proc, running
 from tools.stack.settings import LocalSettings
-from tools.stack.stack import LocalStack, StackError
+from tools.stack.stack import Component, LocalStack, StackError
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(30)"]
 IGNORE_TERM = [
@@ -222,3 +222,29 @@ def test_a_component_that_exits_while_starting_names_its_log(tmp_path: Path) -> 
     with pytest.raises(StackError) as failed:
         stack._wait(proc, lambda: False, 5.0, lambda _: None)
     assert str(proc.log_file) in str(failed.value) and "no model here" in str(failed.value)
+
+
+def test_a_proc_started_with_other_settings_or_an_edited_file_names_what_changed(
+    tmp_path: Path,
+) -> None:
+    """`llmq local up` after editing the catalog (or with other settings) found the stack
+    running and left it as it was, silently: what it would start differently is named."""
+    catalog = tmp_path / "models.toml"
+    catalog.write_text("[[models]]\n")
+    env = {"LLMQ_PARTITIONS": "4", "LLMQ_MODELS_FILE": str(catalog)}
+    proc = Proc("streams", SLEEP, tmp_path / "run", env=env)
+    proc.start()
+    try:
+        assert proc.drift() == []
+        again = Proc("streams", SLEEP, tmp_path / "run", env={**env, "LLMQ_PARTITIONS": "8"})
+        assert again.drift() == ["LLMQ_PARTITIONS 4 -> 8"]
+        catalog.write_text("[[models]]\nname = 'other'\n")
+        assert proc.drift() == ["the file LLMQ_MODELS_FILE names"]
+        stack = LocalStack(LocalSettings(state_dir=tmp_path / "state"))
+        said: list[str] = []
+        stack.start_all([Component(again, lambda: True, "here", ())], said.append)
+        assert len(said) == 1 and said[0].startswith("warning: streams runs with other settings")
+        assert "LLMQ_PARTITIONS 4 -> 8; the file LLMQ_MODELS_FILE names" in said[0]
+    finally:
+        proc.stop()
+    assert not proc.launch_file.exists() and again.drift() == []

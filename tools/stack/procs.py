@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import time
@@ -30,6 +32,35 @@ class Proc:
     @property
     def log_file(self) -> Path:
         return self.run_dir / f"{self.name}.log"
+
+    @property
+    def launch_file(self) -> Path:
+        return self.run_dir / f"{self.name}.launch"
+
+    def launch(self) -> dict[str, object]:
+        """What it is started with: its command, its own settings, and a digest of each file
+        a `*_FILE` setting names (a catalog edited in place is another launch)."""
+        return {"argv": list(self.argv), "env": dict(self.env or {}), "files": self._files()}
+
+    def _files(self) -> dict[str, str | None]:
+        env = self.env or {}
+        return {key: _digest(Path(path)) for key, path in env.items() if key.endswith("_FILE")}
+
+    def drift(self) -> list[str]:
+        """How what it would be started with now differs from what it was started with (the
+        record its start left; nothing known: none)."""
+        try:
+            was = json.loads(self.launch_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        found = [] if was.get("argv") == list(self.argv) else ["its command"]
+        before, after = was.get("env", {}), self.env or {}
+        for key in sorted(before.keys() | after.keys()):
+            if before.get(key) != after.get(key):
+                found.append(f"{key} {before.get(key, '(unset)')} -> {after.get(key, '(unset)')}")
+        files = was.get("files", {})
+        changed = [key for key, digest in self._files().items() if files.get(key, digest) != digest]
+        return found + [f"the file {key} names" for key in changed]
 
     def pid(self) -> int | None:
         """The pid of the running process, or None (no pid file, dead, or a reused pid).
@@ -68,6 +99,7 @@ class Proc:
                 setsid=True,
             )
         write_whole(self.pid_file, f"{pid} {_start_time(pid)}")
+        write_whole(self.launch_file, json.dumps(self.launch()))
         return pid
 
     def stop(self) -> bool:
@@ -79,7 +111,7 @@ class Proc:
         pid = self.pid()
         if pid is None:
             self.stop_orphans()
-            self.pid_file.unlink(missing_ok=True)
+            self._forget()
             return False
         _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
@@ -91,8 +123,12 @@ class Proc:
         deadline = time.monotonic() + 10
         while (self.pid() is not None or _group_alive(pid)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        self.pid_file.unlink(missing_ok=True)
+        self._forget()
         return True
+
+    def _forget(self) -> None:
+        self.pid_file.unlink(missing_ok=True)
+        self.launch_file.unlink(missing_ok=True)
 
     def stop_orphans(self) -> bool:
         """SIGKILL what is left of the process group its pid file names when its leader is
@@ -121,6 +157,14 @@ class Proc:
         except FileNotFoundError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _digest(path: Path) -> str | None:
+    """The SHA-256 of a file's content (None: no such file)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

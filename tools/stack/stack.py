@@ -324,13 +324,19 @@ class LocalStack:
         self.start_all([comp], say)
 
     def start_all(self, comps: list[Component], say: Callable[[str], None] = print) -> None:
-        """Start each component that is not running, then wait until all are ready."""
+        """Start each component that is not running (one that runs with other settings is
+        named), then wait until all are ready."""
         for comp in comps:
             proc = comp.proc
             if proc.pid() is None:
                 _check_free(proc.name, comp.ports)
                 say(f"starting {proc.name} (log: {proc.log_file})")
                 proc.start()
+            elif drift := proc.drift():
+                say(
+                    f"warning: {proc.name} runs with other settings than these "
+                    f"({'; '.join(drift)}): `llmq local down`, then `llmq local up`, applies them"
+                )
         for comp in comps:
             self._wait(comp.proc, comp.ready, comp.timeout_s, say)
 
