@@ -21,7 +21,8 @@ that shows no pieces, but leads a generation of its own for the followers too, a
 stale leader; unless that generation streams (its followers may be showing its pieces).
 The generation it replaces still answers its own request; whichever of the two answers
 first answers the followers too (a failure of the replaced one is its own request's alone:
-streams.complete).
+streams.complete). A copy that took over so and then fails to lead (its work not sent, say)
+hands the followers back to the replaced one, unless that one's generation ended meanwhile.
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ class Leader(BaseModel):
     """Whether its generation streams its pieces: a streamed copy of one that does not leads
     its own (it would show nothing until the whole answer). An entry written before leaders
     kept it reads as not streamed."""
+    replaced: Leader | None = None
+    """The live leader this one took over (one on a less urgent lane, or one that does not
+    stream), while its generation may still answer: the followers go back to it if this one
+    fails to lead (`hand_back`). One deep: its own `replaced` is not kept."""
 
     @property
     def send(self) -> str:
@@ -151,6 +156,7 @@ class Coalescer:
                 epoch=self.epoch,
                 lane=request.lane,
                 stream=request.body.stream,
+                replaced=self._live(leader, request, now),
             )
             self._table[key] = new.model_dump_json().encode()
             return False
@@ -160,6 +166,16 @@ class Coalescer:
         updated = leader.model_copy(update={"followers": leader.followers + 1})
         self._table[key] = updated.model_dump_json().encode()
         return True
+
+    def _live(self, leader: Leader | None, request: InferenceRequest, now: float) -> Leader | None:
+        """The live leader that `request`, leading in place of `leader`, may hand the
+        followers back to: `leader` itself unless stale, or, where `leader` is the request's
+        own earlier entry, the one that entry kept."""
+        if leader is None or now - leader.since > self._stale_after_s:
+            return None
+        if leader.correlation_id == request.correlation_id:
+            return leader.replaced
+        return leader.model_copy(update={"replaced": None})
 
     def leader(self, fingerprint: str) -> Leader | None:
         """The generation in flight for `fingerprint`, if any."""
@@ -243,6 +259,29 @@ class Coalescer:
             return
         abandoned = leader.model_copy(update={"epoch": ""})
         self._table[fingerprint.encode()] = abandoned.model_dump_json().encode()
+
+    def hand_back(self, fingerprint: str, correlation_id: str) -> bool:
+        """The leader `correlation_id` failed to lead: the followers go back to the live
+        leader it took over (`Leader.replaced`), whose generation may still answer them,
+        rather than share a failure of its own. False where it leads no more, or replaced
+        none still live."""
+        leader = self.leader(fingerprint)
+        if leader is None or leader.correlation_id != correlation_id or leader.replaced is None:
+            return False
+        back = leader.replaced.model_copy(update={"followers": leader.followers})
+        self._table[fingerprint.encode()] = back.model_dump_json().encode()
+        return True
+
+    def ended(self, fingerprint: str, correlation_id: str) -> None:
+        """The generation of `correlation_id` ended without answering the followers (another
+        leader took them over): they are no longer handed back to it, where nobody would
+        answer them."""
+        leader = self.leader(fingerprint)
+        if leader is None or leader.replaced is None:
+            return
+        if leader.replaced.correlation_id == correlation_id:
+            kept = leader.model_copy(update={"replaced": None})
+            self._table[fingerprint.encode()] = kept.model_dump_json().encode()
 
     def drop(self, fingerprint: str) -> None:
         """Forget the generation and its followers."""

@@ -76,6 +76,9 @@ class Complete:
             work = completion.work
             if self._coalescer.leader_id(work.fingerprint) == work.request.correlation_id:
                 await fail_copies(self._coalescer, self._outbox, work, failure_of(exc))
+            else:
+                # Another leads the copies: they are no longer handed back to this generation.
+                self._coalescer.ended(work.fingerprint, work.request.correlation_id)
             raise
 
     async def _conclude(
@@ -240,9 +243,11 @@ class Complete:
             await self._outbox.reply_all(first)
             return
         # A failure whose fingerprint another request leads now (a cache answered this one)
-        # is not for the copies waiting on that one's generation.
+        # is not for the copies waiting on that one's generation, nor are they handed back to
+        # this one, now ended.
         other = completion.response is None and self._coalescer.leader_id(work.fingerprint)
         if other and other != request.correlation_id:
+            self._coalescer.ended(work.fingerprint, request.correlation_id)
             await self._outbox.reply_all(first)
             return
         # Fill the exact cache before the entry goes, so a copy arriving later hits it.

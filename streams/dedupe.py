@@ -73,10 +73,12 @@ class Dedupe:
             try:
                 await self._lead(work)
             except Exception as exc:
-                # Copies kept from a stale or less urgent leader (Coalescer.join) share this
-                # request's failure (its own reply is the Guard's): nobody waits on a
-                # generation that will never come.
-                await fail_copies(self._coalescer, self._outbox, work, failure_of(exc))
+                # Copies kept from a live leader this request took over (Coalescer.join) go
+                # back to it: its generation may still answer them. Those kept from a stale one
+                # share this request's failure (its own reply is the Guard's): nobody waits on
+                # a generation that will never come.
+                if not self._coalescer.hand_back(work.fingerprint, request.correlation_id):
+                    await fail_copies(self._coalescer, self._outbox, work, failure_of(exc))
                 raise
         except BaseException as exc:
             if not isinstance(exc, Exception):
