@@ -1,6 +1,7 @@
 """Sending what a generation ends with: its completion on llmq.completions and, for tokens
 paid for, its metering event on llmq.metering, each until the broker takes it (the work
-record's offset waits on both), and a record dead-lettered to llmq.dlq. An outcome too large
+record's offset waits on both), a record dead-lettered to llmq.dlq, and the failure that
+answers a work record this worker cannot read (Publisher.unreadable). An outcome too large
 to carry is replaced by the error that says so (without its prompt where the request alone is
 too large); a record Kafka refuses all the same stops the worker (UnsendableRecordError), since
 resending it would fail for good."""
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import time
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
@@ -19,7 +23,8 @@ from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
 from schemas.metering import MeteringEvent
 from schemas.names import COMPLETIONS, DLQ, METERING
-from schemas.request import MAX_RECORD_BYTES
+from schemas.request import IDENTIFIER, MAX_RECORD_BYTES
+from schemas.result import ErrorInfo, Timings
 from schemas.retry import RetryPolicy
 from schemas.work import MAX_COMPLETION_BYTES, Completion
 from workers.inflight import InFlight
@@ -109,6 +114,29 @@ class Publisher:
             record.topic, record.key, record.value, error, self._dead_letter_limit
         )
         await self._deliver(DLQ, letter.key, letter.value, list(letter.headers.items()))
+
+    async def unreadable(self, record: ConsumerRecord[bytes, bytes], error: LlmqError) -> None:
+        """Answer a work record this worker cannot read (written by a newer llmq) where its
+        request's correlation_id can be read: a failure carrying the work as it came, which
+        the stream processor that wrote it reads, to retry it (perhaps on an upgraded worker)
+        or answer its request and copies and release its hold. Not metered: nothing was
+        generated. One too large to send is left to its dead letter."""
+        work = _unread_work(record.value)
+        if work is None:
+            return
+        failure = {  # a Completion's fields, its others left to their defaults
+            "work": work,
+            "error": ErrorInfo.from_error(error).model_dump(mode="json"),
+            "engine_retried": error.retried,
+            "timings": Timings().model_dump(mode="json"),  # no stage of it ran here
+            "worker": self._worker_id,
+            "finished_at": time.time(),
+        }
+        value = json.dumps(failure).encode()
+        if not self._fits(record.key or b"", value):
+            log.warning("cannot answer %s: %s", work["request"]["correlation_id"], self._past_kafka)
+            return
+        await self._deliver(COMPLETIONS, record.key, value)
 
     def _fits(self, key: bytes, value: bytes) -> bool:
         """Whether llmq sends this completion record and the producer takes it (its own
@@ -222,6 +250,18 @@ class Publisher:
                     exc,
                 )
                 await asyncio.sleep(delay)
+
+
+def _unread_work(raw: bytes | None) -> dict[str, Any] | None:
+    """A work record's JSON object, where its request names a sane correlation_id (it is
+    echoed back and logged); None otherwise."""
+    try:
+        work = json.loads(raw or b"")
+    except (ValueError, RecursionError):
+        return None
+    request = work.get("request") if isinstance(work, dict) else None
+    cid = request.get("correlation_id") if isinstance(request, dict) else None
+    return work if isinstance(cid, str) and IDENTIFIER.fullmatch(cid) else None
 
 
 def _promptless(completion: Completion) -> Completion:

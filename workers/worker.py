@@ -247,6 +247,14 @@ class Worker:
             error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable work item: {describe(exc)}")
             await self._outcomes.dead_letter(record, error)
             metrics.DEAD_LETTERS.labels("unreadable").inc()
+            # Its client is answered all the same, through the stream processor that wrote it,
+            # which may retry it on an upgraded worker.
+            newer = LlmqError(
+                ErrorCode.INTERNAL_ERROR,
+                f"a worker cannot read this work item ({describe(exc)}), probably written by a "
+                "newer llmq: upgrade the workers before the stream processor and front doors",
+            )
+            await self._outcomes.unreadable(record, newer)
             self._tracker.done(tp, record.offset)
             return
         where = (record.topic, record.partition, record.offset)
