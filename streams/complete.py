@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.metering import MeteringEvent
 from schemas.names import COMPLETIONS
 from schemas.redact import describe, explain
 from schemas.request import RecordRefusedError
@@ -33,6 +34,12 @@ _ENDED_FOR_ITS_OWN = frozenset({ErrorCode.CANCELLED, ErrorCode.EXPIRED})
 of their own to lead a new one."""
 
 
+class _Metered(BaseModel):
+    """The one field of a completion read where the whole cannot be: its cost."""
+
+    metering: MeteringEvent | None = None
+
+
 class Complete:
     """Turns each completion into the results of the leader and of every coalesced copy.
 
@@ -50,7 +57,8 @@ class Complete:
         self._catalog = catalog
         self._retry = retry
         self._outbox = outbox
-        self._guard = Guard(Refusals(outbox))
+        self._refusals = Refusals(outbox)
+        self._guard = Guard(self._refusals)
         self._coalescer = coalescer
         self._similar = similar
         self._adding: set[asyncio.Task[None]] = set()
@@ -66,7 +74,7 @@ class Complete:
             completion = Completion.model_validate_json(value or b"")
         except ValidationError as exc:
             error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable completion: {describe(exc)}")
-            await self._outbox.dead_letter(COMPLETIONS, key, value, error)
+            await self._unreadable(key, value, error)
             return
         try:
             await self._conclude(key, value, completion)
@@ -80,6 +88,20 @@ class Complete:
                 # Another leads the copies: they are no longer handed back to this generation.
                 self._coalescer.ended(work.fingerprint, work.request.correlation_id)
             raise
+
+    async def _unreadable(self, key: bytes | None, value: bytes | None, error: LlmqError) -> None:
+        """Dead-letter a completion this version cannot read (its work written by a newer
+        llmq, say) and answer whoever work_requester finds in it, releasing its hold once the cost
+        it carries is settled; where that cost cannot be read, the hold stays until it
+        expires, so that the budget admits nothing into room the generation spent."""
+        try:
+            event, release = _Metered.model_validate_json(value or b"").metering, True
+        except ValidationError:
+            event, release = None, False
+        if self._outbox.ledger is not None:
+            await self._outbox.ledger.settle(event)
+        why = work_requester(error, value)
+        await self._refusals.reject(COMPLETIONS, key, value, why, release)
 
     async def _conclude(
         self, key: bytes | None, value: bytes | None, completion: Completion

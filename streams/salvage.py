@@ -28,6 +28,12 @@ class Rejection:
 def salvage(error: LlmqError, raw: bytes | None) -> Rejection:
     """Salvage the envelope fields an error reply needs from a llmq.requests record that
     failed validation."""
+    return _envelope(error, lenient_object(raw))
+
+
+def lenient_object(raw: bytes | None) -> dict[str, object] | None:
+    """The record's JSON object as far as it can be read, for fields checked as they are
+    taken; None for anything but an object."""
     data: object
     try:
         # Past bad bytes elsewhere in the record: the fields kept are checked by pattern.
@@ -37,17 +43,7 @@ def salvage(error: LlmqError, raw: bytes | None) -> Rejection:
     except RecursionError:
         # A value nested too deep for json: the envelope's own fields are at the top.
         data = top_level_strings(raw or b"")
-    if not isinstance(data, dict):
-        return Rejection(error, None, None, None)
-    reply_to = data.get("reply_to", RESULTS)
-    return Rejection(
-        error,
-        correlation_id=_identifier(data.get("correlation_id")),
-        tenant=_identifier(data.get("tenant")),
-        reply_to=reply_to
-        if isinstance(reply_to, str) and REPLY_TOPIC.fullmatch(reply_to)
-        else None,
-    )
+    return data if isinstance(data, dict) else None
 
 
 def work_requester(error: LlmqError, raw: bytes | None) -> Rejection:
@@ -58,8 +54,28 @@ def work_requester(error: LlmqError, raw: bytes | None) -> Rejection:
         try:
             request = Completion.model_validate_json(raw or b"").work.request
         except ValidationError:
-            return Rejection(error, None, None, None)
+            # Written by a newer llmq (a body field this one does not know), or broken: its
+            # request's envelope, read as a llmq.requests record's is.
+            data = lenient_object(raw)
+            work = data.get("work", data) if data is not None else None
+            envelope = work.get("request") if isinstance(work, dict) else None
+            return _envelope(error, envelope if isinstance(envelope, dict) else None)
     return Rejection(error, request.correlation_id, request.tenant, request.reply_to)
+
+
+def _envelope(error: LlmqError, data: dict[str, object] | None) -> Rejection:
+    """The sane envelope fields of a request's JSON object (None: nobody to answer)."""
+    if data is None:
+        return Rejection(error, None, None, None)
+    reply_to = data.get("reply_to", RESULTS)
+    return Rejection(
+        error,
+        correlation_id=_identifier(data.get("correlation_id")),
+        tenant=_identifier(data.get("tenant")),
+        reply_to=reply_to
+        if isinstance(reply_to, str) and REPLY_TOPIC.fullmatch(reply_to)
+        else None,
+    )
 
 
 def _identifier(value: object) -> str | None:
