@@ -10,18 +10,16 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     JsonValue,
-    SerializerFunctionWrapHandler,
     StrictBool,
     StringConstraints,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
+from schemas.contract import Contract
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.names import RESULTS
@@ -112,13 +110,7 @@ class CacheMode(StrEnum):
     """Neither read nor fill the cache."""
 
 
-def given(dumped: dict[str, Any]) -> dict[str, Any]:
-    """A model's fields less those at None: a record that uses no newer field reads the same
-    to an older reader, which refuses fields it does not know (a rolling upgrade)."""
-    return {name: value for name, value in dumped.items() if value is not None}
-
-
-class ChatMessage(BaseModel):
+class ChatMessage(Contract):
     """One message of an OpenAI chat: a system, user or assistant message, an assistant's
     tool calls, or a tool's result (`tool_call_id` names the call it answers)."""
 
@@ -138,10 +130,6 @@ class ChatMessage(BaseModel):
             return {**data, "content": ""}
         return data
 
-    @model_serializer(mode="wrap")
-    def _nones_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return given(handler(self))
-
     @model_validator(mode="after")
     def _tool_fields_where_they_belong(self) -> Self:
         if self.tool_calls is not None and self.role != "assistant":
@@ -160,7 +148,7 @@ class ChatMessage(BaseModel):
         return self.content + calls + (self.tool_call_id or "")
 
 
-class JsonSchema(BaseModel):
+class JsonSchema(Contract):
     """OpenAI's `response_format.json_schema`: the schema the answer must follow."""
 
     model_config = ConfigDict(
@@ -189,7 +177,7 @@ class JsonSchema(BaseModel):
         return self
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(Contract):
     """OpenAI's `response_format`: plain text (the default), any JSON object, or JSON that
     follows a schema."""
 
@@ -205,7 +193,7 @@ class ResponseFormat(BaseModel):
         return self
 
 
-class ChatBody(BaseModel):
+class ChatBody(Contract):
     """The OpenAI chat-completions body: the fields llmq serves, each bounded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -258,10 +246,6 @@ class ChatBody(BaseModel):
     parallel_tool_calls: StrictBool | None = None
     """False: "required" and "auto" make one call at most (a bool, as OpenAI takes it: not
     "yes" nor 1)."""
-
-    @model_serializer(mode="wrap")
-    def _nones_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return given(handler(self))
 
     @model_validator(mode="before")
     @classmethod
@@ -422,7 +406,7 @@ class ChatBody(BaseModel):
         return -(-self.prompt_chars() // CHARS_PER_TOKEN) + self.max_tokens
 
 
-class InferenceRequest(BaseModel):
+class InferenceRequest(Contract):
     """What an app publishes on llmq.requests."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -11,7 +11,9 @@ import hashlib
 import json
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import ConfigDict, Field, JsonValue, model_validator
+
+from schemas.contract import Contract
 
 MAX_TOOLS = 128
 """OpenAI's bound on the functions one request offers."""
@@ -35,7 +37,7 @@ _MAX_SPACE = 8
 _JSON = json.JSONDecoder()
 
 
-class Function(BaseModel):
+class Function(Contract):
     """A function a request offers: its name, what it does, the JSON schema of its arguments."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -63,7 +65,7 @@ class Function(BaseModel):
         return self.parameters or {"type": "object", "properties": {}}
 
 
-class Tool(BaseModel):
+class Tool(Contract):
     """One tool of a request: a function (the one kind of tool chat completions have)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -72,13 +74,13 @@ class Tool(BaseModel):
     function: Function
 
 
-class NamedFunction(BaseModel):
+class NamedFunction(Contract):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=FUNCTION_NAME)
 
 
-class NamedToolChoice(BaseModel):
+class NamedToolChoice(Contract):
     """`tool_choice` naming the one function the answer must call."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -93,7 +95,7 @@ ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 any of them ("required"), or a call of the one named."""
 
 
-class FunctionCall(BaseModel):
+class FunctionCall(Contract):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=FUNCTION_NAME)
@@ -101,7 +103,7 @@ class FunctionCall(BaseModel):
     """The arguments as JSON text, as OpenAI sends them."""
 
 
-class ToolCall(BaseModel):
+class ToolCall(Contract):
     """A call an answer makes (an assistant message's `tool_calls`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
