@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import defaultdict
@@ -21,7 +22,7 @@ from gateway.batch.store import BatchStore, Outcome
 from schemas.errors import ErrorCode
 from schemas.names import BATCH_RESULTS, BATCHES_GROUP
 from schemas.redact import explain
-from schemas.result import InferenceResult
+from schemas.result import ErrorInfo, InferenceResult
 from schemas.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,32 @@ def _failed(
     return Outcome(number, attempt, "error", line)
 
 
+def _unreadable(value: bytes | None, exc: ValidationError) -> InferenceResult | None:
+    """An error reply standing for a line's reply that does not validate (a newer llmq's,
+    during an upgrade: a field this one does not know), read leniently for its line's
+    correlation_id and tenant: skipped, its line would wait until its batch expires. None,
+    with a warning, for a record that names no line (not JSON, another producer's)."""
+    try:
+        data = json.loads(value or b"")
+    except (ValueError, RecursionError):  # RecursionError: nested past json's depth
+        data = None
+    fields = data if isinstance(data, dict) else {}
+    correlation_id, tenant = fields.get("correlation_id"), fields.get("tenant")
+    why = explain(exc)
+    if not isinstance(correlation_id, str) or not isinstance(tenant, str):
+        log.warning("skipped a record of %s that is no line's reply: %s", BATCH_RESULTS, why)
+        return None
+    if parse_line_id(correlation_id) is None:
+        log.warning("skipped a reply that is no batch line's (%.80r): %s", correlation_id, why)
+        return None
+    log.warning("the reply %s could not be read: %s", correlation_id, why)
+    message = f"the line's reply could not be read (from a newer llmq?): {why}"
+    error = ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=message, retriable=False)
+    return InferenceResult(
+        correlation_id=correlation_id, tenant=tenant, status="error", error=error
+    )
+
+
 class Collector:
     """One front door's reader of batch replies."""
 
@@ -164,13 +191,17 @@ class Collector:
                     consumer.seek(tp, committed)
 
     async def take(self, values: list[bytes | None]) -> None:
-        """Write the outcome of each reply that is a batch line's."""
+        """Write the outcome of each reply that is a batch line's; one that cannot be read
+        is an error line (_unreadable)."""
         replies: Replies = defaultdict(list)
         for value in values:
             try:
                 result = InferenceResult.model_validate_json(value or b"")
-            except ValidationError:
-                continue  # not a reply: someone else's record
+            except ValidationError as exc:
+                unread = _unreadable(value, exc)
+                if unread is None:
+                    continue
+                result = unread
             parsed = None if result.correlation_id is None else parse_line_id(result.correlation_id)
             if parsed is not None and result.tenant is not None:
                 batch_id, number, attempt = parsed
