@@ -20,8 +20,10 @@ OWNED_ENGINE_ARGS = {
     "max_model_len": "set the catalog's `max_model_len` (admission checks prompts against it)",
     "max_num_seqs": "set `max_inflight` (a worker also polls Kafka only below it)",
     "scheduling_policy": "llmq's lanes need vLLM's priority scheduler",
+    "skip_tokenizer_init": "vLLM needs its tokenizer to turn the answers' tokens into text",
 }
-"""vLLM engine arguments that llmq sets itself, and what to do instead."""
+"""vLLM engine arguments that llmq sets itself (or keeps at vLLM's default), and what to do
+instead or why."""
 
 
 class ModelSpec(BaseModel):
@@ -72,9 +74,9 @@ class ModelSpec(BaseModel):
     """vllm: the syntax the model writes its tool calls in, read under tool_choice "auto"
     (as vLLM's `--tool-call-parser`): "hermes", `<tool_call>{"name": ..., "arguments":
     ...}</tool_call>` (Hermes, Qwen 2.5 and 3); none: "auto" is refused for this model."""
-    price_prompt_per_mtok: float = Field(default=0.0, ge=0)
+    price_prompt_per_mtok: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """USD per million prompt tokens, for metering."""
-    price_completion_per_mtok: float = Field(default=0.0, ge=0)
+    price_completion_per_mtok: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """USD per million completion tokens, for metering."""
 
     @property
@@ -195,6 +197,14 @@ class Catalog(BaseModel):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        kafka: dict[str, str] = {}  # Kafka refuses a topic named as another but '.' for '_'
+        for name in names:
+            other = kafka.setdefault(name.replace(".", "_"), name)
+            if other != name:
+                raise ValueError(
+                    f"models {other!r} and {name!r} differ only in '.' and '_', which Kafka "
+                    "does not tell apart in their work topics' names"
+                )
         if self.default not in names:
             raise ValueError(f"default model {self.default!r} is not one of {names}")
         for spec in self.models:

@@ -253,7 +253,7 @@ def engine_factory(settings: WorkerSettings, spec: ModelSpec) -> Callable[[], Se
 
     args = engine_args(spec, checkpoint, settings.gpu_memory_utilization)
     shared = settings.prefix_cache_scope == "shared"
-    return partial(VllmEngine, spec, checkpoint, args, settings.engine_nice, shared_prefixes=shared)
+    return partial(VllmEngine, spec, args, settings.engine_nice, shared_prefixes=shared)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ _FAILED_FINISH = frozenset({"abort", "error"})
 """vLLM's finish reasons for a generation it gave up on ("error": its input or KV cache
 failed; "abort": the engine shut down or paused), not an answer. The worker's own aborts
 (timeout, cancel, drain) close the iterator instead, and never see one."""
+_HF_TOKENIZER_MODES = frozenset({"auto", "hf"})
+"""vLLM's tokenizer modes that load transformers' tokenizer, which llmq encodes prompts with:
+vLLM decodes the answers with its mode's tokenizer (mistral_common's, DeepSeek's, ...)."""
 
 
 def engine_args(
@@ -61,8 +64,14 @@ def engine_args(
             f"model {spec.name!r}: engine_args has {unknown[0]!r}, which is no engine "
             f"argument of vLLM {__version__}{hint}"
         )
-    args = AsyncEngineArgs(**kwargs)
+    mode = str(kwargs.get("tokenizer_mode", "auto")).lower()
+    if mode not in _HF_TOKENIZER_MODES:
+        raise ValueError(
+            f"model {spec.name!r}: engine_args has tokenizer_mode {mode!r}; llmq encodes "
+            "prompts with transformers' tokenizer, so vLLM must decode with it: 'auto' or 'hf'"
+        )
     try:
+        args = AsyncEngineArgs(**kwargs)  # a nested table's wrong key fails here
         if isinstance(structured := kwargs.get("structured_outputs_config"), dict):
             # A table, as `vllm serve` takes it: AsyncEngineArgs converts it only from a flag.
             args.structured_outputs_config = StructuredOutputsConfig(**structured)
@@ -72,13 +81,23 @@ def engine_args(
     return args
 
 
+def load_tokenizer(args: AsyncEngineArgs) -> Any:
+    """The tokenizer that vLLM loads for `args` (its ModelConfig: `tokenizer`, else the
+    checkpoint; `tokenizer_revision`, else `revision`; `trust_remote_code`): llmq encodes the
+    prompts, vLLM decodes the answers, and both must read the same vocabulary."""
+    return AutoTokenizer.from_pretrained(
+        args.tokenizer or args.model,
+        revision=args.tokenizer_revision or args.revision,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
 class VllmEngine:
     """AsyncLLM with continuous batching and the priority scheduler (lower value first)."""
 
     def __init__(
         self,
         spec: ModelSpec,
-        checkpoint: Path,
         args: AsyncEngineArgs,
         nice: int = 0,
         *,
@@ -90,7 +109,7 @@ class VllmEngine:
         tenant's prompts, unless `shared_prefixes`."""
         self._spec = spec
         self._shared_prefixes = shared_prefixes
-        self._tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        self._tokenizer = load_tokenizer(args)
         self._engine = AsyncLLM.from_engine_args(args)
         self._running: set[str] = set()
         where = "GPU" if torch.cuda.is_available() else "CPU"

@@ -121,7 +121,7 @@ async def _serve(workload: list[BenchRequest], cache_dir: Path) -> WayResult:
     settings = WorkerSettings()
     args = engine_args(spec, checkpoint, settings.gpu_memory_utilization)
     # The worker's niceness too: the same engine settings, and this loop is the front end.
-    engine = VllmEngine(spec, checkpoint, args, settings.engine_nice)
+    engine = VllmEngine(spec, args, settings.engine_nice)
     try:
         warm = BenchRequest(-1, "Say hello.", 8, 0.0)
         await _answer(engine, warm, time.monotonic())
