@@ -34,10 +34,14 @@ def describe(
 ) -> str:
     """Pydantic's errors as one line a person can act on, `field.path: problem; ...`, without
     the input values (str(exc) and exc.errors() carry them: prompts, in a request). `where`
-    names an error's location instead of its dotted path."""
+    names an error's location instead of its dotted path; where it names none, the problem
+    stands alone."""
     name = where or _path
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    parts = [f"{name(err['loc'])}: {err['msg']}" for err in errors[:limit]]
+    parts = []
+    for err in errors[:limit]:
+        at = name(err["loc"])
+        parts.append(f"{at}: {err['msg']}" if at else err["msg"])
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from schemas.redact import describe
+from schemas.redact import describe, field_name
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -22,7 +22,14 @@ def load_toml(model: type[M], path: Path, what: str, variable: str) -> M:
         raise ValueError(f"{what} {path} does not exist ({variable})") from None
     except OSError as exc:  # a directory (a mount), no permission
         raise ValueError(f"cannot read {what} {path} ({variable}): {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {path} is invalid: not UTF-8 text (byte {exc.start})") from None
     except ValidationError as exc:  # one line, without the values (a key hash, a URL)
-        raise ValueError(f"{what} {path} is invalid: {describe(exc)}") from exc
+        raise ValueError(f"{what} {path} is invalid: {describe(exc, where=_key)}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{what} {path} is invalid: {exc}") from exc
+
+
+def _key(loc: tuple[str | int, ...]) -> str:
+    """An error's key in the file, dotted; none for the file as a whole (its problem alone)."""
+    return ".".join(field_name(part) for part in loc)
