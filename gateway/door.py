@@ -20,10 +20,10 @@ from gateway.batch.runner import Pace, Runner
 from gateway.batch.store import BatchStore
 from gateway.openai import Call, Chunks, error_body, retry_after
 from gateway.response_store import ResponseStore
-from gateway.serving import Serving
 from gateway.settings import GatewaySettings
 from gateway.text import TextChunks
 from llmq.aio import AsyncClient
+from llmq.serving import Serving
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import readers_key

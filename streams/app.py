@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 import redis.asyncio as aioredis
+from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types import TP
 from faust.types.auth import CredentialsT
@@ -20,6 +21,7 @@ from prometheus_client import disable_created_metrics
 from llmq.fetcher import install as fix_fetcher
 from llmq.futures import read_outcome
 from llmq.record_limits import BATCH_BYTES, RECORD_LIMIT, read_record_limit
+from llmq.serving import Serving
 from schemas.kafka_security import KafkaSecurity
 from schemas.names import (
     AGENT_ADMIT,
@@ -58,6 +60,9 @@ from streams.tenant_labels import TenantLabels
 
 ACK_TIMEOUT_S = 30.0
 COMMIT_INTERVAL_S = 1.0
+WATCH_AGAIN_S = 10.0
+"""How long the stream processor waits to connect again when it cannot watch the workers'
+consumer groups (Serving)."""
 
 Handler = Callable[[bytes | None, bytes | None], Awaitable[None]]
 """An agent's handler of one record's key and value (None: a tombstone)."""
@@ -168,6 +173,30 @@ def broker_credentials(security: KafkaSecurity) -> CredentialsT | None:
     return None
 
 
+def watched(app: faust.App, settings: StreamSettings) -> Serving:
+    """Which models have workers (llmq.serving), asked before work is handed on to another
+    model. Its client starts with the app in the background, tried again until it connects:
+    until then (Kafka's admin API slow or away) every model counts as served, and nothing
+    waits on it. It closes as the app stops."""
+    serving = Serving(settings, settings.app_id)
+
+    async def start() -> None:
+        while True:
+            try:
+                await serving.start()
+                return
+            except (KafkaError, OSError) as exc:
+                log.warning("cannot watch the workers' groups yet: %r", exc)
+                await asyncio.sleep(WATCH_AGAIN_S)
+
+    async def close(*sender_and_signal: object, **kwargs: object) -> None:
+        await serving.close()
+
+    app.task(start)
+    app.on_before_shutdown.connect(close)
+    return serving
+
+
 def build(settings: StreamSettings) -> faust.App:
     """The app with its agents; run it with faust's Worker."""
     fix_offsets()
@@ -255,6 +284,7 @@ def build(settings: StreamSettings) -> faust.App:
         gate=gate,
         compress=compress if settings.compress_prompts else None,
         ahead=ahead,
+        served=watched(app, settings),
     )
 
     def agent(topic: str, name: str, concurrency: int, handle: Handler) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from typing import Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -15,6 +18,7 @@ from schemas.redact import describe, explain
 from schemas.request import RecordRefusedError
 from schemas.result import ErrorInfo
 from schemas.retry import RetryPolicy
+from schemas.route import Route
 from schemas.work import Completion
 from streams import metrics, replies
 from streams.coalesce import Coalescer, shared_terms
@@ -32,6 +36,15 @@ log = logging.getLogger(__name__)
 _ENDED_FOR_ITS_OWN = frozenset({ErrorCode.CANCELLED, ErrorCode.EXPIRED})
 """Why a generation ended that concerns its leader alone: copies still waiting promote one
 of their own to lead a new one."""
+UNSERVED_SAID_EVERY_S = 60.0
+"""How often, at most, the log says again that a model to hand work on to has no worker."""
+
+
+class Served(Protocol):
+    """Whether a worker serves any of the models now, or will once its pool grows again
+    (llmq.serving.Serving)."""
+
+    async def serves(self, models: list[str]) -> bool: ...
 
 
 class _Metered(BaseModel):
@@ -53,9 +66,13 @@ class Complete:
         coalescer: Coalescer,
         similar: Similar | None,
         retry: RetryPolicy,
+        *,
+        served: Served | None = None,
     ) -> None:
         self._catalog = catalog
         self._retry = retry
+        self._served = served
+        self._unserved_said: dict[str, float] = {}
         self._outbox = outbox
         self._refusals = Refusals(outbox)
         self._guard = Guard(self._refusals)
@@ -152,9 +169,10 @@ class Complete:
 
     async def _hand_on(self, completion: Completion) -> bool:
         """Send the work on when the answer is too unsure (cascade) or the model failed
-        (fallback) and the request is still wanted, when another attempt at the same model
-        may succeed (retry, perhaps on another replica), or when its client left while
-        copies wait (promote); True if it was.
+        (fallback) and the request is still wanted, to a model a worker serves
+        (_next_route); when another attempt at the same model may succeed (retry, perhaps
+        on another replica); or when its client left while copies wait (promote). True if
+        it was.
 
         A generation whose pieces were streamed (or an earlier one's: WorkItem.shown) is
         taken over only by one that would say the same, a retry of a deterministic request
@@ -163,8 +181,8 @@ class Complete:
         failure is the answer, at once (an app asks again under a new id)."""
         work = completion.work
         shown = completion.streamed or work.shown
-        route = None if shown else next_route(completion, self._catalog)
-        if route is not None and not work.request.expired():
+        route = None if shown or work.request.expired() else await self._next_route(completion)
+        if route is not None:
             await self._outbox.work(
                 work.model_copy(
                     update={
@@ -185,6 +203,30 @@ class Complete:
             metrics.REROUTES.labels("retried").inc()
             return True
         return await self._promote(completion)
+
+    async def _next_route(self, completion: Completion) -> Route | None:
+        """next_route, past the models no worker serves (`served`): work sent to one would
+        wait in its topic with nobody to take it. An unsure answer whose escalation has no
+        worker stands; a failure falls back to the next model that has one, if any."""
+        unserved: set[str] = set()
+        while (route := next_route(completion, self._catalog, unserved)) is not None:
+            if self._served is None or await self._served.serves([route.current]):
+                return route
+            unserved.add(route.current)
+            self._say_unserved(route.current, completion)
+        return None
+
+    def _say_unserved(self, model: str, completion: Completion) -> None:
+        """Log that `model` has no worker, once per model per UNSERVED_SAID_EVERY_S: every
+        request routed to it would say so."""
+        now = time.monotonic()
+        if now - self._unserved_said.get(model, -math.inf) < UNSERVED_SAID_EVERY_S:
+            return
+        self._unserved_said[model] = now
+        if completion.error is None:
+            log.info("no worker serves %s: unsure answers that would escalate to it stand", model)
+        else:
+            log.info("no worker serves %s: failures fall back past it", model)
 
     async def _promote(self, completion: Completion) -> bool:
         """A generation whose client went away (cancelled) or whose deadline passed while

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 
 from schemas.catalog import Catalog, ModelSpec
@@ -318,7 +319,9 @@ def _fallbacks(
     ]
 
 
-def next_route(completion: Completion, catalog: Catalog) -> Route | None:
+def next_route(
+    completion: Completion, catalog: Catalog, unserved: Collection[str] = ()
+) -> Route | None:
     """Where a completion goes next: the route to the next model, or None to answer as is.
 
     An engine failure falls back to the next model of the chain, a prompt too large for the
@@ -326,7 +329,9 @@ def next_route(completion: Completion, catalog: Catalog) -> Route | None:
     only to one of a higher tier than every model tried before, so that a failure never
     answers with a model no better than one judged too unsure. A cascading route whose
     answer is unsure (mean token log-probability below `routing.escalate_below`) escalates,
-    but only to a model of a higher tier than the one that answered.
+    but only to a model of a higher tier than the one that answered. A fallback passes over
+    the models in `unserved` (no worker would take the work); an escalation to one is not
+    made (the answer stands).
     """
     route = completion.work.route
     if completion.error is not None:
@@ -334,13 +339,13 @@ def next_route(completion: Completion, catalog: Catalog) -> Route | None:
             refused = catalog.get(route.current)
             if refused is None:
                 return None  # its context, which the next model must pass, is unknown
-            return _fall_back(route, catalog, wider_than=refused.max_model_len)
+            return _fall_back(route, catalog, unserved, wider_than=refused.max_model_len)
         if completion.error.code not in FALLBACK_CODES:
             return None
-        return _fall_back(route, catalog)
+        return _fall_back(route, catalog, unserved)
     following = catalog.get(route.remaining[0]) if route.remaining else None
-    if following is None:
-        return None  # the chain is done, or its next model left the catalog since admission
+    if following is None or following.name in unserved:
+        return None  # the chain is done, or its next model left the catalog or has no worker
     serving = catalog.get(route.current)
     unsure = (
         completion.mean_logprob is not None
@@ -351,15 +356,19 @@ def next_route(completion: Completion, catalog: Catalog) -> Route | None:
     return None
 
 
-def _fall_back(route: Route, catalog: Catalog, wider_than: int = 0) -> Route | None:
+def _fall_back(
+    route: Route, catalog: Catalog, unserved: Collection[str], wider_than: int = 0
+) -> Route | None:
     """The route to the next model of the chain after a failure, past the models of a tier
     at or below the highest tried where the route has escalated, and those whose context is
     not larger than `wider_than` (that of a model that refused the prompt as too large), and
-    those that left the catalog since admission; None when there is none."""
+    those that left the catalog since admission or are `unserved`; None when there is none."""
     tiers = [spec.tier for spec in map(catalog.get, route.tried) if spec is not None]
     bar = max(tiers, default=0) if route.escalated else 0
     for skipped, name in enumerate(route.remaining):
         spec = catalog.get(name)
-        if spec is not None and spec.tier > bar and spec.max_model_len > wider_than:
+        if spec is None or name in unserved:
+            continue
+        if spec.tier > bar and spec.max_model_len > wider_than:
             return route.advance(escalated=False, skip=skipped)
     return None

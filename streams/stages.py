@@ -9,7 +9,7 @@ from schemas.catalog import Catalog
 from schemas.retry import RetryPolicy
 from streams.admission import Admission, Ahead, Compress, Gate
 from streams.coalesce import Coalescer
-from streams.complete import Complete
+from streams.complete import Complete, Served
 from streams.dedupe import Dedupe, Similar
 from streams.outbox import Outbox
 
@@ -33,11 +33,13 @@ def build_stages(
     gate: Gate | None = None,
     compress: Compress | None = None,
     ahead: Ahead | None = None,
+    served: Served | None = None,
 ) -> Stages:
     """Dedupe and complete share the coalescing table and the semantic cache; every stage
-    publishes through the same outbox."""
+    publishes through the same outbox. Without `served`, complete takes every model for
+    served."""
     return Stages(
         admission=Admission(catalog, outbox, gate, compress, ahead),
         dedupe=Dedupe(outbox, coalescer, similar),
-        complete=Complete(catalog, outbox, coalescer, similar, retry),
+        complete=Complete(catalog, outbox, coalescer, similar, retry, served=served),
     )

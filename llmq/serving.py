@@ -1,5 +1,6 @@
 """Which models some worker serves, or will once its pool grows again: the workers'
-consumer groups, as Kafka says."""
+consumer groups, as Kafka says. The front door asks before it sends a request, the stream
+processor before it hands work on to another model."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ class Serving:
     answer kept for `ttl_s`: yes while the group has members, and for a pool scaled to zero
     (its group empty but kept, with its offsets: the autoscaler brings a worker back on
     the first record); no for a model no worker ever served (no group). When Kafka cannot
-    say, it answers yes: the request then waits in its topic, as it would for a worker
-    that is starting."""
+    say, or before the client started, it answers yes: the request then waits in its topic,
+    as it would for a worker that is starting."""
 
     def __init__(self, settings: ServiceSettings, client_id: str, ttl_s: float = 5.0) -> None:
         self._settings = settings
@@ -32,23 +33,32 @@ class Serving:
         self._known: dict[str, tuple[float, bool]] = {}
 
     async def start(self) -> None:
-        """Connect (aiokafka's clients are made inside the running loop)."""
-        self._admin = AIOKafkaAdminClient(
+        """Connect (aiokafka's clients are made inside the running loop); a client that
+        fails to, or is cancelled meanwhile, is closed, and the answers stay yes."""
+        admin = AIOKafkaAdminClient(
             bootstrap_servers=self._settings.kafka_bootstrap,
             client_id=self._client_id,
             **self._settings.kafka_security().client_kwargs(),
         )
-        await self._admin.start()
+        try:
+            await admin.start()
+        except BaseException:
+            await admin.close()
+            raise
+        self._admin = admin
 
     async def close(self) -> None:
-        if self._admin is not None:
-            await self._admin.close()
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await admin.close()
 
     async def serves(self, models: list[str]) -> bool:
         """Whether a worker of any of `models` is in its group now."""
         now = time.monotonic()
         stale = [m for m in models if now - self._known.get(m, (-1e9, True))[0] > self._ttl_s]
-        if stale and self._admin is not None:
+        if stale:
+            if self._admin is None:
+                return True
             try:
                 groups = await describe_groups(self._admin, [worker_group(m) for m in stale])
             except KafkaError as exc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.serving import servable
 from llmq.groups import DEAD, EMPTY, Group
+from llmq.serving import servable
 
 
 @pytest.mark.parametrize(
