@@ -259,6 +259,7 @@ class Complete:
         )
         promoted = {
             "request": request,
+            "admitted_at": time.time(),  # its retries' budget: the first leader's was spent
             "attempt": 1,
             "not_before": None,
             "spent_usd": 0.0,

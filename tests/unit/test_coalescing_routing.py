@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,9 +18,11 @@ from schemas.request import ChatMessage, InferenceRequest
 from schemas.result import (
     CacheStatus,
 )
+from schemas.retry import RetryPolicy
 from schemas.stream import TokenDelta
 from schemas.work import Completion, WorkItem
 from streams.coalesce import Coalescer, Waiter
+from streams.retries import retry_of
 from streams.semantic import SemanticHit
 from tests.unit.stages import (
     TIERED,
@@ -529,3 +532,17 @@ def test_a_cancelled_request_nobody_else_waits_for_just_ends(harness: Pipeline) 
     [reply] = harness.send.sent
     assert result_of(reply).correlation_id == "copy-0"
     assert harness.table == {}
+
+
+def test_a_promoted_copy_has_retries_of_its_own(harness: Pipeline) -> None:
+    """Its retry budget counts from its promotion: counted from the first leader's admission,
+    long past, its first failure was final."""
+    [work] = _copies(harness, 1)
+    harness.on_request(None, _copy(1))
+    harness.send.sent.clear()
+    long_ago = work.model_copy(update={"admitted_at": time.time() - 3600})
+    harness.on_completion(completion(long_ago, None, ErrorCode.CANCELLED))
+    _, handed = harness.send.sent
+    promoted = WorkItem.model_validate_json(handed.value)
+    failed = Completion.model_validate_json(completion(promoted, None))
+    assert retry_of(failed, RetryPolicy()) is not None

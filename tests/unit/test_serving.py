@@ -1,4 +1,5 @@
-"""Which pools the front door sends work to: those with workers, and those scaled to zero."""
+"""Which pools work is sent to (by the front door, and on by the stream processor): those with
+workers, and those scaled to zero."""
 
 from __future__ import annotations
 
