@@ -337,8 +337,10 @@ class AsyncClient:
                 return reader.finish(stored)
             waiter = asyncio.ensure_future(changed.wait())
             waiting: set[asyncio.Future[Any]] = {waiter, future}
-            await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
+            try:
+                await asyncio.wait(waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the reader is cancelled: asyncio.wait leaves what it waits on
+                waiter.cancel()
             return None
         return reader.finish(future.result())
 

@@ -346,3 +346,22 @@ def test_a_request_submitted_while_followed_keeps_its_waiter_when_the_follow_end
         return (await app.result("c1", wait_s=0.05)).text
 
     assert asyncio.run(run()) == "kept"
+
+
+def test_a_follow_cancelled_while_it_waits_leaves_no_task_behind() -> None:
+    """A streamed HTTP client that left before the first piece: its wait for more pieces
+    stayed pending until the log was pruned, then was destroyed with an ERROR per client."""
+
+    async def main() -> list[asyncio.Task[Any]]:
+        reader = AsyncClient(NO_REDIS)  # never started: no piece and no result will come
+        reader._wait_for(("default", "r1"))  # as submit_request does
+        first = asyncio.ensure_future(anext(reader.follow("r1", wait_s=60)))
+        for _ in range(3):  # it reaches its wait for more pieces
+            await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.sleep(0)
+        return [t for t in asyncio.all_tasks() if "Event.wait" in repr(t.get_coro())]
+
+    assert asyncio.run(main()) == []
