@@ -35,10 +35,17 @@ class Engine(Protocol):
     """
 
     def generate(
-        self, request_id: str, body: ChatBody, priority: int, tenant: str | None = None
+        self,
+        request_id: str,
+        body: ChatBody,
+        priority: int,
+        tenant: str | None = None,
+        deadline: float | None = None,
     ) -> AsyncIterator[EngineStep]:
         """Stream one chat completion; closing the iterator early aborts it in the engine.
-        `tenant`: whose request it is (an engine may keep tenants' cached prefixes apart)."""
+        `tenant`: whose request it is (an engine may keep tenants' cached prefixes apart);
+        `deadline`: the request's (Unix time), for an engine that waits on its own between
+        attempts (it must leave a fallback model the time to answer)."""
         ...
 
     def prompt_tokens(

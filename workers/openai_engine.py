@@ -36,6 +36,11 @@ _CHAT, _TEXT = "/chat/completions", "/completions"
 """Where a chat request goes, and a raw prompt: below the server's base URL."""
 _FAILED_FINISH = frozenset({"abort", "error"})
 """vLLM's finish reasons for a generation the server gave up on."""
+_FALLBACK_S = 1.0
+"""A retry's wait must end this long before the request's deadline, else the engine gives
+up at once: the fallback model needs the time (the failure's trip through the stream
+processor and the next model's queue, a few Kafka hops, then its first tokens), and an
+attempt that starts later would be cut off by the deadline anyway."""
 
 
 class _ServerError(Exception):
@@ -106,7 +111,12 @@ class OpenAIEngine:
         self._session: aiohttp.ClientSession | None = None
 
     async def generate(
-        self, request_id: str, body: ChatBody, priority: int, tenant: str | None = None
+        self,
+        request_id: str,
+        body: ChatBody,
+        priority: int,
+        tenant: str | None = None,
+        deadline: float | None = None,
     ) -> AsyncGenerator[EngineStep, None]:
         """Stream deltas; closing this iterator early closes the HTTP request (the server
         aborts the generation when its client goes away). The tenant is not sent: the
@@ -144,7 +154,8 @@ class OpenAIEngine:
                 #    yet and the policy's attempts and time allow.
                 self._breaker.failure(exc.reason)
                 verdict = True
-                delay = self._retry_delay(exc, attempt, time.monotonic() - started, yielded)
+                elapsed = time.monotonic() - started
+                delay = self._retry_delay(exc, attempt, elapsed, yielded, deadline)
                 log.warning(
                     "%s: attempt %d to %s at %s failed (%s); retrying in %.2f s",
                     request_id,
@@ -159,8 +170,18 @@ class OpenAIEngine:
                 if probe and not verdict:
                     self._breaker.abandon()
 
-    def _retry_delay(self, exc: _ServerError, attempt: int, elapsed: float, yielded: bool) -> float:
-        """The wait before the next attempt; raises ENGINE_ERROR when there is none."""
+    def _retry_delay(
+        self,
+        exc: _ServerError,
+        attempt: int,
+        elapsed: float,
+        yielded: bool,
+        deadline: float | None,
+    ) -> float:
+        """The wait before the next attempt; raises ENGINE_ERROR when there is none, or when
+        it would end within _FALLBACK_S of the request's `deadline`: then as retried, so
+        the stream processor falls back to the next model at once instead of the deadline
+        passing here (an expired request is not routed again)."""
         if yielded:
             raise LlmqError(
                 ErrorCode.ENGINE_ERROR,
@@ -168,14 +189,20 @@ class OpenAIEngine:
                 f"repeat text): {exc.reason}",
             ) from exc
         delay = self._retry.delay(attempt, elapsed, exc.retry_after_s) if exc.retry else None
-        if delay is None:
+        late = (
+            delay is not None
+            and deadline is not None
+            and time.time() + delay > deadline - _FALLBACK_S
+        )
+        if delay is None or late:
             log.warning("%s at %s failed: %s", self._spec.name, mask_url(self._base), exc.detail)
+            why = " (no time to wait for a retry before the deadline)" if late else ""
             raise LlmqError(
                 ErrorCode.ENGINE_ERROR,
-                f"{self._where} failed {attempt} time(s) in {elapsed:.1f} s; "
+                f"{self._where} failed {attempt} time(s) in {elapsed:.1f} s{why}; "
                 f"last error: {exc.reason}",
                 retry_after_s=exc.retry_after_s,
-                retried=attempt > 1 or not exc.retry,
+                retried=late or attempt > 1 or not exc.retry,
             ) from exc
         return delay
 

@@ -133,9 +133,15 @@ class VllmEngine:
                 log.info("this worker's session keeps its CPU share: %s", unchanged)
 
     async def generate(
-        self, request_id: str, body: ChatBody, priority: int, tenant: str | None = None
+        self,
+        request_id: str,
+        body: ChatBody,
+        priority: int,
+        tenant: str | None = None,
+        deadline: float | None = None,
     ) -> AsyncIterator[EngineStep]:
-        """Stream deltas; closing this iterator early (cancellation) aborts it in vLLM."""
+        """Stream deltas; closing this iterator early (cancellation) aborts it in vLLM (the
+        `deadline` is the worker's to keep: vLLM does not wait between attempts)."""
         ids = self._prompt_ids(body)
         prompt = TokensPrompt(prompt_token_ids=ids)
         if tenant is not None and not self._shared_prefixes:

@@ -390,7 +390,7 @@ class Worker:
         try:
             async with timer:
                 async for step in self._engine.generate(
-                    state.request_id, body, request.lane.priority, request.tenant
+                    state.request_id, body, request.lane.priority, request.tenant, request.deadline
                 ):
                     state.add(step)
                     if deltas is not None:

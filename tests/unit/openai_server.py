@@ -164,14 +164,18 @@ def engine(
     return OpenAIEngine(spec(url), retry=retry, breaker=breaker, **kwargs)
 
 
-async def collect(eng: OpenAIEngine, body: ChatBody = BODY) -> list[EngineStep]:
+async def collect(
+    eng: OpenAIEngine, body: ChatBody = BODY, deadline: float | None = None
+) -> list[EngineStep]:
     try:
-        return [step async for step in eng.generate("req-1", body, 1)]
+        return [step async for step in eng.generate("req-1", body, 1, deadline=deadline)]
     finally:
         await eng.abort_all()
 
 
-async def failure(eng: OpenAIEngine, body: ChatBody = BODY) -> LlmqError:
+async def failure(
+    eng: OpenAIEngine, body: ChatBody = BODY, deadline: float | None = None
+) -> LlmqError:
     with pytest.raises(LlmqError) as caught:
-        await collect(eng, body)
+        await collect(eng, body, deadline)
     return caught.value

@@ -412,3 +412,12 @@ def test_a_retry_waiting_out_its_backoff_counts_no_start() -> None:
     run_worker(consumer, producer, FakeEngine, scenario, starts=starts, drain_timeout_s=0.05)
     assert starts.counts == {}
     assert producer.completions() == []
+
+
+def test_the_engine_is_given_the_requests_deadline() -> None:
+    """An engine that waits between attempts of its own (a remote server's) stops while a
+    fallback model can still answer in time."""
+    engine, deadline = FakeEngine(), time.time() + 600
+    serve_one(work_with({"deadline": deadline}), engine)
+    serve_one(work(), engine)
+    assert engine.deadlines == [deadline, None]

@@ -204,6 +204,8 @@ class FakeEngine:
         self.step_s = step_s
         self.counts_tokens = counts_tokens
         self.started: list[tuple[str, ChatBody, int]] = []
+        self.deadlines: list[float | None] = []
+        """The deadline each generation was given."""
         self.tenants: list[str | None] = []
         self.aborted: list[str] = []
         self.running = 0
@@ -211,9 +213,15 @@ class FakeEngine:
         """The most generations that ran at once."""
 
     async def generate(
-        self, request_id: str, body: ChatBody, priority: int, tenant: str | None = None
+        self,
+        request_id: str,
+        body: ChatBody,
+        priority: int,
+        tenant: str | None = None,
+        deadline: float | None = None,
     ) -> AsyncIterator[EngineStep]:
         self.started.append((request_id, body, priority))
+        self.deadlines.append(deadline)
         self.tenants.append(tenant)
         self.running += 1
         self.peak = max(self.peak, self.running)
