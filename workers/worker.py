@@ -267,7 +267,7 @@ class Worker:
         # A retry's backoff, before its start is counted or it takes its turn in the engine
         # (it still holds its lane's slot: the record stays in flight, uncommitted).
         if work.not_before is not None:
-            await asyncio.sleep(max(0.0, work.not_before - time.time()))
+            await asyncio.sleep(backoff_left(work))
         # Another id at every start: the engine's, and the streamed pieces' generation.
         start = uuid.uuid4().hex[:8]
         state = InFlight.from_work(
@@ -478,3 +478,16 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
         await self._worker.take_back(set(assigned))
+
+
+def backoff_left(work: WorkItem) -> float:
+    """How long a retry still waits for its backoff (WorkItem.not_before): on this machine's
+    clock, but never longer than the backoff itself, measured on the clock that set it (the
+    stream processor's, which also stamped `sent_at`), so that a clock ahead of this one
+    does not add its lead to every retry."""
+    if work.not_before is None:
+        return 0.0
+    left = work.not_before - time.time()
+    if work.sent_at is not None:
+        left = min(left, work.not_before - work.sent_at)
+    return max(0.0, left)

@@ -421,3 +421,13 @@ def test_the_engine_is_given_the_requests_deadline() -> None:
     serve_one(work_with({"deadline": deadline}), engine)
     serve_one(work(), engine)
     assert engine.deadlines == [deadline, None]
+
+
+@pytest.mark.timeout(20)
+def test_a_retry_waits_its_backoff_not_the_lead_of_the_clock_that_set_it() -> None:
+    """A stream processor whose clock runs an hour ahead sets not_before an hour ahead of
+    this worker's clock: the retry waited that hour, holding its lane's slot."""
+    ahead = time.time() + 3600
+    engine = FakeEngine()
+    producer = serve_one(work_with({}, attempt=2, not_before=ahead + 0.05, sent_at=ahead), engine)
+    assert [c.error for c in producer.completions()] == [None]
