@@ -344,6 +344,7 @@ async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
     try:
         results = await _unless_gone(request, _results(door, call, wait_s))
     except TimeoutError:
+        _late(door, call)
         raise ApiError(LATE, headers=_ids(call)) from None
     except LlmqError as exc:
         _failed(door, call)
@@ -404,8 +405,11 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
     except (LlmqError, TimeoutError) as exc:
         for waiting in firsts:
             waiting.cancel()
-        _failed(door, call)
-        raise ApiError(exc if isinstance(exc, LlmqError) else LATE, headers=_ids(call)) from None
+        if isinstance(exc, LlmqError):
+            _failed(door, call)
+            raise ApiError(exc, headers=_ids(call)) from None
+        _late(door, call)
+        raise ApiError(LATE, headers=_ids(call)) from None
     resumable = call.n == 1 and not isinstance(call, ResponseCall)
     resumable = resumable and not call.request.body.calls_tools  # the resume route sends text
     if first is None:
@@ -443,6 +447,13 @@ def _failed(door: FrontDoor, call: Call) -> None:
     of one choice has none), not counted as left by their client."""
     if call.n > 1:
         _abandon(door, call, grace=False, left=False)
+
+
+def _late(door: FrontDoor, call: Call) -> None:
+    """The door gave up waiting (its client is told the request expired): every choice is
+    cancelled, lest a worker whose clock runs behind the door's generate on, its answer
+    stored and billed. Not counted as a client that left."""
+    _abandon(door, call, grace=False, left=False)
 
 
 async def _timed(events: AsyncIterator[str], started: float) -> AsyncIterator[str]:

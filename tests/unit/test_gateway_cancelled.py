@@ -78,11 +78,11 @@ def _cancelled() -> float:
     return REGISTRY.get_sample_value("llmq_gateway_cancelled_total") or 0.0
 
 
-async def _call(app: FastAPI, *, stream: bool, leaves: bool = False) -> tuple[int, str]:
-    """POST a call of two choices straight through ASGI; its client stays to the end (or,
+async def _call(app: FastAPI, *, stream: bool, leaves: bool = False, n: int = 2) -> tuple[int, str]:
+    """POST a call of `n` choices straight through ASGI; its client stays to the end (or,
     `leaves`, leaves once the first events came): the status and the body sent, once the
     cancels the door sent are done."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "n": 2}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "n": n}
     sent: list[Message] = []
     left, read = asyncio.Event(), False
 
@@ -138,3 +138,29 @@ def test_a_client_that_leaves_has_each_choice_counted(monkeypatch: pytest.Monkey
     assert status == 200 and '"index":1' in answer.replace(" ", "")
     assert sorted(client.cancelled) == sorted(client.submitted[1:])
     assert _cancelled() == before + 2
+
+
+class Late(Client):
+    """No answer comes within the door's wait: the door's timeout, as the client's wait
+    raises it."""
+
+    async def result(self, correlation_id: str, wait_s: float, **_: Any) -> InferenceResult:
+        raise TimeoutError(f"no answer for {correlation_id} in time")
+
+    async def follow(self, correlation_id: str, **_: Any) -> AsyncIterator[Delta]:
+        raise TimeoutError(f"no answer for {correlation_id} in time")
+        yield Delta("", 0)  # an async generator, as the client's
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("stream", [False, True])
+def test_requests_the_door_gave_up_on_are_cancelled_not_counted(
+    monkeypatch: pytest.MonkeyPatch, stream: bool, n: int
+) -> None:
+    """A 408 told the client its request expired: a worker on a slower clock, still
+    generating, would have its answer stored and billed (and the SDK retries a 408)."""
+    client, before = Late(), _cancelled()
+    status, answer = asyncio.run(_call(_app(monkeypatch, client), stream=stream, n=n))
+    assert status == 408 and "expired" in answer
+    assert sorted(client.cancelled) == sorted(client.submitted)
+    assert _cancelled() == before
