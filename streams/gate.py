@@ -97,8 +97,21 @@ class TenantGate:
         if event is None or await self._settled(event):
             return
         if self._policy.limits(event.tenant).budget_usd is not None:
+            self._forget_lapsed(time.time())
             uncounted = self._uncounted.setdefault((event.tenant, event.correlation_id), {})
             uncounted[event.event_id] = event
+
+    def _forget_lapsed(self, now: float) -> None:
+        """Forget the uncounted costs of holds lapsed by now (HOLD_S, the longest a hold
+        lives): their request was answered elsewhere (its partition moved), and
+        llmq.metering has counted them."""
+        lapsed = [
+            key
+            for key, events in self._uncounted.items()
+            if all(now - event.at > HOLD_S for event in events.values())
+        ]
+        for key in lapsed:
+            del self._uncounted[key]
 
     async def _settled(self, event: MeteringEvent) -> bool:
         """One try at counting the event; False if Redis failed."""
