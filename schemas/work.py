@@ -18,6 +18,19 @@ LEGACY_SPECULATION = "legacy"
 """The speculation of a record marked only `speculative` (the version before ids)."""
 
 
+class UnsureAnswer(BaseModel):
+    """An answer judged too unsure, carried by the work of its escalation (WorkItem.unsure):
+    the answer should the escalation end without one of its own. What it cost is in the
+    work's spent_usd, and its hold was settled with it when it came."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    """The catalog model that answered (the result's model_used)."""
+    response: ChatCompletion
+    mean_logprob: float | None = None
+
+
 class WorkItem(BaseModel):
     """An admitted request routed to a model: llmq.work.<model>.<lane>, keyed by fingerprint."""
 
@@ -48,6 +61,10 @@ class WorkItem(BaseModel):
     """An earlier generation of it streamed pieces (Completion.streamed), which its client
     may have shown: only a generation that would say the same may answer it (a retry of a
     deterministic request on the same model), however its later attempts fail."""
+    unsure: UnsureAnswer | None = None
+    """Set on an escalation: the unsure answer it replaces, which answers the request (and
+    its copies) where the escalation ends expired or fails for good (streams/complete.py).
+    None in a record of a writer before it. Not in the fingerprint."""
     speculation: str | None = None
     """Set on a speculative send, a fresh id each time: sent to the engines while the
     semantic cache is still looked up, so that a miss does not wait for the lookup's

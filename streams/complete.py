@@ -19,7 +19,7 @@ from schemas.request import RecordRefusedError
 from schemas.result import ErrorInfo
 from schemas.retry import RetryPolicy
 from schemas.route import Route
-from schemas.work import Completion
+from schemas.work import Completion, UnsureAnswer
 from streams import metrics, replies
 from streams.coalesce import Coalescer, shared_terms
 from streams.dedupe import Similar, fail_copies
@@ -147,9 +147,13 @@ class Complete:
         if kept is None:
             return
         completion = kept
-        # 3) Failed for good: the record goes to the DLQ and the app gets the failure.
-        failure = final_failure(completion)
-        if failure is not None:
+        # 3) An escalation that ended without an answer (expired, failed for good) answers
+        #    with the unsure one it replaced; else a failure for good goes to the DLQ and the
+        #    app gets it.
+        unsure = _unsure_instead(completion)
+        if unsure is not None:
+            completion = unsure
+        elif (failure := final_failure(completion)) is not None:
             await self._outbox.dead_letter(COMPLETIONS, key, value, failure)
             completion = completion.model_copy(update={"error": ErrorInfo.from_error(failure)})
         # 4) Answer the leader and every follower, and fill the caches.
@@ -172,7 +176,8 @@ class Complete:
         (fallback) and the request is still wanted, to a model a worker serves
         (_next_route); when another attempt at the same model may succeed (retry, perhaps
         on another replica); or when its client left while copies wait (promote). True if
-        it was.
+        it was. An escalation carries the answer it replaces (WorkItem.unsure), which stands
+        where the escalation ends without one (_unsure_instead).
 
         A generation whose pieces were streamed (or an earlier one's: WorkItem.shown) is
         taken over only by one that would say the same, a retry of a deterministic request
@@ -189,6 +194,7 @@ class Complete:
                         "model": route.current,
                         "route": route,
                         "spent_usd": completion.spent_usd,
+                        "unsure": _unsure_of(completion) or work.unsure,
                     }
                 )
             )
@@ -236,6 +242,8 @@ class Complete:
         error, work = completion.error, completion.work
         if error is None or error.code not in _ENDED_FOR_ITS_OWN or not work.request.cacheable:
             return False
+        if error.code is ErrorCode.EXPIRED and work.unsure is not None:
+            return False  # the unsure answer it carries answers the copies too (_unsure_instead)
         fingerprint = work.fingerprint
         if self._coalescer.leader_id(fingerprint) != work.request.correlation_id:
             return False  # nobody waits on this generation
@@ -347,3 +355,40 @@ class Complete:
         self._adding.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("the semantic cache did not learn a question: %s", explain(exc))
+
+
+def _unsure_of(completion: Completion) -> UnsureAnswer | None:
+    """The answer an escalation replaces, for its work to carry; None for a failure."""
+    if completion.error is not None or completion.response is None:
+        return None
+    return UnsureAnswer(
+        model=completion.work.model,
+        response=completion.response,
+        mean_logprob=completion.mean_logprob,
+    )
+
+
+def _unsure_instead(completion: Completion) -> Completion | None:
+    """An escalation that ended expired or failed for good, answered instead with the unsure
+    answer its work carries (WorkItem.unsure): an unsure answer is better than none, and the
+    same one past the deadline would have stood. Its cost stays counted (spent_usd); the
+    route still says it escalated. None for an answer, a cancellation (its client left) or
+    work that carries none."""
+    error, work = completion.error, completion.work
+    if error is None or error.code is ErrorCode.CANCELLED or work.unsure is None:
+        return None
+    log.info(
+        "the escalation of %s to %s ended %s: the unsure answer of %s stands",
+        work.request.correlation_id,
+        work.model,
+        error.code.value,
+        work.unsure.model,
+    )
+    return completion.model_copy(
+        update={
+            "work": work.model_copy(update={"model": work.unsure.model}),
+            "response": work.unsure.response,
+            "error": None,
+            "mean_logprob": work.unsure.mean_logprob,
+        }
+    )
