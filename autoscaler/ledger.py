@@ -3,19 +3,25 @@ is weighed in work rather than in records."""
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
-from collections import deque
 
 
 class Ledger:
     """One partition's records, by offset, with running totals of their estimated tokens.
     Records below the consumer group's committed offset are forgotten; a record the ledger
-    never saw (read before it started) counts as the mean of those it has seen."""
+    never saw (read before it started) counts as the mean of those it has seen.
+
+    Kept in flat arrays, 16 bytes a record (a backlog of ten million records: 160 MB, where
+    two deques of Python numbers took 72 bytes a record); forgotten records leave from the
+    front by moving `_head`, and the arrays are compacted once most of them are forgotten."""
 
     def __init__(self, default_tokens: float) -> None:
-        self._offsets: deque[int] = deque()
-        self._totals: deque[float] = deque()
+        self._offsets = array("q")
+        self._totals = array("d")
         """Tokens of every record up to and including the one at the same index."""
+        self._head = 0
+        """The index of the first record not forgotten."""
         self._base = 0.0
         """Tokens of the records already forgotten (so totals keep growing)."""
         self._default = default_tokens
@@ -31,7 +37,7 @@ class Ledger:
         if offset < self._next:
             return False
         self._next = offset + 1
-        last = self._totals[-1] if self._totals else self._base
+        last = self._totals[-1] if len(self._totals) > self._head else self._base
         self._offsets.append(offset)
         self._totals.append(last + tokens)
         self._seen += 1
@@ -48,17 +54,24 @@ class Ledger:
 
     def forget_before(self, offset: int) -> None:
         """Records below `offset` are done (committed)."""
-        while self._offsets and self._offsets[0] < offset:
-            self._offsets.popleft()
-            self._base = self._totals.popleft()
+        head = self._count_before(offset)
+        if head == self._head:
+            return
+        self._base = self._totals[head - 1]
+        self._head = head
+        if head > len(self._offsets) // 2:
+            del self._offsets[:head]
+            del self._totals[:head]
+            self._head = 0
 
     def mean(self) -> float:
         """Mean estimated tokens of a record seen, or the default before any."""
         return self._seen_tokens / self._seen if self._seen else self._default
 
     def _total_before(self, offset: int) -> float:
-        i = bisect_left(self._offsets, offset)
-        return self._totals[i - 1] if i else self._base
+        i = self._count_before(offset)
+        return self._totals[i - 1] if i > self._head else self._base
 
     def _count_before(self, offset: int) -> int:
-        return bisect_left(self._offsets, offset)
+        """The index of the first record at or past `offset`, not before `_head`."""
+        return bisect_left(self._offsets, offset, lo=self._head)
