@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,10 @@ MAX_BATCHES_LISTED = 100
 """The most batches one page lists, as OpenAI's (20 by default)."""
 MAX_FILES_LISTED = 10_000
 """The most files one page lists, and by default, as OpenAI's."""
+MAX_GONE_PASSED = 1_000
+"""Ids of objects gone (expired, deleted) a listing passes, and drops from the index, in one
+step, and in all once it has an object to show: its page may then be short, `has_more` true
+(OpenAI's SDK asks on after the page's last object; it stops at an empty page)."""
 MAX_UPLOAD_BYTES = MAX_FILE_BYTES + (64 << 10)
 """The most an upload's body may carry: a file at OpenAI's limit, its multipart framing and
 the purpose field."""
@@ -241,31 +245,52 @@ class Page:
 
 async def _listed(request: Request, tenant: str, page: Page) -> dict[str, Any]:
     """A page of the tenant's files or batches, as OpenAI pages: ids of objects since gone
-    (expired, deleted) are skipped, and dropped from the tenant's index; 400 for an `after`
-    that is not one of them (nor one dropped lately: it resumes from where it was)."""
+    (expired, deleted) are skipped, and dropped from the tenant's index, MAX_GONE_PASSED at
+    most once the page has an object; 400 for an `after` that is not one of them (nor one
+    dropped lately: it resumes from where it was)."""
     _, store = _parts(request)
     if not 1 <= page.limit <= page.most:
         raise _bad(f"limit must be 1 to {page.most}")
     found: list[dict[str, str]] = []
-    gone: list[str] = []
+    passed, cut = 0, False  # ids of objects gone since the page has one; MAX_GONE_PASSED hit
     after = page.after
     while len(found) <= page.limit:  # one more than the page says whether there is more
-        wanted = page.limit + 1 - len(found)
+        wanted = min(page.limit + 1 - len(found), MAX_GONE_PASSED)
         ids = await store.listed(tenant, page.kind, after, wanted, page.oldest_first)
         if ids is None:  # not an empty last page: an app would stop with objects left
             why = f"after: {after} is none of your {page.kind}, nor one a listing forgot lately"
             raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why, param="after"), 400)
-        for object_id, fields in zip(ids, await store.objects(page.kind, ids, tenant), strict=True):
-            if fields is None:
-                gone.append(object_id)
-            elif page.purpose in (None, fields.get("purpose")):
-                found.append(fields)
-        if len(ids) < wanted:
+        objects = await store.objects(page.kind, ids, tenant)
+        gone, passed, cut = _sorted(page, zip(ids, objects, strict=True), found, passed)
+        # Dropped step by step, no script takes them all: the next step's `after`, if one of
+        # them, is found where UNLIST moves it.
+        await store.unlist(tenant, page.kind, gone)
+        if cut or len(ids) < wanted:
             break
         after = ids[-1]
-    await store.unlist(tenant, page.kind, gone)  # not sooner: `after` may be one of them
     show = file_object if page.kind == "files" else batch_object
-    return _page([show(f) for f in found[: page.limit]], len(found) > page.limit)
+    return _page([show(f) for f in found[: page.limit]], cut or len(found) > page.limit)
+
+
+def _sorted(
+    page: Page,
+    step: Iterable[tuple[str, dict[str, str] | None]],
+    found: list[dict[str, str]],
+    passed: int,
+) -> tuple[list[str], int, bool]:
+    """Add a step's objects of the page's purpose to `found`: the ids of those gone, how many
+    the page has `passed` since it has an object, and whether MAX_GONE_PASSED of them cut the
+    step short (the rest on the next page)."""
+    gone: list[str] = []
+    for object_id, fields in step:
+        if passed >= MAX_GONE_PASSED:
+            return gone, passed, True
+        if fields is None:
+            gone.append(object_id)
+            passed += 1 if found else 0
+        elif page.purpose in (None, fields.get("purpose")):
+            found.append(fields)
+    return gone, passed, False
 
 
 def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:

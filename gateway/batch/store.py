@@ -4,6 +4,7 @@ with their counts, and each line's outcome, written once (schemas/names.py has t
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from gateway import metrics
 from schemas.errors import ErrorCode, LlmqError
@@ -21,7 +23,10 @@ from schemas.names import (
     tenant_index_gone_key,
     tenant_index_key,
 )
+from schemas.redact import explain
 from schemas.request import MAX_RECORD_BYTES
+
+log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_FILE_LINES = 50_000
@@ -39,6 +44,9 @@ GONE_S = 3600
 a listing paged after it for this long at least (see UNLIST)."""
 PAGE = 64
 """Lines read or written per Redis call: a line may be up to ~450 kB."""
+SWEEP = 16
+"""Ids of its tenant's index that each write of a file or batch checks for objects gone (see
+`_sweep`): more than the one it adds, so the index keeps up with what expires."""
 
 # A line's outcome, written once: into `output` or `errors`, unless it has one (0), the
 # reply is to an attempt already sent again (0) or the batch has ended (0: a reply after its
@@ -170,6 +178,9 @@ class BatchStore:
         self._retried = client.register_script(RETRIED)
         self._keep = client.register_script(KEEP)
         self._unlist = client.register_script(UNLIST)
+        self._swept: dict[str, float] = {}
+        """Per tenant index, the score of the last id the last sweep checked (see `_sweep`);
+        tenants are configured, so it stays small."""
 
     # Files.
 
@@ -205,6 +216,7 @@ class BatchStore:
             pipe.expireat(lines, now + self._retention_s)
             self._index(pipe, tenant, "files", file_id, now + self._retention_s)
             await pipe.execute()
+        await self._sweep(tenant, "files")
         return fields
 
     async def _write_lines(self, key: str, chunks: AsyncIterator[bytes]) -> tuple[int, int, int]:
@@ -290,8 +302,8 @@ class BatchStore:
 
     async def delete_file(self, meta: Mapping[str, str]) -> None:
         """Forget a file and its lines (an output or error file's: its batch's part). Its id
-        stays in the tenant's index until a listing passes it (see `unlist`): a listing paged
-        after it goes on from there (an app deleting what each page lists)."""
+        stays in the tenant's index until a listing or a sweep passes it (see `unlist`): a
+        listing paged after it goes on from there (an app deleting what each page lists)."""
         lines = batch_keys(meta["batch"])[meta["part"]] if "batch" in meta else None
         await self._redis.delete(*file_keys(meta["id"]))
         if lines is not None:  # another hash slot than the file's
@@ -334,6 +346,7 @@ class BatchStore:
             self._index(pipe, fields["tenant"], "batches", fields["id"], until)
             _keep_index(pipe, tenant_index_key(fields["tenant"], "files"), until)
             await pipe.execute()
+        await self._sweep(fields["tenant"], "batches")
 
     async def batch(self, batch_id: str, tenant: str | None = None) -> dict[str, str] | None:
         """A batch's fields (if it is the tenant's, when one is named)."""
@@ -369,9 +382,7 @@ class BatchStore:
         None for one gone."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for object_id in ids:
-                pipe.hgetall(
-                    file_keys(object_id)[0] if kind == "files" else batch_keys(object_id)["batch"]
-                )
+                pipe.hgetall(_fields_key(kind, object_id))
             found = await pipe.execute()
         return [self._theirs(fields, tenant) for fields in found]
 
@@ -539,6 +550,7 @@ class BatchStore:
             pipe.expireat(meta, until)
             self._index(pipe, fields["tenant"], "files", fields["id"], until)
             await pipe.execute()
+        await self._sweep(fields["tenant"], "files")
 
     def _kept_until(self, batch_expires_at: float) -> int:
         """When an ended batch, and its output and error files, go: retention past its
@@ -552,6 +564,36 @@ class BatchStore:
         pipe.zadd(key, {object_id: time.time()})
         _keep_index(pipe, key, until)
 
+    async def _sweep(self, tenant: str, kind: str) -> None:
+        """Drop from the tenant's index the ids of objects gone (expired, deleted) among the
+        next SWEEP, oldest first, on from where this front door's last sweep of it stopped:
+        a listing, newest first, seldom reaches old ids, and objects kept long (a file that
+        batches read) stop no sweep. An index that writes renew thus never grows for good.
+        Housekeeping: Redis failing here fails not the write it follows (the next sweeps)."""
+        try:
+            await self._swept_once(tenant, kind)
+        except RedisError as exc:
+            log.warning("cannot sweep %s's %s index now: %s", tenant, kind, explain(exc))
+
+    async def _swept_once(self, tenant: str, kind: str) -> None:
+        key = tenant_index_key(tenant, kind)
+        since = self._swept.pop(key, None)
+        start = "-inf" if since is None else f"({since}"
+        found: list[tuple[bytes, float]] = await self._redis.zrangebyscore(
+            key, start, "+inf", start=0, num=SWEEP, withscores=True
+        )
+        if not found:
+            return
+        if len(found) == SWEEP:  # else the next sweep starts from the oldest again
+            self._swept[key] = found[-1][1]
+        ids = [object_id.decode() for object_id, _ in found]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for object_id in ids:
+                pipe.exists(_fields_key(kind, object_id))
+            exist = await pipe.execute()
+        # Not atomic, as a listing's `unlist`: an object found gone stays gone.
+        await self.unlist(tenant, kind, [i for i, e in zip(ids, exist, strict=True) if not e])
+
     @staticmethod
     def _theirs(found: Mapping[bytes, bytes], tenant: str | None) -> dict[str, str] | None:
         fields = _decoded(found)
@@ -562,6 +604,11 @@ def _keep_index(pipe: Any, key: str, until: int) -> None:
     """Keep a tenant's index until `until` at least: as long as what it lists."""
     pipe.expireat(key, until, nx=True)  # a new index (GT takes one without expiry as endless)
     pipe.expireat(key, until, gt=True)
+
+
+def _fields_key(kind: str, object_id: str) -> str:
+    """The hash of a file's or batch's (`kind`) fields."""
+    return file_keys(object_id)[0] if kind == "files" else batch_keys(object_id)["batch"]
 
 
 def _too_long(number: int) -> LlmqError:
