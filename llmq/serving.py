@@ -61,8 +61,9 @@ class Serving:
                 return True
             try:
                 groups = await describe_groups(self._admin, [worker_group(m) for m in stale])
-            except KafkaError as exc:
+            except KafkaError as exc:  # kept as yes as long: not a round trip per request
                 log.warning("cannot see the workers' groups (assuming they serve): %r", exc)
+                self._known.update(dict.fromkeys(stale, (now, True)))
                 return True
             for model in stale:
                 self._known[model] = (now, servable(groups[worker_group(model)]))

@@ -3,10 +3,17 @@ workers, and those scaled to zero."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+from types import SimpleNamespace
+from typing import cast
 
-from llmq.groups import DEAD, EMPTY, Group
-from llmq.serving import servable
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from llmq.groups import DEAD, EMPTY, Group, describe_groups
+from llmq.serving import Serving, servable
+from schemas.settings import ServiceSettings
 
 
 @pytest.mark.parametrize(
@@ -20,3 +27,40 @@ from llmq.serving import servable
 )
 def test_a_pool_is_servable_with_workers_or_scaled_to_zero(group: Group, expected: bool) -> None:
     assert servable(group) is expected
+
+
+class Admin:
+    """Kafka's admin client answering DescribeGroups for every group with `error` (0: none),
+    `members` members and `state`; counts the questions."""
+
+    def __init__(self, error: int = 0, members: int = 0, state: str = "") -> None:
+        self.error, self.members, self.state = error, members, state
+        self.asked = 0
+
+    async def describe_consumer_groups(self, groups: list[str]) -> list[SimpleNamespace]:
+        self.asked += 1
+        entry = (self.error, groups[0], self.state, "consumer", "", ["m"] * self.members)
+        return [SimpleNamespace(groups=[entry])]
+
+
+def test_a_group_kafka_answers_with_an_error_is_not_read_as_a_pool_without_workers() -> None:
+    """A coordinator moving (a broker restart) answers with an error, no state and no members:
+    read as a group, no worker served the model, and the stream processor skipped it."""
+    admin = Admin(error=16)  # NOT_COORDINATOR
+    with pytest.raises(KafkaError):
+        asyncio.run(describe_groups(cast(AIOKafkaAdminClient, admin), ["llmq.workers.m"]))
+    found = asyncio.run(describe_groups(cast(AIOKafkaAdminClient, Admin()), ["llmq.workers.m"]))
+    assert found == {"llmq.workers.m": Group(0, "")}
+
+
+def test_when_kafka_cannot_say_every_model_counts_as_served_for_a_while() -> None:
+    """Not a round trip per request while the admin API fails (an ACL denying it, say)."""
+    admin = Admin(error=16)
+    serving = Serving(ServiceSettings(), "test")
+    serving._admin = cast(AIOKafkaAdminClient, admin)
+
+    async def twice() -> list[bool]:
+        return [await serving.serves(["m"]), await serving.serves(["m"])]
+
+    assert asyncio.run(twice()) == [True, True]
+    assert admin.asked == 1
