@@ -95,6 +95,10 @@ class Publisher:
         record is replaced by the error that says so: sending it would fail every time."""
         key = completion.work.fingerprint.encode()
         event, value = self._record(completion, state)
+        if not self._fits(key, value) and completion.error is None and completion.work.unsure:
+            # An escalation's answer needs no stand-in: the unsure answer it carries goes.
+            completion = _without_unsure(completion)
+            event, value = self._record(completion, state)
         if not self._fits(key, value):
             event, value = self._too_large(completion, state, key, value)
         sends = [self._deliver(COMPLETIONS, key, value)]
@@ -150,7 +154,8 @@ class Publisher:
         if self._limit >= MAX_RECORD_BYTES + _FAILURE_ROOM:
             return None  # every request admission takes fits
         key = state.work.fingerprint.encode()
-        size = record_size(key, state.work.model_dump_json().encode()) + _FAILURE_ROOM
+        carried = state.work.model_copy(update={"unsure": None})  # the stand-in may go
+        size = record_size(key, carried.model_dump_json().encode()) + _FAILURE_ROOM
         if size <= self._limit:
             return None
         return LlmqError(
@@ -190,6 +195,8 @@ class Publisher:
             alone = "its request alone does not fit: send a shorter prompt"
             failure = self._failure(state, completion, f"{said}; {alone}")
             tries.append((_promptless(failure), True))
+        if completion.work.unsure is not None:  # last, the stand-in answer an escalation carries
+            tries.append((_without_unsure(tries[-1][0]), tries[-1][1]))
         for replacement, promptless in tries:
             event, value = self._record(replacement, state, outcome)
             if self._fits(key, value):
@@ -262,6 +269,13 @@ def _unread_work(raw: bytes | None) -> dict[str, Any] | None:
     request = work.get("request") if isinstance(work, dict) else None
     cid = request.get("correlation_id") if isinstance(request, dict) else None
     return work if isinstance(cid, str) and IDENTIFIER.fullmatch(cid) else None
+
+
+def _without_unsure(completion: Completion) -> Completion:
+    """The completion, its work without the unsure answer an escalation carries."""
+    return completion.model_copy(
+        update={"work": completion.work.model_copy(update={"unsure": None})}
+    )
 
 
 def _promptless(completion: Completion) -> Completion:

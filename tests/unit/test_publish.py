@@ -13,7 +13,8 @@ from llmq.record_limits import RECORD_LIMIT
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import COMPLETIONS, DLQ, HEADER_ORIGINAL_BYTES, HEADER_REASON
 from schemas.request import ChatBody, ChatMessage
-from schemas.work import PROMPT_NOT_CARRIED, WorkItem
+from schemas.work import PROMPT_NOT_CARRIED, UnsureAnswer, WorkItem
+from tests.unit.stages import answer
 from tests.unit.worker_fakes import (
     STANDARD,
     FakeConsumer,
@@ -238,3 +239,29 @@ def test_a_record_the_broker_refuses_itself_stops_the_worker_and_stays_uncommitt
         run_worker(consumer, producer, lambda: FakeEngine(text="x" * 1_000), scenario)
     assert [topic for topic, _ in producer.refused] == [COMPLETIONS]
     assert consumer.committed.get(STANDARD, 0) == 0  # the next to read is still the record
+
+
+def test_an_escalations_answer_too_large_with_its_stand_in_goes_without_it() -> None:
+    """The unsure answer an escalation carries (WorkItem.unsure) answers only where the
+    escalation ends without one: the big model's answer, paid for, was replaced by
+    answer_too_large, and the unsure answer served instead."""
+    unsure = UnsureAnswer(model="small", response=answer("z" * 3_000), mean_logprob=-2.0)
+    producer = FakeProducer(limit=LIMIT)
+    serve_one(work_with({}, unsure=unsure), FakeEngine(text="x" * 200), producer=producer)
+    [completion] = producer.completions()
+    assert completion.error is None and completion.response is not None
+    assert completion.work.unsure is None
+
+
+def test_a_failure_too_large_with_its_stand_in_goes_without_it_rather_than_stop() -> None:
+    """Past the room of a record even without its prompt, the failure of an escalation goes
+    back without the unsure answer it carries: a record the producer refuses would stop the
+    worker at every start."""
+    unsure = UnsureAnswer(model="small", response=answer("z" * 6_000), mean_logprob=-2.0)
+    state = InFlight.from_work(_big_work().model_copy(update={"unsure": unsure}), "r")
+    producer = FakeProducer(limit=LIMIT)
+    publisher = Publisher(producer, model_spec(), "w", LIMIT)
+    failed = state.failure(LlmqError(ErrorCode.EXPIRED, "past its deadline"), "w", 0.0)
+    asyncio.run(publisher.publish(failed, state))
+    [completion] = producer.completions()
+    assert completion.error is not None and completion.work.unsure is None
