@@ -22,7 +22,7 @@ from schemas.route import Route
 from schemas.work import Completion, UnsureAnswer
 from streams import metrics, replies
 from streams.coalesce import Coalescer, shared_terms
-from streams.dedupe import Similar, fail_copies
+from streams.dedupe import Similar, fail_copies, fail_followers
 from streams.guard import Guard, failure_of
 from streams.outbox import Outbox
 from streams.refusals import Refusals
@@ -108,9 +108,10 @@ class Complete:
 
     async def _unreadable(self, key: bytes | None, value: bytes | None, error: LlmqError) -> None:
         """Dead-letter a completion this version cannot read (its work written by a newer
-        llmq, say) and answer whoever work_requester finds in it, releasing its hold once the cost
-        it carries is settled; where that cost cannot be read, the hold stays until it
-        expires, so that the budget admits nothing into room the generation spent."""
+        llmq, say) and answer whoever work_requester finds in it, releasing its hold once the
+        cost it carries is settled; where that cost cannot be read, the hold stays until it
+        expires, so that the budget admits nothing into room the generation spent. The
+        copies waiting on it (the record's key is their fingerprint) share its failure."""
         try:
             event, release = _Metered.model_validate_json(value or b"").metering, True
         except ValidationError:
@@ -119,6 +120,14 @@ class Complete:
             await self._outbox.ledger.settle(event)
         why = work_requester(error, value)
         await self._refusals.reject(COMPLETIONS, key, value, why, release)
+        fingerprint, cid = (key or b"").decode(errors="replace"), why.correlation_id
+        if cid is None or why.tenant is None:
+            return
+        if self._coalescer.leader_id(fingerprint) == cid:
+            failure = replies.from_error(error, cid, why.tenant)
+            await fail_followers(self._coalescer, self._outbox, fingerprint, failure)
+        else:  # another leads the copies: not handed back to this generation
+            self._coalescer.ended(fingerprint, cid)
 
     async def _conclude(
         self, key: bytes | None, value: bytes | None, completion: Completion
@@ -156,8 +165,9 @@ class Complete:
         elif (failure := final_failure(completion)) is not None:
             await self._outbox.dead_letter(COMPLETIONS, key, value, failure)
             completion = completion.model_copy(update={"error": ErrorInfo.from_error(failure)})
-        # 4) Answer the leader and every follower, and fill the caches.
-        await self._answer(completion)
+        # 4) Answer the leader and every follower, and fill the caches (not with an unsure
+        #    answer that stood in: the next copy, with time to spare, escalates).
+        await self._answer(completion, keep=unsure is None)
 
     async def _hand_on_or_keep(self, completion: Completion) -> Completion | None:
         """None when the work was sent on (_hand_on); else the completion to answer: as it
@@ -305,8 +315,9 @@ class Complete:
         )
         self._coalescer.leave(fingerprint, gone)
 
-    async def _answer(self, completion: Completion) -> None:
-        """Reply to the request and to every copy coalesced with it, then forget it."""
+    async def _answer(self, completion: Completion, *, keep: bool = True) -> None:
+        """Reply to the request and to every copy coalesced with it, then forget it; `keep`:
+        an answer fills the exact and semantic caches."""
         work = completion.work
         request = work.request
         result = replies.from_completion(completion)
@@ -324,8 +335,9 @@ class Complete:
             await self._outbox.reply_all(first)
             return
         # Fill the exact cache before the entry goes, so a copy arriving later hits it.
-        if completion.response is not None:
-            await self._outbox.store.cache(work.fingerprint, completion.response)
+        kept = completion.response if keep else None
+        if kept is not None:
+            await self._outbox.store.cache(work.fingerprint, kept)
         followers = await self._coalescer.settle(
             work.fingerprint,
             first,
@@ -334,7 +346,7 @@ class Complete:
         )
         metrics.COALESCED.observe(followers)
         # Teach the semantic cache the question, without holding up the next completion.
-        if completion.response is not None:
+        if kept is not None:
             self._remember(completion)
 
     def _remember(self, completion: Completion) -> None:

@@ -12,7 +12,7 @@ from llmq.futures import read_outcome
 from schemas.errors import LlmqError
 from schemas.lanes import Lane
 from schemas.names import REQUESTS_KEYED
-from schemas.result import CacheStatus, ChatCompletion
+from schemas.result import CacheStatus, ChatCompletion, InferenceResult
 from schemas.work import WorkItem
 from streams import metrics, replies
 from streams.coalesce import Coalescer
@@ -209,13 +209,22 @@ async def fail_copies(
     where they cannot be answered: a leader that will not generate holds no one)."""
     request = work.request
     failure = replies.from_error(error, request.correlation_id, request.tenant)
+    await fail_followers(coalescer, outbox, work.fingerprint, failure)
+
+
+async def fail_followers(
+    coalescer: Coalescer, outbox: Outbox, fingerprint: str, failure: InferenceResult
+) -> None:
+    """fail_copies of a leader known by its fingerprint and its `failure` alone (its work
+    unread)."""
+    correlation_id = failure.correlation_id
     try:
         await until_taken(
             lambda: coalescer.settle(
-                work.fingerprint, [], replies.to_followers(failure), outbox.reply_all
+                fingerprint, [], replies.to_followers(failure), outbox.reply_all
             ),
-            f"the failure of {request.correlation_id} to its copies",
+            f"the failure of {correlation_id} to its copies",
         )
     except Exception:
-        log.exception("the copies of %s were not told it failed", request.correlation_id)
-        coalescer.drop(work.fingerprint)
+        log.exception("the copies of %s were not told it failed", correlation_id)
+        coalescer.drop(fingerprint)

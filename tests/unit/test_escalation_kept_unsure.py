@@ -76,6 +76,7 @@ def test_an_expired_escalation_answers_the_request_and_its_copies_with_the_unsur
     assert results["t-copy-0"].cost_usd == 0.0
     assert ledger.calls == ["settle t-1 0.001", "release t-1", "release t-copy-0"]
     assert harness.table == {}
+    assert harness.store.answers == {}, "a copy with time to spare escalates, not hits it"
 
 
 def test_an_escalation_that_failed_for_good_answers_with_the_unsure_answer() -> None:

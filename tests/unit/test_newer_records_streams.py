@@ -89,3 +89,22 @@ def test_an_unreadable_completion_whose_cost_cannot_be_read_keeps_its_hold() -> 
     asyncio.run(harness.complete.on_completion(b"k", json.dumps(record).encode()))
     assert [s.topic for s in harness.send.sent] == [DLQ, "app.replies"]
     assert ledger.calls == []
+
+
+def test_the_copies_of_an_unreadable_completion_share_its_failure() -> None:
+    """Its requester was answered and its copies waited for ever (a Kafka app without a
+    deadline): nothing settled the coalescing entry the record's key names."""
+    harness = Pipeline()
+    for cid in ("lead", "copy"):
+        harness.on_request(None, raw_request(cid=cid, temperature=0))
+    [sent] = harness.send.sent
+    harness.send.sent.clear()
+    record = json.loads(sent.value)
+    record["request"]["body"]["some_newer_field"] = 40
+    completion = _newer_completion() | {"work": record}
+    asyncio.run(harness.complete.on_completion(sent.key, json.dumps(completion).encode()))
+    answered = sorted(
+        result_of(s).correlation_id or "" for s in harness.send.sent if s.topic != DLQ
+    )
+    assert answered == ["copy", "lead"]
+    assert harness.table == {}
