@@ -416,19 +416,19 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
         _abandon(door, call, grace=resumable)
         return Response(status_code=499)
     metrics.FIRST_PIECE.observe(time.monotonic() - started)
+    ended = partial(_ended, door, call)
     chunks = door.chunks(call, first[0].model)
     if isinstance(call, ResponseCall):  # the resume route sends chunks, not these: no grace
         shape = ResponseEvents(call.echo, chunks.created, chunks.model, chunks.body)
         stop = partial(_abandon, door, call, grace=False)
         keep = partial(_keep, door, call)
-        events = sse.response_events(shape, first[0], streams[0], stop, keep)
+        events = sse.response_events(shape, first[0], streams[0], stop, keep=keep, on_error=ended)
     elif call.n == 1:  # one of tool calls does not resume: no grace
-        events = sse.events(
-            chunks, first[0], streams[0], partial(_abandon, door, call, grace=resumable)
-        )
+        stop = partial(_abandon, door, call, grace=resumable)
+        events = sse.events(chunks, first[0], streams[0], stop, ended)
     else:  # such a stream does not resume: no grace
-        stop, failed = partial(_abandon, door, call, grace=False), partial(_failed, door, call)
-        events = sse.choices(chunks, first, streams, stop, failed)
+        stop = partial(_abandon, door, call, grace=False)
+        events = sse.choices(chunks, first, streams, stop, ended)
     headers = {**SSE_HEADERS, **_ids(call)}
     return StreamingResponse(
         _timed(events, started), media_type="text/event-stream", headers=headers
@@ -447,6 +447,16 @@ def _failed(door: FrontDoor, call: Call) -> None:
     of one choice has none), not counted as left by their client."""
     if call.n > 1:
         _abandon(door, call, grace=False, left=False)
+
+
+def _ended(door: FrontDoor, call: Call, exc: Exception) -> None:
+    """An error ended a stream after its first pieces: a request's failure cancels the other
+    choices of its call (_failed); the door giving up on it (its wait past, or its own
+    failure to read it) cancels every choice (_late)."""
+    if isinstance(exc, LlmqError):
+        _failed(door, call)
+    else:
+        _late(door, call)
 
 
 def _late(door: FrontDoor, call: Call) -> None:

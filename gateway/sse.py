@@ -24,6 +24,7 @@ def events(
     first: Delta | None,
     pieces: AsyncIterator[Delta] | None,
     on_abandon: Callable[[], None] | None = None,
+    on_error: Callable[[Exception], None] | None = None,
 ) -> AsyncGenerator[str]:
     """The events of an answer from its `first` piece on, each one `data:` line with no
     event id, as OpenAI's and vLLM's servers send them (tools written for those, vLLM's
@@ -32,10 +33,10 @@ def events(
     Last-Event-ID). A piece without text sends no event of its own: its logprobs go with
     the next, or with the finish. An answer of tool calls sends them whole, once read from
     its whole text (under "auto", the text before them as it comes). An error after the
-    first piece is an error event. A client that leaves before the end calls
-    `on_abandon`."""
+    first piece is an error event, after a call of `on_error` with it. A client that leaves
+    before the end calls `on_abandon`."""
     answer = (_calls if chunks.calls_tools else _answer)(chunks, first, pieces)
-    return _guarded(answer, [] if pieces is None else [pieces], on_abandon)
+    return _guarded(answer, [] if pieces is None else [pieces], on_abandon, on_error=on_error)
 
 
 def choices(
@@ -43,7 +44,7 @@ def choices(
     firsts: list[Delta],
     streams: list[AsyncIterator[Delta]],
     on_stop: Callable[[], None] | None = None,
-    on_error: Callable[[], None] | None = None,
+    on_error: Callable[[Exception], None] | None = None,
 ) -> AsyncGenerator[str]:
     """The events of n answers at once (`n` > 1), from each one's first piece on: each
     chunk carries its choice's index, in the order the pieces come, and the usage (asked
@@ -60,18 +61,22 @@ def response_events(
     first: Delta,
     pieces: AsyncIterator[Delta],
     on_abandon: Callable[[], None] | None = None,
+    *,
     keep: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    on_error: Callable[[Exception], None] | None = None,
 ) -> AsyncGenerator[str]:
     """The events of a streamed response (OpenAI's Responses API), each named by its type,
     from the answer's first piece on (function calls once the answer is whole); the whole
     `response` goes to `keep` before the last event, which carries it. Such a stream does
-    not resume (the resume route sends chunks). An error after the first piece is an `error`
-    event, then `response.failed`; a client that leaves before the end calls `on_abandon`."""
+    not resume (the resume route sends chunks). An error after the first piece calls
+    `on_error` and is an `error` event, then `response.failed`; a client that leaves before
+    the end calls `on_abandon`."""
     answer = (_called if shape.calls_tools else _response)(shape, first, pieces, keep)
     return _guarded(
         answer,
         [pieces],
         on_abandon,
+        on_error=on_error,
         failed=lambda code, message: [named(body) for body in shape.failed(code, message)],
     )
 
@@ -136,7 +141,7 @@ async def _guarded(
     streams: list[AsyncIterator[Delta]],
     on_abandon: Callable[[], None] | None,
     *,
-    on_error: Callable[[], None] | None = None,
+    on_error: Callable[[Exception], None] | None = None,
     failed: Callable[[ErrorCode, str], list[str]] | None = None,
 ) -> AsyncGenerator[str]:
     """`answer`'s events; an error in it calls `on_error` and becomes an error event (chat's,
@@ -148,12 +153,12 @@ async def _guarded(
             yield line
         ended = True
     except (LlmqError, TimeoutError) as exc:
-        ended = _failing(on_error)
+        ended = _failing(on_error, exc)
         for event in _error_events(exc, failed):
             yield event
         ended = True
-    except Exception:
-        ended = _failing(on_error)
+    except Exception as exc:
+        ended = _failing(on_error, exc)
         raise
     finally:
         if not ended and on_abandon is not None:
@@ -174,11 +179,12 @@ def _error_events(
     return [data(error_body(code, message)[1])] if failed is None else failed(code, message)
 
 
-def _failing(on_error: Callable[[], None] | None) -> bool:
-    """Call `on_error`, if any: whether it was (a client leaving then is not abandoning)."""
+def _failing(on_error: Callable[[Exception], None] | None, exc: Exception) -> bool:
+    """Call `on_error` with `exc`, if any: whether it was (a client leaving then is not
+    abandoning)."""
     if on_error is None:
         return False
-    on_error()
+    on_error(exc)
     return True
 
 

@@ -164,3 +164,24 @@ def test_requests_the_door_gave_up_on_are_cancelled_not_counted(
     assert status == 408 and "expired" in answer
     assert sorted(client.cancelled) == sorted(client.submitted)
     assert _cancelled() == before
+
+
+class LateAfterFirst(Client):
+    """The first piece comes, then nothing within the door's wait."""
+
+    async def follow(self, correlation_id: str, **_: Any) -> AsyncIterator[Delta]:
+        yield Delta("Hel", 0)
+        raise TimeoutError(f"no answer for {correlation_id} in time")
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_stream_the_door_gave_up_on_after_its_first_piece_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    """Its client got an `expired` event; the generation ran on, its answer stored and
+    billed, where the stream had one choice."""
+    client, before = LateAfterFirst(), _cancelled()
+    status, answer = asyncio.run(_call(_app(monkeypatch, client), stream=True, n=n))
+    assert status == 200 and "expired" in answer
+    assert sorted(client.cancelled) == sorted(client.submitted)
+    assert _cancelled() == before

@@ -413,7 +413,7 @@ def test_a_streamed_response_is_openais_events_in_order() -> None:
 
     async def main() -> list[str]:
         first = Delta("Bl", 0, logprobs=[token])
-        return [e async for e in sse.response_events(shape, first, rest, None, keep)]
+        return [e async for e in sse.response_events(shape, first, rest, None, keep=keep)]
 
     lines = asyncio.run(main())
     assert sse.DONE not in lines  # as OpenAI's: the last event ends it

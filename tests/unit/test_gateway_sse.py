@@ -88,7 +88,7 @@ def test_an_error_in_one_choice_cancels_the_others() -> None:
 
     async def main() -> list[str]:
         events = sse.choices(
-            chunks, [Delta("a", 0), Delta("b", 0)], streams, _left, lambda: stopped.append(True)
+            chunks, [Delta("a", 0), Delta("b", 0)], streams, _left, lambda exc: stopped.append(True)
         )
         return [e async for e in events]
 
@@ -111,7 +111,7 @@ def test_an_unexpected_failure_of_one_choice_ends_the_stream() -> None:
             [Delta("a", 0), Delta("b", 0)],
             [broken(), _pieces()],
             _left,
-            lambda: stopped.append(True),
+            lambda exc: stopped.append(True),
         )
         async for _ in events:
             pass

@@ -272,7 +272,7 @@ def _streamed(call: ResponseCall, reason: str, *pieces: str) -> tuple[list[Any],
         at = zip(pieces, offsets, tokens, strict=True)
         deltas = [Delta(text, offset, logprobs=lp) for text, offset, lp in at]
         deltas[-1] = Delta(pieces[-1], offsets[-1], reason, USAGE, logprobs=tokens[-1])
-        stream = sse.response_events(shape, deltas[0], _pieces(*deltas[1:]), None, keep)
+        stream = sse.response_events(shape, deltas[0], _pieces(*deltas[1:]), None, keep=keep)
         return [e async for e in stream]
 
     reader = TypeAdapter(ResponseStreamEvent)
