@@ -64,7 +64,7 @@ def _event(tenant: str) -> MeteringEvent:
     return MeteringEvent(
         correlation_id=f"c-{tenant}",
         tenant=tenant,
-        model="fix59-model",
+        model="bound-model",
         lane=Lane.BATCH,
         fingerprint="f",
         prompt_tokens=3,
@@ -80,19 +80,19 @@ def _event(tenant: str) -> MeteringEvent:
 def _events(tenant: str) -> float | None:
     return REGISTRY.get_sample_value(
         "llmq_costs_events_total",
-        {"tenant": tenant, "model": "fix59-model", "lane": "batch", "cache": "none"},
+        {"tenant": tenant, "model": "bound-model", "lane": "batch", "cache": "none"},
     )
 
 
 def test_cost_counters_label_tenants_past_the_limit_other() -> None:
-    rollups = CostRollups(Counting(), TenantLabels({"fix59-named"}, 1))  # type: ignore[arg-type]
+    rollups = CostRollups(Counting(), TenantLabels({"bound-named"}, 1))  # type: ignore[arg-type]
     other_before = _events(OTHER) or 0.0
-    for tenant in ["fix59-first", "fix59-second", "fix59-third", "fix59-named"]:
+    for tenant in ["bound-first", "bound-second", "bound-third", "bound-named"]:
         assert asyncio.run(rollups.add(_event(tenant)))
-    assert _events("fix59-first") == _events("fix59-named") == 1.0
-    assert _events("fix59-second") is _events("fix59-third") is None
+    assert _events("bound-first") == _events("bound-named") == 1.0
+    assert _events("bound-second") is _events("bound-third") is None
     assert _events(OTHER) == other_before + 2.0
-    tokens = {"tenant": OTHER, "model": "fix59-model", "kind": "completion"}
+    tokens = {"tenant": OTHER, "model": "bound-model", "kind": "completion"}
     assert REGISTRY.get_sample_value("llmq_costs_tokens_total", tokens) == 2 * 4.0
 
 
@@ -119,7 +119,7 @@ build(StreamSettings(semantic_cache=False, tenants_file=Path({file!r}), metrics_
 found = [o for o in gc.get_objects() if isinstance(o, (CostRollups, BudgetAlerts))]
 print(json.dumps({{
     "labels": sorted(
-        (type(o).__name__, o._labels.label("fix59-named"), o._labels.label("anyone"))
+        (type(o).__name__, o._labels.label("bound-named"), o._labels.label("anyone"))
         for o in found
     ),
     "created": b"_created" in generate_latest(),
@@ -131,7 +131,7 @@ def test_the_stream_processor_labels_by_its_tenants_file_without_created_series(
     tmp_path: Path,
 ) -> None:
     tenants = tmp_path / "tenants.toml"
-    tenants.write_text("[tenants.fix59-named]\nrequests_per_minute = 5\n")
+    tenants.write_text("[tenants.bound-named]\nrequests_per_minute = 5\n")
     done = subprocess.run(
         [sys.executable, "-c", PROBE.format(file=str(tenants))],
         cwd=ROOT,
@@ -144,8 +144,8 @@ def test_the_stream_processor_labels_by_its_tenants_file_without_created_series(
     probed = json.loads(done.stdout.strip().splitlines()[-1])
     assert probed == {
         "labels": [
-            ["BudgetAlerts", "fix59-named", OTHER],
-            ["CostRollups", "fix59-named", OTHER],
+            ["BudgetAlerts", "bound-named", OTHER],
+            ["CostRollups", "bound-named", OTHER],
         ],
         "created": False,
     }
