@@ -33,6 +33,10 @@ from schemas.tenants import TenantPolicy
 
 log = logging.getLogger(__name__)
 
+CLOSE_CANCELS_S = 10.0
+"""How long a stopping front door waits for the cancels it still owes (Kafka away: the
+requests' deadlines end them)."""
+
 
 class ApiError(Exception):
     """An HTTP error in OpenAI's shape; one that retrying cannot mend tells the SDK not to
@@ -133,19 +137,44 @@ class FrontDoor:
         metrics.READY.set(1)
 
     async def close(self) -> None:
+        """Stop: the cancels still owed (a stream's grace, calls the drain cut off) are sent
+        at once and together, for CLOSE_CANCELS_S at most; then the batch tasks stop and
+        every client closes, each step whatever the one before met."""
         self.ready = False
         metrics.READY.set(0)
         for key in list(self._doomed):  # no grace any more, but for what another door reads
             self._doomed.pop(key).cancel()
-            await self._cancel_if_unread(key)
+            self._in_background(self._cancel_if_unread(key))
+        await self._settle_background()
         for task in self._batch_tasks:  # a batch's progress is in Redis: the next door resumes
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._collector.close()
-        await self.serving.close()
-        await self.client.close()
+        for close in (self._collector.close, self.serving.close, self.client.close):
+            try:
+                await close()
+            except Exception as exc:  # the next one closes all the same
+                log.warning("stopping the front door: %s", explain(exc))
         await self._redis.aclose()
+
+    async def _settle_background(self) -> None:
+        """Wait for the background work (cancels) for CLOSE_CANCELS_S at most; say what
+        failed or was not done."""
+        if not self._background:
+            return
+        done, pending = await asyncio.wait(set(self._background), timeout=CLOSE_CANCELS_S)
+        for task in pending:
+            task.cancel()
+        failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+        if failed or pending:
+            first = failed[0].exception() if failed else None
+            log.warning(
+                "stopping: %d cancel(s) failed, %d not sent in %.0f s%s",
+                len(failed),
+                len(pending),
+                CLOSE_CANCELS_S,
+                f" ({explain(first)})" if first is not None else "",
+            )
 
     def tenant(self, request: Request) -> str:
         """The tenant of the request's bearer key (never of its body); `default` when the

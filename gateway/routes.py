@@ -343,8 +343,11 @@ async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
     wait_s = door.settings.request_timeout_s + 5
     try:
         results = await _unless_gone(request, _results(door, call, wait_s))
+    except asyncio.CancelledError:  # the drain bound cut it off
+        _given_up(door, call)
+        raise
     except TimeoutError:
-        _late(door, call)
+        _given_up(door, call)
         raise ApiError(LATE, headers=_ids(call)) from None
     except LlmqError as exc:
         _failed(door, call)
@@ -402,13 +405,16 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
     firsts = [asyncio.ensure_future(anext(stream)) for stream in streams]
     try:
         first = await _unless_gone(request, asyncio.gather(*firsts))
+    except asyncio.CancelledError:  # the drain bound cut it off
+        _given_up(door, call)
+        raise
     except (LlmqError, TimeoutError) as exc:
         for waiting in firsts:
             waiting.cancel()
         if isinstance(exc, LlmqError):
             _failed(door, call)
             raise ApiError(exc, headers=_ids(call)) from None
-        _late(door, call)
+        _given_up(door, call)
         raise ApiError(LATE, headers=_ids(call)) from None
     resumable = call.n == 1 and not isinstance(call, ResponseCall)
     resumable = resumable and not call.request.body.calls_tools  # the resume route sends text
@@ -452,17 +458,18 @@ def _failed(door: FrontDoor, call: Call) -> None:
 def _ended(door: FrontDoor, call: Call, exc: Exception) -> None:
     """An error ended a stream after its first pieces: a request's failure cancels the other
     choices of its call (_failed); the door giving up on it (its wait past, or its own
-    failure to read it) cancels every choice (_late)."""
+    failure to read it) cancels every choice (_given_up)."""
     if isinstance(exc, LlmqError):
         _failed(door, call)
     else:
-        _late(door, call)
+        _given_up(door, call)
 
 
-def _late(door: FrontDoor, call: Call) -> None:
-    """The door gave up waiting (its client is told the request expired): every choice is
-    cancelled, lest a worker whose clock runs behind the door's generate on, its answer
-    stored and billed. Not counted as a client that left."""
+def _given_up(door: FrontDoor, call: Call) -> None:
+    """The door gave up on the call (its wait past: its client is told the request expired;
+    or its drain bound, LLMQ_DRAIN_TIMEOUT_S, cut the call off): every choice is cancelled,
+    lest a worker generate on, its answer stored and billed for nobody. Not counted as a
+    client that left."""
     _abandon(door, call, grace=False, left=False)
 
 
@@ -478,6 +485,10 @@ async def _unless_gone(request: Request, work: Awaitable[T]) -> T | None:
     gone = asyncio.ensure_future(_until_gone(request))
     try:
         await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the caller's own (a drain cut short): `work` goes too
+        task.cancel()
+        task.add_done_callback(read_outcome)
+        raise
     finally:
         gone.cancel()
     if task.done():

@@ -1,5 +1,7 @@
-"""llmq_gateway_cancelled_total counts the requests whose client went away, not the other
-choices of an n > 1 call cancelled because one of them failed (its answer is that failure)."""
+"""What the front door cancels: the other choices of an n > 1 call one of which failed, and
+every call it gave up on (its wait past, its drain bound reached), none counted in
+llmq_gateway_cancelled_total, which counts the requests whose client went away; and a
+stopping door sends the cancels it owes even where Kafka takes none."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from starlette.types import Message
@@ -63,6 +66,9 @@ class Client:
 class Workers:
     async def serves(self, models: object) -> bool:
         return True
+
+    async def close(self) -> None:
+        pass
 
 
 def _app(monkeypatch: pytest.MonkeyPatch, client: Client) -> FastAPI:
@@ -185,3 +191,86 @@ def test_a_stream_the_door_gave_up_on_after_its_first_piece_is_cancelled(
     assert status == 200 and "expired" in answer
     assert sorted(client.cancelled) == sorted(client.submitted)
     assert _cancelled() == before
+
+
+class Never(Client):
+    """Published, and nothing ever comes: not a result, not a piece."""
+
+    async def result(self, correlation_id: str, wait_s: float, **_: Any) -> InferenceResult:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def follow(self, correlation_id: str, **_: Any) -> AsyncIterator[Delta]:
+        await asyncio.Event().wait()
+        yield Delta("", 0)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("stream", [False, True])
+def test_calls_the_drain_bound_cuts_off_are_cancelled(
+    monkeypatch: pytest.MonkeyPatch, stream: bool, n: int
+) -> None:
+    """A stopping front door cancels the calls still open at LLMQ_DRAIN_TIMEOUT_S (uvicorn
+    cancels their tasks): they ran on in the engines, billed for nobody."""
+    client, before = Never(), _cancelled()
+    app = _app(monkeypatch, client)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "n": n}
+    wire = json.dumps({**body, "stream": stream}).encode()
+    messages = [{"type": "http.request", "body": wire}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def main() -> None:
+        scope = post_scope(app, "/v1/chat/completions", {"content-type": "application/json"})
+        call = asyncio.create_task(app(scope, receive, send))
+        while len(client.submitted) < n:  # noqa: ASYNC110 -- polls the fake's plain state
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # it waits for the answers
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await app.state.door._settle_background()
+
+    asyncio.run(main())
+    assert sorted(client.cancelled) == sorted(client.submitted)
+    assert _cancelled() == before
+
+
+class Away(Client):
+    """Kafka away: a cancel is never taken; closing is recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    async def cancel(self, correlation_id: str, tenant: str | None = None) -> None:
+        raise KafkaTimeoutError("batch expired")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_a_door_that_cannot_send_its_cancels_still_stops_whole(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() stopped at the first cancel that failed: the rest were not tried, and the
+    batch tasks and every client were left running."""
+    client = Away()
+    app = _app(monkeypatch, client)
+    door = app.state.door
+
+    async def main() -> None:
+        for key in ("a", "b", "c"):
+            door.cancel("default", key)  # each waits out its grace time
+        await door.close()
+
+    asyncio.run(main())
+    assert client.closed
+    assert "3 cancel(s) failed" in caplog.text
