@@ -31,10 +31,12 @@ class Serving:
         self._admin: AIOKafkaAdminClient | None = None
         self._ttl_s = ttl_s
         self._known: dict[str, tuple[float, bool]] = {}
+        self._closed = False
 
     async def start(self) -> None:
         """Connect (aiokafka's clients are made inside the running loop); a client that
-        fails to, or is cancelled meanwhile, is closed, and the answers stay yes."""
+        fails to, is cancelled meanwhile, or connects after `close`, is closed, and the
+        answers stay yes."""
         admin = AIOKafkaAdminClient(
             bootstrap_servers=self._settings.kafka_bootstrap,
             client_id=self._client_id,
@@ -45,9 +47,13 @@ class Serving:
         except BaseException:
             await admin.close()
             raise
+        if self._closed:  # closed while it connected: nobody would close it
+            await admin.close()
+            return
         self._admin = admin
 
     async def close(self) -> None:
+        self._closed = True
         admin, self._admin = self._admin, None
         if admin is not None:
             await admin.close()

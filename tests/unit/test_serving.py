@@ -64,3 +64,25 @@ def test_when_kafka_cannot_say_every_model_counts_as_served_for_a_while() -> Non
 
     assert asyncio.run(twice()) == [True, True]
     assert admin.asked == 1
+
+
+def test_a_client_that_connects_after_close_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream processor closes its watcher as it stops, maybe while it still connects."""
+    made: list[Connecting] = []
+
+    class Connecting:
+        def __init__(self, **_: object) -> None:
+            self.closed = False
+            made.append(self)
+
+        async def start(self) -> None:
+            await serving.close()  # the app stops meanwhile
+
+        async def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr("llmq.serving.AIOKafkaAdminClient", Connecting)
+    serving = Serving(ServiceSettings(), "test")
+    asyncio.run(serving.start())
+    assert [c.closed for c in made] == [True]
+    assert asyncio.run(serving.serves(["m"])), "never started: every model counts as served"
