@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 CLOSE_CANCELS_S = 10.0
 """How long a stopping front door waits for the cancels it still owes (Kafka away: the
 requests' deadlines end them)."""
+UNWIND_S = 0.1
+"""How long a stopping front door lets the calls its drain bound cut off unwind before it
+sends the cancels they owe: a stream's events run in a task of their own, which learns of
+the cut a loop turn after its call."""
 
 
 class ApiError(Exception):
@@ -123,6 +127,8 @@ class FrontDoor:
         self.ready = False
         self._doomed: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
+        """Stopping: a call cut off now is cancelled at once, not counted as its client gone."""
         self._batch_tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -137,11 +143,13 @@ class FrontDoor:
         metrics.READY.set(1)
 
     async def close(self) -> None:
-        """Stop: the cancels still owed (a stream's grace, calls the drain cut off) are sent
-        at once and together, for CLOSE_CANCELS_S at most; then the batch tasks stop and
-        every client closes, each step whatever the one before met."""
-        self.ready = False
+        """Stop: once the calls the drain cut off have unwound (UNWIND_S), the cancels still
+        owed (a stream's grace, those calls) are sent at once and together, for
+        CLOSE_CANCELS_S at most; then the batch tasks stop and every client closes, each step
+        whatever the one before met."""
+        self.ready, self._closing = False, True
         metrics.READY.set(0)
+        await asyncio.sleep(UNWIND_S)
         for key in list(self._doomed):  # no grace any more, but for what another door reads
             self._doomed.pop(key).cancel()
             self._in_background(self._cancel_if_unread(key))
@@ -229,8 +237,8 @@ class FrontDoor:
         resumes its stream within the grace time (`grace`), here or at another front door,
         tell the workers (the generation is aborted)."""
         key = (tenant, correlation_id)
-        if not grace:
-            self._cancel_now(key, left=left)
+        if not grace or self._closing:  # a stopping door: no grace, its drain cut the call
+            self._cancel_now(key, left=left and not self._closing)
             return
         loop = asyncio.get_running_loop()
         self._doomed[key] = loop.call_later(self.settings.resume_grace_s, self._cancel_unread, key)

@@ -235,20 +235,35 @@ async def _resume(
     ended = await door.client.stored(correlation_id, tenant=tenant) is not None
     wait_s = door.settings.request_timeout_s
     pieces = door.client.follow(correlation_id, tenant=tenant, offset=last, wait_s=wait_s)
+    given_up = partial(_resume_given_up, door, tenant, correlation_id, ended)
     try:
         first = await anext(pieces, None)
+    except asyncio.CancelledError:  # the drain bound cut it off
+        given_up(None)
+        raise
     except LlmqError as exc:
         raise ApiError(exc) from None
-    except TimeoutError:
+    except TimeoutError as exc:
+        given_up(exc)
         raise ApiError(LATE) from None
     usage = request.query_params.get("include_usage", "false").lower() == "true"
     model = (first.model if first else None) or door.catalog.default
     chunks = kind(correlation_id, int(time.time()), model, usage)
     # Its client may leave again: the request is cancelled after the grace time, as at first.
     leaves = None if ended else partial(door.cancel, tenant, correlation_id)
-    events = sse.events(chunks, first, pieces, leaves)
+    events = sse.events(chunks, first, pieces, leaves, given_up)
     read = _read_until_done(events, partial(door.unread, tenant, correlation_id))
     return StreamingResponse(read, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _resume_given_up(
+    door: FrontDoor, tenant: str, correlation_id: str, ended: bool, exc: Exception | None
+) -> None:
+    """The door gave up on a resumed stream (its wait past, its drain bound, its own failure
+    to read it; `exc` None: the drain): its request is cancelled, as _given_up does a call's,
+    unless it had ended already. Not for the request's own failure (an LlmqError)."""
+    if not ended and not isinstance(exc, LlmqError):
+        door.cancel(tenant, correlation_id, grace=False, left=False)
 
 
 async def _read_until_done(

@@ -274,3 +274,83 @@ def test_a_door_that_cannot_send_its_cancels_still_stops_whole(
     asyncio.run(main())
     assert client.closed
     assert "3 cancel(s) failed" in caplog.text
+
+
+class MidStream(Away):
+    """A first piece, then nothing: a generation under way; cancels are taken."""
+
+    async def follow(self, correlation_id: str, **_: Any) -> AsyncIterator[Delta]:
+        yield Delta("Hel", 0)
+        await asyncio.Event().wait()
+
+    async def cancel(self, correlation_id: str, tenant: str | None = None) -> None:
+        assert not self.closed, "a cancel after the client closed is never sent"
+        self.cancelled.append(correlation_id)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_streams_the_drain_bound_cuts_mid_answer_are_cancelled_before_the_door_closes(
+    monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    """uvicorn cancels the calls at the bound, then at once runs the lifespan's close: a
+    stream's events run in a task of their own, which learned of the cut after close had
+    looked, so a single choice waited out a grace that never came (no cancel), and more
+    were cancelled through a closed client, each counted as a client that left."""
+    client, before = MidStream(), _cancelled()
+    app = _app(monkeypatch, client)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "n": n}
+    messages = [{"type": "http.request", "body": json.dumps({**body, "stream": True}).encode()}]
+    pieces = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if message.get("body"):
+            pieces.set()
+
+    async def main() -> None:
+        scope = post_scope(app, "/v1/chat/completions", {"content-type": "application/json"})
+        call = asyncio.create_task(app(scope, receive, send))
+        await pieces.wait()
+        call.cancel()  # as uvicorn does at the drain bound, then the lifespan's close
+        await app.state.door.close()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    asyncio.run(main())
+    assert sorted(client.cancelled) == sorted(client.submitted)
+    assert _cancelled() == before
+
+
+class LateResume(Late):
+    """A request in flight (nothing stored) whose resumed stream gets nothing in time."""
+
+    async def stored(self, correlation_id: str, **_: Any) -> InferenceResult | None:
+        return None
+
+
+def test_a_resumed_stream_the_door_gave_up_on_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, before = LateResume(), _cancelled()
+    app = _app(monkeypatch, client)
+    sent: list[Message] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        scope = post_scope(app, "/v1/results/r1/stream", {"last-event-id": "0"}) | {"method": "GET"}
+        await app(scope, receive, send)
+        await asyncio.gather(*app.state.door._background)
+
+    asyncio.run(main())
+    assert replied(sent)[0] == 408
+    assert client.cancelled == ["r1"] and _cancelled() == before
