@@ -195,7 +195,7 @@ class Publisher:
             alone = "its request alone does not fit: send a shorter prompt"
             failure = self._failure(state, completion, f"{said}; {alone}")
             tries.append((_promptless(failure), True))
-        if completion.work.unsure is not None:  # last, the stand-in answer an escalation carries
+        if state.work.unsure is not None:  # last, the stand-in answer an escalation carries
             tries.append((_without_unsure(tries[-1][0]), tries[-1][1]))
         for replacement, promptless in tries:
             event, value = self._record(replacement, state, outcome)

@@ -265,3 +265,17 @@ def test_a_failure_too_large_with_its_stand_in_goes_without_it_rather_than_stop(
     asyncio.run(publisher.publish(failed, state))
     [completion] = producer.completions()
     assert completion.error is not None and completion.work.unsure is None
+
+
+def test_an_escalations_answer_too_large_even_alone_goes_as_the_error_without_its_stand_in() -> (
+    None
+):
+    """The answer_too_large failures were made from the work with its stand-in, which alone
+    passed the record: the worker stopped at every start."""
+    unsure = UnsureAnswer(model="small", response=answer("z" * 3_000), mean_logprob=-2.0)
+    producer = FakeProducer(limit=LIMIT)
+    serve_one(work_with({}, unsure=unsure), FakeEngine(text="x" * 2_000), producer=producer)
+    [completion] = producer.completions()
+    assert completion.error is not None
+    assert completion.error.code is ErrorCode.ANSWER_TOO_LARGE
+    assert completion.work.unsure is None
