@@ -46,6 +46,9 @@ REJOIN_MARGIN_S = 15.0
 STOP_MARGIN_S = 20.0
 """After the drain bound: time to publish what finished, commit, and shut the engine down
 (a few seconds with Kafka up). Keep the two under the grace period (90 s in deploy/k8s)."""
+SIGNALS_HANDLED_S = 0.05
+"""A pause after the engine loaded, for the loop to run the handler of a signal that came
+meanwhile (its wake-up takes a few turns of the loop)."""
 STUCK = (
     "finished generations could not be published or committed (is Kafka away?); exiting "
     "without committing them, the next worker generates them again"
@@ -84,6 +87,14 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     engine = make_engine()
+    # A SIGTERM that came while the model loaded (the loop was blocked) is handled now: such
+    # a worker never joins its group (a join and a leave, two rebalances for nothing).
+    await asyncio.sleep(SIGNALS_HANDLED_S)
+    if stop.is_set():
+        await engine.abort_all()
+        engine.shutdown()
+        log.info("worker %s stopped while its engine started", settings.worker_id)
+        return
     producer, consumer = kafka_clients(settings, spec, record_limit)
     cancels = cancels_consumer(settings)
     cancellations = Cancellations(settings.cancel_memory_s)
