@@ -232,7 +232,7 @@ class LocalStack:
         }
         return Component(
             Proc(
-                name, [sys.executable, "-m", "gateway"], self._run, stop_timeout_s=40, env=settings
+                name, [sys.executable, "-m", "gateway"], self._run, stop_timeout_s=55, env=settings
             ),
             ready=partial(healthy, port),
             endpoint=f"http://127.0.0.1:{port}/v1",
