@@ -237,8 +237,12 @@ class FrontDoor:
         resumes its stream within the grace time (`grace`), here or at another front door,
         tell the workers (the generation is aborted)."""
         key = (tenant, correlation_id)
-        if not grace or self._closing:  # a stopping door: no grace, its drain cut the call
-            self._cancel_now(key, left=left and not self._closing)
+        left = left and not self._closing  # a stopping door's drain cut the call
+        if not grace:
+            self._cancel_now(key, left=left)
+            return
+        if self._closing:  # no grace any more, but for what another door reads
+            self._in_background(self._cancel_if_unread(key, left=left))
             return
         loop = asyncio.get_running_loop()
         self._doomed[key] = loop.call_later(self.settings.resume_grace_s, self._cancel_unread, key)
@@ -271,7 +275,7 @@ class FrontDoor:
         self._doomed.pop(key, None)
         self._in_background(self._cancel_if_unread(key))
 
-    async def _cancel_if_unread(self, key: tuple[str, str]) -> None:
+    async def _cancel_if_unread(self, key: tuple[str, str], *, left: bool = True) -> None:
         """Cancel the request unless a resumed stream of it is read at another door (Redis
         away: cancel, as a door alone would)."""
         try:
@@ -281,7 +285,7 @@ class FrontDoor:
         if readers is not None and int(readers) > 0:
             log.info("%s/%s is read again at another front door: not cancelled", *key)
             return
-        await self._cancel(key)
+        await self._cancel(key, left=left)
 
     def _cancel_now(self, key: tuple[str, str], *, left: bool) -> None:
         self._doomed.pop(key, None)
