@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -82,6 +82,26 @@ def _app(monkeypatch: pytest.MonkeyPatch, client: Client) -> FastAPI:
 
 def _cancelled() -> float:
     return REGISTRY.get_sample_value("llmq_gateway_cancelled_total") or 0.0
+
+
+def _all_cancelled_none_counted(client: Client, before: float) -> None:
+    """Every request the call published was cancelled, none as a client that left."""
+    assert sorted(client.cancelled) == sorted(client.submitted)
+    assert _cancelled() == before
+
+
+def _held_open(*, stream: bool, n: int) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI receive: a call of `n` choices, then a client that never leaves."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "n": n}
+    messages = [{"type": "http.request", "body": json.dumps({**body, "stream": stream}).encode()}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 async def _call(app: FastAPI, *, stream: bool, leaves: bool = False, n: int = 2) -> tuple[int, str]:
@@ -168,8 +188,7 @@ def test_requests_the_door_gave_up_on_are_cancelled_not_counted(
     client, before = Late(), _cancelled()
     status, answer = asyncio.run(_call(_app(monkeypatch, client), stream=stream, n=n))
     assert status == 408 and "expired" in answer
-    assert sorted(client.cancelled) == sorted(client.submitted)
-    assert _cancelled() == before
+    _all_cancelled_none_counted(client, before)
 
 
 class LateAfterFirst(Client):
@@ -189,8 +208,7 @@ def test_a_stream_the_door_gave_up_on_after_its_first_piece_is_cancelled(
     client, before = LateAfterFirst(), _cancelled()
     status, answer = asyncio.run(_call(_app(monkeypatch, client), stream=True, n=n))
     assert status == 200 and "expired" in answer
-    assert sorted(client.cancelled) == sorted(client.submitted)
-    assert _cancelled() == before
+    _all_cancelled_none_counted(client, before)
 
 
 class Never(Client):
@@ -214,15 +232,7 @@ def test_calls_the_drain_bound_cuts_off_are_cancelled(
     cancels their tasks): they ran on in the engines, billed for nobody."""
     client, before = Never(), _cancelled()
     app = _app(monkeypatch, client)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "n": n}
-    wire = json.dumps({**body, "stream": stream}).encode()
-    messages = [{"type": "http.request", "body": wire}]
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await asyncio.Event().wait()
-        return {"type": "http.disconnect"}
+    receive = _held_open(stream=stream, n=n)
 
     async def send(message: Message) -> None:
         pass
@@ -239,8 +249,7 @@ def test_calls_the_drain_bound_cuts_off_are_cancelled(
         await app.state.door._settle_background()
 
     asyncio.run(main())
-    assert sorted(client.cancelled) == sorted(client.submitted)
-    assert _cancelled() == before
+    _all_cancelled_none_counted(client, before)
 
 
 class Away(Client):
@@ -298,15 +307,8 @@ def test_streams_the_drain_bound_cuts_mid_answer_are_cancelled_before_the_door_c
     were cancelled through a closed client, each counted as a client that left."""
     client, before = MidStream(), _cancelled()
     app = _app(monkeypatch, client)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "n": n}
-    messages = [{"type": "http.request", "body": json.dumps({**body, "stream": True}).encode()}]
+    receive = _held_open(stream=True, n=n)
     pieces = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await asyncio.Event().wait()
-        return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
         if message.get("body"):
@@ -322,8 +324,7 @@ def test_streams_the_drain_bound_cuts_mid_answer_are_cancelled_before_the_door_c
             await call
 
     asyncio.run(main())
-    assert sorted(client.cancelled) == sorted(client.submitted)
-    assert _cancelled() == before
+    _all_cancelled_none_counted(client, before)
 
 
 class LateResume(Late):
