@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import sys
 
@@ -47,6 +48,7 @@ def _serve() -> int:
     )
     with sock, asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         runner.run(_start_and_serve(settings, app.state.door, uvicorn.Server(config), sock))
+    log.info("front door stopped")
     return 0
 
 
@@ -65,7 +67,15 @@ async def _start_and_serve(
     keys = f"{len(policy.api_keys)} API keys" if policy.api_keys else "no API keys: tenant default"
     where = startup.address(settings.api_host, settings.api_port)
     log.info("front door on http://%s (%s)", where, keys)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _drained)  # the handler uvicorn puts back after its stop
     await server.serve(sockets=[sock])  # its host and port: the socket's, not config's
+
+
+def _drained(signum: int, frame: object) -> None:
+    """SIGTERM or SIGINT once uvicorn has stopped on it: nothing more to do. uvicorn raises
+    the signal it took again after its drain; the default action then ended a clean stop
+    with exit 143."""
 
 
 if __name__ == "__main__":
