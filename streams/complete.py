@@ -165,9 +165,13 @@ class Complete:
         elif (failure := final_failure(completion)) is not None:
             await self._outbox.dead_letter(COMPLETIONS, key, value, failure)
             completion = completion.model_copy(update={"error": ErrorInfo.from_error(failure)})
-        # 4) Answer the leader and every follower, and fill the caches (not with an unsure
-        #    answer that stood in: the next copy, with time to spare, escalates).
-        await self._answer(completion, keep=unsure is None)
+        # 4) Answer the leader and every follower, and fill the caches: not with an unsure
+        #    answer, one that stood in or one that could not escalate (its deadline passed,
+        #    the next tier has no worker, its record would be too large). A later copy may.
+        would_escalate = completion.error is None and (
+            next_route(completion, self._catalog) is not None
+        )
+        await self._answer(completion, keep=unsure is None and not would_escalate)
 
     async def _hand_on_or_keep(self, completion: Completion) -> Completion | None:
         """None when the work was sent on (_hand_on); else the completion to answer: as it

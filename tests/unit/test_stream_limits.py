@@ -337,3 +337,4 @@ def test_an_unsure_answer_whose_escalation_is_refused_stands() -> None:
     [reply] = send.sent
     assert (result_of(reply).correlation_id, result_of(reply).text) == ("t-1", "Maybe?")
     assert pipeline.table == {}
+    assert pipeline.store.answers == {}, "a later copy, its answer perhaps shorter, may escalate"

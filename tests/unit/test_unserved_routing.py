@@ -82,6 +82,13 @@ def test_an_unsure_answer_whose_next_tier_has_no_worker_stands_for_it_and_its_co
         assert (result.status, result.text, result.model_used) == ("ok", "Maybe?", "small")
         assert result.route is not None and not result.route.escalated
     assert served.asked == [["big"]]
+    # Not cached: a later copy is generated again, and escalates once big has a worker.
+    harness.send.sent.clear()
+    harness.on_request(
+        None, json.dumps({**copy, "correlation_id": "t-3", "model": "auto"}).encode()
+    )
+    [sent] = harness.send.sent
+    assert sent.topic == "llmq.work.small.interactive"
 
 
 def test_an_unsure_answer_escalates_where_the_next_tier_has_a_worker(
