@@ -16,9 +16,10 @@ from schemas.result import CacheStatus, ChatCompletion, InferenceResult
 from schemas.work import WorkItem
 from streams import metrics, replies
 from streams.coalesce import Coalescer
-from streams.guard import Guard, failure_of, until_taken
+from streams.guard import Guard, failure_of
 from streams.outbox import Outbox
 from streams.refusals import Refusals
+from streams.resend import until_taken
 from streams.salvage import work_requester
 from streams.semantic import SemanticHit, semantic_key
 

@@ -16,8 +16,8 @@ from schemas.names import METERING
 from schemas.redact import describe, explain
 from schemas.retry import RetryPolicy
 from streams.gate import TenantGate
-from streams.guard import until_taken
 from streams.outbox import Outbox
+from streams.resend import until_taken
 from streams.rollups import CostRollups
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ import logging
 
 from streams import metrics, replies
 from streams.outbox import Outbox
+from streams.resend import until_taken
 from streams.salvage import Rejection
 
 log = logging.getLogger(__name__)
@@ -13,7 +14,9 @@ log = logging.getLogger(__name__)
 
 class Refusals:
     """The two ways a request ends without an answer: refused (well-formed, but over a
-    limit: answered, not poison) or rejected (invalid or failing: dead-lettered too)."""
+    limit: answered, not poison) or rejected (invalid or failing: dead-lettered too). Each
+    send is tried again while Kafka is away (until_taken): one that raised would reach the
+    Guard, which would dead-letter the record again and release a hold it should not."""
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
@@ -49,10 +52,15 @@ class Refusals:
         log.info(
             "rejected %s (%s): %s", why.correlation_id or "a record", why.error.code, why.error
         )
-        await self._outbox.dead_letter(source, key, raw, why.error)
+        await until_taken(
+            lambda: self._outbox.dead_letter(source, key, raw, why.error),
+            f"a dead letter of {source}",
+        )
 
     async def answer(self, why: Rejection, release: bool = True) -> None:
         """The second half of `reject`: the error reply, where the envelope allows one."""
         if why.correlation_id is not None:
             result = replies.from_error(why.error, why.correlation_id, why.tenant)
-            await self._outbox.reply(why.reply_to, result, release)
+            await until_taken(
+                lambda: self._outbox.reply(why.reply_to, result, release), "an error reply"
+            )

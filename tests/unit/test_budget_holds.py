@@ -8,12 +8,22 @@ import json
 import time
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from schemas.catalog import Catalog
+from schemas.names import DLQ
 from schemas.request import TEMPLATE_TOKENS, TEMPLATE_TOKENS_PER_MESSAGE
 from schemas.work import WorkItem
 from streams.budget import HOLD_AFTER_DEADLINE_S, HOLD_S, worst_case
-from tests.unit.stages import FakeLedger, Pipeline, admitted, metered, raw_request, result_of
+from tests.unit.stages import (
+    FailingSend,
+    FakeLedger,
+    Pipeline,
+    admitted,
+    metered,
+    raw_request,
+    result_of,
+)
 
 PRICED = Catalog.model_validate(
     {
@@ -90,3 +100,14 @@ def test_a_cached_answer_releases_its_hold_and_a_refusal_at_the_door_releases_no
     harness.on_request(None, raw_request(cid="t-2", temperature=0))  # the exact cache answers
     harness.on_request(None, raw_request(cid="t-3", temperature=0, max_tokens=0))  # invalid
     assert ledger.calls == ["settle t-1 0.25", "release t-1", "release t-2"]
+
+
+def test_a_refusal_at_the_door_whose_dead_letter_kafka_times_out_still_releases_none() -> None:
+    """The dead letter is sent again; before, its failure reached the Guard, which
+    dead-lettered the record a second time and answered with a release."""
+    ledger = FakeLedger()
+    send = FailingSend(DLQ, 1, KafkaTimeoutError())
+    harness = Pipeline(catalog=PRICED, ledger=ledger, send=send)
+    harness.on_request(None, raw_request(cid="t-3", temperature=0, max_tokens=0))  # invalid
+    assert [s.topic for s in send.sent] == [DLQ, "app.replies"]
+    assert ledger.calls == []

@@ -9,11 +9,13 @@ import json
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import DLQ, HEADER_REASON, RESULTS
 from streams.salvage import Rejection, work_requester
 from tests.unit.stages import (
+    FailingSend,
     FakeLedger,
     Pipeline,
     admitted,
@@ -89,6 +91,26 @@ def test_an_unreadable_completion_whose_cost_cannot_be_read_keeps_its_hold() -> 
     asyncio.run(harness.complete.on_completion(b"k", json.dumps(record).encode()))
     assert [s.topic for s in harness.send.sent] == [DLQ, "app.replies"]
     assert ledger.calls == []
+
+
+def test_an_unreadable_completion_whose_dead_letter_kafka_times_out_keeps_its_hold_too() -> None:
+    """The dead letter is sent again; before, its failure reached the Guard, which
+    dead-lettered the record a second time and answered with a release, and its copies
+    were left waiting."""
+    ledger = FakeLedger()
+    send = FailingSend(DLQ, 1, KafkaTimeoutError())
+    harness = Pipeline(ledger=ledger, send=send)
+    for cid in ("req-1", "copy"):
+        harness.on_request(None, raw_request(cid=cid, temperature=0))
+    [sent] = send.sent
+    send.sent.clear()
+    record = _newer_completion() | {"work": json.loads(sent.value)}
+    record["work"]["request"]["body"]["some_newer_field"] = 40
+    record["metering"]["cost_usd"] = "a newer cost"
+    asyncio.run(harness.complete.on_completion(sent.key, json.dumps(record).encode()))
+    assert [s.topic for s in send.sent] == [DLQ, "app.replies", "app.replies"]
+    assert ledger.calls == ["release copy"], "the copy's own hold goes, the generation's stays"
+    assert harness.table == {}
 
 
 def test_the_copies_of_an_unreadable_completion_share_its_failure() -> None:
