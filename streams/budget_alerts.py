@@ -80,7 +80,9 @@ class BudgetAlerts:
         assert limits.budget_usd is not None
         period = limits.budget_period
         window = period_id(period, now)
-        key = spend_key(tenant, f"alerted:{window}:{round(threshold * 100)}")
+        # The budget is in the key: one raised mid-period has its thresholds reported too.
+        budget = f"{limits.budget_usd:g}"
+        key = spend_key(tenant, f"alerted:{window}:{budget}:{round(threshold * 100)}")
         expires = int(period_end(period, now)) + KEEP_AFTER_PERIOD_S
         if key in self._known:
             return

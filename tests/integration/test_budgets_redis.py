@@ -450,6 +450,8 @@ def test_each_threshold_is_reported_once_per_period_across_instances(redis_port:
         )
         await one.exhausted("acme", limits, 0.95, at)
         await two.exhausted("acme", limits, 0.95, at)
+        raised = TenantLimits(budget_usd=2.0)  # by the operator, the same day
+        await one.spent("acme", raised, 1.1, at)
         await one.spent("acme", limits, 0.6, at + 86_400)  # the next day: a new period
 
     run_async(redis_port, body)
@@ -459,7 +461,9 @@ def test_each_threshold_is_reported_once_per_period_across_instances(redis_port:
         (0.5, period_id("day", at)),
         (0.8, period_id("day", at)),
         (1.0, period_id("day", at)),
+        (0.5, period_id("day", at)),
         (0.5, period_id("day", at + 86_400)),
     ]
+    assert alerts[3].budget_usd == 2.0
     assert alerts[0].spent_usd == 0.55 and alerts[0].reason == "spend"
     assert alerts[2].reason.startswith("a request was refused")
