@@ -36,8 +36,8 @@ class Outcome:
     """What `ensure_topics` found and did."""
 
     created: list[str]
-    mismatched: list[str]
-    """Existing topics with another partition count than the plan's, described."""
+    mismatched: dict[str, int]
+    """Existing topics with another partition count than the plan's, and that count."""
 
 
 def register(sub: Any) -> None:
@@ -77,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
         settings.kafka_bootstrap, plan, settings.kafka_security(), timeout_s=args.timeout
     )
     print(f"created {len(outcome.created)} of {len(plan)} topics: {', '.join(outcome.created)}")
-    for problem in outcome.mismatched:
-        print(f"llmq topics: {problem}")
+    planned = {spec.name: spec.partitions for spec in plan}
+    for name, count in outcome.mismatched.items():
+        print(f"llmq topics: {name} has {count} partitions, the plan {planned[name]}")
     return 1 if outcome.mismatched else 0
 
 
@@ -90,12 +91,18 @@ def ensure_topics(
 ) -> Outcome:
     """Create the planned topics that are missing (waiting for the cluster to answer, up to
     `timeout_s`), and name those that exist with another partition count: faust's agents
-    refuse them, and Kafka can only add partitions, which moves keys between them."""
+    refuse them, and Kafka can only add partitions, which moves keys between them. With any
+    such topic, none is created: a new one would have a count the others lack."""
     deadline = time.monotonic() + timeout_s
     admin = _connect(bootstrap, security or KafkaSecurity(), timeout_s)
     try:
         existing = _patiently(deadline, lambda: _partitions(admin))
-        missing = [spec for spec in plan if spec.name not in existing]
+        mismatched = {
+            spec.name: existing[spec.name]
+            for spec in plan
+            if spec.name in existing and existing[spec.name] != spec.partitions
+        }
+        missing = [] if mismatched else [spec for spec in plan if spec.name not in existing]
         if missing:
             specs = {
                 spec.name: {"num_partitions": spec.partitions, "replication_factor": -1}
@@ -112,11 +119,6 @@ def ensure_topics(
                 raise RuntimeError(f"Kafka at {bootstrap} did not create {names}: {exc}") from exc
     finally:
         admin.close()
-    mismatched = [
-        f"{spec.name} has {existing[spec.name]} partitions, the plan {spec.partitions}"
-        for spec in plan
-        if spec.name in existing and existing[spec.name] != spec.partitions
-    ]
     return Outcome([spec.name for spec in missing], mismatched)
 
 

@@ -283,7 +283,8 @@ class LocalStack:
         # A cluster's nodes need each other (a quorum) before any serves: start all, then wait.
         brokers = self.brokers
         self.start_all(brokers, say)
-        ensure_topics(s.kafka_bootstrap, topic_plan(self.catalog.names, s.partitions))
+        outcome = ensure_topics(s.kafka_bootstrap, topic_plan(self.catalog.names, s.partitions))
+        _refuse_other_partitions(outcome.mismatched, s)
         for comp in brokers:
             say(f"{comp.proc.name} ready at {comp.endpoint}")
         for comp in self.components()[len(brokers) :]:
@@ -447,6 +448,24 @@ def _recorded_brokers(state_dir: Path) -> int | None:
         return int((state_dir / "kafka" / BROKERS_FILE).read_text())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def _refuse_other_partitions(mismatched: dict[str, int], s: LocalSettings) -> None:
+    """Refuse topics made with another partition count than LLMQ_PARTITIONS (`mismatched`:
+    their counts): the stream processor would be started with a count they do not have, and
+    adding partitions moves keys, splitting copies from their coalescing entries."""
+    if not mismatched:
+        return
+    by_count: dict[int, list[str]] = {}
+    for name, count in mismatched.items():
+        by_count.setdefault(count, []).append(name)
+    have = "; ".join(f"{', '.join(names)} have {n} partitions" for n, names in by_count.items())
+    back = f"set LLMQ_PARTITIONS={next(iter(by_count))} again, or " if len(by_count) == 1 else ""
+    raise StackError(
+        f"this stack's topics {have}, but LLMQ_PARTITIONS is {s.partitions}, and a topic's "
+        f"count is fixed once it exists: {back}run `llmq local down` and delete "
+        f"{s.state_dir} (all its Kafka and Redis data) to start afresh"
+    )
 
 
 def _check_free(name: str, ports: tuple[int, ...], grace_s: float = PORT_GRACE_S) -> None:
