@@ -20,12 +20,14 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print a new key once, and the line to add under [api_keys] of the tenants file."""
+    """Print a new key once, the line to add under [api_keys] of the tenants file, and that
+    the front door reads the file only when it starts."""
     key = new_key()
     print(f"API key of tenant {args.tenant} (shown once: hand it to the tenant):")
     print(f"  {key}")
     print("Add this line under [api_keys] in the tenants file (LLMQ_TENANTS_FILE):")
     print(f'  "{key_hash(key)}" = "{args.tenant}"')
+    print("The front door reads that file when it starts: restart it to let the key in.")
     return 0
 
 
