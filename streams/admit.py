@@ -79,7 +79,7 @@ def route(
     return WorkItem(
         request=request,
         model=name,
-        fingerprint=fingerprint(request, planned.cached_as),
+        fingerprint=fingerprint(request, catalog.cache_scope(planned)),
         route=planned,
         admitted_at=now,
         uncompressed=uncompressed,

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from aiokafka.partitioner import murmur2
 
+from schemas.catalog import Catalog
 from schemas.names import REQUESTS_KEYED
 from schemas.work import WorkItem
 from streams.semantic import semantic_key
@@ -37,9 +38,14 @@ class EmbedAhead:
     vector would be computed for nobody. Never raises: a head start must not fail a request."""
 
     def __init__(
-        self, similar: Soon, assigned: Callable[[], Collection[tuple[str, int]]], partitions: int
+        self,
+        catalog: Catalog,
+        similar: Soon,
+        assigned: Callable[[], Collection[tuple[str, int]]],
+        partitions: int,
     ) -> None:
         """`assigned`: the (topic, partition) pairs this process consumes now."""
+        self._catalog = catalog
         self._similar = similar
         self._assigned = assigned
         self._partitions = partitions
@@ -49,7 +55,7 @@ class EmbedAhead:
             partition = keyed_partition(work.fingerprint, self._partitions)
             if (REQUESTS_KEYED, partition) not in self._assigned():
                 return
-            key = semantic_key(work.request, work.route.cached_as)
+            key = semantic_key(work.request, self._catalog.cache_scope(work.route))
             if key is not None:
                 self._similar.soon(*key)
         except Exception:

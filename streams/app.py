@@ -274,7 +274,7 @@ def build(settings: StreamSettings) -> faust.App:
         # Asked at each request: app.consumer is made when the app starts, not before.
         return app.consumer.assignment()
 
-    ahead = None if similar is None else EmbedAhead(similar, assigned, settings.partitions)
+    ahead = None if similar is None else EmbedAhead(catalog, similar, assigned, settings.partitions)
     stages = build_stages(
         catalog,
         outbox,

@@ -359,7 +359,7 @@ class Complete:
         add (a crash) costs only a future hit. The cache embeds one question at a time, so a
         burst of answers does not take every core from the requests that follow."""
         work = completion.work
-        key_text = semantic_key(work.request, work.route.cached_as)
+        key_text = semantic_key(work.request, self._catalog.cache_scope(work.route))
         if self._similar is None or key_text is None:
             return
         task = asyncio.create_task(self._similar.add(*key_text, work.fingerprint))

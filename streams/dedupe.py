@@ -9,6 +9,7 @@ from functools import partial
 from typing import Protocol
 
 from llmq.futures import read_outcome
+from schemas.catalog import Catalog
 from schemas.errors import LlmqError
 from schemas.lanes import Lane
 from schemas.names import REQUESTS_KEYED
@@ -43,7 +44,10 @@ class Dedupe:
     request are handled one after the other and exactly one of them leads.
     """
 
-    def __init__(self, outbox: Outbox, coalescer: Coalescer, similar: Similar | None) -> None:
+    def __init__(
+        self, catalog: Catalog, outbox: Outbox, coalescer: Coalescer, similar: Similar | None
+    ) -> None:
+        self._catalog = catalog
         self._outbox = outbox
         self._guard = Guard(Refusals(outbox))
         self._coalescer = coalescer
@@ -97,7 +101,11 @@ class Dedupe:
             await self._answer(work, cached, CacheStatus.EXACT)
             return
         similar = self._similar
-        key = None if similar is None else semantic_key(request, work.route.cached_as)
+        key = (
+            None
+            if similar is None
+            else semantic_key(request, self._catalog.cache_scope(work.route))
+        )
         if similar is None or key is None:
             await self._route(work)
         elif request.lane is not Lane.BATCH:

@@ -40,6 +40,6 @@ def build_stages(
     served."""
     return Stages(
         admission=Admission(catalog, outbox, gate, compress, ahead),
-        dedupe=Dedupe(outbox, coalescer, similar),
+        dedupe=Dedupe(catalog, outbox, coalescer, similar),
         complete=Complete(catalog, outbox, coalescer, similar, retry, served=served),
     )

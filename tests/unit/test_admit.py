@@ -55,7 +55,8 @@ def _rejected(raw: bytes, code: ErrorCode) -> Rejection:
 def test_valid_request_gets_the_default_model_and_its_fingerprint() -> None:
     work = _admitted(_data())
     assert work.model == "smollm2-135m"
-    assert work.fingerprint == fingerprint(work.request, "smollm2-135m")
+    assert work.fingerprint == fingerprint(work.request, CATALOG.cache_scope(work.route))
+    assert CATALOG.cache_scope(work.route).startswith("smollm2-135m@")
     assert work.admitted_at == NOW
     assert work.request.correlation_id == "req-1"
 
@@ -65,7 +66,8 @@ def test_the_requested_model_is_used_from_envelope_or_body() -> None:
     body = {"messages": [{"role": "user", "content": "Hi"}], "model": "tiny", "max_tokens": 8}
     work = _admitted(_data(body=body))
     assert work.model == "tiny"
-    assert work.fingerprint == fingerprint(work.request, "tiny")
+    assert work.fingerprint == fingerprint(work.request, CATALOG.cache_scope(work.route))
+    assert CATALOG.cache_scope(work.route).startswith("tiny@")
 
 
 def test_invalid_json_is_rejected_with_nothing_salvaged() -> None:

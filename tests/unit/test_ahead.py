@@ -27,13 +27,16 @@ class Similar:
         self.soon_asked.append((scope, text))
 
 
+CATALOG = Catalog.builtin()
+
+
 def _work(text: str, temperature: float = 0.0) -> WorkItem:
     raw = {
         "correlation_id": f"c-{len(text)}",
         "tenant": "acme",
         "body": {"messages": [{"role": "user", "content": text}], "temperature": temperature},
     }
-    work = admit(json.dumps(raw).encode(), Catalog.builtin())
+    work = admit(json.dumps(raw).encode(), CATALOG)
     assert isinstance(work, WorkItem)
     return work
 
@@ -54,17 +57,22 @@ def test_the_embedding_starts_where_its_keyed_partition_is_consumed() -> None:
     assert {0, 1} <= partitions  # the test needs both kinds
     held = {(REQUESTS_KEYED, 0), (REQUESTS, 1)}  # partition 1 of another topic: not enough
     similar = Similar()
-    ahead = EmbedAhead(similar, lambda: held, PARTITIONS)
+    ahead = EmbedAhead(CATALOG, similar, lambda: held, PARTITIONS)
     for work in works:
         ahead(work)
     here = [w for w in works if keyed_partition(w.fingerprint, PARTITIONS) == 0]
     assert here
-    assert similar.soon_asked == [semantic_key(w.request, w.route.cached_as) for w in here]
+    scopes = [CATALOG.cache_scope(w.route) for w in here]
+    assert similar.soon_asked == [
+        semantic_key(w.request, s) for w, s in zip(here, scopes, strict=True)
+    ]
 
 
 def test_a_request_the_semantic_cache_does_not_take_is_not_embedded() -> None:
     similar = Similar()
-    ahead = EmbedAhead(similar, lambda: {(REQUESTS_KEYED, p) for p in range(PARTITIONS)}, 4)
+    ahead = EmbedAhead(
+        CATALOG, similar, lambda: {(REQUESTS_KEYED, p) for p in range(PARTITIONS)}, 4
+    )
     ahead(_work("Tell me a story.", temperature=0.9))  # sampled: never cached
     assert similar.soon_asked == []
     ahead(_work("Tell me a story."))
@@ -79,6 +87,6 @@ def test_a_failure_gives_no_head_start_and_does_not_reach_the_request(
         raise RuntimeError("the consumer is not started")
 
     similar = Similar()
-    EmbedAhead(similar, not_started, PARTITIONS)(_work("Tell me a story."))
+    EmbedAhead(CATALOG, similar, not_started, PARTITIONS)(_work("Tell me a story."))
     assert similar.soon_asked == []
     assert "no head start" in caplog.text

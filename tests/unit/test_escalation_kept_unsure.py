@@ -53,7 +53,7 @@ def test_an_escalation_carries_the_unsure_answer_outside_its_fingerprint() -> No
     assert escalated.unsure.response == unsure.response
     assert sent.key == work.fingerprint.encode()
     assert escalated.fingerprint == work.fingerprint
-    assert fingerprint(escalated.request, escalated.route.cached_as) == work.fingerprint
+    assert fingerprint(escalated.request, TIERED.cache_scope(escalated.route)) == work.fingerprint
 
 
 def test_an_expired_escalation_answers_the_request_and_its_copies_with_the_unsure_one() -> None:

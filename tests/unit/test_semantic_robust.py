@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from schemas.catalog import Catalog
 from schemas.names import cache_key, semantic_stream_key
 from streams import semantic
 from streams.semantic import SemanticCache, SemanticHit, semantic_key
@@ -214,10 +215,17 @@ def _batch(question: str) -> bytes:
     return json.dumps(raw).encode()
 
 
+def _key(question: str) -> tuple[str, str]:
+    """The semantic cache's scope and text for a batch request asking `question`."""
+    work = admitted(_batch(question))
+    key = semantic_key(work.request, Catalog.builtin().cache_scope(work.route))
+    assert key is not None
+    return key
+
+
 def test_a_lookup_that_never_ends_is_a_miss_and_the_request_is_routed() -> None:
     redis, embedder = StreamRedis(), Embedder(hang=True)
-    key = semantic_key(admitted(_batch(QUESTION)).request, "smollm2-135m")
-    assert key is not None
+    key = _key(QUESTION)
     _fill(redis, key[0], [QUESTION])
     harness = Pipeline(similar=_cache(redis, embedder, lookup_timeout_s=0.05))
 
@@ -278,9 +286,7 @@ def test_only_an_answer_known_to_be_gone_is_forgotten() -> None:
 
 def test_an_answer_that_could_not_be_read_is_not_forgotten_by_a_lookup() -> None:
     redis = StreamRedis()
-    request = admitted(_batch(QUESTION)).request
-    key = semantic_key(request, "smollm2-135m")
-    assert key is not None
+    key = _key(QUESTION)
     _fill(redis, key[0], [QUESTION])
     redis.fails = True  # the exact cache's read failed, and so does EXISTS
     harness = Pipeline(FakeStore(), similar=_cache(redis))
