@@ -10,7 +10,6 @@ import math
 from collections.abc import AsyncGenerator, Coroutine
 from typing import Annotated, Any
 
-import redis.asyncio as aioredis
 from fastapi import Depends, Request
 from redis.exceptions import RedisError
 
@@ -23,6 +22,7 @@ from gateway.response_store import ResponseStore
 from gateway.settings import GatewaySettings
 from gateway.text import TextChunks
 from llmq.aio import AsyncClient
+from llmq.redis_client import bounded_client
 from llmq.serving import Serving
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
@@ -117,7 +117,7 @@ class FrontDoor:
             stream_retention_s=settings.stream_retention_s,
         )
         self.serving = Serving(settings, settings.instance_id)
-        self._redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        self._redis = bounded_client(settings.redis_url, socket_timeout=5)
         self._decrement = self._redis.register_script(DECREMENT)
         self.batches = BatchStore(self._redis, settings.batch_retention_s)
         self.responses = ResponseStore(self._redis, settings.response_retention_s)

@@ -39,6 +39,7 @@ from llmq.record_limits import (
     record_size,
     refusal_after,
 )
+from llmq.redis_client import bounded_client
 from llmq.settings import ClientSettings
 from llmq.stream_logs import Cursor, StreamLogs
 from llmq.streaming import Delta, StreamReader
@@ -131,7 +132,7 @@ class AsyncClient:
         except BaseException:  # a topic missing: what started stops
             await self.close()
             raise
-        self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+        self._redis = bounded_client(self.settings.redis_url, socket_timeout=2)
         self._reader = asyncio.create_task(self._read(self._consumer), name="llmq-aio-replies")
 
     async def close(self) -> None:

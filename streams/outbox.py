@@ -23,6 +23,12 @@ from streams.replies import from_error
 
 log = logging.getLogger(__name__)
 
+REPLIES_AT_ONCE = 32
+"""Replies reply_all sends at once. Each makes a few Redis calls (store, hold, counters) and
+a broker round trip: 32 overlap enough of them, and a burst of thousands of coalesced copies
+queues here, not as thousands of calls on the Redis pool (llmq.redis_client) that every
+agent shares."""
+
 
 class Store(Protocol):
     """The exact response cache and the result store (RedisStore in production)."""
@@ -149,14 +155,15 @@ class Outbox:
     async def reply_all(
         self, results: Sequence[tuple[str | None, InferenceResult]], holding: str | None = None
     ) -> None:
-        """Several replies at once: their broker round trips overlap. The hold of the
-        request whose correlation_id is `holding` stays (see reply)."""
-        await asyncio.gather(
-            *(
-                self.reply(topic, result, release=result.correlation_id != holding)
-                for topic, result in results
-            )
-        )
+        """Several replies, REPLIES_AT_ONCE at a time: their broker round trips overlap. The
+        hold of the request whose correlation_id is `holding` stays (see reply)."""
+        at_once = asyncio.Semaphore(REPLIES_AT_ONCE)
+
+        async def one(topic: str | None, result: InferenceResult) -> None:
+            async with at_once:
+                await self.reply(topic, result, release=result.correlation_id != holding)
+
+        await asyncio.gather(*(one(topic, result) for topic, result in results))
 
     async def cancel(self, work: WorkItem) -> None:
         """Stop the speculative generation of a request a cache answered: its worker skips

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
@@ -20,6 +19,7 @@ from llmq import startup
 from llmq.deadline import exit_after
 from llmq.fetcher import install as fix_fetcher
 from llmq.record_limits import RECORD_LIMIT
+from llmq.redis_client import bounded_client
 from schemas.catalog import ModelSpec
 from schemas.errors import LlmqError
 from schemas.names import CANCELS, COMPLETIONS, DLQ, work_topics, worker_group
@@ -98,7 +98,7 @@ async def serve(
     producer, consumer = kafka_clients(settings, spec, record_limit)
     cancels = cancels_consumer(settings)
     cancellations = Cancellations(settings.cancel_memory_s)
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    redis = bounded_client(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     worker = Worker(
         spec,
         engine,
