@@ -4,8 +4,10 @@ processor before it hands work on to another model."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from functools import partial
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -31,6 +33,8 @@ class Serving:
         self._admin: AIOKafkaAdminClient | None = None
         self._ttl_s = ttl_s
         self._known: dict[str, tuple[float, bool]] = {}
+        self._looking: dict[str, asyncio.Task[None]] = {}
+        """The lookups in flight, by model: concurrent callers share one round trip."""
         self._closed = False
 
     async def start(self) -> None:
@@ -59,21 +63,40 @@ class Serving:
             await admin.close()
 
     async def serves(self, models: list[str]) -> bool:
-        """Whether a worker of any of `models` is in its group now."""
+        """Whether a worker of any of `models` is in its group now. A model already being
+        looked up is not asked again: the caller waits for that lookup (a caller cancelled
+        meanwhile leaves it running for the others)."""
         now = time.monotonic()
         stale = [m for m in models if now - self._known.get(m, (-1e9, True))[0] > self._ttl_s]
         if stale:
             if self._admin is None:
                 return True
-            try:
-                groups = await describe_groups(self._admin, [worker_group(m) for m in stale])
-            except KafkaError as exc:  # kept as yes as long: not a round trip per request
-                log.warning("cannot see the workers' groups (assuming they serve): %r", exc)
-                self._known.update(dict.fromkeys(stale, (now, True)))
-                return True
-            for model in stale:
-                self._known[model] = (now, servable(groups[worker_group(model)]))
+            unasked = [m for m in stale if m not in self._looking]
+            if unasked:
+                lookup = asyncio.create_task(self._look(self._admin, unasked, now))
+                self._looking.update(dict.fromkeys(unasked, lookup))
+                lookup.add_done_callback(partial(self._forget, unasked))
+            lookups = {self._looking[m] for m in stale}
+            await asyncio.wait(lookups)
+            for done in lookups:
+                done.result()  # an error but Kafka's reaches every caller waiting on it
         return any(self._known[m][1] for m in models)
+
+    async def _look(self, admin: AIOKafkaAdminClient, models: list[str], now: float) -> None:
+        """Ask Kafka for the groups of `models` and keep the answers, dated `now`."""
+        try:
+            groups = await describe_groups(admin, [worker_group(m) for m in models])
+        except KafkaError as exc:  # kept as yes as long: not a round trip per request
+            log.warning("cannot see the workers' groups (assuming they serve): %r", exc)
+            self._known.update(dict.fromkeys(models, (now, True)))
+            return
+        for model in models:
+            self._known[model] = (now, servable(groups[worker_group(model)]))
+
+    def _forget(self, models: list[str], _: asyncio.Task[None]) -> None:
+        """Their lookup is over: the next stale answer asks again."""
+        for model in models:
+            del self._looking[model]
 
 
 def servable(group: Group) -> bool:

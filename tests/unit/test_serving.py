@@ -86,3 +86,36 @@ def test_a_client_that_connects_after_close_is_closed(monkeypatch: pytest.Monkey
     asyncio.run(serving.start())
     assert [c.closed for c in made] == [True]
     assert asyncio.run(serving.serves(["m"])), "never started: every model counts as served"
+
+
+class SlowAdmin(Admin):
+    """An Admin that answers once `answer` is set: callers meanwhile overlap."""
+
+    def __init__(self, error: int = 0) -> None:
+        super().__init__(error=error, members=1)
+        self.answer = asyncio.Event()
+
+    async def describe_consumer_groups(self, groups: list[str]) -> list[SimpleNamespace]:
+        await self.answer.wait()
+        return await super().describe_consumer_groups(groups)
+
+
+@pytest.mark.parametrize("error", [0, 16])  # answered; NOT_COORDINATOR: cannot say, so yes
+def test_callers_whose_answer_went_stale_together_share_one_lookup(error: int) -> None:
+    """When the cached answer lapses under load, one DescribeGroups asks for all the callers,
+    not one each; a caller that gives up meanwhile leaves the lookup to the others."""
+    admin = SlowAdmin(error)
+    serving = Serving(ServiceSettings(), "test")
+    serving._admin = cast(AIOKafkaAdminClient, admin)
+
+    async def crowd() -> list[bool]:
+        callers = [asyncio.create_task(serving.serves(["m"])) for _ in range(20)]
+        await asyncio.sleep(0)  # each caller now waits on Kafka
+        callers[0].cancel()
+        admin.answer.set()
+        await asyncio.wait(callers)
+        assert callers[0].cancelled()
+        return [c.result() for c in callers[1:]]
+
+    assert asyncio.run(crowd()) == [True] * 19
+    assert admin.asked == 1
