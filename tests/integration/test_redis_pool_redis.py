@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 
 from llmq.redis_client import MAX_CONNECTIONS, bounded_client
 
 CALLS = 1000
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 async def _connected(watcher: aioredis.Redis) -> int:
