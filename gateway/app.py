@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.batch.routes import router as batch_router
 from gateway.door import ApiError, FrontDoor
+from gateway.open_calls import OpenCalls
 from gateway.openai import error_body
 from gateway.routes import router
 from gateway.settings import GatewaySettings
@@ -53,7 +54,9 @@ def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> 
     app = FastAPI(title="llmq", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.door = door
     app.mount("/metrics", make_asgi_app())
-    app.add_middleware(RequestIds)
+    calls, body_bytes = settings.api_open_calls, settings.api_body_bytes
+    app.add_middleware(OpenCalls, calls=calls, body_bytes=body_bytes)
+    app.add_middleware(RequestIds)  # added last, outermost: a refusal of OpenCalls has an id
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     for status in (404, 405):  # the router's own: a status's handler takes them
         app.add_exception_handler(status, _not_routed)

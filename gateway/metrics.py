@@ -22,6 +22,12 @@ FIRST_PIECE = Histogram(
     "From a streamed HTTP request to its first piece of answer (time to first token)",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+OVERLOADED = Counter(
+    "llmq_gateway_overloaded_total",
+    "Requests refused at once, 503 with Retry-After, by the bound the door was at: calls "
+    "(LLMQ_API_OPEN_CALLS) or bytes (LLMQ_API_BODY_BYTES)",
+    ["bound"],
+)
 CANCELLED = Counter(
     "llmq_gateway_cancelled_total", "Requests whose client went away before the answer"
 )

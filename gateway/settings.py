@@ -29,6 +29,20 @@ class GatewaySettings(ServiceSettings):
     tenants_file: Path | None = None
     """The tenants file (LLMQ_TENANTS_FILE): its [api_keys] table maps hashed keys to
     tenants. Without keys the front door serves tenant `default` on a loopback address only."""
+    api_open_calls: int = Field(default=2048, ge=1, le=1_000_000)
+    """Requests open at once, each from its arrival to its answer's end: its body read, its
+    answer waited for or streamed (LLMQ_API_OPEN_CALLS). One past it is refused at once, a
+    503 with Retry-After, unread: a burst would otherwise grow the door's memory until it is
+    OOM-killed with every stream it holds. 2,048: room for many engines' worth of answers at
+    once, while what each request holds (its waiter, its answer so far) stays a small part
+    of that memory. /healthz and /metrics are not counted."""
+    api_body_bytes: int = Field(default=256 << 20, ge=8 << 20)
+    """Bytes of the bodies of the requests open at once (LLMQ_API_BODY_BYTES), each counted
+    as its Content-Length, up to the 8 MiB a JSON body may take (one sent chunked: 8 MiB): a
+    request past it is refused as past LLMQ_API_OPEN_CALLS. A body read whole, then the call
+    parsed from it, holds about its size until answered (parsing's peak, about four times,
+    is one body's at a time: it runs on the event loop); 256 MiB is a quarter of
+    deploy/k8s/gateway.yaml's 1 GiB. At least 8 MiB, so that the largest body fits."""
     api_default_lane: Lane = Lane.INTERACTIVE
     """The lane of a request that names none (LLMQ_API_DEFAULT_LANE)."""
     request_timeout_s: float = Field(default=600.0, gt=0, le=24 * 3600)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from gateway.door import MAX_JSON_BYTES
+from gateway.settings import GatewaySettings
 from llmq.startup import CONFIGURATION, StartError, listen, reach_kafka, read_settings
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, ServiceSettings
 from streams.settings import StreamSettings
@@ -177,6 +179,21 @@ def test_invalid_worker_settings_are_rejected(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         WorkerSettings()
+
+
+def test_the_front_doors_bounds_on_what_it_holds_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its body bytes hold at least one largest body, which is then never refused alone."""
+    defaults = GatewaySettings()
+    assert (defaults.api_open_calls, defaults.api_body_bytes) == (2048, 256 << 20)
+    monkeypatch.setenv("LLMQ_API_OPEN_CALLS", "1")
+    monkeypatch.setenv("LLMQ_API_BODY_BYTES", str(MAX_JSON_BYTES))
+    settings = GatewaySettings()
+    assert (settings.api_open_calls, settings.api_body_bytes) == (1, MAX_JSON_BYTES)
+    for name, value in [("LLMQ_API_OPEN_CALLS", 0), ("LLMQ_API_BODY_BYTES", MAX_JSON_BYTES - 1)]:
+        monkeypatch.setenv(name, str(value))
+        with pytest.raises(ValidationError):
+            GatewaySettings()
+        monkeypatch.delenv(name)
 
 
 def test_a_refusal_names_each_wrong_variable_as_the_environment_spells_it(
