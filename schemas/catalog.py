@@ -308,8 +308,8 @@ class Catalog(BaseModel):
         """What a route's answers are cached and coalesced under (the fingerprint's model):
         the name it was requested by (Route.cached_as) and the revisions and tiers of every
         model a request for that name may be answered by (`serving` it, and their
-        fallbacks), with the cascade's threshold where it escalates. A model whose settings changed, or that
-        left the catalog, leaves the answers cached for those names behind."""
+        fallbacks), with the cascade's threshold where it escalates. A model whose settings
+        changed, or that left the catalog, leaves the answers cached for those names behind."""
         names = set(self.serving(route.requested))
         names.update(
             fallback for spec in self.models if spec.name in names for fallback in spec.fallback
