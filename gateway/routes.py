@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
 
 from gateway import metrics, sse
@@ -253,7 +253,7 @@ async def _resume(
     leaves = None if ended else partial(door.cancel, tenant, correlation_id)
     events = sse.events(chunks, first, pieces, leaves, given_up)
     read = _read_until_done(events, partial(door.unread, tenant, correlation_id))
-    return StreamingResponse(read, media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse.EventStream(read, SSE_HEADERS)
 
 
 def _resume_given_up(
@@ -268,7 +268,7 @@ def _resume_given_up(
 
 async def _read_until_done(
     events: AsyncIterator[str], done: Callable[[], None]
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str]:
     """The events, then `done`, however the stream ends."""
     try:
         async for event in events:
@@ -450,10 +450,7 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
     else:  # such a stream does not resume: no grace
         stop = partial(_abandon, door, call, grace=False)
         events = sse.choices(chunks, first, streams, stop, ended)
-    headers = {**SSE_HEADERS, **_ids(call)}
-    return StreamingResponse(
-        _timed(events, started), media_type="text/event-stream", headers=headers
-    )
+    return sse.EventStream(_timed(events, started), {**SSE_HEADERS, **_ids(call)})
 
 
 def _abandon(door: FrontDoor, call: Call, *, grace: bool = True, left: bool = True) -> None:
@@ -488,7 +485,7 @@ def _given_up(door: FrontDoor, call: Call) -> None:
     _abandon(door, call, grace=False, left=False)
 
 
-async def _timed(events: AsyncIterator[str], started: float) -> AsyncIterator[str]:
+async def _timed(events: AsyncIterator[str], started: float) -> AsyncGenerator[str]:
     async for event in events:
         yield event
     metrics.LATENCY.labels("true").observe(time.monotonic() - started)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from fastapi.responses import StreamingResponse
+from starlette.types import Message, Send
 
 from gateway.openai import Chunks, error_body, summed
 from gateway.response_events import ResponseEvents
@@ -16,7 +20,43 @@ from schemas.request import ChatBody
 from schemas.result import TokenLogprob, Usage
 from schemas.tools import finish_reason, shown, text_before
 
+log = logging.getLogger(__name__)
+
 DONE = "data: [DONE]\n\n"
+SEND_S = 60.0
+"""How long an event may wait to be sent: a client still connected that takes nothing for
+this long is taken as gone. Neither Starlette nor uvicorn bounds a write, so the stream
+would wait on uvicorn's flow control for ever, holding its answer so far and its waiter. A
+minute: far past a reader that is merely slow (TCP buffers take many events meanwhile)."""
+
+
+class _StalledError(Exception):
+    """An event not sent within SEND_S."""
+
+
+class EventStream(StreamingResponse):
+    """The events of a stream as the response, each sent within SEND_S: one that is not ends
+    the stream as its client's leaving does (its `events` are closed: their `on_abandon`)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncGenerator[str], headers: Mapping[str, str]) -> None:
+        super().__init__(events, headers=headers)
+        self._events = events
+
+    async def stream_response(self, send: Send) -> None:
+        async def bounded(message: Message) -> None:
+            try:
+                async with asyncio.timeout(SEND_S):
+                    await send(message)
+            except TimeoutError:
+                raise _StalledError from None
+
+        try:
+            await super().stream_response(bounded)
+        except _StalledError:  # the response stays incomplete: uvicorn closes the connection
+            log.warning("a stream's client took no event for %g s: ended as if it left", SEND_S)
+            await self._events.aclose()
 
 
 def events(
