@@ -355,7 +355,7 @@ async def _submit(door: FrontDoor, call: Call) -> None:
 async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
     """Wait for the results (one per choice); a client that leaves first cancels them. The
     first error among them is the answer, and cancels the others."""
-    wait_s = door.settings.request_timeout_s + 5
+    wait_s = door.settings.reply_wait_s
     try:
         results = await _unless_gone(request, _results(door, call, wait_s))
     except asyncio.CancelledError:  # the drain bound cut it off
@@ -413,7 +413,7 @@ async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
     """Server-sent events once the first piece of each choice is there: an error before it
     is an HTTP error (429, 400, ...), after it an error event."""
     started = time.monotonic()
-    wait_s = door.settings.request_timeout_s + 5
+    wait_s = door.settings.reply_wait_s
     streams = [
         door.client.follow(r.correlation_id, tenant=r.tenant, wait_s=wait_s) for r in call.requests
     ]

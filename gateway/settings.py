@@ -14,6 +14,9 @@ from schemas.lanes import Lane
 from schemas.settings import ServiceSettings
 from schemas.tenants import TenantPolicy
 
+REPLY_GRACE_S = 5.0
+"""How long past a request's deadline the front door waits for its `expired` reply."""
+
 
 def _default_instance() -> str:
     return f"gateway-{socket.gethostname()}-{os.getpid()}"
@@ -45,9 +48,18 @@ class GatewaySettings(ServiceSettings):
     deploy/k8s/gateway.yaml's 1 GiB. At least 8 MiB, so that the largest body fits."""
     api_default_lane: Lane = Lane.INTERACTIVE
     """The lane of a request that names none (LLMQ_API_DEFAULT_LANE)."""
-    request_timeout_s: float = Field(default=600.0, gt=0, le=24 * 3600)
+    request_timeout_s: float = Field(default=580.0, gt=0, le=24 * 3600)
     """Each request's deadline: an answer not ready by then is `expired`, 408
-    (LLMQ_REQUEST_TIMEOUT_S)."""
+    (LLMQ_REQUEST_TIMEOUT_S). 580 s: the 408 (by REPLY_GRACE_S later at most) reaches a
+    client before the openai SDK's default timeout of 600 s (LangChain's and LiteLLM's
+    too), which would take the silence for a failure and send the request twice more."""
+
+    @property
+    def reply_wait_s(self) -> float:
+        """How long a route waits for a reply: the deadline, and REPLY_GRACE_S for the
+        expired reply itself to arrive."""
+        return self.request_timeout_s + REPLY_GRACE_S
+
     stream_retention_s: float = Field(default=120.0, gt=0, le=3600)
     """How long a streamed answer stays at hand for a coalesced copy or a client that
     resumes with Last-Event-ID (LLMQ_STREAM_RETENTION_S); of the streams this door does not
