@@ -1,18 +1,66 @@
 """A stored response's input items (GET /v1/responses/{id}/input_items): the conversation it
 followed, without its instructions (those of the responses it continues, then its own
-input), as the Responses API's items, a page at a time."""
+input), as the Responses API's items, a page at a time; and stored responses' output items
+as input items, where a body references them (`item_reference`)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from gateway.response_store import ResponseStore
 from gateway.response_tools import call_item
 from schemas.errors import ErrorCode, LlmqError
+from schemas.request import MAX_MESSAGES
 from schemas.tools import ToolCall
 
 MAX_LIMIT = 100
 """OpenAI's bound on the items of one page."""
 ORDERS = ("asc", "desc")
+REFERENCE = "item_reference"
+"""The input item that names a stored output item by its id."""
+MESSAGE_ID = "msg_"
+"""How the id of a response's message begins: `msg_<cid>` of response `resp_<cid>`."""
+
+
+async def referenced(store: ResponseStore, tenant: str, data: object) -> object:
+    """The body with each `item_reference` input item replaced by the tenant's stored output
+    item it names (the Vercel AI SDK sends earlier answers so while `store` is on): an id
+    `msg_<cid>` names the message of response `resp_<cid>`, any other (a call's `fc_...`, which
+    names no response) an item of a response that another reference names. LlmqError (400,
+    param `input[i].id`) for an id naming no such item."""
+    given = data.get("input") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(given, list):
+        return data
+    ids = {
+        index: item.get("id")
+        for index, item in enumerate(given)
+        if isinstance(item, dict) and item.get("type") == REFERENCE
+    }
+    named = {
+        f"resp_{i.removeprefix(MESSAGE_ID)}"
+        for i in ids.values()
+        if isinstance(i, str) and i.startswith(MESSAGE_ID)
+    }
+    if len(named) > MAX_MESSAGES:  # each is a message: refused once read, so fetch none
+        why = f"input references more than the {MAX_MESSAGES} messages a request holds"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="input")
+    stored = await asyncio.gather(*(store.get(tenant, name) for name in named))
+    found = {
+        item["id"]: item for kept in stored if kept is not None for item in kept.response["output"]
+    }
+    items = list(given)
+    for index, item_id in ids.items():
+        if not isinstance(item_id, str) or item_id not in found:
+            why = (
+                f"no stored item {item_id!r:.80} for this tenant: an item_reference names an "
+                "output item of a stored response by its id (msg_..., or a call's fc_... along "
+                "with a reference to that response's message); a response answered with store "
+                "false, deleted or past its retention is not stored"
+            )
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"input[{index}].id")
+        items[index] = found[item_id]
+    return {**data, "input": items} if ids else data
 
 
 def input_items(response_id: str, conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from gateway.openai import (
     read_call,
 )
 from gateway.openai import ROLES as CHAT_ROLES
+from gateway.response_items import REFERENCE
 from gateway.response_store import Kept
 from gateway.response_tools import (
     assistant_of,
@@ -126,9 +127,7 @@ def read_response_call(
     data = given_fields(data)
     _check_fields(data)
     if history is None:
-        if "previous_response_id" in data:
-            why = "previous_response_id is not served in a batch: each line stands alone"
-            raise LlmqError(ErrorCode.UNSUPPORTED, why)
+        _check_alone(data)
         history = []
     instructions = data.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
@@ -254,6 +253,23 @@ def _check_length(history: int, given: int, system: int) -> None:
         "request holds; start a new conversation (without previous_response_id)"
     )
     raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="previous_response_id")
+
+
+def _check_alone(data: dict[str, Any]) -> None:
+    """A batch line stands alone: no stored response is looked up for it, to continue or to
+    take items from."""
+    given = data.get("input")
+    items = given if isinstance(given, list) else []
+    if "previous_response_id" in data:
+        why = "previous_response_id is not served in a batch: each line stands alone"
+    elif any(isinstance(item, dict) and item.get("type") == REFERENCE for item in items):
+        why = (
+            f"input items of type {REFERENCE!r} are not served in a batch: each line stands "
+            "alone and cannot reference stored items; send the items themselves"
+        )
+    else:
+        return
+    raise LlmqError(ErrorCode.UNSUPPORTED, why)
 
 
 def _check_fields(data: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from gateway import metrics, sse
 from gateway.door import ApiError, FrontDoor, Tenant, json_body
 from gateway.openai import Call, Chunks, check_model, completion_of, read_call
 from gateway.response_events import ResponseEvents
-from gateway.response_items import input_items, page
+from gateway.response_items import input_items, page, referenced
 from gateway.responses import ResponseCall, read_response_call, response_of
 from gateway.text import TextChunks, read_text_call, text_completion_of
 from llmq.futures import read_outcome
@@ -310,9 +310,13 @@ def _call(
 
 async def _read_response(door: FrontDoor, request: Request) -> Call:
     """A Responses body's call, after the conversation of the stored response it continues
-    (previous_response_id; its instructions are not carried over, as OpenAI's are not)."""
+    (previous_response_id; its instructions are not carried over, as OpenAI's are not), the
+    stored items it references in their place."""
     tenant = door.tenant(request)
-    data = await json_body(request)
+    try:
+        data = await referenced(door.responses, tenant, await json_body(request))
+    except LlmqError as exc:
+        raise ApiError(exc) from None
     previous = data.get("previous_response_id") if isinstance(data, dict) else None
     if previous is None:
         return _call(door, request, read_response_call, tenant, data)
