@@ -10,6 +10,11 @@ admission, so the embedding overlaps the request's trip to its lookup), then add
 lookups. Texts ahead and additions wait in bounded queues (a text not embedded ahead is
 embedded by its lookup; a lost addition costs only a future hit). A text being embedded is
 not embedded again meanwhile: its other callers wait for that call, and see its failure.
+A caller that gives up (a lookup's timeout) takes its text out of its line at once, so the
+lines hold only texts someone still waits for, however long a model call hangs; a lookup
+given up on while the lookups' line runs a call makes the queue `stuck` until that call
+returns, so that the next lookups need not queue behind it (the semantic cache takes them
+for misses meanwhile).
 The vectors of the latest texts are kept, so a question embedded ahead or looked up is not
 embedded again by its lookup or when its answer is added. Texts are embedded one per call:
 batching questions of different lengths pads them to the longest, which on a CPU costs
@@ -45,7 +50,7 @@ class TextEmbedder(Protocol):
     def embed(self, texts: list[str]) -> Vector: ...
 
 
-@dataclass
+@dataclass(eq=False)  # the very entry is taken out of its line, not an equal one
 class _Wanted:
     """A text and the future its caller awaits."""
 
@@ -68,6 +73,16 @@ class EmbedQueue:
         self._background: asyncio.Task[None] | None = None
         self._embedding: dict[str, asyncio.Future[Vector]] = {}
         self._recent: OrderedDict[str, Vector] = OrderedDict()
+        self._answering: _Wanted | None = None
+        """The lookup whose text the lookups' line embeds now."""
+        self._given_up: _Wanted | None = None
+        """What the lookups' line embedded when a lookup's caller last gave up waiting."""
+
+    @property
+    def stuck(self) -> bool:
+        """Whether a lookup's caller gave up waiting while the lookups' line ran the call it
+        still runs: a lookup now would wait behind a call that may never return."""
+        return self._answering is not None and self._answering is self._given_up
 
     async def embed(self, text: str, *, urgent: bool) -> Vector:
         """The unit vector of `text`; `urgent` ones (lookups) never wait behind the others."""
@@ -78,15 +93,21 @@ class EmbedQueue:
         if running is not None:  # embedded right now (ahead, say): wait for that call
             return await asyncio.shield(running)
         wanted = _Wanted(text)
-        if urgent:
-            self._urgent.append(wanted)
-        else:
-            self._later.append(wanted)
-            if len(self._later) > MAX_LATER:
-                self._later.popleft().done.cancel()
+        line = self._urgent if urgent else self._later
+        line.append(wanted)
+        if len(self._later) > MAX_LATER:
+            self._later.popleft().done.cancel()
         self._start()
-        # A cancelled caller cancels its future, and the queue skips it.
-        return await wanted.done
+        try:
+            return await wanted.done
+        except asyncio.CancelledError:
+            # Its caller gave up (or the line stopped): out of the line now, not when the line
+            # comes to it, which a hung model call may never let it do.
+            with contextlib.suppress(ValueError):
+                line.remove(wanted)
+            if urgent:
+                self._given_up = self._answering
+            raise
 
     def soon(self, text: str) -> None:
         """Embed `text` in the background, for a lookup expected soon (its vector is kept
@@ -107,9 +128,11 @@ class EmbedQueue:
         try:
             while self._urgent:
                 wanted = self._urgent.popleft()
-                if not wanted.done.done():
+                if not wanted.done.done():  # cancelled, its caller not yet back to leave
+                    self._answering = wanted
                     await self._answer(wanted)
         finally:
+            self._answering = None
             self._stopped(wanted, self._urgent)
 
     async def _run_background(self) -> None:

@@ -20,6 +20,11 @@ SPECULATIONS = Counter(
     # late (a hit, but the streamed request's engine had claimed it: the engine answers)
     ["outcome"],
 )
+SEMANTIC_SKIPPED = Counter(
+    "llmq_streams_semantic_skipped_total",
+    "Semantic cache lookups taken for misses without embedding their question: the embedder "
+    "had not returned a call that a lookup gave up on",
+)
 REROUTES = Counter(
     "llmq_streams_reroutes_total",
     "Work sent on to the next model of its route, or to the same model again",

@@ -25,6 +25,7 @@ from redis.typing import EncodableT, FieldT
 from schemas.fingerprint import fingerprint
 from schemas.names import cache_key, semantic_stream_key
 from schemas.request import ChatMessage, InferenceRequest
+from streams import metrics
 from streams.embed_queue import EmbedQueue, TextEmbedder
 from streams.question import unreadable
 from streams.semantic_guard import ADDITION_SIMILARITY, same_question
@@ -131,7 +132,9 @@ class SemanticCache:
     scope, `max_mirrored` and `max_scopes` all mirrors of a process together: mirrors idle
     for KEEP_S make room, least recently used first, and a scope that finds none is not
     mirrored, its lookups missing, for KEEP_S. Redis errors make a lookup miss and an add or
-    forget a no-op, and a lookup slower than `lookup_timeout_s` misses; they never raise.
+    forget a no-op, and a lookup slower than `lookup_timeout_s` misses; they never raise. A
+    lookup that gave up on the embedder makes the next ones miss at once, without it, until
+    the embedder call it gave up on returns.
     """
 
     def __init__(
@@ -179,11 +182,15 @@ class SemanticCache:
         self._mirrored = 0
         self._refused: OrderedDict[str, float] = OrderedDict()
         """Scopes left unmirrored, and until when (soonest first)."""
+        self._skipping = False
+        """Whether lookups miss without the embedder (said once, when they start)."""
 
     async def lookup(self, scope: str, text: str) -> SemanticHit | None:
         """The most similar cached question at or above the threshold that the guard accepts;
         None also when that takes over `lookup_timeout_s` (a hung embedder, a large scope
-        loading: what it read stays read, and the next lookup goes on from there)."""
+        loading: what it read stays read, and the next lookup goes on from there); and None
+        at once, without embedding, while the embedder has not returned the call a lookup
+        gave up on (every lookup would wait for it)."""
         try:
             async with asyncio.timeout(self._lookup_timeout_s):
                 return await self._lookup(scope, text)
@@ -197,6 +204,8 @@ class SemanticCache:
         entry = await self._synced(scope)
         if entry is None or not entry.mirror:
             return None
+        if self._skipped():
+            return None
         vector = await self._vectors.embed(text, urgent=True)
         async with entry.lock:
             if len(entry.mirror) <= INLINE_SEARCH:
@@ -209,6 +218,23 @@ class SemanticCache:
             return None
         # The guard reads whole texts (up to 2,000 characters, tens of ms): off the loop.
         return await asyncio.to_thread(self._guarded, text, found)
+
+    def _skipped(self) -> bool:
+        """Whether this lookup misses without the embedder (EmbedQueue.stuck), counted; said
+        when lookups start to, and when they stop."""
+        if not self._vectors.stuck:
+            if self._skipping:
+                self._skipping = False
+                log.info("semantic cache: the embedder returned; lookups use it again")
+            return False
+        if not self._skipping:
+            self._skipping = True
+            log.warning(
+                "semantic cache: the embedder has not returned a call that a lookup gave up on;"
+                " lookups miss without it until it does"
+            )
+        metrics.SEMANTIC_SKIPPED.inc()
+        return True
 
     def soon(self, scope: str, text: str) -> None:
         """Start embedding a question that lookup() will soon be asked about, if that
