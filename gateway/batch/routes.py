@@ -34,6 +34,9 @@ step, and in all once it has an object to show: its page may then be short, `has
 MAX_UPLOAD_BYTES = MAX_FILE_BYTES + (64 << 10)
 """The most an upload's body may carry: a file at OpenAI's limit, its multipart framing and
 the purpose field."""
+EXPIRES_AFTER_S = (3600, 30 * 24 * 3600)
+"""OpenAI's bounds on the seconds of a file's `expires_after` and of a batch's
+`output_expires_after`."""
 
 
 def _parts(request: Request) -> tuple[FrontDoor, BatchStore]:
@@ -50,7 +53,8 @@ def _bad(message: str, status: int = 400) -> ApiError:
 
 @router.post("/v1/files")
 async def upload(request: Request, tenant: Tenant) -> dict[str, Any]:
-    """Keep a batch input file: JSONL, one request a line (checked when a batch runs it)."""
+    """Keep a batch input file: JSONL, one request a line (checked when a batch runs it),
+    for its `expires_after` if it names one (see BatchStore.create_file)."""
     _, store = _parts(request)
     form = await _form(request)
     try:
@@ -66,13 +70,15 @@ async def _keep(store: BatchStore, tenant: str, form: FormData) -> dict[str, str
         raise _bad("no file: send it as the multipart field `file`")
     if purpose != "batch":
         raise _bad(f"purpose {purpose!r} is not served: llmq keeps files for batches (batch)")
+    keep_s = _expires_after("expires_after", _form_policy(form, "expires_after"))
 
     async def chunks() -> AsyncIterator[bytes]:
         while chunk := await file.read(READ_CHUNK):
             yield chunk
 
     try:
-        return await store.create_file(tenant, file.filename or "upload.jsonl", purpose, chunks())
+        name = file.filename or "upload.jsonl"
+        return await store.create_file(tenant, name, purpose, chunks(), expires_after_s=keep_s)
     except LlmqError as exc:
         raise ApiError(exc) from None
 
@@ -143,7 +149,9 @@ async def file_content(file_id: str, request: Request, tenant: Tenant) -> Stream
 
 @router.post("/v1/batches")
 async def create_batch(request: Request, tenant: Tenant) -> dict[str, Any]:
-    """Run an uploaded file's lines on the batch lane, within the completion window."""
+    """Run an uploaded file's lines on the batch lane, within the completion window; its
+    output and error files are kept for its `output_expires_after` if it names one (see
+    BatchStore.add_file)."""
     door, store = _parts(request)
     data = await json_body(request)
     if not isinstance(data, dict):
@@ -154,6 +162,7 @@ async def create_batch(request: Request, tenant: Tenant) -> dict[str, Any]:
     if data.get("completion_window") != COMPLETION_WINDOW:
         raise _bad(f"completion_window must be {COMPLETION_WINDOW!r}")
     metadata = _metadata(data.get("metadata"))
+    output_s = _expires_after("output_expires_after", data.get("output_expires_after"))
     file_id = data.get("input_file_id")
     if not isinstance(file_id, str) or not file_id:
         raise _bad("input_file_id must be the id of an uploaded file (purpose batch)")
@@ -173,6 +182,8 @@ async def create_batch(request: Request, tenant: Tenant) -> dict[str, Any]:
         "expires_at": str(now + door.settings.batch_window_s),
         "metadata": json.dumps(metadata),
     }
+    if output_s is not None:
+        fields["output_expires_after_s"] = str(output_s)
     await store.create_batch(fields)
     return batch_object(fields)
 
@@ -227,6 +238,43 @@ def _metadata(metadata: object) -> dict[str, str] | None:
         if not isinstance(value, str) or len(key) > 64 or len(value) > 512:
             raise _bad("metadata keys are strings to 64 characters, values to 512")
     return metadata
+
+
+def _form_policy(form: FormData, name: str) -> object:
+    """An expiry policy as OpenAI's SDK sends one in a form, the fields `name[anchor]` and
+    `name[seconds]` (digits: taken as an integer); None if neither is there. A field `name`
+    itself comes back as it is, to be refused."""
+    if name in form:
+        return form[name]
+    prefix = f"{name}["
+    policy: dict[str, object] = {
+        key[len(prefix) : -1]: value
+        for key, value in form.multi_items()
+        if key.startswith(prefix) and key.endswith("]")
+    }
+    seconds = policy.get("seconds")
+    if isinstance(seconds, str) and seconds.isascii() and seconds.isdigit():
+        policy["seconds"] = int(seconds)
+    return policy or None
+
+
+def _expires_after(name: str, policy: object) -> int | None:
+    """The seconds of an expiry policy (`name`) as OpenAI takes one: anchor created_at, an
+    integer of seconds within EXPIRES_AFTER_S; None if none was given."""
+    if policy is None:
+        return None
+    low, high = EXPIRES_AFTER_S
+    seconds = policy.get("seconds") if isinstance(policy, dict) else None
+    if (
+        not isinstance(policy, dict)
+        or policy.keys() != {"anchor", "seconds"}
+        or policy["anchor"] != "created_at"
+        or type(seconds) is not int
+        or not low <= seconds <= high
+    ):
+        why = f"{name} must be {{anchor: created_at, seconds: an integer from {low} to {high}}}"
+        raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why, param=name), 400)
+    return seconds
 
 
 @dataclass(frozen=True)

@@ -185,10 +185,17 @@ class BatchStore:
     # Files.
 
     async def create_file(
-        self, tenant: str, filename: str, purpose: str, chunks: AsyncIterator[bytes]
+        self,
+        tenant: str,
+        filename: str,
+        purpose: str,
+        chunks: AsyncIterator[bytes],
+        expires_after_s: int | None = None,
     ) -> dict[str, str]:
         """Store an upload line by line (blank lines are skipped, numbers kept); LlmqError
-        past OpenAI's limits or for a line past MAX_LINE_BYTES, and nothing is kept."""
+        past OpenAI's limits or for a line past MAX_LINE_BYTES, and nothing is kept. It is
+        kept retention, or `expires_after_s` if shorter; a batch that reads it keeps it
+        longer (see `create_batch`)."""
         file_id = new_id("file-")
         meta, lines = file_keys(file_id)
         try:
@@ -199,6 +206,8 @@ class BatchStore:
         if kept == 0:  # nothing was written
             raise LlmqError(ErrorCode.INVALID_REQUEST, "the file has no lines")
         now = int(time.time())
+        asked_s = self._retention_s if expires_after_s is None else expires_after_s
+        until = now + min(asked_s, self._retention_s)
         fields = {
             "id": file_id,
             "tenant": tenant,
@@ -208,13 +217,13 @@ class BatchStore:
             "lines": str(count),
             "requests": str(kept),
             "created_at": str(now),
-            "expires_at": str(now + self._retention_s),
+            "expires_at": str(until),
         }
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(meta, mapping=fields)
-            pipe.expireat(meta, now + self._retention_s)
-            pipe.expireat(lines, now + self._retention_s)
-            self._index(pipe, tenant, "files", file_id, now + self._retention_s)
+            pipe.expireat(meta, until)
+            pipe.expireat(lines, until)
+            self._index(pipe, tenant, "files", file_id, until)
             await pipe.execute()
         await self._sweep(tenant, "files")
         return fields
@@ -335,7 +344,8 @@ class BatchStore:
 
     async def create_batch(self, fields: dict[str, str]) -> None:
         """Keep a new batch (status validating) for the runners to pick up; it and its input
-        file are kept past its expires_at: neither expires while it runs."""
+        file are kept retention past its expires_at, the file even if its `expires_after`
+        asked less (its expires_at says so): neither expires while the batch runs."""
         keys = batch_keys(fields["id"])
         until = int(float(fields["expires_at"])) + self._retention_s
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -408,7 +418,8 @@ class BatchStore:
 
     async def finish(self, batch_id: str) -> None:
         """The batch is over: it leaves the runners' set, its lease goes, and the rest of it
-        (and its tenant's index) is kept retention past its expires_at, or past now if later."""
+        (and its tenant's index) is kept retention past its expires_at, or past now if later;
+        the lines of its output and error files no longer than those files (`add_file`)."""
         keys = batch_keys(batch_id)
         tenant, expires_at = await self._redis.hmget(keys["batch"], ["tenant", "expires_at"])  # type: ignore[misc]
         until = self._kept_until(float(expires_at or 0))
@@ -417,7 +428,7 @@ class BatchStore:
                 if name == "lease":
                     pipe.delete(key)
                 else:
-                    pipe.expireat(key, until)
+                    pipe.expireat(key, until, lt=name in ("output", "errors"))
             if tenant is not None:
                 _keep_index(pipe, tenant_index_key(tenant.decode(), "batches"), until)
             pipe.srem(BATCHES_ACTIVE, batch_id)
@@ -541,15 +552,20 @@ class BatchStore:
         return [line for line, a, b in zip(page, output, errors, strict=True) if a is b is None]
 
     async def add_file(self, fields: dict[str, str], batch_expires_at: float) -> None:
-        """Keep an output or error file's fields (its lines are its batch's), as long as its
-        batch is kept once it ends (`finish`)."""
-        meta = file_keys(fields["id"])[0]
+        """Keep an output or error file's fields and its lines (its batch's part) as long as
+        its batch is kept once it ends (`finish`), or, if the batch asked it (its
+        `output_expires_after_s`), that long past the file's created_at if sooner."""
+        meta, batch = file_keys(fields["id"])[0], batch_keys(fields["batch"])
         until = self._kept_until(batch_expires_at)
+        asked = await self._redis.hget(batch["batch"], "output_expires_after_s")  # type: ignore[misc]
+        if asked is not None:
+            until = min(until, int(fields["created_at"]) + int(asked))
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(meta, mapping={**fields, "expires_at": str(until)})
             pipe.expireat(meta, until)
             self._index(pipe, fields["tenant"], "files", fields["id"], until)
             await pipe.execute()
+        await self._redis.expireat(batch[fields["part"]], until)  # another hash slot
         await self._sweep(fields["tenant"], "files")
 
     def _kept_until(self, batch_expires_at: float) -> int:
