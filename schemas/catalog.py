@@ -42,7 +42,7 @@ SPEED_ENGINE_ARGS = frozenset(
     }
 )
 """vLLM engine arguments that change how fast or where a model answers, not what: a change
-of them keeps its cached answers (ModelSpec.revision)."""
+of them keeps its cached answers (ModelSpec.digest)."""
 
 
 class ModelSpec(BaseModel):
@@ -99,7 +99,7 @@ class ModelSpec(BaseModel):
     """USD per million completion tokens, for metering."""
 
     @property
-    def revision(self) -> str:
+    def digest(self) -> str:
         """A digest of what its answers depend on: its engine and where its weights are
         (source, url, remote_model), its context, its tool-call syntax and its engine
         arguments but SPEED_ENGINE_ARGS. Its answers are cached under it (Catalog.cache_scope),
@@ -306,7 +306,7 @@ class Catalog(BaseModel):
 
     def cache_scope(self, route: Route) -> str:
         """What a route's answers are cached and coalesced under (the fingerprint's model):
-        the name it was requested by (Route.cached_as) and the revisions and tiers of every
+        the name it was requested by (Route.cached_as) and the digests and tiers of every
         model a request for that name may be answered by (`serving` it, and their
         fallbacks), with the cascade's threshold where it escalates. A model whose settings
         changed, or that left the catalog, leaves the answers cached for those names behind."""
@@ -314,11 +314,11 @@ class Catalog(BaseModel):
         names.update(
             fallback for spec in self.models if spec.name in names for fallback in spec.fallback
         )
-        revisions = sorted(
-            (spec.name, spec.tier, spec.revision) for spec in self.models if spec.name in names
+        digests = sorted(
+            (spec.name, spec.tier, spec.digest) for spec in self.models if spec.name in names
         )
         threshold = self.routing.escalate_below if route.cascade else None
-        return f"{route.cached_as}@{_digest([revisions, threshold])}"
+        return f"{route.cached_as}@{_digest([digests, threshold])}"
 
     def experiment(self, model: str) -> Experiment | None:
         """The experiment that requests for `model` take part in, if any."""

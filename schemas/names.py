@@ -189,7 +189,8 @@ def readers_key(tenant: str, correlation_id: str) -> str:
 def spend_key(tenant: str, name: str) -> str:
     """Budgets: <day or month> -> USD spent, fed by metering; seen:<day>, a set of counted
     events so that a redelivered event counts once; holds, holds:until and held, what
-    admitted requests may still cost; alerted:<day or month>:<percent>, an alert sent."""
+    admitted requests may still cost; alerted:<day or month>:<budget>:<percent>, an alert
+    sent."""
     return f"{REDIS_SPEND_PREFIX}{_tenant(tenant)}:{name}"
 
 

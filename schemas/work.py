@@ -155,6 +155,11 @@ class Completion(BaseModel):
     """This generation's metering event, also on llmq.metering: the stream processor settles
     the tenant's budget hold with it before it answers, so a hold is never released before
     what it covered is counted as spent."""
+    model_digest: str | None = None
+    """The catalog settings of the model as its worker was started with them
+    (ModelSpec.digest): the stream processor caches the answer only if its own catalog has
+    the same, so an old worker's answer during a rollout of new weights is not cached under
+    the new ones. None: a worker older than the field, taken as current."""
 
     @property
     def spent_usd(self) -> float:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.fingerprint import fingerprint
 from schemas.metering import MeteringEvent
 from schemas.names import COMPLETIONS
 from schemas.redact import describe, explain
@@ -171,7 +172,20 @@ class Complete:
         would_escalate = completion.error is None and (
             next_route(completion, self._catalog) is not None
         )
-        await self._answer(completion, keep=unsure is None and not would_escalate)
+        keep = unsure is None and not would_escalate and self._of_this_catalog(completion)
+        await self._answer(completion, keep=keep)
+
+    def _of_this_catalog(self, completion: Completion) -> bool:
+        """Whether the answer is of the models as this process's catalog has them: from a
+        worker started with its model's settings (Completion.model_digest), for work admitted
+        under them (its fingerprint, Catalog.cache_scope). While new weights roll out under
+        the same name, an old worker's answer, or one to work admitted before, answers its
+        request and copies but is not cached under the new settings."""
+        work = completion.work
+        spec = self._catalog.get(work.model)
+        if spec is None or completion.model_digest not in (None, spec.digest):
+            return False
+        return work.fingerprint == fingerprint(work.request, self._catalog.cache_scope(work.route))
 
     async def _hand_on_or_keep(self, completion: Completion) -> Completion | None:
         """None when the work was sent on (_hand_on); else the completion to answer: as it

@@ -344,7 +344,8 @@ class Worker:
         metrics.TOKENS.labels("completion").inc(state.completion_tokens)
         if state.first_token_at is not None:
             metrics.TTFT.observe(state.first_token_at - state.started_at)
-        return state.completion(self._worker_id, time.time()).model_copy(update=streamed)
+        answered = {**streamed, "model_digest": self._spec.digest}
+        return state.completion(self._worker_id, time.time()).model_copy(update=answered)
 
     def _delta_stream(self, state: InFlight) -> DeltaStream | None:
         """Where a streamed request's pieces go (llmq.tokens); None for a whole answer."""

@@ -11,7 +11,8 @@ import pytest
 from schemas.catalog import Catalog
 from schemas.result import CacheStatus
 from schemas.route import Route
-from schemas.work import WorkItem
+from schemas.work import Completion, WorkItem
+from streams.semantic import SemanticHit
 from tests.unit.stages import FakeStore, Pipeline, completion, last_attempt, raw_request, result_of
 
 SMALL = {"name": "small", "source": "/m/small", "tier": 1, "fallback": ["spare"]}
@@ -82,3 +83,60 @@ def test_an_answer_cached_before_new_weights_is_not_served_after() -> None:
     after.on_request(None, raw_request(cid="r-3", temperature=0, model="small"))
     [sent] = after.send.sent
     assert sent.topic == "llmq.work.small.interactive"
+
+
+class Similar:
+    """A semantic cache that records what it learns."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[str, str, str]] = []
+
+    async def lookup(self, scope: str, text: str) -> SemanticHit | None:
+        return None
+
+    async def add(self, scope: str, text: str, fingerprint: str) -> None:
+        self.added.append((scope, text, fingerprint))
+
+    async def forget(self, scope: str, fingerprint: str) -> None:
+        pass
+
+    def soon(self, scope: str, text: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("old", ["worker", "admission"])
+def test_an_answer_of_the_old_weights_during_their_rollout_is_not_cached(old: str) -> None:
+    """A worker still on the old weights answers work the new catalog admitted, or work the
+    old catalog admitted is answered after the stream processor took the new one: either
+    answer goes to its request, but is cached under neither the new settings' exact
+    fingerprint nor their semantic scope."""
+    store, similar = FakeStore(), Similar()
+    new = _catalog(small={"source": "/m/small-v2"})
+    admitting = Pipeline(store, catalog=_catalog() if old == "admission" else new, similar=similar)
+    admitting.on_request(None, raw_request(cid="r-1", temperature=0, model="small"))
+    work = WorkItem.model_validate_json(admitting.send.sent[-1].value)
+    done = Completion.model_validate_json(completion(last_attempt(work), "Old weights"))
+    spec = (_catalog() if old == "worker" else new).get("small")
+    assert spec is not None
+    answering = Pipeline(store, catalog=new, similar=similar, table=admitting.table)
+    answering.on_completion(
+        done.model_copy(update={"model_digest": spec.digest}).model_dump_json().encode()
+    )
+    [reply] = answering.send.sent
+    assert result_of(reply).text == "Old weights"
+    assert store.answers == {}
+    assert similar.added == []
+
+
+def test_an_answer_of_the_weights_the_catalog_names_is_cached() -> None:
+    store, similar = FakeStore(), Similar()
+    pipeline = Pipeline(store, catalog=_catalog(), similar=similar)
+    pipeline.on_request(None, raw_request(cid="r-1", temperature=0, model="small"))
+    work = WorkItem.model_validate_json(pipeline.send.sent[-1].value)
+    done = Completion.model_validate_json(completion(last_attempt(work), "Fresh"))
+    spec = _catalog().get("small")
+    assert spec is not None
+    stamped = done.model_copy(update={"model_digest": spec.digest})
+    pipeline.on_completion(stamped.model_dump_json().encode())
+    assert list(store.answers) == [work.fingerprint]
+    assert [(text, fp) for _, text, fp in similar.added] == [("Hi", work.fingerprint)]

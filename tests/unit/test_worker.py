@@ -285,6 +285,8 @@ def test_a_whole_answer_publishes_no_pieces() -> None:
 
     run_worker(consumer, producer, FakeEngine, scenario)
     assert producer.deltas() == []
+    [answered] = producer.completions()
+    assert answered.model_digest == model_spec().digest, "whose settings answered it"
 
 
 def test_a_cancelled_generation_is_aborted_answered_cancelled_and_metered() -> None:
