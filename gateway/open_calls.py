@@ -12,6 +12,9 @@ from gateway import metrics
 from gateway.door import MAX_JSON_BYTES, ApiError
 from schemas.errors import ErrorCode, LlmqError
 
+SPOOLED = frozenset({("POST", "/v1/files")})
+"""Routes whose body is spooled to disk as it comes, not held: their bytes are not counted
+(a few slow uploads would otherwise shut every other body out)."""
 UNCOUNTED = frozenset({"/healthz", "/metrics"})
 """Never refused: a probe refused under load would restart the door, cutting off every
 stream it holds; a scraper should see the load."""
@@ -36,7 +39,8 @@ class OpenCalls:
         if scope["type"] != "http" or scope["path"].rstrip("/") in UNCOUNTED:
             await self._app(scope, receive, send)
             return
-        size = _body_size(Headers(scope=scope))
+        spooled = (scope["method"], scope["path"].rstrip("/")) in SPOOLED
+        size = 0 if spooled else _body_size(Headers(scope=scope))
         refused = None
         if self._open >= self._calls:
             refused = _refused("calls", f"it has {self._calls} requests open, its most")

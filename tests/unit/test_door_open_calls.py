@@ -213,3 +213,23 @@ def test_a_call_past_the_bytes_of_the_bodies_being_read_is_refused(
         assert await _Call(app, _body()).run() == 200
 
     asyncio.run(main())
+
+
+def test_an_upload_being_read_holds_no_body_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upload is spooled to disk as it comes: a few slow uploads of 8 MiB shut every other
+    body out while they held LLMQ_API_BODY_BYTES."""
+
+    async def main() -> None:
+        app = _app(monkeypatch, Client(), calls=10, body_bytes=MAX_JSON_BYTES)
+        uploading = _Call(app, None, path="/v1/files")
+        uploading.scope["headers"] = [
+            (b"content-type", b"multipart/form-data; boundary=b"),
+            (b"content-length", str(MAX_JSON_BYTES).encode()),
+        ]
+        held = asyncio.create_task(uploading.run())
+        await uploading.reading.wait()
+        assert await _Call(app, _body()).run() == 200
+        uploading.leave.set()
+        await asyncio.gather(held, return_exceptions=True)
+
+    asyncio.run(main())
