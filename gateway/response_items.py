@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.response_store import ResponseStore
+from gateway.response_store import RESPONSE_ID, ResponseStore
 from gateway.response_tools import call_item
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import MAX_MESSAGES
@@ -38,7 +38,7 @@ async def referenced(store: ResponseStore, tenant: str, data: object) -> object:
         if isinstance(item, dict) and item.get("type") == REFERENCE
     }
     named = {
-        f"resp_{i.removeprefix(MESSAGE_ID)}"
+        f"{RESPONSE_ID}{i.removeprefix(MESSAGE_ID)}"
         for i in ids.values()
         if isinstance(i, str) and i.startswith(MESSAGE_ID)
     }
@@ -77,7 +77,7 @@ def input_items(response_id: str, conversation: list[dict[str, Any]]) -> list[di
         elif text or not calls:
             items.append(_message(message["role"], text or ""))
         items += [_call(call) for call in calls]
-    name = response_id.removeprefix("resp_")
+    name = response_id.removeprefix(RESPONSE_ID)
     return [{**item, "id": f"{item['id']}_{name}_{i}"} for i, item in enumerate(items)]
 
 

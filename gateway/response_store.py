@@ -10,7 +10,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from schemas.names import response_key
+from schemas.names import response_key, result_key
+
+RESPONSE_ID = "resp_"
+"""How a response's id begins: resp_<the correlation id of its request>."""
 
 
 @dataclass(frozen=True)
@@ -44,5 +47,9 @@ class ResponseStore:
         return Kept(stored["response"], stored["messages"])
 
     async def delete(self, tenant: str, response_id: str) -> bool:
-        """Forget the response; whether there was one."""
-        return bool(await self._redis.delete(response_key(tenant, response_id)))
+        """Forget the response, and its request's result (GET /v1/results/{id} read the
+        answer on for a day); whether there was one."""
+        if not await self._redis.delete(response_key(tenant, response_id)):
+            return False
+        await self._redis.delete(result_key(tenant, response_id.removeprefix(RESPONSE_ID)))
+        return True

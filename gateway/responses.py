@@ -23,7 +23,7 @@ from gateway.openai import (
 )
 from gateway.openai import ROLES as CHAT_ROLES
 from gateway.response_items import REFERENCE
-from gateway.response_store import Kept
+from gateway.response_store import RESPONSE_ID, Kept
 from gateway.response_tools import (
     assistant_of,
     call_items,
@@ -443,7 +443,7 @@ def response_body(
     failed one, its `error`)."""
     cut = status == "incomplete"
     return {
-        "id": f"resp_{echo.correlation_id}",
+        "id": f"{RESPONSE_ID}{echo.correlation_id}",
         "object": "response",
         "created_at": created,
         "status": status,
