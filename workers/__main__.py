@@ -23,7 +23,7 @@ from llmq.redis_client import bounded_client
 from schemas.catalog import ModelSpec
 from schemas.errors import LlmqError
 from schemas.names import CANCELS, COMPLETIONS, DLQ, work_topics, worker_group
-from schemas.redact import log_content
+from schemas.redact import log_content, mask_url
 from schemas.retry import RetryPolicy
 from workers import metrics
 from workers.breaker import CircuitBreaker
@@ -251,7 +251,8 @@ def engine_factory(settings: WorkerSettings, spec: ModelSpec) -> Callable[[], Se
                 cooldown_s=spec.breaker_cooldown_s,
             ),
         )
-        log.info("model %s is served by the OpenAI-compatible server at %s", spec.name, spec.url)
+        where = mask_url(spec.url or "")
+        log.info("model %s is served by the OpenAI-compatible server at %s", spec.name, where)
         return lambda: engine
     if spec.source is None:
         raise ValueError("engine 'vllm' needs a `source`")

@@ -164,6 +164,18 @@ def test_the_worker_serves_the_examples_remote_model_with_this_engine(
     assert isinstance(engine_factory(WorkerSettings(), remote)(), OpenAIEngine)
 
 
+def test_the_worker_logs_its_servers_url_without_the_password_in_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """httpx sends a URL's user and password as Basic auth: such a catalog entry works, and
+    its password went to the log at every start."""
+    remote = spec("https://user:s3cret@llm.example/v1")
+    with caplog.at_level("INFO"):
+        engine_factory(WorkerSettings(), remote)
+    assert "llm.example" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
 def test_the_worker_refuses_to_start_without_the_api_key(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -20,6 +20,7 @@ from prometheus_client.samples import Sample
 
 from schemas.catalog import Catalog, ModelSpec
 from schemas.names import topic_plan
+from schemas.redact import mask_url
 from tools.files import write_whole
 from tools.stack import MAX_STREAMS, kafka
 from tools.stack.procs import Proc
@@ -268,7 +269,7 @@ class LocalStack:
         say(f"kafka jars: {kafka.fetch_libs(self.settings.cache_dir)}")
         for spec in self.catalog.models:
             if spec.source is None:
-                say(f"model {spec.name}: served by {spec.url}")
+                say(f"model {spec.name}: served by {mask_url(spec.url or '')}")
                 continue
             path = resolve_model_source(spec.source, self.settings.cache_dir / "models")
             say(f"model {spec.name}: {path}")
