@@ -66,3 +66,9 @@ def test_the_example_tenants_file_would_not_start_the_front_door() -> None:
     settings = GatewaySettings(tenants_file=ROOT / "examples" / "tenants.toml", api_host="0.0.0.0")
     with pytest.raises(ValueError, match="no API keys"):
         settings.policy()
+
+
+def test_composes_kafka_keeps_prompts_and_answers_at_most_30_hours() -> None:
+    """As the local stack's: a day's retention, segments rolled every six hours."""
+    env = _services()["kafka"]["environment"]
+    assert int(env["KAFKA_LOG_RETENTION_HOURS"]) + int(env["KAFKA_LOG_ROLL_HOURS"]) <= 30

@@ -76,3 +76,10 @@ def test_a_maven_failure_says_mavens_reason(
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     with pytest.raises(RuntimeError, match=r"exit 1.*Could not resolve host"):
         kafka.fetch_libs(tmp_path / "cache")
+
+
+def test_a_record_carrying_a_prompt_goes_within_30_hours(tmp_path: Path) -> None:
+    """A segment goes once its newest record is past retention: without a roll sooner than
+    Kafka's 7 days, a topic that never goes quiet kept prompts and answers a week."""
+    props = _props(kafka.write_config(tmp_path / "data", 19092, 19093))
+    assert int(props["log.retention.hours"]) + int(props["log.roll.hours"]) <= 30

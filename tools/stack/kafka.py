@@ -180,7 +180,10 @@ def write_config(
                 f"transaction.state.log.min.isr={in_sync}",
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=true",
+                # Records carry prompts and answers: kept a day, and segments roll every six
+                # hours, so a record goes within 30 h (a segment goes once its newest is old).
                 "log.retention.hours=24",
+                "log.roll.hours=6",
                 "",
             ]
         )
