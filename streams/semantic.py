@@ -127,10 +127,11 @@ class SemanticCache:
     Each stream entry adds (fingerprint, question, float32 vector) or, without a vector,
     forgets a fingerprint. A stream, not a hash, so that every process catches up by reading
     only what is new (a full read of 100k entries takes seconds), and so that Redis drops the
-    oldest entries itself (MAXLEN). Each process mirrors the scopes it is asked about and
-    reads the new entries when its copy is older than `refresh_s`. `max_entries` bounds each
-    scope, `max_mirrored` and `max_scopes` all mirrors of a process together: mirrors idle
-    for KEEP_S make room, least recently used first, and a scope that finds none is not
+    oldest entries itself (MAXLEN, and at each write those older than `ttl_s`; a mirror
+    answers from none older). Each process mirrors the scopes it is asked about and reads the
+    new entries when its copy is older than `refresh_s`. `max_entries` bounds each scope,
+    `max_mirrored` and `max_scopes` all mirrors of a process together: mirrors idle for
+    KEEP_S make room, least recently used first, and a scope that finds none is not
     mirrored, its lookups missing, for KEEP_S. Redis errors make a lookup miss and an add or
     forget a no-op, and a lookup slower than `lookup_timeout_s` misses; they never raise. A
     lookup that gave up on the embedder makes the next ones miss at once, without it, until
@@ -150,10 +151,11 @@ class SemanticCache:
         ttl_s: int = 24 * 3600,
         max_scopes: int = 10_000,
         additions_from: float = math.inf,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """`max_mirrored`: max_entries if None (one full scope). `lookup_timeout_s`: None,
         unbounded. `additions_from`: see semantic_guard.mismatch (never, by default: the
-        strict guard)."""
+        strict guard). `clock`: seconds since the epoch, which entries' ages are read by."""
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         if max_entries < 1 or max_scopes < 1 or ttl_s < 1:
@@ -176,6 +178,7 @@ class SemanticCache:
         self._lookup_timeout_s = lookup_timeout_s
         self._refresh_s = refresh_s
         self._ttl_s = ttl_s
+        self._clock = clock
         self._max_scopes = max_scopes
         self._scopes: OrderedDict[str, _Scope] = OrderedDict()
         """Least recently looked up first."""
@@ -208,6 +211,7 @@ class SemanticCache:
             return None
         vector = await self._vectors.embed(text, urgent=True)
         async with entry.lock:
+            self._expire(scope, entry)
             if len(entry.mirror) <= INLINE_SEARCH:
                 found = entry.mirror.search(vector, self._threshold, CANDIDATES)
             else:
@@ -265,8 +269,11 @@ class SemanticCache:
             "t": text,
             "v": vector.astype("<f4").tobytes(),
         }
-        if await self._append(scope, fields):
-            await self._change(scope, lambda mirror: mirror.put(fingerprint, text, vector))
+        written_ms = await self._append(scope, fields)
+        if written_ms is not None:
+            await self._change(
+                scope, lambda mirror: mirror.put(fingerprint, text, vector, written_ms)
+            )
 
     async def forget(self, scope: str, fingerprint: str) -> None:
         """Stop answering from `fingerprint` here and, once they catch up, in other processes,
@@ -280,18 +287,32 @@ class SemanticCache:
         await self._change(scope, lambda mirror: mirror.remove(fingerprint))
         await self._append(scope, {"fp": fingerprint})
 
-    async def _append(self, scope: str, fields: dict[FieldT, EncodableT]) -> bool:
-        """Add a stream entry (the stream keeps the newest max_entries); False if Redis fails."""
+    async def _append(self, scope: str, fields: dict[FieldT, EncodableT]) -> int | None:
+        """Add a stream entry and return its time (ms), or None if Redis fails. The stream
+        keeps the newest max_entries written within ttl_s, and expires ttl_s after its last
+        write. (Expiring it with its oldest entry would drop the newer ones at every gap
+        between writes.)"""
         key = semantic_stream_key(scope)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.xadd(key, fields, maxlen=self._max_entries, approximate=False)
+                pipe.xtrim(key, minid=self._expired_before_ms(), approximate=False)
                 pipe.expire(key, self._ttl_s)
-                await pipe.execute()
+                written, _, _ = await pipe.execute()
         except RedisError as exc:
             log.warning("semantic cache unavailable, entry not written: %s", exc)
-            return False
-        return True
+            return None
+        return _stream_ms(written)
+
+    def _expired_before_ms(self) -> int:
+        """Entries written before this time (ms) are older than ttl_s."""
+        return int(self._clock() * 1000) - self._ttl_s * 1000
+
+    def _expire(self, scope: str, entry: _Scope) -> None:
+        """Drop the mirror's entries older than ttl_s (entry.lock held): they answer no more."""
+        before = len(entry.mirror)
+        entry.mirror.expire(self._expired_before_ms())
+        self._count(scope, entry, before)
 
     async def _synced(self, scope: str) -> _Scope | None:
         """The scope's mirror, caught up if older than refresh_s; None if it has no room
@@ -322,6 +343,7 @@ class SemanticCache:
         if entry is None:
             return
         async with entry.lock:
+            self._expire(scope, entry)  # first: what expired makes room for the change
             before = len(entry.mirror)
             change(entry.mirror)
             self._count(scope, entry, before)
@@ -408,14 +430,14 @@ class SemanticCache:
                 key, min="(" + entry.last_id, max="+", count=READ_BATCH
             )
             for entry_id, fields in batch:
-                self._apply(entry.mirror, fields)
+                self._apply(entry.mirror, fields, _stream_ms(entry_id))
                 entry.last_id = entry_id.decode()
             if len(batch) < READ_BATCH:
                 break
         entry.synced_at = time.monotonic()
 
     @staticmethod
-    def _apply(mirror: ScopeMirror, fields: dict[bytes, bytes]) -> None:
+    def _apply(mirror: ScopeMirror, fields: dict[bytes, bytes], written_ms: int) -> None:
         fp, text, raw = fields.get(b"fp"), fields.get(b"t"), fields.get(b"v")
         if fp is None:
             log.warning("skipping a semantic cache entry without a fingerprint")
@@ -425,4 +447,9 @@ class SemanticCache:
             log.warning("skipping an unreadable semantic cache entry for %s", fp.decode())
         else:
             vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-            mirror.put(fp.decode(), text.decode(errors="replace"), vector)
+            mirror.put(fp.decode(), text.decode(errors="replace"), vector, written_ms)
+
+
+def _stream_ms(entry_id: bytes) -> int:
+    """The time (ms) in a stream entry's id, `<ms>-<sequence>`."""
+    return int(entry_id.split(b"-")[0])

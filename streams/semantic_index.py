@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import numpy.typing as npt
 
@@ -19,6 +21,8 @@ class ScopeMirror:
         self._fingerprints: list[str] = []
         self._texts: list[str] = []
         self._rows: dict[str, int] = {}
+        self._written: OrderedDict[str, int] = OrderedDict()
+        """Each entry's stream time (ms), in the order put: the stream's order, oldest first."""
         self._clock = 0
 
     def __len__(self) -> int:
@@ -37,8 +41,9 @@ class ScopeMirror:
         """Bytes held in numpy arrays (the vectors dominate: 1.5 KB an entry)."""
         return self._vectors.nbytes + self._ages.nbytes
 
-    def put(self, fingerprint: str, text: str, vector: Vector) -> None:
-        """Add or replace an entry, which becomes the newest; beyond capacity the oldest goes."""
+    def put(self, fingerprint: str, text: str, vector: Vector, written_ms: int = 0) -> None:
+        """Add or replace an entry, which becomes the newest; beyond capacity the oldest goes.
+        `written_ms`: the time of its stream entry, which expire() reads."""
         row = self._rows.get(fingerprint)
         if row is None:
             if len(self) >= self._capacity:
@@ -53,12 +58,15 @@ class ScopeMirror:
         self._texts[row] = text
         self._vectors[row] = vector
         self._ages[row] = self._clock
+        self._written[fingerprint] = written_ms
+        self._written.move_to_end(fingerprint)
 
     def remove(self, fingerprint: str) -> None:
         """Drop an entry if present; the last row moves into its place."""
         row = self._rows.pop(fingerprint, None)
         if row is None:
             return
+        del self._written[fingerprint]
         last = len(self) - 1
         moved, moved_text = self._fingerprints.pop(), self._texts.pop()
         if row != last:
@@ -66,6 +74,16 @@ class ScopeMirror:
             self._vectors[row] = self._vectors[last]
             self._ages[row] = self._ages[last]
             self._rows[moved] = row
+
+    def expire(self, before_ms: int) -> None:
+        """Drop the entries written before `before_ms`, oldest first, up to the first one
+        written since: puts come in stream order (an entry added in process ahead of older
+        ones not yet read goes back in order when it is read), so none expired costs O(1)."""
+        while self._written:
+            fingerprint, written_ms = next(iter(self._written.items()))
+            if written_ms >= before_ms:
+                return
+            self.remove(fingerprint)
 
     def search(self, query: Vector, threshold: float, limit: int) -> list[tuple[str, str, float]]:
         """Up to `limit` (fingerprint, text, similarity) at or above `threshold`, best first."""

@@ -8,6 +8,8 @@ import asyncio
 import hashlib
 import json
 import threading
+import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
@@ -54,27 +56,39 @@ def _vector(text: str) -> Vector:
 
 
 class StreamRedis:
-    """XADD (exact MAXLEN), EXPIRE, XRANGE, XLEN and EXISTS on dicts; counts the stream
-    entries XRANGE returns; `fails` makes EXISTS raise as a lost connection does."""
+    """XADD (exact MAXLEN), XTRIM (exact MINID), EXPIRE (a no-op), XRANGE, XLEN and EXISTS on
+    dicts; entry ids take their time from `clock`; counts the stream entries XRANGE returns;
+    `fails` makes EXISTS raise as a lost connection does."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.streams: dict[str, list[tuple[bytes, dict[bytes, bytes]]]] = {}
         self.strings: set[str] = set()
         self.read = 0
         self.fails = False
+        self._clock = clock
+        self._last_ms = 0
         self._next_id = 0
 
-    def xadd(self, key: str, fields: dict[str, Any], maxlen: int, approximate: bool) -> None:
+    def xadd(self, key: str, fields: dict[str, Any], maxlen: int, approximate: bool) -> bytes:
         self._next_id += 1
+        self._last_ms = max(self._last_ms, int(self._clock() * 1000))
         encoded = {
             k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()
         }
         stream = self.streams.setdefault(key, [])
-        stream.append((f"1-{self._next_id}".encode(), encoded))
+        entry_id = f"{self._last_ms}-{self._next_id}".encode()
+        stream.append((entry_id, encoded))
         del stream[: max(0, len(stream) - maxlen)]
+        return entry_id
 
-    def expire(self, key: str, seconds: int) -> None:
-        return None
+    def xtrim(self, key: str, minid: int, approximate: bool) -> int:
+        stream = self.streams.get(key, [])
+        old = [e for e in stream if _id(e[0].decode()) < (minid, 0)]
+        del stream[: len(old)]
+        return len(old)
+
+    def expire(self, key: str, seconds: int) -> bool:
+        return key in self.streams
 
     def pipeline(self, transaction: bool) -> _Pipeline:
         return _Pipeline(self)
@@ -102,8 +116,11 @@ def _id(entry_id: str) -> tuple[int, int]:
 
 
 class _Pipeline:
+    """Runs each command at once; execute() returns their results."""
+
     def __init__(self, redis: StreamRedis) -> None:
         self._redis = redis
+        self._results: list[Any] = []
 
     async def __aenter__(self) -> _Pipeline:
         return self
@@ -112,13 +129,16 @@ class _Pipeline:
         return None
 
     def xadd(self, key: str, fields: dict[str, Any], maxlen: int, approximate: bool) -> None:
-        self._redis.xadd(key, fields, maxlen, approximate)
+        self._results.append(self._redis.xadd(key, fields, maxlen, approximate))
+
+    def xtrim(self, key: str, minid: int, approximate: bool) -> None:
+        self._results.append(self._redis.xtrim(key, minid, approximate))
 
     def expire(self, key: str, seconds: int) -> None:
-        return None
+        self._results.append(self._redis.expire(key, seconds))
 
-    async def execute(self) -> None:
-        return None
+    async def execute(self) -> list[Any]:
+        return self._results
 
 
 def _fill(redis: StreamRedis, scope: str, texts: list[str]) -> None:
