@@ -12,9 +12,9 @@ embedded by its lookup; a lost addition costs only a future hit). A text being e
 not embedded again meanwhile: its other callers wait for that call, and see its failure.
 A caller that gives up (a lookup's timeout) takes its text out of its line at once, so the
 lines hold only texts someone still waits for, however long a model call hangs; a lookup
-given up on while the lookups' line runs a call makes the queue `stuck` until that call
-returns, so that the next lookups need not queue behind it (the semantic cache takes them
-for misses meanwhile).
+whose caller gives up while the lookups' line embeds it makes the queue `stuck` until that
+call returns, so that the next lookups need not queue behind it (the semantic cache takes
+them for misses meanwhile).
 The vectors of the latest texts are kept, so a question embedded ahead or looked up is not
 embedded again by its lookup or when its answer is added. Texts are embedded one per call:
 batching questions of different lengths pads them to the longest, which on a CPU costs
@@ -76,12 +76,13 @@ class EmbedQueue:
         self._answering: _Wanted | None = None
         """The lookup whose text the lookups' line embeds now."""
         self._given_up: _Wanted | None = None
-        """What the lookups' line embedded when a lookup's caller last gave up waiting."""
+        """The lookup last given up on by its caller while the lookups' line embedded it."""
 
     @property
     def stuck(self) -> bool:
-        """Whether a lookup's caller gave up waiting while the lookups' line ran the call it
-        still runs: a lookup now would wait behind a call that may never return."""
+        """Whether the caller of the lookup the lookups' line embeds now gave up waiting for
+        it: a lookup now would wait behind a call that may never return. (One that gave up
+        while it waited behind another call says nothing of that call.)"""
         return self._answering is not None and self._answering is self._given_up
 
     async def embed(self, text: str, *, urgent: bool) -> Vector:
@@ -105,8 +106,8 @@ class EmbedQueue:
             # comes to it, which a hung model call may never let it do.
             with contextlib.suppress(ValueError):
                 line.remove(wanted)
-            if urgent:
-                self._given_up = self._answering
+            if wanted is self._answering:  # not one that waited behind a slow call
+                self._given_up = wanted
             raise
 
     def soon(self, text: str) -> None:

@@ -111,3 +111,30 @@ def test_once_the_call_given_up_on_returns_lookups_ask_the_embedder_again() -> N
     hit = asyncio.run(go())
     assert hit is not None and hit.fingerprint == "fp-egg"
     assert model.calls[-1] == "How do I fry an egg?", "the embedder is asked again"
+
+
+def test_a_lookup_that_gave_up_behind_another_call_says_nothing_of_that_call() -> None:
+    """A slow model, not a hung one: a lookup queued behind the call in progress gives up,
+    while that call's own caller still waits. Taking that for a hang would skip lookups
+    (and say the embedder hangs) whenever lookups queue."""
+    model = Model()
+
+    async def go() -> tuple[bool, bool]:
+        queue = EmbedQueue(model)
+        try:
+            first = asyncio.create_task(queue.embed("the call in progress", urgent=True))
+            async with asyncio.timeout(WAIT_S):
+                while not model.calls:  # noqa: ASYNC110 -- the model runs in a thread
+                    await asyncio.sleep(0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(GIVE_UP_S):
+                    await queue.embed("queued behind it", urgent=True)
+            behind = queue.stuck
+            first.cancel()  # now the caller of the call in progress gives up on it
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            return behind, queue.stuck
+        finally:
+            model.release.set()
+
+    assert asyncio.run(go()) == (False, True)
