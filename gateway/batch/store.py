@@ -44,6 +44,10 @@ GONE_S = 3600
 a listing paged after it for this long at least (see UNLIST)."""
 PAGE = 64
 """Lines read or written per Redis call: a line may be up to ~450 kB."""
+PAGE_BYTES = 4 << 20
+"""An upload's lines are written once they take this much, if before PAGE of them: 64 long
+lines held 88 MB per upload, and uploads are not counted in the front door's body bytes
+(they are spooled to disk as they come)."""
 SWEEP = 16
 """Ids of its tenant's index that each write of a file or batch checks for objects gone (see
 `_sweep`): more than the one it adds, so the index keeps up with what expires."""
@@ -280,7 +284,7 @@ class BatchStore:
                 raise LlmqError(ErrorCode.INVALID_REQUEST, why)
             kept += 1
             page[str(count)] = line
-            if len(page) >= PAGE:
+            if len(page) >= PAGE or sum(map(len, page.values())) >= PAGE_BYTES:
                 await self._flush(key, page)
         return count + 1, kept
 
