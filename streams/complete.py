@@ -172,7 +172,13 @@ class Complete:
         would_escalate = completion.error is None and (
             next_route(completion, self._catalog) is not None
         )
-        keep = unsure is None and not would_escalate and self._of_this_catalog(completion)
+        keep = (
+            unsure is None
+            and not would_escalate
+            and completion.response is not None
+            and completion.work.request.cacheable
+            and self._of_this_catalog(completion)  # a fingerprint: only where it matters
+        )
         await self._answer(completion, keep=keep)
 
     def _of_this_catalog(self, completion: Completion) -> bool:
