@@ -5,7 +5,6 @@ as input items, where a body references them (`item_reference`)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from gateway.response_store import RESPONSE_ID, ResponseStore
@@ -45,10 +44,8 @@ async def referenced(store: ResponseStore, tenant: str, data: object) -> object:
     if len(named) > MAX_MESSAGES:  # each is a message: refused once read, so fetch none
         why = f"input references more than the {MAX_MESSAGES} messages a request holds"
         raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="input")
-    stored = await asyncio.gather(*(store.get(tenant, name) for name in named))
-    found = {
-        item["id"]: item for kept in stored if kept is not None for item in kept.response["output"]
-    }
+    outputs = await store.outputs(tenant, sorted(named))
+    found = {item["id"]: item for items in outputs.values() if items for item in items}
     items = list(given)
     for index, item_id in ids.items():
         if not isinstance(item_id, str) or item_id not in found:

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from schemas.names import response_key, result_key
+from schemas.names import response_key, response_output_key, result_key
 
 RESPONSE_ID = "resp_"
 """How a response's id begins: resp_<the correlation id of its request>."""
@@ -32,10 +32,34 @@ class ResponseStore:
         self._retention_s = retention_s
 
     async def keep(self, tenant: str, kept: Kept) -> None:
-        """Store a response under its id, for the retention time."""
+        """Store a response under its id, for the retention time, and its output items beside
+        it (`outputs`)."""
+        response_id = kept.response["id"]
         value = json.dumps({"response": kept.response, "messages": kept.messages})
-        key = response_key(tenant, kept.response["id"])
-        await self._redis.set(key, value, ex=self._retention_s)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(response_key(tenant, response_id), value, ex=self._retention_s)
+            output = json.dumps(kept.response["output"])
+            pipe.set(response_output_key(tenant, response_id), output, ex=self._retention_s)
+            await pipe.execute()
+
+    async def outputs(
+        self, tenant: str, response_ids: list[str]
+    ) -> dict[str, list[dict[str, Any]] | None]:
+        """The output items of the tenant's stored responses of those ids, in one round trip,
+        without their conversations (turn n of a chat referencing every earlier answer read
+        them all whole: n squared); None for one not stored. One stored by a front door
+        before outputs were kept apart is read whole."""
+        if not response_ids:
+            return {}
+        keys = [response_output_key(tenant, response_id) for response_id in response_ids]
+        found: dict[str, list[dict[str, Any]] | None] = {
+            response_id: None if value is None else json.loads(value)
+            for response_id, value in zip(response_ids, await self._redis.mget(keys), strict=True)
+        }
+        for response_id in [r for r, items in found.items() if items is None]:
+            kept = await self.get(tenant, response_id)
+            found[response_id] = None if kept is None else kept.response["output"]
+        return found
 
     async def get(self, tenant: str, response_id: str) -> Kept | None:
         """The tenant's stored response of that id; None if there is none (never stored,
@@ -51,5 +75,8 @@ class ResponseStore:
         answer on for a day); whether there was one."""
         if not await self._redis.delete(response_key(tenant, response_id)):
             return False
-        await self._redis.delete(result_key(tenant, response_id.removeprefix(RESPONSE_ID)))
+        await self._redis.delete(
+            response_output_key(tenant, response_id),
+            result_key(tenant, response_id.removeprefix(RESPONSE_ID)),
+        )
         return True

@@ -135,6 +135,7 @@ REDIS_EXPERIMENT_PREFIX = "llmq:exp:"
 REDIS_FILE_PREFIX = "llmq:file:"
 REDIS_BATCH_PREFIX = "llmq:batch:"
 REDIS_RESPONSE_PREFIX = "llmq:response:"
+REDIS_RESPONSE_OUTPUT_PREFIX = "llmq:response-output:"
 BATCHES_ACTIVE = "llmq:batches:active"
 """Batch API: the set of batch ids not finished yet, which the front doors' runners drive."""
 
@@ -237,6 +238,12 @@ def batch_keys(batch_id: str) -> dict[str, str]:
 def response_key(tenant: str, response_id: str) -> str:
     """Responses API: a stored response -> its object and conversation (JSON), per tenant."""
     return f"{REDIS_RESPONSE_PREFIX}{_tenant(tenant)}:{response_id}"
+
+
+def response_output_key(tenant: str, response_id: str) -> str:
+    """Responses API: a stored response's output items (JSON), kept beside it, so that an
+    input item referencing one reads them without the whole conversation."""
+    return f"{REDIS_RESPONSE_OUTPUT_PREFIX}{_tenant(tenant)}:{response_id}"
 
 
 def tenant_index_key(tenant: str, kind: str) -> str:

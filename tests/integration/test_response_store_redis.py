@@ -4,12 +4,14 @@ result too, which GET /v1/results/{id} read on for a day after the delete."""
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from gateway.response_store import Kept, ResponseStore
-from schemas.names import result_key
+from schemas.names import response_key, response_output_key, result_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -30,3 +32,32 @@ def test_a_deleted_response_leaves_no_result_of_its_request(redis_port: int) -> 
             await client.aclose()
 
     assert asyncio.run(run()) == (True, False, 1, True)
+
+
+def test_outputs_are_read_without_the_conversation_and_from_older_stores(
+    redis_port: int,
+) -> None:
+    """An item_reference reads a stored response's output items alone (turn n of a chat that
+    references every earlier answer read them all whole); one stored by an older front door,
+    without its outputs apart, is read whole."""
+    item = {"id": "msg_c-1", "type": "message", "role": "assistant", "content": []}
+    conversation = [{"role": "user", "content": "x" * 10_000}]
+
+    async def run() -> tuple[dict[str, Any], int, int]:
+        client = aioredis.Redis(port=redis_port)
+        try:
+            store = ResponseStore(client, 60)
+            await store.keep("acme", Kept({"id": "resp_c-1", "output": [item]}, conversation))
+            older = {"response": {"id": "resp_c-2", "output": [item]}, "messages": []}
+            await client.set(response_key("acme", "resp_c-2"), json.dumps(older))
+            found = await store.outputs("acme", ["resp_c-1", "resp_c-2", "resp_gone"])
+            apart = await client.strlen(response_output_key("acme", "resp_c-1"))
+            await store.delete("acme", "resp_c-1")
+            return found, apart, await client.exists(response_output_key("acme", "resp_c-1"))
+        finally:
+            await client.aclose()
+
+    found, apart, left = asyncio.run(run())
+    assert found == {"resp_c-1": [item], "resp_c-2": [item], "resp_gone": None}
+    assert apart < 200, "the output items alone"
+    assert left == 0, "deleted with the response"

@@ -93,6 +93,13 @@ class Store:
     async def keep(self, tenant: str, kept: Kept) -> None:
         self.kept[tenant, kept.response["id"]] = kept
 
+    async def outputs(
+        self, tenant: str, response_ids: list[str]
+    ) -> dict[str, list[dict[str, Any]] | None]:
+        self.asked += response_ids
+        kept = {r: self.kept.get((tenant, r)) for r in response_ids}
+        return {r: None if k is None else k.response["output"] for r, k in kept.items()}
+
 
 def _sdk(monkeypatch: pytest.MonkeyPatch, client: Client, store: Store) -> OpenAI:
     """The SDK on an app without its lifespan, its client, workers and store the fakes."""
