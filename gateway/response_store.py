@@ -47,18 +47,22 @@ class ResponseStore:
     ) -> dict[str, list[dict[str, Any]] | None]:
         """The output items of the tenant's stored responses of those ids, in one round trip,
         without their conversations (turn n of a chat referencing every earlier answer read
-        them all whole: n squared); None for one not stored. One stored by a front door
-        before outputs were kept apart is read whole."""
+        them all whole: n squared); None for one not stored (output items whose response an
+        older door deleted are not). One stored by a front door before outputs were kept
+        apart is read whole."""
         if not response_ids:
             return {}
-        keys = [response_output_key(tenant, response_id) for response_id in response_ids]
-        found: dict[str, list[dict[str, Any]] | None] = {
-            response_id: None if value is None else json.loads(value)
-            for response_id, value in zip(response_ids, await self._redis.mget(keys), strict=True)
-        }
-        for response_id in [r for r, items in found.items() if items is None]:
-            kept = await self.get(tenant, response_id)
-            found[response_id] = None if kept is None else kept.response["output"]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.mget([response_output_key(tenant, r) for r in response_ids])
+            for response_id in response_ids:  # an output left by an older door's delete
+                pipe.exists(response_key(tenant, response_id))
+            outputs, *stored = await pipe.execute()
+        found: dict[str, list[dict[str, Any]] | None] = {}
+        for response_id, output, kept in zip(response_ids, outputs, stored, strict=True):
+            found[response_id] = None if not kept or output is None else json.loads(output)
+            if kept and output is None:
+                whole = await self.get(tenant, response_id)
+                found[response_id] = None if whole is None else whole.response["output"]
         return found
 
     async def get(self, tenant: str, response_id: str) -> Kept | None:
@@ -71,12 +75,14 @@ class ResponseStore:
         return Kept(stored["response"], stored["messages"])
 
     async def delete(self, tenant: str, response_id: str) -> bool:
-        """Forget the response, and its request's result (GET /v1/results/{id} read the
-        answer on for a day); whether there was one."""
-        if not await self._redis.delete(response_key(tenant, response_id)):
-            return False
-        await self._redis.delete(
-            response_output_key(tenant, response_id),
-            result_key(tenant, response_id.removeprefix(RESPONSE_ID)),
-        )
-        return True
+        """Forget the response, its output items and its request's result (GET
+        /v1/results/{id} read the answer on for a day), together; whether there was one (the
+        others go even if not: an older door's delete left its output items)."""
+        async with self._redis.pipeline(transaction=True) as pipe:  # one slot: {tenant}
+            pipe.delete(response_key(tenant, response_id))
+            pipe.delete(
+                response_output_key(tenant, response_id),
+                result_key(tenant, response_id.removeprefix(RESPONSE_ID)),
+            )
+            deleted, _ = await pipe.execute()
+        return bool(deleted)

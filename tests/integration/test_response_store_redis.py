@@ -61,3 +61,25 @@ def test_outputs_are_read_without_the_conversation_and_from_older_stores(
     assert found == {"resp_c-1": [item], "resp_c-2": [item], "resp_gone": None}
     assert apart < 200, "the output items alone"
     assert left == 0, "deleted with the response"
+
+
+def test_output_items_whose_response_an_older_door_deleted_are_not_served(
+    redis_port: int,
+) -> None:
+    """An older front door deletes the response key alone: the output items it leaves answer
+    no reference, and a delete at a newer door still removes them."""
+    item = {"id": "msg_c-1", "type": "message", "role": "assistant", "content": []}
+
+    async def run() -> tuple[dict[str, Any], bool, int]:
+        client = aioredis.Redis(port=redis_port)
+        try:
+            store = ResponseStore(client, 60)
+            await store.keep("acme", Kept({"id": "resp_c-1", "output": [item]}, []))
+            await client.delete(response_key("acme", "resp_c-1"))  # as an older door deletes
+            found = await store.outputs("acme", ["resp_c-1"])
+            deleted = await store.delete("acme", "resp_c-1")
+            return found, deleted, await client.exists(response_output_key("acme", "resp_c-1"))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == ({"resp_c-1": None}, False, 0)
