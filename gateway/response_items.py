@@ -26,8 +26,9 @@ async def referenced(store: ResponseStore, tenant: str, data: object) -> object:
     """The body with each `item_reference` input item replaced by the tenant's stored output
     item it names (the Vercel AI SDK sends earlier answers so while `store` is on): an id
     `msg_<cid>` names the message of response `resp_<cid>`, any other (a call's `fc_...`, which
-    names no response) an item of a response that another reference names. LlmqError (400,
-    param `input[i].id`) for an id naming no such item."""
+    names no response) an item of a response that another reference names; one of the
+    response `previous_response_id` continues is left out (the conversation holds it).
+    LlmqError (400, param `input[i].id`) for an id naming no such item."""
     given = data.get("input") if isinstance(data, dict) else None
     if not isinstance(data, dict) or not isinstance(given, list):
         return data
@@ -46,9 +47,14 @@ async def referenced(store: ResponseStore, tenant: str, data: object) -> object:
         raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="input")
     outputs = await store.outputs(tenant, sorted(named))
     found = {item["id"]: item for items in outputs.values() if items for item in items}
+    previous = data.get("previous_response_id")
+    continued = outputs.get(previous) if isinstance(previous, str) else None
+    shown = {item["id"] for item in continued or []}  # in the conversation continued already
     items = list(given)
     for index, item_id in ids.items():
-        if not isinstance(item_id, str) or item_id not in found:
+        if item_id in shown:
+            items[index] = None
+        elif not isinstance(item_id, str) or item_id not in found:
             why = (
                 f"no stored item {item_id!r:.80} for this tenant: an item_reference names an "
                 "output item of a stored response by its id (msg_..., or a call's fc_... along "
@@ -56,8 +62,9 @@ async def referenced(store: ResponseStore, tenant: str, data: object) -> object:
                 "false, deleted or past its retention is not stored"
             )
             raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"input[{index}].id")
-        items[index] = found[item_id]
-    return {**data, "input": items} if ids else data
+        else:
+            items[index] = found[item_id]
+    return {**data, "input": [item for item in items if item is not None]} if ids else data
 
 
 def input_items(response_id: str, conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -136,6 +136,29 @@ def test_a_second_turn_referencing_the_first_answer_follows_its_text(
     ]
 
 
+def test_a_reference_to_the_response_continued_is_left_out_not_repeated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its answer is in the conversation previous_response_id continues: the model saw it
+    twice, and the request's fingerprint was not that of the same conversation sent whole."""
+    answers = [ChatMessage(role="assistant", content=text) for text in ("Blue", "Green")]
+    client = Client(*answers)
+    sdk = _sdk(monkeypatch, client, Store())
+    first = sdk.responses.create(model=MODEL, input="Name a colour.")
+    [message] = first.output
+    assert message.id is not None
+    sdk.responses.create(
+        model=MODEL,
+        previous_response_id=first.id,
+        input=[_reference(message.id), {"role": "user", "content": "And the sea?"}],
+    )
+    assert [(m.role, m.content) for m in client.submitted[1].body.messages] == [
+        ("user", "Name a colour."),
+        ("assistant", "Blue"),
+        ("user", "And the sea?"),
+    ]
+
+
 def test_a_reference_to_a_call_beside_one_to_its_responses_message_is_that_call(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
