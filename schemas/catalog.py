@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, Self
 
@@ -98,7 +99,7 @@ class ModelSpec(BaseModel):
     price_completion_per_mtok: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """USD per million completion tokens, for metering."""
 
-    @property
+    @cached_property  # asked for every request's cache scope; a spec never changes
     def digest(self) -> str:
         """A digest of what its answers depend on: its engine and where its weights are
         (source, url, remote_model), its context, its tool-call syntax and its engine
