@@ -52,9 +52,15 @@ async def chunks(text: str, size: int = 7) -> AsyncIterator[bytes]:
         yield data[start : start + size]
 
 
-async def batch(store: BatchStore, lines: list[str], window_s: float = 3600) -> str:
-    """A batch of these lines (validating)."""
-    meta = await store.create_file(TENANT, "in.jsonl", "batch", chunks("\n".join(lines)))
+async def batch(
+    store: BatchStore,
+    lines: list[str],
+    window_s: float = 3600,
+    expires_after_s: int | None = None,
+) -> str:
+    """A batch of these lines (validating); its input file's `expires_after_s`, if given."""
+    text = chunks("\n".join(lines))
+    meta = await store.create_file(TENANT, "in.jsonl", "batch", text, expires_after_s)
     batch_id = f"batch_{time.time_ns():x}"
     now = time.time()
     await store.create_batch(

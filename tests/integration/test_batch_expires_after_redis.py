@@ -38,25 +38,12 @@ def test_a_batch_keeps_its_input_file_past_a_shorter_expires_after(redis_port: i
 
     async def body(client: aioredis.Redis) -> None:
         store = BatchStore(client, DAY)
-        meta = await store.create_file(TENANT, "in.jsonl", "batch", chunks(line(0)), HOUR)
-        now = time.time()
-        await store.create_batch(
-            {
-                "id": "batch_day",
-                "tenant": TENANT,
-                "endpoint": "/v1/chat/completions",
-                "input_file_id": meta["id"],
-                "lines": meta["lines"],
-                "completion_window": "24h",
-                "status": "validating",
-                "created_at": str(int(now)),
-                "expires_at": str(now + DAY),
-            }
-        )
-        until = int(now + DAY) + DAY
-        kept = await store.file(meta["id"], TENANT)
+        made = await store.batch(await batch(store, [line(0)], DAY, HOUR))
+        assert made is not None
+        until = int(float(made["expires_at"])) + DAY
+        kept = await store.file(made["input_file_id"], TENANT)
         assert kept is not None and int(kept["expires_at"]) == until
-        for key in file_keys(meta["id"]):
+        for key in file_keys(made["input_file_id"]):
             assert await client.expiretime(key) == until  # type: ignore[misc]
 
     run_async(redis_port, body)
