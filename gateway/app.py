@@ -55,7 +55,7 @@ def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> 
     app.state.door = door
     app.mount("/metrics", make_asgi_app())
     calls, body_bytes = settings.api_open_calls, settings.api_body_bytes
-    app.add_middleware(OpenCalls, calls=calls, body_bytes=body_bytes)
+    app.add_middleware(OpenCalls, calls=calls, body_bytes=body_bytes, policy=policy)
     app.add_middleware(RequestIds)  # added last, outermost: a refusal of OpenCalls has an id
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     for status in (404, 405):  # the router's own: a status's handler takes them

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine, Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -103,6 +103,12 @@ return left
 -1, kept for good) takes the key away."""
 
 
+def bearer_key(headers: Mapping[str, str]) -> str | None:
+    """The API key of an `Authorization: Bearer KEY` header; None without one."""
+    scheme, _, key = headers.get("authorization", "").partition(" ")
+    return (key.strip() or None) if scheme.lower() == "bearer" else None
+
+
 class FrontDoor:
     """One process's client of llmq (one reply consumer for every waiting request), and
     what it knows: the catalog, the keys, the settings."""
@@ -189,11 +195,11 @@ class FrontDoor:
         front door has no keys (it then listens on loopback only)."""
         if not self.policy.api_keys:
             return DEFAULT_TENANT
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = bearer_key(request.headers)
+        if key is None:
             why = "no API key: send Authorization: Bearer KEY"
             raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why), 401)
-        tenant = self.policy.tenant_of(key.strip())
+        tenant = self.policy.tenant_of(key)
         if tenant is None:
             raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, "invalid API key"), 401)
         return tenant

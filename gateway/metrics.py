@@ -24,8 +24,9 @@ FIRST_PIECE = Histogram(
 )
 OVERLOADED = Counter(
     "llmq_gateway_overloaded_total",
-    "Requests refused at once, 503 with Retry-After, by the bound the door was at: calls "
-    "(LLMQ_API_OPEN_CALLS) or bytes (LLMQ_API_BODY_BYTES)",
+    "Requests refused at once, with Retry-After, by the bound the door was at: calls "
+    "(LLMQ_API_OPEN_CALLS) or bytes (LLMQ_API_BODY_BYTES), a 503; tenant (one tenant's "
+    "requests at three quarters of either), a 429",
     ["bound"],
 )
 CANCELLED = Counter(

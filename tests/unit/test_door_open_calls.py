@@ -23,7 +23,7 @@ from llmq.streaming import Delta
 from schemas.catalog import Catalog
 from schemas.request import ChatMessage, InferenceRequest
 from schemas.result import ChatCompletion, Choice, InferenceResult, Usage
-from schemas.tenants import TenantPolicy
+from schemas.tenants import TenantPolicy, key_hash
 from tests.unit.asgi import post_scope, replied
 
 pytestmark = pytest.mark.timeout(30)
@@ -65,13 +65,23 @@ class Workers:
         return True
 
 
+KEYS = {"acme": "llmq-acme", "umbrella": "llmq-umbrella"}
+"""The API key of each tenant of the door `_app(keyed=True)` makes."""
+
+
 def _app(
-    monkeypatch: pytest.MonkeyPatch, client: Client, *, calls: int, body_bytes: int = 256 << 20
+    monkeypatch: pytest.MonkeyPatch,
+    client: Client,
+    *,
+    calls: int,
+    body_bytes: int = 256 << 20,
+    keyed: bool = False,
 ) -> FastAPI:
     """The app without its lifespan; a client that leaves a stream would be given an hour to
-    come back (no cancel is sent meanwhile)."""
+    come back (no cancel is sent meanwhile). `keyed`: with the tenants of KEYS."""
     settings = GatewaySettings(api_open_calls=calls, api_body_bytes=body_bytes, resume_grace_s=3600)
-    app = build(settings, Catalog.builtin(), TenantPolicy.load(None))
+    keys = {key_hash(key): tenant for tenant, key in KEYS.items()} if keyed else {}
+    app = build(settings, Catalog.builtin(), TenantPolicy.model_validate({"api_keys": keys}))
     monkeypatch.setattr(app.state.door, "client", client)
     monkeypatch.setattr(app.state.door, "serving", Workers())
     return app
@@ -231,5 +241,89 @@ def test_an_upload_being_read_holds_no_body_bytes(monkeypatch: pytest.MonkeyPatc
         assert await _Call(app, _body()).run() == 200
         uploading.leave.set()
         await asyncio.gather(held, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def _of(tenant: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {KEYS[tenant]}"}
+
+
+async def _hold(app: FastAPI, tenant: str | None, n: int) -> list[tuple[_Call, asyncio.Task[int]]]:
+    """`n` streams of `tenant` (None: no key) held open, their first piece sent."""
+    held = []
+    for _ in range(n):
+        streamed = _Call(app, _body(stream=True), None if tenant is None else _of(tenant))
+        held.append((streamed, asyncio.create_task(streamed.run())))
+        await streamed.answering.wait()
+    return held
+
+
+async def _leave(held: list[tuple[_Call, asyncio.Task[int]]]) -> None:
+    for streamed, _ in held:
+        streamed.leave.set()
+    assert [await task for _, task in held] == [200] * len(held)
+
+
+def test_a_tenant_holds_at_most_three_quarters_of_the_open_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Room for 4 calls: acme holds 3 streams open, and its next call is refused at once,
+    unread, a 429 naming it that the SDK retries after its Retry-After; umbrella's is
+    answered (acme used to hold every place, and every other tenant was refused)."""
+
+    async def main() -> None:
+        app = _app(monkeypatch, Client(), calls=4, keyed=True)
+        held = await _hold(app, "acme", 3)
+        before = _overloaded("tenant")
+        refused = _Call(app, _body(), _of("acme"))
+        assert await refused.run() == 429
+        assert refused.reads == 0 and _overloaded("tenant") == before + 1
+        error = json.loads(replied(refused.sent)[1])["error"]
+        assert error["code"] == "rate_limited" and "tenant acme has 3" in error["message"]
+        start = next(m for m in refused.sent if m["type"] == "http.response.start")
+        assert 1 <= int(dict(start["headers"])[b"retry-after"]) <= 5
+        assert await _Call(app, _body(), _of("umbrella")).run() == 200
+        await _leave(held)
+        assert await _Call(app, _body(), _of("acme")).run() == 200
+
+    asyncio.run(main())
+
+
+def test_a_door_without_keys_gives_its_one_tenant_every_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a tenants file every request is tenant default's: no share holds it back."""
+
+    async def main() -> None:
+        app = _app(monkeypatch, Client(), calls=4)
+        held = await _hold(app, None, 4)
+        await _refused_unread(app, "calls", "LLMQ_API_OPEN_CALLS")
+        await _leave(held)
+
+    asyncio.run(main())
+
+
+def test_a_tenant_holds_at_most_three_quarters_of_the_body_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Room for two largest bodies: while acme's is being read, its second is refused (a
+    429), as its share is one and a half; umbrella's is read."""
+
+    async def main() -> None:
+        app = _app(monkeypatch, Client(), calls=10, body_bytes=2 * MAX_JSON_BYTES, keyed=True)
+        largest = {"content-length": str(MAX_JSON_BYTES)}
+        reading = _Call(app, None, {**largest, **_of("acme")})
+        held = asyncio.create_task(reading.run())
+        await reading.reading.wait()
+        refused = _Call(app, None, {**largest, **_of("acme")})
+        assert await refused.run() == 429 and refused.reads == 0
+        assert (
+            "the bodies of tenant acme" in json.loads(replied(refused.sent)[1])["error"]["message"]
+        )
+        assert await _Call(app, _body(), _of("umbrella")).run() == 200
+        reading.leave.set()
+        await asyncio.gather(held, return_exceptions=True)
+        assert await _Call(app, _body(), _of("acme")).run() == 200
 
     asyncio.run(main())
