@@ -152,7 +152,7 @@ class Runner:
             try:
                 if await self._store.lease(batch_id, self._owner, self._pace.lease_s):
                     self._held.add(batch_id)
-                    await self.step(batch_id)
+                    await self._leased_step(batch_id)
                 else:
                     self._held.discard(batch_id)
                 self._failed.pop(batch_id, None)  # a step went, or another door drives it
@@ -181,6 +181,24 @@ class Runner:
         self._yielded[batch_id] = time.monotonic() + self._pace.lease_s
         with contextlib.suppress(RedisError):  # else the lease lapses
             await self._store.release(batch_id, self._owner)
+
+    async def _leased_step(self, batch_id: str) -> None:
+        """A step, its lease renewed every third of its length meanwhile: a step that takes
+        longer (Kafka slow to take a page, a large file read) would let a second door take
+        the batch and send the same lines again. A renewal that finds the lease another
+        door's (this one's renewals failed for a lease's length) stops the step."""
+        step = asyncio.create_task(self.step(batch_id))
+        try:
+            while not (await asyncio.wait({step}, timeout=self._pace.lease_s / 3))[0]:
+                with contextlib.suppress(RedisError):  # renewed at the next third
+                    if not await self._store.lease(batch_id, self._owner, self._pace.lease_s):
+                        log.warning("batch %s: another front door took it mid-step", batch_id)
+                        self._held.discard(batch_id)
+                        return
+            step.result()
+        finally:
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
 
     async def step(self, batch_id: str) -> None:
         """Move one batch on as far as it goes now."""
@@ -214,9 +232,7 @@ class Runner:
         check = _Check()
         for start in range(0, count, PAGE):
             await self._validate_page(fields, range(start, min(count, start + PAGE)), check)
-            # A large file takes a while: keep the lease, and let other requests go on.
-            await self._store.lease(batch_id, self._owner, self._pace.lease_s)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a large file takes a while: let other requests go on
         errors = check.verdict()
         if errors:
             await self._fail(batch_id, errors)

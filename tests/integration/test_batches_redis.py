@@ -386,6 +386,45 @@ def test_one_front_door_drives_a_batch_until_its_lease_lapses(redis_port: int) -
     run_async(redis_port, body)
 
 
+class Slow(Recorder):
+    """Kafka slow to take the first page: its acknowledgement comes after `delay_s`."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def publish(self, requests: Sequence[InferenceRequest]) -> dict[str, LlmqError]:
+        delay_s, self.delay_s = self.delay_s, 0.0
+        await asyncio.sleep(delay_s)
+        return await super().publish(requests)
+
+
+def test_a_step_longer_than_its_lease_keeps_the_batch_from_a_second_door(
+    redis_port: int,
+) -> None:
+    """door-1's first page takes three leases' lengths to be acknowledged; door-2, looking
+    meanwhile, finds the lease still door-1's (renewed as the step runs) and sends nothing.
+    The lease used to lapse under the step: door-2 sent the same 10 lines again, and each
+    was generated (and paid for) twice."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        first, second = Slow(3.0), Recorder()
+        pace = Pace(in_flight=10, lease_s=1.0, tick_s=0.1)
+        one = Runner(store, first, CATALOG, "door-1", pace)
+        two = Runner(store, second, CATALOG, "door-2", pace)
+        batch_id = await batch(store, [line(n) for n in range(20)])
+        await one.tick()  # validating -> in_progress
+        sending = asyncio.create_task(one.tick())
+        await asyncio.sleep(1.5)
+        await two.tick()
+        await sending
+        assert len(first.sent) == 10 and second.sent == []
+        assert await client.get(batch_keys(batch_id)["lease"]) == b"door-1"
+
+    run_async(redis_port, body)
+
+
 class Unreachable(Recorder):
     """A front door that reaches Redis but not Kafka: every publish fails."""
 
