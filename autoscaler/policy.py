@@ -79,8 +79,8 @@ class Policy:
     within its target while keeping up with arrivals, at the measured rate per replica, or
     the smallest pool measured to keep up; within [min, max] and the partitions; up at once,
     down only after the stabilization window (which starts out holding the pool's present
-    size); to zero after idle_s without work (when min is 0), back from zero on the first
-    record."""
+    size); to zero after idle_s without work (when min is 0; at once for a pool it first
+    sees at zero with nothing to do), back from zero on the first record."""
 
     targets: Targets
     _window: deque[tuple[float, int]] = field(default_factory=deque)
@@ -109,7 +109,7 @@ class Policy:
             raw = kept_up[0]
         # 2) Anything waiting needs a replica; nothing waiting for idle_s needs none.
         busy = seen.backlog_records > 0 or seen.arrival_tokens_per_s > 0
-        floor = self._floor(busy, seen.now)
+        floor = self._floor(busy, seen.now, seen.running)
         if busy:
             raw = max(raw, 1)
         cap = min(self.targets.max_replicas, max(1, seen.partitions))
@@ -128,9 +128,14 @@ class Policy:
         why = self._reason(seen, needed=needed, fits=raw, floor=floor, cap=cap, desired=desired)
         return Decision(desired, needed, target, why)
 
-    def _floor(self, busy: bool, now: float) -> int:
-        if busy or self._idle_since is None:
-            self._idle_since = None if busy else now
+    def _floor(self, busy: bool, now: float, running: int) -> int:
+        if busy:
+            self._idle_since = None
+        elif self._idle_since is None:
+            # A pool a new policy finds at zero with nothing to do was idle already: a
+            # restarted autoscaler must not wake it for idle_s.
+            found_idle = self._desired is None and running == 0
+            self._idle_since = now - self.targets.idle_s if found_idle else now
         if self.targets.min_replicas > 0:
             return self.targets.min_replicas
         idle = self._idle_since is not None and now - self._idle_since >= self.targets.idle_s

@@ -121,6 +121,20 @@ def test_an_idle_pool_goes_to_zero_and_comes_back_on_the_first_record() -> None:
     assert policy.decide(_seen(200)).desired == 1  # idle again: the clock starts over
 
 
+def test_a_restarted_policy_leaves_an_idle_pool_at_zero() -> None:
+    """A new autoscaler (a restart, a rollout) that finds a pool at zero with nothing to do
+    does not wake it for idle_s; work waiting, or a pool running, is as before."""
+    targets = {"min_replicas": 0, "stabilization_s": 300, "idle_s": 600}
+    assert _policy(**targets).decide(_seen(0, running=0)).desired == 0
+    woken = _policy(**targets).decide(_seen(0, Lane.BATCH, 10, running=0))
+    assert woken.desired >= 1 and "1 records" in woken.reason
+    running = _policy(**targets)
+    assert running.decide(_seen(0, running=1)).desired == 1  # idle for idle_s from now
+    assert running.decide(_seen(599, running=1)).desired == 1
+    assert running.decide(_seen(600, running=1)).desired == 1  # the window holds it
+    assert running.decide(_seen(901, running=1)).desired == 0
+
+
 def test_a_floor_of_min_replicas_without_work() -> None:
     decision = _policy(min_replicas=2).decide(_seen(0))
     assert decision.desired == 2 and "the floor is 2" in decision.reason
