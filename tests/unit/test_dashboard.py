@@ -42,6 +42,11 @@ NAME = re.compile(r"(?<![\w:])llmq[_:][\w:]*")
 SELECTOR = re.compile(r"(?<![\w:])(llmq_\w+)\s*\{([^}]*)\}")
 MATCHER = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)")
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+AGGREGATION = re.compile(
+    r"\b(sum|min|max|avg|group|stddev|stdvar|count|count_values|bottomk|topk|quantile)\s*"
+    r"(?:(?:by|without)\s*\([^)]*\)\s*)?$"
+)
+"""An aggregation operator (with its grouping, if before) right before the `(` it opens."""
 
 
 def _metric_modules() -> list[str]:
@@ -81,6 +86,13 @@ def _families() -> dict[str, dict[str, frozenset[str]]]:
 
 FAMILIES = _families()
 EXPORTED = {name: labels for series in FAMILIES.values() for name, labels in series.items()}
+POOL_FIGURES = frozenset(
+    name
+    for name, labels in EXPORTED.items()
+    if name.startswith("llmq_autoscaler_") and "model" in labels
+)
+"""The autoscaler's figures of each pool: every autoscaler running (two during a rollout)
+reports the same ones, so a sum over them counts them twice."""
 
 
 def _dashboard() -> dict[str, Any]:
@@ -140,6 +152,25 @@ def _unknown_labels(expr: str) -> list[str]:
     return unknown
 
 
+def _pool_figures_not_maxed(expr: str) -> list[str]:
+    """The autoscaler's pool figures that `expr` reads whose innermost aggregation is not a
+    max (or that it reads without aggregating)."""
+    expr = STRING.sub('""', expr)
+    opened: list[str | None] = []  # the aggregation each open `(` belongs to, if any
+    wrong = []
+    for token in re.finditer(r"[()]|(?<![\w:])llmq_\w+", expr):
+        if token[0] == "(":
+            aggregation = AGGREGATION.search(expr, 0, token.start())
+            opened.append(aggregation[1] if aggregation else None)
+        elif token[0] == ")":
+            opened.pop()
+        elif token[0] in POOL_FIGURES:
+            innermost = next((a for a in reversed(opened) if a), None)
+            if innermost != "max":
+                wrong.append(f"{innermost}({token[0]})" if innermost else token[0])
+    return wrong
+
+
 def test_the_exported_series_follow_prometheus_client() -> None:
     """A Counter is read as X_total, a Histogram as X_bucket/_sum/_count; every service's
     metrics are found, the breaker's gauge outside a metrics module too."""
@@ -163,6 +194,16 @@ def test_the_checks_find_wrong_names_and_labels() -> None:
     ttft = 'sum by (le, model) (rate(llmq_worker_ttft_seconds_bucket{lane="a"}[5m]))'
     assert _unknown_labels(ttft) == ["llmq_worker_ttft_seconds_bucket{lane}", "by (model)"]
     assert _unknown_labels("sum by (lane) (llmq:worker_completion_tokens:rate1m)") == []
+    backlog = "llmq_autoscaler_backlog_records"
+    assert _pool_figures_not_maxed(f"sum by (model) ({backlog}) + {backlog}") == [
+        f"sum({backlog})",
+        backlog,
+    ]
+    changes = "increase(llmq_autoscaler_changes_total[5m])"
+    assert _pool_figures_not_maxed(f"sum(max by (model) ({changes})) > sum({changes})") == [
+        "sum(llmq_autoscaler_changes_total)"
+    ]
+    assert _pool_figures_not_maxed("sum(llmq_autoscaler_ready)") == []  # a count of them
 
 
 def test_the_dashboard_panels_have_unique_ids_titles_and_queries() -> None:
@@ -206,6 +247,13 @@ def test_the_dashboard_reads_the_provisioned_prometheus() -> None:
 @pytest.mark.parametrize("expr", [pytest.param(expr, id=where) for where, expr in _queries()])
 def test_every_query_reads_series_the_services_export(expr: str) -> None:
     assert (_unknown_names(expr), _unknown_labels(expr)) == ([], [])
+
+
+@pytest.mark.parametrize("expr", [pytest.param(expr, id=where) for where, expr in _queries()])
+def test_every_query_takes_the_highest_of_the_autoscalers_figures(expr: str) -> None:
+    """As several autoscalers may report a pool (a rollout runs two), a query reads the
+    highest of their figures before it sums any."""
+    assert _pool_figures_not_maxed(expr) == []
 
 
 def test_every_metric_the_services_export_is_on_the_dashboard() -> None:
