@@ -13,6 +13,8 @@ from functools import partial
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import KafkaConnectionError
 
 from llmq import startup
@@ -39,6 +41,14 @@ from workers.starts import RedisStarts
 from workers.worker import Worker
 
 log = logging.getLogger("workers")
+
+ASSIGNORS = (StickyPartitionAssignor, RoundRobinPartitionAssignor)
+"""How the workers' group shares its partitions. Sticky: a rebalance leaves every member the
+partitions it had, and the generations it parked on them (workers.handover); only a
+leaver's partitions, or the few a newcomer needs, move. Round robin, second, while members
+that know only it are in the group (a rolling upgrade): the broker picks a protocol that
+every member offers. The sticky assignor keeps its member's last assignment on its class,
+which holds with one group consumer in the process (the cancellations' is in no group)."""
 
 REJOIN_MARGIN_S = 15.0
 """Time a member has to rejoin its group after its revoked generations are settled."""
@@ -121,7 +131,6 @@ async def serve(
         await producer.start()
         await cancels.start()
         following = asyncio.create_task(follow_cancels(cancels, cancellations))
-        following.add_done_callback(_cancels_ended)
         consumer.subscribe(work_topics(spec.name), listener=worker.rebalance_listener())
         await consumer.start()
         metrics.MAX_IN_FLIGHT.set(spec.max_inflight)
@@ -176,17 +185,10 @@ def kafka_clients(
         # drain bound); the group must wait that long for it to rejoin, or it is dropped,
         # rejoins, and the next rebalance starts over: a storm that serves nothing.
         rebalance_timeout_ms=int((settings.drain_timeout_s + REJOIN_MARGIN_S) * 1000),
+        partition_assignment_strategy=ASSIGNORS,
         **security.client_kwargs(),
     )
     return producer, consumer
-
-
-def _cancels_ended(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error(
-            "no longer reading cancellations (requests whose client left run to the end): %s",
-            task.exception(),
-        )
 
 
 def cancels_consumer(settings: WorkerSettings) -> AIOKafkaConsumer:
