@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -17,6 +18,9 @@ from schemas.stream import Cancel
 from schemas.work import WorkItem
 
 log = logging.getLogger(__name__)
+
+FOLLOW_AGAIN_S = 1.0
+"""Pause before llmq.cancels is read again after a read failed."""
 
 Key = tuple[str, str]
 """(tenant, correlation_id)."""
@@ -99,7 +103,20 @@ async def follow(consumer: AIOKafkaConsumer, cancellations: Cancellations) -> No
     """Read llmq.cancels into `cancellations` until cancelled: every partition, from the
     cancellations of the last `memory_s` on, so a worker that (re)starts still skips work
     cancelled while it was away. The consumer is started, subscribed to llmq.cancels and
-    in no group."""
+    in no group. A read that fails (a broker failing over) is said and started over
+    FOLLOW_AGAIN_S later (what is read twice is remembered once): ended, it would leave the
+    worker running cancelled requests to their end for the rest of its life."""
+    while True:
+        try:
+            await _follow(consumer, cancellations)
+        except Exception as exc:  # KafkaError, or RuntimeError from `assigned`
+            log.warning(
+                "reading %s failed (%r); reading again in %g s", CANCELS, exc, FOLLOW_AGAIN_S
+            )
+            await asyncio.sleep(FOLLOW_AGAIN_S)
+
+
+async def _follow(consumer: AIOKafkaConsumer, cancellations: Cancellations) -> None:
     await since(consumer, [CANCELS], time.time() - cancellations.memory_s)
     while True:
         batches = await consumer.getmany(timeout_ms=500)

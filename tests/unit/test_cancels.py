@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, cast
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaTimeoutError
+
+from schemas.names import CANCELS
 from schemas.stream import Cancel
 from schemas.work import WorkItem
-from tests.unit.worker_fakes import work
-from workers.cancels import Cancellations
+from tests.unit.worker_fakes import until, work
+from workers import cancels
+from workers.cancels import Cancellations, follow
+
+pytestmark = pytest.mark.timeout(30)
 
 
 def _cancel(cid: str, at: float = 1000.0, tenant: str = "t") -> Cancel:
@@ -119,3 +133,77 @@ def test_two_sends_running_at_once_are_each_stopped_by_their_own_cancellations()
     assert aborted == ["s1", "s2"]
     cancellations.stopped(resent, "run-2")
     assert not cancellations.add(_cancel("a", at=1002.0), now=1002.0)
+
+
+class FailingCancels:
+    """llmq.cancels, one partition holding `held`, whose first `failures` look-ups of an
+    offset by time fail as they do while a broker fails over."""
+
+    def __init__(self, held: Cancel, failures: int = 1) -> None:
+        self.tp = TopicPartition(CANCELS, 0)
+        value = held.model_dump_json().encode()
+        self.records = [ConsumerRecord(CANCELS, 0, 0, 0, 0, None, value, None, 0, len(value), [])]
+        self.failures = failures
+        self.looks = 0
+
+    def assignment(self) -> set[TopicPartition]:
+        return {self.tp}
+
+    async def offsets_for_times(self, at: dict[TopicPartition, int]) -> dict[TopicPartition, None]:
+        self.looks += 1
+        if self.looks <= self.failures:
+            raise KafkaTimeoutError
+        return dict.fromkeys(at)  # nothing that recent: read from the end
+
+    async def seek_to_end(self, *tps: TopicPartition) -> None:
+        pass
+
+    async def getmany(
+        self, timeout_ms: int
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        records, self.records = self.records, []
+        if not records:
+            await asyncio.sleep(timeout_ms / 1000)
+        return {self.tp: records} if records else {}
+
+
+def _following(consumer: FailingCancels, cancellations: Cancellations) -> asyncio.Task[None]:
+    return asyncio.create_task(follow(cast(Any, consumer), cancellations))
+
+
+def test_a_read_of_the_cancellations_that_fails_is_said_and_started_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ended, it would leave the worker running cancelled requests to their end for good."""
+    monkeypatch.setattr(cancels, "FOLLOW_AGAIN_S", 0.0)
+    cancellations = Cancellations()
+    consumer = FailingCancels(_cancel("a", at=time.time()))
+
+    async def run() -> None:
+        following = _following(consumer, cancellations)
+        await until(lambda: following.done() or cancellations.cancelled("t", "a") is not None)
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+
+    with caplog.at_level(logging.WARNING, logger=cancels.__name__):
+        asyncio.run(run())
+    assert cancellations.cancelled("t", "a") is not None
+    assert consumer.looks == 2
+    assert "KafkaTimeoutError" in caplog.text
+
+
+def test_a_follower_waiting_to_read_again_ends_at_once_when_cancelled() -> None:
+    """The worker's shutdown (SIGTERM) does not wait for the pause."""
+    consumer = FailingCancels(_cancel("a"), failures=1_000)
+
+    async def run() -> None:
+        following = _following(consumer, Cancellations())
+        await until(lambda: consumer.looks > 0)
+        following.cancel()
+        async with asyncio.timeout(0.5):
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+        assert following.cancelled()
+
+    asyncio.run(run())
