@@ -51,7 +51,8 @@ class Engine(Protocol):
     def prompt_tokens(
         self, messages: list[ChatMessage], tools: list[Tool] | None = None
     ) -> int | None:
-        """Tokens these messages (and tools) make as a prompt; None when the engine cannot tell."""
+        """Tokens these messages (and tools) make as a prompt; None when the engine cannot
+        tell. It may block (a tokenizer's work): the worker calls it in a thread."""
         ...
 
     def shutdown(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import difflib
@@ -9,6 +10,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -110,6 +112,10 @@ class VllmEngine:
         self._spec = spec
         self._shared_prefixes = shared_prefixes
         self._tokenizer = load_tokenizer(args)
+        self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+        """The one thread that runs the tokenizer (a fast tokenizer is not safe to share
+        between threads), off the event loop: a long prompt takes it a tenth of a second,
+        which would stall every generation's outputs, deltas and commits."""
         self._engine = AsyncLLM.from_engine_args(args)
         self._running: set[str] = set()
         where = "GPU" if torch.cuda.is_available() else "CPU"
@@ -142,7 +148,9 @@ class VllmEngine:
     ) -> AsyncIterator[EngineStep]:
         """Stream deltas; closing this iterator early (cancellation) aborts it in vLLM (the
         `deadline` is the worker's to keep: vLLM does not wait between attempts)."""
-        ids = self._prompt_ids(body)
+        ids = await asyncio.get_running_loop().run_in_executor(
+            self._tokenizing, self._prompt_ids, body
+        )
         prompt = TokensPrompt(prompt_token_ids=ids)
         if tenant is not None and not self._shared_prefixes:
             prompt["cache_salt"] = tenant
@@ -186,12 +194,14 @@ class VllmEngine:
             await self._engine.abort(list(self._running))
 
     def shutdown(self) -> None:
-        """Stop the engine's processes."""
+        """Stop the engine's processes and the tokenizing thread."""
         self._engine.shutdown()
+        self._tokenizing.shutdown(wait=False, cancel_futures=True)
 
     def prompt_tokens(self, messages: list[ChatMessage], tools: list[Tool] | None = None) -> int:
-        """Tokens of these messages (and tools) under the model's chat template."""
-        return len(self._template(messages, tools))
+        """Tokens of these messages (and tools) under the model's chat template, counted on
+        the tokenizing thread: this waits for it, so call it off the event loop."""
+        return len(self._tokenizing.submit(self._template, messages, tools).result())
 
     def _template(self, messages: list[ChatMessage], tools: list[Tool] | None) -> list[int]:
         """The messages' token ids under the chat template; LlmqError (invalid_request) for

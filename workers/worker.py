@@ -336,8 +336,9 @@ class Worker:
         if state.work.uncompressed is not None:
             tools = state.work.request.body.tools
             with contextlib.suppress(LlmqError):  # a template refusing them: not counted
-                state.uncompressed_prompt_tokens = self._engine.prompt_tokens(
-                    state.work.uncompressed, tools
+                # In a thread: a long prompt's template would block the loop.
+                state.uncompressed_prompt_tokens = await asyncio.to_thread(
+                    self._engine.prompt_tokens, state.work.uncompressed, tools
                 )
         metrics.GENERATIONS.labels("ok").inc()
         metrics.TOKENS.labels("prompt").inc(state.prompt_tokens)

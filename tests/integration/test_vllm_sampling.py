@@ -7,6 +7,7 @@ import asyncio
 import copy
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import pytest
@@ -101,6 +102,7 @@ def test_messages_a_chat_template_refuses_are_an_invalid_request(
         "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     )
     engine._tokenizer, engine._spec = cast(Any, tokenizer), Catalog.builtin().models[0]
+    engine._tokenizing = ThreadPoolExecutor(1)
     system = {"role": "system", "content": "Be brief."}
     asked = _body(messages=[system, {"role": "user", "content": "Hi"}])
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -88,7 +89,7 @@ def _engine(stand_in: _AsyncLLM) -> VllmEngine:
     engine = VllmEngine.__new__(VllmEngine)  # no engine started
     engine._spec, engine._shared_prefixes = model_spec(), False
     engine._tokenizer, engine._engine = cast(Any, _Tokenizer()), cast(Any, stand_in)
-    engine._running = set()
+    engine._tokenizing, engine._running = ThreadPoolExecutor(1), set()
     return engine
 
 

@@ -1,0 +1,155 @@
+"""VllmEngine builds and counts prompts off the event loop, one at a time on its tokenizing
+thread: a long prompt's chat template takes a tenth of a second, which on the loop would stall
+every other generation's outputs, deltas, commits and heartbeats. On a stand-in for AsyncLLM
+and a slow stand-in tokenizer: no engine starts."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+
+from schemas.lanes import Lane
+from schemas.request import ChatBody, ChatMessage
+from tests.unit.worker_fakes import STANDARD, FakeConsumer, FakeProducer, MemoryStarts, model_spec
+from tests.unit.worker_fakes import work as work_record
+from workers.worker import Worker
+
+with warnings.catch_warnings():  # vLLM warns as it loads
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from workers.vllm_engine import VllmEngine
+
+pytestmark = pytest.mark.timeout(60)
+
+SLOW_S = 0.05
+"""How long the stand-in tokenizer takes for one prompt: long enough for prompts built at
+once to overlap, were they built on several threads."""
+
+
+@dataclass
+class _Choice:
+    text: str = "ok"
+    finish_reason: str | None = "stop"
+    token_ids: list[int] = field(default_factory=lambda: [7])
+    logprobs: None = None
+
+
+@dataclass
+class _Output:
+    """What the engine reads of vLLM's RequestOutput."""
+
+    outputs: list[_Choice] = field(default_factory=lambda: [_Choice()])
+    finished: bool = True
+    num_cached_tokens: int = 0
+
+
+class _AsyncLLM:
+    """Answers every prompt at once."""
+
+    async def generate(
+        self, prompt: Any, params: Any, request_id: str, priority: int = 0
+    ) -> AsyncIterator[_Output]:
+        yield _Output()
+
+    def shutdown(self) -> None:
+        """No processes to stop."""
+
+
+class _SlowTokenizer:
+    """One token a word, after SLOW_S; tells the threads that used it, and the most at once."""
+
+    def __init__(self) -> None:
+        self.most = 0
+        self.threads: set[int] = set()
+        self._using = 0
+        self._lock = threading.Lock()
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
+        return self._tokens(" ".join(m["content"] for m in messages))
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokens(text)
+
+    def _tokens(self, text: str) -> list[int]:
+        with self._lock:
+            self.threads.add(threading.get_ident())
+            self._using += 1
+            self.most = max(self.most, self._using)
+        time.sleep(SLOW_S)
+        with self._lock:
+            self._using -= 1
+        return list(range(len(text.split())))
+
+
+@pytest.fixture
+def engine() -> Iterator[VllmEngine]:
+    built = VllmEngine.__new__(VllmEngine)  # no engine started
+    built._spec, built._shared_prefixes = model_spec(), False
+    built._tokenizer, built._engine = cast(Any, _SlowTokenizer()), cast(Any, _AsyncLLM())
+    built._tokenizing = ThreadPoolExecutor(1)
+    built._running = set()
+    yield built
+    built.shutdown()
+
+
+def test_prompts_are_built_off_the_loop_one_at_a_time(engine: VllmEngine) -> None:
+    chat = ChatBody(messages=[ChatMessage(role="user", content="a chat prompt")])
+    raw = ChatBody(messages=[ChatMessage(role="user", content="a raw one")], raw_prompt=True)
+
+    async def first_steps() -> list[Any]:
+        return await asyncio.gather(
+            *(anext(engine.generate(f"r{i}", body, 0)) for i, body in enumerate([chat, raw] * 2))
+        )
+
+    async def main() -> tuple[int, list[Any]]:
+        return threading.get_ident(), await first_steps()
+
+    loop_thread, steps = asyncio.run(main())
+    assert [step.prompt_tokens for step in steps] == [3, 3, 3, 3]
+    tokenizer = cast(_SlowTokenizer, engine._tokenizer)
+    assert loop_thread not in tokenizer.threads, "the loop ran the tokenizer"
+    assert tokenizer.most == 1, "one thread at a time uses the tokenizer"
+
+
+def test_the_worker_counts_an_uncompressed_prompt_off_the_loop(
+    engine: VllmEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compression's savings: the app's prompt, counted after the answer, as long to template
+    as the prompt that was generated from (prompt_tokens waits for the tokenizing thread)."""
+    callers: set[int] = set()
+    count = engine.prompt_tokens
+
+    def counted(*args: Any) -> int:
+        callers.add(threading.get_ident())
+        return count(*args)
+
+    monkeypatch.setattr(engine, "prompt_tokens", counted)
+    consumer, producer = FakeConsumer(), FakeProducer()
+    uncompressed = [ChatMessage(role="user", content=" ".join(["word"] * 12))]
+    consumer.add(STANDARD, [work_record(Lane.STANDARD, 0, uncompressed=uncompressed)])
+
+    async def served() -> int:
+        stop = asyncio.Event()
+        worker = Worker(
+            model_spec(), engine, cast(Any, consumer), cast(Any, producer),
+            worker_id="w", commit_interval_s=0.01, starts=MemoryStarts(), max_starts=3,
+        )  # fmt: skip
+        running = asyncio.create_task(worker.run(stop))
+        async with asyncio.timeout(10):
+            while consumer.committed.get(STANDARD) != 1:  # noqa: ASYNC110 -- the fakes' state
+                await asyncio.sleep(0.002)
+        stop.set()
+        await running
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(served())
+    assert callers and loop_thread not in callers, "the loop waited for the count"
+    [event] = producer.metering()
+    assert event.prompt_tokens_saved == 12 - 3  # "a short prompt" was generated from
