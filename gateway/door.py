@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 CLOSE_CANCELS_S = 10.0
 """How long a stopping front door waits for the cancels it still owes (Kafka away: the
 requests' deadlines end them)."""
+CLOSE_GRACE_S = 5.0
+"""The longest a stopping front door still gives a stream cut off to be resumed at another
+door (what is left of LLMQ_RESUME_GRACE_S, if less): the rest of CLOSE_CANCELS_S is for
+sending the cancels."""
+CANCEL_TRIES = 3
+"""How many times a cancel is sent before it is given up (cancels are idempotent)."""
+CANCEL_BACKOFF_S = 0.5
+"""The wait before a cancel Kafka did not take is sent again, doubled after each try."""
 UNWIND_S = 0.1
 """How long a stopping front door lets the calls its drain bound cut off unwind before it
 sends the cancels they owe: a stream's events run in a task of their own, which learns of
@@ -134,7 +142,8 @@ class FrontDoor:
         self._doomed: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
-        """Stopping: a call cut off now is cancelled at once, not counted as its client gone."""
+        """Stopping: a call cut off now is not counted as its client gone, and is cancelled in
+        close's bound (a stream once its grace is over, CLOSE_GRACE_S at most)."""
         self._batch_tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -150,15 +159,17 @@ class FrontDoor:
 
     async def close(self) -> None:
         """Stop: once the calls the drain cut off have unwound (UNWIND_S), the cancels still
-        owed (a stream's grace, those calls) are sent at once and together, for
-        CLOSE_CANCELS_S at most; then the batch tasks stop and every client closes, each step
-        whatever the one before met."""
+        owed (those calls; a stream once what is left of its grace is over, unless resumed at
+        another door by then) are sent together, for CLOSE_CANCELS_S at most; then the batch
+        tasks stop and every client closes, each step whatever the one before met."""
         self.ready, self._closing = False, True
         metrics.READY.set(0)
         await asyncio.sleep(UNWIND_S)
-        for key in list(self._doomed):  # no grace any more, but for what another door reads
-            self._doomed.pop(key).cancel()
-            self._in_background(self._cancel_if_unread(key))
+        now = asyncio.get_running_loop().time()
+        for key in list(self._doomed):  # its grace runs on, for a resume at another door
+            handle = self._doomed.pop(key)
+            handle.cancel()
+            self._in_background(self._cancel_after(key, handle.when() - now), key)
         await self._settle_background()
         for task in self._batch_tasks:  # a batch's progress is in Redis: the next door resumes
             task.cancel()
@@ -247,8 +258,9 @@ class FrontDoor:
         if not grace:
             self._cancel_now(key, left=left)
             return
-        if self._closing:  # no grace any more, but for what another door reads
-            self._in_background(self._cancel_if_unread(key, left=left))
+        if self._closing:  # its grace, for a resume at another door, within close's bound
+            grace_s = self.settings.resume_grace_s
+            self._in_background(self._cancel_after(key, grace_s, left=left), key)
             return
         loop = asyncio.get_running_loop()
         self._doomed[key] = loop.call_later(self.settings.resume_grace_s, self._cancel_unread, key)
@@ -271,7 +283,8 @@ class FrontDoor:
     def unread(self, tenant: str, correlation_id: str) -> None:
         """A resumed stream ended (or its client left again). In the background: the stream's
         own task is being cancelled as its client leaves, and so would be an await there."""
-        self._in_background(self._unread(readers_key(tenant, correlation_id)))
+        key = (tenant, correlation_id)
+        self._in_background(self._unread(readers_key(*key)), key, "count of readers")
 
     async def _unread(self, key: str) -> None:
         with contextlib.suppress(RedisError):  # its count lapses with the request's time
@@ -279,7 +292,15 @@ class FrontDoor:
 
     def _cancel_unread(self, key: tuple[str, str]) -> None:
         self._doomed.pop(key, None)
-        self._in_background(self._cancel_if_unread(key))
+        self._in_background(self._cancel_if_unread(key), key)
+
+    async def _cancel_after(
+        self, key: tuple[str, str], grace_s: float, *, left: bool = True
+    ) -> None:
+        """A stopping door's cancel of a stream cut off: once `grace_s` (CLOSE_GRACE_S at
+        most) is over, unless its client resumed it at another door by then."""
+        await asyncio.sleep(min(grace_s, CLOSE_GRACE_S))
+        await self._cancel_if_unread(key, left=left)
 
     async def _cancel_if_unread(self, key: tuple[str, str], *, left: bool = True) -> None:
         """Cancel the request unless a resumed stream of it is read at another door (Redis
@@ -295,17 +316,41 @@ class FrontDoor:
 
     def _cancel_now(self, key: tuple[str, str], *, left: bool) -> None:
         self._doomed.pop(key, None)
-        self._in_background(self._cancel(key, left=left))
+        self._in_background(self._cancel(key, left=left), key)
 
     async def _cancel(self, key: tuple[str, str], *, left: bool = True) -> None:
+        """Send the cancel, again after a backoff where Kafka did not take it (slow or away),
+        CANCEL_TRIES times at most; the last failure is raised."""
         if left:
             metrics.CANCELLED.inc()
-        await self.client.cancel(key[1], tenant=key[0])
+        for tried in range(1, CANCEL_TRIES + 1):
+            try:
+                await self.client.cancel(key[1], tenant=key[0])
+                return
+            except Exception as exc:
+                if tried == CANCEL_TRIES:
+                    raise
+                wait_s = CANCEL_BACKOFF_S * 2 ** (tried - 1)
+                why = explain(exc)
+                log.warning(
+                    "the cancel of %s/%s was not sent (%s): again in %g s", *key, why, wait_s
+                )
+                await asyncio.sleep(wait_s)
 
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
+    def _in_background(
+        self, work: Coroutine[Any, Any, None], key: tuple[str, str], what: str = "cancel"
+    ) -> None:
+        """Run `work`, `what` of request `key`, in a task of its own (see _settled)."""
+        task = asyncio.create_task(work, name=f"the {what} of {key[0]}/{key[1]}")
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        """A background task's end: its failure (a cancel not sent) is one warning, not left
+        for asyncio to log as never retrieved, with a traceback."""
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("%s failed: %s", task.get_name(), explain(exc))
 
     def chunks(self, call: Call, model: str | None) -> Chunks:
         """The chunks of the request's streamed answer."""

@@ -1,12 +1,15 @@
 """What the front door cancels: the other choices of an n > 1 call one of which failed, and
 every call it gave up on (its wait past, its drain bound reached), none counted in
-llmq_gateway_cancelled_total, which counts the requests whose client went away; and a
-stopping door sends the cancels it owes even where Kafka takes none."""
+llmq_gateway_cancelled_total, which counts the requests whose client went away; a cancel
+Kafka did not take is sent again; and a stopping door sends the cancels it owes even where
+Kafka takes none."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +20,7 @@ from prometheus_client import REGISTRY
 from starlette.types import Message
 
 from gateway.app import build
+from gateway.door import CANCEL_TRIES
 from gateway.settings import GatewaySettings
 from llmq.streaming import Delta
 from schemas.catalog import Catalog
@@ -30,6 +34,8 @@ pytestmark = pytest.mark.timeout(30)
 
 MODEL = Catalog.builtin().default
 FAILURE = LlmqError(ErrorCode.ENGINE_ERROR, "the engine failed")
+GRACE_S = 0.2
+"""The grace to resume a stream: a stopping door waits it out (test_door_close_grace)."""
 
 
 class Client:
@@ -72,9 +78,10 @@ class Workers:
 
 
 def _app(monkeypatch: pytest.MonkeyPatch, client: Client) -> FastAPI:
-    """The app without its lifespan, and no grace time before a leaving client's request
-    is cancelled (streams of n choices do not resume)."""
-    app = build(GatewaySettings(), Catalog.builtin(), TenantPolicy.load(None))
+    """The app without its lifespan, GRACE_S before a leaving client's request is
+    cancelled (streams of n choices do not resume: at once)."""
+    settings = GatewaySettings(resume_grace_s=GRACE_S)
+    app = build(settings, Catalog.builtin(), TenantPolicy.load(None))
     monkeypatch.setattr(app.state.door, "client", client)
     monkeypatch.setattr(app.state.door, "serving", Workers())
     return app
@@ -304,7 +311,9 @@ def test_streams_the_drain_bound_cuts_mid_answer_are_cancelled_before_the_door_c
     """uvicorn cancels the calls at the bound, then at once runs the lifespan's close: a
     stream's events run in a task of their own, which learned of the cut after close had
     looked, so a single choice waited out a grace that never came (no cancel), and more
-    were cancelled through a closed client, each counted as a client that left."""
+    were cancelled through a closed client, each counted as a client that left. A single
+    choice is cancelled once its grace is over (unless resumed at another door), still
+    before the client closes."""
     client, before = MidStream(), _cancelled()
     app = _app(monkeypatch, client)
     receive = _held_open(stream=True, n=n)
@@ -325,6 +334,49 @@ def test_streams_the_drain_bound_cuts_mid_answer_are_cancelled_before_the_door_c
 
     asyncio.run(main())
     _all_cancelled_none_counted(client, before)
+
+
+class Flaky(Client):
+    """Kafka slow: the first `refusals` cancels are not taken, the next ones are."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    async def cancel(self, correlation_id: str, tenant: str | None = None) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise KafkaTimeoutError("batch expired")
+        await super().cancel(correlation_id, tenant)
+
+
+@pytest.mark.parametrize(("refusals", "sent"), [(1, ["c1"]), (CANCEL_TRIES, [])])
+def test_a_cancel_kafka_did_not_take_is_sent_again(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    refusals: int,
+    sent: list[str],
+) -> None:
+    """It was dropped (the generation ran on, billed for nobody), and asyncio logged its
+    error as never retrieved, with a traceback: now each try not taken is one warning, and
+    one given up on says so."""
+    client = Flaky(refusals)
+    door = _app(monkeypatch, client).state.door
+
+    async def main() -> None:
+        door.cancel("default", "c1", grace=False)
+        while door._background:  # asyncio.wait reads no outcome
+            await asyncio.wait(set(door._background))
+        gc.collect()  # a task's unread error is logged as it is collected
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(main())
+    assert client.cancelled == sent
+    assert "never retrieved" not in caplog.text
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == refusals and all("KafkaTimeoutError" in w for w in warned)
+    if not sent:
+        assert warned[-1].startswith("the cancel of default/c1 failed")
 
 
 class LateResume(Late):
