@@ -3,6 +3,7 @@ an exact-cache hit, else re-key."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
@@ -57,7 +58,7 @@ class Admission:
 
     async def _admit(self, key: bytes | None, value: bytes | None) -> None:
         try:
-            request, original = self._compressed(parse(value))
+            request, original = await self._compressed(parse(value))
             work = route(request, self._catalog, uncompressed=original)
         except LlmqError as error:
             # Its reply releases no budget hold (none placed: one under its correlation id is
@@ -100,17 +101,19 @@ class Admission:
         )
         return True
 
-    def _compressed(
+    async def _compressed(
         self, request: InferenceRequest
     ) -> tuple[InferenceRequest, list[ChatMessage] | None]:
-        """The request with its prompt compressed, and the app's messages if that changed them."""
+        """The request with its prompt compressed, and the app's messages if that changed them.
+        Compressed in a thread: a long prompt takes a quarter of a second, which on the loop
+        would hold every agent of the process (cache hits, replies, completions)."""
         body = request.body
         # A raw prompt's every blank counts; a tool call's id is made from the messages as
         # the app sent them (the front door reads a stream's calls from those).
         if self._compress is None or body.raw_prompt or body.tools is not None:
             return request, None
         original = list(request.body.messages)
-        messages = self._compress(original)
+        messages = await asyncio.to_thread(self._compress, original)
         if messages == original:
             return request, None
         body = request.body.model_copy(update={"messages": messages})

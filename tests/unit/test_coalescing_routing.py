@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -264,7 +265,14 @@ def test_a_refused_request_is_answered_but_not_dead_lettered() -> None:
 
 
 def test_compression_changes_what_the_engine_sees_and_keeps_the_original() -> None:
+    """Off the event loop: a long prompt's compression would hold every agent meanwhile."""
+    loops: list[asyncio.AbstractEventLoop | None] = []
+
     def squeeze(messages: list[ChatMessage]) -> list[ChatMessage]:
+        try:
+            loops.append(asyncio.get_running_loop())
+        except RuntimeError:  # none in this thread
+            loops.append(None)
         return [m.model_copy(update={"content": " ".join(m.content.split())}) for m in messages]
 
     harness = Pipeline(compress=squeeze)
@@ -276,6 +284,7 @@ def test_compression_changes_what_the_engine_sees_and_keeps_the_original() -> No
     assert work.request.body.messages[0].content == "a b"
     assert work.uncompressed is not None
     assert work.uncompressed[0].content == "a    b  "
+    assert loops == [None], "compressed on the event loop"
     # A raw prompt (/v1/completions) is continued as it is: its every blank counts.
     body = {"messages": [{"role": "user", "content": "a    b  "}], "raw_prompt": True}
     harness.on_request(None, json.dumps({"correlation_id": "r", "body": body}).encode())
