@@ -2,8 +2,9 @@
 committed, however long that takes. With Kafka away neither can happen (a reply cannot be
 sent, an offset cannot be committed), and the process would sit out its grace period and
 die by SIGKILL without a word. Past `drain_timeout_s` this one says why and exits; what
-it had in flight stays uncommitted, and the next instance reads it again. (Its log handlers,
-set up by faust, also get llmq.throttle's filter.)
+it had in flight stays uncommitted, and the next instance reads it again. It is not ready
+(llmq_streams_ready 0) from the signal on. (Its log handlers, set up by faust, also get
+llmq.throttle's filter.)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from faust.worker import Worker
 
 from llmq.deadline import exit_after
 from llmq.throttle import throttle
+from streams import metrics
 
 WHY = (
     "records in flight could not finish (is Kafka away?); exiting without committing them, "
@@ -40,5 +42,6 @@ class BoundedWorker(Worker):
 
     def _schedule_shutdown(self, signum: signal.Signals) -> None:
         if self.deadline is None:
+            metrics.READY.set(0)
             self.deadline = exit_after(self.drain_timeout_s, WHY)
         super()._schedule_shutdown(signum)
