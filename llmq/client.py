@@ -52,7 +52,8 @@ STORE_POLL_S = 0.5
 LISTEN_RETRY_S = 1.0
 """How long the reply listener waits after a failed poll before polling again."""
 CONNECT_TIMEOUT_S = 15.0
-"""How long a Kafka client may take to reach the cluster (and be let in) before it fails."""
+"""How long a Kafka client may take to reach the cluster (and be let in) before it fails;
+kafka-python retries a refused connection until then (a broker starting refuses a while)."""
 TOPIC_SPREAD_S = 10.0
 """How long a topic created a moment ago may take to reach the broker a client asks: each
 broker of a cluster learns of it in its own time."""
@@ -448,6 +449,7 @@ def connect(kind: type[T], bootstrap: str, security: KafkaSecurity, **config: An
             client.close()
         raise RuntimeError(
             f"cannot connect to Kafka at {bootstrap} ({security.describe()}) within "
-            f"{CONNECT_TIMEOUT_S:.0f} s: is it up, and are the LLMQ_KAFKA_SECURITY_PROTOCOL and "
-            f"LLMQ_KAFKA_SASL_* settings right? ({type(exc).__name__}: {exc})"
+            f"{CONNECT_TIMEOUT_S:g} s: is the stack up (llmq local up), and are "
+            "LLMQ_KAFKA_BOOTSTRAP, LLMQ_KAFKA_SECURITY_PROTOCOL and LLMQ_KAFKA_SASL_* right? "
+            f"({type(exc).__name__}: {exc})"
         ) from exc

@@ -32,10 +32,17 @@ class ClientSettings(ServiceSettings):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        if "kafka_bootstrap" not in data and "kafka_port" in data:
+        # Only from a port that is one: a bad port is named by its own variable, not by an
+        # address made of it.
+        if "kafka_bootstrap" not in data and _is_port(data.get("kafka_port")):
             data["kafka_bootstrap"] = f"127.0.0.1:{data['kafka_port']}"
-        if "redis_url" not in data and "redis_port" in data:
+        if "redis_url" not in data and _is_port(data.get("redis_port")):
             data["redis_url"] = f"redis://127.0.0.1:{data['redis_port']}/0"
-        if "api_url" not in data and "api_port" in data:
+        if "api_url" not in data and _is_port(data.get("api_port")):
             data["api_url"] = f"http://127.0.0.1:{data['api_port']}/v1"
         return data
+
+
+def _is_port(value: object) -> bool:
+    """Whether `value` (a setting as given) is a TCP port number."""
+    return str(value).isdigit() and 1 <= int(str(value)) <= 65535

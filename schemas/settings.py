@@ -3,6 +3,8 @@ securely, the model catalog, and what may be logged."""
 
 from __future__ import annotations
 
+import re
+import socket
 from pathlib import Path
 from typing import Literal, Self, get_args
 from urllib.parse import urlsplit
@@ -17,6 +19,9 @@ from schemas.kafka_security import KafkaSecurity, SaslMechanism, SecurityProtoco
 
 DEFAULT_KAFKA_PORT = 29092
 DEFAULT_REDIS_PORT = 26379
+KAFKA_SERVER = re.compile(r"(?:\[[^\s\[\]/@?#]+\]|[^\s\[\]/:@?#]+)(?::(?P<port>[0-9]+))?")
+"""One bootstrap server: a host, or an IPv6 address in brackets, then :port (the Kafka clients
+take 9092 where it is left out)."""
 
 
 class ServiceSettings(BaseSettings):
@@ -28,7 +33,8 @@ class ServiceSettings(BaseSettings):
     """Errors name the variable, never its value: it may be a password."""
 
     kafka_bootstrap: str = Field(default=f"127.0.0.1:{DEFAULT_KAFKA_PORT}", min_length=1)
-    """Kafka bootstrap servers, comma-separated host:port (LLMQ_KAFKA_BOOTSTRAP)."""
+    """Kafka bootstrap servers, comma-separated host:port, an IPv6 address in brackets
+    (LLMQ_KAFKA_BOOTSTRAP)."""
     kafka_security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
     """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (LLMQ_KAFKA_SECURITY_PROTOCOL)."""
     kafka_sasl_mechanism: SaslMechanism = SaslMechanism.PLAIN
@@ -93,6 +99,19 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"redis-py cannot use it: {exc}") from None
         return url
 
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _kafka_reads_the_servers(cls, servers: str) -> str:
+        """Each server as aiokafka and kafka-python split it, without connecting: not their
+        ValueError or OverflowError from each service's first Kafka client."""
+        for server in (s.strip() for s in servers.split(",")):
+            if not _is_kafka_server(server):
+                raise ValueError(
+                    f"{server!r} is not host:port (a port from 1 to 65535, an IPv6 address "
+                    "in brackets)"
+                )
+        return servers
+
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> Self:
         self.kafka_security()  # raises ValueError, naming what is missing
@@ -113,3 +132,15 @@ class ServiceSettings(BaseSettings):
     def catalog(self) -> Catalog:
         """The model catalog these settings point to."""
         return Catalog.load(self.models_file)
+
+
+def _is_kafka_server(server: str) -> bool:
+    """`server` fits KAFKA_SERVER with a port in range, or is an IPv6 address alone (on 9092;
+    the clients take any other colon for a port's)."""
+    if match := KAFKA_SERVER.fullmatch(server):
+        return match["port"] is None or 1 <= int(match["port"]) <= 65535
+    try:
+        socket.inet_pton(socket.AF_INET6, server)
+    except (OSError, ValueError):
+        return False
+    return True
