@@ -4,8 +4,10 @@ follow, cancel a batch, read its files."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import secrets
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +23,12 @@ FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 class BatchApiError(RuntimeError):
-    """The front door refused, or could not be reached; the message says which and why."""
+    """The front door refused, or could not be reached; the message says which and why.
+    `retriable`: the door was away or busy (a restart), not a refusal of the call itself."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 class BatchApi:
@@ -33,6 +40,11 @@ class BatchApi:
     transfer_timeout_s = 120.0
     """How long an upload or a file's download waits for the door: an upload is answered
     once the door has stored all its lines."""
+    outage_s = 300.0
+    """How long `wait` goes on asking a door that does not answer (a restart, rolling or
+    not) before it gives up; the batch itself goes on meanwhile."""
+    max_pause_s = 10.0
+    """The longest pause between two asks in such an outage (each pause doubles)."""
 
     def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -97,18 +109,41 @@ class BatchApi:
         seen: Callable[[dict[str, Any]], None] = lambda _: None,
         poll_s: float = 1.0,
         timeout_s: float | None = None,
+        say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
     ) -> dict[str, Any]:
         """The batch once it is completed, failed, expired or cancelled; `seen` gets it at
-        every look. TimeoutError past `timeout_s`."""
+        every look, `say` a line when the door stops answering. TimeoutError past
+        `timeout_s`."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            batch = self.batch(batch_id)
+            batch = self._look(batch_id, poll_s, say)
             seen(batch)
             if batch["status"] in FINAL:
                 return batch
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_id} still {batch['status']}")
             time.sleep(poll_s)
+
+    def _look(self, batch_id: str, pause_s: float, say: Callable[[str], None]) -> dict[str, Any]:
+        """The batch, asked again through an outage of the door for up to `outage_s`, pauses
+        doubling from `pause_s`; a refusal (404, 401) at once."""
+        since, said = time.monotonic(), False
+        while True:
+            try:
+                return self.batch(batch_id)
+            except BatchApiError as exc:
+                waited = time.monotonic() - since
+                if not exc.retriable:
+                    raise
+                if waited >= self.outage_s:
+                    raise BatchApiError(
+                        f"{exc} Gave up waiting after {waited:.0f} s.", retriable=True
+                    ) from None
+                if not said:
+                    say(f"{exc} Still waiting up to {self.outage_s:g} s for {batch_id}.")
+                    said = True
+                time.sleep(min(pause_s, self.outage_s - waited))
+                pause_s = min(2 * pause_s, self.max_pause_s)
 
     def _json(self, method: str, path: str, body: object = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
@@ -128,23 +163,31 @@ class BatchApi:
     @contextmanager
     def _open(self, request: urllib.request.Request, timeout_s: float) -> Iterator[Any]:
         """The door's response while it is read; BatchApiError naming the door (its password
-        masked) where it refuses, cannot be reached or falls silent for `timeout_s`."""
+        masked) where it refuses, cannot be reached, falls silent for `timeout_s` or breaks
+        off its answer."""
         where = mask_url(self.base_url)
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 yield response
-        except urllib.error.HTTPError as exc:
-            raise BatchApiError(f"{exc.code} from the front door: {_message(exc)}") from None
+        except urllib.error.HTTPError as exc:  # 5xx and 429 say: ask again later
+            raise BatchApiError(
+                f"{exc.code} from the front door: {_message(exc)}",
+                retriable=exc.code >= 500 or exc.code == 429,
+            ) from None
         except urllib.error.URLError as exc:
-            raise BatchApiError(
-                f"cannot reach the front door at {where} ({exc.reason}); "
-                "is it up (llmq local up), and is LLMQ_API_URL right?"
-            ) from None
+            raise _away(f"cannot reach the front door at {where} ({exc.reason})") from None
         except TimeoutError:  # a socket's read timeout is not wrapped in a URLError
-            raise BatchApiError(
-                f"the front door at {where} did not answer within {timeout_s:g} s; "
-                "is it up (llmq local up), and is LLMQ_API_URL right?"
+            raise _away(
+                f"the front door at {where} did not answer within {timeout_s:g} s"
             ) from None
+        except (OSError, http.client.HTTPException) as exc:  # cut off while it answered
+            raise _away(f"the front door at {where} broke off its answer ({exc})") from None
+
+
+def _away(what: str) -> BatchApiError:
+    return BatchApiError(
+        f"{what}; is it up (llmq local up), and is LLMQ_API_URL right?", retriable=True
+    )
 
 
 def _message(exc: urllib.error.HTTPError) -> str:

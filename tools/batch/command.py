@@ -64,19 +64,29 @@ def _submit(args: argparse.Namespace) -> int:
     api = _api(args)
     try:
         uploaded = api.upload(args.file)
-        batch = api.create(uploaded["id"], metadata, args.endpoint)
-        print(batch["id"])
-        if not args.wait:
-            return 0
-        batch = _follow(api, batch["id"])
-        return _save(api, batch, args.out)
+        batch_id = api.create(uploaded["id"], metadata, args.endpoint)["id"]
     except BatchApiError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    print(batch_id)
+    if not args.wait:
+        return 0
+    try:
+        return _save(api, _follow(api, batch_id), args.out)
+    except BatchApiError as exc:
+        print(exc, file=sys.stderr)
+        if exc.retriable:  # the door was away: the batch is not
+            print(
+                f"the batch goes on: llmq batch results {batch_id} --out {args.out} "
+                "saves its files once it has ended",
+                file=sys.stderr,
+            )
         return 1
 
 
 def _follow(api: BatchApi, batch_id: str) -> dict[str, Any]:
-    """Wait for the batch with a progress bar of its answered lines."""
+    """Wait for the batch with a progress bar of its answered lines; through a restart of
+    the door too (BatchApi.outage_s)."""
     with tqdm(desc=batch_id, unit="line", file=sys.stderr, dynamic_ncols=True) as bar:
 
         def seen(batch: dict[str, Any]) -> None:
@@ -86,7 +96,7 @@ def _follow(api: BatchApi, batch_id: str) -> dict[str, Any]:
             bar.set_postfix(status=batch["status"], failed=counts["failed"], refresh=False)
             bar.refresh()
 
-        return api.wait(batch_id, seen)
+        return api.wait(batch_id, seen, say=lambda line: bar.write(line, file=sys.stderr))
 
 
 def _save(api: BatchApi, batch: dict[str, Any], out: Path) -> int:
