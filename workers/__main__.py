@@ -14,7 +14,6 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import KafkaConnectionError
 
 from llmq import startup
@@ -28,6 +27,7 @@ from schemas.names import CANCELS, COMPLETIONS, DLQ, work_topics, worker_group
 from schemas.redact import log_content, mask_url
 from schemas.retry import RetryPolicy
 from workers import metrics
+from workers.assignor import LaneAssignor
 from workers.breaker import CircuitBreaker
 from workers.cancels import Cancellations
 from workers.cancels import follow as follow_cancels
@@ -42,13 +42,13 @@ from workers.worker import Worker
 
 log = logging.getLogger("workers")
 
-ASSIGNORS = (StickyPartitionAssignor, RoundRobinPartitionAssignor)
-"""How the workers' group shares its partitions. Sticky: a rebalance leaves every member the
-partitions it had, and the generations it parked on them (workers.handover); only a
-leaver's partitions, or the few a newcomer needs, move. Round robin, second, while members
-that know only it are in the group (a rolling upgrade): the broker picks a protocol that
-every member offers. The sticky assignor keeps its member's last assignment on its class,
-which holds with one group consumer in the process (the cancellations' is in no group)."""
+ASSIGNORS = (LaneAssignor, RoundRobinPartitionAssignor)
+"""How the workers' group shares its partitions: workers.assignor, which keeps a member's
+partitions (and the generations it parked on them, workers.handover) through a rebalance;
+round robin, second, while members that know only it are in the group (a rolling upgrade):
+the broker picks a protocol every member offers. LaneAssignor keeps its member's last
+numbers on its class, which holds with one group consumer in the process (the
+cancellations' is in no group)."""
 
 REJOIN_MARGIN_S = 15.0
 """Time a member has to rejoin its group after its revoked generations are settled."""

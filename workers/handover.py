@@ -2,8 +2,8 @@
 for good when the assignment gives their partition back to this worker.
 
 Kafka's eager rebalance takes every partition from every member whenever one joins or
-leaves; the sticky assignor (workers.__main__.ASSIGNORS) hands them back where they were,
-but for a leaver's and those a newcomer needs. Aborting what is still generating at
+leaves; workers.assignor hands them back where they were, but for a leaver's and those a
+newcomer needs. Aborting what is still generating at
 the drain bound threw that work away: on a slow engine, a pool resized every two minutes
 restarted the same 48 generations of 256 tokens from nothing at every resize and
 answered none (CI, 2026-12-01). Only a generation whose partition went elsewhere is
