@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -134,17 +134,24 @@ def reach_kafka(
     client_id: str,
     wait_s: float = KAFKA_WAIT_S,
     limits_of: Sequence[str] = (),
+    partitioned: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Return once a broker answers with these credentials; StartError naming where and how it
     tried otherwise. Runs on a loop of its own, leaving the caller's (faust's) unset. Returns
     the most bytes one record may have on each topic of `limits_of` (RECORD_LIMIT, with a
-    warning, where the brokers will not say: no such topic yet, or no right to describe it)."""
+    warning, where the brokers will not say: no such topic yet, or no right to describe it).
+    A topic of `partitioned` that exists with another partition count than its own is a
+    StartError (a missing one is made by the service)."""
     with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:  # not set as current
-        return runner.run(_bootstrap(settings, client_id, wait_s, limits_of))
+        return runner.run(_bootstrap(settings, client_id, wait_s, limits_of, partitioned or {}))
 
 
 async def _bootstrap(
-    settings: ServiceSettings, client_id: str, wait_s: float, limits_of: Sequence[str]
+    settings: ServiceSettings,
+    client_id: str,
+    wait_s: float,
+    limits_of: Sequence[str],
+    partitioned: Mapping[str, int],
 ) -> dict[str, int]:
     try:
         security = settings.kafka_security().client_kwargs()
@@ -159,6 +166,8 @@ async def _bootstrap(
             async with asyncio.timeout(wait_s):
                 await admin.start()
         limits = await asyncio.gather(*(_limit_of(admin, topic) for topic in limits_of))
+        if partitioned:  # every topic: naming some in the request would auto-create them
+            _same_partitions(partitioned, await admin.describe_topics())
         return dict(zip(limits_of, limits, strict=True))
     except TimeoutError:
         raise kafka_unreachable(settings, TimeoutError(f"no answer in {wait_s:g} s")) from None
@@ -166,6 +175,25 @@ async def _bootstrap(
         raise kafka_unreachable(settings, exc, said[-1] if said else None) from None
     finally:
         await admin.close()
+
+
+def _same_partitions(wanted: Mapping[str, int], described: Sequence[Mapping[str, Any]]) -> None:
+    """StartError for the `described` topics whose partition count is not the one `wanted`."""
+    other = {
+        topic["topic"]: len(topic["partitions"])
+        for topic in described
+        if topic["topic"] in wanted and len(topic["partitions"]) != wanted[topic["topic"]]
+    }
+    if other:
+        have = "; ".join(
+            f"{name} has {count} partitions, not {wanted[name]}"
+            for name, count in sorted(other.items())
+        )
+        raise StartError(
+            f"{have}: a topic's count is fixed once it exists (adding partitions moves keys "
+            "between them); set LLMQ_PARTITIONS to the count its topics have",
+            CONFIGURATION,
+        )
 
 
 async def _limit_of(admin: AIOKafkaAdminClient, topic: str) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from llmq import startup
+from schemas.names import COMPLETIONS, REQUESTS_KEYED, changelog_topic
 from schemas.redact import log_content
 from schemas.tenants import TenantPolicy
 from streams.app import build
@@ -33,7 +34,10 @@ def _serve() -> int:
     startup.configured(settings.catalog)
     startup.configured(partial(TenantPolicy.load, settings.tenants_file))
     startup.serve_metrics(settings)
-    startup.reach_kafka(settings, settings.app_id)
+    # The coalescing table's topics: faust would stop at their first record, in a traceback.
+    keyed = (REQUESTS_KEYED, COMPLETIONS, changelog_topic(settings.app_id))
+    partitioned = dict.fromkeys(keyed, settings.partitions)
+    startup.reach_kafka(settings, settings.app_id, partitioned=partitioned)
     log.setLevel(settings.log_level)
     # faust sets up logging when its Worker starts: until then, what building the app says
     # (which semantic-cache guard, which precision) needs a handler of its own.

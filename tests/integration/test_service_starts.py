@@ -1,6 +1,7 @@
 """Every service, started as a process, refuses a wrong setting, a taken port or a Kafka that
-does not answer in one line that names it, with its exit code and no traceback; and the
-front door stopped as soon as it is ready exits instead of hanging in its stop."""
+does not answer in one line that names it, with its exit code and no traceback (the stream
+processor, topics of another partition count too); and the front door stopped as soon as
+it is ready exits instead of hanging in its stop."""
 
 from __future__ import annotations
 
@@ -152,3 +153,21 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int) -> None:
         assert proc.poll() is None, "the front door exited before it was ready"
         assert time.monotonic() < deadline, "the front door was not ready in 120 s"
         time.sleep(0.05)
+
+
+def test_a_stream_processor_given_another_partition_count_is_refused_with_exit_code_2(
+    stack: LocalStack, bare: Callable[..., dict[str, str]]
+) -> None:
+    """Its coalescing table's topics have the stack's 4: faust would have stopped at their
+    first record, in a traceback (or, the count only differing from llmq.requests, run)."""
+    env = bare(
+        LLMQ_KAFKA_BOOTSTRAP=stack.settings.kafka_bootstrap,
+        LLMQ_REDIS_URL=stack.settings.redis_url,
+        LLMQ_METRICS_PORT=str(free_block(1)),
+        LLMQ_PARTITIONS="8",
+    )
+    run = start("streams", env)
+    line = refusal(run)
+    assert run.returncode == 2
+    assert "llmq.requests.keyed has 4 partitions, not 8" in line
+    assert "llmq.completions has 4 partitions, not 8" in line
