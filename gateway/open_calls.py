@@ -40,8 +40,8 @@ class OpenCalls:
     """ASGI middleware: a request is open from its arrival until the app has answered it
     (read, waited for, streamed to its end, failed, or its client gone); past `calls` open,
     or `body_bytes` of their bodies, one is refused at once, unread, with a 503 the SDK
-    retries after its Retry-After. With a tenants file, one tenant past TENANT_SHARE of either
-    is refused too, with a 429 naming it."""
+    retries after its Retry-After. With keys of several tenants, one tenant past TENANT_SHARE
+    of either is refused too, with a 429 naming it."""
 
     def __init__(self, app: ASGIApp, *, calls: int, body_bytes: int, policy: TenantPolicy) -> None:
         self._app = app
@@ -50,7 +50,7 @@ class OpenCalls:
         self._tenant_calls = math.ceil(calls * TENANT_SHARE)
         self._tenant_bytes = max(math.ceil(body_bytes * TENANT_SHARE), MAX_JSON_BYTES)
         self._tenant_of: Callable[[Headers], str] | None = None
-        if policy.api_keys:  # without keys, every request is tenant default's
+        if len(set(policy.api_keys.values())) > 1:  # else one tenant, whose is every place
             self._tenant_of = lambda headers: _tenant(policy, headers)
         self._opened: Counter[str] = Counter()
         self._bodies: Counter[str] = Counter()

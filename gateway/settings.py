@@ -38,7 +38,7 @@ class GatewaySettings(ServiceSettings):
     503 with Retry-After, unread: a burst would otherwise grow the door's memory until it is
     OOM-killed with every stream it holds. 2,048: room for many engines' worth of answers at
     once, while what each request holds (its waiter, its answer so far) stays a small part
-    of that memory. /healthz and /metrics are not counted. With a tenants file, one tenant
+    of that memory. /healthz and /metrics are not counted. With keys of several tenants, one
     holds at most three quarters of it and of LLMQ_API_BODY_BYTES (gateway.open_calls)."""
     api_body_bytes: int = Field(default=256 << 20, ge=8 << 20)
     """Bytes of the bodies of the requests open at once (LLMQ_API_BODY_BYTES), each counted

@@ -76,11 +76,13 @@ def _app(
     calls: int,
     body_bytes: int = 256 << 20,
     keyed: bool = False,
+    tenants: int = len(KEYS),
 ) -> FastAPI:
     """The app without its lifespan; a client that leaves a stream would be given an hour to
-    come back (no cancel is sent meanwhile). `keyed`: with the tenants of KEYS."""
+    come back (no cancel is sent meanwhile). `keyed`: with the first `tenants` of KEYS."""
     settings = GatewaySettings(api_open_calls=calls, api_body_bytes=body_bytes, resume_grace_s=3600)
-    keys = {key_hash(key): tenant for tenant, key in KEYS.items()} if keyed else {}
+    chosen = list(KEYS.items())[:tenants] if keyed else []
+    keys = {key_hash(key): tenant for tenant, key in chosen}
     app = build(settings, Catalog.builtin(), TenantPolicy.model_validate({"api_keys": keys}))
     monkeypatch.setattr(app.state.door, "client", client)
     monkeypatch.setattr(app.state.door, "serving", Workers())
@@ -290,14 +292,16 @@ def test_a_tenant_holds_at_most_three_quarters_of_the_open_calls(
     asyncio.run(main())
 
 
-def test_a_door_without_keys_gives_its_one_tenant_every_place(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("keys", ["none", "one tenant's"])
+def test_a_door_of_one_tenant_gives_it_every_place(
+    monkeypatch: pytest.MonkeyPatch, keys: str
 ) -> None:
-    """Without a tenants file every request is tenant default's: no share holds it back."""
+    """Without a tenants file every request is tenant default's; with keys of one tenant,
+    every request is its own or refused (a 401): no share holds it back."""
 
     async def main() -> None:
-        app = _app(monkeypatch, Client(), calls=4)
-        held = await _hold(app, None, 4)
+        app = _app(monkeypatch, Client(), calls=4, keyed=keys != "none", tenants=1)
+        held = await _hold(app, None if keys == "none" else "acme", 4)
         await _refused_unread(app, "calls", "LLMQ_API_OPEN_CALLS")
         await _leave(held)
 
