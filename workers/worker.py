@@ -320,26 +320,35 @@ class Worker:
         metrics.GENERATIONS.labels(error.code.value).inc()
         await self._outcomes.publish(state.failure(error, self._worker_id, time.time()), state)
 
+    def _count_uncompressed(self, state: InFlight) -> asyncio.Task[int | None] | None:
+        """The count of the prompt's tokens as the app sent it, where it was compressed."""
+        if state.work.uncompressed is None:
+            return None
+        count = self._engine.prompt_tokens
+        tools = state.work.request.body.tools
+        return asyncio.create_task(asyncio.to_thread(count, state.work.uncompressed, tools))
+
     async def _generate(self, state: InFlight) -> Completion:
         """Run the generation; every outcome but a dead engine becomes a Completion."""
         # 1) Refuse what must not start: another model's work, or work already expired.
         error = await self._unstartable(state)
-        # 2) Generate, bounded by the model's timeout or the request's deadline.
+        # 2) Generate, bounded by the model's timeout or the request's deadline; the app's own
+        # prompt (compressed for the engine) is counted meanwhile, in a thread (a long one's
+        # template would block the loop), so the answer never waits for it.
+        counting = None if error is not None else self._count_uncompressed(state)
         deltas = self._delta_stream(state)
         if error is None:
             error = await self._run(state, deltas)
         streamed = {"streamed": deltas is not None and deltas.published}
         if error is not None:
+            if counting is not None:
+                counting.cancel()
             metrics.GENERATIONS.labels(error.code.value).inc()
             return state.failure(error, self._worker_id, time.time()).model_copy(update=streamed)
         # 3) An answer: count it.
-        if state.work.uncompressed is not None:
-            tools = state.work.request.body.tools
+        if counting is not None:
             with contextlib.suppress(LlmqError):  # a template refusing them: not counted
-                # In a thread: a long prompt's template would block the loop.
-                state.uncompressed_prompt_tokens = await asyncio.to_thread(
-                    self._engine.prompt_tokens, state.work.uncompressed, tools
-                )
+                state.uncompressed_prompt_tokens = await counting
         metrics.GENERATIONS.labels("ok").inc()
         metrics.TOKENS.labels("prompt").inc(state.prompt_tokens)
         metrics.TOKENS.labels("completion").inc(state.completion_tokens)

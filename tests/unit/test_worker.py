@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import AsyncIterator
 from functools import partial
+from typing import Any
 
 import pytest
 
@@ -16,6 +19,7 @@ from schemas.names import DLQ
 from schemas.request import ChatBody, ChatMessage
 from schemas.route import Route
 from schemas.stream import Cancel
+from schemas.tools import Tool
 from tests.unit.worker_fakes import (
     BATCH,
     CACHED_TOKENS,
@@ -36,6 +40,7 @@ from tests.unit.worker_fakes import (
     work_with,
 )
 from workers.cancels import Cancellations
+from workers.engine import EngineStep
 from workers.lanes import LanePolicy
 from workers.tokens import DeltaPolicy
 from workers.worker import Worker
@@ -166,6 +171,37 @@ def test_metering_counts_the_prompt_tokens_compression_saved() -> None:
     long = [ChatMessage(role="user", content=" ".join(["word"] * 12))]
     [event] = serve_one(work(uncompressed=long), FakeEngine()).metering()
     assert event.prompt_tokens == PROMPT_TOKENS
+    assert event.prompt_tokens_saved == 12 - PROMPT_TOKENS
+
+
+class CountsAlongside(FakeEngine):
+    """Generates only once the app's own prompt is being counted (or 5 s passed), and says
+    whether it was: a count after the answer made the answer wait for it, queued behind
+    every prompt the engine's one tokenizing thread had yet to build."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counting = threading.Event()
+        self.counted_alongside: list[bool] = []
+
+    async def generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[EngineStep]:
+        seen = await asyncio.get_running_loop().run_in_executor(None, self.counting.wait, 5)
+        self.counted_alongside.append(seen)
+        async for step in super().generate(*args, **kwargs):
+            yield step
+
+    def prompt_tokens(
+        self, messages: list[ChatMessage], tools: list[Tool] | None = None
+    ) -> int | None:
+        self.counting.set()
+        return super().prompt_tokens(messages, tools)
+
+
+def test_the_apps_own_prompt_is_counted_while_its_answer_is_generated() -> None:
+    long = [ChatMessage(role="user", content=" ".join(["word"] * 12))]
+    engine = CountsAlongside()
+    [event] = serve_one(work(uncompressed=long), engine).metering()
+    assert engine.counted_alongside == [True]
     assert event.prompt_tokens_saved == 12 - PROMPT_TOKENS
 
 
