@@ -19,8 +19,10 @@ from schemas.work import WorkItem
 
 log = logging.getLogger(__name__)
 
-FOLLOW_AGAIN_S = 1.0
-"""Pause before llmq.cancels is read again after a read failed."""
+FOLLOW_AGAIN_S = (1.0, 30.0)
+"""Pause before llmq.cancels is read again after a read failed: the first, doubled after each
+failure in a row up to the second (a lasting failure, a right taken away, is said twice a
+minute, not every second)."""
 
 Key = tuple[str, str]
 """(tenant, correlation_id)."""
@@ -103,21 +105,31 @@ async def follow(consumer: AIOKafkaConsumer, cancellations: Cancellations) -> No
     """Read llmq.cancels into `cancellations` until cancelled: every partition, from the
     cancellations of the last `memory_s` on, so a worker that (re)starts still skips work
     cancelled while it was away. The consumer is started, subscribed to llmq.cancels and
-    in no group. A read that fails (a broker failing over) is said and started over
-    FOLLOW_AGAIN_S later (what is read twice is remembered once): ended, it would leave the
-    worker running cancelled requests to their end for the rest of its life."""
+    in no group. A read that fails (a broker failing over) is said and started over after
+    FOLLOW_AGAIN_S (what is read twice is remembered once): ended, it would leave the worker
+    running cancelled requests to their end for the rest of its life."""
+    first_s, most_s = FOLLOW_AGAIN_S
+    pause_s = first_s
+
+    def reading() -> None:
+        nonlocal pause_s
+        pause_s = first_s
+
     while True:
         try:
-            await _follow(consumer, cancellations)
+            await _follow(consumer, cancellations, reading)
         except Exception as exc:  # KafkaError, or RuntimeError from `assigned`
-            log.warning(
-                "reading %s failed (%r); reading again in %g s", CANCELS, exc, FOLLOW_AGAIN_S
-            )
-            await asyncio.sleep(FOLLOW_AGAIN_S)
+            log.warning("reading %s failed (%r); reading again in %g s", CANCELS, exc, pause_s)
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, most_s)
 
 
-async def _follow(consumer: AIOKafkaConsumer, cancellations: Cancellations) -> None:
+async def _follow(
+    consumer: AIOKafkaConsumer, cancellations: Cancellations, reading: Callable[[], None]
+) -> None:
+    """Read from `memory_s` ago on; `reading` is told once records come again."""
     await since(consumer, [CANCELS], time.time() - cancellations.memory_s)
+    reading()
     while True:
         batches = await consumer.getmany(timeout_ms=500)
         for records in batches.values():

@@ -175,7 +175,7 @@ def test_a_read_of_the_cancellations_that_fails_is_said_and_started_again(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Ended, it would leave the worker running cancelled requests to their end for good."""
-    monkeypatch.setattr(cancels, "FOLLOW_AGAIN_S", 0.0)
+    monkeypatch.setattr(cancels, "FOLLOW_AGAIN_S", (0.0, 0.0))
     cancellations = Cancellations()
     consumer = FailingCancels(_cancel("a", at=time.time()))
 
@@ -191,6 +191,26 @@ def test_a_read_of_the_cancellations_that_fails_is_said_and_started_again(
     assert cancellations.cancelled("t", "a") is not None
     assert consumer.looks == 2
     assert "KafkaTimeoutError" in caplog.text
+
+
+def test_a_lasting_failure_is_tried_again_ever_less_often(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A right taken away was a warning, and a reread of the last hour, every second."""
+    monkeypatch.setattr(cancels, "FOLLOW_AGAIN_S", (0.01, 0.04))
+    consumer = FailingCancels(_cancel("a"), failures=1_000)
+
+    async def run() -> None:
+        following = _following(consumer, Cancellations())
+        await until(lambda: consumer.looks >= 5)
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+
+    with caplog.at_level(logging.WARNING, logger=cancels.__name__):
+        asyncio.run(run())
+    pauses = [r.getMessage().rsplit("again in ", 1)[1] for r in caplog.records][:4]
+    assert pauses == ["0.01 s", "0.02 s", "0.04 s", "0.04 s"]
 
 
 def test_a_follower_waiting_to_read_again_ends_at_once_when_cancelled() -> None:
