@@ -127,11 +127,12 @@ async def follow(consumer: AIOKafkaConsumer, cancellations: Cancellations) -> No
 async def _follow(
     consumer: AIOKafkaConsumer, cancellations: Cancellations, reading: Callable[[], None]
 ) -> None:
-    """Read from `memory_s` ago on; `reading` is told once records come again."""
+    """Read from `memory_s` ago on; `reading` is told at each fetch that went (a right to
+    read taken away fails the fetch, not the seek)."""
     await since(consumer, [CANCELS], time.time() - cancellations.memory_s)
-    reading()
     while True:
         batches = await consumer.getmany(timeout_ms=500)
+        reading()
         for records in batches.values():
             for record in records:
                 try:

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
 
 from schemas.names import CANCELS
 from schemas.stream import Cancel
@@ -137,13 +137,15 @@ def test_two_sends_running_at_once_are_each_stopped_by_their_own_cancellations()
 
 class FailingCancels:
     """llmq.cancels, one partition holding `held`, whose first `failures` look-ups of an
-    offset by time fail as they do while a broker fails over."""
+    offset by time fail as they do while a broker fails over (`fetches`: whose fetches
+    fail instead, as without the right to read)."""
 
-    def __init__(self, held: Cancel, failures: int = 1) -> None:
+    def __init__(self, held: Cancel, failures: int = 1, *, fetches: bool = False) -> None:
         self.tp = TopicPartition(CANCELS, 0)
         value = held.model_dump_json().encode()
         self.records = [ConsumerRecord(CANCELS, 0, 0, 0, 0, None, value, None, 0, len(value), [])]
         self.failures = failures
+        self.fetches = fetches
         self.looks = 0
 
     def assignment(self) -> set[TopicPartition]:
@@ -151,7 +153,7 @@ class FailingCancels:
 
     async def offsets_for_times(self, at: dict[TopicPartition, int]) -> dict[TopicPartition, None]:
         self.looks += 1
-        if self.looks <= self.failures:
+        if self.looks <= self.failures and not self.fetches:
             raise KafkaTimeoutError
         return dict.fromkeys(at)  # nothing that recent: read from the end
 
@@ -161,6 +163,8 @@ class FailingCancels:
     async def getmany(
         self, timeout_ms: int
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        if self.looks <= self.failures and self.fetches:
+            raise TopicAuthorizationFailedError
         records, self.records = self.records, []
         if not records:
             await asyncio.sleep(timeout_ms / 1000)
@@ -193,12 +197,14 @@ def test_a_read_of_the_cancellations_that_fails_is_said_and_started_again(
     assert "KafkaTimeoutError" in caplog.text
 
 
+@pytest.mark.parametrize("fetches", [False, True], ids=["seek", "fetch"])
 def test_a_lasting_failure_is_tried_again_ever_less_often(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fetches: bool
 ) -> None:
-    """A right taken away was a warning, and a reread of the last hour, every second."""
+    """A right taken away was a warning, and a reread of the last hour, every second (the
+    right to read: the seek goes, each fetch fails)."""
     monkeypatch.setattr(cancels, "FOLLOW_AGAIN_S", (0.01, 0.04))
-    consumer = FailingCancels(_cancel("a"), failures=1_000)
+    consumer = FailingCancels(_cancel("a"), failures=1_000, fetches=fetches)
 
     async def run() -> None:
         following = _following(consumer, Cancellations())
