@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, TypeAdapter, ValidationError, model_validator
 
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, ServiceSettings
 
@@ -32,17 +32,27 @@ class ClientSettings(ServiceSettings):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        # Only from a port that is one: a bad port is named by its own variable, not by an
-        # address made of it.
-        if "kafka_bootstrap" not in data and _is_port(data.get("kafka_port")):
-            data["kafka_bootstrap"] = f"127.0.0.1:{data['kafka_port']}"
-        if "redis_url" not in data and _is_port(data.get("redis_port")):
-            data["redis_url"] = f"redis://127.0.0.1:{data['redis_port']}/0"
-        if "api_url" not in data and _is_port(data.get("api_port")):
-            data["api_url"] = f"http://127.0.0.1:{data['api_port']}/v1"
+        # Only from a port that is one (as its field reads it: " 29094" is 29094): a bad port
+        # is named by its own variable, not by an address made of it.
+        made = {
+            "kafka_bootstrap": ("kafka_port", "127.0.0.1:{}"),
+            "redis_url": ("redis_port", "redis://127.0.0.1:{}/0"),
+            "api_url": ("api_port", "http://127.0.0.1:{}/v1"),
+        }
+        for address, (name, form) in made.items():
+            port = _port(data.get(name))
+            if address not in data and port is not None:
+                data[address] = form.format(port)
         return data
 
 
-def _is_port(value: object) -> bool:
-    """Whether `value` (a setting as given) is a TCP port number."""
-    return str(value).isdigit() and 1 <= int(str(value)) <= 65535
+PORT = TypeAdapter(Annotated[int, Field(ge=1, le=65535)])
+"""A port setting as its field reads it."""
+
+
+def _port(value: object) -> int | None:
+    """The TCP port `value` (a setting as given) stands for; None if none (or not given)."""
+    try:
+        return None if value is None else PORT.validate_python(value)
+    except ValidationError:
+        return None

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from schemas.catalog import Catalog
 from schemas.kafka_security import KafkaSecurity, SaslMechanism, SecurityProtocol
+from schemas.redact import MASK
 
 DEFAULT_KAFKA_PORT = 29092
 DEFAULT_REDIS_PORT = 26379
@@ -106,8 +107,10 @@ class ServiceSettings(BaseSettings):
         ValueError or OverflowError from each service's first Kafka client."""
         for server in (s.strip() for s in servers.split(",")):
             if not _is_kafka_server(server):
+                # A user part is no Kafka server's, but may hold a password: not shown.
+                shown = f"{MASK}@{server.rsplit('@', 1)[1]}" if "@" in server else server
                 raise ValueError(
-                    f"{server!r} is not host:port (a port from 1 to 65535, an IPv6 address "
+                    f"{shown!r} is not host:port (a port from 1 to 65535, an IPv6 address "
                     "in brackets)"
                 )
         return servers

@@ -16,6 +16,7 @@ from gateway.settings import GatewaySettings
 from llmq import client
 from llmq.cli import main
 from llmq.client import connect
+from llmq.settings import ClientSettings
 from llmq.startup import CONFIGURATION, StartError, read_settings
 from schemas.kafka_security import KafkaSecurity
 from schemas.settings import ServiceSettings
@@ -75,6 +76,14 @@ def test_the_refusal_names_the_server_at_fault(
         read_settings(ServiceSettings)
 
 
+def test_a_password_in_a_server_is_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Errors name the variable, never a secret: a URL's user part is no Kafka server's."""
+    monkeypatch.setenv("LLMQ_KAFKA_BOOTSTRAP", "SASL_SSL://app:s3cret@broker:9092")
+    with pytest.raises(StartError) as refused:
+        read_settings(ServiceSettings)
+    assert "s3cret" not in str(refused.value) and "'***@broker:9092'" in str(refused.value)
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -123,6 +132,18 @@ def test_a_bad_local_port_is_named_alone(
     assert main(["submit", "hi"]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("llmq: LLMQ_KAFKA_PORT") and "LLMQ_KAFKA_BOOTSTRAP" not in line
+
+
+@pytest.mark.parametrize("port", ["29094 ", " 29094", "+29094"])
+def test_a_local_port_is_read_as_its_field_reads_it(
+    port: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not left for the default address: the command would talk to another stack."""
+    monkeypatch.setenv("LLMQ_KAFKA_PORT", port)
+    monkeypatch.setenv("LLMQ_REDIS_PORT", port)
+    settings = ClientSettings()
+    assert settings.kafka_bootstrap == "127.0.0.1:29094"
+    assert settings.redis_url == "redis://127.0.0.1:29094/0"
 
 
 def test_a_cluster_that_does_not_answer_is_said_with_how_to_start_one(
