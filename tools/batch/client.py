@@ -116,7 +116,7 @@ class BatchApi:
         `timeout_s`."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            batch = self._look(batch_id, poll_s, say)
+            batch = self._look(batch_id, poll_s, say, deadline)
             seen(batch)
             if batch["status"] in FINAL:
                 return batch
@@ -124,25 +124,29 @@ class BatchApi:
                 raise TimeoutError(f"batch {batch_id} still {batch['status']}")
             time.sleep(poll_s)
 
-    def _look(self, batch_id: str, pause_s: float, say: Callable[[str], None]) -> dict[str, Any]:
-        """The batch, asked again through an outage of the door for up to `outage_s`, pauses
-        doubling from `pause_s`; a refusal (404, 401) at once."""
+    def _look(
+        self, batch_id: str, pause_s: float, say: Callable[[str], None], deadline: float | None
+    ) -> dict[str, Any]:
+        """The batch, asked again through an outage of the door for up to `outage_s` (and
+        not past `deadline`, a time.monotonic()), pauses doubling from `pause_s`; a refusal
+        (404, 401) at once."""
         since, said = time.monotonic(), False
+        end = since + self.outage_s if deadline is None else min(since + self.outage_s, deadline)
         while True:
             try:
                 return self.batch(batch_id)
             except BatchApiError as exc:
-                waited = time.monotonic() - since
+                now = time.monotonic()
                 if not exc.retriable:
                     raise
-                if waited >= self.outage_s:
+                if now >= end:
                     raise BatchApiError(
-                        f"{exc} Gave up waiting after {waited:.0f} s.", retriable=True
+                        f"{exc} Gave up waiting after {now - since:.0f} s.", retriable=True
                     ) from None
                 if not said:
-                    say(f"{exc} Still waiting up to {self.outage_s:g} s for {batch_id}.")
+                    say(f"{exc} Still waiting up to {end - since:.0f} s for {batch_id}.")
                     said = True
-                time.sleep(min(pause_s, self.outage_s - waited))
+                time.sleep(min(pause_s, end - now))
                 pause_s = min(2 * pause_s, self.max_pause_s)
 
     def _json(self, method: str, path: str, body: object = None) -> dict[str, Any]:
