@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import difflib
 import json
@@ -97,6 +98,13 @@ def load_tokenizer(args: AsyncEngineArgs) -> Any:
 class VllmEngine:
     """AsyncLLM with continuous batching and the priority scheduler (lower value first)."""
 
+    _counting: ThreadPoolExecutor | None = None
+    """The thread that counts compressed requests' original prompts (for metering), started
+    on the first count: counts queued on the tokenizing thread would hold back the prompts
+    queued behind them, and so those requests' first tokens."""
+    _counter: Any = None
+    """The counting thread's own copy of the tokenizer, made as that thread starts."""
+
     def __init__(
         self,
         spec: ModelSpec,
@@ -113,9 +121,9 @@ class VllmEngine:
         self._shared_prefixes = shared_prefixes
         self._tokenizer = load_tokenizer(args)
         self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
-        """The one thread that runs the tokenizer (a fast tokenizer is not safe to share
-        between threads), off the event loop: a long prompt takes it a tenth of a second,
-        which would stall every generation's outputs, deltas and commits."""
+        """The one thread that builds prompts with the tokenizer (a fast tokenizer is not safe
+        to share between threads), off the event loop: a long prompt takes it a tenth of a
+        second, which would stall every generation's outputs, deltas and commits."""
         self._engine = AsyncLLM.from_engine_args(args)
         self._running: set[str] = set()
         where = "GPU" if torch.cuda.is_available() else "CPU"
@@ -194,23 +202,38 @@ class VllmEngine:
             await self._engine.abort(list(self._running))
 
     def shutdown(self) -> None:
-        """Stop the engine's processes and the tokenizing thread."""
+        """Stop the engine's processes, and the tokenizing and counting threads."""
         self._engine.shutdown()
         self._tokenizing.shutdown(wait=False, cancel_futures=True)
+        if self._counting is not None:
+            self._counting.shutdown(wait=False, cancel_futures=True)
 
     def prompt_tokens(self, messages: list[ChatMessage], tools: list[Tool] | None = None) -> int:
         """Tokens of these messages (and tools) under the model's chat template, counted on
-        the tokenizing thread: this waits for it, so call it off the event loop."""
-        return len(self._tokenizing.submit(self._template, messages, tools).result())
+        the counting thread: this waits for it, so call it off the event loop."""
+        counting = self._counting or self._tokenizing.submit(self._start_counting).result()
+        return len(counting.submit(self._template, self._counter, messages, tools).result())
 
-    def _template(self, messages: list[ChatMessage], tools: list[Tool] | None) -> list[int]:
-        """The messages' token ids under the chat template; LlmqError (invalid_request) for
-        messages the template refuses (many raise on a role they do not take: Gemma's on a
-        system message, others unless roles alternate), which no retry or restart mends."""
+    def _start_counting(self) -> ThreadPoolExecutor:
+        """The counting thread, with its copy of the tokenizer (a fast tokenizer's deep copy
+        has a Rust tokenizer of its own). Run on the tokenizing thread: no build uses the
+        tokenizer as it is copied, and two first counts start one thread."""
+        if self._counting is None:
+            self._counter = copy.deepcopy(self._tokenizer)
+            self._counting = ThreadPoolExecutor(1, thread_name_prefix="count")
+        return self._counting
+
+    def _template(
+        self, tokenizer: Any, messages: list[ChatMessage], tools: list[Tool] | None
+    ) -> list[int]:
+        """The messages' token ids under the chat template, by `tokenizer` (the tokenizing
+        thread's, or the counting thread's copy); LlmqError (invalid_request) for messages the
+        template refuses (many raise on a role they do not take: Gemma's on a system message,
+        others unless roles alternate), which no retry or restart mends."""
         try:
             return cast(
                 list[int],
-                self._tokenizer.apply_chat_template(
+                tokenizer.apply_chat_template(
                     [template_message(m) for m in messages],
                     tools=cast(Any, tool_dicts(tools)),  # its type asks a list of exactly dict
                     add_generation_prompt=True,
@@ -226,7 +249,7 @@ class VllmEngine:
         if body.raw_prompt:  # as vLLM's /v1/completions: the model's special tokens added
             ids: list[int] = self._tokenizer.encode(body.messages[0].content)
         else:
-            ids = self._template(body.messages, body.tools)
+            ids = self._template(self._tokenizer, body.messages, body.tools)
         if len(ids) >= self._spec.max_model_len:
             raise LlmqError(
                 ErrorCode.PROMPT_TOO_LARGE,

@@ -1,7 +1,8 @@
-"""VllmEngine builds and counts prompts off the event loop, one at a time on its tokenizing
-thread: a long prompt's chat template takes a tenth of a second, which on the loop would stall
-every other generation's outputs, deltas, commits and heartbeats. On a stand-in for AsyncLLM
-and a slow stand-in tokenizer: no engine starts."""
+"""VllmEngine builds prompts off the event loop, one at a time on its tokenizing thread: a
+long prompt's chat template takes a tenth of a second, which on the loop would stall every
+other generation's outputs, deltas, commits and heartbeats. It counts (for metering) on a
+thread of its own, with a tokenizer of its own, so no count holds back a prompt. On a
+stand-in for AsyncLLM and a slow stand-in tokenizer: no engine starts."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ pytestmark = pytest.mark.timeout(60)
 SLOW_S = 0.05
 """How long the stand-in tokenizer takes for one prompt: long enough for prompts built at
 once to overlap, were they built on several threads."""
+HELD = "held"
+"""A word that holds the stand-in tokenizer, on a text with it, until the test releases it."""
 
 
 @dataclass
@@ -62,14 +65,31 @@ class _AsyncLLM:
         """No processes to stop."""
 
 
-class _SlowTokenizer:
-    """One token a word, after SLOW_S; tells the threads that used it, and the most at once."""
+@dataclass
+class _Shared:
+    """What a stand-in tokenizer shares with its copies: which thread used which tokenizer
+    for which text, and the gate that a text with HELD waits at."""
 
-    def __init__(self) -> None:
+    uses: list[tuple[int, int, str]] = field(default_factory=list)
+    """(thread, the tokenizer's id, text), as each use began."""
+    entered: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class _SlowTokenizer:
+    """One token a word, after SLOW_S (a text with HELD: once released); tells the threads that
+    used it, and the most at once. Its deep copy, as a fast tokenizer's, is a tokenizer of its
+    own."""
+
+    def __init__(self, shared: _Shared | None = None) -> None:
+        self.shared = shared or _Shared()
         self.most = 0
         self.threads: set[int] = set()
         self._using = 0
         self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SlowTokenizer:
+        return _SlowTokenizer(self.shared)
 
     def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
         return self._tokens(" ".join(m["content"] for m in messages))
@@ -82,7 +102,12 @@ class _SlowTokenizer:
             self.threads.add(threading.get_ident())
             self._using += 1
             self.most = max(self.most, self._using)
-        time.sleep(SLOW_S)
+        self.shared.uses.append((threading.get_ident(), id(self), text))
+        if HELD in text.split():
+            self.shared.entered.set()
+            self.shared.release.wait(timeout=30)
+        else:
+            time.sleep(SLOW_S)
         with self._lock:
             self._using -= 1
         return list(range(len(text.split())))
@@ -116,6 +141,7 @@ def test_prompts_are_built_off_the_loop_one_at_a_time(engine: VllmEngine) -> Non
     tokenizer = cast(_SlowTokenizer, engine._tokenizer)
     assert loop_thread not in tokenizer.threads, "the loop ran the tokenizer"
     assert tokenizer.most == 1, "one thread at a time uses the tokenizer"
+    assert engine._counting is None, "no count, no counting thread"
 
 
 def test_the_worker_counts_an_uncompressed_prompt_off_the_loop(
@@ -153,3 +179,34 @@ def test_the_worker_counts_an_uncompressed_prompt_off_the_loop(
     assert callers and loop_thread not in callers, "the loop waited for the count"
     [event] = producer.metering()
     assert event.prompt_tokens_saved == 12 - 3  # "a short prompt" was generated from
+
+
+def test_a_count_holds_back_no_prompt(engine: VllmEngine) -> None:
+    """A burst of compressed requests queued each one's count behind its prompt, and the next
+    prompts behind that count: metering delayed their first tokens. A prompt is built while a
+    count runs, and no tokenizer object serves two threads."""
+    held = [ChatMessage(role="user", content=f"a {HELD} prompt")]
+    chat = ChatBody(messages=[ChatMessage(role="user", content="a chat prompt")])
+    shared = cast(_SlowTokenizer, engine._tokenizer).shared
+
+    async def main() -> tuple[int, int]:
+        counting = asyncio.create_task(asyncio.to_thread(engine.prompt_tokens, held))
+        try:
+            assert await asyncio.to_thread(shared.entered.wait, 10), "the count never began"
+            building = asyncio.ensure_future(anext(engine.generate("r0", chat, 0)))
+            done, _ = await asyncio.wait([building], timeout=10)  # never, behind the count
+            assert done, "the prompt waited for the count"
+        finally:
+            shared.release.set()
+        return (await building).prompt_tokens, await counting
+
+    assert asyncio.run(main()) == (3, 3)
+    users: dict[int, set[int]] = {}
+    for thread, tokenizer, _ in shared.uses:
+        users.setdefault(tokenizer, set()).add(thread)
+    assert all(len(threads) == 1 for threads in users.values()), "a tokenizer served two threads"
+    used = {text: (thread, tokenizer) for thread, tokenizer, text in shared.uses}
+    count_thread, count_tokenizer = used[f"a {HELD} prompt"]
+    build_thread, build_tokenizer = used["a chat prompt"]
+    assert count_thread != build_thread, "the count ran on the tokenizing thread"
+    assert count_tokenizer != build_tokenizer, "the count used the builds' tokenizer"
