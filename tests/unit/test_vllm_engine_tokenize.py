@@ -19,9 +19,8 @@ import pytest
 
 from schemas.lanes import Lane
 from schemas.request import ChatBody, ChatMessage
-from tests.unit.worker_fakes import STANDARD, FakeConsumer, FakeProducer, MemoryStarts, model_spec
+from tests.unit.worker_fakes import model_spec, serve_one
 from tests.unit.worker_fakes import work as work_record
-from workers.worker import Worker
 
 with warnings.catch_warnings():  # vLLM warns as it loads
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -157,25 +156,9 @@ def test_the_worker_counts_an_uncompressed_prompt_off_the_loop(
         return count(*args)
 
     monkeypatch.setattr(engine, "prompt_tokens", counted)
-    consumer, producer = FakeConsumer(), FakeProducer()
     uncompressed = [ChatMessage(role="user", content=" ".join(["word"] * 12))]
-    consumer.add(STANDARD, [work_record(Lane.STANDARD, 0, uncompressed=uncompressed)])
-
-    async def served() -> int:
-        stop = asyncio.Event()
-        worker = Worker(
-            model_spec(), engine, cast(Any, consumer), cast(Any, producer),
-            worker_id="w", commit_interval_s=0.01, starts=MemoryStarts(), max_starts=3,
-        )  # fmt: skip
-        running = asyncio.create_task(worker.run(stop))
-        async with asyncio.timeout(10):
-            while consumer.committed.get(STANDARD) != 1:  # noqa: ASYNC110 -- the fakes' state
-                await asyncio.sleep(0.002)
-        stop.set()
-        await running
-        return threading.get_ident()
-
-    loop_thread = asyncio.run(served())
+    producer = serve_one(work_record(Lane.STANDARD, 0, uncompressed=uncompressed), engine)
+    loop_thread = threading.get_ident()  # serve_one runs its loop in this thread
     assert callers and loop_thread not in callers, "the loop waited for the count"
     [event] = producer.metering()
     assert event.prompt_tokens_saved == 12 - 3  # "a short prompt" was generated from

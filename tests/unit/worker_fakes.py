@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
@@ -28,7 +28,7 @@ from schemas.tools import Tool
 from schemas.work import Completion, WorkItem
 from workers.cancels import Cancellations
 from workers.claims import Claim
-from workers.engine import EngineStep
+from workers.engine import Engine, EngineStep
 from workers.lanes import LanePolicy
 from workers.tokens import DeltaPolicy
 from workers.worker import Worker
@@ -286,10 +286,13 @@ async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
 Scenario = Callable[[Worker, asyncio.Event], Coroutine[Any, Any, None]]
 
 
+E = TypeVar("E", bound=Engine)
+
+
 def run_worker(
     consumer: FakeConsumer,
     producer: FakeProducer,
-    engine_of: Callable[[], FakeEngine],
+    engine_of: Callable[[], E],
     scenario: Scenario,
     *,
     spec: ModelSpec | None = None,
@@ -299,10 +302,10 @@ def run_worker(
     starts: MemoryStarts | None = None,
     drain_timeout_s: float = 5.0,
     claim: Claim | None = None,
-) -> FakeEngine:
+) -> E:
     """Run a worker while `scenario` drives it (and sets its stop event); returns the engine."""
 
-    async def main() -> FakeEngine:
+    async def main() -> E:
         engine = engine_of()
         worker = Worker(
             spec or model_spec(),
@@ -331,7 +334,7 @@ def run_worker(
 
 def serve_one(
     value: bytes,
-    engine: FakeEngine,
+    engine: Engine,
     spec: ModelSpec | None = None,
     producer: FakeProducer | None = None,
 ) -> FakeProducer:
