@@ -27,6 +27,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
+from llmq.futures import read_outcome
 from llmq.record_limits import RECORD_LIMIT
 from schemas.catalog import ModelSpec, auto_refused
 from schemas.errors import ErrorCode, LlmqError
@@ -321,12 +322,15 @@ class Worker:
         await self._outcomes.publish(state.failure(error, self._worker_id, time.time()), state)
 
     def _count_uncompressed(self, state: InFlight) -> asyncio.Task[int | None] | None:
-        """The count of the prompt's tokens as the app sent it, where it was compressed."""
+        """The count of the prompt's tokens as the app sent it, where it was compressed (its
+        outcome read when nobody awaits it: the generation failed or was cut off)."""
         if state.work.uncompressed is None:
             return None
         count = self._engine.prompt_tokens
         tools = state.work.request.body.tools
-        return asyncio.create_task(asyncio.to_thread(count, state.work.uncompressed, tools))
+        counting = asyncio.create_task(asyncio.to_thread(count, state.work.uncompressed, tools))
+        counting.add_done_callback(read_outcome)
+        return counting
 
     async def _generate(self, state: InFlight) -> Completion:
         """Run the generation; every outcome but a dead engine becomes a Completion."""

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from schemas.catalog import ModelSpec
-from schemas.errors import ErrorCode
+from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.names import DLQ
 from schemas.request import ChatBody, ChatMessage
@@ -203,6 +205,35 @@ def test_the_apps_own_prompt_is_counted_while_its_answer_is_generated() -> None:
     [event] = serve_one(work(uncompressed=long), engine).metering()
     assert engine.counted_alongside == [True]
     assert event.prompt_tokens_saved == 12 - PROMPT_TOKENS
+
+
+class RefusesTheOriginal(FakeEngine):
+    """Its template refuses the app's own prompt at once."""
+
+    def prompt_tokens(
+        self, messages: list[ChatMessage], tools: list[Tool] | None = None
+    ) -> int | None:
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "the template refuses a role")
+
+
+def test_a_count_nobody_awaits_leaves_no_unread_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A drain handed the generation back after the count had failed: its error, never read,
+    was logged by asyncio with a traceback as the task was collected."""
+    consumer, producer = FakeConsumer(), FakeProducer()
+    long = [ChatMessage(role="user", content=" ".join(["word"] * 12))]
+    consumer.add(STANDARD, [work(uncompressed=long)])
+    engine = RefusesTheOriginal()
+    engine.gate.clear()  # never gets going
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: len(engine.started) == 1)
+        stop.set()
+
+    with caplog.at_level(logging.ERROR):
+        run_worker(consumer, producer, lambda: engine, scenario, drain_timeout_s=0.05)
+        gc.collect()
+    assert producer.completions() == [], "handed back"
+    assert "never retrieved" not in caplog.text
 
 
 @pytest.mark.parametrize(
