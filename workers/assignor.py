@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeGuard
 
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
@@ -68,7 +68,7 @@ class LaneAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  # aiokafka
     def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
         cls.held = sorted({tp.partition for tp in assignment.partitions()})
         given = _read(assignment.user_data).get("round")
-        cls.round = given if isinstance(given, int) else NO_CLAIM.round
+        cls.round = given if _is_round(given) else NO_CLAIM.round
 
     @classmethod
     def assign(
@@ -134,9 +134,16 @@ def _claim(metadata: ConsumerProtocolMemberMetadata) -> Claim:
     """A member's claim, from its join; none where it does not read."""
     claim = _read(metadata.user_data)
     given, numbers = claim.get("round"), claim.get("held")
-    if not isinstance(given, int) or not isinstance(numbers, list):
+    if not _is_round(given) or not isinstance(numbers, list):
         return NO_CLAIM
     return Claim(given, numbers) if all(isinstance(n, int) for n in numbers) else NO_CLAIM
+
+
+def _is_round(given: object) -> TypeGuard[int]:
+    """Whether `given` can be a round: an int from NO_CLAIM's up to what JSON's readers all
+    take whole (a join's round of 4,300 digits, one more, no longer dumped: every leader in
+    turn failed the rebalance)."""
+    return type(given) is int and NO_CLAIM.round <= given < 2**53
 
 
 def _read(user_data: bytes | None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ protocol's encoding, each member with its own copy of the assignor's class state
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -206,6 +207,20 @@ def test_a_join_whose_numbers_do_not_read_counts_as_holding_none() -> None:
     assigned = LaneAssignor.assign(_cluster(), joins)
     numbers = {m: sorted({tp.partition for tp in a.partitions()}) for m, a in assigned.items()}
     assert numbers == {"a": [0, 3], "b": [1], "c": [2]}
+
+
+def test_a_join_of_a_round_past_any_leaves_the_group_assigned() -> None:
+    """A round of 4,300 digits read, and one more could not be dumped: every leader in turn
+    failed the rebalance, and the model's workers with it. It counts as no claim."""
+    huge = b'{"round": ' + b"9" * 4300 + b', "held": [0, 1, 2, 3]}'
+    joins = {
+        "a": ConsumerProtocolMemberMetadata(0, TOPICS, huge),
+        "b": ConsumerProtocolMemberMetadata(0, TOPICS, b'{"round": true, "held": [0, 1]}'),
+    }
+    assigned = LaneAssignor.assign(_cluster(), joins)
+    numbers = {m: sorted({tp.partition for tp in a.partitions()}) for m, a in assigned.items()}
+    assert numbers == {"a": [0, 2], "b": [1, 3]}
+    assert json.loads(assigned["a"].user_data) == {"round": 0}
 
 
 def test_the_workers_consumer_offers_those_assignors() -> None:
