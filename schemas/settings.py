@@ -107,8 +107,9 @@ class ServiceSettings(BaseSettings):
         ValueError or OverflowError from each service's first Kafka client."""
         for server in (s.strip() for s in servers.split(",")):
             if not _is_kafka_server(server):
-                # A user part is no Kafka server's, but may hold a password: not shown.
-                shown = f"{MASK}@{server.rsplit('@', 1)[1]}" if "@" in server else server
+                # A user part is no Kafka server's, but may hold a password (commas too):
+                # nothing before the value's last @ is shown.
+                shown = f"{MASK}@{servers.rsplit('@', 1)[1]}" if "@" in servers else server
                 raise ValueError(
                     f"{shown!r} is not host:port (a port from 1 to 65535, an IPv6 address "
                     "in brackets)"
