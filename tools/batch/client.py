@@ -140,9 +140,10 @@ class BatchApi:
                 if not exc.retriable:
                     raise
                 if now >= end:
-                    raise BatchApiError(
-                        f"{exc} Gave up waiting after {now - since:.0f} s.", retriable=True
-                    ) from None
+                    gave_up = f"{exc} Gave up waiting after {now - since:.0f} s."
+                    if deadline is not None and end == deadline:  # the caller's bound
+                        raise TimeoutError(f"batch {batch_id} unanswered: {gave_up}") from None
+                    raise BatchApiError(gave_up, retriable=True) from None
                 if not said:
                     say(f"{exc} Still waiting up to {end - since:.0f} s for {batch_id}.")
                     said = True
