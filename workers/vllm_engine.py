@@ -100,8 +100,8 @@ class VllmEngine:
 
     _counting: ThreadPoolExecutor | None = None
     """The thread that counts compressed requests' original prompts (for metering), started
-    on the first count: counts queued on the tokenizing thread would hold back the prompts
-    queued behind them, and so those requests' first tokens."""
+    with the engine (or on the first count): counts queued on the tokenizing thread would
+    hold back the prompts queued behind them, and so those requests' first tokens."""
     _counter: Any = None
     """The counting thread's own copy of the tokenizer, made as that thread starts."""
 
@@ -121,6 +121,9 @@ class VllmEngine:
         self._shared_prefixes = shared_prefixes
         self._tokenizer = load_tokenizer(args)
         self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+        # Now, not at the first count: a copy holds every thread (the GIL) for a tenth of a
+        # second or more, which while serving would stall every generation.
+        self._start_counting()
         """The one thread that builds prompts with the tokenizer (a fast tokenizer is not safe
         to share between threads), off the event loop: a long prompt takes it a tenth of a
         second, which would stall every generation's outputs, deltas and commits."""
@@ -216,8 +219,9 @@ class VllmEngine:
 
     def _start_counting(self) -> ThreadPoolExecutor:
         """The counting thread, with its copy of the tokenizer (a fast tokenizer's deep copy
-        has a Rust tokenizer of its own). Run on the tokenizing thread: no build uses the
-        tokenizer as it is copied, and two first counts start one thread."""
+        has a Rust tokenizer of its own). Run as the engine starts, or on the tokenizing
+        thread (an engine made otherwise, in tests): no build uses the tokenizer as it is
+        copied, and two first counts start one thread."""
         if self._counting is None:
             self._counter = copy.deepcopy(self._tokenizer)
             self._counting = ThreadPoolExecutor(1, thread_name_prefix="count")
