@@ -344,9 +344,7 @@ class Worker:
         if error is None:
             error = await self._run(state, deltas)
         streamed = {"streamed": deltas is not None and deltas.published}
-        if error is not None:
-            if counting is not None:
-                counting.cancel()
+        if error is not None:  # a count still running is left to itself (read_outcome)
             metrics.GENERATIONS.labels(error.code.value).inc()
             return state.failure(error, self._worker_id, time.time()).model_copy(update=streamed)
         # 3) An answer: count it.
