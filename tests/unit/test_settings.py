@@ -265,6 +265,7 @@ def test_a_taken_port_is_a_refusal_to_fix_naming_its_settings() -> None:
 
 
 def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
     defaults = LocalSettings()
     assert defaults.kafka_bootstrap == f"127.0.0.1:{DEFAULT_KAFKA_PORT}"
     assert defaults.redis_url == f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
@@ -292,6 +293,20 @@ def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
         "LLMQ_STREAMS": "1",
         "LLMQ_MODELS_FILE": str(tmp_path / "models.toml"),
     }
+
+
+@pytest.mark.parametrize(("cores", "most"), [(None, 1), (2, 1), (3, 1), (4, 2), (16, 2)])
+def test_the_local_pool_grows_to_two_only_where_the_cores_leave_room(
+    monkeypatch: pytest.MonkeyPatch, cores: int | None, most: int
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert LocalSettings().max_replicas == most
+    assert LocalSettings(min_replicas=3).max_replicas == 3  # the least asked for is kept
+    monkeypatch.setenv("LLMQ_MAX_REPLICAS", "5")
+    assert LocalSettings().max_replicas == 5
+    monkeypatch.setenv("LLMQ_MIN_REPLICAS", "6")
+    with pytest.raises(ValidationError, match=r"LLMQ_MIN_REPLICAS \(6\) must not exceed"):
+        LocalSettings()
 
 
 def test_the_cli_sees_the_shape_of_the_stack_it_is_pointed_at(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -11,6 +12,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.names import DEFAULT_PARTITIONS
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT
 from tools.stack import MAX_STREAMS
+
+
+def _default_max_replicas(fields: dict[str, Any]) -> int:
+    """Two workers per model on four cores or more, one below (a vLLM CPU engine takes every
+    core: a second one on two cores loads and generates on the first one's), and never fewer
+    than LLMQ_MIN_REPLICAS."""
+    room = 2 if (os.cpu_count() or 1) >= 4 else 1
+    return max(room, int(fields.get("min_replicas", 1)))
 
 
 class LocalSettings(BaseSettings):
@@ -57,8 +66,9 @@ class LocalSettings(BaseSettings):
     least one)."""
     min_replicas: int = Field(default=1, ge=0, le=16)
     """Fewest workers per model; 0 lets an idle pool go to zero (LLMQ_MIN_REPLICAS)."""
-    max_replicas: int = Field(default=2, ge=1, le=16)
-    """Most workers per model on this machine (LLMQ_MAX_REPLICAS)."""
+    max_replicas: int = Field(default_factory=_default_max_replicas, ge=1, le=16)
+    """Most workers per model on this machine (LLMQ_MAX_REPLICAS): by default 2 on four
+    cores or more, else 1 (a CPU engine keeps two cores busy), and at least min_replicas."""
     autoscaler_env: dict[str, str] = Field(default_factory=dict, exclude=True)
     """Settings of the local autoscaler over its short local defaults, as LLMQ_* variables
     (the burst benchmark's windows); LLMQ_AUTOSCALER_ENV as JSON."""
