@@ -1,6 +1,7 @@
-"""`llmq batch` and its client while the front door restarts: a wait goes on through an
-outage of the door and gives up only after `BatchApi.outage_s`, naming the command that
-fetches the files later; a refusal (404) ends it at once. A door cut off mid-answer is named
+"""`llmq batch` and its client while the front door restarts: a wait and a file's download go
+on through an outage of the door and give up only after `BatchApi.outage_s`, naming the
+command that fetches the files later, and never leave a short file under the final name; a
+refusal (404) ends them at once. A door cut off mid-answer is named
 with LLMQ_API_URL, not a bare OS error. The door is a small HTTP server in a thread of the
 test, on a free loopback port."""
 
@@ -56,6 +57,16 @@ def cut_short(handler: BaseHTTPRequestHandler) -> None:
     handler.wfile.write(b'{"id": ')
 
 
+def chunks_cut(handler: BaseHTTPRequestHandler) -> None:
+    """A streamed body (as the door sends a file) that ends before its last chunk."""
+    handler.protocol_version = "HTTP/1.1"
+    handler.send_response(200)
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    handler.wfile.write(b'7\r\n{"id": \r\n')
+    handler.close_connection = True
+
+
 def reset(handler: BaseHTTPRequestHandler) -> None:
     """Resets the connection (TCP RST) mid-body: a bare ConnectionResetError."""
     cut_short(handler)
@@ -64,21 +75,27 @@ def reset(handler: BaseHTTPRequestHandler) -> None:
 
 
 REFUSED = answer({"error": {"message": "no batch batch_1"}}, 404)
+LINE = answer({"custom_id": "a"})
 
 
 @contextmanager
-def door(polls: list[Reply]) -> Iterator[tuple[str, list[str]]]:
+def door(
+    polls: list[Reply], contents: list[Reply] | None = None
+) -> Iterator[tuple[str, list[str]]]:
     """The door's base URL and the paths asked; the n-th look at the batch gets the n-th
-    of `polls` (the last one repeats)."""
+    of `polls`, the n-th download of a file the n-th of `contents` (the last ones repeat)."""
     asked: list[str] = []
+    files = contents or [LINE]
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             asked.append(self.path)
-            looks = sum(path.startswith("/v1/batches/") for path in asked)
-            content = self.path.endswith("/content")
-            reply = answer({"custom_id": "a"}) if content else polls[min(looks, len(polls)) - 1]
-            reply(self)
+            if self.path.endswith("/content"):
+                n = sum(path.endswith("/content") for path in asked)
+                files[min(n, len(files)) - 1](self)
+            else:
+                n = sum(path.startswith("/v1/batches/") for path in asked)
+                polls[min(n, len(polls)) - 1](self)
 
         def do_POST(self) -> None:
             asked.append(self.path)
@@ -159,6 +176,41 @@ def test_submit_wait_gives_up_naming_how_to_fetch_the_files_later(
         f"the batch goes on: llmq batch results batch_1 --out {tmp_path} "
         "saves its files once it has ended"
     )
+
+
+def test_a_download_cut_off_is_downloaded_again_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A download the door broke off left its first bytes under the final name, exit 0 (one
+    cut short of its Content-Length passed as whole) or 1."""
+    monkeypatch.setattr(BatchApi, "max_pause_s", 0.01)
+    with door([batch("completed")], [cut_short, chunks_cut, hang_up, LINE]) as (url, asked):
+        monkeypatch.setenv("LLMQ_API_URL", url)
+        assert main(["batch", "results", "batch_1", "--out", str(tmp_path)]) == 0
+    assert sum(path.endswith("/content") for path in asked) == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["batch_1_output.jsonl"]
+    assert (tmp_path / "batch_1_output.jsonl").read_text() == '{"custom_id": "a"}'
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "Still waiting" in line]
+    assert line.endswith("Still waiting up to 300 s for file_out.")
+
+
+def test_a_download_that_never_comes_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(BatchApi, "outage_s", 0.3)
+    with door([batch("completed")], [cut_short]) as (url, _):
+        monkeypatch.setenv("LLMQ_API_URL", url)
+        assert main(["batch", "results", "batch_1", "--out", str(tmp_path)]) == 1
+    assert list(tmp_path.iterdir()) == []
+    assert "Gave up waiting after " in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_download_refused_ends_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BatchApi, "outage_s", 3.0)  # a download that retried it would end too
+    gone = answer({"error": {"message": "no file file_out"}}, 404)
+    with door([batch("completed")], [gone]) as (url, asked), pytest.raises(BatchApiError):
+        BatchApi(url).save("file_out", tmp_path / "out.jsonl", say=lambda _: None)
+    assert len(asked) == 1 and list(tmp_path.iterdir()) == []
 
 
 def test_a_door_cut_off_mid_answer_is_named_with_its_variable(

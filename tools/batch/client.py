@@ -14,11 +14,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas.redact import mask_url
 
 CHUNK = 1 << 20
+T = TypeVar("T")
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
@@ -41,8 +42,8 @@ class BatchApi:
     """How long an upload or a file's download waits for the door: an upload is answered
     once the door has stored all its lines."""
     outage_s = 300.0
-    """How long `wait` goes on asking a door that does not answer (a restart, rolling or
-    not) before it gives up; the batch itself goes on meanwhile."""
+    """How long `wait` and `save` go on asking a door that does not answer (a restart,
+    rolling or not) before they give up; the batch itself goes on meanwhile."""
     max_pause_s = 10.0
     """The longest pause between two asks in such an outage (each pause doubles)."""
 
@@ -96,12 +97,44 @@ class BatchApi:
         return self._json("POST", f"/batches/{batch_id}/cancel")
 
     def content(self, file_id: str) -> Iterator[bytes]:
-        """A file's lines, as they stream in."""
+        """A file's lines, as they stream in; BatchApiError where the door broke off."""
         request = urllib.request.Request(
             f"{self.base_url}/files/{file_id}/content", headers=self._headers
         )
         with self._open(request, self.transfer_timeout_s) as response:
-            yield from response
+            # Blocks, not the response's own lines: those end quietly where the door broke
+            # off a streamed body (http.client's peek swallows the IncompleteRead).
+            rest = b""
+            while block := response.read(CHUNK):
+                *lines, rest = (rest + block).split(b"\n")
+                yield from (line + b"\n" for line in lines)
+            if response.length:  # read(n) stops short of a Content-Length quietly too
+                raise http.client.IncompleteRead(rest, response.length)
+            if rest:
+                yield rest
+
+    def save(
+        self,
+        file_id: str,
+        path: Path,
+        say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    ) -> None:
+        """A file written whole to `path`: downloaded to `path`.part, renamed once all of it
+        came, and downloaded again from its start through an outage of the door (a cut-off
+        download left a short file under the final name)."""
+        part = path.with_name(f"{path.name}.part")
+
+        def download() -> None:
+            with part.open("wb") as file:
+                for line in self.content(file_id):
+                    file.write(line)
+
+        try:
+            self._patient(download, file_id, 1.0, say, None)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        part.replace(path)
 
     def wait(
         self,
@@ -116,7 +149,7 @@ class BatchApi:
         `timeout_s`."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            batch = self._look(batch_id, poll_s, say, deadline)
+            batch = self._patient(lambda: self.batch(batch_id), batch_id, poll_s, say, deadline)
             seen(batch)
             if batch["status"] in FINAL:
                 return batch
@@ -124,17 +157,22 @@ class BatchApi:
                 raise TimeoutError(f"batch {batch_id} still {batch['status']}")
             time.sleep(poll_s)
 
-    def _look(
-        self, batch_id: str, pause_s: float, say: Callable[[str], None], deadline: float | None
-    ) -> dict[str, Any]:
-        """The batch, asked again through an outage of the door for up to `outage_s` (and
-        not past `deadline`, a time.monotonic()), pauses doubling from `pause_s`; a refusal
-        (404, 401) at once."""
+    def _patient(
+        self,
+        call: Callable[[], T],
+        what: str,
+        pause_s: float,
+        say: Callable[[str], None],
+        deadline: float | None,
+    ) -> T:
+        """`call`'s answer, asked again through an outage of the door for up to `outage_s`
+        (and not past `deadline`, a time.monotonic()), pauses doubling from `pause_s`; a
+        refusal (404, 401) at once. `what` names the batch or file in what is said."""
         since, said = time.monotonic(), False
         end = since + self.outage_s if deadline is None else min(since + self.outage_s, deadline)
         while True:
             try:
-                return self.batch(batch_id)
+                return call()
             except BatchApiError as exc:
                 now = time.monotonic()
                 if not exc.retriable:
@@ -142,12 +180,12 @@ class BatchApi:
                 if now >= end:
                     gave_up = f"{exc} Gave up waiting after {now - since:.0f} s."
                     if deadline is not None and end == deadline:  # the caller's bound
-                        raise TimeoutError(f"batch {batch_id} unanswered: {gave_up}") from None
+                        raise TimeoutError(f"{what} unanswered: {gave_up}") from None
                     raise BatchApiError(gave_up, retriable=True) from None
                 if not said:
-                    say(f"{exc} Still waiting up to {end - since:.0f} s for {batch_id}.")
+                    say(f"{exc} Still waiting up to {end - since:.0f} s for {what}.")
                     said = True
-                time.sleep(min(pause_s, end - now))
+                time.sleep(min(pause_s, self.max_pause_s, end - now))
                 pause_s = min(2 * pause_s, self.max_pause_s)
 
     def _json(self, method: str, path: str, body: object = None) -> dict[str, Any]:

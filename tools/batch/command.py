@@ -105,9 +105,7 @@ def _save(api: BatchApi, batch: dict[str, Any], out: Path) -> int:
     for field, name in (("output_file_id", "output"), ("error_file_id", "errors")):
         if batch.get(field):
             path = out / f"{batch['id']}_{name}.jsonl"
-            with path.open("wb") as file:
-                for line in api.content(batch[field]):
-                    file.write(line)
+            api.save(batch[field], path)
             print(f"{name}: {path}")
     counts = batch["request_counts"]
     print(
