@@ -149,6 +149,40 @@ def test_raw_json_from_kcat_is_answered_on_the_reply_topic(
     assert reply["response"]["usage"]["completion_tokens"] == 24
 
 
+def test_records_an_app_compressed_with_each_of_kafkas_codecs_are_answered(
+    service_settings: ServiceSettings, reply_topic: str
+) -> None:
+    """An lz4, snappy or zstd batch stopped the stream processor's fetcher for everyone:
+    aiokafka reads them only with cramjam, which the lock lacked."""
+    broker = service_settings.kafka_bootstrap
+    sent = []
+    for codec in ("gzip", "snappy", "lz4", "zstd"):
+        cid = f"{codec}-{uuid.uuid4().hex[:8]}"
+        sent.append(cid)
+        raw = {
+            "correlation_id": cid,
+            "tenant": "kcat-app",
+            "reply_to": reply_topic,
+            "body": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        }
+        subprocess.run(
+            ["kcat", "-P", "-b", broker, "-t", REQUESTS, "-k", cid, "-z", codec],
+            input=json.dumps(raw).encode(),
+            check=True,
+            timeout=30,
+        )
+    out = subprocess.run(
+        ["kcat", "-C", "-b", broker, "-t", reply_topic, "-o", "beginning", "-c", "4", "-f", "%s\n"],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    replies = [json.loads(line) for line in out.stdout.splitlines()]
+    assert {reply["correlation_id"]: reply["status"] for reply in replies} == dict.fromkeys(
+        sent, "ok"
+    )
+
+
 def test_malformed_and_invalid_requests_get_error_replies_and_land_on_the_dlq(
     service_settings: ServiceSettings, reply_topic: str
 ) -> None:
