@@ -22,7 +22,8 @@ class Rejection:
     correlation_id: str | None
     tenant: str | None
     reply_to: str | None
-    """Where to send the error reply; None when the record names no usable reply topic."""
+    """Where to send the error reply: llmq.results when the record's reply_to is unusable
+    (null, not a name, or a topic of llmq's or Kafka's own); None when it is no object."""
 
 
 def salvage(error: LlmqError, raw: bytes | None) -> Rejection:
@@ -67,14 +68,16 @@ def _envelope(error: LlmqError, data: dict[str, object] | None) -> Rejection:
     """The sane envelope fields of a request's JSON object (None: nobody to answer)."""
     if data is None:
         return Rejection(error, None, None, None)
-    reply_to = data.get("reply_to", RESULTS)
+    # An unusable reply_to is answered on the default topic: a reply is always sent, and
+    # never where llmq or Kafka would read it as their own record.
+    reply_to = data.get("reply_to")
     return Rejection(
         error,
         correlation_id=_identifier(data.get("correlation_id")),
         tenant=_identifier(data.get("tenant")),
         reply_to=reply_to
         if isinstance(reply_to, str) and REPLY_TOPIC.fullmatch(reply_to)
-        else None,
+        else RESULTS,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from schemas.names import RESULTS
 from schemas.request import MAX_RECORD_BYTES
 
 CID = "fuzz-cid-00000000"
@@ -188,7 +189,7 @@ def with_field(reply_to: str, path: str, value: object) -> Hostile:
     """A valid envelope with the field at the dotted `path` set to `value`."""
     raw = _dumps(_put(envelope(reply_to), path, value))
     if path == "reply_to":
-        return Hostile(raw, CID, None, ("reply_to",))
+        return Hostile(raw, CID, RESULTS, ("reply_to",))
     return Hostile(raw, None if path == "correlation_id" else CID, reply_to, _blame(path))
 
 

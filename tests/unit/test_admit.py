@@ -206,9 +206,10 @@ def test_reply_to_is_salvaged_or_defaults_to_results() -> None:
 @pytest.mark.parametrize(
     "reply_to", ["bad topic", "", "a/b", "x" * 250, 42, None, ["llmq.results"], "llmq.results\n"]
 )
-def test_an_unusable_reply_to_is_none(reply_to: object) -> None:
+def test_an_unusable_reply_to_is_answered_on_the_default_topic(reply_to: object) -> None:
+    """It was answered nowhere: the app never learnt why its request went unanswered."""
     out = _rejected(_raw(_data(reply_to=reply_to)), ErrorCode.INVALID_REQUEST)
-    assert out.reply_to is None
+    assert out.reply_to == RESULTS
     assert out.correlation_id == "req-1"
 
 

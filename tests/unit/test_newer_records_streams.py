@@ -57,7 +57,7 @@ def test_a_newer_record_is_held_to_the_checks_of_a_request_salvaged() -> None:
     raw = json.dumps(record).encode()
     assert work_requester(ERROR, raw) == Rejection(ERROR, None, None, RESULTS)
     request["reply_to"] = "__consumer_offsets"
-    assert work_requester(ERROR, json.dumps(record).encode()).reply_to is None
+    assert work_requester(ERROR, json.dumps(record).encode()).reply_to == RESULTS
 
 
 def test_a_newer_keyed_work_item_is_answered_by_dedupe() -> None:

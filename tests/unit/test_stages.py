@@ -253,12 +253,12 @@ def test_unreadable_completion_goes_to_the_dlq(harness: Pipeline, value: bytes) 
     assert harness.store.answers == {}
 
 
-def test_a_rejection_without_a_usable_reply_topic_is_still_stored_for_its_id() -> None:
+def test_a_rejection_without_a_usable_reply_topic_is_stored_and_sent_to_the_default() -> None:
     harness = Pipeline()
     store, send = harness.store, harness.send
     raw = json.dumps({"correlation_id": "lost-1", "reply_to": "not a topic!", "body": {}})
     harness.on_request(b"k", raw.encode())
-    assert [s.topic for s in send.sent] == [DLQ]
+    assert sorted(s.topic for s in send.sent) == sorted([DLQ, RESULTS])
     stored = store.results["lost-1"]
     assert stored.error is not None
     assert stored.error.code is ErrorCode.INVALID_REQUEST
