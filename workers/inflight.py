@@ -20,7 +20,7 @@ from schemas.result import (
     TokenLogprob,
     Usage,
 )
-from schemas.tools import finish_reason
+from schemas.tools import ToolCall, finish_reason
 from schemas.work import Completion, WorkItem
 from workers.engine import EngineStep
 
@@ -100,14 +100,22 @@ class InFlight:
             else PromptTokensDetails(cached_tokens=cached),
         )
 
+    def final_reason(self) -> str | None:
+        """The finish reason the app reads, as the completion gives it: "tool_calls" for
+        an answer of calls that ended by itself."""
+        return self._reason(self.work.request.body.calls_in("".join(self.text)))
+
+    def _reason(self, calls: list[ToolCall] | None) -> str | None:
+        if self.finish_reason is None:
+            return None
+        return finish_reason(self.work.request.body.tool_choice, calls, self.finish_reason)
+
     def completion(self, worker: str, now: float) -> Completion:
         """The finished answer; its logprobs reach the app only when it asked for them."""
         usage = self.usage()
         body, text = self.work.request.body, "".join(self.text)
         calls = body.calls_in(text)
-        finish = self.finish_reason
-        if finish is not None:
-            finish = finish_reason(body.tool_choice, calls, finish)
+        finish = self._reason(calls)
         choice = Choice(
             message=ChatMessage(role="assistant", content=text, tool_calls=calls),
             finish_reason=finish,

@@ -419,7 +419,7 @@ class Worker:
         finally:
             self._cancellations.stopped(state.work, state.request_id)
         if deltas is not None:
-            await deltas.finish(state.finish_reason, state.usage())
+            await deltas.finish(state.final_reason(), state.usage())
         return None
 
     def _cut_short(self, state: InFlight, by_deadline: bool) -> LlmqError:

@@ -282,6 +282,23 @@ def test_tool_choice_auto_for_a_model_whose_calls_are_not_read_is_refused_unstar
     assert completion.error is None and len(engine.started) == 1
 
 
+def test_a_streamed_answer_of_calls_ends_its_pieces_as_its_result_does() -> None:
+    """The last piece said "stop" where the result said "tool_calls": an app reading
+    llmq.tokens took the calls for text."""
+    tools = [{"type": "function", "function": {"name": "ping"}}]
+    ask = [{"role": "user", "content": "Up?"}]
+    body = {"messages": ask, "tools": tools, "tool_choice": "auto", "stream": True}
+    call = '<tool_call>{"name": "ping", "arguments": {}}</tool_call>'
+    reads = ModelSpec(name=MODEL, source="s", tool_call_parser="hermes")
+    engine = FakeEngine(text=call, reason="stop")
+    served = serve_one(work_with({"body": ChatBody.model_validate(body)}), engine, spec=reads)
+    [completion] = served.completions()
+    assert completion.response is not None
+    [choice] = completion.response.choices
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls or []) == 3
+    assert [d.finish_reason for d in served.deltas()][-1] == "tool_calls"
+
+
 def test_a_retry_starts_no_earlier_than_its_backoff_allows() -> None:
     not_before = time.time() + 0.3
     engine = FakeEngine()

@@ -192,10 +192,18 @@ class MemoryStarts:
 
 class FakeEngine:
     """Three tokens of `text` per answer (logprob -0.5 each, when asked), once its gate is
-    open."""
+    open, the last with `reason`."""
 
-    def __init__(self, *, step_s: float = 0.0, counts_tokens: bool = True, text: str = "x") -> None:
+    def __init__(
+        self,
+        *,
+        step_s: float = 0.0,
+        counts_tokens: bool = True,
+        text: str = "x",
+        reason: str = "length",
+    ) -> None:
         self.text = text
+        self.reason = reason
         self.gate = asyncio.Event()
         self.gate.set()
         self.hold = asyncio.Event()
@@ -233,7 +241,7 @@ class FakeEngine:
                     await self.hold.wait()
                 logprobs = [TokenLogprob(token=self.text, logprob=-0.5)] if body.logprobs else []
                 last = i == 2
-                reason = "length" if last else None
+                reason = self.reason if last else None
                 yield EngineStep(self.text, 1, PROMPT_TOKENS, last, reason, logprobs, CACHED_TOKENS)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
