@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from schemas.errors import LlmqError
 from schemas.names import RESULTS
-from schemas.request import IDENTIFIER, REPLY_TOPIC
+from schemas.request import DEFAULT_TENANT, IDENTIFIER, REPLY_TOPIC
 from schemas.work import Completion, WorkItem
 from streams.decode import decode, top_level_strings
 
@@ -74,7 +74,7 @@ def _envelope(error: LlmqError, data: dict[str, object] | None) -> Rejection:
     return Rejection(
         error,
         correlation_id=_identifier(data.get("correlation_id")),
-        tenant=_identifier(data.get("tenant")),
+        tenant=_identifier(data.get("tenant", DEFAULT_TENANT)),  # as a request reads it
         reply_to=reply_to
         if isinstance(reply_to, str) and REPLY_TOPIC.fullmatch(reply_to)
         else RESULTS,

@@ -11,7 +11,7 @@ from schemas.catalog import Catalog, ModelSpec
 from schemas.errors import ErrorCode
 from schemas.fingerprint import fingerprint
 from schemas.names import RESULTS
-from schemas.request import MAX_RECORD_BYTES
+from schemas.request import DEFAULT_TENANT, MAX_RECORD_BYTES
 from schemas.work import WorkItem
 from streams.admit import admit
 from streams.salvage import Rejection
@@ -225,9 +225,13 @@ def test_hostile_correlation_ids_and_tenants_are_not_echoed(hostile: object) -> 
     assert out.reply_to == RESULTS
 
 
-def test_missing_tenant_is_not_invented() -> None:
+def test_a_missing_tenant_is_the_default_one_as_for_an_answer_and_a_bad_one_none() -> None:
+    """An error reply said tenant null where the answer to the same request says "default"
+    (and the result store files it there): an app matching replies by tenant and id lost
+    it."""
     data = _data(model="nope")
     del data["tenant"]
     out = _rejected(_raw(data), ErrorCode.UNKNOWN_MODEL)
-    assert out.tenant is None
-    assert out.correlation_id == "req-1"
+    assert (out.tenant, out.correlation_id) == (DEFAULT_TENANT, "req-1")
+    bad = _rejected(_raw(_data(model="nope", tenant="a b")), ErrorCode.INVALID_REQUEST)
+    assert (bad.tenant, bad.correlation_id) == (None, "req-1")
