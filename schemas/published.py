@@ -1,0 +1,73 @@
+"""JSON Schemas of the records apps exchange with llmq over Kafka, for apps in any language:
+`python -m schemas.published` writes them to docs/schemas/ (a unit test keeps them current).
+
+A schema gives each record's shape (fields, types, bounds); the stream processor checks more
+than a schema can say (a model of the catalog, the messages' order, the whole record's size),
+and answers a request it refuses with an error reply naming why."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from schemas.alerts import BudgetAlert
+from schemas.metering import MeteringEvent
+from schemas.request import InferenceRequest
+from schemas.result import InferenceResult
+from schemas.stream import TokenDelta
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+
+PUBLISHED: dict[str, tuple[type[BaseModel], Literal["validation", "serialization"]]] = {
+    "inference-request": (InferenceRequest, "validation"),  # what an app writes
+    "inference-result": (InferenceResult, "serialization"),  # and what it reads
+    "token-delta": (TokenDelta, "serialization"),
+    "metering-event": (MeteringEvent, "serialization"),
+    "budget-alert": (BudgetAlert, "serialization"),
+}
+"""Each file's name and its record: a request as the stream processor reads it, the others
+as llmq writes them."""
+
+
+def rendered() -> dict[str, str]:
+    """Each file's name and text."""
+    found = {}
+    for name, (model, mode) in PUBLISHED.items():
+        schema = model.model_json_schema(mode=mode)
+        if mode == "serialization":
+            _all_present(schema)
+        found[f"{name}.json"] = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+    return found
+
+
+def _all_present(schema: Any) -> None:
+    """Every field of a record llmq writes is required: it is always there, null when it
+    has no value (records are written whole, nulls included)."""
+    if isinstance(schema, list):
+        for value in schema:
+            _all_present(value)
+    elif isinstance(schema, dict):
+        fields = schema.get("properties")
+        if isinstance(fields, dict):  # field names to their schemas
+            schema["required"] = list(fields)
+            for value in fields.values():
+                _all_present(value)
+        for key, value in schema.items():
+            if key != "properties":
+                _all_present(value)
+
+
+def main() -> int:
+    DOCS.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered().items():
+        (DOCS / name).write_text(text, encoding="utf-8")
+        print(DOCS / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
