@@ -8,6 +8,8 @@ import numpy as np
 import numpy.typing as npt
 
 Vector = npt.NDArray[np.float32]
+MIN_ROWS = 16
+"""The fewest rows a mirror's arrays have room for."""
 
 
 class ScopeMirror:
@@ -62,7 +64,9 @@ class ScopeMirror:
         self._written.move_to_end(fingerprint)
 
     def remove(self, fingerprint: str) -> None:
-        """Drop an entry if present; the last row moves into its place."""
+        """Drop an entry if present; the last row moves into its place. Below a quarter of
+        the rows in use the arrays halve their room and more (a scope emptied by expiry
+        held its largest arrays for good, past LLMQ_SEMANTIC_MAX_MIRRORED's memory)."""
         row = self._rows.pop(fingerprint, None)
         if row is None:
             return
@@ -74,6 +78,8 @@ class ScopeMirror:
             self._vectors[row] = self._vectors[last]
             self._ages[row] = self._ages[last]
             self._rows[moved] = row
+        if len(self._vectors) > MIN_ROWS and len(self) <= len(self._vectors) // 4:
+            self._resize(max(MIN_ROWS, 2 * len(self)))
 
     def expire(self, before_ms: int) -> None:
         """Drop the entries written before `before_ms`, oldest first, up to the first one
@@ -97,7 +103,10 @@ class ScopeMirror:
         return [(self._fingerprints[i], self._texts[i], float(scores[i])) for i in best_first]
 
     def _grow(self) -> None:
-        size = min(self._capacity, max(16, 2 * len(self._vectors)))
+        self._resize(min(self._capacity, max(MIN_ROWS, 2 * len(self._vectors))))
+
+    def _resize(self, size: int) -> None:
+        """Arrays of `size` rows holding the entries' (`size` at least their number)."""
         vectors = np.zeros((size, self._vectors.shape[1]), dtype=np.float32)
         ages = np.zeros(size, dtype=np.int64)
         vectors[: len(self)] = self._vectors[: len(self)]

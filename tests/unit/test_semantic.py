@@ -11,7 +11,7 @@ from schemas.request import InferenceRequest
 from streams.question import Question, unreadable
 from streams.semantic import MAX_TEXT_CHARS, semantic_key
 from streams.semantic_guard import ADDITION_SIMILARITY, mismatch, same_question
-from streams.semantic_index import ScopeMirror
+from streams.semantic_index import MIN_ROWS, ScopeMirror
 from tools.bench.semantic_quality import PAIRS, load
 
 MODEL = "smollm2-135m"
@@ -329,6 +329,25 @@ def test_removal_moves_the_last_row_and_keeps_the_rest_findable() -> None:
         expected = [] if i % 3 == 0 else [f"fp{i}"]
         assert [fp for fp, _, _ in found] == expected
         assert (f"fp{i}" in mirror) == (i % 3 != 0)
+
+
+def test_a_mirror_emptied_by_expiry_gives_its_memory_back_and_keeps_the_rest_findable() -> None:
+    """A scope's arrays kept their largest size for good: a burst of 100k questions held
+    157 MiB after all of them expired, past what LLMQ_SEMANTIC_MAX_MIRRORED counts."""
+    mirror = ScopeMirror(capacity=10_000, dimensions=384)
+    for i in range(10_000):
+        mirror.put(f"fp{i}", f"t{i}", _unit(*np.eye(384, dtype=np.float32)[i % 384]), i)
+    full = mirror.nbytes
+    mirror.expire(before_ms=9_900)  # 100 left
+    assert len(mirror) == 100 and mirror.nbytes <= full * 4 * 100 // 10_000
+    for i in range(9_900, 10_000):
+        assert f"fp{i}" in mirror
+    found = mirror.search(_unit(*np.eye(384, dtype=np.float32)[9_999 % 384]), 0.99, 10)
+    assert {fp for fp, _, _ in found} == {
+        f"fp{i}" for i in range(9_900, 10_000) if i % 384 == 9_999 % 384
+    }
+    mirror.expire(before_ms=10_000)
+    assert len(mirror) == 0 and mirror.nbytes == MIN_ROWS * (384 * 4 + 8)
 
 
 def test_beyond_capacity_the_oldest_entry_goes() -> None:
