@@ -36,6 +36,7 @@ from schemas.names import (
 )
 from schemas.tenants import TenantPolicy
 from streams import metrics
+from streams.actors import install as fix_actors
 from streams.affinity import PrefixAffinity
 from streams.ahead import EmbedAhead
 from streams.budget import Budgets
@@ -202,10 +203,16 @@ def watched(app: faust.App, settings: StreamSettings) -> Serving:
     return serving
 
 
-def build(settings: StreamSettings) -> faust.App:
-    """The app with its agents; run it with faust's Worker."""
+def _fix_faust() -> None:
+    """faust-streaming 0.15.3's offsets, fetcher and actors, as llmq needs them."""
     fix_offsets()
     fix_fetcher()
+    fix_actors()
+
+
+def build(settings: StreamSettings) -> faust.App:
+    """The app with its agents; run it with faust's Worker."""
+    _fix_faust()
     # No X_created sample beside each counter's and histogram's: they would double what
     # Prometheus keeps of the per-tenant cost counters, and no rule or panel reads them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
