@@ -1,6 +1,8 @@
-"""The responses kept to continue from (OpenAI's `store`, true unless the body says false):
-each one's `response` object, and its conversation (the input before it, its own input and
-its answer) for `previous_response_id`, per tenant in Redis for the retention time."""
+"""The responses kept to continue from (OpenAI's `store`, true unless the body says false),
+per tenant in Redis for the retention time: each one's `response` object, and its turn of
+the conversation (the messages it added: its input and its answer) for `previous_response_id`.
+A conversation is read as the turns of the responses it continues, then its own: stored whole
+at each response, turn n rewrote every earlier one (n squared bytes)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from schemas.names import response_key, response_output_key, result_key
+from schemas.names import response_key, response_output_key, response_turn_key, result_key
 
 RESPONSE_ID = "resp_"
 """How a response's id begins: resp_<the correlation id of its request>."""
@@ -22,6 +24,22 @@ class Kept:
 
     response: dict[str, Any]
     messages: list[dict[str, Any]]
+    turns: tuple[str, ...] = ()
+    """The responses whose turns make `messages`, oldest first, this one's last; none for one
+    an older front door stored whole (a response continuing it keeps all of it as its turn)."""
+    start: int = 0
+    """Where this one's turn begins in `messages` (at the previous turn's last message where
+    its input's calls joined that answer)."""
+
+
+class TurnGoneError(LookupError):
+    """A stored response whose conversation misses the turn of a response it continues, which
+    was deleted: it can be fetched, but neither continued nor its input items listed."""
+
+    def __init__(self, response_id: str, gone: str) -> None:
+        super().__init__(f"{response_id} continues {gone}, deleted")
+        self.response_id = response_id
+        self.gone = gone
 
 
 class ResponseStore:
@@ -32,14 +50,20 @@ class ResponseStore:
         self._retention_s = retention_s
 
     async def keep(self, tenant: str, kept: Kept) -> None:
-        """Store a response under its id, for the retention time, and its output items beside
-        it (`outputs`)."""
+        """Store a response under its id, for the retention time: its object with the ids of
+        the responses it continues, its output items beside it (`outputs`) and its turn; the
+        turns it continues are kept as long again, as long as their newest response."""
         response_id = kept.response["id"]
-        value = json.dumps({"response": kept.response, "messages": kept.messages})
-        async with self._redis.pipeline(transaction=True) as pipe:
+        chain = list(kept.turns[:-1])
+        value = json.dumps({"response": kept.response, "chain": chain})
+        turn = json.dumps({"at": kept.start, "messages": kept.messages[kept.start :]})
+        async with self._redis.pipeline(transaction=True) as pipe:  # one slot: {tenant}
             pipe.set(response_key(tenant, response_id), value, ex=self._retention_s)
             output = json.dumps(kept.response["output"])
             pipe.set(response_output_key(tenant, response_id), output, ex=self._retention_s)
+            pipe.set(response_turn_key(tenant, response_id), turn, ex=self._retention_s)
+            for continued in chain:
+                pipe.expire(response_turn_key(tenant, continued), self._retention_s)
             await pipe.execute()
 
     async def outputs(
@@ -65,23 +89,48 @@ class ResponseStore:
                 found[response_id] = None if whole is None else whole.response["output"]
         return found
 
+    async def response(self, tenant: str, response_id: str) -> dict[str, Any] | None:
+        """The `response` object of the tenant's stored response of that id, without its
+        conversation; None if there is none (never stored, deleted, past its retention, or
+        another tenant's)."""
+        value = await self._redis.get(response_key(tenant, response_id))
+        return None if value is None else dict(json.loads(value)["response"])
+
     async def get(self, tenant: str, response_id: str) -> Kept | None:
-        """The tenant's stored response of that id; None if there is none (never stored,
-        deleted, past its retention, or another tenant's)."""
+        """The tenant's stored response of that id with its conversation, read in two round
+        trips: its object, then its turn and those it continues together; None if there is
+        none (never stored, deleted, past its retention, or another tenant's). TurnGoneError if
+        one it continues was deleted. One an older front door stored is read whole."""
         value = await self._redis.get(response_key(tenant, response_id))
         if value is None:
             return None
         stored = json.loads(value)
-        return Kept(stored["response"], stored["messages"])
+        if "chain" not in stored:
+            return Kept(stored["response"], stored["messages"])
+        turns = (*stored["chain"], response_id)
+        found = await self._redis.mget([response_turn_key(tenant, t) for t in turns])
+        if found[-1] is None:  # deleted since its object was read
+            return None
+        messages: list[dict[str, Any]] = []
+        at = 0
+        for turn_id, turn in zip(turns, found, strict=True):
+            if turn is None:
+                raise TurnGoneError(response_id, turn_id)
+            read = json.loads(turn)
+            at = read["at"]
+            messages[at:] = read["messages"]
+        return Kept(stored["response"], messages, turns, at)
 
     async def delete(self, tenant: str, response_id: str) -> bool:
-        """Forget the response, its output items and its request's result (GET
-        /v1/results/{id} read the answer on for a day), together; whether there was one (the
-        others go even if not: an older door's delete left its output items)."""
+        """Forget the response, its output items, its turn (the responses continuing it can
+        be continued no more) and its request's result (GET /v1/results/{id} read the answer
+        on for a day), together; whether there was one (the others go even if not: an older
+        door's delete left its output items)."""
         async with self._redis.pipeline(transaction=True) as pipe:  # one slot: {tenant}
             pipe.delete(response_key(tenant, response_id))
             pipe.delete(
                 response_output_key(tenant, response_id),
+                response_turn_key(tenant, response_id),
                 result_key(tenant, response_id.removeprefix(RESPONSE_ID)),
             )
             deleted, _ = await pipe.execute()

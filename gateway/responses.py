@@ -100,6 +100,12 @@ class ResponseCall(Call):
     continues this one follows."""
     store: bool = True
     """Whether the response is stored, to be fetched and continued from."""
+    chain: tuple[str, ...] = ()
+    """The stored responses whose turns hold the conversation continued, oldest first (none:
+    no conversation continued, or one stored whole, kept whole again as this one's turn)."""
+    start: int = 0
+    """Where this call's turn begins in `conversation`: after the conversation continued, or
+    at its last message, the answer its input's calls joined."""
 
     @property
     def echo(self) -> Echo:
@@ -107,8 +113,9 @@ class ResponseCall(Call):
 
     def kept(self, response: dict[str, Any]) -> Kept:
         """What storing this call's `response` keeps: it, and its conversation with the
-        answer (its text, or its calls) added."""
-        return Kept(response, [*self.conversation, assistant_of(response["output"])])
+        answer (its text, or its calls) added, its own turn after those it continues."""
+        messages = [*self.conversation, assistant_of(response["output"])]
+        return Kept(response, messages, (*self.chain, response["id"]), self.start)
 
 
 def read_response_call(
@@ -120,10 +127,12 @@ def read_response_call(
     catalog: Catalog,
     timeout_s: float,
     history: Sequence[dict[str, Any]] | None = None,
+    chain: Sequence[str] = (),
 ) -> ResponseCall:
     """The request a Responses body asks for, following the `history` of the response it
-    continues (None: where none is looked up, a batch line); LlmqError (400, 404) saying
-    what is wrong. A null field is one not given."""
+    continues (None: where none is looked up, a batch line), held by the turns of the
+    `chain` of responses (Kept.turns); LlmqError (400, 404) saying what is wrong. A null
+    field is one not given."""
     data = given_fields(data)
     _check_fields(data)
     if history is None:
@@ -165,7 +174,25 @@ def read_response_call(
     asked.update(metadata=data.get("metadata", {}), text={"format": fmt}, **echoed_tools(data))
     asked.update((k, getattr(call.request.body, k)) for k in SAMPLING)
     store = data.get("store", True)
-    return ResponseCall(call.request, call.include_usage, call.n, asked, conversation, store)
+    start = _turn_start(history, conversation) if chain else 0
+    return ResponseCall(
+        call.request,
+        call.include_usage,
+        call.n,
+        asked,
+        conversation,
+        store,
+        chain=tuple(chain),
+        start=start,
+    )
+
+
+def _turn_start(history: Sequence[dict[str, Any]], conversation: list[dict[str, Any]]) -> int:
+    """Where the messages a call adds to the `history` it continues begin in its
+    `conversation`: after the history, or at its last message where the input's calls
+    joined it (no other message of the history is changed)."""
+    joined = history and conversation[len(history) - 1] != history[-1]
+    return len(history) - 1 if joined else len(history)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from gateway.door import ApiError, FrontDoor, Tenant, json_body
 from gateway.openai import Call, Chunks, check_model, completion_of, read_call
 from gateway.response_events import ResponseEvents
 from gateway.response_items import input_items, page, referenced
+from gateway.response_store import TurnGoneError
 from gateway.responses import ResponseCall, read_response_call, response_of
 from gateway.text import TextChunks, read_text_call, text_completion_of
 from llmq.futures import read_outcome
@@ -72,12 +73,12 @@ async def responses(request: Request) -> Response:
 
 @router.get("/v1/responses/{response_id}")
 async def stored_response(response_id: str, request: Request) -> dict[str, Any]:
-    """A stored response, as it was answered."""
+    """A stored response, as it was answered (one continuing a deleted one too)."""
     door = _door(request)
-    kept = await door.responses.get(door.tenant(request), response_id)
-    if kept is None:
+    response = await door.responses.response(door.tenant(request), response_id)
+    if response is None:
         raise _no_response(response_id)
-    return kept.response
+    return response
 
 
 @router.get("/v1/responses/{response_id}/input_items")
@@ -91,7 +92,10 @@ async def response_input_items(
     order: str = "desc",
 ) -> dict[str, Any]:
     """The conversation a stored response followed, as input items, a page at a time."""
-    kept = await _door(request).responses.get(tenant, response_id)
+    try:
+        kept = await _door(request).responses.get(tenant, response_id)
+    except TurnGoneError as exc:
+        raise _gone(exc) from None
     if kept is None:
         raise _no_response(response_id)
     items = input_items(response_id, kept.messages[:-1])  # the last is its answer
@@ -103,7 +107,8 @@ async def response_input_items(
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
-    """Forget a stored response: it can be neither fetched nor continued from."""
+    """Forget a stored response: it can be neither fetched nor continued from, nor can the
+    responses continuing it (their conversation lacks its turn)."""
     door = _door(request)
     if not await door.responses.delete(door.tenant(request), response_id):
         raise _no_response(response_id)
@@ -122,6 +127,16 @@ def _no_previous(response_id: str) -> ApiError:
     refused = ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why, param="previous_response_id"))
     refused.body["error"]["code"] = PREVIOUS_NOT_FOUND
     return refused
+
+
+def _gone(exc: TurnGoneError, param: str | None = None) -> ApiError:
+    """A stored response whose conversation lacks a deleted response's turn: a 404."""
+    why = (
+        f"the conversation of response {exc.response_id} cannot be read: response {exc.gone}, "
+        "which it continues, was deleted; start a new conversation (without "
+        "previous_response_id) or continue one that does not include it"
+    )
+    return ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why, param=param), 404)
 
 
 def _not_stored(response_id: str) -> str:
@@ -323,10 +338,14 @@ async def _read_response(door: FrontDoor, request: Request) -> Call:
     if not isinstance(previous, str):
         why = "previous_response_id must be a string, the id of a stored response"
         raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why))
-    kept = await door.responses.get(tenant, previous)
+    try:
+        kept = await door.responses.get(tenant, previous)
+    except TurnGoneError as exc:
+        raise _gone(exc, "previous_response_id") from None
     if kept is None:
         raise _no_previous(previous)
-    return _call(door, request, read_response_call, tenant, data, history=kept.messages)
+    history, chain = kept.messages, kept.turns
+    return _call(door, request, read_response_call, tenant, data, history=history, chain=chain)
 
 
 async def _keep(door: FrontDoor, call: ResponseCall, response: dict[str, Any]) -> None:

@@ -136,6 +136,7 @@ REDIS_FILE_PREFIX = "llmq:file:"
 REDIS_BATCH_PREFIX = "llmq:batch:"
 REDIS_RESPONSE_PREFIX = "llmq:response:"
 REDIS_RESPONSE_OUTPUT_PREFIX = "llmq:response-output:"
+REDIS_RESPONSE_TURN_PREFIX = "llmq:response-turn:"
 BATCHES_ACTIVE = "llmq:batches:active"
 """Batch API: the set of batch ids not finished yet, which the front doors' runners drive."""
 
@@ -236,7 +237,8 @@ def batch_keys(batch_id: str) -> dict[str, str]:
 
 
 def response_key(tenant: str, response_id: str) -> str:
-    """Responses API: a stored response -> its object and conversation (JSON), per tenant."""
+    """Responses API: a stored response -> its object and the ids of the responses it
+    continues (JSON; an older front door's: its whole conversation instead), per tenant."""
     return f"{REDIS_RESPONSE_PREFIX}{_tenant(tenant)}:{response_id}"
 
 
@@ -244,6 +246,13 @@ def response_output_key(tenant: str, response_id: str) -> str:
     """Responses API: a stored response's output items (JSON), kept beside it, so that an
     input item referencing one reads them without the whole conversation."""
     return f"{REDIS_RESPONSE_OUTPUT_PREFIX}{_tenant(tenant)}:{response_id}"
+
+
+def response_turn_key(tenant: str, response_id: str) -> str:
+    """Responses API: a stored response's turn, the messages it added to the conversation it
+    continues (JSON), read with the turns of those it continues and kept as long as the
+    newest response continuing them."""
+    return f"{REDIS_RESPONSE_TURN_PREFIX}{_tenant(tenant)}:{response_id}"
 
 
 def tenant_index_key(tenant: str, kind: str) -> str:

@@ -365,6 +365,31 @@ def test_a_stored_response_keeps_its_conversation_with_the_answer() -> None:
     ]
 
 
+def test_a_stored_response_keeps_its_turn_after_those_it_continues() -> None:
+    """Its turn begins after the conversation continued, or at its last message where the
+    input's call joined that answer; continuing one stored whole (no turns), all of it."""
+    called = {"type": "function_call", "call_id": "call_a", "name": "ping", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "call_a", "output": "up"}
+    kept = []
+    for given in ("And the sea?", [called, output]):
+        for chain in (("resp_a",), ()):
+            call = read_response_call(
+                {"model": "smollm2-135m", "input": given, "previous_response_id": "resp_a"},
+                tenant="acme",
+                lane=None,
+                catalog=CATALOG,
+                timeout_s=60,
+                history=HISTORY,
+                chain=chain,
+            )
+            body = response_of(call.echo, [_result(call, "stop")])
+            kept.append(call.kept(body))
+    starts = [(k.turns[:-1], k.start) for k in kept]
+    assert starts == [(("resp_a",), 2), ((), 0), (("resp_a",), 1), ((), 0)]
+    assert all(k.turns[-1] == k.response["id"] for k in kept)
+    assert kept[2].messages[1]["tool_calls"] and kept[2].messages[1]["content"] == "Blue"
+
+
 def test_an_answer_cut_at_max_output_tokens_is_incomplete() -> None:
     call = _read(max_output_tokens=2)
     read = Response.model_validate(response_of(call.echo, [_result(call, "length")]))

@@ -69,6 +69,9 @@ class Store:
     def __init__(self) -> None:
         self.kept: list[Kept] = []
 
+    async def response(self, tenant: str, response_id: str) -> dict[str, Any] | None:
+        return None
+
     async def get(self, tenant: str, response_id: str) -> Kept | None:
         return None
 
