@@ -7,6 +7,7 @@ import subprocess
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,6 +110,19 @@ def test_sampled_requests_are_not_cached_unless_they_opt_in(
     assert d.text == c.text
 
 
+def _kcat_send(broker: str, key: str, value: bytes, *options: str) -> None:
+    """One record on llmq.requests, as an app in any language sends it."""
+    command = ["kcat", "-P", "-b", broker, "-t", REQUESTS, "-k", key, *options]
+    subprocess.run(command, input=value, check=True, timeout=30)
+
+
+def _kcat_read(broker: str, topic: str, count: int) -> list[Any]:
+    """The first `count` records of `topic`, read as JSON."""
+    command = ["kcat", "-C", "-b", broker, "-t", topic, "-o", "beginning", "-c", str(count)]
+    out = subprocess.run([*command, "-f", "%s\n"], capture_output=True, check=True, timeout=300)
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
 def test_raw_json_from_kcat_is_answered_on_the_reply_topic(
     service_settings: ServiceSettings, reply_topic: str
 ) -> None:
@@ -128,19 +142,8 @@ def test_raw_json_from_kcat_is_answered_on_the_reply_topic(
         }
     )
     broker = service_settings.kafka_bootstrap
-    subprocess.run(
-        ["kcat", "-P", "-b", broker, "-t", REQUESTS, "-k", cid],
-        input=raw.encode(),
-        check=True,
-        timeout=30,
-    )
-    out = subprocess.run(
-        ["kcat", "-C", "-b", broker, "-t", reply_topic, "-o", "beginning", "-c", "1", "-f", "%s"],
-        capture_output=True,
-        check=True,
-        timeout=300,
-    )
-    reply = json.loads(out.stdout)
+    _kcat_send(broker, cid, raw.encode())
+    [reply] = _kcat_read(broker, reply_topic, 1)
     assert reply["correlation_id"] == cid
     assert reply["status"] == "ok"
     assert reply["tenant"] == "kcat-app"
@@ -165,19 +168,8 @@ def test_records_an_app_compressed_with_each_of_kafkas_codecs_are_answered(
             "reply_to": reply_topic,
             "body": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
         }
-        subprocess.run(
-            ["kcat", "-P", "-b", broker, "-t", REQUESTS, "-k", cid, "-z", codec],
-            input=json.dumps(raw).encode(),
-            check=True,
-            timeout=30,
-        )
-    out = subprocess.run(
-        ["kcat", "-C", "-b", broker, "-t", reply_topic, "-o", "beginning", "-c", "4", "-f", "%s\n"],
-        capture_output=True,
-        check=True,
-        timeout=300,
-    )
-    replies = [json.loads(line) for line in out.stdout.splitlines()]
+        _kcat_send(broker, cid, json.dumps(raw).encode(), "-z", codec)
+    replies = _kcat_read(broker, reply_topic, 4)
     assert {reply["correlation_id"]: reply["status"] for reply in replies} == dict.fromkeys(
         sent, "ok"
     )
