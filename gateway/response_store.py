@@ -52,19 +52,36 @@ class ResponseStore:
     async def keep(self, tenant: str, kept: Kept) -> None:
         """Store a response under its id, for the retention time: its object with the ids of
         the responses it continues, its output items beside it (`outputs`) and its turn; the
-        turns it continues are kept as long again, as long as their newest response."""
-        response_id = kept.response["id"]
+        turns it continues are kept as long again, as long as their newest response. Where
+        one of those went meanwhile (past its retention while this one was generated), this
+        one keeps the whole conversation as its turn."""
         chain = list(kept.turns[:-1])
-        value = json.dumps({"response": kept.response, "chain": chain})
-        turn = json.dumps({"at": kept.start, "messages": kept.messages[kept.start :]})
+        renewed = await self._keep(tenant, kept.response, chain, kept.start, kept.messages)
+        if not all(renewed):
+            await self._keep(tenant, kept.response, [], 0, kept.messages)
+
+    async def _keep(
+        self,
+        tenant: str,
+        response: dict[str, Any],
+        chain: list[str],
+        start: int,
+        messages: list[dict[str, Any]],
+    ) -> list[bool]:
+        """Write the response and its turn (`messages` from `start`); whether each turn of
+        the `chain` was there to renew."""
+        response_id = response["id"]
+        value = json.dumps({"response": response, "chain": chain})
+        turn = json.dumps({"at": start, "messages": messages[start:]})
         async with self._redis.pipeline(transaction=True) as pipe:  # one slot: {tenant}
             pipe.set(response_key(tenant, response_id), value, ex=self._retention_s)
-            output = json.dumps(kept.response["output"])
+            output = json.dumps(response["output"])
             pipe.set(response_output_key(tenant, response_id), output, ex=self._retention_s)
             pipe.set(response_turn_key(tenant, response_id), turn, ex=self._retention_s)
             for continued in chain:
                 pipe.expire(response_turn_key(tenant, continued), self._retention_s)
-            await pipe.execute()
+            _, _, _, *renewed = await pipe.execute()
+        return [bool(found) for found in renewed]
 
     async def outputs(
         self, tenant: str, response_ids: list[str]
@@ -124,14 +141,16 @@ class ResponseStore:
     async def delete(self, tenant: str, response_id: str) -> bool:
         """Forget the response, its output items, its turn (the responses continuing it can
         be continued no more) and its request's result (GET /v1/results/{id} read the answer
-        on for a day), together; whether there was one (the others go even if not: an older
-        door's delete left its output items)."""
+        on for a day); whether there was one (the output items and result go even if not: an
+        older door's delete left its output items). The turn of one past its retention,
+        which later responses kept, stays with them: a 404 cuts no conversation."""
         async with self._redis.pipeline(transaction=True) as pipe:  # one slot: {tenant}
             pipe.delete(response_key(tenant, response_id))
             pipe.delete(
                 response_output_key(tenant, response_id),
-                response_turn_key(tenant, response_id),
                 result_key(tenant, response_id.removeprefix(RESPONSE_ID)),
             )
             deleted, _ = await pipe.execute()
+        if deleted:
+            await self._redis.delete(response_turn_key(tenant, response_id))
         return bool(deleted)

@@ -284,3 +284,47 @@ def test_continuing_a_response_keeps_its_conversation_as_long_as_the_new_one(
     turns, objects = asyncio.run(run())
     assert all(ttl > 50 for ttl in turns), turns
     assert all(0 < ttl <= 5 for ttl in objects), objects
+
+
+def test_a_continuation_whose_earlier_turn_went_meanwhile_keeps_the_whole_conversation(
+    redis_port: int,
+) -> None:
+    """A turn past its retention while its continuation was generated left that one
+    refused for good, as if a response had been deleted."""
+
+    async def run() -> tuple[Kept, Kept | None]:
+        client = aioredis.Redis(port=redis_port)
+        try:
+            store = ResponseStore(client, 60)
+            first = await _answered(store, None, "One?", "1")
+            second = await _answered(store, first, "Two?", "2")
+            continued = await store.get(TENANT, second.response["id"])
+            await client.delete(response_turn_key(TENANT, first.response["id"]))  # expired
+            third = await _answered(store, continued, "Three?", "3")
+            return third, await store.get(TENANT, third.response["id"])
+        finally:
+            await client.aclose()
+
+    third, read = asyncio.run(run())
+    assert read is not None and read.messages == third.messages
+    assert read.turns == (third.response["id"],)
+
+
+def test_deleting_a_response_past_its_retention_cuts_no_conversation(redis_port: int) -> None:
+    """Its turn, kept by a later response, went with a delete answered 404."""
+
+    async def run() -> tuple[bool, Kept, Kept | None]:
+        client = aioredis.Redis(port=redis_port)
+        try:
+            store = ResponseStore(client, 60)
+            first = await _answered(store, None, "One?", "1")
+            second = await _answered(store, first, "Two?", "2")
+            await client.delete(response_key(TENANT, first.response["id"]))  # past retention
+            deleted = await store.delete(TENANT, first.response["id"])
+            return deleted, second, await store.get(TENANT, second.response["id"])
+        finally:
+            await client.aclose()
+
+    deleted, second, read = asyncio.run(run())
+    assert not deleted
+    assert read is not None and read.messages == second.messages
