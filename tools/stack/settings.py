@@ -18,7 +18,7 @@ def _default_max_replicas(fields: dict[str, Any]) -> int:
     """Two workers per model on four cores or more, one below (a vLLM CPU engine takes every
     core: a second one on two cores loads and generates on the first one's), and never fewer
     than LLMQ_MIN_REPLICAS."""
-    room = 2 if (os.cpu_count() or 1) >= 4 else 1
+    room = 2 if len(os.sched_getaffinity(0)) >= 4 else 1  # the cores this process may use
     return max(room, int(fields.get("min_replicas", 1)))
 
 
