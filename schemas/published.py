@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from schemas.alerts import BudgetAlert
+from schemas.contract import Contract
 from schemas.metering import MeteringEvent
 from schemas.request import InferenceRequest
 from schemas.result import InferenceResult
@@ -39,14 +40,36 @@ def rendered() -> dict[str, str]:
     for name, (model, mode) in PUBLISHED.items():
         schema = model.model_json_schema(mode=mode)
         if mode == "serialization":
-            _all_present(schema)
+            schema = _as_written(schema, model.model_json_schema(mode="validation"))
         found[f"{name}.json"] = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
     return found
 
 
+def _as_written(written: dict[str, Any], read: dict[str, Any]) -> dict[str, Any]:
+    """A record's schema as llmq writes it: every field present, null when it has no value,
+    but in the objects of OpenAI's (Contract: an answer's message, its tool calls), which
+    leave such a field out; their schema is the one they are read by (`read`), whose
+    fields without a default are the ones always there."""
+    defs = written.pop("$defs", {})
+    contracts = {model.__name__ for model in _subclasses(Contract)}
+    left_out = {name for name in read.get("$defs", {}) if name in contracts or name not in defs}
+    _all_present(written)
+    for name, schema in defs.items():
+        if name not in left_out:
+            _all_present(schema)
+    defs.update({name: read["$defs"][name] for name in sorted(left_out)})
+    return {"$defs": dict(sorted(defs.items())), **written} if defs else written
+
+
+def _subclasses(model: type[BaseModel]) -> list[type[BaseModel]]:
+    found = []
+    for sub in model.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
 def _all_present(schema: Any) -> None:
-    """Every field of a record llmq writes is required: it is always there, null when it
-    has no value (records are written whole, nulls included)."""
+    """Every field of the objects in `schema` is required."""
     if isinstance(schema, list):
         for value in schema:
             _all_present(value)

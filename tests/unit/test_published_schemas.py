@@ -14,8 +14,10 @@ from jsonschema import Draft202012Validator
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.published import DOCS, rendered
+from schemas.request import ChatMessage
 from schemas.result import CacheStatus, TokenLogprob
 from schemas.stream import TokenDelta
+from schemas.tools import FunctionCall, ToolCall
 from streams import replies
 from tests.unit.stages import admitted, answer
 
@@ -57,8 +59,21 @@ def test_the_records_llmq_writes_fit_their_schemas() -> None:
     results = _validator("inference-result")
     answered = replies.from_cache(work, answer("Hi"), CacheStatus.EXACT)
     refused = replies.from_error(LlmqError(ErrorCode.RATE_LIMITED, "slow down", 2.0), "c", "t")
-    for result in (answered, refused):
+    call = ToolCall(id="call_1", type="function", function=FunctionCall(name="f", arguments="{}"))
+    [choice] = answer("").choices
+    message = ChatMessage(role="assistant", content="", tool_calls=[call])
+    calls = answer("").model_copy(
+        update={"choices": [choice.model_copy(update={"message": message})]}
+    )
+    called = replies.from_cache(work, calls, CacheStatus.EXACT)
+    for result in (answered, refused, called):
         results.validate(json.loads(result.model_dump_json()))
+    # An answer's message leaves out what it lacks (OpenAI's objects do), and is checked.
+    message = json.loads(answered.model_dump_json())["response"]["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "Hi"}
+    wrong = json.loads(answered.model_dump_json())
+    wrong["response"]["choices"][0]["message"]["role"] = "robot"
+    assert not results.is_valid(wrong)
     deltas = _validator("token-delta")
     piece = TokenDelta(correlation_id="c", tenant="t", generation="g", seq=0, text="Hi")
     logprob = TokenLogprob(token="Hi", logprob=-0.1)
