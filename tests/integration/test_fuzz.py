@@ -20,11 +20,12 @@ from schemas.names import (
     HEADER_REASON,
     HEADER_SOURCE_TOPIC,
     REQUESTS,
+    RESULTS,
 )
 from schemas.request import MAX_RECORD_BYTES
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
-from tests.hostile import CID, TENANT, Hostile, examples, hostile_records, padded, with_field
+from tests.hostile import CID, Hostile, examples, hostile_records, padded, with_field
 from tests.integration.helpers import Record, collect, header
 from tools.stack.stack import LocalStack
 
@@ -58,7 +59,7 @@ def test_hostile_records_are_dead_lettered_and_answered_and_the_processor_surviv
     pid = _streams_pid(stack)
     assert pid is not None
     records = _records(reply_topic)
-    dlq, replies = tail(broker, DLQ), tail(broker, reply_topic)
+    dlq, replies, defaults = tail(broker, DLQ), tail(broker, reply_topic), tail(broker, RESULTS)
 
     # 1) Publish every record, as an app with a bug (or a grudge) would.
     producer = KafkaProducer(bootstrap_servers=broker, acks="all", max_request_size=2_000_000)
@@ -69,17 +70,22 @@ def test_hostile_records_are_dead_lettered_and_answered_and_the_processor_surviv
     finally:
         producer.close()
 
-    # 2) Collect one dead letter per record, and the replies to the records that name us.
+    # 2) Collect one dead letter per record, the replies to the records that name us, and
+    # those to records whose reply_to is unusable, on the default reply topic (shared).
     answered = {h.correlation_id for h in records.values() if h.reply_to == reply_topic}
+    elsewhere = {h.correlation_id for h in records.values() if h.reply_to == RESULTS}
     dead = collect(dlq, lambda rs: {r.key for r in rs} >= records.keys(), timeout_s=180)
     got = collect(replies, lambda rs: len(rs) >= len(answered), timeout_s=120)
+    ours = collect(defaults, lambda rs: _ids(rs) >= elsewhere, timeout_s=60)
 
     # 3) The processor is the same process, and it still answers.
     result = client.ask("What is 2+2?", max_tokens=8, temperature=0.0)
     pid_after = _streams_pid(stack)
     got += collect(replies, lambda rs: False, timeout_s=1)  # anything sent twice is here now
+    ours += collect(defaults, lambda rs: False, timeout_s=1)
     dlq.close()
     replies.close()
+    defaults.close()
 
     letters: dict[bytes, list[Record]] = defaultdict(list)
     for record in dead:
@@ -91,21 +97,20 @@ def test_hostile_records_are_dead_lettered_and_answered_and_the_processor_surviv
         by_id[reply.correlation_id].append(reply)
     unexpected = set(by_id) - answered
     problems = [f"replies for records that name nobody here: {unexpected}"] if unexpected else []
-    stored = 0
-    with Client(service_settings, listen=False) as reader:
-        for key, hostile in records.items():
-            cid = hostile.correlation_id
-            if cid is not None and hostile.reply_to is None:  # unusable topic: the store only
-                by_id[cid] = _stored(reader, cid)
-                stored += len(by_id[cid])
-            problem = _check(hostile, letters[key], by_id[cid] if cid is not None else [])
-            if problem is not None:
-                problems.append(f"{_shown(hostile.raw)}: {problem}")
+    defaulted = [r for r in ours if r.key is not None and r.key.decode() in elsewhere]
+    for record in defaulted:
+        reply = InferenceResult.model_validate_json(record.value)
+        by_id[reply.correlation_id].append(reply)
+    for key, hostile in records.items():
+        cid = hostile.correlation_id
+        problem = _check(hostile, letters[key], by_id[cid] if cid is not None else [])
+        if problem is not None:
+            problems.append(f"{_shown(hostile.raw)}: {problem}")
     print(
         f"\nfuzz: {len(records)} hostile records sent, "
         f"{sum(len(rs) for rs in letters.values())} DLQ records, "
-        f"{len(got)} error replies on the reply topic and {stored} in the result store only "
-        f"({len(records) - len(answered) - stored} named nobody to answer)"
+        f"{len(got)} error replies on the reply topic and {len(defaulted)} on {RESULTS} "
+        f"({len(records) - len(answered) - len(elsewhere)} named nobody to answer)"
     )
     assert not problems, f"{len(problems)} of {len(records)} records mishandled:\n" + "\n".join(
         problems[:10]
@@ -114,11 +119,8 @@ def test_hostile_records_are_dead_lettered_and_answered_and_the_processor_surviv
     assert result.status == "ok", result.error
 
 
-def _stored(reader: Client, correlation_id: str) -> list[InferenceResult]:
-    try:
-        return [reader.result(correlation_id, timeout=10, tenant=TENANT)]
-    except TimeoutError:
-        return []
+def _ids(records: list[Record]) -> set[str]:
+    return {record.key.decode() for record in records if record.key is not None}
 
 
 def _check(hostile: Hostile, letters: list[Record], replies: list[InferenceResult]) -> str | None:
