@@ -110,18 +110,17 @@ class ResponseStore:
         """The `response` object of the tenant's stored response of that id, without its
         conversation; None if there is none (never stored, deleted, past its retention, or
         another tenant's)."""
-        value = await self._redis.get(response_key(tenant, response_id))
-        return None if value is None else dict(json.loads(value)["response"])
+        stored = await self._stored(tenant, response_id)
+        return None if stored is None else dict(stored["response"])
 
     async def get(self, tenant: str, response_id: str) -> Kept | None:
         """The tenant's stored response of that id with its conversation, read in two round
         trips: its object, then its turn and those it continues together; None if there is
         none (never stored, deleted, past its retention, or another tenant's). TurnGoneError if
         one it continues was deleted. One an older front door stored is read whole."""
-        value = await self._redis.get(response_key(tenant, response_id))
-        if value is None:
+        stored = await self._stored(tenant, response_id)
+        if stored is None:
             return None
-        stored = json.loads(value)
         if "chain" not in stored:
             return Kept(stored["response"], stored["messages"])
         turns = (*stored["chain"], response_id)
@@ -137,6 +136,11 @@ class ResponseStore:
             at = read["at"]
             messages[at:] = read["messages"]
         return Kept(stored["response"], messages, turns, at)
+
+    async def _stored(self, tenant: str, response_id: str) -> dict[str, Any] | None:
+        """The stored value of a response, read."""
+        value = await self._redis.get(response_key(tenant, response_id))
+        return None if value is None else dict(json.loads(value))
 
     async def delete(self, tenant: str, response_id: str) -> bool:
         """Forget the response, its output items, its turn (the responses continuing it can

@@ -98,20 +98,26 @@ class BatchApi:
 
     def content(self, file_id: str) -> Iterator[bytes]:
         """A file's lines, as they stream in; BatchApiError where the door broke off."""
+        rest = b""
+        for block in self._blocks(file_id):
+            *lines, rest = (rest + block).split(b"\n")
+            yield from (line + b"\n" for line in lines)
+        if rest:
+            yield rest
+
+    def _blocks(self, file_id: str) -> Iterator[bytes]:
+        """A file's bytes, a block at a time as they stream in; BatchApiError where the door
+        broke off."""
         request = urllib.request.Request(
             f"{self.base_url}/files/{file_id}/content", headers=self._headers
         )
         with self._open(request, self.transfer_timeout_s) as response:
             # Blocks, not the response's own lines: those end quietly where the door broke
             # off a streamed body (http.client's peek swallows the IncompleteRead).
-            rest = b""
             while block := response.read(CHUNK):
-                *lines, rest = (rest + block).split(b"\n")
-                yield from (line + b"\n" for line in lines)
+                yield block
             if response.length:  # read(n) stops short of a Content-Length quietly too
-                raise http.client.IncompleteRead(rest, response.length)
-            if rest:
-                yield rest
+                raise http.client.IncompleteRead(b"", response.length)
 
     def save(
         self,
@@ -126,8 +132,8 @@ class BatchApi:
 
         def download() -> None:
             with part.open("wb") as file:
-                for line in self.content(file_id):
-                    file.write(line)
+                for block in self._blocks(file_id):
+                    file.write(block)
 
         try:
             self._patient(download, file_id, 1.0, say, None)
