@@ -16,6 +16,7 @@ from gateway.settings import GatewaySettings
 from llmq.startup import CONFIGURATION, StartError, listen, reach_kafka, read_settings
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, ServiceSettings
 from streams.settings import StreamSettings
+from tools.stack import settings as stack_settings
 from tools.stack import variables
 from tools.stack.settings import LocalSettings
 from workers.settings import WorkerSettings
@@ -265,7 +266,7 @@ def test_a_taken_port_is_a_refusal_to_fix_naming_its_settings() -> None:
 
 
 def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(8)))
+    monkeypatch.setattr(stack_settings, "usable_cores", lambda: 8.0)
     defaults = LocalSettings()
     assert defaults.kafka_bootstrap == f"127.0.0.1:{DEFAULT_KAFKA_PORT}"
     assert defaults.redis_url == f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
@@ -295,13 +296,12 @@ def test_local_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     }
 
 
-@pytest.mark.parametrize(("cores", "most"), [(1, 1), (2, 1), (3, 1), (4, 2), (16, 2)])
+@pytest.mark.parametrize(("cores", "most"), [(1.0, 1), (2.0, 1), (3.5, 1), (4.0, 2), (16.0, 2)])
 def test_the_local_pool_grows_to_two_only_where_the_cores_leave_room(
-    monkeypatch: pytest.MonkeyPatch, cores: int, most: int
+    monkeypatch: pytest.MonkeyPatch, cores: float, most: int
 ) -> None:
-    """The cores this process may use (taskset, a container's cpuset), not the host's."""
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(cores)))
+    """The cores this process may use (tests/unit/test_stack_cores.py), not the host's."""
+    monkeypatch.setattr(stack_settings, "usable_cores", lambda: cores)
     assert LocalSettings().max_replicas == most
     assert LocalSettings(min_replicas=3).max_replicas == 3  # the least asked for is kept
     monkeypatch.setenv("LLMQ_MAX_REPLICAS", "5")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Self
 
@@ -12,13 +11,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.names import DEFAULT_PARTITIONS
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT
 from tools.stack import MAX_STREAMS
+from tools.stack.cores import usable_cores
 
 
 def _default_max_replicas(fields: dict[str, Any]) -> int:
-    """Two workers per model on four cores or more, one below (a vLLM CPU engine takes every
-    core: a second one on two cores loads and generates on the first one's), and never fewer
-    than LLMQ_MIN_REPLICAS."""
-    room = 2 if len(os.sched_getaffinity(0)) >= 4 else 1  # the cores this process may use
+    """Two workers per model where this process may use four cores or more, one below (a vLLM
+    CPU engine takes every core: a second one on two cores loads and generates on the first
+    one's), and never fewer than LLMQ_MIN_REPLICAS."""
+    room = 2 if usable_cores() >= 4 else 1
     return max(room, int(fields.get("min_replicas", 1)))
 
 
