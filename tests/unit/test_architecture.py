@@ -214,6 +214,24 @@ def test_the_manifests_are_valid_kubernetes(kind: str) -> None:
         kubernetes_validate.validate(doc, "1.32.0", strict=True)
 
 
+def test_the_stream_processor_reads_the_front_doors_tenants_secret() -> None:
+    """Rate limits and budgets are applied at the stream processor's admission, API keys at
+    the front door: both read the one file, or no limit would hold (docker-compose's twin is
+    in test_deploy_compose.py)."""
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]
+        for d in _k8s()
+        if d["kind"] == "Deployment"
+    }
+    for name in ("llmq-streams", "llmq-gateway"):
+        [container] = pods[name]["containers"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        path = Path(env["LLMQ_TENANTS_FILE"])
+        volumes = {v["name"]: v for v in pods[name]["volumes"]}
+        [mount] = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == path.parent]
+        assert volumes[mount["name"]]["secret"]["secretName"] == "llmq-tenants", name
+
+
 def test_the_exported_metric_is_the_one_keda_reads() -> None:
     [family] = DESIRED.describe()
     assert family.name == DESIRED_METRIC
