@@ -11,6 +11,8 @@ from pydantic import BaseModel, ValidationError
 from schemas.redact import describe, field_name
 
 M = TypeVar("M", bound=BaseModel)
+SECRET_KEYED = frozenset({"api_keys"})
+"""Tables whose keys are never named in an error: an API key pasted where its hash belongs."""
 
 
 def load_toml(model: type[M], path: Path, what: str, variable: str) -> M:
@@ -32,4 +34,6 @@ def load_toml(model: type[M], path: Path, what: str, variable: str) -> M:
 
 def _key(loc: tuple[str | int, ...]) -> str:
     """An error's key in the file, dotted; none for the file as a whole (its problem alone)."""
+    if len(loc) > 1 and loc[0] in SECRET_KEYED:
+        loc = (loc[0], "(a key)", *loc[2:])
     return ".".join(field_name(part) for part in loc)

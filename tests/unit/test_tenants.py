@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from schemas.tenants import TenantLimits, TenantPolicy, period_end, period_id
+from schemas.tenants import TenantLimits, TenantPolicy, key_hash, new_key, period_end, period_id
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "tenants.toml"
 
@@ -64,6 +64,20 @@ def test_invalid_files_say_what_is_wrong(tmp_path: Path, toml: str, problem: str
     with pytest.raises(ValueError, match=f"tenants file {path} is invalid") as caught:
         TenantPolicy.load(path)
     assert problem in str(caught.value)
+
+
+def test_an_api_key_pasted_for_its_hash_is_not_quoted(tmp_path: Path) -> None:
+    """The refusal is logged: it names the table and the problem, never the key."""
+    key = new_key()
+    path = tmp_path / "tenants.toml"
+    path.write_text(f'[api_keys]\n"{key}" = "acme"\n"{key_hash(key)}" = "a b"\n')
+    with pytest.raises(ValueError, match="api_keys") as caught:
+        TenantPolicy.load(path)
+    said = str(caught.value)
+    assert "sha256:" in said  # the pattern a key must have
+    assert key[:12] not in said
+    assert key_hash(key)[:16] not in said
+    assert said.count("'(a key)'") == 2  # both entries' errors
 
 
 def test_a_missing_file_names_the_setting(tmp_path: Path) -> None:
