@@ -16,6 +16,7 @@ from autoscaler.actuator import Actuator, Exported
 from autoscaler.service import CLIENT_ID, Autoscaler
 from autoscaler.settings import AutoscalerSettings
 from llmq import startup
+from schemas.names import work_topics
 
 log = logging.getLogger("autoscaler")
 
@@ -29,9 +30,11 @@ def main(actuator: Actuator | None = None) -> int:
 def _main(actuator: Actuator | None) -> int:
     settings = startup.read_settings(AutoscalerSettings)
     startup.log_to_stderr(settings.log_level)
-    startup.configured(settings.catalog)
+    catalog = startup.configured(settings.catalog)
     startup.serve_metrics(settings)
-    startup.reach_kafka(settings, CLIENT_ID)
+    # Its reader subscribes to every lane topic: one missing would be auto-created.
+    needs = [topic for model in catalog.names for topic in work_topics(model)]
+    startup.reach_kafka(settings, CLIENT_ID, needs=needs)
     try:
         asyncio.run(_run(settings, actuator or Exported()))
     except (KafkaError, RuntimeError) as exc:  # only its start lets them out: Kafka lost since

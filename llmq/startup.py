@@ -1,7 +1,7 @@
 """How a service starts, or refuses to in one line: its settings read from the environment,
 its ports bound and Kafka reached before anything slow (a model) loads. A refusal
-says what to fix, exits 2 for configuration and 1 for a dependency that does not answer,
-and shows no traceback."""
+says what to fix, exits 2 for configuration and 1 for a dependency that does not answer (or
+is not ready: its topics not created), and shows no traceback."""
 
 from __future__ import annotations
 
@@ -133,25 +133,39 @@ def reach_kafka(
     settings: ServiceSettings,
     client_id: str,
     wait_s: float = KAFKA_WAIT_S,
+    *,
     limits_of: Sequence[str] = (),
     partitioned: Mapping[str, int] | None = None,
+    needs: Sequence[str] = (),
 ) -> dict[str, int]:
     """Return once a broker answers with these credentials; StartError naming where and how it
     tried otherwise. Runs on a loop of its own, leaving the caller's (faust's) unset. Returns
     the most bytes one record may have on each topic of `limits_of` (RECORD_LIMIT, with a
     warning, where the brokers will not say: no such topic yet, or no right to describe it).
     A topic of `partitioned` that exists with another partition count than its own is a
-    StartError (a missing one is made by the service)."""
+    StartError (a missing one is made by the service); so is a topic of `needs` missing (a
+    client of the service's own would have the broker auto-create it with its defaults)."""
     with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:  # not set as current
-        return runner.run(_bootstrap(settings, client_id, wait_s, limits_of, partitioned or {}))
+        return runner.run(
+            _bootstrap(
+                settings,
+                client_id,
+                wait_s,
+                limits_of=limits_of,
+                partitioned=partitioned or {},
+                needs=needs,
+            )
+        )
 
 
 async def _bootstrap(
     settings: ServiceSettings,
     client_id: str,
     wait_s: float,
+    *,
     limits_of: Sequence[str],
     partitioned: Mapping[str, int],
+    needs: Sequence[str],
 ) -> dict[str, int]:
     try:
         security = settings.kafka_security().client_kwargs()
@@ -165,9 +179,11 @@ async def _bootstrap(
         with _said("aiokafka") as said:  # its reason (a login refused), not in the exception
             async with asyncio.timeout(wait_s):
                 await admin.start()
+        if partitioned or needs:  # every topic: naming some in the request would auto-create them
+            described = await admin.describe_topics()
+            _present(needs, described, settings.kafka_bootstrap)
+            _same_partitions(partitioned, described)
         limits = await asyncio.gather(*(_limit_of(admin, topic) for topic in limits_of))
-        if partitioned:  # every topic: naming some in the request would auto-create them
-            _same_partitions(partitioned, await admin.describe_topics())
         return dict(zip(limits_of, limits, strict=True))
     except TimeoutError:
         raise kafka_unreachable(settings, TimeoutError(f"no answer in {wait_s:g} s")) from None
@@ -175,6 +191,19 @@ async def _bootstrap(
         raise kafka_unreachable(settings, exc, said[-1] if said else None) from None
     finally:
         await admin.close()
+
+
+def _present(needs: Sequence[str], described: Sequence[Mapping[str, Any]], where: str) -> None:
+    """StartError naming the topics of `needs` that are not among those `described` by the
+    brokers at `where`."""
+    missing = sorted(set(needs) - {topic["topic"] for topic in described})
+    if missing:
+        raise StartError(
+            f"topic(s) {', '.join(missing)} not found at {where}: create them with `llmq "
+            "topics --create` first (a client naming them would have the broker auto-create "
+            "them with its default partition count and replication factor)",
+            UNREACHABLE,
+        )
 
 
 def _same_partitions(wanted: Mapping[str, int], described: Sequence[Mapping[str, Any]]) -> None:

@@ -23,7 +23,7 @@ from llmq.record_limits import RECORD_LIMIT
 from llmq.redis_client import bounded_client
 from schemas.catalog import ModelSpec
 from schemas.errors import LlmqError
-from schemas.names import CANCELS, COMPLETIONS, DLQ, work_topics, worker_group
+from schemas.names import CANCELS, COMPLETIONS, DLQ, METERING, TOKENS, work_topics, worker_group
 from schemas.redact import log_content, mask_url
 from schemas.retry import RetryPolicy
 from workers import metrics
@@ -152,6 +152,13 @@ async def serve(
     log.info("worker %s stopped", settings.worker_id)
 
 
+def topics(spec: ModelSpec) -> list[str]:
+    """Every topic a worker of `spec` reads or writes: `llmq topics --create` makes them, with
+    the plan's partition counts (a client naming a missing one would have the broker make it
+    with its own defaults)."""
+    return [*work_topics(spec.name), CANCELS, COMPLETIONS, METERING, TOKENS, DLQ]
+
+
 def kafka_clients(
     settings: WorkerSettings, spec: ModelSpec, record_limit: int = RECORD_LIMIT
 ) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
@@ -225,7 +232,9 @@ def _serve() -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise startup.StartError(f"model {name}: {exc}", startup.CONFIGURATION) from None
     startup.serve_metrics(settings)
-    limits = startup.reach_kafka(settings, settings.worker_id, limits_of=(COMPLETIONS, DLQ))
+    limits = startup.reach_kafka(
+        settings, settings.worker_id, limits_of=(COMPLETIONS, DLQ), needs=topics(spec)
+    )
     try:
         asyncio.run(serve(settings, spec, make_engine, limits[COMPLETIONS], limits[DLQ]))
     except KafkaConnectionError as exc:  # gone while the engine started, or later

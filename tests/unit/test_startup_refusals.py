@@ -1,6 +1,7 @@
 """A service that cannot start says why in one line and exits 2 (configuration) or 1 (Kafka):
-a Redis URL redis-py cannot read, an empty path, the front door's two ports alike, and
-Kafka lost (or a topic missing) between the start-up check and the service's own clients."""
+a Redis URL redis-py cannot read, an empty path, the front door's two ports alike, a worker
+or autoscaler whose topics were not created, and Kafka lost (or a topic missing) between the
+start-up check and the service's own clients."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,18 @@ from gateway.door import FrontDoor
 from gateway.settings import GatewaySettings
 from llmq import startup
 from llmq.startup import CONFIGURATION, UNREACHABLE, StartError, read_settings
+from schemas.lanes import Lane
+from schemas.names import DEFAULT_PARTITIONS, topic_plan, work_topic, work_topics
 from streams import __main__ as streams_process
 from streams.settings import StreamSettings
 from workers import __main__ as worker_process
 from workers.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+REMOTE = ROOT / "examples" / "models-remote.toml"
+"""Two models; remote-large's worker starts no vLLM."""
+PLAN = [spec.name for spec in topic_plan(["smollm2-135m", "remote-large"], DEFAULT_PARTITIONS)]
+"""Every topic `llmq topics --create` makes for REMOTE."""
 DEAD_KAFKA = "127.0.0.1:1"
 """Nothing listens there: a connection is refused at once."""
 MISSING_TOPIC = (
@@ -205,6 +212,102 @@ def test_the_stream_processor_refuses_in_one_line_when_kafka_is_lost_after_the_c
     assert done.returncode == UNREACHABLE, done.stderr
     assert said in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_worker_refuses_to_start_before_its_topics_exist(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its consumer would have the broker auto-create them, one partition each: a pool of one
+    worker, and every later `llmq topics --create` refused for their count."""
+    missing = work_topics("remote-large")[1:]
+    asked = _cluster(monkeypatch, [topic for topic in PLAN if topic not in missing])
+    _remote_worker(monkeypatch, _never)
+    assert worker_process.main() == UNREACHABLE
+    said = f"cannot start the worker: topic(s) {', '.join(sorted(missing))} not found at "
+    assert said in caplog.text
+    assert "create them with `llmq topics --create`" in caplog.text
+    assert asked == [None], "every topic listed: naming one would auto-create it"
+
+
+def test_a_worker_starts_once_the_topics_of_its_model_exist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served: list[str] = []
+
+    async def serve(settings: WorkerSettings, *args: Any) -> None:
+        served.append(settings.model or "")
+
+    _cluster(monkeypatch, [topic for topic in PLAN if topic not in work_topics("smollm2-135m")])
+    _remote_worker(monkeypatch, serve)
+    assert worker_process.main() == 0
+    assert served == ["remote-large"]
+
+
+def test_the_autoscaler_refuses_to_start_before_every_models_topics_exist(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = work_topic("smollm2-135m", Lane.BATCH)
+    asked = _cluster(monkeypatch, [topic for topic in PLAN if topic != missing])
+    monkeypatch.setenv("LLMQ_MODELS_FILE", str(REMOTE))
+    monkeypatch.setattr(autoscaler_process, "_run", _never)
+    assert autoscaler_process.main() == UNREACHABLE
+    said = f"cannot start the autoscaler: topic(s) {missing} not found at "
+    assert said in caplog.text
+    assert asked == [None]
+
+
+def test_the_autoscaler_starts_once_every_models_topics_exist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ran: list[bool] = []
+
+    async def run(*args: Any) -> None:
+        ran.append(True)
+
+    _cluster(monkeypatch, PLAN)
+    monkeypatch.setenv("LLMQ_MODELS_FILE", str(REMOTE))
+    monkeypatch.setattr(autoscaler_process, "_run", run)
+    assert autoscaler_process.main() == 0
+    assert ran == [True]
+
+
+def _cluster(monkeypatch: pytest.MonkeyPatch, existing: Collection[str]) -> list[list[str] | None]:
+    """Kafka, to the start-up check, as aiokafka's admin client sees a cluster that has the
+    `existing` topics; returns the names each metadata request asked for (None: all)."""
+    asked: list[list[str] | None] = []
+
+    class Admin:
+        def __init__(self, **kwargs: Any) -> None:
+            pass
+
+        async def start(self) -> None:
+            pass
+
+        async def close(self) -> None:
+            pass
+
+        async def describe_topics(self, topics: list[str] | None = None) -> list[dict[str, Any]]:
+            asked.append(topics)
+            return [
+                {"topic": name, "partitions": list(range(DEFAULT_PARTITIONS))}
+                for name in existing
+                if topics is None or name in topics  # a named one is auto-created: not here
+            ]
+
+    async def limit(admin: Admin, topic: str) -> int:
+        return 1_000_000
+
+    monkeypatch.setattr(startup, "AIOKafkaAdminClient", Admin)
+    monkeypatch.setattr(startup, "record_limit", limit)
+    return asked
+
+
+def _remote_worker(monkeypatch: pytest.MonkeyPatch, serve: Callable[..., Any]) -> None:
+    """`python -m workers` for REMOTE's remote-large (no vLLM), running `serve`."""
+    monkeypatch.setenv("LLMQ_MODELS_FILE", str(REMOTE))
+    monkeypatch.setenv("LLMQ_MODEL", "remote-large")
+    monkeypatch.setenv("REMOTE_LLM_API_KEY", "k")
+    monkeypatch.setattr(worker_process, "serve", serve)
 
 
 def _front_door_on_a_free_port(monkeypatch: pytest.MonkeyPatch) -> None:
