@@ -203,8 +203,10 @@ class Runner:
     async def step(self, batch_id: str) -> None:
         """Move one batch on as far as it goes now."""
         fields = await self._store.batch(batch_id)
-        if fields is None:
-            await self._store.finish(batch_id)  # expired from Redis
+        # Expired, or lost (flushed, evicted): no status is what writes after a loss left.
+        if fields is None or "status" not in fields:
+            log.warning("batch %s is gone from Redis: dropped", batch_id)
+            await self._store.forget(batch_id)
             return
         status = fields["status"]
         # A batch whose every line has its outcome completes, even if it is looked at late.

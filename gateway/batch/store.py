@@ -52,6 +52,16 @@ SWEEP = 16
 """Ids of its tenant's index that each write of a file or batch checks for objects gone (see
 `_sweep`): more than the one it adds, so the index keeps up with what expires."""
 
+# Give a part of a batch (KEYS[1], its fields) that a script writes the batch's expiry if it
+# has none: it goes with the batch even if no runner ends it (see `finish`). It heads each
+# script that calls like_batch.
+LIKE_BATCH = """
+local function like_batch(key)
+  local at = redis.call('PEXPIRETIME', KEYS[1])
+  if at > 0 then redis.call('PEXPIREAT', key, at, 'NX') end
+end
+"""
+
 # A line's outcome, written once: into `output` or `errors`, unless it has one (0), the
 # reply is to an attempt already sent again (0) or the batch has ended (0: a reply after its
 # end, or to a line of an output file since deleted), or not this batch's line (-1). A retry
@@ -69,18 +79,32 @@ if ARGV[2] ~= '*' and tonumber(ARGV[2]) ~= attempt then return 0 end
 if ARGV[4] == 'retry' then
   redis.call('HSET', KEYS[6], ARGV[1], attempt + 1)
   redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
+  like_batch(KEYS[6])
+  like_batch(KEYS[5])
   return 2
 end
 redis.call('ZREM', KEYS[5], ARGV[1])
 local target, count = KEYS[2], 'completed'
 if ARGV[4] == 'error' then target, count = KEYS[3], 'failed' end
 redis.call('HSET', target, ARGV[1], ARGV[5])
+like_batch(target)
 redis.call('HINCRBY', KEYS[1], count, 1)
 redis.call('HINCRBY', KEYS[1], count .. '_bytes', string.len(ARGV[5]) + 1)
 local tokens = cjson.decode(ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'input_tokens', tokens[1])
 redis.call('HINCRBY', KEYS[1], 'output_tokens', tokens[2])
 redis.call('HINCRBY', KEYS[1], 'cached_tokens', tokens[3] or 0)
+return 1
+"""
+
+# Set fields (ARGV: field, value, ...) of a batch's part KEYS[2] (its fields KEYS[1] or
+# another) only while the batch is whole (its tenant): a batch that Redis lost (flushed,
+# restarted without persistence, evicted) as a runner stepped it stays gone, and leaves no
+# part without expiry behind.
+WRITE = """
+if redis.call('HEXISTS', KEYS[1], 'tenant') == 0 then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV))
+like_batch(KEYS[2])
 return 1
 """
 
@@ -175,7 +199,8 @@ class BatchStore:
     def __init__(self, client: aioredis.Redis, retention_s: int) -> None:
         self._redis = client
         self._retention_s = retention_s
-        self._record = client.register_script(RECORD)
+        self._record = client.register_script(LIKE_BATCH + RECORD)
+        self._write = client.register_script(LIKE_BATCH + WRITE)
         self._move = client.register_script(MOVE)
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
@@ -415,10 +440,20 @@ class BatchStore:
         return bool(moved)
 
     async def update(self, batch_id: str, **fields: str | int) -> None:
-        await self._redis.hset(batch_keys(batch_id)["batch"], mapping=fields)  # type: ignore[misc]
+        """Set some of a batch's fields, unless it is gone (see WRITE)."""
+        key = batch_keys(batch_id)["batch"]
+        await self._write(keys=[key, key], args=[v for f in fields.items() for v in f])
 
     async def active(self) -> list[str]:
         return sorted(m.decode() for m in await self._redis.smembers(BATCHES_ACTIVE))  # type: ignore[misc]
+
+    async def forget(self, batch_id: str) -> None:
+        """Drop what is left of a batch whose fields Redis lost (flushed, restarted without
+        persistence, evicted): its parts, and its place among the runners' batches."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.delete(*batch_keys(batch_id).values())
+            pipe.srem(BATCHES_ACTIVE, batch_id)
+            await pipe.execute()
 
     async def finish(self, batch_id: str) -> None:
         """The batch is over: it leaves the runners' set, its lease goes, and the rest of it
@@ -455,13 +490,15 @@ class BatchStore:
         asked: Mapping[int, dict[str, Any]] | None = None,
     ) -> None:
         """Record each line's custom_id (the lines the batch answers) and, for a response's
-        line, what it `asked`."""
+        line, what it `asked`, unless the batch is gone (see WRITE)."""
         keys = batch_keys(batch_id)
+        named = {str(n): c for n, c in custom_ids.items()}
+        echoed = {str(n): json.dumps(a) for n, a in (asked or {}).items()}
         async with self._redis.pipeline(transaction=False) as pipe:
-            if custom_ids:
-                pipe.hset(keys["ids"], mapping={str(n): c for n, c in custom_ids.items()})
-            if asked:
-                pipe.hset(keys["asked"], mapping={str(n): json.dumps(a) for n, a in asked.items()})
+            for part, values in (("ids", named), ("asked", echoed)):
+                if values:
+                    args = [v for pair in values.items() for v in pair]
+                    await self._write(keys=[keys["batch"], keys[part]], args=args, client=pipe)
             await pipe.execute()
 
     async def asked(self, batch_id: str, numbers: list[int]) -> list[dict[str, Any] | None]:
