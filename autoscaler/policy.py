@@ -58,6 +58,10 @@ class Observation:
     many replicas, so more would sit idle."""
     capacity: Mapping[int, float] = field(default_factory=dict)
     """Tokens per second of the whole pool at each size where it was measured busy."""
+    group_gone: bool = False
+    """The workers' consumer group does not exist (Kafka's Dead: no members, no offsets;
+    a model no worker served yet, or its offsets expired): the front door refuses the
+    model, so no work comes to bring a worker back, and only a worker makes it again."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,8 @@ class Policy:
     the smallest pool measured to keep up; within [min, max] and the partitions; up at once,
     down only after the stabilization window (which starts out holding the pool's present
     size); to zero after idle_s without work (when min is 0; at once for a pool it first
-    sees at zero with nothing to do), back from zero on the first record."""
+    sees at zero with nothing to do), back from zero on the first record; and at least one
+    replica while the pool's group is gone, as no record can wake it then."""
 
     targets: Targets
     _window: deque[tuple[float, int]] = field(default_factory=deque)
@@ -109,7 +114,7 @@ class Policy:
             raw = kept_up[0]
         # 2) Anything waiting needs a replica; nothing waiting for idle_s needs none.
         busy = seen.backlog_records > 0 or seen.arrival_tokens_per_s > 0
-        floor = self._floor(busy, seen.now, seen.running)
+        floor = self._floor(busy, seen.group_gone, seen.now, seen.running)
         if busy:
             raw = max(raw, 1)
         cap = min(self.targets.max_replicas, max(1, seen.partitions))
@@ -128,8 +133,10 @@ class Policy:
         why = self._reason(seen, needed=needed, fits=raw, floor=floor, cap=cap, desired=desired)
         return Decision(desired, needed, target, why)
 
-    def _floor(self, busy: bool, now: float, running: int) -> int:
-        if busy:
+    def _floor(self, busy: bool, gone: bool, now: float, running: int) -> int:
+        # A busy pool is not idle, nor one whose group is gone: the front door refuses its
+        # model, so only a worker makes the group again; idle time starts once it is back.
+        if busy or gone:
             self._idle_since = None
         elif self._idle_since is None:
             # A pool a new policy finds at zero with nothing to do was idle already: a
@@ -161,6 +168,8 @@ class Policy:
             why += f"; fewer would have less than {self.targets.headroom:.0%} to spare"
         if desired > fits and desired == floor:
             why += f"; the floor is {floor}"
+            if seen.group_gone and self.targets.min_replicas == 0:
+                why += ": its group is gone, and only a worker makes it again"
         if fits > cap:
             why += f"; capped at {cap} (max_replicas, partitions)"
         if desired > min(max(fits, floor), cap):

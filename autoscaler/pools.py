@@ -46,6 +46,9 @@ class PoolView:
     members: int
     partitions: int
     """Partitions of the model's largest lane topic."""
+    state: str
+    """Kafka's state of the workers' group (llmq.groups): Empty when its last worker left
+    (offsets kept), Dead when there is no group (no workers, no offsets)."""
 
 
 class Pools:
@@ -172,6 +175,7 @@ class Pools:
             self._arrived[model],
             found.members,
             widest,
+            found.state,
         )
 
     async def _offsets(self, model: str) -> dict[TopicPartition, int]:

@@ -17,6 +17,7 @@ from autoscaler.policy import Decision, Observation, Policy
 from autoscaler.pools import Pools, PoolView
 from autoscaler.rates import ArrivalRate, PoolRates
 from autoscaler.settings import AutoscalerSettings
+from llmq.groups import DEAD
 from schemas.catalog import ModelSpec
 from schemas.lanes import Lane
 
@@ -156,6 +157,7 @@ class Autoscaler:
             running=view.members,
             partitions=view.partitions,
             capacity=model.service.capacity(),
+            group_gone=view.state == DEAD,
         )
 
     @staticmethod

@@ -5,6 +5,8 @@ next: higher lanes first, with headroom kept for them and a minimum share for lo
 Buffers are bounded and a full lane's partitions are paused, so a backlog stays in Kafka.
 A record's offset counts as in flight from its fetch and is committed only after the
 completion and metering event it produced are acknowledged by the broker (workers/publish.py).
+A partition nothing was taken from has its starting position committed, so that the group,
+and with it the front door's way to the model, outlives its last worker.
 Its starts are counted, so one whose generation kills the worker every time is dead-lettered
 after a few (workers/starts.py, workers/solo.py). A rebalance lets the generations of
 revoked partitions finish within the drain bound; what outlives it runs on until the
@@ -54,6 +56,9 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 POLL_TIMEOUT_MS = 100
 """The longest one fetch waits for records; also how soon a stop request is noticed."""
+START_LOOKUP_S = 5.0
+"""The longest a commit waits to learn where the group starts its new partitions (their
+committed offsets and positions): a Kafka that does not answer is asked at the next one."""
 
 
 class Worker:
@@ -90,6 +95,9 @@ class Worker:
             lanes or LanePolicy(), spec.max_inflight
         )
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._has_offset: set[TopicPartition] = set()
+        """Partitions the group has an offset for (committed here, or found): the others'
+        starting positions are committed (`_starting_positions`)."""
         self._cancellations = cancellations or Cancellations()
         self._deltas = deltas or DeltaPolicy()
         self._claim = claim
@@ -151,13 +159,19 @@ class Worker:
             raise self._fatal
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
-        """Commit, per partition, up to the oldest record still in flight."""
+        """Commit, per partition, up to the oldest record still in flight; and, but for `only`
+        some, where each partition the group has no offset for starts (`_starting_positions`)."""
+        starting = {} if only is not None else await self._starting_positions()
         assigned = self._consumer.assignment()
         offsets = {
             tp: off
             for tp, off in self._tracker.committable().items()
             if tp in assigned and (only is None or tp in only)
         }
+        # The tracker's offsets win: never past a record in flight.
+        offsets = {
+            tp: off for tp, off in starting.items() if tp in assigned - self._has_offset
+        } | offsets
         if not offsets:
             return
         try:
@@ -166,6 +180,28 @@ class Worker:
             log.warning("offset commit failed, will retry: %s", exc)
             return
         self._tracker.committed(offsets)
+        self._has_offset.update(offsets)
+
+    async def _starting_positions(self) -> dict[TopicPartition, int]:
+        """The position of each assigned partition the group has no offset for: for one
+        nothing was taken from, where auto_offset_reset started it (the log's start), so
+        nothing is skipped (for the others `commit` keeps the tracker's offset). Committed, it
+        keeps the group after its last worker leaves: Empty, which the front door sends work
+        to, not Dead, which it refuses (Kafka deletes a group without members or offsets at
+        its next cleanup). A partition with an offset is left alone; one Kafka does not say
+        in time is asked again at the next commit."""
+        unknown = list(self._consumer.assignment() - self._has_offset)
+        if not unknown:
+            return {}
+        try:
+            async with asyncio.timeout(START_LOOKUP_S):
+                found = await asyncio.gather(*map(self._consumer.committed, unknown))
+                kept = {tp for tp, offset in zip(unknown, found, strict=True) if offset is not None}
+                self._has_offset.update(kept)
+                return {tp: await self._consumer.position(tp) for tp in unknown if tp not in kept}
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("cannot see where the group starts its partitions, will retry: %r", exc)
+            return {}
 
     async def finish(self, tps: set[TopicPartition]) -> None:
         """Let the generations of partitions that are leaving finish (within the drain bound)

@@ -35,7 +35,9 @@ class Flaky:
     async def look(self, model: str) -> PoolView:
         if self.failing:
             raise KafkaConnectionError("the broker is away")
-        return PoolView({Lane.BATCH: self.batch}, 1, 0.0, 0, 0.0, members=1, partitions=4)
+        return PoolView(
+            {Lane.BATCH: self.batch}, 1, 0.0, 0, 0.0, members=1, partitions=4, state="Stable"
+        )
 
 
 def _desired(name: str) -> float | None:

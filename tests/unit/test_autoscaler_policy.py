@@ -135,6 +135,28 @@ def test_a_restarted_policy_leaves_an_idle_pool_at_zero() -> None:
     assert running.decide(_seen(901, running=1)).desired == 0
 
 
+def test_a_pool_whose_group_is_gone_gets_one_worker_to_make_it_again() -> None:
+    """A group that does not exist (Dead: a model no worker served yet, or its offsets
+    expired) makes the front door refuse the model, so no record comes to wake the pool:
+    one worker is held, found at zero or not, until its group is back; then the usual idle
+    rule takes it away. A group kept without workers (Empty) is left at zero."""
+    targets = {"min_replicas": 0, "stabilization_s": 60, "idle_s": 120}
+    policy = _policy(**targets)
+    gone = replace(_seen(0, running=0), group_gone=True)
+    first = policy.decide(gone)
+    assert first.desired == 1 and "its group is gone" in first.reason
+    assert policy.decide(replace(gone, now=500)).target == 1  # however long
+    # Its worker joined and committed: idle from the moment the group is back.
+    assert policy.decide(_seen(600)).target == 1
+    assert policy.decide(_seen(719)).target == 1
+    assert policy.decide(_seen(720)).target == 0
+    assert policy.decide(_seen(781)).desired == 0  # once the window agrees
+    assert _policy(**targets).decide(_seen(0, running=0)).desired == 0  # an Empty group
+    # A floor above zero is the floor, group or not.
+    kept = _policy(min_replicas=2).decide(gone)
+    assert kept.desired == 2 and "its group is gone" not in kept.reason
+
+
 def test_a_floor_of_min_replicas_without_work() -> None:
     decision = _policy(min_replicas=2).decide(_seen(0))
     assert decision.desired == 2 and "the floor is 2" in decision.reason

@@ -171,6 +171,25 @@ def test_the_pool_is_capped_by_its_largest_lane_not_all_lanes(
     assert view.partitions == 4 and view.members == 2
 
 
+@pytest.mark.parametrize("group", [Group(2, "Stable"), Group(0, "Empty"), Group(0, "Dead")])
+def test_the_view_says_the_state_of_the_workers_group(
+    monkeypatch: pytest.MonkeyPatch, group: Group
+) -> None:
+    """The policy holds a worker for a pool whose group is gone (Dead), not one whose
+    workers left (Empty)."""
+    consumer = Consumer({TopicPartition(work_topic(MODEL, Lane.BATCH), 0): 0}, [])
+    admin = Admin()
+    admin.group = group
+    found = _pools(monkeypatch, consumer, admin)
+
+    async def look() -> pools.PoolView:
+        await _follow(found, consumer)
+        return await found.look(MODEL)
+
+    view = asyncio.run(look())
+    assert (view.members, view.state) == group
+
+
 def test_a_record_read_again_is_not_an_arrival_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """Partitions added to a topic make the reader start over from the oldest records."""
     tp = TopicPartition(work_topic(MODEL, Lane.BATCH), 0)

@@ -12,6 +12,7 @@ from autoscaler import service
 from autoscaler.pools import PoolView
 from autoscaler.service import Autoscaler
 from autoscaler.settings import AutoscalerSettings
+from llmq.groups import DEAD, EMPTY
 from schemas.lanes import Lane
 
 pytestmark = pytest.mark.timeout(30)
@@ -50,7 +51,9 @@ class Still:
     """A pool that looks the same at every look: one worker, a little batch work."""
 
     async def look(self, model: str) -> PoolView:
-        return PoolView({Lane.BATCH: 100.0}, 1, 0.0, 0, 0.0, members=1, partitions=4)
+        return PoolView(
+            {Lane.BATCH: 100.0}, 1, 0.0, 0, 0.0, members=1, partitions=4, state="Stable"
+        )
 
 
 @pytest.mark.parametrize(("every_s", "said"), [(0.0, 3), (1e9, 1)])
@@ -73,6 +76,30 @@ def test_an_unchanged_figure_is_said_again_now_and_then(
     assert " replicas: " in lines[0] and ": still " not in lines[0]
     assert all(f"{name}: still 1 replicas: " in line for line in lines[1:])
     assert actuator.calls == [(name, 1)] * 3
+
+
+class AtZero:
+    """A pool without workers or work, whose group is in `state`."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+    async def look(self, model: str) -> PoolView:
+        return PoolView({}, 0, 0.0, 0, 0.0, members=0, partitions=4, state=self.state)
+
+
+@pytest.mark.parametrize(("state", "replicas"), [(DEAD, 1), (EMPTY, 0)])
+def test_a_pool_at_zero_is_woken_only_if_its_group_is_gone(
+    monkeypatch: pytest.MonkeyPatch, state: str, replicas: int
+) -> None:
+    """Gone (Dead), the front door refuses the model, so only a worker makes it again;
+    kept (Empty), the first record wakes the pool."""
+    actuator = Recording()
+    scaler = Autoscaler(AutoscalerSettings(min_replicas=0), actuator)
+    monkeypatch.setattr(scaler, "_pools", AtZero(state))
+    name, model = next(iter(scaler._models.items()))
+    asyncio.run(scaler._tick(name, model))
+    assert actuator.calls == [(name, replicas)]
 
 
 class Dying(Still):

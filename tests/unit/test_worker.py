@@ -13,6 +13,8 @@ from functools import partial
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
@@ -517,3 +519,56 @@ def test_a_retry_waits_its_backoff_not_the_lead_of_the_clock_that_set_it() -> No
     engine = FakeEngine()
     producer = serve_one(work_with({}, attempt=2, not_before=ahead + 0.05, sent_at=ahead), engine)
     assert [c.error for c in producer.completions()] == [None]
+
+
+def test_every_partition_the_group_has_no_offset_for_gets_its_start_committed() -> None:
+    """Without work too: a group without offsets is deleted (Dead) soon after its last
+    worker leaves, and the front door refuses a model whose group is Dead. Never past a
+    record in flight; a partition the group has an offset for is left alone."""
+    consumer, producer = FakeConsumer(), FakeProducer()
+    consumer.add(STANDARD, [])
+    consumer.positions[STANDARD] = 3  # the log's start: older records were deleted
+    consumer.add(BATCH, [])
+    consumer.committed[BATCH], consumer.positions[BATCH] = 5, 7  # 7: it was committed again
+    consumer.add(INTERACTIVE, [work(Lane.INTERACTIVE, i) for i in range(2)])
+    engine = FakeEngine()
+    engine.gate.clear()
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: STANDARD in consumer.committed and len(engine.started) == 2)
+        await asyncio.sleep(0.05)  # commits go on
+        assert consumer.committed == {STANDARD: 3, BATCH: 5, INTERACTIVE: 0}
+        engine.gate.set()
+        await until(lambda: consumer.committed.get(INTERACTIVE) == 2)
+        stop.set()
+
+    run_worker(consumer, producer, lambda: engine, scenario)
+
+
+class Unsure(FakeConsumer):
+    """A consumer that cannot say a partition's position at the first ask (its leader
+    moving)."""
+
+    asked = 0
+
+    async def position(self, tp: TopicPartition) -> int:
+        self.asked += 1
+        if self.asked == 1:
+            raise KafkaConnectionError("the partition's leader is away")
+        return await super().position(tp)
+
+
+def test_a_start_kafka_cannot_say_is_asked_again_at_the_next_commit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer, producer = Unsure(), FakeProducer()
+    consumer.add(STANDARD, [])
+
+    async def scenario(worker: Worker, stop: asyncio.Event) -> None:
+        await until(lambda: consumer.committed.get(STANDARD) == 0)
+        stop.set()
+
+    with caplog.at_level(logging.WARNING, logger="workers.worker"):
+        run_worker(consumer, producer, FakeEngine, scenario)
+    assert consumer.asked == 2
+    assert "cannot see where the group starts its partitions, will retry" in caplog.text

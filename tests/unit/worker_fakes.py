@@ -1,8 +1,9 @@
 """In-memory fakes of the worker's consumer, producer, start counts and engine, and a
 harness that runs a Worker on them while a scenario drives it (or serves one record).
 
-The fakes keep only what the loop relies on (aiokafka's pause, max_records and commit; an
-engine that streams steps and notices being closed); tests/integration runs the real ones.
+The fakes keep only what the loop relies on (aiokafka's pause, max_records, commit,
+committed and position; an engine that streams steps and notices being closed);
+tests/integration runs the real ones.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ BATCH = TopicPartition(work_topic(MODEL, Lane.BATCH), 0)
 STANDARD = TopicPartition(work_topic(MODEL, Lane.STANDARD), 0)
 
 
+class Committed(dict[TopicPartition, int]):
+    """The offsets committed, by partition; called, one partition's or None (aiokafka's
+    `committed`)."""
+
+    async def __call__(self, tp: TopicPartition) -> int | None:
+        return self.get(tp)
+
+
 class FakeConsumer:
     """Assigned partitions in memory; paused ones are not fetched; the earliest topic first."""
 
@@ -49,7 +58,7 @@ class FakeConsumer:
         self.logs: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
         self.positions: dict[TopicPartition, int] = {}
         self.paused: set[TopicPartition] = set()
-        self.committed: dict[TopicPartition, int] = {}
+        self.committed = Committed()
         self.rebalancing = False
         """While set, nothing is fetched (as aiokafka's fetcher waits for the assignment)."""
 
@@ -93,6 +102,9 @@ class FakeConsumer:
         if not out:
             await asyncio.sleep(0.002)
         return out
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.committed.update(offsets)
