@@ -1,7 +1,8 @@
 """Every service, started as a process, refuses a wrong setting, a taken port or a Kafka that
 does not answer in one line that names it, with its exit code and no traceback (the stream
-processor, topics of another partition count too); and the front door stopped as soon as
-it is ready exits instead of hanging in its stop."""
+processor, topics of another partition count too; a worker and the autoscaler, topics not
+created yet); and the front door stopped as soon as it is ready exits instead of hanging in
+its stop."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient
 
+from schemas.names import work_topics
 from tools.stack.ports import free_block
 from tools.stack.stack import LocalStack, healthy
 
@@ -171,3 +174,27 @@ def test_a_stream_processor_given_another_partition_count_is_refused_with_exit_c
     assert run.returncode == 2
     assert "llmq.requests.keyed has 4 partitions, not 8" in line
     assert "llmq.completions has 4 partitions, not 8" in line
+
+
+@pytest.mark.parametrize("service", ["workers", "autoscaler"])
+def test_a_worker_or_autoscaler_before_its_topics_exist_is_refused_with_exit_code_1(
+    stack: LocalStack, bare: Callable[..., dict[str, str]], service: str
+) -> None:
+    """MODELS' model has no topics on the stack, whose broker auto-creates a topic a client
+    names (as Apache Kafka's default does): they are named, and still not made."""
+    env = bare(
+        LLMQ_KAFKA_BOOTSTRAP=stack.settings.kafka_bootstrap,
+        LLMQ_REDIS_URL=stack.settings.redis_url,
+        LLMQ_METRICS_PORT=str(free_block(1)),
+        LLMQ_MODEL="remote",
+    )
+    run = start(service, env)
+    line = refusal(run)
+    assert run.returncode == 1
+    assert f"topic(s) {', '.join(sorted(work_topics('remote')))} not found" in line
+    assert "llmq topics --create" in line
+    admin = KafkaAdminClient(bootstrap_servers=stack.settings.kafka_bootstrap)
+    try:
+        assert not set(work_topics("remote")) & set(admin.list_topics())
+    finally:
+        admin.close()
