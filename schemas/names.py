@@ -139,6 +139,9 @@ REDIS_RESPONSE_OUTPUT_PREFIX = "llmq:response-output:"
 REDIS_RESPONSE_TURN_PREFIX = "llmq:response-turn:"
 BATCHES_ACTIVE = "llmq:batches:active"
 """Batch API: the set of batch ids not finished yet, which the front doors' runners drive."""
+REDIS_EPOCH = "llmq:epoch"
+"""A random token set once, without expiry: gone or replaced, Redis lost its data (the stream
+processor looks every 30 s: streams/redis_epoch.py)."""
 
 
 def cache_key(fingerprint: str) -> str:

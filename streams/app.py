@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any
 
 import faust
+import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types import TP
@@ -51,6 +52,7 @@ from streams.offsets import Tails
 from streams.offsets import install as fix_offsets
 from streams.outbox import Answered, Outbox
 from streams.ratelimit import RateLimiter
+from streams.redis_epoch import LOOK_S, RedisEpoch
 from streams.rollups import CostRollups
 from streams.savings import Savings
 from streams.semantic import SemanticCache, additions_from
@@ -203,6 +205,14 @@ def watched(app: faust.App, settings: StreamSettings) -> Serving:
     return serving
 
 
+def watch_for_loss(app: faust.App, client: aioredis.Redis) -> None:
+    """Look whether Redis lost its data every LOOK_S (RedisEpoch), and once at start: that
+    first look only learns the token, so the sooner it comes the less goes unseen."""
+    epoch = RedisEpoch(client)
+    app.task(epoch.look)
+    app.timer(LOOK_S)(epoch.look)
+
+
 def _fix_faust() -> None:
     """faust-streaming 0.15.3's offsets, fetcher and actors, as llmq needs them."""
     fix_offsets()
@@ -330,4 +340,5 @@ def build(settings: StreamSettings) -> faust.App:
         await tails.check(app.consumer)
 
     app.timer(COMMIT_INTERVAL_S)(reread_tails)
+    watch_for_loss(app, redis)
     return app

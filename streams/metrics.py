@@ -50,6 +50,11 @@ RESULT_LATENCY = Histogram(
     ["cache", "lane"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+REDIS_DATA_LOST = Counter(
+    "llmq_streams_redis_data_lost_total",
+    "Times this stream processor found that Redis had lost its data (llmq:epoch gone or "
+    "replaced): spend, batches, stored responses, results and cost history start empty",
+)
 SPEND = Counter("llmq_streams_metered_usd", "USD of metered generations counted towards budgets")
 BUDGET_USED = Gauge(
     "llmq_budget_used_ratio",
