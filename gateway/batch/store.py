@@ -200,7 +200,7 @@ class BatchStore:
         self._redis = client
         self._retention_s = retention_s
         self._record = client.register_script(LIKE_BATCH + RECORD)
-        self._write = client.register_script(LIKE_BATCH + WRITE)
+        self._write_part = client.register_script(LIKE_BATCH + WRITE)
         self._move = client.register_script(MOVE)
         self._lease = client.register_script(LEASE)
         self._release = client.register_script(RELEASE)
@@ -442,7 +442,7 @@ class BatchStore:
     async def update(self, batch_id: str, **fields: str | int) -> None:
         """Set some of a batch's fields, unless it is gone (see WRITE)."""
         key = batch_keys(batch_id)["batch"]
-        await self._write(keys=[key, key], args=[v for f in fields.items() for v in f])
+        await self._write_part(keys=[key, key], args=[v for f in fields.items() for v in f])
 
     async def active(self) -> list[str]:
         return sorted(m.decode() for m in await self._redis.smembers(BATCHES_ACTIVE))  # type: ignore[misc]
@@ -498,7 +498,7 @@ class BatchStore:
             for part, values in (("ids", named), ("asked", echoed)):
                 if values:
                     args = [v for pair in values.items() for v in pair]
-                    await self._write(keys=[keys["batch"], keys[part]], args=args, client=pipe)
+                    await self._write_part(keys=[keys["batch"], keys[part]], args=args, client=pipe)
             await pipe.execute()
 
     async def asked(self, batch_id: str, numbers: list[int]) -> list[dict[str, Any] | None]:
