@@ -33,7 +33,7 @@ from llmq.settings import ClientSettings
 from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
 from schemas.names import REQUESTS, RESULTS, result_key
-from schemas.redact import mask_url
+from schemas.redact import describe, field_name, mask_url
 from schemas.request import (
     DEFAULT_TENANT,
     IDENTIFIER,
@@ -164,7 +164,8 @@ class Client:
         self, correlation_id: str, timeout: float = 120.0, *, tenant: str | None = None
     ) -> InferenceResult:
         """Wait for the result of a request; raises TimeoutError when none came in time, and
-        RuntimeError when the client is closed meanwhile.
+        RuntimeError when the client is closed meanwhile or the result store holds something
+        else under its key.
 
         The request is the one of `tenant`: by default the tenant this client submitted the
         id as (the client's own where it submitted the id as several, or not at all).
@@ -350,14 +351,25 @@ class Client:
             self._results.pop(oldest, None)
 
     def _stored(self, tenant: str, correlation_id: str) -> InferenceResult | None:
-        """The result store's copy; None when absent or Redis is unavailable."""
+        """The result store's copy; None when absent or Redis is unavailable. RuntimeError
+        where what it holds is no result (written by something else): not the caller's
+        input, and no wait makes it one."""
+        key = result_key(tenant, correlation_id)
         try:
-            raw = self._redis.get(result_key(tenant, correlation_id))
+            raw = self._redis.get(key)
         except redis.RedisError:
             return None
         if not isinstance(raw, bytes):  # None: no such result
             return None
-        return InferenceResult.model_validate_json(raw)
+        try:
+            return InferenceResult.model_validate_json(raw)
+        except ValidationError as exc:
+            where = mask_url(self.settings.redis_url)
+            why = describe(exc, where=lambda loc: ".".join(field_name(p) for p in loc))
+            raise RuntimeError(
+                f"the result store (Redis at {where}) holds no result of {correlation_id} "
+                f"under {key}, but something else: {why}"
+            ) from None
 
     def _reply_consumer(self) -> KafkaConsumer:
         return tail(self.settings.kafka_bootstrap, self.reply_to, self.settings.kafka_security())
@@ -427,8 +439,9 @@ def tail(bootstrap: str, topic: str, security: KafkaSecurity | None = None) -> K
 def connect(kind: type[T], bootstrap: str, security: KafkaSecurity, **config: Any) -> T:
     """A kafka-python producer or consumer that logs in as `security` says. When it cannot
     reach the cluster (down, or the credentials refused: kafka-python tells the two apart
-    only in its log), its half-built network client is closed (kafka-python leaves it
-    running) and the error says where and as whom."""
+    only in its log), or is interrupted meanwhile (Ctrl-C), its half-built network client is
+    closed (kafka-python leaves it running, to log its failure as the process exits) and a
+    failure says where and as whom."""
     default = kind.DEFAULT_CONFIG["kafka_client"]
     built: list[Any] = []
 
@@ -444,9 +457,11 @@ def connect(kind: type[T], bootstrap: str, security: KafkaSecurity, **config: An
             **security.client_kwargs(),
             **config,
         )
-    except KafkaError as exc:
+    except BaseException as exc:
         for client in built:
             client.close()
+        if not isinstance(exc, KafkaError):
+            raise
         raise RuntimeError(
             f"cannot connect to Kafka at {bootstrap} ({security.describe()}) within "
             f"{CONNECT_TIMEOUT_S:g} s: is the stack up (llmq local up), and are "

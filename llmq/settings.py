@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT, ServiceSettings
 
@@ -25,6 +32,22 @@ class ClientSettings(ServiceSettings):
     api_key: SecretStr | None = None
     """An API key of the front door (LLMQ_API_KEY): `llmq batch` acts as its tenant. None
     for a door without keys (on loopback, tenant `default`)."""
+
+    @field_validator("api_key")
+    @classmethod
+    def _header_value(cls, key: SecretStr | None) -> SecretStr | None:
+        """The key as the door reads it, without the whitespace around it (a key read from a
+        file keeps its newline), and one a header can carry: printable ASCII. The refusal
+        never shows it."""
+        if key is None:
+            return None
+        value = key.get_secret_value().strip()
+        if not (value.isascii() and value.isprintable()):
+            raise ValueError(
+                "an API key is printable ASCII (as `llmq keys new` makes them); this one holds "
+                "a control character or one beyond ASCII"
+            )
+        return SecretStr(value) if value else None
 
     @model_validator(mode="before")
     @classmethod

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmq.cli import uninterrupted
 from schemas.names import work_topics, worker_group
 from tools.bench.runner import machine
 from tools.faults import report
@@ -21,6 +22,7 @@ from tools.faults.plan import SCENARIOS
 from tools.faults.probe import Backlog, log_lines
 from tools.faults.rig import Rig, Say, wait_moving
 from tools.faults.scenarios import DRAIN_S, Scenario
+from tools.files import write_whole
 from tools.stack.ports import free_block
 from tools.stack.settings import LocalSettings
 from tools.stack.stack import LocalStack
@@ -76,13 +78,14 @@ def run_faults(
                 outcomes.append(_one(rig, name))
                 report.write_json(outcomes, meta, results)
         finally:
-            say("stopping the stack")
-            stack.down(say=lambda _: None)
-            if keep_state or any(o.failed for o in outcomes):
-                say(f"its state and logs are kept in {state}")
-            else:
-                shutil.rmtree(state, ignore_errors=True)
-    report_path.write_text(report.report(outcomes, meta), encoding="utf-8")
+            with uninterrupted("stopping the stack"):
+                say("stopping the stack")
+                stack.down(say=lambda _: None)
+                if keep_state or any(o.failed for o in outcomes):
+                    say(f"its state and logs are kept in {state}")
+                else:
+                    shutil.rmtree(state, ignore_errors=True)
+    write_whole(report_path, report.report(outcomes, meta))
     if readme is not None:
         report.update_readme(readme, report.section(outcomes, meta, report_path.name))
     return Written(report_path, results, readme, [o.scenario for o in outcomes if o.failed])

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.names import DEFAULT_PARTITIONS
@@ -13,13 +13,17 @@ from schemas.settings import DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT
 from tools.stack import MAX_STREAMS
 from tools.stack.cores import usable_cores
 
+MOST_REPLICAS = 16
+REPLICA_COUNT = TypeAdapter(Annotated[int, Field(ge=0, le=MOST_REPLICAS)])
+"""LLMQ_MIN_REPLICAS as its field reads it."""
 
-def _default_max_replicas(fields: dict[str, Any]) -> int:
+
+def _default_max_replicas(least: int = 1) -> int:
     """Two workers per model where this process may use four cores or more, one below (a vLLM
     CPU engine takes every core: a second one on two cores loads and generates on the first
-    one's), and never fewer than LLMQ_MIN_REPLICAS."""
+    one's), and never fewer than `least` (LLMQ_MIN_REPLICAS)."""
     room = 2 if usable_cores() >= 4 else 1
-    return max(room, int(fields.get("min_replicas", 1)))
+    return max(room, least)
 
 
 class LocalSettings(BaseSettings):
@@ -64,14 +68,28 @@ class LocalSettings(BaseSettings):
     """Run the autoscaler, which starts and stops each model's workers between min and max
     replicas (LLMQ_AUTOSCALE); off: a fixed pool of min_replicas workers per model (at
     least one)."""
-    min_replicas: int = Field(default=1, ge=0, le=16)
+    min_replicas: int = Field(default=1, ge=0, le=MOST_REPLICAS)
     """Fewest workers per model; 0 lets an idle pool go to zero (LLMQ_MIN_REPLICAS)."""
-    max_replicas: int = Field(default_factory=_default_max_replicas, ge=1, le=16)
+    max_replicas: int = Field(default_factory=_default_max_replicas, ge=1, le=MOST_REPLICAS)
     """Most workers per model on this machine (LLMQ_MAX_REPLICAS): by default 2 on four
     cores or more, else 1 (a CPU engine keeps two cores busy), and at least min_replicas."""
     autoscaler_env: dict[str, str] = Field(default_factory=dict, exclude=True)
     """Settings of the local autoscaler over its short local defaults, as LLMQ_* variables
     (the burst benchmark's windows); LLMQ_AUTOSCALER_ENV as JSON."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_replicas_default(cls, data: Any) -> Any:
+        """LLMQ_MAX_REPLICAS's default from a LLMQ_MIN_REPLICAS that is one (a default made
+        from the fields validated would fail beside any other error, blaming a variable
+        never set); a bad one is named by its own variable alone."""
+        if not isinstance(data, dict) or "max_replicas" in data or "min_replicas" not in data:
+            return data
+        try:
+            least = REPLICA_COUNT.validate_python(data["min_replicas"])
+        except ValidationError:
+            return data
+        return {**data, "max_replicas": _default_max_replicas(least)}
 
     @model_validator(mode="after")
     def _replicas(self) -> Self:

@@ -19,6 +19,7 @@ from types import TracebackType
 from kafka import KafkaConsumer
 
 from llmq.aio import AsyncClient
+from llmq.cli import uninterrupted
 from llmq.client import Client, tail
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode
@@ -128,12 +129,13 @@ class LlmqWay:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        if self._stack is not None:
-            self._stack.down(say=lambda _: None)
-            self._stack = None
-        if self._state is not None:
-            self._state.cleanup()
-            self._state = None
+        with uninterrupted("stopping the local stack"):
+            if self._stack is not None:
+                self._stack.down(say=lambda _: None)
+                self._stack = None
+            if self._state is not None:
+                self._state.cleanup()
+                self._state = None
 
     def run(
         self,
