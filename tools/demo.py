@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer
-from tqdm import tqdm
 
 from llmq.client import Client, tail
 from schemas.metering import MeteringEvent
@@ -19,8 +18,12 @@ from schemas.names import METERING
 from schemas.result import CacheStatus, InferenceResult
 from schemas.settings import ServiceSettings
 from tools import arguments, sharegpt
+from tools.progress import Progress
 from tools.stack.settings import LocalSettings
 from tools.stack.stack import LocalStack
+
+REPEATS = 16
+"""How many prompts `llmq demo` sends a second time unless told (at most --prompts)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,9 @@ def register(sub: Any) -> None:
     demo = sub.add_parser("demo", help="ShareGPT prompts through the local stack, with a report")
     demo.add_argument("--prompts", type=arguments.positive_int, default=48)
     demo.add_argument(
-        "--repeats", type=arguments.count, default=16, help="prompts sent a second time"
+        "--repeats",
+        type=arguments.count,
+        help=f"prompts sent a second time (default: {REPEATS}, or --prompts where fewer)",
     )
     demo.add_argument("--max-tokens", type=arguments.positive_int, default=64)
     demo.add_argument("--seed", type=int, default=0)
@@ -70,16 +75,17 @@ def register(sub: Any) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """`llmq demo`: exit 0 when every request ended well."""
-    if args.repeats > args.prompts:
-        raise ValueError(f"--repeats {args.repeats}: at most --prompts ({args.prompts})")
-    ok = run(prompts=args.prompts, repeats=args.repeats, max_tokens=args.max_tokens, seed=args.seed)
+    repeats = min(REPEATS, args.prompts) if args.repeats is None else args.repeats
+    if repeats > args.prompts:
+        raise ValueError(f"--repeats {repeats}: at most --prompts ({args.prompts})")
+    ok = run(prompts=args.prompts, repeats=repeats, max_tokens=args.max_tokens, seed=args.seed)
     return 0 if ok else 1
 
 
 def run(
     *,
     prompts: int = 48,
-    repeats: int = 16,
+    repeats: int = REPEATS,
     max_tokens: int = 64,
     seed: int = 0,
     timeout_s: float = 600.0,
@@ -126,7 +132,7 @@ def _send(
     start = time.monotonic()
     ids = [client.submit(text, tenant=tenant, max_tokens=n, temperature=0.0) for text, n in prompts]
     results = []
-    for cid in tqdm(ids, desc=name, unit="req"):
+    for cid in Progress(ids, desc=name, unit="req"):
         left = max(1.0, timeout_s - (time.monotonic() - start))
         results.append(client.result(cid, timeout=left))
     return Pass(name, results, time.monotonic() - start)

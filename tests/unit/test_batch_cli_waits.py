@@ -40,7 +40,7 @@ def answer(body: dict[str, Any], code: int = 200) -> Reply:
 
 
 def batch(status: str) -> Reply:
-    body = {"id": "batch_1", "status": status, "request_counts": COUNTS}
+    body = {"object": "batch", "id": "batch_1", "status": status, "request_counts": COUNTS}
     return answer(body | {"output_file_id": "file_out"} if status == "completed" else body)
 
 
@@ -101,7 +101,7 @@ def door(
             asked.append(self.path)
             self.rfile.read(int(self.headers["Content-Length"]))
             created = self.path == "/v1/batches"
-            (batch("validating") if created else answer({"id": "file_in"}))(self)
+            (batch("validating") if created else answer({"object": "file", "id": "file_in"}))(self)
 
         def log_message(self, *_: Any) -> None:
             """Quiet: the tests read stderr."""
@@ -170,7 +170,7 @@ def test_submit_wait_gives_up_naming_how_to_fetch_the_files_later(
         assert main(["batch", "submit", str(lines), "--wait", "--out", str(tmp_path)]) == 1
     assert len(asked) > 4  # the upload, the batch, its first look, then tries
     *_, gave_up, hint = capsys.readouterr().err.strip().splitlines()
-    assert gave_up.startswith(f"the front door at {url} broke off its answer")
+    assert gave_up.startswith(f"llmq: the front door at {url} broke off its answer")
     assert "LLMQ_API_URL right? Gave up waiting after " in gave_up and gave_up.endswith(" s.")
     assert hint == (
         f"the batch goes on: llmq batch results batch_1 --out {tmp_path} "
@@ -223,6 +223,6 @@ def test_a_door_cut_off_mid_answer_is_named_with_its_variable(
             assert main(["batch", "status", "batch_1"]) == 1
     closed, short, reset_ = capsys.readouterr().err.strip().splitlines()
     for line in (closed, short, reset_):
-        assert line.startswith(f"the front door at {url} broke off its answer (")
+        assert line.startswith(f"llmq: the front door at {url} broke off its answer (")
         assert line.endswith("is LLMQ_API_URL right?")
     assert "IncompleteRead" in short and "Connection reset by peer" in reset_

@@ -14,22 +14,34 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeGuard, TypeVar
 
 from schemas.redact import mask_url
 
 CHUNK = 1 << 20
 T = TypeVar("T")
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+SHOWN_CHARS = 200
+"""How much of an answer that is not the door's a message quotes (an HTML page, whole, is
+no error line)."""
+NOT_TO_FIX = frozenset({404, 408, 409, 429})
+"""The 4xx refusals that are no fault of how the call was made: no such batch or file, too
+slow, a batch in a state that refuses it (cancelling an ended one), too busy."""
+PROXIED = frozenset({429, 502, 503, 504})
+"""What a proxy in front of the door (an ingress) answers in a page of its own, not the
+door's JSON, while the door restarts or is busy: asked again later, not taken for no door."""
 
 
 class BatchApiError(RuntimeError):
     """The front door refused, or could not be reached; the message says which and why.
-    `retriable`: the door was away or busy (a restart), not a refusal of the call itself."""
+    `retriable`: the door was away or busy (a restart), not a refusal of the call itself.
+    `to_fix`: what was asked (a line, the key, LLMQ_API_URL) is at fault; asked the same
+    way again, it fails the same way."""
 
-    def __init__(self, message: str, *, retriable: bool = False) -> None:
+    def __init__(self, message: str, *, retriable: bool = False, to_fix: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable
+        self.to_fix = to_fix
 
 
 class BatchApi:
@@ -73,7 +85,7 @@ class BatchApi:
             "Content-Type": f"multipart/form-data; boundary={boundary}",
             "Content-Length": str(len(head) + path.stat().st_size + len(tail)),
         }
-        return self._call("POST", "/files", body(), headers, self.transfer_timeout_s)
+        return self._call("POST", "/files", body(), headers, self.transfer_timeout_s, shape="file")
 
     def create(
         self,
@@ -197,16 +209,31 @@ class BatchApi:
     def _json(self, method: str, path: str, body: object = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
-        return self._call(method, path, data, headers, self.call_timeout_s)
+        return self._call(method, path, data, headers, self.call_timeout_s, shape="batch")
 
     def _call(
-        self, method: str, path: str, data: Any, headers: dict[str, str], timeout_s: float
+        self,
+        method: str,
+        path: str,
+        data: Any,
+        headers: dict[str, str],
+        timeout_s: float,
+        *,
+        shape: Literal["file", "batch"],
     ) -> dict[str, Any]:
+        """The door's answer, a `shape` (file, batch) object; BatchApiError where it is not
+        one (another service at LLMQ_API_URL)."""
         request = urllib.request.Request(
             self.base_url + path, data=data, method=method, headers={**self._headers, **headers}
         )
         with self._open(request, timeout_s) as response:
-            found: dict[str, Any] = json.load(response)
+            status, raw = response.status, response.read()
+        try:
+            found: object = json.loads(raw)
+        except ValueError:  # UnicodeDecodeError among them
+            found = None
+        if not _shaped(found, shape):
+            raise _no_door(self.base_url, request, status, raw)
         return found
 
     @contextmanager
@@ -218,10 +245,16 @@ class BatchApi:
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 yield response
-        except urllib.error.HTTPError as exc:  # 5xx and 429 say: ask again later
+        except urllib.error.HTTPError as exc:
+            retriable = exc.code >= 500 or exc.code == 429  # ask again later
+            raw = exc.read()
+            message = _message(raw)
+            if message is None and exc.code not in PROXIED:
+                raise _no_door(self.base_url, request, exc.code, raw) from None
             raise BatchApiError(
-                f"{exc.code} from the front door: {_message(exc)}",
-                retriable=exc.code >= 500 or exc.code == 429,
+                f"{exc.code} from the front door: {message or _shown(raw) or exc.reason}",
+                retriable=retriable,
+                to_fix=400 <= exc.code < 500 and exc.code not in NOT_TO_FIX,
             ) from None
         except urllib.error.URLError as exc:
             raise _away(f"cannot reach the front door at {where} ({exc.reason})") from None
@@ -239,10 +272,43 @@ def _away(what: str) -> BatchApiError:
     )
 
 
-def _message(exc: urllib.error.HTTPError) -> str:
-    """OpenAI's error message from the body, else the body."""
-    raw = exc.read().decode(errors="replace")
+def _shaped(found: object, kind: str) -> TypeGuard[dict[str, Any]]:
+    """Whether `found` is the door's `kind` object (file, batch), with the fields read here:
+    a batch's status and request counts."""
+    if not isinstance(found, dict) or found.get("object") != kind:
+        return False
+    if kind == "file":
+        return isinstance(found.get("id"), str)
+    counts = found.get("request_counts")
+    return (
+        all(isinstance(found.get(name), str) for name in ("id", "status"))
+        and isinstance(counts, dict)
+        and all(isinstance(counts.get(name), int) for name in ("total", "completed", "failed"))
+    )
+
+
+def _no_door(
+    base_url: str, request: urllib.request.Request, status: int, raw: bytes
+) -> BatchApiError:
+    """An answer no llmq front door gives: another service listens at LLMQ_API_URL (named
+    with its password masked; the call by its path under it)."""
+    call = f"{request.get_method()} {request.full_url.removeprefix(base_url)}"
+    said = f"{call} answered {status}: {_shown(raw) or '(empty)'}"
+    return BatchApiError(
+        f"not llmq's front door at {mask_url(base_url)} ({said}); is LLMQ_API_URL right?",
+        to_fix=True,
+    )
+
+
+def _message(raw: bytes) -> str | None:
+    """OpenAI's error message from an error's body; None where the body is not one."""
     try:
         return str(json.loads(raw)["error"]["message"])
     except (ValueError, KeyError, TypeError):
-        return raw or str(exc.reason)
+        return None
+
+
+def _shown(raw: bytes) -> str:
+    """A body on one line, cut after SHOWN_CHARS."""
+    text = " ".join(raw.decode(errors="replace").split())
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}…"

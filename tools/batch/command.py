@@ -1,5 +1,7 @@
 """`llmq batch submit FILE.jsonl --wait`, `status`, `cancel`, `results`: OpenAI's Batch API
-on llmq's front door, with a progress bar, for people without the SDK."""
+on llmq's front door, with a progress bar, for people without the SDK. A failure is one
+`llmq:` line, exit status 2 where the request or a setting is to fix, else 1 (the `llmq`
+command's contract)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from gateway.batch.lines import ENDPOINT, ENDPOINTS
 from llmq.settings import ClientSettings
 from tools.batch.client import BatchApi, BatchApiError
+from tools.progress import Progress
 
 
 def register(sub: Any) -> None:
@@ -30,7 +31,7 @@ def register(sub: Any) -> None:
     actions = batch.add_subparsers(required=True, metavar="ACTION")
     submit = actions.add_parser("submit", help="upload FILE and start its batch; print its id")
     submit.add_argument("file", type=Path)
-    submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--metadata", action="append", type=_pair, default=[], metavar="KEY=VALUE")
     submit.add_argument(
         "--endpoint",
         choices=ENDPOINTS,
@@ -50,6 +51,14 @@ def register(sub: Any) -> None:
     results.set_defaults(func=_results)
 
 
+def _pair(text: str) -> tuple[str, str]:
+    """A --metadata KEY=VALUE (argparse refuses anything else as a usage error)."""
+    key, equals, value = text.partition("=")
+    if not key or not equals:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _api(_: argparse.Namespace) -> BatchApi:
     settings = ClientSettings()
     key = None if settings.api_key is None else settings.api_key.get_secret_value()
@@ -58,36 +67,40 @@ def _api(_: argparse.Namespace) -> BatchApi:
 
 def _submit(args: argparse.Namespace) -> int:
     if not args.file.is_file():
-        print(f"no file {args.file}", file=sys.stderr)
+        print(f"llmq: no file {args.file}", file=sys.stderr)
         return 2
-    metadata = dict(pair.partition("=")[::2] for pair in args.metadata) or None
     api = _api(args)
     try:
         uploaded = api.upload(args.file)
-        batch_id = api.create(uploaded["id"], metadata, args.endpoint)["id"]
+        batch_id = api.create(uploaded["id"], dict(args.metadata) or None, args.endpoint)["id"]
     except BatchApiError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return _failed(exc)
     print(batch_id)
     if not args.wait:
         return 0
     try:
         return _save(api, _follow(api, batch_id), args.out)
     except BatchApiError as exc:
-        print(exc, file=sys.stderr)
+        status = _failed(exc)
         if exc.retriable:  # the door was away: the batch is not
             print(
                 f"the batch goes on: llmq batch results {batch_id} --out {args.out} "
                 "saves its files once it has ended",
                 file=sys.stderr,
             )
-        return 1
+        return status
+
+
+def _failed(exc: BatchApiError) -> int:
+    """Say why a call failed; its exit status."""
+    print(f"llmq: {exc}", file=sys.stderr)
+    return 2 if exc.to_fix else 1
 
 
 def _follow(api: BatchApi, batch_id: str) -> dict[str, Any]:
     """Wait for the batch with a progress bar of its answered lines; through a restart of
     the door too (BatchApi.outage_s)."""
-    with tqdm(desc=batch_id, unit="line", file=sys.stderr, dynamic_ncols=True) as bar:
+    with Progress(desc=batch_id, unit="line", file=sys.stderr, dynamic_ncols=True) as bar:
 
         def seen(batch: dict[str, Any]) -> None:
             counts = batch["request_counts"]
@@ -100,11 +113,13 @@ def _follow(api: BatchApi, batch_id: str) -> dict[str, Any]:
 
 
 def _save(api: BatchApi, batch: dict[str, Any], out: Path) -> int:
-    """Write the output and error files into `out`; 0 when the batch completed."""
+    """Write the output and error files into `out`; 0 when the batch completed, even with
+    lines that failed (said, with the file that has their errors)."""
     out.mkdir(parents=True, exist_ok=True)
+    saved: dict[str, Path] = {}
     for field, name in (("output_file_id", "output"), ("error_file_id", "errors")):
         if batch.get(field):
-            path = out / f"{batch['id']}_{name}.jsonl"
+            saved[name] = path = out / f"{batch['id']}_{name}.jsonl"
             api.save(batch[field], path)
             print(f"{name}: {path}")
     counts = batch["request_counts"]
@@ -112,6 +127,12 @@ def _save(api: BatchApi, batch: dict[str, Any], out: Path) -> int:
         f"{batch['status']}: {counts['completed']} completed, {counts['failed']} failed "
         f"of {counts['total']}"
     )
+    if counts["failed"]:
+        where = f"see {saved['errors']}" if "errors" in saved else "the door kept no error file"
+        print(
+            f"llmq batch: {counts['failed']} of {counts['total']} lines failed; {where}",
+            file=sys.stderr,
+        )
     for error in (batch.get("errors") or {}).get("data") or []:
         print(f"  line {error.get('line')}: {error.get('message')}", file=sys.stderr)
     return 0 if batch["status"] == "completed" else 1
@@ -129,8 +150,7 @@ def _print(call: Any) -> int:
     try:
         print(json.dumps(call(), indent=2))
     except BatchApiError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return _failed(exc)
     return 0
 
 
@@ -139,5 +159,4 @@ def _results(args: argparse.Namespace) -> int:
     try:
         return _save(api, api.batch(args.batch_id), args.out)
     except BatchApiError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return _failed(exc)

@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from llmq.aio import AsyncClient
 from llmq.settings import ClientSettings
 from schemas.lanes import Lane
@@ -37,6 +35,7 @@ from schemas.request import CacheMode
 from schemas.settings import ServiceSettings
 from tools.batch.client import BatchApi
 from tools.bench.runner import machine, record_section
+from tools.progress import Progress
 from workers.settings import WorkerSettings
 
 BEGIN = "<!-- batch-api: begin (written by `python -m tools.bench.batch_api`) -->"
@@ -101,7 +100,7 @@ def run_batch(api: BatchApi, lines: int, tokens: int, probe: Any) -> tuple[float
     stop = threading.Event()
     prober = threading.Thread(target=probe, args=(stop,), daemon=True)
     prober.start()
-    with tqdm(total=lines, desc="batch", unit="line") as bar:
+    with Progress(total=lines, desc="batch", unit="line") as bar:
 
         def seen(found: dict[str, Any]) -> None:
             counts = found["request_counts"]
@@ -149,7 +148,7 @@ async def _requests(settings: ServiceSettings, lines: int, tokens: int) -> tuple
             ]
             ids += await asyncio.gather(*sends)
         ok = 0
-        for cid in tqdm(ids, desc="requests", unit="line"):
+        for cid in Progress(ids, desc="requests", unit="line"):
             result = await client.result(cid, wait_s=3600)
             ok += result.status == "ok"
         return time.monotonic() - started, ok

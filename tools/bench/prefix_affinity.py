@@ -22,14 +22,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from streams.affinity import DEFAULT_PREFIX_CHARS
 from tools import sharegpt
 from tools.bench.runner import machine, record_section
 from tools.bench.samples import BenchRequest
 from tools.bench.ways.queue import LlmqWay
 from tools.faults.probe import metric
+from tools.progress import Progress
 from tools.stack.settings import LocalSettings
 
 BEGIN = "<!-- prefix-affinity: begin (written by `python -m tools.bench.prefix_affinity`) -->"
@@ -144,7 +143,7 @@ def measure(
     os.environ.update({AFFINITY_ENV: str(chars), "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)})
     with LlmqWay(args.cache_dir, print, replicas=args.replicas) as stack:
         before = _engines(stack.workers)
-        with tqdm(total=len(requests), desc=placement, unit="req") as bar:
+        with Progress(total=len(requests), desc=placement, unit="req") as bar:
             result = stack.run(requests, lambda: bar.update(1), placement, stream=False)
         after = _engines(stack.workers)
     workers = [

@@ -36,6 +36,7 @@ from schemas.settings import ServiceSettings
 from tools.bench.runner import machine, replace_section
 from tools.bench.ways import set_engine_env
 from tools.intervals import wilson
+from tools.progress import Progress
 from tools.stack.ports import free_block
 from tools.stack.settings import LocalSettings
 from tools.stack.stack import LocalStack
@@ -295,7 +296,7 @@ def run(max_tokens: int, cache_dir: Path) -> list[Outcome]:
             service = _service(local)
             with (
                 Client(service) as client,
-                tqdm(total=len(SETTINGS) * 3 * len(questions), unit="answer") as bar,
+                Progress(total=len(SETTINGS) * 3 * len(questions), unit="answer") as bar,
             ):
                 for setting in SETTINGS:
                     bar.set_description(setting.name)

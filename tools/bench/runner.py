@@ -19,6 +19,8 @@ from tools.bench.samples import BenchRequest, WayResult
 from tools.bench.stats import BATCH_LANE, CACHE_HITS, DUPLICATES, THROUGHPUT_WAYS, summarize
 from tools.bench.ways import Answered, engine, engine_settings, lanes, serve
 from tools.bench.ways.queue import LlmqWay, new_tenant
+from tools.files import write_whole
+from tools.progress import Progress
 
 Hits = tuple[list[BenchRequest], list[BenchRequest]]
 """The cache-hit run: originals to answer first, then their repeats."""
@@ -119,9 +121,9 @@ def run_bench(
     plots = report.plot(results, out_dir, repeats)
     text = report.markdown(results, meta, repeats)
     md_path = out_dir / "results.md"
-    md_path.write_text(text, encoding="utf-8")
+    write_whole(md_path, text)
     old = record.read_text(encoding="utf-8") if record.is_file() else TITLE
-    record.write_text(replace_section(old, text), encoding="utf-8")
+    write_whole(record, replace_section(old, text))
     failed = sum(not s.ok for r in results for s in r.samples)
     return Written(json_path, md_path, plots, record, failed)
 
@@ -191,7 +193,7 @@ class _Run(Protocol[_Out_co]):
 
 def _with_bar(name: str, total: int, run: _Run[_Done]) -> _Done:
     """One way under a progress bar of requests answered."""
-    with tqdm(total=total, desc=f"{name:<16}", unit="req") as bar:
+    with Progress(total=total, desc=f"{name:<16}", unit="req") as bar:
         return run(answered=bar.update)
 
 
@@ -210,7 +212,7 @@ def replace_section(text: str, section: str, begin: str = BEGIN, end: str = END)
 def record_section(path: Path, section: str, begin: str, end: str) -> None:
     """Write `section` between the markers in the file at `path` (created when missing)."""
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    path.write_text(replace_section(old, section, begin, end), encoding="utf-8")
+    write_whole(path, replace_section(old, section, begin, end))
     print(f"recorded in {path}")
 
 

@@ -126,7 +126,7 @@ def update_readme(readme: Path, text: str) -> None:
     old = readme.read_text(encoding="utf-8")
     if BEGIN not in old and END not in old:
         old = f"{old.rstrip()}\n\n{README_HEADING}\n"
-    readme.write_text(replace_section(old, text, BEGIN, END), encoding="utf-8")
+    write_whole(readme, replace_section(old, text, BEGIN, END))
 
 
 def _measured(meta: Mapping[str, object]) -> str:
