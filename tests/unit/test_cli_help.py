@@ -44,3 +44,11 @@ def test_the_options_say_their_defaults(
     said = " ".join(capsys.readouterr().out.split())  # as one line, however wrapped
     for default in defaults:
         assert default in said
+
+
+def test_local_says_what_status_exits_with(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["local", "--help"])
+    assert "status (exits 3 unless every component runs and is ready)" in " ".join(
+        capsys.readouterr().out.split()
+    )

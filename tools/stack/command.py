@@ -16,7 +16,13 @@ if TYPE_CHECKING:  # imported when the command runs: the parser must stay light
 
 def register(sub: Any) -> None:
     """Add `local` to the `llmq` subcommands (argparse's private subparsers type)."""
-    local = sub.add_parser("local", help="run the whole stack on this machine")
+    local = sub.add_parser(
+        "local",
+        help="run the whole stack on this machine",
+        description="Run the whole stack on this machine: prepare (fetch the Kafka jars, "
+        "prepare the models), up, down, status (exits 3 unless every component runs and is "
+        "ready).",
+    )
     local.add_argument("action", choices=["prepare", "up", "down", "status"])
     local.add_argument(
         "--json", action="store_true", help="status: each component, and each model's pool"
