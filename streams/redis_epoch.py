@@ -1,6 +1,8 @@
 """Notices when Redis loses its data while llmq runs (restarted without persistence, flushed,
-failed over to a replica that lagged): the token llmq set in llmq:epoch is gone or another.
-Nothing else would tell: spend restarts from 0 and batches and results vanish silently."""
+replaced by an empty server): the token llmq set in llmq:epoch is gone or another. Nothing
+else would tell: spend restarts from 0 and batches and results vanish silently. A failover
+to a replica that lagged keeps the token (set once, long before), so the writes it lost go
+unseen."""
 
 from __future__ import annotations
 
