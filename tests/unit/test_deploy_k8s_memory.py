@@ -28,7 +28,11 @@ def _mib(quantity: str) -> int:
 
 
 def test_the_stream_processor_has_memory_for_its_semantic_cache() -> None:
-    [deployment] = yaml.safe_load_all((ROOT / "deploy/k8s/streams.yaml").read_text())
+    [deployment] = [
+        d
+        for d in yaml.safe_load_all((ROOT / "deploy/k8s/streams.yaml").read_text())
+        if d["kind"] == "Deployment"
+    ]
     configmap = yaml.safe_load((ROOT / "deploy/k8s/configmap.yaml").read_text())
     assert configmap["data"]["LLMQ_SEMANTIC_CACHE"] == "true"
     [container] = deployment["spec"]["template"]["spec"]["containers"]
