@@ -73,17 +73,35 @@ one line too)."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `llmq` console script."""
+    """Entry point of the `llmq` console script. Output it can no longer write goes nowhere,
+    without a traceback: where its reader went away (| head) it ends with READER_GONE; where
+    its terminal hung up (EIO) with the status it had (129 once SIGHUP has ended it)."""
     try:
         try:
             return _main(argv)
         finally:  # a reader gone is found here, not as the interpreter exits (a traceback)
             if sys.stdout is not None:  # None: started without one (`>&-`), print()s dropped
-                sys.stdout.flush()
+                _flush()
     except BrokenPipeError:
-        # As Python's documentation advises: what is left for stdout goes nowhere.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _to_nowhere()
         return READER_GONE
+
+
+def _flush() -> None:
+    """Write what is left for stdout; where its terminal hung up, drop it. A reader gone
+    (BrokenPipeError) is main's to end the command with."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError:
+        _to_nowhere()
+
+
+def _to_nowhere() -> None:
+    """As Python's documentation advises: what is left for stdout goes nowhere (not into a
+    failure as the interpreter exits, status 120)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _main(argv: list[str] | None) -> int:

@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 LOG_EVERY_S = 30.0
 """The least time between two plain lines (the first and the last are always written)."""
-PLAIN = "{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
-"""A plain line: tqdm's own numbers, without the bar."""
+PLAIN = "{n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+"""A plain line after its description: tqdm's own numbers, without the bar."""
 
 if TYPE_CHECKING:  # the stubs' tqdm is generic, the runtime's is not
     _Bar = tqdm[Any]
@@ -53,6 +53,9 @@ class Progress(_Bar):
         super().close()
 
     def _line(self) -> None:
+        """`desc: numbers` (the numbers alone without a desc); set_description's ": " on
+        the end of the desc is tqdm's, and said once."""
         self._said = time.monotonic()
-        self.fp.write(f"{self}\n")
+        desc = self.desc.removesuffix(": ")
+        self.fp.write(f"{desc}: {self}\n" if desc else f"{self}\n")
         self.fp.flush()

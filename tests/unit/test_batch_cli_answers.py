@@ -1,9 +1,11 @@
 """`llmq batch` against what answers at LLMQ_API_URL: another service (JSON of another shape,
-an HTML page) is named as not llmq's front door in one `llmq:` line, its page cut short,
-exit status 2 (LLMQ_API_URL is to fix); the door's refusals exit 2 where the request or key
-is to fix, 1 where nothing is (no such batch, busy); a batch that completed with failed lines
-exits 0 and says how many failed and where their errors are. The door is a small HTTP server
-in a thread of the test, on a free loopback port."""
+an HTML page for a path unknown there) is named as not llmq's front door in one `llmq:` line,
+its page cut short, exit status 2 (LLMQ_API_URL is to fix); another error page (an ingress's
+413) by its status and the URL, exit status 2 where the request is to fix; the door's
+refusals exit 2 where the request or key is to fix, 1 where nothing is (no such batch, busy);
+a batch that completed with failed lines exits 0 and says how many failed and where their
+errors are. The door is a small HTTP server in a thread of the test, on a free loopback
+port."""
 
 from __future__ import annotations
 
@@ -99,10 +101,9 @@ def lines(tmp_path: Path) -> Path:
         send("{}"),  # was a traceback: KeyError 'id'
         send(PAGE),  # was `llmq: Expecting value: line 1 column 1 (char 0)`, exit status 2
         send(PAGE, 404),  # was the whole page
-        send(PAGE, 501),  # was the whole page
         send(json.dumps({"object": "batch", "id": "batch_1", "status": "completed"})),
     ],
-    ids=["json-of-another-shape", "html", "html-404", "html-501", "batch-without-counts"],
+    ids=["json-of-another-shape", "html", "html-404", "batch-without-counts"],
 )
 def test_another_service_is_not_llmqs_front_door(
     reply: Reply,
@@ -138,6 +139,38 @@ def test_a_page_is_cut_short_and_its_url_named_without_its_password() -> None:
     assert caught.value.to_fix and not caught.value.retriable
 
 
+@pytest.mark.parametrize(("code", "status"), [(413, 2), (403, 2), (500, 1), (501, 1)])
+def test_another_page_is_named_by_its_status(
+    code: int,
+    status: int,
+    lines: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An ingress's 413 for an upload over its body size said `not llmq's front door ...; is
+    LLMQ_API_URL right?`: the wrong setting to look at. A 5xx page is not waited through."""
+    commands = [
+        ["batch", "submit", str(lines)],
+        ["batch", "status", "batch_1"],
+        ["batch", "results", "batch_1", "--out", str(lines.parent)],
+    ]
+    with door({"*": [send(PAGE, code)]}) as url:
+        monkeypatch.setenv("LLMQ_API_URL", url)
+        for argv in commands:
+            assert main(argv) == status
+            [line] = capsys.readouterr().err.strip().splitlines()
+            assert line.startswith(f"llmq: {code} from {url}: <html><body><p>a page of")
+            assert "THE END" not in line and len(line) < SHOWN_CHARS + 100
+
+
+def test_a_page_names_the_door_without_its_password() -> None:
+    with door({"*": [send(PAGE, 413)]}) as url, pytest.raises(BatchApiError) as caught:
+        BatchApi(f"{url}?password=secret").batch("batch_1")
+    said = str(caught.value)
+    assert said.startswith(f"413 from {url}?password=***: <html>") and "secret" not in said
+    assert caught.value.to_fix and not caught.value.retriable
+
+
 def test_a_proxys_page_while_the_door_restarts_is_waited_through() -> None:
     """A 503 page of an ingress in front of a restarting door is no other service."""
     said: list[str] = []
@@ -146,7 +179,7 @@ def test_a_proxys_page_while_the_door_restarts_is_waited_through() -> None:
         done = BatchApi(url).wait("batch_1", poll_s=0.01, say=said.append)
     assert done["status"] == "completed"
     [line] = said
-    assert line.startswith("503 from the front door: <html><body><p>a page of")
+    assert line.startswith(f"503 from {url}: <html><body><p>a page of")
     assert "THE END" not in line
 
 

@@ -1,13 +1,14 @@
 """The `llmq` command's exit statuses and output as the epilog says them: a result refused as
 a request to fix is status 2 (it was 1, as any failure), llmq's own failures 1; what reads
 the output going away (`| head`) ends it in silence with 141 (it was a traceback, status
-120, or `llmq: [Errno 32] Broken pipe`, status 1); `submit --json` is JSON without --wait
-too; a wait that is no number of seconds is a usage error (NaN waited for ever); a stored
-value that is no result is the store's failure (it was `llmq: request: ...`, status 2).
-Nothing listens on 127.0.0.1:1."""
+120, or `llmq: [Errno 32] Broken pipe`, status 1), a terminal hung up (EIO) leaves its
+status as it was; `submit --json` is JSON without --wait too; a wait that is no number of
+seconds is a usage error (NaN waited for ever); a stored value that is no result is the
+store's failure (it was `llmq: request: ...`, status 2). Nothing listens on 127.0.0.1:1."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -90,6 +91,18 @@ def test_a_reader_gone_ends_the_command_in_silence(
         os.close(write)
     assert (done.returncode, done.stderr) == (READER_GONE, b"")
     assert READER_GONE == 141
+
+
+def test_a_terminal_hung_up_leaves_the_commands_status_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What was left to write as it ended, on a terminal that had hung up (EIO), was a
+    traceback (status 1). Its stdout is buffered, as off a terminal: written as it ends."""
+    terminal, side = os.openpty()
+    os.close(terminal)  # the terminal hangs up: writing to `side` fails
+    with open(side, "w", buffering=io.DEFAULT_BUFFER_SIZE) as stdout, monkeypatch.context() as m:
+        m.setattr(sys, "stdout", stdout)
+        assert main(["keys", "new", "x"]) == 0
 
 
 def test_a_command_started_without_stdout_runs_as_before() -> None:

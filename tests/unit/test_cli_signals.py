@@ -1,12 +1,14 @@
 """The `llmq` command under signals: a hang-up ends it as SIGTERM does, through every
 `finally` (it killed the command outright, and a stack it had started, in sessions of its own,
-ran on), unless nohup ignores it; a second Ctrl-C while bench or faults take their stack down
-waits for the teardown's end (it cut it short, leaving the stack running); Ctrl-C while a
-Kafka client starts closes its network client (left running, it logged `Bootstrap failed`
-as the command exited). Nothing listens on 127.0.0.1:1."""
+ran on), unless nohup ignores it, and its stack goes down though the terminal is gone (the
+teardown's first line, written there, failed before it); a second Ctrl-C while bench or
+faults take their stack down waits for the teardown's end (it cut it short, leaving the stack
+running); Ctrl-C while a Kafka client starts closes its network client (left running, it
+logged `Bootstrap failed` as the command exited). Nothing listens on 127.0.0.1:1."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -18,7 +20,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from llmq.cli import uninterrupted
+from llmq.cli import main, uninterrupted
 from llmq.client import connect
 from schemas.kafka_security import KafkaSecurity
 from tools.bench.ways.queue import LlmqWay
@@ -72,13 +74,15 @@ def test_a_hang_up_nohup_ignores_stays_ignored() -> None:
 
 
 class Stack:
-    """A local stack whose teardown gets a second Ctrl-C halfway."""
+    """A local stack whose teardown gets a second Ctrl-C halfway (unless `ctrl_c` is off)."""
 
-    def __init__(self, *_: object) -> None:
+    def __init__(self, *, ctrl_c: bool = True) -> None:
+        self.ctrl_c = ctrl_c
         self.down_to_the_end = False
 
     def down(self, say: object = None) -> None:
-        os.kill(os.getpid(), signal.SIGINT)
+        if self.ctrl_c:
+            os.kill(os.getpid(), signal.SIGINT)
         self.down_to_the_end = True
 
 
@@ -111,6 +115,38 @@ def test_a_faults_run_takes_its_stack_down_through_a_second_ctrl_c(
         )
     assert [stack.down_to_the_end for stack in stacks] == [True]
     assert HOLDING in capfd.readouterr().err
+
+
+def test_a_faults_run_takes_its_stack_down_when_its_terminal_hangs_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its teardown said "stopping the stack" first, to the terminal that had hung up: that
+    failed (EIO), the stack stayed up, and the command ended in a traceback (status 1). The
+    terminal is a pty whose other side closes; stdout is buffered, as off a terminal, so
+    main's last flush meets the hang-up too."""
+    terminal, side = os.openpty()
+    stacks: list[Stack] = []
+
+    def made(settings: object) -> Stack:
+        stacks.append(Stack(ctrl_c=False))
+        return stacks[-1]
+
+    def hung_up(rig: Rig) -> None:
+        os.close(terminal)  # writing to `side` fails from here on
+        raise SystemExit(128 + signal.SIGHUP)  # as SIGHUP's handler does (exit_on_sigterm)
+
+    monkeypatch.setattr(runner, "LocalStack", made)
+    monkeypatch.setattr(Rig, "heal", lambda self: [])
+    monkeypatch.setattr(runner, "_warm", hung_up)
+    name = next(name for name, scenario in SCENARIOS.items() if scenario.brokers == 1)
+    report = tmp_path / "RELIABILITY.md"
+    argv = ["faults", "--only", name, "--out", str(tmp_path), "--report", str(report)]
+    with open(side, "w", buffering=io.DEFAULT_BUFFER_SIZE) as stdout, monkeypatch.context() as m:
+        m.setattr(sys, "stdout", stdout)
+        with pytest.raises(SystemExit) as ended:
+            main([*argv, "--no-readme"])
+    assert ended.value.code == 128 + signal.SIGHUP
+    assert [stack.down_to_the_end for stack in stacks] == [True]
 
 
 def test_a_bench_way_takes_its_stack_down_through_a_ctrl_c_and_then_stops(

@@ -1,6 +1,7 @@
 """The tools' progress bars: tqdm's bar on a terminal; in a log (a file, a pipe) plain lines,
 at most one every LOG_EVERY_S, not a bar redrawn with carriage returns several times a second
-(about 150 bytes a second of them in a redirected `llmq batch submit --wait`)."""
+(about 150 bytes a second of them in a redirected `llmq batch submit --wait`), each naming
+its description once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +41,30 @@ def test_a_log_gets_a_line_at_most_every_log_every_s(monkeypatch: pytest.MonkeyP
     said = log.getvalue().splitlines()
     assert said[0] == "requests: 0/3 [00:00<?, ?req/s]" and said[-1].startswith("requests: 3/3 [")
     assert len(said) > 2 and "\r" not in log.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("given", "described", "said"),
+    [
+        ({"total": 5}, "s1", ["0/5 [", "s1: 5/5 ["]),  # was `s1: : 5/5 [`
+        ({"total": 5, "desc": "s1"}, None, ["s1: 0/5 [", "s1: 5/5 ["]),
+        ({"total": 5, "desc": "s0"}, "s1", ["s0: 0/5 [", "s1: 5/5 ["]),
+        ({"total": 5}, None, ["0/5 [", "5/5 ["]),
+        ({}, None, ["0/? [", "5/? ["]),  # was `: 5/? [`
+    ],
+)
+def test_a_line_says_its_description_once(
+    given: dict[str, Any], described: str | None, said: list[str]
+) -> None:
+    """tqdm's set_description keeps the description with ": " on its end (`llmq bench
+    quality` logged `s1: : 5/5 [...]`)."""
+    log = io.StringIO()
+    with Progress(unit="answer", file=log, **given) as bar:
+        if described is not None:
+            bar.set_description(described)
+        bar.update(5)
+    lines = log.getvalue().splitlines()
+    assert [line[: len(start)] for line, start in zip(lines, said, strict=True)] == said
 
 
 def test_a_terminal_gets_tqdms_bar() -> None:

@@ -29,7 +29,7 @@ NOT_TO_FIX = frozenset({404, 408, 409, 429})
 slow, a batch in a state that refuses it (cancelling an ended one), too busy."""
 PROXIED = frozenset({429, 502, 503, 504})
 """What a proxy in front of the door (an ingress) answers in a page of its own, not the
-door's JSON, while the door restarts or is busy: asked again later, not taken for no door."""
+door's JSON, while the door restarts or is busy: asked again later (another page is not)."""
 
 
 class BatchApiError(RuntimeError):
@@ -246,14 +246,20 @@ class BatchApi:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 yield response
         except urllib.error.HTTPError as exc:
-            retriable = exc.code >= 500 or exc.code == 429  # ask again later
             raw = exc.read()
             message = _message(raw)
-            if message is None and exc.code not in PROXIED:
+            if message is None and exc.code == 404:  # a page for a path unknown there
                 raise _no_door(self.base_url, request, exc.code, raw) from None
+            # The door's refusal, or a page of what stands in front of it (an ingress's 413
+            # for an upload over its body size, its 503 while the door restarts).
+            said = (
+                f"the front door: {message}"
+                if message is not None
+                else f"{where}: {_shown(raw) or exc.reason}"
+            )
             raise BatchApiError(
-                f"{exc.code} from the front door: {message or _shown(raw) or exc.reason}",
-                retriable=retriable,
+                f"{exc.code} from {said}",
+                retriable=exc.code in PROXIED or (message is not None and exc.code >= 500),
                 to_fix=400 <= exc.code < 500 and exc.code not in NOT_TO_FIX,
             ) from None
         except urllib.error.URLError as exc:
@@ -290,8 +296,9 @@ def _shaped(found: object, kind: str) -> TypeGuard[dict[str, Any]]:
 def _no_door(
     base_url: str, request: urllib.request.Request, status: int, raw: bytes
 ) -> BatchApiError:
-    """An answer no llmq front door gives: another service listens at LLMQ_API_URL (named
-    with its password masked; the call by its path under it)."""
+    """An answer no llmq front door gives (JSON of another shape, a page for a path unknown
+    there): another service listens at LLMQ_API_URL (named with its password masked; the call
+    by its path under it)."""
     call = f"{request.get_method()} {request.full_url.removeprefix(base_url)}"
     said = f"{call} answered {status}: {_shown(raw) or '(empty)'}"
     return BatchApiError(

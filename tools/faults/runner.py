@@ -4,6 +4,7 @@ healed before each), and the results written as they come."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import shutil
@@ -79,16 +80,23 @@ def run_faults(
                 report.write_json(outcomes, meta, results)
         finally:
             with uninterrupted("stopping the stack"):
-                say("stopping the stack")
+                _said(say, "stopping the stack")
                 stack.down(say=lambda _: None)
                 if keep_state or any(o.failed for o in outcomes):
-                    say(f"its state and logs are kept in {state}")
+                    _said(say, f"its state and logs are kept in {state}")
                 else:
                     shutil.rmtree(state, ignore_errors=True)
     write_whole(report_path, report.report(outcomes, meta))
     if readme is not None:
         report.update_readme(readme, report.section(outcomes, meta, report_path.name))
     return Written(report_path, results, readme, [o.scenario for o in outcomes if o.failed])
+
+
+def _said(say: Say, line: str) -> None:
+    """A line of the teardown, said where it can be: a terminal that hung up (EIO) or a
+    reader gone must not leave the stack running, nor stand in for how the run ended."""
+    with contextlib.suppress(OSError):
+        say(line)
 
 
 def stack_settings(state: Path, cache_dir: Path, brokers: int) -> LocalSettings:
