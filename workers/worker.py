@@ -41,6 +41,7 @@ from workers import metrics
 from workers.cancels import Cancellations, cancel_error
 from workers.claims import Claim
 from workers.engine import Engine
+from workers.group_starts import GroupStarts
 from workers.handover import Handover
 from workers.inflight import InFlight
 from workers.lanes import LanePolicy, LaneScheduler, lane_of
@@ -56,9 +57,6 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 POLL_TIMEOUT_MS = 100
 """The longest one fetch waits for records; also how soon a stop request is noticed."""
-START_LOOKUP_S = 5.0
-"""The longest a commit waits to learn where the group starts its new partitions (their
-committed offsets and positions): a Kafka that does not answer is asked at the next one."""
 
 
 class Worker:
@@ -95,9 +93,7 @@ class Worker:
             lanes or LanePolicy(), spec.max_inflight
         )
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self._has_offset: set[TopicPartition] = set()
-        """Partitions the group has an offset for (committed here, or found): the others'
-        starting positions are committed (`_starting_positions`)."""
+        self._group_starts = GroupStarts(consumer, self._fail)
         self._cancellations = cancellations or Cancellations()
         self._deltas = deltas or DeltaPolicy()
         self._claim = claim
@@ -121,9 +117,20 @@ class Worker:
         """Serve until `stop` is set, then drain.
 
         An unexpected error in any generation (a dead engine, a broker that will not take
-        the outputs) stops the worker: it drains the rest and re-raises, leaving that
-        record uncommitted for the next worker.
+        the outputs) or in a lookup of where partitions start stops the worker: it drains
+        the rest and re-raises, leaving that record uncommitted for the next worker.
         """
+        try:
+            await self._serve_until(stop)
+            self._stopping = True
+            await self._drain()
+        finally:
+            await self._group_starts.end()
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _serve_until(self, stop: asyncio.Event) -> None:
+        """The loop that fetches, starts and commits, until `stop` or a fatal error."""
         loop = asyncio.get_running_loop()
         last_commit = loop.time()
         while not stop.is_set() and self._fatal is None:
@@ -153,25 +160,19 @@ class Worker:
             if loop.time() - last_commit >= self._commit_interval_s:
                 await self.commit()
                 last_commit = loop.time()
-        self._stopping = True
-        await self._drain()
-        if self._fatal is not None:
-            raise self._fatal
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit, per partition, up to the oldest record still in flight; and, but for `only`
-        some, where each partition the group has no offset for starts (`_starting_positions`)."""
-        starting = {} if only is not None else await self._starting_positions()
+        some, where each partition the group has no offset for starts (workers/group_starts.py)."""
         assigned = self._consumer.assignment()
         offsets = {
             tp: off
             for tp, off in self._tracker.committable().items()
             if tp in assigned and (only is None or tp in only)
         }
-        # The tracker's offsets win: never past a record in flight.
-        offsets = {
-            tp: off for tp, off in starting.items() if tp in assigned - self._has_offset
-        } | offsets
+        if only is None:  # not past a record in flight: only where nothing was taken
+            taken = self._tracker.committable().keys()
+            offsets |= self._group_starts.positions(taken, stopping=self._stopping)
         if not offsets:
             return
         try:
@@ -180,28 +181,7 @@ class Worker:
             log.warning("offset commit failed, will retry: %s", exc)
             return
         self._tracker.committed(offsets)
-        self._has_offset.update(offsets)
-
-    async def _starting_positions(self) -> dict[TopicPartition, int]:
-        """The position of each assigned partition the group has no offset for: for one
-        nothing was taken from, where auto_offset_reset started it (the log's start), so
-        nothing is skipped (for the others `commit` keeps the tracker's offset). Committed, it
-        keeps the group after its last worker leaves: Empty, which the front door sends work
-        to, not Dead, which it refuses (Kafka deletes a group without members or offsets at
-        its next cleanup). A partition with an offset is left alone; one Kafka does not say
-        in time is asked again at the next commit."""
-        unknown = list(self._consumer.assignment() - self._has_offset)
-        if not unknown:
-            return {}
-        try:
-            async with asyncio.timeout(START_LOOKUP_S):
-                found = await asyncio.gather(*map(self._consumer.committed, unknown))
-                kept = {tp for tp, offset in zip(unknown, found, strict=True) if offset is not None}
-                self._has_offset.update(kept)
-                return {tp: await self._consumer.position(tp) for tp in unknown if tp not in kept}
-        except (KafkaError, TimeoutError) as exc:
-            log.warning("cannot see where the group starts its partitions, will retry: %r", exc)
-            return {}
+        self._group_starts.committed(offsets)
 
     async def finish(self, tps: set[TopicPartition]) -> None:
         """Let the generations of partitions that are leaving finish (within the drain bound)
@@ -224,6 +204,7 @@ class Worker:
     def forget(self, tps: set[TopicPartition]) -> None:
         """Partitions revoked (after `finish`): their unfinished records go to their next
         owner, or come back with their partition."""
+        self._group_starts.rebalanced()
         self._tracker.forget(tps)
 
     async def take_back(self, assigned: set[TopicPartition]) -> None:
@@ -231,6 +212,7 @@ class Worker:
         came back are kept (in flight again, so that their offsets stay uncommitted); those
         of a partition that went to another worker are aborted and handed back (a start of
         it there a moment before this is a duplicate generation, not a loss)."""
+        self._group_starts.rebalanced()
         kept, moved = self._handover.assigned(assigned)
         for tp, offset in kept:
             self._tracker.started(tp, offset)
@@ -483,6 +465,10 @@ class Worker:
         if work.route.cascade and work.route.remaining and not body.logprobs:
             return body.model_copy(update={"logprobs": True})
         return body
+
+    def _fail(self, error: BaseException) -> None:
+        """An unexpected error stops the worker (the first one is raised by `run`)."""
+        self._fatal = self._fatal or error
 
     async def _drain(self) -> None:
         """Let in-flight generations finish within the bound; abort the rest, commit, return."""

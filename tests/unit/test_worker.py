@@ -568,7 +568,7 @@ def test_a_start_kafka_cannot_say_is_asked_again_at_the_next_commit(
         await until(lambda: consumer.committed.get(STANDARD) == 0)
         stop.set()
 
-    with caplog.at_level(logging.WARNING, logger="workers.worker"):
+    with caplog.at_level(logging.WARNING, logger="workers.group_starts"):
         run_worker(consumer, producer, FakeEngine, scenario)
     assert consumer.asked == 2
     assert "cannot see where the group starts its partitions, will retry" in caplog.text
