@@ -33,6 +33,10 @@ def _serve() -> int:
     catalog = startup.configured(settings.catalog)
     policy = startup.configured(settings.policy)
     startup.serve_metrics(settings)  # /metrics is on the API port too; this one is for scrapers
+    # Each open call holds its client's socket, and a connection waits in the backlog or
+    # idles between calls with one too; Kafka and Redis take a few hundred more at most.
+    wanted = settings.api_open_calls + startup.BACKLOG + 512
+    startup.open_files(wanted, "LLMQ_API_OPEN_CALLS and the listening backlog")
     sock = startup.listen(settings.api_host, settings.api_port, "LLMQ_API_HOST, LLMQ_API_PORT")
     startup.reach_kafka(settings, settings.instance_id)
     app = build(settings, catalog, policy)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -122,6 +123,26 @@ def listen(host: str, port: int, names: str) -> socket.socket:
         why = f"cannot listen on {address(host, port)} ({names}): {exc}"
         raise StartError(why, CONFIGURATION) from None
     return sock
+
+
+def open_files(wanted: int, why: str) -> int:
+    """Raise this process's limit of open files to its hard limit (a shell's or a unit's
+    soft default, 1,024, is far below what a server's sockets need), and warn, naming `why`
+    it wants `wanted`, where even that is less: past it the server cannot accept, and
+    answers nobody, its health checks included. Returns the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        log.warning(
+            "open files are limited to %d, below the %d %s needs: past it no connection is "
+            "accepted, health checks included (raise the hard limit: ulimit -Hn, LimitNOFILE=, "
+            "docker --ulimit nofile=)",
+            hard,
+            wanted,
+            why,
+        )
+    return hard
 
 
 def address(host: str, port: int) -> str:

@@ -235,6 +235,21 @@ def test_a_node_drain_evicts_one_pod_of_each_deployment_at_a_time() -> None:
     assert budgets == {}, "a budget that selects no Deployment's pods"
 
 
+def test_probes_wait_for_a_busy_process() -> None:
+    """Probes answered on a loop that serves traffic: the kubelet's default timeout, 1 s,
+    would take a busy pod for a hung one."""
+    for doc in _k8s():
+        if doc["kind"] != "Deployment":
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            for probe in ("readinessProbe", "livenessProbe"):
+                if probe in container:
+                    assert container[probe].get("timeoutSeconds", 1) >= 5, (
+                        doc["metadata"]["name"],
+                        probe,
+                    )
+
+
 def test_the_stream_processor_reads_the_front_doors_tenants_secret() -> None:
     """Rate limits and budgets are applied at the stream processor's admission, API keys at
     the front door: both read the one file, or no limit would hold (docker-compose's twin is
