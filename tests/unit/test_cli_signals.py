@@ -34,6 +34,24 @@ ROOT = Path(__file__).resolve().parents[2]
 HOLDING = "llmq: stopping the stack first (Ctrl-\\ quits at once, leaving it running)"
 
 
+@pytest.fixture(autouse=True)
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C as a terminal delivers it: a suite started in the background (CI's) inherits
+    SIGINT ignored, which uninterrupted() rightly leaves ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _as_from_a_terminal() -> None:
+    """A child's signals as a terminal's shell leaves them (a suite run under nohup or in the
+    background would pass its ignored SIGHUP and SIGINT on)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def _waiting_for_kafka(*before: str) -> Iterator[subprocess.Popen[str]]:
     """`llmq topics --create` waiting for a Kafka that is not there, once it says so."""
@@ -47,6 +65,7 @@ def _waiting_for_kafka(*before: str) -> Iterator[subprocess.Popen[str]]:
         cwd=ROOT,
         env=env,
         text=True,
+        preexec_fn=_as_from_a_terminal,  # noqa: PLW1509 -- before exec; nohup ignores SIGHUP after
     ) as command:
         try:
             assert command.stderr is not None
