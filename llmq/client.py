@@ -33,7 +33,7 @@ from llmq.settings import ClientSettings
 from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
 from schemas.names import REQUESTS, RESULTS, result_key
-from schemas.redact import describe, field_name, mask_url
+from schemas.redact import describe, dotted, mask_url
 from schemas.request import (
     DEFAULT_TENANT,
     IDENTIFIER,
@@ -365,7 +365,7 @@ class Client:
             return InferenceResult.model_validate_json(raw)
         except ValidationError as exc:
             where = mask_url(self.settings.redis_url)
-            why = describe(exc, where=lambda loc: ".".join(field_name(p) for p in loc))
+            why = describe(exc, where=dotted)
             raise RuntimeError(
                 f"the result store (Redis at {where}) holds no result of {correlation_id} "
                 f"under {key}, but something else: {why}"

@@ -55,7 +55,12 @@ def explain(exc: BaseException) -> str:
 
 
 def _path(loc: tuple[str | int, ...]) -> str:
-    return ".".join(field_name(p) for p in loc) or "request"
+    return dotted(loc) or "request"
+
+
+def dotted(loc: tuple[str | int, ...]) -> str:
+    """An error's location as it may be logged, dotted; empty for the value as a whole."""
+    return ".".join(field_name(p) for p in loc)
 
 
 def field_name(part: str | int) -> str:

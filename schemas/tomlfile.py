@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from schemas.redact import describe, field_name
+from schemas.redact import describe, dotted
 
 M = TypeVar("M", bound=BaseModel)
 SECRET_KEYED = frozenset({"api_keys"})
@@ -36,4 +36,4 @@ def _key(loc: tuple[str | int, ...]) -> str:
     """An error's key in the file, dotted; none for the file as a whole (its problem alone)."""
     if len(loc) > 1 and loc[0] in SECRET_KEYED:
         loc = (loc[0], "(a key)", *loc[2:])
-    return ".".join(field_name(part) for part in loc)
+    return dotted(loc)

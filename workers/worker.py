@@ -165,14 +165,14 @@ class Worker:
         """Commit, per partition, up to the oldest record still in flight; and, but for `only`
         some, where each partition the group has no offset for starts (workers/group_starts.py)."""
         assigned = self._consumer.assignment()
+        committable = self._tracker.committable()
         offsets = {
             tp: off
-            for tp, off in self._tracker.committable().items()
+            for tp, off in committable.items()
             if tp in assigned and (only is None or tp in only)
         }
         if only is None:  # not past a record in flight: only where nothing was taken
-            taken = self._tracker.committable().keys()
-            offsets |= self._group_starts.positions(taken, stopping=self._stopping)
+            offsets |= self._group_starts.positions(committable.keys(), stopping=self._stopping)
         if not offsets:
             return
         try:
