@@ -64,7 +64,8 @@ class GatewaySettings(ServiceSettings):
     stream_retention_s: float = Field(default=120.0, gt=0, le=3600)
     """How long a streamed answer stays at hand for a coalesced copy or a client that
     resumes with Last-Event-ID (LLMQ_STREAM_RETENTION_S); of the streams this door does not
-    serve, at most llmq.stream_logs.UNREAD_BYTES."""
+    serve, and of those it served once ended PARSED_AFTER_END_S, at most
+    llmq.stream_logs.UNREAD_BYTES."""
     resume_grace_s: float = Field(default=5.0, ge=0, le=3600)
     """A client that goes away is given this long to resume its stream (Last-Event-ID)
     before its request is cancelled and the worker aborts it (LLMQ_RESUME_GRACE_S)."""

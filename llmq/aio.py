@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from llmq.chat import MAX_WAITING, Key, Prompt, chat_request, request_key
 from llmq.fetcher import install as fix_fetcher
+from llmq.keyed import ByRequest
 from llmq.record_limits import (
     BATCH_BYTES,
     READ_WAIT_S,
@@ -84,7 +85,7 @@ class AsyncClient:
         self.tenant = tenant
         self.reply_to = reply_to
         self._client_id = client_id
-        self._pending: dict[Key, asyncio.Future[InferenceResult]] = {}
+        self._pending: ByRequest[asyncio.Future[InferenceResult]] = ByRequest()
         self._streams = StreamLogs(stream_retention_s)
         self._followers: dict[Key, int] = {}
         """Requests not submitted here that follow() waits for: how many calls wait."""
@@ -514,7 +515,7 @@ class AsyncClient:
                 for record in records:
                     try:
                         if tp.topic == TOKENS:
-                            self._on_delta(record.value)
+                            self._on_delta(record.value, record.key)
                         else:
                             self._on_result(record.value)
                     except Exception:  # one record's, not the others' behind it
@@ -523,13 +524,23 @@ class AsyncClient:
                 self._streams.prune()
                 pruned = time.monotonic()
 
-    def _on_delta(self, value: bytes | None) -> None:
+    def _on_delta(self, value: bytes | None, key: bytes | None) -> None:
+        """A token record: kept as it came unless its key (the correlation_id) names a stream
+        awaited or kept whole here; only those are parsed (every client reads every stream
+        of the cluster)."""
+        if key is not None:
+            correlation_id = key.decode(errors="replace")
+            if not self._pending.names(correlation_id) and not self._streams.kept_whole(
+                correlation_id
+            ):
+                self._streams.keep(correlation_id, value or b"")
+                return
         try:
             delta = TokenDelta.model_validate_json(value or b"")
         except ValidationError:
             return  # not ours to judge: someone else's record on the topic
-        key = (delta.tenant, delta.correlation_id)
-        self._streams.add(delta, value or b"", wanted=key in self._pending)
+        wanted = (delta.tenant, delta.correlation_id) in self._pending
+        self._streams.add(delta, value or b"", wanted=wanted)
 
     def _on_result(self, value: bytes | None) -> None:
         try:

@@ -1,6 +1,7 @@
-"""The token streams a client keeps: whole for those read, awaited or submitted here, as raw
-records within UNREAD_BYTES for the rest, so that a reader that comes later (a coalesced copy
-moved to its leader's stream, a stream resumed at another front door) reads from the start.
+"""The token streams a client keeps: whole (parsed) for those read, awaited or submitted
+here, as raw records within UNREAD_BYTES for the rest and for those ended and left unread
+PARSED_AFTER_END_S, so that a reader that comes later (a coalesced copy moved to its leader's
+stream, a stream resumed here or at another front door) reads from the start.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ import asyncio
 import time
 from collections import OrderedDict
 
+from pydantic import ValidationError
+
 from llmq.chat import Key
+from llmq.keyed import ByRequest
 from schemas.stream import TokenDelta
 
 UNREAD_BYTES = 64 * 2**20
@@ -21,7 +25,13 @@ times its size. 64 MiB holds some 2.5 million tokens without logprobs (about 26 
 30-second answers, or some 100,000 with top_logprobs=20 (about 680 B a token). Past it the
 streams longest without a record go first (those that ended before those in flight); a
 reader of one gets its answer from the final result, as one whose stream started before the
-client did."""
+client did. A record of a stream not kept whole is not even parsed (its key names its
+correlation_id): 64 MiB of them cost a client nothing but their bytes."""
+
+PARSED_AFTER_END_S = 10.0
+"""How long a stream kept whole stays parsed once it ended and nobody reads it: then it is
+kept as raw records, as the unread ones (parsed, a record takes 6 to 16 times its bytes: a
+front door's streams of the last two minutes would hold gigabytes)."""
 
 
 class StreamLog:
@@ -41,6 +51,11 @@ class StreamLog:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    @property
+    def ended(self) -> bool:
+        """Whether its last delta ends a generation."""
+        return bool(self.deltas) and self.deltas[-1].finish_reason is not None
+
     def watch(self) -> asyncio.Event:
         """Set when the next delta comes (take it before looking at `deltas`)."""
         return self._changed
@@ -51,22 +66,32 @@ class StreamLogs:
 
     def __init__(self, retention_s: float) -> None:
         self._retention_s = retention_s
-        self._logs: dict[Key, StreamLog] = {}
+        self._logs: ByRequest[StreamLog] = ByRequest()
         """The streams read, awaited or submitted here: kept whole."""
-        self._unread: OrderedDict[Key, _Unread] = OrderedDict()
-        """The others' streams, the longest without a record first, within UNREAD_BYTES."""
+        self._unread: OrderedDict[str, _Unread] = OrderedDict()
+        """The others' records by correlation id (their key), those longest without a record
+        first (roughly: an ended stream's records join as their log goes), within
+        UNREAD_BYTES."""
         self._unread_bytes = 0
+
+    def kept_whole(self, correlation_id: str) -> bool:
+        """Whether a stream of that id (of any tenant) is kept whole here."""
+        return self._logs.names(correlation_id)
 
     def log(self, key: Key) -> StreamLog:
         """The stream's log, kept whole from now on, from the records kept while unread."""
         found = self._logs.get(key)
         if found is None:
             found = self._logs[key] = StreamLog()
-            unread = self._unread.pop(key, None)
+            unread = self._unread.pop(key[1], None)
             if unread is not None:
                 self._unread_bytes -= unread.size
                 for record in unread.records:
-                    found.append(TokenDelta.model_validate_json(record))
+                    delta = _parsed(record)
+                    if delta is not None and (delta.tenant, delta.correlation_id) == key:
+                        found.append(delta)
+                    elif delta is not None:  # another tenant's of an equal id
+                        self.keep(key[1], record, unread.touched)
         return found
 
     def add(self, delta: TokenDelta, value: bytes, wanted: bool) -> None:
@@ -78,28 +103,36 @@ class StreamLogs:
             if delta.follows is not None:  # its reader moves there: that one is kept whole too
                 self.log((delta.tenant, delta.follows))
         else:
-            self._keep_unread(key, value)
+            self.keep(delta.correlation_id, value)
 
-    def _keep_unread(self, key: Key, value: bytes) -> None:
-        """Keep a record of a stream nobody here reads or awaits; past UNREAD_BYTES the streams
-        longest without a record go."""
-        unread = self._unread.get(key)
+    def keep(self, correlation_id: str, value: bytes, touched: float | None = None) -> None:
+        """Keep a record, as it came, of a stream nobody here reads or awaits; past
+        UNREAD_BYTES the streams longest without a record go."""
+        unread = self._unread.get(correlation_id)
         if unread is None:
-            unread = self._unread[key] = _Unread()
-        self._unread.move_to_end(key)
+            unread = self._unread[correlation_id] = _Unread()
+        self._unread.move_to_end(correlation_id)
         unread.records.append(value)
         unread.size += len(value)
-        unread.touched = time.monotonic()
+        unread.touched = time.monotonic() if touched is None else touched
         self._unread_bytes += len(value)
         while self._unread_bytes > UNREAD_BYTES:
             self._unread_bytes -= self._unread.popitem(last=False)[1].size
 
     def prune(self) -> None:
-        """Forget the streams nothing has touched for the retention time, and none reads."""
-        horizon = time.monotonic() - self._retention_s
-        idle = [k for k, v in self._logs.items() if v.touched < horizon and not v.readers]
-        for key in idle:
+        """Forget the streams nothing has touched for the retention time, and none reads;
+        keep those ended and unread PARSED_AFTER_END_S as raw records."""
+        now = time.monotonic()
+        horizon = now - self._retention_s
+        for key, found in list(self._logs.items()):
+            if found.readers or found.touched >= (
+                now - PARSED_AFTER_END_S if found.ended else horizon
+            ):
+                continue
             del self._logs[key]
+            if found.touched >= horizon:
+                for delta in found.deltas:
+                    self.keep(key[1], delta.model_dump_json().encode(), found.touched)
         while self._unread and next(iter(self._unread.values())).touched < horizon:
             self._unread_bytes -= self._unread.popitem(last=False)[1].size
 
@@ -123,6 +156,14 @@ class Cursor:
     def close(self) -> None:
         """Read nothing any more."""
         self.log.readers -= 1
+
+
+def _parsed(record: bytes) -> TokenDelta | None:
+    """The delta a record kept unread holds (None: not a delta, someone else's record)."""
+    try:
+        return TokenDelta.model_validate_json(record)
+    except ValidationError:
+        return None
 
 
 class _Unread:

@@ -179,9 +179,9 @@ def test_a_stream_read_before_its_first_piece_is_not_pruned() -> None:
         first = asyncio.create_task(_next(pieces))
         await asyncio.sleep(0.01)
         app._streams.prune()  # nothing came yet: the log is older than its retention
-        app._on_delta(_delta(0, "Hel"))
+        app._on_delta(_delta(0, "Hel"), b"c1")
         texts = [(await first).text]
-        app._on_delta(_delta(1, "lo"))
+        app._on_delta(_delta(1, "lo"), b"c1")
         texts.append((await _next(pieces)).text)
         return texts
 

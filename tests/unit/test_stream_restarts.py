@@ -161,7 +161,7 @@ def test_follow_ends_when_a_restart_differs_without_waiting_for_the_result() -> 
 
         app._stored = stored  # type: ignore[method-assign]
         for delta in [_delta("A", 0, "Hello "), _delta("A", 1, "wor"), _delta("B", 0, "Bon")]:
-            app._on_delta(delta.model_dump_json().encode())
+            app._on_delta(delta.model_dump_json().encode(), delta.correlation_id.encode())
         texts: list[str] = []
         try:  # no result comes: past wait_s the result store would be asked, and says none
             async for piece in app.follow("c1", wait_s=0):
@@ -187,7 +187,7 @@ def _door(*deltas: TokenDelta, stored: InferenceResult | None = None) -> TestCli
 
     client._stored = kept  # type: ignore[method-assign]
     for delta in deltas:
-        client._on_delta(delta.model_dump_json().encode())
+        client._on_delta(delta.model_dump_json().encode(), delta.correlation_id.encode())
     return TestClient(app, raise_server_exceptions=False)
 
 
