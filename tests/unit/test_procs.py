@@ -248,3 +248,29 @@ def test_a_proc_started_with_other_settings_or_an_edited_file_names_what_changed
     finally:
         proc.stop()
     assert not proc.launch_file.exists() and again.drift() == []
+
+
+def test_the_local_autoscalers_windows_give_way_to_those_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's table gives them as the local defaults: one set before `llmq local up` was
+    written over with the stack's own."""
+    monkeypatch.setenv("LLMQ_DRAIN_BATCH_S", "600")
+    env = LocalStack(LocalSettings(state_dir=tmp_path)).autoscaler().proc.env or {}
+    assert env["LLMQ_DRAIN_BATCH_S"] == "600"
+    assert env["LLMQ_STABILIZATION_S"] == "60"
+
+
+@pytest.mark.parametrize(("name", "named"), [("worker-m", True), ("streams", False)])
+def test_a_worker_not_ready_in_time_names_the_setting_that_waits_longer(
+    tmp_path: Path, name: str, named: bool
+) -> None:
+    proc = Proc(name, SLEEP, tmp_path / "run")
+    proc.start()
+    try:
+        stack = LocalStack(LocalSettings(state_dir=tmp_path / "state"))
+        with pytest.raises(StackError) as failed:
+            stack._wait(proc, lambda: False, 0.0, lambda _: None)
+    finally:
+        proc.stop()
+    assert ("LLMQ_WORKER_START_TIMEOUT_S" in str(failed.value)) is named

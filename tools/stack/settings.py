@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -16,6 +17,15 @@ from tools.stack.cores import usable_cores
 MOST_REPLICAS = 16
 REPLICA_COUNT = TypeAdapter(Annotated[int, Field(ge=0, le=MOST_REPLICAS)])
 """LLMQ_MIN_REPLICAS as its field reads it."""
+LOCAL_WINDOWS = {
+    "LLMQ_STABILIZATION_S": "60",
+    "LLMQ_IDLE_S": "120",
+    "LLMQ_DRAIN_INTERACTIVE_S": "5",
+    "LLMQ_DRAIN_STANDARD_S": "30",
+    "LLMQ_DRAIN_BATCH_S": "60",
+}
+"""The local autoscaler's windows, short enough to watch on one machine: each one set in the
+environment of `llmq local up` is taken instead."""
 
 
 def _default_max_replicas(least: int = 1) -> int:
@@ -104,6 +114,12 @@ class LocalSettings(BaseSettings):
                 f"LLMQ_MAX_REPLICAS ({self.max_replicas})"
             )
         return self
+
+    @staticmethod
+    def autoscaler_windows() -> dict[str, str]:
+        """The local autoscaler's windows (LOCAL_WINDOWS), but those set in this process's
+        environment."""
+        return {name: os.environ.get(name, value) for name, value in LOCAL_WINDOWS.items()}
 
     @property
     def kafka_ports(self) -> list[int]:

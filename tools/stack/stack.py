@@ -198,17 +198,14 @@ class LocalStack:
 
     def autoscaler(self, env: Mapping[str, str] | None = None) -> Component:
         """The autoscaler with the local actuator (it starts and stops this stack's workers),
-        with windows short enough to watch on one machine; `env` overrides its settings."""
+        with windows short enough to watch on one machine (but those set); `env` overrides
+        its settings."""
         s = self.settings
         port = self.autoscaler_port
         env = {
             **s.service_env(),
             "LLMQ_METRICS_PORT": str(port),
-            "LLMQ_STABILIZATION_S": "60",
-            "LLMQ_IDLE_S": "120",
-            "LLMQ_DRAIN_INTERACTIVE_S": "5",
-            "LLMQ_DRAIN_STANDARD_S": "30",
-            "LLMQ_DRAIN_BATCH_S": "60",
+            **s.autoscaler_windows(),
             **s.autoscaler_env,
             **(env or {}),
         }
@@ -433,9 +430,10 @@ class LocalStack:
                 )
             now = time.monotonic()
             if now - start > timeout_s:
+                knob = " (LLMQ_WORKER_START_TIMEOUT_S)" if proc.name.startswith("worker") else ""
                 raise StackError(
-                    f"{proc.name} not ready after {timeout_s:.0f}s; its log ({proc.log_file}) "
-                    f"ends:\n{proc.tail()}"
+                    f"{proc.name} not ready after {timeout_s:.0f}s{knob}; its log "
+                    f"({proc.log_file}) ends:\n{proc.tail()}"
                 )
             if now > next_note:
                 say(f"  waiting for {proc.name} ({now - start:.0f}s)")
