@@ -42,6 +42,7 @@ from llmq.record_limits import (
 )
 from llmq.redis_client import bounded_client
 from llmq.settings import ClientSettings
+from llmq.stored import stored_result
 from llmq.stream_logs import Cursor, StreamLogs
 from llmq.streaming import Delta, StreamReader
 from llmq.tail import at_end
@@ -561,14 +562,15 @@ class AsyncClient:
         return await self._stored((tenant or self.tenant, correlation_id))
 
     async def _stored(self, key: Key) -> InferenceResult | None:
-        """The result store's copy; None when absent or Redis is unavailable."""
+        """The result store's copy; None when absent or Redis is unavailable. RuntimeError
+        where what it holds is no result (written by something else)."""
         if self._redis is None:
             return None
         try:
             raw = await self._redis.get(result_key(*key))
         except RedisError:
             return None
-        return None if raw is None else InferenceResult.model_validate_json(raw)
+        return None if raw is None else stored_result(raw, *key, self.settings.redis_url)
 
     async def _poll_store(self, key: Key, wait_s: float) -> InferenceResult | None:
         deadline = time.monotonic() + wait_s

@@ -30,10 +30,11 @@ from llmq.record_limits import (
     refusal_after,
 )
 from llmq.settings import ClientSettings
+from llmq.stored import stored_result
 from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
 from schemas.names import REQUESTS, RESULTS, result_key
-from schemas.redact import describe, dotted, mask_url
+from schemas.redact import mask_url
 from schemas.request import (
     DEFAULT_TENANT,
     IDENTIFIER,
@@ -354,22 +355,13 @@ class Client:
         """The result store's copy; None when absent or Redis is unavailable. RuntimeError
         where what it holds is no result (written by something else): not the caller's
         input, and no wait makes it one."""
-        key = result_key(tenant, correlation_id)
         try:
-            raw = self._redis.get(key)
+            raw = self._redis.get(result_key(tenant, correlation_id))
         except redis.RedisError:
             return None
         if not isinstance(raw, bytes):  # None: no such result
             return None
-        try:
-            return InferenceResult.model_validate_json(raw)
-        except ValidationError as exc:
-            where = mask_url(self.settings.redis_url)
-            why = describe(exc, where=dotted)
-            raise RuntimeError(
-                f"the result store (Redis at {where}) holds no result of {correlation_id} "
-                f"under {key}, but something else: {why}"
-            ) from None
+        return stored_result(raw, tenant, correlation_id, self.settings.redis_url)
 
     def _reply_consumer(self) -> KafkaConsumer:
         return tail(self.settings.kafka_bootstrap, self.reply_to, self.settings.kafka_security())

@@ -20,6 +20,7 @@ from llmq import aio, client
 from llmq.aio import AsyncClient
 from llmq.cli import main
 from llmq.client import Client
+from llmq.redis_client import bounded_client
 from llmq.streaming import Delta
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import RecordRefusedError
@@ -277,3 +278,29 @@ async def _finish(pieces: AsyncIterator[Delta]) -> str | None:
 def _store_of(tenant: str) -> Any:
     """A result store holding a result for every id, under `tenant` only."""
     return lambda of, correlation_id: _result(correlation_id, of) if of == tenant else None
+
+
+def test_a_stored_value_that_is_no_result_is_the_stores_failure_in_asyncio_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The asyncio client raised pydantic's ValidationError, as if the caller's input were
+    wrong; the sync client says what holds what (test_cli_exits)."""
+
+    async def get(self: Any, key: str) -> bytes:
+        return b'{"correlation_id": 5}'
+
+    async def run() -> BaseException:
+        app = AsyncClient(NO_REDIS)
+        app._redis = bounded_client(NO_REDIS.redis_url, 1.0)
+        monkeypatch.setattr(type(app._redis), "get", get)
+        try:
+            await app.result("c1", wait_s=0)
+        except Exception as exc:  # what it raises is the subject
+            return exc
+        finally:
+            await app._redis.aclose()
+        raise AssertionError("a value that is no result was taken for one")
+
+    raised = asyncio.run(run())
+    assert isinstance(raised, RuntimeError)
+    assert "holds no result of c1 under llmq:result:{default}:c1" in str(raised), raised
