@@ -193,7 +193,7 @@ def test_the_checks_find_wrong_names_and_labels() -> None:
     ]
     ttft = 'sum by (le, model) (rate(llmq_worker_ttft_seconds_bucket{lane="a"}[5m]))'
     assert _unknown_labels(ttft) == ["llmq_worker_ttft_seconds_bucket{lane}", "by (model)"]
-    assert _unknown_labels("sum by (lane) (llmq:worker_completion_tokens:rate1m)") == []
+    assert _unknown_labels("sum by (lane) (llmq:worker_completion_tokens:rate5m)") == []
     backlog = "llmq_autoscaler_backlog_records"
     assert _pool_figures_not_maxed(f"sum by (model) ({backlog}) + {backlog}") == [
         f"sum({backlog})",
