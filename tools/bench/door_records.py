@@ -25,7 +25,7 @@ from schemas.stream import TokenDelta
 
 NO_REDIS = ServiceSettings(redis_url="redis://127.0.0.1:1/0")
 TOKENS_PER_RECORD = 2
-"""The tokens of a record at the workers' default pace (LLMQ_TOKEN_INTERVAL_MS)."""
+"""The tokens of a record at the workers' default pace (LLMQ_STREAM_INTERVAL_MS)."""
 
 
 def record(correlation_id: str, seq: int, last: bool) -> bytes:
