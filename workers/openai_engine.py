@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -41,6 +41,16 @@ _FALLBACK_S = 1.0
 up at once: the fallback model needs the time (the failure's trip through the stream
 processor and the next model's queue, a few Kafka hops, then its first tokens), and an
 attempt that starts later would be cut off by the deadline anyway."""
+_UNSUPPORTED = "unsupported_parameter"
+"""The code of OpenAI's 400 for a field the model does not take (its reasoning models)."""
+_MAX_TOKENS, _MAX_COMPLETION_TOKENS = "max_tokens", "max_completion_tokens"
+"""The answer's length limit under its old name (vLLM's /completions, many servers) and its
+new one, which OpenAI's reasoning models require in a chat request."""
+_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+"""OpenAI's defaults of the sampling fields every request holds. Sent even at these values:
+vLLM's server fills a field left out from the model's generation_config.json (its default
+--generation-config auto), so the answer would differ from llmq's own engine's. Left out
+only once a server refused the field."""
 
 
 class _ServerError(Exception):
@@ -66,6 +76,16 @@ class _ServerError(Exception):
         self.retry = retry
 
 
+class _RefusedFieldError(Exception):
+    """The server refused a field (OpenAI's "unsupported_parameter"): sent again without it
+    where it held its default, else the request's fault (INVALID_REQUEST)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+
 class OpenAIEngine:
     """Streams chat completions (text completions for a raw prompt) over HTTP, with retries,
     backoff and a circuit breaker.
@@ -75,6 +95,11 @@ class OpenAIEngine:
     that keeps failing ends in ENGINE_ERROR, never ENGINE_UNAVAILABLE (which stops the
     worker), so the stream processor's fallback chain takes over; the breaker makes that
     fast during an outage. The whole generation is bounded by the worker (timeout_s).
+
+    A field the server refuses (OpenAI's reasoning models: max_tokens, top_p, the penalties)
+    is left out from then on where the request held its default (max_tokens is renamed
+    max_completion_tokens), and the request sent again at once: one refusal per field and
+    worker start, with nothing to set in the catalog.
     """
 
     def __init__(
@@ -109,6 +134,8 @@ class OpenAIEngine:
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._session: aiohttp.ClientSession | None = None
+        self._refused: set[str] = set()
+        """Fields the server refused, left out (or renamed) from then on."""
 
     async def generate(
         self,
@@ -126,16 +153,16 @@ class OpenAIEngine:
         payload = self._payload(body, priority)
         top = body.top_logprobs or 0
         started = time.monotonic()
-        attempt = 0
+        attempt, sent = 1, 0  # the attempt (a failure's retry is the next), the requests sent
         while True:
-            attempt += 1
+            sent += 1
             # 1) Fail fast while the circuit is open (this also cuts a retry loop short: the
             #    failure is then marked retried, as after the last attempt).
-            probe = self._breaker.acquire(retried=attempt > 1)
+            probe = self._breaker.acquire(retried=sent > 1)
             verdict = yielded = False
             try:
                 # 2) Stream one attempt; its first step is the server's proof of health.
-                steps_of = self._attempt(url, payload, top, f"{request_id}.{attempt}")
+                steps_of = self._attempt(url, payload, top, f"{request_id}.{sent}")
                 async with aclosing(steps_of) as steps:
                     async for step in steps:
                         if not verdict:
@@ -144,6 +171,12 @@ class OpenAIEngine:
                         yielded = True
                         yield step
                 return
+            except _RefusedFieldError as exc:
+                # The server judged the request: it is up. Send it again without the field,
+                # at once and not as a retry, unless the request asked for a value of it.
+                self._breaker.success()
+                verdict = True
+                payload = self._without(exc, payload, body, priority)
             except LlmqError:
                 # The server judged the request: it is up.
                 self._breaker.success()
@@ -166,6 +199,7 @@ class OpenAIEngine:
                     delay,
                 )
                 await asyncio.sleep(delay)
+                attempt += 1
             finally:
                 if probe and not verdict:
                     self._breaker.abandon()
@@ -227,14 +261,40 @@ class OpenAIEngine:
         internal host, perhaps credentials), which only the worker's log shows."""
         return f"{self._spec.name}'s server"
 
+    def _without(
+        self, refused: _RefusedFieldError, payload: dict[str, Any], body: ChatBody, priority: int
+    ) -> dict[str, Any]:
+        """The payload without the field the server refused (remembered for the next ones):
+        max_tokens in a chat request (renamed), a sampling field at its default; else the
+        request's fault, INVALID_REQUEST."""
+        param = refused.param
+        if param == _MAX_TOKENS:
+            fits = _MAX_TOKENS in payload and not body.raw_prompt
+        else:
+            fits = param in _DEFAULTS and payload.get(param) == _DEFAULTS[param]
+        if not fits:
+            raise LlmqError(ErrorCode.INVALID_REQUEST, refused.message) from refused
+        if param not in self._refused:
+            self._refused.add(param)
+            log.info("%s refuses %r: it is left out from now on", self._where, param)
+        return self._payload(body, priority)
+
     def _payload(self, body: ChatBody, priority: int) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model": self._model,
-            "max_tokens": body.max_tokens,
+        chat_limit = _MAX_TOKENS in self._refused and not body.raw_prompt
+        sampling = {
             "temperature": body.temperature,
             "top_p": body.top_p,
             "presence_penalty": body.presence_penalty,
             "frequency_penalty": body.frequency_penalty,
+        }
+        payload: dict[str, Any] = {
+            "model": self._model,
+            _MAX_COMPLETION_TOKENS if chat_limit else _MAX_TOKENS: body.max_tokens,
+            **{
+                name: value
+                for name, value in sampling.items()
+                if name not in self._refused or value != _DEFAULTS[name]
+            },
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -309,7 +369,7 @@ class OpenAIEngine:
     async def _status_error(self, resp: aiohttp.ClientResponse) -> Exception:
         """An HTTP error status as _ServerError (the server's fault) or LlmqError (ours)."""
         raw = await resp.content.read(_ERROR_BODY_BYTES)
-        message, code = _error_details(raw.decode("utf-8", "replace"))
+        message, code, param = _error_details(raw.decode("utf-8", "replace"))
         status = resp.status
         said = f"HTTP {status}: {message}"
         if status == 501:
@@ -328,6 +388,8 @@ class OpenAIEngine:
         if status == 404:
             log.warning("%s: %s at %s", self._spec.name, said, mask_url(str(resp.url)))
             return _ServerError(f"{said} at {path} (check url and remote_model)", retry=False)
+        if status == 400 and code == _UNSUPPORTED and param is not None:
+            return _RefusedFieldError(param, message)
         if status == 413 or code == "context_length_exceeded" or _CONTEXT in message.lower():
             return LlmqError(ErrorCode.PROMPT_TOO_LARGE, message)
         return LlmqError(ErrorCode.INVALID_REQUEST, message)
@@ -427,7 +489,7 @@ class _Chunk:
         """Raises ValueError, TypeError, KeyError or AttributeError on a malformed event."""
         event = json.loads(data)
         if "error" in event:
-            return cls(error=_error_details(data)[0])
+            return cls(error=_error_details(data).message)
         usage = event.get("usage") or {}
         choices = event.get("choices") or [{}]
         choice = choices[0]
@@ -466,18 +528,31 @@ def _cached_tokens(usage: dict[str, Any]) -> int | None:
     return cached if isinstance(cached, int) and cached >= 0 else None
 
 
-def _error_details(text: str) -> tuple[str, str | None]:
-    """The message and code of an OpenAI-style error body ({"error": {...}}), else the text."""
+class _ErrorDetails(NamedTuple):
+    """What an error body says."""
+
+    message: str
+    code: str | None = None
+    param: str | None = None
+    """The field the error is about, where the server names one."""
+
+
+def _error_details(text: str) -> _ErrorDetails:
+    """What an OpenAI-style error body ({"error": {...}}) says, else the text."""
     try:
         body = json.loads(text)
     except ValueError:
-        return text.strip()[:500] or "(no body)", None
+        return _ErrorDetails(text.strip()[:500] or "(no body)")
     error = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(error, dict):
         message = error.get("message") or error.get("detail") or json.dumps(error)[:500]
-        code = error.get("code")
-        return str(message), None if code is None else str(code)
-    return str(error)[:500], None
+        code, param = error.get("code"), error.get("param")
+        return _ErrorDetails(
+            str(message),
+            None if code is None else str(code),
+            param if isinstance(param, str) else None,
+        )
+    return _ErrorDetails(str(error)[:500])
 
 
 def _retry_after_s(header: str | None) -> float | None:

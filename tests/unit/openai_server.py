@@ -137,6 +137,27 @@ def status(code: int, message: str = "boom", headers: dict[str, str] | None = No
     return reply
 
 
+def refusing(*fields: str, then: Reply) -> Reply:
+    """As OpenAI's reasoning models: its 400, word for word, for the first of `fields` that a
+    request holds; `then` for a request with none of them."""
+
+    async def reply(request: web.Request) -> web.StreamResponse:
+        sent = await request.json()
+        for name in (f for f in fields if f in sent):
+            hint = " Use 'max_completion_tokens' instead." if name == "max_tokens" else ""
+            error = {
+                "message": f"Unsupported parameter: '{name}' is not supported with this model."
+                + hint,
+                "type": "invalid_request_error",
+                "param": name,
+                "code": "unsupported_parameter",
+            }
+            return web.json_response({"error": error}, status=400)
+        return await then(request)
+
+    return reply
+
+
 async def reset(request: web.Request) -> web.StreamResponse:
     """Drop the connection without an answer."""
     assert request.transport is not None
