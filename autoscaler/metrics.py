@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge
+
+from llmq.startup import at_zero
 
 READY = Gauge("llmq_autoscaler_ready", "1 once the autoscaler watches the pools")
 DESIRED = Gauge(
@@ -41,3 +45,9 @@ SERVICE = Gauge(
 DECISIONS = Counter(
     "llmq_autoscaler_changes_total", "Changes of a pool's desired size", ["model", "direction"]
 )
+DIRECTIONS = ("up", "down")
+
+
+def changes_at_zero(models: Iterable[str]) -> None:
+    """Each model's DECISIONS at 0 in both DIRECTIONS (llmq.startup.at_zero)."""
+    at_zero(DECISIONS, models, DIRECTIONS)

@@ -68,6 +68,7 @@ class Autoscaler:
             for spec in settings.catalog().models
         }
         self._pools = Pools(settings, list(self._models), CLIENT_ID)
+        metrics.changes_at_zero(self._models)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set."""

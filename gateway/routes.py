@@ -149,9 +149,12 @@ def _not_stored(response_id: str) -> str:
 async def _complete(
     request: Request, read: Callable[[FrontDoor, Request], Awaitable[Call]]
 ) -> Response:
-    """Read the call, publish its requests, and answer: whole, or streamed."""
+    """Read the call, publish its requests, and answer: whole, or streamed. Its latency is
+    timed from before its body is read, streamed or not; a stream's events observe it when
+    they end, every other answer (an error, a client gone before the first piece) here."""
     door = _door(request)
     started, status, stream = time.monotonic(), 500, "false"
+    response: Response | None = None
     try:
         call = await read(door, request)
         stream = str(call.request.body.stream).lower()
@@ -160,8 +163,10 @@ async def _complete(
         await _submit(door, call)
         metrics.WAITING.inc()
         try:
-            answer = _streamed if call.request.body.stream else _whole
-            response = await answer(door, request, call)
+            if call.request.body.stream:
+                response = await _streamed(door, request, call, started)
+            else:
+                response = await _whole(door, request, call)
         finally:
             metrics.WAITING.dec()
         status = response.status_code
@@ -171,7 +176,7 @@ async def _complete(
         raise
     finally:
         metrics.REQUESTS.labels(str(status), stream).inc()
-        if stream == "false":
+        if not isinstance(response, sse.EventStream):
             metrics.LATENCY.labels(stream).observe(time.monotonic() - started)
 
 
@@ -432,10 +437,10 @@ async def _results(door: FrontDoor, call: Call, wait_s: float) -> list[Inference
             waiting.cancel()
 
 
-async def _streamed(door: FrontDoor, request: Request, call: Call) -> Response:
+async def _streamed(door: FrontDoor, request: Request, call: Call, started: float) -> Response:
     """Server-sent events once the first piece of each choice is there: an error before it
-    is an HTTP error (429, 400, ...), after it an error event."""
-    started = time.monotonic()
+    is an HTTP error (429, 400, ...), after it an error event. `started`: when the request
+    came (time.monotonic), which its first piece and its end are timed from."""
     wait_s = door.settings.reply_wait_s
     streams = [
         door.client.follow(r.correlation_id, tenant=r.tenant, wait_s=wait_s) for r in call.requests
@@ -509,9 +514,12 @@ def _given_up(door: FrontDoor, call: Call) -> None:
 
 
 async def _timed(events: AsyncIterator[str], started: float) -> AsyncGenerator[str]:
-    async for event in events:
-        yield event
-    metrics.LATENCY.labels("true").observe(time.monotonic() - started)
+    """The events; their end observes the stream's latency, a client's leaving too."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        metrics.LATENCY.labels("true").observe(time.monotonic() - started)
 
 
 async def _unless_gone(request: Request, work: Awaitable[T]) -> T | None:

@@ -6,16 +6,17 @@ is not ready: its topics not created), and shows no traceback."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import resource
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from prometheus_client import start_http_server
+from prometheus_client import Counter, start_http_server
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
@@ -106,6 +107,14 @@ def serve_metrics(settings: ServiceSettings) -> None:
         where = f"{settings.metrics_host}:{settings.metrics_port}"
         why = f"cannot serve /metrics on {where} (LLMQ_METRICS_HOST, LLMQ_METRICS_PORT): {exc}"
         raise StartError(why, CONFIGURATION) from None
+
+
+def at_zero(counter: Counter, *values: Iterable[object]) -> Counter:
+    """`counter` with a child at 0 for each combination of label values: a child made at its
+    first inc() starts at 1, which rate() and increase() take for no rise."""
+    for labels in itertools.product(*values):
+        counter.labels(*labels)
+    return counter
 
 
 def listen(host: str, port: int, names: str) -> socket.socket:

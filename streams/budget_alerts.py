@@ -8,6 +8,7 @@ import time
 
 import redis.asyncio as aioredis
 
+from llmq.startup import at_zero
 from schemas.alerts import BudgetAlert
 from schemas.names import ALERTS, spend_key
 from schemas.tenants import TenantLimits, period_end, period_id
@@ -39,6 +40,8 @@ class BudgetAlerts:
         self._labels = TenantLabels(set()) if labels is None else labels
         self._known: set[str] = set()
         """Keys of alerts known to be sent: no Redis call for them on every later count."""
+        self._labelled: set[str] = set()
+        """Label values whose alert counters are made (at most the labels' bound, and OTHER)."""
 
     def admitted(self, tenant: str, limits: TenantLimits, spent: float | None) -> None:
         """Admission read the tenant's spend: the gauge follows it, into a new period too."""
@@ -116,13 +119,28 @@ class BudgetAlerts:
             await self._redis.delete(key)  # not sent: the next count tries again
             raise
         self._known.add(key)
-        metrics.BUDGET_ALERTS.labels(self._labels.label(tenant), f"{threshold:g}").inc()
+        metrics.BUDGET_ALERTS.labels(self._label(tenant), _threshold(threshold)).inc()
+
+    def _label(self, tenant: str) -> str:
+        """The tenant's label value; the first time, its alert counters at 0 for every
+        threshold: a child made at its first inc() starts at 1, which rate() and increase()
+        take for no rise."""
+        label = self._labels.label(tenant)
+        if label not in self._labelled:
+            self._labelled.add(label)
+            at_zero(metrics.BUDGET_ALERTS, [label], map(_threshold, THRESHOLDS))
+        return label
 
     def _gauge(self, tenant: str, limits: TenantLimits, ratio: float, now: float) -> None:
         """The tenant's share of its budget spent in the period of `now`, and when that ends:
         a quiet tenant's ratio stays as it was, and the alert rules see its period gone."""
-        label = self._labels.label(tenant)
+        label = self._label(tenant)
         if label == OTHER != tenant:  # one ratio for a mixed bucket of tenants means nothing
             return
         metrics.BUDGET_USED.labels(label).set(ratio)
         metrics.BUDGET_PERIOD_END.labels(label).set(period_end(limits.budget_period, now))
+
+
+def _threshold(threshold: float) -> str:
+    """The `threshold` label value: 0.5, 0.8, 1."""
+    return f"{threshold:g}"
