@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
@@ -15,8 +16,8 @@ from pydantic import ValidationError
 from schemas.catalog import Catalog, ModelSpec, auto_refused
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
-from schemas.redact import describe
-from schemas.request import MAX_TOP_LOGPROBS, CacheMode, ChatBody, InferenceRequest
+from schemas.redact import describe, dotted
+from schemas.request import MAX_TOP_LOGPROBS, NAMES, CacheMode, ChatBody, InferenceRequest
 from schemas.result import InferenceResult, TokenLogprob, TopLogprob, Usage
 from schemas.tools import FunctionCall, ToolCall, text_before
 
@@ -52,19 +53,37 @@ MAX_N = 16
 """The most choices one request may ask for (`n`); each is a request of its own."""
 READ_HERE = frozenset(
     {"model", "max_completion_tokens", "n", "stream_options", "service_tier", "modalities"}
-    | {"lane", "cache"}
+    | {"verbosity", "lane", "cache"}
 )
 """Body fields the front door reads itself: `n` (up to MAX_N), `service_tier` picks a lane,
-`modalities` must be text; `lane` and `cache` are llmq's own (the SDK's extra_body)."""
+`modalities` must be text, `verbosity` OpenAI's default; `lane` and `cache` are llmq's own
+(the SDK's extra_body)."""
 IGNORED: dict[str, type] = {
     "user": str,
     "safety_identifier": str,
     "prompt_cache_key": str,
+    "prompt_cache_retention": str,
+    "prompt_cache_options": dict,
     "store": bool,
     "metadata": dict,
 }
 """OpenAI fields accepted (of their type) and ignored: ids of the end user and of a prompt
-family, OpenAI's own storage of the completion (llmq keeps every result in its store)."""
+family, how long OpenAI keeps a prompt's cache (vLLM's prefix cache keeps what its memory
+holds), OpenAI's own storage of the completion (llmq keeps every result in its store)."""
+CHAT_IGNORED: dict[str, type] = {"prediction": dict}
+"""Chat's own such fields: a predicted output (a speed-up of OpenAI's; the answer is the
+same without it)."""
+VERBOSITY = "medium"
+"""The one verbosity llmq serves, OpenAI's default: a model's answer is as long as it is."""
+MAX_METADATA = 16
+"""OpenAI's bounds on `metadata`: pairs, and characters of a key and of a value."""
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+OPENAI_CODES: dict[str, str] = {
+    ErrorCode.PROMPT_TOO_LARGE: "context_length_exceeded",
+    ErrorCode.UNKNOWN_MODEL: "model_not_found",
+}
+"""OpenAI's error codes, where apps branch on them, for llmq's of the same condition."""
 TIER_LANES = {
     "auto": None,
     "default": None,
@@ -160,11 +179,13 @@ def read_call(
     catalog: Catalog,
     timeout_s: float,
     text: bool = False,
+    names: Mapping[str, str] | None = None,
 ) -> Call:
     """The request an HTTP body asks for; LlmqError (400, 404) saying what is wrong. A field
     that is null is not given (OpenAI's optional fields are nullable; clients send nulls).
     Its lane: the body's `lane`, else `lane` (a header's), else its service_tier's, else
-    the default. With `text`, its one message is a raw prompt (gateway.text)."""
+    the default. With `text`, its one message is a raw prompt (gateway.text). A refusal
+    names a chat field by its name in `names`, where the caller gave it another."""
     data = given_fields(data)
     n = _check_fields(data)
     tier = _tier_lane(data)
@@ -175,8 +196,10 @@ def read_call(
     _tools(fields, catalog.starting(model, calls=True))
     if text:
         fields["raw_prompt"] = True
+    names = dict(names or {})
     if "max_completion_tokens" in data:  # the newer name wins over both, as in vLLM's server
         fields["max_tokens"] = data["max_completion_tokens"]
+        names["max_tokens"] = "max_completion_tokens"
     options = data.get("stream_options") or {}
     now = time.time()
     try:
@@ -188,14 +211,27 @@ def read_call(
             cache=CacheMode(data.get("cache") or CacheMode.AUTO),
             deadline=now + timeout_s,
             created_at=now,
-            body=ChatBody.model_validate(fields),
+            body=ChatBody.model_validate(fields, context={NAMES: names}),
         )
     except ValidationError as exc:
-        raise LlmqError(ErrorCode.INVALID_REQUEST, describe(exc), param=param_of(exc)) from None
+        raise _refused(exc, names) from None
     except ValueError as exc:  # a lane or cache mode that does not exist
         raise LlmqError(ErrorCode.INVALID_REQUEST, str(exc)) from None
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
     return Call(request, include_usage, n)
+
+
+def _refused(exc: ValidationError, names: Mapping[str, str]) -> LlmqError:
+    """The refusal of a body that failed validation, naming its fields as `names` has them
+    (the field at fault as OpenAI's errors name one: "messages[0].content")."""
+
+    def renamed(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+        return (names.get(str(loc[0]), loc[0]), *loc[1:]) if loc else loc
+
+    message = describe(exc, where=lambda loc: dotted(renamed(loc)) or "request")
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    param = param_name(renamed(errors[0]["loc"])) if errors else None
+    return LlmqError(ErrorCode.INVALID_REQUEST, message, param=param)
 
 
 def given_fields(data: object) -> dict[str, Any]:
@@ -224,7 +260,8 @@ def check_model(model: object, catalog: Catalog) -> None:
 def _check_fields(data: dict[str, Any]) -> int:
     """Every field is one llmq serves, reads or ignores, and those it reads or ignores hold
     what llmq can take; the number of choices asked for."""
-    unknown = sorted(set(data) - PASSED - READ_HERE - set(IGNORED))
+    ignored = IGNORED | CHAT_IGNORED
+    unknown = sorted(set(data) - PASSED - READ_HERE - set(ignored))
     if unknown:
         raise LlmqError(
             ErrorCode.UNSUPPORTED,
@@ -237,15 +274,41 @@ def _check_fields(data: dict[str, Any]) -> int:
     if data.get("modalities") not in (None, ["text"]):
         why = 'llmq answers in text only: modalities ["text"]'
         raise LlmqError(ErrorCode.UNSUPPORTED, why, param="modalities")
-    for name, kind in IGNORED.items():
+    check_verbosity(data.get("verbosity"), "verbosity")
+    for name, kind in ignored.items():
         if name in data and not isinstance(data[name], kind):
             why = f"{name} must be a {kind.__name__}"
             raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=name)
-    metadata = data.get("metadata") or {}
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        why = "metadata maps strings to strings"
-        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="metadata")
+    checked_metadata(data.get("metadata"))
     return n
+
+
+def check_verbosity(verbosity: object, param: str) -> None:
+    """LlmqError (unsupported) unless the verbosity asked for (at `param`) is VERBOSITY or
+    none: a model of llmq's has no other."""
+    if verbosity is not None and verbosity != VERBOSITY:
+        why = f"{param} must be {VERBOSITY!r} (or null): llmq serves no other verbosity"
+        raise LlmqError(ErrorCode.UNSUPPORTED, why, param=param)
+
+
+def checked_metadata(metadata: object) -> dict[str, str] | None:
+    """OpenAI's metadata (None: not given): up to MAX_METADATA pairs of strings, the keys up
+    to MAX_METADATA_KEY characters, the values up to MAX_METADATA_VALUE; LlmqError (400,
+    param metadata) otherwise."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA:
+        why = f"metadata must be an object of at most {MAX_METADATA} pairs"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="metadata")
+    for key, value in metadata.items():
+        fits = isinstance(key, str) and len(key) <= MAX_METADATA_KEY
+        if not fits or not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
+            why = (
+                f"metadata keys are strings to {MAX_METADATA_KEY} characters, values to "
+                f"{MAX_METADATA_VALUE}"
+            )
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="metadata")
+    return metadata
 
 
 def _tools(fields: dict[str, Any], serving: list[ModelSpec]) -> None:
@@ -499,17 +562,11 @@ def error_body(
     code: ErrorCode, message: str, status: int | None = None, param: str | None = None
 ) -> tuple[int, dict[str, Any]]:
     """The HTTP status and OpenAI's error body for an llmq error (`param`: the field at
-    fault, if one is)."""
+    fault, if one is), with OpenAI's code where it has one of its own (OPENAI_CODES)."""
     status = status or STATUS[code]
     kind = TYPES.get(status, "rate_limit_error" if status == 429 else "server_error")
-    return status, {"error": {"message": message, "type": kind, "param": param, "code": code.value}}
-
-
-def param_of(exc: ValidationError) -> str | None:
-    """The field of a validation's first error as OpenAI's errors name one:
-    "messages[0].content"; None for the body as a whole."""
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    return param_name(errors[0]["loc"]) if errors else None
+    named = OPENAI_CODES.get(code, code.value)
+    return status, {"error": {"message": message, "type": kind, "param": param, "code": named}}
 
 
 def param_name(loc: tuple[str | int, ...]) -> str | None:

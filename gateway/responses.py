@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from gateway.openai import (
     IGNORED,
     Call,
+    check_verbosity,
     completion_of,
     given_fields,
     logprob_count,
@@ -67,6 +68,8 @@ SERVED_ONLY = {
 """Fields accepted at these values only: no truncation, the logprobs as the one thing
 included, answered now, streamed events with or without `include_obfuscation` (llmq pads
 none)."""
+NAMES = {"max_tokens": "max_output_tokens", "response_format": "text.format"}
+"""Chat's fields this body names otherwise, as ChatBody's refusals name them in words."""
 ROLES = frozenset(CHAT_ROLES) - {"tool"}
 TOOL_ITEMS = frozenset({"function_call", "function_call_output"})
 TEXT_PARTS = frozenset({"input_text", "output_text"})
@@ -166,6 +169,7 @@ def read_response_call(
             default_lane=default_lane,
             catalog=catalog,
             timeout_s=timeout_s,
+            names=NAMES,
         )
     except LlmqError as exc:
         raise _renamed(exc, _Names(len(system), len(history), items)) from None
@@ -225,20 +229,13 @@ class _Names:
         return "max_output_tokens" if head == "max_tokens" else head, rest
 
 
-WHOLE_BODY_PHRASES = {
-    "no response_format with them": "no text.format with them",
-    ") is more than max_tokens (": ") is more than max_output_tokens (",
-}
-"""The phrases of ChatBody's refusals of a whole body that name chat's fields, as this body
-names them (schemas/request.py)."""
-
-
 def _renamed(exc: LlmqError, names: _Names) -> LlmqError:
     """The chat reader's refusal with its fields named as this body names them, read from
     where validation failed (read_call raises its error `from None` the ValidationError,
-    which stays its context), never from the message, which quotes the body's values. Its
-    other refusals name fields that this body names alike (model, service_tier, metadata,
-    ...) and pass as they are."""
+    which stays its context), never from the message, which quotes the body's values (the
+    body's own checks name chat's fields in words as NAMES has them). Its other refusals
+    name fields that this body names alike (model, service_tier, metadata, ...) and pass as
+    they are."""
     invalid = exc.__context__ if exc.__suppress_context__ else None
     if not isinstance(invalid, ValidationError):
         return exc
@@ -246,13 +243,7 @@ def _renamed(exc: LlmqError, names: _Names) -> LlmqError:
     loc = errors[0]["loc"] if errors else ()
     head, rest = names.of(loc)
     param = param_name((head, *rest)) if loc else None
-    message = describe(invalid, where=_where(names))
-    if all(not e["loc"] for e in errors):
-        # The body's own checks (ChatBody's) name chat's fields in words: their phrases,
-        # never a value of the body's that a message may quote.
-        for chat, own in WHOLE_BODY_PHRASES.items():
-            message = message.replace(chat, own)
-    return LlmqError(exc.code, message, param=param)
+    return LlmqError(exc.code, describe(invalid, where=_where(names)), param=param)
 
 
 def _where(names: _Names) -> Callable[[tuple[str | int, ...]], str]:
@@ -378,9 +369,10 @@ def _content(content: object) -> object:
 
 
 def _format(text: object) -> dict[str, Any]:
-    """The body's `text.format`, checked (plain text when not given)."""
+    """The body's `text.format`, checked (plain text when not given), and its verbosity."""
     if not isinstance(text, dict) or not set(text) <= {"format", "verbosity"}:
         raise LlmqError(ErrorCode.INVALID_REQUEST, "text holds format (and verbosity) only")
+    check_verbosity(text.get("verbosity"), "text.verbosity")
     fmt = text.get("format", {"type": "text"})
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
         why = "text.format.type must be text, json_object or json_schema"

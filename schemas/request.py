@@ -15,9 +15,11 @@ from pydantic import (
     JsonValue,
     StrictBool,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from schemas.contract import Contract
 from schemas.errors import ErrorCode, LlmqError
@@ -73,6 +75,10 @@ writes by hand or generates from its types, far under the record's bound."""
 MAX_UNIX_TIME = 1e12
 """The latest Unix time in seconds accepted (year 33658): a time in milliseconds (about
 1.8e12 today) is refused rather than read as the far future."""
+NAMES = "names"
+"""The key, in ChatBody's validation context, of the names its sender gives its fields (a
+dict: the OpenAI chat body's max_completion_tokens, the Responses API's max_output_tokens),
+for its refusals to name a field the sender did not write as the sender wrote it."""
 
 IDENTIFIER = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER.pattern)]
@@ -204,6 +210,7 @@ class ChatBody(Contract):
     max_tokens: int = Field(default=256, ge=1, le=32_768)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Above 0 in the record; OpenAI's 0 (the likeliest token only) is read as greedy."""
     stop: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = Field(
         default=None, max_length=MAX_STOP_SEQUENCES
     )
@@ -253,6 +260,18 @@ class ChatBody(Contract):
         """OpenAI allows `stop` to be one string; keep one shape."""
         if isinstance(data, dict) and isinstance(data.get("stop"), str):
             return {**data, "stop": [data["stop"]]}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _top_p_zero_is_greedy(cls, data: object) -> object:
+        """OpenAI takes top_p 0, the likeliest token only, which vLLM refuses: that is greedy
+        decoding, temperature 0 (top_p 1, so that it is the greedy request, cached as one)."""
+        if not isinstance(data, dict):
+            return data
+        top_p = data.get("top_p")
+        if isinstance(top_p, int | float) and not isinstance(top_p, bool) and top_p == 0:
+            return {**data, "top_p": 1.0, "temperature": 0.0}
         return data
 
     @field_validator("seed")
@@ -341,22 +360,36 @@ class ChatBody(Contract):
                 )
         return self
 
-    @model_validator(mode="after")
-    def _tool_choice_among_tools(self) -> Self:
-        if calls_tools(self.tool_choice):
-            if self.tools is None:
-                raise ValueError("tool_choice needs tools to choose from")
-            if self.json_format is not None or self.raw_prompt:
-                raise ValueError("tool calls are JSON of their own: no response_format with them")
-            if isinstance(self.tool_choice, NamedToolChoice):
-                output_schema(self.tools, self.tool_choice, None)  # the name is a tool's
-        return self
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_among_tools(
+        cls, choice: ToolChoice | None, info: ValidationInfo
+    ) -> ToolChoice | None:
+        """A choice of calls names tools offered, and no response_format beside them. (Not
+        checked where the fields before it failed: their own errors say why.)"""
+        before = info.data
+        if not calls_tools(choice) or "tools" not in before or "response_format" not in before:
+            return choice
+        tools: list[Tool] | None = before["tools"]
+        fmt: ResponseFormat | None = before["response_format"]
+        if tools is None:
+            raise PydanticCustomError("tool_choice", "needs tools to choose from")
+        if (fmt is not None and fmt.type != "text") or before.get("raw_prompt"):
+            why = "tool calls are JSON of their own: no {format} with them"
+            named = {"format": _named(info, "response_format")}
+            raise PydanticCustomError("tool_choice", why, named)
+        offered = {tool.function.name for tool in tools}
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in offered:
+            why = "names {name}, which is not one of the tools"
+            raise PydanticCustomError("tool_choice", why, {"name": repr(choice.function.name)})
+        return choice
 
-    @model_validator(mode="after")
-    def _top_logprobs_with_logprobs(self) -> Self:
-        if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs: true")
-        return self
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_with_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top is not None and info.data.get("logprobs") is False:
+            raise PydanticCustomError("top_logprobs", "needs logprobs: true")
+        return top
 
     @model_validator(mode="after")
     def _raw_prompt_is_one_user_message(self) -> Self:
@@ -366,13 +399,15 @@ class ChatBody(Contract):
             raise ValueError("a raw prompt must not be empty: the engine has nothing to continue")
         return self
 
-    @model_validator(mode="after")
-    def _min_tokens_within_max(self) -> Self:
-        if self.min_tokens is not None and self.min_tokens > self.max_tokens:
-            raise ValueError(
-                f"min_tokens ({self.min_tokens}) is more than max_tokens ({self.max_tokens})"
-            )
-        return self
+    @field_validator("min_tokens")
+    @classmethod
+    def _min_tokens_within_max(cls, least: int | None, info: ValidationInfo) -> int | None:
+        most = info.data.get("max_tokens")
+        if least is not None and most is not None and least > most:
+            why = "min_tokens ({least}) is more than {name} ({most})"
+            named = {"least": least, "name": _named(info, "max_tokens"), "most": most}
+            raise PydanticCustomError("min_tokens", why, named)
+        return least
 
     @model_validator(mode="after")
     def _prompt_bounded(self) -> Self:
@@ -404,6 +439,12 @@ class ChatBody(Contract):
         bound: text other than English takes more tokens a character (CJK and emoji up to
         2-3 a character); prompt_token_bound is the bound."""
         return -(-self.prompt_chars() // CHARS_PER_TOKEN) + self.max_tokens
+
+
+def _named(info: ValidationInfo, field: str) -> str:
+    """A ChatBody field as its sender names it (the validation context's NAMES)."""
+    context = info.context if isinstance(info.context, dict) else {}
+    return str(context.get(NAMES, {}).get(field, field))
 
 
 class InferenceRequest(Contract):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.openai import Call, completion, error_body, read_call
+from gateway.openai import OPENAI_CODES, Call, completion, error_body, read_call
 from gateway.responses import Echo, ResponseCall, read_response_call, response_of
 from gateway.text import read_text_call, text_completion_of
 from schemas.catalog import Catalog
@@ -141,10 +141,11 @@ def _answer(result: InferenceResult, endpoint: str, asked: dict[str, Any]) -> di
 
 
 def error_line(custom_id: str, line_id: str, code: str, message: str) -> dict[str, Any]:
-    """An error-file line for a line that got no reply: expired, cancelled, unreadable."""
+    """An error-file line for a line that got no reply: expired, cancelled, unreadable, or
+    refused as it was sent (with OpenAI's code where it has one, as an error reply's)."""
     return {
         "id": f"batch_req_{line_id}",
         "custom_id": custom_id,
         "response": None,
-        "error": {"code": code, "message": message},
+        "error": {"code": OPENAI_CODES.get(code, code), "message": message},
     }

@@ -18,10 +18,10 @@ from gateway.batch.lines import ENDPOINTS
 from gateway.batch.objects import FINAL, batch_object, file_object
 from gateway.batch.store import MAX_FILE_BYTES, TOO_LARGE, BatchStore, new_id
 from gateway.door import ApiError, FrontDoor, Tenant, body_chunks, json_body
+from gateway.openai import checked_metadata
 from schemas.errors import ErrorCode, LlmqError
 
 COMPLETION_WINDOW = "24h"
-MAX_METADATA = 16
 READ_CHUNK = 1 << 20
 MAX_BATCHES_LISTED = 100
 """The most batches one page lists, as OpenAI's (20 by default)."""
@@ -161,7 +161,10 @@ async def create_batch(request: Request, tenant: Tenant) -> dict[str, Any]:
         raise _bad(f"endpoint must be one of {', '.join(ENDPOINTS)}, those llmq's batches call")
     if data.get("completion_window") != COMPLETION_WINDOW:
         raise _bad(f"completion_window must be {COMPLETION_WINDOW!r}")
-    metadata = _metadata(data.get("metadata"))
+    try:
+        metadata = checked_metadata(data.get("metadata"))
+    except LlmqError as exc:
+        raise ApiError(exc) from None
     output_s = _expires_after("output_expires_after", data.get("output_expires_after"))
     file_id = data.get("input_file_id")
     if not isinstance(file_id, str) or not file_id:
@@ -226,18 +229,6 @@ async def _batch(store: BatchStore, batch_id: str, tenant: str) -> dict[str, str
     if found is None:
         raise _bad(f"no batch {batch_id}", 404)
     return found
-
-
-def _metadata(metadata: object) -> dict[str, str] | None:
-    """OpenAI's metadata: up to 16 string pairs, keys to 64 characters, values to 512."""
-    if metadata is None:
-        return None
-    if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA:
-        raise _bad(f"metadata must be an object of at most {MAX_METADATA} pairs")
-    for key, value in metadata.items():
-        if not isinstance(value, str) or len(key) > 64 or len(value) > 512:
-            raise _bad("metadata keys are strings to 64 characters, values to 512")
-    return metadata
 
 
 def _form_policy(form: FormData, name: str) -> object:

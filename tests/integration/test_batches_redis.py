@@ -139,7 +139,7 @@ def test_a_line_kafka_refuses_for_its_size_gets_its_error_line_and_the_rest_run(
         assert sorted(line["custom_id"] for line in files["output"]) == ["c0", "c2"]
         [error] = files["errors"]
         assert error["custom_id"] == "c1"
-        assert error["error"]["code"] == "prompt_too_large"
+        assert error["error"]["code"] == "context_length_exceeded"
         assert "(it takes at most 10000: max.message.bytes)" in error["error"]["message"]
 
     run_async(redis_port, body)

@@ -218,7 +218,10 @@ def test_errors_reach_the_sdk_as_its_exceptions(
     huge = [{"role": "user", "content": "\N{GRINNING FACE}" * 190_000}] * 2  # 1.5 MB as UTF-8
     with pytest.raises(openai.BadRequestError) as large:  # within the prompt's characters
         sdk.chat.completions.create(model=MODEL, messages=huge, max_tokens=4)  # type: ignore[arg-type]
-    assert large.value.code == "prompt_too_large" and "the limit is 450000" in large.value.message
+    assert (
+        large.value.code == "context_length_exceeded"
+        and "the limit is 450000" in large.value.message
+    )
     # The keyed door's 30 s deadline passes while the model's worker is stopped: no answer.
     worker = next(c.proc for c in stack.components() if c.proc.name == f"worker-{MODEL}")
     pid = worker.pid()
@@ -241,7 +244,7 @@ def test_the_sdk_lists_and_retrieves_the_models(
     assert sdk.models.retrieve(MODEL).id == MODEL
     with pytest.raises(openai.NotFoundError) as unknown:
         sdk.models.retrieve("openai/gpt-4o")  # a name with a slash reaches the route too
-    assert unknown.value.code == "unknown_model" and "'openai/gpt-4o'" in unknown.value.message
+    assert unknown.value.code == "model_not_found" and "'openai/gpt-4o'" in unknown.value.message
     assert keyed["acme"].models.retrieve("nobody").owned_by == "llmq"
     for ask in (keyed[None].models.list, lambda: keyed[None].models.retrieve(MODEL)):
         with pytest.raises(openai.AuthenticationError):

@@ -128,7 +128,7 @@ def test_the_front_door_answers_a_request_kafka_refuses_with_400_and_goes_on(
         with pytest.raises(openai.BadRequestError) as refused:
             ask(LONG_PROMPT)
         finished = [ask(f"Say yes. ({n})") for n in range(4)]
-    assert refused.value.code == "prompt_too_large"
+    assert refused.value.code == "context_length_exceeded"
     assert "max.message.bytes" in refused.value.message
     assert all(reason in ("stop", "length") for reason in finished)
 

@@ -257,7 +257,7 @@ def test_an_error_reply_is_an_error_line_with_its_http_status() -> None:
     assert made.kind == "error"
     response = made.body["response"]
     assert response["status_code"] == 400
-    assert response["body"]["error"]["code"] == "prompt_too_large"
+    assert response["body"]["error"]["code"] == "context_length_exceeded"  # OpenAI's
 
 
 def test_a_reply_with_neither_an_answer_nor_an_error_is_an_error_line() -> None:
@@ -295,6 +295,9 @@ def test_an_error_line_without_a_reply_has_openais_shape() -> None:
         "response": None,
         "error": {"code": "batch_expired", "message": "the batch expired"},
     }
+    # A line Kafka refused as it was sent carries OpenAI's code, as an error reply's does.
+    refused = error_line("q4", "id", "prompt_too_large", "too large for llmq.requests")
+    assert refused["error"]["code"] == "context_length_exceeded"
 
 
 BATCH = {

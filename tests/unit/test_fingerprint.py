@@ -50,6 +50,11 @@ def test_known_digest_pins_the_canonical_form() -> None:
     assert BASE == "4efb3dd8a5ec2ae20b6e2c45fc18dfe7716d57c5e13d12cb92224763b0cfc923"
 
 
+def test_top_p_zero_is_the_greedy_request() -> None:
+    """OpenAI's top_p 0, served as greedy, shares the greedy request's answer."""
+    assert _fp(_data(top_p=0, temperature=0.9)) == BASE
+
+
 @pytest.mark.parametrize(
     "envelope",
     [

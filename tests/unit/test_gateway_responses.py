@@ -114,7 +114,7 @@ def test_logprobs_come_when_included_and_the_text_format_is_the_response_format(
     as_json = _read(text={"format": {"type": "json_object"}}).request.body.json_format
     assert as_json is not None and as_json.type == "json_object"
     assert (
-        _read(text={"format": {"type": "text"}, "verbosity": "low"}).request.body.json_format
+        _read(text={"format": {"type": "text"}, "verbosity": "medium"}).request.body.json_format
         is None
     )
 
@@ -136,7 +136,7 @@ def test_llmqs_own_fields_and_openais_ignored_ones_are_read() -> None:
         ({"conversation": "conv_1"}, ErrorCode.UNSUPPORTED, "conversation"),
         ({"reasoning": {"effort": "low"}}, ErrorCode.UNSUPPORTED, "reasoning"),
         ({"tools": [{"type": "web_search"}]}, ErrorCode.UNSUPPORTED, "tools"),
-        ({"tool_choice": "required"}, ErrorCode.INVALID_REQUEST, "tool_choice needs tools"),
+        ({"tool_choice": "required"}, ErrorCode.INVALID_REQUEST, "tool_choice: needs tools"),
         ({"background": True}, ErrorCode.UNSUPPORTED, "background"),
         ({"include": ["reasoning.encrypted_content"]}, ErrorCode.UNSUPPORTED, "include"),
         ({"truncation": "auto"}, ErrorCode.UNSUPPORTED, "truncation"),

@@ -17,6 +17,7 @@ from schemas.request import (
     MAX_MESSAGES,
     MAX_RECORD_BYTES,
     MAX_SCHEMA_CHARS,
+    NAMES,
     CacheMode,
     ChatBody,
     InferenceRequest,
@@ -69,7 +70,7 @@ def test_extra_fields_are_rejected(data: dict[str, Any]) -> None:
         ("max_tokens", 32_769),
         ("temperature", -0.01),
         ("temperature", 2.01),
-        ("top_p", 0.0),
+        ("top_p", -0.01),
         ("top_p", 1.01),
         ("seed", -(2**63) - 1),
         ("seed", 2**63),
@@ -217,6 +218,60 @@ def test_deterministic_means_greedy_or_seeded() -> None:
     assert ChatBody.model_validate(_body(temperature=0)).deterministic
     assert ChatBody.model_validate(_body(seed=0)).deterministic
     assert not ChatBody.model_validate(_body(temperature=0.1)).deterministic
+
+
+def test_top_p_zero_is_greedy_decoding_as_openai_takes_it() -> None:
+    """OpenAI takes top_p 0 (the likeliest token only), which vLLM refuses: it is the greedy
+    request, deterministic and cached as one, whatever temperature came with it."""
+    greedy = ChatBody.model_validate(_body(temperature=0))
+    for zero in (0, 0.0):
+        body = ChatBody.model_validate(_body(top_p=zero, temperature=0.8))
+        assert body == greedy and body.deterministic
+        assert (body.top_p, body.temperature) == (1.0, 0.0)  # what either engine takes
+    assert _request(body=_body(top_p=0)).cacheable
+    for not_a_number in (False, "0"):
+        with pytest.raises(ValidationError, match="top_p"):
+            ChatBody.model_validate(_body(top_p=not_a_number))
+
+
+def test_a_field_checked_against_another_is_refused_at_its_place() -> None:
+    """Refusals of a field that another makes wrong name that field, in words without
+    pydantic's "Value error," (an OpenAI error's param is read from the location)."""
+    named = {"type": "function", "function": {"name": "nope"}}
+    tools = [{"type": "function", "function": {"name": "ping", "parameters": {}}}]
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"top_logprobs": 2}, "top_logprobs", "needs logprobs: true"),
+        ({"tool_choice": "required"}, "tool_choice", "needs tools to choose from"),
+        ({"tools": tools, "tool_choice": named}, "tool_choice", "'nope', which is not one"),
+        (
+            {"tools": tools, "tool_choice": "required", "response_format": {"type": "json_object"}},
+            "tool_choice",
+            "no response_format with them",
+        ),
+        (
+            {"max_tokens": 8, "min_tokens": 9},
+            "min_tokens",
+            "min_tokens (9) is more than max_tokens",
+        ),
+    ]
+    for fields, field, why in cases:
+        with pytest.raises(ValidationError) as caught:
+            ChatBody.model_validate(_body(**fields))
+        [error] = caught.value.errors()
+        assert error["loc"] == (field,) and why in error["msg"], fields
+        assert not error["msg"].startswith("Value error"), fields
+
+
+def test_a_refusal_names_a_field_as_its_sender_does() -> None:
+    """The validation context's NAMES: the OpenAI door's max_completion_tokens."""
+    names = {NAMES: {"max_tokens": "max_completion_tokens", "response_format": "text.format"}}
+    with pytest.raises(ValidationError, match=r"is more than max_completion_tokens \(8\)"):
+        ChatBody.model_validate(_body(max_tokens=8, min_tokens=9), context=names)
+    tools = [{"type": "function", "function": {"name": "ping", "parameters": {}}}]
+    as_json = {"type": "json_object"}
+    body = _body(tools=tools, tool_choice="required", response_format=as_json)
+    with pytest.raises(ValidationError, match=r"no text\.format with them"):
+        ChatBody.model_validate(body, context=names)
 
 
 def test_expired_compares_the_deadline_with_now() -> None:

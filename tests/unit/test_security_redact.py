@@ -75,7 +75,7 @@ def test_describe_quotes_and_cuts_an_unknown_key() -> None:
 
 
 def test_describe_counts_what_it_leaves_out() -> None:
-    body = {"messages": [], "max_tokens": 0, "temperature": 9, "top_p": 0, "seed": 2**63}
+    body = {"messages": [], "max_tokens": 0, "temperature": 9, "top_p": -1, "seed": 2**63}
     told = describe(_invalid(_request(body=body, lane="x", cache="y")))
     assert told.count(": ") == 5
     assert told.endswith("; and 2 more")
