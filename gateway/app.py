@@ -131,17 +131,20 @@ async def _invalid(_: Request, exc: RequestValidationError) -> Response:
 
 async def _redis_away(_: Request, exc: RedisConnectionError | RedisTimeoutError) -> Response:
     """Redis out of reach where a route needs it (stored responses, results, batches): 503,
-    naming it, which the SDK retries."""
+    naming it, which the SDK retries. Why is logged, not answered: it names Redis's host."""
     log.warning("Redis is out of reach: %s", explain(exc))
-    where = "Redis, where the front door keeps responses, results and batches"
-    why = f"{where}, is out of reach: {explain(exc)}; try again"
-    status, body = error_body(ErrorCode.INTERNAL_ERROR, why, 503)
+    why = "Redis, where the front door keeps responses, results and batches, is out of reach"
+    status, body = error_body(ErrorCode.INTERNAL_ERROR, f"{why}; try again", 503)
     return JSONResponse(body, status)
 
 
 async def _failed(_: Request, exc: Exception) -> Response:
-    """Anything else: OpenAI's error body, 500, and what failed (retrying may help)."""
-    log.error("a request failed: %s", explain(exc), exc_info=exc)
-    status, body = error_body(ErrorCode.INTERNAL_ERROR, f"the front door failed: {explain(exc)}")
+    """Anything else: OpenAI's error body, 500, and the kind of failure (retrying may help);
+    its message is logged with the request's id (X-Request-Id), not answered: it may name a
+    host or a path."""
+    request_id = new_request_id()
+    log.error("request %s failed: %s", request_id, explain(exc), exc_info=exc)
+    why = f"the front door failed: {type(exc).__name__}"
+    status, body = error_body(ErrorCode.INTERNAL_ERROR, why)
     # Answered outside the middleware (Starlette's outermost): its id is given here.
-    return JSONResponse(body, status, headers={"X-Request-Id": new_request_id()})
+    return JSONResponse(body, status, headers={"X-Request-Id": request_id})

@@ -24,19 +24,29 @@ FOLLOW_AGAIN_S = (1.0, 30.0)
 failure in a row up to the second (a lasting failure, a right taken away, is said twice a
 minute, not every second)."""
 
+REMEMBERED = 100_000
+"""Requests whose cancellations a worker remembers at most, every tenant's together (about
+1 kB each: some 100 MB). Past it a tenant that holds more than its share (REMEMBERED over the
+tenants remembered) forgets its oldest first, else the tenant that holds the most: one
+tenant's flood (each call its client drops sends a cancel per choice) forgets only its own,
+never the few of another, whose queued work would then run, billed for nobody."""
+
 Key = tuple[str, str]
 """(tenant, correlation_id)."""
 
 
 class Cancellations:
-    """The cancellations of the last `memory_s` (at most `limit` requests, oldest forgotten
-    first), and the aborts of the generations running here, so that a cancelled request is
-    aborted if it runs and skipped if it comes later."""
+    """The cancellations of the last `memory_s` (at most `limit` requests, see REMEMBERED),
+    and the aborts of the generations running here, so that a cancelled request is aborted if
+    it runs and skipped if it comes later."""
 
-    def __init__(self, memory_s: float = 3600.0, limit: int = 100_000) -> None:
+    def __init__(self, memory_s: float = 3600.0, limit: int = REMEMBERED) -> None:
         self.memory_s = memory_s
         self._limit = limit
         self._seen: OrderedDict[Key, tuple[Cancel, ...]] = OrderedDict()
+        """Every tenant's, oldest first."""
+        self._tenants: dict[str, OrderedDict[str, None]] = {}
+        """Each tenant's correlation ids in `_seen`, oldest first."""
         self._running: dict[Key, dict[str, tuple[str | None, Callable[[], None]]]] = {}
         """Per request, each generation running here: (its speculation, its abort) by run id."""
 
@@ -48,7 +58,10 @@ class Cancellations:
         kept = tuple(c for c in self._seen.get(key, ()) if (c.answered, c.speculation) != kind)
         self._seen[key] = (*kept, cancel)
         self._seen.move_to_end(key)
-        self._forget_old(time.time() if now is None else now)
+        held = self._tenants.setdefault(cancel.tenant, OrderedDict())
+        held[cancel.correlation_id] = None
+        held.move_to_end(cancel.correlation_id)
+        self._forget_old(time.time() if now is None else now, cancel.tenant)
         stopped = [
             abort for sent, abort in self._running.get(key, {}).values() if cancel.stops(sent)
         ]
@@ -85,12 +98,27 @@ class Cancellations:
         if not runs:
             self._running.pop(key, None)
 
-    def _forget_old(self, now: float) -> None:
-        while self._seen and (
-            len(self._seen) > self._limit
-            or next(iter(self._seen.values()))[-1].at < now - self.memory_s
-        ):
-            self._seen.popitem(last=False)
+    def _forget_old(self, now: float, adding: str) -> None:
+        """Forget what is older than `memory_s`, then past `limit` the oldest of `adding`
+        (the tenant just added to) while it holds more than its share, else of the tenant
+        that holds the most (a scan of the tenants, seldom: only a tenant within its share
+        adds to a full memory)."""
+        while self._seen and next(iter(self._seen.values()))[-1].at < now - self.memory_s:
+            self._forget(next(iter(self._seen)))
+        while len(self._seen) > self._limit:
+            share = self._limit / len(self._tenants)
+            tenant = adding
+            if len(self._tenants.get(adding, ())) <= share:
+                tenant = max(self._tenants, key=lambda t: len(self._tenants[t]))
+            self._forget((tenant, next(iter(self._tenants[tenant]))))
+
+    def _forget(self, key: Key) -> None:
+        del self._seen[key]
+        tenant, correlation_id = key
+        held = self._tenants[tenant]
+        del held[correlation_id]
+        if not held:
+            del self._tenants[tenant]
 
 
 def cancel_error(cancel: Cancel, when: str) -> LlmqError:

@@ -151,7 +151,8 @@ async def file_content(file_id: str, request: Request, tenant: Tenant) -> Stream
 async def create_batch(request: Request, tenant: Tenant) -> dict[str, Any]:
     """Run an uploaded file's lines on the batch lane, within the completion window; its
     output and error files are kept for its `output_expires_after` if it names one (see
-    BatchStore.add_file)."""
+    BatchStore.add_file). 429 while the tenant has the most batches running that llmq runs
+    for one (see BatchStore.create_batch)."""
     door, store = _parts(request)
     data = await json_body(request)
     if not isinstance(data, dict):
@@ -166,12 +167,7 @@ async def create_batch(request: Request, tenant: Tenant) -> dict[str, Any]:
     except LlmqError as exc:
         raise ApiError(exc) from None
     output_s = _expires_after("output_expires_after", data.get("output_expires_after"))
-    file_id = data.get("input_file_id")
-    if not isinstance(file_id, str) or not file_id:
-        raise _bad("input_file_id must be the id of an uploaded file (purpose batch)")
-    input_file = await _file(store, file_id, tenant)
-    if input_file["purpose"] != "batch":
-        raise _bad(f"file {input_file['id']} is not a batch input file (purpose batch)")
+    input_file = await _input_file(store, data.get("input_file_id"), tenant)
     now = time.time()
     fields = {
         "id": new_id("batch_"),
@@ -187,7 +183,10 @@ async def create_batch(request: Request, tenant: Tenant) -> dict[str, Any]:
     }
     if output_s is not None:
         fields["output_expires_after_s"] = str(output_s)
-    await store.create_batch(fields)
+    try:
+        await store.create_batch(fields)
+    except LlmqError as exc:
+        raise ApiError(exc) from None
     return batch_object(fields)
 
 
@@ -215,6 +214,16 @@ async def cancel(batch_id: str, request: Request, tenant: Tenant) -> dict[str, A
     if not moved and found["status"] not in ("cancelling", "cancelled"):
         raise _bad(f"batch {batch_id} is {found['status']}: it cannot be cancelled", 409)
     return batch_object(await _batch(store, batch_id, tenant))
+
+
+async def _input_file(store: BatchStore, file_id: object, tenant: str) -> dict[str, str]:
+    """The file a batch names as its input: the tenant's, uploaded for batches."""
+    if not isinstance(file_id, str) or not file_id:
+        raise _bad("input_file_id must be the id of an uploaded file (purpose batch)")
+    found = await _file(store, file_id, tenant)
+    if found["purpose"] != "batch":
+        raise _bad(f"file {found['id']} is not a batch input file (purpose batch)")
+    return found
 
 
 async def _file(store: BatchStore, file_id: str, tenant: str) -> dict[str, str]:

@@ -48,6 +48,17 @@ PAGE_BYTES = 4 << 20
 """An upload's lines are written once they take this much, if before PAGE of them: 64 long
 lines held 88 MB per upload, and uploads are not counted in the front door's body bytes
 (they are spooled to disk as they come)."""
+MAX_RUNNING_BATCHES = 16
+"""A tenant's batches validating or in progress at once; another is refused (429) until one
+ends. Each holds its lines' custom_ids (and a response's echoes) in Redis while it runs: one
+file made into many batches would otherwise copy itself into Redis once a batch."""
+RUNNING = (b"validating", b"in_progress")
+"""The statuses MAX_RUNNING_BATCHES counts."""
+LINE_PARTS = ("ids", "asked", "attempts", "retry")
+"""The parts of a batch (schemas.names.batch_keys) that only its lines' sends and replies read,
+dropped as it ends failed (only ever as it validates: none of its lines ran, it has no output
+or error file). Kept, a file made into many batches that fail (mixed models at its last line)
+copied its custom_ids and echoes into Redis once a batch, for its window and retention."""
 SWEEP = 16
 """Ids of its tenant's index that each write of a file or batch checks for objects gone (see
 `_sweep`): more than the one it adds, so the index keeps up with what expires."""
@@ -327,14 +338,9 @@ class BatchStore:
 
     async def readers(self, file_id: str) -> list[tuple[str, str]]:
         """The active batches (id, status) whose input is this file."""
-        ids = await self.active()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for batch_id in ids:
-                pipe.hmget(batch_keys(batch_id)["batch"], ["input_file_id", "status"])
-            found = await pipe.execute()
         return [
             (batch_id, status.decode())
-            for batch_id, (input_file, status) in zip(ids, found, strict=True)
+            for batch_id, (input_file, status) in await self._actives("input_file_id", "status")
             if input_file == file_id.encode() and status is not None
         ]
 
@@ -374,18 +380,36 @@ class BatchStore:
     async def create_batch(self, fields: dict[str, str]) -> None:
         """Keep a new batch (status validating) for the runners to pick up; it and its input
         file are kept retention past its expires_at, the file even if its `expires_after`
-        asked less (its expires_at says so): neither expires while the batch runs."""
-        keys = batch_keys(fields["id"])
+        asked less (its expires_at says so): neither expires while the batch runs. LlmqError
+        (rate_limited) if its tenant has MAX_RUNNING_BATCHES running: counted as the runners'
+        set is watched, so that batches made at once, at any front door, are counted too."""
+        keys, tenant = batch_keys(fields["id"]), fields["tenant"]
         until = int(float(fields["expires_at"])) + self._retention_s
-        async with self._redis.pipeline(transaction=True) as pipe:
+
+        async def write(pipe: Any) -> None:
+            if await self._running(tenant) >= MAX_RUNNING_BATCHES:
+                why = (
+                    f"you have {MAX_RUNNING_BATCHES} batches validating or in progress, the most"
+                    " llmq runs at once for one tenant: create this one once one of them ends"
+                )
+                raise LlmqError(ErrorCode.RATE_LIMITED, why)
+            pipe.multi()
             await self._keep(keys=file_keys(fields["input_file_id"]), args=[until], client=pipe)
             pipe.hset(keys["batch"], mapping=fields)
             pipe.expireat(keys["batch"], until)
             pipe.sadd(BATCHES_ACTIVE, fields["id"])
-            self._index(pipe, fields["tenant"], "batches", fields["id"], until)
-            _keep_index(pipe, tenant_index_key(fields["tenant"], "files"), until)
-            await pipe.execute()
-        await self._sweep(fields["tenant"], "batches")
+            self._index(pipe, tenant, "batches", fields["id"], until)
+            _keep_index(pipe, tenant_index_key(tenant, "files"), until)
+
+        await self._redis.transaction(write, BATCHES_ACTIVE)  # again if the set changed
+        await self._sweep(tenant, "batches")
+
+    async def _running(self, tenant: str) -> int:
+        """The tenant's batches validating or in progress, found among every active batch
+        (MAX_RUNNING_BATCHES a tenant at most, and those ending): a runner's tick reads as
+        much."""
+        found = await self._actives("tenant", "status")
+        return sum(owner == tenant.encode() and status in RUNNING for _, (owner, status) in found)
 
     async def batch(self, batch_id: str, tenant: str | None = None) -> dict[str, str] | None:
         """A batch's fields (if it is the tenant's, when one is named)."""
@@ -447,6 +471,15 @@ class BatchStore:
     async def active(self) -> list[str]:
         return sorted(m.decode() for m in await self._redis.smembers(BATCHES_ACTIVE))  # type: ignore[misc]
 
+    async def _actives(self, *names: str) -> list[tuple[str, list[bytes | None]]]:
+        """Each active batch's id and these fields of it (None where gone), in one round trip."""
+        ids = await self.active()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for batch_id in ids:
+                pipe.hmget(batch_keys(batch_id)["batch"], list(names))
+            found = await pipe.execute()
+        return list(zip(ids, found, strict=True))
+
     async def forget(self, batch_id: str) -> None:
         """Drop what is left of a batch whose fields Redis lost (flushed, restarted without
         persistence, evicted): its parts, and its place among the runners' batches."""
@@ -456,15 +489,18 @@ class BatchStore:
             await pipe.execute()
 
     async def finish(self, batch_id: str) -> None:
-        """The batch is over: it leaves the runners' set, its lease goes, and the rest of it
-        (and its tenant's index) is kept retention past its expires_at, or past now if later;
-        the lines of its output and error files no longer than those files (`add_file`)."""
+        """The batch is over: it leaves the runners' set, its lease goes (and, if it failed,
+        its LINE_PARTS), and the rest of it (and its tenant's index) is kept retention past
+        its expires_at, or past now if later; the lines of its output and error files no
+        longer than those files (`add_file`)."""
         keys = batch_keys(batch_id)
-        tenant, expires_at = await self._redis.hmget(keys["batch"], ["tenant", "expires_at"])  # type: ignore[misc]
+        found = await self._redis.hmget(keys["batch"], ["tenant", "expires_at", "status"])  # type: ignore[misc]
+        tenant, expires_at, status = found
         until = self._kept_until(float(expires_at or 0))
+        dropped = ("lease", *(LINE_PARTS if status == b"failed" else ()))
         async with self._redis.pipeline(transaction=False) as pipe:
             for name, key in keys.items():
-                if name == "lease":
+                if name in dropped:
                     pipe.delete(key)
                 else:
                     pipe.expireat(key, until, lt=name in ("output", "errors"))

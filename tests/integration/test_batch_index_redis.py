@@ -25,7 +25,11 @@ async def _file(store: BatchStore) -> str:
 
 
 async def _batch(store: BatchStore) -> str:
-    return await batch(store, [line(0)])
+    """A batch that ran: a tenant has MAX_RUNNING_BATCHES running at most."""
+    batch_id = await batch(store, [line(0)])
+    assert await store.move(batch_id, "completed", "validating")
+    await store.finish(batch_id)
+    return batch_id
 
 
 @pytest.mark.parametrize(
