@@ -12,10 +12,12 @@ class Route(BaseModel):
     """Chosen by the stream processor, carried by the work item and its completion.
 
     The model now serving is `chain[len(tried)]`; the next one after a low-confidence
-    answer (cascade) or an engine failure (fallback) is the one after it.
+    answer (cascade) or an engine failure (fallback) is the one after it. Fields it does not
+    know are kept and written back: a worker older than the stream processor hands its state
+    back whole.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     requested: str
     """What the app asked for: a model name, or "auto"."""

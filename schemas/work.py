@@ -21,9 +21,10 @@ LEGACY_SPECULATION = "legacy"
 class UnsureAnswer(BaseModel):
     """An answer judged too unsure, carried by the work of its escalation (WorkItem.unsure):
     the answer should the escalation end without one of its own. What it cost is in the
-    work's spent_usd, and its hold was settled with it when it came."""
+    work's spent_usd, and its hold was settled with it when it came. Keeps the fields it
+    does not know, as WorkItem does."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     model: str
     """The catalog model that answered (the result's model_used)."""
@@ -32,9 +33,13 @@ class UnsureAnswer(BaseModel):
 
 
 class WorkItem(BaseModel):
-    """An admitted request routed to a model: llmq.work.<model>.<lane>, keyed by fingerprint."""
+    """An admitted request routed to a model: llmq.work.<model>.<lane>, keyed by fingerprint.
 
-    model_config = ConfigDict(frozen=True)
+    Keeps the fields it does not know and writes them back (extra="allow"): a worker echoes
+    its work in its Completion, so one older than the stream processor that wrote it (its
+    upgrade rolled back, or run out of order) hands that one's state back whole."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     request: InferenceRequest
     """The request as the engine should see it (after any prompt compression)."""
@@ -109,10 +114,15 @@ class WorkItem(BaseModel):
     @classmethod
     def _speculative_before(cls, data: Any) -> Any:
         """A record of the version before `speculation`, marked only `speculative`: a send
-        without an id, which the cache's cancellations of that version (no id) stop."""
-        if isinstance(data, dict) and data.get("speculative") and not data.get("speculation"):
-            return {**data, "speculation": LEGACY_SPECULATION}
-        return data
+        without an id, which the cache's cancellations of that version (no id) stop. The
+        `speculative` read is dropped: kept as a field it does not know, it would be
+        written twice."""
+        if not isinstance(data, dict) or "speculative" not in data:
+            return data
+        read = dict(data)
+        if read.pop("speculative") and not read.get("speculation"):
+            read["speculation"] = LEGACY_SPECULATION
+        return read
 
 
 CLAIM_TTL_S = 3600

@@ -91,7 +91,13 @@ class Complete:
         try:
             completion = Completion.model_validate_json(value or b"")
         except ValidationError as exc:
-            error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable completion: {describe(exc)}")
+            # The request was valid and may well have been answered: retriable, as a worker
+            # answers a work item it cannot read.
+            error = LlmqError(
+                ErrorCode.INTERNAL_ERROR,
+                f"unreadable completion ({describe(exc)}), probably written by a newer llmq: "
+                "upgrade the stream processors after the workers and before the front doors",
+            )
             await self._unreadable(key, value, error)
             return
         try:

@@ -122,9 +122,11 @@ class Publisher:
     async def unreadable(self, record: ConsumerRecord[bytes, bytes], error: LlmqError) -> None:
         """Answer a work record this worker cannot read (written by a newer llmq) where its
         request's correlation_id can be read: a failure carrying the work as it came, which
-        the stream processor that wrote it reads, to retry it (perhaps on an upgraded worker)
-        or answer its request and copies and release its hold. Not metered: nothing was
-        generated. One too large to send is left to its dead letter."""
+        the stream processor that wrote it reads, to answer its request and copies and
+        release its hold. Its retries keep its fingerprint, so its partition and, unless a
+        rebalance moves that, this worker: they fail the same within the seconds they take
+        (a worker rollout takes minutes), and its request ends with this error. Not metered:
+        nothing was generated. One too large to send is left to its dead letter."""
         work = _unread_work(record.value)
         if work is None:
             return

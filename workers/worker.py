@@ -266,8 +266,8 @@ class Worker:
             error = LlmqError(ErrorCode.INVALID_REQUEST, f"unreadable work item: {describe(exc)}")
             await self._outcomes.dead_letter(record, error)
             metrics.DEAD_LETTERS.labels("unreadable").inc()
-            # Its client is answered all the same, through the stream processor that wrote it,
-            # which may retry it on an upgraded worker.
+            # Its client is answered all the same, through the stream processor that wrote it
+            # (its retries come back to this worker and fail the same).
             newer = LlmqError(
                 ErrorCode.INTERNAL_ERROR,
                 f"a worker cannot read this work item ({describe(exc)}), probably written by a "

@@ -70,6 +70,8 @@ def test_a_newer_keyed_work_item_is_answered_by_dedupe() -> None:
 
 
 def test_an_unreadable_completion_is_answered_after_its_cost_is_settled() -> None:
+    """As a retriable internal error naming the cause: the request was valid (it was
+    admitted) and its answer perhaps generated; invalid_request told its app not to retry."""
     ledger = FakeLedger()
     harness = Pipeline(ledger=ledger)
     raw = json.dumps(_newer_completion(0.5)).encode()
@@ -79,7 +81,9 @@ def test_an_unreadable_completion_is_answered_after_its_cost_is_settled() -> Non
     assert dead.headers is not None and b"unreadable completion" in dead.headers[HEADER_REASON]
     result = result_of(reply)
     assert reply.topic == "app.replies" and result.correlation_id == "req-1"
-    assert result.error is not None and result.error.code is ErrorCode.INVALID_REQUEST
+    error = result.error
+    assert error is not None and (error.code, error.retriable) == (ErrorCode.INTERNAL_ERROR, True)
+    assert "newer llmq" in error.message and "upgrade the stream processors" in error.message
     assert ledger.calls == ["settle req-1 0.5", "release req-1"]
 
 

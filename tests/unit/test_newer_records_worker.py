@@ -1,6 +1,7 @@
 """A work item a newer llmq wrote (a body field this worker does not know) is dead-lettered
 and answered: a retriable failure that carries the work as it came back to the stream
-processor that wrote it, which can read it."""
+processor that wrote it, which can read it. A field of the work itself that this worker
+does not know (a newer stream processor's state) comes back in its completion."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 from schemas.errors import ErrorCode
 from schemas.lanes import Lane
 from schemas.names import COMPLETIONS, DLQ, METERING
-from schemas.work import Completion
+from schemas.work import Completion, UnsureAnswer
+from tests.unit.stages import answer
 from tests.unit.worker_fakes import (
+    MODEL,
     STANDARD,
     FakeConsumer,
     FakeEngine,
@@ -45,6 +48,29 @@ def _serve(values: list[bytes], producer: FakeProducer) -> None:
         stop.set()
 
     run_worker(consumer, producer, FakeEngine, scenario)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    assert len(names) == len(set(names)), f"a key written twice: {names}"
+    return dict(pairs)
+
+
+def test_the_fields_of_a_newer_stream_processor_come_back_in_the_completion() -> None:
+    """Its state, in the work item, its route or the unsure answer an escalation carries:
+    dropped, the stream processor lost what it relies on (a failed escalation answered an
+    error instead of the unsure answer)."""
+    producer = FakeProducer()
+    unsure = UnsureAnswer(model=MODEL, response=answer("maybe"), mean_logprob=-2.0)
+    newer: dict[str, Any] = json.loads(work(Lane.STANDARD, 1, shown=True, unsure=unsure))
+    newer["some_newer_state"] = {"seen": [1, 2]}
+    newer["unsure"]["some_newer_score"] = 0.25
+    newer["route"]["some_newer_step"] = "tier-3"
+    _serve([json.dumps(newer).encode()], producer)
+    [echoed] = (v for t, v in producer.sent if t == COMPLETIONS)
+    served = json.loads(echoed, object_pairs_hook=_unique_keys)
+    assert served["error"] is None and served["response"] is not None
+    assert served["work"] == newer
 
 
 def test_a_newer_work_item_is_dead_lettered_and_answered_through_its_writer() -> None:

@@ -247,7 +247,7 @@ def test_unreadable_completion_goes_to_the_dlq(harness: Pipeline, value: bytes) 
     assert (dlq.topic, dlq.key, dlq.value) == (DLQ, None, value)
     assert dlq.headers is not None
     assert dlq.headers[HEADER_SOURCE_TOPIC] == COMPLETIONS.encode()
-    assert dlq.headers[HEADER_ERROR_CODE] == b"invalid_request"
+    assert dlq.headers[HEADER_ERROR_CODE] == ErrorCode.INTERNAL_ERROR.value.encode()
     assert dlq.headers[HEADER_REASON].startswith(b"unreadable completion")
     assert harness.store.results == {}
     assert harness.store.answers == {}
