@@ -29,7 +29,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.names import readers_key
 from schemas.redact import explain
 from schemas.request import DEFAULT_TENANT
-from schemas.tenants import TenantPolicy
+from schemas.tenants import NANO, TenantPolicy, usd, worst_cost
 
 log = logging.getLogger(__name__)
 
@@ -216,28 +216,58 @@ class FrontDoor:
         return tenant
 
     def check_choices(self, call: Call) -> None:
-        """A 400 (not retriable, naming `n`) for choices the tenant's rate limits can never
-        admit together: each is a request charged to its buckets at once, so past them every
-        try would be refused in part (a 429 the SDK retries) after the rest went to the
-        engines. One choice over tokens_per_minute alone is admission's prompt_too_large."""
+        """A 400 (not retriable, naming `n`) for choices the tenant's rate limits or budget
+        can never admit together: each is a request charged to its buckets, and holding its
+        worst case of the budget, at once, so past them every try would be refused in part (a
+        429 the SDK retries, a budget's told to wait 5 s) after the rest went to the engines.
+        One choice over tokens_per_minute or the budget alone is admission's refusal
+        (prompt_too_large, budget_exceeded)."""
+        why = self._over_rates(call) or self._over_budget(call)
+        if why is not None:
+            raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why, param="n"))
+
+    def _over_rates(self, call: Call) -> str | None:
+        """Why the tenant's rate limits can never admit the call's choices together."""
         n, tenant = call.n, call.request.tenant
         limits = self.policy.limits(tenant)
         rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
         each = call.request.body.estimated_tokens()
         if rpm is not None and n > rpm:
-            why = (
+            return (
                 f"n is {n}: each choice is a request, and tenant {tenant} may make at most "
                 f"{rpm} requests per minute; ask for at most {rpm} choices"
             )
-        elif tpm is not None and each <= tpm < n * each:
-            why = (
+        if tpm is not None and each <= tpm < n * each:
+            return (
                 f"n is {n}: its choices need about {n * each} tokens ({each} each: prompt "
                 f"estimate + max_tokens), and tenant {tenant} may use at most {tpm} tokens per "
                 f"minute; ask for at most {tpm // each} choices or lower max_tokens"
             )
-        else:
-            return
-        raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why, param="n"))
+        return None
+
+    def _over_budget(self, call: Call) -> str | None:
+        """Why the tenant's budget can never hold the call's choices together, idle: each
+        holds at least its worst case on the cheapest model that may serve it (its route, and
+        so its hold, is the stream processor's: streams.budget.worst_case)."""
+        request, n = call.request, call.n
+        limits = self.policy.limits(request.tenant)
+        budget = limits.budget_usd
+        if budget is None or n == 1:
+            return None
+        body = request.body
+        starting = self.catalog.starting(request.requested_model, calls=body.chooses_calls)
+        models = {m.name for m in starting} | {f for m in starting for f in m.fallback}
+        least = min((worst_cost(body, [model], self.catalog) for model in models), default=0.0)
+        each = math.ceil(least * NANO)  # whole nano-dollars, summed as admission sums holds
+        if not each / NANO <= budget < n * each / NANO:
+            return None
+        most = max(m for m in range(1, n) if m * each / NANO <= budget)
+        return (
+            f"n is {n}: each choice is a request that holds at least {usd(each / NANO)} (its "
+            f"prompt and max_tokens at the model's prices) of tenant {request.tenant}'s "
+            f"{usd(budget)} budget a {limits.budget_period} until it is answered, so {n} never "
+            f"fit together; ask for at most {most} choices or lower max_tokens"
+        )
 
     async def check_served(self, model: str | None, *, calls: bool = False) -> None:
         """503 when no worker serves the model nor ever did (for `auto`: no model at all, or

@@ -6,6 +6,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import secrets
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -19,11 +20,15 @@ from pydantic import (
     StringConstraints,
 )
 
-from schemas.request import Identifier
+from schemas.catalog import Catalog
+from schemas.request import ChatBody, Identifier
 from schemas.tomlfile import load_toml
 
 BudgetPeriod = Literal["day", "month"]
 """A budget's window: the UTC calendar day or the UTC calendar month."""
+
+NANO = 1e9
+"""Budgets hold whole nano-dollars in Redis: integers add and subtract without drift."""
 
 UNLIMITED = "unlimited"
 """What a TOML file writes for "no limit" (TOML has no null)."""
@@ -122,3 +127,17 @@ def period_end(period: BudgetPeriod, at: float) -> float:
         return start.timestamp() + 86_400
     days = calendar.monthrange(moment.year, moment.month)[1]
     return start.replace(day=1).timestamp() + days * 86_400
+
+
+def worst_cost(body: ChatBody, models: Iterable[str], catalog: Catalog) -> float:
+    """The most generating `body` on each of `models` in turn can cost (a model the catalog
+    lacks: nothing): the bound on its prompt's tokens, and max_tokens (capped by the model's
+    context) of output, at the model's prices. What a budget holds (docs/budgets.md)."""
+    prompt = body.prompt_token_bound()
+    specs = [spec for spec in map(catalog.get, models) if spec is not None]
+    return sum(spec.cost(prompt, min(body.max_tokens, spec.max_model_len)) for spec in specs)
+
+
+def usd(amount: float) -> str:
+    """Dollars as a person reads them: cents for real money, significant digits below $1."""
+    return f"${amount:,.2f}" if amount >= 1 or amount == 0 else f"${amount:.3g}"

@@ -19,7 +19,15 @@ from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.metering import MeteringEvent
 from schemas.names import spend_key
-from schemas.tenants import BudgetPeriod, TenantLimits, period_end, period_id
+from schemas.tenants import (
+    NANO,
+    BudgetPeriod,
+    TenantLimits,
+    period_end,
+    period_id,
+    usd,
+    worst_cost,
+)
 from schemas.work import WorkItem
 from streams.ratelimit import CHECK_TIMEOUT_S
 
@@ -39,8 +47,6 @@ EXHAUSTED = 0.8
 """Past this share of its budget, a tenant whose request cannot fit what is left counts as
 having used its budget up (its spend may never reach the budget exactly: holds stop it
 short); below it, a request too large for what is left is that request's problem."""
-NANO = 1e9
-"""Holds are whole nano-dollars in Redis: integers add and subtract without drift."""
 
 # KEYS: the spend of the budget's current period, the holds {id: nano-USD}, the holds by
 # expiry (a sorted set), the sum of the holds (nano-USD).
@@ -170,16 +176,11 @@ def worst_case(work: WorkItem, catalog: Catalog, now: float | None = None) -> Ho
     fallback generates again) at its prices, for the bound on the prompt's tokens and
     max_tokens (capped by the model's context) of output."""
     now = time.time() if now is None else now
-    body = work.request.body
-    prompt = body.prompt_token_bound()
-    usd = 0.0
-    for name in [work.route.current, *work.route.remaining]:
-        spec = catalog.get(name)
-        if spec is not None:
-            usd += spec.cost(prompt, min(body.max_tokens, spec.max_model_len))
+    route = work.route
+    most = worst_cost(work.request.body, [route.current, *route.remaining], catalog)
     deadline = work.request.deadline
     until = now + HOLD_S if deadline is None else deadline + HOLD_AFTER_DEADLINE_S
-    return Hold(work.request.correlation_id, usd, until)
+    return Hold(work.request.correlation_id, most, until)
 
 
 class Budgets:
@@ -304,35 +305,32 @@ def _exceeded(
     budget, period = limits.budget_usd, limits.budget_period
     resets = period_end(period, now)
     at = datetime.fromtimestamp(resets, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    of_budget = f"of its {_usd(budget)} {PERIOD_NAMES[period]} budget"
-    if spent >= budget:
-        message = f"tenant {tenant} has spent {_usd(spent)} {of_budget}; it resets at {at}"
+    of_budget = f"of its {usd(budget)} {PERIOD_NAMES[period]} budget"
+    wait: float | None = None  # no wait helps: not a retry_after, which the Batch API heeds
+    if budget == 0:
+        message = f"tenant {tenant} is suspended: its budget_usd is 0 in the tenants file"
+    elif spent >= budget:
+        message = f"tenant {tenant} has spent {usd(spent)} {of_budget}; it resets at {at}"
         wait = resets - now
-    elif hold.usd > budget:  # no wait helps: not a retry_after, which the Batch API heeds
+    elif hold.usd > budget:
         message = (
-            f"this request may cost up to {_usd(hold.usd)} (its prompt and max_tokens at the "
-            f"model's prices), more than tenant {tenant}'s whole {_usd(budget)} "
+            f"this request may cost up to {usd(hold.usd)} (its prompt and max_tokens at the "
+            f"model's prices), more than tenant {tenant}'s whole {usd(budget)} "
             f"{PERIOD_NAMES[period]} budget; lower max_tokens or shorten the prompt"
         )
-        wait = None
     elif spent + hold.usd > budget:
         message = (
-            f"tenant {tenant} has spent {_usd(spent)} {of_budget}, and this request may cost "
-            f"up to {_usd(hold.usd)} (its prompt and max_tokens at the model's prices); "
+            f"tenant {tenant} has spent {usd(spent)} {of_budget}, and this request may cost "
+            f"up to {usd(hold.usd)} (its prompt and max_tokens at the model's prices); "
             f"lower max_tokens, or wait until it resets at {at}"
         )
         wait = resets - now
     else:
         message = (
-            f"tenant {tenant} has spent {_usd(spent)} {of_budget}, and requests in flight "
-            f"may cost up to {_usd(held)} more; this one may cost up to {_usd(hold.usd)}, "
+            f"tenant {tenant} has spent {usd(spent)} {of_budget}, and requests in flight "
+            f"may cost up to {usd(held)} more; this one may cost up to {usd(hold.usd)}, "
             "so it must wait for them to finish"
         )
         wait = RETRY_WHILE_HELD_S
     exhausted = spent >= budget or (spent + hold.usd > budget and spent >= EXHAUSTED * budget)
     return BudgetExceededError(message, wait, spent=spent, exhausted=exhausted)
-
-
-def _usd(amount: float) -> str:
-    """Dollars as a person reads them: cents for real money, significant digits below $1."""
-    return f"${amount:,.2f}" if amount >= 1 or amount == 0 else f"${amount:.3g}"

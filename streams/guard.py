@@ -37,7 +37,10 @@ class Guard:
     ) -> None:
         """Run one record's handler; an unexpected failure dead-letters the record with a
         retriable error reply to whoever `requester` finds in it. This never raises but a
-        failure of the dead letter that waiting cannot mend (Refusals tries Kafka's again)."""
+        failure of the dead letter that waiting cannot mend (Refusals tries Kafka's again).
+        The reply gives back the request's budget hold, but after a send whose ack did not
+        come in time (TimeoutError: streams.app.ACK_TIMEOUT_S): the record may still be
+        delivered and generated, so its hold stays until it expires (docs/budgets.md)."""
         try:
             await handle()
         except Exception as exc:
@@ -51,7 +54,9 @@ class Guard:
                     explain(exc),
                     exc_info=not isinstance(exc, ValidationError),  # its traceback quotes inputs
                 )
-            await self._refusals.reject(source, key, value, requester(failure_of(exc), value))
+            why = requester(failure_of(exc), value)
+            release = not isinstance(exc, TimeoutError)
+            await self._refusals.reject(source, key, value, why, release)
 
 
 def failure_of(exc: Exception) -> LlmqError:

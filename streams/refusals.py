@@ -40,7 +40,8 @@ class Refusals:
     ) -> None:
         """Dead-letter the raw record and, where the envelope allows, send an error reply
         that gives back the budget hold of its correlation id, if `release` (not for a
-        record rejected before its gate: see refuse)."""
+        record rejected before its gate: see refuse; nor after a send that timed out: see
+        Guard)."""
         await self.dead_letter(source, key, raw, why)
         await self.answer(why, release)
 

@@ -63,12 +63,13 @@ def test_a_tenant_over_its_rate_limit_is_told_which_limit_and_when_to_retry(
         assert result.error.retry_after_s is not None and 0 < result.error.retry_after_s <= 60
 
 
-def test_a_suspended_tenant_is_refused_until_its_budget_resets(client: Client) -> None:
+def test_a_suspended_tenant_is_refused_with_no_wait(client: Client) -> None:
+    """Budget 0: told it is suspended, not to retry at the reset (it would be refused again)."""
     result = client.result(_ask(client, "suspended"), timeout=120)
     assert result.error is not None
     assert result.error.code is ErrorCode.BUDGET_EXCEEDED
-    assert "resets at" in result.error.message
-    assert result.error.retry_after_s is not None and 0 < result.error.retry_after_s <= 86_400
+    assert "is suspended: its budget_usd is 0" in result.error.message
+    assert result.error.retry_after_s is None
 
 
 @pytest.mark.timeout(600 + MIDNIGHT_MARGIN_S)

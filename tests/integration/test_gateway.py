@@ -204,10 +204,8 @@ def test_errors_reach_the_sdk_as_its_exceptions(
         keyed[None].chat.completions.create(model=MODEL, **ask)
     with pytest.raises(openai.RateLimitError) as broke:
         keyed["suspended"].chat.completions.create(model=MODEL, **ask)
-    assert (
-        broke.value.code == "budget_exceeded"
-        and int(broke.value.response.headers["retry-after"]) > 0
-    )
+    assert broke.value.code == "budget_exceeded" and "is suspended" in broke.value.message
+    assert "retry-after" not in broke.value.response.headers  # no wait helps
     with pytest.raises(openai.InternalServerError) as idle:
         keyed["acme"].chat.completions.create(model="nobody", **ask)
     assert idle.value.status_code == 503 and "no worker serves nobody" in idle.value.message
