@@ -17,7 +17,13 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from gateway.batch.lines import ENDPOINT, RESPONSES_ENDPOINT, error_line, output_line
+from gateway.batch.lines import (
+    ENDPOINT,
+    ENDPOINTS,
+    RESPONSES_ENDPOINT,
+    error_line,
+    output_line,
+)
 from gateway.batch.store import BatchStore, Outcome
 from schemas.errors import ErrorCode
 from schemas.names import BATCH_RESULTS, BATCHES_GROUP
@@ -29,6 +35,9 @@ log = logging.getLogger(__name__)
 
 Replies = dict[tuple[str, str], list[tuple[int, int, InferenceResult]]]
 """(batch id, tenant) -> (line, attempt, reply)."""
+MAX_FOREIGN = 1024
+"""Batches of an endpoint this door does not know that a collector remembers having logged;
+past this many it forgets them (each may be logged once more)."""
 
 
 def parse_line_id(correlation_id: str) -> tuple[str, int, int] | None:
@@ -139,6 +148,8 @@ class Collector:
         self._store = store
         self._client_id = f"{client_id}-batches"
         self._consumer: AIOKafkaConsumer | None = None
+        self._foreign: set[str] = set()
+        """Batches of an endpoint this door does not know, logged (see _resend)."""
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -192,7 +203,8 @@ class Collector:
 
     async def take(self, values: list[bytes | None]) -> None:
         """Write the outcome of each reply that is a batch line's; one that cannot be read
-        is an error line (_unreadable)."""
+        is an error line (_unreadable). A batch of an endpoint this door does not know has
+        its lines sent again instead (_resend)."""
         replies: Replies = defaultdict(list)
         for value in values:
             try:
@@ -211,6 +223,9 @@ class Collector:
             if batch is None:
                 continue  # gone (retention), or not this tenant's
             expires_at, endpoint = float(batch["expires_at"]), batch["endpoint"]
+            if endpoint not in ENDPOINTS:
+                await self._resend(batch_id, tenant, endpoint, lines)
+                continue
             numbers = [n for n, _, _ in lines]
             custom_ids = await self._store.custom_ids(batch_id, numbers)
             echoed = endpoint == RESPONSES_ENDPOINT
@@ -225,3 +240,30 @@ class Collector:
                 if custom_id is not None
             ]
             await self._store.record(batch_id, tenant, outcomes)
+
+    async def _resend(
+        self,
+        batch_id: str,
+        tenant: str,
+        endpoint: str,
+        lines: list[tuple[int, int, InferenceResult]],
+    ) -> None:
+        """Send these lines of a batch whose endpoint this door does not know (a newer
+        door's, in a rollout) again, now, their replies unwritten: this door would write an
+        answer in another endpoint's shape. The collectors share the replies, so a reply
+        left unwritten is lost; the next one, keyed by the next attempt's correlation id, may
+        reach another partition, read by a door that knows the endpoint. The batch's window
+        (runner._Window) bounds the lines run again while doors like this one read replies."""
+        if batch_id not in self._foreign:
+            if len(self._foreign) >= MAX_FOREIGN:
+                self._foreign.clear()
+            self._foreign.add(batch_id)
+            log.warning(
+                "batch %s calls %s, which this front door does not know: its lines whose"
+                " replies this door reads are sent again, for a newer door to write",
+                batch_id,
+                endpoint,
+            )
+        now = time.time()
+        retries = [Outcome(n, attempt, "retry", {}, retry_at=now) for n, attempt, _ in lines]
+        await self._store.record(batch_id, tenant, retries)

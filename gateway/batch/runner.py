@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from gateway import metrics
-from gateway.batch.lines import Line, error_line, read_line
+from gateway.batch.lines import ENDPOINTS, Line, error_line, read_line
 from gateway.batch.store import PAGE, BatchStore, Outcome
 from schemas.catalog import Catalog
 from schemas.errors import LlmqError
@@ -122,6 +122,8 @@ class Runner:
         a lease's length, time for every healthy door to look (one look may miss it)."""
         self._windows: dict[str, _Window] = {}
         """The window of each batch this door holds (see _Window)."""
+        self._foreign: set[str] = set()
+        """Batches of an endpoint this door does not know (see _leave), each logged once."""
 
     async def run(self) -> None:
         """Until cancelled: drive every active batch this front door holds the lease of."""
@@ -144,6 +146,7 @@ class Runner:
         self._held.intersection_update(active)  # one that ended is no longer held
         self._windows = {b: w for b, w in self._windows.items() if b in self._held}
         self._failed = {b: n for b, n in self._failed.items() if b in active}
+        self._foreign.intersection_update(active)
         now = time.monotonic()
         self._yielded = {b: t for b, t in self._yielded.items() if t > now and b in active}
         for batch_id in active:
@@ -208,6 +211,9 @@ class Runner:
             log.warning("batch %s is gone from Redis: dropped", batch_id)
             await self._store.forget(batch_id)
             return
+        if fields["endpoint"] not in ENDPOINTS:
+            await self._leave(batch_id, fields["endpoint"])
+            return
         status = fields["status"]
         # A batch whose every line has its outcome completes, even if it is looked at late.
         expired = time.time() >= float(fields["expires_at"]) and not _answered(fields)
@@ -223,6 +229,22 @@ class Runner:
             await self._finalize(fields)
         else:
             await self._store.finish(batch_id)
+
+    async def _leave(self, batch_id: str, endpoint: str) -> None:
+        """Give a batch of an endpoint this door does not know (a newer door made it, in a
+        rollout) back untouched, and leave it alone a lease's length: its lines would read
+        as bad here, failing it, and its answers would be written in another endpoint's
+        shape. A door that knows the endpoint runs it."""
+        if batch_id not in self._foreign:
+            self._foreign.add(batch_id)
+            log.warning(
+                "batch %s calls %s, which this front door does not know: a newer one runs it",
+                batch_id,
+                endpoint,
+            )
+        self._held.discard(batch_id)
+        self._yielded[batch_id] = time.monotonic() + self._pace.lease_s
+        await self._store.release(batch_id, self._owner)
 
     # validating
 

@@ -96,3 +96,29 @@ def test_a_record_that_names_no_line_is_skipped_with_a_warning(
     with caplog.at_level(logging.WARNING):
         assert _take([value]) == []
     assert "skipped a re" in caplog.text
+
+
+class NewerStore(MemoryStore):
+    """The batch, made by a newer front door for an endpoint this llmq does not know."""
+
+    async def batch(self, batch_id: str, tenant: str | None = None) -> dict[str, str] | None:
+        found = await super().batch(batch_id, tenant)
+        return None if found is None else {**found, "endpoint": "/v1/embeddings"}
+
+
+def test_replies_of_a_batch_of_an_endpoint_it_does_not_know_send_their_lines_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """None is written (in another endpoint's shape, or as an error, unreadable): each line
+    goes again, for a door that knows the endpoint to answer; logged once a batch."""
+    newer = _reply(1)
+    newer["response"]["choices"][0]["message"]["annotations"] = []  # type: ignore[index]
+    values: list[bytes | None] = [json.dumps(r).encode() for r in (_reply(0), newer)]
+    store = NewerStore()
+    collector = Collector(ServiceSettings(), store, "door-1")
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(collector.take(values))
+        asyncio.run(collector.take(values[:1]))
+    made = [(o.line, o.attempt, o.kind, o.body) for o in store.recorded]
+    assert made == [(0, 1, "retry", {}), (1, 1, "retry", {}), (0, 1, "retry", {})]
+    assert caplog.text.count(f"batch {BATCH} calls /v1/embeddings") == 1
