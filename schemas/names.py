@@ -129,6 +129,7 @@ REDIS_SPEND_PREFIX = "llmq:spend:"
 REDIS_STARTS_PREFIX = "llmq:starts:"
 REDIS_ANSWERED_PREFIX = "llmq:answered:"
 REDIS_CLAIM_PREFIX = "llmq:claim:"
+REDIS_HANDED_PREFIX = "llmq:handed:"
 REDIS_READERS_PREFIX = "llmq:readers:"
 REDIS_COSTS_PREFIX = "llmq:costs:"
 REDIS_EXPERIMENT_PREFIX = "llmq:exp:"
@@ -176,6 +177,13 @@ def claim_key(tenant: str, correlation_id: str) -> str:
     """A speculative streamed request's first answerer: -> "cache" or "engine", set once, so
     that its reader never gets both the engine's first tokens and a cached answer."""
     return f"{REDIS_CLAIM_PREFIX}{_tenant(tenant)}:{correlation_id}"
+
+
+def handed_key(tenant: str, correlation_id: str, step: str) -> str:
+    """The mark of a generation's work handed on (an escalation, a fallback, a retry), set
+    once that work is sent, so that its completion read again does not send it again;
+    `step` names the generation (it has no ":")."""
+    return f"{REDIS_HANDED_PREFIX}{_tenant(tenant)}:{correlation_id}:{step}"
 
 
 def rate_keys(tenant: str, correlation_id: str) -> tuple[str, str, str]:

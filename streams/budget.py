@@ -178,9 +178,12 @@ def worst_case(work: WorkItem, catalog: Catalog, now: float | None = None) -> Ho
     now = time.time() if now is None else now
     route = work.route
     most = worst_cost(work.request.body, [route.current, *route.remaining], catalog)
-    deadline = work.request.deadline
-    until = now + HOLD_S if deadline is None else deadline + HOLD_AFTER_DEADLINE_S
-    return Hold(work.request.correlation_id, most, until)
+    return Hold(work.request.correlation_id, most, hold_until(work.request.deadline, now))
+
+
+def hold_until(deadline: float | None, now: float) -> float:
+    """When a hold of a request with this deadline lapses (Unix time)."""
+    return now + HOLD_S if deadline is None else deadline + HOLD_AFTER_DEADLINE_S
 
 
 class Budgets:

@@ -20,8 +20,9 @@ from schemas.request import RecordRefusedError
 from schemas.result import ErrorInfo
 from schemas.retry import RetryPolicy
 from schemas.route import Route
-from schemas.work import Completion, UnsureAnswer
+from schemas.work import Completion, UnsureAnswer, WorkItem
 from streams import metrics, replies
+from streams.budget import hold_until
 from streams.coalesce import Coalescer, shared_terms
 from streams.dedupe import Similar, fail_copies, fail_followers
 from streams.guard import Guard, failure_of
@@ -228,27 +229,42 @@ class Complete:
         shown = completion.streamed or work.shown
         route = None if shown or work.request.expired() else await self._next_route(completion)
         if route is not None:
-            await self._outbox.work(
-                work.model_copy(
-                    update={
-                        "model": route.current,
-                        "route": route,
-                        "spent_usd": completion.spent_usd,
-                        "unsure": _unsure_of(completion) or work.unsure,
-                    }
-                )
+            rerouted = work.model_copy(
+                update={
+                    "model": route.current,
+                    "route": route,
+                    "spent_usd": completion.spent_usd,
+                    "unsure": _unsure_of(completion) or work.unsure,
+                }
             )
-            metrics.REROUTES.labels("escalated" if route.escalated else "fell_back").inc()
+            await self._send_on(work, rerouted, "escalated" if route.escalated else "fell_back")
             return True
         same = not shown or work.request.body.deterministic
         retry = retry_of(completion, self._retry) if same else None
         if retry is not None:
-            await self._outbox.work(
-                retry.model_copy(update={"spent_usd": completion.spent_usd, "shown": shown})
-            )
-            metrics.REROUTES.labels("retried").inc()
+            retried = retry.model_copy(update={"spent_usd": completion.spent_usd, "shown": shown})
+            await self._send_on(work, retried, "retried")
             return True
         return await self._promote(completion)
+
+    async def _send_on(self, work: WorkItem, item: WorkItem, how: str) -> None:
+        """Send `item` to take over the generation of `work`, once however often its
+        completion is read: read again (a crash or a rebalance before its offset was
+        committed), a second send would generate again after the first one's answer released
+        the request's hold, at a cost no hold covers. Marked (Store.mark_handed_on) for as
+        long as the hold lives (budget.hold_until); a repeat of the request, sent anew, is
+        another generation (`sent_at`), handed on as its own."""
+        request, store = work.request, self._outbox.store
+        step = f"{len(work.route.tried)}.{work.attempt}@{work.sent_at!r}"
+        if await store.handed_on(request.tenant, request.correlation_id, step):
+            return
+        await self._outbox.work(item)
+        metrics.REROUTES.labels(how).inc()
+        # Marked once sent, not before: a crash in between sends it again when the completion
+        # is read again (a duplicate generation), where marking first would lose it (the
+        # request never answered), which is worse.
+        until = hold_until(request.deadline, time.time())
+        await store.mark_handed_on(request.tenant, request.correlation_id, step, until)
 
     async def _next_route(self, completion: Completion) -> Route | None:
         """next_route, past the models no worker serves (`served`): work sent to one would

@@ -31,7 +31,8 @@ agent shares."""
 
 
 class Store(Protocol):
-    """The exact response cache and the result store (RedisStore in production)."""
+    """The exact response cache, the result store, the claims of speculative streamed
+    requests and the marks of work handed on (RedisStore in production)."""
 
     async def cached(self, fingerprint: str) -> ChatCompletion | None: ...
 
@@ -40,6 +41,12 @@ class Store(Protocol):
     async def claim(self, tenant: str, correlation_id: str) -> bool: ...
 
     async def keep_result(self, result: InferenceResult) -> InferenceResult: ...
+
+    async def handed_on(self, tenant: str, correlation_id: str, step: str) -> bool: ...
+
+    async def mark_handed_on(
+        self, tenant: str, correlation_id: str, step: str, until: float
+    ) -> None: ...
 
 
 class Ledger(Protocol):

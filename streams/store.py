@@ -1,16 +1,17 @@
 """Redis-backed state of the stream processor: the exact response cache and the result store,
-both per tenant (the fingerprint covers the tenant; results are keyed by it), and the claims
-of speculative streamed requests."""
+both per tenant (the fingerprint covers the tenant; results are keyed by it), the claims of
+speculative streamed requests, and the marks of work handed on."""
 
 from __future__ import annotations
 
 import logging
+import math
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from schemas.names import cache_key, claim_key, result_key
+from schemas.names import cache_key, claim_key, handed_key, result_key
 from schemas.request import DEFAULT_TENANT
 from schemas.result import ChatCompletion, InferenceResult
 from schemas.work import CLAIM_CACHE, CLAIM_TTL_S
@@ -64,6 +65,28 @@ class RedisStore:
             )
             return False
         return before is None or before == CLAIM_CACHE.encode()
+
+    async def handed_on(self, tenant: str, correlation_id: str, step: str) -> bool:
+        """Whether the work that takes over the generation `step` of a request was sent
+        (mark_handed_on); False with Redis away: it is sent again rather than lost."""
+        try:
+            return bool(await self._redis.exists(handed_key(tenant, correlation_id, step)))
+        except RedisError as exc:
+            log.warning("cannot tell whether %s/%s was handed on: %s", tenant, correlation_id, exc)
+            return False
+
+    async def mark_handed_on(
+        self, tenant: str, correlation_id: str, step: str, until: float
+    ) -> None:
+        """Mark the work that takes over the generation `step` of a request as sent, until
+        the Unix time `until`; with Redis away, it is not (its completion read again sends it
+        again)."""
+        try:
+            await self._redis.set(
+                handed_key(tenant, correlation_id, step), 1, exat=math.ceil(until)
+            )
+        except RedisError as exc:
+            log.warning("cannot mark %s/%s handed on: %s", tenant, correlation_id, exc)
 
     async def keep_result(self, result: InferenceResult) -> InferenceResult:
         """Store a result by tenant and correlation_id unless one is stored already, and

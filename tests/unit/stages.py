@@ -41,6 +41,7 @@ class FakeStore:
         self.answers: dict[str, ChatCompletion] = {}
         self.results: dict[str, InferenceResult] = {}
         self.claims: dict[str, str] = {}
+        self.handed: dict[str, float] = {}
 
     async def cached(self, fingerprint: str) -> ChatCompletion | None:
         return self.answers.get(fingerprint)
@@ -55,6 +56,14 @@ class FakeStore:
         if result.correlation_id is None:
             return result
         return self.results.setdefault(result.correlation_id, result)
+
+    async def handed_on(self, tenant: str, correlation_id: str, step: str) -> bool:
+        return f"{tenant}/{correlation_id}/{step}" in self.handed
+
+    async def mark_handed_on(
+        self, tenant: str, correlation_id: str, step: str, until: float
+    ) -> None:
+        self.handed[f"{tenant}/{correlation_id}/{step}"] = until
 
 
 class FakeLedger:
