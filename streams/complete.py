@@ -224,8 +224,15 @@ class Complete:
         taken over only by one that would say the same, a retry of a deterministic request
         (greedy or seeded) on the same model: its client's reader checks that the answer
         starts with what it showed. Another model's answer or a sampled one would not, so its
-        failure is the answer, at once (an app asks again under a new id)."""
+        failure is the answer, at once (an app asks again under a new id).
+
+        A completion read again whose work was handed on already (_send_on's mark) is done,
+        whatever it would decide now: later, a retry's budget or the deadline may have passed,
+        and answering its failure would release the hold the running hand-on needs."""
         work = completion.work
+        request = work.request
+        if await self._outbox.store.handed_on(request.tenant, request.correlation_id, _step(work)):
+            return True
         shown = completion.streamed or work.shown
         route = None if shown or work.request.expired() else await self._next_route(completion)
         if route is not None:
@@ -255,16 +262,13 @@ class Complete:
         long as the hold lives (budget.hold_until); a repeat of the request, sent anew, is
         another generation (`sent_at`), handed on as its own."""
         request, store = work.request, self._outbox.store
-        step = f"{len(work.route.tried)}.{work.attempt}@{work.sent_at!r}"
-        if await store.handed_on(request.tenant, request.correlation_id, step):
-            return
         await self._outbox.work(item)
         metrics.REROUTES.labels(how).inc()
         # Marked once sent, not before: a crash in between sends it again when the completion
         # is read again (a duplicate generation), where marking first would lose it (the
         # request never answered), which is worse.
         until = hold_until(request.deadline, time.time())
-        await store.mark_handed_on(request.tenant, request.correlation_id, step, until)
+        await store.mark_handed_on(request.tenant, request.correlation_id, _step(work), until)
 
     async def _next_route(self, completion: Completion) -> Route | None:
         """next_route, past the models no worker serves (`served`): work sent to one would
@@ -413,6 +417,12 @@ class Complete:
         self._adding.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("the semantic cache did not learn a question: %s", explain(exc))
+
+
+def _step(work: WorkItem) -> str:
+    """The generation `work` is (its route's step, its attempt, its send): what a mark of its
+    hand-on names (Complete._send_on)."""
+    return f"{len(work.route.tried)}.{work.attempt}@{work.sent_at!r}"
 
 
 def _unsure_of(completion: Completion) -> UnsureAnswer | None:

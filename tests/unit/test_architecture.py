@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from autoscaler.metrics import DESIRED
+from schemas import names
 from schemas.catalog import Catalog, ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -290,6 +291,15 @@ def test_every_secret_a_pod_needs_is_one_the_operator_is_told_to_make() -> None:
         for ref in refs:
             if not ref.get("optional", False):
                 assert f"`{ref['name']}`" in bring, doc["metadata"]["name"]
+
+
+def test_every_redis_name_is_in_the_readmes_list_of_keys() -> None:
+    """Operators plan Redis's memory and ACLs from README's list: a key missing there (the
+    hand-on marks, the loss token) was found only by SCAN."""
+    readme = (ROOT / "README.md").read_text()
+    for name, value in vars(names).items():
+        if isinstance(value, str) and value.startswith("llmq:"):
+            assert f"`{value}" in readme, name
 
 
 def test_every_catalog_key_is_shown_to_the_operator() -> None:

@@ -7,12 +7,22 @@ Redis, with budgets."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 
 import pytest
 
 from schemas.work import Completion, WorkItem
-from tests.unit.stages import TIERED, FakeSend, Pipeline, metered, tiered_work
+from tests.unit.stages import (
+    TIERED,
+    FakeLedger,
+    FakeSend,
+    Pipeline,
+    completion,
+    metered,
+    raw_request,
+    tiered_work,
+)
 
 ESCALATION = "llmq.work.big.interactive"
 
@@ -64,3 +74,24 @@ def test_a_repeat_of_the_request_sent_anew_escalates_as_its_own() -> None:
     repeat = work.model_copy(update={"sent_at": work.sent_at + 1})
     harness.on_completion(_unsure(repeat))
     assert [s.topic for s in harness.send.sent] == [ESCALATION, ESCALATION]
+
+
+def test_a_failure_read_again_past_its_retry_budget_is_still_handed_on_not_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read again an hour later (a restart), the completion would decide otherwise (no retry:
+    its budget is spent) and answer its failure, releasing the hold the retry it sent runs
+    on: it is done once handed on."""
+    ledger = FakeLedger()
+    harness = Pipeline(ledger=ledger)
+    harness.on_request(None, raw_request(cid="r-1"))
+    [sent] = harness.send.sent
+    harness.send.sent.clear()
+    failed = completion(WorkItem.model_validate_json(sent.value), None)  # engine_error
+    harness.on_completion(failed)
+    assert [s.topic for s in harness.send.sent] == [sent.topic]  # the retry
+    later = time.time() + 3600
+    monkeypatch.setattr(time, "time", lambda: later)
+    harness.on_completion(failed)
+    assert [s.topic for s in harness.send.sent] == [sent.topic]  # no reply, no dead letter
+    assert not any(call.startswith("release") for call in ledger.calls)
