@@ -271,6 +271,12 @@ def tenant_index_key(tenant: str, kind: str) -> str:
     return f"{REDIS_BATCH_PREFIX}{_tenant(tenant)}:{kind}"
 
 
+def tenant_active_key(tenant: str) -> str:
+    """Batch API: a tenant's batches not finished yet (its share of BATCHES_ACTIVE), a sorted
+    set of ids by when each was admitted (Redis's clock, ms), which bounds how many it has."""
+    return f"{REDIS_BATCH_PREFIX}{_tenant(tenant)}:active"
+
+
 def tenant_index_gone_key(tenant: str, kind: str, period: int) -> str:
     """Batch API: the ids a listing dropped from a tenant's index (found deleted or expired)
     in one period, with their scores there, so that a listing paged after one goes on (in the

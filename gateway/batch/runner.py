@@ -211,14 +211,14 @@ class Runner:
             log.warning("batch %s is gone from Redis: dropped", batch_id)
             await self._store.forget(batch_id)
             return
-        if fields["endpoint"] not in ENDPOINTS:
-            await self._leave(batch_id, fields["endpoint"])
-            return
-        status = fields["status"]
+        status, answered = fields["status"], _answered(fields)
         # A batch whose every line has its outcome completes, even if it is looked at late.
-        expired = time.time() >= float(fields["expires_at"]) and not _answered(fields)
-        if status in ("validating", "in_progress") and expired:
+        expired = time.time() >= float(fields["expires_at"]) and not answered
+        running = status in ("validating", "in_progress")
+        if running and expired:
             await self._close(fields, "expired", EXPIRED, ("validating", "in_progress"))
+        elif running and not answered and fields["endpoint"] not in ENDPOINTS:
+            await self._leave(batch_id, fields["endpoint"])
         elif status == "validating":
             await self._validate(fields)
         elif status == "in_progress":
@@ -234,7 +234,9 @@ class Runner:
         """Give a batch of an endpoint this door does not know (a newer door made it, in a
         rollout) back untouched, and leave it alone a lease's length: its lines would read
         as bad here, failing it, and its answers would be written in another endpoint's
-        shape. A door that knows the endpoint runs it."""
+        shape. A door that knows the endpoint validates it and sends its lines; any door
+        expires, cancels and ends it (error lines and files, the same for every endpoint),
+        even with every door that knows the endpoint rolled back."""
         if batch_id not in self._foreign:
             self._foreign.add(batch_id)
             log.warning(

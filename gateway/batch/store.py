@@ -3,6 +3,7 @@ with their counts, and each line's outcome, written once (schemas/names.py has t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -20,6 +21,7 @@ from schemas.names import (
     BATCHES_ACTIVE,
     batch_keys,
     file_keys,
+    tenant_active_key,
     tenant_index_gone_key,
     tenant_index_key,
 )
@@ -49,11 +51,21 @@ PAGE_BYTES = 4 << 20
 lines held 88 MB per upload, and uploads are not counted in the front door's body bytes
 (they are spooled to disk as they come)."""
 MAX_RUNNING_BATCHES = 16
-"""A tenant's batches validating or in progress at once; another is refused (429) until one
-ends. Each holds its lines' custom_ids (and a response's echoes) in Redis while it runs: one
-file made into many batches would otherwise copy itself into Redis once a batch."""
-RUNNING = (b"validating", b"in_progress")
-"""The statuses MAX_RUNNING_BATCHES counts."""
+"""A tenant's batches not finished (validating, in progress, finalizing or cancelling) at
+once; another is refused (429) until one ends, a cancelled one once its lines in flight are
+answered (LLMQ_BATCH_CANCEL_GRACE_S at most). Each holds its lines' custom_ids (and a
+response's echoes) in Redis while it runs: one file made into many batches would otherwise
+copy itself into Redis once a batch."""
+TOO_MANY = (
+    f"you have {MAX_RUNNING_BATCHES} batches not finished (validating, in progress, finalizing"
+    " or cancelling), the most llmq runs at once for one tenant: create this one once one of"
+    " them ends (a cancelled one ends once its lines in flight are answered)"
+)
+ADMITTING_S = 60
+"""How long a batch counts for its tenant (see ADMIT) without being among the runners'
+batches: its creation puts it there just after it is admitted. Past that, one not there no
+longer counts (its creation failed and its door died, it ended without its tenant's set told,
+Redis lost its data)."""
 LINE_PARTS = ("ids", "asked", "attempts", "retry")
 """The parts of a batch (schemas.names.batch_keys) that only its lines' sends and replies read,
 dropped as it ends failed (only ever as it validates: none of its lines ran, it has no output
@@ -156,6 +168,23 @@ redis.call('EXPIREAT', KEYS[2], ARGV[1])
 return 1
 """
 
+# Admit batch ARGV[1] among its tenant's batches not finished (KEYS[1], by when each was
+# admitted, ms) if fewer than ARGV[2] are (1, else 0), and keep them until ARGV[3] (unix
+# seconds) at least. Those admitted ARGV[4] ms ago or more that are not among the runners'
+# batches (KEYS[2]) are dropped first: they no longer run (see ADMITTING_S).
+ADMIT = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms - tonumber(ARGV[4]))) do
+  if redis.call('SISMEMBER', KEYS[2], id) == 0 then redis.call('ZREM', KEYS[1], id) end
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ms, ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[3], 'NX')
+redis.call('EXPIREAT', KEYS[1], ARGV[3], 'GT')
+return 1
+"""
+
 LEASE = """
 local owner = redis.call('GET', KEYS[1])
 if owner == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -218,6 +247,7 @@ class BatchStore:
         self._retried = client.register_script(RETRIED)
         self._keep = client.register_script(KEEP)
         self._unlist = client.register_script(UNLIST)
+        self._admit = client.register_script(ADMIT)
         self._swept: dict[str, float] = {}
         """Per tenant index, the score of the last id the last sweep checked (see `_sweep`);
         tenants are configured, so it stays small."""
@@ -381,35 +411,28 @@ class BatchStore:
         """Keep a new batch (status validating) for the runners to pick up; it and its input
         file are kept retention past its expires_at, the file even if its `expires_after`
         asked less (its expires_at says so): neither expires while the batch runs. LlmqError
-        (rate_limited) if its tenant has MAX_RUNNING_BATCHES running: counted as the runners'
-        set is watched, so that batches made at once, at any front door, are counted too."""
-        keys, tenant = batch_keys(fields["id"]), fields["tenant"]
+        (rate_limited) if its tenant has MAX_RUNNING_BATCHES not finished: counted and admitted
+        in one step (ADMIT), so that batches made at once, at any front door, count too."""
+        batch_id, tenant = fields["id"], fields["tenant"]
+        keys, admitted = batch_keys(batch_id), tenant_active_key(tenant)
         until = int(float(fields["expires_at"])) + self._retention_s
-
-        async def write(pipe: Any) -> None:
-            if await self._running(tenant) >= MAX_RUNNING_BATCHES:
-                why = (
-                    f"you have {MAX_RUNNING_BATCHES} batches validating or in progress, the most"
-                    " llmq runs at once for one tenant: create this one once one of them ends"
-                )
-                raise LlmqError(ErrorCode.RATE_LIMITED, why)
-            pipe.multi()
-            await self._keep(keys=file_keys(fields["input_file_id"]), args=[until], client=pipe)
-            pipe.hset(keys["batch"], mapping=fields)
-            pipe.expireat(keys["batch"], until)
-            pipe.sadd(BATCHES_ACTIVE, fields["id"])
-            self._index(pipe, tenant, "batches", fields["id"], until)
-            _keep_index(pipe, tenant_index_key(tenant, "files"), until)
-
-        await self._redis.transaction(write, BATCHES_ACTIVE)  # again if the set changed
+        args: list[str | int] = [batch_id, MAX_RUNNING_BATCHES, until, ADMITTING_S * 1000]
+        if not await self._admit(keys=[admitted, BATCHES_ACTIVE], args=args):
+            raise LlmqError(ErrorCode.RATE_LIMITED, TOO_MANY)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                await self._keep(keys=file_keys(fields["input_file_id"]), args=[until], client=pipe)
+                pipe.hset(keys["batch"], mapping=fields)
+                pipe.expireat(keys["batch"], until)
+                pipe.sadd(BATCHES_ACTIVE, batch_id)
+                self._index(pipe, tenant, "batches", batch_id, until)
+                _keep_index(pipe, tenant_index_key(tenant, "files"), until)
+                await pipe.execute()
+        except BaseException:
+            with contextlib.suppress(RedisError):  # else it stops counting after ADMITTING_S
+                await self._redis.zrem(admitted, batch_id)
+            raise
         await self._sweep(tenant, "batches")
-
-    async def _running(self, tenant: str) -> int:
-        """The tenant's batches validating or in progress, found among every active batch
-        (MAX_RUNNING_BATCHES a tenant at most, and those ending): a runner's tick reads as
-        much."""
-        found = await self._actives("tenant", "status")
-        return sum(owner == tenant.encode() and status in RUNNING for _, (owner, status) in found)
 
     async def batch(self, batch_id: str, tenant: str | None = None) -> dict[str, str] | None:
         """A batch's fields (if it is the tenant's, when one is named)."""
@@ -482,17 +505,18 @@ class BatchStore:
 
     async def forget(self, batch_id: str) -> None:
         """Drop what is left of a batch whose fields Redis lost (flushed, restarted without
-        persistence, evicted): its parts, and its place among the runners' batches."""
+        persistence, evicted): its parts, and its place among the runners' batches (its
+        tenant, unknown now, drops it from its own at its next creation: see ADMIT)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.delete(*batch_keys(batch_id).values())
             pipe.srem(BATCHES_ACTIVE, batch_id)
             await pipe.execute()
 
     async def finish(self, batch_id: str) -> None:
-        """The batch is over: it leaves the runners' set, its lease goes (and, if it failed,
-        its LINE_PARTS), and the rest of it (and its tenant's index) is kept retention past
-        its expires_at, or past now if later; the lines of its output and error files no
-        longer than those files (`add_file`)."""
+        """The batch is over: it leaves the runners' set and its tenant's (see ADMIT), its
+        lease goes (and, if it failed, its LINE_PARTS), and the rest of it (and its tenant's
+        index) is kept retention past its expires_at, or past now if later; the lines of its
+        output and error files no longer than those files (`add_file`)."""
         keys = batch_keys(batch_id)
         found = await self._redis.hmget(keys["batch"], ["tenant", "expires_at", "status"])  # type: ignore[misc]
         tenant, expires_at, status = found
@@ -506,6 +530,7 @@ class BatchStore:
                     pipe.expireat(key, until, lt=name in ("output", "errors"))
             if tenant is not None:
                 _keep_index(pipe, tenant_index_key(tenant.decode(), "batches"), until)
+                pipe.zrem(tenant_active_key(tenant.decode()), batch_id)
             pipe.srem(BATCHES_ACTIVE, batch_id)
             await pipe.execute()
 

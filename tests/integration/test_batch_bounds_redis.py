@@ -1,11 +1,13 @@
 """What one tenant's batches may hold in Redis, against a real redis-server of this module's
-own: at most MAX_RUNNING_BATCHES validating or in progress at once (made at once too; 429 at
-the door past them), and a batch that fails validation keeps no copy of its lines."""
+own: at most MAX_RUNNING_BATCHES not finished at once (made at once too, at any door, without
+reading other tenants' batches; 429 at the door past them), and a batch that fails validation
+keeps no copy of its lines."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -13,16 +15,40 @@ import redis.asyncio as aioredis
 
 from gateway.app import build
 from gateway.batch.runner import Runner
-from gateway.batch.store import LINE_PARTS, MAX_RUNNING_BATCHES, BatchStore
+from gateway.batch.store import LINE_PARTS, MAX_RUNNING_BATCHES, BatchStore, new_id
 from gateway.settings import GatewaySettings
+from llmq.redis_client import MAX_CONNECTIONS, bounded_client
 from schemas.errors import ErrorCode, LlmqError
-from schemas.names import batch_keys
+from schemas.names import BATCHES_ACTIVE, batch_keys, tenant_active_key
 from schemas.request import DEFAULT_TENANT
 from schemas.tenants import TenantPolicy
 from tests.integration.batch_inputs import CATALOG, TENANT, Recorder, batch, chunks, line
-from tests.integration.helpers import run_async
+from tests.integration.helpers import run_async, run_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.usefixtures("sync")]
+
+REFUSED = f"you have {MAX_RUNNING_BATCHES} batches not finished"
+
+
+async def _made(store: BatchStore, tenant: str, batch_id: str | None = None) -> str | LlmqError:
+    """A batch of the tenant's (of a file it need not have), or why it was refused."""
+    now = time.time()
+    fields = {
+        "id": batch_id or new_id("batch_"),
+        "tenant": tenant,
+        "endpoint": "/v1/chat/completions",
+        "input_file_id": "file-none",
+        "lines": "1",
+        "completion_window": "24h",
+        "status": "validating",
+        "created_at": str(int(now)),
+        "expires_at": str(now + 3600),
+    }
+    try:
+        await store.create_batch(fields)
+    except LlmqError as exc:
+        return exc
+    return fields["id"]
 
 
 def test_a_tenant_past_its_running_batches_is_refused_until_one_ends(redis_port: int) -> None:
@@ -32,20 +58,21 @@ def test_a_tenant_past_its_running_batches_is_refused_until_one_ends(redis_port:
         with pytest.raises(LlmqError) as refused:
             await batch(store, [line(0)])
         assert refused.value.code == ErrorCode.RATE_LIMITED
-        assert f"you have {MAX_RUNNING_BATCHES} batches validating or in progress" in str(
-            refused.value
-        )
+        assert REFUSED in str(refused.value)
         assert await store.move(made[0], "in_progress", "validating")  # still running
+        assert await store.move(made[0], "cancelling", "in_progress")  # not finished yet
         with pytest.raises(LlmqError):
             await batch(store, [line(0)])
-        assert await store.move(made[0], "cancelling", "in_progress")
+        assert await store.move(made[0], "cancelled", "cancelling")
+        await store.finish(made[0])  # as its runner does
         await batch(store, [line(0)])
+        assert await client.ttl(tenant_active_key(TENANT)) > 3600  # no key without expiry
 
     run_async(redis_port, body)
 
 
 def test_batches_made_at_once_are_counted_together(redis_port: int) -> None:
-    """Each creation counts what another made meanwhile (the runners' set is watched)."""
+    """Each creation counts what another made meanwhile (counted and admitted in one step)."""
 
     async def body(client: aioredis.Redis) -> None:
         store = BatchStore(client, 3600)
@@ -81,7 +108,73 @@ def test_the_door_refuses_a_batch_past_the_bound_with_a_429_naming_it(redis_port
     assert [a.status_code for a in answers] == [200] * MAX_RUNNING_BATCHES + [429]
     error = answers[-1].json()["error"]
     assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limited")
-    assert f"you have {MAX_RUNNING_BATCHES} batches validating or in progress" in error["message"]
+    assert REFUSED in error["message"]
+
+
+def test_more_creations_at_once_than_redis_connections_are_each_made_or_refused(
+    redis_port: int,
+) -> None:
+    """On the door's bounded pool, none waits for a connection that another creation holds
+    (a 503 after the pool's timeout, every other Redis route of the door waiting)."""
+
+    async def body(client: aioredis.Redis) -> list[str | LlmqError]:
+        store = BatchStore(client, 3600)
+        tenants = [f"t{n % 2}" for n in range(MAX_CONNECTIONS)]
+        return await asyncio.gather(*(_made(store, t) for t in tenants))
+
+    made = run_with(lambda: bounded_client(f"redis://127.0.0.1:{redis_port}/0", 5.0), body)
+    refused = [m for m in made if isinstance(m, LlmqError)]
+    assert len(made) - len(refused) == 2 * MAX_RUNNING_BATCHES
+    assert {m.code for m in refused} == {ErrorCode.RATE_LIMITED}
+
+
+def test_a_creation_reads_no_other_tenants_batches(redis_port: int) -> None:
+    """32 made at once among 1,000 active batches of other tenants: none reads them, and all
+    32 take fewer commands than there are such batches (counted by Redis: INFO commandstats)."""
+    others = 1000
+
+    async def body(client: aioredis.Redis) -> dict[str, int]:
+        store = BatchStore(client, 3600)
+        async with client.pipeline(transaction=False) as pipe:
+            for n in range(others):
+                fields = {"tenant": f"other{n % 100}", "status": "in_progress"}
+                pipe.hset(batch_keys(f"batch_other{n}")["batch"], mapping=fields)
+                pipe.sadd(BATCHES_ACTIVE, f"batch_other{n}")
+            await pipe.execute()
+        await _made(store, "warm")  # the scripts loaded
+        await client.config_resetstat()
+        made = await asyncio.gather(*(_made(store, f"t{n}") for n in range(32)))
+        assert all(isinstance(m, str) for m in made)
+        stats = await client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+
+    calls = run_async(redis_port, body)
+    assert "hmget" not in calls and "smembers" not in calls
+    assert sum(calls.values()) < others, calls
+
+
+def test_a_creation_that_failed_or_a_batch_gone_stops_counting(redis_port: int) -> None:
+    """A creation that failed takes its place back; a batch no longer among the runners'
+    (Redis lost it, or it ended unannounced) stops counting once its admission is old."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        made = [await _made(store, TENANT) for _ in range(MAX_RUNNING_BATCHES - 1)]
+        taken = new_id("batch_")
+        await client.set(batch_keys(taken)["batch"], "not a hash")  # its write fails
+        with pytest.raises(aioredis.ResponseError):
+            await _made(store, TENANT, taken)
+        assert isinstance(await _made(store, TENANT), str)  # the 16th
+        assert isinstance(await _made(store, TENANT), LlmqError)
+        gone = made[0]
+        assert isinstance(gone, str)
+        await store.forget(gone)  # as a runner does once Redis lost its fields
+        assert isinstance(await _made(store, TENANT), LlmqError)  # lately admitted: counts
+        await client.zadd(tenant_active_key(TENANT), {gone: 0})  # admitted long ago
+        assert isinstance(await _made(store, TENANT), str)
+        assert await client.zscore(tenant_active_key(TENANT), gone) is None
+
+    run_async(redis_port, body)
 
 
 def test_a_batch_that_fails_validation_keeps_no_copy_of_its_lines(redis_port: int) -> None:

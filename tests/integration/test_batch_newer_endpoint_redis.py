@@ -1,12 +1,14 @@
 """A batch of an endpoint this front door does not know (a newer door made it, during a
-rollout), against a real redis-server of this module's own: the runner leaves it untouched
-for a door that knows it, and the collector writes none of its replies (in another
-endpoint's shape) but sends their lines again, for such a door to answer."""
+rollout), against a real redis-server of this module's own: the runner leaves its validation
+and its lines' sends to a door that knows it, but expires, cancels and completes it itself
+(every door that knows it may be rolled back), and the collector writes none of its replies
+(in another endpoint's shape) but sends their lines again, for such a door to answer."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ import redis.asyncio as aioredis
 from gateway.batch.collector import Collector
 from gateway.batch.lines import ENDPOINT
 from gateway.batch.runner import Pace, Runner
-from gateway.batch.store import BatchStore
+from gateway.batch.store import BatchStore, Outcome
 from schemas.names import batch_keys
 from schemas.request import InferenceRequest
 from schemas.result import ChatCompletion, Choice, InferenceResult, Usage
@@ -40,10 +42,34 @@ def _answer(request: InferenceRequest) -> bytes:
     return result.model_dump_json().encode()
 
 
-async def _output(store: BatchStore, fields: dict[str, str]) -> list[dict[str, Any]]:
-    meta = await store.file(fields["output_file_id"], TENANT)
+async def _output(
+    store: BatchStore, fields: dict[str, str], name: str = "output_file_id"
+) -> list[dict[str, Any]]:
+    meta = await store.file(fields[name], TENANT)
     assert meta is not None
     return [json.loads(line) async for line in store.content(meta)]
+
+
+async def _sent_then_newer(store: BatchStore, recorder: Recorder) -> str:
+    """A batch of two lines whose lines a door that knows its endpoint sent, now of NEWER
+    (as a newer door's batch is to an older door)."""
+    runner = Runner(store, recorder, CATALOG, "door-new", Pace(in_flight=2))
+    batch_id = await batch(store, [line(0), line(1)])
+    await runner.tick()  # validating -> in_progress
+    await runner.tick()  # both lines sent
+    assert len(recorder.sent) == 2
+    await store.update(batch_id, endpoint=NEWER)
+    await store.release(batch_id, "door-new")  # every door that knows NEWER is rolled back
+    return batch_id
+
+
+async def _codes(store: BatchStore, batch_id: str) -> dict[str, str]:
+    """Each error line's custom_id and error code, once the batch ended."""
+    fields = await store.batch(batch_id)
+    assert fields is not None
+    return {
+        e["custom_id"]: e["error"]["code"] for e in await _output(store, fields, "error_file_id")
+    }
 
 
 def test_a_runner_leaves_a_batch_of_an_endpoint_it_does_not_know_untouched(
@@ -107,5 +133,52 @@ def test_replies_of_a_batch_of_an_endpoint_it_does_not_know_are_sent_again(
             f"batch_req_{batch_id}.1.1",
         ]
         assert {o["response"]["body"]["object"] for o in output} == {"chat.completion"}
+
+    run_async(redis_port, body)
+
+
+def test_a_batch_of_an_endpoint_it_does_not_know_expires_at_its_window(redis_port: int) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store, recorder = BatchStore(client, 3600), Recorder()
+        batch_id = await _sent_then_newer(store, recorder)
+        await store.update(batch_id, expires_at=int(time.time()) - 1)
+        await Runner(store, recorder, CATALOG, "door-old").tick()
+        fields = await store.batch(batch_id)
+        assert fields is not None and fields["status"] == "expired"
+        assert (fields["failed"], fields["total"]) == ("2", "2")
+        assert await _codes(store, batch_id) == {"c0": "batch_expired", "c1": "batch_expired"}
+        assert sorted(recorder.cancelled) == [f"{batch_id}.0.0", f"{batch_id}.1.0"]
+        assert await store.active() == []
+
+    run_async(redis_port, body)
+
+
+def test_a_cancelled_batch_of_an_endpoint_it_does_not_know_is_cancelled(redis_port: int) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store, recorder = BatchStore(client, 3600), Recorder()
+        batch_id = await _sent_then_newer(store, recorder)
+        assert await store.move(batch_id, "cancelling", "in_progress")
+        old = Runner(store, recorder, CATALOG, "door-old", Pace(cancel_grace_s=0))
+        await old.tick()
+        fields = await store.batch(batch_id)
+        assert fields is not None and fields["status"] == "cancelled"
+        assert await _codes(store, batch_id) == {"c0": "batch_cancelled", "c1": "batch_cancelled"}
+        assert sorted(recorder.cancelled) == [f"{batch_id}.0.0", f"{batch_id}.1.0"]
+        assert await store.active() == []
+
+    run_async(redis_port, body)
+
+
+def test_an_answered_batch_of_an_endpoint_it_does_not_know_completes(redis_port: int) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        store, recorder = BatchStore(client, 3600), Recorder()
+        batch_id = await _sent_then_newer(store, recorder)
+        answers = [Outcome(n, 0, "output", {"custom_id": f"c{n}"}) for n in (0, 1)]
+        assert await store.record(batch_id, TENANT, answers) == [1, 1]
+        await Runner(store, recorder, CATALOG, "door-old").tick()
+        fields = await store.batch(batch_id)
+        assert fields is not None and fields["status"] == "completed"
+        assert sorted(o["custom_id"] for o in await _output(store, fields)) == ["c0", "c1"]
+        assert len(recorder.sent) == 2 and await store.active() == []
 
     run_async(redis_port, body)
