@@ -382,14 +382,15 @@ class FrontDoor:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("%s failed: %s", task.get_name(), explain(exc))
 
-    def chunks(self, call: Call, model: str | None) -> Chunks:
-        """The chunks of the request's streamed answer."""
+    def chunks(self, call: Call) -> Chunks:
+        """The chunks of the request's streamed answer, in the name of the model asked for
+        until its first piece names the one serving (gateway.sse)."""
         request = call.request
         kind = TextChunks if call.text else Chunks
         return kind(
             request.correlation_id,
             int(request.created_at),
-            model or request.model or self.catalog.default,
+            request.model or self.catalog.default,
             call.include_usage,
             None if call.text else request.body,
         )

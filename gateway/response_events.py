@@ -38,6 +38,8 @@ class ResponseEvents:
     sequence: int = 0
     text: str = ""
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    started: bool = False
+    """Whether the response's first events (created, in progress) were sent."""
     opened: bool = False
     """Whether the message's opening events were sent."""
 
@@ -46,14 +48,21 @@ class ResponseEvents:
         """Whether the answer may be function calls: its message opens at its first text."""
         return self.body is not None and self.body.calls_tools
 
-    def opening(self) -> list[dict[str, Any]]:
-        """The events before the first delta (the message's first, unless it may be calls)."""
+    def starting(self) -> list[dict[str, Any]]:
+        """The response created and in progress, the first events; none once sent (a stream
+        opened before its first piece came sent them then)."""
+        if self.started:
+            return []
+        self.started = True
         started = self._response("in_progress", [], None)
         return [
             self._event("response.created", response=started),
             self._event("response.in_progress", response=started),
-            *([] if self.calls_tools else self._message_added()),
         ]
+
+    def opening(self) -> list[dict[str, Any]]:
+        """The events before the first delta (the message's first, unless it may be calls)."""
+        return [*self.starting(), *([] if self.calls_tools else self._message_added())]
 
     def calls(
         self,

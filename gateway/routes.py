@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -24,6 +24,7 @@ from gateway.response_store import TurnGoneError
 from gateway.responses import ResponseCall, read_response_call, response_of
 from gateway.text import TextChunks, read_text_call, text_completion_of
 from llmq.futures import read_outcome
+from llmq.streaming import Delta
 from schemas.errors import ErrorCode, LlmqError
 from schemas.redact import explain
 from schemas.result import InferenceResult
@@ -42,6 +43,12 @@ MAX_LAST_DIGITS = 15
 Python refuses to read it as a number)."""
 PREVIOUS_NOT_FOUND = "previous_response_not_found"
 """OpenAI's error code for a previous_response_id it holds no response of (a 400)."""
+HEADERS_WAIT_S = 10.0
+"""How long a stream waits for its first pieces before its response starts without them
+(sse.First): until then an error is an HTTP error (400, 429, ...), which the SDK raises as
+its own exception; after, an error event. Below sse.KEEPALIVE_S, so that no stream is silent
+for longer, and far below the 60 s after which a proxy cuts a silent response: a request
+may wait minutes in its lane's queue."""
 
 router = APIRouter()
 
@@ -249,15 +256,19 @@ async def _resume(
     tenant: str,
     last: int,
 ) -> Response:
-    """The resumed stream's response, read once it ends (`unread`). An answer already
-    stored is read through the door's pieces too: where they show which generation the
-    client had, one generated again after it that differs is an error, not spliced on."""
+    """The resumed stream's response, read once it ends (`unread`); its first piece waited
+    for as a call's (_came). An answer already stored is read through the door's pieces
+    too: where they show which generation the client had, one generated again after it
+    that differs is an error, not spliced on."""
     ended = await door.client.stored(correlation_id, tenant=tenant) is not None
     wait_s = door.settings.request_timeout_s
     pieces = door.client.follow(correlation_id, tenant=tenant, offset=last, wait_s=wait_s)
     given_up = partial(_resume_given_up, door, tenant, correlation_id, ended)
+    # Its client may leave again: the request is cancelled after the grace time, as at first.
+    leaves = None if ended else partial(door.cancel, tenant, correlation_id)
+    first = asyncio.ensure_future(anext(pieces, None))
     try:
-        first = await anext(pieces, None)
+        came = await _came(request, first)
     except asyncio.CancelledError:  # the drain bound cut it off
         given_up(None)
         raise
@@ -266,12 +277,14 @@ async def _resume(
     except TimeoutError as exc:
         given_up(exc)
         raise ApiError(LATE) from None
+    if came is None:
+        if leaves is not None:
+            leaves()
+        door.unread(tenant, correlation_id)
+        return Response(status_code=499)
     usage = request.query_params.get("include_usage", "false").lower() == "true"
-    model = (first.model if first else None) or door.catalog.default
-    chunks = kind(correlation_id, int(time.time()), model, usage)
-    # Its client may leave again: the request is cancelled after the grace time, as at first.
-    leaves = None if ended else partial(door.cancel, tenant, correlation_id)
-    events = sse.events(chunks, first, pieces, leaves, given_up)
+    chunks = kind(correlation_id, int(time.time()), door.catalog.default, usage)
+    events = sse.events(chunks, first.result() if came else first, pieces, leaves, given_up)
     read = _read_until_done(events, partial(door.unread, tenant, correlation_id))
     return sse.EventStream(read, SSE_HEADERS)
 
@@ -438,47 +451,93 @@ async def _results(door: FrontDoor, call: Call, wait_s: float) -> list[Inference
 
 
 async def _streamed(door: FrontDoor, request: Request, call: Call, started: float) -> Response:
-    """Server-sent events once the first piece of each choice is there: an error before it
-    is an HTTP error (429, 400, ...), after it an error event. `started`: when the request
-    came (time.monotonic), which its first piece and its end are timed from."""
+    """Server-sent events of the call's choices. An error before their first pieces is an
+    HTTP error (429, 400, ...) while they come within HEADERS_WAIT_S; past it the response
+    starts without them (sse.First), and an error is an error event, as after them.
+    `started`: when the request came (time.monotonic), which its first pieces and its end
+    are timed from."""
     wait_s = door.settings.reply_wait_s
     streams = [
         door.client.follow(r.correlation_id, tenant=r.tenant, wait_s=wait_s) for r in call.requests
     ]
     firsts = [asyncio.ensure_future(anext(stream)) for stream in streams]
+    pieces = asyncio.gather(*firsts)
+    pieces.add_done_callback(partial(_first_came, started))
     try:
-        first = await _unless_gone(request, asyncio.gather(*firsts))
+        came = await _came(request, pieces)
     except asyncio.CancelledError:  # the drain bound cut it off
         _given_up(door, call)
         raise
     except (LlmqError, TimeoutError) as exc:
         for waiting in firsts:
             waiting.cancel()
-        if isinstance(exc, LlmqError):
-            _failed(door, call)
-            raise ApiError(exc, headers=_ids(call)) from None
-        _given_up(door, call)
-        raise ApiError(LATE, headers=_ids(call)) from None
+        _refused(door, call, exc)
+    if came is None:  # before the response started: no id to resume by, no grace
+        _abandon(door, call, grace=False)
+        return Response(status_code=499)
+    if not came:  # the call waits for its first pieces in its stream
+        metrics.WAITING.inc()
+        pieces.add_done_callback(lambda _: metrics.WAITING.dec())
+    events = _events(door, call, pieces.result() if came else firsts, streams)
+    return sse.EventStream(_timed(events, started), {**SSE_HEADERS, **_ids(call)})
+
+
+def _refused(door: FrontDoor, call: Call, exc: LlmqError | TimeoutError) -> NoReturn:
+    """A stream's error before its response started: the HTTP error of its failure (the
+    call's other choices cancelled), or of its wait past (every choice cancelled)."""
+    if isinstance(exc, LlmqError):
+        _failed(door, call)
+        raise ApiError(exc, headers=_ids(call)) from None
+    _given_up(door, call)
+    raise ApiError(LATE, headers=_ids(call)) from None
+
+
+def _events(
+    door: FrontDoor,
+    call: Call,
+    firsts: Sequence[sse.First],
+    streams: list[AsyncIterator[Delta]],
+) -> AsyncGenerator[str]:
+    """The events of the call's choices, from their first pieces (or what awaits them)."""
     resumable = call.n == 1 and not isinstance(call, ResponseCall)
     resumable = resumable and not call.request.body.calls_tools  # the resume route sends text
-    if first is None:
-        _abandon(door, call, grace=resumable)
-        return Response(status_code=499)
-    metrics.FIRST_PIECE.observe(time.monotonic() - started)
     ended = partial(_ended, door, call)
-    chunks = door.chunks(call, first[0].model)
+    chunks = door.chunks(call)
     if isinstance(call, ResponseCall):  # the resume route sends chunks, not these: no grace
         shape = ResponseEvents(call.echo, chunks.created, chunks.model, chunks.body)
         stop = partial(_abandon, door, call, grace=False)
         keep = partial(_keep, door, call)
-        events = sse.response_events(shape, first[0], streams[0], stop, keep=keep, on_error=ended)
-    elif call.n == 1:  # one of tool calls does not resume: no grace
+        return sse.response_events(shape, firsts[0], streams[0], stop, keep=keep, on_error=ended)
+    if call.n == 1:  # one of tool calls does not resume: no grace
         stop = partial(_abandon, door, call, grace=resumable)
-        events = sse.events(chunks, first[0], streams[0], stop, ended)
-    else:  # such a stream does not resume: no grace
-        stop = partial(_abandon, door, call, grace=False)
-        events = sse.choices(chunks, first, streams, stop, ended)
-    return sse.EventStream(_timed(events, started), {**SSE_HEADERS, **_ids(call)})
+        return sse.events(chunks, firsts[0], streams[0], stop, ended)
+    stop = partial(_abandon, door, call, grace=False)  # such a stream does not resume
+    return sse.choices(chunks, firsts, streams, stop, ended)
+
+
+async def _came(request: Request, pieces: asyncio.Future[Any]) -> bool | None:
+    """Whether a stream's first pieces came within HEADERS_WAIT_S (their error raised, where
+    they failed); None where its client left first. Cut off (the client gone, the drain
+    bound), their wait is cancelled."""
+    try:
+        waited = await _unless_gone(request, asyncio.wait({pieces}, timeout=HEADERS_WAIT_S))
+    except asyncio.CancelledError:
+        pieces.cancel()
+        raise
+    if waited is None:
+        pieces.cancel()
+        return None
+    if not pieces.done():
+        return False
+    pieces.result()  # its error, if any
+    return True
+
+
+def _first_came(started: float, pieces: asyncio.Future[Any]) -> None:
+    """A stream's first pieces came (or failed, or were given up on): the time to them is
+    observed from `started`, where they came."""
+    if not pieces.cancelled() and pieces.exception() is None:
+        metrics.FIRST_PIECE.observe(time.monotonic() - started)
 
 
 def _abandon(door: FrontDoor, call: Call, *, grace: bool = True, left: bool = True) -> None:

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from fastapi.responses import StreamingResponse
 from starlette.types import Message, Send
 
 from gateway.openai import Chunks, error_body, summed
 from gateway.response_events import ResponseEvents
+from llmq.futures import read_outcome
 from llmq.streaming import Delta
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import ChatBody
@@ -22,7 +24,19 @@ from schemas.tools import finish_reason, shown, text_before
 
 log = logging.getLogger(__name__)
 
+C = TypeVar("C", bound=Chunks)
+P = TypeVar("P", Delta, Delta | None)
+
 DONE = "data: [DONE]\n\n"
+KEEPALIVE = ": keep-alive\n\n"
+"""An SSE comment, which clients skip (the openai SDK's SSEDecoder among them). Never a
+`retry:` line alone: the SDK reads that as an event of empty data, and fails on it."""
+KEEPALIVE_S = 15.0
+"""The longest a stream is silent (its first piece to come, a tool call held until whole, a
+coalesced copy queued again) before it sends KEEPALIVE: a proxy or load balancer cuts a
+response silent for its idle timeout (nginx's proxy_read_timeout, an AWS ALB's: 60 s by
+default), mid-answer, or before it started with a 504 that the SDK retries as a new
+request, at the end of the queue. A quarter of those 60 s."""
 SEND_S = 60.0
 """How long an event may wait to be sent: a client still connected that takes nothing for
 this long is taken as gone. Neither Starlette nor uvicorn bounds a write, so the stream
@@ -36,7 +50,8 @@ class _StalledError(Exception):
 
 class EventStream(StreamingResponse):
     """The events of a stream as the response, each sent within SEND_S: one that is not ends
-    the stream as its client's leaving does (its `events` are closed: their `on_abandon`)."""
+    the stream as its client's leaving does (its `events` are closed: their `on_abandon`).
+    KEEPALIVE_S without an event sends KEEPALIVE, the events' wait going on."""
 
     media_type = "text/event-stream"
 
@@ -45,23 +60,63 @@ class EventStream(StreamingResponse):
         self._events = events
 
     async def stream_response(self, send: Send) -> None:
-        async def bounded(message: Message) -> None:
-            try:
-                async with asyncio.timeout(SEND_S):
-                    await send(message)
-            except TimeoutError:
-                raise _StalledError from None
-
+        sends = _Sends(send)
+        keeping = asyncio.create_task(sends.keep_alive())
+        keeping.add_done_callback(read_outcome)  # a send it could not make, the next one meets
         try:
-            await super().stream_response(bounded)
+            await super().stream_response(sends.send)
         except _StalledError:  # the response stays incomplete: uvicorn closes the connection
             log.warning("a stream's client took no event for %g s: ended as if it left", SEND_S)
             await self._events.aclose()
+        finally:
+            keeping.cancel()
+
+
+@dataclass
+class _Sends:
+    """A response's messages sent one at a time, each within SEND_S; and, beside them, a
+    comment after each KEEPALIVE_S without one, until the last."""
+
+    send_one: Send
+    last: float = field(default_factory=time.monotonic)
+    """When the latest message was sent."""
+    ended: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, message: Message) -> None:
+        """Send `message` once those before it are sent, within SEND_S (_StalledError)."""
+        last = message["type"] == "http.response.body" and not message.get("more_body", False)
+        try:
+            async with asyncio.timeout(SEND_S):
+                async with self.lock:
+                    if self.ended:  # a comment after the last message, which uvicorn refuses
+                        return
+                    await self.send_one(message)
+                    self.ended = last
+        except TimeoutError:
+            raise _StalledError from None
+        self.last = time.monotonic()
+
+    async def keep_alive(self) -> None:
+        """KEEPALIVE after each KEEPALIVE_S without a message, until the last one."""
+        comment = {"type": "http.response.body", "body": KEEPALIVE.encode(), "more_body": True}
+        while not self.ended:
+            silent_s = time.monotonic() - self.last
+            if silent_s < KEEPALIVE_S:
+                await asyncio.sleep(KEEPALIVE_S - silent_s)
+            else:
+                await self.send(comment)
+
+
+First = Delta | Awaitable[Delta]
+"""An answer's first piece; or, where its stream starts before it came (past
+routes.HEADERS_WAIT_S), what awaits it: the stream opens at once (KEEPALIVE, or a response's
+first events), and an error before it comes is an error event, as after it."""
 
 
 def events(
     chunks: Chunks,
-    first: Delta | None,
+    first: Delta | Awaitable[Delta | None] | None,
     pieces: AsyncIterator[Delta] | None,
     on_abandon: Callable[[], None] | None = None,
     on_error: Callable[[Exception], None] | None = None,
@@ -72,16 +127,17 @@ def events(
     stream resumes with the count of characters it has (GET /v1/results/{id}/stream with
     Last-Event-ID). A piece without text sends no event of its own: its logprobs go with
     the next, or with the finish. An answer of tool calls sends them whole, once read from
-    its whole text (under "auto", the text before them as it comes). An error after the
-    first piece is an error event, after a call of `on_error` with it. A client that leaves
-    before the end calls `on_abandon`."""
+    its whole text (under "auto", the text before them as it comes). The chunks name the
+    model of the first piece. An error after the first piece (or after the stream opened
+    without it: see First) is an error event, after a call of `on_error` with it. A client
+    that leaves before the end calls `on_abandon`."""
     answer = (_calls if chunks.calls_tools else _answer)(chunks, first, pieces)
     return _guarded(answer, [] if pieces is None else [pieces], on_abandon, on_error=on_error)
 
 
 def choices(
     chunks: Chunks,
-    firsts: list[Delta],
+    firsts: Sequence[First],
     streams: list[AsyncIterator[Delta]],
     on_stop: Callable[[], None] | None = None,
     on_error: Callable[[Exception], None] | None = None,
@@ -98,7 +154,7 @@ def choices(
 
 def response_events(
     shape: ResponseEvents,
-    first: Delta,
+    first: First,
     pieces: AsyncIterator[Delta],
     on_abandon: Callable[[], None] | None = None,
     *,
@@ -107,10 +163,11 @@ def response_events(
 ) -> AsyncGenerator[str]:
     """The events of a streamed response (OpenAI's Responses API), each named by its type,
     from the answer's first piece on (function calls once the answer is whole); the whole
-    `response` goes to `keep` before the last event, which carries it. Such a stream does
-    not resume (the resume route sends chunks). An error after the first piece calls
-    `on_error` and is an `error` event, then `response.failed`; a client that leaves before
-    the end calls `on_abandon`."""
+    `response` goes to `keep` before the last event, which carries it; it names the model
+    of the first piece (but for the events sent before it came). Such a stream does not
+    resume (the resume route sends chunks). An error after the first piece (or after the
+    stream opened without it) calls `on_error` and is an `error` event, then
+    `response.failed`; a client that leaves before the end calls `on_abandon`."""
     answer = (_called if shape.calls_tools else _response)(shape, first, pieces, keep)
     return _guarded(
         answer,
@@ -123,14 +180,18 @@ def response_events(
 
 async def _response(
     shape: ResponseEvents,
-    first: Delta,
+    first: First,
     pieces: AsyncIterator[Delta],
     keep: Callable[[dict[str, Any]], Awaitable[None]] | None,
 ) -> AsyncGenerator[str]:
+    for body in shape.starting() if _coming(first) else []:
+        yield named(body)
+    came = await _arrived(first)
+    shape.model = came.model or shape.model
     for body in shape.opening():
         yield named(body)
     held: list[TokenLogprob] = []  # tokens that brought no text yet
-    async for piece in _until_finished(first, pieces):
+    async for piece in _until_finished(came, pieces):
         held += piece.logprobs or []
         if piece.text:
             for body in shape.delta(piece.text, held):
@@ -144,17 +205,21 @@ async def _response(
 
 async def _called(
     shape: ResponseEvents,
-    first: Delta,
+    first: First,
     pieces: AsyncIterator[Delta],
     keep: Callable[[dict[str, Any]], Awaitable[None]] | None,
 ) -> AsyncGenerator[str]:
     """The events of a response that may be function calls: the opening; under "auto", its
     text as it comes but for where a call may be beginning; once whole, the rest of its
     text, or its calls."""
+    for body in shape.starting() if _coming(first) else []:
+        yield named(body)
+    came = await _arrived(first)
+    shape.model = came.model or shape.model
     for body in shape.opening():
         yield named(body)
     showing = _Showing.of(shape.body)
-    async for piece in _until_finished(first, pieces):
+    async for piece in _until_finished(came, pieces):
         text, logprobs = showing.add(piece)
         for body in shape.delta(text, logprobs) if text else []:
             yield named(body)
@@ -229,13 +294,19 @@ def _failing(on_error: Callable[[Exception], None] | None, exc: Exception) -> bo
 
 
 async def _answer(
-    chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
+    chunks: Chunks,
+    first: Delta | Awaitable[Delta | None] | None,
+    pieces: AsyncIterator[Delta] | None,
 ) -> AsyncGenerator[str]:
+    if _coming(first):
+        yield KEEPALIVE
+    came = await _arrived(first)
+    chunks = _served(chunks, came)
     opening = chunks.role()
-    if first is not None and first.offset == 0 and opening is not None:
+    if came is not None and came.offset == 0 and opening is not None:
         yield data(opening)
     held: list[TokenLogprob] = []
-    async for piece in _until_finished(first, pieces):
+    async for piece in _until_finished(came, pieces):
         content, finish = _bodies(chunks, piece, held)
         if content is not None:
             yield data(content)
@@ -247,18 +318,24 @@ async def _answer(
 
 
 async def _calls(
-    chunks: Chunks, first: Delta | None, pieces: AsyncIterator[Delta] | None
+    chunks: Chunks,
+    first: Delta | Awaitable[Delta | None] | None,
+    pieces: AsyncIterator[Delta] | None,
 ) -> AsyncGenerator[str]:
     """The chunks of an answer that may be tool calls: the role; under "auto", its text as
     it comes, but for where a call may be beginning (held until it is text for certain);
     once whole, the rest of its text, or its calls, each whole (their arguments are JSON,
     of no use to a client half written); then the finish. Log-probabilities come with the
     first chunk after their tokens."""
+    if _coming(first):
+        yield KEEPALIVE
+    came = await _arrived(first)
+    chunks = _served(chunks, came)
     opening = chunks.role()
     if opening is not None:
         yield data(opening)
     showing = _Showing.of(chunks.body)
-    async for piece in _until_finished(first, pieces):
+    async for piece in _until_finished(came, pieces):
         for body in _called_bodies(chunks, showing, piece):
             yield data(body)
         if piece.finish_reason is not None and chunks.include_usage:
@@ -292,18 +369,20 @@ def _called_bodies(
 
 
 async def _interleaved(
-    chunks: Chunks, firsts: list[Delta], streams: list[AsyncIterator[Delta]]
+    chunks: Chunks, firsts: Sequence[First], streams: list[AsyncIterator[Delta]]
 ) -> AsyncGenerator[str]:
     """The chunks of several answers: each one's role first, then their pieces as they
     come (answers that may be tool calls as `_calls` sends one), then the usage summed."""
-    for index in range(len(firsts)):
-        opening = chunks.role(index)
-        if opening is not None:
-            yield data(opening)
+    if _coming(*firsts):
+        yield KEEPALIVE
+    came = await _each(firsts)
+    chunks = _served(chunks, came[0])
+    for opening in filter(None, map(chunks.role, range(len(came)))):  # text has no roles
+        yield data(opening)
     usages: list[Usage] = []
-    held: list[list[TokenLogprob]] = [[] for _ in firsts]
-    showing = [_Showing.of(chunks.body) for _ in firsts]
-    answers = [_until_finished(f, s) for f, s in zip(firsts, streams, strict=True)]
+    held: list[list[TokenLogprob]] = [[] for _ in came]
+    showing = [_Showing.of(chunks.body) for _ in came]
+    answers = [_until_finished(f, s) for f, s in zip(came, streams, strict=True)]
     merged = _merged(answers)
     try:
         async for index, piece in merged:
@@ -371,6 +450,35 @@ def _bodies(
         end = piece.offset + len(piece.text)
         finish = chunks.finish(piece.finish_reason, held or None, index, end)
     return content, finish
+
+
+def _coming(*firsts: object) -> bool:
+    """Whether a first piece is still to come (an awaitable of it: see First)."""
+    return any(isinstance(first, Awaitable) for first in firsts)
+
+
+async def _arrived(first: P | Awaitable[P]) -> P:
+    """The first piece, once it came."""
+    return await first if isinstance(first, Awaitable) else first
+
+
+async def _each(firsts: Sequence[First]) -> list[Delta]:
+    """Each answer's first piece, once every one came. An error in one (or the wait's own
+    cancel) cancels the waits for the others, awaited: their streams are closed next, which
+    a wait still reading one would refuse."""
+    waits = [asyncio.ensure_future(_arrived(first)) for first in firsts]
+    try:
+        return await asyncio.gather(*waits)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        if left := [wait for wait in waits if not wait.done()]:
+            await asyncio.wait(left)
+
+
+def _served(chunks: C, first: Delta | None) -> C:
+    """The chunks in the name of the model that served the answer: its first piece's."""
+    return chunks if first is None or first.model is None else replace(chunks, model=first.model)
 
 
 async def _until_finished(

@@ -392,9 +392,15 @@ def test_a_resumed_stream_the_door_gave_up_on_is_cancelled(
     client, before = LateResume(), _cancelled()
     app = _app(monkeypatch, client)
     sent: list[Message] = []
+    read = False
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
+    async def receive() -> dict[str, Any]:  # as a server's: the request, then a client staying
+        nonlocal read
+        if not read:
+            read = True
+            return {"type": "http.request", "body": b""}
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
         sent.append(message)
