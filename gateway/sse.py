@@ -28,9 +28,11 @@ C = TypeVar("C", bound=Chunks)
 P = TypeVar("P", Delta, Delta | None)
 
 DONE = "data: [DONE]\n\n"
-KEEPALIVE = ": keep-alive\n\n"
-"""An SSE comment, which clients skip (the openai SDK's SSEDecoder among them). Never a
-`retry:` line alone: the SDK reads that as an event of empty data, and fails on it."""
+KEEPALIVE = "\n"
+"""A blank line: with no field before it, it ends no event, and every SSE reader skips it
+(the openai SDK's SSEDecoder; vLLM's serving benchmark, which strips each read and so glues
+a `:` comment to the next event, losing it). Never a `retry:` line alone: the SDK reads that
+as an event of empty data, and fails on it."""
 KEEPALIVE_S = 15.0
 """The longest a stream is silent (its first piece to come, a tool call held until whole, a
 coalesced copy queued again) before it sends KEEPALIVE: a proxy or load balancer cuts a
@@ -75,7 +77,7 @@ class EventStream(StreamingResponse):
 @dataclass
 class _Sends:
     """A response's messages sent one at a time, each within SEND_S; and, beside them, a
-    comment after each KEEPALIVE_S without one, until the last."""
+    KEEPALIVE after each KEEPALIVE_S without one, until the last."""
 
     send_one: Send
     last: float = field(default_factory=time.monotonic)
@@ -89,7 +91,7 @@ class _Sends:
         try:
             async with asyncio.timeout(SEND_S):
                 async with self.lock:
-                    if self.ended:  # a comment after the last message, which uvicorn refuses
+                    if self.ended:  # a keep-alive after the last message, which uvicorn refuses
                         return
                     await self.send_one(message)
                     self.ended = last
@@ -99,13 +101,13 @@ class _Sends:
 
     async def keep_alive(self) -> None:
         """KEEPALIVE after each KEEPALIVE_S without a message, until the last one."""
-        comment = {"type": "http.response.body", "body": KEEPALIVE.encode(), "more_body": True}
+        blank = {"type": "http.response.body", "body": KEEPALIVE.encode(), "more_body": True}
         while not self.ended:
             silent_s = time.monotonic() - self.last
             if silent_s < KEEPALIVE_S:
                 await asyncio.sleep(KEEPALIVE_S - silent_s)
             else:
-                await self.send(comment)
+                await self.send(blank)
 
 
 First = Delta | Awaitable[Delta]

@@ -21,6 +21,7 @@ from openai.types.responses import ResponseStreamEvent
 from prometheus_client import REGISTRY
 from pydantic import TypeAdapter
 from starlette.types import Message
+from vllm.benchmarks.lib.endpoint_request_func import StreamedResponseHandler
 
 from gateway import routes, sse
 from gateway.app import build
@@ -139,7 +140,7 @@ class Sent:
     def before_first_event(self) -> list[str]:
         """The comments sent before the first event."""
         parts = [body for _, body in self.bodies]
-        return parts[: next(i for i, p in enumerate(parts) if not p.startswith(":"))]
+        return parts[: next(i for i, p in enumerate(parts) if p != sse.KEEPALIVE)]
 
     def longest_silence_s(self) -> float:
         """The longest time from the response's start without a part of its body."""
@@ -147,7 +148,7 @@ class Sent:
         return max(b - a for a, b in itertools.pairwise(times))
 
     def events(self) -> list[str]:
-        return [body for _, body in self.bodies if not body.startswith(":")]
+        return [body for _, body in self.bodies if body != sse.KEEPALIVE]
 
 
 async def _exchange(
@@ -248,6 +249,23 @@ def test_a_stream_whose_first_piece_is_queued_starts_and_stays_alive_until_it_co
         said = [c.choices[0].delta.content for c in chunks if c.choices[0].index == index]
         assert said == ["", "Hello", " world", None]
     assert client.cancelled == [] and sorted(client.closed) == sorted(client.submitted)
+
+
+def test_vllms_serving_benchmark_reads_a_stream_kept_alive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tools.bench.vllm_bench drives the door with vLLM's benchmark, which strips each read
+    before its parser: a `: keep-alive` comment came out glued to the next event, which was
+    lost (requests marked failed once their first token waited past HEADERS_WAIT_S)."""
+    app = _app(monkeypatch, Client([answer()]))
+    sent = asyncio.run(_exchange(app, "/v1/chat/completions", _chat()))
+    handler, read = StreamedResponseHandler(), []  # type: ignore[no-untyped-call]
+    for _, part in sent.bodies:  # each part a read of its own, as they came apart in time
+        chunk = part.encode().strip()
+        if chunk:  # as vLLM's request function reads them
+            read += [m for m in handler.add_chunk(chunk) if not m.startswith(":")]
+    assert len(sent.before_first_event()) >= 3
+    assert read == [e.strip() for e in sent.events()] and read[-1] == "data: [DONE]"
 
 
 def test_a_refusal_before_the_response_starts_is_still_the_http_error(
