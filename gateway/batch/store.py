@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway import metrics
 from schemas.errors import ErrorCode, LlmqError
@@ -428,11 +428,19 @@ class BatchStore:
                 self._index(pipe, tenant, "batches", batch_id, until)
                 _keep_index(pipe, tenant_index_key(tenant, "files"), until)
                 await pipe.execute()
-        except BaseException:
+        except BaseException:  # its place back, unless the write landed (a reply timed out)
             with contextlib.suppress(RedisError):  # else it stops counting after ADMITTING_S
-                await self._redis.zrem(admitted, batch_id)
+                if not await self._written(keys["batch"], batch_id):
+                    await self._redis.zrem(admitted, batch_id)
             raise
         await self._sweep(tenant, "batches")
+
+    async def _written(self, key: str, batch_id: str) -> bool:
+        """Whether the batch's fields are in Redis (its creation's write landed)."""
+        try:
+            return bool(await self._redis.hget(key, "id") == batch_id.encode())  # type: ignore[misc]
+        except ResponseError:  # not a hash: a write that failed
+            return False
 
     async def batch(self, batch_id: str, tenant: str | None = None) -> dict[str, str] | None:
         """A batch's fields (if it is the tenant's, when one is named)."""

@@ -12,6 +12,8 @@ import time
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.app import build
 from gateway.batch.runner import Runner
@@ -173,6 +175,29 @@ def test_a_creation_that_failed_or_a_batch_gone_stops_counting(redis_port: int) 
         await client.zadd(tenant_active_key(TENANT), {gone: 0})  # admitted long ago
         assert isinstance(await _made(store, TENANT), str)
         assert await client.zscore(tenant_active_key(TENANT), gone) is None
+
+    run_async(redis_port, body)
+
+
+def test_a_creation_whose_reply_timed_out_after_its_write_landed_still_counts(
+    redis_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EXEC applied, its reply lost to the socket timeout: the batch runs, so it keeps its
+    place (given back, the SDK's retry of the 5xx made one more, uncounted)."""
+    execute = Pipeline.execute
+
+    async def applied_then_timed_out(self: Pipeline, raise_on_error: bool = True) -> object:
+        await execute(self, raise_on_error)
+        raise RedisTimeoutError("Timeout reading from socket")
+
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        monkeypatch.setattr(Pipeline, "execute", applied_then_timed_out)
+        with pytest.raises(RedisTimeoutError):
+            await _made(store, TENANT, "batch_late")
+        monkeypatch.setattr(Pipeline, "execute", execute)
+        assert await client.sismember(BATCHES_ACTIVE, "batch_late")  # type: ignore[misc]
+        assert await client.zscore(tenant_active_key(TENANT), "batch_late") is not None
 
     run_async(redis_port, body)
 
