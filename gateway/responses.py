@@ -226,7 +226,7 @@ class _Names:
         if head in ("tools", "tool_choice") and "function" in rest:
             at = rest.index("function")  # a function tool's fields are the tool's own
             return head, rest[:at] + rest[at + 1 :]
-        return "max_output_tokens" if head == "max_tokens" else head, rest
+        return NAMES.get(head, head), rest
 
 
 def _renamed(exc: LlmqError, names: _Names) -> LlmqError:

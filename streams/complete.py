@@ -228,10 +228,12 @@ class Complete:
 
         A completion read again whose work was handed on already (_send_on's mark) is done,
         whatever it would decide now: later, a retry's budget or the deadline may have passed,
-        and answering its failure would release the hold the running hand-on needs."""
+        and answering its failure would release the hold the running hand-on needs. (Only a
+        failure or a cascade's answer is ever handed on: no other pays the look.)"""
         work = completion.work
-        request = work.request
-        if await self._outbox.store.handed_on(request.tenant, request.correlation_id, _step(work)):
+        request, store = work.request, self._outbox.store
+        may_have = completion.error is not None or work.route.cascade
+        if may_have and await store.handed_on(request.tenant, request.correlation_id, _step(work)):
             return True
         shown = completion.streamed or work.shown
         route = None if shown or work.request.expired() else await self._next_route(completion)

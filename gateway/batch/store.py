@@ -368,9 +368,14 @@ class BatchStore:
 
     async def readers(self, file_id: str) -> list[tuple[str, str]]:
         """The active batches (id, status) whose input is this file."""
+        ids = await self.active()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for batch_id in ids:
+                pipe.hmget(batch_keys(batch_id)["batch"], ["input_file_id", "status"])
+            found = await pipe.execute()
         return [
             (batch_id, status.decode())
-            for batch_id, (input_file, status) in await self._actives("input_file_id", "status")
+            for batch_id, (input_file, status) in zip(ids, found, strict=True)
             if input_file == file_id.encode() and status is not None
         ]
 
@@ -501,15 +506,6 @@ class BatchStore:
 
     async def active(self) -> list[str]:
         return sorted(m.decode() for m in await self._redis.smembers(BATCHES_ACTIVE))  # type: ignore[misc]
-
-    async def _actives(self, *names: str) -> list[tuple[str, list[bytes | None]]]:
-        """Each active batch's id and these fields of it (None where gone), in one round trip."""
-        ids = await self.active()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for batch_id in ids:
-                pipe.hmget(batch_keys(batch_id)["batch"], list(names))
-            found = await pipe.execute()
-        return list(zip(ids, found, strict=True))
 
     async def forget(self, batch_id: str) -> None:
         """Drop what is left of a batch whose fields Redis lost (flushed, restarted without
