@@ -42,7 +42,7 @@ from llmq.record_limits import (
 )
 from llmq.redis_client import bounded_client
 from llmq.settings import ClientSettings
-from llmq.stored import stored_result
+from llmq.stored import stored_result, unreadable
 from llmq.stream_logs import Cursor, StreamLogs
 from llmq.streaming import Delta, StreamReader
 from llmq.tail import at_end
@@ -546,7 +546,14 @@ class AsyncClient:
     def _on_result(self, value: bytes | None) -> None:
         try:
             result = InferenceResult.model_validate_json(value or b"")
-        except ValidationError:
+        except ValidationError as exc:
+            # A reply to a request here that this llmq cannot read (a newer llmq's) ends
+            # its wait; anything else is another app's record on the topic.
+            named = unreadable(value or b"", exc)
+            waiter = None if named is None else self._pending.get(named[0])
+            if named is not None and waiter is not None and not waiter.done():
+                waiter.set_exception(named[1])
+                waiter.exception()  # raised to its awaiter; not an error to log unawaited
             return
         if result.correlation_id is None or result.tenant is None:
             return

@@ -30,7 +30,7 @@ from llmq.record_limits import (
     refusal_after,
 )
 from llmq.settings import ClientSettings
-from llmq.stored import stored_result
+from llmq.stored import stored_result, unreadable
 from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
 from schemas.names import REQUESTS, RESULTS, result_key
@@ -102,7 +102,9 @@ class Client:
         """(tenant, correlation_id) of each request submitted and not yet collected, oldest
         first (a dict as an ordered set); with or without a listener, so result() knows the
         tenant a request was submitted as."""
-        self._results: dict[Key, InferenceResult] = {}
+        self._results: dict[Key, InferenceResult | RuntimeError] = {}
+        """The replies collected for pending requests; a RuntimeError for a reply this llmq
+        cannot read (a newer llmq's record), raised to its waiter."""
         self._arrived = threading.Condition()
         self._closing = threading.Event()
         self._listener: threading.Thread | None = None
@@ -165,8 +167,8 @@ class Client:
         self, correlation_id: str, timeout: float = 120.0, *, tenant: str | None = None
     ) -> InferenceResult:
         """Wait for the result of a request; raises TimeoutError when none came in time, and
-        RuntimeError when the client is closed meanwhile or the result store holds something
-        else under its key.
+        RuntimeError when the client is closed meanwhile or its reply is no result this llmq
+        reads (the result store holds something else, or a newer llmq wrote it).
 
         The request is the one of `tenant`: by default the tenant this client submitted the
         id as (the client's own where it submitted the id as several, or not at all).
@@ -184,6 +186,9 @@ class Client:
                         timeout=min(left, STORE_POLL_S),
                     )
                 found = self._results.pop(key, None)
+                if isinstance(found, RuntimeError):
+                    self._pending.pop(key, None)
+                    raise found
             # 2) The result store, outside the lock and once per poll interval.
             found = found or self._stored(*key)
             if found is not None:
@@ -384,19 +389,22 @@ class Client:
     def _collect(self, batches: dict[TopicPartition, list[Any]]) -> None:
         """Keep the replies among polled records that answer requests pending here (another
         tenant's reply to an equal id is not this request's), and wake the waiters."""
-        arrived = []
+        arrived: list[tuple[Key, InferenceResult | RuntimeError]] = []
         for records in batches.values():
             for record in records:
                 try:
-                    arrived.append(InferenceResult.model_validate_json(record.value))
-                except ValidationError:
-                    continue  # not a result: someone else's record on this topic
+                    result = InferenceResult.model_validate_json(record.value)
+                except ValidationError as exc:
+                    named = unreadable(record.value or b"", exc)
+                    if named is not None:  # else someone else's record on this topic
+                        arrived.append(named)
+                    continue
+                arrived.append(((result.tenant or "", result.correlation_id or ""), result))
         if arrived:
             with self._arrived:
-                for result in arrived:
-                    key = (result.tenant or "", result.correlation_id or "")
+                for key, outcome in arrived:
                     if key in self._pending:
-                        self._results.setdefault(key, result)
+                        self._results.setdefault(key, outcome)
                 self._arrived.notify_all()
 
 

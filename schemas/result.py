@@ -12,6 +12,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.request import SCHEMA_VERSION, ChatMessage
 from schemas.route import Route
+from schemas.tools import FunctionCall, ToolCall
 
 _KNOWN_CODES = frozenset(ErrorCode)
 
@@ -83,6 +84,34 @@ class Choice(BaseModel):
     message: ChatMessage
     finish_reason: str | None
     logprobs: ChoiceLogprobs | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _newer_message_fields(cls, data: Any) -> Any:
+        """An answer's message read without the fields this llmq does not know (a newer
+        llmq's, during an upgrade), in it and in its tool calls: the message model refuses
+        them, as a request's must."""
+        message = data.get("message") if isinstance(data, dict) else None
+        if not isinstance(message, dict):
+            return data
+        known = _known(message, ChatMessage)
+        calls = known.get("tool_calls")
+        if isinstance(calls, list):
+            known["tool_calls"] = [_known_call(call) for call in calls]
+        return {**data, "message": known}
+
+
+def _known(data: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    return {name: value for name, value in data.items() if name in model.model_fields}
+
+
+def _known_call(call: Any) -> Any:
+    if not isinstance(call, dict):
+        return call
+    known = _known(call, ToolCall)
+    if isinstance(known.get("function"), dict):
+        known["function"] = _known(known["function"], FunctionCall)
+    return known
 
 
 class ChatCompletion(BaseModel):

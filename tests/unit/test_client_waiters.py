@@ -6,6 +6,7 @@ fresh producer. Kafka and Redis are fakes here; tests/integration runs the real 
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import threading
 from collections.abc import AsyncIterator
@@ -16,12 +17,15 @@ import pytest
 from aiokafka.errors import ProducerClosed
 from aiokafka.structs import TopicPartition
 from kafka.errors import KafkaError
+from pydantic import ValidationError
 
 from llmq import aio, client
 from llmq.aio import AsyncClient
 from llmq.client import Client
+from llmq.stored import stored_result
 from llmq.streaming import Delta
 from schemas.names import RESULTS, TOKENS
+from schemas.request import ChatMessage
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
 from schemas.stream import TokenDelta
@@ -365,3 +369,62 @@ def test_a_follow_cancelled_while_it_waits_leaves_no_task_behind() -> None:
         return [t for t in asyncio.all_tasks() if "Event.wait" in repr(t.get_coro())]
 
     assert asyncio.run(main()) == []
+
+
+def _newer(correlation_id: str, tenant: str = "default") -> bytes:
+    """A reply a newer llmq wrote: a record version this one does not read."""
+    wire = json.loads(_record(answered(correlation_id, tenant, "hi")).value)
+    return json.dumps({**wire, "schema_version": 2}).encode()
+
+
+def test_a_reply_this_llmq_cannot_read_ends_the_wait_naming_why(replies: Replies) -> None:
+    """It waited its whole timeout, as if no reply had come (a front door: 580 s)."""
+    app = _sync_client()
+    try:
+        app.submit("hi", correlation_id="c1")
+        app.submit("hi", correlation_id="c2")
+        replies.records.put(SimpleNamespace(value=_newer("c2", "globex")))  # not ours
+        replies.records.put(SimpleNamespace(value=_newer("c1")))
+        with pytest.raises(RuntimeError, match="schema_version 2, written by a newer llmq"):
+            app.result("c1", timeout=600)
+        assert ("default", "c1") not in app._pending
+        assert ("globex", "c2") not in app._results
+    finally:
+        app.close()
+
+
+def test_an_async_reply_this_llmq_cannot_read_ends_the_wait_naming_why() -> None:
+    async def run() -> None:
+        app = AsyncClient(NO_REDIS)
+        await _started(app)
+        correlation_id = await app.submit("hi")
+        app._on_result(_newer(correlation_id, "globex"))  # another tenant's: not this wait
+        assert not app._pending[("default", correlation_id)].done()
+        app._on_result(b'{"tenant": "default", "correlation_id": 7}')  # names no request
+        app._on_result(_newer(correlation_id))
+        with pytest.raises(RuntimeError, match="schema_version 2, written by a newer llmq"):
+            await app.result(correlation_id, wait_s=600)
+        assert not app._pending
+
+    asyncio.run(run())
+
+
+def test_an_answers_message_with_fields_a_newer_llmq_added_is_read_without_them() -> None:
+    """The message model refuses unknown fields (a request's must): an answer's message
+    from a newer worker was unreadable to every older reader, its request left waiting."""
+    wire = json.loads(_record(answered("c1", "default", "hi")).value)
+    message = wire["response"]["choices"][0]["message"]
+    function = {"name": "f", "arguments": "{}", "strict": True}
+    call = {"id": "call-1", "type": "function", "function": function, "index": 0}
+    message.update(reasoning="...", tool_calls=[call])
+    result = InferenceResult.model_validate_json(json.dumps(wire))
+    read = result.response.choices[0].message if result.response else None
+    assert read is not None and read.content == "hi" and read.tool_calls is not None
+    assert read.tool_calls[0].function.arguments == "{}"
+    with pytest.raises(ValidationError):  # a request's message still names what it refuses
+        ChatMessage.model_validate({"role": "user", "content": "hi", "reasoning": "..."})
+
+
+def test_a_stored_result_of_a_newer_llmq_is_named_so() -> None:
+    with pytest.raises(RuntimeError, match="schema_version 2, written by a newer llmq"):
+        stored_result(_newer("c1"), "default", "c1", NO_REDIS.redis_url)

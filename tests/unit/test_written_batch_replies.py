@@ -61,20 +61,23 @@ def _take(values: list[bytes | None]) -> list[Outcome]:
 def test_a_reply_from_a_newer_llmq_ends_its_line_with_an_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A field this llmq's ChatMessage does not know: skipped, the line would wait for the
-    batch's expiry; the line beside it is written as ever."""
-    newer = _reply(1)
-    newer["response"]["choices"][0]["message"]["annotations"] = []  # type: ignore[index]
-    values: list[bytes | None] = [json.dumps(r).encode() for r in (_reply(0), newer)]
+    """A record version this llmq does not read: skipped, the line would wait for the
+    batch's expiry; the lines beside it are written as ever, one whose message has a field
+    this llmq does not know among them."""
+    newer, known = _reply(1), _reply(2)
+    newer["schema_version"] = 2
+    known["response"]["choices"][0]["message"]["annotations"] = []  # type: ignore[index]
+    values: list[bytes | None] = [json.dumps(r).encode() for r in (_reply(0), newer, known)]
     with caplog.at_level(logging.WARNING):
         made = _take(values)
-    assert [(o.line, o.attempt, o.kind) for o in made] == [(0, 1, "output"), (1, 1, "error")]
+    kinds = [(o.line, o.attempt, o.kind) for o in made]
+    assert kinds == [(0, 1, "output"), (1, 1, "error"), (2, 1, "output")]
     line = made[1].body
     assert line["custom_id"] == "c1" and line["id"] == f"batch_req_{BATCH}.1.1"
     error = line["response"]["body"]["error"]
     assert error["code"] == "internal_error"
     assert error["message"].startswith("the line's reply could not be read (from a newer llmq?)")
-    assert "annotations" in error["message"]
+    assert "schema_version" in error["message"]
     assert f"the reply {BATCH}.1.1 could not be read" in caplog.text
 
 
