@@ -194,7 +194,9 @@ def test_every_catalog_model_has_a_worker_pool_sized_by_the_autoscaler() -> None
         [trigger] = obj["spec"]["triggers"]
         assert trigger["type"] == "prometheus"
         query = trigger["metadata"]["query"]
-        assert query == f'max({DESIRED_METRIC}{{model="{model}"}})'
+        # This install's figure alone: its namespace, as the kustomization sets it.
+        namespace = _documents(ROOT / "deploy" / "k8s" / "kustomization.yaml")[0]["namespace"]
+        assert query == f'max({DESIRED_METRIC}{{namespace="{namespace}",model="{model}"}})'
         assert trigger["metadata"]["threshold"] == "1"
         [container] = workers[model]["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
