@@ -75,13 +75,20 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob]
 
 
+class AnswerMessage(ChatMessage):
+    """An answer's message: a request's, but for the bound on its text, which is a prompt's
+    (an answer is bounded by its max_tokens, and its record by the topic's size)."""
+
+    content: str
+
+
 class Choice(BaseModel):
     """One answer."""
 
     model_config = ConfigDict(frozen=True)
 
     index: int = 0
-    message: ChatMessage
+    message: AnswerMessage
     finish_reason: str | None
     logprobs: ChoiceLogprobs | None = None
 
@@ -92,9 +99,11 @@ class Choice(BaseModel):
         llmq's, during an upgrade), in it and in its tool calls: the message model refuses
         them, as a request's must."""
         message = data.get("message") if isinstance(data, dict) else None
+        if isinstance(message, ChatMessage) and not isinstance(message, AnswerMessage):
+            message = message.model_dump()  # a request's message, as an answer's
         if not isinstance(message, dict):
             return data
-        known = _known(message, ChatMessage)
+        known = _known(message, AnswerMessage)
         calls = known.get("tool_calls")
         if isinstance(calls, list):
             known["tool_calls"] = [_known_call(call) for call in calls]

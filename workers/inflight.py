@@ -9,8 +9,8 @@ from typing import Self
 from schemas.catalog import ModelSpec
 from schemas.errors import LlmqError
 from schemas.metering import MeteringEvent
-from schemas.request import ChatMessage
 from schemas.result import (
+    AnswerMessage,
     ChatCompletion,
     Choice,
     ChoiceLogprobs,
@@ -117,7 +117,7 @@ class InFlight:
         calls = body.calls_in(text)
         finish = self._reason(calls)
         choice = Choice(
-            message=ChatMessage(role="assistant", content=text, tool_calls=calls),
+            message=AnswerMessage(role="assistant", content=text, tool_calls=calls),
             finish_reason=finish,
             logprobs=ChoiceLogprobs(content=self.logprobs)
             if self.work.request.body.logprobs

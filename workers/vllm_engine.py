@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,8 @@ _FAILED_FINISH = frozenset({"abort", "error"})
 """vLLM's finish reasons for a generation it gave up on ("error": its input or KV cache
 failed; "abort": the engine shut down or paused), not an answer. The worker's own aborts
 (timeout, cancel, drain) close the iterator instead, and never see one."""
+LEAST_LOGPROB = -9999.0
+"""The log-probability of a token that cannot be sampled, as vLLM's OpenAI server writes it."""
 _HF_TOKENIZER_MODES = frozenset({"auto", "hf"})
 """vLLM's tokenizer modes that load transformers' tokenizer, which llmq encodes prompts with:
 vLLM decodes the answers with its mode's tokenizer (mistral_common's, DeepSeek's, ...)."""
@@ -333,10 +336,18 @@ def _logprobs(token_ids: Any, logprobs: Any, top: int) -> list[TokenLogprob]:
         out.append(
             TokenLogprob(
                 token=chosen.decoded_token or "",
-                logprob=chosen.logprob,
+                logprob=_finite(chosen.logprob),
                 top_logprobs=[
-                    TopLogprob(token=c.decoded_token or "", logprob=c.logprob) for c in likely
+                    TopLogprob(token=c.decoded_token or "", logprob=_finite(c.logprob))
+                    for c in likely
                 ],
             )
         )
     return out
+
+
+def _finite(logprob: float) -> float:
+    """A log-probability JSON can carry: a token a structured output's grammar masks comes
+    back at -inf (or NaN), which JSON writes as null and no reader reads back; vLLM's
+    server gives it as LEAST_LOGPROB, as here."""
+    return logprob if math.isfinite(logprob) else LEAST_LOGPROB
