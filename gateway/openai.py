@@ -152,13 +152,14 @@ class Call:
     def requests(self) -> list[InferenceRequest]:
         """One request per choice: the first is `request`, each other has a correlation id
         of its own ("<id>-<i>") and, when seeded, seed + i (modulo 2^63), so that seeded
-        choices differ as OpenAI's do. Greedy ones are one answer n times (the copies
-        coalesce onto one generation); unseeded sampled ones are sampled apart, the copies
-        kept out of the cache (cache "always" would otherwise serve them the first's)."""
+        choices differ as OpenAI's do. Greedy ones, seeded or not, are one answer n times
+        (the copies coalesce onto one generation: vLLM reads no seed when greedy); unseeded
+        sampled ones are sampled apart, the copies kept out of the cache (cache "always"
+        would otherwise serve them the first's)."""
         first, copies = self.request, [self.request]
         for i in range(1, self.n):
             body = first.body
-            if body.seed is not None:
+            if body.seed is not None and body.temperature != 0.0:
                 body = body.model_copy(update={"seed": (body.seed + i) % 2**63})
             update: dict[str, object] = {
                 "correlation_id": f"{first.correlation_id}-{i}",

@@ -24,6 +24,7 @@ from gateway.openai import (
 from gateway.settings import GatewaySettings
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.fingerprint import fingerprint
 from schemas.lanes import Lane
 from schemas.request import CacheMode, ChatMessage
 from schemas.result import (
@@ -196,6 +197,9 @@ def test_n_choices_are_requests_of_their_own_seeded_apart() -> None:
     greedy = _read(n=2, temperature=0).requests
     assert [r.body.seed for r in greedy] == [None, None]
     assert [r.cache for r in greedy] == [CacheMode.AUTO] * 2  # one answer: they coalesce
+    seeded = _read(n=3, temperature=0, seed=42).requests  # "reproducible": still one answer
+    assert [r.body.seed for r in seeded] == [42] * 3
+    assert len({fingerprint(r, "m") for r in seeded}) == 1
     sampled = _read(n=3, temperature=0.7, cache="always").requests
     assert [r.cache for r in sampled] == [CacheMode.ALWAYS, CacheMode.OFF, CacheMode.OFF]
     assert call.requests is copies  # made once per call
