@@ -12,7 +12,9 @@ class RetryPolicy:
     """When to try a failed call again: delays double up to a cap, each jittered.
 
     Equal jitter (a delay between half and all of the exponential figure) spreads the
-    retries of many requests that failed together without ever retrying at once.
+    retries of many requests that failed together without ever retrying at once; where the
+    server said when (Retry-After, an open circuit's cooldown), the jittered delay is added
+    to that moment, which many requests share.
     """
 
     max_attempts: int = 4
@@ -22,7 +24,8 @@ class RetryPolicy:
     max_delay_s: float = 8.0
     """The cap on one delay, before jitter."""
     budget_s: float = 30.0
-    """No retry starts later than this after the first attempt started."""
+    """No retry starts later than this after the first attempt started (the stream
+    processor's: after the first attempt failed, so that queue time is not spent from it)."""
     uniform: Callable[[], float] = field(default=random.random, compare=False)
     """A uniform number in [0, 1); injectable so tests are deterministic."""
 
@@ -40,14 +43,16 @@ class RetryPolicy:
         """Seconds to wait before attempt `attempt + 1`, or None when it must not happen.
 
         `attempt` is the attempt that just failed (1 for the first), `elapsed_s` the time
-        since the first one started, `retry_after_s` what the server asked for (429, 503):
-        it is honoured, so a wait that would overrun the budget means giving up now.
+        since the first one started (see budget_s), `retry_after_s` what the server asked
+        for (429, 503, an open circuit): it is honoured, with the jittered backoff on top
+        so that the requests told the same moment do not all retry at it; a wait that would
+        overrun the budget means giving up now.
         """
         if attempt >= self.max_attempts:
             return None
         wait = self.backoff(attempt)
         if retry_after_s is not None:
-            wait = max(wait, retry_after_s)
+            wait += retry_after_s
         if elapsed_s + wait > self.budget_s:
             return None
         return wait

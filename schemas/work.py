@@ -55,6 +55,11 @@ class WorkItem(BaseModel):
     """Which attempt at a generation this is: retries of a failed one count up from 1."""
     not_before: float | None = None
     """A retry's backoff: the worker starts it no earlier than this Unix time."""
+    first_failed_at: float | None = None
+    """When the stream processor read its first failed attempt (streams/retries.py): the
+    retry budget counts from here, not from admission, so that the hours a batch-lane item
+    may queue are not spent from it. None until then, and in a record of a writer before it.
+    Not in the fingerprint."""
     sent_at: float | None = None
     """When the stream processor last sent it to a work topic (Outbox.work): a retry, a
     fallback, an escalation or a promotion is sent again, while admitted_at stays the

@@ -15,30 +15,41 @@ def retry_of(
     """The next attempt at a failed generation, or None when the failure is final.
 
     Only retriable failures are tried again, and only while the policy allows another
-    attempt (counted from admission) that can start before the request's deadline. A
-    failure the engine already retried is final here: retries do not stack.
+    attempt (its budget counted from the first failure, stamped on the retry as
+    WorkItem.first_failed_at: not from admission, which may be long before, in a queue)
+    that can start before the request's deadline. A failure the engine already retried is
+    final here: retries do not stack.
     """
     error = completion.error
     if error is None or not error.retriable or completion.engine_retried:
         return None
     now = time.time() if now is None else now
     work = completion.work
-    delay = policy.delay(work.attempt, now - work.admitted_at, error.retry_after_s)
+    first_failed_at = now if work.first_failed_at is None else work.first_failed_at
+    delay = policy.delay(work.attempt, now - first_failed_at, error.retry_after_s)
     if delay is None:
         return None
     start = now + delay
     deadline = work.request.deadline
     if deadline is not None and start >= deadline:
         return None
-    return work.model_copy(update={"attempt": work.attempt + 1, "not_before": start})
+    return work.model_copy(
+        update={
+            "attempt": work.attempt + 1,
+            "not_before": start,
+            "first_failed_at": first_failed_at,
+        }
+    )
 
 
 def final_failure(completion: Completion) -> LlmqError | None:
     """The error of a generation that failed for good after retries, for the DLQ and the
-    app; None for an answer, or for a failure no retry could have helped (bad request)."""
+    app; None for an answer, or for a failure no retry could have helped (bad request). Its
+    retry_after_s is kept: the batch collector reschedules a line by it, the door answers
+    Retry-After with it."""
     error = completion.error
     if error is None or not error.retriable:
         return None
     attempts = completion.work.attempt
     tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-    return LlmqError(error.code, f"failed after {tries}: {error.message}")
+    return LlmqError(error.code, f"failed after {tries}: {error.message}", error.retry_after_s)

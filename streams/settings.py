@@ -80,7 +80,8 @@ class StreamSettings(ServiceSettings):
     """Backoff before the first retry; it doubles per attempt, with jitter
     (LLMQ_RETRY_BASE_DELAY_S)."""
     retry_budget_s: float = Field(default=300.0, gt=0, le=3600)
-    """No retry starts later than this after admission (LLMQ_RETRY_BUDGET_S)."""
+    """No retry starts later than this after the generation's first failure
+    (LLMQ_RETRY_BUDGET_S); the time it queued before is not counted."""
     tenants_file: Path | None = None
     """A TOML file of per-tenant rate limits and budgets (LLMQ_TENANTS_FILE); none: unlimited."""
     metrics_tenants: int = Field(default=DEFAULT_LIMIT, ge=0)

@@ -40,15 +40,21 @@ class CircuitBreaker:
         *,
         failure_threshold: int = 5,
         cooldown_s: float = 30.0,
+        probe_wait_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`probe_wait_s` is the retry_after_s of a call refused while the probe runs: its
+        verdict comes with its first token, long before another cooldown is over."""
         if failure_threshold < 1:
             raise ValueError(f"failure_threshold must be at least 1, got {failure_threshold}")
         if cooldown_s <= 0:
             raise ValueError(f"cooldown_s must be positive, got {cooldown_s}")
+        if probe_wait_s <= 0:
+            raise ValueError(f"probe_wait_s must be positive, got {probe_wait_s}")
         self._name = name
         self._threshold = failure_threshold
         self._cooldown_s = cooldown_s
+        self._probe_wait_s = probe_wait_s
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._failures = 0
@@ -62,10 +68,11 @@ class CircuitBreaker:
         """Where the breaker stands; OPEN turns HALF_OPEN only when a call asks to pass."""
         return self._state
 
-    def acquire(self, *, retried: bool = False) -> bool:
-        """Let a call through, or raise ENGINE_ERROR when the circuit is open: marked
-        `retried` when the caller already made calls for this request (a retry), so that
-        no outer layer retries on top of the caller's own retries.
+    def acquire(self) -> bool:
+        """Let a call through, or raise ENGINE_ERROR when the circuit is open, with when to
+        try again (retry_after_s): the rest of the cooldown, or `probe_wait_s` while the
+        probe runs. Never marked retried, whatever calls the caller made before: this one
+        was not made, so the stream processor's retry, after the wait, is what takes over.
 
         Returns True when this call is the half-open probe: it must end in `success`,
         `failure` or, when it ends without a verdict (cancelled), `abandon`.
@@ -76,11 +83,10 @@ class CircuitBreaker:
         if self._state is BreakerState.OPEN:
             retry_after_s = self._opened_at + self._cooldown_s - now
             if retry_after_s > 0:
-                raise self._open_error(now, retry_after_s, "the next probe is due in", retried)
+                raise self._open_error(now, retry_after_s, "the next probe is due in")
             self._set(BreakerState.HALF_OPEN)
         if self._probing:
-            wait = "a probe is testing it; retry within"
-            raise self._open_error(now, self._cooldown_s, wait, retried)
+            raise self._open_error(now, self._probe_wait_s, "a probe is testing it; retry in")
         self._probing = True
         return True
 
@@ -109,12 +115,11 @@ class CircuitBreaker:
         self._state = state
         BREAKER_STATE.labels(self._name).set(state)
 
-    def _open_error(self, now: float, retry_after_s: float, wait: str, retried: bool) -> LlmqError:
+    def _open_error(self, now: float, retry_after_s: float, wait: str) -> LlmqError:
         return LlmqError(
             ErrorCode.ENGINE_ERROR,
             f"the circuit to {self._name} is open since {now - self._opened_at:.1f} s ago, "
             f"after {self._failures} consecutive failures (the last: {self._last_failure}); "
             f"{wait} {retry_after_s:.1f} s",
             retry_after_s=retry_after_s,
-            retried=retried,
         )

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -18,7 +18,7 @@ import aiohttp
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
 from schemas.redact import mask_url
-from schemas.request import ChatBody, ChatMessage
+from schemas.request import CHARS_PER_TOKEN, ChatBody, ChatMessage
 from schemas.result import TokenLogprob
 from schemas.retry import RetryPolicy
 from schemas.tools import Tool, tool_dicts
@@ -136,6 +136,8 @@ class OpenAIEngine:
         self._session: aiohttp.ClientSession | None = None
         self._refused: set[str] = set()
         """Fields the server refused, left out (or renamed) from then on."""
+        self._no_usage_said = False
+        """Whether the log said that the server sends no usage report (_say_no_usage)."""
 
     async def generate(
         self,
@@ -152,17 +154,19 @@ class OpenAIEngine:
         url = self._base + (_TEXT if body.raw_prompt else _CHAT)
         payload = self._payload(body, priority)
         top = body.top_logprobs or 0
+        prompt_estimate = _estimated_tokens(body.prompt_chars())
         started = time.monotonic()
         attempt, sent = 1, 0  # the attempt (a failure's retry is the next), the requests sent
         while True:
             sent += 1
-            # 1) Fail fast while the circuit is open (this also cuts a retry loop short: the
-            #    failure is then marked retried, as after the last attempt).
-            probe = self._breaker.acquire(retried=sent > 1)
+            # 1) Fail fast while the circuit is open. This also cuts a retry loop short, not
+            #    marked retried (no call was made): the stream processor retries it after the
+            #    wait the breaker says, instead of failing it for good.
+            probe = self._breaker.acquire()
             verdict = yielded = False
             try:
                 # 2) Stream one attempt; its first step is the server's proof of health.
-                steps_of = self._attempt(url, payload, top, f"{request_id}.{sent}")
+                steps_of = self._attempt(url, payload, top, f"{request_id}.{sent}", prompt_estimate)
                 async with aclosing(steps_of) as steps:
                     async for step in steps:
                         if not verdict:
@@ -245,6 +249,19 @@ class OpenAIEngine:
     ) -> int | None:
         """The server's tokenizer is not at hand: unknown until its usage report."""
         return None
+
+    def _say_no_usage(self) -> None:
+        """Log once that the server sends no usage report: what it generates is metered
+        with estimates (_steps)."""
+        if not self._no_usage_said:
+            self._no_usage_said = True
+            log.warning(
+                "%s at %s sends no usage report (it ignores stream_options.include_usage): "
+                "its generations are metered with estimated tokens, %d characters a token",
+                self._spec.name,
+                mask_url(self._base),
+                CHARS_PER_TOKEN,
+            )
 
     async def abort_all(self) -> None:
         """Close the HTTP session: requests still open are cut, connections released."""
@@ -335,10 +352,11 @@ class OpenAIEngine:
         return self._session
 
     async def _attempt(
-        self, url: str, payload: dict[str, Any], top: int, attempt_id: str
+        self, url: str, payload: dict[str, Any], top: int, attempt_id: str, prompt_estimate: int
     ) -> AsyncGenerator[EngineStep, None]:
         """One HTTP request; its failures are _ServerError, or LlmqError for the request's.
-        Each token keeps its `top` likeliest alternatives.
+        Each token keeps its `top` likeliest alternatives; `prompt_estimate` stands for the
+        prompt's tokens where the server sends no usage report.
 
         `attempt_id` goes out as X-Request-Id (the server's logs): one per attempt, so a retry
         never reuses the id of an attempt the server may still be running.
@@ -359,7 +377,7 @@ class OpenAIEngine:
                     )
                 # Leaving early releases the response unread, which closes its connection:
                 # the server sees its client go and aborts the generation.
-                async for step in _steps(resp.content, top):
+                async for step in _steps(resp.content, top, prompt_estimate, self._say_no_usage):
                     yield step
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             # ValueError: e.g. a line over aiohttp's limit (uncaught, it would stop the worker).
@@ -395,16 +413,22 @@ class OpenAIEngine:
         return LlmqError(ErrorCode.INVALID_REQUEST, message)
 
 
-async def _steps(content: aiohttp.StreamReader, top: int) -> AsyncIterator[EngineStep]:
+async def _steps(
+    content: aiohttp.StreamReader, top: int, prompt_estimate: int, no_usage: Callable[[], None]
+) -> AsyncIterator[EngineStep]:
     """Parse the server-sent events of one completion stream into steps.
 
     Completion tokens are counted per chunk (its logprobs entries, else one per chunk with
     text); the usage report at the end is the truth, and the final step carries the
     difference, so the steps' `new_tokens` add up to the server's count (or to the chunks
     counted, where they are more: a step adds no fewer than 0).
+
+    A stream without a usage report (a server that ignores stream_options) is metered with
+    estimates, which `no_usage` is told of: `prompt_estimate` prompt tokens, and the text
+    that no logprobs counted at CHARS_PER_TOKEN characters a token.
     """
-    counted = prompt_tokens = 0
-    completion_tokens = cached_tokens = None
+    counted = listed = unlisted_chars = 0
+    prompt_tokens = completion_tokens = cached_tokens = None
     finish_reason: str | None = None
     async for chunk in _chunks(content, top):
         if chunk.prompt_tokens is not None:
@@ -415,15 +439,29 @@ async def _steps(content: aiohttp.StreamReader, top: int) -> AsyncIterator[Engin
         if chunk.text or chunk.logprobs:
             tokens = len(chunk.logprobs) or 1
             counted += tokens
-            yield EngineStep(chunk.text, tokens, prompt_tokens, logprobs=chunk.logprobs)
+            if chunk.logprobs:
+                listed += len(chunk.logprobs)
+            else:
+                unlisted_chars += len(chunk.text)
+            yield EngineStep(chunk.text, tokens, prompt_tokens or 0, logprobs=chunk.logprobs)
     if finish_reason is None:
         raise _ServerError("the stream ended before the generation finished")
     if finish_reason in _FAILED_FINISH:
         raise _ServerError(f"the server ended the generation with {finish_reason!r}")
+    if prompt_tokens is None:
+        no_usage()
+        prompt_tokens = prompt_estimate
+        completion_tokens = listed + _estimated_tokens(unlisted_chars)
     total = counted if completion_tokens is None else completion_tokens
     yield EngineStep(
         "", max(0, total - counted), prompt_tokens, True, finish_reason, cached_tokens=cached_tokens
     )
+
+
+def _estimated_tokens(chars: int) -> int:
+    """Tokens in `chars` characters of text, as llmq estimates them where no tokenizer has
+    seen it (CHARS_PER_TOKEN characters a token, rounded up)."""
+    return -(-chars // CHARS_PER_TOKEN)
 
 
 def _logprob(entry: dict[str, Any], top: int) -> dict[str, Any]:
@@ -464,7 +502,8 @@ async def _chunks(content: aiohttp.StreamReader, top: int) -> AsyncIterator[_Chu
             return
         try:
             chunk = _Chunk.parse(data, top)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            # RecursionError: JSON nested too deep (uncaught, it would stop the worker).
             raise _ServerError(f"an unreadable event in the stream: {data[:200]!r}") from exc
         if chunk.error is not None:
             raise _ServerError(f"the server reported an error mid-stream: {chunk.error}")
@@ -486,7 +525,8 @@ class _Chunk:
 
     @classmethod
     def parse(cls, data: str, top: int) -> _Chunk:
-        """Raises ValueError, TypeError, KeyError or AttributeError on a malformed event."""
+        """Raises ValueError, TypeError, KeyError, AttributeError or RecursionError (nested
+        too deep) on a malformed event."""
         event = json.loads(data)
         if "error" in event:
             return cls(error=_error_details(data).message)
@@ -538,10 +578,11 @@ class _ErrorDetails(NamedTuple):
 
 
 def _error_details(text: str) -> _ErrorDetails:
-    """What an OpenAI-style error body ({"error": {...}}) says, else the text."""
+    """What an OpenAI-style error body ({"error": {...}}) says, else the text (also where
+    it is JSON nested too deep to read: RecursionError would stop the worker)."""
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return _ErrorDetails(text.strip()[:500] or "(no body)")
     error = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(error, dict):

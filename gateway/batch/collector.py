@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 
 Replies = dict[tuple[str, str], list[tuple[int, int, InferenceResult]]]
 """(batch id, tenant) -> (line, attempt, reply)."""
+WAITS = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.BUDGET_EXCEEDED, ErrorCode.BUDGET_UNAVAILABLE})
+"""Refusals for a while: a line waits them out as long as its batch has the time."""
+MAX_LINE_ATTEMPTS = 4
+"""A line's attempts that engine failures saying when to try again (an open circuit, a
+remote server's Retry-After) may take: past them the failure is the line's, rather than
+the line sent every cooldown until its batch expires."""
 MAX_FOREIGN = 1024
 """Batches of an endpoint this door does not know that a collector remembers having logged;
 past this many it forgets them (each may be logged once more)."""
@@ -62,14 +68,19 @@ def outcome(
     """What a reply makes of its line: an output line (in the shape of the batch's
     `endpoint`; a response echoes what its line `asked`), an error line, or (refused for a
     while: rate limits, budget holds) a retry once the wait is over, if that is before the
-    batch expires. A reply with neither an answer nor an error (another producer's) is an
-    error line: it must not stop the collector, which would read it again and again."""
+    batch expires; engine failures that say when to try again, up to MAX_LINE_ATTEMPTS. A
+    reply with neither an answer nor an error (another producer's) is an error line: it
+    must not stop the collector, which would read it again and again."""
     error = result.error
     if error is None and result.response is None:  # no door's reply: the line says so
         return _failed(
             number, attempt, custom_id, result, "it carried neither an answer nor an error"
         )
-    if error is not None and error.retry_after_s is not None:
+    if (
+        error is not None
+        and error.retry_after_s is not None
+        and (error.code in WAITS or attempt + 1 < MAX_LINE_ATTEMPTS)
+    ):
         retry_at = time.time() + error.retry_after_s
         if retry_at < expires_at:
             return Outcome(number, attempt, "retry", {}, retry_at=retry_at)

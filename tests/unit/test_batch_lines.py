@@ -13,7 +13,7 @@ from openai.types import Batch, Completion, FileObject
 from openai.types.responses import Response
 
 from gateway.batch import lines
-from gateway.batch.collector import outcome, parse_line_id
+from gateway.batch.collector import MAX_LINE_ATTEMPTS, outcome, parse_line_id
 from gateway.batch.lines import RESPONSES_ENDPOINT, TEXT_ENDPOINT, error_line, read_line
 from gateway.batch.objects import batch_object, file_object
 from gateway.batch.runner import line_id
@@ -283,6 +283,19 @@ def test_a_refusal_for_a_while_is_retried_if_the_batch_has_the_time() -> None:
     late = outcome(3, 1, "q3", _error(ErrorCode.RATE_LIMITED, 90), now + 60)
     assert late.kind == "error"
     assert late.body["response"]["status_code"] == 429
+    waits = outcome(3, MAX_LINE_ATTEMPTS + 5, "q3", _error(ErrorCode.RATE_LIMITED, 20), now + 60)
+    assert waits.kind == "retry"  # a refusal for a while waits as long as the batch has
+
+
+def test_an_engine_failure_that_says_when_is_retried_a_few_times_only() -> None:
+    """An open circuit's or a remote server's wait (its final failure keeps it): the line
+    was sent again every cooldown until its batch expired, a day of an engine down."""
+    now = time.time()
+    tried = [
+        outcome(3, attempt, "q3", _error(ErrorCode.ENGINE_ERROR, 30), now + 3600).kind
+        for attempt in range(MAX_LINE_ATTEMPTS)
+    ]
+    assert tried == ["retry"] * (MAX_LINE_ATTEMPTS - 1) + ["error"]
 
 
 def test_an_error_line_without_a_reply_has_openais_shape() -> None:

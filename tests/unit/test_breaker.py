@@ -68,20 +68,38 @@ def test_open_fails_fast_saying_since_when_and_when_to_retry() -> None:
     assert "HTTP 503: overloaded" in error.message
 
 
-def test_an_open_circuit_met_by_a_retry_fails_as_retried() -> None:
-    """The caller already made calls for the request: no outer layer retries on top."""
+def test_a_refusal_is_never_marked_retried_and_says_when_to_try_again() -> None:
+    """No call was made for it, whatever calls the caller made before: the stream
+    processor's retry, after retry_after_s, takes over (marked retried, a request in its
+    engine's retry loop when the circuit opened would fail for good)."""
     clock = Clock()
     breaker = make_breaker(clock)
     open_breaker(breaker)
-    for retried in (False, True):
-        with pytest.raises(LlmqError) as caught:
-            breaker.acquire(retried=retried)
-        assert caught.value.retried is retried
-    clock.now += 10
+    clock.now += 4
+    with pytest.raises(LlmqError) as caught:
+        breaker.acquire()
+    assert not caught.value.retried
+    assert caught.value.retry_after_s == pytest.approx(6.0)
+    clock.now += 6
     assert breaker.acquire() is True  # the probe; the next call meets it
     with pytest.raises(LlmqError, match="a probe is testing it") as caught:
-        breaker.acquire(retried=True)
-    assert caught.value.retried
+        breaker.acquire()
+    assert not caught.value.retried
+
+
+def test_a_call_refused_while_the_probe_runs_waits_briefly_not_a_cooldown() -> None:
+    """The probe's verdict comes with its first token: the others try again soon after."""
+    clock = Clock()
+    breaker = CircuitBreaker(
+        f"model-{next(_names)}", failure_threshold=1, cooldown_s=30.0, probe_wait_s=0.5, clock=clock
+    )
+    open_breaker(breaker, 1)
+    clock.now += 30
+    assert breaker.acquire() is True
+    with pytest.raises(LlmqError) as caught:
+        breaker.acquire()
+    assert caught.value.retry_after_s == 0.5
+    assert caught.value.message.endswith("a probe is testing it; retry in 0.5 s")
 
 
 def test_half_open_lets_one_probe_through_and_its_success_closes() -> None:
@@ -150,10 +168,14 @@ def test_the_state_is_a_prometheus_gauge() -> None:
     assert gauge() == 0
 
 
-@pytest.mark.parametrize(("threshold", "cooldown_s"), [(0, 1.0), (1, 0.0)])
-def test_rejects_nonsense_settings(threshold: int, cooldown_s: float) -> None:
+@pytest.mark.parametrize(
+    ("threshold", "cooldown_s", "probe_wait_s"), [(0, 1.0, 1.0), (1, 0.0, 1.0), (1, 1.0, 0.0)]
+)
+def test_rejects_nonsense_settings(threshold: int, cooldown_s: float, probe_wait_s: float) -> None:
     with pytest.raises(ValueError):
-        CircuitBreaker("x", failure_threshold=threshold, cooldown_s=cooldown_s)
+        CircuitBreaker(
+            "x", failure_threshold=threshold, cooldown_s=cooldown_s, probe_wait_s=probe_wait_s
+        )
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter_between_half_and_all() -> None:
@@ -173,10 +195,24 @@ def test_backoff_stops_after_max_attempts() -> None:
     assert policy.delay(3, 0.0) is None
 
 
-def test_backoff_honours_retry_after() -> None:
+def test_backoff_honours_retry_after_with_the_jittered_backoff_on_top() -> None:
     policy = RetryPolicy(base_delay_s=0.1, uniform=lambda: 0.5)
-    assert policy.delay(1, 0.0, retry_after_s=3.0) == 3.0
-    assert policy.delay(1, 0.0, retry_after_s=0.01) == pytest.approx(0.075)
+    assert policy.delay(1, 0.0, retry_after_s=3.0) == pytest.approx(3.075)
+    assert policy.delay(1, 0.0, retry_after_s=0.01) == pytest.approx(0.085)
+
+
+def test_retries_told_the_same_moment_spread_out_after_it() -> None:
+    """An open circuit tells every request it refuses the same moment (its cooldown's end):
+    their retries land spread over the jitter after it, not all at once on it."""
+    draws = iter([0.0, 0.3, 0.6, 0.9])
+    policy = RetryPolicy(base_delay_s=1.0, budget_s=300.0, uniform=lambda: next(draws))
+    opened_at, cooldown_s = 1000.0, 30.0
+    landings = [
+        now + delay
+        for now in (1000.5, 1010.0, 1020.0, 1029.0)
+        if (delay := policy.delay(1, 0.0, opened_at + cooldown_s - now)) is not None
+    ]
+    assert landings == pytest.approx([1030.5, 1030.65, 1030.8, 1030.95])
 
 
 def test_backoff_gives_up_rather_than_overrun_the_budget() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+from aiohttp import web
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.retry import RetryPolicy
@@ -23,6 +24,7 @@ from tests.unit.openai_server import (
     status,
     stream,
 )
+from workers.openai_engine import OpenAIEngine
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,7 +110,8 @@ def test_the_breaker_opens_after_n_failures_and_then_fails_fast() -> None:
 
 
 def test_the_breaker_cuts_retries_short() -> None:
-    """Requests in their retry loop stop as soon as the circuit opens."""
+    """Requests in their retry loop stop as soon as the circuit opens: not as retried (the
+    call refused was not made), so the stream processor retries after the cooldown."""
 
     async def scenario() -> None:
         async with running(status(500)) as (server, url):
@@ -116,9 +119,40 @@ def test_the_breaker_cuts_retries_short() -> None:
             error = await failure(eng)
         assert "circuit" in error.message
         assert len(server.bodies) == 2
-        assert error.retried  # after attempts 1 and 2: the stream processor must not retry
+        assert not error.retried
+        assert error.retry_after_s is not None and 59 < error.retry_after_s <= 60
 
     asyncio.run(scenario())
+
+
+def test_a_blip_that_opens_the_breaker_fails_no_request_in_flight_for_good() -> None:
+    """A server that answers 503 to the first 20 calls, 20 requests in flight (the worker's
+    defaults: 4 attempts, 5 failures open the circuit): each ends answered, or refused to be
+    retried by the stream processor after the cooldown, never marked retried (which, without
+    a fallback model, would dead-letter it)."""
+
+    async def one(eng: OpenAIEngine, n: int) -> LlmqError | None:
+        try:
+            [_ async for _ in eng.generate(f"r{n}", BODY, 1)]
+        except LlmqError as error:
+            return error
+        return None
+
+    async def scenario() -> list[LlmqError | None]:
+        async with running(*[status(503, "restarting")] * 20, ok()) as (_, url):
+            eng = engine(url, threshold=5)
+            try:
+                return await asyncio.gather(*(one(eng, n) for n in range(20)))
+            finally:
+                await eng.abort_all()
+
+    outcomes = asyncio.run(scenario())
+    errors = [e for e in outcomes if e is not None]
+    assert errors, "the circuit opened"
+    for error in errors:
+        assert error.code is ErrorCode.ENGINE_ERROR and "circuit" in error.message
+        assert not error.retried
+        assert error.retry_after_s is not None and error.retry_after_s > 0
 
 
 def test_a_stream_that_breaks_mid_answer_is_not_retried() -> None:
@@ -149,6 +183,35 @@ def test_an_error_event_mid_stream_is_an_engine_error() -> None:
             error = await failure(engine(url))
         assert error.code is ErrorCode.ENGINE_ERROR
         assert "engine crashed" in error.message
+
+    asyncio.run(scenario())
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+"""JSON nested too deep for Python's parser: RecursionError, which would stop the worker."""
+
+
+def test_an_event_nested_too_deep_is_a_server_error() -> None:
+    async def scenario() -> None:
+        async with running(stream(b"data: " + DEEP + b"\n\n"), ok()) as (server, url):
+            steps = await collect(engine(url))
+        assert "".join(s.text for s in steps) == "Hi there", "retried as a server's failure"
+        assert len(server.bodies) == 2
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"), [(503, ErrorCode.ENGINE_ERROR), (400, ErrorCode.INVALID_REQUEST)]
+)
+def test_an_error_body_nested_too_deep_is_read_as_text(code: int, expected: ErrorCode) -> None:
+    async def reply(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=DEEP, status=code, content_type="application/json")
+
+    async def scenario() -> None:
+        async with running(reply) as (_, url):
+            error = await failure(engine(url, retry=RetryPolicy(max_attempts=1)))
+        assert error.code is expected and "[[[[" in error.message
 
     asyncio.run(scenario())
 

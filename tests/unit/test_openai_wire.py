@@ -26,6 +26,7 @@ from tests.unit.openai_server import (
 )
 from workers.__main__ import engine_factory
 from workers.__main__ import main as worker_main
+from workers.engine import EngineStep
 from workers.openai_engine import OpenAIEngine
 from workers.settings import WorkerSettings
 
@@ -80,8 +81,41 @@ def test_without_usage_chunks_are_counted() -> None:
     async def scenario() -> None:
         async with running(stream(chunk("a"), chunk("b"), chunk("c", finish="stop"))) as (_, url):
             steps = await collect(engine(url))
-        assert sum(s.new_tokens for s in steps) == 3
-        assert steps[-1].prompt_tokens == 0
+        assert sum(s.new_tokens for s in steps) == 3  # more than the text's estimate, 1
+        assert steps[-1].prompt_tokens == 2  # "Say hi": 6 characters, 4 a token
+
+    asyncio.run(scenario())
+
+
+def test_a_server_without_usage_is_metered_with_estimates_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that ignores stream_options.include_usage: metered at 0 prompt tokens and a
+    token per chunk, its generations would cost next to nothing, silently."""
+    reply = stream(
+        chunk("Paris is the capital"), chunk(" of France, and"), chunk(" its largest city.", "stop")
+    )
+    prompt = "What is the capital of France? Answer in one sentence."
+    body = ChatBody(messages=[ChatMessage(role="user", content=prompt)], max_tokens=32)
+
+    async def scenario() -> list[list[EngineStep]]:
+        async with running(reply) as (_, url):
+            eng = engine(url)
+            return [await collect(eng, body) for _ in range(2)]
+
+    for steps in asyncio.run(scenario()):
+        assert steps[-1].prompt_tokens == 14  # 54 characters
+        assert sum(s.new_tokens for s in steps) == 14  # 53 characters, not 3 chunks
+    said = [r for r in caplog.records if "sends no usage report" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+
+
+def test_without_usage_tokens_listed_with_their_logprobs_are_counted_not_estimated() -> None:
+    async def scenario() -> None:
+        reply = stream(chunk("Bonjour", logprob=-0.5), chunk(" tout le monde", "stop", -1.0))
+        async with running(reply) as (_, url):
+            steps = await collect(engine(url), BODY.model_copy(update={"logprobs": True}))
+        assert sum(s.new_tokens for s in steps) == 2
 
     asyncio.run(scenario())
 
