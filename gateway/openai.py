@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
@@ -402,10 +402,13 @@ def completion(result: InferenceResult) -> dict[str, Any]:
         exclude_none=True, exclude={"choices": {"__all__": {"logprobs"}}}
     )
     for choice, out in zip(result.response.choices, body["choices"], strict=True):
-        if choice.logprobs is not None:
-            out["logprobs"] = logprobs_body(choice.logprobs.content)
+        content = None if choice.logprobs is None else choice.logprobs.content
         if choice.message.tool_calls:  # the calls, and the text "auto" wrote before them
-            out["message"]["content"] = text_before(choice.message.content)
+            out["message"]["content"] = before = text_before(choice.message.content)
+            if content is not None:  # the text's tokens alone, as OpenAI's are
+                content = content[: begun_within((t.token for t in content), len(before or ""))]
+        if content is not None:
+            out["logprobs"] = logprobs_body(content)
     body["id"] = f"chatcmpl-{result.correlation_id}"
     body["llmq"] = {
         "correlation_id": result.correlation_id,
@@ -415,6 +418,17 @@ def completion(result: InferenceResult) -> dict[str, Any]:
         "timings": result.timings.model_dump(),
     }
     return body
+
+
+def begun_within(tokens: Iterable[str], length: int) -> int:
+    """How many of the tokens begin within the first `length` characters of their text:
+    those of the text before an answer's calls."""
+    count, start = 0, 0
+    for token in tokens:
+        if start >= length:
+            break
+        count, start = count + 1, start + len(token)
+    return count
 
 
 def logprobs_body(content: list[TokenLogprob]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from gateway.openai import (
     IGNORED,
     Call,
+    begun_within,
     check_verbosity,
     completion_of,
     given_fields,
@@ -398,9 +399,7 @@ def response_of(echo: Echo, results: list[InferenceResult]) -> dict[str, Any]:
     status = status_of(choice["finish_reason"])
     calls = choice["message"].get("tool_calls") or []
     text = choice["message"].get("content") or ""  # with calls, the text before them
-    logprobs = (choice.get("logprobs") or {}).get("content") or []
-    if calls:
-        logprobs = spelling(logprobs, len(text))
+    logprobs = (choice.get("logprobs") or {}).get("content") or []  # the text's alone
     output = [] if calls and not text else [message_item(echo, status, [text_part(text, logprobs)])]
     output += call_items(calls, status)
     usage = _usage(body.get("usage"))
@@ -423,13 +422,7 @@ def status_of(finish_reason: str | None) -> str:
 def spelling(logprobs: list[dict[str, Any]], length: int) -> list[dict[str, Any]]:
     """The log-probabilities of the text before an answer's calls: of the tokens that
     begin within its `length` characters."""
-    kept, start = [], 0
-    for entry in logprobs:
-        if start >= length:
-            break
-        kept.append(entry)
-        start += len(entry["token"])
-    return kept
+    return logprobs[: begun_within((entry["token"] for entry in logprobs), length)]
 
 
 def text_part(text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:

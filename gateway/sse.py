@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from fastapi.responses import StreamingResponse
 from starlette.types import Message, Send
 
-from gateway.openai import Chunks, error_body, summed
+from gateway.openai import Chunks, begun_within, error_body, summed
 from gateway.response_events import ResponseEvents
 from llmq.futures import read_outcome
 from llmq.streaming import Delta
@@ -361,10 +361,12 @@ def _called_bodies(
     calls = chunks.calls_of(text)
     rest = (text_before(text) or "")[sent:] if calls else text[sent:]
     logprobs = showing.held if asked and showing.held else None
+    if calls and logprobs:  # the text's tokens alone, as OpenAI's are
+        logprobs = logprobs[: begun_within((t.token for t in logprobs), len(rest))] or None
     if rest:
-        bodies.append(chunks.content(rest, None if calls else logprobs, index))
+        bodies.append(chunks.content(rest, logprobs, index))
     if calls:
-        bodies.append(chunks.calls(calls, logprobs, index))
+        bodies.append(chunks.calls(calls, None, index))
     last = None if calls or rest else logprobs
     reason = finish_reason(choice, calls, piece.finish_reason)
     return [*bodies, chunks.finish(reason, last, index)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -23,7 +23,14 @@ from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
 from schemas.request import ChatBody, ChatMessage, InferenceRequest
-from schemas.result import ChatCompletion, Choice, InferenceResult, TokenLogprob, Usage
+from schemas.result import (
+    ChatCompletion,
+    Choice,
+    ChoiceLogprobs,
+    InferenceResult,
+    TokenLogprob,
+    Usage,
+)
 from schemas.tools import (
     MAX_TOOLS,
     Tool,
@@ -303,6 +310,15 @@ def test_under_auto_text_streams_as_it_comes_and_calls_come_whole_after_it() -> 
     assert read[-1].choices[0].finish_reason == "stop"
 
 
+def _spelling(tokens: Sequence[str], choice: Any) -> list[str]:
+    """The tokens that begin within the choice's text: all of them, but for calls."""
+    if not choice.message.tool_calls:
+        return list(tokens)
+    starts = [sum(map(len, tokens[:i])) for i in range(len(tokens))]
+    text = choice.message.content or ""
+    return [t for t, start in zip(tokens, starts, strict=True) if start < len(text)]
+
+
 def test_under_auto_the_streamed_answer_is_the_whole_one_however_it_is_split() -> None:
     call = _hermes("get_time", '{"zone": "UTC"}')
     answers = {  # the text, and how it ends
@@ -327,7 +343,8 @@ def test_under_auto_the_streamed_answer_is_the_whole_one_however_it_is_split() -
                     assert read[-1].choices[0].finish_reason == choice.finish_reason
                     sent = [c.choices[0].logprobs for c in read if c.choices[0].logprobs]
                     tokens = [t.token for lp in sent for t in lp.content or []]
-                    assert tokens == (list(pieces) if logprobs else [])  # each once
+                    # each once, those of the text before the calls alone (as OpenAI's are)
+                    assert tokens == (_spelling(pieces, choice) if logprobs else [])
 
 
 def test_n_answers_that_may_be_calls_stream_at_once_each_as_one_would() -> None:
@@ -369,7 +386,7 @@ def test_n_answers_that_may_be_calls_stream_at_once_each_as_one_would() -> None:
         assert calls == [(c.id, c.function.arguments) for c in held]  # type: ignore[union-attr]
         assert mine[-1].finish_reason == whole.finish_reason
         logprobs = [t.token for c in mine for t in (c.logprobs and c.logprobs.content) or []]
-        assert logprobs == split[index]  # each token's once
+        assert logprobs == _spelling(split[index], whole)  # each token's once
     assert read[-1].usage is not None and read[-1].usage.completion_tokens == 12
 
 
@@ -389,3 +406,46 @@ def test_text_completions_take_no_tools() -> None:
     assert refused.value.code is ErrorCode.UNSUPPORTED
     # Responses: accepted with no tools to call in parallel.
     assert read_response_call({"input": "Hi", "parallel_tool_calls": False}, **where).store
+
+
+def test_a_whole_answers_log_probabilities_are_its_texts_alone_as_in_its_stream() -> None:
+    """The calls' tokens (their markup and arguments) came with a chat answer's logprobs,
+    which Responses and OpenAI leave out."""
+    body = _body(tool_choice="auto", logprobs=True)
+    pieces = ("Sure", ". <tool", _hermes("ping", "{}", "")[len(" <tool") - 1 :])
+    text = "".join(pieces)
+    result = _result(body, text)
+    assert result.response is not None
+    [choice] = result.response.choices
+    tokens = [TokenLogprob(token=t, logprob=-1.0) for t in pieces]
+    logprobs = ChoiceLogprobs(content=tokens)
+    answer = result.response.model_copy(
+        update={"choices": [choice.model_copy(update={"logprobs": logprobs})]}
+    )
+    whole = completion(result.model_copy(update={"response": answer}))
+    [out] = SdkCompletion.model_validate(whole).choices
+    assert out.message.content == "Sure." and out.message.tool_calls
+    assert out.logprobs is not None and out.logprobs.content is not None
+    assert [t.token for t in out.logprobs.content] == ["Sure", ". <tool"]
+    assert [t.token for t in out.logprobs.content] == _spelling(pieces, out)
+
+
+def test_a_streamed_answers_last_piece_sends_the_log_probabilities_of_its_text_alone() -> None:
+    """A piece holds several tokens: the last one's, of text and of calls, came whole with
+    the calls chunk; now those of the text before the calls come with it, the rest never."""
+    body = _body(tool_choice="auto", logprobs=True)
+    call = _hermes("ping", "{}", "")
+    tokens = [TokenLogprob(token=t, logprob=-1.0) for t in (" there.", " ", call)]
+    usage = Usage(prompt_tokens=9, completion_tokens=4, total_tokens=13)
+    first = Delta("Hi", 0, logprobs=[TokenLogprob(token="Hi", logprob=-1.0)])
+    last = Delta(" there. " + call, 2, "stop", usage, logprobs=tokens)
+    chunks = Chunks("c", 1, "m", include_usage=False, body=body)
+
+    async def main() -> list[str]:
+        return [e async for e in sse.events(chunks, first, _pieces(last))]
+
+    read = [ChatCompletionChunk.model_validate(json.loads(e[6:])) for e in asyncio.run(main())[:-1]]
+    said = "".join(c.choices[0].delta.content or "" for c in read)
+    logprobs = [c.choices[0].logprobs for c in read if c.choices[0].logprobs]
+    sent = [t.token for lp in logprobs for t in lp.content or []]
+    assert said == "Hi there." and sent == ["Hi", " there."]
