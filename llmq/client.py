@@ -208,7 +208,10 @@ class Client:
     def ask(
         self, prompt: str | Sequence[dict[str, str]], timeout: float = 120.0, **kwargs: Any
     ) -> InferenceResult:
-        """Submit and wait: the simplest way to get one answer."""
+        """Submit and wait: the simplest way to get one answer. The request's deadline is the
+        wait unless `deadline_s` is given: an answer nobody waits for is not generated (and
+        billed) after it."""
+        kwargs.setdefault("deadline_s", timeout)
         correlation_id = self.submit(prompt, **kwargs)
         return self.result(correlation_id, timeout=timeout, tenant=kwargs.get("tenant"))
 

@@ -25,7 +25,7 @@ from llmq.client import Client
 from llmq.stored import stored_result
 from llmq.streaming import Delta
 from schemas.names import RESULTS, TOKENS
-from schemas.request import ChatMessage
+from schemas.request import ChatMessage, InferenceRequest
 from schemas.result import InferenceResult
 from schemas.settings import ServiceSettings
 from schemas.stream import TokenDelta
@@ -428,3 +428,19 @@ def test_an_answers_message_with_fields_a_newer_llmq_added_is_read_without_them(
 def test_a_stored_result_of_a_newer_llmq_is_named_so() -> None:
     with pytest.raises(RuntimeError, match="schema_version 2, written by a newer llmq"):
         stored_result(_newer("c1"), "default", "c1", NO_REDIS.redis_url)
+
+
+def test_ask_gives_up_with_its_request(replies: Replies) -> None:
+    """A request ask() stopped waiting for was still queued, generated and billed: its
+    deadline is the wait unless one is given."""
+    app = _sync_client()
+    sent: list[bytes] = []
+    app._send = lambda topic, key, value: sent.append(value)  # type: ignore[method-assign]
+    try:
+        with pytest.raises(TimeoutError):
+            app.ask("hi", timeout=0.01)
+        request = InferenceRequest.model_validate_json(sent[0])
+        assert request.deadline is not None
+        assert request.deadline - request.created_at == pytest.approx(0.01)
+    finally:
+        app.close()
