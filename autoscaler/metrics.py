@@ -28,11 +28,14 @@ TARGET = Gauge(
 RUNNING = Gauge("llmq_autoscaler_running_replicas", "Workers in the pool's group now", ["model"])
 BACKLOG_TOKENS = Gauge(
     "llmq_autoscaler_backlog_tokens",
-    "Estimated tokens of the work not yet done, in flight included",
+    "Estimated tokens of the work waiting (no worker began it): what more workers drain",
     ["model", "lane"],
 )
 BACKLOG_RECORDS = Gauge(
-    "llmq_autoscaler_backlog_records", "Work records not yet committed", ["model"]
+    "llmq_autoscaler_backlog_records",
+    "Work records not yet done: waiting, or running on a worker (not those done behind a "
+    "generation still running, whose commit it holds)",
+    ["model"],
 )
 ARRIVALS = Gauge(
     "llmq_autoscaler_arrival_tokens_per_second", "Estimated tokens arriving a second", ["model"]

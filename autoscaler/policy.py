@@ -43,9 +43,12 @@ class Observation:
 
     now: float
     backlog_tokens: Mapping[Lane, float]
-    """Estimated tokens (prompt + max_tokens) of the work waiting in each lane's topic,
-    in flight included: everything the pool has not finished."""
+    """Estimated tokens (prompt + max_tokens) of the work waiting in each lane's topic, no
+    worker's generation begun: what more replicas drain. Not the work running (replicas
+    cannot shorten a generation; the arrivals count it), nor what is done behind a long
+    generation whose commit it holds."""
     backlog_records: int
+    """The records waiting (as `backlog_tokens`)."""
     arrival_tokens_per_s: float
     """How fast new work comes, lately."""
     tokens_per_s: float
@@ -62,6 +65,8 @@ class Observation:
     """The workers' consumer group does not exist (Kafka's Dead: no members, no offsets;
     a model no worker served yet, or its offsets expired): the front door refuses the
     model, so no work comes to bring a worker back, and only a worker makes it again."""
+    in_flight_records: int = 0
+    """Records the workers run: not in the drain term, but a pool running any is not idle."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +117,10 @@ class Policy:
         )
         if kept_up:
             raw = kept_up[0]
-        # 2) Anything waiting needs a replica; nothing waiting for idle_s needs none.
-        busy = seen.backlog_records > 0 or seen.arrival_tokens_per_s > 0
+        # 2) Anything waiting or running needs a replica; nothing for idle_s needs none.
+        busy = (
+            seen.backlog_records > 0 or seen.in_flight_records > 0 or seen.arrival_tokens_per_s > 0
+        )
         floor = self._floor(busy, seen.group_gone, seen.now, seen.running)
         if busy:
             raw = max(raw, 1)
@@ -158,9 +165,11 @@ class Policy:
             if seen.backlog_tokens.get(lane, 0.0) > 0
         )
         work = lanes or "no backlog"
+        running = f", {seen.in_flight_records} running" if seen.in_flight_records else ""
         why = (
-            f"{work} ({seen.backlog_records} records) and {seen.arrival_tokens_per_s:.0f} tok/s "
-            f"arriving need {needed:.2f} replicas at {seen.tokens_per_s:.0f} tok/s each"
+            f"{work} ({seen.backlog_records} records waiting{running}) and "
+            f"{seen.arrival_tokens_per_s:.0f} tok/s arriving need {needed:.2f} replicas at "
+            f"{seen.tokens_per_s:.0f} tok/s each"
         )
         if fits < math.ceil(needed - 1e-9):
             why += f"; {fits} measured at {seen.capacity[fits]:.0f} tok/s keep up"

@@ -1,6 +1,7 @@
-"""What Kafka says of each model's worker pool: the backlog of each lane in estimated
-tokens (end offsets minus the group's committed offsets, weighed by the records' token
-headers), the work done and arrived since the last look, and the workers in the group."""
+"""What Kafka says of each model's worker pool: the work waiting in each lane in estimated
+tokens (from the group's committed offsets, or the workers' read position written beside
+them, to the end offsets, weighed by the records' token headers), the records the workers
+run, the work done and arrived since the last look, and the workers in the group."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from autoscaler.ledger import Ledger
 from llmq.fetcher import install as fix_fetcher
@@ -22,6 +24,7 @@ from llmq.tail import assigned
 from schemas.lanes import Lane
 from schemas.names import HEADER_TOKENS, split_work_topic, work_topic, worker_group
 from schemas.settings import ServiceSettings
+from schemas.work import read_progress
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,11 @@ class PoolView:
     """One model's pool at one look."""
 
     backlog_tokens: dict[Lane, float]
+    """Estimated tokens of each lane's waiting records (`backlog_records`)."""
     backlog_records: int
-    """Records not yet committed by the pool, in flight included."""
+    """Records waiting: past each partition's committed offset and its workers' read
+    position. Not those the workers run, nor those done behind one still running (the
+    commit stops at the oldest unfinished record, for up to the model's timeout_s)."""
     served_tokens: float
     """Estimated tokens of the records committed since the previous look."""
     served_records: int
@@ -49,6 +55,8 @@ class PoolView:
     state: str
     """Kafka's state of the workers' group (llmq.groups): Empty when its last worker left
     (offsets kept), Dead when there is no group (no workers, no offsets)."""
+    in_flight: int = 0
+    """Records the workers run (begun, not done), as their last commits say."""
 
 
 class Pools:
@@ -98,8 +106,8 @@ class Pools:
             committed = await self._offsets(model)
             for tp in partitions:
                 if _model_of(tp) == model and tp in committed:
-                    self._consumer.seek(tp, committed[tp])
-                    self._committed[tp] = committed[tp]
+                    self._consumer.seek(tp, committed[tp].offset)
+                    self._committed[tp] = committed[tp].offset
                     self._had_offset.add(tp)
         for tp in partitions:
             self._ledgers[tp] = Ledger(DEFAULT_RECORD_TOKENS)
@@ -132,7 +140,15 @@ class Pools:
 
     async def look(self, model: str) -> PoolView:
         """The pool of `model` now. Raises KafkaError when Kafka cannot say, having changed
-        nothing: the next look counts the work served since the last one that answered."""
+        nothing: the next look counts the work served since the last one that answered.
+
+        A partition's records are done (below the committed offset, or the log's start
+        where retention deleted records below a stale one), run (up to the read position
+        the workers write beside their commits), or wait. A commit without that progress
+        (a worker of an older release, a start committed where nothing was taken) and a
+        group without members (nothing runs) leave everything past the commit waiting. A
+        worker that died leaves its last progress until the partition's next owner commits
+        (a commit interval after it took a record): its records running read as run."""
         consumer, admin = self._started()
         partitions = [tp for tp in self._ledgers if _model_of(tp) == model]
         ends = await consumer.end_offsets(partitions)
@@ -149,22 +165,31 @@ class Pools:
             raise KafkaError(f"{group} ({found.state or 'no state'}) has no offset for {lost[0]}")
         tokens: dict[Lane, float] = defaultdict(float)
         records = 0
+        running = 0
         served = 0.0
         served_records = 0
         for tp in partitions:
             ledger = self._ledgers[tp]
-            done = committed.get(tp, starts[tp])
-            before = self._committed.get(tp, done)
+            commit = committed.get(tp)
+            done = max(starts[tp] if commit is None else commit.offset, starts[tp])
+            # Records deleted unserved (retention) are not served either.
+            before = max(self._committed.get(tp, done), starts[tp])
             served += ledger.between(before, done)
             served_records += max(0, done - before)
             ledger.forget_before(done)
             self._committed[tp] = done
-            if tp in committed:
+            if commit is not None:
                 self._had_offset.add(tp)
             else:
                 self._had_offset.discard(tp)
-            tokens[_lane_of(tp)] += ledger.between(done, ends[tp])
-            records += max(0, ends[tp] - done)
+            progress = None  # a group without members runs nothing
+            if commit is not None and found.state not in (EMPTY, DEAD):
+                progress = read_progress(commit.metadata)
+            read, runs = progress or (done, 0)
+            read = min(max(read, done), ends[tp])
+            running += min(runs, read - done)
+            tokens[_lane_of(tp)] += ledger.between(read, ends[tp])
+            records += max(0, ends[tp] - read)
         # A lane's partitions are consumed by at most as many workers, whatever the others.
         widest = max(Counter(_lane_of(tp) for tp in partitions).values(), default=0)
         return PoolView(
@@ -176,12 +201,13 @@ class Pools:
             found.members,
             widest,
             found.state,
+            running,
         )
 
-    async def _offsets(self, model: str) -> dict[TopicPartition, int]:
+    async def _offsets(self, model: str) -> dict[TopicPartition, OffsetAndMetadata]:
         _, admin = self._started()
         found = await admin.list_consumer_group_offsets(worker_group(model))
-        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
+        return {tp: meta for tp, meta in found.items() if meta.offset >= 0}
 
     def _started(self) -> tuple[AIOKafkaConsumer, AIOKafkaAdminClient]:
         if self._consumer is None or self._admin is None:

@@ -31,10 +31,13 @@ SAY_EVERY_S = 60.0
 so that the log shows why a pool stays as it is."""
 READ_AGAIN_S = 1.0
 """How long after the reader of the work topics died it starts again."""
-FAILED_LOOKS_MAX = 3
-"""Failed looks in a row after which a model's figure is withdrawn, so that KEDA's fallback
-applies rather than a stale figure: one or two failed looks are a broker's restart or a
-slow call (up to LOOK_TIMEOUT_S each); three are an outage."""
+WITHDRAW_AFTER_S = 120.0
+"""How long a model's looks fail before its figure is withdrawn, so that KEDA's fallback
+(the most replicas) applies rather than a stale figure. Time, not a count of looks: a
+broker's restart moves the group's coordinator, and the looks fail at once (a coordinator
+moving or still loading its offsets, llmq.groups) for the tens of seconds that takes, at
+every tick; the last figure holds the pool through that. Past two minutes, four looks that
+hang (LOOK_TIMEOUT_S), it is an outage."""
 
 
 @dataclass
@@ -49,8 +52,10 @@ class _Model:
     last_at: float | None = None
     desired: int | None = None
     said_at: float = float("-inf")
-    failed_looks: int = 0
-    """Looks at the pool that failed since the last that did not."""
+    failing_since: float | None = None
+    """When the looks at the pool began to fail (None: the last one did not)."""
+    withdrawn: bool = False
+    """The figure was withdrawn (its looks failed for WITHDRAW_AFTER_S)."""
 
 
 class Autoscaler:
@@ -107,19 +112,11 @@ class Autoscaler:
                 view = await self._pools.look(name)
         except (KafkaError, TimeoutError) as exc:
             log.warning("cannot see the pool of %s this tick: %r", name, exc)
-            model.failed_looks += 1
-            if model.failed_looks == FAILED_LOOKS_MAX and model.desired is not None:
-                # Only a figure this process set (prometheus-client < 0.22 raises otherwise).
-                metrics.DESIRED.remove(name)
-                log.warning(
-                    "%s: figure withdrawn after %d failed looks (KEDA's fallback applies)",
-                    name,
-                    FAILED_LOOKS_MAX,
-                )
+            self._failed(name, model)
             return
-        if model.failed_looks >= FAILED_LOOKS_MAX:
+        if model.withdrawn:
             log.info("%s: the pool is seen again: its figure is back", name)
-        model.failed_looks = 0
+        model.failing_since, model.withdrawn = None, False
         now = time.monotonic()
         decision = model.policy.decide(self._observe(model, view, now))
         if decision.desired != model.desired:
@@ -134,12 +131,39 @@ class Autoscaler:
         self._export(name, model, view, decision)
         await self._actuator.scale(name, decision.desired)
 
+    def _failed(self, name: str, model: _Model) -> None:
+        """A look failed: the figure is withdrawn once they failed for WITHDRAW_AFTER_S. The
+        serving since the last look is not measured: Kafka away, the workers could neither
+        fetch nor commit, and the interval would pass for a slow pool."""
+        now = time.monotonic()
+        model.last = None
+        if model.failing_since is None:
+            model.failing_since = now
+        failing_s = now - model.failing_since
+        # Only a figure this process set (prometheus-client < 0.22 raises otherwise).
+        if failing_s >= WITHDRAW_AFTER_S and model.desired is not None and not model.withdrawn:
+            metrics.DESIRED.remove(name)
+            model.withdrawn = True
+            log.warning(
+                "%s: figure withdrawn after %.0fs of failed looks (KEDA's fallback applies)",
+                name,
+                failing_s,
+            )
+
     def _observe(self, model: _Model, view: PoolView, now: float) -> Observation:
-        """The policy's inputs, and the service rate measured on a busy pool of one size."""
-        busy = view.backlog_records > view.members * model.spec.max_inflight
+        """The policy's inputs, and the service rate measured on a busy pool of one size.
+
+        Busy: more records waiting or running than the pool's engines hold, so each is full
+        and more wait. Records done behind a long generation, whose commit it holds, are no
+        work: counted, an idle pool passed for a busy one and its rate fell to its arrivals.
+        The work served is what the committed offsets moved past: finished records, whose
+        lag behind a long generation evens out over the rate's window. Not the read
+        position: it runs ahead of them by a whole engine whenever one fills (a burst, a
+        worker joining), the lump ServiceRate's first-commit and turnover rules wait out."""
+        busy = _busy(view, model.spec.max_inflight)
         last = model.last
         if last is not None and model.last_at is not None and last.members == view.members:
-            was_busy = last.backlog_records > last.members * model.spec.max_inflight
+            was_busy = _busy(last, model.spec.max_inflight)
             model.service.observe(
                 view.served_tokens,
                 view.served_records,
@@ -153,6 +177,7 @@ class Autoscaler:
             now=now,
             backlog_tokens=view.backlog_tokens,
             backlog_records=view.backlog_records,
+            in_flight_records=view.in_flight,
             arrival_tokens_per_s=model.arrivals.per_s(),
             tokens_per_s=model.service.per_replica(view.members),
             running=view.members,
@@ -167,8 +192,13 @@ class Autoscaler:
         metrics.NEEDED.labels(name).set(decision.needed)
         metrics.TARGET.labels(name).set(decision.target)
         metrics.RUNNING.labels(name).set(view.members)
-        metrics.BACKLOG_RECORDS.labels(name).set(view.backlog_records)
+        metrics.BACKLOG_RECORDS.labels(name).set(view.backlog_records + view.in_flight)
         for lane in Lane:
             metrics.BACKLOG_TOKENS.labels(name, lane.value).set(view.backlog_tokens.get(lane, 0.0))
         metrics.ARRIVALS.labels(name).set(model.arrivals.per_s())
         metrics.SERVICE.labels(name).set(model.service.per_replica(view.members))
+
+
+def _busy(view: PoolView, max_inflight: int) -> bool:
+    """More records waiting or running than the pool's engines hold (see `_observe`)."""
+    return view.backlog_records + view.in_flight > view.members * max_inflight

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -30,6 +31,25 @@ class UnsureAnswer(BaseModel):
     """The catalog model that answered (the result's model_used)."""
     response: ChatCompletion
     mean_logprob: float | None = None
+
+
+PROGRESS = re.compile(r"llmq-progress/1 read=(\d+) running=(\d+)")
+"""The metadata of a worker's offset commit of a work topic's partition (`progress`)."""
+
+
+def progress(read: int, running: int) -> str:
+    """What a worker writes beside its offset commit, for the autoscaler: the partition's
+    first record whose generation has not begun (every one before it runs, or is done) and
+    how many of its records run. The offset stops at the oldest record unfinished, so
+    without it every record done behind one long generation read as waiting work."""
+    return f"llmq-progress/1 read={read} running={running}"
+
+
+def read_progress(metadata: str | None) -> tuple[int, int] | None:
+    """The read position and the records running of `progress`; None for other metadata
+    (a worker before it, a start committed where nothing was taken)."""
+    found = PROGRESS.fullmatch(metadata or "")
+    return None if found is None else (int(found[1]), int(found[2]))
 
 
 class WorkItem(BaseModel):

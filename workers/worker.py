@@ -162,17 +162,21 @@ class Worker:
                 last_commit = loop.time()
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
-        """Commit, per partition, up to the oldest record still in flight; and, but for `only`
-        some, where each partition the group has no offset for starts (workers/group_starts.py)."""
+        """Commit, per partition, up to the oldest record still in flight, with the records
+        it runs and its read position as the metadata (schemas/work.py progress; also
+        where only they changed, so the autoscaler tells records done behind a long
+        generation from waiting ones); and, but for `only` some, where each partition the
+        group has no offset for starts (workers/group_starts.py), with no metadata."""
         assigned = self._consumer.assignment()
-        committable = self._tracker.committable()
+        committable = self._tracker.committable(self._tasks.values())
         offsets = {
             tp: off
             for tp, off in committable.items()
             if tp in assigned and (only is None or tp in only)
         }
         if only is None:  # not past a record in flight: only where nothing was taken
-            offsets |= self._group_starts.positions(committable.keys(), stopping=self._stopping)
+            starts = self._group_starts.positions(committable.keys(), stopping=self._stopping)
+            offsets |= {tp: (start, "") for tp, start in starts.items()}
         if not offsets:
             return
         try:

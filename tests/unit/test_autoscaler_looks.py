@@ -1,4 +1,4 @@
-"""The autoscaler's figure: withdrawn after FAILED_LOOKS_MAX failed looks in a row, so that
+"""The autoscaler's figure: withdrawn once its looks failed for WITHDRAW_AFTER_S, so that
 KEDA's fallback applies rather than a stale figure, and back with the next look; a model's
 first figure is no change of its pool's size."""
 
@@ -44,9 +44,23 @@ def _desired(name: str) -> float | None:
     return REGISTRY.get_sample_value("llmq_autoscaler_desired_replicas", {"model": name})
 
 
-def test_failed_looks_in_a_row_withdraw_the_figure_until_a_look_succeeds(
+class Ticks:
+    """service.time, whose monotonic clock a test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_looks_failing_for_a_while_withdraw_the_figure_until_a_look_succeeds(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Fast failures (a coordinator moving as a broker restarts) at every 5 s tick keep the
+    figure; looks that failed for WITHDRAW_AFTER_S withdraw it, once."""
+    clock = Ticks()
+    monkeypatch.setattr(service, "time", clock)
     scaler = Autoscaler(AutoscalerSettings(), Recording())
     pool = Flaky()
     monkeypatch.setattr(scaler, "_pools", pool)
@@ -55,23 +69,90 @@ def test_failed_looks_in_a_row_withdraw_the_figure_until_a_look_succeeds(
         asyncio.run(scaler._tick(name, model))
         assert _desired(name) == 1.0
         pool.failing = True
-        for _ in range(service.FAILED_LOOKS_MAX - 1):
+        failing_since = clock.now + 5
+        for _ in range(3):  # within 15 s
+            clock.now += 5
             asyncio.run(scaler._tick(name, model))
-        assert _desired(name) == 1.0  # a failed look or two keep it
+        assert _desired(name) == 1.0
+        clock.now = failing_since + service.WITHDRAW_AFTER_S - 1
+        asyncio.run(scaler._tick(name, model))
+        assert _desired(name) == 1.0  # a second short of it
         for _ in range(3):
+            clock.now += 1
             asyncio.run(scaler._tick(name, model))
         assert _desired(name) is None
         pool.failing = False
         for _ in range(2):
+            clock.now += 5
             asyncio.run(scaler._tick(name, model))
         assert _desired(name) == 1.0
     said = [r.getMessage() for r in caplog.records]
-    withdrawn = f"{name}: figure withdrawn after {service.FAILED_LOOKS_MAX} failed looks"
+    withdrawn = f"{name}: figure withdrawn after {service.WITHDRAW_AFTER_S:.0f}s of failed looks"
     assert sum(line.startswith(withdrawn) for line in said) == 1
+    assert sum("figure withdrawn" in line for line in said) == 1
     assert said.count(f"{name}: the pool is seen again: its figure is back") == 1
 
 
+def test_a_look_that_succeeds_starts_the_failing_time_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Ticks()
+    monkeypatch.setattr(service, "time", clock)
+    scaler = Autoscaler(AutoscalerSettings(), Recording())
+    pool = Flaky()
+    monkeypatch.setattr(scaler, "_pools", pool)
+    name, model = next(iter(scaler._models.items()))
+    for failing in [False, True, False, True, True]:
+        pool.failing = failing
+        clock.now += service.WITHDRAW_AFTER_S / 2
+        asyncio.run(scaler._tick(name, model))
+    assert _desired(name) == 1.0
+
+
+class Serving:
+    """A busy pool of one worker: 100 records waiting, 1,000 tokens committed at each look."""
+
+    async def look(self, model: str) -> PoolView:
+        return PoolView(
+            {Lane.BATCH: 1e5}, 100, 1000.0, 10, 0.0, members=1, partitions=4, state="Stable"
+        )
+
+
+def test_the_serving_across_failed_looks_is_not_measured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kafka away, the workers could neither fetch nor commit: the interval across the
+    failed looks would pass for a pool serving little."""
+    clock = Ticks()
+    monkeypatch.setattr(service, "time", clock)
+    scaler = Autoscaler(AutoscalerSettings(), Recording())
+    monkeypatch.setattr(scaler, "_pools", Serving())
+    name, model = next(iter(scaler._models.items()))
+    measured: list[tuple[float, float]] = []
+
+    def observe(tokens: float, records: int, seconds: float, size: int, busy: bool) -> None:
+        measured.append((tokens, seconds))
+
+    monkeypatch.setattr(model.service, "observe", observe)
+    for _ in range(2):
+        clock.now += 5
+        asyncio.run(scaler._tick(name, model))
+    away = Flaky()
+    away.failing = True
+    monkeypatch.setattr(scaler, "_pools", away)
+    for _ in range(6):
+        clock.now += 5
+        asyncio.run(scaler._tick(name, model))
+    monkeypatch.setattr(scaler, "_pools", Serving())
+    for _ in range(2):
+        clock.now += 5
+        asyncio.run(scaler._tick(name, model))
+    assert measured == [(1000.0, 5.0), (1000.0, 5.0)]
+
+
 def test_a_pool_never_seen_has_no_figure_to_withdraw(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Ticks()
+    monkeypatch.setattr(service, "time", clock)
     scaler = Autoscaler(AutoscalerSettings(), Recording())
     pool = Flaky()
     pool.failing = True
@@ -80,7 +161,8 @@ def test_a_pool_never_seen_has_no_figure_to_withdraw(monkeypatch: pytest.MonkeyP
     withdrawn: list[str] = []
     # prometheus-client before 0.22 raises KeyError removing a figure never set.
     monkeypatch.setattr(metrics.DESIRED, "remove", withdrawn.append)
-    for _ in range(service.FAILED_LOOKS_MAX + 1):
+    for _ in range(3):
+        clock.now += service.WITHDRAW_AFTER_S
         asyncio.run(scaler._tick(name, model))
     assert model.desired is None and withdrawn == []
 

@@ -65,21 +65,23 @@ class Consumer:
 @dataclass(frozen=True)
 class Offset:
     offset: int
+    metadata: str = ""
 
 
 class Admin:
-    """The workers' group: its committed `offsets` (none: it never committed), and what
-    describing it answers (an exception is raised)."""
+    """The workers' group: its committed `offsets` (none: it never committed) and their
+    `metadata`, and what describing it answers (an exception is raised)."""
 
     def __init__(self) -> None:
         self.offsets: dict[TopicPartition, int] = {}
+        self.metadata: dict[TopicPartition, str] = {}
         self.group: Group | Exception = Group(2, "Stable")
 
     async def start(self) -> None:
         pass
 
     async def list_consumer_group_offsets(self, group: str) -> dict[TopicPartition, Any]:
-        return {tp: Offset(offset) for tp, offset in self.offsets.items()}
+        return {tp: Offset(o, self.metadata.get(tp, "")) for tp, o in self.offsets.items()}
 
 
 def _pools(
@@ -277,3 +279,28 @@ def test_a_look_that_fails_leaves_the_work_served_to_the_next(
         return await found.look(MODEL)
 
     assert asyncio.run(looks()).served_records == 4
+
+
+def test_records_deleted_below_a_stale_commit_are_neither_backlog_nor_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The group committed 5, then retention (or kafka-delete-records) deleted every record
+    up to 10: the commit is below the log's start, and nothing is left to do."""
+    tps = [TopicPartition(work_topic(MODEL, lane), 0) for lane in Lane]
+    consumer = Consumer(dict.fromkeys(tps, 10), [])
+    admin = Admin()
+    admin.offsets = {tps[0]: 5}
+    found = _pools(monkeypatch, consumer, admin)
+
+    async def begins(partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, 10)
+
+    async def looks() -> list[pools.PoolView]:
+        await _follow(found, consumer)
+        before = await found.look(MODEL)
+        monkeypatch.setattr(consumer, "beginning_offsets", begins)
+        return [before, await found.look(MODEL)]
+
+    before, after = asyncio.run(looks())
+    assert before.backlog_records == 5 + 10 + 10
+    assert (after.backlog_records, after.served_records, after.served_tokens) == (0, 0, 0.0)

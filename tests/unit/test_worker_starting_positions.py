@@ -12,6 +12,7 @@ from collections.abc import Set as AbstractSet
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
+from aiokafka.util import commit_structure_validate
 
 from schemas.lanes import Lane
 from tests.unit.worker_fakes import (
@@ -85,8 +86,8 @@ class Racy(FakeConsumer):
         self.read.setdefault(tp, position)
         return position
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.asked.append(dict(offsets))
+    async def commit(self, offsets: dict[TopicPartition, int | tuple[int, str]]) -> None:
+        self.asked.append({tp: c.offset for tp, c in commit_structure_validate(offsets).items()})
         if self.failing:
             raise KafkaConnectionError("the coordinator is away")
         await super().commit(offsets)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.util import commit_structure_validate
 
 from llmq.record_limits import RECORD_LIMIT
 from schemas.catalog import ModelSpec
@@ -59,6 +60,8 @@ class FakeConsumer:
         self.positions: dict[TopicPartition, int] = {}
         self.paused: set[TopicPartition] = set()
         self.committed = Committed()
+        self.metadata: dict[TopicPartition, str] = {}
+        """The metadata of each partition's last commit."""
         self.rebalancing = False
         """While set, nothing is fetched (as aiokafka's fetcher waits for the assignment)."""
 
@@ -106,8 +109,11 @@ class FakeConsumer:
     async def position(self, tp: TopicPartition) -> int:
         return self.positions[tp]
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.committed.update(offsets)
+    async def commit(self, offsets: dict[TopicPartition, int | tuple[int, str]]) -> None:
+        """Offsets, or offsets and metadata, read as aiokafka reads them (or refused)."""
+        for tp, commit in commit_structure_validate(offsets).items():
+            self.committed[tp] = commit.offset
+            self.metadata[tp] = commit.metadata
 
 
 class FakeProducer:
