@@ -17,16 +17,22 @@ from streams.rollups import ADD, KEEP_DAYS, SEEN_S, SEP, hour_of
 
 log = logging.getLogger(__name__)
 
-LATENCY_EDGES_MS = tuple(round(10 ** (i / 20), 3) for i in range(121))
-"""Upper edges of the latency histogram's buckets: 1 ms to 1,000 s, 20 a decade (12%
-apart), so a quantile read from it is off by at most one bucket's width."""
+LATENCY_EDGES_MS = tuple(round(10 ** (i / 20), 3) for i in range(161))
+"""Upper edges of the latency histogram's buckets: 1 ms to 10^8 ms (27.8 hours, past the
+Batch API's 24-hour window), 20 a decade (12% apart), so a quantile read from it is off by at
+most one bucket's width. One bucket more, len(LATENCY_EDGES_MS), holds every latency above
+the last edge: a quantile there has no upper bound."""
+LATENCY = "latency:"
+"""The histogram's figures: "latency:<bucket>" (before 2026-12-07 "latency_ms:<bucket>",
+whose buckets stopped at 1,000 s: tools/costs/experiment.py reads them too)."""
 
 
 def latency_bucket(ms: float) -> int:
-    """The histogram bucket of a latency: the first whose upper edge is at or above it."""
+    """The histogram bucket of a latency: the first whose upper edge is at or above it, or
+    the one above the last edge."""
     if ms <= LATENCY_EDGES_MS[0]:
         return 0
-    return min(len(LATENCY_EDGES_MS) - 1, math.ceil(20 * math.log10(ms) - 1e-9))
+    return min(len(LATENCY_EDGES_MS), math.ceil(20 * math.log10(ms) - 1e-9))
 
 
 class ExperimentStats:
@@ -53,7 +59,7 @@ class ExperimentStats:
         }
         total_ms = result.timings.total_ms
         if total_ms is not None:
-            sums[f"latency_ms:{latency_bucket(total_ms)}"] = 1.0
+            sums[f"{LATENCY}{latency_bucket(total_ms)}"] = 1.0
         pairs = [
             x for name, value in sums.items() if value for x in (route.arm + SEP + name, value)
         ]

@@ -52,9 +52,11 @@ def _t95(df: int) -> float:
     return T95[df - 1] if df <= len(T95) else Z95
 
 
-def histogram_quantile(counts: Sequence[float], edges: Sequence[float], q: float) -> float:
+def histogram_quantile(counts: Sequence[float], edges: Sequence[float], q: float) -> float | None:
     """The q-quantile of values binned by upper `edges` (bucket 0 starts at 0), read at rank
-    q * n and interpolated within its bucket (geometrically, as the edges grow so)."""
+    q * n and interpolated within its bucket (geometrically, as the edges grow so). `counts`
+    may have one bucket more, of the values above the last edge: a quantile there is None,
+    as nothing bounds it."""
     return _at_rank(counts, edges, q * sum(counts))
 
 
@@ -64,10 +66,12 @@ def quantile_interval(
     """An exact distribution-free interval of the q-quantile: from the l-th to the u-th
     smallest value (`order_ranks`), widened to whole buckets so that binning cannot move the
     truth outside it. Too few values for a lower end give 0 (bucket 0 starts there), for an
-    upper end None: unbounded, not the largest value seen."""
+    upper end None: unbounded, not the largest value seen; so does an upper end above the
+    last edge (in the bucket `counts` may have there, see `histogram_quantile`)."""
     low, high = order_ranks(round(sum(counts)), q)
     start = _bucket(counts, low) if low else 0
-    upper = None if high is None else edges[_bucket(counts, high)]
+    end = None if high is None else _bucket(counts, high)
+    upper = None if end is None or end == len(edges) else edges[end]
     return (edges[start - 1] if start else 0.0), upper
 
 
@@ -117,10 +121,12 @@ def _bucket(counts: Sequence[float], rank: float) -> int:
     return len(counts) - 1
 
 
-def _at_rank(counts: Sequence[float], edges: Sequence[float], rank: float) -> float:
+def _at_rank(counts: Sequence[float], edges: Sequence[float], rank: float) -> float | None:
     if not counts:
         return 0.0
     i = _bucket(counts, rank)
+    if i == len(edges):
+        return None
     low, high = (edges[i - 1] if i else 0.0), edges[i]
     count = counts[i]
     share = (rank - sum(counts[:i])) / count if count else 1.0

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import pytest
 
 from llmq.cli import main
-from streams.experiment_stats import latency_bucket
+from streams.experiment_stats import LATENCY, latency_bucket
 from tools.costs import experiment
 
 
@@ -19,7 +19,7 @@ def test_an_arm_without_timed_answers_shows_no_latency() -> None:
 
 
 def test_a_timed_arm_reads_its_latency_from_the_histogram() -> None:
-    sums = {"answers": 10.0, f"latency_ms:{latency_bucket(200)}": 10.0}
+    sums = {"answers": 10.0, f"{LATENCY}{latency_bucket(200)}": 10.0}
     (report,) = experiment.compare({"a": sums})
     assert report.latency_p50_ms == pytest.approx(200, rel=0.12)  # one bucket's width
     assert report.latency_p50_interval is not None
@@ -31,7 +31,7 @@ def test_an_arm_of_one_answer_has_no_cost_interval_and_open_latency_intervals() 
     """One answer says nothing of the spread of costs, nor bounds a quantile from above: the
     report says so instead of an interval of zero width (which never held the truth)."""
     sums = {"answers": 1.0, "cost_usd": 0.01, "cost_usd_squared": 1e-4}
-    (report,) = experiment.compare({"a": {**sums, f"latency_ms:{latency_bucket(200)}": 1.0}})
+    (report,) = experiment.compare({"a": {**sums, f"{LATENCY}{latency_bucket(200)}": 1.0}})
     assert asdict(report)["cost_interval"] is None
     assert report.latency_p95_interval == (0.0, None)
     line = experiment.table([report]).splitlines()[-1]
@@ -39,7 +39,7 @@ def test_an_arm_of_one_answer_has_no_cost_interval_and_open_latency_intervals() 
 
 
 def test_a_p95_of_fewer_than_72_answers_has_no_upper_end() -> None:
-    bucket = f"latency_ms:{latency_bucket(200)}"
+    bucket = f"{LATENCY}{latency_bucket(200)}"
     for n, bounded in ((71, False), (72, True)):
         (report,) = experiment.compare({"a": {"answers": float(n), bucket: float(n)}})
         assert report.latency_p95_interval is not None

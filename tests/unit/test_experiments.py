@@ -191,10 +191,11 @@ def test_an_answer_counted_late_is_remembered_from_when_it_is_counted() -> None:
 
 
 def test_a_latency_lands_in_the_bucket_whose_edge_bounds_it() -> None:
-    for ms in (0.2, 1.0, 1.05, 17.3, 999.0, 5e5, 1e9):
+    for ms in (0.2, 1.0, 1.05, 17.3, 999.0, 5e5, 7.2e6, 1e8, 1e9):
         i = latency_bucket(ms)
-        assert ms <= LATENCY_EDGES_MS[i] or i == len(LATENCY_EDGES_MS) - 1
+        assert i == len(LATENCY_EDGES_MS) or ms <= LATENCY_EDGES_MS[i]
         assert i == 0 or ms > LATENCY_EDGES_MS[i - 1]
+    assert latency_bucket(1e9) == len(LATENCY_EDGES_MS)  # above the last edge, not in its bucket
 
 
 def test_a_histograms_quantiles_and_their_intervals_bound_the_truth() -> None:

@@ -102,8 +102,13 @@ def _span(args: argparse.Namespace) -> tuple[date, date]:
     if first > last:
         raise ValueError(f"--since {first} is after --until {last}")
     kept = datetime.now(UTC).date() - timedelta(days=KEEP_DAYS)
-    if first < kept:  # each hour is a read: a typo's century would be millions of them
-        raise ValueError(f"{first} is before {kept}: rollups are kept {KEEP_DAYS} days")
+    # Each hour is a read: a typo's century would be millions of them. And an hour is kept
+    # KEEP_DAYS from its end: by now the first hours of day `kept` are gone.
+    if first <= kept:
+        raise ValueError(
+            f"{first} is not after {kept}: rollups are kept {KEEP_DAYS} days from each hour's "
+            f"end, so the first whole day is {kept + timedelta(days=1)}"
+        )
     return first, last
 
 

@@ -10,20 +10,26 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from schemas.names import experiment_keys
-from streams.experiment_stats import LATENCY_EDGES_MS
+from streams.experiment_stats import LATENCY, LATENCY_EDGES_MS
 from streams.rollups import SEP
 from tools.costs.report import aligned
 from tools.intervals import histogram_quantile, mean_interval, quantile_interval, wilson
 
 Interval = tuple[float, float]
 Bounds = tuple[float, float | None]
-"""A quantile's interval: an upper end of None is unbounded (too few answers for one)."""
+"""A quantile's interval: an upper end of None is unbounded (too few answers for one, or
+above the histogram's last edge)."""
+LEGACY = "latency_ms:"
+"""The histogram's figures before 2026-12-07: buckets of LATENCY_EDGES_MS up to LEGACY_OPEN,
+and in bucket LEGACY_OPEN every latency above the edge before it (891 s), however long."""
+LEGACY_OPEN = 120
 
 
 @dataclass(frozen=True)
 class ArmReport:
     """One arm's answers and how they went; no latency where none of its answers was timed,
-    no cost interval under two answers."""
+    no cost interval under two answers. A latency quantile of None with an interval lies
+    above the histogram's last edge: more than the interval's lower end, unbounded."""
 
     arm: str
     answers: int
@@ -42,7 +48,7 @@ class ArmReport:
 
 async def read(client: aioredis.Redis, experiment: str) -> dict[str, dict[str, float]]:
     """Each arm's sums: answers, errors, escalated, cached, cost_usd, cost_usd_squared and
-    latency_ms:<bucket>."""
+    latency:<bucket> (or LEGACY's)."""
     fields = await client.hgetall(experiment_keys(experiment, "")[0])  # type: ignore[misc]
     arms: dict[str, dict[str, float]] = defaultdict(dict)
     for name, value in fields.items():
@@ -58,10 +64,10 @@ def compare(arms: dict[str, dict[str, float]]) -> list[ArmReport]:
 
 def _report(arm: str, sums: dict[str, float]) -> ArmReport:
     n = sums.get("answers", 0.0)
-    counts = [sums.get(f"latency_ms:{i}", 0.0) for i in range(len(LATENCY_EDGES_MS))]
+    counts, edges = _latencies(sums)
     cost = sums.get("cost_usd", 0.0)
     errors, escalated = sums.get("errors", 0.0), sums.get("escalated", 0.0)
-    p50, p95 = _quantile(counts, 0.5), _quantile(counts, 0.95)
+    p50, p95 = _quantile(counts, edges, 0.5), _quantile(counts, edges, 0.95)
     return ArmReport(
         arm=arm,
         answers=round(n),
@@ -79,14 +85,28 @@ def _report(arm: str, sums: dict[str, float]) -> ArmReport:
     )
 
 
-def _quantile(counts: list[float], q: float) -> tuple[float, Bounds] | None:
-    """The q-quantile of a latency histogram and its interval; None for an empty one (its
-    quantile would read as the last edge, a million ms)."""
+def _latencies(sums: dict[str, float]) -> tuple[list[float], Sequence[float]]:
+    """An arm's latency histogram: counts by bucket, the last one above the last of the
+    edges returned. LEGACY counts join the buckets they share; one above 891 s may be any
+    latency above, so the buckets above it are then read as one, unbounded."""
+    counts = [sums.get(f"{LATENCY}{i}", 0.0) for i in range(len(LATENCY_EDGES_MS) + 1)]
+    for i in range(LEGACY_OPEN):
+        counts[i] += sums.get(f"{LEGACY}{i}", 0.0)
+    above = sums.get(f"{LEGACY}{LEGACY_OPEN}", 0.0)
+    if not above:
+        return counts, LATENCY_EDGES_MS
+    open_above = above + sum(counts[LEGACY_OPEN:])
+    return [*counts[:LEGACY_OPEN], open_above], LATENCY_EDGES_MS[:LEGACY_OPEN]
+
+
+def _quantile(
+    counts: list[float], edges: Sequence[float], q: float
+) -> tuple[float | None, Bounds] | None:
+    """The q-quantile of a latency histogram (None above its last edge) and its interval;
+    None for an empty one."""
     if not any(counts):
         return None
-    return histogram_quantile(counts, LATENCY_EDGES_MS, q), quantile_interval(
-        counts, LATENCY_EDGES_MS, q
-    )
+    return histogram_quantile(counts, edges, q), quantile_interval(counts, edges, q)
 
 
 def table(reports: Sequence[ArmReport]) -> str:
@@ -117,10 +137,12 @@ def _usd(value: float, interval: Interval | None) -> str:
 
 
 def _ms(value: float | None, interval: Bounds | None) -> str:
-    if value is None or interval is None:
+    if interval is None:
         return "-"
+    low = f"{interval[0]:,.0f}"
     upper = "unbounded" if interval[1] is None else f"{interval[1]:,.0f}"
-    return f"{value:,.0f} [{interval[0]:,.0f}, {upper}]"
+    shown = f"> {low}" if value is None else f"{value:,.0f}"  # above the last edge: unbounded
+    return f"{shown} [{low}, {upper}]"
 
 
 def _share(value: float, interval: Interval) -> str:
