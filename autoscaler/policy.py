@@ -67,6 +67,9 @@ class Observation:
     model, so no work comes to bring a worker back, and only a worker makes it again."""
     in_flight_records: int = 0
     """Records the workers run: not in the drain term, but a pool running any is not idle."""
+    holding: int = 0
+    """Replicas whose engines hold the records running (in_flight_records over the model's
+    max_inflight): the pool goes no lower, which would abort them to run them again."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,8 @@ class Policy:
     down only after the stabilization window (which starts out holding the pool's present
     size); to zero after idle_s without work (when min is 0; at once for a pool it first
     sees at zero with nothing to do), back from zero on the first record; and at least one
-    replica while the pool's group is gone, as no record can wake it then."""
+    replica while the pool's group is gone, as no record can wake it then; never below the
+    replicas whose engines hold the generations running (it would abort them)."""
 
     targets: Targets
     _window: deque[tuple[float, int]] = field(default_factory=deque)
@@ -123,7 +127,7 @@ class Policy:
         )
         floor = self._floor(busy, seen.group_gone, seen.now, seen.running)
         if busy:
-            raw = max(raw, 1)
+            raw = max(raw, 1, seen.holding)
         cap = min(self.targets.max_replicas, max(1, seen.partitions))
         target = min(max(raw, floor), cap)
         # 3) Up at once, down only when the whole window agrees. A policy that never saw

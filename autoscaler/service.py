@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -178,6 +179,7 @@ class Autoscaler:
             backlog_tokens=view.backlog_tokens,
             backlog_records=view.backlog_records,
             in_flight_records=view.in_flight,
+            holding=math.ceil(view.in_flight / model.spec.max_inflight),
             arrival_tokens_per_s=model.arrivals.per_s(),
             tokens_per_s=model.service.per_replica(view.members),
             running=view.members,

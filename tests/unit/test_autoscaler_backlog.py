@@ -152,3 +152,18 @@ def test_a_pool_running_generations_is_not_idle() -> None:
     assert desired == [1, 1]
     assert "(0 records waiting, 3 running)" in policy.decide(replace(seen, now=3.0)).reason
     assert policy.decide(replace(seen, now=4.0, in_flight_records=0)).desired == 0
+
+
+def test_a_pool_keeps_the_replicas_whose_engines_hold_what_runs() -> None:
+    """Four workers run 32 generations of max_inflight 8, nothing waits: past the window the
+    pool went to one, and the three leaving aborted their generations to run them again."""
+    scaler = Autoscaler(AutoscalerSettings(tokens_per_s=WORKER_TOKENS_PER_S), Exported())
+    model = next(iter(scaler._models.values()))
+    model.spec = model.spec.model_copy(update={"max_inflight": 8})
+    running = PoolView({}, 0, 0.0, 0, 0.0, 4, 4, "Stable", 32)
+    seen = scaler._observe(model, running, 0.0)
+    assert seen.holding == 4
+    policy = Policy(AutoscalerSettings(stabilization_s=0).targets())
+    decided = [policy.decide(replace(seen, now=t)) for t in (1.0, 400.0, 800.0)]
+    assert [d.desired for d in decided] == [4, 4, 4]
+    assert policy.decide(replace(seen, now=900.0, in_flight_records=8, holding=1)).desired == 1
