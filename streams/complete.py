@@ -329,9 +329,10 @@ class Complete:
         )
         promoted = {
             "request": request,
-            "admitted_at": time.time(),  # its retries' budget: the first leader's was spent
+            "admitted_at": time.time(),
             "attempt": 1,
             "not_before": None,
+            "first_failed_at": None,  # its retries' budget: the first leader's was spent
             "spent_usd": 0.0,
             "speculation": None,
         }

@@ -40,7 +40,7 @@ class CircuitBreaker:
         *,
         failure_threshold: int = 5,
         cooldown_s: float = 30.0,
-        probe_wait_s: float = 1.0,
+        probe_wait_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`probe_wait_s` is the retry_after_s of a call refused while the probe runs: its

@@ -37,10 +37,11 @@ Replies = dict[tuple[str, str], list[tuple[int, int, InferenceResult]]]
 """(batch id, tenant) -> (line, attempt, reply)."""
 WAITS = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.BUDGET_EXCEEDED, ErrorCode.BUDGET_UNAVAILABLE})
 """Refusals for a while: a line waits them out as long as its batch has the time."""
-MAX_LINE_ATTEMPTS = 4
-"""A line's attempts that engine failures saying when to try again (an open circuit, a
-remote server's Retry-After) may take: past them the failure is the line's, rather than
-the line sent every cooldown until its batch expires."""
+MAX_LINE_ATTEMPTS = 16
+"""A line's sends (its rate-limit waits among them, which the line's attempt counts too)
+past which an engine failure that says when to try again (an open circuit, a remote
+server's Retry-After) is the line's, rather than the line sent every cooldown until its
+batch expires."""
 MAX_FOREIGN = 1024
 """Batches of an endpoint this door does not know that a collector remembers having logged;
 past this many it forgets them (each may be logged once more)."""

@@ -544,12 +544,14 @@ def test_a_cancelled_request_nobody_else_waits_for_just_ends(harness: Pipeline) 
 
 
 def test_a_promoted_copy_has_retries_of_its_own(harness: Pipeline) -> None:
-    """Its retry budget counts from its promotion: counted from the first leader's admission,
-    long past, its first failure was final."""
+    """Its retry budget counts from its own first failure: counted from the first leader's
+    admission, or its first failure, long past, its first failure was final."""
     [work] = _copies(harness, 1)
     harness.on_request(None, _copy(1))
     harness.send.sent.clear()
-    long_ago = work.model_copy(update={"admitted_at": time.time() - 3600})
+    long_ago = work.model_copy(
+        update={"admitted_at": time.time() - 3600, "first_failed_at": time.time() - 3600}
+    )
     harness.on_completion(completion(long_ago, None, ErrorCode.CANCELLED))
     _, handed = harness.send.sent
     promoted = WorkItem.model_validate_json(handed.value)
