@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from llmq.record_limits import (
 )
 from llmq.settings import ClientSettings
 from llmq.stored import stored_result, unreadable
+from schemas.errors import LlmqError
 from schemas.kafka_security import KafkaSecurity
 from schemas.lanes import Lane
 from schemas.names import REQUESTS, RESULTS, result_key
@@ -102,8 +104,8 @@ class Client:
         """(tenant, correlation_id) of each request submitted and not yet collected, oldest
         first (a dict as an ordered set); with or without a listener, so result() knows the
         tenant a request was submitted as."""
-        self._results: dict[Key, InferenceResult | RuntimeError] = {}
-        """The replies collected for pending requests; a RuntimeError for a reply this llmq
+        self._results: dict[Key, InferenceResult | LlmqError] = {}
+        """The replies collected for pending requests; an LlmqError for a reply this llmq
         cannot read (a newer llmq's record), raised to its waiter."""
         self._arrived = threading.Condition()
         self._closing = threading.Event()
@@ -166,9 +168,10 @@ class Client:
     def result(
         self, correlation_id: str, timeout: float = 120.0, *, tenant: str | None = None
     ) -> InferenceResult:
-        """Wait for the result of a request; raises TimeoutError when none came in time, and
-        RuntimeError when the client is closed meanwhile or its reply is no result this llmq
-        reads (the result store holds something else, or a newer llmq wrote it).
+        """Wait for the result of a request; raises TimeoutError when none came in time,
+        RuntimeError when the client is closed meanwhile or the result store holds something
+        else under its key, and LlmqError (internal_error) when its reply is no result this
+        llmq reads (a newer llmq wrote it).
 
         The request is the one of `tenant`: by default the tenant this client submitted the
         id as (the client's own where it submitted the id as several, or not at all).
@@ -186,7 +189,7 @@ class Client:
                         timeout=min(left, STORE_POLL_S),
                     )
                 found = self._results.pop(key, None)
-                if isinstance(found, RuntimeError):
+                if isinstance(found, LlmqError):
                     self._pending.pop(key, None)
                     raise found
             # 2) The result store, outside the lock and once per poll interval.
@@ -208,10 +211,11 @@ class Client:
     def ask(
         self, prompt: str | Sequence[dict[str, str]], timeout: float = 120.0, **kwargs: Any
     ) -> InferenceResult:
-        """Submit and wait: the simplest way to get one answer. The request's deadline is the
-        wait unless `deadline_s` is given: an answer nobody waits for is not generated (and
-        billed) after it."""
-        kwargs.setdefault("deadline_s", timeout)
+        """Submit and wait: the simplest way to get one answer. The request's deadline is a
+        finite wait unless `deadline_s` is given: an answer nobody waits for is not
+        generated (and billed) after it."""
+        if 0 < timeout < math.inf:
+            kwargs.setdefault("deadline_s", timeout)
         correlation_id = self.submit(prompt, **kwargs)
         return self.result(correlation_id, timeout=timeout, tenant=kwargs.get("tenant"))
 
@@ -392,7 +396,7 @@ class Client:
     def _collect(self, batches: dict[TopicPartition, list[Any]]) -> None:
         """Keep the replies among polled records that answer requests pending here (another
         tenant's reply to an equal id is not this request's), and wake the waiters."""
-        arrived: list[tuple[Key, InferenceResult | RuntimeError]] = []
+        arrived: list[tuple[Key, InferenceResult | LlmqError]] = []
         for records in batches.values():
             for record in records:
                 try:

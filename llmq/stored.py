@@ -8,6 +8,7 @@ import json
 from pydantic import ValidationError
 
 from llmq.chat import Key
+from schemas.errors import ErrorCode, LlmqError
 from schemas.names import result_key
 from schemas.redact import describe, dotted, mask_url
 from schemas.request import SCHEMA_VERSION
@@ -29,18 +30,23 @@ def stored_result(raw: bytes, tenant: str, correlation_id: str, redis_url: str) 
         ) from None
 
 
-def unreadable(raw: bytes, exc: ValidationError) -> tuple[Key, RuntimeError] | None:
+def unreadable(raw: bytes, exc: ValidationError) -> tuple[Key, LlmqError] | None:
     """The request a reply that is no result this llmq reads names (its tenant and
-    correlation_id), with the error its waiter is to raise rather than wait in vain; None
-    where it names none (another app's record on the topic)."""
+    correlation_id), with the error its waiter is to raise rather than wait in vain
+    (internal_error, which the front door answers as such, streamed or not); None where
+    it is no reply of llmq's (another app's record on the topic: no `status`, and no
+    other schema_version), whose waiter goes on waiting for its own."""
     fields = _fields(raw)
     tenant, correlation_id = fields.get("tenant"), fields.get("correlation_id")
     if not isinstance(tenant, str) or not isinstance(correlation_id, str):
         return None
-    why = _newer(fields, correlation_id) or (
+    newer = _newer(fields, correlation_id)
+    if newer is None and "status" not in fields:
+        return None
+    why = newer or (
         f"the reply to {correlation_id} is no result this llmq reads: {describe(exc, where=dotted)}"
     )
-    return (tenant, correlation_id), RuntimeError(why)
+    return (tenant, correlation_id), LlmqError(ErrorCode.INTERNAL_ERROR, why)
 
 
 def _fields(raw: bytes) -> dict[str, object]:

@@ -6,7 +6,7 @@ import time
 from enum import StrEnum
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
@@ -92,22 +92,22 @@ class Choice(BaseModel):
     finish_reason: str | None
     logprobs: ChoiceLogprobs | None = None
 
-    @model_validator(mode="before")
+    @field_validator("message", mode="before")
     @classmethod
-    def _newer_message_fields(cls, data: Any) -> Any:
+    def _newer_message_fields(cls, message: Any) -> Any:
         """An answer's message read without the fields this llmq does not know (a newer
         llmq's, during an upgrade), in it and in its tool calls: the message model refuses
-        them, as a request's must."""
-        message = data.get("message") if isinstance(data, dict) else None
+        them, as a request's must. (On the field alone: a model validator made pydantic
+        build the whole choice, logprobs too, as Python objects first, 1.5x the time.)"""
         if isinstance(message, ChatMessage) and not isinstance(message, AnswerMessage):
             message = message.model_dump()  # a request's message, as an answer's
         if not isinstance(message, dict):
-            return data
+            return message
         known = _known(message, AnswerMessage)
         calls = known.get("tool_calls")
         if isinstance(calls, list):
             known["tool_calls"] = [_known_call(call) for call in calls]
-        return {**data, "message": known}
+        return known
 
 
 def _known(data: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import queue
 import threading
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from llmq.aio import AsyncClient
 from llmq.client import Client
 from llmq.stored import stored_result
 from llmq.streaming import Delta
+from schemas.errors import LlmqError
 from schemas.names import RESULTS, TOKENS
 from schemas.request import ChatMessage, InferenceRequest
 from schemas.result import InferenceResult
@@ -385,7 +387,7 @@ def test_a_reply_this_llmq_cannot_read_ends_the_wait_naming_why(replies: Replies
         app.submit("hi", correlation_id="c2")
         replies.records.put(SimpleNamespace(value=_newer("c2", "globex")))  # not ours
         replies.records.put(SimpleNamespace(value=_newer("c1")))
-        with pytest.raises(RuntimeError, match="schema_version 2, written by a newer llmq"):
+        with pytest.raises(LlmqError, match="schema_version 2, written by a newer llmq"):
             app.result("c1", timeout=600)
         assert ("default", "c1") not in app._pending
         assert ("globex", "c2") not in app._results
@@ -401,8 +403,11 @@ def test_an_async_reply_this_llmq_cannot_read_ends_the_wait_naming_why() -> None
         app._on_result(_newer(correlation_id, "globex"))  # another tenant's: not this wait
         assert not app._pending[("default", correlation_id)].done()
         app._on_result(b'{"tenant": "default", "correlation_id": 7}')  # names no request
+        foreign = {"tenant": "default", "correlation_id": correlation_id, "rating": 5}
+        app._on_result(json.dumps(foreign).encode())  # another app's record: no result
+        assert not app._pending[("default", correlation_id)].done()
         app._on_result(_newer(correlation_id))
-        with pytest.raises(RuntimeError, match="schema_version 2, written by a newer llmq"):
+        with pytest.raises(LlmqError, match="schema_version 2, written by a newer llmq"):
             await app.result(correlation_id, wait_s=600)
         assert not app._pending
 
@@ -442,5 +447,9 @@ def test_ask_gives_up_with_its_request(replies: Replies) -> None:
         request = InferenceRequest.model_validate_json(sent[0])
         assert request.deadline is not None
         assert request.deadline - request.created_at == pytest.approx(0.01)
+        app.result = lambda *_, **__: answered("c", "default", "hi")  # type: ignore[method-assign]
+        for endless in (math.inf, 0.0):  # no deadline a request could meet
+            app.ask("hi", timeout=endless)
+            assert InferenceRequest.model_validate_json(sent[-1]).deadline is None
     finally:
         app.close()
