@@ -362,7 +362,10 @@ def _called_bodies(
     rest = (text_before(text) or "")[sent:] if calls else text[sent:]
     logprobs = showing.held if asked and showing.held else None
     if calls and logprobs:  # the text's tokens alone, as OpenAI's are
-        logprobs = logprobs[: begun_within((t.token for t in logprobs), len(rest))] or None
+        # Held from where the pieces sent so far ended, which may be past the text shown.
+        start = len(text) - sum(len(t.token) for t in logprobs)
+        within = len(text_before(text) or "") - start
+        logprobs = logprobs[: begun_within((t.token for t in logprobs), within)] or None
     if rest:
         bodies.append(chunks.content(rest, logprobs, index))
     if calls:

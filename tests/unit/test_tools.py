@@ -430,22 +430,50 @@ def test_a_whole_answers_log_probabilities_are_its_texts_alone_as_in_its_stream(
     assert [t.token for t in out.logprobs.content] == _spelling(pieces, out)
 
 
-def test_a_streamed_answers_last_piece_sends_the_log_probabilities_of_its_text_alone() -> None:
-    """A piece holds several tokens: the last one's, of text and of calls, came whole with
-    the calls chunk; now those of the text before the calls come with it, the rest never."""
+CALL = _hermes("ping", "{}", "")
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [["Hi"], [" there.", " ", CALL]],
+        [["Hi", " there", " "], ["ok", "\n", CALL]],  # space held back, its token sent
+        [["Hi", " <"], ["b>", " ok", CALL]],  # a call's possible start, its token sent
+    ],
+)
+def test_a_streamed_answer_of_calls_sends_its_texts_log_probabilities_as_the_whole_does(
+    pieces: list[list[str]],
+) -> None:
+    """A piece holds several tokens, the last one's of text and of calls: all came with the
+    calls chunk; then those past the text shown but not yet its own end."""
     body = _body(tool_choice="auto", logprobs=True)
-    call = _hermes("ping", "{}", "")
-    tokens = [TokenLogprob(token=t, logprob=-1.0) for t in (" there.", " ", call)]
     usage = Usage(prompt_tokens=9, completion_tokens=4, total_tokens=13)
-    first = Delta("Hi", 0, logprobs=[TokenLogprob(token="Hi", logprob=-1.0)])
-    last = Delta(" there. " + call, 2, "stop", usage, logprobs=tokens)
+    deltas, offset = [], 0
+    for tokens in pieces:
+        text, last = "".join(tokens), tokens is pieces[-1]
+        logprobs = [TokenLogprob(token=t, logprob=-1.0) for t in tokens]
+        reason = "stop" if last else None
+        deltas.append(Delta(text, offset, reason, usage if last else None, logprobs=logprobs))
+        offset += len(text)
     chunks = Chunks("c", 1, "m", include_usage=False, body=body)
 
     async def main() -> list[str]:
-        return [e async for e in sse.events(chunks, first, _pieces(last))]
+        return [e async for e in sse.events(chunks, deltas[0], _pieces(*deltas[1:]))]
 
     read = [ChatCompletionChunk.model_validate(json.loads(e[6:])) for e in asyncio.run(main())[:-1]]
-    said = "".join(c.choices[0].delta.content or "" for c in read)
-    logprobs = [c.choices[0].logprobs for c in read if c.choices[0].logprobs]
-    sent = [t.token for lp in logprobs for t in lp.content or []]
-    assert said == "Hi there." and sent == ["Hi", " there."]
+    streamed = [c.choices[0].logprobs for c in read if c.choices[0].logprobs]
+    sent = [t.token for lp in streamed for t in lp.content or []]
+    every = [t for tokens in pieces for t in tokens]
+    result = _result(body, "".join(every))
+    assert result.response is not None
+    [choice] = result.response.choices
+    content = ChoiceLogprobs(content=[TokenLogprob(token=t, logprob=-1.0) for t in every])
+    answer = result.response.model_copy(
+        update={"choices": [choice.model_copy(update={"logprobs": content})]}
+    )
+    [whole] = SdkCompletion.model_validate(
+        completion(result.model_copy(update={"response": answer}))
+    ).choices
+    assert whole.logprobs is not None and whole.logprobs.content is not None
+    assert sent == [t.token for t in whole.logprobs.content]
+    assert CALL not in sent and "\n" not in sent and sent[-1] != " "
