@@ -14,6 +14,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from kafka.errors import KafkaTimeoutError
+from prometheus_client import REGISTRY
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -39,7 +40,7 @@ from streams.budget_alerts import BudgetAlerts
 from streams.gate import TenantGate
 from streams.ratelimit import RateLimiter
 from tests.integration.helpers import run_async, run_with
-from tests.unit.stages import FailingSend, admitted, raw_request
+from tests.unit.stages import FailingSend, FakeSend, admitted, raw_request
 from tools.stack.ports import free_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.usefixtures("sync")]
@@ -467,3 +468,43 @@ def test_each_threshold_is_reported_once_per_period_across_instances(redis_port:
     assert alerts[3].budget_usd == 2.0
     assert alerts[0].spent_usd == 0.55 and alerts[0].reason == "spend"
     assert alerts[2].reason.startswith("a request was refused")
+
+
+@pytest.mark.parametrize(
+    ("tenant", "spent_share", "hold_share", "used_up"),
+    [("used-up", 0.85, 0.2, True), ("oversize", 0.1, 2.0, False)],
+    ids=["cannot-fit-at-85-percent", "larger-than-the-budget-at-10-percent"],
+)
+def test_a_refusal_past_80_percent_spent_reports_the_budget_used_up(
+    redis_port: int, tenant: str, spent_share: float, hold_share: float, used_up: bool
+) -> None:
+    """Refused at 85% spent, as what is left cannot pay for its worst case, the tenant has
+    used its budget up though its spend stays below it (holds stop it short): alerted at
+    threshold 1, its gauge at 1. Refused at 10% spent for costing more than the whole
+    budget, the request is the problem: no alert."""
+    catalog = Catalog.builtin()
+    work = admitted(raw_request("c-1"))
+    work = work.model_copy(update={"request": work.request.model_copy(update={"tenant": tenant})})
+    budget = worst_case(work, catalog).usd / hold_share
+    policy = TenantPolicy(default=TenantLimits(budget_usd=budget))
+    sent = FakeSend()
+
+    async def body(client: aioredis.Redis) -> None:
+        budgets = Budgets(client)
+        alerts = BudgetAlerts(client, sent)
+        gate = TenantGate(policy, RateLimiter(client), budgets, catalog, alerts)
+        assert await budgets.record(_event(tenant, "c-0", spent_share * budget, time.time()))
+        with pytest.raises(LlmqError) as caught:
+            await gate.check(work)
+        assert caught.value.code is ErrorCode.BUDGET_EXCEEDED
+
+    run_async(redis_port, body)
+    alerts = [BudgetAlert.model_validate_json(record.value) for record in sent.sent]
+    used = REGISTRY.get_sample_value("llmq_budget_used_ratio", {"tenant": tenant})
+    if not used_up:
+        assert (alerts, used) == ([], None)
+        return
+    assert [(a.tenant, a.threshold, a.budget_usd) for a in alerts] == [(tenant, 1.0, budget)]
+    assert alerts[0].spent_usd == pytest.approx(spent_share * budget)
+    assert alerts[0].reason.startswith("a request was refused")
+    assert used == 1.0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import pytest
+
 from schemas.lanes import Lane
 from schemas.names import work_topic
 from schemas.request import ChatMessage, InferenceRequest
@@ -23,6 +25,8 @@ from streams.affinity import (
 )
 from streams.outbox import Outbox
 from tests.unit.stages import FakeSend, FakeStore
+
+pytestmark = pytest.mark.timeout(30)
 
 SYSTEM = "You are the support assistant of a bicycle shop. " * 20  # ~1,000 characters
 TOPIC = work_topic("smollm2-135m", Lane.STANDARD)
@@ -153,6 +157,30 @@ def test_records_sharing_a_prefix_go_to_one_partition_others_by_fingerprint() ->
     by_fingerprint = asyncio.run(place(briefs))
     assert by_fingerprint == [ranked(brief.fingerprint.encode(), 4)[0] for brief in briefs]
     assert len(set(by_fingerprint)) > 1
+
+
+def test_a_topics_bound_holds_across_records_and_follows_its_partition_count() -> None:
+    """A Balance made anew for each record forgot the records before it: a hot prefix sent
+    all of them to one partition. One kept when partitions were added placed by the old
+    count: an IndexError, or the new partitions left idle."""
+    sizes = {TOPIC: 4}
+
+    async def partitions(topic: str) -> int:
+        return sizes[topic]
+
+    affinity = PrefixAffinity(DEFAULT_PREFIX_CHARS, partitions)
+    bound = int(SLACK * FLOOR_PER_PARTITION)
+
+    async def place() -> Counter[int]:
+        items = [_work(f"question {n}") for n in range(3 * bound)]
+        return Counter([await affinity.partition(TOPIC, item) for item in items])
+
+    group = prefix_group(_messages("x"), DEFAULT_PREFIX_CHARS) or b""
+    assert asyncio.run(place()) == dict.fromkeys(ranked(group, 4)[:3], bound)
+    sizes[TOPIC] = 8
+    added = asyncio.run(place())
+    assert added == dict.fromkeys(ranked(group, 8)[:3], bound)
+    assert max(added) >= 4, "a new partition takes the prefix's records"
 
 
 def test_the_outbox_publishes_work_to_the_placers_partition() -> None:

@@ -147,12 +147,15 @@ class FailingCancels:
         self.failures = failures
         self.fetches = fetches
         self.looks = 0
+        self.asked: list[int] = []
+        """The times (Unix ms) each look-up asked offsets for."""
 
     def assignment(self) -> set[TopicPartition]:
         return {self.tp}
 
     async def offsets_for_times(self, at: dict[TopicPartition, int]) -> dict[TopicPartition, None]:
         self.looks += 1
+        self.asked.extend(at.values())
         if self.looks <= self.failures and not self.fetches:
             raise KafkaTimeoutError
         return dict.fromkeys(at)  # nothing that recent: read from the end
@@ -195,6 +198,26 @@ def test_a_read_of_the_cancellations_that_fails_is_said_and_started_again(
     assert cancellations.cancelled("t", "a") is not None
     assert consumer.looks == 2
     assert "KafkaTimeoutError" in caplog.text
+
+
+def test_the_follower_reads_the_cancellations_of_the_last_memory_s() -> None:
+    """A worker that (re)starts still skips work cancelled while it was away: read from a
+    time ahead (the end), it ran that work to its end, billed for nobody."""
+    cancellations = Cancellations(memory_s=600)
+    consumer = FailingCancels(_cancel("a", at=time.time()), failures=0)
+
+    async def run() -> None:
+        following = _following(consumer, cancellations)
+        await until(lambda: cancellations.cancelled("t", "a") is not None)
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+
+    before = time.time()
+    asyncio.run(run())
+    after = time.time()
+    [asked] = consumer.asked
+    assert int((before - 600) * 1000) <= asked <= int((after - 600) * 1000)
 
 
 @pytest.mark.parametrize("fetches", [False, True], ids=["seek", "fetch"])

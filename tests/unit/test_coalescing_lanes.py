@@ -15,7 +15,7 @@ from schemas.lanes import Lane
 from schemas.names import DLQ, work_topic
 from schemas.request import InferenceRequest
 from schemas.work import WorkItem
-from streams.coalesce import Coalescer
+from streams.coalesce import Coalescer, Leader
 from tests.unit.stages import (
     MODEL,
     Pipeline,
@@ -148,6 +148,30 @@ def test_an_entry_written_before_leaders_kept_their_lane_reads_as_batch() -> Non
     standard = request.model_copy(update={"correlation_id": "c", "lane": Lane.STANDARD})
     assert not coalescer.join(standard, "fp", now=102)
     assert coalescer.followers("fp") == 1
+
+
+def _request(cid: str, lane: str) -> InferenceRequest:
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    return InferenceRequest.model_validate({"correlation_id": cid, "lane": lane, "body": body})
+
+
+def test_the_end_of_a_generation_forgets_it_only_where_the_leader_took_it_over() -> None:
+    """It comes for a failure whose copies another request leads, or nobody does (a cache
+    answered them; the completion is unreadable): with no leader, or one that took over
+    nobody, it leaves the table alone. Raising there, it failed the completion's handling."""
+    table: dict[bytes, bytes] = {}
+    coalescer = Coalescer(table, stale_after_s=10, epoch="x")
+    coalescer.ended("fp", "batch-0")
+    assert table == {}
+    assert not coalescer.join(_request("batch-0", "batch"), "fp", now=100)
+    coalescer.ended("fp", "batch-0")
+    assert coalescer.leader("fp") == Leader(correlation_id="batch-0", since=100, epoch="x")
+    assert not coalescer.join(_request("live-0", "interactive"), "fp", now=101)
+    coalescer.ended("fp", "live-0")
+    leader = coalescer.leader("fp")
+    assert leader is not None and leader.replaced is not None, "not the one it took over"
+    coalescer.ended("fp", "batch-0")
+    assert coalescer.leader("fp") == leader.model_copy(update={"replaced": None})
 
 
 def test_a_streamed_copy_of_a_generation_that_does_not_stream_leads_its_own(

@@ -84,16 +84,23 @@ def _events(tenant: str) -> float | None:
     )
 
 
+def _counts() -> list[float]:
+    """The events counted for bound-first, bound-named and other, and other's completion
+    tokens: process-wide, so a test reads what it adds (run twice, it found the first run's)."""
+    events = [_events(tenant) for tenant in ("bound-first", "bound-named", OTHER)]
+    labels = {"tenant": OTHER, "model": "bound-model", "kind": "completion"}
+    tokens = REGISTRY.get_sample_value("llmq_costs_tokens_total", labels)
+    return [n or 0.0 for n in (*events, tokens)]
+
+
 def test_cost_counters_label_tenants_past_the_limit_other() -> None:
     rollups = CostRollups(Counting(), TenantLabels({"bound-named"}, 1))  # type: ignore[arg-type]
-    other_before = _events(OTHER) or 0.0
+    before = _counts()
     for tenant in ["bound-first", "bound-second", "bound-third", "bound-named"]:
         assert asyncio.run(rollups.add(_event(tenant)))
-    assert _events("bound-first") == _events("bound-named") == 1.0
+    added = [now - then for now, then in zip(_counts(), before, strict=True)]
+    assert added == [1.0, 1.0, 2.0, 2 * 4.0]
     assert _events("bound-second") is _events("bound-third") is None
-    assert _events(OTHER) == other_before + 2.0
-    tokens = {"tenant": OTHER, "model": "bound-model", "kind": "completion"}
-    assert REGISTRY.get_sample_value("llmq_costs_tokens_total", tokens) == 2 * 4.0
 
 
 def test_the_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,8 +6,12 @@ from __future__ import annotations
 import io
 import logging
 
-from llmq.throttle import Throttle, throttle
+import pytest
+
+from llmq.throttle import MAX_KINDS, Throttle, throttle
 from tests.unit.clock import Clock
+
+pytestmark = pytest.mark.timeout(30)
 
 
 def record(
@@ -42,6 +46,22 @@ def test_a_repeated_warning_passes_once_per_interval_then_says_how_many_were_hel
     quiet = record(cache, "refused")
     assert gate.filter(quiet)
     assert quiet.getMessage().endswith(": refused"), "none held since"
+
+
+def test_past_max_kinds_those_not_passed_in_an_interval_are_forgotten_the_others_held() -> None:
+    """A warning whose format names what varies (a tenant, a topic) is a kind each: kept for
+    good, they grow a long-running process's memory. Forgotten, a kind that passed within
+    the interval passes again at once."""
+    clock = Clock()
+    gate = Throttle(10.0, clock)
+    for n in range(MAX_KINDS - 1):
+        assert gate.filter(record(f"stale warning {n}"))
+    clock.now += 11
+    recent = "response cache unavailable, treating as a miss: %s"
+    assert gate.filter(record(recent, "refused"))
+    assert gate.filter(record("a new warning")), "the kinds are full: the stale ones go"
+    assert not gate.filter(record(recent, "refused")), "held: it passed in this interval"
+    assert len(gate._seen) == 2
 
 
 def test_every_handler_of_a_logger_writes_the_same_records() -> None:
