@@ -68,8 +68,9 @@ class Observation:
     in_flight_records: int = 0
     """Records the workers run: not in the drain term, but a pool running any is not idle."""
     holding: int = 0
-    """Replicas whose engines hold the records running (in_flight_records over the model's
-    max_inflight): the pool goes no lower, which would abort them to run them again."""
+    """The fewest replicas whose engines could hold the records running (in_flight_records
+    over the model's max_inflight, rounded up): the pool goes no lower. A scale-down may
+    still abort the generations of the replicas it removes (which go is KEDA's choice)."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Policy:
     size); to zero after idle_s without work (when min is 0; at once for a pool it first
     sees at zero with nothing to do), back from zero on the first record; and at least one
     replica while the pool's group is gone, as no record can wake it then; never below the
-    replicas whose engines hold the generations running (it would abort them)."""
+    fewest replicas whose engines could hold the generations running."""
 
     targets: Targets
     _window: deque[tuple[float, int]] = field(default_factory=deque)

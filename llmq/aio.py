@@ -228,8 +228,9 @@ class AsyncClient:
     async def result(
         self, correlation_id: str, wait_s: float = 120.0, *, tenant: str | None = None
     ) -> InferenceResult:
-        """The result of a request; TimeoutError when none came in `wait_s`. One this client
-        did not submit is looked up in the result store. `tenant` is by default the one this
+        """The result of a request; TimeoutError when none came in `wait_s`, LlmqError
+        (internal_error) when its reply is a record of a newer llmq's. One this client did
+        not submit is looked up in the result store. `tenant` is by default the one this
         client submitted the id as (its own where it submitted the id as several)."""
         key = self._key(correlation_id, tenant)
         future = self._pending.get(key)

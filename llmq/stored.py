@@ -17,14 +17,16 @@ from schemas.result import InferenceResult
 
 def stored_result(raw: bytes, tenant: str, correlation_id: str, redis_url: str) -> InferenceResult:
     """The result `raw` holds. RuntimeError where it holds something else (written by
-    another program, or by a newer llmq): not the caller's input, and no wait makes it one."""
+    another program), LlmqError (internal_error) where a newer llmq wrote it, as its reply
+    read from the topic: not the caller's input, and no wait makes it one."""
     try:
         return InferenceResult.model_validate_json(raw)
     except ValidationError as exc:
         newer = _newer(_fields(raw), correlation_id)
+        if newer is not None:
+            raise LlmqError(ErrorCode.INTERNAL_ERROR, newer) from None
         raise RuntimeError(
-            newer
-            or f"the result store (Redis at {mask_url(redis_url)}) holds no result of "
+            f"the result store (Redis at {mask_url(redis_url)}) holds no result of "
             f"{correlation_id} under {result_key(tenant, correlation_id)}, but something "
             f"else: {describe(exc, where=dotted)}"
         ) from None

@@ -23,7 +23,7 @@ Batch API's 24-hour window), 20 a decade (12% apart), so a quantile read from it
 most one bucket's width. One bucket more, len(LATENCY_EDGES_MS), holds every latency above
 the last edge: a quantile there has no upper bound."""
 LATENCY = "latency:"
-"""The histogram's figures: "latency:<bucket>" (before 2026-12-07 "latency_ms:<bucket>",
+"""The histogram's figures: "latency:<bucket>" (an earlier version's "latency_ms:<bucket>",
 whose buckets stopped at 1,000 s: tools/costs/experiment.py reads them too)."""
 
 

@@ -431,7 +431,7 @@ def test_an_answers_message_with_fields_a_newer_llmq_added_is_read_without_them(
 
 
 def test_a_stored_result_of_a_newer_llmq_is_named_so() -> None:
-    with pytest.raises(RuntimeError, match="schema_version 2, written by a newer llmq"):
+    with pytest.raises(LlmqError, match="schema_version 2, written by a newer llmq"):
         stored_result(_newer("c1"), "default", "c1", NO_REDIS.redis_url)
 
 

@@ -20,8 +20,9 @@ Bounds = tuple[float, float | None]
 """A quantile's interval: an upper end of None is unbounded (too few answers for one, or
 above the histogram's last edge)."""
 LEGACY = "latency_ms:"
-"""The histogram's figures before 2026-12-07: buckets of LATENCY_EDGES_MS up to LEGACY_OPEN,
-and in bucket LEGACY_OPEN every latency above the edge before it (891 s), however long."""
+"""The histogram's figures of an earlier version's stream processors: buckets of
+LATENCY_EDGES_MS up to LEGACY_OPEN, and in bucket LEGACY_OPEN every latency above the edge
+before it (891 s), however long."""
 LEGACY_OPEN = 120
 
 
