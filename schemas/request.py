@@ -80,6 +80,13 @@ NAMES = "names"
 dict: the OpenAI chat body's max_completion_tokens, the Responses API's max_output_tokens),
 for its refusals to name a field the sender did not write as the sender wrote it."""
 
+
+def tokens_in(chars: int) -> int:
+    """Tokens in `chars` characters of text no tokenizer has seen: CHARS_PER_TOKEN
+    characters a token, rounded up."""
+    return -(-chars // CHARS_PER_TOKEN)
+
+
 IDENTIFIER = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER.pattern)]
 """Correlation ids and tenants: printable, no spaces, safe in Redis keys and logs."""
@@ -438,7 +445,7 @@ class ChatBody(Contract):
         CHARS_PER_TOKEN characters a token, rounded up, plus max_tokens. An estimate, not a
         bound: text other than English takes more tokens a character (CJK and emoji up to
         2-3 a character); prompt_token_bound is the bound."""
-        return -(-self.prompt_chars() // CHARS_PER_TOKEN) + self.max_tokens
+        return tokens_in(self.prompt_chars()) + self.max_tokens
 
 
 def _named(info: ValidationInfo, field: str) -> str:

@@ -18,7 +18,7 @@ import aiohttp
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
 from schemas.redact import mask_url
-from schemas.request import CHARS_PER_TOKEN, ChatBody, ChatMessage
+from schemas.request import CHARS_PER_TOKEN, ChatBody, ChatMessage, tokens_in
 from schemas.result import TokenLogprob
 from schemas.retry import RetryPolicy
 from schemas.tools import Tool, tool_dicts
@@ -154,7 +154,7 @@ class OpenAIEngine:
         url = self._base + (_TEXT if body.raw_prompt else _CHAT)
         payload = self._payload(body, priority)
         top = body.top_logprobs or 0
-        prompt_estimate = _estimated_tokens(body.prompt_chars())
+        prompt_estimate = tokens_in(body.prompt_chars())
         started = time.monotonic()
         attempt, sent = 1, 0  # the attempt (a failure's retry is the next), the requests sent
         while True:
@@ -451,17 +451,11 @@ async def _steps(
     if prompt_tokens is None:
         no_usage()
         prompt_tokens = prompt_estimate
-        completion_tokens = listed + _estimated_tokens(unlisted_chars)
+        completion_tokens = listed + tokens_in(unlisted_chars)
     total = counted if completion_tokens is None else completion_tokens
     yield EngineStep(
         "", max(0, total - counted), prompt_tokens, True, finish_reason, cached_tokens=cached_tokens
     )
-
-
-def _estimated_tokens(chars: int) -> int:
-    """Tokens in `chars` characters of text, as llmq estimates them where no tokenizer has
-    seen it (CHARS_PER_TOKEN characters a token, rounded up)."""
-    return -(-chars // CHARS_PER_TOKEN)
 
 
 def _logprob(entry: dict[str, Any], top: int) -> dict[str, Any]:
