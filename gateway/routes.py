@@ -160,7 +160,7 @@ async def _complete(
     timed from before its body is read, streamed or not; a stream's events observe it when
     they end, every other answer (an error, a client gone before the first piece) here."""
     door = _door(request)
-    started, status, stream = time.monotonic(), 500, "false"
+    started, status, stream = _now(), 500, "false"
     response: Response | None = None
     try:
         call = await read(door, request)
@@ -184,7 +184,7 @@ async def _complete(
     finally:
         metrics.REQUESTS.labels(str(status), stream).inc()
         if not isinstance(response, sse.EventStream):
-            metrics.LATENCY.labels(stream).observe(time.monotonic() - started)
+            metrics.LATENCY.labels(stream).observe(_now() - started)
 
 
 @router.get("/v1/models")
@@ -454,7 +454,7 @@ async def _streamed(door: FrontDoor, request: Request, call: Call, started: floa
     """Server-sent events of the call's choices. An error before their first pieces is an
     HTTP error (429, 400, ...) while they come within HEADERS_WAIT_S; past it the response
     starts without them (sse.First), and an error is an error event, as after them.
-    `started`: when the request came (time.monotonic), which its first pieces and its end
+    `started`: when the request came (_now), which its first pieces and its end
     are timed from."""
     wait_s = door.settings.reply_wait_s
     streams = [
@@ -533,11 +533,16 @@ async def _came(request: Request, pieces: asyncio.Future[Any]) -> bool | None:
     return True
 
 
+def _now() -> float:
+    """The loop's clock, which its timers read (HEADERS_WAIT_S, sse.KEEPALIVE_S)."""
+    return asyncio.get_running_loop().time()
+
+
 def _first_came(started: float, pieces: asyncio.Future[Any]) -> None:
     """A stream's first pieces came (or failed, or were given up on): the time to them is
     observed from `started`, where they came."""
     if not pieces.cancelled() and pieces.exception() is None:
-        metrics.FIRST_PIECE.observe(time.monotonic() - started)
+        metrics.FIRST_PIECE.observe(_now() - started)
 
 
 def _abandon(door: FrontDoor, call: Call, *, grace: bool = True, left: bool = True) -> None:
@@ -578,7 +583,7 @@ async def _timed(events: AsyncIterator[str], started: float) -> AsyncGenerator[s
         async for event in events:
             yield event
     finally:
-        metrics.LATENCY.labels("true").observe(time.monotonic() - started)
+        metrics.LATENCY.labels("true").observe(_now() - started)
 
 
 async def _unless_gone(request: Request, work: Awaitable[T]) -> T | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -80,8 +79,8 @@ class _Sends:
     KEEPALIVE after each KEEPALIVE_S without one, until the last."""
 
     send_one: Send
-    last: float = field(default_factory=time.monotonic)
-    """When the latest message was sent."""
+    last: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+    """When the latest message was sent, on the loop's clock (its timers')."""
     ended: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -97,13 +96,13 @@ class _Sends:
                     self.ended = last
         except TimeoutError:
             raise _StalledError from None
-        self.last = time.monotonic()
+        self.last = asyncio.get_running_loop().time()
 
     async def keep_alive(self) -> None:
         """KEEPALIVE after each KEEPALIVE_S without a message, until the last one."""
         blank = {"type": "http.response.body", "body": KEEPALIVE.encode(), "more_body": True}
         while not self.ended:
-            silent_s = time.monotonic() - self.last
+            silent_s = asyncio.get_running_loop().time() - self.last
             if silent_s < KEEPALIVE_S:
                 await asyncio.sleep(KEEPALIVE_S - silent_s)
             else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ from schemas.request import DEFAULT_TENANT, InferenceRequest
 from schemas.result import Usage
 from schemas.tenants import TenantPolicy
 from tests.unit.asgi import post_scope
+from tests.unit.clock import run_virtual
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -44,8 +44,9 @@ KEEPALIVE_S = 0.2
 HEADERS_WAIT_S = 0.1
 QUEUED_S = 5 * KEEPALIVE_S
 """How long a first piece waits in its lane's queue here."""
-SLACK_S = 0.15
-"""What a timer may run late by on a busy machine (less than the gaps measured)."""
+SLACK_S = 1e-9
+"""Float rounding: each test runs on virtual time (run_virtual), on which no time passes
+while code runs, so the times below are the ones the door's timers were set for."""
 USAGE = Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5)
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
 
@@ -163,7 +164,8 @@ async def _exchange(
     end (or leaves `leaves_after_s` after it came). What was sent, once the app returned
     and the cancels the door sent are done."""
     read = False
-    began = time.monotonic()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
 
     async def receive() -> dict[str, Any]:
         nonlocal read
@@ -172,14 +174,14 @@ async def _exchange(
             return {"type": "http.request", "body": json.dumps(body or {}).encode()}
         if leaves_after_s is None:
             await asyncio.Event().wait()
-        await asyncio.sleep(began + (leaves_after_s or 0.0) - time.monotonic())
+        await asyncio.sleep(began + (leaves_after_s or 0.0) - loop.time())
         return {"type": "http.disconnect"}
 
     sent: list[tuple[float, Message]] = []
     waiting: list[float] = []
 
     async def send(message: Message) -> None:
-        sent.append((time.monotonic() - began, message))
+        sent.append((loop.time() - began, message))
         waiting.append(_sample("llmq_gateway_waiting"))
 
     scope = post_scope(app, path, {"content-type": "application/json", **(headers or {})})
@@ -234,7 +236,7 @@ def test_a_stream_whose_first_piece_is_queued_starts_and_stays_alive_until_it_co
     client = Client([answer()])
     app = _app(monkeypatch, client)
     before = _sample("llmq_gateway_waiting"), _sample("llmq_gateway_first_piece_seconds_sum")
-    sent = asyncio.run(_exchange(app, "/v1/chat/completions", _chat(n=n)))
+    sent = run_virtual(_exchange(app, "/v1/chat/completions", _chat(n=n)))
     _kept_alive(sent, comments=3)
     comments = len(sent.before_first_event())
     assert sent.waiting[: 1 + comments] == [before[0] + 1] * (1 + comments)  # and the start
@@ -258,7 +260,7 @@ def test_vllms_serving_benchmark_reads_a_stream_kept_alive(
     before its parser: a `: keep-alive` comment came out glued to the next event, which was
     lost (requests marked failed once their first token waited past HEADERS_WAIT_S)."""
     app = _app(monkeypatch, Client([answer()]))
-    sent = asyncio.run(_exchange(app, "/v1/chat/completions", _chat()))
+    sent = run_virtual(_exchange(app, "/v1/chat/completions", _chat()))
     handler, read = StreamedResponseHandler(), []  # type: ignore[no-untyped-call]
     for _, part in sent.bodies:  # each part a read of its own, as they came apart in time
         chunk = part.encode().strip()
@@ -274,7 +276,7 @@ def test_a_refusal_before_the_response_starts_is_still_the_http_error(
     """Within HEADERS_WAIT_S the SDK gets its exception (a 429 here, its Retry-After)."""
     client = Client([[(HEADERS_WAIT_S / 4, ErrorCode.RATE_LIMITED)]])
     app = _app(monkeypatch, client)
-    sent = asyncio.run(_exchange(app, "/v1/chat/completions", _chat()))
+    sent = run_virtual(_exchange(app, "/v1/chat/completions", _chat()))
     assert sent.start[1] == 429
     start = next(m for _, m in sent.messages if m["type"] == "http.response.start")
     assert (b"retry-after", b"1") in start["headers"]
@@ -292,7 +294,7 @@ def test_a_refusal_after_the_response_started_is_the_error_event(
     refused: list[Step] = [(QUEUED_S, ErrorCode.RATE_LIMITED)]
     client = Client([refused, answer(queued_s=10.0)])
     app = _app(monkeypatch, client)
-    sent = asyncio.run(_exchange(app, "/v1/chat/completions", _chat(n=n)))
+    sent = run_virtual(_exchange(app, "/v1/chat/completions", _chat(n=n)))
     _kept_alive(sent, comments=3)
     [event] = sent.events()  # that of an error after the first piece: the HTTP error's body
     assert (
@@ -312,7 +314,7 @@ def test_a_tool_call_held_until_whole_keeps_its_stream_alive(
     client = Client([pieces])
     app = _app(monkeypatch, client)
     body = _chat(tools=TOOLS, tool_choice="required")
-    sent = asyncio.run(_exchange(app, "/v1/chat/completions", body))
+    sent = run_virtual(_exchange(app, "/v1/chat/completions", body))
     parts = [body for _, body in sent.bodies]
     assert sent.start[0] < HEADERS_WAIT_S  # its first piece came at once
     role = {"role": "assistant", "content": None}
@@ -347,7 +349,7 @@ def test_a_streamed_response_opens_with_its_first_events_and_stays_alive(
     client = Client([script])
     app = _app(monkeypatch, client)
     body = {"model": MODEL, "input": "Hi", "stream": True, "store": False}
-    sent = asyncio.run(_exchange(app, "/v1/responses", body))
+    sent = run_virtual(_exchange(app, "/v1/responses", body))
     assert sent.start[1] == 200 and sent.start[0] <= HEADERS_WAIT_S + SLACK_S
     assert sent.longest_silence_s() <= KEEPALIVE_S + SLACK_S
     parts = [body for _, body in sent.bodies]
@@ -373,7 +375,7 @@ def test_a_client_gone_before_the_response_started_is_cancelled_at_once(
     """It never had the request's id (X-Request-Id): it cannot resume, so no grace."""
     client = Client([answer(queued_s=10.0)])
     app = _app(monkeypatch, client)
-    sent = asyncio.run(
+    sent = run_virtual(
         _exchange(app, "/v1/chat/completions", _chat(), leaves_after_s=HEADERS_WAIT_S / 4)
     )
     assert sent.start[1] == 499
@@ -390,7 +392,7 @@ def test_a_client_gone_after_the_response_started_is_one_that_left_mid_stream(
     client = Client([answer(queued_s=10.0)])
     app = _app(monkeypatch, client)
     left_s = HEADERS_WAIT_S + KEEPALIVE_S / 2
-    sent = asyncio.run(_exchange(app, "/v1/chat/completions", _chat(n=n), leaves_after_s=left_s))
+    sent = run_virtual(_exchange(app, "/v1/chat/completions", _chat(n=n), leaves_after_s=left_s))
     assert sent.start[1] == 200 and [body for _, body in sent.bodies] == [sse.KEEPALIVE]
     assert sorted(client.closed) == sorted(client.submitted) and len(client.submitted) == n
     doomed = app.state.door._doomed
@@ -405,13 +407,14 @@ class Readers:
     """The door's count of a request's resumed streams (Redis's), as calls with when."""
 
     calls: list[tuple[str, float]] = field(default_factory=list)
-    began: float = field(default_factory=time.monotonic)
+    began: float = 0.0
+    """The virtual loop's time when it starts (run_virtual)."""
 
     async def resumed(self, tenant: str, correlation_id: str) -> None:
-        self.calls.append(("resumed", time.monotonic() - self.began))
+        self.calls.append(("resumed", asyncio.get_running_loop().time() - self.began))
 
     def unread(self, tenant: str, correlation_id: str) -> None:
-        self.calls.append(("unread", time.monotonic() - self.began))
+        self.calls.append(("unread", asyncio.get_running_loop().time() - self.began))
 
 
 def _resumable(monkeypatch: pytest.MonkeyPatch, client: Client) -> tuple[FastAPI, Readers]:
@@ -434,7 +437,7 @@ def test_a_resumed_stream_whose_client_leaves_before_its_first_piece_ends_then(
     client = Client([answer(queued_s=10.0)])
     app, readers = _resumable(monkeypatch, client)
     exchange = _exchange(app, RESUME, None, headers={"last-event-id": "0"}, leaves_after_s=0.0)
-    sent = asyncio.run(asyncio.wait_for(exchange, 1.0))
+    sent = run_virtual(asyncio.wait_for(exchange, 1.0))
     assert sent.start[1] == 499
     assert [name for name, _ in readers.calls] == ["resumed", "unread"]
     assert readers.calls[1][1] < HEADERS_WAIT_S
@@ -447,7 +450,7 @@ def test_a_resumed_stream_starts_and_stays_alive_until_its_first_piece(
     """As a call's stream: its first piece queued again, the response starts without it."""
     client = Client([answer()])
     app, readers = _resumable(monkeypatch, client)
-    sent = asyncio.run(_exchange(app, RESUME, None, headers={"last-event-id": "0"}))
+    sent = run_virtual(_exchange(app, RESUME, None, headers={"last-event-id": "0"}))
     _kept_alive(sent, comments=3)
     chunks = _chunks(sent.events())
     assert [c.choices[0].delta.content for c in chunks] == ["", "Hello", " world", None]
