@@ -19,6 +19,7 @@ from autoscaler.pools import Pools, PoolView
 from autoscaler.rates import ArrivalRate, PoolRates
 from autoscaler.settings import AutoscalerSettings
 from llmq.groups import DEAD
+from llmq.throttle import apart
 from schemas.catalog import ModelSpec
 from schemas.lanes import Lane
 
@@ -112,7 +113,7 @@ class Autoscaler:
             async with asyncio.timeout(LOOK_TIMEOUT_S):
                 view = await self._pools.look(name)
         except (KafkaError, TimeoutError) as exc:
-            log.warning("cannot see the pool of %s this tick: %r", name, exc)
+            log.warning("cannot see the pool of %s this tick: %r", name, exc, extra=apart(name))
             self._failed(name, model)
             return
         if model.withdrawn:
@@ -149,6 +150,7 @@ class Autoscaler:
                 "%s: figure withdrawn after %.0fs of failed looks (KEDA's fallback applies)",
                 name,
                 failing_s,
+                extra=apart(name),
             )
 
     def _observe(self, model: _Model, view: PoolView, now: float) -> Observation:

@@ -14,18 +14,27 @@ UNHELD = frozenset({"mode.redirect"})
 """Loggers never held: faust's copy of what is printed, each line a record of its own."""
 DECIDED = "llmq_throttle_passes"
 """The record attribute that keeps a decision, so every handler of a logger agrees on it."""
+APART = "llmq_throttle_apart"
+"""The record attribute of what tells a warning apart beside its format (apart())."""
+
+
+def apart(*keys: object) -> dict[str, object]:
+    """`extra` for a notice that is one of its kind for each of `keys` (a model's figure
+    withdrawn, a tenant's budget crossed): another model's or tenant's does not hold it."""
+    return {APART: keys}
 
 
 class Throttle(logging.Filter):
     """Passes each warning once per `every_s`, told apart by its logger and format string
-    (not its arguments: "admitting tenant %s unchecked" is one warning for every tenant).
-    Errors, other levels and a warning with a traceback always pass."""
+    (not its arguments: "admitting tenant %s unchecked" is one warning for every tenant), and
+    by the keys a notice names with apart(). Errors, other levels and a warning with a
+    traceback always pass."""
 
     def __init__(self, every_s: float = EVERY_S, clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self._every_s = every_s
         self._clock = clock
-        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+        self._seen: dict[tuple[str, str, tuple[object, ...]], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         decided: bool | None = getattr(record, DECIDED, None)
@@ -38,7 +47,7 @@ class Throttle(logging.Filter):
     def _passes(self, record: logging.LogRecord) -> bool:
         if record.levelno != logging.WARNING or record.exc_info or record.name in UNHELD:
             return True
-        key = (record.name, str(record.msg))
+        key = (record.name, str(record.msg), getattr(record, APART, ()))
         now = self._clock()
         if len(self._seen) >= MAX_KINDS:  # forget the kinds not seen in a while
             self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self._every_s}

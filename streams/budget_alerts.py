@@ -9,6 +9,7 @@ import time
 import redis.asyncio as aioredis
 
 from llmq.startup import at_zero
+from llmq.throttle import apart
 from schemas.alerts import BudgetAlert
 from schemas.names import ALERTS, spend_key
 from schemas.tenants import TenantLimits, period_end, period_id
@@ -112,6 +113,7 @@ class BudgetAlerts:
             spent,
             limits.budget_usd,
             reason,
+            extra=apart(tenant, threshold, window),
         )
         try:
             await self._send(ALERTS, tenant.encode(), alert.model_dump_json().encode())

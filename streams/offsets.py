@@ -35,6 +35,8 @@ from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
+from llmq.throttle import apart
+
 log = logging.getLogger(__name__)
 
 NewOffset = Callable[[Any, TP], int | None]
@@ -184,6 +186,7 @@ async def _read_again(consumer: Any, tp: TP, committed: int, position: int) -> N
         tp.partition,
         committed,
         position - 1,
+        extra=apart(tp),
     )
     await consumer.seek(tp, committed)
 

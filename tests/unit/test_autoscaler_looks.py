@@ -15,6 +15,7 @@ from autoscaler import metrics, service
 from autoscaler.pools import PoolView
 from autoscaler.service import Autoscaler
 from autoscaler.settings import AutoscalerSettings
+from llmq.throttle import APART
 from schemas.lanes import Lane
 
 pytestmark = pytest.mark.timeout(30)
@@ -90,6 +91,8 @@ def test_looks_failing_for_a_while_withdraw_the_figure_until_a_look_succeeds(
     withdrawn = f"{name}: figure withdrawn after {service.WITHDRAW_AFTER_S:.0f}s of failed looks"
     assert sum(line.startswith(withdrawn) for line in said) == 1
     assert sum("figure withdrawn" in line for line in said) == 1
+    told_apart = [getattr(r, APART, None) for r in caplog.records if r.levelno == logging.WARNING]
+    assert set(told_apart) == {(name,)}, "another model's notice does not hold it back"
     assert said.count(f"{name}: the pool is seen again: its figure is back") == 1
 
 

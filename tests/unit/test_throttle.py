@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from llmq.throttle import MAX_KINDS, Throttle, throttle
+from llmq.throttle import APART, MAX_KINDS, Throttle, apart, throttle
 from tests.unit.clock import Clock
 
 pytestmark = pytest.mark.timeout(30)
@@ -62,6 +62,25 @@ def test_past_max_kinds_those_not_passed_in_an_interval_are_forgotten_the_others
     assert gate.filter(record("a new warning")), "the kinds are full: the stale ones go"
     assert not gate.filter(record(recent, "refused")), "held: it passed in this interval"
     assert len(gate._seen) == 2
+
+
+def test_a_notice_told_apart_by_its_keys_passes_for_each_and_is_held_for_each() -> None:
+    """Three models' figures withdrawn in one tick are three notices (one format): each one
+    passes, and each is held as a repeated warning is."""
+    clock = Clock()
+    gate = Throttle(10.0, clock)
+    withdrawn = "%s: figure withdrawn after %.0fs of failed looks"
+
+    def notice(model: str) -> logging.LogRecord:
+        said = record(withdrawn, model, 120.0)
+        for key, value in apart(model).items():
+            setattr(said, key, value)
+        return said
+
+    assert [gate.filter(notice(m)) for m in ("a", "b", "c")] == [True, True, True]
+    assert not gate.filter(notice("a")), "held: the same model's again"
+    assert gate.filter(record(withdrawn, "a", 120.0)), "one told apart by nothing is another"
+    assert getattr(notice("x"), APART) == ("x",)
 
 
 def test_every_handler_of_a_logger_writes_the_same_records() -> None:
