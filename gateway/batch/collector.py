@@ -21,7 +21,7 @@ from gateway.batch.lines import (
     ENDPOINT,
     ENDPOINTS,
     RESPONSES_ENDPOINT,
-    error_line,
+    failed_line,
     output_line,
 )
 from gateway.batch.store import BatchStore, Outcome
@@ -122,7 +122,7 @@ def _failed(
 ) -> Outcome:
     """An internal_error line for a reply that cannot be written as it is, saying `why`."""
     message = f"the line's reply could not be written: {why}"
-    line = error_line(custom_id, str(result.correlation_id), ErrorCode.INTERNAL_ERROR, message)
+    line = failed_line(custom_id, str(result.correlation_id), ErrorCode.INTERNAL_ERROR, message)
     return Outcome(number, attempt, "error", line)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.openai import OPENAI_CODES, Call, completion, error_body, read_call
+from gateway.openai import Call, completion, error_body, read_call
 from gateway.responses import Echo, ResponseCall, read_response_call, response_of
 from gateway.text import read_text_call, text_completion_of
 from schemas.catalog import Catalog
@@ -117,17 +117,26 @@ def output_line(
 ) -> dict[str, Any]:
     """The output (an answer, in `endpoint`'s shape; a response echoes what its line
     `asked`, and is not stored) or error-file line (an error reply) of a result."""
-    request_id = f"req_{result.correlation_id}"
-    if result.error is None:
-        answer = _answer(result, endpoint, asked or {})
-        response = {"status_code": 200, "request_id": request_id, "body": answer}
-    else:
-        status, body = error_body(result.error.code, result.error.message)
-        response = {"status_code": status, "request_id": request_id, "body": body}
+    line_id = str(result.correlation_id)
+    if result.error is not None:
+        return failed_line(custom_id, line_id, result.error.code, result.error.message)
+    answer = _answer(result, endpoint, asked or {})
+    return _replied(custom_id, line_id, 200, answer)
+
+
+def failed_line(custom_id: str, line_id: str, code: ErrorCode, message: str) -> dict[str, Any]:
+    """The error-file line of a request that failed (an error reply, a line refused as it
+    was sent, a reply that could not be written): OpenAI's shape of a request's failure, a
+    response with the status and error body the HTTP API would have answered."""
+    status, body = error_body(code, message)
+    return _replied(custom_id, line_id, status, body)
+
+
+def _replied(custom_id: str, line_id: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": f"batch_req_{result.correlation_id}",
+        "id": f"batch_req_{line_id}",
         "custom_id": custom_id,
-        "response": response,
+        "response": {"status_code": status, "request_id": f"req_{line_id}", "body": body},
         "error": None,
     }
 
@@ -141,11 +150,11 @@ def _answer(result: InferenceResult, endpoint: str, asked: dict[str, Any]) -> di
 
 
 def error_line(custom_id: str, line_id: str, code: str, message: str) -> dict[str, Any]:
-    """An error-file line for a line that got no reply: expired, cancelled, unreadable, or
-    refused as it was sent (with OpenAI's code where it has one, as an error reply's)."""
+    """The error-file line of a line the batch itself ended (batch_expired,
+    batch_cancelled): as OpenAI's, no response, an error of code and message."""
     return {
         "id": f"batch_req_{line_id}",
         "custom_id": custom_id,
         "response": None,
-        "error": {"code": OPENAI_CODES.get(code, code), "message": message},
+        "error": {"code": code, "message": message},
     }

@@ -30,7 +30,8 @@ MAX_FILES_LISTED = 10_000
 MAX_GONE_PASSED = 1_000
 """Ids of objects gone (expired, deleted) a listing passes, and drops from the index, in one
 step, and in all once it has an object to show: its page may then be short, `has_more` true
-(OpenAI's SDK asks on after the page's last object; it stops at an empty page)."""
+(OpenAI's SDK asks on after the page's last object; it stops at an empty page). A listing
+by purpose reads this many ids a step."""
 MAX_UPLOAD_BYTES = MAX_FILE_BYTES + (64 << 10)
 """The most an upload's body may carry: a file at OpenAI's limit, its multipart framing and
 the purpose field."""
@@ -303,7 +304,10 @@ async def _listed(request: Request, tenant: str, page: Page) -> dict[str, Any]:
     passed, cut = 0, False  # ids of objects gone since the page has one; MAX_GONE_PASSED hit
     after = page.after
     while len(found) <= page.limit:  # one more than the page says whether there is more
-        wanted = min(page.limit + 1 - len(found), MAX_GONE_PASSED)
+        # A step by purpose may find none of it (files of another purpose): it reads
+        # MAX_GONE_PASSED ids, not the few the page lacks, or a small page walked two a step.
+        lacking = page.limit + 1 - len(found)
+        wanted = MAX_GONE_PASSED if page.purpose is not None else min(lacking, MAX_GONE_PASSED)
         ids = await store.listed(tenant, page.kind, after, wanted, page.oldest_first)
         if ids is None:  # not an empty last page: an app would stop with objects left
             why = f"after: {after} is none of your {page.kind}, nor one a listing forgot lately"

@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from gateway import metrics
-from gateway.batch.lines import ENDPOINTS, Line, error_line, read_line
+from gateway.batch.lines import ENDPOINTS, Line, error_line, failed_line, read_line
 from gateway.batch.store import PAGE, BatchStore, Outcome
 from schemas.catalog import Catalog
 from schemas.errors import LlmqError
@@ -404,11 +404,12 @@ class Runner:
     async def _error(
         self, fields: Mapping[str, str], number: int, attempt: int, exc: LlmqError
     ) -> Outcome:
-        """The error line of a line's attempt that was not sent."""
+        """The error line of a line's attempt that was not sent: a request's failure, as a
+        worker's error reply is."""
         custom_id = (await self._store.custom_ids(fields["id"], [number]))[0] or ""
         attempt_id = line_id(fields["id"], number, attempt)
         return Outcome(
-            number, attempt, "error", error_line(custom_id, attempt_id, exc.code.value, exc.message)
+            number, attempt, "error", failed_line(custom_id, attempt_id, exc.code, exc.message)
         )
 
     def _read(self, fields: Mapping[str, str], number: int, raw: bytes, attempt: int) -> Line:

@@ -265,36 +265,40 @@ class BatchStore:
         """Store an upload line by line (blank lines are skipped, numbers kept); LlmqError
         past OpenAI's limits or for a line past MAX_LINE_BYTES, and nothing is kept. It is
         kept retention, or `expires_after_s` if shorter; a batch that reads it keeps it
-        longer (see `create_batch`)."""
+        longer (see `create_batch`). An upload that fails (Redis refusing a write, a client
+        gone) leaves no lines behind, unless its fields landed (a reply timed out): lines
+        without them are no file's, unreachable until they expire."""
         file_id = new_id("file-")
         meta, lines = file_keys(file_id)
         try:
             size, count, kept = await self._write_lines(lines, chunks)
+            if kept == 0:  # nothing was written
+                raise LlmqError(ErrorCode.INVALID_REQUEST, "the file has no lines")
+            now = int(time.time())
+            asked_s = self._retention_s if expires_after_s is None else expires_after_s
+            until = now + min(asked_s, self._retention_s)
+            fields = {
+                "id": file_id,
+                "tenant": tenant,
+                "filename": filename,
+                "purpose": purpose,
+                "bytes": str(size),
+                "lines": str(count),
+                "requests": str(kept),
+                "created_at": str(now),
+                "expires_at": str(until),
+            }
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(meta, mapping=fields)
+                pipe.expireat(meta, until)
+                pipe.expireat(lines, until)
+                self._index(pipe, tenant, "files", file_id, until)
+                await pipe.execute()
         except BaseException:
-            await self._redis.delete(lines)
+            with contextlib.suppress(RedisError):  # else they expire after retention
+                if not await self._written(meta, file_id):
+                    await self._redis.delete(lines)
             raise
-        if kept == 0:  # nothing was written
-            raise LlmqError(ErrorCode.INVALID_REQUEST, "the file has no lines")
-        now = int(time.time())
-        asked_s = self._retention_s if expires_after_s is None else expires_after_s
-        until = now + min(asked_s, self._retention_s)
-        fields = {
-            "id": file_id,
-            "tenant": tenant,
-            "filename": filename,
-            "purpose": purpose,
-            "bytes": str(size),
-            "lines": str(count),
-            "requests": str(kept),
-            "created_at": str(now),
-            "expires_at": str(until),
-        }
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(meta, mapping=fields)
-            pipe.expireat(meta, until)
-            pipe.expireat(lines, until)
-            self._index(pipe, tenant, "files", file_id, until)
-            await pipe.execute()
         await self._sweep(tenant, "files")
         return fields
 
@@ -440,10 +444,10 @@ class BatchStore:
             raise
         await self._sweep(tenant, "batches")
 
-    async def _written(self, key: str, batch_id: str) -> bool:
-        """Whether the batch's fields are in Redis (its creation's write landed)."""
+    async def _written(self, key: str, object_id: str) -> bool:
+        """Whether a file's or batch's fields are in Redis (its creation's write landed)."""
         try:
-            return bool(await self._redis.hget(key, "id") == batch_id.encode())  # type: ignore[misc]
+            return bool(await self._redis.hget(key, "id") == object_id.encode())  # type: ignore[misc]
         except ResponseError:  # not a hash: a write that failed
             return False
 

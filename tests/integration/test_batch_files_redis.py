@@ -13,6 +13,7 @@ from typing import Any, cast
 import pytest
 import redis.asyncio as aioredis
 from fastapi import Request
+from redis.exceptions import ResponseError
 from starlette.datastructures import FormData, UploadFile
 
 from gateway.batch import routes
@@ -152,6 +153,42 @@ def test_an_upload_with_a_line_past_the_limit_is_a_400_naming_it(redis_port: int
         message = refused.value.body["error"]["message"]
         assert message.startswith(f"line 3 is longer than {MAX_LINE_BYTES} bytes"), message
         assert await client.keys("llmq:file:*") == []
+
+    run_async(redis_port, body)
+
+
+@pytest.mark.parametrize("landed", [False, True])
+def test_an_upload_whose_fields_fail_leaves_no_lines_unless_they_landed(
+    redis_port: int, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    """Redis refusing the write of an upload's fields (OOM under noeviction aborts the
+    transaction) left its lines, written page by page, for retention: no file's, unlisted,
+    another copy at each of the SDK's retries. One whose write landed before the error (a
+    reply that failed) keeps its file whole."""
+    index = BatchStore._index
+
+    def failing(pipe: Any, tenant: str, kind: str, object_id: str, until: int) -> None:
+        index(pipe, tenant, kind, object_id, until)
+        if landed:  # fails as it runs, after the rest of the transaction
+            pipe.lpush(tenant_index_key(tenant, kind), "not a sorted set's")
+        else:  # refused as it is queued, as OOM is: EXECABORT, nothing runs
+            pipe.execute_command("NOSUCHCOMMAND")
+
+    monkeypatch.setattr(BatchStore, "_index", staticmethod(failing))
+
+    async def body(client: aioredis.Redis) -> None:
+        store = BatchStore(client, 3600)
+        text = "\n".join(line(n) for n in range(200))  # pages of lines written first
+        with pytest.raises(ResponseError):
+            await store.create_file(TENANT, "in.jsonl", "batch", chunks(text, 4096))
+        kept = await client.keys("llmq:file:*")
+        if not landed:
+            assert kept == []
+            return
+        [file_id] = await client.zrange(tenant_index_key(TENANT, "files"), 0, -1)
+        meta, lines = file_keys(file_id.decode())
+        assert sorted(kept) == sorted([meta.encode(), lines.encode()])
+        assert await client.hlen(lines) == 200  # type: ignore[misc]
 
     run_async(redis_port, body)
 

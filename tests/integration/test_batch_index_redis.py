@@ -65,13 +65,20 @@ def test_writes_drop_ids_of_objects_gone_from_the_index(
 
 
 class _Counted(BatchStore):
-    """A store that counts the ids each unlisting takes."""
+    """A store that counts the ids each unlisting takes, and a listing's steps."""
 
     unlisted: list[int]
+    steps = 0
 
     async def unlist(self, tenant: str, kind: str, ids: list[str]) -> None:
         self.unlisted.append(len(ids))
         await super().unlist(tenant, kind, ids)
+
+    async def listed(
+        self, tenant: str, kind: str, after: str | None, limit: int, oldest_first: bool = False
+    ) -> list[str] | None:
+        self.steps += 1
+        return await super().listed(tenant, kind, after, limit, oldest_first)
 
 
 def test_a_listing_passes_few_ids_of_objects_gone_and_pages_on(redis_port: int) -> None:
@@ -94,6 +101,38 @@ def test_a_listing_passes_few_ids_of_objects_gone_and_pages_on(redis_port: int) 
         assert [f["id"] for f in page["data"]] == live[1:] and not page["has_more"]
         assert await client.zcard(index) == len(live)
         assert max(store.unlisted) <= routes.MAX_GONE_PASSED
+
+    run_async(redis_port, body)
+
+
+def test_a_small_page_by_purpose_passes_other_files_a_step_of_many_at_a_time(
+    redis_port: int,
+) -> None:
+    """limit=1 by purpose over thousands of files of another purpose (a tenant's batch output
+    files): each step asked for the two ids the page lacked, 3 round trips a step, some
+    thousands of steps; it reads MAX_GONE_PASSED ids a step."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store = _Counted(client, 3600)
+        store.unlisted = []
+        inputs = [await _file(store) for _ in range(2)]
+        others = [f"file-output-{n}" for n in range(2 * routes.MAX_GONE_PASSED + 500)]
+        async with client.pipeline(transaction=False) as pipe:
+            for n, file_id in enumerate(others):
+                fields = {"id": file_id, "tenant": TENANT, "purpose": "batch_output"}
+                pipe.hset(file_keys(file_id)[0], mapping=fields | {"filename": "o.jsonl"})
+                pipe.zadd(tenant_index_key(TENANT, "files"), {file_id: 10 + n})
+            await pipe.execute()
+        await client.zadd(tenant_index_key(TENANT, "files"), {inputs[0]: 1, inputs[1]: 10**6})
+        page = routes.Page("files", None, 1, routes.MAX_FILES_LISTED, purpose="batch")
+        listing = await routes._listed(_request_for(store), TENANT, page)
+        assert [f["id"] for f in listing["data"]] == inputs[1:] and listing["has_more"]
+        assert store.steps <= 3  # 2,500 files of another purpose: 3 steps of 1,000
+        store.steps = 0
+        page = routes.Page("files", inputs[1], 1, routes.MAX_FILES_LISTED, purpose="batch")
+        listing = await routes._listed(_request_for(store), TENANT, page)
+        assert [f["id"] for f in listing["data"]] == inputs[:1] and not listing["has_more"]
+        assert store.steps <= 3
 
     run_async(redis_port, body)
 

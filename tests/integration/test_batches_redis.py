@@ -20,7 +20,7 @@ from gateway.batch.lines import output_line
 from gateway.batch.runner import MAX_FAILED_STEPS, Pace, Runner
 from gateway.batch.store import BatchStore
 from schemas.errors import ErrorCode, LlmqError
-from schemas.names import batch_keys
+from schemas.names import batch_keys, file_keys
 from schemas.request import InferenceRequest
 from schemas.result import ChatCompletion, Choice, ErrorInfo, InferenceResult, Usage
 from schemas.settings import ServiceSettings
@@ -118,14 +118,22 @@ def test_a_paced_batch_runs_to_completion_each_line_once(redis_port: int) -> Non
     run_async(redis_port, body)
 
 
-def test_a_line_kafka_refuses_for_its_size_gets_its_error_line_and_the_rest_run(
+def test_lines_refused_as_they_are_sent_get_error_replies_and_the_rest_run(
     redis_port: int,
 ) -> None:
+    """A line Kafka refuses for its size, and one that no longer reads (its model gone from
+    the catalog since validation), fail as requests, as a worker's error reply does: a
+    response with the HTTP status and OpenAI's error body, no batch-level error."""
+
     async def body(client: aioredis.Redis) -> None:
         store, recorder = BatchStore(client, 3600), Recorder(too_large=frozenset({1}))
         runner = Runner(store, recorder, CATALOG, "door-1")
-        batch_id = await batch(store, [line(n) for n in range(3)])
+        batch_id = await batch(store, [line(n) for n in range(4)])
         await runner.tick()
+        fields = await store.batch(batch_id)
+        assert fields is not None
+        gone = json.loads(line(3)) | {"body": {"model": "gone", "messages": []}}
+        await client.hset(file_keys(fields["input_file_id"])[1], "3", json.dumps(gone))  # type: ignore[misc]
         await runner.tick()
         assert [r.correlation_id for r in recorder.sent] == [f"{batch_id}.0.0", f"{batch_id}.2.0"]
         expires = time.time() + 3600
@@ -134,13 +142,17 @@ def test_a_line_kafka_refuses_for_its_size_gets_its_error_line_and_the_rest_run(
         await runner.tick()
         fields = await store.batch(batch_id)
         assert fields is not None and fields["status"] == "completed"
-        assert (fields["completed"], fields["failed"]) == ("2", "1")
+        assert (fields["completed"], fields["failed"]) == ("2", "2")
         files = await _files(store, batch_id)
         assert sorted(line["custom_id"] for line in files["output"]) == ["c0", "c2"]
-        [error] = files["errors"]
-        assert error["custom_id"] == "c1"
-        assert error["error"]["code"] == "context_length_exceeded"
-        assert "(it takes at most 10000: max.message.bytes)" in error["error"]["message"]
+        errors = {line["custom_id"]: line for line in files["errors"]}
+        assert {c: e["error"] for c, e in errors.items()} == {"c1": None, "c3": None}
+        large, unknown = errors["c1"]["response"], errors["c3"]["response"]
+        assert large["status_code"] == 400 and large["request_id"] == f"req_{batch_id}.1.0"
+        assert large["body"]["error"]["code"] == "context_length_exceeded"
+        assert "(it takes at most 10000: max.message.bytes)" in large["body"]["error"]["message"]
+        assert unknown["status_code"] == 404
+        assert unknown["body"]["error"]["code"] == "model_not_found"
 
     run_async(redis_port, body)
 
@@ -314,8 +326,10 @@ def test_a_reply_that_cannot_be_written_ends_its_line_not_the_collector(
         files = await _files(store, batch_id)
         assert sorted(line["custom_id"] for line in files["output"]) == ["c0", "c2"]
         [error] = files["errors"]
-        assert error["custom_id"] == "c1" and error["error"]["code"] == "internal_error"
-        assert error["error"]["message"].endswith("could not be written: RuntimeError: a bug")
+        assert error["custom_id"] == "c1" and error["error"] is None
+        failure = error["response"]["body"]["error"]
+        assert error["response"]["status_code"] == 500 and failure["code"] == "internal_error"
+        assert failure["message"].endswith("could not be written: RuntimeError: a bug")
 
     run_async(redis_port, body)
 

@@ -14,7 +14,13 @@ from openai.types.responses import Response
 
 from gateway.batch import lines
 from gateway.batch.collector import MAX_LINE_ATTEMPTS, outcome, parse_line_id
-from gateway.batch.lines import RESPONSES_ENDPOINT, TEXT_ENDPOINT, error_line, read_line
+from gateway.batch.lines import (
+    RESPONSES_ENDPOINT,
+    TEXT_ENDPOINT,
+    error_line,
+    failed_line,
+    read_line,
+)
 from gateway.batch.objects import batch_object, file_object
 from gateway.batch.runner import line_id
 from schemas.catalog import Catalog
@@ -265,11 +271,12 @@ def test_a_reply_with_neither_an_answer_nor_an_error_is_an_error_line() -> None:
     odd = InferenceResult(correlation_id="batch_ab.3.0", tenant="acme", status="ok")
     made = outcome(3, 0, "q3", odd, time.time() + 60)
     assert (made.kind, made.line, made.attempt) == ("error", 3, 0)
-    assert made.body["error"] == {
-        "code": "internal_error",
-        "message": "the line's reply could not be written: it carried neither an answer nor "
-        "an error",
-    }
+    assert made.body["error"] is None
+    assert made.body["response"]["status_code"] == 500
+    assert made.body["response"]["body"]["error"]["code"] == "internal_error"
+    assert made.body["response"]["body"]["error"]["message"] == (
+        "the line's reply could not be written: it carried neither an answer nor an error"
+    )
     assert made.body["id"] == "batch_req_batch_ab.3.0"
 
 
@@ -308,9 +315,30 @@ def test_an_error_line_without_a_reply_has_openais_shape() -> None:
         "response": None,
         "error": {"code": "batch_expired", "message": "the batch expired"},
     }
-    # A line Kafka refused as it was sent carries OpenAI's code, as an error reply's does.
-    refused = error_line("q4", "id", "prompt_too_large", "too large for llmq.requests")
-    assert refused["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_line_refused_as_it_was_sent_is_an_error_reply() -> None:
+    """A request's failure the door finds (Kafka refusing the line for its size): OpenAI's
+    shape of one, as a worker's error reply, with OpenAI's code; no batch-level error."""
+    attempt = line_id("batch_ab", 4, 1)
+    refused = failed_line("q4", attempt, ErrorCode.PROMPT_TOO_LARGE, "too large for llmq")
+    assert refused == {
+        "id": f"batch_req_{attempt}",
+        "custom_id": "q4",
+        "response": {
+            "status_code": 400,
+            "request_id": f"req_{attempt}",
+            "body": {
+                "error": {
+                    "message": "too large for llmq",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "context_length_exceeded",
+                }
+            },
+        },
+        "error": None,
+    }
 
 
 BATCH = {
