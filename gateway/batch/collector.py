@@ -25,6 +25,7 @@ from gateway.batch.lines import (
     output_line,
 )
 from gateway.batch.store import BatchStore, Outcome
+from llmq.throttle import apart
 from schemas.errors import ErrorCode
 from schemas.names import BATCH_RESULTS, BATCHES_GROUP
 from schemas.redact import explain
@@ -275,6 +276,7 @@ class Collector:
                 " replies this door reads are sent again, for a newer door to write",
                 batch_id,
                 endpoint,
+                extra=apart(batch_id),
             )
         now = time.time()
         retries = [Outcome(n, attempt, "retry", {}, retry_at=now) for n, attempt, _ in lines]

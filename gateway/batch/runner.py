@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from gateway import metrics
 from gateway.batch.lines import ENDPOINTS, Line, error_line, failed_line, read_line
 from gateway.batch.store import PAGE, BatchStore, Outcome
+from llmq.throttle import apart
 from schemas.catalog import Catalog
 from schemas.errors import LlmqError
 from schemas.redact import explain
@@ -178,6 +179,7 @@ class Runner:
             "batch %s: %d steps failed in a row; its lease is given up for another front door",
             batch_id,
             failed,
+            extra=apart(batch_id),
         )
         del self._failed[batch_id]
         self._held.discard(batch_id)
@@ -195,7 +197,11 @@ class Runner:
             while not (await asyncio.wait({step}, timeout=self._pace.lease_s / 3))[0]:
                 with contextlib.suppress(RedisError):  # renewed at the next third
                     if not await self._store.lease(batch_id, self._owner, self._pace.lease_s):
-                        log.warning("batch %s: another front door took it mid-step", batch_id)
+                        log.warning(
+                            "batch %s: another front door took it mid-step",
+                            batch_id,
+                            extra=apart(batch_id),
+                        )
                         self._held.discard(batch_id)
                         return
             step.result()
@@ -208,7 +214,7 @@ class Runner:
         fields = await self._store.batch(batch_id)
         # Expired, or lost (flushed, evicted): no status is what writes after a loss left.
         if fields is None or "status" not in fields:
-            log.warning("batch %s is gone from Redis: dropped", batch_id)
+            log.warning("batch %s is gone from Redis: dropped", batch_id, extra=apart(batch_id))
             await self._store.forget(batch_id)
             return
         status, answered = fields["status"], _answered(fields)
@@ -243,6 +249,7 @@ class Runner:
                 "batch %s calls %s, which this front door does not know: a newer one runs it",
                 batch_id,
                 endpoint,
+                extra=apart(batch_id),
             )
         self._held.discard(batch_id)
         self._yielded[batch_id] = time.monotonic() + self._pace.lease_s

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from gateway.batch.runner import Runner
 from gateway.batch.store import BatchStore, Outcome
+from llmq.throttle import APART
 from schemas.names import BATCHES_ACTIVE, batch_keys
 from tests.integration.batch_inputs import CATALOG, TENANT, Recorder, batch, line
 from tests.integration.helpers import run_async
@@ -42,8 +43,10 @@ async def _endless(client: aioredis.Redis) -> list[bytes]:
 
 
 def _said(caplog: pytest.LogCaptureFixture, batch_id: str) -> list[tuple[str, bool]]:
-    """What was logged of the batch: (level, with a traceback)."""
+    """What was logged of the batch: (level, with a traceback); each told apart by the
+    batch (another batch's notice does not hold it back)."""
     found = [r for r in caplog.records if batch_id in r.getMessage()]
+    assert {getattr(r, APART, None) for r in found} <= {(batch_id,)}
     return [(r.levelname, r.exc_info is not None) for r in found]
 
 

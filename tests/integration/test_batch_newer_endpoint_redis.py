@@ -18,6 +18,7 @@ from gateway.batch.collector import Collector
 from gateway.batch.lines import ENDPOINT
 from gateway.batch.runner import Pace, Runner
 from gateway.batch.store import BatchStore, Outcome
+from llmq.throttle import APART
 from schemas.names import batch_keys
 from schemas.request import InferenceRequest
 from schemas.result import ChatCompletion, Choice, InferenceResult, Usage
@@ -92,6 +93,7 @@ def test_a_runner_leaves_a_batch_of_an_endpoint_it_does_not_know_untouched(
         assert await store.active() == [batch_id] and not runner._held
         assert recorder.sent == []
         assert caplog.text.count(f"batch {batch_id} calls {NEWER}") == 1
+        assert [getattr(r, APART, None) for r in caplog.records] == [(batch_id,)]
         # A door that knows the endpoint takes it at once, as it was made.
         await store.update(batch_id, endpoint=ENDPOINT)
         await Runner(store, recorder, CATALOG, "door-new").tick()
