@@ -25,8 +25,8 @@ class StreamSettings(ServiceSettings):
     """Partitions of llmq.requests and llmq.completions (LLMQ_PARTITIONS)."""
     replication_factor: int = Field(default=1, ge=1, le=16)
     """Replicas of the topics faust creates itself (its table's changelog, its assignor's
-    topic): the cluster's default.replication.factor, e.g. 3 (LLMQ_REPLICATION_FACTOR).
-    llmq's own topics take the cluster's default (`llmq topics --create`)."""
+    topic, the reply topics it creates): e.g. 3 (LLMQ_REPLICATION_FACTOR). llmq's own topics
+    get the same number from `llmq topics --create` (unset there: the cluster's default)."""
     concurrency: int = Field(default=8, ge=1, le=256)
     """Requests admission handles at once (Redis and broker round trips overlap). The
     stages that own the coalescing table run one record at a time per partition."""
