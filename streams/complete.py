@@ -172,6 +172,13 @@ class Complete:
             completion = unsure
         elif (failure := final_failure(completion)) is not None:
             await self._outbox.dead_letter(COMPLETIONS, key, value, failure)
+            log.warning(
+                "%s failed for good on %s after %d attempt(s) (%s): dead-lettered",
+                completion.work.request.correlation_id,
+                completion.work.model,
+                completion.work.attempt,
+                failure.code.value,
+            )
             completion = completion.model_copy(update={"error": ErrorInfo.from_error(failure)})
         # 4) Answer the leader and every follower, and fill the caches: not with an unsure
         #    answer, one that stood in or one that could not escalate (its deadline passed,

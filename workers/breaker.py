@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from enum import IntEnum
@@ -9,6 +10,8 @@ from enum import IntEnum
 from prometheus_client import Gauge
 
 from schemas.errors import ErrorCode, LlmqError
+
+log = logging.getLogger(__name__)
 
 BREAKER_STATE = Gauge(
     "llmq_worker_breaker_state",
@@ -92,12 +95,15 @@ class CircuitBreaker:
 
     def success(self) -> None:
         """The server answered: close the circuit."""
+        if self._state is not BreakerState.CLOSED:
+            log.info("the circuit to %s is closed again: its server answered", self._name)
         self._failures = 0
         self._probing = False
         self._set(BreakerState.CLOSED)
 
     def failure(self, reason: str) -> None:
-        """The server failed (after it was let through): count it, maybe open the circuit."""
+        """The server failed (after it was let through): count it, maybe open the circuit.
+        `reason` is the failure's kind, free of content: every caller refused is told it."""
         self._failures += 1
         self._last_failure = reason
         if self._state is BreakerState.HALF_OPEN or (
@@ -106,6 +112,14 @@ class CircuitBreaker:
             self._opened_at = self._clock()
             self._probing = False
             self._set(BreakerState.OPEN)
+            log.warning(
+                "the circuit to %s is open after %d consecutive failures (the last: %s): "
+                "calls fail fast for %.0f s",
+                self._name,
+                self._failures,
+                reason,
+                self._cooldown_s,
+            )
 
     def abandon(self) -> None:
         """The probe ended without a verdict: let the next call probe instead."""

@@ -17,7 +17,7 @@ import aiohttp
 
 from schemas.catalog import ModelSpec
 from schemas.errors import ErrorCode, LlmqError
-from schemas.redact import mask_url
+from schemas.redact import content_log, mask_url
 from schemas.request import CHARS_PER_TOKEN, ChatBody, ChatMessage, tokens_in
 from schemas.result import TokenLogprob
 from schemas.retry import RetryPolicy
@@ -66,14 +66,24 @@ class _ServerError(Exception):
         retry_after_s: float | None = None,
         retry: bool = True,
         detail: str | None = None,
+        said: str | None = None,
     ):
         super().__init__(reason)
         self.reason = reason
-        """What the app is told (its error's message)."""
+        """What the app is told (its error's message), the breaker keeps and the log says:
+        the failure's kind, free of content (the breaker tells it to every tenant)."""
         self.detail = detail or reason
         """What the worker's log says: the client's own text, which may name the address."""
+        self.said = said
+        """What the server sent with the failure (its error's message, the unreadable
+        event): perhaps a prompt or an answer echoed (a proxy's), so for content_log alone."""
         self.retry_after_s = retry_after_s
         self.retry = retry
+
+    def log_said(self, request_id: str, attempt: int) -> None:
+        """What the server said with the failure, if anything, to content_log alone."""
+        if self.said is not None:
+            content_log.debug("%s: attempt %d: the server said %r", request_id, attempt, self.said)
 
 
 class _RefusedFieldError(Exception):
@@ -94,7 +104,10 @@ class OpenAIEngine:
     before the first step reached the caller: after that a retry would repeat text. A server
     that keeps failing ends in ENGINE_ERROR, never ENGINE_UNAVAILABLE (which stops the
     worker), so the stream processor's fallback chain takes over; the breaker makes that
-    fast during an outage. The whole generation is bounded by the worker (timeout_s).
+    fast during an outage. The whole generation is bounded by the worker (timeout_s). A
+    server's failure is named by its kind (its HTTP status, an unreadable event's size) to
+    the app, the log and the breaker, which tells every tenant; what the server sent with it
+    (an echoed prompt, the answer's text) goes to content_log alone.
 
     A field the server refuses (OpenAI's reasoning models: max_tokens, top_p, the penalties)
     is left out from then on where the request held its default (max_tokens is renamed
@@ -191,6 +204,7 @@ class OpenAIEngine:
                 #    yet and the policy's attempts and time allow.
                 self._breaker.failure(exc.reason)
                 verdict = True
+                exc.log_said(request_id, attempt)
                 elapsed = time.monotonic() - started
                 delay = self._retry_delay(exc, attempt, elapsed, yielded, deadline)
                 log.warning(
@@ -389,23 +403,26 @@ class OpenAIEngine:
         raw = await resp.content.read(_ERROR_BODY_BYTES)
         message, code, param = _error_details(raw.decode("utf-8", "replace"))
         status = resp.status
-        said = f"HTTP {status}: {message}"
         if status == 501:
             return LlmqError(ErrorCode.UNSUPPORTED, message)
         path = resp.url.path
         if status in (404, 405) and path.endswith(_TEXT) and not path.endswith(_CHAT):
             # A server of chat only (OpenAI's chat models, some proxies): the request's
             # fault, so neither retried nor counted against the server by the breaker.
-            why = f"{self._where} serves no text completions at {path}: {said}"
+            why = f"{self._where} serves no text completions at {path}: HTTP {status}: {message}"
             return LlmqError(ErrorCode.UNSUPPORTED, why)
+        # The server's failures, by their status alone: a body may echo the request (proxies
+        # such as LiteLLM do), and their reason reaches the log and every tenant.
+        kind = f"HTTP {status}"
         if status >= 500 or status in _RETRY_STATUSES:
-            return _ServerError(said, _retry_after_s(resp.headers.get("Retry-After")))
+            retry_after_s = _retry_after_s(resp.headers.get("Retry-After"))
+            return _ServerError(kind, retry_after_s, said=message)
         if status in (401, 403):
             key = self._spec.api_key_env or "api_key_env"
-            return _ServerError(f"{said} (check the key in ${key})", retry=False)
+            return _ServerError(f"{kind} (check the key in ${key})", retry=False, said=message)
         if status == 404:
-            log.warning("%s: %s at %s", self._spec.name, said, mask_url(str(resp.url)))
-            return _ServerError(f"{said} at {path} (check url and remote_model)", retry=False)
+            why = f"{kind} at {path} (check url and remote_model {self._model!r})"
+            return _ServerError(why, retry=False, said=message)
         if status == 400 and code == _UNSUPPORTED and param is not None:
             return _RefusedFieldError(param, message)
         if status == 413 or code == "context_length_exceeded" or _CONTEXT in message.lower():
@@ -497,10 +514,12 @@ async def _chunks(content: aiohttp.StreamReader, top: int) -> AsyncIterator[_Chu
         try:
             chunk = _Chunk.parse(data, top)
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-            # RecursionError: JSON nested too deep (uncaught, it would stop the worker).
-            raise _ServerError(f"an unreadable event in the stream: {data[:200]!r}") from exc
+            # RecursionError: JSON nested too deep (uncaught, it would stop the worker). Named
+            # by its kind and size: the event holds the answer's text.
+            kind = f"{type(exc).__name__}, {len(data)} characters"
+            raise _ServerError(f"an unreadable event in the stream ({kind})", said=data) from exc
         if chunk.error is not None:
-            raise _ServerError(f"the server reported an error mid-stream: {chunk.error}")
+            raise _ServerError("the server reported an error mid-stream", said=chunk.error)
         yield chunk
 
 

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from llmq.futures import read_outcome
 from llmq.record_limits import RECORD_LIMIT
 from schemas.catalog import ModelSpec, auto_refused
-from schemas.errors import ErrorCode, LlmqError
+from schemas.errors import FALLBACK_CODES, ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.redact import describe
 from schemas.request import ChatBody
@@ -367,6 +367,14 @@ class Worker:
             error = await self._run(state, deltas)
         streamed = {"streamed": deltas is not None and deltas.published}
         if error is not None:  # a count still running is left to itself (read_outcome)
+            if error.code in FALLBACK_CODES:  # the engine's failure, its message free of content
+                log.warning(
+                    "%s: the generation on %s failed (%s): %s",
+                    state.request_id,
+                    self._spec.name,
+                    error.code.value,
+                    error.message,
+                )
             metrics.GENERATIONS.labels(error.code.value).inc()
             return state.failure(error, self._worker_id, time.time()).model_copy(update=streamed)
         # 3) An answer: count it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any
 
 import pytest
@@ -148,6 +149,32 @@ def test_late_failures_while_open_do_not_extend_the_cooldown() -> None:
     breaker.failure("a request admitted before the circuit opened")
     clock.now += 5
     assert breaker.acquire() is True
+
+
+def test_opening_is_a_warning_with_the_last_failure_and_closing_is_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="workers.breaker")
+    clock = Clock()
+    breaker = CircuitBreaker("logged-model", failure_threshold=2, cooldown_s=10.0, clock=clock)
+    breaker.failure("HTTP 500")
+    breaker.success()  # closed all along: nothing to say
+    assert caplog.records == []
+    breaker.failure("HTTP 500")
+    breaker.failure("HTTP 503")
+    clock.now += 10
+    assert breaker.acquire() is True
+    breaker.failure("HTTP 502")  # the probe failed: open again
+    clock.now += 10
+    assert breaker.acquire() is True
+    breaker.success()
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    opened = "the circuit to logged-model is open after {} consecutive failures (the last: {})"
+    assert lines == [
+        (logging.WARNING, opened.format(2, "HTTP 503") + ": calls fail fast for 10 s"),
+        (logging.WARNING, opened.format(3, "HTTP 502") + ": calls fail fast for 10 s"),
+        (logging.INFO, "the circuit to logged-model is closed again: its server answered"),
+    ]
 
 
 def test_the_state_is_a_prometheus_gauge() -> None:
