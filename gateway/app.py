@@ -12,20 +12,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import make_asgi_app
-from redis.exceptions import AuthenticationError, AuthorizationError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.batch.routes import router as batch_router
-from gateway.door import ApiError, FrontDoor
+from gateway.door import AWAY_RETRY_S, ApiError, FrontDoor
 from gateway.open_calls import OpenCalls
 from gateway.openai import error_body
 from gateway.routes import router
 from gateway.settings import GatewaySettings
 from schemas.catalog import Catalog
-from schemas.errors import ErrorCode
+from schemas.errors import ErrorCode, LlmqError
 from schemas.redact import explain
 from schemas.tenants import TenantPolicy
 
@@ -36,6 +43,10 @@ SERVED = (
     "/v1/batches and /v1/results"
 )
 """The OpenAI-shaped paths the front door serves, named when a client asks for another."""
+REDIS_AWAY = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError)
+"""Redis out of reach, or refusing writes for a while (a replica during a failover, its
+memory full): what waiting mends. Not its refusals of the door's password or rights, which
+are ConnectionErrors too: those are 500s."""
 
 
 def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> FastAPI:
@@ -61,7 +72,7 @@ def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> 
     for status in (404, 405):  # the router's own: a status's handler takes them
         app.add_exception_handler(status, _not_routed)
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
-    for away in (RedisConnectionError, RedisTimeoutError):  # not its refusals: those are 500s
+    for away in REDIS_AWAY:
         app.add_exception_handler(away, _redis_away)  # type: ignore[arg-type]
     for refused in (AuthenticationError, AuthorizationError):  # ConnectionErrors, not away
         app.add_exception_handler(refused, _failed)
@@ -129,13 +140,15 @@ async def _invalid(_: Request, exc: RequestValidationError) -> Response:
     return JSONResponse(body, status)
 
 
-async def _redis_away(_: Request, exc: RedisConnectionError | RedisTimeoutError) -> Response:
-    """Redis out of reach where a route needs it (stored responses, results, batches): 503,
-    naming it, which the SDK retries. Why is logged, not answered: it names Redis's host."""
-    log.warning("Redis is out of reach: %s", explain(exc))
-    why = "Redis, where the front door keeps responses, results and batches, is out of reach"
-    status, body = error_body(ErrorCode.INTERNAL_ERROR, f"{why}; try again", 503)
-    return JSONResponse(body, status)
+async def _redis_away(request: Request, exc: RedisError) -> Response:
+    """Redis away (REDIS_AWAY) where a route needs it (stored responses, results, batches):
+    503, naming it, with Retry-After, which the SDK waits before it tries again. Why is a
+    warning (one per interval: llmq.throttle), not answered: it names Redis's host."""
+    state = "refusing writes" if isinstance(exc, ResponseError) else "out of reach"
+    log.warning("Redis is %s: %s", state, explain(exc))
+    why = f"Redis, where the front door keeps responses, results and batches, is {state}"
+    away = LlmqError(ErrorCode.INTERNAL_ERROR, f"{why}; try again", AWAY_RETRY_S)
+    return await _api_error(request, ApiError(away, 503))
 
 
 async def _failed(_: Request, exc: Exception) -> Response:

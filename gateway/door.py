@@ -21,7 +21,8 @@ from gateway.openai import Call, Chunks, error_body, retry_after
 from gateway.response_store import ResponseStore
 from gateway.settings import GatewaySettings
 from gateway.text import TextChunks
-from llmq.aio import AsyncClient
+from llmq.aio import CLOSE_FLUSH_S, AsyncClient
+from llmq.deadline import exit_after
 from llmq.redis_client import bounded_client
 from llmq.serving import Serving
 from schemas.catalog import Catalog
@@ -48,6 +49,18 @@ UNWIND_S = 0.1
 """How long a stopping front door lets the calls its drain bound cut off unwind before it
 sends the cancels they owe: a stream's events run in a task of their own, which learns of
 the cut a loop turn after its call."""
+CLOSE_BOUND_S = UNWIND_S + CLOSE_CANCELS_S + CLOSE_FLUSH_S + 5.0
+"""The longest a stopping front door's close may take before the process exits, saying why
+(llmq.deadline): its cancels, the Kafka producer's flush (llmq.aio), and 5 s for the rest
+(the batch collector leaving its group, Redis), whatever waits on a broker away. The drain
+before it is uvicorn's own bound (LLMQ_DRAIN_TIMEOUT_S, 30 s); with preStop's 5 s the three
+stay under deploy/k8s's 60 s grace period."""
+STUCK = (
+    "its clients did not close (is Kafka away?); exiting: what it had not sent to Kafka yet is lost"
+)
+AWAY_RETRY_S = 5.0
+"""The Retry-After of a 503 for Kafka or Redis out of reach: the openai SDK waits it (up to
+60 s) before its next try, rather than its own 0.5 to 8 s; a failover takes seconds."""
 
 
 class ApiError(Exception):
@@ -161,7 +174,15 @@ class FrontDoor:
         """Stop: once the calls the drain cut off have unwound (UNWIND_S), the cancels still
         owed (those calls; a stream once what is left of its grace is over, unless resumed at
         another door by then) are sent together, for CLOSE_CANCELS_S at most; then the batch
-        tasks stop and every client closes, each step whatever the one before met."""
+        tasks stop and every client closes, each step whatever the one before met. Not done
+        in CLOSE_BOUND_S, the process exits, saying why."""
+        deadline = exit_after(CLOSE_BOUND_S, STUCK)
+        try:
+            await self._close()
+        finally:
+            deadline.cancel()
+
+    async def _close(self) -> None:
         self.ready, self._closing = False, True
         metrics.READY.set(0)
         await asyncio.sleep(UNWIND_S)

@@ -11,12 +11,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
 
 from gateway import metrics, sse
-from gateway.door import ApiError, FrontDoor, Tenant, json_body
+from gateway.door import AWAY_RETRY_S, ApiError, FrontDoor, Tenant, json_body
 from gateway.openai import Call, Chunks, check_model, completion_of, read_call
 from gateway.response_events import ResponseEvents
 from gateway.response_items import input_items, page, referenced
@@ -49,6 +50,16 @@ HEADERS_WAIT_S = 10.0
 its own exception; after, an error event. Below sse.KEEPALIVE_S, so that no stream is silent
 for longer, and far below the 60 s after which a proxy cuts a silent response: a request
 may wait minutes in its lane's queue."""
+SUBMIT_WAIT_S = 10.0
+"""How long a call waits for Kafka to take its requests before it is answered 503: a few
+milliseconds with Kafka up, seconds through a broker's failover. The client's producer is
+idempotent and never gives a record up, so with Kafka away the wait lasted the outage,
+holding one of LLMQ_API_OPEN_CALLS, while the SDK waited 600 s and tried again twice."""
+KAFKA_AWAY = LlmqError(
+    ErrorCode.INTERNAL_ERROR,
+    "Kafka, which carries requests to the workers, did not take the request; try again",
+    AWAY_RETRY_S,
+)
 
 router = APIRouter()
 
@@ -286,7 +297,7 @@ async def _resume(
     chunks = kind(correlation_id, int(time.time()), door.catalog.default, usage)
     events = sse.events(chunks, first.result() if came else first, pieces, leaves, given_up)
     read = _read_until_done(events, partial(door.unread, tenant, correlation_id))
-    return sse.EventStream(read, SSE_HEADERS)
+    return sse.EventStream(read, {**SSE_HEADERS, **_ids_of(correlation_id)})
 
 
 def _resume_given_up(
@@ -379,10 +390,21 @@ async def _keep(door: FrontDoor, call: ResponseCall, response: dict[str, Any]) -
 
 
 async def _submit(door: FrontDoor, call: Call) -> None:
-    """Publish each choice's request; when one cannot be, the others are cancelled."""
-    sent = await asyncio.gather(
-        *(door.client.submit_request(r) for r in call.requests), return_exceptions=True
-    )
+    """Publish each choice's request, for SUBMIT_WAIT_S at most; when one cannot be, the
+    others are cancelled. Kafka failing or past the wait is a 503 (_kafka_away). Past the
+    wait, or cut off by the drain bound, every choice is cancelled: a record Kafka has not
+    taken yet still goes once it is back."""
+    try:
+        async with asyncio.timeout(SUBMIT_WAIT_S):
+            sent = await asyncio.gather(
+                *(door.client.submit_request(r) for r in call.requests), return_exceptions=True
+            )
+    except asyncio.CancelledError:
+        _given_up(door, call)
+        raise
+    except TimeoutError:
+        _given_up(door, call)
+        raise _kafka_away(door, call, f"did not take its requests in {SUBMIT_WAIT_S:g} s") from None
     failed = [e for e in sent if isinstance(e, BaseException)]
     if failed:
         for wanted, outcome in zip(call.requests, sent, strict=True):
@@ -390,7 +412,16 @@ async def _submit(door: FrontDoor, call: Call) -> None:
                 door.cancel(wanted.tenant, wanted.correlation_id, grace=False, left=False)
         if isinstance(failed[0], LlmqError):  # too large a record: refused before publishing
             raise ApiError(failed[0]) from None
+        if isinstance(failed[0], KafkaError):
+            raise _kafka_away(door, call, f"failed a request: {explain(failed[0])}") from None
         raise failed[0]
+
+
+def _kafka_away(door: FrontDoor, call: Call, why: str) -> ApiError:
+    """Kafka out of reach (or failing): a 503 with Retry-After and the call's ids. The warning
+    (one per interval: llmq.throttle) names Kafka's address, which the answer does not."""
+    log.warning("a call is refused: Kafka at %s %s", door.settings.kafka_bootstrap, why)
+    return ApiError(KAFKA_AWAY, 503, headers=_ids(call))
 
 
 async def _whole(door: FrontDoor, request: Request, call: Call) -> Response:
@@ -424,13 +455,16 @@ async def _answer(door: FrontDoor, call: Call, results: list[InferenceResult]) -
 
 
 def _ids(call: Call) -> dict[str, str]:
-    """The request's correlation id as headers of its answer or error: llmq's, and OpenAI's
-    X-Request-Id, which the SDK keeps (`answer._request_id`, an error's `request_id`).
-    GET /v1/results/{id} finds its result by it; with n choices it is the first's."""
-    return {
-        "X-Llmq-Correlation-Id": call.request.correlation_id,
-        "X-Request-Id": call.request.correlation_id,
-    }
+    """The call's correlation id as headers of its answer or error (with n choices, the
+    first's): _ids_of."""
+    return _ids_of(call.request.correlation_id)
+
+
+def _ids_of(correlation_id: str) -> dict[str, str]:
+    """A request's correlation id as headers of its answer, error or resumed stream: llmq's,
+    and OpenAI's X-Request-Id, which the SDK keeps (`answer._request_id`, an error's
+    `request_id`). GET /v1/results/{id} finds its result by it."""
+    return {"X-Llmq-Correlation-Id": correlation_id, "X-Request-Id": correlation_id}
 
 
 async def _results(door: FrontDoor, call: Call, wait_s: float) -> list[InferenceResult]:

@@ -63,6 +63,10 @@ from schemas.stream import Cancel, TokenDelta
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 5.0
+CLOSE_FLUSH_S = 5.0
+"""How long close() waits for Kafka to take the records not taken yet (milliseconds with
+Kafka up). The producer is idempotent, and aiokafka never gives such a record up: with
+Kafka away its stop would wait for the broker, and a stopping process with it."""
 
 
 class AsyncClient:
@@ -93,6 +97,8 @@ class AsyncClient:
         self._waiting: dict[Key, int] = {}
         """Requests a result() or follow() awaits now: how many calls (their waiter stays)."""
         self._producer: AIOKafkaProducer | None = None
+        self._unacked: set[asyncio.Future[Any]] = set()
+        """Records handed to a producer that Kafka has not acknowledged (nor refused) yet."""
         self._limit = RECORD_LIMIT
         """The most bytes Kafka takes as one record on llmq.requests, as last read."""
         self._read_at = 0.0
@@ -138,8 +144,9 @@ class AsyncClient:
         self._reader = asyncio.create_task(self._read(self._consumer), name="llmq-aio-replies")
 
     async def close(self) -> None:
-        """Stop reading; flush and close the connections. Whoever still awaits a result gets
-        RuntimeError."""
+        """Stop reading; flush and close the connections (the records Kafka has not taken in
+        CLOSE_FLUSH_S are left unsent, counted in a warning). Whoever still awaits a result
+        gets RuntimeError."""
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -149,7 +156,7 @@ class AsyncClient:
         async with self._renewing:  # none is started behind this
             producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            await self._stop(producer)
         if self._redis is not None:
             await self._redis.aclose()
         for (_, correlation_id), future in self._pending.items():
@@ -157,6 +164,19 @@ class AsyncClient:
                 future.set_exception(RuntimeError(f"the client closed before {correlation_id}"))
                 future.exception()  # nobody may await it: not an error to log
         self._pending.clear()
+
+    async def _stop(self, producer: AIOKafkaProducer) -> None:
+        """Flush and stop `producer`, for CLOSE_FLUSH_S at most."""
+        try:
+            async with asyncio.timeout(CLOSE_FLUSH_S):
+                await producer.stop()
+        except TimeoutError:
+            log.warning(
+                "closing: %d record(s) left unsent: Kafka at %s did not take them in %g s",
+                len(self._unacked),
+                self.settings.kafka_bootstrap,
+                CLOSE_FLUSH_S,
+            )
 
     async def __aenter__(self) -> AsyncClient:
         await self.start()
@@ -388,8 +408,12 @@ class AsyncClient:
             sent = await self._handed(producer, topic, key, value, again)
             if sent is None:
                 continue  # a fresh producer takes it
+            self._unacked.add(sent)
+            sent.add_done_callback(self._unacked.discard)
             try:
-                await sent
+                # Shielded: a caller that stops waiting leaves the record in the producer,
+                # still to be sent, and counted until Kafka takes it.
+                await asyncio.shield(sent)
                 return
             except (MessageSizeTooLargeError, OutOfOrderSequenceNumber) as exc:
                 await asyncio.shield(self._reread(producer, broken=True))

@@ -18,7 +18,7 @@ def exit_after(timeout_s: float, why: str) -> threading.Timer:
     engine's core outlived its worker otherwise) and ends the process with status 1."""
 
     def expire() -> None:
-        log.error("not stopped %.0f s after the signal to stop: %s", timeout_s, why)
+        log.error("not stopped within %.0f s of the stop's start: %s", timeout_s, why)
         logging.shutdown()
         with contextlib.suppress(OSError):  # whatever /proc allows: the exit must come
             for child in _children():

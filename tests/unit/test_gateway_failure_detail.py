@@ -23,6 +23,7 @@ def test_redis_out_of_reach_is_answered_without_its_address(
         answer = door.get("/v1/batches/batch_1")
     error = answer.json()["error"]
     assert (answer.status_code, error["code"]) == (503, "internal_error")
+    assert answer.headers["retry-after"] == "5"  # the SDK waits it before it tries again
     assert error["message"] == (
         "Redis, where the front door keeps responses, results and batches, is out of reach;"
         " try again"

@@ -447,11 +447,14 @@ def test_a_resumed_stream_whose_client_leaves_before_its_first_piece_ends_then(
 def test_a_resumed_stream_starts_and_stays_alive_until_its_first_piece(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """As a call's stream: its first piece queued again, the response starts without it."""
+    """As a call's stream: its first piece queued again, the response starts without it,
+    and names its request (X-Request-Id: the SDK and the door's warnings read it)."""
     client = Client([answer()])
     app, readers = _resumable(monkeypatch, client)
     sent = run_virtual(_exchange(app, RESUME, None, headers={"last-event-id": "0"}))
     _kept_alive(sent, comments=3)
+    start = next(m for _, m in sent.messages if m["type"] == "http.response.start")
+    assert (b"x-request-id", b"r1") in start["headers"]
     chunks = _chunks(sent.events())
     assert [c.choices[0].delta.content for c in chunks] == ["", "Hello", " world", None]
     assert {c.model for c in chunks} == {SERVED}
