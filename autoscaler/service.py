@@ -8,6 +8,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from aiokafka.errors import KafkaError
@@ -90,7 +91,9 @@ class Autoscaler:
         try:
             while not stop.is_set():
                 for name, model in self._models.items():
-                    await self._tick(name, model)
+                    if stop.is_set():  # each look may take LOOK_TIMEOUT_S: not one more
+                        break
+                    await self._tick(name, model, stop)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._settings.autoscaler_tick_s)
         finally:
@@ -108,13 +111,15 @@ class Autoscaler:
                 log.exception("reading the work topics failed, starting again")
                 await asyncio.sleep(READ_AGAIN_S)
 
-    async def _tick(self, name: str, model: _Model) -> None:
+    async def _tick(self, name: str, model: _Model, stop: asyncio.Event) -> None:
         try:
             async with asyncio.timeout(LOOK_TIMEOUT_S):
-                view = await self._pools.look(name)
+                view = await _unless_stopped(stop, self._pools.look(name))
         except (KafkaError, TimeoutError) as exc:
             log.warning("cannot see the pool of %s this tick: %r", name, exc, extra=apart(name))
             self._failed(name, model)
+            return
+        if view is None:  # stopped meanwhile: a look that hangs would hold the stop up
             return
         if model.withdrawn:
             log.info("%s: the pool is seen again: its figure is back", name)
@@ -201,6 +206,22 @@ class Autoscaler:
             metrics.BACKLOG_TOKENS.labels(name, lane.value).set(view.backlog_tokens.get(lane, 0.0))
         metrics.ARRIVALS.labels(name).set(model.arrivals.per_s())
         metrics.SERVICE.labels(name).set(model.service.per_replica(view.members))
+
+
+async def _unless_stopped(stop: asyncio.Event, look: Awaitable[PoolView]) -> PoolView | None:
+    """The view `look` gives, or None where `stop` is set first. The look is cancelled then,
+    as it is where this is (LOOK_TIMEOUT_S), and has ended when this returns: the pools close
+    next."""
+    task = asyncio.ensure_future(look)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    return None if task.cancelled() else task.result()
 
 
 def _busy(view: PoolView, max_inflight: int) -> bool:

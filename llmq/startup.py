@@ -1,7 +1,8 @@
 """How a service starts, or refuses to in one line: its settings read from the environment,
 its ports bound and Kafka reached before anything slow (a model) loads. A refusal
 says what to fix, exits 2 for configuration and 1 for a dependency that does not answer (or
-is not ready: its topics not created), and shows no traceback."""
+is not ready: its topics not created), and shows no traceback. So does a stop (Ctrl-C,
+SIGTERM) while it starts, which exits 0."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import resource
+import signal
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -49,13 +51,21 @@ class StartError(Exception):
 
 
 def run(main: Callable[[], int], log: logging.Logger, service: str) -> int:
-    """`main()`, or the line on `log` saying why `service` cannot start, and its exit code."""
+    """`main()`, or the line on `log` saying why `service` cannot start, and its exit code. A
+    stop that comes before the service takes its signals itself (Ctrl-C, or SIGTERM, which
+    ends the start as Ctrl-C does) is one line too, and exit 0, as the stop of a service
+    that serves: the stop was asked for, and nothing failed."""
     try:
-        return main()
+        with _interrupted_by_sigterm():
+            return main()
     except StartError as exc:
         logging.basicConfig(format=LOG_FORMAT)  # for a refusal before the service's own
         log.error("cannot start %s: %s", service, exc)
         return exc.code
+    except KeyboardInterrupt:
+        logging.basicConfig(format=LOG_FORMAT)
+        log.warning("%s stopped while starting", service)
+        return 0
 
 
 def read_settings(cls: type[S]) -> S:
@@ -211,8 +221,10 @@ async def _bootstrap(
                 await admin.start()
         if partitioned or needs:  # every topic: naming some in the request would auto-create them
             described = await admin.describe_topics()
-            _present(needs, described, settings.kafka_bootstrap)
+            # A setting to fix (exit 2) before topics to create (exit 1): creating them
+            # would not start a service given another partition count.
             _same_partitions(partitioned, described)
+            _present(needs, described, settings.kafka_bootstrap)
         limits = await asyncio.gather(*(_limit_of(admin, topic) for topic in limits_of))
         return dict(zip(limits_of, limits, strict=True))
     except TimeoutError:
@@ -291,6 +303,20 @@ def kafka_failed(settings: ServiceSettings, exc: KafkaError | RuntimeError) -> S
     if isinstance(cause, KafkaError | OSError):
         return kafka_unreachable(settings, cause)
     return StartError(str(exc), UNREACHABLE)
+
+
+@contextmanager
+def _interrupted_by_sigterm() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt meanwhile, as Ctrl-C does, unless it is ignored: its
+    default action ended a service still starting without a word, and without running its
+    `finally` blocks (a half-built checkpoint stayed)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous != signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

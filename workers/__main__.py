@@ -24,7 +24,7 @@ from llmq.redis_client import bounded_client
 from schemas.catalog import ModelSpec
 from schemas.errors import LlmqError
 from schemas.names import CANCELS, COMPLETIONS, DLQ, METERING, TOKENS, work_topics, worker_group
-from schemas.redact import log_content, mask_url
+from schemas.redact import explain, log_content, mask_url
 from schemas.retry import RetryPolicy
 from workers import metrics
 from workers.assignor import LaneAssignor
@@ -84,7 +84,7 @@ async def serve(
     """Start the engine and the Kafka clients (the producer's records up to `record_limit`
     bytes, its dead letters up to `dead_letter_limit`, llmq.dlq's), run the loop, and on
     SIGTERM drain and leave (within LLMQ_DRAIN_TIMEOUT_S and STOP_MARGIN_S, or exit saying
-    why)."""
+    why). An engine that fails to start is a refusal, in one line (StartError)."""
     stop = asyncio.Event()
     deadline: list[threading.Timer] = []
 
@@ -96,7 +96,13 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    engine = make_engine()
+    try:
+        engine = make_engine()
+    except Exception as exc:  # vLLM logged its own reason (the KV cache does not fit) first
+        log.debug("the engine failed to start", exc_info=True)  # where, if the bug is ours
+        what = explain(exc)
+        why = f"model {spec.name}: the engine failed to start: {what} (its reason is logged above)"
+        raise startup.StartError(why, startup.UNREACHABLE) from None
     # A SIGTERM that came while the model loaded (the loop was blocked) is handled now: such
     # a worker never joins its group (a join and a leave, two rebalances for nothing).
     await asyncio.sleep(SIGNALS_HANDLED_S)

@@ -67,25 +67,25 @@ def test_looks_failing_for_a_while_withdraw_the_figure_until_a_look_succeeds(
     monkeypatch.setattr(scaler, "_pools", pool)
     name, model = next(iter(scaler._models.items()))
     with caplog.at_level(logging.INFO, logger="autoscaler.service"):
-        asyncio.run(scaler._tick(name, model))
+        asyncio.run(scaler._tick(name, model, asyncio.Event()))
         assert _desired(name) == 1.0
         pool.failing = True
         failing_since = clock.now + 5
         for _ in range(3):  # within 15 s
             clock.now += 5
-            asyncio.run(scaler._tick(name, model))
+            asyncio.run(scaler._tick(name, model, asyncio.Event()))
         assert _desired(name) == 1.0
         clock.now = failing_since + service.WITHDRAW_AFTER_S - 1
-        asyncio.run(scaler._tick(name, model))
+        asyncio.run(scaler._tick(name, model, asyncio.Event()))
         assert _desired(name) == 1.0  # a second short of it
         for _ in range(3):
             clock.now += 1
-            asyncio.run(scaler._tick(name, model))
+            asyncio.run(scaler._tick(name, model, asyncio.Event()))
         assert _desired(name) is None
         pool.failing = False
         for _ in range(2):
             clock.now += 5
-            asyncio.run(scaler._tick(name, model))
+            asyncio.run(scaler._tick(name, model, asyncio.Event()))
         assert _desired(name) == 1.0
     said = [r.getMessage() for r in caplog.records]
     withdrawn = f"{name}: figure withdrawn after {service.WITHDRAW_AFTER_S:.0f}s of failed looks"
@@ -108,7 +108,7 @@ def test_a_look_that_succeeds_starts_the_failing_time_again(
     for failing in [False, True, False, True, True]:
         pool.failing = failing
         clock.now += service.WITHDRAW_AFTER_S / 2
-        asyncio.run(scaler._tick(name, model))
+        asyncio.run(scaler._tick(name, model, asyncio.Event()))
     assert _desired(name) == 1.0
 
 
@@ -139,17 +139,17 @@ def test_the_serving_across_failed_looks_is_not_measured(
     monkeypatch.setattr(model.service, "observe", observe)
     for _ in range(2):
         clock.now += 5
-        asyncio.run(scaler._tick(name, model))
+        asyncio.run(scaler._tick(name, model, asyncio.Event()))
     away = Flaky()
     away.failing = True
     monkeypatch.setattr(scaler, "_pools", away)
     for _ in range(6):
         clock.now += 5
-        asyncio.run(scaler._tick(name, model))
+        asyncio.run(scaler._tick(name, model, asyncio.Event()))
     monkeypatch.setattr(scaler, "_pools", Serving())
     for _ in range(2):
         clock.now += 5
-        asyncio.run(scaler._tick(name, model))
+        asyncio.run(scaler._tick(name, model, asyncio.Event()))
     assert measured == [(1000.0, 5.0), (1000.0, 5.0)]
 
 
@@ -166,7 +166,7 @@ def test_a_pool_never_seen_has_no_figure_to_withdraw(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(metrics.DESIRED, "remove", withdrawn.append)
     for _ in range(3):
         clock.now += service.WITHDRAW_AFTER_S
-        asyncio.run(scaler._tick(name, model))
+        asyncio.run(scaler._tick(name, model, asyncio.Event()))
     assert model.desired is None and withdrawn == []
 
 
@@ -181,10 +181,10 @@ def test_the_first_figure_is_no_change_of_the_pool_size(monkeypatch: pytest.Monk
     monkeypatch.setattr(scaler, "_pools", pool)
     name, model = next(iter(scaler._models.items()))
     up, down = _changes(name, "up"), _changes(name, "down")
-    asyncio.run(scaler._tick(name, model))
+    asyncio.run(scaler._tick(name, model, asyncio.Event()))
     assert model.desired == 1
     assert (_changes(name, "up"), _changes(name, "down")) == (up, down)
     pool.batch = 1e9  # the next figure is a change
-    asyncio.run(scaler._tick(name, model))
+    asyncio.run(scaler._tick(name, model, asyncio.Event()))
     assert model.desired is not None and model.desired > 1
     assert (_changes(name, "up"), _changes(name, "down")) == (up + 1, down)

@@ -42,7 +42,7 @@ def test_a_look_that_hangs_skips_the_tick_and_says_so(
     monkeypatch.setattr(scaler, "_pools", Hung())
     name, model = next(iter(scaler._models.items()))
     with caplog.at_level(logging.WARNING, logger="autoscaler.service"):
-        asyncio.run(scaler._tick(name, model))
+        asyncio.run(scaler._tick(name, model, asyncio.Event()))
     assert actuator.calls == []
     assert f"cannot see the pool of {name} this tick" in caplog.text
 
@@ -70,7 +70,7 @@ def test_an_unchanged_figure_is_said_again_now_and_then(
     name, model = next(iter(scaler._models.items()))
     with caplog.at_level(logging.INFO, logger="autoscaler.service"):
         for _ in range(3):
-            asyncio.run(scaler._tick(name, model))
+            asyncio.run(scaler._tick(name, model, asyncio.Event()))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{name}: ")]
     assert len(lines) == said
     assert " replicas: " in lines[0] and ": still " not in lines[0]
@@ -98,7 +98,7 @@ def test_a_pool_at_zero_is_woken_only_if_its_group_is_gone(
     scaler = Autoscaler(AutoscalerSettings(min_replicas=0), actuator)
     monkeypatch.setattr(scaler, "_pools", AtZero(state))
     name, model = next(iter(scaler._models.items()))
-    asyncio.run(scaler._tick(name, model))
+    asyncio.run(scaler._tick(name, model, asyncio.Event()))
     assert actuator.calls == [(name, replicas)]
 
 
