@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -10,20 +11,33 @@ import sys
 
 import uvicorn
 from aiokafka.errors import KafkaError
+from fastapi import FastAPI
 
 from gateway.app import build
 from gateway.door import FrontDoor
 from gateway.settings import GatewaySettings
 from llmq import startup
+from schemas.names import BATCH_RESULTS, CANCELS, REQUESTS, RESULTS, TOKENS
 
 log = logging.getLogger("gateway")
 
+TOPICS = (REQUESTS, CANCELS, RESULTS, TOKENS, BATCH_RESULTS)
+"""Every topic the front door writes (requests, cancels) or reads (results, tokens, batch
+replies): `llmq topics --create` makes them, with the plan's partition counts (a client
+naming a missing one would have the broker make it with its own defaults, and the topics
+job then refuses that count)."""
+SERVER_FAILURE = "Exception in ASGI application"
+"""How uvicorn's record of an exception its app raised begins (on uvicorn.error)."""
+LOGGED = "llmq_logged"
+"""The attribute marking an exception the front door logged (gateway.app's handler of a
+failed request, with its request id)."""
+
 
 def main() -> int:
-    """Validate the settings, the catalog and the keys, bind the API port, reach Kafka and
-    start the door's clients before it serves; on SIGTERM stop taking requests and let open
-    ones finish (LLMQ_DRAIN_TIMEOUT_S). The exit code (a refusal to start is one line:
-    llmq.startup)."""
+    """Validate the settings, the catalog and the keys, bind the API port, reach Kafka (its
+    TOPICS created) and start the door's clients before it serves; on SIGTERM stop taking
+    requests and let open ones finish (LLMQ_DRAIN_TIMEOUT_S). The exit code (a refusal to
+    start is one line: llmq.startup)."""
     return startup.run(_serve, log, "the front door")
 
 
@@ -38,10 +52,24 @@ def _serve() -> int:
     wanted = settings.api_open_calls + startup.BACKLOG + 512
     startup.open_files(wanted, "LLMQ_API_OPEN_CALLS and the listening backlog")
     sock = startup.listen(settings.api_host, settings.api_port, "LLMQ_API_HOST, LLMQ_API_PORT")
-    startup.reach_kafka(settings, settings.instance_id)
+    startup.reach_kafka(settings, settings.instance_id, needs=TOPICS)
     app = build(settings, catalog, policy)
-    config = uvicorn.Config(
+    config = uvicorn_config(settings, app)
+    with sock, asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(_start_and_serve(settings, app.state.door, uvicorn.Server(config), sock))
+    log.info("front door stopped")
+    return 0
+
+
+def uvicorn_config(settings: GatewaySettings, app: FastAPI) -> uvicorn.Config:
+    """uvicorn serving `app`, its records written by llmq's handler (log_to_stderr's: its
+    format, its throttle), not by handlers of its own; no access log; and an exception the
+    app logged not written a second time (_mark, _once)."""
+    logging.getLogger("gateway.app").addFilter(_mark)
+    logging.getLogger("uvicorn.error").addFilter(_once)
+    return uvicorn.Config(
         app,
+        log_config=None,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.drain_timeout_s),
         access_log=False,
@@ -50,10 +78,24 @@ def _serve() -> int:
         # (the batch runner at a stop: the front door then never exited).
         loop="asyncio",
     )
-    with sock, asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-        runner.run(_start_and_serve(settings, app.state.door, uvicorn.Server(config), sock))
-    log.info("front door stopped")
-    return 0
+
+
+def _mark(record: logging.LogRecord) -> bool:
+    """Mark the exception a record logs as LOGGED (and keep the record)."""
+    if record.exc_info and record.exc_info[1] is not None:
+        with contextlib.suppress(AttributeError):  # one that takes none: uvicorn writes it too
+            setattr(record.exc_info[1], LOGGED, True)
+    return True
+
+
+def _once(record: logging.LogRecord) -> bool:
+    """Whether to keep a record: not uvicorn's SERVER_FAILURE of an exception LOGGED.
+    Starlette's outermost middleware hands every exception a request raised to the app's
+    handler, which logs it with the request's id, then raises it again for the server,
+    which wrote the traceback a second time, without the time, logger or id. One it did
+    not log (its handler failing too, a BaseException) is still written."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (str(record.msg).startswith(SERVER_FAILURE) and getattr(exc, LOGGED, False))
 
 
 async def _start_and_serve(

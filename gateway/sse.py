@@ -67,7 +67,12 @@ class EventStream(StreamingResponse):
         try:
             await super().stream_response(sends.send)
         except _StalledError:  # the response stays incomplete: uvicorn closes the connection
-            log.warning("a stream's client took no event for %g s: ended as if it left", SEND_S)
+            request_id = self.headers.get("x-request-id", "without an X-Request-Id")
+            log.warning(
+                "stream %s: its client took no event for %g s: ended as if it left",
+                request_id,
+                SEND_S,
+            )
             await self._events.aclose()
         finally:
             keeping.cancel()

@@ -10,7 +10,20 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from llmq import startup
-from schemas.names import COMPLETIONS, REQUESTS_KEYED, changelog_topic
+from schemas.catalog import Catalog
+from schemas.names import (
+    ALERTS,
+    CANCELS,
+    COMPLETIONS,
+    DLQ,
+    METERING,
+    REQUESTS,
+    REQUESTS_KEYED,
+    RESULTS,
+    TOKENS,
+    changelog_topic,
+    work_topics,
+)
 from schemas.redact import log_content
 from schemas.tenants import TenantPolicy
 from streams.app import build
@@ -31,18 +44,18 @@ def _serve() -> int:
     settings = startup.read_settings(StreamSettings)
     # A bad models or tenants file, or Kafka away, fails here, in one line: not in an agent,
     # not after the embedder loaded, not in faust's traceback.
-    startup.configured(settings.catalog)
+    catalog = startup.configured(settings.catalog)
     startup.configured(partial(TenantPolicy.load, settings.tenants_file))
     startup.serve_metrics(settings)
     # The coalescing table's topics: faust would stop at their first record, in a traceback.
     keyed = (REQUESTS_KEYED, COMPLETIONS, changelog_topic(settings.app_id))
     partitioned = dict.fromkeys(keyed, settings.partitions)
-    startup.reach_kafka(settings, settings.app_id, partitioned=partitioned)
+    startup.reach_kafka(settings, settings.app_id, partitioned=partitioned, needs=topics(catalog))
     log.setLevel(settings.log_level)
     # faust sets up logging when its Worker starts: until then, what building the app says
     # (which semantic-cache guard, which precision) needs a handler of its own.
     early = logging.StreamHandler()
-    early.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"))
+    early.setFormatter(logging.Formatter(startup.LOG_FORMAT))
     log.addHandler(early)
     try:
         app = build(settings)
@@ -58,6 +71,17 @@ def _serve() -> int:
         if worker.refusal is not None:
             raise worker.refusal from None
         raise
+
+
+def topics(catalog: Catalog) -> list[str]:
+    """Every llmq topic the stream processor reads or writes, which `llmq topics --create`
+    makes with the plan's partition counts and replicas: a missing one would be made as an
+    agent subscribes (the broker's default count) or as faust first sends to it
+    (LLMQ_PARTITIONS, llmq.dlq's too), and the topics Job would then refuse it. faust's own
+    topics (its table's changelog) and apps' reply topics are made as they are needed."""
+    read = [REQUESTS, REQUESTS_KEYED, COMPLETIONS, METERING]
+    work = [topic for model in catalog.names for topic in work_topics(model)]
+    return [*read, *work, RESULTS, TOKENS, CANCELS, ALERTS, DLQ]
 
 
 class StreamWorker(BoundedWorker):

@@ -53,6 +53,7 @@ from streams.offsets import install as fix_offsets
 from streams.outbox import Answered, Outbox
 from streams.ratelimit import RateLimiter
 from streams.redis_epoch import LOOK_S, RedisEpoch
+from streams.resend import ACK_TIMEOUT_S
 from streams.rollups import CostRollups
 from streams.savings import Savings
 from streams.semantic import SemanticCache, additions_from
@@ -61,7 +62,6 @@ from streams.stages import build_stages
 from streams.store import RedisStore
 from streams.tenant_labels import TenantLabels
 
-ACK_TIMEOUT_S = 30.0
 COMMIT_INTERVAL_S = 1.0
 WATCH_AGAIN_S = 10.0
 """How long the stream processor waits to connect again when it cannot watch the workers'

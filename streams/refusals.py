@@ -1,4 +1,7 @@
-"""Requests that will not be served get an error reply; only poison is dead-lettered."""
+"""Requests that will not be served get an error reply; only poison is dead-lettered. Each
+is said at DEBUG alone: llmq_streams_rejections_total counts them by code, llmq.dlq keeps
+the rejected records with their reasons, and a line per request at INFO would let one
+tenant past its rate limit fill the log."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ class Refusals:
         stays: the record placed none (the gate gives back what it placed), so it is another
         record's of that id."""
         metrics.REJECTIONS.labels(why.error.code.value).inc()
-        log.info("refused %s: %s", why.correlation_id, why.error)
+        log.debug("refused %s: %s", why.correlation_id, why.error)
         await self.answer(why, release=False)
 
     async def reject(
@@ -50,12 +53,10 @@ class Refusals:
     ) -> None:
         """The first half of `reject`: the raw record to the DLQ, counted and logged."""
         metrics.REJECTIONS.labels(why.error.code.value).inc()
-        log.info(
-            "rejected %s (%s): %s", why.correlation_id or "a record", why.error.code, why.error
-        )
+        log.debug("rejected %s: %s", why.correlation_id or "a record", why.error)
         await until_taken(
             lambda: self._outbox.dead_letter(source, key, raw, why.error),
-            f"a dead letter of {source}",
+            f"the dead letter of {record_of(source, why.correlation_id)}",
         )
 
     async def answer(self, why: Rejection, release: bool = True) -> None:
@@ -63,5 +64,11 @@ class Refusals:
         if why.correlation_id is not None:
             result = replies.from_error(why.error, why.correlation_id, why.tenant)
             await until_taken(
-                lambda: self._outbox.reply(why.reply_to, result, release), "an error reply"
+                lambda: self._outbox.reply(why.reply_to, result, release),
+                f"the error reply to {why.correlation_id}",
             )
+
+
+def record_of(source: str, correlation_id: str | None) -> str:
+    """A record of `source` in a log line, named by its request's id where one was read."""
+    return f"a record of {source} ({correlation_id or 'no readable id'})"

@@ -3,8 +3,8 @@ committed, however long that takes. With Kafka away neither can happen (a reply 
 sent, an offset cannot be committed), and the process would sit out its grace period and
 die by SIGKILL without a word. Past `drain_timeout_s` this one says why and exits; what
 it had in flight stays uncommitted, and the next instance reads it again. It is not ready
-(llmq_streams_ready 0) from the signal on. (Its log handlers, set up by faust, also get
-llmq.throttle's filter.)
+(llmq_streams_ready 0) from the signal on. (Its log handlers, set up by faust, write the
+other services' lines, llmq.startup.LOG_FORMAT, and get llmq.throttle's filter.)
 """
 
 from __future__ import annotations
@@ -17,21 +17,35 @@ from typing import Any
 from faust.worker import Worker
 
 from llmq.deadline import exit_after
+from llmq.startup import LOG_FORMAT
 from llmq.throttle import throttle
 from streams import metrics
 
 WHY = (
-    "records in flight could not finish (is Kafka away?); exiting without committing them, "
-    "the next instance reads them again"
+    "records in flight could not finish (is Kafka or Redis away?); exiting without committing "
+    "them, the next instance reads them again"
 )
+FORMATTER = {
+    "()": "mode.utils.logging.ExtensionFormatter",
+    "format": LOG_FORMAT,
+    "no_color": True,
+}
+"""How faust's handlers write a line: LOG_FORMAT, without a terminal's colour codes, by its
+own formatter (which keeps its tables of topics and partitions readable)."""
+
+
+def logging_config() -> dict[str, Any]:
+    """faust's logging with FORMATTER for both its handlers' formatters ("colored" writes to
+    a stream, "default" to a file); a new dict each time, since mode pops its "merge"."""
+    return {"merge": True, "formatters": {"colored": FORMATTER, "default": FORMATTER}}
 
 
 class BoundedWorker(Worker):
     """faust's Worker whose stop on SIGTERM or SIGINT ends within `drain_timeout_s`, and
-    whose log repeats no warning per record."""
+    whose log lines are the other services', repeating no warning per record."""
 
     def __init__(self, app: Any, *, drain_timeout_s: float, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
+        super().__init__(app, logging_config=logging_config(), **kwargs)
         self.drain_timeout_s = drain_timeout_s
         self.deadline: threading.Timer | None = None
 

@@ -1,7 +1,7 @@
 """A service that cannot start says why in one line and exits 2 (configuration) or 1 (Kafka):
-a Redis URL redis-py cannot read, an empty path, the front door's two ports alike, a worker
-or autoscaler whose topics were not created, and Kafka lost (or a topic missing) between the
-start-up check and the service's own clients."""
+a Redis URL redis-py cannot read, an empty path, the front door's two ports alike, a front
+door, worker, autoscaler or stream processor whose topics were not created, and Kafka lost
+(or a topic missing) between the start-up check and the service's own clients."""
 
 from __future__ import annotations
 
@@ -24,7 +24,18 @@ from gateway.settings import GatewaySettings
 from llmq import startup
 from llmq.startup import CONFIGURATION, UNREACHABLE, StartError, read_settings
 from schemas.lanes import Lane
-from schemas.names import DEFAULT_PARTITIONS, topic_plan, work_topic, work_topics
+from schemas.names import (
+    BATCH_RESULTS,
+    CANCELS,
+    DEFAULT_PARTITIONS,
+    DLQ,
+    REQUESTS,
+    RESULTS,
+    TOKENS,
+    topic_plan,
+    work_topic,
+    work_topics,
+)
 from streams import __main__ as streams_process
 from streams.settings import StreamSettings
 from workers import __main__ as worker_process
@@ -35,6 +46,9 @@ REMOTE = ROOT / "examples" / "models-remote.toml"
 """Two models; remote-large's worker starts no vLLM."""
 PLAN = [spec.name for spec in topic_plan(["smollm2-135m", "remote-large"], DEFAULT_PARTITIONS)]
 """Every topic `llmq topics --create` makes for REMOTE."""
+DOOR_TOPICS = [REQUESTS, CANCELS, RESULTS, TOKENS, BATCH_RESULTS]
+"""What the front door publishes (requests, cancels) and reads (results, tokens, batch
+replies)."""
 DEAD_KAFKA = "127.0.0.1:1"
 """Nothing listens there: a connection is refused at once."""
 MISSING_TOPIC = (
@@ -271,6 +285,82 @@ def test_the_autoscaler_starts_once_every_models_topics_exist(
     assert ran == [True]
 
 
+@pytest.mark.parametrize("missing", DOOR_TOPICS)
+def test_the_front_door_refuses_to_start_before_its_topics_exist(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, missing: str
+) -> None:
+    """Its clients would have the broker auto-create the topic, one partition: the topics job
+    then refused its count (on Kubernetes the door may start first), and the install stayed
+    broken. It exits instead, and is started again until the topics exist."""
+    asked = _cluster(monkeypatch, [topic for topic in PLAN if topic != missing])
+    _front_door_on_a_free_port(monkeypatch, checked=False)
+    monkeypatch.setattr(gateway_process, "_start_and_serve", _never)
+    assert gateway_process.main() == UNREACHABLE
+    said = f"cannot start the front door: topic(s) {missing} not found at "
+    assert said in caplog.text
+    assert "create them with `llmq topics --create`" in caplog.text
+    assert asked == [None], "every topic listed: naming one would auto-create it"
+
+
+def test_the_front_door_starts_once_its_own_topics_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No work topic, nor any other it does not use, is asked of it."""
+    served: list[bool] = []
+
+    async def serve(*args: Any) -> None:
+        served.append(True)
+
+    _cluster(monkeypatch, DOOR_TOPICS)
+    _front_door_on_a_free_port(monkeypatch, checked=False)
+    monkeypatch.setattr(gateway_process, "_start_and_serve", serve)
+    assert gateway_process.main() == 0
+    assert served == [True]
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        [REQUESTS],  # an agent's: the broker would make it as the agent subscribes
+        [DLQ, work_topic("remote-large", Lane.BATCH)],  # sent to: faust would make them
+    ],
+)
+def test_the_stream_processor_refuses_to_start_before_its_topics_exist(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, missing: list[str]
+) -> None:
+    """Made with a count of their own, and the topics Job, which comes later, refused it:
+    the install stayed broken."""
+    asked = _cluster(monkeypatch, [topic for topic in PLAN if topic not in missing])
+    monkeypatch.setenv("LLMQ_MODELS_FILE", str(REMOTE))
+    monkeypatch.setattr(streams_process, "build", _never)
+    assert streams_process.main() == UNREACHABLE
+    said = f"cannot start the stream processor: topic(s) {', '.join(sorted(missing))} not found "
+    assert said in caplog.text
+    assert "create them with `llmq topics --create`" in caplog.text
+    assert asked == [None], "every topic listed: naming one would auto-create it"
+
+
+def test_the_stream_processor_starts_once_its_topics_exist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """llmq.batch-results is an app's reply topic to it (the front door's), made as replies
+    come: not needed; nor is its table's changelog, which faust makes."""
+
+    class BuiltError(Exception):
+        """Raised in place of building the app: the start-up checks passed."""
+
+    def build(settings: StreamSettings) -> None:
+        raise BuiltError
+
+    _cluster(monkeypatch, [topic for topic in PLAN if topic != BATCH_RESULTS])
+    monkeypatch.setenv("LLMQ_MODELS_FILE", str(REMOTE))
+    monkeypatch.setattr(streams_process, "build", build)
+    level = streams_process.log.level
+    try:
+        with pytest.raises(BuiltError):
+            streams_process.main()
+    finally:
+        streams_process.log.setLevel(level)  # set from LLMQ_LOG_LEVEL before it builds
+
+
 def _cluster(monkeypatch: pytest.MonkeyPatch, existing: Collection[str]) -> list[list[str] | None]:
     """Kafka, to the start-up check, as aiokafka's admin client sees a cluster that has the
     `existing` topics; returns the names each metadata request asked for (None: all)."""
@@ -310,14 +400,16 @@ def _remote_worker(monkeypatch: pytest.MonkeyPatch, serve: Callable[..., Any]) -
     monkeypatch.setattr(worker_process, "serve", serve)
 
 
-def _front_door_on_a_free_port(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The front door as `python -m gateway` runs it, its Kafka away once reach_kafka passed."""
+def _front_door_on_a_free_port(monkeypatch: pytest.MonkeyPatch, *, checked: bool = True) -> None:
+    """The front door as `python -m gateway` runs it, its Kafka away once reach_kafka passed
+    (`checked`; else reach_kafka checks, as _cluster's Kafka answers)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("LLMQ_API_PORT", str(port))
     monkeypatch.setenv("LLMQ_KAFKA_BOOTSTRAP", DEAD_KAFKA)
-    monkeypatch.setattr(startup, "reach_kafka", _nothing)
+    if checked:
+        monkeypatch.setattr(startup, "reach_kafka", _nothing)
 
 
 def _nothing(*args: Any, **kwargs: Any) -> dict[str, int]:
