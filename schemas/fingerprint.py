@@ -42,8 +42,12 @@ def fingerprint(request: InferenceRequest, model: str) -> str:
     canonical.update(body.vllm_sampling)  # each only when it changes the sampling
     if body.raw_prompt:
         canonical["raw_prompt"] = True
-    if body.tools is not None:  # in their order: the template shows them so
-        canonical["tools"] = tool_dicts(body.tools)
+    if body.tools is not None:
+        # As written, as response_format below: the template shows the tools, and their
+        # parameters' properties, in this order, and the engine writes a call's arguments so.
+        canonical["tools"] = json.dumps(
+            tool_dicts(body.tools), separators=(",", ":"), ensure_ascii=False
+        )
         choice = body.tool_choice
         named = choice.model_dump() if isinstance(choice, NamedToolChoice) else None
         canonical["tool_choice"] = named or choice

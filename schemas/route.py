@@ -30,7 +30,13 @@ class Route(BaseModel):
     escalated: bool = False
     """A cheaper model's answer was not confident enough, so a bigger one answered."""
     fell_back: bool = False
-    """A model's engine failed, so the next model of the chain answered."""
+    """A model's engine failed, or its context could not take the prompt, so a later model of
+    the chain answered."""
+    failed_over: bool = False
+    """The chain moved on because a model's engine failed (FALLBACK_CODES: an error, not
+    available, timed out), a passing condition: its answer is not cached (streams/complete.py).
+    Unlike `fell_back`, not set where a model's context could not take the prompt, at
+    admission or after the engine's refusal. False in a record of a writer before it."""
     experiment: str | None = None
     """The A/B test the request takes part in (the catalog's experiments), if any."""
     arm: str | None = None
@@ -54,9 +60,10 @@ class Route(BaseModel):
         """Models still to try after the current one."""
         return self.chain[len(self.tried) + 1 :]
 
-    def advance(self, *, escalated: bool, skip: int = 0) -> Route:
-        """The route for the next model of the chain, after an escalation or a failure;
-        `skip` models that would come first are left out of the chain, untried."""
+    def advance(self, *, escalated: bool, skip: int = 0, failed: bool = False) -> Route:
+        """The route for the next model of the chain, after an escalation or a failure
+        (`failed`: of the engine, `failed_over`); `skip` models that would come first are left
+        out of the chain, untried."""
         done = len(self.tried) + 1
         return self.model_copy(
             update={
@@ -64,5 +71,6 @@ class Route(BaseModel):
                 "tried": [*self.tried, self.current],
                 "escalated": self.escalated or escalated,
                 "fell_back": self.fell_back or not escalated,
+                "failed_over": self.failed_over or failed,
             }
         )

@@ -20,9 +20,10 @@ urgent lane does not wait behind that lane's backlog, nor a streamed copy on a g
 that shows no pieces, but leads a generation of its own for the followers too, as over a
 stale leader; unless that generation streams (its followers may be showing its pieces).
 The generation it replaces still answers its own request; whichever of the two answers
-first answers the followers too (a failure of the replaced one is its own request's alone:
-streams.complete). A copy that took over so and then fails to lead (its work not sent, say)
-hands the followers back to the replaced one, unless that one's generation ended meanwhile.
+first answers the followers too, but for a failure of the replaced one, or its answer where
+the one that took over streams: those are its own request's alone (streams.complete). A
+copy that took over so and then fails to lead (its work not sent, say) hands the followers
+back to the replaced one, unless that one's generation ended meanwhile.
 """
 
 from __future__ import annotations

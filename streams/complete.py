@@ -182,13 +182,16 @@ class Complete:
             completion = completion.model_copy(update={"error": ErrorInfo.from_error(failure)})
         # 4) Answer the leader and every follower, and fill the caches: not with an unsure
         #    answer, one that stood in or one that could not escalate (its deadline passed,
-        #    the next tier has no worker, its record would be too large). A later copy may.
+        #    the next tier has no worker, its record would be too large), nor with that of a
+        #    model standing in for one whose engine failed (Route.failed_over), a passing
+        #    condition. A later copy may.
         would_escalate = completion.error is None and (
             next_route(completion, self._catalog) is not None
         )
         keep = (
             unsure is None
             and not would_escalate
+            and not completion.work.route.failed_over
             and completion.response is not None
             and completion.work.request.cacheable
             and self._of_this_catalog(completion)  # a fingerprint: only where it matters
@@ -367,12 +370,7 @@ class Complete:
         gone = self._coalescer.expired(fingerprint)
         if not gone:
             return
-        why = LlmqError(
-            ErrorCode.EXPIRED, "the deadline passed while it waited on a copy's generation"
-        )
-        await self._outbox.reply_all(
-            [(w.reply_to, replies.from_error(why, w.correlation_id, w.tenant)) for w in gone]
-        )
+        await self._outbox.reply_all([(w.reply_to, replies.expired(w)) for w in gone])
         self._coalescer.leave(fingerprint, gone)
 
     async def _answer(self, completion: Completion, *, keep: bool = True) -> None:
@@ -386,25 +384,30 @@ class Complete:
         if not request.cacheable:
             await self._outbox.reply_all(first)
             return
-        # A failure whose fingerprint another request leads now (a cache answered this one)
-        # is not for the copies waiting on that one's generation, nor are they handed back to
-        # this one, now ended.
-        other = completion.response is None and self._coalescer.leader_id(work.fingerprint)
-        if other and other != request.correlation_id:
-            self._coalescer.ended(work.fingerprint, request.correlation_id)
-            await self._outbox.reply_all(first)
-            return
         # Fill the exact cache before the entry goes, so a copy arriving later hits it.
         kept = completion.response if keep else None
         if kept is not None:
             await self._outbox.store.cache(work.fingerprint, kept)
-        followers = await self._coalescer.settle(
-            work.fingerprint,
-            first,
-            replies.to_followers(result),
-            self._outbox.reply_all,
-        )
-        metrics.COALESCED.observe(followers)
+        # The copies waiting on another request's generation (one that took this one over,
+        # or a cache answered this one) are not answered by this one's failure, nor by its
+        # answer where that one streams (they may be showing its pieces), nor handed back to
+        # this one, now ended.
+        leader = self._coalescer.leader(work.fingerprint)
+        if (
+            leader is not None
+            and leader.correlation_id != request.correlation_id
+            and (completion.response is None or leader.stream)
+        ):
+            self._coalescer.ended(work.fingerprint, request.correlation_id)
+            await self._outbox.reply_all(first)
+        else:
+            followers = await self._coalescer.settle(
+                work.fingerprint,
+                first,
+                replies.to_followers(result),
+                self._outbox.reply_all,
+            )
+            metrics.COALESCED.observe(followers)
         # Teach the semantic cache the question, without holding up the next completion.
         if kept is not None:
             self._remember(completion)

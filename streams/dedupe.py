@@ -70,9 +70,12 @@ class Dedupe:
         if self._coalescer.join(request, work.fingerprint):
             metrics.REQUESTS.labels("coalesced").inc()
             leader = self._coalescer.leader(work.fingerprint)
-            if request.body.stream and leader is not None:
-                # Its stream is the leader's: tell whoever reads it where to look.
-                await self._outbox.follows(request, leader.correlation_id)
+            followed = None if leader is None else leader.correlation_id
+            if request.body.stream and followed not in (None, request.correlation_id):
+                # Its stream is the leader's: tell whoever reads it where to look. Not where it
+                # leads itself (redelivered to the process that sent its work): its reader would
+                # start its own stream over at that notice, and never get past it.
+                await self._outbox.follows(request, followed)
             return
         try:
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from schemas.errors import LlmqError
+from schemas.errors import ErrorCode, LlmqError
 from schemas.result import CacheStatus, ChatCompletion, ErrorInfo, InferenceResult, Timings
 from schemas.work import Completion, WorkItem
 from streams.coalesce import Reply, Waiter
@@ -68,13 +68,18 @@ def to_followers(leader: InferenceResult) -> Callable[[Waiter], Reply]:
 def for_follower(
     leader: InferenceResult, waiter: Waiter, now: float | None = None
 ) -> InferenceResult:
-    """The leader's result (answer or error), re-issued to a coalesced follower."""
+    """The leader's result (answer or error), re-issued to a coalesced follower: as a cache's
+    answer where a cache answered the leader, else as coalesced; `expired` where the
+    follower's deadline passed while it waited, as its request promises."""
     now = time.time() if now is None else now
+    if waiter.deadline is not None and waiter.deadline <= now:
+        return expired(waiter, now)
+    cached = leader.cache in (CacheStatus.EXACT, CacheStatus.SEMANTIC)
     response = leader.response
     return leader.model_copy(
         update={
             "correlation_id": waiter.correlation_id,
-            "cache": CacheStatus.COALESCED,
+            "cache": leader.cache if cached else CacheStatus.COALESCED,
             "lane": waiter.lane,
             "cost_usd": 0.0,
             "response": None
@@ -86,6 +91,12 @@ def for_follower(
             "finished_at": now,
         }
     )
+
+
+def expired(waiter: Waiter, now: float | None = None) -> InferenceResult:
+    """The reply of a follower whose deadline passed while it waited."""
+    why = LlmqError(ErrorCode.EXPIRED, "the deadline passed while it waited on a copy's generation")
+    return from_error(why, waiter.correlation_id, waiter.tenant, waiter.created_at, now)
 
 
 def _reissued(response: ChatCompletion, correlation_id: str, now: float) -> ChatCompletion:

@@ -342,7 +342,7 @@ def next_route(
             return _fall_back(route, catalog, unserved, wider_than=refused.max_model_len)
         if completion.error.code not in FALLBACK_CODES:
             return None
-        return _fall_back(route, catalog, unserved)
+        return _fall_back(route, catalog, unserved, failed=True)
     following = catalog.get(route.remaining[0]) if route.remaining else None
     if following is None or following.name in unserved:
         return None  # the chain is done, or its next model left the catalog or has no worker
@@ -357,12 +357,18 @@ def next_route(
 
 
 def _fall_back(
-    route: Route, catalog: Catalog, unserved: Collection[str], wider_than: int = 0
+    route: Route,
+    catalog: Catalog,
+    unserved: Collection[str],
+    wider_than: int = 0,
+    *,
+    failed: bool = False,
 ) -> Route | None:
     """The route to the next model of the chain after a failure, past the models of a tier
     at or below the highest tried where the route has escalated, and those whose context is
     not larger than `wider_than` (that of a model that refused the prompt as too large), and
-    those that left the catalog since admission or are `unserved`; None when there is none."""
+    those that left the catalog since admission or are `unserved`; None when there is none.
+    `failed`: the model's engine failed (Route.failed_over), where another time it may not."""
     tiers = [spec.tier for spec in map(catalog.get, route.tried) if spec is not None]
     bar = max(tiers, default=0) if route.escalated else 0
     for skipped, name in enumerate(route.remaining):
@@ -370,5 +376,5 @@ def _fall_back(
         if spec is None or name in unserved:
             continue
         if spec.tier > bar and spec.max_model_len > wider_than:
-            return route.advance(escalated=False, skip=skipped)
+            return route.advance(escalated=False, skip=skipped, failed=failed)
     return None

@@ -178,3 +178,17 @@ def test_logit_bias_counts_by_content_not_order() -> None:
     assert _fp(_data(logit_bias={})) == BASE
     one, other = _fp(_data(logit_bias={"5": 1, "9": -2})), _fp(_data(logit_bias={"9": -2, "5": 1}))
     assert one == other != _fp(_data(logit_bias={"5": 1, "9": 2}))
+
+
+def _tool(*order: str) -> dict[str, Any]:
+    properties = {name: {"type": "string"} for name in order}
+    parameters = {"type": "object", "properties": properties, "required": sorted(order)}
+    return {"type": "function", "function": {"name": "book", "parameters": parameters}}
+
+
+def test_a_tools_parameter_order_changes_it() -> None:
+    """The template shows a tool's parameters in their order, and the engine writes a call's
+    arguments so: {from, to} and {to, from} are two answers, as two response formats are."""
+    one = _fp(_data(tools=[_tool("from", "to")], tool_choice="required"))
+    assert one == _fp(_data(tools=[_tool("from", "to")], tool_choice="required"))
+    assert one != _fp(_data(tools=[_tool("to", "from")], tool_choice="required"))

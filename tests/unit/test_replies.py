@@ -16,7 +16,8 @@ from schemas.result import (
 )
 from schemas.route import Route
 from schemas.work import Completion, WorkItem
-from streams.replies import from_cache, from_completion, from_error
+from streams.coalesce import Waiter
+from streams.replies import for_follower, from_cache, from_completion, from_error
 
 CREATED_AT = 1_000.0
 
@@ -130,3 +131,48 @@ def test_from_error_without_a_readable_envelope() -> None:
     assert result.finished_at == 5.0
     assert result.error is not None
     assert result.error.code is ErrorCode.INVALID_JSON
+
+
+def _waiter(deadline: float | None = None) -> Waiter:
+    return Waiter(
+        correlation_id="req-9",
+        tenant="acme",
+        reply_to="app.replies",
+        created_at=CREATED_AT,
+        deadline=deadline,
+    )
+
+
+@pytest.mark.parametrize(
+    ("leader", "follower"),
+    [
+        (CacheStatus.NONE, CacheStatus.COALESCED),
+        (CacheStatus.EXACT, CacheStatus.EXACT),
+        (CacheStatus.SEMANTIC, CacheStatus.SEMANTIC),
+    ],
+)
+def test_a_follower_is_told_how_its_leaders_answer_was_had(
+    leader: CacheStatus, follower: CacheStatus
+) -> None:
+    """A cache's answer stays one (a semantic one may answer a paraphrase); a generation's
+    is coalesced."""
+    generated = Completion(work=_work(), response=_answer(), timings=WORKER_TIMINGS, worker="w")
+    answered = (
+        from_completion(generated, now=1_000.5)
+        if leader is CacheStatus.NONE
+        else from_cache(_work(), _answer(), leader, now=1_000.5)
+    )
+    result = for_follower(answered, _waiter(), now=1_001.0)
+    assert (result.correlation_id, result.cache, result.text) == ("req-9", follower, "Hello!")
+    assert result.cost_usd == 0.0
+
+
+def test_a_follower_past_its_deadline_is_told_it_expired() -> None:
+    generated = Completion(work=_work(), response=_answer(), timings=WORKER_TIMINGS, worker="w")
+    leader = from_completion(generated, now=1_000.5)
+    assert for_follower(leader, _waiter(deadline=1_002.0), now=1_001.0).status == "ok"
+    result = for_follower(leader, _waiter(deadline=1_001.0), now=1_001.0)
+    assert (result.correlation_id, result.tenant, result.status) == ("req-9", "acme", "error")
+    assert result.error is not None and result.error.code is ErrorCode.EXPIRED
+    assert result.response is None
+    assert result.timings.total_ms == pytest.approx(1_000.0)

@@ -92,7 +92,8 @@ REQUESTS: dict[str, dict[str, Any]] = {
 FINGERPRINTS = {
     "plain": "9946ce12ae94dd535215ccd370a8e859997994efc07d3fd0d987ec0b907aea09",
     "sampling": "5375cb62742e24cca2d73ad5b1fdfda907b5ae85a0796f51db816d1d5b418339",
-    "tools": "1c4fa9b33fa146db5c1e5412383d1d911c6a8be6909211e849929619b098e3b5",
+    # Changed once since, on purpose: tools as written, their properties' order kept.
+    "tools": "d002567147546878af15e046395036c0ea2771117f98cd411da0740dba1186f4",
     "json_schema": "e1929b13c5fa164a9ca27657b2583e23636ad1f1dc3d199d25681363c27061de",
     "raw_prompt": "0f4c8ec651d60d3fa1ee2d40e47e4649811a7a94d424076096a0f6cacd55db2a",
 }
