@@ -5,38 +5,15 @@ request's own is its reply's alone."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 
 from schemas.errors import ErrorCode, LlmqError
-from schemas.request import ChatBody
-from tests.unit.worker_fakes import MODEL, FakeEngine, model_spec, serve_one, work
-from workers.engine import EngineStep
+from tests.unit.worker_fakes import MODEL, FailingEngine, FakeEngine, model_spec, serve_one, work
 
 pytestmark = pytest.mark.timeout(30)
 
 CUDA = "generation failed: RuntimeError: CUDA error: an illegal memory access was encountered"
-
-
-class Fails(FakeEngine):
-    """Fails every generation at once with `error`."""
-
-    def __init__(self, error: LlmqError) -> None:
-        super().__init__()
-        self.error = error
-
-    async def generate(
-        self,
-        request_id: str,
-        body: ChatBody,
-        priority: int,
-        tenant: str | None = None,
-        deadline: float | None = None,
-    ) -> AsyncIterator[EngineStep]:
-        self.started.append((request_id, body, priority))
-        raise self.error
-        yield  # an async generator, as engines are
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -50,7 +27,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_an_engine_error_is_logged_with_the_request_model_and_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    engine = Fails(LlmqError(ErrorCode.ENGINE_ERROR, CUDA))
+    engine = FailingEngine(LlmqError(ErrorCode.ENGINE_ERROR, CUDA))
     [failed] = serve_one(work(), engine).completions()
     assert failed.error is not None and failed.error.code is ErrorCode.ENGINE_ERROR
     [request_id] = [started[0] for started in engine.started]
@@ -71,7 +48,7 @@ def test_a_timeout_is_logged(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_a_failure_of_the_request_itself_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     """Its message may quote the server's answer to it (a remote's 400): the reply's alone."""
-    engine = Fails(LlmqError(ErrorCode.INVALID_REQUEST, "temperature must be non-negative"))
+    engine = FailingEngine(LlmqError(ErrorCode.INVALID_REQUEST, "temperature must be non-negative"))
     [failed] = serve_one(work(), engine).completions()
     assert failed.error is not None and failed.error.code is ErrorCode.INVALID_REQUEST
     assert _warnings(caplog) == []

@@ -19,6 +19,7 @@ from aiokafka.util import commit_structure_validate
 
 from llmq.record_limits import RECORD_LIMIT
 from schemas.catalog import ModelSpec
+from schemas.errors import LlmqError
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.names import COMPLETIONS, METERING, TOKENS, work_topic
@@ -280,6 +281,28 @@ class FakeEngine:
 
     def lanes_started(self) -> list[int]:
         return [priority for _, _, priority in self.started]
+
+
+class FailingEngine(FakeEngine):
+    """Fails every generation with `error` after `steps` steps of a token each."""
+
+    def __init__(self, error: LlmqError, steps: int = 0) -> None:
+        super().__init__()
+        self.error = error
+        self.steps = steps
+
+    async def generate(
+        self,
+        request_id: str,
+        body: ChatBody,
+        priority: int,
+        tenant: str | None = None,
+        deadline: float | None = None,
+    ) -> AsyncIterator[EngineStep]:
+        self.started.append((request_id, body, priority))
+        for _ in range(self.steps):
+            yield EngineStep(self.text, 1, PROMPT_TOKENS)
+        raise self.error
 
 
 def work(lane: Lane = Lane.STANDARD, n: int = 0, stream: bool = False, **fields: Any) -> bytes:
