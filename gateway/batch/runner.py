@@ -10,9 +10,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
@@ -28,8 +28,6 @@ from schemas.request import InferenceRequest
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 MAX_ERRORS = 100
 """Validation errors listed on a failed batch (the first ones, by line)."""
 EXPIRED = ("batch_expired", "This line was not run before the batch's completion window ended.")
@@ -42,11 +40,6 @@ MAX_FAILED_STEPS = 3
 out a lease's length (Pace.lease_s), so another door takes the batch: a door that reaches Redis
 but not Kafka (or meets a bug on every step) would otherwise renew the lease until the batch
 expires. A blip fails fewer; the door may take the batch again later (the only door does)."""
-SEND_WAIT_S = 30.0
-"""How long one send to Kafka (the lines due again, a page of new ones, or a cancel) may take
-before its step fails: about a second with Kafka up, seconds through a broker's failover. The
-client's producer is idempotent and never gives a record up, so with Kafka away a send held
-its step, and the step renewed the batch's lease, for the whole outage."""
 
 
 class Publisher(Protocol):
@@ -406,7 +399,7 @@ class Runner:
                 read.append((number, attempt))
             except LlmqError as exc:
                 refused.append(await self._error(fields, number, attempt, exc))
-        too_large = await _sent(self._publisher.publish(requests))
+        too_large = await self._publisher.publish(requests)
         metrics.BATCH_LINES.labels("sent").inc(len(requests) - len(too_large))
         for (number, attempt), request in zip(read, requests, strict=True):
             if request.correlation_id in too_large:
@@ -451,7 +444,7 @@ class Runner:
     async def _cancel_sent(self, fields: Mapping[str, str]) -> None:
         """Tell the workers that nobody waits for the lines sent and not answered yet."""
         for correlation_id in await self._sent_unanswered(fields):
-            await _sent(self._publisher.cancel(correlation_id, tenant=fields["tenant"]))
+            await self._publisher.cancel(correlation_id, tenant=fields["tenant"])
 
     async def _sent_unanswered(self, fields: Mapping[str, str]) -> list[str]:
         """The correlation_ids of the lines sent and not answered yet (at most `in_flight`)."""
@@ -479,7 +472,7 @@ class Runner:
             ]
             await self._store.record(batch_id, fields["tenant"], outcomes)
         for correlation_id in sent:  # after their error lines: a cancelled reply is too late
-            await _sent(self._publisher.cancel(correlation_id, tenant=fields["tenant"]))
+            await self._publisher.cancel(correlation_id, tenant=fields["tenant"])
         fresh = await self._store.batch(batch_id) or fields
         if "total" not in fresh:
             total = int(fresh.get("completed", 0)) + int(fresh.get("failed", 0))
@@ -546,16 +539,6 @@ class _Check:
             )
             return [_error("mixed_models", why, None), *self.errors]
         return self.errors
-
-
-async def _sent(sending: Awaitable[T]) -> T:
-    """What a send to Kafka gives, within SEND_WAIT_S; past it TimeoutError (an OSError: a
-    failed step, MAX_FAILED_STEPS)."""
-    try:
-        async with asyncio.timeout(SEND_WAIT_S):
-            return await sending
-    except TimeoutError:
-        raise TimeoutError(f"Kafka took no record in {SEND_WAIT_S:g} s") from None
 
 
 def _done(fields: Mapping[str, str]) -> int:
