@@ -53,7 +53,7 @@ def _serve() -> int:
     startup.open_files(wanted, "LLMQ_API_OPEN_CALLS and the listening backlog")
     sock = startup.listen(settings.api_host, settings.api_port, "LLMQ_API_HOST, LLMQ_API_PORT")
     startup.reach_kafka(settings, settings.instance_id, needs=TOPICS)
-    app = build(settings, catalog, policy)
+    app = build(settings, catalog, policy, exits_when_stuck=True)
     config = uvicorn_config(settings, app)
     with sock, asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         runner.run(_start_and_serve(settings, app.state.door, uvicorn.Server(config), sock))

@@ -49,9 +49,16 @@ memory full): what waiting mends. Not its refusals of the door's password or rig
 are ConnectionErrors too: those are 500s."""
 
 
-def build(settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> FastAPI:
-    """The app; its lifespan connects to Kafka and Redis before the first request."""
-    door = FrontDoor(settings, catalog, policy)
+def build(
+    settings: GatewaySettings,
+    catalog: Catalog,
+    policy: TenantPolicy,
+    *,
+    exits_when_stuck: bool = False,
+) -> FastAPI:
+    """The app; its lifespan connects to Kafka and Redis before the first request, and ends
+    the process where its close is stuck and it `exits_when_stuck` (FrontDoor)."""
+    door = FrontDoor(settings, catalog, policy, exits_when_stuck=exits_when_stuck)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -134,8 +134,18 @@ class FrontDoor:
     """One process's client of llmq (one reply consumer for every waiting request), and
     what it knows: the catalog, the keys, the settings."""
 
-    def __init__(self, settings: GatewaySettings, catalog: Catalog, policy: TenantPolicy) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        catalog: Catalog,
+        policy: TenantPolicy,
+        *,
+        exits_when_stuck: bool = False,
+    ) -> None:
         self.settings = settings
+        self._exits_when_stuck = exits_when_stuck
+        """A close past CLOSE_BOUND_S ends the process (`python -m gateway`'s door alone: an
+        app served in another process, a test's, is not the door's to end)."""
         self.catalog = catalog
         self.policy = policy
         self.client = AsyncClient(
@@ -175,12 +185,13 @@ class FrontDoor:
         owed (those calls; a stream once what is left of its grace is over, unless resumed at
         another door by then) are sent together, for CLOSE_CANCELS_S at most; then the batch
         tasks stop and every client closes, each step whatever the one before met. Not done
-        in CLOSE_BOUND_S, the process exits, saying why."""
-        deadline = exit_after(CLOSE_BOUND_S, STUCK)
+        in CLOSE_BOUND_S, the process exits, saying why, where the door `exits_when_stuck`."""
+        deadline = exit_after(CLOSE_BOUND_S, STUCK) if self._exits_when_stuck else None
         try:
             await self._close()
         finally:
-            deadline.cancel()
+            if deadline is not None:
+                deadline.cancel()
 
     async def _close(self) -> None:
         self.ready, self._closing = False, True
