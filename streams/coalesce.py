@@ -56,6 +56,9 @@ class Waiter(BaseModel):
     created_at: float
     lane: Lane = Lane.STANDARD
     deadline: float | None = None
+    stream: bool = False
+    """It streams: it may be showing its generation's pieces (False in an entry written
+    before the field)."""
 
     @classmethod
     def from_request(cls, request: InferenceRequest) -> Self:
@@ -67,6 +70,7 @@ class Waiter(BaseModel):
             created_at=request.created_at,
             lane=request.lane,
             deadline=request.deadline,
+            stream=request.body.stream,
         )
 
 

@@ -389,9 +389,9 @@ class Complete:
         if kept is not None:
             await self._outbox.store.cache(work.fingerprint, kept)
         # The copies waiting on another request's generation (one that took this one over,
-        # or a cache answered this one) are not answered by this one's failure, nor by its
-        # answer where that one streams (they may be showing its pieces), nor handed back to
-        # this one, now ended.
+        # or a cache answered this one) are not answered by this one's failure, nor, where
+        # that one streams, those that stream (they may be showing its pieces), nor handed
+        # back to this one, now ended. Those that do not stream take its answer.
         leader = self._coalescer.leader(work.fingerprint)
         if (
             leader is not None
@@ -399,7 +399,11 @@ class Complete:
             and (completion.response is None or leader.stream)
         ):
             self._coalescer.ended(work.fingerprint, request.correlation_id)
-            await self._outbox.reply_all(first)
+            count = self._coalescer.followers(work.fingerprint)
+            waiters = self._coalescer.waiters(work.fingerprint, 0, count)
+            taking = [] if completion.response is None else [w for w in waiters if not w.stream]
+            await self._outbox.reply_all([*first, *map(replies.to_followers(result), taking)])
+            self._coalescer.leave(work.fingerprint, taking)
         else:
             followers = await self._coalescer.settle(
                 work.fingerprint,

@@ -75,6 +75,26 @@ def test_a_replaced_generations_answer_is_not_given_to_a_streaming_ones_follower
     assert harness.table == {}
 
 
+def test_a_replaced_generations_answer_is_given_to_the_copies_that_do_not_stream() -> None:
+    """plain-1 waited on plain-0 when live-0 took over: it shows no pieces, so plain-0's
+    answer, first to end, is its own (it waited on that one's generation; were live-0's to
+    fail, it would have none); live-1 streams live-0's and takes that."""
+    harness = Pipeline()
+    plain = _work(_ask(harness, "plain-0"))
+    assert _ask(harness, "plain-1") == []  # a follower of plain-0
+    live = _work(_ask(harness, "live-0", stream=True))
+    _ask(harness, "live-1", stream=True)
+    assert _answered(harness, plain, "plain-0's sample") == {
+        "plain-0": ("plain-0's sample", "none"),
+        "plain-1": ("plain-0's sample", "coalesced"),
+    }
+    assert _answered(harness, live, "live-0's sample") == {
+        "live-0": ("live-0's sample", "none"),
+        "live-1": ("live-0's sample", "coalesced"),
+    }
+    assert harness.table == {}
+
+
 def test_a_streamed_leader_redelivered_to_its_process_is_not_told_to_follow_itself() -> None:
     """Its reader would start its own stream over at the notice, and never get past it."""
     harness = Pipeline()
