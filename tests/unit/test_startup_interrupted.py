@@ -29,6 +29,12 @@ SERVICES = {
     "autoscaler": "the autoscaler",
 }
 """Each service's module and the name its lines give it."""
+INTERRUPTIBLE = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+"""`python -m <module>` with Ctrl-C's KeyboardInterrupt, as in a terminal: a job a shell
+started in the background (CI's) ignores SIGINT, and so would the service, inheriting it."""
 
 
 @pytest.fixture
@@ -56,8 +62,14 @@ def test_a_service_stopped_while_it_reaches_kafka_says_so_in_one_line(
         "LLMQ_MODEL": "remote-large",
         "REMOTE_LLM_API_KEY": "k",
     }
-    run = [sys.executable, "-m", module]
-    with subprocess.Popen(run, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) as service:
+    run = [sys.executable, "-c", INTERRUPTIBLE, module]
+    with subprocess.Popen(
+        run,
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as service:
         try:
             connection, _ = hung_kafka.accept()  # it is in the check, waiting for an answer
             with connection:
