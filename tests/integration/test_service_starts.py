@@ -198,3 +198,32 @@ def test_a_worker_or_autoscaler_before_its_topics_exist_is_refused_with_exit_cod
         assert not set(work_topics("remote")) & set(admin.list_topics())
     finally:
         admin.close()
+
+
+def test_llmq_topics_names_the_topics_with_fewer_replicas_than_asked(stack: LocalStack) -> None:
+    """The stack's one broker gives each topic 1 replica: asked for 2, `llmq topics --create`
+    exits 1 naming them (read from the broker's own metadata) and creates nothing; asked for
+    1, it passes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")} | {
+        "LLMQ_KAFKA_BOOTSTRAP": stack.settings.kafka_bootstrap,
+        "LLMQ_MODELS_FILE": str(stack.settings.models_file),
+        "LLMQ_PARTITIONS": str(stack.settings.partitions),
+    }
+    command = [str(Path(sys.executable).parent / "llmq"), "topics", "--create", "--timeout", "60"]
+    runs = {
+        replicas: subprocess.run(
+            command,
+            env=env | {"LLMQ_REPLICATION_FACTOR": replicas},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        for replicas in ("2", "1")
+    }
+    more, same = runs["2"], runs["1"]
+    assert more.returncode == 1, more.stdout + more.stderr
+    assert "llmq.requests has 1 replicas, LLMQ_REPLICATION_FACTOR 2" in more.stdout
+    assert "created 0 of" in more.stdout
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "replicas" not in same.stdout
