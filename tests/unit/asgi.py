@@ -3,7 +3,9 @@ hides: how much of a body the app read, or a client that leaves mid-answer."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.types import Message
@@ -34,3 +36,18 @@ def replied(sent: Sequence[Message]) -> tuple[int, bytes]:
     return start["status"], b"".join(
         m.get("body", b"") for m in sent if m["type"] == "http.response.body"
     )
+
+
+def held_open(model: str, *, stream: bool, n: int) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI receive: a chat call of `n` choices to `model`, then a client that never
+    leaves."""
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "n": n}
+    messages = [{"type": "http.request", "body": json.dumps({**body, "stream": stream}).encode()}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    return receive

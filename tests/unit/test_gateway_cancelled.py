@@ -10,7 +10,7 @@ import asyncio
 import gc
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -28,7 +28,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.request import InferenceRequest
 from schemas.result import ErrorInfo, InferenceResult
 from schemas.tenants import TenantPolicy
-from tests.unit.asgi import post_scope, replied
+from tests.unit.asgi import held_open, post_scope, replied
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -95,20 +95,6 @@ def _all_cancelled_none_counted(client: Client, before: float) -> None:
     """Every request the call published was cancelled, none as a client that left."""
     assert sorted(client.cancelled) == sorted(client.submitted)
     assert _cancelled() == before
-
-
-def _held_open(*, stream: bool, n: int) -> Callable[[], Awaitable[dict[str, Any]]]:
-    """An ASGI receive: a call of `n` choices, then a client that never leaves."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "n": n}
-    messages = [{"type": "http.request", "body": json.dumps({**body, "stream": stream}).encode()}]
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await asyncio.Event().wait()
-        return {"type": "http.disconnect"}
-
-    return receive
 
 
 async def _call(app: FastAPI, *, stream: bool, leaves: bool = False, n: int = 2) -> tuple[int, str]:
@@ -239,7 +225,7 @@ def test_calls_the_drain_bound_cuts_off_are_cancelled(
     cancels their tasks): they ran on in the engines, billed for nobody."""
     client, before = Never(), _cancelled()
     app = _app(monkeypatch, client)
-    receive = _held_open(stream=stream, n=n)
+    receive = held_open(MODEL, stream=stream, n=n)
 
     async def send(message: Message) -> None:
         pass
@@ -316,7 +302,7 @@ def test_streams_the_drain_bound_cuts_mid_answer_are_cancelled_before_the_door_c
     before the client closes."""
     client, before = MidStream(), _cancelled()
     app = _app(monkeypatch, client)
-    receive = _held_open(stream=True, n=n)
+    receive = held_open(MODEL, stream=True, n=n)
     pieces = asyncio.Event()
 
     async def send(message: Message) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from gateway.settings import GatewaySettings
 from schemas.catalog import Catalog
 from schemas.request import InferenceRequest
 from schemas.tenants import TenantPolicy
-from tests.unit.asgi import post_scope
+from tests.unit.asgi import held_open, post_scope
 from tests.unit.clock import run_virtual
 
 pytestmark = pytest.mark.timeout(30)
@@ -73,20 +72,6 @@ def _app(monkeypatch: pytest.MonkeyPatch, client: Unreachable) -> FastAPI:
     return app
 
 
-def _held_open(*, stream: bool, n: int) -> Callable[[], Awaitable[dict[str, Any]]]:
-    """An ASGI receive: a call of `n` choices, then a client that never leaves."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "n": n}
-    messages = [{"type": "http.request", "body": json.dumps({**body, "stream": stream}).encode()}]
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await asyncio.Event().wait()
-        return {"type": "http.disconnect"}
-
-    return receive
-
-
 def _post(app: FastAPI, *, stream: bool, n: int) -> tuple[int, dict[str, str], Any]:
     """POST a call of `n` choices through ASGI, its client staying, on a loop whose time
     skips every wait; the status, headers and body, once the door's cancels are done."""
@@ -97,7 +82,7 @@ def _post(app: FastAPI, *, stream: bool, n: int) -> tuple[int, dict[str, str], A
 
     async def run() -> None:
         async with asyncio.timeout(10 * SUBMIT_WAIT_S):  # unbounded, the call ends here
-            await app(SCOPE | {"app": app}, _held_open(stream=stream, n=n), send)
+            await app(SCOPE | {"app": app}, held_open(MODEL, stream=stream, n=n), send)
         await asyncio.gather(*app.state.door._background)
 
     run_virtual(run())
@@ -144,7 +129,9 @@ def test_a_call_the_drain_bound_cuts_off_before_kafka_took_it_is_cancelled(
         raise AssertionError("a call cut off is not answered")
 
     async def run() -> None:
-        call = asyncio.create_task(app(SCOPE | {"app": app}, _held_open(stream=stream, n=2), send))
+        call = asyncio.create_task(
+            app(SCOPE | {"app": app}, held_open(MODEL, stream=stream, n=2), send)
+        )
         while len(client.submitted) < 2:  # noqa: ASYNC110 -- polls the fake's plain state
             await asyncio.sleep(0.01)
         call.cancel()
