@@ -23,7 +23,7 @@ from schemas.route import Route
 from schemas.work import Completion, UnsureAnswer, WorkItem
 from streams import metrics, replies
 from streams.budget import hold_until
-from streams.coalesce import Coalescer, shared_terms
+from streams.coalesce import Coalescer, Waiter, shared_terms
 from streams.dedupe import Similar, fail_copies, fail_followers
 from streams.guard import Guard, failure_of
 from streams.outbox import Outbox
@@ -399,9 +399,7 @@ class Complete:
             and (completion.response is None or leader.stream)
         ):
             self._coalescer.ended(work.fingerprint, request.correlation_id)
-            count = self._coalescer.followers(work.fingerprint)
-            waiters = self._coalescer.waiters(work.fingerprint, 0, count)
-            taking = [] if completion.response is None else [w for w in waiters if not w.stream]
+            taking = [] if completion.response is None else self._unstreamed(work.fingerprint)
             await self._outbox.reply_all([*first, *map(replies.to_followers(result), taking)])
             self._coalescer.leave(work.fingerprint, taking)
         else:
@@ -415,6 +413,11 @@ class Complete:
         # Teach the semantic cache the question, without holding up the next completion.
         if kept is not None:
             self._remember(completion)
+
+    def _unstreamed(self, fingerprint: str) -> list[Waiter]:
+        """The followers of `fingerprint` that do not stream."""
+        count = self._coalescer.followers(fingerprint)
+        return [w for w in self._coalescer.waiters(fingerprint, 0, count) if not w.stream]
 
     def _remember(self, completion: Completion) -> None:
         """Add the question to the semantic cache in the background: its embedding takes
