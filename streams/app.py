@@ -20,6 +20,7 @@ from prometheus_client import disable_created_metrics
 
 from llmq.fetcher import install as fix_fetcher
 from llmq.futures import read_outcome
+from llmq.pipelined import Pipelined
 from llmq.record_limits import BATCH_BYTES, RECORD_LIMIT, read_record_limit
 from llmq.redis_client import bounded_client
 from llmq.serving import Serving
@@ -247,14 +248,14 @@ def build(settings: StreamSettings) -> faust.App:
         datadir=str(settings.data_dir),
     )
     redis = bounded_client(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-    store = RedisStore(redis, cache_ttl_s=settings.cache_ttl_s, result_ttl_s=settings.result_ttl_s)
+    pipelined = Pipelined(redis)  # a cache hit's commands, sent with those of its turn
+    store = RedisStore(pipelined, settings.cache_ttl_s, settings.result_ttl_s)
     catalog = settings.catalog()
     send = FaustSend(app, TopicLimits(partial(read_record_limit, settings, settings.app_id)))
     policy = TenantPolicy.load(settings.tenants_file)
     labels = TenantLabels.of(policy, settings.metrics_tenants)
-    budgets = Budgets(redis)
     alerts = BudgetAlerts(redis, send, labels)
-    gate = TenantGate(policy, RateLimiter(redis), budgets, catalog, alerts)
+    gate = TenantGate(policy, RateLimiter(redis), Budgets(redis), catalog, alerts)
     answered: list[Answered] = [Savings(catalog, send), ExperimentStats(redis)]
     affinity = settings.prefix_affinity_chars
     # The models whose engines salt their prefix cache per tenant (workers/__main__.py).
@@ -262,7 +263,7 @@ def build(settings: StreamSettings) -> faust.App:
     salted = frozenset(m.name for m in catalog.models if per_tenant and m.engine == "vllm")
     placer = PrefixAffinity(affinity, send.partitions, salted) if affinity else None
     outbox = Outbox(store, send, ledger=gate, answered=answered, placer=placer)
-    meter = Meter(gate, CostRollups(redis, labels), outbox)
+    meter = Meter(gate, CostRollups(pipelined, labels), outbox)
     # The coalescing state: changelog-backed, co-partitioned with llmq.requests.keyed and
     # llmq.completions (all keyed by fingerprint, all with `partitions` partitions).
     table = app.Table(

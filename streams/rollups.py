@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
+from llmq.pipelined import Pipelined
 from schemas.metering import MeteringEvent
 from schemas.names import costs_keys
 from streams import metrics
@@ -69,9 +70,9 @@ class CostRollups:
     """Adds metering events to their hour's rollup, once each; `labels` names tenants in
     the counters (by default, the first DEFAULT_LIMIT)."""
 
-    def __init__(self, client: aioredis.Redis, labels: TenantLabels | None = None) -> None:
-        self._redis = client
-        self._add = client.register_script(ADD)
+    def __init__(self, redis: Pipelined, labels: TenantLabels | None = None) -> None:
+        self._redis = redis
+        self._add = redis.client.register_script(ADD)
         self._labels = TenantLabels(set()) if labels is None else labels
 
     async def add(self, event: MeteringEvent) -> bool:
@@ -87,15 +88,14 @@ class CostRollups:
         }
         hour_end = int(event.at // 3600 * 3600 + 3600)
         pairs = [x for figure, value in sums.items() if value for x in (row + SEP + figure, value)]
-        added = await self._add(
-            keys=list(costs_keys(hour_of(event.at))),
-            args=[
-                event.event_id,
-                hour_end + KEEP_DAYS * 86_400,
-                max(hour_end, int(time.time())) + SEEN_S,
-                *pairs,
-            ],
-        )
+        keys = list(costs_keys(hour_of(event.at)))
+        args = [
+            event.event_id,
+            hour_end + KEEP_DAYS * 86_400,
+            max(hour_end, int(time.time())) + SEEN_S,
+            *pairs,
+        ]
+        added = await self._redis.script(self._add, keys, args)
         if added:
             _export(event, self._labels.label(event.tenant))
         return bool(added)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 import math
 
-import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from llmq.pipelined import Pipelined
 from schemas.names import cache_key, claim_key, handed_key, result_key
 from schemas.request import DEFAULT_TENANT
 from schemas.result import ChatCompletion, InferenceResult
@@ -20,17 +20,20 @@ log = logging.getLogger(__name__)
 
 
 class RedisStore:
-    """Both stores degrade rather than fail: with Redis down, requests flow uncached."""
+    """Both stores degrade rather than fail: with Redis down, requests flow uncached. The
+    commands of a cache hit go in the loop turn's pipeline (Pipelined)."""
 
-    def __init__(self, client: aioredis.Redis, cache_ttl_s: int, result_ttl_s: int) -> None:
-        self._redis = client
+    def __init__(self, redis: Pipelined, cache_ttl_s: int, result_ttl_s: int) -> None:
+        self._pipelined = redis
+        self._redis = redis.client
         self._cache_ttl_s = cache_ttl_s
         self._result_ttl_s = result_ttl_s
 
     async def cached(self, fingerprint: str) -> ChatCompletion | None:
         """The cached answer for this fingerprint, or None (a miss, or Redis unavailable)."""
         try:
-            raw = await self._redis.get(cache_key(fingerprint))
+            key = cache_key(fingerprint)
+            raw = await self._pipelined.run(lambda pipe: pipe.get(key))
         except RedisError as exc:
             log.warning("response cache unavailable, treating as a miss: %s", exc)
             return None
@@ -45,9 +48,9 @@ class RedisStore:
     async def cache(self, fingerprint: str, response: ChatCompletion) -> None:
         """Keep an answer for identical requests."""
         try:
-            await self._redis.set(
-                cache_key(fingerprint), response.model_dump_json(), ex=self._cache_ttl_s
-            )
+            key, value = cache_key(fingerprint), response.model_dump_json()
+            ttl_s = self._cache_ttl_s
+            await self._pipelined.run(lambda pipe: pipe.set(key, value, ex=ttl_s))
         except RedisError as exc:
             log.warning("response cache unavailable, answer not cached: %s", exc)
 
@@ -96,12 +99,10 @@ class RedisStore:
         if result.correlation_id is None:
             return result
         try:
-            first = await self._redis.set(
-                result_key(result.tenant or DEFAULT_TENANT, result.correlation_id),
-                result.model_dump_json(),
-                ex=self._result_ttl_s,
-                nx=True,
-                get=True,
+            key = result_key(result.tenant or DEFAULT_TENANT, result.correlation_id)
+            value, ttl_s = result.model_dump_json(), self._result_ttl_s
+            first = await self._pipelined.run(
+                lambda pipe: pipe.set(key, value, ex=ttl_s, nx=True, get=True)
             )
         except RedisError as exc:
             log.warning("result store unavailable; result only on the reply topic: %s", exc)

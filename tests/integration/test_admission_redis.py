@@ -16,6 +16,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from llmq.pipelined import Pipelined
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import InferenceResult
@@ -293,7 +294,7 @@ def test_the_result_store_keeps_the_first_result_and_hands_it_back(redis_port: i
     other = InferenceResult(correlation_id="c-1", tenant="zeta", status="ok")
 
     async def body(client: aioredis.Redis) -> list[InferenceResult]:
-        store = RedisStore(client, cache_ttl_s=60, result_ttl_s=60)
+        store = RedisStore(Pipelined(client), cache_ttl_s=60, result_ttl_s=60)
         return [await store.keep_result(r) for r in (first, second, other)]
 
     kept = run_async(redis_port, body)

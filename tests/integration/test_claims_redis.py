@@ -10,6 +10,7 @@ import logging
 import pytest
 import redis.asyncio as aioredis
 
+from llmq.pipelined import Pipelined
 from schemas.names import claim_key
 from schemas.work import CLAIM_TTL_S
 from streams.store import RedisStore
@@ -20,7 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 def _sides(client: aioredis.Redis) -> tuple[RedisStore, Claims]:
-    return RedisStore(client, cache_ttl_s=60, result_ttl_s=60), Claims(client)
+    return RedisStore(Pipelined(client), cache_ttl_s=60, result_ttl_s=60), Claims(client)
 
 
 def test_the_first_claim_wins_and_each_side_may_claim_again(redis_port: int) -> None:

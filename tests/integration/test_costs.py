@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from llmq.cli import main
+from llmq.pipelined import Pipelined
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.names import costs_keys
@@ -80,7 +81,7 @@ EVENTS = [
 def filled(redis_url: str) -> str:
     async def fill() -> list[bool]:
         client = aioredis.Redis.from_url(redis_url)
-        rollups = CostRollups(client)
+        rollups = CostRollups(Pipelined(client))
         added = [await rollups.add(e) for e in EVENTS]
         added += await asyncio.gather(*(rollups.add(e.model_copy()) for e in EVENTS))
         await client.aclose()

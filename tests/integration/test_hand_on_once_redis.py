@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from llmq.pipelined import Pipelined
 from schemas.catalog import Catalog
 from schemas.names import REDIS_HANDED_PREFIX, REQUESTS_KEYED, WORK_PREFIX
 from schemas.tenants import TenantLimits, TenantPolicy
@@ -62,7 +63,7 @@ class Harness:
 
     def __init__(self, client: aioredis.Redis, catalog: Catalog, ledger: Ledger | None) -> None:
         self.send = FakeSend()
-        store = RedisStore(client, cache_ttl_s=60, result_ttl_s=60)
+        store = RedisStore(Pipelined(client), cache_ttl_s=60, result_ttl_s=60)
         outbox = Outbox(store, self.send, ledger)
         retry = StreamSettings().retry_policy()
         self.stages: Stages = build_stages(catalog, outbox, Coalescer({}, stale_after_s=600), retry)

@@ -19,6 +19,7 @@ from kafka import KafkaProducer
 
 from llmq.cli import main
 from llmq.client import Client, tail
+from llmq.pipelined import Pipelined
 from schemas.errors import ErrorCode
 from schemas.names import REDIS_SEMANTIC_PREFIX, REQUESTS, result_key
 from schemas.result import CacheStatus, InferenceResult
@@ -197,7 +198,7 @@ def test_the_result_store_works_behind_a_redis_password(redis_url: str) -> None:
     async def keep() -> None:
         client: aioredis.Redis = aioredis.Redis.from_url(redis_url, socket_timeout=2)
         try:
-            await RedisStore(client, cache_ttl_s=60, result_ttl_s=60).keep_result(result)
+            await RedisStore(Pipelined(client), cache_ttl_s=60, result_ttl_s=60).keep_result(result)
         finally:
             await client.connection_pool.disconnect()
 

@@ -10,12 +10,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
+from llmq.pipelined import Pipelined
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.tenants import TenantLimits, TenantPolicy, key_hash
@@ -54,10 +57,15 @@ class Counting:
     """Redis whose rollup script counts every event (as the first delivery of each)."""
 
     def register_script(self, script: str) -> Any:
-        async def add(**kwargs: object) -> int:
-            return 1
+        return SimpleNamespace(sha="sha")
 
-        return add
+    def pipeline(self, transaction: bool) -> Any:
+        queued: list[object] = []
+
+        async def execute(raise_on_error: bool) -> list[int]:
+            return [1 for _ in queued]
+
+        return SimpleNamespace(evalsha=lambda *command: queued.append(command), execute=execute)
 
 
 def _event(tenant: str) -> MeteringEvent:
@@ -94,7 +102,8 @@ def _counts() -> list[float]:
 
 
 def test_cost_counters_label_tenants_past_the_limit_other() -> None:
-    rollups = CostRollups(Counting(), TenantLabels({"bound-named"}, 1))  # type: ignore[arg-type]
+    client = cast(aioredis.Redis, Counting())
+    rollups = CostRollups(Pipelined(client), TenantLabels({"bound-named"}, 1))
     before = _counts()
     for tenant in ["bound-first", "bound-second", "bound-third", "bound-named"]:
         assert asyncio.run(rollups.add(_event(tenant)))
