@@ -210,6 +210,14 @@ class InferenceResult(BaseModel):
     finished_at: float = Field(default_factory=time.time)
 
     @property
+    def asked_at(self) -> float:
+        """When its request was made (the app's created_at), where the timings say: the time
+        every answer to one request shares, even one made anew at its own time (a redelivery
+        while the result store was away); else when it was answered."""
+        total_ms = self.timings.total_ms
+        return self.finished_at if total_ms is None else self.finished_at - total_ms / 1000
+
+    @property
     def text(self) -> str | None:
         """The answer's text, or None for an error."""
         if self.response is None or not self.response.choices:

@@ -55,6 +55,17 @@ class _Metered(BaseModel):
     metering: MeteringEvent | None = None
 
 
+class _Route(BaseModel):
+    route: Route
+
+
+class _Routed(BaseModel):
+    """Its work's route, of a completion read where the whole cannot be: the copies that
+    share its failure count in its A/B test's arm."""
+
+    work: _Route
+
+
 class Complete:
     """Turns each completion into the results of the leader and of every coalesced copy.
 
@@ -132,7 +143,7 @@ class Complete:
         if cid is None or why.tenant is None:
             return
         if self._coalescer.leader_id(fingerprint) == cid:
-            failure = replies.from_error(error, cid, why.tenant)
+            failure = replies.from_error(error, cid, why.tenant, route=_route_of(value))
             await fail_followers(self._coalescer, self._outbox, fingerprint, failure)
         else:  # another leads the copies: not handed back to this generation
             self._coalescer.ended(fingerprint, cid)
@@ -319,7 +330,7 @@ class Complete:
         fingerprint = work.fingerprint
         if self._coalescer.leader_id(fingerprint) != work.request.correlation_id:
             return False  # nobody waits on this generation
-        await self._expire_waiters(fingerprint)
+        await self._expire_waiters(fingerprint, work.route)
         waiter = self._coalescer.successor(fingerprint)
         if waiter is None:
             return False
@@ -353,7 +364,9 @@ class Complete:
             # request has its reply).
             if not isinstance(exc, RecordRefusedError):
                 log.exception("the copies of %s lost their new leader", waiter.correlation_id)
-            failure = replies.from_error(failure_of(exc), waiter.correlation_id, waiter.tenant)
+            failure = replies.from_error(
+                failure_of(exc), waiter.correlation_id, waiter.tenant, route=work.route
+            )
             await self._coalescer.settle(
                 fingerprint, [], replies.to_followers(failure), self._outbox.reply_all
             )
@@ -364,13 +377,14 @@ class Complete:
         metrics.REROUTES.labels("promoted").inc()
         return True
 
-    async def _expire_waiters(self, fingerprint: str) -> None:
-        """Copies whose deadline passed while they waited are told so, and leave the list:
-        a generation led anew would answer them late and set its lane by them."""
+    async def _expire_waiters(self, fingerprint: str, route: Route) -> None:
+        """Copies whose deadline passed while they waited are told so (on the `route` of the
+        generation they waited on), and leave the list: a generation led anew would answer
+        them late and set its lane by them."""
         gone = self._coalescer.expired(fingerprint)
         if not gone:
             return
-        await self._outbox.reply_all([(w.reply_to, replies.expired(w)) for w in gone])
+        await self._outbox.reply_all([(w.reply_to, replies.expired(w, route=route)) for w in gone])
         self._coalescer.leave(fingerprint, gone)
 
     async def _answer(self, completion: Completion, *, keep: bool = True) -> None:
@@ -437,6 +451,14 @@ class Complete:
         self._adding.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("the semantic cache did not learn a question: %s", explain(exc))
+
+
+def _route_of(value: bytes | None) -> Route | None:
+    """The route of a completion record that cannot be read whole, where it can be."""
+    try:
+        return _Routed.model_validate_json(value or b"").work.route
+    except ValidationError:
+        return None
 
 
 def _step(work: WorkItem) -> str:

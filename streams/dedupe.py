@@ -217,10 +217,11 @@ class Dedupe:
 async def fail_copies(
     coalescer: Coalescer, outbox: Outbox, work: WorkItem, error: LlmqError
 ) -> None:
-    """Answer the copies waiting on `work` with its failure, and forget the entry (also
-    where they cannot be answered: a leader that will not generate holds no one)."""
+    """Answer the copies waiting on `work` with its failure, on its route (an A/B test
+    counts them in its arm), and forget the entry (also where they cannot be answered: a
+    leader that will not generate holds no one)."""
     request = work.request
-    failure = replies.from_error(error, request.correlation_id, request.tenant)
+    failure = replies.from_error(error, request.correlation_id, request.tenant, route=work.route)
     await fail_followers(coalescer, outbox, work.fingerprint, failure)
 
 

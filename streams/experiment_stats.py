@@ -63,7 +63,7 @@ class ExperimentStats:
         pairs = [
             x for name, value in sums.items() if value for x in (route.arm + SEP + name, value)
         ]
-        hour = hour_of(result.finished_at)
+        hour = hour_of(result.asked_at)  # every answer to the request counts in one hour
         try:
             await self._count(route.experiment, hour, result, pairs)
         except RedisError as exc:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.result import CacheStatus, ChatCompletion, ErrorInfo, InferenceResult, Timings
+from schemas.route import Route
 from schemas.work import Completion, WorkItem
 from streams.coalesce import Reply, Waiter
 
@@ -70,10 +71,11 @@ def for_follower(
 ) -> InferenceResult:
     """The leader's result (answer or error), re-issued to a coalesced follower: as a cache's
     answer where a cache answered the leader, else as coalesced; `expired` where the
-    follower's deadline passed while it waited, as its request promises."""
+    follower's deadline passed while it waited, as its request promises (on the leader's
+    route all the same: see `expired`)."""
     now = time.time() if now is None else now
     if waiter.deadline is not None and waiter.deadline <= now:
-        return expired(waiter, now)
+        return expired(waiter, now, leader.route)
     cached = leader.cache in (CacheStatus.EXACT, CacheStatus.SEMANTIC)
     response = leader.response
     return leader.model_copy(
@@ -93,10 +95,16 @@ def for_follower(
     )
 
 
-def expired(waiter: Waiter, now: float | None = None) -> InferenceResult:
-    """The reply of a follower whose deadline passed while it waited."""
+def expired(
+    waiter: Waiter, now: float | None = None, route: Route | None = None
+) -> InferenceResult:
+    """The reply of a follower whose deadline passed while it waited, on `route`, that of
+    the generation it waited on: an A/B test counts the error in its arm, as it counts
+    the answer of a follower in time."""
     why = LlmqError(ErrorCode.EXPIRED, "the deadline passed while it waited on a copy's generation")
-    return from_error(why, waiter.correlation_id, waiter.tenant, waiter.created_at, now)
+    return from_error(
+        why, waiter.correlation_id, waiter.tenant, waiter.created_at, now, route=route
+    )
 
 
 def _reissued(response: ChatCompletion, correlation_id: str, now: float) -> ChatCompletion:
@@ -109,13 +117,17 @@ def from_error(
     tenant: str | None,
     created_at: float | None = None,
     now: float | None = None,
+    *,
+    route: Route | None = None,
 ) -> InferenceResult:
-    """An error reply."""
+    """An error reply; `route`, where the request had one (a failed generation's, which its
+    copies share), puts the error in its experiment's arm (streams/experiment_stats.py)."""
     now = time.time() if now is None else now
     return InferenceResult(
         correlation_id=correlation_id,
         tenant=tenant,
         status="error",
+        route=route,
         error=ErrorInfo.from_error(error),
         timings=Timings(total_ms=_total_ms(created_at, now)),
         finished_at=now,

@@ -27,7 +27,10 @@ class Savings:
 
 def saved(result: InferenceResult, catalog: Catalog) -> MeteringEvent | None:
     """The event for an answer served without a generation: what the generation behind it
-    cost at its model's prices (as the catalog prices it now); None for any other result."""
+    cost at its model's prices (as the catalog prices it now); None for any other result.
+    It is metered once per request (its event_id), in the hour its request was made: an
+    answer made anew has a time of its own, maybe in the next hour, whose rollup's set of
+    counted events would not know it."""
     response = result.response
     if (
         result.cache is CacheStatus.NONE
@@ -61,5 +64,5 @@ def saved(result: InferenceResult, catalog: Catalog) -> MeteringEvent | None:
         saved_usd=cost,
         experiment=None if result.route is None else result.route.experiment,
         arm=None if result.route is None else result.route.arm,
-        at=result.finished_at,
+        at=result.asked_at,
     )

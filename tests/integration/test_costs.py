@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -14,14 +15,25 @@ import redis.asyncio as aioredis
 
 from llmq.cli import main
 from llmq.pipelined import Pipelined
+from schemas.catalog import Catalog
+from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.metering import MeteringEvent
 from schemas.names import costs_keys
+from schemas.request import InferenceRequest
 from schemas.result import CacheStatus, InferenceResult, Timings
 from schemas.route import Route
+from schemas.work import Completion, WorkItem
+from streams import replies
+from streams.coalesce import Coalescer
+from streams.dedupe import fail_copies
 from streams.experiment_stats import ExperimentStats
+from streams.outbox import Outbox
 from streams.rollups import CostRollups, hour_of, read
+from streams.savings import saved
 from tests.integration.helpers import start_redis, stop_redis
+from tests.unit.stages import FakeSend, FakeStore, admitted, answer, raw_request
+from tools.costs import experiment
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -213,3 +225,108 @@ def test_an_experiments_arms_are_compared_with_intervals(
     assert table[1].split()[:2] == ["arm", "answers"]
     assert table[3].startswith("a ") and table[4].startswith("b ")
     assert main(["costs", "--experiment", "none-such"]) == 1
+
+
+def _db(redis_url: str, db: int) -> str:
+    """Another database of the module's Redis: the reports above read every key of db 0."""
+    return f"{redis_url.rsplit('/', 1)[0]}/{db}"
+
+
+EDGE = NOON + timedelta(hours=3)
+"""An hour's edge: a copy made anew at 14:00:01 of an answer made at 13:59:59."""
+
+
+def _made_anew(result: InferenceResult) -> tuple[InferenceResult, InferenceResult]:
+    """An answer made at 13:59:59 to a request of 13:59:58, and made anew at 14:00:01 (a
+    redelivery while the result store was away): the same request, answered twice."""
+    asked = (EDGE - timedelta(seconds=2)).timestamp()
+
+    def at(finished: datetime) -> InferenceResult:
+        took = Timings(total_ms=(finished.timestamp() - asked) * 1000)
+        return result.model_copy(update={"finished_at": finished.timestamp(), "timings": took})
+
+    return at(EDGE - timedelta(seconds=1)), at(EDGE + timedelta(seconds=1))
+
+
+def test_a_saving_made_anew_in_the_next_hour_counts_once(redis_url: str) -> None:
+    """A cached answer is metered once per request (its event_id), in its request's hour: a
+    copy made anew in the next hour was counted again there, whose set did not know it."""
+    cached = InferenceResult(
+        correlation_id="edge",
+        tenant="edge",
+        status="ok",
+        model_used="smollm2-135m",
+        cache=CacheStatus.EXACT,
+        response=answer("Paris."),
+    )
+    events = [saved(r, Catalog.builtin()) for r in _made_anew(cached)]
+    first, again = (e for e in events if e is not None)
+
+    async def count() -> tuple[list[bool], list[tuple[str, float]]]:
+        client = aioredis.Redis.from_url(_db(redis_url, 1))
+        rollups = CostRollups(Pipelined(client))
+        added = [await rollups.add(e) for e in (first, again, again, first)]
+        hours = [hour_of(r.finished_at) for r in _made_anew(cached)]
+        rows = await read(client, hours)
+        await client.aclose()
+        return added, [(r.hour, r.count) for r in rows]
+
+    added, rows = asyncio.run(count())
+    assert added == [True, False, False, False]
+    assert rows == [(hour_of((EDGE - timedelta(seconds=2)).timestamp()), 1)]
+
+
+def test_an_experiments_answer_made_anew_in_the_next_hour_counts_once(redis_url: str) -> None:
+    first, again = _made_anew(_answer("edge-0", "a", 100.0, 0.01))
+
+    async def count() -> dict[str, dict[str, float]]:
+        client = aioredis.Redis.from_url(_db(redis_url, 2))
+        stats = ExperimentStats(client)
+        for result in (first, again, first):
+            await stats.answered(result)
+        sums = await experiment.read(client, "ab")
+        await client.aclose()
+        return sums
+
+    sums = asyncio.run(count())
+    assert sums["a"]["answers"] == 1 and sums["a"]["cost_usd"] == pytest.approx(0.01)
+
+
+def test_the_copies_of_an_experiments_request_count_in_its_arm_errors_included(
+    redis_url: str,
+) -> None:
+    """A copy answered in time, one whose deadline passed as it waited, and one whose leader
+    failed: each in the leader's arm (the last two dropped out of it: no route). Both
+    coalesced copies count as `cached or coalesced`, the failed one too (its cache outcome,
+    as a copy of a generation's final failure always did); the expired one did not wait
+    its generation out."""
+    route = Route(requested="chat", chain=["small"], experiment="ab", arm="a")
+    lead = admitted(raw_request(cid="lead", temperature=0)).model_copy(update={"route": route})
+    failed = lead.model_copy(
+        update={"request": lead.request.model_copy(update={"correlation_id": "failed"})}
+    )
+
+    def copy(work: WorkItem, cid: str, deadline: float | None = None) -> InferenceRequest:
+        return work.request.model_copy(update={"correlation_id": cid, "deadline": deadline})
+
+    async def count() -> dict[str, float]:
+        client = aioredis.Redis.from_url(_db(redis_url, 3))
+        outbox = Outbox(FakeStore(), FakeSend(), answered=[ExperimentStats(client)])
+        coalescer, fp = Coalescer({}, stale_after_s=600), lead.fingerprint
+        # 1) A leader answered: its copy in time, and one whose deadline passed.
+        assert not coalescer.join(lead.request, fp)
+        assert coalescer.join(copy(lead, "in-time"), fp)
+        assert coalescer.join(copy(lead, "late", deadline=time.time() - 1), fp)
+        done = Completion(work=lead, response=answer("Hi"), timings=Timings(), worker="w")
+        result = replies.from_completion(done)
+        await coalescer.settle(fp, [(None, result)], replies.to_followers(result), outbox.reply_all)
+        # 2) A leader whose handling failed (the Guard answers it): its copy shares that.
+        assert not coalescer.join(failed.request, fp)
+        assert coalescer.join(copy(failed, "failed-copy"), fp)
+        await fail_copies(coalescer, outbox, failed, LlmqError(ErrorCode.ENGINE_ERROR, "boom"))
+        sums = await experiment.read(client, "ab")
+        await client.aclose()
+        return sums["a"]
+
+    arm = asyncio.run(count())
+    assert (arm["answers"], arm["errors"], arm["cached"]) == (4, 2, 2)
