@@ -38,6 +38,25 @@ def test_an_arm_of_one_answer_has_no_cost_interval_and_open_latency_intervals() 
     assert "0.01 [-]" in line and "[0, unbounded]" in line
 
 
+def test_the_cost_interval_does_not_reach_below_zero() -> None:
+    """Nine $0 answers and one $1: Student's t, symmetric about $0.10, ran to -$0.126."""
+    sums = {"answers": 10.0, "cost_usd": 1.0, "cost_usd_squared": 1.0}
+    (report,) = experiment.compare({"a": sums})
+    assert report.cost_interval is not None
+    low, high = report.cost_interval
+    assert low == 0.0 and high == pytest.approx(0.326, abs=1e-3)
+    assert "0.1 [0, 0.326]" in experiment.table([report]).splitlines()[-1]
+
+
+def test_the_cached_share_says_it_counts_coalesced_answers_too() -> None:
+    """The stream processors count an answer served without a generation of its own, from a
+    cache or coalesced, as "cached": the column says so (the sums stored stay readable)."""
+    (report,) = experiment.compare({"a": {"answers": 4.0, "cached": 1.0}})
+    assert report.cached_rate == 0.25
+    head, _, line = experiment.table([report]).splitlines()
+    assert head.endswith("cached or coalesced") and line.endswith("25%")
+
+
 def test_a_p95_of_fewer_than_72_answers_has_no_upper_end() -> None:
     bucket = f"{LATENCY}{latency_bucket(200)}"
     for n, bounded in ((71, False), (72, True)):

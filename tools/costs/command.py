@@ -43,8 +43,8 @@ def register(sub: Any) -> None:
         type=_days,
         help=f"the last N UTC days (default {DAYS}, at most {KEEP_DAYS})",
     )
-    costs.add_argument("--since", type=date.fromisoformat, help="first UTC day, YYYY-MM-DD")
-    costs.add_argument("--until", type=date.fromisoformat, help="last UTC day (default today)")
+    costs.add_argument("--since", type=_day, help="first UTC day, YYYY-MM-DD")
+    costs.add_argument("--until", type=_day, help="last UTC day (default today)")
     costs.add_argument("--tenant", help="only this tenant")
     costs.add_argument(
         "--experiment",
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     now = hour_of(time.time())
     wanted = [hour for hour in hours(first, last) if hour <= now]
     if not wanted:
-        raise ValueError(f"--since {first} is in the future")
+        raise ValueError(f"{_first_day(args, first)} is in the future")
     url = ClientSettings().redis_url
     read_hours = asyncio.run(_rollups(url, lambda client: read(client, wanted)))
     rows = [r for r in read_hours if args.tenant in {None, r.tenant}]
@@ -97,19 +97,30 @@ def _span(args: argparse.Namespace) -> tuple[date, date]:
     be dropped unseen), up to --until."""
     if args.days is not None and args.since is not None:
         raise ValueError("--days and --since both set the first day: give one of them")
-    last = args.until or datetime.now(UTC).date()
+    today = datetime.now(UTC).date()
+    last = args.until or today
     first = args.since or last - timedelta(days=(args.days or DAYS) - 1)
     if first > last:
-        raise ValueError(f"--since {first} is after --until {last}")
-    kept = datetime.now(UTC).date() - timedelta(days=KEEP_DAYS)
+        until = f"--until {last}" if args.until is not None else f"today, {last}"
+        raise ValueError(f"{_first_day(args, first)} is after {until}")
+    kept = today - timedelta(days=KEEP_DAYS)
     # Each hour is a read: a typo's century would be millions of them. And an hour is kept
     # KEEP_DAYS from its end: by now the first hours of day `kept` are gone.
     if first <= kept:
         raise ValueError(
-            f"{first} is not after {kept}: rollups are kept {KEEP_DAYS} days from each hour's "
-            f"end, so the first whole day is {kept + timedelta(days=1)}"
+            f"{_first_day(args, first)} is not after {kept}: rollups are kept {KEEP_DAYS} days "
+            f"from each hour's end, so the first whole day is {kept + timedelta(days=1)}"
         )
     return first, last
+
+
+def _first_day(args: argparse.Namespace, first: date) -> str:
+    """The report's first day in a message, as the options given set it."""
+    if args.since is not None:
+        return f"--since {first}"
+    days = f"--days {args.days}" if args.days is not None else f"{DAYS} days by default"
+    end = f"--until {args.until}" if args.until is not None else "today"
+    return f"the report's first day {first} ({days} to {end})"
 
 
 async def _rollups(url: str, reading: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
@@ -159,9 +170,20 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _day(text: str) -> date:
+    """A UTC day for --since and --until."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
+
+
 def _days(text: str) -> int:
     """A count of days for --days: 1 to KEEP_DAYS."""
-    days = int(text)
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
     if not 1 <= days <= KEEP_DAYS:
         raise argparse.ArgumentTypeError(f"{days} is not a count of days from 1 to {KEEP_DAYS}")
     return days

@@ -30,7 +30,9 @@ LEGACY_OPEN = 120
 class ArmReport:
     """One arm's answers and how they went; no latency where none of its answers was timed,
     no cost interval under two answers. A latency quantile of None with an interval lies
-    above the histogram's last edge: more than the interval's lower end, unbounded."""
+    above the histogram's last edge: more than the interval's lower end, unbounded.
+    `cached_rate` is the share served without a generation of their own: from a cache or
+    coalesced with another request's (the stream processors have always counted both)."""
 
     arm: str
     answers: int
@@ -73,7 +75,7 @@ def _report(arm: str, sums: dict[str, float]) -> ArmReport:
         arm=arm,
         answers=round(n),
         cost_per_request=cost / n if n else 0.0,
-        cost_interval=mean_interval(cost, sums.get("cost_usd_squared", 0.0), n),
+        cost_interval=_cost_interval(cost, sums.get("cost_usd_squared", 0.0), n),
         latency_p50_ms=p50 and p50[0],
         latency_p50_interval=p50 and p50[1],
         latency_p95_ms=p95 and p95[0],
@@ -84,6 +86,13 @@ def _report(arm: str, sums: dict[str, float]) -> ArmReport:
         escalation_interval=wilson(escalated, n),
         cached_rate=sums.get("cached", 0.0) / n if n else 0.0,
     )
+
+
+def _cost_interval(total: float, squares: float, n: float) -> Interval | None:
+    """The interval of the mean cost per request, from 0 at least: no request costs less,
+    where Student's t, symmetric, reaches below 0 (few answers of very uneven cost)."""
+    interval = mean_interval(total, squares, n)
+    return None if interval is None else (max(0.0, interval[0]), interval[1])
 
 
 def _latencies(sums: dict[str, float]) -> tuple[list[float], Sequence[float]]:
@@ -113,7 +122,7 @@ def _quantile(
 def table(reports: Sequence[ArmReport]) -> str:
     """One line per arm; intervals in brackets."""
     head = ["arm", "answers", "USD per request", "latency p50 ms", "latency p95 ms"]
-    head += ["errors", "escalated", "cached"]
+    head += ["errors", "escalated", "cached or coalesced"]
     rows = [
         [
             r.arm,
