@@ -249,11 +249,12 @@ class FrontDoor:
 
     def check_choices(self, call: Call) -> None:
         """A 400 (not retriable, naming `n`) for choices the tenant's rate limits or budget
-        can never admit together: each is a request charged to its buckets, and holding its
-        worst case of the budget, at once, so past them every try would be refused in part (a
-        429 the SDK retries, a budget's told to wait 5 s) after the rest went to the engines.
+        can never admit together: each is a request charged to its buckets (all at once, as
+        one call's: streams.ratelimit), and holding its worst case of the budget, at once, so
+        past them every try would be refused (a budget's in part, told to wait 5 s, which the
+        SDK retries, after the rest went to the engines), here before anything is published.
         One choice over tokens_per_minute or the budget alone is admission's refusal
-        (prompt_too_large, budget_exceeded)."""
+        (invalid_request naming max_tokens, budget_exceeded)."""
         why = self._over_rates(call) or self._over_budget(call)
         if why is not None:
             raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why, param="n"))

@@ -17,7 +17,15 @@ from schemas.catalog import Catalog, ModelSpec, auto_refused
 from schemas.errors import ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.redact import describe, dotted
-from schemas.request import MAX_TOP_LOGPROBS, NAMES, CacheMode, ChatBody, InferenceRequest
+from schemas.request import (
+    MAX_CHOICES,
+    MAX_TOP_LOGPROBS,
+    NAMES,
+    CacheMode,
+    ChatBody,
+    ChoiceOf,
+    InferenceRequest,
+)
 from schemas.result import InferenceResult, TokenLogprob, TopLogprob, Usage
 from schemas.tools import FunctionCall, ToolCall, text_before
 
@@ -49,7 +57,7 @@ PASSED = frozenset(
 )
 """Body fields llmq serves as OpenAI defines them, and vLLM's sampling extensions as vLLM's
 server does."""
-MAX_N = 16
+MAX_N = MAX_CHOICES
 """The most choices one request may ask for (`n`); each is a request of its own."""
 READ_HERE = frozenset(
     {"model", "max_completion_tokens", "n", "stream_options", "service_tier", "modalities"}
@@ -155,8 +163,15 @@ class Call:
         choices differ as OpenAI's do. Greedy ones, seeded or not, are one answer n times
         (the copies coalesce onto one generation: vLLM reads no seed when greedy); unseeded
         sampled ones are sampled apart, the copies kept out of the cache (cache "always"
-        would otherwise serve them the first's)."""
-        first, copies = self.request, [self.request]
+        would otherwise serve them the first's). With n > 1 each names its call (`choice_of`,
+        under the first's id), so that the rate limits admit or refuse the choices together:
+        each admitted alone, the last were refused while the tenant was near its limit, the
+        others charged for a call that failed."""
+        if self.n == 1:
+            return [self.request]
+        call = ChoiceOf(call_id=self.request.correlation_id, n=self.n)
+        first = self.request.model_copy(update={"choice_of": call})
+        copies = [first]
         for i in range(1, self.n):
             body = first.body
             if body.seed is not None and body.temperature != 0.0:

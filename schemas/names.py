@@ -193,6 +193,12 @@ def rate_keys(tenant: str, correlation_id: str) -> tuple[str, str, str]:
     return prefix + "requests", prefix + "tokens", f"{prefix}charged:{correlation_id}"
 
 
+def rate_call_key(tenant: str, call_id: str) -> str:
+    """Rate limits: the outcome of a call of several choices (charged once for all of them,
+    or refused), which its other choices follow."""
+    return f"{REDIS_RATE_PREFIX}{_tenant(tenant)}:call:{call_id}"
+
+
 def readers_key(tenant: str, correlation_id: str) -> str:
     """How many resumed streams of a request are being read now, on any front door: the door
     whose client left cancels the request after the grace time only while none is."""

@@ -62,6 +62,8 @@ MAX_RECORD_BYTES = 450_000
 """The largest request record admitted: its work item, which may also carry the prompt as the
 app sent it (before compression), must fit in Kafka's default 1 MB message."""
 MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 16
+"""The most choices one call may ask for (OpenAI's `n`): each is a request of its own."""
 MAX_TOP_LOGPROBS = 20
 """OpenAI's bound on top_logprobs."""
 MAX_LOGIT_BIAS = 1_024
@@ -454,6 +456,19 @@ def _named(info: ValidationInfo, field: str) -> str:
     return str(context.get(NAMES, {}).get(field, field))
 
 
+class ChoiceOf(Contract):
+    """The call (an HTTP request of `n` choices, the front door's) that a request is one
+    choice of: the call's choices are admitted by the rate limits, or refused, together."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    call_id: Identifier
+    """The call's id, shared by its choices (the front door's: its first choice's
+    correlation id); a call sent again is a new call, under a new id."""
+    n: int = Field(ge=2, le=MAX_CHOICES)
+    """How many choices the call has: each is charged when the first to arrive is."""
+
+
 class InferenceRequest(Contract):
     """What an app publishes on llmq.requests."""
 
@@ -472,6 +487,9 @@ class InferenceRequest(Contract):
     created_at: float = Field(default_factory=time.time, gt=0, le=MAX_UNIX_TIME)
     """When the app sent it (Unix time); end-to-end latency is measured from here."""
     body: ChatBody
+    choice_of: ChoiceOf | None = None
+    """Set on each choice of a call of several (the front door's `n`); None for a lone
+    request."""
 
     @model_validator(mode="after")
     def _one_model(self) -> Self:

@@ -52,11 +52,14 @@ class TenantLimits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     requests_per_minute: PerMinute = None
-    """Requests admitted per minute. A token bucket of this size refilled continuously at
-    this rate per minute, so a quiet tenant may burst up to a minute's worth at once."""
+    """A bucket of requests: it holds this many and refills continuously at this many a
+    minute; each request takes one (a call of n choices n, at once). The rate over minutes,
+    not a cap per minute: a full bucket admits this many at once and then its refill, up to
+    about twice this many within one 60 s window."""
     tokens_per_minute: PerMinute = None
-    """Estimated tokens (prompt + max_tokens) admitted per minute, as a bucket like the above.
-    A request estimated above it can never be served and is refused outright."""
+    """A bucket like the above of estimated tokens (prompt + max_tokens), each request's
+    taken in full when admitted. A request (or a call's choices together) estimated above it
+    never fits and is refused outright (invalid_request)."""
     budget_usd: Usd = None
     """USD a tenant may spend per `budget_period`, as metered; 0 suspends the tenant."""
     budget_period: BudgetPeriod = "day"

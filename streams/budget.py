@@ -232,7 +232,7 @@ class Budgets:
                     "refuse then (budget_when_unavailable = refuse)",
                     retry_after_s=RETRY_WHILE_HELD_S,
                 ) from exc
-            log.warning("budgets unavailable, admitting tenant %s unchecked: %s", tenant, exc)
+            log.warning("budgets unavailable, admitting tenant %s unchecked: %r", tenant, exc)
             return None
         if not int(admitted):
             raise _exceeded(

@@ -51,8 +51,9 @@ class TenantGate:
 
     async def check(self, work: WorkItem) -> WorkItem:
         """Raise RATE_LIMITED or BUDGET_EXCEEDED (with retry_after_s) when it must wait; an
-        admitted request holds its worst-case cost until it is answered. Returns the work to
-        send on: a request of a tenant with a budget that names no deadline gets one, its
+        admitted request holds its worst-case cost until it is answered; the choices of a call
+        of several (`choice_of`) pass the rate limits together (RateLimiter.check). Returns the
+        work to send on: a request of a tenant with a budget that names no deadline gets one, its
         hold's life (budget.HOLD_S), so that it is not generated after its hold lapsed (the
         budget would have admitted others into that room)."""
         request = work.request
@@ -81,6 +82,7 @@ class TenantGate:
                 request.body.estimated_tokens(),
                 request_id=request.correlation_id,
                 fingerprint=work.fingerprint,
+                call=request.choice_of,
             )
         except LlmqError:
             # Only a hold placed now: one an earlier record of this id placed is its request's,

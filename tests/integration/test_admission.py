@@ -59,7 +59,7 @@ def test_a_tenant_over_its_rate_limit_is_told_which_limit_and_when_to_retry(
         assert result.error is not None
         assert result.error.code is ErrorCode.RATE_LIMITED
         assert result.error.retriable
-        assert "3 requests per minute" in result.error.message
+        assert "requests_per_minute is a bucket of 3," in result.error.message
         assert result.error.retry_after_s is not None and 0 < result.error.retry_after_s <= 60
 
 

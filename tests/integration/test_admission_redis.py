@@ -79,7 +79,8 @@ def test_requests_bucket_refuses_with_the_right_wait_and_refills(
         assert refusal.code is ErrorCode.RATE_LIMITED and refusal.retriable
         assert refusal.retry_after_s is not None and 0 < refusal.retry_after_s <= 0.5
         assert re.fullmatch(
-            r"tenant acme is over its 120 requests per minute; retry in 0\.[1-5] s",
+            r"tenant acme has too few requests left for this request: its requests_per_minute "
+            r"is a bucket of 120, refilled at 120 a minute; retry in 0\.[1-5] s",
             refusal.message,
         )
         await asyncio.sleep(refusal.retry_after_s)
@@ -119,8 +120,8 @@ def test_tokens_bucket_is_independent_and_refills_continuously(
         # 100 missing at 1000/60 per second: 6 s.
         assert refusal.retry_after_s == 6.0
         assert refusal.message == (
-            "tenant acme is over its 1000 tokens per minute (this request needs about 500); "
-            "retry in 6.0 s"
+            "tenant acme has too few tokens left for this request (about 500 tokens): its "
+            "tokens_per_minute is a bucket of 1000, refilled at 1000 a minute; retry in 6.0 s"
         )
         assert _levels(sync) == (599, 400)  # plenty of requests left: only tokens refuse
         assert await _outcome(limiter, "acme", limits, 500, now=NOW + 5.9) is not None
@@ -140,7 +141,7 @@ def test_a_refused_request_consumes_neither_bucket(redis_port: int, sync: redis.
         assert _levels(sync) == (1, 100)
         # The tokens bucket refuses: the requests bucket keeps its last request.
         tokens_refusal = await _outcome(limiter, "acme", limits, 500)
-        assert tokens_refusal is not None and "tokens per minute" in tokens_refusal.message
+        assert tokens_refusal is not None and "tokens_per_minute" in tokens_refusal.message
         assert _levels(sync) == (1, 100)
         assert await _outcome(limiter, "acme", limits, 100) is None
         assert _levels(sync) == (0, 0)
@@ -148,7 +149,7 @@ def test_a_refused_request_consumes_neither_bucket(redis_port: int, sync: redis.
         state = sync.hgetall("llmq:rate:{acme}:tokens")
         requests_refusal = await _outcome(limiter, "acme", limits, 0, now=NOW + 15)
         assert requests_refusal is not None and requests_refusal.retry_after_s == 15.0
-        assert "2 requests per minute" in requests_refusal.message
+        assert "requests_per_minute is a bucket of 2," in requests_refusal.message
         assert await _outcome(limiter, "acme", limits, 250, now=NOW + 15) is not None
         assert sync.hgetall("llmq:rate:{acme}:tokens") == state  # timestamps included
         assert await _outcome(limiter, "acme", limits, 500, now=NOW + 30) is None
@@ -168,7 +169,7 @@ def test_the_longer_wait_is_reported_when_both_buckets_refuse(redis_port: int) -
             assert await _outcome(limiter, "acme", limits, 0) is None
         refusal = await _outcome(limiter, "acme", limits, 10)
         assert refusal is not None and refusal.retry_after_s == 10.0
-        assert "60 tokens per minute" in refusal.message
+        assert "tokens_per_minute is a bucket of 60," in refusal.message
 
     run_async(redis_port, body)
 
@@ -280,12 +281,16 @@ def _checks_during(outage: signal.Signals) -> None:
 def test_redis_down_or_hung_admits_with_a_warning(
     outage: signal.Signals, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """SIGSTOP leaves a Redis that holds its connections but never answers."""
+    """SIGSTOP leaves a Redis that holds its connections but never answers: the warnings
+    name the check's TimeoutError, whose text is empty (it read "unchecked: ")."""
     with caplog.at_level(logging.WARNING):
         _checks_during(outage)
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("rate limits unavailable, admitting tenant acme") for m in messages)
-    assert any(m.startswith("budgets unavailable, admitting tenant acme") for m in messages)
+    for what in ("rate limits", "budgets"):
+        warned = [m for m in messages if m.startswith(f"{what} unavailable, admitting tenant acme")]
+        assert warned, messages
+        if outage is signal.SIGSTOP:
+            assert f"{what} unavailable, admitting tenant acme unchecked: TimeoutError()" in warned
 
 
 def test_the_result_store_keeps_the_first_result_and_hands_it_back(redis_port: int) -> None:

@@ -5,9 +5,11 @@ budget_unavailable with its Retry-After, and the key checked before input_items'
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -20,6 +22,7 @@ from schemas.errors import ErrorCode, LlmqError
 from schemas.request import InferenceRequest
 from schemas.result import ErrorInfo, InferenceResult
 from schemas.tenants import TenantPolicy, key_hash, new_key
+from streams.ratelimit import RateLimiter
 
 MODEL = Catalog.builtin().default
 KEY = new_key()
@@ -121,6 +124,37 @@ def test_choices_the_limits_can_admit_together_pass_the_door(
     _check(door, 2, 2000)
     with pytest.raises(ApiError):
         _check(door, 6, 16)
+
+
+def test_a_request_over_tokens_per_minute_is_no_context_length_exceeded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Admission's refusal of a request larger than the tenant's whole tokens bucket reached
+    HTTP clients as OpenAI's context_length_exceeded: apps that trim the conversation on
+    that code trimmed it and sent it again, refused again."""
+    limits = TenantPolicy.model_validate({"default": LIMITS}).limits("default")
+
+    async def admission() -> LlmqError:
+        client: aioredis.Redis = aioredis.Redis(port=1)  # never reached: no wait would help
+        try:
+            await RateLimiter(client).check(
+                "default", limits, 1201, request_id="c-1", fingerprint="fp"
+            )
+        except LlmqError as refused:
+            return refused
+        finally:
+            await client.connection_pool.disconnect()
+        raise AssertionError("admitted")
+
+    refusal = ErrorInfo.from_error(asyncio.run(admission()))
+    http = TestClient(_app(monkeypatch, Client(refusal)), raise_server_exceptions=False)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1200}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["type"]) == ("invalid_request", "invalid_request_error")
+    assert "at most 1000 tokens per minute (tokens_per_minute)" in error["message"]
+    assert response.headers["x-should-retry"] == "false"
 
 
 def test_a_tenant_without_limits_may_ask_for_every_choice() -> None:

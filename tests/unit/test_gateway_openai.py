@@ -26,7 +26,7 @@ from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
 from schemas.fingerprint import fingerprint
 from schemas.lanes import Lane
-from schemas.request import CacheMode, ChatMessage
+from schemas.request import CacheMode, ChatMessage, ChoiceOf, InferenceRequest
 from schemas.result import (
     CacheStatus,
     ChatCompletion,
@@ -205,6 +205,18 @@ def test_n_choices_are_requests_of_their_own_seeded_apart() -> None:
     assert call.requests is copies  # made once per call
     one = _read()
     assert one.requests == [one.request]
+
+
+def test_each_choice_names_its_call_for_admission_together() -> None:
+    """The rate limits charge a call's choices once, or refuse them together, by its id and
+    its n, which travel in each choice's record; a lone request's record is as it was."""
+    call = _read(n=3, temperature=0.8)
+    cid = call.request.correlation_id
+    assert {r.choice_of for r in call.requests} == {ChoiceOf(call_id=cid, n=3)}
+    read = [InferenceRequest.model_validate_json(r.record()) for r in call.requests]
+    assert [r.choice_of for r in read] == [ChoiceOf(call_id=cid, n=3)] * 3
+    one = _read()
+    assert one.request.choice_of is None and b"choice_of" not in one.request.record()
 
 
 def test_n_answers_are_one_completion_with_their_usage_summed() -> None:
