@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from schemas.metering import MeteringEvent
-from schemas.request import ChatMessage, InferenceRequest
+from schemas.request import ChatBody, ChatMessage, InferenceRequest
 from schemas.result import ChatCompletion, ErrorInfo, Timings
 from schemas.route import Route
 
@@ -31,6 +31,18 @@ class UnsureAnswer(BaseModel):
     """The catalog model that answered (the result's model_used)."""
     response: ChatCompletion
     mean_logprob: float | None = None
+
+
+class CascadeBody(ChatBody):
+    """A request's body asking for logprobs that llmq wants, not its app: the cascade's
+    confidence signal (WorkItem.may_escalate), which the worker asks its engine for. An engine
+    whose server refuses them leaves them out: the answer, without a mean logprob, stands."""
+
+    @classmethod
+    def of(cls, body: ChatBody) -> CascadeBody:
+        """`body`, asking for logprobs (its values are valid already)."""
+        values = {**dict(body), "logprobs": True}
+        return cls.model_construct(body.model_fields_set | {"logprobs"}, **values)
 
 
 PROGRESS = re.compile(r"llmq-progress/1 read=(\d+) running=(\d+)")
@@ -72,14 +84,16 @@ class WorkItem(BaseModel):
     uncompressed: list[ChatMessage] | None = None
     """The app's messages, when prompt compression changed them (for tokens-saved metering)."""
     attempt: int = Field(default=1, ge=1)
-    """Which attempt at a generation this is: retries of a failed one count up from 1."""
+    """Which attempt at a generation this is: retries of a failed one count up from 1, and
+    start at 1 again on another model (a fallback, an escalation)."""
     not_before: float | None = None
     """A retry's backoff: the worker starts it no earlier than this Unix time."""
     first_failed_at: float | None = None
-    """When the stream processor read its first failed attempt (streams/retries.py): the
-    retry budget counts from here, not from admission, so that the hours a batch-lane item
-    may queue are not spent from it. None until then, and in a record of a writer before it.
-    Not in the fingerprint."""
+    """Where the retry budget counts from (streams/retries.py): when the stream processor read
+    the first failed attempt, moved on by the time each retry since waited for a worker (its
+    Timings.queue_ms), so that neither admission nor the hours a batch-lane item queues, first
+    or between attempts, are spent from it. None until then, after a fallback (another model's
+    retries have their own), and in a record of a writer before it. Not in the fingerprint."""
     sent_at: float | None = None
     """When the stream processor last sent it to a work topic (Outbox.work): a retry, a
     fallback, an escalation or a promotion is sent again, while admitted_at stays the
@@ -91,6 +105,12 @@ class WorkItem(BaseModel):
     """An earlier generation of it streamed pieces (Completion.streamed), which its client
     may have shown: only a generation that would say the same may answer it (a retry of a
     deterministic request on the same model), however its later attempts fail."""
+    may_escalate: bool | None = None
+    """Whether its answer may escalate (streams.router.may_escalate): only then does the worker
+    ask the engine for logprobs the app did not ask for (CascadeBody). Set where the stream
+    processor hands it to another model; None where it has not (a cascading route starts
+    below its top tier), and in a record of a writer before it: any cascading route with a
+    model left. Not in the fingerprint."""
     unsure: UnsureAnswer | None = None
     """Set on an escalation: the unsure answer it replaces, which answers the request (and
     its copies) where the escalation ends expired or fails for good (streams/complete.py).

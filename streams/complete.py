@@ -29,7 +29,7 @@ from streams.guard import Guard, failure_of
 from streams.outbox import Outbox
 from streams.refusals import Refusals
 from streams.retries import final_failure, retry_of
-from streams.router import next_route
+from streams.router import may_escalate, next_route
 from streams.salvage import work_requester
 from streams.semantic import semantic_key
 
@@ -237,9 +237,10 @@ class Complete:
         """Send the work on when the answer is too unsure (cascade) or the model failed
         (fallback) and the request is still wanted, to a model a worker serves
         (_next_route); when another attempt at the same model may succeed (retry, perhaps
-        on another replica); or when its client left while copies wait (promote). True if
-        it was. An escalation carries the answer it replaces (WorkItem.unsure), which stands
-        where the escalation ends without one (_unsure_instead).
+        on another replica); or when its client left, or its deadline passed or ruled out
+        the fallback or retry, while copies wait (promote). True if it was. An escalation
+        carries the answer it replaces (WorkItem.unsure), which stands where the escalation
+        ends without one (_unsure_instead).
 
         A generation whose pieces were streamed (or an earlier one's: WorkItem.shown) is
         taken over only by one that would say the same, a retry of a deterministic request
@@ -257,25 +258,38 @@ class Complete:
         if may_have and await store.handed_on(request.tenant, request.correlation_id, _step(work)):
             return True
         shown = completion.streamed or work.shown
+        taken = await self._taken_over(completion, shown)
+        if taken is not None:
+            await self._send_on(work, *taken)
+            return True
+        return await self._promote(completion, shown)
+
+    async def _taken_over(self, completion: Completion, shown: bool) -> tuple[WorkItem, str] | None:
+        """The work that takes the generation over, and how (escalated, fell_back, retried),
+        while its request's deadline lets it; None when none may (_hand_on). Another model's
+        attempts and retry budget are its own."""
+        work = completion.work
         route = None if shown or work.request.expired() else await self._next_route(completion)
         if route is not None:
             rerouted = work.model_copy(
                 update={
                     "model": route.current,
                     "route": route,
+                    "attempt": 1,
+                    "first_failed_at": None,
+                    "not_before": None,
+                    "may_escalate": may_escalate(route, self._catalog),
                     "spent_usd": completion.spent_usd,
                     "unsure": _unsure_of(completion) or work.unsure,
                 }
             )
-            await self._send_on(work, rerouted, "escalated" if route.escalated else "fell_back")
-            return True
+            return rerouted, "escalated" if route.escalated else "fell_back"
         same = not shown or work.request.body.deterministic
         retry = retry_of(completion, self._retry) if same else None
-        if retry is not None:
-            retried = retry.model_copy(update={"spent_usd": completion.spent_usd, "shown": shown})
-            await self._send_on(work, retried, "retried")
-            return True
-        return await self._promote(completion)
+        if retry is None:
+            return None
+        retried = retry.model_copy(update={"spent_usd": completion.spent_usd, "shown": shown})
+        return retried, "retried"
 
     async def _send_on(self, work: WorkItem, item: WorkItem, how: str) -> None:
         """Send `item` to take over the generation of `work`, once however often its
@@ -317,22 +331,27 @@ class Complete:
         else:
             log.info("no worker serves %s: failures fall back past it", model)
 
-    async def _promote(self, completion: Completion) -> bool:
+    async def _promote(self, completion: Completion, shown: bool) -> bool:
         """A generation whose client went away (cancelled) or whose deadline passed while
-        copies wait on it: the request gets its reply, copies past their own deadline are
-        told so, and the copy whose deadline comes last (Coalescer.successor) leads a new
-        generation that answers it and the rest. True if one did."""
+        copies wait on it, or whose fallback or retry its own deadline alone ruled out: the
+        request gets its reply, copies past their own deadline are told so, and the copy
+        whose deadline comes last (Coalescer.successor) leads a new generation (that fallback
+        or retry, under its deadline) that answers it and the rest. True if one did."""
         error, work = completion.error, completion.work
-        if error is None or error.code not in _ENDED_FOR_ITS_OWN or not work.request.cacheable:
+        if error is None or not work.request.cacheable:
             return False
-        if error.code is ErrorCode.EXPIRED and work.unsure is not None:
+        if error.code is not ErrorCode.CANCELLED and work.unsure is not None:
             return False  # the unsure answer it carries answers the copies too (_unsure_instead)
         fingerprint = work.fingerprint
         if self._coalescer.leader_id(fingerprint) != work.request.correlation_id:
             return False  # nobody waits on this generation
-        await self._expire_waiters(fingerprint, work.route)
+        # The copy whose deadline comes last, expired or not: the one that leads where any may.
         waiter = self._coalescer.successor(fingerprint)
-        if waiter is None:
+        ended = error.code in _ENDED_FOR_ITS_OWN
+        taken = None if waiter is None else await self._taken_by(completion, waiter, shown)
+        if ended or taken is not None:
+            await self._expire_waiters(fingerprint, work.route)
+        if waiter is None or taken is None:
             return False
         await self._outbox.reply(work.request.reply_to, replies.from_completion(completion))
         lane, deadline = shared_terms(
@@ -351,14 +370,11 @@ class Complete:
         promoted = {
             "request": request,
             "admitted_at": time.time(),
-            "attempt": 1,
-            "not_before": None,
-            "first_failed_at": None,  # its retries' budget: the first leader's was spent
             "spent_usd": 0.0,
             "speculation": None,
         }
         try:
-            await self._outbox.work(work.model_copy(update=promoted))
+            await self._outbox.work(taken.model_copy(update=promoted))
         except Exception as exc:
             # Past what its lane's topic takes, or not sent: the copies get why (the first
             # request has its reply).
@@ -376,6 +392,25 @@ class Complete:
         self._coalescer.promote(fingerprint, waiter, lane)
         metrics.REROUTES.labels("promoted").inc()
         return True
+
+    async def _taken_by(
+        self, completion: Completion, waiter: Waiter, shown: bool
+    ) -> WorkItem | None:
+        """The work `waiter` would lead in place of the generation, within its own deadline:
+        anew where that one ended for its own request (cancelled, expired; its retries'
+        budget was spent), else the fallback or retry its own deadline ruled out; None when
+        none may."""
+        work = completion.work
+        mine = work.request.model_copy(update={"deadline": waiter.deadline})
+        if completion.error is not None and completion.error.code in _ENDED_FOR_ITS_OWN:
+            fresh = {"attempt": 1, "not_before": None, "first_failed_at": None}
+            return None if mine.expired() else work.model_copy(update=fresh)
+        own = work.request.deadline
+        if own is None or (mine.deadline is not None and mine.deadline <= own):
+            return None  # its deadline is no later: what ruled the hand-on out rules it out too
+        theirs = completion.model_copy(update={"work": work.model_copy(update={"request": mine})})
+        taken = await self._taken_over(theirs, shown)
+        return None if taken is None else taken[0]
 
     async def _expire_waiters(self, fingerprint: str, route: Route) -> None:
         """Copies whose deadline passed while they waited are told so (on the `route` of the

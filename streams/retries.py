@@ -15,17 +15,22 @@ def retry_of(
     """The next attempt at a failed generation, or None when the failure is final.
 
     Only retriable failures are tried again, and only while the policy allows another
-    attempt (its budget counted from the first failure, stamped on the retry as
-    WorkItem.first_failed_at: not from admission, which may be long before, in a queue)
-    that can start before the request's deadline. A failure the engine already retried is
-    final here: retries do not stack.
+    attempt that can start before the request's deadline. Its budget counts the time from
+    the first failure on, less the time each retry waited in its queue for a worker (the
+    clock is carried on the retry as WorkItem.first_failed_at, moved on by each retry's
+    Timings.queue_ms): a queue's wait, before the first attempt or behind a batch lane's
+    backlog, is not time spent retrying. A failure the engine already retried is final
+    here: retries do not stack.
     """
     error = completion.error
     if error is None or not error.retriable or completion.engine_retried:
         return None
     now = time.time() if now is None else now
     work = completion.work
-    first_failed_at = now if work.first_failed_at is None else work.first_failed_at
+    if work.first_failed_at is None:
+        first_failed_at = now
+    else:
+        first_failed_at = work.first_failed_at + (completion.timings.queue_ms or 0.0) / 1000
     delay = policy.delay(work.attempt, now - first_failed_at, error.retry_after_s)
     if delay is None:
         return None

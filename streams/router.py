@@ -343,17 +343,24 @@ def next_route(
         if completion.error.code not in FALLBACK_CODES:
             return None
         return _fall_back(route, catalog, unserved, failed=True)
-    following = catalog.get(route.remaining[0]) if route.remaining else None
-    if following is None or following.name in unserved:
-        return None  # the chain is done, or its next model left the catalog or has no worker
-    serving = catalog.get(route.current)
+    if route.remaining and route.remaining[0] in unserved:
+        return None  # its next model has no worker
     unsure = (
         completion.mean_logprob is not None
         and completion.mean_logprob < catalog.routing.escalate_below
     )
-    if route.cascade and unsure and (serving is None or following.tier > serving.tier):
-        return route.advance(escalated=True)
-    return None
+    return route.advance(escalated=True) if unsure and may_escalate(route, catalog) else None
+
+
+def may_escalate(route: Route, catalog: Catalog) -> bool:
+    """Whether an unsure answer of the route's current model escalates (`next_route`): the
+    route cascades and its next model, still in the catalog, is of a higher tier. Only then
+    is the engine asked for logprobs the app did not ask for (WorkItem.may_escalate)."""
+    following = catalog.get(route.remaining[0]) if route.remaining else None
+    if not route.cascade or following is None:
+        return False  # no cascade, or the chain is done, or its next model left the catalog
+    serving = catalog.get(route.current)
+    return serving is None or following.tier > serving.tier
 
 
 def _fall_back(

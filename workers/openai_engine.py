@@ -22,6 +22,7 @@ from schemas.request import CHARS_PER_TOKEN, ChatBody, ChatMessage, tokens_in
 from schemas.result import TokenLogprob
 from schemas.retry import RetryPolicy
 from schemas.tools import Tool, tool_dicts
+from schemas.work import CascadeBody
 from workers.breaker import CircuitBreaker
 from workers.engine import EngineStep
 
@@ -46,6 +47,8 @@ _UNSUPPORTED = "unsupported_parameter"
 _MAX_TOKENS, _MAX_COMPLETION_TOKENS = "max_tokens", "max_completion_tokens"
 """The answer's length limit under its old name (vLLM's /completions, many servers) and its
 new one, which OpenAI's reasoning models require in a chat request."""
+_LOGPROBS = "logprobs"
+"""Left out once refused where llmq asked for it (CascadeBody), not the app."""
 _DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
 """OpenAI's defaults of the sampling fields every request holds. Sent even at these values:
 vLLM's server fills a field left out from the model's generation_config.json (its default
@@ -112,7 +115,8 @@ class OpenAIEngine:
     A field the server refuses (OpenAI's reasoning models: max_tokens, top_p, the penalties)
     is left out from then on where the request held its default (max_tokens is renamed
     max_completion_tokens), and the request sent again at once: one refusal per field and
-    worker start, with nothing to set in the catalog.
+    worker start, with nothing to set in the catalog. So are logprobs that llmq asked for
+    itself (a cascade's signal, CascadeBody): the answer comes without them, and stands.
     """
 
     def __init__(
@@ -258,6 +262,13 @@ class OpenAIEngine:
             ) from exc
         return delay
 
+    def timed_out(self) -> None:
+        """The worker cut a generation at timeout_s before the server sent anything: the
+        server hangs, a failure for the breaker (a probe cut so opens it again). The call's
+        own end, cancelled, is no verdict: so ends one whose app left, or answered
+        elsewhere."""
+        self._breaker.failure(f"no answer in {self._spec.timeout_s:g}s (timeout_s)")
+
     def prompt_tokens(
         self, messages: list[ChatMessage], tools: list[Tool] | None = None
     ) -> int | None:
@@ -296,11 +307,13 @@ class OpenAIEngine:
         self, refused: _RefusedFieldError, payload: dict[str, Any], body: ChatBody, priority: int
     ) -> dict[str, Any]:
         """The payload without the field the server refused (remembered for the next ones):
-        max_tokens in a chat request (renamed), a sampling field at its default; else the
-        request's fault, INVALID_REQUEST."""
+        max_tokens in a chat request (renamed), a sampling field at its default, logprobs
+        that llmq asked for (CascadeBody); else the request's fault, INVALID_REQUEST."""
         param = refused.param
         if param == _MAX_TOKENS:
             fits = _MAX_TOKENS in payload and not body.raw_prompt
+        elif param == _LOGPROBS:
+            fits = isinstance(body, CascadeBody)  # llmq's, not the app's: its answer stands
         else:
             fits = param in _DEFAULTS and payload.get(param) == _DEFAULTS[param]
         if not fits:
@@ -336,12 +349,13 @@ class OpenAIEngine:
             as_json = {"type": "json_schema", "json_schema": {"name": "calls", "schema": calls}}
         tools = tool_dicts(body.tools)
         bias = body.logit_bias
+        asked = body.logprobs and not (_LOGPROBS in self._refused and isinstance(body, CascadeBody))
         if body.raw_prompt:  # text completions: `logprobs` is the number of likeliest tokens
             payload["prompt"] = body.messages[0].content
-            logprobs = {"logprobs": (body.top_logprobs or 0) if body.logprobs else None}
+            logprobs = {_LOGPROBS: (body.top_logprobs or 0) if asked else None}
         else:
             payload["messages"] = [m.model_dump() for m in body.messages]
-            logprobs = {"logprobs": body.logprobs or None, "top_logprobs": body.top_logprobs}
+            logprobs = {_LOGPROBS: asked or None, "top_logprobs": body.top_logprobs}
         optional = {  # sent only when set (ignore_eos and priority: vLLM's server takes them)
             "stop": body.stop or None,
             "seed": body.seed,

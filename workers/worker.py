@@ -22,7 +22,7 @@ import time
 import uuid
 from contextlib import suppress
 from functools import partial
-from typing import TypeAlias
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -36,7 +36,7 @@ from schemas.errors import FALLBACK_CODES, ErrorCode, LlmqError
 from schemas.lanes import Lane
 from schemas.redact import describe
 from schemas.request import ChatBody
-from schemas.work import Completion, WorkItem
+from schemas.work import CascadeBody, Completion, WorkItem
 from workers import metrics
 from workers.cancels import Cancellations, cancel_error
 from workers.claims import Claim
@@ -57,6 +57,15 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 POLL_TIMEOUT_MS = 100
 """The longest one fetch waits for records; also how soon a stop request is noticed."""
+
+
+@runtime_checkable
+class Judged(Protocol):
+    """An engine whose server a circuit breaker judges (OpenAIEngine)."""
+
+    def timed_out(self) -> None:
+        """The worker cut a generation at the model's timeout_s before any step came."""
+        ...
 
 
 class Worker:
@@ -453,7 +462,9 @@ class Worker:
         return None
 
     def _cut_short(self, state: InFlight, by_deadline: bool) -> LlmqError:
-        """Why a generation's timer fired: a cancellation, the deadline, or the timeout."""
+        """Why a generation's timer fired: a cancellation, the deadline, or the timeout. One
+        cut at the timeout before any step came is the server's failure, which the engine's
+        breaker is told of (Judged): its call, cut, ends as one whose app left does."""
         cancel = self._cancellations.stopping(state.work)
         if cancel is not None:
             return cancel_error(cancel, f"after {state.completion_tokens} tokens")
@@ -463,6 +474,8 @@ class Worker:
                 "the deadline passed during the generation, which was aborted after "
                 f"{state.completion_tokens} tokens",
             )
+        if not state.text and isinstance(self._engine, Judged):
+            self._engine.timed_out()
         return LlmqError(
             ErrorCode.ENGINE_TIMEOUT,
             f"the generation ran past {self._spec.timeout_s:g}s ({self._spec.name}'s "
@@ -471,12 +484,14 @@ class Worker:
 
     @staticmethod
     def _body(work: WorkItem) -> ChatBody:
-        """The body for the engine: a cascade escalates on the answer's mean logprob, so the
-        engine is asked for them."""
+        """The body for the engine: an answer that may escalate (WorkItem.may_escalate; in a
+        record without it, one of a cascading route with a model left) escalates on its mean
+        logprob, so the engine is asked for them (CascadeBody)."""
         body = work.request.body
-        if work.route.cascade and work.route.remaining and not body.logprobs:
-            return body.model_copy(update={"logprobs": True})
-        return body
+        escalates = work.may_escalate
+        if escalates is None:
+            escalates = work.route.cascade and bool(work.route.remaining)
+        return CascadeBody.of(body) if escalates and not body.logprobs else body
 
     def _fail(self, error: BaseException) -> None:
         """An unexpected error stops the worker (the first one is raised by `run`)."""

@@ -15,12 +15,16 @@ from schemas.retry import RetryPolicy
 from schemas.work import Completion, WorkItem
 from streams.retries import final_failure, retry_of
 from tests.unit.clock import Clock
-from tests.unit.stages import Pipeline, admitted, completion, raw_request, result_of
+from tests.unit.stages import TIERED, Pipeline, admitted, completion, raw_request, result_of
 from workers.breaker import CircuitBreaker
 from workers.inflight import InFlight
 
 NOW = 1_000_000.0
 POLICY = RetryPolicy(max_attempts=3, base_delay_s=1.0, budget_s=300.0, uniform=lambda: 0.0)
+
+
+RAN = Timings(queue_ms=0.0, engine_ms=1000.0)
+"""An attempt that started as soon as it was sent."""
 
 
 def _failed(code: ErrorCode = ErrorCode.ENGINE_ERROR, **work: object) -> Completion:
@@ -89,11 +93,25 @@ def test_the_budget_counts_from_the_first_failure_not_from_admission() -> None:
     queued = _failed(admitted_at=NOW - 600)
     first = retry_of(queued, POLICY, now=NOW)
     assert first is not None and first.first_failed_at == NOW
-    again = _failed(attempt=2, first_failed_at=NOW - 290)
+    again = _failed(attempt=2, first_failed_at=NOW - 290).model_copy(update={"timings": RAN})
     second = retry_of(again, POLICY, now=NOW)
     assert second is not None and second.first_failed_at == NOW - 290, "not stamped anew"
     spent = _failed(attempt=2, first_failed_at=NOW - POLICY.budget_s)
     assert retry_of(spent, POLICY, now=NOW) is None
+
+
+def test_the_time_a_retry_queues_is_not_spent_from_its_budget() -> None:
+    """A batch-lane retry waits behind the lane's backlog, hours perhaps: only the time from
+    the first failure less each retry's wait in its queue counts (WorkItem.first_failed_at)."""
+    first = retry_of(_failed(), POLICY, now=NOW)
+    assert first is not None and first.first_failed_at == NOW
+    two_hours = Timings(queue_ms=7_200_000.0, engine_ms=1000.0)
+    later = Completion.model_validate_json(completion(first, None))
+    second = retry_of(later.model_copy(update={"timings": two_hours}), POLICY, now=NOW + 7201)
+    assert second is not None and second.attempt == 3
+    assert second.first_failed_at == NOW + 7200, "its clock moved on by the wait"
+    slow = Timings(queue_ms=7_200_000.0 - POLICY.budget_s * 1000, engine_ms=1000.0)
+    assert retry_of(later.model_copy(update={"timings": slow}), POLICY, now=NOW + 7201) is None
 
 
 def test_the_first_failure_is_written_only_once_it_happened() -> None:
@@ -202,3 +220,20 @@ def test_the_stage_retries_on_the_same_model_then_dead_letters_and_answers() -> 
     result = result_of(reply)
     assert result.error is not None
     assert result.error.message == "failed after 3 attempts: boom"
+
+
+def test_a_fallback_after_retries_starts_its_own_attempts_and_retry_budget() -> None:
+    """Another model: its engine's failures are its own to retry, and to count."""
+    harness = Pipeline(catalog=TIERED)
+    data = json.loads(raw_request(temperature=0)) | {"model": "small"}
+    harness.on_request(None, json.dumps(data).encode())
+    [sent] = harness.send.sent
+    harness.send.sent.clear()
+    retried = WorkItem.model_validate_json(sent.value).model_copy(
+        update={"attempt": 2, "first_failed_at": time.time() - 60, "not_before": time.time()}
+    )
+    harness.on_completion(completion(retried, None))
+    [sent] = harness.send.sent
+    assert sent.topic == "llmq.work.backup.interactive"
+    fallback = WorkItem.model_validate_json(sent.value)
+    assert (fallback.attempt, fallback.first_failed_at, fallback.not_before) == (1, None, None)
