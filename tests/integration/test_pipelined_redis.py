@@ -135,3 +135,64 @@ def test_with_redis_away_every_caller_is_told() -> None:
         assert all(isinstance(o, RedisConnectionError) for o in outcomes), outcomes
 
     asyncio.run(main())
+
+
+def test_an_argument_redis_cannot_take_fails_only_its_own_caller(redis_port: int) -> None:
+    """redis-py checks arguments' types only as it sends the pipeline: one caller's None
+    failed every command of its turn."""
+
+    async def main(client: aioredis.Redis) -> None:
+        pipelined = Pipelined(client)
+        await client.set("k", "v")
+        calls = [
+            pipelined.run(_get("k")),
+            pipelined.run(lambda pipe: pipe.set("x", None)),  # type: ignore[arg-type]
+            pipelined.run(lambda pipe: pipe.incr("n-arg")),
+        ]
+        value, refused, counted = await asyncio.gather(*calls, return_exceptions=True)
+        assert (value, counted) == (b"v", 1)
+        assert isinstance(refused, DataError)
+
+    _run(main, redis_port)
+
+
+def test_a_command_given_as_none_or_two_is_refused_to_its_caller_alone(redis_port: int) -> None:
+    """Its replies were given to the callers after it, or they waited for ever."""
+
+    async def main(client: aioredis.Redis) -> None:
+        pipelined = Pipelined(client)
+        await client.set("k", "v")
+        calls = [
+            pipelined.run(lambda pipe: (pipe.set("t", 1), pipe.get("t"))),
+            pipelined.run(_get("k")),
+            pipelined.run(lambda pipe: None),
+            pipelined.run(lambda pipe: pipe.incr("n-two")),
+        ]
+        async with asyncio.timeout(5):
+            two, value, none, counted = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(two, TypeError) and isinstance(none, TypeError)
+        assert (value, counted) == (b"v", 1)
+        assert not await client.exists("t")
+
+    _run(main, redis_port)
+
+
+def test_a_batch_whose_send_was_cancelled_before_it_began_leaves_no_one_waiting(
+    redis_port: int,
+) -> None:
+    """At the loop's close every task is cancelled, the batch's too, maybe before its first
+    step: its callers waited for ever, and so did every later one."""
+
+    async def main(client: aioredis.Redis) -> None:
+        pipelined = Pipelined(client)
+        await client.set("k", "v")
+        caller = asyncio.ensure_future(pipelined.run(_get("k")))
+        await asyncio.sleep(0)  # the caller has given its command; its batch is not sent
+        (sending,) = pipelined._sending
+        sending.cancel()
+        async with asyncio.timeout(5):
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+            assert await pipelined.run(_get("k")) == b"v"
+
+    _run(main, redis_port)
