@@ -60,12 +60,17 @@ class Counting:
         return SimpleNamespace(sha="sha")
 
     def pipeline(self, transaction: bool) -> Any:
-        queued: list[object] = []
+        queued: list[tuple[tuple[object, ...], dict[str, object]]] = []
 
         async def execute(raise_on_error: bool) -> list[int]:
             return [1 for _ in queued]
 
-        return SimpleNamespace(evalsha=lambda *command: queued.append(command), execute=execute)
+        return SimpleNamespace(
+            command_stack=queued,
+            connection_pool=SimpleNamespace(get_encoder=lambda: SimpleNamespace(encode=str)),
+            evalsha=lambda *command: queued.append((command, {})),
+            execute=execute,
+        )
 
 
 def _event(tenant: str) -> MeteringEvent:
