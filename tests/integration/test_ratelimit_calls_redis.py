@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from gateway.openai import read_call
 from schemas.catalog import Catalog
 from schemas.errors import ErrorCode, LlmqError
+from schemas.names import rate_keys
 from schemas.request import ChoiceOf
 from schemas.tenants import TenantLimits, TenantPolicy
 from streams.admit import parse, route
@@ -30,9 +31,9 @@ PER_SECOND = TenantLimits(requests_per_minute=60)
 N = 8
 
 
-def _level(sync: redis.Redis, bucket: str = "requests") -> float:
-    """What tenant acme's `bucket` holds as last written."""
-    return float(cast("bytes", sync.hget(f"llmq:rate:{{acme}}:{bucket}", "level")))
+def _level(sync: redis.Redis, bucket: int = 0) -> float:
+    """What tenant acme's bucket (0: requests, 1: tokens) holds as last written."""
+    return float(cast("bytes", sync.hget(rate_keys("acme", "")[bucket], "level")))
 
 
 async def _outcome(
@@ -118,14 +119,14 @@ def test_a_calls_tokens_are_charged_once_for_every_choice(
     async def body(client: aioredis.Redis) -> None:
         limiter = RateLimiter(client)
         assert await _call(limiter, "a", NOW, limits=limits, tokens=200, n=4) == [None] * 4
-        assert _level(sync, "tokens") == 200
+        assert _level(sync, 1) == 200
         refused = await _call(limiter, "b", NOW, limits=limits, tokens=200, n=4)
         # 600 missing at 1000/60 a second: 36 s, for every choice.
         assert {None if r is None else r.retry_after_s for r in refused} == {36.0}
         assert refused[0] is not None and "(about 800 tokens)" in refused[0].message
-        assert _level(sync, "tokens") == 200
+        assert _level(sync, 1) == 200
         assert await _call(limiter, "c", NOW + 36, limits=limits, tokens=200, n=4) == [None] * 4
-        assert _level(sync, "tokens") == pytest.approx(0, abs=1e-6)
+        assert _level(sync, 1) == pytest.approx(0, abs=1e-6)
 
     run_async(redis_port, body)
 
