@@ -94,14 +94,15 @@ class ResponseEvents:
             done, message = self._message_done(status, [])
             events += done
             output.append(message)
-        for index, call in enumerate(made, start=len(output)):
-            item = call_item(call, status)
-            where = {"item_id": item["id"], "output_index": index}
+        for number, call in enumerate(made):
+            index, item_id = len(output), self.echo.call_item_id(number)
+            item = call_item(call, item_id, status)
+            where = {"item_id": item_id, "output_index": index}
             events += [
                 self._event(
                     "response.output_item.added",
                     output_index=index,
-                    item=call_item(call, "in_progress", ""),
+                    item=call_item(call, item_id, "in_progress", ""),
                 ),
                 self._event(
                     "response.function_call_arguments.delta", **where, delta=item["arguments"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.response_store import RESPONSE_ID, ResponseStore
-from gateway.response_tools import call_item
+from gateway.response_tools import CALL_ITEM_ID, call_item
 from schemas.errors import ErrorCode, LlmqError
 from schemas.request import MAX_MESSAGES
 from schemas.tools import ToolCall
@@ -25,10 +25,11 @@ MESSAGE_ID = "msg_"
 async def referenced(store: ResponseStore, tenant: str, data: object) -> object:
     """The body with each `item_reference` input item replaced by the tenant's stored output
     item it names (the Vercel AI SDK sends earlier answers so while `store` is on): an id
-    `msg_<cid>` names the message of response `resp_<cid>`, any other (a call's `fc_...`, which
-    names no response) an item of a response that another reference names; one of the
-    response `previous_response_id` continues is left out (the conversation holds it).
-    LlmqError (400, param `input[i].id`) for an id naming no such item."""
+    `msg_<cid>` names the message of response `resp_<cid>`, `fc_<cid>_<n>` its nth call, any
+    other (an older door's `fc_...`, which names no response) an item of a response that
+    another reference names; one of the response `previous_response_id` continues is left
+    out (the conversation holds it). LlmqError (400, param `input[i].id`) for an id naming
+    no such item."""
     given = data.get("input") if isinstance(data, dict) else None
     if not isinstance(data, dict) or not isinstance(given, list):
         return data
@@ -37,12 +38,8 @@ async def referenced(store: ResponseStore, tenant: str, data: object) -> object:
         for index, item in enumerate(given)
         if isinstance(item, dict) and item.get("type") == REFERENCE
     }
-    named = {
-        f"{RESPONSE_ID}{i.removeprefix(MESSAGE_ID)}"
-        for i in ids.values()
-        if isinstance(i, str) and i.startswith(MESSAGE_ID)
-    }
-    if len(named) > MAX_MESSAGES:  # each is a message: refused once read, so fetch none
+    named = {r for i in ids.values() if isinstance(i, str) and (r := _response_of(i))}
+    if len(named) > MAX_MESSAGES:  # each adds a message: refused once read, so fetch none
         why = f"input references more than the {MAX_MESSAGES} messages a request holds"
         raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="input")
     outputs = await store.outputs(tenant, sorted(named))
@@ -57,14 +54,23 @@ async def referenced(store: ResponseStore, tenant: str, data: object) -> object:
         elif not isinstance(item_id, str) or item_id not in found:
             why = (
                 f"no stored item {item_id!r:.80} for this tenant: an item_reference names an "
-                "output item of a stored response by its id (msg_..., or a call's fc_... along "
-                "with a reference to that response's message); a response answered with store "
-                "false, deleted or past its retention is not stored"
+                "output item of a stored response by its id (msg_..., a call's fc_...); a "
+                "response answered with store false, deleted or past its retention is not stored"
             )
             raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"input[{index}].id")
         else:
             items[index] = found[item_id]
     return {**data, "input": [item for item in items if item is not None]} if ids else data
+
+
+def _response_of(item_id: str) -> str | None:
+    """The response an output item's id names: `resp_<cid>` of its message `msg_<cid>` or its
+    call `fc_<cid>_<n>`; None for an older door's call, `fc_<the call's digest>`."""
+    if item_id.startswith(MESSAGE_ID):
+        return f"{RESPONSE_ID}{item_id.removeprefix(MESSAGE_ID)}"
+    named, _, number = item_id.removeprefix(CALL_ITEM_ID).rpartition("_")
+    called = item_id.startswith(CALL_ITEM_ID) and named and number.isdigit()
+    return f"{RESPONSE_ID}{named}" if called else None
 
 
 def input_items(response_id: str, conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -93,16 +99,17 @@ def page(
     or an item it does not know."""
     if not 1 <= limit <= MAX_LIMIT:
         why = f"limit must be an integer from 1 to {MAX_LIMIT}"
-        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="limit")
     if order not in ORDERS:
-        raise LlmqError(ErrorCode.INVALID_REQUEST, f"order must be one of {', '.join(ORDERS)}")
+        why = f"order must be one of {', '.join(ORDERS)}"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="order")
     ordered = items if order == "asc" else items[::-1]
     start = 0
     if after is not None:
         ids = [item["id"] for item in ordered]
         if after not in ids:
             why = f"after names no input item of this response: {after!r}"
-            raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="after")
         start = ids.index(after) + 1
     data = ordered[start : start + limit]
     return {
@@ -123,7 +130,7 @@ def _message(role: str, text: str) -> dict[str, Any]:
 
 
 def _call(call: dict[str, Any]) -> dict[str, Any]:
-    return {**call_item(ToolCall.model_validate(call), "completed"), "id": "fc"}
+    return call_item(ToolCall.model_validate(call), "fc", "completed")
 
 
 def _output(message: dict[str, Any]) -> dict[str, Any]:

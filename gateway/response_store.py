@@ -52,9 +52,11 @@ class ResponseStore:
     async def keep(self, tenant: str, kept: Kept) -> None:
         """Store a response under its id, for the retention time: its object with the ids of
         the responses it continues, its output items beside it (`outputs`) and its turn; the
-        turns it continues are kept as long again, as long as their newest response. Where
-        one of those went meanwhile (past its retention while this one was generated), this
-        one keeps the whole conversation as its turn."""
+        responses it continues are kept as long again, each whole (object, output items and
+        turn: one whose turn a conversation holds can still be fetched and deleted), as long
+        as their newest response. Where the turn of one of those went meanwhile (past its
+        retention while this one was generated), this one keeps the whole conversation as
+        its turn."""
         chain = list(kept.turns[:-1])
         renewed = await self._keep(tenant, kept.response, chain, kept.start, kept.messages)
         if not all(renewed):
@@ -68,8 +70,8 @@ class ResponseStore:
         start: int,
         messages: list[dict[str, Any]],
     ) -> list[bool]:
-        """Write the response and its turn (`messages` from `start`); whether each turn of
-        the `chain` was there to renew."""
+        """Write the response and its turn (`messages` from `start`), renewing each response
+        of the `chain` whole; whether each one's turn was there to renew."""
         response_id = response["id"]
         value = json.dumps({"response": response, "chain": chain})
         turn = json.dumps({"at": start, "messages": messages[start:]})
@@ -79,9 +81,10 @@ class ResponseStore:
             pipe.set(response_output_key(tenant, response_id), output, ex=self._retention_s)
             pipe.set(response_turn_key(tenant, response_id), turn, ex=self._retention_s)
             for continued in chain:
-                pipe.expire(response_turn_key(tenant, continued), self._retention_s)
+                for key in (response_turn_key, response_key, response_output_key):
+                    pipe.expire(key(tenant, continued), self._retention_s)
             _, _, _, *renewed = await pipe.execute()
-        return [bool(found) for found in renewed]
+        return [bool(found) for found in renewed[::3]]  # each one's turn, renewed first
 
     async def outputs(
         self, tenant: str, response_ids: list[str]
@@ -145,16 +148,15 @@ class ResponseStore:
     async def delete(self, tenant: str, response_id: str) -> bool:
         """Forget the response, its output items, its turn (the responses continuing it can
         be continued no more) and its request's result (GET /v1/results/{id} read the answer
-        on for a day); whether there was one (the output items and result go even if not: an
-        older door's delete left its output items). The turn of one past its retention,
-        which later responses kept, stays with them: a 404 cuts no conversation."""
+        on for a day); whether there was one, its object or its turn (the output items and
+        result go even if not: an older door's delete left its output items). An older door
+        renewed the turns of the responses continued without their objects: such a turn,
+        its object past its retention, is deleted too, and counts as the response."""
         async with self._redis.pipeline(transaction=True) as pipe:  # one slot: {tenant}
-            pipe.delete(response_key(tenant, response_id))
+            pipe.delete(response_key(tenant, response_id), response_turn_key(tenant, response_id))
             pipe.delete(
                 response_output_key(tenant, response_id),
                 result_key(tenant, response_id.removeprefix(RESPONSE_ID)),
             )
             deleted, _ = await pipe.execute()
-        if deleted:
-            await self._redis.delete(response_turn_key(tenant, response_id))
         return bool(deleted)

@@ -14,13 +14,17 @@ FUNCTION_FIELDS = ("name", "description", "parameters", "strict")
 """A function tool's fields, flat in this API, under `function` in chat's."""
 NAMED_CHOICE = '{"type": "function", "name": ...}'
 """A tool_choice naming a function, as this API takes it."""
+CALL_ITEM_ID = "fc_"
+"""How the id of a response's `function_call` item begins: `fc_<cid>_<n>`, its nth call
+(call_item_id)."""
 
 
 def chat_tools(data: dict[str, Any]) -> dict[str, Any]:
     """The body's tools, tool_choice and parallel_tool_calls as chat's fields."""
     tools = data.get("tools", [])
     if not isinstance(tools, list):
-        raise LlmqError(ErrorCode.INVALID_REQUEST, "tools must be a list of function tools")
+        why = "tools must be a list of function tools"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="tools")
     choosing = ("tool_choice", "parallel_tool_calls")
     fields: dict[str, Any] = {k: data[k] for k in choosing if k in data}
     if tools:
@@ -30,7 +34,7 @@ def chat_tools(data: dict[str, Any]) -> dict[str, Any]:
         named = choice.get("type") == "function" and set(choice) == {"type", "name"}
         if not named or not isinstance(choice["name"], str):
             why = f"tool_choice names a function as {NAMED_CHOICE}"
-            raise LlmqError(ErrorCode.UNSUPPORTED, why)
+            raise LlmqError(ErrorCode.UNSUPPORTED, why, param="tool_choice")
         fields["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     return fields
 
@@ -63,19 +67,19 @@ def tool_message(
             f"input.{index}: a {item['type']} names its call: call_id, "
             f"1 to {MAX_CALL_ID_CHARS} characters"
         )
-        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"input[{index}].call_id")
     made = {c["id"] for m in messages for c in m.get("tool_calls") or []}
     if item["type"] == "function_call_output":
         output = item.get("output")
         if not isinstance(output, str | list):
             why = f"input.{index}.output must be a string or a list of text parts"
-            raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"input[{index}].output")
         if call_id not in made:
             why = (
                 f"input.{index}: no function_call before it has call_id {call_id!r} (an "
                 "output answers a call of the response continued, or of an item before it)"
             )
-            raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"input[{index}].call_id")
         return {"role": "tool", "tool_call_id": call_id, "content": output}
     call = _chat_call(call_id, *_called(index, item))
     if call_id in made:
@@ -83,7 +87,7 @@ def tool_message(
             f"input.{index}: the call {call_id} is in the conversation already (the response "
             "continued made it, or an item before): send only its output"
         )
-        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"input[{index}].call_id")
     if messages and messages[-1]["role"] == "assistant":
         last = messages[-1]
         last["tool_calls"] = [*(last.get("tool_calls") or []), call]
@@ -97,26 +101,43 @@ def _called(index: int, item: dict[str, Any]) -> tuple[str, str]:
     name, arguments = item.get("name"), item.get("arguments")
     if not isinstance(name, str) or not re.fullmatch(FUNCTION_NAME, name):
         why = f"input.{index}.name must be a function's name (letters, digits, _ and -, at most 64)"
-        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"input[{index}].name")
     if not isinstance(arguments, str) or len(arguments) > MAX_ARGUMENTS_CHARS:
         why = (
             f"input.{index}.arguments must be a string, the call's arguments as JSON, "
             f"at most {MAX_ARGUMENTS_CHARS} characters"
         )
-        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"input[{index}].arguments")
     return name, arguments
 
 
-def call_items(calls: list[dict[str, Any]], status: str) -> list[dict[str, Any]]:
-    """An answer's tool calls (chat's, as dicts) as `function_call` output items."""
-    return [call_item(ToolCall.model_validate(call), status) for call in calls]
+def call_item_id(correlation_id: str, number: int) -> str:
+    """The id of the `function_call` item of the `number`th call (from 0) of the response to
+    the request of that correlation id, resp_<cid>: it names that response, where an
+    item_reference to it alone finds it (the call's own id, a digest of the conversation,
+    names none)."""
+    return f"{CALL_ITEM_ID}{correlation_id}_{number}"
 
 
-def call_item(call: ToolCall, status: str, arguments: str | None = None) -> dict[str, Any]:
-    """A call as a `function_call` item (its `arguments` so far, when not all of them)."""
+def call_items(
+    calls: list[dict[str, Any]], status: str, correlation_id: str
+) -> list[dict[str, Any]]:
+    """An answer's tool calls (chat's, as dicts) as the `function_call` output items of the
+    response to the request of that correlation id."""
+    return [
+        call_item(ToolCall.model_validate(call), call_item_id(correlation_id, number), status)
+        for number, call in enumerate(calls)
+    ]
+
+
+def call_item(
+    call: ToolCall, item_id: str, status: str, arguments: str | None = None
+) -> dict[str, Any]:
+    """A call as a `function_call` item of that id (its `arguments` so far, when not all of
+    them)."""
     return {
         "type": "function_call",
-        "id": f"fc_{call.id.removeprefix('call_')}",
+        "id": item_id,
         "call_id": call.id,
         "name": call.function.name,
         "arguments": call.function.arguments if arguments is None else arguments,
@@ -138,17 +159,18 @@ def assistant_of(output: list[dict[str, Any]]) -> dict[str, Any]:
 def _function(index: int, tool: object) -> dict[str, Any]:
     """A function tool (the body's `index`th) as chat's."""
     if not isinstance(tool, dict):
-        raise LlmqError(ErrorCode.INVALID_REQUEST, "each tool must be an object")
+        why = "each tool must be an object"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"tools[{index}]")
     if tool.get("type") != "function":
         why = f"tools of type {tool.get('type')!r} are not served: llmq serves function tools"
-        raise LlmqError(ErrorCode.UNSUPPORTED, why)
+        raise LlmqError(ErrorCode.UNSUPPORTED, why, param=f"tools[{index}].type")
     if "function" in tool:
         why = (
             f"tools.{index}: a function tool of this API is flat, "
             '{"type": "function", "name": ..., "parameters": ...}, not under "function" as '
             "in chat completions"
         )
-        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"tools[{index}].function")
     return {"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}}
 
 

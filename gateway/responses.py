@@ -28,6 +28,7 @@ from gateway.response_items import REFERENCE
 from gateway.response_store import RESPONSE_ID, Kept
 from gateway.response_tools import (
     assistant_of,
+    call_item_id,
     call_items,
     chat_tools,
     echoed_tools,
@@ -87,8 +88,12 @@ class Echo:
 
     @property
     def item_id(self) -> str:
-        """The id of the answer's one output item, its message."""
+        """The id of the answer's message, an output item."""
         return f"msg_{self.correlation_id}"
+
+    def call_item_id(self, number: int) -> str:
+        """The id of the output item of the answer's `number`th call (from 0)."""
+        return call_item_id(self.correlation_id, number)
 
 
 @dataclass(frozen=True)
@@ -139,12 +144,14 @@ def read_response_call(
     field is one not given."""
     data = given_fields(data)
     _check_fields(data)
+    _check_strict(data)
     if history is None:
         _check_alone(data)
         history = []
     instructions = data.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
-        raise LlmqError(ErrorCode.INVALID_REQUEST, "instructions must be a string")
+        why = "instructions must be a string"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="instructions")
     system = [] if not instructions else [{"role": "system", "content": instructions}]
     conversation, items = _messages(data.get("input"), history)
     _check_length(len(history), len(items), len(system))
@@ -174,8 +181,9 @@ def read_response_call(
         )
     except LlmqError as exc:
         raise _renamed(exc, _Names(len(system), len(history), items)) from None
-    named = ("instructions", "max_output_tokens", "top_logprobs", "previous_response_id")
+    named = ("instructions", "top_logprobs", "previous_response_id")
     asked = {k: data.get(k) for k in named}
+    asked["max_output_tokens"] = call.request.body.max_tokens  # the one used: 256 if not given
     asked.update(metadata=data.get("metadata", {}), text={"format": fmt}, **echoed_tools(data))
     asked.update((k, getattr(call.request.body, k)) for k in SAMPLING)
     store = data.get("store", True)
@@ -281,14 +289,14 @@ def _check_alone(data: dict[str, Any]) -> None:
     items = given if isinstance(given, list) else []
     if "previous_response_id" in data:
         why = "previous_response_id is not served in a batch: each line stands alone"
-    elif any(isinstance(item, dict) and item.get("type") == REFERENCE for item in items):
-        why = (
-            f"input items of type {REFERENCE!r} are not served in a batch: each line stands "
-            "alone and cannot reference stored items; send the items themselves"
-        )
-    else:
-        return
-    raise LlmqError(ErrorCode.UNSUPPORTED, why)
+        raise LlmqError(ErrorCode.UNSUPPORTED, why, param="previous_response_id")
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("type") == REFERENCE:
+            why = (
+                f"input items of type {REFERENCE!r} are not served in a batch: each line "
+                "stands alone and cannot reference stored items; send the items themselves"
+            )
+            raise LlmqError(ErrorCode.UNSUPPORTED, why, param=f"input[{index}].type")
 
 
 def _check_fields(data: dict[str, Any]) -> None:
@@ -299,13 +307,26 @@ def _check_fields(data: dict[str, Any]) -> None:
             "llmq serves text and function-call responses (no reasoning, no conversation "
             "objects); "
             f"unsupported field(s): {', '.join(unknown)}",
+            param=unknown[0],
         )
     for name, served in SERVED_ONLY.items():
         if name in data and data[name] not in served:
             why = (
                 f"{name} {data[name]!r} is not served: llmq takes {' or '.join(map(repr, served))}"
             )
-            raise LlmqError(ErrorCode.UNSUPPORTED, why)
+            raise LlmqError(ErrorCode.UNSUPPORTED, why, param=name)
+
+
+def _check_strict(data: dict[str, Any]) -> None:
+    """`stream` a boolean and `max_output_tokens` an integer of at least 1, as OpenAI takes
+    them: chat's reader took "true" or 1 for true, and true or "5" for a number, which the
+    response echoed as given."""
+    if not isinstance(data.get("stream", False), bool):
+        raise LlmqError(ErrorCode.INVALID_REQUEST, "stream must be a boolean", param="stream")
+    most = data.get("max_output_tokens", 1)
+    if isinstance(most, bool) or not isinstance(most, int) or most < 1:
+        why = "max_output_tokens must be an integer of at least 1"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="max_output_tokens")
 
 
 def _messages(
@@ -320,14 +341,17 @@ def _messages(
     if isinstance(given, str):
         return [*messages, {"role": "user", "content": given}], [0]
     if not isinstance(given, list) or not given:
-        raise LlmqError(ErrorCode.INVALID_REQUEST, "input must be a string or a list of messages")
+        why = "input must be a string or a list of messages"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="input")
     items: list[int] = []
     for index, item in enumerate(given):
         if not isinstance(item, dict):
-            raise LlmqError(ErrorCode.INVALID_REQUEST, "each input item must be an object")
+            why = "each input item must be an object"
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"input[{index}]")
         made = _message_of(index, item, messages)
         if made is not None:
-            messages.append({**made, "content": _content(made["content"])})
+            where = f"input[{index}].{'output' if made['role'] == 'tool' else 'content'}"
+            messages.append({**made, "content": _content(made["content"], where)})
             items.append(index)
     return messages, items
 
@@ -339,32 +363,35 @@ def _message_of(
     function call that joins the assistant message before it (`messages`' last)."""
     kind = item.get("type", "message")
     if not isinstance(kind, str):  # a list is unhashable: a 500 below
-        raise LlmqError(ErrorCode.INVALID_REQUEST, "an input item's type must be a string")
+        why = "an input item's type must be a string"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"input[{index}].type")
     if kind in TOOL_ITEMS:
         return tool_message(index, item, messages)
     if kind != "message":
-        raise LlmqError(ErrorCode.UNSUPPORTED, f"input items of type {kind!r} are not served")
+        why = f"input items of type {kind!r} are not served"
+        raise LlmqError(ErrorCode.UNSUPPORTED, why, param=f"input[{index}].type")
     role = item.get("role")
     if not isinstance(role, str) or role not in ROLES:
         why = f"input role {role!r} is not served; use {', '.join(sorted(ROLES))}"
-        raise LlmqError(ErrorCode.UNSUPPORTED, why)
+        raise LlmqError(ErrorCode.UNSUPPORTED, why, param=f"input[{index}].role")
     return {"role": role, "content": item.get("content")}
 
 
-def _content(content: object) -> object:
-    """A message's (or a function call output's) content: a string, or its parts of text
-    joined by line breaks (as vLLM joins them)."""
+def _content(content: object, where: str) -> object:
+    """A message's (or a function call output's) content, the body's field `where`: a
+    string, or its parts of text joined by line breaks (as vLLM joins them)."""
     if not isinstance(content, list):
         return content  # a string, or validation names the problem
     texts = []
-    for part in content:
+    for at, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if not isinstance(kind, str) or kind not in TEXT_PARTS:
             why = f"content parts of type {kind!r} are not served; send input_text"
-            raise LlmqError(ErrorCode.UNSUPPORTED, why)
+            raise LlmqError(ErrorCode.UNSUPPORTED, why, param=f"{where}[{at}].type")
         text = part.get("text")
         if not isinstance(text, str):  # reached the model as "None" or "7"
-            raise LlmqError(ErrorCode.INVALID_REQUEST, "a text part's text must be a string")
+            why = "a text part's text must be a string"
+            raise LlmqError(ErrorCode.INVALID_REQUEST, why, param=f"{where}[{at}].text")
         texts.append(text)
     return "\n".join(texts)
 
@@ -372,12 +399,13 @@ def _content(content: object) -> object:
 def _format(text: object) -> dict[str, Any]:
     """The body's `text.format`, checked (plain text when not given), and its verbosity."""
     if not isinstance(text, dict) or not set(text) <= {"format", "verbosity"}:
-        raise LlmqError(ErrorCode.INVALID_REQUEST, "text holds format (and verbosity) only")
+        why = "text holds format (and verbosity) only"
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="text")
     check_verbosity(text.get("verbosity"), "text.verbosity")
     fmt = text.get("format", {"type": "text"})
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
         why = "text.format.type must be text, json_object or json_schema"
-        raise LlmqError(ErrorCode.INVALID_REQUEST, why)
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="text.format.type")
     return fmt
 
 
@@ -401,7 +429,7 @@ def response_of(echo: Echo, results: list[InferenceResult]) -> dict[str, Any]:
     text = choice["message"].get("content") or ""  # with calls, the text before them
     logprobs = (choice.get("logprobs") or {}).get("content") or []  # the text's alone
     output = [] if calls and not text else [message_item(echo, status, [text_part(text, logprobs)])]
-    output += call_items(calls, status)
+    output += call_items(calls, status, echo.correlation_id)
     usage = _usage(body.get("usage"))
     answer = response_body(
         echo,

@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
 
 from gateway import metrics, sse
 from gateway.door import AWAY_RETRY_S, ApiError, FrontDoor, Tenant, json_body
@@ -89,11 +90,31 @@ async def responses(request: Request) -> Response:
     return await _complete(request, _read_response)
 
 
+@router.post("/v1/responses/input_tokens")
+@router.post("/v1/responses/compact")
+async def unserved_response_endpoint() -> Response:
+    """OpenAI's token count and compaction, which llmq does not serve: the router's 404, as
+    any endpoint llmq does not offer (app._not_routed), not the 405 of the path's match
+    with /v1/responses/{response_id}."""
+    raise HTTPException(404)
+
+
 @router.get("/v1/responses/{response_id}")
-async def stored_response(response_id: str, request: Request) -> dict[str, Any]:
-    """A stored response, as it was answered (one continuing a deleted one too)."""
+async def stored_response(
+    response_id: str, request: Request, *, stream: bool = False
+) -> dict[str, Any]:
+    """A stored response, as it was answered (one continuing a deleted one too). `stream`
+    (OpenAI's, for a background response's events) is refused: llmq answers no response in
+    the background, and a stream of JSON yielded no event, silently."""
     door = _door(request)
-    response = await door.responses.response(door.tenant(request), response_id)
+    tenant = door.tenant(request)
+    if stream:
+        why = (
+            "stream true is not served: llmq serves no background responses, so a stored "
+            "response is whole; retrieve it without stream"
+        )
+        raise ApiError(LlmqError(ErrorCode.UNSUPPORTED, why, param="stream"))
+    response = await door.responses.response(tenant, response_id)
     if response is None:
         raise _no_response(response_id)
     return response
@@ -366,7 +387,7 @@ async def _read_response(door: FrontDoor, request: Request) -> Call:
         return _call(door, request, read_response_call, tenant, data)
     if not isinstance(previous, str):
         why = "previous_response_id must be a string, the id of a stored response"
-        raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why))
+        raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why, param="previous_response_id"))
     try:
         kept = await door.responses.get(tenant, previous)
     except TurnGoneError as exc:

@@ -255,13 +255,14 @@ def batch_keys(batch_id: str) -> dict[str, str]:
 
 def response_key(tenant: str, response_id: str) -> str:
     """Responses API: a stored response -> its object and the ids of the responses it
-    continues (JSON; an older front door's: its whole conversation instead), per tenant."""
+    continues (JSON; an older front door's: its whole conversation instead), per tenant; kept
+    as long as its turn (response_turn_key)."""
     return f"{REDIS_RESPONSE_PREFIX}{_tenant(tenant)}:{response_id}"
 
 
 def response_output_key(tenant: str, response_id: str) -> str:
-    """Responses API: a stored response's output items (JSON), kept beside it, so that an
-    input item referencing one reads them without the whole conversation."""
+    """Responses API: a stored response's output items (JSON), kept beside it as long, so
+    that an input item referencing one reads them without the whole conversation."""
     return f"{REDIS_RESPONSE_OUTPUT_PREFIX}{_tenant(tenant)}:{response_id}"
 
 

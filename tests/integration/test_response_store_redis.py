@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.app import build
-from gateway.response_store import Kept, ResponseStore
+from gateway.response_store import Kept, ResponseStore, TurnGoneError
 from gateway.responses import read_response_call, response_of
 from gateway.settings import GatewaySettings
 from schemas.catalog import Catalog
@@ -78,7 +78,8 @@ def test_output_items_whose_response_an_older_door_deleted_are_not_served(
     redis_port: int,
 ) -> None:
     """An older front door deletes the response key alone: the output items it leaves answer
-    no reference, and a delete at a newer door still removes them."""
+    no reference, and a delete at a newer door still removes them (with the turn it left,
+    and says so)."""
     item = {"id": "msg_c-1", "type": "message", "role": "assistant", "content": []}
 
     async def run() -> tuple[dict[str, Any], bool, int]:
@@ -89,11 +90,12 @@ def test_output_items_whose_response_an_older_door_deleted_are_not_served(
             await client.delete(response_key("acme", "resp_c-1"))  # as an older door deletes
             found = await store.outputs("acme", ["resp_c-1"])
             deleted = await store.delete("acme", "resp_c-1")
-            return found, deleted, await client.exists(response_output_key("acme", "resp_c-1"))
+            left = response_output_key("acme", "resp_c-1"), response_turn_key("acme", "resp_c-1")
+            return found, deleted, await client.exists(*left)
         finally:
             await client.aclose()
 
-    assert asyncio.run(run()) == ({"resp_c-1": None}, False, 0)
+    assert asyncio.run(run()) == ({"resp_c-1": None}, True, 0)
 
 
 CATALOG = Catalog.builtin()
@@ -257,33 +259,68 @@ def test_a_response_an_older_door_stored_whole_is_read_and_continued(redis_port:
     assert third_read == third and third.turns == (second.response["id"], third.response["id"])
 
 
-def test_continuing_a_response_keeps_its_conversation_as_long_as_the_new_one(
+def test_continuing_a_response_keeps_it_whole_as_long_as_the_new_one(
     redis_port: int,
 ) -> None:
-    """The turns a response continues live as long as it: their expiry is renewed to the
-    retention time; the responses' objects keep their own."""
+    """The responses a response continues live as long as it, each whole: their turns,
+    objects and output items renewed to the retention time (the turns alone were, and a
+    response's object went past its retention while its prompt and answer stayed)."""
 
-    async def run() -> tuple[list[int], list[int]]:
+    async def run() -> list[int]:
         client = aioredis.Redis(port=redis_port)
         try:
             store = ResponseStore(client, 60)
             first = await _answered(store, None, "One?", "1")
             second = await _answered(store, first, "Two?", "2")
-            earlier = [r.response["id"] for r in (first, second)]
-            for response_id in earlier:
-                await client.expire(response_turn_key(TENANT, response_id), 5)
-                await client.expire(response_key(TENANT, response_id), 5)
+            keys = [
+                key(TENANT, r.response["id"])
+                for r in (first, second)
+                for key in (response_turn_key, response_key, response_output_key)
+            ]
+            for key_name in keys:
+                await client.expire(key_name, 5)
             continued = await store.get(TENANT, second.response["id"])
             await _answered(store, continued, "Three?", "3")
-            turns = [await client.ttl(response_turn_key(TENANT, r)) for r in earlier]
-            objects = [await client.ttl(response_key(TENANT, r)) for r in earlier]
-            return turns, objects
+            return [await client.ttl(key_name) for key_name in keys]
         finally:
             await client.aclose()
 
-    turns, objects = asyncio.run(run())
-    assert all(ttl > 50 for ttl in turns), turns
-    assert all(0 < ttl <= 5 for ttl in objects), objects
+    ttls = asyncio.run(run())
+    assert all(ttl > 50 for ttl in ttls), ttls
+
+
+def test_a_continued_response_past_its_own_retention_is_still_deleted_with_its_turn(
+    redis_port: int,
+) -> None:
+    """Retention 3 s: r1 stored at 0 s, continued by r2 at 2 s; at 3.5 s r1 is past its own
+    retention but its turn is r2's conversation: deleting it is answered (it was a 404 while
+    its prompt and answer stayed in Redis, served to r2's continuations) and takes its turn,
+    so r2 is no longer continued."""
+
+    async def run() -> tuple[bool, bool, int, bool]:
+        client = aioredis.Redis(port=redis_port)
+        try:
+            async with asyncio.timeout(10):
+                store = ResponseStore(client, 3)
+                first = await _answered(store, None, "My secret is 1234.", "Noted.")
+                await asyncio.sleep(2)
+                second = await _answered(store, first, "Two?", "2")
+                await asyncio.sleep(1.5)
+                first_id = first.response["id"]
+                fetched = await store.response(TENANT, first_id) is not None
+                deleted = await store.delete(TENANT, first_id)
+                left = await client.exists(
+                    response_turn_key(TENANT, first_id), response_output_key(TENANT, first_id)
+                )
+                try:
+                    await store.get(TENANT, second.response["id"])
+                except TurnGoneError:
+                    return fetched, deleted, left, True
+                return fetched, deleted, left, False
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == (True, True, 0, True)
 
 
 def test_a_continuation_whose_earlier_turn_went_meanwhile_keeps_the_whole_conversation(
@@ -310,21 +347,30 @@ def test_a_continuation_whose_earlier_turn_went_meanwhile_keeps_the_whole_conver
     assert read.turns == (third.response["id"],)
 
 
-def test_deleting_a_response_past_its_retention_cuts_no_conversation(redis_port: int) -> None:
-    """Its turn, kept by a later response, went with a delete answered 404."""
+def test_deleting_a_response_whose_object_an_older_door_let_go_deletes_its_turn(
+    redis_port: int,
+) -> None:
+    """An older door renewed the turns of the responses continued, not their objects: such a
+    turn, its object past its retention, outlived what the API could delete (the delete was
+    a 404 and left it). It goes with a delete that says so; the conversations holding it are
+    continued no more, as after any delete."""
 
-    async def run() -> tuple[bool, Kept, Kept | None]:
+    async def run() -> tuple[bool, int, bool]:
         client = aioredis.Redis(port=redis_port)
         try:
             store = ResponseStore(client, 60)
             first = await _answered(store, None, "One?", "1")
             second = await _answered(store, first, "Two?", "2")
-            await client.delete(response_key(TENANT, first.response["id"]))  # past retention
-            deleted = await store.delete(TENANT, first.response["id"])
-            return deleted, second, await store.get(TENANT, second.response["id"])
+            first_id = first.response["id"]
+            await client.delete(response_key(TENANT, first_id))  # past its retention
+            deleted = await store.delete(TENANT, first_id)
+            left = await client.exists(response_turn_key(TENANT, first_id))
+            try:
+                await store.get(TENANT, second.response["id"])
+            except TurnGoneError:
+                return deleted, left, True
+            return deleted, left, False
         finally:
             await client.aclose()
 
-    deleted, second, read = asyncio.run(run())
-    assert not deleted
-    assert read is not None and read.messages == second.messages
+    assert asyncio.run(run()) == (True, 0, True)

@@ -217,6 +217,78 @@ def test_a_validation_refusal_names_this_bodys_field_as_its_param() -> None:
         assert caught.value.param == param, body
 
 
+ANSWERED = {"type": "function_call_output", "call_id": "call_x", "output": "up"}
+"""An output answering no call made before it."""
+MISCALLED = {"type": "function_call", "call_id": "call_x", "name": "get time", "arguments": "{}"}
+IMAGE = {"type": "input_image", "image_url": "https://example.com/x.png"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"instructions": 5}, "instructions"),
+        ({"input": 5}, "input"),
+        ({"input": ["Hi"]}, "input[0]"),
+        ({"input": [{"type": "reasoning"}]}, "input[0].type"),
+        ({"input": [{"role": "tool", "content": "up"}]}, "input[0].role"),
+        ({"input": [{"role": "user", "content": ["x", IMAGE]}]}, "input[0].content[0].type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": "x"}, IMAGE]}]},
+            "input[0].content[1].type",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_text"}]}]},
+            "input[0].content[0].text",
+        ),
+        ({"input": [ANSWERED]}, "input[0].call_id"),
+        ({"input": [{"role": "user", "content": "Hi"}, MISCALLED]}, "input[1].name"),
+        ({"tools": {"type": "function"}}, "tools"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"tool_choice": {"type": "function"}}, "tool_choice"),
+        ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
+        ({"text": {"style": "terse"}}, "text"),
+        ({"reasoning": {"effort": "low"}}, "reasoning"),
+        ({"background": True}, "background"),
+    ],
+)
+def test_a_refusal_of_the_bodys_own_checks_names_its_field_as_param(
+    body: dict[str, Any], param: str
+) -> None:
+    """Their messages named the field and `param` was null (the SDK's error.param)."""
+    with pytest.raises(LlmqError) as caught:
+        _read(**body)
+    assert caught.value.param == param
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"stream": "true"},
+        {"stream": 1},
+        {"max_output_tokens": True},
+        {"max_output_tokens": "5"},
+        {"max_output_tokens": 2.0},
+        {"max_output_tokens": 0},
+    ],
+)
+def test_stream_and_max_output_tokens_are_held_to_their_types(body: dict[str, Any]) -> None:
+    """Chat's reader took "true" and 1 for true and true or "5" for a number, which the
+    response echoed as sent."""
+    [name] = body
+    with pytest.raises(LlmqError) as caught:
+        _read(**body)
+    assert (caught.value.code, caught.value.param) == (ErrorCode.INVALID_REQUEST, name)
+
+
+@pytest.mark.parametrize(("given", "used"), [({}, 256), ({"max_output_tokens": 9}, 9)])
+def test_the_response_echoes_the_max_output_tokens_used(given: dict[str, Any], used: int) -> None:
+    """It echoed the body's value, null where none was given although 256 were used."""
+    call = _read(**given)
+    assert call.request.body.max_tokens == used
+    read = Response.model_validate(response_of(call.echo, [_result(call, "stop")]))
+    assert read.max_output_tokens == used
+
+
 def test_a_refusal_of_the_whole_body_names_this_bodys_fields() -> None:
     """ChatBody's own checks name chat's fields in their text: text.format is this body's."""
     with pytest.raises(LlmqError) as caught:

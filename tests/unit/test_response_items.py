@@ -71,5 +71,6 @@ def test_a_bound_an_order_or_an_item_it_does_not_know_is_a_400() -> None:
             page(items, **{"after": None, "limit": 20, "order": "desc", **asked})
         assert refused.value.code is ErrorCode.INVALID_REQUEST
         assert why in refused.value.message
+        assert refused.value.param == next(iter(asked)), "it was null"
     empty = page(input_items("resp_abc", []), after=None, limit=20, order="desc")
     assert (empty["data"], empty["first_id"], empty["has_more"]) == ([], None, False)

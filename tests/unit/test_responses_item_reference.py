@@ -184,6 +184,32 @@ def test_a_reference_to_a_call_beside_one_to_its_responses_message_is_that_call(
     assert (tool.role, tool.tool_call_id, tool.content) == ("tool", CALL.id, "sunny")
 
 
+def test_a_reference_to_a_call_alone_is_that_call_of_a_response_of_calls_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A response that makes calls and writes no text has no message to reference: its call's
+    id (fc_<cid>_<n>) names it (it named none, and the reference was a 400)."""
+    written = '<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    said = ChatMessage(role="assistant", content=written, tool_calls=[CALL])
+    client = Client(said, ChatMessage(role="assistant", content="Sunny"))
+    sdk = _sdk(monkeypatch, client, Store())
+    asked: EasyInputMessageParam = {"role": "user", "content": "Weather in Oslo?"}
+    first = sdk.responses.create(model=MODEL, input=[asked], tools=[TOOL])
+    [call] = first.output
+    assert call.type == "function_call" and call.id == f"fc_{first.id.removeprefix('resp_')}_0"
+    output: FunctionCallOutput = {
+        "type": "function_call_output",
+        "call_id": CALL.id,
+        "output": "sunny",
+    }
+    given: ResponseInputParam = [asked, _reference(call.id), output]
+    assert sdk.responses.create(model=MODEL, input=given, tools=[TOOL]).output_text == "Sunny"
+    assistant, tool = client.submitted[1].body.messages[1:]
+    assert (assistant.role, assistant.tool_calls) == ("assistant", [CALL])
+    assert not assistant.content
+    assert (tool.role, tool.tool_call_id, tool.content) == ("tool", CALL.id, "sunny")
+
+
 def _reference(item_id: str) -> ItemReference:
     return {"type": "item_reference", "id": item_id}
 
@@ -200,12 +226,19 @@ def _another_tenants(sdk: OpenAI, store: Store) -> str:
     return "msg_x"
 
 
-def _a_call_alone(sdk: OpenAI, store: Store) -> str:
-    """A stored call's id (fc_...) without a reference to its response's message: an id
-    that names no response."""
-    item = call_item(CALL, "completed")
+def _an_older_call_alone(sdk: OpenAI, store: Store) -> str:
+    """A call an older door stored, its id fc_<the call's digest>, without a reference to its
+    response's message: an id that names no response."""
+    item = call_item(CALL, f"fc_{CALL.id.removeprefix('call_')}", "completed")
     store.kept[DEFAULT_TENANT, "resp_7"] = Kept({"id": "resp_7", "output": [item]}, [])
     return str(item["id"])
+
+
+def _another_tenants_call(sdk: OpenAI, store: Store) -> str:
+    """The call of a response stored for another tenant, its id naming that response."""
+    item = call_item(CALL, "fc_x_0", "completed")
+    store.kept["other", "resp_x"] = Kept({"id": "resp_x", "output": [item]}, [])
+    return "fc_x_0"
 
 
 def _not_stored(sdk: OpenAI, store: Store) -> str:
@@ -215,7 +248,10 @@ def _not_stored(sdk: OpenAI, store: Store) -> str:
     return message.id
 
 
-@pytest.mark.parametrize("stored", [_unknown, _another_tenants, _a_call_alone, _not_stored])
+@pytest.mark.parametrize(
+    "stored",
+    [_unknown, _another_tenants, _an_older_call_alone, _another_tenants_call, _not_stored],
+)
 def test_a_reference_to_no_stored_item_of_the_tenants_is_a_400_naming_it(
     monkeypatch: pytest.MonkeyPatch, stored: Callable[[OpenAI, Store], str]
 ) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import gc
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -180,3 +180,57 @@ def test_a_client_gone_before_the_first_piece_leaves_nothing_unretrieved(
         asyncio.run(main())
         gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+class Stored(Store):
+    """The response store, holding one response, `resp_1`."""
+
+    async def response(self, tenant: str, response_id: str) -> dict[str, Any] | None:
+        return {"id": response_id, "object": "response"} if response_id == "resp_1" else None
+
+
+def test_retrieving_a_stored_response_as_a_stream_is_a_400_naming_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """llmq answers no response in the background, whose events retrieve(stream=True) reads:
+    it was answered the JSON, and the SDK yielded no event, silently."""
+    sdk = OpenAI(
+        api_key="k",
+        base_url="http://testserver/v1",
+        http_client=TestClient(_app(monkeypatch, Client(), Stored())),
+    )
+    with pytest.raises(openai.BadRequestError, match="stream true is not served") as caught:
+        sdk.responses.retrieve("resp_1", stream=True)
+    assert caught.value.param == "stream"
+    assert sdk.responses.retrieve("resp_1").id == "resp_1"
+
+
+@pytest.mark.parametrize(
+    "unserved",
+    [
+        lambda sdk: sdk.responses.input_tokens.count(model=MODEL, input="Hi"),
+        lambda sdk: sdk.responses.compact(model=MODEL, input="Hi"),
+    ],
+    ids=["input_tokens", "compact"],
+)
+def test_openais_responses_endpoints_llmq_lacks_are_the_doors_404(
+    monkeypatch: pytest.MonkeyPatch, unserved: Callable[[OpenAI], object]
+) -> None:
+    """POST /v1/responses/input_tokens and /compact matched /v1/responses/{response_id},
+    whose GET and DELETE made them a 405; they are the 404 of any endpoint llmq does not
+    offer, naming it."""
+    app = _app(monkeypatch, Client(), Store())
+    sdk = OpenAI(api_key="k", base_url="http://testserver/v1", http_client=TestClient(app))
+    with pytest.raises(openai.NotFoundError, match="the front door serves no POST /v1/responses/"):
+        unserved(sdk)
+
+
+def test_a_previous_response_id_not_a_string_is_a_400_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its message named the field and `param` was null."""
+    http = TestClient(_app(monkeypatch, Client(), Store()))
+    body = {"model": MODEL, "input": "Hi", "previous_response_id": 7}
+    refused = http.post("/v1/responses", json=body)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "previous_response_id"
