@@ -263,8 +263,8 @@ class Runner:
         if await self._input_gone(fields):
             return
         check = _Check()
-        for start in range(0, count, PAGE):
-            await self._validate_page(fields, range(start, min(count, start + PAGE)), check)
+        async for page in self._store.pages(fields["input_file_id"], range(count)):
+            await self._validate_page(fields, page, check)
             await asyncio.sleep(0)  # a large file takes a while: let other requests go on
         errors = check.verdict()
         if errors:
@@ -276,16 +276,13 @@ class Runner:
         await self._store.move(batch_id, "in_progress", "validating")
 
     async def _validate_page(
-        self, fields: Mapping[str, str], numbers: range, check: _Check
+        self, fields: Mapping[str, str], page: list[tuple[int, bytes]], check: _Check
     ) -> None:
         """Read these lines into `check`; record each good one's custom_id (and what a
         response's line asked, which its output echoes)."""
-        raws = await self._store.lines(fields["input_file_id"], numbers)
         named: dict[int, str] = {}
         asked: dict[int, dict[str, Any]] = {}
-        for number, raw in zip(numbers, raws, strict=True):
-            if raw is None:
-                continue
+        for number, raw in page:
             try:
                 line = self._read(fields, number, raw, 0)
             except LlmqError as exc:
@@ -365,14 +362,15 @@ class Runner:
         return int(fields.get("sent", 0)) - _done(fields) - waiting
 
     async def _send_new(self, fields: Mapping[str, str], numbers: range, sent: int) -> int:
-        """Send these lines; how many there were (blank ones are not lines). The cursor moves
-        once the broker has them: a front door that dies in between sends them again, and
-        each line still gets one outcome."""
-        raws = await self._store.lines(fields["input_file_id"], numbers)
-        lines = [(n, 0, raw) for n, raw in zip(numbers, raws, strict=True) if raw is not None]
-        await self._send(fields, lines)
-        await self._store.update(fields["id"], cursor=numbers.stop, sent=sent + len(lines))
-        return len(lines)
+        """Send these lines, a page at a time (BatchStore.pages); how many there were (blank
+        ones are not lines). The cursor moves once the broker has them: a front door that dies
+        in between sends them again, and each line still gets one outcome."""
+        count = 0
+        async for page in self._store.pages(fields["input_file_id"], numbers):
+            await self._send(fields, [(n, 0, raw) for n, raw in page])
+            count += len(page)
+        await self._store.update(fields["id"], cursor=numbers.stop, sent=sent + count)
+        return count
 
     async def _send_retries(self, fields: Mapping[str, str], most: int) -> int:
         """Send again the lines refused for a while (rate limits, budget holds) whose time
@@ -381,12 +379,10 @@ class Runner:
         due = await self._store.due_retries(batch_id, time.time(), most)
         if not due:
             return 0
-        attempts = await self._store.attempts(batch_id, due)
-        raws = await self._store.lines(fields["input_file_id"], due)
-        await self._send(
-            fields, [(n, a, raw) for n, a, raw in zip(due, attempts, raws, strict=True) if raw]
-        )
-        await self._store.retried(batch_id, list(zip(due, attempts, strict=True)))
+        attempts = dict(zip(due, await self._store.attempts(batch_id, due), strict=True))
+        async for page in self._store.pages(fields["input_file_id"], due):
+            await self._send(fields, [(n, attempts[n], raw) for n, raw in page])
+        await self._store.retried(batch_id, list(attempts.items()))
         return len(due)
 
     async def _send(self, fields: Mapping[str, str], lines: list[tuple[int, int, bytes]]) -> None:

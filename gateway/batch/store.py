@@ -8,7 +8,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,11 +45,16 @@ GONE_S = 3600
 """An id a listing dropped from its tenant's index (found deleted or expired) still resumes
 a listing paged after it for this long at least (see UNLIST)."""
 PAGE = 64
-"""Lines read or written per Redis call: a line may be up to ~450 kB."""
+"""Lines read or written per Redis call, at most (see PAGE_BYTES)."""
 PAGE_BYTES = 4 << 20
-"""An upload's lines are written once they take this much, if before PAGE of them: 64 long
-lines held 88 MB per upload, and uploads are not counted in the front door's body bytes
-(they are spooled to disk as they come)."""
+"""A page of lines is about this much at most: an upload's is written once it takes this
+much, and one read ends before it would take more, unless one line alone does. Valid lines
+reach MAX_LINE_BYTES (a response's output line, echoing what its line asked, about as much):
+64 of them held 88 MB per upload, download or batch being read, and neither uploads nor
+downloads count in the front door's body bytes (spooled to disk as they come, streamed)."""
+LENGTHS_READ = 1024
+"""Lines whose lengths one Redis call reads before they are read a page at a time (see
+`BatchStore._pages`)."""
 MAX_RUNNING_BATCHES = 16
 """A tenant's batches not finished (validating, in progress, finalizing or cancelling) at
 once; another is refused (429) until one ends, a cancelled one once its lines in flight are
@@ -68,9 +73,10 @@ longer counts (its creation failed and its door died, it ended without its tenan
 Redis lost its data)."""
 LINE_PARTS = ("ids", "asked", "attempts", "retry")
 """The parts of a batch (schemas.names.batch_keys) that only its lines' sends and replies read,
-dropped as it ends failed (only ever as it validates: none of its lines ran, it has no output
-or error file). Kept, a file made into many batches that fail (mixed models at its last line)
-copied its custom_ids and echoes into Redis once a batch, for its window and retention."""
+dropped as it ends (`finish`), whatever its status: once it has ended no reply is written
+(RECORD), and the collector skips one whose line has no custom_id. Kept, every ended batch
+held its custom_ids and a response's echoes in Redis for its retention (30 days), and a file
+made into many batches copied them into Redis once a batch."""
 SWEEP = 16
 """Ids of its tenant's index that each write of a file or batch checks for objects gone (see
 `_sweep`): more than the one it adds, so the index keeps up with what expires."""
@@ -214,6 +220,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# The length (0: none) of each field of a hash (KEYS[1]) named in ARGV[1] (joined by commas),
+# joined the same way: a file's lines, read a page of PAGE_BYTES at a time by them
+# (BatchStore._pages). One string each way: a reply of 1,024 numbers took longer to read than
+# the lines it sized.
+LENGTHS = """
+local found = {}
+for field in string.gmatch(ARGV[1], '[^,]+') do
+  found[#found + 1] = redis.call('HSTRLEN', KEYS[1], field)
+end
+return table.concat(found, ',')
+"""
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -248,6 +266,7 @@ class BatchStore:
         self._keep = client.register_script(KEEP)
         self._unlist = client.register_script(UNLIST)
         self._admit = client.register_script(ADMIT)
+        self._lengths = client.register_script(LENGTHS)
         self._swept: dict[str, float] = {}
         """Per tenant index, the score of the last id the last sweep checked (see `_sweep`);
         tenants are configured, so it stays small."""
@@ -297,7 +316,7 @@ class BatchStore:
         except BaseException:
             with contextlib.suppress(RedisError):  # else they expire after retention
                 if not await self._written(meta, file_id):
-                    await self._redis.delete(lines)
+                    await self._redis.unlink(lines)
             raise
         await self._sweep(tenant, "files")
         return fields
@@ -386,33 +405,52 @@ class BatchStore:
     async def delete_file(self, meta: Mapping[str, str]) -> None:
         """Forget a file and its lines (an output or error file's: its batch's part). Its id
         stays in the tenant's index until a listing or a sweep passes it (see `unlist`): a
-        listing paged after it goes on from there (an app deleting what each page lists)."""
+        listing paged after it goes on from there (an app deleting what each page lists).
+        UNLINK: a file's lines (up to 200 MB) are freed apart, not while Redis waits."""
         lines = batch_keys(meta["batch"])[meta["part"]] if "batch" in meta else None
-        await self._redis.delete(*file_keys(meta["id"]))
+        await self._redis.unlink(*file_keys(meta["id"]))
         if lines is not None:  # another hash slot than the file's
-            await self._redis.delete(lines)
+            await self._redis.unlink(lines)
 
-    async def lines(self, file_id: str, numbers: Iterable[int]) -> list[bytes | None]:
-        """Some lines of a file (None: blank)."""
-        wanted = [str(n) for n in numbers]
-        if not wanted:
-            return []
-        found: list[bytes | None] = await self._redis.hmget(file_keys(file_id)[1], wanted)  # type: ignore[misc]
-        return found
+    async def pages(
+        self, file_id: str, numbers: Iterable[int]
+    ) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """Some lines of an upload, (number, line), blank ones skipped, a page at a time (see
+        `_pages`)."""
+        async for page in self._pages(file_keys(file_id)[1], numbers):
+            yield page
 
     async def content(self, meta: Mapping[str, str]) -> AsyncIterator[bytes]:
         """A file's content: an upload as it came (less blank lines), or a batch's output or
-        error lines in any order."""
+        error lines by line number, up to its batch's `lines` (MAX_BLANK_LINES, any a file
+        may have, where Redis lost the batch's fields)."""
         if "batch" in meta:
-            key = batch_keys(meta["batch"])[meta["part"]]
-            async for _, line in self._redis.hscan_iter(key, count=PAGE):
+            batch = batch_keys(meta["batch"])
+            count = await self._redis.hget(batch["batch"], "lines")  # type: ignore[misc]
+            key, numbers = batch[meta["part"]], range(int(count or MAX_BLANK_LINES))
+        else:
+            key, numbers = file_keys(meta["id"])[1], range(int(meta["lines"]))
+        async for page in self._pages(key, numbers):
+            for _, line in page:
                 yield line + b"\n"
-            return
-        count = int(meta["lines"])
-        for start in range(0, count, PAGE):
-            for line in await self.lines(meta["id"], range(start, min(count, start + PAGE))):
-                if line is not None:
-                    yield line + b"\n"
+
+    async def _pages(
+        self, key: str, numbers: Iterable[int]
+    ) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """The lines `numbers` of the hash `key` that are there, a page at a time: PAGE lines
+        at most, and PAGE_BYTES unless one line alone takes more. Each line's length is read
+        first (LENGTHS): a page of PAGE lines of a file's long lines held 90 MB, and neither a
+        file's mean length nor its writer's pages bound a page by its line numbers (a run of
+        long lines among short ones; blank lines, not kept)."""
+        wanted = [str(n) for n in numbers]
+        for start in range(0, len(wanted), LENGTHS_READ):
+            fields = wanted[start : start + LENGTHS_READ]
+            lengths: bytes = await self._lengths(keys=[key], args=[",".join(fields)])
+            for paged in _paged(fields, [int(n) for n in lengths.split(b",")]):
+                found: list[bytes | None] = await self._redis.hmget(key, paged)  # type: ignore[misc]
+                page = [(int(f), x) for f, x in zip(paged, found, strict=True) if x is not None]
+                if page:  # else deleted meanwhile
+                    yield page
 
     # Batches.
 
@@ -516,24 +554,24 @@ class BatchStore:
         persistence, evicted): its parts, and its place among the runners' batches (its
         tenant, unknown now, drops it from its own at its next creation: see ADMIT)."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.delete(*batch_keys(batch_id).values())
+            pipe.unlink(*batch_keys(batch_id).values())
             pipe.srem(BATCHES_ACTIVE, batch_id)
             await pipe.execute()
 
     async def finish(self, batch_id: str) -> None:
         """The batch is over: it leaves the runners' set and its tenant's (see ADMIT), its
-        lease goes (and, if it failed, its LINE_PARTS), and the rest of it (and its tenant's
-        index) is kept retention past its expires_at, or past now if later; the lines of its
-        output and error files no longer than those files (`add_file`)."""
+        lease and its LINE_PARTS go (UNLINK: freed apart, as large as its file), and the rest
+        of it (and its tenant's index) is kept retention past its expires_at, or past now if
+        later; the lines of its output and error files no longer than those files
+        (`add_file`)."""
         keys = batch_keys(batch_id)
-        found = await self._redis.hmget(keys["batch"], ["tenant", "expires_at", "status"])  # type: ignore[misc]
-        tenant, expires_at, status = found
+        found = await self._redis.hmget(keys["batch"], ["tenant", "expires_at"])  # type: ignore[misc]
+        tenant, expires_at = found
         until = self._kept_until(float(expires_at or 0))
-        dropped = ("lease", *(LINE_PARTS if status == b"failed" else ()))
         async with self._redis.pipeline(transaction=False) as pipe:
             for name, key in keys.items():
-                if name in dropped:
-                    pipe.delete(key)
+                if name in ("lease", *LINE_PARTS):
+                    pipe.unlink(key)
                 else:
                     pipe.expireat(key, until, lt=name in ("output", "errors"))
             if tenant is not None:
@@ -724,6 +762,23 @@ class BatchStore:
     def _theirs(found: Mapping[bytes, bytes], tenant: str | None) -> dict[str, str] | None:
         fields = _decoded(found)
         return fields if fields and fields.get("tenant") == tenant else None
+
+
+def _paged(fields: list[str], lengths: list[int]) -> Iterator[list[str]]:
+    """The fields of lines there (a length) in pages of PAGE at most, PAGE_BYTES unless one
+    line alone takes more."""
+    page: list[str] = []
+    held = 0
+    for field, length in zip(fields, lengths, strict=True):
+        if not length:
+            continue
+        if page and (len(page) >= PAGE or held + length > PAGE_BYTES):
+            yield page
+            page, held = [], 0
+        page.append(field)
+        held += length
+    if page:
+        yield page
 
 
 def _keep_index(pipe: Any, key: str, until: int) -> None:

@@ -1,7 +1,7 @@
 """What one tenant's batches may hold in Redis, against a real redis-server of this module's
 own: at most MAX_RUNNING_BATCHES not finished at once (made at once too, at any door, without
 reading other tenants' batches; 429 at the door past them), and a batch that fails validation
-keeps no copy of its lines."""
+keeps no copy of its lines, nor one that ended otherwise."""
 
 from __future__ import annotations
 
@@ -16,13 +16,16 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.app import build
-from gateway.batch.runner import Runner
-from gateway.batch.store import LINE_PARTS, MAX_RUNNING_BATCHES, BatchStore, new_id
+from gateway.batch.collector import Collector
+from gateway.batch.runner import Pace, Runner
+from gateway.batch.store import LINE_PARTS, MAX_RUNNING_BATCHES, BatchStore, Outcome, new_id
 from gateway.settings import GatewaySettings
 from llmq.redis_client import MAX_CONNECTIONS, bounded_client
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import BATCHES_ACTIVE, batch_keys, tenant_active_key
 from schemas.request import DEFAULT_TENANT
+from schemas.result import ErrorInfo, InferenceResult
+from schemas.settings import ServiceSettings
 from schemas.tenants import TenantPolicy
 from tests.integration.batch_inputs import CATALOG, TENANT, Recorder, batch, chunks, line
 from tests.integration.helpers import run_async, run_with
@@ -226,5 +229,61 @@ def test_a_batch_that_fails_validation_keeps_no_copy_of_its_lines(redis_port: in
         keys = batch_keys(batch_id)
         assert await client.exists(*(keys[part] for part in LINE_PARTS)) == 0
         assert await client.ttl(keys["batch"]) > 0  # the failed batch itself is kept
+
+    run_async(redis_port, body)
+
+
+@pytest.mark.parametrize("end", ["completed", "cancelled", "expired"])
+def test_an_ended_batch_keeps_no_copy_of_its_lines(redis_port: int, end: str) -> None:
+    """A response batch's custom_ids, echoes, attempts and retries go as it ends, however it
+    ends: kept, each batch held them for its retention (30 days). Its files stay whole, and a
+    reply after its end is written nowhere (the collector finds no custom_id)."""
+
+    async def body(client: aioredis.Redis) -> None:
+        store, recorder = BatchStore(client, 3600), Recorder()
+        calls = [
+            {
+                "custom_id": f"c{n}",
+                "method": "POST",
+                "url": "/v1/responses",
+                "body": {"model": CATALOG.default, "input": f"q {n}"},
+            }
+            for n in range(2)
+        ]
+        batch_id = await batch(store, [json.dumps(c) for c in calls])
+        await store.update(batch_id, endpoint="/v1/responses")
+        runner = Runner(store, recorder, CATALOG, "door-1", Pace(cancel_grace_s=0))
+        await runner.tick()  # validated: its custom_ids and echoes are written
+        await runner.tick()  # both lines sent
+        later = Outcome(1, 0, "retry", {}, retry_at=time.time() + 600)
+        assert await store.record(batch_id, TENANT, [later]) == [2]
+        keys = batch_keys(batch_id)
+        assert await client.exists(*(keys[part] for part in LINE_PARTS)) == len(LINE_PARTS)
+        if end == "completed":
+            answers = [Outcome(0, 0, "output", {"custom_id": "c0"})]
+            answers.append(Outcome(1, 1, "output", {"custom_id": "c1"}))
+            assert await store.record(batch_id, TENANT, answers) == [1, 1]
+        elif end == "cancelled":
+            assert await store.move(batch_id, "cancelling", "in_progress")
+        else:
+            await store.update(batch_id, expires_at=int(time.time()) - 1)
+        await runner.tick()
+        fields = await store.batch(batch_id, TENANT)
+        assert fields is not None and fields["status"] == end
+        assert await client.exists(*(keys[part] for part in LINE_PARTS)) == 0
+        assert await client.ttl(keys["batch"]) > 0  # the ended batch itself is kept
+        name = "output_file_id" if end == "completed" else "error_file_id"
+        meta = await store.file(fields[name], TENANT)
+        assert meta is not None
+        assert [json.loads(o)["custom_id"] async for o in store.content(meta)] == ["c0", "c1"]
+        late = InferenceResult(
+            correlation_id=recorder.sent[0].correlation_id,
+            tenant=TENANT,
+            status="error",
+            error=ErrorInfo(code=ErrorCode.ENGINE_ERROR, message="late", retriable=False),
+        )
+        await Collector(ServiceSettings(), store, "door-1").take([late.model_dump_json().encode()])
+        assert await store.batch(batch_id, TENANT) == fields
+        assert await client.exists(*(keys[part] for part in LINE_PARTS)) == 0
 
     run_async(redis_port, body)

@@ -69,8 +69,11 @@ def test_a_deleted_file_is_gone_whole_and_a_batch_made_on_it_fails(redis_port: i
         assert await store.readers(file_id) == [(batch_id, "validating")]
         meta = await store.file(file_id, TENANT)
         assert meta is not None
+        unlinked, deleted = await _calls(client, "unlink"), await _calls(client, "del")
         await store.delete_file(meta)
         assert await client.keys("llmq:file:*") == []
+        # Its lines (up to 200 MB) are freed apart from Redis's loop, not while it waits.
+        assert await _calls(client, "unlink") > unlinked and await _calls(client, "del") == deleted
         listing = await routes._listed(
             _request_for(store), TENANT, routes.Page("files", None, 9, 9)
         )
@@ -84,6 +87,12 @@ def test_a_deleted_file_is_gone_whole_and_a_batch_made_on_it_fails(redis_port: i
         assert await store.readers(file_id) == []  # an ended batch leaves the active set
 
     run_async(redis_port, body)
+
+
+async def _calls(client: aioredis.Redis, command: str) -> int:
+    """How many times Redis ran `command` (INFO commandstats)."""
+    stats: dict[str, dict[str, int]] = await client.info("commandstats")
+    return stats.get(f"cmdstat_{command}", {}).get("calls", 0)
 
 
 def test_uploads_past_openais_limits_are_refused_and_not_kept(redis_port: int) -> None:
@@ -132,10 +141,10 @@ def test_a_line_past_the_line_limit_is_refused_naming_it_before_it_is_whole(
         assert await client.keys("llmq:file:*") == []
         at_limit = "{}\n" + "x" * MAX_LINE_BYTES
         kept = await store.create_file(TENANT, "at.jsonl", "batch", chunks(at_limit, 1 << 20))
-        assert (await store.lines(kept["id"], [1]))[0] == at_limit[3:].encode()
+        assert [p async for p in store.pages(kept["id"], [1])] == [[(1, at_limit[3:].encode())]]
         crlf = at_limit + "\r\n{}"  # a CR before its newline is no part of the line
         kept = await store.create_file(TENANT, "crlf.jsonl", "batch", chunks(crlf, 1 << 20))
-        assert (await store.lines(kept["id"], [1]))[0] == at_limit[3:].encode()
+        assert [p async for p in store.pages(kept["id"], [1])] == [[(1, at_limit[3:].encode())]]
         past = at_limit + "x\n{}"  # the line ends within the chunk that takes it past
         with pytest.raises(LlmqError, match="line 2 is longer"):
             await store.create_file(TENANT, "past.jsonl", "batch", chunks(past, len(past)))

@@ -18,7 +18,7 @@ from gateway.batch import collector, objects
 from gateway.batch.collector import outcome, parse_line_id
 from gateway.batch.lines import output_line
 from gateway.batch.runner import MAX_FAILED_STEPS, Pace, Runner
-from gateway.batch.store import BatchStore
+from gateway.batch.store import LINE_PARTS, BatchStore, Outcome
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import batch_keys, file_keys
 from schemas.request import InferenceRequest
@@ -53,7 +53,8 @@ async def _reply(store: BatchStore, result: InferenceResult, expires_at: float) 
     assert parsed is not None
     batch_id, number, attempt = parsed
     custom_id = (await store.custom_ids(batch_id, [number]))[0]
-    assert custom_id is not None
+    if custom_id is None:  # the batch ended, its custom_ids with it: nothing is written
+        return []
     made = outcome(number, attempt, custom_id, result, expires_at)
     return await store.record(batch_id, TENANT, [made])
 
@@ -97,6 +98,8 @@ def test_a_paced_batch_runs_to_completion_each_line_once(redis_port: int) -> Non
         assert (fields["input_tokens"], fields["output_tokens"]) == ("60", "12")
         assert fields["cached_tokens"] == "36"
         assert await store.active() == []
+        keys = batch_keys(batch_id)
+        assert not await client.exists(*(keys[part] for part in LINE_PARTS))  # its custom_ids
         await runner.tick()  # an ended batch is neither held nor leased
         assert not runner._held and not await client.exists(batch_keys(batch_id)["lease"])
         files = await _files(store, batch_id)
@@ -111,7 +114,8 @@ def test_a_paced_batch_runs_to_completion_each_line_once(redis_port: int) -> Non
         assert await store.file(output["id"], TENANT) is None
         assert not await client.exists(batch_keys(batch_id)["output"])
         # A reply read again after the batch's end (a redelivery) writes nothing back.
-        assert await _reply(store, _answer(recorder.sent[0]), expires) == [0]
+        assert await _reply(store, _answer(recorder.sent[0]), expires) == []
+        assert await store.record(batch_id, TENANT, [Outcome(0, 0, "output", {})]) == [0]
         assert not await client.exists(batch_keys(batch_id)["output"])
         assert (await store.batch(batch_id) or {}).get("completed") == "12"
 

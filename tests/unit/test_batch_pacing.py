@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import pytest
 
@@ -81,8 +81,10 @@ class MemoryStore(BatchStore):
     async def add_file(self, fields: dict[str, str], batch_expires_at: float) -> None:
         pass
 
-    async def lines(self, file_id: str, numbers: Iterable[int]) -> list[bytes | None]:
-        return [self.input.get(n) for n in numbers]
+    async def pages(
+        self, file_id: str, numbers: Iterable[int]
+    ) -> AsyncIterator[list[tuple[int, bytes]]]:
+        yield [(n, self.input[n]) for n in numbers if n in self.input]
 
     async def custom_ids(self, batch_id: str, numbers: list[int]) -> list[str | None]:
         return [self.ids.get(n) for n in numbers]

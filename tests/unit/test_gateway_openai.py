@@ -325,6 +325,13 @@ def test_each_error_has_the_status_the_sdk_maps(code: ErrorCode, status: int) ->
     assert body["error"]["code"] == OPENAI_CODES.get(code, code.value)
 
 
+def test_a_conflict_is_a_request_error_as_openais() -> None:
+    """The Batch API's 409s (a file a batch still reads, a batch that cannot be cancelled)
+    are the caller's, as OpenAI types them, not a server_error."""
+    conflict = ApiError(LlmqError(ErrorCode.INVALID_REQUEST, "busy"), 409)
+    assert (conflict.status, conflict.body["error"]["type"]) == (409, "invalid_request_error")
+
+
 def test_every_code_a_reply_carries_has_a_status() -> None:
     replied = set(ErrorCode) - {ErrorCode.SUPERSEDED}  # a worker's outcome, never a reply
     assert replied <= set(STATUS), sorted(replied - set(STATUS))
