@@ -27,6 +27,22 @@ OWNED_ENGINE_ARGS = {
 }
 """vLLM engine arguments that llmq sets itself (or keeps at vLLM's default), and what to do
 instead or why."""
+SAMPLING_DEFAULTS = frozenset(
+    {
+        "frequency_penalty",
+        "max_new_tokens",
+        "min_p",
+        "presence_penalty",
+        "repetition_penalty",
+        "temperature",
+        "top_k",
+        "top_p",
+    }
+)
+"""The keys of vLLM's `override_generation_config` that are default sampling fields: vLLM's
+servers and its LLM class fill a request's missing fields from them, its AsyncLLM, which
+llmq calls, does not. Its other keys (Llama 4's attn_temperature_tuning) reach the model,
+as the `generation_config` directory's eos_token_id reaches every request's stop tokens."""
 SPEED_ENGINE_ARGS = frozenset(
     {
         "block_size",
@@ -138,6 +154,16 @@ class ModelSpec(BaseModel):
             raise ValueError(
                 f"model {self.name!r}: engine_args cannot set {owned[0]!r}, llmq sets it: "
                 f"{OWNED_ENGINE_ARGS[owned[0]]}"
+            )
+        overrides = self.engine_args.get("override_generation_config")
+        defaults = (
+            sorted(SAMPLING_DEFAULTS & overrides.keys()) if isinstance(overrides, dict) else []
+        )
+        if defaults:
+            raise ValueError(
+                f"model {self.name!r}: engine_args' override_generation_config sets {defaults}, "
+                "which would change nothing: llmq sends every sampling field itself, OpenAI's "
+                "defaults; set them per request"
             )
         return self
 

@@ -6,15 +6,20 @@ prefix cache instead of computing them again; llm-d's router does this for HTTP,
 done with partitions. A load bound keeps a hot prefix from unbalancing the pool: a partition
 that took more than its share of the recent records sends the next one to the prefix's
 second choice (consistent hashing with bounded loads, Mirrokni et al., arXiv 1608.01350).
+A conversation's later turns are grouped by its opening instead, so each turn goes where the
+turn before it left the conversation's history.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
+from schemas.catalog import ModelSpec
 from schemas.request import ChatMessage
+from schemas.tools import Tool, tool_dicts
 from schemas.work import WorkItem
 
 DEFAULT_PREFIX_CHARS = 512
@@ -30,21 +35,43 @@ SLACK = 1.25
 
 
 def prefix_group(
-    messages: Sequence[ChatMessage], chars: int, tenant: str | None = None
+    messages: Sequence[ChatMessage],
+    chars: int,
+    tenant: str | None = None,
+    tools: list[Tool] | None = None,
 ) -> bytes | None:
-    """A digest of the prompt's first `chars` characters (roles and contents, in order), or
-    None when the prompt is no longer than that: nothing after a shared part to share it
-    with. With `tenant`, the group is that tenant's alone: engines that keep tenants'
-    cached prefixes apart reuse a prefix only within its tenant."""
-    text = "".join(f"{message.role}\n{message.content}\n" for message in messages)
+    """The prompt's group, or None when the prompt (its tools' JSON, then its messages' roles
+    and contents, in order) is no longer than `chars`: nothing after a shared part to share
+    it with. The tools come first, as chat templates show them: agents' requests share a
+    large tool set and differ in short messages. A prompt that goes on past its first user
+    message (an earlier turn's answer, a tool's result) is a conversation's later turn: its
+    group is its opening, through that first user message, the same for every turn, so each
+    turn goes where the turn before left the history (a long system prompt that every
+    conversation shares would make them all one group, spread over the pool). Any other
+    prompt's group is its first `chars` characters. With `tenant`, the group is that
+    tenant's alone: engines that keep tenants' cached prefixes apart reuse a prefix only
+    within its tenant."""
+    shown = "" if tools is None else f"tools\n{json.dumps(tool_dicts(tools))}\n"
+    texts = [f"{message.role}\n{message.content}\n" for message in messages]
+    text = shown + "".join(texts)
     if chars <= 0 or len(text) <= chars:
         return None
+    users = (n for n, message in enumerate(messages) if message.role == "user")
+    first = next(users, len(messages))
+    later_turn = first + 1 < len(messages)
+    named = shown + "".join(texts[: first + 1]) if later_turn else text[:chars]
     digest = hashlib.blake2b(digest_size=16)
     if tenant is not None:
         name = tenant.encode()
         digest.update(len(name).to_bytes(4, "big") + name)
-    digest.update(text[:chars].encode())
+    digest.update(named.encode())
     return digest.digest()
+
+
+def uncached(models: Iterable[ModelSpec]) -> frozenset[str]:
+    """The models whose engine_args turn vLLM's prefix cache off: their records gain nothing
+    from a partition of their prefix's, so they are placed by fingerprint, evenly."""
+    return frozenset(m.name for m in models if m.engine_args.get("enable_prefix_caching") is False)
 
 
 def ranked(group: bytes, partitions: int) -> list[int]:
@@ -86,20 +113,23 @@ class Balance:
 
 class PrefixAffinity:
     """Chooses each work record's partition: by its prompt's prefix group when the prompt is
-    longer than `chars`, by its fingerprint otherwise, within each topic's Balance. For the
-    `salted` models (engines that keep each tenant's cached prefixes apart) each tenant's
-    records of a prefix are a group of their own: one tenant's records gain nothing from
-    another's partition, and many tenants sending one prefix spread over the pool."""
+    longer than `chars`, by its fingerprint otherwise (and for the `uncached` models, whose
+    engines keep no prefix cache), within each topic's Balance. For the `salted` models
+    (engines that keep each tenant's cached prefixes apart) each tenant's records of a prefix
+    are a group of their own: one tenant's records gain nothing from another's partition,
+    and many tenants sending one prefix spread over the pool."""
 
     def __init__(
         self,
         chars: int,
         partitions: Callable[[str], Awaitable[int]],
         salted: frozenset[str] = frozenset(),
+        uncached: frozenset[str] = frozenset(),
     ) -> None:
         self._chars = chars
         self._partitions = partitions
         self._salted = salted
+        self._uncached = uncached
         self._balances: dict[str, Balance] = {}
 
     async def partition(self, topic: str, item: WorkItem) -> int:
@@ -108,6 +138,9 @@ class PrefixAffinity:
         balance = self._balances.get(topic)
         if balance is None or balance.partitions != count:
             balance = self._balances[topic] = Balance(count)
-        tenant = item.request.tenant if item.model in self._salted else None
-        group = prefix_group(item.request.body.messages, self._chars, tenant)
+        group = None
+        if item.model not in self._uncached:
+            tenant = item.request.tenant if item.model in self._salted else None
+            body = item.request.body
+            group = prefix_group(body.messages, self._chars, tenant, body.tools)
         return balance.place(ranked(group or item.fingerprint.encode(), count))

@@ -39,7 +39,7 @@ from schemas.names import (
 from schemas.tenants import TenantPolicy
 from streams import metrics
 from streams.actors import install as fix_actors
-from streams.affinity import PrefixAffinity
+from streams.affinity import PrefixAffinity, uncached
 from streams.ahead import EmbedAhead
 from streams.budget import Budgets
 from streams.budget_alerts import BudgetAlerts
@@ -261,7 +261,11 @@ def build(settings: StreamSettings) -> faust.App:
     # The models whose engines salt their prefix cache per tenant (workers/__main__.py).
     per_tenant = settings.prefix_cache_scope == "tenant"
     salted = frozenset(m.name for m in catalog.models if per_tenant and m.engine == "vllm")
-    placer = PrefixAffinity(affinity, send.partitions, salted) if affinity else None
+    placer = (  # the models without a prefix cache (uncached) are placed by fingerprint
+        PrefixAffinity(affinity, send.partitions, salted, uncached(catalog.models))
+        if affinity
+        else None
+    )
     outbox = Outbox(store, send, ledger=gate, answered=answered, placer=placer)
     meter = Meter(gate, CostRollups(pipelined, labels), outbox)
     # The coalescing state: changelog-backed, co-partitioned with llmq.requests.keyed and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from workers.cancels import follow as follow_cancels
 from workers.checkpoint import resolve_model_source
 from workers.claims import Claims
 from workers.engine import Engine
+from workers.engine_args import check_names
 from workers.openai_engine import OpenAIEngine
 from workers.publish import UnsendableRecordError
 from workers.settings import WorkerSettings
@@ -235,8 +237,8 @@ def _serve() -> int:
         raise startup.StartError(why, startup.CONFIGURATION)
     try:
         make_engine = engine_factory(settings, spec)
-    except (ValueError, FileNotFoundError) as exc:
-        raise startup.StartError(f"model {name}: {exc}", startup.CONFIGURATION) from None
+    except (ValueError, FileNotFoundError) as exc:  # each names the model
+        raise startup.StartError(str(exc), startup.CONFIGURATION) from None
     startup.serve_metrics(settings)
     limits = startup.reach_kafka(
         settings, settings.worker_id, limits_of=(COMPLETIONS, DLQ), needs=topics(spec)
@@ -254,8 +256,9 @@ def _serve() -> int:
 
 def engine_factory(settings: WorkerSettings, spec: ModelSpec) -> Callable[[], ServedEngine]:
     """What builds the model's engine, once all it needs is checked (ValueError or
-    FileNotFoundError say what is missing): "vllm" resolves the checkpoint now, "openai"
-    checks its URL and API key now; neither engine starts yet."""
+    FileNotFoundError name the model and what is missing): "vllm" checks its engine_args
+    and resolves the checkpoint now, "openai" checks its URL and API key now; neither engine
+    starts yet."""
     if spec.engine == "openai":
         engine = OpenAIEngine(
             spec,
@@ -272,14 +275,20 @@ def engine_factory(settings: WorkerSettings, spec: ModelSpec) -> Callable[[], Se
         log.info("model %s is served by the OpenAI-compatible server at %s", spec.name, where)
         return lambda: engine
     if spec.source is None:
-        raise ValueError("engine 'vllm' needs a `source`")
+        raise ValueError(f"model {spec.name!r}: engine 'vllm' needs a `source`")
     os.environ.update(settings.engine_env())
-    checkpoint = resolve_model_source(spec.source, settings.cache_dir / "models")
-    from workers.vllm_engine import (  # noqa: PLC0415 -- torch and vLLM: "vllm" only
-        VllmEngine,
-        engine_args,
-    )
+    # torch and vLLM: "vllm" only
+    from vllm import __version__ as vllm_version  # noqa: PLC0415
+    from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: PLC0415
 
+    from workers.vllm_engine import VllmEngine, engine_args  # noqa: PLC0415
+
+    # Every wrong name at once, before a checkpoint is built for nothing.
+    check_names(spec, {field.name for field in dataclasses.fields(AsyncEngineArgs)}, vllm_version)
+    try:
+        checkpoint = resolve_model_source(spec.source, settings.cache_dir / "models")
+    except (ValueError, FileNotFoundError) as exc:
+        raise type(exc)(f"model {spec.name!r}: {exc}") from exc
     args = engine_args(spec, checkpoint, settings.gpu_memory_utilization)
     shared = settings.prefix_cache_scope == "shared"
     return partial(VllmEngine, spec, args, settings.engine_nice, shared_prefixes=shared)

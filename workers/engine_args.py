@@ -1,9 +1,11 @@
 """A model's vLLM engine arguments: llmq's device defaults, then the catalog's
-`engine_args`, then what llmq owns. Light (no vLLM import): the worker and the benchmark's
-`vllm serve` take the same ones."""
+`engine_args`, then what llmq owns; and the check of the catalog's names. Light (no vLLM
+import): the worker and the benchmark's `vllm serve` take the same ones."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 """x86 CPU flags (/proc/cpuinfo) of bf16 arithmetic in hardware. Without them torch emulates
 bf16 on the CPU: SmolLM2-135M ran at 25 output tokens/s in bf16 and 147 in fp32 on an
 AVX2-only EPYC (48 prompts at once, 2026-11-30)."""
+LISTED = "`vllm serve --help=all` lists them (as flags: dashes for underscores)"
+"""Where vLLM's engine arguments are listed, for an operator who named one it lacks."""
 
 
 def engine_kwargs(
@@ -56,3 +60,25 @@ def cpu_dtype(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     if flags is None or BF16_FLAGS & set(flags.split()):
         return "bfloat16"
     return "float32"
+
+
+def check_names(spec: ModelSpec, known: Collection[str], version: str) -> None:
+    """A ValueError naming every key of `spec`'s engine_args that is no engine argument of
+    vLLM `version` (`known`), each with the nearest where one is close, and where they are
+    listed: all in one failed start, not one a start."""
+    unknown = sorted(spec.engine_args.keys() - set(known))
+    if not unknown:
+        return
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        named.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    what = (
+        "a key that is no engine argument"
+        if len(unknown) == 1
+        else f"{len(unknown)} keys that are no engine arguments"
+    )
+    raise ValueError(
+        f"model {spec.name!r}: engine_args has {what} of vLLM {version}: {', '.join(named)}; "
+        f"{LISTED}"
+    )

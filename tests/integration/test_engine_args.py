@@ -95,5 +95,6 @@ def test_the_worker_stops_at_start_on_a_wrong_key(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert done.returncode == 2, done.stderr[-2000:]
-    assert "'tensor_parallel', which is no engine argument" in done.stderr
-    assert "did you mean 'tensor_parallel_size'?" in done.stderr
+    assert "model 'smollm2-135m': engine_args has a key that is no engine argument" in done.stderr
+    assert "'tensor_parallel' (did you mean 'tensor_parallel_size'?)" in done.stderr
+    assert "model smollm2-135m:" not in done.stderr

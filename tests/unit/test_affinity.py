@@ -4,13 +4,17 @@ partition a work record is published to."""
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 from collections import Counter
+from typing import Any
 
 import pytest
 
+from schemas.catalog import ModelSpec
 from schemas.lanes import Lane
 from schemas.names import work_topic
-from schemas.request import ChatMessage, InferenceRequest
+from schemas.request import ChatBody, ChatMessage, InferenceRequest
 from schemas.route import Route
 from schemas.work import WorkItem
 from streams.affinity import (
@@ -22,9 +26,11 @@ from streams.affinity import (
     PrefixAffinity,
     prefix_group,
     ranked,
+    uncached,
 )
 from streams.outbox import Outbox
 from tests.unit.stages import FakeSend, FakeStore
+from workers.assignor import NO_CLAIM, share
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,17 +43,18 @@ def _messages(question: str, system: str = SYSTEM) -> list[ChatMessage]:
 
 
 def _work(question: str, system: str = SYSTEM, tenant: str = "acme") -> WorkItem:
+    messages = [m.model_dump() for m in _messages(question, system)]
+    return _item(messages, fingerprint=f"fp-{question}-{system}", tenant=tenant)
+
+
+def _item(messages: list[dict[str, Any]], fingerprint: str, tenant: str = "acme") -> WorkItem:
     request = InferenceRequest.model_validate(
-        {
-            "correlation_id": "req-1",
-            "tenant": tenant,
-            "body": {"messages": [m.model_dump() for m in _messages(question, system)]},
-        }
+        {"correlation_id": "req-1", "tenant": tenant, "body": {"messages": messages}}
     )
     return WorkItem(
         request=request,
         model="smollm2-135m",
-        fingerprint=f"fp-{question}-{system}",
+        fingerprint=fingerprint,
         route=Route(requested="smollm2-135m", chain=["smollm2-135m"]),
     )
 
@@ -198,3 +205,107 @@ def test_the_outbox_publishes_work_to_the_placers_partition() -> None:
     ]
     assert [s.partition for s in unplaced.sent] == [None]
     assert placed.sent[0].key == unplaced.sent[0].key == work.fingerprint.encode()
+
+
+def test_a_conversations_later_turns_are_grouped_by_its_opening() -> None:
+    """Its opening (through the first user message) is the same at every turn; a long system
+    prompt that all conversations share no longer makes them one group."""
+    opening = _messages("Conversation 1: my brakes squeal.")
+    answer = ChatMessage(role="assistant", content="Clean the rims. " * 30)
+    then = ChatMessage(role="user", content="They still squeal.")
+    second = prefix_group([*opening, answer, then], DEFAULT_PREFIX_CHARS)
+    third = prefix_group([*opening, answer, then, answer, then], DEFAULT_PREFIX_CHARS)
+    other = _messages("Conversation 2: my chain skips.")
+    assert second is not None and second == third
+    assert prefix_group([*other, answer, then], DEFAULT_PREFIX_CHARS) != second
+    a_tool = ChatMessage(role="tool", content="{}", tool_call_id="call-1")  # an agent's step
+    assert prefix_group([*opening, a_tool], DEFAULT_PREFIX_CHARS) == second
+    single = prefix_group(opening, DEFAULT_PREFIX_CHARS)  # one turn: its first characters
+    assert single is not None and single == prefix_group(other, DEFAULT_PREFIX_CHARS)
+
+
+def test_each_turn_of_a_conversation_goes_to_the_partition_of_the_turn_before() -> None:
+    """300 conversations of 4 turns under one 1,500-character system prompt, interleaved, on
+    8 partitions shared by 2 workers: by the first 512 characters all were one group, spread
+    by the load bound, and a turn reached the replica of the turn before by chance (half)."""
+    system = ("You are the support assistant of a bicycle shop. " * 40)[:1_500]
+    owner = {p: w for w, ps in share(8, {"w0": NO_CLAIM, "w1": NO_CLAIM}).items() for p in ps}
+    order = [c for c in range(300) for _ in range(4)]
+    random.Random(2).shuffle(order)
+
+    async def eight(topic: str) -> int:
+        return 8
+
+    async def main() -> tuple[int, int, int]:
+        affinity = PrefixAffinity(DEFAULT_PREFIX_CHARS, eight)
+        chats: dict[int, list[dict[str, Any]]] = {}
+        before: dict[int, int] = {}
+        later = same_partition = same_worker = 0
+        for c in order:
+            chat = chats.setdefault(c, [{"role": "system", "content": system}])
+            turn = len(chat) // 2 + 1
+            chat.append({"role": "user", "content": f"Conversation {c}, turn {turn}: " + "?" * 200})
+            placed = await affinity.partition(TOPIC, _item(list(chat), f"fp-{c}-{turn}"))
+            chat.append({"role": "assistant", "content": "An answer. " * 40})
+            if turn >= 3:
+                later += 1
+                same_partition += placed == before[c]
+                same_worker += owner[placed] == owner[before[c]]
+            before[c] = placed
+        return later, same_partition, same_worker
+
+    later, same_partition, same_worker = asyncio.run(main())
+    assert later == 600
+    assert same_partition >= 0.75 * later
+    assert same_worker >= same_partition
+
+
+def _tools(prefix: str) -> list[dict[str, Any]]:
+    """16 functions, about 7 KB of JSON."""
+    described = "Looks up an order, a customer, an invoice or a shipment by its id. " * 4
+    schema = {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}
+    return [
+        {
+            "type": "function",
+            "function": {"name": f"{prefix}_{n}", "description": described, "parameters": schema},
+        }
+        for n in range(16)
+    ]
+
+
+def test_requests_that_share_a_large_tool_set_share_a_group() -> None:
+    """Chat templates show the tools ahead of the messages: an agent's requests share them
+    and differ in short messages, which alone were too short to group."""
+
+    def group(tools: list[dict[str, Any]], question: str) -> bytes | None:
+        chat = [
+            {"role": "system", "content": "Use the tools."},
+            {"role": "user", "content": question},
+        ]
+        body = ChatBody.model_validate({"messages": chat, "tools": tools})
+        return prefix_group(body.messages, DEFAULT_PREFIX_CHARS, tools=body.tools)
+
+    shared = _tools("lookup")
+    assert len(json.dumps(shared)) > 7_000
+    first = group(shared, "Where is order 1234?")
+    assert first is not None and first == group(shared, "Who is customer 77?")
+    other = group(_tools("find"), "Where is order 1234?")
+    assert other is not None and other != first
+
+
+def test_models_without_a_prefix_cache_are_placed_by_fingerprint() -> None:
+    """Their engines reuse no prefix, so a partition of the prefix's only unbalances the pool."""
+    plain = ModelSpec(name="smollm2-135m", source="s")
+    off = plain.model_copy(update={"engine_args": {"enable_prefix_caching": False}})
+    on = plain.model_copy(update={"name": "on", "engine_args": {"enable_prefix_caching": True}})
+    assert uncached([plain, on]) == frozenset()
+    assert uncached([off, on]) == {"smollm2-135m"}
+
+    async def place(unplaced: frozenset[str]) -> list[int]:
+        affinity = PrefixAffinity(DEFAULT_PREFIX_CHARS, _four, uncached=unplaced)
+        return [await affinity.partition(TOPIC, _work(f"question {n}")) for n in range(8)]
+
+    assert len(set(asyncio.run(place(frozenset())))) == 1
+    by_fingerprint = [ranked(_work(f"question {n}").fingerprint.encode(), 4)[0] for n in range(8)]
+    assert asyncio.run(place(uncached([off]))) == by_fingerprint
+    assert len(set(by_fingerprint)) > 1

@@ -161,6 +161,19 @@ def test_engine_args_that_llmq_sets_are_refused_naming_the_field(key: str, inste
         ModelSpec(name="m", source="s", engine_args={key: 8})
 
 
+def test_sampling_defaults_in_override_generation_config_are_refused() -> None:
+    """vLLM's servers fill a request's missing sampling fields from them; llmq's engine, its
+    AsyncLLM, sends every field itself: they changed nothing but the model's digest."""
+    defaults: dict[str, JsonValue] = {"temperature": 0.2, "repetition_penalty": 1.3}
+    refused = r"override_generation_config sets \['repetition_penalty', 'temperature'\]"
+    with pytest.raises(ValidationError, match=refused + ".*set them per request"):
+        ModelSpec(name="m", source="s", engine_args={"override_generation_config": defaults})
+    model: dict[str, JsonValue] = {"override_generation_config": {"attn_temperature_tuning": True}}
+    assert ModelSpec(name="m", source="s", engine_args=model)  # Llama 4 reads it
+    stops: dict[str, JsonValue] = {"generation_config": "/checkpoints/base"}  # its eos_token_id
+    assert ModelSpec(name="m", source="s", engine_args=stops)
+
+
 def test_engine_args_are_only_for_vllm() -> None:
     with pytest.raises(ValidationError, match="engine 'openai' does not take them"):
         ModelSpec(name="m", engine="openai", url="http://h:8000/v1", engine_args={"dtype": "half"})

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import JsonValue
 
 from schemas.catalog import ModelSpec
 from tools.bench.ways.serve import serve_flags
-from workers.engine_args import cpu_dtype, engine_kwargs
+from workers.engine_args import LISTED, check_names, cpu_dtype, engine_kwargs
 
 SPEC = ModelSpec(
     name="m",
@@ -79,3 +80,29 @@ def test_serve_flags_spell_each_kind_of_value_as_vllm_serve_reads_it() -> None:
         *("--max-num-seqs", "8", "--enforce-eager", "--no-enable-prefix-caching"),
         *("--served-model-name", "a", "b", "--speculative-config", json.dumps(spec)),
     ]
+
+
+KNOWN = {"tensor_parallel_size", "quantization", "max_num_batched_tokens", "dtype"}
+"""A few of vLLM's engine arguments, as the worker reads them from AsyncEngineArgs."""
+
+
+def test_every_unknown_key_is_named_each_with_its_nearest() -> None:
+    """Only the first was named: a catalog with two typos took two failed starts to mend."""
+    args: dict[str, JsonValue] = {"tensor_paralel_size": 2, "quantisation": "awq", "tp": 2}
+    with pytest.raises(ValueError) as refused:
+        check_names(ModelSpec(name="m", source="s", engine_args=args), KNOWN, "0.32.0")
+    assert str(refused.value) == (
+        "model 'm': engine_args has 3 keys that are no engine arguments of vLLM 0.32.0: "
+        "'quantisation' (did you mean 'quantization'?), "
+        "'tensor_paralel_size' (did you mean 'tensor_parallel_size'?), 'tp'; " + LISTED
+    )
+
+
+def test_a_key_with_no_near_one_is_told_where_the_keys_are_listed() -> None:
+    with pytest.raises(ValueError) as refused:
+        check_names(ModelSpec(name="m", source="s", engine_args={"tp": 2}), KNOWN, "0.32.0")
+    assert str(refused.value) == (
+        "model 'm': engine_args has a key that is no engine argument of vLLM 0.32.0: 'tp'; "
+        "`vllm serve --help=all` lists them (as flags: dashes for underscores)"
+    )
+    check_names(SPEC, KNOWN | {"enable_prefix_caching"}, "0.32.0")  # all known: no error

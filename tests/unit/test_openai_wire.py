@@ -217,8 +217,10 @@ def test_the_worker_refuses_to_start_without_the_api_key(
     monkeypatch.setenv("LLMQ_MODEL", "remote-large")
     monkeypatch.delenv("REMOTE_LLM_API_KEY", raising=False)
     assert worker_main() == 2
-    assert "cannot start the worker: model remote-large:" in caplog.text
-    assert "$REMOTE_LLM_API_KEY, which is not set" in caplog.text
+    assert (
+        "cannot start the worker: model 'remote-large' reads its API key from "
+        "$REMOTE_LLM_API_KEY, which is not set"
+    ) in caplog.text
 
 
 def test_a_raw_prompt_is_continued_by_the_servers_text_completions() -> None:
