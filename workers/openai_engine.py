@@ -47,6 +47,8 @@ _UNSUPPORTED = "unsupported_parameter"
 _MAX_TOKENS, _MAX_COMPLETION_TOKENS = "max_tokens", "max_completion_tokens"
 """The answer's length limit under its old name (vLLM's /completions, many servers) and its
 new one, which OpenAI's reasoning models require in a chat request."""
+UNJUDGED_KEPT = 1024
+"""Calls cut before a verdict that OpenAIEngine remembers, for the worker to say why."""
 _LOGPROBS = "logprobs"
 """Left out once refused where llmq asked for it (CascadeBody), not the app."""
 _DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
@@ -155,6 +157,10 @@ class OpenAIEngine:
         """Fields the server refused, left out (or renamed) from then on."""
         self._no_usage_said = False
         """Whether the log said that the server sends no usage report (_say_no_usage)."""
+        self._unjudged: dict[str, None] = {}
+        """Requests whose call was cut while it waited on the server, before any verdict (not
+        while it waited to retry, its failure counted): the worker's timeout may blame the
+        server for them (timed_out). The newest UNJUDGED_KEPT, in order."""
 
     async def generate(
         self,
@@ -223,8 +229,17 @@ class OpenAIEngine:
                 await asyncio.sleep(delay)
                 attempt += 1
             finally:
-                if probe and not verdict:
-                    self._breaker.abandon()
+                if not verdict:
+                    self._cut_unjudged(request_id, probe)
+
+    def _cut_unjudged(self, request_id: str, probe: bool) -> None:
+        """A call ended before the server judged it (cut, most likely): a probe's gives the
+        breaker's next call the probe, and the worker may yet say it was cut at its timeout."""
+        if probe:
+            self._breaker.abandon()
+        self._unjudged[request_id] = None
+        if len(self._unjudged) > UNJUDGED_KEPT:
+            del self._unjudged[next(iter(self._unjudged))]
 
     def _retry_delay(
         self,
@@ -262,12 +277,14 @@ class OpenAIEngine:
             ) from exc
         return delay
 
-    def timed_out(self) -> None:
-        """The worker cut a generation at timeout_s before the server sent anything: the
-        server hangs, a failure for the breaker (a probe cut so opens it again). The call's
-        own end, cancelled, is no verdict: so ends one whose app left, or answered
-        elsewhere."""
-        self._breaker.failure(f"no answer in {self._spec.timeout_s:g}s (timeout_s)")
+    def timed_out(self, request_id: str) -> None:
+        """The worker cut a generation at timeout_s before the server sent anything: if its
+        call was then waiting on the server, the server hangs, a failure for the breaker (a
+        probe cut so opens it again); not if it was waiting to retry a failure counted
+        already. The call's own end, cancelled, is no verdict: so ends one whose app left,
+        or answered elsewhere."""
+        if self._unjudged.pop(request_id, False) is None:
+            self._breaker.failure(f"no answer in {self._spec.timeout_s:g}s (timeout_s)")
 
     def prompt_tokens(
         self, messages: list[ChatMessage], tools: list[Tool] | None = None

@@ -63,8 +63,9 @@ POLL_TIMEOUT_MS = 100
 class Judged(Protocol):
     """An engine whose server a circuit breaker judges (OpenAIEngine)."""
 
-    def timed_out(self) -> None:
-        """The worker cut a generation at the model's timeout_s before any step came."""
+    def timed_out(self, request_id: str) -> None:
+        """The worker cut the generation `request_id` at the model's timeout_s before any
+        step came."""
         ...
 
 
@@ -475,7 +476,7 @@ class Worker:
                 f"{state.completion_tokens} tokens",
             )
         if not state.text and isinstance(self._engine, Judged):
-            self._engine.timed_out()
+            self._engine.timed_out(state.request_id)
         return LlmqError(
             ErrorCode.ENGINE_TIMEOUT,
             f"the generation ran past {self._spec.timeout_s:g}s ({self._spec.name}'s "

@@ -12,7 +12,7 @@ import pytest
 
 from schemas.stream import Cancel
 from tests.unit.clock import Clock
-from tests.unit.openai_server import BODY, ok, running, slow, spec
+from tests.unit.openai_server import BODY, ok, running, slow, spec, status
 from tests.unit.worker_fakes import (
     STANDARD,
     FakeConsumer,
@@ -41,7 +41,7 @@ class JudgedEngine(FakeEngine):
         super().__init__(step_s=step_s)
         self.timeouts = 0
 
-    def timed_out(self) -> None:
+    def timed_out(self, request_id: str) -> None:
         self.timeouts += 1
 
 
@@ -90,7 +90,7 @@ async def _cut(engine: OpenAIEngine, request_id: str, timed_out: bool) -> None:
             async for _ in steps:
                 pass
     if timed_out:
-        engine.timed_out()
+        engine.timed_out(request_id)
 
 
 @pytest.mark.parametrize("timed_out", [True, False], ids=["timeout", "cancelled"])
@@ -127,3 +127,21 @@ def test_a_probe_cut_at_its_timeout_opens_the_circuit_again() -> None:
             return opened, breaker.state
 
     assert asyncio.run(scenario()) == (BreakerState.OPEN, BreakerState.OPEN)
+
+
+def test_a_call_cut_while_it_waits_to_retry_a_counted_failure_is_not_counted_again() -> None:
+    """A 503 saying Retry-After 5 is one failure; the worker's timeout during that wait was
+    counted as a second, "no answer", and one request opened a circuit of two."""
+
+    async def scenario() -> tuple[int, BreakerState]:
+        busy = status(503, "busy", {"Retry-After": "5"})
+        async with running(busy, ok()) as (server, url):
+            breaker = CircuitBreaker("busy", failure_threshold=2, cooldown_s=30)
+            engine = OpenAIEngine(spec(url), breaker=breaker)
+            try:
+                await _cut(engine, "r1", timed_out=True)
+            finally:
+                await engine.abort_all()
+            return len(server.bodies), breaker.state
+
+    assert asyncio.run(scenario()) == (1, BreakerState.CLOSED)
