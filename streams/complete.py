@@ -55,17 +55,6 @@ class _Metered(BaseModel):
     metering: MeteringEvent | None = None
 
 
-class _Route(BaseModel):
-    route: Route
-
-
-class _Routed(BaseModel):
-    """Its work's route, of a completion read where the whole cannot be: the copies that
-    share its failure count in its A/B test's arm."""
-
-    work: _Route
-
-
 class Complete:
     """Turns each completion into the results of the leader and of every coalesced copy.
 
@@ -143,7 +132,7 @@ class Complete:
         if cid is None or why.tenant is None:
             return
         if self._coalescer.leader_id(fingerprint) == cid:
-            failure = replies.from_error(error, cid, why.tenant, route=_route_of(value))
+            failure = replies.from_error(error, cid, why.tenant, route=why.route)
             await fail_followers(self._coalescer, self._outbox, fingerprint, failure)
         else:  # another leads the copies: not handed back to this generation
             self._coalescer.ended(fingerprint, cid)
@@ -181,16 +170,8 @@ class Complete:
         unsure = _unsure_instead(completion)
         if unsure is not None:
             completion = unsure
-        elif (failure := final_failure(completion)) is not None:
-            await self._outbox.dead_letter(COMPLETIONS, key, value, failure)
-            log.warning(
-                "%s failed for good on %s after %d attempt(s) (%s): dead-lettered",
-                completion.work.request.correlation_id,
-                completion.work.model,
-                completion.work.attempt,
-                failure.code.value,
-            )
-            completion = completion.model_copy(update={"error": ErrorInfo.from_error(failure)})
+        else:
+            completion = await self._failed_for_good(key, value, completion)
         # 4) Answer the leader and every follower, and fill the caches: not with an unsure
         #    answer, one that stood in or one that could not escalate (its deadline passed,
         #    the next tier has no worker, its record would be too large), nor with that of a
@@ -331,6 +312,33 @@ class Complete:
         else:
             log.info("no worker serves %s: failures fall back past it", model)
 
+    async def _failed_for_good(
+        self, key: bytes | None, value: bytes | None, completion: Completion
+    ) -> Completion:
+        """A generation that failed for good goes to the DLQ (its record, `key` and `value`)
+        and answers as "failed after N attempts"; any other completion as it is."""
+        failure = final_failure(completion)
+        if failure is None:
+            return completion
+        await self._outbox.dead_letter(COMPLETIONS, key, value, failure)
+        log.warning(
+            "%s failed for good on %s after %d attempt(s) (%s): dead-lettered",
+            completion.work.request.correlation_id,
+            completion.work.model,
+            completion.work.attempt,
+            failure.code.value,
+        )
+        return completion.model_copy(update={"error": ErrorInfo.from_error(failure)})
+
+    async def _answer_first(self, completion: Completion, ended: bool) -> None:
+        """The reply of the request whose copies lead anew: a failure that did not end for
+        its own request (cancelled, expired) is final for it, as with no copies waiting."""
+        if not ended:
+            record, key = completion.model_dump_json().encode(), completion.work.fingerprint
+            completion = await self._failed_for_good(key.encode(), record, completion)
+        reply_to = completion.work.request.reply_to
+        await self._outbox.reply(reply_to, replies.from_completion(completion))
+
     async def _promote(self, completion: Completion, shown: bool) -> bool:
         """A generation whose client went away (cancelled) or whose deadline passed while
         copies wait on it, or whose fallback or retry its own deadline alone ruled out: the
@@ -353,7 +361,7 @@ class Complete:
             await self._expire_waiters(fingerprint, work.route)
         if waiter is None or taken is None:
             return False
-        await self._outbox.reply(work.request.reply_to, replies.from_completion(completion))
+        await self._answer_first(completion, ended)
         lane, deadline = shared_terms(
             self._coalescer.waiters(fingerprint, 0, self._coalescer.followers(fingerprint))
         )
@@ -486,14 +494,6 @@ class Complete:
         self._adding.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("the semantic cache did not learn a question: %s", explain(exc))
-
-
-def _route_of(value: bytes | None) -> Route | None:
-    """The route of a completion record that cannot be read whole, where it can be."""
-    try:
-        return _Routed.model_validate_json(value or b"").work.route
-    except ValidationError:
-        return None
 
 
 def _step(work: WorkItem) -> str:

@@ -62,7 +62,7 @@ class Refusals:
     async def answer(self, why: Rejection, release: bool = True) -> None:
         """The second half of `reject`: the error reply, where the envelope allows one."""
         if why.correlation_id is not None:
-            result = replies.from_error(why.error, why.correlation_id, why.tenant)
+            result = replies.from_error(why.error, why.correlation_id, why.tenant, route=why.route)
             await until_taken(
                 lambda: self._outbox.reply(why.reply_to, result, release),
                 f"the error reply to {why.correlation_id}",

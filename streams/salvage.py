@@ -3,13 +3,14 @@ needs, read from whatever of the record can be read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.errors import LlmqError
 from schemas.names import RESULTS
 from schemas.request import DEFAULT_TENANT, IDENTIFIER, REPLY_TOPIC
+from schemas.route import Route
 from schemas.work import Completion, WorkItem
 from streams.decode import decode, top_level_strings
 
@@ -24,6 +25,15 @@ class Rejection:
     reply_to: str | None
     """Where to send the error reply: llmq.results when the record's reply_to is unusable
     (null, not a name, or a topic of llmq's or Kafka's own); None when it is no object."""
+    route: Route | None = None
+    """The route of a work or completion record's request, where it can be read: its error
+    counts in its A/B test's arm, as its copies' do."""
+
+
+class _Routed(BaseModel):
+    """A work record's route alone, read where the whole record cannot be."""
+
+    route: Route
 
 
 def salvage(error: LlmqError, raw: bytes | None) -> Rejection:
@@ -50,18 +60,28 @@ def lenient_object(raw: bytes | None) -> dict[str, object] | None:
 def work_requester(error: LlmqError, raw: bytes | None) -> Rejection:
     """Who is waiting on a WorkItem or Completion record (both carry the request)."""
     try:
-        request = WorkItem.model_validate_json(raw or b"").request
+        work = WorkItem.model_validate_json(raw or b"")
     except ValidationError:
         try:
-            request = Completion.model_validate_json(raw or b"").work.request
+            work = Completion.model_validate_json(raw or b"").work
         except ValidationError:
             # Written by a newer llmq (a body field this one does not know), or broken: its
-            # request's envelope, read as a llmq.requests record's is.
+            # request's envelope, read as a llmq.requests record's is, and its route.
             data = lenient_object(raw)
-            work = data.get("work", data) if data is not None else None
-            envelope = work.get("request") if isinstance(work, dict) else None
-            return _envelope(error, envelope if isinstance(envelope, dict) else None)
-    return Rejection(error, request.correlation_id, request.tenant, request.reply_to)
+            found = data.get("work", data) if data is not None else None
+            envelope = found.get("request") if isinstance(found, dict) else None
+            rejection = _envelope(error, envelope if isinstance(envelope, dict) else None)
+            return replace(rejection, route=_route(found))
+    request = work.request
+    return Rejection(error, request.correlation_id, request.tenant, request.reply_to, work.route)
+
+
+def _route(work: object) -> Route | None:
+    """A work record's route, read alone, or None."""
+    try:
+        return _Routed.model_validate(work).route
+    except ValidationError:
+        return None
 
 
 def _envelope(error: LlmqError, data: dict[str, object] | None) -> Rejection:

@@ -45,12 +45,17 @@ def _due(work: WorkItem, deadline: float) -> WorkItem:
     )
 
 
-def _outcome(harness: Pipeline) -> tuple[list[tuple[str | None, ErrorCode | None]], list[Sent]]:
-    """The replies (whom, with what error) and the work sent, after a completion."""
+def _outcome(
+    harness: Pipeline, dead_letters: int = 0
+) -> tuple[list[tuple[str | None, ErrorCode | None]], list[Sent]]:
+    """The replies (whom, with what error) and the work sent, after a completion; the
+    leader's failure, final for it, dead-lettered as `dead_letters` says, and told so."""
     sent = list(harness.send.sent)
     harness.send.sent.clear()
-    assert not [s for s in sent if s.topic == "llmq.dlq"], "nothing dead-lettered"
+    assert len([s for s in sent if s.topic == "llmq.dlq"]) == dead_letters
     replies = [result_of(s) for s in sent if s.topic == "app.replies"]
+    for reply in replies:
+        assert reply.error is None or reply.error.message.startswith("failed after 1 attempt")
     told = [(r.correlation_id, None if r.error is None else r.error.code) for r in replies]
     return told, [s for s in sent if s.topic.startswith("llmq.work.")]
 
@@ -60,7 +65,7 @@ def test_a_copy_with_time_left_falls_back_where_the_leader_had_expired() -> None
     leader = _leader_and_copy(harness, "small", time.time() + HOUR)
     # small's engine fails after the leader's deadline passed: no fallback for the leader.
     harness.on_completion(completion(_due(leader, 1.0), None, ErrorCode.ENGINE_ERROR))
-    told, [handed] = _outcome(harness)
+    told, [handed] = _outcome(harness, dead_letters=1)
     assert told == [("leader", ErrorCode.ENGINE_ERROR)], "the leader alone is answered"
     work = WorkItem.model_validate_json(handed.value)
     assert handed.topic == "llmq.work.backup.interactive"
@@ -84,7 +89,7 @@ def test_a_copy_with_time_left_retries_where_the_leaders_deadline_came_too_soon(
     failed = Completion.model_validate_json(completion(_due(leader, time.time() + 60), None))
     busy = ErrorInfo(code=ErrorCode.ENGINE_ERROR, message="busy", retriable=True, retry_after_s=100)
     harness.on_completion(failed.model_copy(update={"error": busy}).model_dump_json().encode())
-    told, [handed] = _outcome(harness)
+    told, [handed] = _outcome(harness, dead_letters=1)
     assert told == [("leader", ErrorCode.ENGINE_ERROR)]
     work = WorkItem.model_validate_json(handed.value)
     assert handed.topic == "llmq.work.big.interactive"

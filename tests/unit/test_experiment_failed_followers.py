@@ -105,8 +105,9 @@ def test_the_copies_of_an_unreadable_completion_keep_its_route() -> None:
     record["work"]["request"]["body"]["some_newer_field"] = 40  # a newer llmq's
     key = work.fingerprint.encode()
     asyncio.run(harness.complete.on_completion(key, json.dumps(record).encode()))
-    replied = [result_of(s) for s in harness.send.sent if s.topic == "app.replies"]
-    assert _routes(replied)["copy"] == ("internal_error", work.route)
+    replied = _routes([result_of(s) for s in harness.send.sent if s.topic == "app.replies"])
+    assert replied["copy"] == ("internal_error", work.route)
+    assert replied["lead"] == ("internal_error", work.route), "the leader in its arm too"
 
 
 def test_the_copies_of_a_cancelled_leader_that_cannot_lead_anew_keep_its_route() -> None:

@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaTimeoutError
 
 from schemas.errors import ErrorCode, LlmqError
 from schemas.names import DLQ, HEADER_REASON, RESULTS
+from schemas.route import Route
 from streams.salvage import Rejection, work_requester
 from tests.unit.stages import (
     FailingSend,
@@ -46,7 +47,8 @@ def _newer_completion(cost: float = 0.5) -> dict[str, Any]:
 @pytest.mark.parametrize("record", [_newer_work(), _newer_completion()], ids=["work", "completion"])
 def test_the_requester_of_a_newer_record_is_found(record: dict[str, Any]) -> None:
     raw = json.dumps(record).encode()
-    assert work_requester(ERROR, raw) == Rejection(ERROR, "req-1", "acme", "app.replies")
+    route = Route.model_validate(record.get("work", record)["route"])
+    assert work_requester(ERROR, raw) == Rejection(ERROR, "req-1", "acme", "app.replies", route)
 
 
 def test_a_newer_record_is_held_to_the_checks_of_a_request_salvaged() -> None:
@@ -55,7 +57,8 @@ def test_a_newer_record_is_held_to_the_checks_of_a_request_salvaged() -> None:
     request["correlation_id"], request["tenant"] = "a b\n", ["acme"]
     del request["reply_to"]
     raw = json.dumps(record).encode()
-    assert work_requester(ERROR, raw) == Rejection(ERROR, None, None, RESULTS)
+    route = Route.model_validate(record["route"])
+    assert work_requester(ERROR, raw) == Rejection(ERROR, None, None, RESULTS, route)
     request["reply_to"] = "__consumer_offsets"
     assert work_requester(ERROR, json.dumps(record).encode()).reply_to == RESULTS
 
