@@ -197,8 +197,8 @@ class Coalescer:
         """The waiting follower to lead in place of a leader that went away (cancelled) or
         ran out of time: the one whose deadline comes last (none: last of all), the first
         such, so that its budget hold lasts as long as the generation it leads may run;
-        None when nobody waits. Followers past their deadline are answered first
-        (`expired`)."""
+        None when nobody waits. Followers past their deadline may be among them: the caller
+        tells them (`expired`) where it leads anew."""
         waiters = self.waiters(fingerprint, 0, self.followers(fingerprint))
         if not waiters:
             return None

@@ -29,11 +29,12 @@ refusal, stored first under its id, would reach the app in place of the answer o
 request sent on. Its fingerprint with it: an id sent again with other content is another
 request. Sampled requests too: one read again is generated again, but it is one request of
 the app's. A call of several choices charged is remembered as long, for its other choices."""
-CALL_REFUSED_TTL_S = 120
+CALL_REFUSED_TTL_S = CHARGED_TTL_S
 """How long a call of several choices refused is remembered, for its other choices, which
 come through other partitions, later: each is refused with it, rather than charged for the
 call after the buckets refilled, while its client was told 429 and retries it as a new call.
-Longer than any wait (a call the buckets can hold is held within a minute) by a minute."""
+As long as a call charged is: a partition that lags behind (a restart, a rebalance) brings
+a choice minutes after its siblings, which found the call's mark gone charged it whole."""
 
 # KEYS: the requests bucket, the tokens bucket, the request's charged mark and, for a choice
 # of a call of several, the call's mark. ARGV: for each bucket its capacity (the per-minute

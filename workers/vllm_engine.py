@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import difflib
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from schemas.request import ChatBody, ChatMessage
 from schemas.result import TokenLogprob, TopLogprob
 from schemas.tools import Tool, tool_dicts
 from workers.engine import EngineStep
-from workers.engine_args import engine_kwargs
+from workers.engine_args import check_names, engine_kwargs
 from workers.nice import nice_session, renice_below
 
 log = logging.getLogger(__name__)
@@ -54,22 +53,15 @@ def engine_args(
     spec: ModelSpec, checkpoint: Path, gpu_memory_utilization: float
 ) -> AsyncEngineArgs:
     """`spec`'s engine arguments, checked by vLLM itself before any engine starts: a
-    ValueError names a key that is no engine argument of this vLLM, or what vLLM refused."""
+    ValueError names the keys that are no engine argument of this vLLM (check_names, as the
+    worker's start does), or what vLLM refused."""
     kwargs = engine_kwargs(
         spec,
         checkpoint,
         on_gpu=torch.cuda.is_available(),
         gpu_memory_utilization=gpu_memory_utilization,
     )
-    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
-    unknown = sorted(kwargs.keys() - known)
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
-            f"model {spec.name!r}: engine_args has {unknown[0]!r}, which is no engine "
-            f"argument of vLLM {__version__}{hint}"
-        )
+    check_names(spec, {f.name for f in dataclasses.fields(AsyncEngineArgs)}, __version__)
     mode = str(kwargs.get("tokenizer_mode", "auto")).lower()
     if mode not in _HF_TOKENIZER_MODES:
         raise ValueError(
