@@ -205,22 +205,27 @@ def test_a_creation_whose_reply_timed_out_after_its_write_landed_still_counts(
     run_async(redis_port, body)
 
 
+def _responses(custom_ids: list[str]) -> list[str]:
+    """A /v1/responses batch's lines, the nth asking "q n" under the nth custom_id."""
+    calls = (
+        {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {"model": CATALOG.default, "input": f"q {n}"},
+        }
+        for n, custom_id in enumerate(custom_ids)
+    )
+    return [json.dumps(call) for call in calls]
+
+
 def test_a_batch_that_fails_validation_keeps_no_copy_of_its_lines(redis_port: int) -> None:
     """A response's lines, the last a custom_id again: the batch fails, naming it, and its
     lines' custom_ids and echoes, written as each page was read, go with its run."""
 
     async def body(client: aioredis.Redis) -> None:
         store = BatchStore(client, 3600)
-        calls = [
-            {
-                "custom_id": f"c{min(n, 2)}",
-                "method": "POST",
-                "url": "/v1/responses",
-                "body": {"model": CATALOG.default, "input": f"q {n}"},
-            }
-            for n in range(4)
-        ]
-        batch_id = await batch(store, [json.dumps(c) for c in calls])
+        batch_id = await batch(store, _responses([f"c{min(n, 2)}" for n in range(4)]))
         await store.update(batch_id, endpoint="/v1/responses")
         await Runner(store, Recorder(), CATALOG, "door-1").step(batch_id)
         fields = await store.batch(batch_id, TENANT)
@@ -241,16 +246,7 @@ def test_an_ended_batch_keeps_no_copy_of_its_lines(redis_port: int, end: str) ->
 
     async def body(client: aioredis.Redis) -> None:
         store, recorder = BatchStore(client, 3600), Recorder()
-        calls = [
-            {
-                "custom_id": f"c{n}",
-                "method": "POST",
-                "url": "/v1/responses",
-                "body": {"model": CATALOG.default, "input": f"q {n}"},
-            }
-            for n in range(2)
-        ]
-        batch_id = await batch(store, [json.dumps(c) for c in calls])
+        batch_id = await batch(store, _responses(["c0", "c1"]))
         await store.update(batch_id, endpoint="/v1/responses")
         runner = Runner(store, recorder, CATALOG, "door-1", Pace(cancel_grace_s=0))
         await runner.tick()  # validated: its custom_ids and echoes are written
