@@ -255,28 +255,11 @@ class FrontDoor:
         SDK retries, after the rest went to the engines), here before anything is published.
         One choice over tokens_per_minute or the budget alone is admission's refusal
         (invalid_request naming max_tokens, budget_exceeded)."""
-        why = self._over_rates(call) or self._over_budget(call)
+        tenant, each = call.request.tenant, call.request.body.estimated_tokens()
+        limits = self.policy.limits(tenant)
+        why = limits.choices_never_fit(tenant, call.n, each) or self._over_budget(call)
         if why is not None:
             raise ApiError(LlmqError(ErrorCode.INVALID_REQUEST, why, param="n"))
-
-    def _over_rates(self, call: Call) -> str | None:
-        """Why the tenant's rate limits can never admit the call's choices together."""
-        n, tenant = call.n, call.request.tenant
-        limits = self.policy.limits(tenant)
-        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
-        each = call.request.body.estimated_tokens()
-        if rpm is not None and n > rpm:
-            return (
-                f"n is {n}: each choice is a request, and tenant {tenant} may make at most "
-                f"{rpm} requests per minute; ask for at most {rpm} choices"
-            )
-        if tpm is not None and each <= tpm < n * each:
-            return (
-                f"n is {n}: its choices need about {n * each} tokens ({each} each: prompt "
-                f"estimate + max_tokens), and tenant {tenant} may use at most {tpm} tokens per "
-                f"minute; ask for at most {tpm // each} choices or lower max_tokens"
-            )
-        return None
 
     def _over_budget(self, call: Call) -> str | None:
         """Why the tenant's budget can never hold the call's choices together, idle: each

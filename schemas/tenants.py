@@ -68,6 +68,24 @@ class TenantLimits(BaseModel):
     """While the budget cannot be read (Redis down or slow): "admit" unchecked (the default,
     so an outage of Redis does not stop the service) or "refuse" with budget_unavailable."""
 
+    def choices_never_fit(self, tenant: str, n: int, each: int) -> str | None:
+        """Why the rate buckets can never admit a call's `n` choices of `each` estimated
+        tokens together (they are charged at once), or None: the front door's refusal before
+        it publishes, and admission's of a record that names its call."""
+        rpm, tpm = self.requests_per_minute, self.tokens_per_minute
+        if rpm is not None and n > rpm:
+            return (
+                f"n is {n}: each choice is a request, and tenant {tenant} may make at most "
+                f"{rpm} requests per minute; ask for at most {rpm} choices"
+            )
+        if tpm is not None and each <= tpm < n * each:
+            return (
+                f"n is {n}: its choices need about {n * each} tokens ({each} each: prompt "
+                f"estimate + max_tokens), and tenant {tenant} may use at most {tpm} tokens per "
+                f"minute; ask for at most {tpm // each} choices or lower max_tokens"
+            )
+        return None
+
 
 class TenantPolicy(BaseModel):
     """Default limits and per-tenant overrides; an override inherits what it leaves out."""

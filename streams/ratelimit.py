@@ -152,7 +152,7 @@ class RateLimiter:
         clock; leave it None in production so that every instance shares one clock.
         """
         rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
-        _check_fits(tenant, rpm, tpm, tokens, call)
+        _check_fits(tenant, limits, tokens, call)
         if rpm is None and tpm is None:
             return
         n = 1 if call is None else call.n
@@ -199,12 +199,11 @@ class RateLimiter:
         )
 
 
-def _check_fits(
-    tenant: str, rpm: int | None, tpm: int | None, tokens: int, call: ChoiceOf | None
-) -> None:
+def _check_fits(tenant: str, limits: TenantLimits, tokens: int, call: ChoiceOf | None) -> None:
     """INVALID_REQUEST for a request, or a call's choices together, larger than the tenant's
     bucket: never admitted, however long it waits. Not prompt_too_large, which an app reads
     (as OpenAI's context_length_exceeded) as a prompt past the model's context, and trims."""
+    tpm = limits.tokens_per_minute
     if tpm is not None and tokens > tpm:
         raise LlmqError(
             ErrorCode.INVALID_REQUEST,
@@ -215,20 +214,6 @@ def _check_fits(
         )
     if call is None:
         return
-    n = call.n
-    if rpm is not None and n > rpm:
-        raise LlmqError(
-            ErrorCode.INVALID_REQUEST,
-            f"this call's {n} choices are a request each, and tenant {tenant} may make at most "
-            f"{rpm} requests per minute (requests_per_minute); ask for at most {rpm} choices",
-            param="n",
-        )
-    if tpm is not None and n * tokens > tpm:
-        raise LlmqError(
-            ErrorCode.INVALID_REQUEST,
-            f"this call's {n} choices need about {n * tokens} tokens ({tokens} each: prompt "
-            f"estimate + max_tokens), and tenant {tenant} may use at most {tpm} tokens per "
-            f"minute (tokens_per_minute); ask for at most {tpm // tokens} choices or lower "
-            "max_tokens",
-            param="n",
-        )
+    why = limits.choices_never_fit(tenant, call.n, tokens)
+    if why is not None:
+        raise LlmqError(ErrorCode.INVALID_REQUEST, why, param="n")
